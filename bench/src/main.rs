@@ -1,0 +1,351 @@
+//! ffbench: benchmark and test peer for FreeFlow connections.
+//!
+//! Every mode has two ends: `ffbench serve MODE` listens and prints
+//! `HANDLE <hex>` on stdout; `ffbench connect MODE --handle <hex>` connects.
+//! The handle travels out of band (the harness copies the line), exactly as
+//! NCCL or UCX would carry it. Results are printed as `RESULT key=value ...`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ffcore::{Conn, Context, Handle, Req};
+
+#[derive(Parser)]
+#[command(name = "ffbench", about = "FreeFlow benchmark and test peer")]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Listen, print the handle, accept one connection, run MODE.
+    Serve(Opts),
+    /// Connect to --handle and run MODE.
+    Connect(Opts),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// 8-byte (--size) ping-pong; reports the half round trip.
+    Pingpong,
+    /// The connector streams --size messages, --window in flight.
+    Stream,
+    /// Checksummed exchange of many sizes, both directions, --window in flight.
+    Check,
+    /// Connect, then sit idle for --secs (for router CPU measurements).
+    Idle,
+    /// The connector streams forever (until killed); for fault tests.
+    Flood,
+    /// Edge cases: sends posted before receives, zero-byte messages,
+    /// truncation reported as an error, tags.
+    Semantics,
+}
+
+#[derive(clap::Args)]
+struct Opts {
+    mode: Mode,
+    #[arg(long)]
+    handle: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    size: usize,
+    #[arg(long, default_value_t = 10000)]
+    iters: usize,
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Largest message in check mode.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_size: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Distinct buffers per side in stream mode (1, like ucx_perftest).
+    #[arg(long, default_value_t = 1)]
+    buffers: usize,
+}
+
+const T: Option<Duration> = Some(Duration::from_secs(60));
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.role) {
+        eprintln!("ffbench: error: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run(role: Role) -> ffcore::Result<()> {
+    let ctx = Context::new()?;
+    let (opts, mut conn, server) = match role {
+        Role::Serve(o) => {
+            let l = ctx.listen()?;
+            println!("HANDLE {}", l.handle().to_hex());
+            std::io::stdout().flush()?;
+            let c = l.accept_timeout(Duration::from_secs(60))?;
+            (o, c, true)
+        }
+        Role::Connect(o) => {
+            let h = Handle::from_hex(o.handle.as_deref().unwrap_or(""))?;
+            let c = loop {
+                if let Some(c) = ctx.connect(&h)? {
+                    break c;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            };
+            (o, c, false)
+        }
+    };
+    match opts.mode {
+        Mode::Pingpong => pingpong(&mut conn, &opts, server),
+        Mode::Stream => stream(&mut conn, &opts, server),
+        Mode::Check => check(&mut conn, &opts, server),
+        Mode::Idle => idle(&mut conn, &opts),
+        Mode::Flood => flood(&mut conn, &opts, server),
+        Mode::Semantics => semantics(&mut conn, server),
+    }
+}
+
+fn pingpong(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
+    let mut buf = vec![0u8; o.size];
+    let warm = (o.iters / 10).max(10);
+    let mut lat = Vec::with_capacity(o.iters);
+    let start = Instant::now();
+    for i in 0..warm + o.iters {
+        let t = Instant::now();
+        if server {
+            c.recv(&mut buf, 0, T)?;
+            c.send(&buf, 0, T)?;
+        } else {
+            buf[0] = i as u8;
+            c.send(&buf, 0, T)?;
+            c.recv(&mut buf, 0, T)?;
+            if buf[0] != i as u8 {
+                return Err(ffcore::Error::InvalidArgument("ping-pong reply mismatch".into()));
+            }
+        }
+        if i >= warm {
+            lat.push(t.elapsed().as_nanos() as f64 / 2000.0);
+        }
+    }
+    let _ = start;
+    if !server {
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+        let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+        println!("RESULT mode=pingpong size={} iters={} half_rtt_us_p50={:.3} half_rtt_us_mean={:.3} half_rtt_us_p99={:.3}", o.size, o.iters, p(0.5), mean, p(0.99));
+    }
+    Ok(())
+}
+
+/// Posts `total` operations with at most `window` in flight.
+fn windowed(c: &mut Conn, window: usize, total: usize, mut post: impl FnMut(&mut Conn, usize) -> ffcore::Result<Req>) -> ffcore::Result<()> {
+    let mut inflight = std::collections::VecDeque::new();
+    for i in 0..total {
+        if inflight.len() == window {
+            c.wait(inflight.pop_front().unwrap(), T)?;
+        }
+        inflight.push_back(post(c, i)?);
+    }
+    for r in inflight {
+        c.wait(r, T)?;
+    }
+    Ok(())
+}
+
+fn stream(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
+    let slots = o.buffers.clamp(1, o.window.max(1));
+    let mut bufs: Vec<Vec<u8>> = (0..slots).map(|i| vec![i as u8; o.size]).collect();
+    let mut ack = [0u8; 1];
+    let warm = (o.iters / 10).max(2);
+    for (phase, n) in [(0, warm), (1, o.iters)] {
+        let start = Instant::now();
+        if server {
+            windowed(c, o.window, n, |c, i| {
+                let b = &mut bufs[i % slots];
+                // SAFETY: the buffers live until the function returns, after
+                // every request completed. Receives may share a buffer (as in
+                // ucx_perftest); the bytes are not inspected.
+                unsafe { c.irecv(b.as_mut_ptr(), b.len(), 0) }
+            })?;
+            c.send(&ack, 0, T)?;
+        } else {
+            windowed(c, o.window, n, |c, i| {
+                let b = &bufs[i % slots];
+                // SAFETY: as above; send buffers are never written meanwhile.
+                unsafe { c.isend(b.as_ptr(), b.len(), 0) }
+            })?;
+            c.recv(&mut ack, 0, T)?;
+            let secs = start.elapsed().as_secs_f64();
+            if phase == 1 {
+                let mbs = (o.size * n) as f64 / secs / 1e6;
+                let rate = n as f64 / secs / 1e6;
+                println!("RESULT mode=stream size={} iters={n} window={} mb_per_s={mbs:.1} mmsg_per_s={rate:.3}", o.size, o.window);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic message contents: xorshift64* from (seed, index).
+fn fill(buf: &mut [u8], seed: u64, idx: u64) {
+    let mut x = seed ^ idx.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (buf.len() as u64) | 1;
+    let mut chunks = buf.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ch.copy_from_slice(&x.to_le_bytes());
+    }
+    for b in chunks.into_remainder() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+/// The size of message `i` in check mode: every interesting edge up to `max`.
+fn check_size(i: usize, max: usize) -> usize {
+    const SIZES: [usize; 16] =
+        [0, 1, 7, 8, 63, 64, 65, 4095, 4096, 4097, 65536, 100_003, 1 << 20, (4 << 20) + 1, 16 << 20, 64 << 20];
+    let s = SIZES[i % SIZES.len()];
+    if s > max { i % 97 } else { s }
+}
+
+fn check(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
+    // Each side sends o.iters messages and receives o.iters, interleaved,
+    // with o.window of each in flight. Receive buffers get 13 bytes of slack
+    // to exercise "message smaller than the buffer".
+    let n = o.iters;
+    let (send_seed, recv_seed) = if server { (o.seed + 1, o.seed) } else { (o.seed, o.seed + 1) };
+    let mut sbufs: Vec<Option<Vec<u8>>> = (0..n).map(|_| None).collect();
+    let mut rbufs: Vec<Option<Vec<u8>>> = (0..n).map(|_| None).collect();
+    let mut sq = std::collections::VecDeque::new();
+    let mut rq = std::collections::VecDeque::new();
+    let (mut next_s, mut next_r, mut bytes, mut checked) = (0usize, 0usize, 0u64, 0usize);
+    while checked < n || !sq.is_empty() {
+        while next_s < n && sq.len() < o.window {
+            let mut b = vec![0u8; check_size(next_s, o.max_size)];
+            fill(&mut b, send_seed, next_s as u64);
+            // SAFETY: the buffer is kept in sbufs until the send completes.
+            let r = unsafe { c.isend(b.as_ptr(), b.len(), 7)? };
+            sbufs[next_s] = Some(b);
+            sq.push_back((r, next_s));
+            next_s += 1;
+        }
+        while next_r < n && rq.len() < o.window {
+            let mut b = vec![0u8; check_size(next_r, o.max_size) + 13];
+            // SAFETY: the buffer is kept in rbufs until the receive completes.
+            let r = unsafe { c.irecv(b.as_mut_ptr(), b.len(), 7)? };
+            rbufs[next_r] = Some(b);
+            rq.push_back((r, next_r));
+            next_r += 1;
+        }
+        // Complete whichever head is done; wait on receives when both pend.
+        let mut any = false;
+        if let Some(&(r, i)) = sq.front() {
+            if c.test(r)?.is_some() {
+                sq.pop_front();
+                sbufs[i] = None;
+                any = true;
+            }
+        }
+        if let Some(&(r, i)) = rq.front() {
+            let got = if any { c.test(r)? } else { Some(c.wait(r, T)?) };
+            if let Some(got) = got {
+                rq.pop_front();
+                let b = rbufs[i].take().unwrap();
+                let want = check_size(i, o.max_size);
+                if got != want {
+                    return Err(ffcore::Error::InvalidArgument(format!("message {i}: got {got} bytes, want {want}")));
+                }
+                let mut exp = vec![0u8; want];
+                fill(&mut exp, recv_seed, i as u64);
+                if crc32fast::hash(&b[..got]) != crc32fast::hash(&exp) || b[..got] != exp[..] {
+                    return Err(ffcore::Error::InvalidArgument(format!("message {i} ({got} bytes): checksum mismatch")));
+                }
+                bytes += got as u64;
+                checked += 1;
+            }
+        } else if let Some(&(r, i)) = sq.front() {
+            c.wait(r, T)?;
+            sq.pop_front();
+            sbufs[i] = None;
+        }
+    }
+    println!("RESULT mode=check messages={checked} bytes={bytes} ok=1");
+    Ok(())
+}
+
+fn idle(c: &mut Conn, o: &Opts) -> ffcore::Result<()> {
+    let mut b = [0u8; 1];
+    let r = unsafe { c.irecv(b.as_mut_ptr(), 1, 0)? };
+    match c.wait(r, Some(Duration::from_secs_f64(o.secs))) {
+        Err(ffcore::Error::Timeout(_)) => {
+            println!("RESULT mode=idle secs={}", o.secs);
+            // Leave the receive outstanding: dropping the connection cancels it.
+            std::process::exit(0);
+        }
+        Err(e) => Err(e),
+        Ok(_) => Err(ffcore::Error::InvalidArgument("unexpected message while idle".into())),
+    }
+}
+
+fn flood(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
+    let mut b = vec![0u8; o.size.max(1)];
+    println!("FLOODING");
+    std::io::stdout().flush()?;
+    loop {
+        if server {
+            c.recv(&mut b, 0, T)?;
+        } else {
+            c.send(&b, 0, T)?;
+        }
+    }
+}
+
+fn fail(msg: String) -> ffcore::Error {
+    ffcore::Error::InvalidArgument(msg)
+}
+
+fn semantics(c: &mut Conn, server: bool) -> ffcore::Result<()> {
+    let msgs: Vec<Vec<u8>> = (0..40).map(|i| { let mut b = vec![0u8; i * 37]; fill(&mut b, 9, i as u64); b }).collect();
+    if !server {
+        // 40 sends (including a zero-byte one) posted before the peer posts a
+        // single receive; they complete as their bytes enter the ring.
+        let reqs: Vec<Req> = msgs.iter().map(|m| unsafe { c.isend(m.as_ptr(), m.len(), 3) }).collect::<ffcore::Result<_>>()?;
+        for r in reqs {
+            c.wait(r, T)?;
+        }
+        c.send(&[0u8; 100], 3, T)?; // will not fit: the peer posts 50 bytes
+        c.send(b"after", 3, T)?;
+        let mut done = [0u8; 1];
+        c.recv(&mut done, 3, T)?;
+        println!("RESULT mode=semantics side=connect ok=1");
+        return Ok(());
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the sends are already posted
+    for (i, m) in msgs.iter().enumerate() {
+        let mut b = vec![0u8; m.len() + 64];
+        let n = c.recv(&mut b, 3, T)?;
+        if n != m.len() || b[..n] != m[..] {
+            return Err(fail(format!("message {i}: {n} bytes, content mismatch or wrong size")));
+        }
+    }
+    let mut small = [0u8; 50];
+    match c.recv(&mut small, 3, T) {
+        Err(ffcore::Error::Truncated { msg: 100, buf: 50 }) => {}
+        other => return Err(fail(format!("expected a truncation error, got {other:?}"))),
+    }
+    let mut b = [0u8; 16];
+    let n = c.recv(&mut b, 3, T)?;
+    if &b[..n] != b"after" {
+        return Err(fail("the message after a truncated one was lost".into()));
+    }
+    c.send(&[1], 3, T)?;
+    println!("RESULT mode=semantics side=serve ok=1 messages=42 truncation=reported");
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The client side of the router protocol: a [`Context`] per process (one
+//! control connection to the router), listeners, connections, registered
+//! memory and shadow regions.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::fdpass::{recv_frame, send_frame};
+use crate::handle::Handle;
+use crate::proto::{self, Reply, Request, Stats, VERSION};
+use crate::shm::SharedMem;
+
+/// Where clients find their router unless `FF_ROUTER_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/freeflow/ffrouter.sock";
+/// The router answers every request at once; a reply slower than this means
+/// the router is stuck, and we report it rather than hang.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The router socket path from the environment, or the default.
+pub fn socket_path() -> String {
+    std::env::var("FF_ROUTER_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.to_string())
+}
+
+/// State shared by a context and everything opened through it.
+pub(crate) struct Shared {
+    sock: Mutex<UnixStream>,
+}
+
+impl Shared {
+    /// One request, one reply (with any descriptors). Router refusals become
+    /// [`Error::Router`].
+    fn rpc(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        send_frame(sock.as_fd(), &proto::encode(req), &[])?;
+        let (_, body, fds) = recv_frame(sock.as_fd())?.ok_or_else(|| Error::protocol("router closed the connection"))?;
+        match proto::decode_body::<Reply>(&body)? {
+            Reply::Error { code, message } => Err(Error::Router { code, message }),
+            r => Ok((r, fds)),
+        }
+    }
+
+    pub(crate) fn close_conn(&self, conn: u64) -> Result<()> {
+        self.rpc(&Request::CloseConn { conn }).map(|_| ())
+    }
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::protocol(format!("unexpected reply {r:?}"))
+}
+
+fn one_fd(fds: Vec<OwnedFd>) -> Result<OwnedFd> {
+    let mut it = fds.into_iter();
+    match (it.next(), it.next()) {
+        (Some(fd), None) => Ok(fd),
+        _ => Err(Error::protocol("expected exactly one descriptor with the reply")),
+    }
+}
+
+/// A registered memory range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemKey(pub u32);
+
+/// One process's attachment to its router.
+pub struct Context {
+    shared: Arc<Shared>,
+    client_id: u64,
+    tenant: String,
+    router_id: [u8; 16],
+    ring_size: usize,
+    regs: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next: u32,
+    ranges: BTreeMap<u32, (usize, usize)>,
+}
+
+impl Context {
+    /// Attaches to the router at `FF_ROUTER_SOCKET` (or the default path).
+    pub fn new() -> Result<Context> {
+        Self::with_socket(&socket_path())
+    }
+
+    pub fn with_socket(path: &str) -> Result<Context> {
+        let sock = UnixStream::connect(path).map_err(|source| Error::NoRouter { path: path.to_string(), source })?;
+        sock.set_read_timeout(Some(RPC_TIMEOUT))?;
+        sock.set_write_timeout(Some(RPC_TIMEOUT))?;
+        let shared = Arc::new(Shared { sock: Mutex::new(sock) });
+        let (reply, _) = shared.rpc(&Request::Hello { version: VERSION })?;
+        let Reply::Welcome { client, tenant, router_id, ring_size } = reply else {
+            return Err(unexpected(reply));
+        };
+        log::debug!("attached to router at {path} as client {client} of tenant {tenant}");
+        Ok(Context {
+            shared,
+            client_id: client,
+            tenant,
+            router_id,
+            ring_size: ring_size as usize,
+            regs: Mutex::default(),
+        })
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Opens a listener. Its handle goes to peers out of band.
+    pub fn listen(&self) -> Result<Listener> {
+        match self.shared.rpc(&Request::Listen)? {
+            (Reply::Listening { listener, nonce }, _) => Ok(Listener {
+                handle: Handle { router_id: self.router_id, listener, nonce },
+                ctx: self.shared.clone(),
+                ring_size: self.ring_size,
+            }),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    /// Connects to the listener named by `handle`. `Ok(None)` means "not yet,
+    /// call again with the same handle"; it never waits for the peer.
+    pub fn connect(&self, handle: &Handle) -> Result<Option<Conn>> {
+        let req = Request::Connect { router_id: handle.router_id, listener: handle.listener, nonce: handle.nonce };
+        match self.shared.rpc(&req)? {
+            (Reply::Connected { conn, side, ring_size }, fds) => {
+                open_conn(conn, side, ring_size, fds, &self.shared).map(Some)
+            }
+            (Reply::NotReady, _) => Ok(None),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    /// Registers `[ptr, ptr+len)` for use in sends and receives.
+    pub fn register(&self, ptr: *const u8, len: usize) -> Result<MemKey> {
+        if ptr.is_null() && len > 0 || (ptr as usize).checked_add(len).is_none() {
+            return Err(Error::InvalidArgument(format!("bad memory range {ptr:?}+{len}")));
+        }
+        let mut r = self.regs.lock().unwrap();
+        r.next = r.next.wrapping_add(1).max(1);
+        let key = r.next;
+        r.ranges.insert(key, (ptr as usize, len));
+        Ok(MemKey(key))
+    }
+
+    pub fn deregister(&self, key: MemKey) -> Result<()> {
+        match self.regs.lock().unwrap().ranges.remove(&key.0) {
+            Some(_) => Ok(()),
+            None => Err(Error::InvalidArgument(format!("memory key {} is not registered", key.0))),
+        }
+    }
+
+    /// Checks that `[ptr, ptr+len)` lies inside the range registered as `key`.
+    pub fn check_range(&self, key: MemKey, ptr: *const u8, len: usize) -> Result<()> {
+        let r = self.regs.lock().unwrap();
+        let &(base, rlen) = r
+            .ranges
+            .get(&key.0)
+            .ok_or_else(|| Error::InvalidArgument(format!("memory key {} is not registered", key.0)))?;
+        let p = ptr as usize;
+        if p < base || p.checked_add(len).is_none_or(|end| end > base + rlen) {
+            return Err(Error::InvalidArgument(format!(
+                "range {p:#x}+{len} is outside registered region {}: {base:#x}+{rlen}",
+                key.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// Allocates shadow memory: a sealed memfd the router also maps.
+    pub fn alloc_region(&self, len: usize) -> Result<Region> {
+        match self.shared.rpc(&Request::AllocRegion { len: len as u64 })? {
+            (Reply::Region { region, len: l }, fds) if l == len as u64 => {
+                let mem = SharedMem::from_fd(one_fd(fds)?, len)?;
+                Ok(Region { id: region, mem, ctx: self.shared.clone() })
+            }
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    /// The router's counters for this tenant.
+    pub fn stats(&self) -> Result<Stats> {
+        match self.shared.rpc(&Request::Stats)? {
+            (Reply::Stats(s), _) => Ok(s),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+}
+
+fn open_conn(conn: u64, side: u8, ring_size: u64, fds: Vec<OwnedFd>, ctx: &Arc<Shared>) -> Result<Conn> {
+    let ring_size = ring_size as usize;
+    let mem = SharedMem::from_fd(one_fd(fds)?, crate::ring::file_len(ring_size))?;
+    Conn::new(conn, side as usize, mem, ring_size, Some(ctx.clone()))
+}
+
+/// A listener; dropping it closes it (connections already made stay).
+pub struct Listener {
+    handle: Handle,
+    ctx: Arc<Shared>,
+    #[allow(dead_code)]
+    ring_size: usize,
+}
+
+impl Listener {
+    pub fn handle(&self) -> Handle {
+        self.handle
+    }
+
+    /// Takes one pending connection: `Ok(None)` if none yet. Never waits.
+    pub fn accept(&self) -> Result<Option<Conn>> {
+        match self.ctx.rpc(&Request::Accept { listener: self.handle.listener })? {
+            (Reply::Connected { conn, side, ring_size }, fds) => open_conn(conn, side, ring_size, fds, &self.ctx).map(Some),
+            (Reply::NotReady, _) => Ok(None),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    /// Polls [`Listener::accept`] until a connection arrives or `timeout`.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Conn> {
+        let start = std::time::Instant::now();
+        let mut nap = Duration::from_micros(50);
+        loop {
+            if let Some(c) = self.accept()? {
+                return Ok(c);
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(timeout));
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.ctx.rpc(&Request::CloseListener { listener: self.handle.listener });
+    }
+}
+
+/// Shadow memory shared with the router. Freed on drop.
+pub struct Region {
+    id: u64,
+    mem: SharedMem,
+    ctx: Arc<Shared>,
+}
+
+impl Region {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.mem.as_ptr()
+    }
+    pub fn len(&self) -> usize {
+        self.mem.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.mem.is_empty()
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let _ = self.ctx.rpc(&Request::FreeRegion { region: self.id });
+    }
+}

@@ -1,0 +1,594 @@
+//! A connection: tagged, ordered messages over the two rings of one shared
+//! connection file. This is the data path; the router is not on it when
+//! both ends are on the same host.
+//!
+//! Semantics (what the NCCL and UCX shims rely on):
+//! - messages are delivered in order (FIFO per connection);
+//! - a send may be posted before its receive: its bytes wait in the ring,
+//!   and a send completes once all its bytes are in the ring (the buffer is
+//!   then free again);
+//! - a receive matches the next message; the message may be smaller than the
+//!   buffer (the completion gives the size); a larger one fails the receive
+//!   with [`Error::Truncated`] and is consumed; a tag other than the
+//!   receive's (unless [`TAG_ANY`]) fails the receive and leaves the message
+//!   for the next one;
+//! - zero-byte messages work; up to [`MAX_INFLIGHT`] requests per connection.
+//!
+//! Nothing here blocks except [`Conn::wait`], which spins briefly and then
+//! sleeps on the connection's futex.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::Shared;
+use crate::error::{Error, Result};
+use crate::ring::{Layout, Rx, Tx, REC_CONT, REC_FIRST};
+use crate::shm::SharedMem;
+
+/// Requests (sends plus receives) that may be outstanding per connection.
+pub const MAX_INFLIGHT: usize = 1024;
+/// A receive with this tag matches any message.
+pub const TAG_ANY: u32 = u32::MAX;
+/// How long [`Conn::wait`] spins before it sleeps.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+/// A request's id: valid until its completion has been returned once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Req(u64);
+
+impl Req {
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+    pub fn from_raw(raw: u64) -> Req {
+        Req(raw)
+    }
+}
+
+enum State {
+    Pending,
+    Done(usize),
+    Failed(Error),
+}
+
+struct SendOp {
+    req: usize,
+    ptr: *const u8,
+    len: usize,
+    tag: u32,
+    sent: usize,
+    started: bool,
+}
+
+struct RecvOp {
+    req: usize,
+    ptr: *mut u8,
+    cap: usize,
+    tag: u32,
+}
+
+enum Inbound {
+    /// Between messages.
+    Idle,
+    /// Copying a message into a receive.
+    Deliver { req: usize, ptr: *mut u8, total: usize, got: usize },
+    /// Dropping the rest of a message whose receive already failed.
+    Discard { left: u64 },
+}
+
+/// Request table: slots reused through a free list, generations make stale
+/// ids detectable.
+struct Slab {
+    slots: Vec<(u32, Option<State>)>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slab {
+    fn alloc(&mut self) -> Option<(usize, Req)> {
+        if self.live >= MAX_INFLIGHT {
+            return None;
+        }
+        let i = self.free.pop().unwrap_or_else(|| {
+            self.slots.push((0, None));
+            self.slots.len() - 1
+        });
+        let slot = &mut self.slots[i];
+        slot.0 = slot.0.wrapping_add(1);
+        slot.1 = Some(State::Pending);
+        self.live += 1;
+        Some((i, Req((slot.0 as u64) << 32 | i as u64)))
+    }
+
+    fn index(&self, r: Req) -> Result<usize> {
+        let i = (r.0 & 0xffff_ffff) as usize;
+        match self.slots.get(i) {
+            Some((gen, Some(_))) if *gen as u64 == r.0 >> 32 => Ok(i),
+            _ => Err(Error::InvalidHandle(format!("request {:#x} is not outstanding on this connection", r.0))),
+        }
+    }
+
+    fn set(&mut self, i: usize, s: State) {
+        self.slots[i].1 = Some(s);
+    }
+
+    fn take_if_complete(&mut self, i: usize) -> Option<State> {
+        if matches!(self.slots[i].1, Some(State::Pending)) {
+            return None;
+        }
+        self.live -= 1;
+        self.free.push(i);
+        self.slots[i].1.take()
+    }
+}
+
+/// One end of a connection.
+pub struct Conn {
+    id: u64,
+    side: usize,
+    lay: Layout,
+    tx: Tx,
+    rx: Rx,
+    max_frag: usize,
+    sends: VecDeque<SendOp>,
+    recvs: VecDeque<RecvOp>,
+    inbound: Inbound,
+    reqs: Slab,
+    broken: Option<String>,
+    ctx: Option<Arc<Shared>>,
+    // Last: the mapping must outlive the views above.
+    _mem: SharedMem,
+}
+
+// SAFETY: the raw pointers in queued operations point into caller buffers the
+// caller promised to keep valid until completion, wherever the Conn is used;
+// the Layout is Send. A Conn is used by one thread at a time (&mut self).
+unsafe impl Send for Conn {}
+
+impl Conn {
+    /// Wraps a mapped connection file; `side` is 0 (connector) or 1 (acceptor).
+    pub(crate) fn new(id: u64, side: usize, mem: SharedMem, ring_size: usize, ctx: Option<Arc<Shared>>) -> Result<Conn> {
+        let lay = Layout::new(&mem, ring_size)?;
+        Ok(Conn {
+            id,
+            side,
+            tx: lay.tx(side),
+            rx: lay.rx(side),
+            lay,
+            max_frag: std::env::var("FF_MAX_FRAG").ok().and_then(|s| s.parse().ok()).unwrap_or((ring_size / 4).min(64 * 1024)),
+            sends: VecDeque::new(),
+            recvs: VecDeque::new(),
+            inbound: Inbound::Idle,
+            reqs: Slab { slots: Vec::new(), free: Vec::new(), live: 0 },
+            broken: None,
+            ctx,
+            _mem: mem,
+        })
+    }
+
+    /// The router's id for this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Posts a send of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes, and stay valid and
+    /// unmodified, until the request completes or the connection is dropped.
+    pub unsafe fn isend(&mut self, ptr: *const u8, len: usize, tag: u32) -> Result<Req> {
+        self.check_usable()?;
+        let (req, id) = self.reqs.alloc().ok_or(Error::QueueFull(MAX_INFLIGHT))?;
+        self.sends.push_back(SendOp { req, ptr, len, tag, sent: 0, started: false });
+        self.progress_tx()?;
+        Ok(id)
+    }
+
+    /// Posts a receive into `cap` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `cap` bytes, and not be accessed by
+    /// the caller, until the request completes or the connection is dropped.
+    pub unsafe fn irecv(&mut self, ptr: *mut u8, cap: usize, tag: u32) -> Result<Req> {
+        self.check_usable()?;
+        let (req, id) = self.reqs.alloc().ok_or(Error::QueueFull(MAX_INFLIGHT))?;
+        self.recvs.push_back(RecvOp { req, ptr, cap, tag });
+        Ok(id)
+    }
+
+    /// Safe send of a borrowed buffer: posts and waits until it completes.
+    pub fn send(&mut self, buf: &[u8], tag: u32, timeout: Option<Duration>) -> Result<usize> {
+        // SAFETY: `buf` outlives the request because we wait for it here; on
+        // error or timeout the request is cancelled by breaking the connection.
+        let r = unsafe { self.isend(buf.as_ptr(), buf.len(), tag)? };
+        self.wait_or_break(r, timeout)
+    }
+
+    /// Safe receive into a borrowed buffer: posts and waits.
+    pub fn recv(&mut self, buf: &mut [u8], tag: u32, timeout: Option<Duration>) -> Result<usize> {
+        // SAFETY: as in `send`.
+        let r = unsafe { self.irecv(buf.as_mut_ptr(), buf.len(), tag)? };
+        self.wait_or_break(r, timeout)
+    }
+
+    fn wait_or_break(&mut self, r: Req, timeout: Option<Duration>) -> Result<usize> {
+        let res = self.wait(r, timeout);
+        if matches!(res, Err(Error::Timeout(_))) {
+            // The borrowed buffer is about to go away: make sure no later
+            // progress touches it.
+            self.fail_all("request abandoned after a timeout");
+        }
+        res
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(why) => Err(Error::Corrupt(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Completion check: `Ok(Some(size))` once done (the id is then freed),
+    /// `Ok(None)` while pending, `Err` if the request failed (also freed) or
+    /// the id is not outstanding.
+    pub fn test(&mut self, r: Req) -> Result<Option<usize>> {
+        let i = self.reqs.index(r)?;
+        self.progress();
+        match self.reqs.take_if_complete(i) {
+            None => Ok(None),
+            Some(State::Done(n)) => Ok(Some(n)),
+            Some(State::Failed(e)) => Err(e),
+            Some(State::Pending) => unreachable!(),
+        }
+    }
+
+    /// Waits for a request: spins for [`SPIN`], then sleeps on the futex.
+    pub fn wait(&mut self, r: Req, timeout: Option<Duration>) -> Result<usize> {
+        let start = Instant::now();
+        loop {
+            let spin_start = Instant::now();
+            let mut n = 0u32;
+            loop {
+                if let Some(size) = self.test(r)? {
+                    return Ok(size);
+                }
+                n += 1;
+                if n % 64 == 0 && spin_start.elapsed() > SPIN {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            let mut nap = Duration::from_millis(20);
+            if let Some(t) = timeout {
+                let spent = start.elapsed();
+                if spent >= t {
+                    return Err(Error::Timeout(t));
+                }
+                nap = nap.min(t - spent);
+            }
+            let lay = self.lay;
+            let me = lay.side(self.side);
+            let seen = me.prepare_sleep();
+            if let Some(size) = self.test(r).inspect_err(|_| me.cancel_sleep())? {
+                me.cancel_sleep();
+                return Ok(size);
+            }
+            me.sleep(seen, nap);
+        }
+    }
+
+    /// Moves whatever can move now. Never blocks.
+    pub fn progress(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        let res = self.progress_tx().and_then(|_| self.progress_rx());
+        if let Err(e) = res {
+            let why = e.to_string();
+            log::warn!("connection {}: {why}; failing its requests", self.id);
+            self.broken = Some(why.clone());
+            self.fail_all(&why);
+        }
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for op in std::mem::take(&mut self.sends) {
+            self.reqs.set(op.req, State::Failed(Error::Corrupt(why.to_string())));
+        }
+        self.fail_recvs(|| Error::Corrupt(why.to_string()));
+        self.broken.get_or_insert_with(|| why.to_string());
+    }
+
+    fn fail_recvs(&mut self, err: impl Fn() -> Error) {
+        if let Inbound::Deliver { req, .. } = self.inbound {
+            self.reqs.set(req, State::Failed(err()));
+            self.inbound = Inbound::Idle;
+        }
+        for op in std::mem::take(&mut self.recvs) {
+            self.reqs.set(op.req, State::Failed(err()));
+        }
+    }
+
+    fn peer(&self) -> crate::ring::Side<'_> {
+        self.lay.side(1 - self.side)
+    }
+
+    fn progress_tx(&mut self) -> Result<()> {
+        if self.sends.is_empty() {
+            return Ok(());
+        }
+        if self.peer().is_closed() {
+            for op in std::mem::take(&mut self.sends) {
+                self.reqs.set(op.req, State::Failed(Error::PeerClosed));
+            }
+            return Ok(());
+        }
+        let mut moved = false;
+        while let Some(op) = self.sends.front_mut() {
+            let left = op.len - op.sent;
+            let kind = if op.started { REC_CONT } else { REC_FIRST };
+            // SAFETY: isend's contract keeps [ptr, ptr+len) readable.
+            let pushed = unsafe {
+                self.tx.push(kind, op.tag, op.len as u64, op.ptr.add(op.sent), left.min(self.max_frag))?
+            };
+            match pushed {
+                None => break,
+                Some(n) => {
+                    moved = true;
+                    op.sent += n;
+                    op.started = true;
+                    if op.sent == op.len {
+                        let (req, len) = (op.req, op.len);
+                        self.sends.pop_front();
+                        self.reqs.set(req, State::Done(len));
+                    }
+                }
+            }
+        }
+        if moved {
+            self.peer().notify();
+        }
+        Ok(())
+    }
+
+    fn progress_rx(&mut self) -> Result<()> {
+        let mut moved = false;
+        loop {
+            let Some(rec) = self.rx.peek()? else { break };
+            match self.inbound {
+                Inbound::Idle => {
+                    if rec.kind != REC_FIRST {
+                        return Err(Error::Corrupt("continuation record outside a message".into()));
+                    }
+                    if rec.len as u64 > rec.total {
+                        return Err(Error::Corrupt("record longer than its message".into()));
+                    }
+                    let Some(op) = self.recvs.front() else { break };
+                    if op.tag != TAG_ANY && op.tag != rec.tag {
+                        let op = self.recvs.pop_front().unwrap();
+                        self.reqs.set(op.req, State::Failed(Error::TagMismatch { got: rec.tag, want: op.tag }));
+                        continue;
+                    }
+                    let op = self.recvs.pop_front().unwrap();
+                    if rec.total > op.cap as u64 {
+                        self.reqs.set(op.req, State::Failed(Error::Truncated { msg: rec.total, buf: op.cap as u64 }));
+                        self.inbound = Inbound::Discard { left: rec.total };
+                    } else {
+                        self.inbound = Inbound::Deliver { req: op.req, ptr: op.ptr, total: rec.total as usize, got: 0 };
+                    }
+                }
+                _ if rec.kind != REC_CONT => return Err(Error::Corrupt("new message before the last one ended".into())),
+                _ => {}
+            }
+            match &mut self.inbound {
+                Inbound::Deliver { req, ptr, total, got } => {
+                    if rec.len > *total - *got {
+                        return Err(Error::Corrupt("message longer than announced".into()));
+                    }
+                    // SAFETY: irecv's contract keeps [ptr, ptr+cap) writable and
+                    // got + rec.len <= total <= cap; rec.len was validated by peek.
+                    unsafe { self.rx.copy_out(0, ptr.add(*got), rec.len) };
+                    *got += rec.len;
+                    if *got == *total {
+                        let (req, total) = (*req, *total);
+                        self.reqs.set(req, State::Done(total));
+                        self.inbound = Inbound::Idle;
+                    }
+                }
+                Inbound::Discard { left } => {
+                    if rec.len as u64 > *left {
+                        return Err(Error::Corrupt("message longer than announced".into()));
+                    }
+                    *left -= rec.len as u64;
+                    if *left == 0 {
+                        self.inbound = Inbound::Idle;
+                    }
+                }
+                Inbound::Idle => unreachable!(),
+            }
+            self.rx.consume(rec.len);
+            moved = true;
+        }
+        if moved {
+            self.peer().notify();
+        }
+        let waiting_for_data = !self.recvs.is_empty() || !matches!(self.inbound, Inbound::Idle);
+        if waiting_for_data && self.peer().is_closed() && !self.rx.has_data() {
+            self.fail_recvs(|| Error::PeerClosed);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.lay.side(self.side).close();
+        if let Some(ctx) = self.ctx.take() {
+            if let Err(e) = ctx.close_conn(self.id) {
+                log::debug!("closing connection {}: {e}", self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring;
+
+    fn pair(ring_size: usize) -> (Conn, Conn) {
+        let mem = SharedMem::create("test", ring::file_len(ring_size)).unwrap();
+        ring::init(&mem, ring_size);
+        let dup = |m: &SharedMem| {
+            let fd = m.fd().try_clone_to_owned().unwrap();
+            SharedMem::from_fd(fd, ring::file_len(ring_size)).unwrap()
+        };
+        let b = Conn::new(1, 1, dup(&mem), ring_size, None).unwrap();
+        let a = Conn::new(1, 0, mem, ring_size, None).unwrap();
+        (a, b)
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    const T: Option<Duration> = Some(Duration::from_secs(20));
+
+    #[test]
+    fn sizes_and_order_through_a_small_ring() {
+        let (mut a, mut b) = pair(4096);
+        let sizes = [0usize, 1, 31, 32, 33, 63, 64, 4000, 4096, 10_000, 100_000];
+        let t = std::thread::spawn(move || {
+            for (i, &n) in sizes.iter().enumerate() {
+                a.send(&pattern(n, i as u8), 5, T).unwrap();
+            }
+            a
+        });
+        for (i, &n) in sizes.iter().enumerate() {
+            let mut buf = vec![0u8; n + 100];
+            assert_eq!(b.recv(&mut buf, 5, T).unwrap(), n);
+            assert_eq!(&buf[..n], &pattern(n, i as u8)[..], "message {i}");
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn send_before_receive_and_many_in_flight() {
+        let (mut a, mut b) = pair(1 << 20);
+        let msgs: Vec<Vec<u8>> = (0..32).map(|i| pattern(1000 + i, i as u8)).collect();
+        let sends: Vec<Req> = msgs.iter().map(|m| unsafe { a.isend(m.as_ptr(), m.len(), 1).unwrap() }).collect();
+        let mut bufs = vec![vec![0u8; 2000]; 32];
+        let recvs: Vec<Req> = bufs.iter_mut().map(|m| unsafe { b.irecv(m.as_mut_ptr(), m.len(), 1).unwrap() }).collect();
+        for (i, r) in recvs.into_iter().enumerate() {
+            assert_eq!(b.wait(r, T).unwrap(), 1000 + i);
+        }
+        for (i, s) in sends.into_iter().enumerate() {
+            assert_eq!(a.wait(s, T).unwrap(), 1000 + i);
+        }
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(&bufs[i][..m.len()], &m[..]);
+        }
+    }
+
+    #[test]
+    fn truncation_and_tag_mismatch_are_errors_without_losing_the_stream() {
+        let (mut a, mut b) = pair(4096);
+        a.send(&pattern(100, 1), 9, T).unwrap();
+        a.send(&pattern(10, 2), 9, T).unwrap();
+        a.send(&pattern(10, 3), 4, T).unwrap();
+        let mut small = [0u8; 50];
+        assert!(matches!(b.recv(&mut small, 9, T), Err(Error::Truncated { msg: 100, buf: 50 })));
+        let mut buf = [0u8; 50];
+        assert_eq!(b.recv(&mut buf, 9, T).unwrap(), 10, "the next message is intact");
+        assert_eq!(&buf[..10], &pattern(10, 2)[..]);
+        assert!(matches!(b.recv(&mut buf, 9, T), Err(Error::TagMismatch { got: 4, want: 9 })));
+        assert_eq!(b.recv(&mut buf, TAG_ANY, T).unwrap(), 10, "a mismatched message stays queued");
+        assert_eq!(&buf[..10], &pattern(10, 3)[..]);
+    }
+
+    #[test]
+    fn bad_request_ids_are_refused() {
+        let (mut a, _b) = pair(4096);
+        assert!(matches!(a.test(Req(12345)), Err(Error::InvalidHandle(_))));
+        let r = a.send(&[1, 2, 3], 0, T);
+        assert_eq!(r.unwrap(), 3);
+        let m = [0u8; 4];
+        let id = unsafe { a.isend(m.as_ptr(), 4, 0).unwrap() };
+        assert_eq!(a.wait(id, T).unwrap(), 4);
+        assert!(matches!(a.test(id), Err(Error::InvalidHandle(_))), "a completed id is stale");
+    }
+
+    #[test]
+    fn peer_close_fails_pending_requests() {
+        let (mut a, b) = pair(4096);
+        let mut buf = [0u8; 8];
+        let r = unsafe { a.irecv(buf.as_mut_ptr(), 8, 0).unwrap() };
+        drop(b);
+        assert!(matches!(a.wait(r, T), Err(Error::PeerClosed)));
+        assert!(matches!(a.send(&[0u8; 100_000], 0, T), Err(Error::PeerClosed)));
+    }
+
+    #[test]
+    fn data_sent_before_close_is_still_delivered() {
+        let (mut a, mut b) = pair(4096);
+        a.send(&pattern(500, 7), 0, T).unwrap();
+        drop(a);
+        let mut buf = [0u8; 500];
+        assert_eq!(b.recv(&mut buf, 0, T).unwrap(), 500);
+        assert_eq!(&buf[..], &pattern(500, 7)[..]);
+        assert!(matches!(b.recv(&mut buf, 0, T), Err(Error::PeerClosed)));
+    }
+
+    #[test]
+    fn corrupted_ring_is_detected_not_trusted() {
+        let (mut a, mut b) = pair(4096);
+        a.send(&[1u8; 10], 0, T).unwrap();
+        // A hostile peer rewrites the record header: length far beyond the ring.
+        unsafe {
+            let p = b._mem.as_ptr().add(ring::CTRL_LEN) as *mut u64;
+            p.add(2).write(1 << 40);
+        }
+        let mut buf = [0u8; 10];
+        assert!(matches!(b.recv(&mut buf, 0, T), Err(Error::Corrupt(_))));
+        assert!(matches!(unsafe { b.irecv(buf.as_mut_ptr(), 10, 0) }, Err(Error::Corrupt(_))), "the connection stays broken");
+        // A hostile consumer moves the tail past the head.
+        let (mut a, b) = pair(4096);
+        unsafe {
+            let tail = b._mem.as_ptr().add(256 + 64) as *mut u64;
+            tail.write(1 << 30);
+        }
+        let big = vec![0u8; 8192];
+        assert!(matches!(a.send(&big, 0, T), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn queue_limit_is_enforced() {
+        let (mut a, _b) = pair(4096);
+        let mut buf = [0u8; 1];
+        for _ in 0..MAX_INFLIGHT {
+            unsafe { a.irecv(buf.as_mut_ptr(), 1, 0).unwrap() };
+        }
+        assert!(matches!(unsafe { a.irecv(buf.as_mut_ptr(), 1, 0) }, Err(Error::QueueFull(_))));
+    }
+
+    #[test]
+    fn large_message_through_small_ring_with_threads() {
+        let (mut a, mut b) = pair(64 * 1024);
+        let n = 8 << 20;
+        let data = pattern(n, 42);
+        let expect = data.clone();
+        let t = std::thread::spawn(move || {
+            for _ in 0..3 {
+                a.send(&data, 0, T).unwrap();
+            }
+        });
+        let mut buf = vec![0u8; n];
+        for _ in 0..3 {
+            assert_eq!(b.recv(&mut buf, 0, T).unwrap(), n);
+            assert!(buf == expect);
+            buf.fill(0);
+        }
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,26 @@
+//! FreeFlow core: what the router and both plugins share.
+//!
+//! - [`proto`]: the client <-> router protocol (framed, versioned, validated);
+//! - [`fdpass`]: frames with descriptors over Unix sockets;
+//! - [`shm`]: sealed memfd shadow memory;
+//! - [`ring`] and [`futex`]: the shared-memory rings and their wake-ups;
+//! - [`conn`]: tagged, ordered messages over a ring pair (the data path);
+//! - [`client`]: the endpoint API plugins map onto ([`Context`], [`Listener`], [`Conn`]);
+//! - [`handle`]: the out-of-band connection handle.
+//!
+//! See docs/ARCHITECTURE.md for the picture.
+
+pub mod client;
+pub mod conn;
+pub mod error;
+pub mod fdpass;
+pub mod futex;
+pub mod handle;
+pub mod proto;
+pub mod ring;
+pub mod shm;
+
+pub use client::{Context, Listener, MemKey, Region};
+pub use conn::{Conn, Req, TAG_ANY};
+pub use error::{Error, ErrorCode, Result};
+pub use handle::Handle;

@@ -1,0 +1,260 @@
+//! The client <-> router protocol: versioned, length-framed messages on a
+//! Unix stream socket. File descriptors (memfds) travel beside a frame with
+//! SCM_RIGHTS (see [`crate::fdpass`]).
+//!
+//! Frame = 12-byte header + body:
+//!
+//! | bytes | field   | rule                                   |
+//! |-------|---------|----------------------------------------|
+//! | 0..4  | magic   | `FFRP` (0x50524646 little endian)      |
+//! | 4..6  | version | [`VERSION`]; others are refused        |
+//! | 6..8  | flags   | must be 0                              |
+//! | 8..12 | length  | body length, at most [`MAX_BODY`]      |
+//!
+//! The body is a [`Request`] or [`Reply`] in postcard encoding. Decoding
+//! checks every field: trailing bytes, unknown variants, out-of-range values
+//! and over-long strings are all errors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode, Result};
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"FFRP");
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 12;
+/// Largest body accepted. Requests are small; this bounds what a hostile
+/// client can make the router buffer.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Longest string carried in a message (error text, tenant name).
+pub const MAX_STRING: usize = 1024;
+/// Largest shadow region a client may ask for in one request.
+pub const MAX_REGION: u64 = 1 << 40;
+
+/// A frame header, decoded and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u16,
+    pub len: usize,
+}
+
+impl Header {
+    pub fn encode(len: usize) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        h
+    }
+
+    /// Checks magic, version, flags and length.
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header> {
+        let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
+        if magic != MAGIC {
+            return Err(Error::protocol(format!("bad frame magic {magic:#010x}")));
+        }
+        let version = u16::from_le_bytes(b[4..6].try_into().unwrap());
+        if version != VERSION {
+            return Err(Error::Version { got: version, want: VERSION });
+        }
+        let flags = u16::from_le_bytes(b[6..8].try_into().unwrap());
+        if flags != 0 {
+            return Err(Error::protocol(format!("unknown frame flags {flags:#x}")));
+        }
+        let len = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
+        if len > MAX_BODY {
+            return Err(Error::protocol(format!("frame body of {len} bytes exceeds the {MAX_BODY}-byte limit")));
+        }
+        Ok(Header { version, len })
+    }
+}
+
+/// What a client asks of its router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First message on a control connection.
+    Hello { version: u16 },
+    /// Open a listener; the reply carries what goes into a [`crate::Handle`].
+    Listen,
+    /// Connect to the listener named by a handle's fields.
+    Connect { router_id: [u8; 16], listener: u64, nonce: u64 },
+    /// Take one pending connection from a listener, if any.
+    Accept { listener: u64 },
+    CloseListener { listener: u64 },
+    CloseConn { conn: u64 },
+    /// Allocate a shadow memory region (a sealed memfd shared with the router).
+    AllocRegion { len: u64 },
+    FreeRegion { region: u64 },
+    /// Counters (this tenant's, and the router's totals).
+    Stats,
+}
+
+/// What the router answers. Exactly one reply per request, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Welcome { client: u64, tenant: String, router_id: [u8; 16], ring_size: u64 },
+    Listening { listener: u64, nonce: u64 },
+    /// A connection; its shared-memory file comes with the frame.
+    Connected { conn: u64, side: u8, ring_size: u64 },
+    /// `Accept` found nothing yet: try again later.
+    NotReady,
+    /// A shadow region; its memfd comes with the frame.
+    Region { region: u64, len: u64 },
+    Ok,
+    Stats(Stats),
+    Error { code: ErrorCode, message: String },
+}
+
+/// Resource counters: what the router holds on behalf of its clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub clients: u64,
+    pub listeners: u64,
+    pub conns: u64,
+    pub regions: u64,
+    /// Bytes of shared memory (rings and regions) the router keeps mapped.
+    pub shared_bytes: u64,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// Encodes a message into one frame (header + body).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = postcard::to_allocvec(msg).expect("protocol messages always serialize");
+    assert!(body.len() <= MAX_BODY, "protocol message too large");
+    let mut frame = Header::encode(body.len()).to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Decodes one body; every byte must be consumed.
+pub fn decode_body<'a, T: Deserialize<'a> + Validate>(body: &'a [u8]) -> Result<T> {
+    let (msg, rest): (T, _) =
+        postcard::take_from_bytes(body).map_err(|e| Error::protocol(format!("undecodable message: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::protocol(format!("{} trailing bytes after message", rest.len())));
+    }
+    msg.validate()?;
+    Ok(msg)
+}
+
+/// Decodes a whole frame held in memory (used by tests and the fuzzer).
+pub fn decode_frame<'a, T: Deserialize<'a> + Validate>(frame: &'a [u8]) -> Result<T> {
+    if frame.len() < HEADER_LEN {
+        return Err(Error::protocol("truncated frame header"));
+    }
+    let h = Header::decode(frame[..HEADER_LEN].try_into().unwrap())?;
+    let body = &frame[HEADER_LEN..];
+    if body.len() != h.len {
+        return Err(Error::protocol(format!("frame says {} body bytes, has {}", h.len, body.len())));
+    }
+    decode_body(body)
+}
+
+/// Semantic checks after decoding.
+pub trait Validate {
+    fn validate(&self) -> Result<()>;
+}
+
+fn check_str(s: &str) -> Result<()> {
+    if s.len() > MAX_STRING {
+        return Err(Error::protocol(format!("string of {} bytes exceeds {MAX_STRING}", s.len())));
+    }
+    Ok(())
+}
+
+impl Validate for Request {
+    fn validate(&self) -> Result<()> {
+        match self {
+            Request::Hello { version } if *version != VERSION => {
+                Err(Error::Version { got: *version, want: VERSION })
+            }
+            Request::AllocRegion { len } if *len == 0 || *len > MAX_REGION => {
+                Err(Error::protocol(format!("region length {len} out of range 1..={MAX_REGION}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for Reply {
+    fn validate(&self) -> Result<()> {
+        match self {
+            Reply::Welcome { tenant, ring_size, .. } => {
+                check_str(tenant)?;
+                if !ring_size.is_power_of_two() || *ring_size < 4096 || *ring_size > (1 << 30) {
+                    return Err(Error::protocol(format!("bad ring size {ring_size}")));
+                }
+                Ok(())
+            }
+            Reply::Connected { side, .. } if *side > 1 => Err(Error::protocol(format!("bad side {side}"))),
+            Reply::Error { message, .. } => check_str(message),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Makes an error reply, truncating long text to the protocol's limit.
+pub fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
+    let mut message = message.into();
+    if message.len() > MAX_STRING {
+        let mut cut = MAX_STRING;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    Reply::Error { code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let reqs = [
+            Request::Hello { version: VERSION },
+            Request::Listen,
+            Request::Connect { router_id: [7; 16], listener: 3, nonce: 99 },
+            Request::AllocRegion { len: 4096 },
+            Request::Stats,
+        ];
+        for r in reqs {
+            assert_eq!(decode_frame::<Request>(&encode(&r)).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        let good = encode(&Request::Listen);
+        // bad magic
+        let mut f = good.clone();
+        f[0] ^= 1;
+        assert!(matches!(decode_frame::<Request>(&f), Err(Error::Protocol(_))));
+        // unknown version
+        let mut f = good.clone();
+        f[4] = 9;
+        assert!(matches!(decode_frame::<Request>(&f), Err(Error::Version { got: 9, want: VERSION })));
+        // flags
+        let mut f = good.clone();
+        f[6] = 1;
+        assert!(decode_frame::<Request>(&f).is_err());
+        // oversized length
+        let mut f = good.clone();
+        f[8..12].copy_from_slice(&((MAX_BODY + 1) as u32).to_le_bytes());
+        assert!(decode_frame::<Request>(&f).is_err());
+        // truncated body and trailing garbage
+        assert!(decode_frame::<Request>(&good[..good.len() - 1]).is_err());
+        let mut f = encode(&Request::Listen);
+        f.push(0);
+        f[8] += 1;
+        assert!(decode_frame::<Request>(&f).is_err());
+        // unknown variant
+        let mut f = Header::encode(1).to_vec();
+        f.push(200);
+        assert!(decode_frame::<Request>(&f).is_err());
+        // semantic checks
+        assert!(decode_frame::<Request>(&encode(&Request::AllocRegion { len: 0 })).is_err());
+        assert!(decode_frame::<Request>(&encode(&Request::Hello { version: 2 })).is_err());
+    }
+}

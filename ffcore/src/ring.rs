@@ -1,0 +1,356 @@
+//! The shared file behind one connection: two single-producer,
+//! single-consumer byte rings (one per direction) plus wake-up words.
+//!
+//! ```text
+//! offset 0      control page (4 KiB)
+//!   0    magic, ring size                 written once by the router
+//!   64   side 0: wake, waiting, closed    (one cache line each side)
+//!   128  side 1: wake, waiting, closed
+//!   256  ring 0 head    320 ring 0 tail   (ring 0 carries side 0 -> side 1)
+//!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
+//! 4096          ring 0 data (ring_size bytes)
+//! 4096 + size   ring 1 data
+//! ```
+//!
+//! A ring holds records, each 64-byte aligned: a 32-byte header then the
+//! payload. Records never wrap; a PAD record fills the tail of the ring.
+//! Positions are free-running u64 byte counters.
+//!
+//! Trust: the other side of a ring is another tenant process (or the router),
+//! so every value read from shared memory — head, tail, record headers — is
+//! validated here before use, and a bad one is reported as
+//! [`Error::Corrupt`]. Payload bytes are only ever copied.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::futex;
+use crate::shm::SharedMem;
+
+pub const CTRL_LEN: usize = 4096;
+const MAGIC: u64 = u64::from_le_bytes(*b"FFRING01");
+pub const ALIGN: usize = 64;
+pub const REC_HDR: usize = 32;
+
+/// Record kinds.
+pub const REC_FIRST: u32 = 1;
+pub const REC_CONT: u32 = 2;
+pub const REC_PAD: u32 = 3;
+
+/// Bytes of shared file for rings of `ring_size` bytes each.
+pub fn file_len(ring_size: usize) -> usize {
+    CTRL_LEN + 2 * ring_size
+}
+
+/// Checks a ring size: a power of two between 4 KiB and 1 GiB.
+pub fn valid_ring_size(size: usize) -> bool {
+    size.is_power_of_two() && (4096..=(1 << 30)).contains(&size)
+}
+
+/// Writes the control page of a freshly created (zeroed) connection file.
+pub fn init(mem: &SharedMem, ring_size: usize) {
+    assert!(valid_ring_size(ring_size) && mem.len() == file_len(ring_size));
+    // SAFETY: the file is at least CTRL_LEN bytes, offsets 0 and 8 are
+    // 8-aligned (mmap is page aligned) and nobody else maps it yet.
+    unsafe {
+        (mem.as_ptr() as *mut u64).write(MAGIC);
+        (mem.as_ptr().add(8) as *mut u64).write(ring_size as u64);
+    }
+}
+
+/// Views over one mapped connection file. Holds raw pointers into `mem`;
+/// the owner keeps `mem` alive as long as the view.
+#[derive(Clone, Copy)]
+pub struct Layout {
+    base: *mut u8,
+    pub ring_size: usize,
+}
+
+// SAFETY: the pointers refer to a shared mapping that is only accessed
+// through atomics and raw copies; moving the view between threads is fine.
+unsafe impl Send for Layout {}
+
+impl Layout {
+    /// Checks the control page against the expected ring size.
+    pub fn new(mem: &SharedMem, ring_size: usize) -> Result<Layout> {
+        if !valid_ring_size(ring_size) || mem.len() != file_len(ring_size) {
+            return Err(Error::protocol(format!("bad connection file: {} bytes for ring {ring_size}", mem.len())));
+        }
+        let l = Layout { base: mem.as_ptr(), ring_size };
+        let magic = l.word64(0).load(Ordering::Relaxed);
+        let size = l.word64(8).load(Ordering::Relaxed);
+        if magic != MAGIC || size != ring_size as u64 {
+            return Err(Error::Corrupt("connection control page".into()));
+        }
+        Ok(l)
+    }
+
+    fn word64(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: off < CTRL_LEN and 8-aligned; AtomicU64 accepts any bits and
+        // is designed for concurrent access from other threads/processes.
+        unsafe { &*(self.base.add(off) as *const AtomicU64) }
+    }
+
+    fn word32(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: as for word64, 4-aligned.
+        unsafe { &*(self.base.add(off) as *const AtomicU32) }
+    }
+
+    pub fn side(&self, side: usize) -> Side<'_> {
+        let off = 64 + 64 * (side & 1);
+        Side { wake: self.word32(off), waiting: self.word32(off + 4), closed: self.word32(off + 8) }
+    }
+
+    /// Ring `dir` is written by side `dir`.
+    fn ring(&self, dir: usize) -> (&AtomicU64, &AtomicU64, *mut u8) {
+        let off = 256 + 128 * (dir & 1);
+        // SAFETY: data area lies inside the mapping (checked in `new`).
+        let data = unsafe { self.base.add(CTRL_LEN + (dir & 1) * self.ring_size) };
+        (self.word64(off), self.word64(off + 64), data)
+    }
+
+    pub fn tx(&self, side: usize) -> Tx {
+        let (head, _tail, _) = self.ring(side);
+        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0 }
+    }
+
+    pub fn rx(&self, side: usize) -> Rx {
+        let dir = 1 - (side & 1);
+        let (_, tail, _) = self.ring(dir);
+        Rx { lay: *self, dir, tail: tail.load(Ordering::Relaxed), head: 0 }
+    }
+}
+
+/// One side's wake-up words.
+pub struct Side<'a> {
+    /// Bumped on every event for this side; the futex word.
+    pub wake: &'a AtomicU32,
+    /// Non-zero while this side sleeps (or is about to).
+    pub waiting: &'a AtomicU32,
+    /// Non-zero once this side closed or died (set by it or the router).
+    pub closed: &'a AtomicU32,
+}
+
+impl Side<'_> {
+    /// Wakes this side if it sleeps. Call after publishing a change.
+    pub fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) != 0 {
+            self.wake.fetch_add(1, Ordering::SeqCst);
+            futex::wake_all(self.wake);
+        }
+    }
+
+    /// Wakes this side unconditionally (used for close).
+    pub fn force_wake(&self) {
+        self.wake.fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(self.wake);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) != 0
+    }
+
+    /// Marks the side closed and wakes both sides.
+    pub fn close(&self) {
+        self.closed.store(1, Ordering::Release);
+        self.force_wake();
+    }
+
+    /// Announces an intent to sleep; returns the word value to sleep on.
+    /// The caller must re-check its condition before calling [`Side::sleep`].
+    pub fn prepare_sleep(&self) -> u32 {
+        self.waiting.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.wake.load(Ordering::SeqCst)
+    }
+
+    pub fn sleep(&self, seen: u32, timeout: Duration) {
+        futex::wait(self.wake, seen, timeout);
+        self.waiting.store(0, Ordering::Relaxed);
+    }
+
+    pub fn cancel_sleep(&self) {
+        self.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A record header, as read from the ring and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub kind: u32,
+    pub tag: u32,
+    /// Total message length (FIRST records only).
+    pub total: u64,
+    /// Payload bytes in this record.
+    pub len: usize,
+}
+
+fn rec_len(payload: usize) -> usize {
+    (REC_HDR + payload).div_ceil(ALIGN) * ALIGN
+}
+
+/// Producer end of one ring.
+pub struct Tx {
+    lay: Layout,
+    dir: usize,
+    /// Our own copy of head: we never trust the shared one.
+    head: u64,
+    /// Last tail seen.
+    tail: u64,
+}
+
+impl Tx {
+    fn refresh_tail(&mut self) -> Result<()> {
+        let (_, tail, _) = self.lay.ring(self.dir);
+        let t = tail.load(Ordering::Acquire);
+        let used = self.head.wrapping_sub(t);
+        if used > self.lay.ring_size as u64
+            || t.wrapping_sub(self.tail) > self.lay.ring_size as u64
+            || t % ALIGN as u64 != 0
+        {
+            return Err(Error::Corrupt(format!("ring tail {t} vs head {}", self.head)));
+        }
+        self.tail = t;
+        Ok(())
+    }
+
+    /// Writes one record with up to `max` bytes from `src` (which must be
+    /// valid for `max` reads). Returns the payload bytes written, or None if
+    /// the ring has no room now. Zero-length records are allowed.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `max` bytes.
+    pub unsafe fn push(&mut self, kind: u32, tag: u32, total: u64, src: *const u8, max: usize) -> Result<Option<usize>> {
+        let size = self.lay.ring_size;
+        let mut free = size - self.head.wrapping_sub(self.tail) as usize;
+        if free < rec_len(max.min(ALIGN)) {
+            self.refresh_tail()?;
+            free = size - self.head.wrapping_sub(self.tail) as usize;
+        }
+        let (head_w, _, data) = self.lay.ring(self.dir);
+        let off = (self.head as usize) & (size - 1);
+        let to_end = size - off;
+        // Not even a header and a cache line of payload fits before the end:
+        // pad to the end and start over at offset 0.
+        if to_end < rec_len(max.min(ALIGN)) && to_end < size {
+            if free < to_end {
+                return Ok(None);
+            }
+            self.write_hdr(data.add(off), REC_PAD, 0, 0, to_end - REC_HDR);
+            self.head += to_end as u64;
+            head_w.store(self.head, Ordering::Release);
+            return self.push(kind, tag, total, src, max);
+        }
+        let room = free.min(to_end);
+        if room < rec_len(max.min(ALIGN)) {
+            return Ok(None);
+        }
+        let n = max.min(room - REC_HDR);
+        let p = data.add(off);
+        std::ptr::copy_nonoverlapping(src, p.add(REC_HDR), n);
+        self.write_hdr(p, kind, tag, total, n);
+        self.head += rec_len(n) as u64;
+        head_w.store(self.head, Ordering::Release);
+        Ok(Some(n))
+    }
+
+    unsafe fn write_hdr(&self, p: *mut u8, kind: u32, tag: u32, total: u64, len: usize) {
+        let h = p as *mut u64;
+        h.write_volatile(kind as u64 | (tag as u64) << 32);
+        h.add(1).write_volatile(total);
+        h.add(2).write_volatile(len as u64);
+        h.add(3).write_volatile(0);
+    }
+
+    /// True when the consumer has taken everything we wrote.
+    pub fn is_drained(&mut self) -> Result<bool> {
+        self.refresh_tail()?;
+        Ok(self.tail == self.head)
+    }
+}
+
+/// Consumer end of one ring.
+pub struct Rx {
+    lay: Layout,
+    dir: usize,
+    /// Our own copy of tail.
+    tail: u64,
+    /// Last head seen.
+    head: u64,
+}
+
+impl Rx {
+    /// Reads and validates the next record header, skipping PAD records.
+    pub fn peek(&mut self) -> Result<Option<Record>> {
+        loop {
+            if self.head == self.tail {
+                let (head, _, _) = self.lay.ring(self.dir);
+                let h = head.load(Ordering::Acquire);
+                let used = h.wrapping_sub(self.tail);
+                if used > self.lay.ring_size as u64 || h.wrapping_sub(self.head) > self.lay.ring_size as u64 {
+                    return Err(Error::Corrupt(format!("ring head {h} vs tail {}", self.tail)));
+                }
+                self.head = h;
+                if h == self.tail {
+                    return Ok(None);
+                }
+            }
+            let size = self.lay.ring_size;
+            let off = (self.tail as usize) & (size - 1);
+            let avail = (self.head - self.tail) as usize;
+            if avail < ALIGN || avail % ALIGN != 0 {
+                return Err(Error::Corrupt(format!("{avail} bytes published, not whole records")));
+            }
+            // SAFETY: off + REC_HDR <= size since off is 64-aligned.
+            let (w0, total, len) = unsafe {
+                let h = self.lay.ring(self.dir).2.add(off) as *const u64;
+                (h.read_volatile(), h.add(1).read_volatile(), h.add(2).read_volatile())
+            };
+            let kind = w0 as u32;
+            let tag = (w0 >> 32) as u32;
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            let span = if len <= size { rec_len(len) } else { usize::MAX };
+            if span > avail || span > size - off {
+                return Err(Error::Corrupt(format!("record of {len} bytes overruns the ring")));
+            }
+            match kind {
+                REC_PAD => {
+                    self.consume_span(span);
+                    continue;
+                }
+                REC_FIRST | REC_CONT => return Ok(Some(Record { kind, tag, total, len })),
+                k => return Err(Error::Corrupt(format!("unknown record kind {k}"))),
+            }
+        }
+    }
+
+    /// Copies `n` payload bytes from offset `at` of the current record.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `n` bytes; `at + n` must not exceed
+    /// the record length returned by [`Rx::peek`].
+    pub unsafe fn copy_out(&self, at: usize, dst: *mut u8, n: usize) {
+        let off = (self.tail as usize) & (self.lay.ring_size - 1);
+        let src = self.lay.ring(self.dir).2.add(off + REC_HDR + at);
+        std::ptr::copy_nonoverlapping(src, dst, n);
+    }
+
+    /// Releases the current record (of `len` payload bytes) to the producer.
+    pub fn consume(&mut self, len: usize) {
+        self.consume_span(rec_len(len));
+    }
+
+    fn consume_span(&mut self, span: usize) {
+        self.tail += span as u64;
+        let (_, tail, _) = self.lay.ring(self.dir);
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// True if the producer has published bytes we have not consumed.
+    pub fn has_data(&self) -> bool {
+        let (head, _, _) = self.lay.ring(self.dir);
+        head.load(Ordering::Acquire) != self.tail
+    }
+}

@@ -1,0 +1,155 @@
+//! ffrouter: the per-host FreeFlow daemon.
+//!
+//! One Unix socket per tenant; one thread per attached client, blocked in
+//! `recvmsg` when the client is quiet (the router never polls). Requests are
+//! decoded and validated by ffcore, applied to [`state::State`] under one
+//! lock, and answered after the lock is released, with a write timeout so a
+//! client that stops reading cannot stall anyone else.
+
+pub mod state;
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ffcore::error::{Error, ErrorCode};
+use ffcore::fdpass::{recv_frame, send_frame};
+use ffcore::proto::{self, Reply, Request, VERSION};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+pub use state::{Limits, State};
+
+/// A client that does not read its replies for this long is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One tenant: a name and the socket its containers see.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+pub struct Router {
+    state: Arc<Mutex<State>>,
+}
+
+impl Router {
+    pub fn new(limits: Limits) -> Router {
+        Router { state: Arc::new(Mutex::new(State::new(limits))) }
+    }
+
+    pub fn state(&self) -> Arc<Mutex<State>> {
+        self.state.clone()
+    }
+
+    /// Binds a tenant's socket (replacing a stale one) and serves it on a
+    /// background thread.
+    pub fn serve_tenant(&self, t: &Tenant) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let listener = bind(&t.socket)?;
+        log::info!("tenant {} on {}", t.name, t.socket.display());
+        let state = self.state.clone();
+        let tenant: Arc<str> = t.name.as_str().into();
+        std::thread::Builder::new().name(format!("accept-{}", t.name)).spawn(move || {
+            for sock in listener.incoming() {
+                match sock {
+                    Ok(s) => spawn_client(state.clone(), tenant.clone(), s),
+                    Err(e) => {
+                        log::error!("accept on tenant {tenant}: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => log::info!("removed stale socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    // Access control is which socket directory is mounted into a container,
+    // so the socket itself is open to any uid inside it.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+fn spawn_client(state: Arc<Mutex<State>>, tenant: Arc<str>, sock: UnixStream) {
+    let cred = getsockopt(&sock.as_fd(), PeerCredentials).ok();
+    let (pid, uid) = cred.map(|c| (c.pid(), c.uid())).unwrap_or((-1, u32::MAX));
+    let _ = std::thread::Builder::new().name(format!("client-{pid}")).spawn(move || {
+        let id = state.lock().unwrap().add_client(tenant.clone());
+        log::info!("client {id} attached: tenant {tenant}, pid {pid}, uid {uid}");
+        let why = serve_client(&state, id, &sock);
+        state.lock().unwrap().remove_client(id);
+        log::info!("client {id} (pid {pid}) detached: {why}; its resources are freed");
+    });
+}
+
+/// Serves one client until it leaves or misbehaves; returns why it ended.
+fn serve_client(state: &Mutex<State>, id: u64, sock: &UnixStream) -> String {
+    if let Err(e) = sock.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        return format!("socket setup failed: {e}");
+    }
+    let mut hello = false;
+    loop {
+        let frame = match recv_frame(sock.as_fd()) {
+            Ok(Some(f)) => f,
+            Ok(None) => return "closed".into(),
+            Err(e) => {
+                // Framing is lost (bad magic, version, length, truncation):
+                // say why, then hang up.
+                let code = if matches!(e, Error::Version { .. }) { ErrorCode::Version } else { ErrorCode::BadRequest };
+                let _ = reply(sock, &proto::error_reply(code, e.to_string()), None);
+                return format!("bad frame: {e}");
+            }
+        };
+        let (_, body, fds) = frame;
+        if !fds.is_empty() {
+            // Nothing in protocol v1 carries descriptors from a client;
+            // dropping them closes them.
+            let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "unexpected file descriptors"), None);
+            continue;
+        }
+        let req = match proto::decode_body::<Request>(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                // The frame was well delimited, so the stream is still in step.
+                let code = if matches!(e, Error::Version { .. }) { ErrorCode::Version } else { ErrorCode::BadRequest };
+                if reply(sock, &proto::error_reply(code, e.to_string()), None).is_err() {
+                    return "unreachable".into();
+                }
+                if !hello {
+                    return format!("bad first request: {e}");
+                }
+                continue;
+            }
+        };
+        let out = if !hello {
+            if !matches!(req, Request::Hello { version: VERSION }) {
+                let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "first request must be Hello"), None);
+                return "no Hello".into();
+            }
+            hello = true;
+            state.lock().unwrap().welcome(id).into()
+        } else {
+            state.lock().unwrap().handle(id, req)
+        };
+        if let Err(e) = reply(sock, &out.reply, out.fd.as_deref()) {
+            return format!("cannot reply: {e}");
+        }
+    }
+}
+
+fn reply(sock: &UnixStream, r: &Reply, fd: Option<&ffcore::shm::SharedMem>) -> ffcore::Result<()> {
+    let fds: Vec<_> = fd.map(|m| m.fd()).into_iter().collect();
+    send_frame(sock.as_fd(), &proto::encode(r), &fds)
+}

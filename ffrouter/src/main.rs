@@ -1,0 +1,103 @@
+//! ffrouter command line: `ffrouter [serve] ...` and `ffrouter stats`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ffrouter::{Limits, Router, Tenant};
+
+#[derive(Parser)]
+#[command(name = "ffrouter", version, about = "FreeFlow per-host router: gives containers fast, isolated messaging through shared memory it owns")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the router (the default).
+    Serve(ServeArgs),
+    /// Print a tenant's counters from a running router.
+    Stats {
+        /// The tenant socket to ask.
+        #[arg(long, default_value = ffcore::client::DEFAULT_SOCKET)]
+        socket: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// A tenant (virtual network) and its socket, as NAME=PATH. Repeat for
+    /// more tenants. Each tenant's containers get only their socket's
+    /// directory mounted; endpoints of different tenants never connect.
+    /// Without any, one tenant "default" is served on --socket.
+    #[arg(long = "tenant", value_name = "NAME=PATH")]
+    tenants: Vec<String>,
+    /// Socket of the default tenant when no --tenant is given.
+    #[arg(long, default_value = ffcore::client::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Bytes per direction of each connection's shared ring (power of two,
+    /// 4 KiB to 1 GiB). Bigger rings let more data be in flight.
+    #[arg(long, default_value_t = 4 << 20)]
+    ring_size: usize,
+    /// Shared memory (rings and shadow regions) one client may hold.
+    #[arg(long, default_value_t = 64 << 30)]
+    max_client_bytes: u64,
+    /// Listeners, connections and regions one client may hold.
+    #[arg(long, default_value_t = 65536)]
+    max_client_objects: usize,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn parse_tenant(s: &str) -> Result<Tenant, String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("--tenant {s}: expected NAME=PATH"))?;
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("--tenant {s}: name must be 1-64 of [A-Za-z0-9_-]"));
+    }
+    Ok(Tenant { name: name.into(), socket: path.into() })
+}
+
+fn serve(a: ServeArgs) -> Result<(), String> {
+    env_logger::Builder::new().parse_filters(&a.log_level).parse_default_env().format_timestamp_micros().init();
+    if !ffcore::ring::valid_ring_size(a.ring_size) {
+        return Err(format!("--ring-size {}: must be a power of two from 4096 to 1 GiB", a.ring_size));
+    }
+    let mut tenants: Vec<Tenant> = a.tenants.iter().map(|s| parse_tenant(s)).collect::<Result<_, _>>()?;
+    if tenants.is_empty() {
+        tenants.push(Tenant { name: "default".into(), socket: a.socket.clone() });
+    }
+    let router = Router::new(Limits {
+        ring_size: a.ring_size,
+        max_client_bytes: a.max_client_bytes,
+        max_client_objects: a.max_client_objects,
+        ..Limits::default()
+    });
+    log::info!("ffrouter {} starting; ring size {} bytes; data path: same-host shared memory", env!("CARGO_PKG_VERSION"), a.ring_size);
+    let mut threads = Vec::new();
+    for t in &tenants {
+        threads.push(router.serve_tenant(t).map_err(|e| format!("cannot serve {}: {e}", t.socket.display()))?);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        None => serve(cli.serve),
+        Some(Cmd::Serve(a)) => serve(a),
+        Some(Cmd::Stats { socket }) => ffcore::Context::with_socket(&socket)
+            .and_then(|c| c.stats())
+            .map(|s| println!("{s:#?}"))
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = res {
+        eprintln!("ffrouter: {e}");
+        std::process::exit(1);
+    }
+}

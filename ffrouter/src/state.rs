@@ -1,0 +1,350 @@
+//! The router's bookkeeping: clients, listeners, connections and shadow
+//! regions, each owned by one client of one tenant. Every request is checked
+//! against ownership and tenant here; this module does no I/O.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use ffcore::error::ErrorCode;
+use ffcore::proto::{self, Reply, Request, Stats};
+use ffcore::ring;
+use ffcore::shm::SharedMem;
+
+/// Limits that keep one client from exhausting the host.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub ring_size: usize,
+    /// Shared memory (rings + regions) one client may hold.
+    pub max_client_bytes: u64,
+    /// Listeners + connections + regions one client may hold.
+    pub max_client_objects: usize,
+    /// Connections waiting in one listener's accept queue.
+    pub max_backlog: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { ring_size: 4 << 20, max_client_bytes: 64 << 30, max_client_objects: 65536, max_backlog: 4096 }
+    }
+}
+
+struct Client {
+    tenant: Arc<str>,
+    listeners: HashSet<u64>,
+    conns: HashSet<u64>,
+    regions: HashSet<u64>,
+    bytes: u64,
+}
+
+impl Client {
+    fn objects(&self) -> usize {
+        self.listeners.len() + self.conns.len() + self.regions.len()
+    }
+}
+
+struct ListenerRec {
+    owner: u64,
+    tenant: Arc<str>,
+    nonce: u64,
+    backlog: VecDeque<u64>,
+}
+
+struct ConnRec {
+    tenant: Arc<str>,
+    mem: Arc<SharedMem>,
+    /// The client holding each side, while it holds it.
+    ends: [Option<u64>; 2],
+    /// Still in a listener's accept queue.
+    queued: bool,
+}
+
+struct RegionRec {
+    owner: u64,
+    tenant: Arc<str>,
+    mem: Arc<SharedMem>,
+}
+
+/// What the I/O layer sends back: a reply and maybe one shared file.
+pub struct Outcome {
+    pub reply: Reply,
+    pub fd: Option<Arc<SharedMem>>,
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Self {
+        Outcome { reply, fd: None }
+    }
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
+    proto::error_reply(code, msg).into()
+}
+
+pub struct State {
+    pub router_id: [u8; 16],
+    limits: Limits,
+    next_id: u64,
+    clients: HashMap<u64, Client>,
+    listeners: HashMap<u64, ListenerRec>,
+    conns: HashMap<u64, ConnRec>,
+    regions: HashMap<u64, RegionRec>,
+    requests: u64,
+    errors: u64,
+}
+
+impl State {
+    pub fn new(limits: Limits) -> State {
+        State {
+            router_id: rand::random(),
+            limits,
+            next_id: 1,
+            clients: HashMap::new(),
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            regions: HashMap::new(),
+            requests: 0,
+            errors: 0,
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A new client on a tenant's socket.
+    pub fn add_client(&mut self, tenant: Arc<str>) -> u64 {
+        let id = self.id();
+        self.clients.insert(
+            id,
+            Client { tenant, listeners: HashSet::new(), conns: HashSet::new(), regions: HashSet::new(), bytes: 0 },
+        );
+        id
+    }
+
+    pub fn welcome(&self, client: u64) -> Reply {
+        Reply::Welcome {
+            client,
+            tenant: self.clients[&client].tenant.to_string(),
+            router_id: self.router_id,
+            ring_size: self.limits.ring_size as u64,
+        }
+    }
+
+    /// Handles one request from `client`.
+    pub fn handle(&mut self, client: u64, req: Request) -> Outcome {
+        self.requests += 1;
+        let out = self.dispatch(client, req);
+        if matches!(out.reply, Reply::Error { .. }) {
+            self.errors += 1;
+        }
+        out
+    }
+
+    fn dispatch(&mut self, client: u64, req: Request) -> Outcome {
+        let tenant = self.clients[&client].tenant.clone();
+        match req {
+            Request::Hello { .. } => err(ErrorCode::BadRequest, "already attached"),
+            Request::Listen => {
+                if let Some(o) = self.check_quota(client, 0) {
+                    return o;
+                }
+                let id = self.id();
+                let nonce = rand::random();
+                self.listeners.insert(id, ListenerRec { owner: client, tenant, nonce, backlog: VecDeque::new() });
+                self.client(client).listeners.insert(id);
+                Reply::Listening { listener: id, nonce }.into()
+            }
+            Request::Connect { router_id, listener, nonce } => self.connect(client, &tenant, router_id, listener, nonce),
+            Request::Accept { listener } => self.accept(client, listener),
+            Request::CloseListener { listener } => match self.listeners.get(&listener) {
+                Some(l) if l.owner == client => {
+                    self.close_listener(listener);
+                    Reply::Ok.into()
+                }
+                _ => err(ErrorCode::NotFound, format!("no listener {listener} of yours")),
+            },
+            Request::CloseConn { conn } => match self.conns.get(&conn).and_then(|c| c.ends.iter().position(|e| *e == Some(client))) {
+                Some(side) => {
+                    self.release_end(conn, side);
+                    Reply::Ok.into()
+                }
+                None => err(ErrorCode::NotFound, format!("no connection {conn} of yours")),
+            },
+            Request::AllocRegion { len } => {
+                if let Some(o) = self.check_quota(client, len) {
+                    return o;
+                }
+                let mem = match SharedMem::create("ff-region", len as usize) {
+                    Ok(m) => Arc::new(m),
+                    Err(e) => return err(ErrorCode::Internal, format!("cannot allocate {len} bytes: {e}")),
+                };
+                let id = self.id();
+                self.regions.insert(id, RegionRec { owner: client, tenant, mem: mem.clone() });
+                let c = self.client(client);
+                c.regions.insert(id);
+                c.bytes += len;
+                Outcome { reply: Reply::Region { region: id, len }, fd: Some(mem) }
+            }
+            Request::FreeRegion { region } => match self.regions.get(&region) {
+                Some(r) if r.owner == client => {
+                    self.free_region(region);
+                    Reply::Ok.into()
+                }
+                _ => err(ErrorCode::NotFound, format!("no region {region} of yours")),
+            },
+            Request::Stats => Reply::Stats(self.stats(Some(&tenant))).into(),
+        }
+    }
+
+    fn client(&mut self, id: u64) -> &mut Client {
+        self.clients.get_mut(&id).expect("client exists while it sends requests")
+    }
+
+    fn check_quota(&self, client: u64, bytes: u64) -> Option<Outcome> {
+        let c = &self.clients[&client];
+        if c.objects() >= self.limits.max_client_objects {
+            return Some(err(ErrorCode::ResourceExhausted, format!("{} objects held (limit)", c.objects())));
+        }
+        if c.bytes + bytes > self.limits.max_client_bytes {
+            return Some(err(
+                ErrorCode::ResourceExhausted,
+                format!("{} + {bytes} bytes of shared memory exceeds the {}-byte limit", c.bytes, self.limits.max_client_bytes),
+            ));
+        }
+        None
+    }
+
+    fn connect(&mut self, client: u64, tenant: &Arc<str>, router_id: [u8; 16], listener: u64, nonce: u64) -> Outcome {
+        if router_id != self.router_id {
+            return err(ErrorCode::NotFound, "the handle names another router");
+        }
+        let Some(l) = self.listeners.get(&listener) else {
+            return err(ErrorCode::NotFound, format!("no listener {listener}"));
+        };
+        if l.nonce != nonce {
+            return err(ErrorCode::NotFound, format!("no listener {listener} with that handle (forged or stale)"));
+        }
+        if l.tenant != *tenant {
+            log::warn!("client {client} of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
+            return err(ErrorCode::PermissionDenied, "the listener belongs to another tenant");
+        }
+        if l.backlog.len() >= self.limits.max_backlog {
+            return err(ErrorCode::ResourceExhausted, "listener backlog is full");
+        }
+        let ring_size = self.limits.ring_size;
+        let bytes = ring::file_len(ring_size) as u64;
+        if let Some(o) = self.check_quota(client, bytes) {
+            return o;
+        }
+        let mem = match SharedMem::create("ff-conn", ring::file_len(ring_size)) {
+            Ok(m) => Arc::new(m),
+            Err(e) => return err(ErrorCode::Internal, format!("cannot allocate a connection: {e}")),
+        };
+        ring::init(&mem, ring_size);
+        let id = self.id();
+        self.conns.insert(id, ConnRec { tenant: tenant.clone(), mem: mem.clone(), ends: [Some(client), None], queued: true });
+        self.listeners.get_mut(&listener).unwrap().backlog.push_back(id);
+        let c = self.client(client);
+        c.conns.insert(id);
+        c.bytes += bytes;
+        Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64 }, fd: Some(mem) }
+    }
+
+    fn accept(&mut self, client: u64, listener: u64) -> Outcome {
+        let Some(l) = self.listeners.get_mut(&listener).filter(|l| l.owner == client) else {
+            return err(ErrorCode::NotFound, format!("no listener {listener} of yours"));
+        };
+        let Some(id) = l.backlog.pop_front() else {
+            return Reply::NotReady.into();
+        };
+        let c = self.conns.get_mut(&id).expect("queued connections exist");
+        c.queued = false;
+        c.ends[1] = Some(client);
+        let mem = c.mem.clone();
+        let bytes = mem.len() as u64;
+        let cl = self.client(client);
+        cl.conns.insert(id);
+        cl.bytes += bytes;
+        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size: self.limits.ring_size as u64 }, fd: Some(mem) }
+    }
+
+    /// A client lets go of one side: the peer is told through the shared
+    /// closed flag; the file goes once nobody holds it.
+    fn release_end(&mut self, conn: u64, side: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if let Some(owner) = c.ends[side].take() {
+            let bytes = c.mem.len() as u64;
+            if let Some(cl) = self.clients.get_mut(&owner) {
+                cl.conns.remove(&conn);
+                cl.bytes -= bytes;
+            }
+        }
+        let c = &self.conns[&conn];
+        if let Ok(lay) = ring::Layout::new(&c.mem, self.limits.ring_size) {
+            lay.side(side).close();
+        }
+        if c.ends.iter().all(Option::is_none) && !c.queued {
+            self.conns.remove(&conn);
+        }
+    }
+
+    fn close_listener(&mut self, listener: u64) {
+        let Some(l) = self.listeners.remove(&listener) else { return };
+        if let Some(c) = self.clients.get_mut(&l.owner) {
+            c.listeners.remove(&listener);
+        }
+        // Connections never accepted: the connector sees the acceptor side closed.
+        for id in l.backlog {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.queued = false;
+            }
+            self.release_end(id, 1);
+        }
+    }
+
+    fn free_region(&mut self, region: u64) {
+        if let Some(r) = self.regions.remove(&region) {
+            if let Some(c) = self.clients.get_mut(&r.owner) {
+                c.regions.remove(&region);
+                c.bytes -= r.mem.len() as u64;
+            }
+        }
+    }
+
+    /// Frees everything a client held (it disconnected or died).
+    pub fn remove_client(&mut self, client: u64) {
+        let Some(c) = self.clients.get(&client) else { return };
+        let listeners: Vec<u64> = c.listeners.iter().copied().collect();
+        let conns: Vec<u64> = c.conns.iter().copied().collect();
+        let regions: Vec<u64> = c.regions.iter().copied().collect();
+        for l in listeners {
+            self.close_listener(l);
+        }
+        for id in conns {
+            if let Some(side) = self.conns.get(&id).and_then(|c| c.ends.iter().position(|e| *e == Some(client))) {
+                self.release_end(id, side);
+            }
+        }
+        for r in regions {
+            self.free_region(r);
+        }
+        self.clients.remove(&client);
+    }
+
+    /// Counters, for one tenant or (None) for the whole router.
+    pub fn stats(&self, tenant: Option<&str>) -> Stats {
+        let mine = |t: &Arc<str>| tenant.is_none_or(|x| &**t == x);
+        let conn_bytes: u64 = self.conns.values().filter(|c| mine(&c.tenant)).map(|c| c.mem.len() as u64).sum();
+        let region_bytes: u64 = self.regions.values().filter(|r| mine(&r.tenant)).map(|r| r.mem.len() as u64).sum();
+        Stats {
+            clients: self.clients.values().filter(|c| mine(&c.tenant)).count() as u64,
+            listeners: self.listeners.values().filter(|l| mine(&l.tenant)).count() as u64,
+            conns: self.conns.values().filter(|c| mine(&c.tenant)).count() as u64,
+            regions: self.regions.values().filter(|r| mine(&r.tenant)).count() as u64,
+            shared_bytes: conn_bytes + region_bytes,
+            requests: self.requests,
+            errors: self.errors,
+        }
+    }
+}

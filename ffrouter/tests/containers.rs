@@ -1,0 +1,202 @@
+//! End-to-end tests: a real router process, clients in namespace-isolated
+//! containers (tools/ffcontainer), handles passed out of band. Needs root.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use ffcore::proto::{self, Reply, Request, HEADER_LEN, MAX_BODY};
+use ffcore::{Error, ErrorCode, Handle};
+use fftestkit::{bench_pair, bin, Container, RouterProc};
+
+const LONG: Duration = Duration::from_secs(240);
+
+fn ok(r: &(bool, String, String), what: &str) {
+    assert!(r.0, "{what} failed\nstdout: {}\nstderr: {}", r.1, r.2);
+}
+
+#[test]
+fn two_containers_exchange_checksummed_data_0b_to_64mib_32_in_flight() {
+    let r = RouterProc::start(&["a"], &[]);
+    let d = r.tenant_dir("a");
+    // 48 messages each way: every edge size from 0 B to 64 MiB three times.
+    let (s, c) = bench_pair(&d, &d, &["check", "--iters", "48", "--window", "32"], LONG);
+    ok(&s, "server");
+    ok(&c, "client");
+    for out in [&s.1, &c.1] {
+        assert!(out.contains("RESULT mode=check messages=48"), "{out}");
+        assert!(out.contains("ok=1"), "{out}");
+    }
+    // Everything the pair held is freed.
+    let st = r.context("a").stats().unwrap();
+    assert_eq!((st.listeners, st.conns, st.regions, st.shared_bytes), (0, 0, 0, 0), "{st:?}");
+}
+
+#[test]
+fn sends_before_receives_zero_bytes_and_truncation_across_containers() {
+    let r = RouterProc::start(&["a"], &[]);
+    let d = r.tenant_dir("a");
+    let (s, c) = bench_pair(&d, &d, &["semantics"], LONG);
+    ok(&s, "server");
+    ok(&c, "client");
+    assert!(s.1.contains("truncation=reported"), "{}", s.1);
+}
+
+#[test]
+fn sigkill_mid_transfer_leaves_router_serving_and_frees_everything() {
+    let mut r = RouterProc::start(&["a"], &[]);
+    let d = r.tenant_dir("a");
+    let fb = bin("ffbench");
+    let fb = fb.to_str().unwrap();
+    let mut server = Container::run(&d, &[fb, "serve", "flood", "--size", "1048576"]);
+    let handle = server.read_line_with("HANDLE ");
+    let mut client = Container::run(&d, &[fb, "connect", "flood", "--size", "1048576", "--handle", &handle]);
+    client.read_line_with("FLOODING");
+    client.wait_started();
+    std::thread::sleep(Duration::from_millis(300)); // mid-transfer
+    client.kill();
+    let c = client.finish(Duration::from_secs(10));
+    assert!(!c.0, "killed client cannot succeed");
+    // The survivor gets an error promptly, not a hang.
+    let t = std::time::Instant::now();
+    let s = server.finish(Duration::from_secs(10));
+    assert!(!s.0, "server must report the dead peer");
+    assert!(s.2.contains("peer closed"), "server stderr: {}", s.2);
+    assert!(t.elapsed() < Duration::from_secs(5), "error took {:?}", t.elapsed());
+    assert!(r.alive(), "router survived");
+    let st = r.context("a").stats().unwrap();
+    assert_eq!((st.clients, st.listeners, st.conns, st.shared_bytes), (1, 0, 0, 0), "only the probe remains: {st:?}");
+    // Others are still served.
+    let (s, c) = bench_pair(&d, &d, &["pingpong", "--iters", "1000"], LONG);
+    ok(&s, "server after kill");
+    ok(&c, "client after kill");
+}
+
+#[test]
+fn tenant_a_cannot_connect_to_tenant_b_or_forge_handles() {
+    let r = RouterProc::start(&["a", "b"], &[]);
+    let fb = bin("ffbench");
+    let fb = fb.to_str().unwrap();
+    let mut server = Container::run(&r.tenant_dir("b"), &[fb, "serve", "pingpong"]);
+    let handle = server.read_line_with("HANDLE ");
+    let intruder = Container::run(&r.tenant_dir("a"), &[fb, "connect", "pingpong", "--handle", &handle]);
+    let (okk, _, err) = intruder.finish(Duration::from_secs(30));
+    assert!(!okk);
+    assert!(err.contains("PermissionDenied") && err.contains("another tenant"), "{err}");
+    // A forged handle (right listener id, guessed nonce) names nothing.
+    let mut h = Handle::from_hex(&handle).unwrap();
+    h.nonce ^= 1;
+    let e = r.context("b").connect(&h).err().expect("forged handle refused");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    // The other tenant's socket directory is not even visible.
+    let other = r.socket("b");
+    let probe = Container::run(&r.tenant_dir("a"), &["sh", "-c", &format!("test ! -e {} && test -S /run/freeflow/ffrouter.sock", other.display())]);
+    let p = probe.finish(Duration::from_secs(30));
+    ok(&p, "tenant a sees only its own socket");
+    drop(server);
+}
+
+/// Writes raw bytes on a fresh control connection and reads what comes back.
+fn raw(r: &RouterProc, bytes: &[u8], close_write: bool) -> (Vec<u8>, bool) {
+    let mut s = UnixStream::connect(r.socket("a")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    if close_write {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut out = Vec::new();
+    // The router hangs up after its error reply; unread garbage on our side
+    // of the socket turns that into a reset rather than a clean EOF.
+    let res = s.read_to_end(&mut out);
+    let closed = match res {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    (out, closed)
+}
+
+fn error_code(reply: &[u8]) -> ErrorCode {
+    let body = &reply[HEADER_LEN..];
+    match proto::decode_body::<Reply>(body).unwrap() {
+        Reply::Error { code, .. } => code,
+        r => panic!("expected an error reply, got {r:?}"),
+    }
+}
+
+#[test]
+fn garbage_truncated_and_oversized_frames_get_errors_and_router_keeps_serving() {
+    let mut r = RouterProc::start(&["a"], &[]);
+    // Garbage: an error reply, then the connection is closed.
+    let (out, closed) = raw(&r, b"GET / HTTP/1.1\r\n\r\nxxxxxxxxxxxxxxxxxxx", false);
+    assert!(closed);
+    assert_eq!(error_code(&out), ErrorCode::BadRequest);
+    // Oversized length.
+    let mut f = proto::Header::encode(0).to_vec();
+    f[8..12].copy_from_slice(&((MAX_BODY as u32) + 1).to_le_bytes());
+    let (out, _) = raw(&r, &f, false);
+    assert_eq!(error_code(&out), ErrorCode::BadRequest);
+    // Unknown version.
+    let mut f = proto::encode(&Request::Hello { version: 1 });
+    f[4] = 77;
+    let (out, _) = raw(&r, &f, false);
+    assert_eq!(error_code(&out), ErrorCode::Version);
+    // Truncated: the header promises more than arrives before EOF.
+    let f = proto::encode(&Request::Hello { version: 1 });
+    let (out, closed) = raw(&r, &f[..f.len() - 1], true);
+    assert!(closed && out.len() >= HEADER_LEN, "an error reply, then close");
+    // A well-framed but undecodable body after Hello: error reply, and the
+    // connection stays usable.
+    let mut s = UnixStream::connect(r.socket("a")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = proto::encode(&Request::Hello { version: proto::VERSION });
+    s.write_all(&hello).unwrap();
+    let mut junk = proto::Header::encode(3).to_vec();
+    junk.extend_from_slice(&[250, 251, 252]);
+    s.write_all(&junk).unwrap();
+    s.write_all(&proto::encode(&Request::Stats)).unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        let len = proto::Header::decode(&h).unwrap().len;
+        let mut b = vec![0u8; len];
+        s.read_exact(&mut b).unwrap();
+        replies.push(proto::decode_body::<Reply>(&b).unwrap());
+    }
+    assert!(matches!(replies[0], Reply::Welcome { .. }));
+    assert!(matches!(replies[1], Reply::Error { code: ErrorCode::BadRequest, .. }));
+    assert!(matches!(replies[2], Reply::Stats(_)));
+    drop(s);
+    // Requests for objects that are not yours, or do not exist.
+    let ctx = r.context("a");
+    let e = ctx.connect(&Handle { router_id: [0; 16], listener: 1, nonce: 1 }).err().unwrap();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(r.alive());
+    // Still serving real clients.
+    let d = r.tenant_dir("a");
+    let (s, c) = bench_pair(&d, &d, &["pingpong", "--iters", "1000"], LONG);
+    ok(&s, "server");
+    ok(&c, "client");
+}
+
+#[test]
+fn missing_router_is_a_clear_error() {
+    let e = ffcore::Context::with_socket("/nonexistent/ffrouter.sock").err().unwrap();
+    assert!(matches!(e, Error::NoRouter { .. }));
+    assert!(e.to_string().contains("FF_ROUTER_SOCKET"), "{e}");
+}
+
+#[test]
+fn shadow_regions_are_shared_with_the_router_and_freed() {
+    let r = RouterProc::start(&["a"], &[]);
+    let ctx = r.context("a");
+    let reg = ctx.alloc_region(1 << 20).unwrap();
+    assert_eq!(reg.len(), 1 << 20);
+    unsafe { reg.as_ptr().write_bytes(0xab, 1 << 20) };
+    assert_eq!(ctx.stats().unwrap().shared_bytes, 1 << 20);
+    // Absurd sizes are refused, not attempted.
+    let e = ctx.alloc_region(1 << 41).err().unwrap();
+    assert!(e.to_string().contains("out of range") || e.code().is_some(), "{e}");
+    drop(reg);
+    assert_eq!(ctx.stats().unwrap().shared_bytes, 0);
+}
