@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::fdpass::{recv_frame, send_frame};
 use crate::handle::Handle;
+use crate::page::{Page, PAGE_LEN};
 use crate::proto::{self, Reply, Request, Stats, VERSION};
 use crate::shm::SharedMem;
 
@@ -71,7 +73,7 @@ pub struct Context {
     client_id: u64,
     tenant: String,
     router_id: [u8; 16],
-    ring_size: usize,
+    page: Arc<Page>,
     regs: Mutex<Registry>,
 }
 
@@ -92,17 +94,18 @@ impl Context {
         sock.set_read_timeout(Some(RPC_TIMEOUT))?;
         sock.set_write_timeout(Some(RPC_TIMEOUT))?;
         let shared = Arc::new(Shared { sock: Mutex::new(sock) });
-        let (reply, _) = shared.rpc(&Request::Hello { version: VERSION })?;
-        let Reply::Welcome { client, tenant, router_id, ring_size } = reply else {
+        let (reply, fds) = shared.rpc(&Request::Hello { version: VERSION })?;
+        let Reply::Welcome { client, tenant, router_id, .. } = reply else {
             return Err(unexpected(reply));
         };
+        let page = Arc::new(Page::open(SharedMem::from_fd(one_fd(fds)?, PAGE_LEN)?)?);
         log::debug!("attached to router at {path} as client {client} of tenant {tenant}");
         Ok(Context {
             shared,
             client_id: client,
             tenant,
             router_id,
-            ring_size: ring_size as usize,
+            page,
             regs: Mutex::default(),
         })
     }
@@ -121,7 +124,8 @@ impl Context {
             (Reply::Listening { listener, nonce }, _) => Ok(Listener {
                 handle: Handle { router_id: self.router_id, listener, nonce },
                 ctx: self.shared.clone(),
-                ring_size: self.ring_size,
+                page: self.page.clone(),
+                idle_at: AtomicU64::new(u64::MAX),
             }),
             (r, _) => Err(unexpected(r)),
         }
@@ -206,8 +210,10 @@ fn open_conn(conn: u64, side: u8, ring_size: u64, fds: Vec<OwnedFd>, ctx: &Arc<S
 pub struct Listener {
     handle: Handle,
     ctx: Arc<Shared>,
-    #[allow(dead_code)]
-    ring_size: usize,
+    page: Arc<Page>,
+    /// The page's accept counter when the router last said "nothing
+    /// pending"; while it is unchanged, nothing new was queued for us.
+    idle_at: AtomicU64,
 }
 
 impl Listener {
@@ -215,11 +221,19 @@ impl Listener {
         self.handle
     }
 
-    /// Takes one pending connection: `Ok(None)` if none yet. Never waits.
+    /// Takes one pending connection: `Ok(None)` if none yet. Never waits,
+    /// and costs no router round trip while nothing new was queued.
     pub fn accept(&self) -> Result<Option<Conn>> {
+        let seq = self.page.accept_seq();
+        if seq == self.idle_at.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         match self.ctx.rpc(&Request::Accept { listener: self.handle.listener })? {
             (Reply::Connected { conn, side, ring_size }, fds) => open_conn(conn, side, ring_size, fds, &self.ctx).map(Some),
-            (Reply::NotReady, _) => Ok(None),
+            (Reply::NotReady, _) => {
+                self.idle_at.store(seq, Ordering::Relaxed);
+                Ok(None)
+            }
             (r, _) => Err(unexpected(r)),
         }
     }

@@ -91,6 +91,8 @@ pub enum Request {
 /// What the router answers. Exactly one reply per request, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
+    /// Attached; the client's notification page (see [`crate::page`]) comes
+    /// with the frame.
     Welcome { client: u64, tenant: String, router_id: [u8; 16], ring_size: u64 },
     Listening { listener: u64, nonce: u64 },
     /// A connection; its shared-memory file comes with the frame.

@@ -86,7 +86,13 @@ fn spawn_client(state: Arc<Mutex<State>>, tenant: Arc<str>, sock: UnixStream) {
     let cred = getsockopt(&sock.as_fd(), PeerCredentials).ok();
     let (pid, uid) = cred.map(|c| (c.pid(), c.uid())).unwrap_or((-1, u32::MAX));
     let _ = std::thread::Builder::new().name(format!("client-{pid}")).spawn(move || {
-        let id = state.lock().unwrap().add_client(tenant.clone());
+        let id = match state.lock().unwrap().add_client(tenant.clone()) {
+            Ok(id) => id,
+            Err(e) => {
+                log::error!("cannot attach client pid {pid}: {e}");
+                return;
+            }
+        };
         log::info!("client {id} attached: tenant {tenant}, pid {pid}, uid {uid}");
         let why = serve_client(&state, id, &sock);
         state.lock().unwrap().remove_client(id);
@@ -139,7 +145,11 @@ fn serve_client(state: &Mutex<State>, id: u64, sock: &UnixStream) -> String {
                 return "no Hello".into();
             }
             hello = true;
-            state.lock().unwrap().welcome(id).into()
+            let (r, page) = state.lock().unwrap().welcome(id);
+            if let Err(e) = reply(sock, &r, Some(page.mem())) {
+                return format!("cannot reply: {e}");
+            }
+            continue;
         } else {
             state.lock().unwrap().handle(id, req)
         };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ffcore::error::ErrorCode;
 use ffcore::proto::{self, Reply, Request, Stats};
+use ffcore::page::Page;
 use ffcore::ring;
 use ffcore::shm::SharedMem;
 
@@ -30,6 +31,7 @@ impl Default for Limits {
 
 struct Client {
     tenant: Arc<str>,
+    page: Arc<Page>,
     listeners: HashSet<u64>,
     conns: HashSet<u64>,
     regions: HashSet<u64>,
@@ -113,22 +115,26 @@ impl State {
     }
 
     /// A new client on a tenant's socket.
-    pub fn add_client(&mut self, tenant: Arc<str>) -> u64 {
+    pub fn add_client(&mut self, tenant: Arc<str>) -> ffcore::Result<u64> {
+        let page = Arc::new(Page::create()?);
         let id = self.id();
         self.clients.insert(
             id,
-            Client { tenant, listeners: HashSet::new(), conns: HashSet::new(), regions: HashSet::new(), bytes: 0 },
+            Client { tenant, page, listeners: HashSet::new(), conns: HashSet::new(), regions: HashSet::new(), bytes: 0 },
         );
-        id
+        Ok(id)
     }
 
-    pub fn welcome(&self, client: u64) -> Reply {
-        Reply::Welcome {
+    /// The reply to `Hello`, with the client's page.
+    pub fn welcome(&self, client: u64) -> (Reply, Arc<Page>) {
+        let c = &self.clients[&client];
+        let reply = Reply::Welcome {
             client,
-            tenant: self.clients[&client].tenant.to_string(),
+            tenant: c.tenant.to_string(),
             router_id: self.router_id,
             ring_size: self.limits.ring_size as u64,
-        }
+        };
+        (reply, c.page.clone())
     }
 
     /// Handles one request from `client`.
@@ -244,7 +250,10 @@ impl State {
         ring::init(&mem, ring_size);
         let id = self.id();
         self.conns.insert(id, ConnRec { tenant: tenant.clone(), mem: mem.clone(), ends: [Some(client), None], queued: true });
-        self.listeners.get_mut(&listener).unwrap().backlog.push_back(id);
+        let l = self.listeners.get_mut(&listener).unwrap();
+        l.backlog.push_back(id);
+        let owner = l.owner;
+        self.clients[&owner].page.bump_accept();
         let c = self.client(client);
         c.conns.insert(id);
         c.bytes += bytes;

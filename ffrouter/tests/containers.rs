@@ -200,3 +200,24 @@ fn shadow_regions_are_shared_with_the_router_and_freed() {
     drop(reg);
     assert_eq!(ctx.stats().unwrap().shared_bytes, 0);
 }
+
+#[test]
+fn polling_accept_costs_no_router_round_trip_until_a_peer_connects() {
+    let r = RouterProc::start(&["a"], &[]);
+    let server = r.context("a");
+    let l = server.listen().unwrap();
+    assert!(l.accept().unwrap().is_none());
+    let before = server.stats().unwrap().requests;
+    for _ in 0..10_000 {
+        assert!(l.accept().unwrap().is_none());
+    }
+    let after = server.stats().unwrap().requests;
+    assert_eq!(after - before, 1, "only the stats request itself reached the router");
+    let client = r.context("a");
+    let mut c = client.connect(&l.handle()).unwrap().expect("connect is immediate on one host");
+    let mut s = l.accept().unwrap().expect("the queued connection is seen at once");
+    c.send(b"hello", 1, None).unwrap();
+    let mut b = [0u8; 5];
+    assert_eq!(s.recv(&mut b, 1, None).unwrap(), 5);
+    assert_eq!(&b, b"hello");
+}

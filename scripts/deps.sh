@@ -1,0 +1,22 @@
+#!/bin/bash
+# scripts/deps.sh - installs what FreeFlow needs on Debian 12 (idempotent).
+# Debian packages: UCX and Open MPI (baselines, UCX transport, MPI tests),
+# rdma-core headers and build tools (the ibverbs crate), iproute2/util-linux
+# (namespaces), matplotlib (plots). Rust via rustup if cargo is missing.
+set -euo pipefail
+pkgs="build-essential pkg-config cmake clang libclang-dev libnl-3-dev libnl-route-3-dev
+      libibverbs-dev ibverbs-providers libucx-dev ucx-utils openmpi-bin libopenmpi-dev
+      iproute2 util-linux procps python3 python3-matplotlib python3-pip python3-venv curl ca-certificates"
+missing=""
+for p in $pkgs; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "installing:$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q $missing; }
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    echo "cargo installed in $HOME/.cargo/bin; add it to PATH" >&2
+fi
