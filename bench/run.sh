@@ -54,26 +54,33 @@ sock="$work/tenants/bench/ffrouter.sock"
 router_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 
-n=0
-ctr() { # ctr NAME-SUFFIX ARGS... : run ffbench in a fresh container
-    n=$((n + 1))
-    local name="ffb$$-$n" ip="10.77.0.$((100 + n % 100))/24"
-    "$top/tools/ffcontainer" run --name "$name" --ip "$ip" --socket-dir "$work/tenants/bench" -- "$bin/ffbench" "$@"
+echo 0 > "$work/seq"
+next_id() { # a fresh container number (works inside $(...) subshells)
+    local n=$(( $(cat "$work/seq") + 1 ))
+    echo "$n" > "$work/seq"
+    echo "$n"
+}
+ctr() { # ctr ID ARGS... : run ffbench ARGS in a fresh container
+    local id=$1; shift
+    "$top/tools/ffcontainer" run --name "ffb$$-$id" --ip "10.77.0.$((100 + id % 150))/24" \
+        --socket-dir "$work/tenants/bench" -- "$bin/ffbench" "$@"
 }
 
-# pair MODE ARGS...: server and client containers; prints the client's RESULT line
+# pair ARGS...: server and client containers; prints the client's RESULT line
 pair() {
-    local fifo="$work/srv.$n.out"
-    ctr serve "$@" > "$fifo" &
+    local a b
+    a=$(next_id); b=$(next_id)
+    local sout="$work/srv.$a.out"
+    ctr "$a" serve "$@" > "$sout" &
     local spid=$!
     local h=""
     for _ in $(seq 400); do
-        h=$(sed -n 's/^HANDLE //p' "$fifo" 2>/dev/null | head -1)
+        h=$(sed -n 's/^HANDLE //p' "$sout" 2>/dev/null | head -1)
         [ -n "$h" ] && break
         sleep 0.05
     done
     [ -n "$h" ] || { echo "server did not start" >&2; return 1; }
-    ctr connect "$@" --handle "$h" | grep '^RESULT'
+    ctr "$b" connect "$@" --handle "$h" | grep '^RESULT'
     wait "$spid"
 }
 
@@ -97,10 +104,11 @@ done
 
 echo "== ff: router CPU with two idle connected clients (10 s)" >&2
 ticks() { awk '{print $14 + $15}' "/proc/$router_pid/stat"; }
-ctr serve idle --secs 14 > "$work/idle.out" &
+ia=$(next_id); ib=$(next_id)
+ctr "$ia" serve idle --secs 14 > "$work/idle.out" &
 ipid=$!
-for _ in $(seq 400); do h=$(sed -n 's/^HANDLE //p' "$work/idle.out" | head -1); [ -n "$h" ] && break; sleep 0.05; done
-ctr connect idle --secs 14 --handle "$h" > /dev/null &
+for _ in $(seq 400); do h=$(sed -n 's/^HANDLE //p' "$work/idle.out" 2>/dev/null | head -1); [ -n "$h" ] && break; sleep 0.05; done
+ctr "$ib" connect idle --secs 14 --handle "$h" > /dev/null &
 cpid=$!
 sleep 2
 t0=$(ticks); s0=$(date +%s.%N)
@@ -113,14 +121,14 @@ wait "$ipid" "$cpid" || true
 
 echo "== UCX baselines" >&2
 kill "$router_pid"; router_pid=""
-"$here/ucx_baselines.sh" "$csv"
+[ -n "${FF_BENCH_SKIP_UCX:-}" ] || "$here/ucx_baselines.sh" "$csv"
 
 {
     echo "# FreeFlow benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2), $(rustc --version 2>/dev/null || echo rustc unknown)"
-    echo "- UCX $(ucx_info -v | sed -n 's/.*version=\([^ ]*\).*/\1/p' | head -1)"
+    echo "- UCX $(ucx_info -v | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)"
     echo "- command: bench/run.sh$([ $quick = 1 ] && echo ' --quick')"
     echo
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
