@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Shared;
 use crate::error::{Error, Result};
+use crate::liveness::Liveness;
 use crate::ring::{Layout, Rx, Tx, REC_CONT, REC_FIRST};
 use crate::shm::SharedMem;
 
@@ -30,6 +31,8 @@ use crate::shm::SharedMem;
 pub const MAX_INFLIGHT: usize = 1024;
 /// A receive with this tag matches any message.
 pub const TAG_ANY: u32 = u32::MAX;
+/// Fruitless polls between two checks that the peer process is alive.
+const LIVENESS_EVERY: u32 = 4096;
 /// How long [`Conn::wait`] spins before it sleeps.
 pub const SPIN: Duration = Duration::from_micros(50);
 
@@ -136,6 +139,11 @@ pub struct Conn {
     inbound: Inbound,
     reqs: Slab,
     broken: Option<String>,
+    /// Our side's liveness lock; None where /proc is unavailable.
+    live: Option<Liveness>,
+    /// Polls in a row that found nothing to do (liveness is checked every
+    /// [`LIVENESS_EVERY`] of them).
+    idle_polls: u32,
     ctx: Option<Arc<Shared>>,
     // Last: the mapping must outlive the views above.
     _mem: SharedMem,
@@ -150,6 +158,16 @@ impl Conn {
     /// Wraps a mapped connection file; `side` is 0 (connector) or 1 (acceptor).
     pub(crate) fn new(id: u64, side: usize, mem: SharedMem, ring_size: usize, ctx: Option<Arc<Shared>>) -> Result<Conn> {
         let lay = Layout::new(&mem, ring_size)?;
+        let live = match Liveness::hold(mem.fd(), side) {
+            Ok(l) => {
+                lay.side(side).attached.store(1, std::sync::atomic::Ordering::Release);
+                Some(l)
+            }
+            Err(e) => {
+                log::debug!("connection {id}: no liveness lock ({e}); peer death is learnt from the router only");
+                None
+            }
+        };
         Ok(Conn {
             id,
             side,
@@ -162,6 +180,8 @@ impl Conn {
             inbound: Inbound::Idle,
             reqs: Slab { slots: Vec::new(), free: Vec::new(), live: 0 },
             broken: None,
+            live,
+            idle_polls: 0,
             ctx,
             _mem: mem,
         })
@@ -236,7 +256,14 @@ impl Conn {
         let i = self.reqs.index(r)?;
         self.progress();
         match self.reqs.take_if_complete(i) {
-            None => Ok(None),
+            None => {
+                self.idle_polls += 1;
+                if self.idle_polls >= LIVENESS_EVERY {
+                    self.idle_polls = 0;
+                    self.check_peer_alive();
+                }
+                Ok(None)
+            }
             Some(State::Done(n)) => Ok(Some(n)),
             Some(State::Failed(e)) => Err(e),
             Some(State::Pending) => unreachable!(),
@@ -267,6 +294,7 @@ impl Conn {
                 }
                 nap = nap.min(t - spent);
             }
+            self.check_peer_alive();
             let lay = self.lay;
             let me = lay.side(self.side);
             let seen = me.prepare_sleep();
@@ -292,6 +320,85 @@ impl Conn {
         }
     }
 
+    /// The largest `max` [`Conn::try_send_with`] accepts (a quarter of the ring).
+    pub fn max_whole(&self) -> usize {
+        self.lay.ring_size / 4 - crate::ring::REC_HDR
+    }
+
+    /// Sends a whole message written in place: `fill` gets `max` writable
+    /// bytes in the ring and returns how many it wrote. For transports that
+    /// pack straight into the ring (one copy, no request to complete).
+    ///
+    /// `Ok(None)`, without calling `fill`, when it cannot go now: earlier
+    /// [`Conn::isend`]s are still queued (order is kept), or there is no room
+    /// for `max` bytes. Fails on a broken connection, a closed peer, or
+    /// `max` > [`Conn::max_whole`].
+    pub fn try_send_with(&mut self, tag: u32, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<Option<usize>> {
+        self.check_usable()?;
+        if self.peer().is_closed() {
+            return Err(Error::PeerClosed);
+        }
+        if !self.sends.is_empty() {
+            self.progress();
+            if !self.sends.is_empty() {
+                return Ok(None);
+            }
+        }
+        if max > self.max_whole() {
+            return Err(Error::InvalidArgument(format!("{max} bytes exceed the whole-message limit {}", self.max_whole())));
+        }
+        match self.tx.push_whole_with(tag, max, fill) {
+            Ok(Some(n)) => {
+                self.peer().notify();
+                Ok(Some(n))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.fail_all(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the next message in place, if it is a whole message written by
+    /// [`Conn::try_send_with`] and no receive is posted or under way: calls
+    /// `f(tag, payload, len)` and then releases the bytes. `Ok(false)` when
+    /// there is nothing to take that way (the next message, if any, is then
+    /// left for [`Conn::irecv`]). `Err(PeerClosed)` once the peer closed and
+    /// everything it sent was taken. The payload is the untrusted peer's:
+    /// `f` must treat it as input (it may even change under it).
+    pub fn poll_whole(&mut self, f: impl FnOnce(u32, *const u8, usize)) -> Result<bool> {
+        self.check_usable()?;
+        if !self.recvs.is_empty() || !matches!(self.inbound, Inbound::Idle) {
+            return Ok(false);
+        }
+        let rec = match self.rx.peek() {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                if self.peer().is_closed() && !self.rx.has_data() {
+                    return Err(Error::PeerClosed);
+                }
+                return Ok(false);
+            }
+            Err(e) => {
+                self.fail_all(&e.to_string());
+                return Err(e);
+            }
+        };
+        if rec.kind != REC_FIRST || rec.total != rec.len as u64 {
+            return Ok(false);
+        }
+        f(rec.tag, self.rx.payload(), rec.len);
+        self.rx.consume(rec.len);
+        self.peer().notify();
+        Ok(true)
+    }
+
+    /// True once the other side closed (or died).
+    pub fn peer_closed(&self) -> bool {
+        self.peer().is_closed()
+    }
+
     fn fail_all(&mut self, why: &str) {
         for op in std::mem::take(&mut self.sends) {
             self.reqs.set(op.req, State::Failed(Error::Corrupt(why.to_string())));
@@ -307,6 +414,19 @@ impl Conn {
         }
         for op in std::mem::take(&mut self.recvs) {
             self.reqs.set(op.req, State::Failed(err()));
+        }
+    }
+
+    /// If the peer process died (its liveness lock is gone) while nobody
+    /// told us — say the router is down — mark it closed ourselves.
+    fn check_peer_alive(&mut self) {
+        let peer = 1 - self.side;
+        let Some(live) = &self.live else { return };
+        let p = self.lay.side(peer);
+        if p.attached.load(std::sync::atomic::Ordering::Acquire) != 0 && !p.is_closed() && !live.is_held(peer) {
+            log::info!("connection {}: peer process is gone", self.id);
+            p.close();
+            self.progress();
         }
     }
 
@@ -560,6 +680,56 @@ mod tests {
         }
         let big = vec![0u8; 8192];
         assert!(matches!(a.send(&big, 0, T), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn whole_messages_in_place_keep_order_with_isend() {
+        let (mut a, mut b) = pair(4096);
+        let put = |c: &mut Conn, tag: u32, data: &[u8]| {
+            c.try_send_with(tag, data.len(), |p| {
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+                data.len()
+            })
+        };
+        assert_eq!(put(&mut a, 7, b"hello").unwrap(), Some(5));
+        let mut got = Vec::new();
+        assert!(b.poll_whole(|t, p, n| got.push((t, unsafe { std::slice::from_raw_parts(p, n) }.to_vec()))).unwrap());
+        assert_eq!(got, vec![(7, b"hello".to_vec())]);
+        assert!(!b.poll_whole(|_, _, _| unreachable!()).unwrap(), "nothing left");
+        // A queued isend (larger than the ring) holds whole messages back.
+        let big = pattern(10_000, 3);
+        let r = unsafe { a.isend(big.as_ptr(), big.len(), 1).unwrap() };
+        assert_eq!(put(&mut a, 8, b"x").unwrap(), None, "order: isend first");
+        assert!(!b.poll_whole(|_, _, _| unreachable!()).unwrap(), "a multi-record message is left for irecv");
+        let mut buf = vec![0u8; 10_000];
+        let rr = unsafe { b.irecv(buf.as_mut_ptr(), buf.len(), 1).unwrap() };
+        loop {
+            a.progress();
+            if let Some(n) = b.test(rr).unwrap() {
+                assert_eq!(n, 10_000);
+                break;
+            }
+        }
+        assert_eq!(a.wait(r, T).unwrap(), 10_000);
+        assert!(buf == big);
+        assert_eq!(put(&mut a, 8, b"x").unwrap(), Some(1));
+        assert!(b.poll_whole(|t, _, n| assert_eq!((t, n), (8, 1))).unwrap());
+        // Full ring: None without calling fill, then room again.
+        let mut sent = 0;
+        while put(&mut a, 9, &[1u8; 900]).unwrap().is_some() {
+            sent += 1;
+        }
+        assert!(sent >= 3);
+        assert!(a.try_send_with(9, 900, |_| panic!("fill called without room")).unwrap().is_none());
+        for _ in 0..sent {
+            assert!(b.poll_whole(|t, _, n| assert_eq!((t, n), (9, 900))).unwrap());
+        }
+        assert!(put(&mut a, 9, &[1u8; 900]).unwrap().is_some());
+        assert!(matches!(a.try_send_with(9, 4096, |_| 0), Err(Error::InvalidArgument(_))));
+        drop(a);
+        assert!(b.poll_whole(|_, _, _| {}).unwrap());
+        assert!(matches!(b.poll_whole(|_, _, _| {}), Err(Error::PeerClosed)));
+        assert!(b.peer_closed());
     }
 
     #[test]

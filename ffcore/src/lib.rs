@@ -16,6 +16,7 @@ pub mod error;
 pub mod fdpass;
 pub mod futex;
 pub mod handle;
+pub mod liveness;
 pub mod page;
 pub mod proto;
 pub mod ring;

@@ -4,8 +4,8 @@
 //! ```text
 //! offset 0      control page (4 KiB)
 //!   0    magic, ring size                 written once by the router
-//!   64   side 0: wake, waiting, closed    (one cache line each side)
-//!   128  side 1: wake, waiting, closed
+//!   64   side 0: wake, waiting, closed, attached  (one cache line each side)
+//!   128  side 1: wake, waiting, closed, attached
 //!   256  ring 0 head    320 ring 0 tail   (ring 0 carries side 0 -> side 1)
 //!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
 //! 4096          ring 0 data (ring_size bytes)
@@ -99,7 +99,12 @@ impl Layout {
 
     pub fn side(&self, side: usize) -> Side<'_> {
         let off = 64 + 64 * (side & 1);
-        Side { wake: self.word32(off), waiting: self.word32(off + 4), closed: self.word32(off + 8) }
+        Side {
+            wake: self.word32(off),
+            waiting: self.word32(off + 4),
+            closed: self.word32(off + 8),
+            attached: self.word32(off + 12),
+        }
     }
 
     /// Ring `dir` is written by side `dir`.
@@ -130,6 +135,8 @@ pub struct Side<'a> {
     pub waiting: &'a AtomicU32,
     /// Non-zero once this side closed or died (set by it or the router).
     pub closed: &'a AtomicU32,
+    /// Non-zero once this side holds its liveness lock ([`crate::liveness`]).
+    pub attached: &'a AtomicU32,
 }
 
 impl Side<'_> {
@@ -256,6 +263,48 @@ impl Tx {
         Ok(Some(n))
     }
 
+    /// Writes one whole-message record (kind FIRST, total = length) whose
+    /// payload `fill` produces in place: it gets a pointer to `max` writable
+    /// bytes in the ring and returns how many it wrote (at most `max`).
+    /// Returns the payload length, or None (without calling `fill`) if room
+    /// for `max` bytes is not free now. `max` must be at most a quarter of
+    /// the ring.
+    pub fn push_whole_with(&mut self, tag: u32, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<Option<usize>> {
+        let size = self.lay.ring_size;
+        if max > size / 4 {
+            return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
+        }
+        let need = rec_len(max);
+        let mut free = size - self.head.wrapping_sub(self.tail) as usize;
+        if free < need {
+            self.refresh_tail()?;
+            free = size - self.head.wrapping_sub(self.tail) as usize;
+        }
+        let (head_w, _, data) = self.lay.ring(self.dir);
+        let mut off = (self.head as usize) & (size - 1);
+        let to_end = size - off;
+        if to_end < need {
+            if free < to_end + need {
+                return Ok(None);
+            }
+            // SAFETY: off is 64-aligned and to_end >= ALIGN bytes remain.
+            unsafe { self.write_hdr(data.add(off), REC_PAD, 0, 0, to_end - REC_HDR) };
+            self.head += to_end as u64;
+            head_w.store(self.head, Ordering::Release);
+            off = 0;
+        } else if free < need {
+            return Ok(None);
+        }
+        // SAFETY: [off, off + need) lies inside the ring and is free space
+        // that only we (the producer) write until we publish the head.
+        let p = unsafe { data.add(off) };
+        let n = fill(unsafe { p.add(REC_HDR) }).min(max);
+        unsafe { self.write_hdr(p, REC_FIRST, tag, n as u64, n) };
+        self.head += rec_len(n) as u64;
+        head_w.store(self.head, Ordering::Release);
+        Ok(Some(n))
+    }
+
     unsafe fn write_hdr(&self, p: *mut u8, kind: u32, tag: u32, total: u64, len: usize) {
         let h = p as *mut u64;
         h.write_volatile(kind as u64 | (tag as u64) << 32);
@@ -335,6 +384,15 @@ impl Rx {
         let off = (self.tail as usize) & (self.lay.ring_size - 1);
         let src = self.lay.ring(self.dir).2.add(off + REC_HDR + at);
         std::ptr::copy_nonoverlapping(src, dst, n);
+    }
+
+    /// The payload of the record [`Rx::peek`] returned last, in place (valid
+    /// for that record's `len` bytes until [`Rx::consume`]). The producer is
+    /// untrusted: treat the bytes as input, not as stable memory.
+    pub fn payload(&self) -> *const u8 {
+        let off = (self.tail as usize) & (self.lay.ring_size - 1);
+        // SAFETY: off + REC_HDR is inside the ring (off is 64-aligned).
+        unsafe { self.lay.ring(self.dir).2.add(off + REC_HDR) }
     }
 
     /// Releases the current record (of `len` payload bytes) to the producer.

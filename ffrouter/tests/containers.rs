@@ -221,3 +221,33 @@ fn polling_accept_costs_no_router_round_trip_until_a_peer_connects() {
     assert_eq!(s.recv(&mut b, 1, None).unwrap(), 5);
     assert_eq!(&b, b"hello");
 }
+
+#[test]
+fn router_killed_and_restarted_survivors_get_errors_and_new_clients_are_served() {
+    let mut r = RouterProc::start(&["a"], &[]);
+    let d = r.tenant_dir("a");
+    let fb = bin("ffbench");
+    let fb = fb.to_str().unwrap();
+    let mut server = Container::run(&d, &[fb, "serve", "flood", "--size", "65536"]);
+    let handle = server.read_line_with("HANDLE ");
+    let mut client = Container::run(&d, &[fb, "connect", "flood", "--size", "65536", "--handle", &handle]);
+    client.read_line_with("FLOODING");
+    server.read_line_with("FLOODING"); // accepted: both ends are on the data path
+    client.wait_started();
+    // The router dies; the data path (shared memory) does not need it.
+    r.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    // Now the sender dies too: nobody is left to tell the receiver, yet it
+    // learns it from the kernel (the peer's liveness lock) within seconds.
+    client.kill();
+    let t = std::time::Instant::now();
+    let s = server.finish(Duration::from_secs(15));
+    assert!(!s.0 && s.2.contains("peer closed"), "server: {}", s.2);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    drop(client);
+    // A restarted router serves new clients.
+    r.restart();
+    let (s, c) = bench_pair(&d, &d, &["check", "--iters", "16", "--max-size", "1048576"], LONG);
+    ok(&s, "server after restart");
+    ok(&c, "client after restart");
+}

@@ -47,24 +47,49 @@ pub struct RouterProc {
     pub dir: PathBuf,
     pub child: Child,
     tenants: Vec<String>,
+    args: Vec<String>,
 }
 
 impl RouterProc {
     pub fn start(tenants: &[&str], extra: &[&str]) -> RouterProc {
         let dir = PathBuf::from(format!("/tmp/fftest-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut cmd = Command::new(bin("ffrouter"));
+        let mut args = Vec::new();
         for t in tenants {
             std::fs::create_dir_all(dir.join(t)).unwrap();
-            cmd.arg("--tenant").arg(format!("{t}={}", dir.join(t).join("ffrouter.sock").display()));
+            args.push("--tenant".to_string());
+            args.push(format!("{t}={}", dir.join(t).join("ffrouter.sock").display()));
         }
-        cmd.args(extra).arg("--log-level").arg(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
-        let child = cmd.spawn().expect("start ffrouter");
-        let r = RouterProc { dir, child, tenants: tenants.iter().map(|s| s.to_string()).collect() };
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("--log-level".into());
+        args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
+        let child = Self::spawn(&dir, tenants, &args);
+        RouterProc { dir, child, tenants: tenants.iter().map(|s| s.to_string()).collect(), args }
+    }
+
+    fn spawn(dir: &Path, tenants: &[&str], args: &[String]) -> Child {
         for t in tenants {
-            wait_for(|| r.socket(t).exists(), Duration::from_secs(10), "router socket");
+            let _ = std::fs::remove_file(dir.join(t).join("ffrouter.sock"));
         }
-        r
+        let child = Command::new(bin("ffrouter")).args(args).spawn().expect("start ffrouter");
+        for t in tenants {
+            let s = dir.join(t).join("ffrouter.sock");
+            wait_for(|| s.exists(), Duration::from_secs(10), "router socket");
+        }
+        child
+    }
+
+    /// SIGKILLs the router (its sockets stay behind as stale files).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the router again with the same tenants and flags.
+    pub fn restart(&mut self) {
+        self.kill();
+        let tenants: Vec<&str> = self.tenants.iter().map(|s| s.as_str()).collect();
+        self.child = Self::spawn(&self.dir, &tenants, &self.args);
     }
 
     pub fn tenant_dir(&self, tenant: &str) -> PathBuf {
