@@ -357,3 +357,92 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(o: Outcome) -> Option<ErrorCode> {
+        match o.reply {
+            Reply::Error { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    fn setup() -> (State, u64, u64, u64) {
+        let mut st = State::new(Limits { ring_size: 4096, ..Limits::default() });
+        let a1 = st.add_client("a".into()).unwrap();
+        let a2 = st.add_client("a".into()).unwrap();
+        let b1 = st.add_client("b".into()).unwrap();
+        (st, a1, a2, b1)
+    }
+
+    fn listen(st: &mut State, c: u64) -> (u64, u64) {
+        match st.handle(c, Request::Listen).reply {
+            Reply::Listening { listener, nonce } => (listener, nonce),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn objects_of_other_clients_are_refused() {
+        let (mut st, a1, a2, _) = setup();
+        let (l, n) = listen(&mut st, a1);
+        let rid = st.router_id;
+        let conn = match st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n }).reply {
+            Reply::Connected { conn, side: 0, .. } => conn,
+            r => panic!("{r:?}"),
+        };
+        let region = match st.handle(a1, Request::AllocRegion { len: 4096 }).reply {
+            Reply::Region { region, .. } => region,
+            r => panic!("{r:?}"),
+        };
+        // a2 may not accept on, close, or free a1's things.
+        assert_eq!(code(st.handle(a2, Request::Accept { listener: l })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a2, Request::CloseListener { listener: l })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a2, Request::FreeRegion { region })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a1, Request::CloseConn { conn })), Some(ErrorCode::NotFound), "not accepted yet, so not a1's");
+        // Ids of one kind are not accepted as another.
+        assert_eq!(code(st.handle(a1, Request::FreeRegion { region: l })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a1, Request::CloseConn { conn: region })), Some(ErrorCode::NotFound));
+        // The owner can.
+        assert!(matches!(st.handle(a1, Request::Accept { listener: l }).reply, Reply::Connected { side: 1, .. }));
+        assert_eq!(code(st.handle(a1, Request::FreeRegion { region })), None);
+        // Stale ids after close/free.
+        assert_eq!(code(st.handle(a1, Request::FreeRegion { region })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a2, Request::CloseConn { conn })), None);
+        assert_eq!(code(st.handle(a2, Request::CloseConn { conn })), Some(ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn cross_tenant_forged_and_stale_handles_are_refused() {
+        let (mut st, a1, a2, b1) = setup();
+        let (l, n) = listen(&mut st, a1);
+        let rid = st.router_id;
+        assert_eq!(code(st.handle(b1, Request::Connect { router_id: rid, listener: l, nonce: n })), Some(ErrorCode::PermissionDenied));
+        assert_eq!(code(st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n ^ 1 })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a2, Request::Connect { router_id: [9; 16], listener: l, nonce: n })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a1, Request::CloseListener { listener: l })), None);
+        assert_eq!(code(st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n })), Some(ErrorCode::NotFound), "stale");
+        assert_eq!(st.stats(Some("b")).conns, 0);
+    }
+
+    #[test]
+    fn quotas_hold_and_leaving_frees_everything() {
+        let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 64 << 10, max_client_objects: 3, max_backlog: 1 });
+        let a = st.add_client("a".into()).unwrap();
+        let b = st.add_client("a".into()).unwrap();
+        assert!(matches!(st.handle(a, Request::AllocRegion { len: 40 << 10 }).reply, Reply::Region { .. }));
+        assert_eq!(code(st.handle(a, Request::AllocRegion { len: 40 << 10 })), Some(ErrorCode::ResourceExhausted), "bytes");
+        let (l, n) = listen(&mut st, a);
+        let rid = st.router_id;
+        assert!(matches!(st.handle(b, Request::Connect { router_id: rid, listener: l, nonce: n }).reply, Reply::Connected { .. }));
+        assert_eq!(code(st.handle(b, Request::Connect { router_id: rid, listener: l, nonce: n })), Some(ErrorCode::ResourceExhausted), "backlog");
+        assert_eq!(code(st.handle(a, Request::Listen)), None);
+        assert_eq!(code(st.handle(a, Request::Listen)), Some(ErrorCode::ResourceExhausted), "objects");
+        st.remove_client(a);
+        st.remove_client(b);
+        let s = st.stats(None);
+        assert_eq!((s.clients, s.listeners, s.conns, s.regions, s.shared_bytes), (0, 0, 0, 0, 0));
+    }
+}

@@ -251,3 +251,76 @@ fn router_killed_and_restarted_survivors_get_errors_and_new_clients_are_served()
     ok(&s, "server after restart");
     ok(&c, "client after restart");
 }
+
+/// A raw control connection that has said Hello.
+fn attached(r: &RouterProc) -> UnixStream {
+    let s = UnixStream::connect(r.socket("a")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (rep, _) = rpc(&s, &Request::Hello { version: proto::VERSION }, &[]);
+    assert!(matches!(rep, Reply::Welcome { .. }));
+    s
+}
+
+fn rpc(s: &UnixStream, req: &Request, fds: &[std::os::fd::BorrowedFd]) -> (Reply, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::AsFd;
+    ffcore::fdpass::send_frame(s.as_fd(), &proto::encode(req), fds).unwrap();
+    let (_, body, fds) = ffcore::fdpass::recv_frame(s.as_fd()).unwrap().unwrap();
+    (proto::decode_body::<Reply>(&body).unwrap(), fds)
+}
+
+#[test]
+fn shared_files_cannot_be_resized_and_foreign_descriptors_are_refused() {
+    let mut r = RouterProc::start(&["a"], &[]);
+    let s = attached(&r);
+    let (rep, mut fds) = rpc(&s, &Request::AllocRegion { len: 1 << 16 }, &[]);
+    assert!(matches!(rep, Reply::Region { len: 65536, .. }), "{rep:?}");
+    let f = std::fs::File::from(fds.pop().unwrap());
+    // Shrinking (which would make the router fault on its mapping) and
+    // growing are refused by the seals the router put on the file.
+    let e = f.set_len(4096).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    assert_eq!(f.set_len(1 << 30).unwrap_err().raw_os_error(), Some(libc::EPERM));
+    // Same for a connection's rings.
+    let (rep, _) = rpc(&s, &Request::Listen, &[]);
+    let Reply::Listening { listener, nonce } = rep else { panic!("{rep:?}") };
+    let router_id = r.context("a").listen().unwrap().handle().router_id;
+    let (rep, mut fds) = rpc(&s, &Request::Connect { router_id, listener, nonce }, &[]);
+    assert!(matches!(rep, Reply::Connected { .. }), "{rep:?}");
+    let f = std::fs::File::from(fds.pop().unwrap());
+    assert_eq!(f.set_len(0).unwrap_err().raw_os_error(), Some(libc::EPERM));
+    // A second Hello is refused.
+    assert!(matches!(rpc(&s, &Request::Hello { version: 1 }, &[]).0, Reply::Error { .. }));
+    finish_fd_checks(&mut r, &s);
+}
+
+fn finish_fd_checks(r: &mut RouterProc, s: &UnixStream) {
+    use std::os::fd::AsFd;
+    // Descriptors a client sends are closed unread, with an error reply.
+    let (rd, _wr) = std::io::pipe().unwrap();
+    let (rep, _) = rpc(s, &Request::Stats, &[rd.as_fd()]);
+    assert!(matches!(rep, Reply::Error { code: ErrorCode::BadRequest, .. }), "{rep:?}");
+    // The connection is still in step and the router unharmed.
+    assert!(matches!(rpc(s, &Request::Stats, &[]).0, Reply::Stats(_)));
+    assert!(r.alive());
+}
+
+#[test]
+fn registered_memory_is_checked_for_bounds_and_keys() {
+    let r = RouterProc::start(&["a"], &[]);
+    let ctx = r.context("a");
+    let buf = vec![0u8; 4096];
+    let k = ctx.register(buf.as_ptr(), buf.len()).unwrap();
+    ctx.check_range(k, buf.as_ptr(), 4096).unwrap();
+    ctx.check_range(k, unsafe { buf.as_ptr().add(100) }, 3996).unwrap();
+    assert!(ctx.check_range(k, unsafe { buf.as_ptr().add(100) }, 3997).is_err(), "out of bounds");
+    assert!(ctx.check_range(k, unsafe { buf.as_ptr().sub(1) }, 10).is_err(), "below the start");
+    assert!(ctx.check_range(ffcore::MemKey(k.0 + 1000), buf.as_ptr(), 1).is_err(), "unknown key");
+    ctx.deregister(k).unwrap();
+    assert!(ctx.check_range(k, buf.as_ptr(), 1).is_err(), "stale key");
+    assert!(ctx.deregister(k).is_err(), "double deregister");
+    // Keys are per process: another client's keys mean nothing here.
+    let other = r.context("a");
+    let k2 = other.register(buf.as_ptr(), 16).unwrap();
+    other.check_range(k2, buf.as_ptr(), 16).unwrap();
+    assert!(ctx.check_range(k2, buf.as_ptr(), 16).is_err(), "another client's key is refused");
+}
