@@ -137,7 +137,7 @@ impl Context {
         let req = Request::Connect { router_id: handle.router_id, listener: handle.listener, nonce: handle.nonce };
         match self.shared.rpc(&req)? {
             (Reply::Connected { conn, side, ring_size }, fds) => {
-                open_conn(conn, side, ring_size, fds, &self.shared).map(Some)
+                open_conn(conn, side, ring_size, fds, &self.shared, &self.page).map(Some)
             }
             (Reply::NotReady, _) => Ok(None),
             (r, _) => Err(unexpected(r)),
@@ -200,10 +200,10 @@ impl Context {
     }
 }
 
-fn open_conn(conn: u64, side: u8, ring_size: u64, fds: Vec<OwnedFd>, ctx: &Arc<Shared>) -> Result<Conn> {
+fn open_conn(conn: u64, side: u8, ring_size: u64, fds: Vec<OwnedFd>, ctx: &Arc<Shared>, page: &Arc<Page>) -> Result<Conn> {
     let ring_size = ring_size as usize;
     let mem = SharedMem::from_fd(one_fd(fds)?, crate::ring::file_len(ring_size))?;
-    Conn::new(conn, side as usize, mem, ring_size, Some(ctx.clone()))
+    Conn::new(conn, side as usize, mem, ring_size, Some(ctx.clone()), Some(page.clone()))
 }
 
 /// A listener; dropping it closes it (connections already made stay).
@@ -229,7 +229,9 @@ impl Listener {
             return Ok(None);
         }
         match self.ctx.rpc(&Request::Accept { listener: self.handle.listener })? {
-            (Reply::Connected { conn, side, ring_size }, fds) => open_conn(conn, side, ring_size, fds, &self.ctx).map(Some),
+            (Reply::Connected { conn, side, ring_size }, fds) => {
+                open_conn(conn, side, ring_size, fds, &self.ctx, &self.page).map(Some)
+            }
             (Reply::NotReady, _) => {
                 self.idle_at.store(seq, Ordering::Relaxed);
                 Ok(None)

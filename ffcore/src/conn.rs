@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::client::Shared;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
+use crate::page::Page;
 use crate::ring::{Layout, Rx, Tx, REC_CONT, REC_FIRST};
 use crate::shm::SharedMem;
 
@@ -145,6 +146,10 @@ pub struct Conn {
     /// [`LIVENESS_EVERY`] of them).
     idle_polls: u32,
     ctx: Option<Arc<Shared>>,
+    /// The client page: the router's rate-limit credit for this process.
+    page: Option<Arc<Page>>,
+    /// The last progress stopped because the credit ran out.
+    credit_blocked: bool,
     // Last: the mapping must outlive the views above.
     _mem: SharedMem,
 }
@@ -156,7 +161,14 @@ unsafe impl Send for Conn {}
 
 impl Conn {
     /// Wraps a mapped connection file; `side` is 0 (connector) or 1 (acceptor).
-    pub(crate) fn new(id: u64, side: usize, mem: SharedMem, ring_size: usize, ctx: Option<Arc<Shared>>) -> Result<Conn> {
+    pub(crate) fn new(
+        id: u64,
+        side: usize,
+        mem: SharedMem,
+        ring_size: usize,
+        ctx: Option<Arc<Shared>>,
+        page: Option<Arc<Page>>,
+    ) -> Result<Conn> {
         let lay = Layout::new(&mem, ring_size)?;
         let live = match Liveness::hold(mem.fd(), side) {
             Ok(l) => {
@@ -183,6 +195,8 @@ impl Conn {
             live,
             idle_polls: 0,
             ctx,
+            page,
+            credit_blocked: false,
             _mem: mem,
         })
     }
@@ -295,6 +309,11 @@ impl Conn {
                 nap = nap.min(t - spent);
             }
             self.check_peer_alive();
+            if self.credit_blocked {
+                // The router tops credit up every millisecond.
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
             let lay = self.lay;
             let me = lay.side(self.side);
             let seen = me.prepare_sleep();
@@ -445,16 +464,34 @@ impl Conn {
             return Ok(());
         }
         let mut moved = false;
+        self.credit_blocked = false;
         while let Some(op) = self.sends.front_mut() {
             let left = op.len - op.sent;
             let kind = if op.started { REC_CONT } else { REC_FIRST };
-            // SAFETY: isend's contract keeps [ptr, ptr+len) readable.
-            let pushed = unsafe {
-                self.tx.push(kind, op.tag, op.len as u64, op.ptr.add(op.sent), left.min(self.max_frag))?
+            let mut max = left.min(self.max_frag);
+            let limited = match &self.page {
+                Some(p) => match p.allowance() {
+                    u64::MAX => None,
+                    0 if max > 0 => {
+                        p.set_want(true);
+                        self.credit_blocked = true;
+                        break;
+                    }
+                    a => {
+                        max = max.min(a.min(usize::MAX as u64) as usize);
+                        Some(p)
+                    }
+                },
+                None => None,
             };
+            // SAFETY: isend's contract keeps [ptr, ptr+len) readable.
+            let pushed = unsafe { self.tx.push(kind, op.tag, op.len as u64, op.ptr.add(op.sent), max)? };
             match pushed {
                 None => break,
                 Some(n) => {
+                    if let Some(p) = limited {
+                        p.add_sent(n as u64);
+                    }
                     moved = true;
                     op.sent += n;
                     op.started = true;
@@ -564,8 +601,8 @@ mod tests {
             let fd = m.fd().try_clone_to_owned().unwrap();
             SharedMem::from_fd(fd, ring::file_len(ring_size)).unwrap()
         };
-        let b = Conn::new(1, 1, dup(&mem), ring_size, None).unwrap();
-        let a = Conn::new(1, 0, mem, ring_size, None).unwrap();
+        let b = Conn::new(1, 1, dup(&mem), ring_size, None, None).unwrap();
+        let a = Conn::new(1, 0, mem, ring_size, None, None).unwrap();
         (a, b)
     }
 

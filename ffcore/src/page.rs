@@ -5,10 +5,15 @@
 //! 0    magic
 //! 64   accept_seq: bumped by the router whenever a connection is queued on
 //!      any of this client's listeners
+//! 128  credit: total payload bytes this client may send (router writes;
+//!      u64::MAX = no rate limit)
+//! 192  sent: payload bytes this client has sent (client writes)
+//! 256  want: non-zero while the client waits for credit (client writes)
 //! ```
 //!
-//! Only the router writes it; a client that scribbles on its own page only
-//! confuses itself (the router never reads it).
+//! A client that scribbles on its own page only confuses itself: the router
+//! only reads `sent` and `want`, and only to decide how much credit to add,
+//! which never exceeds the rate limit whatever they say.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +34,9 @@ impl Page {
         let mem = SharedMem::create("ff-client-page", PAGE_LEN)?;
         // SAFETY: offset 0 is inside the fresh, page-aligned mapping.
         unsafe { (mem.as_ptr() as *mut u64).write(MAGIC) };
-        Ok(Page { mem })
+        let p = Page { mem };
+        p.set_credit(u64::MAX);
+        Ok(p)
     }
 
     /// Client side: a page received with `Welcome`.
@@ -51,6 +58,47 @@ impl Page {
         // SAFETY: offset 64 is 8-aligned and inside the PAGE_LEN mapping,
         // which lives as long as self; atomics tolerate concurrent writers.
         unsafe { &*(self.mem.as_ptr().add(64) as *const AtomicU64) }
+    }
+
+    fn word(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: every offset used is 8-aligned and below PAGE_LEN; the
+        // mapping lives as long as self; atomics tolerate concurrent writers.
+        unsafe { &*(self.mem.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// Total bytes this client may have sent (u64::MAX: unlimited).
+    pub fn credit(&self) -> u64 {
+        self.word(128).load(Ordering::Acquire)
+    }
+
+    /// Router side: sets the credit.
+    pub fn set_credit(&self, v: u64) {
+        self.word(128).store(v, Ordering::Release);
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.word(192).load(Ordering::Acquire)
+    }
+
+    /// Client side: account `n` more bytes sent.
+    pub fn add_sent(&self, n: u64) {
+        self.word(192).fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub fn wants_credit(&self) -> bool {
+        self.word(256).load(Ordering::Acquire) != 0
+    }
+
+    pub fn set_want(&self, w: bool) {
+        self.word(256).store(w as u64, Ordering::Release);
+    }
+
+    /// Client side: how many bytes may be sent now (u64::MAX: unlimited).
+    pub fn allowance(&self) -> u64 {
+        match self.credit() {
+            u64::MAX => u64::MAX,
+            c => c.saturating_sub(self.sent()),
+        }
     }
 
     pub fn accept_seq(&self) -> u64 {

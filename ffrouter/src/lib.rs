@@ -38,7 +38,19 @@ pub struct Router {
 
 impl Router {
     pub fn new(limits: Limits) -> Router {
-        Router { state: Arc::new(Mutex::new(State::new(limits))) }
+        let state = Arc::new(Mutex::new(State::new(limits)));
+        if state.lock().unwrap().has_rate_limits() {
+            // Only with rate limits configured: a 1 kHz credit tick.
+            let st = state.clone();
+            std::thread::Builder::new()
+                .name("qos".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(1));
+                    st.lock().unwrap().qos_tick(std::time::Instant::now());
+                })
+                .expect("spawn the qos thread");
+        }
+        Router { state }
     }
 
     pub fn state(&self) -> Arc<Mutex<State>> {
@@ -93,7 +105,9 @@ fn spawn_client(state: Arc<Mutex<State>>, tenant: Arc<str>, sock: UnixStream) {
                 return;
             }
         };
-        log::info!("client {id} attached: tenant {tenant}, pid {pid}, uid {uid}");
+        let container = container_of(pid);
+        state.lock().unwrap().set_container(id, container);
+        log::info!("client {id} attached: tenant {tenant}, pid {pid}, uid {uid}, container pidns:{container}");
         let why = serve_client(&state, id, &sock);
         state.lock().unwrap().remove_client(id);
         log::info!("client {id} (pid {pid}) detached: {why}; its resources are freed");
@@ -157,6 +171,12 @@ fn serve_client(state: &Mutex<State>, id: u64, sock: &UnixStream) -> String {
             return format!("cannot reply: {e}");
         }
     }
+}
+
+/// A client's container: the inode of its PID namespace (0 if unknown).
+fn container_of(pid: i32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| m.ino()).unwrap_or(0)
 }
 
 fn reply(sock: &UnixStream, r: &Reply, fd: Option<&ffcore::shm::SharedMem>) -> ffcore::Result<()> {

@@ -47,6 +47,12 @@ struct ServeArgs {
     /// Listeners, connections and regions one client may hold.
     #[arg(long, default_value_t = 65536)]
     max_client_objects: usize,
+    /// Send rate limit, as TARGET=RATE: TARGET is a tenant name (each of its
+    /// containers gets RATE) or pidns:INODE (one container, identified by its
+    /// PID namespace; overrides the tenant's). RATE in bytes/s with an
+    /// optional K, M or G suffix (powers of 1000), e.g. teamA=2G. Repeatable.
+    #[arg(long = "rate-limit", value_name = "TARGET=RATE")]
+    rate_limits: Vec<String>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -58,6 +64,37 @@ fn parse_tenant(s: &str) -> Result<Tenant, String> {
         return Err(format!("--tenant {s}: name must be 1-64 of [A-Za-z0-9_-]"));
     }
     Ok(Tenant { name: name.into(), socket: path.into() })
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1e3),
+        Some((i, 'M' | 'm')) => (&s[..i], 1e6),
+        Some((i, 'G' | 'g')) => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("bad rate {s:?}"))?;
+    if !(v > 0.0 && v * mul < 1e15) {
+        return Err(format!("rate {s:?} out of range"));
+    }
+    Ok((v * mul) as u64)
+}
+
+fn parse_rates(specs: &[String]) -> Result<ffrouter::state::Rates, String> {
+    let mut r = ffrouter::state::Rates::default();
+    for s in specs {
+        let (target, rate) = s.split_once('=').ok_or_else(|| format!("--rate-limit {s}: expected TARGET=RATE"))?;
+        let rate = parse_rate(rate)?;
+        match target.strip_prefix("pidns:") {
+            Some(ino) => {
+                r.container.insert(ino.parse().map_err(|_| format!("--rate-limit {s}: bad inode"))?, rate);
+            }
+            None => {
+                r.tenant.insert(target.to_string(), rate);
+            }
+        }
+    }
+    Ok(r)
 }
 
 fn serve(a: ServeArgs) -> Result<(), String> {
@@ -73,6 +110,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         ring_size: a.ring_size,
         max_client_bytes: a.max_client_bytes,
         max_client_objects: a.max_client_objects,
+        rates: parse_rates(&a.rate_limits)?,
         ..Limits::default()
     });
     log::info!("ffrouter {} starting; ring size {} bytes; data path: same-host shared memory", env!("CARGO_PKG_VERSION"), a.ring_size);

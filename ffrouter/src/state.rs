@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ffcore::error::ErrorCode;
 use ffcore::proto::{self, Reply, Request, Stats};
@@ -21,17 +22,54 @@ pub struct Limits {
     pub max_client_objects: usize,
     /// Connections waiting in one listener's accept queue.
     pub max_backlog: usize,
+    /// Send rate limits in bytes/s: by tenant (applies to each container of
+    /// the tenant) and by container (PID-namespace inode; overrides).
+    pub rates: Rates,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Rates {
+    pub tenant: HashMap<String, u64>,
+    pub container: HashMap<u64, u64>,
+}
+
+impl Rates {
+    pub fn is_empty(&self) -> bool {
+        self.tenant.is_empty() && self.container.is_empty()
+    }
+
+    fn lookup(&self, tenant: &str, container: u64) -> Option<u64> {
+        self.container.get(&container).or_else(|| self.tenant.get(tenant)).copied()
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { ring_size: 4 << 20, max_client_bytes: 64 << 30, max_client_objects: 65536, max_backlog: 4096 }
+        Limits {
+            ring_size: 4 << 20,
+            max_client_bytes: 64 << 30,
+            max_client_objects: 65536,
+            max_backlog: 4096,
+            rates: Rates::default(),
+        }
     }
+}
+
+/// A token bucket shared by the clients of one container.
+struct Bucket {
+    rate: u64,
+    burst: u64,
+    tokens: f64,
+    last: Instant,
 }
 
 struct Client {
     tenant: Arc<str>,
     page: Arc<Page>,
+    /// The client's container (PID-namespace inode; 0 if unknown) and
+    /// whether its sends are rate limited.
+    container: u64,
+    limited: bool,
     listeners: HashSet<u64>,
     conns: HashSet<u64>,
     regions: HashSet<u64>,
@@ -92,6 +130,7 @@ pub struct State {
     regions: HashMap<u64, RegionRec>,
     requests: u64,
     errors: u64,
+    buckets: HashMap<(Arc<str>, u64), Bucket>,
 }
 
 impl State {
@@ -106,7 +145,60 @@ impl State {
             regions: HashMap::new(),
             requests: 0,
             errors: 0,
+            buckets: HashMap::new(),
         }
+    }
+
+    /// Records which container a client runs in, and applies its rate limit.
+    pub fn set_container(&mut self, client: u64, container: u64) {
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        c.container = container;
+        let Some(rate) = self.limits.rates.lookup(&c.tenant, container) else { return };
+        c.limited = true;
+        // Bursts of 5 ms of traffic, and at least a few ring fragments.
+        let burst = (rate / 200).max(256 << 10);
+        let b = self.buckets.entry((c.tenant.clone(), container)).or_insert(Bucket {
+            rate,
+            burst,
+            tokens: burst as f64,
+            last: Instant::now(),
+        });
+        let first = b.tokens.min(burst as f64);
+        b.tokens -= first;
+        c.page.set_credit(c.page.sent() + first as u64);
+        log::info!("client {client}: send rate limited to {rate} bytes/s (container {container})");
+    }
+
+    /// Tops up the credit of rate-limited clients (call every millisecond or
+    /// so). Each container's bucket fills at its rate, up to its burst, and
+    /// is shared out among its clients that have room for more credit.
+    pub fn qos_tick(&mut self, now: Instant) {
+        for ((tenant, container), b) in self.buckets.iter_mut() {
+            let dt = now.saturating_duration_since(b.last).as_secs_f64();
+            b.last = now;
+            b.tokens = (b.tokens + dt * b.rate as f64).min(b.burst as f64);
+            let mut hungry: Vec<&Client> = self
+                .clients
+                .values()
+                .filter(|c| c.limited && c.container == *container && c.tenant == *tenant && c.page.allowance() < b.burst)
+                .collect();
+            hungry.sort_by_key(|c| c.page.allowance());
+            let n = hungry.len();
+            for (i, c) in hungry.into_iter().enumerate() {
+                let share = (b.tokens / (n - i) as f64).floor();
+                let room = (b.burst - c.page.allowance().min(b.burst)) as f64;
+                let g = share.min(room);
+                if g >= 1.0 {
+                    c.page.set_credit(c.page.credit().saturating_add(g as u64));
+                    b.tokens -= g;
+                }
+            }
+        }
+    }
+
+    /// Does any client need [`State::qos_tick`]?
+    pub fn has_rate_limits(&self) -> bool {
+        !self.limits.rates.is_empty()
     }
 
     fn id(&mut self) -> u64 {
@@ -120,7 +212,16 @@ impl State {
         let id = self.id();
         self.clients.insert(
             id,
-            Client { tenant, page, listeners: HashSet::new(), conns: HashSet::new(), regions: HashSet::new(), bytes: 0 },
+            Client {
+                tenant,
+                page,
+                container: 0,
+                limited: false,
+                listeners: HashSet::new(),
+                conns: HashSet::new(),
+                regions: HashSet::new(),
+                bytes: 0,
+            },
         );
         Ok(id)
     }
@@ -338,7 +439,12 @@ impl State {
         for r in regions {
             self.free_region(r);
         }
-        self.clients.remove(&client);
+        if let Some(c) = self.clients.remove(&client) {
+            let key = (c.tenant.clone(), c.container);
+            if !self.clients.values().any(|o| o.tenant == key.0 && o.container == key.1) {
+                self.buckets.remove(&key);
+            }
+        }
     }
 
     /// Counters, for one tenant or (None) for the whole router.
@@ -429,7 +535,7 @@ mod tests {
 
     #[test]
     fn quotas_hold_and_leaving_frees_everything() {
-        let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 64 << 10, max_client_objects: 3, max_backlog: 1 });
+        let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 64 << 10, max_client_objects: 3, max_backlog: 1, ..Limits::default() });
         let a = st.add_client("a".into()).unwrap();
         let b = st.add_client("a".into()).unwrap();
         assert!(matches!(st.handle(a, Request::AllocRegion { len: 40 << 10 }).reply, Reply::Region { .. }));

@@ -324,3 +324,24 @@ fn registered_memory_is_checked_for_bounds_and_keys() {
     other.check_range(k2, buf.as_ptr(), 16).unwrap();
     assert!(ctx.check_range(k2, buf.as_ptr(), 16).is_err(), "another client's key is refused");
 }
+
+#[test]
+fn rate_limits_hold_each_container_to_its_share() {
+    // Tenant a's containers may send 150 MB/s each, tenant b's 300 MB/s; a
+    // pair of containers of each tenant streams at the same time.
+    let r = RouterProc::start(&["a", "b"], &["--rate-limit", "a=150M", "--rate-limit", "b=300M"]);
+    let run = |tenant: &'static str, iters: &'static str| {
+        let d = r.tenant_dir(tenant);
+        std::thread::spawn(move || bench_pair(&d, &d, &["stream", "--size", "1048576", "--iters", iters, "--window", "8"], LONG))
+    };
+    let a = run("a", "300");
+    let b = run("b", "600");
+    for (t, want, h) in [("a", 150.0, a), ("b", 300.0, b)] {
+        let (s, c) = h.join().unwrap();
+        ok(&s, "server");
+        ok(&c, "client");
+        let mbs: f64 = c.1.split("mb_per_s=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        eprintln!("tenant {t}: {mbs:.1} MB/s under a {want} MB/s limit");
+        assert!((mbs / want - 1.0).abs() <= 0.10, "tenant {t}: {mbs:.1} MB/s, limit {want} MB/s");
+    }
+}

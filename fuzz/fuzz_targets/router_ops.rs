@@ -10,7 +10,7 @@ use ffrouter::{Limits, State};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 1 << 20, max_client_objects: 16, max_backlog: 4 });
+    let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 1 << 20, max_client_objects: 16, max_backlog: 4, ..Limits::default() });
     let tenants: [Arc<str>; 2] = ["a".into(), "b".into()];
     let mut clients: Vec<u64> = Vec::new();
     // Ids the router handed out, so the fuzzer can name real objects.
