@@ -385,8 +385,12 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if let Some(owner) = c.ends[side].take() {
             let bytes = c.mem.len() as u64;
+            // A client may hold both ends (it connected to its own listener).
+            let still_holds = c.ends.contains(&Some(owner));
             if let Some(cl) = self.clients.get_mut(&owner) {
-                cl.conns.remove(&conn);
+                if !still_holds {
+                    cl.conns.remove(&conn);
+                }
                 cl.bytes -= bytes;
             }
         }
@@ -432,8 +436,10 @@ impl State {
             self.close_listener(l);
         }
         for id in conns {
-            if let Some(side) = self.conns.get(&id).and_then(|c| c.ends.iter().position(|e| *e == Some(client))) {
-                self.release_end(id, side);
+            for side in 0..2 {
+                if self.conns.get(&id).is_some_and(|c| c.ends[side] == Some(client)) {
+                    self.release_end(id, side);
+                }
             }
         }
         for r in regions {
@@ -531,6 +537,23 @@ mod tests {
         assert_eq!(code(st.handle(a1, Request::CloseListener { listener: l })), None);
         assert_eq!(code(st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n })), Some(ErrorCode::NotFound), "stale");
         assert_eq!(st.stats(Some("b")).conns, 0);
+    }
+
+    #[test]
+    fn a_client_connected_to_itself_frees_both_ends() {
+        // Found by the router_ops fuzz target: closing one end forgot that
+        // the same client still held the other, which then leaked.
+        let (mut st, a1, _, _) = setup();
+        let (l, n) = listen(&mut st, a1);
+        let rid = st.router_id;
+        let Reply::Connected { conn, .. } = st.handle(a1, Request::Connect { router_id: rid, listener: l, nonce: n }).reply else {
+            panic!()
+        };
+        assert!(matches!(st.handle(a1, Request::Accept { listener: l }).reply, Reply::Connected { .. }));
+        assert_eq!(code(st.handle(a1, Request::CloseConn { conn })), None);
+        st.remove_client(a1);
+        let s = st.stats(Some("a"));
+        assert_eq!((s.conns, s.shared_bytes), (0, 0), "{s:?}");
     }
 
     #[test]
