@@ -8,6 +8,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+mod soak;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use ffcore::{Conn, Context, Handle, Req};
 
@@ -41,6 +43,9 @@ enum Mode {
     /// Edge cases: sends posted before receives, zero-byte messages,
     /// truncation reported as an error, tags.
     Semantics,
+    /// Soak: --conns connections, random sizes, checksums, for --secs; the
+    /// server accepts any number of (re)connecting senders.
+    Soak,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +66,9 @@ struct Opts {
     max_size: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Connections in soak mode.
+    #[arg(long, default_value_t = 16)]
+    conns: usize,
     /// Distinct buffers per side in stream mode (1, like ucx_perftest).
     #[arg(long, default_value_t = 1)]
     buffers: usize,
@@ -79,6 +87,20 @@ fn main() {
 
 fn run(role: Role) -> ffcore::Result<()> {
     let ctx = Context::new()?;
+    // Soak manages its own (many) connections.
+    match &role {
+        Role::Serve(o) if o.mode == Mode::Soak => {
+            let l = ctx.listen()?;
+            println!("HANDLE {}", l.handle().to_hex());
+            std::io::stdout().flush()?;
+            return soak::recv(&l, o.secs);
+        }
+        Role::Connect(o) if o.mode == Mode::Soak => {
+            let h = Handle::from_hex(o.handle.as_deref().unwrap_or(""))?;
+            return soak::send(&ctx, &h, o.conns, o.secs, o.seed);
+        }
+        _ => {}
+    }
     let (opts, mut conn, server) = match role {
         Role::Serve(o) => {
             let l = ctx.listen()?;
@@ -105,6 +127,7 @@ fn run(role: Role) -> ffcore::Result<()> {
         Mode::Idle => idle(&mut conn, &opts),
         Mode::Flood => flood(&mut conn, &opts, server),
         Mode::Semantics => semantics(&mut conn, server),
+        Mode::Soak => unreachable!("handled above"),
     }
 }
 
