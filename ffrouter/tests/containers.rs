@@ -345,3 +345,26 @@ fn rate_limits_hold_each_container_to_its_share() {
         assert!((mbs / want - 1.0).abs() <= 0.10, "tenant {t}: {mbs:.1} MB/s, limit {want} MB/s");
     }
 }
+
+#[test]
+fn containers_need_no_privilege_uid_or_capability() {
+    // Both ends run as nobody with every capability dropped (bounding set
+    // too) inside their containers: the socket and the memfds are all
+    // they need.
+    let r = RouterProc::start(&["a"], &[]);
+    let d = r.tenant_dir("a");
+    let fb = bin("ffbench");
+    let fb = fb.to_str().unwrap();
+    let drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"];
+    let mut sargv: Vec<&str> = drop.to_vec();
+    sargv.extend([fb, "serve", "check", "--iters", "16", "--max-size", "4194304"]);
+    let mut server = Container::run(&d, &sargv);
+    let handle = server.read_line_with("HANDLE ");
+    let mut cargv: Vec<&str> = drop.to_vec();
+    cargv.extend([fb, "connect", "check", "--iters", "16", "--max-size", "4194304", "--handle", &handle]);
+    let c = Container::run(&d, &cargv).finish(LONG);
+    let s = server.finish(LONG);
+    ok(&c, "unprivileged client");
+    ok(&s, "unprivileged server");
+    assert!(s.1.contains("ok=1"), "{}", s.1);
+}
