@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-120}
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cargo fuzz build -s none -O -a
 for t in proto_decode ring_rx router_ops; do
     mkdir -p "corpus/$t"
