@@ -368,3 +368,26 @@ fn containers_need_no_privilege_uid_or_capability() {
     ok(&s, "unprivileged server");
     assert!(s.1.contains("ok=1"), "{}", s.1);
 }
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_without_stalling_others() {
+    let r = RouterProc::start(&["a"], &[]);
+    let probe = r.context("a");
+    let s = attached(&r);
+    // Pipeline requests and never read a reply: the router's replies fill
+    // the socket buffer and its writes to this client block.
+    s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let frame = proto::encode(&Request::Stats);
+    let mut w = &s;
+    let mut sent = 0;
+    while sent < 200_000 && w.write_all(&frame).is_ok() {
+        sent += 1;
+    }
+    // Others are served meanwhile.
+    assert!(probe.stats().unwrap().clients >= 2);
+    // After the router's write timeout the stalled client is dropped.
+    let t = std::time::Instant::now();
+    fftestkit::wait_for(|| probe.stats().unwrap().clients == 1, Duration::from_secs(20), "the stalled client to be dropped");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    drop(s);
+}
