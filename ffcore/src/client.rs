@@ -73,6 +73,8 @@ pub struct Context {
     client_id: u64,
     tenant: String,
     router_id: [u8; 16],
+    /// Where other hosts' routers reach ours (goes into handles).
+    advertise: Option<std::net::SocketAddr>,
     page: Arc<Page>,
     regs: Mutex<Registry>,
 }
@@ -95,7 +97,7 @@ impl Context {
         sock.set_write_timeout(Some(RPC_TIMEOUT))?;
         let shared = Arc::new(Shared { sock: Mutex::new(sock) });
         let (reply, fds) = shared.rpc(&Request::Hello { version: VERSION })?;
-        let Reply::Welcome { client, tenant, router_id, .. } = reply else {
+        let Reply::Welcome { client, tenant, router_id, advertise, .. } = reply else {
             return Err(unexpected(reply));
         };
         let page = Arc::new(Page::open(SharedMem::from_fd(one_fd(fds)?, PAGE_LEN)?)?);
@@ -105,6 +107,7 @@ impl Context {
             client_id: client,
             tenant,
             router_id,
+            advertise: advertise.map(Into::into),
             page,
             regs: Mutex::default(),
         })
@@ -122,7 +125,7 @@ impl Context {
     pub fn listen(&self) -> Result<Listener> {
         match self.shared.rpc(&Request::Listen)? {
             (Reply::Listening { listener, nonce }, _) => Ok(Listener {
-                handle: Handle { router_id: self.router_id, listener, nonce },
+                handle: Handle { router_id: self.router_id, listener, nonce, addr: self.advertise },
                 ctx: self.shared.clone(),
                 page: self.page.clone(),
                 idle_at: AtomicU64::new(u64::MAX),
@@ -132,9 +135,19 @@ impl Context {
     }
 
     /// Connects to the listener named by `handle`. `Ok(None)` means "not yet,
-    /// call again with the same handle"; it never waits for the peer.
+    /// call again with the same handle"; it never waits for the peer. A
+    /// listener on another host is reached through both hosts' routers; the
+    /// first calls then return `Ok(None)` while they set the connection up.
     pub fn connect(&self, handle: &Handle) -> Result<Option<Conn>> {
-        let req = Request::Connect { router_id: handle.router_id, listener: handle.listener, nonce: handle.nonce };
+        let req = match handle.addr {
+            Some(addr) if handle.router_id != self.router_id => Request::ConnectRemote {
+                router_id: handle.router_id,
+                addr: addr.into(),
+                listener: handle.listener,
+                nonce: handle.nonce,
+            },
+            _ => Request::Connect { router_id: handle.router_id, listener: handle.listener, nonce: handle.nonce },
+        };
         match self.shared.rpc(&req)? {
             (Reply::Connected { conn, side, ring_size }, fds) => {
                 open_conn(conn, side, ring_size, fds, &self.shared, &self.page).map(Some)

@@ -150,6 +150,8 @@ pub struct Conn {
     page: Option<Arc<Page>>,
     /// The last progress stopped because the credit ran out.
     credit_blocked: bool,
+    /// Messages sent, mirrored into the control page for the router's metrics.
+    msgs_sent: u64,
     // Last: the mapping must outlive the views above.
     _mem: SharedMem,
 }
@@ -197,6 +199,7 @@ impl Conn {
             ctx,
             page,
             credit_blocked: false,
+            msgs_sent: 0,
             _mem: mem,
         })
     }
@@ -499,11 +502,13 @@ impl Conn {
                         let (req, len) = (op.req, op.len);
                         self.sends.pop_front();
                         self.reqs.set(req, State::Done(len));
+                        self.msgs_sent += 1;
                     }
                 }
             }
         }
         if moved {
+            self.lay.msgs(self.side).store(self.msgs_sent, std::sync::atomic::Ordering::Relaxed);
             self.peer().notify();
         }
         Ok(())

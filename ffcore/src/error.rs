@@ -53,6 +53,9 @@ pub enum ErrorCode {
     InvalidArgument = 6,
     /// The router failed internally (e.g. memfd creation).
     Internal = 7,
+    /// The router serving the handle (on another host) cannot be reached,
+    /// did not answer in time, or this router does not talk to other hosts.
+    Unreachable = 8,
 }
 
 impl Error {

@@ -15,6 +15,8 @@
 //! checks every field: trailing bytes, unknown variants, out-of-range values
 //! and over-long strings are all errors.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -86,6 +88,35 @@ pub enum Request {
     FreeRegion { region: u64 },
     /// Counters (this tenant's, and the router's totals).
     Stats,
+    /// Connect to a listener served by the router of another host, which
+    /// other routers reach at `addr` (from the handle). The local router
+    /// carries the connection; until it is set up the reply is `NotReady`
+    /// and the client asks again with the same fields.
+    ConnectRemote { router_id: [u8; 16], addr: NetAddr, listener: u64, nonce: u64 },
+}
+
+/// A router's address for other routers: IPv6 or IPv4-mapped IPv6, and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetAddr {
+    pub ip: [u8; 16],
+    pub port: u16,
+}
+
+impl From<SocketAddr> for NetAddr {
+    fn from(a: SocketAddr) -> Self {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        NetAddr { ip: ip.octets(), port: a.port() }
+    }
+}
+
+impl From<NetAddr> for SocketAddr {
+    fn from(a: NetAddr) -> Self {
+        let ip = Ipv6Addr::from(a.ip);
+        SocketAddr::new(ip.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(ip)), a.port)
+    }
 }
 
 /// What the router answers. Exactly one reply per request, in order.
@@ -93,7 +124,9 @@ pub enum Request {
 pub enum Reply {
     /// Attached; the client's notification page (see [`crate::page`]) comes
     /// with the frame.
-    Welcome { client: u64, tenant: String, router_id: [u8; 16], ring_size: u64 },
+    /// `advertise`: where other hosts' routers reach this one (None: this
+    /// router serves its own host only); it goes into every handle.
+    Welcome { client: u64, tenant: String, router_id: [u8; 16], ring_size: u64, advertise: Option<NetAddr> },
     Listening { listener: u64, nonce: u64 },
     /// A connection; its shared-memory file comes with the frame.
     Connected { conn: u64, side: u8, ring_size: u64 },
@@ -117,6 +150,11 @@ pub struct Stats {
     pub shared_bytes: u64,
     pub requests: u64,
     pub errors: u64,
+    /// Payload-plus-header bytes and messages sent on the tenant's
+    /// connections, and bytes queued in their rings now.
+    pub bytes_sent: u64,
+    pub messages_sent: u64,
+    pub queued_bytes: u64,
 }
 
 /// Encodes a message into one frame (header + body).
@@ -173,6 +211,9 @@ impl Validate for Request {
             Request::AllocRegion { len } if *len == 0 || *len > MAX_REGION => {
                 Err(Error::protocol(format!("region length {len} out of range 1..={MAX_REGION}")))
             }
+            Request::ConnectRemote { addr, .. } if addr.port == 0 || Ipv6Addr::from(addr.ip).is_unspecified() => {
+                Err(Error::protocol("remote router address is unspecified"))
+            }
             _ => Ok(()),
         }
     }
@@ -220,6 +261,12 @@ mod tests {
             Request::Connect { router_id: [7; 16], listener: 3, nonce: 99 },
             Request::AllocRegion { len: 4096 },
             Request::Stats,
+            Request::ConnectRemote {
+                router_id: [1; 16],
+                addr: "10.88.0.2:7070".parse::<SocketAddr>().unwrap().into(),
+                listener: 3,
+                nonce: 4,
+            },
         ];
         for r in reqs {
             assert_eq!(decode_frame::<Request>(&encode(&r)).unwrap(), r);
@@ -258,5 +305,18 @@ mod tests {
         // semantic checks
         assert!(decode_frame::<Request>(&encode(&Request::AllocRegion { len: 0 })).is_err());
         assert!(decode_frame::<Request>(&encode(&Request::Hello { version: 2 })).is_err());
+        let nowhere = NetAddr { ip: [0; 16], port: 7 };
+        let r = Request::ConnectRemote { router_id: [1; 16], addr: nowhere, listener: 1, nonce: 1 };
+        assert!(decode_frame::<Request>(&encode(&r)).is_err());
+    }
+
+    #[test]
+    fn net_addrs_convert_both_ways() {
+        for a in ["10.88.0.1:7070", "[::1]:5", "[2001:db8::1]:65535"] {
+            let s: SocketAddr = a.parse().unwrap();
+            assert_eq!(SocketAddr::from(NetAddr::from(s)), s);
+        }
+        let w = Reply::Welcome { client: 1, tenant: "a".into(), router_id: [2; 16], ring_size: 4096, advertise: Some(NetAddr { ip: [0xfe; 16], port: 1 }) };
+        assert_eq!(decode_frame::<Reply>(&encode(&w)).unwrap(), w);
     }
 }

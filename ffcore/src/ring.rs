@@ -8,6 +8,8 @@
 //!   128  side 1: wake, waiting, closed, attached
 //!   256  ring 0 head    320 ring 0 tail   (ring 0 carries side 0 -> side 1)
 //!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
+//!   512  messages sent by side 0       576  messages sent by side 1
+//!        (written by each sender for the router's counters only)
 //! 4096          ring 0 data (ring_size bytes)
 //! 4096 + size   ring 1 data
 //! ```
@@ -113,6 +115,18 @@ impl Layout {
         // SAFETY: data area lies inside the mapping (checked in `new`).
         let data = unsafe { self.base.add(CTRL_LEN + (dir & 1) * self.ring_size) };
         (self.word64(off), self.word64(off + 64), data)
+    }
+
+    /// Counters of ring `dir` for metrics: (head, tail, messages). The
+    /// values come from untrusted clients and are only ever displayed.
+    pub fn counters(&self, dir: usize) -> (u64, u64, u64) {
+        let (head, tail, _) = self.ring(dir);
+        (head.load(Ordering::Relaxed), tail.load(Ordering::Relaxed), self.msgs(dir).load(Ordering::Relaxed))
+    }
+
+    /// Messages side `dir` has sent (it alone writes this word).
+    pub fn msgs(&self, dir: usize) -> &AtomicU64 {
+        self.word64(512 + 64 * (dir & 1))
     }
 
     pub fn tx(&self, side: usize) -> Tx {
@@ -410,5 +424,190 @@ impl Rx {
     pub fn has_data(&self) -> bool {
         let (head, _, _) = self.lay.ring(self.dir);
         head.load(Ordering::Acquire) != self.tail
+    }
+}
+
+/// Zero-copy production, for the router's forwarding of connections to
+/// other hosts: the payload is written straight into the ring (e.g. read
+/// from a socket) between [`Tx::reserve`] and [`Tx::commit`].
+impl Tx {
+    /// Reserves room for the payload of one record: returns a pointer to
+    /// `n` contiguous writable bytes, `n <= max`, or None when the ring has
+    /// no room now. With `whole`, `n == max` or None (the record must not be
+    /// split: `max` must then be at most a quarter of the ring); otherwise
+    /// `n` may be smaller than `max` (at the end of the ring or when the ring
+    /// is nearly full), like [`Tx::push`]. May publish a PAD record to move
+    /// to the start of the ring. Nothing else may be pushed before the
+    /// matching [`Tx::commit`]; reserving again just returns the same room.
+    pub fn reserve(&mut self, max: usize, whole: bool) -> Result<Option<(*mut u8, usize)>> {
+        let size = self.lay.ring_size;
+        if whole && max > size / 4 {
+            return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
+        }
+        let want = if whole { rec_len(max) } else { rec_len(max.min(ALIGN)) };
+        let mut free = size - self.head.wrapping_sub(self.tail) as usize;
+        if free < rec_len(max) {
+            self.refresh_tail()?;
+            free = size - self.head.wrapping_sub(self.tail) as usize;
+        }
+        let (head_w, _, data) = self.lay.ring(self.dir);
+        let mut off = (self.head as usize) & (size - 1);
+        let mut to_end = size - off;
+        if to_end < want && to_end < size {
+            if free < to_end + want {
+                return Ok(None);
+            }
+            // SAFETY: off is 64-aligned, so at least one whole header fits
+            // before the end; the space is free (checked above).
+            unsafe { self.write_hdr(data.add(off), REC_PAD, 0, 0, to_end - REC_HDR) };
+            self.head += to_end as u64;
+            head_w.store(self.head, Ordering::Release);
+            free -= to_end;
+            off = 0;
+            to_end = size;
+        }
+        let room = free.min(to_end);
+        if room < want {
+            return Ok(None);
+        }
+        let n = max.min(room - REC_HDR);
+        // SAFETY: [off, off + REC_HDR + n) lies inside the ring and is free.
+        Ok(Some((unsafe { data.add(off + REC_HDR) }, n)))
+    }
+
+    /// Publishes the record whose payload (`n` bytes, at most what
+    /// [`Tx::reserve`] returned) was written into the reserved room.
+    pub fn commit(&mut self, kind: u32, tag: u32, total: u64, n: usize) -> Result<()> {
+        let size = self.lay.ring_size;
+        let off = (self.head as usize) & (size - 1);
+        let free = size - self.head.wrapping_sub(self.tail) as usize;
+        if rec_len(n) > free.min(size - off) || !matches!(kind, REC_FIRST | REC_CONT) {
+            return Err(Error::InvalidArgument(format!("commit of a {n}-byte record (kind {kind}) that was not reserved")));
+        }
+        let (head_w, _, data) = self.lay.ring(self.dir);
+        // SAFETY: the record's span is inside the ring and free (checked).
+        unsafe { self.write_hdr(data.add(off), kind, tag, total, n) };
+        self.head += rec_len(n) as u64;
+        head_w.store(self.head, Ordering::Release);
+        Ok(())
+    }
+
+    /// Total bytes (records and padding) produced so far: our own count,
+    /// never read back from shared memory.
+    pub fn produced(&self) -> u64 {
+        self.head
+    }
+
+    /// Total bytes the consumer has released, read from shared memory and
+    /// checked (it never goes back and never passes what was produced).
+    pub fn consumed(&mut self) -> Result<u64> {
+        self.refresh_tail()?;
+        Ok(self.tail)
+    }
+}
+
+/// Ring bytes a record with `payload` bytes occupies (header, payload,
+/// alignment).
+pub fn record_span(payload: usize) -> usize {
+    rec_len(payload)
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+
+    fn ring(size: usize) -> (SharedMem, Layout) {
+        let mem = SharedMem::create("reserve", file_len(size)).unwrap();
+        init(&mem, size);
+        let lay = Layout::new(&mem, size).unwrap();
+        (mem, lay)
+    }
+
+    fn put(tx: &mut Tx, kind: u32, data: &[u8], whole: bool) -> Option<usize> {
+        put_total(tx, kind, data, data.len() as u64, whole)
+    }
+
+    fn put_total(tx: &mut Tx, kind: u32, data: &[u8], total: u64, whole: bool) -> Option<usize> {
+        let (p, n) = tx.reserve(data.len(), whole).unwrap()?;
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, n) };
+        tx.commit(kind, 9, total, n).unwrap();
+        Some(n)
+    }
+
+    #[test]
+    fn reserved_records_read_back_like_pushed_ones_across_the_wrap() {
+        let (_m, lay) = ring(4096);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        let msg: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        for round in 0..20 {
+            // A message goes in as FIRST + CONT records, whatever the split.
+            let mut sent = 0;
+            let mut got = Vec::new();
+            while got.len() < msg.len() {
+                if sent < msg.len() {
+                    let kind = if sent == 0 { REC_FIRST } else { REC_CONT };
+                    if let Some(n) = put_total(&mut tx, kind, &msg[sent..], 3000, false) {
+                        assert!(n > 0);
+                        sent += n;
+                    }
+                }
+                while let Some(rec) = rx.peek().unwrap() {
+                    assert_eq!(rec.kind, if got.is_empty() { REC_FIRST } else { REC_CONT }, "round {round}");
+                    assert_eq!((rec.tag, rec.total), (9, 3000));
+                    let mut b = vec![0u8; rec.len];
+                    unsafe { rx.copy_out(0, b.as_mut_ptr(), rec.len) };
+                    got.extend_from_slice(&b);
+                    rx.consume(rec.len);
+                }
+            }
+            assert_eq!(got, msg, "round {round}");
+            assert!(tx.is_drained().unwrap());
+            assert_eq!(tx.consumed().unwrap(), tx.produced());
+        }
+    }
+
+    #[test]
+    fn whole_records_are_never_split_and_full_rings_say_none() {
+        let (_m, lay) = ring(4096);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        assert!(tx.reserve(1025, true).is_err(), "whole records fit a quarter of the ring");
+        let m = [7u8; 1000];
+        for i in 0..50 {
+            while put(&mut tx, REC_FIRST, &m, true).is_some() {}
+            // Full: a whole record waits, a splittable one may take a piece.
+            assert!(tx.reserve(1000, true).unwrap().is_none(), "iteration {i}");
+            let rec = rx.peek().unwrap().unwrap();
+            assert_eq!((rec.kind, rec.len, rec.total), (REC_FIRST, 1000, 1000));
+            rx.consume(rec.len);
+        }
+        // Zero-length records work too.
+        while let Some(rec) = rx.peek().unwrap() {
+            rx.consume(rec.len);
+        }
+        assert_eq!(put(&mut tx, REC_FIRST, &[], true), Some(0));
+        assert_eq!(rx.peek().unwrap().unwrap().len, 0);
+    }
+
+    #[test]
+    fn commit_refuses_what_was_not_reserved() {
+        let (_m, lay) = ring(4096);
+        let mut tx = lay.tx(0);
+        assert!(tx.commit(REC_FIRST, 0, 0, 5000).is_err());
+        assert!(tx.commit(REC_PAD, 0, 0, 10).is_err());
+        let (_, n) = tx.reserve(100, false).unwrap().unwrap();
+        assert_eq!(n, 100);
+        tx.commit(REC_FIRST, 0, 100, 100).unwrap();
+        assert_eq!(tx.produced(), record_span(100) as u64);
+    }
+
+    #[test]
+    fn a_lying_consumer_is_caught() {
+        let (_m, lay) = ring(4096);
+        let mut tx = lay.tx(0);
+        let (_, n) = tx.reserve(100, false).unwrap().unwrap();
+        tx.commit(REC_FIRST, 0, 100, n).unwrap();
+        // The consumer claims to have released more than was produced.
+        lay.ring(0).1.store(1 << 20, Ordering::Release);
+        assert!(matches!(tx.consumed(), Err(Error::Corrupt(_))));
     }
 }

@@ -6,6 +6,7 @@
 //! lock, and answered after the lock is released, with a write timeout so a
 //! client that stops reading cannot stall anyone else.
 
+pub mod metrics;
 pub mod state;
 
 use std::os::fd::AsFd;

@@ -53,6 +53,10 @@ struct ServeArgs {
     /// optional K, M or G suffix (powers of 1000), e.g. teamA=2G. Repeatable.
     #[arg(long = "rate-limit", value_name = "TARGET=RATE")]
     rate_limits: Vec<String>,
+    /// Serve Prometheus metrics (per-tenant and per-connection counters) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -114,6 +118,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         ..Limits::default()
     });
     log::info!("ffrouter {} starting; ring size {} bytes; data path: same-host shared memory", env!("CARGO_PKG_VERSION"), a.ring_size);
+    if let Some(addr) = &a.metrics_addr {
+        ffrouter::metrics::serve(addr, router.state()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+    }
     let mut threads = Vec::new();
     for t in &tenants {
         threads.push(router.serve_tenant(t).map_err(|e| format!("cannot serve {}: {e}", t.socket.display()))?);
@@ -131,7 +138,10 @@ fn main() {
         Some(Cmd::Serve(a)) => serve(a),
         Some(Cmd::Stats { socket }) => ffcore::Context::with_socket(&socket)
             .and_then(|c| c.stats())
-            .map(|s| println!("{s:#?}"))
+            .map(|s| {
+                println!("clients {}\nlisteners {}\nconnections {}\nregions {}\nshared_bytes {}", s.clients, s.listeners, s.conns, s.regions, s.shared_bytes);
+                println!("requests {}\nerrors {}\nsent_bytes {}\nsent_messages {}\nqueued_bytes {}", s.requests, s.errors, s.bytes_sent, s.messages_sent, s.queued_bytes);
+            })
             .map_err(|e| e.to_string()),
     };
     if let Err(e) = res {

@@ -122,6 +122,9 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
 
 pub struct State {
     pub router_id: [u8; 16],
+    /// Where other hosts' routers reach this one (put into handles); set
+    /// by the I/O layer when it listens for them (see [`crate::remote`]).
+    pub advertise: Option<proto::NetAddr>,
     limits: Limits,
     next_id: u64,
     clients: HashMap<u64, Client>,
@@ -130,13 +133,28 @@ pub struct State {
     regions: HashMap<u64, RegionRec>,
     requests: u64,
     errors: u64,
+    /// Requests and refusals per tenant.
+    tenant_requests: HashMap<Arc<str>, (u64, u64)>,
     buckets: HashMap<(Arc<str>, u64), Bucket>,
+}
+
+/// One connection direction's counters, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRow {
+    pub conn: u64,
+    pub tenant: Arc<str>,
+    /// The sending side (0 = connector, 1 = acceptor).
+    pub side: usize,
+    pub bytes: u64,
+    pub messages: u64,
+    pub queued: u64,
 }
 
 impl State {
     pub fn new(limits: Limits) -> State {
         State {
             router_id: rand::random(),
+            advertise: None,
             limits,
             next_id: 1,
             clients: HashMap::new(),
@@ -145,6 +163,7 @@ impl State {
             regions: HashMap::new(),
             requests: 0,
             errors: 0,
+            tenant_requests: HashMap::new(),
             buckets: HashMap::new(),
         }
     }
@@ -234,6 +253,7 @@ impl State {
             tenant: c.tenant.to_string(),
             router_id: self.router_id,
             ring_size: self.limits.ring_size as u64,
+            advertise: self.advertise,
         };
         (reply, c.page.clone())
     }
@@ -242,8 +262,12 @@ impl State {
     pub fn handle(&mut self, client: u64, req: Request) -> Outcome {
         self.requests += 1;
         let out = self.dispatch(client, req);
-        if matches!(out.reply, Reply::Error { .. }) {
-            self.errors += 1;
+        let failed = matches!(out.reply, Reply::Error { .. });
+        self.errors += failed as u64;
+        if let Some(c) = self.clients.get(&client) {
+            let t = self.tenant_requests.entry(c.tenant.clone()).or_default();
+            t.0 += 1;
+            t.1 += failed as u64;
         }
         out
     }
@@ -301,6 +325,11 @@ impl State {
                 _ => err(ErrorCode::NotFound, format!("no region {region} of yours")),
             },
             Request::Stats => Reply::Stats(self.stats(Some(&tenant))).into(),
+            // Served by crate::remote when the router talks to other hosts.
+            Request::ConnectRemote { .. } => err(
+                ErrorCode::Unreachable,
+                "the handle names a router on another host, and this router does not talk to other hosts (start it with --listen-addr)",
+            ),
         }
     }
 
@@ -379,6 +408,73 @@ impl State {
         Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size: self.limits.ring_size as u64 }, fd: Some(mem) }
     }
 
+    /// The local half of a connection to a listener on another host: a
+    /// connection file whose side 0 is `client`'s and whose side 1 the router
+    /// plays (see [`crate::remote`]). Quotas apply as for a local connect.
+    pub fn connect_out(&mut self, client: u64) -> Result<(u64, Arc<SharedMem>), Outcome> {
+        let ring_size = self.limits.ring_size;
+        let bytes = ring::file_len(ring_size) as u64;
+        if let Some(o) = self.check_quota(client, bytes) {
+            return Err(o);
+        }
+        let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
+            .map(Arc::new)
+            .map_err(|e| err(ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
+        ring::init(&mem, ring_size);
+        let id = self.id();
+        let tenant = self.clients[&client].tenant.clone();
+        self.conns.insert(id, ConnRec { tenant, mem: mem.clone(), ends: [Some(client), None], queued: false });
+        let c = self.client(client);
+        c.conns.insert(id);
+        c.bytes += bytes;
+        Ok((id, mem))
+    }
+
+    /// A connection from another host to a local listener, on behalf of a
+    /// peer router that claims the connector is in `tenant`: the same nonce
+    /// and tenant checks as a local connect. The router plays side 0; the
+    /// connection is queued for the listener's owner to accept as side 1.
+    pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64) -> Result<(u64, Arc<SharedMem>), (ErrorCode, String)> {
+        let Some(l) = self.listeners.get(&listener) else {
+            return Err((ErrorCode::NotFound, format!("no listener {listener}")));
+        };
+        if l.nonce != nonce {
+            return Err((ErrorCode::NotFound, format!("no listener {listener} with that handle (forged or stale)")));
+        }
+        if &*l.tenant != tenant {
+            log::warn!("a remote client of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
+            return Err((ErrorCode::PermissionDenied, "the listener belongs to another tenant".into()));
+        }
+        if l.backlog.len() >= self.limits.max_backlog {
+            return Err((ErrorCode::ResourceExhausted, "listener backlog is full".into()));
+        }
+        let tenant = l.tenant.clone();
+        let ring_size = self.limits.ring_size;
+        let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
+            .map(Arc::new)
+            .map_err(|e| (ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
+        ring::init(&mem, ring_size);
+        let id = self.id();
+        self.conns.insert(id, ConnRec { tenant, mem: mem.clone(), ends: [None, None], queued: true });
+        let l = self.listeners.get_mut(&listener).unwrap();
+        l.backlog.push_back(id);
+        let owner = l.owner;
+        self.clients[&owner].page.bump_accept();
+        Ok((id, mem))
+    }
+
+    /// Lets go of `client`'s side of a connection made by [`State::connect_out`]
+    /// that will not be handed out after all (the remote side refused).
+    pub fn abandon_out(&mut self, client: u64, conn: u64) {
+        if self.conns.get(&conn).is_some_and(|c| c.ends[0] == Some(client)) {
+            self.release_end(conn, 0);
+        }
+    }
+
+    pub fn ring_size(&self) -> usize {
+        self.limits.ring_size
+    }
+
     /// A client lets go of one side: the peer is told through the shared
     /// closed flag; the file goes once nobody holds it.
     fn release_end(&mut self, conn: u64, side: usize) {
@@ -453,9 +549,44 @@ impl State {
         }
     }
 
+    /// Per-connection, per-direction counters read from the shared control
+    /// pages (values written by clients: for display only).
+    pub fn conn_rows(&self) -> Vec<ConnRow> {
+        let mut rows = Vec::new();
+        for (&conn, c) in &self.conns {
+            let Ok(lay) = ring::Layout::new(&c.mem, self.limits.ring_size) else { continue };
+            for side in 0..2 {
+                let (head, tail, messages) = lay.counters(side);
+                rows.push(ConnRow {
+                    conn,
+                    tenant: c.tenant.clone(),
+                    side,
+                    bytes: head,
+                    messages,
+                    queued: head.saturating_sub(tail),
+                });
+            }
+        }
+        rows.sort_by_key(|r| (r.conn, r.side));
+        rows
+    }
+
+    /// Tenants with anything to report.
+    pub fn tenants(&self) -> Vec<Arc<str>> {
+        let mut t: Vec<Arc<str>> = self.clients.values().map(|c| c.tenant.clone()).chain(self.tenant_requests.keys().cloned()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
     /// Counters, for one tenant or (None) for the whole router.
     pub fn stats(&self, tenant: Option<&str>) -> Stats {
         let mine = |t: &Arc<str>| tenant.is_none_or(|x| &**t == x);
+        let rows: Vec<ConnRow> = self.conn_rows().into_iter().filter(|r| mine(&r.tenant)).collect();
+        let (requests, errors) = match tenant {
+            None => (self.requests, self.errors),
+            Some(t) => self.tenant_requests.get(t).copied().unwrap_or_default(),
+        };
         let conn_bytes: u64 = self.conns.values().filter(|c| mine(&c.tenant)).map(|c| c.mem.len() as u64).sum();
         let region_bytes: u64 = self.regions.values().filter(|r| mine(&r.tenant)).map(|r| r.mem.len() as u64).sum();
         Stats {
@@ -464,8 +595,11 @@ impl State {
             conns: self.conns.values().filter(|c| mine(&c.tenant)).count() as u64,
             regions: self.regions.values().filter(|r| mine(&r.tenant)).count() as u64,
             shared_bytes: conn_bytes + region_bytes,
-            requests: self.requests,
-            errors: self.errors,
+            requests,
+            errors,
+            bytes_sent: rows.iter().map(|r| r.bytes).sum(),
+            messages_sent: rows.iter().map(|r| r.messages).sum(),
+            queued_bytes: rows.iter().map(|r| r.queued).sum(),
         }
     }
 }

@@ -169,7 +169,7 @@ fn garbage_truncated_and_oversized_frames_get_errors_and_router_keeps_serving() 
     drop(s);
     // Requests for objects that are not yours, or do not exist.
     let ctx = r.context("a");
-    let e = ctx.connect(&Handle { router_id: [0; 16], listener: 1, nonce: 1 }).err().unwrap();
+    let e = ctx.connect(&Handle { router_id: [0; 16], listener: 1, nonce: 1, addr: None }).err().unwrap();
     assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
     assert!(r.alive());
     // Still serving real clients.
