@@ -6,8 +6,11 @@
 //! lock, and answered after the lock is released, with a write timeout so a
 //! client that stops reading cannot stall anyone else.
 
+pub mod link;
 pub mod metrics;
+pub mod remote;
 pub mod state;
+pub mod wire;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +38,8 @@ pub struct Tenant {
 
 pub struct Router {
     state: Arc<Mutex<State>>,
+    /// Connections to other hosts (`--listen-addr`); None: this host only.
+    remote: Option<Arc<remote::Remote>>,
 }
 
 impl Router {
@@ -51,7 +56,14 @@ impl Router {
                 })
                 .expect("spawn the qos thread");
         }
-        Router { state }
+        Router { state, remote: None }
+    }
+
+    /// Talks to other hosts' routers: listens at `cfg.listen`, and carries
+    /// connections to listeners of other routers (see [`remote`]).
+    pub fn enable_remote(&mut self, cfg: remote::Config) -> std::io::Result<()> {
+        self.remote = Some(remote::Remote::start(self.state.clone(), cfg)?);
+        Ok(())
     }
 
     pub fn state(&self) -> Arc<Mutex<State>> {
@@ -64,11 +76,12 @@ impl Router {
         let listener = bind(&t.socket)?;
         log::info!("tenant {} on {}", t.name, t.socket.display());
         let state = self.state.clone();
+        let remote = self.remote.clone();
         let tenant: Arc<str> = t.name.as_str().into();
         std::thread::Builder::new().name(format!("accept-{}", t.name)).spawn(move || {
             for sock in listener.incoming() {
                 match sock {
-                    Ok(s) => spawn_client(state.clone(), tenant.clone(), s),
+                    Ok(s) => spawn_client(state.clone(), remote.clone(), tenant.clone(), s),
                     Err(e) => {
                         log::error!("accept on tenant {tenant}: {e}");
                         std::thread::sleep(Duration::from_millis(100));
@@ -95,7 +108,7 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-fn spawn_client(state: Arc<Mutex<State>>, tenant: Arc<str>, sock: UnixStream) {
+fn spawn_client(state: Arc<Mutex<State>>, remote: Option<Arc<remote::Remote>>, tenant: Arc<str>, sock: UnixStream) {
     let cred = getsockopt(&sock.as_fd(), PeerCredentials).ok();
     let (pid, uid) = cred.map(|c| (c.pid(), c.uid())).unwrap_or((-1, u32::MAX));
     let _ = std::thread::Builder::new().name(format!("client-{pid}")).spawn(move || {
@@ -109,14 +122,17 @@ fn spawn_client(state: Arc<Mutex<State>>, tenant: Arc<str>, sock: UnixStream) {
         let container = container_of(pid);
         state.lock().unwrap().set_container(id, container);
         log::info!("client {id} attached: tenant {tenant}, pid {pid}, uid {uid}, container pidns:{container}");
-        let why = serve_client(&state, id, &sock);
+        let why = serve_client(&state, remote.as_ref(), &tenant, id, &sock);
         state.lock().unwrap().remove_client(id);
+        if let Some(r) = &remote {
+            r.forget_client(id);
+        }
         log::info!("client {id} (pid {pid}) detached: {why}; its resources are freed");
     });
 }
 
 /// Serves one client until it leaves or misbehaves; returns why it ended.
-fn serve_client(state: &Mutex<State>, id: u64, sock: &UnixStream) -> String {
+fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tenant: &str, id: u64, sock: &UnixStream) -> String {
     if let Err(e) = sock.set_write_timeout(Some(WRITE_TIMEOUT)) {
         return format!("socket setup failed: {e}");
     }
@@ -165,6 +181,8 @@ fn serve_client(state: &Mutex<State>, id: u64, sock: &UnixStream) -> String {
                 return format!("cannot reply: {e}");
             }
             continue;
+        } else if let (Some(r), Request::ConnectRemote { router_id, addr, listener, nonce }) = (remote, &req) {
+            r.connect(id, tenant, *router_id, *addr, *listener, *nonce)
         } else {
             state.lock().unwrap().handle(id, req)
         };

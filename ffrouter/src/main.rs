@@ -57,6 +57,28 @@ struct ServeArgs {
     /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Talk to other hosts' routers: listen for them at IP:PORT. Start every
+    /// host's router the same way; clients then connect to handles of any
+    /// host. Without it, the router serves its own host only.
+    #[arg(long, value_name = "IP:PORT")]
+    listen_addr: Option<String>,
+    /// The address other routers reach this one at, put into every handle
+    /// (default: --listen-addr, which then must not be 0.0.0.0 or ::).
+    #[arg(long, value_name = "IP:PORT", requires = "listen_addr")]
+    advertise_addr: Option<String>,
+    /// TCP streams per pair of routers (each connection uses one).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    peer_streams: u16,
+    /// A file holding a secret every router of the cluster shares: links
+    /// are only set up with routers that prove they know it (HMAC
+    /// challenge-response). Without it, routers trust whoever connects to
+    /// --listen-addr: keep that on a private network.
+    #[arg(long, value_name = "PATH", requires = "listen_addr")]
+    peer_secret_file: Option<PathBuf>,
+    /// Transport between routers: auto (RDMA if a device exists, else TCP),
+    /// tcp or rdma.
+    #[arg(long, default_value = "auto")]
+    peer_transport: String,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -110,7 +132,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if tenants.is_empty() {
         tenants.push(Tenant { name: "default".into(), socket: a.socket.clone() });
     }
-    let router = Router::new(Limits {
+    let mut router = Router::new(Limits {
         ring_size: a.ring_size,
         max_client_bytes: a.max_client_bytes,
         max_client_objects: a.max_client_objects,
@@ -118,6 +140,16 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         ..Limits::default()
     });
     log::info!("ffrouter {} starting; ring size {} bytes; data path: same-host shared memory", env!("CARGO_PKG_VERSION"), a.ring_size);
+    if let Some(cfg) = ffrouter::remote::Config::from_flags(
+        a.listen_addr.as_deref(),
+        a.advertise_addr.as_deref(),
+        a.peer_streams as usize,
+        a.peer_secret_file.as_deref(),
+        &a.peer_transport,
+    )? {
+        let listen = cfg.listen;
+        router.enable_remote(cfg).map_err(|e| format!("--listen-addr {listen}: {e}"))?;
+    }
     if let Some(addr) = &a.metrics_addr {
         ffrouter::metrics::serve(addr, router.state()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
     }

@@ -6,6 +6,8 @@
 //! Needs root (network namespaces). Binaries are found next to the test
 //! executable's target directory (`target/<profile>/`).
 
+pub mod hosts;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};

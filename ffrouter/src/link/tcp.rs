@@ -1,0 +1,308 @@
+//! Router-to-router links over TCP: one TCP connection per stream,
+//! TCP_NODELAY, frames written with one `sendmsg` per batch straight from
+//! the connection rings (no staging copy) and read straight into them.
+//!
+//! Handshake, per stream (all under [`DIAL_TIMEOUT`]):
+//!
+//! ```text
+//! acceptor -> dialer   GREET  "FFLG" ver:u16 0:u16 router_id[16] challenge[16]
+//! dialer -> acceptor   HELLO  "FFLH" ver:u16 stream:u16 streams:u16 0:u16
+//!                             router_id[16] link:u64 challenge[16] proof[32]
+//! acceptor -> dialer   ACK    "FFLA" ok:u8 0[3] proof[32]
+//! ```
+//!
+//! `link` is the dialer's random id for the link (its streams share it).
+//! The proofs are HMACs of the other side's challenge under
+//! `--peer-secret` (zero without one; see [`Identity`]).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+use super::{Frame, Identity, Link, DEAD_AFTER, DIAL_TIMEOUT};
+use crate::wire::HDR_LEN;
+
+const VERSION: u16 = 1;
+const GREET_LEN: usize = 40;
+const HELLO_LEN: usize = 84;
+const ACK_LEN: usize = 40;
+/// Most streams a link may have.
+pub const MAX_STREAMS: usize = 64;
+
+pub struct TcpLink {
+    socks: Vec<TcpStream>,
+    send_lock: Vec<Mutex<()>>,
+    what: String,
+}
+
+/// Sets the options every link socket gets.
+pub fn tune(s: &TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    // Kernel autotuning sizes the buffers well on its own; a fixed size
+    // (bytes, set with the *FORCE options, so root only) is for experiments.
+    if let Some(sz) = std::env::var("FF_LINK_SOCKBUF").ok().and_then(|v| v.parse::<libc::c_int>().ok()) {
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            // SAFETY: valid socket and a c_int option value on our stack.
+            unsafe {
+                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, opt, &sz as *const _ as *const libc::c_void, 4);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl TcpLink {
+    /// Wraps handshaken streams (index = stream number).
+    pub fn new(socks: Vec<TcpStream>, what: String) -> io::Result<TcpLink> {
+        for s in &socks {
+            s.set_read_timeout(Some(DEAD_AFTER))?;
+            s.set_write_timeout(None)?;
+        }
+        let send_lock = socks.iter().map(|_| Mutex::new(())).collect();
+        Ok(TcpLink { socks, send_lock, what })
+    }
+}
+
+fn io_err(e: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Reads exactly `n` bytes into `dst` (raw: it may be shared memory).
+unsafe fn read_raw(fd: i32, dst: *mut u8, n: usize) -> io::Result<()> {
+    let mut got = 0;
+    while got < n {
+        let r = libc::recv(fd, dst.add(got) as *mut libc::c_void, n - got, 0);
+        if r > 0 {
+            got += r as usize;
+            continue;
+        }
+        if r == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer router closed the link"));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {DEAD_AFTER:?}")))
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Link for TcpLink {
+    fn streams(&self) -> usize {
+        self.socks.len()
+    }
+
+    unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()> {
+        let _g = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(frames.len() * 2);
+        for f in frames {
+            iov.push(libc::iovec { iov_base: f.hdr.as_ptr() as *mut libc::c_void, iov_len: HDR_LEN });
+            if f.len > 0 {
+                iov.push(libc::iovec { iov_base: f.ptr as *mut libc::c_void, iov_len: f.len });
+            }
+        }
+        let fd = self.socks[s].as_raw_fd();
+        let mut i = 0;
+        while i < iov.len() {
+            let mut mh: libc::msghdr = std::mem::zeroed();
+            mh.msg_iov = iov[i..].as_mut_ptr();
+            mh.msg_iovlen = (iov.len() - i).min(1024) as _;
+            let r = libc::sendmsg(fd, &mh, libc::MSG_NOSIGNAL);
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut n = r as usize;
+            while i < iov.len() && n >= iov[i].iov_len {
+                n -= iov[i].iov_len;
+                i += 1;
+            }
+            if n > 0 {
+                iov[i].iov_base = (iov[i].iov_base as *mut u8).add(n) as *mut libc::c_void;
+                iov[i].iov_len -= n;
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]> {
+        let mut h = [0u8; HDR_LEN];
+        // SAFETY: h is valid for HDR_LEN bytes.
+        unsafe { read_raw(self.socks[s].as_raw_fd(), h.as_mut_ptr(), HDR_LEN)? };
+        Ok(h)
+    }
+
+    unsafe fn recv_payload(&self, s: usize, dst: *mut u8, n: usize) -> io::Result<()> {
+        read_raw(self.socks[s].as_raw_fd(), dst, n)
+    }
+
+    fn shutdown(&self) {
+        for s in &self.socks {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+/// What the acceptor learns from one incoming stream's handshake.
+pub struct Incoming {
+    pub peer_id: [u8; 16],
+    pub link: u64,
+    pub stream: usize,
+    pub streams: usize,
+    pub sock: TcpStream,
+}
+
+/// Dials stream `stream` of link `link` (of `streams`) to `addr`.
+/// Returns the socket and the acceptor's router id.
+pub fn dial_stream(addr: SocketAddr, me: &Identity, link: u64, stream: usize, streams: usize) -> io::Result<(TcpStream, [u8; 16])> {
+    let mut s = TcpStream::connect_timeout(&addr, DIAL_TIMEOUT)?;
+    tune(&s)?;
+    s.set_read_timeout(Some(DIAL_TIMEOUT))?;
+    s.set_write_timeout(Some(DIAL_TIMEOUT))?;
+    let mut g = [0u8; GREET_LEN];
+    s.read_exact(&mut g)?;
+    if &g[0..4] != b"FFLG" || u16::from_le_bytes([g[4], g[5]]) != VERSION {
+        return Err(io_err("not a FreeFlow router, or another link version"));
+    }
+    let peer_id: [u8; 16] = g[8..24].try_into().unwrap();
+    let peer_challenge: [u8; 16] = g[24..40].try_into().unwrap();
+    let challenge: [u8; 16] = rand::random();
+    let mut h = [0u8; HELLO_LEN];
+    h[0..4].copy_from_slice(b"FFLH");
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&(stream as u16).to_le_bytes());
+    h[8..10].copy_from_slice(&(streams as u16).to_le_bytes());
+    h[12..28].copy_from_slice(&me.router_id);
+    h[28..36].copy_from_slice(&link.to_le_bytes());
+    h[36..52].copy_from_slice(&challenge);
+    let proof = me.prove(b"dial", &peer_challenge, &h[6..36]);
+    h[52..84].copy_from_slice(&proof);
+    s.write_all(&h)?;
+    let mut a = [0u8; ACK_LEN];
+    s.read_exact(&mut a)?;
+    if &a[0..4] != b"FFLA" {
+        return Err(io_err("bad link handshake reply"));
+    }
+    if a[4] != 1 {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer router refused the link (--peer-secret differs?)"));
+    }
+    let proof: [u8; 32] = a[8..40].try_into().unwrap();
+    if !me.check(b"acpt", &challenge, &peer_id, &proof) {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer router does not know our --peer-secret"));
+    }
+    Ok((s, peer_id))
+}
+
+/// Runs the acceptor's side of one stream's handshake.
+pub fn accept_stream(mut s: TcpStream, me: &Identity) -> io::Result<Incoming> {
+    tune(&s)?;
+    s.set_read_timeout(Some(DIAL_TIMEOUT))?;
+    s.set_write_timeout(Some(DIAL_TIMEOUT))?;
+    let challenge: [u8; 16] = rand::random();
+    let mut g = [0u8; GREET_LEN];
+    g[0..4].copy_from_slice(b"FFLG");
+    g[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    g[8..24].copy_from_slice(&me.router_id);
+    g[24..40].copy_from_slice(&challenge);
+    s.write_all(&g)?;
+    let mut h = [0u8; HELLO_LEN];
+    s.read_exact(&mut h)?;
+    if &h[0..4] != b"FFLH" || u16::from_le_bytes([h[4], h[5]]) != VERSION || h[10..12] != [0, 0] {
+        return Err(io_err("bad link hello"));
+    }
+    let stream = u16::from_le_bytes([h[6], h[7]]) as usize;
+    let streams = u16::from_le_bytes([h[8], h[9]]) as usize;
+    if streams == 0 || streams > MAX_STREAMS || stream >= streams {
+        return Err(io_err("bad stream numbers in link hello"));
+    }
+    let peer_id: [u8; 16] = h[12..28].try_into().unwrap();
+    let link = u64::from_le_bytes(h[28..36].try_into().unwrap());
+    let peer_challenge: [u8; 16] = h[36..52].try_into().unwrap();
+    let proof: [u8; 32] = h[52..84].try_into().unwrap();
+    let mut a = [0u8; ACK_LEN];
+    a[0..4].copy_from_slice(b"FFLA");
+    if !me.check(b"dial", &challenge, &h[6..36], &proof) {
+        let _ = s.write_all(&a);
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "peer router failed the --peer-secret check"));
+    }
+    a[4] = 1;
+    a[8..40].copy_from_slice(&me.prove(b"acpt", &peer_challenge, &me.router_id));
+    s.write_all(&a)?;
+    Ok(Incoming { peer_id, link, stream, streams, sock: s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    fn ident(id: u8, secret: Option<&[u8]>) -> Identity {
+        Identity { router_id: [id; 16], secret: secret.map(Arc::from) }
+    }
+
+    fn pair(dialer: Identity, acceptor: Identity) -> (io::Result<(TcpStream, [u8; 16])>, io::Result<Incoming>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            accept_stream(s, &acceptor)
+        });
+        let d = dial_stream(addr, &dialer, 77, 1, 2);
+        (d, t.join().unwrap())
+    }
+
+    #[test]
+    fn handshake_with_and_without_a_secret() {
+        let (d, a) = pair(ident(1, None), ident(2, None));
+        assert_eq!(d.unwrap().1, [2; 16]);
+        let a = a.unwrap();
+        assert_eq!((a.peer_id, a.link, a.stream, a.streams), ([1; 16], 77, 1, 2));
+        let (d, a) = pair(ident(1, Some(b"k")), ident(2, Some(b"k")));
+        assert!(d.is_ok() && a.is_ok());
+        let (d, a) = pair(ident(1, Some(b"k")), ident(2, Some(b"other")));
+        assert!(d.is_err() && a.is_err(), "different secrets");
+        let (d, a) = pair(ident(1, None), ident(2, Some(b"k")));
+        assert!(d.is_err() && a.is_err(), "dialer without the secret");
+        let (d, a) = pair(ident(1, Some(b"k")), ident(2, None));
+        assert!(d.is_err(), "acceptor cannot prove the secret");
+        drop(a);
+    }
+
+    #[test]
+    fn frames_go_through_in_order_with_payloads() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || TcpLink::new(vec![l.accept().unwrap().0], "a".into()).unwrap());
+        let d = TcpLink::new(vec![TcpStream::connect(addr).unwrap()], "d".into()).unwrap();
+        let a = t.join().unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+        let sender = std::thread::spawn(move || {
+            let h1 = [1u8; HDR_LEN];
+            let h2 = [2u8; HDR_LEN];
+            let frames = [Frame { hdr: h1, ptr: big.as_ptr(), len: big.len() }, Frame::bare(h2)];
+            unsafe { d.send(0, &frames).unwrap() };
+            (d, big)
+        });
+        assert_eq!(a.recv_header(0).unwrap(), [1u8; HDR_LEN]);
+        let mut got = vec![0u8; 3_000_000];
+        unsafe { a.recv_payload(0, got.as_mut_ptr(), got.len()).unwrap() };
+        assert_eq!(a.recv_header(0).unwrap(), [2u8; HDR_LEN]);
+        let (d, big) = sender.join().unwrap();
+        assert!(got == big);
+        d.shutdown();
+        assert!(a.recv_header(0).is_err(), "peer gone");
+    }
+}

@@ -1,0 +1,1080 @@
+//! Connections between hosts: routers carry them over links.
+//!
+//! ```text
+//!  client B ──ring B── router B ══ link (TCP or RDMA) ══ router A ──ring A── client A
+//!  (connector)         plays side 1 of ring B          plays side 0 of ring A  (acceptor)
+//! ```
+//!
+//! A handle names the router serving its listener by id and address. When a
+//! client connects to a handle of another router, its router (B) makes the
+//! connection file as for a local connect but plays the acceptor's side
+//! itself, dials (or reuses) a link to the address in the handle, and asks
+//! router A to connect to the listener. Router A checks the listener, nonce
+//! and tenant as for a local connect, makes a connection file whose
+//! connector's side it plays, and queues it for the listener's owner. From
+//! then on each router moves bytes between its ring and the link: clients see
+//! the same `Conn` as on one host.
+//!
+//! Per forwarded connection, one *pump* thread forwards what the client writes
+//! (records validated by `Rx::peek`, sent straight from the ring) and returns
+//! credit; per link stream, one receiver thread writes incoming frames
+//! straight into the destination ring (`Tx::reserve`/`commit`). Credits
+//! ([`crate::wire`]) make every frame fit when it arrives, so a receiver never
+//! waits on a ring and nothing is buffered beyond the rings and the link's own
+//! buffers; a slow client stops its peer's sends, not the link.
+//!
+//! Pumps spin briefly (latency) and then sleep on the router side's futex in
+//! the connection file; receivers block on the link. An idle connection costs
+//! a wake-up every 20 ms; an idle link a PING per stream every 500 ms.
+//!
+//! When a link dies (no frame for 3 s, or the peer router's sockets close),
+//! every connection on it has the router's side marked closed in the shared
+//! control page: clients fail their requests with `PeerClosed`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use ffcore::error::ErrorCode;
+use ffcore::proto::{self, NetAddr, Reply};
+use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT};
+use ffcore::shm::SharedMem;
+
+use crate::link::tcp::{self, TcpLink};
+use crate::link::{self, Frame, Identity, Link, Transport, PING_EVERY};
+use crate::state::{Outcome, State};
+use crate::wire::{self, Header};
+
+/// How long a connect to another host may take before the client is told.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pump spins for more work before it sleeps.
+fn spin() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        Duration::from_micros(std::env::var("FF_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(50))
+    })
+}
+/// Records up to this size are copied into a batch (many per send call);
+/// bigger ones go straight from the ring.
+const SMALL: usize = 2048;
+const BATCH: usize = 64 << 10;
+/// Pumps re-check their connection at least this often while asleep.
+const NAP: Duration = Duration::from_millis(20);
+
+/// Router-to-router settings (the `--listen-addr` family of flags).
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub streams: usize,
+    pub secret: Option<Arc<[u8]>>,
+    pub transport: Transport,
+}
+
+impl Config {
+    /// Reads the flags; None without `--listen-addr`.
+    pub fn from_flags(
+        listen: Option<&str>,
+        advertise: Option<&str>,
+        streams: usize,
+        secret_file: Option<&std::path::Path>,
+        transport: &str,
+    ) -> Result<Option<Config>, String> {
+        let Some(listen) = listen else { return Ok(None) };
+        let listen: SocketAddr = listen.parse().map_err(|e| format!("--listen-addr {listen}: {e}"))?;
+        let advertise: SocketAddr = match advertise {
+            Some(a) => a.parse().map_err(|e| format!("--advertise-addr {a}: {e}"))?,
+            None => listen,
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err(format!("--advertise-addr {advertise}: other routers cannot reach that (give the host's address)"));
+        }
+        let secret = match secret_file {
+            None => None,
+            Some(p) => {
+                let s = std::fs::read(p).map_err(|e| format!("--peer-secret-file {}: {e}", p.display()))?;
+                let s = s.trim_ascii().to_vec();
+                if s.len() < 16 {
+                    return Err(format!("--peer-secret-file {}: use at least 16 bytes of secret", p.display()));
+                }
+                Some(Arc::from(s))
+            }
+        };
+        let transport = link::select(transport)?;
+        Ok(Some(Config { listen, advertise, streams, secret, transport }))
+    }
+}
+
+type Key = (u64, [u8; 16], u64, u64);
+
+pub struct Remote {
+    state: Arc<Mutex<State>>,
+    me: Identity,
+    cfg: Config,
+    /// Links this router dialed, by peer address.
+    out: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    /// Streams of links being accepted, by (peer router, link id).
+    groups: Mutex<HashMap<([u8; 16], u64), Group>>,
+    /// Connects in progress, by (client, handle).
+    pending: Mutex<HashMap<Key, Pending>>,
+    /// Links in use (both directions), for counters and tests.
+    links: AtomicUsize,
+}
+
+struct Pending {
+    fwd: Arc<Fwd>,
+    deadline: Instant,
+}
+
+struct Group {
+    socks: Vec<Option<std::net::TcpStream>>,
+    since: Instant,
+}
+
+impl Remote {
+    /// Listens for other routers at `cfg.listen` and returns the service;
+    /// the state learns the address to put in handles.
+    pub fn start(state: Arc<Mutex<State>>, cfg: Config) -> std::io::Result<Arc<Remote>> {
+        let listener = TcpListener::bind(cfg.listen)?;
+        let me = {
+            let mut st = state.lock().unwrap();
+            st.advertise = Some(NetAddr::from(cfg.advertise));
+            Identity { router_id: st.router_id, secret: cfg.secret.clone() }
+        };
+        let r = Arc::new(Remote {
+            state,
+            me,
+            cfg,
+            out: Mutex::default(),
+            groups: Mutex::default(),
+            pending: Mutex::default(),
+            links: AtomicUsize::new(0),
+        });
+        log::info!(
+            "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}{}",
+            listener.local_addr()?,
+            r.cfg.advertise,
+            r.cfg.streams,
+            r.cfg.transport,
+            if r.cfg.secret.is_some() { ", peer secret required" } else { "" }
+        );
+        let weak = Arc::downgrade(&r);
+        std::thread::Builder::new().name("peer-accept".into()).spawn(move || {
+            for s in listener.incoming() {
+                let Some(r) = weak.upgrade() else { return };
+                match s {
+                    Ok(s) => {
+                        let r2 = r.clone();
+                        let _ = std::thread::Builder::new().name("peer-handshake".into()).spawn(move || r2.accept_stream(s));
+                    }
+                    Err(e) => {
+                        log::warn!("accepting a peer router: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+        Ok(r)
+    }
+
+    pub fn links(&self) -> usize {
+        self.links.load(Ordering::Relaxed)
+    }
+
+    fn accept_stream(self: &Arc<Self>, s: std::net::TcpStream) {
+        let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let inc = match tcp::accept_stream(s, &self.me) {
+            Ok(i) => i,
+            Err(e) => {
+                log::warn!("link handshake from {from} failed: {e}");
+                return;
+            }
+        };
+        let key = (inc.peer_id, inc.link);
+        let complete = {
+            let mut g = self.groups.lock().unwrap();
+            g.retain(|_, v| v.since.elapsed() < Duration::from_secs(10));
+            let e = g.entry(key).or_insert_with(|| Group { socks: (0..inc.streams).map(|_| None).collect(), since: Instant::now() });
+            if e.socks.len() != inc.streams || e.socks[inc.stream].is_some() {
+                log::warn!("link from {from}: inconsistent stream numbers; dropping it");
+                g.remove(&key);
+                return;
+            }
+            e.socks[inc.stream] = Some(inc.sock);
+            if e.socks.iter().all(Option::is_some) {
+                g.remove(&key).map(|v| v.socks.into_iter().map(Option::unwrap).collect::<Vec<_>>())
+            } else {
+                None
+            }
+        };
+        if let Some(socks) = complete {
+            let n = socks.len();
+            let link = match self.make_link(socks, format!("link from router {} at {from}", hex(&inc.peer_id[..4]))) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::warn!("link from {from}: {e}");
+                    return;
+                }
+            };
+            log::info!("{} is up ({n} streams)", link.describe());
+            let peer = Peer::new(link.describe(), None, Arc::downgrade(self));
+            peer.up(self, link);
+        }
+    }
+
+    fn make_link(&self, socks: Vec<std::net::TcpStream>, what: String) -> std::io::Result<Arc<dyn Link>> {
+        match self.cfg.transport {
+            Transport::Tcp => Ok(Arc::new(TcpLink::new(socks, format!("tcp {what}"))?)),
+            Transport::Rdma => link::rdma::over_tcp_bootstrap(socks, format!("rdma {what}")),
+        }
+    }
+
+    /// A client asks to connect to a listener of another router
+    /// (`Request::ConnectRemote`). Answers at once: `NotReady` while the
+    /// routers set the connection up, then the connection or the refusal.
+    pub fn connect(self: &Arc<Self>, client: u64, tenant: &str, router_id: [u8; 16], addr: NetAddr, listener: u64, nonce: u64) -> Outcome {
+        let key = (client, router_id, listener, nonce);
+        let mut pending = self.pending.lock().unwrap();
+        if let Some(p) = pending.get(&key) {
+            let setup = p.fwd.setup.lock().unwrap().clone();
+            match setup {
+                Setup::Waiting if p.deadline > Instant::now() => return Reply::NotReady.into(),
+                Setup::Waiting => {
+                    let f = pending.remove(&key).unwrap().fwd;
+                    drop(pending);
+                    f.refuse(ErrorCode::Unreachable, "");
+                    self.state.lock().unwrap().abandon_out(client, f.local);
+                    let a = SocketAddr::from(addr);
+                    return err(ErrorCode::Unreachable, format!("the router at {a} did not answer within {CONNECT_TIMEOUT:?}"));
+                }
+                Setup::Accepted => {
+                    let f = pending.remove(&key).unwrap().fwd;
+                    return Outcome {
+                        reply: Reply::Connected { conn: f.local, side: 0, ring_size: f.ring },
+                        fd: Some(f.mem.clone()),
+                    };
+                }
+                Setup::Refused(code, msg) => {
+                    let f = pending.remove(&key).unwrap().fwd;
+                    drop(pending);
+                    self.state.lock().unwrap().abandon_out(client, f.local);
+                    return err(code, msg);
+                }
+            }
+        }
+        let to = SocketAddr::from(addr);
+        if to == self.cfg.advertise {
+            return err(ErrorCode::NotFound, "the handle names this host's router as it was before a restart (stale handle)");
+        }
+        let made = self.state.lock().unwrap().connect_out(client);
+        let (id, mem) = match made {
+            Ok(x) => x,
+            Err(o) => return o,
+        };
+        let fwd = match Fwd::new(id, 1, mem) {
+            Ok(f) => f,
+            Err(e) => {
+                self.state.lock().unwrap().abandon_out(client, id);
+                return err(ErrorCode::Internal, e);
+            }
+        };
+        pending.insert(key, Pending { fwd: fwd.clone(), deadline: Instant::now() + CONNECT_TIMEOUT });
+        drop(pending);
+        let body = wire::Connect { tenant: tenant.to_string(), listener, nonce, credit: fwd.ring };
+        self.peer_for(to).submit(self, fwd, body);
+        Reply::NotReady.into()
+    }
+
+    /// The client left: connects it never collected are dropped.
+    pub fn forget_client(&self, client: u64) {
+        let gone: Vec<Arc<Fwd>> = {
+            let mut p = self.pending.lock().unwrap();
+            let keys: Vec<Key> = p.keys().filter(|k| k.0 == client).copied().collect();
+            keys.into_iter().filter_map(|k| p.remove(&k)).map(|p| p.fwd).collect()
+        };
+        for f in gone {
+            // An accepted one has a pump, which sees the client side closed
+            // (the state closed it) and says CLOSE; a waiting one is dropped
+            // here, and a late ACCEPT is answered with CLOSE.
+            f.refuse(ErrorCode::NotFound, "client left");
+        }
+    }
+
+    /// The link to `addr`: an existing live one, or a new one being dialed.
+    fn peer_for(self: &Arc<Self>, addr: SocketAddr) -> Arc<Peer> {
+        let mut out = self.out.lock().unwrap();
+        if let Some(p) = out.get(&addr) {
+            if !p.dead.load(Ordering::Acquire) {
+                return p.clone();
+            }
+        }
+        let p = Peer::new(format!("link to {addr}"), Some(addr), Arc::downgrade(self));
+        out.insert(addr, p.clone());
+        let (r, p2) = (self.clone(), p.clone());
+        let spawned = std::thread::Builder::new().name("peer-dial".into()).spawn(move || r.dial(p2, addr));
+        if let Err(e) = spawned {
+            p.kill(&format!("cannot start dialing: {e}"));
+        }
+        p
+    }
+
+    fn dial(self: &Arc<Self>, peer: Arc<Peer>, addr: SocketAddr) {
+        let n = self.cfg.streams;
+        let link_id: u64 = rand::random();
+        let mut socks = Vec::with_capacity(n);
+        let mut peer_id = None;
+        for i in 0..n {
+            match tcp::dial_stream(addr, &self.me, link_id, i, n) {
+                Ok((s, id)) => {
+                    if peer_id.is_some_and(|p| p != id) {
+                        return peer.kill("the peer router changed while dialing");
+                    }
+                    peer_id = Some(id);
+                    socks.push(s);
+                }
+                Err(e) => return peer.kill(&format!("cannot reach the router at {addr}: {e}")),
+            }
+        }
+        match self.make_link(socks, format!("link to router {} at {addr}", hex(&peer_id.unwrap_or_default()[..4]))) {
+            Ok(link) => {
+                log::info!("{} is up ({n} streams)", link.describe());
+                peer.up(self, link);
+            }
+            Err(e) => peer.kill(&format!("cannot set up the link to {addr}: {e}")),
+        }
+    }
+
+    /// A CONNECT from a peer router (on its receiver thread): check it like
+    /// a local connect, and start forwarding or refuse.
+    fn on_connect(self: &Arc<Self>, peer: &Arc<Peer>, link: &Arc<dyn Link>, s: usize, h: Header, body: wire::Connect) {
+        let refuse = |code: ErrorCode, message: String| {
+            peer.control(s, wire::control_frame(wire::REFUSE, h.conn, &wire::Refuse { code, message }));
+        };
+        if !wire::valid_credit(body.credit) {
+            return refuse(ErrorCode::InvalidArgument, format!("bad ring size {}", body.credit));
+        }
+        let made = self.state.lock().unwrap().connect_in(&body.tenant, body.listener, body.nonce);
+        let (id, mem) = match made {
+            Ok(x) => x,
+            Err((code, msg)) => return refuse(code, msg),
+        };
+        let f = match Fwd::new(id, 0, mem) {
+            Ok(f) => f,
+            Err(e) => return refuse(ErrorCode::Internal, e),
+        };
+        f.stream.store(s, Ordering::Relaxed);
+        f.accepted(h.conn, body.credit);
+        if let Err(e) = link.register(&f.mem) {
+            f.peer_gone();
+            return refuse(ErrorCode::Internal, format!("cannot register memory: {e}"));
+        }
+        peer.conns.lock().unwrap().insert(id, f.clone());
+        let accept = wire::control_frame(wire::ACCEPT, h.conn, &wire::Accept { conn: id, credit: f.ring });
+        log::debug!("{}: connection {id} from tenant {} to listener {}", peer.name, body.tenant, body.listener);
+        spawn_pump(peer.clone(), link.clone(), f, Some(accept));
+    }
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
+    proto::error_reply(code, msg).into()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One link to another router, dialed or accepted.
+pub struct Peer {
+    name: String,
+    /// Set for links this router dialed (their key in `Remote::out`).
+    addr: Option<SocketAddr>,
+    remote: Weak<Remote>,
+    inner: Mutex<PeerInner>,
+    conns: Mutex<HashMap<u64, Arc<Fwd>>>,
+    dead: AtomicBool,
+    ctrl: Mutex<VecDeque<(usize, Vec<u8>)>>,
+    ctrl_cv: Condvar,
+}
+
+#[derive(Default)]
+struct PeerInner {
+    link: Option<Arc<dyn Link>>,
+    /// Connects waiting for the link to come up.
+    waiting: Vec<(Arc<Fwd>, wire::Connect)>,
+}
+
+impl Peer {
+    fn new(name: String, addr: Option<SocketAddr>, remote: Weak<Remote>) -> Arc<Peer> {
+        Arc::new(Peer {
+            name,
+            addr,
+            remote,
+            inner: Mutex::default(),
+            conns: Mutex::default(),
+            dead: AtomicBool::new(false),
+            ctrl: Mutex::default(),
+            ctrl_cv: Condvar::new(),
+        })
+    }
+
+    /// The link is up: start its threads and send what waited for it.
+    fn up(self: &Arc<Self>, remote: &Arc<Remote>, link: Arc<dyn Link>) {
+        remote.links.fetch_add(1, Ordering::Relaxed);
+        for s in 0..link.streams() {
+            let (p, l, r) = (self.clone(), link.clone(), remote.clone());
+            let spawned = std::thread::Builder::new().name(format!("peer-rx-{s}")).spawn(move || p.receive(&r, &l, s));
+            if let Err(e) = spawned {
+                return self.kill(&format!("cannot start a receiver: {e}"));
+            }
+        }
+        let (p, l) = (self.clone(), link.clone());
+        if let Err(e) = std::thread::Builder::new().name("peer-ctrl".into()).spawn(move || p.control_loop(&l)) {
+            return self.kill(&format!("cannot start the control thread: {e}"));
+        }
+        let waiting = {
+            let mut i = self.inner.lock().unwrap();
+            i.link = Some(link);
+            std::mem::take(&mut i.waiting)
+        };
+        for (f, body) in waiting {
+            self.submit(remote, f, body);
+        }
+    }
+
+    /// Sends a CONNECT for `f` once the link is up.
+    fn submit(self: &Arc<Self>, _remote: &Arc<Remote>, f: Arc<Fwd>, body: wire::Connect) {
+        let link = {
+            let mut i = self.inner.lock().unwrap();
+            if self.dead.load(Ordering::Acquire) {
+                drop(i);
+                return f.refuse(ErrorCode::Unreachable, &format!("{} is down", self.name));
+            }
+            match &i.link {
+                Some(l) => l.clone(),
+                None => {
+                    i.waiting.push((f, body));
+                    return;
+                }
+            }
+        };
+        let s = (f.local as usize) % link.streams();
+        f.stream.store(s, Ordering::Relaxed);
+        if let Err(e) = link.register(&f.mem) {
+            return f.refuse(ErrorCode::Internal, &format!("cannot register memory: {e}"));
+        }
+        self.conns.lock().unwrap().insert(f.local, f.clone());
+        if self.dead.load(Ordering::Acquire) {
+            // Raced with kill(): it may not have seen this connection.
+            self.conns.lock().unwrap().remove(&f.local);
+            return f.refuse(ErrorCode::Unreachable, &format!("{} is down", self.name));
+        }
+        self.control(s, wire::control_frame(wire::CONNECT, f.local, &body));
+    }
+
+    /// Queues a control frame for the control thread.
+    fn control(&self, s: usize, frame: Vec<u8>) {
+        self.ctrl.lock().unwrap().push_back((s, frame));
+        self.ctrl_cv.notify_one();
+    }
+
+    /// Sends queued control frames, and a PING on every stream every
+    /// [`PING_EVERY`].
+    fn control_loop(self: &Arc<Self>, link: &Arc<dyn Link>) {
+        let mut next_ping = Instant::now();
+        loop {
+            let items: Vec<(usize, Vec<u8>)> = {
+                let mut q = self.ctrl.lock().unwrap();
+                loop {
+                    if self.dead.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if !q.is_empty() || now >= next_ping {
+                        break;
+                    }
+                    q = self.ctrl_cv.wait_timeout(q, next_ping - now).unwrap().0;
+                }
+                q.drain(..).collect()
+            };
+            for (s, f) in items {
+                let fr = Frame { hdr: f[..wire::HDR_LEN].try_into().unwrap(), ptr: f[wire::HDR_LEN..].as_ptr(), len: f.len() - wire::HDR_LEN };
+                // SAFETY: the payload lives in `f` for the call.
+                if let Err(e) = unsafe { link.send(s, &[fr]) } {
+                    return self.kill(&format!("send failed: {e}"));
+                }
+            }
+            if Instant::now() >= next_ping {
+                let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+                for s in 0..link.streams() {
+                    // SAFETY: no payload.
+                    if let Err(e) = unsafe { link.send(s, &[ping]) } {
+                        return self.kill(&format!("send failed: {e}"));
+                    }
+                }
+                next_ping = Instant::now() + PING_EVERY;
+            }
+        }
+    }
+
+    /// Receiver thread of stream `s`.
+    fn receive(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize) {
+        let why = loop {
+            let h = match link.recv_header(s) {
+                Ok(b) => match Header::decode(&b) {
+                    Ok(h) => h,
+                    Err(e) => break format!("bad frame from the peer router: {e}"),
+                },
+                Err(e) => break e.to_string(),
+            };
+            if let Err(e) = self.dispatch(remote, link, s, h) {
+                break e;
+            }
+        };
+        self.kill(&why);
+    }
+
+    fn dispatch(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), String> {
+        match h.ty {
+            wire::DATA => self.on_data(link, s, h),
+            wire::CREDIT => {
+                if let Some(f) = self.conn(h.conn) {
+                    f.limit.fetch_max(h.arg, Ordering::AcqRel);
+                    f.router_side().force_wake();
+                }
+                Ok(())
+            }
+            wire::CLOSE => {
+                let f = self.conns.lock().unwrap().remove(&h.conn);
+                if let Some(f) = f {
+                    f.peer_gone();
+                }
+                Ok(())
+            }
+            wire::PING => Ok(()),
+            ty => {
+                let mut body = vec![0u8; h.len as usize];
+                // SAFETY: body is valid for len bytes.
+                unsafe { link.recv_payload(s, body.as_mut_ptr(), body.len()) }.map_err(|e| e.to_string())?;
+                match ty {
+                    wire::CONNECT => {
+                        let c: wire::Connect = wire::decode_body(&body)?;
+                        remote.on_connect(self, link, s, h, c);
+                    }
+                    wire::ACCEPT => {
+                        let a: wire::Accept = wire::decode_body(&body)?;
+                        if !wire::valid_credit(a.credit) {
+                            return Err(format!("bad ring size {} in ACCEPT", a.credit));
+                        }
+                        match self.conn(h.conn) {
+                            Some(f) if f.setup_is_waiting() => {
+                                f.accepted(a.conn, a.credit);
+                                spawn_pump(self.clone(), link.clone(), f, None);
+                            }
+                            other => {
+                                // Given up on meanwhile (timeout, client
+                                // gone): tell the peer.
+                                if other.is_some() {
+                                    self.conns.lock().unwrap().remove(&h.conn);
+                                }
+                                self.control(s, Header::control(wire::CLOSE, a.conn, 0, 0).encode().to_vec());
+                            }
+                        }
+                    }
+                    wire::REFUSE => {
+                        let r: wire::Refuse = wire::decode_body(&body)?;
+                        let f = self.conns.lock().unwrap().remove(&h.conn);
+                        if let Some(f) = f {
+                            let mut msg = format!("{}: {}", self.name, r.message);
+                            msg.truncate(proto::MAX_STRING);
+                            f.refuse(r.code, &msg);
+                        }
+                    }
+                    _ => unreachable!("decode() checked the type"),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn conn(&self, id: u64) -> Option<Arc<Fwd>> {
+        self.conns.lock().unwrap().get(&id).cloned()
+    }
+
+    /// A DATA frame: straight into the connection's ring.
+    fn on_data(&self, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), String> {
+        let len = h.len as usize;
+        let Some(f) = self.conn(h.conn) else {
+            // Closed on our side meanwhile.
+            return link::skip_payload(&**link, s, len).map_err(|e| e.to_string());
+        };
+        let kind = h.kind as u32;
+        let wmax = wire::whole_max(f.ring);
+        let c = wire::charge(kind, h.arg, len, wmax);
+        let mut inb = f.inb.lock().unwrap();
+        let granted = match inb.tx.consumed() {
+            Ok(t) => f.ring + inb.excess + t,
+            Err(e) => {
+                drop(inb);
+                f.local_fault(&e.to_string());
+                return link::skip_payload(&**link, s, len).map_err(|e| e.to_string());
+            }
+        };
+        if inb.charged + c > granted {
+            return Err(format!("connection {}: the peer router sent beyond its credit", f.local));
+        }
+        let head0 = inb.tx.produced();
+        let res: Result<(), String> = (|| {
+            if wire::is_whole(kind, h.arg, len, wmax) {
+                let (p, _) = inb.tx.reserve(len, true).map_err(|e| e.to_string())?.ok_or("no room for a credited frame")?;
+                // SAFETY: reserve gave `len` writable bytes at p.
+                unsafe { link.recv_payload(s, p, len) }.map_err(|e| e.to_string())?;
+                inb.tx.commit(kind, h.tag, h.arg, len).map_err(|e| e.to_string())
+            } else {
+                let (mut left, mut k) = (len, kind);
+                loop {
+                    let (p, n) = inb.tx.reserve(left, false).map_err(|e| e.to_string())?.ok_or("no room for a credited frame")?;
+                    // SAFETY: reserve gave `n` writable bytes at p.
+                    unsafe { link.recv_payload(s, p, n) }.map_err(|e| e.to_string())?;
+                    inb.tx.commit(k, h.tag, h.arg, n).map_err(|e| e.to_string())?;
+                    left -= n;
+                    k = REC_CONT;
+                    if left == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        })();
+        if let Err(e) = res {
+            // Our own accounting says the frame fits; if the ring says
+            // otherwise the client broke it. Link errors end the link.
+            drop(inb);
+            return Err(format!("connection {}: {e}", f.local));
+        }
+        let used = inb.tx.produced() - head0;
+        debug_assert!(used <= c, "frame of {len} bytes used {used} ring bytes, charged {c}");
+        inb.charged += c;
+        inb.excess += c.saturating_sub(used);
+        let due = granted + c.saturating_sub(used) - f.reported.load(Ordering::Relaxed) >= f.ring / 4;
+        drop(inb);
+        f.client_side().notify();
+        if due {
+            f.router_side().force_wake();
+        }
+        Ok(())
+    }
+
+    /// The link is gone: every connection on it is closed for its client.
+    fn kill(&self, why: &str) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, waiting) = {
+            let mut i = self.inner.lock().unwrap();
+            (i.link.take(), std::mem::take(&mut i.waiting))
+        };
+        let conns: Vec<Arc<Fwd>> = self.conns.lock().unwrap().drain().map(|(_, f)| f).collect();
+        if link.is_some() || !conns.is_empty() {
+            log::warn!("{} is down: {why}; closing its {} connection(s)", self.name, conns.len());
+        } else {
+            log::warn!("{}: {why}", self.name);
+        }
+        let msg = format!("{}: {why}", self.name);
+        for (f, _) in waiting {
+            f.refuse(ErrorCode::Unreachable, &msg);
+        }
+        for f in conns {
+            f.refuse(ErrorCode::Unreachable, &msg);
+            f.peer_gone();
+        }
+        if let Some(l) = &link {
+            l.shutdown();
+        }
+        self.ctrl_cv.notify_all();
+        if let (Some(r), Some(a)) = (self.remote.upgrade(), self.addr) {
+            let mut out = r.out.lock().unwrap();
+            if out.get(&a).is_some_and(|p| std::ptr::eq(&**p, self)) {
+                out.remove(&a);
+            }
+        }
+        if link.is_some() {
+            if let Some(r) = self.remote.upgrade() {
+                r.links.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Setup {
+    Waiting,
+    Accepted,
+    Refused(ErrorCode, String),
+}
+
+/// Producer state of the ring towards our client (the receiver thread
+/// writes; the pump reads `consumed` to return credit).
+struct Inbound {
+    tx: Tx,
+    /// Credit charged for every frame received.
+    charged: u64,
+    /// Credit the frames did not use (returned with the next CREDIT).
+    excess: u64,
+}
+
+/// A `Layout` that may be shared between threads: it only hands out
+/// atomics and raw pointers into the mapping, which `Fwd` keeps alive.
+struct SharedLayout(Layout);
+// SAFETY: see above; all accesses through it are atomic or raw copies.
+unsafe impl Sync for SharedLayout {}
+
+/// One forwarded connection: the router plays `side` of its file.
+pub struct Fwd {
+    pub local: u64,
+    side: usize,
+    ring: u64,
+    stream: AtomicUsize,
+    peer_conn: AtomicU64,
+    peer_ring: AtomicU64,
+    setup: Mutex<Setup>,
+    inb: Mutex<Inbound>,
+    reported: AtomicU64,
+    /// Credit the peer granted us so far.
+    limit: AtomicU64,
+    peer_closed: AtomicBool,
+    local_fault: AtomicBool,
+    lay: SharedLayout,
+    /// The router's liveness lock on its side: if the router dies, its
+    /// local clients learn it from the kernel ([`ffcore::liveness`]).
+    _live: Option<ffcore::liveness::Liveness>,
+    mem: Arc<SharedMem>,
+}
+
+impl Fwd {
+    fn new(local: u64, side: usize, mem: Arc<SharedMem>) -> Result<Arc<Fwd>, String> {
+        let ring = (mem.len() - ring::CTRL_LEN) / 2;
+        let lay = Layout::new(&mem, ring).map_err(|e| e.to_string())?;
+        let tx = lay.tx(side);
+        let live = match ffcore::liveness::Liveness::hold(mem.fd(), side) {
+            Ok(l) => {
+                lay.side(side).attached.store(1, Ordering::Release);
+                Some(l)
+            }
+            Err(e) => {
+                log::debug!("connection {local}: no liveness lock ({e})");
+                None
+            }
+        };
+        Ok(Arc::new(Fwd {
+            local,
+            side,
+            ring: ring as u64,
+            stream: AtomicUsize::new(0),
+            peer_conn: AtomicU64::new(0),
+            peer_ring: AtomicU64::new(0),
+            setup: Mutex::new(Setup::Waiting),
+            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0 }),
+            reported: AtomicU64::new(ring as u64),
+            limit: AtomicU64::new(0),
+            peer_closed: AtomicBool::new(false),
+            local_fault: AtomicBool::new(false),
+            lay: SharedLayout(lay),
+            _live: live,
+            mem,
+        }))
+    }
+
+    fn router_side(&self) -> ring::Side<'_> {
+        self.lay.0.side(self.side)
+    }
+
+    fn client_side(&self) -> ring::Side<'_> {
+        self.lay.0.side(1 - self.side)
+    }
+
+    fn setup_is_waiting(&self) -> bool {
+        matches!(*self.setup.lock().unwrap(), Setup::Waiting)
+    }
+
+    fn accepted(&self, peer_conn: u64, credit: u64) {
+        self.peer_conn.store(peer_conn, Ordering::Relaxed);
+        self.peer_ring.store(credit, Ordering::Relaxed);
+        self.limit.store(credit, Ordering::Release);
+        *self.setup.lock().unwrap() = Setup::Accepted;
+    }
+
+    fn refuse(&self, code: ErrorCode, msg: &str) {
+        let mut s = self.setup.lock().unwrap();
+        if matches!(*s, Setup::Waiting) {
+            *s = Setup::Refused(code, msg.to_string());
+        }
+    }
+
+    /// The peer closed, or the link died: the client sees our side closed.
+    fn peer_gone(&self) {
+        self.peer_closed.store(true, Ordering::Release);
+        self.router_side().close();
+        self.client_side().force_wake();
+    }
+
+    /// Our client broke its ring: forwarding stops and the peer is told.
+    fn local_fault(&self, why: &str) {
+        log::warn!("connection {}: {why}; closing it", self.local);
+        self.local_fault.store(true, Ordering::Release);
+        self.router_side().force_wake();
+    }
+
+    /// Credit to return now, if enough was freed since the last CREDIT.
+    fn credit_due(&self) -> Option<u64> {
+        let mut inb = self.inb.lock().unwrap();
+        let g = match inb.tx.consumed() {
+            Ok(t) => self.ring + inb.excess + t,
+            Err(e) => {
+                drop(inb);
+                self.local_fault(&e.to_string());
+                return None;
+            }
+        };
+        (g - self.reported.load(Ordering::Relaxed) >= self.ring / 4).then_some(g)
+    }
+}
+
+fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<Vec<u8>>) {
+    let name = format!("pump-{}", f.local);
+    let (p2, f2) = (peer.clone(), f.clone());
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        Pump::new(&p2, &link, &f2).run(first);
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start forwarding connection {}: {e}", f.local);
+        peer.conns.lock().unwrap().remove(&f.local);
+        f.peer_gone();
+    }
+}
+
+/// The sending half of one forwarded connection.
+struct Pump<'a> {
+    peer: &'a Arc<Peer>,
+    link: &'a Arc<dyn Link>,
+    f: &'a Arc<Fwd>,
+    rx: Rx,
+    /// Credit used so far.
+    charged: u64,
+    /// Bytes of the current record already sent (records larger than a
+    /// frame go in several).
+    rec_off: usize,
+    /// Credit the next frame needs, when it had to wait for credit.
+    need: Option<u64>,
+    batch: Vec<u8>,
+    batch_frames: Vec<(usize, usize)>,
+}
+
+enum Stop {
+    /// The link failed: the whole link goes.
+    Link(String),
+    /// This connection's client broke its ring.
+    Local(String),
+}
+
+impl<'a> Pump<'a> {
+    fn new(peer: &'a Arc<Peer>, link: &'a Arc<dyn Link>, f: &'a Arc<Fwd>) -> Pump<'a> {
+        Pump {
+            peer,
+            link,
+            f,
+            rx: f.lay.0.rx(f.side),
+            charged: 0,
+            rec_off: 0,
+            need: None,
+            batch: Vec::with_capacity(BATCH + SMALL + wire::HDR_LEN),
+            batch_frames: Vec::new(),
+        }
+    }
+
+    fn stream(&self) -> usize {
+        self.f.stream.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, frames: &[Frame]) -> Result<(), Stop> {
+        // SAFETY: callers pass pointers into the ring (the record is not
+        // consumed before this returns) or into our own batch buffer.
+        unsafe { self.link.send(self.stream(), frames) }.map_err(|e| Stop::Link(format!("send failed: {e}")))
+    }
+
+    fn run(mut self, first: Option<Vec<u8>>) {
+        let f = self.f;
+        let res = self.forward_loop(first);
+        match res {
+            Ok(()) => {}
+            Err(Stop::Link(why)) => self.peer.kill(&why),
+            Err(Stop::Local(why)) => {
+                log::warn!("connection {}: {why}; closing it", f.local);
+                let close = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
+                if self.send(&[Frame::bare(close)]).is_err() {
+                    self.peer.kill("send failed");
+                }
+                f.peer_gone();
+            }
+        }
+        {
+            let mut c = self.peer.conns.lock().unwrap();
+            if c.get(&f.local).is_some_and(|x| Arc::ptr_eq(x, f)) {
+                c.remove(&f.local);
+            }
+        }
+        self.link.deregister(&f.mem);
+        log::debug!("connection {}: forwarding ended", f.local);
+    }
+
+    fn forward_loop(&mut self, first: Option<Vec<u8>>) -> Result<(), Stop> {
+        let f = self.f;
+        if let Some(fr) = first {
+            let frame = Frame { hdr: fr[..wire::HDR_LEN].try_into().unwrap(), ptr: fr[wire::HDR_LEN..].as_ptr(), len: fr.len() - wire::HDR_LEN };
+            self.send(&[frame])?;
+        }
+        let me = f.router_side();
+        let client = f.client_side();
+        let mut active = Instant::now();
+        loop {
+            if self.peer.dead.load(Ordering::Acquire) || f.peer_closed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if f.local_fault.load(Ordering::Acquire) {
+                return Err(Stop::Local("its client broke the shared ring".into()));
+            }
+            let mut progress = false;
+            if let Some(g) = f.credit_due() {
+                let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+                self.send(&[Frame::bare(h)])?;
+                f.reported.store(g, Ordering::Relaxed);
+                progress = true;
+            }
+            progress |= self.forward()?;
+            if progress {
+                active = Instant::now();
+                continue;
+            }
+            if client.is_closed() && !self.rx.has_data() {
+                // Everything the client sent is forwarded: say goodbye.
+                let h = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
+                self.send(&[Frame::bare(h)])?;
+                f.peer_closed.store(true, Ordering::Release);
+                return Ok(());
+            }
+            if active.elapsed() < spin() {
+                std::hint::spin_loop();
+                continue;
+            }
+            let seen = me.prepare_sleep();
+            if self.ready() {
+                me.cancel_sleep();
+                continue;
+            }
+            me.sleep(seen, NAP);
+            active = Instant::now();
+        }
+    }
+
+    /// Is there something to do (checked after announcing sleep)?
+    fn ready(&self) -> bool {
+        let f = self.f;
+        if self.peer.dead.load(Ordering::Acquire)
+            || f.peer_closed.load(Ordering::Acquire)
+            || f.local_fault.load(Ordering::Acquire)
+            || f.client_side().is_closed()
+        {
+            return true;
+        }
+        if self.rx.has_data() {
+            match self.need {
+                Some(c) => {
+                    if self.charged + c <= f.limit.load(Ordering::Acquire) {
+                        return true;
+                    }
+                }
+                None => return true,
+            }
+        }
+        f.credit_due().is_some()
+    }
+
+    /// Forwards what the client wrote, as far as credit allows.
+    fn forward(&mut self) -> Result<bool, Stop> {
+        let f = self.f;
+        let peer_ring = f.peer_ring.load(Ordering::Relaxed);
+        let (wmax, fmax) = (wire::whole_max(peer_ring), wire::frame_max(peer_ring));
+        let peer_conn = f.peer_conn.load(Ordering::Relaxed);
+        let limit = f.limit.load(Ordering::Acquire);
+        let mut progress = false;
+        let mut consumed = false;
+        self.need = None;
+        loop {
+            let rec = match self.rx.peek() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => return Err(Stop::Local(e.to_string())),
+            };
+            let flen = (rec.len - self.rec_off).min(fmax);
+            let kind = if self.rec_off == 0 { rec.kind } else { REC_CONT };
+            let c = wire::charge(kind, rec.total, flen, wmax);
+            if self.charged + c > limit {
+                self.need = Some(c);
+                break;
+            }
+            let hdr = Header::data(peer_conn, kind, rec.tag, rec.total, flen).encode();
+            // SAFETY: peek validated that the record's `len` bytes lie in
+            // the ring; rec_off + flen <= len.
+            let src = unsafe { self.rx.payload().add(self.rec_off) };
+            if self.rec_off == 0 && flen == rec.len && flen <= SMALL {
+                let at = self.batch.len();
+                self.batch.extend_from_slice(&hdr);
+                self.batch.resize(at + wire::HDR_LEN + flen, 0);
+                // SAFETY: src is valid for flen bytes (above); the batch has room.
+                unsafe { std::ptr::copy_nonoverlapping(src, self.batch.as_mut_ptr().add(at + wire::HDR_LEN), flen) };
+                self.batch_frames.push((at, flen));
+                self.rx.consume(rec.len);
+                consumed = true;
+                if self.batch.len() >= BATCH {
+                    self.flush()?;
+                }
+            } else {
+                self.flush()?;
+                self.send(&[Frame { hdr, ptr: src, len: flen }])?;
+                self.rec_off += flen;
+                if self.rec_off == rec.len {
+                    self.rx.consume(rec.len);
+                    self.rec_off = 0;
+                    f.client_side().notify();
+                }
+            }
+            self.charged += c;
+            progress = true;
+        }
+        self.flush()?;
+        if consumed {
+            f.client_side().notify();
+        }
+        Ok(progress)
+    }
+
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.batch_frames.is_empty() {
+            return Ok(());
+        }
+        let frames: Vec<Frame> = self
+            .batch_frames
+            .iter()
+            .map(|&(at, len)| Frame {
+                hdr: self.batch[at..at + wire::HDR_LEN].try_into().unwrap(),
+                // SAFETY: at + HDR_LEN + len <= batch.len().
+                ptr: unsafe { self.batch.as_ptr().add(at + wire::HDR_LEN) },
+                len,
+            })
+            .collect();
+        let r = self.send(&frames);
+        self.batch.clear();
+        self.batch_frames.clear();
+        r
+    }
+}
