@@ -9,3 +9,14 @@ scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads 2
+# The Python package and the Kubernetes manifests (python/tests): pytest,
+# PyYAML and kubernetes-validate (it ships Kubernetes' schemas) in a venv.
+venv=target/pyvenv
+stamp="$venv/.installed-$(sha256sum python/pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e './python[test]'
+    touch "$stamp"
+fi
+FF_REQUIRE_K8S_SCHEMAS=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
