@@ -775,6 +775,27 @@ mod tests {
     }
 
     #[test]
+    fn whole_messages_wrap_around_the_ring() {
+        // Whatever the offset, a drained ring takes a whole message (the
+        // producer must re-read the consumer's tail, padding included).
+        let (mut a, mut b) = pair(4096);
+        for i in 0..500usize {
+            let len = [900usize, 1, 700, 64, 333][i % 5];
+            let n = a.try_send_with(3, len, |p| {
+                unsafe { std::ptr::write_bytes(p, i as u8, len) };
+                len
+            });
+            assert_eq!(n.unwrap(), Some(len), "message {i} of {len} bytes into a drained ring");
+            let mut seen = 0;
+            assert!(b.poll_whole(|_, p, n| {
+                seen = n;
+                assert!(unsafe { std::slice::from_raw_parts(p, n) }.iter().all(|&x| x == i as u8));
+            }).unwrap());
+            assert_eq!(seen, len);
+        }
+    }
+
+    #[test]
     fn queue_limit_is_enforced() {
         let (mut a, _b) = pair(4096);
         let mut buf = [0u8; 1];

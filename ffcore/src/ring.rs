@@ -289,25 +289,26 @@ impl Tx {
             return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
         }
         let need = rec_len(max);
-        let mut free = size - self.head.wrapping_sub(self.tail) as usize;
-        if free < need {
-            self.refresh_tail()?;
-            free = size - self.head.wrapping_sub(self.tail) as usize;
-        }
-        let (head_w, _, data) = self.lay.ring(self.dir);
         let mut off = (self.head as usize) & (size - 1);
         let to_end = size - off;
-        if to_end < need {
-            if free < to_end + need {
+        // A record never wraps: if it does not fit before the end, a PAD
+        // record fills the rest and it starts at offset 0.
+        let required = if to_end < need { to_end + need } else { need };
+        let mut free = size - self.head.wrapping_sub(self.tail) as usize;
+        if free < required {
+            self.refresh_tail()?;
+            free = size - self.head.wrapping_sub(self.tail) as usize;
+            if free < required {
                 return Ok(None);
             }
+        }
+        let (head_w, _, data) = self.lay.ring(self.dir);
+        if to_end < need {
             // SAFETY: off is 64-aligned and to_end >= ALIGN bytes remain.
             unsafe { self.write_hdr(data.add(off), REC_PAD, 0, 0, to_end - REC_HDR) };
             self.head += to_end as u64;
             head_w.store(self.head, Ordering::Release);
             off = 0;
-        } else if free < need {
-            return Ok(None);
         }
         // SAFETY: [off, off + need) lies inside the ring and is free space
         // that only we (the producer) write until we publish the head.

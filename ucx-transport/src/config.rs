@@ -1,0 +1,162 @@
+//! Configuration through UCX's own parser: tables registered with the
+//! component (memory domain, prefix `FF_`) and the transport (prefix `FF_`),
+//! so `UCX_FF_*` variables are read by UCX and listed by `ucx_info -c`.
+use crate::internal::*;
+use crate::sys::*;
+use std::mem::offset_of;
+use std::os::raw::{c_char, c_uint, c_void};
+use std::ptr::null;
+
+/// Memory domain configuration (`struct uct_md_config` + ours).
+#[repr(C)]
+pub struct MdConfig {
+    pub super_: u8,
+    pub router_socket: *mut c_char,
+}
+
+/// Transport configuration (`struct uct_iface_config` + ours).
+#[repr(C)]
+pub struct IfaceConfig {
+    pub super_: UctIfaceConfig,
+    pub seg_size: usize,
+    pub short_size: usize,
+    pub inline_rma: usize,
+    pub rx_burst: c_uint,
+    pub latency: f64,
+    pub bandwidth: f64,
+    pub overhead: f64,
+    pub connect_timeout: f64,
+}
+
+const fn parser(
+    read: unsafe extern "C" fn(*const c_char, *mut c_void, *const c_void) -> i32,
+    write: unsafe extern "C" fn(*mut c_char, usize, *const c_void, *const c_void) -> i32,
+    clone: unsafe extern "C" fn(*const c_void, *mut c_void, *const c_void) -> ucs_status_t,
+    release: unsafe extern "C" fn(*mut c_void, *const c_void),
+    arg: *const c_char,
+) -> ucs_config_parser_t {
+    ucs_config_parser_t {
+        read: Some(read),
+        write: Some(write),
+        clone: Some(clone),
+        release: Some(release),
+        help: Some(ucs_config_help_generic),
+        arg: arg as *const c_void,
+    }
+}
+
+const STRING: ucs_config_parser_t = parser(
+    ucs_config_sscanf_string,
+    ucs_config_sprintf_string,
+    ucs_config_clone_string,
+    ucs_config_release_string,
+    c"string".as_ptr(),
+);
+const MEMUNITS: ucs_config_parser_t = parser(
+    ucs_config_sscanf_memunits,
+    ucs_config_sprintf_memunits,
+    ucs_config_clone_ulong,
+    ucs_config_release_nop,
+    c"memory units: <number>[b|kb|mb|gb]".as_ptr(),
+);
+const UINT: ucs_config_parser_t =
+    parser(ucs_config_sscanf_uint, ucs_config_sprintf_uint, ucs_config_clone_uint, ucs_config_release_nop, c"unsigned integer".as_ptr());
+const TIME: ucs_config_parser_t = parser(
+    ucs_config_sscanf_time,
+    ucs_config_sprintf_time,
+    ucs_config_clone_double,
+    ucs_config_release_nop,
+    c"time value: <number>[s|us|ms|ns]".as_ptr(),
+);
+const BW: ucs_config_parser_t = parser(
+    ucs_config_sscanf_bw,
+    ucs_config_sprintf_bw,
+    ucs_config_clone_double,
+    ucs_config_release_nop,
+    c"bandwidth value: <number>[T|G|M|K]B|b[[p|/]s]".as_ptr(),
+);
+
+const fn table(t: *const ucs_config_field_t) -> ucs_config_parser_t {
+    ucs_config_parser_t {
+        read: Some(ucs_config_sscanf_table),
+        write: None,
+        clone: Some(ucs_config_clone_table),
+        release: Some(ucs_config_release_table),
+        help: Some(ucs_config_help_table),
+        arg: t as *const c_void,
+    }
+}
+
+const fn field(name: &'static std::ffi::CStr, dfl: &'static std::ffi::CStr, doc: &'static std::ffi::CStr, offset: usize, parser: ucs_config_parser_t) -> ucs_config_field_t {
+    ucs_config_field_t { name: name.as_ptr(), dfl_value: dfl.as_ptr(), doc: doc.as_ptr(), offset, parser }
+}
+
+const END: ucs_config_field_t = ucs_config_field_t {
+    name: null(),
+    dfl_value: null(),
+    doc: null(),
+    offset: 0,
+    parser: ucs_config_parser_t { read: None, write: None, clone: None, release: None, help: None, arg: null() },
+};
+
+pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 3] = [
+    field(c"", c"", c"", offset_of!(MdConfig, super_), table(std::ptr::addr_of!(uct_md_config_table) as *const _)),
+    field(
+        c"ROUTER_SOCKET",
+        c"",
+        c"Path of the FreeFlow router's Unix socket. Empty: $FF_ROUTER_SOCKET, or\n/run/freeflow/ffrouter.sock (what tools/ffcontainer mounts).",
+        offset_of!(MdConfig, router_socket),
+        STRING,
+    ),
+    END,
+];
+
+pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 10] = [
+    field(c"", c"", c"", offset_of!(IfaceConfig, super_), table(std::ptr::addr_of!(uct_iface_config_table) as *const _)),
+    field(
+        c"SEG_SIZE",
+        c"128k",
+        c"Largest active message sent by copy (am_bcopy): packed straight into the\nconnection's shared ring, so it must fit a quarter of the ring.",
+        offset_of!(IfaceConfig, seg_size),
+        MEMUNITS,
+    ),
+    field(c"SHORT_SIZE", c"2k", c"Largest short active message (am_short), header included.", offset_of!(IfaceConfig, short_size), MEMUNITS),
+    field(
+        c"INLINE_RMA",
+        c"8k",
+        c"PUT and GET of at most this many bytes carry their data inside the request\n(or reply) record; larger ones stream it as a separate message.",
+        offset_of!(IfaceConfig, inline_rma),
+        MEMUNITS,
+    ),
+    field(
+        c"RX_BURST",
+        c"32",
+        c"Most messages taken from one connection per progress call.",
+        offset_of!(IfaceConfig, rx_burst),
+        UINT,
+    ),
+    field(c"LATENCY", c"100ns", c"Latency the transport reports to UCP (lane selection, thresholds).", offset_of!(IfaceConfig, latency), TIME),
+    field(c"BANDWIDTH", c"12000MBs", c"Bandwidth the transport reports to UCP.", offset_of!(IfaceConfig, bandwidth), BW),
+    field(c"OVERHEAD", c"40ns", c"Per-message CPU overhead the transport reports to UCP.", offset_of!(IfaceConfig, overhead), TIME),
+    field(
+        c"CONNECT_TIMEOUT",
+        c"10s",
+        c"How long endpoint creation retries a router that is not ready before it fails.",
+        offset_of!(IfaceConfig, connect_timeout),
+        TIME,
+    ),
+    END,
+];
+
+/// The configuration of a memory domain, as UCX parsed it.
+///
+/// # Safety
+/// `config` must point to an `MdConfig` bundle UCX filled from our table.
+pub unsafe fn router_socket(config: *const uct_md_config_t) -> Option<String> {
+    let c = config as *const MdConfig;
+    if c.is_null() || (*c).router_socket.is_null() {
+        return None;
+    }
+    let s = std::ffi::CStr::from_ptr((*c).router_socket).to_string_lossy().into_owned();
+    (!s.is_empty()).then_some(s)
+}

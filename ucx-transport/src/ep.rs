@@ -1,0 +1,662 @@
+//! Endpoints: one ffcore connection each, opened with `Context::connect` to
+//! the peer iface's handle (completes at once on one host; the peer picks
+//! it up in its progress).
+//!
+//! Initiator side of [`crate::proto`]:
+//! - `am_short` / `am_bcopy` write the message straight into the shared
+//!   ring (bcopy: UCP's pack callback writes there itself), one copy;
+//! - `put_zcopy` sends a request with the data inline (small) or followed
+//!   by a streamed data message (large); the target writes it into the
+//!   registered range and acks; completion on the ack;
+//! - `get_zcopy` sends a request; the target replies with the data (inline
+//!   or streamed), received straight into the local buffer; completion when
+//!   it has arrived.
+//!
+//! Copies: AM and inline RMA data are copied into the ring by the sender and
+//! out of it by the receiver (AMs are handed to UCP in place, UCP copies
+//! them to the user buffer); streamed RMA data likewise moves user buffer ->
+//! ring -> user buffer, pipelined in ring fragments by both cores: two
+//! copies, where CMA's process_vm_readv makes one (and needs ptrace rights
+//! across containers, which FreeFlow does not grant).
+//!
+//! UCT rules UCX itself enforces (and its gtest checks): sends return
+//! NO_RESOURCE while requests wait in the pending queue (except from the
+//! dispatch of that queue), a failing bcopy never calls the pack callback,
+//! AM ids are checked on both sides.
+
+use crate::iface::{self, Iface};
+use crate::internal::*;
+use crate::proto::{self, PackedRkey, RmaReply, RmaReq};
+use crate::sys::*;
+use ffcore::{Conn, Req};
+use std::collections::VecDeque;
+use std::os::raw::{c_uint, c_void};
+use std::time::Instant;
+
+#[repr(C)]
+pub struct Ep {
+    /// Must come first: `uct_ep_t { iface }`.
+    pub super_: uct_ep_t,
+    pub iface: *mut Iface,
+    pub conn: Conn,
+    pending: VecDeque<*mut uct_pending_req_t>,
+    dispatching: bool,
+    /// PUTs and GETs waiting for their reply, in issue order.
+    ops: VecDeque<Op>,
+    next_seq: u64,
+    /// PUT data sends still in the ring.
+    sends: VecDeque<Req>,
+    /// GET data being received for the oldest op.
+    get_rx: Option<Req>,
+    /// Flush completions: each waits for the ops issued before it.
+    flushes: VecDeque<(u64, *mut uct_completion_t)>,
+    /// Why the endpoint stopped working (sends then fail with this status).
+    broken: Option<ucs_status_t>,
+    pub destroyed: bool,
+}
+
+struct Op {
+    seq: u64,
+    get: bool,
+    comp: *mut uct_completion_t,
+    buf: *mut u8,
+    len: usize,
+}
+
+impl Ep {
+    pub fn has_outstanding(&self) -> bool {
+        !self.ops.is_empty() || !self.sends.is_empty()
+    }
+    pub fn needs_progress(&self) -> bool {
+        !self.pending.is_empty() || !self.ops.is_empty() || !self.sends.is_empty() || !self.flushes.is_empty()
+    }
+}
+
+unsafe fn unsupported<T>() -> T {
+    let f: unsafe extern "C" fn() -> ucs_status_t = ucs_empty_function_return_unsupported;
+    debug_assert_eq!(std::mem::size_of::<T>(), std::mem::size_of_val(&f));
+    std::mem::transmute_copy(&Some(f))
+}
+
+unsafe extern "C" fn put_bcopy_unsupported(_ep: uct_ep_h, _cb: uct_pack_callback_t, _arg: *mut c_void, _addr: u64, _rkey: uct_rkey_t) -> isize {
+    UCS_ERR_UNSUPPORTED as isize
+}
+
+unsafe extern "C" fn tag_eager_bcopy_unsupported(_ep: uct_ep_h, _tag: uct_tag_t, _imm: u64, _cb: uct_pack_callback_t, _arg: *mut c_void, _flags: c_uint) -> isize {
+    UCS_ERR_UNSUPPORTED as isize
+}
+
+unsafe extern "C" fn tag_rndv_zcopy_unsupported(
+    _ep: uct_ep_h,
+    _tag: uct_tag_t,
+    _h: *const c_void,
+    _hl: c_uint,
+    _iov: *const uct_iov_t,
+    _n: usize,
+    _flags: c_uint,
+    _comp: *mut uct_completion_t,
+) -> ucs_status_ptr_t {
+    UCS_ERR_UNSUPPORTED as isize as ucs_status_ptr_t
+}
+
+unsafe extern "C" fn progress_enable(iface: uct_iface_h, flags: c_uint) {
+    uct_base_iface_progress_enable(iface, flags)
+}
+
+unsafe extern "C" fn progress_disable(iface: uct_iface_h, flags: c_uint) {
+    uct_base_iface_progress_disable(iface, flags)
+}
+
+/// The iface operations table (copied into the iface by libuct).
+pub fn ops() -> uct_iface_ops_t {
+    // SAFETY: every unsupported slot returns ucs_status_t like the stub.
+    unsafe {
+        uct_iface_ops_t {
+            ep_put_short: unsupported(),
+            ep_put_bcopy: Some(put_bcopy_unsupported),
+            ep_put_zcopy: Some(put_zcopy),
+            ep_get_short: unsupported(),
+            ep_get_bcopy: unsupported(),
+            ep_get_zcopy: Some(get_zcopy),
+            ep_am_short: Some(am_short),
+            ep_am_short_iov: Some(am_short_iov),
+            ep_am_bcopy: Some(am_bcopy),
+            ep_am_zcopy: unsupported(),
+            ep_atomic_cswap64: unsupported(),
+            ep_atomic_cswap32: unsupported(),
+            ep_atomic32_post: unsupported(),
+            ep_atomic64_post: unsupported(),
+            ep_atomic32_fetch: unsupported(),
+            ep_atomic64_fetch: unsupported(),
+            ep_tag_eager_short: unsupported(),
+            ep_tag_eager_bcopy: Some(tag_eager_bcopy_unsupported),
+            ep_tag_eager_zcopy: unsupported(),
+            ep_tag_rndv_zcopy: Some(tag_rndv_zcopy_unsupported),
+            ep_tag_rndv_cancel: unsupported(),
+            ep_tag_rndv_request: unsupported(),
+            iface_tag_recv_zcopy: unsupported(),
+            iface_tag_recv_cancel: unsupported(),
+            ep_pending_add: Some(pending_add),
+            ep_pending_purge: Some(pending_purge),
+            ep_flush: Some(ep_flush),
+            ep_fence: Some(ep_fence),
+            ep_check: unsupported(),
+            ep_create: Some(ep_create),
+            ep_connect: unsupported(),
+            ep_disconnect: unsupported(),
+            cm_ep_conn_notify: unsupported(),
+            ep_destroy: Some(ep_destroy),
+            ep_get_address: unsupported(),
+            ep_connect_to_ep: unsupported(),
+            iface_accept: unsupported(),
+            iface_reject: unsupported(),
+            iface_flush: Some(iface::iface_flush),
+            iface_fence: Some(iface::iface_fence),
+            iface_progress_enable: Some(progress_enable),
+            iface_progress_disable: Some(progress_disable),
+            iface_progress: Some(iface::iface_progress),
+            iface_event_fd_get: unsupported(),
+            iface_event_arm: unsupported(),
+            iface_close: Some(iface::iface_close),
+            iface_query: Some(iface::iface_query),
+            iface_get_device_address: Some(iface::get_device_address),
+            iface_get_address: Some(iface::get_address),
+            iface_is_reachable: Some(iface::is_reachable),
+        }
+    }
+}
+
+fn status_of(e: &ffcore::Error) -> ucs_status_t {
+    match e {
+        ffcore::Error::PeerClosed => UCS_ERR_CONNECTION_RESET,
+        ffcore::Error::InvalidArgument(_) => UCS_ERR_INVALID_PARAM,
+        ffcore::Error::QueueFull(_) => UCS_ERR_NO_RESOURCE,
+        _ => UCS_ERR_IO_ERROR,
+    }
+}
+
+unsafe fn break_ep(ep: *mut Ep, e: &ffcore::Error) -> ucs_status_t {
+    let s = status_of(e);
+    if s == UCS_ERR_NO_RESOURCE || s == UCS_ERR_INVALID_PARAM {
+        return s;
+    }
+    if (*ep).broken.is_none() {
+        ff_diag!("ff: endpoint {:p} (connection {}) failed: {e}", ep, (*ep).conn.id());
+        (*ep).broken = Some(s);
+    }
+    s
+}
+
+/// Common gate of every send: broken endpoint, or requests already waiting
+/// in the pending queue (only their dispatch may send then).
+#[inline]
+unsafe fn gate(ep: *mut Ep) -> Option<ucs_status_t> {
+    if let Some(s) = (*ep).broken {
+        return Some(s);
+    }
+    if !(*ep).pending.is_empty() && !(*ep).dispatching {
+        return Some(UCS_ERR_NO_RESOURCE);
+    }
+    None
+}
+
+pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uct_ep_h) -> ucs_status_t {
+    let p = &*params;
+    let need = (UCT_EP_PARAM_FIELD_IFACE | UCT_EP_PARAM_FIELD_DEV_ADDR | UCT_EP_PARAM_FIELD_IFACE_ADDR) as u64;
+    if p.field_mask & need != need || p.iface.is_null() || p.iface_addr.is_null() || p.dev_addr.is_null() {
+        return UCS_ERR_UNSUPPORTED; // connect-to-iface only
+    }
+    let me = p.iface as *mut Iface;
+    let st = &(*me).st;
+    let dev = std::slice::from_raw_parts(p.dev_addr as *const u8, iface::DEV_ADDR_LEN);
+    let ia = std::slice::from_raw_parts(p.iface_addr as *const u8, iface::IFACE_ADDR_LEN);
+    if !iface::reachable(&st.router_id, dev, Some(ia)) {
+        return UCS_ERR_UNREACHABLE;
+    }
+    let Some(handle) = iface::parse_iface_addr(ia) else { return UCS_ERR_INVALID_ADDR };
+    let Some(ctx) = (*st.md).ctx.as_ref() else { return UCS_ERR_NO_DEVICE };
+    let start = Instant::now();
+    let mut nap = std::time::Duration::from_micros(100);
+    let conn = loop {
+        match ctx.connect(&handle) {
+            Ok(Some(c)) => break c,
+            Ok(None) if start.elapsed() < st.cfg.connect_timeout => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(std::time::Duration::from_millis(50));
+            }
+            Ok(None) => {
+                ff_error!("ff: the router kept refusing a connection for {:?} (listener backlog full?)", st.cfg.connect_timeout);
+                return UCS_ERR_TIMED_OUT;
+            }
+            Err(e) => {
+                ff_error!("ff: cannot connect to the peer through the router: {e}");
+                return UCS_ERR_UNREACHABLE;
+            }
+        }
+    };
+    ff_debug!("ff: iface {:p} connected, connection {}", me, conn.id());
+    let ep = Box::into_raw(Box::new(Ep {
+        super_: uct_ep_t { iface: p.iface },
+        iface: me,
+        conn,
+        pending: VecDeque::new(),
+        dispatching: false,
+        ops: VecDeque::new(),
+        next_seq: 1,
+        sends: VecDeque::new(),
+        get_rx: None,
+        flushes: VecDeque::new(),
+        broken: None,
+        destroyed: false,
+    }));
+    (*me).st.eps.push(ep);
+    *ep_p = ep as uct_ep_h;
+    UCS_OK
+}
+
+unsafe extern "C" fn ep_destroy(ep_h: uct_ep_h) {
+    let ep = ep_h as *mut Ep;
+    let me = (*ep).iface;
+    let eps = &mut (*me).st.eps;
+    if let Some(i) = eps.iter().position(|&e| e == ep) {
+        eps.remove(i);
+    }
+    (*ep).destroyed = true;
+    if (*me).st.in_progress {
+        (*me).st.graveyard.push(ep); // freed when progress returns
+    } else {
+        drop(Box::from_raw(ep));
+    }
+}
+
+unsafe extern "C" fn am_short(ep_h: uct_ep_h, id: u8, header: u64, payload: *const c_void, length: c_uint) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    if id as u32 >= UCT_AM_ID_MAX {
+        ff_error!("ff: invalid active message id {id}");
+        return UCS_ERR_INVALID_PARAM;
+    }
+    let total = 8 + length as usize;
+    if total > (*(*ep).iface).st.cfg.short_size {
+        ff_error!("ff: am_short of {length} bytes exceeds the limit");
+        return UCS_ERR_INVALID_PARAM;
+    }
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    let r = (*ep).conn.try_send_with(proto::tag(proto::AM, id), total, |p| {
+        (p as *mut u64).write_unaligned(header);
+        std::ptr::copy_nonoverlapping(payload as *const u8, p.add(8), length as usize);
+        total
+    });
+    match r {
+        Ok(Some(_)) => UCS_OK,
+        Ok(None) => UCS_ERR_NO_RESOURCE,
+        Err(e) => break_ep(ep, &e),
+    }
+}
+
+unsafe extern "C" fn am_short_iov(ep: uct_ep_h, id: u8, iov: *const uct_iov_t, iovcnt: usize) -> ucs_status_t {
+    if id as u32 >= UCT_AM_ID_MAX {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    uct_base_ep_am_short_iov(ep, id, iov, iovcnt)
+}
+
+unsafe extern "C" fn am_bcopy(ep_h: uct_ep_h, id: u8, pack: uct_pack_callback_t, arg: *mut c_void, _flags: c_uint) -> isize {
+    let ep = ep_h as *mut Ep;
+    if id as u32 >= UCT_AM_ID_MAX {
+        ff_error!("ff: invalid active message id {id}");
+        return UCS_ERR_INVALID_PARAM as isize;
+    }
+    let Some(pack) = pack else { return UCS_ERR_INVALID_PARAM as isize };
+    if let Some(s) = gate(ep) {
+        return s as isize;
+    }
+    let max = (*(*ep).iface).st.cfg.seg_size;
+    // The pack callback is only called once room for max_bcopy is there.
+    match (*ep).conn.try_send_with(proto::tag(proto::AM, id), max, |p| pack(p as *mut c_void, arg)) {
+        Ok(Some(n)) => n as isize,
+        Ok(None) => UCS_ERR_NO_RESOURCE as isize,
+        Err(e) => break_ep(ep, &e) as isize,
+    }
+}
+
+unsafe fn iov_len(iov: *const uct_iov_t, iovcnt: usize) -> usize {
+    (0..iovcnt).map(|i| (*iov.add(i)).length * ((*iov.add(i)).count.max(1) as usize)).sum()
+}
+
+unsafe fn rkey_of(rkey: uct_rkey_t) -> Option<PackedRkey> {
+    if rkey == 0 || rkey == usize::MAX {
+        return None;
+    }
+    Some(*(rkey as *const PackedRkey))
+}
+
+unsafe extern "C" fn put_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    if iovcnt > 1 {
+        return UCS_ERR_UNSUPPORTED; // max_iov is 1
+    }
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    let len = iov_len(iov, iovcnt);
+    let src = if iovcnt == 1 { (*iov).buffer as *const u8 } else { std::ptr::NonNull::dangling().as_ptr() };
+    let cfg = (*(*ep).iface).st.cfg;
+    let seq = (*ep).next_seq;
+    let req = RmaReq { seq, cookie: k.cookie, key: k.key, addr, len: len as u64 };
+    let inline = len <= cfg.inline_rma;
+    if !inline && (*ep).sends.len() >= 256 {
+        return UCS_ERR_NO_RESOURCE; // keep ffcore's request table from filling
+    }
+    let max = RmaReq::LEN + if inline { len } else { 0 };
+    let r = (*ep).conn.try_send_with(proto::tag(proto::PUT, 0), max, |p| {
+        req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
+        if inline {
+            std::ptr::copy_nonoverlapping(src, p.add(RmaReq::LEN), len);
+        }
+        max
+    });
+    match r {
+        Ok(Some(_)) => {}
+        Ok(None) => return UCS_ERR_NO_RESOURCE,
+        Err(e) => return break_ep(ep, &e),
+    }
+    if !inline {
+        // The data streams from the caller's buffer, which UCT keeps valid
+        // until completion (after the ack, so long after the send).
+        match (*ep).conn.isend(src, len, proto::tag(proto::PUT_DATA, 0)) {
+            Ok(r) => (*ep).sends.push_back(r),
+            Err(e) => return break_ep(ep, &e),
+        }
+    }
+    (*ep).next_seq += 1;
+    (*ep).ops.push_back(Op { seq, get: false, comp, buf: std::ptr::null_mut(), len });
+    UCS_INPROGRESS
+}
+
+unsafe extern "C" fn get_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    if iovcnt > 1 {
+        return UCS_ERR_UNSUPPORTED;
+    }
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    let len = iov_len(iov, iovcnt);
+    let buf = if iovcnt == 1 { (*iov).buffer as *mut u8 } else { std::ptr::NonNull::dangling().as_ptr() };
+    let seq = (*ep).next_seq;
+    let req = RmaReq { seq, cookie: k.cookie, key: k.key, addr, len: len as u64 };
+    let r = (*ep).conn.try_send_with(proto::tag(proto::GET, 0), RmaReq::LEN, |p| {
+        req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
+        RmaReq::LEN
+    });
+    match r {
+        Ok(Some(_)) => {}
+        Ok(None) => return UCS_ERR_NO_RESOURCE,
+        Err(e) => return break_ep(ep, &e),
+    }
+    (*ep).next_seq += 1;
+    (*ep).ops.push_back(Op { seq, get: true, comp, buf, len });
+    UCS_INPROGRESS
+}
+
+unsafe extern "C" fn pending_add(ep_h: uct_ep_h, req: *mut uct_pending_req_t, _flags: c_uint) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    // BUSY means "resources are there: send now instead". Without waiting
+    // requests we cannot know before trying, so a send that just failed
+    // with NO_RESOURCE is queued.
+    (*ep).pending.push_back(req);
+    UCS_OK
+}
+
+unsafe extern "C" fn pending_purge(ep_h: uct_ep_h, cb: uct_pending_purge_callback_t, arg: *mut c_void) {
+    let ep = ep_h as *mut Ep;
+    let reqs: Vec<_> = (*ep).pending.drain(..).collect();
+    if let Some(cb) = cb {
+        for r in reqs {
+            cb(r, arg);
+        }
+    }
+}
+
+unsafe extern "C" fn ep_flush(ep_h: uct_ep_h, _flags: c_uint, comp: *mut uct_completion_t) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    if let Some(s) = (*ep).broken {
+        return s;
+    }
+    if !(*ep).pending.is_empty() && !(*ep).dispatching {
+        return UCS_ERR_NO_RESOURCE;
+    }
+    if (*ep).ops.is_empty() {
+        return UCS_OK; // AMs count as done once in the shared ring
+    }
+    if !comp.is_null() {
+        (*ep).flushes.push_back(((*ep).next_seq, comp));
+    }
+    UCS_INPROGRESS
+}
+
+unsafe extern "C" fn ep_fence(_ep: uct_ep_h, _flags: c_uint) -> ucs_status_t {
+    UCS_OK // one FIFO connection, served in order
+}
+
+/// `uct_invoke_completion`: first error wins, callback when the count hits 0.
+unsafe fn complete(comp: *mut uct_completion_t, status: ucs_status_t) {
+    if comp.is_null() {
+        return;
+    }
+    if status != UCS_OK && (*comp).status == UCS_OK {
+        (*comp).status = status;
+    }
+    (*comp).count -= 1;
+    if (*comp).count == 0 {
+        if let Some(f) = (*comp).func {
+            f(comp);
+        }
+    }
+}
+
+/// Completes the oldest op and any flush that was waiting only for it.
+/// Returns false if the endpoint was destroyed by a callback.
+unsafe fn finish_op(ep: *mut Ep, status: ucs_status_t) -> bool {
+    let Some(op) = (*ep).ops.pop_front() else { return true };
+    complete(op.comp, status);
+    if (*ep).destroyed {
+        return false;
+    }
+    flushes_done(ep)
+}
+
+unsafe fn flushes_done(ep: *mut Ep) -> bool {
+    let oldest = (*ep).ops.front().map_or(u64::MAX, |o| o.seq);
+    while let Some(&(upto, comp)) = (*ep).flushes.front() {
+        if upto > oldest {
+            break;
+        }
+        (*ep).flushes.pop_front();
+        complete(comp, UCS_OK);
+        if (*ep).destroyed {
+            return false;
+        }
+    }
+    true
+}
+
+/// Fails everything outstanding on a broken endpoint.
+unsafe fn fail_all(ep: *mut Ep, status: ucs_status_t) {
+    while !(*ep).ops.is_empty() {
+        if !finish_op(ep, status) {
+            return;
+        }
+    }
+    (*ep).sends.clear();
+    (*ep).get_rx = None;
+    while let Some((_, comp)) = (*ep).flushes.pop_front() {
+        complete(comp, status);
+        if (*ep).destroyed {
+            return;
+        }
+    }
+}
+
+enum Got {
+    None,
+    Done(ucs_status_t),
+    Stream,
+    Bad(String),
+}
+
+/// Initiator-side progress: replies to our PUTs and GETs, then the pending
+/// queue. Returns the number of events.
+pub unsafe fn progress(ep: *mut Ep) -> u32 {
+    let mut count = 0;
+    if let Some(s) = (*ep).broken {
+        if !(*ep).ops.is_empty() || !(*ep).flushes.is_empty() {
+            fail_all(ep, s);
+            return 1;
+        }
+    }
+    while let Some(&r) = (*ep).sends.front() {
+        match (*ep).conn.test(r) {
+            Ok(None) => break,
+            Ok(Some(_)) => {
+                (*ep).sends.pop_front();
+            }
+            Err(e) => {
+                (*ep).sends.pop_front();
+                let s = break_ep(ep, &e);
+                fail_all(ep, s);
+                return 1;
+            }
+        }
+    }
+    let burst = (*(*ep).iface).st.cfg.rx_burst;
+    while !(*ep).ops.is_empty() && count < burst {
+        if let Some(r) = (*ep).get_rx {
+            match (*ep).conn.test(r) {
+                Ok(None) => break,
+                Ok(Some(_)) => {
+                    (*ep).get_rx = None;
+                    count += 1;
+                    if !finish_op(ep, UCS_OK) {
+                        return count;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    (*ep).get_rx = None;
+                    let s = break_ep(ep, &e);
+                    fail_all(ep, s);
+                    return count + 1;
+                }
+            }
+        }
+        let front = (*ep).ops.front().map(|o| (o.seq, o.get, o.buf, o.len)).unwrap();
+        let mut got = Got::None;
+        let r = (*ep).conn.poll_whole(|tag, data, len| {
+            got = reply(front, tag, data, len);
+        });
+        match r {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let s = break_ep(ep, &e);
+                fail_all(ep, s);
+                return count + 1;
+            }
+        }
+        count += 1;
+        match got {
+            Got::None => {}
+            Got::Done(s) => {
+                if !finish_op(ep, s) {
+                    return count;
+                }
+            }
+            Got::Stream => match (*ep).conn.irecv(front.2, front.3, proto::tag(proto::GET_DATA, 0)) {
+                Ok(r) => (*ep).get_rx = Some(r),
+                Err(e) => {
+                    let s = break_ep(ep, &e);
+                    fail_all(ep, s);
+                    return count;
+                }
+            },
+            Got::Bad(why) => {
+                ff_error!("ff: protocol error on connection {}: {why}", (*ep).conn.id());
+                (*ep).broken = Some(UCS_ERR_IO_ERROR);
+                fail_all(ep, UCS_ERR_IO_ERROR);
+                return count;
+            }
+        }
+    }
+    if (*ep).ops.is_empty() && !(*ep).flushes.is_empty() && !flushes_done(ep) {
+        return count;
+    }
+    count + dispatch_pending(ep)
+}
+
+/// Handles a reply for the oldest op `(seq, get, buf, len)` in place.
+unsafe fn reply(front: (u64, bool, *mut u8, usize), tag: u32, data: *const u8, len: usize) -> Got {
+    let (seq, get, buf, want) = front;
+    let b = std::slice::from_raw_parts(data, len.min(RmaReply::LEN));
+    let Some(r) = RmaReply::read(b) else { return Got::Bad("short reply".into()) };
+    if r.seq != seq {
+        return Got::Bad(format!("reply for request {} while {} is the oldest", r.seq, seq));
+    }
+    match (proto::kind(tag), get) {
+        (proto::PUT_ACK, false) => Got::Done(r.status as ucs_status_t),
+        (proto::GET_REPLY, true) => {
+            if r.status != UCS_OK as i32 {
+                return Got::Done(r.status as ucs_status_t);
+            }
+            if r.len != want as u64 {
+                return Got::Bad(format!("GET reply of {} bytes for {want}", r.len));
+            }
+            if len == RmaReply::LEN + want && want > 0 {
+                std::ptr::copy_nonoverlapping(data.add(RmaReply::LEN), buf, want);
+                Got::Done(UCS_OK)
+            } else if len == RmaReply::LEN && want == 0 {
+                Got::Done(UCS_OK)
+            } else if len == RmaReply::LEN {
+                Got::Stream
+            } else {
+                Got::Bad(format!("GET reply record of {len} bytes"))
+            }
+        }
+        (k, _) => Got::Bad(format!("unexpected message kind {k} on an endpoint")),
+    }
+}
+
+/// Runs the pending queue while sends succeed.
+unsafe fn dispatch_pending(ep: *mut Ep) -> u32 {
+    let mut n = 0;
+    if (*ep).pending.is_empty() || (*ep).dispatching {
+        return 0;
+    }
+    (*ep).dispatching = true;
+    while let Some(req) = (*ep).pending.pop_front() {
+        let status = match (*req).func {
+            Some(f) => f(req),
+            None => UCS_OK,
+        };
+        if (*ep).destroyed {
+            return n; // graveyard frees it after progress
+        }
+        if status == UCS_OK {
+            n += 1;
+            continue;
+        }
+        // NO_RESOURCE (not sent) or INPROGRESS (partly sent): keep it first
+        // and try again on a later progress.
+        (*ep).pending.push_front(req);
+        if status == UCS_INPROGRESS {
+            n += 1;
+        }
+        break;
+    }
+    (*ep).dispatching = false;
+    n
+}

@@ -1,0 +1,581 @@
+//! The interface: a per-iface ffcore `Listener` whose 64-byte handle is the
+//! UCT iface address, the connections peers opened to it (accepted in
+//! progress), and the progress loop that serves them.
+//!
+//! Target side of the protocol in [`crate::proto`]: active messages are
+//! handed to UCP's handler straight from the shared ring (no copy on this
+//! side); PUT data is written into, and GET data read from, memory this
+//! process registered, after the request passed the registration check.
+
+use crate::config::IfaceConfig;
+use crate::ep::{self, Ep};
+use crate::internal::*;
+use crate::md::Md;
+use crate::proto::{self, RmaReply, RmaReq};
+use crate::sys::*;
+use ffcore::{Conn, Req};
+use std::collections::VecDeque;
+use std::os::raw::{c_int, c_uint, c_void};
+use std::time::Duration;
+
+pub const DEVICE_NAME: &str = "router";
+pub const DEV_ADDR_LEN: usize = 16;
+/// The used part of the listener's 64-byte handle: id, listener, nonce and
+/// the router's address for other hosts (UCP packs iface addresses of at
+/// most 63 bytes; the rest of a handle is reserved, zero).
+pub const IFACE_ADDR_LEN: usize = 55;
+
+/// The handle an iface address names.
+pub fn parse_iface_addr(b: &[u8]) -> Option<ffcore::Handle> {
+    let mut full = [0u8; ffcore::handle::HANDLE_LEN];
+    full[..IFACE_ADDR_LEN].copy_from_slice(b.get(..IFACE_ADDR_LEN)?);
+    ffcore::Handle::from_bytes(&full).ok()
+}
+
+/// Limits and perf figures from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Cfg {
+    pub seg_size: usize,
+    pub short_size: usize,
+    pub inline_rma: usize,
+    pub rx_burst: u32,
+    pub latency: f64,
+    pub bandwidth: f64,
+    pub overhead: f64,
+    pub connect_timeout: Duration,
+}
+
+#[repr(C)]
+pub struct Iface {
+    /// Must come first: libuct casts the iface to it.
+    pub base: BaseIface,
+    pub st: State,
+}
+
+pub struct State {
+    pub md: *mut Md,
+    pub listener: ffcore::Listener,
+    pub router_id: [u8; 16],
+    pub cfg: Cfg,
+    /// Connections peers opened to us (their endpoints), in accept order.
+    pub rx: Vec<Box<RxConn>>,
+    /// Our endpoints.
+    pub eps: Vec<*mut Ep>,
+    /// Endpoints destroyed while progress ran; freed when it returns.
+    pub graveyard: Vec<*mut Ep>,
+    pub in_progress: bool,
+    pub accept_failed: bool,
+}
+
+/// The target end of a peer's endpoint.
+pub struct RxConn {
+    pub conn: Conn,
+    /// Replies not sent yet (the ring back was full), in order.
+    replies: VecDeque<Reply>,
+    /// A PUT's streamed data being received into registered memory.
+    put_rx: Option<(Req, u64)>,
+    /// GET data sends still in the ring (to be completed).
+    sends: VecDeque<Req>,
+    dead: bool,
+}
+
+enum Reply {
+    PutAck { seq: u64, status: i32 },
+    Get { seq: u64, status: i32, addr: u64, len: u64 },
+}
+
+/// What a received message asks for, once it left the ring.
+enum Action {
+    None,
+    /// A PUT whose data follows as its own message.
+    PutStream { seq: u64, ok: bool, addr: u64, len: u64 },
+    Reply(Reply),
+    Bad(String),
+}
+
+pub fn iface_ops() -> uct_iface_ops_t {
+    ep::ops()
+}
+
+unsafe fn md_of(st: &State) -> &Md {
+    &*st.md
+}
+
+/// Is the peer at (`dev`, `iface`) reachable from here? Same router for now
+/// (one host); multi-host routing will extend this one function.
+pub fn reachable(router_id: &[u8; 16], dev: &[u8], iface: Option<&[u8]>) -> bool {
+    if dev.len() < DEV_ADDR_LEN || dev[..DEV_ADDR_LEN] != router_id[..] {
+        return false;
+    }
+    match iface {
+        None => true,
+        Some(b) => parse_iface_addr(b).is_some_and(|h| h.router_id == *router_id),
+    }
+}
+
+pub unsafe extern "C" fn query_devices(md: uct_md_h, devices_p: *mut *mut UctTlDeviceResource, num_p: *mut c_uint) -> ucs_status_t {
+    let md = &*(md as *const Md);
+    *devices_p = std::ptr::null_mut();
+    *num_p = 0;
+    if md.ctx.is_none() {
+        return UCS_OK;
+    }
+    // libuct frees this array with free(3).
+    let d = libc::calloc(1, std::mem::size_of::<UctTlDeviceResource>()) as *mut UctTlDeviceResource;
+    if d.is_null() {
+        return UCS_ERR_NO_MEMORY;
+    }
+    for (i, b) in DEVICE_NAME.bytes().enumerate() {
+        (*d).name[i] = b as std::os::raw::c_char;
+    }
+    // A network device, not "shm": FreeFlow is the containers' (virtual)
+    // network, and Open MPI publishes only network devices to ranks it sees
+    // on other hosts (UCP_WORKER_ADDRESS_FLAG_NET_ONLY) -- every pod is one.
+    (*d).type_ = UCT_DEVICE_TYPE_NET;
+    (*d).sys_device = UCS_SYS_DEVICE_ID_UNKNOWN as u8;
+    *devices_p = d;
+    *num_p = 1;
+    UCS_OK
+}
+
+pub unsafe extern "C" fn iface_open(
+    md_h: uct_md_h,
+    worker: uct_worker_h,
+    params: *const uct_iface_params_t,
+    config: *const uct_iface_config_t,
+    iface_p: *mut uct_iface_h,
+) -> ucs_status_t {
+    let md = md_h as *mut Md;
+    let Some(ctx) = (*md).ctx.as_ref() else {
+        ff_error!("ff: no FreeFlow router at {} (is ffrouter running and its socket mounted?)", (*md).socket);
+        return UCS_ERR_NO_DEVICE;
+    };
+    let p = &*params;
+    if p.field_mask & UCT_IFACE_PARAM_FIELD_OPEN_MODE as u64 == 0 || p.open_mode & UCT_IFACE_OPEN_MODE_DEVICE as u64 == 0 {
+        ff_error!("ff: only device open mode is supported");
+        return UCS_ERR_UNSUPPORTED;
+    }
+    let c = &*(config as *const IfaceConfig);
+    let cfg = Cfg {
+        seg_size: c.seg_size,
+        short_size: c.short_size.max(16),
+        inline_rma: c.inline_rma,
+        rx_burst: c.rx_burst.max(1),
+        latency: c.latency,
+        bandwidth: c.bandwidth,
+        overhead: c.overhead,
+        connect_timeout: Duration::from_secs_f64(c.connect_timeout.clamp(0.0, 3600.0)),
+    };
+    let listener = match ctx.listen() {
+        Ok(l) => l,
+        Err(e) => {
+            ff_error!("ff: cannot listen on the router at {}: {e}", (*md).socket);
+            return UCS_ERR_IO_ERROR;
+        }
+    };
+    let router_id = listener.handle().router_id;
+    // Records must fit a quarter of the router's rings: learn their size
+    // from one connection to ourselves (the router sizes every ring alike).
+    let max_whole = match probe_max_whole(ctx, &listener) {
+        Ok(m) => m,
+        Err(e) => {
+            ff_error!("ff: cannot open a connection through the router at {}: {e}", (*md).socket);
+            return UCS_ERR_IO_ERROR;
+        }
+    };
+    let mut cfg = cfg;
+    cfg.seg_size = cfg.seg_size.clamp(64, max_whole);
+    cfg.short_size = cfg.short_size.min(max_whole);
+    cfg.inline_rma = cfg.inline_rma.min(max_whole - RmaReq::LEN);
+    let raw = libc::calloc(1, std::mem::size_of::<Iface>()) as *mut Iface;
+    if raw.is_null() {
+        return UCS_ERR_NO_MEMORY;
+    }
+    let mut ops = iface_ops();
+    let mut count: c_int = 1;
+    let status = uct_base_iface_t_init(
+        std::ptr::addr_of_mut!((*raw).base),
+        std::ptr::addr_of_mut!(uct_base_iface_t_class),
+        &mut count,
+        &mut ops,
+        std::ptr::addr_of_mut!(uct_base_iface_internal_ops),
+        md_h,
+        worker,
+        params,
+        config as *const UctIfaceConfig,
+    );
+    if status != UCS_OK {
+        ucs_class_call_cleanup_chain(std::ptr::addr_of_mut!(uct_base_iface_t_class), raw as *mut c_void, count);
+        libc::free(raw as *mut c_void);
+        return status;
+    }
+    std::ptr::addr_of_mut!((*raw).st).write(State {
+        md,
+        listener,
+        router_id,
+        cfg,
+        rx: Vec::new(),
+        eps: Vec::new(),
+        graveyard: Vec::new(),
+        in_progress: false,
+        accept_failed: false,
+    });
+    ff_debug!("ff: iface {:p} open, handle {}", raw, (*raw).st.listener.handle().to_hex());
+    *iface_p = raw as uct_iface_h;
+    UCS_OK
+}
+
+fn probe_max_whole(ctx: &ffcore::Context, listener: &ffcore::Listener) -> ffcore::Result<usize> {
+    let start = std::time::Instant::now();
+    let conn = loop {
+        if let Some(c) = ctx.connect(&listener.handle())? {
+            break c;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err(ffcore::Error::Timeout(Duration::from_secs(5)));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let max = conn.max_whole();
+    // Take the other end off our own listener so it does not linger.
+    drop(listener.accept_timeout(Duration::from_secs(5))?);
+    Ok(max)
+}
+
+pub unsafe extern "C" fn iface_close(iface: uct_iface_h) {
+    let raw = iface as *mut Iface;
+    uct_base_iface_progress_disable(iface, UCT_PROGRESS_SEND | UCT_PROGRESS_RECV);
+    // Endpoints UCX forgot to destroy go with the iface.
+    for e in std::mem::take(&mut (*raw).st.eps) {
+        drop(Box::from_raw(e));
+    }
+    for e in std::mem::take(&mut (*raw).st.graveyard) {
+        drop(Box::from_raw(e));
+    }
+    std::ptr::drop_in_place(std::ptr::addr_of_mut!((*raw).st));
+    ucs_class_call_cleanup_chain(std::ptr::addr_of_mut!(uct_base_iface_t_class), raw as *mut c_void, -1);
+    libc::free(raw as *mut c_void);
+}
+
+pub unsafe extern "C" fn iface_query(iface: uct_iface_h, attr: *mut uct_iface_attr_t) -> ucs_status_t {
+    let me = &*(iface as *const Iface);
+    let cfg = me.st.cfg;
+    let a = &mut *attr;
+    // Zeroes the struct and sets max_num_eps and dev_num_paths.
+    crate::internal::uct_base_iface_query(iface as *mut c_void, attr);
+    a.cap.flags = UCT_IFACE_FLAG_AM_SHORT as u64
+        | UCT_IFACE_FLAG_AM_BCOPY as u64
+        | UCT_IFACE_FLAG_PUT_ZCOPY as u64
+        | UCT_IFACE_FLAG_GET_ZCOPY as u64
+        | UCT_IFACE_FLAG_PENDING as u64
+        | UCT_IFACE_FLAG_CB_SYNC
+        | UCT_IFACE_FLAG_CONNECT_TO_IFACE;
+    a.cap.event_flags = 0;
+    a.cap.am.max_short = cfg.short_size;
+    a.cap.am.max_bcopy = cfg.seg_size;
+    a.cap.am.min_zcopy = 0;
+    a.cap.am.max_zcopy = 0;
+    a.cap.am.opt_zcopy_align = 64;
+    a.cap.am.align_mtu = 64;
+    a.cap.am.max_hdr = 0;
+    a.cap.am.max_iov = 16;
+    a.cap.put.max_short = 0;
+    a.cap.put.max_bcopy = 0;
+    a.cap.put.min_zcopy = 0;
+    a.cap.put.max_zcopy = usize::MAX;
+    a.cap.put.opt_zcopy_align = 1;
+    a.cap.put.align_mtu = 1;
+    a.cap.put.max_iov = 1;
+    a.cap.get.max_short = 0;
+    a.cap.get.max_bcopy = 0;
+    a.cap.get.min_zcopy = 0;
+    a.cap.get.max_zcopy = usize::MAX;
+    a.cap.get.opt_zcopy_align = 1;
+    a.cap.get.align_mtu = 1;
+    a.cap.get.max_iov = 1;
+    a.device_addr_len = DEV_ADDR_LEN;
+    a.iface_addr_len = IFACE_ADDR_LEN;
+    a.ep_addr_len = 0;
+    a.max_conn_priv = 0;
+    a.latency = ucs_linear_func_t { c: cfg.latency, m: 0.0 };
+    a.bandwidth = uct_ppn_bandwidth_t { dedicated: cfg.bandwidth, shared: 0.0 };
+    a.overhead = cfg.overhead;
+    a.priority = 0;
+    UCS_OK
+}
+
+pub unsafe extern "C" fn get_device_address(iface: uct_iface_h, addr: *mut uct_device_addr_t) -> ucs_status_t {
+    let me = &*(iface as *const Iface);
+    std::ptr::copy_nonoverlapping(me.st.router_id.as_ptr(), addr as *mut u8, DEV_ADDR_LEN);
+    UCS_OK
+}
+
+pub unsafe extern "C" fn get_address(iface: uct_iface_h, addr: *mut uct_iface_addr_t) -> ucs_status_t {
+    let me = &*(iface as *const Iface);
+    let b = me.st.listener.handle().to_bytes();
+    std::ptr::copy_nonoverlapping(b.as_ptr(), addr as *mut u8, IFACE_ADDR_LEN);
+    UCS_OK
+}
+
+pub unsafe extern "C" fn is_reachable(iface: uct_iface_h, dev: *const uct_device_addr_t, ia: *const uct_iface_addr_t) -> c_int {
+    let me = &*(iface as *const Iface);
+    if dev.is_null() {
+        return 0;
+    }
+    let dev = std::slice::from_raw_parts(dev as *const u8, DEV_ADDR_LEN);
+    let ia = (!ia.is_null()).then(|| std::slice::from_raw_parts(ia as *const u8, IFACE_ADDR_LEN));
+    reachable(&me.st.router_id, dev, ia) as c_int
+}
+
+pub unsafe extern "C" fn iface_flush(iface: uct_iface_h, _flags: c_uint, comp: *mut uct_completion_t) -> ucs_status_t {
+    if !comp.is_null() {
+        return UCS_ERR_UNSUPPORTED;
+    }
+    let st = &(*(iface as *const Iface)).st;
+    if st.eps.iter().any(|&e| (*e).has_outstanding()) {
+        return UCS_INPROGRESS;
+    }
+    UCS_OK
+}
+
+pub unsafe extern "C" fn iface_fence(_iface: uct_iface_h, _flags: c_uint) -> ucs_status_t {
+    // Every endpoint is one FIFO connection served in order by the target.
+    UCS_OK
+}
+
+/// The progress callback UCP registers on the worker.
+pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
+    let me = iface as *mut Iface;
+    if (*me).st.in_progress {
+        return 0; // re-entered from a callback: the outer call continues
+    }
+    (*me).st.in_progress = true;
+    let mut count = 0u32;
+
+    // New connections from peers: one atomic load while none are queued.
+    loop {
+        match (*me).st.listener.accept() {
+            Ok(Some(conn)) => {
+                ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
+                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), dead: false }));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if !(*me).st.accept_failed {
+                    ff_error!("ff: accepting connections failed: {e}");
+                    (*me).st.accept_failed = true;
+                }
+                break;
+            }
+        }
+    }
+
+    let mut i = 0;
+    while i < (*me).st.rx.len() {
+        let rc: *mut RxConn = &mut *(&mut (*me).st.rx)[i];
+        count += serve(me, rc);
+        if (*rc).dead {
+            (*me).st.rx.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+
+    let mut i = 0;
+    while i < (*me).st.eps.len() {
+        let e = (&(*me).st.eps)[i];
+        if (*e).needs_progress() {
+            count += ep::progress(e);
+        }
+        i += 1;
+    }
+
+    (*me).st.in_progress = false;
+    for e in std::mem::take(&mut (*me).st.graveyard) {
+        drop(Box::from_raw(e));
+    }
+    count
+}
+
+/// Serves one peer connection: its messages (up to the burst) and our
+/// replies. Returns the number of messages handled.
+unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
+    let mut count = 0;
+    // GET data streaming back: completing the sends frees their slots.
+    while let Some(&r) = (*rc).sends.front() {
+        match (*rc).conn.test(r) {
+            Ok(None) => break,
+            Ok(Some(_)) => {
+                (*rc).sends.pop_front();
+            }
+            Err(e) => {
+                (*rc).sends.pop_front();
+                ff_diag!("ff: reply data to a peer failed: {e}");
+            }
+        }
+    }
+    send_replies(me, rc);
+    let burst = (*me).st.cfg.rx_burst;
+    while count < burst {
+        if let Some((req, seq)) = (*rc).put_rx {
+            match (*rc).conn.test(req) {
+                Ok(None) => break,
+                Ok(Some(_)) => (*rc).replies.push_back(Reply::PutAck { seq, status: UCS_OK as i32 }),
+                // Truncated: the discarded data of a refused PUT.
+                Err(ffcore::Error::Truncated { .. }) => (*rc).replies.push_back(Reply::PutAck { seq, status: UCS_ERR_INVALID_ADDR as i32 }),
+                Err(e) => {
+                    ff_diag!("ff: receiving PUT data failed: {e}");
+                    (*rc).dead = true;
+                    return count;
+                }
+            }
+            (*rc).put_rx = None;
+            send_replies(me, rc);
+        }
+        let mut action = Action::None;
+        let md = md_of(&(*me).st);
+        let inline_max = (*me).st.cfg.inline_rma;
+        let base = std::ptr::addr_of!((*me).base);
+        let got = (*rc).conn.poll_whole(|tag, data, len| {
+            action = handle(base, md, inline_max, tag, data, len);
+        });
+        match got {
+            Ok(true) => count += 1,
+            Ok(false) => break,
+            Err(ffcore::Error::PeerClosed) => {
+                ff_debug!("ff: peer closed connection {}", (*rc).conn.id());
+                (*rc).dead = true;
+                return count;
+            }
+            Err(e) => {
+                ff_diag!("ff: connection {} from a peer failed: {e}", (*rc).conn.id());
+                (*rc).dead = true;
+                return count;
+            }
+        }
+        match action {
+            Action::None => {}
+            Action::Reply(r) => {
+                (*rc).replies.push_back(r);
+                send_replies(me, rc);
+            }
+            Action::PutStream { seq, ok, addr, len } => {
+                // Valid: the data lands straight in the registered range.
+                // Refused: a zero-byte receive fails with Truncated and
+                // makes the connection drop the data.
+                let (ptr, cap) = if ok { (addr as *mut u8, len as usize) } else { (std::ptr::NonNull::<u8>::dangling().as_ptr(), 0) };
+                match (*rc).conn.irecv(ptr, cap, proto::tag(proto::PUT_DATA, 0)) {
+                    Ok(r) => (*rc).put_rx = Some((r, seq)),
+                    Err(e) => {
+                        ff_diag!("ff: cannot receive PUT data: {e}");
+                        (*rc).dead = true;
+                        return count;
+                    }
+                }
+            }
+            Action::Bad(why) => {
+                ff_error!("ff: protocol error from a peer on connection {}: {why}; dropping it", (*rc).conn.id());
+                (*rc).dead = true;
+                return count;
+            }
+        }
+    }
+    count
+}
+
+/// Handles one message in place (called with the ring record).
+unsafe fn handle(base: *const BaseIface, md: &Md, inline_max: usize, tag: u32, data: *const u8, len: usize) -> Action {
+    match proto::kind(tag) {
+        proto::AM => {
+            let id = proto::am_id(tag) as usize;
+            if id >= UCT_AM_ID_MAX as usize {
+                return Action::Bad(format!("active message id {id} out of range"));
+            }
+            let h = (*base).am[id];
+            if let Some(cb) = h.cb {
+                cb(h.arg, data as *mut c_void, len, 0);
+            }
+            Action::None
+        }
+        proto::PUT => {
+            let b = std::slice::from_raw_parts(data, len.min(RmaReq::LEN));
+            let Some(req) = RmaReq::read(b) else { return Action::Bad("short PUT header".into()) };
+            let ok = req.cookie == md.cookie && md.regs.lock().unwrap_or_else(|p| p.into_inner()).check(req.key, req.addr, req.len);
+            if !ok {
+                ff_diag!("ff: refused PUT of {} bytes at {:#x} (key {}): not inside a registration of this process", req.len, req.addr, req.key);
+            }
+            if len == RmaReq::LEN + req.len as usize && req.len as usize <= inline_max {
+                if ok {
+                    std::ptr::copy_nonoverlapping(data.add(RmaReq::LEN), req.addr as *mut u8, req.len as usize);
+                }
+                let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
+                Action::Reply(Reply::PutAck { seq: req.seq, status: status as i32 })
+            } else if len == RmaReq::LEN {
+                Action::PutStream { seq: req.seq, ok, addr: req.addr, len: req.len }
+            } else {
+                Action::Bad(format!("PUT record of {len} bytes for {} bytes of data", req.len))
+            }
+        }
+        proto::GET => {
+            let b = std::slice::from_raw_parts(data, len.min(RmaReq::LEN));
+            let Some(req) = RmaReq::read(b) else { return Action::Bad("short GET header".into()) };
+            let ok = req.cookie == md.cookie && md.regs.lock().unwrap_or_else(|p| p.into_inner()).check(req.key, req.addr, req.len);
+            if !ok {
+                ff_diag!("ff: refused GET of {} bytes at {:#x} (key {}): not inside a registration of this process", req.len, req.addr, req.key);
+            }
+            let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
+            Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len })
+        }
+        k => Action::Bad(format!("unexpected message kind {k} on an accepted connection")),
+    }
+}
+
+/// Sends queued replies in order while the ring back has room.
+unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
+    let inline_max = (*me).st.cfg.inline_rma;
+    while let Some(r) = (*rc).replies.front() {
+        let res = match *r {
+            Reply::PutAck { seq, status } => (*rc).conn.try_send_with(proto::tag(proto::PUT_ACK, 0), RmaReply::LEN, |p| {
+                RmaReply { seq, status, len: 0 }.write(std::slice::from_raw_parts_mut(p, RmaReply::LEN));
+                RmaReply::LEN
+            }),
+            Reply::Get { seq, status, addr, len } => {
+                let inline = status == UCS_OK as i32 && len as usize <= inline_max;
+                let max = RmaReply::LEN + if inline { len as usize } else { 0 };
+                let res = (*rc).conn.try_send_with(proto::tag(proto::GET_REPLY, 0), max, |p| {
+                    RmaReply { seq, status, len }.write(std::slice::from_raw_parts_mut(p, RmaReply::LEN));
+                    if inline {
+                        // SAFETY: the range passed the registration check.
+                        std::ptr::copy_nonoverlapping(addr as *const u8, p.add(RmaReply::LEN), len as usize);
+                    }
+                    max
+                });
+                if matches!(res, Ok(Some(_))) && status == UCS_OK as i32 && !inline {
+                    // The data follows as its own message, straight from the
+                    // registered range (the initiator keeps the range's owner
+                    // waiting until it has arrived).
+                    match (*rc).conn.isend(addr as *const u8, len as usize, proto::tag(proto::GET_DATA, 0)) {
+                        Ok(req) => (*rc).sends.push_back(req),
+                        Err(e) => {
+                            ff_diag!("ff: cannot send GET data: {e}");
+                            (*rc).dead = true;
+                            return;
+                        }
+                    }
+                }
+                res
+            }
+        };
+        match res {
+            Ok(Some(_)) => {
+                (*rc).replies.pop_front();
+            }
+            Ok(None) => return,
+            Err(e) => {
+                ff_diag!("ff: cannot reply to a peer: {e}");
+                (*rc).dead = true;
+                return;
+            }
+        }
+    }
+}

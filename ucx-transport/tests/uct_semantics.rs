@@ -1,0 +1,342 @@
+//! The ff transport through UCX's own UCT API, in one process with two
+//! ifaces on a real router: the semantics UCX enforces on transports
+//! (pending queue and NO_RESOURCE, no pack callback on a failing bcopy, AM id
+//! checks, mem_dereg parameter checks), PUT/GET zero-copy with packed remote
+//! keys, and refused remote keys (error completion, memory untouched).
+//!
+//! Needs a built ffrouter (cargo build --workspace).
+
+use std::ffi::{c_void, CStr, CString};
+use std::os::raw::c_uint;
+use std::ptr::{null, null_mut};
+use uct_ff::internal::*;
+use uct_ff::sys::*;
+
+fn ok(s: ucs_status_t, what: &str) {
+    assert_eq!(s, UCS_OK, "{what}: status {s}");
+}
+
+struct Recv {
+    msgs: Vec<(u64, Vec<u8>)>,
+}
+
+unsafe extern "C" fn on_am(arg: *mut c_void, data: *mut c_void, len: usize, flags: c_uint) -> ucs_status_t {
+    assert_eq!(flags, 0, "data is handed over in place, not as a descriptor");
+    let r = &mut *(arg as *mut Recv);
+    let b = std::slice::from_raw_parts(data as *const u8, len);
+    let hdr = u64::from_le_bytes(b[..8].try_into().unwrap());
+    r.msgs.push((hdr, b[8..].to_vec()));
+    UCS_OK
+}
+
+struct Pack {
+    called: bool,
+    hdr: u64,
+    len: usize,
+}
+
+unsafe extern "C" fn pack(dest: *mut c_void, arg: *mut c_void) -> usize {
+    let p = &mut *(arg as *mut Pack);
+    p.called = true;
+    let d = dest as *mut u8;
+    (d as *mut u64).write_unaligned(p.hdr);
+    std::ptr::write_bytes(d.add(8), 0xab, p.len - 8);
+    p.len
+}
+
+#[repr(C)]
+struct Comp {
+    c: uct_completion_t,
+    done: u32,
+}
+
+unsafe extern "C" fn on_comp(c: *mut uct_completion_t) {
+    (*(c as *mut Comp)).done += 1;
+}
+
+fn new_comp() -> Box<Comp> {
+    Box::new(Comp { c: uct_completion_t { func: Some(on_comp), count: 1, status: UCS_OK }, done: 0 })
+}
+
+#[repr(C)]
+struct Pend {
+    req: uct_pending_req_t,
+    ep: uct_ep_h,
+    calls: u32,
+    result: ucs_status_t,
+}
+
+unsafe extern "C" fn on_pending(r: *mut uct_pending_req_t) -> ucs_status_t {
+    let p = &mut *(r as *mut Pend);
+    p.calls += 1;
+    // The dispatcher may send even though its own request is still queued.
+    let s = ops(p.ep).ep_am_short.unwrap()(p.ep, 5, 777, null(), 0);
+    p.result = s;
+    if s == UCS_OK {
+        UCS_OK
+    } else {
+        UCS_ERR_NO_RESOURCE
+    }
+}
+
+unsafe fn ops(ep: uct_ep_h) -> &'static uct_iface_ops_t {
+    &(*(*ep).iface).ops
+}
+
+unsafe fn iops(i: uct_iface_h) -> &'static uct_iface_ops_t {
+    &(*i).ops
+}
+
+struct World {
+    comp: uct_component_h,
+    a: uct_iface_h,
+    b: uct_iface_h,
+    ep: uct_ep_h,
+}
+
+impl World {
+    unsafe fn progress(&self) {
+        iops(self.a).iface_progress.unwrap()(self.a);
+        iops(self.b).iface_progress.unwrap()(self.b);
+    }
+    unsafe fn until(&self, mut done: impl FnMut() -> bool, what: &str) {
+        let start = std::time::Instant::now();
+        while !done() {
+            self.progress();
+            assert!(start.elapsed().as_secs() < 20, "timed out: {what}");
+        }
+    }
+    unsafe fn rkey(&self, packed: &[u8]) -> uct_rkey_bundle_t {
+        let mut b: uct_rkey_bundle_t = std::mem::zeroed();
+        ok(uct_rkey_unpack(self.comp, packed.as_ptr() as *const c_void, &mut b), "rkey_unpack");
+        b
+    }
+    unsafe fn put(&self, src: &[u8], addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
+        let iov = uct_iov_t { buffer: src.as_ptr() as *mut c_void, length: src.len(), memh: null_mut(), stride: 0, count: 1 };
+        let mut c = new_comp();
+        let s = ops(self.ep).ep_put_zcopy.unwrap()(self.ep, &iov, 1, addr, rkey, &mut c.c);
+        if s != UCS_INPROGRESS {
+            return s;
+        }
+        let cp: *const Comp = &*c;
+        self.until(|| (*cp).done == 1, "put completion");
+        c.c.status
+    }
+    unsafe fn get(&self, dst: &mut [u8], addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
+        let iov = uct_iov_t { buffer: dst.as_mut_ptr() as *mut c_void, length: dst.len(), memh: null_mut(), stride: 0, count: 1 };
+        let mut c = new_comp();
+        let s = ops(self.ep).ep_get_zcopy.unwrap()(self.ep, &iov, 1, addr, rkey, &mut c.c);
+        if s != UCS_INPROGRESS {
+            return s;
+        }
+        let cp: *const Comp = &*c;
+        self.until(|| (*cp).done == 1, "get completion");
+        c.c.status
+    }
+}
+
+#[test]
+fn uct_semantics_over_a_router() {
+    let router = fftestkit::RouterProc::start(&["a"], &[]);
+    let sock = CString::new(router.socket("a").to_str().unwrap()).unwrap();
+    uct_ff::register().expect("register the ff component");
+    unsafe {
+        // Component, memory domain (router socket via UCX's config: the
+        // ROUTER_SOCKET field of our table), transport resources.
+        let mut comps: *mut uct_component_h = null_mut();
+        let mut n: c_uint = 0;
+        ok(uct_query_components(&mut comps, &mut n), "query components");
+        let comps_s = std::slice::from_raw_parts(comps, n as usize);
+        let comp = *comps_s
+            .iter()
+            .find(|&&c| CStr::from_ptr((*(c as *mut UctComponent)).name.as_ptr()).to_str() == Ok("ff"))
+            .expect("component ff registered");
+        let mut mdc: *mut uct_md_config_t = null_mut();
+        ok(uct_md_config_read(comp, null(), null(), &mut mdc), "md config");
+        ok(uct_config_modify(mdc as *mut c_void, c"ROUTER_SOCKET".as_ptr(), sock.as_ptr()), "UCX_FF_ROUTER_SOCKET");
+        let mut md: uct_md_h = null_mut();
+        ok(uct_md_open(comp, c"ff".as_ptr(), mdc, &mut md), "md open");
+        uct_config_release(mdc as *mut c_void);
+        let mut rsc: *mut uct_tl_resource_desc_t = null_mut();
+        ok(uct_md_query_tl_resources(md, &mut rsc, &mut n), "tl resources");
+        assert_eq!(n, 1);
+        assert_eq!(CStr::from_ptr((*rsc).tl_name.as_ptr()).to_str(), Ok("ff"));
+        assert_eq!(CStr::from_ptr((*rsc).dev_name.as_ptr()).to_str(), Ok("router"));
+        uct_release_tl_resource_list(rsc);
+
+        let mut asy: *mut ucs_async_context_t = null_mut();
+        ok(ucs_async_context_create(UCS_ASYNC_MODE_THREAD_SPINLOCK, &mut asy), "async");
+        let mut worker: uct_worker_h = null_mut();
+        ok(uct_worker_create(asy, UCS_THREAD_MODE_SINGLE, &mut worker), "worker");
+        let mut ic: *mut uct_iface_config_t = null_mut();
+        ok(uct_md_iface_config_read(md, c"ff".as_ptr(), null(), null(), &mut ic), "iface config");
+        // A smaller segment, so a few messages fill the 4 MiB ring.
+        ok(uct_config_modify(ic as *mut c_void, c"SEG_SIZE".as_ptr(), c"256k".as_ptr()), "UCX_FF_SEG_SIZE");
+        let mut params: uct_iface_params_t = std::mem::zeroed();
+        params.field_mask = (UCT_IFACE_PARAM_FIELD_OPEN_MODE | UCT_IFACE_PARAM_FIELD_DEVICE) as u64;
+        params.open_mode = UCT_IFACE_OPEN_MODE_DEVICE as u64;
+        params.mode.device.tl_name = c"ff".as_ptr();
+        params.mode.device.dev_name = c"router".as_ptr();
+        let (mut a, mut b): (uct_iface_h, uct_iface_h) = (null_mut(), null_mut());
+        ok(uct_iface_open(md, worker, &params, ic, &mut a), "iface a");
+        ok(uct_iface_open(md, worker, &params, ic, &mut b), "iface b");
+        uct_config_release(ic as *mut c_void);
+
+        let mut attr: uct_iface_attr_t = std::mem::zeroed();
+        ok(iops(a).iface_query.unwrap()(a, &mut attr), "query");
+        let need = UCT_IFACE_FLAG_AM_SHORT as u64
+            | UCT_IFACE_FLAG_AM_BCOPY as u64
+            | UCT_IFACE_FLAG_PUT_ZCOPY as u64
+            | UCT_IFACE_FLAG_GET_ZCOPY as u64
+            | UCT_IFACE_FLAG_PENDING as u64
+            | UCT_IFACE_FLAG_CB_SYNC
+            | UCT_IFACE_FLAG_CONNECT_TO_IFACE;
+        assert_eq!(attr.cap.flags & need, need, "capabilities UCP needs");
+        assert_eq!(attr.cap.am.max_bcopy, 256 << 10, "UCX_FF_SEG_SIZE applied");
+        assert!(attr.cap.am.max_iov > 0 && attr.dev_num_paths >= 1);
+
+        let mut rx = Recv { msgs: Vec::new() };
+        ok(uct_iface_set_am_handler(b, 5, Some(on_am), &mut rx as *mut Recv as *mut c_void, 0), "am handler");
+
+        // Addresses and reachability; connect a -> b.
+        let mut dev = vec![0u8; attr.device_addr_len];
+        let mut ia = vec![0u8; attr.iface_addr_len];
+        ok(iops(b).iface_get_device_address.unwrap()(b, dev.as_mut_ptr() as *mut _), "dev addr");
+        ok(iops(b).iface_get_address.unwrap()(b, ia.as_mut_ptr() as *mut _), "iface addr");
+        assert_eq!(iops(a).iface_is_reachable.unwrap()(a, dev.as_ptr() as *const _, ia.as_ptr() as *const _), 1);
+        let mut other = dev.clone();
+        other[0] ^= 0xff;
+        assert_eq!(iops(a).iface_is_reachable.unwrap()(a, other.as_ptr() as *const _, ia.as_ptr() as *const _), 0, "another router");
+        let mut ep_params: uct_ep_params_t = std::mem::zeroed();
+        ep_params.field_mask = (UCT_EP_PARAM_FIELD_IFACE | UCT_EP_PARAM_FIELD_DEV_ADDR | UCT_EP_PARAM_FIELD_IFACE_ADDR) as u64;
+        ep_params.iface = a;
+        ep_params.dev_addr = dev.as_ptr() as *const _;
+        ep_params.iface_addr = ia.as_ptr() as *const _;
+        let mut ep: uct_ep_h = null_mut();
+        ok(uct_ep_create(&ep_params, &mut ep), "ep create");
+        let w = World { comp, a, b, ep };
+
+        // Active messages: short, then AM id checks on the sender.
+        let payload = b"hello ff";
+        ok(ops(ep).ep_am_short.unwrap()(ep, 5, 42, payload.as_ptr() as *const c_void, 8), "am_short");
+        let rxp: *const Recv = &rx;
+        w.until(|| (*rxp).msgs.len() == 1, "am_short delivery");
+        assert_eq!(rx.msgs[0], (42, payload.to_vec()));
+        assert_eq!(ops(ep).ep_am_short.unwrap()(ep, 32, 0, null(), 0), UCS_ERR_INVALID_PARAM, "AM id 32");
+        let mut pk = Pack { called: false, hdr: 0, len: 64 };
+        assert_eq!(
+            ops(ep).ep_am_bcopy.unwrap()(ep, 200, Some(pack), &mut pk as *mut Pack as *mut c_void, 0),
+            UCS_ERR_INVALID_PARAM as isize
+        );
+        assert!(!pk.called);
+
+        // Fill the ring with bcopy messages (the receiver does not progress).
+        let mut sent = 0u64;
+        loop {
+            let mut pk = Pack { called: false, hdr: 1000 + sent, len: 200 << 10 };
+            let r = ops(ep).ep_am_bcopy.unwrap()(ep, 5, Some(pack), &mut pk as *mut Pack as *mut c_void, 0);
+            if r == UCS_ERR_NO_RESOURCE as isize {
+                assert!(!pk.called, "no pack callback on a failing bcopy");
+                break;
+            }
+            assert_eq!(r, (200 << 10) as isize);
+            assert!(pk.called);
+            sent += 1;
+            assert!(sent < 100, "the ring never filled");
+        }
+        // A pending request: from now on sends report NO_RESOURCE (ordering)
+        // until the queue is dispatched.
+        let mut pend = Pend { req: std::mem::zeroed(), ep, calls: 0, result: UCS_OK };
+        pend.req.func = Some(on_pending);
+        ok(ops(ep).ep_pending_add.unwrap()(ep, &mut pend.req, 0), "pending_add");
+        assert_eq!(ops(ep).ep_am_short.unwrap()(ep, 5, 1, null(), 0), UCS_ERR_NO_RESOURCE, "sends wait behind the pending queue");
+        assert_eq!(ops(ep).ep_flush.unwrap()(ep, 0, null_mut()), UCS_ERR_NO_RESOURCE, "flush waits behind the pending queue");
+        let pp: *const Pend = &pend;
+        w.until(|| (*pp).result == UCS_OK && (*pp).calls >= 1, "pending dispatch");
+        w.until(|| (*rxp).msgs.len() as u64 == 1 + sent + 1, "all messages");
+        for i in 0..sent as usize {
+            assert_eq!(rx.msgs[1 + i].0, 1000 + i as u64, "bcopy order");
+            assert!(rx.msgs[1 + i].1.len() == (200 << 10) - 8 && rx.msgs[1 + i].1.iter().all(|&x| x == 0xab));
+        }
+        assert_eq!(rx.msgs.last().unwrap().0, 777, "the pending request sent last");
+        ok(ops(ep).ep_am_short.unwrap()(ep, 5, 2, null(), 0), "sends work again");
+        ok(ops(ep).ep_flush.unwrap()(ep, 0, null_mut()), "nothing outstanding");
+
+        // Memory registration, packed keys, PUT and GET (inline and streamed).
+        let mdops = &*((*(md as *mut UctMd)).ops);
+        let mut target = vec![0u8; 4 << 20];
+        let mut memh: uct_mem_h = null_mut();
+        ok(uct_md_mem_reg(md, target.as_mut_ptr() as *mut c_void, target.len(), UCT_MD_MEM_ACCESS_ALL as c_uint, &mut memh), "mem_reg");
+        let mut packed = [0u8; 32];
+        ok(uct_md_mkey_pack(md, memh, packed.as_mut_ptr() as *mut c_void), "mkey_pack");
+        let rk = w.rkey(&packed);
+        let base = target.as_ptr() as u64;
+        for &(off, len) in &[(0usize, 1usize), (100, 5000), (4096, 3 << 20), (0, 4 << 20)] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            ok(w.put(&src, base + off as u64, rk.rkey), "put");
+            assert!(target[off..off + len] == src[..], "put of {len} bytes landed");
+            let mut back = vec![0u8; len];
+            ok(w.get(&mut back, base + off as u64, rk.rkey), "get");
+            assert!(back == src, "get of {len} bytes");
+        }
+
+        // Refused requests: error completion, target memory untouched, and
+        // the endpoint keeps working.
+        target.fill(0x11);
+        let bad = |len: usize| vec![0xeeu8; len];
+        assert_eq!(w.put(&bad(100), base + (4 << 20) - 50, rk.rkey), UCS_ERR_INVALID_ADDR, "put past the end (inline)");
+        assert_eq!(w.put(&bad(1 << 20), base + (3 << 20) + 1, rk.rkey), UCS_ERR_INVALID_ADDR, "put past the end (streamed)");
+        assert_eq!(w.put(&bad(10), base - 10, rk.rkey), UCS_ERR_INVALID_ADDR, "put before the start");
+        let mut forged = packed;
+        forged[8] ^= 1; // another domain's cookie
+        let fk = w.rkey(&forged);
+        assert_eq!(w.put(&bad(10), base, fk.rkey), UCS_ERR_INVALID_ADDR, "forged key");
+        let mut out = vec![0u8; 1 << 20];
+        assert_eq!(w.get(&mut out, base + (4 << 20) - 10, rk.rkey), UCS_ERR_INVALID_ADDR, "get past the end");
+        assert!(out.iter().all(|&x| x == 0), "nothing delivered on refusal");
+        assert!(target.iter().all(|&x| x == 0x11), "refused PUTs wrote nothing");
+        ok(w.put(&[9u8; 64], base, rk.rkey), "valid put after refusals");
+        assert_eq!(&target[..64], &[9u8; 64][..]);
+        let bogus = [0u8; 32];
+        let mut bb: uct_rkey_bundle_t = std::mem::zeroed();
+        assert_ne!(uct_rkey_unpack(comp, bogus.as_ptr() as *const c_void, &mut bb), UCS_OK, "not an ff key");
+
+        // Flush with an outstanding PUT.
+        let src = vec![3u8; 2 << 20];
+        let iov = uct_iov_t { buffer: src.as_ptr() as *mut c_void, length: src.len(), memh: null_mut(), stride: 0, count: 1 };
+        let mut pc = new_comp();
+        assert_eq!(ops(ep).ep_put_zcopy.unwrap()(ep, &iov, 1, base, rk.rkey, &mut pc.c), UCS_INPROGRESS);
+        let mut fc = new_comp();
+        assert_eq!(ops(ep).ep_flush.unwrap()(ep, 0, &mut fc.c), UCS_INPROGRESS);
+        assert_eq!(iops(a).iface_flush.unwrap()(a, 0, null_mut()), UCS_INPROGRESS);
+        let fcp: *const Comp = &*fc;
+        w.until(|| (*fcp).done == 1, "flush completion");
+        assert_eq!(pc.done, 1, "the PUT completed before the flush");
+        ok(iops(a).iface_flush.unwrap()(a, 0, null_mut()), "iface flush");
+
+        // mem_dereg parameter checks (UCT_MD_MEM_DEREG_CHECK_PARAMS).
+        let p = MemDeregParams { field_mask: UCT_MD_MEM_DEREG_FIELD_MEMH, flags: 0, memh: null_mut(), comp: null_mut() };
+        assert_eq!(mdops.mem_dereg.unwrap()(md, &p), UCS_ERR_INVALID_PARAM, "no memh");
+        let p = MemDeregParams { field_mask: 0, flags: 0, memh, comp: null_mut() };
+        assert_eq!(mdops.mem_dereg.unwrap()(md, &p), UCS_ERR_INVALID_PARAM, "memh not in the field mask");
+        let p = MemDeregParams {
+            field_mask: UCT_MD_MEM_DEREG_FIELD_MEMH | UCT_MD_MEM_DEREG_FIELD_FLAGS,
+            flags: UCT_MD_MEM_DEREG_FLAG_INVALIDATE,
+            memh,
+            comp: null_mut(),
+        };
+        assert_eq!(mdops.mem_dereg.unwrap()(md, &p), UCS_ERR_UNSUPPORTED, "invalidate");
+        ok(uct_md_mem_dereg(md, memh), "mem_dereg");
+        assert_eq!(w.put(&[1u8; 8], base, rk.rkey), UCS_ERR_INVALID_ADDR, "a deregistered range is refused");
+        uct_rkey_release(comp, &rk);
+        uct_rkey_release(comp, &fk);
+
+        uct_ep_destroy(ep);
+        uct_iface_close(a);
+        uct_iface_close(b);
+        uct_worker_destroy(worker);
+        ucs_async_context_destroy(asy);
+        uct_md_close(md);
+        uct_release_component_list(comps);
+    }
+}
