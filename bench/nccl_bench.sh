@@ -13,6 +13,10 @@
 #                 (what NCCL's Socket net does between network namespaces);
 #   * ucx         ucx_perftest tag_bw 1 MiB over posix,cma,self between two
 #                 host processes (bench/ucx_baselines.sh; skip with --no-ucx).
+# Buffers: test tag_bw gives each of the 8 requests its own 1 MiB buffer per
+# side, as NCCL's staging slots do; tag_bw_1buf reuses one buffer per side,
+# as ucx_perftest does (it stays in cache, so it is much faster). ff and
+# tcp-netns are compared on tag_bw, ff and UCX on tag_bw_1buf.
 # Appends rows "suite,transport,test,size_bytes,value,unit" to --out
 # (default bench/results/<date>/nccl.csv; suite nccl for ours, ucx for UCX),
 # prints the ratios and checks the targets: ff >= 2x tcp-netns and
@@ -31,7 +35,7 @@ while [ $# -gt 0 ]; do
         --reps) reps=$2; shift ;;
         --no-ucx) ucx=0 ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,26p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -88,16 +92,16 @@ wait_line() { # wait_line FILE PREFIX : prints the rest of the first line starti
 mbps() { sed -n 's/^RESULT .* mb_per_s=\([0-9.]*\).*/\1/p' "$1"; }
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
-ff_once() {
+ff_once() { # ff_once BUFFERS
     local a b
     a=$(next_id); b=$(next_id)
     ctr "$a" "$bin/nccl-harness" recv --lib "$bin/libnccl_net_ff.so" --mode bench \
-        --size $size --iters "$iters" --window $window &
+        --size $size --iters "$iters" --window $window --buffers "$1" &
     local rp=$!
     local h
     h=$(wait_line "$work/out.$a" HANDLE)
     ctr "$b" "$bin/nccl-harness" send --lib "$bin/libnccl_net_ff.so" --mode bench \
-        --size $size --iters "$iters" --window $window --handle "$h"
+        --size $size --iters "$iters" --window $window --buffers "$1" --handle "$h"
     wait "$rp"
     mbps "$work/out.$a"
 }
@@ -113,11 +117,18 @@ tcp_once() {
     mbps "$work/out.$a"
 }
 
+reps_of() { # reps_of CMD ARGS... : median MB/s of $reps runs
+    local v
+    for _ in $(seq "$reps"); do v=$("$@"); echo "  $v MB/s" >&2; echo "$v"; done | median
+}
 echo "== ff (plugin through ffrouter, two containers): $reps x $iters x 1 MiB, $window in flight" >&2
-ff=$(for _ in $(seq "$reps"); do v=$(ff_once); echo "  $v MB/s" >&2; echo "$v"; done | median)
+ff=$(reps_of ff_once $window)
 echo "nccl,ff,tag_bw,$size,$ff,MB/s" >> "$out"
+echo "== ff, one buffer per side (like ucx_perftest)" >&2
+ff1=$(reps_of ff_once 1)
+echo "nccl,ff,tag_bw_1buf,$size,$ff1,MB/s" >> "$out"
 echo "== tcp-netns (two containers over veth): $reps x $iters x 1 MiB" >&2
-tcp=$(for _ in $(seq "$reps"); do v=$(tcp_once); echo "  $v MB/s" >&2; echo "$v"; done | median)
+tcp=$(reps_of tcp_once)
 echo "nccl,tcp-netns,tag_bw,$size,$tcp,MB/s" >> "$out"
 kill "$router_pid"; router_pid=""
 
@@ -132,15 +143,15 @@ fi
 
 echo "# NCCL net plugin traffic, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo "# 1 MiB messages, $window in flight, median of $reps runs of $iters; MB/s = 10^6 B/s"
-printf '%-22s %10s MB/s\n' "ff (plugin)" "$ff" "tcp-netns" "$tcp"
-[ -n "$ucxv" ] && printf '%-22s %10s MB/s\n' "ucx posix,cma,self" "$ucxv"
+printf '%-34s %10s MB/s\n' "ff (plugin), 8 buffers" "$ff" "tcp-netns, 8 buffers" "$tcp" "ff (plugin), 1 buffer per side" "$ff1"
+[ -n "$ucxv" ] && printf '%-34s %10s MB/s\n' "ucx posix,cma,self, 1 buffer" "$ucxv"
 fail=0
 check() { # check NAME RATIO TARGET
     local verdict=ok
     awk -v r="$2" -v t="$3" 'BEGIN {exit !(r >= t)}' || { verdict=MISSED; fail=1; }
-    printf 'ff / %-17s %6.2fx  (target >= %sx) %s\n' "$1" "$2" "$3" "$verdict"
+    printf '%-30s %6.2fx  (target >= %sx) %s\n' "$1" "$2" "$3" "$verdict"
 }
-check tcp-netns "$(awk -v a="$ff" -v b="$tcp" 'BEGIN {print a / b}')" 2
-[ -n "$ucxv" ] && check "ucx posix,cma" "$(awk -v a="$ff" -v b="$ucxv" 'BEGIN {print a / b}')" 0.8
+check "ff / tcp-netns" "$(awk -v a="$ff" -v b="$tcp" 'BEGIN {print a / b}')" 2
+[ -n "$ucxv" ] && check "ff / ucx posix,cma (1 buffer)" "$(awk -v a="$ff1" -v b="$ucxv" 'BEGIN {print a / b}')" 0.8
 echo "rows appended to $out" >&2
 exit $fail

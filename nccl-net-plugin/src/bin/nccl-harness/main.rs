@@ -81,6 +81,10 @@ struct TrafficArgs {
     /// Bench mode: messages per comm.
     #[arg(long, default_value_t = 2000)]
     iters: usize,
+    /// Bench/flood mode: distinct buffers per comm (default: --window;
+    /// 1 = one buffer per side, like ucx_perftest).
+    #[arg(long)]
+    buffers: Option<usize>,
     /// Receiver: close every comm with one receive still pending.
     #[arg(long)]
     inflight_close: bool,
@@ -98,6 +102,9 @@ pub struct TcpArgs {
     iters: usize,
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// Distinct buffers per side, used in turn (default: --window).
+    #[arg(long)]
+    buffers: Option<usize>,
 }
 
 fn die(msg: impl std::fmt::Display) -> ! {
@@ -147,7 +154,8 @@ fn traffic_main(role: Role, a: TrafficArgs) {
         Mode::Bench => (vec![a.size], Some(a.iters)),
         Mode::Flood => (vec![a.size], None),
     };
-    let spec = Spec { mode: a.mode, comms: a.comms, window: a.window, sizes, messages, inflight_close: a.inflight_close };
+    let buffers = a.buffers.unwrap_or(a.window);
+    let spec = Spec { mode: a.mode, comms: a.comms, window: a.window, sizes, messages, buffers, inflight_close: a.inflight_close };
     let setups: Vec<Setup> = match role {
         Role::Recv => {
             let mut hs = Vec::new();
@@ -170,7 +178,7 @@ fn traffic_main(role: Role, a: TrafficArgs) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let svc = {
         let p = plugin.clone();
-        std::thread::Builder::new().name("service".into()).spawn(move || traffic::service(p, role, setups, tx)).unwrap()
+        std::thread::Builder::new().name("service".into()).spawn(move || traffic::service(p, setups, tx)).unwrap()
     };
     let prog = {
         let (p, s) = (plugin.clone(), spec.clone());

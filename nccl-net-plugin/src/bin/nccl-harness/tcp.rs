@@ -24,13 +24,14 @@ pub fn recv(a: &TcpArgs) -> Res<()> {
     io("nodelay", s.set_nodelay(true))?;
     let start = Instant::now();
     // Receive buffers in rotation, as a receiver with `window` posted.
-    let mut bufs = vec![vec![0u8; a.size]; a.window.max(1)];
+    let mut bufs = vec![vec![0u8; a.size]; a.buffers.unwrap_or(a.window).max(1)];
     let mut bytes = 0u64;
     for i in 0..a.iters {
         let mut hdr = [0u8; 4];
         io("read size", s.read_exact(&mut hdr))?;
         let n = u32::from_le_bytes(hdr) as usize;
-        let buf = &mut bufs[i % a.window.max(1)];
+        let nb = bufs.len();
+        let buf = &mut bufs[i % nb];
         if n > buf.len() {
             return Err(format!("message of {n} bytes exceeds the {}-byte receive", buf.len()));
         }
@@ -54,12 +55,12 @@ pub fn send(a: &TcpArgs) -> Res<()> {
         }
     };
     io("nodelay", s.set_nodelay(true))?;
-    let buf = vec![0x5au8; a.size];
+    let bufs = vec![vec![0x5au8; a.size]; a.buffers.unwrap_or(a.window).max(1)];
     let hdr = (a.size as u32).to_le_bytes();
     let start = Instant::now();
-    for _ in 0..a.iters {
+    for i in 0..a.iters {
         io("write size", s.write_all(&hdr))?;
-        io("write payload", s.write_all(&buf))?;
+        io("write payload", s.write_all(&bufs[i % bufs.len()]))?;
     }
     let mut ack = [0u8; 1];
     io("read ack", s.read_exact(&mut ack))?;

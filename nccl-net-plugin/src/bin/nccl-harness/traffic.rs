@@ -42,6 +42,9 @@ pub struct Spec {
     pub sizes: Vec<usize>,
     /// Messages per comm (`None`: forever).
     pub messages: Option<usize>,
+    /// Bench/flood: distinct buffers per comm (the window's requests share
+    /// them round robin; 1 = one buffer per side, like ucx_perftest).
+    pub buffers: usize,
     /// Receiver: post one extra receive on every comm and close it with
     /// that receive still pending.
     pub inflight_close: bool,
@@ -74,10 +77,14 @@ struct InFlight {
     req: P,
     index: usize,
     size: usize,
-    buf: Vec<u8>,
-    mh: P,
-    /// Reused buffers stay registered.
-    pooled: bool,
+    buf: Buf,
+}
+
+/// A request's buffer: its own (check mode: filled, verified, then freed)
+/// or one of the comm's reused, registered buffers (bench and flood).
+enum Buf {
+    Own(Vec<u8>, P),
+    Shared(usize),
 }
 
 struct CommRun {
@@ -85,7 +92,8 @@ struct CommRun {
     comm: P,
     next: usize,
     inflight: VecDeque<InFlight>,
-    pool: Vec<(Vec<u8>, P)>,
+    /// Bench/flood: `buffers` registered buffers, used round robin.
+    shared: Vec<(Vec<u8>, P)>,
     crc: crc32fast::Hasher,
     bytes: u64,
     done_msgs: usize,
@@ -104,14 +112,14 @@ pub struct Summary {
 
 /// The service thread: connect or accept every comm, hand each to the
 /// progress thread as soon as it exists.
-pub fn service(plugin: Arc<Plugin>, role: Role, setups: Vec<Setup>, out: Sender<(usize, P)>) -> R<()> {
+pub fn service(plugin: Arc<Plugin>, setups: Vec<Setup>, out: Sender<(usize, P)>) -> R<()> {
     let mut pending: Vec<(usize, Setup)> = setups.into_iter().enumerate().collect();
     while !pending.is_empty() {
         let mut left = Vec::new();
         for (i, s) in pending {
-            let got = match (&s, role) {
-                (Setup::Connect(h), _) => plugin.connect(0, h)?,
-                (Setup::Accept(lc), _) => {
+            let got = match &s {
+                Setup::Connect(h) => plugin.connect(0, h)?,
+                Setup::Accept(lc) => {
                     let rc = plugin.accept(*lc)?;
                     if rc.is_some() {
                         plugin.close_listen(*lc)?; // NCCL closes it right after accept
@@ -157,7 +165,7 @@ pub fn progress(plugin: Arc<Plugin>, role: Role, spec: Spec, comms: Receiver<(us
                     comm,
                     next: 0,
                     inflight: VecDeque::new(),
-                    pool: Vec::new(),
+                    shared: Vec::new(),
                     crc: crc32fast::Hasher::new(),
                     bytes: 0,
                     done_msgs: 0,
@@ -223,50 +231,58 @@ fn step(plugin: &Plugin, role: Role, spec: &Spec, run: &mut CommRun, mismatches:
     while run.inflight.len() < spec.window && spec.messages.is_none_or(|m| run.next < m) {
         let size = size_of_msg(spec, run.index, run.next);
         let cap = if role == Role::Recv { size + RECV_SLACK } else { size };
-        let pooled = spec.mode != Mode::Check;
-        let (mut buf, mh) = match run.pool.pop() {
-            Some(b) => b,
-            None => {
-                let mut buf = vec![0u8; cap];
-                if role == Role::Send {
-                    fill(&mut buf, run.index, run.next);
-                }
-                let mh = plugin.reg_mr(run.comm, buf.as_ptr(), buf.len(), PTR_HOST)?;
-                (buf, mh)
+        let mut buf = if spec.mode == Mode::Check {
+            let mut v = vec![0u8; cap];
+            if role == Role::Send {
+                fill(&mut v, run.index, run.next);
             }
+            let mh = plugin.reg_mr(run.comm, v.as_ptr(), v.len(), PTR_HOST)?;
+            Buf::Own(v, mh)
+        } else {
+            if run.shared.is_empty() {
+                for _ in 0..spec.buffers.max(1) {
+                    let v = vec![0x5au8; cap];
+                    let mh = plugin.reg_mr(run.comm, v.as_ptr(), v.len(), PTR_HOST)?;
+                    run.shared.push((v, mh));
+                }
+            }
+            Buf::Shared(run.next % run.shared.len())
         };
-        // SAFETY: `buf` moves into `run.inflight` below (its heap block does
-        // not move) and stays there until `test` reports completion or the
-        // comm is closed.
+        let (ptr, mh) = match &mut buf {
+            Buf::Own(v, mh) => (v.as_mut_ptr(), *mh),
+            Buf::Shared(i) => (run.shared[*i].0.as_mut_ptr(), run.shared[*i].1),
+        };
+        // SAFETY: an own buffer moves into `run.inflight` below (its heap
+        // block does not move) and a shared one stays in `run.shared`, until
+        // `test` reports completion or the comm is closed. Concurrent
+        // receives into a shared buffer (bench mode) are not inspected.
         let req = unsafe {
             match role {
-                Role::Send => plugin.isend(run.comm, buf.as_ptr(), size, tag, mh)?,
-                Role::Recv => plugin.irecv(run.comm, buf.as_mut_ptr(), cap, tag, mh)?,
+                Role::Send => plugin.isend(run.comm, ptr, size, tag, mh)?,
+                Role::Recv => plugin.irecv(run.comm, ptr, cap, tag, mh)?,
             }
         };
         let Some(req) = req else {
             // The plugin cannot post now; NCCL would retry on its next pass.
-            if pooled {
-                run.pool.push((buf, mh));
-            } else {
+            if let Buf::Own(_, mh) = buf {
                 plugin.dereg_mr(run.comm, mh)?;
             }
             break;
         };
-        run.inflight.push_back(InFlight { req, index: run.next, size, buf, mh, pooled });
+        run.inflight.push_back(InFlight { req, index: run.next, size, buf });
         run.next += 1;
         moved = true;
     }
     if let Some(front) = run.inflight.front() {
         if let Some(got) = plugin.test(front.req)? {
-            let mut f = run.inflight.pop_front().unwrap();
+            let f = run.inflight.pop_front().unwrap();
             moved = true;
             if got != f.size {
                 eprintln!("comm {} message {}: test reported {got} bytes, expected {}", run.index, f.index, f.size);
                 *mismatches += 1;
             }
-            if spec.mode == Mode::Check {
-                let data = &f.buf[..got.min(f.buf.len())];
+            if let Buf::Own(v, mh) = &f.buf {
+                let data = &v[..got.min(v.len())];
                 if role == Role::Recv {
                     let mut expect = vec![0u8; f.size];
                     fill(&mut expect, run.index, f.index);
@@ -277,14 +293,10 @@ fn step(plugin: &Plugin, role: Role, spec: &Spec, run: &mut CommRun, mismatches:
                 }
                 run.crc.update(&(got as u64).to_le_bytes());
                 run.crc.update(data);
+                plugin.dereg_mr(run.comm, *mh)?;
             }
             run.bytes += got as u64;
             run.done_msgs += 1;
-            if f.pooled {
-                run.pool.push((std::mem::take(&mut f.buf), f.mh));
-            } else {
-                plugin.dereg_mr(run.comm, f.mh)?;
-            }
         }
     }
     Ok(moved)
@@ -298,7 +310,7 @@ fn close(plugin: &Plugin, role: Role, spec: &Spec, run: &mut CommRun) -> R<()> {
         let req = unsafe { plugin.irecv(run.comm, buf.as_mut_ptr(), buf.len(), run.index as i32, P::NULL)? };
         pending = Some((buf, req));
     }
-    for (_, mh) in run.pool.drain(..) {
+    for (_, mh) in run.shared.drain(..) {
         plugin.dereg_mr(run.comm, mh)?;
     }
     match role {
