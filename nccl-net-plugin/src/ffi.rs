@@ -417,3 +417,32 @@ pub unsafe extern "C" fn close_listen(comm: *mut c_void) -> NcclResult {
 pub unsafe extern "C" fn finalize(ctx: *mut c_void) -> NcclResult {
     entry("finalize", || net::finalize(id(ctx)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_internal_error_and_failures_their_code() {
+        assert_eq!(entry("boom", || panic!("deliberate")), abi::INTERNAL_ERROR);
+        assert_eq!(entry("fail", || Err(Fail::new(abi::REMOTE_ERROR, "peer closed"))), abi::REMOTE_ERROR);
+        assert_eq!(entry("fine", || Ok(())), abi::SUCCESS);
+    }
+
+    #[test]
+    fn null_out_pointers_and_bad_handles_are_refused() {
+        // SAFETY: NULL pointers are checked before any access; ids are only looked up.
+        unsafe {
+            assert_eq!(devices(std::ptr::null_mut()), abi::INTERNAL_ERROR);
+            assert_eq!(test(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()), abi::INTERNAL_ERROR);
+            let mut req = std::ptr::without_provenance_mut(abi::OPTIONAL_RECV_COMPLETION);
+            let mut buf = [0u8; 4];
+            let mut data = buf.as_mut_ptr() as *mut c_void;
+            let mut size = 4usize;
+            let bogus = std::ptr::without_provenance_mut(0xdead_beef);
+            assert_eq!(irecv(bogus, 1, &mut data, &mut size, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), &mut req), abi::INTERNAL_ERROR);
+            assert!(req.is_null(), "*request is overwritten even on failure");
+            assert_eq!(mem_key(std::ptr::without_provenance_mut(1 << 40)).unwrap_err().code, abi::INTERNAL_ERROR);
+        }
+    }
+}
