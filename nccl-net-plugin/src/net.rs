@@ -115,14 +115,16 @@ fn comm_state(comm: &Comm) -> Result<MutexGuard<'_, CommState>> {
     comm.state.lock().map_err(|_| Fail::internal("communicator is unusable after an earlier internal error"))
 }
 
-/// Attaches to the router (`FF_ROUTER_SOCKET`). A missing router is quiet
-/// unless the user asked for this network by name (`NCCL_NET=FreeFlow`).
+/// Attaches to the router (`FF_ROUTER_SOCKET`). No router there is logged
+/// at INFO (NCCL quietly uses another network) unless the user asked for
+/// this network by name (`NCCL_NET=FreeFlow`); anything else is a WARN.
 fn attach() -> Result<Arc<Context>> {
     Context::new().map(Arc::new).map_err(|e| {
         let asked = std::env::var("NCCL_NET").is_ok_and(|n| n.eq_ignore_ascii_case("FreeFlow"));
+        let no_router = matches!(e, ffcore::Error::NoRouter { .. });
         let mut f = Fail::from(e);
         f.msg = format!("{}; {}", f.msg, if asked { "NCCL_NET=FreeFlow cannot be used" } else { "NCCL will use another network" });
-        f.quiet = !asked;
+        f.quiet = no_router && !asked;
         f
     })
 }
