@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 use crate::shm::SharedMem;
 
 pub const PAGE_LEN: usize = 4096;
-const MAGIC: u64 = u64::from_le_bytes(*b"FFPAGE01");
+/// Bumped whenever the layout changes, so mismatched builds fail at Hello
+/// instead of misreading each other (e.g. a credit of 0 that never grows).
+const MAGIC: u64 = u64::from_le_bytes(*b"FFPAGE02");
 
 /// A mapped client page.
 pub struct Page {
