@@ -47,7 +47,7 @@ impl Page {
         // SAFETY: as above; read through an atomic (shared memory).
         let magic = unsafe { &*(p.mem.as_ptr() as *const AtomicU64) }.load(Ordering::Relaxed);
         if magic != MAGIC {
-            return Err(Error::protocol("bad client page"));
+            return Err(Error::protocol("the router speaks another client-page layout (mismatched FreeFlow builds: update the router or the client)"));
         }
         Ok(p)
     }
