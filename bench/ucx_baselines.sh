@@ -28,6 +28,10 @@
 #   UCX_BASELINE_SERVER_IP / UCX_BASELINE_CLIENT_IP  container addresses for
 #                       tcp,self (default 10.77.0.251/24 and 10.77.0.252/24)
 #   UCX_BASELINE_BRIDGE bridge for the containers (default ffbr0)
+#   UCX_BASELINE_SERVER_NETNS / UCX_BASELINE_CLIENT_NETNS  "host" network
+#                       namespaces the containers' bridges live in
+#                       (ffcontainer --host-netns; default: the root netns)
+#   UCX_BASELINE_SUITE  suite column of the rows (default ucx)
 #   UCX_BASELINE_PORT   first TCP port to use (default random 20000-39999);
 #                       every run uses the next port
 # Needs root (containers).  Each ucx_perftest process runs under timeout 60.
@@ -48,6 +52,9 @@ TESTS=${UCX_BASELINE_TESTS:-"lat bw8 bw64k bw1m bw4m"}
 SRV_IP=${UCX_BASELINE_SERVER_IP:-10.77.0.251/24}
 CLI_IP=${UCX_BASELINE_CLIENT_IP:-10.77.0.252/24}
 BRIDGE=${UCX_BASELINE_BRIDGE:-ffbr0}
+SRV_HOSTNS=(${UCX_BASELINE_SERVER_NETNS:+--host-netns "$UCX_BASELINE_SERVER_NETNS"})
+CLI_HOSTNS=(${UCX_BASELINE_CLIENT_NETNS:+--host-netns "$UCX_BASELINE_CLIENT_NETNS"})
+SUITE=${UCX_BASELINE_SUITE:-ucx}
 PORT=${UCX_BASELINE_PORT:-$((20000 + RANDOM % 20000))}
 PERF_TIMEOUT=60
 
@@ -122,7 +129,7 @@ start_server() {
     if [[ $tls == tcp* ]]; then
         ns=ffc-ucxb-s$$
         UCX_TLS=$tls UCX_NET_DEVICES=eth0 "$FFC" run --name "ucxb-s$$" --ip "$SRV_IP" \
-            --bridge "$BRIDGE" --pidfile "$SRV_PIDFILE" -- \
+            --bridge "$BRIDGE" "${SRV_HOSTNS[@]}" --pidfile "$SRV_PIDFILE" -- \
             timeout "$PERF_TIMEOUT" ucx_perftest -p "$port" \
             >"$WORK/server.log" 2>&1 </dev/null &
     else
@@ -145,7 +152,7 @@ run_client() {
     local tls=$1 test=$2 size=$3 n=$4 w=$5 port=$6
     if [[ $tls == tcp* ]]; then
         UCX_TLS=$tls UCX_NET_DEVICES=eth0 "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
-            --bridge "$BRIDGE" -- \
+            --bridge "$BRIDGE" "${CLI_HOSTNS[@]}" -- \
             timeout "$PERF_TIMEOUT" ucx_perftest "${SRV_IP%/*}" -p "$port" \
             -t "$test" -s "$size" -n "$n" -w "$w" -f </dev/null
     else
@@ -168,7 +175,7 @@ parse_final() {
 }
 
 emit() {  # transport test size value unit
-    printf 'ucx,"%s",%s,%s,%s,%s\n' "$1" "$2" "$3" "$4" "$5" | tee -a "$OUT"
+    printf '%s,"%s",%s,%s,%s,%s\n' "$SUITE" "$1" "$2" "$3" "$4" "$5" | tee -a "$OUT"
 }
 
 for key in $TESTS; do test_args "$key" >/dev/null; done

@@ -135,6 +135,9 @@ impl Identity {
 pub enum Transport {
     Tcp,
     Rdma,
+    /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric): tests only.
+    #[cfg(test)]
+    FakeRdma,
 }
 
 /// `--peer-transport auto|tcp|rdma`: picks RDMA when asked for, or with

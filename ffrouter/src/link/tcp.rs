@@ -33,7 +33,47 @@ pub const MAX_STREAMS: usize = 64;
 pub struct TcpLink {
     socks: Vec<TcpStream>,
     send_lock: Vec<Mutex<()>>,
+    /// Per stream: bytes read ahead (only its receiver thread uses it).
+    staged: Vec<Mutex<Staging>>,
     what: String,
+}
+
+/// Read-ahead for one stream: small frames arrive many per `recv`; big
+/// payloads go straight from the socket into the ring, so after a big
+/// payload only a header is read ahead.
+struct Staging {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    big: bool,
+}
+
+const STAGING: usize = 16 << 10;
+/// Payload bytes beyond which the rest of a payload is read in place.
+const DIRECT: usize = 4096;
+
+impl Staging {
+    fn take(&mut self, dst: *mut u8, n: usize) -> usize {
+        let k = n.min(self.end - self.start);
+        // SAFETY: the caller's dst is valid for n >= k bytes; the source
+        // range is inside buf.
+        unsafe { std::ptr::copy_nonoverlapping(self.buf.as_ptr().add(self.start), dst, k) };
+        self.start += k;
+        k
+    }
+
+    /// Reads at least one more byte (at most `max`) into the buffer.
+    fn fill(&mut self, fd: i32, max: usize) -> io::Result<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let room = (self.buf.len() - self.end).min(max);
+        // SAFETY: buf[end..end + room] is ours to write.
+        let n = unsafe { recv_some(fd, self.buf.as_mut_ptr().add(self.end), room)? };
+        self.end += n;
+        Ok(())
+    }
 }
 
 /// Sets the options every link socket gets.
@@ -60,7 +100,11 @@ impl TcpLink {
             s.set_write_timeout(None)?;
         }
         let send_lock = socks.iter().map(|_| Mutex::new(())).collect();
-        Ok(TcpLink { socks, send_lock, what })
+        let staged = socks
+            .iter()
+            .map(|_| Mutex::new(Staging { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, big: false }))
+            .collect();
+        Ok(TcpLink { socks, send_lock, staged, what })
     }
 }
 
@@ -72,10 +116,17 @@ fn io_err(e: &str) -> io::Error {
 unsafe fn read_raw(fd: i32, dst: *mut u8, n: usize) -> io::Result<()> {
     let mut got = 0;
     while got < n {
-        let r = libc::recv(fd, dst.add(got) as *mut libc::c_void, n - got, 0);
+        got += recv_some(fd, dst.add(got), n - got)?;
+    }
+    Ok(())
+}
+
+/// One `recv` of 1 to `n` bytes (n > 0), retried on EINTR.
+unsafe fn recv_some(fd: i32, dst: *mut u8, n: usize) -> io::Result<usize> {
+    loop {
+        let r = libc::recv(fd, dst as *mut libc::c_void, n, 0);
         if r > 0 {
-            got += r as usize;
-            continue;
+            return Ok(r as usize);
         }
         if r == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer router closed the link"));
@@ -89,7 +140,6 @@ unsafe fn read_raw(fd: i32, dst: *mut u8, n: usize) -> io::Result<()> {
             _ => return Err(e),
         }
     }
-    Ok(())
 }
 
 impl Link for TcpLink {
@@ -134,14 +184,32 @@ impl Link for TcpLink {
     }
 
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]> {
+        let mut st = self.staged[s].lock().unwrap_or_else(|p| p.into_inner());
+        let fd = self.socks[s].as_raw_fd();
         let mut h = [0u8; HDR_LEN];
-        // SAFETY: h is valid for HDR_LEN bytes.
-        unsafe { read_raw(self.socks[s].as_raw_fd(), h.as_mut_ptr(), HDR_LEN)? };
+        let mut got = st.take(h.as_mut_ptr(), HDR_LEN);
+        while got < HDR_LEN {
+            let max = if st.big { HDR_LEN - got } else { STAGING };
+            st.fill(fd, max)?;
+            // SAFETY: h has HDR_LEN - got bytes left at got.
+            got += st.take(unsafe { h.as_mut_ptr().add(got) }, HDR_LEN - got);
+        }
         Ok(h)
     }
 
     unsafe fn recv_payload(&self, s: usize, dst: *mut u8, n: usize) -> io::Result<()> {
-        read_raw(self.socks[s].as_raw_fd(), dst, n)
+        let mut st = self.staged[s].lock().unwrap_or_else(|p| p.into_inner());
+        let fd = self.socks[s].as_raw_fd();
+        st.big = n >= DIRECT;
+        let mut got = st.take(dst, n);
+        while got < n {
+            if n - got >= DIRECT {
+                return read_raw(fd, dst.add(got), n - got);
+            }
+            st.fill(fd, STAGING)?;
+            got += st.take(dst.add(got), n - got);
+        }
+        Ok(())
     }
 
     fn shutdown(&self) {

@@ -1,0 +1,196 @@
+#!/bin/bash
+# bench/multihost.sh - FreeFlow between hosts vs UCX tcp, in one run.
+#
+#   bench/multihost.sh [--quick] [--out DIR] [--only ff|ucx]
+#
+# Builds two emulated hosts: network namespaces ffmh0-$$ and ffmh1-$$
+# joined by a veth (10.88.0.1/24 - 10.88.0.2/24), each with a container
+# bridge (10.71.0.0/24, 10.72.0.0/24) routed over the veth, and a router on
+# each (--listen-addr on the veth). Then, one after the other:
+#   * ff: ffbench between a container on host 0 (serve) and one on host 1
+#     (connect), through both routers and the TCP link between them:
+#     pingpong 8 B, stream 8 B / 64 KiB / 1 MiB / 4 MiB (32 in flight);
+#   * the routers' CPU use over 10 s with one idle connection across;
+#   * UCX tcp,self (bench/ucx_baselines.sh, ucx_perftest) directly between
+#     two containers on the same two hosts: same bridges, same veth.
+# Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT" go to DIR/results.csv,
+# then the table, plots and the targets of issue #5 (bandwidth >= 0.9x UCX
+# tcp from 64 KiB up, 8-byte latency <= 1.5x) to DIR/README.md.
+# DIR defaults to bench/results/multihost-<date>. Needs root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+quick=0 out="" only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --out) out=$2; shift ;;
+        --only) only=$2; shift ;;
+        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ "$(id -u)" = 0 ] || { echo "bench/multihost.sh needs root (network namespaces)" >&2; exit 1; }
+[ -n "$out" ] || out="$top/bench/results/multihost-$(date +%Y-%m-%d)"
+mkdir -p "$out"
+bin="$top/target/release"
+for b in ffrouter ffbench; do
+    [ -x "$bin/$b" ] || { echo "missing $bin/$b: run cargo build --release --workspace" >&2; exit 1; }
+done
+csv="$out/results.csv"
+rm -f "$csv"
+echo "suite,transport,test,size_bytes,value,unit" > "$csv"
+
+ns0=ffmh0-$$ ns1=ffmh1-$$
+work=$(mktemp -d /tmp/ffmh.XXXXXX)
+r0="" r1=""
+cleanup() {
+    [ -n "$r0" ] && kill "$r0" 2>/dev/null || true
+    [ -n "$r1" ] && kill "$r1" 2>/dev/null || true
+    "$top/tools/ffcontainer" cleanup "ffm$$" >/dev/null 2>&1 || true
+    ip netns del "$ns0" 2>/dev/null || true
+    ip netns del "$ns1" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- the two hosts
+ip netns add "$ns0"
+ip netns add "$ns1"
+ip link add "ffa$$" netns "$ns0" type veth peer name "ffb$$" netns "$ns1"
+i=0
+for ns in "$ns0" "$ns1"; do
+    v=$([ $i = 0 ] && echo "ffa$$" || echo "ffb$$")
+    ip -n "$ns" link set "$v" name ffh
+    ip -n "$ns" addr add "10.88.0.$((i + 1))/24" dev ffh
+    ip -n "$ns" link set ffh up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add name ffbr type bridge
+    ip -n "$ns" addr add "10.7$((i + 1)).0.1/24" dev ffbr
+    ip -n "$ns" link set ffbr up
+    ip -n "$ns" route add "10.7$((2 - i)).0.0/24" via "10.88.0.$((2 - i))"
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+    mkdir -p "$work/h$i/bench"
+    i=$((i + 1))
+done
+ip netns exec "$ns0" "$bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
+    --listen-addr 10.88.0.1:7070 --log-level warn &
+r0=$!
+ip netns exec "$ns1" "$bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
+    --listen-addr 10.88.0.2:7070 --log-level warn &
+r1=$!
+for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do
+    for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.05; done
+done
+
+echo 0 > "$work/seq"
+next_id() {
+    local n=$(( $(cat "$work/seq") + 1 ))
+    echo "$n" > "$work/seq"
+    echo "$n"
+}
+ctr() { # ctr HOST ID ARGS... : ffbench ARGS in a fresh container on HOST
+    local h=$1 id=$2; shift 2
+    local ns; ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
+    "$top/tools/ffcontainer" run --name "ffm$$-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
+        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/bench" -- "$bin/ffbench" "$@"
+}
+# pair ARGS...: server on host 0, client on host 1; prints the client's RESULT
+pair() {
+    local a b
+    a=$(next_id); b=$(next_id)
+    local sout="$work/srv.$a.out"
+    ctr 0 "$a" serve "$@" > "$sout" &
+    local spid=$!
+    local h=""
+    for _ in $(seq 400); do
+        h=$(sed -n 's/^HANDLE //p' "$sout" 2>/dev/null | head -1)
+        [ -n "$h" ] && break
+        sleep 0.05
+    done
+    [ -n "$h" ] || { echo "server did not start" >&2; return 1; }
+    ctr 1 "$b" connect "$@" --handle "$h" | grep '^RESULT'
+    wait "$spid"
+}
+val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
+if [ $quick = 1 ]; then lat_iters=20000; scale=1; else lat_iters=100000; scale=3; fi
+
+if [ "$only" != ucx ]; then
+    echo "== ff between hosts: ping-pong 8 B" >&2
+    r=$(pair pingpong --size 8 --iters $lat_iters)
+    echo "multihost,ff,tag_lat,8,$(echo "$r" | val half_rtt_us_p50),us" >> "$csv"
+    echo "== ff between hosts: stream" >&2
+    for spec in "8 $((100000 * scale))" "65536 $((10000 * scale))" "1048576 $((700 * scale))" "4194304 $((200 * scale))"; do
+        set -- $spec
+        r=$(pair stream --size "$1" --iters "$2" --window 32)
+        if [ "$1" = 8 ]; then
+            echo "multihost,ff,tag_bw,8,$(echo "$r" | val mmsg_per_s),Mmsg/s" >> "$csv"
+        else
+            echo "multihost,ff,tag_bw,$1,$(echo "$r" | val mb_per_s),MB/s" >> "$csv"
+        fi
+    done
+
+    echo "== ff between hosts: routers' CPU with one idle connection (10 s)" >&2
+    ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+    rpid() { pgrep -P "$1" ffrouter 2>/dev/null || echo "$1"; }  # ip netns exec may exec or fork
+    p0=$(rpid "$r0"); p1=$(rpid "$r1")
+    ia=$(next_id); ib=$(next_id)
+    ctr 0 "$ia" serve idle --secs 14 > "$work/idle.out" &
+    ipid=$!
+    for _ in $(seq 400); do h=$(sed -n 's/^HANDLE //p' "$work/idle.out" 2>/dev/null | head -1); [ -n "$h" ] && break; sleep 0.05; done
+    ctr 1 "$ib" connect idle --secs 14 --handle "$h" > /dev/null &
+    cpid=$!
+    sleep 2
+    t0=$(( $(ticks "$p0") + $(ticks "$p1") )); s0=$(date +%s.%N)
+    sleep 10
+    t1=$(( $(ticks "$p0") + $(ticks "$p1") )); s1=$(date +%s.%N)
+    hz=$(getconf CLK_TCK)
+    cpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$hz" 'BEGIN{printf "%.3f", 100 * (b - a) / hz / (e - s)}')
+    echo "multihost,ff,routers_idle_cpu,0,$cpu,%core" >> "$csv"
+    wait "$ipid" "$cpid" || true
+fi
+
+if [ "$only" != ff ] && [ -z "${FF_BENCH_SKIP_UCX:-}" ]; then
+    echo "== UCX tcp,self directly between containers on the two hosts" >&2
+    UCX_BASELINE_TLS="tcp,self" UCX_BASELINE_SUITE=multihost UCX_BASELINE_BRIDGE=ffbr \
+        UCX_BASELINE_SERVER_NETNS="$ns0" UCX_BASELINE_CLIENT_NETNS="$ns1" \
+        UCX_BASELINE_SERVER_IP=10.71.0.251/24 UCX_BASELINE_CLIENT_IP=10.72.0.252/24 \
+        "$here/ucx_baselines.sh" "$csv"
+fi
+
+{
+    echo "# FreeFlow between two hosts, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
+    echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them"
+    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2), $(rustc --version 2>/dev/null || echo rustc unknown)"
+    echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p')"
+    echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')"
+    echo
+    /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
+    echo
+    /usr/bin/python3 - "$csv" <<'EOF'
+import csv, sys
+rows = {}
+for r in csv.DictReader(open(sys.argv[1])):
+    rows[(r["transport"], r["test"], int(r["size_bytes"]))] = float(r["value"])
+print("| target (issue #5) | measured | verdict |")
+print("|---|---|---|")
+for size in (65536, 1 << 20, 4 << 20):
+    a, b = rows.get(("ff", "tag_bw", size)), rows.get(("tcp,self", "tag_bw", size))
+    if a is None or b is None:
+        print(f"| ff {size // 1024} KiB stream >= 0.9x UCX tcp | missing | n/a |")
+        continue
+    print(f"| ff {size // 1024} KiB stream >= 0.9x UCX tcp | {a / b:.2f}x ({a:,.0f} vs {b:,.0f} MB/s) | {'PASS' if a / b >= 0.9 else 'FAIL'} |")
+a, b = rows.get(("ff", "tag_lat", 8)), rows.get(("tcp,self", "tag_lat", 8))
+if a is None or b is None:
+    print("| ff 8 B latency <= 1.5x UCX tcp | missing | n/a |")
+else:
+    print(f"| ff 8 B latency <= 1.5x UCX tcp | {a / b:.2f}x ({a:.2f} vs {b:.2f} us) | {'PASS' if a / b <= 1.5 else 'FAIL'} |")
+c = rows.get(("ff", "routers_idle_cpu", 0))
+if c is not None:
+    print(f"| both routers, one idle connection across (info) | {c:.2f} % of a core | |")
+EOF
+} | tee "$out/README.md"
+echo "results: $out" >&2
