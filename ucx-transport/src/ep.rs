@@ -598,6 +598,15 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
     count + dispatch_pending(ep)
 }
 
+/// A status from the peer: an error code, or IO_ERROR for anything else.
+fn peer_status(s: i32) -> ucs_status_t {
+    if (-127..=0).contains(&s) {
+        s as ucs_status_t
+    } else {
+        UCS_ERR_IO_ERROR
+    }
+}
+
 /// Handles a reply for the oldest op `(seq, get, buf, len)` in place.
 unsafe fn reply(front: (u64, bool, *mut u8, usize), tag: u32, data: *const u8, len: usize) -> Got {
     let (seq, get, buf, want) = front;
@@ -607,10 +616,10 @@ unsafe fn reply(front: (u64, bool, *mut u8, usize), tag: u32, data: *const u8, l
         return Got::Bad(format!("reply for request {} while {} is the oldest", r.seq, seq));
     }
     match (proto::kind(tag), get) {
-        (proto::PUT_ACK, false) => Got::Done(r.status as ucs_status_t),
+        (proto::PUT_ACK, false) => Got::Done(peer_status(r.status)),
         (proto::GET_REPLY, true) => {
             if r.status != UCS_OK as i32 {
-                return Got::Done(r.status as ucs_status_t);
+                return Got::Done(peer_status(r.status));
             }
             if r.len != want as u64 {
                 return Got::Bad(format!("GET reply of {} bytes for {want}", r.len));

@@ -37,14 +37,22 @@ pub fn check_ucx() -> Result<(), String> {
     let (mut major, mut minor, mut release) = (0, 0, 0);
     // SAFETY: plain out-parameters.
     unsafe { ucp_get_version(&mut major, &mut minor, &mut release) };
+    // SAFETY: reading the size field of classes libuct exports.
+    let sizes = unsafe { (addr_of!(uct_base_iface_t_class.size).read(), addr_of!(uct_iface_t_class.size).read()) };
+    check_versions((major, minor, release), sizes)
+}
+
+/// The decision of [`check_ucx`], on its inputs: `(major, minor, release)`
+/// of the loaded UCX and libuct's `(uct_base_iface_t, uct_iface_t)` sizes.
+pub fn check_versions(found: (u32, u32, u32), sizes: (usize, usize)) -> Result<(), String> {
+    let (major, minor, release) = found;
     if (major, minor) != (UCT_VERNO_MAJOR, UCT_VERNO_MINOR) {
         return Err(format!(
             "UCX {major}.{minor}.{release} is loaded but libuct_ff was built for UCX {}.{}.x",
             UCT_VERNO_MAJOR, UCT_VERNO_MINOR
         ));
     }
-    // SAFETY: reading the size field of classes libuct exports.
-    let (base, plain) = unsafe { (addr_of!(uct_base_iface_t_class.size).read(), addr_of!(uct_iface_t_class.size).read()) };
+    let (base, plain) = sizes;
     if base != BASE_IFACE_SIZE || plain != IFACE_SIZE {
         return Err(format!(
             "libuct's uct_base_iface_t is {base} bytes and uct_iface_t {plain} (expected {BASE_IFACE_SIZE} and {IFACE_SIZE}: a statistics-enabled or patched UCX?)"
@@ -163,3 +171,18 @@ extern "C" fn on_load() {
 #[used]
 #[link_section = ".init_array"]
 static ON_LOAD: extern "C" fn() = on_load;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_other_ucx_versions_and_layouts() {
+        assert!(check_versions((1, 13, 1), (BASE_IFACE_SIZE, IFACE_SIZE)).is_ok());
+        assert!(check_versions((1, 13, 0), (BASE_IFACE_SIZE, IFACE_SIZE)).is_ok(), "any 1.13.x");
+        let e = check_versions((1, 16, 0), (BASE_IFACE_SIZE, IFACE_SIZE)).unwrap_err();
+        assert!(e.contains("UCX 1.16.0") && e.contains("built for UCX 1.13"), "{e}");
+        let e = check_versions((1, 13, 1), (1296, IFACE_SIZE)).unwrap_err();
+        assert!(e.contains("1296"), "{e}");
+    }
+}
