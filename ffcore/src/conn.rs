@@ -36,6 +36,9 @@ pub const TAG_ANY: u32 = u32::MAX;
 const LIVENESS_EVERY: u32 = 4096;
 /// How long [`Conn::wait`] spins before it sleeps.
 pub const SPIN: Duration = Duration::from_micros(50);
+/// For how much of [`SPIN`] it busy-spins; after that it yields the core
+/// between polls (a peer thread woken on the same core then runs at once).
+pub const SPIN_BUSY: Duration = Duration::from_micros(5);
 
 /// A request's id: valid until its completion has been returned once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -293,15 +296,26 @@ impl Conn {
         loop {
             let spin_start = Instant::now();
             let mut n = 0u32;
+            let mut polite = false;
             loop {
                 if let Some(size) = self.test(r)? {
                     return Ok(size);
                 }
                 n += 1;
-                if n % 64 == 0 && spin_start.elapsed() > SPIN {
-                    break;
+                if polite || n % 64 == 0 {
+                    let e = spin_start.elapsed();
+                    if e > SPIN {
+                        break;
+                    }
+                    polite = e > SPIN_BUSY;
                 }
-                std::hint::spin_loop();
+                if polite {
+                    // Past the first microseconds, let whoever shares our
+                    // core (a router thread about to answer) run first.
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             let mut nap = Duration::from_millis(20);
             if let Some(t) = timeout {

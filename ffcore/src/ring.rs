@@ -137,7 +137,7 @@ impl Layout {
     pub fn rx(&self, side: usize) -> Rx {
         let dir = 1 - (side & 1);
         let (_, tail, _) = self.ring(dir);
-        Rx { lay: *self, dir, tail: tail.load(Ordering::Relaxed), head: 0 }
+        Rx { lay: *self, dir, tail: tail.load(Ordering::Relaxed), head: 0, holding: false }
     }
 }
 
@@ -343,6 +343,9 @@ pub struct Rx {
     tail: u64,
     /// Last head seen.
     head: u64,
+    /// While set, consumed bytes go back to the producer only on
+    /// [`Rx::release`] (see [`Rx::hold`]).
+    holding: bool,
 }
 
 impl Rx {
@@ -417,6 +420,24 @@ impl Rx {
 
     fn consume_span(&mut self, span: usize) {
         self.tail += span as u64;
+        if !self.holding {
+            let (_, tail, _) = self.lay.ring(self.dir);
+            tail.store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// From now on [`Rx::consume`] only moves our reading position: the
+    /// bytes stay ours (their payload pointers stay valid) until
+    /// [`Rx::release`]. Lets a consumer look at several records before it
+    /// is done with the first (the router sends many with one system call).
+    pub fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    /// Gives everything consumed so far back to the producer; ends
+    /// [`Rx::hold`].
+    pub fn release(&mut self) {
+        self.holding = false;
         let (_, tail, _) = self.lay.ring(self.dir);
         tail.store(self.tail, Ordering::Release);
     }
@@ -599,6 +620,30 @@ mod reserve_tests {
         assert_eq!(n, 100);
         tx.commit(REC_FIRST, 0, 100, 100).unwrap();
         assert_eq!(tx.produced(), record_span(100) as u64);
+    }
+
+    #[test]
+    fn held_records_stay_until_released() {
+        let (_m, lay) = ring(4096);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        for i in 0..3u8 {
+            assert_eq!(put(&mut tx, REC_FIRST, &[i; 1000], false), Some(1000));
+        }
+        rx.hold();
+        let mut ptrs = Vec::new();
+        while let Some(rec) = rx.peek().unwrap() {
+            ptrs.push(rx.payload());
+            rx.consume(rec.len);
+        }
+        assert_eq!(ptrs.len(), 3, "all three visible while held");
+        assert!(!tx.is_drained().unwrap(), "nothing given back yet");
+        assert!(put(&mut tx, REC_FIRST, &[9; 1000], true).is_none(), "the producer cannot overwrite held bytes");
+        for (i, p) in ptrs.iter().enumerate() {
+            assert_eq!(unsafe { p.read() }, i as u8);
+        }
+        rx.release();
+        assert!(tx.is_drained().unwrap());
+        assert_eq!(put(&mut tx, REC_FIRST, &[9; 1000], true), Some(1000));
     }
 
     #[test]

@@ -79,6 +79,10 @@ struct ServeArgs {
     /// tcp or rdma.
     #[arg(long, default_value = "auto")]
     peer_transport: String,
+    /// Ring size (bytes per direction) of connections to other hosts; it
+    /// also bounds the data in flight per connection between routers.
+    #[arg(long, default_value_t = 1 << 20)]
+    peer_ring_size: usize,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -146,6 +150,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         a.peer_streams as usize,
         a.peer_secret_file.as_deref(),
         &a.peer_transport,
+        a.peer_ring_size,
     )? {
         let listen = cfg.listen;
         router.enable_remote(cfg).map_err(|e| format!("--listen-addr {listen}: {e}"))?;

@@ -53,13 +53,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 fn spin() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
-        Duration::from_micros(std::env::var("FF_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(50))
+        Duration::from_micros(std::env::var("FF_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(20))
     })
 }
-/// Records up to this size are copied into a batch (many per send call);
-/// bigger ones go straight from the ring.
-const SMALL: usize = 2048;
-const BATCH: usize = 64 << 10;
+/// Frames go out in gathers of up to this many bytes or frames, straight
+/// from the client's ring.
+fn gather() -> usize {
+    static G: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *G.get_or_init(|| std::env::var("FF_ROUTER_GATHER").ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 10))
+}
+const GATHER_FRAMES: usize = 256;
 /// Pumps re-check their connection at least this often while asleep.
 const NAP: Duration = Duration::from_millis(20);
 
@@ -71,6 +74,9 @@ pub struct Config {
     pub streams: usize,
     pub secret: Option<Arc<[u8]>>,
     pub transport: Transport,
+    /// Ring size of connections to other hosts (smaller rings keep the
+    /// forwarded bytes in cache; the link and both rings pipeline).
+    pub ring_size: usize,
 }
 
 impl Config {
@@ -81,7 +87,11 @@ impl Config {
         streams: usize,
         secret_file: Option<&std::path::Path>,
         transport: &str,
+        ring_size: usize,
     ) -> Result<Option<Config>, String> {
+        if !ffcore::ring::valid_ring_size(ring_size) {
+            return Err(format!("--peer-ring-size {ring_size}: must be a power of two from 4096 to 1 GiB"));
+        }
         let Some(listen) = listen else { return Ok(None) };
         let listen: SocketAddr = listen.parse().map_err(|e| format!("--listen-addr {listen}: {e}"))?;
         let advertise: SocketAddr = match advertise {
@@ -103,7 +113,7 @@ impl Config {
             }
         };
         let transport = link::select(transport)?;
-        Ok(Some(Config { listen, advertise, streams, secret, transport }))
+        Ok(Some(Config { listen, advertise, streams, secret, transport, ring_size }))
     }
 }
 
@@ -274,7 +284,7 @@ impl Remote {
         if to == self.cfg.advertise {
             return err(ErrorCode::NotFound, "the handle names this host's router as it was before a restart (stale handle)");
         }
-        let made = self.state.lock().unwrap().connect_out(client);
+        let made = self.state.lock().unwrap().connect_out(client, self.cfg.ring_size);
         let (id, mem) = match made {
             Ok(x) => x,
             Err(o) => return o,
@@ -361,7 +371,7 @@ impl Remote {
         if !wire::valid_credit(body.credit) {
             return refuse(ErrorCode::InvalidArgument, format!("bad ring size {}", body.credit));
         }
-        let made = self.state.lock().unwrap().connect_in(&body.tenant, body.listener, body.nonce);
+        let made = self.state.lock().unwrap().connect_in(&body.tenant, body.listener, body.nonce, self.cfg.ring_size);
         let (id, mem) = match made {
             Ok(x) => x,
             Err((code, msg)) => return refuse(code, msg),
@@ -497,13 +507,18 @@ impl Peer {
                         return;
                     }
                     let now = Instant::now();
-                    if !q.is_empty() || now >= next_ping {
+                    if !q.is_empty() || now >= next_ping || (0..link.streams()).any(|s| link.needs_flush(s)) {
                         break;
                     }
                     q = self.ctrl_cv.wait_timeout(q, next_ping - now).unwrap().0;
                 }
                 q.drain(..).collect()
             };
+            for s in 0..link.streams() {
+                if let Err(e) = link.flush(s) {
+                    return self.kill(&format!("send failed: {e}"));
+                }
+            }
             for (s, f) in items {
                 let fr = Frame { hdr: f[..wire::HDR_LEN].try_into().unwrap(), ptr: f[wire::HDR_LEN..].as_ptr(), len: f.len() - wire::HDR_LEN };
                 // SAFETY: the payload lives in `f` for the call.
@@ -526,7 +541,13 @@ impl Peer {
 
     /// Receiver thread of stream `s`.
     fn receive(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize) {
+        let mut hot: Vec<Arc<Fwd>> = Vec::new();
         let why = loop {
+            if !hot.is_empty() && !link.readable(s) {
+                if let Err(e) = self.answer(link, s, &mut hot) {
+                    break e;
+                }
+            }
             let h = match link.recv_header(s) {
                 Ok(b) => match Header::decode(&b) {
                     Ok(h) => h,
@@ -534,11 +555,65 @@ impl Peer {
                 },
                 Err(e) => break e.to_string(),
             };
+            if h.ty == wire::DATA && !reply_window().is_zero() && !hot.iter().any(|f| f.local == h.conn) && hot.len() < 8 {
+                if let Some(f) = self.conn(h.conn) {
+                    hot.push(f);
+                }
+            }
             if let Err(e) = self.dispatch(remote, link, s, h) {
                 break e;
             }
         };
         self.kill(&why);
+    }
+
+    /// After delivering, before blocking on the link again: for a short
+    /// window, watch the connections just delivered to and send their
+    /// clients' answers straight away (never waiting on the link: what
+    /// cannot go now is left to the pump, which is woken), and go back to
+    /// the link as soon as it has more. While traffic flows, the hops
+    /// client -> router -> link -> router -> client then cost no wake-up.
+    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Arc<Fwd>>) -> Result<(), String> {
+        let until = Instant::now() + reply_window();
+        let mut err = None;
+        loop {
+            hot.retain(|f| {
+                if f.peer_closed.load(Ordering::Acquire) || f.local_fault.load(Ordering::Acquire) {
+                    return false;
+                }
+                let Ok(mut out) = f.out.try_lock() else { return false };
+                match f.forward(&mut out, &**link, Mode::Try) {
+                    Ok(Moved::Nothing) | Ok(Moved::Some) => true,
+                    Ok(Moved::Blocked) => {
+                        drop(out);
+                        f.router_side().force_wake();
+                        false
+                    }
+                    Err(Stop::Link(e)) => {
+                        err = Some(e);
+                        false
+                    }
+                    Err(Stop::Local(e)) => {
+                        drop(out);
+                        f.local_fault(&e);
+                        false
+                    }
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if hot.is_empty() || Instant::now() >= until || link.readable(s) {
+                break;
+            }
+            // Polite: the clients we wait for may share this core.
+            std::thread::yield_now();
+        }
+        hot.clear();
+        if link.needs_flush(s) {
+            self.ctrl_cv.notify_one();
+        }
+        Ok(())
     }
 
     fn dispatch(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), String> {
@@ -745,6 +820,7 @@ pub struct Fwd {
     peer_ring: AtomicU64,
     setup: Mutex<Setup>,
     inb: Mutex<Inbound>,
+    out: Mutex<Out>,
     reported: AtomicU64,
     /// Credit the peer granted us so far.
     limit: AtomicU64,
@@ -781,6 +857,7 @@ impl Fwd {
             peer_ring: AtomicU64::new(0),
             setup: Mutex::new(Setup::Waiting),
             inb: Mutex::new(Inbound { tx, charged: 0, excess: 0 }),
+            out: Mutex::new(Out::new(lay.rx(side))),
             reported: AtomicU64::new(ring as u64),
             limit: AtomicU64::new(0),
             peer_closed: AtomicBool::new(false),
@@ -850,7 +927,7 @@ fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<V
     let name = format!("pump-{}", f.local);
     let (p2, f2) = (peer.clone(), f.clone());
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        Pump::new(&p2, &link, &f2).run(first);
+        Pump { peer: &p2, link: &link, f: &f2 }.run(first);
     });
     if let Err(e) = spawned {
         log::error!("cannot start forwarding connection {}: {e}", f.local);
@@ -859,21 +936,52 @@ fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<V
     }
 }
 
-/// The sending half of one forwarded connection.
-struct Pump<'a> {
-    peer: &'a Arc<Peer>,
-    link: &'a Arc<dyn Link>,
-    f: &'a Arc<Fwd>,
+/// The sending half of a forwarded connection: what the client wrote leaves
+/// through whoever holds this, the connection's pump thread or (right after
+/// it delivered to the connection) the stream's receiver thread.
+struct Out {
+    /// Reads the client's ring in hold mode: records go back to the client
+    /// only once sent, so frames point straight into the ring (no copy) and
+    /// many go with one system call.
     rx: Rx,
     /// Credit used so far.
     charged: u64,
-    /// Bytes of the current record already sent (records larger than a
+    /// Bytes of the current record already queued (records larger than a
     /// frame go in several).
     rec_off: usize,
     /// Credit the next frame needs, when it had to wait for credit.
     need: Option<u64>,
-    batch: Vec<u8>,
-    batch_frames: Vec<(usize, usize)>,
+    /// Frames queued, not sent yet (their bytes are held in the ring).
+    pending: Vec<Frame>,
+    pending_bytes: usize,
+}
+
+// SAFETY: the frames point into the connection's ring, which the Fwd that
+// owns this keeps mapped; they are only used by whoever holds the lock.
+unsafe impl Send for Out {}
+
+impl Out {
+    fn new(mut rx: Rx) -> Out {
+        rx.hold();
+        Out { rx, charged: 0, rec_off: 0, need: None, pending: Vec::new(), pending_bytes: 0 }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Waits while the link is full (the pump).
+    Block,
+    /// Never waits (a receiver thread): stops at the first frame the link
+    /// cannot take now.
+    Try,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Moved {
+    Nothing,
+    Some,
+    /// Try mode: the link could not take more now; the pump must go on.
+    Blocked,
 }
 
 enum Stop {
@@ -883,32 +991,113 @@ enum Stop {
     Local(String),
 }
 
-impl<'a> Pump<'a> {
-    fn new(peer: &'a Arc<Peer>, link: &'a Arc<dyn Link>, f: &'a Arc<Fwd>) -> Pump<'a> {
-        Pump {
-            peer,
-            link,
-            f,
-            rx: f.lay.0.rx(f.side),
-            charged: 0,
-            rec_off: 0,
-            need: None,
-            batch: Vec::with_capacity(BATCH + SMALL + wire::HDR_LEN),
-            batch_frames: Vec::new(),
+impl Fwd {
+    fn stream(&self) -> usize {
+        self.stream.load(Ordering::Relaxed)
+    }
+
+    /// Sends frames; Ok(false) when Try mode found the link busy.
+    fn send(&self, link: &dyn Link, frames: &[Frame], mode: Mode) -> Result<bool, Stop> {
+        let s = self.stream();
+        // SAFETY: callers pass pointers into the ring (the record is not
+        // consumed before this returns) or into their own buffers.
+        let r = unsafe {
+            match mode {
+                Mode::Block => link.send(s, frames).map(|_| link::Try::Sent),
+                Mode::Try => link.try_send(s, frames),
+            }
+        };
+        match r {
+            Ok(link::Try::Sent) => Ok(true),
+            Ok(link::Try::Busy) => Ok(false),
+            Err(e) => Err(Stop::Link(format!("send failed: {e}"))),
         }
     }
 
-    fn stream(&self) -> usize {
-        self.f.stream.load(Ordering::Relaxed)
+    /// Forwards what the client wrote, as far as credit allows.
+    fn forward(&self, out: &mut Out, link: &dyn Link, mode: Mode) -> Result<Moved, Stop> {
+        if !self.flush(out, link, mode)? {
+            return Ok(Moved::Blocked);
+        }
+        let peer_ring = self.peer_ring.load(Ordering::Relaxed);
+        let (wmax, fmax) = (wire::whole_max(peer_ring), wire::frame_max(peer_ring));
+        let peer_conn = self.peer_conn.load(Ordering::Relaxed);
+        let limit = self.limit.load(Ordering::Acquire);
+        let mut moved = Moved::Nothing;
+        out.need = None;
+        loop {
+            let rec = match out.rx.peek() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => return Err(Stop::Local(e.to_string())),
+            };
+            let flen = (rec.len - out.rec_off).min(fmax);
+            let kind = if out.rec_off == 0 { rec.kind } else { REC_CONT };
+            let c = wire::charge(kind, rec.total, flen, wmax);
+            if out.charged + c > limit {
+                out.need = Some(c);
+                break;
+            }
+            let hdr = Header::data(peer_conn, kind, rec.tag, rec.total, flen).encode();
+            // SAFETY: peek validated that the record's `len` bytes lie in
+            // the ring; rec_off + flen <= len. The bytes stay ours (hold
+            // mode) until the frame is sent.
+            let src = unsafe { out.rx.payload().add(out.rec_off) };
+            out.pending.push(Frame { hdr, ptr: src, len: flen });
+            out.pending_bytes += wire::HDR_LEN + flen;
+            out.charged += c;
+            out.rec_off += flen;
+            moved = Moved::Some;
+            if out.rec_off == rec.len {
+                out.rx.consume(rec.len);
+                out.rec_off = 0;
+            }
+            if (out.pending_bytes >= gather() || out.pending.len() >= GATHER_FRAMES) && !self.flush(out, link, mode)? {
+                return Ok(Moved::Blocked);
+            }
+        }
+        if !self.flush(out, link, mode)? {
+            return Ok(Moved::Blocked);
+        }
+        Ok(moved)
     }
 
-    fn send(&self, frames: &[Frame]) -> Result<(), Stop> {
-        // SAFETY: callers pass pointers into the ring (the record is not
-        // consumed before this returns) or into our own batch buffer.
-        unsafe { self.link.send(self.stream(), frames) }.map_err(|e| Stop::Link(format!("send failed: {e}")))
+    /// Sends the queued frames and gives their bytes back to the client;
+    /// false when Try mode found the link busy (they stay queued).
+    fn flush(&self, out: &mut Out, link: &dyn Link, mode: Mode) -> Result<bool, Stop> {
+        if out.pending.is_empty() {
+            return Ok(true);
+        }
+        if !self.send(link, &out.pending, mode)? {
+            return Ok(false);
+        }
+        out.pending.clear();
+        out.pending_bytes = 0;
+        out.rx.release();
+        out.rx.hold();
+        self.client_side().notify();
+        Ok(true)
     }
 
-    fn run(mut self, first: Option<Vec<u8>>) {
+    /// Is there something the pump can send now?
+    fn sendable(&self, out: &Out) -> bool {
+        if !out.pending.is_empty() {
+            return true;
+        }
+        out.rx.has_data() && out.need.is_none_or(|c| out.charged + c <= self.limit.load(Ordering::Acquire))
+    }
+}
+
+/// The thread that forwards one connection's outgoing bytes and returns
+/// credit for its incoming ones.
+struct Pump<'a> {
+    peer: &'a Arc<Peer>,
+    link: &'a Arc<dyn Link>,
+    f: &'a Arc<Fwd>,
+}
+
+impl Pump<'_> {
+    fn run(self, first: Option<Vec<u8>>) {
         let f = self.f;
         let res = self.forward_loop(first);
         match res {
@@ -917,7 +1106,7 @@ impl<'a> Pump<'a> {
             Err(Stop::Local(why)) => {
                 log::warn!("connection {}: {why}; closing it", f.local);
                 let close = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
-                if self.send(&[Frame::bare(close)]).is_err() {
+                if f.send(&**self.link, &[Frame::bare(close)], Mode::Block).is_err() {
                     self.peer.kill("send failed");
                 }
                 f.peer_gone();
@@ -933,11 +1122,12 @@ impl<'a> Pump<'a> {
         log::debug!("connection {}: forwarding ended", f.local);
     }
 
-    fn forward_loop(&mut self, first: Option<Vec<u8>>) -> Result<(), Stop> {
+    fn forward_loop(&self, first: Option<Vec<u8>>) -> Result<(), Stop> {
         let f = self.f;
+        let link = &**self.link;
         if let Some(fr) = first {
             let frame = Frame { hdr: fr[..wire::HDR_LEN].try_into().unwrap(), ptr: fr[wire::HDR_LEN..].as_ptr(), len: fr.len() - wire::HDR_LEN };
-            self.send(&[frame])?;
+            f.send(link, &[frame], Mode::Block)?;
         }
         let me = f.router_side();
         let client = f.client_side();
@@ -952,24 +1142,28 @@ impl<'a> Pump<'a> {
             let mut progress = false;
             if let Some(g) = f.credit_due() {
                 let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
-                self.send(&[Frame::bare(h)])?;
+                f.send(link, &[Frame::bare(h)], Mode::Block)?;
                 f.reported.store(g, Ordering::Relaxed);
                 progress = true;
             }
-            progress |= self.forward()?;
+            let drained = {
+                let mut out = f.out.lock().unwrap();
+                progress |= f.forward(&mut out, link, Mode::Block)? != Moved::Nothing;
+                !out.rx.has_data() && out.pending.is_empty()
+            };
             if progress {
                 active = Instant::now();
                 continue;
             }
-            if client.is_closed() && !self.rx.has_data() {
+            if client.is_closed() && drained {
                 // Everything the client sent is forwarded: say goodbye.
                 let h = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
-                self.send(&[Frame::bare(h)])?;
+                f.send(link, &[Frame::bare(h)], Mode::Block)?;
                 f.peer_closed.store(true, Ordering::Release);
                 return Ok(());
             }
             if active.elapsed() < spin() {
-                std::hint::spin_loop();
+                std::thread::yield_now();
                 continue;
             }
             let seen = me.prepare_sleep();
@@ -992,97 +1186,27 @@ impl<'a> Pump<'a> {
         {
             return true;
         }
-        if self.rx.has_data() {
-            match self.need {
-                Some(c) => {
-                    if self.charged + c <= f.limit.load(Ordering::Acquire) {
-                        return true;
-                    }
+        match f.out.try_lock() {
+            Ok(out) => {
+                if f.sendable(&out) {
+                    return true;
                 }
-                None => return true,
             }
+            // A receiver thread is forwarding for us: look again after.
+            Err(_) => return true,
         }
         f.credit_due().is_some()
     }
+}
 
-    /// Forwards what the client wrote, as far as credit allows.
-    fn forward(&mut self) -> Result<bool, Stop> {
-        let f = self.f;
-        let peer_ring = f.peer_ring.load(Ordering::Relaxed);
-        let (wmax, fmax) = (wire::whole_max(peer_ring), wire::frame_max(peer_ring));
-        let peer_conn = f.peer_conn.load(Ordering::Relaxed);
-        let limit = f.limit.load(Ordering::Acquire);
-        let mut progress = false;
-        let mut consumed = false;
-        self.need = None;
-        loop {
-            let rec = match self.rx.peek() {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => return Err(Stop::Local(e.to_string())),
-            };
-            let flen = (rec.len - self.rec_off).min(fmax);
-            let kind = if self.rec_off == 0 { rec.kind } else { REC_CONT };
-            let c = wire::charge(kind, rec.total, flen, wmax);
-            if self.charged + c > limit {
-                self.need = Some(c);
-                break;
-            }
-            let hdr = Header::data(peer_conn, kind, rec.tag, rec.total, flen).encode();
-            // SAFETY: peek validated that the record's `len` bytes lie in
-            // the ring; rec_off + flen <= len.
-            let src = unsafe { self.rx.payload().add(self.rec_off) };
-            if self.rec_off == 0 && flen == rec.len && flen <= SMALL {
-                let at = self.batch.len();
-                self.batch.extend_from_slice(&hdr);
-                self.batch.resize(at + wire::HDR_LEN + flen, 0);
-                // SAFETY: src is valid for flen bytes (above); the batch has room.
-                unsafe { std::ptr::copy_nonoverlapping(src, self.batch.as_mut_ptr().add(at + wire::HDR_LEN), flen) };
-                self.batch_frames.push((at, flen));
-                self.rx.consume(rec.len);
-                consumed = true;
-                if self.batch.len() >= BATCH {
-                    self.flush()?;
-                }
-            } else {
-                self.flush()?;
-                self.send(&[Frame { hdr, ptr: src, len: flen }])?;
-                self.rec_off += flen;
-                if self.rec_off == rec.len {
-                    self.rx.consume(rec.len);
-                    self.rec_off = 0;
-                    f.client_side().notify();
-                }
-            }
-            self.charged += c;
-            progress = true;
-        }
-        self.flush()?;
-        if consumed {
-            f.client_side().notify();
-        }
-        Ok(progress)
-    }
-
-    fn flush(&mut self) -> Result<(), Stop> {
-        if self.batch_frames.is_empty() {
-            return Ok(());
-        }
-        let frames: Vec<Frame> = self
-            .batch_frames
-            .iter()
-            .map(|&(at, len)| Frame {
-                hdr: self.batch[at..at + wire::HDR_LEN].try_into().unwrap(),
-                // SAFETY: at + HDR_LEN + len <= batch.len().
-                ptr: unsafe { self.batch.as_ptr().add(at + wire::HDR_LEN) },
-                len,
-            })
-            .collect();
-        let r = self.send(&frames);
-        self.batch.clear();
-        self.batch_frames.clear();
-        r
-    }
+/// How long a receiver thread watches the connections it just delivered
+/// to for an answer, which it then sends itself (no pump wake-up on the
+/// request/response path).
+fn reply_window() -> Duration {
+    static W: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *W.get_or_init(|| {
+        Duration::from_micros(std::env::var("FF_ROUTER_REPLY_US").ok().and_then(|v| v.parse().ok()).unwrap_or(50))
+    })
 }
 
 #[cfg(test)]
@@ -1110,7 +1234,7 @@ mod tests {
             let mk = |i: usize| {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                r.enable_remote(Config { listen: any, advertise: any, streams, secret: None, transport: t }).unwrap();
+                r.enable_remote(Config { listen: any, advertise: any, streams, secret: None, transport: t, ring_size }).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
                 r
             };

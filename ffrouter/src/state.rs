@@ -116,6 +116,12 @@ impl From<Reply> for Outcome {
     }
 }
 
+/// The ring size of a connection file (connections to other hosts may use
+/// another size than local ones).
+fn ring_of(mem: &SharedMem) -> usize {
+    (mem.len() - ring::CTRL_LEN) / 2
+}
+
 fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
     proto::error_reply(code, msg).into()
 }
@@ -405,14 +411,13 @@ impl State {
         let cl = self.client(client);
         cl.conns.insert(id);
         cl.bytes += bytes;
-        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size: self.limits.ring_size as u64 }, fd: Some(mem) }
+        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size: ring_of(&mem) as u64 }, fd: Some(mem) }
     }
 
     /// The local half of a connection to a listener on another host: a
     /// connection file whose side 0 is `client`'s and whose side 1 the router
     /// plays (see [`crate::remote`]). Quotas apply as for a local connect.
-    pub fn connect_out(&mut self, client: u64) -> Result<(u64, Arc<SharedMem>), Outcome> {
-        let ring_size = self.limits.ring_size;
+    pub fn connect_out(&mut self, client: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>), Outcome> {
         let bytes = ring::file_len(ring_size) as u64;
         if let Some(o) = self.check_quota(client, bytes) {
             return Err(o);
@@ -434,7 +439,7 @@ impl State {
     /// peer router that claims the connector is in `tenant`: the same nonce
     /// and tenant checks as a local connect. The router plays side 0; the
     /// connection is queued for the listener's owner to accept as side 1.
-    pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64) -> Result<(u64, Arc<SharedMem>), (ErrorCode, String)> {
+    pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>), (ErrorCode, String)> {
         let Some(l) = self.listeners.get(&listener) else {
             return Err((ErrorCode::NotFound, format!("no listener {listener}")));
         };
@@ -449,7 +454,6 @@ impl State {
             return Err((ErrorCode::ResourceExhausted, "listener backlog is full".into()));
         }
         let tenant = l.tenant.clone();
-        let ring_size = self.limits.ring_size;
         let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
             .map(Arc::new)
             .map_err(|e| (ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
@@ -491,7 +495,7 @@ impl State {
             }
         }
         let c = &self.conns[&conn];
-        if let Ok(lay) = ring::Layout::new(&c.mem, self.limits.ring_size) {
+        if let Ok(lay) = ring::Layout::new(&c.mem, ring_of(&c.mem)) {
             lay.side(side).close();
         }
         if c.ends.iter().all(Option::is_none) && !c.queued {
@@ -554,7 +558,7 @@ impl State {
     pub fn conn_rows(&self) -> Vec<ConnRow> {
         let mut rows = Vec::new();
         for (&conn, c) in &self.conns {
-            let Ok(lay) = ring::Layout::new(&c.mem, self.limits.ring_size) else { continue };
+            let Ok(lay) = ring::Layout::new(&c.mem, ring_of(&c.mem)) else { continue };
             for side in 0..2 {
                 let (head, tail, messages) = lay.counters(side);
                 rows.push(ConnRow {

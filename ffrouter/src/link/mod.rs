@@ -44,6 +44,16 @@ impl Frame {
     }
 }
 
+/// What [`Link::try_send`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Try {
+    /// The frames are on their way (possibly partly queued inside the link:
+    /// see [`Link::needs_flush`]).
+    Sent,
+    /// Nothing was sent: the link would have had to wait.
+    Busy,
+}
+
 /// A transport between two routers.
 pub trait Link: Send + Sync {
     /// How many independent ordered streams the link has.
@@ -68,6 +78,33 @@ pub trait Link: Send + Sync {
     /// # Safety
     /// `dst` must be valid for writes of `n` bytes.
     unsafe fn recv_payload(&self, s: usize, dst: *mut u8, n: usize) -> io::Result<()>;
+
+    /// Like [`Link::send`], but never waits (receiver threads use it, and
+    /// must never block on a peer that may be waiting for them): `Busy` if
+    /// the frames cannot go now. A link may accept frames it could only
+    /// partly hand to the network; the rest goes first on the next send or
+    /// [`Link::flush`].
+    ///
+    /// # Safety
+    /// As for [`Link::send`].
+    unsafe fn try_send(&self, _s: usize, _frames: &[Frame]) -> io::Result<Try> {
+        Ok(Try::Busy)
+    }
+
+    /// Is part of a frame accepted by [`Link::try_send`] still waiting?
+    fn needs_flush(&self, _s: usize) -> bool {
+        false
+    }
+
+    /// Sends what [`Link::try_send`] left queued (may wait).
+    fn flush(&self, _s: usize) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Can [`Link::recv_header`] return without waiting?
+    fn readable(&self, _s: usize) -> bool {
+        false
+    }
 
     /// Breaks the link: blocked and later calls fail.
     fn shutdown(&self);

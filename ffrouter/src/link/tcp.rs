@@ -20,7 +20,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
-use super::{Frame, Identity, Link, DEAD_AFTER, DIAL_TIMEOUT};
+use super::{Frame, Identity, Link, Try, DEAD_AFTER, DIAL_TIMEOUT};
 use crate::wire::HDR_LEN;
 
 const VERSION: u16 = 1;
@@ -32,7 +32,10 @@ pub const MAX_STREAMS: usize = 64;
 
 pub struct TcpLink {
     socks: Vec<TcpStream>,
-    send_lock: Vec<Mutex<()>>,
+    /// Per stream: the sender's lock, holding bytes of frames accepted by
+    /// `try_send` that the socket did not take (they go first).
+    send_lock: Vec<Mutex<Vec<u8>>>,
+    tails: Vec<std::sync::atomic::AtomicBool>,
     /// Per stream: bytes read ahead (only its receiver thread uses it).
     staged: Vec<Mutex<Staging>>,
     what: String,
@@ -99,12 +102,13 @@ impl TcpLink {
             s.set_read_timeout(Some(DEAD_AFTER))?;
             s.set_write_timeout(None)?;
         }
-        let send_lock = socks.iter().map(|_| Mutex::new(())).collect();
+        let send_lock = socks.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let tails = socks.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
         let staged = socks
             .iter()
             .map(|_| Mutex::new(Staging { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, big: false }))
             .collect();
-        Ok(TcpLink { socks, send_lock, staged, what })
+        Ok(TcpLink { socks, send_lock, tails, staged, what })
     }
 }
 
@@ -121,8 +125,30 @@ unsafe fn read_raw(fd: i32, dst: *mut u8, n: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// How long a receiver polls the socket before it blocks (latency).
+fn rx_spin() -> std::time::Duration {
+    static S: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        std::time::Duration::from_micros(std::env::var("FF_LINK_RX_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+    })
+}
+
 /// One `recv` of 1 to `n` bytes (n > 0), retried on EINTR.
 unsafe fn recv_some(fd: i32, dst: *mut u8, n: usize) -> io::Result<usize> {
+    let spin = rx_spin();
+    if !spin.is_zero() {
+        let t = std::time::Instant::now();
+        loop {
+            let r = libc::recv(fd, dst as *mut libc::c_void, n, libc::MSG_DONTWAIT);
+            if r > 0 {
+                return Ok(r as usize);
+            }
+            if r == 0 || t.elapsed() > spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
     loop {
         let r = libc::recv(fd, dst as *mut libc::c_void, n, 0);
         if r > 0 {
@@ -142,45 +168,137 @@ unsafe fn recv_some(fd: i32, dst: *mut u8, n: usize) -> io::Result<usize> {
     }
 }
 
+fn iovecs(frames: &[Frame]) -> Vec<libc::iovec> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(frames.len() * 2);
+    for f in frames {
+        iov.push(libc::iovec { iov_base: f.hdr.as_ptr() as *mut libc::c_void, iov_len: HDR_LEN });
+        if f.len > 0 {
+            iov.push(libc::iovec { iov_base: f.ptr as *mut libc::c_void, iov_len: f.len });
+        }
+    }
+    iov
+}
+
+/// Writes everything the iovecs describe (waiting while the socket is full).
+unsafe fn send_all(fd: i32, iov: &mut [libc::iovec], flags: i32) -> io::Result<()> {
+    let mut i = 0;
+    while i < iov.len() && iov[i].iov_len == 0 {
+        i += 1;
+    }
+    while i < iov.len() {
+        let mut mh: libc::msghdr = std::mem::zeroed();
+        mh.msg_iov = iov[i..].as_mut_ptr();
+        mh.msg_iovlen = (iov.len() - i).min(1024) as _;
+        let r = libc::sendmsg(fd, &mh, libc::MSG_NOSIGNAL | flags);
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut n = r as usize;
+        while i < iov.len() && n >= iov[i].iov_len {
+            n -= iov[i].iov_len;
+            i += 1;
+        }
+        if n > 0 {
+            iov[i].iov_base = (iov[i].iov_base as *mut u8).add(n) as *mut libc::c_void;
+            iov[i].iov_len -= n;
+        }
+    }
+    Ok(())
+}
+
+impl TcpLink {
+    /// Sends the bytes `try_send` left behind (the caller holds the lock).
+    fn write_tail(&self, s: usize, fd: i32, tail: &mut Vec<u8>) -> io::Result<()> {
+        if tail.is_empty() {
+            return Ok(());
+        }
+        let mut iov = [libc::iovec { iov_base: tail.as_mut_ptr() as *mut libc::c_void, iov_len: tail.len() }];
+        // SAFETY: the iovec covers our own buffer.
+        unsafe { send_all(fd, &mut iov, 0)? };
+        tail.clear();
+        self.tails[s].store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}
+
 impl Link for TcpLink {
     fn streams(&self) -> usize {
         self.socks.len()
     }
 
     unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()> {
-        let _g = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(frames.len() * 2);
-        for f in frames {
-            iov.push(libc::iovec { iov_base: f.hdr.as_ptr() as *mut libc::c_void, iov_len: HDR_LEN });
-            if f.len > 0 {
-                iov.push(libc::iovec { iov_base: f.ptr as *mut libc::c_void, iov_len: f.len });
-            }
+        let mut tail = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
+        let fd = self.socks[s].as_raw_fd();
+        self.write_tail(s, fd, &mut tail)?;
+        let mut iov = iovecs(frames);
+        send_all(fd, &mut iov, 0)?;
+        Ok(())
+    }
+
+    unsafe fn try_send(&self, s: usize, frames: &[Frame]) -> io::Result<Try> {
+        let Ok(mut tail) = self.send_lock[s].try_lock() else { return Ok(Try::Busy) };
+        if !tail.is_empty() {
+            return Ok(Try::Busy);
         }
         let fd = self.socks[s].as_raw_fd();
-        let mut i = 0;
-        while i < iov.len() {
-            let mut mh: libc::msghdr = std::mem::zeroed();
-            mh.msg_iov = iov[i..].as_mut_ptr();
-            mh.msg_iovlen = (iov.len() - i).min(1024) as _;
-            let r = libc::sendmsg(fd, &mh, libc::MSG_NOSIGNAL);
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
+        let mut iov = iovecs(frames);
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        let mut mh: libc::msghdr = std::mem::zeroed();
+        mh.msg_iov = iov.as_mut_ptr();
+        mh.msg_iovlen = iov.len().min(1024) as _;
+        let r = libc::sendmsg(fd, &mh, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Try::Busy),
+                _ => Err(e),
+            };
+        }
+        let sent = r as usize;
+        if sent < total {
+            // Keep the rest, in order, for the next sender (or the flush).
+            let mut skip = sent;
+            for v in &iov {
+                if skip >= v.iov_len {
+                    skip -= v.iov_len;
                     continue;
                 }
-                return Err(e);
+                let p = (v.iov_base as *const u8).add(skip);
+                tail.extend_from_slice(std::slice::from_raw_parts(p, v.iov_len - skip));
+                skip = 0;
             }
-            let mut n = r as usize;
-            while i < iov.len() && n >= iov[i].iov_len {
-                n -= iov[i].iov_len;
-                i += 1;
-            }
-            if n > 0 {
-                iov[i].iov_base = (iov[i].iov_base as *mut u8).add(n) as *mut libc::c_void;
-                iov[i].iov_len -= n;
+            self.tails[s].store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(Try::Sent)
+    }
+
+    fn needs_flush(&self, s: usize) -> bool {
+        self.tails[s].load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn flush(&self, s: usize) -> io::Result<()> {
+        if !self.needs_flush(s) {
+            return Ok(());
+        }
+        let mut tail = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
+        self.write_tail(s, self.socks[s].as_raw_fd(), &mut tail)
+    }
+
+    fn readable(&self, s: usize) -> bool {
+        if let Ok(st) = self.staged[s].try_lock() {
+            if st.start < st.end {
+                return true;
             }
         }
-        Ok(())
+        let mut b = 0u8;
+        // SAFETY: one byte into our stack variable; MSG_PEEK consumes nothing.
+        unsafe {
+            libc::recv(self.socks[s].as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) > 0
+        }
     }
 
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]> {
