@@ -135,7 +135,6 @@ fn pingpong(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
     let mut buf = vec![0u8; o.size];
     let warm = (o.iters / 10).max(10);
     let mut lat = Vec::with_capacity(o.iters);
-    let start = Instant::now();
     for i in 0..warm + o.iters {
         let t = Instant::now();
         if server {
@@ -153,7 +152,6 @@ fn pingpong(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
             lat.push(t.elapsed().as_nanos() as f64 / 2000.0);
         }
     }
-    let _ = start;
     if !server {
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
