@@ -582,6 +582,18 @@ impl Peer {
                     return false;
                 }
                 let Ok(mut out) = f.out.try_lock() else { return false };
+                // Credit for what the client has read, as the pump would.
+                if let Some(g) = f.credit_due() {
+                    let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+                    match f.send(&**link, &[Frame::bare(h)], Mode::Try) {
+                        Ok(true) => f.reported.store(g, Ordering::Relaxed),
+                        Ok(false) => {}
+                        Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
+                            err = Some(e);
+                            return false;
+                        }
+                    }
+                }
                 match f.forward(&mut out, &**link, Mode::Try) {
                     Ok(Moved::Nothing) | Ok(Moved::Some) => true,
                     Ok(Moved::Blocked) => {

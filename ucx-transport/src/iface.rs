@@ -101,15 +101,19 @@ unsafe fn md_of(st: &State) -> &Md {
     &*st.md
 }
 
-/// Is the peer at (`dev`, `iface`) reachable from here? Same router for now
-/// (one host); multi-host routing will extend this one function.
+/// Is the peer at (`dev`, `iface`) reachable from here? Through our router:
+/// the same router (one host), or another host's router when the peer's
+/// handle carries that router's address (routers started with
+/// `--listen-addr` carry connections between hosts; see ffrouter's remote).
 pub fn reachable(router_id: &[u8; 16], dev: &[u8], iface: Option<&[u8]>) -> bool {
-    if dev.len() < DEV_ADDR_LEN || dev[..DEV_ADDR_LEN] != router_id[..] {
+    if dev.len() < DEV_ADDR_LEN {
         return false;
     }
+    let same = dev[..DEV_ADDR_LEN] == router_id[..];
     match iface {
-        None => true,
-        Some(b) => parse_iface_addr(b).is_some_and(|h| h.router_id == *router_id),
+        None => same,
+        Some(b) => parse_iface_addr(b)
+            .is_some_and(|h| h.router_id[..] == dev[..DEV_ADDR_LEN] && (h.router_id == *router_id || h.addr.is_some())),
     }
 }
 
