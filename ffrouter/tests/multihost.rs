@@ -128,5 +128,48 @@ fn killing_a_router_fails_the_peers_on_the_other_host_within_seconds() {
     assert!(!r2.0 && r2.2.contains("peer closed"), "receiver on host 1: {}", r2.2);
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(h.router_alive(1), "the surviving router keeps serving");
-    drop((s0, c0));
+    // The dead router's own clients learn it from the kernel (the router
+    // held a liveness lock on the side it played).
+    let t = Instant::now();
+    for (c, what) in [(s0, "receiver on host 0"), (c0, "sender on host 0")] {
+        let r = c.finish(Duration::from_secs(20));
+        assert!(!r.0 && r.2.contains("peer closed"), "{what}: {}", r.2);
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn routers_with_different_peer_secrets_do_not_link() {
+    let dir = std::env::temp_dir().join(format!("ffsecret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s1, s2) = (dir.join("one"), dir.join("two"));
+    std::fs::write(&s1, "correct horse battery staple\n").unwrap();
+    std::fs::write(&s2, "another secret of enough length\n").unwrap();
+    let connect = |h: &TwoHosts| {
+        let l = h.context(0, "a").listen().unwrap();
+        let ctx = h.context(1, "a");
+        let t = Instant::now();
+        loop {
+            match ctx.connect(&l.handle()) {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => {
+                    assert!(t.elapsed() < Duration::from_secs(15), "connect never finished");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let mut h = TwoHosts::new();
+    h.start_router(0, &["a"], &["--peer-secret-file", s1.to_str().unwrap()]);
+    h.start_router(1, &["a"], &["--peer-secret-file", s2.to_str().unwrap()]);
+    let e = connect(&h).err().expect("routers with different secrets refuse each other");
+    assert_eq!(e.code(), Some(ErrorCode::Unreachable), "{e}");
+    assert!(e.to_string().contains("secret"), "{e}");
+    drop(h);
+    let mut h = TwoHosts::new();
+    h.start_router(0, &["a"], &["--peer-secret-file", s1.to_str().unwrap()]);
+    h.start_router(1, &["a"], &["--peer-secret-file", s1.to_str().unwrap()]);
+    connect(&h).expect("the same secret links");
+    let _ = std::fs::remove_dir_all(&dir);
 }
