@@ -272,12 +272,12 @@ unsafe extern "C" fn ep_destroy(ep_h: uct_ep_h) {
 unsafe extern "C" fn am_short(ep_h: uct_ep_h, id: u8, header: u64, payload: *const c_void, length: c_uint) -> ucs_status_t {
     let ep = ep_h as *mut Ep;
     if id as u32 >= UCT_AM_ID_MAX {
-        ff_error!("ff: invalid active message id {id}");
-        return UCS_ERR_INVALID_PARAM;
+        return invalid_am_id();
     }
     let total = 8 + length as usize;
-    if total > (*(*ep).iface).st.cfg.short_size {
-        ff_error!("ff: am_short of {length} bytes exceeds the limit");
+    let max = (*(*ep).iface).st.cfg.short_size;
+    if total > max {
+        ff_error!("Invalid am_short length: {total} (expected: <= {max})");
         return UCS_ERR_INVALID_PARAM;
     }
     if let Some(s) = gate(ep) {
@@ -295,9 +295,15 @@ unsafe extern "C" fn am_short(ep_h: uct_ep_h, id: u8, header: u64, payload: *con
     }
 }
 
+/// Logged like UCX's UCT_CHECK_AM_ID.
+fn invalid_am_id() -> ucs_status_t {
+    ff_error!("Invalid active message id (valid range: 0..{})", UCT_AM_ID_MAX - 1);
+    UCS_ERR_INVALID_PARAM
+}
+
 unsafe extern "C" fn am_short_iov(ep: uct_ep_h, id: u8, iov: *const uct_iov_t, iovcnt: usize) -> ucs_status_t {
     if id as u32 >= UCT_AM_ID_MAX {
-        return UCS_ERR_INVALID_PARAM;
+        return invalid_am_id();
     }
     uct_base_ep_am_short_iov(ep, id, iov, iovcnt)
 }
@@ -305,8 +311,7 @@ unsafe extern "C" fn am_short_iov(ep: uct_ep_h, id: u8, iov: *const uct_iov_t, i
 unsafe extern "C" fn am_bcopy(ep_h: uct_ep_h, id: u8, pack: uct_pack_callback_t, arg: *mut c_void, _flags: c_uint) -> isize {
     let ep = ep_h as *mut Ep;
     if id as u32 >= UCT_AM_ID_MAX {
-        ff_error!("ff: invalid active message id {id}");
-        return UCS_ERR_INVALID_PARAM as isize;
+        return invalid_am_id() as isize;
     }
     let Some(pack) = pack else { return UCS_ERR_INVALID_PARAM as isize };
     if let Some(s) = gate(ep) {

@@ -43,6 +43,9 @@ pub struct Cfg {
     pub bandwidth: f64,
     pub overhead: f64,
     pub connect_timeout: Duration,
+    /// Requested AM data alignment (`am_alignment`, 1 = none) and offset.
+    pub am_align: usize,
+    pub am_align_offset: usize,
 }
 
 #[repr(C)]
@@ -159,8 +162,17 @@ pub unsafe extern "C" fn iface_open(
         ff_error!("ff: only device open mode is supported");
         return UCS_ERR_UNSUPPORTED;
     }
+    let (am_align, am_align_offset) = match am_alignment(p) {
+        Ok(a) => a,
+        Err(why) => {
+            ff_error!("ff: {why}");
+            return UCS_ERR_INVALID_PARAM;
+        }
+    };
     let c = &*(config as *const IfaceConfig);
     let cfg = Cfg {
+        am_align,
+        am_align_offset,
         seg_size: c.seg_size,
         short_size: c.short_size.max(16),
         inline_rma: c.inline_rma,
@@ -227,6 +239,25 @@ pub unsafe extern "C" fn iface_open(
     ff_debug!("ff: iface {:p} open, handle {}", raw, (*raw).st.listener.handle().to_hex());
     *iface_p = raw as uct_iface_h;
     UCS_OK
+}
+
+/// The AM alignment parameters, checked as UCX's own transports do.
+fn am_alignment(p: &uct_iface_params_t) -> Result<(usize, usize), String> {
+    let has_align = p.field_mask & UCT_IFACE_PARAM_FIELD_AM_ALIGNMENT as u64 != 0;
+    let has_offset = p.field_mask & UCT_IFACE_PARAM_FIELD_AM_ALIGN_OFFSET as u64 != 0;
+    if !has_align {
+        if has_offset {
+            return Err("invalid AM alignment: an alignment offset has no effect without alignment".into());
+        }
+        return Ok((1, 0));
+    }
+    let align = p.am_alignment;
+    if !align.is_power_of_two() {
+        return Err(format!("invalid AM alignment {align}: must be a power of 2"));
+    }
+    // Any offset is fine: what must be aligned is data + offset.
+    let offset = if has_offset { p.am_align_offset } else { 0 };
+    Ok((align, offset % align))
 }
 
 fn probe_max_whole(ctx: &ffcore::Context, listener: &ffcore::Listener) -> ffcore::Result<usize> {
@@ -438,10 +469,10 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
         }
         let mut action = Action::None;
         let md = md_of(&(*me).st);
-        let inline_max = (*me).st.cfg.inline_rma;
+        let cfg = (*me).st.cfg;
         let base = std::ptr::addr_of!((*me).base);
         let got = (*rc).conn.poll_whole(|tag, data, len| {
-            action = handle(base, md, inline_max, tag, data, len);
+            action = handle(base, md, &cfg, tag, data, len);
         });
         match got {
             Ok(true) => count += 1,
@@ -488,7 +519,8 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
 }
 
 /// Handles one message in place (called with the ring record).
-unsafe fn handle(base: *const BaseIface, md: &Md, inline_max: usize, tag: u32, data: *const u8, len: usize) -> Action {
+unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, tag: u32, data: *const u8, len: usize) -> Action {
+    let inline_max = cfg.inline_rma;
     match proto::kind(tag) {
         proto::AM => {
             let id = proto::am_id(tag) as usize;
@@ -497,7 +529,17 @@ unsafe fn handle(base: *const BaseIface, md: &Md, inline_max: usize, tag: u32, d
             }
             let h = (*base).am[id];
             if let Some(cb) = h.cb {
-                cb(h.arg, data as *mut c_void, len, 0);
+                if (data as usize + cfg.am_align_offset) % cfg.am_align == 0 {
+                    cb(h.arg, data as *mut c_void, len, 0);
+                } else {
+                    // The ring gives 32-byte alignment; a stricter request
+                    // gets an aligned copy.
+                    let mut buf = vec![0u8; len + cfg.am_align];
+                    let p = buf.as_mut_ptr();
+                    let skew = (cfg.am_align - (p as usize + cfg.am_align_offset) % cfg.am_align) % cfg.am_align;
+                    std::ptr::copy_nonoverlapping(data, p.add(skew), len);
+                    cb(h.arg, p.add(skew) as *mut c_void, len, 0);
+                }
             }
             Action::None
         }

@@ -180,6 +180,20 @@ fn uct_semantics_over_a_router() {
         let (mut a, mut b): (uct_iface_h, uct_iface_h) = (null_mut(), null_mut());
         ok(uct_iface_open(md, worker, &params, ic, &mut a), "iface a");
         ok(uct_iface_open(md, worker, &params, ic, &mut b), "iface b");
+        // AM alignment parameters are checked like UCX's own transports do.
+        for (align, offset, mask) in [
+            (0usize, 0usize, UCT_IFACE_PARAM_FIELD_AM_ALIGNMENT),
+            (3, 0, UCT_IFACE_PARAM_FIELD_AM_ALIGNMENT),
+            (0, 11, UCT_IFACE_PARAM_FIELD_AM_ALIGN_OFFSET),
+            (8, 8, UCT_IFACE_PARAM_FIELD_AM_ALIGN_OFFSET),
+        ] {
+            let mut p = params;
+            p.field_mask |= mask as u64;
+            p.am_alignment = align;
+            p.am_align_offset = offset;
+            let mut bad: uct_iface_h = null_mut();
+            assert_eq!(uct_iface_open(md, worker, &p, ic, &mut bad), UCS_ERR_INVALID_PARAM, "alignment {align} offset {offset}");
+        }
         uct_config_release(ic as *mut c_void);
 
         let mut attr: uct_iface_attr_t = std::mem::zeroed();
