@@ -529,7 +529,7 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, tag: u32, data: *co
             }
             let h = (*base).am[id];
             if let Some(cb) = h.cb {
-                if (data as usize + cfg.am_align_offset) % cfg.am_align == 0 {
+                if (data as usize + cfg.am_align_offset) & (cfg.am_align - 1) == 0 {
                     cb(h.arg, data as *mut c_void, len, 0);
                 } else {
                     // The ring gives 32-byte alignment; a stricter request
