@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/multihost.sh - FreeFlow between hosts vs UCX tcp, in one run.
 #
-#   bench/multihost.sh [--quick] [--out DIR] [--only ff|ucx]
+#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx]
 #
 # Builds two emulated hosts: network namespaces ffmh0-$$ and ffmh1-$$
 # joined by a veth (10.88.0.1/24 - 10.88.0.2/24), each with a container
@@ -13,20 +13,24 @@
 #   * the routers' CPU use over 10 s with one idle connection across;
 #   * UCX tcp,self (bench/ucx_baselines.sh, ucx_perftest) directly between
 #     two containers on the same two hosts: same bridges, same veth.
-# Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT" go to DIR/results.csv,
-# then the table, plots and the targets of issue #5 (bandwidth >= 0.9x UCX
-# tcp from 64 KiB up, 8-byte latency <= 1.5x) to DIR/README.md.
+# The ff and UCX measurements alternate for --rounds rounds (default 3, 1
+# with --quick), so that both see the same background load; the table uses
+# the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
+# go to DIR/results.csv, then the table, plots and the targets of issue #5
+# (bandwidth >= 0.9x UCX tcp from 64 KiB up, 8-byte latency <= 1.5x) to
+# DIR/README.md.
 # DIR defaults to bench/results/multihost-<date>. Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0 out="" only=""
+quick=0 out="" only="" rounds=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --out) out=$2; shift ;;
         --only) only=$2; shift ;;
-        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        --rounds) rounds=$2; shift ;;
+        -h|--help) sed -n 2,24p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -114,8 +118,11 @@ pair() {
     wait "$spid"
 }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
-if [ $quick = 1 ]; then lat_iters=20000; scale=1; else lat_iters=100000; scale=3; fi
+if [ $quick = 1 ]; then lat_iters=20000; scale=1; else lat_iters=100000; scale=2; fi
+[ -n "$rounds" ] || rounds=$([ $quick = 1 ] && echo 1 || echo 3)
 
+for round in $(seq "$rounds"); do
+echo "== round $round of $rounds" >&2
 if [ "$only" != ucx ]; then
     echo "== ff between hosts: ping-pong 8 B" >&2
     r=$(pair pingpong --size 8 --iters $lat_iters)
@@ -131,6 +138,7 @@ if [ "$only" != ucx ]; then
         fi
     done
 
+  if [ "$round" = 1 ]; then
     echo "== ff between hosts: routers' CPU with one idle connection (10 s)" >&2
     ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
     rpid() { pgrep -P "$1" ffrouter 2>/dev/null || echo "$1"; }  # ip netns exec may exec or fork
@@ -149,6 +157,7 @@ if [ "$only" != ucx ]; then
     cpu=$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$hz" 'BEGIN{printf "%.3f", 100 * (b - a) / hz / (e - s)}')
     echo "multihost,ff,routers_idle_cpu,0,$cpu,%core" >> "$csv"
     wait "$ipid" "$cpid" || true
+  fi
 fi
 
 if [ "$only" != ff ] && [ -z "${FF_BENCH_SKIP_UCX:-}" ]; then
@@ -158,6 +167,7 @@ if [ "$only" != ff ] && [ -z "${FF_BENCH_SKIP_UCX:-}" ]; then
         UCX_BASELINE_SERVER_IP=10.71.0.251/24 UCX_BASELINE_CLIENT_IP=10.72.0.252/24 \
         "$here/ucx_baselines.sh" "$csv"
 fi
+done
 
 {
     echo "# FreeFlow between two hosts, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -171,10 +181,14 @@ fi
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
     echo
     /usr/bin/python3 - "$csv" <<'EOF'
-import csv, sys
-rows = {}
+import csv, statistics, sys
+vals = {}
 for r in csv.DictReader(open(sys.argv[1])):
-    rows[(r["transport"], r["test"], int(r["size_bytes"]))] = float(r["value"])
+    vals.setdefault((r["transport"], r["test"], int(r["size_bytes"])), []).append(float(r["value"]))
+rows = {k: statistics.median(v) for k, v in vals.items()}
+n = max(len(v) for v in vals.values())
+print(f"Medians of {n} round(s); ff and UCX alternate within each round.")
+print()
 print("| target (issue #5) | measured | verdict |")
 print("|---|---|---|")
 for size in (65536, 1 << 20, 4 << 20):
