@@ -131,7 +131,15 @@ pub struct Remote {
     pending: Mutex<HashMap<Key, Pending>>,
     /// Links in use (both directions), for counters and tests.
     links: AtomicUsize,
+    /// Incoming link handshakes under way.
+    handshakes: AtomicUsize,
 }
+
+/// At most this many incoming handshakes at once (each has a thread and
+/// takes at most DIAL_TIMEOUT), and this many links: whoever can reach
+/// `--listen-addr` cannot make the router spawn threads without bound.
+const MAX_HANDSHAKES: usize = 64;
+const MAX_LINKS: usize = 1024;
 
 struct Pending {
     fwd: Arc<Fwd>,
@@ -165,6 +173,7 @@ impl Remote {
             groups: Mutex::default(),
             pending: Mutex::default(),
             links: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
         });
         log::info!(
             "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}{}",
@@ -180,8 +189,19 @@ impl Remote {
                 let Some(r) = weak.upgrade() else { return };
                 match s {
                     Ok(s) => {
+                        if r.handshakes.load(Ordering::Relaxed) >= MAX_HANDSHAKES || r.links() >= MAX_LINKS {
+                            log::warn!("refusing a link from {:?}: too many links or handshakes", s.peer_addr().ok());
+                            continue;
+                        }
+                        r.handshakes.fetch_add(1, Ordering::Relaxed);
                         let r2 = r.clone();
-                        let _ = std::thread::Builder::new().name("peer-handshake".into()).spawn(move || r2.accept_stream(s));
+                        let spawned = std::thread::Builder::new().name("peer-handshake".into()).spawn(move || {
+                            r2.accept_stream(s);
+                            r2.handshakes.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        if spawned.is_err() {
+                            r.handshakes.fetch_sub(1, Ordering::Relaxed);
+                        }
                     }
                     Err(e) => {
                         log::warn!("accepting a peer router: {e}");
