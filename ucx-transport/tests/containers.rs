@@ -8,20 +8,14 @@
 //! Needs root, UCX 1.13 (ucx-utils), Open MPI (openmpi-bin, libopenmpi-dev)
 //! and a built workspace (cargo build --workspace).
 
-use fftestkit::{bin, bin_dir, root, Container, RouterProc, Spec};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{build_ffmpi, lib, run_ffmpi, Pod};
+use fftestkit::{Container, RouterProc, Spec};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(90);
-
-/// The cdylib: `cargo test` refreshes target/<profile>/deps/ only, `cargo
-/// build` also target/<profile>/; take the newer.
-fn lib() -> PathBuf {
-    let cands = [bin_dir().join("deps/libuct_ff.so"), bin_dir().join("libuct_ff.so")];
-    let newest = cands.iter().filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone()))).max();
-    newest.map(|(_, p)| p).expect("libuct_ff.so not built (cargo build -p ucx-transport)")
-}
 
 fn port() -> u16 {
     20000 + ((std::process::id() * 13 + fftestkit::unique() * 7) % 20000) as u16
@@ -130,101 +124,19 @@ fn without_a_router_ucx_uses_other_transports_or_fails_clearly() {
     assert!(!out.contains("ff/router") && !err.contains("ff/router"));
 }
 
-/// A long-lived container that ffrsh can enter (pidfile FFRSH_DIR/NAME.pid).
-struct Pod {
-    child: Child,
-}
-
-impl Pod {
-    fn start(name: &str, ip: &str, bridge: &str, socket_dir: &Path, rsh_dir: &Path) -> Pod {
-        let pidfile = rsh_dir.join(format!("{name}.pid"));
-        let child = Command::new(root().join("tools/ffcontainer"))
-            .args(["run", "--name", name, "--ip", ip, "--bridge", bridge, "--pidfile"])
-            .arg(&pidfile)
-            .arg("--socket-dir")
-            .arg(socket_dir)
-            .args(["--", "sleep", "300"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("ffcontainer");
-        fftestkit::wait_for(|| pidfile.exists(), Duration::from_secs(20), "pod start");
-        Pod { child }
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        // SIGTERM: ffcontainer kills the pod and removes its netns.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn open_mpi_job_across_containers_with_an_rsh_agent() {
     let router = RouterProc::start(&["a"], &[]);
-    let work = std::env::temp_dir().join(format!("ffucx-mpi-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let exe = work.join("ffmpi");
-    let src = root().join("ucx-transport/tests/mpi/ffmpi.c");
-    let st = Command::new("mpicc").args(["-O2", "-o"]).arg(&exe).arg(&src).status().expect("mpicc (libopenmpi-dev)");
-    assert!(st.success(), "mpicc failed");
-
+    let work = build_ffmpi("ffucx-mpi");
     let tag = std::process::id() % 10000;
     let names = [format!("ucxm{tag}a"), format!("ucxm{tag}b")];
     let subnet = 10 + tag % 200;
     let pods: Vec<Pod> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| Pod::start(n, &format!("10.79.{subnet}.{}/24", 11 + i), "ffbrucx", &router.tenant_dir("a"), &work))
+        .map(|(i, n)| Pod::start(n, &format!("10.79.{subnet}.{}/24", 11 + i), "ffbrucx", None, &router.tenant_dir("a"), &work))
         .collect();
-    let hosts = work.join("hosts");
-    std::fs::write(&hosts, format!("{} slots=1\n{} slots=1\n", names[0], names[1])).unwrap();
-
-    let lib = lib();
-    let mut child = Command::new("mpirun")
-        .args(["--allow-run-as-root", "-np", "2", "--hostfile"])
-        .arg(&hosts)
-        .arg("--mca")
-        .arg("plm_rsh_agent")
-        .arg(root().join("tools/ffrsh"))
-        .args(["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any"])
-        .args(["--mca", "oob_tcp_if_include", &format!("10.79.{subnet}.0/24")])
-        .args(["-x", "UCX_TLS=ff,self", "-x"])
-        .arg(format!("LD_PRELOAD={}", lib.display()))
-        .args(["-x", "UCX_LOG_LEVEL=info"])
-        .arg(&exe)
-        .env("FFRSH_DIR", &work)
-        .current_dir(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            panic!("mpirun did not finish in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    run_ffmpi(&work, &names, None, &["--mca", "oob_tcp_if_include", &format!("10.79.{subnet}.0/24")]);
     drop(pods);
     let _ = std::fs::remove_dir_all(&work);
-    assert!(out.status.success(), "mpirun failed:\n{stdout}\n{stderr}");
-    for (rank, n) in names.iter().enumerate() {
-        let line = format!("FFMPI OK rank {rank}/2 host {n} ");
-        assert!(stdout.contains(&line), "missing {line:?}:\n{stdout}\n{stderr}");
-    }
-    assert!(stdout.contains("max 67108864"), "sizes up to 64 MiB");
-    // The log proves ff carried the traffic between the ranks.
-    let log = format!("{stdout}\n{stderr}");
-    let lanes: Vec<&str> = log.lines().filter(|l| l.contains("ep_cfg[")).collect();
-    let remote: Vec<&&str> = lanes.iter().filter(|l| !l.contains("self/")).collect();
-    assert!(remote.len() >= 2 && remote.iter().all(|l| l.contains("tag(ff/router)")), "lanes: {lanes:?}");
-    let _ = bin("ffrouter");
 }
