@@ -122,6 +122,14 @@ fn ring_of(mem: &SharedMem) -> usize {
     (mem.len() - ring::CTRL_LEN) / 2
 }
 
+/// A new, initialised connection file with rings of `ring_size` bytes.
+fn new_conn_file(ring_size: usize) -> Result<Arc<SharedMem>, (ErrorCode, String)> {
+    let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
+        .map_err(|e| (ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
+    ring::init(&mem, ring_size);
+    Ok(Arc::new(mem))
+}
+
 fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
     proto::error_reply(code, msg).into()
 }
@@ -361,39 +369,58 @@ impl State {
         if router_id != self.router_id {
             return err(ErrorCode::NotFound, "the handle names another router");
         }
-        let Some(l) = self.listeners.get(&listener) else {
-            return err(ErrorCode::NotFound, format!("no listener {listener}"));
-        };
-        if l.nonce != nonce {
-            return err(ErrorCode::NotFound, format!("no listener {listener} with that handle (forged or stale)"));
-        }
-        if l.tenant != *tenant {
-            log::warn!("client {client} of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
-            return err(ErrorCode::PermissionDenied, "the listener belongs to another tenant");
-        }
-        if l.backlog.len() >= self.limits.max_backlog {
-            return err(ErrorCode::ResourceExhausted, "listener backlog is full");
+        if let Err((code, msg)) = self.check_listener(listener, nonce, tenant, &format!("client {client}")) {
+            return err(code, msg);
         }
         let ring_size = self.limits.ring_size;
-        let bytes = ring::file_len(ring_size) as u64;
-        if let Some(o) = self.check_quota(client, bytes) {
+        if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return o;
         }
-        let mem = match SharedMem::create("ff-conn", ring::file_len(ring_size)) {
-            Ok(m) => Arc::new(m),
-            Err(e) => return err(ErrorCode::Internal, format!("cannot allocate a connection: {e}")),
+        let mem = match new_conn_file(ring_size) {
+            Ok(m) => m,
+            Err((code, msg)) => return err(code, msg),
         };
-        ring::init(&mem, ring_size);
-        let id = self.id();
-        self.conns.insert(id, ConnRec { tenant: tenant.clone(), mem: mem.clone(), ends: [Some(client), None], queued: true });
-        let l = self.listeners.get_mut(&listener).unwrap();
-        l.backlog.push_back(id);
-        let owner = l.owner;
-        self.clients[&owner].page.bump_accept();
-        let c = self.client(client);
-        c.conns.insert(id);
-        c.bytes += bytes;
+        let id = self.add_conn(tenant.clone(), mem.clone(), Some(client), Some(listener));
         Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64 }, fd: Some(mem) }
+    }
+
+    /// What every connect checks of its listener, local or from another
+    /// host: it exists, the nonce matches, the tenant matches (`who` names
+    /// the connecting party in the log) and its backlog has room.
+    fn check_listener(&self, listener: u64, nonce: u64, tenant: &str, who: &str) -> Result<(), (ErrorCode, String)> {
+        let Some(l) = self.listeners.get(&listener) else {
+            return Err((ErrorCode::NotFound, format!("no listener {listener}")));
+        };
+        if l.nonce != nonce {
+            return Err((ErrorCode::NotFound, format!("no listener {listener} with that handle (forged or stale)")));
+        }
+        if &*l.tenant != tenant {
+            log::warn!("{who} of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
+            return Err((ErrorCode::PermissionDenied, "the listener belongs to another tenant".into()));
+        }
+        if l.backlog.len() >= self.limits.max_backlog {
+            return Err((ErrorCode::ResourceExhausted, "listener backlog is full".into()));
+        }
+        Ok(())
+    }
+
+    /// Records a new connection: side 0 held by `connector` (None: the
+    /// router plays it), queued for acceptance on `listener` if given.
+    fn add_conn(&mut self, tenant: Arc<str>, mem: Arc<SharedMem>, connector: Option<u64>, listener: Option<u64>) -> u64 {
+        let id = self.id();
+        let bytes = mem.len() as u64;
+        self.conns.insert(id, ConnRec { tenant, mem, ends: [connector, None], queued: listener.is_some() });
+        if let Some(l) = listener.and_then(|l| self.listeners.get_mut(&l)) {
+            l.backlog.push_back(id);
+            let owner = l.owner;
+            self.clients[&owner].page.bump_accept();
+        }
+        if let Some(c) = connector {
+            let c = self.client(c);
+            c.conns.insert(id);
+            c.bytes += bytes;
+        }
+        id
     }
 
     fn accept(&mut self, client: u64, listener: u64) -> Outcome {
@@ -418,20 +445,12 @@ impl State {
     /// connection file whose side 0 is `client`'s and whose side 1 the router
     /// plays (see [`crate::remote`]). Quotas apply as for a local connect.
     pub fn connect_out(&mut self, client: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>), Outcome> {
-        let bytes = ring::file_len(ring_size) as u64;
-        if let Some(o) = self.check_quota(client, bytes) {
+        if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return Err(o);
         }
-        let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
-            .map(Arc::new)
-            .map_err(|e| err(ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
-        ring::init(&mem, ring_size);
-        let id = self.id();
+        let mem = new_conn_file(ring_size).map_err(|(code, msg)| err(code, msg))?;
         let tenant = self.clients[&client].tenant.clone();
-        self.conns.insert(id, ConnRec { tenant, mem: mem.clone(), ends: [Some(client), None], queued: false });
-        let c = self.client(client);
-        c.conns.insert(id);
-        c.bytes += bytes;
+        let id = self.add_conn(tenant, mem.clone(), Some(client), None);
         Ok((id, mem))
     }
 
@@ -440,30 +459,10 @@ impl State {
     /// and tenant checks as a local connect. The router plays side 0; the
     /// connection is queued for the listener's owner to accept as side 1.
     pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>), (ErrorCode, String)> {
-        let Some(l) = self.listeners.get(&listener) else {
-            return Err((ErrorCode::NotFound, format!("no listener {listener}")));
-        };
-        if l.nonce != nonce {
-            return Err((ErrorCode::NotFound, format!("no listener {listener} with that handle (forged or stale)")));
-        }
-        if &*l.tenant != tenant {
-            log::warn!("a remote client of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
-            return Err((ErrorCode::PermissionDenied, "the listener belongs to another tenant".into()));
-        }
-        if l.backlog.len() >= self.limits.max_backlog {
-            return Err((ErrorCode::ResourceExhausted, "listener backlog is full".into()));
-        }
-        let tenant = l.tenant.clone();
-        let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
-            .map(Arc::new)
-            .map_err(|e| (ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
-        ring::init(&mem, ring_size);
-        let id = self.id();
-        self.conns.insert(id, ConnRec { tenant, mem: mem.clone(), ends: [None, None], queued: true });
-        let l = self.listeners.get_mut(&listener).unwrap();
-        l.backlog.push_back(id);
-        let owner = l.owner;
-        self.clients[&owner].page.bump_accept();
+        self.check_listener(listener, nonce, tenant, "a remote client")?;
+        let tenant = self.listeners[&listener].tenant.clone();
+        let mem = new_conn_file(ring_size)?;
+        let id = self.add_conn(tenant, mem.clone(), None, Some(listener));
         Ok((id, mem))
     }
 
