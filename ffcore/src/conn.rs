@@ -25,7 +25,7 @@ use crate::client::Shared;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 use crate::page::Page;
-use crate::ring::{Layout, Rx, Tx, REC_CONT, REC_FIRST};
+use crate::ring::{self, Layout, Rx, Tx, REC_CONT, REC_FIRST};
 use crate::shm::SharedMem;
 
 /// Requests (sends plus receives) that may be outstanding per connection.
@@ -301,14 +301,19 @@ impl Conn {
                 if let Some(size) = self.test(r)? {
                     return Ok(size);
                 }
-                n += 1;
                 if polite || n % 64 == 0 {
                     let e = spin_start.elapsed();
                     if e > SPIN {
                         break;
                     }
-                    polite = e > SPIN_BUSY;
+                    // Busy-spinning on the core our peer (a router thread
+                    // or the other client) polls from would only delay it.
+                    let cpu = ring::current_cpu();
+                    let lay = self.lay;
+                    lay.side(self.side).set_cpu(cpu);
+                    polite = e > SPIN_BUSY || lay.side(1 - self.side).polls_on(cpu);
                 }
+                n += 1;
                 if polite {
                     // Past the first microseconds, let whoever shares our
                     // core (a router thread about to answer) run first.

@@ -4,8 +4,8 @@
 //! ```text
 //! offset 0      control page (4 KiB)
 //!   0    magic, ring size                 written once by the router
-//!   64   side 0: wake, waiting, closed, attached  (one cache line each side)
-//!   128  side 1: wake, waiting, closed, attached
+//!   64   side 0: wake, waiting, closed, attached, cpu  (one cache line each side)
+//!   128  side 1: wake, waiting, closed, attached, cpu
 //!   256  ring 0 head    320 ring 0 tail   (ring 0 carries side 0 -> side 1)
 //!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
 //!   512  messages sent by side 0       576  messages sent by side 1
@@ -106,6 +106,7 @@ impl Layout {
             waiting: self.word32(off + 4),
             closed: self.word32(off + 8),
             attached: self.word32(off + 12),
+            cpu: self.word32(off + 16),
         }
     }
 
@@ -151,6 +152,9 @@ pub struct Side<'a> {
     pub closed: &'a AtomicU32,
     /// Non-zero once this side holds its liveness lock ([`crate::liveness`]).
     pub attached: &'a AtomicU32,
+    /// The CPU this side last polled from, plus one (0: not known). Written
+    /// by another process: only ever a hint for how to spin.
+    pub cpu: &'a AtomicU32,
 }
 
 impl Side<'_> {
@@ -187,6 +191,31 @@ impl Side<'_> {
         self.wake.load(Ordering::SeqCst)
     }
 
+    /// Records that this side polls from `cpu` (see [`current_cpu`]).
+    pub fn set_cpu(&self, cpu: u32) {
+        if self.cpu.load(Ordering::Relaxed) != cpu.wrapping_add(1) {
+            self.cpu.store(cpu.wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// This side stopped polling (it sleeps, or hands over).
+    pub fn clear_cpu(&self) {
+        self.cpu.store(0, Ordering::Relaxed);
+    }
+
+    /// Did this side last poll from `cpu`? Then spinning while we wait for
+    /// it only keeps it off its core: yield instead.
+    pub fn polls_on(&self, cpu: u32) -> bool {
+        cpu != u32::MAX && self.cpu.load(Ordering::Relaxed) == cpu + 1
+    }
+
+    /// The wake word now: to sleep without announcing it (no `notify`
+    /// will wake the caller, only a [`Side::force_wake`] from whoever it
+    /// handed its work to). Re-check the hand-over after reading this.
+    pub fn seen(&self) -> u32 {
+        self.wake.load(Ordering::SeqCst)
+    }
+
     pub fn sleep(&self, seen: u32, timeout: Duration) {
         futex::wait(self.wake, seen, timeout);
         self.waiting.store(0, Ordering::Relaxed);
@@ -195,6 +224,14 @@ impl Side<'_> {
     pub fn cancel_sleep(&self) {
         self.waiting.store(0, Ordering::Relaxed);
     }
+}
+
+/// The CPU the calling thread runs on now (u32::MAX if unknown, which
+/// [`Side::set_cpu`] records as "not known"). Cheap (vDSO).
+pub fn current_cpu() -> u32 {
+    // SAFETY: no arguments; returns -1 on failure.
+    let c = unsafe { libc::sched_getcpu() };
+    u32::try_from(c).unwrap_or(u32::MAX)
 }
 
 /// A record header, as read from the ring and validated.
@@ -514,6 +551,12 @@ impl Tx {
         Ok(())
     }
 
+    /// Has the consumer left something unread? (A hint: a corrupt tail
+    /// counts as no, the next real use reports it.)
+    pub fn unread(&mut self) -> bool {
+        matches!(self.consumed(), Ok(t) if t != self.head)
+    }
+
     /// Total bytes (records and padding) produced so far: our own count,
     /// never read back from shared memory.
     pub fn produced(&self) -> u64 {
@@ -586,6 +629,31 @@ mod reserve_tests {
             assert!(tx.is_drained().unwrap());
             assert_eq!(tx.consumed().unwrap(), tx.produced());
         }
+    }
+
+    #[test]
+    fn spinning_hints_cpu_and_unread() {
+        let (_m, lay) = ring(4096);
+        let (a, b) = (lay.side(0), lay.side(1));
+        assert!(!a.polls_on(0), "not known until set");
+        a.set_cpu(3);
+        assert!(a.polls_on(3) && !a.polls_on(0) && !b.polls_on(3), "per side");
+        a.set_cpu(u32::MAX);
+        assert!(!a.polls_on(u32::MAX), "an unknown CPU matches nothing");
+        a.set_cpu(0);
+        assert!(a.polls_on(0));
+        a.clear_cpu();
+        assert!(!a.polls_on(0));
+        let cur = current_cpu();
+        assert!(cur == u32::MAX || (cur as usize) < 4096, "a CPU number");
+
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        assert!(!tx.unread());
+        put(&mut tx, REC_FIRST, b"abc", false).unwrap();
+        assert!(tx.unread(), "written, not read");
+        let rec = rx.peek().unwrap().unwrap();
+        rx.consume(rec.len);
+        assert!(!tx.unread(), "read");
     }
 
     #[test]

@@ -81,7 +81,7 @@ struct ServeArgs {
     peer_transport: String,
     /// Ring size (bytes per direction) of connections to other hosts; it
     /// also bounds the data in flight per connection between routers.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 4 << 20)]
     peer_ring_size: usize,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]

@@ -560,13 +560,32 @@ impl Peer {
     }
 
     /// Receiver thread of stream `s`.
+    ///
+    /// While request/response traffic flows, it also sends the answers of
+    /// the connections it just delivered to ("covered" connections, see
+    /// [`Cover`]), polling both the link and their rings, so that the hops
+    /// client -> router -> link -> router -> client cost no wake-up and no
+    /// pump thread competes for the cores. A connection leaves the cover
+    /// after [`reply_window`] without traffic, or as soon as its pump is
+    /// needed (the link is full, the pump is busy, the client closed).
     fn receive(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize) {
-        let mut hot: Vec<Arc<Fwd>> = Vec::new();
+        let mut hot: Vec<Cover> = Vec::new();
+        let mut last_pass = Instant::now();
         let why = loop {
-            if !hot.is_empty() && !link.readable(s) {
-                if let Err(e) = self.answer(link, s, &mut hot) {
+            if !hot.is_empty() {
+                // Waits on the link (polling) only while something is covered;
+                // when frames keep coming, still serves the covered rings often.
+                let res = if !link.readable(s) {
+                    self.answer(link, s, &mut hot)
+                } else if last_pass.elapsed() >= PASS_EVERY {
+                    self.pass(link, &mut hot)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = res {
                     break e;
                 }
+                last_pass = Instant::now();
             }
             let h = match link.recv_header(s) {
                 Ok(b) => match Header::decode(&b) {
@@ -575,77 +594,101 @@ impl Peer {
                 },
                 Err(e) => break e.to_string(),
             };
-            if h.ty == wire::DATA && !reply_window().is_zero() && !hot.iter().any(|f| f.local == h.conn) && hot.len() < 8 {
-                if let Some(f) = self.conn(h.conn) {
-                    hot.push(f);
+            if h.ty == wire::DATA && !reply_window().is_zero() {
+                if let Some(c) = hot.iter_mut().find(|c| c.f.local == h.conn) {
+                    c.last = Instant::now();
+                } else if hot.len() < MAX_COVERED {
+                    if let Some(c) = self.conn(h.conn).and_then(Cover::take) {
+                        hot.push(c);
+                    }
                 }
             }
             if let Err(e) = self.dispatch(remote, link, s, h) {
                 break e;
             }
         };
+        drop(hot);
         self.kill(&why);
     }
 
-    /// After delivering, before blocking on the link again: for a short
-    /// window, watch the connections just delivered to and send their
-    /// clients' answers straight away (never waiting on the link: what
-    /// cannot go now is left to the pump, which is woken), and go back to
-    /// the link as soon as it has more. While traffic flows, the hops
-    /// client -> router -> link -> router -> client then cost no wake-up.
-    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Arc<Fwd>>) -> Result<(), String> {
-        let until = Instant::now() + reply_window();
-        let mut err = None;
+    /// Serves the covered connections until the link has more for us or
+    /// none of them is left. Between looks it spins, unless a covered
+    /// client polls from this core with bytes to read: then it yields.
+    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>) -> Result<(), String> {
+        let mut cpu = ring::current_cpu();
+        let mut since = Instant::now();
         loop {
-            hot.retain(|f| {
-                if f.peer_closed.load(Ordering::Acquire) || f.local_fault.load(Ordering::Acquire) {
-                    return false;
-                }
-                let Ok(mut out) = f.out.try_lock() else { return false };
-                // Credit for what the client has read, as the pump would.
-                if let Some(g) = f.credit_due() {
-                    let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
-                    match f.send(&**link, &[Frame::bare(h)], Mode::Try) {
-                        Ok(true) => f.reported.store(g, Ordering::Relaxed),
-                        Ok(false) => {}
-                        Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
-                            err = Some(e);
-                            return false;
-                        }
-                    }
-                }
-                match f.forward(&mut out, &**link, Mode::Try) {
-                    Ok(Moved::Nothing) | Ok(Moved::Some) => true,
-                    Ok(Moved::Blocked) => {
-                        drop(out);
-                        f.router_side().force_wake();
-                        false
-                    }
-                    Err(Stop::Link(e)) => {
-                        err = Some(e);
-                        false
-                    }
-                    Err(Stop::Local(e)) => {
-                        drop(out);
-                        f.local_fault(&e);
-                        false
-                    }
-                }
-            });
-            if let Some(e) = err {
-                return Err(e);
+            for c in hot.iter() {
+                c.f.router_side().set_cpu(cpu);
             }
-            if hot.is_empty() || Instant::now() >= until || link.readable(s) {
-                break;
+            self.pass(link, hot)?;
+            if hot.is_empty() || link.readable(s) {
+                return Ok(());
             }
-            // Polite: the clients we wait for may share this core.
-            std::thread::yield_now();
+            let needed = hot.iter().any(|c| c.f.client_side().polls_on(cpu) && c.f.client_unread());
+            if needed || since.elapsed() >= rx_poll() {
+                std::thread::yield_now();
+                since = Instant::now();
+                cpu = ring::current_cpu();
+            } else {
+                std::hint::spin_loop();
+            }
         }
-        hot.clear();
-        if link.needs_flush(s) {
+    }
+
+    /// One look at every covered connection: returns the credit its client
+    /// freed and sends what its client wrote, never waiting on the link.
+    /// Connections that need their pump, or went quiet, leave the cover.
+    fn pass(&self, link: &Arc<dyn Link>, hot: &mut Vec<Cover>) -> Result<(), String> {
+        let mut err = None;
+        let now = Instant::now();
+        hot.retain_mut(|c| {
+            let f = &c.f;
+            if err.is_some()
+                || f.peer_closed.load(Ordering::Acquire)
+                || f.local_fault.load(Ordering::Acquire)
+                || f.client_side().is_closed()
+            {
+                return false;
+            }
+            // Busy: its pump is forwarding.
+            let Ok(mut out) = f.out.try_lock() else { return false };
+            if let Some(g) = f.credit_due() {
+                let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+                match f.send(&**link, &[Frame::bare(h)], Mode::Try) {
+                    Ok(true) => f.reported.store(g, Ordering::Relaxed),
+                    Ok(false) => return false,
+                    Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
+                        err = Some(e);
+                        return false;
+                    }
+                }
+            }
+            match f.forward(&mut out, &**link, Mode::Try) {
+                Ok(Moved::Some) => {
+                    c.last = now;
+                    true
+                }
+                Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
+                Ok(Moved::Blocked) => false,
+                Err(Stop::Link(e)) => {
+                    err = Some(e);
+                    false
+                }
+                Err(Stop::Local(e)) => {
+                    drop(out);
+                    f.local_fault(&e);
+                    false
+                }
+            }
+        });
+        if link.needs_flush(0) || (1..link.streams()).any(|s| link.needs_flush(s)) {
             self.ctrl_cv.notify_one();
         }
-        Ok(())
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn dispatch(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), String> {
@@ -772,7 +815,7 @@ impl Peer {
         let due = granted + c.saturating_sub(used) - f.reported.load(Ordering::Relaxed) >= f.ring / 4;
         drop(inb);
         f.client_side().notify();
-        if due {
+        if due && !f.covered.load(Ordering::Relaxed) {
             f.router_side().force_wake();
         }
         Ok(())
@@ -858,6 +901,9 @@ pub struct Fwd {
     limit: AtomicU64,
     peer_closed: AtomicBool,
     local_fault: AtomicBool,
+    /// A receiver thread serves this connection ([`Cover`]): the pump
+    /// sleeps without asking the client for wake-ups.
+    covered: AtomicBool,
     lay: SharedLayout,
     /// The router's liveness lock on its side: if the router dies, its
     /// local clients learn it from the kernel ([`ffcore::liveness`]).
@@ -894,6 +940,7 @@ impl Fwd {
             limit: AtomicU64::new(0),
             peer_closed: AtomicBool::new(false),
             local_fault: AtomicBool::new(false),
+            covered: AtomicBool::new(false),
             lay: SharedLayout(lay),
             _live: live,
             mem,
@@ -938,6 +985,11 @@ impl Fwd {
         log::warn!("connection {}: {why}; closing it", self.local);
         self.local_fault.store(true, Ordering::Release);
         self.router_side().force_wake();
+    }
+
+    /// Has our client bytes it did not read yet?
+    fn client_unread(&self) -> bool {
+        self.inb.lock().unwrap().tx.unread()
     }
 
     /// Credit to return now, if enough was freed since the last CREDIT.
@@ -1194,6 +1246,16 @@ impl Pump<'_> {
                 f.peer_closed.store(true, Ordering::Release);
                 return Ok(());
             }
+            if f.covered.load(Ordering::SeqCst) {
+                // A receiver thread serves the connection and wakes us
+                // when it stops (Cover::drop).
+                let seen = me.seen();
+                if f.covered.load(Ordering::SeqCst) {
+                    me.sleep(seen, NAP);
+                }
+                active = Instant::now();
+                continue;
+            }
             if active.elapsed() < spin() {
                 std::thread::yield_now();
                 continue;
@@ -1231,9 +1293,52 @@ impl Pump<'_> {
     }
 }
 
-/// How long a receiver thread watches the connections it just delivered
-/// to for an answer, which it then sends itself (no pump wake-up on the
-/// request/response path).
+/// A connection a receiver thread serves in place of its pump (see
+/// [`Peer::receive`]). While covered, the pump sleeps without announcing it
+/// (clients do not wake it); dropping the cover wakes it.
+struct Cover {
+    f: Arc<Fwd>,
+    /// Last traffic either way.
+    last: Instant,
+}
+
+impl Cover {
+    /// Covers `f` unless its pump is busy forwarding.
+    fn take(f: Arc<Fwd>) -> Option<Cover> {
+        if f.covered.load(Ordering::Relaxed) || f.out.try_lock().is_err() {
+            return None;
+        }
+        f.covered.store(true, Ordering::SeqCst);
+        Some(Cover { f, last: Instant::now() })
+    }
+}
+
+impl Drop for Cover {
+    fn drop(&mut self) {
+        // Ordered before the wake-up: a pump that read the wake word before
+        // it changes sees the futex differ; one that read it after sees this.
+        self.f.covered.store(false, Ordering::SeqCst);
+        self.f.router_side().clear_cpu();
+        self.f.router_side().force_wake();
+    }
+}
+
+/// How long a receiver thread spins between two yields while it serves
+/// covered connections (see [`Peer::answer`]).
+fn rx_poll() -> Duration {
+    static B: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *B.get_or_init(|| Duration::from_micros(std::env::var("FF_ROUTER_POLL_US").ok().and_then(|v| v.parse().ok()).unwrap_or(3)))
+}
+
+/// Most connections one receiver thread covers at once.
+const MAX_COVERED: usize = 8;
+/// While frames keep arriving, a receiver still serves its covered
+/// connections this often.
+const PASS_EVERY: Duration = Duration::from_micros(20);
+
+/// How long a receiver thread keeps serving a connection with no traffic
+/// (polling the link and the connection's ring), before it hands it back
+/// to the pump and blocks on the link.
 fn reply_window() -> Duration {
     static W: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *W.get_or_init(|| {
@@ -1376,6 +1481,51 @@ mod tests {
     #[test]
     fn engine_over_fake_rdma_moves_every_size_with_small_rings() {
         checksummed_both_ways(Transport::FakeRdma);
+    }
+
+    #[test]
+    fn request_response_and_bursts_hand_over_between_receiver_and_pump() {
+        // Ping-pong makes each stream's receiver thread serve the
+        // connection (Cover); bursts bigger than the ring make it hand the
+        // connection back to the pump (link busy, credit); a pause longer
+        // than the reply window uncovers it. Every byte is checked across
+        // every hand-over.
+        let two = Two::with_streams(Transport::Tcp, 16 << 10, 1);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        let mut b = connect(&c1, &l.handle());
+        let mut a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        for phase in 0..3 {
+            std::thread::scope(|sc| {
+                let a = &mut a;
+                sc.spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    for i in 0..300 {
+                        let n = a.recv(&mut buf, 1, T).unwrap();
+                        assert!(buf[..n] == pattern(8, i + phase)[..], "ping {i}");
+                        a.send(&pattern(8, i + 1000), 2, T).unwrap();
+                    }
+                    // Then a burst right after the last answer.
+                    for i in 0..40 {
+                        a.send(&pattern(20_000 + i, i), 3, T).unwrap();
+                    }
+                    assert_eq!(a.recv(&mut buf, 4, T).unwrap(), 0, "burst acknowledged");
+                });
+                for i in 0..300 {
+                    b.send(&pattern(8, i + phase), 1, T).unwrap();
+                    let n = b.recv(&mut buf, 2, T).unwrap();
+                    assert!(buf[..n] == pattern(8, i + 1000)[..], "pong {i}");
+                }
+                for i in 0..40 {
+                    let n = b.recv(&mut buf, 3, T).unwrap();
+                    assert!(n == 20_000 + i && buf[..n] == pattern(n, i)[..], "burst message {i}");
+                }
+                b.send(&[], 4, T).unwrap();
+            });
+            // Longer than the reply window: the pumps take over again.
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]

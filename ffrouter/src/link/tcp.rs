@@ -65,6 +65,24 @@ impl Staging {
         k
     }
 
+    /// Reads what the socket has now (at most `max` bytes) into the
+    /// buffer, without waiting; true if it got any.
+    fn fill_now(&mut self, fd: i32, max: usize) -> io::Result<bool> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let room = (self.buf.len() - self.end).min(max);
+        // SAFETY: buf[end..end + room] is ours to write.
+        let r = unsafe { libc::recv(fd, self.buf.as_mut_ptr().add(self.end) as *mut libc::c_void, room, libc::MSG_DONTWAIT) };
+        if r > 0 {
+            self.end += r as usize;
+            return Ok(true);
+        }
+        // End of stream and errors: the blocking read reports them.
+        Ok(r == 0)
+    }
+
     /// Reads at least one more byte (at most `max`) into the buffer.
     fn fill(&mut self, fd: i32, max: usize) -> io::Result<()> {
         if self.start == self.end {
@@ -125,30 +143,8 @@ unsafe fn read_raw(fd: i32, dst: *mut u8, n: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// How long a receiver polls the socket before it blocks (latency).
-fn rx_spin() -> std::time::Duration {
-    static S: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *S.get_or_init(|| {
-        std::time::Duration::from_micros(std::env::var("FF_LINK_RX_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
-    })
-}
-
 /// One `recv` of 1 to `n` bytes (n > 0), retried on EINTR.
 unsafe fn recv_some(fd: i32, dst: *mut u8, n: usize) -> io::Result<usize> {
-    let spin = rx_spin();
-    if !spin.is_zero() {
-        let t = std::time::Instant::now();
-        loop {
-            let r = libc::recv(fd, dst as *mut libc::c_void, n, libc::MSG_DONTWAIT);
-            if r > 0 {
-                return Ok(r as usize);
-            }
-            if r == 0 || t.elapsed() > spin {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-    }
     loop {
         let r = libc::recv(fd, dst as *mut libc::c_void, n, 0);
         if r > 0 {
@@ -289,16 +285,15 @@ impl Link for TcpLink {
     }
 
     fn readable(&self, s: usize) -> bool {
-        if let Ok(st) = self.staged[s].try_lock() {
-            if st.start < st.end {
-                return true;
-            }
+        // Only the stream's receiver thread calls this and takes the lock.
+        let Ok(mut st) = self.staged[s].try_lock() else { return false };
+        if st.start < st.end {
+            return true;
         }
-        let mut b = 0u8;
-        // SAFETY: one byte into our stack variable; MSG_PEEK consumes nothing.
-        unsafe {
-            libc::recv(self.socks[s].as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) > 0
-        }
+        // Read ahead what is there (one system call instead of a peek now
+        // and a read later): as much as `recv_header` would read.
+        let max = if st.big { HDR_LEN } else { STAGING };
+        matches!(st.fill_now(self.socks[s].as_raw_fd(), max), Ok(true))
     }
 
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]> {
