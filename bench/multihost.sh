@@ -174,7 +174,7 @@ done
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them"
-    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2), $(rustc --version 2>/dev/null || echo rustc unknown)"
+    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p')"
     echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')"
     echo

@@ -127,7 +127,7 @@ kill "$router_pid"; router_pid=""
     echo "# FreeFlow benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
-    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2), $(rustc --version 2>/dev/null || echo rustc unknown)"
+    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)"
     echo "- command: bench/run.sh$([ $quick = 1 ] && echo ' --quick')"
     echo
