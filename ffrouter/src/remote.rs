@@ -576,16 +576,15 @@ impl Peer {
                 // Waits on the link (polling) only while something is covered;
                 // when frames keep coming, still serves the covered rings often.
                 let res = if !link.readable(s) {
-                    self.answer(link, s, &mut hot)
+                    self.answer(link, s, &mut hot, &mut last_pass)
                 } else if last_pass.elapsed() >= PASS_EVERY {
-                    self.pass(link, &mut hot)
+                    self.pass(link, &mut hot, &mut last_pass)
                 } else {
                     Ok(())
                 };
                 if let Err(e) = res {
                     break e;
                 }
-                last_pass = Instant::now();
             }
             let h = match link.recv_header(s) {
                 Ok(b) => match Header::decode(&b) {
@@ -614,14 +613,14 @@ impl Peer {
     /// Serves the covered connections until the link has more for us or
     /// none of them is left. Between looks it spins, unless a covered
     /// client polls from this core with bytes to read: then it yields.
-    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>) -> Result<(), String> {
+    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>, last_pass: &mut Instant) -> Result<(), String> {
         let mut cpu = ring::current_cpu();
         let mut since = Instant::now();
         loop {
             for c in hot.iter() {
                 c.f.router_side().set_cpu(cpu);
             }
-            self.pass(link, hot)?;
+            self.pass(link, hot, last_pass)?;
             if hot.is_empty() || link.readable(s) {
                 return Ok(());
             }
@@ -639,9 +638,10 @@ impl Peer {
     /// One look at every covered connection: returns the credit its client
     /// freed and sends what its client wrote, never waiting on the link.
     /// Connections that need their pump, or went quiet, leave the cover.
-    fn pass(&self, link: &Arc<dyn Link>, hot: &mut Vec<Cover>) -> Result<(), String> {
+    fn pass(&self, link: &Arc<dyn Link>, hot: &mut Vec<Cover>, last_pass: &mut Instant) -> Result<(), String> {
         let mut err = None;
         let now = Instant::now();
+        *last_pass = now;
         hot.retain_mut(|c| {
             let f = &c.f;
             if err.is_some()
@@ -682,7 +682,7 @@ impl Peer {
                 }
             }
         });
-        if link.needs_flush(0) || (1..link.streams()).any(|s| link.needs_flush(s)) {
+        if (0..link.streams()).any(|s| link.needs_flush(s)) {
             self.ctrl_cv.notify_one();
         }
         match err {
@@ -1400,6 +1400,16 @@ mod tests {
         }
     }
 
+    /// One connection between a client of each router: (contexts, the
+    /// accepting end on router 0, the connecting end on router 1).
+    fn conn_pair(two: &Two) -> ([Context; 2], Conn, Conn) {
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        let b = connect(&c1, &l.handle());
+        let a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        ([c0, c1], a, b)
+    }
+
     fn pattern(n: usize, seed: usize) -> Vec<u8> {
         (0..n).map(|i| (i.wrapping_mul(131) ^ seed.wrapping_mul(7)) as u8).collect()
     }
@@ -1452,10 +1462,7 @@ mod tests {
 
     fn checksummed_both_ways(t: Transport) {
         let two = Two::new(t, 16 << 10);
-        let (c0, c1) = (two.ctx(0), two.ctx(1));
-        let l = c0.listen().unwrap();
-        let mut b = connect(&c1, &l.handle());
-        let mut a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let ([c0, c1], mut a, mut b) = conn_pair(&two);
         exchange(&mut a, &mut b, 3);
         // Close one end: the other sees PeerClosed after the data.
         a.send(b"bye", 1, T).unwrap();
@@ -1491,10 +1498,7 @@ mod tests {
         // than the reply window uncovers it. Every byte is checked across
         // every hand-over.
         let two = Two::with_streams(Transport::Tcp, 16 << 10, 1);
-        let (c0, c1) = (two.ctx(0), two.ctx(1));
-        let l = c0.listen().unwrap();
-        let mut b = connect(&c1, &l.handle());
-        let mut a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let (_ctx, mut a, mut b) = conn_pair(&two);
         let mut buf = vec![0u8; 64 << 10];
         for phase in 0..3 {
             std::thread::scope(|sc| {
@@ -1534,10 +1538,7 @@ mod tests {
         // as the UCX transport does) get them whole at the far end, also
         // across the wrap of the receiving ring.
         let two = Two::new(Transport::Tcp, 16 << 10);
-        let (c0, c1) = (two.ctx(0), two.ctx(1));
-        let l = c0.listen().unwrap();
-        let mut b = connect(&c1, &l.handle());
-        let mut a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let (_ctx, mut a, mut b) = conn_pair(&two);
         let n = 2000;
         std::thread::scope(|sc| {
             sc.spawn(|| {
