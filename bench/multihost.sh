@@ -12,7 +12,10 @@
 #     pingpong 8 B, stream 8 B / 64 KiB / 1 MiB / 4 MiB (32 in flight);
 #   * the routers' CPU use over 10 s with one idle connection across;
 #   * UCX tcp,self (bench/ucx_baselines.sh, ucx_perftest) directly between
-#     two containers on the same two hosts: same bridges, same veth.
+#     two containers on the same two hosts: same bridges, same veth;
+#   * UCX ff,self: the same ucx_perftest over FreeFlow's UCX transport
+#     (libuct_ff.so) through both routers, as Open MPI jobs use it (for
+#     information: the targets compare ffbench's ff with tcp,self).
 # The ff and UCX measurements alternate for --rounds rounds (default 3, 1
 # with --quick), so that both see the same background load; the table uses
 # the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift ;;
         --only) only=$2; shift ;;
         --rounds) rounds=$2; shift ;;
-        -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,25p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -161,10 +164,16 @@ if [ "$only" != ucx ]; then
 fi
 
 if [ "$only" != ff ] && [ -z "${FF_BENCH_SKIP_UCX:-}" ]; then
-    echo "== UCX tcp,self directly between containers on the two hosts" >&2
-    UCX_BASELINE_TLS="tcp,self" UCX_BASELINE_SUITE=multihost UCX_BASELINE_BRIDGE=ffbr \
+    # tcp,self: UCX's own TCP directly between the containers; ff,self:
+    # UCX over FreeFlow (what Open MPI jobs use), through both routers.
+    tls="tcp,self"
+    [ -e "$bin/libuct_ff.so" ] && tls="tcp,self ff,self"
+    echo "== UCX $tls between containers on the two hosts" >&2
+    UCX_BASELINE_TLS="$tls" UCX_BASELINE_SUITE=multihost UCX_BASELINE_BRIDGE=ffbr \
         UCX_BASELINE_SERVER_NETNS="$ns0" UCX_BASELINE_CLIENT_NETNS="$ns1" \
         UCX_BASELINE_SERVER_IP=10.71.0.251/24 UCX_BASELINE_CLIENT_IP=10.72.0.252/24 \
+        UCX_BASELINE_FF_LIB="$bin/libuct_ff.so" \
+        UCX_BASELINE_SERVER_SOCKDIR="$work/h0/bench" UCX_BASELINE_CLIENT_SOCKDIR="$work/h1/bench" \
         "$here/ucx_baselines.sh" "$csv"
 fi
 done

@@ -15,6 +15,11 @@
 #   tcp,self        server and client each in its own container made with
 #                   tools/ffcontainer (own netns, veth on bridge ffbr0);
 #                   UCX_NET_DEVICES=eth0
+#   ff,self         the same containers, but UCX's transport is FreeFlow's
+#                   (LD_PRELOAD=UCX_BASELINE_FF_LIB) through the routers
+#                   whose tenant sockets are in UCX_BASELINE_SERVER_SOCKDIR
+#                   and UCX_BASELINE_CLIENT_SOCKDIR (one router, or one per
+#                   emulated host); the run fails unless UCX picked ff
 # Tests and reported values:
 #   tag_lat 8 B          p50 latency, us (one-way: ucx_perftest halves the
 #                        round trip of ping-pong tests)
@@ -31,6 +36,11 @@
 #   UCX_BASELINE_SERVER_NETNS / UCX_BASELINE_CLIENT_NETNS  "host" network
 #                       namespaces the containers' bridges live in
 #                       (ffcontainer --host-netns; default: the root netns)
+#   UCX_BASELINE_FF_LIB libuct_ff.so for ff,self (default
+#                       target/release/libuct_ff.so)
+#   UCX_BASELINE_SERVER_SOCKDIR / UCX_BASELINE_CLIENT_SOCKDIR  for ff,self:
+#                       the host directories holding the tenant's
+#                       ffrouter.sock (ffcontainer --socket-dir)
 #   UCX_BASELINE_SUITE  suite column of the rows (default ucx)
 #   UCX_BASELINE_PORT   first TCP port to use (default random 20000-39999);
 #                       every run uses the next port
@@ -54,6 +64,9 @@ CLI_IP=${UCX_BASELINE_CLIENT_IP:-10.77.0.252/24}
 BRIDGE=${UCX_BASELINE_BRIDGE:-ffbr0}
 SRV_HOSTNS=(${UCX_BASELINE_SERVER_NETNS:+--host-netns "$UCX_BASELINE_SERVER_NETNS"})
 CLI_HOSTNS=(${UCX_BASELINE_CLIENT_NETNS:+--host-netns "$UCX_BASELINE_CLIENT_NETNS"})
+FF_LIB=${UCX_BASELINE_FF_LIB:-$HERE/../target/release/libuct_ff.so}
+SRV_SOCK=(${UCX_BASELINE_SERVER_SOCKDIR:+--socket-dir "$UCX_BASELINE_SERVER_SOCKDIR"})
+CLI_SOCK=(${UCX_BASELINE_CLIENT_SOCKDIR:+--socket-dir "$UCX_BASELINE_CLIENT_SOCKDIR"})
 SUITE=${UCX_BASELINE_SUITE:-ucx}
 PORT=${UCX_BASELINE_PORT:-$((20000 + RANDOM % 20000))}
 PERF_TIMEOUT=60
@@ -87,7 +100,7 @@ test_args() {
 # Iteration counts, chosen for roughly 1-3 s per run on a 2-core VM.
 iters() {
     local tls=$1 key=$2
-    if [[ $tls == tcp* ]]; then
+    if [[ $tls == tcp* || $tls == ff* ]]; then
         case "$key" in
             lat) echo 100000 ;; bw8) echo 300000 ;; bw64k) echo 20000 ;;
             bw1m) echo 2000 ;; bw4m) echo 500 ;;
@@ -132,6 +145,12 @@ start_server() {
             --bridge "$BRIDGE" "${SRV_HOSTNS[@]}" --pidfile "$SRV_PIDFILE" -- \
             timeout "$PERF_TIMEOUT" ucx_perftest -p "$port" \
             >"$WORK/server.log" 2>&1 </dev/null &
+    elif [[ $tls == ff* ]]; then
+        ns=ffc-ucxb-s$$
+        UCX_TLS=$tls "$FFC" run --name "ucxb-s$$" --ip "$SRV_IP" \
+            --bridge "$BRIDGE" "${SRV_HOSTNS[@]}" "${SRV_SOCK[@]}" --pidfile "$SRV_PIDFILE" -- \
+            env LD_PRELOAD="$FF_LIB" timeout "$PERF_TIMEOUT" ucx_perftest -p "$port" \
+            >"$WORK/server.log" 2>&1 </dev/null &
     else
         UCX_TLS=$tls timeout "$PERF_TIMEOUT" ucx_perftest -p "$port" \
             >"$WORK/server.log" 2>&1 </dev/null &
@@ -154,6 +173,11 @@ run_client() {
         UCX_TLS=$tls UCX_NET_DEVICES=eth0 "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
             --bridge "$BRIDGE" "${CLI_HOSTNS[@]}" -- \
             timeout "$PERF_TIMEOUT" ucx_perftest "${SRV_IP%/*}" -p "$port" \
+            -t "$test" -s "$size" -n "$n" -w "$w" -f </dev/null
+    elif [[ $tls == ff* ]]; then
+        UCX_TLS=$tls UCX_LOG_LEVEL=info "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
+            --bridge "$BRIDGE" "${CLI_HOSTNS[@]}" "${CLI_SOCK[@]}" -- \
+            env LD_PRELOAD="$FF_LIB" timeout "$PERF_TIMEOUT" ucx_perftest "${SRV_IP%/*}" -p "$port" \
             -t "$test" -s "$size" -n "$n" -w "$w" -f </dev/null
     else
         UCX_TLS=$tls timeout "$PERF_TIMEOUT" ucx_perftest 127.0.0.1 -p "$port" \
@@ -182,6 +206,7 @@ for key in $TESTS; do test_args "$key" >/dev/null; done
 for tls in $TLS_LIST; do
     case "$tls" in
         tcp,self|posix,cma,self) ;;
+        ff,self) [[ -e $FF_LIB ]] || { echo "$FF_LIB not found: cargo build --release -p ucx-transport" >&2; exit 1; } ;;
         *) echo "unsupported transport '$tls' in UCX_BASELINE_TLS" >&2; exit 1 ;;
     esac
 done
@@ -205,7 +230,9 @@ for tls in $TLS_LIST; do
             fi
             out=$(run_client "$tls" "$test" "$size" "$n" "$w" "$PORT" 2>&1) || true
             stop_server
-            if vals=$(parse_final <<<"$out"); then
+            if [[ $tls == ff* ]] && ! grep -q 'tag(ff/router)' <<<"$out"; then
+                echo "ucx_baselines: UCX did not pick the ff transport" >&2
+            elif vals=$(parse_final <<<"$out"); then
                 ok=1
                 break
             fi

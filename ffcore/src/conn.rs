@@ -212,6 +212,24 @@ impl Conn {
         self.id
     }
 
+    /// Says that we poll from `cpu` (see [`ring::current_cpu`]) and tells
+    /// whether our peer (the other client, or the router's thread serving
+    /// a forwarded connection) last polled from the same CPU: then spinning
+    /// only keeps it from running, and the caller should yield.
+    pub fn peer_polls_on(&self, cpu: u32) -> bool {
+        let lay = self.lay;
+        lay.side(self.side).set_cpu(cpu);
+        lay.side(1 - self.side).polls_on(cpu)
+    }
+
+    /// Is the peer on another host (the router forwards this connection)?
+    /// Then answers take many microseconds and need the routers' threads:
+    /// a caller that polls in a loop of its own (UCX, NCCL) should yield
+    /// its core now and then while it waits. [`Conn::wait`] does.
+    pub fn forwarded(&self) -> bool {
+        self.lay.flags() & ring::FLAG_FORWARDED != 0
+    }
+
     /// Posts a send of `len` bytes at `ptr`.
     ///
     /// # Safety
@@ -308,10 +326,7 @@ impl Conn {
                     }
                     // Busy-spinning on the core our peer (a router thread
                     // or the other client) polls from would only delay it.
-                    let cpu = ring::current_cpu();
-                    let lay = self.lay;
-                    lay.side(self.side).set_cpu(cpu);
-                    polite = e > SPIN_BUSY || lay.side(1 - self.side).polls_on(cpu);
+                    polite = e > SPIN_BUSY || self.peer_polls_on(ring::current_cpu());
                 }
                 n += 1;
                 if polite {

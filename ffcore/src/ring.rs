@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0      control page (4 KiB)
-//!   0    magic, ring size                 written once by the router
+//!   0    magic, ring size, flags          written once by the router
 //!   64   side 0: wake, waiting, closed, attached, cpu  (one cache line each side)
 //!   128  side 1: wake, waiting, closed, attached, cpu
 //!   256  ring 0 head    320 ring 0 tail   (ring 0 carries side 0 -> side 1)
@@ -61,6 +61,21 @@ pub fn init(mem: &SharedMem, ring_size: usize) {
     }
 }
 
+/// Control-page flag: a router plays the other side and forwards it to
+/// another host. The peer is then many microseconds away and the router's
+/// threads need CPU time to move the bytes, so a client that polls should
+/// now and then yield its core (see `Conn::forwarded`).
+pub const FLAG_FORWARDED: u32 = 1;
+
+/// Sets control-page flags of a freshly initialised connection file (before
+/// any client maps it).
+pub fn set_flags(mem: &SharedMem, flags: u32) {
+    assert!(mem.len() >= CTRL_LEN);
+    // SAFETY: offset 16 lies in the control page, 4-aligned; nobody else
+    // maps the file yet.
+    unsafe { (mem.as_ptr().add(16) as *mut u32).write(flags) };
+}
+
 /// Views over one mapped connection file. Holds raw pointers into `mem`;
 /// the owner keeps `mem` alive as long as the view.
 #[derive(Clone, Copy)]
@@ -86,6 +101,13 @@ impl Layout {
             return Err(Error::Corrupt("connection control page".into()));
         }
         Ok(l)
+    }
+
+    /// The control-page flags ([`FLAG_FORWARDED`]). Written by the router
+    /// before the file is shared, but the page is writable by the peer
+    /// too: a hint, never trusted for safety.
+    pub fn flags(&self) -> u32 {
+        self.word32(16).load(Ordering::Relaxed)
     }
 
     fn word64(&self, off: usize) -> &AtomicU64 {

@@ -129,6 +129,9 @@ pub struct Remote {
     groups: Mutex<HashMap<([u8; 16], u64), Group>>,
     /// Connects in progress, by (client, handle).
     pending: Mutex<HashMap<Key, Pending>>,
+    /// Forwarded connections by local client, over all links (a client
+    /// that got data may answer on any of them: see `Peer::cover`).
+    by_client: Mutex<HashMap<u64, Vec<Weak<Fwd>>>>,
     /// Links in use (both directions), for counters and tests.
     links: AtomicUsize,
     /// Incoming link handshakes under way.
@@ -172,6 +175,7 @@ impl Remote {
             out: Mutex::default(),
             groups: Mutex::default(),
             pending: Mutex::default(),
+            by_client: Mutex::default(),
             links: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
         });
@@ -309,7 +313,7 @@ impl Remote {
             Ok(x) => x,
             Err(o) => return o,
         };
-        let fwd = match Fwd::new(id, 1, mem) {
+        let fwd = match Fwd::new(id, 1, mem, client) {
             Ok(f) => f,
             Err(e) => {
                 self.state.lock().unwrap().abandon_out(client, id);
@@ -392,11 +396,11 @@ impl Remote {
             return refuse(ErrorCode::InvalidArgument, format!("bad ring size {}", body.credit));
         }
         let made = self.state.lock().unwrap().connect_in(&body.tenant, body.listener, body.nonce, self.cfg.ring_size);
-        let (id, mem) = match made {
+        let (id, mem, owner) = match made {
             Ok(x) => x,
             Err((code, msg)) => return refuse(code, msg),
         };
-        let f = match Fwd::new(id, 0, mem) {
+        let f = match Fwd::new(id, 0, mem, owner) {
             Ok(f) => f,
             Err(e) => return refuse(ErrorCode::Internal, e),
         };
@@ -578,7 +582,7 @@ impl Peer {
                 let res = if !link.readable(s) {
                     self.answer(link, s, &mut hot, &mut last_pass)
                 } else if last_pass.elapsed() >= PASS_EVERY {
-                    self.pass(link, &mut hot, &mut last_pass)
+                    self.pass(&mut hot, &mut last_pass)
                 } else {
                     Ok(())
                 };
@@ -594,13 +598,7 @@ impl Peer {
                 Err(e) => break e.to_string(),
             };
             if h.ty == wire::DATA && !reply_window().is_zero() {
-                if let Some(c) = hot.iter_mut().find(|c| c.f.local == h.conn) {
-                    c.last = Instant::now();
-                } else if hot.len() < MAX_COVERED {
-                    if let Some(c) = self.conn(h.conn).and_then(Cover::take) {
-                        hot.push(c);
-                    }
-                }
+                self.cover(remote, &mut hot, h.conn);
             }
             if let Err(e) = self.dispatch(remote, link, s, h) {
                 break e;
@@ -608,6 +606,36 @@ impl Peer {
         };
         drop(hot);
         self.kill(&why);
+    }
+
+    /// Data arrived for connection `conn`: its client may answer on it, or
+    /// on another of its connections to another host (UCX answers on its
+    /// endpoint going the other way, often over the link the other router
+    /// dialed). Covers all of them, or keeps them covered.
+    fn cover(&self, remote: &Remote, hot: &mut Vec<Cover>, conn: u64) {
+        let now = Instant::now();
+        if let Some(client) = hot.iter().find(|c| c.f.local == conn).map(|c| c.f.client) {
+            for c in hot.iter_mut().filter(|c| c.f.client == client) {
+                c.last = now;
+            }
+            return;
+        }
+        let Some(f) = self.conn(conn) else { return };
+        let siblings: Vec<Arc<Fwd>> = match remote.by_client.lock().unwrap().get(&f.client) {
+            Some(v) => v.iter().filter_map(Weak::upgrade).filter(|g| g.local != conn).collect(),
+            None => Vec::new(),
+        };
+        for g in std::iter::once(f).chain(siblings) {
+            if hot.len() >= MAX_COVERED {
+                break;
+            }
+            if hot.iter().any(|c| c.f.local == g.local) {
+                continue;
+            }
+            if let Some(c) = Cover::take(g) {
+                hot.push(c);
+            }
+        }
     }
 
     /// Serves the covered connections until the link has more for us or
@@ -620,7 +648,7 @@ impl Peer {
             for c in hot.iter() {
                 c.f.router_side().set_cpu(cpu);
             }
-            self.pass(link, hot, last_pass)?;
+            self.pass(hot, last_pass)?;
             if hot.is_empty() || link.readable(s) {
                 return Ok(());
             }
@@ -636,15 +664,17 @@ impl Peer {
     }
 
     /// One look at every covered connection: returns the credit its client
-    /// freed and sends what its client wrote, never waiting on the link.
-    /// Connections that need their pump, or went quiet, leave the cover.
-    fn pass(&self, link: &Arc<dyn Link>, hot: &mut Vec<Cover>, last_pass: &mut Instant) -> Result<(), String> {
+    /// freed and sends what its client wrote (on the connection's own
+    /// link), never waiting on a link. Connections that need their pump, or
+    /// went quiet, leave the cover.
+    fn pass(&self, hot: &mut Vec<Cover>, last_pass: &mut Instant) -> Result<(), String> {
         let mut err = None;
         let now = Instant::now();
         *last_pass = now;
         hot.retain_mut(|c| {
-            let f = &c.f;
+            let (f, link) = (&c.f, &*c.link);
             if err.is_some()
+                || c.peer.dead.load(Ordering::Acquire)
                 || f.peer_closed.load(Ordering::Acquire)
                 || f.local_fault.load(Ordering::Acquire)
                 || f.client_side().is_closed()
@@ -653,38 +683,47 @@ impl Peer {
             }
             // Busy: its pump is forwarding.
             let Ok(mut out) = f.out.try_lock() else { return false };
-            if let Some(g) = f.credit_due() {
-                let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
-                match f.send(&**link, &[Frame::bare(h)], Mode::Try) {
-                    Ok(true) => f.reported.store(g, Ordering::Relaxed),
-                    Ok(false) => return false,
-                    Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
-                        err = Some(e);
-                        return false;
+            let keep = 'k: {
+                if let Some(g) = f.credit_due() {
+                    let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+                    match f.send(link, &[Frame::bare(h)], Mode::Try) {
+                        Ok(true) => f.reported.store(g, Ordering::Relaxed),
+                        Ok(false) => break 'k false,
+                        Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
+                            c.peer.kill(&e);
+                            break 'k false;
+                        }
                     }
                 }
+                match f.forward(&mut out, link, Mode::Try) {
+                    Ok(Moved::Some) => {
+                        c.last = now;
+                        true
+                    }
+                    Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
+                    Ok(Moved::Blocked) => false,
+                    Err(Stop::Link(e)) => {
+                        if std::ptr::eq(&*c.peer, self) {
+                            err = Some(e);
+                        } else {
+                            c.peer.kill(&e);
+                        }
+                        false
+                    }
+                    Err(Stop::Local(e)) => {
+                        drop(out);
+                        f.local_fault(&e);
+                        false
+                    }
+                }
+            };
+            if link.needs_flush(f.stream()) {
+                // What try_send could not hand to the socket: its control
+                // thread sends it.
+                c.peer.ctrl_cv.notify_one();
             }
-            match f.forward(&mut out, &**link, Mode::Try) {
-                Ok(Moved::Some) => {
-                    c.last = now;
-                    true
-                }
-                Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
-                Ok(Moved::Blocked) => false,
-                Err(Stop::Link(e)) => {
-                    err = Some(e);
-                    false
-                }
-                Err(Stop::Local(e)) => {
-                    drop(out);
-                    f.local_fault(&e);
-                    false
-                }
-            }
+            keep
         });
-        if (0..link.streams()).any(|s| link.needs_flush(s)) {
-            self.ctrl_cv.notify_one();
-        }
         match err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -888,6 +927,9 @@ unsafe impl Sync for SharedLayout {}
 /// One forwarded connection: the router plays `side` of its file.
 pub struct Fwd {
     pub local: u64,
+    /// The local client at our end (for the accepting end: the listener's
+    /// owner, who accepts it).
+    client: u64,
     side: usize,
     ring: u64,
     stream: AtomicUsize,
@@ -904,6 +946,9 @@ pub struct Fwd {
     /// A receiver thread serves this connection ([`Cover`]): the pump
     /// sleeps without asking the client for wake-ups.
     covered: AtomicBool,
+    /// The link carrying it and its router, once it is up (for receiver
+    /// threads of other links that cover it).
+    route: std::sync::OnceLock<(Weak<Peer>, Arc<dyn Link>)>,
     lay: SharedLayout,
     /// The router's liveness lock on its side: if the router dies, its
     /// local clients learn it from the kernel ([`ffcore::liveness`]).
@@ -912,7 +957,7 @@ pub struct Fwd {
 }
 
 impl Fwd {
-    fn new(local: u64, side: usize, mem: Arc<SharedMem>) -> Result<Arc<Fwd>, String> {
+    fn new(local: u64, side: usize, mem: Arc<SharedMem>, client: u64) -> Result<Arc<Fwd>, String> {
         let ring = (mem.len() - ring::CTRL_LEN) / 2;
         let lay = Layout::new(&mem, ring).map_err(|e| e.to_string())?;
         let tx = lay.tx(side);
@@ -928,6 +973,7 @@ impl Fwd {
         };
         Ok(Arc::new(Fwd {
             local,
+            client,
             side,
             ring: ring as u64,
             stream: AtomicUsize::new(0),
@@ -941,6 +987,7 @@ impl Fwd {
             peer_closed: AtomicBool::new(false),
             local_fault: AtomicBool::new(false),
             covered: AtomicBool::new(false),
+            route: std::sync::OnceLock::new(),
             lay: SharedLayout(lay),
             _live: live,
             mem,
@@ -1008,6 +1055,14 @@ impl Fwd {
 }
 
 fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<Vec<u8>>) {
+    let _ = f.route.set((Arc::downgrade(&peer), link.clone()));
+    if let Some(r) = peer.remote.upgrade() {
+        let mut by = r.by_client.lock().unwrap();
+        let v = by.entry(f.client).or_default();
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(&f));
+        by.retain(|_, v| !v.is_empty());
+    }
     let name = format!("pump-{}", f.local);
     let (p2, f2) = (peer.clone(), f.clone());
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
@@ -1298,18 +1353,23 @@ impl Pump<'_> {
 /// (clients do not wake it); dropping the cover wakes it.
 struct Cover {
     f: Arc<Fwd>,
+    /// The connection's own router link (maybe not the receiver's).
+    peer: Arc<Peer>,
+    link: Arc<dyn Link>,
     /// Last traffic either way.
     last: Instant,
 }
 
 impl Cover {
-    /// Covers `f` unless its pump is busy forwarding.
+    /// Covers `f` unless its pump is busy forwarding or its link is not up.
     fn take(f: Arc<Fwd>) -> Option<Cover> {
-        if f.covered.load(Ordering::Relaxed) || f.out.try_lock().is_err() {
+        let (peer, link) = f.route.get()?;
+        let (peer, link) = (peer.upgrade()?, link.clone());
+        if peer.dead.load(Ordering::Acquire) || f.covered.load(Ordering::Relaxed) || f.out.try_lock().is_err() {
             return None;
         }
         f.covered.store(true, Ordering::SeqCst);
-        Some(Cover { f, last: Instant::now() })
+        Some(Cover { f, peer, link, last: Instant::now() })
     }
 }
 
@@ -1530,6 +1590,44 @@ mod tests {
             // Longer than the reply window: the pumps take over again.
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn answers_on_the_connection_going_the_other_way_arrive_intact() {
+        // As UCX does: each side sends on its own endpoint (connection)
+        // and receives on the one the peer opened. The two connections run
+        // over two links (each router dials one), and data on one makes
+        // the receiver serve the other (sibling covers).
+        let two = Two::with_streams(Transport::Tcp, 16 << 10, 2);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let (l0, l1) = (c0.listen().unwrap(), c1.listen().unwrap());
+        let mut to0 = connect(&c1, &l0.handle());
+        let mut to1 = connect(&c0, &l1.handle());
+        let mut from1 = l0.accept_timeout(Duration::from_secs(10)).unwrap();
+        let mut from0 = l1.accept_timeout(Duration::from_secs(10)).unwrap();
+        for c in [&to0, &to1, &from0, &from1] {
+            assert!(c.forwarded(), "connections between hosts say so");
+        }
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let mut buf = vec![0u8; 64 << 10];
+                for i in 0..500 {
+                    let n = from1.recv(&mut buf, 1, T).unwrap();
+                    assert!(buf[..n] == pattern(8 + i % 100, i)[..], "request {i}");
+                    to1.send(&pattern(16 + i % 3000, i + 7), 2, T).unwrap();
+                }
+            });
+            let mut buf = vec![0u8; 64 << 10];
+            for i in 0..500 {
+                to0.send(&pattern(8 + i % 100, i), 1, T).unwrap();
+                let n = from0.recv(&mut buf, 2, T).unwrap();
+                assert!(buf[..n] == pattern(16 + i % 3000, i + 7)[..], "answer {i}");
+            }
+        });
+        // On one host nothing is forwarded.
+        let l = c0.listen().unwrap();
+        let local = connect(&c0, &l.handle());
+        assert!(!local.forwarded());
     }
 
     #[test]

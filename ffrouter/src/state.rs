@@ -123,10 +123,15 @@ fn ring_of(mem: &SharedMem) -> usize {
 }
 
 /// A new, initialised connection file with rings of `ring_size` bytes.
-fn new_conn_file(ring_size: usize) -> Result<Arc<SharedMem>, (ErrorCode, String)> {
+/// A connection file; `forwarded` when this router plays one side and
+/// forwards it to another host ([`ring::FLAG_FORWARDED`]).
+fn new_conn_file(ring_size: usize, forwarded: bool) -> Result<Arc<SharedMem>, (ErrorCode, String)> {
     let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
         .map_err(|e| (ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;
     ring::init(&mem, ring_size);
+    if forwarded {
+        ring::set_flags(&mem, ring::FLAG_FORWARDED);
+    }
     Ok(Arc::new(mem))
 }
 
@@ -376,7 +381,7 @@ impl State {
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return o;
         }
-        let mem = match new_conn_file(ring_size) {
+        let mem = match new_conn_file(ring_size, false) {
             Ok(m) => m,
             Err((code, msg)) => return err(code, msg),
         };
@@ -448,7 +453,7 @@ impl State {
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return Err(o);
         }
-        let mem = new_conn_file(ring_size).map_err(|(code, msg)| err(code, msg))?;
+        let mem = new_conn_file(ring_size, true).map_err(|(code, msg)| err(code, msg))?;
         let tenant = self.clients[&client].tenant.clone();
         let id = self.add_conn(tenant, mem.clone(), Some(client), None);
         Ok((id, mem))
@@ -458,12 +463,13 @@ impl State {
     /// peer router that claims the connector is in `tenant`: the same nonce
     /// and tenant checks as a local connect. The router plays side 0; the
     /// connection is queued for the listener's owner to accept as side 1.
-    pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>), (ErrorCode, String)> {
+    /// Returns the connection, its file and the listener's owner.
+    pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>, u64), (ErrorCode, String)> {
         self.check_listener(listener, nonce, tenant, "a remote client")?;
-        let tenant = self.listeners[&listener].tenant.clone();
-        let mem = new_conn_file(ring_size)?;
+        let (tenant, owner) = (self.listeners[&listener].tenant.clone(), self.listeners[&listener].owner);
+        let mem = new_conn_file(ring_size, true)?;
         let id = self.add_conn(tenant, mem.clone(), None, Some(listener));
-        Ok((id, mem))
+        Ok((id, mem, owner))
     }
 
     /// Lets go of `client`'s side of a connection made by [`State::connect_out`]

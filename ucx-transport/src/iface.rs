@@ -68,6 +68,9 @@ pub struct State {
     pub graveyard: Vec<*mut Ep>,
     pub in_progress: bool,
     pub accept_failed: bool,
+    /// Progress calls in a row that found nothing to do while a connection
+    /// to another host was open (see `iface_progress`).
+    pub idle: u32,
 }
 
 /// The target end of a peer's endpoint.
@@ -235,6 +238,7 @@ pub unsafe extern "C" fn iface_open(
         graveyard: Vec::new(),
         in_progress: false,
         accept_failed: false,
+        idle: 0,
     });
     ff_debug!("ff: iface {:p} open, handle {}", raw, (*raw).st.listener.handle().to_hex());
     *iface_p = raw as uct_iface_h;
@@ -379,6 +383,10 @@ pub unsafe extern "C" fn iface_fence(_iface: uct_iface_h, _flags: c_uint) -> ucs
 }
 
 /// The progress callback UCP registers on the worker.
+/// Idle progress calls (a few microseconds of polling) between two yields
+/// while a connection to another host is open.
+const IDLE_YIELD: u32 = 32;
+
 pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     let me = iface as *mut Iface;
     if (*me).st.in_progress {
@@ -405,10 +413,12 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         }
     }
 
+    let mut forwarded = false;
     let mut i = 0;
     while i < (*me).st.rx.len() {
         let rc: *mut RxConn = &mut *(&mut (*me).st.rx)[i];
         count += serve(me, rc);
+        forwarded |= (*rc).conn.forwarded();
         if (*rc).dead {
             (*me).st.rx.swap_remove(i);
         } else {
@@ -422,7 +432,23 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         if (*e).needs_progress() {
             count += ep::progress(e);
         }
+        forwarded |= (*e).conn.forwarded();
         i += 1;
+    }
+
+    // UCX calls progress in a loop of its own and never yields. Across
+    // hosts, the answer needs the routers' threads, which may be waiting
+    // for this very core: without a yield now and then they would get it
+    // only when the scheduler preempts us (milliseconds).
+    // At once when a router thread we wait for polls from this core.
+    if count == 0 && forwarded {
+        (*me).st.idle += 1;
+        if (*me).st.idle >= IDLE_YIELD || router_polls_here(me) {
+            (*me).st.idle = 0;
+            std::thread::yield_now();
+        }
+    } else {
+        (*me).st.idle = 0;
     }
 
     (*me).st.in_progress = false;
@@ -430,6 +456,24 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         drop(Box::from_raw(e));
     }
     count
+}
+
+/// Records the CPU this iface polls from in its forwarded connections;
+/// true if a router thread serving one of them polls from it too.
+unsafe fn router_polls_here(me: *mut Iface) -> bool {
+    let cpu = ffcore::ring::current_cpu();
+    let mut here = false;
+    for rc in (*me).st.rx.iter() {
+        if rc.conn.forwarded() {
+            here |= rc.conn.peer_polls_on(cpu);
+        }
+    }
+    for &e in (*me).st.eps.iter() {
+        if (*e).conn.forwarded() {
+            here |= (*e).conn.peer_polls_on(cpu);
+        }
+    }
+    here
 }
 
 /// Serves one peer connection: its messages (up to the burst) and our
