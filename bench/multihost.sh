@@ -16,7 +16,7 @@
 #   * UCX ff,self: the same ucx_perftest over FreeFlow's UCX transport
 #     (libuct_ff.so) through both routers, as Open MPI jobs use it (for
 #     information: the targets compare ffbench's ff with tcp,self).
-# The ff and UCX measurements alternate for --rounds rounds (default 3, 1
+# The ff and UCX measurements alternate for --rounds rounds (default 5, 1
 # with --quick), so that both see the same background load; the table uses
 # the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
 # go to DIR/results.csv, then the table, plots and the targets of issue #5
@@ -122,7 +122,7 @@ pair() {
 }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 if [ $quick = 1 ]; then lat_iters=20000; scale=1; else lat_iters=100000; scale=2; fi
-[ -n "$rounds" ] || rounds=$([ $quick = 1 ] && echo 1 || echo 3)
+[ -n "$rounds" ] || rounds=$([ $quick = 1 ] && echo 1 || echo 5)
 
 for round in $(seq "$rounds"); do
 echo "== round $round of $rounds" >&2
