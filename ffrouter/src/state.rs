@@ -122,9 +122,9 @@ fn ring_of(mem: &SharedMem) -> usize {
     (mem.len() - ring::CTRL_LEN) / 2
 }
 
-/// A new, initialised connection file with rings of `ring_size` bytes.
-/// A connection file; `forwarded` when this router plays one side and
-/// forwards it to another host ([`ring::FLAG_FORWARDED`]).
+/// A new, initialised connection file with rings of `ring_size` bytes;
+/// `forwarded` when this router plays one side and forwards it to another
+/// host ([`ring::FLAG_FORWARDED`]).
 fn new_conn_file(ring_size: usize, forwarded: bool) -> Result<Arc<SharedMem>, (ErrorCode, String)> {
     let mem = SharedMem::create("ff-conn", ring::file_len(ring_size))
         .map_err(|e| (ErrorCode::Internal, format!("cannot allocate a connection: {e}")))?;

@@ -382,11 +382,11 @@ pub unsafe extern "C" fn iface_fence(_iface: uct_iface_h, _flags: c_uint) -> ucs
     UCS_OK
 }
 
-/// The progress callback UCP registers on the worker.
 /// Idle progress calls (a few microseconds of polling) between two yields
 /// while a connection to another host is open.
 const IDLE_YIELD: u32 = 32;
 
+/// The progress callback UCP registers on the worker.
 pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     let me = iface as *mut Iface;
     if (*me).st.in_progress {
@@ -439,8 +439,9 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     // UCX calls progress in a loop of its own and never yields. Across
     // hosts, the answer needs the routers' threads, which may be waiting
     // for this very core: without a yield now and then they would get it
-    // only when the scheduler preempts us (milliseconds).
-    // At once when a router thread we wait for polls from this core.
+    // only when the scheduler preempts us (milliseconds). Yield every
+    // IDLE_YIELD idle calls, and at once when a router thread we wait for
+    // polls from this core.
     if count == 0 && forwarded {
         (*me).st.idle += 1;
         if (*me).st.idle >= IDLE_YIELD || router_polls_here(me) {
