@@ -67,7 +67,7 @@ for t in $transports; do
     echo "== training over $t" >&2
     out=$(cd "$work" && FFRSH_DIR="$work/rsh" mpirun --allow-run-as-root -np 2 --hostfile "$work/hosts" \
         --mca plm_rsh_agent "$top/tools/ffrsh" \
-        --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any --mca btl self \
+        --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any --mca btl self --bind-to none \
         --mca oob_tcp_if_include 10.76.0.0/24 \
         -x FF_EXAMPLE_LABEL="$t" -x UCX_LOG_LEVEL=info -x TF_CPP_MIN_LOG_LEVEL=2 "${extra[@]}" \
         "$venv/bin/python" "$here/train.py" --steps "$steps" 2>&1) || { echo "$out" | tail -30 >&2; exit 1; }

@@ -22,7 +22,11 @@ UCX_TLS_STRICT = "ff,self"
 UCX_TLS_FALLBACK = "ff,tcp,self"
 # Open MPI: use the UCX pml with any UCX transport and device (its defaults
 # only allow InfiniBand ones). Same as --mca NAME VALUE.
-MPI_MCA = (("pml", "ucx"), ("pml_ucx_tls", "any"), ("pml_ucx_devices", "any"))
+# Open MPI over UCX with any transport (ours included). No core binding:
+# every container is its own "node" to mpirun, so each would bind its rank
+# to the same first core of a shared host (Horovod's docs ask for
+# --bind-to none too: ranks run many threads).
+MPI_MCA = (("pml", "ucx"), ("pml_ucx_tls", "any"), ("pml_ucx_devices", "any"), ("hwloc_base_binding_policy", "none"))
 
 
 def checkout_root(start: Optional[Path] = None) -> Optional[Path]:

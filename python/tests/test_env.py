@@ -22,6 +22,7 @@ def test_default_env_is_strict_and_complete(tmp_path):
         "OMPI_MCA_pml": "ucx",
         "OMPI_MCA_pml_ucx_tls": "any",
         "OMPI_MCA_pml_ucx_devices": "any",
+        "OMPI_MCA_hwloc_base_binding_policy": "none",
     }
     assert all(isinstance(v, str) for v in e.values())
 
@@ -106,13 +107,14 @@ def test_first_directory_with_the_file_wins(tmp_path, monkeypatch):
 def test_mpirun_args(tmp_path):
     d = plugins(tmp_path)
     args = freeflow.mpirun_args(plugin_dir=d, base={"LD_PRELOAD": "/x.so"})
-    assert args[:9] == ["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any"]
-    exported = dict(args[i + 1].split("=", 1) for i in range(9, len(args), 2) if args[i] == "-x")
+    assert args[:12] == ["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any",
+                         "--mca", "hwloc_base_binding_policy", "none"]
+    exported = dict(args[i + 1].split("=", 1) for i in range(12, len(args), 2) if args[i] == "-x")
     assert exported["UCX_TLS"] == "ff,self"
     assert exported["LD_PRELOAD"] == f"/x.so:{d}/libuct_ff.so"
     assert exported["NCCL_NET"] == "FreeFlow"
     assert not any(k.startswith("OMPI_") for k in exported)
-    assert len(args) == 9 + 2 * len(exported)
+    assert len(args) == 12 + 2 * len(exported)
     # NCCL only: no MCA flags.
     assert "--mca" not in freeflow.mpirun_args(plugin_dir=d, base={}, ucx=False)
 

@@ -84,7 +84,7 @@ pub fn run_ffmpi(work: &Path, names: &[String; 2], launch_netns: Option<&str>, m
         .arg("--mca")
         .arg("plm_rsh_agent")
         .arg(root().join("tools/ffrsh"))
-        .args(["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any"])
+        .args(["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any", "--bind-to", "none"])
         .args(mca)
         .args(["-x", "UCX_TLS=ff,self", "-x"])
         .arg(format!("LD_PRELOAD={}", lib().display()))
