@@ -92,19 +92,32 @@ impl Router {
     }
 }
 
+/// Listens on `path`. The socket is bound under a temporary name and renamed
+/// into place once it listens: whoever sees the file can connect (no window
+/// between bind and listen where connects are refused), and a stale socket
+/// from a dead router is replaced in one step.
 fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => log::info!("removed stale socket {}", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(path)?;
+    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "socket path has no file name"))?;
+    let tmp = path.with_file_name(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp)?;
     // Access control is which socket directory is mounted into a container,
     // so the socket itself is open to any uid inside it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).and_then(|()| {
+        let stale = path.exists();
+        std::fs::rename(&tmp, path)?;
+        if stale {
+            log::info!("replaced stale socket {}", path.display());
+        }
+        Ok(())
+    });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(l)
 }
 

@@ -579,15 +579,10 @@ impl Peer {
             if !hot.is_empty() {
                 // Waits on the link (polling) only while something is covered;
                 // when frames keep coming, still serves the covered rings often.
-                let res = if !link.readable(s) {
-                    self.answer(link, s, &mut hot, &mut last_pass)
+                if !link.readable(s) {
+                    self.answer(link, s, &mut hot, &mut last_pass);
                 } else if last_pass.elapsed() >= PASS_EVERY {
-                    self.pass(&mut hot, &mut last_pass)
-                } else {
-                    Ok(())
-                };
-                if let Err(e) = res {
-                    break e;
+                    pass(&mut hot, &mut last_pass);
                 }
             }
             let h = match link.recv_header(s) {
@@ -641,16 +636,16 @@ impl Peer {
     /// Serves the covered connections until the link has more for us or
     /// none of them is left. Between looks it spins, unless a covered
     /// client polls from this core with bytes to read: then it yields.
-    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>, last_pass: &mut Instant) -> Result<(), String> {
+    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>, last_pass: &mut Instant) {
         let mut cpu = ring::current_cpu();
         let mut since = Instant::now();
         loop {
             for c in hot.iter() {
                 c.f.router_side().set_cpu(cpu);
             }
-            self.pass(hot, last_pass)?;
+            pass(hot, last_pass);
             if hot.is_empty() || link.readable(s) {
-                return Ok(());
+                return;
             }
             let needed = hot.iter().any(|c| c.f.client_side().polls_on(cpu) && c.f.client_unread());
             if needed || since.elapsed() >= rx_poll() {
@@ -660,73 +655,6 @@ impl Peer {
             } else {
                 std::hint::spin_loop();
             }
-        }
-    }
-
-    /// One look at every covered connection: returns the credit its client
-    /// freed and sends what its client wrote (on the connection's own
-    /// link), never waiting on a link. Connections that need their pump, or
-    /// went quiet, leave the cover.
-    fn pass(&self, hot: &mut Vec<Cover>, last_pass: &mut Instant) -> Result<(), String> {
-        let mut err = None;
-        let now = Instant::now();
-        *last_pass = now;
-        hot.retain_mut(|c| {
-            let (f, link) = (&c.f, &*c.link);
-            if err.is_some()
-                || c.peer.dead.load(Ordering::Acquire)
-                || f.peer_closed.load(Ordering::Acquire)
-                || f.local_fault.load(Ordering::Acquire)
-                || f.client_side().is_closed()
-            {
-                return false;
-            }
-            // Busy: its pump is forwarding.
-            let Ok(mut out) = f.out.try_lock() else { return false };
-            let keep = 'k: {
-                if let Some(g) = f.credit_due() {
-                    let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
-                    match f.send(link, &[Frame::bare(h)], Mode::Try) {
-                        Ok(true) => f.reported.store(g, Ordering::Relaxed),
-                        Ok(false) => break 'k false,
-                        Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
-                            c.peer.kill(&e);
-                            break 'k false;
-                        }
-                    }
-                }
-                match f.forward(&mut out, link, Mode::Try) {
-                    Ok(Moved::Some) => {
-                        c.last = now;
-                        true
-                    }
-                    Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
-                    Ok(Moved::Blocked) => false,
-                    Err(Stop::Link(e)) => {
-                        if std::ptr::eq(&*c.peer, self) {
-                            err = Some(e);
-                        } else {
-                            c.peer.kill(&e);
-                        }
-                        false
-                    }
-                    Err(Stop::Local(e)) => {
-                        drop(out);
-                        f.local_fault(&e);
-                        false
-                    }
-                }
-            };
-            if link.needs_flush(f.stream()) {
-                // What try_send could not hand to the socket: its control
-                // thread sends it.
-                c.peer.ctrl_cv.notify_one();
-            }
-            keep
-        });
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 
@@ -1346,6 +1274,64 @@ impl Pump<'_> {
         }
         f.credit_due().is_some()
     }
+}
+
+/// One look at every covered connection: returns the credit its client
+/// freed and sends what its client wrote (on the connection's own link),
+/// never waiting on a link. Connections that need their pump, or went
+/// quiet, leave the cover. A failed send kills that link (the receiver of
+/// a killed link then finds it shut and stops).
+fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
+    let now = Instant::now();
+    *last_pass = now;
+    hot.retain_mut(|c| {
+        let (f, link) = (&c.f, &*c.link);
+        if c.peer.dead.load(Ordering::Acquire)
+            || f.peer_closed.load(Ordering::Acquire)
+            || f.local_fault.load(Ordering::Acquire)
+            || f.client_side().is_closed()
+        {
+            return false;
+        }
+        // Busy: its pump is forwarding.
+        let Ok(mut out) = f.out.try_lock() else { return false };
+        let keep = 'k: {
+            if let Some(g) = f.credit_due() {
+                let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+                match f.send(link, &[Frame::bare(h)], Mode::Try) {
+                    Ok(true) => f.reported.store(g, Ordering::Relaxed),
+                    Ok(false) => break 'k false,
+                    Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
+                        c.peer.kill(&e);
+                        break 'k false;
+                    }
+                }
+            }
+            match f.forward(&mut out, link, Mode::Try) {
+                Ok(Moved::Some) => {
+                    c.last = now;
+                    true
+                }
+                Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
+                Ok(Moved::Blocked) => false,
+                Err(Stop::Link(e)) => {
+                    c.peer.kill(&e);
+                    false
+                }
+                Err(Stop::Local(e)) => {
+                    drop(out);
+                    f.local_fault(&e);
+                    false
+                }
+            }
+        };
+        if link.needs_flush(f.stream()) {
+            // What try_send could not hand to the socket: its control
+            // thread sends it.
+            c.peer.ctrl_cv.notify_one();
+        }
+        keep
+    });
 }
 
 /// A connection a receiver thread serves in place of its pump (see
