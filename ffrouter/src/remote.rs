@@ -49,18 +49,22 @@ use crate::wire::{self, Header};
 
 /// How long a connect to another host may take before the client is told.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A tuning knob: the environment variable `name` if it parses, else
+/// `default`, read once per knob (the caller's `static`). Experiments only;
+/// the defaults are what the benchmarks measured.
+fn knob(cell: &'static std::sync::OnceLock<u64>, name: &str, default: u64) -> u64 {
+    *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+}
 /// How long a pump spins for more work before it sleeps.
 fn spin() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        Duration::from_micros(std::env::var("FF_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(20))
-    })
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_micros(knob(&K, "FF_ROUTER_SPIN_US", 20))
 }
 /// Frames go out in gathers of up to this many bytes or frames, straight
 /// from the client's ring.
 fn gather() -> usize {
-    static G: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *G.get_or_init(|| std::env::var("FF_ROUTER_GATHER").ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 10))
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    knob(&K, "FF_ROUTER_GATHER", 512 << 10) as usize
 }
 const GATHER_FRAMES: usize = 256;
 /// Pumps re-check their connection at least this often while asleep.
@@ -1372,8 +1376,8 @@ impl Drop for Cover {
 /// How long a receiver thread spins between two yields while it serves
 /// covered connections (see [`Peer::answer`]).
 fn rx_poll() -> Duration {
-    static B: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *B.get_or_init(|| Duration::from_micros(std::env::var("FF_ROUTER_POLL_US").ok().and_then(|v| v.parse().ok()).unwrap_or(3)))
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_micros(knob(&K, "FF_ROUTER_POLL_US", 3))
 }
 
 /// Most connections one receiver thread covers at once.
@@ -1386,10 +1390,8 @@ const PASS_EVERY: Duration = Duration::from_micros(20);
 /// (polling the link and the connection's ring), before it hands it back
 /// to the pump and blocks on the link.
 fn reply_window() -> Duration {
-    static W: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *W.get_or_init(|| {
-        Duration::from_micros(std::env::var("FF_ROUTER_REPLY_US").ok().and_then(|v| v.parse().ok()).unwrap_or(50))
-    })
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_micros(knob(&K, "FF_ROUTER_REPLY_US", 50))
 }
 
 #[cfg(test)]
