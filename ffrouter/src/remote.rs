@@ -740,8 +740,8 @@ impl Peer {
         let wmax = wire::whole_max(f.ring);
         let c = wire::charge(kind, h.arg, len, wmax);
         let mut inb = f.inb.lock().unwrap();
-        let granted = match inb.tx.consumed() {
-            Ok(t) => f.ring + inb.excess + t,
+        let granted = match inb.granted(f.ring) {
+            Ok(g) => g,
             Err(e) => {
                 drop(inb);
                 f.local_fault(&e.to_string());
@@ -848,6 +848,15 @@ struct Inbound {
     charged: u64,
     /// Credit the frames did not use (returned with the next CREDIT).
     excess: u64,
+}
+
+impl Inbound {
+    /// Credit granted to the peer so far: the ring, what frames were
+    /// charged beyond their use, and what our client has consumed (read
+    /// from shared memory, so it may be corrupt).
+    fn granted(&mut self, ring: u64) -> ffcore::Result<u64> {
+        Ok(ring + self.excess + self.tx.consumed()?)
+    }
 }
 
 /// A `Layout` that may be shared between threads: it only hands out
@@ -974,8 +983,8 @@ impl Fwd {
     /// Credit to return now, if enough was freed since the last CREDIT.
     fn credit_due(&self) -> Option<u64> {
         let mut inb = self.inb.lock().unwrap();
-        let g = match inb.tx.consumed() {
-            Ok(t) => self.ring + inb.excess + t,
+        let g = match inb.granted(self.ring) {
+            Ok(g) => g,
             Err(e) => {
                 drop(inb);
                 self.local_fault(&e.to_string());
