@@ -1,12 +1,14 @@
 #!/bin/bash
 # bench/multihost.sh - FreeFlow between hosts vs UCX tcp, in one run.
 #
-#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx]
+#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure]
 #
 # Builds two emulated hosts: network namespaces ffmh0-$$ and ffmh1-$$
 # joined by a veth (10.88.0.1/24 - 10.88.0.2/24), each with a container
 # bridge (10.71.0.0/24, 10.72.0.0/24) routed over the veth, and a router on
-# each (--listen-addr on the veth). Then, one after the other:
+# each (--listen-addr on the veth; links sealed with a peer secret, or in
+# clear with --insecure, to measure what sealing costs). Then, one after
+# the other:
 #   * ff: ffbench between a container on host 0 (serve) and one on host 1
 #     (connect), through both routers and the TCP link between them:
 #     pingpong 8 B, stream 8 B / 64 KiB / 1 MiB / 4 MiB (32 in flight);
@@ -26,10 +28,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0 out="" only="" rounds=""
+quick=0 out="" only="" rounds="" insecure=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
+        --insecure) insecure=1 ;;
         --out) out=$2; shift ;;
         --only) only=$2; shift ;;
         --rounds) rounds=$2; shift ;;
@@ -81,11 +84,17 @@ for ns in "$ns0" "$ns1"; do
     mkdir -p "$work/h$i/bench"
     i=$((i + 1))
 done
+if [ "$insecure" = 1 ]; then
+    peer_flags=(--insecure-no-peer-secret)
+else
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/peer-secret"
+    peer_flags=(--peer-secret-file "$work/peer-secret")
+fi
 ip netns exec "$ns0" "$bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
-    --listen-addr 10.88.0.1:7070 --log-level warn &
+    --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn &
 r0=$!
 ip netns exec "$ns1" "$bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
-    --listen-addr 10.88.0.2:7070 --log-level warn &
+    --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn &
 r1=$!
 for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do
     for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.05; done

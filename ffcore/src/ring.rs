@@ -103,6 +103,16 @@ impl Layout {
         Ok(l)
     }
 
+    /// The layout of a connection file this process created and
+    /// initialised itself (the router's): the ring size comes from the
+    /// file's sealed length, not from the control page, which the clients
+    /// may have overwritten since. Panics on a file [`init`] never made.
+    pub fn of_own(mem: &SharedMem) -> Layout {
+        let ring_size = mem.len().saturating_sub(CTRL_LEN) / 2;
+        assert!(valid_ring_size(ring_size) && mem.len() == file_len(ring_size), "not a connection file");
+        Layout { base: mem.as_ptr(), ring_size }
+    }
+
     /// The control-page flags ([`FLAG_FORWARDED`]). Written by the router
     /// before the file is shared, but the page is writable by the peer
     /// too: a hint, never trusted for safety.

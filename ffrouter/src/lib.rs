@@ -1,18 +1,24 @@
 //! ffrouter: the per-host FreeFlow daemon.
 //!
 //! One Unix socket per tenant; one thread per attached client, blocked in
-//! `recvmsg` when the client is quiet (the router never polls). Requests are
-//! decoded and validated by ffcore, applied to [`state::State`] under one
-//! lock, and answered after the lock is released, with a write timeout so a
-//! client that stops reading cannot stall anyone else.
+//! `poll` when the client is quiet (the router never polls in a loop).
+//! A client is admitted (its descriptors and thread charged to its
+//! tenant's share) before its thread starts. Requests are decoded and
+//! validated by ffcore, applied to [`state::State`] under one lock, and
+//! answered after the lock is released. A frame must arrive whole within
+//! [`FRAME_TIMEOUT`] of its first byte, and replies must be read within
+//! [`WRITE_TIMEOUT`], so a client that stalls mid-frame or stops reading
+//! holds nothing for long.
 
 pub mod link;
 pub mod metrics;
+pub mod peers;
+pub mod ratelog;
 pub mod remote;
 pub mod state;
 pub mod wire;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -28,6 +34,9 @@ pub use state::{Limits, State};
 
 /// A client that does not read its replies for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that sends part of a frame and not the rest within this long
+/// is dropped.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One tenant: a name and the socket its containers see.
 #[derive(Debug, Clone)]
@@ -81,9 +90,9 @@ impl Router {
         std::thread::Builder::new().name(format!("accept-{}", t.name)).spawn(move || {
             for sock in listener.incoming() {
                 match sock {
-                    Ok(s) => spawn_client(state.clone(), remote.clone(), tenant.clone(), s),
+                    Ok(s) => admit(&state, remote.clone(), &tenant, s),
                     Err(e) => {
-                        log::error!("accept on tenant {tenant}: {e}");
+                        crate::limited!(error, "accept", &tenant, "accept on tenant {tenant}: {e}");
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -121,36 +130,58 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-fn spawn_client(state: Arc<Mutex<State>>, remote: Option<Arc<remote::Remote>>, tenant: Arc<str>, sock: UnixStream) {
+/// Admits a new client of `tenant` within its tenant's share (refused
+/// with a reply saying why, without a thread), and serves it on a thread
+/// of its own.
+fn admit(state: &Arc<Mutex<State>>, remote: Option<Arc<remote::Remote>>, tenant: &Arc<str>, sock: UnixStream) {
     let cred = getsockopt(&sock.as_fd(), PeerCredentials).ok();
     let (pid, uid) = cred.map(|c| (c.pid(), c.uid())).unwrap_or((-1, u32::MAX));
-    let _ = std::thread::Builder::new().name(format!("client-{pid}")).spawn(move || {
-        let id = match state.lock().unwrap().add_client(tenant.clone()) {
-            Ok(id) => id,
-            Err(e) => {
-                log::error!("cannot attach client pid {pid}: {e}");
-                return;
-            }
-        };
+    let id = match state.lock().unwrap().add_client(tenant.clone()) {
+        Ok(id) => id,
+        Err((code, msg)) => {
+            crate::limited!(warn, "refuse-client", tenant, "refusing a client of tenant {tenant} (pid {pid}): {msg}");
+            // The socket's buffer is empty: this never blocks the accept thread.
+            let _ = sock.set_nonblocking(true);
+            let _ = reply(&sock, &proto::error_reply(code, msg), None);
+            return;
+        }
+    };
+    let (st, t) = (state.clone(), tenant.clone());
+    let spawned = std::thread::Builder::new().name(format!("client-{pid}")).spawn(move || {
         let container = container_of(pid);
-        state.lock().unwrap().set_container(id, container);
-        log::info!("client {id} attached: tenant {tenant}, pid {pid}, uid {uid}, container pidns:{container}");
-        let why = serve_client(&state, remote.as_ref(), &tenant, id, &sock);
-        state.lock().unwrap().remove_client(id);
+        st.lock().unwrap().set_container(id, container);
+        crate::limited!(info, "attach", &t, "client {id} attached: tenant {t}, pid {pid}, uid {uid}, container pidns:{container}");
+        let why = serve_client(&st, remote.as_ref(), &t, id, &sock);
+        st.lock().unwrap().remove_client(id);
         if let Some(r) = &remote {
             r.forget_client(id);
         }
-        log::info!("client {id} (pid {pid}) detached: {why}; its resources are freed");
+        crate::limited!(info, "detach", &t, "client {id} (pid {pid}) detached: {why}; its resources are freed");
     });
+    if let Err(e) = spawned {
+        state.lock().unwrap().remove_client(id);
+        crate::limited!(error, "refuse-client", tenant, "cannot start a thread for a client of tenant {tenant}: {e}");
+    }
+}
+
+/// Waits until `sock` has something to read (or is closed): an idle
+/// client costs no wake-ups.
+fn wait_readable(sock: &UnixStream) {
+    let mut p = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd on our stack; -1 waits without a timeout.
+    while unsafe { libc::poll(&mut p, 1, -1) } < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {}
 }
 
 /// Serves one client until it leaves or misbehaves; returns why it ended.
 fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tenant: &str, id: u64, sock: &UnixStream) -> String {
-    if let Err(e) = sock.set_write_timeout(Some(WRITE_TIMEOUT)) {
+    if let Err(e) = sock.set_write_timeout(Some(WRITE_TIMEOUT)).and_then(|()| sock.set_read_timeout(Some(FRAME_TIMEOUT))) {
         return format!("socket setup failed: {e}");
     }
     let mut hello = false;
     loop {
+        // No timeout while the client is quiet; FRAME_TIMEOUT (the
+        // socket's read timeout) once a frame has begun.
+        wait_readable(sock);
         let frame = match recv_frame(sock.as_fd()) {
             Ok(Some(f)) => f,
             Ok(None) => return "closed".into(),

@@ -47,16 +47,34 @@ struct ServeArgs {
     /// Listeners, connections and regions one client may hold.
     #[arg(long, default_value_t = 65536)]
     max_client_objects: usize,
+    /// Threads the router may run for tenants (one per attached client and
+    /// one per connection to another host), all tenants together; each of
+    /// N tenants may use 1/N of them.
+    #[arg(long, default_value_t = 4096)]
+    max_threads: usize,
+    /// Descriptors the router may hold for tenants (client sockets, shared
+    /// files), all tenants together; each of N tenants may use 1/N of
+    /// them. Default: what the open-file limit leaves after the router's
+    /// own needs (the router raises its soft limit to the hard one).
+    #[arg(long)]
+    max_fds: Option<usize>,
     /// Send rate limit, as TARGET=RATE: TARGET is a tenant name (each of its
     /// containers gets RATE) or pidns:INODE (one container, identified by its
     /// PID namespace; overrides the tenant's). RATE in bytes/s with an
     /// optional K, M or G suffix (powers of 1000), e.g. teamA=2G. Repeatable.
     #[arg(long = "rate-limit", value_name = "TARGET=RATE")]
     rate_limits: Vec<String>,
-    /// Serve Prometheus metrics (per-tenant and per-connection counters) at
-    /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off by default.
+    /// Serve Prometheus metrics (every tenant's counters) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off by default. An address
+    /// other than loopback needs --metrics-token-file (containers could
+    /// reach it).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// A file holding the token a scraper must send
+    /// (`Authorization: Bearer TOKEN`; Prometheus: `authorization:
+    /// credentials_file`).
+    #[arg(long, value_name = "PATH", requires = "metrics_addr")]
+    metrics_token_file: Option<PathBuf>,
     /// Talk to other hosts' routers: listen for them at IP:PORT. Start every
     /// host's router the same way; clients then connect to handles of any
     /// host. Without it, the router serves its own host only.
@@ -69,12 +87,28 @@ struct ServeArgs {
     /// TCP streams per pair of routers (each connection uses one).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     peer_streams: u16,
-    /// A file holding a secret every router of the cluster shares: links
-    /// are only set up with routers that prove they know it (HMAC
-    /// challenge-response). Without it, routers trust whoever connects to
-    /// --listen-addr: keep that on a private network.
+    /// A file holding a secret (at least 16 bytes) every router of the
+    /// cluster shares: links are only set up with routers that prove they
+    /// know it, and everything on them is encrypted and authenticated
+    /// (AES-128-GCM). Needed with --listen-addr.
     #[arg(long, value_name = "PATH", requires = "listen_addr")]
     peer_secret_file: Option<PathBuf>,
+    /// Link with other routers without a secret: no authentication, no
+    /// encryption; whoever reaches --listen-addr is trusted as a router.
+    /// Only for networks that nothing but routers can reach.
+    #[arg(long, requires = "listen_addr")]
+    insecure_no_peer_secret: bool,
+    /// A network (CIDR) of other routers, e.g. 10.0.0.0/24: the router
+    /// only links with addresses in it (tenants' handles name addresses).
+    /// Repeatable. Default, with neither this nor --peers: the network of
+    /// the interface holding --advertise-addr. Never loopback (unless this
+    /// router is on loopback), multicast or broadcast.
+    #[arg(long = "peer-network", value_name = "CIDR", requires = "listen_addr")]
+    peer_networks: Vec<String>,
+    /// The other routers, exactly: IP:PORT[,IP:PORT...] (instead of, or
+    /// besides, --peer-network).
+    #[arg(long, value_name = "IP:PORT,...", requires = "listen_addr")]
+    peers: Vec<String>,
     /// Transport between routers: auto (RDMA if a device exists, else TCP),
     /// tcp or rdma.
     #[arg(long, default_value = "auto")]
@@ -127,6 +161,49 @@ fn parse_rates(specs: &[String]) -> Result<ffrouter::state::Rates, String> {
     Ok(r)
 }
 
+/// Raises the soft limit on open files as far as allowed; returns
+/// (before, now).
+fn raise_nofile() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return (1024, 1024) };
+    // An unlimited hard limit still stops at the kernel's nr_open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+    let want = hard.min(nr_open);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return (soft, want);
+    }
+    (soft, soft)
+}
+
+/// The descriptors, threads and links the router may spend: the open-file
+/// limit less what the router itself needs (links to other routers,
+/// handshakes, its own files) goes to tenants, and so does no more than
+/// the kernel's map count allows (every shared file is mapped).
+fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
+    let (before, nofile) = raise_nofile();
+    let nofile = nofile as usize;
+    let streams = a.peer_streams as usize;
+    let links = if a.listen_addr.is_some() { ffrouter::remote::MAX_LINKS.min(nofile / 4 / streams).max(1) } else { 0 };
+    let own = 128 + links * streams + if links > 0 { ffrouter::remote::MAX_HANDSHAKES } else { 0 };
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65530usize);
+    let avail = nofile.saturating_sub(own).min(maps.saturating_sub(1024));
+    let fds = match a.max_fds {
+        Some(n) if n > avail => return Err(format!("--max-fds {n}: only {avail} descriptors are left for tenants (open files {nofile}, map count {maps})")),
+        Some(n) => n,
+        None => avail,
+    };
+    if fds < 2 * tenants || a.max_threads < tenants {
+        return Err(format!("{fds} descriptors and {} threads cannot serve {tenants} tenants: raise the open-file limit or --max-threads", a.max_threads));
+    }
+    log::info!(
+        "limits: open files {nofile} (was {before}); tenants share {fds} descriptors and {} threads ({} and {} each, {tenants} tenants); {links} links to other routers",
+        a.max_threads,
+        fds / tenants,
+        a.max_threads / tenants
+    );
+    Ok((fds, links))
+}
+
 fn serve(a: ServeArgs) -> Result<(), String> {
     env_logger::Builder::new().parse_filters(&a.log_level).parse_default_env().format_timestamp_micros().init();
     if !ffcore::ring::valid_ring_size(a.ring_size) {
@@ -136,27 +213,47 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if tenants.is_empty() {
         tenants.push(Tenant { name: "default".into(), socket: a.socket.clone() });
     }
+    let (max_fds, max_links) = budget(&a, tenants.len())?;
     let mut router = Router::new(Limits {
         ring_size: a.ring_size,
         max_client_bytes: a.max_client_bytes,
         max_client_objects: a.max_client_objects,
         rates: parse_rates(&a.rate_limits)?,
+        max_fds,
+        max_threads: a.max_threads,
+        tenants: tenants.len(),
         ..Limits::default()
     });
     log::info!("ffrouter {} starting; ring size {} bytes; data path: same-host shared memory", env!("CARGO_PKG_VERSION"), a.ring_size);
-    if let Some(cfg) = ffrouter::remote::Config::from_flags(
-        a.listen_addr.as_deref(),
-        a.advertise_addr.as_deref(),
-        a.peer_streams as usize,
-        a.peer_secret_file.as_deref(),
-        &a.peer_transport,
-        a.peer_ring_size,
-    )? {
+    let flags = ffrouter::remote::Flags {
+        listen: a.listen_addr.as_deref(),
+        advertise: a.advertise_addr.as_deref(),
+        streams: a.peer_streams as usize,
+        secret_file: a.peer_secret_file.as_deref(),
+        insecure: a.insecure_no_peer_secret,
+        transport: &a.peer_transport,
+        ring_size: a.peer_ring_size,
+        peer_networks: &a.peer_networks,
+        peers: &a.peers,
+    };
+    if let Some(mut cfg) = ffrouter::remote::Config::from_flags(&flags)? {
+        cfg.max_links = max_links;
         let listen = cfg.listen;
         router.enable_remote(cfg).map_err(|e| format!("--listen-addr {listen}: {e}"))?;
     }
     if let Some(addr) = &a.metrics_addr {
-        ffrouter::metrics::serve(addr, router.state()).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        let token = match &a.metrics_token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).map_err(|e| format!("--metrics-token-file {}: {e}", p.display()))?;
+                let t = t.trim().to_string();
+                if t.len() < 16 {
+                    return Err(format!("--metrics-token-file {}: use a token of at least 16 characters", p.display()));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        ffrouter::metrics::serve(addr, router.state(), token).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
     }
     let mut threads = Vec::new();
     for t in &tenants {

@@ -1,6 +1,18 @@
 //! Prometheus metrics: per-tenant and per-connection counters, encoded at
 //! scrape time from the router's state (prometheus-client), served over
 //! HTTP on `--metrics-addr` (tiny_http) at `/metrics`.
+//!
+//! Who can read them: everyone who reaches the address sees every tenant's
+//! counters, so the router serves them on loopback only, unless a token is
+//! required (`--metrics-token-file`; scrapers send `Authorization: Bearer
+//! TOKEN`). Tenants see their own counters through their socket
+//! (`ffrouter stats`).
+//!
+//! Where they come from: clients, listeners, connections, shared bytes,
+//! requests and errors are the router's own bookkeeping. Bytes, messages
+//! and queue depths are read from connection control pages that the
+//! sending client writes: those families carry `reported_by="client"`, as
+//! a client can misstate its own traffic (not anyone else's).
 
 use std::sync::{Arc, Mutex};
 
@@ -44,20 +56,30 @@ impl Collector for RouterCollector {
         let counter = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
             stats.iter().map(|(l, s)| (l.clone(), ConstCounter::new(f(s)))).collect()
         };
+        let reported = |mut l: Labels| {
+            l.push(("reported_by", "client".to_string()));
+            l
+        };
+        let client_gauge = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstGauge<i64>)> {
+            stats.iter().map(|(l, s)| (reported(l.clone()), ConstGauge::new(f(s) as i64))).collect()
+        };
+        let client_counter = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
+            stats.iter().map(|(l, s)| (reported(l.clone()), ConstCounter::new(f(s)))).collect()
+        };
         family(&mut enc, "ff_tenant_clients", "Attached clients", &gauge(|s| s.clients))?;
         family(&mut enc, "ff_tenant_listeners", "Open listeners", &gauge(|s| s.listeners))?;
         family(&mut enc, "ff_tenant_connections", "Open connections", &gauge(|s| s.conns))?;
         family(&mut enc, "ff_tenant_shared_bytes", "Shared memory held (rings and regions)", &gauge(|s| s.shared_bytes))?;
-        family(&mut enc, "ff_tenant_queued_bytes", "Bytes waiting in the tenant's rings", &gauge(|s| s.queued_bytes))?;
+        family(&mut enc, "ff_tenant_queued_bytes", "Bytes waiting in the tenant's rings, as its clients report them", &client_gauge(|s| s.queued_bytes))?;
         family(&mut enc, "ff_tenant_requests", "Control requests", &counter(|s| s.requests))?;
         family(&mut enc, "ff_tenant_errors", "Control requests refused", &counter(|s| s.errors))?;
-        family(&mut enc, "ff_tenant_sent_bytes", "Bytes sent on open connections (ring bytes)", &counter(|s| s.bytes_sent))?;
-        family(&mut enc, "ff_tenant_sent_messages", "Messages sent on open connections", &counter(|s| s.messages_sent))?;
+        family(&mut enc, "ff_tenant_sent_bytes", "Bytes sent on open connections (ring bytes), as its clients report them", &client_counter(|s| s.bytes_sent))?;
+        family(&mut enc, "ff_tenant_sent_messages", "Messages sent on open connections, as its clients report them", &client_counter(|s| s.messages_sent))?;
         let conn = |f: fn(&crate::state::ConnRow) -> u64| -> Vec<(Labels, ConstGauge<i64>)> {
             rows.iter()
                 .map(|r| {
                     let l = vec![("tenant", r.tenant.to_string()), ("conn", r.conn.to_string()), ("side", r.side.to_string())];
-                    (l, ConstGauge::new(f(r) as i64))
+                    (reported(l), ConstGauge::new(f(r) as i64))
                 })
                 .collect()
         };
@@ -65,13 +87,13 @@ impl Collector for RouterCollector {
             rows.iter()
                 .map(|r| {
                     let l = vec![("tenant", r.tenant.to_string()), ("conn", r.conn.to_string()), ("side", r.side.to_string())];
-                    (l, ConstCounter::new(f(r)))
+                    (reported(l), ConstCounter::new(f(r)))
                 })
                 .collect()
         };
-        family(&mut enc, "ff_conn_sent_bytes", "Ring bytes sent by one side of a connection", &conn_counter(|r| r.bytes))?;
-        family(&mut enc, "ff_conn_sent_messages", "Messages sent by one side of a connection", &conn_counter(|r| r.messages))?;
-        family(&mut enc, "ff_conn_queue_depth_bytes", "Bytes sent by this side not yet taken by the peer", &conn(|r| r.queued))?;
+        family(&mut enc, "ff_conn_sent_bytes", "Ring bytes sent by one side of a connection, as its client reports them", &conn_counter(|r| r.bytes))?;
+        family(&mut enc, "ff_conn_sent_messages", "Messages sent by one side of a connection, as its client reports them", &conn_counter(|r| r.messages))?;
+        family(&mut enc, "ff_conn_queue_depth_bytes", "Bytes sent by this side not yet taken by the peer, as the clients report them", &conn(|r| r.queued))?;
         Ok(())
     }
 }
@@ -85,14 +107,35 @@ pub fn render(state: &Arc<Mutex<State>>) -> String {
     out
 }
 
-/// Serves `/metrics` on `addr` from a background thread.
-pub fn serve(addr: &str, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+/// Compares without stopping at the first difference (the token's length
+/// is no secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves `/metrics` on `addr` from a background thread; with `token`,
+/// only to requests that carry it. Without one, only on loopback.
+pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let public = addr.to_socket_addrs()?.any(|a| !a.ip().is_loopback());
+    if public && token.is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the metrics show every tenant's counters: serve them on loopback, or require a token (--metrics-token-file)",
+        ));
+    }
     let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-    log::info!("metrics on http://{addr}/metrics");
+    log::info!("metrics on http://{addr}/metrics{}", if token.is_some() { " (token required)" } else { "" });
+    let want = token.map(|t| format!("Bearer {t}"));
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for req in server.incoming_requests() {
-            let resp = if req.url() == "/metrics" {
-                let ct = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").unwrap();
+            let authorized = want.as_ref().is_none_or(|w| {
+                req.headers().iter().any(|h| h.field.equiv("Authorization") && same(h.value.as_bytes(), w.as_bytes()))
+            });
+            let resp = if !authorized {
+                tiny_http::Response::from_string("a token is required\n").with_status_code(401)
+            } else if req.url() == "/metrics" {
+                let ct = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("a valid header");
                 tiny_http::Response::from_string(render(&state)).with_header(ct)
             } else {
                 tiny_http::Response::from_string("see /metrics\n").with_status_code(404)

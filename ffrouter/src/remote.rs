@@ -32,7 +32,7 @@
 //! control page: clients fail their requests with `PeerClosed`.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -42,8 +42,11 @@ use ffcore::proto::{self, NetAddr, Reply};
 use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT};
 use ffcore::shm::SharedMem;
 
+use crate::limited;
+use crate::link::auth::Keys;
 use crate::link::tcp::{self, TcpLink};
-use crate::link::{self, Frame, Identity, Link, Transport, PING_EVERY};
+use crate::link::{self, Frame, Identity, Link, Transport, ACCEPT_TIMEOUT, DIAL_TIMEOUT, PING_EVERY};
+use crate::peers::PeerPolicy;
 use crate::state::{Outcome, State};
 use crate::wire::{self, Header};
 
@@ -81,33 +84,53 @@ pub struct Config {
     /// Ring size of connections to other hosts (smaller rings keep the
     /// forwarded bytes in cache; the link and both rings pipeline).
     pub ring_size: usize,
+    /// Which addresses are routers this one may link with.
+    pub peers: PeerPolicy,
+    /// Most links at once, both directions (each costs a descriptor and a
+    /// thread per stream, from the router's own reserve).
+    pub max_links: usize,
 }
+
+/// The flags behind a [`Config`], as given.
+pub struct Flags<'a> {
+    pub listen: Option<&'a str>,
+    pub advertise: Option<&'a str>,
+    pub streams: usize,
+    pub secret_file: Option<&'a std::path::Path>,
+    pub insecure: bool,
+    pub transport: &'a str,
+    pub ring_size: usize,
+    pub peer_networks: &'a [String],
+    pub peers: &'a [String],
+}
+
+/// Most links a router keeps by default.
+pub const MAX_LINKS: usize = 256;
 
 impl Config {
     /// Reads the flags; None without `--listen-addr`.
-    pub fn from_flags(
-        listen: Option<&str>,
-        advertise: Option<&str>,
-        streams: usize,
-        secret_file: Option<&std::path::Path>,
-        transport: &str,
-        ring_size: usize,
-    ) -> Result<Option<Config>, String> {
-        if !ffcore::ring::valid_ring_size(ring_size) {
-            return Err(format!("--peer-ring-size {ring_size}: must be a power of two from 4096 to 1 GiB"));
+    pub fn from_flags(f: &Flags) -> Result<Option<Config>, String> {
+        if !ffcore::ring::valid_ring_size(f.ring_size) {
+            return Err(format!("--peer-ring-size {}: must be a power of two from 4096 to 1 GiB", f.ring_size));
         }
-        let Some(listen) = listen else { return Ok(None) };
+        let Some(listen) = f.listen else { return Ok(None) };
         let listen: SocketAddr = listen.parse().map_err(|e| format!("--listen-addr {listen}: {e}"))?;
-        let advertise: SocketAddr = match advertise {
+        let advertise: SocketAddr = match f.advertise {
             Some(a) => a.parse().map_err(|e| format!("--advertise-addr {a}: {e}"))?,
             None => listen,
         };
         if advertise.ip().is_unspecified() || advertise.port() == 0 {
             return Err(format!("--advertise-addr {advertise}: other routers cannot reach that (give the host's address)"));
         }
-        let secret = match secret_file {
-            None => None,
-            Some(p) => {
+        let secret = match (f.secret_file, f.insecure) {
+            (Some(_), true) => return Err("--peer-secret-file and --insecure-no-peer-secret contradict each other".into()),
+            (None, false) => {
+                return Err("--listen-addr needs --peer-secret-file (the same secret on every router of the cluster), \
+                    or --insecure-no-peer-secret on a network that only routers can reach"
+                    .into())
+            }
+            (None, true) => None,
+            (Some(p), false) => {
                 let s = std::fs::read(p).map_err(|e| format!("--peer-secret-file {}: {e}", p.display()))?;
                 let s = s.trim_ascii().to_vec();
                 if s.len() < 16 {
@@ -116,8 +139,12 @@ impl Config {
                 Some(Arc::from(s))
             }
         };
-        let transport = link::select(transport)?;
-        Ok(Some(Config { listen, advertise, streams, secret, transport, ring_size }))
+        let transport = link::select(f.transport, secret.is_some())?;
+        if secret.is_none() {
+            log::warn!("--insecure-no-peer-secret: links between routers are neither authenticated nor encrypted; whoever reaches {listen} is trusted as a router");
+        }
+        let peers = PeerPolicy::new(f.peer_networks, f.peers, advertise)?;
+        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, peers, max_links: MAX_LINKS }))
     }
 }
 
@@ -138,15 +165,23 @@ pub struct Remote {
     by_client: Mutex<HashMap<u64, Vec<Weak<Fwd>>>>,
     /// Links in use (both directions), for counters and tests.
     links: AtomicUsize,
-    /// Incoming link handshakes under way.
-    handshakes: AtomicUsize,
+    /// Incoming link handshakes under way, by source address.
+    handshakes: Mutex<HashMap<IpAddr, usize>>,
+    /// Links being dialed, by the tenant whose connect started them.
+    dials: Mutex<HashMap<Arc<str>, usize>>,
 }
 
-/// At most this many incoming handshakes at once (each has a thread and
-/// takes at most DIAL_TIMEOUT), and this many links: whoever can reach
-/// `--listen-addr` cannot make the router spawn threads without bound.
-const MAX_HANDSHAKES: usize = 64;
-const MAX_LINKS: usize = 1024;
+/// At most this many incoming handshakes at once, this many from one
+/// address (each has a thread for at most ACCEPT_TIMEOUT): whoever reaches
+/// `--listen-addr` cannot make the router spawn threads without bound, nor
+/// keep other routers out.
+pub const MAX_HANDSHAKES: usize = 64;
+const HANDSHAKES_PER_ADDR: usize = 8;
+/// Links one tenant may have being dialed at once (each takes a thread for
+/// up to DIAL_TIMEOUT), and connects to other hosts one client may have
+/// under way.
+const DIALS_PER_TENANT: usize = 4;
+const PENDING_PER_CLIENT: usize = 64;
 
 struct Pending {
     fwd: Arc<Fwd>,
@@ -154,7 +189,7 @@ struct Pending {
 }
 
 struct Group {
-    socks: Vec<Option<std::net::TcpStream>>,
+    socks: Vec<Option<(TcpStream, Option<Keys>)>>,
     since: Instant,
 }
 
@@ -181,38 +216,26 @@ impl Remote {
             pending: Mutex::default(),
             by_client: Mutex::default(),
             links: AtomicUsize::new(0),
-            handshakes: AtomicUsize::new(0),
+            handshakes: Mutex::default(),
+            dials: Mutex::default(),
         });
         log::info!(
-            "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}{}",
+            "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}, {}; links with {} only",
             listener.local_addr()?,
             r.cfg.advertise,
             r.cfg.streams,
             r.cfg.transport,
-            if r.cfg.secret.is_some() { ", peer secret required" } else { "" }
+            if r.cfg.secret.is_some() { "peer secret required, links encrypted" } else { "NO peer secret" },
+            r.cfg.peers,
         );
         let weak = Arc::downgrade(&r);
         std::thread::Builder::new().name("peer-accept".into()).spawn(move || {
             for s in listener.incoming() {
                 let Some(r) = weak.upgrade() else { return };
                 match s {
-                    Ok(s) => {
-                        if r.handshakes.load(Ordering::Relaxed) >= MAX_HANDSHAKES || r.links() >= MAX_LINKS {
-                            log::warn!("refusing a link from {:?}: too many links or handshakes", s.peer_addr().ok());
-                            continue;
-                        }
-                        r.handshakes.fetch_add(1, Ordering::Relaxed);
-                        let r2 = r.clone();
-                        let spawned = std::thread::Builder::new().name("peer-handshake".into()).spawn(move || {
-                            r2.accept_stream(s);
-                            r2.handshakes.fetch_sub(1, Ordering::Relaxed);
-                        });
-                        if spawned.is_err() {
-                            r.handshakes.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
+                    Ok(s) => r.admit_link(s),
                     Err(e) => {
-                        log::warn!("accepting a peer router: {e}");
+                        limited!(warn, "peer-accept", "", "accepting a peer router: {e}");
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -225,12 +248,48 @@ impl Remote {
         self.links.load(Ordering::Relaxed)
     }
 
-    fn accept_stream(self: &Arc<Self>, s: std::net::TcpStream) {
-        let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let inc = match tcp::accept_stream(s, &self.me) {
+    /// A TCP connection to `--listen-addr`: handshake it on a thread of
+    /// its own if its source may be a router and it gets a slot.
+    fn admit_link(self: &Arc<Self>, s: TcpStream) {
+        let Ok(from) = s.peer_addr() else { return };
+        if !self.cfg.peers.allows(&from, true) {
+            limited!(warn, "peer-refused", "", "refusing a link from {from}: not a router address ({})", self.cfg.peers);
+            return;
+        }
+        let ip = from.ip().to_canonical();
+        {
+            let mut by = self.handshakes.lock().unwrap();
+            let (total, mine) = (by.values().sum::<usize>(), by.get(&ip).copied().unwrap_or(0));
+            if total >= MAX_HANDSHAKES || mine >= HANDSHAKES_PER_ADDR || self.links() >= self.cfg.max_links {
+                limited!(warn, "peer-busy", "", "refusing a link from {from}: {mine} handshakes under way from it, {total} in all, {} links", self.links());
+                return;
+            }
+            *by.entry(ip).or_default() += 1;
+        }
+        let done = move |r: &Remote| {
+            let mut by = r.handshakes.lock().unwrap();
+            if let Some(n) = by.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by.remove(&ip);
+                }
+            }
+        };
+        let r2 = self.clone();
+        let spawned = std::thread::Builder::new().name("peer-handshake".into()).spawn(move || {
+            r2.accept_stream(s, from);
+            done(&r2);
+        });
+        if spawned.is_err() {
+            done(self);
+        }
+    }
+
+    fn accept_stream(self: &Arc<Self>, s: TcpStream, from: SocketAddr) {
+        let inc = match tcp::accept_stream(s, &self.me, Instant::now() + ACCEPT_TIMEOUT) {
             Ok(i) => i,
             Err(e) => {
-                log::warn!("link handshake from {from} failed: {e}");
+                limited!(warn, "handshake", "", "link handshake from {from} failed: {e}");
                 return;
             }
         };
@@ -238,13 +297,17 @@ impl Remote {
         let complete = {
             let mut g = self.groups.lock().unwrap();
             g.retain(|_, v| v.since.elapsed() < Duration::from_secs(10));
+            if g.len() >= MAX_HANDSHAKES && !g.contains_key(&key) {
+                limited!(warn, "peer-busy", "", "link from {from}: too many links being set up; dropping it");
+                return;
+            }
             let e = g.entry(key).or_insert_with(|| Group { socks: (0..inc.streams).map(|_| None).collect(), since: Instant::now() });
             if e.socks.len() != inc.streams || e.socks[inc.stream].is_some() {
-                log::warn!("link from {from}: inconsistent stream numbers; dropping it");
+                limited!(warn, "handshake", "", "link from {from}: inconsistent stream numbers; dropping it");
                 g.remove(&key);
                 return;
             }
-            e.socks[inc.stream] = Some(inc.sock);
+            e.socks[inc.stream] = Some((inc.sock, inc.keys));
             if e.socks.iter().all(Option::is_some) {
                 g.remove(&key).map(|v| v.socks.into_iter().map(Option::unwrap).collect::<Vec<_>>())
             } else {
@@ -256,22 +319,24 @@ impl Remote {
             let link = match self.make_link(socks, format!("link from router {} at {from}", hex(&inc.peer_id[..4]))) {
                 Ok(l) => l,
                 Err(e) => {
-                    log::warn!("link from {from}: {e}");
+                    limited!(warn, "handshake", "", "link from {from}: {e}");
                     return;
                 }
             };
             log::info!("{} is up ({n} streams)", link.describe());
             let peer = Peer::new(link.describe(), None, Arc::downgrade(self));
+            let _ = peer.peer_id.set(inc.peer_id);
             peer.up(self, link);
         }
     }
 
-    fn make_link(&self, socks: Vec<std::net::TcpStream>, what: String) -> std::io::Result<Arc<dyn Link>> {
+    fn make_link(&self, socks: Vec<(TcpStream, Option<Keys>)>, what: String) -> std::io::Result<Arc<dyn Link>> {
         match self.cfg.transport {
             Transport::Tcp => Ok(Arc::new(TcpLink::new(socks, format!("tcp {what}"))?)),
-            Transport::Rdma => link::rdma::over_tcp_bootstrap(socks, format!("rdma {what}")),
+            // Not with a secret (Config::from_flags refuses that).
+            Transport::Rdma => link::rdma::over_tcp_bootstrap(socks.into_iter().map(|(s, _)| s).collect(), format!("rdma {what}")),
             #[cfg(test)]
-            Transport::FakeRdma => link::rdma::over_fake(socks, format!("fake-rdma {what}")),
+            Transport::FakeRdma => link::rdma::over_fake(socks.into_iter().map(|(s, _)| s).collect(), format!("fake-rdma {what}")),
         }
     }
 
@@ -312,6 +377,18 @@ impl Remote {
         if to == self.cfg.advertise {
             return err(ErrorCode::NotFound, "the handle names this host's router as it was before a restart (stale handle)");
         }
+        if !self.cfg.peers.allows(&to, false) {
+            return err(ErrorCode::PermissionDenied, format!("the handle names {to}, which is not a router address this router links with ({})", self.cfg.peers));
+        }
+        if pending.keys().filter(|k| k.0 == client).count() >= PENDING_PER_CLIENT {
+            return err(ErrorCode::ResourceExhausted, format!("{PENDING_PER_CLIENT} connects to other hosts under way (limit)"));
+        }
+        drop(pending);
+        let tenant: Arc<str> = tenant.into();
+        let peer = match self.peer_for(to, &tenant) {
+            Ok(p) => p,
+            Err(o) => return o,
+        };
         let made = self.state.lock().unwrap().connect_out(client, self.cfg.ring_size);
         let (id, mem) = match made {
             Ok(x) => x,
@@ -324,10 +401,9 @@ impl Remote {
                 return err(ErrorCode::Internal, e);
             }
         };
-        pending.insert(key, Pending { fwd: fwd.clone(), deadline: Instant::now() + CONNECT_TIMEOUT });
-        drop(pending);
+        self.pending.lock().unwrap().insert(key, Pending { fwd: fwd.clone(), deadline: Instant::now() + CONNECT_TIMEOUT });
         let body = wire::Connect { tenant: tenant.to_string(), listener, nonce, credit: fwd.ring };
-        self.peer_for(to).submit(self, fwd, body);
+        peer.submit(self, fwd, body, router_id);
         Reply::NotReady.into()
     }
 
@@ -346,47 +422,83 @@ impl Remote {
         }
     }
 
-    /// The link to `addr`: an existing live one, or a new one being dialed.
-    fn peer_for(self: &Arc<Self>, addr: SocketAddr) -> Arc<Peer> {
+    /// The link to `addr`: an existing live one, or a new one being dialed
+    /// (one of `tenant`'s few dials at a time).
+    fn peer_for(self: &Arc<Self>, addr: SocketAddr, tenant: &Arc<str>) -> Result<Arc<Peer>, Outcome> {
         let mut out = self.out.lock().unwrap();
         if let Some(p) = out.get(&addr) {
             if !p.dead.load(Ordering::Acquire) {
-                return p.clone();
+                return Ok(p.clone());
             }
+        }
+        if self.links() >= self.cfg.max_links {
+            return Err(err(ErrorCode::ResourceExhausted, format!("this router has {} links to other routers (limit)", self.links())));
+        }
+        {
+            let mut d = self.dials.lock().unwrap();
+            let n = d.entry(tenant.clone()).or_default();
+            if *n >= DIALS_PER_TENANT {
+                return Err(err(ErrorCode::ResourceExhausted, format!("tenant {tenant} has {n} links to other routers being set up (limit); try again")));
+            }
+            *n += 1;
         }
         let p = Peer::new(format!("link to {addr}"), Some(addr), Arc::downgrade(self));
         out.insert(addr, p.clone());
-        let (r, p2) = (self.clone(), p.clone());
-        let spawned = std::thread::Builder::new().name("peer-dial".into()).spawn(move || r.dial(p2, addr));
+        let (r, p2, t) = (self.clone(), p.clone(), tenant.clone());
+        let spawned = std::thread::Builder::new().name("peer-dial".into()).spawn(move || {
+            r.dial(p2, addr);
+            r.dial_done(&t);
+        });
         if let Err(e) = spawned {
+            self.dial_done(tenant);
             p.kill(&format!("cannot start dialing: {e}"));
         }
-        p
+        Ok(p)
     }
 
-    fn dial(self: &Arc<Self>, peer: Arc<Peer>, addr: SocketAddr) {
-        let n = self.cfg.streams;
-        let link_id: u64 = rand::random();
-        let mut socks = Vec::with_capacity(n);
-        let mut peer_id = None;
-        for i in 0..n {
-            match tcp::dial_stream(addr, &self.me, link_id, i, n) {
-                Ok((s, id)) => {
-                    if peer_id.is_some_and(|p| p != id) {
-                        return peer.kill("the peer router changed while dialing");
-                    }
-                    peer_id = Some(id);
-                    socks.push(s);
-                }
-                Err(e) => return peer.kill(&format!("cannot reach the router at {addr}: {e}")),
+    fn dial_done(&self, tenant: &Arc<str>) {
+        let mut d = self.dials.lock().unwrap();
+        if let Some(n) = d.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                d.remove(tenant);
             }
         }
-        match self.make_link(socks, format!("link to router {} at {addr}", hex(&peer_id.unwrap_or_default()[..4]))) {
-            Ok(link) => {
+    }
+
+    /// Dials every stream of a link to `addr` and brings it up. However it
+    /// fails (nothing listens, something else listens, a router with
+    /// another secret, a stall), the connects waiting for it get the same
+    /// error at the same time, DIAL_TIMEOUT after the dial began: tenants
+    /// learn nothing about the port. The router's log says what happened.
+    fn dial(self: &Arc<Self>, peer: Arc<Peer>, addr: SocketAddr) {
+        let deadline = Instant::now() + DIAL_TIMEOUT;
+        let n = self.cfg.streams;
+        let link_id: u64 = rand::random();
+        let streams = (0..n).try_fold((Vec::with_capacity(n), None::<[u8; 16]>), |(mut socks, id), i| {
+            let (s, a) = tcp::dial_stream(addr, &self.me, link_id, i, n, deadline).map_err(|e| e.to_string())?;
+            if id.is_some_and(|p| p != a.peer_id) {
+                return Err("the peer router changed while dialing".to_string());
+            }
+            socks.push((s, a.keys));
+            Ok((socks, Some(a.peer_id)))
+        });
+        let up = streams.and_then(|(socks, id)| {
+            let id = id.expect("at least one stream");
+            let link = self.make_link(socks, format!("link to router {} at {addr}", hex(&id[..4]))).map_err(|e| e.to_string())?;
+            Ok((link, id))
+        });
+        match up {
+            Ok((link, id)) => {
                 log::info!("{} is up ({n} streams)", link.describe());
+                let _ = peer.peer_id.set(id);
                 peer.up(self, link);
             }
-            Err(e) => peer.kill(&format!("cannot set up the link to {addr}: {e}")),
+            Err(why) => {
+                limited!(warn, "dial", "", "cannot link with {addr}: {why}");
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                peer.kill(&format!("no FreeFlow router answered at {addr}"));
+            }
         }
     }
 
@@ -434,6 +546,8 @@ pub struct Peer {
     name: String,
     /// Set for links this router dialed (their key in `Remote::out`).
     addr: Option<SocketAddr>,
+    /// The peer router's id, once its handshake proved it.
+    peer_id: std::sync::OnceLock<[u8; 16]>,
     remote: Weak<Remote>,
     inner: Mutex<PeerInner>,
     conns: Mutex<HashMap<u64, Arc<Fwd>>>,
@@ -445,8 +559,9 @@ pub struct Peer {
 #[derive(Default)]
 struct PeerInner {
     link: Option<Arc<dyn Link>>,
-    /// Connects waiting for the link to come up.
-    waiting: Vec<(Arc<Fwd>, wire::Connect)>,
+    /// Connects waiting for the link to come up, with the router id
+    /// their handle names.
+    waiting: Vec<(Arc<Fwd>, wire::Connect, [u8; 16])>,
 }
 
 impl Peer {
@@ -454,6 +569,7 @@ impl Peer {
         Arc::new(Peer {
             name,
             addr,
+            peer_id: std::sync::OnceLock::new(),
             remote,
             inner: Mutex::default(),
             conns: Mutex::default(),
@@ -482,13 +598,14 @@ impl Peer {
             i.link = Some(link);
             std::mem::take(&mut i.waiting)
         };
-        for (f, body) in waiting {
-            self.submit(remote, f, body);
+        for (f, body, want) in waiting {
+            self.submit(remote, f, body, want);
         }
     }
 
-    /// Sends a CONNECT for `f` once the link is up.
-    fn submit(self: &Arc<Self>, _remote: &Arc<Remote>, f: Arc<Fwd>, body: wire::Connect) {
+    /// Sends a CONNECT for `f` once the link is up, if the router at the
+    /// other end is the one its handle names (`want`).
+    fn submit(self: &Arc<Self>, _remote: &Arc<Remote>, f: Arc<Fwd>, body: wire::Connect, want: [u8; 16]) {
         let link = {
             let mut i = self.inner.lock().unwrap();
             if self.dead.load(Ordering::Acquire) {
@@ -498,11 +615,14 @@ impl Peer {
             match &i.link {
                 Some(l) => l.clone(),
                 None => {
-                    i.waiting.push((f, body));
+                    i.waiting.push((f, body, want));
                     return;
                 }
             }
         };
+        if self.peer_id.get() != Some(&want) {
+            return f.refuse(ErrorCode::NotFound, &format!("{}: another router answers there than the handle names (stale or forged handle)", self.name));
+        }
         let s = (f.local as usize) % link.streams();
         f.stream.store(s, Ordering::Relaxed);
         if let Err(e) = link.register(&f.mem) {
@@ -803,12 +923,12 @@ impl Peer {
         };
         let conns: Vec<Arc<Fwd>> = self.conns.lock().unwrap().drain().map(|(_, f)| f).collect();
         if link.is_some() || !conns.is_empty() {
-            log::warn!("{} is down: {why}; closing its {} connection(s)", self.name, conns.len());
+            limited!(warn, "link-down", "", "{} is down: {why}; closing its {} connection(s)", self.name, conns.len());
         } else {
-            log::warn!("{}: {why}", self.name);
+            limited!(warn, "link-down", "", "{}: {why}", self.name);
         }
         let msg = format!("{}: {why}", self.name);
-        for (f, _) in waiting {
+        for (f, _, _) in waiting {
             f.refuse(ErrorCode::Unreachable, &msg);
         }
         for f in conns {
@@ -1428,7 +1548,9 @@ mod tests {
             let mk = |i: usize| {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                r.enable_remote(Config { listen: any, advertise: any, streams, secret: None, transport: t, ring_size }).unwrap();
+                let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(&b"engine tests' shared secret"[..]));
+                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, peers: PeerPolicy::any(), max_links: MAX_LINKS };
+                r.enable_remote(cfg).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
                 r
             };

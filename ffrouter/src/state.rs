@@ -1,6 +1,18 @@
 //! The router's bookkeeping: clients, listeners, connections and shadow
 //! regions, each owned by one client of one tenant. Every request is checked
 //! against ownership and tenant here; this module does no I/O.
+//!
+//! Resources are capped at three levels: per client (shared bytes and
+//! objects), per tenant (descriptors and threads: each tenant may hold at
+//! most its share, `1/tenants` of the router's, so one tenant at its limits
+//! leaves the others theirs) and for the router (the sum of the shares).
+//! What each thing costs the router:
+//!
+//! | | descriptors | threads |
+//! |---|---|---|
+//! | a client (control socket, client page; its service thread) | 2 | 1 |
+//! | a shadow region, a connection on this host (its memfd) | 1 | 0 |
+//! | a connection to another host (memfd, liveness lock; its pump) | 2 | 1 |
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,12 +37,31 @@ pub struct Limits {
     /// Send rate limits in bytes/s: by tenant (applies to each container of
     /// the tenant) and by container (PID-namespace inode; overrides).
     pub rates: Rates,
+    /// Descriptors and threads the router may spend on tenants, all
+    /// together; each tenant may use `1/tenants` of them.
+    pub max_fds: usize,
+    pub max_threads: usize,
+    pub tenants: usize,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Rates {
     pub tenant: HashMap<String, u64>,
     pub container: HashMap<u64, u64>,
+}
+
+/// What a thing costs the router: (descriptors, threads).
+pub type Cost = (usize, usize);
+pub const CLIENT_COST: Cost = (2, 1);
+pub const LOCAL_COST: Cost = (1, 0);
+pub const FORWARDED_COST: Cost = (2, 1);
+
+impl Limits {
+    /// The descriptors and threads one tenant may hold.
+    pub fn tenant_share(&self) -> Cost {
+        let t = self.tenants.max(1);
+        (self.max_fds / t, self.max_threads / t)
+    }
 }
 
 impl Rates {
@@ -51,6 +82,9 @@ impl Default for Limits {
             max_client_objects: 65536,
             max_backlog: 4096,
             rates: Rates::default(),
+            max_fds: 16384,
+            max_threads: 4096,
+            tenants: 1,
         }
     }
 }
@@ -91,6 +125,8 @@ struct ListenerRec {
 
 struct ConnRec {
     tenant: Arc<str>,
+    /// What it costs its tenant (local or forwarded).
+    cost: Cost,
     mem: Arc<SharedMem>,
     /// The client holding each side, while it holds it.
     ends: [Option<u64>; 2],
@@ -154,6 +190,8 @@ pub struct State {
     errors: u64,
     /// Requests and refusals per tenant.
     tenant_requests: HashMap<Arc<str>, (u64, u64)>,
+    /// Descriptors and threads each tenant holds.
+    usage: HashMap<Arc<str>, Cost>,
     buckets: HashMap<(Arc<str>, u64), Bucket>,
 }
 
@@ -183,6 +221,7 @@ impl State {
             requests: 0,
             errors: 0,
             tenant_requests: HashMap::new(),
+            usage: HashMap::new(),
             buckets: HashMap::new(),
         }
     }
@@ -244,9 +283,48 @@ impl State {
         self.next_id
     }
 
-    /// A new client on a tenant's socket.
-    pub fn add_client(&mut self, tenant: Arc<str>) -> ffcore::Result<u64> {
-        let page = Arc::new(Page::create()?);
+    /// Takes `cost` from `tenant`'s share, or says why not.
+    fn charge(&mut self, tenant: &Arc<str>, cost: Cost) -> Result<(), (ErrorCode, String)> {
+        let (fds, threads) = self.limits.tenant_share();
+        let u = self.usage.get(tenant).copied().unwrap_or_default();
+        if u.0 + cost.0 > fds {
+            return Err((ErrorCode::ResourceExhausted, format!("tenant {tenant} holds {} of its {fds} descriptors", u.0)));
+        }
+        if u.1 + cost.1 > threads {
+            return Err((ErrorCode::ResourceExhausted, format!("tenant {tenant} uses {} of its {threads} threads", u.1)));
+        }
+        let u = self.usage.entry(tenant.clone()).or_default();
+        u.0 += cost.0;
+        u.1 += cost.1;
+        Ok(())
+    }
+
+    fn uncharge(&mut self, tenant: &Arc<str>, cost: Cost) {
+        if let Some(u) = self.usage.get_mut(tenant) {
+            u.0 -= cost.0;
+            u.1 -= cost.1;
+            if *u == (0, 0) {
+                self.usage.remove(tenant);
+            }
+        }
+    }
+
+    /// Descriptors and threads `tenant` holds now.
+    pub fn usage(&self, tenant: &str) -> Cost {
+        self.usage.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// A new client on a tenant's socket (refused when the tenant has no
+    /// descriptors or threads left for it).
+    pub fn add_client(&mut self, tenant: Arc<str>) -> Result<u64, (ErrorCode, String)> {
+        self.charge(&tenant, CLIENT_COST)?;
+        let page = match Page::create() {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                self.uncharge(&tenant, CLIENT_COST);
+                return Err((ErrorCode::Internal, format!("cannot make the client page: {e}")));
+            }
+        };
         let id = self.id();
         self.clients.insert(
             id,
@@ -325,9 +403,15 @@ impl State {
                 if let Some(o) = self.check_quota(client, len) {
                     return o;
                 }
+                if let Err((code, msg)) = self.charge(&tenant, LOCAL_COST) {
+                    return err(code, msg);
+                }
                 let mem = match SharedMem::create("ff-region", len as usize) {
                     Ok(m) => Arc::new(m),
-                    Err(e) => return err(ErrorCode::Internal, format!("cannot allocate {len} bytes: {e}")),
+                    Err(e) => {
+                        self.uncharge(&tenant, LOCAL_COST);
+                        return err(ErrorCode::Internal, format!("cannot allocate {len} bytes: {e}"));
+                    }
                 };
                 let id = self.id();
                 self.regions.insert(id, RegionRec { owner: client, tenant, mem: mem.clone() });
@@ -381,11 +465,13 @@ impl State {
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return o;
         }
-        let mem = match new_conn_file(ring_size, false) {
+        let mem = match self.charge(tenant, LOCAL_COST).and_then(|()| {
+            new_conn_file(ring_size, false).inspect_err(|_| self.uncharge(tenant, LOCAL_COST))
+        }) {
             Ok(m) => m,
             Err((code, msg)) => return err(code, msg),
         };
-        let id = self.add_conn(tenant.clone(), mem.clone(), Some(client), Some(listener));
+        let id = self.add_conn(tenant.clone(), LOCAL_COST, mem.clone(), Some(client), Some(listener));
         Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64 }, fd: Some(mem) }
     }
 
@@ -400,7 +486,7 @@ impl State {
             return Err((ErrorCode::NotFound, format!("no listener {listener} with that handle (forged or stale)")));
         }
         if &*l.tenant != tenant {
-            log::warn!("{who} of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
+            crate::limited!(warn, "cross-tenant", tenant, "{who} of tenant {tenant} tried to connect to tenant {}'s listener {listener}", l.tenant);
             return Err((ErrorCode::PermissionDenied, "the listener belongs to another tenant".into()));
         }
         if l.backlog.len() >= self.limits.max_backlog {
@@ -409,12 +495,13 @@ impl State {
         Ok(())
     }
 
-    /// Records a new connection: side 0 held by `connector` (None: the
-    /// router plays it), queued for acceptance on `listener` if given.
-    fn add_conn(&mut self, tenant: Arc<str>, mem: Arc<SharedMem>, connector: Option<u64>, listener: Option<u64>) -> u64 {
+    /// Records a new connection (its cost already charged to `tenant`):
+    /// side 0 held by `connector` (None: the router plays it), queued for
+    /// acceptance on `listener` if given.
+    fn add_conn(&mut self, tenant: Arc<str>, cost: Cost, mem: Arc<SharedMem>, connector: Option<u64>, listener: Option<u64>) -> u64 {
         let id = self.id();
         let bytes = mem.len() as u64;
-        self.conns.insert(id, ConnRec { tenant, mem, ends: [connector, None], queued: listener.is_some() });
+        self.conns.insert(id, ConnRec { tenant, cost, mem, ends: [connector, None], queued: listener.is_some() });
         if let Some(l) = listener.and_then(|l| self.listeners.get_mut(&l)) {
             l.backlog.push_back(id);
             let owner = l.owner;
@@ -437,6 +524,14 @@ impl State {
         };
         let c = self.conns.get_mut(&id).expect("queued connections exist");
         c.queued = false;
+        let len = c.mem.len() as u64;
+        if let Some(o) = self.check_quota(client, len) {
+            // No room to take it: the connector sees the acceptor side
+            // closed, and the acceptor learns why.
+            self.release_end(id, 1);
+            return o;
+        }
+        let c = self.conns.get_mut(&id).expect("still there: side 0 is held or played");
         c.ends[1] = Some(client);
         let mem = c.mem.clone();
         let bytes = mem.len() as u64;
@@ -453,9 +548,13 @@ impl State {
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return Err(o);
         }
-        let mem = new_conn_file(ring_size, true).map_err(|(code, msg)| err(code, msg))?;
         let tenant = self.clients[&client].tenant.clone();
-        let id = self.add_conn(tenant, mem.clone(), Some(client), None);
+        self.charge(&tenant, FORWARDED_COST).map_err(|(code, msg)| err(code, msg))?;
+        let mem = new_conn_file(ring_size, true).map_err(|(code, msg)| {
+            self.uncharge(&tenant, FORWARDED_COST);
+            err(code, msg)
+        })?;
+        let id = self.add_conn(tenant, FORWARDED_COST, mem.clone(), Some(client), None);
         Ok((id, mem))
     }
 
@@ -463,12 +562,18 @@ impl State {
     /// peer router that claims the connector is in `tenant`: the same nonce
     /// and tenant checks as a local connect. The router plays side 0; the
     /// connection is queued for the listener's owner to accept as side 1.
+    /// It is charged to the listener's tenant, and refused when the
+    /// listener's owner could not accept it within its quota.
     /// Returns the connection, its file and the listener's owner.
     pub fn connect_in(&mut self, tenant: &str, listener: u64, nonce: u64, ring_size: usize) -> Result<(u64, Arc<SharedMem>, u64), (ErrorCode, String)> {
         self.check_listener(listener, nonce, tenant, "a remote client")?;
         let (tenant, owner) = (self.listeners[&listener].tenant.clone(), self.listeners[&listener].owner);
-        let mem = new_conn_file(ring_size, true)?;
-        let id = self.add_conn(tenant, mem.clone(), None, Some(listener));
+        if let Some(Outcome { reply: Reply::Error { code, message }, .. }) = self.check_quota(owner, ring::file_len(ring_size) as u64) {
+            return Err((code, format!("the listener's owner: {message}")));
+        }
+        self.charge(&tenant, FORWARDED_COST)?;
+        let mem = new_conn_file(ring_size, true).inspect_err(|_| self.uncharge(&tenant, FORWARDED_COST))?;
+        let id = self.add_conn(tenant, FORWARDED_COST, mem.clone(), None, Some(listener));
         Ok((id, mem, owner))
     }
 
@@ -500,11 +605,14 @@ impl State {
             }
         }
         let c = &self.conns[&conn];
-        if let Ok(lay) = ring::Layout::new(&c.mem, ring_of(&c.mem)) {
-            lay.side(side).close();
-        }
+        // The router made this file: its layout needs no check of the
+        // control page, which the client may have scribbled on. Whatever
+        // it holds, the peer is told.
+        ring::Layout::of_own(&c.mem).side(side).close();
         if c.ends.iter().all(Option::is_none) && !c.queued {
-            self.conns.remove(&conn);
+            if let Some(c) = self.conns.remove(&conn) {
+                self.uncharge(&c.tenant, c.cost);
+            }
         }
     }
 
@@ -528,6 +636,7 @@ impl State {
                 c.regions.remove(&region);
                 c.bytes -= r.mem.len() as u64;
             }
+            self.uncharge(&r.tenant, LOCAL_COST);
         }
     }
 
@@ -551,6 +660,7 @@ impl State {
             self.free_region(r);
         }
         if let Some(c) = self.clients.remove(&client) {
+            self.uncharge(&c.tenant, CLIENT_COST);
             let key = (c.tenant.clone(), c.container);
             if !self.clients.values().any(|o| o.tenant == key.0 && o.container == key.1) {
                 self.buckets.remove(&key);
@@ -563,7 +673,7 @@ impl State {
     pub fn conn_rows(&self) -> Vec<ConnRow> {
         let mut rows = Vec::new();
         for (&conn, c) in &self.conns {
-            let Ok(lay) = ring::Layout::new(&c.mem, ring_of(&c.mem)) else { continue };
+            let lay = ring::Layout::of_own(&c.mem);
             for side in 0..2 {
                 let (head, tail, messages) = lay.counters(side);
                 rows.push(ConnRow {
@@ -716,5 +826,80 @@ mod tests {
         st.remove_client(b);
         let s = st.stats(None);
         assert_eq!((s.clients, s.listeners, s.conns, s.regions, s.shared_bytes), (0, 0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_tenant_at_its_share_leaves_the_others_theirs() {
+        // 2 tenants share 20 descriptors and 4 threads: 10 and 2 each.
+        let mut st = State::new(Limits { ring_size: 4096, max_fds: 20, max_threads: 4, tenants: 2, ..Limits::default() });
+        let a1 = st.add_client("a".into()).unwrap();
+        let a2 = st.add_client("a".into()).unwrap();
+        let e = st.add_client("a".into()).err().unwrap();
+        assert_eq!(e.0, ErrorCode::ResourceExhausted, "{e:?}");
+        assert!(e.1.contains("threads"), "{}", e.1);
+        // 4 descriptors for two clients, 6 regions fill the rest.
+        for _ in 0..6 {
+            assert!(matches!(st.handle(a1, Request::AllocRegion { len: 4096 }).reply, Reply::Region { .. }));
+        }
+        assert_eq!(code(st.handle(a2, Request::AllocRegion { len: 4096 })), Some(ErrorCode::ResourceExhausted));
+        let (l, n) = listen(&mut st, a1);
+        let rid = st.router_id;
+        assert_eq!(code(st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n })), Some(ErrorCode::ResourceExhausted), "a connection needs a descriptor");
+        assert_eq!(st.usage("a"), (10, 2));
+        // Tenant b gets all of its own share.
+        let b1 = st.add_client("b".into()).unwrap();
+        let b2 = st.add_client("b".into()).unwrap();
+        let (lb, nb) = listen(&mut st, b1);
+        assert!(matches!(st.handle(b2, Request::Connect { router_id: rid, listener: lb, nonce: nb }).reply, Reply::Connected { .. }));
+        assert_eq!(st.usage("b"), (5, 2));
+        // Leaving gives everything back.
+        for c in [a1, a2, b1, b2] {
+            st.remove_client(c);
+        }
+        assert_eq!((st.usage("a"), st.usage("b")), ((0, 0), (0, 0)));
+    }
+
+    #[test]
+    fn accepting_and_connections_from_other_hosts_are_charged() {
+        let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 3 * ring::file_len(4096) as u64, ..Limits::default() });
+        let a = st.add_client("a".into()).unwrap();
+        let b = st.add_client("a".into()).unwrap();
+        let (l, n) = listen(&mut st, a);
+        let rid = st.router_id;
+        // The acceptor fills its bytes with regions; a connection queued for
+        // it cannot be accepted: the connector sees it closed.
+        let Reply::Connected { conn, .. } = st.handle(b, Request::Connect { router_id: rid, listener: l, nonce: n }).reply else { panic!() };
+        assert!(matches!(st.handle(a, Request::AllocRegion { len: 3 * ring::file_len(4096) as u64 }).reply, Reply::Region { .. }));
+        assert_eq!(code(st.handle(a, Request::Accept { listener: l })), Some(ErrorCode::ResourceExhausted));
+        let mem = st.conns[&conn].mem.clone();
+        assert!(ring::Layout::of_own(&mem).side(1).is_closed(), "the connector is told");
+        // From another host: refused while the listener's owner has no room,
+        // charged to its tenant (a descriptor pair and a pump thread) when it has.
+        assert_eq!(st.connect_in("a", l, n, 4096).err().unwrap().0, ErrorCode::ResourceExhausted);
+        st.remove_client(a);
+        let a = st.add_client("a".into()).unwrap();
+        let (l, n) = listen(&mut st, a);
+        let before = st.usage("a");
+        let (id, _, owner) = st.connect_in("a", l, n, 4096).unwrap();
+        assert_eq!(owner, a);
+        assert_eq!(st.usage("a"), (before.0 + FORWARDED_COST.0, before.1 + FORWARDED_COST.1));
+        assert!(matches!(st.handle(a, Request::Accept { listener: l }).reply, Reply::Connected { conn, .. } if conn == id));
+        st.remove_client(a);
+        st.remove_client(b);
+        assert_eq!(st.usage("a"), (0, 0));
+    }
+
+    #[test]
+    fn a_scribbled_control_page_does_not_stop_the_close() {
+        let (mut st, a1, a2, _) = setup();
+        let (l, n) = listen(&mut st, a1);
+        let rid = st.router_id;
+        let Reply::Connected { conn, .. } = st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n }).reply else { panic!() };
+        assert!(matches!(st.handle(a1, Request::Accept { listener: l }).reply, Reply::Connected { .. }));
+        let mem = st.conns[&conn].mem.clone();
+        // The connector zeroes the control page (magic, size, flags), then leaves.
+        unsafe { std::ptr::write_bytes(mem.as_ptr(), 0, 256) };
+        st.remove_client(a2);
+        assert!(ring::Layout::of_own(&mem).side(0).is_closed(), "the acceptor is told its peer left");
     }
 }

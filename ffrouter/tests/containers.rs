@@ -355,7 +355,7 @@ fn containers_need_no_privilege_uid_or_capability() {
     let d = r.tenant_dir("a");
     let fb = bin("ffbench");
     let fb = fb.to_str().unwrap();
-    let drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"];
+    let drop = fftestkit::AS_NOBODY;
     let mut sargv: Vec<&str> = drop.to_vec();
     sargv.extend([fb, "serve", "check", "--iters", "16", "--max-size", "4194304"]);
     let mut server = Container::run(&d, &sargv);

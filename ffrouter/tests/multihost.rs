@@ -165,7 +165,9 @@ fn routers_with_different_peer_secrets_do_not_link() {
     h.start_router(1, &["a"], &["--peer-secret-file", s2.to_str().unwrap()]);
     let e = connect(&h).err().expect("routers with different secrets refuse each other");
     assert_eq!(e.code(), Some(ErrorCode::Unreachable), "{e}");
-    assert!(e.to_string().contains("secret"), "{e}");
+    // Tenants learn no more than from an address where nothing listens
+    // (the routers' logs say why).
+    assert!(e.to_string().contains("no FreeFlow router answered"), "{e}");
     drop(h);
     let mut h = TwoHosts::new();
     h.start_router(0, &["a"], &["--peer-secret-file", s1.to_str().unwrap()]);

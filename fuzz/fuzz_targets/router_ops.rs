@@ -1,7 +1,8 @@
 //! Sequences of client operations against the router's bookkeeping: clients
 //! of two tenants attach, issue requests naming real, stale and forged ids,
 //! and leave. Invariants: no panic; a tenant's counters never show another
-//! tenant's objects; once every client has left, nothing is held.
+//! tenant's objects; once every client has left, nothing is held, and no
+//! tenant is charged for anything.
 #![no_main]
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use ffrouter::{Limits, State};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 1 << 20, max_client_objects: 16, max_backlog: 4, ..Limits::default() });
+    let mut st = State::new(Limits { ring_size: 4096, max_client_bytes: 1 << 20, max_client_objects: 16, max_backlog: 4, max_fds: 48, max_threads: 8, tenants: 2, ..Limits::default() });
     let tenants: [Arc<str>; 2] = ["a".into(), "b".into()];
     let mut clients: Vec<u64> = Vec::new();
     // Ids the router handed out, so the fuzzer can name real objects.
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     for op in &mut it {
         let pick = |v: &Vec<u64>, b: u8| v[b as usize % v.len()];
         match op[0] % 10 {
-            0 | 1 => clients.push(st.add_client(tenants[op[1] as usize % 2].clone()).unwrap()),
+            0 | 1 => clients.extend(st.add_client(tenants[op[1] as usize % 2].clone()).ok()),
             2 if !clients.is_empty() => {
                 let c = clients.remove(op[1] as usize % clients.len());
                 st.remove_client(c);
@@ -65,4 +66,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let s = st.stats(None);
     assert_eq!((s.clients, s.listeners, s.conns, s.regions, s.shared_bytes), (0, 0, 0, 0, 0), "{s:?}");
+    assert_eq!((st.usage("a"), st.usage("b")), ((0, 0), (0, 0)));
 });

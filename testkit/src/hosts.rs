@@ -21,6 +21,12 @@ use crate::{bin, unique, wait_for, Container, Spec};
 
 pub const PORT: u16 = 7070;
 
+fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).expect("read /dev/urandom");
+    u128::from_le_bytes(b)
+}
+
 pub struct TwoHosts {
     /// Network namespace names.
     pub ns: [String; 2],
@@ -98,6 +104,16 @@ impl TwoHosts {
         self.dirs[i].join(tenant)
     }
 
+    /// The peer secret both routers get unless a test gives its own
+    /// (`--peer-secret-file` or `--insecure-no-peer-secret` in `extra`).
+    pub fn secret_file(&self) -> PathBuf {
+        let p = self.dirs[0].join("peer-secret");
+        if !p.exists() {
+            std::fs::write(&p, format!("test secret {:032x}\n", rand_u128())).unwrap();
+        }
+        p
+    }
+
     /// Starts host `i`'s router with `tenants`, listening for the other
     /// router on the veth, plus `extra` flags.
     pub fn start_router(&mut self, i: usize, tenants: &[&str], extra: &[&str]) {
@@ -108,9 +124,14 @@ impl TwoHosts {
             args.push(format!("{t}={}", self.tenant_dir(i, t).join("ffrouter.sock").display()));
         }
         args.extend(["--listen-addr".to_string(), self.router_addr(i)]);
+        if !extra.iter().any(|a| *a == "--peer-secret-file" || *a == "--insecure-no-peer-secret") {
+            args.extend(["--peer-secret-file".to_string(), self.secret_file().display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.push("--log-level".into());
-        args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
+        if !extra.contains(&"--log-level") {
+            args.push("--log-level".into());
+            args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
+        }
         self.router_args[i] = args;
         self.spawn_router(i, tenants);
     }
@@ -119,10 +140,12 @@ impl TwoHosts {
         for t in tenants {
             let _ = std::fs::remove_file(self.tenant_dir(i, t).join("ffrouter.sock"));
         }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dirs[i].join("router.log")).expect("router log");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns[i]])
             .arg(bin("ffrouter"))
             .args(&self.router_args[i])
+            .stderr(log)
             .spawn()
             .expect("start ffrouter");
         self.routers[i] = Some(child);
@@ -138,6 +161,18 @@ impl TwoHosts {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// What host `i`'s router logged so far (its stderr).
+    pub fn router_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dirs[i].join("router.log")).unwrap_or_default()
+    }
+
+    /// Runs `argv` in host `i`'s network namespace (not in a container).
+    pub fn in_host(&self, i: usize, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns[i]]).args(argv);
+        c
     }
 
     /// Is host `i`'s router running?
@@ -173,6 +208,9 @@ impl Drop for TwoHosts {
     fn drop(&mut self) {
         for i in 0..2 {
             self.kill_router(i);
+            if std::thread::panicking() {
+                eprintln!("--- router log of host {i}:\n{}", self.router_log(i));
+            }
         }
         for n in &self.ns {
             // Deleting a namespace removes its veth, bridge and routes.

@@ -26,6 +26,10 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// `setpriv` arguments that run the rest of a command line as nobody with
+/// no capability at all (bounding set included) and no way to gain any.
+pub const AS_NOBODY: [&str; 8] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"];
+
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(p.exists(), "{} not built (run cargo build --workspace first)", p.display());
@@ -63,8 +67,10 @@ impl RouterProc {
             args.push(format!("{t}={}", dir.join(t).join("ffrouter.sock").display()));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.push("--log-level".into());
-        args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
+        if !extra.contains(&"--log-level") {
+            args.push("--log-level".into());
+            args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
+        }
         let child = Self::spawn(&dir, tenants, &args);
         RouterProc { dir, child, tenants: tenants.iter().map(|s| s.to_string()).collect(), args }
     }
@@ -73,7 +79,8 @@ impl RouterProc {
         for t in tenants {
             let _ = std::fs::remove_file(dir.join(t).join("ffrouter.sock"));
         }
-        let child = Command::new(bin("ffrouter")).args(args).spawn().expect("start ffrouter");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("router.log")).expect("router log");
+        let child = Command::new(bin("ffrouter")).args(args).stderr(log).spawn().expect("start ffrouter");
         for t in tenants {
             let s = dir.join(t).join("ffrouter.sock");
             wait_for(|| s.exists(), Duration::from_secs(10), "router socket");
@@ -112,12 +119,20 @@ impl RouterProc {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// What the router logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("router.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for RouterProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- router log ({}):\n{}", self.dir.display(), self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,44 +1,42 @@
 //! Router-to-router links over TCP: one TCP connection per stream,
-//! TCP_NODELAY, frames written with one `sendmsg` per batch straight from
-//! the connection rings (no staging copy) and read straight into them.
-//!
-//! Handshake, per stream (all under [`DIAL_TIMEOUT`]):
-//!
-//! ```text
-//! acceptor -> dialer   GREET  "FFLG" ver:u16 0:u16 router_id[16] challenge[16]
-//! dialer -> acceptor   HELLO  "FFLH" ver:u16 stream:u16 streams:u16 0:u16
-//!                             router_id[16] link:u64 challenge[16] proof[32]
-//! acceptor -> dialer   ACK    "FFLA" ok:u8 0[3] proof[32]
-//! ```
-//!
-//! `link` is the dialer's random id for the link (its streams share it).
-//! The proofs are HMACs of the other side's challenge under
-//! `--peer-secret` (zero without one; see [`Identity`]).
+//! TCP_NODELAY. Each stream starts with the handshake of [`super::auth`];
+//! with a peer secret everything after it is sealed ([`super::seal`]),
+//! without one frames are written with one `sendmsg` per batch straight
+//! from the connection rings (no staging copy) and read straight into them.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
+use std::time::Instant;
 
-use super::{Frame, Identity, Link, Try, DEAD_AFTER, DIAL_TIMEOUT};
+use super::auth::{self, Authed, Identity, Keys};
+use super::seal::{Opener, Sealer};
+use super::{Frame, Link, Try, DEAD_AFTER};
 use crate::wire::HDR_LEN;
-
-const VERSION: u16 = 1;
-const GREET_LEN: usize = 40;
-const HELLO_LEN: usize = 84;
-const ACK_LEN: usize = 40;
-/// Most streams a link may have.
-pub const MAX_STREAMS: usize = 64;
 
 pub struct TcpLink {
     socks: Vec<TcpStream>,
     /// Per stream: the sender's lock, holding bytes of frames accepted by
     /// `try_send` that the socket did not take (they go first).
-    send_lock: Vec<Mutex<Vec<u8>>>,
+    send_lock: Vec<Mutex<Sending>>,
     tails: Vec<std::sync::atomic::AtomicBool>,
     /// Per stream: bytes read ahead (only its receiver thread uses it).
-    staged: Vec<Mutex<Staging>>,
+    staged: Vec<Mutex<Receiving>>,
     what: String,
+}
+
+/// One stream's sending state.
+struct Sending {
+    tail: Vec<u8>,
+    /// With a peer secret: seals what is sent.
+    sealer: Option<Sealer>,
+}
+
+/// One stream's receiving state.
+enum Receiving {
+    Clear(Staging),
+    Sealed(Box<Opener>),
 }
 
 /// Read-ahead for one stream: small frames arrive many per `recv`; big
@@ -114,24 +112,38 @@ pub fn tune(s: &TcpStream) -> io::Result<()> {
 }
 
 impl TcpLink {
-    /// Wraps handshaken streams (index = stream number).
-    pub fn new(socks: Vec<TcpStream>, what: String) -> io::Result<TcpLink> {
-        for s in &socks {
+    /// Wraps handshaken streams (index = stream number) and their keys
+    /// (None: the stream stays in clear).
+    pub fn new(streams: Vec<(TcpStream, Option<Keys>)>, what: String) -> io::Result<TcpLink> {
+        let (mut socks, mut send_lock, mut staged) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, keys) in streams {
             s.set_read_timeout(Some(DEAD_AFTER))?;
             s.set_write_timeout(None)?;
+            let (sealer, rx) = match keys {
+                Some(k) => (Some(Sealer::new(k.tx)), Receiving::Sealed(Box::new(Opener::new(k.rx)))),
+                None => (None, Receiving::Clear(Staging { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, big: false })),
+            };
+            socks.push(s);
+            send_lock.push(Mutex::new(Sending { tail: Vec::new(), sealer }));
+            staged.push(Mutex::new(rx));
         }
-        let send_lock = socks.iter().map(|_| Mutex::new(Vec::new())).collect();
         let tails = socks.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-        let staged = socks
-            .iter()
-            .map(|_| Mutex::new(Staging { buf: vec![0u8; STAGING].into_boxed_slice(), start: 0, end: 0, big: false }))
-            .collect();
         Ok(TcpLink { socks, send_lock, tails, staged, what })
     }
 }
 
-fn io_err(e: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+/// Takes exactly `n` opened bytes from a sealed stream, receiving records
+/// as needed.
+unsafe fn take_sealed(o: &mut Opener, fd: i32, dst: *mut u8, n: usize) -> io::Result<()> {
+    let mut got = 0;
+    while got < n {
+        let k = o.take(dst.add(got), n - got)?;
+        got += k;
+        if k == 0 {
+            o.fill(|b| recv_some(fd, b.as_mut_ptr(), b.len()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly `n` bytes into `dst` (raw: it may be shared memory).
@@ -227,20 +239,47 @@ impl Link for TcpLink {
     }
 
     unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()> {
-        let mut tail = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
         let fd = self.socks[s].as_raw_fd();
-        self.write_tail(s, fd, &mut tail)?;
-        let mut iov = iovecs(frames);
-        send_all(fd, &mut iov, 0)?;
-        Ok(())
+        self.write_tail(s, fd, &mut st.tail)?;
+        match &mut st.sealer {
+            None => send_all(fd, &mut iovecs(frames), 0),
+            Some(sealer) => {
+                let bytes = sealer.seal(frames);
+                send_all(fd, &mut [libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() }], 0)
+            }
+        }
     }
 
     unsafe fn try_send(&self, s: usize, frames: &[Frame]) -> io::Result<Try> {
-        let Ok(mut tail) = self.send_lock[s].try_lock() else { return Ok(Try::Busy) };
-        if !tail.is_empty() {
+        let Ok(mut st) = self.send_lock[s].try_lock() else { return Ok(Try::Busy) };
+        let st = &mut *st;
+        if !st.tail.is_empty() {
             return Ok(Try::Busy);
         }
         let fd = self.socks[s].as_raw_fd();
+        if let Some(sealer) = &mut st.sealer {
+            // Sealing uses up record numbers, so sealed bytes are always
+            // taken: what the socket does not take now waits in the tail.
+            let bytes = sealer.seal(frames);
+            let r = libc::send(fd, bytes.as_ptr() as *const libc::c_void, bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+            let sent = if r >= 0 {
+                r as usize
+            } else {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => 0,
+                    _ => return Err(e),
+                }
+            };
+            if sent < bytes.len() {
+                st.tail.extend_from_slice(&bytes[sent..]);
+                self.tails[s].store(true, std::sync::atomic::Ordering::Release);
+            }
+            return Ok(Try::Sent);
+        }
+        let tail = &mut st.tail;
         let mut iov = iovecs(frames);
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         let mut mh: libc::msghdr = std::mem::zeroed();
@@ -280,26 +319,46 @@ impl Link for TcpLink {
         if !self.needs_flush(s) {
             return Ok(());
         }
-        let mut tail = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
-        self.write_tail(s, self.socks[s].as_raw_fd(), &mut tail)
+        let mut st = self.send_lock[s].lock().unwrap_or_else(|p| p.into_inner());
+        self.write_tail(s, self.socks[s].as_raw_fd(), &mut st.tail)
     }
 
     fn readable(&self, s: usize) -> bool {
         // Only the stream's receiver thread calls this and takes the lock.
-        let Ok(mut st) = self.staged[s].try_lock() else { return false };
+        let Ok(mut rx) = self.staged[s].try_lock() else { return false };
+        let fd = self.socks[s].as_raw_fd();
+        let st = match &mut *rx {
+            Receiving::Clear(st) => st,
+            Receiving::Sealed(o) => {
+                if o.has_bytes() {
+                    return true;
+                }
+                // SAFETY: recv writes at most b.len() bytes into b.
+                let got = o.fill(|b| Ok(unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::MSG_DONTWAIT) }.max(0) as usize));
+                return matches!(got, Ok(n) if n > 0);
+            }
+        };
         if st.start < st.end {
             return true;
         }
         // Read ahead what is there (one system call instead of a peek now
         // and a read later): as much as `recv_header` would read.
         let max = if st.big { HDR_LEN } else { STAGING };
-        matches!(st.fill_now(self.socks[s].as_raw_fd(), max), Ok(true))
+        matches!(st.fill_now(fd, max), Ok(true))
     }
 
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]> {
-        let mut st = self.staged[s].lock().unwrap_or_else(|p| p.into_inner());
+        let mut rx = self.staged[s].lock().unwrap_or_else(|p| p.into_inner());
         let fd = self.socks[s].as_raw_fd();
         let mut h = [0u8; HDR_LEN];
+        let st = match &mut *rx {
+            Receiving::Clear(st) => st,
+            Receiving::Sealed(o) => {
+                // SAFETY: h is valid for HDR_LEN bytes.
+                unsafe { take_sealed(o, fd, h.as_mut_ptr(), HDR_LEN)? };
+                return Ok(h);
+            }
+        };
         let mut got = st.take(h.as_mut_ptr(), HDR_LEN);
         while got < HDR_LEN {
             let max = if st.big { HDR_LEN - got } else { STAGING };
@@ -311,8 +370,12 @@ impl Link for TcpLink {
     }
 
     unsafe fn recv_payload(&self, s: usize, dst: *mut u8, n: usize) -> io::Result<()> {
-        let mut st = self.staged[s].lock().unwrap_or_else(|p| p.into_inner());
+        let mut rx = self.staged[s].lock().unwrap_or_else(|p| p.into_inner());
         let fd = self.socks[s].as_raw_fd();
+        let st = match &mut *rx {
+            Receiving::Clear(st) => st,
+            Receiving::Sealed(o) => return take_sealed(o, fd, dst, n),
+        };
         st.big = n >= DIRECT;
         let mut got = st.take(dst, n);
         while got < n {
@@ -343,85 +406,27 @@ pub struct Incoming {
     pub stream: usize,
     pub streams: usize,
     pub sock: TcpStream,
+    pub keys: Option<Keys>,
 }
 
-/// Dials stream `stream` of link `link` (of `streams`) to `addr`.
-/// Returns the socket and the acceptor's router id.
-pub fn dial_stream(addr: SocketAddr, me: &Identity, link: u64, stream: usize, streams: usize) -> io::Result<(TcpStream, [u8; 16])> {
-    let mut s = TcpStream::connect_timeout(&addr, DIAL_TIMEOUT)?;
+/// Dials stream `stream` of link `link` (of `streams`) to `addr` and runs
+/// the handshake, all by `deadline`.
+pub fn dial_stream(addr: SocketAddr, me: &Identity, link: u64, stream: usize, streams: usize, deadline: Instant) -> io::Result<(TcpStream, Authed)> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "no time left to dial"));
+    }
+    let mut s = TcpStream::connect_timeout(&addr, left)?;
     tune(&s)?;
-    s.set_read_timeout(Some(DIAL_TIMEOUT))?;
-    s.set_write_timeout(Some(DIAL_TIMEOUT))?;
-    let mut g = [0u8; GREET_LEN];
-    s.read_exact(&mut g)?;
-    if &g[0..4] != b"FFLG" || u16::from_le_bytes([g[4], g[5]]) != VERSION {
-        return Err(io_err("not a FreeFlow router, or another link version"));
-    }
-    let peer_id: [u8; 16] = g[8..24].try_into().unwrap();
-    let peer_challenge: [u8; 16] = g[24..40].try_into().unwrap();
-    let challenge: [u8; 16] = rand::random();
-    let mut h = [0u8; HELLO_LEN];
-    h[0..4].copy_from_slice(b"FFLH");
-    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    h[6..8].copy_from_slice(&(stream as u16).to_le_bytes());
-    h[8..10].copy_from_slice(&(streams as u16).to_le_bytes());
-    h[12..28].copy_from_slice(&me.router_id);
-    h[28..36].copy_from_slice(&link.to_le_bytes());
-    h[36..52].copy_from_slice(&challenge);
-    let proof = me.prove(b"dial", &peer_challenge, &h[6..36]);
-    h[52..84].copy_from_slice(&proof);
-    s.write_all(&h)?;
-    let mut a = [0u8; ACK_LEN];
-    s.read_exact(&mut a)?;
-    if &a[0..4] != b"FFLA" {
-        return Err(io_err("bad link handshake reply"));
-    }
-    if a[4] != 1 {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer router refused the link (--peer-secret differs?)"));
-    }
-    let proof: [u8; 32] = a[8..40].try_into().unwrap();
-    if !me.check(b"acpt", &challenge, &peer_id, &proof) {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer router does not know our --peer-secret"));
-    }
-    Ok((s, peer_id))
+    let a = auth::dial(&mut s, me, link, stream, streams, deadline)?;
+    Ok((s, a))
 }
 
-/// Runs the acceptor's side of one stream's handshake.
-pub fn accept_stream(mut s: TcpStream, me: &Identity) -> io::Result<Incoming> {
+/// Runs the acceptor's side of one stream's handshake, by `deadline`.
+pub fn accept_stream(mut s: TcpStream, me: &Identity, deadline: Instant) -> io::Result<Incoming> {
     tune(&s)?;
-    s.set_read_timeout(Some(DIAL_TIMEOUT))?;
-    s.set_write_timeout(Some(DIAL_TIMEOUT))?;
-    let challenge: [u8; 16] = rand::random();
-    let mut g = [0u8; GREET_LEN];
-    g[0..4].copy_from_slice(b"FFLG");
-    g[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    g[8..24].copy_from_slice(&me.router_id);
-    g[24..40].copy_from_slice(&challenge);
-    s.write_all(&g)?;
-    let mut h = [0u8; HELLO_LEN];
-    s.read_exact(&mut h)?;
-    if &h[0..4] != b"FFLH" || u16::from_le_bytes([h[4], h[5]]) != VERSION || h[10..12] != [0, 0] {
-        return Err(io_err("bad link hello"));
-    }
-    let stream = u16::from_le_bytes([h[6], h[7]]) as usize;
-    let streams = u16::from_le_bytes([h[8], h[9]]) as usize;
-    if streams == 0 || streams > MAX_STREAMS || stream >= streams {
-        return Err(io_err("bad stream numbers in link hello"));
-    }
-    let peer_id: [u8; 16] = h[12..28].try_into().unwrap();
-    let link = u64::from_le_bytes(h[28..36].try_into().unwrap());
-    let peer_challenge: [u8; 16] = h[36..52].try_into().unwrap();
-    let proof: [u8; 32] = h[52..84].try_into().unwrap();
-    let mut a = [0u8; ACK_LEN];
-    a[0..4].copy_from_slice(b"FFLA");
-    if !me.check(b"dial", &challenge, &h[6..36], &proof) {
-        let _ = s.write_all(&a);
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "peer router failed the --peer-secret check"));
-    }
-    a[4] = 1;
-    a[8..40].copy_from_slice(&me.prove(b"acpt", &peer_challenge, &me.router_id));
-    s.write_all(&a)?;
-    Ok(Incoming { peer_id, link, stream, streams, sock: s })
+    let (a, h) = auth::accept(&mut s, me, deadline)?;
+    Ok(Incoming { peer_id: a.peer_id, link: h.link, stream: h.stream, streams: h.streams, sock: s, keys: a.keys })
 }
 
 #[cfg(test)]
@@ -429,61 +434,97 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn ident(id: u8, secret: Option<&[u8]>) -> Identity {
         Identity { router_id: [id; 16], secret: secret.map(Arc::from) }
     }
 
-    fn pair(dialer: Identity, acceptor: Identity) -> (io::Result<(TcpStream, [u8; 16])>, io::Result<Incoming>) {
+    /// A one-stream link between two identities, through the handshake.
+    fn link_pair(secret: Option<&'static [u8]>) -> (TcpLink, TcpLink) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
         let t = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            accept_stream(s, &acceptor)
+            let inc = accept_stream(l.accept().unwrap().0, &ident(2, secret), deadline).unwrap();
+            assert_eq!((inc.peer_id, inc.link, inc.stream, inc.streams), ([1; 16], 77, 0, 1));
+            TcpLink::new(vec![(inc.sock, inc.keys)], "a".into()).unwrap()
         });
-        let d = dial_stream(addr, &dialer, 77, 1, 2);
+        let (s, a) = dial_stream(addr, &ident(1, secret), 77, 0, 1, deadline).unwrap();
+        assert_eq!(a.peer_id, [2; 16]);
+        assert_eq!(a.keys.is_some(), secret.is_some());
+        let d = TcpLink::new(vec![(s, a.keys)], "d".into()).unwrap();
         (d, t.join().unwrap())
     }
 
-    #[test]
-    fn handshake_with_and_without_a_secret() {
-        let (d, a) = pair(ident(1, None), ident(2, None));
-        assert_eq!(d.unwrap().1, [2; 16]);
-        let a = a.unwrap();
-        assert_eq!((a.peer_id, a.link, a.stream, a.streams), ([1; 16], 77, 1, 2));
-        let (d, a) = pair(ident(1, Some(b"k")), ident(2, Some(b"k")));
-        assert!(d.is_ok() && a.is_ok());
-        let (d, a) = pair(ident(1, Some(b"k")), ident(2, Some(b"other")));
-        assert!(d.is_err() && a.is_err(), "different secrets");
-        let (d, a) = pair(ident(1, None), ident(2, Some(b"k")));
-        assert!(d.is_err() && a.is_err(), "dialer without the secret");
-        let (d, a) = pair(ident(1, Some(b"k")), ident(2, None));
-        assert!(d.is_err(), "acceptor cannot prove the secret");
-        drop(a);
-    }
-
-    #[test]
-    fn frames_go_through_in_order_with_payloads() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || TcpLink::new(vec![l.accept().unwrap().0], "a".into()).unwrap());
-        let d = TcpLink::new(vec![TcpStream::connect(addr).unwrap()], "d".into()).unwrap();
-        let a = t.join().unwrap();
+    fn frames_go_through_in_order_with_payloads(secret: Option<&'static [u8]>) {
+        let (d, a) = link_pair(secret);
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+        let small: Vec<u8> = (0..100u8).collect();
         let sender = std::thread::spawn(move || {
-            let h1 = [1u8; HDR_LEN];
-            let h2 = [2u8; HDR_LEN];
-            let frames = [Frame { hdr: h1, ptr: big.as_ptr(), len: big.len() }, Frame::bare(h2)];
+            let frames = [Frame { hdr: [1u8; HDR_LEN], ptr: big.as_ptr(), len: big.len() }, Frame::bare([2u8; HDR_LEN])];
             unsafe { d.send(0, &frames).unwrap() };
-            (d, big)
+            // A non-blocking send goes out too, after the first.
+            let f = [Frame { hdr: [3u8; HDR_LEN], ptr: small.as_ptr(), len: small.len() }];
+            while unsafe { d.try_send(0, &f).unwrap() } == Try::Busy {
+                std::thread::yield_now();
+            }
+            d.flush(0).unwrap();
+            (d, big, small)
         });
         assert_eq!(a.recv_header(0).unwrap(), [1u8; HDR_LEN]);
         let mut got = vec![0u8; 3_000_000];
-        unsafe { a.recv_payload(0, got.as_mut_ptr(), got.len()).unwrap() };
+        // In pieces, as the engine does at the end of a ring.
+        unsafe {
+            a.recv_payload(0, got.as_mut_ptr(), 1000).unwrap();
+            a.recv_payload(0, got.as_mut_ptr().add(1000), got.len() - 1000).unwrap();
+        }
         assert_eq!(a.recv_header(0).unwrap(), [2u8; HDR_LEN]);
-        let (d, big) = sender.join().unwrap();
-        assert!(got == big);
+        assert_eq!(a.recv_header(0).unwrap(), [3u8; HDR_LEN]);
+        let mut got_small = [0u8; 100];
+        unsafe { a.recv_payload(0, got_small.as_mut_ptr(), 100).unwrap() };
+        let (d, big, small) = sender.join().unwrap();
+        assert!(got == big && got_small[..] == small[..]);
         d.shutdown();
         assert!(a.recv_header(0).is_err(), "peer gone");
+    }
+
+    #[test]
+    fn frames_go_through_in_clear_without_a_secret() {
+        frames_go_through_in_order_with_payloads(None);
+    }
+
+    #[test]
+    fn frames_go_through_sealed_with_a_secret() {
+        frames_go_through_in_order_with_payloads(Some(b"a secret of sixteen bytes or more"));
+    }
+
+    #[test]
+    fn sealed_try_send_keeps_what_a_full_socket_did_not_take() {
+        // The receiver reads nothing until the sender's socket is full:
+        // try_send must queue the rest of its sealed bytes (they used up
+        // record numbers), and everything still arrives in order.
+        let (d, a) = link_pair(Some(b"a secret of sixteen bytes or more"));
+        let payload = vec![9u8; 256 << 10];
+        let mut sent = 0usize;
+        let t0 = Instant::now();
+        while !d.needs_flush(0) {
+            let f = [Frame { hdr: [(sent % 200) as u8; HDR_LEN], ptr: payload.as_ptr(), len: payload.len() }];
+            if unsafe { d.try_send(0, &f).unwrap() } == Try::Sent {
+                sent += 1;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "the socket never filled");
+        }
+        assert_eq!(unsafe { d.try_send(0, &[Frame::bare([0; HDR_LEN])]).unwrap() }, Try::Busy, "busy while a tail waits");
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            for i in 0..sent {
+                assert_eq!(a.recv_header(0).unwrap(), [(i % 200) as u8; HDR_LEN], "frame {i}");
+                unsafe { a.recv_payload(0, buf.as_mut_ptr(), buf.len()).unwrap() };
+                assert!(buf.iter().all(|&b| b == 9));
+            }
+        });
+        d.flush(0).unwrap();
+        reader.join().unwrap();
     }
 }
