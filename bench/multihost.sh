@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/multihost.sh - FreeFlow between hosts vs UCX tcp, in one run.
 #
-#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure]
+#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure] [--bin DIR]
 #
 # Builds two emulated hosts: network namespaces ffmh0-$$ and ffmh1-$$
 # joined by a veth (10.88.0.1/24 - 10.88.0.2/24), each with a container
@@ -28,12 +28,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0 out="" only="" rounds="" insecure=0
+quick=0 out="" only="" rounds="" insecure=0 bin=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --insecure) insecure=1 ;;
         --out) out=$2; shift ;;
+        --bin) bin=$2; shift ;;
         --only) only=$2; shift ;;
         --rounds) rounds=$2; shift ;;
         -h|--help) sed -n 2,25p "$0"; exit 0 ;;
@@ -44,7 +45,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/multihost.sh needs root (network namespaces)" >&2; exit 1; }
 [ -n "$out" ] || out="$top/bench/results/multihost-$(date +%Y-%m-%d)"
 mkdir -p "$out"
-bin="$top/target/release"
+[ -n "${bin:-}" ] || bin="$top/target/release"
 for b in ffrouter ffbench; do
     [ -x "$bin/$b" ] || { echo "missing $bin/$b: run cargo build --release --workspace" >&2; exit 1; }
 done

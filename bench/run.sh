@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/run.sh - FreeFlow vs UCX, all in one run, on this host.
 #
-#   bench/run.sh [--quick] [--out DIR]
+#   bench/run.sh [--quick] [--out DIR] [--bin DIR]
 #
 # Runs, one after the other on an otherwise idle machine:
 #   * ff: two containers (tools/ffcontainer: own net/IPC/PID/mount namespaces,
@@ -18,12 +18,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0
+quick=0 bin=""
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --out) out=$2; shift ;;
+        --bin) bin=$2; shift ;;
         -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -32,7 +33,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (network namespaces)" >&2; exit 1; }
 [ -n "$out" ] || out="$top/bench/results/$(date +%Y-%m-%d)"
 mkdir -p "$out"
-bin="$top/target/release"
+[ -n "${bin:-}" ] || bin="$top/target/release"
 for b in ffrouter ffbench; do
     [ -x "$bin/$b" ] || { echo "missing $bin/$b: run cargo build --release --workspace" >&2; exit 1; }
 done

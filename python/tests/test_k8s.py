@@ -151,6 +151,16 @@ def router_problems(ds):
     for path in host_dirs.values():
         if path.rsplit("/", 1)[1] not in tenants:
             p.append(f"router: hostPath {path} belongs to no --tenant")
+    # Every tenant's counters must not be open to the tenants' pods.
+    args = c.get("args", [])
+    metrics = [a.split("=", 1)[1] for a in args if a.startswith("--metrics-addr=")]
+    if metrics and not metrics[0].startswith(("127.", "[::1]", "localhost")):
+        token = [a.split("=", 1)[1] for a in args if a.startswith("--metrics-token-file=")]
+        secret_dirs = {mounts.get(v["name"]) for v in spec.get("volumes", []) if "secret" in v}
+        if not token:
+            p.append("router: metrics beyond loopback without --metrics-token-file")
+        elif token[0].rsplit("/", 1)[0] not in secret_dirs:
+            p.append(f"router: the metrics token {token[0]} is not in a mounted Secret")
     return p
 
 
@@ -286,5 +296,8 @@ def test_checker_catches_bad_routers():
     def host_pid(s):
         s["hostPID"] = True
 
-    for change in (privileged, no_drop, writable_root, host_etc, unmounted_tenant, host_pid):
+    def open_metrics(s):
+        s["containers"][0]["args"] = [a for a in s["containers"][0]["args"] if not a.startswith("--metrics-token-file")]
+
+    for change in (privileged, no_drop, writable_root, host_etc, unmounted_tenant, host_pid, open_metrics):
         assert broken(change), change.__name__

@@ -1,0 +1,92 @@
+#!/bin/bash
+# bench/ab.sh - what a change costs: ff on one host and between two hosts,
+# for several builds or settings, alternating within one run.
+#
+#   bench/ab.sh [--rounds N] [--quick] [--out DIR] NAME=BINDIR[:insecure] ...
+#
+# BINDIR holds a build's ffrouter and ffbench (e.g. target/release of this
+# checkout, or of an older commit built elsewhere). ":insecure" starts the
+# routers with --insecure-no-peer-secret (links in clear) instead of a peer
+# secret; builds older than the flag take no such suffix. Every round runs,
+# for each variant in turn, the ff part of bench/run.sh (two containers on
+# one host) and of bench/multihost.sh (two emulated hosts), so that all
+# variants see the same background load. DIR/README.md gets the medians
+# per variant and their ratio to the first variant; DIR/results.csv all
+# rows, with a "variant" column. Needs root. Default DIR:
+# bench/results/ab-<date>.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+rounds=5 quick="" out=""
+variants=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) rounds=$2; shift ;;
+        --quick) quick=--quick ;;
+        --out) out=$2; shift ;;
+        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+        *=*) variants+=("$1") ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ ${#variants[@]} -ge 1 ] || { echo "give at least one NAME=BINDIR[:insecure]" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "bench/ab.sh needs root (network namespaces)" >&2; exit 1; }
+[ -n "$out" ] || out="$top/bench/results/ab-$(date +%Y-%m-%d)"
+mkdir -p "$out"
+csv="$out/results.csv"
+echo "variant,round,suite,transport,test,size_bytes,value,unit" > "$csv"
+tmp=$(mktemp -d /tmp/ffab.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+for round in $(seq "$rounds"); do
+    for v in "${variants[@]}"; do
+        name=${v%%=*} spec=${v#*=}
+        dir=${spec%%:*} mode=""
+        [ "$spec" != "$dir" ] && mode=${spec#*:}
+        extra=()
+        [ "$mode" = insecure ] && extra=(--insecure)
+        echo "== round $round of $rounds: $name ($dir${mode:+, $mode})" >&2
+        FF_BENCH_SKIP_UCX=1 "$here/run.sh" $quick --bin "$dir" --out "$tmp/one" > /dev/null
+        "$here/multihost.sh" $quick --rounds 1 --only ff --bin "$dir" --out "$tmp/multi" "${extra[@]}" > /dev/null
+        tail -n +2 "$tmp/one/results.csv" "$tmp/multi/results.csv" | grep -v '^==>' | grep -v '^$' |
+            sed "s/^/$name,$round,/" >> "$csv"
+    done
+done
+
+{
+    echo "# A/B: $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
+    echo "- this checkout: commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    for v in "${variants[@]}"; do echo "- variant $v"; done
+    echo "- command: bench/ab.sh --rounds $rounds $quick ${variants[*]}"
+    echo
+    /usr/bin/python3 - "$csv" <<'PY'
+import csv, statistics, sys
+vals, order = {}, []
+for r in csv.DictReader(open(sys.argv[1])):
+    if r["variant"] not in order:
+        order.append(r["variant"])
+    key = (r["suite"], r["test"], int(r["size_bytes"]), r["unit"])
+    vals.setdefault(key, {}).setdefault(r["variant"], []).append(float(r["value"]))
+rounds = max(len(x) for v in vals.values() for x in v.values())
+print(f"Medians of {rounds} rounds (variants alternate within each round); ratio to {order[0]}.")
+print()
+print("| suite | test | size | unit | " + " | ".join(order) + " |")
+print("|---|---|---:|---|" + "---:|" * len(order))
+for key in sorted(vals):
+    suite, test, size, unit = key
+    med = {v: statistics.median(x) for v, x in vals[key].items()}
+    base = med.get(order[0])
+    cells = []
+    for v in order:
+        if v not in med:
+            cells.append("")
+        elif v == order[0] or not base:
+            cells.append(f"{med[v]:,.3g}")
+        else:
+            cells.append(f"{med[v]:,.3g} ({med[v] / base:.2f}x)")
+    print(f"| {suite} | {test} | {size} | {unit} | " + " | ".join(cells) + " |")
+PY
+} | tee "$out/README.md"
