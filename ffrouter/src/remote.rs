@@ -450,6 +450,7 @@ impl Remote {
             r.dial_done(&t);
         });
         if let Err(e) = spawned {
+            drop(out); // kill() takes it
             self.dial_done(tenant);
             p.kill(&format!("cannot start dialing: {e}"));
         }
