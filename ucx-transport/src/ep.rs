@@ -13,11 +13,11 @@
 //!   it has arrived.
 //!
 //! Copies: AM and inline RMA data are copied into the ring by the sender and
-//! out of it by the receiver (AMs are handed to UCP in place, UCP copies
-//! them to the user buffer); streamed RMA data likewise moves user buffer ->
-//! ring -> user buffer, pipelined in ring fragments by both cores: two
-//! copies, where CMA's process_vm_readv makes one (and needs ptrace rights
-//! across containers, which FreeFlow does not grant).
+//! out of it by the receiver (AMs into the receiving iface's private buffer,
+//! from which UCP copies them to the user buffer); streamed RMA data likewise
+//! moves user buffer -> ring -> user buffer, pipelined in ring fragments by
+//! both cores: two copies, where CMA's process_vm_readv makes one (and
+//! needs ptrace rights across containers, which FreeFlow does not grant).
 //!
 //! UCT rules UCX itself enforces (and its gtest checks): sends return
 //! NO_RESOURCE while requests wait in the pending queue (except from the
@@ -612,11 +612,15 @@ fn peer_status(s: i32) -> ucs_status_t {
     }
 }
 
-/// Handles a reply for the oldest op `(seq, get, buf, len)` in place.
+/// Handles a reply for the oldest op `(seq, get, buf, len)` while it is in
+/// the ring: the header is copied out and checked, inline GET data is
+/// copied straight into the op's buffer (it is the peer's data anyway).
 unsafe fn reply(front: (u64, bool, *mut u8, usize), tag: u32, data: *const u8, len: usize) -> Got {
     let (seq, get, buf, want) = front;
-    let b = std::slice::from_raw_parts(data, len.min(RmaReply::LEN));
-    let Some(r) = RmaReply::read(b) else { return Got::Bad("short reply".into()) };
+    // Decoded from a private copy: the peer may still write the ring.
+    let Some(r) = proto::copy_header::<{ RmaReply::LEN }>(data, len).and_then(|h| RmaReply::read(&h)) else {
+        return Got::Bad("short reply".into());
+    };
     if r.seq != seq {
         return Got::Bad(format!("reply for request {} while {} is the oldest", r.seq, seq));
     }

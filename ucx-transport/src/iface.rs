@@ -3,9 +3,13 @@
 //! progress), and the progress loop that serves them.
 //!
 //! Target side of the protocol in [`crate::proto`]: active messages are
-//! handed to UCP's handler straight from the shared ring (no copy on this
-//! side); PUT data is written into, and GET data read from, memory this
-//! process registered, after the request passed the registration check.
+//! copied out of the shared ring into a buffer of the iface ([`AmBuf`])
+//! and handed to UCP's handler from there, so the peer (another process)
+//! cannot change them while UCP parses them; PUT data is written into, and
+//! GET data read from, memory this process registered, after the request
+//! (decoded from a private copy of its header) passed the registration
+//! check. A connection whose requests are refused [`MAX_REFUSED`] times is
+//! closed.
 
 use crate::config::IfaceConfig;
 use crate::ep::{self, Ep};
@@ -57,6 +61,8 @@ pub struct Iface {
 
 pub struct State {
     pub md: *mut Md,
+    /// Where received active messages are copied for UCP's handler.
+    pub am_buf: AmBuf,
     pub listener: ffcore::Listener,
     pub router_id: [u8; 16],
     pub cfg: Cfg,
@@ -82,7 +88,62 @@ pub struct RxConn {
     put_rx: Option<(Req, u64)>,
     /// GET data sends still in the ring (to be completed).
     sends: VecDeque<Req>,
+    /// Remote-memory requests refused so far (see [`MAX_REFUSED`]).
+    refused: u32,
     dead: bool,
+}
+
+/// Refused remote-memory requests (a key that is not a registration of
+/// this process, another domain's cookie, a range outside the
+/// registration) after which the connection that made them is closed: the
+/// first `MAX_REFUSED - 1` are answered `UCS_ERR_INVALID_ADDR`, the
+/// `MAX_REFUSED`-th closes the connection unanswered (the peer's endpoint
+/// then fails with a closed connection). UCP never asks for memory it was
+/// not given a key for, so only a broken or probing peer gets here.
+pub const MAX_REFUSED: u32 = 8;
+
+/// The private buffer active messages are copied into before UCP sees them
+/// (one per iface, used by one progress call at a time: `in_progress`).
+///
+/// Sized at open for the largest AM the iface handles (its short and bcopy
+/// limits); an AM larger than any before (a peer configured with a larger
+/// segment, bounded by its ring) grows it once, to the next power of two.
+/// So no allocation happens per message. The data pointer it gives honours
+/// the iface's AM alignment: `(data + am_align_offset) % am_align == 0`,
+/// and is 64-byte aligned (`am_align_offset` aside) for fast copies.
+pub struct AmBuf {
+    mem: Vec<u8>,
+    /// `max(am_align, 64)`: a power of two that `am_align` divides.
+    align: usize,
+    offset: usize,
+}
+
+impl AmBuf {
+    pub fn new(max_am: usize, am_align: usize, am_align_offset: usize) -> AmBuf {
+        let align = am_align.max(64);
+        let mut b = AmBuf { mem: Vec::new(), align, offset: am_align_offset % align };
+        b.reserve(max_am);
+        b
+    }
+    fn reserve(&mut self, len: usize) {
+        let need = len + self.align;
+        if self.mem.len() < need {
+            self.mem = vec![0u8; need.next_power_of_two()];
+        }
+    }
+    /// Room for `len` bytes at an address `p` with `(p + offset) % align == 0`.
+    /// Valid until the next call.
+    pub fn place(&mut self, len: usize) -> *mut u8 {
+        self.reserve(len);
+        let p = self.mem.as_mut_ptr();
+        let skew = (self.align - (p as usize + self.offset) % self.align) % self.align;
+        // In bounds: skew < align and the buffer holds len + align bytes.
+        p.wrapping_add(skew)
+    }
+    /// Bytes the buffer holds (tests).
+    pub fn capacity(&self) -> usize {
+        self.mem.len()
+    }
 }
 
 enum Reply {
@@ -93,18 +154,27 @@ enum Reply {
 /// What a received message asks for, once it left the ring.
 enum Action {
     None,
+    /// An active message for handler `id`, copied into the iface's AM buffer.
+    Am { id: usize, data: *mut u8, len: usize },
     /// A PUT whose data follows as its own message.
     PutStream { seq: u64, ok: bool, addr: u64, len: u64 },
     Reply(Reply),
     Bad(String),
 }
 
-pub fn iface_ops() -> uct_iface_ops_t {
-    ep::ops()
+impl Action {
+    /// A remote-memory request the registration check refused.
+    fn refused(&self) -> bool {
+        match self {
+            Action::PutStream { ok, .. } => !ok,
+            Action::Reply(Reply::PutAck { status, .. } | Reply::Get { status, .. }) => *status != UCS_OK as i32,
+            _ => false,
+        }
+    }
 }
 
-unsafe fn md_of(st: &State) -> &Md {
-    &*st.md
+pub fn iface_ops() -> uct_iface_ops_t {
+    ep::ops()
 }
 
 /// Is the peer at (`dev`, `iface`) reachable from here? Through our router:
@@ -230,6 +300,7 @@ pub unsafe extern "C" fn iface_open(
     }
     std::ptr::addr_of_mut!((*raw).st).write(State {
         md,
+        am_buf: AmBuf::new(cfg.seg_size.max(cfg.short_size), cfg.am_align, cfg.am_align_offset),
         listener,
         router_id,
         cfg,
@@ -400,7 +471,7 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         match (*me).st.listener.accept() {
             Ok(Some(conn)) => {
                 ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
-                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), dead: false }));
+                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), refused: 0, dead: false }));
             }
             Ok(None) => break,
             Err(e) => {
@@ -513,11 +584,13 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
             send_replies(me, rc);
         }
         let mut action = Action::None;
-        let md = md_of(&(*me).st);
+        // No reference to the whole state: `handle` borrows am_buf mutably.
+        let md = &*(*me).st.md;
         let cfg = (*me).st.cfg;
         let base = std::ptr::addr_of!((*me).base);
+        let am_buf = std::ptr::addr_of_mut!((*me).st.am_buf);
         let got = (*rc).conn.poll_whole(|tag, data, len| {
-            action = handle(base, md, &cfg, tag, data, len);
+            action = handle(base, md, &cfg, &mut *am_buf, tag, data, len);
         });
         match got {
             Ok(true) => count += 1,
@@ -533,8 +606,30 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
                 return count;
             }
         }
+        if action.refused() {
+            (*rc).refused += 1;
+            if (*rc).refused >= MAX_REFUSED {
+                ff_warn!(
+                    "ff: closing connection {} from a peer: {} of its remote memory requests named memory this process did not register for it",
+                    (*rc).conn.id(),
+                    (*rc).refused
+                );
+                (*rc).dead = true;
+                return count;
+            }
+        }
         match action {
             Action::None => {}
+            Action::Am { id, data, len } => {
+                // The record has left the ring; UCP gets our copy. Its
+                // handler may send (other connections) or re-enter progress
+                // (which returns at once), but nothing reuses the buffer
+                // before it returns; flags 0: UCP copies what it keeps.
+                let h = (*base).am[id];
+                if let Some(cb) = h.cb {
+                    cb(h.arg, data as *mut c_void, len, 0);
+                }
+            }
             Action::Reply(r) => {
                 (*rc).replies.push_back(r);
                 send_replies(me, rc);
@@ -563,8 +658,11 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
     count
 }
 
-/// Handles one message in place (called with the ring record).
-unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, tag: u32, data: *const u8, len: usize) -> Action {
+/// Handles one message while it is in the ring (`data`, `len`: the record,
+/// which the peer may still be writing). Reads it once: an AM is copied
+/// whole into `am_buf` (handed to UCP after the record is released), a
+/// PUT/GET header into a private copy that is then checked and used.
+unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf, tag: u32, data: *const u8, len: usize) -> Action {
     let inline_max = cfg.inline_rma;
     match proto::kind(tag) {
         proto::AM => {
@@ -572,31 +670,26 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, tag: u32, data: *co
             if id >= UCT_AM_ID_MAX as usize {
                 return Action::Bad(format!("active message id {id} out of range"));
             }
-            let h = (*base).am[id];
-            if let Some(cb) = h.cb {
-                if (data as usize + cfg.am_align_offset) & (cfg.am_align - 1) == 0 {
-                    cb(h.arg, data as *mut c_void, len, 0);
-                } else {
-                    // The ring gives 32-byte alignment; a stricter request
-                    // gets an aligned copy.
-                    let mut buf = vec![0u8; len + cfg.am_align];
-                    let p = buf.as_mut_ptr();
-                    let skew = (cfg.am_align - (p as usize + cfg.am_align_offset) % cfg.am_align) % cfg.am_align;
-                    std::ptr::copy_nonoverlapping(data, p.add(skew), len);
-                    cb(h.arg, p.add(skew) as *mut c_void, len, 0);
-                }
+            if (*base).am[id].cb.is_none() {
+                return Action::None;
             }
-            Action::None
+            let p = am_buf.place(len);
+            // SAFETY: the record is len readable bytes; place gave room for len.
+            std::ptr::copy_nonoverlapping(data, p, len);
+            Action::Am { id, data: p, len }
         }
         proto::PUT => {
-            let b = std::slice::from_raw_parts(data, len.min(RmaReq::LEN));
-            let Some(req) = RmaReq::read(b) else { return Action::Bad("short PUT header".into()) };
+            let Some(req) = proto::copy_header::<{ RmaReq::LEN }>(data, len).and_then(|h| RmaReq::read(&h)) else {
+                return Action::Bad("short PUT header".into());
+            };
             let ok = req.cookie == md.cookie && md.regs.lock().unwrap_or_else(|p| p.into_inner()).check(req.key, req.addr, req.len);
             if !ok {
-                ff_diag!("ff: refused PUT of {} bytes at {:#x} (key {}): not inside a registration of this process", req.len, req.addr, req.key);
+                ff_diag!("ff: refused PUT of {} bytes at {:#x} (key {:#x}): not inside a registration of this process", req.len, req.addr, req.key);
             }
             if len == RmaReq::LEN + req.len as usize && req.len as usize <= inline_max {
                 if ok {
+                    // SAFETY: the destination passed the registration check
+                    // (from the private header); the source is the record.
                     std::ptr::copy_nonoverlapping(data.add(RmaReq::LEN), req.addr as *mut u8, req.len as usize);
                 }
                 let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
@@ -608,11 +701,12 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, tag: u32, data: *co
             }
         }
         proto::GET => {
-            let b = std::slice::from_raw_parts(data, len.min(RmaReq::LEN));
-            let Some(req) = RmaReq::read(b) else { return Action::Bad("short GET header".into()) };
+            let Some(req) = proto::copy_header::<{ RmaReq::LEN }>(data, len).and_then(|h| RmaReq::read(&h)) else {
+                return Action::Bad("short GET header".into());
+            };
             let ok = req.cookie == md.cookie && md.regs.lock().unwrap_or_else(|p| p.into_inner()).check(req.key, req.addr, req.len);
             if !ok {
-                ff_diag!("ff: refused GET of {} bytes at {:#x} (key {}): not inside a registration of this process", req.len, req.addr, req.key);
+                ff_diag!("ff: refused GET of {} bytes at {:#x} (key {:#x}): not inside a registration of this process", req.len, req.addr, req.key);
             }
             let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
             Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len })
@@ -667,6 +761,39 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                 (*rc).dead = true;
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AmBuf;
+
+    #[test]
+    fn am_buf_alignment_and_reuse() {
+        for (align, offset) in [(1usize, 0usize), (8, 0), (8, 3), (256, 8), (4096, 100)] {
+            let mut b = AmBuf::new(128 << 10, align, offset);
+            let cap = b.capacity();
+            let p = b.place(1000);
+            assert_eq!((p as usize + offset) % align, 0, "align {align} offset {offset}");
+            if align == 1 {
+                assert_eq!(p as usize % 64, 0, "64-byte aligned without a request");
+            }
+            // Up to the size it was made for: the same memory, no allocation.
+            for len in [0, 1, 64, 128 << 10] {
+                assert_eq!(b.place(len), p);
+                assert_eq!(b.capacity(), cap);
+            }
+            // The room is really there (writes stay inside the buffer).
+            // SAFETY: place(128 KiB) gave room for 128 KiB at p.
+            unsafe { std::ptr::write_bytes(b.place(128 << 10), 0x5a, 128 << 10) };
+            // Larger: grows once, to a power of two, keeps the alignment.
+            let q = b.place(300 << 10);
+            assert_eq!((q as usize + offset) % align, 0);
+            assert!(b.capacity() >= (300 << 10) + align && b.capacity().is_power_of_two());
+            let cap2 = b.capacity();
+            assert_eq!(b.place(299 << 10), q);
+            assert_eq!(b.capacity(), cap2);
         }
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! Registration never pins or maps anything: peers cannot see each other's
 //! memory (they live in different containers). A registration is an entry
-//! in this domain's table; its packed key (cookie, key, base, length)
-//! lets a peer *ask* this process to read or write inside that range, and
-//! the request is checked against the table before any byte moves
-//! ([`crate::iface`]).
+//! in this domain's table under a random 64-bit key of its own; its packed
+//! key (domain cookie, key, base, length) lets a peer *ask* this process to
+//! read or write inside that range, and the request is checked against the
+//! table before any byte moves ([`crate::iface`]). Keys are independent
+//! random values, so the key of one registration tells its holder nothing
+//! about the others ([`Registry`]).
 
 use crate::internal::*;
 use crate::proto::{PackedRkey, Registry};
@@ -28,7 +30,7 @@ pub struct Md {
 
 /// What a registration handle points to.
 pub struct Memh {
-    pub key: u32,
+    pub key: u64,
     pub base: u64,
     pub len: u64,
 }
@@ -50,16 +52,16 @@ pub static MD_OPS: UctMdOps = UctMdOps {
     detect_memory_type: Some(ucs_empty_function_return_unsupported),
 };
 
+/// The domain cookie: random, or (no random source at all) at least
+/// different per process and time. Registration keys have no such fallback
+/// (see [`Registry`]): they are what protects the memory.
 pub fn random_u64() -> u64 {
-    let mut v = 0u64;
-    // SAFETY: getrandom writes at most 8 bytes into v.
-    let n = unsafe { libc::getrandom(&mut v as *mut u64 as *mut c_void, 8, 0) };
-    if n != 8 {
-        // Fall back to something unpredictable enough for a cookie.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        v = (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ (&v as *const u64 as u64);
+    let mut b = [0u8; 8];
+    if crate::proto::fill_random(&mut b) {
+        return u64::from_le_bytes(b);
     }
-    v
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ (&b as *const u8 as u64)
 }
 
 /// The router socket this domain uses: `UCX_FF_ROUTER_SOCKET`, else
@@ -137,7 +139,10 @@ unsafe extern "C" fn mem_reg(md: uct_md_h, address: *mut c_void, length: usize, 
     if memh_p.is_null() || (address.is_null() && length > 0) || (address as u64).checked_add(length as u64).is_none() {
         return UCS_ERR_INVALID_PARAM;
     }
-    let key = md.regs.lock().unwrap_or_else(|p| p.into_inner()).insert(address as u64, length as u64);
+    let Some(key) = md.regs.lock().unwrap_or_else(|p| p.into_inner()).insert(address as u64, length as u64) else {
+        ff_error!("ff: cannot register memory: no random bytes from the kernel for its key");
+        return UCS_ERR_IO_ERROR;
+    };
     *memh_p = Box::into_raw(Box::new(Memh { key, base: address as u64, len: length as u64 })) as uct_mem_h;
     UCS_OK
 }

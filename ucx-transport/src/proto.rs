@@ -1,5 +1,5 @@
-//! What travels on an ff connection between two ifaces, and the packed
-//! remote key. Pure data: no UCX calls, unit-tested here.
+//! What travels on an ff connection between two ifaces, the packed remote
+//! key and the registry keys refer to. No UCX calls; unit-tested here.
 //!
 //! Every UCT endpoint is one ffcore connection (ordered, tagged messages
 //! over two shared-memory rings). The ffcore tag says what a message is:
@@ -17,6 +17,12 @@
 //! The target validates every request against its *own* registrations
 //! (cookie of its memory domain, key, bounds) before touching memory;
 //! a bad request gets an error reply and never a write or read.
+//!
+//! Records arrive in the connection's shared ring, which the peer (another
+//! process, maybe another tenant's) can still write while we read it. So
+//! fixed-size headers are first copied out with [`copy_header`] and decoded
+//! from that private copy: every field is read from shared memory exactly
+//! once, and what was checked is what is used.
 
 pub const AM: u32 = 1;
 pub const PUT: u32 = 2;
@@ -43,12 +49,27 @@ fn rd32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
+/// The first `N` bytes of a record of `len` bytes at `data` (in the shared
+/// ring), copied out once; `None` if the record is shorter.
+///
+/// # Safety
+/// `data` must be valid for reads of `len` bytes.
+pub unsafe fn copy_header<const N: usize>(data: *const u8, len: usize) -> Option<[u8; N]> {
+    if len < N {
+        return None;
+    }
+    let mut h = [0u8; N];
+    // SAFETY: N <= len bytes are readable at data (caller); h is ours.
+    std::ptr::copy_nonoverlapping(data, h.as_mut_ptr(), N);
+    Some(h)
+}
+
 /// A PUT or GET request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RmaReq {
     pub seq: u64,
     pub cookie: u64,
-    pub key: u32,
+    pub key: u64,
     pub addr: u64,
     pub len: u64,
 }
@@ -58,13 +79,12 @@ impl RmaReq {
     pub fn write(&self, b: &mut [u8]) {
         b[0..8].copy_from_slice(&self.seq.to_le_bytes());
         b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
-        b[16..20].copy_from_slice(&self.key.to_le_bytes());
-        b[20..24].copy_from_slice(&0u32.to_le_bytes());
+        b[16..24].copy_from_slice(&self.key.to_le_bytes());
         b[24..32].copy_from_slice(&self.addr.to_le_bytes());
         b[32..40].copy_from_slice(&self.len.to_le_bytes());
     }
     pub fn read(b: &[u8]) -> Option<RmaReq> {
-        (b.len() >= Self::LEN).then(|| RmaReq { seq: rd64(b, 0), cookie: rd64(b, 8), key: rd32(b, 16), addr: rd64(b, 24), len: rd64(b, 32) })
+        (b.len() >= Self::LEN).then(|| RmaReq { seq: rd64(b, 0), cookie: rd64(b, 8), key: rd64(b, 16), addr: rd64(b, 24), len: rd64(b, 32) })
     }
 }
 
@@ -90,30 +110,39 @@ impl RmaReply {
 }
 
 /// A packed remote key: which registration of which memory domain.
+///
+/// `cookie` is random per memory domain, `key` random per registration
+/// (see [`Registry`]): a peer that holds one key learns nothing about the
+/// process's other registrations. `base`/`len` only let the initiator check
+/// its own requests; the target checks against its registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackedRkey {
     pub cookie: u64,
-    pub key: u32,
+    pub key: u64,
     pub base: u64,
     pub len: u64,
 }
 
-const RKEY_MAGIC: u32 = u32::from_le_bytes(*b"FFRK");
+/// "FFK2": keys of the earlier format (32 bytes, "FFRK") do not unpack.
+const RKEY_MAGIC: u32 = u32::from_le_bytes(*b"FFK2");
 
 impl PackedRkey {
-    pub const LEN: usize = 32;
+    /// The packed size (what `md_query` reports as `rkey_packed_size`):
+    /// magic, 4 reserved (zero) bytes, cookie, key, base, length.
+    pub const LEN: usize = 40;
     pub fn write(&self, b: &mut [u8]) {
         b[0..4].copy_from_slice(&RKEY_MAGIC.to_le_bytes());
-        b[4..8].copy_from_slice(&self.key.to_le_bytes());
+        b[4..8].copy_from_slice(&0u32.to_le_bytes());
         b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
-        b[16..24].copy_from_slice(&self.base.to_le_bytes());
-        b[24..32].copy_from_slice(&self.len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.key.to_le_bytes());
+        b[24..32].copy_from_slice(&self.base.to_le_bytes());
+        b[32..40].copy_from_slice(&self.len.to_le_bytes());
     }
     pub fn read(b: &[u8]) -> Option<PackedRkey> {
         if b.len() < Self::LEN || rd32(b, 0) != RKEY_MAGIC {
             return None;
         }
-        Some(PackedRkey { key: rd32(b, 4), cookie: rd64(b, 8), base: rd64(b, 16), len: rd64(b, 24) })
+        Some(PackedRkey { cookie: rd64(b, 8), key: rd64(b, 16), base: rd64(b, 24), len: rd64(b, 32) })
     }
     /// Initiator-side sanity check (the target checks again, for real).
     pub fn covers(&self, addr: u64, len: u64) -> bool {
@@ -121,31 +150,76 @@ impl PackedRkey {
     }
 }
 
+/// Fills `buf` from the kernel's random source (getrandom, else
+/// /dev/urandom). False if neither works: callers must then fail rather than
+/// use predictable values.
+pub fn fill_random(buf: &mut [u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: getrandom writes at most rest.len() bytes into rest.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr() as *mut libc::c_void, rest.len(), 0) };
+        if n > 0 {
+            done += n as usize;
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            use std::io::Read;
+            return std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf[done..])).is_ok();
+        }
+    }
+    true
+}
+
+/// Random words drawn per getrandom call (keys are taken one at a time).
+const KEY_POOL: usize = 32;
+
 /// Registered memory of one memory domain: key -> (base, len).
+///
+/// Every key is a fresh random 64-bit value from the kernel (drawn
+/// [`KEY_POOL`] at a time, each used once; never 0, never a live key's),
+/// independent of every other key: keys are not sequential, and holding
+/// one (in a packed rkey a peer legitimately got) does not help to guess
+/// another. A lookup is one hash-map probe.
 #[derive(Default)]
 pub struct Registry {
-    next: u32,
-    regs: std::collections::HashMap<u32, (u64, u64)>,
+    regs: std::collections::HashMap<u64, (u64, u64)>,
+    /// Unused random words: `pool[..left]`.
+    pool: [u64; KEY_POOL],
+    left: usize,
 }
 
 impl Registry {
-    pub fn insert(&mut self, base: u64, len: u64) -> u32 {
+    /// A fresh random key, or None if the kernel gives no random bytes.
+    fn draw(&mut self) -> Option<u64> {
+        if self.left == 0 {
+            let mut bytes = [0u8; KEY_POOL * 8];
+            if !fill_random(&mut bytes) {
+                return None;
+            }
+            for (w, c) in self.pool.iter_mut().zip(bytes.chunks_exact(8)) {
+                *w = u64::from_le_bytes(c.try_into().unwrap());
+            }
+            self.left = KEY_POOL;
+        }
+        self.left -= 1;
+        Some(std::mem::take(&mut self.pool[self.left]))
+    }
+    /// Registers `[base, base+len)`; its key, or None without randomness.
+    pub fn insert(&mut self, base: u64, len: u64) -> Option<u64> {
         loop {
-            self.next = self.next.wrapping_add(1).max(1);
-            if !self.regs.contains_key(&self.next) {
-                break;
+            let key = self.draw()?;
+            if key != 0 && !self.regs.contains_key(&key) {
+                self.regs.insert(key, (base, len));
+                return Some(key);
             }
         }
-        self.regs.insert(self.next, (base, len));
-        self.next
     }
-    pub fn remove(&mut self, key: u32) -> bool {
+    pub fn remove(&mut self, key: u64) -> bool {
         self.regs.remove(&key).is_some()
     }
     /// Is `[addr, addr+len)` inside registration `key`?
-    pub fn check(&self, key: u32, addr: u64, len: u64) -> bool {
+    pub fn check(&self, key: u64, addr: u64, len: u64) -> bool {
         match self.regs.get(&key) {
-            Some(&(base, rlen)) => addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + rlen),
+            Some(&(base, rlen)) => addr >= base && addr.checked_add(len).is_some_and(|end| end <= base.saturating_add(rlen)),
             None => false,
         }
     }
@@ -172,7 +246,7 @@ mod tests {
         let mut b = [0u8; RmaReply::LEN];
         a.write(&mut b);
         assert_eq!(RmaReply::read(&b), Some(a));
-        let k = PackedRkey { cookie: 1, key: 2, base: 0x4000, len: 0x100 };
+        let k = PackedRkey { cookie: 1, key: 0xdead_beef_0bad_f00d, base: 0x4000, len: 0x100 };
         let mut b = [0u8; PackedRkey::LEN];
         k.write(&mut b);
         assert_eq!(PackedRkey::read(&b), Some(k));
@@ -186,8 +260,8 @@ mod tests {
     #[test]
     fn registry_bounds_and_keys() {
         let mut r = Registry::default();
-        let a = r.insert(0x1000, 0x1000);
-        let b = r.insert(0x8000, 16);
+        let a = r.insert(0x1000, 0x1000).unwrap();
+        let b = r.insert(0x8000, 16).unwrap();
         assert_ne!(a, b);
         assert!(r.check(a, 0x1000, 0x1000));
         assert!(r.check(a, 0x1800, 0x800));
@@ -200,5 +274,49 @@ mod tests {
         assert!(!r.check(a, 0x1000, 1), "deregistered");
         assert!(!r.remove(a));
         assert_eq!(r.len(), 1);
+    }
+
+    /// Keys are random and independent: not sequential, high bits differ,
+    /// and keys next to a real one (as a peer holding it would try) are not
+    /// registrations. Random keys collide in the high 32 bits with
+    /// probability 2^-32 per pair: these asserts do not flake in practice.
+    #[test]
+    fn registry_keys_are_unguessable() {
+        let mut r = Registry::default();
+        // More than one pool of keys, so a refill is covered too.
+        let keys: Vec<u64> = (0..40u64).map(|i| r.insert(0x10000 * (i + 1), 0x1000).unwrap()).collect();
+        for (i, &a) in keys.iter().enumerate() {
+            assert_ne!(a, 0);
+            for &b in &keys[i + 1..] {
+                assert!(a.abs_diff(b) > 1 << 32, "keys {a:#x} and {b:#x} are close");
+                assert_ne!(a >> 32, b >> 32, "keys {a:#x} and {b:#x} share their high bits");
+            }
+        }
+        let real: std::collections::HashSet<u64> = keys.iter().copied().collect();
+        for &k in &keys {
+            for d in 1..=64u64 {
+                for forged in [k.wrapping_add(d), k.wrapping_sub(d), k ^ (1 << (d - 1))] {
+                    if !real.contains(&forged) {
+                        assert!((1..=40).all(|i| !r.check(forged, 0x10000 * i, 1)), "forged key {forged:#x} (near {k:#x}) accepted");
+                    }
+                }
+            }
+        }
+        // Ones bits are spread: about half of all key bits are set.
+        let ones: u32 = keys.iter().map(|k| k.count_ones()).sum();
+        assert!((960..1600).contains(&ones), "{ones} of 2560 key bits set");
+    }
+
+    #[test]
+    fn headers_are_copied_once() {
+        let mut rec = [0u8; RmaReq::LEN + 3];
+        let r = RmaReq { seq: 1, cookie: 2, key: 0x1234_5678_9abc_def0, addr: 4, len: 5 };
+        r.write(&mut rec);
+        // SAFETY: rec is readable for its length.
+        let h = unsafe { copy_header::<{ RmaReq::LEN }>(rec.as_ptr(), rec.len()) }.unwrap();
+        rec.fill(0xff); // the peer rewrites the ring: our copy stays
+        assert_eq!(RmaReq::read(&h), Some(r));
+        // SAFETY: as above; too short is refused without reading.
+        assert_eq!(unsafe { copy_header::<{ RmaReq::LEN }>(rec.as_ptr(), RmaReq::LEN - 1) }, None);
     }
 }

@@ -1,16 +1,24 @@
-//! The ff transport through UCX's own UCT API, in one process with two
-//! ifaces on a real router: the semantics UCX enforces on transports
-//! (pending queue and NO_RESOURCE, no pack callback on a failing bcopy, AM id
-//! checks, mem_dereg parameter checks), PUT/GET zero-copy with packed remote
-//! keys, and refused remote keys (error completion, memory untouched).
+//! The ff transport through UCX's own UCT API, in one process with ifaces
+//! on a real router: the semantics UCX enforces on transports (pending
+//! queue and NO_RESOURCE, no pack callback on a failing bcopy, AM id checks,
+//! mem_dereg parameter checks), PUT/GET zero-copy with packed remote keys,
+//! refused remote keys (error completion, memory untouched), and what a
+//! hostile peer meets: keys it cannot derive from the one it holds, a
+//! connection cut after repeated refusals, active messages that reach UCP
+//! from private memory only.
 //!
-//! Needs a built ffrouter (cargo build --workspace).
+//! Needs a built ffrouter (cargo build --workspace). The tests here run one
+//! at a time (LOCK): each has its own router, but UCX is one per process.
 
 use std::ffi::{c_void, CStr, CString};
 use std::os::raw::c_uint;
 use std::ptr::{null, null_mut};
+use std::sync::Mutex;
 use uct_ff::internal::*;
+use uct_ff::proto::PackedRkey;
 use uct_ff::sys::*;
+
+static LOCK: Mutex<()> = Mutex::new(());
 
 fn ok(s: ucs_status_t, what: &str) {
     assert_eq!(s, UCS_OK, "{what}: status {s}");
@@ -87,17 +95,148 @@ unsafe fn iops(i: uct_iface_h) -> &'static uct_iface_ops_t {
     &(*i).ops
 }
 
+/// A router, the ff component, a memory domain on the router, a worker,
+/// and the iface configuration (`SEG_SIZE` 256k).
+struct Uct {
+    _router: fftestkit::RouterProc,
+    comps: *mut uct_component_h,
+    comp: uct_component_h,
+    md: uct_md_h,
+    asy: *mut ucs_async_context_t,
+    worker: uct_worker_h,
+    ic: *mut uct_iface_config_t,
+    params: uct_iface_params_t,
+}
+
+impl Uct {
+    unsafe fn open() -> Uct {
+        let router = fftestkit::RouterProc::start(&["a"], &[]);
+        let sock = CString::new(router.socket("a").to_str().unwrap()).unwrap();
+        uct_ff::register().expect("register the ff component");
+        // Component, memory domain (router socket via UCX's config: the
+        // ROUTER_SOCKET field of our table), transport resources.
+        let mut comps: *mut uct_component_h = null_mut();
+        let mut n: c_uint = 0;
+        ok(uct_query_components(&mut comps, &mut n), "query components");
+        let comps_s = std::slice::from_raw_parts(comps, n as usize);
+        let comp = *comps_s
+            .iter()
+            .find(|&&c| CStr::from_ptr((*(c as *mut UctComponent)).name.as_ptr()).to_str() == Ok("ff"))
+            .expect("component ff registered");
+        let mut mdc: *mut uct_md_config_t = null_mut();
+        ok(uct_md_config_read(comp, null(), null(), &mut mdc), "md config");
+        ok(uct_config_modify(mdc as *mut c_void, c"ROUTER_SOCKET".as_ptr(), sock.as_ptr()), "UCX_FF_ROUTER_SOCKET");
+        let mut md: uct_md_h = null_mut();
+        ok(uct_md_open(comp, c"ff".as_ptr(), mdc, &mut md), "md open");
+        uct_config_release(mdc as *mut c_void);
+        let mut rsc: *mut uct_tl_resource_desc_t = null_mut();
+        ok(uct_md_query_tl_resources(md, &mut rsc, &mut n), "tl resources");
+        assert_eq!(n, 1);
+        assert_eq!(CStr::from_ptr((*rsc).tl_name.as_ptr()).to_str(), Ok("ff"));
+        assert_eq!(CStr::from_ptr((*rsc).dev_name.as_ptr()).to_str(), Ok("router"));
+        uct_release_tl_resource_list(rsc);
+
+        let mut asy: *mut ucs_async_context_t = null_mut();
+        ok(ucs_async_context_create(UCS_ASYNC_MODE_THREAD_SPINLOCK, &mut asy), "async");
+        let mut worker: uct_worker_h = null_mut();
+        ok(uct_worker_create(asy, UCS_THREAD_MODE_SINGLE, &mut worker), "worker");
+        let mut ic: *mut uct_iface_config_t = null_mut();
+        ok(uct_md_iface_config_read(md, c"ff".as_ptr(), null(), null(), &mut ic), "iface config");
+        // A smaller segment, so a few messages fill the 4 MiB ring.
+        ok(uct_config_modify(ic as *mut c_void, c"SEG_SIZE".as_ptr(), c"256k".as_ptr()), "UCX_FF_SEG_SIZE");
+        let mut params: uct_iface_params_t = std::mem::zeroed();
+        params.field_mask = (UCT_IFACE_PARAM_FIELD_OPEN_MODE | UCT_IFACE_PARAM_FIELD_DEVICE) as u64;
+        params.open_mode = UCT_IFACE_OPEN_MODE_DEVICE as u64;
+        params.mode.device.tl_name = c"ff".as_ptr();
+        params.mode.device.dev_name = c"router".as_ptr();
+        Uct { _router: router, comps, comp, md, asy, worker, ic, params }
+    }
+
+    /// An iface; `align`: its AM alignment and offset.
+    unsafe fn iface(&self, align: Option<(usize, usize)>) -> uct_iface_h {
+        let mut p = self.params;
+        if let Some((a, o)) = align {
+            p.field_mask |= (UCT_IFACE_PARAM_FIELD_AM_ALIGNMENT | UCT_IFACE_PARAM_FIELD_AM_ALIGN_OFFSET) as u64;
+            p.am_alignment = a;
+            p.am_align_offset = o;
+        }
+        let mut i: uct_iface_h = null_mut();
+        ok(uct_iface_open(self.md, self.worker, &p, self.ic, &mut i), "iface open");
+        i
+    }
+
+    /// `to`'s device and iface addresses.
+    unsafe fn addr(&self, to: uct_iface_h) -> (Vec<u8>, Vec<u8>) {
+        let mut attr: uct_iface_attr_t = std::mem::zeroed();
+        ok(iops(to).iface_query.unwrap()(to, &mut attr), "query");
+        let mut dev = vec![0u8; attr.device_addr_len];
+        let mut ia = vec![0u8; attr.iface_addr_len];
+        ok(iops(to).iface_get_device_address.unwrap()(to, dev.as_mut_ptr() as *mut _), "dev addr");
+        ok(iops(to).iface_get_address.unwrap()(to, ia.as_mut_ptr() as *mut _), "iface addr");
+        (dev, ia)
+    }
+
+    /// An endpoint of `from` connected to `to`.
+    unsafe fn connect(&self, from: uct_iface_h, to: uct_iface_h) -> uct_ep_h {
+        let (dev, ia) = self.addr(to);
+        let mut ep_params: uct_ep_params_t = std::mem::zeroed();
+        ep_params.field_mask = (UCT_EP_PARAM_FIELD_IFACE | UCT_EP_PARAM_FIELD_DEV_ADDR | UCT_EP_PARAM_FIELD_IFACE_ADDR) as u64;
+        ep_params.iface = from;
+        ep_params.dev_addr = dev.as_ptr() as *const _;
+        ep_params.iface_addr = ia.as_ptr() as *const _;
+        let mut ep: uct_ep_h = null_mut();
+        ok(uct_ep_create(&ep_params, &mut ep), "ep create");
+        ep
+    }
+
+    /// The packed size of this domain's remote keys, as UCX learns it.
+    unsafe fn rkey_packed_size(&self) -> usize {
+        let mut a: uct_md_attr_t = std::mem::zeroed();
+        ok(uct_md_query(self.md, &mut a), "md query");
+        a.rkey_packed_size
+    }
+
+    /// Registers `buf`: its handle and packed remote key.
+    unsafe fn reg(&self, buf: &mut [u8]) -> (uct_mem_h, Vec<u8>) {
+        let mut memh: uct_mem_h = null_mut();
+        ok(uct_md_mem_reg(self.md, buf.as_mut_ptr() as *mut c_void, buf.len(), UCT_MD_MEM_ACCESS_ALL as c_uint, &mut memh), "mem_reg");
+        let mut packed = vec![0u8; self.rkey_packed_size()];
+        ok(uct_md_mkey_pack(self.md, memh, packed.as_mut_ptr() as *mut c_void), "mkey_pack");
+        (memh, packed)
+    }
+
+    unsafe fn close(self, eps: &[uct_ep_h], ifaces: &[uct_iface_h]) {
+        for &ep in eps {
+            uct_ep_destroy(ep);
+        }
+        for &i in ifaces {
+            uct_iface_close(i);
+        }
+        uct_config_release(self.ic as *mut c_void);
+        uct_worker_destroy(self.worker);
+        ucs_async_context_destroy(self.asy);
+        uct_md_close(self.md);
+        uct_release_component_list(self.comps);
+    }
+}
+
+/// Ifaces to progress, and the endpoint PUTs and GETs go through.
+#[derive(Clone)]
 struct World {
     comp: uct_component_h,
-    a: uct_iface_h,
-    b: uct_iface_h,
+    ifaces: Vec<uct_iface_h>,
     ep: uct_ep_h,
 }
 
 impl World {
     unsafe fn progress(&self) {
-        iops(self.a).iface_progress.unwrap()(self.a);
-        iops(self.b).iface_progress.unwrap()(self.b);
+        for &i in &self.ifaces {
+            iops(i).iface_progress.unwrap()(i);
+        }
+    }
+    /// The same ifaces, another endpoint.
+    fn on(&self, ep: uct_ep_h) -> World {
+        World { ep, ..self.clone() }
     }
     unsafe fn until(&self, mut done: impl FnMut() -> bool, what: &str) {
         let start = std::time::Instant::now();
@@ -137,49 +276,11 @@ impl World {
 
 #[test]
 fn uct_semantics_over_a_router() {
-    let router = fftestkit::RouterProc::start(&["a"], &[]);
-    let sock = CString::new(router.socket("a").to_str().unwrap()).unwrap();
-    uct_ff::register().expect("register the ff component");
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     unsafe {
-        // Component, memory domain (router socket via UCX's config: the
-        // ROUTER_SOCKET field of our table), transport resources.
-        let mut comps: *mut uct_component_h = null_mut();
-        let mut n: c_uint = 0;
-        ok(uct_query_components(&mut comps, &mut n), "query components");
-        let comps_s = std::slice::from_raw_parts(comps, n as usize);
-        let comp = *comps_s
-            .iter()
-            .find(|&&c| CStr::from_ptr((*(c as *mut UctComponent)).name.as_ptr()).to_str() == Ok("ff"))
-            .expect("component ff registered");
-        let mut mdc: *mut uct_md_config_t = null_mut();
-        ok(uct_md_config_read(comp, null(), null(), &mut mdc), "md config");
-        ok(uct_config_modify(mdc as *mut c_void, c"ROUTER_SOCKET".as_ptr(), sock.as_ptr()), "UCX_FF_ROUTER_SOCKET");
-        let mut md: uct_md_h = null_mut();
-        ok(uct_md_open(comp, c"ff".as_ptr(), mdc, &mut md), "md open");
-        uct_config_release(mdc as *mut c_void);
-        let mut rsc: *mut uct_tl_resource_desc_t = null_mut();
-        ok(uct_md_query_tl_resources(md, &mut rsc, &mut n), "tl resources");
-        assert_eq!(n, 1);
-        assert_eq!(CStr::from_ptr((*rsc).tl_name.as_ptr()).to_str(), Ok("ff"));
-        assert_eq!(CStr::from_ptr((*rsc).dev_name.as_ptr()).to_str(), Ok("router"));
-        uct_release_tl_resource_list(rsc);
-
-        let mut asy: *mut ucs_async_context_t = null_mut();
-        ok(ucs_async_context_create(UCS_ASYNC_MODE_THREAD_SPINLOCK, &mut asy), "async");
-        let mut worker: uct_worker_h = null_mut();
-        ok(uct_worker_create(asy, UCS_THREAD_MODE_SINGLE, &mut worker), "worker");
-        let mut ic: *mut uct_iface_config_t = null_mut();
-        ok(uct_md_iface_config_read(md, c"ff".as_ptr(), null(), null(), &mut ic), "iface config");
-        // A smaller segment, so a few messages fill the 4 MiB ring.
-        ok(uct_config_modify(ic as *mut c_void, c"SEG_SIZE".as_ptr(), c"256k".as_ptr()), "UCX_FF_SEG_SIZE");
-        let mut params: uct_iface_params_t = std::mem::zeroed();
-        params.field_mask = (UCT_IFACE_PARAM_FIELD_OPEN_MODE | UCT_IFACE_PARAM_FIELD_DEVICE) as u64;
-        params.open_mode = UCT_IFACE_OPEN_MODE_DEVICE as u64;
-        params.mode.device.tl_name = c"ff".as_ptr();
-        params.mode.device.dev_name = c"router".as_ptr();
-        let (mut a, mut b): (uct_iface_h, uct_iface_h) = (null_mut(), null_mut());
-        ok(uct_iface_open(md, worker, &params, ic, &mut a), "iface a");
-        ok(uct_iface_open(md, worker, &params, ic, &mut b), "iface b");
+        let u = Uct::open();
+        let (comp, md, worker, ic, params) = (u.comp, u.md, u.worker, u.ic, u.params);
+        let (a, b) = (u.iface(None), u.iface(None));
         // AM alignment parameters are checked like UCX's own transports do.
         for (align, offset, mask) in [
             (0usize, 0usize, UCT_IFACE_PARAM_FIELD_AM_ALIGNMENT),
@@ -194,7 +295,6 @@ fn uct_semantics_over_a_router() {
             let mut bad: uct_iface_h = null_mut();
             assert_eq!(uct_iface_open(md, worker, &p, ic, &mut bad), UCS_ERR_INVALID_PARAM, "alignment {align} offset {offset}");
         }
-        uct_config_release(ic as *mut c_void);
 
         let mut attr: uct_iface_attr_t = std::mem::zeroed();
         ok(iops(a).iface_query.unwrap()(a, &mut attr), "query");
@@ -213,22 +313,13 @@ fn uct_semantics_over_a_router() {
         ok(uct_iface_set_am_handler(b, 5, Some(on_am), &mut rx as *mut Recv as *mut c_void, 0), "am handler");
 
         // Addresses and reachability; connect a -> b.
-        let mut dev = vec![0u8; attr.device_addr_len];
-        let mut ia = vec![0u8; attr.iface_addr_len];
-        ok(iops(b).iface_get_device_address.unwrap()(b, dev.as_mut_ptr() as *mut _), "dev addr");
-        ok(iops(b).iface_get_address.unwrap()(b, ia.as_mut_ptr() as *mut _), "iface addr");
+        let (dev, ia) = u.addr(b);
         assert_eq!(iops(a).iface_is_reachable.unwrap()(a, dev.as_ptr() as *const _, ia.as_ptr() as *const _), 1);
         let mut other = dev.clone();
         other[0] ^= 0xff;
         assert_eq!(iops(a).iface_is_reachable.unwrap()(a, other.as_ptr() as *const _, ia.as_ptr() as *const _), 0, "another router");
-        let mut ep_params: uct_ep_params_t = std::mem::zeroed();
-        ep_params.field_mask = (UCT_EP_PARAM_FIELD_IFACE | UCT_EP_PARAM_FIELD_DEV_ADDR | UCT_EP_PARAM_FIELD_IFACE_ADDR) as u64;
-        ep_params.iface = a;
-        ep_params.dev_addr = dev.as_ptr() as *const _;
-        ep_params.iface_addr = ia.as_ptr() as *const _;
-        let mut ep: uct_ep_h = null_mut();
-        ok(uct_ep_create(&ep_params, &mut ep), "ep create");
-        let w = World { comp, a, b, ep };
+        let ep = u.connect(a, b);
+        let w = World { comp, ifaces: vec![a, b], ep };
 
         // Active messages: short, then AM id checks on the sender.
         let payload = b"hello ff";
@@ -279,10 +370,8 @@ fn uct_semantics_over_a_router() {
         // Memory registration, packed keys, PUT and GET (inline and streamed).
         let mdops = &*((*(md as *mut UctMd)).ops);
         let mut target = vec![0u8; 4 << 20];
-        let mut memh: uct_mem_h = null_mut();
-        ok(uct_md_mem_reg(md, target.as_mut_ptr() as *mut c_void, target.len(), UCT_MD_MEM_ACCESS_ALL as c_uint, &mut memh), "mem_reg");
-        let mut packed = [0u8; 32];
-        ok(uct_md_mkey_pack(md, memh, packed.as_mut_ptr() as *mut c_void), "mkey_pack");
+        let (memh, packed) = u.reg(&mut target);
+        assert_eq!(packed.len(), PackedRkey::LEN, "the packed size UCX is told");
         let rk = w.rkey(&packed);
         let base = target.as_ptr() as u64;
         for &(off, len) in &[(0usize, 1usize), (100, 5000), (4096, 3 << 20), (0, 4 << 20)] {
@@ -301,7 +390,7 @@ fn uct_semantics_over_a_router() {
         assert_eq!(w.put(&bad(100), base + (4 << 20) - 50, rk.rkey), UCS_ERR_INVALID_ADDR, "put past the end (inline)");
         assert_eq!(w.put(&bad(1 << 20), base + (3 << 20) + 1, rk.rkey), UCS_ERR_INVALID_ADDR, "put past the end (streamed)");
         assert_eq!(w.put(&bad(10), base - 10, rk.rkey), UCS_ERR_INVALID_ADDR, "put before the start");
-        let mut forged = packed;
+        let mut forged = packed.clone();
         forged[8] ^= 1; // another domain's cookie
         let fk = w.rkey(&forged);
         assert_eq!(w.put(&bad(10), base, fk.rkey), UCS_ERR_INVALID_ADDR, "forged key");
@@ -311,7 +400,7 @@ fn uct_semantics_over_a_router() {
         assert!(target.iter().all(|&x| x == 0x11), "refused PUTs wrote nothing");
         ok(w.put(&[9u8; 64], base, rk.rkey), "valid put after refusals");
         assert_eq!(&target[..64], &[9u8; 64][..]);
-        let bogus = [0u8; 32];
+        let bogus = vec![0u8; packed.len()];
         let mut bb: uct_rkey_bundle_t = std::mem::zeroed();
         assert_ne!(uct_rkey_unpack(comp, bogus.as_ptr() as *const c_void, &mut bb), UCS_OK, "not an ff key");
 
@@ -345,12 +434,209 @@ fn uct_semantics_over_a_router() {
         uct_rkey_release(comp, &rk);
         uct_rkey_release(comp, &fk);
 
-        uct_ep_destroy(ep);
-        uct_iface_close(a);
-        uct_iface_close(b);
-        uct_worker_destroy(worker);
-        ucs_async_context_destroy(asy);
-        uct_md_close(md);
-        uct_release_component_list(comps);
+        u.close(&[ep], &[a, b]);
+    }
+}
+
+/// The keys of two registrations are unrelated, and keys next to a real
+/// one (what a peer holding it would try first) reach nothing.
+#[test]
+fn remote_keys_are_independent() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let (a, b) = (u.iface(None), u.iface(None));
+        let ep = u.connect(a, b);
+        let w = World { comp: u.comp, ifaces: vec![a, b], ep };
+        assert_eq!(u.rkey_packed_size(), PackedRkey::LEN, "md_query reports the packed size");
+        // Sixteen registrations, in a row, of one process.
+        let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0x11u8; 4096]).collect();
+        let regs: Vec<_> = bufs.iter_mut().map(|b| u.reg(b)).collect();
+        let keys: Vec<PackedRkey> = regs.iter().map(|(_, p)| PackedRkey::read(p).expect("an ff key")).collect();
+        for (i, x) in keys.iter().enumerate() {
+            assert_eq!(x.cookie, keys[0].cookie, "one domain, one cookie");
+            for y in &keys[i + 1..] {
+                let (kx, ky) = (u64::from(x.key), u64::from(y.key));
+                // Random keys fail these with probability ~2^-31 per pair.
+                assert!(kx.abs_diff(ky) > 1 << 32, "keys {kx:#x} and {ky:#x} are close");
+                assert_ne!(kx >> 32, ky >> 32, "keys {kx:#x} and {ky:#x} share their high bits");
+            }
+        }
+        // What a peer holding the first key would forge for the second
+        // registration: nearby keys (fewer than MAX_REFUSED, so every one is
+        // answered). Each is refused and the memory stays as it was.
+        let real = keys[0];
+        let k = u64::from(real.key);
+        for forged_key in [k.wrapping_add(1), k.wrapping_sub(1), k.wrapping_add(2), k ^ (1 << 32), k ^ (1 << 63), k.wrapping_add(1 << 32)] {
+            let forged = PackedRkey { key: forged_key.try_into().unwrap(), base: keys[1].base, len: keys[1].len, ..real };
+            let mut packed = vec![0u8; PackedRkey::LEN];
+            forged.write(&mut packed);
+            let fk = w.rkey(&packed);
+            assert_eq!(w.put(&[0xee; 64], keys[1].base, fk.rkey), UCS_ERR_INVALID_ADDR, "forged key {forged_key:#x} (real {k:#x})");
+            uct_rkey_release(u.comp, &fk);
+        }
+        assert!(bufs.iter().all(|b| b.iter().all(|&x| x == 0x11)), "no forged PUT landed");
+        // The real keys work.
+        for (i, (_, p)) in regs.iter().enumerate() {
+            let rk = w.rkey(p);
+            ok(w.put(&[i as u8; 64], keys[i].base + 100, rk.rkey), "put with the real key");
+            uct_rkey_release(u.comp, &rk);
+            assert_eq!(&bufs[i][100..164], &[i as u8; 64][..]);
+        }
+        for (memh, _) in regs {
+            ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        }
+        u.close(&[ep], &[a, b]);
+    }
+}
+
+/// Refused PUTs and GETs, whatever the reason, count per connection; the
+/// MAX_REFUSED-th closes that connection (the peer's endpoint fails), while
+/// the iface goes on serving its other connections and new ones.
+#[test]
+fn refused_requests_close_the_connection() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let (a, b, c) = (u.iface(None), u.iface(None), u.iface(None));
+        let mut rx = Recv { msgs: Vec::new() };
+        ok(uct_iface_set_am_handler(b, 5, Some(on_am), &mut rx as *mut Recv as *mut c_void, 0), "am handler");
+        let rxp: *const Recv = &rx;
+        let (probe, other) = (u.connect(a, b), u.connect(c, b));
+        let w = World { comp: u.comp, ifaces: vec![a, b, c], ep: probe };
+        let mut target = vec![0u8; 64 << 10];
+        let base = target.as_ptr() as u64;
+        let (memh, packed) = u.reg(&mut target);
+        let rk = w.rkey(&packed);
+        let mut forged = packed.clone();
+        forged[8] ^= 1; // another domain's cookie
+        let fk = w.rkey(&forged);
+        ok(w.put(&[1u8; 16], base, rk.rkey), "a valid put");
+        ok(w.on(other).put(&[2u8; 16], base + 16, rk.rkey), "a valid put on the other connection");
+
+        let limit = uct_ff::iface::MAX_REFUSED as usize;
+        assert!((2..=16).contains(&limit), "a small limit: {limit}");
+        let mut out = vec![0u8; 16 << 10];
+        let refuse = |i: usize, out: &mut [u8]| match i % 4 {
+            0 => w.get(&mut out[..100], base + (64 << 10) - 50, rk.rkey),  // past the end
+            1 => w.put(&[0xee; 100], base - 100, rk.rkey),                 // before the start (inline)
+            2 => w.put(&vec![0xee; 16 << 10], base + (60 << 10), rk.rkey), // past the end (streamed)
+            _ => w.get(out, base, fk.rkey),                                // another domain's key
+        };
+        for i in 0..limit - 1 {
+            assert_eq!(refuse(i, &mut out), UCS_ERR_INVALID_ADDR, "refusal {} is answered", i + 1);
+        }
+        // Interleaved valid requests do not reset the count.
+        ok(w.put(&[3u8; 16], base + 32, rk.rkey), "a valid put between refusals");
+        let s = refuse(limit - 1, &mut out);
+        assert!(s != UCS_OK && s != UCS_ERR_INVALID_ADDR, "refusal {limit} closes the connection (got status {s})");
+        assert_ne!(w.put(&[4u8; 16], base, rk.rkey), UCS_OK, "the closed connection stays closed");
+        assert_ne!(ops(probe).ep_am_short.unwrap()(probe, 5, 9, null(), 0), UCS_OK, "AMs fail too");
+        assert!(target[..48].iter().zip([1u8; 16].iter().chain(&[2u8; 16]).chain(&[3u8; 16])).all(|(a, b)| a == b));
+        assert!(target[48..].iter().all(|&x| x == 0), "no refused PUT wrote anything");
+
+        // The iface serves the other connection, and new ones (with a
+        // count of their own).
+        ok(w.on(other).put(&[5u8; 16], base, rk.rkey), "the other connection works");
+        ok(ops(other).ep_am_short.unwrap()(other, 5, 10, null(), 0), "am on the other connection");
+        w.until(|| (*rxp).msgs.iter().any(|m| m.0 == 10), "am delivery");
+        let again = u.connect(a, b);
+        assert_eq!(w.on(again).get(&mut out[..8], base - 8, rk.rkey), UCS_ERR_INVALID_ADDR, "a new connection starts afresh");
+        ok(w.on(again).get(&mut out[..16], base, rk.rkey), "and works");
+        assert_eq!(&out[..16], &[5u8; 16][..]);
+        assert!(!rx.msgs.iter().any(|m| m.0 == 9), "nothing from the closed connection");
+
+        uct_rkey_release(u.comp, &rk);
+        uct_rkey_release(u.comp, &fk);
+        ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        u.close(&[probe, other, again], &[a, b, c]);
+    }
+}
+
+/// What UCP's handler saw of each active message.
+struct Seen {
+    /// (data pointer, length, bytes as received)
+    msgs: Vec<(usize, usize, Vec<u8>)>,
+}
+
+unsafe extern "C" fn on_am_seen(arg: *mut c_void, data: *mut c_void, len: usize, flags: c_uint) -> ucs_status_t {
+    assert_eq!(flags, 0);
+    let s = &mut *(arg as *mut Seen);
+    s.msgs.push((data as usize, len, std::slice::from_raw_parts(data as *const u8, len).to_vec()));
+    UCS_OK
+}
+
+/// The mapping of this process that holds `addr`: (permissions, path).
+fn mapping_of(addr: usize) -> (String, String) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+        if (lo..hi).contains(&addr) {
+            return (perms.to_string(), f.nth(3).unwrap_or("").to_string());
+        }
+    }
+    panic!("{addr:#x} is not mapped");
+}
+
+/// UCP's AM handler gets a private copy of each message (not the shared
+/// ring the peer can still write), in one buffer of the iface reused for
+/// every message, at the AM alignment the iface was opened with.
+#[test]
+fn active_messages_reach_ucp_from_private_memory() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let a = u.iface(None);
+        let plain = u.iface(None);
+        let aligned = u.iface(Some((256, 8)));
+        let mut seen = [Seen { msgs: Vec::new() }, Seen { msgs: Vec::new() }];
+        for (i, &t) in [plain, aligned].iter().enumerate() {
+            ok(uct_iface_set_am_handler(t, 7, Some(on_am_seen), &mut seen[i] as *mut Seen as *mut c_void, 0), "am handler");
+        }
+        let eps = [u.connect(a, plain), u.connect(a, aligned)];
+        let w = World { comp: u.comp, ifaces: vec![a, plain, aligned], ep: eps[0] };
+        let sizes = [0usize, 1, 7, 100, 1000, 2000, 60 << 10, 200 << 10];
+        for (i, &ep) in eps.iter().enumerate() {
+            for (n, &size) in sizes.iter().enumerate() {
+                let payload: Vec<u8> = (0..size).map(|j| (j * 13 + n) as u8).collect();
+                if size + 8 <= 2048 {
+                    ok(ops(ep).ep_am_short.unwrap()(ep, 7, n as u64, payload.as_ptr() as *const c_void, size as c_uint), "am_short");
+                }
+                let mut pk = Pack { called: false, hdr: n as u64, len: size + 8 };
+                let r = ops(ep).ep_am_bcopy.unwrap()(ep, 7, Some(pack), &mut pk as *mut Pack as *mut c_void, 0);
+                assert_eq!(r, (size + 8) as isize, "am_bcopy");
+                let sp: *const Seen = &seen[i];
+                let want = sizes[..=n].iter().map(|&s| if s + 8 <= 2048 { 2 } else { 1 }).sum::<usize>();
+                w.until(|| (*sp).msgs.len() == want, "am delivery");
+            }
+        }
+        for (i, s) in seen.iter().enumerate() {
+            let first = s.msgs[0].0;
+            for (p, len, bytes) in &s.msgs {
+                assert_eq!(*len, bytes.len());
+                assert_eq!(*p, first, "one buffer for every message (no allocation, no pointer into a ring)");
+                let (perms, path) = mapping_of(*p);
+                assert!(perms.ends_with('p') && !path.starts_with("/memfd:"), "AM data at {p:#x} is in a shared mapping ({perms} {path})");
+            }
+            if i == 1 {
+                assert_eq!((first + 8) % 256, 0, "am_alignment 256 with offset 8");
+            }
+        }
+        // Contents: am_short (header + payload) and bcopy (header + 0xab).
+        let mut m = seen[1].msgs.iter();
+        for (n, &size) in sizes.iter().enumerate() {
+            if size + 8 <= 2048 {
+                let b = &m.next().unwrap().2;
+                assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), n as u64);
+                assert!(b[8..].iter().enumerate().all(|(j, &x)| x == (j * 13 + n) as u8), "am_short {size}");
+            }
+            let b = &m.next().unwrap().2;
+            assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), n as u64);
+            assert!(b.len() == size + 8 && b[8..].iter().all(|&x| x == 0xab), "am_bcopy {size}");
+        }
+        u.close(&eps, &[a, plain, aligned]);
     }
 }
