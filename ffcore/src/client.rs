@@ -38,8 +38,15 @@ impl Shared {
     /// [`Error::Router`].
     fn rpc(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        send_frame(sock.as_fd(), &proto::encode(req), &[])?;
-        let (_, body, fds) = recv_frame(sock.as_fd())?.ok_or_else(|| Error::protocol("router closed the connection"))?;
+        let sent = send_frame(sock.as_fd(), &proto::encode(req), &[]);
+        // A router that refuses us (say, our tenant is at its limits) says
+        // why and hangs up, maybe before our request got there: its reply
+        // is still there to read.
+        let (_, body, fds) = match (sent, recv_frame(sock.as_fd())) {
+            (_, Ok(Some(frame))) => frame,
+            (Err(e), _) | (Ok(()), Err(e)) => return Err(e),
+            (Ok(()), Ok(None)) => return Err(Error::protocol("router closed the connection")),
+        };
         match proto::decode_body::<Reply>(&body)? {
             Reply::Error { code, message } => Err(Error::Router { code, message }),
             r => Ok((r, fds)),

@@ -49,8 +49,10 @@ impl Raw {
     }
 
     fn rpc(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>), String> {
-        send_frame(self.sock.as_fd(), &proto::encode(req), &[]).map_err(|e| format!("send: {e}"))?;
+        // A refusal may arrive before our request got through: read it anyway.
+        let sent = send_frame(self.sock.as_fd(), &proto::encode(req), &[]).map_err(|e| format!("send: {e}"));
         match recv_frame(self.sock.as_fd()) {
+            Ok(None) | Err(_) if sent.is_err() => Err(sent.unwrap_err()),
             Ok(Some((_, body, fds))) => Ok((proto::decode_body::<Reply>(&body).map_err(|e| e.to_string())?, fds)),
             Ok(None) => Err("the router hung up".into()),
             Err(e) => Err(format!("recv: {e}")),
