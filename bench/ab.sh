@@ -11,7 +11,8 @@
 # for each variant in turn, the ff part of bench/run.sh (two containers on
 # one host) and of bench/multihost.sh (two emulated hosts), so that all
 # variants see the same background load. DIR/README.md gets the medians
-# per variant and their ratio to the first variant; DIR/results.csv all
+# per variant and their ratio to the first variant (plotted in DIR/ab.png);
+# DIR/results.csv all
 # rows, with a "variant" column. Needs root. Default DIR:
 # bench/results/ab-<date>.
 set -euo pipefail
@@ -62,31 +63,5 @@ done
     for v in "${variants[@]}"; do echo "- variant $v"; done
     echo "- command: bench/ab.sh --rounds $rounds $quick ${variants[*]}"
     echo
-    /usr/bin/python3 - "$csv" <<'PY'
-import csv, statistics, sys
-vals, order = {}, []
-for r in csv.DictReader(open(sys.argv[1])):
-    if r["variant"] not in order:
-        order.append(r["variant"])
-    key = (r["suite"], r["test"], int(r["size_bytes"]), r["unit"])
-    vals.setdefault(key, {}).setdefault(r["variant"], []).append(float(r["value"]))
-rounds = max(len(x) for v in vals.values() for x in v.values())
-print(f"Medians of {rounds} rounds (variants alternate within each round); ratio to {order[0]}.")
-print()
-print("| suite | test | size | unit | " + " | ".join(order) + " |")
-print("|---|---|---:|---|" + "---:|" * len(order))
-for key in sorted(vals):
-    suite, test, size, unit = key
-    med = {v: statistics.median(x) for v, x in vals[key].items()}
-    base = med.get(order[0])
-    cells = []
-    for v in order:
-        if v not in med:
-            cells.append("")
-        elif v == order[0] or not base:
-            cells.append(f"{med[v]:,.3g}")
-        else:
-            cells.append(f"{med[v]:,.3g} ({med[v] / base:.2f}x)")
-    print(f"| {suite} | {test} | {size} | {unit} | " + " | ".join(cells) + " |")
-PY
+    /usr/bin/python3 "$here/ab_report.py" "$csv" "$out/ab.png"
 } | tee "$out/README.md"
