@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/multihost.sh - FreeFlow between hosts vs UCX tcp, in one run.
 #
-#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure] [--bin DIR]
+#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure] [--bin DIR] [--load]
 #
 # Builds two emulated hosts: network namespaces ffmh0-$$ and ffmh1-$$
 # joined by a veth (10.88.0.1/24 - 10.88.0.2/24), each with a container
@@ -18,6 +18,10 @@
 #   * UCX ff,self: the same ucx_perftest over FreeFlow's UCX transport
 #     (libuct_ff.so) through both routers, as Open MPI jobs use it (for
 #     information: the targets compare ffbench's ff with tcp,self).
+# Bandwidth rows from 64 KiB up come with cpu_per_gb rows: CPU seconds the
+# whole machine (both hosts, every process, the kernel) spent per GB
+# moved. --load runs one busy-looping process per core beside everything
+# (CPU per GB is then not reported).
 # The ff and UCX measurements alternate for --rounds rounds (default 5, 1
 # with --quick), so that both see the same background load; the table uses
 # the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
@@ -28,11 +32,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0 out="" only="" rounds="" insecure=0 bin=""
+quick=0 out="" only="" rounds="" insecure=0 bin="" load=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --insecure) insecure=1 ;;
+        --load) load=1 ;;
         --out) out=$2; shift ;;
         --bin) bin=$2; shift ;;
         --only) only=$2; shift ;;
@@ -56,7 +61,9 @@ echo "suite,transport,test,size_bytes,value,unit" > "$csv"
 ns0=ffmh0-$$ ns1=ffmh1-$$
 work=$(mktemp -d /tmp/ffmh.XXXXXX)
 r0="" r1=""
+loaders=()
 cleanup() {
+    [ ${#loaders[@]} -gt 0 ] && kill "${loaders[@]}" 2>/dev/null || true
     [ -n "$r0" ] && kill "$r0" 2>/dev/null || true
     [ -n "$r1" ] && kill "$r1" 2>/dev/null || true
     "$top/tools/ffcontainer" cleanup "ffm$$" >/dev/null 2>&1 || true
@@ -134,6 +141,12 @@ val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 if [ $quick = 1 ]; then lat_iters=20000; scale=1; else lat_iters=100000; scale=2; fi
 [ -n "$rounds" ] || rounds=$([ $quick = 1 ] && echo 1 || echo 5)
 
+if [ $load = 1 ]; then
+    for _ in $(seq "$(nproc)"); do (while :; do :; done) & loaders+=($!); done
+    echo "== loaded: ${#loaders[@]} busy loops" >&2
+    export UCX_BASELINE_NO_CPU=1
+fi
+
 for round in $(seq "$rounds"); do
 echo "== round $round of $rounds" >&2
 if [ "$only" != ucx ]; then
@@ -148,6 +161,7 @@ if [ "$only" != ucx ]; then
             echo "multihost,ff,tag_bw,8,$(echo "$r" | val mmsg_per_s),Mmsg/s" >> "$csv"
         else
             echo "multihost,ff,tag_bw,$1,$(echo "$r" | val mb_per_s),MB/s" >> "$csv"
+            [ $load = 1 ] || echo "multihost,ff,cpu_per_gb,$1,$(echo "$r" | val cpu_s_per_gb),s/GB" >> "$csv"
         fi
     done
 
@@ -195,7 +209,7 @@ done
     echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them"
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p')"
-    echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')"
+    echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')$([ $insecure = 1 ] && echo ' --insecure')$([ $load = 1 ] && echo " --load ($(nproc) busy loops beside the benchmark)")"
     echo
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
     echo

@@ -12,6 +12,8 @@ Kinds of rows:
               KB/s are converted)
   msg rate    test tag_bw or stream, unit Mmsg/s (or msg/s)
   latency     test tag_lat or pingpong, unit us (or ns, ms)
+  CPU         test cpu_per_gb, unit s/GB: CPU seconds of the whole machine
+              per GB moved (tabulated, not plotted)
 Other rows only appear in the table of all rows.
 
 Writes
@@ -44,8 +46,8 @@ BASELINES = ["posix,cma,self", "tcp,self"]
 BW_UNITS = {"MB/s": 1.0, "GB/s": 1000.0, "KB/s": 0.001, "MiB/s": 1.048576}
 RATE_UNITS = {"Mmsg/s": 1.0, "msg/s": 1e-6, "Kmsg/s": 1e-3}
 LAT_UNITS = {"us": 1.0, "µs": 1.0, "ns": 1e-3, "ms": 1e3}
-KIND_UNIT = {"bw": "MB/s", "rate": "Mmsg/s", "lat": "us"}
-KIND_NAME = {"bw": "bandwidth", "rate": "message rate", "lat": "latency"}
+KIND_UNIT = {"bw": "MB/s", "rate": "Mmsg/s", "lat": "us", "cpu": "s/GB"}
+KIND_NAME = {"bw": "bandwidth", "rate": "message rate", "lat": "latency", "cpu": "CPU per GB moved"}
 
 
 def usage():
@@ -83,6 +85,8 @@ def classify(test, unit):
             return "rate", RATE_UNITS[unit]
     if test in LAT_TESTS and unit in LAT_UNITS:
         return "lat", LAT_UNITS[unit]
+    if test == "cpu_per_gb" and unit == "s/GB":
+        return "cpu", 1.0
     return None
 
 
@@ -189,14 +193,14 @@ def main():
     print("\n## Comparison with baselines\n")
     print("Ratio = value / baseline value (baselines: transports %s, any suite)."
           % " and ".join(BASELINES))
-    print("Latency: > 1 is slower; bandwidth and message rate: > 1 is faster.\n")
+    print("Latency and CPU per GB: > 1 is slower or costlier; bandwidth and message rate: > 1 is faster.\n")
     print("| kind | size | suite/transport | value | unit | vs posix,cma,self | vs tcp,self |")
     print("|---|---:|---|---:|---|---:|---:|")
     labs_by_transport = {}
     for lab in order:
         transport = lab.split(" [", 1)[0].split("/", 1)[-1]
         labs_by_transport.setdefault(transport, []).append(lab)
-    for kind in ("lat", "rate", "bw"):
+    for kind in ("lat", "rate", "bw", "cpu"):
         for size in sorted({s for (k, _, s) in val if k == kind}):
             base = {}
             for b in BASELINES:

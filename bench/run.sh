@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/run.sh - FreeFlow vs UCX, all in one run, on this host.
 #
-#   bench/run.sh [--quick] [--out DIR] [--bin DIR]
+#   bench/run.sh [--quick] [--out DIR] [--bin DIR] [--load]
 #
 # Runs, one after the other on an otherwise idle machine:
 #   * ff: two containers (tools/ffcontainer: own net/IPC/PID/mount namespaces,
@@ -12,19 +12,25 @@
 #   * UCX 1.13.1 ucx_perftest (bench/ucx_baselines.sh): posix,cma,self between
 #     two host processes (what containers cannot use) and tcp,self between two
 #     containers over veth (what containers use today).
+# Every bandwidth row from 64 KiB up comes with a cpu_per_gb row: CPU
+# seconds the whole machine spent per GB moved (every process and the
+# kernel, from /proc/stat). --load runs one busy-looping process per core
+# beside everything (as data loaders do to a training job); CPU per GB is
+# then not reported.
 # Then prints the table of ratios, checks the targets of issue #2, writes PNG
 # plots and records everything (with versions) under --out
 # (default bench/results/<date>).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0 bin=""
+quick=0 bin="" load=0
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --out) out=$2; shift ;;
         --bin) bin=$2; shift ;;
+        --load) load=1 ;;
         -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -43,7 +49,9 @@ echo "suite,transport,test,size_bytes,value,unit" > "$csv"
 
 work=$(mktemp -d /tmp/ffbench.XXXXXX)
 router_pid=""
+loaders=()
 cleanup() {
+    [ ${#loaders[@]} -gt 0 ] && kill "${loaders[@]}" 2>/dev/null || true
     [ -n "$router_pid" ] && kill "$router_pid" 2>/dev/null || true
     "$top/tools/ffcontainer" cleanup ffb >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -89,6 +97,12 @@ val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 
 if [ $quick = 1 ]; then lat_iters=50000; scale=1; else lat_iters=300000; scale=3; fi
 
+if [ $load = 1 ]; then
+    for _ in $(seq "$(nproc)"); do (while :; do :; done) & loaders+=($!); done
+    echo "== loaded: ${#loaders[@]} busy loops" >&2
+    export UCX_BASELINE_NO_CPU=1
+fi
+
 echo "== ff: ping-pong 8 B" >&2
 r=$(pair pingpong --size 8 --iters $lat_iters)
 echo "ff,ff,tag_lat,8,$(echo "$r" | val half_rtt_us_p50),us" >> "$csv"
@@ -100,6 +114,7 @@ for spec in "8 $((1000000 * scale))" "65536 $((30000 * scale))" "1048576 $((3000
         echo "ff,ff,tag_bw,8,$(echo "$r" | val mmsg_per_s),Mmsg/s" >> "$csv"
     else
         echo "ff,ff,tag_bw,$1,$(echo "$r" | val mb_per_s),MB/s" >> "$csv"
+        [ $load = 1 ] || echo "ff,ff,cpu_per_gb,$1,$(echo "$r" | val cpu_s_per_gb),s/GB" >> "$csv"
     fi
 done
 
@@ -130,7 +145,7 @@ kill "$router_pid"; router_pid=""
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)"
-    echo "- command: bench/run.sh$([ $quick = 1 ] && echo ' --quick')"
+    echo "- command: bench/run.sh$([ $quick = 1 ] && echo ' --quick')$([ $load = 1 ] && echo " --load ($(nproc) busy loops beside the benchmark)")"
     echo
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
     echo

@@ -25,6 +25,11 @@
 #                        round trip of ping-pong tests)
 #   tag_bw  8 B          message rate, Mmsg/s
 #   tag_bw  64K/1M/4M    bandwidth, MB/s = 10^6 bytes/s
+#   cpu_per_gb 64K/1M/4M CPU seconds the whole machine spent per GB moved
+#                        (every process and the kernel, /proc/stat, over
+#                        the client's run: its start, warm-up and measured
+#                        iterations; bytes of warm-up and measured ones);
+#                        not with UCX_BASELINE_NO_CPU set (a loaded machine)
 #
 # Environment:
 #   UCX_BASELINE_TLS    transports to run (default "posix,cma,self tcp,self")
@@ -198,6 +203,10 @@ parse_final() {
          END { if (last == "") exit 1; print last }'
 }
 
+busy_jiffies() {  # the machine's busy time so far, in clock ticks
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
 emit() {  # transport test size value unit
     printf '%s,"%s",%s,%s,%s,%s\n' "$SUITE" "$1" "$2" "$3" "$4" "$5" | tee -a "$OUT"
 }
@@ -228,7 +237,9 @@ for tls in $TLS_LIST; do
                 stop_server
                 continue
             fi
+            j0=$(busy_jiffies)
             out=$(run_client "$tls" "$test" "$size" "$n" "$w" "$PORT" 2>&1) || true
+            j1=$(busy_jiffies)
             stop_server
             if [[ $tls == ff* ]] && ! grep -q 'tag(ff/router)' <<<"$out"; then
                 echo "ucx_baselines: UCX did not pick the ff transport" >&2
@@ -247,7 +258,12 @@ for tls in $TLS_LIST; do
         case "$key" in
             lat) emit "$tls" "$test" "$size" "$p50" us ;;
             bw8) emit "$tls" "$test" "$size" "$(awk -v r="$rate" 'BEGIN { printf "%.3f", r / 1e6 }')" Mmsg/s ;;
-            *) emit "$tls" "$test" "$size" "$(awk -v b="$bw_mib" 'BEGIN { printf "%.1f", b * 1048576 / 1e6 }')" MB/s ;;
+            *)
+                emit "$tls" "$test" "$size" "$(awk -v b="$bw_mib" 'BEGIN { printf "%.1f", b * 1048576 / 1e6 }')" MB/s
+                [[ -n ${UCX_BASELINE_NO_CPU:-} ]] || emit "$tls" cpu_per_gb "$size" \
+                    "$(awk -v a="$j0" -v b="$j1" -v hz="$(getconf CLK_TCK)" -v s="$size" -v n="$((n + w))" \
+                        'BEGIN { printf "%.4f", (b - a) / hz / (s * n / 1e9) }')" s/GB
+                ;;
         esac
     done
 done

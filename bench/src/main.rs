@@ -183,6 +183,7 @@ fn stream(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
     let warm = (o.iters / 10).max(2);
     for (phase, n) in [(0, warm), (1, o.iters)] {
         let start = Instant::now();
+        let cpu0 = busy_cpu_secs();
         if server {
             windowed(c, o.window, n, |c, i| {
                 let b = &mut bufs[i % slots];
@@ -203,11 +204,29 @@ fn stream(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
             if phase == 1 {
                 let mbs = (o.size * n) as f64 / secs / 1e6;
                 let rate = n as f64 / secs / 1e6;
-                println!("RESULT mode=stream size={} iters={n} window={} mb_per_s={mbs:.1} mmsg_per_s={rate:.3}", o.size, o.window);
+                let cpu = busy_cpu_secs().zip(cpu0).map(|(b, a)| b - a).unwrap_or(f64::NAN);
+                let per_gb = cpu / ((o.size * n) as f64 / 1e9);
+                println!(
+                    "RESULT mode=stream size={} iters={n} window={} mb_per_s={mbs:.1} mmsg_per_s={rate:.3} cpu_s={cpu:.3} cpu_s_per_gb={per_gb:.4}",
+                    o.size, o.window
+                );
             }
         }
     }
     Ok(())
+}
+
+/// CPU seconds the whole machine spent busy so far (every process, both
+/// emulated hosts, the kernel; from /proc/stat, which no namespace
+/// hides): the difference over a transfer is what it cost, all included.
+fn busy_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(busy as f64 / hz)
 }
 
 /// Deterministic message contents: xorshift64* from (seed, index).
