@@ -38,6 +38,17 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// is dropped.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Reads a secret (the peer secret, the metrics token) from the file a
+/// flag names: surrounding white space dropped, at least 16 bytes left.
+pub fn read_secret(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    let s = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let s = s.trim_ascii().to_vec();
+    if s.len() < 16 {
+        return Err(format!("{flag} {}: use at least 16 bytes of secret", path.display()));
+    }
+    Ok(s)
+}
+
 /// One tenant: a name and the socket its containers see.
 #[derive(Debug, Clone)]
 pub struct Tenant {

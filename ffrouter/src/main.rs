@@ -90,7 +90,7 @@ struct ServeArgs {
     /// A file holding a secret (at least 16 bytes) every router of the
     /// cluster shares: links are only set up with routers that prove they
     /// know it, and everything on them is encrypted and authenticated
-    /// (AES-128-GCM). Needed with --listen-addr.
+    /// (AEGIS-128X2). Needed with --listen-addr.
     #[arg(long, value_name = "PATH", requires = "listen_addr")]
     peer_secret_file: Option<PathBuf>,
     /// Link with other routers without a secret: no authentication, no
@@ -161,13 +161,18 @@ fn parse_rates(specs: &[String]) -> Result<ffrouter::state::Rates, String> {
     Ok(r)
 }
 
+/// A number from a /proc file, or `default` where there is none.
+fn proc_number(path: &str, default: u64) -> u64 {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(default)
+}
+
 /// Raises the soft limit on open files as far as allowed; returns
 /// (before, now).
 fn raise_nofile() -> (u64, u64) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return (1024, 1024) };
     // An unlimited hard limit still stops at the kernel's nr_open.
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+    let nr_open = proc_number("/proc/sys/fs/nr_open", 1 << 20);
     let want = hard.min(nr_open);
     if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
         return (soft, want);
@@ -185,7 +190,7 @@ fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
     let streams = a.peer_streams as usize;
     let links = if a.listen_addr.is_some() { ffrouter::remote::MAX_LINKS.min(nofile / 4 / streams).max(1) } else { 0 };
     let own = 128 + links * streams + if links > 0 { ffrouter::remote::MAX_HANDSHAKES } else { 0 };
-    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(65530usize);
+    let maps = proc_number("/proc/sys/vm/max_map_count", 65530) as usize;
     let avail = nofile.saturating_sub(own).min(maps.saturating_sub(1024));
     let fds = match a.max_fds {
         Some(n) if n > avail => return Err(format!("--max-fds {n}: only {avail} descriptors are left for tenants (open files {nofile}, map count {maps})")),
@@ -243,14 +248,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     }
     if let Some(addr) = &a.metrics_addr {
         let token = match &a.metrics_token_file {
-            Some(p) => {
-                let t = std::fs::read_to_string(p).map_err(|e| format!("--metrics-token-file {}: {e}", p.display()))?;
-                let t = t.trim().to_string();
-                if t.len() < 16 {
-                    return Err(format!("--metrics-token-file {}: use a token of at least 16 characters", p.display()));
-                }
-                Some(t)
-            }
+            Some(p) => Some(String::from_utf8(ffrouter::read_secret("--metrics-token-file", p)?).map_err(|_| format!("--metrics-token-file {}: not text", p.display()))?),
             None => None,
         };
         ffrouter::metrics::serve(addr, router.state(), token).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;

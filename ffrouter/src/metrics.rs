@@ -22,7 +22,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::state::State;
+use ffcore::proto::Stats;
+
+use crate::state::{ConnRow, State};
 
 struct RouterCollector(Arc<Mutex<State>>);
 
@@ -43,57 +45,42 @@ fn family<M: EncodeMetric>(enc: &mut DescriptorEncoder, name: &str, help: &str, 
     Ok(())
 }
 
+fn gauges<T>(rows: &[(Labels, T)], f: impl Fn(&T) -> u64) -> Vec<(Labels, ConstGauge<i64>)> {
+    rows.iter().map(|(l, x)| (l.clone(), ConstGauge::new(f(x) as i64))).collect()
+}
+
+fn counters<T>(rows: &[(Labels, T)], f: impl Fn(&T) -> u64) -> Vec<(Labels, ConstCounter<u64>)> {
+    rows.iter().map(|(l, x)| (l.clone(), ConstCounter::new(f(x)))).collect()
+}
+
 impl Collector for RouterCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let tenants = st.tenants();
-        let stats: Vec<_> = tenants.iter().map(|t| (vec![("tenant", t.to_string())], st.stats(Some(t)))).collect();
-        let rows = st.conn_rows();
+        let tenant: Vec<(Labels, Stats)> = st.tenants().iter().map(|t| (vec![("tenant", t.to_string())], st.stats(Some(t)))).collect();
+        let conns = st.conn_rows();
         drop(st);
-        let gauge = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstGauge<i64>)> {
-            stats.iter().map(|(l, s)| (l.clone(), ConstGauge::new(f(s) as i64))).collect()
-        };
-        let counter = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
-            stats.iter().map(|(l, s)| (l.clone(), ConstCounter::new(f(s)))).collect()
-        };
-        let reported = |mut l: Labels| {
+        // Values read from control pages that the clients write are labelled as theirs.
+        let by_client = |mut l: Labels| {
             l.push(("reported_by", "client".to_string()));
             l
         };
-        let client_gauge = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstGauge<i64>)> {
-            stats.iter().map(|(l, s)| (reported(l.clone()), ConstGauge::new(f(s) as i64))).collect()
-        };
-        let client_counter = |f: fn(&ffcore::proto::Stats) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
-            stats.iter().map(|(l, s)| (reported(l.clone()), ConstCounter::new(f(s)))).collect()
-        };
-        family(&mut enc, "ff_tenant_clients", "Attached clients", &gauge(|s| s.clients))?;
-        family(&mut enc, "ff_tenant_listeners", "Open listeners", &gauge(|s| s.listeners))?;
-        family(&mut enc, "ff_tenant_connections", "Open connections", &gauge(|s| s.conns))?;
-        family(&mut enc, "ff_tenant_shared_bytes", "Shared memory held (rings and regions)", &gauge(|s| s.shared_bytes))?;
-        family(&mut enc, "ff_tenant_queued_bytes", "Bytes waiting in the tenant's rings, as its clients report them", &client_gauge(|s| s.queued_bytes))?;
-        family(&mut enc, "ff_tenant_requests", "Control requests", &counter(|s| s.requests))?;
-        family(&mut enc, "ff_tenant_errors", "Control requests refused", &counter(|s| s.errors))?;
-        family(&mut enc, "ff_tenant_sent_bytes", "Bytes sent on open connections (ring bytes), as its clients report them", &client_counter(|s| s.bytes_sent))?;
-        family(&mut enc, "ff_tenant_sent_messages", "Messages sent on open connections, as its clients report them", &client_counter(|s| s.messages_sent))?;
-        let conn = |f: fn(&crate::state::ConnRow) -> u64| -> Vec<(Labels, ConstGauge<i64>)> {
-            rows.iter()
-                .map(|r| {
-                    let l = vec![("tenant", r.tenant.to_string()), ("conn", r.conn.to_string()), ("side", r.side.to_string())];
-                    (reported(l), ConstGauge::new(f(r) as i64))
-                })
-                .collect()
-        };
-        let conn_counter = |f: fn(&crate::state::ConnRow) -> u64| -> Vec<(Labels, ConstCounter<u64>)> {
-            rows.iter()
-                .map(|r| {
-                    let l = vec![("tenant", r.tenant.to_string()), ("conn", r.conn.to_string()), ("side", r.side.to_string())];
-                    (reported(l), ConstCounter::new(f(r)))
-                })
-                .collect()
-        };
-        family(&mut enc, "ff_conn_sent_bytes", "Ring bytes sent by one side of a connection, as its client reports them", &conn_counter(|r| r.bytes))?;
-        family(&mut enc, "ff_conn_sent_messages", "Messages sent by one side of a connection, as its client reports them", &conn_counter(|r| r.messages))?;
-        family(&mut enc, "ff_conn_queue_depth_bytes", "Bytes sent by this side not yet taken by the peer, as the clients report them", &conn(|r| r.queued))?;
+        let client: Vec<(Labels, Stats)> = tenant.iter().map(|(l, s)| (by_client(l.clone()), s.clone())).collect();
+        let conn: Vec<(Labels, ConnRow)> = conns
+            .into_iter()
+            .map(|r| (by_client(vec![("tenant", r.tenant.to_string()), ("conn", r.conn.to_string()), ("side", r.side.to_string())]), r))
+            .collect();
+        family(&mut enc, "ff_tenant_clients", "Attached clients", &gauges(&tenant, |s| s.clients))?;
+        family(&mut enc, "ff_tenant_listeners", "Open listeners", &gauges(&tenant, |s| s.listeners))?;
+        family(&mut enc, "ff_tenant_connections", "Open connections", &gauges(&tenant, |s| s.conns))?;
+        family(&mut enc, "ff_tenant_shared_bytes", "Shared memory held (rings and regions)", &gauges(&tenant, |s| s.shared_bytes))?;
+        family(&mut enc, "ff_tenant_queued_bytes", "Bytes waiting in the tenant's rings, as its clients report them", &gauges(&client, |s| s.queued_bytes))?;
+        family(&mut enc, "ff_tenant_requests", "Control requests", &counters(&tenant, |s| s.requests))?;
+        family(&mut enc, "ff_tenant_errors", "Control requests refused", &counters(&tenant, |s| s.errors))?;
+        family(&mut enc, "ff_tenant_sent_bytes", "Bytes sent on open connections (ring bytes), as its clients report them", &counters(&client, |s| s.bytes_sent))?;
+        family(&mut enc, "ff_tenant_sent_messages", "Messages sent on open connections, as its clients report them", &counters(&client, |s| s.messages_sent))?;
+        family(&mut enc, "ff_conn_sent_bytes", "Ring bytes sent by one side of a connection, as its client reports them", &counters(&conn, |r| r.bytes))?;
+        family(&mut enc, "ff_conn_sent_messages", "Messages sent by one side of a connection, as its client reports them", &counters(&conn, |r| r.messages))?;
+        family(&mut enc, "ff_conn_queue_depth_bytes", "Bytes sent by this side not yet taken by the peer, as the clients report them", &gauges(&conn, |r| r.queued))?;
         Ok(())
     }
 }

@@ -130,14 +130,7 @@ impl Config {
                     .into())
             }
             (None, true) => None,
-            (Some(p), false) => {
-                let s = std::fs::read(p).map_err(|e| format!("--peer-secret-file {}: {e}", p.display()))?;
-                let s = s.trim_ascii().to_vec();
-                if s.len() < 16 {
-                    return Err(format!("--peer-secret-file {}: use at least 16 bytes of secret", p.display()));
-                }
-                Some(Arc::from(s))
-            }
+            (Some(p), false) => Some(Arc::from(crate::read_secret("--peer-secret-file", p)?)),
         };
         let transport = link::select(f.transport, secret.is_some())?;
         if secret.is_none() {
@@ -266,22 +259,13 @@ impl Remote {
             }
             *by.entry(ip).or_default() += 1;
         }
-        let done = move |r: &Remote| {
-            let mut by = r.handshakes.lock().unwrap();
-            if let Some(n) = by.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    by.remove(&ip);
-                }
-            }
-        };
         let r2 = self.clone();
         let spawned = std::thread::Builder::new().name("peer-handshake".into()).spawn(move || {
             r2.accept_stream(s, from);
-            done(&r2);
+            count_down(&r2.handshakes, &ip);
         });
         if spawned.is_err() {
-            done(self);
+            count_down(&self.handshakes, &ip);
         }
     }
 
@@ -447,24 +431,14 @@ impl Remote {
         let (r, p2, t) = (self.clone(), p.clone(), tenant.clone());
         let spawned = std::thread::Builder::new().name("peer-dial".into()).spawn(move || {
             r.dial(p2, addr);
-            r.dial_done(&t);
+            count_down(&r.dials, &t);
         });
         if let Err(e) = spawned {
             drop(out); // kill() takes it
-            self.dial_done(tenant);
+            count_down(&self.dials, tenant);
             p.kill(&format!("cannot start dialing: {e}"));
         }
         Ok(p)
-    }
-
-    fn dial_done(&self, tenant: &Arc<str>) {
-        let mut d = self.dials.lock().unwrap();
-        if let Some(n) = d.get_mut(tenant) {
-            *n -= 1;
-            if *n == 0 {
-                d.remove(tenant);
-            }
-        }
     }
 
     /// Dials every stream of a link to `addr` and brings it up. However it
@@ -475,20 +449,22 @@ impl Remote {
     fn dial(self: &Arc<Self>, peer: Arc<Peer>, addr: SocketAddr) {
         let deadline = Instant::now() + DIAL_TIMEOUT;
         let n = self.cfg.streams;
-        let link_id: u64 = rand::random();
-        let streams = (0..n).try_fold((Vec::with_capacity(n), None::<[u8; 16]>), |(mut socks, id), i| {
-            let (s, a) = tcp::dial_stream(addr, &self.me, link_id, i, n, deadline).map_err(|e| e.to_string())?;
-            if id.is_some_and(|p| p != a.peer_id) {
-                return Err("the peer router changed while dialing".to_string());
+        let up = (|| {
+            let link_id: u64 = rand::random();
+            let mut socks = Vec::with_capacity(n);
+            let mut id = None;
+            for i in 0..n {
+                let (s, a) = tcp::dial_stream(addr, &self.me, link_id, i, n, deadline).map_err(|e| e.to_string())?;
+                if id.is_some_and(|p| p != a.peer_id) {
+                    return Err("the peer router changed while dialing".to_string());
+                }
+                id = Some(a.peer_id);
+                socks.push((s, a.keys));
             }
-            socks.push((s, a.keys));
-            Ok((socks, Some(a.peer_id)))
-        });
-        let up = streams.and_then(|(socks, id)| {
             let id = id.expect("at least one stream");
             let link = self.make_link(socks, format!("link to router {} at {addr}", hex(&id[..4]))).map_err(|e| e.to_string())?;
             Ok((link, id))
-        });
+        })();
         match up {
             Ok((link, id)) => {
                 log::info!("{} is up ({n} streams)", link.describe());
@@ -536,6 +512,18 @@ impl Remote {
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
     proto::error_reply(code, msg).into()
+}
+
+/// Gives back one of `key`'s slots in a map of counts (a handshake by
+/// address, a dial by tenant); keys at zero go.
+fn count_down<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
+    let mut c = counts.lock().unwrap();
+    if let Some(n) = c.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            c.remove(key);
+        }
+    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -152,12 +152,6 @@ impl From<Reply> for Outcome {
     }
 }
 
-/// The ring size of a connection file (connections to other hosts may use
-/// another size than local ones).
-fn ring_of(mem: &SharedMem) -> usize {
-    (mem.len() - ring::CTRL_LEN) / 2
-}
-
 /// A new, initialised connection file with rings of `ring_size` bytes;
 /// `forwarded` when this router plays one side and forwards it to another
 /// host ([`ring::FLAG_FORWARDED`]).
@@ -307,6 +301,13 @@ impl State {
                 self.usage.remove(tenant);
             }
         }
+    }
+
+    /// A new connection file charged to `tenant` (nothing charged if it
+    /// cannot be made).
+    fn charged_conn_file(&mut self, tenant: &Arc<str>, cost: Cost, ring_size: usize, forwarded: bool) -> Result<Arc<SharedMem>, (ErrorCode, String)> {
+        self.charge(tenant, cost)?;
+        new_conn_file(ring_size, forwarded).inspect_err(|_| self.uncharge(tenant, cost))
     }
 
     /// Descriptors and threads `tenant` holds now.
@@ -465,9 +466,7 @@ impl State {
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return o;
         }
-        let mem = match self.charge(tenant, LOCAL_COST).and_then(|()| {
-            new_conn_file(ring_size, false).inspect_err(|_| self.uncharge(tenant, LOCAL_COST))
-        }) {
+        let mem = match self.charged_conn_file(tenant, LOCAL_COST, ring_size, false) {
             Ok(m) => m,
             Err((code, msg)) => return err(code, msg),
         };
@@ -534,11 +533,11 @@ impl State {
         let c = self.conns.get_mut(&id).expect("still there: side 0 is held or played");
         c.ends[1] = Some(client);
         let mem = c.mem.clone();
-        let bytes = mem.len() as u64;
         let cl = self.client(client);
         cl.conns.insert(id);
-        cl.bytes += bytes;
-        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size: ring_of(&mem) as u64 }, fd: Some(mem) }
+        cl.bytes += len;
+        let ring_size = ring::Layout::of_own(&mem).ring_size as u64;
+        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size }, fd: Some(mem) }
     }
 
     /// The local half of a connection to a listener on another host: a
@@ -549,11 +548,7 @@ impl State {
             return Err(o);
         }
         let tenant = self.clients[&client].tenant.clone();
-        self.charge(&tenant, FORWARDED_COST).map_err(|(code, msg)| err(code, msg))?;
-        let mem = new_conn_file(ring_size, true).map_err(|(code, msg)| {
-            self.uncharge(&tenant, FORWARDED_COST);
-            err(code, msg)
-        })?;
+        let mem = self.charged_conn_file(&tenant, FORWARDED_COST, ring_size, true).map_err(|(code, msg)| err(code, msg))?;
         let id = self.add_conn(tenant, FORWARDED_COST, mem.clone(), Some(client), None);
         Ok((id, mem))
     }
@@ -571,8 +566,7 @@ impl State {
         if let Some(Outcome { reply: Reply::Error { code, message }, .. }) = self.check_quota(owner, ring::file_len(ring_size) as u64) {
             return Err((code, format!("the listener's owner: {message}")));
         }
-        self.charge(&tenant, FORWARDED_COST)?;
-        let mem = new_conn_file(ring_size, true).inspect_err(|_| self.uncharge(&tenant, FORWARDED_COST))?;
+        let mem = self.charged_conn_file(&tenant, FORWARDED_COST, ring_size, true)?;
         let id = self.add_conn(tenant, FORWARDED_COST, mem.clone(), None, Some(listener));
         Ok((id, mem, owner))
     }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{bin, unique, wait_for, Container, Spec};
+use crate::{bin, router_flags, router_log, unique, wait_for, Container, Spec};
 
 pub const PORT: u16 = 7070;
 
@@ -127,11 +127,7 @@ impl TwoHosts {
         if !extra.iter().any(|a| *a == "--peer-secret-file" || *a == "--insecure-no-peer-secret") {
             args.extend(["--peer-secret-file".to_string(), self.secret_file().display().to_string()]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        if !extra.contains(&"--log-level") {
-            args.push("--log-level".into());
-            args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
-        }
+        args.extend(router_flags(extra));
         self.router_args[i] = args;
         self.spawn_router(i, tenants);
     }
@@ -140,7 +136,7 @@ impl TwoHosts {
         for t in tenants {
             let _ = std::fs::remove_file(self.tenant_dir(i, t).join("ffrouter.sock"));
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dirs[i].join("router.log")).expect("router log");
+        let log = router_log(&self.dirs[i]);
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns[i]])
             .arg(bin("ffrouter"))

@@ -47,6 +47,22 @@ pub fn unique() -> u32 {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A test's extra router flags, and the log level (FF_TEST_ROUTER_LOG,
+/// default warn) unless they set one.
+pub fn router_flags(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if !extra.contains(&"--log-level") {
+        args.push("--log-level".into());
+        args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
+    }
+    args
+}
+
+/// The file a router started in `dir` logs to (its stderr): `dir/router.log`.
+pub fn router_log(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new().create(true).append(true).open(dir.join("router.log")).expect("router log")
+}
+
 /// A router process serving tenants "a" and "b" (more on request), each
 /// with its own socket directory under one private parent directory.
 pub struct RouterProc {
@@ -66,11 +82,7 @@ impl RouterProc {
             args.push("--tenant".to_string());
             args.push(format!("{t}={}", dir.join(t).join("ffrouter.sock").display()));
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        if !extra.contains(&"--log-level") {
-            args.push("--log-level".into());
-            args.push(std::env::var("FF_TEST_ROUTER_LOG").unwrap_or("warn".into()));
-        }
+        args.extend(router_flags(extra));
         let child = Self::spawn(&dir, tenants, &args);
         RouterProc { dir, child, tenants: tenants.iter().map(|s| s.to_string()).collect(), args }
     }
@@ -79,8 +91,7 @@ impl RouterProc {
         for t in tenants {
             let _ = std::fs::remove_file(dir.join(t).join("ffrouter.sock"));
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("router.log")).expect("router log");
-        let child = Command::new(bin("ffrouter")).args(args).stderr(log).spawn().expect("start ffrouter");
+        let child = Command::new(bin("ffrouter")).args(args).stderr(router_log(dir)).spawn().expect("start ffrouter");
         for t in tenants {
             let s = dir.join(t).join("ffrouter.sock");
             wait_for(|| s.exists(), Duration::from_secs(10), "router socket");

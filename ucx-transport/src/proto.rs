@@ -169,44 +169,29 @@ pub fn fill_random(buf: &mut [u8]) -> bool {
     true
 }
 
-/// Random words drawn per getrandom call (keys are taken one at a time).
-const KEY_POOL: usize = 32;
-
 /// Registered memory of one memory domain: key -> (base, len).
 ///
-/// Every key is a fresh random 64-bit value from the kernel (drawn
-/// [`KEY_POOL`] at a time, each used once; never 0, never a live key's),
+/// Every key is a fresh random 64-bit value from the kernel (one
+/// getrandom per registration; never 0, never a live key's),
 /// independent of every other key: keys are not sequential, and holding
 /// one (in a packed rkey a peer legitimately got) does not help to guess
 /// another. A lookup is one hash-map probe.
 #[derive(Default)]
 pub struct Registry {
     regs: std::collections::HashMap<u64, (u64, u64)>,
-    /// Unused random words: `pool[..left]`.
-    pool: [u64; KEY_POOL],
-    left: usize,
+}
+
+/// A fresh random key, or None if the kernel gives no random bytes.
+fn random_key() -> Option<u64> {
+    let mut b = [0u8; 8];
+    fill_random(&mut b).then(|| u64::from_le_bytes(b))
 }
 
 impl Registry {
-    /// A fresh random key, or None if the kernel gives no random bytes.
-    fn draw(&mut self) -> Option<u64> {
-        if self.left == 0 {
-            let mut bytes = [0u8; KEY_POOL * 8];
-            if !fill_random(&mut bytes) {
-                return None;
-            }
-            for (w, c) in self.pool.iter_mut().zip(bytes.chunks_exact(8)) {
-                *w = u64::from_le_bytes(c.try_into().unwrap());
-            }
-            self.left = KEY_POOL;
-        }
-        self.left -= 1;
-        Some(std::mem::take(&mut self.pool[self.left]))
-    }
     /// Registers `[base, base+len)`; its key, or None without randomness.
     pub fn insert(&mut self, base: u64, len: u64) -> Option<u64> {
         loop {
-            let key = self.draw()?;
+            let key = random_key()?;
             if key != 0 && !self.regs.contains_key(&key) {
                 self.regs.insert(key, (base, len));
                 return Some(key);
@@ -283,7 +268,6 @@ mod tests {
     #[test]
     fn registry_keys_are_unguessable() {
         let mut r = Registry::default();
-        // More than one pool of keys, so a refill is covered too.
         let keys: Vec<u64> = (0..40u64).map(|i| r.insert(0x10000 * (i + 1), 0x1000).unwrap()).collect();
         for (i, &a) in keys.iter().enumerate() {
             assert_ne!(a, 0);

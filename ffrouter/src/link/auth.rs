@@ -159,6 +159,11 @@ fn refusal(status: u32, who: &str) -> io::Error {
     }
 }
 
+/// What a proof signs: the protocol, the prover's role, the transcript.
+fn proof_input(role: &[u8], transcript: &[u8]) -> Vec<u8> {
+    [&b"freeflow-link-v2 "[..], role, transcript].concat()
+}
+
 impl Identity {
     fn flags(&self) -> u16 {
         if self.secret.is_some() {
@@ -171,22 +176,14 @@ impl Identity {
     /// HMAC-SHA256 of the transcript for `role`; zero without a secret.
     fn prove(&self, role: &[u8], transcript: &[u8]) -> [u8; 32] {
         let Some(secret) = &self.secret else { return [0; 32] };
-        let k = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let mut c = hmac::Context::with_key(&k);
-        c.update(b"freeflow-link-v2 ");
-        c.update(role);
-        c.update(transcript);
-        c.sign().as_ref().try_into().expect("SHA-256 tags are 32 bytes")
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), &proof_input(role, transcript));
+        tag.as_ref().try_into().expect("SHA-256 tags are 32 bytes")
     }
 
     /// Checks a peer's proof in constant time (always true without a secret).
     fn check(&self, role: &[u8], transcript: &[u8], proof: &[u8]) -> bool {
         let Some(secret) = &self.secret else { return true };
-        let k = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let mut msg = b"freeflow-link-v2 ".to_vec();
-        msg.extend_from_slice(role);
-        msg.extend_from_slice(transcript);
-        hmac::verify(&k, &msg, proof).is_ok()
+        hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), &proof_input(role, transcript), proof).is_ok()
     }
 
     /// The two directions' keys of a stream whose handshake was `transcript`.

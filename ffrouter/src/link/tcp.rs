@@ -259,53 +259,41 @@ impl Link for TcpLink {
             return Ok(Try::Busy);
         }
         let fd = self.socks[s].as_raw_fd();
-        if let Some(sealer) = &mut st.sealer {
-            // Sealing uses up record numbers, so sealed bytes are always
-            // taken: what the socket does not take now waits in the tail.
-            let bytes = sealer.seal(frames);
-            let r = libc::send(fd, bytes.as_ptr() as *const libc::c_void, bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
-            let sent = if r >= 0 {
-                r as usize
-            } else {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => 0,
-                    _ => return Err(e),
-                }
-            };
-            if sent < bytes.len() {
-                st.tail.extend_from_slice(&bytes[sent..]);
-                self.tails[s].store(true, std::sync::atomic::Ordering::Release);
+        // Sealing uses up record numbers, so sealed bytes are always taken
+        // (what the socket does not take now waits in the tail); frames in
+        // clear only when some of them go now.
+        let (iov, sealed) = match &mut st.sealer {
+            Some(sealer) => {
+                let bytes = sealer.seal(frames);
+                (vec![libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() }], true)
             }
-            return Ok(Try::Sent);
-        }
-        let tail = &mut st.tail;
-        let mut iov = iovecs(frames);
-        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+            None => (iovecs(frames), false),
+        };
         let mut mh: libc::msghdr = std::mem::zeroed();
-        mh.msg_iov = iov.as_mut_ptr();
+        mh.msg_iov = iov.as_ptr() as *mut libc::iovec;
         mh.msg_iovlen = iov.len().min(1024) as _;
         let r = libc::sendmsg(fd, &mh, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
-        if r < 0 {
+        let mut skip = if r >= 0 {
+            r as usize
+        } else {
             let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Try::Busy),
-                _ => Err(e),
-            };
-        }
-        let sent = r as usize;
-        if sent < total {
-            // Keep the rest, in order, for the next sender (or the flush).
-            let mut skip = sent;
-            for v in &iov {
-                if skip >= v.iov_len {
-                    skip -= v.iov_len;
-                    continue;
-                }
-                let p = (v.iov_base as *const u8).add(skip);
-                tail.extend_from_slice(std::slice::from_raw_parts(p, v.iov_len - skip));
-                skip = 0;
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted if sealed => 0,
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => return Ok(Try::Busy),
+                _ => return Err(e),
             }
+        };
+        // Keep the rest, in order, for the next sender (or the flush).
+        for v in &iov {
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            let p = (v.iov_base as *const u8).add(skip);
+            st.tail.extend_from_slice(std::slice::from_raw_parts(p, v.iov_len - skip));
+            skip = 0;
+        }
+        if !st.tail.is_empty() {
             self.tails[s].store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(Try::Sent)
