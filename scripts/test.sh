@@ -4,7 +4,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces): sudo $0" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces): $0" >&2; exit 1; }
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --all-targets

@@ -4,7 +4,7 @@
 //! nothing for remote parties); the rest are counted and the count is
 //! printed with the next line that goes out. The table of keys is bounded.
 //!
-//! ```ignore
+//! ```text
 //! ratelog::limited!(warn, "handshake", "", "link handshake from {from} failed: {e}");
 //! ```
 
