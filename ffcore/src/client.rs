@@ -31,12 +31,15 @@ pub fn socket_path() -> String {
 /// State shared by a context and everything opened through it.
 pub(crate) struct Shared {
     sock: Mutex<UnixStream>,
+    pub(crate) router_id: [u8; 16],
+    /// Shadow segments of this process by start address (see [`crate::mr`]).
+    pub(crate) segments: Mutex<crate::mr::Segments>,
 }
 
 impl Shared {
     /// One request, one reply (with any descriptors). Router refusals become
     /// [`Error::Router`].
-    fn rpc(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    pub(crate) fn rpc(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         let sent = send_frame(sock.as_fd(), &proto::encode(req), &[]);
         // A router that refuses us (say, our tenant is at its limits) says
@@ -58,11 +61,11 @@ impl Shared {
     }
 }
 
-fn unexpected(r: Reply) -> Error {
+pub(crate) fn unexpected(r: Reply) -> Error {
     Error::protocol(format!("unexpected reply {r:?}"))
 }
 
-fn one_fd(fds: Vec<OwnedFd>) -> Result<OwnedFd> {
+pub(crate) fn one_fd(fds: Vec<OwnedFd>) -> Result<OwnedFd> {
     let mut it = fds.into_iter();
     match (it.next(), it.next()) {
         (Some(fd), None) => Ok(fd),
@@ -102,11 +105,13 @@ impl Context {
         let sock = UnixStream::connect(path).map_err(|source| Error::NoRouter { path: path.to_string(), source })?;
         sock.set_read_timeout(Some(RPC_TIMEOUT))?;
         sock.set_write_timeout(Some(RPC_TIMEOUT))?;
-        let shared = Arc::new(Shared { sock: Mutex::new(sock) });
+        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default() };
         let (reply, fds) = shared.rpc(&Request::Hello { version: VERSION })?;
         let Reply::Welcome { client, tenant, router_id, advertise, .. } = reply else {
             return Err(unexpected(reply));
         };
+        shared.router_id = router_id;
+        let shared = Arc::new(shared);
         let page = Arc::new(Page::open(SharedMem::from_fd(one_fd(fds)?, PAGE_LEN)?)?);
         log::debug!("attached to router at {path} as client {client} of tenant {tenant}");
         Ok(Context {
@@ -202,13 +207,26 @@ impl Context {
 
     /// Allocates shadow memory: a sealed memfd the router also maps.
     pub fn alloc_region(&self, len: usize) -> Result<Region> {
-        match self.shared.rpc(&Request::AllocRegion { len: len as u64 })? {
-            (Reply::Region { region, len: l }, fds) if l == len as u64 => {
-                let mem = SharedMem::from_fd(one_fd(fds)?, len)?;
-                Ok(Region { id: region, mem, ctx: self.shared.clone() })
-            }
-            (r, _) => Err(unexpected(r)),
-        }
+        let (id, key, fd) = crate::mr::alloc(&self.shared, len)?;
+        let mem = SharedMem::from_fd(fd, crate::shm::region_header() + len)?;
+        Ok(Region { id, key, mem, ctx: self.shared.clone() })
+    }
+
+    /// Registers `[ptr, ptr+len)` and makes its whole pages shadow memory
+    /// (see [`crate::mr`]); peers of the tenant on this host then reach them
+    /// through [`crate::mr::ShadowMr::remote_key`].
+    ///
+    /// # Safety
+    /// `[ptr, ptr+len)` is memory this process owns and that nothing else
+    /// (a driver, a pinned DMA mapping) expects to stay where it is; see
+    /// [`crate::shadow`] for what moving it means.
+    pub unsafe fn register_shadow(&self, ptr: *const u8, len: usize) -> Result<crate::mr::ShadowMr> {
+        crate::mr::register(&self.shared, ptr, len)
+    }
+
+    /// Maps the region a peer's remote key names (same tenant, this host).
+    pub fn map_remote(&self, key: &crate::mr::RemoteKey) -> Result<crate::mr::RemoteMap> {
+        crate::mr::map_remote(&self.shared, key)
     }
 
     /// The router's counters for this tenant.
@@ -286,6 +304,7 @@ impl Drop for Listener {
 /// Shadow memory shared with the router. Freed on drop.
 pub struct Region {
     id: u64,
+    key: u64,
     mem: SharedMem,
     ctx: Arc<Shared>,
 }
@@ -294,14 +313,20 @@ impl Region {
     pub fn id(&self) -> u64 {
         self.id
     }
+    /// Where its data starts (after the header page).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.mem.as_ptr()
+        // SAFETY: the file is the header plus the data.
+        unsafe { self.mem.as_ptr().add(crate::shm::region_header()) }
     }
     pub fn len(&self) -> usize {
-        self.mem.len()
+        self.mem.len() - crate::shm::region_header()
     }
     pub fn is_empty(&self) -> bool {
-        self.mem.is_empty()
+        self.len() == 0
+    }
+    /// What a peer of the tenant on this host needs to map it.
+    pub fn remote_key(&self) -> crate::mr::RemoteKey {
+        crate::mr::RemoteKey { router_id: self.ctx.router_id, region: self.id, key: self.key, base: self.as_ptr() as u64 }
     }
 }
 

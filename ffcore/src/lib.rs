@@ -3,6 +3,7 @@
 //! - [`proto`]: the client <-> router protocol (framed, versioned, validated);
 //! - [`fdpass`]: frames with descriptors over Unix sockets;
 //! - [`shm`]: sealed memfd shadow memory;
+//! - [`shadow`] and [`mr`]: registered buffers made shadow memory in place, and peers' access to them;
 //! - [`ring`] and [`futex`]: the shared-memory rings and their wake-ups;
 //! - [`conn`]: tagged, ordered messages over a ring pair (the data path);
 //! - [`client`]: the endpoint API plugins map onto ([`Context`], [`Listener`], [`Conn`]);
@@ -17,12 +18,15 @@ pub mod fdpass;
 pub mod futex;
 pub mod handle;
 pub mod liveness;
+pub mod mr;
 pub mod page;
 pub mod proto;
 pub mod ring;
+pub mod shadow;
 pub mod shm;
 
 pub use client::{Context, Listener, MemKey, Region};
+pub use mr::{RemoteKey, RemoteMap, ShadowMr};
 pub use conn::{Conn, Req, TAG_ANY};
 pub use error::{Error, ErrorCode, Result};
 pub use handle::Handle;

@@ -83,9 +83,16 @@ pub enum Request {
     Accept { listener: u64 },
     CloseListener { listener: u64 },
     CloseConn { conn: u64 },
-    /// Allocate a shadow memory region (a sealed memfd shared with the router).
+    /// Allocate a shadow memory region (a sealed memfd shared with the
+    /// router): a header page the router writes, then `len` bytes of data
+    /// (see [`crate::shm::region_header`]).
     AllocRegion { len: u64 },
+    /// Free a region: the router marks it revoked in its header, so peers
+    /// that mapped it stop using it, and drops its own mapping.
     FreeRegion { region: u64 },
+    /// Map another client's region of the same tenant on this host: the
+    /// region's id and key, from a remote key its owner handed out.
+    MapRegion { region: u64, key: u64 },
     /// Counters (this tenant's, and the router's totals).
     Stats,
     /// Connect to a listener served by the router of another host, which
@@ -132,8 +139,10 @@ pub enum Reply {
     Connected { conn: u64, side: u8, ring_size: u64 },
     /// `Accept` found nothing yet: try again later.
     NotReady,
-    /// A shadow region; its memfd comes with the frame.
-    Region { region: u64, len: u64 },
+    /// A shadow region (`len` data bytes after the header page) and the
+    /// random key that lets peers of the same tenant map it; its memfd comes
+    /// with the frame.
+    Region { region: u64, len: u64, key: u64 },
     Ok,
     Stats(Stats),
     Error { code: ErrorCode, message: String },
@@ -260,6 +269,7 @@ mod tests {
             Request::Listen,
             Request::Connect { router_id: [7; 16], listener: 3, nonce: 99 },
             Request::AllocRegion { len: 4096 },
+            Request::MapRegion { region: 5, key: 77 },
             Request::Stats,
             Request::ConnectRemote {
                 router_id: [1; 16],

@@ -18,6 +18,16 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 
+/// Bytes before a region's data: one page the router writes
+/// ([`REGION_LIVE`] or [`REGION_REVOKED`] in its first word), so a region's
+/// data can be mapped page-aligned over a registered buffer.
+pub fn region_header() -> usize {
+    crate::shadow::page_size()
+}
+/// Region header states.
+pub const REGION_LIVE: u64 = 1;
+pub const REGION_REVOKED: u64 = 2;
+
 /// Seals every shared file carries.
 const SEALS: [FileSeal; 3] = [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal];
 
@@ -47,22 +57,19 @@ impl SharedMem {
     /// Maps a shared file received from the router, checking that it is a
     /// sealed memfd of exactly `len` bytes.
     pub fn from_fd(fd: OwnedFd, len: usize) -> Result<SharedMem> {
-        let mfd = Memfd::try_from_fd(fd).map_err(|_| Error::protocol("shared file is not a memfd"))?;
-        let seals = mfd.seals().map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        if !seals.contains(&FileSeal::SealShrink) || !seals.contains(&FileSeal::SealGrow) {
-            return Err(Error::protocol("shared memfd is not sealed against resizing"));
-        }
-        let file = mfd.into_file();
-        let size = file.metadata()?.len();
-        if size != len as u64 {
-            return Err(Error::protocol(format!("shared memfd has {size} bytes, expected {len}")));
-        }
-        Self::map(file, len)
+        Self::map(checked_file(fd, len)?, len)
     }
 
     fn map(file: File, len: usize) -> Result<SharedMem> {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok(SharedMem { map, file })
+    }
+
+    /// The region state word at the start of a region file's header.
+    pub fn region_state(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: every shared file is at least a page long and page
+        // aligned; the word is only accessed atomically.
+        unsafe { &*(self.as_ptr() as *const std::sync::atomic::AtomicU64) }
     }
 
     pub fn as_ptr(&self) -> *mut u8 {
@@ -80,6 +87,22 @@ impl SharedMem {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
+}
+
+/// Checks that a received descriptor is a memfd sealed against resizing,
+/// of exactly `len` bytes.
+pub fn checked_file(fd: OwnedFd, len: usize) -> Result<File> {
+        let mfd = Memfd::try_from_fd(fd).map_err(|_| Error::protocol("shared file is not a memfd"))?;
+        let seals = mfd.seals().map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        if !seals.contains(&FileSeal::SealShrink) || !seals.contains(&FileSeal::SealGrow) {
+            return Err(Error::protocol("shared memfd is not sealed against resizing"));
+        }
+        let file = mfd.into_file();
+        let size = file.metadata()?.len();
+        if size != len as u64 {
+            return Err(Error::protocol(format!("shared memfd has {size} bytes, expected {len}")));
+        }
+        Ok(file)
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use ffcore::error::ErrorCode;
 use ffcore::proto::{self, Reply, Request, Stats};
 use ffcore::page::Page;
 use ffcore::ring;
-use ffcore::shm::SharedMem;
+use ffcore::shm::{self, SharedMem};
+use std::sync::atomic::Ordering;
 
 /// Limits that keep one client from exhausting the host.
 #[derive(Debug, Clone)]
@@ -137,6 +138,8 @@ struct ConnRec {
 struct RegionRec {
     owner: u64,
     tenant: Arc<str>,
+    /// Random: what a peer must name, beside the id, to map the region.
+    key: u64,
     mem: Arc<SharedMem>,
 }
 
@@ -401,26 +404,39 @@ impl State {
                 None => err(ErrorCode::NotFound, format!("no connection {conn} of yours")),
             },
             Request::AllocRegion { len } => {
-                if let Some(o) = self.check_quota(client, len) {
+                let file_len = len + shm::region_header() as u64;
+                if let Some(o) = self.check_quota(client, file_len) {
                     return o;
                 }
                 if let Err((code, msg)) = self.charge(&tenant, LOCAL_COST) {
                     return err(code, msg);
                 }
-                let mem = match SharedMem::create("ff-region", len as usize) {
+                let mem = match SharedMem::create("ff-region", file_len as usize) {
                     Ok(m) => Arc::new(m),
                     Err(e) => {
                         self.uncharge(&tenant, LOCAL_COST);
                         return err(ErrorCode::Internal, format!("cannot allocate {len} bytes: {e}"));
                     }
                 };
-                let id = self.id();
-                self.regions.insert(id, RegionRec { owner: client, tenant, mem: mem.clone() });
+                mem.region_state().store(shm::REGION_LIVE, Ordering::Release);
+                let (id, key) = (self.id(), rand::random());
+                self.regions.insert(id, RegionRec { owner: client, tenant, key, mem: mem.clone() });
                 let c = self.client(client);
                 c.regions.insert(id);
-                c.bytes += len;
-                Outcome { reply: Reply::Region { region: id, len }, fd: Some(mem) }
+                c.bytes += file_len;
+                Outcome { reply: Reply::Region { region: id, len, key }, fd: Some(mem) }
             }
+            // Any client of the tenant that names id and key; everything
+            // else (other tenants, wrong keys, freed regions) gets the same
+            // answer. The mapping costs the router nothing: the file is the
+            // owner's, already counted.
+            Request::MapRegion { region, key } => match self.regions.get(&region) {
+                Some(r) if r.tenant == tenant && r.key == key => {
+                    let len = (r.mem.len() - shm::region_header()) as u64;
+                    Outcome { reply: Reply::Region { region, len, key }, fd: Some(r.mem.clone()) }
+                }
+                _ => err(ErrorCode::NotFound, format!("no region {region} with that key")),
+            },
             Request::FreeRegion { region } => match self.regions.get(&region) {
                 Some(r) if r.owner == client => {
                     self.free_region(region);
@@ -626,6 +642,8 @@ impl State {
 
     fn free_region(&mut self, region: u64) {
         if let Some(r) = self.regions.remove(&region) {
+            // Peers that mapped it see this before their next access.
+            r.mem.region_state().store(shm::REGION_REVOKED, Ordering::Release);
             if let Some(c) = self.clients.get_mut(&r.owner) {
                 c.regions.remove(&region);
                 c.bytes -= r.mem.len() as u64;
@@ -774,6 +792,26 @@ mod tests {
     }
 
     #[test]
+    fn regions_map_for_their_tenant_with_their_key_until_freed() {
+        let (mut st, a1, a2, b1) = setup();
+        let out = st.handle(a1, Request::AllocRegion { len: 8192 });
+        let (Reply::Region { region, len: 8192, key }, Some(mem)) = (out.reply, out.fd) else { panic!() };
+        assert_eq!(mem.len(), 8192 + shm::region_header());
+        assert_eq!(mem.region_state().load(Ordering::Acquire), shm::REGION_LIVE);
+        let out = st.handle(a2, Request::MapRegion { region, key });
+        assert!(matches!(out.reply, Reply::Region { len: 8192, .. }), "{:?}", out.reply);
+        assert!(Arc::ptr_eq(&out.fd.unwrap(), &mem), "the owner's file");
+        // Wrong key, other tenant, not a region: the same refusal.
+        assert_eq!(code(st.handle(a2, Request::MapRegion { region, key: key ^ 1 })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(b1, Request::MapRegion { region, key })), Some(ErrorCode::NotFound));
+        assert_eq!(code(st.handle(a2, Request::MapRegion { region: region + 1, key })), Some(ErrorCode::NotFound));
+        // Freed: revoked in the header every mapping sees, and unmappable.
+        assert_eq!(code(st.handle(a1, Request::FreeRegion { region })), None);
+        assert_eq!(mem.region_state().load(Ordering::Acquire), shm::REGION_REVOKED);
+        assert_eq!(code(st.handle(a2, Request::MapRegion { region, key })), Some(ErrorCode::NotFound));
+    }
+
+    #[test]
     fn cross_tenant_forged_and_stale_handles_are_refused() {
         let (mut st, a1, a2, b1) = setup();
         let (l, n) = listen(&mut st, a1);
@@ -863,7 +901,7 @@ mod tests {
         // The acceptor fills its bytes with regions; a connection queued for
         // it cannot be accepted: the connector sees it closed.
         let Reply::Connected { conn, .. } = st.handle(b, Request::Connect { router_id: rid, listener: l, nonce: n }).reply else { panic!() };
-        assert!(matches!(st.handle(a, Request::AllocRegion { len: 3 * ring::file_len(4096) as u64 }).reply, Reply::Region { .. }));
+        assert!(matches!(st.handle(a, Request::AllocRegion { len: (3 * ring::file_len(4096) - shm::region_header()) as u64 }).reply, Reply::Region { .. }));
         assert_eq!(code(st.handle(a, Request::Accept { listener: l })), Some(ErrorCode::ResourceExhausted));
         let mem = st.conns[&conn].mem.clone();
         assert!(ring::Layout::of_own(&mem).side(1).is_closed(), "the connector is told");

@@ -1,0 +1,269 @@
+//! Registered memory as shadow memory, and peers' access to it.
+//!
+//! [`register`] moves the whole pages of a registered buffer onto a region
+//! the router made (see [`crate::shadow`] for how and the hazards), so a
+//! peer of the same tenant on the same host that holds its [`RemoteKey`]
+//! maps the very pages the application reads and writes
+//! ([`map_remote`]): a transfer between two processes is then one copy,
+//! like CMA or xpmem, without ptrace rights and without the router on the
+//! data path.
+//!
+//! A process's shadow segments are disjoint. Registering a range whose
+//! whole pages lie inside an existing segment shares that segment (and its
+//! key: a peer holding either key can reach the whole segment, as with two
+//! overlapping `ibv_reg_mr` the owner chose to hand out); a range that
+//! overlaps a segment only in part stays private, and its transfers take
+//! the copy path ([`ShadowMr::why_not`] says so).
+//!
+//! Revocation: deregistration (the last [`ShadowMr`] of a segment dropped)
+//! first has the router mark the region revoked in its header, which every
+//! mapper checks before and after each access ([`RemoteMap::read`]), then
+//! moves private pages back under the buffer. A peer that ignores the
+//! header keeps a mapping of pages the application no longer uses.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use crate::client::{one_fd, unexpected, Shared};
+use crate::error::{Error, Result};
+use crate::proto::{Reply, Request};
+use crate::shadow;
+use crate::shm::{self, SharedMem};
+
+/// A process's shadow segments, by start address.
+pub(crate) type Segments = BTreeMap<usize, Weak<Segment>>;
+
+/// Asks the router for a region of `len` data bytes: (id, key, file).
+pub(crate) fn alloc(ctx: &Shared, len: usize) -> Result<(u64, u64, OwnedFd)> {
+    match ctx.rpc(&Request::AllocRegion { len: len as u64 })? {
+        (Reply::Region { region, len: l, key }, fds) if l == len as u64 => Ok((region, key, one_fd(fds)?)),
+        (r, _) => Err(unexpected(r)),
+    }
+}
+
+/// What a peer needs to map a shadow region: which router holds it, the
+/// region, its key, and the owner's address of its first data byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemoteKey {
+    pub router_id: [u8; 16],
+    pub region: u64,
+    pub key: u64,
+    pub base: u64,
+}
+
+impl RemoteKey {
+    pub const LEN: usize = 40;
+
+    pub fn write(&self, b: &mut [u8; Self::LEN]) {
+        b[..16].copy_from_slice(&self.router_id);
+        b[16..24].copy_from_slice(&self.region.to_le_bytes());
+        b[24..32].copy_from_slice(&self.key.to_le_bytes());
+        b[32..40].copy_from_slice(&self.base.to_le_bytes());
+    }
+
+    pub fn read(b: &[u8; Self::LEN]) -> RemoteKey {
+        let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        RemoteKey { router_id: b[..16].try_into().unwrap(), region: u(16), key: u(24), base: u(32) }
+    }
+}
+
+/// One shadow segment: a router region mapped over `[addr, addr+len)`.
+pub(crate) struct Segment {
+    ctx: Arc<Shared>,
+    region: u64,
+    key: u64,
+    file: OwnedFd,
+    addr: usize,
+    len: usize,
+}
+
+impl Segment {
+    fn contains(&self, addr: usize, len: usize) -> bool {
+        addr >= self.addr && addr + len <= self.addr + self.len
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Revoke first, so a peer's access racing with us fails, then give
+        // the application private pages again.
+        if let Err(e) = self.ctx.rpc(&Request::FreeRegion { region: self.region }) {
+            log::warn!("freeing shadow region {}: {e}", self.region);
+        }
+        // SAFETY: we installed [addr, addr+len) from this file at this
+        // offset; restore checks it is still there before touching it.
+        match unsafe { shadow::restore(self.file.as_fd(), shm::region_header() as u64, self.addr, self.len) } {
+            Ok(true) => {}
+            Ok(false) => log::debug!("shadow segment {:#x}+{} was unmapped before deregistration", self.addr, self.len),
+            Err(e) => log::warn!("cannot give {:#x}+{} private pages back: {e}", self.addr, self.len),
+        }
+        let mut t = self.ctx.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if t.get(&self.addr).is_some_and(|w| w.strong_count() == 0) {
+            t.remove(&self.addr);
+        }
+    }
+}
+
+/// A registration. Its whole pages are shadow memory unless
+/// [`ShadowMr::why_not`] says why not; dropping it deregisters.
+pub struct ShadowMr {
+    ptr: usize,
+    len: usize,
+    seg: Option<Arc<Segment>>,
+    why_not: Option<String>,
+}
+
+impl ShadowMr {
+    pub fn ptr(&self) -> usize {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The part of the registration peers reach directly: its whole pages
+    /// (start, length); length 0 if none are shared.
+    pub fn shared_range(&self) -> (usize, usize) {
+        match &self.seg {
+            Some(_) => shadow::interior(self.ptr, self.len),
+            None => (self.ptr, 0),
+        }
+    }
+
+    /// The key peers map the shared part with.
+    pub fn remote_key(&self) -> Option<RemoteKey> {
+        self.seg.as_ref().map(|s| RemoteKey { router_id: s.ctx.router_id, region: s.region, key: s.key, base: s.addr as u64 })
+    }
+
+    /// Why nothing is shared, if so.
+    pub fn why_not(&self) -> Option<&str> {
+        self.why_not.as_deref()
+    }
+}
+
+impl std::fmt::Debug for ShadowMr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShadowMr({:#x}+{}, shared {:?}, {:?})", self.ptr, self.len, self.shared_range(), self.why_not)
+    }
+}
+
+/// See [`crate::Context::register_shadow`].
+pub(crate) unsafe fn register(ctx: &Arc<Shared>, ptr: *const u8, len: usize) -> Result<ShadowMr> {
+    let p = ptr as usize;
+    if ptr.is_null() && len > 0 || p.checked_add(len).is_none() {
+        return Err(Error::InvalidArgument(format!("bad memory range {ptr:?}+{len}")));
+    }
+    let private = |why: String| Ok(ShadowMr { ptr: p, len, seg: None, why_not: Some(why) });
+    let (start, n) = shadow::interior(p, len);
+    if n == 0 {
+        return private("the range holds no whole page".into());
+    }
+    let mut table = ctx.segments.lock().unwrap_or_else(|e| e.into_inner());
+    // Segments are disjoint, so those overlapping us are the last ones
+    // starting before our end, back to the first that ends before us.
+    let overlapping: Vec<Arc<Segment>> = table
+        .range(..start + n)
+        .rev()
+        .filter_map(|(_, w)| w.upgrade())
+        .take_while(|s| s.addr + s.len > start)
+        .collect();
+    let result = match overlapping.as_slice() {
+        [s] if s.contains(start, n) => Ok(ShadowMr { ptr: p, len, seg: Some(s.clone()), why_not: None }),
+        [] => match make_segment(ctx, start, n) {
+            Ok(seg) => {
+                table.insert(start, Arc::downgrade(&seg));
+                Ok(ShadowMr { ptr: p, len, seg: Some(seg), why_not: None })
+            }
+            Err(e) => private(e.to_string()),
+        },
+        _ => private("the range overlaps shadow memory of another registration in part".into()),
+    };
+    drop(table); // before `overlapping`, whose drop may take the lock
+    result
+}
+
+unsafe fn make_segment(ctx: &Arc<Shared>, addr: usize, len: usize) -> Result<Arc<Segment>> {
+    shadow::check_private_anon(addr, len)?;
+    let (region, key, fd) = alloc(ctx, len)?;
+    let header = shm::region_header();
+    let file = OwnedFd::from(shm::checked_file(fd, header + len)?);
+    if let Err(e) = shadow::install(file.as_fd(), header as u64, addr, len) {
+        let _ = ctx.rpc(&Request::FreeRegion { region });
+        return Err(e);
+    }
+    Ok(Arc::new(Segment { ctx: ctx.clone(), region, key, file, addr, len }))
+}
+
+/// A peer's shadow region, mapped here.
+pub struct RemoteMap {
+    mem: SharedMem,
+    base: u64,
+    len: usize,
+}
+
+/// See [`crate::Context::map_remote`].
+pub(crate) fn map_remote(ctx: &Shared, k: &RemoteKey) -> Result<RemoteMap> {
+    if k.router_id != ctx.router_id {
+        return Err(Error::InvalidArgument("the remote key names memory on another host".into()));
+    }
+    match ctx.rpc(&Request::MapRegion { region: k.region, key: k.key })? {
+        (Reply::Region { region, len, .. }, fds) if region == k.region => {
+            let len = usize::try_from(len).map_err(|_| Error::protocol("region too large"))?;
+            let header = shm::region_header();
+            let mem = SharedMem::from_fd(one_fd(fds)?, header.checked_add(len).ok_or_else(|| Error::protocol("region too large"))?)?;
+            Ok(RemoteMap { mem, base: k.base, len })
+        }
+        (r, _) => Err(unexpected(r)),
+    }
+}
+
+impl RemoteMap {
+    /// False once the owner deregistered (or exited).
+    pub fn is_live(&self) -> bool {
+        self.mem.region_state().load(Ordering::Acquire) == shm::REGION_LIVE
+    }
+
+    /// Where the owner's `[addr, addr+n)` is mapped here, if inside the region.
+    pub fn at(&self, addr: u64, n: usize) -> Result<*mut u8> {
+        let off = addr.checked_sub(self.base).filter(|o| o.checked_add(n as u64).is_some_and(|e| e <= self.len as u64));
+        match off {
+            // SAFETY: inside the data part of the mapping.
+            Some(o) => Ok(unsafe { self.mem.as_ptr().add(shm::region_header() + o as usize) }),
+            None => Err(Error::InvalidArgument(format!("{addr:#x}+{n} is outside the remote region {:#x}+{}", self.base, self.len))),
+        }
+    }
+
+    fn live(&self) -> Result<()> {
+        if self.is_live() {
+            Ok(())
+        } else {
+            Err(Error::InvalidHandle("the remote memory was deregistered".into()))
+        }
+    }
+
+    /// Copies the owner's `[addr, addr+n)` to `dst`. Fails if the region
+    /// was revoked before or while copying.
+    ///
+    /// # Safety
+    /// `dst` is valid for `n` bytes of writes.
+    pub unsafe fn read(&self, addr: u64, dst: *mut u8, n: usize) -> Result<()> {
+        self.live()?;
+        std::ptr::copy_nonoverlapping(self.at(addr, n)?, dst, n);
+        self.live()
+    }
+
+    /// Copies `src` into the owner's `[addr, addr+n)`; fails as [`Self::read`].
+    ///
+    /// # Safety
+    /// `src` is valid for `n` bytes of reads.
+    pub unsafe fn write(&self, addr: u64, src: *const u8, n: usize) -> Result<()> {
+        self.live()?;
+        std::ptr::copy_nonoverlapping(src, self.at(addr, n)?, n);
+        self.live()
+    }
+}

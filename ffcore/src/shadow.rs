@@ -1,0 +1,227 @@
+//! Registered memory becomes shadow memory: the whole pages of a registered
+//! buffer are moved, in place, onto a router-made shared file, so the router
+//! and the peers its remote key grants read and write the application's
+//! buffer directly (FreeFlow's "a registered region *is* shared memory").
+//!
+//! How ([`install`]): map the region's file somewhere, copy the buffer's
+//! pages into it, then `mremap(MREMAP_FIXED)` that mapping over the buffer's
+//! own addresses — one system call that replaces the old pages atomically,
+//! so the buffer is never unmapped, not even for an instant.
+//! [`restore`] undoes it at deregistration: fresh private pages, the
+//! contents copied back, moved over the buffer the same way. Peers that
+//! still map the region's file then hold pages the application no longer
+//! uses: revocation needs no cooperation from them.
+//!
+//! Invariants and hazards (tested in `tests/shadow.rs`):
+//! - only **whole pages inside** the registered range move ([`interior`]);
+//!   the partial first and last page stay private, so bytes outside the
+//!   range are never shared with anyone and never copied: another thread
+//!   may write them during the switch;
+//! - writes *into* the range by another thread between the copy and the
+//!   remap are lost: registration takes a snapshot, as the contents of a
+//!   buffer that is being registered are undefined to an RDMA NIC too;
+//! - only private, anonymous, read-write memory (malloc, mmap, the heap)
+//!   moves ([`check_private_anon`]): file mappings, stacks, memory already
+//!   shadowed and anything a driver mapped (CUDA host memory comes from a
+//!   device file) are refused, and the caller keeps the copy path. Pinned
+//!   anonymous memory (`cudaHostRegister`) cannot be told apart, which is
+//!   why the NCCL plugin never asks for shadow memory;
+//! - the moved pages are `MADV_DONTFORK`, as `ibv_reg_mr` makes them: a
+//!   child does not inherit them (touching them faults in the child), so a
+//!   child never writes into the parent's buffer or its peers' view of it;
+//! - if the application unmaps the buffer while registered (free of a large
+//!   block), the file's pages simply stay with the router and peers until
+//!   deregistration; [`restore`] then finds the range no longer maps the file
+//!   and leaves whatever is there now alone.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+
+use crate::error::{Error, Result};
+
+/// The page size every mapping here is aligned to.
+pub fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize)
+}
+
+/// The whole pages inside `[ptr, ptr+len)`, as (start, length); length 0
+/// when the range holds no whole page.
+pub fn interior(ptr: usize, len: usize) -> (usize, usize) {
+    let page = page_size();
+    let end = ptr.saturating_add(len) / page * page;
+    match ptr.checked_next_multiple_of(page) {
+        Some(start) if end > start => (start, end - start),
+        _ => (ptr, 0),
+    }
+}
+
+/// One line of /proc/self/maps.
+struct Vma {
+    start: usize,
+    end: usize,
+    perms: String,
+    offset: u64,
+    inode: u64,
+    path: String,
+}
+
+fn vmas() -> Result<Vec<Vma>> {
+    let f = BufReader::new(File::open("/proc/self/maps")?);
+    let mut out = Vec::new();
+    for line in f.lines() {
+        let line = line?;
+        let mut it = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(inode)) = (it.next(), it.next(), it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let path = it.collect::<Vec<_>>().join(" ");
+        let Some((s, e)) = range.split_once('-') else { continue };
+        let hex = |x: &str| usize::from_str_radix(x, 16).ok();
+        let (Some(start), Some(end), Some(offset), Ok(inode)) = (hex(s), hex(e), hex(offset), inode.parse()) else {
+            continue;
+        };
+        out.push(Vma { start, end, perms: perms.to_string(), offset: offset as u64, inode, path });
+    }
+    Ok(out)
+}
+
+/// Checks that every byte of `[start, start+len)` is mapped, and that every
+/// mapping there passes `ok`.
+fn covered(start: usize, len: usize, ok: impl Fn(&Vma) -> std::result::Result<(), String>) -> Result<()> {
+    let end = start + len;
+    let mut at = start;
+    for v in vmas()?.iter().filter(|v| v.end > start && v.start < end) {
+        if v.start > at {
+            break;
+        }
+        ok(v).map_err(|why| Error::InvalidArgument(format!("{at:#x}..{end:#x}: {why}")))?;
+        at = v.end;
+        if at >= end {
+            return Ok(());
+        }
+    }
+    Err(Error::InvalidArgument(format!("{at:#x}..{end:#x} is not mapped")))
+}
+
+/// Only private anonymous read-write memory may become shadow memory.
+pub fn check_private_anon(start: usize, len: usize) -> Result<()> {
+    covered(start, len, |v| {
+        if v.perms != "rw-p" {
+            return Err(format!("mapping is {} (only private read-write memory is shared)", v.perms));
+        }
+        if v.inode != 0 || !(v.path.is_empty() || v.path == "[heap]") {
+            return Err(format!("mapping of {:?} is not anonymous memory", v.path));
+        }
+        Ok(())
+    })
+}
+
+/// Whether `[addr, addr+len)` still maps `file` from `offset` on.
+fn maps_file(file: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) -> Result<bool> {
+    let ino = File::from(file.try_clone_to_owned()?).metadata()?.ino();
+    Ok(covered(addr, len, |v| {
+        // The same file, shared, and the same offset for the same address.
+        let same_place = v.offset as i128 - v.start as i128 == offset as i128 - addr as i128;
+        if v.inode != ino || v.perms.as_bytes().get(3) != Some(&b's') || !same_place {
+            return Err("no longer shadow memory".into());
+        }
+        Ok(())
+    })
+    .is_ok())
+}
+
+fn os_err(what: &str) -> Error {
+    let e = std::io::Error::last_os_error();
+    Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+/// A temporary mapping of `len` bytes (of `fd` at `offset`, or anonymous).
+unsafe fn map_tmp(fd: Option<(BorrowedFd<'_>, u64)>, len: usize) -> Result<*mut u8> {
+    let (flags, raw, off) = match fd {
+        Some((fd, off)) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), off as libc::off_t),
+        None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0),
+    };
+    let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, raw, off);
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mmap"));
+    }
+    Ok(p as *mut u8)
+}
+
+/// Copies `[addr, addr+len)` into a fresh mapping `tmp` and moves it over
+/// `addr` in one `mremap`.
+unsafe fn swap_in(tmp: *mut u8, addr: usize, len: usize) -> Result<()> {
+    std::ptr::copy_nonoverlapping(addr as *const u8, tmp, len);
+    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+    if libc::mremap(tmp as *mut libc::c_void, len, len, flags, addr as *mut libc::c_void) == libc::MAP_FAILED {
+        let e = os_err("mremap");
+        libc::munmap(tmp as *mut libc::c_void, len);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Moves the whole pages `[addr, addr+len)` onto `fd` at `offset`, keeping
+/// their contents, and marks them `MADV_DONTFORK`.
+///
+/// # Safety
+/// `[addr, addr+len)` is page aligned and is memory of this process that no
+/// one else (driver, allocator) relies on staying where it is; `fd` holds at
+/// least `offset + len` bytes and stays sealed against shrinking.
+pub unsafe fn install(fd: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) -> Result<()> {
+    check_private_anon(addr, len)?;
+    let tmp = map_tmp(Some((fd, offset)), len)?;
+    swap_in(tmp, addr, len)?;
+    if libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTFORK) != 0 {
+        return Err(os_err("madvise(MADV_DONTFORK)"));
+    }
+    Ok(())
+}
+
+/// Undoes [`install`]: private pages again, same contents. Returns false
+/// (and touches nothing) if the range no longer maps `fd` (the application
+/// unmapped it, or mapped something else there).
+///
+/// # Safety
+/// As for [`install`]; `[addr, addr+len)` was installed from `fd`/`offset`.
+pub unsafe fn restore(fd: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) -> Result<bool> {
+    if !maps_file(fd, offset, addr, len)? {
+        return Ok(false);
+    }
+    let tmp = map_tmp(None, len)?;
+    swap_in(tmp, addr, len)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interior_pages() {
+        let p = page_size();
+        assert_eq!(interior(0, p), (0, p));
+        assert_eq!(interior(1, p), (1, 0));
+        assert_eq!(interior(16, 3 * p), (p, 2 * p));
+        assert_eq!(interior(p, 2 * p - 1), (p, p));
+        assert_eq!(interior(5, 0), (5, 0));
+        assert_eq!(interior(usize::MAX - 10, 5).1, 0);
+    }
+
+    #[test]
+    fn refuses_what_is_not_private_anonymous() {
+        let p = page_size();
+        let exe = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let text = exe.lines().find(|l| l.contains("r-xp")).unwrap();
+        let start = usize::from_str_radix(text.split('-').next().unwrap(), 16).unwrap();
+        assert!(check_private_anon(start, p).is_err(), "code");
+        let v = vec![0u8; 8 * p];
+        let (s, l) = interior(v.as_ptr() as usize, v.len());
+        check_private_anon(s, l).unwrap();
+        assert!(check_private_anon(0x1000, p).is_err(), "unmapped");
+    }
+}
