@@ -8,3 +8,5 @@
 #include <ucs/debug/log_def.h>
 #include <ucs/async/async_fwd.h>
 #include <ucp/api/ucp.h>
+#include <ucs/memory/rcache.h>
+#include <ucm/api/ucm.h>

@@ -223,6 +223,17 @@ pub(crate) fn map_remote(ctx: &Shared, k: &RemoteKey) -> Result<RemoteMap> {
 }
 
 impl RemoteMap {
+    /// The owner's address of the region's first byte, and its length.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// False once the owner deregistered (or exited).
     pub fn is_live(&self) -> bool {
         self.mem.region_state().load(Ordering::Acquire) == shm::REGION_LIVE

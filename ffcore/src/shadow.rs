@@ -134,6 +134,28 @@ fn maps_file(file: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) -> Resu
     .is_ok())
 }
 
+// The mapping calls below are raw system calls, not libc's functions:
+// memory hooks (UCX's ucm) interpose on those, and ucm's `mremap` drops the
+// new address MREMAP_FIXED needs. Nor should a registration cache hear of
+// our remapping as an unmap of the very buffer being registered.
+
+unsafe fn sys_mmap(len: usize, flags: libc::c_int, fd: libc::c_int, off: libc::off_t) -> *mut libc::c_void {
+    libc::syscall(libc::SYS_mmap, 0usize, len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, off) as *mut libc::c_void
+}
+
+unsafe fn sys_munmap(addr: *mut u8, len: usize) {
+    libc::syscall(libc::SYS_munmap, addr, len);
+}
+
+unsafe fn sys_mremap_fixed(from: *mut u8, len: usize, to: usize) -> bool {
+    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+    libc::syscall(libc::SYS_mremap, from, len, len, flags, to) as usize == to
+}
+
+unsafe fn sys_madvise(addr: usize, len: usize, advice: libc::c_int) -> bool {
+    libc::syscall(libc::SYS_madvise, addr, len, advice) == 0
+}
+
 fn os_err(what: &str) -> Error {
     let e = std::io::Error::last_os_error();
     Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
@@ -145,7 +167,7 @@ unsafe fn map_tmp(fd: Option<(BorrowedFd<'_>, u64)>, len: usize) -> Result<*mut 
         Some((fd, off)) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), off as libc::off_t),
         None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0),
     };
-    let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, raw, off);
+    let p = sys_mmap(len, flags, raw, off);
     if p == libc::MAP_FAILED {
         return Err(os_err("mmap"));
     }
@@ -156,10 +178,9 @@ unsafe fn map_tmp(fd: Option<(BorrowedFd<'_>, u64)>, len: usize) -> Result<*mut 
 /// `addr` in one `mremap`.
 unsafe fn swap_in(tmp: *mut u8, addr: usize, len: usize) -> Result<()> {
     std::ptr::copy_nonoverlapping(addr as *const u8, tmp, len);
-    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
-    if libc::mremap(tmp as *mut libc::c_void, len, len, flags, addr as *mut libc::c_void) == libc::MAP_FAILED {
+    if !sys_mremap_fixed(tmp, len, addr) {
         let e = os_err("mremap");
-        libc::munmap(tmp as *mut libc::c_void, len);
+        sys_munmap(tmp, len);
         return Err(e);
     }
     Ok(())
@@ -176,7 +197,7 @@ pub unsafe fn install(fd: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) 
     check_private_anon(addr, len)?;
     let tmp = map_tmp(Some((fd, offset)), len)?;
     swap_in(tmp, addr, len)?;
-    if libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTFORK) != 0 {
+    if !sys_madvise(addr, len, libc::MADV_DONTFORK) {
         return Err(os_err("madvise(MADV_DONTFORK)"));
     }
     Ok(())

@@ -12,6 +12,8 @@ use std::ptr::null;
 pub struct MdConfig {
     pub super_: u8,
     pub router_socket: *mut c_char,
+    pub shadow: std::os::raw::c_int,
+    pub rcache: std::os::raw::c_int,
 }
 
 /// Transport configuration (`struct uct_iface_config` + ours).
@@ -59,6 +61,8 @@ const MEMUNITS: ucs_config_parser_t = parser(
     ucs_config_release_nop,
     c"memory units: <number>[b|kb|mb|gb]".as_ptr(),
 );
+const BOOL: ucs_config_parser_t =
+    parser(ucs_config_sscanf_bool, ucs_config_sprintf_bool, ucs_config_clone_int, ucs_config_release_nop, c"<y|n>".as_ptr());
 const UINT: ucs_config_parser_t =
     parser(ucs_config_sscanf_uint, ucs_config_sprintf_uint, ucs_config_clone_uint, ucs_config_release_nop, c"unsigned integer".as_ptr());
 const TIME: ucs_config_parser_t = parser(
@@ -99,7 +103,7 @@ const END: ucs_config_field_t = ucs_config_field_t {
     parser: ucs_config_parser_t { read: None, write: None, clone: None, release: None, help: None, arg: null() },
 };
 
-pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 3] = [
+pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 5] = [
     field(c"", c"", c"", offset_of!(MdConfig, super_), table(std::ptr::addr_of!(uct_md_config_table) as *const _)),
     field(
         c"ROUTER_SOCKET",
@@ -107,6 +111,20 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 3] = [
         c"Path of the FreeFlow router's Unix socket. Empty: $FF_ROUTER_SOCKET, or\n/run/freeflow/ffrouter.sock (what tools/ffcontainer mounts).",
         offset_of!(MdConfig, router_socket),
         STRING,
+    ),
+    field(
+        c"SHADOW",
+        c"y",
+        c"Registered memory becomes shadow memory: its whole pages are moved, in place,\nonto memory the router shares, so peers on this host copy straight between\nbuffers (one copy). n: registration only records the range, and every PUT\nand GET goes through the connection (two copies). Say n for memory a driver\npinned (CUDA host memory, cudaHostRegister).",
+        offset_of!(MdConfig, shadow),
+        BOOL,
+    ),
+    field(
+        c"RCACHE",
+        c"y",
+        c"Keep registrations in a registration cache until the memory is unmapped (as\nUCX's IB domain does): UCP registers rendezvous buffers for every message.\nn: every registration is made, and undone, when UCP asks.",
+        offset_of!(MdConfig, rcache),
+        BOOL,
     ),
     END,
 ];
@@ -147,6 +165,24 @@ pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 10] = [
     ),
     END,
 ];
+
+/// Whether registrations become shadow memory (`UCX_FF_SHADOW`, default y).
+///
+/// # Safety
+/// As for [`router_socket`].
+pub unsafe fn shadow(config: *const uct_md_config_t) -> bool {
+    let c = config as *const MdConfig;
+    c.is_null() || (*c).shadow != 0
+}
+
+/// Whether registrations go through a registration cache (`UCX_FF_RCACHE`).
+///
+/// # Safety
+/// As for [`router_socket`].
+pub unsafe fn rcache(config: *const uct_md_config_t) -> bool {
+    let c = config as *const MdConfig;
+    c.is_null() || (*c).rcache != 0
+}
 
 /// The configuration of a memory domain, as UCX parsed it.
 ///

@@ -338,7 +338,18 @@ unsafe fn rkey_of(rkey: uct_rkey_t) -> Option<PackedRkey> {
 }
 
 unsafe extern "C" fn put_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
-    let ep = ep_h as *mut Ep;
+    zcopy(ep_h as *mut Ep, false, iov, iovcnt, addr, rkey, comp)
+}
+
+unsafe extern "C" fn get_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
+    zcopy(ep_h as *mut Ep, true, iov, iovcnt, addr, rkey, comp)
+}
+
+/// A PUT or GET. The part inside the peer's shadow region, when that is
+/// mapped here (same host, same tenant), is copied at once between the two
+/// buffers; the rest (the partial pages at either end, or everything)
+/// goes as messages the peer serves.
+unsafe fn zcopy(ep: *mut Ep, get: bool, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
     if iovcnt > 1 {
         return UCS_ERR_UNSUPPORTED; // max_iov is 1
     }
@@ -347,19 +358,58 @@ unsafe extern "C" fn put_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: us
         return s;
     }
     let len = iov_len(iov, iovcnt);
-    let src = if iovcnt == 1 { (*iov).buffer as *const u8 } else { std::ptr::NonNull::dangling().as_ptr() };
-    let cfg = (*(*ep).iface).st.cfg;
+    let local = if iovcnt == 1 { (*iov).buffer as *mut u8 } else { std::ptr::NonNull::dangling().as_ptr() };
+    let md = &*(*(*ep).iface).st.md;
+    // Only inside the registration the key names (the target refuses the
+    // rest, whatever its shadow segment spans).
+    let direct = k.shadow.filter(|_| len > 0 && k.covers(addr, len as u64));
+    let Some((sk, map)) = direct.and_then(|sk| md.remote_map(&sk).map(|m| (sk, m))) else {
+        return rma_msg(ep, get, local, len, addr, &k, comp);
+    };
+    let end = addr.saturating_add(len as u64);
+    let (lo, hi) = (addr.max(map.base()), end.min(map.base() + map.len() as u64));
+    if hi <= lo {
+        return rma_msg(ep, get, local, len, addr, &k, comp);
+    }
+    let (head, n) = ((lo - addr) as usize, (hi - lo) as usize);
+    let mid = local.add(head);
+    let copied = if get { map.read(lo, mid, n) } else { map.write(lo, mid, n) };
+    if let Err(e) = copied {
+        // Revoked: the peer serves (or refuses) it all as messages.
+        ff_debug!("ff: peer region {}: {e}", sk.region);
+        md.forget(&sk);
+        return rma_msg(ep, get, local, len, addr, &k, comp);
+    }
+    let tail = (end - hi) as usize;
+    // Pieces left: the completion goes with the last. Repeating a piece
+    // after NO_RESOURCE is harmless (same bytes to the same place).
+    match (head, tail) {
+        (0, 0) => UCS_OK,
+        (_, 0) => rma_msg(ep, get, local, head, addr, &k, comp),
+        (0, _) => rma_msg(ep, get, mid.add(n), tail, hi, &k, comp),
+        _ => match rma_msg(ep, get, local, head, addr, &k, std::ptr::null_mut()) {
+            UCS_INPROGRESS => rma_msg(ep, get, mid.add(n), tail, hi, &k, comp),
+            s => s,
+        },
+    }
+}
+
+/// A PUT or GET of `[addr, addr+len)` served by the peer: the request (with
+/// the data, for small PUTs), then the data as a message.
+unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64, k: &PackedRkey, comp: *mut uct_completion_t) -> ucs_status_t {
     let seq = (*ep).next_seq;
     let req = RmaReq { seq, cookie: k.cookie, key: k.key, addr, len: len as u64 };
-    let inline = len <= cfg.inline_rma;
-    if !inline && (*ep).sends.len() >= 256 {
+    let inline = !get && len <= (*(*ep).iface).st.cfg.inline_rma;
+    let streamed = !get && !inline;
+    if streamed && (*ep).sends.len() >= 256 {
         return UCS_ERR_NO_RESOURCE; // keep ffcore's request table from filling
     }
     let max = RmaReq::LEN + if inline { len } else { 0 };
-    let r = (*ep).conn.try_send_with(proto::tag(proto::PUT, 0), max, |p| {
+    let kind = if get { proto::GET } else { proto::PUT };
+    let r = (*ep).conn.try_send_with(proto::tag(kind, 0), max, |p| {
         req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
         if inline {
-            std::ptr::copy_nonoverlapping(src, p.add(RmaReq::LEN), len);
+            std::ptr::copy_nonoverlapping(local, p.add(RmaReq::LEN), len);
         }
         max
     });
@@ -368,43 +418,17 @@ unsafe extern "C" fn put_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: us
         Ok(None) => return UCS_ERR_NO_RESOURCE,
         Err(e) => return break_ep(ep, &e),
     }
-    if !inline {
+    if streamed {
         // The data streams from the caller's buffer, which UCT keeps valid
         // until completion (after the ack, so long after the send).
-        match (*ep).conn.isend(src, len, proto::tag(proto::PUT_DATA, 0)) {
+        match (*ep).conn.isend(local, len, proto::tag(proto::PUT_DATA, 0)) {
             Ok(r) => (*ep).sends.push_back(r),
             Err(e) => return break_ep(ep, &e),
         }
     }
     (*ep).next_seq += 1;
-    (*ep).ops.push_back(Op { seq, get: false, comp, buf: std::ptr::null_mut(), len });
-    UCS_INPROGRESS
-}
-
-unsafe extern "C" fn get_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
-    let ep = ep_h as *mut Ep;
-    if iovcnt > 1 {
-        return UCS_ERR_UNSUPPORTED;
-    }
-    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
-    if let Some(s) = gate(ep) {
-        return s;
-    }
-    let len = iov_len(iov, iovcnt);
-    let buf = if iovcnt == 1 { (*iov).buffer as *mut u8 } else { std::ptr::NonNull::dangling().as_ptr() };
-    let seq = (*ep).next_seq;
-    let req = RmaReq { seq, cookie: k.cookie, key: k.key, addr, len: len as u64 };
-    let r = (*ep).conn.try_send_with(proto::tag(proto::GET, 0), RmaReq::LEN, |p| {
-        req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
-        RmaReq::LEN
-    });
-    match r {
-        Ok(Some(_)) => {}
-        Ok(None) => return UCS_ERR_NO_RESOURCE,
-        Err(e) => return break_ep(ep, &e),
-    }
-    (*ep).next_seq += 1;
-    (*ep).ops.push_back(Op { seq, get: true, comp, buf, len });
+    let buf = if get { local } else { std::ptr::null_mut() };
+    (*ep).ops.push_back(Op { seq, get, comp, buf, len });
     UCS_INPROGRESS
 }
 

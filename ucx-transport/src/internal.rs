@@ -85,8 +85,8 @@ pub type Unsupported = Option<unsafe extern "C" fn() -> ucs_status_t>;
 pub struct UctMdOps {
     pub close: Option<unsafe extern "C" fn(uct_md_h)>,
     pub query: Option<unsafe extern "C" fn(uct_md_h, *mut uct_md_attr_t) -> ucs_status_t>,
-    pub mem_alloc: Unsupported,
-    pub mem_free: Unsupported,
+    pub mem_alloc: Option<unsafe extern "C" fn(uct_md_h, *mut usize, *mut *mut c_void, ucs_memory_type_t, c_uint, *const c_char, *mut uct_mem_h) -> ucs_status_t>,
+    pub mem_free: Option<unsafe extern "C" fn(uct_md_h, uct_mem_h) -> ucs_status_t>,
     pub mem_advise: Unsupported,
     pub mem_reg: Option<unsafe extern "C" fn(uct_md_h, *mut c_void, usize, c_uint, *mut uct_mem_h) -> ucs_status_t>,
     pub mem_dereg: Option<unsafe extern "C" fn(uct_md_h, *const MemDeregParams) -> ucs_status_t>,

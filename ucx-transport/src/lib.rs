@@ -21,6 +21,7 @@ pub mod iface;
 pub mod internal;
 pub mod md;
 pub mod proto;
+pub mod rcache;
 pub mod sys;
 
 use internal::*;

@@ -1,20 +1,30 @@
 //! The memory domain: one router attachment (ffcore `Context`) per opened
 //! domain, and the registrations remote keys refer to.
 //!
-//! Registration never pins or maps anything: peers cannot see each other's
-//! memory (they live in different containers). A registration is an entry
-//! in this domain's table under a random 64-bit key of its own; its packed
-//! key (domain cookie, key, base, length) lets a peer *ask* this process to
-//! read or write inside that range, and the request is checked against the
-//! table before any byte moves ([`crate::iface`]). Keys are independent
-//! random values, so the key of one registration tells its holder nothing
-//! about the others ([`Registry`]).
+//! A registration is an entry in this domain's table under a random 64-bit
+//! key of its own; its packed key (domain cookie, key, base, length) lets a
+//! peer *ask* this process to read or write inside that range, and the
+//! request is checked against the table before any byte moves
+//! ([`crate::iface`]). Keys are independent random values, so the key of one
+//! registration tells its holder nothing about the others ([`Registry`]).
+//!
+//! Registration also makes the range's whole pages shadow memory
+//! ([`ffcore::mr`], unless `UCX_FF_SHADOW=n`), and the packed key then
+//! carries the shadow region's key: a peer of the tenant on the same host
+//! maps those pages and copies straight between the two buffers
+//! ([`Md::remote_map`], used by [`crate::ep`]'s PUT and GET). Memory UCX
+//! asks this domain to allocate (`UCT_MD_FLAG_ALLOC`: UCP's own buffers) is
+//! a shadow region from the start, nothing to move.
 
 use crate::internal::*;
 use crate::proto::{PackedRkey, Registry};
 use crate::sys::*;
+use std::collections::{HashMap, VecDeque};
 use std::os::raw::{c_char, c_uint, c_void};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Peers' regions kept mapped per domain (UCP unpacks a key per message).
+const MAX_MAPS: usize = 1024;
 
 #[repr(C)]
 pub struct Md {
@@ -26,6 +36,93 @@ pub struct Md {
     /// one) does not match.
     pub cookie: u64,
     pub regs: Mutex<Registry>,
+    /// Registrations become shadow memory (`UCX_FF_SHADOW`).
+    pub shadow: bool,
+    maps: Mutex<Maps>,
+    /// UCX's registration cache in front of `mem_reg`/`mem_dereg` (None if
+    /// UCX could not make one: then every registration is made anew).
+    rcache: Option<crate::rcache::Rcache>,
+}
+
+/// Peers' shadow regions mapped here, oldest first out.
+#[derive(Default)]
+struct Maps {
+    by_key: HashMap<ffcore::RemoteKey, Arc<ffcore::RemoteMap>>,
+    order: VecDeque<ffcore::RemoteKey>,
+}
+
+impl Md {
+    /// The peer region `k` names, mapped (once per region, then cached);
+    /// None if it is not mappable from here (another host, revoked, or no
+    /// router), so the caller takes the message path.
+    pub fn remote_map(&self, k: &ffcore::RemoteKey) -> Option<Arc<ffcore::RemoteMap>> {
+        let ctx = self.ctx.as_ref()?;
+        let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = m.by_key.get(k) {
+            if map.is_live() {
+                return Some(map.clone());
+            }
+            m.by_key.remove(k);
+            return None;
+        }
+        let map = Arc::new(ctx.map_remote(k).map_err(|e| ff_debug!("ff: cannot map a peer's region: {e}")).ok()?);
+        if m.by_key.len() >= MAX_MAPS {
+            while let Some(old) = m.order.pop_front() {
+                if m.by_key.remove(&old).is_some() {
+                    break;
+                }
+            }
+        }
+        m.by_key.insert(*k, map.clone());
+        m.order.push_back(*k);
+        Some(map)
+    }
+
+    /// A registration of `[base, base+len)`: a table entry, and shadow
+    /// memory unless disabled or impossible.
+    ///
+    /// # Safety
+    /// `[base, base+len)` is memory of this process (what UCX registers).
+    pub unsafe fn new_memh(&self, base: u64, len: u64) -> Result<Box<Memh>, ucs_status_t> {
+        let mem = match self.ctx.as_ref().filter(|_| self.shadow && len > 0) {
+            // SAFETY: UCX registers memory of this process; memory a driver
+            // pinned is the user's to exclude (UCX_FF_SHADOW=n), see the docs.
+            Some(ctx) => match ctx.register_shadow(base as *const u8, len as usize) {
+                Ok(mr) => {
+                    if let Some(why) = mr.why_not() {
+                        ff_debug!("ff: {base:#x}+{len} stays private: {why}");
+                    }
+                    Backing::Shadow(mr)
+                }
+                Err(e) => {
+                    ff_debug!("ff: no shadow memory for {base:#x}+{len}: {e}");
+                    Backing::Plain
+                }
+            },
+            None => Backing::Plain,
+        };
+        self.new_memh_with(base, len, mem)
+    }
+
+    fn new_memh_with(&self, base: u64, len: u64, mem: Backing) -> Result<Box<Memh>, ucs_status_t> {
+        let Some(key) = self.regs.lock().unwrap_or_else(|p| p.into_inner()).insert(base, len) else {
+            ff_error!("ff: cannot register memory: no random bytes from the kernel for its key");
+            return Err(UCS_ERR_IO_ERROR);
+        };
+        Ok(Box::new(Memh { key, base, len, mem, cached: std::ptr::null_mut() }))
+    }
+
+    /// Deregisters: peers' requests are refused from now on, and shadow
+    /// memory goes back to private pages.
+    pub fn drop_memh(&self, h: Box<Memh>) {
+        self.regs.lock().unwrap_or_else(|p| p.into_inner()).remove(h.key);
+        drop(h); // its shadow memory, after the key is gone
+    }
+
+    /// Drops a mapping found revoked.
+    pub fn forget(&self, k: &ffcore::RemoteKey) {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner()).by_key.remove(k);
+    }
 }
 
 /// What a registration handle points to.
@@ -33,6 +130,29 @@ pub struct Memh {
     pub key: u64,
     pub base: u64,
     pub len: u64,
+    pub mem: Backing,
+    /// The cache region holding it; null if not from the cache.
+    pub cached: *mut ucs_rcache_region_t,
+}
+
+/// What backs a registration besides the application's memory.
+pub enum Backing {
+    /// Nothing: peers' PUTs and GETs go through the connection.
+    Plain,
+    /// Its whole pages were made shadow memory.
+    Shadow(ffcore::ShadowMr),
+    /// Memory this domain allocated: a shadow region.
+    Alloc(ffcore::Region),
+}
+
+impl Memh {
+    fn shadow_key(&self) -> Option<ffcore::RemoteKey> {
+        match &self.mem {
+            Backing::Plain => None,
+            Backing::Shadow(mr) => mr.remote_key(),
+            Backing::Alloc(r) => Some(r.remote_key()),
+        }
+    }
 }
 
 /// An unpacked remote key (what `uct_rkey_t` points to).
@@ -41,8 +161,8 @@ pub type Rkey = PackedRkey;
 pub static MD_OPS: UctMdOps = UctMdOps {
     close: Some(md_close),
     query: Some(md_query),
-    mem_alloc: Some(ucs_empty_function_return_unsupported),
-    mem_free: Some(ucs_empty_function_return_unsupported),
+    mem_alloc: Some(mem_alloc),
+    mem_free: Some(mem_free),
     mem_advise: Some(ucs_empty_function_return_unsupported),
     mem_reg: Some(mem_reg),
     mem_dereg: Some(mem_dereg),
@@ -79,6 +199,8 @@ pub fn ff_requested() -> bool {
 
 pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_char, config: *const uct_md_config_t, md_p: *mut uct_md_h) -> ucs_status_t {
     let socket = socket_for(config);
+    let shadow = crate::config::shadow(config);
+    let cached = crate::config::rcache(config);
     let ctx = match ffcore::Context::with_socket(&socket) {
         Ok(c) => {
             ff_debug!("attached to the FreeFlow router at {socket} (tenant {})", c.tenant());
@@ -99,30 +221,49 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
         socket,
         cookie: random_u64(),
         regs: Mutex::new(Registry::default()),
+        shadow,
+        maps: Mutex::default(),
+        rcache: None,
     });
-    *md_p = Box::into_raw(md) as uct_md_h;
+    let md = Box::into_raw(md);
+    // The cache calls back into the domain, at its final address.
+    if cached {
+        match crate::rcache::Rcache::new(md) {
+            Ok(rc) => (*md).rcache = Some(rc),
+            Err(s) => ff_diag!("ff: no registration cache ({s}): every registration is made anew"),
+        }
+    }
+    *md_p = md as uct_md_h;
     UCS_OK
 }
 
 unsafe extern "C" fn md_close(md: uct_md_h) {
     if !md.is_null() {
-        drop(Box::from_raw(md as *mut Md));
+        let mut md = Box::from_raw(md as *mut Md);
+        // First: it deregisters what it holds through the domain.
+        drop(md.rcache.take());
+        drop(md);
     }
 }
 
-unsafe extern "C" fn md_query(_md: uct_md_h, attr: *mut uct_md_attr_t) -> ucs_status_t {
+unsafe extern "C" fn md_query(md: uct_md_h, attr: *mut uct_md_attr_t) -> ucs_status_t {
     let a = &mut *attr;
     *a = std::mem::zeroed();
+    let md = &*(md as *const Md);
     a.cap.flags = (UCT_MD_FLAG_REG | UCT_MD_FLAG_NEED_RKEY) as u64;
     a.cap.max_reg = usize::MAX;
-    a.cap.max_alloc = 0;
+    if md.ctx.is_some() {
+        a.cap.flags |= UCT_MD_FLAG_ALLOC as u64;
+        a.cap.max_alloc = ffcore::proto::MAX_REGION;
+        a.cap.alloc_mem_types = 1 << UCS_MEMORY_TYPE_HOST;
+    }
     a.cap.reg_mem_types = 1 << UCS_MEMORY_TYPE_HOST;
     a.cap.access_mem_types = 1 << UCS_MEMORY_TYPE_HOST;
     a.cap.detect_mem_types = 0;
-    a.cap.alloc_mem_types = 0;
     a.rkey_packed_size = PackedRkey::LEN;
-    // Registration is a table insert: about 100 ns, independent of size.
-    a.reg_cost = ucs_linear_func_t { c: 100e-9, m: 0.0 };
+    // A table insert, plus (shadow memory) a router round trip and a copy
+    // of the pages; UCP's registration cache pays it once per buffer.
+    a.reg_cost = if md.shadow { ucs_linear_func_t { c: 30e-6, m: 1.0 / 4e9 } } else { ucs_linear_func_t { c: 100e-9, m: 0.0 } };
     let name = b"ff\0";
     for (i, &b) in name.iter().enumerate() {
         a.component_name[i] = b as c_char;
@@ -139,11 +280,68 @@ unsafe extern "C" fn mem_reg(md: uct_md_h, address: *mut c_void, length: usize, 
     if memh_p.is_null() || (address.is_null() && length > 0) || (address as u64).checked_add(length as u64).is_none() {
         return UCS_ERR_INVALID_PARAM;
     }
-    let Some(key) = md.regs.lock().unwrap_or_else(|p| p.into_inner()).insert(address as u64, length as u64) else {
-        ff_error!("ff: cannot register memory: no random bytes from the kernel for its key");
-        return UCS_ERR_IO_ERROR;
+    if let Some(rc) = &md.rcache {
+        return match rc.get(address, length) {
+            Ok(h) => {
+                *memh_p = h as uct_mem_h;
+                UCS_OK
+            }
+            Err(s) => s,
+        };
+    }
+    match md.new_memh(address as u64, length as u64) {
+        Ok(h) => {
+            *memh_p = Box::into_raw(h) as uct_mem_h;
+            UCS_OK
+        }
+        Err(s) => s,
+    }
+}
+
+unsafe extern "C" fn mem_alloc(
+    md: uct_md_h,
+    length_p: *mut usize,
+    address_p: *mut *mut c_void,
+    mem_type: ucs_memory_type_t,
+    _flags: c_uint,
+    _name: *const c_char,
+    memh_p: *mut uct_mem_h,
+) -> ucs_status_t {
+    let md = &*(md as *const Md);
+    if length_p.is_null() || address_p.is_null() || memh_p.is_null() || *length_p == 0 {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    if mem_type != UCS_MEMORY_TYPE_HOST {
+        return UCS_ERR_UNSUPPORTED;
+    }
+    let Some(ctx) = md.ctx.as_ref() else { return UCS_ERR_NO_DEVICE };
+    let page = ffcore::shadow::page_size();
+    let Some(len) = (*length_p).checked_next_multiple_of(page) else { return UCS_ERR_INVALID_PARAM };
+    let region = match ctx.alloc_region(len) {
+        Ok(r) => r,
+        Err(e) => {
+            ff_debug!("ff: cannot allocate {len} bytes of shadow memory: {e}");
+            return UCS_ERR_NO_MEMORY;
+        }
     };
-    *memh_p = Box::into_raw(Box::new(Memh { key, base: address as u64, len: length as u64 })) as uct_mem_h;
+    let addr = region.as_ptr();
+    match md.new_memh_with(addr as u64, len as u64, Backing::Alloc(region)) {
+        Ok(h) => {
+            *memh_p = Box::into_raw(h) as uct_mem_h;
+            *length_p = len;
+            *address_p = addr as *mut c_void;
+            UCS_OK
+        }
+        Err(s) => s,
+    }
+}
+
+unsafe extern "C" fn mem_free(md: uct_md_h, memh: uct_mem_h) -> ucs_status_t {
+    if memh.is_null() {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    let md = &*(md as *const Md);
+    md.drop_memh(Box::from_raw(memh as *mut Memh));
     UCS_OK
 }
 
@@ -162,8 +360,11 @@ unsafe extern "C" fn mem_dereg(md: uct_md_h, params: *const MemDeregParams) -> u
         return UCS_ERR_UNSUPPORTED;
     }
     let md = &*(md as *const Md);
-    let h = Box::from_raw(memh as *mut Memh);
-    md.regs.lock().unwrap_or_else(|p| p.into_inner()).remove(h.key);
+    let h = memh as *mut Memh;
+    match &md.rcache {
+        Some(rc) if !(*h).cached.is_null() => rc.put(&*h),
+        _ => md.drop_memh(Box::from_raw(h)),
+    }
     UCS_OK
 }
 
@@ -173,7 +374,7 @@ unsafe extern "C" fn mkey_pack(md: uct_md_h, memh: uct_mem_h, _params: *const Mk
     }
     let md = &*(md as *const Md);
     let h = &*(memh as *const Memh);
-    let k = PackedRkey { cookie: md.cookie, key: h.key, base: h.base, len: h.len };
+    let k = PackedRkey { cookie: md.cookie, key: h.key, base: h.base, len: h.len, shadow: h.shadow_key() };
     k.write(std::slice::from_raw_parts_mut(buf as *mut u8, PackedRkey::LEN));
     UCS_OK
 }

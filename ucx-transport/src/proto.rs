@@ -109,40 +109,52 @@ impl RmaReply {
     }
 }
 
-/// A packed remote key: which registration of which memory domain.
+/// A packed remote key: which registration of which memory domain, and
+/// the shadow region its whole pages live in, if any.
 ///
 /// `cookie` is random per memory domain, `key` random per registration
 /// (see [`Registry`]): a peer that holds one key learns nothing about the
 /// process's other registrations. `base`/`len` only let the initiator check
-/// its own requests; the target checks against its registry.
+/// its own requests; the target checks against its registry. `shadow` lets
+/// a peer of the tenant on the same host map the registration's whole
+/// pages ([`ffcore::mr`]); the router checks the region's key, and the
+/// mapping is bounds-checked against the region itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackedRkey {
     pub cookie: u64,
     pub key: u64,
     pub base: u64,
     pub len: u64,
+    pub shadow: Option<ffcore::RemoteKey>,
 }
 
-/// "FFK2": keys of the earlier format (32 bytes, "FFRK") do not unpack.
-const RKEY_MAGIC: u32 = u32::from_le_bytes(*b"FFK2");
+/// "FFK3": keys of earlier formats ("FFRK", "FFK2") do not unpack.
+const RKEY_MAGIC: u32 = u32::from_le_bytes(*b"FFK3");
 
 impl PackedRkey {
     /// The packed size (what `md_query` reports as `rkey_packed_size`):
-    /// magic, 4 reserved (zero) bytes, cookie, key, base, length.
-    pub const LEN: usize = 40;
+    /// magic, flags (1: a shadow key follows), cookie, key, base, length,
+    /// the shadow key (zero if none).
+    pub const LEN: usize = 40 + ffcore::RemoteKey::LEN;
     pub fn write(&self, b: &mut [u8]) {
         b[0..4].copy_from_slice(&RKEY_MAGIC.to_le_bytes());
-        b[4..8].copy_from_slice(&0u32.to_le_bytes());
+        b[4..8].copy_from_slice(&u32::from(self.shadow.is_some()).to_le_bytes());
         b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
         b[16..24].copy_from_slice(&self.key.to_le_bytes());
         b[24..32].copy_from_slice(&self.base.to_le_bytes());
         b[32..40].copy_from_slice(&self.len.to_le_bytes());
+        let s: &mut [u8; ffcore::RemoteKey::LEN] = (&mut b[40..Self::LEN]).try_into().unwrap();
+        match self.shadow {
+            Some(k) => k.write(s),
+            None => s.fill(0),
+        }
     }
     pub fn read(b: &[u8]) -> Option<PackedRkey> {
-        if b.len() < Self::LEN || rd32(b, 0) != RKEY_MAGIC {
+        if b.len() < Self::LEN || rd32(b, 0) != RKEY_MAGIC || rd32(b, 4) > 1 {
             return None;
         }
-        Some(PackedRkey { cookie: rd64(b, 8), key: rd64(b, 16), base: rd64(b, 24), len: rd64(b, 32) })
+        let shadow = (rd32(b, 4) == 1).then(|| ffcore::RemoteKey::read(b[40..Self::LEN].try_into().unwrap()));
+        Some(PackedRkey { cookie: rd64(b, 8), key: rd64(b, 16), base: rd64(b, 24), len: rd64(b, 32), shadow })
     }
     /// Initiator-side sanity check (the target checks again, for real).
     pub fn covers(&self, addr: u64, len: u64) -> bool {
@@ -231,10 +243,16 @@ mod tests {
         let mut b = [0u8; RmaReply::LEN];
         a.write(&mut b);
         assert_eq!(RmaReply::read(&b), Some(a));
-        let k = PackedRkey { cookie: 1, key: 0xdead_beef_0bad_f00d, base: 0x4000, len: 0x100 };
+        let k = PackedRkey { cookie: 1, key: 0xdead_beef_0bad_f00d, base: 0x4000, len: 0x100, shadow: None };
         let mut b = [0u8; PackedRkey::LEN];
         k.write(&mut b);
         assert_eq!(PackedRkey::read(&b), Some(k));
+        let s = PackedRkey { shadow: Some(ffcore::RemoteKey { router_id: [3; 16], region: 7, key: 8, base: 0x5000 }), ..k };
+        s.write(&mut b);
+        assert_eq!(PackedRkey::read(&b), Some(s));
+        b[4] = 2;
+        assert_eq!(PackedRkey::read(&b), None, "bad flags");
+        b[4] = 1;
         b[0] ^= 1;
         assert_eq!(PackedRkey::read(&b), None, "bad magic");
         assert!(k.covers(0x4000, 0x100) && k.covers(0x40ff, 1) && !k.covers(0x40ff, 2) && !k.covers(0x3fff, 1));

@@ -110,6 +110,11 @@ struct Uct {
 
 impl Uct {
     unsafe fn open() -> Uct {
+        Self::open_with(&[])
+    }
+
+    /// With these memory domain settings (`UCX_FF_<name>`).
+    unsafe fn open_with(md_opts: &[(&CStr, &CStr)]) -> Uct {
         let router = fftestkit::RouterProc::start(&["a"], &[]);
         let sock = CString::new(router.socket("a").to_str().unwrap()).unwrap();
         uct_ff::register().expect("register the ff component");
@@ -126,6 +131,9 @@ impl Uct {
         let mut mdc: *mut uct_md_config_t = null_mut();
         ok(uct_md_config_read(comp, null(), null(), &mut mdc), "md config");
         ok(uct_config_modify(mdc as *mut c_void, c"ROUTER_SOCKET".as_ptr(), sock.as_ptr()), "UCX_FF_ROUTER_SOCKET");
+        for (k, v) in md_opts {
+            ok(uct_config_modify(mdc as *mut c_void, k.as_ptr(), v.as_ptr()), "md setting");
+        }
         let mut md: uct_md_h = null_mut();
         ok(uct_md_open(comp, c"ff".as_ptr(), mdc, &mut md), "md open");
         uct_config_release(mdc as *mut c_void);
@@ -261,6 +269,13 @@ impl World {
         self.until(|| (*cp).done == 1, "put completion");
         c.c.status
     }
+    /// A PUT (or GET) as issued: its immediate status, and the completion.
+    unsafe fn start(&self, get: bool, buf: &mut [u8], addr: u64, rkey: uct_rkey_t) -> (ucs_status_t, Box<Comp>) {
+        let iov = uct_iov_t { buffer: buf.as_mut_ptr() as *mut c_void, length: buf.len(), memh: null_mut(), stride: 0, count: 1 };
+        let mut c = new_comp();
+        let f = if get { ops(self.ep).ep_get_zcopy.unwrap() } else { ops(self.ep).ep_put_zcopy.unwrap() };
+        (f(self.ep, &iov, 1, addr, rkey, &mut c.c), c)
+    }
     unsafe fn get(&self, dst: &mut [u8], addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
         let iov = uct_iov_t { buffer: dst.as_mut_ptr() as *mut c_void, length: dst.len(), memh: null_mut(), stride: 0, count: 1 };
         let mut c = new_comp();
@@ -278,7 +293,8 @@ impl World {
 fn uct_semantics_over_a_router() {
     let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     unsafe {
-        let u = Uct::open();
+        // Without the registration cache, so that mem_dereg deregisters.
+        let u = Uct::open_with(&[(c"RCACHE", c"n")]);
         let (comp, md, worker, ic, params) = (u.comp, u.md, u.worker, u.ic, u.params);
         let (a, b) = (u.iface(None), u.iface(None));
         // AM alignment parameters are checked like UCX's own transports do.
@@ -372,6 +388,7 @@ fn uct_semantics_over_a_router() {
         let mut target = vec![0u8; 4 << 20];
         let (memh, packed) = u.reg(&mut target);
         assert_eq!(packed.len(), PackedRkey::LEN, "the packed size UCX is told");
+        assert!(PackedRkey::read(&packed).unwrap().shadow.is_some(), "registered memory is shadow memory");
         let rk = w.rkey(&packed);
         let base = target.as_ptr() as u64;
         for &(off, len) in &[(0usize, 1usize), (100, 5000), (4096, 3 << 20), (0, 4 << 20)] {
@@ -392,6 +409,7 @@ fn uct_semantics_over_a_router() {
         assert_eq!(w.put(&bad(10), base - 10, rk.rkey), UCS_ERR_INVALID_ADDR, "put before the start");
         let mut forged = packed.clone();
         forged[8] ^= 1; // another domain's cookie
+        forged[40 + 24] ^= 1; // and another shadow region key
         let fk = w.rkey(&forged);
         assert_eq!(w.put(&bad(10), base, fk.rkey), UCS_ERR_INVALID_ADDR, "forged key");
         let mut out = vec![0u8; 1 << 20];
@@ -404,11 +422,16 @@ fn uct_semantics_over_a_router() {
         let mut bb: uct_rkey_bundle_t = std::mem::zeroed();
         assert_ne!(uct_rkey_unpack(comp, bogus.as_ptr() as *const c_void, &mut bb), UCS_OK, "not an ff key");
 
-        // Flush with an outstanding PUT.
+        // Flush with an outstanding PUT: into a registration that starts
+        // inside a page (heap blocks are 16-byte aligned), whose partial
+        // first page goes as a message.
+        let mut fb = vec![0u8; (2 << 20) + 8192];
+        let (memh1, packed1) = u.reg(&mut fb[1..]);
+        let rk1 = w.rkey(&packed1);
         let src = vec![3u8; 2 << 20];
         let iov = uct_iov_t { buffer: src.as_ptr() as *mut c_void, length: src.len(), memh: null_mut(), stride: 0, count: 1 };
         let mut pc = new_comp();
-        assert_eq!(ops(ep).ep_put_zcopy.unwrap()(ep, &iov, 1, base, rk.rkey, &mut pc.c), UCS_INPROGRESS);
+        assert_eq!(ops(ep).ep_put_zcopy.unwrap()(ep, &iov, 1, fb.as_ptr() as u64 + 1, rk1.rkey, &mut pc.c), UCS_INPROGRESS);
         let mut fc = new_comp();
         assert_eq!(ops(ep).ep_flush.unwrap()(ep, 0, &mut fc.c), UCS_INPROGRESS);
         assert_eq!(iops(a).iface_flush.unwrap()(a, 0, null_mut()), UCS_INPROGRESS);
@@ -416,6 +439,9 @@ fn uct_semantics_over_a_router() {
         w.until(|| (*fcp).done == 1, "flush completion");
         assert_eq!(pc.done, 1, "the PUT completed before the flush");
         ok(iops(a).iface_flush.unwrap()(a, 0, null_mut()), "iface flush");
+        assert!(fb[1..src.len() + 1].iter().all(|&x| x == 3));
+        uct_rkey_release(comp, &rk1);
+        ok(uct_md_mem_dereg(md, memh1), "mem_dereg");
 
         // mem_dereg parameter checks (UCT_MD_MEM_DEREG_CHECK_PARAMS).
         let p = MemDeregParams { field_mask: UCT_MD_MEM_DEREG_FIELD_MEMH, flags: 0, memh: null_mut(), comp: null_mut() };
@@ -510,6 +536,7 @@ fn refused_requests_close_the_connection() {
         let rk = w.rkey(&packed);
         let mut forged = packed.clone();
         forged[8] ^= 1; // another domain's cookie
+        forged[40 + 24] ^= 1; // and another shadow region key
         let fk = w.rkey(&forged);
         ok(w.put(&[1u8; 16], base, rk.rkey), "a valid put");
         ok(w.on(other).put(&[2u8; 16], base + 16, rk.rkey), "a valid put on the other connection");
@@ -638,5 +665,126 @@ fn active_messages_reach_ucp_from_private_memory() {
             assert!(b.len() == size + 8 && b[8..].iter().all(|&x| x == 0xab), "am_bcopy {size}");
         }
         u.close(&eps, &[a, plain, aligned]);
+    }
+}
+
+/// Registered memory is shadow memory: a PUT or GET inside its whole pages
+/// is one copy between the two buffers, done when the call returns (the
+/// target does not even progress); the partial pages at either end go as
+/// messages the target serves; memory the domain allocates is shadow memory
+/// from the start; after deregistration a peer's GET fails cleanly; and
+/// `UCX_FF_SHADOW=n` keeps everything on the message path.
+#[test]
+fn shadow_memory_puts_and_gets_copy_once() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let (a, b) = (u.iface(None), u.iface(None));
+        let ep = u.connect(a, b);
+        let w = World { comp: u.comp, ifaces: vec![a, b], ep };
+        let page = 4096u64;
+        // A heap block: not page aligned, so it has partial pages at both ends.
+        let mut target = vec![0u8; (4 << 20) + 100];
+        let (memh, packed) = u.reg(&mut target);
+        let rk = w.rkey(&packed);
+        let base = target.as_ptr() as u64;
+        let inner = base.next_multiple_of(page);
+        let head = (inner - base) as usize;
+        assert!(head > 0, "the test needs an unaligned block");
+
+        let mut src: Vec<u8> = (0..1 << 20).map(|i| (i * 31 + 7) as u8).collect();
+        let (s, _c) = w.start(false, &mut src, inner, rk.rkey);
+        assert_eq!(s, UCS_OK, "a PUT inside the whole pages is done at once");
+        assert!(target[head..head + src.len()] == src[..]);
+        target[head + 5] = 0x77;
+        let mut back = vec![0u8; 1 << 20];
+        let (s, _c) = w.start(true, &mut back, inner, rk.rkey);
+        assert_eq!(s, UCS_OK, "a GET inside the whole pages is done at once");
+        assert_eq!(back[5], 0x77);
+        assert!(back[6..] == src[6..]);
+
+        // Ranges with partial pages, 1 byte to all of it, checked both ways.
+        let all = target.len();
+        for &(off, len) in &[(0usize, 1usize), (head - 1, 2), (1, 5000), (head, all - head), (0, all), (3 << 20, all - (3 << 20))] {
+            let mut data: Vec<u8> = (0..len).map(|i| (i * 13 + off + len) as u8).collect();
+            ok(w.put(&data, base + off as u64, rk.rkey), "put");
+            assert!(target[off..off + len] == data[..], "put of {len} bytes at {off}");
+            data.fill(0);
+            ok(w.get(&mut data, base + off as u64, rk.rkey), "get");
+            assert!(target[off..off + len] == data[..], "get of {len} bytes at {off}");
+        }
+        // Still refused outside the registration, even where the pages are shared.
+        assert_eq!(w.put(&[1u8; 64], base + all as u64 - 32, rk.rkey), UCS_ERR_INVALID_ADDR);
+
+        // The registration cache: the same buffer, the same registration,
+        // kept after mem_dereg...
+        let (again, _) = u.reg(&mut target);
+        assert_eq!(again, memh, "from the registration cache");
+        ok(uct_md_mem_dereg(u.md, again), "mem_dereg");
+        ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        let mut out = vec![0u8; 8192];
+        ok(w.get(&mut out, inner, rk.rkey), "still registered");
+        uct_rkey_release(u.comp, &rk);
+        // ...until the memory is unmapped (UCX's memory hooks tell the
+        // cache, which deregisters at its next use). The peer, which still
+        // holds the key and has the region mapped, is then refused.
+        let watcher = u._router.context("a");
+        let len = 1 << 20;
+        let p = libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        let mapped = std::slice::from_raw_parts_mut(p as *mut u8, len);
+        let (memh, packed) = u.reg(mapped);
+        let rk = w.rkey(&packed);
+        ok(w.get(&mut out, p as u64, rk.rkey), "get");
+        ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        let regions = watcher.stats().unwrap().regions;
+        libc::munmap(p, len);
+        let mut tiny = vec![0u8; 100];
+        let (tm, _) = u.reg(&mut tiny); // the cache's next use
+        let t = std::time::Instant::now();
+        while watcher.stats().unwrap().regions >= regions {
+            assert!(t.elapsed().as_secs() < 10, "the cache never deregistered the unmapped buffer");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        out.fill(0);
+        assert_eq!(w.get(&mut out, p as u64, rk.rkey), UCS_ERR_INVALID_ADDR, "GET after the buffer was unmapped");
+        assert!(out.iter().all(|&x| x == 0));
+        uct_rkey_release(u.comp, &rk);
+        ok(uct_md_mem_dereg(u.md, tm), "mem_dereg");
+
+        // Memory the domain allocates (UCT_MD_FLAG_ALLOC).
+        let mdops = &*((*(u.md as *mut UctMd)).ops);
+        let (mut len, mut addr, mut mh) = ((1 << 20) + 5, null_mut(), null_mut());
+        ok(mdops.mem_alloc.unwrap()(u.md, &mut len, &mut addr, UCS_MEMORY_TYPE_HOST, 0, c"test".as_ptr(), &mut mh), "mem_alloc");
+        assert!(len >= (1 << 20) + 5 && len as u64 % page == 0, "{len}");
+        let mut packed = vec![0u8; u.rkey_packed_size()];
+        ok(uct_md_mkey_pack(u.md, mh, packed.as_mut_ptr() as *mut c_void), "mkey_pack");
+        let rk = w.rkey(&packed);
+        let mut data = vec![0x42u8; len];
+        let (s, _c) = w.start(false, &mut data, addr as u64, rk.rkey);
+        assert_eq!(s, UCS_OK, "allocated memory is shadow memory");
+        assert!(std::slice::from_raw_parts(addr as *const u8, len).iter().all(|&x| x == 0x42));
+        uct_rkey_release(u.comp, &rk);
+        ok(mdops.mem_free.unwrap()(u.md, mh), "mem_free");
+        u.close(&[ep], &[a, b]);
+
+        // UCX_FF_SHADOW=n: registration only, every PUT a message.
+        let u = Uct::open_with(&[(c"SHADOW", c"n")]);
+        let (a, b) = (u.iface(None), u.iface(None));
+        let ep = u.connect(a, b);
+        let w = World { comp: u.comp, ifaces: vec![a, b], ep };
+        let mut target = vec![0u8; 1 << 20];
+        let (memh, packed) = u.reg(&mut target);
+        assert!(PackedRkey::read(&packed).unwrap().shadow.is_none());
+        let rk = w.rkey(&packed);
+        let base = target.as_ptr() as u64;
+        let mut data = vec![5u8; 64 << 10];
+        let (s, c) = w.start(false, &mut data, base.next_multiple_of(page), rk.rkey);
+        assert_eq!(s, UCS_INPROGRESS, "the message path");
+        let cp: *const Comp = &*c;
+        w.until(|| (*cp).done == 1, "put completion");
+        uct_rkey_release(u.comp, &rk);
+        ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        u.close(&[ep], &[a, b]);
     }
 }
