@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) router_id: [u8; 16],
     /// Shadow segments of this process by start address (see [`crate::mr`]).
     pub(crate) segments: Mutex<crate::mr::Segments>,
+    /// Peers' shadow regions mapped here.
+    pub(crate) maps: Mutex<crate::mr::Maps>,
 }
 
 impl Shared {
@@ -105,7 +107,7 @@ impl Context {
         let sock = UnixStream::connect(path).map_err(|source| Error::NoRouter { path: path.to_string(), source })?;
         sock.set_read_timeout(Some(RPC_TIMEOUT))?;
         sock.set_write_timeout(Some(RPC_TIMEOUT))?;
-        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default() };
+        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default(), maps: Mutex::default() };
         let (reply, fds) = shared.rpc(&Request::Hello { version: VERSION })?;
         let Reply::Welcome { client, tenant, router_id, advertise, .. } = reply else {
             return Err(unexpected(reply));
@@ -207,7 +209,7 @@ impl Context {
 
     /// Allocates shadow memory: a sealed memfd the router also maps.
     pub fn alloc_region(&self, len: usize) -> Result<Region> {
-        let (id, key, fd) = crate::mr::alloc(&self.shared, len)?;
+        let (id, [key, _], fd) = crate::mr::alloc(&self.shared, len)?;
         let mem = SharedMem::from_fd(fd, crate::shm::region_header() + len)?;
         Ok(Region { id, key, mem, ctx: self.shared.clone() })
     }
@@ -224,8 +226,10 @@ impl Context {
         crate::mr::register(&self.shared, ptr, len)
     }
 
-    /// Maps the region a peer's remote key names (same tenant, this host).
-    pub fn map_remote(&self, key: &crate::mr::RemoteKey) -> Result<crate::mr::RemoteMap> {
+    /// Maps the region a peer's remote key names (same tenant, this host);
+    /// mappings are kept (at most [`crate::mr::MAX_MAPS`]) while the region
+    /// is live.
+    pub fn map_remote(&self, key: &crate::mr::RemoteKey) -> Result<Arc<crate::mr::RemoteMap>> {
         crate::mr::map_remote(&self.shared, key)
     }
 

@@ -14,6 +14,15 @@
 //!   for the next one;
 //! - zero-byte messages work; up to [`MAX_INFLIGHT`] requests per connection.
 //!
+//! One copy for registered memory: when at least [`SHADOW_MIN`] bytes of a
+//! message lie in shadow memory of the sender ([`crate::mr`]) and the peer
+//! is a client on this host that reads them ([`ring::CAP_SHADOW`]), those
+//! bytes are not copied into the ring: a [`ring::REC_SHADOW`] record names
+//! them (region, read-only key, address, length) and the receiver copies
+//! them straight from the sender's buffer into its own. Such a send
+//! completes when the receiver has copied them (it counts them in its
+//! `shadow_done` word), not when they are in the ring.
+//!
 //! Nothing here blocks except [`Conn::wait`], which spins briefly and then
 //! sleeps on the connection's futex.
 
@@ -25,7 +34,8 @@ use crate::client::Shared;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 use crate::page::Page;
-use crate::ring::{self, Layout, Rx, Tx, REC_CONT, REC_FIRST};
+use crate::mr::{RemoteKey, Segment};
+use crate::ring::{self, Layout, Rx, Tx, CAP_SHADOW, REC_CONT, REC_FIRST, REC_SHADOW};
 use crate::shm::SharedMem;
 
 /// Requests (sends plus receives) that may be outstanding per connection.
@@ -39,6 +49,10 @@ pub const SPIN: Duration = Duration::from_micros(50);
 /// For how much of [`SPIN`] it busy-spins; after that it yields the core
 /// between polls (a peer thread woken on the same core then runs at once).
 pub const SPIN_BUSY: Duration = Duration::from_micros(5);
+/// Fewer bytes of a message in shadow memory than this go through the
+/// ring anyway (the reference costs a mapping lookup and a completion
+/// round trip).
+pub const SHADOW_MIN: usize = 32 * 1024;
 
 /// A request's id: valid until its completion has been returned once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +80,40 @@ struct SendOp {
     tag: u32,
     sent: usize,
     started: bool,
+    /// The part of the message that goes by reference, if any.
+    shadow: Option<ShadowPart>,
+}
+
+/// `n` bytes from offset `at` of a message, in `seg` (held until the
+/// receiver has copied them, so deregistration cannot pull them away).
+struct ShadowPart {
+    seg: Arc<Segment>,
+    at: usize,
+    n: usize,
+}
+
+/// What a [`REC_SHADOW`] record carries.
+struct ShadowRef {
+    key: RemoteKey,
+    addr: u64,
+    n: u64,
+}
+
+impl ShadowRef {
+    const LEN: usize = RemoteKey::LEN + 16;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        self.key.write((&mut b[..RemoteKey::LEN]).try_into().unwrap());
+        b[RemoteKey::LEN..RemoteKey::LEN + 8].copy_from_slice(&self.addr.to_le_bytes());
+        b[RemoteKey::LEN + 8..].copy_from_slice(&self.n.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; Self::LEN]) -> ShadowRef {
+        let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        ShadowRef { key: RemoteKey::read(b[..RemoteKey::LEN].try_into().unwrap()), addr: u(RemoteKey::LEN), n: u(RemoteKey::LEN + 8) }
+    }
 }
 
 struct RecvOp {
@@ -139,6 +187,12 @@ pub struct Conn {
     rx: Rx,
     max_frag: usize,
     sends: VecDeque<SendOp>,
+    /// Sends whose shadow part the receiver has yet to copy: (request,
+    /// length, the receiver's `shadow_done` that completes it, segment).
+    awaiting: VecDeque<(usize, usize, u64, Arc<Segment>)>,
+    /// [`REC_SHADOW`] records we sent, and copied out.
+    shadow_sent: u64,
+    shadow_done: u64,
     recvs: VecDeque<RecvOp>,
     inbound: Inbound,
     reqs: Slab,
@@ -175,6 +229,10 @@ impl Conn {
         page: Option<Arc<Page>>,
     ) -> Result<Conn> {
         let lay = Layout::new(&mem, ring_size)?;
+        if ctx.is_some() {
+            // We can map the peer's shadow memory (we talk to a router).
+            lay.side(side).caps.fetch_or(CAP_SHADOW, std::sync::atomic::Ordering::Release);
+        }
         let live = match Liveness::hold(mem.fd(), side) {
             Ok(l) => {
                 lay.side(side).attached.store(1, std::sync::atomic::Ordering::Release);
@@ -193,6 +251,9 @@ impl Conn {
             lay,
             max_frag: std::env::var("FF_MAX_FRAG").ok().and_then(|s| s.parse().ok()).unwrap_or((ring_size / 4).min(64 * 1024)),
             sends: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            shadow_sent: 0,
+            shadow_done: 0,
             recvs: VecDeque::new(),
             inbound: Inbound::Idle,
             reqs: Slab { slots: Vec::new(), free: Vec::new(), live: 0 },
@@ -238,9 +299,24 @@ impl Conn {
     pub unsafe fn isend(&mut self, ptr: *const u8, len: usize, tag: u32) -> Result<Req> {
         self.check_usable()?;
         let (req, id) = self.reqs.alloc().ok_or(Error::QueueFull(MAX_INFLIGHT))?;
-        self.sends.push_back(SendOp { req, ptr, len, tag, sent: 0, started: false });
+        let shadow = self.shadow_part(ptr, len);
+        self.sends.push_back(SendOp { req, ptr, len, tag, sent: 0, started: false, shadow });
         self.progress_tx()?;
         Ok(id)
+    }
+
+    /// The part of `[ptr, ptr+len)` to send by reference, if worth it and
+    /// the peer can read it.
+    fn shadow_part(&self, ptr: *const u8, len: usize) -> Option<ShadowPart> {
+        if len < SHADOW_MIN || self.peer().caps.load(std::sync::atomic::Ordering::Acquire) & CAP_SHADOW == 0 || self.forwarded() {
+            return None;
+        }
+        // Rate-limited senders pay for every byte in the ring's credit.
+        if self.page.as_ref().is_some_and(|p| p.allowance() != u64::MAX) {
+            return None;
+        }
+        let (seg, start, n) = crate::mr::find(self.ctx.as_ref()?, ptr as usize, len)?;
+        (n >= SHADOW_MIN).then(|| ShadowPart { seg, at: start - ptr as usize, n })
     }
 
     /// Posts a receive into `cap` bytes at `ptr`.
@@ -459,6 +535,9 @@ impl Conn {
         for op in std::mem::take(&mut self.sends) {
             self.reqs.set(op.req, State::Failed(Error::Corrupt(why.to_string())));
         }
+        for (req, ..) in std::mem::take(&mut self.awaiting) {
+            self.reqs.set(req, State::Failed(Error::Corrupt(why.to_string())));
+        }
         self.fail_recvs(|| Error::Corrupt(why.to_string()));
         self.broken.get_or_insert_with(|| why.to_string());
     }
@@ -491,21 +570,47 @@ impl Conn {
     }
 
     fn progress_tx(&mut self) -> Result<()> {
-        if self.sends.is_empty() {
+        self.complete_shadow_sends();
+        if self.sends.is_empty() && self.awaiting.is_empty() {
             return Ok(());
         }
         if self.peer().is_closed() {
             for op in std::mem::take(&mut self.sends) {
                 self.reqs.set(op.req, State::Failed(Error::PeerClosed));
             }
+            for (req, ..) in std::mem::take(&mut self.awaiting) {
+                self.reqs.set(req, State::Failed(Error::PeerClosed));
+            }
             return Ok(());
         }
         let mut moved = false;
         self.credit_blocked = false;
         while let Some(op) = self.sends.front_mut() {
+            if op.started && op.shadow.as_ref().is_some_and(|s| s.at == op.sent) {
+                // The reference, in place of the part's bytes.
+                let s = op.shadow.take().unwrap();
+                let r = ShadowRef { key: s.seg.remote_key(false), addr: op.ptr as u64 + s.at as u64, n: s.n as u64 };
+                if !self.tx.push_record(REC_SHADOW, op.tag, op.len as u64, &r.encode())? {
+                    op.shadow = Some(s);
+                    break;
+                }
+                self.shadow_sent += 1;
+                op.sent += s.n;
+                moved = true;
+                self.awaiting.push_back((op.req, op.len, self.shadow_sent, s.seg));
+                if op.sent == op.len {
+                    self.sends.pop_front();
+                    self.msgs_sent += 1;
+                }
+                continue;
+            }
             let left = op.len - op.sent;
             let kind = if op.started { REC_CONT } else { REC_FIRST };
             let mut max = left.min(self.max_frag);
+            if let Some(s) = &op.shadow {
+                // Bytes before the reference (none: a 0-byte first record).
+                max = max.min(s.at - op.sent);
+            }
             let limited = match &self.page {
                 Some(p) => match p.allowance() {
                     u64::MAX => None,
@@ -535,7 +640,10 @@ impl Conn {
                     if op.sent == op.len {
                         let (req, len) = (op.req, op.len);
                         self.sends.pop_front();
-                        self.reqs.set(req, State::Done(len));
+                        // A send with a reference completes once it is copied.
+                        if !self.awaiting.iter().any(|a| a.0 == req) {
+                            self.reqs.set(req, State::Done(len));
+                        }
                         self.msgs_sent += 1;
                     }
                 }
@@ -546,6 +654,50 @@ impl Conn {
             self.peer().notify();
         }
         Ok(())
+    }
+
+    /// Completes sends whose referenced bytes the receiver has copied.
+    fn complete_shadow_sends(&mut self) {
+        if self.awaiting.is_empty() {
+            return;
+        }
+        // Written by the peer: a lie only completes our sends early, which
+        // only corrupts what that peer receives.
+        let done = self.peer().shadow_done.load(std::sync::atomic::Ordering::Acquire);
+        while let Some(&(req, len, seq, _)) = self.awaiting.front() {
+            if done < seq {
+                break;
+            }
+            self.awaiting.pop_front();
+            // Still being pushed (bytes after the reference): done then.
+            if !self.sends.iter().any(|o| o.req == req) {
+                self.reqs.set(req, State::Done(len));
+            }
+        }
+    }
+
+    /// Copies the bytes a [`REC_SHADOW`] record names into `dst`, or skips
+    /// them (`dst` None); returns how many message bytes it stands for.
+    fn take_shadow(&mut self, len: usize, room: u64, dst: Option<*mut u8>) -> Result<usize> {
+        if len != ShadowRef::LEN {
+            return Err(Error::Corrupt(format!("shadow reference of {len} bytes")));
+        }
+        let mut b = [0u8; ShadowRef::LEN];
+        // SAFETY: peek validated len bytes of payload; b holds them.
+        unsafe { self.rx.copy_out(0, b.as_mut_ptr(), len) };
+        let r = ShadowRef::decode(&b);
+        if r.n > room {
+            return Err(Error::Corrupt("message longer than announced".into()));
+        }
+        if let Some(dst) = dst {
+            let ctx = self.ctx.as_ref().ok_or_else(|| Error::Corrupt("shadow reference on a connection without a router".into()))?;
+            let map = crate::mr::map_remote(ctx, &r.key).map_err(|e| Error::Corrupt(format!("the peer's shadow memory: {e}")))?;
+            // SAFETY: dst has room for r.n bytes (checked against the receive by the caller via `room`).
+            unsafe { map.read(r.addr, dst, r.n as usize) }.map_err(|e| Error::Corrupt(format!("the peer's shadow memory: {e}")))?;
+        }
+        self.shadow_done += 1;
+        self.lay.side(self.side).shadow_done.store(self.shadow_done, std::sync::atomic::Ordering::Release);
+        Ok(r.n as usize)
     }
 
     fn progress_rx(&mut self) -> Result<()> {
@@ -574,8 +726,31 @@ impl Conn {
                         self.inbound = Inbound::Deliver { req: op.req, ptr: op.ptr, total: rec.total as usize, got: 0 };
                     }
                 }
-                _ if rec.kind != REC_CONT => return Err(Error::Corrupt("new message before the last one ended".into())),
+                _ if rec.kind == REC_FIRST => return Err(Error::Corrupt("new message before the last one ended".into())),
                 _ => {}
+            }
+            if rec.kind == REC_SHADOW {
+                match self.inbound {
+                    Inbound::Deliver { req, ptr, total, got } => {
+                        // SAFETY: got < total <= the receive's capacity.
+                        let n = self.take_shadow(rec.len, (total - got) as u64, Some(unsafe { ptr.add(got) }))?;
+                        let got = got + n;
+                        self.inbound = if got == total {
+                            self.reqs.set(req, State::Done(total));
+                            Inbound::Idle
+                        } else {
+                            Inbound::Deliver { req, ptr, total, got }
+                        };
+                    }
+                    Inbound::Discard { left } => {
+                        let n = self.take_shadow(rec.len, left, None)? as u64;
+                        self.inbound = if n == left { Inbound::Idle } else { Inbound::Discard { left: left - n } };
+                    }
+                    Inbound::Idle => unreachable!(),
+                }
+                self.rx.consume(rec.len);
+                moved = true;
+                continue;
             }
             match &mut self.inbound {
                 Inbound::Deliver { req, ptr, total, got } => {

@@ -36,15 +36,16 @@ use crate::shm::{self, SharedMem};
 pub(crate) type Segments = BTreeMap<usize, Weak<Segment>>;
 
 /// Asks the router for a region of `len` data bytes: (id, key, file).
-pub(crate) fn alloc(ctx: &Shared, len: usize) -> Result<(u64, u64, OwnedFd)> {
+pub(crate) fn alloc(ctx: &Shared, len: usize) -> Result<(u64, [u64; 2], OwnedFd)> {
     match ctx.rpc(&Request::AllocRegion { len: len as u64 })? {
-        (Reply::Region { region, len: l, key }, fds) if l == len as u64 => Ok((region, key, one_fd(fds)?)),
+        (Reply::Region { region, len: l, key, read_key }, fds) if l == len as u64 => Ok((region, [key, read_key], one_fd(fds)?)),
         (r, _) => Err(unexpected(r)),
     }
 }
 
 /// What a peer needs to map a shadow region: which router holds it, the
-/// region, its key, and the owner's address of its first data byte.
+/// region, its key (read-write, or the read-only one), and the owner's
+/// address of its first data byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RemoteKey {
     pub router_id: [u8; 16],
@@ -73,7 +74,8 @@ impl RemoteKey {
 pub(crate) struct Segment {
     ctx: Arc<Shared>,
     region: u64,
-    key: u64,
+    /// Read-write and read-only.
+    keys: [u64; 2],
     file: OwnedFd,
     addr: usize,
     len: usize,
@@ -83,7 +85,40 @@ impl Segment {
     fn contains(&self, addr: usize, len: usize) -> bool {
         addr >= self.addr && addr + len <= self.addr + self.len
     }
+
+    /// The key peers map it with: read-write, or read-only.
+    pub(crate) fn remote_key(&self, write: bool) -> RemoteKey {
+        let key = self.keys[usize::from(!write)];
+        RemoteKey { router_id: self.ctx.router_id, region: self.region, key, base: self.addr as u64 }
+    }
 }
+
+/// The shadow segment holding the most of `[ptr, ptr+len)` that one
+/// segment can: the one holding its first whole page; (segment, start, n)
+/// of the part inside it.
+pub(crate) fn find(ctx: &Shared, ptr: usize, len: usize) -> Option<(Arc<Segment>, usize, usize)> {
+    let (page, n) = shadow::interior(ptr, len);
+    if n == 0 {
+        return None;
+    }
+    let table = ctx.segments.lock().unwrap_or_else(|e| e.into_inner());
+    let seg = table.range(..=page).next_back().and_then(|(_, w)| w.upgrade());
+    drop(table); // before `seg` may drop, whose drop takes the lock
+    let seg = seg.filter(|s| s.contains(page, shadow::page_size()))?;
+    let start = ptr.max(seg.addr);
+    let end = (ptr + len).min(seg.addr + seg.len);
+    Some((seg, start, end - start))
+}
+
+/// Peers' regions mapped by one process, at most [`MAX_MAPS`], oldest out.
+#[derive(Default)]
+pub(crate) struct Maps {
+    by_key: std::collections::HashMap<RemoteKey, Arc<RemoteMap>>,
+    order: std::collections::VecDeque<RemoteKey>,
+}
+
+/// Peers' regions kept mapped per process.
+pub const MAX_MAPS: usize = 1024;
 
 impl Drop for Segment {
     fn drop(&mut self) {
@@ -135,9 +170,14 @@ impl ShadowMr {
         }
     }
 
-    /// The key peers map the shared part with.
+    /// The key peers map the shared part with (read-write).
     pub fn remote_key(&self) -> Option<RemoteKey> {
-        self.seg.as_ref().map(|s| RemoteKey { router_id: s.ctx.router_id, region: s.region, key: s.key, base: s.addr as u64 })
+        self.seg.as_ref().map(|s| s.remote_key(true))
+    }
+
+    /// A key that maps the shared part read-only.
+    pub fn remote_read_key(&self) -> Option<RemoteKey> {
+        self.seg.as_ref().map(|s| s.remote_key(false))
     }
 
     /// Why nothing is shared, if so.
@@ -189,25 +229,53 @@ pub(crate) unsafe fn register(ctx: &Arc<Shared>, ptr: *const u8, len: usize) -> 
 
 unsafe fn make_segment(ctx: &Arc<Shared>, addr: usize, len: usize) -> Result<Arc<Segment>> {
     shadow::check_private_anon(addr, len)?;
-    let (region, key, fd) = alloc(ctx, len)?;
+    let (region, keys, fd) = alloc(ctx, len)?;
     let header = shm::region_header();
     let file = OwnedFd::from(shm::checked_file(fd, header + len)?);
     if let Err(e) = shadow::install(file.as_fd(), header as u64, addr, len) {
         let _ = ctx.rpc(&Request::FreeRegion { region });
         return Err(e);
     }
-    Ok(Arc::new(Segment { ctx: ctx.clone(), region, key, file, addr, len }))
+    Ok(Arc::new(Segment { ctx: ctx.clone(), region, keys, file, addr, len }))
 }
 
-/// A peer's shadow region, mapped here.
+/// A peer's shadow region, mapped here (read-only if granted so).
 pub struct RemoteMap {
     mem: SharedMem,
     base: u64,
     len: usize,
+    writable: bool,
 }
 
-/// See [`crate::Context::map_remote`].
-pub(crate) fn map_remote(ctx: &Shared, k: &RemoteKey) -> Result<RemoteMap> {
+/// See [`crate::Context::map_remote`]: mapped once, then from the cache
+/// while the region is live.
+pub(crate) fn map_remote(ctx: &Shared, k: &RemoteKey) -> Result<Arc<RemoteMap>> {
+    let mut m = ctx.maps.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(map) = m.by_key.get(k) {
+        if map.is_live() {
+            return Ok(map.clone());
+        }
+        m.by_key.remove(k);
+    }
+    let map = Arc::new(map_new(ctx, k)?);
+    if m.by_key.len() >= MAX_MAPS {
+        while let Some(old) = m.order.pop_front() {
+            if m.by_key.remove(&old).is_some() {
+                break;
+            }
+        }
+    }
+    m.by_key.insert(*k, map.clone());
+    m.order.push_back(*k);
+    if m.order.len() > 2 * MAX_MAPS {
+        let live = &m.by_key;
+        let order: std::collections::VecDeque<RemoteKey> = m.order.iter().copied().filter(|k| live.contains_key(k)).collect();
+        m.order = order;
+    }
+    Ok(map)
+}
+
+fn map_new(ctx: &Shared, k: &RemoteKey) -> Result<RemoteMap> {
     if k.router_id != ctx.router_id {
         return Err(Error::InvalidArgument("the remote key names memory on another host".into()));
     }
@@ -215,8 +283,12 @@ pub(crate) fn map_remote(ctx: &Shared, k: &RemoteKey) -> Result<RemoteMap> {
         (Reply::Region { region, len, .. }, fds) if region == k.region => {
             let len = usize::try_from(len).map_err(|_| Error::protocol("region too large"))?;
             let header = shm::region_header();
-            let mem = SharedMem::from_fd(one_fd(fds)?, header.checked_add(len).ok_or_else(|| Error::protocol("region too large"))?)?;
-            Ok(RemoteMap { mem, base: k.base, len })
+            let file_len = header.checked_add(len).ok_or_else(|| Error::protocol("region too large"))?;
+            let fd = one_fd(fds)?;
+            // SAFETY: F_GETFL on a descriptor we own.
+            let writable = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDWR;
+            let mem = if writable { SharedMem::from_fd(fd, file_len)? } else { SharedMem::from_fd_read_only(fd, file_len)? };
+            Ok(RemoteMap { mem, base: k.base, len, writable })
         }
         (r, _) => Err(unexpected(r)),
     }
@@ -273,6 +345,9 @@ impl RemoteMap {
     /// # Safety
     /// `src` is valid for `n` bytes of reads.
     pub unsafe fn write(&self, addr: u64, src: *const u8, n: usize) -> Result<()> {
+        if !self.writable {
+            return Err(Error::InvalidArgument("the remote memory was granted read-only".into()));
+        }
         self.live()?;
         std::ptr::copy_nonoverlapping(src, self.at(addr, n)?, n);
         self.live()

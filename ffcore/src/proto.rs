@@ -91,7 +91,9 @@ pub enum Request {
     /// that mapped it stop using it, and drops its own mapping.
     FreeRegion { region: u64 },
     /// Map another client's region of the same tenant on this host: the
-    /// region's id and key, from a remote key its owner handed out.
+    /// region's id and key, from a remote key its owner handed out. With
+    /// the region's `key` the memfd comes read-write, with its `read_key`
+    /// read-only.
     MapRegion { region: u64, key: u64 },
     /// Counters (this tenant's, and the router's totals).
     Stats,
@@ -140,9 +142,10 @@ pub enum Reply {
     /// `Accept` found nothing yet: try again later.
     NotReady,
     /// A shadow region (`len` data bytes after the header page) and the
-    /// random key that lets peers of the same tenant map it; its memfd comes
-    /// with the frame.
-    Region { region: u64, len: u64, key: u64 },
+    /// random keys that let peers of the same tenant map it, read-write or
+    /// read-only (both 0 in the reply to `MapRegion`); its memfd comes with
+    /// the frame.
+    Region { region: u64, len: u64, key: u64, read_key: u64 },
     Ok,
     Stats(Stats),
     Error { code: ErrorCode, message: String },

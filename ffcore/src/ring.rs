@@ -4,8 +4,8 @@
 //! ```text
 //! offset 0      control page (4 KiB)
 //!   0    magic, ring size, flags          written once by the router
-//!   64   side 0: wake, waiting, closed, attached, cpu  (one cache line each side)
-//!   128  side 1: wake, waiting, closed, attached, cpu
+//!   64   side 0: wake, waiting, closed, attached, cpu, caps, shadow_done
+//!   128  side 1: the same                       (one cache line each side)
 //!   256  ring 0 head    320 ring 0 tail   (ring 0 carries side 0 -> side 1)
 //!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
 //!   512  messages sent by side 0       576  messages sent by side 1
@@ -39,6 +39,14 @@ pub const REC_HDR: usize = 32;
 pub const REC_FIRST: u32 = 1;
 pub const REC_CONT: u32 = 2;
 pub const REC_PAD: u32 = 3;
+/// A part of a message that stays in the sender's shadow memory: the
+/// payload names it ([`crate::conn`]), the receiver copies it from there.
+/// Only between two clients on one host that both announced
+/// [`CAP_SHADOW`]; never forwarded to another host.
+pub const REC_SHADOW: u32 = 4;
+
+/// Side capability: this side reads [`REC_SHADOW`] records.
+pub const CAP_SHADOW: u32 = 1;
 
 /// Bytes of shared file for rings of `ring_size` bytes each.
 pub fn file_len(ring_size: usize) -> usize {
@@ -139,6 +147,8 @@ impl Layout {
             closed: self.word32(off + 8),
             attached: self.word32(off + 12),
             cpu: self.word32(off + 16),
+            caps: self.word32(off + 20),
+            shadow_done: self.word64(off + 24),
         }
     }
 
@@ -187,6 +197,12 @@ pub struct Side<'a> {
     /// The CPU this side last polled from, plus one (0: not known). Written
     /// by another process: only ever a hint for how to spin.
     pub cpu: &'a AtomicU32,
+    /// What this side reads ([`CAP_SHADOW`]); 0 for older peers and the
+    /// router.
+    pub caps: &'a AtomicU32,
+    /// [`REC_SHADOW`] records this side has copied out (the sender's
+    /// buffers they name are free again up to there).
+    pub shadow_done: &'a AtomicU64,
 }
 
 impl Side<'_> {
@@ -353,6 +369,23 @@ impl Tx {
     /// for `max` bytes is not free now. `max` must be at most a quarter of
     /// the ring.
     pub fn push_whole_with(&mut self, tag: u32, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<Option<usize>> {
+        self.push_record_with(REC_FIRST, tag, None, max, fill)
+    }
+
+    /// Writes one record of `kind` whose payload is `bytes`, never split;
+    /// false if the ring has no room for it now.
+    pub fn push_record(&mut self, kind: u32, tag: u32, total: u64, bytes: &[u8]) -> Result<bool> {
+        let n = bytes.len();
+        // SAFETY: fill writes n bytes into the n the ring reserved.
+        let r = self.push_record_with(kind, tag, Some(total), n, |p| unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, n);
+            n
+        })?;
+        Ok(r.is_some())
+    }
+
+    /// [`Tx::push_whole_with`] for any kind; `total` None: the payload length.
+    fn push_record_with(&mut self, kind: u32, tag: u32, total: Option<u64>, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<Option<usize>> {
         let size = self.lay.ring_size;
         if max > size / 4 {
             return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
@@ -383,7 +416,7 @@ impl Tx {
         // that only we (the producer) write until we publish the head.
         let p = unsafe { data.add(off) };
         let n = fill(unsafe { p.add(REC_HDR) }).min(max);
-        unsafe { self.write_hdr(p, REC_FIRST, tag, n as u64, n) };
+        unsafe { self.write_hdr(p, kind, tag, total.unwrap_or(n as u64), n) };
         self.head += rec_len(n) as u64;
         head_w.store(self.head, Ordering::Release);
         Ok(Some(n))
@@ -456,7 +489,7 @@ impl Rx {
                     self.consume_span(span);
                     continue;
                 }
-                REC_FIRST | REC_CONT => return Ok(Some(Record { kind, tag, total, len })),
+                REC_FIRST | REC_CONT | REC_SHADOW => return Ok(Some(Record { kind, tag, total, len })),
                 k => return Err(Error::Corrupt(format!("unknown record kind {k}"))),
             }
         }

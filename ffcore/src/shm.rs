@@ -60,6 +60,14 @@ impl SharedMem {
         Self::map(checked_file(fd, len)?, len)
     }
 
+    /// As [`SharedMem::from_fd`], for a descriptor opened read-only: the
+    /// mapping is read-only (writing through it faults).
+    pub fn from_fd_read_only(fd: OwnedFd, len: usize) -> Result<SharedMem> {
+        let file = checked_file(fd, len)?;
+        let map = MmapOptions::new().len(len).map_raw_read_only(&file)?;
+        Ok(SharedMem { map, file })
+    }
+
     fn map(file: File, len: usize) -> Result<SharedMem> {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok(SharedMem { map, file })

@@ -153,7 +153,7 @@ fn admit(state: &Arc<Mutex<State>>, remote: Option<Arc<remote::Remote>>, tenant:
             crate::limited!(warn, "refuse-client", tenant, "refusing a client of tenant {tenant} (pid {pid}): {msg}");
             // The socket's buffer is empty: this never blocks the accept thread.
             let _ = sock.set_nonblocking(true);
-            let _ = reply(&sock, &proto::error_reply(code, msg), None);
+            let _ = reply(&sock, &proto::error_reply(code, msg), None, false);
             return;
         }
     };
@@ -200,7 +200,7 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
                 // Framing is lost (bad magic, version, length, truncation):
                 // say why, then hang up.
                 let code = if matches!(e, Error::Version { .. }) { ErrorCode::Version } else { ErrorCode::BadRequest };
-                let _ = reply(sock, &proto::error_reply(code, e.to_string()), None);
+                let _ = reply(sock, &proto::error_reply(code, e.to_string()), None, false);
                 return format!("bad frame: {e}");
             }
         };
@@ -208,7 +208,7 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
         if !fds.is_empty() {
             // Nothing in protocol v1 carries descriptors from a client;
             // dropping them closes them.
-            let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "unexpected file descriptors"), None);
+            let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "unexpected file descriptors"), None, false);
             continue;
         }
         let req = match proto::decode_body::<Request>(&body) {
@@ -216,7 +216,7 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
             Err(e) => {
                 // The frame was well delimited, so the stream is still in step.
                 let code = if matches!(e, Error::Version { .. }) { ErrorCode::Version } else { ErrorCode::BadRequest };
-                if reply(sock, &proto::error_reply(code, e.to_string()), None).is_err() {
+                if reply(sock, &proto::error_reply(code, e.to_string()), None, false).is_err() {
                     return "unreachable".into();
                 }
                 if !hello {
@@ -227,12 +227,12 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
         };
         let out = if !hello {
             if !matches!(req, Request::Hello { version: VERSION }) {
-                let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "first request must be Hello"), None);
+                let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "first request must be Hello"), None, false);
                 return "no Hello".into();
             }
             hello = true;
             let (r, page) = state.lock().unwrap().welcome(id);
-            if let Err(e) = reply(sock, &r, Some(page.mem())) {
+            if let Err(e) = reply(sock, &r, Some(page.mem()), false) {
                 return format!("cannot reply: {e}");
             }
             continue;
@@ -241,7 +241,7 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
         } else {
             state.lock().unwrap().handle(id, req)
         };
-        if let Err(e) = reply(sock, &out.reply, out.fd.as_deref()) {
+        if let Err(e) = reply(sock, &out.reply, out.fd.as_deref(), out.read_only) {
             return format!("cannot reply: {e}");
         }
     }
@@ -253,7 +253,14 @@ fn container_of(pid: i32) -> u64 {
     std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| m.ino()).unwrap_or(0)
 }
 
-fn reply(sock: &UnixStream, r: &Reply, fd: Option<&ffcore::shm::SharedMem>) -> ffcore::Result<()> {
-    let fds: Vec<_> = fd.map(|m| m.fd()).into_iter().collect();
-    send_frame(sock.as_fd(), &proto::encode(r), &fds)
+fn reply(sock: &UnixStream, r: &Reply, fd: Option<&ffcore::shm::SharedMem>, read_only: bool) -> ffcore::Result<()> {
+    match fd {
+        // A new open file description, read-only: what the receiver can map.
+        Some(m) if read_only => {
+            let f = std::fs::File::open(format!("/proc/self/fd/{}", m.fd().as_raw_fd()))?;
+            send_frame(sock.as_fd(), &proto::encode(r), &[f.as_fd()])
+        }
+        Some(m) => send_frame(sock.as_fd(), &proto::encode(r), &[m.fd()]),
+        None => send_frame(sock.as_fd(), &proto::encode(r), &[]),
+    }
 }

@@ -347,6 +347,7 @@ impl Remote {
                     return Outcome {
                         reply: Reply::Connected { conn: f.local, side: 0, ring_size: f.ring },
                         fd: Some(f.mem.clone()),
+                        read_only: false,
                     };
                 }
                 Setup::Refused(code, msg) => {
@@ -1220,6 +1221,10 @@ impl Fwd {
                 Ok(None) => break,
                 Err(e) => return Err(Stop::Local(e.to_string())),
             };
+            if rec.kind == ring::REC_SHADOW {
+                // Only for peers on this host that read them; ours never does.
+                return Err(Stop::Local("a shadow-memory reference on a connection to another host".into()));
+            }
             let flen = (rec.len - out.rec_off).min(fmax);
             let kind = if out.rec_off == 0 { rec.kind } else { REC_CONT };
             let c = wire::charge(kind, rec.total, flen, wmax);

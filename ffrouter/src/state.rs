@@ -138,20 +138,25 @@ struct ConnRec {
 struct RegionRec {
     owner: u64,
     tenant: Arc<str>,
-    /// Random: what a peer must name, beside the id, to map the region.
+    /// Random: what a peer must name, beside the id, to map the region
+    /// read-write or read-only.
     key: u64,
+    read_key: u64,
     mem: Arc<SharedMem>,
 }
 
-/// What the I/O layer sends back: a reply and maybe one shared file.
+/// What the I/O layer sends back: a reply and maybe one shared file
+/// (`read_only`: opened anew read-only, so the receiver cannot map it
+/// writable).
 pub struct Outcome {
     pub reply: Reply,
     pub fd: Option<Arc<SharedMem>>,
+    pub read_only: bool,
 }
 
 impl From<Reply> for Outcome {
     fn from(reply: Reply) -> Self {
-        Outcome { reply, fd: None }
+        Outcome { reply, fd: None, read_only: false }
     }
 }
 
@@ -419,21 +424,22 @@ impl State {
                     }
                 };
                 mem.region_state().store(shm::REGION_LIVE, Ordering::Release);
-                let (id, key) = (self.id(), rand::random());
-                self.regions.insert(id, RegionRec { owner: client, tenant, key, mem: mem.clone() });
+                let (id, key, read_key) = (self.id(), rand::random(), rand::random());
+                self.regions.insert(id, RegionRec { owner: client, tenant, key, read_key, mem: mem.clone() });
                 let c = self.client(client);
                 c.regions.insert(id);
                 c.bytes += file_len;
-                Outcome { reply: Reply::Region { region: id, len, key }, fd: Some(mem) }
+                Outcome { reply: Reply::Region { region: id, len, key, read_key }, fd: Some(mem), read_only: false }
             }
             // Any client of the tenant that names id and key; everything
             // else (other tenants, wrong keys, freed regions) gets the same
             // answer. The mapping costs the router nothing: the file is the
             // owner's, already counted.
             Request::MapRegion { region, key } => match self.regions.get(&region) {
-                Some(r) if r.tenant == tenant && r.key == key => {
+                Some(r) if r.tenant == tenant && (r.key == key || r.read_key == key) => {
                     let len = (r.mem.len() - shm::region_header()) as u64;
-                    Outcome { reply: Reply::Region { region, len, key }, fd: Some(r.mem.clone()) }
+                    let reply = Reply::Region { region, len, key: 0, read_key: 0 };
+                    Outcome { reply, fd: Some(r.mem.clone()), read_only: r.key != key }
                 }
                 _ => err(ErrorCode::NotFound, format!("no region {region} with that key")),
             },
@@ -487,7 +493,7 @@ impl State {
             Err((code, msg)) => return err(code, msg),
         };
         let id = self.add_conn(tenant.clone(), LOCAL_COST, mem.clone(), Some(client), Some(listener));
-        Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64 }, fd: Some(mem) }
+        Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64 }, fd: Some(mem), read_only: false }
     }
 
     /// What every connect checks of its listener, local or from another
@@ -553,7 +559,7 @@ impl State {
         cl.conns.insert(id);
         cl.bytes += len;
         let ring_size = ring::Layout::of_own(&mem).ring_size as u64;
-        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size }, fd: Some(mem) }
+        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size }, fd: Some(mem), read_only: false }
     }
 
     /// The local half of a connection to a listener on another host: a
@@ -795,12 +801,16 @@ mod tests {
     fn regions_map_for_their_tenant_with_their_key_until_freed() {
         let (mut st, a1, a2, b1) = setup();
         let out = st.handle(a1, Request::AllocRegion { len: 8192 });
-        let (Reply::Region { region, len: 8192, key }, Some(mem)) = (out.reply, out.fd) else { panic!() };
+        let (Reply::Region { region, len: 8192, key, read_key }, Some(mem)) = (out.reply, out.fd) else { panic!() };
+        assert_ne!(key, read_key);
         assert_eq!(mem.len(), 8192 + shm::region_header());
         assert_eq!(mem.region_state().load(Ordering::Acquire), shm::REGION_LIVE);
         let out = st.handle(a2, Request::MapRegion { region, key });
         assert!(matches!(out.reply, Reply::Region { len: 8192, .. }), "{:?}", out.reply);
         assert!(Arc::ptr_eq(&out.fd.unwrap(), &mem), "the owner's file");
+        assert!(!out.read_only);
+        let out = st.handle(a2, Request::MapRegion { region, key: read_key });
+        assert!(out.read_only && out.fd.is_some(), "the read key maps read-only");
         // Wrong key, other tenant, not a region: the same refusal.
         assert_eq!(code(st.handle(a2, Request::MapRegion { region, key: key ^ 1 })), Some(ErrorCode::NotFound));
         assert_eq!(code(st.handle(b1, Request::MapRegion { region, key })), Some(ErrorCode::NotFound));

@@ -91,6 +91,12 @@ fn a_peer_of_the_tenant_reaches_exactly_the_whole_pages_and_sees_the_buffer_itse
     assert!(read(&map, shared + 4 * page - 1, 2).is_err());
     assert!(map.at(u64::MAX, 2).is_err());
 
+    // The read key: same pages, read-only.
+    let ro = peer.map_remote(&mr.remote_read_key().unwrap()).unwrap();
+    assert_eq!(read(&ro, shared + 7, 1).unwrap(), [0x5a]);
+    assert!(matches!(unsafe { ro.write(shared as u64, [1u8].as_ptr(), 1) }, Err(Error::InvalidArgument(_))));
+    assert_eq!(buf.bytes(page, 1), before[page..page + 1]);
+
     // Another tenant, a wrong key, a key for another router: refused.
     let e = other.map_remote(&key).err().unwrap();
     assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
@@ -241,4 +247,69 @@ fn a_buffer_unmapped_while_registered_is_left_alone_at_deregistration() {
     assert_eq!(fresh.bytes(0, fresh.len), want, "deregistration must not touch the new memory");
     check_private_anon(addr as usize, 8 * page).unwrap();
     assert!(!map.is_live());
+}
+
+/// A connected pair of clients of tenant `a` (two contexts of this process).
+fn pair(r: &RouterProc) -> (Context, ffcore::Conn, Context, ffcore::Conn) {
+    let (a, b) = (r.context("a"), r.context("a"));
+    let l = b.listen().unwrap();
+    let ca = a.connect(&l.handle()).unwrap().unwrap();
+    let cb = l.accept_timeout(std::time::Duration::from_secs(10)).unwrap();
+    (a, ca, b, cb)
+}
+
+fn crc(b: &[u8]) -> u32 {
+    crc32fast::hash(b)
+}
+
+const T: Option<std::time::Duration> = Some(std::time::Duration::from_secs(60));
+
+#[test]
+fn messages_from_registered_buffers_are_copied_once_straight_into_the_receive() {
+    let r = RouterProc::start(&["a"], &[]);
+    let (actx, mut tx, _bctx, mut rx) = pair(&r);
+    let page = page_size();
+    // 64 MiB + a page, registered from an unaligned start.
+    let big = 64 << 20;
+    let buf = Pages::new(big / page + 2);
+    buf.fill(11);
+    let mr = register(&actx, buf.at(100), big + page);
+    assert_eq!(mr.why_not(), None);
+    let mut out = vec![0u8; big + 1];
+    let mut moved = 0u64;
+    for (off, len) in [(100, 0), (100, 1), (100, 100_000), (page, 64 << 10), (777, 1 << 20), (page + 5, (4 << 20) + 1), (100, big)] {
+        let src = unsafe { std::slice::from_raw_parts(buf.at(off), len) };
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(tx.send(src, 3, T).unwrap(), len));
+            assert_eq!(rx.recv(&mut out, 3, T).unwrap(), len);
+        });
+        assert_eq!(crc(&out[..len]), crc(src), "{len} bytes at {off}");
+        moved += len as u64;
+    }
+    // The bytes did not go through the ring: only headers, references and
+    // the partial pages did.
+    let ring = actx.stats().unwrap().bytes_sent;
+    assert!(ring < moved / 100, "{ring} bytes through the rings for {moved} bytes sent");
+
+    // A send by reference completes when the receiver has copied it.
+    let s = unsafe { tx.isend(buf.at(page), 1 << 20, 4) }.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(tx.test(s).unwrap(), None, "not copied yet: the buffer is not free");
+    // Deregistered meanwhile: the segment stays until the copy is done.
+    drop(mr);
+    assert_eq!(rx.recv(&mut out, 4, T).unwrap(), 1 << 20);
+    assert_eq!(tx.wait(s, T).unwrap(), 1 << 20);
+    assert_eq!(crc(&out[..1 << 20]), crc(&buf.bytes(page, 1 << 20)));
+    check_private_anon(buf.at(page) as usize, big).expect("private again once the send is done");
+
+    // Freed and reallocated between sends: a new registration, new data.
+    drop(buf);
+    let buf = Pages::new(1024);
+    buf.fill(99);
+    let mr = register(&actx, buf.at(0), buf.len);
+    let s = unsafe { tx.isend(buf.at(0), buf.len, 5) }.unwrap();
+    assert_eq!(rx.recv(&mut out, 5, T).unwrap(), buf.len);
+    tx.wait(s, T).unwrap();
+    assert_eq!(crc(&out[..buf.len]), crc(&buf.bytes(0, buf.len)));
+    drop(mr);
 }

@@ -377,7 +377,6 @@ unsafe fn zcopy(ep: *mut Ep, get: bool, iov: *const uct_iov_t, iovcnt: usize, ad
     if let Err(e) = copied {
         // Revoked: the peer serves (or refuses) it all as messages.
         ff_debug!("ff: peer region {}: {e}", sk.region);
-        md.forget(&sk);
         return rma_msg(ep, get, local, len, addr, &k, comp);
     }
     let tail = (end - hi) as usize;

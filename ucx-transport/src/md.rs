@@ -19,12 +19,8 @@
 use crate::internal::*;
 use crate::proto::{PackedRkey, Registry};
 use crate::sys::*;
-use std::collections::{HashMap, VecDeque};
 use std::os::raw::{c_char, c_uint, c_void};
 use std::sync::{Arc, Mutex};
-
-/// Peers' regions kept mapped per domain (UCP unpacks a key per message).
-const MAX_MAPS: usize = 1024;
 
 #[repr(C)]
 pub struct Md {
@@ -38,44 +34,18 @@ pub struct Md {
     pub regs: Mutex<Registry>,
     /// Registrations become shadow memory (`UCX_FF_SHADOW`).
     pub shadow: bool,
-    maps: Mutex<Maps>,
     /// UCX's registration cache in front of `mem_reg`/`mem_dereg` (None if
     /// UCX could not make one: then every registration is made anew).
     rcache: Option<crate::rcache::Rcache>,
 }
 
-/// Peers' shadow regions mapped here, oldest first out.
-#[derive(Default)]
-struct Maps {
-    by_key: HashMap<ffcore::RemoteKey, Arc<ffcore::RemoteMap>>,
-    order: VecDeque<ffcore::RemoteKey>,
-}
-
 impl Md {
-    /// The peer region `k` names, mapped (once per region, then cached);
-    /// None if it is not mappable from here (another host, revoked, or no
-    /// router), so the caller takes the message path.
+    /// The peer region `k` names, mapped (ffcore keeps mappings while the
+    /// region is live); None if it is not mappable from here (another host,
+    /// revoked, no router), so the caller takes the message path.
     pub fn remote_map(&self, k: &ffcore::RemoteKey) -> Option<Arc<ffcore::RemoteMap>> {
         let ctx = self.ctx.as_ref()?;
-        let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(map) = m.by_key.get(k) {
-            if map.is_live() {
-                return Some(map.clone());
-            }
-            m.by_key.remove(k);
-            return None;
-        }
-        let map = Arc::new(ctx.map_remote(k).map_err(|e| ff_debug!("ff: cannot map a peer's region: {e}")).ok()?);
-        if m.by_key.len() >= MAX_MAPS {
-            while let Some(old) = m.order.pop_front() {
-                if m.by_key.remove(&old).is_some() {
-                    break;
-                }
-            }
-        }
-        m.by_key.insert(*k, map.clone());
-        m.order.push_back(*k);
-        Some(map)
+        ctx.map_remote(k).map_err(|e| ff_debug!("ff: cannot map a peer's region: {e}")).ok()
     }
 
     /// A registration of `[base, base+len)`: a table entry, and shadow
@@ -117,11 +87,6 @@ impl Md {
     pub fn drop_memh(&self, h: Box<Memh>) {
         self.regs.lock().unwrap_or_else(|p| p.into_inner()).remove(h.key);
         drop(h); // its shadow memory, after the key is gone
-    }
-
-    /// Drops a mapping found revoked.
-    pub fn forget(&self, k: &ffcore::RemoteKey) {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner()).by_key.remove(k);
     }
 }
 
@@ -222,7 +187,6 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
         cookie: random_u64(),
         regs: Mutex::new(Registry::default()),
         shadow,
-        maps: Mutex::default(),
         rcache: None,
     });
     let md = Box::into_raw(md);
