@@ -72,6 +72,25 @@ struct Opts {
     /// Distinct buffers per side in stream mode (1, like ucx_perftest).
     #[arg(long, default_value_t = 1)]
     buffers: usize,
+    /// Do not register the send buffers (stream, check): every byte then
+    /// goes through the connection's rings, also on one host.
+    #[arg(long)]
+    no_register: bool,
+}
+
+/// A send buffer, registered (shadow memory: on one host the receiver
+/// copies straight from it) unless --no-register. Deregistered before freed.
+struct SendBuf {
+    _mr: Option<ffcore::ShadowMr>,
+    buf: Vec<u8>,
+}
+
+impl SendBuf {
+    fn new(ctx: &Context, buf: Vec<u8>, o: &Opts) -> ffcore::Result<SendBuf> {
+        // SAFETY: our own heap memory, which nothing else maps or pins.
+        let mr = if o.no_register { None } else { Some(unsafe { ctx.register_shadow(buf.as_ptr(), buf.len())? }) };
+        Ok(SendBuf { _mr: mr, buf })
+    }
 }
 
 const T: Option<Duration> = Some(Duration::from_secs(60));
@@ -122,8 +141,8 @@ fn run(role: Role) -> ffcore::Result<()> {
     };
     match opts.mode {
         Mode::Pingpong => pingpong(&mut conn, &opts, server),
-        Mode::Stream => stream(&mut conn, &opts, server),
-        Mode::Check => check(&mut conn, &opts, server),
+        Mode::Stream => stream(&ctx, &mut conn, &opts, server),
+        Mode::Check => check(&ctx, &mut conn, &opts, server),
         Mode::Idle => idle(&mut conn, &opts),
         Mode::Flood => flood(&mut conn, &opts, server),
         Mode::Semantics => semantics(&mut conn, server),
@@ -176,9 +195,10 @@ fn windowed(c: &mut Conn, window: usize, total: usize, mut post: impl FnMut(&mut
     Ok(())
 }
 
-fn stream(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
+fn stream(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
     let slots = o.buffers.clamp(1, o.window.max(1));
     let mut bufs: Vec<Vec<u8>> = (0..slots).map(|i| vec![i as u8; o.size]).collect();
+    let sbufs: Vec<SendBuf> = if server { Vec::new() } else { bufs.drain(..).map(|b| SendBuf::new(ctx, b, o)).collect::<ffcore::Result<_>>()? };
     let mut ack = [0u8; 1];
     let warm = (o.iters / 10).max(2);
     for (phase, n) in [(0, warm), (1, o.iters)] {
@@ -195,7 +215,7 @@ fn stream(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
             c.send(&ack, 0, T)?;
         } else {
             windowed(c, o.window, n, |c, i| {
-                let b = &bufs[i % slots];
+                let b = &sbufs[i % slots].buf;
                 // SAFETY: as above; send buffers are never written meanwhile.
                 unsafe { c.isend(b.as_ptr(), b.len(), 0) }
             })?;
@@ -255,13 +275,13 @@ fn check_size(i: usize, max: usize) -> usize {
     if s > max { i % 97 } else { s }
 }
 
-fn check(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
+fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
     // Each side sends o.iters messages and receives o.iters, interleaved,
     // with o.window of each in flight. Receive buffers get 13 bytes of slack
     // to exercise "message smaller than the buffer".
     let n = o.iters;
     let (send_seed, recv_seed) = if server { (o.seed + 1, o.seed) } else { (o.seed, o.seed + 1) };
-    let mut sbufs: Vec<Option<Vec<u8>>> = (0..n).map(|_| None).collect();
+    let mut sbufs: Vec<Option<SendBuf>> = (0..n).map(|_| None).collect();
     let mut rbufs: Vec<Option<Vec<u8>>> = (0..n).map(|_| None).collect();
     let mut sq = std::collections::VecDeque::new();
     let mut rq = std::collections::VecDeque::new();
@@ -270,8 +290,9 @@ fn check(c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
         while next_s < n && sq.len() < o.window {
             let mut b = vec![0u8; check_size(next_s, o.max_size)];
             fill(&mut b, send_seed, next_s as u64);
+            let b = SendBuf::new(ctx, b, o)?;
             // SAFETY: the buffer is kept in sbufs until the send completes.
-            let r = unsafe { c.isend(b.as_ptr(), b.len(), 7)? };
+            let r = unsafe { c.isend(b.buf.as_ptr(), b.buf.len(), 7)? };
             sbufs[next_s] = Some(b);
             sq.push_back((r, next_s));
             next_s += 1;

@@ -34,8 +34,8 @@ use crate::client::Shared;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 use crate::page::Page;
-use crate::mr::{RemoteKey, Segment};
-use crate::ring::{self, Layout, Rx, Tx, CAP_SHADOW, REC_CONT, REC_FIRST, REC_SHADOW};
+use crate::mr::Segment;
+use crate::ring::{self, Layout, Rx, ShadowRef, Tx, CAP_SHADOW, REC_CONT, REC_FIRST, REC_SHADOW};
 use crate::shm::SharedMem;
 
 /// Requests (sends plus receives) that may be outstanding per connection.
@@ -90,30 +90,6 @@ struct ShadowPart {
     seg: Arc<Segment>,
     at: usize,
     n: usize,
-}
-
-/// What a [`REC_SHADOW`] record carries.
-struct ShadowRef {
-    key: RemoteKey,
-    addr: u64,
-    n: u64,
-}
-
-impl ShadowRef {
-    const LEN: usize = RemoteKey::LEN + 16;
-
-    fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        self.key.write((&mut b[..RemoteKey::LEN]).try_into().unwrap());
-        b[RemoteKey::LEN..RemoteKey::LEN + 8].copy_from_slice(&self.addr.to_le_bytes());
-        b[RemoteKey::LEN + 8..].copy_from_slice(&self.n.to_le_bytes());
-        b
-    }
-
-    fn decode(b: &[u8; Self::LEN]) -> ShadowRef {
-        let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-        ShadowRef { key: RemoteKey::read(b[..RemoteKey::LEN].try_into().unwrap()), addr: u(RemoteKey::LEN), n: u(RemoteKey::LEN + 8) }
-    }
 }
 
 struct RecvOp {
@@ -308,7 +284,9 @@ impl Conn {
     /// The part of `[ptr, ptr+len)` to send by reference, if worth it and
     /// the peer can read it.
     fn shadow_part(&self, ptr: *const u8, len: usize) -> Option<ShadowPart> {
-        if len < SHADOW_MIN || self.peer().caps.load(std::sync::atomic::Ordering::Acquire) & CAP_SHADOW == 0 || self.forwarded() {
+        // The peer (a client here, or the router forwarding to another
+        // host) says whether it reads references.
+        if len < SHADOW_MIN || self.peer().caps.load(std::sync::atomic::Ordering::Acquire) & CAP_SHADOW == 0 {
             return None;
         }
         // Rate-limited senders pay for every byte in the ring's credit.

@@ -27,6 +27,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::mr::RemoteKey;
 use crate::futex;
 use crate::shm::SharedMem;
 
@@ -41,12 +42,38 @@ pub const REC_CONT: u32 = 2;
 pub const REC_PAD: u32 = 3;
 /// A part of a message that stays in the sender's shadow memory: the
 /// payload names it ([`crate::conn`]), the receiver copies it from there.
-/// Only between two clients on one host that both announced
-/// [`CAP_SHADOW`]; never forwarded to another host.
+/// Only to a reader that announced [`CAP_SHADOW`]: a client on this host,
+/// or the router forwarding the connection to another host (which sends
+/// the bytes from the region onto the wire).
 pub const REC_SHADOW: u32 = 4;
 
 /// Side capability: this side reads [`REC_SHADOW`] records.
 pub const CAP_SHADOW: u32 = 1;
+
+/// What a [`REC_SHADOW`] record carries: `n` bytes at the owner's `addr`
+/// in the region `key` names (untrusted: checked by whoever reads it).
+pub struct ShadowRef {
+    pub key: RemoteKey,
+    pub addr: u64,
+    pub n: u64,
+}
+
+impl ShadowRef {
+    pub const LEN: usize = RemoteKey::LEN + 16;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        self.key.write((&mut b[..RemoteKey::LEN]).try_into().unwrap());
+        b[RemoteKey::LEN..RemoteKey::LEN + 8].copy_from_slice(&self.addr.to_le_bytes());
+        b[RemoteKey::LEN + 8..].copy_from_slice(&self.n.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; Self::LEN]) -> ShadowRef {
+        let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        ShadowRef { key: RemoteKey::read(b[..RemoteKey::LEN].try_into().unwrap()), addr: u(RemoteKey::LEN), n: u(RemoteKey::LEN + 8) }
+    }
+}
 
 /// Bytes of shared file for rings of `ring_size` bytes each.
 pub fn file_len(ring_size: usize) -> usize {

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use ffcore::error::ErrorCode;
 use ffcore::proto::{self, NetAddr, Reply};
 use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT};
-use ffcore::shm::SharedMem;
+use ffcore::shm::{self, SharedMem};
 
 use crate::limited;
 use crate::link::auth::Keys;
@@ -379,7 +379,8 @@ impl Remote {
             Ok(x) => x,
             Err(o) => return o,
         };
-        let fwd = match Fwd::new(id, 1, mem, client) {
+        let regions = Regions { state: Arc::downgrade(&self.state), tenant: tenant.clone() };
+        let fwd = match Fwd::new(id, 1, mem, client, regions) {
             Ok(f) => f,
             Err(e) => {
                 self.state.lock().unwrap().abandon_out(client, id);
@@ -494,7 +495,8 @@ impl Remote {
             Ok(x) => x,
             Err((code, msg)) => return refuse(code, msg),
         };
-        let f = match Fwd::new(id, 0, mem, owner) {
+        let regions = Regions { state: Arc::downgrade(&self.state), tenant: body.tenant.as_str().into() };
+        let f = match Fwd::new(id, 0, mem, owner, regions) {
             Ok(f) => f,
             Err(e) => return refuse(ErrorCode::Internal, e),
         };
@@ -1005,12 +1007,29 @@ pub struct Fwd {
     /// local clients learn it from the kernel ([`ffcore::liveness`]).
     _live: Option<ffcore::liveness::Liveness>,
     mem: Arc<SharedMem>,
+    regions: Regions,
+}
+
+/// Where a forwarded connection's pump finds the shadow regions its client
+/// references (checked against the connection's tenant).
+pub struct Regions {
+    state: Weak<Mutex<State>>,
+    tenant: Arc<str>,
+}
+
+impl Regions {
+    fn get(&self, region: u64, key: u64) -> Option<Arc<SharedMem>> {
+        self.state.upgrade()?.lock().unwrap().region_for(&self.tenant, region, key)
+    }
 }
 
 impl Fwd {
-    fn new(local: u64, side: usize, mem: Arc<SharedMem>, client: u64) -> Result<Arc<Fwd>, String> {
+    fn new(local: u64, side: usize, mem: Arc<SharedMem>, client: u64, regions: Regions) -> Result<Arc<Fwd>, String> {
         let ring = (mem.len() - ring::CTRL_LEN) / 2;
         let lay = Layout::new(&mem, ring).map_err(|e| e.to_string())?;
+        // The client may send shadow-memory references: we send their
+        // bytes from the region straight onto the wire.
+        lay.side(side).caps.store(ring::CAP_SHADOW, Ordering::Release);
         let tx = lay.tx(side);
         let live = match ffcore::liveness::Liveness::hold(mem.fd(), side) {
             Ok(l) => {
@@ -1042,6 +1061,7 @@ impl Fwd {
             lay: SharedLayout(lay),
             _live: live,
             mem,
+            regions,
         }))
     }
 
@@ -1141,9 +1161,27 @@ struct Out {
     rec_off: usize,
     /// Credit the next frame needs, when it had to wait for credit.
     need: Option<u64>,
-    /// Frames queued, not sent yet (their bytes are held in the ring).
+    /// Frames queued, not sent yet (their bytes are held in the ring, or
+    /// in the regions `held` keeps mapped).
     pending: Vec<Frame>,
     pending_bytes: usize,
+    /// The shadow-memory reference being sent, if any.
+    shadow: Option<OutShadow>,
+    held: Vec<Arc<SharedMem>>,
+    /// References framed so far; once their frames are sent, the client
+    /// learns it through our `shadow_done` word (its buffer is free again).
+    shadow_framed: u64,
+}
+
+/// The bytes a [`ring::REC_SHADOW`] record named: `n` from offset `off` of
+/// the region's data, `sent` so far, as part of a message of `total`.
+struct OutShadow {
+    mem: Arc<SharedMem>,
+    off: usize,
+    n: usize,
+    sent: usize,
+    tag: u32,
+    total: u64,
 }
 
 // SAFETY: the frames point into the connection's ring, which the Fwd that
@@ -1153,7 +1191,7 @@ unsafe impl Send for Out {}
 impl Out {
     fn new(mut rx: Rx) -> Out {
         rx.hold();
-        Out { rx, charged: 0, rec_off: 0, need: None, pending: Vec::new(), pending_bytes: 0 }
+        Out { rx, charged: 0, rec_off: 0, need: None, pending: Vec::new(), pending_bytes: 0, shadow: None, held: Vec::new(), shadow_framed: 0 }
     }
 }
 
@@ -1216,14 +1254,44 @@ impl Fwd {
         let mut moved = Moved::Nothing;
         out.need = None;
         loop {
+            if let Some(sh) = &mut out.shadow {
+                // From the region straight onto the wire.
+                let flen = (sh.n - sh.sent).min(fmax);
+                let c = wire::charge(REC_CONT, sh.total, flen, wmax);
+                if out.charged + c > limit {
+                    out.need = Some(c);
+                    break;
+                }
+                let hdr = Header::data(peer_conn, REC_CONT, sh.tag, sh.total, flen).encode();
+                // SAFETY: off + n was checked against the region's data,
+                // which `held` keeps mapped until the frame is sent.
+                let src = unsafe { sh.mem.as_ptr().add(shm::region_header() + sh.off + sh.sent) };
+                out.pending.push(Frame { hdr, ptr: src, len: flen });
+                out.pending_bytes += wire::HDR_LEN + flen;
+                out.charged += c;
+                sh.sent += flen;
+                moved = Moved::Some;
+                if sh.sent == sh.n {
+                    let sh = out.shadow.take().unwrap();
+                    out.held.push(sh.mem);
+                    out.shadow_framed += 1;
+                } else if out.held.last().is_none_or(|m| !Arc::ptr_eq(m, &sh.mem)) {
+                    out.held.push(sh.mem.clone());
+                }
+                if (out.pending_bytes >= gather() || out.pending.len() >= GATHER_FRAMES) && !self.flush(out, link, mode)? {
+                    return Ok(Moved::Blocked);
+                }
+                continue;
+            }
             let rec = match out.rx.peek() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => return Err(Stop::Local(e.to_string())),
             };
             if rec.kind == ring::REC_SHADOW {
-                // Only for peers on this host that read them; ours never does.
-                return Err(Stop::Local("a shadow-memory reference on a connection to another host".into()));
+                out.shadow = Some(self.shadow_ref(&mut out.rx, rec)?);
+                out.rx.consume(rec.len);
+                continue;
             }
             let flen = (rec.len - out.rec_off).min(fmax);
             let kind = if out.rec_off == 0 { rec.kind } else { REC_CONT };
@@ -1256,6 +1324,28 @@ impl Fwd {
         Ok(moved)
     }
 
+    /// Checks a client's shadow-memory reference: a region of the
+    /// connection's tenant, named with one of its keys, and bytes inside it.
+    fn shadow_ref(&self, rx: &mut Rx, rec: ring::Record) -> Result<OutShadow, Stop> {
+        let bad = |why: &str| Stop::Local(format!("bad shadow-memory reference: {why}"));
+        if rec.len != ring::ShadowRef::LEN || rec.total == 0 {
+            return Err(bad("malformed"));
+        }
+        let mut b = [0u8; ring::ShadowRef::LEN];
+        // SAFETY: peek validated rec.len bytes of payload.
+        unsafe { rx.copy_out(0, b.as_mut_ptr(), rec.len) };
+        let r = ring::ShadowRef::decode(&b);
+        let mem = self.regions.get(r.key.region, r.key.key).ok_or_else(|| bad("no such region of this tenant"))?;
+        let data = (mem.len() - shm::region_header()) as u64;
+        let off = r.addr.checked_sub(r.key.base).filter(|o| o.checked_add(r.n).is_some_and(|e| e <= data));
+        match off {
+            Some(off) if r.n > 0 && r.n <= rec.total => {
+                Ok(OutShadow { mem, off: off as usize, n: r.n as usize, sent: 0, tag: rec.tag, total: rec.total })
+            }
+            _ => Err(bad("outside its region")),
+        }
+    }
+
     /// Sends the queued frames and gives their bytes back to the client;
     /// false when Try mode found the link busy (they stay queued).
     fn flush(&self, out: &mut Out, link: &dyn Link, mode: Mode) -> Result<bool, Stop> {
@@ -1267,8 +1357,12 @@ impl Fwd {
         }
         out.pending.clear();
         out.pending_bytes = 0;
+        out.held.clear();
         out.rx.release();
         out.rx.hold();
+        // Sent, so read: the client's referenced buffers are free (a
+        // reference still being framed is not counted yet).
+        self.router_side().shadow_done.store(out.shadow_framed, Ordering::Release);
         self.client_side().notify();
         Ok(true)
     }

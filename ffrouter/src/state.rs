@@ -658,6 +658,12 @@ impl State {
         }
     }
 
+    /// A region a client of `tenant` may read, named by id and either key
+    /// (for forwarding the bytes a shadow-memory reference names).
+    pub fn region_for(&self, tenant: &str, region: u64, key: u64) -> Option<Arc<SharedMem>> {
+        self.regions.get(&region).filter(|r| &*r.tenant == tenant && (r.key == key || r.read_key == key)).map(|r| r.mem.clone())
+    }
+
     /// Frees everything a client held (it disconnected or died).
     pub fn remove_client(&mut self, client: u64) {
         let Some(c) = self.clients.get(&client) else { return };

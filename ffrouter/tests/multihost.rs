@@ -175,3 +175,114 @@ fn routers_with_different_peer_secrets_do_not_link() {
     connect(&h).expect("the same secret links");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A registered send buffer's bytes go from the sender's shadow memory
+/// straight onto the wire (the sending client writes only references into
+/// its ring), and arrive intact: unaligned, sizes across the reference
+/// threshold, checksummed.
+#[test]
+fn registered_buffers_go_from_shadow_memory_onto_the_wire() {
+    let h = two_hosts(&["a"], &[]);
+    let (rx_ctx, tx_ctx) = (h.context(0, "a"), h.context(1, "a"));
+    let l = rx_ctx.listen().unwrap();
+    let t = Instant::now();
+    let mut tx = loop {
+        if let Some(c) = tx_ctx.connect(&l.handle()).unwrap() {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "connect");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut rx = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    let big = 16 << 20;
+    let data: Vec<u8> = (0..big + 4096).map(|i| (i * 7 + i / 4093) as u8).collect();
+    // SAFETY: our own heap memory, kept until the end of the test.
+    let mr = unsafe { tx_ctx.register_shadow(data.as_ptr().wrapping_add(100), big) }.unwrap();
+    assert_eq!(mr.why_not(), None);
+    let mut out = vec![0u8; big];
+    let mut moved = 0u64;
+    for (off, len) in [(100, 1000), (100, 64 << 10), (4200, 1 << 20), (5000, (4 << 20) + 1), (100, big)] {
+        let src = &data[off..off + len];
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(tx.send(src, 9, Some(LONG)).unwrap(), len));
+            assert_eq!(rx.recv(&mut out, 9, Some(LONG)).unwrap(), len);
+        });
+        assert!(crc32fast::hash(&out[..len]) == crc32fast::hash(src), "{len} bytes at {off}");
+        moved += len as u64;
+    }
+    let ring = tx_ctx.stats().unwrap().bytes_sent;
+    assert!(ring < moved / 50, "{ring} bytes through the sender's ring for {moved} bytes sent");
+    drop(mr);
+}
+
+fn rpc(s: &std::os::unix::net::UnixStream, req: &ffcore::proto::Request) -> (ffcore::proto::Reply, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::AsFd;
+    ffcore::fdpass::send_frame(s.as_fd(), &ffcore::proto::encode(req), &[]).unwrap();
+    let (_, body, fds) = ffcore::fdpass::recv_frame(s.as_fd()).unwrap().unwrap();
+    (ffcore::proto::decode_body(&body).unwrap(), fds)
+}
+
+/// A client that writes a shadow-memory reference to memory its tenant may
+/// not read (another tenant's region, whose key it somehow learnt) into a
+/// connection to another host: the router closes that connection, sends
+/// none of those bytes, and the link goes on carrying others.
+#[test]
+fn a_reference_to_memory_the_tenant_may_not_read_closes_only_that_connection() {
+    use ffcore::proto::{Reply, Request};
+    use ffcore::ring::{self, ShadowRef, REC_FIRST, REC_SHADOW};
+    let h = two_hosts(&["a", "b"], &[]);
+    let a1 = h.context(1, "a");
+    let secret = vec![0x5au8; 1 << 20];
+    // SAFETY: our own heap memory, kept until the end of the test.
+    let mr = unsafe { a1.register_shadow(secret.as_ptr(), secret.len()) }.unwrap();
+    let key = mr.remote_read_key().unwrap();
+    let b0 = h.context(0, "b");
+    let l = b0.listen().unwrap();
+    let hd = l.handle();
+
+    // Tenant b's hostile client on host 1 speaks the protocol itself.
+    let s = std::os::unix::net::UnixStream::connect(h.tenant_dir(1, "b").join("ffrouter.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(rpc(&s, &Request::Hello { version: ffcore::proto::VERSION }).0, Reply::Welcome { .. }));
+    let req = Request::ConnectRemote { router_id: hd.router_id, addr: hd.addr.unwrap().into(), listener: hd.listener, nonce: hd.nonce };
+    let t = Instant::now();
+    let (ring_size, fd) = loop {
+        match rpc(&s, &req) {
+            (Reply::Connected { ring_size, side: 0, .. }, mut fds) => break (ring_size as usize, fds.pop().unwrap()),
+            (Reply::NotReady, _) => std::thread::sleep(Duration::from_millis(1)),
+            (r, _) => panic!("{r:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    };
+    let mem = ffcore::shm::SharedMem::from_fd(fd, ring::file_len(ring_size)).unwrap();
+    let lay = ring::Layout::new(&mem, ring_size).unwrap();
+    assert_ne!(lay.side(1).caps.load(std::sync::atomic::Ordering::Acquire) & ring::CAP_SHADOW, 0, "the router reads references");
+    let n = secret.len() as u64;
+    let mut tx = lay.tx(0);
+    assert!(tx.push_record(REC_FIRST, 3, n, &[]).unwrap());
+    assert!(tx.push_record(REC_SHADOW, 3, n, &ShadowRef { key, addr: key.base, n }.encode()).unwrap());
+    lay.side(1).notify();
+
+    let mut rx = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let got = rx.recv(&mut buf, 3, Some(Duration::from_secs(20)));
+    assert!(got.is_err(), "{got:?}");
+    assert!(buf.iter().all(|&x| x == 0), "none of tenant a's bytes reached tenant b");
+    fftestkit::wait_for(|| h.router_log(1).contains("bad shadow-memory reference"), Duration::from_secs(5), "the router says why");
+
+    // The link still carries other connections.
+    let b1 = h.context(1, "b");
+    let l2 = b0.listen().unwrap();
+    let mut c = loop {
+        if let Some(c) = b1.connect(&l2.handle()).unwrap() {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut r2 = l2.accept_timeout(Duration::from_secs(10)).unwrap();
+    c.send(b"still up", 1, Some(LONG)).unwrap();
+    let mut m = [0u8; 8];
+    assert_eq!(r2.recv(&mut m, 1, Some(LONG)).unwrap(), 8);
+    assert_eq!(&m, b"still up");
+    drop(mr);
+}
