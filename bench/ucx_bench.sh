@@ -73,7 +73,13 @@ tests=("lat tag_lat 8 1000000" "bw8 tag_bw 8 10000000" "bw64k tag_bw 65536 20000
 port=$((20000 + RANDOM % 20000))
 srv_ip=10.77.0.241
 
-# ff_run TEST SIZE N: server and client containers; prints the Final line.
+busy_jiffies() {  # the machine's busy time so far, in clock ticks
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
+# ff_run TEST SIZE N: server and client containers; prints the Final
+# line's p50, rate and bandwidth, then the CPU seconds per GB moved (the
+# whole machine, from /proc/stat, over the client's run).
 ff_run() {
     local test=$1 size=$2 n=$3 w=$(( $3 / 10 )) log=$work/srv.log
     port=$((port + 1))
@@ -85,15 +91,19 @@ ff_run() {
         ip netns exec "ffc-ucxf$$-s" ss -ltnH "sport = :$port" 2>/dev/null | grep -q . && break
         sleep 0.05
     done
+    local j0 j1
+    j0=$(busy_jiffies)
     "$top/tools/ffcontainer" run --name "ucxf$$-c" --ip 10.77.0.242/24 \
         --socket-dir "$work/tenants/bench" -- env UCX_TLS=ff,self UCX_LOG_LEVEL=info \
         bash -c "LD_PRELOAD=$lib timeout 90 ucx_perftest $srv_ip -p $port -t $test -s $size -n $n -w $w -f" \
         >"$work/cli.log" 2>&1 </dev/null || true
+    j1=$(busy_jiffies)
     wait "$srv_pid" 2>/dev/null || true
     srv_pid=""
     grep -q 'tag(ff/router)' "$work/cli.log" || { echo "ff lane not selected:" >&2; tail -5 "$work/cli.log" >&2; return 1; }
-    awk 'NF == 8 && $1 ~ /^[0-9]+$/ && $2 ~ /^[0-9.]+$/ { last = $2 " " $8 " " $6 }
-         END { if (last == "") exit 1; print last }' "$work/cli.log"
+    awk -v a="$j0" -v b="$j1" -v hz="$(getconf CLK_TCK)" -v bytes="$((size * (n + w)))" \
+        'NF == 8 && $1 ~ /^[0-9]+$/ && $2 ~ /^[0-9.]+$/ { last = $2 " " $8 " " $6 }
+         END { if (last == "") exit 1; printf "%s %.4f\n", last, (b - a) / hz / (bytes / 1e9) }' "$work/cli.log"
 }
 
 for ((r = 1; r <= rounds; r++)); do
@@ -105,13 +115,14 @@ for ((r = 1; r <= rounds; r++)); do
             echo "ff,self $test $size failed" >&2
             continue
         fi
-        read -r p50 rate bw_mib <<<"$vals"
+        read -r p50 rate bw_mib cpu <<<"$vals"
         case $key in
             lat) v=$p50 u=us ;;
             bw8) v=$(awk -v r="$rate" 'BEGIN { printf "%.3f", r / 1e6 }') u=Mmsg/s ;;
             *) v=$(awk -v b="$bw_mib" 'BEGIN { printf "%.1f", b * 1048576 / 1e6 }') u=MB/s ;;
         esac
         echo "ucx,\"ff,self\",$test,$size,$v,$u" | tee -a "$csv"
+        [[ $key = lat || $key = bw8 ]] || echo "ucx,\"ff,self\",cpu_per_gb,$size,$cpu,s/GB" | tee -a "$csv"
     done
     echo "== round $r/$rounds: UCX baselines" >&2
     "$here/ucx_baselines.sh" "$csv"

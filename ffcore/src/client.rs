@@ -209,9 +209,7 @@ impl Context {
 
     /// Allocates shadow memory: a sealed memfd the router also maps.
     pub fn alloc_region(&self, len: usize) -> Result<Region> {
-        let (id, [key, _], fd) = crate::mr::alloc(&self.shared, len)?;
-        let mem = SharedMem::from_fd(fd, crate::shm::region_header() + len)?;
-        Ok(Region { id, key, mem, ctx: self.shared.clone() })
+        crate::mr::alloc_region(&self.shared, len)
     }
 
     /// Registers `[ptr, ptr+len)` and makes its whole pages shadow memory
@@ -305,17 +303,22 @@ impl Drop for Listener {
     }
 }
 
-/// Shadow memory shared with the router. Freed on drop.
+/// Shadow memory shared with the router. Freed on drop (once nothing
+/// registered inside it, or sent from it, still holds it).
 pub struct Region {
-    id: u64,
-    key: u64,
+    // Dropped first: frees the region (when the last holder lets go) before
+    // the mapping goes.
+    seg: Arc<crate::mr::Segment>,
     mem: SharedMem,
-    ctx: Arc<Shared>,
 }
 
 impl Region {
+    pub(crate) fn new(seg: Arc<crate::mr::Segment>, mem: SharedMem) -> Region {
+        Region { seg, mem }
+    }
+
     pub fn id(&self) -> u64 {
-        self.id
+        self.seg.region()
     }
     /// Where its data starts (after the header page).
     pub fn as_ptr(&self) -> *mut u8 {
@@ -330,12 +333,6 @@ impl Region {
     }
     /// What a peer of the tenant on this host needs to map it.
     pub fn remote_key(&self) -> crate::mr::RemoteKey {
-        crate::mr::RemoteKey { router_id: self.ctx.router_id, region: self.id, key: self.key, base: self.as_ptr() as u64 }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        let _ = self.ctx.rpc(&Request::FreeRegion { region: self.id });
+        self.seg.remote_key(true)
     }
 }

@@ -724,7 +724,8 @@ impl Conn {
                         let n = self.take_shadow(rec.len, left, None)? as u64;
                         self.inbound = if n == left { Inbound::Idle } else { Inbound::Discard { left: left - n } };
                     }
-                    Inbound::Idle => unreachable!(),
+                    // (The match above refuses anything but FIRST between messages.)
+                    Inbound::Idle => return Err(Error::Corrupt("shadow reference outside a message".into())),
                 }
                 self.rx.consume(rec.len);
                 moved = true;

@@ -70,7 +70,9 @@ impl RemoteKey {
     }
 }
 
-/// One shadow segment: a router region mapped over `[addr, addr+len)`.
+/// One shadow segment: a router region mapped at `[addr, addr+len)`,
+/// either moved under registered memory (`moved`) or allocated as a
+/// [`crate::Region`]. Registrations and sends inside it share it.
 pub(crate) struct Segment {
     ctx: Arc<Shared>,
     region: u64,
@@ -79,9 +81,14 @@ pub(crate) struct Segment {
     file: OwnedFd,
     addr: usize,
     len: usize,
+    moved: bool,
 }
 
 impl Segment {
+    pub(crate) fn region(&self) -> u64 {
+        self.region
+    }
+
     fn contains(&self, addr: usize, len: usize) -> bool {
         addr >= self.addr && addr + len <= self.addr + self.len
     }
@@ -129,10 +136,10 @@ impl Drop for Segment {
         }
         // SAFETY: we installed [addr, addr+len) from this file at this
         // offset; restore checks it is still there before touching it.
-        match unsafe { shadow::restore(self.file.as_fd(), shm::region_header() as u64, self.addr, self.len) } {
-            Ok(true) => {}
-            Ok(false) => log::debug!("shadow segment {:#x}+{} was unmapped before deregistration", self.addr, self.len),
-            Err(e) => log::warn!("cannot give {:#x}+{} private pages back: {e}", self.addr, self.len),
+        match self.moved.then(|| unsafe { shadow::restore(self.file.as_fd(), shm::region_header() as u64, self.addr, self.len) }) {
+            None | Some(Ok(true)) => {}
+            Some(Ok(false)) => log::debug!("shadow segment {:#x}+{} was unmapped before deregistration", self.addr, self.len),
+            Some(Err(e)) => log::warn!("cannot give {:#x}+{} private pages back: {e}", self.addr, self.len),
         }
         let mut t = self.ctx.segments.lock().unwrap_or_else(|p| p.into_inner());
         if t.get(&self.addr).is_some_and(|w| w.strong_count() == 0) {
@@ -236,7 +243,26 @@ unsafe fn make_segment(ctx: &Arc<Shared>, addr: usize, len: usize) -> Result<Arc
         let _ = ctx.rpc(&Request::FreeRegion { region });
         return Err(e);
     }
-    Ok(Arc::new(Segment { ctx: ctx.clone(), region, keys, file, addr, len }))
+    Ok(Arc::new(Segment { ctx: ctx.clone(), region, keys, file, addr, len, moved: true }))
+}
+
+/// See [`crate::Context::alloc_region`]: a region mapped here, entered in
+/// the segment table so that registrations and sends inside it use it.
+pub(crate) fn alloc_region(ctx: &Arc<Shared>, len: usize) -> Result<crate::Region> {
+    let (region, keys, fd) = alloc(ctx, len)?;
+    let header = shm::region_header();
+    let mem = match SharedMem::from_fd(fd.try_clone()?, header + len) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ctx.rpc(&Request::FreeRegion { region });
+            return Err(e);
+        }
+    };
+    // SAFETY: the data part of the mapping just made.
+    let addr = unsafe { mem.as_ptr().add(header) } as usize;
+    let seg = Arc::new(Segment { ctx: ctx.clone(), region, keys, file: fd, addr, len, moved: false });
+    ctx.segments.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, Arc::downgrade(&seg));
+    Ok(crate::Region::new(seg, mem))
 }
 
 /// A peer's shadow region, mapped here (read-only if granted so).

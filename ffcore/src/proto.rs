@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorCode, Result};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FFRP");
-pub const VERSION: u16 = 1;
+/// 2: regions carry keys (`MapRegion`, `Reply::Region`'s keys).
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 12;
 /// Largest body accepted. Requests are small; this bounds what a hostile
 /// client can make the router buffer.
@@ -90,11 +91,6 @@ pub enum Request {
     /// Free a region: the router marks it revoked in its header, so peers
     /// that mapped it stop using it, and drops its own mapping.
     FreeRegion { region: u64 },
-    /// Map another client's region of the same tenant on this host: the
-    /// region's id and key, from a remote key its owner handed out. With
-    /// the region's `key` the memfd comes read-write, with its `read_key`
-    /// read-only.
-    MapRegion { region: u64, key: u64 },
     /// Counters (this tenant's, and the router's totals).
     Stats,
     /// Connect to a listener served by the router of another host, which
@@ -102,6 +98,11 @@ pub enum Request {
     /// carries the connection; until it is set up the reply is `NotReady`
     /// and the client asks again with the same fields.
     ConnectRemote { router_id: [u8; 16], addr: NetAddr, listener: u64, nonce: u64 },
+    /// Map another client's region of the same tenant on this host: the
+    /// region's id and key, from a remote key its owner handed out. With
+    /// the region's `key` the memfd comes read-write, with its `read_key`
+    /// read-only.
+    MapRegion { region: u64, key: u64 },
 }
 
 /// A router's address for other routers: IPv6 or IPv4-mapped IPv6, and port.
@@ -317,7 +318,7 @@ mod tests {
         assert!(decode_frame::<Request>(&f).is_err());
         // semantic checks
         assert!(decode_frame::<Request>(&encode(&Request::AllocRegion { len: 0 })).is_err());
-        assert!(decode_frame::<Request>(&encode(&Request::Hello { version: 2 })).is_err());
+        assert!(decode_frame::<Request>(&encode(&Request::Hello { version: 1 })).is_err());
         let nowhere = NetAddr { ip: [0; 16], port: 7 };
         let r = Request::ConnectRemote { router_id: [1; 16], addr: nowhere, listener: 1, nonce: 1 };
         assert!(decode_frame::<Request>(&encode(&r)).is_err());

@@ -206,7 +206,7 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
         };
         let (_, body, fds) = frame;
         if !fds.is_empty() {
-            // Nothing in protocol v1 carries descriptors from a client;
+            // Nothing in the protocol carries descriptors from a client;
             // dropping them closes them.
             let _ = reply(sock, &proto::error_reply(ErrorCode::BadRequest, "unexpected file descriptors"), None, false);
             continue;

@@ -313,3 +313,28 @@ fn messages_from_registered_buffers_are_copied_once_straight_into_the_receive() 
     assert_eq!(crc(&out[..buf.len]), crc(&buf.bytes(0, buf.len)));
     drop(mr);
 }
+
+/// Memory the library allocated as a region is shadow memory already:
+/// registering inside it shares the region, and sends from it go by
+/// reference too.
+#[test]
+fn registering_inside_an_allocated_region_shares_it() {
+    let r = RouterProc::start(&["a"], &[]);
+    let (actx, mut tx, _b, mut rx) = pair(&r);
+    let region = actx.alloc_region(8 << 20).unwrap();
+    unsafe { std::ptr::write_bytes(region.as_ptr(), 0x3c, region.len()) };
+    let mr = register(&actx, unsafe { region.as_ptr().add(100) }, 4 << 20);
+    assert_eq!(mr.why_not(), None);
+    assert_eq!(mr.remote_key(), Some(region.remote_key()), "the region's own key");
+    let src = unsafe { std::slice::from_raw_parts(region.as_ptr().add(100), 4 << 20) };
+    let before = actx.stats().unwrap().bytes_sent;
+    let mut out = vec![0u8; 4 << 20];
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(tx.send(src, 1, T).unwrap(), 4 << 20));
+        assert_eq!(rx.recv(&mut out, 1, T).unwrap(), 4 << 20);
+    });
+    assert!(out.iter().all(|&x| x == 0x3c));
+    assert!(actx.stats().unwrap().bytes_sent - before < 64 << 10, "sent by reference");
+    drop(mr);
+    drop(region);
+}
