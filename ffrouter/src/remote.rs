@@ -1189,6 +1189,18 @@ struct OutShadow {
 unsafe impl Send for Out {}
 
 impl Out {
+    /// Queues a frame of `len` bytes at `ptr` that costs `credit`.
+    fn queue(&mut self, hdr: [u8; wire::HDR_LEN], ptr: *const u8, len: usize, credit: u64) {
+        self.pending.push(Frame { hdr, ptr, len });
+        self.pending_bytes += wire::HDR_LEN + len;
+        self.charged += credit;
+    }
+
+    /// Enough is queued to send in one system call.
+    fn full(&self) -> bool {
+        self.pending_bytes >= gather() || self.pending.len() >= GATHER_FRAMES
+    }
+
     fn new(mut rx: Rx) -> Out {
         rx.hold();
         Out { rx, charged: 0, rec_off: 0, need: None, pending: Vec::new(), pending_bytes: 0, shadow: None, held: Vec::new(), shadow_framed: 0 }
@@ -1266,19 +1278,17 @@ impl Fwd {
                 // SAFETY: off + n was checked against the region's data,
                 // which `held` keeps mapped until the frame is sent.
                 let src = unsafe { sh.mem.as_ptr().add(shm::region_header() + sh.off + sh.sent) };
-                out.pending.push(Frame { hdr, ptr: src, len: flen });
-                out.pending_bytes += wire::HDR_LEN + flen;
-                out.charged += c;
-                sh.sent += flen;
-                moved = Moved::Some;
-                if sh.sent == sh.n {
-                    let sh = out.shadow.take().unwrap();
-                    out.held.push(sh.mem);
-                    out.shadow_framed += 1;
-                } else if out.held.last().is_none_or(|m| !Arc::ptr_eq(m, &sh.mem)) {
+                if sh.sent == 0 {
                     out.held.push(sh.mem.clone());
                 }
-                if (out.pending_bytes >= gather() || out.pending.len() >= GATHER_FRAMES) && !self.flush(out, link, mode)? {
+                sh.sent += flen;
+                if sh.sent == sh.n {
+                    out.shadow = None;
+                    out.shadow_framed += 1;
+                }
+                out.queue(hdr, src, flen, c);
+                moved = Moved::Some;
+                if out.full() && !self.flush(out, link, mode)? {
                     return Ok(Moved::Blocked);
                 }
                 continue;
@@ -1305,16 +1315,14 @@ impl Fwd {
             // the ring; rec_off + flen <= len. The bytes stay ours (hold
             // mode) until the frame is sent.
             let src = unsafe { out.rx.payload().add(out.rec_off) };
-            out.pending.push(Frame { hdr, ptr: src, len: flen });
-            out.pending_bytes += wire::HDR_LEN + flen;
-            out.charged += c;
+            out.queue(hdr, src, flen, c);
             out.rec_off += flen;
             moved = Moved::Some;
             if out.rec_off == rec.len {
                 out.rx.consume(rec.len);
                 out.rec_off = 0;
             }
-            if (out.pending_bytes >= gather() || out.pending.len() >= GATHER_FRAMES) && !self.flush(out, link, mode)? {
+            if out.full() && !self.flush(out, link, mode)? {
                 return Ok(Moved::Blocked);
             }
         }

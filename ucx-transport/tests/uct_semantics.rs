@@ -197,6 +197,14 @@ impl Uct {
         ep
     }
 
+    /// Two ifaces, an endpoint from the first to the second, and the world
+    /// that progresses both.
+    unsafe fn pair(&self) -> (uct_iface_h, uct_iface_h, uct_ep_h, World) {
+        let (a, b) = (self.iface(None), self.iface(None));
+        let ep = self.connect(a, b);
+        (a, b, ep, World { comp: self.comp, ifaces: vec![a, b], ep })
+    }
+
     /// The packed size of this domain's remote keys, as UCX learns it.
     unsafe fn rkey_packed_size(&self) -> usize {
         let mut a: uct_md_attr_t = std::mem::zeroed();
@@ -471,9 +479,7 @@ fn remote_keys_are_independent() {
     let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     unsafe {
         let u = Uct::open();
-        let (a, b) = (u.iface(None), u.iface(None));
-        let ep = u.connect(a, b);
-        let w = World { comp: u.comp, ifaces: vec![a, b], ep };
+        let (a, b, ep, w) = u.pair();
         assert_eq!(u.rkey_packed_size(), PackedRkey::LEN, "md_query reports the packed size");
         // Sixteen registrations, in a row, of one process.
         let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0x11u8; 4096]).collect();
@@ -679,9 +685,7 @@ fn shadow_memory_puts_and_gets_copy_once() {
     let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     unsafe {
         let u = Uct::open();
-        let (a, b) = (u.iface(None), u.iface(None));
-        let ep = u.connect(a, b);
-        let w = World { comp: u.comp, ifaces: vec![a, b], ep };
+        let (a, b, ep, w) = u.pair();
         let page = 4096u64;
         // A heap block: not page aligned, so it has partial pages at both ends.
         let mut target = vec![0u8; (4 << 20) + 100];
@@ -770,9 +774,7 @@ fn shadow_memory_puts_and_gets_copy_once() {
 
         // UCX_FF_SHADOW=n: registration only, every PUT a message.
         let u = Uct::open_with(&[(c"SHADOW", c"n")]);
-        let (a, b) = (u.iface(None), u.iface(None));
-        let ep = u.connect(a, b);
-        let w = World { comp: u.comp, ifaces: vec![a, b], ep };
+        let (a, b, ep, w) = u.pair();
         let mut target = vec![0u8; 1 << 20];
         let (memh, packed) = u.reg(&mut target);
         assert!(PackedRkey::read(&packed).unwrap().shadow.is_none());
