@@ -320,7 +320,9 @@ impl Remote {
             // Not with a secret (Config::from_flags refuses that).
             Transport::Rdma => link::rdma::over_tcp_bootstrap(socks.into_iter().map(|(s, _)| s).collect(), format!("rdma {what}")),
             #[cfg(test)]
-            Transport::FakeRdma => link::rdma::over_fake(socks.into_iter().map(|(s, _)| s).collect(), format!("fake-rdma {what}")),
+            Transport::FakeRdma { delay_ms } => {
+                link::rdma::over_fake(socks.into_iter().map(|(s, _)| s).collect(), format!("fake-rdma {what}"), Duration::from_millis(delay_ms))
+            }
         }
     }
 
@@ -1655,7 +1657,7 @@ mod tests {
 
     #[test]
     fn engine_over_fake_rdma_moves_every_size_with_small_rings() {
-        checksummed_both_ways(Transport::FakeRdma);
+        checksummed_both_ways(Transport::FakeRdma { delay_ms: 0 });
     }
 
     #[test]

@@ -144,9 +144,10 @@ pub fn skip_payload(link: &dyn Link, s: usize, mut n: usize) -> io::Result<()> {
 pub enum Transport {
     Tcp,
     Rdma,
-    /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric): tests only.
+    /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric) whose
+    /// operations complete after `delay_ms`: tests only.
     #[cfg(test)]
-    FakeRdma,
+    FakeRdma { delay_ms: u64 },
 }
 
 /// `--peer-transport auto|tcp|rdma`: picks RDMA when asked for, or with

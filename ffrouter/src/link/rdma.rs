@@ -122,11 +122,11 @@ pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String) -> io::Result
 /// Tests: an RDMA link on the process-wide fake fabric, set up through the
 /// TCP streams of a handshaken link like the real one.
 #[cfg(test)]
-pub fn over_fake(mut socks: Vec<TcpStream>, what: String) -> io::Result<Arc<dyn Link>> {
+pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration) -> io::Result<Arc<dyn Link>> {
     static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
-    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).nic());
+    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay));
     let link = RdmaLink::connect(v, &mut boot, n, what)?;
     Ok(Arc::new(link.keep(boot)))
 }
