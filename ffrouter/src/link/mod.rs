@@ -96,6 +96,17 @@ pub trait Link: Send + Sync {
         Ok(Try::Busy)
     }
 
+    /// Tells the peer on stream `s` that this router is alive, without
+    /// waiting behind frames being sent there (the peer declares a stream
+    /// dead after [`DEAD_AFTER`] without anything from us). By default a
+    /// PING frame through [`Link::try_send`]; a stream busy sending skips
+    /// it, its frames show we live.
+    fn ping(&self, s: usize) -> io::Result<()> {
+        let ping = Frame::bare(crate::wire::Header::control(crate::wire::PING, 0, 0, 0).encode());
+        // SAFETY: no payload.
+        unsafe { self.try_send(s, &[ping]) }.map(|_| ())
+    }
+
     /// Is part of a frame accepted by [`Link::try_send`] still waiting?
     fn needs_flush(&self, _s: usize) -> bool {
         false

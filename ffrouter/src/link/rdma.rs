@@ -29,8 +29,18 @@
 //!
 //! Immediates (32 bits): `00` + bytes written; `01` + landing bytes freed / 64
 //! (credit for the landing ring, returned in quarters); `10` + token (READ
-//! done). Landing credit bounds what a sender writes; connection credits
-//! ([`crate::wire`]) bound the rest, so a receiver never runs out of room.
+//! done); `11` ping. Landing credit bounds what a sender writes; connection
+//! credits ([`crate::wire`]) bound the rest, so a receiver never runs out of
+//! room.
+//!
+//! Liveness: pings, credits and acks are bare immediates posted straight to
+//! the queue pair, never behind a stream's sender (who may be waiting for
+//! credit or for the peer's READs), and any completion that arrives on a
+//! stream, whoever drains it, counts as hearing from the peer. A sender
+//! holds its stream only to stage and post a batch (and for the NIC to take
+//! the staged bytes); it waits for the peer's READs of its payloads without
+//! it. Every wait ends with the link's failure after [`DEAD_AFTER`] without
+//! progress.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
 //! forwarding starts) and deregistered when it ends, after any READ into it
@@ -68,6 +78,7 @@ const DESC: usize = 16;
 const IMM_DATA: u32 = 0;
 const IMM_CREDIT: u32 = 1 << 30;
 const IMM_ACK: u32 = 2 << 30;
+const IMM_PING: u32 = 3 << 30;
 const IMM_MASK: u32 = (1 << 30) - 1;
 /// wr_ids with this bit are not waited for (credits, acks).
 const FORGET: u64 = 1 << 63;
@@ -170,9 +181,8 @@ enum Cur {
 }
 
 struct RxSide {
-    /// Landing bytes consumed, and made available by the peer.
+    /// Landing bytes consumed.
     rpos: u64,
-    avail: u64,
     /// Freed since the last credit.
     freed: u64,
     cur: Cur,
@@ -184,6 +194,8 @@ struct Signals {
     /// Landing bytes of the peer's ring it has released (our credit).
     peer_freed: u64,
     acks: HashSet<u32>,
+    /// Credits and acks received so far (progress, for bounded waits).
+    events: u64,
 }
 
 struct Stream {
@@ -192,6 +204,13 @@ struct Stream {
     peer: PeerRing,
     tx: Mutex<TxSide>,
     rx: Mutex<RxSide>,
+    /// Held while polling the receive queue (any thread may: see
+    /// [`RdmaLink::drain_recv`]).
+    drain: Mutex<()>,
+    /// Landing bytes the peer has written (its data immediates).
+    avail: AtomicU64,
+    /// When something last arrived from the peer on this stream.
+    heard: Mutex<Instant>,
     sig: Mutex<Signals>,
     sig_cv: Condvar,
     /// Send completions seen but not yet claimed, by wr_id (status).
@@ -300,7 +319,10 @@ impl RdmaLink {
                 landing,
                 peer,
                 tx: Mutex::new(TxSide { staging, wpos: 0 }),
-                rx: Mutex::new(RxSide { rpos: 0, avail: 0, freed: 0, cur: Cur::Idle, bounce }),
+                rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce }),
+                drain: Mutex::new(()),
+                avail: AtomicU64::new(0),
+                heard: Mutex::new(Instant::now()),
                 sig: Mutex::default(),
                 sig_cv: Condvar::new(),
                 done: Mutex::default(),
@@ -394,10 +416,24 @@ impl RdmaLink {
     }
 
     /// Handles receive completions (immediates from the peer); reposts the
-    /// receives. Returns whether anything arrived.
-    fn drain_recv(&self, s: &Stream, rx: &mut RxSide) -> io::Result<bool> {
+    /// receives. Returns whether anything arrived. Any thread may drain (the
+    /// receiver while it waits for frames, a sender while it waits for
+    /// credit or acks); with `block` false it gives up at once when another
+    /// one is draining.
+    fn drain_recv(&self, s: &Stream, block: bool) -> io::Result<bool> {
+        let _one = if block {
+            s.drain.lock().unwrap()
+        } else {
+            match s.drain.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(false),
+            }
+        };
         let wcs = self.v.poll(s.qp, Cq::Recv, 32).map_err(|e| self.fail(format!("poll: {e}")))?;
         let any = !wcs.is_empty();
+        if any {
+            *s.heard.lock().unwrap() = Instant::now();
+        }
         for wc in wcs {
             if wc.status != 0 {
                 return Err(self.fail(format!("the peer router's queue pair failed (status {})", wc.status)));
@@ -407,21 +443,22 @@ impl RdmaLink {
             };
             match imm & !IMM_MASK {
                 IMM_DATA => {
-                    rx.avail += (imm & IMM_MASK) as u64;
-                    if rx.avail - rx.rpos > LANDING as u64 {
-                        return Err(self.fail("the peer router overran our landing ring".into()));
-                    }
+                    // Checked against the landing ring by the receiver.
+                    s.avail.fetch_add((imm & IMM_MASK) as u64, Ordering::AcqRel);
                 }
                 IMM_CREDIT => {
                     let mut sig = s.sig.lock().unwrap();
                     sig.peer_freed += (imm & IMM_MASK) as u64 * 64;
+                    sig.events += 1;
                     s.sig_cv.notify_all();
                 }
                 IMM_ACK => {
-                    s.sig.lock().unwrap().acks.insert(imm & IMM_MASK);
+                    let mut sig = s.sig.lock().unwrap();
+                    sig.acks.insert(imm & IMM_MASK);
+                    sig.events += 1;
                     s.sig_cv.notify_all();
                 }
-                _ => return Err(self.fail(format!("bad immediate {imm:#x}"))),
+                _ => {} // IMM_PING: only says the peer lives.
             }
             self.v.post_recv(s.qp, wc.wr_id).map_err(|e| self.fail(format!("post_recv: {e}")))?;
         }
@@ -446,27 +483,32 @@ impl RdmaLink {
         unsafe { s.landing.ptr().add((pos % LANDING as u64) as usize) }
     }
 
-    /// Waits until `need` more landing bytes are free at the peer, or for
-    /// the ACK of `token`.
+    /// Waits until `done` holds for the stream's signals (landing credit,
+    /// acks). Fails the link when the peer sends neither credit nor ack on
+    /// the stream for [`DEAD_AFTER`]: a peer that keeps reading, however
+    /// slowly, is waited for.
     fn wait_signal(&self, s: &Stream, mut done: impl FnMut(&Signals) -> bool) -> io::Result<()> {
-        let start = Instant::now();
+        let mut seen = None;
+        let mut since = Instant::now();
         loop {
             {
                 let sig = s.sig.lock().unwrap();
                 if done(&sig) {
                     return Ok(());
                 }
+                if seen != Some(sig.events) {
+                    seen = Some(sig.events);
+                    since = Instant::now();
+                }
             }
             self.check()?;
-            if start.elapsed() > DEAD_AFTER {
-                return Err(self.fail("the peer router stopped answering".into()));
+            if since.elapsed() > DEAD_AFTER {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {DEAD_AFTER:?}")));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
-            if let Ok(mut rx) = s.rx.try_lock() {
-                if self.drain_recv(s, &mut rx)? {
-                    continue;
-                }
+            if self.drain_recv(s, false)? {
+                continue;
             }
             let sig = s.sig.lock().unwrap();
             if done(&sig) {
@@ -506,12 +548,12 @@ impl Link for RdmaLink {
         let mut tx = s.tx.lock().unwrap();
         let peer_len = s.peer.len;
         let mut i = 0;
+        let mut tokens = Vec::new();
         while i < frames.len() {
             // Stage as many records as fit the staging buffer, mirroring
             // their positions in the peer's landing ring.
             let start = tx.wpos;
             let mut pos = start;
-            let mut tokens = Vec::new();
             while i < frames.len() {
                 let f = &frames[i];
                 let remote = if f.len > INLINE_MAX { self.reg_for(f.ptr as u64, f.len) } else { None };
@@ -558,14 +600,26 @@ impl Link for RdmaLink {
             self.wait_signal(s, |sig| pos - sig.peer_freed <= peer_len)?;
             let wr = self.post_staged(s, &tx, start, len)?;
             tx.wpos = pos;
+            // The staging buffer is reused once the NIC has sent it.
             self.wait_wr(s, wr)?;
-            // Payloads the peer reads from our memory must stay until read.
-            for t in tokens {
-                self.wait_signal(s, |sig| sig.acks.contains(&t))?;
-                s.sig.lock().unwrap().acks.remove(&t);
+        }
+        // The frames are posted in order: others may send on the stream
+        // (pings, credits, other connections) while the peer reads our
+        // payloads, which must stay until read.
+        drop(tx);
+        if !tokens.is_empty() {
+            self.wait_signal(s, |sig| tokens.iter().all(|t| sig.acks.contains(t)))?;
+            let mut sig = s.sig.lock().unwrap();
+            for t in &tokens {
+                sig.acks.remove(t);
             }
         }
         Ok(())
+    }
+
+    fn ping(&self, si: usize) -> io::Result<()> {
+        self.check()?;
+        self.post_imm(&self.streams[si], IMM_PING)
     }
 
     fn recv_header(&self, si: usize) -> io::Result<[u8; HDR_LEN]> {
@@ -577,13 +631,17 @@ impl Link for RdmaLink {
         let start = Instant::now();
         loop {
             self.check()?;
-            if rx.rpos < rx.avail {
+            let avail = s.avail.load(Ordering::Acquire);
+            if avail - rx.rpos > LANDING as u64 {
+                return Err(self.fail("the peer router overran our landing ring".into()));
+            }
+            if rx.rpos < avail {
                 let p = Self::landing_at(s, rx.rpos);
                 let off = (rx.rpos % LANDING as u64) as usize;
                 // SAFETY: off is 64-aligned inside the landing ring; the
                 // peer wrote these bytes (published by its immediate).
                 let (kind, span) = unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u32).read_unaligned() as usize) };
-                if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > rx.avail - rx.rpos {
+                if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > avail - rx.rpos {
                     return Err(self.fail(format!("bad landing record span {span}")));
                 }
                 match kind {
@@ -622,12 +680,14 @@ impl Link for RdmaLink {
                 }
                 return Ok(h);
             }
-            if self.drain_recv(s, &mut rx)? {
+            if self.drain_recv(s, true)? {
                 continue;
             }
             // Failed credits/acks show on the send side.
             self.reap(s)?;
-            let spent = start.elapsed();
+            // Silence since we began waiting and since anything (a ping,
+            // credit, ack) arrived, whoever drained it.
+            let spent = start.elapsed().min(s.heard.lock().unwrap().elapsed());
             if spent > DEAD_AFTER {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {DEAD_AFTER:?}")));
             }
@@ -834,6 +894,69 @@ mod tests {
         b.deregister(&dst);
         drop((a, b));
         assert_eq!(fab.registered(), 0);
+    }
+
+    #[test]
+    fn frames_and_pings_do_not_wait_behind_a_sender_waiting_for_the_peers_reads() {
+        let (_fab, a, b) = pair(2);
+        let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        unsafe { std::ptr::write_bytes(src.as_ptr(), 9, 1 << 20) };
+        // A big payload goes by READ: its sender waits until b has read it.
+        let (a2, src2) = (a.clone(), src.clone());
+        let big = std::thread::spawn(move || {
+            let f = Frame { hdr: Header::data(8, ffcore::ring::REC_FIRST, 2, 1 << 20, 1 << 20).encode(), ptr: src2.as_ptr(), len: 1 << 20 };
+            unsafe { a2.send(0, &[f]) }
+        });
+        let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        assert_eq!(h.len, 1 << 20);
+        // b has not read it yet. A credit-sized frame and pings still go on
+        // that stream at once, and b hears from a on the idle one.
+        let t0 = Instant::now();
+        let credit = Frame::bare(Header::control(wire::CREDIT, 3, 4096, 0).encode());
+        unsafe { a.send(0, &[credit]).unwrap() };
+        a.ping(0).unwrap();
+        a.ping(1).unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+        assert!(!big.is_finished(), "the big send waits for b's READ");
+        // b reads: the big send completes, then the frame sent after it.
+        let mut got = vec![0u8; 1 << 20];
+        unsafe { b.recv_payload(0, got.as_mut_ptr(), got.len()).unwrap() };
+        assert!(got.iter().all(|&x| x == 9));
+        big.join().unwrap().unwrap();
+        let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        assert_eq!((h.ty, h.conn, h.arg), (wire::CREDIT, 3, 4096));
+        a.deregister(&src);
+    }
+
+    #[test]
+    fn an_idle_stream_that_hears_only_pings_stays_up() {
+        // Stream 1 carries nothing but pings (as the ping thread sends
+        // them) for longer than the dead time: its receiver keeps waiting.
+        let (_fab, a, b) = pair(2);
+        let a2 = a.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let pinger = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                a2.ping(1).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let b2 = b.clone();
+        let rx = std::thread::spawn(move || b2.recv_header(1).map(|h| Header::decode(&h).unwrap().ty));
+        std::thread::sleep(DEAD_AFTER + Duration::from_millis(700));
+        assert!(!rx.is_finished(), "the receiver gave up although pings arrived");
+        stop.store(true, Ordering::Relaxed);
+        pinger.join().unwrap();
+        let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+        unsafe { a.send(1, &[ping]).unwrap() };
+        assert_eq!(rx.join().unwrap().unwrap(), wire::PING);
+        // Without pings it times out within the dead time.
+        let t0 = Instant::now();
+        let e = b.recv_header(1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(1));
     }
 
     #[test]
