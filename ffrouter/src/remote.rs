@@ -89,6 +89,8 @@ pub struct Config {
     /// Most links at once, both directions (each costs a descriptor and a
     /// thread per stream, from the router's own reserve).
     pub max_links: usize,
+    /// The RDMA device, port and GID (with `Transport::Rdma`).
+    pub rdma: Option<link::rdma::gid::Choice>,
 }
 
 /// The flags behind a [`Config`], as given.
@@ -102,6 +104,9 @@ pub struct Flags<'a> {
     pub ring_size: usize,
     pub peer_networks: &'a [String],
     pub peers: &'a [String],
+    /// `--rdma-device`, `--rdma-gid-index`.
+    pub rdma_device: Option<&'a str>,
+    pub rdma_gid_index: Option<u32>,
 }
 
 /// Most links a router keeps by default.
@@ -132,12 +137,19 @@ impl Config {
             (None, true) => None,
             (Some(p), false) => Some(Arc::from(crate::read_secret("--peer-secret-file", p)?)),
         };
-        let transport = link::select(f.transport, secret.is_some())?;
+        // The GID must be the one of the address peers reach us at: the
+        // listen address, or the advertised one when listening on any.
+        let ip = if listen.ip().is_unspecified() { advertise.ip() } else { listen.ip() };
+        let want = link::rdma::Want { device: f.rdma_device.map(String::from), gid_index: f.rdma_gid_index, ip: Some(ip) };
+        if f.transport == "tcp" && (want.device.is_some() || want.gid_index.is_some()) {
+            return Err("--rdma-device and --rdma-gid-index need --peer-transport rdma or auto".into());
+        }
+        let (transport, rdma) = link::select(f.transport, secret.is_some(), &want)?;
         if secret.is_none() {
             log::warn!("--insecure-no-peer-secret: links between routers are neither authenticated nor encrypted; whoever reaches {listen} is trusted as a router");
         }
         let peers = PeerPolicy::new(f.peer_networks, f.peers, advertise)?;
-        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, peers, max_links: MAX_LINKS }))
+        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, peers, max_links: MAX_LINKS, rdma }))
     }
 }
 
@@ -318,7 +330,10 @@ impl Remote {
         match self.cfg.transport {
             Transport::Tcp => Ok(Arc::new(TcpLink::new(socks, format!("tcp {what}"))?)),
             // Not with a secret (Config::from_flags refuses that).
-            Transport::Rdma => link::rdma::over_tcp_bootstrap(socks.into_iter().map(|(s, _)| s).collect(), format!("rdma {what}")),
+            Transport::Rdma => {
+                let dev = self.cfg.rdma.as_ref().ok_or_else(|| std::io::Error::other("RDMA transport without a device"))?;
+                link::rdma::over_tcp_bootstrap(socks.into_iter().map(|(s, _)| s).collect(), format!("rdma {what}"), dev)
+            }
             #[cfg(test)]
             Transport::FakeRdma { delay_ms } => {
                 link::rdma::over_fake(socks.into_iter().map(|(s, _)| s).collect(), format!("fake-rdma {what}"), Duration::from_millis(delay_ms))
@@ -1564,7 +1579,7 @@ mod tests {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
                 let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(&b"engine tests' shared secret"[..]));
-                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, peers: PeerPolicy::any(), max_links: MAX_LINKS };
+                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None };
                 r.enable_remote(cfg).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
                 r

@@ -91,41 +91,77 @@ fn broken(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, what.into())
 }
 
-/// Is there a usable RDMA device? Its name, or why not.
-pub fn probe() -> Result<String, String> {
-    #[cfg(feature = "rdma")]
-    {
-        match ibverbs::devices() {
-            Err(e) => Err(e.to_string()),
-            Ok(l) if l.is_empty() => Err("no RDMA devices".into()),
-            Ok(l) => Ok(l
-                .iter()
-                .next()
-                .and_then(|d| d.name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "an unnamed device".into())),
+/// What the flags say about the RDMA device (`--rdma-device`,
+/// `--rdma-gid-index`), and the address it must serve.
+#[derive(Debug, Clone, Default)]
+pub struct Want {
+    pub device: Option<String>,
+    pub gid_index: Option<u32>,
+    /// The address the peer routers reach us at.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// Why there is no usable RDMA device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoDevice {
+    /// No device at all (or no RDMA support).
+    None(String),
+    /// Devices, but none fits the address or the flags.
+    NoMatch(String),
+}
+
+impl std::fmt::Display for NoDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoDevice::None(s) | NoDevice::NoMatch(s) => f.write_str(s),
         }
     }
+}
+
+/// The device, port and GID to use ([`gid`] has the rule), or why none.
+pub fn probe(want: &Want) -> Result<gid::Choice, NoDevice> {
+    #[cfg(feature = "rdma")]
+    {
+        let names: Vec<String> = match ibverbs::devices() {
+            Err(e) => return Err(NoDevice::None(e.to_string())),
+            Ok(l) if l.is_empty() => return Err(NoDevice::None("no RDMA devices".into())),
+            Ok(l) => l.iter().filter_map(|d| d.name().map(|n| n.to_string_lossy().into_owned())).collect(),
+        };
+        let Some(ip) = want.ip else { return Err(NoDevice::NoMatch("no address to pick a GID for".into())) };
+        let gids = gid::scan(std::path::Path::new(gid::SYSFS)).unwrap_or_default();
+        // Only devices libibverbs can open.
+        let gids: Vec<gid::Gid> = gids.into_iter().filter(|g| names.contains(&g.device)).collect();
+        if let Some(d) = &want.device {
+            if !names.contains(d) {
+                return Err(NoDevice::NoMatch(format!("--rdma-device {d}: no such device (devices: {})", names.join(", "))));
+            }
+        }
+        gid::choose(&gids, ip, &gid::netdevs_with(ip), want.device.as_deref(), want.gid_index).map_err(NoDevice::NoMatch)
+    }
     #[cfg(not(feature = "rdma"))]
-    Err("ffrouter was built without the rdma feature".into())
+    {
+        let _ = want;
+        Err(NoDevice::None("ffrouter was built without the rdma feature".into()))
+    }
 }
 
 /// Turns the TCP streams of a freshly handshaken link into an RDMA link:
 /// the first stream carries the queue pair exchange (and stays open); the
 /// link gets as many queue pairs as there were streams.
-pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String) -> io::Result<Arc<dyn Link>> {
+pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Choice) -> io::Result<Arc<dyn Link>> {
     #[cfg(feature = "rdma")]
     {
         let n = socks.len();
         let mut boot = socks.swap_remove(0);
         drop(socks);
-        let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open()?);
+        let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open(dev)?);
         let link = RdmaLink::connect(v, &mut boot, n, what)?;
         Ok(Arc::new(link.keep(boot)))
     }
     #[cfg(not(feature = "rdma"))]
     {
         socks.clear();
-        let _ = what;
+        let _ = (what, dev);
         Err(io::Error::other("ffrouter was built without the rdma feature"))
     }
 }
@@ -814,6 +850,7 @@ impl Drop for RdmaLink {
     }
 }
 
+pub mod gid;
 #[cfg(feature = "rdma")]
 pub mod ib;
 
