@@ -145,6 +145,18 @@ pub fn probe(want: &Want) -> Result<gid::Choice, NoDevice> {
     }
 }
 
+/// Bound on the queue pair exchange over the first TCP stream (each side
+/// creates and registers its queue pairs and buffers meanwhile: on
+/// soft-RoCE under emulation that alone took over a second).
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The handshake left its own (short, already partly spent) timeouts on
+/// the socket: the setup gets [`SETUP_TIMEOUT`].
+fn setup_timeouts(boot: &TcpStream) -> io::Result<()> {
+    boot.set_read_timeout(Some(SETUP_TIMEOUT))?;
+    boot.set_write_timeout(Some(SETUP_TIMEOUT))
+}
+
 /// Turns the TCP streams of a freshly handshaken link into an RDMA link:
 /// the first stream carries the queue pair exchange (and stays open); the
 /// link gets as many queue pairs as there were streams.
@@ -154,8 +166,11 @@ pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Ch
         let n = socks.len();
         let mut boot = socks.swap_remove(0);
         drop(socks);
+        setup_timeouts(&boot)?;
+        let t0 = Instant::now();
         let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open(dev)?);
         let link = RdmaLink::connect(v, &mut boot, n, what)?;
+        log::debug!("{}: RDMA setup took {:?}", link.what, t0.elapsed());
         Ok(Arc::new(link.keep(boot)))
     }
     #[cfg(not(feature = "rdma"))]
@@ -173,6 +188,7 @@ pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration) -> io
     static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
+    setup_timeouts(&boot)?;
     let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay));
     let link = RdmaLink::connect(v, &mut boot, n, what)?;
     Ok(Arc::new(link.keep(boot)))
@@ -1041,6 +1057,28 @@ mod tests {
         assert!(unsafe { a.send(0, &[fr]) }.is_err());
         assert!(a.recv_header(1).is_err());
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn setup_waits_for_a_slow_peer_whatever_timeout_the_handshake_left() {
+        // Found on soft-RoCE: the accepting side's socket kept the last
+        // milliseconds of its handshake timeout, and the queue pair
+        // exchange failed with EAGAIN while the peer was still registering
+        // its buffers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(400)); // slow to set up
+            over_fake(vec![s], "dialer".into(), Duration::ZERO)
+        });
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO).unwrap();
+        let b = t.join().unwrap().unwrap();
+        let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+        unsafe { b.send(0, &[ping]).unwrap() };
+        assert_eq!(Header::decode(&a.recv_header(0).unwrap()).unwrap().ty, wire::PING);
     }
 
     #[test]
