@@ -154,7 +154,7 @@ for id in 1 2; do
         step=$(cat "$share/step$id" 2>/dev/null || echo "boot (the guest never started its script)")
         say "guest $id FAILED at step: $step (status $rc)"
         echo "----- guest $id log -----" >&2
-        tail -60 "$share/guest$id.log" 2>/dev/null >&2 || true
+        tail -60 "$share/guest$id.log" >&2 2>/dev/null || true
         for f in "$share/setup$id.log" "$share/router$id.log" "$share/router-tcp$id.log"; do
             [ -s "$f" ] && { echo "----- $(basename "$f") -----" >&2; tail -30 "$f" >&2; }
         done
