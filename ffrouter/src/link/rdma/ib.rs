@@ -304,7 +304,13 @@ impl Verbs for IbVerbs {
                 QpState::Rts => {
                     a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTS;
                     a.sq_psn = q.psn;
-                    a.timeout = 14;
+                    // ACK timeout 4.096 us * 2^18 = 1.07 s, NCCL's default
+                    // (NCCL_IB_TIMEOUT): 14 (67 ms) made soft-RoCE under
+                    // emulation retransmit hundreds of times per run
+                    // (completer_retry_err), READs stalled for seconds and
+                    // links died. A dead peer is still found in DEAD_AFTER
+                    // by the link itself.
+                    a.timeout = 18;
                     a.retry_cnt = 7;
                     a.rnr_retry = 7;
                     a.max_rd_atomic = 16;
