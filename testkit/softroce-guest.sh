@@ -15,9 +15,21 @@ server=10.0.0.1
 [ "$id" = 1 ] && role=serve || role=connect
 
 step() { echo "$1" > $S/step$id; echo "=== $(date +%T) $1"; }
+# rxe's counters (retries, RNR NAKs, sequence errors) and the kernel's
+# last words: what the device saw.
+device_state() {
+    echo "--- rxe0 counters (non-zero)"
+    for f in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do
+        v=$(cat "$f" 2>/dev/null)
+        [ -n "$v" ] && [ "$v" != 0 ] && echo "$(basename "$f") $v"
+    done
+    echo "--- dmesg (last lines)"
+    dmesg | tail -15
+}
 fail() {
     echo "FAILED: $*"
     touch $Y/abort
+    device_state
     exit 1
 }
 # waitfor FILE [SECONDS]: until FILE exists; fails on timeout or abort.
@@ -91,7 +103,7 @@ ff_pair() {
 # router NAME SOCKET PORT TRANSPORT: starts one and waits for its socket.
 router() {
     log=$S/$1$id.log
-    $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 > "$log" 2>&1 &
+    $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
     n=0
     until [ -S "$2" ]; do
         n=$((n + 1))
@@ -133,6 +145,7 @@ if [ "$mode" = check ]; then
     echo "OK ffbench stream"
 
     step "the link stayed up"
+    grep WARN $S/router$id.log | grep -v insecure-no-peer-secret
     grep -E 'is down|ERROR' $S/router$id.log && fail "the router logged a problem"
     grep -q 'transport: RDMA' $S/router$id.log || fail "not RDMA"
     echo "OK guest$id router log clean"
@@ -172,6 +185,7 @@ else
 fi
 
 step "done"
+device_state
 touch $Y/done$id
 # Keep the router up until the other guest is done too.
 waitfor $Y/done$((3 - id)) 600

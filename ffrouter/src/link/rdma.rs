@@ -323,10 +323,12 @@ impl RdmaLink {
                 }
             }
         }
+        log::debug!("{what}: {n} queue pairs and their buffers made; exchanging them");
         let res = (|| {
             boot.write_all(&info)?;
             let mut peer = vec![0u8; n * INFO_LEN];
             boot.read_exact(&mut peer)?;
+            log::debug!("{what}: got the peer's queue pairs; connecting");
             let mut rings = Vec::with_capacity(n);
             for (i, (qp, _, _, _)) in made.iter().enumerate() {
                 let b = &peer[i * INFO_LEN..(i + 1) * INFO_LEN];
@@ -348,6 +350,7 @@ impl RdmaLink {
                 rings.push(ring);
             }
             // Both sides are ready to receive before anyone writes.
+            log::debug!("{what}: queue pairs ready to send");
             boot.write_all(b"R")?;
             let mut r = [0u8; 1];
             boot.read_exact(&mut r)?;
@@ -444,20 +447,27 @@ impl RdmaLink {
     }
 
     /// Waits for the send completion of `wr_id`.
-    fn wait_wr(&self, s: &Stream, wr_id: u64) -> io::Result<()> {
+    fn wait_wr(&self, s: &Stream, wr_id: u64, what: &str, len: usize) -> io::Result<()> {
         let start = Instant::now();
+        let slow = |t: Duration| {
+            if t > Duration::from_secs(1) {
+                crate::limited!(warn, "rdma-slow", "", "{}: an RDMA {what} of {len} bytes took {t:?}", self.what);
+            }
+        };
         loop {
             self.check()?;
             if s.done.lock().unwrap().remove(&wr_id).is_some() {
+                slow(start.elapsed());
                 return Ok(());
             }
             self.reap(s)?;
             if s.done.lock().unwrap().remove(&wr_id).is_some() {
+                slow(start.elapsed());
                 return Ok(());
             }
             let spent = start.elapsed();
             if spent > DEAD_AFTER {
-                return Err(self.fail("an RDMA operation did not complete".into()));
+                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {DEAD_AFTER:?}")));
             }
             if spent > Duration::from_micros(20) {
                 let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
@@ -653,7 +663,7 @@ impl Link for RdmaLink {
             let wr = self.post_staged(s, &tx, start, len)?;
             tx.wpos = pos;
             // The staging buffer is reused once the NIC has sent it.
-            self.wait_wr(s, wr)?;
+            self.wait_wr(s, wr, "WRITE", len)?;
         }
         // The frames are posted in order: others may send on the stream
         // (pings, credits, other connections) while the peer reads our
@@ -788,7 +798,7 @@ impl Link for RdmaLink {
                     let wr_id = s.next_wr.fetch_add(1, Ordering::Relaxed);
                     let remote = addr + off + done as u64;
                     self.post(s, &SendWr { wr_id, op: Op::Read, sges: vec![sge], remote_addr: remote, rkey, signaled: true })?;
-                    self.wait_wr(s, wr_id)?;
+                    self.wait_wr(s, wr_id, "READ", sge.len as usize)?;
                     if bounce {
                         std::ptr::copy_nonoverlapping(rx.bounce.ptr(), dst.add(done), sge.len as usize);
                     }
