@@ -35,12 +35,14 @@
 //!
 //! Liveness: pings, credits and acks are bare immediates posted straight to
 //! the queue pair, never behind a stream's sender (who may be waiting for
-//! credit or for the peer's READs), and any completion that arrives on a
-//! stream, whoever drains it, counts as hearing from the peer. A sender
-//! holds its stream only to stage and post a batch (and for the NIC to take
-//! the staged bytes); it waits for the peer's READs of its payloads without
-//! it. Every wait ends with the link's failure after [`DEAD_AFTER`] without
-//! progress.
+//! credit or for the peer's READs), and any completion that arrives on any
+//! stream, whoever drains it, counts as hearing from the peer router: the
+//! link is dead after [`DEAD_AFTER`] without anything on any stream. A
+//! sender holds its stream only to stage and post a batch (and for the NIC
+//! to take the staged bytes); it waits for the peer's READs of its payloads
+//! without it. A stream's operations may stall while the NIC retransmits
+//! (1.07 s per retry): an operation, or the credit or ack that answers our
+//! payloads, fails the link after [`OP_TIMEOUT`] without progress.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
 //! forwarding starts) and deregistered when it ends, after any READ into it
@@ -61,6 +63,11 @@ use super::{Frame, Link, DEAD_AFTER};
 use crate::wire::HDR_LEN;
 
 pub const LANDING: usize = 1 << 20;
+/// The longest an RDMA operation, or the peer's credit or ack for our
+/// payloads, may take while the peer router is otherwise heard from: a lost
+/// packet costs one ACK timeout (1.07 s) and the NIC gives up after 7
+/// retries (and then fails the operation itself).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STAGING: usize = 256 << 10;
 pub const BOUNCE: usize = 64 << 10;
 /// Payloads up to this size are copied into the record; bigger ones are
@@ -261,8 +268,6 @@ struct Stream {
     drain: Mutex<()>,
     /// Landing bytes the peer has written (its data immediates).
     avail: AtomicU64,
-    /// When something last arrived from the peer on this stream.
-    heard: Mutex<Instant>,
     sig: Mutex<Signals>,
     sig_cv: Condvar,
     /// Send completions seen but not yet claimed, by wr_id (status).
@@ -281,6 +286,8 @@ pub struct RdmaLink {
     dead: AtomicBool,
     why: Mutex<String>,
     what: String,
+    /// When something last arrived from the peer, on any stream.
+    heard: Mutex<Instant>,
     _boot: Option<TcpStream>,
 }
 
@@ -377,7 +384,6 @@ impl RdmaLink {
                 rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce }),
                 drain: Mutex::new(()),
                 avail: AtomicU64::new(0),
-                heard: Mutex::new(Instant::now()),
                 sig: Mutex::default(),
                 sig_cv: Condvar::new(),
                 done: Mutex::default(),
@@ -385,7 +391,7 @@ impl RdmaLink {
                 next_token: AtomicU32::new(1),
             })
             .collect();
-        Ok(RdmaLink { v, streams, regs: RwLock::default(), dead: AtomicBool::new(false), why: Mutex::default(), what, _boot: None })
+        Ok(RdmaLink { v, streams, regs: RwLock::default(), dead: AtomicBool::new(false), why: Mutex::default(), what, heard: Mutex::new(Instant::now()), _boot: None })
     }
 
     /// Keeps the bootstrap connection open for the link's lifetime.
@@ -466,8 +472,8 @@ impl RdmaLink {
                 return Ok(());
             }
             let spent = start.elapsed();
-            if spent > DEAD_AFTER {
-                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {DEAD_AFTER:?}")));
+            if spent > OP_TIMEOUT {
+                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {OP_TIMEOUT:?}")));
             }
             if spent > Duration::from_micros(20) {
                 let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
@@ -494,7 +500,7 @@ impl RdmaLink {
         let wcs = self.v.poll(s.qp, Cq::Recv, 32).map_err(|e| self.fail(format!("poll: {e}")))?;
         let any = !wcs.is_empty();
         if any {
-            *s.heard.lock().unwrap() = Instant::now();
+            *self.heard.lock().unwrap() = Instant::now();
         }
         for wc in wcs {
             if wc.status != 0 {
@@ -547,7 +553,7 @@ impl RdmaLink {
 
     /// Waits until `done` holds for the stream's signals (landing credit,
     /// acks). Fails the link when the peer sends neither credit nor ack on
-    /// the stream for [`DEAD_AFTER`]: a peer that keeps reading, however
+    /// the stream for [`OP_TIMEOUT`]: a peer that keeps reading, however
     /// slowly, is waited for.
     fn wait_signal(&self, s: &Stream, mut done: impl FnMut(&Signals) -> bool) -> io::Result<()> {
         let mut seen = None;
@@ -564,8 +570,8 @@ impl RdmaLink {
                 }
             }
             self.check()?;
-            if since.elapsed() > DEAD_AFTER {
-                return Err(self.fail(format!("the peer router sent no credit or ack for {DEAD_AFTER:?}")));
+            if since.elapsed() > OP_TIMEOUT {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {OP_TIMEOUT:?}")));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
@@ -748,8 +754,8 @@ impl Link for RdmaLink {
             // Failed credits/acks show on the send side.
             self.reap(s)?;
             // Silence since we began waiting and since anything (a ping,
-            // credit, ack) arrived, whoever drained it.
-            let spent = start.elapsed().min(s.heard.lock().unwrap().elapsed());
+            // credit, ack) arrived on any stream, whoever drained it.
+            let spent = start.elapsed().min(self.heard.lock().unwrap().elapsed());
             if spent > DEAD_AFTER {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {DEAD_AFTER:?}")));
             }
@@ -981,6 +987,9 @@ mod tests {
         a.ping(0).unwrap();
         a.ping(1).unwrap();
         assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+        // b reads only after the dead time (a READ stalled in the NIC's
+        // retransmissions): a waits, the link stays.
+        std::thread::sleep(DEAD_AFTER + Duration::from_millis(500));
         assert!(!big.is_finished(), "the big send waits for b's READ");
         // b reads: the big send completes, then the frame sent after it.
         let mut got = vec![0u8; 1 << 20];
@@ -993,9 +1002,10 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_stream_that_hears_only_pings_stays_up() {
-        // Stream 1 carries nothing but pings (as the ping thread sends
-        // them) for longer than the dead time: its receiver keeps waiting.
+    fn streams_that_hear_nothing_stay_up_while_the_peer_pings_on_another() {
+        // Only stream 1 carries pings (as if stream 0's queue pair were
+        // stalled in retransmissions) for longer than the dead time: the
+        // peer router is heard from, so neither receiver gives up.
         let (_fab, a, b) = pair(2);
         let a2 = a.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -1006,27 +1016,35 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
-        let b2 = b.clone();
-        let rx = std::thread::spawn(move || b2.recv_header(1).map(|h| Header::decode(&h).unwrap().ty));
+        let rxs: Vec<_> = (0..2)
+            .map(|s| {
+                let b2 = b.clone();
+                std::thread::spawn(move || b2.recv_header(s).map(|h| Header::decode(&h).unwrap().ty))
+            })
+            .collect();
         std::thread::sleep(DEAD_AFTER + Duration::from_millis(700));
-        assert!(!rx.is_finished(), "the receiver gave up although pings arrived");
+        assert!(rxs.iter().all(|r| !r.is_finished()), "a receiver gave up although pings arrived");
         stop.store(true, Ordering::Relaxed);
         pinger.join().unwrap();
         let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
-        unsafe { a.send(1, &[ping]).unwrap() };
-        assert_eq!(rx.join().unwrap().unwrap(), wire::PING);
-        // Without pings it times out within the dead time.
+        for s in 0..2 {
+            unsafe { a.send(s, &[ping]).unwrap() };
+        }
+        for r in rxs {
+            assert_eq!(r.join().unwrap().unwrap(), wire::PING);
+        }
+        // Without pings a receiver times out within the dead time.
         let t0 = Instant::now();
-        let e = b.recv_header(1).unwrap_err();
+        let e = b.recv_header(0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(1));
     }
 
     #[test]
-    fn a_peer_that_stops_reading_fails_the_sender_within_the_dead_time() {
+    fn a_peer_that_stops_reading_fails_the_sender_within_the_operation_timeout() {
         let (_fab, a, b) = pair(1);
         // b never reads: a runs out of landing credit and fails within the
-        // dead time instead of blocking forever.
+        // operation timeout instead of blocking forever.
         let payload = vec![1u8; 8000];
         let t0 = Instant::now();
         let mut res = Ok(());
@@ -1038,7 +1056,7 @@ mod tests {
             }
         }
         assert!(res.is_err(), "a sender with no credit fails");
-        assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() < OP_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
         // b can still read what arrived, then learns the link is gone.
         let e = loop {
             match b.recv_header(0) {
