@@ -34,11 +34,11 @@ fail() {
 }
 # waitfor FILE [SECONDS]: until FILE exists; fails on timeout or abort.
 waitfor() {
-    n=0
+    local w=0
     while [ ! -e "$1" ]; do
         [ -e $Y/abort ] && { echo "the other guest failed"; exit 1; }
-        n=$((n + 1))
-        [ $n -gt $((${2:-600} * 5)) ] && fail "timed out waiting for $(basename "$1")"
+        w=$((w + 1))
+        [ $w -gt $((${2:-600} * 5)) ] && fail "timed out waiting for $(basename "$1")"
         sleep 0.2
     done
 }
@@ -81,10 +81,10 @@ ff_pair() {
     if [ $role = serve ]; then
         FF_ROUTER_SOCKET=$sock $B/ffbench serve "$@" > /tmp/$name.out 2>&1 &
         pid=$!
-        n=0
+        local w=0
         until grep -q '^HANDLE ' /tmp/$name.out; do
-            n=$((n + 1))
-            [ $n -gt 150 ] && { cat /tmp/$name.out; fail "$name: no handle"; }
+            w=$((w + 1))
+            [ $w -gt 150 ] && { cat /tmp/$name.out; fail "$name: no handle"; }
             kill -0 $pid 2>/dev/null || { cat /tmp/$name.out; fail "$name: ffbench serve exited"; }
             sleep 0.2
         done
@@ -104,10 +104,10 @@ ff_pair() {
 router() {
     log=$S/$1$id.log
     $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
-    n=0
+    local w=0
     until [ -S "$2" ]; do
-        n=$((n + 1))
-        [ $n -gt 150 ] && { cat "$log"; fail "$1 did not start"; }
+        w=$((w + 1))
+        [ $w -gt 150 ] && { cat "$log"; fail "$1 did not start"; }
         sleep 0.2
     done
 }
