@@ -103,7 +103,7 @@ ff_pair() {
 # router NAME SOCKET PORT TRANSPORT: starts one and waits for its socket.
 router() {
     log=$S/$1$id.log
-    $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
+    env $(grep -v '=$' $S/router.env) $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
     local w=0
     until [ -S "$2" ]; do
         w=$((w + 1))

@@ -106,6 +106,9 @@ mkdir -p "$share/bin" "$share/sync"
 cp "$target/release/ffrouter" "$target/release/ffbench" "$share/bin/"
 cp "$top/testkit/softroce-guest.sh" "$share/guest.sh"
 echo "$mode" > "$share/mode"
+# FF_SOFTROCE_RDMA_DEAD_MS: the routers' RDMA dead time (FF_RDMA_DEAD_MS),
+# default theirs (3 s). The emulated fabric goes silent for seconds at times.
+echo "FF_RDMA_DEAD_MS=${FF_SOFTROCE_RDMA_DEAD_MS:-}" > "$share/router.env"
 
 port=$((20000 + RANDOM % 20000))
 boot() { # id, netdev role

@@ -68,6 +68,19 @@ pub const LANDING: usize = 1 << 20;
 /// packet costs one ACK timeout (1.07 s) and the NIC gives up after 7
 /// retries (and then fails the operation itself).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dead time of RDMA links: [`DEAD_AFTER`], or `FF_RDMA_DEAD_MS` from
+/// the environment (an experiment knob, like `FF_ROUTER_SPIN_US`: the
+/// soft-RoCE check runs emulated guests whose fabric goes silent for
+/// seconds). Operations get at least as long ([`op_timeout`]).
+pub fn dead_after() -> Duration {
+    static K: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *K.get_or_init(|| std::env::var("FF_RDMA_DEAD_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(DEAD_AFTER))
+}
+
+fn op_timeout() -> Duration {
+    OP_TIMEOUT.max(dead_after())
+}
 pub const STAGING: usize = 256 << 10;
 pub const BOUNCE: usize = 64 << 10;
 /// Payloads up to this size are copied into the record; bigger ones are
@@ -472,8 +485,8 @@ impl RdmaLink {
                 return Ok(());
             }
             let spent = start.elapsed();
-            if spent > OP_TIMEOUT {
-                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {OP_TIMEOUT:?}")));
+            if spent > op_timeout() {
+                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {:?}", op_timeout())));
             }
             if spent > Duration::from_micros(20) {
                 let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
@@ -570,8 +583,8 @@ impl RdmaLink {
                 }
             }
             self.check()?;
-            if since.elapsed() > OP_TIMEOUT {
-                return Err(self.fail(format!("the peer router sent no credit or ack for {OP_TIMEOUT:?}")));
+            if since.elapsed() > op_timeout() {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {:?}", op_timeout())));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
@@ -756,11 +769,12 @@ impl Link for RdmaLink {
             // Silence since we began waiting and since anything (a ping,
             // credit, ack) arrived on any stream, whoever drained it.
             let spent = start.elapsed().min(self.heard.lock().unwrap().elapsed());
-            if spent > DEAD_AFTER {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {DEAD_AFTER:?}")));
+            let dead = dead_after();
+            if spent > dead {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {dead:?}")));
             }
             if spent > Duration::from_micros(20) {
-                let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(DEAD_AFTER - spent));
+                let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(dead - spent));
             } else {
                 std::hint::spin_loop();
             }
