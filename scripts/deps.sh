@@ -3,10 +3,15 @@
 # Debian packages: UCX and Open MPI (baselines, UCX transport, MPI tests),
 # rdma-core headers and build tools (the ibverbs crate), iproute2/util-linux
 # (namespaces), matplotlib (plots). Rust via rustup if cargo is missing.
+# `scripts/deps.sh softroce` also installs what testkit/softroce.sh needs to
+# build and boot its QEMU guests (debootstrap, QEMU, Debian's kernel).
 set -euo pipefail
 pkgs="build-essential pkg-config cmake clang libclang-dev libnl-3-dev libnl-route-3-dev
       libibverbs-dev ibverbs-providers libucx-dev ucx-utils openmpi-bin libopenmpi-dev
       iproute2 util-linux procps python3 python3-matplotlib python3-pip python3-venv curl ca-certificates"
+if [ "${1:-}" = softroce ]; then
+    pkgs="$pkgs debootstrap qemu-system-x86 linux-image-amd64 initramfs-tools e2fsprogs kmod"
+fi
 missing=""
 for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

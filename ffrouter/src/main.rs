@@ -109,10 +109,21 @@ struct ServeArgs {
     /// besides, --peer-network).
     #[arg(long, value_name = "IP:PORT,...", requires = "listen_addr")]
     peers: Vec<String>,
-    /// Transport between routers: auto (RDMA if a device exists, else TCP),
-    /// tcp or rdma.
+    /// Transport between routers: auto (RDMA if a device serves the listen
+    /// address, else TCP), tcp or rdma.
     #[arg(long, default_value = "auto")]
     peer_transport: String,
+    /// The RDMA device for links (e.g. mlx5_0, rxe0). Default: the device
+    /// with a RoCE v2 GID of the listen address (of --advertise-addr when
+    /// listening on 0.0.0.0) on the netdev holding it.
+    #[arg(long, value_name = "NAME", requires = "listen_addr")]
+    rdma_device: Option<String>,
+    /// The GID index on the RDMA port. Default: the RoCE v2 GID whose value
+    /// is the listen address (see --rdma-device), found in
+    /// /sys/class/infiniband/DEV/ports/P/gid_attrs; InfiniBand fabrics give
+    /// both flags (usually index 0).
+    #[arg(long, value_name = "N", requires = "listen_addr")]
+    rdma_gid_index: Option<u32>,
     /// Ring size (bytes per direction) of connections to other hosts; it
     /// also bounds the data in flight per connection between routers.
     #[arg(long, default_value_t = 4 << 20)]
@@ -240,6 +251,8 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         ring_size: a.peer_ring_size,
         peer_networks: &a.peer_networks,
         peers: &a.peers,
+        rdma_device: a.rdma_device.as_deref(),
+        rdma_gid_index: a.rdma_gid_index,
     };
     if let Some(mut cfg) = ffrouter::remote::Config::from_flags(&flags)? {
         cfg.max_links = max_links;

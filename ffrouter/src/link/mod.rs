@@ -96,6 +96,17 @@ pub trait Link: Send + Sync {
         Ok(Try::Busy)
     }
 
+    /// Tells the peer on stream `s` that this router is alive, without
+    /// waiting behind frames being sent there (the peer declares a stream
+    /// dead after [`DEAD_AFTER`] without anything from us). By default a
+    /// PING frame through [`Link::try_send`]; a stream busy sending skips
+    /// it, its frames show we live.
+    fn ping(&self, s: usize) -> io::Result<()> {
+        let ping = Frame::bare(crate::wire::Header::control(crate::wire::PING, 0, 0, 0).encode());
+        // SAFETY: no payload.
+        unsafe { self.try_send(s, &[ping]) }.map(|_| ())
+    }
+
     /// Is part of a frame accepted by [`Link::try_send`] still waiting?
     fn needs_flush(&self, _s: usize) -> bool {
         false
@@ -144,37 +155,44 @@ pub fn skip_payload(link: &dyn Link, s: usize, mut n: usize) -> io::Result<()> {
 pub enum Transport {
     Tcp,
     Rdma,
-    /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric): tests only.
+    /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric) whose
+    /// operations complete after `delay_ms`: tests only.
     #[cfg(test)]
-    FakeRdma,
+    FakeRdma { delay_ms: u64 },
 }
 
 /// `--peer-transport auto|tcp|rdma`: picks RDMA when asked for, or with
-/// `auto` when an RDMA device exists; TCP otherwise, saying why. Links with
-/// a peer secret run over TCP only: RDMA frames are not sealed yet.
-pub fn select(want: &str, secret: bool) -> Result<Transport, String> {
+/// `auto` when an RDMA device serves the router's address; TCP otherwise,
+/// saying why. Links with a peer secret run over TCP only: RDMA frames are
+/// not sealed yet. With RDMA, also the device, port and GID to use.
+pub fn select(want: &str, secret: bool, dev: &rdma::Want) -> Result<(Transport, Option<rdma::gid::Choice>), String> {
     match want {
         "tcp" => {
             log::info!("router-to-router transport: TCP (--peer-transport tcp)");
-            Ok(Transport::Tcp)
+            Ok((Transport::Tcp, None))
         }
         "rdma" if secret => Err("--peer-transport rdma: links over RDMA are not authenticated frame by frame yet; \
             use --peer-transport tcp with --peer-secret-file, or --insecure-no-peer-secret on a fabric only routers reach"
             .into()),
-        "rdma" | "auto" => match rdma::probe() {
-            Ok(dev) if secret => {
-                log::info!("router-to-router transport: TCP, although {dev} exists (links with a peer secret are sealed, which RDMA links are not yet)");
-                Ok(Transport::Tcp)
+        "rdma" | "auto" => match rdma::probe(dev) {
+            Ok(c) if secret => {
+                log::info!("router-to-router transport: TCP, although {} exists (links with a peer secret are sealed, which RDMA links are not yet)", c.device);
+                Ok((Transport::Tcp, None))
             }
-            Ok(dev) => {
-                log::info!("router-to-router transport: RDMA on {dev}");
-                Ok(Transport::Rdma)
+            Ok(c) => {
+                log::info!("router-to-router transport: RDMA on {c}");
+                Ok((Transport::Rdma, Some(c)))
             }
-            Err(why) if want == "auto" => {
+            Err(rdma::NoDevice::None(why)) if want == "auto" => {
                 log::info!("no RDMA device ({why}): using TCP between routers");
-                Ok(Transport::Tcp)
+                Ok((Transport::Tcp, None))
             }
-            Err(why) => Err(format!("--peer-transport rdma: no RDMA device ({why})")),
+            Err(rdma::NoDevice::NoMatch(why)) if want == "auto" => {
+                log::warn!("RDMA devices exist, but {why}: using TCP between routers");
+                Ok((Transport::Tcp, None))
+            }
+            Err(rdma::NoDevice::None(why)) => Err(format!("--peer-transport rdma: no RDMA device ({why})")),
+            Err(rdma::NoDevice::NoMatch(why)) => Err(format!("--peer-transport rdma: {why}")),
         },
         other => Err(format!("--peer-transport {other}: expected auto, tcp or rdma")),
     }

@@ -29,8 +29,20 @@
 //!
 //! Immediates (32 bits): `00` + bytes written; `01` + landing bytes freed / 64
 //! (credit for the landing ring, returned in quarters); `10` + token (READ
-//! done). Landing credit bounds what a sender writes; connection credits
-//! ([`crate::wire`]) bound the rest, so a receiver never runs out of room.
+//! done); `11` ping. Landing credit bounds what a sender writes; connection
+//! credits ([`crate::wire`]) bound the rest, so a receiver never runs out of
+//! room.
+//!
+//! Liveness: pings, credits and acks are bare immediates posted straight to
+//! the queue pair, never behind a stream's sender (who may be waiting for
+//! credit or for the peer's READs), and any completion that arrives on any
+//! stream, whoever drains it, counts as hearing from the peer router: the
+//! link is dead after [`DEAD_AFTER`] without anything on any stream. A
+//! sender holds its stream only to stage and post a batch (and for the NIC
+//! to take the staged bytes); it waits for the peer's READs of its payloads
+//! without it. A stream's operations may stall while the NIC retransmits
+//! (1.07 s per retry): an operation, or the credit or ack that answers our
+//! payloads, fails the link after [`OP_TIMEOUT`] without progress.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
 //! forwarding starts) and deregistered when it ends, after any READ into it
@@ -51,6 +63,24 @@ use super::{Frame, Link, DEAD_AFTER};
 use crate::wire::HDR_LEN;
 
 pub const LANDING: usize = 1 << 20;
+/// The longest an RDMA operation, or the peer's credit or ack for our
+/// payloads, may take while the peer router is otherwise heard from: a lost
+/// packet costs one ACK timeout (1.07 s) and the NIC gives up after 7
+/// retries (and then fails the operation itself).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dead time of RDMA links: [`DEAD_AFTER`], or `FF_RDMA_DEAD_MS` from
+/// the environment (an experiment knob, like `FF_ROUTER_SPIN_US`: the
+/// soft-RoCE check runs emulated guests whose fabric goes silent for
+/// seconds). Operations get at least as long ([`op_timeout`]).
+pub fn dead_after() -> Duration {
+    static K: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *K.get_or_init(|| std::env::var("FF_RDMA_DEAD_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(DEAD_AFTER))
+}
+
+fn op_timeout() -> Duration {
+    OP_TIMEOUT.max(dead_after())
+}
 pub const STAGING: usize = 256 << 10;
 pub const BOUNCE: usize = 64 << 10;
 /// Payloads up to this size are copied into the record; bigger ones are
@@ -68,6 +98,7 @@ const DESC: usize = 16;
 const IMM_DATA: u32 = 0;
 const IMM_CREDIT: u32 = 1 << 30;
 const IMM_ACK: u32 = 2 << 30;
+const IMM_PING: u32 = 3 << 30;
 const IMM_MASK: u32 = (1 << 30) - 1;
 /// wr_ids with this bit are not waited for (credits, acks).
 const FORGET: u64 = 1 << 63;
@@ -80,41 +111,92 @@ fn broken(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, what.into())
 }
 
-/// Is there a usable RDMA device? Its name, or why not.
-pub fn probe() -> Result<String, String> {
-    #[cfg(feature = "rdma")]
-    {
-        match ibverbs::devices() {
-            Err(e) => Err(e.to_string()),
-            Ok(l) if l.is_empty() => Err("no RDMA devices".into()),
-            Ok(l) => Ok(l
-                .iter()
-                .next()
-                .and_then(|d| d.name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "an unnamed device".into())),
+/// What the flags say about the RDMA device (`--rdma-device`,
+/// `--rdma-gid-index`), and the address it must serve.
+#[derive(Debug, Clone, Default)]
+pub struct Want {
+    pub device: Option<String>,
+    pub gid_index: Option<u32>,
+    /// The address the peer routers reach us at.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// Why there is no usable RDMA device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoDevice {
+    /// No device at all (or no RDMA support).
+    None(String),
+    /// Devices, but none fits the address or the flags.
+    NoMatch(String),
+}
+
+impl std::fmt::Display for NoDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoDevice::None(s) | NoDevice::NoMatch(s) => f.write_str(s),
         }
     }
+}
+
+/// The device, port and GID to use ([`gid`] has the rule), or why none.
+pub fn probe(want: &Want) -> Result<gid::Choice, NoDevice> {
+    #[cfg(feature = "rdma")]
+    {
+        let names: Vec<String> = match ibverbs::devices() {
+            Err(e) => return Err(NoDevice::None(e.to_string())),
+            Ok(l) if l.is_empty() => return Err(NoDevice::None("no RDMA devices".into())),
+            Ok(l) => l.iter().filter_map(|d| d.name().map(|n| n.to_string_lossy().into_owned())).collect(),
+        };
+        let Some(ip) = want.ip else { return Err(NoDevice::NoMatch("no address to pick a GID for".into())) };
+        let gids = gid::scan(std::path::Path::new(gid::SYSFS)).unwrap_or_default();
+        // Only devices libibverbs can open.
+        let gids: Vec<gid::Gid> = gids.into_iter().filter(|g| names.contains(&g.device)).collect();
+        if let Some(d) = &want.device {
+            if !names.contains(d) {
+                return Err(NoDevice::NoMatch(format!("--rdma-device {d}: no such device (devices: {})", names.join(", "))));
+            }
+        }
+        gid::choose(&gids, ip, &gid::netdevs_with(ip), want.device.as_deref(), want.gid_index).map_err(NoDevice::NoMatch)
+    }
     #[cfg(not(feature = "rdma"))]
-    Err("ffrouter was built without the rdma feature".into())
+    {
+        let _ = want;
+        Err(NoDevice::None("ffrouter was built without the rdma feature".into()))
+    }
+}
+
+/// Bound on the queue pair exchange over the first TCP stream (each side
+/// creates and registers its queue pairs and buffers meanwhile: on
+/// soft-RoCE under emulation that alone took over a second).
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The handshake left its own (short, already partly spent) timeouts on
+/// the socket: the setup gets [`SETUP_TIMEOUT`].
+fn setup_timeouts(boot: &TcpStream) -> io::Result<()> {
+    boot.set_read_timeout(Some(SETUP_TIMEOUT))?;
+    boot.set_write_timeout(Some(SETUP_TIMEOUT))
 }
 
 /// Turns the TCP streams of a freshly handshaken link into an RDMA link:
 /// the first stream carries the queue pair exchange (and stays open); the
 /// link gets as many queue pairs as there were streams.
-pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String) -> io::Result<Arc<dyn Link>> {
+pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Choice) -> io::Result<Arc<dyn Link>> {
     #[cfg(feature = "rdma")]
     {
         let n = socks.len();
         let mut boot = socks.swap_remove(0);
         drop(socks);
-        let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open()?);
+        setup_timeouts(&boot)?;
+        let t0 = Instant::now();
+        let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open(dev)?);
         let link = RdmaLink::connect(v, &mut boot, n, what)?;
+        log::debug!("{}: RDMA setup took {:?}", link.what, t0.elapsed());
         Ok(Arc::new(link.keep(boot)))
     }
     #[cfg(not(feature = "rdma"))]
     {
         socks.clear();
-        let _ = what;
+        let _ = (what, dev);
         Err(io::Error::other("ffrouter was built without the rdma feature"))
     }
 }
@@ -122,11 +204,12 @@ pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String) -> io::Result
 /// Tests: an RDMA link on the process-wide fake fabric, set up through the
 /// TCP streams of a handshaken link like the real one.
 #[cfg(test)]
-pub fn over_fake(mut socks: Vec<TcpStream>, what: String) -> io::Result<Arc<dyn Link>> {
+pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration) -> io::Result<Arc<dyn Link>> {
     static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
-    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).nic());
+    setup_timeouts(&boot)?;
+    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay));
     let link = RdmaLink::connect(v, &mut boot, n, what)?;
     Ok(Arc::new(link.keep(boot)))
 }
@@ -170,9 +253,8 @@ enum Cur {
 }
 
 struct RxSide {
-    /// Landing bytes consumed, and made available by the peer.
+    /// Landing bytes consumed.
     rpos: u64,
-    avail: u64,
     /// Freed since the last credit.
     freed: u64,
     cur: Cur,
@@ -184,6 +266,8 @@ struct Signals {
     /// Landing bytes of the peer's ring it has released (our credit).
     peer_freed: u64,
     acks: HashSet<u32>,
+    /// Credits and acks received so far (progress, for bounded waits).
+    events: u64,
 }
 
 struct Stream {
@@ -192,6 +276,11 @@ struct Stream {
     peer: PeerRing,
     tx: Mutex<TxSide>,
     rx: Mutex<RxSide>,
+    /// Held while polling the receive queue (any thread may: see
+    /// [`RdmaLink::drain_recv`]).
+    drain: Mutex<()>,
+    /// Landing bytes the peer has written (its data immediates).
+    avail: AtomicU64,
     sig: Mutex<Signals>,
     sig_cv: Condvar,
     /// Send completions seen but not yet claimed, by wr_id (status).
@@ -210,6 +299,8 @@ pub struct RdmaLink {
     dead: AtomicBool,
     why: Mutex<String>,
     what: String,
+    /// When something last arrived from the peer, on any stream.
+    heard: Mutex<Instant>,
     _boot: Option<TcpStream>,
 }
 
@@ -252,10 +343,12 @@ impl RdmaLink {
                 }
             }
         }
+        log::debug!("{what}: {n} queue pairs and their buffers made; exchanging them");
         let res = (|| {
             boot.write_all(&info)?;
             let mut peer = vec![0u8; n * INFO_LEN];
             boot.read_exact(&mut peer)?;
+            log::debug!("{what}: got the peer's queue pairs; connecting");
             let mut rings = Vec::with_capacity(n);
             for (i, (qp, _, _, _)) in made.iter().enumerate() {
                 let b = &peer[i * INFO_LEN..(i + 1) * INFO_LEN];
@@ -277,6 +370,7 @@ impl RdmaLink {
                 rings.push(ring);
             }
             // Both sides are ready to receive before anyone writes.
+            log::debug!("{what}: queue pairs ready to send");
             boot.write_all(b"R")?;
             let mut r = [0u8; 1];
             boot.read_exact(&mut r)?;
@@ -300,7 +394,9 @@ impl RdmaLink {
                 landing,
                 peer,
                 tx: Mutex::new(TxSide { staging, wpos: 0 }),
-                rx: Mutex::new(RxSide { rpos: 0, avail: 0, freed: 0, cur: Cur::Idle, bounce }),
+                rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce }),
+                drain: Mutex::new(()),
+                avail: AtomicU64::new(0),
                 sig: Mutex::default(),
                 sig_cv: Condvar::new(),
                 done: Mutex::default(),
@@ -308,7 +404,7 @@ impl RdmaLink {
                 next_token: AtomicU32::new(1),
             })
             .collect();
-        Ok(RdmaLink { v, streams, regs: RwLock::default(), dead: AtomicBool::new(false), why: Mutex::default(), what, _boot: None })
+        Ok(RdmaLink { v, streams, regs: RwLock::default(), dead: AtomicBool::new(false), why: Mutex::default(), what, heard: Mutex::new(Instant::now()), _boot: None })
     }
 
     /// Keeps the bootstrap connection open for the link's lifetime.
@@ -370,20 +466,27 @@ impl RdmaLink {
     }
 
     /// Waits for the send completion of `wr_id`.
-    fn wait_wr(&self, s: &Stream, wr_id: u64) -> io::Result<()> {
+    fn wait_wr(&self, s: &Stream, wr_id: u64, what: &str, len: usize) -> io::Result<()> {
         let start = Instant::now();
+        let slow = |t: Duration| {
+            if t > Duration::from_secs(1) {
+                crate::limited!(warn, "rdma-slow", "", "{}: an RDMA {what} of {len} bytes took {t:?}", self.what);
+            }
+        };
         loop {
             self.check()?;
             if s.done.lock().unwrap().remove(&wr_id).is_some() {
+                slow(start.elapsed());
                 return Ok(());
             }
             self.reap(s)?;
             if s.done.lock().unwrap().remove(&wr_id).is_some() {
+                slow(start.elapsed());
                 return Ok(());
             }
             let spent = start.elapsed();
-            if spent > DEAD_AFTER {
-                return Err(self.fail("an RDMA operation did not complete".into()));
+            if spent > op_timeout() {
+                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {:?}", op_timeout())));
             }
             if spent > Duration::from_micros(20) {
                 let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
@@ -394,10 +497,24 @@ impl RdmaLink {
     }
 
     /// Handles receive completions (immediates from the peer); reposts the
-    /// receives. Returns whether anything arrived.
-    fn drain_recv(&self, s: &Stream, rx: &mut RxSide) -> io::Result<bool> {
+    /// receives. Returns whether anything arrived. Any thread may drain (the
+    /// receiver while it waits for frames, a sender while it waits for
+    /// credit or acks); with `block` false it gives up at once when another
+    /// one is draining.
+    fn drain_recv(&self, s: &Stream, block: bool) -> io::Result<bool> {
+        let _one = if block {
+            s.drain.lock().unwrap()
+        } else {
+            match s.drain.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(false),
+            }
+        };
         let wcs = self.v.poll(s.qp, Cq::Recv, 32).map_err(|e| self.fail(format!("poll: {e}")))?;
         let any = !wcs.is_empty();
+        if any {
+            *self.heard.lock().unwrap() = Instant::now();
+        }
         for wc in wcs {
             if wc.status != 0 {
                 return Err(self.fail(format!("the peer router's queue pair failed (status {})", wc.status)));
@@ -407,21 +524,22 @@ impl RdmaLink {
             };
             match imm & !IMM_MASK {
                 IMM_DATA => {
-                    rx.avail += (imm & IMM_MASK) as u64;
-                    if rx.avail - rx.rpos > LANDING as u64 {
-                        return Err(self.fail("the peer router overran our landing ring".into()));
-                    }
+                    // Checked against the landing ring by the receiver.
+                    s.avail.fetch_add((imm & IMM_MASK) as u64, Ordering::AcqRel);
                 }
                 IMM_CREDIT => {
                     let mut sig = s.sig.lock().unwrap();
                     sig.peer_freed += (imm & IMM_MASK) as u64 * 64;
+                    sig.events += 1;
                     s.sig_cv.notify_all();
                 }
                 IMM_ACK => {
-                    s.sig.lock().unwrap().acks.insert(imm & IMM_MASK);
+                    let mut sig = s.sig.lock().unwrap();
+                    sig.acks.insert(imm & IMM_MASK);
+                    sig.events += 1;
                     s.sig_cv.notify_all();
                 }
-                _ => return Err(self.fail(format!("bad immediate {imm:#x}"))),
+                _ => {} // IMM_PING: only says the peer lives.
             }
             self.v.post_recv(s.qp, wc.wr_id).map_err(|e| self.fail(format!("post_recv: {e}")))?;
         }
@@ -446,27 +564,32 @@ impl RdmaLink {
         unsafe { s.landing.ptr().add((pos % LANDING as u64) as usize) }
     }
 
-    /// Waits until `need` more landing bytes are free at the peer, or for
-    /// the ACK of `token`.
+    /// Waits until `done` holds for the stream's signals (landing credit,
+    /// acks). Fails the link when the peer sends neither credit nor ack on
+    /// the stream for [`OP_TIMEOUT`]: a peer that keeps reading, however
+    /// slowly, is waited for.
     fn wait_signal(&self, s: &Stream, mut done: impl FnMut(&Signals) -> bool) -> io::Result<()> {
-        let start = Instant::now();
+        let mut seen = None;
+        let mut since = Instant::now();
         loop {
             {
                 let sig = s.sig.lock().unwrap();
                 if done(&sig) {
                     return Ok(());
                 }
+                if seen != Some(sig.events) {
+                    seen = Some(sig.events);
+                    since = Instant::now();
+                }
             }
             self.check()?;
-            if start.elapsed() > DEAD_AFTER {
-                return Err(self.fail("the peer router stopped answering".into()));
+            if since.elapsed() > op_timeout() {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {:?}", op_timeout())));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
-            if let Ok(mut rx) = s.rx.try_lock() {
-                if self.drain_recv(s, &mut rx)? {
-                    continue;
-                }
+            if self.drain_recv(s, false)? {
+                continue;
             }
             let sig = s.sig.lock().unwrap();
             if done(&sig) {
@@ -506,12 +629,12 @@ impl Link for RdmaLink {
         let mut tx = s.tx.lock().unwrap();
         let peer_len = s.peer.len;
         let mut i = 0;
+        let mut tokens = Vec::new();
         while i < frames.len() {
             // Stage as many records as fit the staging buffer, mirroring
             // their positions in the peer's landing ring.
             let start = tx.wpos;
             let mut pos = start;
-            let mut tokens = Vec::new();
             while i < frames.len() {
                 let f = &frames[i];
                 let remote = if f.len > INLINE_MAX { self.reg_for(f.ptr as u64, f.len) } else { None };
@@ -558,14 +681,26 @@ impl Link for RdmaLink {
             self.wait_signal(s, |sig| pos - sig.peer_freed <= peer_len)?;
             let wr = self.post_staged(s, &tx, start, len)?;
             tx.wpos = pos;
-            self.wait_wr(s, wr)?;
-            // Payloads the peer reads from our memory must stay until read.
-            for t in tokens {
-                self.wait_signal(s, |sig| sig.acks.contains(&t))?;
-                s.sig.lock().unwrap().acks.remove(&t);
+            // The staging buffer is reused once the NIC has sent it.
+            self.wait_wr(s, wr, "WRITE", len)?;
+        }
+        // The frames are posted in order: others may send on the stream
+        // (pings, credits, other connections) while the peer reads our
+        // payloads, which must stay until read.
+        drop(tx);
+        if !tokens.is_empty() {
+            self.wait_signal(s, |sig| tokens.iter().all(|t| sig.acks.contains(t)))?;
+            let mut sig = s.sig.lock().unwrap();
+            for t in &tokens {
+                sig.acks.remove(t);
             }
         }
         Ok(())
+    }
+
+    fn ping(&self, si: usize) -> io::Result<()> {
+        self.check()?;
+        self.post_imm(&self.streams[si], IMM_PING)
     }
 
     fn recv_header(&self, si: usize) -> io::Result<[u8; HDR_LEN]> {
@@ -577,13 +712,17 @@ impl Link for RdmaLink {
         let start = Instant::now();
         loop {
             self.check()?;
-            if rx.rpos < rx.avail {
+            let avail = s.avail.load(Ordering::Acquire);
+            if avail - rx.rpos > LANDING as u64 {
+                return Err(self.fail("the peer router overran our landing ring".into()));
+            }
+            if rx.rpos < avail {
                 let p = Self::landing_at(s, rx.rpos);
                 let off = (rx.rpos % LANDING as u64) as usize;
                 // SAFETY: off is 64-aligned inside the landing ring; the
                 // peer wrote these bytes (published by its immediate).
                 let (kind, span) = unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u32).read_unaligned() as usize) };
-                if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > rx.avail - rx.rpos {
+                if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > avail - rx.rpos {
                     return Err(self.fail(format!("bad landing record span {span}")));
                 }
                 match kind {
@@ -622,17 +761,20 @@ impl Link for RdmaLink {
                 }
                 return Ok(h);
             }
-            if self.drain_recv(s, &mut rx)? {
+            if self.drain_recv(s, true)? {
                 continue;
             }
             // Failed credits/acks show on the send side.
             self.reap(s)?;
-            let spent = start.elapsed();
-            if spent > DEAD_AFTER {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {DEAD_AFTER:?}")));
+            // Silence since we began waiting and since anything (a ping,
+            // credit, ack) arrived on any stream, whoever drained it.
+            let spent = start.elapsed().min(self.heard.lock().unwrap().elapsed());
+            let dead = dead_after();
+            if spent > dead {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {dead:?}")));
             }
             if spent > Duration::from_micros(20) {
-                let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(DEAD_AFTER - spent));
+                let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(dead - spent));
             } else {
                 std::hint::spin_loop();
             }
@@ -676,7 +818,7 @@ impl Link for RdmaLink {
                     let wr_id = s.next_wr.fetch_add(1, Ordering::Relaxed);
                     let remote = addr + off + done as u64;
                     self.post(s, &SendWr { wr_id, op: Op::Read, sges: vec![sge], remote_addr: remote, rkey, signaled: true })?;
-                    self.wait_wr(s, wr_id)?;
+                    self.wait_wr(s, wr_id, "READ", sge.len as usize)?;
                     if bounce {
                         std::ptr::copy_nonoverlapping(rx.bounce.ptr(), dst.add(done), sge.len as usize);
                     }
@@ -754,6 +896,7 @@ impl Drop for RdmaLink {
     }
 }
 
+pub mod gid;
 #[cfg(feature = "rdma")]
 pub mod ib;
 
@@ -837,10 +980,85 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_that_stops_reading_fails_the_sender_within_the_dead_time() {
+    fn frames_and_pings_do_not_wait_behind_a_sender_waiting_for_the_peers_reads() {
+        let (_fab, a, b) = pair(2);
+        let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        unsafe { std::ptr::write_bytes(src.as_ptr(), 9, 1 << 20) };
+        // A big payload goes by READ: its sender waits until b has read it.
+        let (a2, src2) = (a.clone(), src.clone());
+        let big = std::thread::spawn(move || {
+            let f = Frame { hdr: Header::data(8, ffcore::ring::REC_FIRST, 2, 1 << 20, 1 << 20).encode(), ptr: src2.as_ptr(), len: 1 << 20 };
+            unsafe { a2.send(0, &[f]) }
+        });
+        let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        assert_eq!(h.len, 1 << 20);
+        // b has not read it yet. A credit-sized frame and pings still go on
+        // that stream at once, and b hears from a on the idle one.
+        let t0 = Instant::now();
+        let credit = Frame::bare(Header::control(wire::CREDIT, 3, 4096, 0).encode());
+        unsafe { a.send(0, &[credit]).unwrap() };
+        a.ping(0).unwrap();
+        a.ping(1).unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+        // b reads only after the dead time (a READ stalled in the NIC's
+        // retransmissions): a waits, the link stays.
+        std::thread::sleep(DEAD_AFTER + Duration::from_millis(500));
+        assert!(!big.is_finished(), "the big send waits for b's READ");
+        // b reads: the big send completes, then the frame sent after it.
+        let mut got = vec![0u8; 1 << 20];
+        unsafe { b.recv_payload(0, got.as_mut_ptr(), got.len()).unwrap() };
+        assert!(got.iter().all(|&x| x == 9));
+        big.join().unwrap().unwrap();
+        let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        assert_eq!((h.ty, h.conn, h.arg), (wire::CREDIT, 3, 4096));
+        a.deregister(&src);
+    }
+
+    #[test]
+    fn streams_that_hear_nothing_stay_up_while_the_peer_pings_on_another() {
+        // Only stream 1 carries pings (as if stream 0's queue pair were
+        // stalled in retransmissions) for longer than the dead time: the
+        // peer router is heard from, so neither receiver gives up.
+        let (_fab, a, b) = pair(2);
+        let a2 = a.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let pinger = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                a2.ping(1).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let rxs: Vec<_> = (0..2)
+            .map(|s| {
+                let b2 = b.clone();
+                std::thread::spawn(move || b2.recv_header(s).map(|h| Header::decode(&h).unwrap().ty))
+            })
+            .collect();
+        std::thread::sleep(DEAD_AFTER + Duration::from_millis(700));
+        assert!(rxs.iter().all(|r| !r.is_finished()), "a receiver gave up although pings arrived");
+        stop.store(true, Ordering::Relaxed);
+        pinger.join().unwrap();
+        let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+        for s in 0..2 {
+            unsafe { a.send(s, &[ping]).unwrap() };
+        }
+        for r in rxs {
+            assert_eq!(r.join().unwrap().unwrap(), wire::PING);
+        }
+        // Without pings a receiver times out within the dead time.
+        let t0 = Instant::now();
+        let e = b.recv_header(0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_fails_the_sender_within_the_operation_timeout() {
         let (_fab, a, b) = pair(1);
         // b never reads: a runs out of landing credit and fails within the
-        // dead time instead of blocking forever.
+        // operation timeout instead of blocking forever.
         let payload = vec![1u8; 8000];
         let t0 = Instant::now();
         let mut res = Ok(());
@@ -852,7 +1070,7 @@ mod tests {
             }
         }
         assert!(res.is_err(), "a sender with no credit fails");
-        assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() < OP_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
         // b can still read what arrived, then learns the link is gone.
         let e = loop {
             match b.recv_header(0) {
@@ -881,6 +1099,28 @@ mod tests {
         assert!(unsafe { a.send(0, &[fr]) }.is_err());
         assert!(a.recv_header(1).is_err());
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn setup_waits_for_a_slow_peer_whatever_timeout_the_handshake_left() {
+        // Found on soft-RoCE: the accepting side's socket kept the last
+        // milliseconds of its handshake timeout, and the queue pair
+        // exchange failed with EAGAIN while the peer was still registering
+        // its buffers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(400)); // slow to set up
+            over_fake(vec![s], "dialer".into(), Duration::ZERO)
+        });
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO).unwrap();
+        let b = t.join().unwrap().unwrap();
+        let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+        unsafe { b.send(0, &[ping]).unwrap() };
+        assert_eq!(Header::decode(&a.recv_header(0).unwrap()).unwrap().ty, wire::PING);
     }
 
     #[test]

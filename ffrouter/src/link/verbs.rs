@@ -156,6 +156,9 @@ pub trait Verbs: Send + Sync {
 /// Writes and reads are memory copies, done when posted; remote keys and
 /// bounds are checked like a NIC would, and a bad access moves the queue
 /// pair to Error with an error completion (status 10, "remote access").
+/// A NIC made with [`Fabric::slow_nic`] delays every completion of what it
+/// posts (its own, and the receive completion an immediate causes at the
+/// peer) by a fixed time, like a link with that one-way latency.
 #[derive(Clone, Default)]
 pub struct Fabric {
     inner: Arc<(Mutex<FabricState>, Condvar)>,
@@ -181,9 +184,10 @@ struct FakeQp {
     /// Immediates that found no posted receive yet: delivered when one is
     /// posted (a NIC retries such "receiver not ready" sends; the link sets
     /// infinite RNR retries).
-    rnr: VecDeque<u32>,
-    send_cq: VecDeque<Wc>,
-    recv_cq: VecDeque<Wc>,
+    rnr: VecDeque<(Instant, u32)>,
+    /// Completions, each visible from its instant on (in order).
+    send_cq: VecDeque<(Instant, Wc)>,
+    recv_cq: VecDeque<(Instant, Wc)>,
     send_depth: u32,
     recv_depth: u32,
     /// Posted, uncompleted sends (for queue depth).
@@ -197,6 +201,7 @@ pub const STATUS_FLUSH: u32 = 5;
 pub struct FakeVerbs {
     fabric: Fabric,
     nic: u32,
+    delay: Duration,
 }
 
 impl Fabric {
@@ -204,7 +209,12 @@ impl Fabric {
         let (m, _) = &*self.inner;
         let mut st = m.lock().unwrap();
         st.next_qpn += 1;
-        FakeVerbs { fabric: self.clone(), nic: st.next_qpn }
+        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Duration::ZERO }
+    }
+
+    /// A NIC whose operations complete `delay` after they are posted.
+    pub fn slow_nic(&self, delay: Duration) -> FakeVerbs {
+        FakeVerbs { delay, ..self.nic() }
     }
 
     /// Makes every queue pair of `nic` fail (as if its host died): peers'
@@ -252,7 +262,7 @@ impl FabricState {
     fn fail(&mut self, qp: u32, wr_id: u64, status: u32) {
         if let Some(q) = self.qps.get_mut(&qp) {
             q.state = QpState::Error;
-            q.send_cq.push_back(Wc { wr_id, kind: WcKind::Write, status });
+            q.send_cq.push_back((Instant::now(), Wc { wr_id, kind: WcKind::Write, status }));
         }
     }
 
@@ -367,6 +377,7 @@ impl Verbs for FakeVerbs {
                 return Ok(());
             }
             let remote_nic = st.qps[&remote].nic;
+            let due = Instant::now() + self.delay;
             if total > 0 && !st.check_remote(remote_nic, wr.rkey, wr.remote_addr, total) {
                 st.fail(qp, wr.wr_id, STATUS_REMOTE_ACCESS);
                 return Ok(());
@@ -383,8 +394,8 @@ impl Verbs for FakeVerbs {
                     if let Op::WriteImm(imm) = wr.op {
                         let p = st.qps.get_mut(&remote).unwrap();
                         match p.recv_posted.pop_front() {
-                            Some(id) => p.recv_cq.push_back(Wc { wr_id: id, kind: WcKind::RecvImm(imm), status: 0 }),
-                            None => p.rnr.push_back(imm),
+                            Some(id) => p.recv_cq.push_back((due, Wc { wr_id: id, kind: WcKind::RecvImm(imm), status: 0 })),
+                            None => p.rnr.push_back((due, imm)),
                         }
                     }
                 }
@@ -400,7 +411,7 @@ impl Verbs for FakeVerbs {
             let q = st.qp(qp)?;
             if wr.signaled {
                 let kind = if wr.op == Op::Read { WcKind::Read } else { WcKind::Write };
-                q.send_cq.push_back(Wc { wr_id: wr.wr_id, kind, status: 0 });
+                q.send_cq.push_back((due, Wc { wr_id: wr.wr_id, kind, status: 0 }));
             }
             Ok(())
         })
@@ -416,7 +427,7 @@ impl Verbs for FakeVerbs {
                 return Err(io::Error::new(io::ErrorKind::OutOfMemory, "receive queue full"));
             }
             match q.rnr.pop_front() {
-                Some(imm) => q.recv_cq.push_back(Wc { wr_id, kind: WcKind::RecvImm(imm), status: 0 }),
+                Some((at, imm)) => q.recv_cq.push_back((at, Wc { wr_id, kind: WcKind::RecvImm(imm), status: 0 })),
                 None => q.recv_posted.push_back(wr_id),
             }
             Ok(())
@@ -431,8 +442,9 @@ impl Verbs for FakeVerbs {
                 Cq::Send => &mut q.send_cq,
                 Cq::Recv => &mut q.recv_cq,
             };
-            let n = src.len().min(max);
-            let mut v: Vec<Wc> = src.drain(..n).collect();
+            let now = Instant::now();
+            let n = src.iter().take(max).take_while(|(at, _)| *at <= now).count();
+            let mut v: Vec<Wc> = src.drain(..n).map(|(_, wc)| wc).collect();
             if v.is_empty() && (down || q.state == QpState::Error) && cq == Cq::Recv {
                 // A queue pair in Error flushes its receives.
                 if let Some(id) = q.recv_posted.pop_front() {
@@ -449,15 +461,18 @@ impl Verbs for FakeVerbs {
         let mut st = m.lock().unwrap();
         loop {
             let q = st.qps.get(&qp).ok_or_else(|| einval("no such queue pair"))?;
-            let ready = match cq {
-                Cq::Send => !q.send_cq.is_empty(),
-                Cq::Recv => !q.recv_cq.is_empty() || q.state == QpState::Error,
+            let first = match cq {
+                Cq::Send => q.send_cq.front(),
+                Cq::Recv => q.recv_cq.front(),
             };
             let now = Instant::now();
+            let ready = first.is_some_and(|(at, _)| *at <= now) || (cq == Cq::Recv && q.state == QpState::Error);
             if ready || now >= deadline {
                 return Ok(());
             }
-            st = cv.wait_timeout(st, deadline - now).unwrap().0;
+            // A completion due before the deadline: wake for it.
+            let until = first.map_or(deadline, |(at, _)| (*at).min(deadline));
+            st = cv.wait_timeout(st, until - now).unwrap().0;
         }
     }
 }
@@ -527,6 +542,36 @@ mod tests {
             v.dereg_mr(&m).unwrap();
         }
         assert_eq!(f.registered(), 0);
+    }
+
+    #[test]
+    fn a_slow_nic_completes_after_its_delay_in_order() {
+        let f = Fabric::default();
+        let (a, b) = (f.slow_nic(Duration::from_millis(40)), f.nic());
+        let (qa, qb) = (a.create_qp(8, 8).unwrap(), b.create_qp(8, 8).unwrap());
+        let (ea, eb) = (a.endpoint(qa).unwrap(), b.endpoint(qb).unwrap());
+        for (v, q, e) in [(&a as &dyn Verbs, qa, eb), (&b, qb, ea)] {
+            v.modify_qp(q, QpState::Init, None).unwrap();
+            v.modify_qp(q, QpState::Rtr, Some(&e)).unwrap();
+            v.modify_qp(q, QpState::Rts, None).unwrap();
+        }
+        let mut buf = vec![0u8; 8];
+        let m = b.reg_mr(buf.as_mut_ptr(), 8).unwrap();
+        b.post_recv(qb, 1).unwrap();
+        let t0 = Instant::now();
+        for id in [10, 11] {
+            a.post_send(qa, &SendWr { wr_id: id, op: Op::WriteImm(id as u32), sges: vec![], remote_addr: m.addr, rkey: m.rkey, signaled: true }).unwrap();
+        }
+        assert!(a.poll(qa, Cq::Send, 4).unwrap().is_empty(), "nothing completes before the delay");
+        assert!(b.poll(qb, Cq::Recv, 4).unwrap().is_empty(), "nor arrives");
+        a.wait(qa, Cq::Send, Duration::from_secs(5)).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(40), "{:?}", t0.elapsed());
+        let ids: Vec<u64> = a.poll(qa, Cq::Send, 4).unwrap().iter().map(|w| w.wr_id).collect();
+        assert_eq!(ids, vec![10, 11]);
+        b.post_recv(qb, 2).unwrap();
+        let got: Vec<WcKind> = b.poll(qb, Cq::Recv, 4).unwrap().iter().map(|w| w.kind).collect();
+        assert_eq!(got, vec![WcKind::RecvImm(10), WcKind::RecvImm(11)], "the second found its receive late, still in order");
+        b.dereg_mr(&m).unwrap();
     }
 
     #[test]

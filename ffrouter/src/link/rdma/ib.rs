@@ -1,11 +1,11 @@
 //! [`Verbs`] on a real RDMA device, through libibverbs (`ibverbs-sys`).
 //!
-//! **Never run on hardware** (the development machines have no RDMA NIC):
-//! it compiles against rdma-core 55 and follows the verbs man pages. RC
-//! queue pairs on port 1 of the first device, GID index 0 unless
-//! `FF_RDMA_GID_INDEX` says otherwise (RoCE needs a GID; InfiniBand uses
-//! the LID), MTU = the port's active MTU, 7 retries and infinite RNR
-//! retries. Completion channels let [`Verbs::wait`] sleep.
+//! Not run on RDMA hardware yet; it runs on soft-RoCE (rdma_rxe, kernel 6.1,
+//! rdma-core 44) in the QEMU guests of `testkit/softroce.sh`. RC queue pairs
+//! on the device, port and GID index that [`super::gid`] chose (RoCE needs
+//! the GID; InfiniBand uses the LID), MTU = the port's active MTU, 7
+//! retries and infinite RNR retries. Completion channels let
+//! [`Verbs::wait`] sleep.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use ibverbs_sys as ffi;
 
 use super::super::verbs::{Cq, Endpoint, Mr, Op, QpState, SendWr, Verbs, Wc, WcKind};
+use super::gid::{self, Choice};
 
 struct CqPair {
     cq: *mut ffi::ibv_cq,
@@ -62,8 +63,8 @@ fn errno(what: &str, rc: i32) -> io::Result<()> {
 }
 
 impl IbVerbs {
-    /// Opens the first RDMA device.
-    pub fn open() -> io::Result<IbVerbs> {
+    /// Opens the chosen device.
+    pub fn open(dev: &Choice) -> io::Result<IbVerbs> {
         // SAFETY: plain libibverbs calls; every pointer is checked.
         unsafe {
             let mut n = 0;
@@ -74,7 +75,17 @@ impl IbVerbs {
                 }
                 return Err(io::Error::new(io::ErrorKind::NotFound, "no RDMA device"));
             }
-            let ctx = ffi::ibv_open_device(*list);
+            let found = (0..n as usize).map(|i| *list.add(i)).find(|d| {
+                let name = ffi::ibv_get_device_name(*d);
+                !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == dev.device.as_bytes()
+            });
+            let ctx = match found {
+                Some(d) => ffi::ibv_open_device(d),
+                None => {
+                    ffi::ibv_free_device_list(list);
+                    return Err(io::Error::new(io::ErrorKind::NotFound, format!("no RDMA device {}", dev.device)));
+                }
+            };
             ffi::ibv_free_device_list(list);
             if ctx.is_null() {
                 return Err(last("ibv_open_device"));
@@ -84,7 +95,7 @@ impl IbVerbs {
                 ffi::ibv_close_device(ctx);
                 return Err(last("ibv_alloc_pd"));
             }
-            let port = 1u8;
+            let port = dev.port;
             let mut attr: ffi::ibv_port_attr = std::mem::zeroed();
             let rc = ffi::ibv_query_port(ctx, port, &mut attr as *mut ffi::ibv_port_attr as *mut ffi::_compat_ibv_port_attr);
             if rc != 0 {
@@ -92,10 +103,27 @@ impl IbVerbs {
                 ffi::ibv_close_device(ctx);
                 return Err(errno("ibv_query_port", rc).unwrap_err());
             }
-            let gid_index: u8 = std::env::var("FF_RDMA_GID_INDEX").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let fail = |e: io::Error| {
+                ffi::ibv_dealloc_pd(pd);
+                ffi::ibv_close_device(ctx);
+                Err(e)
+            };
+            let Ok(gid_index) = u8::try_from(dev.gid_index) else {
+                return fail(io::Error::new(io::ErrorKind::InvalidInput, format!("GID index {} out of range", dev.gid_index)));
+            };
             let mut gid: ffi::ibv_gid = std::mem::zeroed();
             let rc = ffi::ibv_query_gid(ctx, port, gid_index as i32, &mut gid);
-            let gid = if rc == 0 { gid.raw } else { [0; 16] };
+            if rc != 0 {
+                return fail(io::Error::other(format!("ibv_query_gid {dev}: {}", io::Error::from_raw_os_error(rc))));
+            }
+            let gid = gid.raw;
+            // The table may have changed since the router chose (addresses
+            // come and go): refuse a GID that is no longer the chosen one.
+            if let Some(want) = dev.gid {
+                if gid != want {
+                    return fail(io::Error::other(format!("{dev}: the device now lists {} there; restart the router", gid::show(&gid))));
+                }
+            }
             Ok(IbVerbs {
                 ctx,
                 pd,
@@ -276,7 +304,13 @@ impl Verbs for IbVerbs {
                 QpState::Rts => {
                     a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTS;
                     a.sq_psn = q.psn;
-                    a.timeout = 14;
+                    // ACK timeout 4.096 us * 2^18 = 1.07 s, NCCL's default
+                    // (NCCL_IB_TIMEOUT): 14 (67 ms) made soft-RoCE under
+                    // emulation retransmit hundreds of times per run
+                    // (completer_retry_err), READs stalled for seconds and
+                    // links died. A dead peer is still found in DEAD_AFTER
+                    // by the link itself.
+                    a.timeout = 18;
                     a.retry_cnt = 7;
                     a.rnr_retry = 7;
                     a.max_rd_atomic = 16;

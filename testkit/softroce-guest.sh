@@ -1,0 +1,192 @@
+#!/bin/sh
+# testkit/softroce-guest.sh ID - runs inside the guests of testkit/softroce.sh
+# (copied to /share/guest.sh; the guest's init runs it after bringing up
+# rxe0). Guest 1 (10.0.0.1) serves, guest 2 (10.0.0.2) connects; they meet
+# through files in /share/sync. Every step writes its name to /share/stepID
+# first, so the host can say which one failed. Lines starting with "OK " and
+# "BENCH " are the results.
+id=$1
+S=/share
+B=$S/bin
+Y=$S/sync
+mode=$(cat $S/mode)
+me=10.0.0.$id
+server=10.0.0.1
+[ "$id" = 1 ] && role=serve || role=connect
+
+step() { echo "$1" > $S/step$id; echo "=== $(date +%T) $1"; }
+# rxe's counters (retries, RNR NAKs, sequence errors) and the kernel's
+# last words: what the device saw.
+device_state() {
+    echo "--- rxe0 counters (non-zero)"
+    for f in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do
+        v=$(cat "$f" 2>/dev/null)
+        [ -n "$v" ] && [ "$v" != 0 ] && echo "$(basename "$f") $v"
+    done
+    echo "--- dmesg (last lines)"
+    dmesg | tail -15
+}
+fail() {
+    echo "FAILED: $*"
+    touch $Y/abort
+    device_state
+    exit 1
+}
+# waitfor FILE [SECONDS]: until FILE exists; fails on timeout or abort.
+waitfor() {
+    local w=0
+    while [ ! -e "$1" ]; do
+        [ -e $Y/abort ] && { echo "the other guest failed"; exit 1; }
+        w=$((w + 1))
+        [ $w -gt $((${2:-600} * 5)) ] && fail "timed out waiting for $(basename "$1")"
+        sleep 0.2
+    done
+}
+# The RoCE v2 GID index of our IPv4 address (a plain shell look at sysfs,
+# independent of the router's own choice).
+gid_index() {
+    want=$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' $(echo "$me" | tr . ' '))
+    for f in /sys/class/infiniband/rxe0/ports/1/gids/*; do
+        i=$(basename "$f")
+        if [ "$(cat "$f")" = "$want" ] && [ "$(cat /sys/class/infiniband/rxe0/ports/1/gid_attrs/types/"$i" 2>/dev/null)" = "RoCE v2" ]; then
+            echo "$i"
+            return
+        fi
+    done
+}
+
+# perftest/ibv pair: NAME, then the command (the connector adds the server's
+# address).
+verbs_pair() {
+    name=$1
+    shift
+    if [ $role = serve ]; then
+        "$@" > /tmp/$name.out 2>&1 &
+        pid=$!
+        sleep 2
+        touch $Y/$name.ready
+        wait $pid || { cat /tmp/$name.out; fail "$name (server side)"; }
+    else
+        waitfor $Y/$name.ready
+        timeout 300 "$@" $server > /tmp/$name.out 2>&1 || { cat /tmp/$name.out; fail "$name"; }
+        cat /tmp/$name.out
+    fi
+}
+
+# ffbench pair: NAME SOCKET ffbench-args... (the handle goes through /share).
+ff_pair() {
+    name=$1
+    sock=$2
+    shift 2
+    if [ $role = serve ]; then
+        FF_ROUTER_SOCKET=$sock $B/ffbench serve "$@" > /tmp/$name.out 2>&1 &
+        pid=$!
+        local w=0
+        until grep -q '^HANDLE ' /tmp/$name.out; do
+            w=$((w + 1))
+            [ $w -gt 150 ] && { cat /tmp/$name.out; fail "$name: no handle"; }
+            kill -0 $pid 2>/dev/null || { cat /tmp/$name.out; fail "$name: ffbench serve exited"; }
+            sleep 0.2
+        done
+        sed -n 's/^HANDLE //p' /tmp/$name.out > $Y/$name.handle.tmp
+        mv $Y/$name.handle.tmp $Y/$name.handle
+        wait $pid || { cat /tmp/$name.out; fail "$name (serving side)"; }
+        cat /tmp/$name.out
+    else
+        waitfor $Y/$name.handle
+        FF_ROUTER_SOCKET=$sock timeout 600 $B/ffbench connect "$@" --handle "$(cat $Y/$name.handle)" > /tmp/$name.out 2>&1 ||
+            { cat /tmp/$name.out; fail "$name"; }
+        cat /tmp/$name.out
+    fi
+}
+
+# router NAME SOCKET PORT TRANSPORT: starts one and waits for its socket.
+router() {
+    log=$S/$1$id.log
+    env $(grep -v '=$' $S/router.env) $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
+    local w=0
+    until [ -S "$2" ]; do
+        w=$((w + 1))
+        [ $w -gt 150 ] && { cat "$log"; fail "$1 did not start"; }
+        sleep 0.2
+    done
+}
+
+step "rxe0 is up"
+cat $S/setup$id.log
+ibv_devinfo -d rxe0 | grep -E 'state|active_mtu|link_layer' || fail "no rxe0"
+ibv_devinfo -d rxe0 | grep -q PORT_ACTIVE || fail "rxe0 port not active"
+g=$(gid_index)
+[ -n "$g" ] || fail "no RoCE v2 GID of $me on rxe0"
+echo "RoCE v2 GID of $me: index $g"
+echo "OK guest$id rxe0 active, GID index $g"
+
+step "ibv_rc_pingpong (control: plain verbs between the guests)"
+verbs_pair rc_pingpong ibv_rc_pingpong -d rxe0 -g "$g" -n 50
+echo "OK ibv_rc_pingpong"
+
+step "routers over RDMA (--peer-transport rdma, 4 streams, GID chosen by the router)"
+router router /tmp/ff.sock 7070 rdma
+grep 'router-to-router transport' $S/router$id.log
+grep -q "RDMA on rxe0 port 1 GID index $g " $S/router$id.log || fail "the router did not pick rxe0's RoCE v2 GID $g"
+echo "OK guest$id router picked rxe0 port 1 GID index $g"
+
+if [ "$mode" = check ]; then
+    step "ffbench check over RDMA (sizes up to 4 MiB+1, both ways, checksummed)"
+    ff_pair check /tmp/ff.sock check --iters 48 --max-size 4194305 --window 8
+    echo "OK ffbench check (48 messages each way, sizes 0 to 4 MiB+1, crc32 and bytes compared)"
+
+    step "ffbench pingpong over RDMA"
+    ff_pair pingpong /tmp/ff.sock pingpong --size 8 --iters 100
+    echo "OK ffbench pingpong"
+
+    step "ffbench stream over RDMA"
+    ff_pair stream /tmp/ff.sock stream --size 1048576 --iters 16 --window 8
+    echo "OK ffbench stream"
+
+    step "the link stayed up"
+    grep WARN $S/router$id.log | grep -v insecure-no-peer-secret
+    grep -E 'is down|ERROR' $S/router$id.log && fail "the router logged a problem"
+    grep -q 'transport: RDMA' $S/router$id.log || fail "not RDMA"
+    echo "OK guest$id router log clean"
+else
+    step "router over TCP (baseline)"
+    router router-tcp /tmp/fft.sock 7071 tcp
+    bench() { [ $role = connect ] && echo "BENCH $*"; return 0; }
+    pick() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" /tmp/$2.out | tail -1; }
+    # perftest's table row: the line that starts with the size.
+    bw_of() { awk -v s="$1" '$1 == s { print $4 }' /tmp/$2.out | tail -1; }
+    for size in 65536 1048576 4194304; do
+        case $size in 65536) n=200 ;; 1048576) n=20 ;; *) n=8 ;; esac
+        step "bench $size: ib_write_bw"
+        verbs_pair wbw$size ib_write_bw -d rxe0 -x "$g" -s $size -n $n
+        bench "tool=ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size wbw$size)"
+        step "bench $size: ib_read_bw"
+        verbs_pair rbw$size ib_read_bw -d rxe0 -x "$g" -s $size -n $n
+        bench "tool=ib_read_bw size=$size iters=$n mb_per_s=$(bw_of $size rbw$size)"
+        step "bench $size: ff stream over RDMA"
+        ff_pair ffr$size /tmp/ff.sock stream --size $size --iters $n --window 8
+        bench "tool=ff_rdma_stream size=$size iters=$n mb_per_s=$(pick mb_per_s ffr$size)"
+        step "bench $size: ff stream over TCP"
+        ff_pair fft$size /tmp/fft.sock stream --size $size --iters $n --window 8
+        bench "tool=ff_tcp_stream size=$size iters=$n mb_per_s=$(pick mb_per_s fft$size)"
+    done
+    step "bench 8 B latency: ib_write_lat"
+    verbs_pair wlat ib_write_lat -d rxe0 -x "$g" -s 8 -n 200
+    bench "tool=ib_write_lat size=8 iters=200 lat_us=$(awk '$1 == 8 { print $5 }' /tmp/wlat.out | tail -1)"
+    step "bench 8 B latency: ff pingpong over RDMA"
+    ff_pair ffrlat /tmp/ff.sock pingpong --size 8 --iters 100
+    bench "tool=ff_rdma_pingpong size=8 iters=100 lat_us=$(pick half_rtt_us_p50 ffrlat)"
+    step "bench 8 B latency: ff pingpong over TCP"
+    ff_pair fftlat /tmp/fft.sock pingpong --size 8 --iters 100
+    bench "tool=ff_tcp_pingpong size=8 iters=100 lat_us=$(pick half_rtt_us_p50 fftlat)"
+    grep -q 'is down' $S/router$id.log && fail "the RDMA link went down during the bench"
+    echo "OK bench"
+fi
+
+step "done"
+device_state
+touch $Y/done$id
+# Keep the router up until the other guest is done too.
+waitfor $Y/done$((3 - id)) 600
+exit 0

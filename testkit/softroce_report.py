@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Turns the BENCH lines of testkit/softroce.sh bench into a README table.
+
+usage: softroce_report.py RESULTS CPU NCPU KERNEL
+"""
+import sys
+
+
+def main():
+    path, cpu, ncpu, kver = sys.argv[1:5]
+    rows = {}
+    for line in open(path):
+        if not line.startswith("BENCH "):
+            continue
+        kv = dict(f.split("=", 1) for f in line.split()[1:])
+        rows[(kv["tool"], int(kv["size"]))] = kv
+
+    def val(tool, size, key):
+        kv = rows.get((tool, size))
+        try:
+            return float(kv[key]) if kv else None
+        except (KeyError, ValueError):
+            return None
+
+    def fmt(v, d=1):
+        return "—" if v is None else f"{v:.{d}f}"
+
+    def ratio(a, b):
+        return "—" if a is None or not b else f"{a / b:.2f}x"
+
+    out = []
+    out.append("# ff over the RDMA link vs perftest on rxe0 vs ff over TCP, in two QEMU guests")
+    out.append("")
+    out.append("**Emulated soft-RoCE (rdma_rxe) in two TCG guests on one small VM: these numbers")
+    out.append("say nothing about RDMA hardware speed.** rxe does in software what a NIC does, and")
+    out.append("every guest instruction is emulated by QEMU's TCG; both guests share the host's cores.")
+    out.append("They only compare ff's RDMA link with the verbs device it runs on, on the same")
+    out.append("emulated link, in one run.")
+    out.append("")
+    out.append(f"- Host: {ncpu} vCPUs, {cpu}; guests: Debian 12, kernel {kver}, QEMU TCG, 2 vCPUs and")
+    out.append("  2 GiB each, virtio-net joined by a QEMU socket netdev over loopback, rxe0 on it.")
+    out.append("- Produced by `testkit/softroce.sh bench` (one run; `guest*.log` are the raw outputs).")
+    out.append("- Bandwidth: perftest `ib_write_bw`/`ib_read_bw -s SIZE -n N` (BW average), ffbench")
+    out.append("  `stream --size SIZE --iters N --window 8` through two routers (`--peer-streams 4`),")
+    out.append("  over RDMA (`--peer-transport rdma`) and over TCP. Latency: `ib_write_lat -s 8`")
+    out.append("  (t_typical), ffbench `pingpong --size 8` (median half round trip).")
+    out.append("")
+    out.append("| size | ib_write_bw MB/s | ib_read_bw MB/s | ff RDMA MB/s | ff TCP MB/s | ff RDMA / ib_read_bw |")
+    out.append("|---:|---:|---:|---:|---:|---:|")
+    for size in sorted({s for (t, s) in rows if t.endswith("_bw") or t.endswith("stream")}):
+        w = val("ib_write_bw", size, "mb_per_s")
+        r = val("ib_read_bw", size, "mb_per_s")
+        fr = val("ff_rdma_stream", size, "mb_per_s")
+        ft = val("ff_tcp_stream", size, "mb_per_s")
+        out.append(f"| {size} | {fmt(w)} | {fmt(r)} | {fmt(fr)} | {fmt(ft)} | {ratio(fr, r)} |")
+    out.append("")
+    out.append("| 8 B | ib_write_lat µs | ff RDMA µs | ff TCP µs | ff RDMA / ib_write_lat |")
+    out.append("|---:|---:|---:|---:|---:|")
+    l = val("ib_write_lat", 8, "lat_us")
+    fr = val("ff_rdma_pingpong", 8, "lat_us")
+    ft = val("ff_tcp_pingpong", 8, "lat_us")
+    out.append(f"| half round trip | {fmt(l)} | {fmt(fr)} | {fmt(ft)} | {ratio(fr, l)} |")
+    out.append("")
+    out.append("Targets from issue 14 (on this same emulated link): bandwidth ≥ 0.8x raw `ib_read_bw`,")
+    out.append("latency ≤ 1.5x raw `ib_write_lat`.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
