@@ -85,11 +85,13 @@ struct SendOp {
 }
 
 /// `n` bytes from offset `at` of a message, in `seg` (held until the
-/// receiver has copied them, so deregistration cannot pull them away).
+/// receiver has copied them, so deregistration cannot pull them away);
+/// `seq`: the number of our reference, once it is in the ring.
 struct ShadowPart {
     seg: Arc<Segment>,
     at: usize,
     n: usize,
+    seq: Option<u64>,
 }
 
 struct RecvOp {
@@ -163,8 +165,9 @@ pub struct Conn {
     rx: Rx,
     max_frag: usize,
     sends: VecDeque<SendOp>,
-    /// Sends whose shadow part the receiver has yet to copy: (request,
-    /// length, the receiver's `shadow_done` that completes it, segment).
+    /// Sends all in the ring whose reference the receiver has yet to copy:
+    /// (request, length, the receiver's `shadow_done` that completes it,
+    /// segment).
     awaiting: VecDeque<(usize, usize, u64, Arc<Segment>)>,
     /// [`REC_SHADOW`] records we sent, and copied out.
     shadow_sent: u64,
@@ -294,7 +297,7 @@ impl Conn {
             return None;
         }
         let (seg, start, n) = crate::mr::find(self.ctx.as_ref()?, ptr as usize, len)?;
-        (n >= SHADOW_MIN).then(|| ShadowPart { seg, at: start - ptr as usize, n })
+        (n >= SHADOW_MIN).then(|| ShadowPart { seg, at: start - ptr as usize, n, seq: None })
     }
 
     /// Posts a receive into `cap` bytes at `ptr`.
@@ -564,28 +567,26 @@ impl Conn {
         let mut moved = false;
         self.credit_blocked = false;
         while let Some(op) = self.sends.front_mut() {
-            if op.started && op.shadow.as_ref().is_some_and(|s| s.at == op.sent) {
+            let pending = op.shadow.as_mut().filter(|s| s.seq.is_none());
+            if let Some(s) = pending.filter(|s| op.started && s.at == op.sent) {
                 // The reference, in place of the part's bytes.
-                let s = op.shadow.take().unwrap();
                 let r = ShadowRef { key: s.seg.remote_key(false), addr: op.ptr as u64 + s.at as u64, n: s.n as u64 };
                 if !self.tx.push_record(REC_SHADOW, op.tag, op.len as u64, &r.encode())? {
-                    op.shadow = Some(s);
                     break;
                 }
                 self.shadow_sent += 1;
+                s.seq = Some(self.shadow_sent);
                 op.sent += s.n;
                 moved = true;
-                self.awaiting.push_back((op.req, op.len, self.shadow_sent, s.seg));
                 if op.sent == op.len {
-                    self.sends.pop_front();
-                    self.msgs_sent += 1;
+                    self.sent_whole();
                 }
                 continue;
             }
             let left = op.len - op.sent;
             let kind = if op.started { REC_CONT } else { REC_FIRST };
             let mut max = left.min(self.max_frag);
-            if let Some(s) = &op.shadow {
+            if let Some(s) = op.shadow.as_ref().filter(|s| s.seq.is_none()) {
                 // Bytes before the reference (none: a 0-byte first record).
                 max = max.min(s.at - op.sent);
             }
@@ -616,13 +617,7 @@ impl Conn {
                     op.sent += n;
                     op.started = true;
                     if op.sent == op.len {
-                        let (req, len) = (op.req, op.len);
-                        self.sends.pop_front();
-                        // A send with a reference completes once it is copied.
-                        if !self.awaiting.iter().any(|a| a.0 == req) {
-                            self.reqs.set(req, State::Done(len));
-                        }
-                        self.msgs_sent += 1;
+                        self.sent_whole();
                     }
                 }
             }
@@ -632,6 +627,18 @@ impl Conn {
             self.peer().notify();
         }
         Ok(())
+    }
+
+    /// The first send is all in the ring: it is done, or, if it sent a
+    /// reference, done once the receiver has copied that.
+    fn sent_whole(&mut self) {
+        let Some(op) = self.sends.pop_front() else { return };
+        self.msgs_sent += 1;
+        match op.shadow {
+            Some(ShadowPart { seg, seq: Some(seq), .. }) => self.awaiting.push_back((op.req, op.len, seq, seg)),
+            _ => self.reqs.set(op.req, State::Done(op.len)),
+        }
+        self.complete_shadow_sends();
     }
 
     /// Completes sends whose referenced bytes the receiver has copied.
@@ -647,10 +654,7 @@ impl Conn {
                 break;
             }
             self.awaiting.pop_front();
-            // Still being pushed (bytes after the reference): done then.
-            if !self.sends.iter().any(|o| o.req == req) {
-                self.reqs.set(req, State::Done(len));
-            }
+            self.reqs.set(req, State::Done(len));
         }
     }
 

@@ -35,7 +35,8 @@ use crate::shm::{self, SharedMem};
 /// A process's shadow segments, by start address.
 pub(crate) type Segments = BTreeMap<usize, Weak<Segment>>;
 
-/// Asks the router for a region of `len` data bytes: (id, key, file).
+/// Asks the router for a region of `len` data bytes: (id, [read-write key,
+/// read-only key], file).
 pub(crate) fn alloc(ctx: &Shared, len: usize) -> Result<(u64, [u64; 2], OwnedFd)> {
     match ctx.rpc(&Request::AllocRegion { len: len as u64 })? {
         (Reply::Region { region, len: l, key, read_key }, fds) if l == len as u64 => Ok((region, [key, read_key], one_fd(fds)?)),
@@ -117,12 +118,8 @@ pub(crate) fn find(ctx: &Shared, ptr: usize, len: usize) -> Option<(Arc<Segment>
     Some((seg, start, end - start))
 }
 
-/// Peers' regions mapped by one process, at most [`MAX_MAPS`], oldest out.
-#[derive(Default)]
-pub(crate) struct Maps {
-    by_key: std::collections::HashMap<RemoteKey, Arc<RemoteMap>>,
-    order: std::collections::VecDeque<RemoteKey>,
-}
+/// Peers' regions mapped by one process, at most [`MAX_MAPS`].
+pub(crate) type Maps = std::collections::HashMap<RemoteKey, Arc<RemoteMap>>;
 
 /// Peers' regions kept mapped per process.
 pub const MAX_MAPS: usize = 1024;
@@ -277,27 +274,19 @@ pub struct RemoteMap {
 /// while the region is live.
 pub(crate) fn map_remote(ctx: &Shared, k: &RemoteKey) -> Result<Arc<RemoteMap>> {
     let mut m = ctx.maps.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(map) = m.by_key.get(k) {
-        if map.is_live() {
-            return Ok(map.clone());
-        }
-        m.by_key.remove(k);
+    if let Some(map) = m.get(k).filter(|map| map.is_live()) {
+        return Ok(map.clone());
     }
     let map = Arc::new(map_new(ctx, k)?);
-    if m.by_key.len() >= MAX_MAPS {
-        while let Some(old) = m.order.pop_front() {
-            if m.by_key.remove(&old).is_some() {
-                break;
-            }
+    if m.len() >= MAX_MAPS {
+        // Revoked regions go first; if all are live, any one (it is mapped
+        // again when next named).
+        m.retain(|_, map| map.is_live());
+        if let Some(&old) = m.keys().next().filter(|_| m.len() >= MAX_MAPS) {
+            m.remove(&old);
         }
     }
-    m.by_key.insert(*k, map.clone());
-    m.order.push_back(*k);
-    if m.order.len() > 2 * MAX_MAPS {
-        let live = &m.by_key;
-        let order: std::collections::VecDeque<RemoteKey> = m.order.iter().copied().filter(|k| live.contains_key(k)).collect();
-        m.order = order;
-    }
+    m.insert(*k, map.clone());
     Ok(map)
 }
 

@@ -435,13 +435,13 @@ impl State {
             // else (other tenants, wrong keys, freed regions) gets the same
             // answer. The mapping costs the router nothing: the file is the
             // owner's, already counted.
-            Request::MapRegion { region, key } => match self.regions.get(&region) {
-                Some(r) if r.tenant == tenant && (r.key == key || r.read_key == key) => {
-                    let len = (r.mem.len() - shm::region_header()) as u64;
+            Request::MapRegion { region, key } => match self.granted(&tenant, region, key) {
+                Some((mem, writable)) => {
+                    let len = (mem.len() - shm::region_header()) as u64;
                     let reply = Reply::Region { region, len, key: 0, read_key: 0 };
-                    Outcome { reply, fd: Some(r.mem.clone()), read_only: r.key != key }
+                    Outcome { reply, fd: Some(mem.clone()), read_only: !writable }
                 }
-                _ => err(ErrorCode::NotFound, format!("no region {region} with that key")),
+                None => err(ErrorCode::NotFound, format!("no region {region} with that key")),
             },
             Request::FreeRegion { region } => match self.regions.get(&region) {
                 Some(r) if r.owner == client => {
@@ -658,10 +658,17 @@ impl State {
         }
     }
 
+    /// The region a client of `tenant` may reach with `key`, and whether
+    /// read-write (its `key`) or only read (its `read_key`).
+    fn granted(&self, tenant: &str, region: u64, key: u64) -> Option<(&Arc<SharedMem>, bool)> {
+        let r = self.regions.get(&region).filter(|r| &*r.tenant == tenant)?;
+        (r.key == key || r.read_key == key).then_some((&r.mem, r.key == key))
+    }
+
     /// A region a client of `tenant` may read, named by id and either key
     /// (for forwarding the bytes a shadow-memory reference names).
     pub fn region_for(&self, tenant: &str, region: u64, key: u64) -> Option<Arc<SharedMem>> {
-        self.regions.get(&region).filter(|r| &*r.tenant == tenant && (r.key == key || r.read_key == key)).map(|r| r.mem.clone())
+        self.granted(tenant, region, key).map(|(mem, _)| mem.clone())
     }
 
     /// Frees everything a client held (it disconnected or died).

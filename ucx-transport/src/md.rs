@@ -244,18 +244,13 @@ unsafe extern "C" fn mem_reg(md: uct_md_h, address: *mut c_void, length: usize, 
     if memh_p.is_null() || (address.is_null() && length > 0) || (address as u64).checked_add(length as u64).is_none() {
         return UCS_ERR_INVALID_PARAM;
     }
-    if let Some(rc) = &md.rcache {
-        return match rc.get(address, length) {
-            Ok(h) => {
-                *memh_p = h as uct_mem_h;
-                UCS_OK
-            }
-            Err(s) => s,
-        };
-    }
-    match md.new_memh(address as u64, length as u64) {
+    let made = match &md.rcache {
+        Some(rc) => rc.get(address, length),
+        None => md.new_memh(address as u64, length as u64).map(Box::into_raw),
+    };
+    match made {
         Ok(h) => {
-            *memh_p = Box::into_raw(h) as uct_mem_h;
+            *memh_p = h as uct_mem_h;
             UCS_OK
         }
         Err(s) => s,
