@@ -72,24 +72,46 @@ struct Opts {
     /// Distinct buffers per side in stream mode (1, like ucx_perftest).
     #[arg(long, default_value_t = 1)]
     buffers: usize,
-    /// Do not register the send buffers (stream, check): every byte then
-    /// goes through the connection's rings, also on one host.
+    /// Do not register the buffers (stream, check): every byte then goes
+    /// through the connection's rings.
     #[arg(long)]
     no_register: bool,
 }
 
-/// A send buffer, registered (shadow memory: on one host the receiver
-/// copies straight from it) unless --no-register. Deregistered before freed.
-struct SendBuf {
+/// A buffer of `len` bytes starting `skew` bytes past a page boundary,
+/// registered unless --no-register (shadow memory: on one host the receiver
+/// copies straight from a send buffer; from another host the router writes
+/// straight into a receive buffer that starts on a page). Deregistered
+/// before freed.
+struct Buf {
+    // First: dropped (deregistered) before the memory goes.
     _mr: Option<ffcore::ShadowMr>,
-    buf: Vec<u8>,
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
 }
 
-impl SendBuf {
-    fn new(ctx: &Context, buf: Vec<u8>, o: &Opts) -> ffcore::Result<SendBuf> {
+impl Buf {
+    fn new(ctx: &Context, len: usize, skew: usize, o: &Opts, fill: impl FnOnce(&mut [u8])) -> ffcore::Result<Buf> {
+        const PAGE: usize = 4096;
+        let mut raw = vec![0u8; len + 2 * PAGE];
+        let off = (PAGE - raw.as_ptr() as usize % PAGE) % PAGE + skew % PAGE;
+        fill(&mut raw[off..off + len]);
         // SAFETY: our own heap memory, which nothing else maps or pins.
-        let mr = if o.no_register { None } else { Some(unsafe { ctx.register_shadow(buf.as_ptr(), buf.len())? }) };
-        Ok(SendBuf { _mr: mr, buf })
+        let mr = if o.no_register || len == 0 { None } else { Some(unsafe { ctx.register_shadow(raw.as_ptr().add(off), len)? }) };
+        Ok(Buf { _mr: mr, raw, off, len })
+    }
+
+    fn ptr(&self) -> *const u8 {
+        self.raw[self.off..].as_ptr()
+    }
+
+    fn mut_ptr(&mut self) -> *mut u8 {
+        self.raw[self.off..].as_mut_ptr()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
     }
 }
 
@@ -197,8 +219,7 @@ fn windowed(c: &mut Conn, window: usize, total: usize, mut post: impl FnMut(&mut
 
 fn stream(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
     let slots = o.buffers.clamp(1, o.window.max(1));
-    let mut bufs: Vec<Vec<u8>> = (0..slots).map(|i| vec![i as u8; o.size]).collect();
-    let sbufs: Vec<SendBuf> = if server { Vec::new() } else { bufs.drain(..).map(|b| SendBuf::new(ctx, b, o)).collect::<ffcore::Result<_>>()? };
+    let mut bufs: Vec<Buf> = (0..slots).map(|i| Buf::new(ctx, o.size, 0, o, |b| b.fill(i as u8))).collect::<ffcore::Result<_>>()?;
     let mut ack = [0u8; 1];
     let warm = (o.iters / 10).max(2);
     for (phase, n) in [(0, warm), (1, o.iters)] {
@@ -210,14 +231,14 @@ fn stream(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result
                 // SAFETY: the buffers live until the function returns, after
                 // every request completed. Receives may share a buffer (as in
                 // ucx_perftest); the bytes are not inspected.
-                unsafe { c.irecv(b.as_mut_ptr(), b.len(), 0) }
+                unsafe { c.irecv(b.mut_ptr(), b.len, 0) }
             })?;
             c.send(&ack, 0, T)?;
         } else {
             windowed(c, o.window, n, |c, i| {
-                let b = &sbufs[i % slots].buf;
+                let b = &bufs[i % slots];
                 // SAFETY: as above; send buffers are never written meanwhile.
-                unsafe { c.isend(b.as_ptr(), b.len(), 0) }
+                unsafe { c.isend(b.ptr(), b.len, 0) }
             })?;
             c.recv(&mut ack, 0, T)?;
             let secs = start.elapsed().as_secs_f64();
@@ -281,26 +302,29 @@ fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<
     // to exercise "message smaller than the buffer".
     let n = o.iters;
     let (send_seed, recv_seed) = if server { (o.seed + 1, o.seed) } else { (o.seed, o.seed + 1) };
-    let mut sbufs: Vec<Option<SendBuf>> = (0..n).map(|_| None).collect();
-    let mut rbufs: Vec<Option<Vec<u8>>> = (0..n).map(|_| None).collect();
+    let mut sbufs: Vec<Option<Buf>> = (0..n).map(|_| None).collect();
+    let mut rbufs: Vec<Option<Buf>> = (0..n).map(|_| None).collect();
     let mut sq = std::collections::VecDeque::new();
     let mut rq = std::collections::VecDeque::new();
     let (mut next_s, mut next_r, mut bytes, mut checked) = (0usize, 0usize, 0u64, 0usize);
     while checked < n || !sq.is_empty() {
         while next_s < n && sq.len() < o.window {
-            let mut b = vec![0u8; check_size(next_s, o.max_size)];
-            fill(&mut b, send_seed, next_s as u64);
-            let b = SendBuf::new(ctx, b, o)?;
+            // Every third buffer starts on a page, the others anywhere.
+            let skew = [0, 8, 1000][next_s % 3];
+            let b = Buf::new(ctx, check_size(next_s, o.max_size), skew, o, |b| fill(b, send_seed, next_s as u64))?;
             // SAFETY: the buffer is kept in sbufs until the send completes.
-            let r = unsafe { c.isend(b.buf.as_ptr(), b.buf.len(), 7)? };
+            let r = unsafe { c.isend(b.ptr(), b.len, 7)? };
             sbufs[next_s] = Some(b);
             sq.push_back((r, next_s));
             next_s += 1;
         }
         while next_r < n && rq.len() < o.window {
-            let mut b = vec![0u8; check_size(next_r, o.max_size) + 13];
+            // Page-aligned receives (every other one) may be written
+            // straight into by the router, from another host.
+            let skew = [0, 8][next_r % 2];
+            let mut b = Buf::new(ctx, check_size(next_r, o.max_size) + 13, skew, o, |_| {})?;
             // SAFETY: the buffer is kept in rbufs until the receive completes.
-            let r = unsafe { c.irecv(b.as_mut_ptr(), b.len(), 7)? };
+            let r = unsafe { c.irecv(b.mut_ptr(), b.len, 7)? };
             rbufs[next_r] = Some(b);
             rq.push_back((r, next_r));
             next_r += 1;
@@ -325,6 +349,7 @@ fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<
                 }
                 let mut exp = vec![0u8; want];
                 fill(&mut exp, recv_seed, i as u64);
+                let b = b.bytes();
                 if crc32fast::hash(&b[..got]) != crc32fast::hash(&exp) || b[..got] != exp[..] {
                     return Err(ffcore::Error::InvalidArgument(format!("message {i} ({got} bytes): checksum mismatch")));
                 }

@@ -163,8 +163,8 @@ impl Context {
             _ => Request::Connect { router_id: handle.router_id, listener: handle.listener, nonce: handle.nonce },
         };
         match self.shared.rpc(&req)? {
-            (Reply::Connected { conn, side, ring_size }, fds) => {
-                open_conn(conn, side, ring_size, fds, &self.shared, &self.page).map(Some)
+            (Reply::Connected { conn, side, ring_size, forwarded }, fds) => {
+                open_conn(conn, side, ring_size, forwarded, fds, &self.shared, &self.page).map(Some)
             }
             (Reply::NotReady, _) => Ok(None),
             (r, _) => Err(unexpected(r)),
@@ -240,10 +240,12 @@ impl Context {
     }
 }
 
-fn open_conn(conn: u64, side: u8, ring_size: u64, fds: Vec<OwnedFd>, ctx: &Arc<Shared>, page: &Arc<Page>) -> Result<Conn> {
+fn open_conn(conn: u64, side: u8, ring_size: u64, forwarded: bool, fds: Vec<OwnedFd>, ctx: &Arc<Shared>, page: &Arc<Page>) -> Result<Conn> {
     let ring_size = ring_size as usize;
     let mem = SharedMem::from_fd(one_fd(fds)?, crate::ring::file_len(ring_size))?;
-    Conn::new(conn, side as usize, mem, ring_size, Some(ctx.clone()), Some(page.clone()))
+    let mut c = Conn::new(conn, side as usize, mem, ring_size, Some(ctx.clone()), Some(page.clone()))?;
+    c.router_is_peer = forwarded;
+    Ok(c)
 }
 
 /// A listener; dropping it closes it (connections already made stay).
@@ -269,8 +271,8 @@ impl Listener {
             return Ok(None);
         }
         match self.ctx.rpc(&Request::Accept { listener: self.handle.listener })? {
-            (Reply::Connected { conn, side, ring_size }, fds) => {
-                open_conn(conn, side, ring_size, fds, &self.ctx, &self.page).map(Some)
+            (Reply::Connected { conn, side, ring_size, forwarded }, fds) => {
+                open_conn(conn, side, ring_size, forwarded, fds, &self.ctx, &self.page).map(Some)
             }
             (Reply::NotReady, _) => {
                 self.idle_at.store(seq, Ordering::Relaxed);

@@ -23,10 +23,24 @@
 //! completes when the receiver has copied them (it counts them in its
 //! `shadow_done` word), not when they are in the ring.
 //!
+//! Receives straight into registered memory, from another host: on a
+//! connection the router forwards, a receive of at least [`SHADOW_MIN`]
+//! bytes whose buffer lies in shadow memory from its first byte is posted
+//! to the router ([`ring::REC_POST`]: region, read-write key, range, tag,
+//! and the number of the message it expects). The router then writes that
+//! message straight from the link into the buffer and puts a
+//! [`ring::REC_PLACED`] record in the ring where the message would have
+//! been. Messages and receives pair up in order, so a receive can name its
+//! message's number when it is posted; only a receive that fails on a tag
+//! (and leaves its message for the next) breaks that count. Then the
+//! receives whose number may be wrong are withdrawn (`unpost_req`), and none
+//! of them completes until the router says it will not write into them any
+//! more (`unposted`); one the router filled before is copied aside first.
+//!
 //! Nothing here blocks except [`Conn::wait`], which spins briefly and then
 //! sleeps on the connection's futex.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 use crate::page::Page;
 use crate::mr::Segment;
-use crate::ring::{self, Layout, Rx, ShadowRef, Tx, CAP_SHADOW, REC_CONT, REC_FIRST, REC_SHADOW};
+use crate::ring::{self, Layout, Placed, PostRef, Rx, ShadowRef, Tx, CAP_PLACE, CAP_SHADOW, REC_CONT, REC_FIRST, REC_PLACED, REC_POST, REC_SHADOW};
 use crate::shm::SharedMem;
 
 /// Requests (sends plus receives) that may be outstanding per connection.
@@ -99,6 +113,16 @@ struct RecvOp {
     ptr: *mut u8,
     cap: usize,
     tag: u32,
+    /// Posted to the router for message `idx` (generation `gen`): it may
+    /// write into the buffer until it has passed that message or withdrawn
+    /// the post. Holds the segment, so deregistration waits.
+    post: Option<Posted>,
+}
+
+struct Posted {
+    idx: u64,
+    gen: u64,
+    _seg: Arc<Segment>,
 }
 
 enum Inbound {
@@ -188,6 +212,16 @@ pub struct Conn {
     credit_blocked: bool,
     /// Messages sent, mirrored into the control page for the router's metrics.
     msgs_sent: u64,
+    /// The router plays the other side (from the router's reply, not the
+    /// file): only then are receives posted to it.
+    pub(crate) router_is_peer: bool,
+    /// Messages started in the ring (taken, or placed): the next one's number.
+    next_msg: u64,
+    /// Withdrawals of our posts asked for (published in `unpost_req`).
+    unposts: u64,
+    /// Messages the router placed into a withdrawn receive's buffer,
+    /// copied aside (by number and generation) before it was reused.
+    stash: HashMap<(u64, u64), Vec<u8>>,
     // Last: the mapping must outlive the views above.
     _mem: SharedMem,
 }
@@ -243,6 +277,10 @@ impl Conn {
             page,
             credit_blocked: false,
             msgs_sent: 0,
+            router_is_peer: false,
+            next_msg: 0,
+            unposts: 0,
+            stash: HashMap::new(),
             _mem: mem,
         })
     }
@@ -308,8 +346,38 @@ impl Conn {
     pub unsafe fn irecv(&mut self, ptr: *mut u8, cap: usize, tag: u32) -> Result<Req> {
         self.check_usable()?;
         let (req, id) = self.reqs.alloc().ok_or(Error::QueueFull(MAX_INFLIGHT))?;
-        self.recvs.push_back(RecvOp { req, ptr, cap, tag });
+        let post = match self.post(ptr, cap, tag) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reqs.set(req, State::Failed(Error::Corrupt(e.to_string())));
+                self.reqs.take_if_complete(req);
+                self.fail_all(&e.to_string());
+                return Err(e);
+            }
+        };
+        self.recvs.push_back(RecvOp { req, ptr, cap, tag, post });
         Ok(id)
+    }
+
+    /// Posts a receive to the router, if it is worth it and can be: the
+    /// router is our peer and takes posts, and the buffer lies in one shadow
+    /// segment from its first byte (for at least [`SHADOW_MIN`] bytes).
+    fn post(&mut self, ptr: *mut u8, cap: usize, tag: u32) -> Result<Option<Posted>> {
+        if !self.router_is_peer || cap < SHADOW_MIN || self.peer().caps.load(std::sync::atomic::Ordering::Acquire) & CAP_PLACE == 0 {
+            return Ok(None);
+        }
+        let Some((seg, start, n)) = self.ctx.as_ref().and_then(|c| crate::mr::find(c, ptr as usize, cap)) else { return Ok(None) };
+        if start != ptr as usize || n < SHADOW_MIN {
+            return Ok(None);
+        }
+        // Each receive ahead of this one takes one message.
+        let idx = self.next_msg + self.recvs.len() as u64;
+        let r = PostRef { key: seg.remote_key(true), addr: ptr as u64, cap: n as u64, idx, gen: self.unposts };
+        if !self.tx.push_record(REC_POST, tag, 0, &r.encode())? {
+            return Ok(None);
+        }
+        self.peer().notify();
+        Ok(Some(Posted { idx, gen: self.unposts, _seg: seg }))
     }
 
     /// Safe send of a borrowed buffer: posts and waits until it completes.
@@ -503,6 +571,7 @@ impl Conn {
         }
         f(rec.tag, self.rx.payload(), rec.len);
         self.rx.consume(rec.len);
+        self.next_msg += 1;
         self.peer().notify();
         Ok(true)
     }
@@ -682,11 +751,124 @@ impl Conn {
         Ok(r.n as usize)
     }
 
+    /// May the front receive take the next message? Not while the router
+    /// may still write a later message into its buffer (its post named a
+    /// later message: a receive before it failed on a tag). Then every post
+    /// is withdrawn, and once the router says so, what it wrote into this
+    /// buffer meanwhile is copied aside.
+    fn front_ready(&mut self) -> Result<bool> {
+        let next = self.next_msg;
+        let Some((idx, gen)) = self.recvs.front().and_then(|op| op.post.as_ref()).map(|p| (p.idx, p.gen)) else {
+            return Ok(true);
+        };
+        if idx > next {
+            if gen >= self.peer().unposted.load(std::sync::atomic::Ordering::Acquire) {
+                if self.unposts == gen {
+                    self.unposts += 1;
+                    self.lay.side(self.side).unpost_req.store(self.unposts, std::sync::atomic::Ordering::Release);
+                    self.peer().notify();
+                }
+                return Ok(false);
+            }
+            // Withdrawn: anything the router placed into it is in the
+            // ring already (published before `unposted`).
+            let b = Placed { idx, gen }.encode();
+            if let Some(total) = self.rx.find_ahead(REC_PLACED, &b)? {
+                let op = self.recvs.front().unwrap();
+                if total > op.cap as u64 {
+                    return Err(Error::Corrupt("placed message larger than its receive".into()));
+                }
+                // SAFETY: the buffer is ours (the receive is pending) and
+                // holds at least `total` bytes.
+                let v = unsafe { std::slice::from_raw_parts(op.ptr, total as usize) }.to_vec();
+                self.stash.insert((idx, gen), v);
+            }
+        }
+        self.recvs.front_mut().unwrap().post = None;
+        Ok(true)
+    }
+
+    /// A message the router wrote straight into a posted receive's buffer
+    /// (or, if that receive was withdrawn, copied aside): completes the
+    /// front receive. Some(moved), or None to wait.
+    fn take_placed(&mut self, rec: ring::Record) -> Result<Option<bool>> {
+        if rec.len != Placed::LEN {
+            return Err(Error::Corrupt("malformed placement record".into()));
+        }
+        let mut b = [0u8; Placed::LEN];
+        // SAFETY: peek validated len bytes of payload; b holds them.
+        unsafe { self.rx.copy_out(0, b.as_mut_ptr(), Placed::LEN) };
+        let pl = Placed::decode(&b);
+        let total = rec.total as usize;
+        let holder = |recvs: &VecDeque<RecvOp>| recvs.iter().position(|op| op.post.as_ref().is_some_and(|p| p.idx == pl.idx && p.gen == pl.gen));
+        match holder(&self.recvs) {
+            Some(j) if total > self.recvs[j].cap => return Err(Error::Corrupt("placed message larger than its receive".into())),
+            Some(0) => {
+                // The usual case: it is the front receive's, in place.
+                let op = self.recvs.pop_front().unwrap();
+                if op.tag != TAG_ANY && op.tag != rec.tag {
+                    return Err(Error::Corrupt("placed message with another tag".into()));
+                }
+                self.next_msg += 1;
+                self.reqs.set(op.req, State::Done(total));
+                self.rx.consume(rec.len);
+                return Ok(Some(true));
+            }
+            None if !self.stash.contains_key(&(pl.idx, pl.gen)) => {
+                return Err(Error::Corrupt("the router placed a message into no posted receive".into()));
+            }
+            _ => {}
+        }
+        if self.recvs.is_empty() || !self.front_ready()? {
+            return Ok(None);
+        }
+        let op = self.recvs.front().unwrap();
+        if op.tag != TAG_ANY && op.tag != rec.tag {
+            let op = self.recvs.pop_front().unwrap();
+            self.reqs.set(op.req, State::Failed(Error::TagMismatch { got: rec.tag, want: op.tag }));
+            return Ok(Some(false));
+        }
+        let op = self.recvs.pop_front().unwrap();
+        self.next_msg += 1;
+        let stashed = self.stash.remove(&(pl.idx, pl.gen));
+        let src = match (&stashed, holder(&self.recvs)) {
+            (Some(v), _) => v.as_ptr(),
+            (None, Some(j)) => {
+                // Its post is used up: the buffer is an ordinary pending
+                // receive's again.
+                self.recvs[j].post = None;
+                self.recvs[j].ptr as *const u8
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        if total > op.cap {
+            self.reqs.set(op.req, State::Failed(Error::Truncated { msg: total as u64, buf: op.cap as u64 }));
+        } else {
+            // SAFETY: src holds `total` bytes (a pending receive's buffer
+            // of at least that capacity, or the stash); op.ptr has room.
+            unsafe { std::ptr::copy_nonoverlapping(src, op.ptr, total) };
+            self.reqs.set(op.req, State::Done(total));
+        }
+        self.rx.consume(rec.len);
+        Ok(Some(true))
+    }
+
     fn progress_rx(&mut self) -> Result<()> {
         let mut moved = false;
         loop {
             let Some(rec) = self.rx.peek()? else { break };
+            if rec.kind == REC_POST || (rec.kind == REC_PLACED && !self.router_is_peer) {
+                return Err(Error::Corrupt(format!("record of kind {} from the peer", rec.kind)));
+            }
             match self.inbound {
+                Inbound::Idle if rec.kind == REC_PLACED => {
+                    match self.take_placed(rec)? {
+                        Some(true) => moved = true,
+                        Some(false) => {}
+                        None => break,
+                    }
+                    continue;
+                }
                 Inbound::Idle => {
                     if rec.kind != REC_FIRST {
                         return Err(Error::Corrupt("continuation record outside a message".into()));
@@ -694,13 +876,17 @@ impl Conn {
                     if rec.len as u64 > rec.total {
                         return Err(Error::Corrupt("record longer than its message".into()));
                     }
-                    let Some(op) = self.recvs.front() else { break };
+                    if self.recvs.is_empty() || !self.front_ready()? {
+                        break;
+                    }
+                    let op = self.recvs.front().unwrap();
                     if op.tag != TAG_ANY && op.tag != rec.tag {
                         let op = self.recvs.pop_front().unwrap();
                         self.reqs.set(op.req, State::Failed(Error::TagMismatch { got: rec.tag, want: op.tag }));
                         continue;
                     }
                     let op = self.recvs.pop_front().unwrap();
+                    self.next_msg += 1;
                     if rec.total > op.cap as u64 {
                         self.reqs.set(op.req, State::Failed(Error::Truncated { msg: rec.total, buf: op.cap as u64 }));
                         self.inbound = Inbound::Discard { left: rec.total };
@@ -708,7 +894,9 @@ impl Conn {
                         self.inbound = Inbound::Deliver { req: op.req, ptr: op.ptr, total: rec.total as usize, got: 0 };
                     }
                 }
-                _ if rec.kind == REC_FIRST => return Err(Error::Corrupt("new message before the last one ended".into())),
+                _ if rec.kind == REC_FIRST || rec.kind == REC_PLACED => {
+                    return Err(Error::Corrupt("new message before the last one ended".into()))
+                }
                 _ => {}
             }
             if rec.kind == REC_SHADOW {

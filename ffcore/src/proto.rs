@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorCode, Result};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FFRP");
 /// 2: regions carry keys (`MapRegion`, `Reply::Region`'s keys).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 12;
 /// Largest body accepted. Requests are small; this bounds what a hostile
 /// client can make the router buffer.
@@ -139,7 +139,10 @@ pub enum Reply {
     Welcome { client: u64, tenant: String, router_id: [u8; 16], ring_size: u64, advertise: Option<NetAddr> },
     Listening { listener: u64, nonce: u64 },
     /// A connection; its shared-memory file comes with the frame.
-    Connected { conn: u64, side: u8, ring_size: u64 },
+    /// `forwarded`: the router plays the other side (the peer is on
+    /// another host), so the client may post receives to it in its shadow
+    /// memory ([`crate::ring::REC_POST`]); never to a client.
+    Connected { conn: u64, side: u8, ring_size: u64, forwarded: bool },
     /// `Accept` found nothing yet: try again later.
     NotReady,
     /// A shadow region (`len` data bytes after the header page) and the

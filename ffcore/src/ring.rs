@@ -47,8 +47,70 @@ pub const REC_PAD: u32 = 3;
 /// the bytes from the region onto the wire).
 pub const REC_SHADOW: u32 = 4;
 
+/// A receive a client posted in its shadow memory (client → router, on a
+/// forwarded connection): the router may write message number `idx` of
+/// the connection straight into it ([`PostRef`]; the record's tag is the
+/// receive's).
+pub const REC_POST: u32 = 5;
+/// Message `idx` was written straight into the receive posted for it
+/// (router → client; tag and total in the header, [`Placed`] the payload).
+pub const REC_PLACED: u32 = 6;
+
 /// Side capability: this side reads [`REC_SHADOW`] records.
 pub const CAP_SHADOW: u32 = 1;
+/// Side capability (a router's): this side takes [`REC_POST`] records.
+pub const CAP_PLACE: u32 = 2;
+
+/// What a [`REC_POST`] record carries: `cap` bytes at the owner's `addr`
+/// in the region `key` names, for message `idx`; `gen`: how many
+/// withdrawals (`Side::unpost_req`) the client had asked for when it
+/// posted (untrusted: checked by the router).
+pub struct PostRef {
+    pub key: RemoteKey,
+    pub addr: u64,
+    pub cap: u64,
+    pub idx: u64,
+    pub gen: u64,
+}
+
+impl PostRef {
+    pub const LEN: usize = RemoteKey::LEN + 32;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        self.key.write((&mut b[..RemoteKey::LEN]).try_into().unwrap());
+        for (i, v) in [self.addr, self.cap, self.idx, self.gen].into_iter().enumerate() {
+            b[RemoteKey::LEN + 8 * i..RemoteKey::LEN + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8; Self::LEN]) -> PostRef {
+        let u = |i: usize| u64::from_le_bytes(b[RemoteKey::LEN + 8 * i..RemoteKey::LEN + 8 * i + 8].try_into().unwrap());
+        PostRef { key: RemoteKey::read(b[..RemoteKey::LEN].try_into().unwrap()), addr: u(0), cap: u(1), idx: u(2), gen: u(3) }
+    }
+}
+
+/// What a [`REC_PLACED`] record carries: the post it filled.
+pub struct Placed {
+    pub idx: u64,
+    pub gen: u64,
+}
+
+impl Placed {
+    pub const LEN: usize = 16;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..8].copy_from_slice(&self.idx.to_le_bytes());
+        b[8..].copy_from_slice(&self.gen.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; Self::LEN]) -> Placed {
+        Placed { idx: u64::from_le_bytes(b[..8].try_into().unwrap()), gen: u64::from_le_bytes(b[8..].try_into().unwrap()) }
+    }
+}
 
 /// What a [`REC_SHADOW`] record carries: `n` bytes at the owner's `addr`
 /// in the region `key` names (untrusted: checked by whoever reads it).
@@ -176,6 +238,8 @@ impl Layout {
             cpu: self.word32(off + 16),
             caps: self.word32(off + 20),
             shadow_done: self.word64(off + 24),
+            unpost_req: self.word64(off + 32),
+            unposted: self.word64(off + 40),
         }
     }
 
@@ -230,6 +294,12 @@ pub struct Side<'a> {
     /// [`REC_SHADOW`] records this side has copied out (the sender's
     /// buffers they name are free again up to there).
     pub shadow_done: &'a AtomicU64,
+    /// A client's: how many times it asked the router to drop every
+    /// [`REC_POST`] it made before (only ever grows).
+    pub unpost_req: &'a AtomicU64,
+    /// A router's: the client's `unpost_req` it has carried out (it will
+    /// not write into receives posted before that any more).
+    pub unposted: &'a AtomicU64,
 }
 
 impl Side<'_> {
@@ -516,10 +586,46 @@ impl Rx {
                     self.consume_span(span);
                     continue;
                 }
-                REC_FIRST | REC_CONT | REC_SHADOW => return Ok(Some(Record { kind, tag, total, len })),
+                REC_FIRST | REC_CONT | REC_SHADOW | REC_POST | REC_PLACED => return Ok(Some(Record { kind, tag, total, len })),
                 k => return Err(Error::Corrupt(format!("unknown record kind {k}"))),
             }
         }
+    }
+
+    /// Looks ahead, from the current record through everything published,
+    /// for a record of `kind` whose payload is `payload`: its `total`.
+    /// Moves nothing. For records a trusted producer (the router) wrote
+    /// behind the one being looked at; still checked like [`Rx::peek`].
+    pub fn find_ahead(&mut self, kind: u32, payload: &[u8]) -> Result<Option<u64>> {
+        let size = self.lay.ring_size;
+        let (head, _, data) = self.lay.ring(self.dir);
+        let h = head.load(Ordering::Acquire);
+        if h.wrapping_sub(self.tail) > size as u64 {
+            return Err(Error::Corrupt(format!("ring head {h} vs tail {}", self.tail)));
+        }
+        let mut pos = self.tail;
+        while pos != h {
+            let off = (pos as usize) & (size - 1);
+            // SAFETY: off is 64-aligned, so the header lies in the ring.
+            let (w0, total, len) = unsafe {
+                let p = data.add(off) as *const u64;
+                (p.read_volatile(), p.add(1).read_volatile(), p.add(2).read_volatile())
+            };
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            let span = if len <= size { rec_len(len) } else { usize::MAX };
+            if span as u64 > h.wrapping_sub(pos) || span > size - off {
+                return Err(Error::Corrupt(format!("record of {len} bytes overruns the ring")));
+            }
+            if w0 as u32 == kind && len == payload.len() {
+                // SAFETY: the payload's len bytes lie in the ring (checked).
+                let got = unsafe { std::slice::from_raw_parts(data.add(off + REC_HDR), len) };
+                if got == payload {
+                    return Ok(Some(total));
+                }
+            }
+            pos = pos.wrapping_add(span as u64);
+        }
+        Ok(None)
     }
 
     /// Copies `n` payload bytes from offset `at` of the current record.

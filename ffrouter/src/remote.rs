@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 
 use ffcore::error::ErrorCode;
 use ffcore::proto::{self, NetAddr, Reply};
-use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT};
+use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT, REC_FIRST};
+use ffcore::TAG_ANY;
 use ffcore::shm::{self, SharedMem};
 
 use crate::limited;
@@ -362,7 +363,7 @@ impl Remote {
                 Setup::Accepted => {
                     let f = pending.remove(&key).unwrap().fwd;
                     return Outcome {
-                        reply: Reply::Connected { conn: f.local, side: 0, ring_size: f.ring },
+                        reply: Reply::Connected { conn: f.local, side: 0, ring_size: f.ring, forwarded: true },
                         fd: Some(f.mem.clone()),
                         read_only: false,
                     };
@@ -906,6 +907,35 @@ impl Peer {
         }
         let head0 = inb.tx.produced();
         let res: Result<(), String> = (|| {
+            if kind == REC_FIRST {
+                if inb.placing.is_some() {
+                    return Err("a message started inside another".into());
+                }
+                inb.unpost(f.client_side(), f.router_side());
+                inb.start(h.tag, h.arg);
+            }
+            if let Some(pl) = &mut inb.placing {
+                // Straight into the client's posted receive.
+                if pl.got + len as u64 > pl.total || h.arg != pl.total {
+                    return Err("a message longer than it said".into());
+                }
+                // SAFETY: off + got + len <= off + total <= off + cap, which
+                // the post's check kept inside the region's data; the
+                // region stays mapped (pl holds it).
+                let dst = unsafe { pl.post.mem.as_ptr().add(shm::region_header() + pl.post.off + pl.got as usize) };
+                unsafe { link.recv_payload(s, dst, len) }.map_err(|e| e.to_string())?;
+                pl.got += len as u64;
+                if pl.got < pl.total {
+                    return Ok(());
+                }
+                let pl = inb.placing.take().unwrap();
+                let b = ring::Placed { idx: pl.post.idx, gen: pl.post.gen }.encode();
+                if !inb.tx.push_record(ring::REC_PLACED, h.tag, pl.total, &b).map_err(|e| e.to_string())? {
+                    return Err("no room for a credited frame".into());
+                }
+                inb.unpost(f.client_side(), f.router_side());
+                return Ok(());
+            }
             if wire::is_whole(kind, h.arg, len, wmax) {
                 let (p, _) = inb.tx.reserve(len, true).map_err(|e| e.to_string())?.ok_or("no room for a credited frame")?;
                 // SAFETY: reserve gave `len` writable bytes at p.
@@ -1001,6 +1031,38 @@ struct Inbound {
     charged: u64,
     /// Credit the frames did not use (returned with the next CREDIT).
     excess: u64,
+    /// Messages started towards our client (the next one's number).
+    msgs: u64,
+    /// Receives our client posted in its shadow memory, by message number
+    /// (see [`ring::REC_POST`]).
+    posts: VecDeque<Post>,
+    /// The client's withdrawals carried out: posts of an older generation
+    /// are dropped (published in our side's `unposted`).
+    unposted: u64,
+    /// The message being written straight into a posted receive.
+    placing: Option<Placing>,
+}
+
+/// Most receives a client may have posted on one connection (as many as
+/// it may have requests outstanding).
+const MAX_POSTS: usize = ffcore::conn::MAX_INFLIGHT;
+
+/// A receive in a client's shadow region: `cap` bytes at `off` of `mem`'s
+/// data, for message `idx` if its tag matches.
+struct Post {
+    idx: u64,
+    gen: u64,
+    tag: u32,
+    mem: Arc<SharedMem>,
+    off: usize,
+    cap: u64,
+}
+
+/// A message going into `post`: `got` of its `total` bytes so far.
+struct Placing {
+    post: Post,
+    total: u64,
+    got: u64,
 }
 
 impl Inbound {
@@ -1009,6 +1071,35 @@ impl Inbound {
     /// from shared memory, so it may be corrupt).
     fn granted(&mut self, ring: u64) -> ffcore::Result<u64> {
         Ok(ring + self.excess + self.tx.consumed()?)
+    }
+
+    /// A message of `total` bytes with `tag` starts: into the receive
+    /// posted for it, if there is one that takes it.
+    fn start(&mut self, tag: u32, total: u64) {
+        let idx = self.msgs;
+        self.msgs += 1;
+        while self.posts.front().is_some_and(|p| p.idx < idx) {
+            self.posts.pop_front();
+        }
+        let fits = |p: &Post| p.idx == idx && (p.tag == TAG_ANY || p.tag == tag) && total > 0 && total <= p.cap;
+        if self.posts.front().is_some_and(fits) {
+            let post = self.posts.pop_front().unwrap();
+            self.placing = Some(Placing { post, total, got: 0 });
+        }
+    }
+
+    /// Carries out the client's withdrawals of its posts (between messages
+    /// only: a message being placed finishes where it started).
+    fn unpost(&mut self, client: ring::Side<'_>, router: ring::Side<'_>) {
+        // Untrusted, but only ever grows here.
+        let want = client.unpost_req.load(Ordering::Acquire);
+        if want <= self.unposted || self.placing.is_some() {
+            return;
+        }
+        self.unposted = want;
+        self.posts.retain(|p| p.gen >= want);
+        router.unposted.store(want, Ordering::Release);
+        client.notify();
     }
 }
 
@@ -1062,15 +1153,21 @@ impl Regions {
     fn get(&self, region: u64, key: u64) -> Option<Arc<SharedMem>> {
         self.state.upgrade()?.lock().unwrap().region_for(&self.tenant, region, key)
     }
+
+    /// A region named with its read-write key.
+    fn writable(&self, region: u64, key: u64) -> Option<Arc<SharedMem>> {
+        self.state.upgrade()?.lock().unwrap().region_for_write(&self.tenant, region, key)
+    }
 }
 
 impl Fwd {
     fn new(local: u64, side: usize, mem: Arc<SharedMem>, client: u64, regions: Regions) -> Result<Arc<Fwd>, String> {
         let ring = (mem.len() - ring::CTRL_LEN) / 2;
         let lay = Layout::new(&mem, ring).map_err(|e| e.to_string())?;
-        // The client may send shadow-memory references: we send their
-        // bytes from the region straight onto the wire.
-        lay.side(side).caps.store(ring::CAP_SHADOW, Ordering::Release);
+        // The client may send shadow-memory references (we send their
+        // bytes from the region straight onto the wire) and post receives
+        // in its shadow memory (we write messages straight into them).
+        lay.side(side).caps.store(ring::CAP_SHADOW | ring::CAP_PLACE, Ordering::Release);
         let tx = lay.tx(side);
         let live = match ffcore::liveness::Liveness::hold(mem.fd(), side) {
             Ok(l) => {
@@ -1091,7 +1188,7 @@ impl Fwd {
             peer_conn: AtomicU64::new(0),
             peer_ring: AtomicU64::new(0),
             setup: Mutex::new(Setup::Waiting),
-            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0 }),
+            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0, msgs: 0, posts: VecDeque::new(), unposted: 0, placing: None }),
             out: Mutex::new(Out::new(lay.rx(side))),
             reported: AtomicU64::new(ring as u64),
             limit: AtomicU64::new(0),
@@ -1297,6 +1394,9 @@ impl Fwd {
 
     /// Forwards what the client wrote, as far as credit allows.
     fn forward(&self, out: &mut Out, link: &dyn Link, mode: Mode) -> Result<Moved, Stop> {
+        if self.unpost_asked() {
+            self.inb.lock().unwrap().unpost(self.client_side(), self.router_side());
+        }
         if !self.flush(out, link, mode)? {
             return Ok(Moved::Blocked);
         }
@@ -1343,6 +1443,14 @@ impl Fwd {
                 out.shadow = Some(self.shadow_ref(&mut out.rx, rec)?);
                 out.rx.consume(rec.len);
                 continue;
+            }
+            if rec.kind == ring::REC_POST {
+                self.post(&out.rx, rec)?;
+                out.rx.consume(rec.len);
+                continue;
+            }
+            if rec.kind == ring::REC_PLACED {
+                return Err(Stop::Local("a client wrote a router's record".into()));
             }
             let flen = (rec.len - out.rec_off).min(fmax);
             let kind = if out.rec_off == 0 { rec.kind } else { REC_CONT };
@@ -1393,6 +1501,44 @@ impl Fwd {
             }
             _ => Err(bad("outside its region")),
         }
+    }
+
+    /// Takes a receive the client posted in its shadow memory: a region of
+    /// the connection's tenant named with its read-write key, and bytes
+    /// inside it. Posts for messages already started, withdrawn ones, and
+    /// ones naming no region we can write, are dropped.
+    fn post(&self, rx: &Rx, rec: ring::Record) -> Result<(), Stop> {
+        let bad = |why: &str| Stop::Local(format!("bad posted receive: {why}"));
+        if rec.len != ring::PostRef::LEN {
+            return Err(bad("malformed"));
+        }
+        let mut b = [0u8; ring::PostRef::LEN];
+        // SAFETY: peek validated rec.len bytes of payload.
+        unsafe { rx.copy_out(0, b.as_mut_ptr(), rec.len) };
+        let r = ring::PostRef::decode(&b);
+        // A region freed meanwhile is no fault: the client may have taken
+        // the message from the ring and freed the buffer while this post
+        // waited behind its sends. Nor is a key that grants nothing: the
+        // post is just not used.
+        let Some(mem) = self.regions.writable(r.key.region, r.key.key) else { return Ok(()) };
+        let data = (mem.len() - shm::region_header()) as u64;
+        let off = r.addr.checked_sub(r.key.base).filter(|o| o.checked_add(r.cap).is_some_and(|e| e <= data));
+        let off = off.ok_or_else(|| bad("outside its region"))? as usize;
+        let mut inb = self.inb.lock().unwrap();
+        inb.unpost(self.client_side(), self.router_side());
+        if r.gen < inb.unposted || r.idx < inb.msgs {
+            return Ok(());
+        }
+        if inb.posts.len() >= MAX_POSTS {
+            return Err(bad("too many"));
+        }
+        inb.posts.push_back(Post { idx: r.idx, gen: r.gen, tag: rec.tag, mem, off, cap: r.cap });
+        Ok(())
+    }
+
+    /// Did the client withdraw its posts since we last looked?
+    fn unpost_asked(&self) -> bool {
+        self.client_side().unpost_req.load(Ordering::Relaxed) > self.router_side().unposted.load(Ordering::Relaxed)
     }
 
     /// Sends the queued frames and gives their bytes back to the client;
@@ -1531,6 +1677,9 @@ impl Pump<'_> {
             || f.local_fault.load(Ordering::Acquire)
             || f.client_side().is_closed()
         {
+            return true;
+        }
+        if f.unpost_asked() {
             return true;
         }
         match f.out.try_lock() {

@@ -493,7 +493,7 @@ impl State {
             Err((code, msg)) => return err(code, msg),
         };
         let id = self.add_conn(tenant.clone(), LOCAL_COST, mem.clone(), Some(client), Some(listener));
-        Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64 }, fd: Some(mem), read_only: false }
+        Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64, forwarded: false }, fd: Some(mem), read_only: false }
     }
 
     /// What every connect checks of its listener, local or from another
@@ -555,11 +555,14 @@ impl State {
         let c = self.conns.get_mut(&id).expect("still there: side 0 is held or played");
         c.ends[1] = Some(client);
         let mem = c.mem.clone();
+        // (The router's own record, not the file's flags: a local peer may
+        // write those.)
+        let forwarded = c.cost == FORWARDED_COST;
         let cl = self.client(client);
         cl.conns.insert(id);
         cl.bytes += len;
         let ring_size = ring::Layout::of_own(&mem).ring_size as u64;
-        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size }, fd: Some(mem), read_only: false }
+        Outcome { reply: Reply::Connected { conn: id, side: 1, ring_size, forwarded }, fd: Some(mem), read_only: false }
     }
 
     /// The local half of a connection to a listener on another host: a
@@ -669,6 +672,12 @@ impl State {
     /// (for forwarding the bytes a shadow-memory reference names).
     pub fn region_for(&self, tenant: &str, region: u64, key: u64) -> Option<Arc<SharedMem>> {
         self.granted(tenant, region, key).map(|(mem, _)| mem.clone())
+    }
+
+    /// A region a client of `tenant` may write, named by id and its
+    /// read-write key (for receives posted in it).
+    pub fn region_for_write(&self, tenant: &str, region: u64, key: u64) -> Option<Arc<SharedMem>> {
+        self.granted(tenant, region, key).filter(|(_, write)| *write).map(|(mem, _)| mem.clone())
     }
 
     /// Frees everything a client held (it disconnected or died).

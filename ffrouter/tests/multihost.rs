@@ -180,38 +180,126 @@ fn routers_with_different_peer_secrets_do_not_link() {
 /// straight onto the wire (the sending client writes only references into
 /// its ring), and arrive intact: unaligned, sizes across the reference
 /// threshold, checksummed.
-#[test]
-fn registered_buffers_go_from_shadow_memory_onto_the_wire() {
-    let h = two_hosts(&["a"], &[]);
+/// A connection from a client on host 1 (tx) to one on host 0 (rx).
+fn across(h: &TwoHosts) -> (ffcore::Context, ffcore::Context, ffcore::Conn, ffcore::Conn) {
     let (rx_ctx, tx_ctx) = (h.context(0, "a"), h.context(1, "a"));
     let l = rx_ctx.listen().unwrap();
     let t = Instant::now();
-    let mut tx = loop {
+    let tx = loop {
         if let Some(c) = tx_ctx.connect(&l.handle()).unwrap() {
             break c;
         }
         assert!(t.elapsed() < Duration::from_secs(10), "connect");
         std::thread::sleep(Duration::from_millis(1));
     };
-    let mut rx = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    let rx = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    (rx_ctx, tx_ctx, rx, tx)
+}
+
+/// `n` bytes from a page boundary of `raw`.
+fn page_aligned(raw: &mut [u8], n: usize) -> &mut [u8] {
+    let skip = (4096 - raw.as_ptr() as usize % 4096) % 4096;
+    &mut raw[skip..skip + n]
+}
+
+#[test]
+fn registered_buffers_go_between_shadow_memory_and_the_wire() {
+    let h = two_hosts(&["a"], &[]);
+    let (rx_ctx, tx_ctx, mut rx, mut tx) = across(&h);
     let big = 16 << 20;
     let data: Vec<u8> = (0..big + 4096).map(|i| (i * 7 + i / 4093) as u8).collect();
     // SAFETY: our own heap memory, kept until the end of the test.
     let mr = unsafe { tx_ctx.register_shadow(data.as_ptr().wrapping_add(100), big) }.unwrap();
     assert_eq!(mr.why_not(), None);
-    let mut out = vec![0u8; big];
+    // The receiver's buffer: registered from a page boundary, so that its
+    // router writes into it straight from the link.
+    let mut raw = vec![0u8; big + 8192];
+    let out = page_aligned(&mut raw, big);
+    // SAFETY: as above.
+    let rmr = unsafe { rx_ctx.register_shadow(out.as_ptr(), big) }.unwrap();
+    assert_eq!(rmr.why_not(), None);
     let mut moved = 0u64;
+    let ring0 = rx_ctx.stats().unwrap().bytes_sent;
     for (off, len) in [(100, 1000), (100, 64 << 10), (4200, 1 << 20), (5000, (4 << 20) + 1), (100, big)] {
         let src = &data[off..off + len];
+        out[..len].fill(0);
         std::thread::scope(|s| {
             s.spawn(|| assert_eq!(tx.send(src, 9, Some(LONG)).unwrap(), len));
-            assert_eq!(rx.recv(&mut out, 9, Some(LONG)).unwrap(), len);
+            assert_eq!(rx.recv(out, 9, Some(LONG)).unwrap(), len);
         });
         assert!(crc32fast::hash(&out[..len]) == crc32fast::hash(src), "{len} bytes at {off}");
         moved += len as u64;
     }
     let ring = tx_ctx.stats().unwrap().bytes_sent;
     assert!(ring < moved / 50, "{ring} bytes through the sender's ring for {moved} bytes sent");
+    let ring = rx_ctx.stats().unwrap().bytes_sent - ring0;
+    assert!(ring < moved / 50, "{ring} bytes through the receiver's ring for {moved} bytes received");
+    // Unregistered, the receiver's ring carries them again.
+    drop(rmr);
+    let mut plain = vec![0u8; 1 << 20];
+    let ring0 = rx_ctx.stats().unwrap().bytes_sent;
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(tx.send(&data[..1 << 20], 9, Some(LONG)).unwrap(), 1 << 20));
+        assert_eq!(rx.recv(&mut plain, 9, Some(LONG)).unwrap(), 1 << 20);
+    });
+    assert!(plain[..] == data[..1 << 20]);
+    assert!(rx_ctx.stats().unwrap().bytes_sent - ring0 >= 1 << 20, "the ring path");
+    drop(mr);
+}
+
+#[test]
+fn receives_posted_in_shadow_memory_keep_order_when_a_tag_mismatch_shifts_them() {
+    // Receives posted to the router name the message they expect (the n-th
+    // receive takes the n-th message); one that fails on a tag leaves its
+    // message to the next, so every later post names the wrong one. The
+    // router may already have written a message into the wrong buffer:
+    // the client must withdraw the posts and still deliver every message
+    // intact, in order, to the receive it belongs to.
+    let h = two_hosts(&["a"], &[]);
+    let (rx_ctx, _tx_ctx, mut rx, mut tx) = across(&h);
+    const N: usize = 6;
+    let size = |i: usize| (64 << 10) + 4096 * i + 17 * i;
+    let cap = 128 << 10;
+    let mut raw = vec![0u8; N * (cap + 4096) + 4096];
+    let region = page_aligned(&mut raw, N * (cap + 4096));
+    // SAFETY: our own heap memory, kept until the end of the test.
+    let mr = unsafe { rx_ctx.register_shadow(region.as_ptr(), region.len()) }.unwrap();
+    assert_eq!(mr.why_not(), None);
+    let bufs: Vec<*mut u8> = (0..N).map(|i| region[i * (cap + 4096)..].as_mut_ptr()).collect();
+    // Messages: tags 5, 9, 9, ...; receives: 9 (fails on message 0 and
+    // leaves it), then 5, 9, 9, ...: receive k+1 takes message k.
+    let tags_in = |i: usize| if i == 0 { 5 } else { 9 };
+    let tags_rx = |k: usize| if k == 1 { 5 } else { 9 };
+    let reqs: Vec<ffcore::Req> = (0..N).map(|k| unsafe { rx.irecv(bufs[k], cap, tags_rx(k)) }.unwrap()).collect();
+    // Let the posts reach the router before the messages do.
+    for _ in 0..20 {
+        rx.progress();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let msgs: Vec<Vec<u8>> = (0..N - 1).map(|i| (0..size(i)).map(|j| (j * 13 + i * 101 + j / 511) as u8).collect()).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (i, m) in msgs.iter().enumerate() {
+                assert_eq!(tx.send(m, tags_in(i), Some(LONG)).unwrap(), m.len());
+            }
+        });
+        // Let the messages reach the receiver's router (which writes some
+        // into the wrong posted buffers) before the receiver looks.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut reqs = reqs.into_iter();
+        let r0 = reqs.next().unwrap();
+        assert!(matches!(rx.wait(r0, Some(LONG)), Err(ffcore::Error::TagMismatch { got: 5, want: 9 })));
+        for (k, r) in reqs.enumerate().take(N - 1) {
+            let k = k + 1;
+            let i = k - 1;
+            let n = rx.wait(r, Some(LONG)).unwrap_or_else(|e| panic!("receive {k}: {e}"));
+            assert_eq!(n, size(i), "receive {k}");
+            // SAFETY: the receive completed; the buffer holds n bytes.
+            let got = unsafe { std::slice::from_raw_parts(bufs[k], n) };
+            assert!(got == &msgs[i][..], "receive {k} holds message {i}");
+        }
+    });
+    drop(rx);
     drop(mr);
 }
 
@@ -284,5 +372,92 @@ fn a_reference_to_memory_the_tenant_may_not_read_closes_only_that_connection() {
     let mut m = [0u8; 8];
     assert_eq!(r2.recv(&mut m, 1, Some(LONG)).unwrap(), 8);
     assert_eq!(&m, b"still up");
+    drop(mr);
+}
+
+#[test]
+fn posted_receives_are_written_only_within_the_posters_writable_regions() {
+    use ffcore::proto::{Reply, Request};
+    use ffcore::ring::{self, PostRef, REC_FIRST, REC_POST};
+    let h = two_hosts(&["a", "b"], &[]);
+    // Tenant a's registered buffer on host 0, whose read-write key leaked.
+    let a0 = h.context(0, "a");
+    let victim = vec![0x11u8; 1 << 20];
+    // SAFETY: our own heap memory, kept until the end of the test.
+    let mr = unsafe { a0.register_shadow(victim.as_ptr(), victim.len()) }.unwrap();
+    let a_key = mr.remote_key().unwrap();
+    let b1 = h.context(1, "b");
+    let l = b1.listen().unwrap();
+    let hd = l.handle();
+
+    // Tenant b's hostile client on host 0 speaks the protocol itself.
+    let s = std::os::unix::net::UnixStream::connect(h.tenant_dir(0, "b").join("ffrouter.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(rpc(&s, &Request::Hello { version: ffcore::proto::VERSION }).0, Reply::Welcome { .. }));
+    let (Reply::Region { region, len, key, read_key }, mut fds) = rpc(&s, &Request::AllocRegion { len: 1 << 20 }) else { panic!("region") };
+    let own = ffcore::shm::SharedMem::from_fd(fds.pop().unwrap(), ffcore::shm::region_header() + len as usize).unwrap();
+    let req = Request::ConnectRemote { router_id: hd.router_id, addr: hd.addr.unwrap().into(), listener: hd.listener, nonce: hd.nonce };
+    let t = Instant::now();
+    let (ring_size, fd) = loop {
+        match rpc(&s, &req) {
+            (Reply::Connected { ring_size, side: 0, forwarded, .. }, mut fds) => {
+                assert!(forwarded, "the router says it plays the other side");
+                break (ring_size as usize, fds.pop().unwrap());
+            }
+            (Reply::NotReady, _) => std::thread::sleep(Duration::from_millis(1)),
+            (r, _) => panic!("{r:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    };
+    let mem = ffcore::shm::SharedMem::from_fd(fd, ring::file_len(ring_size)).unwrap();
+    let lay = ring::Layout::new(&mem, ring_size).unwrap();
+    assert_ne!(lay.side(1).caps.load(std::sync::atomic::Ordering::Acquire) & ring::CAP_PLACE, 0, "the router takes posts");
+    let mut tx = lay.tx(0);
+    let base = 0x7000_0000u64;
+    let own_key = |k: u64| ffcore::RemoteKey { router_id: a_key.router_id, region, key: k, base };
+    // Message 0 into tenant a's buffer, message 1 into our own region
+    // through its read-only key: neither may be written.
+    let posts = [
+        PostRef { key: a_key, addr: a_key.base, cap: 1 << 20, idx: 0, gen: 0 },
+        PostRef { key: own_key(read_key), addr: base, cap: 1 << 20, idx: 1, gen: 0 },
+    ];
+    for p in &posts {
+        assert!(tx.push_record(REC_POST, 0, 0, &p.encode()).unwrap());
+    }
+    lay.side(1).notify();
+    let mut c = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(&vec![0x77u8; 64 << 10], 0, Some(LONG)).unwrap();
+    c.send(&vec![0x88u8; 64 << 10], 0, Some(LONG)).unwrap();
+    // Both arrive in the ring, as ordinary messages.
+    let mut rx = lay.rx(0);
+    for want in [0x77u8, 0x88] {
+        let mut got = 0;
+        let t = Instant::now();
+        while got < 64 << 10 {
+            match rx.peek().unwrap() {
+                Some(r) => {
+                    assert!(r.kind == REC_FIRST || r.kind == ring::REC_CONT, "record kind {}", r.kind);
+                    let p = unsafe { std::slice::from_raw_parts(rx.payload(), r.len) };
+                    assert!(p.iter().all(|&x| x == want));
+                    got += r.len;
+                    rx.consume(r.len);
+                    lay.side(1).notify();
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "message {want:#x}");
+        }
+    }
+    assert!(victim.iter().all(|&x| x == 0x11), "tenant a's buffer untouched");
+    let data = unsafe { std::slice::from_raw_parts(own.as_ptr().add(ffcore::shm::region_header()), 1 << 20) };
+    assert!(data.iter().all(|&x| x == 0), "nothing written through a read-only key");
+    // A post beyond the region closes the connection, and says why.
+    let beyond = PostRef { key: own_key(key), addr: base + 4096, cap: 1 << 20, idx: 2, gen: 0 };
+    assert!(tx.push_record(REC_POST, 0, 0, &beyond.encode()).unwrap());
+    lay.side(1).notify();
+    fftestkit::wait_for(|| h.router_log(0).contains("bad posted receive: outside its region"), Duration::from_secs(5), "the router says why");
+    let mut b = [0u8; 1];
+    assert!(c.recv(&mut b, 0, Some(Duration::from_secs(20))).is_err(), "the connection is closed");
     drop(mr);
 }
