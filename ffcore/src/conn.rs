@@ -58,11 +58,13 @@ pub const MAX_INFLIGHT: usize = 1024;
 pub const TAG_ANY: u32 = u32::MAX;
 /// Fruitless polls between two checks that the peer process is alive.
 const LIVENESS_EVERY: u32 = 4096;
-/// How long [`Conn::wait`] spins before it sleeps.
+/// How long [`Conn::wait`] spins before it sleeps. It never yields: every
+/// sched_yield pushes the yielder's deadline a time slice later (EEVDF),
+/// so a waiter that keeps yielding beside busy processes gets the core
+/// back later and later (cross-host ping-pong with a busy loop per core:
+/// 2 ms per message, measured), while one that sleeps is placed afresh
+/// when woken.
 pub const SPIN: Duration = Duration::from_micros(50);
-/// For how much of [`SPIN`] it busy-spins; after that it yields the core
-/// between polls (a peer thread woken on the same core then runs at once).
-pub const SPIN_BUSY: Duration = Duration::from_micros(5);
 /// Fewer bytes of a message in shadow memory than this go through the
 /// ring anyway (the reference costs a mapping lookup and a completion
 /// round trip).
@@ -439,28 +441,22 @@ impl Conn {
         loop {
             let spin_start = Instant::now();
             let mut n = 0u32;
-            let mut polite = false;
             loop {
                 if let Some(size) = self.test(r)? {
                     return Ok(size);
                 }
-                if polite || n % 64 == 0 {
-                    let e = spin_start.elapsed();
-                    if e > SPIN {
+                if n % 64 == 0 {
+                    if spin_start.elapsed() > SPIN {
                         break;
                     }
-                    // Busy-spinning on the core our peer (a router thread
-                    // or the other client) polls from would only delay it.
-                    polite = e > SPIN_BUSY || self.peer_polls_on(ring::current_cpu());
+                    // Spinning on the core our peer (a router thread or the
+                    // other client) polls from would only delay it: sleep.
+                    if self.peer_polls_on(ring::current_cpu()) {
+                        break;
+                    }
                 }
                 n += 1;
-                if polite {
-                    // Past the first microseconds, let whoever shares our
-                    // core (a router thread about to answer) run first.
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
+                std::hint::spin_loop();
             }
             let mut nap = Duration::from_millis(20);
             if let Some(t) = timeout {
