@@ -828,7 +828,7 @@ fn events_and_peer_failure_through_uct() {
         assert_eq!(attr.cap.event_flags & want, want);
         let mut fd = -1;
         ok(iops(a).iface_event_fd_get.unwrap()(a, &mut fd), "event fd");
-        let arm = |i: uct_iface_h| iops(i).iface_event_arm.unwrap()((i), (UCT_EVENT_SEND_COMP | UCT_EVENT_RECV) as c_uint);
+        let arm = |i: uct_iface_h| iops(i).iface_event_arm.unwrap()(i, (UCT_EVENT_SEND_COMP | UCT_EVENT_RECV) as c_uint);
         let ep = u.connect(a, b);
         let errs_p: *const Errs = &errs;
         let only_a = World { comp: u.comp, ifaces: vec![a], ep };
