@@ -282,6 +282,22 @@ impl Listener {
         }
     }
 
+    /// Might [`Listener::accept`] find a connection now (the router queued
+    /// one for this process since it last said none)? No round trip.
+    pub fn may_have_pending(&self) -> bool {
+        self.page.accept_seq() != self.idle_at.load(Ordering::Relaxed)
+    }
+
+    /// The word the router wakes when it queues a connection for this
+    /// process (any of its listeners), for a [`crate::wake::Waiter`]. Take
+    /// it, then check [`Listener::may_have_pending`], then sleep.
+    pub fn wake_word(&self) -> crate::wake::WakeWord {
+        let w = self.page.accept_wake_word();
+        let seen = w.load(Ordering::SeqCst);
+        // SAFETY: the word lies in the page the Arc keeps mapped.
+        unsafe { crate::wake::WakeWord::new(self.page.clone(), w, seen) }
+    }
+
     /// Polls [`Listener::accept`] until a connection arrives or `timeout`.
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Conn> {
         let start = std::time::Instant::now();

@@ -52,6 +52,9 @@ use crate::mr::Segment;
 use crate::ring::{self, Layout, Placed, PostRef, Rx, ShadowRef, Tx, CAP_PLACE, CAP_SHADOW, REC_CONT, REC_FIRST, REC_PLACED, REC_POST, REC_SHADOW};
 use crate::shm::SharedMem;
 
+/// Liveness and wake-up for callers that sleep outside [`Conn::wait`] (in `conn/events.rs`).
+mod events;
+
 /// Requests (sends plus receives) that may be outstanding per connection.
 pub const MAX_INFLIGHT: usize = 1024;
 /// A receive with this tag matches any message.
@@ -961,7 +964,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.lay.side(self.side).close();
+        self.lay.close(self.side);
         if let Some(ctx) = self.ctx.take() {
             if let Err(e) = ctx.close_conn(self.id) {
                 log::debug!("closing connection {}: {e}", self.id);

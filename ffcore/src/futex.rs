@@ -28,3 +28,55 @@ pub fn wake_all(word: &AtomicU32) {
         libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
     }
 }
+
+/// Most words one [`wait_any`] call sleeps on (the kernel's limit).
+pub const WAITV_MAX: usize = 128;
+
+/// `struct futex_waitv` (linux/futex.h).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// FUTEX2_SIZE_U32: a 32-bit word, shared between processes (no
+/// FUTEX2_PRIVATE), like [`wait`].
+const FUTEX2_SIZE_U32: u32 = 2;
+const SYS_FUTEX_WAITV: libc::c_long = 449;
+
+/// How a [`wait_any`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// Word `i` was woken.
+    Word(usize),
+    /// A word no longer held its expected value when the call began.
+    Changed,
+    /// A signal (or a spurious return): check and call again.
+    Interrupted,
+}
+
+/// Sleeps until any of `words` (address, expected value; at most
+/// [`WAITV_MAX`]) is woken with [`wake_all`], or held another value to
+/// begin with (Linux 5.16's futex_waitv; no timeout).
+///
+/// # Safety
+/// Every address must point to a u32 that stays mapped for the call.
+pub unsafe fn wait_any(words: &[(*const AtomicU32, u32)]) -> std::io::Result<Woken> {
+    assert!(!words.is_empty() && words.len() <= WAITV_MAX);
+    let v: Vec<FutexWaitv> =
+        words.iter().map(|&(p, val)| FutexWaitv { val: val as u64, uaddr: p as u64, flags: FUTEX2_SIZE_U32, reserved: 0 }).collect();
+    // SAFETY: v is a valid array of futex_waitv; the caller keeps the words
+    // mapped; a NULL timeout means no timeout.
+    let rc = libc::syscall(SYS_FUTEX_WAITV, v.as_ptr(), v.len() as libc::c_uint, 0 as libc::c_uint, std::ptr::null::<libc::timespec>(), 0 as libc::c_int);
+    if rc >= 0 {
+        return Ok(Woken::Word(rc as usize));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Woken::Changed),
+        Some(libc::EINTR) => Ok(Woken::Interrupted),
+        _ => Err(e),
+    }
+}

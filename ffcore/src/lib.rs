@@ -7,7 +7,8 @@
 //! - [`ring`] and [`futex`]: the shared-memory rings and their wake-ups;
 //! - [`conn`]: tagged, ordered messages over a ring pair (the data path);
 //! - [`client`]: the endpoint API plugins map onto ([`Context`], [`Listener`], [`Conn`]);
-//! - [`handle`]: the out-of-band connection handle.
+//! - [`handle`]: the out-of-band connection handle;
+//! - [`wake`]: an event descriptor that sleeps on many connections (epoll users).
 //!
 //! See docs/ARCHITECTURE.md for the picture.
 
@@ -24,6 +25,7 @@ pub mod proto;
 pub mod ring;
 pub mod shadow;
 pub mod shm;
+pub mod wake;
 
 pub use client::{Context, Listener, MemKey, Region};
 pub use mr::{RemoteKey, RemoteMap, ShadowMr};

@@ -107,8 +107,18 @@ impl Page {
         self.accept_word().load(Ordering::Acquire)
     }
 
-    /// Router side: a connection was queued for this client.
+    /// Router side: a connection was queued for this client. Wakes a
+    /// client that sleeps on the counter ([`Page::accept_wake_word`]).
     pub fn bump_accept(&self) {
         self.accept_word().fetch_add(1, Ordering::Release);
+        crate::futex::wake_all(self.accept_wake_word());
+    }
+
+    /// The half of the accept counter that changes with every bump (a
+    /// futex is 32 bits): what a sleeping client waits on.
+    pub fn accept_wake_word(&self) -> &std::sync::atomic::AtomicU32 {
+        let low = if cfg!(target_endian = "little") { 64 } else { 68 };
+        // SAFETY: inside the page, 4-aligned; atomics tolerate concurrent writers.
+        unsafe { &*(self.mem.as_ptr().add(low) as *const std::sync::atomic::AtomicU32) }
     }
 }

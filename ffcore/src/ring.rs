@@ -243,6 +243,13 @@ impl Layout {
         }
     }
 
+    /// Marks `side` closed and wakes both sides: the other one sleeps on
+    /// its own word ([`Side::close`] alone wakes only `side`'s).
+    pub fn close(&self, side: usize) {
+        self.side(side).close();
+        self.side(1 - (side & 1)).force_wake();
+    }
+
     /// Ring `dir` is written by side `dir`.
     fn ring(&self, dir: usize) -> (&AtomicU64, &AtomicU64, *mut u8) {
         let off = 256 + 128 * (dir & 1);
@@ -322,7 +329,8 @@ impl Side<'_> {
         self.closed.load(Ordering::Acquire) != 0
     }
 
-    /// Marks the side closed and wakes both sides.
+    /// Marks the side closed and wakes it (its peer sleeps on its own
+    /// word: [`Layout::close`] wakes both).
     pub fn close(&self) {
         self.closed.store(1, Ordering::Release);
         self.force_wake();
@@ -525,6 +533,13 @@ impl Tx {
         h.add(1).write_volatile(total);
         h.add(2).write_volatile(len as u64);
         h.add(3).write_volatile(0);
+    }
+
+    /// Bytes free in the ring now (records need their header and
+    /// alignment, and never wrap, so less than this may fit in one).
+    pub fn free(&mut self) -> Result<usize> {
+        self.refresh_tail()?;
+        Ok(self.lay.ring_size - self.head.wrapping_sub(self.tail) as usize)
     }
 
     /// True when the consumer has taken everything we wrote.

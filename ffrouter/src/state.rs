@@ -627,7 +627,7 @@ impl State {
         // The router made this file: its layout needs no check of the
         // control page, which the client may have scribbled on. Whatever
         // it holds, the peer is told.
-        ring::Layout::of_own(&c.mem).side(side).close();
+        ring::Layout::of_own(&c.mem).close(side);
         if c.ends.iter().all(Option::is_none) && !c.queued {
             if let Some(c) = self.conns.remove(&conn) {
                 self.uncharge(&c.tenant, c.cost);

@@ -52,6 +52,10 @@ pub struct Ep {
     flushes: VecDeque<(u64, *mut uct_completion_t)>,
     /// Why the endpoint stopped working (sends then fail with this status).
     broken: Option<ucs_status_t>,
+    /// The failure went to the iface's error handler (once per endpoint).
+    err_reported: bool,
+    /// The connection's wake-up words, for the iface's event descriptor.
+    pub words: Option<std::sync::Arc<ffcore::wake::ConnWords>>,
     pub destroyed: bool,
 }
 
@@ -70,6 +74,73 @@ impl Ep {
     pub fn needs_progress(&self) -> bool {
         !self.pending.is_empty() || !self.ops.is_empty() || !self.sends.is_empty() || !self.flushes.is_empty()
     }
+
+    /// Is the peer gone (or the endpoint broken) without the error handler
+    /// having heard of it? A closed peer with requests outstanding is
+    /// failed by progress once their replies, if any came, are taken.
+    pub fn failed_unreported(&self) -> bool {
+        !self.err_reported && (self.broken.is_some() || self.ops.is_empty() && self.conn.peer_closed())
+    }
+
+    /// Whether the endpoint's progress would find work now (for arming the
+    /// iface's event descriptor): replies or room for queued data, room
+    /// for the pending queue (two of the largest messages, or a ring
+    /// drained of everything), a failure to report.
+    pub fn has_events(&mut self) -> bool {
+        if self.err_reported {
+            return false;
+        }
+        if self.broken.is_some() || self.conn.peer_closed() {
+            return true;
+        }
+        if (!self.ops.is_empty() || !self.sends.is_empty()) && self.conn.has_events() {
+            return true;
+        }
+        if !self.pending.is_empty() {
+            // SAFETY: the iface outlives its endpoints.
+            let seg = unsafe { (*self.iface).st.cfg.seg_size };
+            return self.conn.tx_free() >= 2 * (seg + 128) || self.conn.has_events();
+        }
+        false
+    }
+}
+
+/// Reports a failed endpoint once: its outstanding operations complete
+/// with the error, then the iface's error handler (UCP's) hears of it from
+/// this progress call (UCP then fails its endpoint, purges the pending
+/// queue and destroys this one, maybe right away). A closed or dead peer
+/// is `UCS_ERR_CONNECTION_RESET`.
+pub unsafe fn report_failure(ep: *mut Ep) {
+    if (*ep).err_reported {
+        return;
+    }
+    let status = *(*ep).broken.get_or_insert(UCS_ERR_CONNECTION_RESET);
+    (*ep).err_reported = true;
+    ff_diag!("ff: endpoint {:p} (connection {}): peer failure ({}), reported to the error handler", ep, (*ep).conn.id(), status);
+    fail_all(ep, status);
+    if (*ep).destroyed {
+        return;
+    }
+    let iface = (*ep).iface as uct_iface_h;
+    let s = uct_iface_handle_ep_err(iface, ep as uct_ep_h, status);
+    if s != UCS_OK {
+        ff_debug!("ff: the error handler did not take the failure of endpoint {:p}: status {s}", ep);
+    }
+}
+
+/// `uct_ep_check`: checks now that the peer is alive (its liveness lock);
+/// a dead peer is reported to the error handler by the next progress. The
+/// router tells us of a peer's death on its own; this covers a router
+/// that is down.
+unsafe extern "C" fn ep_check(ep_h: uct_ep_h, flags: c_uint, comp: *mut uct_completion_t) -> ucs_status_t {
+    if flags != 0 || !comp.is_null() {
+        return UCS_ERR_INVALID_PARAM; // both reserved in UCX 1.13
+    }
+    let ep = ep_h as *mut Ep;
+    if !(*ep).conn.check_alive() {
+        ff_debug!("ff: endpoint {:p}: the peer is gone", ep);
+    }
+    UCS_OK
 }
 
 unsafe fn unsupported<T>() -> T {
@@ -140,7 +211,7 @@ pub fn ops() -> uct_iface_ops_t {
             ep_pending_purge: Some(pending_purge),
             ep_flush: Some(ep_flush),
             ep_fence: Some(ep_fence),
-            ep_check: unsupported(),
+            ep_check: Some(ep_check),
             ep_create: Some(ep_create),
             ep_connect: unsupported(),
             ep_disconnect: unsupported(),
@@ -155,8 +226,8 @@ pub fn ops() -> uct_iface_ops_t {
             iface_progress_enable: Some(progress_enable),
             iface_progress_disable: Some(progress_disable),
             iface_progress: Some(iface::iface_progress),
-            iface_event_fd_get: unsupported(),
-            iface_event_arm: unsupported(),
+            iface_event_fd_get: Some(iface::event_fd_get),
+            iface_event_arm: Some(iface::event_arm),
             iface_close: Some(iface::iface_close),
             iface_query: Some(iface::iface_query),
             iface_get_device_address: Some(iface::get_device_address),
@@ -235,6 +306,7 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         }
     };
     ff_debug!("ff: iface {:p} connected, connection {}", me, conn.id());
+    let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();
     let ep = Box::into_raw(Box::new(Ep {
         super_: uct_ep_t { iface: p.iface },
         iface: me,
@@ -247,6 +319,8 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         get_rx: None,
         flushes: VecDeque::new(),
         broken: None,
+        err_reported: false,
+        words,
         destroyed: false,
     }));
     (*me).st.eps.push(ep);

@@ -77,6 +77,13 @@ pub struct State {
     /// Progress calls in a row that found nothing to do while a connection
     /// to another host was open (see `iface_progress`).
     pub idle: u32,
+    /// The event descriptor (`event_fd_get`) and its helper threads.
+    pub waiter: ffcore::wake::Waiter,
+    /// `event_arm` armed the waiter; the next progress disarms it.
+    pub armed: bool,
+    /// Progress calls since the last liveness round, and when that was.
+    pub live_calls: u32,
+    pub live_at: std::time::Instant,
 }
 
 /// The target end of a peer's endpoint.
@@ -91,6 +98,8 @@ pub struct RxConn {
     /// Remote-memory requests refused so far (see [`MAX_REFUSED`]).
     refused: u32,
     dead: bool,
+    /// The connection's wake-up words, for the event descriptor.
+    words: Option<std::sync::Arc<ffcore::wake::ConnWords>>,
 }
 
 /// Refused remote-memory requests (a key that is not a registration of
@@ -276,6 +285,13 @@ pub unsafe extern "C" fn iface_open(
     cfg.seg_size = cfg.seg_size.clamp(64, max_whole);
     cfg.short_size = cfg.short_size.min(max_whole);
     cfg.inline_rma = cfg.inline_rma.min(max_whole - RmaReq::LEN);
+    let waiter = match ffcore::wake::Waiter::new() {
+        Ok(w) => w,
+        Err(e) => {
+            ff_error!("ff: cannot make the iface's event descriptor: {e}");
+            return UCS_ERR_IO_ERROR;
+        }
+    };
     let raw = libc::calloc(1, std::mem::size_of::<Iface>()) as *mut Iface;
     if raw.is_null() {
         return UCS_ERR_NO_MEMORY;
@@ -310,6 +326,10 @@ pub unsafe extern "C" fn iface_open(
         in_progress: false,
         accept_failed: false,
         idle: 0,
+        waiter,
+        armed: false,
+        live_calls: 0,
+        live_at: std::time::Instant::now(),
     });
     ff_debug!("ff: iface {:p} open, handle {}", raw, (*raw).st.listener.handle().to_hex());
     *iface_p = raw as uct_iface_h;
@@ -379,8 +399,12 @@ pub unsafe extern "C" fn iface_query(iface: uct_iface_h, attr: *mut uct_iface_at
         | UCT_IFACE_FLAG_GET_ZCOPY as u64
         | UCT_IFACE_FLAG_PENDING as u64
         | UCT_IFACE_FLAG_CB_SYNC
-        | UCT_IFACE_FLAG_CONNECT_TO_IFACE;
-    a.cap.event_flags = 0;
+        | UCT_IFACE_FLAG_CONNECT_TO_IFACE
+        | UCT_IFACE_FLAG_ERRHANDLE_PEER_FAILURE
+        | UCT_IFACE_FLAG_EP_CHECK;
+    // Any event (a message, a reply, room in a ring, a peer's death) makes
+    // the descriptor readable, whichever events were armed.
+    a.cap.event_flags = (UCT_IFACE_FLAG_EVENT_SEND_COMP | UCT_IFACE_FLAG_EVENT_RECV | UCT_IFACE_FLAG_EVENT_FD) as u64;
     a.cap.am.max_short = cfg.short_size;
     a.cap.am.max_bcopy = cfg.seg_size;
     a.cap.am.min_zcopy = 0;
@@ -453,6 +477,65 @@ pub unsafe extern "C" fn iface_fence(_iface: uct_iface_h, _flags: c_uint) -> ucs
     UCS_OK
 }
 
+/// Progress calls between two looks at the clock for a liveness round.
+const LIVENESS_CALLS: u32 = 1024;
+/// How often progress checks every peer's liveness lock.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+
+/// `uct_iface_event_fd_get`: the descriptor [`event_arm`] arms.
+pub unsafe extern "C" fn event_fd_get(iface: uct_iface_h, fd_p: *mut c_int) -> ucs_status_t {
+    *fd_p = (*(iface as *const Iface)).st.waiter.fd();
+    UCS_OK
+}
+
+/// `uct_iface_event_arm`: `UCS_ERR_BUSY` if progress has work now, else
+/// the descriptor becomes readable on the next event of any kind (a
+/// message or a reply, room in a ring our sends wait for, a new
+/// connection, a peer closing or dying), whatever `events` asks for: more
+/// wake-ups than asked for are allowed, missing one is not. Nothing polls
+/// meanwhile (see ffcore's `wake`).
+pub unsafe extern "C" fn event_arm(iface: uct_iface_h, _events: c_uint) -> ucs_status_t {
+    let me = iface as *mut Iface;
+    let st = &mut (*me).st;
+    // A late wake-up of an earlier arming must not clear this one's words.
+    st.waiter.disarm();
+    st.armed = false;
+    st.waiter.drain();
+    // Announce the sleep on every word first, then look for work.
+    let mut words = Vec::with_capacity(1 + st.rx.len() + st.eps.len());
+    words.push(st.listener.wake_word());
+    for rc in st.rx.iter() {
+        if let Some(w) = &rc.words {
+            words.push(w.arm());
+        }
+    }
+    for &e in st.eps.iter() {
+        if let Some(w) = &(*e).words {
+            words.push(w.arm());
+        }
+    }
+    let reply_room = 2 * (RmaReply::LEN + st.cfg.inline_rma + 128);
+    let busy = st.listener.may_have_pending()
+        || st.rx.iter_mut().any(|rc| rc.conn.has_events() || !rc.replies.is_empty() && rc.conn.tx_free() >= reply_room)
+        || st.eps.iter().any(|&e| (*e).has_events());
+    if busy {
+        for w in &words {
+            w.cancel();
+        }
+        return UCS_ERR_BUSY;
+    }
+    match st.waiter.arm(words) {
+        Ok(()) => {
+            st.armed = true;
+            UCS_OK
+        }
+        Err(e) => {
+            ff_error!("ff: cannot arm the event descriptor: {e}");
+            UCS_ERR_IO_ERROR
+        }
+    }
+}
+
 /// Idle progress calls (a few microseconds of polling) between two yields
 /// while a connection to another host is open.
 const IDLE_YIELD: u32 = 32;
@@ -465,13 +548,19 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     }
     (*me).st.in_progress = true;
     let mut count = 0u32;
+    if (*me).st.armed {
+        // Polling again: peers need not wake us.
+        (*me).st.waiter.disarm();
+        (*me).st.armed = false;
+    }
 
     // New connections from peers: one atomic load while none are queued.
     loop {
         match (*me).st.listener.accept() {
             Ok(Some(conn)) => {
                 ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
-                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), refused: 0, dead: false }));
+                let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();
+                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), refused: 0, dead: false, words }));
             }
             Ok(None) => break,
             Err(e) => {
@@ -497,14 +586,39 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         }
     }
 
+    // Liveness by lock, now and then: the router tells us when a peer
+    // dies, unless the router itself is down or was the peer.
+    (*me).st.live_calls += 1;
+    if (*me).st.live_calls >= LIVENESS_CALLS {
+        (*me).st.live_calls = 0;
+        if (*me).st.live_at.elapsed() >= LIVENESS_EVERY {
+            (*me).st.live_at = std::time::Instant::now();
+            for &e in (*me).st.eps.iter() {
+                (*e).conn.check_alive();
+            }
+            for rc in (*me).st.rx.iter_mut() {
+                rc.conn.check_alive();
+            }
+        }
+    }
+
     let mut i = 0;
     while i < (*me).st.eps.len() {
         let e = (&(*me).st.eps)[i];
         if (*e).needs_progress() {
             count += ep::progress(e);
         }
-        forwarded |= (*e).conn.forwarded();
-        i += 1;
+        if !(*e).destroyed {
+            forwarded |= (*e).conn.forwarded();
+            if (*e).failed_unreported() {
+                count += 1;
+                ep::report_failure(e);
+            }
+        }
+        // A callback may have destroyed endpoints (they left `eps`).
+        if (&(*me).st.eps).get(i) == Some(&e) {
+            i += 1;
+        }
     }
 
     // UCX calls progress in a loop of its own and never yields. Across

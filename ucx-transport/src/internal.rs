@@ -179,6 +179,8 @@ extern "C" {
     pub fn uct_base_iface_query(iface: *mut c_void, attr: *mut uct_iface_attr_t);
     pub fn uct_base_iface_progress_enable(iface: uct_iface_h, flags: c_uint);
     pub fn uct_base_iface_progress_disable(iface: uct_iface_h, flags: c_uint);
+    /// Calls the iface's error handler (`uct_iface_params.err_handler`) for `ep`.
+    pub fn uct_iface_handle_ep_err(iface: uct_iface_h, ep: uct_ep_h, status: ucs_status_t) -> ucs_status_t;
     pub fn uct_base_ep_am_short_iov(ep: uct_ep_h, id: u8, iov: *const uct_iov_t, iovcnt: usize) -> ucs_status_t;
     pub fn uct_md_query_single_md_resource(
         component: *mut UctComponent,

@@ -790,3 +790,95 @@ fn shadow_memory_puts_and_gets_copy_once() {
         u.close(&[ep], &[a, b]);
     }
 }
+
+/// What the iface's error handler was told.
+struct Errs {
+    calls: Vec<(uct_ep_h, ucs_status_t)>,
+}
+
+unsafe extern "C" fn on_ep_err(arg: *mut c_void, ep: uct_ep_h, status: ucs_status_t) -> ucs_status_t {
+    (*(arg as *mut Errs)).calls.push((ep, status));
+    UCS_OK
+}
+
+fn fd_readable(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+#[test]
+fn events_and_peer_failure_through_uct() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        // No shadow memory: GETs are served by the target's progress.
+        let u = Uct::open_with(&[(c"SHADOW", c"n")]);
+        let mut errs = Errs { calls: Vec::new() };
+        let mut p = u.params;
+        p.field_mask |= (UCT_IFACE_PARAM_FIELD_ERR_HANDLER | UCT_IFACE_PARAM_FIELD_ERR_HANDLER_ARG | UCT_IFACE_PARAM_FIELD_ERR_HANDLER_FLAGS) as u64;
+        p.err_handler = Some(on_ep_err);
+        p.err_handler_arg = &mut errs as *mut Errs as *mut c_void;
+        p.err_handler_flags = 0;
+        let mut a: uct_iface_h = null_mut();
+        ok(uct_iface_open(u.md, u.worker, &p, u.ic, &mut a), "iface open");
+        let b = u.iface(None);
+        let mut attr: uct_iface_attr_t = std::mem::zeroed();
+        ok(iops(a).iface_query.unwrap()(a, &mut attr), "query");
+        assert!(attr.cap.flags & UCT_IFACE_FLAG_ERRHANDLE_PEER_FAILURE != 0 && attr.cap.flags & UCT_IFACE_FLAG_EP_CHECK != 0);
+        let want = (UCT_IFACE_FLAG_EVENT_SEND_COMP | UCT_IFACE_FLAG_EVENT_RECV | UCT_IFACE_FLAG_EVENT_FD) as u64;
+        assert_eq!(attr.cap.event_flags & want, want);
+        let mut fd = -1;
+        ok(iops(a).iface_event_fd_get.unwrap()(a, &mut fd), "event fd");
+        let arm = |i: uct_iface_h| iops(i).iface_event_arm.unwrap()(i, (UCT_EVENT_SEND_COMP | UCT_EVENT_RECV) as c_uint);
+        let ep = u.connect(a, b);
+        let errs_p: *const Errs = &errs;
+        let only_a = World { comp: u.comp, ifaces: vec![a], ep };
+        let mut target = vec![0x5au8; 64 << 10];
+        let base = target.as_ptr() as u64;
+        let (memh, packed) = u.reg(&mut target);
+        let rk = only_a.rkey(&packed);
+        // The connection queued for b bumped the process's accept counter:
+        // work for a until its progress has asked the router.
+        assert_eq!(arm(a), UCS_ERR_BUSY, "a new connection may be pending");
+        only_a.progress();
+        ok(arm(a), "nothing to do: armed");
+        assert!(!fd_readable(fd, 50), "idle");
+
+        // A GET's reply wakes the initiator.
+        let mut out = vec![0u8; 1000];
+        let (s, c) = only_a.start(true, &mut out, base, rk.rkey);
+        assert_eq!(s, UCS_INPROGRESS);
+        ok(arm(a), "waiting for the reply: armed");
+        assert!(!fd_readable(fd, 50), "the target has not served it");
+        iops(b).iface_progress.unwrap()(b);
+        assert!(fd_readable(fd, 5000), "the reply woke it");
+        let cp: *const Comp = &*c;
+        only_a.until(|| (*cp).done == 1, "get");
+        ok(c.c.status, "get");
+        assert!(out.iter().all(|&x| x == 0x5a));
+        ok(ops(ep).ep_check.unwrap()(ep, 0, null_mut()), "ep_check on a live peer");
+        only_a.progress();
+        assert!((*errs_p).calls.is_empty());
+
+        // The peer goes away with a GET outstanding.
+        let (s, c) = only_a.start(true, &mut out, base, rk.rkey);
+        assert_eq!(s, UCS_INPROGRESS);
+        ok(arm(a), "armed");
+        uct_iface_close(b);
+        assert!(fd_readable(fd, 5000), "the peer's close woke it");
+        assert_eq!(arm(a), UCS_ERR_BUSY, "a failure to report is work");
+        let cp: *const Comp = &*c;
+        only_a.until(|| (*cp).done == 1, "failed get");
+        assert_eq!(c.c.status, UCS_ERR_CONNECTION_RESET, "the outstanding GET failed");
+        assert_eq!((*errs_p).calls, vec![(ep, UCS_ERR_CONNECTION_RESET)], "the handler heard of it once");
+        for _ in 0..100 {
+            only_a.progress();
+        }
+        assert_eq!((*errs_p).calls.len(), 1, "only once");
+        assert_eq!(ops(ep).ep_am_short.unwrap()(ep, 5, 1, null(), 0), UCS_ERR_CONNECTION_RESET, "sends fail");
+        assert!(!fd_readable(fd, 0));
+        ok(arm(a), "a reported failure is not work any more");
+        uct_rkey_release(u.comp, &rk);
+        ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        u.close(&[ep], &[a]);
+    }
+}
