@@ -19,9 +19,11 @@
 #     (libuct_ff.so) through both routers, as Open MPI jobs use it (for
 #     information: the targets compare ffbench's ff with tcp,self).
 # Bandwidth rows from 64 KiB up come with cpu_per_gb rows: CPU seconds the
-# whole machine (both hosts, every process, the kernel) spent per GB
-# moved. --load runs one busy-looping process per core beside everything
-# (CPU per GB is then not reported).
+# benchmark (both hosts: routers, clients, the kernel's work for them)
+# spent per GB moved, from a cpuacct cgroup the script puts itself in (so
+# other work on the machine is not counted; without cpuacct, the whole
+# machine's). --load runs one busy-looping process per core beside
+# everything, outside that cgroup.
 # The ff and UCX measurements alternate for --rounds rounds (default 5, 1
 # with --quick), so that both see the same background load; the table uses
 # the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
@@ -62,6 +64,7 @@ ns0=ffmh0-$$ ns1=ffmh1-$$
 work=$(mktemp -d /tmp/ffmh.XXXXXX)
 r0="" r1=""
 loaders=()
+cg=""
 cleanup() {
     [ ${#loaders[@]} -gt 0 ] && kill "${loaders[@]}" 2>/dev/null || true
     [ -n "$r0" ] && kill "$r0" 2>/dev/null || true
@@ -70,8 +73,23 @@ cleanup() {
     ip netns del "$ns0" 2>/dev/null || true
     ip netns del "$ns1" 2>/dev/null || true
     rm -rf "$work"
+    if [ -n "$cg" ]; then
+        exec 6<&-
+        echo $$ > /sys/fs/cgroup/cpuacct/cgroup.procs 2>/dev/null || true
+        rmdir "$cg" 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
+
+# CPU accounting: this script and everything it starts, nothing else.
+if [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ] && mkdir "/sys/fs/cgroup/cpuacct/ffbench-$$" 2>/dev/null; then
+    cg=/sys/fs/cgroup/cpuacct/ffbench-$$
+    echo $$ > "$cg/cgroup.procs"
+    export FF_BENCH_CPU_CGROUP="$cg"
+    # ffbench reads it through a descriptor (containers have their own /sys).
+    exec 6<"$cg/cpuacct.usage"
+    export FF_BENCH_CPU_FD=6
+fi
 
 # --- the two hosts
 ip netns add "$ns0"
@@ -144,7 +162,12 @@ if [ $quick = 1 ]; then lat_iters=20000; scale=1; else lat_iters=100000; scale=2
 if [ $load = 1 ]; then
     for _ in $(seq "$(nproc)"); do (while :; do :; done) & loaders+=($!); done
     echo "== loaded: ${#loaders[@]} busy loops" >&2
-    export UCX_BASELINE_NO_CPU=1
+    if [ -n "$cg" ]; then
+        # Outside the benchmark's cgroup: their CPU is not the benchmark's.
+        for p in "${loaders[@]}"; do echo "$p" > /sys/fs/cgroup/cpuacct/cgroup.procs; done
+    else
+        export UCX_BASELINE_NO_CPU=1
+    fi
 fi
 
 for round in $(seq "$rounds"); do
@@ -161,7 +184,7 @@ if [ "$only" != ucx ]; then
             echo "multihost,ff,tag_bw,8,$(echo "$r" | val mmsg_per_s),Mmsg/s" >> "$csv"
         else
             echo "multihost,ff,tag_bw,$1,$(echo "$r" | val mb_per_s),MB/s" >> "$csv"
-            [ $load = 1 ] || echo "multihost,ff,cpu_per_gb,$1,$(echo "$r" | val cpu_s_per_gb),s/GB" >> "$csv"
+            [ $load = 1 ] && [ -z "$cg" ] || echo "multihost,ff,cpu_per_gb,$1,$(echo "$r" | val cpu_s_per_gb),s/GB" >> "$csv"
         fi
     done
 
@@ -209,6 +232,7 @@ done
     echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them"
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p')"
+    echo "- CPU per GB: $([ -n "$cg" ] && echo "the benchmark's own processes on both hosts and the kernel's work for them (cpuacct cgroup)" || echo "the whole machine (/proc/stat; no cpuacct cgroup here)")"
     echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')$([ $insecure = 1 ] && echo ' --insecure')$([ $load = 1 ] && echo " --load ($(nproc) busy loops beside the benchmark)")"
     echo
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"

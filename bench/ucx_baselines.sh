@@ -203,8 +203,12 @@ parse_final() {
          END { if (last == "") exit 1; print last }'
 }
 
-busy_jiffies() {  # the machine's busy time so far, in clock ticks
-    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+busy_jiffies() {  # busy time so far, in clock ticks: the benchmark's cgroup (FF_BENCH_CPU_CGROUP) or the machine
+    if [ -n "${FF_BENCH_CPU_CGROUP:-}" ]; then
+        awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", $1 * hz / 1e9 }' "$FF_BENCH_CPU_CGROUP/cpuacct.usage"
+    else
+        awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+    fi
 }
 
 emit() {  # transport test size value unit

@@ -89,9 +89,11 @@ fn ucx_perftest_between_containers() {
     let cases = [
         ("tag_lat", "-t tag_lat -s 8 -n 20000 -w 2000"),
         ("tag_bw", "-t tag_bw -s 65536 -n 2000 -w 200"),
-        ("tag_bw", "-t tag_bw -s 4194304 -n 60 -w 10"),
-        ("ucp_put_bw", "-t ucp_put_bw -s 1048576 -n 200 -w 20"),
-        ("ucp_get", "-t ucp_get -s 1048576 -n 200 -w 20"),
+        // Host memory (-m host), zero-copy sizes: rendezvous over shadow
+        // memory (registered buffers, GET/PUT zcopy).
+        ("tag_bw", "-t tag_bw -m host -s 4194304 -n 60 -w 10"),
+        ("ucp_put_bw", "-t ucp_put_bw -m host -s 1048576 -n 200 -w 20"),
+        ("ucp_get", "-t ucp_get -m host -s 1048576 -n 200 -w 20"),
     ];
     for (name, args) in cases {
         let ((ok, out, err), (sok, _, serr)) = perftest(Some(&dir), Some("ff,self"), args);
