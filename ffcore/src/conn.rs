@@ -581,6 +581,7 @@ impl Conn {
     }
 
     fn fail_all(&mut self, why: &str) {
+        self.withdraw_posts();
         for op in std::mem::take(&mut self.sends) {
             self.reqs.set(op.req, State::Failed(Error::Corrupt(why.to_string())));
         }
@@ -589,6 +590,31 @@ impl Conn {
         }
         self.fail_recvs(|| Error::Corrupt(why.to_string()));
         self.broken.get_or_insert_with(|| why.to_string());
+    }
+
+    /// Takes every post back before the receives' buffers go back to the
+    /// caller (failed, or the connection dropped): asks the router, and
+    /// waits (a second at most, and not for a router that is gone) until it
+    /// says it writes into none of them any more. The router finishes a
+    /// message it is placing first, unless we closed our side.
+    fn withdraw_posts(&mut self) {
+        if !self.recvs.iter().any(|op| op.post.is_some()) {
+            return;
+        }
+        self.unposts += 1;
+        self.lay.side(self.side).unpost_req.store(self.unposts, std::sync::atomic::Ordering::Release);
+        self.peer().notify();
+        let start = Instant::now();
+        while self.peer().unposted.load(std::sync::atomic::Ordering::Acquire) < self.unposts {
+            if self.peer().is_closed() || start.elapsed() > Duration::from_secs(1) {
+                log::warn!("connection {}: the router did not confirm it stopped writing into posted receives", self.id);
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        for op in &mut self.recvs {
+            op.post = None;
+        }
     }
 
     fn fail_recvs(&mut self, err: impl Fn() -> Error) {
@@ -965,6 +991,9 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.lay.close(self.side);
+        // Closed first: the router then drops a message it was writing
+        // into a posted receive at once.
+        self.withdraw_posts();
         if let Some(ctx) = self.ctx.take() {
             if let Err(e) = ctx.close_conn(self.id) {
                 log::debug!("closing connection {}: {e}", self.id);

@@ -925,6 +925,13 @@ impl Peer {
         if inb.charged + c > granted {
             return Err(format!("connection {}: the peer router sent beyond its credit", f.local));
         }
+        if inb.placing.is_some() && f.client_side().is_closed() {
+            // The client is gone and may be taking its posts back: stop
+            // writing into its buffers (the rest of the message goes to
+            // the ring, which nobody reads).
+            inb.placing = None;
+            inb.unpost(f.client_side(), f.router_side());
+        }
         let head0 = inb.tx.produced();
         let res: Result<(), String> = (|| {
             if kind == REC_FIRST {
@@ -933,6 +940,9 @@ impl Peer {
                 }
                 inb.unpost(f.client_side(), f.router_side());
                 inb.start(h.tag, h.arg);
+                if f.client_side().is_closed() {
+                    inb.placing = None;
+                }
             }
             if let Some(pl) = &mut inb.placing {
                 // Straight into the client's posted receive.

@@ -461,3 +461,38 @@ fn posted_receives_are_written_only_within_the_posters_writable_regions() {
     assert!(c.recv(&mut b, 0, Some(Duration::from_secs(20))).is_err(), "the connection is closed");
     drop(mr);
 }
+
+#[test]
+fn a_dropped_connection_gets_no_more_bytes_into_its_posted_receives() {
+    let h = two_hosts(&["a"], &[]);
+    let (rx_ctx, _tx_ctx, mut rx, mut tx) = across(&h);
+    let big = 32 << 20;
+    let mut raw = vec![0u8; big + 8192];
+    let buf = page_aligned(&mut raw, big);
+    // SAFETY: our own heap memory, kept until the end of the test.
+    let mr = unsafe { rx_ctx.register_shadow(buf.as_ptr(), big) }.unwrap();
+    assert_eq!(mr.why_not(), None);
+    let r = unsafe { rx.irecv(buf.as_mut_ptr(), big, 0) }.unwrap();
+    rx.progress();
+    let data = vec![0x5au8; big];
+    let data = &data;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // Fails or not, depending on when the receiver went.
+            let _ = tx.send(data, 0, Some(LONG));
+        });
+        // Drop once the router has started writing into the buffer.
+        let t = Instant::now();
+        while buf.iter().step_by(4096).all(|&x| x == 0) {
+            assert!(t.elapsed() < Duration::from_secs(20), "nothing arrived");
+            std::thread::yield_now();
+        }
+        let _ = r;
+        drop(rx);
+        // The buffer is ours again: nothing may write into it any more.
+        buf.fill(0xee);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(buf.iter().all(|&x| x == 0xee), "the router wrote into a dropped connection's receive");
+    });
+    drop(mr);
+}
