@@ -81,8 +81,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# CPU accounting: this script and everything it starts, nothing else.
-if [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ] && mkdir "/sys/fs/cgroup/cpuacct/ffbench-$$" 2>/dev/null; then
+# CPU accounting: this script and everything it starts, nothing else
+# (FF_BENCH_NO_CGROUP=1: the whole machine, as builds before ffbench knew
+# FF_BENCH_CPU_FD count; bench/ab.sh sets it so that variants compare).
+if [ -z "${FF_BENCH_NO_CGROUP:-}" ] && [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ] && mkdir "/sys/fs/cgroup/cpuacct/ffbench-$$" 2>/dev/null; then
     cg=/sys/fs/cgroup/cpuacct/ffbench-$$
     echo $$ > "$cg/cgroup.procs"
     export FF_BENCH_CPU_CGROUP="$cg"
