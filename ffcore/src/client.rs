@@ -218,10 +218,27 @@ impl Context {
     ///
     /// # Safety
     /// `[ptr, ptr+len)` is memory this process owns and that nothing else
-    /// (a driver, a pinned DMA mapping) expects to stay where it is; see
+    /// (a driver, a pinned DMA mapping) expects to stay where it is, and
+    /// that no other thread writes while it is registered or deregistered
+    /// (its pages are copied, then switched: such writes are lost). See
     /// [`crate::shadow`] for what moving it means.
     pub unsafe fn register_shadow(&self, ptr: *const u8, len: usize) -> Result<crate::mr::ShadowMr> {
-        crate::mr::register(&self.shared, ptr, len)
+        crate::mr::register(&self.shared, ptr, len, true)
+    }
+
+    /// Like [`Context::register_shadow`], but never moves pages: the range
+    /// is shared only if it lies in shadow memory already (a [`Region`], or
+    /// a range registered with `register_shadow`), else it stays private
+    /// ([`ShadowMr::why_not`] says so). For registrations made on behalf
+    /// of code that may still use the memory's neighbourhood, or free and
+    /// reuse it, meanwhile (a registration cache that merges ranges, an
+    /// allocator): moving pages loses writes that other threads make to
+    /// them during the switch.
+    ///
+    /// # Safety
+    /// As for [`Context::register_shadow`].
+    pub unsafe fn register_in_shadow(&self, ptr: *const u8, len: usize) -> Result<crate::mr::ShadowMr> {
+        crate::mr::register(&self.shared, ptr, len, false)
     }
 
     /// Maps the region a peer's remote key names (same tenant, this host);

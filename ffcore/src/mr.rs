@@ -197,7 +197,7 @@ impl std::fmt::Debug for ShadowMr {
 }
 
 /// See [`crate::Context::register_shadow`].
-pub(crate) unsafe fn register(ctx: &Arc<Shared>, ptr: *const u8, len: usize) -> Result<ShadowMr> {
+pub(crate) unsafe fn register(ctx: &Arc<Shared>, ptr: *const u8, len: usize, may_move: bool) -> Result<ShadowMr> {
     let p = ptr as usize;
     if ptr.is_null() && len > 0 || p.checked_add(len).is_none() {
         return Err(Error::InvalidArgument(format!("bad memory range {ptr:?}+{len}")));
@@ -218,6 +218,7 @@ pub(crate) unsafe fn register(ctx: &Arc<Shared>, ptr: *const u8, len: usize) -> 
         .collect();
     let result = match overlapping.as_slice() {
         [s] if s.contains(start, n) => Ok(ShadowMr { ptr: p, len, seg: Some(s.clone()), why_not: None }),
+        [] if !may_move => private("not inside shadow memory (and moving pages was not asked for)".into()),
         [] => match make_segment(ctx, start, n) {
             Ok(seg) => {
                 table.insert(start, Arc::downgrade(&seg));

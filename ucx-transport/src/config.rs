@@ -13,6 +13,7 @@ pub struct MdConfig {
     pub super_: u8,
     pub router_socket: *mut c_char,
     pub shadow: std::os::raw::c_int,
+    pub shadow_move: std::os::raw::c_int,
     pub rcache: std::os::raw::c_int,
 }
 
@@ -103,7 +104,7 @@ const END: ucs_config_field_t = ucs_config_field_t {
     parser: ucs_config_parser_t { read: None, write: None, clone: None, release: None, help: None, arg: null() },
 };
 
-pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 5] = [
+pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 6] = [
     field(c"", c"", c"", offset_of!(MdConfig, super_), table(std::ptr::addr_of!(uct_md_config_table) as *const _)),
     field(
         c"ROUTER_SOCKET",
@@ -115,8 +116,15 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 5] = [
     field(
         c"SHADOW",
         c"y",
-        c"Registered memory becomes shadow memory: its whole pages are moved, in place,\nonto memory the router shares, so peers on this host copy straight between\nbuffers (one copy). n: registration only records the range, and every PUT\nand GET goes through the connection (two copies). Say n for memory a driver\npinned (CUDA host memory, cudaHostRegister).",
+        c"Memory UCX allocates through this domain (UCP's own buffers) is shadow memory,\nshared with the router, and so is any registration inside it: peers on this\nhost copy straight between buffers (one copy). n: registration only records\nthe range, and every PUT and GET goes through the connection (two copies).",
         offset_of!(MdConfig, shadow),
+        BOOL,
+    ),
+    field(
+        c"SHADOW_MOVE",
+        c"n",
+        c"Also move the whole pages of other registered memory (the application's) onto\nshadow memory, in place. Only for applications that never free, reuse or\nwrite memory around a registered buffer from other threads while UCX\nregisters or deregisters it: UCX's registration cache merges ranges, and\nwrites other threads make to moving pages are lost (heap corruption, seen\nwith TensorFlow). Never for memory a driver pinned (cudaHostRegister).",
+        offset_of!(MdConfig, shadow_move),
         BOOL,
     ),
     field(
@@ -166,13 +174,24 @@ pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 10] = [
     END,
 ];
 
-/// Whether registrations become shadow memory (`UCX_FF_SHADOW`, default y).
+/// Whether allocations and registrations inside them are shadow memory
+/// (`UCX_FF_SHADOW`, default y).
 ///
 /// # Safety
 /// As for [`router_socket`].
 pub unsafe fn shadow(config: *const uct_md_config_t) -> bool {
     let c = config as *const MdConfig;
     c.is_null() || (*c).shadow != 0
+}
+
+/// Whether other registered memory is moved onto shadow memory too
+/// (`UCX_FF_SHADOW_MOVE`, default n).
+///
+/// # Safety
+/// As for [`router_socket`].
+pub unsafe fn shadow_move(config: *const uct_md_config_t) -> bool {
+    let c = config as *const MdConfig;
+    !c.is_null() && (*c).shadow != 0 && (*c).shadow_move != 0
 }
 
 /// Whether registrations go through a registration cache (`UCX_FF_RCACHE`).

@@ -8,13 +8,18 @@
 //! ([`crate::iface`]). Keys are independent random values, so the key of one
 //! registration tells its holder nothing about the others ([`Registry`]).
 //!
-//! Registration also makes the range's whole pages shadow memory
-//! ([`ffcore::mr`], unless `UCX_FF_SHADOW=n`), and the packed key then
-//! carries the shadow region's key: a peer of the tenant on the same host
-//! maps those pages and copies straight between the two buffers
-//! ([`Md::remote_map`], used by [`crate::ep`]'s PUT and GET). Memory UCX
-//! asks this domain to allocate (`UCT_MD_FLAG_ALLOC`: UCP's own buffers) is
-//! a shadow region from the start, nothing to move.
+//! Memory UCX asks this domain to allocate (`UCT_MD_FLAG_ALLOC`: UCP's
+//! own buffers) is a shadow region ([`ffcore::mr`]), and a registration
+//! inside shadow memory shares it (unless `UCX_FF_SHADOW=n`): the packed
+//! key then carries the shadow region's key, and a peer of the tenant on
+//! the same host maps those pages and copies straight between the two
+//! buffers ([`Md::remote_map`], used by [`crate::ep`]'s PUT and GET).
+//! Other memory (the application's) is moved onto shadow memory only with
+//! `UCX_FF_SHADOW_MOVE=y`: UCX's registration cache merges ranges and
+//! keeps registrations of memory the allocator frees and hands out again,
+//! so the pages moved (and moved back) may be written by other threads
+//! meanwhile, and such writes are lost (TensorFlow's heap got corrupted
+//! that way).
 
 use crate::internal::*;
 use crate::proto::{PackedRkey, Registry};
@@ -32,8 +37,12 @@ pub struct Md {
     /// one) does not match.
     pub cookie: u64,
     pub regs: Mutex<Registry>,
-    /// Registrations become shadow memory (`UCX_FF_SHADOW`).
+    /// Allocations, and registrations inside them, are shadow memory
+    /// (`UCX_FF_SHADOW`).
     pub shadow: bool,
+    /// Other registrations move their pages onto shadow memory too
+    /// (`UCX_FF_SHADOW_MOVE`).
+    pub shadow_move: bool,
     /// UCX's registration cache in front of `mem_reg`/`mem_dereg` (None if
     /// UCX could not make one: then every registration is made anew).
     rcache: Option<crate::rcache::Rcache>,
@@ -55,9 +64,13 @@ impl Md {
     /// `[base, base+len)` is memory of this process (what UCX registers).
     pub unsafe fn new_memh(&self, base: u64, len: u64) -> Result<Box<Memh>, ucs_status_t> {
         let mem = match self.ctx.as_ref().filter(|_| self.shadow && len > 0) {
-            // SAFETY: UCX registers memory of this process; memory a driver
-            // pinned is the user's to exclude (UCX_FF_SHADOW=n), see the docs.
-            Some(ctx) => match ctx.register_shadow(base as *const u8, len as usize) {
+            // SAFETY: UCX registers memory of this process. Moving pages
+            // is the user's choice (UCX_FF_SHADOW_MOVE), with its hazards.
+            Some(ctx) => match if self.shadow_move {
+                ctx.register_shadow(base as *const u8, len as usize)
+            } else {
+                ctx.register_in_shadow(base as *const u8, len as usize)
+            } {
                 Ok(mr) => {
                     if let Some(why) = mr.why_not() {
                         ff_debug!("ff: {base:#x}+{len} stays private: {why}");
@@ -165,6 +178,7 @@ pub fn ff_requested() -> bool {
 pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_char, config: *const uct_md_config_t, md_p: *mut uct_md_h) -> ucs_status_t {
     let socket = socket_for(config);
     let shadow = crate::config::shadow(config);
+    let shadow_move = crate::config::shadow_move(config);
     let cached = crate::config::rcache(config);
     let ctx = match ffcore::Context::with_socket(&socket) {
         Ok(c) => {
@@ -187,6 +201,7 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
         cookie: random_u64(),
         regs: Mutex::new(Registry::default()),
         shadow,
+        shadow_move,
         rcache: None,
     });
     let md = Box::into_raw(md);
@@ -227,7 +242,7 @@ unsafe extern "C" fn md_query(md: uct_md_h, attr: *mut uct_md_attr_t) -> ucs_sta
     a.rkey_packed_size = PackedRkey::LEN;
     // A table insert, plus (shadow memory) a router round trip and a copy
     // of the pages; UCP's registration cache pays it once per buffer.
-    a.reg_cost = if md.shadow { ucs_linear_func_t { c: 30e-6, m: 1.0 / 4e9 } } else { ucs_linear_func_t { c: 100e-9, m: 0.0 } };
+    a.reg_cost = if md.shadow_move { ucs_linear_func_t { c: 30e-6, m: 1.0 / 4e9 } } else { ucs_linear_func_t { c: 100e-9, m: 0.0 } };
     let name = b"ff\0";
     for (i, &b) in name.iter().enumerate() {
         a.component_name[i] = b as c_char;

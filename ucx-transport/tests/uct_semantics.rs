@@ -301,8 +301,9 @@ impl World {
 fn uct_semantics_over_a_router() {
     let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     unsafe {
-        // Without the registration cache, so that mem_dereg deregisters.
-        let u = Uct::open_with(&[(c"RCACHE", c"n")]);
+        // Without the registration cache, so that mem_dereg deregisters;
+        // application memory moved onto shadow memory.
+        let u = Uct::open_with(&[(c"RCACHE", c"n"), (c"SHADOW_MOVE", c"y")]);
         let (comp, md, worker, ic, params) = (u.comp, u.md, u.worker, u.ic, u.params);
         let (a, b) = (u.iface(None), u.iface(None));
         // AM alignment parameters are checked like UCX's own transports do.
@@ -684,7 +685,8 @@ fn active_messages_reach_ucp_from_private_memory() {
 fn shadow_memory_puts_and_gets_copy_once() {
     let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     unsafe {
-        let u = Uct::open();
+        // Application memory is moved onto shadow memory only when asked.
+        let u = Uct::open_with(&[(c"SHADOW_MOVE", c"y")]);
         let (a, b, ep, w) = u.pair();
         let page = 4096u64;
         // A heap block: not page aligned, so it has partial pages at both ends.
@@ -880,5 +882,31 @@ fn events_and_peer_failure_through_uct() {
         uct_rkey_release(u.comp, &rk);
         ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
         u.close(&[ep], &[a]);
+    }
+}
+
+/// By default the transport never moves application memory (UCX's cache
+/// merges ranges and keeps freed memory registered, and other threads'
+/// writes to moving pages would be lost): a registered heap block stays
+/// private and PUTs to it take the message path; memory the domain
+/// allocates is shadow memory and takes one copy.
+#[test]
+fn application_memory_is_not_moved_unless_asked() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let (a, b, ep, w) = u.pair();
+        let mut target = vec![0u8; 4 << 20];
+        let (memh, packed) = u.reg(&mut target);
+        let inner = (target.as_ptr() as usize).next_multiple_of(4096) + 4096;
+        let (perms, path) = mapping_of(inner);
+        assert!(perms.ends_with('p') && !path.contains("ff-region") && !path.contains("memfd"), "moved: {perms} {path}");
+        let rk = w.rkey(&packed);
+        let src: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        ok(w.put(&src, inner as u64, rk.rkey), "put");
+        assert!(target[inner - target.as_ptr() as usize..][..src.len()] == src[..], "the message path delivers");
+        uct_rkey_release(u.comp, &rk);
+        ok(uct_md_mem_dereg(u.md, memh), "dereg");
+        u.close(&[ep], &[a, b]);
     }
 }
