@@ -10,7 +10,12 @@
 //!   registered range and acks; completion on the ack;
 //! - `get_zcopy` sends a request; the target replies with the data (inline
 //!   or streamed), received straight into the local buffer; completion when
-//!   it has arrived.
+//!   it has arrived;
+//! - PUT/GET short and bcopy (up to the inline size) and the atomics: done
+//!   at once through the peer's shadow pages when they are mapped here (one
+//!   host), else a request the target serves (atomics: [`proto::AmoReq`],
+//!   performed by the target as one CPU atomic, answered with the old
+//!   value); `ep_fence` keeps later direct operations behind older requests.
 //!
 //! Copies: AM and inline RMA data are copied into the ring by the sender and
 //! out of it by the receiver (AMs into the receiving iface's private buffer,
@@ -28,9 +33,8 @@ use crate::iface::{self, Iface};
 use crate::internal::*;
 use crate::md::Rkey;
 use crate::proto::{self, AmoReply, AmoReq, PackedRkey, RmaReply, RmaReq};
-use ffcore::{AtomicOp, Width};
 use crate::sys::*;
-use ffcore::{Conn, Req};
+use ffcore::{AtomicOp, Conn, Req, Width};
 use std::collections::VecDeque;
 use std::os::raw::{c_uint, c_void};
 use std::time::Instant;

@@ -6,9 +6,10 @@
 //! copied out of the shared ring into a buffer of the iface ([`AmBuf`])
 //! and handed to UCP's handler from there, so the peer (another process)
 //! cannot change them while UCP parses them; PUT data is written into, and
-//! GET data read from, memory this process registered, after the request
-//! (decoded from a private copy of its header) passed the registration
-//! check. A connection whose requests are refused [`MAX_REFUSED`] times is
+//! GET data read from, memory this process registered, and atomics
+//! performed on it (one CPU atomic each, `ffcore::atomic`), after the
+//! request (decoded from a private copy of its header) passed the
+//! registration check. A connection whose requests are refused [`MAX_REFUSED`] times is
 //! closed.
 
 use crate::config::IfaceConfig;
