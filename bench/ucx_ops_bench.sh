@@ -3,6 +3,8 @@
 # transport against UCX's own transports, in one run.
 #
 # Usage: bench/ucx_ops_bench.sh [--quick] [--out DIR]
+#        bench/ucx_ops_bench.sh --report DIR   (README and plots again from
+#                                               DIR/results.csv)
 #
 # ucx_perftest (UCX 1.13.1), two processes on this host:
 #   ff,self         server and client each in its own container
@@ -22,7 +24,8 @@
 # interleaved within a round; the table has medians.
 #
 # Writes DIR/results.csv (suite,transport,test,size_bytes,value,unit),
-# DIR/README.md (host, versions, table, ratios) and DIR/plot-ops.png (each
+# DIR/meta.md (host, versions, settings), DIR/README.md (meta.md, table,
+# ratios, then DIR/notes.md if someone wrote one) and DIR/plot-ops.png (each
 # test relative to posix,cma,self), DIR/plot-bw.png, DIR/plot-lat.png
 # (bench/plot.py). Default DIR: bench/results/ucx-ops-<date>. Needs root
 # and a release build (cargo build --release -p ucx-transport -p ffrouter;
@@ -32,15 +35,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 quick=0
 out=""
+report_only=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,29p "$0"; exit 0 ;;
+        --report) out=$2; report_only=1; shift ;;
+        -h|--help) sed -n 2,32p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
+if [[ $report_only = 0 ]]; then
 [[ $(id -u) = 0 ]] || { echo "needs root (network namespaces)" >&2; exit 1; }
 rel=${CARGO_TARGET_DIR:-$top/target}/release
 lib=$rel/libuct_ff.so
@@ -180,6 +186,11 @@ done
     echo "- UCX $(ucx_info -v | sed -n 's/^# Version //p'); ucx_perftest client Final line, overall values"
     echo "- ff,self: two containers (own net/IPC/PID/mount namespaces) through ffrouter; posix,cma,self: two host processes; tcp,self: two containers over veth"
     echo "- $rounds round(s), transports interleaved; values are medians; command: bench/ucx_ops_bench.sh$([[ $quick = 1 ]] && echo ' --quick')"
+} >"$out/meta.md"
+fi
+csv=$out/results.csv
+{
+    cat "$out/meta.md"
     echo
     /usr/bin/python3 - "$csv" "$out/plot-ops.png" <<'EOF'
 import csv, statistics, sys
@@ -211,7 +222,7 @@ for k in keys:
     better_low = k[2] == "us"
     rp, rt = ratio(m[0], m[1]), ratio(m[0], m[2])
     ratios.append((k, rp, rt, better_low))
-    f = lambda x: "-" if x is None else "%.2fx" % x
+    f = lambda x: "-" if x is None else ("%.2fx" % x if x >= 0.01 else "%.1ex" % x)
     print("| %s | %s | %s | %s | %s | %s |" % (k[0], size(k[1]), k[2], " | ".join(cell(v) for v in m), f(rp), f(rt)))
 print()
 print("Ratios are value / value: for us (latency) below 1 is better, for MB/s and Mmsg/s above 1 is better.")
@@ -232,13 +243,14 @@ ax.axhline(1, color="grey", lw=0.8)
 ax.set_ylabel("speed relative to posix,cma,self (higher is better)")
 ax.set_yscale("log")
 ax.set_title("UCP ops between two processes on one host (medians)")
-ax.legend()
+ax.legend(loc="lower left")
 ax.grid(True, axis="y", alpha=0.3)
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=120)
 EOF
     echo
     echo "![relative to posix,cma,self](plot-ops.png)"
+    if [[ -e $out/notes.md ]]; then echo; cat "$out/notes.md"; fi
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot" >/dev/null
 } | tee "$out/README.md"
 echo "results: $out" >&2

@@ -143,7 +143,7 @@ pub unsafe fn apply(ptr: *mut u8, width: Width, op: AtomicOp, value: u64, compar
 
 /// Is `addr` naturally aligned for `width`?
 pub fn aligned(addr: u64, width: Width) -> bool {
-    addr % width.bytes() as u64 == 0
+    addr.is_multiple_of(width.bytes() as u64)
 }
 
 #[cfg(test)]

@@ -441,7 +441,7 @@ unsafe fn unfenced(ep: *mut Ep) -> bool {
 /// straight there: inside the registration the key names, in the whole
 /// pages of it that are shadow memory mapped here (a peer on this host),
 /// and not held back by a fence.
-unsafe fn direct<'a>(ep: *mut Ep, k: &'a Rkey, addr: u64, len: usize) -> Option<&'a std::sync::Arc<ffcore::RemoteMap>> {
+unsafe fn direct(ep: *mut Ep, k: &Rkey, addr: u64, len: usize) -> Option<&std::sync::Arc<ffcore::RemoteMap>> {
     if len == 0 || !k.packed.covers(addr, len as u64) || !unfenced(ep) {
         return None;
     }
@@ -697,6 +697,7 @@ unsafe extern "C" fn get_bcopy(
 /// a request the peer performs in its progress and answers (posted ones:
 /// `UCS_OK`, flush waits for the answer; fetching ones: `UCS_INPROGRESS`,
 /// `result` is written before `comp` completes).
+#[allow(clippy::too_many_arguments)]
 unsafe fn amo(ep: *mut Ep, width: Width, op: AtomicOp, value: u64, compare: u64, addr: u64, rkey: uct_rkey_t, result: *mut u8, comp: *mut uct_completion_t) -> ucs_status_t {
     let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
     if !ffcore::atomic::aligned(addr, width) {
