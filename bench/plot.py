@@ -8,10 +8,10 @@ RESULTS.csv has the header  suite,transport,test,size_bytes,value,unit
 CSV-quoted).  Rows of any suite are accepted.
 
 Kinds of rows:
-  bandwidth   test tag_bw or stream, unit MB/s (10^6 B/s; GB/s, MiB/s and
+  bandwidth   test tag_bw, stream or ucp_{am_bw,put_bw,get,add}, unit MB/s (10^6 B/s; GB/s, MiB/s and
               KB/s are converted)
-  msg rate    test tag_bw or stream, unit Mmsg/s (or msg/s)
-  latency     test tag_lat or pingpong, unit us (or ns, ms)
+  msg rate    the same tests, unit Mmsg/s (or msg/s)
+  latency     test tag_lat, pingpong, ucp_get or ucp_fadd, unit us (or ns, ms)
   CPU         test cpu_per_gb, unit s/GB: CPU seconds of the whole machine
               per GB moved (tabulated, not plotted)
 Other rows only appear in the table of all rows.
@@ -38,8 +38,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
 
-BW_TESTS = {"tag_bw", "stream"}
-LAT_TESTS = {"tag_lat", "pingpong"}
+BW_TESTS = {"tag_bw", "stream", "ucp_am_bw", "ucp_put_bw", "ucp_get", "ucp_add"}
+LAT_TESTS = {"tag_lat", "pingpong", "ucp_get", "ucp_fadd"}
 BASELINES = ["posix,cma,self", "tcp,self"]
 
 # unit -> (kind, factor to the canonical unit of that kind)

@@ -131,6 +131,11 @@ impl Context {
         self.client_id
     }
 
+    /// The id of the router this context is attached to.
+    pub fn router_id(&self) -> [u8; 16] {
+        self.router_id
+    }
+
     pub fn tenant(&self) -> &str {
         &self.tenant
     }

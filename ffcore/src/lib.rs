@@ -4,6 +4,7 @@
 //! - [`fdpass`]: frames with descriptors over Unix sockets;
 //! - [`shm`]: sealed memfd shadow memory;
 //! - [`shadow`] and [`mr`]: registered buffers made shadow memory in place, and peers' access to them;
+//! - [`atomic`]: remote atomic operations (what they do; done on memory mapped here);
 //! - [`ring`] and [`futex`]: the shared-memory rings and their wake-ups;
 //! - [`conn`]: tagged, ordered messages over a ring pair (the data path);
 //! - [`client`]: the endpoint API plugins map onto ([`Context`], [`Listener`], [`Conn`]);
@@ -12,6 +13,7 @@
 //!
 //! See docs/ARCHITECTURE.md for the picture.
 
+pub mod atomic;
 pub mod client;
 pub mod conn;
 pub mod error;
@@ -27,6 +29,7 @@ pub mod shadow;
 pub mod shm;
 pub mod wake;
 
+pub use atomic::{AtomicOp, Width};
 pub use client::{Context, Listener, MemKey, Region};
 pub use mr::{RemoteKey, RemoteMap, ShadowMr};
 pub use conn::{Conn, Req, TAG_ANY};

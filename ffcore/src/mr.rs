@@ -356,6 +356,36 @@ impl RemoteMap {
         self.live()
     }
 
+    /// Where the owner's `[addr, addr+n)` is mapped here, for the caller to
+    /// read and write directly (`uct_rkey_ptr`): checked like [`Self::at`],
+    /// and the mapping must be writable and live now. The pointer stays
+    /// valid while this mapping is held; after a revocation it points at
+    /// pages the owner no longer uses.
+    pub fn ptr(&self, addr: u64, n: usize) -> Result<*mut u8> {
+        if !self.writable {
+            return Err(Error::InvalidArgument("the remote memory was granted read-only".into()));
+        }
+        self.live()?;
+        self.at(addr, n)
+    }
+
+    /// Does `op` atomically on the owner's word at `addr` (see
+    /// [`crate::atomic`]): one CPU atomic on the shared page, so atomic with
+    /// respect to the owner's own atomics too. Returns the word's old value.
+    /// Fails if the word is misaligned, outside the region, the region is
+    /// read-only here, or it was revoked before the operation (a revocation
+    /// racing with it may let it land in pages the owner just gave up, like
+    /// a write a NIC made just before deregistration).
+    pub fn atomic(&self, addr: u64, width: crate::atomic::Width, op: crate::atomic::AtomicOp, value: u64, compare: u64) -> Result<u64> {
+        if !crate::atomic::aligned(addr, width) {
+            return Err(Error::InvalidArgument(format!("{addr:#x} is not aligned for a {}-byte atomic", width.bytes())));
+        }
+        let p = self.ptr(addr, width.bytes())?;
+        // The mapping's data part is page aligned, so `p` is aligned as `addr`.
+        // SAFETY: inside the mapping (checked), aligned, writable.
+        Ok(unsafe { crate::atomic::apply(p, width, op, value, compare) })
+    }
+
     /// Copies `src` into the owner's `[addr, addr+n)`; fails as [`Self::read`].
     ///
     /// # Safety

@@ -15,6 +15,7 @@ pub struct MdConfig {
     pub shadow: std::os::raw::c_int,
     pub shadow_move: std::os::raw::c_int,
     pub rcache: std::os::raw::c_int,
+    pub rkey_ptr: std::os::raw::c_int,
 }
 
 /// Transport configuration (`struct uct_iface_config` + ours).
@@ -104,7 +105,7 @@ const END: ucs_config_field_t = ucs_config_field_t {
     parser: ucs_config_parser_t { read: None, write: None, clone: None, release: None, help: None, arg: null() },
 };
 
-pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 6] = [
+pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 7] = [
     field(c"", c"", c"", offset_of!(MdConfig, super_), table(std::ptr::addr_of!(uct_md_config_table) as *const _)),
     field(
         c"ROUTER_SOCKET",
@@ -132,6 +133,13 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 6] = [
         c"y",
         c"Keep registrations in a registration cache until the memory is unmapped (as\nUCX's IB domain does): UCP registers rendezvous buffers for every message.\nn: every registration is made, and undone, when UCP asks.",
         offset_of!(MdConfig, rcache),
+        BOOL,
+    ),
+    field(
+        c"RKEY_PTR",
+        c"n",
+        c"Advertise UCT_MD_FLAG_RKEY_PTR, so that UCP's rendezvous reads a peer's buffer\nstraight through its mapping (uct_rkey_ptr works either way, e.g. for\nucp_rkey_ptr). UCP 1.13 then uses it for every peer this domain reaches and\nfails the receive when it cannot map the sender's buffer (a peer on another\nhost, the partial pages of a buffer that is not page aligned): say y only\nwhere all peers are on this host and rendezvous buffers are page aligned.",
+        offset_of!(MdConfig, rkey_ptr),
         BOOL,
     ),
     END,
@@ -201,6 +209,16 @@ pub unsafe fn shadow_move(config: *const uct_md_config_t) -> bool {
 pub unsafe fn rcache(config: *const uct_md_config_t) -> bool {
     let c = config as *const MdConfig;
     c.is_null() || (*c).rcache != 0
+}
+
+/// Whether the domain advertises `UCT_MD_FLAG_RKEY_PTR` (`UCX_FF_RKEY_PTR`,
+/// default n).
+///
+/// # Safety
+/// As for [`router_socket`].
+pub unsafe fn rkey_ptr(config: *const uct_md_config_t) -> bool {
+    let c = config as *const MdConfig;
+    !c.is_null() && (*c).rkey_ptr != 0
 }
 
 /// The configuration of a memory domain, as UCX parsed it.

@@ -10,7 +10,12 @@
 //!   registered range and acks; completion on the ack;
 //! - `get_zcopy` sends a request; the target replies with the data (inline
 //!   or streamed), received straight into the local buffer; completion when
-//!   it has arrived.
+//!   it has arrived;
+//! - PUT/GET short and bcopy (up to the inline size) and the atomics: done
+//!   at once through the peer's shadow pages when they are mapped here (one
+//!   host), else a request the target serves (atomics: [`proto::AmoReq`],
+//!   performed by the target as one CPU atomic, answered with the old
+//!   value); `ep_fence` keeps later direct operations behind older requests.
 //!
 //! Copies: AM and inline RMA data are copied into the ring by the sender and
 //! out of it by the receiver (AMs into the receiving iface's private buffer,
@@ -26,9 +31,10 @@
 
 use crate::iface::{self, Iface};
 use crate::internal::*;
-use crate::proto::{self, PackedRkey, RmaReply, RmaReq};
+use crate::md::Rkey;
+use crate::proto::{self, AmoReply, AmoReq, PackedRkey, RmaReply, RmaReq};
 use crate::sys::*;
-use ffcore::{Conn, Req};
+use ffcore::{AtomicOp, Conn, Req, Width};
 use std::collections::VecDeque;
 use std::os::raw::{c_uint, c_void};
 use std::time::Instant;
@@ -41,9 +47,13 @@ pub struct Ep {
     pub conn: Conn,
     pending: VecDeque<*mut uct_pending_req_t>,
     dispatching: bool,
-    /// PUTs and GETs waiting for their reply, in issue order.
+    /// PUTs, GETs and atomics waiting for their reply, in issue order.
     ops: VecDeque<Op>,
     next_seq: u64,
+    /// The first op issued after the last fence: operations that go
+    /// straight to a peer's mapped memory wait (take the message path,
+    /// served in order) while older ops are outstanding.
+    fence_at: u64,
     /// PUT data sends still in the ring.
     sends: VecDeque<Req>,
     /// GET data being received for the oldest op.
@@ -59,12 +69,24 @@ pub struct Ep {
     pub destroyed: bool,
 }
 
+#[derive(Clone, Copy)]
 struct Op {
     seq: u64,
-    get: bool,
     comp: *mut uct_completion_t,
-    buf: *mut u8,
-    len: usize,
+    kind: OpKind,
+}
+
+/// What an outstanding op waits for, and where its answer goes.
+#[derive(Clone, Copy)]
+enum OpKind {
+    /// A PUT's ack.
+    Put,
+    /// GET data, into `buf`.
+    Get { buf: *mut u8, len: usize },
+    /// GET data (inline), handed to UCP's unpack callback (`get_bcopy`).
+    GetUnpack { cb: unsafe extern "C" fn(*mut c_void, *const c_void, usize), arg: *mut c_void, len: usize },
+    /// An atomic's answer: the old value goes to `result` (null: posted).
+    Amo { result: *mut u8, width: Width },
 }
 
 impl Ep {
@@ -149,10 +171,6 @@ unsafe fn unsupported<T>() -> T {
     std::mem::transmute_copy(&Some(f))
 }
 
-unsafe extern "C" fn put_bcopy_unsupported(_ep: uct_ep_h, _cb: uct_pack_callback_t, _arg: *mut c_void, _addr: u64, _rkey: uct_rkey_t) -> isize {
-    UCS_ERR_UNSUPPORTED as isize
-}
-
 unsafe extern "C" fn tag_eager_bcopy_unsupported(_ep: uct_ep_h, _tag: uct_tag_t, _imm: u64, _cb: uct_pack_callback_t, _arg: *mut c_void, _flags: c_uint) -> isize {
     UCS_ERR_UNSUPPORTED as isize
 }
@@ -183,22 +201,22 @@ pub fn ops() -> uct_iface_ops_t {
     // SAFETY: every unsupported slot returns ucs_status_t like the stub.
     unsafe {
         uct_iface_ops_t {
-            ep_put_short: unsupported(),
-            ep_put_bcopy: Some(put_bcopy_unsupported),
+            ep_put_short: Some(put_short),
+            ep_put_bcopy: Some(put_bcopy),
             ep_put_zcopy: Some(put_zcopy),
-            ep_get_short: unsupported(),
-            ep_get_bcopy: unsupported(),
+            ep_get_short: Some(get_short),
+            ep_get_bcopy: Some(get_bcopy),
             ep_get_zcopy: Some(get_zcopy),
             ep_am_short: Some(am_short),
             ep_am_short_iov: Some(am_short_iov),
             ep_am_bcopy: Some(am_bcopy),
             ep_am_zcopy: unsupported(),
-            ep_atomic_cswap64: unsupported(),
-            ep_atomic_cswap32: unsupported(),
-            ep_atomic32_post: unsupported(),
-            ep_atomic64_post: unsupported(),
-            ep_atomic32_fetch: unsupported(),
-            ep_atomic64_fetch: unsupported(),
+            ep_atomic_cswap64: Some(atomic_cswap64),
+            ep_atomic_cswap32: Some(atomic_cswap32),
+            ep_atomic32_post: Some(atomic32_post),
+            ep_atomic64_post: Some(atomic64_post),
+            ep_atomic32_fetch: Some(atomic32_fetch),
+            ep_atomic64_fetch: Some(atomic64_fetch),
             ep_tag_eager_short: unsupported(),
             ep_tag_eager_bcopy: Some(tag_eager_bcopy_unsupported),
             ep_tag_eager_zcopy: unsupported(),
@@ -315,6 +333,7 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         dispatching: false,
         ops: VecDeque::new(),
         next_seq: 1,
+        fence_at: 0,
         sends: VecDeque::new(),
         get_rx: None,
         flushes: VecDeque::new(),
@@ -404,11 +423,30 @@ unsafe fn iov_len(iov: *const uct_iov_t, iovcnt: usize) -> usize {
     (0..iovcnt).map(|i| (*iov.add(i)).length * ((*iov.add(i)).count.max(1) as usize)).sum()
 }
 
-unsafe fn rkey_of(rkey: uct_rkey_t) -> Option<PackedRkey> {
+unsafe fn rkey_of<'a>(rkey: uct_rkey_t) -> Option<&'a Rkey> {
     if rkey == 0 || rkey == usize::MAX {
         return None;
     }
-    Some(*(rkey as *const PackedRkey))
+    Some(&*(rkey as *const Rkey))
+}
+
+/// May an operation go straight to a peer's mapped memory now? Not while
+/// ops issued before the last fence are outstanding (it would overtake
+/// them): it then takes the message path, which the peer serves in order.
+unsafe fn unfenced(ep: *mut Ep) -> bool {
+    (*ep).ops.front().is_none_or(|o| o.seq >= (*ep).fence_at)
+}
+
+/// The peer's mapping of `[addr, addr+len)` if an operation on it may go
+/// straight there: inside the registration the key names, in the whole
+/// pages of it that are shadow memory mapped here (a peer on this host),
+/// and not held back by a fence.
+unsafe fn direct(ep: *mut Ep, k: &Rkey, addr: u64, len: usize) -> Option<&std::sync::Arc<ffcore::RemoteMap>> {
+    if len == 0 || !k.packed.covers(addr, len as u64) || !unfenced(ep) {
+        return None;
+    }
+    let map = k.map(&*(*(*ep).iface).st.md)?;
+    (addr >= map.base() && addr + len as u64 <= map.base() + map.len() as u64).then_some(map)
 }
 
 unsafe extern "C" fn put_zcopy(ep_h: uct_ep_h, iov: *const uct_iov_t, iovcnt: usize, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
@@ -427,17 +465,18 @@ unsafe fn zcopy(ep: *mut Ep, get: bool, iov: *const uct_iov_t, iovcnt: usize, ad
     if iovcnt > 1 {
         return UCS_ERR_UNSUPPORTED; // max_iov is 1
     }
-    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    let Some(rk) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
     if let Some(s) = gate(ep) {
         return s;
     }
+    let k = rk.packed;
     let len = iov_len(iov, iovcnt);
     let local = if iovcnt == 1 { (*iov).buffer as *mut u8 } else { std::ptr::NonNull::dangling().as_ptr() };
     let md = &*(*(*ep).iface).st.md;
     // Only inside the registration the key names (the target refuses the
-    // rest, whatever its shadow segment spans).
-    let direct = k.shadow.filter(|_| len > 0 && k.covers(addr, len as u64));
-    let Some((sk, map)) = direct.and_then(|sk| md.remote_map(&sk).map(|m| (sk, m))) else {
+    // rest, whatever its shadow segment spans), and not past a fence.
+    let mapped = (len > 0 && k.covers(addr, len as u64) && unfenced(ep)).then(|| rk.map(md)).flatten();
+    let (Some(sk), Some(map)) = (k.shadow, mapped) else {
         return rma_msg(ep, get, local, len, addr, &k, comp);
     };
     let end = addr.saturating_add(len as u64);
@@ -500,9 +539,257 @@ unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64,
         }
     }
     (*ep).next_seq += 1;
-    let buf = if get { local } else { std::ptr::null_mut() };
-    (*ep).ops.push_back(Op { seq, get, comp, buf, len });
+    let kind = if get { OpKind::Get { buf: local, len } } else { OpKind::Put };
+    (*ep).ops.push_back(Op { seq, comp, kind });
     UCS_INPROGRESS
+}
+
+/// A PUT of at most `max` bytes whose data `fill` writes into the request
+/// record (it returns how many; called only once there is room), served by
+/// the peer. Returns the number of bytes.
+unsafe fn put_inline(ep: *mut Ep, k: &PackedRkey, addr: u64, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<usize, ucs_status_t> {
+    let seq = (*ep).next_seq;
+    let mut n = 0;
+    let r = (*ep).conn.try_send_with(proto::tag(proto::PUT, 0), RmaReq::LEN + max, |p| {
+        n = fill(p.add(RmaReq::LEN)).min(max);
+        RmaReq { seq, cookie: k.cookie, key: k.key, addr, len: n as u64 }.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
+        RmaReq::LEN + n
+    });
+    match r {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(UCS_ERR_NO_RESOURCE),
+        Err(e) => return Err(break_ep(ep, &e)),
+    }
+    (*ep).next_seq += 1;
+    (*ep).ops.push_back(Op { seq, comp: std::ptr::null_mut(), kind: OpKind::Put });
+    Ok(n)
+}
+
+/// The largest PUT or GET by copy (`put`/`get` `max_short`/`max_bcopy`):
+/// what fits inline in a request or reply record.
+unsafe fn max_copy(ep: *mut Ep) -> usize {
+    (*(*ep).iface).st.cfg.inline_rma
+}
+
+/// `uct_ep_put_short`: done at once into a peer's mapped memory, else a
+/// request carrying the data (`UCS_OK` either way: flush waits for the
+/// peer's ack).
+unsafe extern "C" fn put_short(ep_h: uct_ep_h, buffer: *const c_void, length: c_uint, addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    let len = length as usize;
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    if len > max_copy(ep) {
+        ff_error!("Invalid put_short length: {len} (expected: <= {})", max_copy(ep));
+        return UCS_ERR_INVALID_PARAM;
+    }
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    if let Some(map) = direct(ep, k, addr, len) {
+        if map.write(addr, buffer as *const u8, len).is_ok() {
+            return UCS_OK;
+        }
+    }
+    match put_inline(ep, &k.packed, addr, len, |p| {
+        std::ptr::copy_nonoverlapping(buffer as *const u8, p, len);
+        len
+    }) {
+        Ok(_) => UCS_OK,
+        Err(s) => s,
+    }
+}
+
+/// `uct_ep_put_bcopy`: UCP's pack callback writes straight into the peer's
+/// mapped memory when the largest bcopy fits there, else into the request
+/// record in the ring.
+unsafe extern "C" fn put_bcopy(ep_h: uct_ep_h, pack: uct_pack_callback_t, arg: *mut c_void, addr: u64, rkey: uct_rkey_t) -> isize {
+    let ep = ep_h as *mut Ep;
+    let Some(pack) = pack else { return UCS_ERR_INVALID_PARAM as isize };
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM as isize };
+    if let Some(s) = gate(ep) {
+        return s as isize;
+    }
+    let max = max_copy(ep);
+    if let Some(map) = direct(ep, k, addr, max) {
+        // Bounds were checked for the largest packing; the region is live
+        // before and after it (like RemoteMap::write).
+        if let (true, Ok(p)) = (map.is_live(), map.ptr(addr, max)) {
+            let n = pack(p as *mut c_void, arg);
+            if map.is_live() {
+                return n as isize;
+            }
+        }
+    }
+    match put_inline(ep, &k.packed, addr, max, |p| pack(p as *mut c_void, arg)) {
+        Ok(n) => n as isize,
+        Err(s) => s as isize,
+    }
+}
+
+/// `uct_ep_get_short`: `UCS_OK` with the data when the peer's memory is
+/// mapped here; else a request, and the data is there once flushed.
+unsafe extern "C" fn get_short(ep_h: uct_ep_h, buffer: *mut c_void, length: c_uint, addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    let len = length as usize;
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    if len > max_copy(ep) {
+        ff_error!("Invalid get_short length: {len} (expected: <= {})", max_copy(ep));
+        return UCS_ERR_INVALID_PARAM;
+    }
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    if let Some(map) = direct(ep, k, addr, len) {
+        if map.read(addr, buffer as *mut u8, len).is_ok() {
+            return UCS_OK;
+        }
+    }
+    rma_msg(ep, true, buffer as *mut u8, len, addr, &k.packed, std::ptr::null_mut())
+}
+
+/// `uct_ep_get_bcopy`: UCP's unpack callback reads the peer's mapped
+/// memory itself, or the data inline in the peer's reply.
+unsafe extern "C" fn get_bcopy(
+    ep_h: uct_ep_h,
+    unpack: uct_unpack_callback_t,
+    arg: *mut c_void,
+    len: usize,
+    addr: u64,
+    rkey: uct_rkey_t,
+    comp: *mut uct_completion_t,
+) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    let Some(cb) = unpack else { return UCS_ERR_INVALID_PARAM };
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    if len > max_copy(ep) {
+        ff_error!("Invalid get_bcopy length: {len} (expected: <= {})", max_copy(ep));
+        return UCS_ERR_INVALID_PARAM;
+    }
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    if let Some(map) = direct(ep, k, addr, len) {
+        if let (true, Ok(p)) = (map.is_live(), map.ptr(addr, len)) {
+            cb(arg, p as *const c_void, len);
+            if map.is_live() {
+                return UCS_OK;
+            }
+            // Revoked meanwhile: the peer answers (with an error).
+        }
+    }
+    let seq = (*ep).next_seq;
+    let req = RmaReq { seq, cookie: k.packed.cookie, key: k.packed.key, addr, len: len as u64 };
+    match (*ep).conn.try_send_with(proto::tag(proto::GET, 0), RmaReq::LEN, |p| {
+        req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
+        RmaReq::LEN
+    }) {
+        Ok(Some(_)) => {}
+        Ok(None) => return UCS_ERR_NO_RESOURCE,
+        Err(e) => return break_ep(ep, &e),
+    }
+    (*ep).next_seq += 1;
+    (*ep).ops.push_back(Op { seq, comp, kind: OpKind::GetUnpack { cb, arg, len } });
+    UCS_INPROGRESS
+}
+
+/// An atomic on the peer's word at `addr`: one CPU atomic through the
+/// peer's mapped memory (`UCS_OK`, the old value in `result` at once), or
+/// a request the peer performs in its progress and answers (posted ones:
+/// `UCS_OK`, flush waits for the answer; fetching ones: `UCS_INPROGRESS`,
+/// `result` is written before `comp` completes).
+#[allow(clippy::too_many_arguments)]
+unsafe fn amo(ep: *mut Ep, width: Width, op: AtomicOp, value: u64, compare: u64, addr: u64, rkey: uct_rkey_t, result: *mut u8, comp: *mut uct_completion_t) -> ucs_status_t {
+    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
+    if !ffcore::atomic::aligned(addr, width) {
+        ff_error!("ff: atomic on {addr:#x}: not aligned to {} bytes", width.bytes());
+        return UCS_ERR_INVALID_PARAM;
+    }
+    if let Some(s) = gate(ep) {
+        return s;
+    }
+    if let Some(map) = direct(ep, k, addr, width.bytes()) {
+        if let Ok(old) = map.atomic(addr, width, op, value, compare) {
+            write_result(result, width, old);
+            return UCS_OK;
+        }
+    }
+    let seq = (*ep).next_seq;
+    let req = AmoReq { seq, cookie: k.packed.cookie, key: k.packed.key, addr, value, compare, op: op.code(), width: width.bytes() as u8 };
+    match (*ep).conn.try_send_with(proto::tag(proto::AMO, 0), AmoReq::LEN, |p| {
+        req.write(std::slice::from_raw_parts_mut(p, AmoReq::LEN));
+        AmoReq::LEN
+    }) {
+        Ok(Some(_)) => {}
+        Ok(None) => return UCS_ERR_NO_RESOURCE,
+        Err(e) => return break_ep(ep, &e),
+    }
+    (*ep).next_seq += 1;
+    (*ep).ops.push_back(Op { seq, comp, kind: OpKind::Amo { result, width } });
+    if result.is_null() {
+        UCS_OK
+    } else {
+        UCS_INPROGRESS
+    }
+}
+
+unsafe fn write_result(result: *mut u8, width: Width, old: u64) {
+    if result.is_null() {
+        return;
+    }
+    match width {
+        Width::W32 => (result as *mut u32).write_unaligned(old as u32),
+        Width::W64 => (result as *mut u64).write_unaligned(old),
+    }
+}
+
+/// UCT's opcode, if `post` (no result) or fetching allows it.
+fn amo_op(opcode: c_uint, post: bool) -> Option<AtomicOp> {
+    let op = AtomicOp::from_code(u8::try_from(opcode).ok()?)?;
+    match op {
+        AtomicOp::Add | AtomicOp::And | AtomicOp::Or | AtomicOp::Xor => Some(op),
+        AtomicOp::Swap if !post => Some(op),
+        _ => None, // cswap has its own entry points
+    }
+}
+
+unsafe extern "C" fn atomic32_post(ep: uct_ep_h, opcode: c_uint, value: u32, addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
+    let Some(op) = amo_op(opcode, true) else { return UCS_ERR_UNSUPPORTED };
+    amo(ep as *mut Ep, Width::W32, op, value as u64, 0, addr, rkey, std::ptr::null_mut(), std::ptr::null_mut())
+}
+
+unsafe extern "C" fn atomic64_post(ep: uct_ep_h, opcode: c_uint, value: u64, addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
+    let Some(op) = amo_op(opcode, true) else { return UCS_ERR_UNSUPPORTED };
+    amo(ep as *mut Ep, Width::W64, op, value, 0, addr, rkey, std::ptr::null_mut(), std::ptr::null_mut())
+}
+
+unsafe extern "C" fn atomic32_fetch(ep: uct_ep_h, opcode: c_uint, value: u32, result: *mut u32, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
+    let Some(op) = amo_op(opcode, false) else { return UCS_ERR_UNSUPPORTED };
+    if result.is_null() {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    amo(ep as *mut Ep, Width::W32, op, value as u64, 0, addr, rkey, result as *mut u8, comp)
+}
+
+unsafe extern "C" fn atomic64_fetch(ep: uct_ep_h, opcode: c_uint, value: u64, result: *mut u64, addr: u64, rkey: uct_rkey_t, comp: *mut uct_completion_t) -> ucs_status_t {
+    let Some(op) = amo_op(opcode, false) else { return UCS_ERR_UNSUPPORTED };
+    if result.is_null() {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    amo(ep as *mut Ep, Width::W64, op, value, 0, addr, rkey, result as *mut u8, comp)
+}
+
+unsafe extern "C" fn atomic_cswap32(ep: uct_ep_h, compare: u32, swap: u32, addr: u64, rkey: uct_rkey_t, result: *mut u32, comp: *mut uct_completion_t) -> ucs_status_t {
+    if result.is_null() {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    amo(ep as *mut Ep, Width::W32, AtomicOp::Cswap, swap as u64, compare as u64, addr, rkey, result as *mut u8, comp)
+}
+
+unsafe extern "C" fn atomic_cswap64(ep: uct_ep_h, compare: u64, swap: u64, addr: u64, rkey: uct_rkey_t, result: *mut u64, comp: *mut uct_completion_t) -> ucs_status_t {
+    if result.is_null() {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    amo(ep as *mut Ep, Width::W64, AtomicOp::Cswap, swap, compare, addr, rkey, result as *mut u8, comp)
 }
 
 unsafe extern "C" fn pending_add(ep_h: uct_ep_h, req: *mut uct_pending_req_t, _flags: c_uint) -> ucs_status_t {
@@ -541,8 +828,14 @@ unsafe extern "C" fn ep_flush(ep_h: uct_ep_h, _flags: c_uint, comp: *mut uct_com
     UCS_INPROGRESS
 }
 
-unsafe extern "C" fn ep_fence(_ep: uct_ep_h, _flags: c_uint) -> ucs_status_t {
-    UCS_OK // one FIFO connection, served in order
+/// `uct_ep_fence`: what is issued from now on is performed after what was
+/// issued before. Messages are served in order (one FIFO connection); an
+/// operation that would go straight to a peer's mapped memory takes the
+/// message path instead while ops from before the fence are outstanding.
+pub unsafe extern "C" fn ep_fence(ep_h: uct_ep_h, _flags: c_uint) -> ucs_status_t {
+    let ep = ep_h as *mut Ep;
+    (*ep).fence_at = (*ep).next_seq;
+    UCS_OK
 }
 
 /// `uct_invoke_completion`: first error wins, callback when the count hits 0.
@@ -607,7 +900,8 @@ unsafe fn fail_all(ep: *mut Ep, status: ucs_status_t) {
 enum Got {
     None,
     Done(ucs_status_t),
-    Stream,
+    /// GET data follows as its own message, for (buffer, length).
+    Stream(*mut u8, usize),
     Bad(String),
 }
 
@@ -656,10 +950,10 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
                 }
             }
         }
-        let front = (*ep).ops.front().map(|o| (o.seq, o.get, o.buf, o.len)).unwrap();
+        let front = *(*ep).ops.front().unwrap();
         let mut got = Got::None;
         let r = (*ep).conn.poll_whole(|tag, data, len| {
-            got = reply(front, tag, data, len);
+            got = reply(&front, tag, data, len);
         });
         match r {
             Ok(true) => {}
@@ -678,7 +972,7 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
                     return count;
                 }
             }
-            Got::Stream => match (*ep).conn.irecv(front.2, front.3, proto::tag(proto::GET_DATA, 0)) {
+            Got::Stream(buf, want) => match (*ep).conn.irecv(buf, want, proto::tag(proto::GET_DATA, 0)) {
                 Ok(r) => (*ep).get_rx = Some(r),
                 Err(e) => {
                     let s = break_ep(ep, &e);
@@ -709,21 +1003,37 @@ fn peer_status(s: i32) -> ucs_status_t {
     }
 }
 
-/// Handles a reply for the oldest op `(seq, get, buf, len)` while it is in
-/// the ring: the header is copied out and checked, inline GET data is
-/// copied straight into the op's buffer (it is the peer's data anyway).
-unsafe fn reply(front: (u64, bool, *mut u8, usize), tag: u32, data: *const u8, len: usize) -> Got {
-    let (seq, get, buf, want) = front;
-    // Decoded from a private copy: the peer may still write the ring.
+/// Handles a reply for the oldest op while it is in the ring: the header
+/// is copied out and checked, inline GET data is copied straight into the
+/// op's buffer or handed to its unpack callback (it is the peer's data
+/// anyway), an atomic's old value is written to its result.
+unsafe fn reply(op: &Op, tag: u32, data: *const u8, len: usize) -> Got {
+    let seq = op.seq;
+    if proto::kind(tag) == proto::AMO_REPLY {
+        let OpKind::Amo { result, width } = op.kind else {
+            return Got::Bad(format!("atomic reply while request {seq} is no atomic"));
+        };
+        // Decoded from a private copy: the peer may still write the ring.
+        let Some(r) = proto::copy_header::<{ AmoReply::LEN }>(data, len).and_then(|h| AmoReply::read(&h)) else {
+            return Got::Bad("short atomic reply".into());
+        };
+        if r.seq != seq {
+            return Got::Bad(format!("reply for request {} while {} is the oldest", r.seq, seq));
+        }
+        if r.status == UCS_OK as i32 {
+            write_result(result, width, r.old & width.mask());
+        }
+        return Got::Done(peer_status(r.status));
+    }
     let Some(r) = proto::copy_header::<{ RmaReply::LEN }>(data, len).and_then(|h| RmaReply::read(&h)) else {
         return Got::Bad("short reply".into());
     };
     if r.seq != seq {
         return Got::Bad(format!("reply for request {} while {} is the oldest", r.seq, seq));
     }
-    match (proto::kind(tag), get) {
-        (proto::PUT_ACK, false) => Got::Done(peer_status(r.status)),
-        (proto::GET_REPLY, true) => {
+    match (proto::kind(tag), op.kind) {
+        (proto::PUT_ACK, OpKind::Put) => Got::Done(peer_status(r.status)),
+        (proto::GET_REPLY, OpKind::Get { buf, len: want }) => {
             if r.status != UCS_OK as i32 {
                 return Got::Done(peer_status(r.status));
             }
@@ -736,12 +1046,22 @@ unsafe fn reply(front: (u64, bool, *mut u8, usize), tag: u32, data: *const u8, l
             } else if len == RmaReply::LEN && want == 0 {
                 Got::Done(UCS_OK)
             } else if len == RmaReply::LEN {
-                Got::Stream
+                Got::Stream(buf, want)
             } else {
                 Got::Bad(format!("GET reply record of {len} bytes"))
             }
         }
-        (k, _) => Got::Bad(format!("unexpected message kind {k} on an endpoint")),
+        (proto::GET_REPLY, OpKind::GetUnpack { cb, arg, len: want }) => {
+            if r.status != UCS_OK as i32 {
+                return Got::Done(peer_status(r.status));
+            }
+            if r.len != want as u64 || len != RmaReply::LEN + want {
+                return Got::Bad(format!("GET reply record of {len} bytes for {want} inline"));
+            }
+            cb(arg, data.add(RmaReply::LEN) as *const c_void, want);
+            Got::Done(UCS_OK)
+        }
+        (k, _) => Got::Bad(format!("unexpected message kind {k} for request {seq}")),
     }
 }
 

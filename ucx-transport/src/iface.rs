@@ -6,16 +6,17 @@
 //! copied out of the shared ring into a buffer of the iface ([`AmBuf`])
 //! and handed to UCP's handler from there, so the peer (another process)
 //! cannot change them while UCP parses them; PUT data is written into, and
-//! GET data read from, memory this process registered, after the request
-//! (decoded from a private copy of its header) passed the registration
-//! check. A connection whose requests are refused [`MAX_REFUSED`] times is
+//! GET data read from, memory this process registered, and atomics
+//! performed on it (one CPU atomic each, `ffcore::atomic`), after the
+//! request (decoded from a private copy of its header) passed the
+//! registration check. A connection whose requests are refused [`MAX_REFUSED`] times is
 //! closed.
 
 use crate::config::IfaceConfig;
 use crate::ep::{self, Ep};
 use crate::internal::*;
 use crate::md::Md;
-use crate::proto::{self, RmaReply, RmaReq};
+use crate::proto::{self, AmoReply, AmoReq, RmaReply, RmaReq};
 use crate::sys::*;
 use ffcore::{Conn, Req};
 use std::collections::VecDeque;
@@ -158,6 +159,7 @@ impl AmBuf {
 enum Reply {
     PutAck { seq: u64, status: i32 },
     Get { seq: u64, status: i32, addr: u64, len: u64 },
+    Amo { seq: u64, status: i32, old: u64 },
 }
 
 /// What a received message asks for, once it left the ring.
@@ -176,7 +178,7 @@ impl Action {
     fn refused(&self) -> bool {
         match self {
             Action::PutStream { ok, .. } => !ok,
-            Action::Reply(Reply::PutAck { status, .. } | Reply::Get { status, .. }) => *status != UCS_OK as i32,
+            Action::Reply(Reply::PutAck { status, .. } | Reply::Get { status, .. } | Reply::Amo { status, .. }) => *status != UCS_OK as i32,
             _ => false,
         }
     }
@@ -395,8 +397,13 @@ pub unsafe extern "C" fn iface_query(iface: uct_iface_h, attr: *mut uct_iface_at
     crate::internal::uct_base_iface_query(iface as *mut c_void, attr);
     a.cap.flags = UCT_IFACE_FLAG_AM_SHORT as u64
         | UCT_IFACE_FLAG_AM_BCOPY as u64
+        | UCT_IFACE_FLAG_PUT_SHORT as u64
+        | UCT_IFACE_FLAG_PUT_BCOPY as u64
         | UCT_IFACE_FLAG_PUT_ZCOPY as u64
+        | UCT_IFACE_FLAG_GET_SHORT as u64
+        | UCT_IFACE_FLAG_GET_BCOPY as u64
         | UCT_IFACE_FLAG_GET_ZCOPY as u64
+        | UCT_IFACE_FLAG_ATOMIC_CPU as u64
         | UCT_IFACE_FLAG_PENDING as u64
         | UCT_IFACE_FLAG_CB_SYNC
         | UCT_IFACE_FLAG_CONNECT_TO_IFACE
@@ -413,15 +420,24 @@ pub unsafe extern "C" fn iface_query(iface: uct_iface_h, attr: *mut uct_iface_at
     a.cap.am.align_mtu = 64;
     a.cap.am.max_hdr = 0;
     a.cap.am.max_iov = 16;
-    a.cap.put.max_short = 0;
-    a.cap.put.max_bcopy = 0;
+    // Atomics: every op UCP asks for, 32 and 64 bits. Each is one CPU
+    // atomic on the target word (see ffcore::atomic), hence ATOMIC_CPU.
+    let ops = (1u64 << UCT_ATOMIC_OP_ADD) | (1 << UCT_ATOMIC_OP_AND) | (1 << UCT_ATOMIC_OP_OR) | (1 << UCT_ATOMIC_OP_XOR);
+    let fops = ops | (1 << UCT_ATOMIC_OP_SWAP) | (1 << UCT_ATOMIC_OP_CSWAP);
+    a.cap.atomic32.op_flags = ops;
+    a.cap.atomic32.fop_flags = fops;
+    a.cap.atomic64.op_flags = ops;
+    a.cap.atomic64.fop_flags = fops;
+    // PUT and GET by copy: what fits inline in a request or reply record.
+    a.cap.put.max_short = cfg.inline_rma;
+    a.cap.put.max_bcopy = cfg.inline_rma;
     a.cap.put.min_zcopy = 0;
     a.cap.put.max_zcopy = usize::MAX;
     a.cap.put.opt_zcopy_align = 1;
     a.cap.put.align_mtu = 1;
     a.cap.put.max_iov = 1;
-    a.cap.get.max_short = 0;
-    a.cap.get.max_bcopy = 0;
+    a.cap.get.max_short = cfg.inline_rma;
+    a.cap.get.max_bcopy = cfg.inline_rma;
     a.cap.get.min_zcopy = 0;
     a.cap.get.max_zcopy = usize::MAX;
     a.cap.get.opt_zcopy_align = 1;
@@ -472,8 +488,11 @@ pub unsafe extern "C" fn iface_flush(iface: uct_iface_h, _flags: c_uint, comp: *
     UCS_OK
 }
 
-pub unsafe extern "C" fn iface_fence(_iface: uct_iface_h, _flags: c_uint) -> ucs_status_t {
-    // Every endpoint is one FIFO connection served in order by the target.
+/// `uct_iface_fence`: a fence on every endpoint (see [`ep::ep_fence`]).
+pub unsafe extern "C" fn iface_fence(iface: uct_iface_h, flags: c_uint) -> ucs_status_t {
+    for &e in (*(iface as *const Iface)).st.eps.iter() {
+        ep::ep_fence(e as uct_ep_h, flags);
+    }
     UCS_OK
 }
 
@@ -825,6 +844,25 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
             let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
             Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len })
         }
+        proto::AMO => {
+            let Some(req) = proto::copy_header::<{ AmoReq::LEN }>(data, len).and_then(|h| AmoReq::read(&h)) else {
+                return Action::Bad("short atomic header".into());
+            };
+            let (Some(op), Some(width)) = (ffcore::AtomicOp::from_code(req.op), ffcore::Width::from_bytes(req.width as usize)) else {
+                return Action::Bad(format!("atomic operation {} on {} bytes", req.op, req.width));
+            };
+            let ok = req.cookie == md.cookie
+                && ffcore::atomic::aligned(req.addr, width)
+                && md.regs.lock().unwrap_or_else(|p| p.into_inner()).check(req.key, req.addr, width.bytes() as u64);
+            if !ok {
+                ff_diag!("ff: refused atomic on {:#x} (key {:#x}): not an aligned word inside a registration of this process", req.addr, req.key);
+                return Action::Reply(Reply::Amo { seq: req.seq, status: UCS_ERR_INVALID_ADDR as i32, old: 0 });
+            }
+            // SAFETY: an aligned word inside memory this process registered
+            // (checked from the private header): one CPU atomic on it.
+            let old = ffcore::atomic::apply(req.addr as *mut u8, width, op, req.value, req.compare);
+            Action::Reply(Reply::Amo { seq: req.seq, status: UCS_OK as i32, old })
+        }
         k => Action::Bad(format!("unexpected message kind {k} on an accepted connection")),
     }
 }
@@ -837,6 +875,10 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
             Reply::PutAck { seq, status } => (*rc).conn.try_send_with(proto::tag(proto::PUT_ACK, 0), RmaReply::LEN, |p| {
                 RmaReply { seq, status, len: 0 }.write(std::slice::from_raw_parts_mut(p, RmaReply::LEN));
                 RmaReply::LEN
+            }),
+            Reply::Amo { seq, status, old } => (*rc).conn.try_send_with(proto::tag(proto::AMO_REPLY, 0), AmoReply::LEN, |p| {
+                AmoReply { seq, status, old }.write(std::slice::from_raw_parts_mut(p, AmoReply::LEN));
+                AmoReply::LEN
             }),
             Reply::Get { seq, status, addr, len } => {
                 let inline = status == UCS_OK as i32 && len as usize <= inline_max;

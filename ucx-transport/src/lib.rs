@@ -81,16 +81,6 @@ unsafe extern "C" fn cm_open_unsupported(
     UCS_ERR_UNSUPPORTED
 }
 
-unsafe extern "C" fn rkey_ptr_unsupported(
-    _c: *mut UctComponent,
-    _k: uct_rkey_t,
-    _h: *mut std::os::raw::c_void,
-    _a: u64,
-    _p: *mut *mut std::os::raw::c_void,
-) -> ucs_status_t {
-    UCS_ERR_UNSUPPORTED
-}
-
 unsafe extern "C" fn md_vfs_init(_md: uct_md_h) {}
 
 fn empty_entry() -> ucs_config_global_list_entry_t {
@@ -121,7 +111,7 @@ pub fn register() -> Result<(), String> {
         md_open: Some(md::md_open),
         cm_open: Some(cm_open_unsupported),
         rkey_unpack: Some(md::rkey_unpack),
-        rkey_ptr: Some(rkey_ptr_unsupported),
+        rkey_ptr: Some(md::rkey_ptr),
         rkey_release: Some(md::rkey_release),
         md_config: ucs_config_global_list_entry_t {
             name: c"FF memory domain".as_ptr(),

@@ -46,7 +46,14 @@ pub struct Md {
     /// UCX's registration cache in front of `mem_reg`/`mem_dereg` (None if
     /// UCX could not make one: then every registration is made anew).
     rcache: Option<crate::rcache::Rcache>,
+    /// Advertise `UCT_MD_FLAG_RKEY_PTR` (`UCX_FF_RKEY_PTR`).
+    pub rkey_ptr: bool,
 }
+
+/// The open domains of this process (addresses of [`Md`]s), for
+/// `uct_rkey_ptr`, which UCX calls with the component alone: it maps a
+/// peer's region through a domain attached to the key's router.
+static OPEN_MDS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 impl Md {
     /// The peer region `k` names, mapped (ffcore keeps mappings while the
@@ -133,8 +140,42 @@ impl Memh {
     }
 }
 
-/// An unpacked remote key (what `uct_rkey_t` points to).
-pub type Rkey = PackedRkey;
+/// An unpacked remote key (what `uct_rkey_t` points to): the packed key,
+/// and the peer's region once mapped here (kept while the key lives, so
+/// that a pointer from `uct_rkey_ptr` stays valid until `rkey_release`).
+#[repr(C)]
+pub struct Rkey {
+    pub packed: PackedRkey,
+    map: std::sync::OnceLock<Option<Arc<ffcore::RemoteMap>>>,
+}
+
+impl Rkey {
+    pub fn new(packed: PackedRkey) -> Rkey {
+        Rkey { packed, map: std::sync::OnceLock::new() }
+    }
+
+    /// The peer's shadow region, mapped through `md` (once per key; None
+    /// if the key has none or it is not mappable from here: another host,
+    /// another tenant, revoked).
+    pub fn map(&self, md: &Md) -> Option<&Arc<ffcore::RemoteMap>> {
+        self.map.get_or_init(|| self.packed.shadow.and_then(|sk| md.remote_map(&sk))).as_ref()
+    }
+
+    /// As [`Self::map`], through any open domain attached to the key's
+    /// router (for `uct_rkey_ptr`).
+    fn map_any(&self) -> Option<&Arc<ffcore::RemoteMap>> {
+        if let Some(m) = self.map.get() {
+            return m.as_ref();
+        }
+        let sk = self.packed.shadow?;
+        let mds = OPEN_MDS.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: domains leave the list (under this lock) before closing.
+        let md = mds.iter().map(|&m| unsafe { &*(m as *const Md) }).find(|md| md.ctx.as_ref().is_some_and(|c| c.router_id() == sk.router_id))?;
+        let m = md.remote_map(&sk)?;
+        drop(mds);
+        self.map.get_or_init(|| Some(m)).as_ref()
+    }
+}
 
 pub static MD_OPS: UctMdOps = UctMdOps {
     close: Some(md_close),
@@ -203,8 +244,10 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
         shadow,
         shadow_move,
         rcache: None,
+        rkey_ptr: crate::config::rkey_ptr(config),
     });
     let md = Box::into_raw(md);
+    OPEN_MDS.lock().unwrap_or_else(|p| p.into_inner()).push(md as usize);
     // The cache calls back into the domain, at its final address.
     if cached {
         match crate::rcache::Rcache::new(md) {
@@ -218,6 +261,7 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
 
 unsafe extern "C" fn md_close(md: uct_md_h) {
     if !md.is_null() {
+        OPEN_MDS.lock().unwrap_or_else(|p| p.into_inner()).retain(|&m| m != md as usize);
         let mut md = Box::from_raw(md as *mut Md);
         // First: it deregisters what it holds through the domain.
         drop(md.rcache.take());
@@ -230,6 +274,9 @@ unsafe extern "C" fn md_query(md: uct_md_h, attr: *mut uct_md_attr_t) -> ucs_sta
     *a = std::mem::zeroed();
     let md = &*(md as *const Md);
     a.cap.flags = (UCT_MD_FLAG_REG | UCT_MD_FLAG_NEED_RKEY) as u64;
+    if md.rkey_ptr {
+        a.cap.flags |= UCT_MD_FLAG_RKEY_PTR as u64;
+    }
     a.cap.max_reg = usize::MAX;
     if md.ctx.is_some() {
         a.cap.flags |= UCT_MD_FLAG_ALLOC as u64;
@@ -361,7 +408,7 @@ pub unsafe extern "C" fn rkey_unpack(_c: *mut UctComponent, buf: *const c_void, 
     let Some(k) = PackedRkey::read(std::slice::from_raw_parts(buf as *const u8, PackedRkey::LEN)) else {
         return UCS_ERR_INVALID_PARAM;
     };
-    *rkey_p = Box::into_raw(Box::new(k)) as uct_rkey_t;
+    *rkey_p = Box::into_raw(Box::new(Rkey::new(k))) as uct_rkey_t;
     if !handle_p.is_null() {
         *handle_p = std::ptr::null_mut();
     }
@@ -373,4 +420,31 @@ pub unsafe extern "C" fn rkey_release(_c: *mut UctComponent, rkey: uct_rkey_t, _
         drop(Box::from_raw(rkey as *mut Rkey));
     }
     UCS_OK
+}
+
+/// `uct_rkey_ptr`: where the peer's `raddr` is mapped in this process, so
+/// the caller reads and writes the peer's registered memory itself. Only
+/// for a key of a peer on this host (of this tenant) and an address in the
+/// whole pages of its registration that are shadow memory:
+/// `UCS_ERR_UNREACHABLE` for memory on another host or not shared (no
+/// shadow key, `UCX_FF_SHADOW=n`, revoked), `UCS_ERR_INVALID_ADDR` outside
+/// the registration or in its partial first or last page. The pointer is
+/// valid until the key is released.
+pub unsafe extern "C" fn rkey_ptr(_c: *mut UctComponent, rkey: uct_rkey_t, _handle: *mut c_void, raddr: u64, laddr_p: *mut *mut c_void) -> ucs_status_t {
+    if rkey == 0 || rkey == usize::MAX || laddr_p.is_null() {
+        return UCS_ERR_INVALID_PARAM;
+    }
+    let k = &*(rkey as *const Rkey);
+    if !k.packed.covers(raddr, 1) {
+        return UCS_ERR_INVALID_ADDR;
+    }
+    let Some(map) = k.map_any() else { return UCS_ERR_UNREACHABLE };
+    match map.ptr(raddr, 1) {
+        Ok(p) => {
+            *laddr_p = p as *mut c_void;
+            UCS_OK
+        }
+        Err(ffcore::Error::InvalidArgument(_)) if map.is_live() => UCS_ERR_INVALID_ADDR,
+        Err(_) => UCS_ERR_UNREACHABLE,
+    }
 }

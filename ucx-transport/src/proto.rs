@@ -13,6 +13,8 @@
 //! | get | `GET << 8` | [`RmaReq`] | initiator → target |
 //! | get reply | `GET_REPLY << 8` | [`RmaReply`] + data if inline | target → initiator |
 //! | get data | `GET_DATA << 8` | the data (streamed) | target → initiator |
+//! | atomic | `AMO << 8` | [`AmoReq`] | initiator → target |
+//! | atomic reply | `AMO_REPLY << 8` | [`AmoReply`] (status, old value) | target → initiator |
 //!
 //! The target validates every request against its *own* registrations
 //! (cookie of its memory domain, key, bounds) before touching memory;
@@ -31,6 +33,8 @@ pub const PUT_ACK: u32 = 4;
 pub const GET: u32 = 5;
 pub const GET_REPLY: u32 = 6;
 pub const GET_DATA: u32 = 7;
+pub const AMO: u32 = 8;
+pub const AMO_REPLY: u32 = 9;
 
 pub fn tag(kind: u32, id: u8) -> u32 {
     kind << 8 | id as u32
@@ -106,6 +110,67 @@ impl RmaReply {
     }
     pub fn read(b: &[u8]) -> Option<RmaReply> {
         (b.len() >= Self::LEN).then(|| RmaReply { seq: rd64(b, 0), status: rd32(b, 8) as i32, len: rd64(b, 16) })
+    }
+}
+
+/// An atomic operation on a word of the target's registered memory
+/// (`op`: [`ffcore::AtomicOp::code`], `width`: 4 or 8 bytes). Every atomic
+/// is answered (posted ones too: flush waits for the answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmoReq {
+    pub seq: u64,
+    pub cookie: u64,
+    pub key: u64,
+    pub addr: u64,
+    pub value: u64,
+    pub compare: u64,
+    pub op: u8,
+    pub width: u8,
+}
+
+impl AmoReq {
+    pub const LEN: usize = 56;
+    pub fn write(&self, b: &mut [u8]) {
+        b[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
+        b[16..24].copy_from_slice(&self.key.to_le_bytes());
+        b[24..32].copy_from_slice(&self.addr.to_le_bytes());
+        b[32..40].copy_from_slice(&self.value.to_le_bytes());
+        b[40..48].copy_from_slice(&self.compare.to_le_bytes());
+        b[48..56].copy_from_slice(&[self.op, self.width, 0, 0, 0, 0, 0, 0]);
+    }
+    pub fn read(b: &[u8]) -> Option<AmoReq> {
+        (b.len() >= Self::LEN).then(|| AmoReq {
+            seq: rd64(b, 0),
+            cookie: rd64(b, 8),
+            key: rd64(b, 16),
+            addr: rd64(b, 24),
+            value: rd64(b, 32),
+            compare: rd64(b, 40),
+            op: b[48],
+            width: b[49],
+        })
+    }
+}
+
+/// The answer to an [`AmoReq`]: a UCS status and the word's old value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmoReply {
+    pub seq: u64,
+    pub status: i32,
+    pub old: u64,
+}
+
+impl AmoReply {
+    pub const LEN: usize = 24;
+    pub fn write(&self, b: &mut [u8]) {
+        b[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..12].copy_from_slice(&self.status.to_le_bytes());
+        b[12..16].copy_from_slice(&0u32.to_le_bytes());
+        b[16..24].copy_from_slice(&self.old.to_le_bytes());
+    }
+    pub fn read(b: &[u8]) -> Option<AmoReply> {
+        (b.len() >= Self::LEN).then(|| AmoReply { seq: rd64(b, 0), status: rd32(b, 8) as i32, old: rd64(b, 16) })
     }
 }
 
@@ -243,6 +308,15 @@ mod tests {
         let mut b = [0u8; RmaReply::LEN];
         a.write(&mut b);
         assert_eq!(RmaReply::read(&b), Some(a));
+        let q = AmoReq { seq: 3, cookie: 4, key: 5, addr: 0x1008, value: u64::MAX, compare: 7, op: 5, width: 8 };
+        let mut b = [0u8; AmoReq::LEN];
+        q.write(&mut b);
+        assert_eq!(AmoReq::read(&b), Some(q));
+        assert_eq!(AmoReq::read(&b[..AmoReq::LEN - 1]), None);
+        let a = AmoReply { seq: 3, status: -3, old: 0xdead_beef_0000_0001 };
+        let mut b = [0u8; AmoReply::LEN];
+        a.write(&mut b);
+        assert_eq!(AmoReply::read(&b), Some(a));
         let k = PackedRkey { cookie: 1, key: 0xdead_beef_0bad_f00d, base: 0x4000, len: 0x100, shadow: None };
         let mut b = [0u8; PackedRkey::LEN];
         k.write(&mut b);

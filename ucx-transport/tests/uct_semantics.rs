@@ -910,3 +910,258 @@ fn application_memory_is_not_moved_unless_asked() {
         u.close(&[ep], &[a, b]);
     }
 }
+
+/// Flushes `w.ep` until everything issued on it is done remotely.
+unsafe fn flush(w: &World) {
+    let mut c = new_comp();
+    let s = ops(w.ep).ep_flush.unwrap()(w.ep, 0, &mut c.c);
+    if s == UCS_INPROGRESS {
+        let cp: *const Comp = &*c;
+        w.until(|| (*cp).done == 1, "flush");
+    } else {
+        ok(s, "flush");
+    }
+}
+
+/// A fetching atomic (or cswap) as issued and completed: (immediate
+/// status, final status, old value).
+unsafe fn fetch(w: &World, width: u32, op: ffcore::AtomicOp, value: u64, compare: u64, addr: u64, rkey: uct_rkey_t) -> (ucs_status_t, ucs_status_t, u64) {
+    let o = ops(w.ep);
+    let mut c = new_comp();
+    let mut r64 = 0xdead_dead_dead_deadu64;
+    let mut r32 = 0xdead_deadu32;
+    let s = match (width, op) {
+        (64, ffcore::AtomicOp::Cswap) => o.ep_atomic_cswap64.unwrap()(w.ep, compare, value, addr, rkey, &mut r64, &mut c.c),
+        (32, ffcore::AtomicOp::Cswap) => o.ep_atomic_cswap32.unwrap()(w.ep, compare as u32, value as u32, addr, rkey, &mut r32, &mut c.c),
+        (64, _) => o.ep_atomic64_fetch.unwrap()(w.ep, op.code() as c_uint, value, &mut r64, addr, rkey, &mut c.c),
+        _ => o.ep_atomic32_fetch.unwrap()(w.ep, op.code() as c_uint, value as u32, &mut r32, addr, rkey, &mut c.c),
+    };
+    let fin = if s == UCS_INPROGRESS {
+        let cp: *const Comp = &*c;
+        w.until(|| (*cp).done == 1, "atomic completion");
+        c.c.status
+    } else {
+        s
+    };
+    (s, fin, if width == 64 { r64 } else { r32 as u64 })
+}
+
+unsafe fn word(addr: u64, width: u32) -> u64 {
+    if width == 64 {
+        (addr as *const u64).read_volatile()
+    } else {
+        (addr as *const u32).read_volatile() as u64
+    }
+}
+
+unsafe fn set_word(addr: u64, width: u32, v: u64) {
+    if width == 64 {
+        (addr as *mut u64).write_volatile(v)
+    } else {
+        (addr as *mut u32).write_volatile(v as u32)
+    }
+}
+
+/// Atomics (every op, 32 and 64 bits, posted and fetching), PUT/GET short
+/// and bcopy, fences and uct_rkey_ptr, on a word in the registration's
+/// partial first page (private: the target serves it as a message) and one
+/// in a whole page (shadow memory: done at once through the mapping), then
+/// again with `UCX_FF_SHADOW=n` (everything a message). Every result and
+/// every byte is checked against the sequential model.
+#[test]
+fn atomics_rma_by_copy_fences_and_rkey_ptr() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    use ffcore::AtomicOp::*;
+    unsafe {
+        for shadow in [true, false] {
+            let u = if shadow { Uct::open_with(&[(c"SHADOW_MOVE", c"y")]) } else { Uct::open_with(&[(c"SHADOW", c"n")]) };
+            let (a, b, ep, w) = u.pair();
+            let mut attr: uct_iface_attr_t = std::mem::zeroed();
+            ok(iops(a).iface_query.unwrap()(a, &mut attr), "query");
+            let need = (UCT_IFACE_FLAG_PUT_SHORT | UCT_IFACE_FLAG_PUT_BCOPY | UCT_IFACE_FLAG_GET_SHORT | UCT_IFACE_FLAG_GET_BCOPY) as u64 | UCT_IFACE_FLAG_ATOMIC_CPU as u64;
+            assert_eq!(attr.cap.flags & need, need);
+            let all_ops = (1u64 << UCT_ATOMIC_OP_ADD) | (1 << UCT_ATOMIC_OP_AND) | (1 << UCT_ATOMIC_OP_OR) | (1 << UCT_ATOMIC_OP_XOR);
+            let all_fops = all_ops | (1 << UCT_ATOMIC_OP_SWAP) | (1 << UCT_ATOMIC_OP_CSWAP);
+            for c in [attr.cap.atomic32, attr.cap.atomic64] {
+                assert_eq!((c.op_flags, c.fop_flags), (all_ops, all_fops), "every op UCP asks for");
+            }
+            let max = attr.cap.put.max_bcopy;
+            assert!(max >= 4096 && attr.cap.put.max_short == max && attr.cap.get.max_bcopy == max && attr.cap.get.max_short == max);
+            let mut mattr: uct_md_attr_t = std::mem::zeroed();
+            ok(uct_md_query(u.md, &mut mattr), "md query");
+            assert_eq!(mattr.cap.flags & UCT_MD_FLAG_RKEY_PTR as u64, 0, "RKEY_PTR not advertised by default (UCX_FF_RKEY_PTR)");
+
+            // 4 pages from a page boundary; registered from byte 64 on.
+            let mut mem = vec![0u8; 5 << 12];
+            let page0 = (mem.as_mut_ptr() as u64).next_multiple_of(4096);
+            let reg = std::slice::from_raw_parts_mut((page0 + 64) as *mut u8, (3 << 12) - 64);
+            let (memh, packed) = u.reg(reg);
+            let rk = w.rkey(&packed);
+            let near = page0 + 64; // partial first page: private
+            let far = page0 + 4096; // whole page: shadow memory (unless n)
+            // Every op on both words, both widths; values with high bits.
+            let vals = [0x8000_0001_0000_0003u64, 0xffff_ffff_0f0f_f0f0, 7, 0];
+            for (wi, &at) in [near, far].iter().enumerate() {
+                for width in [32u32, 64] {
+                    let mask = if width == 32 { u32::MAX as u64 } else { u64::MAX };
+                    let wd = if width == 32 { ffcore::Width::W32 } else { ffcore::Width::W64 };
+                    let direct = shadow && wi == 1;
+                    set_word(at, width, 0x1234_5678_9abc_def0 & mask);
+                    let neighbour = at + width as u64 / 8;
+                    set_word(neighbour, width, 0x5555);
+                    for op in [Add, And, Or, Xor, Swap, Cswap] {
+                        for &v in &vals {
+                            let old = word(at, width);
+                            for compare in [old, old ^ 1] {
+                                let old = word(at, width);
+                                let (s, fin, got) = fetch(&w, width, op, v, compare, at, rk.rkey);
+                                ok(fin, "atomic");
+                                assert_eq!(s == UCS_OK, direct, "{op:?}/{width} on word {wi}: at once only through the mapping (status {s})");
+                                assert_eq!(got, old, "{op:?}/{width} returns the old value");
+                                assert_eq!(word(at, width), op.next(old, v & mask, compare & mask, wd), "{op:?}/{width} {old:#x} {v:#x} {compare:#x}");
+                            }
+                        }
+                    }
+                    // Posted ops: done once flushed.
+                    for op in [Add, And, Or, Xor] {
+                        let old = word(at, width);
+                        let v = 0x0101_0101_0101_0101u64;
+                        let s = if width == 64 {
+                            ops(ep).ep_atomic64_post.unwrap()(ep, op.code() as c_uint, v, at, rk.rkey)
+                        } else {
+                            ops(ep).ep_atomic32_post.unwrap()(ep, op.code() as c_uint, v as u32, at, rk.rkey)
+                        };
+                        ok(s, "post");
+                        flush(&w);
+                        assert_eq!(word(at, width), op.next(old, v & mask, 0, wd), "posted {op:?}/{width}");
+                    }
+                    assert_eq!(
+                        ops(ep).ep_atomic64_post.unwrap()(ep, UCT_ATOMIC_OP_SWAP as c_uint, 1, at, rk.rkey),
+                        UCS_ERR_UNSUPPORTED,
+                        "no posted swap"
+                    );
+                    assert_eq!(word(neighbour, width), 0x5555, "the next word is untouched");
+                    // Misaligned words are refused, not split.
+                    let mut r = 0u64;
+                    assert_eq!(ops(ep).ep_atomic64_fetch.unwrap()(ep, 0, 1, &mut r, at + 4, rk.rkey, null_mut()), UCS_ERR_INVALID_PARAM);
+                    assert_eq!(ops(ep).ep_atomic32_post.unwrap()(ep, 0, 1, at + 2, rk.rkey), UCS_ERR_INVALID_PARAM);
+                }
+            }
+            // Outside the registration (its first 64 bytes): refused by the
+            // target, memory untouched.
+            set_word(page0, 64, 77);
+            let (_, fin, _) = fetch(&w, 64, Add, 1, 0, page0, rk.rkey);
+            assert_eq!(fin, UCS_ERR_INVALID_ADDR);
+            assert_eq!(word(page0, 64), 77);
+
+            // PUT/GET short and bcopy: bytes at both words, sizes up to the
+            // largest, one across the partial page's end.
+            for &(at, len) in &[(near, 1usize), (near, 100), (far - 40, 80), (far, max), (far + 4096 - 8, 8)] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len + at as usize) as u8).collect();
+                let s = ops(ep).ep_put_short.unwrap()(ep, data.as_ptr() as *const c_void, len as c_uint, at, rk.rkey);
+                ok(s, "put_short");
+                flush(&w);
+                assert!(std::slice::from_raw_parts(at as *const u8, len) == &data[..], "put_short of {len} at {:#x}", at - page0);
+                let mut back = vec![0u8; len];
+                let s = ops(ep).ep_get_short.unwrap()(ep, back.as_mut_ptr() as *mut c_void, len as c_uint, at, rk.rkey);
+                assert!(s == UCS_OK || s == UCS_INPROGRESS, "get_short: {s}");
+                flush(&w);
+                assert!(back == data, "get_short of {len}");
+                // bcopy: our pack callback fills with another pattern.
+                let mut pk = Pack { called: false, hdr: 0x0102_0304_0506_0708, len };
+                let n = if len >= 8 {
+                    ops(ep).ep_put_bcopy.unwrap()(ep, Some(pack), &mut pk as *mut Pack as *mut c_void, at, rk.rkey)
+                } else {
+                    len as isize // the pack callback writes a header of 8
+                };
+                assert_eq!(n, len as isize, "put_bcopy");
+                flush(&w);
+                if len >= 8 {
+                    let got = std::slice::from_raw_parts(at as *const u8, len);
+                    assert_eq!(&got[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+                    assert!(got[8..].iter().all(|&x| x == 0xab), "put_bcopy bytes");
+                }
+                let want = std::slice::from_raw_parts(at as *const u8, len).to_vec();
+                let mut out = vec![0u8; len];
+                let mut c = new_comp();
+                let s = ops(ep).ep_get_bcopy.unwrap()(ep, Some(unpack), &mut out as *mut Vec<u8> as *mut c_void, len, at, rk.rkey, &mut c.c);
+                if s == UCS_INPROGRESS {
+                    let cp: *const Comp = &*c;
+                    w.until(|| (*cp).done == 1, "get_bcopy");
+                    ok(c.c.status, "get_bcopy");
+                } else {
+                    ok(s, "get_bcopy");
+                }
+                assert!(out == want, "get_bcopy of {len}");
+            }
+
+            // Fence: a PUT the target has not served yet (message path)
+            // keeps a later atomic from going straight to the mapping.
+            if shadow {
+                let mut src = [9u8; 64];
+                let (s, c) = w.start(false, &mut src, near, rk.rkey);
+                assert_eq!(s, UCS_INPROGRESS, "partial page: a message");
+                let r = fetch_start(&w, far, rk.rkey);
+                assert_eq!(r, UCS_OK, "no fence: the atomic overtakes");
+                ok(ops(ep).ep_fence.unwrap()(ep, 0), "fence");
+                assert_eq!(fetch_start(&w, far, rk.rkey), UCS_INPROGRESS, "after the fence it waits its turn (a message)");
+                ok(iops(a).iface_fence.unwrap()(a, 0), "iface fence");
+                let cp: *const Comp = &*c;
+                w.until(|| (*cp).done == 1, "put");
+                flush(&w);
+                assert_eq!(fetch_start(&w, far, rk.rkey), UCS_OK, "nothing older outstanding: direct again");
+            }
+
+            // uct_rkey_ptr: the peer's word mapped here.
+            let mut p: *mut c_void = null_mut();
+            let mut bundle = rk;
+            if shadow {
+                ok(uct_rkey_ptr(u.comp, &mut bundle, far + 8, &mut p), "rkey_ptr");
+                assert_ne!(p as u64, far + 8, "a mapping of its own");
+                (p as *mut u64).write_volatile(0xfeed_f00d);
+                assert_eq!(word(far + 8, 64), 0xfeed_f00d, "writes through it reach the owner's memory");
+                set_word(far + 16, 64, 0xabc);
+                assert_eq!((p as *const u64).add(1).read_volatile(), 0xabc, "and reads see it");
+                assert_eq!(uct_rkey_ptr(u.comp, &mut bundle, near, &mut p), UCS_ERR_INVALID_ADDR, "partial page: not shared");
+                assert_eq!(uct_rkey_ptr(u.comp, &mut bundle, page0, &mut p), UCS_ERR_INVALID_ADDR, "outside the registration");
+                // A key from another host's router: unreachable.
+                let mut other = packed.clone();
+                other[40] ^= 0xff; // the shadow key's router id
+                let ok_other = w.rkey(&other);
+                let mut ob = ok_other;
+                assert_eq!(uct_rkey_ptr(u.comp, &mut ob, far, &mut p), UCS_ERR_UNREACHABLE, "another host");
+                uct_rkey_release(u.comp, &ok_other);
+            } else {
+                assert_eq!(uct_rkey_ptr(u.comp, &mut bundle, far, &mut p), UCS_ERR_UNREACHABLE, "no shadow memory: nothing to map");
+            }
+            uct_rkey_release(u.comp, &rk);
+            ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+            u.close(&[ep], &[a, b]);
+            drop(mem);
+        }
+        // UCX_FF_RKEY_PTR=y advertises the flag.
+        let u = Uct::open_with(&[(c"RKEY_PTR", c"y")]);
+        let mut mattr: uct_md_attr_t = std::mem::zeroed();
+        ok(uct_md_query(u.md, &mut mattr), "md query");
+        assert_ne!(mattr.cap.flags & UCT_MD_FLAG_RKEY_PTR as u64, 0);
+        u.close(&[], &[]);
+    }
+}
+
+unsafe extern "C" fn unpack(arg: *mut c_void, data: *const c_void, len: usize) {
+    let out = &mut *(arg as *mut Vec<u8>);
+    out.copy_from_slice(std::slice::from_raw_parts(data as *const u8, len));
+}
+
+/// Issues a 64-bit fetch-add of 0 on `at` and lets it complete; returns
+/// the immediate status.
+unsafe fn fetch_start(w: &World, at: u64, rkey: uct_rkey_t) -> ucs_status_t {
+    let mut r = 0u64;
+    let mut c = new_comp();
+    let s = ops(w.ep).ep_atomic64_fetch.unwrap()(w.ep, UCT_ATOMIC_OP_ADD as c_uint, 0, &mut r, at, rkey, &mut c.c);
+    if s == UCS_INPROGRESS {
+        let cp: *const Comp = &*c;
+        w.until(|| (*cp).done == 1, "atomic");
+    }
+    s
+}
