@@ -1,0 +1,223 @@
+#!/bin/bash
+# bench/allreduce_hosts.sh - allreduce across two emulated hosts, Open MPI
+# over FreeFlow (UCX_TLS=ff,self) vs over UCX tcp,self, in one run.
+#
+#   bench/allreduce_hosts.sh [--rounds N] [--iters N] [--count FLOATS]
+#                            [--tf|--no-tf] [--tf-rounds N] [--tf-steps N]
+#                            [--insecure] [--bin DIR] [--out DIR] [--quick]
+#
+# The two hosts are bench/twohosts.sh's (network namespaces joined by a
+# veth, a router on each, links sealed with a peer secret unless
+# --insecure). One long-lived container ("pod") on each host; mpirun runs
+# in host 0's namespace and starts one rank in each pod through
+# tools/ffrsh (as mpi-operator does with kubectl exec), the way
+# ucx-transport/tests/multihost.rs runs its Open MPI job. The same two pods
+# serve both transports:
+#   ff:       UCX_TLS=ff,self, LD_PRELOAD=libuct_ff.so: through both
+#             routers and the link between them (default settings:
+#             shadow memory and the registration cache on);
+#   tcp,self: UCX_TLS=tcp,self, UCX_NET_DEVICES=eth0: UCX's TCP straight
+#             between the pods, over the same bridges and veth.
+# A run fails unless UCX's lanes to the other rank are the ones asked for.
+#
+# Part 1, each round (--rounds, default 5; ff and tcp alternate, the first
+# of the pair swapping every round): bench/mpi/allreduce.c, COUNT floats
+# (default 7,400,000 = 29.6 MB, a ResNet-ish gradient), 3 warm-up then
+# ITERS (default 20) timed MPI_Allreduce calls back to back, results
+# checked. Rows: time per allreduce (median of the iterations; each
+# iteration the slower rank's), its mean, the CPU the whole machine spent
+# per allreduce over the timed loop (every process of both hosts, the
+# routers and the kernel, from /proc/stat), and the machine's CPU seconds
+# and wall seconds over the whole mpirun (start-up included).
+#
+# Part 2 (--tf, default when the venv of examples/tensorflow/setup.sh
+# exists; --no-tf skips it): examples/tensorflow/train.py (Horovod over
+# Open MPI + UCX, one rank per host) for --tf-rounds rounds (default 3)
+# of --tf-steps steps (default 60), alternating the same way: images/s,
+# loss first -> last, one gradient allreduce (29.6 MB), machine CPU
+# seconds of the run.
+#
+# Rows go to DIR/results.csv (suite allreduce or tf), the table of medians
+# and the targets to DIR/README.md, the plot to DIR/plot-time.png.
+# DIR defaults to bench/results/allreduce-hosts-<date>. Every mpirun runs
+# under a timeout (a hang is an error). Needs root, Open MPI (mpicc,
+# mpirun), UCX 1.13 and a release build (--bin, default target/release).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+cmdline="$*"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+rounds=5 iters=20 count=7400000 out="" bin="" insecure=0 tf=auto tf_rounds=3 tf_steps=60 quick=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) rounds=$2; shift ;;
+        --iters) iters=$2; shift ;;
+        --count) count=$2; shift ;;
+        --tf) tf=1 ;;
+        --no-tf) tf=0 ;;
+        --tf-rounds) tf_rounds=$2; shift ;;
+        --tf-steps) tf_steps=$2; shift ;;
+        --insecure) insecure=1 ;;
+        --bin) bin=$2; shift ;;
+        --out) out=$2; shift ;;
+        --quick) quick=1 ;;
+        -h|--help) sed -n 2,46p "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ $quick = 1 ]; then rounds=1 iters=5 tf_rounds=1 tf_steps=20; fi
+[ "$(id -u)" = 0 ] || { echo "bench/allreduce_hosts.sh needs root (network namespaces)" >&2; exit 1; }
+[ -n "$bin" ] || bin="$top/target/release"
+bin=$(cd "$bin" && pwd)
+lib="$bin/libuct_ff.so"
+for f in "$bin/ffrouter" "$lib"; do
+    [ -e "$f" ] || { echo "missing $f: run cargo build --release --workspace" >&2; exit 1; }
+done
+for c in mpicc mpirun ucx_info timeout; do
+    command -v $c >/dev/null || { echo "$c not found (Open MPI: libopenmpi-dev openmpi-bin; UCX: ucx-utils)" >&2; exit 1; }
+done
+venv=${FF_TF_VENV:-/opt/fftf}
+if [ "$tf" = auto ]; then
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import horovod.tensorflow' 2>/dev/null; then tf=1; else tf=0; fi
+    [ $tf = 1 ] || echo "== no TF venv at $venv (examples/tensorflow/setup.sh): part 2 skipped" >&2
+elif [ "$tf" = 1 ]; then
+    "$venv/bin/python" -c 'import horovod.tensorflow' 2>/dev/null \
+        || { echo "--tf: no TF + Horovod venv at $venv: run examples/tensorflow/setup.sh" >&2; exit 1; }
+fi
+[ -n "$out" ] || out="$top/bench/results/allreduce-hosts-$(date +%Y-%m-%d)"
+mkdir -p "$out"
+csv="$out/results.csv"
+echo "suite,transport,test,size_bytes,value,unit" > "$csv"
+
+pods=()
+. "$here/twohosts.sh"
+cleanup() {
+    for p in "${pods[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pods[@]}"; do wait "$p" 2>/dev/null || true; done
+    twohosts_down
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+twohosts_up "$bin" "$insecure"
+
+mpicc -O2 -o "$work/allreduce" "$here/mpi/allreduce.c"
+
+# One pod on each host; ffrsh finds them through $work/rsh/NAME.pid.
+mkdir -p "$work/rsh"
+names=("${twohosts_prefix}-ar0" "${twohosts_prefix}-ar1")
+for i in 0 1; do
+    ns=$([ $i = 0 ] && echo "$ns0" || echo "$ns1")
+    "$top/tools/ffcontainer" run --name "${names[$i]}" --ip "10.7$((i + 1)).0.$((11 + i))/24" --bridge ffbr \
+        --host-netns "$ns" --socket-dir "$work/h$i/bench" --pidfile "$work/rsh/${names[$i]}.pid" -- sleep 86400 &
+    pods+=($!)
+done
+for n in "${names[@]}"; do
+    for _ in $(seq 400); do [ -s "$work/rsh/$n.pid" ] && break; sleep 0.05; done
+    [ -s "$work/rsh/$n.pid" ] || { echo "pod $n did not start" >&2; exit 1; }
+done
+printf '%s slots=1\n' "${names[@]}" > "$work/hosts"
+
+busy() { awk '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / '"$(getconf CLK_TCK)"'; exit }' /proc/stat; }
+val() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | head -1; }
+
+# mpi TRANSPORT TIMEOUT CMD...: one 2-rank job, a rank in each pod; prints
+# its output (stdout and stderr), then "RUN cpu_s=... wall_s=..." for the
+# whole mpirun. Fails, showing the end of the output, if it fails, times
+# out or if UCX's lanes to the other rank are not TRANSPORT's.
+mpi() {
+    local t=$1 limit=$2 extra o rc c0 c1 w0 w1 lanes want
+    shift 2
+    case "$t" in
+        ff) extra=(-x UCX_TLS=ff,self -x "LD_PRELOAD=$lib"); want="ff/router" ;;
+        tcp,self) extra=(-x UCX_TLS=tcp,self -x UCX_NET_DEVICES=eth0); want="tcp/eth0" ;;
+    esac
+    c0=$(busy); w0=$(date +%s.%N)
+    rc=0
+    o=$(cd "$work" && FFRSH_DIR="$work/rsh" timeout -k 10 "$limit" ip netns exec "$ns0" \
+        mpirun --allow-run-as-root -np 2 --hostfile "$work/hosts" \
+        --mca plm_rsh_agent "$top/tools/ffrsh" --mca oob_tcp_if_include 10.0.0.0/8 \
+        --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any --mca btl self --bind-to none \
+        -x UCX_LOG_LEVEL=info -x TF_CPP_MIN_LOG_LEVEL=2 "${extra[@]}" "$@" 2>&1) || rc=$?
+    c1=$(busy); w1=$(date +%s.%N)
+    if [ $rc != 0 ]; then
+        echo "$o" | tail -40 >&2
+        [ $rc = 124 ] || [ $rc = 137 ] && echo "mpirun over $t did not finish in $limit s" >&2
+        echo "mpirun over $t failed (exit $rc)" >&2
+        return 1
+    fi
+    # Lanes of the endpoints to the other rank (not self): all TRANSPORT's.
+    lanes=$(echo "$o" | grep 'ep_cfg\[' | grep -v 'self/' | grep -o '[a-z_]*([a-z]*/[a-z0-9]*)' | sort -u | tr '\n' ' ')
+    if [ -z "$lanes" ] || [ -n "$(echo "$lanes" | tr ' ' '\n' | grep -v "($want)" | grep -v '^$' || true)" ]; then
+        echo "$o" | grep 'ep_cfg\[' >&2 || true
+        echo "mpirun over $t: lanes to the other rank are '$lanes', want only $want" >&2
+        return 1
+    fi
+    echo "$o"
+    echo "LANES $lanes"
+    awk -v a="$c0" -v b="$c1" -v s="$w0" -v e="$w1" 'BEGIN { printf "RUN cpu_s=%.2f wall_s=%.2f\n", b - a, e - s }'
+}
+
+order() { # order ROUND: the transports of round ROUND, first one swapping
+    if [ $(($1 % 2)) = 1 ]; then echo "ff tcp,self"; else echo "tcp,self ff"; fi
+}
+
+bytes=$((count * 4))
+echo "== part 1: MPI_Allreduce of $count floats ($bytes B), $iters iterations, $rounds round(s)" >&2
+for round in $(seq "$rounds"); do
+    for t in $(order "$round"); do
+        o=$(mpi "$t" 120 "$work/allreduce" "$count" "$iters" 3)
+        r=$(echo "$o" | grep '^RESULT')
+        run=$(echo "$o" | grep '^RUN')
+        echo "   round $round $t: $(echo "$r" | cut -d' ' -f2-) | $(echo "$run" | cut -d' ' -f2-) | lanes $(echo "$o" | sed -n 's/^LANES //p')" >&2
+        {
+            echo "allreduce,\"$t\",allreduce,$bytes,$(echo "$r" | val ms_median),ms"
+            echo "allreduce,\"$t\",allreduce_mean,$bytes,$(echo "$r" | val ms_mean),ms"
+            echo "allreduce,\"$t\",cpu_ms_per_op,$bytes,$(echo "$r" | val cpu_ms_per_op),ms"
+            echo "allreduce,\"$t\",run_cpu_s,0,$(echo "$run" | val cpu_s),s"
+            echo "allreduce,\"$t\",run_wall_s,0,$(echo "$run" | val wall_s),s"
+        } >> "$csv"
+    done
+done
+
+if [ $tf = 1 ]; then
+    echo "== part 2: examples/tensorflow/train.py, $tf_steps steps, $tf_rounds round(s)" >&2
+    for round in $(seq "$tf_rounds"); do
+        for t in $(order "$round"); do
+            o=$(mpi "$t" 300 -x FF_EXAMPLE_LABEL="$t" "$venv/bin/python" "$top/examples/tensorflow/train.py" --steps "$tf_steps")
+            r=$(echo "$o" | grep '^RESULT')
+            run=$(echo "$o" | grep '^RUN')
+            echo "   round $round $t: $(echo "$r" | cut -d' ' -f2-) | $(echo "$run" | cut -d' ' -f2-)" >&2
+            mb=$(echo "$r" | val allreduce_mb)
+            {
+                echo "tf,\"$t\",images_per_s,0,$(echo "$r" | val images_per_sec),images/s"
+                echo "tf,\"$t\",loss_first,0,$(echo "$r" | val loss_first),loss"
+                echo "tf,\"$t\",loss_last,0,$(echo "$r" | val loss_last),loss"
+                echo "tf,\"$t\",allreduce,$(awk -v m="$mb" 'BEGIN { printf "%d", m * 1e6 }'),$(echo "$r" | val allreduce_ms),ms"
+                echo "tf,\"$t\",run_cpu_s,0,$(echo "$run" | val cpu_s),s"
+                echo "tf,\"$t\",run_wall_s,0,$(echo "$run" | val wall_s),s"
+            } >> "$csv"
+        done
+    done
+fi
+
+{
+    echo "# Allreduce across two hosts: Open MPI over ff vs UCX tcp, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load average before the run: $load_before"
+    echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them ($([ $insecure = 1 ] && echo 'in clear, --insecure-no-peer-secret' || echo 'sealed with a peer secret'))"
+    echo "- one pod (tools/ffcontainer) per host, one rank per pod; mpirun in host 0's namespace, ranks started through tools/ffrsh; --bind-to none"
+    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git -C "$top" status --porcelain 2>/dev/null)" ] || echo ', with uncommitted changes')), $(rustc --version 2>/dev/null || echo rustc unknown)"
+    echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)$([ $tf = 1 ] && echo ", TensorFlow $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null), Horovod $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("horovod"))' 2>/dev/null)")"
+    echo "- command: bench/allreduce_hosts.sh $cmdline"
+    echo
+    /usr/bin/python3 "$here/allreduce_report.py" "$csv"
+    echo
+    echo "![time per allreduce](plot-time.png)"
+    echo
+    /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
+} > "$out/README.md.new"
+mv "$out/README.md.new" "$out/README.md"
+sed -n '/^## All results/q;p' "$out/README.md"
+echo "results: $out" >&2
