@@ -8,13 +8,15 @@ tcp,self), part 2 (suite tf: the TensorFlow example), each value the median
 of the rounds, with ff / tcp ratios, the per-round ratios (rows in CSV order:
 the n-th ff row and the n-th tcp row are one round) and the target of
 issue 12 (the allreduce across hosts over ff no slower than over tcp).
+Transports: ff (links sealed), ff-clear (links in clear), tcp,self.
 """
 
 import csv
 import statistics
 import sys
 
-FF, TCP = "ff", "tcp,self"
+FF, CLEAR, TCP = "ff", "ff-clear", "tcp,self"
+NAMES = {FF: "ff (sealed)", CLEAR: "ff (clear)", TCP: "UCX tcp"}
 
 
 def load(path):
@@ -43,60 +45,74 @@ def main():
         sys.exit(__doc__)
     vals = load(sys.argv[1])
 
-    ar = vals.get(("allreduce", FF, "allreduce"))
+    ar = [v for (suite, _, test), v in vals.items() if suite == "allreduce" and test == "allreduce"]
     if ar:
-        n = len(ar)
+        n = max(len(v) for v in ar)
         sizes = {int(r["size_bytes"]) for r in csv.DictReader(open(sys.argv[1], newline=""))
                  if r["suite"] == "allreduce" and r["test"] == "allreduce"}
         size = max(sizes)
         print(f"## MPI_Allreduce of {size / 1e6:.1f} MB ({size // 4:,} floats), 2 ranks on two hosts\n")
-        print(f"Medians of {n} round(s); ff and tcp alternate within each round (bench/mpi/allreduce.c;"
+        print(f"Medians of {n} round(s); the transports take turns within each round (bench/mpi/allreduce.c;"
               " time per allreduce: median of the timed iterations of a run, each the slower rank's).\n")
-        print("| | ff | UCX tcp | ff / tcp |")
-        print("|---|---:|---:|---:|")
+        ts = [t for t in (FF, CLEAR, TCP) if vals.get(("allreduce", t, "allreduce"))]
+        rs = [t for t in ts if t != TCP and TCP in ts]
+        print("| | " + " | ".join(NAMES[t] for t in ts) + "".join(f" | {NAMES[t]} / tcp" for t in rs) + " |")
+        print("|---|" + "---:|" * (len(ts) + len(rs)))
         rows = [
             ("time per allreduce (ms, lower is better)", "allreduce", 2),
             ("mean of the iterations (ms)", "allreduce_mean", 2),
-            ("machine CPU per allreduce (CPU ms, both hosts, routers, kernel)", "cpu_ms_per_op", 1),
+            ("machine CPU per allreduce (CPU ms: both hosts, routers, kernel)", "cpu_ms_per_op", 1),
             ("machine CPU seconds, whole mpirun (start-up included)", "run_cpu_s", 2),
             ("wall seconds, whole mpirun", "run_wall_s", 2),
+            ("other programs' CPU seconds during the mpirun (disturbance; max of the rounds)", "run_foreign_cpu_s", 2),
         ]
         for name, test, d in rows:
-            a, b = med(vals, "allreduce", FF, test), med(vals, "allreduce", TCP, test)
-            print(f"| {name} | {f(a, d)} | {f(b, d)} | {f(ratio(a, b))}x |")
-        a, b = med(vals, "allreduce", FF, "allreduce"), med(vals, "allreduce", TCP, "allreduce")
-        if a and b:
-            # Bus bandwidth as nccl-tests defines it: 2(n-1)/n * size / time, n = 2.
-            print(f"| bus bandwidth (GB/s, = size / time for 2 ranks) | {size / a / 1e6:.2f} | {size / b / 1e6:.2f} | {b / a:.2f}x |")
-        per = [x / y for x, y in zip(vals.get(("allreduce", FF, "allreduce"), []),
-                                     vals.get(("allreduce", TCP, "allreduce"), []))]
+            agg = max if test == "run_foreign_cpu_s" else statistics.median
+            m = {t: agg(vals[("allreduce", t, test)]) if vals.get(("allreduce", t, test)) else None for t in ts}
+            cells = ["" if agg is max else f"{f(ratio(m[t], m[TCP]))}x" for t in rs]
+            print(f"| {name} | " + " | ".join(f(m[t], d) for t in ts) + "".join(f" | {c}" for c in cells) + " |")
+        m = {t: med(vals, "allreduce", t, "allreduce") for t in ts}
+        # Bus bandwidth as nccl-tests defines it: 2(n-1)/n * size / time, n = 2.
+        print("| bus bandwidth (GB/s; size / time for 2 ranks) | " + " | ".join(f"{size / m[t] / 1e6:.2f}" for t in ts)
+              + "".join(f" | {m[TCP] / m[t]:.2f}x" for t in rs) + " |")
         print()
-        if per:
-            print("Per-round time ratios ff / tcp: " + ", ".join(f"{x:.2f}" for x in per)
+        for t in rs:
+            per = [x / y for x, y in zip(vals.get(("allreduce", t, "allreduce"), []),
+                                         vals.get(("allreduce", TCP, "allreduce"), []))]
+            print(f"Per-round time ratios {NAMES[t]} / tcp: " + ", ".join(f"{x:.2f}" for x in per)
                   + f" (median {statistics.median(per):.2f}).\n")
+        a, b = m.get(FF), m.get(TCP)
         print("| target (issue 12) | measured | verdict |")
         print("|---|---|---|")
         if a and b:
-            print(f"| 29.6 MB MPI_Allreduce across hosts over ff no slower than over tcp | "
+            print(f"| 29.6 MB MPI_Allreduce across hosts over ff (sealed) no slower than over tcp | "
                   f"ff takes {a / b:.2f}x tcp's time ({a:.1f} vs {b:.1f} ms) | {'PASS' if a <= b else 'FAIL'} |")
         else:
             print("| 29.6 MB MPI_Allreduce across hosts over ff no slower than over tcp | missing | n/a |")
+        c = m.get(CLEAR)
+        if c and b:
+            print(f"| (info) the same with links in clear | ff-clear takes {c / b:.2f}x tcp's time ({c:.1f} vs {b:.1f} ms) | |")
         print()
 
-    tf = vals.get(("tf", FF, "images_per_s"))
+    tf = [v for (suite, _, test), v in vals.items() if suite == "tf" and test == "images_per_s"]
     if tf:
         print("## TensorFlow example (Horovod over Open MPI + UCX), one rank per host\n")
-        print(f"Medians of {len(tf)} round(s); ff and tcp alternate within each round.\n")
-        print("| transport | images/s | loss first -> last | gradient allreduce (ms) | machine CPU s (run) | wall s (run) |")
-        print("|---|---:|---|---:|---:|---:|")
-        for t, name in ((TCP, "UCX tcp"), (FF, "ff")):
-            print(f"| {name} | {f(med(vals, 'tf', t, 'images_per_s'), 1)} | "
+        print(f"Medians of {max(len(v) for v in tf)} round(s); the transports take turns within each round.\n")
+        print("| transport | images/s | loss first -> last | gradient allreduce (ms) | machine CPU s (run) | wall s (run) | other programs' CPU s (max) |")
+        print("|---|---:|---|---:|---:|---:|---:|")
+        for t in (TCP, FF, CLEAR):
+            if not vals.get(("tf", t, "images_per_s")):
+                continue
+            print(f"| {NAMES[t]} | {f(med(vals, 'tf', t, 'images_per_s'), 1)} | "
                   f"{f(med(vals, 'tf', t, 'loss_first'), 3)} -> {f(med(vals, 'tf', t, 'loss_last'), 3)} | "
                   f"{f(med(vals, 'tf', t, 'allreduce'))} | {f(med(vals, 'tf', t, 'run_cpu_s'))} | "
-                  f"{f(med(vals, 'tf', t, 'run_wall_s'))} |")
-        a, b = med(vals, "tf", FF, "images_per_s"), med(vals, "tf", TCP, "images_per_s")
-        c, d = med(vals, "tf", FF, "allreduce"), med(vals, "tf", TCP, "allreduce")
-        print(f"| ff / tcp | {f(ratio(a, b))}x | | {f(ratio(c, d))}x | | |")
+                  f"{f(med(vals, 'tf', t, 'run_wall_s'))} | {f(max(vals.get(('tf', t, 'run_foreign_cpu_s'), [0])))} |")
+        for t in (FF, CLEAR):
+            if not vals.get(("tf", t, "images_per_s")):
+                continue
+            a, b = med(vals, "tf", t, "images_per_s"), med(vals, "tf", TCP, "images_per_s")
+            c, d = med(vals, "tf", t, "allreduce"), med(vals, "tf", TCP, "allreduce")
+            print(f"| {NAMES[t]} / tcp | {f(ratio(a, b))}x | | {f(ratio(c, d))}x | | | |")
         print()
 
 

@@ -4,6 +4,7 @@
 #   . bench/twohosts.sh
 #   twohosts_up BIN_DIR INSECURE(0|1)    # sets ns0 ns1 work r0 r1
 #   trap twohosts_down EXIT              # or call it from your own trap
+#   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
 #
 # Builds network namespaces ffmh0-$$ and ffmh1-$$ joined by a veth
 # (10.88.0.1/24 - 10.88.0.2/24, interface "ffh" in each), each with a
@@ -20,10 +21,11 @@
 
 twohosts_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 twohosts_prefix=ffm$$
-ns0="" ns1="" work="" r0="" r1=""
+ns0="" ns1="" work="" r0="" r1="" twohosts_bin=""
 
 twohosts_up() {
-    local bin=$1 insecure=$2 i v ns s
+    local i v ns
+    twohosts_bin=$1
     ns0=ffmh0-$$ ns1=ffmh1-$$
     work=$(mktemp -d /tmp/ffmh.XXXXXX)
     ip netns add "$ns0"
@@ -44,17 +46,30 @@ twohosts_up() {
         mkdir -p "$work/h$i/bench"
         i=$((i + 1))
     done
-    local peer_flags
-    if [ "$insecure" = 1 ]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/peer-secret"
+    twohosts_routers "$2"
+}
+
+# twohosts_routers INSECURE: (re)start the routers, links sealed with the
+# peer secret (0) or in clear (1). Containers keep their socket directories;
+# their clients must reconnect.
+twohosts_routers() {
+    local peer_flags s p
+    for p in "$r0" "$r1"; do
+        [ -n "$p" ] || continue
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    rm -f "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"
+    if [ "$1" = 1 ]; then
         peer_flags=(--insecure-no-peer-secret)
     else
-        head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/peer-secret"
         peer_flags=(--peer-secret-file "$work/peer-secret")
     fi
-    ip netns exec "$ns0" "$bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
+    ip netns exec "$ns0" "$twohosts_bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
         --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn &
     r0=$!
-    ip netns exec "$ns1" "$bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
+    ip netns exec "$ns1" "$twohosts_bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
         --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn &
     r1=$!
     for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do
