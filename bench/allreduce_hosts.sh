@@ -21,7 +21,9 @@
 #   ff-clear: the same with the routers restarted with
 #             --insecure-no-peer-secret (links in clear, as UCX tcp is);
 #   tcp,self: UCX_TLS=tcp,self, UCX_NET_DEVICES=eth0: UCX's TCP straight
-#             between the pods, over the same bridges and veth.
+#             between the pods, over the same bridges and veth;
+#   ff+VAR=VALUE[+VAR=VALUE...] (or ff-clear+...): ff with settings, e.g.
+#             ff+UCX_FF_SHADOW=n, ff+UCX_RNDV_SCHEME=put_zcopy.
 # A run fails unless UCX's lanes to the other rank are the ones asked for.
 #
 # Part 1, each round (--rounds, default 5; the transports take turns, the
@@ -76,7 +78,10 @@ while [ $# -gt 0 ]; do
 done
 if [ $quick = 1 ]; then rounds=1 iters=5 tf_rounds=1 tf_steps=40; fi
 for t in $transports; do
-    case "$t" in ff|ff-clear|tcp,self) ;; *) echo "unknown transport $t (ff, ff-clear, tcp,self)" >&2; exit 2 ;; esac
+    case "$t" in
+        ff|ff-clear|tcp,self|ff+?*=*|ff-clear+?*=*) ;;
+        *) echo "unknown transport $t (ff, ff-clear, tcp,self, ff+VAR=VALUE[+VAR=VALUE...])" >&2; exit 2 ;;
+    esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/allreduce_hosts.sh needs root (network namespaces)" >&2; exit 1; }
 [ -n "$bin" ] || bin="$top/target/release"
@@ -179,10 +184,16 @@ measure() {
 # its output (stdout and stderr). Fails, showing the end of the output, if it fails, times
 # out or if UCX's lanes to the other rank are not TRANSPORT's.
 mpi() {
-    local t=$1 limit=$2 extra o rc lanes want
+    local t=$1 limit=$2 extra o rc lanes want v
     shift 2
     case "$t" in
-        ff|ff-clear) extra=(-x UCX_TLS=ff,self -x "LD_PRELOAD=$lib" "${ff_env[@]}"); want="ff/router" ;;
+        ff|ff-clear|ff+*|ff-clear+*)
+            extra=(-x UCX_TLS=ff,self -x "LD_PRELOAD=$lib" "${ff_env[@]}"); want="ff/router"
+            if [ "${t#*+}" != "$t" ]; then
+                local kv
+                IFS=+ read -ra kv <<< "${t#*+}"
+                for v in "${kv[@]}"; do extra+=(-x "$v"); done
+            fi ;;
         tcp,self) extra=(-x UCX_TLS=tcp,self -x UCX_NET_DEVICES=eth0); want="tcp/eth0" ;;
     esac
 
@@ -202,7 +213,11 @@ mpi() {
     fi
     # Lanes of the endpoints to the other rank (not self): all TRANSPORT's.
     lanes=$(echo "$o" | grep 'ep_cfg\[' | grep -v 'self/' | grep -o '[a-z_]*([a-z]*/[a-z0-9]*)' | sort -u | tr '\n' ' ')
-    if [ -z "$lanes" ] || [ -n "$(echo "$lanes" | tr ' ' '\n' | grep -v "($want)" | grep -v '^$' || true)" ]; then
+    # UCX 1.13's new protocols (UCX_PROTO_ENABLE=y) log no lanes; UCX_TLS
+    # then is the only guard (it allows no other transport between ranks).
+    if [ -z "$lanes" ] && echo "$o" | grep -q 'UCX_\* env variables:.*UCX_PROTO_ENABLE=y'; then
+        lanes="(not logged with UCX_PROTO_ENABLE=y)"
+    elif [ -z "$lanes" ] || [ -n "$(echo "$lanes" | tr ' ' '\n' | grep -v "($want)" | grep -v '^$' || true)" ]; then
         echo "$o" | grep 'ep_cfg\[' >&2 || true
         echo "mpirun over $t: lanes to the other rank are '$lanes', want only $want" >&2
         return 1
@@ -216,7 +231,7 @@ mpi() {
 # in a $(...) subshell.
 routers_for() {
     local m=$mode
-    case "$1" in ff) m=0 ;; ff-clear) m=1 ;; esac
+    case "$1" in ff|ff+*) m=0 ;; ff-clear|ff-clear+*) m=1 ;; esac
     if [ "$m" != "$mode" ]; then
         mode=$m
         twohosts_routers $mode

@@ -19,6 +19,10 @@ FF, CLEAR, TCP = "ff", "ff-clear", "tcp,self"
 NAMES = {FF: "ff (sealed)", CLEAR: "ff (clear)", TCP: "UCX tcp"}
 
 
+def tname(t):
+    return NAMES.get(t, t)
+
+
 def load(path):
     vals = {}
     for r in csv.DictReader(open(path, newline="")):
@@ -53,33 +57,33 @@ def main():
         size = max(sizes)
         print(f"## MPI_Allreduce of {size / 1e6:.1f} MB ({size // 4:,} floats), 2 ranks on two hosts\n")
         print(f"Medians of {n} round(s); the transports take turns within each round (bench/mpi/allreduce.c;"
-              " time per allreduce: median of the timed iterations of a run, each the slower rank's).\n")
-        ts = [t for t in (FF, CLEAR, TCP) if vals.get(("allreduce", t, "allreduce"))]
+              " time per allreduce: median of the timed iterations of a run, each the slower rank's;"
+              " bus bandwidth as nccl-tests defines it, 2(n-1)/n x size / time = size / time for n = 2;"
+              " machine CPU: every process of both hosts, the routers and the kernel, from /proc/stat,"
+              " over the timed loop; whole mpirun: start-up included).\n")
+        ts = [t for t in dict.fromkeys(t for (suite, t, test) in vals if suite == "allreduce" and test == "allreduce")]
+        ts = sorted(ts, key=lambda t: (t == TCP, ts.index(t)))
         rs = [t for t in ts if t != TCP and TCP in ts]
-        print("| | " + " | ".join(NAMES[t] for t in ts) + "".join(f" | {NAMES[t]} / tcp" for t in rs) + " |")
-        print("|---|" + "---:|" * (len(ts) + len(rs)))
-        rows = [
-            ("time per allreduce (ms, lower is better)", "allreduce", 2),
-            ("mean of the iterations (ms)", "allreduce_mean", 2),
-            ("machine CPU per allreduce (CPU ms: both hosts, routers, kernel)", "cpu_ms_per_op", 1),
-            ("machine CPU seconds, whole mpirun (start-up included)", "run_cpu_s", 2),
-            ("wall seconds, whole mpirun", "run_wall_s", 2),
-            ("other programs' CPU seconds during the mpirun (disturbance; max of the rounds)", "run_foreign_cpu_s", 2),
-        ]
-        for name, test, d in rows:
-            agg = max if test == "run_foreign_cpu_s" else statistics.median
-            m = {t: agg(vals[("allreduce", t, test)]) if vals.get(("allreduce", t, test)) else None for t in ts}
-            cells = ["" if agg is max else f"{f(ratio(m[t], m[TCP]))}x" for t in rs]
-            print(f"| {name} | " + " | ".join(f(m[t], d) for t in ts) + "".join(f" | {c}" for c in cells) + " |")
-        m = {t: med(vals, "allreduce", t, "allreduce") for t in ts}
-        # Bus bandwidth as nccl-tests defines it: 2(n-1)/n * size / time, n = 2.
-        print("| bus bandwidth (GB/s; size / time for 2 ranks) | " + " | ".join(f"{size / m[t] / 1e6:.2f}" for t in ts)
-              + "".join(f" | {m[TCP] / m[t]:.2f}x" for t in rs) + " |")
+
+        def col(t, test):
+            v = vals.get(("allreduce", t, test))
+            return (max(v) if test == "run_foreign_cpu_s" else statistics.median(v)) if v else None
+
+        print("| transport | time per allreduce (ms) | vs tcp | mean (ms) | bus bandwidth (GB/s) "
+              "| machine CPU per allreduce (CPU ms) | vs tcp | whole mpirun: CPU s | wall s "
+              "| other programs' CPU s (max) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        m = {t: col(t, "allreduce") for t in ts}
+        for t in ts:
+            c, ct = col(t, "cpu_ms_per_op"), col(TCP, "cpu_ms_per_op")
+            print(f"| {tname(t)} | {f(m[t])} | {f(ratio(m[t], m.get(TCP)))}x | {f(col(t, 'allreduce_mean'))} "
+                  f"| {size / m[t] / 1e6:.2f} | {f(c, 1)} | {f(ratio(c, ct))}x | {f(col(t, 'run_cpu_s'))} "
+                  f"| {f(col(t, 'run_wall_s'))} | {f(col(t, 'run_foreign_cpu_s'))} |")
         print()
         for t in rs:
             per = [x / y for x, y in zip(vals.get(("allreduce", t, "allreduce"), []),
                                          vals.get(("allreduce", TCP, "allreduce"), []))]
-            print(f"Per-round time ratios {NAMES[t]} / tcp: " + ", ".join(f"{x:.2f}" for x in per)
+            print(f"Per-round time ratios {tname(t)} / tcp: " + ", ".join(f"{x:.2f}" for x in per)
                   + f" (median {statistics.median(per):.2f}).\n")
         a, b = m.get(FF), m.get(TCP)
         print("| target (issue 12) | measured | verdict |")
@@ -103,7 +107,7 @@ def main():
         for t in (TCP, FF, CLEAR):
             if not vals.get(("tf", t, "images_per_s")):
                 continue
-            print(f"| {NAMES[t]} | {f(med(vals, 'tf', t, 'images_per_s'), 1)} | "
+            print(f"| {tname(t)} | {f(med(vals, 'tf', t, 'images_per_s'), 1)} | "
                   f"{f(med(vals, 'tf', t, 'loss_first'), 3)} -> {f(med(vals, 'tf', t, 'loss_last'), 3)} | "
                   f"{f(med(vals, 'tf', t, 'allreduce'))} | {f(med(vals, 'tf', t, 'run_cpu_s'))} | "
                   f"{f(med(vals, 'tf', t, 'run_wall_s'))} | {f(max(vals.get(('tf', t, 'run_foreign_cpu_s'), [0])))} |")
@@ -112,7 +116,7 @@ def main():
                 continue
             a, b = med(vals, "tf", t, "images_per_s"), med(vals, "tf", TCP, "images_per_s")
             c, d = med(vals, "tf", t, "allreduce"), med(vals, "tf", TCP, "allreduce")
-            print(f"| {NAMES[t]} / tcp | {f(ratio(a, b))}x | | {f(ratio(c, d))}x | | | |")
+            print(f"| {tname(t)} / tcp | {f(ratio(a, b))}x | | {f(ratio(c, d))}x | | | |")
         print()
 
 
