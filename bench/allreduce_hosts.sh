@@ -210,8 +210,9 @@ mpi() {
         --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any --mca btl self --bind-to none \
         -x UCX_LOG_LEVEL=info -x TF_CPP_MIN_LOG_LEVEL=2 "${extra[@]}" "$@" 2>&1) || rc=$?
     [ -z "${FF_ALLREDUCE_LOG:-}" ] || echo "$o" >> "$FF_ALLREDUCE_LOG"
+    echo "$o" > "$work/last.log"
     if [ $rc != 0 ]; then
-        echo "$o" | tail -40 >&2
+        echo "$o" | grep -v 'UCX  \(INFO\|DIAG\)' | tail -40 >&2
         [ $rc = 124 ] || [ $rc = 137 ] && echo "mpirun over $t did not finish in $limit s" >&2
         echo "mpirun over $t failed (exit $rc)" >&2
         return 1
@@ -225,7 +226,7 @@ mpi() {
     elif [ -z "$lanes" ] || [ -n "$(echo "$lanes" | tr ' ' '\n' | grep -v "($want)" | grep -v '^$' || true)" ]; then
         echo "$o" | grep 'ep_cfg\[' >&2 || true
         echo "mpirun over $t: lanes to the other rank are '$lanes', want only $want" >&2
-        return 1
+        exit 1
     fi
     echo "$o"
     echo "LANES $lanes"
@@ -247,14 +248,21 @@ routers_for() {
 # then the job (mpi); sets $jout (its output) and measure's $run_*. A run
 # during which other programs took more than a tenth of the benchmark's
 # own CPU is run again (3 times at most; then it is kept and counted).
-reruns=0 disturbed=0
+# A job that fails (a crash, a timeout) returns 1 after saving its output
+# to DIR/failed-N-TRANSPORT.log; the run goes on and exits 1 at the end.
+reruns=0 disturbed=0 nfail=0
 job() {
     local try
     for try in 1 2 3 4; do
         routers_for "$1"
         wait_quiet
         measure start
-        jout=$(mpi "$@")
+        if ! jout=$(mpi "$@"); then
+            nfail=$((nfail + 1))
+            cp "$work/last.log" "$out/failed-$nfail-$(echo "$1" | tr -c 'A-Za-z0-9_=.+\n-' '_').log"
+            echo "   (run $nfail failed: its output is in $out/failed-$nfail-*.log; going on)" >&2
+            return 1
+        fi
         measure end
         awk -v f="$run_foreign" -v o="$run_own" 'BEGIN { exit !(f <= 0.1 * o) }' && return 0
         if [ $try = 4 ]; then
@@ -278,7 +286,10 @@ bytes=$((count * 4))
 [ $part1 = 0 ] || echo "== part 1: MPI_Allreduce of $count floats ($bytes B), $iters iterations, $rounds round(s)" >&2
 for round in $(seq "$rounds"); do
     for t in $(order "$round"); do
-        job "$t" 120 "$work/allreduce" "$count" "$iters" 3
+        if ! job "$t" 120 "$work/allreduce" "$count" "$iters" 3; then
+            echo "allreduce,\"$t\",failed_runs,0,1,count" >> "$csv"
+            continue
+        fi
         r=$(echo "$jout" | grep '^RESULT') || { echo "$jout" | tail -20 >&2; echo "no RESULT line from bench/mpi/allreduce.c over $t" >&2; exit 1; }
         echo "   round $round $t: $(echo "$r" | cut -d' ' -f6-) | run: cpu_s=$run_cpu own_cpu_s=$run_own foreign_cpu_s=$run_foreign wall_s=$run_wall | lanes $(echo "$jout" | sed -n 's/^LANES //p')" >&2
         {
@@ -296,7 +307,10 @@ if [ $tf = 1 ]; then
     echo "== part 2: examples/tensorflow/train.py, $tf_steps steps, $tf_rounds round(s)" >&2
     for round in $(seq "$tf_rounds"); do
         for t in $(order "$round"); do
-            job "$t" 300 -x FF_EXAMPLE_LABEL="$t" "$venv/bin/python" "$top/examples/tensorflow/train.py" --steps "$tf_steps"
+            if ! job "$t" 300 -x FF_EXAMPLE_LABEL="$t" "$venv/bin/python" "$top/examples/tensorflow/train.py" --steps "$tf_steps"; then
+                echo "tf,\"$t\",failed_runs,0,1,count" >> "$csv"
+                continue
+            fi
             r=$(echo "$jout" | grep '^RESULT') || { echo "$jout" | tail -20 >&2; echo "no RESULT line from train.py over $t" >&2; exit 1; }
             echo "   round $round $t: $(echo "$r" | cut -d' ' -f3-) | run: cpu_s=$run_cpu own_cpu_s=$run_own foreign_cpu_s=$run_foreign wall_s=$run_wall" >&2
             mb=$(echo "$r" | val allreduce_mb)
@@ -322,6 +336,7 @@ fi
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git -C "$top" status --porcelain 2>/dev/null)" ] || echo ', with uncommitted changes')), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)$([ $tf = 1 ] && echo ", TensorFlow $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null), Horovod $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("horovod"))' 2>/dev/null)")"
     echo "- command: bench/allreduce_hosts.sh $cmdline"
+    [ $nfail = 0 ] || echo "- **$nfail run(s) failed** (left out of the medians; their output: $(cd "$out" && ls failed-*.log | tr '\n' ' '))"
     echo "- each run started once the machine had been idle for a second (waited up to 60 s; $noisy_starts run(s) started on a busy machine); \"other programs' CPU\" is the machine's busy CPU over a run minus the benchmark's own (the job's processes and the routers); a run during which other programs took more than a tenth of the benchmark's CPU was run again: $reruns rerun(s), $disturbed run(s) kept disturbed after 3 reruns"
     echo
     /usr/bin/python3 "$here/allreduce_report.py" "$csv"
@@ -333,3 +348,4 @@ fi
 mv "$out/README.md.new" "$out/README.md"
 sed -n '/^## All results/q;p' "$out/README.md"
 echo "results: $out" >&2
+[ $nfail = 0 ] || { echo "$nfail run(s) failed: see $out/failed-*.log" >&2; exit 1; }

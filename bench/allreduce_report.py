@@ -85,6 +85,10 @@ def main():
                                          vals.get(("allreduce", TCP, "allreduce"), []))]
             print(f"Per-round time ratios {tname(t)} / tcp: " + ", ".join(f"{x:.2f}" for x in per)
                   + f" (median {statistics.median(per):.2f}).\n")
+        for t in ts:
+            nf = len(vals.get(("allreduce", t, "failed_runs"), []))
+            if nf:
+                print(f"**{nf} run(s) over {tname(t)} failed** (not in the medians; see failed-*.log).\n")
         a, b = m.get(FF), m.get(TCP)
         print("| target (issue 12) | measured | verdict |")
         print("|---|---|---|")
@@ -118,6 +122,10 @@ def main():
             c, d = med(vals, "tf", t, "allreduce"), med(vals, "tf", TCP, "allreduce")
             print(f"| {tname(t)} / tcp | {f(ratio(a, b))}x | | {f(ratio(c, d))}x | | | |")
         print()
+        for t in (TCP, FF, CLEAR):
+            nf = len(vals.get(("tf", t, "failed_runs"), []))
+            if nf:
+                print(f"**{nf} run(s) over {tname(t)} failed** (not in the medians; see failed-*.log).\n")
 
 
 if __name__ == "__main__":
