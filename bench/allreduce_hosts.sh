@@ -333,7 +333,7 @@ fi
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load average before the run: $load_before"
     echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them (sealed with a peer secret for ff, in clear for ff-clear)"
     echo "- one pod (tools/ffcontainer) per host, one rank per pod; mpirun in host 0's namespace, ranks started through tools/ffrsh; --bind-to none"
-    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git -C "$top" status --porcelain 2>/dev/null)" ] || echo ', with uncommitted changes')), $(rustc --version 2>/dev/null || echo rustc unknown)"
+    echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git -C "$top" status --porcelain --untracked-files=no 2>/dev/null)" ] || echo ', with uncommitted changes')), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)$([ $tf = 1 ] && echo ", TensorFlow $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null), Horovod $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("horovod"))' 2>/dev/null)")"
     echo "- command: bench/allreduce_hosts.sh $cmdline"
     [ $nfail = 0 ] || echo "- **$nfail run(s) failed** (left out of the medians; their output: $(cd "$out" && ls failed-*.log | tr '\n' ' '))"

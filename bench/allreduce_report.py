@@ -102,27 +102,32 @@ def main():
             print(f"| (info) the same with links in clear | ff-clear takes {c / b:.2f}x tcp's time ({c:.1f} vs {b:.1f} ms) | |")
         print()
 
-    tf = [v for (suite, _, test), v in vals.items() if suite == "tf" and test == "images_per_s"]
+    tf = [v for (suite, _, test), v in vals.items() if suite == "tf" and test in ("images_per_s", "failed_runs")]
     if tf:
         print("## TensorFlow example (Horovod over Open MPI + UCX), one rank per host\n")
-        print(f"Medians of {max(len(v) for v in tf)} round(s); the transports take turns within each round.\n")
+        ok = [len(v) for (suite, _, test), v in vals.items() if suite == "tf" and test == "images_per_s"]
+        print(f"Medians of up to {max(ok, default=0)} successful round(s); the transports take turns within each round.\n")
         print("| transport | images/s | loss first -> last | gradient allreduce (ms) | machine CPU s (run) | wall s (run) | other programs' CPU s (max) |")
         print("|---|---:|---|---:|---:|---:|---:|")
-        for t in (TCP, FF, CLEAR):
+        tts = list(dict.fromkeys(t for (suite, t, test) in vals if suite == "tf"))
+        tts = sorted(tts, key=lambda t: (t != TCP, tts.index(t)))
+        for t in tts:
             if not vals.get(("tf", t, "images_per_s")):
+                print(f"| {tname(t)} | - | every run failed | - | - | - | - |")
                 continue
-            print(f"| {tname(t)} | {f(med(vals, 'tf', t, 'images_per_s'), 1)} | "
+            runs = f" ({len(vals[('tf', t, 'images_per_s')])} runs)"
+            print(f"| {tname(t)}{runs} | {f(med(vals, 'tf', t, 'images_per_s'), 1)} | "
                   f"{f(med(vals, 'tf', t, 'loss_first'), 3)} -> {f(med(vals, 'tf', t, 'loss_last'), 3)} | "
                   f"{f(med(vals, 'tf', t, 'allreduce'))} | {f(med(vals, 'tf', t, 'run_cpu_s'))} | "
                   f"{f(med(vals, 'tf', t, 'run_wall_s'))} | {f(max(vals.get(('tf', t, 'run_foreign_cpu_s'), [0])))} |")
-        for t in (FF, CLEAR):
-            if not vals.get(("tf", t, "images_per_s")):
+        for t in tts:
+            if t == TCP or not vals.get(("tf", t, "images_per_s")) or not vals.get(("tf", TCP, "images_per_s")):
                 continue
             a, b = med(vals, "tf", t, "images_per_s"), med(vals, "tf", TCP, "images_per_s")
             c, d = med(vals, "tf", t, "allreduce"), med(vals, "tf", TCP, "allreduce")
             print(f"| {tname(t)} / tcp | {f(ratio(a, b))}x | | {f(ratio(c, d))}x | | | |")
         print()
-        for t in (TCP, FF, CLEAR):
+        for t in tts:
             nf = len(vals.get(("tf", t, "failed_runs"), []))
             if nf:
                 print(f"**{nf} run(s) over {tname(t)} failed** (not in the medians; see failed-*.log).\n")
