@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
         --bin) bin=$2; shift ;;
         --secs) secs=$2; shift ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         -*) echo "unknown argument $1" >&2; exit 2 ;;
         *) ts+=("$1") ;;
     esac
