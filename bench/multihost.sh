@@ -60,19 +60,12 @@ csv="$out/results.csv"
 rm -f "$csv"
 echo "suite,transport,test,size_bytes,value,unit" > "$csv"
 
-ns0=ffmh0-$$ ns1=ffmh1-$$
-work=$(mktemp -d /tmp/ffmh.XXXXXX)
-r0="" r1=""
 loaders=()
 cg=""
+. "$here/twohosts.sh"
 cleanup() {
     [ ${#loaders[@]} -gt 0 ] && kill "${loaders[@]}" 2>/dev/null || true
-    [ -n "$r0" ] && kill "$r0" 2>/dev/null || true
-    [ -n "$r1" ] && kill "$r1" 2>/dev/null || true
-    "$top/tools/ffcontainer" cleanup "ffm$$" >/dev/null 2>&1 || true
-    ip netns del "$ns0" 2>/dev/null || true
-    ip netns del "$ns1" 2>/dev/null || true
-    rm -rf "$work"
+    twohosts_down
     if [ -n "$cg" ]; then
         exec 6<&-
         echo $$ > /sys/fs/cgroup/cpuacct/cgroup.procs 2>/dev/null || true
@@ -93,40 +86,9 @@ if [ -z "${FF_BENCH_NO_CGROUP:-}" ] && [ -w /sys/fs/cgroup/cpuacct/cgroup.procs 
     export FF_BENCH_CPU_FD=6
 fi
 
-# --- the two hosts
-ip netns add "$ns0"
-ip netns add "$ns1"
-ip link add "ffa$$" netns "$ns0" type veth peer name "ffb$$" netns "$ns1"
-i=0
-for ns in "$ns0" "$ns1"; do
-    v=$([ $i = 0 ] && echo "ffa$$" || echo "ffb$$")
-    ip -n "$ns" link set "$v" name ffh
-    ip -n "$ns" addr add "10.88.0.$((i + 1))/24" dev ffh
-    ip -n "$ns" link set ffh up
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link add name ffbr type bridge
-    ip -n "$ns" addr add "10.7$((i + 1)).0.1/24" dev ffbr
-    ip -n "$ns" link set ffbr up
-    ip -n "$ns" route add "10.7$((2 - i)).0.0/24" via "10.88.0.$((2 - i))"
-    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
-    mkdir -p "$work/h$i/bench"
-    i=$((i + 1))
-done
-if [ "$insecure" = 1 ]; then
-    peer_flags=(--insecure-no-peer-secret)
-else
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/peer-secret"
-    peer_flags=(--peer-secret-file "$work/peer-secret")
-fi
-ip netns exec "$ns0" "$bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
-    --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn &
-r0=$!
-ip netns exec "$ns1" "$bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
-    --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn &
-r1=$!
-for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do
-    for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.05; done
-done
+# --- the two hosts (bench/twohosts.sh): namespaces $ns0 and $ns1, a router
+# on each, container bridges ffbr, tenant sockets in $work/h{0,1}/bench
+twohosts_up "$bin" "$insecure"
 
 echo 0 > "$work/seq"
 next_id() {

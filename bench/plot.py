@@ -14,12 +14,17 @@ Kinds of rows:
   latency     test tag_lat, pingpong, ucp_get or ucp_fadd, unit us (or ns, ms)
   CPU         test cpu_per_gb, unit s/GB: CPU seconds of the whole machine
               per GB moved (tabulated, not plotted)
+  op time     test allreduce, unit ms (or us, s): time of one collective
 Other rows only appear in the table of all rows.
 
 Writes
   OUT_PREFIX-bw.png   bandwidth vs message size (log x), one line per
                       suite/transport
   OUT_PREFIX-lat.png  bar chart of the 8 B latency per suite/transport
+  OUT_PREFIX-time.png bar chart of the op times (median per suite/transport
+                      and size, each row a dot), only if there are such rows
+A CSV with op time rows and no bandwidth (or latency) rows gets no empty
+bandwidth (or latency) plot.
 and prints to stdout a markdown table of all rows, then for each kind and
 size the value of every suite/transport and its ratio to "posix,cma,self"
 and to "tcp,self" (value / baseline; for latency > 1 means slower, for
@@ -40,14 +45,17 @@ import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
 
 BW_TESTS = {"tag_bw", "stream", "ucp_am_bw", "ucp_put_bw", "ucp_get", "ucp_add"}
 LAT_TESTS = {"tag_lat", "pingpong", "ucp_get", "ucp_fadd"}
+TIME_TESTS = {"allreduce"}
 BASELINES = ["posix,cma,self", "tcp,self"]
 
 # unit -> (kind, factor to the canonical unit of that kind)
 BW_UNITS = {"MB/s": 1.0, "GB/s": 1000.0, "KB/s": 0.001, "MiB/s": 1.048576}
 RATE_UNITS = {"Mmsg/s": 1.0, "msg/s": 1e-6, "Kmsg/s": 1e-3}
 LAT_UNITS = {"us": 1.0, "µs": 1.0, "ns": 1e-3, "ms": 1e3}
-KIND_UNIT = {"bw": "MB/s", "rate": "Mmsg/s", "lat": "us", "cpu": "s/GB"}
-KIND_NAME = {"bw": "bandwidth", "rate": "message rate", "lat": "latency", "cpu": "CPU per GB moved"}
+TIME_UNITS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+KIND_UNIT = {"bw": "MB/s", "rate": "Mmsg/s", "lat": "us", "cpu": "s/GB", "time": "ms"}
+KIND_NAME = {"bw": "bandwidth", "rate": "message rate", "lat": "latency", "cpu": "CPU per GB moved",
+             "time": "op time"}
 
 
 def usage():
@@ -63,6 +71,8 @@ def size_str(n):
     for unit, f in (("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= f and n % f == 0:
             return "%d %s" % (n // f, unit)
+    if n >= 1000000:
+        return "%.1f MB" % (n / 1e6)
     return "%d B" % n
 
 
@@ -87,6 +97,8 @@ def classify(test, unit):
         return "lat", LAT_UNITS[unit]
     if test == "cpu_per_gb" and unit == "s/GB":
         return "cpu", 1.0
+    if test in TIME_TESTS and unit in TIME_UNITS:
+        return "time", TIME_UNITS[unit]
     return None
 
 
@@ -140,7 +152,37 @@ def main():
         data.setdefault((kind, lab, r["size_bytes"]), []).append(r["value"] * factor)
     val = {k: statistics.median(v) for k, v in data.items()}
 
+    has = {k for (k, _, _) in data}
+    has_time = "time" in has
+
+    # ---- op time plot: one bar per suite/transport and size, rows as dots
+    if has_time:
+        bars = sorted({(s, lab) for (k, lab, s) in data if k == "time"}, key=lambda x: (x[0], order.index(x[1])))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, key in enumerate(bars):
+            v = val[("time",) + key[::-1]]
+            b = ax.bar(i, v, color="C%d" % (order.index(key[1]) % 10))[0]
+            pts = data[("time",) + key[::-1]]
+            ax.plot([i] * len(pts), pts, "k.", alpha=0.6)
+            ax.annotate(fmt(v), (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom")
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels(["%s\n%s" % (lab, size_str(s)) for s, lab in bars], fontsize=8)
+        ax.set_ylabel("time per op (ms; bar: median, dots: rows)")
+        ax.set_title("Time per collective (lower is better)")
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(prefix + "-time.png", dpi=120)
+        plt.close(fig)
+
     # ---- bandwidth plot
+    if "bw" in has or not has_time:
+        plot_bw(prefix, val, order)
+    if "lat" in has or not has_time:
+        plot_lat(prefix, val, order)
+    tables(rows, val, order)
+
+
+def plot_bw(prefix, val, order):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sizes_bw = sorted({s for (k, _, s) in val if k == "bw"})
     for lab in order:
@@ -162,7 +204,9 @@ def main():
     fig.savefig(prefix + "-bw.png", dpi=120)
     plt.close(fig)
 
-    # ---- latency plot (8 B)
+
+
+def plot_lat(prefix, val, order):
     lat = [(lab, val[("lat", lab, 8)]) for lab in order if ("lat", lab, 8) in val]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if lat:
@@ -181,7 +225,8 @@ def main():
     fig.savefig(prefix + "-lat.png", dpi=120)
     plt.close(fig)
 
-    # ---- tables
+
+def tables(rows, val, order):
     print("## All results\n")
     print("| suite | transport | test | size | value | unit |")
     print("|---|---|---|---:|---:|---|")
@@ -191,30 +236,28 @@ def main():
             fmt(r["value"]), r["unit"]))
 
     print("\n## Comparison with baselines\n")
-    print("Ratio = value / baseline value (baselines: transports %s, any suite)."
-          % " and ".join(BASELINES))
-    print("Latency and CPU per GB: > 1 is slower or costlier; bandwidth and message rate: > 1 is faster.\n")
+    print("Ratio = value / baseline value (baselines: transports %s, of the same suite"
+          " where it has one, else of any suite)." % " and ".join(BASELINES))
+    print("Latency, op time and CPU per GB: > 1 is slower or costlier; bandwidth and message rate: > 1 is faster.\n")
     print("| kind | size | suite/transport | value | unit | vs posix,cma,self | vs tcp,self |")
     print("|---|---:|---|---:|---|---:|---:|")
     labs_by_transport = {}
     for lab in order:
         transport = lab.split(" [", 1)[0].split("/", 1)[-1]
         labs_by_transport.setdefault(transport, []).append(lab)
-    for kind in ("lat", "rate", "bw", "cpu"):
+    for kind in ("lat", "rate", "bw", "cpu", "time"):
         for size in sorted({s for (k, _, s) in val if k == kind}):
-            base = {}
-            for b in BASELINES:
-                for lab in labs_by_transport.get(b, []):
-                    if (kind, lab, size) in val:
-                        base[b] = val[(kind, lab, size)]
-                        break
             for lab in order:
                 v = val.get((kind, lab, size))
                 if v is None:
                     continue
+                suite = lab.split("/", 1)[0] if "/" in lab.split(" [", 1)[0] else None
                 ratios = []
                 for b in BASELINES:
-                    bv = base.get(b)
+                    cands = [l for l in labs_by_transport.get(b, []) if (kind, l, size) in val]
+                    same = [l for l in cands if suite is not None and l.split("/", 1)[0] == suite]
+                    bl = (same or cands or [None])[0]
+                    bv = val[(kind, bl, size)] if bl else None
                     ratios.append("%.3g" % (v / bv) if bv else "-")
                 print("| %s | %s | %s | %s | %s | %s | %s |" % (
                     KIND_NAME[kind], size_str(size), lab, fmt(v), KIND_UNIT[kind],
