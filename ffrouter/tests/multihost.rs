@@ -223,9 +223,14 @@ fn registered_buffers_go_between_shadow_memory_and_the_wire() {
     for (off, len) in [(100, 1000), (100, 64 << 10), (4200, 1 << 20), (5000, (4 << 20) + 1), (100, big)] {
         let src = &data[off..off + len];
         out[..len].fill(0);
+        // The receive is posted before the message leaves (a receive
+        // posted after its message reached the router takes the ring).
+        // SAFETY: `out` outlives the request (waited for below).
+        let r = unsafe { rx.irecv(out.as_mut_ptr(), out.len(), 9) }.unwrap();
+        std::thread::sleep(Duration::from_millis(100));
         std::thread::scope(|s| {
             s.spawn(|| assert_eq!(tx.send(src, 9, Some(LONG)).unwrap(), len));
-            assert_eq!(rx.recv(out, 9, Some(LONG)).unwrap(), len);
+            assert_eq!(rx.wait(r, Some(LONG)).unwrap(), len);
         });
         assert!(crc32fast::hash(&out[..len]) == crc32fast::hash(src), "{len} bytes at {off}");
         moved += len as u64;
@@ -303,6 +308,36 @@ fn receives_posted_in_shadow_memory_keep_order_when_a_tag_mismatch_shifts_them()
     drop(mr);
 }
 
+/// A client of `tenant` on host `i` that speaks the protocol itself.
+fn raw_client(h: &TwoHosts, i: usize, tenant: &str) -> std::os::unix::net::UnixStream {
+    use ffcore::proto::{Reply, Request};
+    let s = std::os::unix::net::UnixStream::connect(h.tenant_dir(i, tenant).join("ffrouter.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(rpc(&s, &Request::Hello { version: ffcore::proto::VERSION }).0, Reply::Welcome { .. }));
+    s
+}
+
+/// Connects a raw client to the listener `hd` names on the other host:
+/// the connection file (mapped) and its ring size.
+fn raw_connect(s: &std::os::unix::net::UnixStream, hd: &ffcore::Handle) -> (ffcore::shm::SharedMem, usize) {
+    use ffcore::proto::{Reply, Request};
+    let req = Request::ConnectRemote { router_id: hd.router_id, addr: hd.addr.unwrap().into(), listener: hd.listener, nonce: hd.nonce };
+    let t = Instant::now();
+    loop {
+        match rpc(s, &req) {
+            (Reply::Connected { ring_size, side: 0, forwarded, .. }, mut fds) => {
+                assert!(forwarded, "the router says it plays the other side");
+                let ring_size = ring_size as usize;
+                let mem = ffcore::shm::SharedMem::from_fd(fds.pop().unwrap(), ffcore::ring::file_len(ring_size)).unwrap();
+                return (mem, ring_size);
+            }
+            (Reply::NotReady, _) => std::thread::sleep(Duration::from_millis(1)),
+            (r, _) => panic!("{r:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+}
+
 fn rpc(s: &std::os::unix::net::UnixStream, req: &ffcore::proto::Request) -> (ffcore::proto::Reply, Vec<std::os::fd::OwnedFd>) {
     use std::os::fd::AsFd;
     ffcore::fdpass::send_frame(s.as_fd(), &ffcore::proto::encode(req), &[]).unwrap();
@@ -316,7 +351,6 @@ fn rpc(s: &std::os::unix::net::UnixStream, req: &ffcore::proto::Request) -> (ffc
 /// none of those bytes, and the link goes on carrying others.
 #[test]
 fn a_reference_to_memory_the_tenant_may_not_read_closes_only_that_connection() {
-    use ffcore::proto::{Reply, Request};
     use ffcore::ring::{self, ShadowRef, REC_FIRST, REC_SHADOW};
     let h = two_hosts(&["a", "b"], &[]);
     let a1 = h.context(1, "a");
@@ -329,20 +363,8 @@ fn a_reference_to_memory_the_tenant_may_not_read_closes_only_that_connection() {
     let hd = l.handle();
 
     // Tenant b's hostile client on host 1 speaks the protocol itself.
-    let s = std::os::unix::net::UnixStream::connect(h.tenant_dir(1, "b").join("ffrouter.sock")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert!(matches!(rpc(&s, &Request::Hello { version: ffcore::proto::VERSION }).0, Reply::Welcome { .. }));
-    let req = Request::ConnectRemote { router_id: hd.router_id, addr: hd.addr.unwrap().into(), listener: hd.listener, nonce: hd.nonce };
-    let t = Instant::now();
-    let (ring_size, fd) = loop {
-        match rpc(&s, &req) {
-            (Reply::Connected { ring_size, side: 0, .. }, mut fds) => break (ring_size as usize, fds.pop().unwrap()),
-            (Reply::NotReady, _) => std::thread::sleep(Duration::from_millis(1)),
-            (r, _) => panic!("{r:?}"),
-        }
-        assert!(t.elapsed() < Duration::from_secs(10));
-    };
-    let mem = ffcore::shm::SharedMem::from_fd(fd, ring::file_len(ring_size)).unwrap();
+    let s = raw_client(&h, 1, "b");
+    let (mem, ring_size) = raw_connect(&s, &hd);
     let lay = ring::Layout::new(&mem, ring_size).unwrap();
     assert_ne!(lay.side(1).caps.load(std::sync::atomic::Ordering::Acquire) & ring::CAP_SHADOW, 0, "the router reads references");
     let n = secret.len() as u64;
@@ -391,25 +413,10 @@ fn posted_receives_are_written_only_within_the_posters_writable_regions() {
     let hd = l.handle();
 
     // Tenant b's hostile client on host 0 speaks the protocol itself.
-    let s = std::os::unix::net::UnixStream::connect(h.tenant_dir(0, "b").join("ffrouter.sock")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert!(matches!(rpc(&s, &Request::Hello { version: ffcore::proto::VERSION }).0, Reply::Welcome { .. }));
+    let s = raw_client(&h, 0, "b");
     let (Reply::Region { region, len, key, read_key }, mut fds) = rpc(&s, &Request::AllocRegion { len: 1 << 20 }) else { panic!("region") };
     let own = ffcore::shm::SharedMem::from_fd(fds.pop().unwrap(), ffcore::shm::region_header() + len as usize).unwrap();
-    let req = Request::ConnectRemote { router_id: hd.router_id, addr: hd.addr.unwrap().into(), listener: hd.listener, nonce: hd.nonce };
-    let t = Instant::now();
-    let (ring_size, fd) = loop {
-        match rpc(&s, &req) {
-            (Reply::Connected { ring_size, side: 0, forwarded, .. }, mut fds) => {
-                assert!(forwarded, "the router says it plays the other side");
-                break (ring_size as usize, fds.pop().unwrap());
-            }
-            (Reply::NotReady, _) => std::thread::sleep(Duration::from_millis(1)),
-            (r, _) => panic!("{r:?}"),
-        }
-        assert!(t.elapsed() < Duration::from_secs(10));
-    };
-    let mem = ffcore::shm::SharedMem::from_fd(fd, ring::file_len(ring_size)).unwrap();
+    let (mem, ring_size) = raw_connect(&s, &hd);
     let lay = ring::Layout::new(&mem, ring_size).unwrap();
     assert_ne!(lay.side(1).caps.load(std::sync::atomic::Ordering::Acquire) & ring::CAP_PLACE, 0, "the router takes posts");
     let mut tx = lay.tx(0);
