@@ -3,9 +3,11 @@ router container (k8s/ffrouter.yaml's image and flags, docker/flags.sh)
 and two training containers (nobody, no capabilities, private IPC, only
 their tenant's socket directory) exchange a checksummed stream, on one
 host and across two emulated hosts (two router containers on a Docker
-network). Skipped, saying why, only where Docker cannot be installed or
-started (scripts/docker.sh ensure exits 77); the first run builds the base
-image (debootstrap, about a minute here, cached in /var/cache/freeflow)."""
+network); and Open MPI (mpirun entering the containers through
+tools/ffrsh, i.e. docker exec) over the same (testkit/docker_mpi.sh).
+Skipped, saying why, only where Docker cannot be installed or started
+(scripts/docker.sh ensure exits 77); the first run builds the base image
+(debootstrap, about a minute here, cached in /var/cache/freeflow)."""
 
 import os
 import subprocess
@@ -52,3 +54,15 @@ def test_checksummed_stream_between_docker_containers(images, hosts):
     assert r.returncode == 0, out
     assert out.count("RESULT mode=check") == 2 and "ok=0" not in out, out
     assert "== OK" in out
+
+
+def test_open_mpi_between_docker_containers_entered_by_the_rsh_agent(images):
+    """mpirun enters two rank containers with tools/ffrsh (docker exec, as
+    mpi-operator uses kubectl exec); ffmpi's exchanges go through ff."""
+    import shutil
+    if not (shutil.which("mpicc") and shutil.which("mpirun")):
+        pytest.skip("SKIP: mpicc/mpirun not installed (scripts/deps.sh installs them)")
+    r = run(REPO / "testkit/docker_mpi.sh", timeout=400)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "FFMPI OK rank 0/2" in out and "FFMPI OK rank 1/2" in out and "== OK" in out, out
