@@ -65,8 +65,10 @@ for r in r0 r1; do
 done
 printf '%s slots=1\n' "$id-r0" "$id-r1" >"$work/hosts"
 echo "== router container and two rank containers up; mpirun enters them with tools/ffrsh (docker exec), UCX_TLS=$tls"
-out=$(cd "$work" && timeout 180 mpirun --allow-run-as-root -np 2 --hostfile "$work/hosts" \
-    --mca plm_rsh_agent "$top/tools/ffrsh" --mca plm_rsh_no_tree_spawn 1 \
+# plm_rsh_agent by name: every orted checks that it exists (the rank image
+# has ffrsh in /usr/local/bin; here it comes from tools/).
+out=$(cd "$work" && PATH="$top/tools:$PATH" timeout "${FF_MPI_TIMEOUT:-180}" mpirun --allow-run-as-root -np 2 --hostfile "$work/hosts" \
+    --mca plm_rsh_agent ffrsh --mca plm_rsh_no_tree_spawn 1 \
     --mca oob_tcp_if_include "$sub" --mca btl self \
     --mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any --bind-to none \
     -x UCX_TLS="$tls" -x LD_PRELOAD=/usr/local/lib/freeflow/libuct_ff.so -x UCX_LOG_LEVEL=info \
