@@ -136,7 +136,7 @@ build_base() {
             DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null 2>&1 \
                 || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null 2>&1; }
         }
-        say "building $tag: debootstrap Debian 12 + $(packages | tr , ' ') (once; ~4 min on 2 cores)"
+        say "building $tag: debootstrap Debian 12 + $(packages | tr , ' ') (once; about 1-2 min on 2 cores)"
         local root
         root=$(mktemp -d "$CACHE/root.XXXXXX")
         # shellcheck disable=SC2064
