@@ -171,6 +171,26 @@ start_server() {
     return 1
 }
 
+# For tcp: fails (with what to do) unless the client container reaches the
+# server's address: a SYN to a closed port must be refused, not dropped (a
+# host firewall that drops bridged traffic, such as Docker's FORWARD DROP
+# policy, would make every run hang in connect() until its timeout).
+PROBED=
+probe_tcp() {
+    local out rc=0
+    out=$("$FFC" run --name "ucxb-p$$" --ip "$CLI_IP" --bridge "$BRIDGE" "${CLI_HOSTNS[@]}" -- \
+        timeout 5 bash -c "exec 3<>/dev/tcp/${SRV_IP%/*}/1" 2>&1 </dev/null) || rc=$?
+    if [[ $rc -eq 124 ]]; then
+        echo "ucx_baselines: container ${CLI_IP%/*} cannot reach ${SRV_IP%/*} over bridge $BRIDGE" \
+             "(TCP SYN unanswered for 5 s): a firewall drops traffic between the bridge's ports." \
+             "Docker sets the iptables FORWARD policy to DROP; tools/ffcontainer adds an ACCEPT rule" \
+             "for its bridge when the iptables command is installed. Check: iptables -S FORWARD" >&2
+        return 1
+    fi
+    grep -q 'refused' <<<"$out" || echo "ucx_baselines: tcp probe to ${SRV_IP%/*}: unexpected: $out" >&2
+    return 0
+}
+
 # run_client TLS TEST SIZE ITERS WARMUP PORT > output
 run_client() {
     local tls=$1 test=$2 size=$3 n=$4 w=$5 port=$6
@@ -240,6 +260,10 @@ for tls in $TLS_LIST; do
             if ! start_server "$tls" "$PORT"; then
                 stop_server
                 continue
+            fi
+            if [[ $tls == tcp* && $PROBED != "$tls" ]]; then
+                probe_tcp || exit 1
+                PROBED=$tls
             fi
             j0=$(busy_jiffies)
             out=$(run_client "$tls" "$test" "$size" "$n" "$w" "$PORT" 2>&1) || true

@@ -8,6 +8,19 @@ cd "$top"
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --all-targets
+bindir=${CARGO_TARGET_DIR:-$top/target}/debug
+# Docker (python/tests/test_docker.py): the daemon and the images, here so
+# that their progress shows; the first run builds the base image (about a
+# minute, cached in /var/cache/freeflow). A dockerd started here (not a
+# running one, which is used as it is) is stopped at the end.
+docker_rc=0
+scripts/docker.sh ensure || docker_rc=$?
+if [ $docker_rc -eq 0 ]; then
+    trap 'scripts/docker.sh stop' EXIT
+    scripts/docker.sh images "$bindir"
+elif [ $docker_rc -ne 77 ]; then
+    exit $docker_rc
+fi
 cargo test --workspace -- --test-threads 2
 # The Python package and the Kubernetes manifests (python/tests): pytest,
 # PyYAML and kubernetes-validate (it ships Kubernetes' schemas) in a venv.
@@ -19,4 +32,4 @@ if [ ! -e "$stamp" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e './python[test]'
     touch "$stamp"
 fi
-FF_REQUIRE_K8S_SCHEMAS=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+FF_BIN_DIR=$bindir FF_REQUIRE_K8S_SCHEMAS=1 "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider python/tests

@@ -301,3 +301,104 @@ def test_checker_catches_bad_routers():
 
     for change in (privileged, no_drop, writable_root, host_etc, unmounted_tenant, host_pid, open_metrics):
         assert broken(change), change.__name__
+
+
+# ---- the same image and flags as the Docker demo and tests (docker/flags.sh)
+
+def docker_flags():
+    """docker/flags.sh's KEY="value" lines, as a dict."""
+    flags = {}
+    for line in (K8S.parent / "docker" / "flags.sh").read_text().splitlines():
+        m = re.fullmatch(r'(FF_[A-Z_]+)="([^"]*)"', line.strip())
+        if m:
+            flags[m.group(1)] = m.group(2)
+    return flags
+
+
+def run_flags(s):
+    """'--user 0:0 --cap-drop ALL --read-only ...' -> {'--user': '0:0', ...}
+    (a flag without a value maps to True)."""
+    words, out, i = s.split(), {}, 0
+    while i < len(words):
+        if i + 1 < len(words) and not words[i + 1].startswith("--"):
+            out[words[i]] = words[i + 1]
+            i += 2
+        else:
+            out[words[i]] = True
+            i += 1
+    return out
+
+
+def docker_problems(sc, flags, who):
+    """What differs between a container's Kubernetes securityContext
+    (merged with its pod's) and its `docker run` flags."""
+    p = []
+    user = flags.get("--user", "")
+    uid, _, gid = user.partition(":")
+    if str(sc.get("runAsUser")) != uid or str(sc.get("runAsGroup")) != gid:
+        p.append(f"{who}: Kubernetes runs it as {sc.get('runAsUser')}:{sc.get('runAsGroup')}, Docker as {user}")
+    if (sc.get("capabilities", {}).get("drop") == ["ALL"]) != (flags.get("--cap-drop") == "ALL"):
+        p.append(f"{who}: capabilities dropped in one and not the other")
+    if (sc.get("allowPrivilegeEscalation") is False) != (flags.get("--security-opt") == "no-new-privileges"):
+        p.append(f"{who}: allowPrivilegeEscalation false vs --security-opt no-new-privileges differ")
+    if bool(sc.get("readOnlyRootFilesystem")) != bool(flags.get("--read-only")):
+        p.append(f"{who}: read-only root in one and not the other")
+    return p
+
+
+def test_docker_flags_match_the_manifests():
+    f = docker_flags()
+    ds = by_kind(load("ffrouter.yaml"), "DaemonSet")
+    spec = pod_spec(ds)
+    c = spec["containers"][0]
+    assert c["image"] == f["FF_ROUTER_IMAGE"], "the DaemonSet and docker/flags.sh name different router images"
+    assert c["command"] == ["ffrouter"]
+    sc = {**spec.get("securityContext", {}), **c["securityContext"]}
+    problems = docker_problems(sc, run_flags(f["FF_ROUTER_RUN_FLAGS"]), "router")
+    # Socket directories: the DaemonSet's tenants live at ROOT/T, as in Docker.
+    for t, sock in router_tenants(ds).items():
+        if sock != f"{f['FF_ROUTER_SOCKET_ROOT']}/{t}/ffrouter.sock":
+            problems.append(f"router: tenant {t}'s socket {sock} is not under {f['FF_ROUTER_SOCKET_ROOT']}")
+    if spec.get("hostIPC") or spec.get("hostNetwork"):
+        problems.append("router: host IPC or network, which Docker does not give it")
+
+    job = by_kind(load("training-job.yaml"), "Job")
+    jspec = pod_spec(job)
+    for w in jspec["containers"]:
+        wsc = {**jspec.get("securityContext", {}), **w["securityContext"]}
+        problems += docker_problems(wsc, run_flags(f["FF_RANK_RUN_FLAGS"]), w["name"])
+        mounts = [m for m in w["volumeMounts"] if m["name"] == "freeflow"]
+        if [m["mountPath"] for m in mounts] != [f["FF_RANK_SOCKET_DIR"]] or \
+                bool(mounts[0].get("readOnly")) != (f["FF_RANK_SOCKET_MOUNT_OPTS"] == "ro"):
+            problems.append(f"{w['name']}: the socket directory is not mounted as in Docker")
+    if run_flags(f["FF_RANK_RUN_FLAGS"]).get("--ipc") != "private" or jspec.get("hostIPC"):
+        problems.append("ranks: Docker's --ipc private is a pod's own IPC namespace (no hostIPC)")
+    # The training image is the user's, built FROM the rank image.
+    if f"FROM {f['FF_RANK_IMAGE']}" not in (K8S / "training-job.yaml").read_text():
+        problems.append(f"training-job.yaml does not say its image is built FROM {f['FF_RANK_IMAGE']}")
+    assert problems == []
+
+
+def test_docker_scripts_use_the_flags():
+    """Every `docker run` of the demo and tests takes its image and flags
+    from docker/flags.sh."""
+    root = K8S.parent
+    runs = 0
+    for path in [root / "testkit" / "docker_stream.sh", root / "scripts" / "demo.sh"]:
+        text = path.read_text()
+        for m in re.finditer(r"docker run[^\n]*(?:\\\n[^\n]*)*", text):
+            runs += 1
+            cmd = m.group(0)
+            assert ("router_flags" in cmd and "$FF_ROUTER_IMAGE" in text) or \
+                   ("rank_flags" in cmd and "$FF_RANK_IMAGE" in text), f"{path.name}: {cmd}"
+    assert runs >= 2
+
+
+def test_docker_flag_checker_catches_differences():
+    f = docker_flags()
+    sc = {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": False,
+          "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert docker_problems(sc, run_flags(f["FF_ROUTER_RUN_FLAGS"]), "r") == []
+    for k, v in (("runAsUser", 1000), ("readOnlyRootFilesystem", False), ("allowPrivilegeEscalation", True)):
+        assert docker_problems({**sc, k: v}, run_flags(f["FF_ROUTER_RUN_FLAGS"]), "r"), k
+    assert docker_problems(sc, run_flags("--user 0:0 --read-only --security-opt no-new-privileges"), "r")
