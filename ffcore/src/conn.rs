@@ -61,14 +61,18 @@ pub const MAX_INFLIGHT: usize = 1024;
 pub const TAG_ANY: u32 = u32::MAX;
 /// Fruitless polls between two checks that the peer process is alive.
 const LIVENESS_EVERY: u32 = 4096;
-/// How long [`Conn::wait`] spins before it sleeps. It yields only while
-/// its peer (the other client, or the router thread serving a forwarded
-/// connection) polls from the same core, to let it run; otherwise it spins,
-/// then sleeps. It used to yield after 5 us whatever the peer did, and
-/// every sched_yield lets a busy process on the core run a whole slice
-/// (EEVDF): cross-host 8 B ping-pong with a busy loop per core took 2,000
-/// us per message (p50), ~30 us now; unloaded it is unchanged (~20 us).
+/// How long [`Conn::wait`] spins before it sleeps.
 pub const SPIN: Duration = Duration::from_micros(50);
+/// For how much of [`SPIN`] it busy-spins; after that it yields the core
+/// between polls (a peer thread woken on the same core then runs at once).
+pub const SPIN_BUSY: Duration = Duration::from_micros(5);
+/// A yield that took longer than this gave the core to a busy process for
+/// a whole time slice (under EEVDF every sched_yield lets it run its slice
+/// out): then [`Conn::wait`] sleeps instead of yielding for the next
+/// [`NO_YIELD_WAITS`] waits. Cross-host 8 B ping-pong with a busy loop per
+/// core took 2,000 us per message when waiters kept yielding.
+const YIELD_LOST: Duration = Duration::from_micros(200);
+const NO_YIELD_WAITS: u32 = 1000;
 /// Fewer bytes of a message in shadow memory than this go through the
 /// ring anyway (the reference costs a mapping lookup and a completion
 /// round trip).
@@ -218,6 +222,8 @@ pub struct Conn {
     credit_blocked: bool,
     /// Messages sent, mirrored into the control page for the router's metrics.
     msgs_sent: u64,
+    /// Waits left that sleep rather than yield (see [`YIELD_LOST`]).
+    no_yield: u32,
     /// The router plays the other side (from the router's reply, not the
     /// file): only then are receives posted to it.
     pub(crate) router_is_peer: bool,
@@ -283,6 +289,7 @@ impl Conn {
             page,
             credit_blocked: false,
             msgs_sent: 0,
+            no_yield: 0,
             router_is_peer: false,
             next_msg: 0,
             unposts: 0,
@@ -451,19 +458,34 @@ impl Conn {
                     return Ok(size);
                 }
                 if polite || n % 64 == 0 {
-                    if spin_start.elapsed() > SPIN {
+                    let e = spin_start.elapsed();
+                    if e > SPIN {
                         break;
                     }
-                    // Our peer polls from this core: let it run.
-                    polite = self.peer_polls_on(ring::current_cpu());
+                    // Past the first microseconds, or with our peer on this
+                    // core, let whoever shares the core (a router thread
+                    // about to answer) run first...
+                    polite = e > SPIN_BUSY || self.peer_polls_on(ring::current_cpu());
                 }
                 n += 1;
-                if polite {
-                    std::thread::yield_now();
-                } else {
+                if !polite {
                     std::hint::spin_loop();
+                    continue;
+                }
+                // ...unless yielding just gave the core away for long: a
+                // busy process shares it, and every yield hands it a whole
+                // slice (EEVDF). Then sleep instead, for a while.
+                if self.no_yield > 0 {
+                    break;
+                }
+                let t = Instant::now();
+                std::thread::yield_now();
+                if t.elapsed() > YIELD_LOST {
+                    self.no_yield = NO_YIELD_WAITS;
+                    break;
                 }
             }
+            self.no_yield = self.no_yield.saturating_sub(1);
             let mut nap = Duration::from_millis(20);
             if let Some(t) = timeout {
                 let spent = start.elapsed();
