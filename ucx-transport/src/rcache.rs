@@ -77,7 +77,10 @@ impl Rcache {
             ucm_event_priority: 1000,
             ops: &OPS,
             context: md as *mut c_void,
-            flags: 0,
+            // Our registrations move pages (shadow memory) and a fork's
+            // copy-on-write moves them again: a page-frame check would
+            // only report that, fatally (UCX's test_md_fork did).
+            flags: UCS_RCACHE_FLAG_NO_PFN_CHECK as _,
             max_regions: std::os::raw::c_ulong::MAX,
             max_size: usize::MAX,
             // Deregister as soon as memory is unmapped (UCX's async thread),

@@ -870,13 +870,13 @@ fn events_and_peer_failure_through_uct() {
         assert_eq!(arm(a), UCS_ERR_BUSY, "a failure to report is work");
         let cp: *const Comp = &*c;
         only_a.until(|| (*cp).done == 1, "failed get");
-        assert_eq!(c.c.status, UCS_ERR_CONNECTION_RESET, "the outstanding GET failed");
-        assert_eq!((*errs_p).calls, vec![(ep, UCS_ERR_CONNECTION_RESET)], "the handler heard of it once");
+        assert_eq!(c.c.status, UCS_ERR_ENDPOINT_TIMEOUT, "the outstanding GET failed");
+        assert_eq!((*errs_p).calls, vec![(ep, UCS_ERR_ENDPOINT_TIMEOUT)], "the handler heard of it once");
         for _ in 0..100 {
             only_a.progress();
         }
         assert_eq!((*errs_p).calls.len(), 1, "only once");
-        assert_eq!(ops(ep).ep_am_short.unwrap()(ep, 5, 1, null(), 0), UCS_ERR_CONNECTION_RESET, "sends fail");
+        assert_eq!(ops(ep).ep_am_short.unwrap()(ep, 5, 1, null(), 0), UCS_ERR_ENDPOINT_TIMEOUT, "sends fail");
         assert!(!fd_readable(fd, 0));
         ok(arm(a), "a reported failure is not work any more");
         uct_rkey_release(u.comp, &rk);
@@ -1164,4 +1164,25 @@ unsafe fn fetch_start(w: &World, at: u64, rkey: uct_rkey_t) -> ucs_status_t {
         w.until(|| (*cp).done == 1, "atomic");
     }
     s
+}
+
+/// Zero-length PUTs and GETs move nothing and need no valid key (UCX
+/// passes none for an empty buffer, as its own tests do); a non-empty one
+/// with no key is refused.
+#[test]
+fn empty_rma_needs_no_key() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let (a, b, ep, _w) = u.pair();
+        let o = ops(ep);
+        assert_eq!(o.ep_put_short.unwrap()(ep, null(), 0, 0, 0), UCS_OK);
+        assert_eq!(o.ep_get_short.unwrap()(ep, null_mut(), 0, 0, 0), UCS_OK);
+        let iov = uct_iov_t { buffer: null_mut(), length: 0, memh: null_mut(), stride: 0, count: 1 };
+        assert_eq!(o.ep_put_zcopy.unwrap()(ep, &iov, 1, 0, 0, null_mut()), UCS_OK);
+        assert_eq!(o.ep_get_zcopy.unwrap()(ep, &iov, 1, 0, 0, null_mut()), UCS_OK);
+        let byte = [1u8];
+        assert_eq!(o.ep_put_short.unwrap()(ep, byte.as_ptr() as *const c_void, 1, 0, 0), UCS_ERR_INVALID_PARAM);
+        u.close(&[ep], &[a, b]);
+    }
 }
