@@ -577,20 +577,32 @@ unsafe fn max_copy(ep: *mut Ep) -> usize {
     (*(*ep).iface).st.cfg.inline_rma
 }
 
+/// The checks every short or bcopy RMA of `len` bytes starts with: None
+/// for an empty one (nothing to move: `UCS_OK`; UCX passes no valid key
+/// then), the key, or the status to fail with.
+unsafe fn copy_rma<'a>(ep: *mut Ep, what: &str, len: usize, rkey: uct_rkey_t) -> Result<Option<&'a Rkey>, ucs_status_t> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let k = rkey_of(rkey).ok_or(UCS_ERR_INVALID_PARAM)?;
+    if len > max_copy(ep) {
+        ff_error!("Invalid {what} length: {len} (expected: <= {})", max_copy(ep));
+        return Err(UCS_ERR_INVALID_PARAM);
+    }
+    Ok(Some(k))
+}
+
 /// `uct_ep_put_short`: done at once into a peer's mapped memory, else a
 /// request carrying the data (`UCS_OK` either way: flush waits for the
 /// peer's ack).
 unsafe extern "C" fn put_short(ep_h: uct_ep_h, buffer: *const c_void, length: c_uint, addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
     let ep = ep_h as *mut Ep;
     let len = length as usize;
-    if len == 0 {
-        return UCS_OK; // nothing to move (UCX passes no valid key then)
-    }
-    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
-    if len > max_copy(ep) {
-        ff_error!("Invalid put_short length: {len} (expected: <= {})", max_copy(ep));
-        return UCS_ERR_INVALID_PARAM;
-    }
+    let k = match copy_rma(ep, "put_short", len, rkey) {
+        Ok(Some(k)) => k,
+        Ok(None) => return UCS_OK,
+        Err(s) => return s,
+    };
     if let Some(s) = gate(ep) {
         return s;
     }
@@ -644,14 +656,11 @@ unsafe extern "C" fn put_bcopy(ep_h: uct_ep_h, pack: uct_pack_callback_t, arg: *
 unsafe extern "C" fn get_short(ep_h: uct_ep_h, buffer: *mut c_void, length: c_uint, addr: u64, rkey: uct_rkey_t) -> ucs_status_t {
     let ep = ep_h as *mut Ep;
     let len = length as usize;
-    if len == 0 {
-        return UCS_OK; // nothing to move (UCX passes no valid key then)
-    }
-    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
-    if len > max_copy(ep) {
-        ff_error!("Invalid get_short length: {len} (expected: <= {})", max_copy(ep));
-        return UCS_ERR_INVALID_PARAM;
-    }
+    let k = match copy_rma(ep, "get_short", len, rkey) {
+        Ok(Some(k)) => k,
+        Ok(None) => return UCS_OK,
+        Err(s) => return s,
+    };
     if let Some(s) = gate(ep) {
         return s;
     }
@@ -676,14 +685,11 @@ unsafe extern "C" fn get_bcopy(
 ) -> ucs_status_t {
     let ep = ep_h as *mut Ep;
     let Some(cb) = unpack else { return UCS_ERR_INVALID_PARAM };
-    if len == 0 {
-        return UCS_OK; // nothing to move (UCX passes no valid key then)
-    }
-    let Some(k) = rkey_of(rkey) else { return UCS_ERR_INVALID_PARAM };
-    if len > max_copy(ep) {
-        ff_error!("Invalid get_bcopy length: {len} (expected: <= {})", max_copy(ep));
-        return UCS_ERR_INVALID_PARAM;
-    }
+    let k = match copy_rma(ep, "get_bcopy", len, rkey) {
+        Ok(Some(k)) => k,
+        Ok(None) => return UCS_OK,
+        Err(s) => return s,
+    };
     if let Some(s) = gate(ep) {
         return s;
     }
