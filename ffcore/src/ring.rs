@@ -578,24 +578,11 @@ impl Rx {
                     return Ok(None);
                 }
             }
-            let size = self.lay.ring_size;
-            let off = (self.tail as usize) & (size - 1);
             let avail = (self.head - self.tail) as usize;
             if avail < ALIGN || avail % ALIGN != 0 {
                 return Err(Error::Corrupt(format!("{avail} bytes published, not whole records")));
             }
-            // SAFETY: off + REC_HDR <= size since off is 64-aligned.
-            let (w0, total, len) = unsafe {
-                let h = self.lay.ring(self.dir).2.add(off) as *const u64;
-                (h.read_volatile(), h.add(1).read_volatile(), h.add(2).read_volatile())
-            };
-            let kind = w0 as u32;
-            let tag = (w0 >> 32) as u32;
-            let len = usize::try_from(len).unwrap_or(usize::MAX);
-            let span = if len <= size { rec_len(len) } else { usize::MAX };
-            if span > avail || span > size - off {
-                return Err(Error::Corrupt(format!("record of {len} bytes overruns the ring")));
-            }
+            let (Record { kind, tag, total, len }, span) = self.record_at(self.tail, avail as u64)?;
             match kind {
                 REC_PAD => {
                     self.consume_span(span);
@@ -605,6 +592,25 @@ impl Rx {
                 k => return Err(Error::Corrupt(format!("unknown record kind {k}"))),
             }
         }
+    }
+
+    /// The record header at ring position `pos`, with `avail` bytes
+    /// published from there on, and its span; checked to lie in what is
+    /// published and not to wrap.
+    fn record_at(&self, pos: u64, avail: u64) -> Result<(Record, usize)> {
+        let size = self.lay.ring_size;
+        let off = (pos as usize) & (size - 1);
+        // SAFETY: off is 64-aligned, so the header lies in the ring.
+        let (w0, total, len) = unsafe {
+            let h = self.lay.ring(self.dir).2.add(off) as *const u64;
+            (h.read_volatile(), h.add(1).read_volatile(), h.add(2).read_volatile())
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let span = if len <= size { rec_len(len) } else { usize::MAX };
+        if span as u64 > avail || span > size - off {
+            return Err(Error::Corrupt(format!("record of {len} bytes overruns the ring")));
+        }
+        Ok((Record { kind: w0 as u32, tag: (w0 >> 32) as u32, total, len }, span))
     }
 
     /// Looks ahead, from the current record through everything published,
@@ -620,22 +626,13 @@ impl Rx {
         }
         let mut pos = self.tail;
         while pos != h {
-            let off = (pos as usize) & (size - 1);
-            // SAFETY: off is 64-aligned, so the header lies in the ring.
-            let (w0, total, len) = unsafe {
-                let p = data.add(off) as *const u64;
-                (p.read_volatile(), p.add(1).read_volatile(), p.add(2).read_volatile())
-            };
-            let len = usize::try_from(len).unwrap_or(usize::MAX);
-            let span = if len <= size { rec_len(len) } else { usize::MAX };
-            if span as u64 > h.wrapping_sub(pos) || span > size - off {
-                return Err(Error::Corrupt(format!("record of {len} bytes overruns the ring")));
-            }
-            if w0 as u32 == kind && len == payload.len() {
+            let (r, span) = self.record_at(pos, h.wrapping_sub(pos))?;
+            if r.kind == kind && r.len == payload.len() {
+                let off = (pos as usize) & (size - 1);
                 // SAFETY: the payload's len bytes lie in the ring (checked).
-                let got = unsafe { std::slice::from_raw_parts(data.add(off + REC_HDR), len) };
+                let got = unsafe { std::slice::from_raw_parts(data.add(off + REC_HDR), r.len) };
                 if got == payload {
-                    return Ok(Some(total));
+                    return Ok(Some(r.total));
                 }
             }
             pos = pos.wrapping_add(span as u64);
