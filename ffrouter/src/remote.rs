@@ -64,26 +64,6 @@ fn spin() -> Duration {
     static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     Duration::from_micros(knob(&K, "FF_ROUTER_SPIN_US", 20))
 }
-/// How a polling router thread lets others run: `sched_yield`, or, with
-/// FF_ROUTER_PAUSE=sleep (an experiment), a 1 us sleep with 1 ns timer
-/// slack. Under EEVDF every yield pushes the caller's deadline a slice
-/// later, so a thread that keeps yielding beside busy processes gets the
-/// core back later and later; one that sleeps is placed afresh.
-fn pause() {
-    static K: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*K.get_or_init(|| std::env::var("FF_ROUTER_PAUSE").is_ok_and(|v| v == "sleep")) {
-        std::thread::yield_now();
-        return;
-    }
-    thread_local!(static SLACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    if !SLACK.get() {
-        // SAFETY: prctl on the calling thread with plain integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-        SLACK.set(true);
-    }
-    std::thread::sleep(Duration::from_micros(1));
-}
-
 /// Frames go out in gathers of up to this many bytes or frames, straight
 /// from the client's ring.
 fn gather() -> usize {
@@ -827,7 +807,7 @@ impl Peer {
             }
             let needed = hot.iter().any(|c| c.f.client_side().polls_on(cpu) && c.f.client_unread());
             if needed || since.elapsed() >= rx_poll() {
-                pause();
+                std::thread::yield_now();
                 since = Instant::now();
                 cpu = ring::current_cpu();
             } else {
@@ -1686,7 +1666,7 @@ impl Pump<'_> {
                 continue;
             }
             if active.elapsed() < spin() {
-                pause();
+                std::thread::yield_now();
                 continue;
             }
             let seen = me.prepare_sleep();
