@@ -16,10 +16,14 @@
 //! one run of records). A record that fails to open breaks the stream, and
 //! so the link: only someone on the path between the routers can cause it.
 //!
-//! Payloads are copied out of the connection rings (shared with clients)
-//! before they are sealed, and opened in private memory before they are
-//! copied into a ring, so no client can change bytes between the MAC and
-//! the wire, and no client ever sees unauthenticated bytes.
+//! Payloads are sealed straight from the memory they are in (rings and
+//! shadow memory, shared with clients) and big ones opened straight into
+//! their destination, with the cipher reading each byte it seals once and
+//! never reading back what it opened: a client writing those bytes
+//! meanwhile changes only its own message, never makes a record fail (see
+//! [`Sealer::close_record`], [`Opener::open_into`]). The headers that say
+//! where a payload goes are in earlier records, opened in private memory
+//! and authenticated before the payload is opened.
 
 use std::io;
 
@@ -33,6 +37,10 @@ use crate::wire::HDR_LEN;
 
 /// Most plaintext bytes in one record.
 pub const MAX_RECORD: usize = 64 << 10;
+/// Payloads this big get records of their own (see [`Sealer::seal`]).
+pub const OWN_RECORDS: usize = 4096;
+/// The cipher's block: 64 bytes for AEGIS-128X2.
+const RATE: usize = 64;
 const LEN: usize = 4;
 const TAG: usize = 16;
 /// Receive buffer: room for two whole records, so a partial record always
@@ -49,63 +57,115 @@ fn nonce(seq: u64) -> [u8; 16] {
 pub struct Sealer {
     key: Key,
     seq: u64,
+    /// Sealed bytes: `buf[..used]`. Never shrinks, so that its bytes are
+    /// written once per call (by the cipher), not zeroed first.
     buf: Vec<u8>,
-    /// Where the record being filled starts in `buf`.
-    open: Option<usize>,
+    used: usize,
+    /// The pieces of the record being planned: (source, length). Only
+    /// valid during one [`Sealer::seal`] call.
+    pieces: Vec<(*const u8, usize)>,
+    /// Their total length (at most [`MAX_RECORD`]).
+    planned: usize,
 }
+
+// SAFETY: the raw pointers in `pieces` are only set and used within one
+// `seal` call (which borrows the frames they point into) and cleared
+// before it returns.
+unsafe impl Send for Sealer {}
 
 impl Sealer {
     pub fn new(key: Key) -> Sealer {
-        Sealer { key, seq: 0, buf: Vec::with_capacity(MAX_RECORD + LEN + TAG), open: None }
+        Sealer { key, seq: 0, buf: Vec::new(), used: 0, pieces: Vec::new(), planned: 0 }
     }
 
     /// Seals `frames` (headers and payloads, in order) into records and
     /// returns their bytes, ready for the socket. Uses up record numbers:
     /// the bytes must be sent, in order, before the next call's.
     ///
+    /// A payload of [`OWN_RECORDS`] bytes or more gets records of its own
+    /// (its header closes the record before it), so that the receiving
+    /// router can open them straight into their destination.
+    ///
     /// # Safety
     /// Every frame's `ptr` must be valid for reads of `len` bytes.
     pub unsafe fn seal(&mut self, frames: &[Frame]) -> &[u8] {
-        self.buf.clear();
+        self.used = 0;
         for f in frames {
-            self.append(f.hdr.as_ptr(), HDR_LEN);
-            self.append(f.ptr, f.len);
+            self.plan(f.hdr.as_ptr(), HDR_LEN);
+            if f.len >= OWN_RECORDS {
+                self.close_record();
+                self.plan(f.ptr, f.len);
+                self.close_record();
+            } else {
+                self.plan(f.ptr, f.len);
+            }
         }
         self.close_record();
-        &self.buf
+        &self.buf[..self.used]
     }
 
-    /// Copies `n` bytes from `src` into the records.
-    unsafe fn append(&mut self, mut src: *const u8, mut n: usize) {
+    /// Adds `n` bytes from `src` to the records, closing each one full.
+    unsafe fn plan(&mut self, mut src: *const u8, mut n: usize) {
         while n > 0 {
-            let start = *self.open.get_or_insert_with(|| {
-                self.buf.extend_from_slice(&[0; LEN]);
-                self.buf.len() - LEN
-            });
-            let used = self.buf.len() - start - LEN;
-            let k = n.min(MAX_RECORD - used);
-            self.buf.reserve(k);
-            // SAFETY: the caller's src is valid for n >= k bytes; reserve
-            // made room for k bytes past len. A raw copy: src may be shared
-            // memory that another process writes (we seal what we copied).
-            std::ptr::copy_nonoverlapping(src, self.buf.as_mut_ptr().add(self.buf.len()), k);
-            self.buf.set_len(self.buf.len() + k);
+            let k = n.min(MAX_RECORD - self.planned);
+            self.pieces.push((src, k));
+            self.planned += k;
             src = src.add(k);
             n -= k;
-            if used + k == MAX_RECORD {
+            if self.planned == MAX_RECORD {
                 self.close_record();
             }
         }
     }
 
+    /// Seals the planned pieces as one record, reading each source byte
+    /// exactly once: sources may be shared memory that a client writes
+    /// meanwhile, and the tag must match the ciphertext whatever it wrote
+    /// (else the peer router would close the link, for every tenant).
+    /// Whole 64-byte blocks go straight from the source through the cipher
+    /// (libaegis loads each block into registers once, for the ciphertext
+    /// and the state update alike); bytes that would complete or start a
+    /// partial block are copied into private memory first, as the
+    /// cipher's partial-block path reads its input more than once.
     fn close_record(&mut self) {
-        let Some(start) = self.open.take() else { return };
-        let n = self.buf.len() - start - LEN;
+        if self.planned == 0 {
+            return;
+        }
+        let n = self.planned;
         let len = (n as u32).to_le_bytes();
-        self.buf[start..start + LEN].copy_from_slice(&len);
-        let tag = Aegis128X2::<TAG>::new(&self.key, &nonce(self.seq)).encrypt_in_place(&mut self.buf[start + LEN..], &len);
+        let at = self.used + LEN;
+        if self.buf.len() < at + n + TAG {
+            self.buf.resize(at + n + TAG, 0);
+        }
+        self.buf[self.used..at].copy_from_slice(&len);
+        let mut enc = Aegis128X2::<TAG>::new(&self.key, &nonce(self.seq)).encryptor(&len);
+        let (mut out, mut fed) = (at, 0usize);
+        for &(src, k) in &self.pieces {
+            let mut done = 0;
+            while done < k {
+                let in_block = fed % RATE;
+                let direct = if in_block == 0 { (k - done) / RATE * RATE } else { 0 };
+                let step = if direct > 0 { direct } else { (RATE - in_block).min(k - done) };
+                let dst = &mut self.buf[out..out + step];
+                if direct > 0 {
+                    // SAFETY: the caller of `seal` made src valid for k bytes.
+                    enc.update(unsafe { std::slice::from_raw_parts(src.add(done), step) }, dst);
+                } else {
+                    let mut tmp = [0u8; RATE];
+                    // SAFETY: as above; a raw copy into private memory.
+                    unsafe { std::ptr::copy_nonoverlapping(src.add(done), tmp.as_mut_ptr(), step) };
+                    enc.update(&tmp[..step], dst);
+                }
+                done += step;
+                fed += step;
+                out += step;
+            }
+        }
+        self.buf[out..out + TAG].copy_from_slice(&enc.finalize());
+        self.used = out + TAG;
         self.seq += 1;
-        self.buf.extend_from_slice(&tag);
+        self.pieces.clear();
+        self.planned = 0;
     }
 }
 
@@ -156,6 +216,39 @@ impl Opener {
         Ok(true)
     }
 
+    /// Opens the next record straight into `dst` when it is all here and
+    /// holds at most `n` bytes in whole 64-byte blocks: bytes that all go
+    /// to `dst` (a payload's own records, see [`Sealer::seal`]). The
+    /// cipher writes each block to `dst` once and updates its state from
+    /// registers, never reading `dst` back, so a client writing there
+    /// meanwhile cannot make a record fail. A record that fails leaves
+    /// zeros in `dst` (and breaks the stream). `None`: not such a record.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `n` bytes.
+    unsafe fn open_into(&mut self, dst: *mut u8, n: usize) -> io::Result<Option<usize>> {
+        let (s, e) = self.raw;
+        if e - s < LEN {
+            return Ok(None);
+        }
+        let len_bytes: [u8; LEN] = self.buf[s..s + LEN].try_into().unwrap();
+        let m = u32::from_le_bytes(len_bytes) as usize;
+        if m == 0 || m > n || m % RATE != 0 || e - s < LEN + m + TAG {
+            return Ok(None);
+        }
+        let tag: [u8; TAG] = self.buf[s + LEN + m..s + LEN + m + TAG].try_into().unwrap();
+        // SAFETY: the caller made dst valid for n >= m bytes.
+        let out = std::slice::from_raw_parts_mut(dst, m);
+        let mut dec = Aegis128X2::<TAG>::new(&self.key, &nonce(self.seq)).decryptor(&len_bytes, out);
+        if dec.update(&self.buf[s + LEN..s + LEN + m]).is_err() || dec.finalize(&tag).is_err() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "link data failed authentication (tampered with, or not from the peer router)"));
+        }
+        self.seq += 1;
+        self.raw.0 = s + LEN + m + TAG;
+        self.pt = (self.raw.0, self.raw.0);
+        Ok(Some(m))
+    }
+
     /// Reads more bytes with `read` (which gets free room and returns how
     /// many bytes it wrote; 0 means nothing now). Only called when
     /// nothing opened is left to take.
@@ -181,8 +274,13 @@ impl Opener {
     /// # Safety
     /// `dst` must be valid for writes of `n` bytes.
     pub unsafe fn take(&mut self, dst: *mut u8, n: usize) -> io::Result<usize> {
-        if self.pt.0 == self.pt.1 && !self.open_next()? {
-            return Ok(0);
+        if self.pt.0 == self.pt.1 {
+            if let Some(k) = self.open_into(dst, n)? {
+                return Ok(k);
+            }
+            if !self.open_next()? {
+                return Ok(0);
+            }
         }
         let k = n.min(self.pt.1 - self.pt.0);
         // SAFETY: the source range is inside buf; dst is the caller's.
@@ -277,6 +375,104 @@ mod tests {
         assert!(receive(&mut o, &a, 1 << 20, 1).is_err(), "replay");
         // Another key.
         assert!(receive(&mut Opener::new([6; 16]), &a, 1 << 20, 1).is_err());
+    }
+
+    /// A client may write its buffer while the router seals from it or
+    /// opens into it: the message's bytes are then whatever they are, but
+    /// every record must still open (a record that fails closes the link
+    /// for every tenant).
+    #[test]
+    fn clients_writing_their_buffers_meanwhile_never_make_a_record_fail() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        struct Shared(*mut u8, usize);
+        unsafe impl Send for Shared {}
+        unsafe impl Sync for Shared {}
+        // Odd sizes and offsets: partial blocks at both ends of payloads.
+        let sizes = [5000usize, MAX_RECORD + 33, 3 * MAX_RECORD, 200_001];
+        let total: usize = sizes.iter().sum::<usize>() + 64;
+        let src = vec![0u8; total].leak();
+        let dst = vec![0u8; total].leak();
+        let stop = Arc::new(AtomicBool::new(false));
+        let scribblers: Vec<_> = [Shared(src.as_mut_ptr(), total), Shared(dst.as_mut_ptr(), total)]
+            .into_iter()
+            .map(|b| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let b = b;
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        // SAFETY: the leaked buffer lives for the program.
+                        unsafe { std::ptr::write_volatile(b.0.add(i % b.1), i as u8) };
+                        i = i.wrapping_add(4099);
+                    }
+                })
+            })
+            .collect();
+        for round in 0..20 {
+            let (mut s, mut o) = (Sealer::new(key()), Opener::new(key()));
+            let mut at = 3 + round;
+            let mut frames = Vec::new();
+            for &n in &sizes {
+                frames.push(Frame { hdr: [round as u8; HDR_LEN], ptr: unsafe { src.as_ptr().add(at) }, len: n });
+                at += n;
+            }
+            let wire = unsafe { s.seal(&frames) }.to_vec();
+            let mut fed = 0;
+            let mut feed = |o: &mut Opener| {
+                let got = o.fill(|b| {
+                    let c = b.len().min(wire.len() - fed);
+                    b[..c].copy_from_slice(&wire[fed..fed + c]);
+                    fed += c;
+                    Ok(c)
+                });
+                assert!(got.unwrap() > 0, "ran out of wire");
+            };
+            for f in &frames {
+                let mut h = [0u8; HDR_LEN];
+                let mut got = 0;
+                while got < HDR_LEN {
+                    let k = unsafe { o.take(h.as_mut_ptr().add(got), HDR_LEN - got) }.expect("a header record opens");
+                    if k == 0 {
+                        feed(&mut o);
+                    }
+                    got += k;
+                }
+                assert_eq!(h, f.hdr);
+                let mut got = 0;
+                while got < f.len {
+                    let k = unsafe { o.take(dst.as_mut_ptr().add(got + 7), f.len - got) }.expect("a payload record opens");
+                    if k == 0 {
+                        feed(&mut o);
+                    }
+                    got += k;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in scribblers {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn big_payloads_get_records_of_their_own_and_open_in_place() {
+        let small = vec![7u8; 100];
+        let big: Vec<u8> = (0..2 * MAX_RECORD + 640).map(|i| (i % 251) as u8).collect();
+        let mut s = Sealer::new(key());
+        let frames = [Frame { hdr: [0; HDR_LEN], ptr: small.as_ptr(), len: small.len() }, Frame { hdr: [1; HDR_LEN], ptr: big.as_ptr(), len: big.len() }];
+        let wire = unsafe { s.seal(&frames) }.to_vec();
+        // Records: [hdr1 small hdr2], [64 KiB], [64 KiB], [640].
+        let mut lens = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let n = u32::from_le_bytes(wire[at..at + LEN].try_into().unwrap()) as usize;
+            lens.push(n);
+            at += LEN + n + TAG;
+        }
+        assert_eq!(lens, [2 * HDR_LEN + 100, MAX_RECORD, MAX_RECORD, 640]);
+        let got = receive(&mut Opener::new(key()), &wire, 1 << 20, wire.len() - 4 * (LEN + TAG)).unwrap();
+        assert!(got == plain(&[small, big]));
     }
 
     #[test]
