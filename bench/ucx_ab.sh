@@ -6,8 +6,9 @@
 #
 # Usage: bench/ucx_ab.sh LIB_A LIB_B [ROUNDS] [OUT.csv]
 #   FFROUTER=path (default target/release/ffrouter)
-# Prints (and writes OUT.csv): build,round,test,p50_us,MBps,msgps
-# (ucx_perftest's overall columns; its "MB/s" is MiB/s). UCT-level tests
+# Prints (and writes OUT.csv): build,round,test,p50_us,MBps,msgps,cpu_s_per_gb
+# (ucx_perftest's overall columns; its "MB/s" is MiB/s; CPU seconds of the
+# whole machine, from /proc/stat over the client's run, per GB it moved). UCT-level tests
 # use -x ff -d router; tag_* are UCP. Needs a release build.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,21 +40,31 @@ tests=(
     "tag_bw_64KiB      -t tag_bw -s 65536 -n 100000"
 )
 port=$((20000 + RANDOM % 20000))
-# run LIB ARGS...: prints "p50 MBps msgps" of the Final line.
+busy_jiffies() {  # the machine's busy time so far, in clock ticks
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+# run LIB ARGS...: prints "p50 MBps msgps cpu_s_per_gb" of the Final line.
 run() {
-    local lib=$1
+    local lib=$1 j0 j1 size=0 iters=0 a
     shift
+    a=("$@")
+    for ((i = 0; i + 1 < ${#a[@]}; i++)); do
+        case ${a[i]} in -s) size=${a[i + 1]} ;; -n|-w) iters=$((iters + a[i + 1])) ;; esac
+    done
     port=$((port + 1))
     LD_PRELOAD=$lib timeout 120 ucx_perftest -p $port -c 0 >"$work/srv.log" 2>&1 </dev/null &
     spid=$!
     for _ in $(seq 200); do ss -ltnH "sport = :$port" | grep -q . && break; sleep 0.02; done
+    j0=$(busy_jiffies)
     LD_PRELOAD=$lib timeout 120 ucx_perftest 127.0.0.1 -p $port -c 1 "$@" -f >"$work/cli.log" 2>&1 </dev/null || true
+    j1=$(busy_jiffies)
     wait "$spid" 2>/dev/null || true
     spid=""
-    awk 'NF == 8 && $1 ~ /^[0-9]+$/ && $2 ~ /^[0-9.]+$/ { last = $2 " " $6 " " $8 }
-         END { if (last == "") exit 1; print last }' "$work/cli.log"
+    awk -v a="$j0" -v b="$j1" -v hz="$(getconf CLK_TCK)" -v bytes="$((size * iters))" \
+        'NF == 8 && $1 ~ /^[0-9]+$/ && $2 ~ /^[0-9.]+$/ { last = $2 " " $6 " " $8 }
+         END { if (last == "") exit 1; printf "%s %.4f\n", last, (b - a) / hz / (bytes / 1e9) }' "$work/cli.log"
 }
-echo "build,round,test,p50_us,MBps,msgps" | tee "$out"
+echo "build,round,test,p50_us,MBps,msgps,cpu_s_per_gb" | tee "$out"
 for ((r = 1; r <= rounds; r++)); do
     for t in "${tests[@]}"; do
         read -r name args <<<"$t"
@@ -63,8 +74,8 @@ for ((r = 1; r <= rounds; r++)); do
             lib=$A; [[ $which = B ]] && lib=$B
             # shellcheck disable=SC2086
             if vals=$(run "$lib" $args -w 10000); then
-                read -r p50 mbps rate <<<"$vals"
-                echo "$which,$r,$name,$p50,$mbps,$rate" | tee -a "$out"
+                read -r p50 mbps rate cpu <<<"$vals"
+                echo "$which,$r,$name,$p50,$mbps,$rate,$cpu" | tee -a "$out"
             else
                 echo "$which $name failed:" >&2
                 tail -3 "$work/cli.log" >&2
