@@ -66,3 +66,43 @@ def test_open_mpi_between_docker_containers_entered_by_the_rsh_agent(images):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "FFMPI OK rank 0/2" in out and "FFMPI OK rank 1/2" in out and "== OK" in out, out
+
+
+# What the Docker tests' containers run under: Docker's default seccomp
+# profile (no --security-opt seccomp=...). ffcore calls futex_waitv (Linux
+# 5.16; UCX's wakeup mode sleeps in it), memfd_create with sealing and
+# eventfd2; a profile older than the syscall answers ENOSYS or EPERM for it.
+SYSCALL_PROBE = r"""
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def probe(name, nr, *args):
+    r = libc.syscall(nr, *args)
+    e = ctypes.get_errno() if r < 0 else 0
+    print(name, r if r >= 0 else -1, errno.errorcode.get(e, e) if e else "ok")
+probe("futex_waitv", 449, None, 0, 0, None, 0)          # no waiters: EINVAL if allowed
+probe("memfd_create", 319, b"ff-probe", 0x0001 | 0x0002)  # MFD_CLOEXEC | MFD_ALLOW_SEALING
+probe("eventfd2", 290, 0, 0o2000000)                       # EFD_CLOEXEC
+"""
+
+
+def docker_flags():
+    """docker/flags.sh's KEY="value" lines, as a dict."""
+    f = {}
+    for line in (REPO / "docker" / "flags.sh").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            f[k.strip()] = v.strip().strip('"')
+    return f
+
+
+@pytest.mark.parametrize("who", ["RANK", "ROUTER"])
+def test_dockers_default_seccomp_profile_lets_ffcore_make_its_system_calls(images, who):
+    f = docker_flags()
+    r = run("docker", "run", "--rm", "--network", "none", *f[f"FF_{who}_RUN_FLAGS"].split(), f[f"FF_{who}_IMAGE"],
+            "python3", "-c", SYSCALL_PROBE, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    got = {l.split()[0]: l.split()[2] for l in r.stdout.splitlines() if len(l.split()) == 3}
+    assert got.get("futex_waitv") == "EINVAL", f"futex_waitv is refused in the container (UCX wakeup would fail): {out}"
+    assert got.get("memfd_create") == "ok" and got.get("eventfd2") == "ok", out
