@@ -4,11 +4,10 @@
 # router and rank images), starts the router container (k8s/ffrouter.yaml's
 # image and flags) and two training containers (nobody, no capabilities,
 # private IPC, only their tenant's socket directory), moves checksummed data
-# between them, then runs the quick benchmark against UCX (posix,cma
-# between host processes; tcp between containers over veth) and prints the
-# results table. The benchmark's containers are still tools/ffcontainer
-# (docs/ARCHITECTURE.md, "Containers"); so is the whole demo where Docker
-# cannot run (scripts/docker.sh ensure says why).
+# between them, then benchmarks ff against UCX tcp between two training
+# containers (bench/docker_bench.sh --quick: one round) and prints the
+# results table. Where Docker cannot run (scripts/docker.sh ensure says
+# why), the same with tools/ffcontainer namespaces and bench/run.sh.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -19,8 +18,8 @@ scripts/docker.sh ensure || rc=$?
 if [ $rc -eq 0 ]; then
     scripts/docker.sh images "$bin"
     testkit/docker_stream.sh --iters 32
-    echo "== (Docker part: $((SECONDS - t0)) s) quick benchmark (ff vs UCX posix,cma,self vs UCX tcp over veth)"
-    exec bench/run.sh --quick --bin "$bin" --out "$top/bench/results/demo"
+    echo "== ($((SECONDS - t0)) s) quick benchmark between two training containers: ff vs UCX tcp over the Docker bridge"
+    exec bench/docker_bench.sh --hosts 1 --rounds 1 --quick --out "$top/bench/results/demo"
 fi
 [ $rc -eq 77 ] || exit $rc
 echo "== Docker cannot run here: the demo's containers are tools/ffcontainer namespaces"

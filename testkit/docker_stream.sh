@@ -21,8 +21,8 @@
 # Removes its containers, networks and directories on exit.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-# shellcheck source=../docker/flags.sh
-. "$top/docker/flags.sh"
+# shellcheck source=docker_hosts.sh
+. "$top/testkit/docker_hosts.sh"
 hosts=1 iters=32 max=4194304
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,56 +33,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$hosts" = 1 ] || [ "$hosts" = 2 ] || { echo "--hosts 1 or 2" >&2; exit 2; }
-# shellcheck disable=SC2206
-router_flags=($FF_ROUTER_RUN_FLAGS)
-# shellcheck disable=SC2206
-rank_flags=($FF_RANK_RUN_FLAGS)
-id=ffd$$
-work=$(mktemp -d /tmp/ffdocker.XXXXXX)
-containers=() networks=()
-cleanup() {
-    [ ${#containers[@]} -eq 0 ] || docker rm -f "${containers[@]}" >/dev/null 2>&1 || true
-    [ ${#networks[@]} -eq 0 ] || docker network rm "${networks[@]}" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-fail() { echo "FAIL: $*" >&2; exit 1; }
+dh_init ffd
+id=$dh_id work=$dh_work
 t0=$SECONDS
-
-# Routers: one per emulated host; host h's tenant "demo" lives in
-# $work/hN/tenants/demo on the "node" (the host volume).
-if [ "$hosts" = 2 ]; then
-    head -c 32 /dev/urandom | base64 >"$work/peer-secret"
-    chmod 600 "$work/peer-secret"
-    for try in 0 1 2 3 4 5 6 7; do   # a /24 no other network uses
-        sub="10.$((200 + ($$ + try) % 50)).$((($$ + 7 * try) % 250)).0/24"
-        docker network create --subnet "$sub" "$id-routers" >/dev/null 2>&1 && break
-        [ $try -lt 7 ] || fail "cannot create a Docker network for the routers"
-    done
-    networks+=("$id-routers")
-fi
-for h in $(seq 0 $((hosts - 1))); do
-    mkdir -p "$work/h$h/tenants/demo"
-    net=(--network none) link=()
-    if [ "$hosts" = 2 ]; then
-        ip="${sub%.0/24}.$((10 + h))"
-        net=(--network "$id-routers" --ip "$ip")
-        link=(--listen-addr "$ip:7470" --peer-secret-file /etc/freeflow/peer-secret)
-        net+=(-v "$work/peer-secret:/etc/freeflow/peer-secret:ro")
-    fi
-    docker run -d --name "$id-router$h" "${router_flags[@]}" "${net[@]}" \
-        -v "$work/h$h/tenants/demo:$FF_ROUTER_SOCKET_ROOT/demo" \
-        "$FF_ROUTER_IMAGE" ffrouter --tenant "demo=$FF_ROUTER_SOCKET_ROOT/demo/ffrouter.sock" \
-        "${link[@]}" --log-level warn >/dev/null
-    containers+=("$id-router$h")
-done
-for h in $(seq 0 $((hosts - 1))); do
-    sock=$work/h$h/tenants/demo/ffrouter.sock
-    for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
-    [ -S "$sock" ] || { docker logs "$id-router$h" >&2 || true; fail "router container $id-router$h made no socket"; }
-done
+dh_routers "$hosts"
 echo "== router container(s) up: $hosts ($FF_ROUTER_IMAGE: $FF_ROUTER_RUN_FLAGS)"
 
 # The router's confinement.
@@ -93,21 +47,17 @@ if docker exec "$id-router0" sh -c ': > /ffwrite-test' 2>/dev/null; then fail "r
 # Training containers: A serves on host 0, B connects from host hosts-1.
 # Each emulated host's training containers are on that host's own network.
 if [ "$hosts" = 2 ]; then
-    for h in 0 1; do
-        docker network create "$id-host$h" >/dev/null
-        networks+=("$id-host$h")
-    done
+    dh_network host0
+    dh_network host1
 fi
-containers+=("$id-a" "$id-b")
 rank() {  # rank NAME HOST CMD...
     local name=$1 h=$2 net=(--network none)
     shift 2
     [ "$hosts" = 1 ] || net=(--network "$id-host$h")
-    docker run --rm --name "$name" "${rank_flags[@]}" "${net[@]}" \
-        -v "$work/h$h/tenants/demo:$FF_RANK_SOCKET_DIR:$FF_RANK_SOCKET_MOUNT_OPTS" \
-        "$FF_RANK_IMAGE" sh -c 'echo "ID $(id -u)"; echo "CAPS $(awk "/^CapEff/ { print \$2 }" /proc/self/status)";
+    dh_rank "$name" "$h" "${net[@]}" -- sh -c 'echo "ID $(id -u)"; echo "CAPS $(awk "/^CapEff/ { print \$2 }" /proc/self/status)";
             echo "IPC $(readlink /proc/self/ns/ipc)"; echo "SEES $(ls '"$FF_RANK_SOCKET_DIR"')"; exec "$@"' rank "$@"
 }
+dh_containers+=("$id-a" "$id-b")  # (rank runs in subshells too)
 out=$work/a.out
 rank "$id-a" 0 ffbench serve check --iters "$iters" --max-size "$max" >"$out" 2>&1 &
 apid=$!

@@ -384,14 +384,15 @@ def test_docker_scripts_use_the_flags():
     from docker/flags.sh."""
     root = K8S.parent
     runs = 0
-    for path in [root / "testkit" / "docker_stream.sh", root / "scripts" / "demo.sh"]:
+    for path in [root / "testkit" / "docker_hosts.sh", root / "testkit" / "docker_mpi.sh",
+                 root / "bench" / "docker_bench.sh", root / "scripts" / "demo.sh"]:
         text = path.read_text()
         for m in re.finditer(r"docker run[^\n]*(?:\\\n[^\n]*)*", text):
             runs += 1
             cmd = m.group(0)
             assert ("router_flags" in cmd and "$FF_ROUTER_IMAGE" in text) or \
                    ("rank_flags" in cmd and "$FF_RANK_IMAGE" in text), f"{path.name}: {cmd}"
-    assert runs >= 2
+    assert runs >= 4
 
 
 def test_docker_flag_checker_catches_differences():
