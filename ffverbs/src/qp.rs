@@ -1,0 +1,1008 @@
+//! RC queue pairs. A connected pair of queue pairs is one ffcore connection
+//! through the router (the same rings, shadow memory and links between
+//! hosts as the NCCL and UCX faces); the side whose (GID, QPN) is smaller
+//! connects to the other's device listener (the GID names it, see
+//! [`crate::wire::Gid`]) and says which queue pair it wants (`HELLO`).
+//!
+//! Requests go out in order and are answered in order ([`crate::wire`]):
+//! a work request completes when its answer is back and its bytes have
+//! left its buffer. The responder checks every request against its own
+//! registrations (key, protection domain, bounds, access flags) before it
+//! touches memory; a refused request completes at the requester with the
+//! status a NIC gives (`IBV_WC_REM_ACCESS_ERR`, ...) and its queue pair
+//! goes to the error state, flushing everything else
+//! (`IBV_WC_WR_FLUSH_ERR`). A peer that closes or dies fails the work in
+//! flight with `IBV_WC_RETRY_EXC_ERR` as soon as its router says so.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ffcore::wake::{ConnWords, WakeWord};
+use ffcore::{Conn, Handle, Listener, Req};
+
+use crate::dev::{Cq, Device, Status};
+use crate::sys::*;
+use crate::wire::{self, Gid, Hdr, Hello, F_DATA_NEXT, F_IMM};
+
+/// Payloads up to this size travel with their header (one message).
+pub const INLINE_MAX: usize = 8192;
+/// The largest inline send we accept (`max_inline_data`).
+pub const MAX_INLINE_DATA: u32 = 1024;
+pub const MAX_SGE: u32 = 16;
+pub const MAX_WR: u32 = 8192;
+/// A queue pair that has no connection this long after RTR fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Answers queued (not yet in the ring) before we stop taking requests.
+const MAX_OUT: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sge {
+    pub addr: u64,
+    pub len: u32,
+    pub lkey: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Send,
+    Write,
+    Read,
+}
+
+pub struct SendWr {
+    pub wr_id: u64,
+    pub op: Op,
+    pub signaled: bool,
+    pub sges: Vec<Sge>,
+    /// `IBV_SEND_INLINE`: the bytes, copied when posted.
+    pub inline: Option<Vec<u8>>,
+    pub imm: Option<u32>,
+    pub raddr: u64,
+    pub rkey: u32,
+    pub len: u64,
+}
+
+pub struct RecvWr {
+    pub wr_id: u64,
+    pub sges: Vec<Sge>,
+}
+
+struct Inflight {
+    seq: u64,
+    wr_id: u64,
+    op: Op,
+    signaled: bool,
+    len: u64,
+    /// The answer: 0 or the completion status.
+    answered: Option<Status>,
+    /// Our bytes still leaving (a DATA message from the buffer).
+    data: Option<Req>,
+    _bounce: Option<Vec<u8>>,
+    /// Where a READ's bytes go.
+    dst: Vec<Sge>,
+}
+
+enum Link {
+    Idle,
+    Connect { handle: Handle, since: Instant },
+    Accept { since: Instant },
+    Up(Box<Conn>),
+}
+
+/// What a DATA message that is being received completes.
+enum After {
+    Recv { wr_id: u64, seq: u64, imm: Option<u32>, bounce: Option<(Vec<u8>, Vec<Sge>)> },
+    Write { seq: u64, imm: Option<u32>, len: u64 },
+    ReadResp { seq: u64, bounce: Option<(Vec<u8>, Vec<Sge>)> },
+    Discard,
+}
+
+enum Inbound {
+    Idle,
+    /// A SEND whose DATA follows, waiting for a receive to be posted.
+    NeedRecv(Hdr),
+    Data { req: Req, after: After, _buf: Option<Vec<u8>> },
+}
+
+/// A request that arrived before a receive was posted (receiver not
+/// ready: it waits, as with an infinite RNR retry count).
+struct Stalled {
+    hdr: Hdr,
+    data: Vec<u8>,
+    /// The bytes are placed already (a WRITE with immediate).
+    placed: bool,
+}
+
+enum Reply {
+    Ack { seq: u64, status: Status },
+    Read { seq: u64, ptr: u64, len: u64, status: Status },
+}
+
+/// What handling a header asks of the connection next.
+enum Next {
+    Nothing,
+    Recv { ptr: *mut u8, len: usize, after: After, buf: Option<Vec<u8>> },
+    Broken(String),
+}
+
+pub struct Qp {
+    pub qpn: u32,
+    pub state: u32,
+    pub pd: usize,
+    pub send_cq: Arc<Cq>,
+    pub recv_cq: Arc<Cq>,
+    pub sig_all: bool,
+    pub access: u32,
+    pub cap: ibv_qp_cap,
+    pub remote: Option<([u8; 16], u32)>,
+    pub attr: ibv_qp_attr,
+    link: Link,
+    words: Option<Arc<ConnWords>>,
+    sq: VecDeque<SendWr>,
+    inflight: VecDeque<Inflight>,
+    next_seq: u64,
+    rq: VecDeque<RecvWr>,
+    inbound: Inbound,
+    stalled: Option<Stalled>,
+    out: VecDeque<Reply>,
+    resp_reqs: Vec<Req>,
+    expect_seq: u64,
+}
+
+/// Copies `data` into the scatter list; false if it does not fit.
+///
+/// # Safety
+/// Every element was checked against a registration (or lies in a buffer
+/// of ours) and is valid for writes; `data` is valid for reads of `len`.
+unsafe fn scatter(sges: &[Sge], data: *const u8, len: usize) -> bool {
+    if sges.iter().map(|s| s.len as usize).sum::<usize>() < len {
+        return false;
+    }
+    let mut off = 0;
+    for s in sges {
+        if off == len {
+            break;
+        }
+        let n = (s.len as usize).min(len - off);
+        std::ptr::copy_nonoverlapping(data.add(off), s.addr as *mut u8, n);
+        off += n;
+    }
+    true
+}
+
+/// Copies the gather list (or the inline copy) to `dst`.
+///
+/// # Safety
+/// The elements were checked against registrations when posted; `dst` is
+/// valid for writes of the work request's length.
+unsafe fn gather(wr: &SendWr, dst: *mut u8) {
+    if let Some(b) = &wr.inline {
+        std::ptr::copy_nonoverlapping(b.as_ptr(), dst, b.len());
+        return;
+    }
+    let mut off = 0;
+    for s in &wr.sges {
+        std::ptr::copy_nonoverlapping(s.addr as *const u8, dst.add(off), s.len as usize);
+        off += s.len as usize;
+    }
+}
+
+fn wc(wr_id: u64, status: Status, opcode: u32, len: u64, qpn: u32) -> ibv_wc {
+    let mut w = ibv_wc { wr_id, status, opcode, byte_len: len as u32, qp_num: qpn, ..Default::default() };
+    w.vendor_err = 0;
+    w
+}
+
+impl Qp {
+    pub fn new(qpn: u32, pd: usize, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, sig_all: bool, cap: ibv_qp_cap) -> Qp {
+        Qp {
+            qpn,
+            state: IBV_QPS_RESET,
+            pd,
+            send_cq,
+            recv_cq,
+            sig_all,
+            access: 0,
+            cap,
+            remote: None,
+            attr: ibv_qp_attr::default(),
+            link: Link::Idle,
+            words: None,
+            sq: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_seq: 0,
+            rq: VecDeque::new(),
+            inbound: Inbound::Idle,
+            stalled: None,
+            out: VecDeque::new(),
+            resp_reqs: Vec::new(),
+            expect_seq: 0,
+        }
+    }
+
+    pub fn send_queue_len(&self) -> usize {
+        self.sq.len() + self.inflight.len()
+    }
+    pub fn recv_queue_len(&self) -> usize {
+        self.rq.len()
+    }
+
+    pub fn post_send(&mut self, dev: &Device, wr: SendWr) {
+        if self.state == IBV_QPS_ERR {
+            self.send_cq.push(wc(wr.wr_id, IBV_WC_WR_FLUSH_ERR, send_opcode(wr.op), 0, self.qpn));
+            return;
+        }
+        if wr.inline.is_none() {
+            for s in &wr.sges {
+                if dev.check_local(self.pd, s.lkey, s.addr, s.len as u64, wr.op == Op::Read).is_err() {
+                    self.send_cq.push(wc(wr.wr_id, IBV_WC_LOC_PROT_ERR, send_opcode(wr.op), 0, self.qpn));
+                    self.fail(dev, IBV_WC_WR_FLUSH_ERR);
+                    return;
+                }
+            }
+        }
+        self.sq.push_back(wr);
+    }
+
+    pub fn post_recv(&mut self, dev: &Device, wr: RecvWr) {
+        if self.state == IBV_QPS_ERR {
+            self.recv_cq.push(wc(wr.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
+            return;
+        }
+        for s in &wr.sges {
+            if dev.check_local(self.pd, s.lkey, s.addr, s.len as u64, true).is_err() {
+                self.recv_cq.push(wc(wr.wr_id, IBV_WC_LOC_PROT_ERR, IBV_WC_RECV, 0, self.qpn));
+                self.fail(dev, IBV_WC_WR_FLUSH_ERR);
+                return;
+            }
+        }
+        self.rq.push_back(wr);
+    }
+
+    /// RTR: the peer is known; connect to it, or wait for it.
+    pub fn to_rtr(&mut self, dev: &Device, gid: [u8; 16], qpn: u32) -> Result<(), i32> {
+        if (gid, qpn) == (dev.gid, self.qpn) {
+            return Err(libc::EINVAL);
+        }
+        self.remote = Some((gid, qpn));
+        self.link = if (dev.gid, self.qpn) < (gid, qpn) {
+            let g = Gid::from_bytes(&gid);
+            let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
+            let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
+            // A router on another host is named by its address; the id of
+            // the router there is not in the GID (see the README).
+            let router_id = if same { dev.own.router_id } else { [0; 16] };
+            Link::Connect { handle: Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }, since: Instant::now() }
+        } else {
+            Link::Accept { since: Instant::now() }
+        };
+        Ok(())
+    }
+
+    pub fn waiting_for(&self, src_qpn: u32) -> bool {
+        matches!(self.link, Link::Accept { .. }) && self.remote.is_some_and(|(_, q)| q == src_qpn)
+    }
+
+    pub fn attach(&mut self, conn: Conn) {
+        self.words = conn.wake_words().ok();
+        self.link = Link::Up(Box::new(conn));
+    }
+
+    /// Back to RESET: everything dropped, nothing completed.
+    pub fn reset(&mut self) {
+        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), self.sig_all, self.cap);
+        *self = fresh;
+    }
+
+    /// The error state: the request at the front fails with `first`,
+    /// everything else is flushed, and the connection is closed (the peer
+    /// learns it at once).
+    pub fn fail(&mut self, _dev: &Device, first: Status) {
+        if self.state == IBV_QPS_ERR {
+            return;
+        }
+        self.state = IBV_QPS_ERR;
+        let mut status = first;
+        for f in self.inflight.drain(..) {
+            self.send_cq.push(wc(f.wr_id, status, send_opcode(f.op), 0, self.qpn));
+            status = IBV_WC_WR_FLUSH_ERR;
+        }
+        for w in self.sq.drain(..) {
+            self.send_cq.push(wc(w.wr_id, status, send_opcode(w.op), 0, self.qpn));
+            status = IBV_WC_WR_FLUSH_ERR;
+        }
+        for r in self.rq.drain(..) {
+            self.recv_cq.push(wc(r.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
+        }
+        self.stalled = None;
+        self.out.clear();
+        self.resp_reqs.clear();
+        self.inbound = Inbound::Idle;
+        self.words = None;
+        self.link = Link::Idle;
+    }
+
+    /// Has the connection anything for us (after [`ConnWords::arm`])?
+    pub fn has_events(&mut self) -> bool {
+        match &mut self.link {
+            Link::Up(c) => c.has_events(),
+            Link::Connect { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn arm(&self) -> Option<WakeWord> {
+        self.words.as_ref().map(|w| w.arm())
+    }
+
+    /// Checks that the peer still lives (one system call).
+    pub fn check_alive(&mut self, dev: &Device) {
+        if let Link::Up(c) = &mut self.link {
+            if !c.check_alive() && !c.has_events() {
+                self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+            }
+        }
+    }
+
+    /// Moves what can move; true if anything did.
+    pub fn progress(&mut self, dev: &Device) -> bool {
+        if self.state == IBV_QPS_ERR || self.state == IBV_QPS_RESET || self.state == IBV_QPS_INIT {
+            return false;
+        }
+        match std::mem::replace(&mut self.link, Link::Idle) {
+            Link::Idle => false,
+            Link::Connect { handle, since } => match dev.ff.connect(&handle) {
+                Ok(Some(mut c)) => {
+                    let hello = Hello { src_qpn: self.qpn, dst_qpn: self.remote.map_or(0, |r| r.1) };
+                    match c.try_send_with(wire::HELLO, Hello::LEN, |p| {
+                        // SAFETY: try_send_with hands us Hello::LEN writable bytes.
+                        hello.write(unsafe { std::slice::from_raw_parts_mut(p, Hello::LEN) });
+                        Hello::LEN
+                    }) {
+                        Ok(Some(_)) => {
+                            self.attach(c);
+                            true
+                        }
+                        _ => {
+                            log::warn!("ffverbs: QP {}: cannot greet the peer", self.qpn);
+                            self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                            true
+                        }
+                    }
+                }
+                Ok(None) if since.elapsed() < CONNECT_TIMEOUT => {
+                    self.link = Link::Connect { handle, since };
+                    false
+                }
+                Ok(None) => {
+                    log::warn!("ffverbs: QP {}: no connection to the peer within {CONNECT_TIMEOUT:?}", self.qpn);
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    true
+                }
+                Err(e) => {
+                    log::warn!("ffverbs: QP {}: cannot reach the peer: {e}", self.qpn);
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    true
+                }
+            },
+            Link::Accept { since } => {
+                if since.elapsed() > CONNECT_TIMEOUT {
+                    log::warn!("ffverbs: QP {}: the peer did not connect within {CONNECT_TIMEOUT:?}", self.qpn);
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    return true;
+                }
+                self.link = Link::Accept { since };
+                false
+            }
+            Link::Up(mut c) => {
+                let r = self.run(dev, &mut c);
+                if self.state != IBV_QPS_ERR {
+                    self.link = Link::Up(c);
+                }
+                match r {
+                    Ok(did) => did,
+                    Err(why) => {
+                        log::debug!("ffverbs: QP {}: {why}", self.qpn);
+                        self.words = None;
+                        self.link = Link::Idle;
+                        self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        if self.state == IBV_QPS_RTS {
+            did |= self.tx(c)?;
+        }
+        did |= self.rx(dev, c)?;
+        did |= self.flush_out(c)?;
+        did |= self.complete(dev, c)?;
+        Ok(did)
+    }
+
+    fn tx(&mut self, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
+        while let Some(wr) = self.sq.front() {
+            let mut hdr = Hdr { seq: self.next_seq, raddr: wr.raddr, rkey: wr.rkey, len: wr.len, imm: wr.imm.unwrap_or(0), flags: 0, status: 0 };
+            if wr.imm.is_some() {
+                hdr.flags |= F_IMM;
+            }
+            let tag = match wr.op {
+                Op::Send => wire::SEND,
+                Op::Write => wire::WRITE,
+                Op::Read => wire::READ,
+            };
+            let inline = wr.op != Op::Read && wr.len as usize <= inline_max;
+            if !inline && wr.op != Op::Read {
+                hdr.flags |= F_DATA_NEXT;
+            }
+            let max = Hdr::LEN + if inline { wr.len as usize } else { 0 };
+            let sent = c
+                .try_send_with(tag, max, |p| {
+                    // SAFETY: `max` writable bytes at p; the work request's
+                    // memory was checked when posted.
+                    unsafe {
+                        hdr.write(std::slice::from_raw_parts_mut(p, Hdr::LEN));
+                        if inline {
+                            gather(wr, p.add(Hdr::LEN));
+                        }
+                    }
+                    max
+                })
+                .map_err(|e| e.to_string())?;
+            if sent.is_none() {
+                break;
+            }
+            let wr = self.sq.pop_front().unwrap();
+            let (mut data, mut bounce) = (None, None);
+            if hdr.flags & F_DATA_NEXT != 0 {
+                let ptr = if wr.sges.len() == 1 && wr.inline.is_none() {
+                    wr.sges[0].addr as *const u8
+                } else {
+                    let mut b = vec![0u8; wr.len as usize];
+                    // SAFETY: b holds the request's length.
+                    unsafe { gather(&wr, b.as_mut_ptr()) };
+                    let p = b.as_ptr();
+                    bounce = Some(b);
+                    p
+                };
+                // SAFETY: the buffer (registered, or our bounce kept in the
+                // Inflight) stays until the request completes.
+                data = Some(unsafe { c.isend(ptr, wr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?);
+            }
+            let dst = if wr.op == Op::Read { wr.sges.clone() } else { Vec::new() };
+            self.inflight.push_back(Inflight {
+                seq: self.next_seq,
+                wr_id: wr.wr_id,
+                op: wr.op,
+                signaled: wr.signaled,
+                len: wr.len,
+                answered: None,
+                data,
+                _bounce: bounce,
+                dst,
+            });
+            self.next_seq += 1;
+            did = true;
+        }
+        Ok(did)
+    }
+
+    fn ack(&mut self, seq: u64, status: Status) {
+        if status == 0 {
+            if let Some(Reply::Ack { seq: s, status: 0 }) = self.out.back_mut() {
+                *s = seq;
+                return;
+            }
+        }
+        self.out.push_back(Reply::Ack { seq, status });
+    }
+
+    fn rx(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        loop {
+            match std::mem::replace(&mut self.inbound, Inbound::Idle) {
+                Inbound::Data { req, after, _buf } => match c.test(req) {
+                    Ok(Some(n)) => {
+                        self.finish(dev, after, n)?;
+                        did = true;
+                        continue;
+                    }
+                    Ok(None) => {
+                        self.inbound = Inbound::Data { req, after, _buf };
+                        return Ok(did);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                },
+                Inbound::NeedRecv(hdr) => match self.rq.pop_front() {
+                    Some(r) => {
+                        let next = self.recv_into(r, hdr);
+                        self.post(c, next)?;
+                        did = true;
+                        continue;
+                    }
+                    None => {
+                        self.inbound = Inbound::NeedRecv(hdr);
+                        return Ok(did);
+                    }
+                },
+                Inbound::Idle => {}
+            }
+            if let Some(s) = self.stalled.take() {
+                if !self.deliver_stalled(s) {
+                    return Ok(did);
+                }
+                did = true;
+            }
+            if self.out.len() >= MAX_OUT {
+                return Ok(did);
+            }
+            let mut next = Next::Nothing;
+            let got = match c.poll_whole(|tag, p, len| next = self.on_msg(dev, tag, p, len)) {
+                Ok(g) => g,
+                Err(ffcore::Error::PeerClosed) => return Err("the peer closed".into()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if !got {
+                if c.peer_closed() && !c.has_events() {
+                    return Err("the peer closed".into());
+                }
+                return Ok(did);
+            }
+            did = true;
+            self.post(c, next)?;
+        }
+    }
+
+    fn post(&mut self, c: &mut Conn, next: Next) -> Result<(), String> {
+        match next {
+            Next::Nothing => Ok(()),
+            Next::Broken(why) => Err(why),
+            Next::Recv { ptr, len, after, buf } => {
+                // SAFETY: ptr is checked registered memory, or `buf`, which
+                // the Inbound keeps until the receive completes.
+                let req = unsafe { c.irecv(ptr, len, wire::DATA) }.map_err(|e| e.to_string())?;
+                self.inbound = Inbound::Data { req, after, _buf: buf };
+                Ok(())
+            }
+        }
+    }
+
+    /// A receive for a SEND of `hdr.len` bytes whose DATA follows.
+    fn recv_into(&mut self, r: RecvWr, hdr: Hdr) -> Next {
+        let len = hdr.len as usize;
+        let imm = (hdr.flags & F_IMM != 0).then_some(hdr.imm);
+        let cap: usize = r.sges.iter().map(|s| s.len as usize).sum();
+        if cap < len {
+            self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+            self.ack(hdr.seq, IBV_WC_REM_INV_REQ_ERR);
+            let mut b = vec![0u8; len];
+            return Next::Recv { ptr: b.as_mut_ptr(), len, after: After::Discard, buf: Some(b) };
+        }
+        if r.sges.first().is_some_and(|s| s.len as usize >= len) {
+            let ptr = r.sges[0].addr as *mut u8;
+            return Next::Recv { ptr, len, after: After::Recv { wr_id: r.wr_id, seq: hdr.seq, imm, bounce: None }, buf: None };
+        }
+        let mut b = vec![0u8; len];
+        let ptr = b.as_mut_ptr();
+        Next::Recv { ptr, len, after: After::Recv { wr_id: r.wr_id, seq: hdr.seq, imm, bounce: Some((b, r.sges)) }, buf: None }
+    }
+
+    fn recv_done(&mut self, wr_id: u64, len: u64, imm: Option<u32>, write: bool) {
+        let mut w = wc(wr_id, IBV_WC_SUCCESS, if write { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV }, len, self.qpn);
+        if let Some(i) = imm {
+            w.__bindgen_anon_1.imm_data = i;
+            w.wc_flags |= IBV_WC_WITH_IMM;
+        }
+        if let Some((_, q)) = self.remote {
+            w.src_qp = q;
+        }
+        self.recv_cq.push(w);
+    }
+
+    /// Delivers a request that waited for a receive; false if none yet.
+    fn deliver_stalled(&mut self, s: Stalled) -> bool {
+        let Some(r) = self.rq.pop_front() else {
+            self.stalled = Some(s);
+            return false;
+        };
+        let imm = (s.hdr.flags & F_IMM != 0).then_some(s.hdr.imm);
+        if s.placed {
+            self.recv_done(r.wr_id, s.hdr.len, imm, true);
+            self.ack(s.hdr.seq, 0);
+            return true;
+        }
+        // SAFETY: the receive's elements were checked when posted.
+        if unsafe { scatter(&r.sges, s.data.as_ptr(), s.data.len()) } {
+            self.recv_done(r.wr_id, s.data.len() as u64, imm, false);
+            self.ack(s.hdr.seq, 0);
+        } else {
+            self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+            self.ack(s.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
+        }
+        true
+    }
+
+    /// One message from the peer (`len` bytes at `p`, in the shared ring:
+    /// the header is copied out once, then checked).
+    fn on_msg(&mut self, dev: &Device, tag: u32, p: *const u8, len: usize) -> Next {
+        if len < Hdr::LEN {
+            return Next::Broken(format!("message of {len} bytes with tag {tag}"));
+        }
+        let mut hb = [0u8; Hdr::LEN];
+        // SAFETY: len >= Hdr::LEN bytes are readable at p.
+        unsafe { std::ptr::copy_nonoverlapping(p, hb.as_mut_ptr(), Hdr::LEN) };
+        let h = Hdr::read(&hb).unwrap();
+        // SAFETY: the rest of the message.
+        let payload = unsafe { p.add(Hdr::LEN) };
+        let plen = len - Hdr::LEN;
+        let data_next = h.flags & F_DATA_NEXT != 0;
+        let imm = (h.flags & F_IMM != 0).then_some(h.imm);
+        if matches!(tag, wire::SEND | wire::WRITE | wire::READ) {
+            if h.seq != self.expect_seq {
+                return Next::Broken(format!("request {} where {} was due", h.seq, self.expect_seq));
+            }
+            self.expect_seq += 1;
+            if !data_next && tag != wire::READ && plen as u64 != h.len {
+                return Next::Broken("inline length mismatch".into());
+            }
+        }
+        match tag {
+            wire::SEND if data_next => match self.rq.pop_front() {
+                Some(r) => self.recv_into(r, h),
+                None => {
+                    self.inbound = Inbound::NeedRecv(h);
+                    Next::Nothing
+                }
+            },
+            wire::SEND => {
+                let mut data = vec![0u8; plen];
+                // SAFETY: plen bytes at payload.
+                unsafe { std::ptr::copy_nonoverlapping(payload, data.as_mut_ptr(), plen) };
+                self.deliver_stalled(Stalled { hdr: h, data, placed: false });
+                Next::Nothing
+            }
+            wire::WRITE => match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_WRITE) {
+                Err(st) => {
+                    self.ack(h.seq, st);
+                    if data_next {
+                        let mut b = vec![0u8; h.len.min(1 << 30) as usize];
+                        return Next::Recv { ptr: b.as_mut_ptr(), len: b.len(), after: After::Discard, buf: Some(b) };
+                    }
+                    Next::Nothing
+                }
+                Ok(dst) if data_next => Next::Recv { ptr: dst, len: h.len as usize, after: After::Write { seq: h.seq, imm, len: h.len }, buf: None },
+                Ok(dst) => {
+                    // SAFETY: dst..dst+len is registered memory the peer may write.
+                    unsafe { std::ptr::copy_nonoverlapping(payload, dst, plen) };
+                    self.write_done(h.seq, imm, h.len);
+                    Next::Nothing
+                }
+            },
+            wire::READ => {
+                match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ) {
+                    Err(st) => self.out.push_back(Reply::Read { seq: h.seq, ptr: 0, len: 0, status: st }),
+                    Ok(src) => self.out.push_back(Reply::Read { seq: h.seq, ptr: src as u64, len: h.len, status: 0 }),
+                }
+                Next::Nothing
+            }
+            wire::READ_RESP => {
+                let Some(f) = self.inflight.iter_mut().find(|f| f.seq == h.seq && f.op == Op::Read && f.answered.is_none()) else {
+                    return Next::Broken(format!("READ answer {} for no READ", h.seq));
+                };
+                if h.status != 0 {
+                    f.answered = Some(h.status);
+                    return Next::Nothing;
+                }
+                if h.len != f.len {
+                    return Next::Broken("READ answer of the wrong length".into());
+                }
+                if !data_next {
+                    if plen as u64 != f.len {
+                        return Next::Broken("READ answer of the wrong length".into());
+                    }
+                    // SAFETY: the destination was checked when posted.
+                    unsafe { scatter(&f.dst, payload, plen) };
+                    f.answered = Some(0);
+                    return Next::Nothing;
+                }
+                let len = f.len as usize;
+                if f.dst.len() == 1 {
+                    let ptr = f.dst[0].addr as *mut u8;
+                    return Next::Recv { ptr, len, after: After::ReadResp { seq: h.seq, bounce: None }, buf: None };
+                }
+                let mut b = vec![0u8; len];
+                let ptr = b.as_mut_ptr();
+                Next::Recv { ptr, len, after: After::ReadResp { seq: h.seq, bounce: Some((b, f.dst.clone())) }, buf: None }
+            }
+            wire::ACK => {
+                for f in self.inflight.iter_mut().filter(|f| f.seq <= h.seq && f.op != Op::Read && f.answered.is_none()) {
+                    f.answered = Some(if f.seq == h.seq { h.status } else { 0 });
+                }
+                Next::Nothing
+            }
+            t => Next::Broken(format!("unexpected message tag {t}")),
+        }
+    }
+
+    fn write_done(&mut self, seq: u64, imm: Option<u32>, len: u64) {
+        match imm {
+            None => self.ack(seq, 0),
+            Some(i) => {
+                let hdr = Hdr { seq, len, imm: i, flags: F_IMM, ..Default::default() };
+                self.deliver_stalled(Stalled { hdr, data: Vec::new(), placed: true });
+            }
+        }
+    }
+
+    fn finish(&mut self, _dev: &Device, after: After, n: usize) -> Result<(), String> {
+        match after {
+            After::Discard => {}
+            After::Write { seq, imm, len } => {
+                if n as u64 != len {
+                    return Err("WRITE data of the wrong length".into());
+                }
+                self.write_done(seq, imm, len);
+            }
+            After::Recv { wr_id, seq, imm, bounce } => {
+                if let Some((b, sges)) = bounce {
+                    // SAFETY: the receive's elements were checked when posted.
+                    unsafe { scatter(&sges, b.as_ptr(), n) };
+                }
+                self.recv_done(wr_id, n as u64, imm, false);
+                self.ack(seq, 0);
+            }
+            After::ReadResp { seq, bounce } => {
+                if let Some((b, sges)) = bounce {
+                    // SAFETY: the destination was checked when posted.
+                    unsafe { scatter(&sges, b.as_ptr(), n) };
+                }
+                if let Some(f) = self.inflight.iter_mut().find(|f| f.seq == seq) {
+                    f.answered = Some(0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_out(&mut self, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
+        while let Some(r) = self.out.front() {
+            let (tag, hdr, inline, ptr) = match *r {
+                Reply::Ack { seq, status } => (wire::ACK, Hdr { seq, status, ..Default::default() }, 0, 0),
+                Reply::Read { seq, ptr, len, status } => {
+                    let mut h = Hdr { seq, len, status, ..Default::default() };
+                    let inline = if status == 0 && len as usize <= inline_max { len as usize } else { 0 };
+                    if status == 0 && inline == 0 && len > 0 {
+                        h.flags |= F_DATA_NEXT;
+                    }
+                    (wire::READ_RESP, h, inline, ptr)
+                }
+            };
+            let max = Hdr::LEN + inline;
+            let sent = c
+                .try_send_with(tag, max, |p| {
+                    // SAFETY: max writable bytes at p; ptr..ptr+inline was
+                    // checked against our registrations.
+                    unsafe {
+                        hdr.write(std::slice::from_raw_parts_mut(p, Hdr::LEN));
+                        std::ptr::copy_nonoverlapping(ptr as *const u8, p.add(Hdr::LEN), inline);
+                    }
+                    max
+                })
+                .map_err(|e| e.to_string())?;
+            if sent.is_none() {
+                break;
+            }
+            if hdr.flags & F_DATA_NEXT != 0 {
+                // SAFETY: registered memory the application keeps while registered.
+                let req = unsafe { c.isend(ptr as *const u8, hdr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?;
+                self.resp_reqs.push(req);
+            }
+            self.out.pop_front();
+            did = true;
+        }
+        let mut i = 0;
+        while i < self.resp_reqs.len() {
+            match c.test(self.resp_reqs[i]) {
+                Ok(None) => i += 1,
+                Ok(Some(_)) => {
+                    self.resp_reqs.swap_remove(i);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(did)
+    }
+
+    fn complete(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        while let Some(f) = self.inflight.front_mut() {
+            let Some(st) = f.answered else { break };
+            if let Some(req) = f.data {
+                match c.test(req) {
+                    Ok(Some(_)) => f.data = None,
+                    Ok(None) => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if st != 0 {
+                self.fail(dev, st);
+                return Ok(true);
+            }
+            let f = self.inflight.pop_front().unwrap();
+            if f.signaled {
+                self.send_cq.push(wc(f.wr_id, IBV_WC_SUCCESS, send_opcode(f.op), f.len, self.qpn));
+            }
+            did = true;
+        }
+        Ok(did)
+    }
+}
+
+fn send_opcode(op: Op) -> u32 {
+    match op {
+        Op::Send => IBV_WC_SEND,
+        Op::Write => IBV_WC_RDMA_WRITE,
+        Op::Read => IBV_WC_RDMA_READ,
+    }
+}
+
+/// A connection accepted for one of our queue pairs, before its HELLO
+/// found it.
+struct Pending {
+    conn: Conn,
+    hello: Option<Hello>,
+    since: Instant,
+}
+
+/// Everything of a device context that moves: its listener and queue pairs.
+pub struct Engine {
+    pub listener: Listener,
+    pub qps: HashMap<u32, Qp>,
+    pending: Vec<Pending>,
+    next_qpn: u32,
+    last_alive: Instant,
+}
+
+impl Engine {
+    pub fn new(listener: Listener) -> Engine {
+        Engine { listener, qps: HashMap::new(), pending: Vec::new(), next_qpn: 0x100 + (rand::random::<u32>() & 0xfff), last_alive: Instant::now() }
+    }
+
+    pub fn new_qpn(&mut self) -> u32 {
+        loop {
+            self.next_qpn = (self.next_qpn + 1) & 0xff_ffff;
+            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) {
+                return self.next_qpn;
+            }
+        }
+    }
+
+    pub fn progress(&mut self, dev: &Device) -> bool {
+        let mut did = false;
+        loop {
+            match self.listener.accept() {
+                Ok(Some(conn)) => {
+                    self.pending.push(Pending { conn, hello: None, since: Instant::now() });
+                    did = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("ffverbs: accept: {e}");
+                    break;
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &mut self.pending[i];
+            if p.hello.is_none() {
+                let mut bad = false;
+                let mut hello = None;
+                let r = p.conn.poll_whole(|tag, d, len| {
+                    let mut b = [0u8; Hello::LEN];
+                    if tag == wire::HELLO && len == Hello::LEN {
+                        // SAFETY: len bytes at d.
+                        unsafe { std::ptr::copy_nonoverlapping(d, b.as_mut_ptr(), Hello::LEN) };
+                        hello = Hello::read(&b);
+                    } else {
+                        bad = true;
+                    }
+                });
+                p.hello = hello;
+                if bad || r.is_err() {
+                    self.pending.swap_remove(i);
+                    continue;
+                }
+            }
+            let found = p.hello.and_then(|h| self.qps.get(&h.dst_qpn).filter(|q| q.waiting_for(h.src_qpn)).map(|_| h.dst_qpn));
+            if let Some(qpn) = found {
+                let p = self.pending.swap_remove(i);
+                self.qps.get_mut(&qpn).unwrap().attach(p.conn);
+                dev.kick();
+                did = true;
+                continue;
+            }
+            if p.since.elapsed() > CONNECT_TIMEOUT {
+                self.pending.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        for qp in self.qps.values_mut() {
+            did |= qp.progress(dev);
+        }
+        if self.last_alive.elapsed() > Duration::from_millis(500) {
+            self.last_alive = Instant::now();
+            for qp in self.qps.values_mut() {
+                qp.check_alive(dev);
+            }
+        }
+        did
+    }
+
+    /// Announces a sleep on every connection; None if there is work now.
+    fn arm(&mut self) -> Option<Vec<WakeWord>> {
+        let mut words: Vec<WakeWord> = self.qps.values().filter_map(|q| q.arm()).collect();
+        words.push(self.listener.wake_word());
+        let busy = self.listener.may_have_pending() || !self.pending.is_empty() || self.qps.values_mut().any(|q| q.has_events());
+        if busy {
+            for w in &words {
+                w.cancel();
+            }
+            return None;
+        }
+        Some(words)
+    }
+}
+
+/// The device's service thread: progress while the application is not
+/// driving it, asleep (no polling) while nothing happens.
+pub fn service(dev: Arc<Device>) {
+    let mut waiter = match ffcore::wake::Waiter::new() {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("ffverbs: no waiter: {e}");
+            return;
+        }
+    };
+    use std::os::fd::AsRawFd;
+    while !dev.stop.load(std::sync::atomic::Ordering::Acquire) {
+        if dev.progress() {
+            std::thread::yield_now();
+            continue;
+        }
+        if dev.app_recent() {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let words = match dev.engine.lock() {
+            Ok(mut e) => e.arm(),
+            Err(_) => return,
+        };
+        let Some(words) = words else { continue };
+        if waiter.arm(words).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let mut fds = [
+            libc::pollfd { fd: waiter.fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: dev.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two pollfds on our stack.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 250) };
+        waiter.disarm();
+        waiter.drain();
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into our stack variable (non-blocking fd).
+        unsafe { libc::read(dev.kick.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}
