@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ffcore::wake::{ConnWords, WakeWord};
-use ffcore::{Conn, Handle, Listener, Req};
+use ffcore::{Conn, Handle, Listener, RemoteKey, RemoteMap, Req};
+use std::collections::HashSet;
 
 use crate::dev::{Cq, Device, Status};
 use crate::sys::*;
@@ -117,6 +118,16 @@ struct Stalled {
 enum Reply {
     Ack { seq: u64, status: Status },
     Read { seq: u64, ptr: u64, len: u64, status: Status },
+    Rkey { hdr: Hdr, key: RemoteKey },
+}
+
+/// A peer's registration mapped here (same host): WRITEs and READs under
+/// its key are done directly (see [`crate::wire`]).
+struct Direct {
+    addr: u64,
+    len: u64,
+    access: u32,
+    map: Arc<RemoteMap>,
 }
 
 /// What handling a header asks of the connection next.
@@ -148,6 +159,12 @@ pub struct Qp {
     out: VecDeque<Reply>,
     resp_reqs: Vec<Req>,
     expect_seq: u64,
+    /// The peer is a process on this host (not the router).
+    local_peer: bool,
+    /// Our keys the peer was told about (`RKEY`).
+    announced: HashSet<u32>,
+    /// The peer's keys we reach directly.
+    direct: HashMap<u32, Direct>,
 }
 
 /// Copies `data` into the scatter list; false if it does not fit.
@@ -218,6 +235,9 @@ impl Qp {
             out: VecDeque::new(),
             resp_reqs: Vec::new(),
             expect_seq: 0,
+            local_peer: false,
+            announced: HashSet::new(),
+            direct: HashMap::new(),
         }
     }
 
@@ -286,6 +306,7 @@ impl Qp {
 
     pub fn attach(&mut self, conn: Conn) {
         self.words = conn.wake_words().ok();
+        self.local_peer = !conn.forwarded() && std::env::var("FFVERBS_DIRECT").map_or(true, |v| v != "n");
         self.link = Link::Up(Box::new(conn));
     }
 
@@ -428,7 +449,12 @@ impl Qp {
     fn tx(&mut self, c: &mut Conn) -> Result<bool, String> {
         let mut did = false;
         let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
-        while let Some(wr) = self.sq.front() {
+        while !self.sq.is_empty() {
+            if self.inflight.is_empty() && self.try_direct() {
+                did = true;
+                continue;
+            }
+            let Some(wr) = self.sq.front() else { break };
             let mut hdr = Hdr { seq: self.next_seq, raddr: wr.raddr, rkey: wr.rkey, len: wr.len, imm: wr.imm.unwrap_or(0), flags: 0, status: 0 };
             if wr.imm.is_some() {
                 hdr.flags |= F_IMM;
@@ -492,6 +518,69 @@ impl Qp {
             did = true;
         }
         Ok(did)
+    }
+
+    /// Does the work request at the front itself, in the peer's mapped
+    /// registration, if it may (see [`crate::wire`]); true if done.
+    fn try_direct(&mut self) -> bool {
+        let Some(wr) = self.sq.front() else { return false };
+        if wr.op == Op::Send || wr.imm.is_some() {
+            return false;
+        }
+        let Some(d) = self.direct.get(&wr.rkey) else { return false };
+        let need = if wr.op == Op::Write { IBV_ACCESS_REMOTE_WRITE } else { IBV_ACCESS_REMOTE_READ };
+        let inside = wr.raddr >= d.addr && wr.raddr.checked_add(wr.len).is_some_and(|e| e <= d.addr + d.len);
+        if d.access & need == 0 || !inside || d.map.at(wr.raddr, wr.len as usize).is_err() {
+            return false;
+        }
+        let mut off = 0u64;
+        let mut ok = true;
+        let parts: Vec<(u64, u64)> = match &wr.inline {
+            Some(b) => vec![(b.as_ptr() as u64, b.len() as u64)],
+            None => wr.sges.iter().map(|s| (s.addr, s.len as u64)).collect(),
+        };
+        for (p, n) in parts {
+            // SAFETY: our side of each element was checked against our
+            // registrations when posted (or is the inline copy); the peer's
+            // side is bounds-checked by the mapping.
+            let r = unsafe {
+                match wr.op {
+                    Op::Write => d.map.write(wr.raddr + off, p as *const u8, n as usize),
+                    _ => d.map.read(wr.raddr + off, p as *mut u8, n as usize),
+                }
+            };
+            if r.is_err() {
+                ok = false;
+                break;
+            }
+            off += n;
+        }
+        if !ok {
+            // Deregistered meanwhile: the responder decides, by message.
+            let k = wr.rkey;
+            self.direct.remove(&k);
+            return false;
+        }
+        let wr = self.sq.pop_front().unwrap();
+        if wr.signaled {
+            self.send_cq.push(wc(wr.wr_id, IBV_WC_SUCCESS, send_opcode(wr.op), wr.len, self.qpn));
+        }
+        true
+    }
+
+    /// Tells a peer on this host how to reach our registration `rkey`
+    /// itself (once per key), if it is shadow memory.
+    fn announce(&mut self, dev: &Device, rkey: u32) {
+        if !self.local_peer || !self.announced.insert(rkey) {
+            return;
+        }
+        let Some(m) = dev.mr(rkey) else { return };
+        let Some(sh) = &m.shadow else { return };
+        let access = m.access & self.access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+        let key = if access & IBV_ACCESS_REMOTE_WRITE != 0 { sh.remote_key() } else { sh.remote_read_key() };
+        let Some(key) = key.filter(|_| sh.shared_range().1 > 0) else { return };
+        let hdr = Hdr { rkey, raddr: m.addr, len: m.len, flags: access, ..Default::default() };
+        self.out.push_back(Reply::Rkey { hdr, key });
     }
 
     fn ack(&mut self, seq: u64, status: Status) {
@@ -677,8 +766,12 @@ impl Qp {
                     }
                     Next::Nothing
                 }
-                Ok(dst) if data_next => Next::Recv { ptr: dst, len: h.len as usize, after: After::Write { seq: h.seq, imm, len: h.len }, buf: None },
+                Ok(dst) if data_next => {
+                    self.announce(dev, h.rkey);
+                    Next::Recv { ptr: dst, len: h.len as usize, after: After::Write { seq: h.seq, imm, len: h.len }, buf: None }
+                }
                 Ok(dst) => {
+                    self.announce(dev, h.rkey);
                     // SAFETY: dst..dst+len is registered memory the peer may write.
                     unsafe { std::ptr::copy_nonoverlapping(payload, dst, plen) };
                     self.write_done(h.seq, imm, h.len);
@@ -688,7 +781,10 @@ impl Qp {
             wire::READ => {
                 match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ) {
                     Err(st) => self.out.push_back(Reply::Read { seq: h.seq, ptr: 0, len: 0, status: st }),
-                    Ok(src) => self.out.push_back(Reply::Read { seq: h.seq, ptr: src as u64, len: h.len, status: 0 }),
+                    Ok(src) => {
+                        self.out.push_back(Reply::Read { seq: h.seq, ptr: src as u64, len: h.len, status: 0 });
+                        self.announce(dev, h.rkey);
+                    }
                 }
                 Next::Nothing
             }
@@ -720,6 +816,20 @@ impl Qp {
                 let mut b = vec![0u8; len];
                 let ptr = b.as_mut_ptr();
                 Next::Recv { ptr, len, after: After::ReadResp { seq: h.seq, bounce: Some((b, f.dst.clone())) }, buf: None }
+            }
+            wire::RKEY => {
+                if plen >= RemoteKey::LEN && self.local_peer {
+                    let mut kb = [0u8; RemoteKey::LEN];
+                    // SAFETY: plen >= RemoteKey::LEN bytes at payload.
+                    unsafe { std::ptr::copy_nonoverlapping(payload, kb.as_mut_ptr(), RemoteKey::LEN) };
+                    match dev.ff.map_remote(&RemoteKey::read(&kb)) {
+                        Ok(map) => {
+                            self.direct.insert(h.rkey, Direct { addr: h.raddr, len: h.len, access: h.flags, map });
+                        }
+                        Err(e) => log::debug!("ffverbs: QP {}: cannot map the peer's key {:#x}: {e}", self.qpn, h.rkey),
+                    }
+                }
+                Next::Nothing
             }
             wire::ACK => {
                 for f in self.inflight.iter_mut().filter(|f| f.seq <= h.seq && f.op != Op::Read && f.answered.is_none()) {
@@ -775,6 +885,24 @@ impl Qp {
         let mut did = false;
         let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
         while let Some(r) = self.out.front() {
+            if let Reply::Rkey { hdr, key } = r {
+                let (hdr, key) = (*hdr, *key);
+                let sent = c
+                    .try_send_with(wire::RKEY, Hdr::LEN + RemoteKey::LEN, |p| {
+                        // SAFETY: that many writable bytes at p.
+                        let b = unsafe { std::slice::from_raw_parts_mut(p, Hdr::LEN + RemoteKey::LEN) };
+                        hdr.write(&mut b[..Hdr::LEN]);
+                        key.write((&mut b[Hdr::LEN..]).try_into().unwrap());
+                        Hdr::LEN + RemoteKey::LEN
+                    })
+                    .map_err(|e| e.to_string())?;
+                if sent.is_none() {
+                    break;
+                }
+                self.out.pop_front();
+                did = true;
+                continue;
+            }
             let (tag, hdr, inline, ptr) = match *r {
                 Reply::Ack { seq, status } => (wire::ACK, Hdr { seq, status, ..Default::default() }, 0, 0),
                 Reply::Read { seq, ptr, len, status } => {
@@ -785,6 +913,7 @@ impl Qp {
                     }
                     (wire::READ_RESP, h, inline, ptr)
                 }
+                Reply::Rkey { .. } => unreachable!(),
             };
             let max = Hdr::LEN + inline;
             let sent = c

@@ -11,7 +11,17 @@
 //! | `READ_RESP` | [`Hdr`] (status) + data if inline | responder → requester |
 //! | `ACK` | [`Hdr`] (seq: the last request done, status) | responder → requester |
 //! | `DATA` | the bytes of the request or response before it (`F_DATA_NEXT`) | either |
+//! | `RKEY` | [`Hdr`] (rkey, the registration's range, access) + an ffcore remote key | responder → requester, same host |
 //!
+//! Between two processes on one host, the responder also answers the first
+//! WRITE or READ under a key whose registration is shadow memory with
+//! `RKEY`: the requester maps those pages (through the router, as the UCX
+//! transport does) and does later WRITEs and READs under that key itself,
+//! a copy between the two buffers with no work for the responder, once
+//! nothing it posted before is still unanswered (so order holds). It keeps
+//! to the registration's range and access (a read-only key for memory the
+//! peer may not write), and falls back to messages outside the shared
+//! pages or after a deregistration.
 //! Every request carries a sequence number; the responder serves them in
 //! order and answers each READ, and every other request with an ACK
 //! (coalesced: an ACK covers every request up to its number). A status
@@ -27,6 +37,7 @@ pub const READ: u32 = 4;
 pub const READ_RESP: u32 = 5;
 pub const ACK: u32 = 6;
 pub const DATA: u32 = 7;
+pub const RKEY: u32 = 8;
 
 /// The data follows in a `DATA` message (else it is inline, after the header).
 pub const F_DATA_NEXT: u32 = 1;
