@@ -97,23 +97,29 @@ enum After {
     Write { seq: u64, imm: Option<u32>, len: u64 },
     ReadResp { seq: u64, bounce: Option<(Vec<u8>, Vec<Sge>)> },
     Discard,
+    /// A request received into our own buffer, to be served in its turn.
+    Hold { tag: u32, hdr: Hdr },
 }
 
 enum Inbound {
     Idle,
-    /// A SEND whose DATA follows, waiting for a receive to be posted.
-    NeedRecv(Hdr),
     Data { req: Req, after: After, _buf: Option<Vec<u8>> },
 }
 
-/// A request that arrived before a receive was posted (receiver not
-/// ready: it waits, as with an infinite RNR retry count).
-struct Stalled {
+/// A request that waits for its turn: one that needs a receive when none
+/// is posted (it waits, as with an infinite RNR retry count), and every
+/// request after it. Its bytes are copied out of the ring, so the answers
+/// behind it (ACKs, READ data) still get through.
+struct Held {
+    tag: u32,
     hdr: Hdr,
     data: Vec<u8>,
     /// The bytes are placed already (a WRITE with immediate).
     placed: bool,
 }
+
+/// Bytes of held requests before we stop reading the ring.
+const HELD_MAX: usize = 64 << 20;
 
 enum Reply {
     Ack { seq: u64, status: Status },
@@ -155,7 +161,8 @@ pub struct Qp {
     next_seq: u64,
     rq: VecDeque<RecvWr>,
     inbound: Inbound,
-    stalled: Option<Stalled>,
+    held: VecDeque<Held>,
+    held_bytes: usize,
     out: VecDeque<Reply>,
     resp_reqs: Vec<Req>,
     expect_seq: u64,
@@ -231,7 +238,8 @@ impl Qp {
             next_seq: 0,
             rq: VecDeque::new(),
             inbound: Inbound::Idle,
-            stalled: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
             out: VecDeque::new(),
             resp_reqs: Vec::new(),
             expect_seq: 0,
@@ -336,7 +344,8 @@ impl Qp {
         for r in self.rq.drain(..) {
             self.recv_cq.push(wc(r.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
         }
-        self.stalled = None;
+        self.held.clear();
+        self.held_bytes = 0;
         self.out.clear();
         self.resp_reqs.clear();
         self.inbound = Inbound::Idle;
@@ -436,6 +445,8 @@ impl Qp {
     }
 
     fn run(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        // Moves the bytes of large messages under way, both ways.
+        c.progress();
         let mut did = false;
         if self.state == IBV_QPS_RTS {
             did |= self.tx(c)?;
@@ -596,40 +607,19 @@ impl Qp {
     fn rx(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
         let mut did = false;
         loop {
-            match std::mem::replace(&mut self.inbound, Inbound::Idle) {
-                Inbound::Data { req, after, _buf } => match c.test(req) {
+            if let Inbound::Data { req, .. } = &self.inbound {
+                match c.test(*req) {
                     Ok(Some(n)) => {
-                        self.finish(dev, after, n)?;
+                        let Inbound::Data { after, _buf, .. } = std::mem::replace(&mut self.inbound, Inbound::Idle) else { unreachable!() };
+                        self.finish(dev, after, n, _buf)?;
                         did = true;
-                        continue;
                     }
-                    Ok(None) => {
-                        self.inbound = Inbound::Data { req, after, _buf };
-                        return Ok(did);
-                    }
+                    Ok(None) => return Ok(did),
                     Err(e) => return Err(e.to_string()),
-                },
-                Inbound::NeedRecv(hdr) => match self.rq.pop_front() {
-                    Some(r) => {
-                        let next = self.recv_into(r, hdr);
-                        self.post(c, next)?;
-                        did = true;
-                        continue;
-                    }
-                    None => {
-                        self.inbound = Inbound::NeedRecv(hdr);
-                        return Ok(did);
-                    }
-                },
-                Inbound::Idle => {}
-            }
-            if let Some(s) = self.stalled.take() {
-                if !self.deliver_stalled(s) {
-                    return Ok(did);
                 }
-                did = true;
             }
-            if self.out.len() >= MAX_OUT {
+            did |= self.run_held(dev);
+            if self.out.len() >= MAX_OUT || self.held_bytes > HELD_MAX {
                 return Ok(did);
             }
             let mut next = Next::Nothing;
@@ -646,6 +636,61 @@ impl Qp {
             }
             did = true;
             self.post(c, next)?;
+        }
+    }
+
+    fn hold(&mut self, tag: u32, hdr: Hdr, data: Vec<u8>, placed: bool) {
+        self.held_bytes += data.len();
+        self.held.push_back(Held { tag, hdr, data, placed });
+    }
+
+    /// Serves held requests in order, as far as receives allow.
+    fn run_held(&mut self, dev: &Device) -> bool {
+        let mut did = false;
+        while let Some(h) = self.held.front() {
+            let needs_recv = h.tag == wire::SEND || (h.tag == wire::WRITE && h.hdr.flags & F_IMM != 0);
+            if needs_recv && self.rq.is_empty() {
+                break;
+            }
+            let h = self.held.pop_front().unwrap();
+            self.held_bytes -= h.data.len();
+            let imm = (h.hdr.flags & F_IMM != 0).then_some(h.hdr.imm);
+            match h.tag {
+                wire::SEND => {
+                    let r = self.rq.pop_front().unwrap();
+                    // SAFETY: the receive's elements were checked when posted.
+                    if unsafe { scatter(&r.sges, h.data.as_ptr(), h.data.len()) } {
+                        self.recv_done(r.wr_id, h.data.len() as u64, imm, false);
+                        self.ack(h.hdr.seq, 0);
+                    } else {
+                        self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                        self.ack(h.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
+                    }
+                }
+                wire::WRITE if h.placed => self.write_done(h.hdr.seq, imm, h.hdr.len),
+                wire::WRITE => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
+                    Err(st) => self.ack(h.hdr.seq, st),
+                    Ok(dst) => {
+                        // SAFETY: registered memory the peer may write, h.hdr.len == data.len().
+                        unsafe { std::ptr::copy_nonoverlapping(h.data.as_ptr(), dst, h.data.len()) };
+                        self.announce(dev, h.hdr.rkey);
+                        self.write_done(h.hdr.seq, imm, h.hdr.len);
+                    }
+                },
+                _ => self.read_req(dev, &h.hdr),
+            }
+            did = true;
+        }
+        did
+    }
+
+    fn read_req(&mut self, dev: &Device, h: &Hdr) {
+        match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ) {
+            Err(st) => self.out.push_back(Reply::Read { seq: h.seq, ptr: 0, len: 0, status: st }),
+            Ok(src) => {
+                self.out.push_back(Reply::Read { seq: h.seq, ptr: src as u64, len: h.len, status: 0 });
+                self.announce(dev, h.rkey);
+            }
         }
     }
 
@@ -695,29 +740,6 @@ impl Qp {
         self.recv_cq.push(w);
     }
 
-    /// Delivers a request that waited for a receive; false if none yet.
-    fn deliver_stalled(&mut self, s: Stalled) -> bool {
-        let Some(r) = self.rq.pop_front() else {
-            self.stalled = Some(s);
-            return false;
-        };
-        let imm = (s.hdr.flags & F_IMM != 0).then_some(s.hdr.imm);
-        if s.placed {
-            self.recv_done(r.wr_id, s.hdr.len, imm, true);
-            self.ack(s.hdr.seq, 0);
-            return true;
-        }
-        // SAFETY: the receive's elements were checked when posted.
-        if unsafe { scatter(&r.sges, s.data.as_ptr(), s.data.len()) } {
-            self.recv_done(r.wr_id, s.data.len() as u64, imm, false);
-            self.ack(s.hdr.seq, 0);
-        } else {
-            self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
-            self.ack(s.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
-        }
-        true
-    }
-
     /// One message from the peer (`len` bytes at `p`, in the shared ring:
     /// the header is copied out once, then checked).
     fn on_msg(&mut self, dev: &Device, tag: u32, p: *const u8, len: usize) -> Next {
@@ -733,6 +755,7 @@ impl Qp {
         let plen = len - Hdr::LEN;
         let data_next = h.flags & F_DATA_NEXT != 0;
         let imm = (h.flags & F_IMM != 0).then_some(h.imm);
+        log::trace!("QP {}: message {tag} {h:?} ({plen} bytes after the header)", self.qpn);
         if matches!(tag, wire::SEND | wire::WRITE | wire::READ) {
             if h.seq != self.expect_seq {
                 return Next::Broken(format!("request {} where {} was due", h.seq, self.expect_seq));
@@ -741,20 +764,37 @@ impl Qp {
             if !data_next && tag != wire::READ && plen as u64 != h.len {
                 return Next::Broken("inline length mismatch".into());
             }
+            let needs_recv = tag == wire::SEND || (tag == wire::WRITE && imm.is_some());
+            if !self.held.is_empty() || (needs_recv && self.rq.is_empty()) {
+                if h.len > 1 << 31 {
+                    return Next::Broken("request over 2 GiB".into());
+                }
+                if data_next {
+                    let mut b = vec![0u8; h.len as usize];
+                    return Next::Recv { ptr: b.as_mut_ptr(), len: b.len(), after: After::Hold { tag, hdr: h }, buf: Some(b) };
+                }
+                let mut data = vec![0u8; if tag == wire::READ { 0 } else { plen }];
+                // SAFETY: plen bytes at payload.
+                unsafe { std::ptr::copy_nonoverlapping(payload, data.as_mut_ptr(), data.len()) };
+                self.hold(tag, h, data, false);
+                return Next::Nothing;
+            }
         }
         match tag {
-            wire::SEND if data_next => match self.rq.pop_front() {
-                Some(r) => self.recv_into(r, h),
-                None => {
-                    self.inbound = Inbound::NeedRecv(h);
-                    Next::Nothing
-                }
-            },
+            wire::SEND if data_next => {
+                let r = self.rq.pop_front().unwrap();
+                self.recv_into(r, h)
+            }
             wire::SEND => {
-                let mut data = vec![0u8; plen];
-                // SAFETY: plen bytes at payload.
-                unsafe { std::ptr::copy_nonoverlapping(payload, data.as_mut_ptr(), plen) };
-                self.deliver_stalled(Stalled { hdr: h, data, placed: false });
+                let r = self.rq.pop_front().unwrap();
+                // SAFETY: the receive's elements were checked when posted; plen bytes at payload.
+                if unsafe { scatter(&r.sges, payload, plen) } {
+                    self.recv_done(r.wr_id, plen as u64, imm, false);
+                    self.ack(h.seq, 0);
+                } else {
+                    self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                    self.ack(h.seq, IBV_WC_REM_INV_REQ_ERR);
+                }
                 Next::Nothing
             }
             wire::WRITE => match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_WRITE) {
@@ -779,13 +819,7 @@ impl Qp {
                 }
             },
             wire::READ => {
-                match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ) {
-                    Err(st) => self.out.push_back(Reply::Read { seq: h.seq, ptr: 0, len: 0, status: st }),
-                    Ok(src) => {
-                        self.out.push_back(Reply::Read { seq: h.seq, ptr: src as u64, len: h.len, status: 0 });
-                        self.announce(dev, h.rkey);
-                    }
-                }
+                self.read_req(dev, &h);
                 Next::Nothing
             }
             wire::READ_RESP => {
@@ -842,18 +876,29 @@ impl Qp {
     }
 
     fn write_done(&mut self, seq: u64, imm: Option<u32>, len: u64) {
-        match imm {
-            None => self.ack(seq, 0),
-            Some(i) => {
+        let Some(i) = imm else { return self.ack(seq, 0) };
+        match self.rq.pop_front() {
+            Some(r) => {
+                self.recv_done(r.wr_id, len, imm, true);
+                self.ack(seq, 0);
+            }
+            None => {
                 let hdr = Hdr { seq, len, imm: i, flags: F_IMM, ..Default::default() };
-                self.deliver_stalled(Stalled { hdr, data: Vec::new(), placed: true });
+                self.held.push_front(Held { tag: wire::WRITE, hdr, data: Vec::new(), placed: true });
             }
         }
     }
 
-    fn finish(&mut self, _dev: &Device, after: After, n: usize) -> Result<(), String> {
+    fn finish(&mut self, _dev: &Device, after: After, n: usize, buf: Option<Vec<u8>>) -> Result<(), String> {
         match after {
             After::Discard => {}
+            After::Hold { tag, hdr } => {
+                let data = buf.unwrap_or_default();
+                if n as u64 != hdr.len || data.len() != n {
+                    return Err("request data of the wrong length".into());
+                }
+                self.hold(tag, hdr, data, false);
+            }
             After::Write { seq, imm, len } => {
                 if n as u64 != len {
                     return Err("WRITE data of the wrong length".into());
