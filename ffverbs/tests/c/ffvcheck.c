@@ -1,10 +1,9 @@
 /* ffvcheck: a verbs program (plain libibverbs API) that checks the bytes
  * SEND, WRITE and READ move and the error completions, between two
- * processes: `ffvcheck server` and `ffvcheck client`. Each prints
- * "ADDR ..." (its GID, QP numbers, keys and addresses) and reads the
- * peer's line on stdin (the test harness relays them, as perftest does
- * over its socket). Exits 0 only if every check passed; prints "OK <what>"
- * for each. */
+ * processes: `ffvcheck server PORT` and `ffvcheck client HOST PORT`. They
+ * exchange their addresses (GID, QP numbers, keys and addresses) over TCP,
+ * as perftest does. Exits 0 only if every check passed; prints
+ * "OK <what>" for each. */
 #include <arpa/inet.h>
 #include <infiniband/verbs.h>
 #include <inttypes.h>
@@ -13,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
 #define BUF (4u << 20)
 #define NQP 3
@@ -72,20 +73,41 @@ static void post(int q, uint64_t id, enum ibv_wr_opcode op, struct ibv_sge *s, i
     if (rc) DIE("ibv_post_send: %s", strerror(rc));
 }
 
-static void line_out(void) {
-    printf("ADDR");
-    for (int i = 0; i < 16; i++) printf("%s%02x", i ? "" : " ", me.gid.raw[i]);
-    for (int i = 0; i < NQP; i++) printf(" %x", me.qpn[i]);
-    printf(" %x %" PRIx64 " %x %" PRIx64 "\n", me.rkey, me.addr, me.rokey, me.roaddr);
-    fflush(stdout);
-}
-
-static void line_in(void) {
+/* Sends our address line and reads the peer's over a TCP connection. */
+static void exchange(int server, const char *host, const char *port) {
+    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = server ? AI_PASSIVE : 0 }, *ai;
+    if (getaddrinfo(server ? NULL : host, port, &hints, &ai)) DIE("getaddrinfo");
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (server) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) DIE("bind/listen");
+        printf("LISTENING\n");
+        fflush(stdout);
+        int c = accept(fd, NULL, NULL);
+        close(fd);
+        fd = c;
+    } else {
+        double end = now() + 20;
+        while (connect(fd, ai->ai_addr, ai->ai_addrlen)) {
+            if (now() > end) DIE("cannot connect to %s:%s", host, port);
+            close(fd);
+            fd = socket(AF_INET, SOCK_STREAM, 0);
+            usleep(50000);
+        }
+    }
+    freeaddrinfo(ai);
     char l[512], g[64];
-    if (!fgets(l, sizeof l, stdin)) DIE("no peer address");
+    int n = snprintf(l, sizeof l, "ADDR ");
+    for (int i = 0; i < 16; i++) n += snprintf(l + n, sizeof l - n, "%02x", me.gid.raw[i]);
+    for (int i = 0; i < NQP; i++) n += snprintf(l + n, sizeof l - n, " %x", me.qpn[i]);
+    n += snprintf(l + n, sizeof l - n, " %x %" PRIx64 " %x %" PRIx64 "\n", me.rkey, me.addr, me.rokey, me.roaddr);
+    if (write(fd, l, n) != n) DIE("write address");
+    FILE *f = fdopen(fd, "r");
+    if (!f || !fgets(l, sizeof l, f)) DIE("no peer address");
     if (sscanf(l, "ADDR %32s %x %x %x %x %" SCNx64 " %x %" SCNx64, g, &them.qpn[0], &them.qpn[1], &them.qpn[2], &them.rkey, &them.addr, &them.rokey, &them.roaddr) != 8)
         DIE("bad peer address line: %s", l);
     for (int i = 0; i < 16; i++) sscanf(g + 2 * i, "%2hhx", &them.gid.raw[i]);
+    fclose(f);
 }
 
 static void connect_qp(int i) {
@@ -159,8 +181,8 @@ int main(int argc, char **argv) {
     }
     if (ibv_query_gid(ctx, 1, 0, &me.gid)) DIE("ibv_query_gid");
     me.rkey = mr->rkey; me.addr = (uintptr_t)buf; me.rokey = romr->rkey; me.roaddr = (uintptr_t)ro;
-    line_out();
-    line_in();
+    if (server ? argc < 3 : argc < 4) DIE("usage: ffvcheck server PORT | ffvcheck client HOST PORT");
+    exchange(server, server ? NULL : argv[2], server ? argv[2] : argv[3]);
     for (int i = 0; i < NQP; i++) connect_qp(i);
 
     /* SEND: inline, small, 256 KiB + 3 (its data in a message of its own),
@@ -227,6 +249,7 @@ int main(int argc, char **argv) {
             post(0, 30 + round, IBV_WR_RDMA_WRITE, &s, 1, them.addr + 5, them.rkey, 0, 0);
             expect(wait_wc(scq, 20), IBV_WC_SUCCESS, 30 + round, "write");
             sync_step(20 + round);
+            sync_step(40 + round); /* the server checked */
         }
         fill(buf, 5, 7);
         struct ibv_sge s = { (uintptr_t)buf, 5, mr->lkey };
@@ -251,6 +274,7 @@ int main(int argc, char **argv) {
             sync_step(20 + round);
             if (!check(buf + 5, wlen, 100 + round)) DIE("WRITE %d: wrong bytes", round);
             printf("OK write %zu bytes fnv %08x\n", wlen, fnv(buf + 5, wlen));
+            sync_step(40 + round);
         }
         post_recv(0, 40, buf + (3 << 20) + 64, 64);
         struct ibv_wc wc = wait_wc(rcq, 20);
