@@ -1010,3 +1010,15 @@ pub extern "C" fn ffv_ibv_rate_to_mbps(r: c_int) -> c_int {
 pub extern "C" fn ffv_mbps_to_ibv_rate(m: c_int) -> c_int {
     RATES.iter().find(|x| x.2 == m).map_or(0, |x| x.0)
 }
+
+/// There is no sysfs for ff0: the usual root, and every file is missing.
+#[no_mangle]
+pub extern "C" fn ffv_ibv_get_sysfs_path() -> *const c_char {
+    cstr(c"/sys")
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_read_sysfs_file(_dir: *const c_char, _file: *const c_char, _buf: *mut c_char, _size: usize) -> c_int {
+    set_errno(libc::ENOENT);
+    -1
+}
