@@ -86,7 +86,7 @@ struct Inflight {
 
 enum Link {
     Idle,
-    Connect { handle: Handle, since: Instant },
+    Connect { handle: Handle, since: Instant, next_try: Instant },
     Accept { since: Instant },
     Up(Box<Conn>),
 }
@@ -301,7 +301,8 @@ impl Qp {
             // A router on another host is named by its address; the id of
             // the router there is not in the GID (see the README).
             let router_id = if same { dev.own.router_id } else { [0; 16] };
-            Link::Connect { handle: Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }, since: Instant::now() }
+            let now = Instant::now();
+            Link::Connect { handle: Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }, since: now, next_try: now }
         } else {
             Link::Accept { since: Instant::now() }
         };
@@ -353,11 +354,11 @@ impl Qp {
         self.link = Link::Idle;
     }
 
-    /// Has the connection anything for us (after [`ConnWords::arm`])?
+    /// Has the connection anything for us (after [`ConnWords::arm`])? A
+    /// connect under way is retried on the service thread's timeout.
     pub fn has_events(&mut self) -> bool {
         match &mut self.link {
             Link::Up(c) => c.has_events(),
-            Link::Connect { .. } => true,
             _ => false,
         }
     }
@@ -382,7 +383,13 @@ impl Qp {
         }
         match std::mem::replace(&mut self.link, Link::Idle) {
             Link::Idle => false,
-            Link::Connect { handle, since } => match dev.ff.connect(&handle) {
+            // A connect through two routers answers "not yet" for a while:
+            // ask again every millisecond, not on every poll.
+            Link::Connect { handle, since, next_try } if Instant::now() < next_try => {
+                self.link = Link::Connect { handle, since, next_try };
+                false
+            }
+            Link::Connect { handle, since, .. } => match dev.ff.connect(&handle) {
                 Ok(Some(mut c)) => {
                     let hello = Hello { src_qpn: self.qpn, dst_qpn: self.remote.map_or(0, |r| r.1) };
                     match c.try_send_with(wire::HELLO, Hello::LEN, |p| {
@@ -402,7 +409,7 @@ impl Qp {
                     }
                 }
                 Ok(None) if since.elapsed() < CONNECT_TIMEOUT => {
-                    self.link = Link::Connect { handle, since };
+                    self.link = Link::Connect { handle, since, next_try: Instant::now() + Duration::from_millis(1) };
                     false
                 }
                 Ok(None) => {
@@ -1033,6 +1040,7 @@ fn send_opcode(op: Op) -> u32 {
 /// found it.
 struct Pending {
     conn: Conn,
+    words: Option<Arc<ConnWords>>,
     hello: Option<Hello>,
     since: Instant,
 }
@@ -1065,7 +1073,8 @@ impl Engine {
         loop {
             match self.listener.accept() {
                 Ok(Some(conn)) => {
-                    self.pending.push(Pending { conn, hello: None, since: Instant::now() });
+                    let words = conn.wake_words().ok();
+                    self.pending.push(Pending { conn, words, hello: None, since: Instant::now() });
                     did = true;
                 }
                 Ok(None) => break,
@@ -1126,8 +1135,13 @@ impl Engine {
     /// Announces a sleep on every connection; None if there is work now.
     fn arm(&mut self) -> Option<Vec<WakeWord>> {
         let mut words: Vec<WakeWord> = self.qps.values().filter_map(|q| q.arm()).collect();
+        words.extend(self.pending.iter().filter_map(|p| p.words.as_ref().map(|w| w.arm())));
         words.push(self.listener.wake_word());
-        let busy = self.listener.may_have_pending() || !self.pending.is_empty() || self.qps.values_mut().any(|q| q.has_events());
+        // A connection whose HELLO names a queue pair not yet at RTR waits
+        // for modify_qp, which kicks us.
+        let busy = self.listener.may_have_pending()
+            || self.pending.iter_mut().any(|p| p.hello.is_none() && p.conn.has_events())
+            || self.qps.values_mut().any(|q| q.has_events());
         if busy {
             for w in &words {
                 w.cancel();
