@@ -184,3 +184,32 @@ fn perftest_and_ffvcheck_between_containers() {
     assert!(cerr.contains("transport retry counter exceeded"), "expected an error completion: {cout}{cerr}");
     server.kill();
 }
+
+/// Queue pairs on two emulated hosts (network namespaces, a router each,
+/// linked over a veth): the GID names the other router by address; the
+/// routers carry the connection. perftest pairs and ffvcheck (every
+/// WRITE and READ a message here, served by the target's library).
+#[test]
+fn perftest_and_ffvcheck_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir())];
+    for t in ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"] {
+        let mut server = h.container_env(0, "a", &with_ip(&[t, "-d", "ff0", "-n", "200"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+        let ip = server.read_line_with("IP ");
+        let client = h.container_env(1, "a", &[t, "-d", "ff0", "-n", "200", &ip], env());
+        let (cok, cout, cerr) = client.finish(Duration::from_secs(90));
+        let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+        assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert!(cout.contains("#bytes"), "{t}: no result: {cout}");
+    }
+    let ffv = ffvcheck();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ffv, "server", "18517"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let client = h.container_env(1, "a", &[&ffv, "client", &ip, "18517"], env());
+    let c = client.finish(Duration::from_secs(120));
+    let s = server.finish(Duration::from_secs(30));
+    check_ffvcheck(&[s, c]);
+}
