@@ -213,3 +213,36 @@ fn perftest_and_ffvcheck_across_hosts() {
     let s = server.finish(Duration::from_secs(30));
     check_ffvcheck(&[s, c]);
 }
+
+/// The library exports what Debian's libibverbs.so.1 exports: the same
+/// names with the same versions (default and hidden), and its soname.
+#[test]
+fn exports_match_debians_libibverbs() {
+    let debian = Path::new("/usr/lib/x86_64-linux-gnu/libibverbs.so.1");
+    if !debian.exists() {
+        eprintln!("skipped: no {} (apt-get install libibverbs1)", debian.display());
+        return;
+    }
+    let ours = work().join("lib/libibverbs.so.1");
+    let exports = |p: &Path| -> std::collections::BTreeSet<String> {
+        let out = Command::new("objdump").arg("-T").arg(p).output().expect("objdump (binutils)");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains("*UND*") && l.contains("IBVERBS"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (ver, name) = (f[f.len() - 2], f[f.len() - 1]);
+                // The version nodes themselves (GNU ld lists them, lld not).
+                (ver.trim_matches(|c| c == '(' || c == ')') != name).then(|| format!("{name} {ver}"))
+            })
+            .collect()
+    };
+    let (want, have) = (exports(debian), exports(&ours));
+    assert!(want.len() > 150, "{want:?}");
+    let missing: Vec<_> = want.difference(&have).collect();
+    let extra: Vec<_> = have.difference(&want).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    let dynamic = Command::new("objdump").arg("-p").arg(&ours).output().unwrap();
+    assert!(String::from_utf8_lossy(&dynamic.stdout).contains("SONAME               libibverbs.so.1"));
+}
