@@ -258,7 +258,7 @@ pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_d
     d.max_qp_rd_atom = 16;
     d.max_res_rd_atom = 16 << 16;
     d.max_qp_init_rd_atom = 16;
-    d.atomic_cap = IBV_ATOMIC_NONE;
+    d.atomic_cap = IBV_ATOMIC_HCA;
     d.max_pkeys = 1;
     d.local_ca_ack_delay = 16;
     d.phys_port_cnt = 1;
@@ -792,6 +792,8 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
                 IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => Op::Send,
                 IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => Op::Write,
                 IBV_WR_RDMA_READ => Op::Read,
+                IBV_WR_ATOMIC_FETCH_AND_ADD => Op::FetchAdd { add: w.wr.atomic.compare_add },
+                IBV_WR_ATOMIC_CMP_AND_SWP => Op::CmpSwap { compare: w.wr.atomic.compare_add, swap: w.wr.atomic.swap },
                 _ => {
                     err = libc::EINVAL;
                     break;
@@ -799,7 +801,12 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
             };
             let list = sges(w.sg_list, w.num_sge);
             let len: u64 = list.iter().map(|s| s.len as u64).sum();
-            let inline_flag = w.send_flags & IBV_SEND_INLINE != 0 && op != Op::Read;
+            let inline_flag = w.send_flags & IBV_SEND_INLINE != 0 && !op.fetches();
+            if matches!(op, Op::FetchAdd { .. } | Op::CmpSwap { .. }) && (w.num_sge != 1 || len != 8) {
+                // The old value goes to one 8-byte element.
+                err = libc::EINVAL;
+                break;
+            }
             if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || (inline_flag && len > MAX_INLINE_DATA as u64) {
                 err = libc::EINVAL;
                 break;
@@ -820,7 +827,11 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
                 b
             });
             let imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM).then(|| w.__bindgen_anon_1.imm_data);
-            let (raddr, rkey) = if op == Op::Send { (0, 0) } else { (w.wr.rdma.remote_addr, w.wr.rdma.rkey) };
+            let (raddr, rkey) = match op {
+                Op::Send => (0, 0),
+                Op::FetchAdd { .. } | Op::CmpSwap { .. } => (w.wr.atomic.remote_addr, w.wr.atomic.rkey),
+                _ => (w.wr.rdma.remote_addr, w.wr.rdma.rkey),
+            };
             q.post_send(
                 dev,
                 SendWr { wr_id: w.wr_id, op, signaled: q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0, sges: list, inline, imm, raddr, rkey, len },

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ffcore::wake::{ConnWords, WakeWord};
-use ffcore::{Conn, Handle, Listener, RemoteKey, RemoteMap, Req};
+use ffcore::{AtomicOp, Conn, Handle, Listener, RemoteKey, RemoteMap, Req, Width};
 use std::collections::HashSet;
 
 use crate::dev::{Cq, Device, Status};
@@ -49,6 +49,24 @@ pub enum Op {
     Send,
     Write,
     Read,
+    /// 64-bit fetch-and-add (`add`) or compare-and-swap (`compare`, `swap`).
+    FetchAdd { add: u64 },
+    CmpSwap { compare: u64, swap: u64 },
+}
+
+impl Op {
+    /// Answered with data (READ_RESP) rather than by an ACK; the local
+    /// elements receive it.
+    pub fn fetches(self) -> bool {
+        !matches!(self, Op::Send | Op::Write)
+    }
+    fn atomic(self) -> Option<(AtomicOp, u64, u64)> {
+        match self {
+            Op::FetchAdd { add } => Some((AtomicOp::Add, add, 0)),
+            Op::CmpSwap { compare, swap } => Some((AtomicOp::Cswap, swap, compare)),
+            _ => None,
+        }
+    }
 }
 
 pub struct SendWr {
@@ -125,6 +143,8 @@ enum Reply {
     Ack { seq: u64, status: Status },
     Read { seq: u64, ptr: u64, len: u64, status: Status },
     Rkey { hdr: Hdr, key: RemoteKey },
+    /// An atomic's answer: the old value.
+    Value { seq: u64, value: u64, status: Status },
 }
 
 /// A peer's registration mapped here (same host): WRITEs and READs under
@@ -163,6 +183,10 @@ pub struct Qp {
     inbound: Inbound,
     held: VecDeque<Held>,
     held_bytes: usize,
+    /// Receive completions whose ACK is not in the ring yet: the
+    /// application sees them only after it is (a process that exits as
+    /// soon as it has its receive must not take the sender's ACK along).
+    recv_wcs: Vec<ibv_wc>,
     out: VecDeque<Reply>,
     resp_reqs: Vec<Req>,
     expect_seq: u64,
@@ -240,6 +264,7 @@ impl Qp {
             inbound: Inbound::Idle,
             held: VecDeque::new(),
             held_bytes: 0,
+            recv_wcs: Vec::new(),
             out: VecDeque::new(),
             resp_reqs: Vec::new(),
             expect_seq: 0,
@@ -263,7 +288,7 @@ impl Qp {
         }
         if wr.inline.is_none() {
             for s in &wr.sges {
-                if dev.check_local(self.pd, s.lkey, s.addr, s.len as u64, wr.op == Op::Read).is_err() {
+                if dev.check_local(self.pd, s.lkey, s.addr, s.len as u64, wr.op.fetches()).is_err() {
                     self.send_cq.push(wc(wr.wr_id, IBV_WC_LOC_PROT_ERR, send_opcode(wr.op), 0, self.qpn));
                     self.fail(dev, IBV_WC_WR_FLUSH_ERR);
                     return;
@@ -333,8 +358,19 @@ impl Qp {
             return;
         }
         self.state = IBV_QPS_ERR;
+        for w in self.recv_wcs.drain(..) {
+            self.recv_cq.push(w);
+        }
         let mut status = first;
         for f in self.inflight.drain(..) {
+            // Requests the peer answered before it went are done (their
+            // answers were read before we noticed it had gone).
+            if f.answered == Some(0) && status == first {
+                if f.signaled {
+                    self.send_cq.push(wc(f.wr_id, IBV_WC_SUCCESS, send_opcode(f.op), f.len, self.qpn));
+                }
+                continue;
+            }
             self.send_cq.push(wc(f.wr_id, status, send_opcode(f.op), 0, self.qpn));
             status = IBV_WC_WR_FLUSH_ERR;
         }
@@ -460,6 +496,11 @@ impl Qp {
         }
         did |= self.rx(dev, c)?;
         did |= self.flush_out(c)?;
+        if self.out.is_empty() {
+            for w in self.recv_wcs.drain(..) {
+                self.recv_cq.push(w);
+            }
+        }
         did |= self.complete(dev, c)?;
         Ok(did)
     }
@@ -481,12 +522,19 @@ impl Qp {
                 Op::Send => wire::SEND,
                 Op::Write => wire::WRITE,
                 Op::Read => wire::READ,
+                Op::FetchAdd { .. } | Op::CmpSwap { .. } => wire::ATOMIC,
             };
-            let inline = wr.op != Op::Read && wr.len as usize <= inline_max;
-            if !inline && wr.op != Op::Read {
+            let atomic = wr.op.atomic();
+            if let Some((op, ..)) = atomic {
+                // The operation where a SEND's immediate goes, its operands
+                // as the payload.
+                hdr.imm = op.code() as u32;
+            }
+            let inline = !wr.op.fetches() && wr.len as usize <= inline_max;
+            if !inline && !wr.op.fetches() {
                 hdr.flags |= F_DATA_NEXT;
             }
-            let max = Hdr::LEN + if inline { wr.len as usize } else { 0 };
+            let max = Hdr::LEN + if inline { wr.len as usize } else { 0 } + if atomic.is_some() { 16 } else { 0 };
             let sent = c
                 .try_send_with(tag, max, |p| {
                     // SAFETY: `max` writable bytes at p; the work request's
@@ -495,6 +543,11 @@ impl Qp {
                         hdr.write(std::slice::from_raw_parts_mut(p, Hdr::LEN));
                         if inline {
                             gather(wr, p.add(Hdr::LEN));
+                        }
+                        if let Some((_, value, compare)) = atomic {
+                            let b = std::slice::from_raw_parts_mut(p.add(Hdr::LEN), 16);
+                            b[..8].copy_from_slice(&value.to_le_bytes());
+                            b[8..].copy_from_slice(&compare.to_le_bytes());
                         }
                     }
                     max
@@ -520,7 +573,7 @@ impl Qp {
                 // Inflight) stays until the request completes.
                 data = Some(unsafe { c.isend(ptr, wr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?);
             }
-            let dst = if wr.op == Op::Read { wr.sges.clone() } else { Vec::new() };
+            let dst = if wr.op.fetches() { wr.sges.clone() } else { Vec::new() };
             self.inflight.push_back(Inflight {
                 seq: self.next_seq,
                 wr_id: wr.wr_id,
@@ -546,6 +599,25 @@ impl Qp {
             return false;
         }
         let Some(d) = self.direct.get(&wr.rkey) else { return false };
+        if let Some((op, value, compare)) = wr.op.atomic() {
+            if d.access & IBV_ACCESS_REMOTE_ATOMIC == 0 || wr.raddr < d.addr || wr.raddr + 8 > d.addr + d.len {
+                return false;
+            }
+            // One CPU atomic on the peer's shared page: atomic with respect
+            // to the peer's own atomics and to every other requester's.
+            let Ok(old) = d.map.atomic(wr.raddr, Width::W64, op, value, compare) else {
+                let k = wr.rkey;
+                self.direct.remove(&k);
+                return false;
+            };
+            let wr = self.sq.pop_front().unwrap();
+            // SAFETY: the local element (8 bytes, writable) was checked when posted.
+            unsafe { scatter(&wr.sges, old.to_le_bytes().as_ptr(), 8) };
+            if wr.signaled {
+                self.send_cq.push(wc(wr.wr_id, IBV_WC_SUCCESS, send_opcode(wr.op), 8, self.qpn));
+            }
+            return true;
+        }
         let need = if wr.op == Op::Write { IBV_ACCESS_REMOTE_WRITE } else { IBV_ACCESS_REMOTE_READ };
         let inside = wr.raddr >= d.addr && wr.raddr.checked_add(wr.len).is_some_and(|e| e <= d.addr + d.len);
         if d.access & need == 0 || !inside || d.map.at(wr.raddr, wr.len as usize).is_err() {
@@ -594,8 +666,8 @@ impl Qp {
         }
         let Some(m) = dev.mr(rkey) else { return };
         let Some(sh) = &m.shadow else { return };
-        let access = m.access & self.access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
-        let key = if access & IBV_ACCESS_REMOTE_WRITE != 0 { sh.remote_key() } else { sh.remote_read_key() };
+        let access = m.access & self.access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
+        let key = if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) != 0 { sh.remote_key() } else { sh.remote_read_key() };
         let Some(key) = key.filter(|_| sh.shared_range().1 > 0) else { return };
         let hdr = Hdr { rkey, raddr: m.addr, len: m.len, flags: access, ..Default::default() };
         self.out.push_back(Reply::Rkey { hdr, key });
@@ -670,7 +742,7 @@ impl Qp {
                         self.recv_done(r.wr_id, h.data.len() as u64, imm, false);
                         self.ack(h.hdr.seq, 0);
                     } else {
-                        self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                        self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
                         self.ack(h.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
                     }
                 }
@@ -684,11 +756,29 @@ impl Qp {
                         self.write_done(h.hdr.seq, imm, h.hdr.len);
                     }
                 },
+                wire::ATOMIC => self.atomic_req(dev, &h.hdr, &h.data),
                 _ => self.read_req(dev, &h.hdr),
             }
             did = true;
         }
         did
+    }
+
+    /// Does an atomic on our registered memory for the peer.
+    fn atomic_req(&mut self, dev: &Device, h: &Hdr, ops: &[u8]) {
+        let value = u64::from_le_bytes(ops[..8].try_into().unwrap());
+        let compare = u64::from_le_bytes(ops[8..16].try_into().unwrap());
+        let reply = match (AtomicOp::from_code(h.imm as u8), dev.check_remote(self.pd, self.access, h.rkey, h.raddr, 8, IBV_ACCESS_REMOTE_ATOMIC)) {
+            (_, Err(st)) => Reply::Value { seq: h.seq, value: 0, status: st },
+            (Some(op @ (AtomicOp::Add | AtomicOp::Cswap)), Ok(p)) if h.raddr % 8 == 0 => {
+                self.announce(dev, h.rkey);
+                // SAFETY: 8 bytes of registered memory the peer may change, aligned.
+                let old = unsafe { ffcore::atomic::apply(p, Width::W64, op, value, compare) };
+                Reply::Value { seq: h.seq, value: old, status: 0 }
+            }
+            _ => Reply::Value { seq: h.seq, value: 0, status: IBV_WC_REM_INV_REQ_ERR },
+        };
+        self.out.push_back(reply);
     }
 
     fn read_req(&mut self, dev: &Device, h: &Hdr) {
@@ -721,7 +811,7 @@ impl Qp {
         let imm = (hdr.flags & F_IMM != 0).then_some(hdr.imm);
         let cap: usize = r.sges.iter().map(|s| s.len as usize).sum();
         if cap < len {
-            self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+            self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
             self.ack(hdr.seq, IBV_WC_REM_INV_REQ_ERR);
             let mut b = vec![0u8; len];
             return Next::Recv { ptr: b.as_mut_ptr(), len, after: After::Discard, buf: Some(b) };
@@ -744,7 +834,7 @@ impl Qp {
         if let Some((_, q)) = self.remote {
             w.src_qp = q;
         }
-        self.recv_cq.push(w);
+        self.recv_wcs.push(w);
     }
 
     /// One message from the peer (`len` bytes at `p`, in the shared ring:
@@ -763,13 +853,16 @@ impl Qp {
         let data_next = h.flags & F_DATA_NEXT != 0;
         let imm = (h.flags & F_IMM != 0).then_some(h.imm);
         log::trace!("QP {}: message {tag} {h:?} ({plen} bytes after the header)", self.qpn);
-        if matches!(tag, wire::SEND | wire::WRITE | wire::READ) {
+        if matches!(tag, wire::SEND | wire::WRITE | wire::READ | wire::ATOMIC) {
             if h.seq != self.expect_seq {
                 return Next::Broken(format!("request {} where {} was due", h.seq, self.expect_seq));
             }
             self.expect_seq += 1;
-            if !data_next && tag != wire::READ && plen as u64 != h.len {
+            if !data_next && tag != wire::READ && tag != wire::ATOMIC && plen as u64 != h.len {
                 return Next::Broken("inline length mismatch".into());
+            }
+            if tag == wire::ATOMIC && plen != 16 {
+                return Next::Broken("atomic without its operands".into());
             }
             let needs_recv = tag == wire::SEND || (tag == wire::WRITE && imm.is_some());
             if !self.held.is_empty() || (needs_recv && self.rq.is_empty()) {
@@ -780,7 +873,7 @@ impl Qp {
                     let mut b = vec![0u8; h.len as usize];
                     return Next::Recv { ptr: b.as_mut_ptr(), len: b.len(), after: After::Hold { tag, hdr: h }, buf: Some(b) };
                 }
-                let mut data = vec![0u8; if tag == wire::READ { 0 } else { plen }];
+                let mut data = vec![0u8; if tag == wire::READ { 0 } else { plen }]; // an atomic's operands
                 // SAFETY: plen bytes at payload.
                 unsafe { std::ptr::copy_nonoverlapping(payload, data.as_mut_ptr(), data.len()) };
                 self.hold(tag, h, data, false);
@@ -799,7 +892,7 @@ impl Qp {
                     self.recv_done(r.wr_id, plen as u64, imm, false);
                     self.ack(h.seq, 0);
                 } else {
-                    self.recv_cq.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                    self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
                     self.ack(h.seq, IBV_WC_REM_INV_REQ_ERR);
                 }
                 Next::Nothing
@@ -829,8 +922,15 @@ impl Qp {
                 self.read_req(dev, &h);
                 Next::Nothing
             }
+            wire::ATOMIC => {
+                let mut ops = [0u8; 16];
+                // SAFETY: plen == 16 bytes at payload.
+                unsafe { std::ptr::copy_nonoverlapping(payload, ops.as_mut_ptr(), 16) };
+                self.atomic_req(dev, &h, &ops);
+                Next::Nothing
+            }
             wire::READ_RESP => {
-                let Some(f) = self.inflight.iter_mut().find(|f| f.seq == h.seq && f.op == Op::Read && f.answered.is_none()) else {
+                let Some(f) = self.inflight.iter_mut().find(|f| f.seq == h.seq && f.op.fetches() && f.answered.is_none()) else {
                     return Next::Broken(format!("READ answer {} for no READ", h.seq));
                 };
                 if h.status != 0 {
@@ -873,7 +973,7 @@ impl Qp {
                 Next::Nothing
             }
             wire::ACK => {
-                for f in self.inflight.iter_mut().filter(|f| f.seq <= h.seq && f.op != Op::Read && f.answered.is_none()) {
+                for f in self.inflight.iter_mut().filter(|f| f.seq <= h.seq && !f.op.fetches() && f.answered.is_none()) {
                     f.answered = Some(if f.seq == h.seq { h.status } else { 0 });
                 }
                 Next::Nothing
@@ -955,6 +1055,25 @@ impl Qp {
                 did = true;
                 continue;
             }
+            if let Reply::Value { seq, value, status } = *r {
+                let hdr = Hdr { seq, len: 8, status, ..Default::default() };
+                let n = if status == 0 { 8 } else { 0 };
+                let sent = c
+                    .try_send_with(wire::READ_RESP, Hdr::LEN + n, |p| {
+                        // SAFETY: that many writable bytes at p.
+                        let b = unsafe { std::slice::from_raw_parts_mut(p, Hdr::LEN + n) };
+                        hdr.write(&mut b[..Hdr::LEN]);
+                        b[Hdr::LEN..].copy_from_slice(&value.to_le_bytes()[..n]);
+                        Hdr::LEN + n
+                    })
+                    .map_err(|e| e.to_string())?;
+                if sent.is_none() {
+                    break;
+                }
+                self.out.pop_front();
+                did = true;
+                continue;
+            }
             let (tag, hdr, inline, ptr) = match *r {
                 Reply::Ack { seq, status } => (wire::ACK, Hdr { seq, status, ..Default::default() }, 0, 0),
                 Reply::Read { seq, ptr, len, status } => {
@@ -965,7 +1084,7 @@ impl Qp {
                     }
                     (wire::READ_RESP, h, inline, ptr)
                 }
-                Reply::Rkey { .. } => unreachable!(),
+                Reply::Rkey { .. } | Reply::Value { .. } => unreachable!(),
             };
             let max = Hdr::LEN + inline;
             let sent = c
@@ -1033,6 +1152,8 @@ fn send_opcode(op: Op) -> u32 {
         Op::Send => IBV_WC_SEND,
         Op::Write => IBV_WC_RDMA_WRITE,
         Op::Read => IBV_WC_RDMA_READ,
+        Op::FetchAdd { .. } => IBV_WC_FETCH_ADD,
+        Op::CmpSwap { .. } => IBV_WC_COMP_SWAP,
     }
 }
 

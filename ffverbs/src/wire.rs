@@ -8,7 +8,8 @@
 //! | `SEND` | [`Hdr`] + data if inline | requester → responder |
 //! | `WRITE` | [`Hdr`] (raddr, rkey) + data if inline | requester → responder |
 //! | `READ` | [`Hdr`] (raddr, rkey, len) | requester → responder |
-//! | `READ_RESP` | [`Hdr`] (status) + data if inline | responder → requester |
+//! | `ATOMIC` | [`Hdr`] (raddr, rkey, the ffcore atomic op in `imm`) + value, compare (LE) | requester → responder |
+//! | `READ_RESP` | [`Hdr`] (status) + data if inline (an atomic's old value) | responder → requester |
 //! | `ACK` | [`Hdr`] (seq: the last request done, status) | responder → requester |
 //! | `DATA` | the bytes of the request or response before it (`F_DATA_NEXT`) | either |
 //! | `RKEY` | [`Hdr`] (rkey, the registration's range, access) + an ffcore remote key | responder → requester, same host |
@@ -38,6 +39,7 @@ pub const READ_RESP: u32 = 5;
 pub const ACK: u32 = 6;
 pub const DATA: u32 = 7;
 pub const RKEY: u32 = 8;
+pub const ATOMIC: u32 = 9;
 
 /// The data follows in a `DATA` message (else it is inline, after the header).
 pub const F_DATA_NEXT: u32 = 1;

@@ -97,7 +97,7 @@ fn check_ffvcheck(r: &[(bool, String, String); 2]) {
     for want in ["OK completion channel event", "OK send 262147 bytes", "OK send 100000 bytes", "OK write 1048589 bytes", "OK write with immediate"] {
         assert!(sout.contains(want), "server did not say {want:?}: {sout}");
     }
-    for want in ["OK read 2097159 bytes", "OK read-only read", "OK remote access error, flush", "OK out of range", "OK dead peer", "OK done"] {
+    for want in ["OK read 2097159 bytes", "OK read-only read", "OK atomics", "OK remote access error, flush", "OK out of range", "OK dead peer", "OK done"] {
         assert!(cout.contains(want), "client did not say {want:?}: {cout}");
     }
 }
@@ -194,7 +194,7 @@ fn perftest_and_ffvcheck_across_hosts() {
     let mut h = fftestkit::hosts::TwoHosts::new();
     h.start_router(0, &["a"], &[]);
     h.start_router(1, &["a"], &[]);
-    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir())];
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir()), ("FFVERBS_LOG".to_string(), std::env::var("FFVERBS_LOG").unwrap_or("warn".into()))];
     for t in ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"] {
         let mut server = h.container_env(0, "a", &with_ip(&[t, "-d", "ff0", "-n", "200"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
         let ip = server.read_line_with("IP ");

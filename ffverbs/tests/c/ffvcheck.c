@@ -112,7 +112,7 @@ static void exchange(int server, const char *host, const char *port) {
 
 static void connect_qp(int i) {
     struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .pkey_index = 0, .port_num = 1,
-                             .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_LOCAL_WRITE };
+                             .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_LOCAL_WRITE };
     if (ibv_modify_qp(qp[i], &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) DIE("INIT");
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_RTR;
@@ -166,7 +166,7 @@ int main(int argc, char **argv) {
     if (!pd || !buf || !ro) DIE("alloc");
     memset(buf, 0, BUF);
     fill(ro, 1 << 16, 77);
-    mr = ibv_reg_mr(pd, buf, BUF, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+    mr = ibv_reg_mr(pd, buf, BUF, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
     romr = ibv_reg_mr(pd, ro, 1 << 16, IBV_ACCESS_REMOTE_READ);
     chan = ibv_create_comp_channel(ctx);
     scq = ibv_create_cq(ctx, 256, NULL, NULL, 0);
@@ -268,6 +268,30 @@ int main(int argc, char **argv) {
         expect(wait_wc(scq, 20), IBV_WC_SUCCESS, 35, "read of read-only memory");
         if (!check(buf + (3 << 20), 1 << 16, 77)) DIE("READ of read-only: wrong bytes");
         printf("OK read-only read\n");
+        /* Atomics on the server's word (1000): they return the old value. */
+        uint64_t word = them.addr + (3 << 20) + 8192, expect_old[4] = { 1000, 1005, 1012, 42 };
+        for (int i = 0; i < 4; i++) {
+            volatile uint64_t *res = (volatile uint64_t *)(buf + (3 << 20) + 128 * 1024 + 64 * i);
+            *res = 0;
+            struct ibv_sge as = { (uintptr_t)res, 8, mr->lkey };
+            struct ibv_send_wr wr = { .wr_id = 70 + i, .sg_list = &as, .num_sge = 1, .send_flags = IBV_SEND_SIGNALED }, *bad;
+            wr.opcode = i < 2 ? IBV_WR_ATOMIC_FETCH_AND_ADD : IBV_WR_ATOMIC_CMP_AND_SWP;
+            wr.wr.atomic.remote_addr = word;
+            wr.wr.atomic.rkey = them.rkey;
+            wr.wr.atomic.compare_add = i == 0 ? 5 : i == 1 ? 7 : i == 2 ? 1012 : 1;
+            wr.wr.atomic.swap = i == 2 ? 42 : 99;
+            if (ibv_post_send(qp[0], &wr, &bad)) DIE("post atomic");
+            struct ibv_wc wc = wait_wc(scq, 20);
+            expect(wc, IBV_WC_SUCCESS, 70 + i, "atomic");
+            if (wc.opcode != (i < 2 ? IBV_WC_FETCH_ADD : IBV_WC_COMP_SWAP)) DIE("atomic %d: opcode %d", i, wc.opcode);
+            if (*res != expect_old[i]) DIE("atomic %d: old value %" PRIu64 ", expected %" PRIu64, i, *res, expect_old[i]);
+        }
+        uint64_t *after = (uint64_t *)(buf + (3 << 20) + 256 * 1024);
+        struct ibv_sge rsg = { (uintptr_t)after, 8, mr->lkey };
+        post(0, 75, IBV_WR_RDMA_READ, &rsg, 1, word, them.rkey, 0, 0);
+        expect(wait_wc(scq, 20), IBV_WC_SUCCESS, 75, "read after atomics");
+        if (*after != 42) DIE("word after atomics: %" PRIu64, *after);
+        printf("OK atomics\n");
         sync_step(23);
     } else {
         for (int round = 0; round < 2; round++) {
@@ -283,8 +307,10 @@ int main(int argc, char **argv) {
         if (!check(buf + (3 << 20), 5, 7)) DIE("write with immediate: wrong bytes");
         printf("OK write with immediate\n");
         fill(buf + 11, (2 << 20) + 7, 200);
+        *(volatile uint64_t *)(buf + (3 << 20) + 8192) = 1000;
         sync_step(22);
         sync_step(23);
+        if (*(volatile uint64_t *)(buf + (3 << 20) + 8192) != 42) DIE("server: word after atomics");
     }
 
     /* Errors: a WRITE into the read-only registration and one with a key
