@@ -770,7 +770,7 @@ impl Qp {
         let compare = u64::from_le_bytes(ops[8..16].try_into().unwrap());
         let reply = match (AtomicOp::from_code(h.imm as u8), dev.check_remote(self.pd, self.access, h.rkey, h.raddr, 8, IBV_ACCESS_REMOTE_ATOMIC)) {
             (_, Err(st)) => Reply::Value { seq: h.seq, value: 0, status: st },
-            (Some(op @ (AtomicOp::Add | AtomicOp::Cswap)), Ok(p)) if h.raddr % 8 == 0 => {
+            (Some(op @ (AtomicOp::Add | AtomicOp::Cswap)), Ok(p)) if ffcore::atomic::aligned(h.raddr, Width::W64) => {
                 self.announce(dev, h.rkey);
                 // SAFETY: 8 bytes of registered memory the peer may change, aligned.
                 let old = unsafe { ffcore::atomic::apply(p, Width::W64, op, value, compare) };
