@@ -22,6 +22,8 @@
 # table); default DIR: bench/results/verbs-<date>. Needs root and a release
 # build (cargo build --release -p ffverbs -p ffrouter; CARGO_TARGET_DIR is
 # honoured). Run it under flock /tmp/ff-heavy.lock on a shared machine.
+# Smoke run (no numbers worth keeping): N_LAT=200 N_BW8=200 N_BIG=20
+# VERBS_BENCH_UCX=0 bench/verbs_bench.sh --quick --out /tmp/x
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
@@ -72,8 +74,9 @@ perftest() {
     grep -A1 '#bytes' "$work/c.log" | tail -1
 }
 
-n_lat=$([[ $quick == 1 ]] && echo 2000 || echo 10000)
-n_bw8=$([[ $quick == 1 ]] && echo 20000 || echo 200000)
+n_lat=${N_LAT:-$([[ $quick == 1 ]] && echo 2000 || echo 10000)}
+n_bw8=${N_BW8:-$([[ $quick == 1 ]] && echo 20000 || echo 200000)}
+n_big=${N_BIG:-1000}
 for r in $(seq "$rounds"); do
     echo "round $r/$rounds" >&2
     for t in ib_write_lat ib_send_lat ib_read_lat; do
@@ -83,15 +86,16 @@ for r in $(seq "$rounds"); do
     line=$(perftest ib_send_bw 8 "$n_bw8")
     echo "ff,ff0,ib_send_bw,8,$(awk '{print $5}' <<<"$line"),Mmsg/s" >>"$csv"
     for s in 65536 1048576 4194304; do
-        n=$((s >= 1048576 ? 1000 : 10000))
+        n=$((s >= 1048576 ? n_big : 10 * n_big))
         line=$(perftest ib_write_bw "$s" "$n")
         echo "ff,ff0,ib_write_bw,$s,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
     done
-    line=$(perftest ib_read_bw 1048576 1000)
+    line=$(perftest ib_read_bw 1048576 "$n_big")
     echo "ff,ff0,ib_read_bw,1048576,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
-    UCX_BASELINE_NO_CPU=1 UCX_BASELINE_TESTS="lat bw8 bw64k bw1m bw4m" "$here/ucx_baselines.sh" "$work/ucx.csv" >&2
+    [[ ${VERBS_BENCH_UCX:-1} == 0 ]] ||
+        UCX_BASELINE_NO_CPU=1 UCX_BASELINE_TESTS="lat bw8 bw64k bw1m bw4m" "$here/ucx_baselines.sh" "$work/ucx.csv" >&2
 done
-grep '^ucx,' "$work/ucx.csv" | grep -v cpu_per_gb >>"$csv" || true
+[[ ! -e $work/ucx.csv ]] || grep '^ucx,' "$work/ucx.csv" | grep -v cpu_per_gb >>"$csv" || true
 
 python3 - "$csv" "$out/README.md" "$rounds" <<'PY'
 import csv, statistics, sys
