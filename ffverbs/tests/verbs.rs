@@ -108,7 +108,7 @@ fn check_ffvcheck(r: &[(bool, String, String); 2]) {
 fn ffvcheck_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
     for env in [&[][..], &[("FFVERBS_DIRECT", "n")][..], &[("FFVERBS_SHADOW", "n")][..]] {
-        let port = format!("{}", 20000 + std::process::id() % 20000);
+        let port = format!("{}", 40000 + std::process::id() % 10000);
         let res = host_pair(&r.socket("a"), env, &[&ffvcheck(), "server", &port], &[&ffvcheck(), "client", "127.0.0.1", &port], true);
         check_ffvcheck(&res);
     }
@@ -121,7 +121,7 @@ const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_s
 fn perftest_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
     for (i, t) in PERFTEST.iter().enumerate() {
-        let port = format!("{}", 21000 + (std::process::id() % 10000) + i as u32);
+        let port = format!("{}", 30000 + (std::process::id() % 1000) * 6 + i as u32);
         let argv = [*t, "-d", "ff0", "-n", "200", "-p", port.as_str()];
         let mut client = argv.to_vec();
         client.push("127.0.0.1");
