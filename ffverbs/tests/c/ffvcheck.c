@@ -333,7 +333,7 @@ int main(int argc, char **argv) {
         sync_step(30);
         /* The server exits now: a SEND waiting for its receive fails. */
         fill(buf, 8, 1);
-        if (!ibv_req_notify_cq(scq, 0)) { /* no channel on scq: refused */ DIE("ibv_req_notify_cq without a channel"); }
+        if (ibv_req_notify_cq(scq, 0)) DIE("ibv_req_notify_cq on a CQ without a channel"); /* accepted, as by NICs */
         double t0 = now();
         post(0, 60, IBV_WR_SEND, &s, 1, 0, 0, 0, 0);
         struct ibv_wc wc = wait_wc(scq, 15);
