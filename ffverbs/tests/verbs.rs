@@ -246,3 +246,28 @@ fn exports_match_debians_libibverbs() {
     let dynamic = Command::new("objdump").arg("-p").arg(&ours).output().unwrap();
     assert!(String::from_utf8_lossy(&dynamic.stdout).contains("SONAME               libibverbs.so.1"));
 }
+
+/// A router that dies under a queue pair across hosts: the work waiting
+/// for an answer fails with an error completion within seconds.
+#[test]
+fn dead_router_fails_work_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir()), ("FFVCHECK_WAIT".to_string(), "1".to_string())];
+    let ffv = ffvcheck();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ffv, "server", "18518"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let mut client = h.container_env(1, "a", &[&ffv, "client", &ip, "18518"], env());
+    client.read_line_with("CONNECTED");
+    std::thread::sleep(Duration::from_millis(500));
+    h.kill_router(0);
+    let (ok, out, err) = client.finish(Duration::from_secs(60));
+    assert!(ok, "{out}{err}");
+    // How long it took is printed (0.5 s here: the dead router's sockets
+    // close at once); no timing is asserted beyond the harness's timeout.
+    let line = out.lines().find(|l| l.starts_with("OK router death")).unwrap_or_else(|| panic!("{out}{err}"));
+    eprintln!("{line}");
+    server.kill();
+}

@@ -184,6 +184,25 @@ int main(int argc, char **argv) {
     if (server ? argc < 3 : argc < 4) DIE("usage: ffvcheck server PORT | ffvcheck client HOST PORT");
     exchange(server, server ? NULL : argv[2], server ? argv[2] : argv[3]);
     for (int i = 0; i < NQP; i++) connect_qp(i);
+    if (getenv("FFVCHECK_WAIT")) {
+        /* Connected (one exchange), then only a SEND the server never
+         * takes (it posts no receive): the harness kills a router
+         * meanwhile; the SEND must fail, not hang. */
+        sync_step(1);
+        printf("CONNECTED\n");
+        fflush(stdout);
+        if (server) {
+            sleep(120);
+            return 0;
+        }
+        struct ibv_sge s = { (uintptr_t)buf, 8, mr->lkey };
+        double t0 = now();
+        post(0, 90, IBV_WR_SEND, &s, 1, 0, 0, 0, 0);
+        struct ibv_wc wc = wait_wc(scq, 60);
+        if (wc.wr_id != 90 || wc.status == IBV_WC_SUCCESS) DIE("SEND across a dead router: %s", ibv_wc_status_str(wc.status));
+        printf("OK router death: '%s' after %.2f s\n", ibv_wc_status_str(wc.status), now() - t0);
+        return 0;
+    }
 
     /* SEND: inline, small, 256 KiB + 3 (its data in a message of its own),
      * into two scatter elements, with immediate; the server checks. */
