@@ -1,13 +1,15 @@
 #!/bin/bash
 # scripts/deps.sh - installs what FreeFlow needs on Debian 12 (idempotent).
 # Debian packages: UCX and Open MPI (baselines, UCX transport, MPI tests),
-# rdma-core headers and build tools (the ibverbs crate), iproute2/util-linux
+# rdma-core headers and build tools (the ibverbs crate; ffverbs generates its
+# layouts from verbs.h), ibverbs-utils and perftest (ffverbs tests run them
+# unmodified), iproute2/util-linux
 # (namespaces), matplotlib (plots). Rust via rustup if cargo is missing.
 # `scripts/deps.sh softroce` also installs what testkit/softroce.sh needs to
 # build and boot its QEMU guests (debootstrap, QEMU, Debian's kernel).
 set -euo pipefail
 pkgs="build-essential pkg-config cmake clang libclang-dev libnl-3-dev libnl-route-3-dev
-      libibverbs-dev ibverbs-providers libucx-dev ucx-utils openmpi-bin libopenmpi-dev
+      libibverbs-dev ibverbs-providers ibverbs-utils perftest libucx-dev ucx-utils openmpi-bin libopenmpi-dev
       iproute2 util-linux procps python3 python3-matplotlib python3-pip python3-venv curl ca-certificates"
 if [ "${1:-}" = softroce ]; then
     pkgs="$pkgs debootstrap qemu-system-x86 linux-image-amd64 initramfs-tools e2fsprogs kmod"

@@ -618,7 +618,9 @@ impl Peer {
     }
 
     /// Sends a CONNECT for `f` once the link is up, if the router at the
-    /// other end is the one its handle names (`want`).
+    /// other end is the one its handle names (`want`; all zeros: whichever
+    /// router answers at the address, for names with no room for the id,
+    /// such as ffverbs' GIDs; the listener's nonce and tenant still decide).
     fn submit(self: &Arc<Self>, _remote: &Arc<Remote>, f: Arc<Fwd>, body: wire::Connect, want: [u8; 16]) {
         let link = {
             let mut i = self.inner.lock().unwrap();
@@ -634,7 +636,7 @@ impl Peer {
                 }
             }
         };
-        if self.peer_id.get() != Some(&want) {
+        if want != [0; 16] && self.peer_id.get() != Some(&want) {
             return f.refuse(ErrorCode::NotFound, &format!("{}: another router answers there than the handle names (stale or forged handle)", self.name));
         }
         let s = (f.local as usize) % link.streams();

@@ -35,13 +35,14 @@ def main(argv=None) -> int:
                        help="shell: export lines; json; k8s: a container's env list (plugins in /usr/local/lib/freeflow unless --plugin-dir); mpirun: mpirun arguments")
     p_doc = sub.add_parser("doctor", help="check the router socket, the plugins and UCX; non-zero exit on failure")
     _common(p_doc, fallback=False)
+    p_doc.add_argument("--verbs", action="store_true", help="also check the verbs library (ffverbs): ff0 is listed and opens")
     p_run = sub.add_parser("run", help="run a command with the FreeFlow environment: run [options] -- CMD [ARGS...]")
     _common(p_run)
     p_run.add_argument("command", nargs=argparse.REMAINDER, help="the command (after --)")
     a = ap.parse_args(argv)
 
     if a.cmd == "doctor":
-        return doctor.main(nccl=a.nccl, ucx=a.ucx, plugin_dir=a.plugin_dir, socket=a.socket)
+        return doctor.main(nccl=a.nccl, ucx=a.ucx, plugin_dir=a.plugin_dir, socket=a.socket, verbs=a.verbs)
     if a.cmd == "env":
         if a.format == "mpirun":
             print(shlex.join(mpirun_args(nccl=a.nccl, ucx=a.ucx, mpi=a.mpi, plugin_dir=a.plugin_dir,

@@ -1,5 +1,6 @@
 """``python -m freeflow doctor``: is this machine (or container) ready to use
-FreeFlow? Checks the router socket, the UCX version and the plugins, prints
+FreeFlow? Checks the router socket, the UCX version and the plugins (and,
+with ``--verbs``, that the verbs library lists and opens ff0), prints
 a table of OK/WARN/FAIL with what to do, and returns non-zero on a FAIL.
 
 It does not speak the router's protocol itself: it asks ``ffrouter stats``
@@ -177,6 +178,49 @@ def check_ucx_plugin(path: Path, dirs: List[Path], router_socket: str) -> Check:
     return Check(name, FAIL, f"{path} preloaded into ucx_info: {detail}", fix)
 
 
+def check_verbs(path: Path, dirs: List[Path], router_socket: str) -> Check:
+    """The verbs library (ffverbs) lists ff0 and opens it (which attaches
+    to the router), loaded in a child process as an application would."""
+    name = "verbs device"
+    if not path.is_file():
+        return _missing_plugin(name, dirs, "ffverbs", ffenv.VERBS_LIB_NAMES[0])
+    code = (
+        "import ctypes, json, os, sys\n"
+        "lib = ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW | os.RTLD_LOCAL, use_errno=True)\n"
+        "lib.ibv_get_device_list.restype = ctypes.POINTER(ctypes.c_void_p)\n"
+        "lib.ibv_get_device_name.restype = ctypes.c_char_p\n"
+        "lib.ibv_get_device_name.argtypes = [ctypes.c_void_p]\n"
+        "lib.ibv_open_device.restype = ctypes.c_void_p\n"
+        "lib.ibv_open_device.argtypes = [ctypes.c_void_p]\n"
+        "lib.ibv_close_device.argtypes = [ctypes.c_void_p]\n"
+        "n = ctypes.c_int(0)\n"
+        "devs = lib.ibv_get_device_list(ctypes.byref(n))\n"
+        "names = [lib.ibv_get_device_name(devs[i]).decode() for i in range(n.value)]\n"
+        "ctx = lib.ibv_open_device(devs[0]) if n.value else None\n"
+        "if ctx: lib.ibv_close_device(ctx)\n"
+        "print(json.dumps({'devices': names, 'opened': bool(ctx)}))\n"
+    )
+    env = dict(os.environ, FF_ROUTER_SOCKET=router_socket, FFVERBS_QUIET="1")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return Check(name, FAIL, f"{path}: opening the device took more than {TIMEOUT} s")
+    except (IndexError, ValueError):
+        return Check(name, FAIL, f"{path} does not load: {_oneline(r.stderr or 'no output')}",
+                     "rebuild it for this machine (cargo build --release -p ffverbs)")
+    if out["devices"] != ["ff0"]:
+        return Check(name, FAIL, f"{path} lists {out['devices']}, not ff0: not the FreeFlow verbs library?",
+                     "install libffverbs.so as libibverbs.so.1")
+    if not out["opened"]:
+        why = [l for l in r.stderr.splitlines() if "ffverbs" in l]
+        return Check(name, FAIL, f"{path}: ff0 listed, but it does not open: {_oneline(why[-1] if why else r.stderr)}",
+                     "fix the router socket check first")
+    how = (f"applications run with LD_LIBRARY_PATH={path.parent}" if path.name == "libibverbs.so.1"
+           else f"install it as {ffenv.INSTALL_DIR}/{ffenv.VERBS_LIB_NAMES[0]} for applications")
+    return Check(name, OK, f"{path}: ff0 listed and opened ({how})")
+
+
 def ucx_version() -> Optional[tuple]:
     """UCX's version as (major, minor, release), from ``ucx_info -v`` or
     else libucp; None if UCX is not installed."""
@@ -213,7 +257,7 @@ def check_ucx_version() -> Check:
 
 
 def run_checks(nccl: bool = True, ucx: bool = True, plugin_dir: Optional[str] = None,
-               socket: Optional[str] = None) -> List[Check]:
+               socket: Optional[str] = None, verbs: bool = False) -> List[Check]:
     sock = ffenv.router_socket(socket)
     dirs = ffenv.plugin_dirs(plugin_dir)
     checks = [check_socket(sock, find_router_binary())]
@@ -222,6 +266,8 @@ def run_checks(nccl: bool = True, ucx: bool = True, plugin_dir: Optional[str] = 
     if ucx:
         checks.append(check_ucx_version())
         checks.append(check_ucx_plugin(ffenv.ucx_plugin(plugin_dir), dirs, sock))
+    if verbs:
+        checks.append(check_verbs(ffenv.verbs_library(plugin_dir), dirs, sock))
     return checks
 
 
@@ -243,5 +289,5 @@ def report(checks: List[Check], out: TextIO = sys.stdout) -> int:
 
 
 def main(nccl: bool = True, ucx: bool = True, plugin_dir: Optional[str] = None,
-         socket: Optional[str] = None) -> int:
-    return report(run_checks(nccl=nccl, ucx=ucx, plugin_dir=plugin_dir, socket=socket))
+         socket: Optional[str] = None, verbs: bool = False) -> int:
+    return report(run_checks(nccl=nccl, ucx=ucx, plugin_dir=plugin_dir, socket=socket, verbs=verbs))

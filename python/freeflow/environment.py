@@ -17,6 +17,9 @@ INSTALL_DIR = "/usr/local/lib/freeflow"
 # Installed name first, then the name cargo gives the file.
 NCCL_PLUGIN_NAMES = ("libnccl-net-ff.so", "libnccl_net_ff.so")
 UCX_PLUGIN_NAMES = ("libuct_ff.so",)
+# The verbs library: installed as libibverbs.so.1 in a directory of its own
+# (LD_LIBRARY_PATH names it), built as libffverbs.so.
+VERBS_LIB_NAMES = ("verbs/libibverbs.so.1", "libffverbs.so")
 NCCL_NET_NAME = "FreeFlow"  # the network name the NCCL plugin registers
 UCX_TLS_STRICT = "ff,self"
 UCX_TLS_FALLBACK = "ff,tcp,self"
@@ -76,6 +79,11 @@ def nccl_plugin(plugin_dir: Optional[str] = None, environ: Optional[Mapping[str,
 def ucx_plugin(plugin_dir: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Path:
     """Path of the UCX transport library (may not exist)."""
     return _find(UCX_PLUGIN_NAMES, plugin_dirs(plugin_dir, environ))
+
+
+def verbs_library(plugin_dir: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Path:
+    """Path of the verbs library (ffverbs; may not exist)."""
+    return _find(VERBS_LIB_NAMES, plugin_dirs(plugin_dir, environ))
 
 
 def router_socket(socket: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> str:

@@ -204,3 +204,22 @@ def test_report_table():
         "longer  FAIL    broken",
         "                -> fix it",
     ]
+
+
+# ---- verbs
+
+def test_missing_verbs_library(tmp_path):
+    r = cli("doctor", "--verbs", "--no-nccl", "--no-ucx", "--plugin-dir", str(tmp_path), "--socket", str(tmp_path / "s"))
+    assert r.returncode == 1
+    assert "verbs device" in r.stdout and "cargo build --release -p ffverbs" in r.stdout, r.stdout
+
+
+def test_verbs_device_against_a_real_router(router, tmp_path):
+    binary = doctor.find_router_binary()
+    lib = Path(binary).resolve().parent / "libffverbs.so"
+    if not lib.is_file():
+        pytest.skip("ffverbs not built next to ffrouter")
+    c = doctor.check_verbs(lib, [lib.parent], router)
+    assert c.status == doctor.OK and "ff0 listed and opened" in c.detail, c
+    c = doctor.check_verbs(lib, [lib.parent], str(tmp_path / "no-router.sock"))
+    assert c.status == doctor.FAIL and "does not open" in c.detail, c

@@ -1,0 +1,126 @@
+#!/bin/bash
+# verbs_bench.sh - Debian's perftest over ff0 (libffverbs.so as
+# libibverbs.so.1, LD_LIBRARY_PATH) between two containers through one
+# router, against the same sizes through UCX posix,cma,self (two host
+# processes: shared memory containers cannot use) and tcp,self (two
+# containers over veth), in one run.
+#
+# Usage: bench/verbs_bench.sh [--quick] [--out DIR]
+#
+# perftest (unmodified, Debian 12's 4.5), two containers (tools/ffcontainer):
+#   ib_write_lat, ib_send_lat, ib_read_lat 8 B   t_typical (us; the write
+#                                     and send tests report half a round
+#                                     trip, the read test a whole READ)
+#   ib_send_bw 8 B                    message rate (Mmsg/s)
+#   ib_write_bw 64 KiB, 1 MiB, 4 MiB  average bandwidth (MB/s = 10^6 B/s;
+#                                     perftest's MB/sec is 2^20 B/s)
+#   ib_read_bw 1 MiB                  average bandwidth
+# UCX: bench/ucx_baselines.sh's tag_lat 8 B, tag_bw 8 B, 64 KiB, 1 MiB,
+# 4 MiB (ucx_perftest) for posix,cma,self and tcp,self.
+# ROUNDS rounds (default 3, --quick 1), medians. Writes DIR/results.csv
+# (suite,transport,test,size_bytes,value,unit) and DIR/README.md (the
+# table); default DIR: bench/results/verbs-<date>. Needs root and a release
+# build (cargo build --release -p ffverbs -p ffrouter; CARGO_TARGET_DIR is
+# honoured). Run it under flock /tmp/ff-heavy.lock on a shared machine.
+# Smoke run (no numbers worth keeping): N_LAT=200 N_BW8=200 N_BIG=20
+# VERBS_BENCH_UCX=0 bench/verbs_bench.sh --quick --out /tmp/x
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+quick=0
+out=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --out) out=$2; shift ;;
+        *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
+    esac
+    shift
+done
+rounds=${ROUNDS:-$([[ $quick == 1 ]] && echo 1 || echo 3)}
+out=${out:-$top/bench/results/verbs-$(date +%F)}
+mkdir -p "$out"
+tgt=${CARGO_TARGET_DIR:-$top/target}/release
+for f in "$tgt/libffverbs.so" "$tgt/ffrouter"; do
+    [[ -e $f ]] || { echo "$f missing: cargo build --release -p ffverbs -p ffrouter" >&2; exit 1; }
+done
+command -v ib_write_bw >/dev/null || { echo "perftest missing: scripts/deps.sh" >&2; exit 1; }
+ffc=$top/tools/ffcontainer
+work=$(mktemp -d /tmp/verbs_bench.XXXXXX)
+mkdir -p "$work/lib" "$work/rt/t"
+ln -s "$tgt/libffverbs.so" "$work/lib/libibverbs.so.1"
+"$tgt/ffrouter" --tenant "t=$work/rt/t/ffrouter.sock" --log-level warn 2>"$work/router.log" &
+router=$!
+cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+for _ in $(seq 100); do [[ -S $work/rt/t/ffrouter.sock ]] && break; sleep 0.1; done
+csv=$out/results.csv
+echo "suite,transport,test,size_bytes,value,unit" >"$csv"
+srv_ip=10.77.0.231
+cli_ip=10.77.0.232
+
+# perftest TEST SIZE ITERS: one pair in two containers; prints the result line.
+perftest() {
+    local t=$1 s=$2 n=$3 port=$((18000 + RANDOM % 1000))
+    "$ffc" run --name "vb-s$$" --ip "$srv_ip/24" --socket-dir "$work/rt/t" -- \
+        env LD_LIBRARY_PATH="$work/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" \
+        >"$work/s.log" 2>&1 </dev/null &
+    local spid=$!
+    sleep 1
+    "$ffc" run --name "vb-c$$" --ip "$cli_ip/24" --socket-dir "$work/rt/t" -- \
+        env LD_LIBRARY_PATH="$work/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" "$srv_ip" \
+        >"$work/c.log" 2>&1 </dev/null || { cat "$work/c.log" "$work/s.log" >&2; wait "$spid" || true; return 1; }
+    wait "$spid" || { cat "$work/s.log" >&2; return 1; }
+    grep -A1 '#bytes' "$work/c.log" | tail -1
+}
+
+n_lat=${N_LAT:-$([[ $quick == 1 ]] && echo 2000 || echo 10000)}
+n_bw8=${N_BW8:-$([[ $quick == 1 ]] && echo 20000 || echo 200000)}
+n_big=${N_BIG:-1000}
+for r in $(seq "$rounds"); do
+    echo "round $r/$rounds" >&2
+    for t in ib_write_lat ib_send_lat ib_read_lat; do
+        line=$(perftest "$t" 8 "$n_lat")
+        echo "ff,ff0,$t,8,$(awk '{print $5}' <<<"$line"),us" >>"$csv"
+    done
+    line=$(perftest ib_send_bw 8 "$n_bw8")
+    echo "ff,ff0,ib_send_bw,8,$(awk '{print $5}' <<<"$line"),Mmsg/s" >>"$csv"
+    for s in 65536 1048576 4194304; do
+        n=$((s >= 1048576 ? n_big : 10 * n_big))
+        line=$(perftest ib_write_bw "$s" "$n")
+        echo "ff,ff0,ib_write_bw,$s,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
+    done
+    line=$(perftest ib_read_bw 1048576 "$n_big")
+    echo "ff,ff0,ib_read_bw,1048576,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
+    [[ ${VERBS_BENCH_UCX:-1} == 0 ]] ||
+        UCX_BASELINE_NO_CPU=1 UCX_BASELINE_TESTS="lat bw8 bw64k bw1m bw4m" "$here/ucx_baselines.sh" "$work/ucx.csv" >&2
+done
+[[ ! -e $work/ucx.csv ]] || grep '^ucx,' "$work/ucx.csv" | grep -v cpu_per_gb >>"$csv" || true
+
+python3 - "$csv" "$out/README.md" "$rounds" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+med = {}
+for r in rows:
+    med.setdefault((r["transport"], r["test"], int(r["size_bytes"])), []).append(float(r["value"]))
+med = {k: statistics.median(v) for k, v in med.items()}
+def get(t, test, size):
+    return med.get((t, test, size))
+lines = ["| | ff0 (perftest) | UCX posix,cma | UCX tcp | ff0 / posix,cma | ff0 / tcp |", "|---|---:|---:|---:|---:|---:|"]
+spec = [("8 B latency (us)", "ib_write_lat", 8, "tag_lat", 8, False),
+        ("8 B message rate (Mmsg/s)", "ib_send_bw", 8, "tag_bw", 8, True),
+        ("64 KiB (MB/s)", "ib_write_bw", 65536, "tag_bw", 65536, True),
+        ("1 MiB (MB/s)", "ib_write_bw", 1048576, "tag_bw", 1048576, True),
+        ("4 MiB (MB/s)", "ib_write_bw", 4194304, "tag_bw", 4194304, True)]
+fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if v < 100 else f"{v:,.0f}")
+for label, ft, fs, ut, us, more_is_better in spec:
+    f = get("ff0", ft, fs); p = get("posix,cma,self", ut, us); t = get("tcp,self", ut, us)
+    ratio = lambda b: "-" if f is None or b is None or b == 0 else f"{f / b:.2f}x"
+    lines.append(f"| {label} | {fmt(f)} | {fmt(p)} | {fmt(t)} | {ratio(p)} | {ratio(t)} |")
+extra = [("ib_send_lat 8 B (us)", "ib_send_lat", 8), ("ib_read_lat 8 B (us)", "ib_read_lat", 8), ("ib_read_bw 1 MiB (MB/s)", "ib_read_bw", 1048576)]
+lines.append("")
+lines += [f"- {l}: {fmt(get('ff0', t, s))}" for l, t, s in extra]
+text = f"# perftest over ff0 vs UCX ({sys.argv[3]} round(s), medians)\n\nff0: Debian's perftest between two containers through one router. UCX: ucx_perftest tag_lat/tag_bw (posix,cma,self between host processes; tcp,self between two containers). Latency: perftest's t_typical (half a round trip), UCX's p50 one-way.\n\n" + "\n".join(lines) + "\n"
+open(sys.argv[2], "w").write(text)
+print(text)
+PY

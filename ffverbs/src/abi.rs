@@ -1,0 +1,1034 @@
+//! The exported libibverbs functions (`ffv_NAME`, versioned as `NAME` by
+//! build.rs) and the context's ops table. Everything unsafe about the C
+//! boundary is here: pointers from the application are checked for null
+//! and trusted to point where verbs.h says; every entry catches panics
+//! (none unwinds into C) and fails the way libibverbs does (errno, or an
+//! error number returned).
+//!
+//! The C objects the application holds are the first field of our own
+//! (`#[repr(C)]`) boxes, so a pointer to one is a pointer to the other.
+
+// Every exported function's contract is libibverbs' (verbs.h): the module
+// doc above says what is checked and what is trusted.
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::mem::offset_of;
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Once, OnceLock};
+
+use crate::dev::{Channel, Cq, Device, Mr};
+use crate::qp::{Op, Qp, RecvWr, SendWr, Sge, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
+use crate::sys::*;
+
+const DEV_NAME: &str = "ff0";
+
+fn set_errno(e: c_int) {
+    // SAFETY: errno is thread-local.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Runs `f`, turning a panic into `fail` (with errno EIO).
+fn guard<T>(fail: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            set_errno(libc::EIO);
+            fail
+        }
+    }
+}
+
+/// What the generated stubs call: says once per process what is missing.
+pub fn unsupported(name: &str) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("FFVERBS_QUIET").is_none() {
+            eprintln!("ffverbs: {name} is not supported by the FreeFlow device (EOPNOTSUPP)");
+        }
+    });
+    log::debug!("ffverbs: {name}: not supported");
+    set_errno(libc::EOPNOTSUPP);
+}
+
+fn logger() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Ok(level) = std::env::var("FFVERBS_LOG") {
+            struct L(log::LevelFilter);
+            impl log::Log for L {
+                fn enabled(&self, m: &log::Metadata) -> bool {
+                    m.level() <= self.0
+                }
+                fn log(&self, r: &log::Record) {
+                    if self.enabled(r.metadata()) {
+                        eprintln!("ffverbs {}: {}", r.level(), r.args());
+                    }
+                }
+                fn flush(&self) {}
+            }
+            let f = level.parse().unwrap_or(log::LevelFilter::Info);
+            if log::set_logger(Box::leak(Box::new(L(f)))).is_ok() {
+                log::set_max_level(f);
+            }
+        }
+    });
+}
+
+// ---- objects -------------------------------------------------------------
+
+#[repr(C)]
+pub struct CtxBox {
+    vctx: verbs_context,
+    dev: Arc<Device>,
+}
+
+#[repr(C)]
+struct PdBox {
+    ibv: ibv_pd,
+}
+
+#[repr(C)]
+struct MrBox {
+    ibv: ibv_mr,
+}
+
+#[repr(C)]
+struct CqBox {
+    ibv: ibv_cq,
+    cq: Arc<Cq>,
+}
+
+#[repr(C)]
+struct ChanBox {
+    ibv: ibv_comp_channel,
+    ch: Arc<Channel>,
+}
+
+#[repr(C)]
+struct QpBox {
+    ibv: ibv_qp,
+}
+
+/// # Safety
+/// `c` is a context this library opened.
+unsafe fn dev_of<'a>(c: *mut ibv_context) -> &'a Arc<Device> {
+    let b = (c as *mut u8).sub(offset_of!(verbs_context, context)) as *const CtxBox;
+    &(*b).dev
+}
+
+fn device() -> *mut ibv_device {
+    static DEV: OnceLock<usize> = OnceLock::new();
+    *DEV.get_or_init(|| {
+        let mut d = ibv_device { node_type: IBV_NODE_CA, transport_type: IBV_TRANSPORT_IB, ..Default::default() };
+        fill(&mut d.name, DEV_NAME);
+        fill(&mut d.dev_name, "uverbs_ff0");
+        fill(&mut d.dev_path, "/sys/class/infiniband_verbs/uverbs_ff0");
+        fill(&mut d.ibdev_path, "/sys/class/infiniband/ff0");
+        Box::into_raw(Box::new(d)) as usize
+    }) as *mut ibv_device
+}
+
+fn fill(dst: &mut [c_char], s: &str) {
+    for (d, b) in dst.iter_mut().zip(s.bytes().chain(std::iter::once(0))) {
+        *d = b as c_char;
+    }
+}
+
+fn guid() -> u64 {
+    // "FF" + "verbs", big endian on the wire.
+    u64::to_be(0x4646_0000_0000_0001)
+}
+
+// ---- devices -------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_device_list(num: *mut c_int) -> *mut *mut ibv_device {
+    guard(std::ptr::null_mut(), || {
+        logger();
+        let list = libc::calloc(2, std::mem::size_of::<*mut ibv_device>()) as *mut *mut ibv_device;
+        if list.is_null() {
+            set_errno(libc::ENOMEM);
+            return list;
+        }
+        *list = device();
+        if !num.is_null() {
+            *num = 1;
+        }
+        list
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_free_device_list(list: *mut *mut ibv_device) {
+    libc::free(list as *mut c_void);
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_device_name(d: *mut ibv_device) -> *const c_char {
+    if d.is_null() {
+        return std::ptr::null();
+    }
+    (*d).name.as_ptr()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_device_guid(_d: *mut ibv_device) -> u64 {
+    guid()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_device_index(_d: *mut ibv_device) -> c_int {
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_open_device(d: *mut ibv_device) -> *mut ibv_context {
+    guard(std::ptr::null_mut(), || {
+        logger();
+        if d != device() {
+            set_errno(libc::ENODEV);
+            return std::ptr::null_mut();
+        }
+        let dev = match Device::open() {
+            Ok(dev) => dev,
+            Err(e) => {
+                eprintln!("ffverbs: cannot open {DEV_NAME}: {e} (is ffrouter running, and FF_ROUTER_SOCKET set?)");
+                set_errno(libc::ENODEV);
+                return std::ptr::null_mut();
+            }
+        };
+        let mut vctx = verbs_context { sz: std::mem::size_of::<verbs_context>(), query_port: Some(query_port_ex), ..Default::default() };
+        let c = &mut vctx.context;
+        c.device = d;
+        c.abi_compat = usize::MAX as *mut c_void;
+        c.num_comp_vectors = 1;
+        // Descriptors the application may poll: never readable here.
+        c.cmd_fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        c.async_fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        libc::pthread_mutex_init(&mut c.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
+        c.ops.poll_cq = Some(poll_cq);
+        c.ops.req_notify_cq = Some(req_notify_cq);
+        c.ops.post_send = Some(post_send);
+        c.ops.post_recv = Some(post_recv);
+        c.ops.post_srq_recv = Some(post_srq_recv);
+        c.ops.bind_mw = Some(bind_mw);
+        let b = Box::into_raw(Box::new(CtxBox { vctx, dev }));
+        &mut (*b).vctx.context
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_close_device(c: *mut ibv_context) -> c_int {
+    guard(libc::EIO, || {
+        if c.is_null() {
+            return libc::EINVAL;
+        }
+        let b = Box::from_raw((c as *mut u8).sub(offset_of!(verbs_context, context)) as *mut CtxBox);
+        b.dev.close();
+        libc::close(b.vctx.context.cmd_fd);
+        libc::close(b.vctx.context.async_fd);
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_device_attr) -> c_int {
+    if c.is_null() || a.is_null() {
+        return libc::EINVAL;
+    }
+    let mut d = ibv_device_attr::default();
+    fill(&mut d.fw_ver, concat!("ffverbs ", env!("CARGO_PKG_VERSION")));
+    d.node_guid = guid();
+    d.sys_image_guid = guid();
+    d.max_mr_size = u64::MAX;
+    d.page_size_cap = 4096;
+    d.vendor_id = 0x4646;
+    d.max_qp = 1 << 16;
+    d.max_qp_wr = MAX_WR as c_int;
+    d.device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT;
+    d.max_sge = MAX_SGE as c_int;
+    d.max_sge_rd = MAX_SGE as c_int;
+    d.max_cq = 1 << 16;
+    d.max_cqe = 1 << 22;
+    d.max_mr = 1 << 20;
+    d.max_pd = 1 << 16;
+    d.max_qp_rd_atom = 16;
+    d.max_res_rd_atom = 16 << 16;
+    d.max_qp_init_rd_atom = 16;
+    d.atomic_cap = IBV_ATOMIC_HCA;
+    d.max_pkeys = 1;
+    d.local_ca_ack_delay = 16;
+    d.phys_port_cnt = 1;
+    *a = d;
+    0
+}
+
+fn port_attr() -> ibv_port_attr {
+    ibv_port_attr {
+        state: IBV_PORT_ACTIVE,
+        max_mtu: IBV_MTU_4096,
+        active_mtu: IBV_MTU_4096,
+        gid_tbl_len: 1,
+        max_msg_sz: 1 << 31,
+        pkey_tbl_len: 1,
+        max_vl_num: 1,
+        active_width: 2,  // 4X
+        active_speed: 32, // 25 Gb/s per lane: "100 Gb/s"
+        phys_state: 5,    // LinkUp
+        link_layer: IBV_LINK_LAYER_ETHERNET as u8,
+        ..Default::default()
+    }
+}
+
+/// The old `ibv_query_port` ABI: the attributes up to `link_layer`.
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_port(c: *mut ibv_context, port: u8, a: *mut c_void) -> c_int {
+    if c.is_null() || a.is_null() || port != 1 {
+        return libc::EINVAL;
+    }
+    let p = port_attr();
+    std::ptr::copy_nonoverlapping(&p as *const _ as *const u8, a as *mut u8, offset_of!(ibv_port_attr, flags));
+    0
+}
+
+unsafe extern "C" fn query_port_ex(c: *mut ibv_context, port: u8, a: *mut ibv_port_attr, len: usize) -> c_int {
+    if c.is_null() || a.is_null() || port != 1 {
+        return libc::EINVAL;
+    }
+    let p = port_attr();
+    std::ptr::copy_nonoverlapping(&p as *const _ as *const u8, a as *mut u8, len.min(std::mem::size_of::<ibv_port_attr>()));
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_gid(c: *mut ibv_context, port: u8, index: c_int, gid: *mut ibv_gid) -> c_int {
+    if c.is_null() || gid.is_null() || port != 1 || index != 0 {
+        return -1;
+    }
+    (*gid).raw = dev_of(c).gid;
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv__ibv_query_gid_ex(c: *mut ibv_context, port: u32, index: u32, e: *mut ibv_gid_entry, flags: u32, size: usize) -> c_int {
+    if c.is_null() || e.is_null() || flags != 0 || size < std::mem::size_of::<ibv_gid_entry>() {
+        return libc::EINVAL;
+    }
+    if port != 1 || index != 0 {
+        return libc::ENODATA;
+    }
+    *e = ibv_gid_entry { gid: ibv_gid { raw: dev_of(c).gid }, gid_index: 0, port_num: 1, gid_type: IBV_GID_TYPE_ROCE_V2, ndev_ifindex: 0 };
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv__ibv_query_gid_table(c: *mut ibv_context, e: *mut ibv_gid_entry, max: usize, flags: u32, size: usize) -> isize {
+    if max == 0 {
+        return 0;
+    }
+    match ffv__ibv_query_gid_ex(c, 1, 0, e, flags, size) {
+        0 => 1,
+        err => -(err as isize),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_gid_type(c: *mut ibv_context, port: u8, index: c_uint, t: *mut c_uint) -> c_int {
+    if c.is_null() || t.is_null() || port != 1 || index != 0 {
+        return libc::EINVAL;
+    }
+    *t = 1; // IBV_GID_TYPE_SYSFS_ROCE_V2
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_pkey(c: *mut ibv_context, port: u8, index: c_int, pkey: *mut u16) -> c_int {
+    if c.is_null() || pkey.is_null() || port != 1 || index != 0 {
+        return -1;
+    }
+    *pkey = 0xffffu16.to_be();
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_pkey_index(_c: *mut ibv_context, port: u8, pkey: u16) -> c_int {
+    if port == 1 && u16::from_be(pkey) & 0x7fff == 0x7fff {
+        0
+    } else {
+        set_errno(libc::ENOENT);
+        -1
+    }
+}
+
+// ---- protection domains and registrations --------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_alloc_pd(c: *mut ibv_context) -> *mut ibv_pd {
+    if c.is_null() {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    let b = Box::into_raw(Box::new(PdBox { ibv: ibv_pd { context: c, handle: 0 } }));
+    &mut (*b).ibv
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_dealloc_pd(pd: *mut ibv_pd) -> c_int {
+    if pd.is_null() {
+        return libc::EINVAL;
+    }
+    drop(Box::from_raw(pd as *mut PdBox));
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_reg_mr(pd: *mut ibv_pd, addr: *mut c_void, len: usize, access: c_int) -> *mut ibv_mr {
+    ffv_ibv_reg_mr_iova2(pd, addr, len, addr as u64, access as c_uint)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_reg_mr_iova(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_int) -> *mut ibv_mr {
+    ffv_ibv_reg_mr_iova2(pd, addr, len, iova, access as c_uint)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_reg_mr_iova2(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_uint) -> *mut ibv_mr {
+    guard(std::ptr::null_mut(), || {
+        if pd.is_null() || (addr.is_null() && len > 0) || (addr as usize).checked_add(len).is_none() {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        if iova != addr as u64 {
+            // Remote addresses are the application's own virtual addresses.
+            set_errno(libc::EOPNOTSUPP);
+            return std::ptr::null_mut();
+        }
+        // Remote write and atomics need local write, as on a NIC.
+        if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) != 0 && access & IBV_ACCESS_LOCAL_WRITE == 0 {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let c = (*pd).context;
+        let dev = dev_of(c);
+        // The registration makes the buffer's whole pages shadow memory
+        // (ffcore's registration, as the UCX transport's): sends from it
+        // and receives into it then skip a copy. FFVERBS_SHADOW=n keeps
+        // every page private.
+        let shadow = if std::env::var("FFVERBS_SHADOW").is_ok_and(|v| v == "n") || len == 0 {
+            None
+        } else {
+            // SAFETY: the application registers memory it owns, and (as
+            // for a NIC, whose registration pins it) does not write it from
+            // other threads while it registers or deregisters it.
+            match dev.ff.register_shadow(addr as *const u8, len) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    log::debug!("ffverbs: {addr:?}+{len} stays private: {e}");
+                    None
+                }
+            }
+        };
+        let key = dev.new_key();
+        let mr = Arc::new(Mr { addr: addr as u64, len: len as u64, access, pd: pd as usize, key, shadow });
+        dev.mrs.write().unwrap().insert(key, mr);
+        let b = Box::into_raw(Box::new(MrBox { ibv: ibv_mr { context: c, pd, addr, length: len, handle: key, lkey: key, rkey: key } }));
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_dereg_mr(mr: *mut ibv_mr) -> c_int {
+    guard(libc::EIO, || {
+        if mr.is_null() {
+            return libc::EINVAL;
+        }
+        let b = Box::from_raw(mr as *mut MrBox);
+        dev_of(b.ibv.context).mrs.write().unwrap().remove(&b.ibv.lkey);
+        0
+    })
+}
+
+// ---- completion queues and channels --------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_comp_channel(c: *mut ibv_context) -> *mut ibv_comp_channel {
+    guard(std::ptr::null_mut(), || {
+        if c.is_null() {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let ch = match Channel::new() {
+            Ok(ch) => Arc::new(ch),
+            Err(e) => {
+                set_errno(e.raw_os_error().unwrap_or(libc::EMFILE));
+                return std::ptr::null_mut();
+            }
+        };
+        let fd = ch.efd.as_raw_fd();
+        let b = Box::into_raw(Box::new(ChanBox { ibv: ibv_comp_channel { context: c, fd, refcnt: 0 }, ch }));
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_comp_channel(ch: *mut ibv_comp_channel) -> c_int {
+    if ch.is_null() {
+        return libc::EINVAL;
+    }
+    if (*ch).refcnt > 0 {
+        return libc::EBUSY;
+    }
+    drop(Box::from_raw(ch as *mut ChanBox));
+    0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_cq(c: *mut ibv_context, cqe: c_int, cq_context: *mut c_void, ch: *mut ibv_comp_channel, _vector: c_int) -> *mut ibv_cq {
+    guard(std::ptr::null_mut(), || {
+        if c.is_null() || !(1..=1 << 22).contains(&cqe) {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let chan = if ch.is_null() {
+            None
+        } else {
+            (*ch).refcnt += 1;
+            Some((*(ch as *mut ChanBox)).ch.clone())
+        };
+        let cq = Arc::new(Cq::new(chan));
+        let mut ibv = ibv_cq { context: c, channel: ch, cq_context, cqe, ..Default::default() };
+        libc::pthread_mutex_init(&mut ibv.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
+        libc::pthread_cond_init(&mut ibv.cond as *mut _ as *mut libc::pthread_cond_t, std::ptr::null());
+        let b = Box::into_raw(Box::new(CqBox { ibv, cq }));
+        (&*b).cq.ibv.store(b as u64, Ordering::Relaxed);
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
+    guard(libc::EIO, || {
+        if cq.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*cq).context);
+        let b = cq as *mut CqBox;
+        let e = dev.engine.lock().unwrap();
+        if e.qps.values().any(|q| Arc::ptr_eq(&q.send_cq, &(*b).cq) || Arc::ptr_eq(&q.recv_cq, &(*b).cq)) {
+            return libc::EBUSY;
+        }
+        drop(e);
+        if !(*cq).channel.is_null() {
+            (*(*cq).channel).refcnt -= 1;
+        }
+        drop(Box::from_raw(b));
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mut *mut ibv_cq, ctx: *mut *mut c_void) -> c_int {
+    guard(-1, || {
+        if ch.is_null() || cq.is_null() || ctx.is_null() {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+        let mut v = 0u64;
+        // Blocks unless the application made the descriptor non-blocking.
+        if libc::read((*ch).fd, &mut v as *mut u64 as *mut c_void, 8) != 8 {
+            return -1;
+        }
+        let chan = &(*(ch as *mut ChanBox)).ch;
+        let Some(b) = chan.events.lock().unwrap().pop_front() else {
+            set_errno(libc::EAGAIN);
+            return -1;
+        };
+        let b = &mut *(b as *mut CqBox);
+        b.cq.events_got.fetch_add(1, Ordering::Relaxed);
+        *cq = &mut b.ibv;
+        *ctx = b.ibv.cq_context;
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_ack_cq_events(cq: *mut ibv_cq, n: c_uint) {
+    if !cq.is_null() {
+        let b = &*(cq as *const CqBox);
+        b.cq.events_acked.fetch_add(n, Ordering::Relaxed);
+        (*cq).comp_events_completed = (*cq).comp_events_completed.wrapping_add(n);
+    }
+}
+
+unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_int {
+    guard(-1, || {
+        if cq.is_null() || n < 0 || (wc.is_null() && n > 0) {
+            return -1;
+        }
+        let out = std::slice::from_raw_parts_mut(wc, n as usize);
+        let b = &*(cq as *mut CqBox);
+        let dev = dev_of((*cq).context);
+        dev.app_active();
+        let got = b.cq.pop(out);
+        if got > 0 || n == 0 {
+            return got as c_int;
+        }
+        dev.progress();
+        b.cq.pop(out) as c_int
+    })
+}
+
+unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c_int {
+    if cq.is_null() {
+        return libc::EINVAL;
+    }
+    let b = &*(cq as *mut CqBox);
+    if b.cq.chan.is_none() {
+        // Nothing to notify (NICs accept this too).
+        return 0;
+    }
+    b.cq.armed.store(true, Ordering::Release);
+    // The service thread must now notice completions without us polling.
+    dev_of((*cq).context).kick();
+    0
+}
+
+// ---- queue pairs -----------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_attr) -> *mut ibv_qp {
+    guard(std::ptr::null_mut(), || {
+        if pd.is_null() || a.is_null() || (*a).send_cq.is_null() || (*a).recv_cq.is_null() {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let a = &mut *a;
+        if a.qp_type != IBV_QPT_RC || !a.srq.is_null() {
+            set_errno(libc::EOPNOTSUPP);
+            return std::ptr::null_mut();
+        }
+        let cap = &mut a.cap;
+        if cap.max_send_wr > MAX_WR || cap.max_recv_wr > MAX_WR || cap.max_send_sge > MAX_SGE || cap.max_recv_sge > MAX_SGE || cap.max_inline_data > MAX_INLINE_DATA {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        cap.max_send_sge = cap.max_send_sge.max(1);
+        cap.max_recv_sge = cap.max_recv_sge.max(1);
+        cap.max_inline_data = MAX_INLINE_DATA;
+        let c = (*pd).context;
+        let dev = dev_of(c);
+        let scq = (*(a.send_cq as *mut CqBox)).cq.clone();
+        let rcq = (*(a.recv_cq as *mut CqBox)).cq.clone();
+        let mut e = dev.engine.lock().unwrap();
+        let qpn = e.new_qpn();
+        e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, a.sq_sig_all != 0, *cap));
+        drop(e);
+        let mut ibv = ibv_qp {
+            context: c,
+            qp_context: a.qp_context,
+            pd,
+            send_cq: a.send_cq,
+            recv_cq: a.recv_cq,
+            qp_num: qpn,
+            handle: qpn,
+            state: IBV_QPS_RESET,
+            qp_type: IBV_QPT_RC,
+            ..Default::default()
+        };
+        libc::pthread_mutex_init(&mut ibv.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
+        libc::pthread_cond_init(&mut ibv.cond as *mut _ as *mut libc::pthread_cond_t, std::ptr::null());
+        let b = Box::into_raw(Box::new(QpBox { ibv }));
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
+    guard(libc::EIO, || {
+        if qp.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*qp).context);
+        dev.engine.lock().unwrap().qps.remove(&(*qp).qp_num);
+        drop(Box::from_raw(qp as *mut QpBox));
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, mask: c_int) -> c_int {
+    guard(libc::EIO, || {
+        if qp.is_null() || attr.is_null() {
+            return libc::EINVAL;
+        }
+        let a = &*attr;
+        let mask = mask as u32;
+        let dev = dev_of((*qp).context);
+        let mut e = dev.engine.lock().unwrap();
+        let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
+        if mask & IBV_QP_ACCESS_FLAGS != 0 {
+            q.access = a.qp_access_flags;
+        }
+        if mask & IBV_QP_PATH_MTU != 0 {
+            q.attr.path_mtu = a.path_mtu;
+        }
+        if mask & IBV_QP_SQ_PSN != 0 {
+            q.attr.sq_psn = a.sq_psn;
+        }
+        if mask & IBV_QP_RQ_PSN != 0 {
+            q.attr.rq_psn = a.rq_psn;
+        }
+        if mask & IBV_QP_DEST_QPN != 0 {
+            q.attr.dest_qp_num = a.dest_qp_num;
+        }
+        if mask & IBV_QP_AV != 0 {
+            q.attr.ah_attr = a.ah_attr;
+        }
+        if mask & IBV_QP_PORT != 0 {
+            q.attr.port_num = a.port_num;
+        }
+        if mask & IBV_QP_TIMEOUT != 0 {
+            q.attr.timeout = a.timeout;
+        }
+        if mask & IBV_QP_RETRY_CNT != 0 {
+            q.attr.retry_cnt = a.retry_cnt;
+        }
+        if mask & IBV_QP_RNR_RETRY != 0 {
+            q.attr.rnr_retry = a.rnr_retry;
+        }
+        if mask & IBV_QP_MAX_QP_RD_ATOMIC != 0 {
+            q.attr.max_rd_atomic = a.max_rd_atomic;
+        }
+        if mask & IBV_QP_MAX_DEST_RD_ATOMIC != 0 {
+            q.attr.max_dest_rd_atomic = a.max_dest_rd_atomic;
+        }
+        if mask & IBV_QP_MIN_RNR_TIMER != 0 {
+            q.attr.min_rnr_timer = a.min_rnr_timer;
+        }
+        if mask & IBV_QP_STATE == 0 {
+            return 0;
+        }
+        let to = a.qp_state;
+        let from = q.state;
+        let ok = match to {
+            IBV_QPS_RESET | IBV_QPS_ERR => true,
+            IBV_QPS_INIT => from == IBV_QPS_RESET || from == IBV_QPS_INIT,
+            IBV_QPS_RTR => from == IBV_QPS_INIT,
+            IBV_QPS_RTS => from == IBV_QPS_RTR || from == IBV_QPS_RTS,
+            _ => false,
+        };
+        if !ok {
+            return libc::EINVAL;
+        }
+        match to {
+            IBV_QPS_RESET => q.reset(),
+            IBV_QPS_ERR => q.fail(dev, IBV_WC_WR_FLUSH_ERR),
+            IBV_QPS_RTR => {
+                if mask & IBV_QP_AV == 0 || mask & IBV_QP_DEST_QPN == 0 || a.ah_attr.is_global == 0 {
+                    // The GID says where the peer is: a global route is needed.
+                    return libc::EINVAL;
+                }
+                if let Err(err) = q.to_rtr(dev, a.ah_attr.grh.dgid.raw, a.dest_qp_num) {
+                    return err;
+                }
+            }
+            _ => {}
+        }
+        q.state = to;
+        (*qp).state = to;
+        q.progress(dev);
+        drop(e);
+        dev.kick();
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, _mask: c_int, init: *mut ibv_qp_init_attr) -> c_int {
+    guard(libc::EIO, || {
+        if qp.is_null() || attr.is_null() || init.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*qp).context);
+        let e = dev.engine.lock().unwrap();
+        let Some(q) = e.qps.get(&(*qp).qp_num) else { return libc::EINVAL };
+        let mut a = q.attr;
+        a.qp_state = q.state;
+        a.cur_qp_state = q.state;
+        a.qp_access_flags = q.access;
+        a.cap = q.cap;
+        *attr = a;
+        let i = &mut *init;
+        i.qp_context = (*qp).qp_context;
+        i.send_cq = (*qp).send_cq;
+        i.recv_cq = (*qp).recv_cq;
+        i.srq = std::ptr::null_mut();
+        i.cap = q.cap;
+        i.qp_type = IBV_QPT_RC;
+        i.sq_sig_all = q.sig_all as c_int;
+        0
+    })
+}
+
+unsafe fn sges(list: *mut ibv_sge, n: c_int) -> Vec<Sge> {
+    if list.is_null() || n <= 0 {
+        return Vec::new();
+    }
+    std::slice::from_raw_parts(list, n as usize).iter().map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
+}
+
+unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
+    guard(libc::EIO, || {
+        let dev = dev_of((*qp).context);
+        dev.app_active();
+        let mut e = dev.engine.lock().unwrap();
+        let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
+        let mut err = 0;
+        while !wr.is_null() {
+            let w = &*wr;
+            let op = match w.opcode {
+                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => Op::Send,
+                IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => Op::Write,
+                IBV_WR_RDMA_READ => Op::Read,
+                IBV_WR_ATOMIC_FETCH_AND_ADD => Op::FetchAdd { add: w.wr.atomic.compare_add },
+                IBV_WR_ATOMIC_CMP_AND_SWP => Op::CmpSwap { compare: w.wr.atomic.compare_add, swap: w.wr.atomic.swap },
+                _ => {
+                    err = libc::EINVAL;
+                    break;
+                }
+            };
+            let list = sges(w.sg_list, w.num_sge);
+            let len: u64 = list.iter().map(|s| s.len as u64).sum();
+            let inline_flag = w.send_flags & IBV_SEND_INLINE != 0 && !op.fetches();
+            if matches!(op, Op::FetchAdd { .. } | Op::CmpSwap { .. }) && (w.num_sge != 1 || len != 8) {
+                // The old value goes to one 8-byte element.
+                err = libc::EINVAL;
+                break;
+            }
+            if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || (inline_flag && len > MAX_INLINE_DATA as u64) {
+                err = libc::EINVAL;
+                break;
+            }
+            if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
+                err = libc::EINVAL;
+                break;
+            }
+            if q.send_queue_len() >= q.cap.max_send_wr.max(1) as usize {
+                err = libc::ENOMEM;
+                break;
+            }
+            let inline = inline_flag.then(|| {
+                let mut b = Vec::with_capacity(len as usize);
+                for s in &list {
+                    b.extend_from_slice(std::slice::from_raw_parts(s.addr as *const u8, s.len as usize));
+                }
+                b
+            });
+            let imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM).then(|| w.__bindgen_anon_1.imm_data);
+            let (raddr, rkey) = match op {
+                Op::Send => (0, 0),
+                Op::FetchAdd { .. } | Op::CmpSwap { .. } => (w.wr.atomic.remote_addr, w.wr.atomic.rkey),
+                _ => (w.wr.rdma.remote_addr, w.wr.rdma.rkey),
+            };
+            q.post_send(
+                dev,
+                SendWr { wr_id: w.wr_id, op, signaled: q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0, sges: list, inline, imm, raddr, rkey, len },
+            );
+            wr = w.next;
+        }
+        if err != 0 && !bad.is_null() {
+            *bad = wr;
+        }
+        q.progress(dev);
+        err
+    })
+}
+
+unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
+    guard(libc::EIO, || {
+        let dev = dev_of((*qp).context);
+        dev.app_active();
+        let mut e = dev.engine.lock().unwrap();
+        let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
+        let mut err = 0;
+        while !wr.is_null() {
+            let w = &*wr;
+            if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
+                err = libc::EINVAL;
+                break;
+            }
+            if q.recv_queue_len() >= q.cap.max_recv_wr.max(1) as usize {
+                err = libc::ENOMEM;
+                break;
+            }
+            q.post_recv(dev, RecvWr { wr_id: w.wr_id, sges: sges(w.sg_list, w.num_sge) });
+            wr = w.next;
+        }
+        if err != 0 && !bad.is_null() {
+            *bad = wr;
+        }
+        q.progress(dev);
+        err
+    })
+}
+
+unsafe extern "C" fn post_srq_recv(_srq: *mut ibv_srq, _wr: *mut ibv_recv_wr, _bad: *mut *mut ibv_recv_wr) -> c_int {
+    libc::EOPNOTSUPP
+}
+
+unsafe extern "C" fn bind_mw(_qp: *mut ibv_qp, _mw: *mut ibv_mw, _b: *mut ibv_mw_bind) -> c_int {
+    libc::EOPNOTSUPP
+}
+
+// ---- events, fork, strings, rates ------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, _ev: *mut c_void) -> c_int {
+    if c.is_null() {
+        return -1;
+    }
+    // No asynchronous events are ever raised: block like an idle device
+    // (or EAGAIN on a non-blocking descriptor).
+    let mut v = 0u64;
+    libc::read((*c).async_fd, &mut v as *mut u64 as *mut c_void, 8);
+    -1
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_ack_async_event(_ev: *mut c_void) {}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_fork_init() -> c_int {
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_is_fork_initialized() -> c_uint {
+    2 // IBV_FORK_UNNEEDED: registrations are MADV_DONTFORK'd shadow memory
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_dontfork_range(_base: *mut c_void, _size: usize) -> c_int {
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_dofork_range(_base: *mut c_void, _size: usize) -> c_int {
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_verbs_register_driver_34(_ops: *const c_void) {}
+
+fn cstr(s: &'static CStr) -> *const c_char {
+    s.as_ptr()
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_wc_status_str(s: c_uint) -> *const c_char {
+    const NAMES: [&CStr; 22] = [
+        c"success",
+        c"local length error",
+        c"local QP operation error",
+        c"local EE context operation error",
+        c"local protection error",
+        c"Work Request Flushed Error",
+        c"memory management operation error",
+        c"bad response error",
+        c"local access error",
+        c"remote invalid request error",
+        c"remote access error",
+        c"remote operation error",
+        c"transport retry counter exceeded",
+        c"RNR retry counter exceeded",
+        c"local RDD violation error",
+        c"remote invalid RD request",
+        c"aborted error",
+        c"invalid EE context number",
+        c"invalid EE context state",
+        c"fatal error",
+        c"response timeout error",
+        c"general error",
+    ];
+    cstr(NAMES.get(s as usize).copied().unwrap_or(c"unknown"))
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_node_type_str(t: c_int) -> *const c_char {
+    cstr(match t {
+        1 => c"InfiniBand channel adapter",
+        2 => c"InfiniBand switch",
+        3 => c"InfiniBand router",
+        4 => c"iWARP NIC",
+        5 => c"usNIC",
+        6 => c"usNIC UDP",
+        _ => c"unknown",
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_port_state_str(s: c_uint) -> *const c_char {
+    cstr(match s {
+        0 => c"PORT_NOP",
+        1 => c"PORT_DOWN",
+        2 => c"PORT_INIT",
+        3 => c"PORT_ARMED",
+        4 => c"PORT_ACTIVE",
+        5 => c"PORT_ACTIVE_DEFER",
+        _ => c"invalid state",
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_event_type_str(_e: c_uint) -> *const c_char {
+    cstr(c"unknown")
+}
+
+/// (enum ibv_rate, multiple of 2.5 Gb/s, Mb/s)
+const RATES: [(c_int, c_int, c_int); 10] = [
+    (2, 1, 2500),
+    (5, 2, 5000),
+    (3, 4, 10000),
+    (6, 8, 20000),
+    (4, 12, 30000),
+    (7, 16, 40000),
+    (8, 24, 60000),
+    (9, 32, 80000),
+    (10, 48, 120000),
+    (18, 40, 100000),
+];
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_rate_to_mult(r: c_int) -> c_int {
+    RATES.iter().find(|x| x.0 == r).map_or(0, |x| x.1)
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_mult_to_ibv_rate(m: c_int) -> c_int {
+    RATES.iter().find(|x| x.1 == m).map_or(0, |x| x.0)
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_rate_to_mbps(r: c_int) -> c_int {
+    RATES.iter().find(|x| x.0 == r).map_or(0, |x| x.2)
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_mbps_to_ibv_rate(m: c_int) -> c_int {
+    RATES.iter().find(|x| x.2 == m).map_or(0, |x| x.0)
+}
+
+/// There is no sysfs for ff0: the usual root, and every file is missing.
+#[no_mangle]
+pub extern "C" fn ffv_ibv_get_sysfs_path() -> *const c_char {
+    cstr(c"/sys")
+}
+
+#[no_mangle]
+pub extern "C" fn ffv_ibv_read_sysfs_file(_dir: *const c_char, _file: *const c_char, _buf: *mut c_char, _size: usize) -> c_int {
+    set_errno(libc::ENOENT);
+    -1
+}

@@ -1,0 +1,232 @@
+//! The device context (one per `ibv_open_device`): its router attachment
+//! and listener (what its GID names), registrations, completion queues and
+//! channels, and the thread that serves the queue pairs while the
+//! application does not call in (one-sided operations need no help from
+//! the target application, as on a NIC).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ffcore::{Handle, ShadowMr};
+
+use crate::qp::Engine;
+use crate::sys::*;
+use crate::wire::Gid;
+
+/// A registration: `[addr, addr+len)` of this process, for `pd`.
+pub struct Mr {
+    pub addr: u64,
+    pub len: u64,
+    pub access: u32,
+    pub pd: usize,
+    pub key: u32,
+    /// Its whole pages made shadow memory (sends from it go by reference).
+    pub shadow: Option<ShadowMr>,
+}
+
+/// A completion channel: an eventfd (one count per event) and the CQs
+/// whose events are due, in order.
+pub struct Channel {
+    pub efd: OwnedFd,
+    pub events: Mutex<VecDeque<usize>>,
+}
+
+impl Channel {
+    pub fn new() -> std::io::Result<Channel> {
+        // SAFETY: plain syscall; the descriptor is ours.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(Channel { efd: unsafe { OwnedFd::from_raw_fd(fd) }, events: Mutex::new(VecDeque::new()) })
+    }
+
+    fn post(&self, cq: usize) {
+        self.events.lock().unwrap().push_back(cq);
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from our stack to our eventfd.
+        unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// A completion queue's entries (the C `ibv_cq` is in the abi module).
+pub struct Cq {
+    pub q: Mutex<VecDeque<ibv_wc>>,
+    pub armed: AtomicBool,
+    pub chan: Option<Arc<Channel>>,
+    /// The `ibv_cq` the application holds, for channel events.
+    pub ibv: AtomicU64,
+    pub events_got: AtomicU32,
+    pub events_acked: AtomicU32,
+}
+
+impl Cq {
+    pub fn new(chan: Option<Arc<Channel>>) -> Cq {
+        Cq {
+            q: Mutex::new(VecDeque::new()),
+            armed: AtomicBool::new(false),
+            chan,
+            ibv: AtomicU64::new(0),
+            events_got: AtomicU32::new(0),
+            events_acked: AtomicU32::new(0),
+        }
+    }
+
+    pub fn push(&self, wc: ibv_wc) {
+        self.q.lock().unwrap().push_back(wc);
+        if self.armed.swap(false, Ordering::AcqRel) {
+            if let Some(ch) = &self.chan {
+                ch.post(self.ibv.load(Ordering::Relaxed) as usize);
+            }
+        }
+    }
+
+    pub fn pop(&self, out: &mut [ibv_wc]) -> usize {
+        let mut q = self.q.lock().unwrap();
+        let n = out.len().min(q.len());
+        for (i, wc) in q.drain(..n).enumerate() {
+            out[i] = wc;
+        }
+        n
+    }
+}
+
+/// Why a work request's memory was refused: the completion status.
+pub type Status = u32;
+
+/// One opened device.
+pub struct Device {
+    pub ff: ffcore::Context,
+    /// Our listener's handle: what peers connect to (their view is the GID).
+    pub own: Handle,
+    pub gid: [u8; 16],
+    pub engine: Mutex<Engine>,
+    pub mrs: RwLock<HashMap<u32, Arc<Mr>>>,
+    next_key: AtomicU32,
+    epoch: Instant,
+    /// When the application last drove progress itself (ns since epoch).
+    last_app: AtomicU64,
+    pub stop: AtomicBool,
+    /// Wakes the service thread (close, a new connection to sleep on).
+    pub kick: OwnedFd,
+}
+
+/// The application polled within this: the service thread naps instead
+/// of sleeping on the connections (no futex wake-ups for the peers).
+const APP_RECENT: Duration = Duration::from_micros(200);
+
+impl Device {
+    pub fn open() -> ffcore::Result<Arc<Device>> {
+        let ff = ffcore::Context::new()?;
+        let listener = ff.listen()?;
+        let own = listener.handle();
+        let ip = match own.addr {
+            Some(std::net::SocketAddr::V4(a)) => a.ip().octets(),
+            Some(std::net::SocketAddr::V6(a)) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => v4.octets(),
+                None => return Err(ffcore::Error::InvalidArgument("ff0 needs an IPv4 router address (--advertise-addr)".into())),
+            },
+            None => [0; 4],
+        };
+        let listener_id = u32::try_from(own.listener).map_err(|_| ffcore::Error::InvalidArgument("listener id over 32 bits".into()))?;
+        let gid = Gid { ip, listener: listener_id, nonce: own.nonce }.to_bytes();
+        // SAFETY: plain syscall; the descriptor is ours.
+        let kick = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if kick < 0 {
+            return Err(ffcore::Error::Io(std::io::Error::last_os_error()));
+        }
+        let dev = Arc::new(Device {
+            ff,
+            own,
+            gid,
+            engine: Mutex::new(Engine::new(listener)),
+            mrs: RwLock::new(HashMap::new()),
+            next_key: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
+            epoch: Instant::now(),
+            last_app: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            // SAFETY: a fresh descriptor nobody else owns.
+            kick: unsafe { OwnedFd::from_raw_fd(kick) },
+        });
+        let d = dev.clone();
+        std::thread::Builder::new().name("ffverbs".into()).spawn(move || crate::qp::service(d)).map_err(ffcore::Error::Io)?;
+        Ok(dev)
+    }
+
+    pub fn kick(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from our stack to our eventfd.
+        unsafe { libc::write(self.kick.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    pub fn close(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The application calls in: it drives progress itself for a while.
+    pub fn app_active(&self) {
+        self.last_app.store(self.now_ns(), Ordering::Relaxed);
+    }
+
+    pub fn app_recent(&self) -> bool {
+        self.now_ns().saturating_sub(self.last_app.load(Ordering::Relaxed)) < APP_RECENT.as_nanos() as u64
+    }
+
+    /// Moves everything that can move, unless another thread is at it.
+    pub fn progress(&self) -> bool {
+        match self.engine.try_lock() {
+            Ok(mut e) => e.progress(self),
+            Err(_) => false,
+        }
+    }
+
+    /// A new key: 24 bits of counter, 8 random bits (as NICs do).
+    pub fn new_key(&self) -> u32 {
+        let n = self.next_key.fetch_add(1, Ordering::Relaxed) & 0xff_ffff;
+        n << 8 | rand::random::<u8>() as u32
+    }
+
+    pub fn mr(&self, key: u32) -> Option<Arc<Mr>> {
+        self.mrs.read().unwrap().get(&key).cloned()
+    }
+
+    /// Checks a local scatter/gather element: the key names a registration
+    /// of `pd` that holds the range (and allows local writes if `write`).
+    pub fn check_local(&self, pd: usize, lkey: u32, addr: u64, len: u64, write: bool) -> Result<(), Status> {
+        if len == 0 {
+            return Ok(());
+        }
+        let Some(m) = self.mr(lkey) else { return Err(IBV_WC_LOC_PROT_ERR) };
+        let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
+        if m.pd != pd || !inside || (write && m.access & IBV_ACCESS_LOCAL_WRITE == 0) {
+            return Err(IBV_WC_LOC_PROT_ERR);
+        }
+        Ok(())
+    }
+
+    /// Checks a peer's access to `[addr, addr+len)` under `rkey` for a
+    /// queue pair of `pd` that allows `need` (a remote access flag).
+    pub fn check_remote(&self, pd: usize, qp_access: u32, rkey: u32, addr: u64, len: u64, need: u32) -> Result<*mut u8, Status> {
+        if qp_access & need == 0 {
+            return Err(IBV_WC_REM_ACCESS_ERR);
+        }
+        if len == 0 {
+            return Ok(addr as *mut u8);
+        }
+        let Some(m) = self.mr(rkey) else { return Err(IBV_WC_REM_ACCESS_ERR) };
+        let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
+        if m.pd != pd || !inside || m.access & need == 0 {
+            return Err(IBV_WC_REM_ACCESS_ERR);
+        }
+        Ok(addr as *mut u8)
+    }
+}

@@ -1,0 +1,1317 @@
+//! RC queue pairs. A connected pair of queue pairs is one ffcore connection
+//! through the router (the same rings, shadow memory and links between
+//! hosts as the NCCL and UCX faces); the side whose (GID, QPN) is smaller
+//! connects to the other's device listener (the GID names it, see
+//! [`crate::wire::Gid`]) and says which queue pair it wants (`HELLO`).
+//!
+//! Requests go out in order and are answered in order ([`crate::wire`]):
+//! a work request completes when its answer is back and its bytes have
+//! left its buffer. The responder checks every request against its own
+//! registrations (key, protection domain, bounds, access flags) before it
+//! touches memory; a refused request completes at the requester with the
+//! status a NIC gives (`IBV_WC_REM_ACCESS_ERR`, ...) and its queue pair
+//! goes to the error state, flushing everything else
+//! (`IBV_WC_WR_FLUSH_ERR`). A peer that closes or dies fails the work in
+//! flight with `IBV_WC_RETRY_EXC_ERR` as soon as its router says so.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ffcore::wake::{ConnWords, WakeWord};
+use ffcore::{AtomicOp, Conn, Handle, Listener, RemoteKey, RemoteMap, Req, Width};
+use std::collections::HashSet;
+
+use crate::dev::{Cq, Device, Status};
+use crate::sys::*;
+use crate::wire::{self, Gid, Hdr, Hello, F_DATA_NEXT, F_IMM};
+
+/// Payloads up to this size travel with their header (one message).
+pub const INLINE_MAX: usize = 8192;
+/// The largest inline send we accept (`max_inline_data`).
+pub const MAX_INLINE_DATA: u32 = 1024;
+pub const MAX_SGE: u32 = 16;
+pub const MAX_WR: u32 = 8192;
+/// A queue pair that has no connection this long after RTR fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Answers queued (not yet in the ring) before we stop taking requests.
+const MAX_OUT: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sge {
+    pub addr: u64,
+    pub len: u32,
+    pub lkey: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Send,
+    Write,
+    Read,
+    /// 64-bit fetch-and-add (`add`) or compare-and-swap (`compare`, `swap`).
+    FetchAdd { add: u64 },
+    CmpSwap { compare: u64, swap: u64 },
+}
+
+impl Op {
+    /// Answered with data (READ_RESP) rather than by an ACK; the local
+    /// elements receive it.
+    pub fn fetches(self) -> bool {
+        !matches!(self, Op::Send | Op::Write)
+    }
+    fn atomic(self) -> Option<(AtomicOp, u64, u64)> {
+        match self {
+            Op::FetchAdd { add } => Some((AtomicOp::Add, add, 0)),
+            Op::CmpSwap { compare, swap } => Some((AtomicOp::Cswap, swap, compare)),
+            _ => None,
+        }
+    }
+}
+
+pub struct SendWr {
+    pub wr_id: u64,
+    pub op: Op,
+    pub signaled: bool,
+    pub sges: Vec<Sge>,
+    /// `IBV_SEND_INLINE`: the bytes, copied when posted.
+    pub inline: Option<Vec<u8>>,
+    pub imm: Option<u32>,
+    pub raddr: u64,
+    pub rkey: u32,
+    pub len: u64,
+}
+
+pub struct RecvWr {
+    pub wr_id: u64,
+    pub sges: Vec<Sge>,
+}
+
+struct Inflight {
+    seq: u64,
+    wr_id: u64,
+    op: Op,
+    signaled: bool,
+    len: u64,
+    /// The answer: 0 or the completion status.
+    answered: Option<Status>,
+    /// Our bytes still leaving (a DATA message from the buffer).
+    data: Option<Req>,
+    _bounce: Option<Vec<u8>>,
+    /// Where a READ's bytes go.
+    dst: Vec<Sge>,
+}
+
+enum Link {
+    Idle,
+    Connect { handle: Handle, since: Instant, next_try: Instant },
+    Accept { since: Instant },
+    Up(Box<Conn>),
+}
+
+/// What a DATA message that is being received completes.
+enum After {
+    Recv { wr_id: u64, seq: u64, imm: Option<u32>, bounce: Option<(Vec<u8>, Vec<Sge>)> },
+    Write { seq: u64, imm: Option<u32>, len: u64 },
+    ReadResp { seq: u64, bounce: Option<(Vec<u8>, Vec<Sge>)> },
+    Discard,
+    /// A request received into our own buffer, to be served in its turn.
+    Hold { tag: u32, hdr: Hdr },
+}
+
+enum Inbound {
+    Idle,
+    Data { req: Req, after: After, _buf: Option<Vec<u8>> },
+}
+
+/// A request that waits for its turn: one that needs a receive when none
+/// is posted (it waits, as with an infinite RNR retry count), and every
+/// request after it. Its bytes are copied out of the ring, so the answers
+/// behind it (ACKs, READ data) still get through.
+struct Held {
+    tag: u32,
+    hdr: Hdr,
+    data: Vec<u8>,
+    /// The bytes are placed already (a WRITE with immediate).
+    placed: bool,
+}
+
+/// Bytes of held requests before we stop reading the ring.
+const HELD_MAX: usize = 64 << 20;
+
+enum Reply {
+    Ack { seq: u64, status: Status },
+    Read { seq: u64, ptr: u64, len: u64, status: Status },
+    Rkey { hdr: Hdr, key: RemoteKey },
+    /// An atomic's answer: the old value.
+    Value { seq: u64, value: u64, status: Status },
+}
+
+/// A peer's registration mapped here (same host): WRITEs and READs under
+/// its key are done directly (see [`crate::wire`]).
+struct Direct {
+    addr: u64,
+    len: u64,
+    access: u32,
+    map: Arc<RemoteMap>,
+}
+
+/// What handling a header asks of the connection next.
+enum Next {
+    Nothing,
+    Recv { ptr: *mut u8, len: usize, after: After, buf: Option<Vec<u8>> },
+    Broken(String),
+}
+
+pub struct Qp {
+    pub qpn: u32,
+    pub state: u32,
+    pub pd: usize,
+    pub send_cq: Arc<Cq>,
+    pub recv_cq: Arc<Cq>,
+    pub sig_all: bool,
+    pub access: u32,
+    pub cap: ibv_qp_cap,
+    pub remote: Option<([u8; 16], u32)>,
+    pub attr: ibv_qp_attr,
+    link: Link,
+    words: Option<Arc<ConnWords>>,
+    sq: VecDeque<SendWr>,
+    inflight: VecDeque<Inflight>,
+    next_seq: u64,
+    rq: VecDeque<RecvWr>,
+    inbound: Inbound,
+    held: VecDeque<Held>,
+    held_bytes: usize,
+    /// Receive completions whose ACK is not in the ring yet: the
+    /// application sees them only after it is (a process that exits as
+    /// soon as it has its receive must not take the sender's ACK along).
+    recv_wcs: Vec<ibv_wc>,
+    out: VecDeque<Reply>,
+    resp_reqs: Vec<Req>,
+    expect_seq: u64,
+    /// The peer is a process on this host (not the router).
+    local_peer: bool,
+    /// Our keys the peer was told about (`RKEY`).
+    announced: HashSet<u32>,
+    /// The peer's keys we reach directly.
+    direct: HashMap<u32, Direct>,
+}
+
+/// Copies `data` into the scatter list; false if it does not fit.
+///
+/// # Safety
+/// Every element was checked against a registration (or lies in a buffer
+/// of ours) and is valid for writes; `data` is valid for reads of `len`.
+unsafe fn scatter(sges: &[Sge], data: *const u8, len: usize) -> bool {
+    if sges.iter().map(|s| s.len as usize).sum::<usize>() < len {
+        return false;
+    }
+    let mut off = 0;
+    for s in sges {
+        if off == len {
+            break;
+        }
+        let n = (s.len as usize).min(len - off);
+        std::ptr::copy_nonoverlapping(data.add(off), s.addr as *mut u8, n);
+        off += n;
+    }
+    true
+}
+
+/// Copies the gather list (or the inline copy) to `dst`.
+///
+/// # Safety
+/// The elements were checked against registrations when posted; `dst` is
+/// valid for writes of the work request's length.
+unsafe fn gather(wr: &SendWr, dst: *mut u8) {
+    if let Some(b) = &wr.inline {
+        std::ptr::copy_nonoverlapping(b.as_ptr(), dst, b.len());
+        return;
+    }
+    let mut off = 0;
+    for s in &wr.sges {
+        std::ptr::copy_nonoverlapping(s.addr as *const u8, dst.add(off), s.len as usize);
+        off += s.len as usize;
+    }
+}
+
+fn wc(wr_id: u64, status: Status, opcode: u32, len: u64, qpn: u32) -> ibv_wc {
+    let mut w = ibv_wc { wr_id, status, opcode, byte_len: len as u32, qp_num: qpn, ..Default::default() };
+    w.vendor_err = 0;
+    w
+}
+
+impl Qp {
+    pub fn new(qpn: u32, pd: usize, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, sig_all: bool, cap: ibv_qp_cap) -> Qp {
+        Qp {
+            qpn,
+            state: IBV_QPS_RESET,
+            pd,
+            send_cq,
+            recv_cq,
+            sig_all,
+            access: 0,
+            cap,
+            remote: None,
+            attr: ibv_qp_attr::default(),
+            link: Link::Idle,
+            words: None,
+            sq: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_seq: 0,
+            rq: VecDeque::new(),
+            inbound: Inbound::Idle,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            recv_wcs: Vec::new(),
+            out: VecDeque::new(),
+            resp_reqs: Vec::new(),
+            expect_seq: 0,
+            local_peer: false,
+            announced: HashSet::new(),
+            direct: HashMap::new(),
+        }
+    }
+
+    pub fn send_queue_len(&self) -> usize {
+        self.sq.len() + self.inflight.len()
+    }
+    pub fn recv_queue_len(&self) -> usize {
+        self.rq.len()
+    }
+
+    pub fn post_send(&mut self, dev: &Device, wr: SendWr) {
+        if self.state == IBV_QPS_ERR {
+            self.send_cq.push(wc(wr.wr_id, IBV_WC_WR_FLUSH_ERR, send_opcode(wr.op), 0, self.qpn));
+            return;
+        }
+        if wr.inline.is_none() {
+            for s in &wr.sges {
+                if dev.check_local(self.pd, s.lkey, s.addr, s.len as u64, wr.op.fetches()).is_err() {
+                    self.send_cq.push(wc(wr.wr_id, IBV_WC_LOC_PROT_ERR, send_opcode(wr.op), 0, self.qpn));
+                    self.fail(dev, IBV_WC_WR_FLUSH_ERR);
+                    return;
+                }
+            }
+        }
+        self.sq.push_back(wr);
+    }
+
+    pub fn post_recv(&mut self, dev: &Device, wr: RecvWr) {
+        if self.state == IBV_QPS_ERR {
+            self.recv_cq.push(wc(wr.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
+            return;
+        }
+        for s in &wr.sges {
+            if dev.check_local(self.pd, s.lkey, s.addr, s.len as u64, true).is_err() {
+                self.recv_cq.push(wc(wr.wr_id, IBV_WC_LOC_PROT_ERR, IBV_WC_RECV, 0, self.qpn));
+                self.fail(dev, IBV_WC_WR_FLUSH_ERR);
+                return;
+            }
+        }
+        self.rq.push_back(wr);
+    }
+
+    /// RTR: the peer is known; connect to it, or wait for it.
+    pub fn to_rtr(&mut self, dev: &Device, gid: [u8; 16], qpn: u32) -> Result<(), i32> {
+        if (gid, qpn) == (dev.gid, self.qpn) {
+            return Err(libc::EINVAL);
+        }
+        self.remote = Some((gid, qpn));
+        self.link = if (dev.gid, self.qpn) < (gid, qpn) {
+            let g = Gid::from_bytes(&gid);
+            let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
+            let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
+            // A router on another host is named by its address; the id of
+            // the router there is not in the GID (see the README).
+            let router_id = if same { dev.own.router_id } else { [0; 16] };
+            let now = Instant::now();
+            Link::Connect { handle: Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }, since: now, next_try: now }
+        } else {
+            Link::Accept { since: Instant::now() }
+        };
+        Ok(())
+    }
+
+    pub fn waiting_for(&self, src_qpn: u32) -> bool {
+        matches!(self.link, Link::Accept { .. }) && self.remote.is_some_and(|(_, q)| q == src_qpn)
+    }
+
+    pub fn attach(&mut self, conn: Conn) {
+        self.words = conn.wake_words().ok();
+        self.local_peer = !conn.forwarded() && std::env::var("FFVERBS_DIRECT").map_or(true, |v| v != "n");
+        self.link = Link::Up(Box::new(conn));
+    }
+
+    /// Back to RESET: everything dropped, nothing completed.
+    pub fn reset(&mut self) {
+        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), self.sig_all, self.cap);
+        *self = fresh;
+    }
+
+    /// The error state: the request at the front fails with `first`,
+    /// everything else is flushed, and the connection is closed (the peer
+    /// learns it at once).
+    pub fn fail(&mut self, _dev: &Device, first: Status) {
+        if self.state == IBV_QPS_ERR {
+            return;
+        }
+        self.state = IBV_QPS_ERR;
+        for w in self.recv_wcs.drain(..) {
+            self.recv_cq.push(w);
+        }
+        let mut status = first;
+        for f in self.inflight.drain(..) {
+            // Requests the peer answered before it went are done (their
+            // answers were read before we noticed it had gone).
+            if f.answered == Some(0) && status == first {
+                if f.signaled {
+                    self.send_cq.push(wc(f.wr_id, IBV_WC_SUCCESS, send_opcode(f.op), f.len, self.qpn));
+                }
+                continue;
+            }
+            self.send_cq.push(wc(f.wr_id, status, send_opcode(f.op), 0, self.qpn));
+            status = IBV_WC_WR_FLUSH_ERR;
+        }
+        for w in self.sq.drain(..) {
+            self.send_cq.push(wc(w.wr_id, status, send_opcode(w.op), 0, self.qpn));
+            status = IBV_WC_WR_FLUSH_ERR;
+        }
+        for r in self.rq.drain(..) {
+            self.recv_cq.push(wc(r.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
+        }
+        self.held.clear();
+        self.held_bytes = 0;
+        self.out.clear();
+        self.resp_reqs.clear();
+        self.inbound = Inbound::Idle;
+        self.words = None;
+        self.link = Link::Idle;
+    }
+
+    /// Has the connection anything for us (after [`ConnWords::arm`])? A
+    /// connect under way is retried on the service thread's timeout.
+    pub fn has_events(&mut self) -> bool {
+        match &mut self.link {
+            Link::Up(c) => c.has_events(),
+            _ => false,
+        }
+    }
+
+    pub fn arm(&self) -> Option<WakeWord> {
+        self.words.as_ref().map(|w| w.arm())
+    }
+
+    /// Checks that the peer still lives (one system call).
+    pub fn check_alive(&mut self, dev: &Device) {
+        if let Link::Up(c) = &mut self.link {
+            if !c.check_alive() && !c.has_events() {
+                self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+            }
+        }
+    }
+
+    /// Moves what can move; true if anything did.
+    pub fn progress(&mut self, dev: &Device) -> bool {
+        if self.state == IBV_QPS_ERR || self.state == IBV_QPS_RESET || self.state == IBV_QPS_INIT {
+            return false;
+        }
+        match std::mem::replace(&mut self.link, Link::Idle) {
+            Link::Idle => false,
+            // A connect through two routers answers "not yet" for a while:
+            // ask again every millisecond, not on every poll.
+            Link::Connect { handle, since, next_try } if Instant::now() < next_try => {
+                self.link = Link::Connect { handle, since, next_try };
+                false
+            }
+            Link::Connect { handle, since, .. } => match dev.ff.connect(&handle) {
+                Ok(Some(mut c)) => {
+                    let hello = Hello { src_qpn: self.qpn, dst_qpn: self.remote.map_or(0, |r| r.1) };
+                    match c.try_send_with(wire::HELLO, Hello::LEN, |p| {
+                        // SAFETY: try_send_with hands us Hello::LEN writable bytes.
+                        hello.write(unsafe { std::slice::from_raw_parts_mut(p, Hello::LEN) });
+                        Hello::LEN
+                    }) {
+                        Ok(Some(_)) => {
+                            self.attach(c);
+                            true
+                        }
+                        _ => {
+                            log::warn!("ffverbs: QP {}: cannot greet the peer", self.qpn);
+                            self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                            true
+                        }
+                    }
+                }
+                Ok(None) if since.elapsed() < CONNECT_TIMEOUT => {
+                    self.link = Link::Connect { handle, since, next_try: Instant::now() + Duration::from_millis(1) };
+                    false
+                }
+                Ok(None) => {
+                    log::warn!("ffverbs: QP {}: no connection to the peer within {CONNECT_TIMEOUT:?}", self.qpn);
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    true
+                }
+                Err(e) => {
+                    log::warn!("ffverbs: QP {}: cannot reach the peer: {e}", self.qpn);
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    true
+                }
+            },
+            Link::Accept { since } => {
+                if since.elapsed() > CONNECT_TIMEOUT {
+                    log::warn!("ffverbs: QP {}: the peer did not connect within {CONNECT_TIMEOUT:?}", self.qpn);
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    return true;
+                }
+                self.link = Link::Accept { since };
+                false
+            }
+            Link::Up(mut c) => {
+                let r = self.run(dev, &mut c);
+                if self.state != IBV_QPS_ERR {
+                    self.link = Link::Up(c);
+                }
+                match r {
+                    Ok(did) => did,
+                    Err(why) => {
+                        log::debug!("ffverbs: QP {}: {why}", self.qpn);
+                        self.words = None;
+                        self.link = Link::Idle;
+                        self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        // Moves the bytes of large messages under way, both ways.
+        c.progress();
+        let mut did = false;
+        if self.state == IBV_QPS_RTS {
+            did |= self.tx(c)?;
+        }
+        did |= self.rx(dev, c)?;
+        did |= self.flush_out(c)?;
+        if self.out.is_empty() {
+            for w in self.recv_wcs.drain(..) {
+                self.recv_cq.push(w);
+            }
+        }
+        did |= self.complete(dev, c)?;
+        Ok(did)
+    }
+
+    fn tx(&mut self, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
+        while !self.sq.is_empty() {
+            if self.inflight.is_empty() && self.try_direct() {
+                did = true;
+                continue;
+            }
+            let Some(wr) = self.sq.front() else { break };
+            let mut hdr = Hdr { seq: self.next_seq, raddr: wr.raddr, rkey: wr.rkey, len: wr.len, imm: wr.imm.unwrap_or(0), flags: 0, status: 0 };
+            if wr.imm.is_some() {
+                hdr.flags |= F_IMM;
+            }
+            let tag = match wr.op {
+                Op::Send => wire::SEND,
+                Op::Write => wire::WRITE,
+                Op::Read => wire::READ,
+                Op::FetchAdd { .. } | Op::CmpSwap { .. } => wire::ATOMIC,
+            };
+            let atomic = wr.op.atomic();
+            if let Some((op, ..)) = atomic {
+                // The operation where a SEND's immediate goes, its operands
+                // as the payload.
+                hdr.imm = op.code() as u32;
+            }
+            let inline = !wr.op.fetches() && wr.len as usize <= inline_max;
+            if !inline && !wr.op.fetches() {
+                hdr.flags |= F_DATA_NEXT;
+            }
+            let max = Hdr::LEN + if inline { wr.len as usize } else { 0 } + if atomic.is_some() { 16 } else { 0 };
+            let sent = c
+                .try_send_with(tag, max, |p| {
+                    // SAFETY: `max` writable bytes at p; the work request's
+                    // memory was checked when posted.
+                    unsafe {
+                        hdr.write(std::slice::from_raw_parts_mut(p, Hdr::LEN));
+                        if inline {
+                            gather(wr, p.add(Hdr::LEN));
+                        }
+                        if let Some((_, value, compare)) = atomic {
+                            let b = std::slice::from_raw_parts_mut(p.add(Hdr::LEN), 16);
+                            b[..8].copy_from_slice(&value.to_le_bytes());
+                            b[8..].copy_from_slice(&compare.to_le_bytes());
+                        }
+                    }
+                    max
+                })
+                .map_err(|e| e.to_string())?;
+            if sent.is_none() {
+                break;
+            }
+            let wr = self.sq.pop_front().unwrap();
+            let (mut data, mut bounce) = (None, None);
+            if hdr.flags & F_DATA_NEXT != 0 {
+                let ptr = if wr.sges.len() == 1 && wr.inline.is_none() {
+                    wr.sges[0].addr as *const u8
+                } else {
+                    let mut b = vec![0u8; wr.len as usize];
+                    // SAFETY: b holds the request's length.
+                    unsafe { gather(&wr, b.as_mut_ptr()) };
+                    let p = b.as_ptr();
+                    bounce = Some(b);
+                    p
+                };
+                // SAFETY: the buffer (registered, or our bounce kept in the
+                // Inflight) stays until the request completes.
+                data = Some(unsafe { c.isend(ptr, wr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?);
+            }
+            let dst = if wr.op.fetches() { wr.sges.clone() } else { Vec::new() };
+            self.inflight.push_back(Inflight {
+                seq: self.next_seq,
+                wr_id: wr.wr_id,
+                op: wr.op,
+                signaled: wr.signaled,
+                len: wr.len,
+                answered: None,
+                data,
+                _bounce: bounce,
+                dst,
+            });
+            self.next_seq += 1;
+            did = true;
+        }
+        Ok(did)
+    }
+
+    /// Does the work request at the front itself, in the peer's mapped
+    /// registration, if it may (see [`crate::wire`]); true if done.
+    fn try_direct(&mut self) -> bool {
+        let Some(wr) = self.sq.front() else { return false };
+        if wr.op == Op::Send || wr.imm.is_some() {
+            return false;
+        }
+        let Some(d) = self.direct.get(&wr.rkey) else { return false };
+        if let Some((op, value, compare)) = wr.op.atomic() {
+            if d.access & IBV_ACCESS_REMOTE_ATOMIC == 0 || wr.raddr < d.addr || wr.raddr + 8 > d.addr + d.len {
+                return false;
+            }
+            // One CPU atomic on the peer's shared page: atomic with respect
+            // to the peer's own atomics and to every other requester's.
+            let Ok(old) = d.map.atomic(wr.raddr, Width::W64, op, value, compare) else {
+                let k = wr.rkey;
+                self.direct.remove(&k);
+                return false;
+            };
+            let wr = self.sq.pop_front().unwrap();
+            // SAFETY: the local element (8 bytes, writable) was checked when posted.
+            unsafe { scatter(&wr.sges, old.to_le_bytes().as_ptr(), 8) };
+            if wr.signaled {
+                self.send_cq.push(wc(wr.wr_id, IBV_WC_SUCCESS, send_opcode(wr.op), 8, self.qpn));
+            }
+            return true;
+        }
+        let need = if wr.op == Op::Write { IBV_ACCESS_REMOTE_WRITE } else { IBV_ACCESS_REMOTE_READ };
+        let inside = wr.raddr >= d.addr && wr.raddr.checked_add(wr.len).is_some_and(|e| e <= d.addr + d.len);
+        if d.access & need == 0 || !inside || d.map.at(wr.raddr, wr.len as usize).is_err() {
+            return false;
+        }
+        let mut off = 0u64;
+        let mut ok = true;
+        let parts: Vec<(u64, u64)> = match &wr.inline {
+            Some(b) => vec![(b.as_ptr() as u64, b.len() as u64)],
+            None => wr.sges.iter().map(|s| (s.addr, s.len as u64)).collect(),
+        };
+        for (p, n) in parts {
+            // SAFETY: our side of each element was checked against our
+            // registrations when posted (or is the inline copy); the peer's
+            // side is bounds-checked by the mapping.
+            let r = unsafe {
+                match wr.op {
+                    Op::Write => d.map.write(wr.raddr + off, p as *const u8, n as usize),
+                    _ => d.map.read(wr.raddr + off, p as *mut u8, n as usize),
+                }
+            };
+            if r.is_err() {
+                ok = false;
+                break;
+            }
+            off += n;
+        }
+        if !ok {
+            // Deregistered meanwhile: the responder decides, by message.
+            let k = wr.rkey;
+            self.direct.remove(&k);
+            return false;
+        }
+        let wr = self.sq.pop_front().unwrap();
+        if wr.signaled {
+            self.send_cq.push(wc(wr.wr_id, IBV_WC_SUCCESS, send_opcode(wr.op), wr.len, self.qpn));
+        }
+        true
+    }
+
+    /// Tells a peer on this host how to reach our registration `rkey`
+    /// itself (once per key), if it is shadow memory.
+    fn announce(&mut self, dev: &Device, rkey: u32) {
+        if !self.local_peer || !self.announced.insert(rkey) {
+            return;
+        }
+        let Some(m) = dev.mr(rkey) else { return };
+        let Some(sh) = &m.shadow else { return };
+        let access = m.access & self.access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
+        let key = if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) != 0 { sh.remote_key() } else { sh.remote_read_key() };
+        let Some(key) = key.filter(|_| sh.shared_range().1 > 0) else { return };
+        let hdr = Hdr { rkey, raddr: m.addr, len: m.len, flags: access, ..Default::default() };
+        self.out.push_back(Reply::Rkey { hdr, key });
+    }
+
+    fn ack(&mut self, seq: u64, status: Status) {
+        if status == 0 {
+            if let Some(Reply::Ack { seq: s, status: 0 }) = self.out.back_mut() {
+                *s = seq;
+                return;
+            }
+        }
+        self.out.push_back(Reply::Ack { seq, status });
+    }
+
+    fn rx(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        loop {
+            if let Inbound::Data { req, .. } = &self.inbound {
+                match c.test(*req) {
+                    Ok(Some(n)) => {
+                        let Inbound::Data { after, _buf, .. } = std::mem::replace(&mut self.inbound, Inbound::Idle) else { unreachable!() };
+                        self.finish(dev, after, n, _buf)?;
+                        did = true;
+                    }
+                    Ok(None) => return Ok(did),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            did |= self.run_held(dev);
+            if self.out.len() >= MAX_OUT || self.held_bytes > HELD_MAX {
+                return Ok(did);
+            }
+            let mut next = Next::Nothing;
+            let got = match c.poll_whole(|tag, p, len| next = self.on_msg(dev, tag, p, len)) {
+                Ok(g) => g,
+                Err(ffcore::Error::PeerClosed) => return Err("the peer closed".into()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if !got {
+                if c.peer_closed() && !c.has_events() {
+                    return Err("the peer closed".into());
+                }
+                return Ok(did);
+            }
+            did = true;
+            self.post(c, next)?;
+        }
+    }
+
+    fn hold(&mut self, tag: u32, hdr: Hdr, data: Vec<u8>, placed: bool) {
+        self.held_bytes += data.len();
+        self.held.push_back(Held { tag, hdr, data, placed });
+    }
+
+    /// Serves held requests in order, as far as receives allow.
+    fn run_held(&mut self, dev: &Device) -> bool {
+        let mut did = false;
+        while let Some(h) = self.held.front() {
+            let needs_recv = h.tag == wire::SEND || (h.tag == wire::WRITE && h.hdr.flags & F_IMM != 0);
+            if needs_recv && self.rq.is_empty() {
+                break;
+            }
+            let h = self.held.pop_front().unwrap();
+            self.held_bytes -= h.data.len();
+            let imm = (h.hdr.flags & F_IMM != 0).then_some(h.hdr.imm);
+            match h.tag {
+                wire::SEND => {
+                    let r = self.rq.pop_front().unwrap();
+                    // SAFETY: the receive's elements were checked when posted.
+                    if unsafe { scatter(&r.sges, h.data.as_ptr(), h.data.len()) } {
+                        self.recv_done(r.wr_id, h.data.len() as u64, imm, false);
+                        self.ack(h.hdr.seq, 0);
+                    } else {
+                        self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                        self.ack(h.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
+                    }
+                }
+                wire::WRITE if h.placed => self.write_done(h.hdr.seq, imm, h.hdr.len),
+                wire::WRITE => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
+                    Err(st) => self.ack(h.hdr.seq, st),
+                    Ok(dst) => {
+                        // SAFETY: registered memory the peer may write, h.hdr.len == data.len().
+                        unsafe { std::ptr::copy_nonoverlapping(h.data.as_ptr(), dst, h.data.len()) };
+                        self.announce(dev, h.hdr.rkey);
+                        self.write_done(h.hdr.seq, imm, h.hdr.len);
+                    }
+                },
+                wire::ATOMIC => self.atomic_req(dev, &h.hdr, &h.data),
+                _ => self.read_req(dev, &h.hdr),
+            }
+            did = true;
+        }
+        did
+    }
+
+    /// Does an atomic on our registered memory for the peer.
+    fn atomic_req(&mut self, dev: &Device, h: &Hdr, ops: &[u8]) {
+        let value = u64::from_le_bytes(ops[..8].try_into().unwrap());
+        let compare = u64::from_le_bytes(ops[8..16].try_into().unwrap());
+        let reply = match (AtomicOp::from_code(h.imm as u8), dev.check_remote(self.pd, self.access, h.rkey, h.raddr, 8, IBV_ACCESS_REMOTE_ATOMIC)) {
+            (_, Err(st)) => Reply::Value { seq: h.seq, value: 0, status: st },
+            (Some(op @ (AtomicOp::Add | AtomicOp::Cswap)), Ok(p)) if ffcore::atomic::aligned(h.raddr, Width::W64) => {
+                self.announce(dev, h.rkey);
+                // SAFETY: 8 bytes of registered memory the peer may change, aligned.
+                let old = unsafe { ffcore::atomic::apply(p, Width::W64, op, value, compare) };
+                Reply::Value { seq: h.seq, value: old, status: 0 }
+            }
+            _ => Reply::Value { seq: h.seq, value: 0, status: IBV_WC_REM_INV_REQ_ERR },
+        };
+        self.out.push_back(reply);
+    }
+
+    fn read_req(&mut self, dev: &Device, h: &Hdr) {
+        match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ) {
+            Err(st) => self.out.push_back(Reply::Read { seq: h.seq, ptr: 0, len: 0, status: st }),
+            Ok(src) => {
+                self.out.push_back(Reply::Read { seq: h.seq, ptr: src as u64, len: h.len, status: 0 });
+                self.announce(dev, h.rkey);
+            }
+        }
+    }
+
+    fn post(&mut self, c: &mut Conn, next: Next) -> Result<(), String> {
+        match next {
+            Next::Nothing => Ok(()),
+            Next::Broken(why) => Err(why),
+            Next::Recv { ptr, len, after, buf } => {
+                // SAFETY: ptr is checked registered memory, or `buf`, which
+                // the Inbound keeps until the receive completes.
+                let req = unsafe { c.irecv(ptr, len, wire::DATA) }.map_err(|e| e.to_string())?;
+                self.inbound = Inbound::Data { req, after, _buf: buf };
+                Ok(())
+            }
+        }
+    }
+
+    /// A receive for a SEND of `hdr.len` bytes whose DATA follows.
+    fn recv_into(&mut self, r: RecvWr, hdr: Hdr) -> Next {
+        let len = hdr.len as usize;
+        let imm = (hdr.flags & F_IMM != 0).then_some(hdr.imm);
+        let cap: usize = r.sges.iter().map(|s| s.len as usize).sum();
+        if cap < len {
+            self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+            self.ack(hdr.seq, IBV_WC_REM_INV_REQ_ERR);
+            let mut b = vec![0u8; len];
+            return Next::Recv { ptr: b.as_mut_ptr(), len, after: After::Discard, buf: Some(b) };
+        }
+        if r.sges.first().is_some_and(|s| s.len as usize >= len) {
+            let ptr = r.sges[0].addr as *mut u8;
+            return Next::Recv { ptr, len, after: After::Recv { wr_id: r.wr_id, seq: hdr.seq, imm, bounce: None }, buf: None };
+        }
+        let mut b = vec![0u8; len];
+        let ptr = b.as_mut_ptr();
+        Next::Recv { ptr, len, after: After::Recv { wr_id: r.wr_id, seq: hdr.seq, imm, bounce: Some((b, r.sges)) }, buf: None }
+    }
+
+    fn recv_done(&mut self, wr_id: u64, len: u64, imm: Option<u32>, write: bool) {
+        let mut w = wc(wr_id, IBV_WC_SUCCESS, if write { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV }, len, self.qpn);
+        if let Some(i) = imm {
+            w.__bindgen_anon_1.imm_data = i;
+            w.wc_flags |= IBV_WC_WITH_IMM;
+        }
+        if let Some((_, q)) = self.remote {
+            w.src_qp = q;
+        }
+        self.recv_wcs.push(w);
+    }
+
+    /// One message from the peer (`len` bytes at `p`, in the shared ring:
+    /// the header is copied out once, then checked).
+    fn on_msg(&mut self, dev: &Device, tag: u32, p: *const u8, len: usize) -> Next {
+        if len < Hdr::LEN {
+            return Next::Broken(format!("message of {len} bytes with tag {tag}"));
+        }
+        let mut hb = [0u8; Hdr::LEN];
+        // SAFETY: len >= Hdr::LEN bytes are readable at p.
+        unsafe { std::ptr::copy_nonoverlapping(p, hb.as_mut_ptr(), Hdr::LEN) };
+        let h = Hdr::read(&hb).unwrap();
+        // SAFETY: the rest of the message.
+        let payload = unsafe { p.add(Hdr::LEN) };
+        let plen = len - Hdr::LEN;
+        let data_next = h.flags & F_DATA_NEXT != 0;
+        let imm = (h.flags & F_IMM != 0).then_some(h.imm);
+        log::trace!("QP {}: message {tag} {h:?} ({plen} bytes after the header)", self.qpn);
+        if matches!(tag, wire::SEND | wire::WRITE | wire::READ | wire::ATOMIC) {
+            if h.seq != self.expect_seq {
+                return Next::Broken(format!("request {} where {} was due", h.seq, self.expect_seq));
+            }
+            self.expect_seq += 1;
+            if !data_next && tag != wire::READ && tag != wire::ATOMIC && plen as u64 != h.len {
+                return Next::Broken("inline length mismatch".into());
+            }
+            if tag == wire::ATOMIC && plen != 16 {
+                return Next::Broken("atomic without its operands".into());
+            }
+            let needs_recv = tag == wire::SEND || (tag == wire::WRITE && imm.is_some());
+            if !self.held.is_empty() || (needs_recv && self.rq.is_empty()) {
+                if h.len > 1 << 31 {
+                    return Next::Broken("request over 2 GiB".into());
+                }
+                if data_next {
+                    let mut b = vec![0u8; h.len as usize];
+                    return Next::Recv { ptr: b.as_mut_ptr(), len: b.len(), after: After::Hold { tag, hdr: h }, buf: Some(b) };
+                }
+                let mut data = vec![0u8; if tag == wire::READ { 0 } else { plen }]; // an atomic's operands
+                // SAFETY: plen bytes at payload.
+                unsafe { std::ptr::copy_nonoverlapping(payload, data.as_mut_ptr(), data.len()) };
+                self.hold(tag, h, data, false);
+                return Next::Nothing;
+            }
+        }
+        match tag {
+            wire::SEND if data_next => {
+                let r = self.rq.pop_front().unwrap();
+                self.recv_into(r, h)
+            }
+            wire::SEND => {
+                let r = self.rq.pop_front().unwrap();
+                // SAFETY: the receive's elements were checked when posted; plen bytes at payload.
+                if unsafe { scatter(&r.sges, payload, plen) } {
+                    self.recv_done(r.wr_id, plen as u64, imm, false);
+                    self.ack(h.seq, 0);
+                } else {
+                    self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                    self.ack(h.seq, IBV_WC_REM_INV_REQ_ERR);
+                }
+                Next::Nothing
+            }
+            wire::WRITE => match dev.check_remote(self.pd, self.access, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_WRITE) {
+                Err(st) => {
+                    self.ack(h.seq, st);
+                    if data_next {
+                        let mut b = vec![0u8; h.len.min(1 << 30) as usize];
+                        return Next::Recv { ptr: b.as_mut_ptr(), len: b.len(), after: After::Discard, buf: Some(b) };
+                    }
+                    Next::Nothing
+                }
+                Ok(dst) if data_next => {
+                    self.announce(dev, h.rkey);
+                    Next::Recv { ptr: dst, len: h.len as usize, after: After::Write { seq: h.seq, imm, len: h.len }, buf: None }
+                }
+                Ok(dst) => {
+                    self.announce(dev, h.rkey);
+                    // SAFETY: dst..dst+len is registered memory the peer may write.
+                    unsafe { std::ptr::copy_nonoverlapping(payload, dst, plen) };
+                    self.write_done(h.seq, imm, h.len);
+                    Next::Nothing
+                }
+            },
+            wire::READ => {
+                self.read_req(dev, &h);
+                Next::Nothing
+            }
+            wire::ATOMIC => {
+                let mut ops = [0u8; 16];
+                // SAFETY: plen == 16 bytes at payload.
+                unsafe { std::ptr::copy_nonoverlapping(payload, ops.as_mut_ptr(), 16) };
+                self.atomic_req(dev, &h, &ops);
+                Next::Nothing
+            }
+            wire::READ_RESP => {
+                let Some(f) = self.inflight.iter_mut().find(|f| f.seq == h.seq && f.op.fetches() && f.answered.is_none()) else {
+                    return Next::Broken(format!("READ answer {} for no READ", h.seq));
+                };
+                if h.status != 0 {
+                    f.answered = Some(h.status);
+                    return Next::Nothing;
+                }
+                if h.len != f.len {
+                    return Next::Broken("READ answer of the wrong length".into());
+                }
+                if !data_next {
+                    if plen as u64 != f.len {
+                        return Next::Broken("READ answer of the wrong length".into());
+                    }
+                    // SAFETY: the destination was checked when posted.
+                    unsafe { scatter(&f.dst, payload, plen) };
+                    f.answered = Some(0);
+                    return Next::Nothing;
+                }
+                let len = f.len as usize;
+                if f.dst.len() == 1 {
+                    let ptr = f.dst[0].addr as *mut u8;
+                    return Next::Recv { ptr, len, after: After::ReadResp { seq: h.seq, bounce: None }, buf: None };
+                }
+                let mut b = vec![0u8; len];
+                let ptr = b.as_mut_ptr();
+                Next::Recv { ptr, len, after: After::ReadResp { seq: h.seq, bounce: Some((b, f.dst.clone())) }, buf: None }
+            }
+            wire::RKEY => {
+                if plen >= RemoteKey::LEN && self.local_peer {
+                    let mut kb = [0u8; RemoteKey::LEN];
+                    // SAFETY: plen >= RemoteKey::LEN bytes at payload.
+                    unsafe { std::ptr::copy_nonoverlapping(payload, kb.as_mut_ptr(), RemoteKey::LEN) };
+                    match dev.ff.map_remote(&RemoteKey::read(&kb)) {
+                        Ok(map) => {
+                            self.direct.insert(h.rkey, Direct { addr: h.raddr, len: h.len, access: h.flags, map });
+                        }
+                        Err(e) => log::debug!("ffverbs: QP {}: cannot map the peer's key {:#x}: {e}", self.qpn, h.rkey),
+                    }
+                }
+                Next::Nothing
+            }
+            wire::ACK => {
+                for f in self.inflight.iter_mut().filter(|f| f.seq <= h.seq && !f.op.fetches() && f.answered.is_none()) {
+                    f.answered = Some(if f.seq == h.seq { h.status } else { 0 });
+                }
+                Next::Nothing
+            }
+            t => Next::Broken(format!("unexpected message tag {t}")),
+        }
+    }
+
+    fn write_done(&mut self, seq: u64, imm: Option<u32>, len: u64) {
+        let Some(i) = imm else { return self.ack(seq, 0) };
+        match self.rq.pop_front() {
+            Some(r) => {
+                self.recv_done(r.wr_id, len, imm, true);
+                self.ack(seq, 0);
+            }
+            None => {
+                let hdr = Hdr { seq, len, imm: i, flags: F_IMM, ..Default::default() };
+                self.held.push_front(Held { tag: wire::WRITE, hdr, data: Vec::new(), placed: true });
+            }
+        }
+    }
+
+    fn finish(&mut self, _dev: &Device, after: After, n: usize, buf: Option<Vec<u8>>) -> Result<(), String> {
+        match after {
+            After::Discard => {}
+            After::Hold { tag, hdr } => {
+                let data = buf.unwrap_or_default();
+                if n as u64 != hdr.len || data.len() != n {
+                    return Err("request data of the wrong length".into());
+                }
+                self.hold(tag, hdr, data, false);
+            }
+            After::Write { seq, imm, len } => {
+                if n as u64 != len {
+                    return Err("WRITE data of the wrong length".into());
+                }
+                self.write_done(seq, imm, len);
+            }
+            After::Recv { wr_id, seq, imm, bounce } => {
+                if let Some((b, sges)) = bounce {
+                    // SAFETY: the receive's elements were checked when posted.
+                    unsafe { scatter(&sges, b.as_ptr(), n) };
+                }
+                self.recv_done(wr_id, n as u64, imm, false);
+                self.ack(seq, 0);
+            }
+            After::ReadResp { seq, bounce } => {
+                if let Some((b, sges)) = bounce {
+                    // SAFETY: the destination was checked when posted.
+                    unsafe { scatter(&sges, b.as_ptr(), n) };
+                }
+                if let Some(f) = self.inflight.iter_mut().find(|f| f.seq == seq) {
+                    f.answered = Some(0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_out(&mut self, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
+        while let Some(r) = self.out.front() {
+            if let Reply::Rkey { hdr, key } = r {
+                let (hdr, key) = (*hdr, *key);
+                let sent = c
+                    .try_send_with(wire::RKEY, Hdr::LEN + RemoteKey::LEN, |p| {
+                        // SAFETY: that many writable bytes at p.
+                        let b = unsafe { std::slice::from_raw_parts_mut(p, Hdr::LEN + RemoteKey::LEN) };
+                        hdr.write(&mut b[..Hdr::LEN]);
+                        key.write((&mut b[Hdr::LEN..]).try_into().unwrap());
+                        Hdr::LEN + RemoteKey::LEN
+                    })
+                    .map_err(|e| e.to_string())?;
+                if sent.is_none() {
+                    break;
+                }
+                self.out.pop_front();
+                did = true;
+                continue;
+            }
+            if let Reply::Value { seq, value, status } = *r {
+                let hdr = Hdr { seq, len: 8, status, ..Default::default() };
+                let n = if status == 0 { 8 } else { 0 };
+                let sent = c
+                    .try_send_with(wire::READ_RESP, Hdr::LEN + n, |p| {
+                        // SAFETY: that many writable bytes at p.
+                        let b = unsafe { std::slice::from_raw_parts_mut(p, Hdr::LEN + n) };
+                        hdr.write(&mut b[..Hdr::LEN]);
+                        b[Hdr::LEN..].copy_from_slice(&value.to_le_bytes()[..n]);
+                        Hdr::LEN + n
+                    })
+                    .map_err(|e| e.to_string())?;
+                if sent.is_none() {
+                    break;
+                }
+                self.out.pop_front();
+                did = true;
+                continue;
+            }
+            let (tag, hdr, inline, ptr) = match *r {
+                Reply::Ack { seq, status } => (wire::ACK, Hdr { seq, status, ..Default::default() }, 0, 0),
+                Reply::Read { seq, ptr, len, status } => {
+                    let mut h = Hdr { seq, len, status, ..Default::default() };
+                    let inline = if status == 0 && len as usize <= inline_max { len as usize } else { 0 };
+                    if status == 0 && inline == 0 && len > 0 {
+                        h.flags |= F_DATA_NEXT;
+                    }
+                    (wire::READ_RESP, h, inline, ptr)
+                }
+                Reply::Rkey { .. } | Reply::Value { .. } => unreachable!(),
+            };
+            let max = Hdr::LEN + inline;
+            let sent = c
+                .try_send_with(tag, max, |p| {
+                    // SAFETY: max writable bytes at p; ptr..ptr+inline was
+                    // checked against our registrations.
+                    unsafe {
+                        hdr.write(std::slice::from_raw_parts_mut(p, Hdr::LEN));
+                        std::ptr::copy_nonoverlapping(ptr as *const u8, p.add(Hdr::LEN), inline);
+                    }
+                    max
+                })
+                .map_err(|e| e.to_string())?;
+            if sent.is_none() {
+                break;
+            }
+            if hdr.flags & F_DATA_NEXT != 0 {
+                // SAFETY: registered memory the application keeps while registered.
+                let req = unsafe { c.isend(ptr as *const u8, hdr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?;
+                self.resp_reqs.push(req);
+            }
+            self.out.pop_front();
+            did = true;
+        }
+        let mut i = 0;
+        while i < self.resp_reqs.len() {
+            match c.test(self.resp_reqs[i]) {
+                Ok(None) => i += 1,
+                Ok(Some(_)) => {
+                    self.resp_reqs.swap_remove(i);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(did)
+    }
+
+    fn complete(&mut self, dev: &Device, c: &mut Conn) -> Result<bool, String> {
+        let mut did = false;
+        while let Some(f) = self.inflight.front_mut() {
+            let Some(st) = f.answered else { break };
+            if let Some(req) = f.data {
+                match c.test(req) {
+                    Ok(Some(_)) => f.data = None,
+                    Ok(None) => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if st != 0 {
+                self.fail(dev, st);
+                return Ok(true);
+            }
+            let f = self.inflight.pop_front().unwrap();
+            if f.signaled {
+                self.send_cq.push(wc(f.wr_id, IBV_WC_SUCCESS, send_opcode(f.op), f.len, self.qpn));
+            }
+            did = true;
+        }
+        Ok(did)
+    }
+}
+
+fn send_opcode(op: Op) -> u32 {
+    match op {
+        Op::Send => IBV_WC_SEND,
+        Op::Write => IBV_WC_RDMA_WRITE,
+        Op::Read => IBV_WC_RDMA_READ,
+        Op::FetchAdd { .. } => IBV_WC_FETCH_ADD,
+        Op::CmpSwap { .. } => IBV_WC_COMP_SWAP,
+    }
+}
+
+/// A connection accepted for one of our queue pairs, before its HELLO
+/// found it.
+struct Pending {
+    conn: Conn,
+    words: Option<Arc<ConnWords>>,
+    hello: Option<Hello>,
+    since: Instant,
+}
+
+/// Everything of a device context that moves: its listener and queue pairs.
+pub struct Engine {
+    pub listener: Listener,
+    pub qps: HashMap<u32, Qp>,
+    pending: Vec<Pending>,
+    next_qpn: u32,
+    last_alive: Instant,
+}
+
+impl Engine {
+    pub fn new(listener: Listener) -> Engine {
+        Engine { listener, qps: HashMap::new(), pending: Vec::new(), next_qpn: 0x100 + (rand::random::<u32>() & 0xfff), last_alive: Instant::now() }
+    }
+
+    pub fn new_qpn(&mut self) -> u32 {
+        loop {
+            self.next_qpn = (self.next_qpn + 1) & 0xff_ffff;
+            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) {
+                return self.next_qpn;
+            }
+        }
+    }
+
+    pub fn progress(&mut self, dev: &Device) -> bool {
+        let mut did = false;
+        loop {
+            match self.listener.accept() {
+                Ok(Some(conn)) => {
+                    let words = conn.wake_words().ok();
+                    self.pending.push(Pending { conn, words, hello: None, since: Instant::now() });
+                    did = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("ffverbs: accept: {e}");
+                    break;
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &mut self.pending[i];
+            if p.hello.is_none() {
+                let mut bad = false;
+                let mut hello = None;
+                let r = p.conn.poll_whole(|tag, d, len| {
+                    let mut b = [0u8; Hello::LEN];
+                    if tag == wire::HELLO && len == Hello::LEN {
+                        // SAFETY: len bytes at d.
+                        unsafe { std::ptr::copy_nonoverlapping(d, b.as_mut_ptr(), Hello::LEN) };
+                        hello = Hello::read(&b);
+                    } else {
+                        bad = true;
+                    }
+                });
+                p.hello = hello;
+                if bad || r.is_err() {
+                    self.pending.swap_remove(i);
+                    continue;
+                }
+            }
+            let found = p.hello.and_then(|h| self.qps.get(&h.dst_qpn).filter(|q| q.waiting_for(h.src_qpn)).map(|_| h.dst_qpn));
+            if let Some(qpn) = found {
+                let p = self.pending.swap_remove(i);
+                self.qps.get_mut(&qpn).unwrap().attach(p.conn);
+                dev.kick();
+                did = true;
+                continue;
+            }
+            if p.since.elapsed() > CONNECT_TIMEOUT {
+                self.pending.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        for qp in self.qps.values_mut() {
+            did |= qp.progress(dev);
+        }
+        if self.last_alive.elapsed() > Duration::from_millis(500) {
+            self.last_alive = Instant::now();
+            for qp in self.qps.values_mut() {
+                qp.check_alive(dev);
+            }
+        }
+        did
+    }
+
+    /// Announces a sleep on every connection; None if there is work now.
+    fn arm(&mut self) -> Option<Vec<WakeWord>> {
+        let mut words: Vec<WakeWord> = self.qps.values().filter_map(|q| q.arm()).collect();
+        words.extend(self.pending.iter().filter_map(|p| p.words.as_ref().map(|w| w.arm())));
+        words.push(self.listener.wake_word());
+        // A connection whose HELLO names a queue pair not yet at RTR waits
+        // for modify_qp, which kicks us.
+        let busy = self.listener.may_have_pending()
+            || self.pending.iter_mut().any(|p| p.hello.is_none() && p.conn.has_events())
+            || self.qps.values_mut().any(|q| q.has_events());
+        if busy {
+            for w in &words {
+                w.cancel();
+            }
+            return None;
+        }
+        Some(words)
+    }
+}
+
+/// The device's service thread: progress while the application is not
+/// driving it, asleep (no polling) while nothing happens.
+pub fn service(dev: Arc<Device>) {
+    let mut waiter = match ffcore::wake::Waiter::new() {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("ffverbs: no waiter: {e}");
+            return;
+        }
+    };
+    use std::os::fd::AsRawFd;
+    while !dev.stop.load(std::sync::atomic::Ordering::Acquire) {
+        if dev.progress() {
+            std::thread::yield_now();
+            continue;
+        }
+        if dev.app_recent() {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let words = match dev.engine.lock() {
+            Ok(mut e) => e.arm(),
+            Err(_) => return,
+        };
+        let Some(words) = words else { continue };
+        if waiter.arm(words).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let mut fds = [
+            libc::pollfd { fd: waiter.fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: dev.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two pollfds on our stack.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 250) };
+        waiter.disarm();
+        waiter.drain();
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into our stack variable (non-blocking fd).
+        unsafe { libc::read(dev.kick.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}

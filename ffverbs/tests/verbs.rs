@@ -1,0 +1,273 @@
+//! Unmodified verbs programs over ff0: ffvcheck (our own verbs program,
+//! compiled against Debian's libibverbs headers and library, which checks
+//! the bytes SEND, WRITE and READ move and the error completions) and
+//! Debian's perftest binaries, with our library chosen by LD_LIBRARY_PATH,
+//! between host processes and between containers, through one router.
+//!
+//! Needs root (containers), a C compiler, libibverbs-dev and perftest
+//! (scripts/deps.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fftestkit::{bin_dir, root, Container, RouterProc, Spec};
+
+/// A directory holding `libibverbs.so.1` -> our cdylib, and ffvcheck
+/// (outside the routers' directories, which containers do not see).
+fn work() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ffverbs-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        // `cargo test` refreshes target/<profile>/deps/ only, `cargo build`
+        // also target/<profile>/: take the newer.
+        let cands = [bin_dir().join("deps/libffverbs.so"), bin_dir().join("libffverbs.so")];
+        let lib = cands
+            .iter()
+            .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
+            .max()
+            .map(|(_, p)| p)
+            .expect("libffverbs.so not built (cargo build -p ffverbs)");
+        std::os::unix::fs::symlink(&lib, dir.join("lib/libibverbs.so.1")).unwrap();
+        let src = root().join("ffverbs/tests/c/ffvcheck.c");
+        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvcheck")).arg(&src).arg("-libverbs").status().expect("cc");
+        assert!(st.success(), "compiling ffvcheck (needs libibverbs-dev)");
+        dir
+    })
+}
+
+fn lib_dir() -> String {
+    work().join("lib").display().to_string()
+}
+
+fn ffvcheck() -> String {
+    work().join("ffvcheck").display().to_string()
+}
+
+/// Runs `server` and then `client` (argv), each as a host process attached
+/// to `socket` with our library; (success, stdout, stderr) of each.
+fn host_pair(socket: &Path, env: &[(&str, &str)], server: &[&str], client: &[&str], wait_for_listen: bool) -> [(bool, String, String); 2] {
+    let spawn = |argv: &[&str]| {
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]).env("LD_LIBRARY_PATH", lib_dir()).env("FF_ROUTER_SOCKET", socket).envs(env.iter().copied());
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
+    };
+    let mut s = spawn(server);
+    if wait_for_listen {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(s.stdout.take().unwrap());
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert!(l.starts_with("LISTENING"), "server said {l:?}");
+        s.stdout = None;
+        let c = spawn(client);
+        let rc = finish(c, Duration::from_secs(90));
+        let mut rest = String::new();
+        use std::io::Read;
+        let _ = out.read_to_string(&mut rest);
+        let mut rs = finish(s, Duration::from_secs(30));
+        rs.1 = rest;
+        return [rs, rc];
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let c = spawn(client);
+    let rc = finish(c, Duration::from_secs(90));
+    [finish(s, Duration::from_secs(30)), rc]
+}
+
+fn finish(mut c: std::process::Child, timeout: Duration) -> (bool, String, String) {
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn check_ffvcheck(r: &[(bool, String, String); 2]) {
+    let [(sok, sout, serr), (cok, cout, cerr)] = r;
+    assert!(*sok && *cok, "ffvcheck failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    for want in ["OK completion channel event", "OK send 262147 bytes", "OK send 100000 bytes", "OK write 1048589 bytes", "OK write with immediate"] {
+        assert!(sout.contains(want), "server did not say {want:?}: {sout}");
+    }
+    for want in ["OK read 2097159 bytes", "OK read-only read", "OK atomics", "OK remote access error, flush", "OK out of range", "OK dead peer", "OK done"] {
+        assert!(cout.contains(want), "client did not say {want:?}: {cout}");
+    }
+}
+
+/// Our checks between two host processes: WRITE and READ straight into the
+/// peer's registration (the default, same host), and all by message.
+#[test]
+fn ffvcheck_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    for env in [&[][..], &[("FFVERBS_DIRECT", "n")][..], &[("FFVERBS_SHADOW", "n")][..]] {
+        let port = format!("{}", 40000 + std::process::id() % 10000);
+        let res = host_pair(&r.socket("a"), env, &[&ffvcheck(), "server", &port], &[&ffvcheck(), "client", "127.0.0.1", &port], true);
+        check_ffvcheck(&res);
+    }
+}
+
+const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"];
+
+/// Debian's perftest, unmodified, between two host processes.
+#[test]
+fn perftest_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    for (i, t) in PERFTEST.iter().enumerate() {
+        let port = format!("{}", 30000 + (std::process::id() % 1000) * 6 + i as u32);
+        let argv = [*t, "-d", "ff0", "-n", "200", "-p", port.as_str()];
+        let mut client = argv.to_vec();
+        client.push("127.0.0.1");
+        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &argv, &client, false);
+        assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert!(cout.contains("#bytes") && cout.contains("Device         : ff0"), "{t}: no result: {cout}");
+    }
+}
+
+/// A container's IPv4 address (ffcontainer picks it): the command prints
+/// it first.
+fn with_ip(argv: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["sh", "-c", "echo IP $(ip -o -4 addr show scope global | awk '{print $4}' | cut -d/ -f1); exec \"$@\"", "sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(argv.iter().map(|s| s.to_string()));
+    v
+}
+
+fn container(dir: &Path, argv: &[String]) -> Container {
+    let spec = Spec { socket_dir: Some(dir), env: vec![("LD_LIBRARY_PATH".into(), lib_dir())], ..Spec::default() };
+    let argv: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
+    Container::run_spec(&spec, &argv)
+}
+
+/// The same between two containers (own network, IPC, PID and mount
+/// namespaces; only the tenant's socket directory), and ffvcheck too; a
+/// container of another tenant cannot connect to them.
+#[test]
+fn perftest_and_ffvcheck_between_containers() {
+    let r = RouterProc::start(&["a", "b"], &[]);
+    let dir = r.tenant_dir("a");
+    for t in PERFTEST {
+        let mut server = container(&dir, &with_ip(&[t, "-d", "ff0", "-n", "200"]));
+        let ip = server.read_line_with("IP ");
+        let client = container(&dir, &[t.to_string(), "-d".into(), "ff0".into(), "-n".into(), "200".into(), ip]);
+        let (cok, cout, cerr) = client.finish(Duration::from_secs(90));
+        let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+        assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert!(cout.contains("#bytes"), "{t}: no result: {cout}");
+    }
+    let mut server = container(&dir, &with_ip(&[&ffvcheck(), "server", "18515"]));
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let client = container(&dir, &[ffvcheck(), "client".into(), ip, "18515".into()]);
+    let c = client.finish(Duration::from_secs(90));
+    let s = server.finish(Duration::from_secs(30));
+    check_ffvcheck(&[s, c]);
+
+    // Tenant b's container gets tenant a's GID (over TCP, like any
+    // address): its queue pairs cannot connect, and its work fails with an
+    // error completion instead of hanging.
+    let mut server = container(&dir, &with_ip(&[&ffvcheck(), "server", "18516"]));
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let client = container(&r.tenant_dir("b"), &[ffvcheck(), "client".into(), ip, "18516".into()]);
+    let (cok, cout, cerr) = client.finish(Duration::from_secs(60));
+    assert!(!cok, "a client of another tenant got through: {cout}");
+    assert!(cerr.contains("transport retry counter exceeded"), "expected an error completion: {cout}{cerr}");
+    server.kill();
+}
+
+/// Queue pairs on two emulated hosts (network namespaces, a router each,
+/// linked over a veth): the GID names the other router by address; the
+/// routers carry the connection. perftest pairs and ffvcheck (every
+/// WRITE and READ a message here, served by the target's library).
+#[test]
+fn perftest_and_ffvcheck_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir()), ("FFVERBS_LOG".to_string(), std::env::var("FFVERBS_LOG").unwrap_or("warn".into()))];
+    for t in ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"] {
+        let mut server = h.container_env(0, "a", &with_ip(&[t, "-d", "ff0", "-n", "200"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+        let ip = server.read_line_with("IP ");
+        let client = h.container_env(1, "a", &[t, "-d", "ff0", "-n", "200", &ip], env());
+        let (cok, cout, cerr) = client.finish(Duration::from_secs(90));
+        let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+        assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert!(cout.contains("#bytes"), "{t}: no result: {cout}");
+    }
+    let ffv = ffvcheck();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ffv, "server", "18517"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let client = h.container_env(1, "a", &[&ffv, "client", &ip, "18517"], env());
+    let c = client.finish(Duration::from_secs(120));
+    let s = server.finish(Duration::from_secs(30));
+    check_ffvcheck(&[s, c]);
+}
+
+/// The library exports what Debian's libibverbs.so.1 exports: the same
+/// names with the same versions (default and hidden), and its soname.
+#[test]
+fn exports_match_debians_libibverbs() {
+    let debian = Path::new("/usr/lib/x86_64-linux-gnu/libibverbs.so.1");
+    if !debian.exists() {
+        eprintln!("skipped: no {} (apt-get install libibverbs1)", debian.display());
+        return;
+    }
+    let ours = work().join("lib/libibverbs.so.1");
+    let exports = |p: &Path| -> std::collections::BTreeSet<String> {
+        let out = Command::new("objdump").arg("-T").arg(p).output().expect("objdump (binutils)");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains("*UND*") && l.contains("IBVERBS"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (ver, name) = (f[f.len() - 2], f[f.len() - 1]);
+                // The version nodes themselves (GNU ld lists them, lld not).
+                (ver.trim_matches(|c| c == '(' || c == ')') != name).then(|| format!("{name} {ver}"))
+            })
+            .collect()
+    };
+    let (want, have) = (exports(debian), exports(&ours));
+    assert!(want.len() > 150, "{want:?}");
+    let missing: Vec<_> = want.difference(&have).collect();
+    let extra: Vec<_> = have.difference(&want).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    let dynamic = Command::new("objdump").arg("-p").arg(&ours).output().unwrap();
+    assert!(String::from_utf8_lossy(&dynamic.stdout).contains("SONAME               libibverbs.so.1"));
+}
+
+/// A router that dies under a queue pair across hosts: the work waiting
+/// for an answer fails with an error completion within seconds.
+#[test]
+fn dead_router_fails_work_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir()), ("FFVCHECK_WAIT".to_string(), "1".to_string())];
+    let ffv = ffvcheck();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ffv, "server", "18518"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let mut client = h.container_env(1, "a", &[&ffv, "client", &ip, "18518"], env());
+    client.read_line_with("CONNECTED");
+    std::thread::sleep(Duration::from_millis(500));
+    h.kill_router(0);
+    let (ok, out, err) = client.finish(Duration::from_secs(60));
+    assert!(ok, "{out}{err}");
+    // How long it took is printed (0.5 s here: the dead router's sockets
+    // close at once); no timing is asserted beyond the harness's timeout.
+    let line = out.lines().find(|l| l.starts_with("OK router death")).unwrap_or_else(|| panic!("{out}{err}"));
+    eprintln!("{line}");
+    server.kill();
+}
