@@ -79,9 +79,13 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 shmem_kb() { sed -n 's/^Shmem:\s*\([0-9]*\).*/\1/p' /proc/meminfo; }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | head -1; }
 row() { echo "scale,$1,$2,$3,$4,$5" >> "$csv"; }
-wait_line() { # wait_line FILE PATTERN SECONDS
+wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is gone
     local i
-    for i in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    for i in $(seq $(( $3 * 20 ))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then grep -q "$2" "$1" 2>/dev/null; return; fi
+        sleep 0.05
+    done
     return 1
 }
 
@@ -96,14 +100,14 @@ run_one() { # run_one PLACEMENT N
     seq_id=$((seq_id + 2))
     ctr 0 "$seq_id" serve scale --conns "$n" --size "$size" --secs "$secs" > "$srv" 2>&1 &
     spid=$!
-    wait_line "$srv" '^HANDLE ' 20 || { echo "scale: $where N=$n: the server did not start" | tee -a "$log" >&2; kill $spid 2>/dev/null; wait $spid 2>/dev/null; return 0; }
+    wait_line "$srv" '^HANDLE ' 20 "$spid" || { echo "scale: $where N=$n: the server did not start" | tee -a "$log" >&2; kill $spid 2>/dev/null; wait $spid 2>/dev/null; return 0; }
     h=$(sed -n 's/^HANDLE //p' "$srv" | head -1)
     ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --size "$size" --idle-secs "$idle" --probes "$probes" --handle "$h" > "$cli" 2>&1 &
     cpid=$!
-    if wait_line "$cli" '^PROBED' "$cap"; then
+    if wait_line "$cli" '^PROBED' "$cap" "$cpid"; then
         row "$where" shmem_committed_busy "$n" "$(( $(shmem_kb) - shm0 ))" KiB
     fi
-    if wait_line "$cli" '^IDLE' "$cap"; then
+    if wait_line "$cli" '^IDLE' "$cap" "$cpid"; then
         sleep 1
         row "$where" threads_router0 "$n" "$(status "$p0" Threads)" threads
         row "$where" threads_router1 "$n" "$(status "$p1" Threads)" threads
