@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+mod scale;
 mod soak;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,6 +47,10 @@ enum Mode {
     /// Soak: --conns connections, random sizes, checksums, for --secs; the
     /// server accepts any number of (re)connecting senders.
     Soak,
+    /// Scale: --conns connections; connect latency, idle, then all stream
+    /// --size messages at once (aggregate and Jain's fairness), with
+    /// --probes connects meanwhile (bench/scale.sh).
+    Scale,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +74,12 @@ struct Opts {
     /// Connections in soak mode.
     #[arg(long, default_value_t = 16)]
     conns: usize,
+    /// Scale mode: seconds idle after connecting.
+    #[arg(long, default_value_t = 12.0)]
+    idle_secs: f64,
+    /// Scale mode: connects timed while all connections stream.
+    #[arg(long, default_value_t = 20)]
+    probes: usize,
     /// Distinct buffers per side in stream mode (1, like ucx_perftest).
     #[arg(long, default_value_t = 1)]
     buffers: usize,
@@ -127,9 +138,20 @@ fn main() {
 }
 
 fn run(role: Role) -> ffcore::Result<()> {
+    scale::raise_nofile();
     let ctx = Context::new()?;
-    // Soak manages its own (many) connections.
+    // Soak and scale manage their own (many) connections.
     match &role {
+        Role::Serve(o) if o.mode == Mode::Scale => {
+            let l = ctx.listen()?;
+            println!("HANDLE {}", l.handle().to_hex());
+            std::io::stdout().flush()?;
+            return scale::recv(l, o.conns, o.size, o.secs);
+        }
+        Role::Connect(o) if o.mode == Mode::Scale => {
+            let h = Handle::from_hex(o.handle.as_deref().unwrap_or(""))?;
+            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes);
+        }
         Role::Serve(o) if o.mode == Mode::Soak => {
             let l = ctx.listen()?;
             println!("HANDLE {}", l.handle().to_hex());
@@ -168,7 +190,7 @@ fn run(role: Role) -> ffcore::Result<()> {
         Mode::Idle => idle(&mut conn, &opts),
         Mode::Flood => flood(&mut conn, &opts, server),
         Mode::Semantics => semantics(&mut conn, server),
-        Mode::Soak => unreachable!("handled above"),
+        Mode::Soak | Mode::Scale => unreachable!("handled above"),
     }
 }
 

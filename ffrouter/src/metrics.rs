@@ -1,6 +1,7 @@
 //! Prometheus metrics: per-tenant and per-connection counters, encoded at
 //! scrape time from the router's state (prometheus-client), served over
-//! HTTP on `--metrics-addr` (tiny_http) at `/metrics`.
+//! HTTP on `--metrics-addr` at `/metrics` by a small server of our own
+//! (one thread, one scrape at a time, never stopped by a failed `accept`).
 //!
 //! Who can read them: everyone who reaches the address sees every tenant's
 //! counters, so the router serves them on loopback only, unless a token is
@@ -14,7 +15,10 @@
 //! sending client writes: those families carry `reported_by="client"`, as
 //! a client can misstate its own traffic (not anyone else's).
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -100,10 +104,25 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long one scrape may take to send its request and read the answer:
+/// scrapes are served one at a time, so a stalled one holds the others
+/// back for at most this long.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most request bytes read (request line and headers).
+const MAX_REQUEST: usize = 8 << 10;
+/// Pause after a failed `accept` (out of descriptors or memory): the
+/// pending scrape waits in the kernel's queue meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serves `/metrics` on `addr` from a background thread; with `token`,
-/// only to requests that carry it. Without one, only on loopback.
-pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std::io::Result<()> {
-    use std::net::ToSocketAddrs;
+/// only to requests that carry it. Without one, only on loopback. Returns
+/// the address bound.
+///
+/// A small HTTP/1.x server of our own, one thread, one scrape at a time,
+/// one descriptor per scrape: it never fails for good. When `accept` fails
+/// (the router at its open-file limit: `EMFILE`) it waits and tries again,
+/// so `/metrics` answers as soon as a descriptor is free.
+pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std::io::Result<SocketAddr> {
     let public = addr.to_socket_addrs()?.any(|a| !a.ip().is_loopback());
     if public && token.is_none() {
         return Err(std::io::Error::new(
@@ -111,24 +130,65 @@ pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std
             "the metrics show every tenant's counters: serve them on loopback, or require a token (--metrics-token-file)",
         ));
     }
-    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-    log::info!("metrics on http://{addr}/metrics{}", if token.is_some() { " (token required)" } else { "" });
+    let server = TcpListener::bind(addr)?;
+    let bound = server.local_addr()?;
+    log::info!("metrics on http://{bound}/metrics{}", if token.is_some() { " (token required)" } else { "" });
     let want = token.map(|t| format!("Bearer {t}"));
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for req in server.incoming_requests() {
-            let authorized = want.as_ref().is_none_or(|w| {
-                req.headers().iter().any(|h| h.field.equiv("Authorization") && same(h.value.as_bytes(), w.as_bytes()))
-            });
-            let resp = if !authorized {
-                tiny_http::Response::from_string("a token is required\n").with_status_code(401)
-            } else if req.url() == "/metrics" {
-                let ct = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("a valid header");
-                tiny_http::Response::from_string(render(&state)).with_header(ct)
-            } else {
-                tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
-            };
-            let _ = req.respond(resp);
+    std::thread::Builder::new().name("metrics".into()).spawn(move || loop {
+        match server.accept() {
+            Ok((s, _)) => {
+                if let Err(e) = answer(s, &state, want.as_deref()) {
+                    log::debug!("metrics: a scrape failed: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                crate::limited!(warn, "metrics-accept", "", "metrics: cannot accept a scrape ({e}); trying again");
+                std::thread::sleep(ACCEPT_BACKOFF);
+            }
         }
     })?;
-    Ok(())
+    Ok(bound)
+}
+
+/// Reads one request from `s` and answers it.
+fn answer(mut s: TcpStream, state: &Arc<Mutex<State>>, want: Option<&str>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+    s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+    let deadline = Instant::now() + SCRAPE_TIMEOUT;
+    let mut req = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        if req.len() >= MAX_REQUEST || Instant::now() >= deadline {
+            return reply(&mut s, "431 Request Header Fields Too Large", "", "the request is too long or too slow\n");
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&req);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let authorized = want.is_none_or(|w| {
+        lines.filter_map(|l| l.split_once(':')).any(|(k, v)| k.trim().eq_ignore_ascii_case("authorization") && same(v.trim().as_bytes(), w.as_bytes()))
+    });
+    if !authorized {
+        reply(&mut s, "401 Unauthorized", "", "a token is required\n")
+    } else if method != "GET" {
+        reply(&mut s, "405 Method Not Allowed", "", "GET /metrics\n")
+    } else if path == "/metrics" {
+        reply(&mut s, "200 OK", "Content-Type: text/plain; version=0.0.4\r\n", &render(state))
+    } else {
+        reply(&mut s, "404 Not Found", "", "see /metrics\n")
+    }
+}
+
+fn reply(s: &mut TcpStream, status: &str, headers: &str, body: &str) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    s.flush()
 }

@@ -181,6 +181,35 @@ fn routers_with_different_peer_secrets_do_not_link() {
 /// its ring), and arrive intact: unaligned, sizes across the reference
 /// threshold, checksummed.
 /// A connection from a client on host 1 (tx) to one on host 0 (rx).
+#[test]
+fn a_router_without_cpu_for_seconds_is_not_taken_for_dead() {
+    let mut h = two_hosts(&["a"], &[]);
+    let (_rx_ctx, _tx_ctx, mut rx, mut tx) = across(&h);
+    let msg: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut buf = vec![0u8; msg.len()];
+    tx.send(&msg, 1, Some(LONG)).unwrap();
+    assert_eq!(rx.recv(&mut buf, 1, Some(LONG)).unwrap(), msg.len());
+    // Host 0's router gets no CPU for longer than a ping period many
+    // times over (as under a load that keeps every core busy); its kernel
+    // still answers for it.
+    h.freeze_router(0, true);
+    std::thread::sleep(ffrouter::link::DEAD_AFTER + Duration::from_secs(2));
+    h.freeze_router(0, false);
+    // The link stayed up: the connection carries data both ways, intact.
+    for round in 0..4u8 {
+        let m: Vec<u8> = msg.iter().map(|b| b ^ round).collect();
+        tx.send(&m, 2, Some(LONG)).unwrap();
+        assert_eq!(rx.recv(&mut buf, 2, Some(LONG)).unwrap(), m.len());
+        assert!(buf == m, "round {round}: bytes changed");
+        rx.send(&m, 3, Some(LONG)).unwrap();
+        assert_eq!(tx.recv(&mut buf, 3, Some(LONG)).unwrap(), m.len());
+        assert!(buf == m, "round {round} back: bytes changed");
+    }
+    for i in 0..2 {
+        assert!(!h.router_log(i).contains("is down"), "host {i}'s router took the link for dead:\n{}", h.router_log(i));
+    }
+}
+
 fn across(h: &TwoHosts) -> (ffcore::Context, ffcore::Context, ffcore::Conn, ffcore::Conn) {
     let (rx_ctx, tx_ctx) = (h.context(0, "a"), h.context(1, "a"));
     let l = rx_ctx.listen().unwrap();

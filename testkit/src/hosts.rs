@@ -159,6 +159,16 @@ impl TwoHosts {
         }
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) host `i`'s router: a router
+    /// that gets no CPU for a while, as on a host with every core busy.
+    pub fn freeze_router(&mut self, i: usize, frozen: bool) {
+        let c = self.routers[i].as_ref().expect("router running");
+        // `ip netns exec` execs the router: the child is the router itself.
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(c.id() as libc::pid_t, sig) }, 0, "signal the router");
+    }
+
     /// What host `i`'s router logged so far (its stderr).
     pub fn router_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dirs[i].join("router.log")).unwrap_or_default()

@@ -24,9 +24,16 @@ use ffcore::shm::SharedMem;
 
 use crate::wire::HDR_LEN;
 
-/// A link stream with nothing received for this long is dead (the peer
+/// An RDMA link with nothing received for this long is dead (the peer
 /// sends a PING at least every [`PING_EVERY`]).
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
+/// A TCP link is dead when the peer's *kernel* stops answering for
+/// [`tcp::PEER_HOST_TIMEOUT`] (keepalive probes and retransmissions, which
+/// no scheduling delay of either router holds up), or when it closes; a
+/// peer router whose kernel answers but that sends nothing, not even a
+/// PING, for this long is taken for hung. Long, so that a router starved
+/// of CPU (every core busy, or stopped for seconds) is never taken for dead.
+pub const SILENT_AFTER: Duration = Duration::from_secs(30);
 pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// Bound on dialing a peer router, handshakes of all streams included.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,8 +81,9 @@ pub trait Link: Send + Sync {
     unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()>;
 
     /// The next frame header on stream `s`. Only one thread receives on a
-    /// stream. Fails with `TimedOut` when nothing at all arrived for
-    /// [`DEAD_AFTER`], and once the link is broken.
+    /// stream. Fails with `TimedOut` when nothing at all arrived for the
+    /// transport's silence limit ([`SILENT_AFTER`] over TCP, [`DEAD_AFTER`]
+    /// over RDMA), and once the link is broken.
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]>;
 
     /// The next `n` payload bytes of the current frame on stream `s`.
@@ -98,7 +106,7 @@ pub trait Link: Send + Sync {
 
     /// Tells the peer on stream `s` that this router is alive, without
     /// waiting behind frames being sent there (the peer declares a stream
-    /// dead after [`DEAD_AFTER`] without anything from us). By default a
+    /// dead after its silence limit without anything from us). By default a
     /// PING frame through [`Link::try_send`]; a stream busy sending skips
     /// it, its frames show we live.
     fn ping(&self, s: usize) -> io::Result<()> {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::auth::{self, Authed, Identity, Keys};
 use super::seal::{Opener, Sealer};
-use super::{Frame, Link, Try, DEAD_AFTER};
+use super::{Frame, Link, Try, SILENT_AFTER};
 use crate::wire::HDR_LEN;
 
 pub struct TcpLink {
@@ -95,17 +95,33 @@ impl Staging {
     }
 }
 
+/// A link whose peer host's kernel acknowledges nothing for this long
+/// (neither keepalive probes, sent after a second of silence, nor data)
+/// is broken by our kernel (`TCP_USER_TIMEOUT`). Liveness thus lives in
+/// the kernels: a router starved of CPU still answers through its kernel.
+pub const PEER_HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn setsockopt_int(s: &TcpStream, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid socket and a c_int option value on our stack.
+    if unsafe { libc::setsockopt(s.as_raw_fd(), level, opt, &v as *const _ as *const libc::c_void, 4) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the options every link socket gets.
 pub fn tune(s: &TcpStream) -> io::Result<()> {
     s.set_nodelay(true)?;
+    setsockopt_int(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1)?;
+    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1)?;
+    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, PEER_HOST_TIMEOUT.as_secs() as libc::c_int)?;
+    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, PEER_HOST_TIMEOUT.as_millis() as libc::c_int)?;
     // Kernel autotuning sizes the buffers well on its own; a fixed size
     // (bytes, set with the *FORCE options, so root only) is for experiments.
     if let Some(sz) = std::env::var("FF_LINK_SOCKBUF").ok().and_then(|v| v.parse::<libc::c_int>().ok()) {
         for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-            // SAFETY: valid socket and a c_int option value on our stack.
-            unsafe {
-                libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, opt, &sz as *const _ as *const libc::c_void, 4);
-            }
+            let _ = setsockopt_int(s, libc::SOL_SOCKET, opt, sz);
         }
     }
     Ok(())
@@ -117,7 +133,7 @@ impl TcpLink {
     pub fn new(streams: Vec<(TcpStream, Option<Keys>)>, what: String) -> io::Result<TcpLink> {
         let (mut socks, mut send_lock, mut staged) = (Vec::new(), Vec::new(), Vec::new());
         for (s, keys) in streams {
-            s.set_read_timeout(Some(DEAD_AFTER))?;
+            s.set_read_timeout(Some(SILENT_AFTER))?;
             s.set_write_timeout(None)?;
             let (sealer, rx) = match keys {
                 Some(k) => (Some(Sealer::new(k.tx)), Receiving::Sealed(Box::new(Opener::new(k.rx)))),
@@ -169,7 +185,7 @@ unsafe fn recv_some(fd: i32, dst: *mut u8, n: usize) -> io::Result<usize> {
         match e.kind() {
             io::ErrorKind::Interrupted => continue,
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {DEAD_AFTER:?}")))
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {SILENT_AFTER:?}")))
             }
             _ => return Err(e),
         }

@@ -1,0 +1,168 @@
+#!/bin/bash
+# bench/scale.sh - many connections per host on the routers (issue 17).
+#
+#   bench/scale.sh [--counts "1 16 64 256 512"] [--only across|local]
+#                  [--size BYTES] [--secs S] [--idle S] [--probes K]
+#                  [--cap SECONDS] [--out DIR] [--bin DIR] [--label NAME]
+#
+# Two emulated hosts (bench/twohosts.sh: network namespaces, a router on
+# each, sealed TCP link), both routers started under a 1024 open-file soft
+# limit (they raise their own). For each N and each placement - "across"
+# (server container on host 0, client container on host 1: every
+# connection forwarded by both routers) and "local" (both containers on
+# host 0: one router, control path only) - one `ffbench serve scale` and
+# one `ffbench connect scale` with N connections between them:
+#   * connect latency of the N connects, one after the other (p50, p99);
+#   * all N stream --size messages at once, one thread per connection,
+#     every message's header checked by the receiver: aggregate MB/s and
+#     Jain's fairness over --secs; meanwhile --probes more connects one at
+#     a time (connect latency under load, p50/p99), and the host's shared
+#     memory committed (Shmem in /proc/meminfo, less what it was before the
+#     run: machine-wide, so other work on the machine shows);
+#   * then all N sit idle, open (--idle s): the routers' threads, RSS,
+#     RssShmem and descriptors, shared memory committed, and both routers'
+#     CPU over the idle time less 2 s.
+# Each run is cut off after --cap seconds (a run that does not finish
+# leaves its rows out and says so). Routers restart between runs. Rows
+# "scale,PLACEMENT,METRIC,N,VALUE,UNIT" go to DIR/results.csv; the table
+# and plot (bench/scale_report.py) to DIR/README.md and DIR/scale.png.
+# DIR defaults to bench/results/scale-<label>-<date>. Needs root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+counts="1 16 64 256 512" only="" size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --counts) counts=$2; shift ;;
+        --only) only=$2; shift ;;
+        --size) size=$2; shift ;;
+        --secs) secs=$2; shift ;;
+        --idle) idle=$2; shift ;;
+        --probes) probes=$2; shift ;;
+        --cap) cap=$2; shift ;;
+        --out) out=$2; shift ;;
+        --bin) bin=$2; shift ;;
+        --label) label=$2; shift ;;
+        -h|--help) sed -n 2,29p "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ "$(id -u)" = 0 ] || { echo "bench/scale.sh needs root (network namespaces)" >&2; exit 1; }
+[ -n "$out" ] || out="$top/bench/results/scale-$label-$(date +%Y-%m-%d)"
+mkdir -p "$out"
+[ -n "$bin" ] || bin="${CARGO_TARGET_DIR:-$top/target}/release"
+for b in ffrouter ffbench; do
+    [ -x "$bin/$b" ] || { echo "missing $bin/$b: run cargo build --release --workspace" >&2; exit 1; }
+done
+csv="$out/results.csv"
+echo "suite,placement,metric,conns,value,unit" > "$csv"
+log="$out/run.log"
+: > "$log"
+
+# The routers start where many services do: 1024 open files (soft).
+ulimit -Sn 1024
+. "$here/twohosts.sh"
+trap twohosts_down EXIT
+twohosts_up "$bin" 0
+
+seq_id=0
+ctr() { # ctr HOST ID ARGS... : ffbench ARGS in a fresh container on HOST
+    local h=$1 id=$2; shift 2
+    local ns; ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
+    "$top/tools/ffcontainer" run --name "$twohosts_prefix-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
+        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/bench" -- timeout -k 5 "$cap" "$bin/ffbench" "$@"
+}
+rpid() { pgrep -P "$1" ffrouter 2>/dev/null || echo "$1"; }  # ip netns exec may exec or fork
+status() { sed -n "s/^$2:\s*\([0-9]*\).*/\1/p" "/proc/$1/status"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+shmem_kb() { sed -n 's/^Shmem:\s*\([0-9]*\).*/\1/p' /proc/meminfo; }
+val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | head -1; }
+row() { echo "scale,$1,$2,$3,$4,$5" >> "$csv"; }
+wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is gone
+    local i
+    for i in $(seq $(( $3 * 20 ))); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then grep -q "$2" "$1" 2>/dev/null; return; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+run_one() { # run_one PLACEMENT N
+    local where=$1 n=$2 ch shm0 p0 p1 t0 t1 s0 s1 srv cli spid cpid h r
+    ch=$([ "$where" = across ] && echo 1 || echo 0)
+    twohosts_routers 0
+    p0=$(rpid "$r0"); p1=$(rpid "$r1")
+    sleep 0.5
+    shm0=$(shmem_kb)
+    srv="$out/$where-$n.server" cli="$out/$where-$n.client"
+    seq_id=$((seq_id + 2))
+    ctr 0 "$seq_id" serve scale --conns "$n" --size "$size" --secs "$secs" > "$srv" 2>&1 &
+    spid=$!
+    wait_line "$srv" '^HANDLE ' 20 "$spid" || { echo "scale: $where N=$n: the server did not start" | tee -a "$log" >&2; kill $spid 2>/dev/null; wait $spid 2>/dev/null; return 0; }
+    h=$(sed -n 's/^HANDLE //p' "$srv" | head -1)
+    ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --size "$size" --idle-secs "$idle" --probes "$probes" --handle "$h" > "$cli" 2>&1 &
+    cpid=$!
+    if wait_line "$cli" '^PROBED' "$cap" "$cpid"; then
+        row "$where" shmem_committed_busy "$n" "$(( $(shmem_kb) - shm0 ))" KiB
+    fi
+    if wait_line "$cli" '^IDLE' "$cap" "$cpid"; then
+        sleep 1
+        row "$where" threads_router0 "$n" "$(status "$p0" Threads)" threads
+        row "$where" threads_router1 "$n" "$(status "$p1" Threads)" threads
+        row "$where" rss_router0 "$n" "$(status "$p0" VmRSS)" KiB
+        row "$where" rss_router1 "$n" "$(status "$p1" VmRSS)" KiB
+        row "$where" rssshmem_router0 "$n" "$(status "$p0" RssShmem)" KiB
+        row "$where" rssshmem_router1 "$n" "$(status "$p1" RssShmem)" KiB
+        row "$where" shmem_committed "$n" "$(( $(shmem_kb) - shm0 ))" KiB
+        row "$where" fds_router0 "$n" "$(ls /proc/$p0/fd | wc -l)" fds
+        row "$where" fds_router1 "$n" "$(ls /proc/$p1/fd | wc -l)" fds
+        t0=$(( $(ticks "$p0") + $(ticks "$p1") )); s0=$(date +%s.%N)
+        sleep $(( ${idle%.*} - 2 ))
+        t1=$(( $(ticks "$p0") + $(ticks "$p1") )); s1=$(date +%s.%N)
+        row "$where" routers_idle_cpu "$n" "$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", 100 * (b - a) / hz / (e - s)}')" %core
+    else
+        echo "scale: $where N=$n: did not reach the idle phase within ${cap}s: $(tail -2 "$cli" | tr '\n' ' ')" | tee -a "$log" >&2
+    fi
+    wait $spid 2>/dev/null || true
+    wait $cpid 2>/dev/null || true
+    if r=$(grep '^RESULT' "$srv"); then
+        row "$where" agg_mb_per_s "$n" "$(echo "$r" | val agg_mb_per_s)" MB/s
+        row "$where" jain "$n" "$(echo "$r" | val jain)" ratio
+        row "$where" bad_messages "$n" "$(echo "$r" | val bad_messages)" count
+    else
+        echo "scale: $where N=$n: no streaming result: $(grep -h -i 'error' "$srv" "$cli" | head -3 | tr '\n' ' ')" | tee -a "$log" >&2
+    fi
+    if r=$(grep '^CONNECTED' "$cli"); then
+        row "$where" connect_ms_p50 "$n" "$(echo "$r" | val connect_ms_p50)" ms
+        row "$where" connect_ms_p99 "$n" "$(echo "$r" | val connect_ms_p99)" ms
+        row "$where" connect_all_s "$n" "$(echo "$r" | val all_s)" s
+    fi
+    if r=$(grep '^PROBED' "$cli"); then
+        row "$where" busy_connect_ms_p50 "$n" "$(echo "$r" | val busy_connect_ms_p50)" ms
+        row "$where" busy_connect_ms_p99 "$n" "$(echo "$r" | val busy_connect_ms_p99)" ms
+    fi
+    grep -h -i "error" "$srv" "$cli" | head -5 >> "$log" || true
+    "$top/tools/ffcontainer" cleanup "$twohosts_prefix" >/dev/null 2>&1 || true
+}
+
+for where in across local; do
+    [ -z "$only" ] || [ "$only" = "$where" ] || continue
+    for n in $counts; do
+        echo "== $where N=$n" >&2
+        run_one "$where" "$n"
+    done
+done
+
+{
+    echo "# Scale: N connections, $label, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
+    echo "- ffrouter commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); two emulated hosts (network namespaces, a router each, sealed TCP link), routers started with a 1024 open-file soft limit"
+    echo "- command: bench/scale.sh --counts \"$counts\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}"
+    echo
+    /usr/bin/python3 "$here/scale_report.py" "$out/scale.png" "$label=$csv"
+    if [ -s "$log" ]; then echo; echo "## What went wrong"; echo; sed 's/^/    /' "$log"; fi
+} > "$out/README.md"
+cat "$out/README.md"
