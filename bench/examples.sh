@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/examples.sh [--rounds N] [--out DIR] - the PyTorch and TensorFlow
 # examples (examples/*/run.sh), each on one host (tcp, ff) and across two
-# emulated hosts (tcp, ff, ff-clear), N rounds each (default 3; the tables
+# emulated hosts (tcp, ff, ff-clear), N rounds each (default 2; the tables
 # give medians). Writes the tables, the versions and the machine to
 # DIR/README.md (default bench/results/examples-<date>) and each run's
 # output to DIR/*.log. Needs root, a release build and both examples'
@@ -9,7 +9,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-rounds=3 out=""
+rounds=2 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift ;;

@@ -3,7 +3,7 @@
 # across two containers, once per transport, the script unchanged:
 #
 #   examples/launch.sh [--hosts 1|2] [--transports "tcp ff"] [--rounds N]
-#                      [--timeout S] [--bin DIR] -- CMD [ARGS...]
+#                      [--timeout S] [--bin DIR] [--no-wait] -- CMD [ARGS...]
 #
 # The hosts are bench/twohosts.sh's: network namespaces joined by a veth,
 # a router on each (links sealed with a peer secret). --hosts 1 (default):
@@ -19,8 +19,9 @@
 #        --hosts 2.
 # A run fails unless UCX's lanes to the other rank are that transport's, and
 # every mpirun runs under a timeout (default 600 s): a hang is an error.
-# Each run waits (up to 60 s) for an idle machine and is run again (twice
-# at most) if other programs took more than a tenth of its CPU meanwhile.
+# Each run waits (up to 30 s) for an idle machine and is run again (once)
+# if other programs took more than a tenth of its CPU meanwhile;
+# --no-wait (tests, which time nothing) does neither.
 # CMD prints one line "RESULT label=T ... images_per_sec=X loss_first=A
 # loss_last=B allreduce_mb=M allreduce_ms=Y" (FF_EXAMPLE_LABEL=T is set);
 # the transports take turns, --rounds times (default 1), and the table
@@ -30,7 +31,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-hosts=1 transports="tcp ff" rounds=1 limit=600 bin=""
+hosts=1 transports="tcp ff" rounds=1 limit=600 bin="" wait=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --hosts) hosts=$2; shift ;;
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift ;;
         --timeout) limit=$2; shift ;;
         --bin) bin=$2; shift ;;
+        --no-wait) wait=0 ;;
         --) shift; break ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -90,15 +92,16 @@ val() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | head -1; }
 hz=$(getconf CLK_TCK)
 busy() { awk -v hz="$hz" '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat; }
 routers() { cat "/proc/$r0/stat" "/proc/$r1/stat" | awk -v hz="$hz" '{ s += $14 + $15 } END { printf "%.2f\n", s / hz }'; }
-# quiet: wait (up to 60 s) for a second in which the machine is idle
+# quiet: wait (up to 30 s) for a second in which the machine is idle
 # (under a quarter of a core busy), so that a run starts on a quiet machine.
 quiet() {
     local a b
-    for _ in $(seq 60); do
+    [ $wait = 1 ] || return 0
+    for _ in $(seq 30); do
         a=$(busy); sleep 1; b=$(busy)
         awk -v a="$a" -v b="$b" 'BEGIN { exit !(b - a < 0.25) }' && return 0
     done
-    echo "   (the machine stayed busy for 60 s: starting anyway)" >&2
+    echo "   (the machine stayed busy for 30 s: starting anyway)" >&2
 }
 # job T CMD...: one 2-rank run over transport T: its output in $out, its
 # own CPU seconds (every process it started, and the routers) in $own and
@@ -142,18 +145,18 @@ job() {
 
 # The transports take turns, the order rotating every round. A run during
 # which other programs took more than a tenth of the run's own CPU is run
-# again (twice at most; then kept, and counted).
+# again (once; then kept, and counted).
 results=() disturbed=0
 for round in $(seq "$rounds"); do
     ts=($transports)
     for k in $(seq 0 $((${#ts[@]} - 1))); do
         t=${ts[$(((k + round - 1) % ${#ts[@]}))]}
-        for try in 1 2 3; do
+        for try in 1 2; do
             echo "== round $round: $hosts host(s), over $t" >&2
             job "$t" "$@"
-            awk -v f="$foreign" -v o="$own" 'BEGIN { exit !(f <= 0.1 * o) }' && break
-            echo "   (other programs took $foreign s of CPU during the run, the run $own s$([ $try = 3 ] && echo ': kept' || echo ': again'))" >&2
-            [ $try != 3 ] || disturbed=$((disturbed + 1))
+            [ $wait = 1 ] && ! awk -v f="$foreign" -v o="$own" 'BEGIN { exit !(f <= 0.1 * o) }' || break
+            echo "   (other programs took $foreign s of CPU during the run, the run $own s$([ $try = 2 ] && echo ': kept' || echo ': again'))" >&2
+            [ $try != 2 ] || disturbed=$((disturbed + 1))
         done
         line=$(echo "$out" | grep '^RESULT') || { echo "$out" | tail -20 >&2; echo "no RESULT line" >&2; exit 1; }
         echo "$line cpu_s=$own other_programs_cpu_s=$foreign lanes: $lanes"
