@@ -166,7 +166,7 @@ done
 
 # median T KEY: the median of KEY over transport T's RESULT lines.
 median() {
-    printf '%s\n' "${results[@]}" | grep " label=$1 " | val "$2" | sort -g \
+    printf '%s\n' "${results[@]}" | grep " label=$1 " | sed -n "s/.* $2=\([^ ]*\).*/\1/p" | sort -g \
         | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 echo

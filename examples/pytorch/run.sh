@@ -5,8 +5,8 @@
 # MPI + UCX across two containers, once over UCX tcp and once over FreeFlow
 # (ff), on one host or (--hosts 2) across two emulated hosts
 # (examples/launch.sh says how). Prints images/s, the loss at the start and
-# the end (a run fails if it did not drop) and the gradient allreduce time
-# per step for each. Needs root; installs the Debian packages of setup.sh
+# the end (a run fails if it did not drop) and the time of one gradient
+# allreduce for each. Needs root; installs the Debian packages of setup.sh
 # and builds FreeFlow if needed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
