@@ -4,7 +4,9 @@
 # rdma-core headers and build tools (the ibverbs crate; ffverbs generates its
 # layouts from verbs.h), ibverbs-utils and perftest (ffverbs tests run them
 # unmodified), iproute2/util-linux
-# (namespaces), matplotlib (plots). Rust via rustup if cargo is missing.
+# (namespaces), matplotlib (plots), and Debian's CPU-only PyTorch, mpi4py
+# and scikit-learn for the PyTorch example and its test (about 115 MB, once;
+# without their recommends). Rust via rustup if cargo is missing.
 # `scripts/deps.sh softroce` also installs what testkit/softroce.sh needs to
 # build and boot its QEMU guests (debootstrap, QEMU, Debian's kernel).
 set -euo pipefail
@@ -22,6 +24,12 @@ if [ -n "$missing" ]; then
     echo "installing:$missing" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q $missing; }
+fi
+# The PyTorch example (examples/pytorch/setup.sh installs the same).
+if ! dpkg -s python3-torch python3-mpi4py python3-sklearn >/dev/null 2>&1; then
+    echo "installing: python3-torch python3-mpi4py python3-sklearn (about 115 MB)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch python3-mpi4py python3-sklearn >/dev/null 2>&1 ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch python3-mpi4py python3-sklearn; }
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
