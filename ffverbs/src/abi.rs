@@ -119,6 +119,17 @@ unsafe fn dev_of<'a>(c: *mut ibv_context) -> &'a Arc<Device> {
     &(*b).dev
 }
 
+/// Initialises the mutex and condition variable that verbs.h's CQ and QP
+/// structs carry for the application.
+///
+/// # Safety
+/// `M` and `C` are bindgen's copies of `pthread_mutex_t` and
+/// `pthread_cond_t` (same size and alignment as libc's).
+unsafe fn init_lock<M, C>(mutex: &mut M, cond: &mut C) {
+    libc::pthread_mutex_init(mutex as *mut M as *mut libc::pthread_mutex_t, std::ptr::null());
+    libc::pthread_cond_init(cond as *mut C as *mut libc::pthread_cond_t, std::ptr::null());
+}
+
 fn device() -> *mut ibv_device {
     static DEV: OnceLock<usize> = OnceLock::new();
     *DEV.get_or_init(|| {
@@ -500,8 +511,7 @@ pub unsafe extern "C" fn ffv_ibv_create_cq(c: *mut ibv_context, cqe: c_int, cq_c
         };
         let cq = Arc::new(Cq::new(chan));
         let mut ibv = ibv_cq { context: c, channel: ch, cq_context, cqe, ..Default::default() };
-        libc::pthread_mutex_init(&mut ibv.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
-        libc::pthread_cond_init(&mut ibv.cond as *mut _ as *mut libc::pthread_cond_t, std::ptr::null());
+        init_lock(&mut ibv.mutex, &mut ibv.cond);
         let b = Box::into_raw(Box::new(CqBox { ibv, cq }));
         (&*b).cq.ibv.store(b as u64, Ordering::Relaxed);
         &mut (*b).ibv
@@ -638,8 +648,7 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             qp_type: IBV_QPT_RC,
             ..Default::default()
         };
-        libc::pthread_mutex_init(&mut ibv.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
-        libc::pthread_cond_init(&mut ibv.cond as *mut _ as *mut libc::pthread_cond_t, std::ptr::null());
+        init_lock(&mut ibv.mutex, &mut ibv.cond);
         let b = Box::into_raw(Box::new(QpBox { ibv }));
         &mut (*b).ibv
     })

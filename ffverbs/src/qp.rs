@@ -139,6 +139,7 @@ struct Held {
 /// Bytes of held requests before we stop reading the ring.
 const HELD_MAX: usize = 64 << 20;
 
+#[derive(Clone, Copy)]
 enum Reply {
     Ack { seq: u64, status: Status },
     Read { seq: u64, ptr: u64, len: u64, status: Status },
@@ -1036,64 +1037,44 @@ impl Qp {
     fn flush_out(&mut self, c: &mut Conn) -> Result<bool, String> {
         let mut did = false;
         let inline_max = INLINE_MAX.min(c.max_whole() - Hdr::LEN);
-        while let Some(r) = self.out.front() {
-            if let Reply::Rkey { hdr, key } = r {
-                let (hdr, key) = (*hdr, *key);
-                let sent = c
-                    .try_send_with(wire::RKEY, Hdr::LEN + RemoteKey::LEN, |p| {
-                        // SAFETY: that many writable bytes at p.
-                        let b = unsafe { std::slice::from_raw_parts_mut(p, Hdr::LEN + RemoteKey::LEN) };
-                        hdr.write(&mut b[..Hdr::LEN]);
-                        key.write((&mut b[Hdr::LEN..]).try_into().unwrap());
-                        Hdr::LEN + RemoteKey::LEN
-                    })
-                    .map_err(|e| e.to_string())?;
-                if sent.is_none() {
-                    break;
+        while let Some(&r) = self.out.front() {
+            // The answer's header and the bytes that go with it in the same
+            // message: a body of our own (a key, an old value), inline READ
+            // data from a registration, or nothing; big READ data follows
+            // as its own message.
+            let mut own = [0u8; RemoteKey::LEN];
+            let (tag, hdr, body, n, data_next) = match r {
+                Reply::Ack { seq, status } => (wire::ACK, Hdr { seq, status, ..Default::default() }, own.as_ptr(), 0, false),
+                Reply::Rkey { hdr, key } => {
+                    key.write(&mut own);
+                    (wire::RKEY, hdr, own.as_ptr(), RemoteKey::LEN, false)
                 }
-                self.out.pop_front();
-                did = true;
-                continue;
-            }
-            if let Reply::Value { seq, value, status } = *r {
-                let hdr = Hdr { seq, len: 8, status, ..Default::default() };
-                let n = if status == 0 { 8 } else { 0 };
-                let sent = c
-                    .try_send_with(wire::READ_RESP, Hdr::LEN + n, |p| {
-                        // SAFETY: that many writable bytes at p.
-                        let b = unsafe { std::slice::from_raw_parts_mut(p, Hdr::LEN + n) };
-                        hdr.write(&mut b[..Hdr::LEN]);
-                        b[Hdr::LEN..].copy_from_slice(&value.to_le_bytes()[..n]);
-                        Hdr::LEN + n
-                    })
-                    .map_err(|e| e.to_string())?;
-                if sent.is_none() {
-                    break;
+                Reply::Value { seq, value, status } => {
+                    own[..8].copy_from_slice(&value.to_le_bytes());
+                    let n = if status == 0 { 8 } else { 0 };
+                    (wire::READ_RESP, Hdr { seq, len: 8, status, ..Default::default() }, own.as_ptr(), n, false)
                 }
-                self.out.pop_front();
-                did = true;
-                continue;
-            }
-            let (tag, hdr, inline, ptr) = match *r {
-                Reply::Ack { seq, status } => (wire::ACK, Hdr { seq, status, ..Default::default() }, 0, 0),
                 Reply::Read { seq, ptr, len, status } => {
                     let mut h = Hdr { seq, len, status, ..Default::default() };
                     let inline = if status == 0 && len as usize <= inline_max { len as usize } else { 0 };
-                    if status == 0 && inline == 0 && len > 0 {
+                    let next = status == 0 && inline == 0 && len > 0;
+                    if next {
                         h.flags |= F_DATA_NEXT;
                     }
-                    (wire::READ_RESP, h, inline, ptr)
+                    (wire::READ_RESP, h, ptr as *const u8, inline, next)
                 }
-                Reply::Rkey { .. } | Reply::Value { .. } => unreachable!(),
             };
-            let max = Hdr::LEN + inline;
+            let max = Hdr::LEN + n;
             let sent = c
                 .try_send_with(tag, max, |p| {
-                    // SAFETY: max writable bytes at p; ptr..ptr+inline was
-                    // checked against our registrations.
+                    // SAFETY: max writable bytes at p; body is our own
+                    // buffer or (n > 0) a range checked against our
+                    // registrations.
                     unsafe {
                         hdr.write(std::slice::from_raw_parts_mut(p, Hdr::LEN));
-                        std::ptr::copy_nonoverlapping(ptr as *const u8, p.add(Hdr::LEN), inline);
+                        if n > 0 {
+                            std::ptr::copy_nonoverlapping(body, p.add(Hdr::LEN), n);
+                        }
                     }
                     max
                 })
@@ -1101,9 +1082,9 @@ impl Qp {
             if sent.is_none() {
                 break;
             }
-            if hdr.flags & F_DATA_NEXT != 0 {
+            if data_next {
                 // SAFETY: registered memory the application keeps while registered.
-                let req = unsafe { c.isend(ptr as *const u8, hdr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?;
+                let req = unsafe { c.isend(body, hdr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?;
                 self.resp_reqs.push(req);
             }
             self.out.pop_front();
