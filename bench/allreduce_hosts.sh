@@ -112,14 +112,8 @@ mkdir -p "$out"
 csv="$out/results.csv"
 echo "suite,transport,test,size_bytes,value,unit" > "$csv"
 
-pods=()
 . "$here/twohosts.sh"
-cleanup() {
-    for p in "${pods[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pods[@]}"; do wait "$p" 2>/dev/null || true; done
-    twohosts_down
-}
-trap cleanup EXIT
+trap twohosts_down EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 mode=0  # the routers' links: 0 sealed, 1 in clear
@@ -134,7 +128,7 @@ for i in 0 1; do
     ns=$([ $i = 0 ] && echo "$ns0" || echo "$ns1")
     "$top/tools/ffcontainer" run --name "${names[$i]}" --ip "10.7$((i + 1)).0.$((11 + i))/24" --bridge ffbr \
         --host-netns "$ns" --socket-dir "$work/h$i/bench" --pidfile "$work/rsh/${names[$i]}.pid" -- sleep 86400 &
-    pods+=($!)
+    twohosts_pods+=($!)
 done
 for n in "${names[@]}"; do
     for _ in $(seq 400); do [ -s "$work/rsh/$n.pid" ] && break; sleep 0.05; done

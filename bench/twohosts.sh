@@ -4,6 +4,7 @@
 #   . bench/twohosts.sh
 #   twohosts_up BIN_DIR INSECURE(0|1)    # sets ns0 ns1 work r0 r1
 #   trap twohosts_down EXIT              # or call it from your own trap
+#   ... & twohosts_pods+=($!)            # background pods twohosts_down ends
 #   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
 #
 # Builds network namespaces ffmh0-$$ and ffmh1-$$ joined by a veth
@@ -22,6 +23,7 @@
 twohosts_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 twohosts_prefix=ffm$$
 ns0="" ns1="" work="" r0="" r1="" twohosts_bin=""
+twohosts_pods=()
 
 twohosts_up() {
     local i v ns
@@ -79,6 +81,9 @@ twohosts_routers() {
 }
 
 twohosts_down() {
+    local p
+    for p in "${twohosts_pods[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${twohosts_pods[@]}"; do wait "$p" 2>/dev/null || true; done
     [ -n "$r0" ] && kill "$r0" 2>/dev/null || true
     [ -n "$r1" ] && kill "$r1" 2>/dev/null || true
     "$twohosts_dir/../tools/ffcontainer" cleanup "$twohosts_prefix" >/dev/null 2>&1 || true

@@ -60,14 +60,8 @@ fi
 bin=$(cd "$bin" && pwd)
 lib="$bin/libuct_ff.so"
 
-pods=()
 . "$top/bench/twohosts.sh"
-cleanup() {
-    for p in "${pods[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pods[@]}"; do wait "$p" 2>/dev/null || true; done
-    twohosts_down
-}
-trap cleanup EXIT
+trap twohosts_down EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 clear=0
@@ -80,7 +74,7 @@ for i in 0 1; do
     ns=$([ $h = 0 ] && echo "$ns0" || echo "$ns1")
     "$top/tools/ffcontainer" run --name "${names[$i]}" --ip "10.7$((h + 1)).0.$((11 + i))/24" --bridge ffbr \
         --host-netns "$ns" --socket-dir "$work/h$h/bench" --pidfile "$work/rsh/${names[$i]}.pid" -- sleep 86400 &
-    pods+=($!)
+    twohosts_pods+=($!)
 done
 for n in "${names[@]}"; do
     for _ in $(seq 400); do [ -s "$work/rsh/$n.pid" ] && break; sleep 0.05; done
