@@ -113,7 +113,7 @@ impl Cq {
     /// that returns at once when nothing else wants the core).
     pub fn idle_poll(&self) {
         let n = self.idle_polls.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % YIELD_EVERY == 0 {
+        if n.is_multiple_of(YIELD_EVERY) {
             std::thread::yield_now();
         }
     }
