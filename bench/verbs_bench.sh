@@ -5,7 +5,14 @@
 # processes: shared memory containers cannot use) and tcp,self (two
 # containers over veth), in one run.
 #
-# Usage: bench/verbs_bench.sh [--quick] [--out DIR]
+# Usage: bench/verbs_bench.sh [--quick] [--hosts] [--bin DIR] [--out DIR]
+#
+# --hosts: the same between two emulated hosts (bench/twohosts.sh: a
+# network namespace and a router each, links sealed), the perftest server
+# in a container on host 0, the client in one on host 1; UCX tcp,self
+# between containers on the same two hosts (no posix,cma: it cannot cross
+# hosts). --bin DIR: libffverbs.so and ffrouter from DIR (default: the
+# release build).
 #
 # perftest (unmodified, Debian 12's 4.5), two containers (tools/ffcontainer):
 #   ib_write_lat, ib_send_lat, ib_read_lat 8 B   t_typical (us; the write
@@ -28,10 +35,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 quick=0
+hosts=0
 out=""
+bin=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1 ;;
+        --hosts) hosts=1 ;;
+        --bin) bin=$2; shift ;;
         --out) out=$2; shift ;;
         *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
     esac
@@ -40,38 +51,54 @@ done
 rounds=${ROUNDS:-$([[ $quick == 1 ]] && echo 1 || echo 3)}
 out=${out:-$top/bench/results/verbs-$(date +%F)}
 mkdir -p "$out"
-tgt=${CARGO_TARGET_DIR:-$top/target}/release
+tgt=${bin:-${CARGO_TARGET_DIR:-$top/target}/release}
+tgt=$(cd "$tgt" && pwd)
 for f in "$tgt/libffverbs.so" "$tgt/ffrouter"; do
     [[ -e $f ]] || { echo "$f missing: cargo build --release -p ffverbs -p ffrouter" >&2; exit 1; }
 done
 command -v ib_write_bw >/dev/null || { echo "perftest missing: scripts/deps.sh" >&2; exit 1; }
 ffc=$top/tools/ffcontainer
-work=$(mktemp -d /tmp/verbs_bench.XXXXXX)
-mkdir -p "$work/lib" "$work/rt/t"
-ln -s "$tgt/libffverbs.so" "$work/lib/libibverbs.so.1"
-"$tgt/ffrouter" --tenant "t=$work/rt/t/ffrouter.sock" --log-level warn 2>"$work/router.log" &
-router=$!
-cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-for _ in $(seq 100); do [[ -S $work/rt/t/ffrouter.sock ]] && break; sleep 0.1; done
+vb=$(mktemp -d /tmp/verbs_bench.XXXXXX)
+mkdir -p "$vb/lib" "$vb/rt/t"
+ln -s "$tgt/libffverbs.so" "$vb/lib/libibverbs.so.1"
 csv=$out/results.csv
 echo "suite,transport,test,size_bytes,value,unit" >"$csv"
-srv_ip=10.77.0.231
-cli_ip=10.77.0.232
+if [[ $hosts == 1 ]]; then
+    # Server containers on host 0, clients on host 1 (twohosts.sh sets
+    # ns0 ns1 work and the routers).
+    . "$here/twohosts.sh"
+    cleanup() { twohosts_down; rm -rf "$vb"; }
+    trap cleanup EXIT
+    twohosts_up "$tgt" 0
+    srv_ip=10.71.0.231 cli_ip=10.72.0.232
+    srv_args=(--bridge ffbr --host-netns "$ns0" --socket-dir "$work/h0/bench")
+    cli_args=(--bridge ffbr --host-netns "$ns1" --socket-dir "$work/h1/bench")
+    names=$twohosts_prefix
+else
+    "$tgt/ffrouter" --tenant "t=$vb/rt/t/ffrouter.sock" --log-level warn 2>"$vb/router.log" &
+    router=$!
+    cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$vb"; }
+    trap cleanup EXIT
+    for _ in $(seq 100); do [[ -S $vb/rt/t/ffrouter.sock ]] && break; sleep 0.1; done
+    srv_ip=10.77.0.231 cli_ip=10.77.0.232
+    srv_args=(--socket-dir "$vb/rt/t")
+    cli_args=(--socket-dir "$vb/rt/t")
+    names=vb
+fi
 
 # perftest TEST SIZE ITERS: one pair in two containers; prints the result line.
 perftest() {
     local t=$1 s=$2 n=$3 port=$((18000 + RANDOM % 1000))
-    "$ffc" run --name "vb-s$$" --ip "$srv_ip/24" --socket-dir "$work/rt/t" -- \
-        env LD_LIBRARY_PATH="$work/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" \
-        >"$work/s.log" 2>&1 </dev/null &
+    "$ffc" run --name "$names-s$$" --ip "$srv_ip/24" "${srv_args[@]}" -- \
+        env LD_LIBRARY_PATH="$vb/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" \
+        >"$vb/s.log" 2>&1 </dev/null &
     local spid=$!
     sleep 1
-    "$ffc" run --name "vb-c$$" --ip "$cli_ip/24" --socket-dir "$work/rt/t" -- \
-        env LD_LIBRARY_PATH="$work/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" "$srv_ip" \
-        >"$work/c.log" 2>&1 </dev/null || { cat "$work/c.log" "$work/s.log" >&2; wait "$spid" || true; return 1; }
-    wait "$spid" || { cat "$work/s.log" >&2; return 1; }
-    grep -A1 '#bytes' "$work/c.log" | tail -1
+    "$ffc" run --name "$names-c$$" --ip "$cli_ip/24" "${cli_args[@]}" -- \
+        env LD_LIBRARY_PATH="$vb/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" "$srv_ip" \
+        >"$vb/c.log" 2>&1 </dev/null || { cat "$vb/c.log" "$vb/s.log" >&2; wait "$spid" || true; return 1; }
+    wait "$spid" || { cat "$vb/s.log" >&2; return 1; }
+    grep -A1 '#bytes' "$vb/c.log" | tail -1
 }
 
 n_lat=${N_LAT:-$([[ $quick == 1 ]] && echo 2000 || echo 10000)}
@@ -79,7 +106,9 @@ n_bw8=${N_BW8:-$([[ $quick == 1 ]] && echo 20000 || echo 200000)}
 n_big=${N_BIG:-1000}
 for r in $(seq "$rounds"); do
     echo "round $r/$rounds" >&2
-    for t in ib_write_lat ib_send_lat ib_read_lat; do
+    lats="ib_write_lat ib_send_lat ib_read_lat"
+    [[ $hosts == 0 ]] || lats=ib_write_lat
+    for t in $lats; do
         line=$(perftest "$t" 8 "$n_lat")
         echo "ff,ff0,$t,8,$(awk '{print $5}' <<<"$line"),us" >>"$csv"
     done
@@ -90,14 +119,24 @@ for r in $(seq "$rounds"); do
         line=$(perftest ib_write_bw "$s" "$n")
         echo "ff,ff0,ib_write_bw,$s,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
     done
-    line=$(perftest ib_read_bw 1048576 "$n_big")
-    echo "ff,ff0,ib_read_bw,1048576,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
-    [[ ${VERBS_BENCH_UCX:-1} == 0 ]] ||
-        UCX_BASELINE_NO_CPU=1 UCX_BASELINE_TESTS="lat bw8 bw64k bw1m bw4m" "$here/ucx_baselines.sh" "$work/ucx.csv" >&2
+    if [[ $hosts == 0 ]]; then
+        line=$(perftest ib_read_bw 1048576 "$n_big")
+        echo "ff,ff0,ib_read_bw,1048576,$(awk '{printf "%.1f", $4 * 1.048576}' <<<"$line"),MB/s" >>"$csv"
+    fi
+    if [[ ${VERBS_BENCH_UCX:-1} == 0 ]]; then
+        :
+    elif [[ $hosts == 1 ]]; then
+        UCX_BASELINE_NO_CPU=1 UCX_BASELINE_TESTS="lat bw8 bw64k bw1m bw4m" UCX_BASELINE_TLS="tcp,self" \
+            UCX_BASELINE_BRIDGE=ffbr UCX_BASELINE_SERVER_NETNS="$ns0" UCX_BASELINE_CLIENT_NETNS="$ns1" \
+            UCX_BASELINE_SERVER_IP=10.71.0.251/24 UCX_BASELINE_CLIENT_IP=10.72.0.252/24 \
+            "$here/ucx_baselines.sh" "$vb/ucx.csv" >&2
+    else
+        UCX_BASELINE_NO_CPU=1 UCX_BASELINE_TESTS="lat bw8 bw64k bw1m bw4m" "$here/ucx_baselines.sh" "$vb/ucx.csv" >&2
+    fi
 done
-[[ ! -e $work/ucx.csv ]] || grep '^ucx,' "$work/ucx.csv" | grep -v cpu_per_gb >>"$csv" || true
+[[ ! -e $vb/ucx.csv ]] || grep '^ucx,' "$vb/ucx.csv" | grep -v cpu_per_gb >>"$csv" || true
 
-python3 - "$csv" "$out/README.md" "$rounds" <<'PY'
+python3 - "$csv" "$out/README.md" "$rounds" "$hosts" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 med = {}
@@ -120,7 +159,10 @@ for label, ft, fs, ut, us, more_is_better in spec:
 extra = [("ib_send_lat 8 B (us)", "ib_send_lat", 8), ("ib_read_lat 8 B (us)", "ib_read_lat", 8), ("ib_read_bw 1 MiB (MB/s)", "ib_read_bw", 1048576)]
 lines.append("")
 lines += [f"- {l}: {fmt(get('ff0', t, s))}" for l, t, s in extra]
-text = f"# perftest over ff0 vs UCX ({sys.argv[3]} round(s), medians)\n\nff0: Debian's perftest between two containers through one router. UCX: ucx_perftest tag_lat/tag_bw (posix,cma,self between host processes; tcp,self between two containers). Latency: perftest's t_typical (half a round trip), UCX's p50 one-way.\n\n" + "\n".join(lines) + "\n"
+where = ("between two containers on two emulated hosts, through a router each (links sealed); UCX: ucx_perftest tag_lat/tag_bw, tcp,self between containers on the same two hosts"
+         if sys.argv[4] == "1" else
+         "between two containers through one router. UCX: ucx_perftest tag_lat/tag_bw (posix,cma,self between host processes; tcp,self between two containers)")
+text = f"# perftest over ff0 vs UCX ({sys.argv[3]} round(s), medians)\n\nff0: Debian's perftest {where}. Latency: perftest's t_typical (half a round trip), UCX's p50 one-way.\n\n" + "\n".join(lines) + "\n"
 open(sys.argv[2], "w").write(text)
 print(text)
 PY

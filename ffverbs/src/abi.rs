@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Once, OnceLock};
 
 use crate::dev::{Channel, Cq, Device, Mr};
-use crate::qp::{Op, Qp, RecvWr, SendWr, Sge, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
+use crate::qp::{InlineData, Op, Qp, RecvWr, SendWr, Sge, Sges, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
 use crate::sys::*;
 
 const DEV_NAME: &str = "ff0";
@@ -587,7 +587,11 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
             return got as c_int;
         }
         dev.progress();
-        b.cq.pop(out) as c_int
+        let got = b.cq.pop(out);
+        if got == 0 {
+            b.cq.idle_poll();
+        }
+        got as c_int
     })
 }
 
@@ -782,9 +786,9 @@ pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_att
     })
 }
 
-unsafe fn sges(list: *mut ibv_sge, n: c_int) -> Vec<Sge> {
+unsafe fn sges(list: *mut ibv_sge, n: c_int) -> Sges {
     if list.is_null() || n <= 0 {
-        return Vec::new();
+        return Sges::new();
     }
     std::slice::from_raw_parts(list, n as usize).iter().map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
 }
@@ -830,7 +834,7 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
                 break;
             }
             let inline = inline_flag.then(|| {
-                let mut b = Vec::with_capacity(len as usize);
+                let mut b = InlineData::with_capacity(len as usize);
                 for s in &list {
                     b.extend_from_slice(std::slice::from_raw_parts(s.addr as *const u8, s.len as usize));
                 }
@@ -851,7 +855,7 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
         if err != 0 && !bad.is_null() {
             *bad = wr;
         }
-        q.progress(dev);
+        q.progress_send(dev);
         err
     })
 }
@@ -879,7 +883,9 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
         if err != 0 && !bad.is_null() {
             *bad = wr;
         }
-        q.progress(dev);
+        if q.wants_progress_on_recv() {
+            q.progress(dev);
+        }
         err
     })
 }

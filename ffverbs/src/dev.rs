@@ -4,11 +4,12 @@
 //! application does not call in (one-sided operations need no help from
 //! the target application, as on a NIC).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
 
 use ffcore::{Handle, ShadowMr};
 
@@ -62,7 +63,14 @@ pub struct Cq {
     pub ibv: AtomicU64,
     pub events_got: AtomicU32,
     pub events_acked: AtomicU32,
+    /// `ibv_poll_cq` calls in a row that found nothing after a progress
+    /// pass (see [`Cq::idle_poll`]).
+    idle_polls: AtomicU32,
 }
+
+/// An application that polls an empty completion queue this many times
+/// in a row gives up its time slice once (`sched_yield`).
+const YIELD_EVERY: u32 = 64;
 
 impl Cq {
     pub fn new(chan: Option<Arc<Channel>>) -> Cq {
@@ -73,6 +81,7 @@ impl Cq {
             ibv: AtomicU64::new(0),
             events_got: AtomicU32::new(0),
             events_acked: AtomicU32::new(0),
+            idle_polls: AtomicU32::new(0),
         }
     }
 
@@ -91,7 +100,22 @@ impl Cq {
         for (i, wc) in q.drain(..n).enumerate() {
             out[i] = wc;
         }
+        if n > 0 {
+            self.idle_polls.store(0, Ordering::Relaxed);
+        }
         n
+    }
+
+    /// An `ibv_poll_cq` that found nothing even after a progress pass.
+    /// Applications spin on `ibv_poll_cq` (perftest, UCX, NCCL): on a host
+    /// with few cores the peer they wait for may need this very core, so
+    /// every [`YIELD_EVERY`]th empty poll in a row yields it (a system call
+    /// that returns at once when nothing else wants the core).
+    pub fn idle_poll(&self) {
+        let n = self.idle_polls.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_multiple_of(YIELD_EVERY) {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -105,19 +129,17 @@ pub struct Device {
     pub own: Handle,
     pub gid: [u8; 16],
     pub engine: Mutex<Engine>,
-    pub mrs: RwLock<HashMap<u32, Arc<Mr>>>,
+    /// Our own keys (we choose them: a fast hash is safe here).
+    pub mrs: RwLock<FxHashMap<u32, Arc<Mr>>>,
     next_key: AtomicU32,
-    epoch: Instant,
-    /// When the application last drove progress itself (ns since epoch).
-    last_app: AtomicU64,
+    /// Verb calls of the application that drive progress (a count, not a
+    /// clock: one relaxed add per call).
+    app_calls: AtomicU64,
     pub stop: AtomicBool,
     /// Wakes the service thread (close, a new connection to sleep on).
     pub kick: OwnedFd,
 }
 
-/// The application polled within this: the service thread naps instead
-/// of sleeping on the connections (no futex wake-ups for the peers).
-const APP_RECENT: Duration = Duration::from_micros(200);
 
 impl Device {
     pub fn open() -> ffcore::Result<Arc<Device>> {
@@ -144,10 +166,9 @@ impl Device {
             own,
             gid,
             engine: Mutex::new(Engine::new(listener)),
-            mrs: RwLock::new(HashMap::new()),
+            mrs: RwLock::new(FxHashMap::default()),
             next_key: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
-            epoch: Instant::now(),
-            last_app: AtomicU64::new(0),
+            app_calls: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             // SAFETY: a fresh descriptor nobody else owns.
             kick: unsafe { OwnedFd::from_raw_fd(kick) },
@@ -168,17 +189,16 @@ impl Device {
         self.kick();
     }
 
-    pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
     /// The application calls in: it drives progress itself for a while.
     pub fn app_active(&self) {
-        self.last_app.store(self.now_ns(), Ordering::Relaxed);
+        self.app_calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn app_recent(&self) -> bool {
-        self.now_ns().saturating_sub(self.last_app.load(Ordering::Relaxed)) < APP_RECENT.as_nanos() as u64
+    /// How many times the application called in so far: the service
+    /// thread naps instead of sleeping on the connections while this moves
+    /// (no futex wake-ups for the peers).
+    pub fn app_calls(&self) -> u64 {
+        self.app_calls.load(Ordering::Relaxed)
     }
 
     /// Moves everything that can move, unless another thread is at it.
@@ -199,15 +219,23 @@ impl Device {
         self.mrs.read().unwrap().get(&key).cloned()
     }
 
+    /// `f` on the registration `key` under the read lock (no reference
+    /// count traffic on the data path).
+    fn with_mr<T>(&self, key: u32, f: impl FnOnce(&Mr) -> T) -> Option<T> {
+        self.mrs.read().unwrap().get(&key).map(|m| f(m))
+    }
+
     /// Checks a local scatter/gather element: the key names a registration
     /// of `pd` that holds the range (and allows local writes if `write`).
     pub fn check_local(&self, pd: usize, lkey: u32, addr: u64, len: u64, write: bool) -> Result<(), Status> {
         if len == 0 {
             return Ok(());
         }
-        let Some(m) = self.mr(lkey) else { return Err(IBV_WC_LOC_PROT_ERR) };
-        let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
-        if m.pd != pd || !inside || (write && m.access & IBV_ACCESS_LOCAL_WRITE == 0) {
+        let ok = self.with_mr(lkey, |m| {
+            let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
+            m.pd == pd && inside && (!write || m.access & IBV_ACCESS_LOCAL_WRITE != 0)
+        });
+        if ok != Some(true) {
             return Err(IBV_WC_LOC_PROT_ERR);
         }
         Ok(())
@@ -222,9 +250,11 @@ impl Device {
         if len == 0 {
             return Ok(addr as *mut u8);
         }
-        let Some(m) = self.mr(rkey) else { return Err(IBV_WC_REM_ACCESS_ERR) };
-        let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
-        if m.pd != pd || !inside || m.access & need == 0 {
+        let ok = self.with_mr(rkey, |m| {
+            let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
+            m.pd == pd && inside && m.access & need != 0
+        });
+        if ok != Some(true) {
             return Err(IBV_WC_REM_ACCESS_ERR);
         }
         Ok(addr as *mut u8)

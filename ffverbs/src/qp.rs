@@ -15,6 +15,8 @@
 //! flight with `IBV_WC_RETRY_EXC_ERR` as soon as its router says so.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,11 @@ pub struct Sge {
     pub len: u32,
     pub lkey: u32,
 }
+
+/// A scatter/gather list: one or two elements need no allocation.
+pub type Sges = smallvec::SmallVec<[Sge; 2]>;
+/// An inline send's bytes, copied when posted.
+pub type InlineData = smallvec::SmallVec<[u8; 64]>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -73,9 +80,9 @@ pub struct SendWr {
     pub wr_id: u64,
     pub op: Op,
     pub signaled: bool,
-    pub sges: Vec<Sge>,
+    pub sges: Sges,
     /// `IBV_SEND_INLINE`: the bytes, copied when posted.
-    pub inline: Option<Vec<u8>>,
+    pub inline: Option<InlineData>,
     pub imm: Option<u32>,
     pub raddr: u64,
     pub rkey: u32,
@@ -84,7 +91,7 @@ pub struct SendWr {
 
 pub struct RecvWr {
     pub wr_id: u64,
-    pub sges: Vec<Sge>,
+    pub sges: Sges,
 }
 
 struct Inflight {
@@ -99,7 +106,7 @@ struct Inflight {
     data: Option<Req>,
     _bounce: Option<Vec<u8>>,
     /// Where a READ's bytes go.
-    dst: Vec<Sge>,
+    dst: Sges,
 }
 
 enum Link {
@@ -111,9 +118,9 @@ enum Link {
 
 /// What a DATA message that is being received completes.
 enum After {
-    Recv { wr_id: u64, seq: u64, imm: Option<u32>, bounce: Option<(Vec<u8>, Vec<Sge>)> },
+    Recv { wr_id: u64, seq: u64, imm: Option<u32>, bounce: Option<(Vec<u8>, Sges)> },
     Write { seq: u64, imm: Option<u32>, len: u64 },
-    ReadResp { seq: u64, bounce: Option<(Vec<u8>, Vec<Sge>)> },
+    ReadResp { seq: u64, bounce: Option<(Vec<u8>, Sges)> },
     Discard,
     /// A request received into our own buffer, to be served in its turn.
     Hold { tag: u32, hdr: Hdr },
@@ -415,6 +422,25 @@ impl Qp {
 
     /// Moves what can move; true if anything did.
     pub fn progress(&mut self, dev: &Device) -> bool {
+        self.progress_with(dev, true)
+    }
+
+    /// What `ibv_post_send` does after queueing: puts the new requests in
+    /// the ring, and leaves the answers for the next poll (the next
+    /// `ibv_poll_cq` on an empty queue, or the service thread), so that a
+    /// stream of sends pays for reading the ring once per batch.
+    pub fn progress_send(&mut self, dev: &Device) -> bool {
+        self.progress_with(dev, false)
+    }
+
+    /// Does `ibv_post_recv` need a progress pass: requests wait for a
+    /// receive (see [`Held`]), or the connection is not up yet. Otherwise
+    /// the new receive is used by the next pass that reads the ring.
+    pub fn wants_progress_on_recv(&self) -> bool {
+        !self.held.is_empty() || !matches!(self.link, Link::Up(_))
+    }
+
+    fn progress_with(&mut self, dev: &Device, full: bool) -> bool {
         if self.state == IBV_QPS_ERR || self.state == IBV_QPS_RESET || self.state == IBV_QPS_INIT {
             return false;
         }
@@ -470,7 +496,7 @@ impl Qp {
                 false
             }
             Link::Up(mut c) => {
-                let r = self.run(dev, &mut c);
+                let r = if full { self.run(dev, &mut c) } else { self.run_tx(&mut c) };
                 if self.state != IBV_QPS_ERR {
                     self.link = Link::Up(c);
                 }
@@ -504,6 +530,14 @@ impl Qp {
         }
         did |= self.complete(dev, c)?;
         Ok(did)
+    }
+
+    fn run_tx(&mut self, c: &mut Conn) -> Result<bool, String> {
+        if self.state != IBV_QPS_RTS {
+            return Ok(false);
+        }
+        c.progress();
+        self.tx(c)
     }
 
     fn tx(&mut self, c: &mut Conn) -> Result<bool, String> {
@@ -574,7 +608,7 @@ impl Qp {
                 // Inflight) stays until the request completes.
                 data = Some(unsafe { c.isend(ptr, wr.len as usize, wire::DATA) }.map_err(|e| e.to_string())?);
             }
-            let dst = if wr.op.fetches() { wr.sges.clone() } else { Vec::new() };
+            let dst = if wr.op.fetches() { wr.sges.clone() } else { Sges::new() };
             self.inflight.push_back(Inflight {
                 seq: self.next_seq,
                 wr_id: wr.wr_id,
@@ -1150,15 +1184,15 @@ struct Pending {
 /// Everything of a device context that moves: its listener and queue pairs.
 pub struct Engine {
     pub listener: Listener,
-    pub qps: HashMap<u32, Qp>,
+    /// Our own queue pair numbers (a fast hash is safe here).
+    pub qps: FxHashMap<u32, Qp>,
     pending: Vec<Pending>,
     next_qpn: u32,
-    last_alive: Instant,
 }
 
 impl Engine {
     pub fn new(listener: Listener) -> Engine {
-        Engine { listener, qps: HashMap::new(), pending: Vec::new(), next_qpn: 0x100 + (rand::random::<u32>() & 0xfff), last_alive: Instant::now() }
+        Engine { listener, qps: FxHashMap::default(), pending: Vec::new(), next_qpn: 0x100 + (rand::random::<u32>() & 0xfff) }
     }
 
     pub fn new_qpn(&mut self) -> u32 {
@@ -1225,13 +1259,15 @@ impl Engine {
         for qp in self.qps.values_mut() {
             did |= qp.progress(dev);
         }
-        if self.last_alive.elapsed() > Duration::from_millis(500) {
-            self.last_alive = Instant::now();
-            for qp in self.qps.values_mut() {
-                qp.check_alive(dev);
-            }
-        }
         did
+    }
+
+    /// Checks that every queue pair's peer still lives (a system call
+    /// each); the service thread does it every [`ALIVE_EVERY`].
+    pub fn check_alive(&mut self, dev: &Device) {
+        for qp in self.qps.values_mut() {
+            qp.check_alive(dev);
+        }
     }
 
     /// Announces a sleep on every connection; None if there is work now.
@@ -1254,6 +1290,12 @@ impl Engine {
     }
 }
 
+/// How often the service thread checks that the peers still live (a
+/// dead peer's work fails within about this, plus the sleep below).
+const ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// The service thread's nap while the application calls in itself.
+const APP_NAP: Duration = Duration::from_micros(200);
+
 /// The device's service thread: progress while the application is not
 /// driving it, asleep (no polling) while nothing happens.
 pub fn service(dev: Arc<Device>) {
@@ -1265,13 +1307,25 @@ pub fn service(dev: Arc<Device>) {
         }
     };
     use std::os::fd::AsRawFd;
+    let mut calls_seen = dev.app_calls();
+    let mut last_alive = Instant::now();
     while !dev.stop.load(std::sync::atomic::Ordering::Acquire) {
+        if last_alive.elapsed() > ALIVE_EVERY {
+            if let Ok(mut e) = dev.engine.try_lock() {
+                e.check_alive(&dev);
+                last_alive = Instant::now();
+            }
+        }
         if dev.progress() {
             std::thread::yield_now();
             continue;
         }
-        if dev.app_recent() {
-            std::thread::sleep(Duration::from_micros(200));
+        // The application called in since we last looked: it drives
+        // progress itself; nap instead of sleeping on the connections.
+        let calls = dev.app_calls();
+        if calls != calls_seen {
+            calls_seen = calls;
+            std::thread::sleep(APP_NAP);
             continue;
         }
         let words = match dev.engine.lock() {

@@ -94,10 +94,28 @@ fn finish(mut c: std::process::Child, timeout: Duration) -> (bool, String, Strin
 fn check_ffvcheck(r: &[(bool, String, String); 2]) {
     let [(sok, sout, serr), (cok, cout, cerr)] = r;
     assert!(*sok && *cok, "ffvcheck failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
-    for want in ["OK completion channel event", "OK send 262147 bytes", "OK send 100000 bytes", "OK write 1048589 bytes", "OK write with immediate"] {
+    for want in [
+        "OK completion channel event",
+        "OK send 262147 bytes",
+        "OK send 100000 bytes",
+        "OK late receives: 32 messages in order",
+        "OK stream: 100000 messages in order, bytes checked",
+        "OK write 1048589 bytes",
+        "OK write with immediate",
+    ] {
         assert!(sout.contains(want), "server did not say {want:?}: {sout}");
     }
-    for want in ["OK read 2097159 bytes", "OK read-only read", "OK atomics", "OK remote access error, flush", "OK out of range", "OK dead peer", "OK done"] {
+    for want in [
+        "OK no send completion before the receive, then 8 of 8",
+        "OK stream: 100000 sends, every 16th signalled, completions in order",
+        "OK read 2097159 bytes",
+        "OK read-only read",
+        "OK atomics",
+        "OK remote access error, flush",
+        "OK out of range",
+        "OK dead peer",
+        "OK done",
+    ] {
         assert!(cout.contains(want), "client did not say {want:?}: {cout}");
     }
 }

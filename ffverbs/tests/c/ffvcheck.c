@@ -16,13 +16,14 @@
 #include <sys/socket.h>
 
 #define BUF (4u << 20)
-#define NQP 3
+/* QPs 0-2 share scq/rcq; QP 3 (the message stream) has CQs of its own. */
+#define NQP 4
 #define DIE(...) do { fprintf(stderr, "ffvcheck %s: ", role); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(1); } while (0)
 
 static const char *role;
 static struct ibv_context *ctx;
 static struct ibv_pd *pd;
-static struct ibv_cq *scq, *rcq;
+static struct ibv_cq *scq, *rcq, *scq3, *rcq3;
 static struct ibv_comp_channel *chan;
 static struct ibv_qp *qp[NQP];
 static unsigned char *buf, *ro;
@@ -104,7 +105,7 @@ static void exchange(int server, const char *host, const char *port) {
     if (write(fd, l, n) != n) DIE("write address");
     FILE *f = fdopen(fd, "r");
     if (!f || !fgets(l, sizeof l, f)) DIE("no peer address");
-    if (sscanf(l, "ADDR %32s %x %x %x %x %" SCNx64 " %x %" SCNx64, g, &them.qpn[0], &them.qpn[1], &them.qpn[2], &them.rkey, &them.addr, &them.rokey, &them.roaddr) != 8)
+    if (sscanf(l, "ADDR %32s %x %x %x %x %x %" SCNx64 " %x %" SCNx64, g, &them.qpn[0], &them.qpn[1], &them.qpn[2], &them.qpn[3], &them.rkey, &them.addr, &them.rokey, &them.roaddr) != 9)
         DIE("bad peer address line: %s", l);
     for (int i = 0; i < 16; i++) sscanf(g + 2 * i, "%2hhx", &them.gid.raw[i]);
     fclose(f);
@@ -149,6 +150,129 @@ static void sync_step(uint32_t step) {
     if (wc.byte_len != 4 || memcmp(r, &step, 4)) DIE("sync %u: wrong bytes", step);
 }
 
+/* The bytes of stream message `seq`: its length, and byte i. */
+static uint32_t msg_len(uint32_t seq) { return 8 + seq % 25; }
+static unsigned char msg_byte(uint32_t seq, uint32_t i) { return i < 4 ? (unsigned char)(seq >> (8 * i)) : pat(seq, i); }
+
+/* Polls `cq` for `n` completions, which must be wr_id first, first+step,
+ * ... (in order) and successful; returns them in `wcs` (NULL: dropped). */
+static void wait_in_order(struct ibv_cq *cq, int n, uint64_t first, uint64_t step, struct ibv_wc *wcs, const char *what) {
+    struct ibv_wc wc[32];
+    double end = now() + 60;
+    for (int got = 0; got < n;) {
+        int k = ibv_poll_cq(cq, n - got < 32 ? n - got : 32, wc);
+        if (k < 0) DIE("ibv_poll_cq");
+        for (int j = 0; j < k; j++, got++) {
+            expect(wc[j], IBV_WC_SUCCESS, first + step * got, what);
+            if (wcs) wcs[got] = wc[j];
+        }
+        if (k == 0 && now() > end) DIE("%s: %d of %d completions within 60 s", what, got, n);
+    }
+}
+
+/* Checks receive completion `wc` of stream message `seq` in `slot`. */
+static void check_msg(struct ibv_wc *wc, uint32_t seq, const unsigned char *slot) {
+    uint32_t len = msg_len(seq);
+    if (wc->byte_len != len) DIE("stream message %u: %u bytes, expected %u", seq, wc->byte_len, len);
+    for (uint32_t i = 0; i < len; i++)
+        if (slot[i] != msg_byte(seq, i)) DIE("stream message %u: byte %u is %u, expected %u (out of order or corrupt)", seq, i, slot[i], msg_byte(seq, i));
+    int imm = seq % 7 == 0;
+    if (imm != !!(wc->wc_flags & IBV_WC_WITH_IMM) || (imm && ntohl(wc->imm_data) != seq)) DIE("stream message %u: immediate wrong", seq);
+}
+
+/* Small SENDs on QP 3, the way perftest's ib_send_bw streams them.
+ * Late receives: the client posts 32 SENDs while the server has no
+ * receive posted; none may complete (a SEND completes only once the
+ * receiver took it) until the server posts its receives, and then every
+ * message arrives, in order, with its bytes. The stream: STREAM_N SENDs
+ * of 8-32 bytes (some inline, some in two elements, every 7th with
+ * immediate), up to 128 outstanding, every 16th signalled; the server
+ * keeps 128 receives posted and checks each message's number, length
+ * and bytes in order; the client checks it gets exactly the signalled
+ * completions, in order. */
+#define STREAM_N 100000
+#define SLOTS 256
+static void stream(int server) {
+    unsigned char *slots = buf + (3 << 20) + (512 << 10);
+    sync_step(11);
+    if (!server) {
+        for (uint32_t seq = 0; seq < 32; seq++) {
+            unsigned char *p = slots + 64 * seq;
+            for (uint32_t i = 0; i < msg_len(seq); i++) p[i] = msg_byte(seq, i);
+            struct ibv_sge s = { (uintptr_t)p, msg_len(seq), mr->lkey };
+            struct ibv_send_wr wr = { .wr_id = seq, .sg_list = &s, .num_sge = 1, .opcode = seq % 7 ? IBV_WR_SEND : IBV_WR_SEND_WITH_IMM,
+                                      .send_flags = (seq % 4 == 3 ? IBV_SEND_SIGNALED : 0) | (seq % 2 ? IBV_SEND_INLINE : 0) }, *bad;
+            wr.imm_data = htonl(seq);
+            if (ibv_post_send(qp[3], &wr, &bad)) DIE("post_send (late receives)");
+        }
+        struct ibv_wc wc;
+        double end = now() + 0.3;
+        while (now() < end) {
+            int k = ibv_poll_cq(scq3, 1, &wc);
+            if (k != 0) DIE("a SEND completed (%d, '%s') while the receiver had no receive posted", (int)wc.wr_id, k > 0 ? ibv_wc_status_str(wc.status) : "poll failed");
+        }
+        sync_step(12);
+        wait_in_order(scq3, 8, 3, 4, NULL, "late-receive send");
+        printf("OK no send completion before the receive, then 8 of 8\n");
+    } else {
+        sync_step(12);
+        /* One receive at a time: each frees the next held message. */
+        for (uint32_t seq = 0; seq < 32; seq++) {
+            post_recv(3, seq, slots + 64 * seq, 64);
+        }
+        struct ibv_wc wcs[32];
+        wait_in_order(rcq3, 32, 0, 1, wcs, "late receive");
+        for (uint32_t seq = 0; seq < 32; seq++) check_msg(&wcs[seq], seq, slots + 64 * seq);
+        printf("OK late receives: 32 messages in order\n");
+    }
+    sync_step(13);
+    if (!server) {
+        uint32_t posted = 0, done = 0;
+        while (done < STREAM_N) {
+            while (posted < STREAM_N && posted - done < 128) {
+                uint32_t seq = posted, len = msg_len(seq);
+                unsigned char *p = slots + 64 * (seq % SLOTS);
+                for (uint32_t i = 0; i < len; i++) p[i] = msg_byte(seq, i);
+                struct ibv_sge s[2] = { { (uintptr_t)p, 5, mr->lkey }, { (uintptr_t)(p + 5), len - 5, mr->lkey } };
+                int two = seq % 5 == 1, last = seq == STREAM_N - 1;
+                if (!two) s[0].length = len;
+                struct ibv_send_wr wr = { .wr_id = seq, .sg_list = s, .num_sge = two ? 2 : 1, .opcode = seq % 7 ? IBV_WR_SEND : IBV_WR_SEND_WITH_IMM,
+                                          .send_flags = (seq % 16 == 15 || last ? IBV_SEND_SIGNALED : 0) | (seq % 3 == 0 ? IBV_SEND_INLINE : 0) }, *bad;
+                wr.imm_data = htonl(seq);
+                int rc = ibv_post_send(qp[3], &wr, &bad);
+                if (rc) DIE("post_send (stream): %s", strerror(rc));
+                posted++;
+            }
+            struct ibv_wc wc[16];
+            int k = ibv_poll_cq(scq3, 16, wc);
+            if (k < 0) DIE("ibv_poll_cq");
+            for (int j = 0; j < k; j++) {
+                /* done is a multiple of 16: the next signalled one. */
+                uint32_t want = (done | 15) < STREAM_N - 1 ? (done | 15) : STREAM_N - 1;
+                expect(wc[j], IBV_WC_SUCCESS, want, "stream send");
+                done = want + 1;
+            }
+        }
+        printf("OK stream: %u sends, every 16th signalled, completions in order\n", STREAM_N);
+    } else {
+        uint32_t got = 0, posted = 0;
+        while (posted < 128) { post_recv(3, posted, slots + 64 * (posted % SLOTS), 64); posted++; }
+        struct ibv_wc wc[16];
+        double end = now() + 120;
+        while (got < STREAM_N) {
+            int k = ibv_poll_cq(rcq3, 16, wc);
+            if (k < 0) DIE("ibv_poll_cq");
+            if (k == 0 && now() > end) DIE("stream: %u of %u messages", got, STREAM_N);
+            for (int j = 0; j < k; j++, got++) {
+                expect(wc[j], IBV_WC_SUCCESS, got, "stream receive");
+                check_msg(&wc[j], got, slots + 64 * (got % SLOTS));
+                if (posted < STREAM_N) { post_recv(3, posted, slots + 64 * (posted % SLOTS), 64); posted++; }
+            }
+        }
+        printf("OK stream: %u messages in order, bytes checked\n", STREAM_N);
+    }
+}
+
 int main(int argc, char **argv) {
     role = argc > 1 ? argv[1] : "?";
     int server = !strcmp(role, "server");
@@ -172,9 +296,12 @@ int main(int argc, char **argv) {
     scq = ibv_create_cq(ctx, 256, NULL, NULL, 0);
     rcq = ibv_create_cq(ctx, 256, NULL, chan, 0);
     if (!mr || !romr || !chan || !scq || !rcq) DIE("mr/cq");
+    scq3 = ibv_create_cq(ctx, 1024, NULL, NULL, 0);
+    rcq3 = ibv_create_cq(ctx, 1024, NULL, NULL, 0);
+    if (!scq3 || !rcq3) DIE("cq");
     for (int i = 0; i < NQP; i++) {
-        struct ibv_qp_init_attr ia = { .send_cq = scq, .recv_cq = rcq, .qp_type = IBV_QPT_RC,
-                                       .cap = { .max_send_wr = 64, .max_recv_wr = 64, .max_send_sge = 4, .max_recv_sge = 4, .max_inline_data = 64 } };
+        struct ibv_qp_init_attr ia = { .send_cq = i == 3 ? scq3 : scq, .recv_cq = i == 3 ? rcq3 : rcq, .qp_type = IBV_QPT_RC,
+                                       .cap = { .max_send_wr = i == 3 ? 256 : 64, .max_recv_wr = i == 3 ? 256 : 64, .max_send_sge = 4, .max_recv_sge = 4, .max_inline_data = 64 } };
         qp[i] = ibv_create_qp(pd, &ia);
         if (!qp[i]) DIE("ibv_create_qp");
         me.qpn[i] = qp[i]->qp_num;
@@ -254,6 +381,7 @@ int main(int argc, char **argv) {
             expect(wait_wc(scq, 20), IBV_WC_SUCCESS, 20 + i, "send");
         }
     }
+    stream(server);
     sync_step(10);
 
     /* WRITE: the client writes 1 MiB + 13 (twice: the first by message,
@@ -365,7 +493,7 @@ int main(int argc, char **argv) {
         _exit(0);
     }
     for (int i = 0; i < NQP; i++) if (ibv_destroy_qp(qp[i])) DIE("ibv_destroy_qp");
-    if (ibv_destroy_cq(scq) || ibv_destroy_cq(rcq) || ibv_destroy_comp_channel(chan)) DIE("destroy cq");
+    if (ibv_destroy_cq(scq) || ibv_destroy_cq(rcq) || ibv_destroy_cq(scq3) || ibv_destroy_cq(rcq3) || ibv_destroy_comp_channel(chan)) DIE("destroy cq");
     if (ibv_dereg_mr(mr) || ibv_dereg_mr(romr) || ibv_dealloc_pd(pd) || ibv_close_device(ctx)) DIE("teardown");
     ibv_free_device_list(list);
     printf("OK done\n");
