@@ -82,7 +82,10 @@ const GATHER_FRAMES: usize = 256;
 /// connection used to look every 20 ms: at 256 idle connections a worker
 /// pool looking that often cost both routers 5.7 % of a core
 /// (bench/results/scale-after-2026-12-02).
-const NAP: Duration = Duration::from_millis(200);
+fn nap() -> Duration {
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_millis(knob(&K, "FF_ROUTER_NAP_MS", 200).max(1))
+}
 
 /// Router-to-router settings (the `--listen-addr` family of flags).
 #[derive(Clone)]

@@ -20,7 +20,7 @@
 //!   its own bell (new connections) at once with `futex_waitv`
 //!   ([`ffcore::futex::wait_any_timeout`]). A word woken or changed since it
 //!   was read ends the wait, so no event between the last check and the
-//!   sleep is lost. After [`super::NAP`] without any, it looks at each
+//!   sleep is lost. After [`super::nap`] (200 ms) without any, it looks at each
 //!   sleeping connection once (`Pump::ready`) as a safety net.
 //!
 //! Sends: a connection alone awake on its worker sends as its pump thread
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use ffcore::futex::{self, Woken, WAITV_MAX};
 
-use super::{spin, Mode, Pump, Step, Stop, NAP};
+use super::{nap, spin, Mode, Pump, Step, Stop};
 
 /// Most connections one worker serves: one `futex_waitv` call covers their
 /// wake words and the worker's bell.
@@ -270,7 +270,7 @@ fn run(w: &Arc<Worker>) {
             }
         }
         words.push((&w.bell as *const AtomicU32, bell_seen));
-        let timeout = if slots.is_empty() { Duration::from_secs(1) } else { NAP };
+        let timeout = if slots.is_empty() { Duration::from_secs(1) } else { nap() };
         let woken = if degraded {
             std::thread::sleep(Duration::from_millis(1));
             Woken::Interrupted
