@@ -55,6 +55,8 @@ pub enum Woken {
     Changed,
     /// A signal (or a spurious return): check and call again.
     Interrupted,
+    /// The timeout of [`wait_any_timeout`] passed.
+    TimedOut,
 }
 
 /// Sleeps until any of `words` (address, expected value; at most
@@ -64,12 +66,40 @@ pub enum Woken {
 /// # Safety
 /// Every address must point to a u32 that stays mapped for the call.
 pub unsafe fn wait_any(words: &[(*const AtomicU32, u32)]) -> std::io::Result<Woken> {
+    // SAFETY: as the caller promised.
+    unsafe { waitv(words, None) }
+}
+
+/// [`wait_any`], for at most `timeout` ([`Woken::TimedOut`] then).
+///
+/// # Safety
+/// As for [`wait_any`].
+pub unsafe fn wait_any_timeout(words: &[(*const AtomicU32, u32)], timeout: Duration) -> std::io::Result<Woken> {
+    // futex_waitv takes an absolute time on the clock it is given.
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let ns = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
+    let until = libc::timespec {
+        tv_sec: now.tv_sec.saturating_add(timeout.as_secs().min(i32::MAX as u64) as libc::time_t + (ns / 1_000_000_000) as libc::time_t),
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: as the caller promised.
+    unsafe { waitv(words, Some(&until)) }
+}
+
+/// futex_waitv on `words` until `until` (CLOCK_MONOTONIC) or for ever.
+///
+/// # Safety
+/// Every address must point to a u32 that stays mapped for the call.
+unsafe fn waitv(words: &[(*const AtomicU32, u32)], until: Option<&libc::timespec>) -> std::io::Result<Woken> {
     assert!(!words.is_empty() && words.len() <= WAITV_MAX);
     let v: Vec<FutexWaitv> =
         words.iter().map(|&(p, val)| FutexWaitv { val: val as u64, uaddr: p as u64, flags: FUTEX2_SIZE_U32, reserved: 0 }).collect();
+    let ts = until.map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: v is a valid array of futex_waitv; the caller keeps the words
-    // mapped; a NULL timeout means no timeout.
-    let rc = libc::syscall(SYS_FUTEX_WAITV, v.as_ptr(), v.len() as libc::c_uint, 0 as libc::c_uint, std::ptr::null::<libc::timespec>(), 0 as libc::c_int);
+    // mapped; `ts` is NULL (no timeout) or a timespec that outlives the call.
+    let rc = unsafe { libc::syscall(SYS_FUTEX_WAITV, v.as_ptr(), v.len() as libc::c_uint, 0 as libc::c_uint, ts, libc::CLOCK_MONOTONIC) };
     if rc >= 0 {
         return Ok(Woken::Word(rc as usize));
     }
@@ -77,6 +107,7 @@ pub unsafe fn wait_any(words: &[(*const AtomicU32, u32)]) -> std::io::Result<Wok
     match e.raw_os_error() {
         Some(libc::EAGAIN) => Ok(Woken::Changed),
         Some(libc::EINTR) => Ok(Woken::Interrupted),
+        Some(libc::ETIMEDOUT) => Ok(Woken::TimedOut),
         _ => Err(e),
     }
 }

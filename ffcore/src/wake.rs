@@ -301,7 +301,7 @@ fn helper(inner: Arc<Inner>, i: usize) {
         };
         match woken {
             Woken::Word(k) if k == list.len() - 1 => continue,
-            Woken::Interrupted => continue,
+            Woken::Interrupted | Woken::TimedOut => continue,
             Woken::Word(_) | Woken::Changed => {}
         }
         let mut st = inner.st.lock().unwrap_or_else(|p| p.into_inner());

@@ -47,8 +47,8 @@ struct ServeArgs {
     /// Listeners, connections and regions one client may hold.
     #[arg(long, default_value_t = 65536)]
     max_client_objects: usize,
-    /// Threads the router may run for tenants (one per attached client and
-    /// one per connection to another host), all tenants together; each of
+    /// Threads the router may run for tenants (one per attached client),
+    /// all tenants together; each of
     /// N tenants may use 1/N of them.
     #[arg(long, default_value_t = 4096)]
     max_threads: usize,
@@ -124,6 +124,10 @@ struct ServeArgs {
     /// both flags (usually index 0).
     #[arg(long, value_name = "N", requires = "listen_addr")]
     rdma_gid_index: Option<u32>,
+    /// Threads that forward connections to other hosts (more start when
+    /// each has 127 connections). Default: the cores, at most 4.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pump_workers: Option<u16>,
     /// Ring size (bytes per direction) of connections to other hosts; it
     /// also bounds the data in flight per connection between routers.
     #[arg(long, default_value_t = 4 << 20)]
@@ -256,6 +260,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     };
     if let Some(mut cfg) = ffrouter::remote::Config::from_flags(&flags)? {
         cfg.max_links = max_links;
+        if let Some(w) = a.pump_workers {
+            cfg.workers = w as usize;
+        }
         let listen = cfg.listen;
         router.enable_remote(cfg).map_err(|e| format!("--listen-addr {listen}: {e}"))?;
     }

@@ -15,17 +15,19 @@
 //! then on each router moves bytes between its ring and the link: clients see
 //! the same `Conn` as on one host.
 //!
-//! Per forwarded connection, one *pump* thread forwards what the client writes
+//! Per forwarded connection, a *pump* forwards what the client writes
 //! (records validated by `Rx::peek`, sent straight from the ring) and returns
-//! credit; per link stream, one receiver thread writes incoming frames
+//! credit; a few pump workers ([`pumps`]) take turns among all connections.
+//! Per link stream, one receiver thread writes incoming frames
 //! straight into the destination ring (`Tx::reserve`/`commit`). Credits
 //! ([`crate::wire`]) make every frame fit when it arrives, so a receiver never
 //! waits on a ring and nothing is buffered beyond the rings and the link's own
 //! buffers; a slow client stops its peer's sends, not the link.
 //!
 //! Pumps spin briefly (latency) and then sleep on the router side's futex in
-//! the connection file; receivers block on the link. An idle connection costs
-//! a wake-up every 20 ms; an idle link a PING per stream every 500 ms.
+//! the connection file (a worker sleeps on all its idle connections' at
+//! once); receivers block on the link. Idle connections cost their worker a
+//! look each every 200 ms; an idle link a PING per stream every 500 ms.
 //!
 //! When a link dies (no frame for 3 s, or the peer router's sockets close),
 //! every connection on it has the router's side marked closed in the shared
@@ -51,6 +53,9 @@ use crate::peers::PeerPolicy;
 use crate::state::{Outcome, State};
 use crate::wire::{self, Header};
 
+mod pumps;
+pub use pumps::default_workers;
+
 /// How long a connect to another host may take before the client is told.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A tuning knob: the environment variable `name` if it parses, else
@@ -71,8 +76,16 @@ fn gather() -> usize {
     knob(&K, "FF_ROUTER_GATHER", 512 << 10) as usize
 }
 const GATHER_FRAMES: usize = 256;
-/// Pumps re-check their connection at least this often while asleep.
-const NAP: Duration = Duration::from_millis(20);
+/// Pump workers re-check their sleeping connections at least this often:
+/// a safety net only (every event for a connection bumps its wake word),
+/// which bounds what a lost wake-up could cost. A pump thread per
+/// connection used to look every 20 ms: at 256 idle connections a worker
+/// pool looking that often cost both routers 5.7 % of a core
+/// (bench/results/scale-after-2026-12-02).
+fn nap() -> Duration {
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_millis(knob(&K, "FF_ROUTER_NAP_MS", 200).max(1))
+}
 
 /// Router-to-router settings (the `--listen-addr` family of flags).
 #[derive(Clone)]
@@ -92,6 +105,9 @@ pub struct Config {
     pub max_links: usize,
     /// The RDMA device, port and GID (with `Transport::Rdma`).
     pub rdma: Option<link::rdma::gid::Choice>,
+    /// Pump workers to spread connections over (`--pump-workers`; more
+    /// start when each serves [`pumps::PER_WORKER`] connections).
+    pub workers: usize,
 }
 
 /// The flags behind a [`Config`], as given.
@@ -150,7 +166,7 @@ impl Config {
             log::warn!("--insecure-no-peer-secret: links between routers are neither authenticated nor encrypted; whoever reaches {listen} is trusted as a router");
         }
         let peers = PeerPolicy::new(f.peer_networks, f.peers, advertise)?;
-        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, peers, max_links: MAX_LINKS, rdma }))
+        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, peers, max_links: MAX_LINKS, rdma, workers: default_workers() }))
     }
 }
 
@@ -175,6 +191,8 @@ pub struct Remote {
     handshakes: Mutex<HashMap<IpAddr, usize>>,
     /// Links being dialed, by the tenant whose connect started them.
     dials: Mutex<HashMap<Arc<str>, usize>>,
+    /// The threads that forward every connection's outgoing bytes.
+    pumps: pumps::Pool,
 }
 
 /// At most this many incoming handshakes at once, this many from one
@@ -213,6 +231,7 @@ impl Remote {
             st.advertise = Some(NetAddr::from(cfg.advertise));
             Identity { router_id: st.router_id, secret: cfg.secret.clone() }
         };
+        let workers = cfg.workers;
         let r = Arc::new(Remote {
             state,
             me,
@@ -224,15 +243,17 @@ impl Remote {
             links: AtomicUsize::new(0),
             handshakes: Mutex::default(),
             dials: Mutex::default(),
+            pumps: pumps::Pool::new(workers),
         });
         log::info!(
-            "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}, {}; links with {} only",
+            "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}, {}; links with {} only; {} pump workers",
             listener.local_addr()?,
             r.cfg.advertise,
             r.cfg.streams,
             r.cfg.transport,
             if r.cfg.secret.is_some() { "peer secret required, links encrypted" } else { "NO peer secret" },
             r.cfg.peers,
+            r.cfg.workers.max(1),
         );
         let weak = Arc::downgrade(&r);
         std::thread::Builder::new().name("peer-accept".into()).spawn(move || {
@@ -252,6 +273,11 @@ impl Remote {
 
     pub fn links(&self) -> usize {
         self.links.load(Ordering::Relaxed)
+    }
+
+    /// Pump worker threads started.
+    pub fn pump_threads(&self) -> usize {
+        self.pumps.threads()
     }
 
     /// A TCP connection to `--listen-addr`: handshake it on a thread of
@@ -1284,12 +1310,11 @@ fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<V
         v.push(Arc::downgrade(&f));
         by.retain(|_, v| !v.is_empty());
     }
-    let name = format!("pump-{}", f.local);
-    let (p2, f2) = (peer.clone(), f.clone());
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        Pump { peer: &p2, link: &link, f: &f2 }.run(first);
-    });
-    if let Err(e) = spawned {
+    let Some(r) = peer.remote.upgrade() else {
+        peer.conns.lock().unwrap().remove(&f.local);
+        return f.peer_gone();
+    };
+    if let Err(e) = r.pumps.add(Pump { peer: peer.clone(), link, f: f.clone(), first }) {
         log::error!("cannot start forwarding connection {}: {e}", f.local);
         peer.conns.lock().unwrap().remove(&f.local);
         f.peer_gone();
@@ -1583,25 +1608,41 @@ impl Fwd {
     }
 }
 
-/// The thread that forwards one connection's outgoing bytes and returns
-/// credit for its incoming ones.
-struct Pump<'a> {
-    peer: &'a Arc<Peer>,
-    link: &'a Arc<dyn Link>,
-    f: &'a Arc<Fwd>,
+/// What forwards one connection's outgoing bytes and returns credit for its
+/// incoming ones, a step at a time, on a pump worker ([`pumps`]).
+struct Pump {
+    peer: Arc<Peer>,
+    link: Arc<dyn Link>,
+    f: Arc<Fwd>,
+    /// A frame to send before anything else (an incoming connection's ACCEPT).
+    first: Option<Vec<u8>>,
 }
 
-impl Pump<'_> {
-    fn run(self, first: Option<Vec<u8>>) {
-        let f = self.f;
-        let res = self.forward_loop(first);
+/// What one [`Pump::step`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    /// Sent something (data, credit, the first frame).
+    Moved,
+    /// Nothing to do now.
+    Idle,
+    /// `Mode::Try`: the link could not take a frame now.
+    Blocked,
+    /// Forwarding is over (either side closed, or the link died).
+    Done,
+}
+
+impl Pump {
+    /// Forwarding ended: tell the peer if our client broke its ring, and
+    /// let the connection go.
+    fn finish(self, res: Result<(), Stop>) {
+        let f = &self.f;
         match res {
             Ok(()) => {}
             Err(Stop::Link(why)) => self.peer.kill(&why),
             Err(Stop::Local(why)) => {
                 log::warn!("connection {}: {why}; closing it", f.local);
                 let close = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
-                if f.send(&**self.link, &[Frame::bare(close)], Mode::Block).is_err() {
+                if f.send(&*self.link, &[Frame::bare(close)], Mode::Block).is_err() {
                     self.peer.kill("send failed");
                 }
                 f.peer_gone();
@@ -1617,74 +1658,86 @@ impl Pump<'_> {
         log::debug!("connection {}: forwarding ended", f.local);
     }
 
-    fn forward_loop(&self, first: Option<Vec<u8>>) -> Result<(), Stop> {
-        let f = self.f;
-        let link = &**self.link;
-        if let Some(fr) = first {
+    /// One look at the connection: returns credit that is due, forwards
+    /// what the client wrote, says goodbye once the client closed and all
+    /// is sent. In `Mode::Try` it never waits on the link (nor on a
+    /// receiver thread that forwards for it meanwhile).
+    fn step(&mut self, mode: Mode) -> Result<Step, Stop> {
+        let f = &*self.f;
+        let link = &*self.link;
+        if let Some(fr) = &self.first {
             let frame = Frame { hdr: fr[..wire::HDR_LEN].try_into().unwrap(), ptr: fr[wire::HDR_LEN..].as_ptr(), len: fr.len() - wire::HDR_LEN };
-            f.send(link, &[frame], Mode::Block)?;
+            if !f.send(link, &[frame], mode)? {
+                return Ok(Step::Blocked);
+            }
+            self.first = None;
         }
-        let me = f.router_side();
-        let client = f.client_side();
-        let mut active = Instant::now();
-        loop {
-            if self.peer.dead.load(Ordering::Acquire) || f.peer_closed.load(Ordering::Acquire) {
-                return Ok(());
+        if self.peer.dead.load(Ordering::Acquire) || f.peer_closed.load(Ordering::Acquire) {
+            return Ok(Step::Done);
+        }
+        if f.local_fault.load(Ordering::Acquire) {
+            return Err(Stop::Local("its client broke the shared ring".into()));
+        }
+        let mut progress = false;
+        if let Some(g) = f.credit_due() {
+            let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+            if !f.send(link, &[Frame::bare(h)], mode)? {
+                return Ok(Step::Blocked);
             }
-            if f.local_fault.load(Ordering::Acquire) {
-                return Err(Stop::Local("its client broke the shared ring".into()));
+            f.reported.store(g, Ordering::Relaxed);
+            progress = true;
+        }
+        // Held: a receiver thread forwards for it right now (ready() then
+        // keeps the connection awake).
+        let Ok(mut out) = f.out.try_lock() else { return Ok(if progress { Step::Moved } else { Step::Idle }) };
+        let moved = f.forward(&mut out, link, mode)?;
+        let drained = !out.rx.has_data() && out.pending.is_empty();
+        drop(out);
+        match moved {
+            Moved::Blocked => return Ok(Step::Blocked),
+            Moved::Some => return Ok(Step::Moved),
+            Moved::Nothing if progress => return Ok(Step::Moved),
+            Moved::Nothing => {}
+        }
+        if f.client_side().is_closed() && drained {
+            // Everything the client sent is forwarded: say goodbye.
+            let h = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
+            if !f.send(link, &[Frame::bare(h)], mode)? {
+                return Ok(Step::Blocked);
             }
-            let mut progress = false;
-            if let Some(g) = f.credit_due() {
-                let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
-                f.send(link, &[Frame::bare(h)], Mode::Block)?;
-                f.reported.store(g, Ordering::Relaxed);
-                progress = true;
-            }
-            let drained = {
-                let mut out = f.out.lock().unwrap();
-                progress |= f.forward(&mut out, link, Mode::Block)? != Moved::Nothing;
-                !out.rx.has_data() && out.pending.is_empty()
-            };
-            if progress {
-                active = Instant::now();
-                continue;
-            }
-            if client.is_closed() && drained {
-                // Everything the client sent is forwarded: say goodbye.
-                let h = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
-                f.send(link, &[Frame::bare(h)], Mode::Block)?;
-                f.peer_closed.store(true, Ordering::Release);
-                return Ok(());
-            }
-            if f.covered.load(Ordering::SeqCst) {
-                // A receiver thread serves the connection and wakes us
-                // when it stops (Cover::drop).
-                let seen = me.seen();
-                if f.covered.load(Ordering::SeqCst) {
-                    me.sleep(seen, NAP);
-                }
-                active = Instant::now();
-                continue;
-            }
-            if active.elapsed() < spin() {
-                std::thread::yield_now();
-                continue;
-            }
-            let seen = me.prepare_sleep();
-            if self.ready() {
-                me.cancel_sleep();
-                continue;
-            }
-            me.sleep(seen, NAP);
-            active = Instant::now();
+            f.peer_closed.store(true, Ordering::Release);
+            return Ok(Step::Done);
+        }
+        Ok(Step::Idle)
+    }
+
+    /// Sends what `Link::try_send` left queued on the connection's stream,
+    /// if anything (waits while the link is full). A failed send kills the
+    /// link (its connections then end).
+    fn flush_link(&self) -> bool {
+        let s = self.f.stream();
+        if !self.link.needs_flush(s) {
+            return false;
+        }
+        if let Err(e) = self.link.flush(s) {
+            self.peer.kill(&format!("send failed: {e}"));
+        }
+        true
+    }
+
+    /// What `Link::try_send` left queued goes with the link's control
+    /// thread.
+    fn kick_flush(&self) {
+        if self.link.needs_flush(self.f.stream()) {
+            self.peer.ctrl_cv.notify_one();
         }
     }
 
     /// Is there something to do (checked after announcing sleep)?
     fn ready(&self) -> bool {
-        let f = self.f;
-        if self.peer.dead.load(Ordering::Acquire)
+        let f = &*self.f;
+        if self.first.is_some()
+            || self.peer.dead.load(Ordering::Acquire)
             || f.peer_closed.load(Ordering::Acquire)
             || f.local_fault.load(Ordering::Acquire)
             || f.client_side().is_closed()
@@ -1841,18 +1894,26 @@ mod tests {
         }
 
         fn with_streams(t: Transport, ring_size: usize, streams: usize) -> Two {
+            Self::with_workers(t, ring_size, streams, 2)
+        }
+
+        fn with_workers(t: Transport, ring_size: usize, streams: usize, workers: usize) -> Two {
             let dir = std::env::temp_dir().join(format!("ffremote-{}-{}", std::process::id(), rand::random::<u32>()));
             std::fs::create_dir_all(&dir).unwrap();
             let mk = |i: usize| {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
                 let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(&b"engine tests' shared secret"[..]));
-                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None };
+                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
                 r.enable_remote(cfg).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
                 r
             };
             Two { _routers: [mk(0), mk(1)], dir }
+        }
+
+        fn pump_threads(&self, i: usize) -> usize {
+            self._routers[i].remote.as_ref().unwrap().pump_threads()
         }
 
         fn ctx(&self, i: usize) -> Context {
@@ -2182,5 +2243,57 @@ mod tests {
         assert_eq!(sent, 100_000);
         assert!(got == msg);
         drop(stuck_tx);
+    }
+
+    #[test]
+    fn hundreds_of_connections_share_a_few_pump_workers() {
+        // Issue 17: 300 connections between two routers with one pump
+        // worker each by default: every worker serves at most PER_WORKER
+        // connections (one futex_waitv), so 3 start, whatever the number of
+        // connections. Small messages both ways on every connection, every
+        // byte checked; then again after all slept; then all close.
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            // Both routers and all clients share this process's descriptors.
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 16).max(soft), hard);
+        }
+        const N: usize = 300;
+        let two = Two::with_workers(Transport::Tcp, 16 << 10, 2, 1);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        let mut pairs: Vec<(Conn, Conn)> = (0..N)
+            .map(|_| {
+                let b = connect(&c1, &l.handle());
+                (l.accept_timeout(Duration::from_secs(10)).unwrap(), b)
+            })
+            .collect();
+        let want = N.div_ceil(pumps::PER_WORKER);
+        assert_eq!((two.pump_threads(0), two.pump_threads(1)), (want, want), "pump workers for {N} connections");
+        let mut buf = vec![0u8; 4096];
+        for round in 0..2 {
+            for (i, (_, b)) in pairs.iter_mut().enumerate() {
+                b.send(&pattern(1 + (i * 37 + round) % 700, i + round), 1, T).unwrap();
+            }
+            for (i, (a, _)) in pairs.iter_mut().enumerate() {
+                let n = a.recv(&mut buf, 1, T).unwrap();
+                assert!(buf[..n] == pattern(1 + (i * 37 + round) % 700, i + round)[..], "connection {i}, round {round}: request");
+                a.send(&pattern(1 + (i * 53 + round) % 900, i + 7 + round), 2, T).unwrap();
+            }
+            for (i, (_, b)) in pairs.iter_mut().enumerate() {
+                let n = b.recv(&mut buf, 2, T).unwrap();
+                assert!(buf[..n] == pattern(1 + (i * 53 + round) % 900, i + 7 + round)[..], "connection {i}, round {round}: answer");
+            }
+            // Longer than the workers' spin and nap: all of them sleep.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(pairs);
+        for c in [&c0, &c1] {
+            let t0 = Instant::now();
+            while c.stats().unwrap().conns != 0 {
+                assert!(t0.elapsed() < Duration::from_secs(20), "connections not freed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        assert_eq!((two.pump_threads(0), two.pump_threads(1)), (want, want), "workers stay");
     }
 }

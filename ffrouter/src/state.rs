@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | a client (control socket, client page; its service thread) | 2 | 1 |
 //! | a shadow region, a connection on this host (its memfd) | 1 | 0 |
-//! | a connection to another host (memfd, liveness lock; its pump) | 2 | 1 |
+//! | a connection to another host (memfd, liveness lock; pump workers are shared) | 2 | 0 |
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub struct Rates {
 pub type Cost = (usize, usize);
 pub const CLIENT_COST: Cost = (2, 1);
 pub const LOCAL_COST: Cost = (1, 0);
-pub const FORWARDED_COST: Cost = (2, 1);
+pub const FORWARDED_COST: Cost = (2, 0);
 
 impl Limits {
     /// The descriptors and threads one tenant may hold.
@@ -938,7 +938,7 @@ mod tests {
         let mem = st.conns[&conn].mem.clone();
         assert!(ring::Layout::of_own(&mem).side(1).is_closed(), "the connector is told");
         // From another host: refused while the listener's owner has no room,
-        // charged to its tenant (a descriptor pair and a pump thread) when it has.
+        // charged to its tenant (a descriptor pair) when it has.
         assert_eq!(st.connect_in("a", l, n, 4096).err().unwrap().0, ErrorCode::ResourceExhausted);
         st.remove_client(a);
         let a = st.add_client("a".into()).unwrap();

@@ -1,0 +1,71 @@
+#!/bin/bash
+# bench/lat_ab.sh - cross-host 8-byte ping-pong of several builds,
+# alternating many times within one run (a latency A/B that is quicker, so
+# can have more rounds, than bench/ab.sh).
+#
+#   bench/lat_ab.sh [--rounds N] [--iters N] [--out FILE] NAME=BINDIR ...
+#
+# Two emulated hosts (bench/twohosts.sh, sealed link); each round restarts
+# both routers with each build in turn and runs `ffbench pingpong --size 8`
+# between a container on each host (that build's ffbench too). Rows
+# "NAME,ROUND,p50_us,mean_us,p99_us" go to FILE (default
+# /tmp/lat_ab.csv), then the medians per build. Needs root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+rounds=10 iters=20000 out=/tmp/lat_ab.csv
+variants=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) rounds=$2; shift ;;
+        --iters) iters=$2; shift ;;
+        --out) out=$2; shift ;;
+        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        *=*) variants+=("$1") ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ ${#variants[@]} -ge 1 ] || { echo "give at least one NAME=BINDIR" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "bench/lat_ab.sh needs root (network namespaces)" >&2; exit 1; }
+. "$here/twohosts.sh"
+trap twohosts_down EXIT
+twohosts_up "${variants[0]#*=}" 0
+echo "variant,round,p50_us,mean_us,p99_us" > "$out"
+id=0
+ctr() { # ctr HOST BIN ID ARGS...
+    local h=$1 b=$2 id=$3; shift 3
+    local ns; ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
+    "$top/tools/ffcontainer" run --name "$twohosts_prefix-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
+        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/bench" -- "$b/ffbench" "$@"
+}
+val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
+for round in $(seq "$rounds"); do
+    for v in "${variants[@]}"; do
+        name=${v%%=*} dir=${v#*=}
+        twohosts_bin=$dir
+        twohosts_routers 0
+        sleep 0.3
+        sout="$work/srv.out"
+        id=$((id + 2))
+        ctr 0 "$dir" "$id" serve pingpong --size 8 --iters "$iters" > "$sout" &
+        spid=$!
+        h=""
+        for _ in $(seq 400); do
+            h=$(sed -n 's/^HANDLE //p' "$sout" 2>/dev/null | head -1)
+            [ -n "$h" ] && break
+            sleep 0.05
+        done
+        r=$(ctr 1 "$dir" $((id + 1)) connect pingpong --size 8 --iters "$iters" --handle "$h" | grep '^RESULT')
+        wait "$spid" || true
+        echo "$name,$round,$(echo "$r" | val half_rtt_us_p50),$(echo "$r" | val half_rtt_us_mean),$(echo "$r" | val half_rtt_us_p99)" | tee -a "$out"
+    done
+done
+/usr/bin/python3 - "$out" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+for name in dict.fromkeys(r["variant"] for r in rows):
+    mine = [r for r in rows if r["variant"] == name]
+    med = lambda k: statistics.median(float(r[k]) for r in mine)
+    print(f"{name}: {len(mine)} rounds, medians of the rounds' p50 {med('p50_us'):.2f} us, mean {med('mean_us'):.2f} us, p99 {med('p99_us'):.2f} us")
+EOF

@@ -1,0 +1,372 @@
+//! Pump workers: a few threads forward the outgoing bytes of every
+//! connection to another host (see [`super::Pump`]).
+//!
+//! A connection is handed to one worker for its life: the least loaded of
+//! the first `--workers` (default: the cores, at most 4), each serving at
+//! most [`PER_WORKER`] connections; more connections than that start more
+//! workers. So the router's threads depend on its cores and links, not on
+//! its connections (`1 + ⌈N / 127⌉` at most beyond `--workers`).
+//!
+//! A worker takes turns among its connections ([`super::Pump::step`]):
+//! - a connection *awake* is looked at every turn; one that moved nothing
+//!   for [`super::spin`] goes to sleep as a pump thread used to: announce
+//!   the sleep on the router side's wake word (`prepare_sleep`), check once
+//!   more (`Pump::ready`), then count it asleep with the word's value. A
+//!   connection a receiver thread covers sleeps without announcing it
+//!   (only the cover's end wakes it), as before;
+//! - a connection *asleep* costs one load of its wake word per turn: when
+//!   the word moved, it is awake again (and its announcement withdrawn);
+//! - when every connection sleeps, the worker sleeps on all their words and
+//!   its own bell (new connections) at once with `futex_waitv`
+//!   ([`ffcore::futex::wait_any_timeout`]). A word woken or changed since it
+//!   was read ends the wait, so no event between the last check and the
+//!   sleep is lost. After [`super::nap`] (200 ms) without any, it looks at each
+//!   sleeping connection once (`Pump::ready`) as a safety net.
+//!
+//! Sends: a connection alone awake on its worker sends as its pump thread
+//! did (`Mode::Block`: waits in the kernel while the link is full, so one
+//! connection's figures are those of a thread of its own). With others
+//! awake, each sends only what the link takes now (`Mode::Try`), so a full
+//! link, or a slow one, never holds up the others' turns; when a whole turn
+//! moved nothing and some connections wait for their link, the worker waits
+//! on one of those links (in turn) with `Mode::Block`. One turn of a
+//! connection sends at most what its peer's credit allows (its ring).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ffcore::futex::{self, Woken, WAITV_MAX};
+
+use super::{nap, spin, Mode, Pump, Step, Stop};
+
+/// Most connections one worker serves: one `futex_waitv` call covers their
+/// wake words and the worker's bell.
+pub const PER_WORKER: usize = WAITV_MAX - 1;
+
+/// The default number of workers: the cores, at most 4.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+}
+
+/// The router's pump workers (started as connections come).
+pub struct Pool {
+    /// Workers to spread connections over before piling them up.
+    base: usize,
+    workers: Mutex<Vec<Arc<Worker>>>,
+}
+
+struct Worker {
+    /// Connections handed to this worker, not picked up yet.
+    inbox: Mutex<Vec<Pump>>,
+    /// Connections it serves or will (for choosing a worker).
+    load: AtomicUsize,
+    /// Bumped, and woken, when the inbox gets a connection or the pool goes.
+    bell: AtomicU32,
+    /// The pool is gone: the worker ends once its connections have.
+    closed: AtomicBool,
+    /// Connections to hand over to a newer worker (so that all share the
+    /// cores evenly), and to which.
+    shed: Mutex<Option<(usize, Arc<Worker>)>>,
+}
+
+impl Worker {
+    fn ring(&self) {
+        self.bell.fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(&self.bell);
+    }
+}
+
+impl Pool {
+    pub fn new(workers: usize) -> Pool {
+        Pool { base: workers.max(1), workers: Mutex::default() }
+    }
+
+    /// Worker threads started.
+    pub fn threads(&self) -> usize {
+        self.workers.lock().unwrap().len()
+    }
+
+    /// Hands a connection to a worker: the least loaded one with room,
+    /// or a new one while there are fewer than `base` (or none has room).
+    pub fn add(&self, p: Pump) -> std::io::Result<()> {
+        let mut ws = self.workers.lock().unwrap();
+        let best = ws.iter().filter(|w| w.load.load(Ordering::Relaxed) < PER_WORKER).min_by_key(|w| w.load.load(Ordering::Relaxed));
+        let w = match best {
+            Some(w) if w.load.load(Ordering::Relaxed) == 0 || ws.len() >= self.base => w.clone(),
+            _ => {
+                let w = Arc::new(Worker {
+                    inbox: Mutex::default(),
+                    load: AtomicUsize::new(0),
+                    bell: AtomicU32::new(0),
+                    closed: AtomicBool::new(false),
+                    shed: Mutex::default(),
+                });
+                let w2 = w.clone();
+                std::thread::Builder::new().name(format!("pump-{}", ws.len())).spawn(move || run(&w2))?;
+                if ws.len() >= self.base {
+                    // Every worker is full: each gives the new one its
+                    // excess over an even share, so that connections on
+                    // the new worker do not get a thread's share each.
+                    let total: usize = ws.iter().map(|x| x.load.load(Ordering::Relaxed)).sum::<usize>() + 1;
+                    let share = total / (ws.len() + 1);
+                    for x in ws.iter() {
+                        let over = x.load.load(Ordering::Relaxed).saturating_sub(share);
+                        if over > 0 {
+                            x.load.fetch_sub(over, Ordering::Relaxed);
+                            w.load.fetch_add(over, Ordering::Relaxed);
+                            let mut sh = x.shed.lock().unwrap();
+                            let before = sh.take().map_or(0, |(n, _)| n);
+                            *sh = Some((before + over, w.clone()));
+                            drop(sh);
+                            x.ring();
+                        }
+                    }
+                }
+                ws.push(w.clone());
+                w
+            }
+        };
+        w.load.fetch_add(1, Ordering::Relaxed);
+        w.inbox.lock().unwrap().push(p);
+        w.ring();
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for w in self.workers.lock().unwrap().iter() {
+            w.closed.store(true, Ordering::SeqCst);
+            w.ring();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Doze {
+    /// Looked at every turn; `last`: when it last moved something.
+    Awake { last: Instant },
+    /// Asleep on its wake word, which held `seen`; `announced`: it told its
+    /// client (`prepare_sleep`), which is then withdrawn on waking.
+    Asleep { seen: u32, announced: bool },
+}
+
+struct Slot {
+    p: Pump,
+    doze: Doze,
+}
+
+/// What a turn of a worker did with one connection.
+enum Turn {
+    Keep,
+    Moved,
+    Blocked,
+    /// Forwarding ended, this way.
+    Gone(Result<(), Stop>),
+}
+
+fn run(w: &Arc<Worker>) {
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut bell_seen = w.bell.load(Ordering::SeqCst);
+    let mut took = true;
+    let mut spare: Vec<Slot> = Vec::new();
+    let mut degraded = false;
+    loop {
+        if took {
+            // Read the bell before the inbox: a connection added after
+            // this read rings it again.
+            bell_seen = w.bell.load(Ordering::SeqCst);
+            let new = std::mem::take(&mut *w.inbox.lock().unwrap());
+            let now = Instant::now();
+            // New connections first in the queue: their set-up (an
+            // incoming one's ACCEPT) does not wait behind data.
+            slots.splice(0..0, new.into_iter().map(|p| Slot { p, doze: Doze::Awake { last: now } }));
+            took = false;
+            shed(w, &mut slots);
+        }
+        if slots.is_empty() && w.closed.load(Ordering::SeqCst) {
+            return;
+        }
+
+        // Wake the sleepers whose word moved.
+        let now = Instant::now();
+        let mut awake = 0;
+        for s in slots.iter_mut() {
+            if let Doze::Asleep { seen, announced } = s.doze {
+                if s.p.f.router_side().wake.load(Ordering::SeqCst) == seen {
+                    continue;
+                }
+                if announced {
+                    s.p.f.router_side().cancel_sleep();
+                }
+                s.doze = Doze::Awake { last: now };
+            }
+            awake += 1;
+        }
+        // A turn: every connection awake, once, in the order of a queue:
+        // whoever moved goes to the back, so that those the link had no
+        // room for get it first next turn.
+        let mode = if awake <= 1 { Mode::Block } else { Mode::Try };
+        let (mut moved, mut spinning) = (false, false);
+        let mut blocked: Vec<usize> = Vec::new();
+        let mut back = std::mem::take(&mut spare);
+        let mut front = Vec::with_capacity(slots.len());
+        for mut s in slots.drain(..) {
+            match turn(&mut s, mode, now) {
+                Turn::Gone(res) => {
+                    s.p.finish(res);
+                    w.load.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+                Turn::Moved => {
+                    moved = true;
+                    back.push(s);
+                    continue;
+                }
+                Turn::Blocked => {
+                    blocked.push(front.len());
+                }
+                Turn::Keep => spinning |= matches!(s.doze, Doze::Awake { .. }),
+            }
+            front.push(s);
+        }
+        front.append(&mut back);
+        spare = std::mem::replace(&mut slots, front);
+        if w.bell.load(Ordering::SeqCst) != bell_seen {
+            took = true;
+            continue;
+        }
+        if moved {
+            continue;
+        }
+        if let Some(&k) = blocked.first() {
+            // Nothing moved and some wait for their link. Where the link
+            // holds part of a frame it took (sealed TCP), send that (a
+            // gather at most) and take turns again; else wait on the first
+            // of those links in this turn's order, in the kernel.
+            let mut flushed = false;
+            for &b in &blocked {
+                flushed |= slots[b].p.flush_link();
+            }
+            if flushed {
+                continue;
+            }
+            if let Turn::Gone(res) = turn(&mut slots[k], Mode::Block, Instant::now()) {
+                slots.remove(k).p.finish(res);
+                w.load.fetch_sub(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        if spinning {
+            std::thread::yield_now();
+            continue;
+        }
+        // Every connection sleeps (or there is none): so does the worker.
+        let mut words: Vec<(*const AtomicU32, u32)> = Vec::with_capacity(slots.len() + 1);
+        for s in &slots {
+            if let Doze::Asleep { seen, .. } = s.doze {
+                words.push((s.p.f.router_side().wake as *const AtomicU32, seen));
+            }
+        }
+        words.push((&w.bell as *const AtomicU32, bell_seen));
+        let timeout = if slots.is_empty() { Duration::from_secs(1) } else { nap() };
+        let woken = if degraded {
+            std::thread::sleep(Duration::from_millis(1));
+            Woken::Interrupted
+        } else {
+            // SAFETY: each slot's Fwd keeps its connection file mapped, and
+            // `w` the bell, for the call; at most PER_WORKER + 1 words.
+            match unsafe { futex::wait_any_timeout(&words, timeout) } {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("futex_waitv failed ({e}; Linux 5.16 or later has it): pump workers fall back to a 1 ms poll");
+                    degraded = true;
+                    Woken::Interrupted
+                }
+            }
+        };
+        if woken == Woken::TimedOut {
+            // The safety net: a look at each sleeping connection.
+            let now = Instant::now();
+            for s in slots.iter_mut() {
+                if let Doze::Asleep { announced, .. } = s.doze {
+                    let f = &s.p.f;
+                    let wake = if announced { s.p.ready() } else { !f.covered.load(Ordering::SeqCst) };
+                    if wake {
+                        if announced {
+                            f.router_side().cancel_sleep();
+                        }
+                        s.doze = Doze::Awake { last: now };
+                    }
+                }
+            }
+        }
+        took = w.bell.load(Ordering::SeqCst) != bell_seen;
+    }
+}
+
+/// Hands the connections the pool asked for to the newer worker (asleep
+/// ones withdraw their announcement: the new worker starts them awake).
+fn shed(w: &Worker, slots: &mut Vec<Slot>) {
+    let Some((n, to)) = w.shed.lock().unwrap().take() else { return };
+    let k = n.min(slots.len());
+    if k < n {
+        // Fewer here than counted (some ended meanwhile).
+        w.load.fetch_add(n - k, Ordering::Relaxed);
+        to.load.fetch_sub(n - k, Ordering::Relaxed);
+    }
+    let moving: Vec<Pump> = slots
+        .drain(slots.len() - k..)
+        .map(|s| {
+            if let Doze::Asleep { announced: true, .. } = s.doze {
+                s.p.f.router_side().cancel_sleep();
+            }
+            s.p
+        })
+        .collect();
+    to.inbox.lock().unwrap().extend(moving);
+    to.ring();
+}
+
+/// One connection's turn: a step, then to sleep if it has been idle long
+/// enough (or a receiver thread covers it).
+fn turn(s: &mut Slot, mode: Mode, now: Instant) -> Turn {
+    let Doze::Awake { last } = s.doze else { return Turn::Keep };
+    let res = s.p.step(mode);
+    if mode == Mode::Try {
+        s.p.kick_flush();
+    }
+    let f = &s.p.f;
+    match res {
+        Ok(Step::Moved) => {
+            s.doze = Doze::Awake { last: now };
+            Turn::Moved
+        }
+        Ok(Step::Blocked) => Turn::Blocked,
+        Ok(Step::Done) => Turn::Gone(Ok(())),
+        Err(stop) => Turn::Gone(Err(stop)),
+        Ok(Step::Idle) => {
+            let me = f.router_side();
+            if f.covered.load(Ordering::SeqCst) {
+                // A receiver thread serves it and wakes it when it stops
+                // (Cover::drop).
+                let seen = me.seen();
+                if f.covered.load(Ordering::SeqCst) {
+                    s.doze = Doze::Asleep { seen, announced: false };
+                }
+                return Turn::Keep;
+            }
+            if now.duration_since(last) < spin() {
+                return Turn::Keep;
+            }
+            let seen = me.prepare_sleep();
+            if s.p.ready() {
+                me.cancel_sleep();
+            } else {
+                s.doze = Doze::Asleep { seen, announced: true };
+            }
+            Turn::Keep
+        }
+    }
+}
