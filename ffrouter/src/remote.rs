@@ -752,18 +752,11 @@ impl Peer {
                 },
                 Err(e) => break e.to_string(),
             };
-            let covering = h.ty == wire::DATA && !reply_window().is_zero();
-            if covering {
+            if h.ty == wire::DATA && !reply_window().is_zero() {
                 self.cover(remote, &mut hot, h.conn);
             }
             if let Err(e) = self.dispatch(remote, link, s, h) {
                 break e;
-            }
-            if covering {
-                // The reply window runs from the end of the frame, not its
-                // start: a big frame takes longer than the window to read,
-                // and the cover (and so the pump's sleep) must outlast it.
-                refresh(&mut hot, h.conn);
             }
         };
         drop(hot);
