@@ -682,11 +682,11 @@ impl Rx {
     }
 
     /// Gives everything consumed so far back to the producer; ends
-    /// [`Rx::hold`].
-    pub fn release(&mut self) {
+    /// [`Rx::hold`]. True if that was anything (since the last release).
+    pub fn release(&mut self) -> bool {
         self.holding = false;
         let (_, tail, _) = self.lay.ring(self.dir);
-        tail.store(self.tail, Ordering::Release);
+        tail.swap(self.tail, Ordering::AcqRel) != self.tail
     }
 
     /// True if the producer has published bytes we have not consumed.

@@ -794,11 +794,7 @@ impl Peer {
     /// endpoint going the other way, often over the link the other router
     /// dialed). Covers all of them, or keeps them covered.
     fn cover(&self, remote: &Remote, hot: &mut Vec<Cover>, conn: u64) {
-        let now = Instant::now();
-        if let Some(client) = hot.iter().find(|c| c.f.local == conn).map(|c| c.f.client) {
-            for c in hot.iter_mut().filter(|c| c.f.client == client) {
-                c.last = now;
-            }
+        if refresh(hot, conn) {
             return;
         }
         let Some(f) = self.conn(conn) else { return };
@@ -933,23 +929,28 @@ impl Peer {
         if inb.charged + c > granted {
             return Err(format!("connection {}: the peer router sent beyond its credit", f.local));
         }
-        if inb.placing.is_some() && f.client_side().is_closed() {
-            // The client is gone and may be taking its posts back: stop
-            // writing into its buffers (the rest of the message goes to
-            // the ring, which nobody reads).
-            inb.placing = None;
-            inb.unpost(f.client_side(), f.router_side());
+        if f.client_side().is_closed() {
+            if let Some(pl) = inb.placing.as_mut().filter(|pl| !pl.drop) {
+                // The client is gone and may be taking its posts back:
+                // stop writing into its buffers. The rest of the message
+                // is dropped (nobody reads the ring, and its credit went
+                // back when it started).
+                pl.drop = true;
+                inb.unpost(f.client_side(), f.router_side());
+            }
         }
         let head0 = inb.tx.produced();
+        let excess0 = inb.excess;
         let res: Result<(), String> = (|| {
             if kind == REC_FIRST {
                 if inb.placing.is_some() {
                     return Err("a message started inside another".into());
                 }
                 inb.unpost(f.client_side(), f.router_side());
-                inb.start(h.tag, h.arg);
-                if f.client_side().is_closed() {
-                    inb.placing = None;
+                inb.start(h.tag, h.arg, !f.client_side().is_closed());
+                if inb.placing.is_some() {
+                    // Its credit goes back before its bytes arrive.
+                    self.credit(link, &f, granted + (inb.excess - excess0))?;
                 }
             }
             if let Some(pl) = &mut inb.placing {
@@ -957,19 +958,25 @@ impl Peer {
                 if pl.got + len as u64 > pl.total || h.arg != pl.total {
                     return Err("a message longer than it said".into());
                 }
-                // SAFETY: off + got + len <= off + total <= off + cap, which
-                // the post's check kept inside the region's data; the
-                // region stays mapped (pl holds it).
-                let dst = unsafe { pl.post.mem.as_ptr().add(shm::region_header() + pl.post.off + pl.got as usize) };
-                unsafe { link.recv_payload(s, dst, len) }.map_err(|e| e.to_string())?;
+                if pl.drop {
+                    link::skip_payload(&**link, s, len).map_err(|e| e.to_string())?;
+                } else {
+                    // SAFETY: off + got + len <= off + total <= off + cap,
+                    // which the post's check kept inside the region's data;
+                    // the region stays mapped (pl holds it).
+                    let dst = unsafe { pl.post.mem.as_ptr().add(shm::region_header() + pl.post.off + pl.got as usize) };
+                    unsafe { link.recv_payload(s, dst, len) }.map_err(|e| e.to_string())?;
+                }
                 pl.got += len as u64;
                 if pl.got < pl.total {
                     return Ok(());
                 }
                 let pl = inb.placing.take().unwrap();
-                let b = ring::Placed { idx: pl.post.idx, gen: pl.post.gen }.encode();
-                if !inb.tx.push_record(ring::REC_PLACED, h.tag, pl.total, &b).map_err(|e| e.to_string())? {
-                    return Err("no room for a credited frame".into());
+                if !pl.drop {
+                    let b = ring::Placed { idx: pl.post.idx, gen: pl.post.gen }.encode();
+                    if !inb.tx.push_record(ring::REC_PLACED, h.tag, pl.total, &b).map_err(|e| e.to_string())? {
+                        return Err("no room for a credited frame".into());
+                    }
                 }
                 inb.unpost(f.client_side(), f.router_side());
                 return Ok(());
@@ -1002,15 +1009,43 @@ impl Peer {
         }
         let used = inb.tx.produced() - head0;
         debug_assert!(used <= c, "frame of {len} bytes used {used} ring bytes, charged {c}");
+        // Bytes of a placed message were credited when it started.
+        let early = (len as u64).min(inb.ahead);
+        inb.ahead -= early;
+        debug_assert!(used + early <= c, "placed frame of {len} bytes used {used} ring bytes, charged {c}");
         inb.charged += c;
-        inb.excess += c.saturating_sub(used);
-        let due = granted + c.saturating_sub(used) - f.reported.load(Ordering::Relaxed) >= f.ring / 4;
+        inb.excess += c.saturating_sub(used + early);
+        let g = granted + (inb.excess - excess0);
         drop(inb);
         f.client_side().notify();
-        if due && !f.covered.load(Ordering::Relaxed) {
-            f.router_side().force_wake();
+        self.credit(link, &f, g)
+    }
+
+    /// Returns credit up to `g` (what `f`'s peer may have sent in all) if
+    /// enough was freed since the last CREDIT: from this receiver thread at
+    /// once, never waiting on the link; when the link is busy, the pump
+    /// sends it.
+    fn credit(&self, link: &Arc<dyn Link>, f: &Fwd, g: u64) -> Result<(), String> {
+        if g.saturating_sub(f.reported.load(Ordering::Relaxed)) < f.ring / 4 {
+            return Ok(());
         }
-        Ok(())
+        let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+        match f.send(&**link, &[Frame::bare(h)], Mode::Try) {
+            Ok(true) => {
+                f.reported.fetch_max(g, Ordering::Relaxed);
+                if link.needs_flush(f.stream()) {
+                    // What try_send could not hand to the socket: its
+                    // control thread sends it.
+                    self.ctrl_cv.notify_one();
+                }
+                Ok(())
+            }
+            Ok(false) => {
+                f.router_side().force_wake();
+                Ok(())
+            }
+            Err(Stop::Link(e)) | Err(Stop::Local(e)) => Err(e),
+        }
     }
 
     /// The link is gone: every connection on it is closed for its client.
@@ -1079,6 +1114,9 @@ struct Inbound {
     unposted: u64,
     /// The message being written straight into a posted receive.
     placing: Option<Placing>,
+    /// Bytes of the message being placed whose credit went back when it
+    /// started (see [`Inbound::start`]), not received yet.
+    ahead: u64,
 }
 
 /// Most receives a client may have posted on one connection (as many as
@@ -1101,6 +1139,9 @@ struct Placing {
     post: Post,
     total: u64,
     got: u64,
+    /// Our client closed meanwhile: the rest of the message is read and
+    /// dropped (it was credited as placed, so it must not go to the ring).
+    drop: bool,
 }
 
 impl Inbound {
@@ -1112,17 +1153,23 @@ impl Inbound {
     }
 
     /// A message of `total` bytes with `tag` starts: into the receive
-    /// posted for it, if there is one that takes it.
-    fn start(&mut self, tag: u32, total: u64) {
+    /// posted for it, if there is one that takes it. Then none of its bytes
+    /// will use the ring, so their credit goes back now, not frame by
+    /// frame as they arrive (`ahead`): the sender may send the next message
+    /// while this one is still coming, instead of stopping at a ring's
+    /// worth in flight.
+    fn start(&mut self, tag: u32, total: u64, place: bool) {
         let idx = self.msgs;
         self.msgs += 1;
         while self.posts.front().is_some_and(|p| p.idx < idx) {
             self.posts.pop_front();
         }
         let fits = |p: &Post| p.idx == idx && (p.tag == TAG_ANY || p.tag == tag) && total > 0 && total <= p.cap;
-        if self.posts.front().is_some_and(fits) {
+        if place && self.posts.front().is_some_and(fits) {
             let post = self.posts.pop_front().unwrap();
-            self.placing = Some(Placing { post, total, got: 0 });
+            self.placing = Some(Placing { post, total, got: 0, drop: false });
+            self.ahead = total;
+            self.excess += total;
         }
     }
 
@@ -1131,7 +1178,7 @@ impl Inbound {
     fn unpost(&mut self, client: ring::Side<'_>, router: ring::Side<'_>) {
         // Untrusted, but only ever grows here.
         let want = client.unpost_req.load(Ordering::Acquire);
-        if want <= self.unposted || self.placing.is_some() {
+        if want <= self.unposted || self.placing.as_ref().is_some_and(|p| !p.drop) {
             return;
         }
         self.unposted = want;
@@ -1226,7 +1273,7 @@ impl Fwd {
             peer_conn: AtomicU64::new(0),
             peer_ring: AtomicU64::new(0),
             setup: Mutex::new(Setup::Waiting),
-            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0, msgs: 0, posts: VecDeque::new(), unposted: 0, placing: None }),
+            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0, msgs: 0, posts: VecDeque::new(), unposted: 0, placing: None, ahead: 0 }),
             out: Mutex::new(Out::new(lay.rx(side))),
             reported: AtomicU64::new(ring as u64),
             limit: AtomicU64::new(0),
@@ -1590,12 +1637,16 @@ impl Fwd {
         out.pending.clear();
         out.pending_bytes = 0;
         out.held.clear();
-        out.rx.release();
+        let freed = out.rx.release();
         out.rx.hold();
         // Sent, so read: the client's referenced buffers are free (a
-        // reference still being framed is not counted yet).
-        self.router_side().shadow_done.store(out.shadow_framed, Ordering::Release);
-        self.client_side().notify();
+        // reference still being framed is not counted yet). The client is
+        // woken only when it has something back (ring bytes or a buffer):
+        // frames in the middle of a big reference give it nothing.
+        let done = self.router_side().shadow_done.swap(out.shadow_framed, Ordering::AcqRel) != out.shadow_framed;
+        if freed || done {
+            self.client_side().notify();
+        }
         Ok(true)
     }
 
@@ -1816,6 +1867,17 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
         }
         keep
     });
+}
+
+/// Traffic on connection `conn`: if it is covered, it and its client's
+/// other covered connections stay covered for another reply window.
+fn refresh(hot: &mut [Cover], conn: u64) -> bool {
+    let Some(client) = hot.iter().find(|c| c.f.local == conn).map(|c| c.f.client) else { return false };
+    let now = Instant::now();
+    for c in hot.iter_mut().filter(|c| c.f.client == client) {
+        c.last = now;
+    }
+    true
 }
 
 /// A connection a receiver thread serves in place of its pump (see

@@ -532,3 +532,84 @@ fn a_dropped_connection_gets_no_more_bytes_into_its_posted_receives() {
     });
     drop(mr);
 }
+
+/// A message going into a posted receive has its credit returned when it
+/// starts, before its bytes arrive; if the receiving client closes
+/// meanwhile, the rest is dropped, never written to the ring (which it
+/// would overflow): the link stays up. Rings of 64 KiB, and the receiving
+/// router frozen while megabytes of the message pile up in the link.
+#[test]
+fn a_client_closing_while_its_posted_receive_fills_keeps_the_link_up() {
+    use ffcore::proto::{Reply, Request};
+    use ffcore::ring::{self, PostRef};
+    let mut h = two_hosts(&["a"], &["--peer-ring-size", "65536"]);
+    let a1 = h.context(1, "a");
+    let l = a1.listen().unwrap();
+    let big = 16usize << 20;
+    // The receiving client on host 0 speaks the protocol itself: a region
+    // of its own, a post for message 0 in it.
+    let s = raw_client(&h, 0, "a");
+    let (Reply::Region { region, len, key, .. }, mut fds) = rpc(&s, &Request::AllocRegion { len: big as u64 }) else { panic!("region") };
+    let own = ffcore::shm::SharedMem::from_fd(fds.pop().unwrap(), ffcore::shm::region_header() + len as usize).unwrap();
+    let (mem, ring_size) = raw_connect(&s, &l.handle());
+    assert_eq!(ring_size, 65536);
+    let lay = ring::Layout::new(&mem, ring_size).unwrap();
+    let base = 0x7000_0000u64;
+    let rkey = ffcore::RemoteKey { router_id: l.handle().router_id, region, key, base };
+    let post = PostRef { key: rkey, addr: base, cap: big as u64, idx: 0, gen: 0 };
+    assert!(lay.tx(0).push_record(ring::REC_POST, 0, 0, &post.encode()).unwrap());
+    lay.side(1).notify();
+    let mut c = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    // It also sends more than host 1 will take (c reads nothing), so that
+    // its router's pump, which cannot forward it all, stays with the
+    // connection after the close and its frames keep coming to the
+    // receiver thread.
+    let mut tx = lay.tx(0);
+    let chunk = vec![0x33u8; 16 << 10];
+    let (mut pushed, mut full_since) = (0, None::<Instant>);
+    while full_since.is_none_or(|t| t.elapsed() < Duration::from_millis(200)) {
+        let kind = if pushed == 0 { ring::REC_FIRST } else { ring::REC_CONT };
+        if tx.push_record(kind, 1, 64 << 20, &chunk).unwrap() {
+            pushed += 1;
+            full_since = None;
+            lay.side(1).notify();
+        } else {
+            full_since.get_or_insert_with(Instant::now);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(pushed < 4096, "host 1 took everything");
+    }
+    let data = unsafe { std::slice::from_raw_parts(own.as_ptr().add(ffcore::shm::region_header()), big) };
+    let msg = vec![0x77u8; big];
+    let msg = &msg;
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            // Fails or not, depending on when the receiver went.
+            let _ = c.send(msg, 0, Some(LONG));
+        });
+        let t = Instant::now();
+        while data[0] != 0x77 {
+            assert!(t.elapsed() < Duration::from_secs(20), "nothing was placed");
+            std::thread::yield_now();
+        }
+        // Megabytes more come while host 0's router cannot read them.
+        h.freeze_router(0, true);
+        std::thread::sleep(Duration::from_millis(500));
+        lay.side(0).close();
+        h.freeze_router(0, false);
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert!(data.iter().any(|&x| x == 0), "the whole message was placed before the client closed: the test proves nothing");
+    // The link still carries a new connection's bytes.
+    let (_c0, _c1, mut rx2, mut tx2) = across(&h);
+    let m: Vec<u8> = (0..(1 << 20) + 5).map(|i| (i * 13 + i / 1021) as u8).collect();
+    let mut got = vec![0u8; m.len()];
+    std::thread::scope(|sc| {
+        sc.spawn(|| tx2.send(&m, 7, Some(LONG)).unwrap());
+        assert_eq!(rx2.recv(&mut got, 7, Some(LONG)).unwrap(), m.len());
+    });
+    assert!(got == m, "bytes changed on the new connection");
+    for i in 0..2 {
+        assert!(!h.router_log(i).contains("is down"), "host {i}'s router took the link for dead:\n{}", h.router_log(i));
+    }
+}
