@@ -1033,11 +1033,7 @@ impl Peer {
         match f.send(&**link, &[Frame::bare(h)], Mode::Try) {
             Ok(true) => {
                 f.reported.fetch_max(g, Ordering::Relaxed);
-                if link.needs_flush(f.stream()) {
-                    // What try_send could not hand to the socket: its
-                    // control thread sends it.
-                    self.ctrl_cv.notify_one();
-                }
+                self.flush_later(&**link, f.stream());
                 Ok(())
             }
             Ok(false) => {
@@ -1049,6 +1045,14 @@ impl Peer {
     }
 
     /// The link is gone: every connection on it is closed for its client.
+    /// What `Link::try_send` could not hand to stream `s`'s socket goes
+    /// with the link's control thread.
+    fn flush_later(&self, link: &dyn Link, s: usize) {
+        if link.needs_flush(s) {
+            self.ctrl_cv.notify_one();
+        }
+    }
+
     fn kill(&self, why: &str) {
         if self.dead.swap(true, Ordering::AcqRel) {
             return;
@@ -1779,9 +1783,7 @@ impl Pump {
     /// What `Link::try_send` left queued goes with the link's control
     /// thread.
     fn kick_flush(&self) {
-        if self.link.needs_flush(self.f.stream()) {
-            self.peer.ctrl_cv.notify_one();
-        }
+        self.peer.flush_later(&*self.link, self.f.stream());
     }
 
     /// Is there something to do (checked after announcing sleep)?
@@ -1860,11 +1862,7 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
                 }
             }
         };
-        if link.needs_flush(f.stream()) {
-            // What try_send could not hand to the socket: its control
-            // thread sends it.
-            c.peer.ctrl_cv.notify_one();
-        }
+        c.peer.flush_later(link, f.stream());
         keep
     });
 }
@@ -2345,7 +2343,7 @@ mod tests {
                 let n = b.recv(&mut buf, 2, T).unwrap();
                 assert!(buf[..n] == pattern(1 + (i * 53 + round) % 900, i + 7 + round)[..], "connection {i}, round {round}: answer");
             }
-            // Longer than the workers' spin and nap: all of them sleep.
+            // Longer than the workers' spin: every connection goes to sleep.
             std::thread::sleep(Duration::from_millis(100));
         }
         drop(pairs);

@@ -28,6 +28,13 @@ pub struct Mr {
     pub shadow: Option<ShadowMr>,
 }
 
+impl Mr {
+    /// The registration covers `len` bytes from `addr` (no overflow).
+    fn holds(&self, addr: u64, len: u64) -> bool {
+        addr >= self.addr && addr.checked_add(len).is_some_and(|e| e <= self.addr + self.len)
+    }
+}
+
 /// A completion channel: an eventfd (one count per event) and the CQs
 /// whose events are due, in order.
 pub struct Channel {
@@ -232,8 +239,7 @@ impl Device {
             return Ok(());
         }
         let ok = self.with_mr(lkey, |m| {
-            let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
-            m.pd == pd && inside && (!write || m.access & IBV_ACCESS_LOCAL_WRITE != 0)
+            m.pd == pd && m.holds(addr, len) && (!write || m.access & IBV_ACCESS_LOCAL_WRITE != 0)
         });
         if ok != Some(true) {
             return Err(IBV_WC_LOC_PROT_ERR);
@@ -251,8 +257,7 @@ impl Device {
             return Ok(addr as *mut u8);
         }
         let ok = self.with_mr(rkey, |m| {
-            let inside = addr >= m.addr && addr.checked_add(len).is_some_and(|e| e <= m.addr + m.len);
-            m.pd == pd && inside && m.access & need != 0
+            m.pd == pd && m.holds(addr, len) && m.access & need != 0
         });
         if ok != Some(true) {
             return Err(IBV_WC_REM_ACCESS_ERR);

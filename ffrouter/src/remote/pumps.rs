@@ -157,6 +157,21 @@ struct Slot {
     doze: Doze,
 }
 
+impl Slot {
+    /// Withdraws a sleep it announced to its client, if it did.
+    fn withdraw(&self) {
+        if let Doze::Asleep { announced: true, .. } = self.doze {
+            self.p.f.router_side().cancel_sleep();
+        }
+    }
+
+    /// Awake again: looked at every turn.
+    fn wake(&mut self, now: Instant) {
+        self.withdraw();
+        self.doze = Doze::Awake { last: now };
+    }
+}
+
 /// What a turn of a worker did with one connection.
 enum Turn {
     Keep,
@@ -170,7 +185,10 @@ fn run(w: &Arc<Worker>) {
     let mut slots: Vec<Slot> = Vec::new();
     let mut bell_seen = w.bell.load(Ordering::SeqCst);
     let mut took = true;
-    let mut spare: Vec<Slot> = Vec::new();
+    // The turn's queue is rebuilt in these two, kept (empty) between
+    // turns so that a turn allocates nothing.
+    let (mut spare, mut back): (Vec<Slot>, Vec<Slot>) = (Vec::new(), Vec::new());
+    let mut blocked: Vec<usize> = Vec::new();
     let mut degraded = false;
     loop {
         if took {
@@ -193,14 +211,11 @@ fn run(w: &Arc<Worker>) {
         let now = Instant::now();
         let mut awake = 0;
         for s in slots.iter_mut() {
-            if let Doze::Asleep { seen, announced } = s.doze {
+            if let Doze::Asleep { seen, .. } = s.doze {
                 if s.p.f.router_side().wake.load(Ordering::SeqCst) == seen {
                     continue;
                 }
-                if announced {
-                    s.p.f.router_side().cancel_sleep();
-                }
-                s.doze = Doze::Awake { last: now };
+                s.wake(now);
             }
             awake += 1;
         }
@@ -209,9 +224,8 @@ fn run(w: &Arc<Worker>) {
         // room for get it first next turn.
         let mode = if awake <= 1 { Mode::Block } else { Mode::Try };
         let (mut moved, mut spinning) = (false, false);
-        let mut blocked: Vec<usize> = Vec::new();
-        let mut back = std::mem::take(&mut spare);
-        let mut front = Vec::with_capacity(slots.len());
+        blocked.clear();
+        let mut front = std::mem::take(&mut spare);
         for mut s in slots.drain(..) {
             match turn(&mut s, mode, now) {
                 Turn::Gone(res) => {
@@ -291,13 +305,9 @@ fn run(w: &Arc<Worker>) {
             let now = Instant::now();
             for s in slots.iter_mut() {
                 if let Doze::Asleep { announced, .. } = s.doze {
-                    let f = &s.p.f;
-                    let wake = if announced { s.p.ready() } else { !f.covered.load(Ordering::SeqCst) };
+                    let wake = if announced { s.p.ready() } else { !s.p.f.covered.load(Ordering::SeqCst) };
                     if wake {
-                        if announced {
-                            f.router_side().cancel_sleep();
-                        }
-                        s.doze = Doze::Awake { last: now };
+                        s.wake(now);
                     }
                 }
             }
@@ -319,9 +329,7 @@ fn shed(w: &Worker, slots: &mut Vec<Slot>) {
     let moving: Vec<Pump> = slots
         .drain(slots.len() - k..)
         .map(|s| {
-            if let Doze::Asleep { announced: true, .. } = s.doze {
-                s.p.f.router_side().cancel_sleep();
-            }
+            s.withdraw();
             s.p
         })
         .collect();
