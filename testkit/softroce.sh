@@ -13,7 +13,8 @@
 #   testkit/softroce.sh bench     perftest (ib_write_bw, ib_read_bw,
 #                                 ib_write_lat) on rxe0 vs ff over the RDMA
 #                                 link vs ff over TCP, same sizes, one run;
-#                                 writes bench/results/softroce-DATE/
+#                                 writes bench/results/softroce-DATE/ (or
+#                                 $FF_SOFTROCE_OUT)
 #
 # The guest image is built once from Debian packages (debootstrap, the
 # host's linux-image-amd64 kernel and modules) and cached in
@@ -118,9 +119,9 @@ mkdir -p "$share/bin" "$share/sync"
 cp "$target/release/ffrouter" "$target/release/ffbench" "$share/bin/"
 cp "$top/testkit/softroce-guest.sh" "$share/guest.sh"
 echo "$mode" > "$share/mode"
-# FF_SOFTROCE_RDMA_DEAD_MS: the routers' RDMA dead time (FF_RDMA_DEAD_MS),
-# default theirs (3 s). The emulated fabric goes silent for seconds at times.
-echo "FF_RDMA_DEAD_MS=${FF_SOFTROCE_RDMA_DEAD_MS:-}" > "$share/router.env"
+# FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
+# (experiment knobs such as FF_ROUTER_GATHER=...); none by default.
+echo "${FF_SOFTROCE_ROUTER_ENV:-}" | tr ' ' '\n' > "$share/router.env"
 
 port=$((20000 + RANDOM % 20000))
 boot() { # id, netdev role
@@ -183,7 +184,7 @@ if [ $fail = 1 ]; then
 fi
 grep -h '^OK ' "$share/guest1.log" "$share/guest2.log" | sort -u >&2 || true
 if [ "$mode" = bench ]; then
-    out=$top/bench/results/softroce-$(date +%Y-%m-%d)
+    out=${FF_SOFTROCE_OUT:-$top/bench/results/softroce-$(date +%Y-%m-%d)}
     mkdir -p "$out"
     cp "$share/guest1.log" "$out/guest1.log"
     cp "$share/guest2.log" "$out/guest2.log"

@@ -27,7 +27,8 @@
 //! the connection file; receivers block on the link. An idle connection costs
 //! a wake-up every 20 ms; an idle link a PING per stream every 500 ms.
 //!
-//! When a link dies (no frame for 3 s, or the peer router's sockets close),
+//! When a link dies (the peer's host stops answering, its router sends
+//! nothing for `link::SILENT_AFTER`, or its sockets or queue pairs fail),
 //! every connection on it has the router's side marked closed in the shared
 //! control page: clients fail their requests with `PeerClosed`.
 
@@ -51,8 +52,17 @@ use crate::peers::PeerPolicy;
 use crate::state::{Outcome, State};
 use crate::wire::{self, Header};
 
-/// How long a connect to another host may take before the client is told.
+/// How long a connect to another host may take before the client is told
+/// (the router answers `NotReady` meanwhile): [`CONNECT_TIMEOUT`] after the
+/// request, or, while the link to that host is being set up and making
+/// progress (a stream dialed, a queue pair made or connected on either
+/// side), [`CONNECT_TIMEOUT`] after its last step; never later than
+/// [`CONNECT_LIMIT`] after the request. A link that cannot be set up fails
+/// its connects earlier, with the reason (`DIAL_TIMEOUT` plus the RDMA
+/// setup's `SETUP_LIMIT` at most).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+const _: () = assert!(DIAL_TIMEOUT.as_secs() + link::rdma::SETUP_LIMIT.as_secs() < CONNECT_LIMIT.as_secs());
 /// A tuning knob: the environment variable `name` if it parses, else
 /// `default`, read once per knob (the caller's `static`). Experiments only;
 /// the defaults are what the benchmarks measured.
@@ -191,7 +201,24 @@ const PENDING_PER_CLIENT: usize = 64;
 
 struct Pending {
     fwd: Arc<Fwd>,
-    deadline: Instant,
+    /// The link it waits for.
+    peer: Arc<Peer>,
+    since: Instant,
+}
+
+impl Pending {
+    /// When the connect is given up on ([`CONNECT_TIMEOUT`]), and whether
+    /// that is the hard limit ([`CONNECT_LIMIT`]).
+    fn deadline(&self) -> (Instant, bool) {
+        let step = *self.peer.progress.lock().unwrap();
+        let soft = (self.since + CONNECT_TIMEOUT).max(step + CONNECT_TIMEOUT);
+        let hard = self.since + CONNECT_LIMIT;
+        if soft < hard {
+            (soft, false)
+        } else {
+            (hard, true)
+        }
+    }
 }
 
 struct Group {
@@ -313,7 +340,7 @@ impl Remote {
         };
         if let Some(socks) = complete {
             let n = socks.len();
-            let link = match self.make_link(socks, format!("link from router {} at {from}", hex(&inc.peer_id[..4]))) {
+            let link = match self.make_link(socks, format!("link from router {} at {from}", hex(&inc.peer_id[..4])), &|| ()) {
                 Ok(l) => l,
                 Err(e) => {
                     limited!(warn, "handshake", "", "link from {from}: {e}");
@@ -327,18 +354,23 @@ impl Remote {
         }
     }
 
-    fn make_link(&self, socks: Vec<(TcpStream, Option<Keys>)>, what: String) -> std::io::Result<Arc<dyn Link>> {
+    /// `progress` is called at each step of an RDMA setup.
+    fn make_link(&self, socks: Vec<(TcpStream, Option<Keys>)>, what: String, progress: &dyn Fn()) -> std::io::Result<Arc<dyn Link>> {
         match self.cfg.transport {
             Transport::Tcp => Ok(Arc::new(TcpLink::new(socks, format!("tcp {what}"))?)),
             // Not with a secret (Config::from_flags refuses that).
             Transport::Rdma => {
                 let dev = self.cfg.rdma.as_ref().ok_or_else(|| std::io::Error::other("RDMA transport without a device"))?;
-                link::rdma::over_tcp_bootstrap(socks.into_iter().map(|(s, _)| s).collect(), format!("rdma {what}"), dev)
+                link::rdma::over_tcp_bootstrap(socks.into_iter().map(|(s, _)| s).collect(), format!("rdma {what}"), dev, progress)
             }
             #[cfg(test)]
-            Transport::FakeRdma { delay_ms } => {
-                link::rdma::over_fake(socks.into_iter().map(|(s, _)| s).collect(), format!("fake-rdma {what}"), Duration::from_millis(delay_ms))
-            }
+            Transport::FakeRdma { delay_ms, setup_ms } => link::rdma::over_fake(
+                socks.into_iter().map(|(s, _)| s).collect(),
+                format!("fake-rdma {what}"),
+                Duration::from_millis(delay_ms),
+                Duration::from_millis(setup_ms),
+                progress,
+            ),
         }
     }
 
@@ -351,14 +383,20 @@ impl Remote {
         if let Some(p) = pending.get(&key) {
             let setup = p.fwd.setup.lock().unwrap().clone();
             match setup {
-                Setup::Waiting if p.deadline > Instant::now() => return Reply::NotReady.into(),
+                Setup::Waiting if p.deadline().0 > Instant::now() => return Reply::NotReady.into(),
                 Setup::Waiting => {
+                    let hard = p.deadline().1;
                     let f = pending.remove(&key).unwrap().fwd;
                     drop(pending);
                     f.refuse(ErrorCode::Unreachable, "");
                     self.state.lock().unwrap().abandon_out(client, f.local);
                     let a = SocketAddr::from(addr);
-                    return err(ErrorCode::Unreachable, format!("the router at {a} did not answer within {CONNECT_TIMEOUT:?}"));
+                    let why = if hard {
+                        format!("the router at {a} did not answer within {CONNECT_LIMIT:?} (the limit, however slowly the link to it was being set up)")
+                    } else {
+                        format!("the router at {a} did not answer within {CONNECT_TIMEOUT:?}")
+                    };
+                    return err(ErrorCode::Unreachable, why);
                 }
                 Setup::Accepted => {
                     let f = pending.remove(&key).unwrap().fwd;
@@ -405,7 +443,7 @@ impl Remote {
                 return err(ErrorCode::Internal, e);
             }
         };
-        self.pending.lock().unwrap().insert(key, Pending { fwd: fwd.clone(), deadline: Instant::now() + CONNECT_TIMEOUT });
+        self.pending.lock().unwrap().insert(key, Pending { fwd: fwd.clone(), peer: peer.clone(), since: Instant::now() });
         let body = wire::Connect { tenant: tenant.to_string(), listener, nonce, credit: fwd.ring };
         peer.submit(self, fwd, body, router_id);
         Reply::NotReady.into()
@@ -480,9 +518,10 @@ impl Remote {
                 }
                 id = Some(a.peer_id);
                 socks.push((s, a.keys));
+                peer.step();
             }
             let id = id.expect("at least one stream");
-            let link = self.make_link(socks, format!("link to router {} at {addr}", hex(&id[..4]))).map_err(|e| e.to_string())?;
+            let link = self.make_link(socks, format!("link to router {} at {addr}", hex(&id[..4])), &|| peer.step()).map_err(|e| e.to_string())?;
             Ok((link, id))
         })();
         match up {
@@ -564,6 +603,10 @@ pub struct Peer {
     dead: AtomicBool,
     ctrl: Mutex<VecDeque<(usize, Vec<u8>)>>,
     ctrl_cv: Condvar,
+    /// When the link last made a step of its setup (dial began, a stream
+    /// dialed, an RDMA setup step of either side, up): connects waiting for
+    /// it are waited for [`CONNECT_TIMEOUT`] from there.
+    progress: Mutex<Instant>,
 }
 
 #[derive(Default)]
@@ -586,11 +629,18 @@ impl Peer {
             dead: AtomicBool::new(false),
             ctrl: Mutex::default(),
             ctrl_cv: Condvar::new(),
+            progress: Mutex::new(Instant::now()),
         })
+    }
+
+    /// The link's setup made a step.
+    fn step(&self) {
+        *self.progress.lock().unwrap() = Instant::now();
     }
 
     /// The link is up: start its threads and send what waited for it.
     fn up(self: &Arc<Self>, remote: &Arc<Remote>, link: Arc<dyn Link>) {
+        self.step();
         remote.links.fetch_add(1, Ordering::Relaxed);
         for s in 0..link.streams() {
             let (p, l, r) = (self.clone(), link.clone(), remote.clone());
@@ -1964,7 +2014,32 @@ mod tests {
 
     #[test]
     fn engine_over_fake_rdma_moves_every_size_with_small_rings() {
-        checksummed_both_ways(Transport::FakeRdma { delay_ms: 0 });
+        checksummed_both_ways(Transport::FakeRdma { delay_ms: 0, setup_ms: 0 });
+    }
+
+    #[test]
+    fn a_connect_waits_for_a_slow_rdma_setup_that_progresses() {
+        // Soft-RoCE in an emulated guest took 8-10 s to make a link's queue
+        // pairs and register their buffers, and clients' connects failed
+        // at CONNECT_TIMEOUT (10 s). Here every queue pair and registration
+        // takes 700 ms on both routers: the link needs about 12 s, making a
+        // step every few hundred ms. The connect is waited for; then bytes
+        // cross intact both ways.
+        let two = Two::with_streams(Transport::FakeRdma { delay_ms: 0, setup_ms: 700 }, 16 << 10, 4);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        let t0 = Instant::now();
+        let mut b = loop {
+            match c1.connect(&l.handle()) {
+                Ok(Some(c)) => break c,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("the connect failed after {:?}: {e}", t0.elapsed()),
+            }
+        };
+        // The premise: the setup took longer than CONNECT_TIMEOUT.
+        assert!(t0.elapsed() > CONNECT_TIMEOUT, "{:?}", t0.elapsed());
+        let mut a = l.accept_timeout(Duration::from_secs(30)).unwrap();
+        exchange(&mut a, &mut b, 1);
     }
 
     #[test]
@@ -1978,7 +2053,7 @@ mod tests {
         // only pings, which must not wait behind the busy streams. A link
         // death shows as a failed send or receive; every byte is checked.
         let _ = env_logger::builder().is_test(true).try_init();
-        let two = Two::with_streams(Transport::FakeRdma { delay_ms: 30 }, 1 << 20, 4);
+        let two = Two::with_streams(Transport::FakeRdma { delay_ms: 30, setup_ms: 0 }, 1 << 20, 4);
         let (c0, c1) = (two.ctx(0), two.ctx(1));
         let l = c0.listen().unwrap();
         let mut pairs: Vec<(Conn, Conn)> = (0..3)
@@ -1988,7 +2063,8 @@ mod tests {
             })
             .collect();
         let size = |i: usize| (16 << 10) + 1 + (i * 7919) % 8192;
-        let run = link::DEAD_AFTER * 2;
+        // Twice the 3 s RDMA links used to die after.
+        let run = Duration::from_secs(6);
         std::thread::scope(|sc| {
             for (k, (tx, rx)) in pairs.iter_mut().enumerate() {
                 let n = std::sync::Arc::new(AtomicUsize::new(usize::MAX));

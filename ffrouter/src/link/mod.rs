@@ -24,15 +24,16 @@ use ffcore::shm::SharedMem;
 
 use crate::wire::HDR_LEN;
 
-/// An RDMA link with nothing received for this long is dead (the peer
-/// sends a PING at least every [`PING_EVERY`]).
-pub const DEAD_AFTER: Duration = Duration::from_secs(3);
-/// A TCP link is dead when the peer's *kernel* stops answering for
-/// [`tcp::PEER_HOST_TIMEOUT`] (keepalive probes and retransmissions, which
-/// no scheduling delay of either router holds up), or when it closes; a
-/// peer router whose kernel answers but that sends nothing, not even a
-/// PING, for this long is taken for hung. Long, so that a router starved
-/// of CPU (every core busy, or stopped for seconds) is never taken for dead.
+/// A link is dead when the peer's *host* stops answering: over TCP its
+/// kernel, for [`tcp::PEER_HOST_TIMEOUT`] (keepalive probes and
+/// retransmissions, which no scheduling delay of either router holds up),
+/// or when it closes; over RDMA its NIC, for the NIC's retransmission
+/// budget ([`rdma::NIC_RETRY_BUDGET`]: an operation, a PING at least,
+/// fails). A peer router whose host answers but that sends nothing, not
+/// even a PING (every [`PING_EVERY`]), for this long is taken for hung, on
+/// either transport. Long, so that a router starved of CPU (every core
+/// busy, or stopped for seconds) or a fabric quiet for seconds (soft-RoCE
+/// retransmitting) is never taken for dead.
 pub const SILENT_AFTER: Duration = Duration::from_secs(30);
 pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// Bound on dialing a peer router, handshakes of all streams included.
@@ -82,8 +83,7 @@ pub trait Link: Send + Sync {
 
     /// The next frame header on stream `s`. Only one thread receives on a
     /// stream. Fails with `TimedOut` when nothing at all arrived for the
-    /// transport's silence limit ([`SILENT_AFTER`] over TCP, [`DEAD_AFTER`]
-    /// over RDMA), and once the link is broken.
+    /// silence limit ([`SILENT_AFTER`]), and once the link is broken.
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]>;
 
     /// The next `n` payload bytes of the current frame on stream `s`.
@@ -164,9 +164,10 @@ pub enum Transport {
     Tcp,
     Rdma,
     /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric) whose
-    /// operations complete after `delay_ms`: tests only.
+    /// operations complete after `delay_ms`, and whose queue pairs and
+    /// registrations each take `setup_ms` to make: tests only.
     #[cfg(test)]
-    FakeRdma { delay_ms: u64 },
+    FakeRdma { delay_ms: u64, setup_ms: u64 },
 }
 
 /// `--peer-transport auto|tcp|rdma`: picks RDMA when asked for, or with

@@ -33,16 +33,22 @@
 //! credits ([`crate::wire`]) bound the rest, so a receiver never runs out of
 //! room.
 //!
-//! Liveness: pings, credits and acks are bare immediates posted straight to
-//! the queue pair, never behind a stream's sender (who may be waiting for
-//! credit or for the peer's READs), and any completion that arrives on any
-//! stream, whoever drains it, counts as hearing from the peer router: the
-//! link is dead after [`DEAD_AFTER`] without anything on any stream. A
-//! sender holds its stream only to stage and post a batch (and for the NIC
-//! to take the staged bytes); it waits for the peer's READs of its payloads
-//! without it. A stream's operations may stall while the NIC retransmits
-//! (1.07 s per retry): an operation, or the credit or ack that answers our
-//! payloads, fails the link after [`OP_TIMEOUT`] without progress.
+//! Liveness, the same rule as over TCP: pings, credits and acks are bare
+//! immediates posted straight to the queue pair, never behind a stream's
+//! sender (who may be waiting for credit or for the peer's READs), and any
+//! completion that arrives on any stream, whoever drains it, counts as
+//! hearing from the peer router. A peer *host* that is gone fails our next
+//! operation (a ping goes every 500 ms) once the NIC has retransmitted it
+//! for [`NIC_RETRY_BUDGET`] (the RDMA counterpart of TCP's user timeout); a
+//! peer *router* whose NIC still answers but that sends nothing at all for
+//! [`SILENT_AFTER`] (30 s) is taken for hung. An emulated or congested
+//! fabric that goes quiet for seconds is neither. A sender holds its stream
+//! only to stage and post a batch (and for the NIC to take the staged
+//! bytes); it waits for the peer's READs of its payloads without it. A
+//! stream's operations may stall while the NIC retransmits (1.07 s per
+//! retry): an operation, or the credit or ack that answers our payloads,
+//! fails the link after [`OP_TIMEOUT`] without progress, which is longer
+//! than the NIC's budget.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
 //! forwarding starts) and deregistered when it ends, after any READ into it
@@ -59,28 +65,26 @@ use std::time::{Duration, Instant};
 use ffcore::shm::SharedMem;
 
 use super::verbs::{Cq, Endpoint, Mr, Op, QpState, SendWr, Sge, Verbs, WcKind};
-use super::{Frame, Link, DEAD_AFTER};
+use super::{Frame, Link, SILENT_AFTER};
 use crate::wire::HDR_LEN;
 
 pub const LANDING: usize = 1 << 20;
+/// The queue pairs' ACK timeout, as the exponent of 4.096 us: 2^18 is
+/// 1.07 s (NCCL's default, NCCL_IB_TIMEOUT).
+pub const ACK_TIMEOUT_EXP: u8 = 18;
+/// Retransmissions before the NIC fails an operation.
+pub const RETRY_CNT: u8 = 7;
+/// How long the NIC may retransmit one operation before it fails it: the
+/// first try and every retry each wait one ACK timeout.
+pub const NIC_RETRY_BUDGET: Duration = Duration::from_micros(4096 * (1 << ACK_TIMEOUT_EXP) / 1000 * (RETRY_CNT as u64 + 1));
 /// The longest an RDMA operation, or the peer's credit or ack for our
-/// payloads, may take while the peer router is otherwise heard from: a lost
-/// packet costs one ACK timeout (1.07 s) and the NIC gives up after 7
-/// retries (and then fails the operation itself).
+/// payloads, may take without progress. Longer than the NIC's own
+/// retransmission budget, so that a lost packet, which costs one ACK
+/// timeout, never fails the link; an operation the NIC gives up on fails
+/// it with an error completion.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+const _: () = assert!(OP_TIMEOUT.as_micros() > NIC_RETRY_BUDGET.as_micros());
 
-/// The dead time of RDMA links: [`DEAD_AFTER`], or `FF_RDMA_DEAD_MS` from
-/// the environment (an experiment knob, like `FF_ROUTER_SPIN_US`: the
-/// soft-RoCE check runs emulated guests whose fabric goes silent for
-/// seconds). Operations get at least as long ([`op_timeout`]).
-pub fn dead_after() -> Duration {
-    static K: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *K.get_or_init(|| std::env::var("FF_RDMA_DEAD_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(DEAD_AFTER))
-}
-
-fn op_timeout() -> Duration {
-    OP_TIMEOUT.max(dead_after())
-}
 pub const STAGING: usize = 256 << 10;
 pub const BOUNCE: usize = 64 << 10;
 /// Payloads up to this size are copied into the record; bigger ones are
@@ -165,53 +169,90 @@ pub fn probe(want: &Want) -> Result<gid::Choice, NoDevice> {
     }
 }
 
-/// Bound on the queue pair exchange over the first TCP stream (each side
-/// creates and registers its queue pairs and buffers meanwhile: on
-/// soft-RoCE under emulation that alone took over a second).
-pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Setup bounds. Each side reports every step of its setup to the other
+/// over the first TCP stream (a queue pair and its buffers made, a queue
+/// pair connected), so a peer that is slow but progressing is waited for (on
+/// soft-RoCE under emulation one router took 8-10 s for its four queue pairs
+/// and their registrations), and one that makes no step for
+/// [`SETUP_STEP_TIMEOUT`] is given up on; the whole setup never takes longer
+/// than [`SETUP_LIMIT`].
+pub const SETUP_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SETUP_LIMIT: Duration = Duration::from_secs(40);
 
-/// The handshake left its own (short, already partly spent) timeouts on
-/// the socket: the setup gets [`SETUP_TIMEOUT`].
-fn setup_timeouts(boot: &TcpStream) -> io::Result<()> {
-    boot.set_read_timeout(Some(SETUP_TIMEOUT))?;
-    boot.set_write_timeout(Some(SETUP_TIMEOUT))
+/// The byte stream a setup runs over (a TCP stream; tests use Unix sockets).
+pub trait Boot: Read + Write {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+}
+
+impl Boot for TcpStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Boot for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
 }
 
 /// Turns the TCP streams of a freshly handshaken link into an RDMA link:
 /// the first stream carries the queue pair exchange (and stays open); the
-/// link gets as many queue pairs as there were streams.
-pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Choice) -> io::Result<Arc<dyn Link>> {
+/// link gets as many queue pairs as there were streams. `progress` is
+/// called at every step of the setup, either side's.
+pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Choice, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
     #[cfg(feature = "rdma")]
     {
         let n = socks.len();
         let mut boot = socks.swap_remove(0);
         drop(socks);
-        setup_timeouts(&boot)?;
         let t0 = Instant::now();
         let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open(dev)?);
-        let link = RdmaLink::connect(v, &mut boot, n, what)?;
+        progress();
+        let link = RdmaLink::connect(v, &mut boot, n, what, progress)?;
         log::debug!("{}: RDMA setup took {:?}", link.what, t0.elapsed());
         Ok(Arc::new(link.keep(boot)))
     }
     #[cfg(not(feature = "rdma"))]
     {
         socks.clear();
-        let _ = (what, dev);
+        let _ = (what, dev, progress);
         Err(io::Error::other("ffrouter was built without the rdma feature"))
     }
 }
 
 /// Tests: an RDMA link on the process-wide fake fabric, set up through the
-/// TCP streams of a handshaken link like the real one.
+/// TCP streams of a handshaken link like the real one. Every operation of
+/// its NIC completes after `delay`; every queue pair and registration of its
+/// setup takes `setup`.
 #[cfg(test)]
-pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration) -> io::Result<Arc<dyn Link>> {
+pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration, setup: Duration, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
     static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
-    setup_timeouts(&boot)?;
-    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay));
-    let link = RdmaLink::connect(v, &mut boot, n, what)?;
+    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay).with_setup_delay(setup));
+    let link = RdmaLink::connect(v, &mut boot, n, what, progress)?;
     Ok(Arc::new(link.keep(boot)))
+}
+
+/// Reads `buf` from the peer's setup: its next step must come within
+/// [`SETUP_STEP_TIMEOUT`], and before `deadline`.
+fn read_step(boot: &mut impl Boot, buf: &mut [u8], deadline: Instant, what: &str) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("RDMA setup: not done within {SETUP_LIMIT:?}")));
+    }
+    boot.set_timeouts(left.min(SETUP_STEP_TIMEOUT))?;
+    boot.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("RDMA setup: the peer router made no step for {:?} (waiting for {what})", left.min(SETUP_STEP_TIMEOUT)),
+        ),
+        io::ErrorKind::UnexpectedEof => io::Error::new(io::ErrorKind::UnexpectedEof, format!("RDMA setup: the peer router closed the connection (waiting for {what})")),
+        _ => e,
+    })
 }
 
 /// A registered buffer owned by the link.
@@ -301,6 +342,9 @@ pub struct RdmaLink {
     what: String,
     /// When something last arrived from the peer, on any stream.
     heard: Mutex<Instant>,
+    /// The peer router is taken for hung after this long without anything
+    /// from it on any stream ([`SILENT_AFTER`], as over TCP).
+    silent_after: Duration,
     _boot: Option<TcpStream>,
 }
 
@@ -310,48 +354,47 @@ const INFO_LEN: usize = Endpoint::LEN + 16;
 impl RdmaLink {
     /// Creates `n` queue pairs and connects them to the peer's through
     /// `boot` (any byte stream to the peer router; both sides run this).
-    pub fn connect(v: Arc<dyn Verbs>, boot: &mut (impl Read + Write), n: usize, what: String) -> io::Result<RdmaLink> {
+    /// Each side sends each queue pair's info as soon as it is made, and a
+    /// byte for each once it is connected (ready to receive): every one is
+    /// a step the other side waits for (see [`SETUP_STEP_TIMEOUT`]), and
+    /// `progress` is called at each step, ours or the peer's.
+    pub fn connect(v: Arc<dyn Verbs>, boot: &mut impl Boot, n: usize, what: String, progress: &dyn Fn()) -> io::Result<RdmaLink> {
+        let deadline = Instant::now() + SETUP_LIMIT;
         let mut made: Vec<(u32, Buf, Buf, Buf)> = Vec::with_capacity(n);
-        let cleanup = |v: &Arc<dyn Verbs>, made: &[(u32, Buf, Buf, Buf)]| {
-            for (qp, a, b, c) in made {
-                v.destroy_qp(*qp);
-                for m in [a, b, c] {
-                    let _ = v.dereg_mr(&m.mr);
-                }
-            }
-        };
-        let mut info = Vec::with_capacity(n * INFO_LEN);
-        for _ in 0..n {
-            let r = (|| {
-                let qp = v.create_qp(SEND_DEPTH, RECV_DEPTH)?;
-                let landing = Buf::new(&*v, LANDING)?;
-                let staging = Buf::new(&*v, STAGING)?;
-                let bounce = Buf::new(&*v, BOUNCE)?;
-                Ok::<_, io::Error>((qp, landing, staging, bounce))
-            })();
-            match r {
-                Ok(x) => {
-                    info.extend_from_slice(&v.endpoint(x.0)?.encode());
-                    info.extend_from_slice(&x.1.mr.addr.to_le_bytes());
-                    info.extend_from_slice(&x.1.mr.rkey.to_le_bytes());
-                    info.extend_from_slice(&(LANDING as u32).to_le_bytes());
-                    made.push(x);
-                }
-                Err(e) => {
-                    cleanup(&v, &made);
-                    return Err(e);
-                }
-            }
-        }
-        log::debug!("{what}: {n} queue pairs and their buffers made; exchanging them");
         let res = (|| {
-            boot.write_all(&info)?;
-            let mut peer = vec![0u8; n * INFO_LEN];
-            boot.read_exact(&mut peer)?;
-            log::debug!("{what}: got the peer's queue pairs; connecting");
+            boot.set_timeouts(SETUP_STEP_TIMEOUT)?;
+            for i in 0..n {
+                let qp = v.create_qp(SEND_DEPTH, RECV_DEPTH)?;
+                let mut bufs = Vec::with_capacity(3);
+                for len in [LANDING, STAGING, BOUNCE] {
+                    match Buf::new(&*v, len) {
+                        Ok(b) => bufs.push(b),
+                        Err(e) => {
+                            for b in &bufs {
+                                let _ = v.dereg_mr(&b.mr);
+                            }
+                            v.destroy_qp(qp);
+                            return Err(e);
+                        }
+                    }
+                }
+                let (c, b, a) = (bufs.pop().unwrap(), bufs.pop().unwrap(), bufs.pop().unwrap());
+                made.push((qp, a, b, c));
+                let x = &made[i];
+                let mut info = Vec::with_capacity(INFO_LEN);
+                info.extend_from_slice(&v.endpoint(x.0)?.encode());
+                info.extend_from_slice(&x.1.mr.addr.to_le_bytes());
+                info.extend_from_slice(&x.1.mr.rkey.to_le_bytes());
+                info.extend_from_slice(&(LANDING as u32).to_le_bytes());
+                boot.write_all(&info)?;
+                progress();
+            }
+            log::debug!("{what}: {n} queue pairs and their buffers made; connecting them to the peer's");
             let mut rings = Vec::with_capacity(n);
             for (i, (qp, _, _, _)) in made.iter().enumerate() {
-                let b = &peer[i * INFO_LEN..(i + 1) * INFO_LEN];
+                let mut b = [0u8; INFO_LEN];
+                read_step(boot, &mut b, deadline, &format!("queue pair {i} of {n}"))?;
+                progress();
                 let ep = Endpoint::decode(b[..Endpoint::LEN].try_into().unwrap());
                 let ring = PeerRing {
                     addr: u64::from_le_bytes(b[26..34].try_into().unwrap()),
@@ -368,21 +411,32 @@ impl RdmaLink {
                 v.modify_qp(*qp, QpState::Rtr, Some(&ep))?;
                 v.modify_qp(*qp, QpState::Rts, None)?;
                 rings.push(ring);
+                // This queue pair is ready to receive.
+                boot.write_all(b"R")?;
+                progress();
             }
-            // Both sides are ready to receive before anyone writes.
-            log::debug!("{what}: queue pairs ready to send");
-            boot.write_all(b"R")?;
-            let mut r = [0u8; 1];
-            boot.read_exact(&mut r)?;
-            if &r != b"R" {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad RDMA setup reply"));
+            // Both sides are ready to receive on every queue pair before
+            // anyone writes.
+            for i in 0..n {
+                let mut r = [0u8; 1];
+                read_step(boot, &mut r, deadline, &format!("queue pair {i} of {n} to be ready"))?;
+                if &r != b"R" {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad RDMA setup reply"));
+                }
+                progress();
             }
+            log::debug!("{what}: queue pairs ready");
             Ok(rings)
         })();
         let rings = match res {
             Ok(r) => r,
             Err(e) => {
-                cleanup(&v, &made);
+                for (qp, a, b, c) in &made {
+                    v.destroy_qp(*qp);
+                    for m in [a, b, c] {
+                        let _ = v.dereg_mr(&m.mr);
+                    }
+                }
                 return Err(e);
             }
         };
@@ -404,12 +458,29 @@ impl RdmaLink {
                 next_token: AtomicU32::new(1),
             })
             .collect();
-        Ok(RdmaLink { v, streams, regs: RwLock::default(), dead: AtomicBool::new(false), why: Mutex::default(), what, heard: Mutex::new(Instant::now()), _boot: None })
+        Ok(RdmaLink {
+            v,
+            streams,
+            regs: RwLock::default(),
+            dead: AtomicBool::new(false),
+            why: Mutex::default(),
+            what,
+            heard: Mutex::new(Instant::now()),
+            silent_after: SILENT_AFTER,
+            _boot: None,
+        })
     }
 
     /// Keeps the bootstrap connection open for the link's lifetime.
     pub fn keep(mut self, boot: TcpStream) -> RdmaLink {
         self._boot = Some(boot);
+        self
+    }
+
+    /// Tests: a shorter silence limit than [`SILENT_AFTER`].
+    #[cfg(test)]
+    fn silent_after(mut self, d: Duration) -> RdmaLink {
+        self.silent_after = d;
         self
     }
 
@@ -485,8 +556,8 @@ impl RdmaLink {
                 return Ok(());
             }
             let spent = start.elapsed();
-            if spent > op_timeout() {
-                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {:?}", op_timeout())));
+            if spent > OP_TIMEOUT {
+                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {OP_TIMEOUT:?}")));
             }
             if spent > Duration::from_micros(20) {
                 let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
@@ -583,8 +654,8 @@ impl RdmaLink {
                 }
             }
             self.check()?;
-            if since.elapsed() > op_timeout() {
-                return Err(self.fail(format!("the peer router sent no credit or ack for {:?}", op_timeout())));
+            if since.elapsed() > OP_TIMEOUT {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {OP_TIMEOUT:?}")));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
@@ -769,7 +840,7 @@ impl Link for RdmaLink {
             // Silence since we began waiting and since anything (a ping,
             // credit, ack) arrived on any stream, whoever drained it.
             let spent = start.elapsed().min(self.heard.lock().unwrap().elapsed());
-            let dead = dead_after();
+            let dead = self.silent_after;
             if spent > dead {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {dead:?}")));
             }
@@ -902,18 +973,29 @@ pub mod ib;
 
 #[cfg(test)]
 mod tests {
-    use super::super::verbs::Fabric;
+    use super::super::verbs::{Fabric, FakeVerbs};
     use super::*;
     use crate::wire::{self, Header};
     use std::os::unix::net::UnixStream;
 
     fn pair(n: usize) -> (Fabric, Arc<RdmaLink>, Arc<RdmaLink>) {
-        let f = Fabric::default();
-        let (va, vb): (Arc<dyn Verbs>, Arc<dyn Verbs>) = (Arc::new(f.nic()), Arc::new(f.nic()));
+        let (f, _, a, b) = pair_on(n, Fabric::default().nic(), SILENT_AFTER);
+        (f, a, b)
+    }
+
+    /// a on `nic` (kept for the test), b on a plain NIC with `silence`.
+    fn pair_on(n: usize, nic: FakeVerbs, silence: Duration) -> (Fabric, Arc<FakeVerbs>, Arc<RdmaLink>, Arc<RdmaLink>) {
+        let f = nic_fabric(&nic);
+        let na = Arc::new(nic);
+        let (va, vb): (Arc<dyn Verbs>, Arc<dyn Verbs>) = (na.clone(), Arc::new(f.nic()));
         let (mut sa, mut sb) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, n, "b".into()).unwrap());
-        let a = RdmaLink::connect(va, &mut sa, n, "a".into()).unwrap();
-        (f, Arc::new(a), Arc::new(t.join().unwrap()))
+        let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, n, "b".into(), &|| ()).unwrap());
+        let a = RdmaLink::connect(va, &mut sa, n, "a".into(), &|| ()).unwrap();
+        (f, na, Arc::new(a), Arc::new(t.join().unwrap().silent_after(silence)))
+    }
+
+    fn nic_fabric(nic: &FakeVerbs) -> Fabric {
+        nic.fabric()
     }
 
     fn data(conn: u64, payload: &[u8]) -> (Frame, [u8; HDR_LEN]) {
@@ -1001,9 +1083,10 @@ mod tests {
         a.ping(0).unwrap();
         a.ping(1).unwrap();
         assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
-        // b reads only after the dead time (a READ stalled in the NIC's
-        // retransmissions): a waits, the link stays.
-        std::thread::sleep(DEAD_AFTER + Duration::from_millis(500));
+        // b reads only after seconds (a READ stalled in the NIC's
+        // retransmissions; RDMA links used to die after 3 s): a waits, the
+        // link stays.
+        std::thread::sleep(Duration::from_millis(3500));
         assert!(!big.is_finished(), "the big send waits for b's READ");
         // b reads: the big send completes, then the frame sent after it.
         let mut got = vec![0u8; 1 << 20];
@@ -1018,9 +1101,11 @@ mod tests {
     #[test]
     fn streams_that_hear_nothing_stay_up_while_the_peer_pings_on_another() {
         // Only stream 1 carries pings (as if stream 0's queue pair were
-        // stalled in retransmissions) for longer than the dead time: the
-        // peer router is heard from, so neither receiver gives up.
-        let (_fab, a, b) = pair(2);
+        // stalled in retransmissions) for longer than b's silence limit
+        // (shortened to 2 s here): the peer router is heard from, so
+        // neither receiver gives up.
+        let silence = Duration::from_secs(2);
+        let (_fab, _, a, b) = pair_on(2, Fabric::default().nic(), silence);
         let a2 = a.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -1036,7 +1121,7 @@ mod tests {
                 std::thread::spawn(move || b2.recv_header(s).map(|h| Header::decode(&h).unwrap().ty))
             })
             .collect();
-        std::thread::sleep(DEAD_AFTER + Duration::from_millis(700));
+        std::thread::sleep(silence + Duration::from_millis(700));
         assert!(rxs.iter().all(|r| !r.is_finished()), "a receiver gave up although pings arrived");
         stop.store(true, Ordering::Relaxed);
         pinger.join().unwrap();
@@ -1047,11 +1132,134 @@ mod tests {
         for r in rxs {
             assert_eq!(r.join().unwrap().unwrap(), wire::PING);
         }
-        // Without pings a receiver times out within the dead time.
+        // A peer router that sends nothing at all (hung, its NIC still
+        // answering) is given up on after the silence limit.
         let t0 = Instant::now();
         let e = b.recv_header(0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
-        assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(1));
+        assert!(t0.elapsed() < silence + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_fabric_quiet_for_seconds_does_not_take_the_peer_for_dead() {
+        // As soft-RoCE retransmitting: for 4 s everything a posts (pings
+        // included) arrives only 4 s later, so b hears nothing from a for
+        // longer than the 3 s RDMA links used to die after. The peer lives:
+        // the link stays, and the frames arrive intact and in order.
+        let (_fab, nic, a, b) = pair_on(2, Fabric::default().nic(), SILENT_AFTER);
+        let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        let big: Vec<u8> = (0..(100 << 10) as u32).map(|i| (i % 253) as u8).collect();
+        unsafe { std::ptr::copy_nonoverlapping(big.as_ptr(), src.as_ptr(), big.len()) };
+        let rxs: Vec<_> = (0..2)
+            .map(|s| {
+                let b2 = b.clone();
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut got = Vec::new();
+                    loop {
+                        let h = Header::decode(&b2.recv_header(s)?).unwrap();
+                        if h.ty == wire::PING {
+                            return Ok::<_, io::Error>((got, t0.elapsed()));
+                        }
+                        let mut p = vec![0u8; h.len as usize];
+                        unsafe { b2.recv_payload(s, p.as_mut_ptr(), p.len())? };
+                        got.push(p);
+                    }
+                })
+            })
+            .collect();
+        nic.set_delay(Duration::from_secs(4));
+        let quiet = Instant::now();
+        let (a2, src2) = (a.clone(), src.clone());
+        let pinger = std::thread::spawn(move || {
+            while quiet.elapsed() < Duration::from_millis(4500) {
+                for s in 0..2 {
+                    a2.ping(s).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let sender = std::thread::spawn(move || {
+            let (small, _) = data(1, b"before the quiet");
+            let f = Frame { hdr: Header::data(2, ffcore::ring::REC_FIRST, 2, big.len() as u64, big.len()).encode(), ptr: src2.as_ptr(), len: big.len() };
+            unsafe { a.send(0, &[small, f]).unwrap() };
+            let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+            for s in 0..2 {
+                unsafe { a.send(s, &[ping]).unwrap() };
+            }
+            (a, big)
+        });
+        std::thread::sleep(Duration::from_millis(4200));
+        nic.set_delay(Duration::ZERO);
+        pinger.join().unwrap();
+        let (a, big) = sender.join().unwrap();
+        let mut res: Vec<_> = rxs.into_iter().map(|r| r.join().unwrap().expect("the link stayed up")).collect();
+        // The premise: b really heard nothing for 4 s.
+        assert!(res[1].1 >= Duration::from_secs(4), "{:?}", res[1].1);
+        let (got, _) = res.remove(0);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], b"before the quiet");
+        assert!(got[1] == big, "the READ payload differs");
+        a.deregister(&src);
+    }
+
+    #[test]
+    fn a_slow_setup_that_progresses_is_waited_for() {
+        // Every queue pair and registration of b's NIC takes 250 ms: 4
+        // queue pairs take b 4 s in all, a's steps are instant. a waits for
+        // each of b's steps and sees them as progress.
+        let f = Fabric::default();
+        let va: Arc<dyn Verbs> = Arc::new(f.nic());
+        let vb: Arc<dyn Verbs> = Arc::new(f.nic().with_setup_delay(Duration::from_millis(250)));
+        let (mut sa, mut sb) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, 4, "b".into(), &|| ()).unwrap());
+        let steps = AtomicU32::new(0);
+        let a = RdmaLink::connect(va, &mut sa, 4, "a".into(), &|| {
+            steps.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+        let b = t.join().unwrap();
+        // a's 4 queue pairs made and connected, b's 4 received and ready.
+        assert_eq!(steps.load(Ordering::Relaxed), 16);
+        let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+        for s in 0..4 {
+            unsafe { b.send(s, &[ping]).unwrap() };
+            assert_eq!(Header::decode(&a.recv_header(s).unwrap()).unwrap().ty, wire::PING);
+        }
+    }
+
+    #[test]
+    fn a_setup_whose_peer_stalls_or_leaves_fails_clearly_and_cleans_up() {
+        let f = Fabric::default();
+        // The peer sends its first queue pair, then nothing (hung): given up
+        // on after the step timeout, with the step named.
+        let va: Arc<dyn Verbs> = Arc::new(f.nic());
+        let (mut sa, mut sb) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let fb: Arc<dyn Verbs> = Arc::new(Fabric::default().nic());
+            let qp = fb.create_qp(4, 4).unwrap();
+            let mut info = fb.endpoint(qp).unwrap().encode().to_vec();
+            info.extend_from_slice(&0x1000u64.to_le_bytes());
+            info.extend_from_slice(&1u32.to_le_bytes());
+            info.extend_from_slice(&(LANDING as u32).to_le_bytes());
+            sb.write_all(&info).unwrap();
+            std::thread::sleep(SETUP_STEP_TIMEOUT + Duration::from_secs(2));
+            drop(sb);
+        });
+        let t0 = Instant::now();
+        let e = RdmaLink::connect(va.clone(), &mut sa, 2, "a".into(), &|| ()).err().expect("a stalled peer fails the setup");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("made no step") && e.to_string().contains("queue pair 1 of 2"), "{e}");
+        assert!(t0.elapsed() < SETUP_STEP_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(f.registered(), 0, "buffers deregistered after a failed setup");
+        t.join().unwrap();
+        // A peer that goes away: at once, and says so.
+        let (mut sa, sb) = UnixStream::pair().unwrap();
+        drop(sb);
+        let e = RdmaLink::connect(va, &mut sa, 1, "a".into(), &|| ()).err().expect("a peer that left fails the setup");
+        assert!(matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe), "{e}");
+        assert_eq!(f.registered(), 0);
     }
 
     #[test]
@@ -1090,8 +1298,8 @@ mod tests {
         let (va, vb) = (Arc::new(f.nic()), Arc::new(f.nic()));
         let (mut sa, mut sb) = UnixStream::pair().unwrap();
         let vb2: Arc<dyn Verbs> = vb.clone();
-        let t = std::thread::spawn(move || RdmaLink::connect(vb2, &mut sb, 2, "b".into()).unwrap());
-        let a = RdmaLink::connect(va.clone(), &mut sa, 2, "a".into()).unwrap();
+        let t = std::thread::spawn(move || RdmaLink::connect(vb2, &mut sb, 2, "b".into(), &|| ()).unwrap());
+        let a = RdmaLink::connect(va.clone(), &mut sa, 2, "a".into(), &|| ()).unwrap();
         let _b = t.join().unwrap();
         f.cut(&vb);
         let t0 = Instant::now();
@@ -1112,11 +1320,11 @@ mod tests {
         let t = std::thread::spawn(move || {
             let s = TcpStream::connect(addr).unwrap();
             std::thread::sleep(Duration::from_millis(400)); // slow to set up
-            over_fake(vec![s], "dialer".into(), Duration::ZERO)
+            over_fake(vec![s], "dialer".into(), Duration::ZERO, Duration::ZERO, &|| ())
         });
         let (s, _) = l.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO).unwrap();
+        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO, Duration::ZERO, &|| ()).unwrap();
         let b = t.join().unwrap().unwrap();
         let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
         unsafe { b.send(0, &[ping]).unwrap() };
@@ -1135,7 +1343,7 @@ mod tests {
             let mut sink = vec![0u8; INFO_LEN];
             let _ = sb.read_exact(&mut sink);
         });
-        assert!(RdmaLink::connect(va, &mut sa, 1, "a".into()).is_err());
+        assert!(RdmaLink::connect(va, &mut sa, 1, "a".into(), &|| ()).is_err());
         t.join().unwrap();
         assert_eq!(f.registered(), 0, "buffers deregistered after a failed setup");
     }

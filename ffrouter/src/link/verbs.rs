@@ -201,7 +201,12 @@ pub const STATUS_FLUSH: u32 = 5;
 pub struct FakeVerbs {
     fabric: Fabric,
     nic: u32,
-    delay: Duration,
+    /// How long after posting each operation completes (changeable: a
+    /// fabric that goes quiet for seconds, as soft-RoCE retransmitting).
+    delay: Mutex<Duration>,
+    /// How long creating a queue pair or registering memory takes (a slow
+    /// host: soft-RoCE in an emulated guest took seconds).
+    setup: Duration,
 }
 
 impl Fabric {
@@ -209,12 +214,12 @@ impl Fabric {
         let (m, _) = &*self.inner;
         let mut st = m.lock().unwrap();
         st.next_qpn += 1;
-        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Duration::ZERO }
+        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Mutex::new(Duration::ZERO), setup: Duration::ZERO }
     }
 
     /// A NIC whose operations complete `delay` after they are posted.
     pub fn slow_nic(&self, delay: Duration) -> FakeVerbs {
-        FakeVerbs { delay, ..self.nic() }
+        FakeVerbs { delay: Mutex::new(delay), ..self.nic() }
     }
 
     /// Makes every queue pair of `nic` fail (as if its host died): peers'
@@ -248,6 +253,22 @@ impl FakeVerbs {
     pub fn id(&self) -> u32 {
         self.nic
     }
+
+    /// The fabric this NIC is on.
+    pub fn fabric(&self) -> Fabric {
+        self.fabric.clone()
+    }
+
+    /// From now on, operations posted complete `d` after they are posted.
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
+    }
+
+    /// Every queue pair creation and memory registration takes `d`.
+    pub fn with_setup_delay(mut self, d: Duration) -> FakeVerbs {
+        self.setup = d;
+        self
+    }
 }
 
 fn einval(what: &str) -> io::Error {
@@ -280,6 +301,7 @@ impl Verbs for FakeVerbs {
         if addr.is_null() || len == 0 {
             return Err(einval("empty memory region"));
         }
+        std::thread::sleep(self.setup);
         self.with(|st| {
             st.next_key += 1;
             let mr = Mr { addr: addr as u64, len, lkey: st.next_key | 0x1000_0000, rkey: st.next_key };
@@ -299,6 +321,7 @@ impl Verbs for FakeVerbs {
     }
 
     fn create_qp(&self, send_depth: u32, recv_depth: u32) -> io::Result<u32> {
+        std::thread::sleep(self.setup);
         let nic = self.nic;
         self.with(|st| {
             st.next_qpn += 1;
@@ -377,7 +400,7 @@ impl Verbs for FakeVerbs {
                 return Ok(());
             }
             let remote_nic = st.qps[&remote].nic;
-            let due = Instant::now() + self.delay;
+            let due = Instant::now() + *self.delay.lock().unwrap();
             if total > 0 && !st.check_remote(remote_nic, wr.rkey, wr.remote_addr, total) {
                 st.fail(qp, wr.wr_id, STATUS_REMOTE_ACCESS);
                 return Ok(());
