@@ -81,6 +81,27 @@ pub trait Link: Send + Sync {
     /// call returns.
     unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()>;
 
+    /// Like [`Link::send`], but may return before the peer router has
+    /// finished reading the frames' payloads (RDMA: the peer READs big
+    /// payloads from our memory): returns a ticket, and the payload bytes
+    /// must stay as they are until [`Link::reads_done`] says so for it (0:
+    /// nothing is read later). Lets a sender keep many payloads in flight.
+    ///
+    /// # Safety
+    /// Every frame's `ptr` must be valid for reads of `len` bytes until
+    /// `reads_done` is true for the returned ticket (or the link is broken).
+    unsafe fn send_unacked(&self, s: usize, frames: &[Frame]) -> io::Result<u64> {
+        self.send(s, frames).map(|_| 0)
+    }
+
+    /// Has the peer finished reading every payload sent on stream `s` up to
+    /// `ticket` (from [`Link::send_unacked`])? Waits at most `wait`. Fails
+    /// once the link is broken, and breaks it when the peer makes no
+    /// progress for the transport's operation timeout.
+    fn reads_done(&self, _s: usize, _ticket: u64, _wait: Duration) -> io::Result<bool> {
+        Ok(true)
+    }
+
     /// The next frame header on stream `s`. Only one thread receives on a
     /// stream. Fails with `TimedOut` when nothing at all arrived for the
     /// silence limit ([`SILENT_AFTER`]), and once the link is broken.
@@ -164,10 +185,11 @@ pub enum Transport {
     Tcp,
     Rdma,
     /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric) whose
-    /// operations complete after `delay_ms`, and whose queue pairs and
-    /// registrations each take `setup_ms` to make: tests only.
+    /// operations complete after `delay_ms`, whose queue pairs and
+    /// registrations each take `setup_ms` to make, and that moves `kb_s`
+    /// KB/s (0: no limit): tests only.
     #[cfg(test)]
-    FakeRdma { delay_ms: u64, setup_ms: u64 },
+    FakeRdma { delay_ms: u64, setup_ms: u64, kb_s: u64 },
 }
 
 /// `--peer-transport auto|tcp|rdma`: picks RDMA when asked for, or with

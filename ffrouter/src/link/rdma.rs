@@ -55,10 +55,10 @@
 //! has finished (the receiver holds its stream while it reads, and falls
 //! back to a registered bounce buffer for memory that is not registered).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,15 @@ pub const BOUNCE: usize = 64 << 10;
 /// Payloads up to this size are copied into the record; bigger ones are
 /// read by the receiver from the sender's registered memory.
 pub const INLINE_MAX: usize = 16 << 10;
+/// Per stream, remote payloads that wait behind the one being read are
+/// READ ahead into a registered buffer of this size (as many READs in
+/// flight as fit, at most [`AHEAD_OPS`], the READs a queue pair keeps in
+/// flight: more would only queue and hold up the acks and pings posted
+/// after them), then copied to their destination.
+/// Payloads over a quarter of it, and one with nothing behind it, are READ
+/// on demand straight into their destination (no copy).
+pub const AHEAD_BUF: usize = 2 << 20;
+const AHEAD_OPS: usize = 16;
 const RECV_DEPTH: u32 = 512;
 const SEND_DEPTH: u32 = 512;
 
@@ -226,13 +235,17 @@ pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Ch
 /// Tests: an RDMA link on the process-wide fake fabric, set up through the
 /// TCP streams of a handshaken link like the real one. Every operation of
 /// its NIC completes after `delay`; every queue pair and registration of its
-/// setup takes `setup`.
+/// setup takes `setup`; it moves `rate` bytes per second (None: no limit).
 #[cfg(test)]
-pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration, setup: Duration, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
+pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration, setup: Duration, rate: Option<f64>, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
     static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
-    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay).with_setup_delay(setup));
+    let mut nic = FABRIC.get_or_init(Default::default).slow_nic(delay).with_setup_delay(setup);
+    if let Some(r) = rate {
+        nic = nic.with_rate(r);
+    }
+    let v: Arc<dyn Verbs> = Arc::new(nic);
     let link = RdmaLink::connect(v, &mut boot, n, what, progress)?;
     Ok(Arc::new(link.keep(boot)))
 }
@@ -284,13 +297,42 @@ struct TxSide {
     staging: Buf,
     /// Bytes written into the peer's landing ring so far.
     wpos: u64,
+    /// Remote payloads staged so far: the last one's number is its ticket
+    /// (see [`Link::send_unacked`]) and, in 30 bits, its ack token.
+    seq: u64,
 }
 
 #[derive(Clone, Copy)]
 enum Cur {
     Idle,
     Inline { at: u64, left: usize, span: usize },
-    Remote { addr: u64, rkey: u32, token: u32, off: u64, left: usize, span: usize },
+    /// `ahead`: the payload is (being) read into the read-ahead buffer
+    /// (the front of `RxSide::ahead`); otherwise it is read on demand,
+    /// straight into the destination.
+    Remote { addr: u64, rkey: u32, token: u32, off: u64, left: usize, span: usize, ahead: bool },
+}
+
+/// A landing record, checked.
+enum Rec {
+    Pad { span: usize },
+    Inline { h: [u8; HDR_LEN], n: usize, span: usize },
+    Remote { h: [u8; HDR_LEN], n: usize, span: usize, addr: u64, rkey: u32, token: u32 },
+}
+
+/// A remote payload being read ahead: the record at landing position
+/// `pos` said `n` bytes at `addr`/`rkey` (ack `token`); READ `wr_id` puts
+/// them at `at` in the read-ahead buffer, whose bytes up to `end` (in
+/// allocation order) it holds.
+struct Ahead {
+    pos: u64,
+    n: usize,
+    addr: u64,
+    rkey: u32,
+    token: u32,
+    at: usize,
+    end: u64,
+    wr_id: u64,
+    done: bool,
 }
 
 struct RxSide {
@@ -300,13 +342,26 @@ struct RxSide {
     freed: u64,
     cur: Cur,
     bounce: Buf,
+    /// Remote payloads read ahead, in landing order, and the landing
+    /// position up to which records were looked at for that.
+    ahead: VecDeque<Ahead>,
+    scan: u64,
+    /// The read-ahead buffer ([`AHEAD_BUF`], registered on first use) as
+    /// a ring: bytes allocated up to `a_head`, freed up to `a_tail`.
+    abuf: Option<Buf>,
+    a_head: u64,
+    a_tail: u64,
 }
 
-#[derive(Default)]
 struct Signals {
     /// Landing bytes of the peer's ring it has released (our credit).
     peer_freed: u64,
-    acks: HashSet<u32>,
+    /// Remote payloads posted, and acknowledged (acks come in order).
+    sent: u64,
+    acked: u64,
+    /// While acks are owed (`sent > acked`): when one last arrived, or when
+    /// the first was owed.
+    owed_since: Instant,
     /// Credits and acks received so far (progress, for bounded waits).
     events: u64,
 }
@@ -327,7 +382,6 @@ struct Stream {
     /// Send completions seen but not yet claimed, by wr_id (status).
     done: Mutex<HashMap<u64, u32>>,
     next_wr: AtomicU64,
-    next_token: AtomicU32,
 }
 
 /// Registered connection files: (address, length, registration).
@@ -447,15 +501,14 @@ impl RdmaLink {
                 qp,
                 landing,
                 peer,
-                tx: Mutex::new(TxSide { staging, wpos: 0 }),
-                rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce }),
+                tx: Mutex::new(TxSide { staging, wpos: 0, seq: 0 }),
+                rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce, ahead: VecDeque::new(), scan: 0, abuf: None, a_head: 0, a_tail: 0 }),
                 drain: Mutex::new(()),
                 avail: AtomicU64::new(0),
-                sig: Mutex::default(),
+                sig: Mutex::new(Signals { peer_freed: 0, sent: 0, acked: 0, owed_since: Instant::now(), events: 0 }),
                 sig_cv: Condvar::new(),
                 done: Mutex::default(),
                 next_wr: AtomicU64::new(1),
-                next_token: AtomicU32::new(1),
             })
             .collect();
         Ok(RdmaLink {
@@ -508,7 +561,12 @@ impl RdmaLink {
     }
 
     fn post(&self, s: &Stream, wr: &SendWr) -> io::Result<()> {
-        self.v.post_send(s.qp, wr).map_err(|e| self.fail(format!("post_send: {e}")))
+        self.v.post_send(s.qp, wr).map_err(|e| match self.reap(s) {
+            // An earlier operation failed (and took the queue pair down):
+            // that is the news.
+            Err(first) => first,
+            Ok(()) => self.fail(format!("post_send: {e}")),
+        })
     }
 
     /// A zero-length WRITE_WITH_IMM (credit or ack), not waited for.
@@ -606,7 +664,13 @@ impl RdmaLink {
                 }
                 IMM_ACK => {
                     let mut sig = s.sig.lock().unwrap();
-                    sig.acks.insert(imm & IMM_MASK);
+                    // The peer reads and acks our payloads in order.
+                    if sig.acked >= sig.sent || imm & IMM_MASK != (sig.acked + 1) as u32 & IMM_MASK {
+                        drop(sig);
+                        return Err(self.fail(format!("the peer router acknowledged payload {} out of order", imm & IMM_MASK)));
+                    }
+                    sig.acked += 1;
+                    sig.owed_since = Instant::now();
                     sig.events += 1;
                     s.sig_cv.notify_all();
                 }
@@ -670,6 +734,43 @@ impl RdmaLink {
         }
     }
 
+    /// Waits until the peer has read (acknowledged) our remote payloads up
+    /// to number `ticket`, at most until `deadline` (then Ok(false)). Fails
+    /// the link when acks are owed and none came for [`OP_TIMEOUT`].
+    fn wait_reads(&self, s: &Stream, ticket: u64, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            {
+                let sig = s.sig.lock().unwrap();
+                if sig.acked >= ticket {
+                    return Ok(true);
+                }
+                if sig.owed_since.elapsed() > OP_TIMEOUT {
+                    drop(sig);
+                    return Err(self.fail(format!("the peer router acknowledged none of our payloads for {OP_TIMEOUT:?}")));
+                }
+            }
+            self.check()?;
+            // The stream's receiver drains immediates while it waits for
+            // frames; when it is busy elsewhere, drain them here.
+            if self.drain_recv(s, false)? {
+                continue;
+            }
+            let mut nap = Duration::from_micros(200);
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                nap = nap.min(left);
+            }
+            let sig = s.sig.lock().unwrap();
+            if sig.acked >= ticket {
+                return Ok(true);
+            }
+            drop(s.sig_cv.wait_timeout(sig, nap).unwrap());
+        }
+    }
+
     /// Posts the staged bytes `[0, len)` at landing position `at`, split at
     /// the end of the ring; the last write carries the immediate.
     fn post_staged(&self, s: &Stream, tx: &TxSide, at: u64, len: usize) -> io::Result<u64> {
@@ -695,12 +796,17 @@ impl Link for RdmaLink {
     }
 
     unsafe fn send(&self, si: usize, frames: &[Frame]) -> io::Result<()> {
+        let ticket = self.send_unacked(si, frames)?;
+        self.wait_reads(&self.streams[si], ticket, None).map(|_| ())
+    }
+
+    unsafe fn send_unacked(&self, si: usize, frames: &[Frame]) -> io::Result<u64> {
         self.check()?;
         let s = &self.streams[si];
         let mut tx = s.tx.lock().unwrap();
         let peer_len = s.peer.len;
         let mut i = 0;
-        let mut tokens = Vec::new();
+        let mut ticket = 0;
         while i < frames.len() {
             // Stage as many records as fit the staging buffer, mirroring
             // their positions in the peer's landing ring.
@@ -732,11 +838,11 @@ impl Link for RdmaLink {
                 std::ptr::copy_nonoverlapping(f.hdr.as_ptr(), p.add(8), HDR_LEN);
                 match remote {
                     Some(mr) => {
-                        let token = s.next_token.fetch_add(1, Ordering::Relaxed) & IMM_MASK;
+                        tx.seq += 1;
+                        ticket = tx.seq;
                         (p.add(REC_HEAD) as *mut u64).write_unaligned(f.ptr as u64);
                         (p.add(REC_HEAD + 8) as *mut u32).write_unaligned(mr.rkey);
-                        (p.add(REC_HEAD + 12) as *mut u32).write_unaligned(token);
-                        tokens.push(token);
+                        (p.add(REC_HEAD + 12) as *mut u32).write_unaligned(tx.seq as u32 & IMM_MASK);
                     }
                     None => {
                         if f.len > 0 {
@@ -750,6 +856,14 @@ impl Link for RdmaLink {
             let len = (pos - start) as usize;
             // Landing credit: the peer must have released enough.
             self.wait_signal(s, |sig| pos - sig.peer_freed <= peer_len)?;
+            {
+                // Before the records go: the peer may ack at once.
+                let mut sig = s.sig.lock().unwrap();
+                if sig.sent == sig.acked && tx.seq > sig.sent {
+                    sig.owed_since = Instant::now();
+                }
+                sig.sent = tx.seq;
+            }
             let wr = self.post_staged(s, &tx, start, len)?;
             tx.wpos = pos;
             // The staging buffer is reused once the NIC has sent it.
@@ -757,16 +871,12 @@ impl Link for RdmaLink {
         }
         // The frames are posted in order: others may send on the stream
         // (pings, credits, other connections) while the peer reads our
-        // payloads, which must stay until read.
-        drop(tx);
-        if !tokens.is_empty() {
-            self.wait_signal(s, |sig| tokens.iter().all(|t| sig.acks.contains(t)))?;
-            let mut sig = s.sig.lock().unwrap();
-            for t in &tokens {
-                sig.acks.remove(t);
-            }
-        }
-        Ok(())
+        // payloads, which must stay until read (the caller's part).
+        Ok(ticket)
+    }
+
+    fn reads_done(&self, si: usize, ticket: u64, wait: Duration) -> io::Result<bool> {
+        self.wait_reads(&self.streams[si], ticket, Some(Instant::now() + wait))
     }
 
     fn ping(&self, si: usize) -> io::Result<()> {
@@ -788,45 +898,34 @@ impl Link for RdmaLink {
                 return Err(self.fail("the peer router overran our landing ring".into()));
             }
             if rx.rpos < avail {
-                let p = Self::landing_at(s, rx.rpos);
-                let off = (rx.rpos % LANDING as u64) as usize;
-                // SAFETY: off is 64-aligned inside the landing ring; the
-                // peer wrote these bytes (published by its immediate).
-                let (kind, span) = unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u32).read_unaligned() as usize) };
-                if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > avail - rx.rpos {
-                    return Err(self.fail(format!("bad landing record span {span}")));
-                }
-                match kind {
-                    REC_PAD => {
+                let rec = Self::record_at(s, rx.rpos, avail).map_err(|e| self.fail(e))?;
+                let (h, n, span) = match rec {
+                    Rec::Pad { span } => {
                         self.release(s, &mut rx, span)?;
                         continue;
                     }
-                    REC_INLINE | REC_REMOTE => {}
-                    k => return Err(self.fail(format!("bad landing record kind {k}"))),
-                }
-                let mut h = [0u8; HDR_LEN];
-                // SAFETY: REC_HEAD <= 64 <= span bytes lie in the ring.
-                unsafe { std::ptr::copy_nonoverlapping(p.add(8), h.as_mut_ptr(), HDR_LEN) };
-                let n = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
-                if kind == REC_INLINE {
-                    if REC_HEAD + n > span {
-                        return Err(self.fail("landing record shorter than its payload".into()));
+                    Rec::Inline { h, n, span } => {
+                        rx.cur = Cur::Inline { at: rx.rpos + REC_HEAD as u64, left: n, span };
+                        (h, n, span)
                     }
-                    rx.cur = Cur::Inline { at: rx.rpos + REC_HEAD as u64, left: n, span };
-                } else {
-                    if REC_HEAD + DESC > span {
-                        return Err(self.fail("short remote record".into()));
+                    Rec::Remote { h, n, span, addr, rkey, token } => {
+                        self.read_ahead(s, &mut rx, avail)?;
+                        let ahead = match rx.ahead.front() {
+                            Some(a) if a.pos == rx.rpos => {
+                                // Read ahead from what the record said then:
+                                // it must still say so.
+                                if (a.n, a.addr, a.rkey, a.token) != (n, addr, rkey, token) {
+                                    return Err(self.fail("a landing record changed after it was read ahead".into()));
+                                }
+                                true
+                            }
+                            _ => false,
+                        };
+                        rx.cur = Cur::Remote { addr, rkey, token, off: 0, left: n, span, ahead };
+                        (h, n, span)
                     }
-                    // SAFETY: as above.
-                    let (addr, rkey, token) = unsafe {
-                        (
-                            (p.add(REC_HEAD) as *const u64).read_unaligned(),
-                            (p.add(REC_HEAD + 8) as *const u32).read_unaligned(),
-                            (p.add(REC_HEAD + 12) as *const u32).read_unaligned(),
-                        )
-                    };
-                    rx.cur = Cur::Remote { addr, rkey, token, off: 0, left: n, span };
-                }
+                };
+                let _ = span;
                 if n == 0 {
                     self.finish(s, &mut rx)?;
                 }
@@ -871,7 +970,29 @@ impl Link for RdmaLink {
                 }
                 Ok(())
             }
-            Cur::Remote { addr, rkey, token, off, left, span } => {
+            Cur::Remote { addr, rkey, token, off, left, span, ahead: true } => {
+                if n > left {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload read past its end"));
+                }
+                let rx = &mut *rx;
+                let a = rx.ahead.front_mut().expect("the record read ahead");
+                if !a.done {
+                    self.wait_wr(s, a.wr_id, "READ", a.n)?;
+                    a.done = true;
+                }
+                let buf = rx.abuf.as_ref().expect("read-ahead buffer");
+                // SAFETY: the READ of the record's a.n bytes at a.at
+                // completed; off + n <= a.n (left counts down from a.n).
+                std::ptr::copy_nonoverlapping(buf.ptr().add(a.at + off as usize), dst, n);
+                rx.cur = Cur::Remote { addr, rkey, token, off: off + n as u64, left: left - n, span, ahead: true };
+                if left == n {
+                    let a = rx.ahead.pop_front().unwrap();
+                    rx.a_tail = a.end;
+                    self.finish(s, rx)?;
+                }
+                Ok(())
+            }
+            Cur::Remote { addr, rkey, token, off, left, span, ahead: false } => {
                 if n > left {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload read past its end"));
                 }
@@ -895,7 +1016,7 @@ impl Link for RdmaLink {
                     }
                     done += sge.len as usize;
                 }
-                rx.cur = Cur::Remote { addr, rkey, token, off: off + n as u64, left: left - n, span };
+                rx.cur = Cur::Remote { addr, rkey, token, off: off + n as u64, left: left - n, span, ahead: false };
                 if left == n {
                     self.finish(s, &mut rx)?;
                 }
@@ -937,6 +1058,93 @@ impl Link for RdmaLink {
 }
 
 impl RdmaLink {
+    /// Reads and checks the landing record at `pos` (the peer wrote the
+    /// bytes up to `avail`).
+    fn record_at(s: &Stream, pos: u64, avail: u64) -> Result<Rec, String> {
+        let p = Self::landing_at(s, pos);
+        let off = (pos % LANDING as u64) as usize;
+        // SAFETY: off is 64-aligned inside the landing ring; the peer wrote
+        // these bytes (published by its immediate).
+        let (kind, span) = unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u32).read_unaligned() as usize) };
+        if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > avail - pos {
+            return Err(format!("bad landing record span {span}"));
+        }
+        match kind {
+            REC_PAD => return Ok(Rec::Pad { span }),
+            REC_INLINE | REC_REMOTE => {}
+            k => return Err(format!("bad landing record kind {k}")),
+        }
+        let mut h = [0u8; HDR_LEN];
+        // SAFETY: REC_HEAD <= 64 <= span bytes lie in the ring.
+        unsafe { std::ptr::copy_nonoverlapping(p.add(8), h.as_mut_ptr(), HDR_LEN) };
+        let n = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
+        if kind == REC_INLINE {
+            if REC_HEAD + n > span {
+                return Err("landing record shorter than its payload".into());
+            }
+            return Ok(Rec::Inline { h, n, span });
+        }
+        if REC_HEAD + DESC > span {
+            return Err("short remote record".into());
+        }
+        // SAFETY: as above.
+        let (addr, rkey, token) = unsafe {
+            (
+                (p.add(REC_HEAD) as *const u64).read_unaligned(),
+                (p.add(REC_HEAD + 8) as *const u32).read_unaligned(),
+                (p.add(REC_HEAD + 12) as *const u32).read_unaligned(),
+            )
+        };
+        Ok(Rec::Remote { h, n, span, addr, rkey, token })
+    }
+
+    /// Posts READs for the remote payloads that have landed from the
+    /// current record on, in order, as far as the read-ahead buffer and
+    /// [`AHEAD_OPS`] allow: many READs in flight instead of one round trip
+    /// per payload. The current record is read ahead only when more have
+    /// landed behind it (a lone one goes straight to its destination); too
+    /// big ones are left to be read on demand. The NIC checks every READ
+    /// against the peer's key and bounds, as on demand.
+    fn read_ahead(&self, s: &Stream, rx: &mut RxSide, avail: u64) -> io::Result<()> {
+        let mut pos = rx.scan.max(rx.rpos);
+        while pos < avail && rx.ahead.len() < AHEAD_OPS {
+            let Ok(rec) = Self::record_at(s, pos, avail) else { break }; // recv_header says why
+            let (n, span, addr, rkey, token) = match rec {
+                Rec::Pad { span } | Rec::Inline { span, .. } => {
+                    pos += span as u64;
+                    continue;
+                }
+                Rec::Remote { n, span, addr, rkey, token, .. } => (n, span, addr, rkey, token),
+            };
+            if n == 0 || n > AHEAD_BUF / 4 {
+                pos += span as u64;
+                continue;
+            }
+            if pos == rx.rpos && rx.ahead.is_empty() && pos + span as u64 >= avail {
+                break; // alone: on demand
+            }
+            // Room in the buffer (allocations do not wrap)?
+            let off = (rx.a_head % AHEAD_BUF as u64) as usize;
+            let skip = if off + n > AHEAD_BUF { AHEAD_BUF - off } else { 0 };
+            if rx.a_head + (skip + n) as u64 - rx.a_tail > AHEAD_BUF as u64 {
+                break;
+            }
+            if rx.abuf.is_none() {
+                rx.abuf = Some(Buf::new(&*self.v, AHEAD_BUF).map_err(|e| self.fail(format!("registering the read-ahead buffer: {e}")))?);
+            }
+            let buf = rx.abuf.as_ref().unwrap();
+            let at = (off + skip) % AHEAD_BUF;
+            let wr_id = s.next_wr.fetch_add(1, Ordering::Relaxed);
+            let sge = Sge { addr: buf.mr.addr + at as u64, len: n as u32, lkey: buf.mr.lkey };
+            self.post(s, &SendWr { wr_id, op: Op::Read, sges: vec![sge], remote_addr: addr, rkey, signaled: true })?;
+            rx.a_head += (skip + n) as u64;
+            rx.ahead.push_back(Ahead { pos, n, addr, rkey, token, at, end: rx.a_head, wr_id, done: false });
+            pos += span as u64;
+        }
+        rx.scan = pos;
+        Ok(())
+    }
+
     /// The current record's payload is consumed: ack a remote one, free
     /// its landing bytes.
     fn finish(&self, s: &Stream, rx: &mut RxSide) -> io::Result<()> {
@@ -959,7 +1167,11 @@ impl Drop for RdmaLink {
             self.v.destroy_qp(s.qp);
             let _ = self.v.dereg_mr(&s.landing.mr);
             let _ = self.v.dereg_mr(&s.tx.lock().unwrap().staging.mr);
-            let _ = self.v.dereg_mr(&s.rx.lock().unwrap().bounce.mr);
+            let rx = s.rx.lock().unwrap();
+            let _ = self.v.dereg_mr(&rx.bounce.mr);
+            if let Some(b) = &rx.abuf {
+                let _ = self.v.dereg_mr(&b.mr);
+            }
         }
         for (_, _, mr) in self.regs.write().unwrap().drain(..) {
             let _ = self.v.dereg_mr(&mr);
@@ -1141,6 +1353,81 @@ mod tests {
     }
 
     #[test]
+    fn payloads_in_flight_are_read_ahead_in_order_and_acked_by_ticket() {
+        // A sender keeps many big payloads in flight (send_unacked), the
+        // receiver reads them ahead (many READs at once) and hands them out
+        // in pieces, into registered memory and not; every byte checked,
+        // and the sender learns by ticket when its bytes are free.
+        let f = Fabric::default();
+        let (_fab, _, a, b) = pair_on(1, f.slow_nic(Duration::from_millis(5)), SILENT_AFTER);
+        let src = Arc::new(SharedMem::create("src", 8 << 20).unwrap());
+        let dst = Arc::new(SharedMem::create("dst", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        b.register(&dst).unwrap();
+        let sizes: Vec<usize> = (0..40).map(|i| [INLINE_MAX + 1, 100_000, 7, 300_000, AHEAD_BUF / 4 + 1][i % 5]).collect();
+        let mut at = 0;
+        let mut frames = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..n).map(|k| (k * 31 + i * 7) as u8).collect();
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), src.as_ptr().add(at), n) };
+            frames.push((Frame { hdr: Header::data(i as u64, ffcore::ring::REC_FIRST, 1, n as u64, n).encode(), ptr: unsafe { src.as_ptr().add(at) }, len: n }, bytes));
+            at += n;
+        }
+        let mut tickets = Vec::new();
+        for chunk in frames.chunks(6) {
+            let fr: Vec<Frame> = chunk.iter().map(|(f, _)| *f).collect();
+            tickets.push(unsafe { a.send_unacked(0, &fr).unwrap() });
+        }
+        assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+        assert!(!a.reads_done(0, tickets[0], Duration::ZERO).unwrap(), "nothing read yet");
+        for (i, (_, want)) in frames.iter().enumerate() {
+            let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+            assert_eq!((h.conn, h.len as usize), (i as u64, want.len()));
+            let n = want.len();
+            let mut got = vec![0u8; n];
+            unsafe {
+                // A piece into registered memory, the rest into private.
+                let k = n / 3;
+                b.recv_payload(0, dst.as_ptr(), k).unwrap();
+                b.recv_payload(0, got.as_mut_ptr().add(k), n - k).unwrap();
+                std::ptr::copy_nonoverlapping(dst.as_ptr(), got.as_mut_ptr(), k);
+            }
+            assert!(got == *want, "payload {i} of {n} bytes differs");
+        }
+        for t in &tickets {
+            assert!(a.reads_done(0, *t, Duration::from_secs(5)).unwrap());
+        }
+        a.deregister(&src);
+        b.deregister(&dst);
+    }
+
+    #[test]
+    fn a_read_outside_the_peers_grant_or_an_ack_out_of_order_fails_the_link() {
+        // The sender takes its memory back before the peer read it: the
+        // READ (ahead or on demand) is refused by the NIC, and the receiver
+        // fails the link instead of reading anything else.
+        let (_fab, a, b) = pair(1);
+        let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        let f = Frame { hdr: Header::data(1, ffcore::ring::REC_FIRST, 1, 100_000, 100_000).encode(), ptr: src.as_ptr(), len: 100_000 };
+        unsafe { a.send_unacked(0, &[f, f]).unwrap() };
+        a.deregister(&src);
+        let e = (|| {
+            Header::decode(&b.recv_header(0)?).unwrap();
+            let mut got = vec![0u8; 100_000];
+            unsafe { b.recv_payload(0, got.as_mut_ptr(), got.len()) }
+        })()
+        .unwrap_err();
+        assert!(e.to_string().contains("status 10"), "{e}");
+        assert!(b.recv_header(0).is_err(), "the link is down");
+        // An ack for nothing sent.
+        let (_fab, a, b) = pair(1);
+        a.post_imm(&a.streams[0], IMM_ACK | 5).unwrap();
+        let e = b.recv_header(0).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+    }
+
+    #[test]
     fn a_fabric_quiet_for_seconds_does_not_take_the_peer_for_dead() {
         // As soft-RoCE retransmitting: for 4 s everything a posts (pings
         // included) arrives only 4 s later, so b hears nothing from a for
@@ -1214,7 +1501,7 @@ mod tests {
         let vb: Arc<dyn Verbs> = Arc::new(f.nic().with_setup_delay(Duration::from_millis(250)));
         let (mut sa, mut sb) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, 4, "b".into(), &|| ()).unwrap());
-        let steps = AtomicU32::new(0);
+        let steps = std::sync::atomic::AtomicU32::new(0);
         let a = RdmaLink::connect(va, &mut sa, 4, "a".into(), &|| {
             steps.fetch_add(1, Ordering::Relaxed);
         })
@@ -1320,11 +1607,11 @@ mod tests {
         let t = std::thread::spawn(move || {
             let s = TcpStream::connect(addr).unwrap();
             std::thread::sleep(Duration::from_millis(400)); // slow to set up
-            over_fake(vec![s], "dialer".into(), Duration::ZERO, Duration::ZERO, &|| ())
+            over_fake(vec![s], "dialer".into(), Duration::ZERO, Duration::ZERO, None, &|| ())
         });
         let (s, _) = l.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO, Duration::ZERO, &|| ()).unwrap();
+        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO, Duration::ZERO, None, &|| ()).unwrap();
         let b = t.join().unwrap().unwrap();
         let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
         unsafe { b.send(0, &[ping]).unwrap() };

@@ -207,6 +207,11 @@ pub struct FakeVerbs {
     /// How long creating a queue pair or registering memory takes (a slow
     /// host: soft-RoCE in an emulated guest took seconds).
     setup: Duration,
+    /// Bytes per second the NIC moves (None: no limit): each operation's
+    /// bytes take their time on the wire after the ones posted before.
+    rate: Option<f64>,
+    /// When the wire is free again.
+    busy: Mutex<Instant>,
 }
 
 impl Fabric {
@@ -214,7 +219,7 @@ impl Fabric {
         let (m, _) = &*self.inner;
         let mut st = m.lock().unwrap();
         st.next_qpn += 1;
-        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Mutex::new(Duration::ZERO), setup: Duration::ZERO }
+        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Mutex::new(Duration::ZERO), setup: Duration::ZERO, rate: None, busy: Mutex::new(Instant::now()) }
     }
 
     /// A NIC whose operations complete `delay` after they are posted.
@@ -262,6 +267,13 @@ impl FakeVerbs {
     /// From now on, operations posted complete `d` after they are posted.
     pub fn set_delay(&self, d: Duration) {
         *self.delay.lock().unwrap() = d;
+    }
+
+    /// The NIC moves `bytes_per_s` (its operations' bytes, READs included,
+    /// one after the other), on top of the per-operation delay.
+    pub fn with_rate(mut self, bytes_per_s: f64) -> FakeVerbs {
+        self.rate = Some(bytes_per_s);
+        self
     }
 
     /// Every queue pair creation and memory registration takes `d`.
@@ -400,7 +412,13 @@ impl Verbs for FakeVerbs {
                 return Ok(());
             }
             let remote_nic = st.qps[&remote].nic;
-            let due = Instant::now() + *self.delay.lock().unwrap();
+            let mut due = Instant::now();
+            if let Some(rate) = self.rate {
+                let mut busy = self.busy.lock().unwrap();
+                *busy = (*busy).max(due) + Duration::from_secs_f64(total as f64 / rate);
+                due = *busy;
+            }
+            due += *self.delay.lock().unwrap();
             if total > 0 && !st.check_remote(remote_nic, wr.rkey, wr.remote_addr, total) {
                 st.fail(qp, wr.wr_id, STATUS_REMOTE_ACCESS);
                 return Ok(());
