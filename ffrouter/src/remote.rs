@@ -2156,12 +2156,20 @@ mod tests {
             });
             (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6
         };
+        // Links read FF_RDMA_PIPELINE when they are made: one Two per mode.
+        let mode = |on: bool| std::env::set_var("FF_RDMA_PIPELINE", if on { "1" } else { "0" });
         println!("fake NIC: {delay:?} per operation, {} MB/s", rate / 1e6);
-        println!("| size | raw READ MB/s (16 in flight) | ff stream MB/s (window 8) | ff / raw |");
+        println!("| size | raw READ MB/s (16 in flight) | ff, one READ at a time (FF_RDMA_PIPELINE=0) | ff, many in flight | before / raw | after / raw |");
+        println!("|---:|---:|---:|---:|---:|---:|");
         for (size, n) in [(64 << 10, 200), (1 << 20, 20), (4 << 20, 8)] {
-            let (r, f) = (raw(size, n.max(32)), ff(size, n));
-            println!("| {size} | {r:.2} | {f:.2} | {:.2}x |", f / r);
+            let r = raw(size, n.max(32));
+            mode(false);
+            let before = ff(size, n);
+            mode(true);
+            let after = ff(size, n);
+            println!("| {size} | {r:.2} | {before:.2} | {after:.2} | {:.2}x | {:.2}x |", before / r, after / r);
         }
+        std::env::remove_var("FF_RDMA_PIPELINE");
     }
 
     #[test]

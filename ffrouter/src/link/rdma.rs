@@ -2,9 +2,10 @@
 //! frames as over TCP ([`crate::wire`]), behind the same [`Link`] trait.
 //!
 //! **Status: the logic below is tested against [`FakeVerbs`] (an in-process
-//! model of a NIC); it has not run on RDMA hardware.** The real verbs
-//! ([`ib`], libibverbs through the `ibverbs-sys` crate) compile, and the
-//! router only picks them when `ibverbs::devices()` lists a device.
+//! model of a NIC) and has run on soft-RoCE in emulated guests
+//! (`testkit/softroce.sh`); it has not run on RDMA hardware.** The real
+//! verbs ([`ib`], libibverbs through the `ibverbs-sys` crate) are picked
+//! when `ibverbs::devices()` lists a device that serves the address.
 //!
 //! Per stream, each router owns a *landing ring* (registered, 1 MiB) that its
 //! peer fills with RDMA writes, and a *staging buffer* it writes from. A
@@ -27,9 +28,21 @@
 //! no copy on either host. The reader then answers with an ACK immediate so
 //! the sender may release the ring bytes.
 //!
+//! Many READs in flight: a sender does not wait for the acks of one batch
+//! before the next ([`Link::send_unacked`] returns a ticket, the number of
+//! its last remote payload; the forwarding engine gives ring bytes back to
+//! the client once [`Link::reads_done`] says the peer acked up to it: acks
+//! come in order, one per remote record). The receiver reads the remote
+//! payloads that have landed behind the one being consumed *ahead*, into a
+//! registered per-stream buffer ([`AHEAD_BUF`], up to [`AHEAD_OPS`] READs),
+//! and copies each to its destination when the engine asks for it: one copy
+//! on the receiving host, instead of one round trip per payload. A payload
+//! with nothing behind it (request/response) or over a quarter of the
+//! buffer is still READ on demand straight into its destination.
+//!
 //! Immediates (32 bits): `00` + bytes written; `01` + landing bytes freed / 64
 //! (credit for the landing ring, returned in quarters); `10` + token (READ
-//! done); `11` ping. Landing credit bounds what a sender writes; connection
+//! done: the remote payload's number on the stream, in 30 bits); `11` ping. Landing credit bounds what a sender writes; connection
 //! credits ([`crate::wire`]) bound the rest, so a receiver never runs out of
 //! room.
 //!
@@ -51,8 +64,8 @@
 //! than the NIC's budget.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
-//! forwarding starts) and deregistered when it ends, after any READ into it
-//! has finished (the receiver holds its stream while it reads, and falls
+//! forwarding starts) and deregistered when it ends, after the peer has
+//! acked every READ from it and any READ into it has finished (the receiver holds its stream while it reads, and falls
 //! back to a registered bounce buffer for memory that is not registered).
 
 use std::collections::{HashMap, VecDeque};
@@ -399,6 +412,10 @@ pub struct RdmaLink {
     /// The peer router is taken for hung after this long without anything
     /// from it on any stream ([`SILENT_AFTER`], as over TCP).
     silent_after: Duration,
+    /// Many READs in flight (read-ahead, senders not waiting for acks);
+    /// `FF_RDMA_PIPELINE=0` turns both off (an experiment knob, read when
+    /// a link is made: the benchmarks compare the two).
+    pipeline: bool,
     _boot: Option<TcpStream>,
 }
 
@@ -520,6 +537,7 @@ impl RdmaLink {
             what,
             heard: Mutex::new(Instant::now()),
             silent_after: SILENT_AFTER,
+            pipeline: std::env::var("FF_RDMA_PIPELINE").map_or(true, |v| v != "0"),
             _boot: None,
         })
     }
@@ -872,6 +890,11 @@ impl Link for RdmaLink {
         // The frames are posted in order: others may send on the stream
         // (pings, credits, other connections) while the peer reads our
         // payloads, which must stay until read (the caller's part).
+        drop(tx);
+        if !self.pipeline {
+            self.wait_reads(s, ticket, None)?;
+            return Ok(0);
+        }
         Ok(ticket)
     }
 
@@ -1106,6 +1129,9 @@ impl RdmaLink {
     /// big ones are left to be read on demand. The NIC checks every READ
     /// against the peer's key and bounds, as on demand.
     fn read_ahead(&self, s: &Stream, rx: &mut RxSide, avail: u64) -> io::Result<()> {
+        if !self.pipeline {
+            return Ok(());
+        }
         let mut pos = rx.scan.max(rx.rpos);
         while pos < avail && rx.ahead.len() < AHEAD_OPS {
             let Ok(rec) = Self::record_at(s, pos, avail) else { break }; // recv_header says why
