@@ -56,7 +56,9 @@ use crate::wire::{self, Header};
 /// (the router answers `NotReady` meanwhile): [`CONNECT_TIMEOUT`] after the
 /// request, or, while the link to that host is being set up and making
 /// progress (a stream dialed, a queue pair made or connected on either
-/// side), [`CONNECT_TIMEOUT`] after its last step; never later than
+/// side), [`CONNECT_TIMEOUT`] after its last step, plus over RDMA twice the
+/// link's operation timeout after it came up (the CONNECT and its answer
+/// may each wait out the NIC's retransmissions); never later than
 /// [`CONNECT_LIMIT`] after the request. A link that cannot be set up fails
 /// its connects earlier, with the reason (`DIAL_TIMEOUT` plus the RDMA
 /// setup's `SETUP_LIMIT` at most).
@@ -211,7 +213,10 @@ impl Pending {
     /// that is the hard limit ([`CONNECT_LIMIT`]).
     fn deadline(&self) -> (Instant, bool) {
         let step = *self.peer.progress.lock().unwrap();
-        let soft = (self.since + CONNECT_TIMEOUT).max(step + CONNECT_TIMEOUT);
+        // Once the link is up, the CONNECT and its answer may each take
+        // the transport's operation bound (a fabric retransmitting).
+        let trip = self.peer.inner.lock().unwrap().link.as_ref().map_or(Duration::ZERO, |l| l.op_timeout() * 2);
+        let soft = (self.since + CONNECT_TIMEOUT).max(step + CONNECT_TIMEOUT + trip);
         let hard = self.since + CONNECT_LIMIT;
         if soft < hard {
             (soft, false)
@@ -1497,7 +1502,9 @@ impl Fwd {
         loop {
             if let Some(sh) = &mut out.shadow {
                 // From the region straight onto the wire.
-                let flen = (sh.n - sh.sent).min(fmax);
+                // Shadow regions are not registered with an RDMA NIC: their
+                // frames are copied, in pieces the link can take.
+                let flen = (sh.n - sh.sent).min(fmax).min(link.unregistered_max());
                 let c = wire::charge(REC_CONT, sh.total, flen, wmax);
                 if out.charged + c > limit {
                     out.need = Some(c);
@@ -2198,6 +2205,32 @@ mod tests {
                 let n = rx.recv(&mut buf, 1, T).unwrap_or_else(|e| panic!("round {round}: message {i}: {e}"));
                 assert!(n == m.len() && buf[..n] == m[..], "round {round}: message {i} differs");
             }
+        }
+    }
+
+    #[test]
+    fn big_messages_from_shadow_memory_cross_an_rdma_link() {
+        // Found on soft-RoCE: shadow regions are not registered with the
+        // NIC, and a frame of one bigger than a record can hold failed the
+        // link ("frame payload too big for an unregistered buffer").
+        let two = Two::with_streams(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 }, 4 << 20, 2);
+        let ([c0, c1], mut rx, mut tx) = conn_pair(&two);
+        const PAGE: usize = 4096;
+        let mut sraw = vec![0u8; (2 << 20) + PAGE];
+        let soff = (PAGE - sraw.as_ptr() as usize % PAGE) % PAGE;
+        let mut rraw = vec![0u8; (2 << 20) + PAGE];
+        let roff = (PAGE - rraw.as_ptr() as usize % PAGE) % PAGE;
+        let n = (1 << 20) + 12345;
+        let want = pattern(n, 77);
+        sraw[soff..soff + n].copy_from_slice(&want);
+        let _smr = unsafe { c1.register_shadow(sraw.as_ptr().add(soff), 2 << 20).unwrap() };
+        let _rmr = unsafe { c0.register_shadow(rraw.as_ptr().add(roff), 2 << 20).unwrap() };
+        for round in 0..3 {
+            let r = unsafe { rx.irecv(rraw.as_mut_ptr().add(roff), 2 << 20, 1).unwrap() };
+            let w = unsafe { tx.isend(sraw.as_ptr().add(soff), n, 1).unwrap() };
+            tx.wait(w, T).unwrap();
+            assert_eq!(rx.wait(r, T).unwrap(), n, "round {round}");
+            assert!(rraw[roff..roff + n] == want[..], "round {round}: bytes differ");
         }
     }
 

@@ -81,6 +81,23 @@ pub trait Link: Send + Sync {
     /// call returns.
     unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()>;
 
+    /// The largest payload a frame may have when its bytes lie in memory
+    /// not given to [`Link::register`] (RDMA copies those into its staging
+    /// buffer). No limit by default.
+    fn unregistered_max(&self) -> usize {
+        usize::MAX
+    }
+
+    /// How long one message may take to reach the peer router before the
+    /// transport itself gives up on the link (RDMA: the operation timeout,
+    /// past the NIC's retransmissions); zero where the transport bounds it
+    /// otherwise (TCP: the peer's kernel acknowledges within milliseconds
+    /// or the link breaks). A connect's answer is waited for this long
+    /// twice (there and back) on top of `CONNECT_TIMEOUT`.
+    fn op_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Like [`Link::send`], but may return before the peer router has
     /// finished reading the frames' payloads (RDMA: the peer READs big
     /// payloads from our memory): returns a ticket, and the payload bytes

@@ -100,6 +100,9 @@ const _: () = assert!(OP_TIMEOUT.as_micros() > NIC_RETRY_BUDGET.as_micros());
 
 pub const STAGING: usize = 256 << 10;
 pub const BOUNCE: usize = 64 << 10;
+/// The largest payload copied into a record (memory not registered with
+/// the NIC): a record fits half the staging buffer.
+pub const UNREGISTERED_MAX: usize = STAGING / 2 - 64;
 /// Payloads up to this size are copied into the record; bigger ones are
 /// read by the receiver from the sender's registered memory.
 pub const INLINE_MAX: usize = 16 << 10;
@@ -896,6 +899,14 @@ impl Link for RdmaLink {
             return Ok(0);
         }
         Ok(ticket)
+    }
+
+    fn unregistered_max(&self) -> usize {
+        UNREGISTERED_MAX
+    }
+
+    fn op_timeout(&self) -> Duration {
+        OP_TIMEOUT
     }
 
     fn reads_done(&self, si: usize, ticket: u64, wait: Duration) -> io::Result<bool> {
