@@ -689,6 +689,20 @@ impl Rx {
         tail.swap(self.tail, Ordering::AcqRel) != self.tail
     }
 
+    /// Our reading position (what [`Rx::consume`] moved so far).
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+
+    /// Gives the bytes before `pos` (a [`Rx::position`] taken earlier) back
+    /// to the producer, and keeps holding the rest. True if that was
+    /// anything (since the last release).
+    pub fn release_to(&mut self, pos: u64) -> bool {
+        debug_assert!(self.holding && pos.wrapping_sub(self.tail) as i64 <= 0);
+        let (_, tail, _) = self.lay.ring(self.dir);
+        tail.swap(pos, Ordering::AcqRel) != pos
+    }
+
     /// True if the producer has published bytes we have not consumed.
     pub fn has_data(&self) -> bool {
         let (head, _, _) = self.lay.ring(self.dir);
@@ -922,6 +936,34 @@ mod reserve_tests {
         rx.release();
         assert!(tx.is_drained().unwrap());
         assert_eq!(put(&mut tx, REC_FIRST, &[9; 1000], true), Some(1000));
+    }
+
+    #[test]
+    fn held_records_go_back_up_to_a_position() {
+        let (_m, lay) = ring(4096);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        let mut k = 0u8;
+        while put(&mut tx, REC_FIRST, &[k; 1000], true).is_some() {
+            k += 1;
+        }
+        assert!(k >= 3);
+        rx.hold();
+        let mut at = Vec::new();
+        while let Some(rec) = rx.peek().unwrap() {
+            rx.consume(rec.len);
+            at.push(rx.position());
+        }
+        assert_eq!(at.len(), k as usize);
+        // The first record back: room for one more, not two; the others'
+        // bytes stay.
+        rx.release_to(at[0]);
+        assert_eq!(put(&mut tx, REC_FIRST, &[77; 1000], true), Some(1000));
+        assert!(put(&mut tx, REC_FIRST, &[88; 1000], true).is_none());
+        rx.release_to(at[k as usize - 1]);
+        assert_eq!(put(&mut tx, REC_FIRST, &[88; 1000], true), Some(1000));
+        let rec = rx.peek().unwrap().unwrap();
+        assert_eq!(unsafe { rx.payload().read() }, 77);
+        rx.consume(rec.len);
     }
 
     #[test]

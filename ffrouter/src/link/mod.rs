@@ -24,15 +24,16 @@ use ffcore::shm::SharedMem;
 
 use crate::wire::HDR_LEN;
 
-/// An RDMA link with nothing received for this long is dead (the peer
-/// sends a PING at least every [`PING_EVERY`]).
-pub const DEAD_AFTER: Duration = Duration::from_secs(3);
-/// A TCP link is dead when the peer's *kernel* stops answering for
-/// [`tcp::PEER_HOST_TIMEOUT`] (keepalive probes and retransmissions, which
-/// no scheduling delay of either router holds up), or when it closes; a
-/// peer router whose kernel answers but that sends nothing, not even a
-/// PING, for this long is taken for hung. Long, so that a router starved
-/// of CPU (every core busy, or stopped for seconds) is never taken for dead.
+/// A link is dead when the peer's *host* stops answering: over TCP its
+/// kernel, for [`tcp::PEER_HOST_TIMEOUT`] (keepalive probes and
+/// retransmissions, which no scheduling delay of either router holds up),
+/// or when it closes; over RDMA its NIC, for the NIC's retransmission
+/// budget ([`rdma::NIC_RETRY_BUDGET`]: an operation, a PING at least,
+/// fails). A peer router whose host answers but that sends nothing, not
+/// even a PING (every [`PING_EVERY`]), for this long is taken for hung, on
+/// either transport. Long, so that a router starved of CPU (every core
+/// busy, or stopped for seconds) or a fabric quiet for seconds (soft-RoCE
+/// retransmitting) is never taken for dead.
 pub const SILENT_AFTER: Duration = Duration::from_secs(30);
 pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// Bound on dialing a peer router, handshakes of all streams included.
@@ -80,10 +81,47 @@ pub trait Link: Send + Sync {
     /// call returns.
     unsafe fn send(&self, s: usize, frames: &[Frame]) -> io::Result<()>;
 
+    /// The largest payload a frame may have when its bytes lie in memory
+    /// not given to [`Link::register`] (RDMA copies those into its staging
+    /// buffer). No limit by default.
+    fn unregistered_max(&self) -> usize {
+        usize::MAX
+    }
+
+    /// How long one message may take to reach the peer router before the
+    /// transport itself gives up on the link (RDMA: the operation timeout,
+    /// past the NIC's retransmissions); zero where the transport bounds it
+    /// otherwise (TCP: the peer's kernel acknowledges within milliseconds
+    /// or the link breaks). A connect's answer is waited for this long
+    /// twice (there and back) on top of `CONNECT_TIMEOUT`.
+    fn op_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Like [`Link::send`], but may return before the peer router has
+    /// finished reading the frames' payloads (RDMA: the peer READs big
+    /// payloads from our memory): returns a ticket, and the payload bytes
+    /// must stay as they are until [`Link::reads_done`] says so for it (0:
+    /// nothing is read later). Lets a sender keep many payloads in flight.
+    ///
+    /// # Safety
+    /// Every frame's `ptr` must be valid for reads of `len` bytes until
+    /// `reads_done` is true for the returned ticket (or the link is broken).
+    unsafe fn send_unacked(&self, s: usize, frames: &[Frame]) -> io::Result<u64> {
+        self.send(s, frames).map(|_| 0)
+    }
+
+    /// Has the peer finished reading every payload sent on stream `s` up to
+    /// `ticket` (from [`Link::send_unacked`])? Waits at most `wait`. Fails
+    /// once the link is broken, and breaks it when the peer makes no
+    /// progress for the transport's operation timeout.
+    fn reads_done(&self, _s: usize, _ticket: u64, _wait: Duration) -> io::Result<bool> {
+        Ok(true)
+    }
+
     /// The next frame header on stream `s`. Only one thread receives on a
     /// stream. Fails with `TimedOut` when nothing at all arrived for the
-    /// transport's silence limit ([`SILENT_AFTER`] over TCP, [`DEAD_AFTER`]
-    /// over RDMA), and once the link is broken.
+    /// silence limit ([`SILENT_AFTER`]), and once the link is broken.
     fn recv_header(&self, s: usize) -> io::Result<[u8; HDR_LEN]>;
 
     /// The next `n` payload bytes of the current frame on stream `s`.
@@ -164,9 +202,11 @@ pub enum Transport {
     Tcp,
     Rdma,
     /// RDMA on [`verbs::FakeVerbs`] (one in-process fabric) whose
-    /// operations complete after `delay_ms`: tests only.
+    /// operations complete after `delay_ms`, whose queue pairs and
+    /// registrations each take `setup_ms` to make, and that moves `kb_s`
+    /// KB/s (0: no limit): tests only.
     #[cfg(test)]
-    FakeRdma { delay_ms: u64 },
+    FakeRdma { delay_ms: u64, setup_ms: u64, kb_s: u64 },
 }
 
 /// `--peer-transport auto|tcp|rdma`: picks RDMA when asked for, or with

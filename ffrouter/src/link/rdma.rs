@@ -2,9 +2,10 @@
 //! frames as over TCP ([`crate::wire`]), behind the same [`Link`] trait.
 //!
 //! **Status: the logic below is tested against [`FakeVerbs`] (an in-process
-//! model of a NIC); it has not run on RDMA hardware.** The real verbs
-//! ([`ib`], libibverbs through the `ibverbs-sys` crate) compile, and the
-//! router only picks them when `ibverbs::devices()` lists a device.
+//! model of a NIC) and has run on soft-RoCE in emulated guests
+//! (`testkit/softroce.sh`); it has not run on RDMA hardware.** The real
+//! verbs ([`ib`], libibverbs through the `ibverbs-sys` crate) are picked
+//! when `ibverbs::devices()` lists a device that serves the address.
 //!
 //! Per stream, each router owns a *landing ring* (registered, 1 MiB) that its
 //! peer fills with RDMA writes, and a *staging buffer* it writes from. A
@@ -27,65 +28,93 @@
 //! no copy on either host. The reader then answers with an ACK immediate so
 //! the sender may release the ring bytes.
 //!
+//! Many READs in flight: a sender does not wait for the acks of one batch
+//! before the next ([`Link::send_unacked`] returns a ticket, the number of
+//! its last remote payload; the forwarding engine gives ring bytes back to
+//! the client once [`Link::reads_done`] says the peer acked up to it: acks
+//! come in order, one per remote record). The receiver reads the remote
+//! payloads that have landed behind the one being consumed *ahead*, into a
+//! registered per-stream buffer ([`AHEAD_BUF`], up to [`AHEAD_OPS`] READs),
+//! and copies each to its destination when the engine asks for it: one copy
+//! on the receiving host, instead of one round trip per payload. A payload
+//! with nothing behind it (request/response) or over a quarter of the
+//! buffer is still READ on demand straight into its destination.
+//!
 //! Immediates (32 bits): `00` + bytes written; `01` + landing bytes freed / 64
 //! (credit for the landing ring, returned in quarters); `10` + token (READ
-//! done); `11` ping. Landing credit bounds what a sender writes; connection
+//! done: the remote payload's number on the stream, in 30 bits); `11` ping. Landing credit bounds what a sender writes; connection
 //! credits ([`crate::wire`]) bound the rest, so a receiver never runs out of
 //! room.
 //!
-//! Liveness: pings, credits and acks are bare immediates posted straight to
-//! the queue pair, never behind a stream's sender (who may be waiting for
-//! credit or for the peer's READs), and any completion that arrives on any
-//! stream, whoever drains it, counts as hearing from the peer router: the
-//! link is dead after [`DEAD_AFTER`] without anything on any stream. A
-//! sender holds its stream only to stage and post a batch (and for the NIC
-//! to take the staged bytes); it waits for the peer's READs of its payloads
-//! without it. A stream's operations may stall while the NIC retransmits
-//! (1.07 s per retry): an operation, or the credit or ack that answers our
-//! payloads, fails the link after [`OP_TIMEOUT`] without progress.
+//! Liveness, the same rule as over TCP: pings, credits and acks are bare
+//! immediates posted straight to the queue pair, never behind a stream's
+//! sender (who may be waiting for credit or for the peer's READs), and any
+//! completion that arrives on any stream, whoever drains it, counts as
+//! hearing from the peer router. A peer *host* that is gone fails our next
+//! operation (a ping goes every 500 ms) once the NIC has retransmitted it
+//! for [`NIC_RETRY_BUDGET`] (the RDMA counterpart of TCP's user timeout); a
+//! peer *router* whose NIC still answers but that sends nothing at all for
+//! [`SILENT_AFTER`] (30 s) is taken for hung. An emulated or congested
+//! fabric that goes quiet for seconds is neither. A sender holds its stream
+//! only to stage and post a batch (and for the NIC to take the staged
+//! bytes); it waits for the peer's READs of its payloads without it. A
+//! stream's operations may stall while the NIC retransmits (1.07 s per
+//! retry): an operation, or the credit or ack that answers our payloads,
+//! fails the link after [`OP_TIMEOUT`] without progress, which is longer
+//! than the NIC's budget.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
-//! forwarding starts) and deregistered when it ends, after any READ into it
-//! has finished (the receiver holds its stream while it reads, and falls
+//! forwarding starts) and deregistered when it ends, after the peer has
+//! acked every READ from it and any READ into it has finished (the receiver holds its stream while it reads, and falls
 //! back to a registered bounce buffer for memory that is not registered).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ffcore::shm::SharedMem;
 
 use super::verbs::{Cq, Endpoint, Mr, Op, QpState, SendWr, Sge, Verbs, WcKind};
-use super::{Frame, Link, DEAD_AFTER};
+use super::{Frame, Link, SILENT_AFTER};
 use crate::wire::HDR_LEN;
 
 pub const LANDING: usize = 1 << 20;
+/// The queue pairs' ACK timeout, as the exponent of 4.096 us: 2^18 is
+/// 1.07 s (NCCL's default, NCCL_IB_TIMEOUT).
+pub const ACK_TIMEOUT_EXP: u8 = 18;
+/// Retransmissions before the NIC fails an operation.
+pub const RETRY_CNT: u8 = 7;
+/// How long the NIC may retransmit one operation before it fails it: the
+/// first try and every retry each wait one ACK timeout.
+pub const NIC_RETRY_BUDGET: Duration = Duration::from_micros(4096 * (1 << ACK_TIMEOUT_EXP) / 1000 * (RETRY_CNT as u64 + 1));
 /// The longest an RDMA operation, or the peer's credit or ack for our
-/// payloads, may take while the peer router is otherwise heard from: a lost
-/// packet costs one ACK timeout (1.07 s) and the NIC gives up after 7
-/// retries (and then fails the operation itself).
+/// payloads, may take without progress. Longer than the NIC's own
+/// retransmission budget, so that a lost packet, which costs one ACK
+/// timeout, never fails the link; an operation the NIC gives up on fails
+/// it with an error completion.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+const _: () = assert!(OP_TIMEOUT.as_micros() > NIC_RETRY_BUDGET.as_micros());
 
-/// The dead time of RDMA links: [`DEAD_AFTER`], or `FF_RDMA_DEAD_MS` from
-/// the environment (an experiment knob, like `FF_ROUTER_SPIN_US`: the
-/// soft-RoCE check runs emulated guests whose fabric goes silent for
-/// seconds). Operations get at least as long ([`op_timeout`]).
-pub fn dead_after() -> Duration {
-    static K: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *K.get_or_init(|| std::env::var("FF_RDMA_DEAD_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(DEAD_AFTER))
-}
-
-fn op_timeout() -> Duration {
-    OP_TIMEOUT.max(dead_after())
-}
 pub const STAGING: usize = 256 << 10;
 pub const BOUNCE: usize = 64 << 10;
+/// The largest payload copied into a record (memory not registered with
+/// the NIC): a record fits half the staging buffer.
+pub const UNREGISTERED_MAX: usize = STAGING / 2 - 64;
 /// Payloads up to this size are copied into the record; bigger ones are
 /// read by the receiver from the sender's registered memory.
 pub const INLINE_MAX: usize = 16 << 10;
+/// Per stream, remote payloads that wait behind the one being read are
+/// READ ahead into a registered buffer of this size (as many READs in
+/// flight as fit, at most [`AHEAD_OPS`], the READs a queue pair keeps in
+/// flight: more would only queue and hold up the acks and pings posted
+/// after them), then copied to their destination.
+/// Payloads over a quarter of it, and one with nothing behind it, are READ
+/// on demand straight into their destination (no copy).
+pub const AHEAD_BUF: usize = 2 << 20;
+const AHEAD_OPS: usize = 16;
 const RECV_DEPTH: u32 = 512;
 const SEND_DEPTH: u32 = 512;
 
@@ -165,53 +194,94 @@ pub fn probe(want: &Want) -> Result<gid::Choice, NoDevice> {
     }
 }
 
-/// Bound on the queue pair exchange over the first TCP stream (each side
-/// creates and registers its queue pairs and buffers meanwhile: on
-/// soft-RoCE under emulation that alone took over a second).
-pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Setup bounds. Each side reports every step of its setup to the other
+/// over the first TCP stream (a queue pair and its buffers made, a queue
+/// pair connected), so a peer that is slow but progressing is waited for (on
+/// soft-RoCE under emulation one router took 8-10 s for its four queue pairs
+/// and their registrations), and one that makes no step for
+/// [`SETUP_STEP_TIMEOUT`] is given up on; the whole setup never takes longer
+/// than [`SETUP_LIMIT`].
+pub const SETUP_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SETUP_LIMIT: Duration = Duration::from_secs(40);
 
-/// The handshake left its own (short, already partly spent) timeouts on
-/// the socket: the setup gets [`SETUP_TIMEOUT`].
-fn setup_timeouts(boot: &TcpStream) -> io::Result<()> {
-    boot.set_read_timeout(Some(SETUP_TIMEOUT))?;
-    boot.set_write_timeout(Some(SETUP_TIMEOUT))
+/// The byte stream a setup runs over (a TCP stream; tests use Unix sockets).
+pub trait Boot: Read + Write {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+}
+
+impl Boot for TcpStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Boot for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
 }
 
 /// Turns the TCP streams of a freshly handshaken link into an RDMA link:
 /// the first stream carries the queue pair exchange (and stays open); the
-/// link gets as many queue pairs as there were streams.
-pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Choice) -> io::Result<Arc<dyn Link>> {
+/// link gets as many queue pairs as there were streams. `progress` is
+/// called at every step of the setup, either side's.
+pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Choice, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
     #[cfg(feature = "rdma")]
     {
         let n = socks.len();
         let mut boot = socks.swap_remove(0);
         drop(socks);
-        setup_timeouts(&boot)?;
         let t0 = Instant::now();
         let v: Arc<dyn Verbs> = Arc::new(ib::IbVerbs::open(dev)?);
-        let link = RdmaLink::connect(v, &mut boot, n, what)?;
+        progress();
+        let link = RdmaLink::connect(v, &mut boot, n, what, progress)?;
         log::debug!("{}: RDMA setup took {:?}", link.what, t0.elapsed());
         Ok(Arc::new(link.keep(boot)))
     }
     #[cfg(not(feature = "rdma"))]
     {
         socks.clear();
-        let _ = (what, dev);
+        let _ = (what, dev, progress);
         Err(io::Error::other("ffrouter was built without the rdma feature"))
     }
 }
 
 /// Tests: an RDMA link on the process-wide fake fabric, set up through the
-/// TCP streams of a handshaken link like the real one.
+/// TCP streams of a handshaken link like the real one. Every operation of
+/// its NIC completes after `delay`; every queue pair and registration of its
+/// setup takes `setup`; it moves `rate` bytes per second (None: no limit).
 #[cfg(test)]
-pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration) -> io::Result<Arc<dyn Link>> {
+pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration, setup: Duration, rate: Option<f64>, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
     static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
-    setup_timeouts(&boot)?;
-    let v: Arc<dyn Verbs> = Arc::new(FABRIC.get_or_init(Default::default).slow_nic(delay));
-    let link = RdmaLink::connect(v, &mut boot, n, what)?;
+    let mut nic = FABRIC.get_or_init(Default::default).slow_nic(delay).with_setup_delay(setup);
+    if let Some(r) = rate {
+        nic = nic.with_rate(r);
+    }
+    let v: Arc<dyn Verbs> = Arc::new(nic);
+    let link = RdmaLink::connect(v, &mut boot, n, what, progress)?;
     Ok(Arc::new(link.keep(boot)))
+}
+
+/// Reads `buf` from the peer's setup: its next step must come within
+/// [`SETUP_STEP_TIMEOUT`], and before `deadline`.
+fn read_step(boot: &mut impl Boot, buf: &mut [u8], deadline: Instant, what: &str) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("RDMA setup: not done within {SETUP_LIMIT:?}")));
+    }
+    boot.set_timeouts(left.min(SETUP_STEP_TIMEOUT))?;
+    boot.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("RDMA setup: the peer router made no step for {:?} (waiting for {what})", left.min(SETUP_STEP_TIMEOUT)),
+        ),
+        io::ErrorKind::UnexpectedEof => io::Error::new(io::ErrorKind::UnexpectedEof, format!("RDMA setup: the peer router closed the connection (waiting for {what})")),
+        _ => e,
+    })
 }
 
 /// A registered buffer owned by the link.
@@ -243,13 +313,42 @@ struct TxSide {
     staging: Buf,
     /// Bytes written into the peer's landing ring so far.
     wpos: u64,
+    /// Remote payloads staged so far: the last one's number is its ticket
+    /// (see [`Link::send_unacked`]) and, in 30 bits, its ack token.
+    seq: u64,
 }
 
 #[derive(Clone, Copy)]
 enum Cur {
     Idle,
     Inline { at: u64, left: usize, span: usize },
-    Remote { addr: u64, rkey: u32, token: u32, off: u64, left: usize, span: usize },
+    /// `ahead`: the payload is (being) read into the read-ahead buffer
+    /// (the front of `RxSide::ahead`); otherwise it is read on demand,
+    /// straight into the destination.
+    Remote { addr: u64, rkey: u32, token: u32, off: u64, left: usize, span: usize, ahead: bool },
+}
+
+/// A landing record, checked.
+enum Rec {
+    Pad { span: usize },
+    Inline { h: [u8; HDR_LEN], n: usize, span: usize },
+    Remote { h: [u8; HDR_LEN], n: usize, span: usize, addr: u64, rkey: u32, token: u32 },
+}
+
+/// A remote payload being read ahead: the record at landing position
+/// `pos` said `n` bytes at `addr`/`rkey` (ack `token`); READ `wr_id` puts
+/// them at `at` in the read-ahead buffer, whose bytes up to `end` (in
+/// allocation order) it holds.
+struct Ahead {
+    pos: u64,
+    n: usize,
+    addr: u64,
+    rkey: u32,
+    token: u32,
+    at: usize,
+    end: u64,
+    wr_id: u64,
+    done: bool,
 }
 
 struct RxSide {
@@ -259,13 +358,26 @@ struct RxSide {
     freed: u64,
     cur: Cur,
     bounce: Buf,
+    /// Remote payloads read ahead, in landing order, and the landing
+    /// position up to which records were looked at for that.
+    ahead: VecDeque<Ahead>,
+    scan: u64,
+    /// The read-ahead buffer ([`AHEAD_BUF`], registered on first use) as
+    /// a ring: bytes allocated up to `a_head`, freed up to `a_tail`.
+    abuf: Option<Buf>,
+    a_head: u64,
+    a_tail: u64,
 }
 
-#[derive(Default)]
 struct Signals {
     /// Landing bytes of the peer's ring it has released (our credit).
     peer_freed: u64,
-    acks: HashSet<u32>,
+    /// Remote payloads posted, and acknowledged (acks come in order).
+    sent: u64,
+    acked: u64,
+    /// While acks are owed (`sent > acked`): when one last arrived, or when
+    /// the first was owed.
+    owed_since: Instant,
     /// Credits and acks received so far (progress, for bounded waits).
     events: u64,
 }
@@ -286,7 +398,6 @@ struct Stream {
     /// Send completions seen but not yet claimed, by wr_id (status).
     done: Mutex<HashMap<u64, u32>>,
     next_wr: AtomicU64,
-    next_token: AtomicU32,
 }
 
 /// Registered connection files: (address, length, registration).
@@ -301,6 +412,13 @@ pub struct RdmaLink {
     what: String,
     /// When something last arrived from the peer, on any stream.
     heard: Mutex<Instant>,
+    /// The peer router is taken for hung after this long without anything
+    /// from it on any stream ([`SILENT_AFTER`], as over TCP).
+    silent_after: Duration,
+    /// Many READs in flight (read-ahead, senders not waiting for acks);
+    /// `FF_RDMA_PIPELINE=0` turns both off (an experiment knob, read when
+    /// a link is made: the benchmarks compare the two).
+    pipeline: bool,
     _boot: Option<TcpStream>,
 }
 
@@ -310,48 +428,47 @@ const INFO_LEN: usize = Endpoint::LEN + 16;
 impl RdmaLink {
     /// Creates `n` queue pairs and connects them to the peer's through
     /// `boot` (any byte stream to the peer router; both sides run this).
-    pub fn connect(v: Arc<dyn Verbs>, boot: &mut (impl Read + Write), n: usize, what: String) -> io::Result<RdmaLink> {
+    /// Each side sends each queue pair's info as soon as it is made, and a
+    /// byte for each once it is connected (ready to receive): every one is
+    /// a step the other side waits for (see [`SETUP_STEP_TIMEOUT`]), and
+    /// `progress` is called at each step, ours or the peer's.
+    pub fn connect(v: Arc<dyn Verbs>, boot: &mut impl Boot, n: usize, what: String, progress: &dyn Fn()) -> io::Result<RdmaLink> {
+        let deadline = Instant::now() + SETUP_LIMIT;
         let mut made: Vec<(u32, Buf, Buf, Buf)> = Vec::with_capacity(n);
-        let cleanup = |v: &Arc<dyn Verbs>, made: &[(u32, Buf, Buf, Buf)]| {
-            for (qp, a, b, c) in made {
-                v.destroy_qp(*qp);
-                for m in [a, b, c] {
-                    let _ = v.dereg_mr(&m.mr);
-                }
-            }
-        };
-        let mut info = Vec::with_capacity(n * INFO_LEN);
-        for _ in 0..n {
-            let r = (|| {
-                let qp = v.create_qp(SEND_DEPTH, RECV_DEPTH)?;
-                let landing = Buf::new(&*v, LANDING)?;
-                let staging = Buf::new(&*v, STAGING)?;
-                let bounce = Buf::new(&*v, BOUNCE)?;
-                Ok::<_, io::Error>((qp, landing, staging, bounce))
-            })();
-            match r {
-                Ok(x) => {
-                    info.extend_from_slice(&v.endpoint(x.0)?.encode());
-                    info.extend_from_slice(&x.1.mr.addr.to_le_bytes());
-                    info.extend_from_slice(&x.1.mr.rkey.to_le_bytes());
-                    info.extend_from_slice(&(LANDING as u32).to_le_bytes());
-                    made.push(x);
-                }
-                Err(e) => {
-                    cleanup(&v, &made);
-                    return Err(e);
-                }
-            }
-        }
-        log::debug!("{what}: {n} queue pairs and their buffers made; exchanging them");
         let res = (|| {
-            boot.write_all(&info)?;
-            let mut peer = vec![0u8; n * INFO_LEN];
-            boot.read_exact(&mut peer)?;
-            log::debug!("{what}: got the peer's queue pairs; connecting");
+            boot.set_timeouts(SETUP_STEP_TIMEOUT)?;
+            for i in 0..n {
+                let qp = v.create_qp(SEND_DEPTH, RECV_DEPTH)?;
+                let mut bufs = Vec::with_capacity(3);
+                for len in [LANDING, STAGING, BOUNCE] {
+                    match Buf::new(&*v, len) {
+                        Ok(b) => bufs.push(b),
+                        Err(e) => {
+                            for b in &bufs {
+                                let _ = v.dereg_mr(&b.mr);
+                            }
+                            v.destroy_qp(qp);
+                            return Err(e);
+                        }
+                    }
+                }
+                let (c, b, a) = (bufs.pop().unwrap(), bufs.pop().unwrap(), bufs.pop().unwrap());
+                made.push((qp, a, b, c));
+                let x = &made[i];
+                let mut info = Vec::with_capacity(INFO_LEN);
+                info.extend_from_slice(&v.endpoint(x.0)?.encode());
+                info.extend_from_slice(&x.1.mr.addr.to_le_bytes());
+                info.extend_from_slice(&x.1.mr.rkey.to_le_bytes());
+                info.extend_from_slice(&(LANDING as u32).to_le_bytes());
+                boot.write_all(&info)?;
+                progress();
+            }
+            log::debug!("{what}: {n} queue pairs and their buffers made; connecting them to the peer's");
             let mut rings = Vec::with_capacity(n);
             for (i, (qp, _, _, _)) in made.iter().enumerate() {
-                let b = &peer[i * INFO_LEN..(i + 1) * INFO_LEN];
+                let mut b = [0u8; INFO_LEN];
+                read_step(boot, &mut b, deadline, &format!("queue pair {i} of {n}"))?;
+                progress();
                 let ep = Endpoint::decode(b[..Endpoint::LEN].try_into().unwrap());
                 let ring = PeerRing {
                     addr: u64::from_le_bytes(b[26..34].try_into().unwrap()),
@@ -368,21 +485,32 @@ impl RdmaLink {
                 v.modify_qp(*qp, QpState::Rtr, Some(&ep))?;
                 v.modify_qp(*qp, QpState::Rts, None)?;
                 rings.push(ring);
+                // This queue pair is ready to receive.
+                boot.write_all(b"R")?;
+                progress();
             }
-            // Both sides are ready to receive before anyone writes.
-            log::debug!("{what}: queue pairs ready to send");
-            boot.write_all(b"R")?;
-            let mut r = [0u8; 1];
-            boot.read_exact(&mut r)?;
-            if &r != b"R" {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad RDMA setup reply"));
+            // Both sides are ready to receive on every queue pair before
+            // anyone writes.
+            for i in 0..n {
+                let mut r = [0u8; 1];
+                read_step(boot, &mut r, deadline, &format!("queue pair {i} of {n} to be ready"))?;
+                if &r != b"R" {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad RDMA setup reply"));
+                }
+                progress();
             }
+            log::debug!("{what}: queue pairs ready");
             Ok(rings)
         })();
         let rings = match res {
             Ok(r) => r,
             Err(e) => {
-                cleanup(&v, &made);
+                for (qp, a, b, c) in &made {
+                    v.destroy_qp(*qp);
+                    for m in [a, b, c] {
+                        let _ = v.dereg_mr(&m.mr);
+                    }
+                }
                 return Err(e);
             }
         };
@@ -393,23 +521,40 @@ impl RdmaLink {
                 qp,
                 landing,
                 peer,
-                tx: Mutex::new(TxSide { staging, wpos: 0 }),
-                rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce }),
+                tx: Mutex::new(TxSide { staging, wpos: 0, seq: 0 }),
+                rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce, ahead: VecDeque::new(), scan: 0, abuf: None, a_head: 0, a_tail: 0 }),
                 drain: Mutex::new(()),
                 avail: AtomicU64::new(0),
-                sig: Mutex::default(),
+                sig: Mutex::new(Signals { peer_freed: 0, sent: 0, acked: 0, owed_since: Instant::now(), events: 0 }),
                 sig_cv: Condvar::new(),
                 done: Mutex::default(),
                 next_wr: AtomicU64::new(1),
-                next_token: AtomicU32::new(1),
             })
             .collect();
-        Ok(RdmaLink { v, streams, regs: RwLock::default(), dead: AtomicBool::new(false), why: Mutex::default(), what, heard: Mutex::new(Instant::now()), _boot: None })
+        Ok(RdmaLink {
+            v,
+            streams,
+            regs: RwLock::default(),
+            dead: AtomicBool::new(false),
+            why: Mutex::default(),
+            what,
+            heard: Mutex::new(Instant::now()),
+            silent_after: SILENT_AFTER,
+            pipeline: std::env::var("FF_RDMA_PIPELINE").map_or(true, |v| v != "0"),
+            _boot: None,
+        })
     }
 
     /// Keeps the bootstrap connection open for the link's lifetime.
     pub fn keep(mut self, boot: TcpStream) -> RdmaLink {
         self._boot = Some(boot);
+        self
+    }
+
+    /// Tests: a shorter silence limit than [`SILENT_AFTER`].
+    #[cfg(test)]
+    fn silent_after(mut self, d: Duration) -> RdmaLink {
+        self.silent_after = d;
         self
     }
 
@@ -437,7 +582,12 @@ impl RdmaLink {
     }
 
     fn post(&self, s: &Stream, wr: &SendWr) -> io::Result<()> {
-        self.v.post_send(s.qp, wr).map_err(|e| self.fail(format!("post_send: {e}")))
+        self.v.post_send(s.qp, wr).map_err(|e| match self.reap(s) {
+            // An earlier operation failed (and took the queue pair down):
+            // that is the news.
+            Err(first) => first,
+            Ok(()) => self.fail(format!("post_send: {e}")),
+        })
     }
 
     /// A zero-length WRITE_WITH_IMM (credit or ack), not waited for.
@@ -485,8 +635,8 @@ impl RdmaLink {
                 return Ok(());
             }
             let spent = start.elapsed();
-            if spent > op_timeout() {
-                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {:?}", op_timeout())));
+            if spent > OP_TIMEOUT {
+                return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {OP_TIMEOUT:?}")));
             }
             if spent > Duration::from_micros(20) {
                 let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
@@ -535,7 +685,13 @@ impl RdmaLink {
                 }
                 IMM_ACK => {
                     let mut sig = s.sig.lock().unwrap();
-                    sig.acks.insert(imm & IMM_MASK);
+                    // The peer reads and acks our payloads in order.
+                    if sig.acked >= sig.sent || imm & IMM_MASK != (sig.acked + 1) as u32 & IMM_MASK {
+                        drop(sig);
+                        return Err(self.fail(format!("the peer router acknowledged payload {} out of order", imm & IMM_MASK)));
+                    }
+                    sig.acked += 1;
+                    sig.owed_since = Instant::now();
                     sig.events += 1;
                     s.sig_cv.notify_all();
                 }
@@ -583,8 +739,8 @@ impl RdmaLink {
                 }
             }
             self.check()?;
-            if since.elapsed() > op_timeout() {
-                return Err(self.fail(format!("the peer router sent no credit or ack for {:?}", op_timeout())));
+            if since.elapsed() > OP_TIMEOUT {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {OP_TIMEOUT:?}")));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
@@ -596,6 +752,43 @@ impl RdmaLink {
                 return Ok(());
             }
             drop(s.sig_cv.wait_timeout(sig, Duration::from_micros(200)).unwrap());
+        }
+    }
+
+    /// Waits until the peer has read (acknowledged) our remote payloads up
+    /// to number `ticket`, at most until `deadline` (then Ok(false)). Fails
+    /// the link when acks are owed and none came for [`OP_TIMEOUT`].
+    fn wait_reads(&self, s: &Stream, ticket: u64, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            {
+                let sig = s.sig.lock().unwrap();
+                if sig.acked >= ticket {
+                    return Ok(true);
+                }
+                if sig.owed_since.elapsed() > OP_TIMEOUT {
+                    drop(sig);
+                    return Err(self.fail(format!("the peer router acknowledged none of our payloads for {OP_TIMEOUT:?}")));
+                }
+            }
+            self.check()?;
+            // The stream's receiver drains immediates while it waits for
+            // frames; when it is busy elsewhere, drain them here.
+            if self.drain_recv(s, false)? {
+                continue;
+            }
+            let mut nap = Duration::from_micros(200);
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                nap = nap.min(left);
+            }
+            let sig = s.sig.lock().unwrap();
+            if sig.acked >= ticket {
+                return Ok(true);
+            }
+            drop(s.sig_cv.wait_timeout(sig, nap).unwrap());
         }
     }
 
@@ -624,12 +817,17 @@ impl Link for RdmaLink {
     }
 
     unsafe fn send(&self, si: usize, frames: &[Frame]) -> io::Result<()> {
+        let ticket = self.send_unacked(si, frames)?;
+        self.wait_reads(&self.streams[si], ticket, None).map(|_| ())
+    }
+
+    unsafe fn send_unacked(&self, si: usize, frames: &[Frame]) -> io::Result<u64> {
         self.check()?;
         let s = &self.streams[si];
         let mut tx = s.tx.lock().unwrap();
         let peer_len = s.peer.len;
         let mut i = 0;
-        let mut tokens = Vec::new();
+        let mut ticket = 0;
         while i < frames.len() {
             // Stage as many records as fit the staging buffer, mirroring
             // their positions in the peer's landing ring.
@@ -661,11 +859,11 @@ impl Link for RdmaLink {
                 std::ptr::copy_nonoverlapping(f.hdr.as_ptr(), p.add(8), HDR_LEN);
                 match remote {
                     Some(mr) => {
-                        let token = s.next_token.fetch_add(1, Ordering::Relaxed) & IMM_MASK;
+                        tx.seq += 1;
+                        ticket = tx.seq;
                         (p.add(REC_HEAD) as *mut u64).write_unaligned(f.ptr as u64);
                         (p.add(REC_HEAD + 8) as *mut u32).write_unaligned(mr.rkey);
-                        (p.add(REC_HEAD + 12) as *mut u32).write_unaligned(token);
-                        tokens.push(token);
+                        (p.add(REC_HEAD + 12) as *mut u32).write_unaligned(tx.seq as u32 & IMM_MASK);
                     }
                     None => {
                         if f.len > 0 {
@@ -679,6 +877,14 @@ impl Link for RdmaLink {
             let len = (pos - start) as usize;
             // Landing credit: the peer must have released enough.
             self.wait_signal(s, |sig| pos - sig.peer_freed <= peer_len)?;
+            {
+                // Before the records go: the peer may ack at once.
+                let mut sig = s.sig.lock().unwrap();
+                if sig.sent == sig.acked && tx.seq > sig.sent {
+                    sig.owed_since = Instant::now();
+                }
+                sig.sent = tx.seq;
+            }
             let wr = self.post_staged(s, &tx, start, len)?;
             tx.wpos = pos;
             // The staging buffer is reused once the NIC has sent it.
@@ -686,16 +892,25 @@ impl Link for RdmaLink {
         }
         // The frames are posted in order: others may send on the stream
         // (pings, credits, other connections) while the peer reads our
-        // payloads, which must stay until read.
+        // payloads, which must stay until read (the caller's part).
         drop(tx);
-        if !tokens.is_empty() {
-            self.wait_signal(s, |sig| tokens.iter().all(|t| sig.acks.contains(t)))?;
-            let mut sig = s.sig.lock().unwrap();
-            for t in &tokens {
-                sig.acks.remove(t);
-            }
+        if !self.pipeline {
+            self.wait_reads(s, ticket, None)?;
+            return Ok(0);
         }
-        Ok(())
+        Ok(ticket)
+    }
+
+    fn unregistered_max(&self) -> usize {
+        UNREGISTERED_MAX
+    }
+
+    fn op_timeout(&self) -> Duration {
+        OP_TIMEOUT
+    }
+
+    fn reads_done(&self, si: usize, ticket: u64, wait: Duration) -> io::Result<bool> {
+        self.wait_reads(&self.streams[si], ticket, Some(Instant::now() + wait))
     }
 
     fn ping(&self, si: usize) -> io::Result<()> {
@@ -717,45 +932,34 @@ impl Link for RdmaLink {
                 return Err(self.fail("the peer router overran our landing ring".into()));
             }
             if rx.rpos < avail {
-                let p = Self::landing_at(s, rx.rpos);
-                let off = (rx.rpos % LANDING as u64) as usize;
-                // SAFETY: off is 64-aligned inside the landing ring; the
-                // peer wrote these bytes (published by its immediate).
-                let (kind, span) = unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u32).read_unaligned() as usize) };
-                if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > avail - rx.rpos {
-                    return Err(self.fail(format!("bad landing record span {span}")));
-                }
-                match kind {
-                    REC_PAD => {
+                let rec = Self::record_at(s, rx.rpos, avail).map_err(|e| self.fail(e))?;
+                let (h, n, span) = match rec {
+                    Rec::Pad { span } => {
                         self.release(s, &mut rx, span)?;
                         continue;
                     }
-                    REC_INLINE | REC_REMOTE => {}
-                    k => return Err(self.fail(format!("bad landing record kind {k}"))),
-                }
-                let mut h = [0u8; HDR_LEN];
-                // SAFETY: REC_HEAD <= 64 <= span bytes lie in the ring.
-                unsafe { std::ptr::copy_nonoverlapping(p.add(8), h.as_mut_ptr(), HDR_LEN) };
-                let n = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
-                if kind == REC_INLINE {
-                    if REC_HEAD + n > span {
-                        return Err(self.fail("landing record shorter than its payload".into()));
+                    Rec::Inline { h, n, span } => {
+                        rx.cur = Cur::Inline { at: rx.rpos + REC_HEAD as u64, left: n, span };
+                        (h, n, span)
                     }
-                    rx.cur = Cur::Inline { at: rx.rpos + REC_HEAD as u64, left: n, span };
-                } else {
-                    if REC_HEAD + DESC > span {
-                        return Err(self.fail("short remote record".into()));
+                    Rec::Remote { h, n, span, addr, rkey, token } => {
+                        self.read_ahead(s, &mut rx, avail)?;
+                        let ahead = match rx.ahead.front() {
+                            Some(a) if a.pos == rx.rpos => {
+                                // Read ahead from what the record said then:
+                                // it must still say so.
+                                if (a.n, a.addr, a.rkey, a.token) != (n, addr, rkey, token) {
+                                    return Err(self.fail("a landing record changed after it was read ahead".into()));
+                                }
+                                true
+                            }
+                            _ => false,
+                        };
+                        rx.cur = Cur::Remote { addr, rkey, token, off: 0, left: n, span, ahead };
+                        (h, n, span)
                     }
-                    // SAFETY: as above.
-                    let (addr, rkey, token) = unsafe {
-                        (
-                            (p.add(REC_HEAD) as *const u64).read_unaligned(),
-                            (p.add(REC_HEAD + 8) as *const u32).read_unaligned(),
-                            (p.add(REC_HEAD + 12) as *const u32).read_unaligned(),
-                        )
-                    };
-                    rx.cur = Cur::Remote { addr, rkey, token, off: 0, left: n, span };
-                }
+                };
+                let _ = span;
                 if n == 0 {
                     self.finish(s, &mut rx)?;
                 }
@@ -769,7 +973,7 @@ impl Link for RdmaLink {
             // Silence since we began waiting and since anything (a ping,
             // credit, ack) arrived on any stream, whoever drained it.
             let spent = start.elapsed().min(self.heard.lock().unwrap().elapsed());
-            let dead = dead_after();
+            let dead = self.silent_after;
             if spent > dead {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {dead:?}")));
             }
@@ -800,7 +1004,29 @@ impl Link for RdmaLink {
                 }
                 Ok(())
             }
-            Cur::Remote { addr, rkey, token, off, left, span } => {
+            Cur::Remote { addr, rkey, token, off, left, span, ahead: true } => {
+                if n > left {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload read past its end"));
+                }
+                let rx = &mut *rx;
+                let a = rx.ahead.front_mut().expect("the record read ahead");
+                if !a.done {
+                    self.wait_wr(s, a.wr_id, "READ", a.n)?;
+                    a.done = true;
+                }
+                let buf = rx.abuf.as_ref().expect("read-ahead buffer");
+                // SAFETY: the READ of the record's a.n bytes at a.at
+                // completed; off + n <= a.n (left counts down from a.n).
+                std::ptr::copy_nonoverlapping(buf.ptr().add(a.at + off as usize), dst, n);
+                rx.cur = Cur::Remote { addr, rkey, token, off: off + n as u64, left: left - n, span, ahead: true };
+                if left == n {
+                    let a = rx.ahead.pop_front().unwrap();
+                    rx.a_tail = a.end;
+                    self.finish(s, rx)?;
+                }
+                Ok(())
+            }
+            Cur::Remote { addr, rkey, token, off, left, span, ahead: false } => {
                 if n > left {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "payload read past its end"));
                 }
@@ -824,7 +1050,7 @@ impl Link for RdmaLink {
                     }
                     done += sge.len as usize;
                 }
-                rx.cur = Cur::Remote { addr, rkey, token, off: off + n as u64, left: left - n, span };
+                rx.cur = Cur::Remote { addr, rkey, token, off: off + n as u64, left: left - n, span, ahead: false };
                 if left == n {
                     self.finish(s, &mut rx)?;
                 }
@@ -866,6 +1092,96 @@ impl Link for RdmaLink {
 }
 
 impl RdmaLink {
+    /// Reads and checks the landing record at `pos` (the peer wrote the
+    /// bytes up to `avail`).
+    fn record_at(s: &Stream, pos: u64, avail: u64) -> Result<Rec, String> {
+        let p = Self::landing_at(s, pos);
+        let off = (pos % LANDING as u64) as usize;
+        // SAFETY: off is 64-aligned inside the landing ring; the peer wrote
+        // these bytes (published by its immediate).
+        let (kind, span) = unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u32).read_unaligned() as usize) };
+        if span < 64 || span % 64 != 0 || span > LANDING - off || span as u64 > avail - pos {
+            return Err(format!("bad landing record span {span}"));
+        }
+        match kind {
+            REC_PAD => return Ok(Rec::Pad { span }),
+            REC_INLINE | REC_REMOTE => {}
+            k => return Err(format!("bad landing record kind {k}")),
+        }
+        let mut h = [0u8; HDR_LEN];
+        // SAFETY: REC_HEAD <= 64 <= span bytes lie in the ring.
+        unsafe { std::ptr::copy_nonoverlapping(p.add(8), h.as_mut_ptr(), HDR_LEN) };
+        let n = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
+        if kind == REC_INLINE {
+            if REC_HEAD + n > span {
+                return Err("landing record shorter than its payload".into());
+            }
+            return Ok(Rec::Inline { h, n, span });
+        }
+        if REC_HEAD + DESC > span {
+            return Err("short remote record".into());
+        }
+        // SAFETY: as above.
+        let (addr, rkey, token) = unsafe {
+            (
+                (p.add(REC_HEAD) as *const u64).read_unaligned(),
+                (p.add(REC_HEAD + 8) as *const u32).read_unaligned(),
+                (p.add(REC_HEAD + 12) as *const u32).read_unaligned(),
+            )
+        };
+        Ok(Rec::Remote { h, n, span, addr, rkey, token })
+    }
+
+    /// Posts READs for the remote payloads that have landed from the
+    /// current record on, in order, as far as the read-ahead buffer and
+    /// [`AHEAD_OPS`] allow: many READs in flight instead of one round trip
+    /// per payload. The current record is read ahead only when more have
+    /// landed behind it (a lone one goes straight to its destination); too
+    /// big ones are left to be read on demand. The NIC checks every READ
+    /// against the peer's key and bounds, as on demand.
+    fn read_ahead(&self, s: &Stream, rx: &mut RxSide, avail: u64) -> io::Result<()> {
+        if !self.pipeline {
+            return Ok(());
+        }
+        let mut pos = rx.scan.max(rx.rpos);
+        while pos < avail && rx.ahead.len() < AHEAD_OPS {
+            let Ok(rec) = Self::record_at(s, pos, avail) else { break }; // recv_header says why
+            let (n, span, addr, rkey, token) = match rec {
+                Rec::Pad { span } | Rec::Inline { span, .. } => {
+                    pos += span as u64;
+                    continue;
+                }
+                Rec::Remote { n, span, addr, rkey, token, .. } => (n, span, addr, rkey, token),
+            };
+            if n == 0 || n > AHEAD_BUF / 4 {
+                pos += span as u64;
+                continue;
+            }
+            if pos == rx.rpos && rx.ahead.is_empty() && pos + span as u64 >= avail {
+                break; // alone: on demand
+            }
+            // Room in the buffer (allocations do not wrap)?
+            let off = (rx.a_head % AHEAD_BUF as u64) as usize;
+            let skip = if off + n > AHEAD_BUF { AHEAD_BUF - off } else { 0 };
+            if rx.a_head + (skip + n) as u64 - rx.a_tail > AHEAD_BUF as u64 {
+                break;
+            }
+            if rx.abuf.is_none() {
+                rx.abuf = Some(Buf::new(&*self.v, AHEAD_BUF).map_err(|e| self.fail(format!("registering the read-ahead buffer: {e}")))?);
+            }
+            let buf = rx.abuf.as_ref().unwrap();
+            let at = (off + skip) % AHEAD_BUF;
+            let wr_id = s.next_wr.fetch_add(1, Ordering::Relaxed);
+            let sge = Sge { addr: buf.mr.addr + at as u64, len: n as u32, lkey: buf.mr.lkey };
+            self.post(s, &SendWr { wr_id, op: Op::Read, sges: vec![sge], remote_addr: addr, rkey, signaled: true })?;
+            rx.a_head += (skip + n) as u64;
+            rx.ahead.push_back(Ahead { pos, n, addr, rkey, token, at, end: rx.a_head, wr_id, done: false });
+            pos += span as u64;
+        }
+        rx.scan = pos;
+        Ok(())
+    }
+
     /// The current record's payload is consumed: ack a remote one, free
     /// its landing bytes.
     fn finish(&self, s: &Stream, rx: &mut RxSide) -> io::Result<()> {
@@ -888,7 +1204,11 @@ impl Drop for RdmaLink {
             self.v.destroy_qp(s.qp);
             let _ = self.v.dereg_mr(&s.landing.mr);
             let _ = self.v.dereg_mr(&s.tx.lock().unwrap().staging.mr);
-            let _ = self.v.dereg_mr(&s.rx.lock().unwrap().bounce.mr);
+            let rx = s.rx.lock().unwrap();
+            let _ = self.v.dereg_mr(&rx.bounce.mr);
+            if let Some(b) = &rx.abuf {
+                let _ = self.v.dereg_mr(&b.mr);
+            }
         }
         for (_, _, mr) in self.regs.write().unwrap().drain(..) {
             let _ = self.v.dereg_mr(&mr);
@@ -902,18 +1222,29 @@ pub mod ib;
 
 #[cfg(test)]
 mod tests {
-    use super::super::verbs::Fabric;
+    use super::super::verbs::{Fabric, FakeVerbs};
     use super::*;
     use crate::wire::{self, Header};
     use std::os::unix::net::UnixStream;
 
     fn pair(n: usize) -> (Fabric, Arc<RdmaLink>, Arc<RdmaLink>) {
-        let f = Fabric::default();
-        let (va, vb): (Arc<dyn Verbs>, Arc<dyn Verbs>) = (Arc::new(f.nic()), Arc::new(f.nic()));
+        let (f, _, a, b) = pair_on(n, Fabric::default().nic(), SILENT_AFTER);
+        (f, a, b)
+    }
+
+    /// a on `nic` (kept for the test), b on a plain NIC with `silence`.
+    fn pair_on(n: usize, nic: FakeVerbs, silence: Duration) -> (Fabric, Arc<FakeVerbs>, Arc<RdmaLink>, Arc<RdmaLink>) {
+        let f = nic_fabric(&nic);
+        let na = Arc::new(nic);
+        let (va, vb): (Arc<dyn Verbs>, Arc<dyn Verbs>) = (na.clone(), Arc::new(f.nic()));
         let (mut sa, mut sb) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, n, "b".into()).unwrap());
-        let a = RdmaLink::connect(va, &mut sa, n, "a".into()).unwrap();
-        (f, Arc::new(a), Arc::new(t.join().unwrap()))
+        let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, n, "b".into(), &|| ()).unwrap());
+        let a = RdmaLink::connect(va, &mut sa, n, "a".into(), &|| ()).unwrap();
+        (f, na, Arc::new(a), Arc::new(t.join().unwrap().silent_after(silence)))
+    }
+
+    fn nic_fabric(nic: &FakeVerbs) -> Fabric {
+        nic.fabric()
     }
 
     fn data(conn: u64, payload: &[u8]) -> (Frame, [u8; HDR_LEN]) {
@@ -1001,9 +1332,10 @@ mod tests {
         a.ping(0).unwrap();
         a.ping(1).unwrap();
         assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
-        // b reads only after the dead time (a READ stalled in the NIC's
-        // retransmissions): a waits, the link stays.
-        std::thread::sleep(DEAD_AFTER + Duration::from_millis(500));
+        // b reads only after seconds (a READ stalled in the NIC's
+        // retransmissions; RDMA links used to die after 3 s): a waits, the
+        // link stays.
+        std::thread::sleep(Duration::from_millis(3500));
         assert!(!big.is_finished(), "the big send waits for b's READ");
         // b reads: the big send completes, then the frame sent after it.
         let mut got = vec![0u8; 1 << 20];
@@ -1018,9 +1350,11 @@ mod tests {
     #[test]
     fn streams_that_hear_nothing_stay_up_while_the_peer_pings_on_another() {
         // Only stream 1 carries pings (as if stream 0's queue pair were
-        // stalled in retransmissions) for longer than the dead time: the
-        // peer router is heard from, so neither receiver gives up.
-        let (_fab, a, b) = pair(2);
+        // stalled in retransmissions) for longer than b's silence limit
+        // (shortened to 2 s here): the peer router is heard from, so
+        // neither receiver gives up.
+        let silence = Duration::from_secs(2);
+        let (_fab, _, a, b) = pair_on(2, Fabric::default().nic(), silence);
         let a2 = a.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -1036,7 +1370,7 @@ mod tests {
                 std::thread::spawn(move || b2.recv_header(s).map(|h| Header::decode(&h).unwrap().ty))
             })
             .collect();
-        std::thread::sleep(DEAD_AFTER + Duration::from_millis(700));
+        std::thread::sleep(silence + Duration::from_millis(700));
         assert!(rxs.iter().all(|r| !r.is_finished()), "a receiver gave up although pings arrived");
         stop.store(true, Ordering::Relaxed);
         pinger.join().unwrap();
@@ -1047,11 +1381,209 @@ mod tests {
         for r in rxs {
             assert_eq!(r.join().unwrap().unwrap(), wire::PING);
         }
-        // Without pings a receiver times out within the dead time.
+        // A peer router that sends nothing at all (hung, its NIC still
+        // answering) is given up on after the silence limit.
         let t0 = Instant::now();
         let e = b.recv_header(0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
-        assert!(t0.elapsed() < DEAD_AFTER + Duration::from_secs(1));
+        assert!(t0.elapsed() < silence + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn payloads_in_flight_are_read_ahead_in_order_and_acked_by_ticket() {
+        // A sender keeps many big payloads in flight (send_unacked), the
+        // receiver reads them ahead (many READs at once) and hands them out
+        // in pieces, into registered memory and not; every byte checked,
+        // and the sender learns by ticket when its bytes are free.
+        let f = Fabric::default();
+        let (_fab, _, a, b) = pair_on(1, f.slow_nic(Duration::from_millis(5)), SILENT_AFTER);
+        let src = Arc::new(SharedMem::create("src", 8 << 20).unwrap());
+        let dst = Arc::new(SharedMem::create("dst", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        b.register(&dst).unwrap();
+        let sizes: Vec<usize> = (0..40).map(|i| [INLINE_MAX + 1, 100_000, 7, 300_000, AHEAD_BUF / 4 + 1][i % 5]).collect();
+        let mut at = 0;
+        let mut frames = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..n).map(|k| (k * 31 + i * 7) as u8).collect();
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), src.as_ptr().add(at), n) };
+            frames.push((Frame { hdr: Header::data(i as u64, ffcore::ring::REC_FIRST, 1, n as u64, n).encode(), ptr: unsafe { src.as_ptr().add(at) }, len: n }, bytes));
+            at += n;
+        }
+        let mut tickets = Vec::new();
+        for chunk in frames.chunks(6) {
+            let fr: Vec<Frame> = chunk.iter().map(|(f, _)| *f).collect();
+            tickets.push(unsafe { a.send_unacked(0, &fr).unwrap() });
+        }
+        assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+        assert!(!a.reads_done(0, tickets[0], Duration::ZERO).unwrap(), "nothing read yet");
+        for (i, (_, want)) in frames.iter().enumerate() {
+            let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+            assert_eq!((h.conn, h.len as usize), (i as u64, want.len()));
+            let n = want.len();
+            let mut got = vec![0u8; n];
+            unsafe {
+                // A piece into registered memory, the rest into private.
+                let k = n / 3;
+                b.recv_payload(0, dst.as_ptr(), k).unwrap();
+                b.recv_payload(0, got.as_mut_ptr().add(k), n - k).unwrap();
+                std::ptr::copy_nonoverlapping(dst.as_ptr(), got.as_mut_ptr(), k);
+            }
+            assert!(got == *want, "payload {i} of {n} bytes differs");
+        }
+        for t in &tickets {
+            assert!(a.reads_done(0, *t, Duration::from_secs(5)).unwrap());
+        }
+        a.deregister(&src);
+        b.deregister(&dst);
+    }
+
+    #[test]
+    fn a_read_outside_the_peers_grant_or_an_ack_out_of_order_fails_the_link() {
+        // The sender takes its memory back before the peer read it: the
+        // READ (ahead or on demand) is refused by the NIC, and the receiver
+        // fails the link instead of reading anything else.
+        let (_fab, a, b) = pair(1);
+        let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        let f = Frame { hdr: Header::data(1, ffcore::ring::REC_FIRST, 1, 100_000, 100_000).encode(), ptr: src.as_ptr(), len: 100_000 };
+        unsafe { a.send_unacked(0, &[f, f]).unwrap() };
+        a.deregister(&src);
+        let e = (|| {
+            Header::decode(&b.recv_header(0)?).unwrap();
+            let mut got = vec![0u8; 100_000];
+            unsafe { b.recv_payload(0, got.as_mut_ptr(), got.len()) }
+        })()
+        .unwrap_err();
+        assert!(e.to_string().contains("status 10"), "{e}");
+        assert!(b.recv_header(0).is_err(), "the link is down");
+        // An ack for nothing sent.
+        let (_fab, a, b) = pair(1);
+        a.post_imm(&a.streams[0], IMM_ACK | 5).unwrap();
+        let e = b.recv_header(0).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+    }
+
+    #[test]
+    fn a_fabric_quiet_for_seconds_does_not_take_the_peer_for_dead() {
+        // As soft-RoCE retransmitting: for 4 s everything a posts (pings
+        // included) arrives only 4 s later, so b hears nothing from a for
+        // longer than the 3 s RDMA links used to die after. The peer lives:
+        // the link stays, and the frames arrive intact and in order.
+        let (_fab, nic, a, b) = pair_on(2, Fabric::default().nic(), SILENT_AFTER);
+        let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
+        a.register(&src).unwrap();
+        let big: Vec<u8> = (0..(100 << 10) as u32).map(|i| (i % 253) as u8).collect();
+        unsafe { std::ptr::copy_nonoverlapping(big.as_ptr(), src.as_ptr(), big.len()) };
+        let rxs: Vec<_> = (0..2)
+            .map(|s| {
+                let b2 = b.clone();
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut got = Vec::new();
+                    loop {
+                        let h = Header::decode(&b2.recv_header(s)?).unwrap();
+                        if h.ty == wire::PING {
+                            return Ok::<_, io::Error>((got, t0.elapsed()));
+                        }
+                        let mut p = vec![0u8; h.len as usize];
+                        unsafe { b2.recv_payload(s, p.as_mut_ptr(), p.len())? };
+                        got.push(p);
+                    }
+                })
+            })
+            .collect();
+        nic.set_delay(Duration::from_secs(4));
+        let quiet = Instant::now();
+        let (a2, src2) = (a.clone(), src.clone());
+        let pinger = std::thread::spawn(move || {
+            while quiet.elapsed() < Duration::from_millis(4500) {
+                for s in 0..2 {
+                    a2.ping(s).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let sender = std::thread::spawn(move || {
+            let (small, _) = data(1, b"before the quiet");
+            let f = Frame { hdr: Header::data(2, ffcore::ring::REC_FIRST, 2, big.len() as u64, big.len()).encode(), ptr: src2.as_ptr(), len: big.len() };
+            unsafe { a.send(0, &[small, f]).unwrap() };
+            let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+            for s in 0..2 {
+                unsafe { a.send(s, &[ping]).unwrap() };
+            }
+            (a, big)
+        });
+        std::thread::sleep(Duration::from_millis(4200));
+        nic.set_delay(Duration::ZERO);
+        pinger.join().unwrap();
+        let (a, big) = sender.join().unwrap();
+        let mut res: Vec<_> = rxs.into_iter().map(|r| r.join().unwrap().expect("the link stayed up")).collect();
+        // The premise: b really heard nothing for 4 s.
+        assert!(res[1].1 >= Duration::from_secs(4), "{:?}", res[1].1);
+        let (got, _) = res.remove(0);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], b"before the quiet");
+        assert!(got[1] == big, "the READ payload differs");
+        a.deregister(&src);
+    }
+
+    #[test]
+    fn a_slow_setup_that_progresses_is_waited_for() {
+        // Every queue pair and registration of b's NIC takes 250 ms: 4
+        // queue pairs take b 4 s in all, a's steps are instant. a waits for
+        // each of b's steps and sees them as progress.
+        let f = Fabric::default();
+        let va: Arc<dyn Verbs> = Arc::new(f.nic());
+        let vb: Arc<dyn Verbs> = Arc::new(f.nic().with_setup_delay(Duration::from_millis(250)));
+        let (mut sa, mut sb) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || RdmaLink::connect(vb, &mut sb, 4, "b".into(), &|| ()).unwrap());
+        let steps = std::sync::atomic::AtomicU32::new(0);
+        let a = RdmaLink::connect(va, &mut sa, 4, "a".into(), &|| {
+            steps.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+        let b = t.join().unwrap();
+        // a's 4 queue pairs made and connected, b's 4 received and ready.
+        assert_eq!(steps.load(Ordering::Relaxed), 16);
+        let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
+        for s in 0..4 {
+            unsafe { b.send(s, &[ping]).unwrap() };
+            assert_eq!(Header::decode(&a.recv_header(s).unwrap()).unwrap().ty, wire::PING);
+        }
+    }
+
+    #[test]
+    fn a_setup_whose_peer_stalls_or_leaves_fails_clearly_and_cleans_up() {
+        let f = Fabric::default();
+        // The peer sends its first queue pair, then nothing (hung): given up
+        // on after the step timeout, with the step named.
+        let va: Arc<dyn Verbs> = Arc::new(f.nic());
+        let (mut sa, mut sb) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let fb: Arc<dyn Verbs> = Arc::new(Fabric::default().nic());
+            let qp = fb.create_qp(4, 4).unwrap();
+            let mut info = fb.endpoint(qp).unwrap().encode().to_vec();
+            info.extend_from_slice(&0x1000u64.to_le_bytes());
+            info.extend_from_slice(&1u32.to_le_bytes());
+            info.extend_from_slice(&(LANDING as u32).to_le_bytes());
+            sb.write_all(&info).unwrap();
+            std::thread::sleep(SETUP_STEP_TIMEOUT + Duration::from_secs(2));
+            drop(sb);
+        });
+        let t0 = Instant::now();
+        let e = RdmaLink::connect(va.clone(), &mut sa, 2, "a".into(), &|| ()).err().expect("a stalled peer fails the setup");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("made no step") && e.to_string().contains("queue pair 1 of 2"), "{e}");
+        assert!(t0.elapsed() < SETUP_STEP_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(f.registered(), 0, "buffers deregistered after a failed setup");
+        t.join().unwrap();
+        // A peer that goes away: at once, and says so.
+        let (mut sa, sb) = UnixStream::pair().unwrap();
+        drop(sb);
+        let e = RdmaLink::connect(va, &mut sa, 1, "a".into(), &|| ()).err().expect("a peer that left fails the setup");
+        assert!(matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe), "{e}");
+        assert_eq!(f.registered(), 0);
     }
 
     #[test]
@@ -1090,8 +1622,8 @@ mod tests {
         let (va, vb) = (Arc::new(f.nic()), Arc::new(f.nic()));
         let (mut sa, mut sb) = UnixStream::pair().unwrap();
         let vb2: Arc<dyn Verbs> = vb.clone();
-        let t = std::thread::spawn(move || RdmaLink::connect(vb2, &mut sb, 2, "b".into()).unwrap());
-        let a = RdmaLink::connect(va.clone(), &mut sa, 2, "a".into()).unwrap();
+        let t = std::thread::spawn(move || RdmaLink::connect(vb2, &mut sb, 2, "b".into(), &|| ()).unwrap());
+        let a = RdmaLink::connect(va.clone(), &mut sa, 2, "a".into(), &|| ()).unwrap();
         let _b = t.join().unwrap();
         f.cut(&vb);
         let t0 = Instant::now();
@@ -1112,11 +1644,11 @@ mod tests {
         let t = std::thread::spawn(move || {
             let s = TcpStream::connect(addr).unwrap();
             std::thread::sleep(Duration::from_millis(400)); // slow to set up
-            over_fake(vec![s], "dialer".into(), Duration::ZERO)
+            over_fake(vec![s], "dialer".into(), Duration::ZERO, Duration::ZERO, None, &|| ())
         });
         let (s, _) = l.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO).unwrap();
+        let a = over_fake(vec![s], "acceptor".into(), Duration::ZERO, Duration::ZERO, None, &|| ()).unwrap();
         let b = t.join().unwrap().unwrap();
         let ping = Frame::bare(Header::control(wire::PING, 0, 0, 0).encode());
         unsafe { b.send(0, &[ping]).unwrap() };
@@ -1135,7 +1667,7 @@ mod tests {
             let mut sink = vec![0u8; INFO_LEN];
             let _ = sb.read_exact(&mut sink);
         });
-        assert!(RdmaLink::connect(va, &mut sa, 1, "a".into()).is_err());
+        assert!(RdmaLink::connect(va, &mut sa, 1, "a".into(), &|| ()).is_err());
         t.join().unwrap();
         assert_eq!(f.registered(), 0, "buffers deregistered after a failed setup");
     }

@@ -201,7 +201,17 @@ pub const STATUS_FLUSH: u32 = 5;
 pub struct FakeVerbs {
     fabric: Fabric,
     nic: u32,
-    delay: Duration,
+    /// How long after posting each operation completes (changeable: a
+    /// fabric that goes quiet for seconds, as soft-RoCE retransmitting).
+    delay: Mutex<Duration>,
+    /// How long creating a queue pair or registering memory takes (a slow
+    /// host: soft-RoCE in an emulated guest took seconds).
+    setup: Duration,
+    /// Bytes per second the NIC moves (None: no limit): each operation's
+    /// bytes take their time on the wire after the ones posted before.
+    rate: Option<f64>,
+    /// When the wire is free again.
+    busy: Mutex<Instant>,
 }
 
 impl Fabric {
@@ -209,12 +219,12 @@ impl Fabric {
         let (m, _) = &*self.inner;
         let mut st = m.lock().unwrap();
         st.next_qpn += 1;
-        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Duration::ZERO }
+        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Mutex::new(Duration::ZERO), setup: Duration::ZERO, rate: None, busy: Mutex::new(Instant::now()) }
     }
 
     /// A NIC whose operations complete `delay` after they are posted.
     pub fn slow_nic(&self, delay: Duration) -> FakeVerbs {
-        FakeVerbs { delay, ..self.nic() }
+        FakeVerbs { delay: Mutex::new(delay), ..self.nic() }
     }
 
     /// Makes every queue pair of `nic` fail (as if its host died): peers'
@@ -248,6 +258,29 @@ impl FakeVerbs {
     pub fn id(&self) -> u32 {
         self.nic
     }
+
+    /// The fabric this NIC is on.
+    pub fn fabric(&self) -> Fabric {
+        self.fabric.clone()
+    }
+
+    /// From now on, operations posted complete `d` after they are posted.
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
+    }
+
+    /// The NIC moves `bytes_per_s` (its operations' bytes, READs included,
+    /// one after the other), on top of the per-operation delay.
+    pub fn with_rate(mut self, bytes_per_s: f64) -> FakeVerbs {
+        self.rate = Some(bytes_per_s);
+        self
+    }
+
+    /// Every queue pair creation and memory registration takes `d`.
+    pub fn with_setup_delay(mut self, d: Duration) -> FakeVerbs {
+        self.setup = d;
+        self
+    }
 }
 
 fn einval(what: &str) -> io::Error {
@@ -280,6 +313,7 @@ impl Verbs for FakeVerbs {
         if addr.is_null() || len == 0 {
             return Err(einval("empty memory region"));
         }
+        std::thread::sleep(self.setup);
         self.with(|st| {
             st.next_key += 1;
             let mr = Mr { addr: addr as u64, len, lkey: st.next_key | 0x1000_0000, rkey: st.next_key };
@@ -299,6 +333,7 @@ impl Verbs for FakeVerbs {
     }
 
     fn create_qp(&self, send_depth: u32, recv_depth: u32) -> io::Result<u32> {
+        std::thread::sleep(self.setup);
         let nic = self.nic;
         self.with(|st| {
             st.next_qpn += 1;
@@ -377,7 +412,13 @@ impl Verbs for FakeVerbs {
                 return Ok(());
             }
             let remote_nic = st.qps[&remote].nic;
-            let due = Instant::now() + self.delay;
+            let mut due = Instant::now();
+            if let Some(rate) = self.rate {
+                let mut busy = self.busy.lock().unwrap();
+                *busy = (*busy).max(due) + Duration::from_secs_f64(total as f64 / rate);
+                due = *busy;
+            }
+            due += *self.delay.lock().unwrap();
             if total > 0 && !st.check_remote(remote_nic, wr.rkey, wr.remote_addr, total) {
                 st.fail(qp, wr.wr_id, STATUS_REMOTE_ACCESS);
                 return Ok(());

@@ -308,10 +308,10 @@ impl Verbs for IbVerbs {
                     // (NCCL_IB_TIMEOUT): 14 (67 ms) made soft-RoCE under
                     // emulation retransmit hundreds of times per run
                     // (completer_retry_err), READs stalled for seconds and
-                    // links died. A dead peer is still found in DEAD_AFTER
-                    // by the link itself.
-                    a.timeout = 18;
-                    a.retry_cnt = 7;
+                    // links died. A dead peer fails an operation after
+                    // NIC_RETRY_BUDGET (8.6 s).
+                    a.timeout = super::ACK_TIMEOUT_EXP;
+                    a.retry_cnt = super::RETRY_CNT;
                     a.rnr_retry = 7;
                     a.max_rd_atomic = 16;
                     M::IBV_QP_STATE | M::IBV_QP_SQ_PSN | M::IBV_QP_TIMEOUT | M::IBV_QP_RETRY_CNT | M::IBV_QP_RNR_RETRY | M::IBV_QP_MAX_QP_RD_ATOMIC
