@@ -978,7 +978,12 @@ impl Link for RdmaLink {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing from the peer router for {dead:?}")));
             }
             if spent > Duration::from_micros(20) {
+                // Not holding the stream meanwhile: nothing is being READ
+                // into local memory now, and `deregister` (a pump worker
+                // ending a connection) must not wait for the next frame.
+                drop(rx);
                 let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(dead - spent));
+                rx = s.rx.lock().unwrap();
             } else {
                 std::hint::spin_loop();
             }
