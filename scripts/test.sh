@@ -33,3 +33,7 @@ if [ ! -e "$stamp" ]; then
     touch "$stamp"
 fi
 FF_BIN_DIR=$bindir FF_REQUIRE_K8S_SCHEMAS=1 "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider python/tests
+# RDMA on a kernel verbs device: the routers' RDMA link over soft-RoCE in
+# two QEMU guests (testkit/softroce.sh check, 2-3 minutes; the guest image
+# is built once, about a minute, and cached in /var/cache/freeflow).
+FF_SOFTROCE_CACHE=${FF_SOFTROCE_CACHE:-/var/cache/freeflow/softroce} testkit/softroce.sh check
