@@ -98,11 +98,17 @@ pub const NIC_RETRY_BUDGET: Duration = Duration::from_micros(4096 * (1 << ACK_TI
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const _: () = assert!(OP_TIMEOUT.as_micros() > NIC_RETRY_BUDGET.as_micros());
 
-pub const STAGING: usize = 256 << 10;
+pub const STAGING: usize = 512 << 10;
+/// The staging buffer is used in this many slots in turn, each staged
+/// batch in one: a batch is posted without waiting for the NIC to have
+/// sent the one before (it waits only before reusing that slot), so a slow
+/// link keeps several WRITEs in flight.
+const STAGING_SLOTS: usize = 4;
+const SLOT: usize = STAGING / STAGING_SLOTS;
 pub const BOUNCE: usize = 64 << 10;
 /// The largest payload copied into a record (memory not registered with
-/// the NIC): a record fits half the staging buffer.
-pub const UNREGISTERED_MAX: usize = STAGING / 2 - 64;
+/// the NIC): a record fits a staging slot.
+pub const UNREGISTERED_MAX: usize = SLOT - 64;
 /// Payloads up to this size are copied into the record; bigger ones are
 /// read by the receiver from the sender's registered memory.
 pub const INLINE_MAX: usize = 16 << 10;
@@ -316,6 +322,10 @@ struct TxSide {
     /// Remote payloads staged so far: the last one's number is its ticket
     /// (see [`Link::send_unacked`]) and, in 30 bits, its ack token.
     seq: u64,
+    /// The staging slot the next batch goes into, and the WRITE posted
+    /// from each slot that may still be reading it.
+    slot: usize,
+    posted: [Option<u64>; STAGING_SLOTS],
 }
 
 #[derive(Clone, Copy)]
@@ -521,7 +531,7 @@ impl RdmaLink {
                 qp,
                 landing,
                 peer,
-                tx: Mutex::new(TxSide { staging, wpos: 0, seq: 0 }),
+                tx: Mutex::new(TxSide { staging, wpos: 0, seq: 0, slot: 0, posted: [None; STAGING_SLOTS] }),
                 rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce, ahead: VecDeque::new(), scan: 0, abuf: None, a_head: 0, a_tail: 0 }),
                 drain: Mutex::new(()),
                 avail: AtomicU64::new(0),
@@ -792,9 +802,21 @@ impl RdmaLink {
         }
     }
 
-    /// Posts the staged bytes `[0, len)` at landing position `at`, split at
-    /// the end of the ring; the last write carries the immediate.
-    fn post_staged(&self, s: &Stream, tx: &TxSide, at: u64, len: usize) -> io::Result<u64> {
+    /// Waits until the NIC has sent every staged batch of the stream.
+    fn wait_writes(&self, s: &Stream) -> io::Result<()> {
+        let mut tx = s.tx.lock().unwrap();
+        for slot in 0..STAGING_SLOTS {
+            if let Some(wr) = tx.posted[slot].take() {
+                self.wait_wr(s, wr, "WRITE", SLOT)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts the staged bytes `[base, base + len)` at landing position
+    /// `at`, split at the end of the ring; the last write carries the
+    /// immediate.
+    fn post_staged(&self, s: &Stream, tx: &TxSide, base: usize, at: u64, len: usize) -> io::Result<u64> {
         let peer_len = s.peer.len;
         let off = at % peer_len;
         let first = len.min((peer_len - off) as usize);
@@ -802,7 +824,7 @@ impl RdmaLink {
         let wr_id = s.next_wr.fetch_add(1, Ordering::Relaxed);
         let last = if len - first > 0 { 1 } else { 0 };
         for (i, &(from, to, n)) in pieces.iter().enumerate().take(last + 1) {
-            let sge = Sge { addr: tx.staging.mr.addr + from as u64, len: n as u32, lkey: tx.staging.mr.lkey };
+            let sge = Sge { addr: tx.staging.mr.addr + (base + from) as u64, len: n as u32, lkey: tx.staging.mr.lkey };
             let op = if i == last { Op::WriteImm(IMM_DATA | len as u32) } else { Op::Write };
             let id = if i == last { wr_id } else { FORGET | s.next_wr.fetch_add(1, Ordering::Relaxed) };
             self.post(s, &SendWr { wr_id: id, op, sges: vec![sge], remote_addr: s.peer.addr + to, rkey: s.peer.rkey, signaled: i == last })?;
@@ -818,7 +840,9 @@ impl Link for RdmaLink {
 
     unsafe fn send(&self, si: usize, frames: &[Frame]) -> io::Result<()> {
         let ticket = self.send_unacked(si, frames)?;
-        self.wait_reads(&self.streams[si], ticket, None).map(|_| ())
+        let s = &self.streams[si];
+        self.wait_writes(s)?;
+        self.wait_reads(s, ticket, None).map(|_| ())
     }
 
     unsafe fn send_unacked(&self, si: usize, frames: &[Frame]) -> io::Result<u64> {
@@ -829,8 +853,14 @@ impl Link for RdmaLink {
         let mut i = 0;
         let mut ticket = 0;
         while i < frames.len() {
-            // Stage as many records as fit the staging buffer, mirroring
-            // their positions in the peer's landing ring.
+            // Stage as many records as fit a staging slot, mirroring their
+            // positions in the peer's landing ring; the NIC must be done
+            // with the slot's last WRITE.
+            let slot = tx.slot;
+            if let Some(wr) = tx.posted[slot].take() {
+                self.wait_wr(s, wr, "WRITE", SLOT)?;
+            }
+            let base = slot * SLOT;
             let start = tx.wpos;
             let mut pos = start;
             while i < frames.len() {
@@ -838,20 +868,26 @@ impl Link for RdmaLink {
                 let remote = if f.len > INLINE_MAX { self.reg_for(f.ptr as u64, f.len) } else { None };
                 let body = if remote.is_some() { DESC } else { f.len };
                 let span = span_of(body);
-                if span > (STAGING / 2).min(peer_len as usize / 2) {
+                if span > SLOT.min(peer_len as usize / 2) {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame payload too big for an unregistered buffer"));
                 }
                 let off = pos % peer_len;
                 let pad = if off + span as u64 > peer_len { (peer_len - off) as usize } else { 0 };
-                if (pos - start) as usize + pad + span > STAGING {
+                let used = (pos - start) as usize;
+                // A record never wraps: the pad before it may take a batch
+                // of its own (a slot holds one record of the largest span).
+                if used + pad + span > SLOT && !(used == 0 && pad > 0) {
                     break;
                 }
-                let st = tx.staging.ptr();
+                let st = tx.staging.ptr().add(base);
                 if pad > 0 {
-                    let p = st.add((pos - start) as usize);
+                    let p = st.add(used);
                     (p as *mut u32).write_unaligned(REC_PAD);
                     (p.add(4) as *mut u32).write_unaligned(pad as u32);
                     pos += pad as u64;
+                }
+                if (pos - start) as usize + span > SLOT {
+                    break;
                 }
                 let p = st.add((pos - start) as usize);
                 (p as *mut u32).write_unaligned(if remote.is_some() { REC_REMOTE } else { REC_INLINE });
@@ -885,10 +921,14 @@ impl Link for RdmaLink {
                 }
                 sig.sent = tx.seq;
             }
-            let wr = self.post_staged(s, &tx, start, len)?;
+            let wr = self.post_staged(s, &tx, base, start, len)?;
             tx.wpos = pos;
-            // The staging buffer is reused once the NIC has sent it.
-            self.wait_wr(s, wr, "WRITE", len)?;
+            tx.slot = (slot + 1) % STAGING_SLOTS;
+            if self.pipeline {
+                tx.posted[slot] = Some(wr);
+            } else {
+                self.wait_wr(s, wr, "WRITE", len)?;
+            }
         }
         // The frames are posted in order: others may send on the stream
         // (pings, credits, other connections) while the peer reads our
