@@ -21,6 +21,7 @@ use std::sync::{Arc, Once, OnceLock};
 
 use crate::dev::{Channel, Cq, Device, Mr};
 use crate::qp::{InlineData, Op, Qp, RecvWr, SendWr, Sge, Sges, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
+use crate::srq::{Srq, MAX_SRQ, MAX_SRQ_WR};
 use crate::sys::*;
 
 const DEV_NAME: &str = "ff0";
@@ -110,6 +111,12 @@ struct ChanBox {
 #[repr(C)]
 struct QpBox {
     ibv: ibv_qp,
+}
+
+#[repr(C)]
+struct SrqBox {
+    ibv: ibv_srq,
+    srq: Arc<Srq>,
 }
 
 /// # Safety
@@ -218,7 +225,8 @@ pub unsafe extern "C" fn ffv_ibv_open_device(d: *mut ibv_device) -> *mut ibv_con
         c.num_comp_vectors = 1;
         // Descriptors the application may poll: never readable here.
         c.cmd_fd = libc::eventfd(0, libc::EFD_CLOEXEC);
-        c.async_fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        // Readable when an asynchronous event (an SRQ's limit) is due.
+        c.async_fd = dev.async_efd.as_raw_fd();
         libc::pthread_mutex_init(&mut c.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
         c.ops.poll_cq = Some(poll_cq);
         c.ops.req_notify_cq = Some(req_notify_cq);
@@ -240,7 +248,6 @@ pub unsafe extern "C" fn ffv_ibv_close_device(c: *mut ibv_context) -> c_int {
         let b = Box::from_raw((c as *mut u8).sub(offset_of!(verbs_context, context)) as *mut CtxBox);
         b.dev.close();
         libc::close(b.vctx.context.cmd_fd);
-        libc::close(b.vctx.context.async_fd);
         0
     })
 }
@@ -259,7 +266,7 @@ pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_d
     d.vendor_id = 0x4646;
     d.max_qp = 1 << 16;
     d.max_qp_wr = MAX_WR as c_int;
-    d.device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT;
+    d.device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT | IBV_DEVICE_SRQ_RESIZE;
     d.max_sge = MAX_SGE as c_int;
     d.max_sge_rd = MAX_SGE as c_int;
     d.max_cq = 1 << 16;
@@ -269,6 +276,9 @@ pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_d
     d.max_qp_rd_atom = 16;
     d.max_res_rd_atom = 16 << 16;
     d.max_qp_init_rd_atom = 16;
+    d.max_srq = MAX_SRQ as c_int;
+    d.max_srq_wr = MAX_SRQ_WR as c_int;
+    d.max_srq_sge = MAX_SGE as c_int;
     d.atomic_cap = IBV_ATOMIC_HCA;
     d.max_pkeys = 1;
     d.local_ca_ack_delay = 16;
@@ -620,25 +630,33 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             return std::ptr::null_mut();
         }
         let a = &mut *a;
-        if a.qp_type != IBV_QPT_RC || !a.srq.is_null() {
+        if a.qp_type != IBV_QPT_RC {
             set_errno(libc::EOPNOTSUPP);
             return std::ptr::null_mut();
         }
+        let c = (*pd).context;
+        if !a.srq.is_null() && (*a.srq).context != c {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
         let cap = &mut a.cap;
-        if cap.max_send_wr > MAX_WR || cap.max_recv_wr > MAX_WR || cap.max_send_sge > MAX_SGE || cap.max_recv_sge > MAX_SGE || cap.max_inline_data > MAX_INLINE_DATA {
+        // With an SRQ the receive queue's sizes are ignored (as by NICs).
+        let (recv_wr, recv_sge) = if a.srq.is_null() { (cap.max_recv_wr, cap.max_recv_sge) } else { (0, 0) };
+        if cap.max_send_wr > MAX_WR || recv_wr > MAX_WR || cap.max_send_sge > MAX_SGE || recv_sge > MAX_SGE || cap.max_inline_data > MAX_INLINE_DATA {
             set_errno(libc::EINVAL);
             return std::ptr::null_mut();
         }
         cap.max_send_sge = cap.max_send_sge.max(1);
-        cap.max_recv_sge = cap.max_recv_sge.max(1);
+        cap.max_recv_wr = recv_wr;
+        cap.max_recv_sge = if a.srq.is_null() { recv_sge.max(1) } else { 0 };
         cap.max_inline_data = MAX_INLINE_DATA;
-        let c = (*pd).context;
         let dev = dev_of(c);
         let scq = (*(a.send_cq as *mut CqBox)).cq.clone();
         let rcq = (*(a.recv_cq as *mut CqBox)).cq.clone();
+        let srq = (!a.srq.is_null()).then(|| (*(a.srq as *mut SrqBox)).srq.clone());
         let mut e = dev.engine.lock().unwrap();
         let qpn = e.new_qpn();
-        e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, a.sq_sig_all != 0, *cap));
+        e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, srq, a.sq_sig_all != 0, *cap));
         drop(e);
         let mut ibv = ibv_qp {
             context: c,
@@ -646,6 +664,7 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             pd,
             send_cq: a.send_cq,
             recv_cq: a.recv_cq,
+            srq: a.srq,
             qp_num: qpn,
             handle: qpn,
             state: IBV_QPS_RESET,
@@ -778,7 +797,7 @@ pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_att
         i.qp_context = (*qp).qp_context;
         i.send_cq = (*qp).send_cq;
         i.recv_cq = (*qp).recv_cq;
-        i.srq = std::ptr::null_mut();
+        i.srq = (*qp).srq;
         i.cap = q.cap;
         i.qp_type = IBV_QPT_RC;
         i.sq_sig_all = q.sig_all as c_int;
@@ -869,7 +888,8 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
         let mut err = 0;
         while !wr.is_null() {
             let w = &*wr;
-            if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
+            // A queue pair with an SRQ has no receive queue of its own.
+            if q.srq.is_some() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
                 err = libc::EINVAL;
                 break;
             }
@@ -890,8 +910,124 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
     })
 }
 
-unsafe extern "C" fn post_srq_recv(_srq: *mut ibv_srq, _wr: *mut ibv_recv_wr, _bad: *mut *mut ibv_recv_wr) -> c_int {
-    libc::EOPNOTSUPP
+// ---- shared receive queues -------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_srq(pd: *mut ibv_pd, a: *mut ibv_srq_init_attr) -> *mut ibv_srq {
+    guard(std::ptr::null_mut(), || {
+        if pd.is_null() || a.is_null() {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let a = &mut *a;
+        let c = (*pd).context;
+        let dev = dev_of(c);
+        if dev.srqs.fetch_add(1, Ordering::AcqRel) >= MAX_SRQ {
+            dev.srqs.fetch_sub(1, Ordering::AcqRel);
+            set_errno(libc::ENOMEM);
+            return std::ptr::null_mut();
+        }
+        let srq = match Srq::new(pd as usize, a.attr.max_wr, a.attr.max_sge, a.attr.srq_limit) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                dev.srqs.fetch_sub(1, Ordering::AcqRel);
+                set_errno(e);
+                return std::ptr::null_mut();
+            }
+        };
+        // What the SRQ got (verbs.h: written back on success).
+        let (max_wr, max_sge, _) = srq.attr();
+        a.attr.max_wr = max_wr;
+        a.attr.max_sge = max_sge;
+        let mut ibv = ibv_srq { context: c, srq_context: a.srq_context, pd, handle: 0, ..Default::default() };
+        init_lock(&mut ibv.mutex, &mut ibv.cond);
+        let b = Box::into_raw(Box::new(SrqBox { ibv, srq }));
+        (&*b).srq.ibv.store(b as u64, Ordering::Relaxed);
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_srq(srq: *mut ibv_srq) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*srq).context);
+        let b = srq as *mut SrqBox;
+        let e = dev.engine.lock().unwrap();
+        if e.qps.values().any(|q| q.srq.as_ref().is_some_and(|s| Arc::ptr_eq(s, &(*b).srq))) {
+            return libc::EBUSY;
+        }
+        drop(e);
+        // An event about it that the application has not read names it no
+        // more.
+        dev.async_events.lock().unwrap().retain(|&(_, el)| el != b as u64);
+        dev.srqs.fetch_sub(1, Ordering::AcqRel);
+        drop(Box::from_raw(b));
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_modify_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr, mask: c_int) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() || attr.is_null() {
+            return libc::EINVAL;
+        }
+        let a = &*attr;
+        match (*(srq as *mut SrqBox)).srq.modify(mask as u32, a.max_wr, a.srq_limit) {
+            Ok(()) => 0,
+            Err(e) => e,
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() || attr.is_null() {
+            return libc::EINVAL;
+        }
+        let (max_wr, max_sge, srq_limit) = (*(srq as *mut SrqBox)).srq.attr();
+        *attr = ibv_srq_attr { max_wr, max_sge, srq_limit };
+        0
+    })
+}
+
+unsafe extern "C" fn post_srq_recv(srq: *mut ibv_srq, mut wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*srq).context);
+        dev.app_active();
+        let s = &(*(srq as *mut SrqBox)).srq;
+        let mut e = dev.engine.lock().unwrap();
+        let mut err = 0;
+        while !wr.is_null() {
+            let w = &*wr;
+            if w.num_sge < 0 {
+                err = libc::EINVAL;
+                break;
+            }
+            if let Err(x) = s.post(dev, RecvWr { wr_id: w.wr_id, sges: sges(w.sg_list, w.num_sge) }) {
+                err = x;
+                break;
+            }
+            wr = w.next;
+        }
+        if err != 0 && !bad.is_null() {
+            *bad = wr;
+        }
+        // Requests held for want of a receive on its queue pairs go on.
+        for q in e.qps.values_mut() {
+            if q.srq.as_ref().is_some_and(|x| Arc::ptr_eq(x, s)) && q.wants_progress_on_recv() {
+                q.progress(dev);
+            }
+        }
+        err
+    })
 }
 
 unsafe extern "C" fn bind_mw(_qp: *mut ibv_qp, _mw: *mut ibv_mw, _b: *mut ibv_mw_bind) -> c_int {
@@ -900,20 +1036,44 @@ unsafe extern "C" fn bind_mw(_qp: *mut ibv_qp, _mw: *mut ibv_mw, _b: *mut ibv_mw
 
 // ---- events, fork, strings, rates ------------------------------------------
 
+/// The one asynchronous event raised: an SRQ's limit reached. Blocks
+/// until one is due (or EAGAIN on a descriptor the application made
+/// non-blocking).
 #[no_mangle]
-pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, _ev: *mut c_void) -> c_int {
-    if c.is_null() {
-        return -1;
-    }
-    // No asynchronous events are ever raised: block like an idle device
-    // (or EAGAIN on a non-blocking descriptor).
-    let mut v = 0u64;
-    libc::read((*c).async_fd, &mut v as *mut u64 as *mut c_void, 8);
-    -1
+pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, ev: *mut ibv_async_event) -> c_int {
+    guard(-1, || {
+        if c.is_null() || ev.is_null() {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+        let mut v = 0u64;
+        if libc::read((*c).async_fd, &mut v as *mut u64 as *mut c_void, 8) != 8 {
+            return -1;
+        }
+        let Some((ty, el)) = dev_of(c).async_events.lock().unwrap().pop_front() else {
+            // Its SRQ was destroyed meanwhile.
+            set_errno(libc::EAGAIN);
+            return -1;
+        };
+        let mut e = ibv_async_event { element: ibv_async_event__bindgen_ty_1 { port_num: 0 }, event_type: ty };
+        e.element.srq = el as *mut ibv_srq;
+        *ev = e;
+        0
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ffv_ibv_ack_async_event(_ev: *mut c_void) {}
+pub unsafe extern "C" fn ffv_ibv_ack_async_event(ev: *mut ibv_async_event) {
+    if ev.is_null() {
+        return;
+    }
+    if (*ev).event_type == IBV_EVENT_SRQ_LIMIT_REACHED {
+        let srq = (*ev).element.srq;
+        if !srq.is_null() {
+            (*srq).events_completed = (*srq).events_completed.wrapping_add(1);
+        }
+    }
+}
 
 #[no_mangle]
 pub extern "C" fn ffv_ibv_fork_init() -> c_int {

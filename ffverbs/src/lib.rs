@@ -10,11 +10,13 @@
 //! - [`dev`]: the device, protection domains, registrations, completion
 //!   queues and channels;
 //! - [`qp`]: RC queue pairs, each an ffcore connection through the router;
+//! - [`srq`]: shared receive queues;
 //! - [`wire`]: what travels on that connection.
 
 pub mod abi;
 pub mod dev;
 pub mod qp;
+pub mod srq;
 pub mod sys;
 pub mod wire;
 

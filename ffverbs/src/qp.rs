@@ -25,6 +25,7 @@ use ffcore::{AtomicOp, Conn, Handle, Listener, RemoteKey, RemoteMap, Req, Width}
 use std::collections::HashSet;
 
 use crate::dev::{Cq, Device, Status};
+use crate::srq::Srq;
 use crate::sys::*;
 use crate::wire::{self, Gid, Hdr, Hello, F_DATA_NEXT, F_IMM};
 
@@ -188,6 +189,8 @@ pub struct Qp {
     inflight: VecDeque<Inflight>,
     next_seq: u64,
     rq: VecDeque<RecvWr>,
+    /// Receives come from this shared receive queue instead of `rq`.
+    pub srq: Option<Arc<Srq>>,
     inbound: Inbound,
     held: VecDeque<Held>,
     held_bytes: usize,
@@ -251,7 +254,7 @@ fn wc(wr_id: u64, status: Status, opcode: u32, len: u64, qpn: u32) -> ibv_wc {
 }
 
 impl Qp {
-    pub fn new(qpn: u32, pd: usize, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, sig_all: bool, cap: ibv_qp_cap) -> Qp {
+    pub fn new(qpn: u32, pd: usize, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, srq: Option<Arc<Srq>>, sig_all: bool, cap: ibv_qp_cap) -> Qp {
         Qp {
             qpn,
             state: IBV_QPS_RESET,
@@ -269,6 +272,7 @@ impl Qp {
             inflight: VecDeque::new(),
             next_seq: 0,
             rq: VecDeque::new(),
+            srq,
             inbound: Inbound::Idle,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -287,6 +291,22 @@ impl Qp {
     }
     pub fn recv_queue_len(&self) -> usize {
         self.rq.len()
+    }
+
+    /// A receive is posted (on the SRQ, for a queue pair that has one).
+    fn has_recv(&self) -> bool {
+        match &self.srq {
+            Some(s) => !s.is_empty(),
+            None => !self.rq.is_empty(),
+        }
+    }
+
+    /// The next receive, from the SRQ for a queue pair that has one.
+    fn take_recv(&mut self, dev: &Device) -> Option<RecvWr> {
+        match &self.srq {
+            Some(s) => s.take(dev),
+            None => self.rq.pop_front(),
+        }
     }
 
     pub fn post_send(&mut self, dev: &Device, wr: SendWr) {
@@ -354,7 +374,7 @@ impl Qp {
 
     /// Back to RESET: everything dropped, nothing completed.
     pub fn reset(&mut self) {
-        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), self.sig_all, self.cap);
+        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), self.srq.clone(), self.sig_all, self.cap);
         *self = fresh;
     }
 
@@ -386,6 +406,7 @@ impl Qp {
             self.send_cq.push(wc(w.wr_id, status, send_opcode(w.op), 0, self.qpn));
             status = IBV_WC_WR_FLUSH_ERR;
         }
+        // An SRQ's receives are not this queue pair's: they stay posted.
         for r in self.rq.drain(..) {
             self.recv_cq.push(wc(r.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
         }
@@ -763,15 +784,24 @@ impl Qp {
         let mut did = false;
         while let Some(h) = self.held.front() {
             let needs_recv = h.tag == wire::SEND || (h.tag == wire::WRITE && h.hdr.flags & F_IMM != 0);
-            if needs_recv && self.rq.is_empty() {
+            if needs_recv && !self.has_recv() {
                 break;
             }
-            let h = self.held.pop_front().unwrap();
+            // A SEND takes its receive here; a WRITE with immediate in
+            // write_done, after its bytes are placed.
+            let recv = if h.tag == wire::SEND {
+                match self.take_recv(dev) {
+                    Some(r) => Some(r),
+                    None => break,
+                }
+            } else {
+                None
+            };
+            let Some(h) = self.held.pop_front() else { break };
             self.held_bytes -= h.data.len();
             let imm = (h.hdr.flags & F_IMM != 0).then_some(h.hdr.imm);
-            match h.tag {
-                wire::SEND => {
-                    let r = self.rq.pop_front().unwrap();
+            match (h.tag, recv) {
+                (wire::SEND, Some(r)) => {
                     // SAFETY: the receive's elements were checked when posted.
                     if unsafe { scatter(&r.sges, h.data.as_ptr(), h.data.len()) } {
                         self.recv_done(r.wr_id, h.data.len() as u64, imm, false);
@@ -781,17 +811,17 @@ impl Qp {
                         self.ack(h.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
                     }
                 }
-                wire::WRITE if h.placed => self.write_done(h.hdr.seq, imm, h.hdr.len),
-                wire::WRITE => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
+                (wire::WRITE, _) if h.placed => self.write_done(dev, h.hdr.seq, imm, h.hdr.len),
+                (wire::WRITE, _) => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
                     Err(st) => self.ack(h.hdr.seq, st),
                     Ok(dst) => {
                         // SAFETY: registered memory the peer may write, h.hdr.len == data.len().
                         unsafe { std::ptr::copy_nonoverlapping(h.data.as_ptr(), dst, h.data.len()) };
                         self.announce(dev, h.hdr.rkey);
-                        self.write_done(h.hdr.seq, imm, h.hdr.len);
+                        self.write_done(dev, h.hdr.seq, imm, h.hdr.len);
                     }
                 },
-                wire::ATOMIC => self.atomic_req(dev, &h.hdr, &h.data),
+                (wire::ATOMIC, _) => self.atomic_req(dev, &h.hdr, &h.data),
                 _ => self.read_req(dev, &h.hdr),
             }
             did = true;
@@ -888,6 +918,7 @@ impl Qp {
         let data_next = h.flags & F_DATA_NEXT != 0;
         let imm = (h.flags & F_IMM != 0).then_some(h.imm);
         log::trace!("QP {}: message {tag} {h:?} ({plen} bytes after the header)", self.qpn);
+        let mut recv = None;
         if matches!(tag, wire::SEND | wire::WRITE | wire::READ | wire::ATOMIC) {
             if h.seq != self.expect_seq {
                 return Next::Broken(format!("request {} where {} was due", h.seq, self.expect_seq));
@@ -899,8 +930,16 @@ impl Qp {
             if tag == wire::ATOMIC && plen != 16 {
                 return Next::Broken("atomic without its operands".into());
             }
-            let needs_recv = tag == wire::SEND || (tag == wire::WRITE && imm.is_some());
-            if !self.held.is_empty() || (needs_recv && self.rq.is_empty()) {
+            // A SEND takes its receive now; a WRITE with immediate once its
+            // bytes are placed (write_done).
+            if tag == wire::SEND && self.held.is_empty() {
+                recv = self.take_recv(dev);
+            }
+            let missing = match tag {
+                wire::SEND => recv.is_none(),
+                _ => tag == wire::WRITE && imm.is_some() && !self.has_recv(),
+            };
+            if !self.held.is_empty() || missing {
                 if h.len > 1 << 31 {
                     return Next::Broken("request over 2 GiB".into());
                 }
@@ -916,12 +955,11 @@ impl Qp {
             }
         }
         match tag {
-            wire::SEND if data_next => {
-                let r = self.rq.pop_front().unwrap();
-                self.recv_into(r, h)
-            }
             wire::SEND => {
-                let r = self.rq.pop_front().unwrap();
+                let Some(r) = recv else { return Next::Broken("SEND without a receive".into()) };
+                if data_next {
+                    return self.recv_into(r, h);
+                }
                 // SAFETY: the receive's elements were checked when posted; plen bytes at payload.
                 if unsafe { scatter(&r.sges, payload, plen) } {
                     self.recv_done(r.wr_id, plen as u64, imm, false);
@@ -949,7 +987,7 @@ impl Qp {
                     self.announce(dev, h.rkey);
                     // SAFETY: dst..dst+len is registered memory the peer may write.
                     unsafe { std::ptr::copy_nonoverlapping(payload, dst, plen) };
-                    self.write_done(h.seq, imm, h.len);
+                    self.write_done(dev, h.seq, imm, h.len);
                     Next::Nothing
                 }
             },
@@ -1017,9 +1055,9 @@ impl Qp {
         }
     }
 
-    fn write_done(&mut self, seq: u64, imm: Option<u32>, len: u64) {
+    fn write_done(&mut self, dev: &Device, seq: u64, imm: Option<u32>, len: u64) {
         let Some(i) = imm else { return self.ack(seq, 0) };
-        match self.rq.pop_front() {
+        match self.take_recv(dev) {
             Some(r) => {
                 self.recv_done(r.wr_id, len, imm, true);
                 self.ack(seq, 0);
@@ -1031,7 +1069,7 @@ impl Qp {
         }
     }
 
-    fn finish(&mut self, _dev: &Device, after: After, n: usize, buf: Option<Vec<u8>>) -> Result<(), String> {
+    fn finish(&mut self, dev: &Device, after: After, n: usize, buf: Option<Vec<u8>>) -> Result<(), String> {
         match after {
             After::Discard => {}
             After::Hold { tag, hdr } => {
@@ -1045,7 +1083,7 @@ impl Qp {
                 if n as u64 != len {
                     return Err("WRITE data of the wrong length".into());
                 }
-                self.write_done(seq, imm, len);
+                self.write_done(dev, seq, imm, len);
             }
             After::Recv { wr_id, seq, imm, bounce } => {
                 if let Some((b, sges)) = bounce {

@@ -35,6 +35,9 @@ fn work() -> &'static Path {
         let src = root().join("ffverbs/tests/c/ffvcheck.c");
         let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvcheck")).arg(&src).arg("-libverbs").status().expect("cc");
         assert!(st.success(), "compiling ffvcheck (needs libibverbs-dev)");
+        let src = root().join("ffverbs/tests/c/ffvsrq.c");
+        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvsrq")).arg(&src).arg("-libverbs").status().expect("cc");
+        assert!(st.success(), "compiling ffvsrq (needs libibverbs-dev)");
         dir
     })
 }
@@ -129,6 +132,111 @@ fn ffvcheck_between_processes() {
         let port = format!("{}", 40000 + std::process::id() % 10000);
         let res = host_pair(&r.socket("a"), env, &[&ffvcheck(), "server", &port], &[&ffvcheck(), "client", "127.0.0.1", &port], true);
         check_ffvcheck(&res);
+    }
+}
+
+/// Shared receive queues between two host processes (ffvsrq): two queue
+/// pairs sharing one SRQ take its receives in order, completions on each
+/// queue pair's CQ with its number, SENDs wait for an empty SRQ, the limit
+/// event, limits and errors, EBUSY; by message and with direct WRITEs.
+#[test]
+fn ffvsrq_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    for env in [&[][..], &[("FFVERBS_DIRECT", "n")][..]] {
+        let port = format!("{}", 41000 + std::process::id() % 10000);
+        let srq = work().join("ffvsrq").display().to_string();
+        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), env, &[&srq, "server", &port], &[&srq, "client", "127.0.0.1", &port], true);
+        assert!(sok && cok, "ffvsrq failed ({env:?}):\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        for want in [
+            "OK SRQ limits, errors, EBUSY",
+            "OK two queue pairs share the SRQ",
+            "OK empty SRQ: SENDs on both queue pairs waited, then 6 of 6",
+            "OK write with immediate and a 100000-byte send through the SRQ",
+            "OK SRQ limit event",
+            "OK a failed queue pair leaves the SRQ to the other",
+            "OK done",
+        ] {
+            assert!(sout.contains(want), "server did not say {want:?}: {sout}{serr}");
+        }
+        assert!(cout.contains("OK done"), "client: {cout}{cerr}");
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Waits until something on this host listens on TCP `port`.
+fn wait_listening(port: u16, timeout: Duration) -> bool {
+    let want = format!(":{port:04X} ");
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let t = std::fs::read_to_string(f).unwrap_or_default();
+            // local_address PORT, state 0A (LISTEN)
+            if t.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&want)) && l.split_whitespace().nth(3) == Some("0A")) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// UCX 1.13's own `rc_verbs` transport over ff0, between two host
+/// processes, each with a device node in a private mount namespace
+/// (tools/ffuverbs): `ucx_info -d` lists rc_verbs on ff0:1, and
+/// ucx_perftest's UCT tests over it (active messages through the SRQ,
+/// put and get zero-copy, fetch-and-add and compare-and-swap) complete.
+/// UCP (tag_bw and the like) does not connect: see docs/ARCHITECTURE.md.
+/// Skipped (and says so) without UCX's ucx_perftest or unshare.
+#[test]
+fn ucx_rc_verbs_over_ff0() {
+    if !have("ucx_perftest") || !have("ucx_info") || !have("unshare") {
+        eprintln!("skipped: ucx_perftest, ucx_info or unshare missing (scripts/deps.sh installs ucx-utils)");
+        return;
+    }
+    let r = RouterProc::start(&["a"], &[]);
+    let tool = root().join("tools/ffuverbs");
+    let env = [("LD_LIBRARY_PATH", lib_dir()), ("FF_ROUTER_SOCKET", r.socket("a").display().to_string())];
+    let info = Command::new(&tool).args(["ucx_info", "-d"]).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().expect("tools/ffuverbs");
+    let text = String::from_utf8_lossy(&info.stdout);
+    let md = text.split("# Memory domain: ").find(|m| m.starts_with("ff0")).unwrap_or_else(|| panic!("UCX lists no ff0 memory domain: {text}"));
+    assert!(md.contains("Transport: rc_verbs") && md.contains("Device: ff0:1") && md.contains("atomic_fadd: 64 bit"), "rc_verbs on ff0: {md}");
+    let tests: [&[&str]; 6] = [
+        &["-t", "am_lat", "-s", "8"],
+        &["-t", "am_bw", "-D", "bcopy", "-s", "4096"],
+        &["-t", "put_bw", "-D", "zcopy", "-s", "1048576"],
+        &["-t", "get", "-D", "zcopy", "-s", "65536"],
+        &["-t", "fadd"],
+        &["-t", "cswap"],
+    ];
+    for (i, t) in tests.iter().enumerate() {
+        let port = 42000 + (std::process::id() % 1000) as u16 * 8 + i as u16;
+        let p = port.to_string();
+        let mut argv = vec!["timeout", "60", "ucx_perftest", "-x", "rc_verbs", "-d", "ff0:1", "-n", "300", "-p", &p];
+        argv.extend_from_slice(t);
+        let spawn = |argv: &[&str]| {
+            Command::new(&tool)
+                .args(argv)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        };
+        let s = spawn(&argv);
+        assert!(wait_listening(port, Duration::from_secs(30)), "{t:?}: the server does not listen on {port}");
+        let mut client = argv.clone();
+        client.push("127.0.0.1");
+        let (cok, cout, cerr) = finish(spawn(&client), Duration::from_secs(90));
+        let (sok, sout, serr) = finish(s, Duration::from_secs(30));
+        assert!(sok && cok, "{t:?}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        let fin = cout.lines().find(|l| l.starts_with("Final:")).unwrap_or_else(|| panic!("{t:?}: no result: {cout}{cerr}"));
+        // Final: iterations, then latency and bandwidth columns.
+        assert_eq!(fin.split_whitespace().nth(1), Some("300"), "{t:?}: {fin}");
+        eprintln!("rc_verbs {t:?}: {fin}");
     }
 }
 
