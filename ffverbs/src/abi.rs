@@ -22,6 +22,7 @@ use std::sync::{Arc, Once, OnceLock};
 use crate::dev::{Channel, Cq, Device, Mr};
 use crate::qp::{InlineData, Op, Qp, RecvWr, SendWr, Sge, Sges, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
 use crate::srq::{Srq, MAX_SRQ, MAX_SRQ_WR};
+use crate::ud::{UdQp, UdSend, UD_MTU};
 use crate::sys::*;
 
 const DEV_NAME: &str = "ff0";
@@ -111,6 +112,13 @@ struct ChanBox {
 #[repr(C)]
 struct QpBox {
     ibv: ibv_qp,
+}
+
+/// An address handle: the destination context's GID.
+#[repr(C)]
+struct AhBox {
+    ibv: ibv_ah,
+    gid: [u8; 16],
 }
 
 #[repr(C)]
@@ -537,7 +545,8 @@ pub unsafe extern "C" fn ffv_ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
         let dev = dev_of((*cq).context);
         let b = cq as *mut CqBox;
         let e = dev.engine.lock().unwrap();
-        if e.qps.values().any(|q| Arc::ptr_eq(&q.send_cq, &(*b).cq) || Arc::ptr_eq(&q.recv_cq, &(*b).cq)) {
+        let uses = |s: &Arc<Cq>, r: &Arc<Cq>| Arc::ptr_eq(s, &(*b).cq) || Arc::ptr_eq(r, &(*b).cq);
+        if e.qps.values().any(|q| uses(&q.send_cq, &q.recv_cq)) || e.ud_qps.values().any(|q| uses(&q.send_cq, &q.recv_cq)) {
             return libc::EBUSY;
         }
         drop(e);
@@ -630,7 +639,8 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             return std::ptr::null_mut();
         }
         let a = &mut *a;
-        if a.qp_type != IBV_QPT_RC {
+        let ud = a.qp_type == IBV_QPT_UD;
+        if (a.qp_type != IBV_QPT_RC && !ud) || (ud && !a.srq.is_null()) {
             set_errno(libc::EOPNOTSUPP);
             return std::ptr::null_mut();
         }
@@ -656,7 +666,11 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
         let srq = (!a.srq.is_null()).then(|| (*(a.srq as *mut SrqBox)).srq.clone());
         let mut e = dev.engine.lock().unwrap();
         let qpn = e.new_qpn();
-        e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, srq, a.sq_sig_all != 0, *cap));
+        if ud {
+            e.ud_qps.insert(qpn, UdQp::new(qpn, pd as usize, scq, rcq, a.sq_sig_all != 0, *cap));
+        } else {
+            e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, srq, a.sq_sig_all != 0, *cap));
+        }
         drop(e);
         let mut ibv = ibv_qp {
             context: c,
@@ -668,7 +682,7 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             qp_num: qpn,
             handle: qpn,
             state: IBV_QPS_RESET,
-            qp_type: IBV_QPT_RC,
+            qp_type: a.qp_type,
             ..Default::default()
         };
         init_lock(&mut ibv.mutex, &mut ibv.cond);
@@ -684,7 +698,10 @@ pub unsafe extern "C" fn ffv_ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
             return libc::EINVAL;
         }
         let dev = dev_of((*qp).context);
-        dev.engine.lock().unwrap().qps.remove(&(*qp).qp_num);
+        let mut e = dev.engine.lock().unwrap();
+        e.qps.remove(&(*qp).qp_num);
+        e.ud_qps.remove(&(*qp).qp_num);
+        drop(e);
         drop(Box::from_raw(qp as *mut QpBox));
         0
     })
@@ -700,6 +717,13 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
         let mask = mask as u32;
         let dev = dev_of((*qp).context);
         let mut e = dev.engine.lock().unwrap();
+        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+            let r = modify_ud(q, a, mask);
+            if r == 0 && mask & IBV_QP_STATE != 0 {
+                (*qp).state = q.state;
+            }
+            return r;
+        }
         let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
         if mask & IBV_QP_ACCESS_FLAGS != 0 {
             q.access = a.qp_access_flags;
@@ -753,6 +777,7 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
             _ => false,
         };
         if !ok {
+            log::debug!("ffverbs: QP {:#x}: no transition from state {from} to {to}", q.qpn);
             return libc::EINVAL;
         }
         match to {
@@ -760,10 +785,12 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
             IBV_QPS_ERR => q.fail(dev, IBV_WC_WR_FLUSH_ERR),
             IBV_QPS_RTR => {
                 if mask & IBV_QP_AV == 0 || mask & IBV_QP_DEST_QPN == 0 || a.ah_attr.is_global == 0 {
+                    log::debug!("ffverbs: QP {:#x}: RTR without a global route (mask {mask:#x})", q.qpn);
                     // The GID says where the peer is: a global route is needed.
                     return libc::EINVAL;
                 }
                 if let Err(err) = q.to_rtr(dev, a.ah_attr.grh.dgid.raw, a.dest_qp_num) {
+                    log::debug!("ffverbs: QP {:#x}: RTR to itself", q.qpn);
                     return err;
                 }
             }
@@ -778,6 +805,48 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
     })
 }
 
+/// `ibv_modify_qp` of a UD queue pair: Q_Key, port, P_Key index and SQ
+/// PSN, and the same state changes as RC (no peer: RTR needs no address).
+fn modify_ud(q: &mut UdQp, a: &ibv_qp_attr, mask: u32) -> c_int {
+    if mask & IBV_QP_PORT != 0 && a.port_num != 1 {
+        return libc::EINVAL;
+    }
+    if mask & IBV_QP_PKEY_INDEX != 0 && a.pkey_index != 0 {
+        return libc::EINVAL;
+    }
+    if mask & IBV_QP_STATE != 0 {
+        let (from, to) = (q.state, a.qp_state);
+        let ok = match to {
+            IBV_QPS_RESET | IBV_QPS_ERR => true,
+            IBV_QPS_INIT => from == IBV_QPS_RESET || from == IBV_QPS_INIT,
+            IBV_QPS_RTR => from == IBV_QPS_INIT,
+            IBV_QPS_RTS => from == IBV_QPS_RTR || from == IBV_QPS_RTS,
+            _ => false,
+        };
+        if !ok {
+            return libc::EINVAL;
+        }
+    }
+    if mask & IBV_QP_QKEY != 0 {
+        q.qkey = a.qkey;
+    }
+    if mask & IBV_QP_PORT != 0 {
+        q.attr.port_num = a.port_num;
+    }
+    if mask & IBV_QP_SQ_PSN != 0 {
+        q.attr.sq_psn = a.sq_psn;
+    }
+    if mask & IBV_QP_STATE != 0 {
+        match a.qp_state {
+            IBV_QPS_RESET => q.reset(),
+            IBV_QPS_ERR => q.fail(),
+            _ => {}
+        }
+        q.state = a.qp_state;
+    }
+    0
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, _mask: c_int, init: *mut ibv_qp_init_attr) -> c_int {
     guard(libc::EIO, || {
@@ -786,6 +855,23 @@ pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_att
         }
         let dev = dev_of((*qp).context);
         let e = dev.engine.lock().unwrap();
+        if let Some(q) = e.ud_qps.get(&(*qp).qp_num) {
+            let mut a = q.attr;
+            a.qp_state = q.state;
+            a.cur_qp_state = q.state;
+            a.qkey = q.qkey;
+            a.cap = q.cap;
+            *attr = a;
+            let i = &mut *init;
+            i.qp_context = (*qp).qp_context;
+            i.send_cq = (*qp).send_cq;
+            i.recv_cq = (*qp).recv_cq;
+            i.srq = std::ptr::null_mut();
+            i.cap = q.cap;
+            i.qp_type = IBV_QPT_UD;
+            i.sq_sig_all = q.sig_all as c_int;
+            return 0;
+        }
         let Some(q) = e.qps.get(&(*qp).qp_num) else { return libc::EINVAL };
         let mut a = q.attr;
         a.qp_state = q.state;
@@ -809,14 +895,21 @@ unsafe fn sges(list: *mut ibv_sge, n: c_int) -> Sges {
     if list.is_null() || n <= 0 {
         return Sges::new();
     }
-    std::slice::from_raw_parts(list, n as usize).iter().map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
+    // Empty elements move no bytes (and may carry a null address).
+    std::slice::from_raw_parts(list, n as usize).iter().filter(|s| s.length > 0).map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
 }
 
 unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
     guard(libc::EIO, || {
         let dev = dev_of((*qp).context);
         dev.app_active();
-        let mut e = dev.engine.lock().unwrap();
+        let mut guard = dev.engine.lock().unwrap();
+        let e = &mut *guard;
+        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+            let err = post_send_ud(dev, q, wr, bad);
+            crate::ud::progress(dev, &mut e.links, &mut e.ud_qps);
+            return err;
+        }
         let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
         let mut err = 0;
         while !wr.is_null() {
@@ -879,11 +972,89 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
     })
 }
 
+/// Queues UD sends: SEND (with immediate) only, to an address handle, at
+/// most the MTU; the bytes are copied now.
+unsafe fn post_send_ud(dev: &Device, q: &mut UdQp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
+    let mut err = 0;
+    while !wr.is_null() {
+        let w = &*wr;
+        let list = sges(w.sg_list, w.num_sge);
+        let len: usize = list.iter().map(|s| s.len as usize).sum();
+        let ah = w.wr.ud.ah;
+        if !matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM) || ah.is_null() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || len > UD_MTU {
+            err = libc::EINVAL;
+            break;
+        }
+        if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
+            err = libc::EINVAL;
+            break;
+        }
+        if q.sq.len() >= q.cap.max_send_wr.max(1) as usize {
+            err = libc::ENOMEM;
+            break;
+        }
+        let signaled = q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
+        if q.state == IBV_QPS_ERR {
+            q.send_cq.push(ibv_wc { wr_id: w.wr_id, status: IBV_WC_WR_FLUSH_ERR, opcode: IBV_WC_SEND, qp_num: q.qpn, ..Default::default() });
+            wr = w.next;
+            continue;
+        }
+        let inline = w.send_flags & IBV_SEND_INLINE != 0;
+        if !inline && list.iter().any(|s| dev.check_local(q.pd, s.lkey, s.addr, s.len as u64, false).is_err()) {
+            q.send_cq.push(ibv_wc { wr_id: w.wr_id, status: IBV_WC_LOC_PROT_ERR, opcode: IBV_WC_SEND, qp_num: q.qpn, ..Default::default() });
+            q.fail();
+            wr = w.next;
+            continue;
+        }
+        let mut data = Vec::with_capacity(len);
+        for s in &list {
+            // SAFETY: checked against a registration above, or (inline) the
+            // application's own bytes, readable now (verbs.h's contract).
+            data.extend_from_slice(std::slice::from_raw_parts(s.addr as *const u8, s.len as usize));
+        }
+        // A Q_Key with its top bit set means the queue pair's own.
+        let qkey = if w.wr.ud.remote_qkey & 0x8000_0000 != 0 { q.qkey } else { w.wr.ud.remote_qkey };
+        let imm = (w.opcode == IBV_WR_SEND_WITH_IMM).then(|| w.__bindgen_anon_1.imm_data);
+        let gid = (*(ah as *mut AhBox)).gid;
+        q.sq.push_back(UdSend { wr_id: w.wr_id, signaled, gid, qpn: w.wr.ud.remote_qpn & 0xff_ffff, qkey, imm, data });
+        wr = w.next;
+    }
+    if err != 0 && !bad.is_null() {
+        *bad = wr;
+    }
+    err
+}
+
 unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
     guard(libc::EIO, || {
         let dev = dev_of((*qp).context);
         dev.app_active();
         let mut e = dev.engine.lock().unwrap();
+        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+            let mut err = 0;
+            while !wr.is_null() {
+                let w = &*wr;
+                if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
+                    err = libc::EINVAL;
+                    break;
+                }
+                if q.rq.len() >= q.cap.max_recv_wr.max(1) as usize {
+                    err = libc::ENOMEM;
+                    break;
+                }
+                let list = sges(w.sg_list, w.num_sge);
+                if list.iter().any(|s| dev.check_local(q.pd, s.lkey, s.addr, s.len as u64, true).is_err()) {
+                    err = libc::EINVAL;
+                    break;
+                }
+                q.rq.push_back(RecvWr { wr_id: w.wr_id, sges: list });
+                wr = w.next;
+            }
+            if err != 0 && !bad.is_null() {
+                *bad = wr;
+            }
+            return err;
+        }
         let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
         let mut err = 0;
         while !wr.is_null() {
@@ -908,6 +1079,31 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
         }
         err
     })
+}
+
+// ---- address handles ---------------------------------------------------------
+
+/// An address handle names a device context by its GID (a global route is
+/// needed: the GID is the only address ff0 has).
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_ah(pd: *mut ibv_pd, a: *mut ibv_ah_attr) -> *mut ibv_ah {
+    guard(std::ptr::null_mut(), || {
+        if pd.is_null() || a.is_null() || (*a).is_global == 0 || (*a).port_num != 1 || (*a).grh.sgid_index != 0 {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let b = Box::into_raw(Box::new(AhBox { ibv: ibv_ah { context: (*pd).context, pd, handle: 0 }, gid: (*a).grh.dgid.raw }));
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_ah(ah: *mut ibv_ah) -> c_int {
+    if ah.is_null() {
+        return libc::EINVAL;
+    }
+    drop(Box::from_raw(ah as *mut AhBox));
+    0
 }
 
 // ---- shared receive queues -------------------------------------------------

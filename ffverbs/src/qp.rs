@@ -26,6 +26,7 @@ use std::collections::HashSet;
 
 use crate::dev::{Cq, Device, Status};
 use crate::srq::Srq;
+use crate::ud::{self, UdQp};
 use crate::sys::*;
 use crate::wire::{self, Gid, Hdr, Hello, F_DATA_NEXT, F_IMM};
 
@@ -36,7 +37,7 @@ pub const MAX_INLINE_DATA: u32 = 1024;
 pub const MAX_SGE: u32 = 16;
 pub const MAX_WR: u32 = 8192;
 /// A queue pair that has no connection this long after RTR fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Answers queued (not yet in the ring) before we stop taking requests.
 const MAX_OUT: usize = 1024;
 
@@ -348,14 +349,8 @@ impl Qp {
         }
         self.remote = Some((gid, qpn));
         self.link = if (dev.gid, self.qpn) < (gid, qpn) {
-            let g = Gid::from_bytes(&gid);
-            let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
-            let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
-            // A router on another host is named by its address; the id of
-            // the router there is not in the GID (see the README).
-            let router_id = if same { dev.own.router_id } else { [0; 16] };
             let now = Instant::now();
-            Link::Connect { handle: Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }, since: now, next_try: now }
+            Link::Connect { handle: handle_for(dev, &gid), since: now, next_try: now }
         } else {
             Link::Accept { since: Instant::now() }
         };
@@ -1210,6 +1205,17 @@ fn send_opcode(op: Op) -> u32 {
     }
 }
 
+/// The handle of the device context a GID names.
+pub fn handle_for(dev: &Device, gid: &[u8; 16]) -> Handle {
+    let g = Gid::from_bytes(gid);
+    let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
+    let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
+    // A router on another host is named by its address; the id of the
+    // router there is not in the GID (see the README).
+    let router_id = if same { dev.own.router_id } else { [0; 16] };
+    Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }
+}
+
 /// A connection accepted for one of our queue pairs, before its HELLO
 /// found it.
 struct Pending {
@@ -1224,19 +1230,29 @@ pub struct Engine {
     pub listener: Listener,
     /// Our own queue pair numbers (a fast hash is safe here).
     pub qps: FxHashMap<u32, Qp>,
+    /// UD queue pairs (the same numbers' space as `qps`).
+    pub ud_qps: FxHashMap<u32, UdQp>,
+    pub links: ud::Links,
     pending: Vec<Pending>,
     next_qpn: u32,
 }
 
 impl Engine {
     pub fn new(listener: Listener) -> Engine {
-        Engine { listener, qps: FxHashMap::default(), pending: Vec::new(), next_qpn: 0x100 + (rand::random::<u32>() & 0xfff) }
+        Engine {
+            listener,
+            qps: FxHashMap::default(),
+            ud_qps: FxHashMap::default(),
+            links: ud::Links::default(),
+            pending: Vec::new(),
+            next_qpn: 0x100 + (rand::random::<u32>() & 0xfff),
+        }
     }
 
     pub fn new_qpn(&mut self) -> u32 {
         loop {
             self.next_qpn = (self.next_qpn + 1) & 0xff_ffff;
-            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) {
+            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) && !self.ud_qps.contains_key(&self.next_qpn) {
                 return self.next_qpn;
             }
         }
@@ -1280,6 +1296,12 @@ impl Engine {
                     continue;
                 }
             }
+            if p.hello.is_some_and(|h| h.src_qpn == ud::LINK_QPN) {
+                let p = self.pending.swap_remove(i);
+                self.links.accepted(p.conn, p.words);
+                did = true;
+                continue;
+            }
             let found = p.hello.and_then(|h| self.qps.get(&h.dst_qpn).filter(|q| q.waiting_for(h.src_qpn)).map(|_| h.dst_qpn));
             if let Some(qpn) = found {
                 let p = self.pending.swap_remove(i);
@@ -1297,6 +1319,9 @@ impl Engine {
         for qp in self.qps.values_mut() {
             did |= qp.progress(dev);
         }
+        if !self.ud_qps.is_empty() {
+            did |= ud::progress(dev, &mut self.links, &mut self.ud_qps);
+        }
         did
     }
 
@@ -1312,12 +1337,14 @@ impl Engine {
     fn arm(&mut self) -> Option<Vec<WakeWord>> {
         let mut words: Vec<WakeWord> = self.qps.values().filter_map(|q| q.arm()).collect();
         words.extend(self.pending.iter().filter_map(|p| p.words.as_ref().map(|w| w.arm())));
+        self.links.arm(&mut words);
         words.push(self.listener.wake_word());
         // A connection whose HELLO names a queue pair not yet at RTR waits
         // for modify_qp, which kicks us.
         let busy = self.listener.may_have_pending()
             || self.pending.iter_mut().any(|p| p.hello.is_none() && p.conn.has_events())
-            || self.qps.values_mut().any(|q| q.has_events());
+            || self.qps.values_mut().any(|q| q.has_events())
+            || self.links.has_events();
         if busy {
             for w in &words {
                 w.cancel();

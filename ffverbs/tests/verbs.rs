@@ -38,6 +38,9 @@ fn work() -> &'static Path {
         let src = root().join("ffverbs/tests/c/ffvsrq.c");
         let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvsrq")).arg(&src).arg("-libverbs").status().expect("cc");
         assert!(st.success(), "compiling ffvsrq (needs libibverbs-dev)");
+        let src = root().join("ffverbs/tests/c/ffvud.c");
+        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvud")).arg(&src).arg("-libverbs").status().expect("cc");
+        assert!(st.success(), "compiling ffvud (needs libibverbs-dev)");
         dir
     })
 }
@@ -162,6 +165,25 @@ fn ffvsrq_between_processes() {
     }
 }
 
+/// UD queue pairs and address handles between two host processes
+/// (ffvud): datagrams to two queue pairs through one address handle, the
+/// GRH, src_qp, bytes and immediate data, answers back to src_qp; a wrong
+/// Q_Key or no receive drops the datagram; over the MTU is refused.
+#[test]
+fn ffvud_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    let port = format!("{}", 43000 + std::process::id() % 10000);
+    let ud = work().join("ffvud").display().to_string();
+    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &[&ud, "server", &port], &[&ud, "client", "127.0.0.1", &port], true);
+    assert!(sok && cok, "ffvud failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    for want in ["OK 8 datagrams to two queue pairs: GRH, src_qp, bytes, immediate", "OK wrong Q_Key and no receive: dropped", "OK done"] {
+        assert!(sout.contains(want), "server did not say {want:?}: {sout}{serr}");
+    }
+    for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
+        assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
+    }
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
@@ -183,13 +205,15 @@ fn wait_listening(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// UCX 1.13's own `rc_verbs` transport over ff0, between two host
-/// processes, each with a device node in a private mount namespace
-/// (tools/ffuverbs): `ucx_info -d` lists rc_verbs on ff0:1, and
-/// ucx_perftest's UCT tests over it (active messages through the SRQ,
-/// put and get zero-copy, fetch-and-add and compare-and-swap) complete.
-/// UCP (tag_bw and the like) does not connect: see docs/ARCHITECTURE.md.
-/// Skipped (and says so) without UCX's ucx_perftest or unshare.
+/// UCX 1.13's own verbs transports over ff0, between two host processes,
+/// each with a device node in a private mount namespace (tools/ffuverbs):
+/// `ucx_info -d` lists rc_verbs and ud_verbs on ff0:1; ucx_perftest's UCT
+/// tests over rc_verbs (active messages through the SRQ, put and get
+/// zero-copy, fetch-and-add, compare-and-swap) complete; and UCP's tag
+/// tests run with `UCX_TLS=rc_verbs,ud_verbs:aux,self` (UCX says its tag
+/// lane is rc_verbs on ff0:1; ud_verbs carries the wire-up) and with
+/// `UCX_TLS=ud_verbs,self`. Skipped (and says so) without UCX's
+/// ucx_perftest or unshare.
 #[test]
 fn ucx_rc_verbs_over_ff0() {
     if !have("ucx_perftest") || !have("ucx_info") || !have("unshare") {
@@ -203,23 +227,35 @@ fn ucx_rc_verbs_over_ff0() {
     let text = String::from_utf8_lossy(&info.stdout);
     let md = text.split("# Memory domain: ").find(|m| m.starts_with("ff0")).unwrap_or_else(|| panic!("UCX lists no ff0 memory domain: {text}"));
     assert!(md.contains("Transport: rc_verbs") && md.contains("Device: ff0:1") && md.contains("atomic_fadd: 64 bit"), "rc_verbs on ff0: {md}");
-    let tests: [&[&str]; 6] = [
+    assert!(md.contains("Transport: ud_verbs"), "ud_verbs on ff0: {md}");
+    let tests: [&[&str]; 9] = [
         &["-t", "am_lat", "-s", "8"],
         &["-t", "am_bw", "-D", "bcopy", "-s", "4096"],
         &["-t", "put_bw", "-D", "zcopy", "-s", "1048576"],
         &["-t", "get", "-D", "zcopy", "-s", "65536"],
         &["-t", "fadd"],
         &["-t", "cswap"],
+        // UCP: the transports come from the environment (below).
+        &["-t", "tag_lat", "-s", "8"],
+        &["-t", "tag_bw", "-s", "65536"],
+        &["-t", "tag_lat", "-s", "8"],
     ];
     for (i, t) in tests.iter().enumerate() {
         let port = 42000 + (std::process::id() % 1000) as u16 * 8 + i as u16;
         let p = port.to_string();
-        let mut argv = vec!["timeout", "60", "ucx_perftest", "-x", "rc_verbs", "-d", "ff0:1", "-n", "300", "-p", &p];
+        let ucp = t[1].starts_with("tag");
+        let tls = if i == 8 { "ud_verbs,self" } else { "rc_verbs,ud_verbs:aux,self" };
+        let mut argv = vec!["timeout", "60", "ucx_perftest", "-n", "300", "-p", &p];
+        if !ucp {
+            argv.extend_from_slice(&["-x", "rc_verbs", "-d", "ff0:1"]);
+        }
         argv.extend_from_slice(t);
+        let ucx_env: &[(&str, &str)] = if ucp { &[("UCX_TLS", tls), ("UCX_NET_DEVICES", "ff0:1"), ("UCX_LOG_LEVEL", "info")] } else { &[] };
         let spawn = |argv: &[&str]| {
             Command::new(&tool)
                 .args(argv)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .envs(ucx_env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -236,7 +272,11 @@ fn ucx_rc_verbs_over_ff0() {
         let fin = cout.lines().find(|l| l.starts_with("Final:")).unwrap_or_else(|| panic!("{t:?}: no result: {cout}{cerr}"));
         // Final: iterations, then latency and bandwidth columns.
         assert_eq!(fin.split_whitespace().nth(1), Some("300"), "{t:?}: {fin}");
-        eprintln!("rc_verbs {t:?}: {fin}");
+        if ucp {
+            let lane = if i == 8 { "tag(ud_verbs/ff0:1)" } else { "tag(rc_verbs/ff0:1)" };
+            assert!(cout.contains(lane) || cerr.contains(lane), "{t:?} with {tls}: UCX did not say {lane}: {cout}{cerr}");
+        }
+        eprintln!("{} {t:?}: {fin}", if ucp { tls } else { "rc_verbs (UCT)" });
     }
 }
 
