@@ -699,7 +699,9 @@ pub unsafe extern "C" fn ffv_ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
         }
         let dev = dev_of((*qp).context);
         let mut e = dev.engine.lock().unwrap();
-        e.qps.remove(&(*qp).qp_num);
+        if let Some(t) = e.qps.remove(&(*qp).qp_num).and_then(|q| q.twin) {
+            e.qps.remove(&t);
+        }
         e.ud_qps.remove(&(*qp).qp_num);
         drop(e);
         drop(Box::from_raw(qp as *mut QpBox));
@@ -724,7 +726,22 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
             }
             return r;
         }
-        let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
+        let qpn = (*qp).qp_num;
+        // RTR with its own GID and number: a loopback through a twin.
+        let mut dest = a.dest_qp_num;
+        if mask & IBV_QP_STATE != 0 && a.qp_state == IBV_QPS_RTR && mask & IBV_QP_DEST_QPN != 0 && a.dest_qp_num == qpn && a.ah_attr.grh.dgid.raw == dev.gid {
+            if e.qps.get(&qpn).is_none_or(|q| q.state != IBV_QPS_INIT) {
+                return libc::EINVAL;
+            }
+            if mask & IBV_QP_ACCESS_FLAGS != 0 {
+                e.qps.get_mut(&qpn).unwrap().access = a.qp_access_flags;
+            }
+            match e.loopback(dev, qpn) {
+                Ok(t) => dest = t,
+                Err(err) => return err,
+            }
+        }
+        let Some(q) = e.qps.get_mut(&qpn) else { return libc::EINVAL };
         if mask & IBV_QP_ACCESS_FLAGS != 0 {
             q.access = a.qp_access_flags;
         }
@@ -780,8 +797,16 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
             log::debug!("ffverbs: QP {:#x}: no transition from state {from} to {to}", q.qpn);
             return libc::EINVAL;
         }
+        let twin = q.twin;
         match to {
-            IBV_QPS_RESET => q.reset(),
+            IBV_QPS_RESET => {
+                q.reset();
+                if let Some(t) = twin {
+                    e.qps.remove(&t);
+                }
+                (*qp).state = to;
+                return 0;
+            }
             IBV_QPS_ERR => q.fail(dev, IBV_WC_WR_FLUSH_ERR),
             IBV_QPS_RTR => {
                 if mask & IBV_QP_AV == 0 || mask & IBV_QP_DEST_QPN == 0 || a.ah_attr.is_global == 0 {
@@ -789,8 +814,8 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
                     // The GID says where the peer is: a global route is needed.
                     return libc::EINVAL;
                 }
-                if let Err(err) = q.to_rtr(dev, a.ah_attr.grh.dgid.raw, a.dest_qp_num) {
-                    log::debug!("ffverbs: QP {:#x}: RTR to itself", q.qpn);
+                if let Err(err) = q.to_rtr(dev, a.ah_attr.grh.dgid.raw, dest) {
+                    log::debug!("ffverbs: QP {:#x}: RTR refused", q.qpn);
                     return err;
                 }
             }
@@ -798,7 +823,11 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
         }
         q.state = to;
         (*qp).state = to;
+        let access = q.access;
         q.progress(dev);
+        if let Some(tw) = twin.and_then(|t| e.qps.get_mut(&t)) {
+            tw.access = access;
+        }
         drop(e);
         dev.kick();
         0
@@ -1014,7 +1043,7 @@ unsafe fn post_send_ud(dev: &Device, q: &mut UdQp, mut wr: *mut ibv_send_wr, bad
         }
         // A Q_Key with its top bit set means the queue pair's own.
         let qkey = if w.wr.ud.remote_qkey & 0x8000_0000 != 0 { q.qkey } else { w.wr.ud.remote_qkey };
-        let imm = (w.opcode == IBV_WR_SEND_WITH_IMM).then(|| w.__bindgen_anon_1.imm_data);
+        let imm = (w.opcode == IBV_WR_SEND_WITH_IMM).then_some(w.__bindgen_anon_1.imm_data);
         let gid = (*(ah as *mut AhBox)).gid;
         q.sq.push_back(UdSend { wr_id: w.wr_id, signaled, gid, qpn: w.wr.ud.remote_qpn & 0xff_ffff, qkey, imm, data });
         wr = w.next;
@@ -1060,7 +1089,7 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
         while !wr.is_null() {
             let w = &*wr;
             // A queue pair with an SRQ has no receive queue of its own.
-            if q.srq.is_some() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
+            if (q.srq.is_some() && !q.internal_srq) || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
                 err = libc::EINVAL;
                 break;
             }
@@ -1076,6 +1105,12 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
         }
         if q.wants_progress_on_recv() {
             q.progress(dev);
+        }
+        // A loopback's requests wait at its twin.
+        if let Some(tw) = q.twin.and_then(|t| e.qps.get_mut(&t)) {
+            if tw.wants_progress_on_recv() {
+                tw.progress(dev);
+            }
         }
         err
     })

@@ -192,6 +192,13 @@ pub struct Qp {
     rq: VecDeque<RecvWr>,
     /// Receives come from this shared receive queue instead of `rq`.
     pub srq: Option<Arc<Srq>>,
+    /// `srq` is this queue pair's own receive queue, shared with its
+    /// loopback twin (see [`Engine::loopback`]), not the application's.
+    pub internal_srq: bool,
+    /// The QP number receive completions carry (a twin's: its owner's).
+    pub recv_qpn: u32,
+    /// A queue pair connected to itself: the twin that serves its requests.
+    pub twin: Option<u32>,
     inbound: Inbound,
     held: VecDeque<Held>,
     held_bytes: usize,
@@ -274,6 +281,9 @@ impl Qp {
             next_seq: 0,
             rq: VecDeque::new(),
             srq,
+            internal_srq: false,
+            recv_qpn: qpn,
+            twin: None,
             inbound: Inbound::Idle,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -291,7 +301,10 @@ impl Qp {
         self.sq.len() + self.inflight.len()
     }
     pub fn recv_queue_len(&self) -> usize {
-        self.rq.len()
+        match &self.srq {
+            Some(s) if self.internal_srq => s.state.lock().unwrap().rq.len(),
+            _ => self.rq.len(),
+        }
     }
 
     /// A receive is posted (on the SRQ, for a queue pair that has one).
@@ -339,7 +352,11 @@ impl Qp {
                 return;
             }
         }
-        self.rq.push_back(wr);
+        match &self.srq {
+            // Checked above; the length against max_recv_wr by the caller.
+            Some(s) if self.internal_srq => s.state.lock().unwrap().rq.push_back(wr),
+            _ => self.rq.push_back(wr),
+        }
     }
 
     /// RTR: the peer is known; connect to it, or wait for it.
@@ -369,7 +386,8 @@ impl Qp {
 
     /// Back to RESET: everything dropped, nothing completed.
     pub fn reset(&mut self) {
-        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), self.srq.clone(), self.sig_all, self.cap);
+        let srq = if self.internal_srq { None } else { self.srq.clone() };
+        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), srq, self.sig_all, self.cap);
         *self = fresh;
     }
 
@@ -401,8 +419,13 @@ impl Qp {
             self.send_cq.push(wc(w.wr_id, status, send_opcode(w.op), 0, self.qpn));
             status = IBV_WC_WR_FLUSH_ERR;
         }
-        // An SRQ's receives are not this queue pair's: they stay posted.
-        for r in self.rq.drain(..) {
+        // An SRQ's receives are not this queue pair's: they stay posted
+        // (unless it is the queue pair's own, shared with its twin).
+        let own: Vec<RecvWr> = match &self.srq {
+            Some(s) if self.internal_srq => s.state.lock().unwrap().rq.drain(..).collect(),
+            _ => self.rq.drain(..).collect(),
+        };
+        for r in own {
             self.recv_cq.push(wc(r.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
         }
         self.held.clear();
@@ -802,7 +825,7 @@ impl Qp {
                         self.recv_done(r.wr_id, h.data.len() as u64, imm, false);
                         self.ack(h.hdr.seq, 0);
                     } else {
-                        self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                        self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
                         self.ack(h.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
                     }
                 }
@@ -871,7 +894,7 @@ impl Qp {
         let imm = (hdr.flags & F_IMM != 0).then_some(hdr.imm);
         let cap: usize = r.sges.iter().map(|s| s.len as usize).sum();
         if cap < len {
-            self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+            self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
             self.ack(hdr.seq, IBV_WC_REM_INV_REQ_ERR);
             let mut b = vec![0u8; len];
             return Next::Recv { ptr: b.as_mut_ptr(), len, after: After::Discard, buf: Some(b) };
@@ -886,7 +909,7 @@ impl Qp {
     }
 
     fn recv_done(&mut self, wr_id: u64, len: u64, imm: Option<u32>, write: bool) {
-        let mut w = wc(wr_id, IBV_WC_SUCCESS, if write { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV }, len, self.qpn);
+        let mut w = wc(wr_id, IBV_WC_SUCCESS, if write { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV }, len, self.recv_qpn);
         if let Some(i) = imm {
             w.__bindgen_anon_1.imm_data = i;
             w.wc_flags |= IBV_WC_WITH_IMM;
@@ -960,7 +983,7 @@ impl Qp {
                     self.recv_done(r.wr_id, plen as u64, imm, false);
                     self.ack(h.seq, 0);
                 } else {
-                    self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                    self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
                     self.ack(h.seq, IBV_WC_REM_INV_REQ_ERR);
                 }
                 Next::Nothing
@@ -1256,6 +1279,35 @@ impl Engine {
                 return self.next_qpn;
             }
         }
+    }
+
+    /// A queue pair connected to itself (RTR with its own GID and number,
+    /// which UCX does for an endpoint to its own worker): a hidden twin,
+    /// connected to it like any peer, serves its requests. The queue pair's
+    /// receive queue becomes an SRQ the two share (a SEND lands in the
+    /// queue pair's own receives), and the twin's receive completions go
+    /// to the queue pair's CQ with its number. Returns the twin's number.
+    pub fn loopback(&mut self, dev: &Device, qpn: u32) -> Result<u32, i32> {
+        let old = self.qps.get_mut(&qpn).ok_or(libc::EINVAL)?.twin.take();
+        if let Some(t) = old {
+            self.qps.remove(&t);
+        }
+        let t = self.new_qpn();
+        let a = self.qps.get_mut(&qpn).ok_or(libc::EINVAL)?;
+        if a.srq.is_none() {
+            let s = Srq::new(a.pd, a.cap.max_recv_wr.max(1), a.cap.max_recv_sge.max(1), 0)?;
+            s.state.lock().unwrap().rq.extend(a.rq.drain(..));
+            a.srq = Some(Arc::new(s));
+            a.internal_srq = true;
+        }
+        let mut tw = Qp::new(t, a.pd, a.send_cq.clone(), a.recv_cq.clone(), a.srq.clone(), false, a.cap);
+        tw.recv_qpn = qpn;
+        tw.access = a.access;
+        tw.state = IBV_QPS_RTR;
+        tw.to_rtr(dev, dev.gid, qpn)?;
+        a.twin = Some(t);
+        self.qps.insert(t, tw);
+        Ok(t)
     }
 
     pub fn progress(&mut self, dev: &Device) -> bool {

@@ -278,6 +278,29 @@ fn ucx_rc_verbs_over_ff0() {
         }
         eprintln!("{} {t:?}: {fin}", if ucp { tls } else { "rc_verbs (UCT)" });
     }
+
+    // Open MPI (pml ucx) over rc_verbs: two ranks, bench/mpi/allreduce
+    // (which checks every element of its results); each rank's endpoint
+    // to itself puts an rc_verbs queue pair in loopback. No UCX error may
+    // be printed.
+    if !have("mpicc") || !have("mpirun") {
+        eprintln!("skipped the Open MPI part: mpicc or mpirun missing (scripts/deps.sh installs openmpi-bin, libopenmpi-dev)");
+        return;
+    }
+    let exe = work().join("allreduce");
+    let st = Command::new("mpicc").args(["-O2", "-o"]).arg(&exe).arg(root().join("bench/mpi/allreduce.c")).status().expect("mpicc");
+    assert!(st.success(), "compiling bench/mpi/allreduce.c");
+    let mut mpi = Command::new(&tool);
+    mpi.args(["timeout", "120", "mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--mca", "pml", "ucx", "--mca", "btl", "self,vader", "--mca", "osc", "^ucx"]);
+    for x in ["UCX_TLS=rc_verbs,ud_verbs:aux,self", "UCX_NET_DEVICES=ff0:1", "LD_LIBRARY_PATH", "FF_ROUTER_SOCKET"] {
+        mpi.args(["-x", x]);
+    }
+    mpi.arg(&exe).args(["300000", "5", "1"]).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = mpi.stdin(Stdio::null()).output().expect("mpirun");
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && so.contains("RESULT ranks=2"), "Open MPI over rc_verbs:\n{so}{se}");
+    assert!(!so.contains("ERROR") && !se.contains("ERROR") && !se.contains("Error"), "Open MPI over rc_verbs printed errors:\n{so}{se}");
+    eprintln!("Open MPI over rc_verbs: {}", so.lines().find(|l| l.starts_with("RESULT")).unwrap_or(""));
 }
 
 const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"];

@@ -128,7 +128,7 @@ static void exchange(int server, const char *host, const char *port) {
 
 static void connect_qp(int i) {
     struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .pkey_index = 0, .port_num = 1,
-                             .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE };
+                             .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_LOCAL_WRITE };
     if (ibv_modify_qp(qp[i], &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) DIE("INIT");
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_RTR;
@@ -212,6 +212,63 @@ static void local_checks(void) {
     if (ibv_destroy_qp(q) || ibv_destroy_srq(s)) DIE("destroying the queue pair, then the SRQ");
 }
 
+/* A queue pair connected to itself (RTR with its own GID and number, as
+ * UCX does for an endpoint to its own worker): a SEND lands in its own
+ * receive (completion with its number, src_qp itself), a WRITE, a READ and
+ * a fetch-and-add act on its own registration; back to RESET and again. */
+static void loopback_checks(void) {
+    struct ibv_cq *cq = ibv_create_cq(ctx, 64, NULL, NULL, 0);
+    struct ibv_qp_init_attr ia = { .send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC,
+                                   .cap = { .max_send_wr = 16, .max_recv_wr = 16, .max_send_sge = 1, .max_recv_sge = 1 } };
+    struct ibv_qp *q = cq ? ibv_create_qp(pd, &ia) : NULL;
+    if (!q) DIE("loopback: create");
+    unsigned char *lb = buf + BUF / 2 + BUF / 4;
+    for (int round = 0; round < 2; round++) {
+        struct ibv_qp *keep[2] = { qp[0], qp[1] };
+        qp[0] = q;
+        them.qpn[0] = q->qp_num;
+        if (ibv_query_gid(ctx, 1, 0, &them.gid)) DIE("gid");
+        them.rkey = mr->rkey;
+        them.addr = (uintptr_t)buf;
+        connect_qp(0);
+        struct ibv_sge rs = { (uintptr_t)lb, 256, mr->lkey };
+        struct ibv_recv_wr rw = { .wr_id = 600 + round, .sg_list = &rs, .num_sge = 1 }, *bad;
+        if (ibv_post_recv(q, &rw, &bad)) DIE("loopback: post_recv");
+        fill(lb + 1024, 200, 60 + round);
+        send_on(0, 610, lb + 1024, 200, IBV_WR_SEND, 0);
+        struct ibv_wc w[2];
+        for (int i = 0; i < 2; i++) w[i] = wait_wc(cq, 20);
+        if (w[0].wr_id == 610) { struct ibv_wc t = w[0]; w[0] = w[1]; w[1] = t; }
+        if (w[0].status || w[0].wr_id != 600u + round || w[0].opcode != IBV_WC_RECV || w[0].qp_num != q->qp_num || w[0].src_qp != q->qp_num || w[0].byte_len != 200 || !check(lb, 200, 60 + round))
+            DIE("loopback SEND: wr %" PRIu64 " '%s' qp %x src %x", w[0].wr_id, ibv_wc_status_str(w[0].status), w[0].qp_num, w[0].src_qp);
+        if (w[1].status || w[1].wr_id != 610) DIE("loopback SEND completion");
+        /* WRITE to buf + BUF/2 (send_on's target), then READ it back. */
+        fill(lb + 2048, 3000, 70 + round);
+        send_on(0, 611, lb + 2048, 3000, IBV_WR_RDMA_WRITE, 0);
+        if (wait_wc(cq, 20).status || !check(buf + BUF / 2, 3000, 70 + round)) DIE("loopback WRITE");
+        struct ibv_sge gs = { (uintptr_t)(lb + 8192), 3000, mr->lkey };
+        struct ibv_send_wr gw = { .wr_id = 612, .sg_list = &gs, .num_sge = 1, .opcode = IBV_WR_RDMA_READ, .send_flags = IBV_SEND_SIGNALED }, *sbad;
+        gw.wr.rdma.remote_addr = (uintptr_t)(buf + BUF / 2);
+        gw.wr.rdma.rkey = mr->rkey;
+        if (ibv_post_send(q, &gw, &sbad)) DIE("loopback READ post");
+        struct ibv_wc rw2 = wait_wc(cq, 20);
+        if (rw2.status || rw2.wr_id != 612 || !check(lb + 8192, 3000, 70 + round)) DIE("loopback READ: wr %" PRIu64 " %s", rw2.wr_id, ibv_wc_status_str(rw2.status));
+        volatile uint64_t *word = (volatile uint64_t *)(lb + 16384), *old = word + 8;
+        *word = 40;
+        struct ibv_sge as = { (uintptr_t)old, 8, mr->lkey };
+        struct ibv_send_wr aw = { .wr_id = 613, .sg_list = &as, .num_sge = 1, .opcode = IBV_WR_ATOMIC_FETCH_AND_ADD, .send_flags = IBV_SEND_SIGNALED };
+        aw.wr.atomic.remote_addr = (uintptr_t)word;
+        aw.wr.atomic.rkey = mr->rkey;
+        aw.wr.atomic.compare_add = 2;
+        if (ibv_post_send(q, &aw, &sbad) || wait_wc(cq, 20).status || *old != 40 || *word != 42) DIE("loopback fetch-and-add");
+        struct ibv_qp_attr ra = { .qp_state = IBV_QPS_RESET };
+        if (ibv_modify_qp(q, &ra, IBV_QP_STATE)) DIE("loopback: RESET");
+        qp[0] = keep[0];
+        qp[1] = keep[1];
+    }
+    if (ibv_destroy_qp(q) || ibv_destroy_cq(cq)) DIE("loopback: destroy");
+}
+
 int main(int argc, char **argv) {
     role = argc > 1 ? argv[1] : "?";
     int server = !strcmp(role, "server");
@@ -225,13 +282,14 @@ int main(int argc, char **argv) {
     buf = aligned_alloc(4096, BUF);
     if (!pd || !buf) DIE("alloc");
     memset(buf, 0, BUF);
-    mr = ibv_reg_mr(pd, buf, BUF, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+    mr = ibv_reg_mr(pd, buf, BUF, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
     scq = ibv_create_cq(ctx, 256, NULL, NULL, 0);
     rcq[0] = ibv_create_cq(ctx, 256, NULL, NULL, 0);
     rcq[1] = ibv_create_cq(ctx, 256, NULL, NULL, 0);
     if (!mr || !scq || !rcq[0] || !rcq[1]) DIE("mr/cq");
     if (server) {
         local_checks();
+        loopback_checks();
         srq = make_srq(64, 2, 0);
         if (!srq) DIE("ibv_create_srq");
     }
@@ -244,7 +302,7 @@ int main(int argc, char **argv) {
     me.rkey = mr->rkey;
     me.addr = (uintptr_t)buf;
     exchange(server, server ? NULL : argv[2], server ? argv[2] : argv[3]);
-    if (server) printf("OK SRQ limits, errors, EBUSY\n"); /* after LISTENING: the harness reads that first */
+    if (server) printf("OK SRQ limits, errors, EBUSY\nOK a queue pair connected to itself\n"); /* after LISTENING: the harness reads that first */
     for (int i = 0; i < 2; i++) connect_qp(i);
     meet(1);
 
