@@ -241,7 +241,8 @@ fn ucx_rc_verbs_over_ff0() {
         &["-t", "tag_lat", "-s", "8"],
     ];
     for (i, t) in tests.iter().enumerate() {
-        let port = 42000 + (std::process::id() % 1000) as u16 * 8 + i as u16;
+        // 20000-29999: no other test here uses those ports.
+        let port = 20000 + (std::process::id() % 1000) as u16 * 10 + i as u16;
         let p = port.to_string();
         let ucp = t[1].starts_with("tag");
         let tls = if i == 8 { "ud_verbs,self" } else { "rc_verbs,ud_verbs:aux,self" };
