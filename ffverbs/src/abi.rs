@@ -21,6 +21,8 @@ use std::sync::{Arc, Once, OnceLock};
 
 use crate::dev::{Channel, Cq, Device, Mr};
 use crate::qp::{InlineData, Op, Qp, RecvWr, SendWr, Sge, Sges, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
+use crate::srq::{Srq, MAX_SRQ, MAX_SRQ_WR};
+use crate::ud::{UdQp, UdSend, UD_MTU};
 use crate::sys::*;
 
 const DEV_NAME: &str = "ff0";
@@ -110,6 +112,19 @@ struct ChanBox {
 #[repr(C)]
 struct QpBox {
     ibv: ibv_qp,
+}
+
+/// An address handle: the destination context's GID.
+#[repr(C)]
+struct AhBox {
+    ibv: ibv_ah,
+    gid: [u8; 16],
+}
+
+#[repr(C)]
+struct SrqBox {
+    ibv: ibv_srq,
+    srq: Arc<Srq>,
 }
 
 /// # Safety
@@ -218,7 +233,8 @@ pub unsafe extern "C" fn ffv_ibv_open_device(d: *mut ibv_device) -> *mut ibv_con
         c.num_comp_vectors = 1;
         // Descriptors the application may poll: never readable here.
         c.cmd_fd = libc::eventfd(0, libc::EFD_CLOEXEC);
-        c.async_fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        // Readable when an asynchronous event (an SRQ's limit) is due.
+        c.async_fd = dev.async_efd.as_raw_fd();
         libc::pthread_mutex_init(&mut c.mutex as *mut _ as *mut libc::pthread_mutex_t, std::ptr::null());
         c.ops.poll_cq = Some(poll_cq);
         c.ops.req_notify_cq = Some(req_notify_cq);
@@ -240,7 +256,6 @@ pub unsafe extern "C" fn ffv_ibv_close_device(c: *mut ibv_context) -> c_int {
         let b = Box::from_raw((c as *mut u8).sub(offset_of!(verbs_context, context)) as *mut CtxBox);
         b.dev.close();
         libc::close(b.vctx.context.cmd_fd);
-        libc::close(b.vctx.context.async_fd);
         0
     })
 }
@@ -259,7 +274,7 @@ pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_d
     d.vendor_id = 0x4646;
     d.max_qp = 1 << 16;
     d.max_qp_wr = MAX_WR as c_int;
-    d.device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT;
+    d.device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT | IBV_DEVICE_SRQ_RESIZE;
     d.max_sge = MAX_SGE as c_int;
     d.max_sge_rd = MAX_SGE as c_int;
     d.max_cq = 1 << 16;
@@ -269,6 +284,9 @@ pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_d
     d.max_qp_rd_atom = 16;
     d.max_res_rd_atom = 16 << 16;
     d.max_qp_init_rd_atom = 16;
+    d.max_srq = MAX_SRQ as c_int;
+    d.max_srq_wr = MAX_SRQ_WR as c_int;
+    d.max_srq_sge = MAX_SGE as c_int;
     d.atomic_cap = IBV_ATOMIC_HCA;
     d.max_pkeys = 1;
     d.local_ca_ack_delay = 16;
@@ -527,7 +545,8 @@ pub unsafe extern "C" fn ffv_ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
         let dev = dev_of((*cq).context);
         let b = cq as *mut CqBox;
         let e = dev.engine.lock().unwrap();
-        if e.qps.values().any(|q| Arc::ptr_eq(&q.send_cq, &(*b).cq) || Arc::ptr_eq(&q.recv_cq, &(*b).cq)) {
+        let uses = |s: &Arc<Cq>, r: &Arc<Cq>| Arc::ptr_eq(s, &(*b).cq) || Arc::ptr_eq(r, &(*b).cq);
+        if e.qps.values().any(|q| uses(&q.send_cq, &q.recv_cq)) || e.ud_qps.values().any(|q| uses(&q.send_cq, &q.recv_cq)) {
             return libc::EBUSY;
         }
         drop(e);
@@ -620,25 +639,38 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             return std::ptr::null_mut();
         }
         let a = &mut *a;
-        if a.qp_type != IBV_QPT_RC || !a.srq.is_null() {
+        let ud = a.qp_type == IBV_QPT_UD;
+        if (a.qp_type != IBV_QPT_RC && !ud) || (ud && !a.srq.is_null()) {
             set_errno(libc::EOPNOTSUPP);
             return std::ptr::null_mut();
         }
+        let c = (*pd).context;
+        if !a.srq.is_null() && (*a.srq).context != c {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
         let cap = &mut a.cap;
-        if cap.max_send_wr > MAX_WR || cap.max_recv_wr > MAX_WR || cap.max_send_sge > MAX_SGE || cap.max_recv_sge > MAX_SGE || cap.max_inline_data > MAX_INLINE_DATA {
+        // With an SRQ the receive queue's sizes are ignored (as by NICs).
+        let (recv_wr, recv_sge) = if a.srq.is_null() { (cap.max_recv_wr, cap.max_recv_sge) } else { (0, 0) };
+        if cap.max_send_wr > MAX_WR || recv_wr > MAX_WR || cap.max_send_sge > MAX_SGE || recv_sge > MAX_SGE || cap.max_inline_data > MAX_INLINE_DATA {
             set_errno(libc::EINVAL);
             return std::ptr::null_mut();
         }
         cap.max_send_sge = cap.max_send_sge.max(1);
-        cap.max_recv_sge = cap.max_recv_sge.max(1);
+        cap.max_recv_wr = recv_wr;
+        cap.max_recv_sge = if a.srq.is_null() { recv_sge.max(1) } else { 0 };
         cap.max_inline_data = MAX_INLINE_DATA;
-        let c = (*pd).context;
         let dev = dev_of(c);
         let scq = (*(a.send_cq as *mut CqBox)).cq.clone();
         let rcq = (*(a.recv_cq as *mut CqBox)).cq.clone();
+        let srq = (!a.srq.is_null()).then(|| (*(a.srq as *mut SrqBox)).srq.clone());
         let mut e = dev.engine.lock().unwrap();
         let qpn = e.new_qpn();
-        e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, a.sq_sig_all != 0, *cap));
+        if ud {
+            e.ud_qps.insert(qpn, UdQp::new(qpn, pd as usize, scq, rcq, a.sq_sig_all != 0, *cap));
+        } else {
+            e.qps.insert(qpn, Qp::new(qpn, pd as usize, scq, rcq, srq, a.sq_sig_all != 0, *cap));
+        }
         drop(e);
         let mut ibv = ibv_qp {
             context: c,
@@ -646,10 +678,11 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             pd,
             send_cq: a.send_cq,
             recv_cq: a.recv_cq,
+            srq: a.srq,
             qp_num: qpn,
             handle: qpn,
             state: IBV_QPS_RESET,
-            qp_type: IBV_QPT_RC,
+            qp_type: a.qp_type,
             ..Default::default()
         };
         init_lock(&mut ibv.mutex, &mut ibv.cond);
@@ -665,7 +698,12 @@ pub unsafe extern "C" fn ffv_ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
             return libc::EINVAL;
         }
         let dev = dev_of((*qp).context);
-        dev.engine.lock().unwrap().qps.remove(&(*qp).qp_num);
+        let mut e = dev.engine.lock().unwrap();
+        if let Some(t) = e.qps.remove(&(*qp).qp_num).and_then(|q| q.twin) {
+            e.qps.remove(&t);
+        }
+        e.ud_qps.remove(&(*qp).qp_num);
+        drop(e);
         drop(Box::from_raw(qp as *mut QpBox));
         0
     })
@@ -681,7 +719,29 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
         let mask = mask as u32;
         let dev = dev_of((*qp).context);
         let mut e = dev.engine.lock().unwrap();
-        let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
+        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+            let r = modify_ud(q, a, mask);
+            if r == 0 && mask & IBV_QP_STATE != 0 {
+                (*qp).state = q.state;
+            }
+            return r;
+        }
+        let qpn = (*qp).qp_num;
+        // RTR with its own GID and number: a loopback through a twin.
+        let mut dest = a.dest_qp_num;
+        if mask & IBV_QP_STATE != 0 && a.qp_state == IBV_QPS_RTR && mask & IBV_QP_DEST_QPN != 0 && a.dest_qp_num == qpn && a.ah_attr.grh.dgid.raw == dev.gid {
+            if e.qps.get(&qpn).is_none_or(|q| q.state != IBV_QPS_INIT) {
+                return libc::EINVAL;
+            }
+            if mask & IBV_QP_ACCESS_FLAGS != 0 {
+                e.qps.get_mut(&qpn).unwrap().access = a.qp_access_flags;
+            }
+            match e.loopback(dev, qpn) {
+                Ok(t) => dest = t,
+                Err(err) => return err,
+            }
+        }
+        let Some(q) = e.qps.get_mut(&qpn) else { return libc::EINVAL };
         if mask & IBV_QP_ACCESS_FLAGS != 0 {
             q.access = a.qp_access_flags;
         }
@@ -734,17 +794,28 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
             _ => false,
         };
         if !ok {
+            log::debug!("ffverbs: QP {:#x}: no transition from state {from} to {to}", q.qpn);
             return libc::EINVAL;
         }
+        let twin = q.twin;
         match to {
-            IBV_QPS_RESET => q.reset(),
+            IBV_QPS_RESET => {
+                q.reset();
+                if let Some(t) = twin {
+                    e.qps.remove(&t);
+                }
+                (*qp).state = to;
+                return 0;
+            }
             IBV_QPS_ERR => q.fail(dev, IBV_WC_WR_FLUSH_ERR),
             IBV_QPS_RTR => {
                 if mask & IBV_QP_AV == 0 || mask & IBV_QP_DEST_QPN == 0 || a.ah_attr.is_global == 0 {
+                    log::debug!("ffverbs: QP {:#x}: RTR without a global route (mask {mask:#x})", q.qpn);
                     // The GID says where the peer is: a global route is needed.
                     return libc::EINVAL;
                 }
-                if let Err(err) = q.to_rtr(dev, a.ah_attr.grh.dgid.raw, a.dest_qp_num) {
+                if let Err(err) = q.to_rtr(dev, a.ah_attr.grh.dgid.raw, dest) {
+                    log::debug!("ffverbs: QP {:#x}: RTR refused", q.qpn);
                     return err;
                 }
             }
@@ -752,11 +823,57 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
         }
         q.state = to;
         (*qp).state = to;
+        let access = q.access;
         q.progress(dev);
+        if let Some(tw) = twin.and_then(|t| e.qps.get_mut(&t)) {
+            tw.access = access;
+        }
         drop(e);
         dev.kick();
         0
     })
+}
+
+/// `ibv_modify_qp` of a UD queue pair: Q_Key, port, P_Key index and SQ
+/// PSN, and the same state changes as RC (no peer: RTR needs no address).
+fn modify_ud(q: &mut UdQp, a: &ibv_qp_attr, mask: u32) -> c_int {
+    if mask & IBV_QP_PORT != 0 && a.port_num != 1 {
+        return libc::EINVAL;
+    }
+    if mask & IBV_QP_PKEY_INDEX != 0 && a.pkey_index != 0 {
+        return libc::EINVAL;
+    }
+    if mask & IBV_QP_STATE != 0 {
+        let (from, to) = (q.state, a.qp_state);
+        let ok = match to {
+            IBV_QPS_RESET | IBV_QPS_ERR => true,
+            IBV_QPS_INIT => from == IBV_QPS_RESET || from == IBV_QPS_INIT,
+            IBV_QPS_RTR => from == IBV_QPS_INIT,
+            IBV_QPS_RTS => from == IBV_QPS_RTR || from == IBV_QPS_RTS,
+            _ => false,
+        };
+        if !ok {
+            return libc::EINVAL;
+        }
+    }
+    if mask & IBV_QP_QKEY != 0 {
+        q.qkey = a.qkey;
+    }
+    if mask & IBV_QP_PORT != 0 {
+        q.attr.port_num = a.port_num;
+    }
+    if mask & IBV_QP_SQ_PSN != 0 {
+        q.attr.sq_psn = a.sq_psn;
+    }
+    if mask & IBV_QP_STATE != 0 {
+        match a.qp_state {
+            IBV_QPS_RESET => q.reset(),
+            IBV_QPS_ERR => q.fail(),
+            _ => {}
+        }
+        q.state = a.qp_state;
+    }
+    0
 }
 
 #[no_mangle]
@@ -767,6 +884,23 @@ pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_att
         }
         let dev = dev_of((*qp).context);
         let e = dev.engine.lock().unwrap();
+        if let Some(q) = e.ud_qps.get(&(*qp).qp_num) {
+            let mut a = q.attr;
+            a.qp_state = q.state;
+            a.cur_qp_state = q.state;
+            a.qkey = q.qkey;
+            a.cap = q.cap;
+            *attr = a;
+            let i = &mut *init;
+            i.qp_context = (*qp).qp_context;
+            i.send_cq = (*qp).send_cq;
+            i.recv_cq = (*qp).recv_cq;
+            i.srq = std::ptr::null_mut();
+            i.cap = q.cap;
+            i.qp_type = IBV_QPT_UD;
+            i.sq_sig_all = q.sig_all as c_int;
+            return 0;
+        }
         let Some(q) = e.qps.get(&(*qp).qp_num) else { return libc::EINVAL };
         let mut a = q.attr;
         a.qp_state = q.state;
@@ -778,7 +912,7 @@ pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_att
         i.qp_context = (*qp).qp_context;
         i.send_cq = (*qp).send_cq;
         i.recv_cq = (*qp).recv_cq;
-        i.srq = std::ptr::null_mut();
+        i.srq = (*qp).srq;
         i.cap = q.cap;
         i.qp_type = IBV_QPT_RC;
         i.sq_sig_all = q.sig_all as c_int;
@@ -790,14 +924,21 @@ unsafe fn sges(list: *mut ibv_sge, n: c_int) -> Sges {
     if list.is_null() || n <= 0 {
         return Sges::new();
     }
-    std::slice::from_raw_parts(list, n as usize).iter().map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
+    // Empty elements move no bytes (and may carry a null address).
+    std::slice::from_raw_parts(list, n as usize).iter().filter(|s| s.length > 0).map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
 }
 
 unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
     guard(libc::EIO, || {
         let dev = dev_of((*qp).context);
         dev.app_active();
-        let mut e = dev.engine.lock().unwrap();
+        let mut guard = dev.engine.lock().unwrap();
+        let e = &mut *guard;
+        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+            let err = post_send_ud(dev, q, wr, bad);
+            crate::ud::progress(dev, &mut e.links, &mut e.ud_qps);
+            return err;
+        }
         let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
         let mut err = 0;
         while !wr.is_null() {
@@ -860,16 +1001,95 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
     })
 }
 
+/// Queues UD sends: SEND (with immediate) only, to an address handle, at
+/// most the MTU; the bytes are copied now.
+unsafe fn post_send_ud(dev: &Device, q: &mut UdQp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
+    let mut err = 0;
+    while !wr.is_null() {
+        let w = &*wr;
+        let list = sges(w.sg_list, w.num_sge);
+        let len: usize = list.iter().map(|s| s.len as usize).sum();
+        let ah = w.wr.ud.ah;
+        if !matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM) || ah.is_null() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || len > UD_MTU {
+            err = libc::EINVAL;
+            break;
+        }
+        if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
+            err = libc::EINVAL;
+            break;
+        }
+        if q.sq.len() >= q.cap.max_send_wr.max(1) as usize {
+            err = libc::ENOMEM;
+            break;
+        }
+        let signaled = q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
+        if q.state == IBV_QPS_ERR {
+            q.send_cq.push(ibv_wc { wr_id: w.wr_id, status: IBV_WC_WR_FLUSH_ERR, opcode: IBV_WC_SEND, qp_num: q.qpn, ..Default::default() });
+            wr = w.next;
+            continue;
+        }
+        let inline = w.send_flags & IBV_SEND_INLINE != 0;
+        if !inline && list.iter().any(|s| dev.check_local(q.pd, s.lkey, s.addr, s.len as u64, false).is_err()) {
+            q.send_cq.push(ibv_wc { wr_id: w.wr_id, status: IBV_WC_LOC_PROT_ERR, opcode: IBV_WC_SEND, qp_num: q.qpn, ..Default::default() });
+            q.fail();
+            wr = w.next;
+            continue;
+        }
+        let mut data = Vec::with_capacity(len);
+        for s in &list {
+            // SAFETY: checked against a registration above, or (inline) the
+            // application's own bytes, readable now (verbs.h's contract).
+            data.extend_from_slice(std::slice::from_raw_parts(s.addr as *const u8, s.len as usize));
+        }
+        // A Q_Key with its top bit set means the queue pair's own.
+        let qkey = if w.wr.ud.remote_qkey & 0x8000_0000 != 0 { q.qkey } else { w.wr.ud.remote_qkey };
+        let imm = (w.opcode == IBV_WR_SEND_WITH_IMM).then_some(w.__bindgen_anon_1.imm_data);
+        let gid = (*(ah as *mut AhBox)).gid;
+        q.sq.push_back(UdSend { wr_id: w.wr_id, signaled, gid, qpn: w.wr.ud.remote_qpn & 0xff_ffff, qkey, imm, data });
+        wr = w.next;
+    }
+    if err != 0 && !bad.is_null() {
+        *bad = wr;
+    }
+    err
+}
+
 unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
     guard(libc::EIO, || {
         let dev = dev_of((*qp).context);
         dev.app_active();
         let mut e = dev.engine.lock().unwrap();
+        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+            let mut err = 0;
+            while !wr.is_null() {
+                let w = &*wr;
+                if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
+                    err = libc::EINVAL;
+                    break;
+                }
+                if q.rq.len() >= q.cap.max_recv_wr.max(1) as usize {
+                    err = libc::ENOMEM;
+                    break;
+                }
+                let list = sges(w.sg_list, w.num_sge);
+                if list.iter().any(|s| dev.check_local(q.pd, s.lkey, s.addr, s.len as u64, true).is_err()) {
+                    err = libc::EINVAL;
+                    break;
+                }
+                q.rq.push_back(RecvWr { wr_id: w.wr_id, sges: list });
+                wr = w.next;
+            }
+            if err != 0 && !bad.is_null() {
+                *bad = wr;
+            }
+            return err;
+        }
         let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
         let mut err = 0;
         while !wr.is_null() {
             let w = &*wr;
-            if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
+            // A queue pair with an SRQ has no receive queue of its own.
+            if (q.srq.is_some() && !q.internal_srq) || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_recv_sge.max(1) || q.state == IBV_QPS_RESET {
                 err = libc::EINVAL;
                 break;
             }
@@ -886,12 +1106,159 @@ unsafe extern "C" fn post_recv(qp: *mut ibv_qp, mut wr: *mut ibv_recv_wr, bad: *
         if q.wants_progress_on_recv() {
             q.progress(dev);
         }
+        // A loopback's requests wait at its twin.
+        if let Some(tw) = q.twin.and_then(|t| e.qps.get_mut(&t)) {
+            if tw.wants_progress_on_recv() {
+                tw.progress(dev);
+            }
+        }
         err
     })
 }
 
-unsafe extern "C" fn post_srq_recv(_srq: *mut ibv_srq, _wr: *mut ibv_recv_wr, _bad: *mut *mut ibv_recv_wr) -> c_int {
-    libc::EOPNOTSUPP
+// ---- address handles ---------------------------------------------------------
+
+/// An address handle names a device context by its GID (a global route is
+/// needed: the GID is the only address ff0 has).
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_ah(pd: *mut ibv_pd, a: *mut ibv_ah_attr) -> *mut ibv_ah {
+    guard(std::ptr::null_mut(), || {
+        if pd.is_null() || a.is_null() || (*a).is_global == 0 || (*a).port_num != 1 || (*a).grh.sgid_index != 0 {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let b = Box::into_raw(Box::new(AhBox { ibv: ibv_ah { context: (*pd).context, pd, handle: 0 }, gid: (*a).grh.dgid.raw }));
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_ah(ah: *mut ibv_ah) -> c_int {
+    if ah.is_null() {
+        return libc::EINVAL;
+    }
+    drop(Box::from_raw(ah as *mut AhBox));
+    0
+}
+
+// ---- shared receive queues -------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_srq(pd: *mut ibv_pd, a: *mut ibv_srq_init_attr) -> *mut ibv_srq {
+    guard(std::ptr::null_mut(), || {
+        if pd.is_null() || a.is_null() {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let a = &mut *a;
+        let c = (*pd).context;
+        let dev = dev_of(c);
+        if dev.srqs.fetch_add(1, Ordering::AcqRel) >= MAX_SRQ {
+            dev.srqs.fetch_sub(1, Ordering::AcqRel);
+            set_errno(libc::ENOMEM);
+            return std::ptr::null_mut();
+        }
+        let srq = match Srq::new(pd as usize, a.attr.max_wr, a.attr.max_sge, a.attr.srq_limit) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                dev.srqs.fetch_sub(1, Ordering::AcqRel);
+                set_errno(e);
+                return std::ptr::null_mut();
+            }
+        };
+        // What the SRQ got (verbs.h: written back on success).
+        let (max_wr, max_sge, _) = srq.attr();
+        a.attr.max_wr = max_wr;
+        a.attr.max_sge = max_sge;
+        let mut ibv = ibv_srq { context: c, srq_context: a.srq_context, pd, handle: 0, ..Default::default() };
+        init_lock(&mut ibv.mutex, &mut ibv.cond);
+        let b = Box::into_raw(Box::new(SrqBox { ibv, srq }));
+        (&*b).srq.ibv.store(b as u64, Ordering::Relaxed);
+        &mut (*b).ibv
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_destroy_srq(srq: *mut ibv_srq) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*srq).context);
+        let b = srq as *mut SrqBox;
+        let e = dev.engine.lock().unwrap();
+        if e.qps.values().any(|q| q.srq.as_ref().is_some_and(|s| Arc::ptr_eq(s, &(*b).srq))) {
+            return libc::EBUSY;
+        }
+        drop(e);
+        // An event about it that the application has not read names it no
+        // more.
+        dev.async_events.lock().unwrap().retain(|&(_, el)| el != b as u64);
+        dev.srqs.fetch_sub(1, Ordering::AcqRel);
+        drop(Box::from_raw(b));
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_modify_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr, mask: c_int) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() || attr.is_null() {
+            return libc::EINVAL;
+        }
+        let a = &*attr;
+        match (*(srq as *mut SrqBox)).srq.modify(mask as u32, a.max_wr, a.srq_limit) {
+            Ok(()) => 0,
+            Err(e) => e,
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_query_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() || attr.is_null() {
+            return libc::EINVAL;
+        }
+        let (max_wr, max_sge, srq_limit) = (*(srq as *mut SrqBox)).srq.attr();
+        *attr = ibv_srq_attr { max_wr, max_sge, srq_limit };
+        0
+    })
+}
+
+unsafe extern "C" fn post_srq_recv(srq: *mut ibv_srq, mut wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
+    guard(libc::EIO, || {
+        if srq.is_null() {
+            return libc::EINVAL;
+        }
+        let dev = dev_of((*srq).context);
+        dev.app_active();
+        let s = &(*(srq as *mut SrqBox)).srq;
+        let mut e = dev.engine.lock().unwrap();
+        let mut err = 0;
+        while !wr.is_null() {
+            let w = &*wr;
+            if w.num_sge < 0 {
+                err = libc::EINVAL;
+                break;
+            }
+            if let Err(x) = s.post(dev, RecvWr { wr_id: w.wr_id, sges: sges(w.sg_list, w.num_sge) }) {
+                err = x;
+                break;
+            }
+            wr = w.next;
+        }
+        if err != 0 && !bad.is_null() {
+            *bad = wr;
+        }
+        // Requests held for want of a receive on its queue pairs go on.
+        for q in e.qps.values_mut() {
+            if q.srq.as_ref().is_some_and(|x| Arc::ptr_eq(x, s)) && q.wants_progress_on_recv() {
+                q.progress(dev);
+            }
+        }
+        err
+    })
 }
 
 unsafe extern "C" fn bind_mw(_qp: *mut ibv_qp, _mw: *mut ibv_mw, _b: *mut ibv_mw_bind) -> c_int {
@@ -900,20 +1267,44 @@ unsafe extern "C" fn bind_mw(_qp: *mut ibv_qp, _mw: *mut ibv_mw, _b: *mut ibv_mw
 
 // ---- events, fork, strings, rates ------------------------------------------
 
+/// The one asynchronous event raised: an SRQ's limit reached. Blocks
+/// until one is due (or EAGAIN on a descriptor the application made
+/// non-blocking).
 #[no_mangle]
-pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, _ev: *mut c_void) -> c_int {
-    if c.is_null() {
-        return -1;
-    }
-    // No asynchronous events are ever raised: block like an idle device
-    // (or EAGAIN on a non-blocking descriptor).
-    let mut v = 0u64;
-    libc::read((*c).async_fd, &mut v as *mut u64 as *mut c_void, 8);
-    -1
+pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, ev: *mut ibv_async_event) -> c_int {
+    guard(-1, || {
+        if c.is_null() || ev.is_null() {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+        let mut v = 0u64;
+        if libc::read((*c).async_fd, &mut v as *mut u64 as *mut c_void, 8) != 8 {
+            return -1;
+        }
+        let Some((ty, el)) = dev_of(c).async_events.lock().unwrap().pop_front() else {
+            // Its SRQ was destroyed meanwhile.
+            set_errno(libc::EAGAIN);
+            return -1;
+        };
+        let mut e = ibv_async_event { element: ibv_async_event__bindgen_ty_1 { port_num: 0 }, event_type: ty };
+        e.element.srq = el as *mut ibv_srq;
+        *ev = e;
+        0
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ffv_ibv_ack_async_event(_ev: *mut c_void) {}
+pub unsafe extern "C" fn ffv_ibv_ack_async_event(ev: *mut ibv_async_event) {
+    if ev.is_null() {
+        return;
+    }
+    if (*ev).event_type == IBV_EVENT_SRQ_LIMIT_REACHED {
+        let srq = (*ev).element.srq;
+        if !srq.is_null() {
+            (*srq).events_completed = (*srq).events_completed.wrapping_add(1);
+        }
+    }
+}
 
 #[no_mangle]
 pub extern "C" fn ffv_ibv_fork_init() -> c_int {

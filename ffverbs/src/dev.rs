@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ffcore::{Handle, ShadowMr};
@@ -145,7 +145,16 @@ pub struct Device {
     pub stop: AtomicBool,
     /// Wakes the service thread (close, a new connection to sleep on).
     pub kick: OwnedFd,
+    /// The context's `async_fd`: one count per event in `async_events`.
+    pub async_efd: OwnedFd,
+    /// Asynchronous events not yet read: (`ibv_event_type`, the element).
+    pub async_events: Mutex<VecDeque<(u32, u64)>>,
+    /// Shared receive queues of this context (capped: `srq::MAX_SRQ`).
+    pub srqs: AtomicUsize,
 }
+
+/// Asynchronous events kept unread before new ones are dropped.
+const MAX_ASYNC_EVENTS: usize = 4096;
 
 
 impl Device {
@@ -168,6 +177,13 @@ impl Device {
         if kick < 0 {
             return Err(ffcore::Error::Io(std::io::Error::last_os_error()));
         }
+        // SAFETY: plain syscall; the descriptor is ours.
+        let async_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
+        if async_fd < 0 {
+            // SAFETY: our descriptor, not yet owned.
+            unsafe { libc::close(kick) };
+            return Err(ffcore::Error::Io(std::io::Error::last_os_error()));
+        }
         let dev = Arc::new(Device {
             ff,
             own,
@@ -179,6 +195,10 @@ impl Device {
             stop: AtomicBool::new(false),
             // SAFETY: a fresh descriptor nobody else owns.
             kick: unsafe { OwnedFd::from_raw_fd(kick) },
+            // SAFETY: a fresh descriptor nobody else owns.
+            async_efd: unsafe { OwnedFd::from_raw_fd(async_fd) },
+            async_events: Mutex::new(VecDeque::new()),
+            srqs: AtomicUsize::new(0),
         });
         let d = dev.clone();
         std::thread::Builder::new().name("ffverbs".into()).spawn(move || crate::qp::service(d)).map_err(ffcore::Error::Io)?;
@@ -189,6 +209,20 @@ impl Device {
         let one = 1u64;
         // SAFETY: writes 8 bytes from our stack to our eventfd.
         unsafe { libc::write(self.kick.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// Queues an asynchronous event for `ibv_get_async_event` and makes
+    /// the context's `async_fd` readable.
+    pub fn async_event(&self, event_type: u32, element: u64) {
+        let mut q = self.async_events.lock().unwrap();
+        if q.len() >= MAX_ASYNC_EVENTS {
+            log::warn!("ffverbs: {MAX_ASYNC_EVENTS} asynchronous events unread: event {event_type} dropped");
+            return;
+        }
+        q.push_back((event_type, element));
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from our stack to our eventfd.
+        unsafe { libc::write(self.async_efd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
     }
 
     pub fn close(&self) {

@@ -10,11 +10,15 @@
 //! - [`dev`]: the device, protection domains, registrations, completion
 //!   queues and channels;
 //! - [`qp`]: RC queue pairs, each an ffcore connection through the router;
+//! - [`srq`]: shared receive queues;
+//! - [`ud`]: UD queue pairs and their datagram links;
 //! - [`wire`]: what travels on that connection.
 
 pub mod abi;
 pub mod dev;
 pub mod qp;
+pub mod srq;
+pub mod ud;
 pub mod sys;
 pub mod wire;
 

@@ -25,6 +25,8 @@ use ffcore::{AtomicOp, Conn, Handle, Listener, RemoteKey, RemoteMap, Req, Width}
 use std::collections::HashSet;
 
 use crate::dev::{Cq, Device, Status};
+use crate::srq::Srq;
+use crate::ud::{self, UdQp};
 use crate::sys::*;
 use crate::wire::{self, Gid, Hdr, Hello, F_DATA_NEXT, F_IMM};
 
@@ -35,7 +37,7 @@ pub const MAX_INLINE_DATA: u32 = 1024;
 pub const MAX_SGE: u32 = 16;
 pub const MAX_WR: u32 = 8192;
 /// A queue pair that has no connection this long after RTR fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Answers queued (not yet in the ring) before we stop taking requests.
 const MAX_OUT: usize = 1024;
 
@@ -188,6 +190,15 @@ pub struct Qp {
     inflight: VecDeque<Inflight>,
     next_seq: u64,
     rq: VecDeque<RecvWr>,
+    /// Receives come from this shared receive queue instead of `rq`.
+    pub srq: Option<Arc<Srq>>,
+    /// `srq` is this queue pair's own receive queue, shared with its
+    /// loopback twin (see [`Engine::loopback`]), not the application's.
+    pub internal_srq: bool,
+    /// The QP number receive completions carry (a twin's: its owner's).
+    pub recv_qpn: u32,
+    /// A queue pair connected to itself: the twin that serves its requests.
+    pub twin: Option<u32>,
     inbound: Inbound,
     held: VecDeque<Held>,
     held_bytes: usize,
@@ -251,7 +262,7 @@ fn wc(wr_id: u64, status: Status, opcode: u32, len: u64, qpn: u32) -> ibv_wc {
 }
 
 impl Qp {
-    pub fn new(qpn: u32, pd: usize, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, sig_all: bool, cap: ibv_qp_cap) -> Qp {
+    pub fn new(qpn: u32, pd: usize, send_cq: Arc<Cq>, recv_cq: Arc<Cq>, srq: Option<Arc<Srq>>, sig_all: bool, cap: ibv_qp_cap) -> Qp {
         Qp {
             qpn,
             state: IBV_QPS_RESET,
@@ -269,6 +280,10 @@ impl Qp {
             inflight: VecDeque::new(),
             next_seq: 0,
             rq: VecDeque::new(),
+            srq,
+            internal_srq: false,
+            recv_qpn: qpn,
+            twin: None,
             inbound: Inbound::Idle,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -286,7 +301,26 @@ impl Qp {
         self.sq.len() + self.inflight.len()
     }
     pub fn recv_queue_len(&self) -> usize {
-        self.rq.len()
+        match &self.srq {
+            Some(s) if self.internal_srq => s.state.lock().unwrap().rq.len(),
+            _ => self.rq.len(),
+        }
+    }
+
+    /// A receive is posted (on the SRQ, for a queue pair that has one).
+    fn has_recv(&self) -> bool {
+        match &self.srq {
+            Some(s) => !s.is_empty(),
+            None => !self.rq.is_empty(),
+        }
+    }
+
+    /// The next receive, from the SRQ for a queue pair that has one.
+    fn take_recv(&mut self, dev: &Device) -> Option<RecvWr> {
+        match &self.srq {
+            Some(s) => s.take(dev),
+            None => self.rq.pop_front(),
+        }
     }
 
     pub fn post_send(&mut self, dev: &Device, wr: SendWr) {
@@ -318,7 +352,11 @@ impl Qp {
                 return;
             }
         }
-        self.rq.push_back(wr);
+        match &self.srq {
+            // Checked above; the length against max_recv_wr by the caller.
+            Some(s) if self.internal_srq => s.state.lock().unwrap().rq.push_back(wr),
+            _ => self.rq.push_back(wr),
+        }
     }
 
     /// RTR: the peer is known; connect to it, or wait for it.
@@ -328,14 +366,8 @@ impl Qp {
         }
         self.remote = Some((gid, qpn));
         self.link = if (dev.gid, self.qpn) < (gid, qpn) {
-            let g = Gid::from_bytes(&gid);
-            let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
-            let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
-            // A router on another host is named by its address; the id of
-            // the router there is not in the GID (see the README).
-            let router_id = if same { dev.own.router_id } else { [0; 16] };
             let now = Instant::now();
-            Link::Connect { handle: Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }, since: now, next_try: now }
+            Link::Connect { handle: handle_for(dev, &gid), since: now, next_try: now }
         } else {
             Link::Accept { since: Instant::now() }
         };
@@ -354,7 +386,8 @@ impl Qp {
 
     /// Back to RESET: everything dropped, nothing completed.
     pub fn reset(&mut self) {
-        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), self.sig_all, self.cap);
+        let srq = if self.internal_srq { None } else { self.srq.clone() };
+        let fresh = Qp::new(self.qpn, self.pd, self.send_cq.clone(), self.recv_cq.clone(), srq, self.sig_all, self.cap);
         *self = fresh;
     }
 
@@ -386,7 +419,13 @@ impl Qp {
             self.send_cq.push(wc(w.wr_id, status, send_opcode(w.op), 0, self.qpn));
             status = IBV_WC_WR_FLUSH_ERR;
         }
-        for r in self.rq.drain(..) {
+        // An SRQ's receives are not this queue pair's: they stay posted
+        // (unless it is the queue pair's own, shared with its twin).
+        let own: Vec<RecvWr> = match &self.srq {
+            Some(s) if self.internal_srq => s.state.lock().unwrap().rq.drain(..).collect(),
+            _ => self.rq.drain(..).collect(),
+        };
+        for r in own {
             self.recv_cq.push(wc(r.wr_id, IBV_WC_WR_FLUSH_ERR, IBV_WC_RECV, 0, self.qpn));
         }
         self.held.clear();
@@ -763,35 +802,44 @@ impl Qp {
         let mut did = false;
         while let Some(h) = self.held.front() {
             let needs_recv = h.tag == wire::SEND || (h.tag == wire::WRITE && h.hdr.flags & F_IMM != 0);
-            if needs_recv && self.rq.is_empty() {
+            if needs_recv && !self.has_recv() {
                 break;
             }
-            let h = self.held.pop_front().unwrap();
+            // A SEND takes its receive here; a WRITE with immediate in
+            // write_done, after its bytes are placed.
+            let recv = if h.tag == wire::SEND {
+                match self.take_recv(dev) {
+                    Some(r) => Some(r),
+                    None => break,
+                }
+            } else {
+                None
+            };
+            let Some(h) = self.held.pop_front() else { break };
             self.held_bytes -= h.data.len();
             let imm = (h.hdr.flags & F_IMM != 0).then_some(h.hdr.imm);
-            match h.tag {
-                wire::SEND => {
-                    let r = self.rq.pop_front().unwrap();
+            match (h.tag, recv) {
+                (wire::SEND, Some(r)) => {
                     // SAFETY: the receive's elements were checked when posted.
                     if unsafe { scatter(&r.sges, h.data.as_ptr(), h.data.len()) } {
                         self.recv_done(r.wr_id, h.data.len() as u64, imm, false);
                         self.ack(h.hdr.seq, 0);
                     } else {
-                        self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                        self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
                         self.ack(h.hdr.seq, IBV_WC_REM_INV_REQ_ERR);
                     }
                 }
-                wire::WRITE if h.placed => self.write_done(h.hdr.seq, imm, h.hdr.len),
-                wire::WRITE => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
+                (wire::WRITE, _) if h.placed => self.write_done(dev, h.hdr.seq, imm, h.hdr.len),
+                (wire::WRITE, _) => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
                     Err(st) => self.ack(h.hdr.seq, st),
                     Ok(dst) => {
                         // SAFETY: registered memory the peer may write, h.hdr.len == data.len().
                         unsafe { std::ptr::copy_nonoverlapping(h.data.as_ptr(), dst, h.data.len()) };
                         self.announce(dev, h.hdr.rkey);
-                        self.write_done(h.hdr.seq, imm, h.hdr.len);
+                        self.write_done(dev, h.hdr.seq, imm, h.hdr.len);
                     }
                 },
-                wire::ATOMIC => self.atomic_req(dev, &h.hdr, &h.data),
+                (wire::ATOMIC, _) => self.atomic_req(dev, &h.hdr, &h.data),
                 _ => self.read_req(dev, &h.hdr),
             }
             did = true;
@@ -846,7 +894,7 @@ impl Qp {
         let imm = (hdr.flags & F_IMM != 0).then_some(hdr.imm);
         let cap: usize = r.sges.iter().map(|s| s.len as usize).sum();
         if cap < len {
-            self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+            self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
             self.ack(hdr.seq, IBV_WC_REM_INV_REQ_ERR);
             let mut b = vec![0u8; len];
             return Next::Recv { ptr: b.as_mut_ptr(), len, after: After::Discard, buf: Some(b) };
@@ -861,7 +909,7 @@ impl Qp {
     }
 
     fn recv_done(&mut self, wr_id: u64, len: u64, imm: Option<u32>, write: bool) {
-        let mut w = wc(wr_id, IBV_WC_SUCCESS, if write { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV }, len, self.qpn);
+        let mut w = wc(wr_id, IBV_WC_SUCCESS, if write { IBV_WC_RECV_RDMA_WITH_IMM } else { IBV_WC_RECV }, len, self.recv_qpn);
         if let Some(i) = imm {
             w.__bindgen_anon_1.imm_data = i;
             w.wc_flags |= IBV_WC_WITH_IMM;
@@ -888,6 +936,7 @@ impl Qp {
         let data_next = h.flags & F_DATA_NEXT != 0;
         let imm = (h.flags & F_IMM != 0).then_some(h.imm);
         log::trace!("QP {}: message {tag} {h:?} ({plen} bytes after the header)", self.qpn);
+        let mut recv = None;
         if matches!(tag, wire::SEND | wire::WRITE | wire::READ | wire::ATOMIC) {
             if h.seq != self.expect_seq {
                 return Next::Broken(format!("request {} where {} was due", h.seq, self.expect_seq));
@@ -899,8 +948,16 @@ impl Qp {
             if tag == wire::ATOMIC && plen != 16 {
                 return Next::Broken("atomic without its operands".into());
             }
-            let needs_recv = tag == wire::SEND || (tag == wire::WRITE && imm.is_some());
-            if !self.held.is_empty() || (needs_recv && self.rq.is_empty()) {
+            // A SEND takes its receive now; a WRITE with immediate once its
+            // bytes are placed (write_done).
+            if tag == wire::SEND && self.held.is_empty() {
+                recv = self.take_recv(dev);
+            }
+            let missing = match tag {
+                wire::SEND => recv.is_none(),
+                _ => tag == wire::WRITE && imm.is_some() && !self.has_recv(),
+            };
+            if !self.held.is_empty() || missing {
                 if h.len > 1 << 31 {
                     return Next::Broken("request over 2 GiB".into());
                 }
@@ -916,18 +973,17 @@ impl Qp {
             }
         }
         match tag {
-            wire::SEND if data_next => {
-                let r = self.rq.pop_front().unwrap();
-                self.recv_into(r, h)
-            }
             wire::SEND => {
-                let r = self.rq.pop_front().unwrap();
+                let Some(r) = recv else { return Next::Broken("SEND without a receive".into()) };
+                if data_next {
+                    return self.recv_into(r, h);
+                }
                 // SAFETY: the receive's elements were checked when posted; plen bytes at payload.
                 if unsafe { scatter(&r.sges, payload, plen) } {
                     self.recv_done(r.wr_id, plen as u64, imm, false);
                     self.ack(h.seq, 0);
                 } else {
-                    self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.qpn));
+                    self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
                     self.ack(h.seq, IBV_WC_REM_INV_REQ_ERR);
                 }
                 Next::Nothing
@@ -949,7 +1005,7 @@ impl Qp {
                     self.announce(dev, h.rkey);
                     // SAFETY: dst..dst+len is registered memory the peer may write.
                     unsafe { std::ptr::copy_nonoverlapping(payload, dst, plen) };
-                    self.write_done(h.seq, imm, h.len);
+                    self.write_done(dev, h.seq, imm, h.len);
                     Next::Nothing
                 }
             },
@@ -1017,9 +1073,9 @@ impl Qp {
         }
     }
 
-    fn write_done(&mut self, seq: u64, imm: Option<u32>, len: u64) {
+    fn write_done(&mut self, dev: &Device, seq: u64, imm: Option<u32>, len: u64) {
         let Some(i) = imm else { return self.ack(seq, 0) };
-        match self.rq.pop_front() {
+        match self.take_recv(dev) {
             Some(r) => {
                 self.recv_done(r.wr_id, len, imm, true);
                 self.ack(seq, 0);
@@ -1031,7 +1087,7 @@ impl Qp {
         }
     }
 
-    fn finish(&mut self, _dev: &Device, after: After, n: usize, buf: Option<Vec<u8>>) -> Result<(), String> {
+    fn finish(&mut self, dev: &Device, after: After, n: usize, buf: Option<Vec<u8>>) -> Result<(), String> {
         match after {
             After::Discard => {}
             After::Hold { tag, hdr } => {
@@ -1045,7 +1101,7 @@ impl Qp {
                 if n as u64 != len {
                     return Err("WRITE data of the wrong length".into());
                 }
-                self.write_done(seq, imm, len);
+                self.write_done(dev, seq, imm, len);
             }
             After::Recv { wr_id, seq, imm, bounce } => {
                 if let Some((b, sges)) = bounce {
@@ -1172,6 +1228,17 @@ fn send_opcode(op: Op) -> u32 {
     }
 }
 
+/// The handle of the device context a GID names.
+pub fn handle_for(dev: &Device, gid: &[u8; 16]) -> Handle {
+    let g = Gid::from_bytes(gid);
+    let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
+    let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
+    // A router on another host is named by its address; the id of the
+    // router there is not in the GID (see the README).
+    let router_id = if same { dev.own.router_id } else { [0; 16] };
+    Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }
+}
+
 /// A connection accepted for one of our queue pairs, before its HELLO
 /// found it.
 struct Pending {
@@ -1186,22 +1253,61 @@ pub struct Engine {
     pub listener: Listener,
     /// Our own queue pair numbers (a fast hash is safe here).
     pub qps: FxHashMap<u32, Qp>,
+    /// UD queue pairs (the same numbers' space as `qps`).
+    pub ud_qps: FxHashMap<u32, UdQp>,
+    pub links: ud::Links,
     pending: Vec<Pending>,
     next_qpn: u32,
 }
 
 impl Engine {
     pub fn new(listener: Listener) -> Engine {
-        Engine { listener, qps: FxHashMap::default(), pending: Vec::new(), next_qpn: 0x100 + (rand::random::<u32>() & 0xfff) }
+        Engine {
+            listener,
+            qps: FxHashMap::default(),
+            ud_qps: FxHashMap::default(),
+            links: ud::Links::default(),
+            pending: Vec::new(),
+            next_qpn: 0x100 + (rand::random::<u32>() & 0xfff),
+        }
     }
 
     pub fn new_qpn(&mut self) -> u32 {
         loop {
             self.next_qpn = (self.next_qpn + 1) & 0xff_ffff;
-            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) {
+            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) && !self.ud_qps.contains_key(&self.next_qpn) {
                 return self.next_qpn;
             }
         }
+    }
+
+    /// A queue pair connected to itself (RTR with its own GID and number,
+    /// which UCX does for an endpoint to its own worker): a hidden twin,
+    /// connected to it like any peer, serves its requests. The queue pair's
+    /// receive queue becomes an SRQ the two share (a SEND lands in the
+    /// queue pair's own receives), and the twin's receive completions go
+    /// to the queue pair's CQ with its number. Returns the twin's number.
+    pub fn loopback(&mut self, dev: &Device, qpn: u32) -> Result<u32, i32> {
+        let old = self.qps.get_mut(&qpn).ok_or(libc::EINVAL)?.twin.take();
+        if let Some(t) = old {
+            self.qps.remove(&t);
+        }
+        let t = self.new_qpn();
+        let a = self.qps.get_mut(&qpn).ok_or(libc::EINVAL)?;
+        if a.srq.is_none() {
+            let s = Srq::new(a.pd, a.cap.max_recv_wr.max(1), a.cap.max_recv_sge.max(1), 0)?;
+            s.state.lock().unwrap().rq.extend(a.rq.drain(..));
+            a.srq = Some(Arc::new(s));
+            a.internal_srq = true;
+        }
+        let mut tw = Qp::new(t, a.pd, a.send_cq.clone(), a.recv_cq.clone(), a.srq.clone(), false, a.cap);
+        tw.recv_qpn = qpn;
+        tw.access = a.access;
+        tw.state = IBV_QPS_RTR;
+        tw.to_rtr(dev, dev.gid, qpn)?;
+        a.twin = Some(t);
+        self.qps.insert(t, tw);
+        Ok(t)
     }
 
     pub fn progress(&mut self, dev: &Device) -> bool {
@@ -1242,6 +1348,12 @@ impl Engine {
                     continue;
                 }
             }
+            if p.hello.is_some_and(|h| h.src_qpn == ud::LINK_QPN) {
+                let p = self.pending.swap_remove(i);
+                self.links.accepted(p.conn, p.words);
+                did = true;
+                continue;
+            }
             let found = p.hello.and_then(|h| self.qps.get(&h.dst_qpn).filter(|q| q.waiting_for(h.src_qpn)).map(|_| h.dst_qpn));
             if let Some(qpn) = found {
                 let p = self.pending.swap_remove(i);
@@ -1259,6 +1371,9 @@ impl Engine {
         for qp in self.qps.values_mut() {
             did |= qp.progress(dev);
         }
+        if !self.ud_qps.is_empty() {
+            did |= ud::progress(dev, &mut self.links, &mut self.ud_qps);
+        }
         did
     }
 
@@ -1274,12 +1389,14 @@ impl Engine {
     fn arm(&mut self) -> Option<Vec<WakeWord>> {
         let mut words: Vec<WakeWord> = self.qps.values().filter_map(|q| q.arm()).collect();
         words.extend(self.pending.iter().filter_map(|p| p.words.as_ref().map(|w| w.arm())));
+        self.links.arm(&mut words);
         words.push(self.listener.wake_word());
         // A connection whose HELLO names a queue pair not yet at RTR waits
         // for modify_qp, which kicks us.
         let busy = self.listener.may_have_pending()
             || self.pending.iter_mut().any(|p| p.hello.is_none() && p.conn.has_events())
-            || self.qps.values_mut().any(|q| q.has_events());
+            || self.qps.values_mut().any(|q| q.has_events())
+            || self.links.has_events();
         if busy {
             for w in &words {
                 w.cancel();

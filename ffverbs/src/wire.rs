@@ -40,6 +40,8 @@ pub const ACK: u32 = 6;
 pub const DATA: u32 = 7;
 pub const RKEY: u32 = 8;
 pub const ATOMIC: u32 = 9;
+/// A UD datagram on a datagram link (see [`crate::ud`]).
+pub const UD: u32 = 10;
 
 /// The data follows in a `DATA` message (else it is inline, after the header).
 pub const F_DATA_NEXT: u32 = 1;

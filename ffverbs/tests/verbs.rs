@@ -35,6 +35,12 @@ fn work() -> &'static Path {
         let src = root().join("ffverbs/tests/c/ffvcheck.c");
         let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvcheck")).arg(&src).arg("-libverbs").status().expect("cc");
         assert!(st.success(), "compiling ffvcheck (needs libibverbs-dev)");
+        let src = root().join("ffverbs/tests/c/ffvsrq.c");
+        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvsrq")).arg(&src).arg("-libverbs").status().expect("cc");
+        assert!(st.success(), "compiling ffvsrq (needs libibverbs-dev)");
+        let src = root().join("ffverbs/tests/c/ffvud.c");
+        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvud")).arg(&src).arg("-libverbs").status().expect("cc");
+        assert!(st.success(), "compiling ffvud (needs libibverbs-dev)");
         dir
     })
 }
@@ -130,6 +136,172 @@ fn ffvcheck_between_processes() {
         let res = host_pair(&r.socket("a"), env, &[&ffvcheck(), "server", &port], &[&ffvcheck(), "client", "127.0.0.1", &port], true);
         check_ffvcheck(&res);
     }
+}
+
+/// Shared receive queues between two host processes (ffvsrq): two queue
+/// pairs sharing one SRQ take its receives in order, completions on each
+/// queue pair's CQ with its number, SENDs wait for an empty SRQ, the limit
+/// event, limits and errors, EBUSY; by message and with direct WRITEs.
+#[test]
+fn ffvsrq_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    for env in [&[][..], &[("FFVERBS_DIRECT", "n")][..]] {
+        let port = format!("{}", 41000 + std::process::id() % 10000);
+        let srq = work().join("ffvsrq").display().to_string();
+        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), env, &[&srq, "server", &port], &[&srq, "client", "127.0.0.1", &port], true);
+        assert!(sok && cok, "ffvsrq failed ({env:?}):\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        for want in [
+            "OK SRQ limits, errors, EBUSY",
+            "OK two queue pairs share the SRQ",
+            "OK empty SRQ: SENDs on both queue pairs waited, then 6 of 6",
+            "OK write with immediate and a 100000-byte send through the SRQ",
+            "OK SRQ limit event",
+            "OK a failed queue pair leaves the SRQ to the other",
+            "OK done",
+        ] {
+            assert!(sout.contains(want), "server did not say {want:?}: {sout}{serr}");
+        }
+        assert!(cout.contains("OK done"), "client: {cout}{cerr}");
+    }
+}
+
+/// UD queue pairs and address handles between two host processes
+/// (ffvud): datagrams to two queue pairs through one address handle, the
+/// GRH, src_qp, bytes and immediate data, answers back to src_qp; a wrong
+/// Q_Key or no receive drops the datagram; over the MTU is refused.
+#[test]
+fn ffvud_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    let port = format!("{}", 43000 + std::process::id() % 10000);
+    let ud = work().join("ffvud").display().to_string();
+    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &[&ud, "server", &port], &[&ud, "client", "127.0.0.1", &port], true);
+    assert!(sok && cok, "ffvud failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    for want in ["OK 8 datagrams to two queue pairs: GRH, src_qp, bytes, immediate", "OK wrong Q_Key and no receive: dropped", "OK done"] {
+        assert!(sout.contains(want), "server did not say {want:?}: {sout}{serr}");
+    }
+    for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
+        assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Waits until something on this host listens on TCP `port`.
+fn wait_listening(port: u16, timeout: Duration) -> bool {
+    let want = format!(":{port:04X} ");
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let t = std::fs::read_to_string(f).unwrap_or_default();
+            // local_address PORT, state 0A (LISTEN)
+            if t.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&want)) && l.split_whitespace().nth(3) == Some("0A")) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// UCX 1.13's own verbs transports over ff0, between two host processes,
+/// each with a device node in a private mount namespace (tools/ffuverbs):
+/// `ucx_info -d` lists rc_verbs and ud_verbs on ff0:1; ucx_perftest's UCT
+/// tests over rc_verbs (active messages through the SRQ, put and get
+/// zero-copy, fetch-and-add, compare-and-swap) complete; and UCP's tag
+/// tests run with `UCX_TLS=rc_verbs,ud_verbs:aux,self` (UCX says its tag
+/// lane is rc_verbs on ff0:1; ud_verbs carries the wire-up) and with
+/// `UCX_TLS=ud_verbs,self`. Skipped (and says so) without UCX's
+/// ucx_perftest or unshare.
+#[test]
+fn ucx_rc_verbs_over_ff0() {
+    if !have("ucx_perftest") || !have("ucx_info") || !have("unshare") {
+        eprintln!("skipped: ucx_perftest, ucx_info or unshare missing (scripts/deps.sh installs ucx-utils)");
+        return;
+    }
+    let r = RouterProc::start(&["a"], &[]);
+    let tool = root().join("tools/ffuverbs");
+    let env = [("LD_LIBRARY_PATH", lib_dir()), ("FF_ROUTER_SOCKET", r.socket("a").display().to_string())];
+    let info = Command::new(&tool).args(["ucx_info", "-d"]).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().expect("tools/ffuverbs");
+    let text = String::from_utf8_lossy(&info.stdout);
+    let md = text.split("# Memory domain: ").find(|m| m.starts_with("ff0")).unwrap_or_else(|| panic!("UCX lists no ff0 memory domain: {text}"));
+    assert!(md.contains("Transport: rc_verbs") && md.contains("Device: ff0:1") && md.contains("atomic_fadd: 64 bit"), "rc_verbs on ff0: {md}");
+    assert!(md.contains("Transport: ud_verbs"), "ud_verbs on ff0: {md}");
+    let tests: [&[&str]; 9] = [
+        &["-t", "am_lat", "-s", "8"],
+        &["-t", "am_bw", "-D", "bcopy", "-s", "4096"],
+        &["-t", "put_bw", "-D", "zcopy", "-s", "1048576"],
+        &["-t", "get", "-D", "zcopy", "-s", "65536"],
+        &["-t", "fadd"],
+        &["-t", "cswap"],
+        // UCP: the transports come from the environment (below).
+        &["-t", "tag_lat", "-s", "8"],
+        &["-t", "tag_bw", "-s", "65536"],
+        &["-t", "tag_lat", "-s", "8"],
+    ];
+    for (i, t) in tests.iter().enumerate() {
+        // 20000-29999: no other test here uses those ports.
+        let port = 20000 + (std::process::id() % 1000) as u16 * 10 + i as u16;
+        let p = port.to_string();
+        let ucp = t[1].starts_with("tag");
+        let tls = if i == 8 { "ud_verbs,self" } else { "rc_verbs,ud_verbs:aux,self" };
+        let mut argv = vec!["timeout", "60", "ucx_perftest", "-n", "300", "-p", &p];
+        if !ucp {
+            argv.extend_from_slice(&["-x", "rc_verbs", "-d", "ff0:1"]);
+        }
+        argv.extend_from_slice(t);
+        let ucx_env: &[(&str, &str)] = if ucp { &[("UCX_TLS", tls), ("UCX_NET_DEVICES", "ff0:1"), ("UCX_LOG_LEVEL", "info")] } else { &[] };
+        let spawn = |argv: &[&str]| {
+            Command::new(&tool)
+                .args(argv)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .envs(ucx_env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        };
+        let s = spawn(&argv);
+        assert!(wait_listening(port, Duration::from_secs(30)), "{t:?}: the server does not listen on {port}");
+        let mut client = argv.clone();
+        client.push("127.0.0.1");
+        let (cok, cout, cerr) = finish(spawn(&client), Duration::from_secs(90));
+        let (sok, sout, serr) = finish(s, Duration::from_secs(30));
+        assert!(sok && cok, "{t:?}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        let fin = cout.lines().find(|l| l.starts_with("Final:")).unwrap_or_else(|| panic!("{t:?}: no result: {cout}{cerr}"));
+        // Final: iterations, then latency and bandwidth columns.
+        assert_eq!(fin.split_whitespace().nth(1), Some("300"), "{t:?}: {fin}");
+        if ucp {
+            let lane = if i == 8 { "tag(ud_verbs/ff0:1)" } else { "tag(rc_verbs/ff0:1)" };
+            assert!(cout.contains(lane) || cerr.contains(lane), "{t:?} with {tls}: UCX did not say {lane}: {cout}{cerr}");
+        }
+        eprintln!("{} {t:?}: {fin}", if ucp { tls } else { "rc_verbs (UCT)" });
+    }
+
+    // Open MPI (pml ucx) over rc_verbs: two ranks, bench/mpi/allreduce
+    // (which checks every element of its results); each rank's endpoint
+    // to itself puts an rc_verbs queue pair in loopback. No UCX error may
+    // be printed.
+    if !have("mpicc") || !have("mpirun") {
+        eprintln!("skipped the Open MPI part: mpicc or mpirun missing (scripts/deps.sh installs openmpi-bin, libopenmpi-dev)");
+        return;
+    }
+    let exe = work().join("allreduce");
+    let st = Command::new("mpicc").args(["-O2", "-o"]).arg(&exe).arg(root().join("bench/mpi/allreduce.c")).status().expect("mpicc");
+    assert!(st.success(), "compiling bench/mpi/allreduce.c");
+    let mut mpi = Command::new(&tool);
+    mpi.args(["timeout", "120", "mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "--mca", "pml", "ucx", "--mca", "btl", "self,vader", "--mca", "osc", "^ucx"]);
+    for x in ["UCX_TLS=rc_verbs,ud_verbs:aux,self", "UCX_NET_DEVICES=ff0:1", "LD_LIBRARY_PATH", "FF_ROUTER_SOCKET"] {
+        mpi.args(["-x", x]);
+    }
+    mpi.arg(&exe).args(["300000", "5", "1"]).envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = mpi.stdin(Stdio::null()).output().expect("mpirun");
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && so.contains("RESULT ranks=2"), "Open MPI over rc_verbs:\n{so}{se}");
+    assert!(!so.contains("ERROR") && !se.contains("ERROR") && !se.contains("Error"), "Open MPI over rc_verbs printed errors:\n{so}{se}");
+    eprintln!("Open MPI over rc_verbs: {}", so.lines().find(|l| l.starts_with("RESULT")).unwrap_or(""));
 }
 
 const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"];
