@@ -73,19 +73,23 @@ verbs_pair() {
     fi
 }
 
-# ffbench pair: NAME SOCKET ffbench-args... (the handle goes through /share).
-ff_pair() {
+# A pair through the routers: NAME SOCKET "SERVE-COMMAND" "CONNECT-COMMAND"
+# args... The serving side prints "HANDLE h", which goes through /share to
+# the connecting side as --handle h.
+pair() {
     name=$1
     sock=$2
-    shift 2
+    serve=$3
+    connect=$4
+    shift 4
     if [ $role = serve ]; then
-        FF_ROUTER_SOCKET=$sock $B/ffbench serve "$@" > /tmp/$name.out 2>&1 &
+        FF_ROUTER_SOCKET=$sock $serve "$@" > /tmp/$name.out 2>&1 &
         pid=$!
         local w=0
         until grep -q '^HANDLE ' /tmp/$name.out; do
             w=$((w + 1))
             [ $w -gt 150 ] && { cat /tmp/$name.out; fail "$name: no handle"; }
-            kill -0 $pid 2>/dev/null || { cat /tmp/$name.out; fail "$name: ffbench serve exited"; }
+            kill -0 $pid 2>/dev/null || { cat /tmp/$name.out; fail "$name: the serving side exited"; }
             sleep 0.2
         done
         sed -n 's/^HANDLE //p' /tmp/$name.out > $Y/$name.handle.tmp
@@ -94,10 +98,27 @@ ff_pair() {
         cat /tmp/$name.out
     else
         waitfor $Y/$name.handle
-        FF_ROUTER_SOCKET=$sock timeout 600 $B/ffbench connect "$@" --handle "$(cat $Y/$name.handle)" > /tmp/$name.out 2>&1 ||
+        FF_ROUTER_SOCKET=$sock timeout 600 $connect "$@" --handle "$(cat $Y/$name.handle)" > /tmp/$name.out 2>&1 ||
             { cat /tmp/$name.out; fail "$name"; }
         cat /tmp/$name.out
     fi
+}
+
+# ffbench pair: NAME SOCKET ffbench-args...
+ff_pair() {
+    name=$1
+    sock=$2
+    shift 2
+    pair "$name" "$sock" "$B/ffbench serve" "$B/ffbench connect" "$@"
+}
+
+# The NCCL net plugin, driven as NCCL's proxy does (nccl-harness): NAME
+# SOCKET nccl-harness-args...
+nccl_pair() {
+    name=$1
+    sock=$2
+    shift 2
+    pair "$name" "$sock" "$B/nccl-harness recv --lib $B/libnccl_net_ff.so" "$B/nccl-harness send --lib $B/libnccl_net_ff.so" "$@"
 }
 
 # router NAME SOCKET PORT TRANSPORT: starts one and waits for its socket.
@@ -143,6 +164,11 @@ if [ "$mode" = check ]; then
     step "ffbench stream over RDMA"
     ff_pair stream /tmp/ff.sock stream --size 1048576 --iters 16 --window 8
     echo "OK ffbench stream"
+
+    step "NCCL net plugin over RDMA (nccl-harness, 2 comms, sizes up to 4 MiB+3, checksummed)"
+    nccl_pair nccl /tmp/ff.sock --mode check --comms 2 --window 8 --sizes 0,1,8,4095,65537,1048576,4194307
+    grep -q '^RESULT .*mismatches=0 .*ok=1' /tmp/nccl.out || fail "nccl-harness did not report ok=1"
+    echo "OK nccl-harness (NCCL net plugin, ABI v12, 2 comms, sizes 0 to 4 MiB+3, crc32 compared)"
 
     step "the link stayed up"
     grep WARN $S/router$id.log | grep -v insecure-no-peer-secret

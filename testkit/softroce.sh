@@ -9,7 +9,9 @@
 #                                 over RDMA (--peer-transport rdma, 4 streams,
 #                                 GID chosen by the router) and ffbench check
 #                                 (sizes up to 4 MiB+1, both ways, every
-#                                 message checksummed), pingpong and stream
+#                                 message checksummed), pingpong and stream,
+#                                 and the NCCL net plugin (nccl-harness check,
+#                                 2 comms, sizes up to 4 MiB+3)
 #   testkit/softroce.sh bench     perftest (ib_write_bw, ib_read_bw,
 #                                 ib_write_lat) on rxe0 vs ff over the RDMA
 #                                 link vs ff over TCP, same sizes, one run;
@@ -60,8 +62,8 @@ mkdir -p "$cache"
 say() { echo "softroce: $*" >&2; }
 
 # ---- the binaries (built here, Debian 12 like the guests) ----
-say "building ffrouter and ffbench (release)"
-cargo build -q --release -p ffrouter -p ffbench
+say "building ffrouter, ffbench, nccl-harness and the NCCL plugin (release)"
+cargo build -q --release -p ffrouter -p ffbench -p nccl-net-plugin
 
 # ---- the guest image ----
 kver=$(ls /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | sort -V | tail -1)
@@ -122,7 +124,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$share/bin" "$share/sync"
-cp "$target/release/ffrouter" "$target/release/ffbench" "$share/bin/"
+cp "$target/release/ffrouter" "$target/release/ffbench" "$target/release/nccl-harness" "$target/release/libnccl_net_ff.so" "$share/bin/"
 cp "$top/testkit/softroce-guest.sh" "$share/guest.sh"
 echo "$mode" > "$share/mode"
 # FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
