@@ -170,6 +170,26 @@ if [ "$mode" = check ]; then
     grep -q '^RESULT .*mismatches=0 .*ok=1' /tmp/nccl.out || fail "nccl-harness did not report ok=1"
     echo "OK nccl-harness (NCCL net plugin, ABI v12, 2 comms, sizes 0 to 4 MiB+3, crc32 compared)"
 
+    step "UCX over ff over RDMA (ucx_perftest, UCX_TLS=ff,self)"
+    # ucx_perftest meets its peer over TCP (port 13337) and must then reach
+    # it through ff alone. Host memory at zero-copy sizes: rendezvous over
+    # shadow memory.
+    for t in "tag_lat -s 8 -n 200" "tag_bw -s 65536 -n 100" "tag_bw -m host -s 4194304 -n 10"; do
+        if [ $role = serve ]; then
+            FF_ROUTER_SOCKET=/tmp/ff.sock UCX_TLS=ff,self LD_PRELOAD=$B/libuct_ff.so timeout 300 ucx_perftest > /tmp/ucx.out 2>&1 &
+            pid=$!
+            sleep 2
+            touch "$Y/ucx.$t.ready"
+            wait $pid || { cat /tmp/ucx.out; fail "ucx_perftest $t (server side)"; }
+        else
+            waitfor "$Y/ucx.$t.ready"
+            FF_ROUTER_SOCKET=/tmp/ff.sock UCX_TLS=ff,self LD_PRELOAD=$B/libuct_ff.so timeout 300 ucx_perftest $server -t $t > /tmp/ucx.out 2>&1 ||
+                { cat /tmp/ucx.out; fail "ucx_perftest $t"; }
+            grep Final /tmp/ucx.out || { cat /tmp/ucx.out; fail "ucx_perftest $t: no result"; }
+        fi
+    done
+    echo "OK ucx_perftest over ff (tag_lat 8 B, tag_bw 64 KiB, tag_bw -m host 4 MiB)"
+
     step "the link stayed up"
     grep WARN $S/router$id.log | grep -v insecure-no-peer-secret
     grep -E 'is down|ERROR' $S/router$id.log && fail "the router logged a problem"

@@ -10,8 +10,9 @@
 #                                 GID chosen by the router) and ffbench check
 #                                 (sizes up to 4 MiB+1, both ways, every
 #                                 message checksummed), pingpong and stream,
-#                                 and the NCCL net plugin (nccl-harness check,
-#                                 2 comms, sizes up to 4 MiB+3)
+#                                 the NCCL net plugin (nccl-harness check,
+#                                 2 comms, sizes up to 4 MiB+3), and
+#                                 ucx_perftest with UCX_TLS=ff,self
 #   testkit/softroce.sh bench     perftest (ib_write_bw, ib_read_bw,
 #                                 ib_write_lat) on rxe0 vs ff over the RDMA
 #                                 link vs ff over TCP, same sizes, one run;
@@ -62,14 +63,14 @@ mkdir -p "$cache"
 say() { echo "softroce: $*" >&2; }
 
 # ---- the binaries (built here, Debian 12 like the guests) ----
-say "building ffrouter, ffbench, nccl-harness and the NCCL plugin (release)"
-cargo build -q --release -p ffrouter -p ffbench -p nccl-net-plugin
+say "building ffrouter, ffbench, nccl-harness, the NCCL plugin and the UCX transport (release)"
+cargo build -q --release -p ffrouter -p ffbench -p nccl-net-plugin -p ucx-transport
 
 # ---- the guest image ----
 kver=$(ls /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | sort -V | tail -1)
 [ -n "$kver" ] && [ -e "/boot/initrd.img-$kver" ] && [ -d "/lib/modules/$kver" ] ||
     { say "no Debian kernel in /boot (scripts/deps.sh softroce installs linux-image-amd64)"; exit 1; }
-pkgs=iproute2,rdma-core,ibverbs-providers,ibverbs-utils,perftest,libibverbs1,kmod,procps,libnl-route-3-200,util-linux
+pkgs=iproute2,rdma-core,ibverbs-providers,ibverbs-utils,perftest,libibverbs1,kmod,procps,libnl-route-3-200,util-linux,ucx-utils
 img=$cache/guest-$kver-$(echo "$pkgs v2" | sha256sum | cut -c1-8).img
 if [ ! -e "$img" ]; then
     mirror=$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
@@ -124,7 +125,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$share/bin" "$share/sync"
-cp "$target/release/ffrouter" "$target/release/ffbench" "$target/release/nccl-harness" "$target/release/libnccl_net_ff.so" "$share/bin/"
+cp "$target/release/ffrouter" "$target/release/ffbench" "$target/release/nccl-harness" "$target/release/libnccl_net_ff.so" "$target/release/libuct_ff.so" "$share/bin/"
 cp "$top/testkit/softroce-guest.sh" "$share/guest.sh"
 echo "$mode" > "$share/mode"
 # FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
