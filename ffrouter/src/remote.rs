@@ -1231,6 +1231,29 @@ pub struct Fwd {
     regions: Regions,
 }
 
+/// Idle rings go back to the kernel ([`crate::trim`]): the client's with
+/// the shared handshake, ours while `inb` (which holds our private `Tx`) is
+/// ours.
+impl crate::trim::Rings for Fwd {
+    fn mem(&self) -> &SharedMem {
+        &self.mem
+    }
+
+    fn own_ring(&self) -> Option<usize> {
+        Some(self.side)
+    }
+
+    fn without_own_writer(&self, f: &mut dyn FnMut()) -> bool {
+        match self.inb.try_lock() {
+            Ok(_g) => {
+                f();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// Where a forwarded connection's pump finds the shadow regions its client
 /// references (checked against the connection's tenant).
 pub struct Regions {
@@ -1257,7 +1280,8 @@ impl Fwd {
         // bytes from the region straight onto the wire) and post receives
         // in its shadow memory (we write messages straight into them).
         lay.side(side).caps.store(ring::CAP_SHADOW | ring::CAP_PLACE, Ordering::Release);
-        let tx = lay.tx(side);
+        // Private: the trimmer keeps it out with `inb`'s lock (crate::trim).
+        let tx = lay.tx_private(side);
         let live = match ffcore::liveness::Liveness::hold(mem.fd(), side) {
             Ok(l) => {
                 lay.side(side).attached.store(1, Ordering::Release);
@@ -1268,7 +1292,7 @@ impl Fwd {
                 None
             }
         };
-        Ok(Arc::new(Fwd {
+        let f = Arc::new(Fwd {
             local,
             client,
             side,
@@ -1289,7 +1313,10 @@ impl Fwd {
             _live: live,
             mem,
             regions,
-        }))
+        });
+        let watched: Weak<dyn crate::trim::Rings> = Arc::downgrade(&f) as Weak<Fwd>;
+        crate::trim::watch(watched);
+        Ok(f)
     }
 
     fn router_side(&self) -> ring::Side<'_> {
