@@ -2105,6 +2105,56 @@ mod tests {
         }
     }
 
+    /// Resident KiB of this process's mappings of connection files of
+    /// `file_kib` (both clients' and both routers' here).
+    fn conn_rss_kib(file_kib: usize) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let size = file_kib.to_string();
+        let (mut total, mut ours) = (0, false);
+        for line in smaps.lines() {
+            let mut f = line.split_whitespace();
+            let first = f.next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                // A mapping's header line.
+                ours = line.contains("/memfd:ff-conn");
+                continue;
+            }
+            match first {
+                "Size:" if ours => ours = f.next() == Some(&size),
+                "Rss:" if ours => total += f.next().unwrap().parse::<usize>().unwrap(),
+                _ => {}
+            }
+        }
+        total
+    }
+
+    /// A connection between hosts that went idle has its rings trimmed
+    /// (the client's with the shared handshake, the router's own under its
+    /// lock) and carries every size intact afterwards.
+    #[test]
+    fn idle_rings_between_hosts_are_trimmed_and_still_carry_everything() {
+        // A ring size no other test uses: its files are told apart by size.
+        let ring = 512 << 10;
+        let file_kib = ring::file_len(ring) >> 10;
+        let two = Two::new(Transport::Tcp, ring);
+        let (_ctx, mut a, mut b) = conn_pair(&two);
+        exchange(&mut a, &mut b, 2);
+        let busy = conn_rss_kib(file_kib);
+        assert!(busy >= 2 * (ring >> 10), "both hosts' rings streamed: {busy} KiB resident");
+        // Each of the 4 mappings keeps at most its control page and two
+        // rings' kept bytes (and a page either side).
+        let bound = 4 * (4 + 2 * (ffcore::ring::TRIM_KEEP >> 10) + 8);
+        let t0 = Instant::now();
+        let mut idle = busy;
+        while idle > bound {
+            assert!(t0.elapsed() < Duration::from_secs(30), "still {idle} KiB resident after 30 s idle (was {busy})");
+            std::thread::sleep(Duration::from_millis(200));
+            idle = conn_rss_kib(file_kib);
+        }
+        exchange(&mut a, &mut b, 2);
+        assert!(conn_rss_kib(file_kib) > idle, "streaming again commits pages again");
+    }
+
     #[test]
     fn engine_over_tcp_moves_every_size_with_small_rings() {
         checksummed_both_ways(Transport::Tcp);
