@@ -39,7 +39,9 @@
 //! - the reader reads only `[tail, head)`: trimming requires `head ==
 //!   tail` in shared memory, i.e. the reader released everything (a
 //!   reader that [`Rx::hold`]s bytes has not released them, so its ring is
-//!   not empty);
+//!   not empty). So whatever reads ring bytes (a peer's RDMA READ of
+//!   gathered bytes included) must be done before the tail is released
+//!   past them;
 //! - the writer owns the free space, so it is kept out with a handshake in
 //!   the control page (Dekker's, with sequentially consistent accesses): a
 //!   [`Tx`] sets its ring's `writing` word before it writes into free space
