@@ -20,8 +20,12 @@
 #     memory committed (Shmem in /proc/meminfo, less what it was before the
 #     run: machine-wide, so other work on the machine shows);
 #   * then all N sit idle, open (--idle s): the routers' threads, RSS,
-#     RssShmem and descriptors, shared memory committed, and both routers'
-#     CPU over the idle time less 2 s.
+#     RssShmem and descriptors after 1 s, both routers' CPU over the idle
+#     time less 2 s (this includes giving idle rings' pages back, which
+#     the routers do 2-3 s into the idle time), with --idle 10 or more also
+#     over its part from 5 s on (after that: routers_idle_cpu_settled),
+#     and then, --idle less 1 s into the idle time, the shared memory
+#     committed.
 # Each run is cut off after --cap seconds (a run that does not finish
 # leaves its rows out and says so). Routers restart between runs. Rows
 # "scale,PLACEMENT,METRIC,N,VALUE,UNIT" go to DIR/results.csv; the table
@@ -43,7 +47,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift ;;
         --bin) bin=$2; shift ;;
         --label) label=$2; shift ;;
-        -h|--help) sed -n 2,29p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,33p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -90,7 +94,7 @@ wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is
 }
 
 run_one() { # run_one PLACEMENT N
-    local where=$1 n=$2 ch shm0 p0 p1 t0 t1 s0 s1 srv cli spid cpid h r
+    local where=$1 n=$2 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r
     ch=$([ "$where" = across ] && echo 1 || echo 0)
     twohosts_routers 0
     p0=$(rpid "$r0"); p1=$(rpid "$r1")
@@ -115,13 +119,22 @@ run_one() { # run_one PLACEMENT N
         row "$where" rss_router1 "$n" "$(status "$p1" VmRSS)" KiB
         row "$where" rssshmem_router0 "$n" "$(status "$p0" RssShmem)" KiB
         row "$where" rssshmem_router1 "$n" "$(status "$p1" RssShmem)" KiB
-        row "$where" shmem_committed "$n" "$(( $(shmem_kb) - shm0 ))" KiB
         row "$where" fds_router0 "$n" "$(ls /proc/$p0/fd | wc -l)" fds
         row "$where" fds_router1 "$n" "$(ls /proc/$p1/fd | wc -l)" fds
         t0=$(( $(ticks "$p0") + $(ticks "$p1") )); s0=$(date +%s.%N)
-        sleep $(( ${idle%.*} - 2 ))
+        if [ "${idle%.*}" -ge 10 ]; then
+            sleep 4
+            tm=$(( $(ticks "$p0") + $(ticks "$p1") )); sm=$(date +%s.%N)
+            sleep $(( ${idle%.*} - 6 ))
+        else
+            sleep $(( ${idle%.*} - 2 ))
+        fi
         t1=$(( $(ticks "$p0") + $(ticks "$p1") )); s1=$(date +%s.%N)
+        if [ "${idle%.*}" -ge 10 ]; then
+            row "$where" routers_idle_cpu_settled "$n" "$(awk -v a="$tm" -v b="$t1" -v s="$sm" -v e="$s1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", 100 * (b - a) / hz / (e - s)}')" %core
+        fi
         row "$where" routers_idle_cpu "$n" "$(awk -v a="$t0" -v b="$t1" -v s="$s0" -v e="$s1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", 100 * (b - a) / hz / (e - s)}')" %core
+        row "$where" shmem_committed "$n" "$(( $(shmem_kb) - shm0 ))" KiB
     else
         echo "scale: $where N=$n: did not reach the idle phase within ${cap}s: $(tail -2 "$cli" | tr '\n' ' ')" | tee -a "$log" >&2
     fi

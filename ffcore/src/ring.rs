@@ -10,6 +10,8 @@
 //!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
 //!   512  messages sent by side 0       576  messages sent by side 1
 //!        (written by each sender for the router's counters only)
+//!   2048 ring 0 writing   2112 ring 0 trimming   (the trim handshake,
+//!   2176 ring 1 writing   2240 ring 1 trimming    see "Trimming" below)
 //! 4096          ring 0 data (ring_size bytes)
 //! 4096 + size   ring 1 data
 //! ```
@@ -22,9 +24,53 @@
 //! so every value read from shared memory — head, tail, record headers — is
 //! validated here before use, and a bad one is reported as
 //! [`Error::Corrupt`]. Payload bytes are only ever copied.
+//!
+//! # Trimming
+//!
+//! A ring that streamed once has all its pages committed (4 MiB per ring
+//! by default), and they would stay so for the life of the connection.
+//! [`Layout::trim`] gives an idle, empty ring's pages back to the kernel:
+//! `fallocate(PUNCH_HOLE | KEEP_SIZE)` on the connection file over the
+//! ring's data, except [`TRIM_KEEP`] bytes from the page where the next
+//! record goes (a small message after a pause faults nothing in). Punching
+//! takes the pages out of every process's mapping at once; the next write
+//! faults a zeroed page in. That is only correct while nobody reads or
+//! writes those pages:
+//! - the reader reads only `[tail, head)`: trimming requires `head ==
+//!   tail` in shared memory, i.e. the reader released everything (a
+//!   reader that [`Rx::hold`]s bytes has not released them, so its ring is
+//!   not empty). So whatever reads ring bytes (a peer's RDMA READ of
+//!   gathered bytes included) must be done before the tail is released
+//!   past them;
+//! - the writer owns the free space, so it is kept out with a handshake in
+//!   the control page (Dekker's, with sequentially consistent accesses): a
+//!   [`Tx`] sets its ring's `writing` word before it writes into free space
+//!   and clears it after publishing the head; the trimmer sets `trimming`,
+//!   then checks that `writing` is clear, that the ring is empty and that
+//!   the head is still the one it saw idle, punches, and clears `trimming`.
+//!   Either the writer sees `trimming` (it backs off: clears its word,
+//!   waits a bounded while for the trim to end, and otherwise reports "no
+//!   room now", like a full ring), or the trimmer sees `writing` or a moved
+//!   head (it gives up and tries again later). A reservation
+//!   ([`Tx::reserve`]) keeps `writing` set until its [`Tx::commit`].
+//! - a writer that is the trimmer's own process (the router's, for a
+//!   connection it forwards to another host) is made with
+//!   [`Layout::tx_private`]: it takes no part in the shared handshake, and
+//!   the trimmer keeps it out with its own lock instead, so that a tenant
+//!   writing `trimming` cannot stall or fail the router's writes.
+//!
+//! Hostile values: both words are in memory the tenants write. A tenant
+//! that keeps `writing` set only keeps its own ring committed; one that
+//! sets `trimming` only makes its own (or its peer's, whose data it could
+//! equally refuse to read) writer back off; one that lies about head or
+//! tail to get a ring trimmed under bytes it reads only reads zeroes of
+//! its own connection (checked like any record). The trimmer never waits
+//! on either word. Cost on the hot path: one `xchg` and one load of a line
+//! that stays in the writer's cache per push (bench/results/trim-2026-12-02).
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::mr::RemoteKey;
@@ -32,6 +78,16 @@ use crate::futex;
 use crate::shm::SharedMem;
 
 pub const CTRL_LEN: usize = 4096;
+/// Control-page offset of ring 0's trim handshake (`writing`, then
+/// `trimming` a cache line later; ring 1's 128 bytes further).
+const GATE_OFF: usize = 2048;
+/// Bytes of a ring a trim keeps committed, from the page the next record
+/// goes to.
+pub const TRIM_KEEP: usize = 32 << 10;
+/// How long a writer that finds a trim under way waits for it to end
+/// before it reports "no room now" (a trim punches a few MiB: well under
+/// this, unless the trimmer is descheduled).
+const TRIM_WAIT: Duration = Duration::from_millis(2);
 const MAGIC: u64 = u64::from_le_bytes(*b"FFRING01");
 pub const ALIGN: usize = 64;
 pub const REC_HDR: usize = 32;
@@ -272,7 +328,86 @@ impl Layout {
 
     pub fn tx(&self, side: usize) -> Tx {
         let (head, _tail, _) = self.ring(side);
-        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0 }
+        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0, gated: true, open: false }
+    }
+
+    /// A producer that takes no part in the shared trim handshake: whoever
+    /// trims its ring must keep it out some other way (the router's own
+    /// writer, under a lock the router's trimmer takes; see "Trimming").
+    pub fn tx_private(&self, side: usize) -> Tx {
+        Tx { gated: false, ..self.tx(side) }
+    }
+
+    /// Ring `dir`'s trim handshake words: (`writing`, `trimming`).
+    fn gate(&self, dir: usize) -> (&AtomicU32, &AtomicU32) {
+        let off = GATE_OFF + 128 * (dir & 1);
+        (self.word32(off), self.word32(off + 64))
+    }
+
+    /// Gives ring `dir`'s data pages back to the kernel, all but
+    /// [`TRIM_KEEP`] bytes from the page its next record goes to, if the
+    /// ring is empty and its head is still `idle_head` (what the caller saw
+    /// when it decided the ring was idle). `mem` is the file this layout
+    /// views. With `writer_excluded` the caller keeps the ring's writer (a
+    /// [`Layout::tx_private`] one) out itself for the whole call; otherwise
+    /// the shared handshake does (see "Trimming"). Never waits.
+    pub fn trim(&self, mem: &SharedMem, dir: usize, idle_head: u64, writer_excluded: bool) -> Result<Trim> {
+        assert!(mem.as_ptr() == self.base && mem.len() == file_len(self.ring_size), "trim with another file");
+        let dir = dir & 1;
+        let (writing, trimming) = self.gate(dir);
+        if !writer_excluded {
+            trimming.store(1, Ordering::SeqCst);
+            if writing.load(Ordering::SeqCst) != 0 {
+                trimming.store(0, Ordering::Release);
+                return Ok(Trim::Busy);
+            }
+        }
+        let (head, tail, _) = self.ring(dir);
+        let (h, t) = (head.load(Ordering::SeqCst), tail.load(Ordering::SeqCst));
+        let res = if h != t || h != idle_head {
+            Ok(Trim::Busy)
+        } else {
+            self.punch(mem, dir, h)
+        };
+        if !writer_excluded {
+            trimming.store(0, Ordering::Release);
+            // A writer that backed off may sleep waiting for room.
+            self.side(dir).notify();
+        }
+        res
+    }
+
+    /// Punches ring `dir`'s data but the pages from `head` on that
+    /// [`TRIM_KEEP`] covers.
+    fn punch(&self, mem: &SharedMem, dir: usize, head: u64) -> Result<Trim> {
+        let (size, page) = (self.ring_size, crate::shadow::page_size());
+        let keep_from = ((head as usize) & (size - 1)) / page * page;
+        let keep_to = keep_from + TRIM_KEEP.min(size);
+        // Ring offsets to punch: outside [keep_from, keep_to) (mod size).
+        let ranges = if keep_to <= size { [(keep_to, size), (0, keep_from)] } else { [(keep_to - size, keep_from), (0, 0)] };
+        let base = CTRL_LEN + dir * size;
+        let mut punched = 0;
+        for (a, b) in ranges {
+            // Whole pages of the file only (pages may be larger than 4 KiB).
+            let (a, b) = ((base + a).div_ceil(page) * page, (base + b) / page * page);
+            if b <= a {
+                continue;
+            }
+            // SAFETY: fallocate on a descriptor we hold, inside the file.
+            let r = unsafe {
+                libc::fallocate(
+                    mem.fd().as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    a as libc::off_t,
+                    (b - a) as libc::off_t,
+                )
+            };
+            if r != 0 {
+                return Err(Error::Io(std::io::Error::last_os_error()));
+            }
+            punched += b - a;
+        }
+        Ok(Trim::Done { punched })
     }
 
     pub fn rx(&self, side: usize) -> Rx {
@@ -280,6 +415,16 @@ impl Layout {
         let (_, tail, _) = self.ring(dir);
         Rx { lay: *self, dir, tail: tail.load(Ordering::Relaxed), head: 0, holding: false }
     }
+}
+
+/// What [`Layout::trim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trim {
+    /// The ring's pages but the kept ones went back to the kernel
+    /// (`punched` bytes of file range; pages never touched count too).
+    Done { punched: usize },
+    /// Not now: its writer is writing, it holds data, or it moved.
+    Busy,
 }
 
 /// One side's wake-up words.
@@ -410,9 +555,73 @@ pub struct Tx {
     head: u64,
     /// Last tail seen.
     tail: u64,
+    /// Takes part in the shared trim handshake ([`Layout::tx_private`]:
+    /// not).
+    gated: bool,
+    /// Our `writing` word is set (a write, or a reservation, under way).
+    open: bool,
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
 impl Tx {
+    /// Announces a write into free space (the trim handshake, see
+    /// "Trimming"); false if a trim of this ring is under way and did not
+    /// end within [`TRIM_WAIT`]: the caller then reports "no room now".
+    #[inline]
+    fn enter(&mut self) -> bool {
+        if self.open || !self.gated {
+            return true;
+        }
+        let (writing, trimming) = self.lay.gate(self.dir);
+        writing.store(1, Ordering::SeqCst);
+        if trimming.load(Ordering::SeqCst) == 0 {
+            self.open = true;
+            return true;
+        }
+        self.enter_slow()
+    }
+
+    #[cold]
+    fn enter_slow(&mut self) -> bool {
+        let (writing, trimming) = self.lay.gate(self.dir);
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            // Out of the trimmer's way while it punches.
+            writing.store(0, Ordering::SeqCst);
+            while trimming.load(Ordering::Relaxed) != 0 {
+                if start.elapsed() > TRIM_WAIT {
+                    return false;
+                }
+                spins += 1;
+                if spins < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            writing.store(1, Ordering::SeqCst);
+            if trimming.load(Ordering::SeqCst) == 0 {
+                self.open = true;
+                return true;
+            }
+        }
+    }
+
+    /// Ends what [`Tx::enter`] announced (after publishing the head).
+    #[inline]
+    fn leave(&mut self) {
+        if self.open {
+            self.open = false;
+            self.lay.gate(self.dir).0.store(0, Ordering::Release);
+        }
+    }
+
     fn refresh_tail(&mut self) -> Result<()> {
         let (_, tail, _) = self.lay.ring(self.dir);
         let t = tail.load(Ordering::Acquire);
@@ -434,6 +643,16 @@ impl Tx {
     /// # Safety
     /// `src` must be valid for reads of `max` bytes.
     pub unsafe fn push(&mut self, kind: u32, tag: u32, total: u64, src: *const u8, max: usize) -> Result<Option<usize>> {
+        if !self.enter() {
+            return Ok(None);
+        }
+        let r = self.push_entered(kind, tag, total, src, max);
+        self.leave();
+        r
+    }
+
+    /// [`Tx::push`] once [`Tx::enter`]ed.
+    unsafe fn push_entered(&mut self, kind: u32, tag: u32, total: u64, src: *const u8, max: usize) -> Result<Option<usize>> {
         let size = self.lay.ring_size;
         let mut free = size - self.head.wrapping_sub(self.tail) as usize;
         if free < rec_len(max.min(ALIGN)) {
@@ -452,7 +671,7 @@ impl Tx {
             self.write_hdr(data.add(off), REC_PAD, 0, 0, to_end - REC_HDR);
             self.head += to_end as u64;
             head_w.store(self.head, Ordering::Release);
-            return self.push(kind, tag, total, src, max);
+            return self.push_entered(kind, tag, total, src, max);
         }
         let room = free.min(to_end);
         if room < rec_len(max.min(ALIGN)) {
@@ -491,6 +710,18 @@ impl Tx {
 
     /// [`Tx::push_whole_with`] for any kind; `total` None: the payload length.
     fn push_record_with(&mut self, kind: u32, tag: u32, total: Option<u64>, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<Option<usize>> {
+        if max > self.lay.ring_size / 4 {
+            return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {}-byte ring", self.lay.ring_size)));
+        }
+        if !self.enter() {
+            return Ok(None);
+        }
+        let r = self.push_record_entered(kind, tag, total, max, fill);
+        self.leave();
+        r
+    }
+
+    fn push_record_entered(&mut self, kind: u32, tag: u32, total: Option<u64>, max: usize, fill: impl FnOnce(*mut u8) -> usize) -> Result<Option<usize>> {
         let size = self.lay.ring_size;
         if max > size / 4 {
             return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
@@ -722,11 +953,25 @@ impl Tx {
     /// is nearly full), like [`Tx::push`]. May publish a PAD record to move
     /// to the start of the ring. Nothing else may be pushed before the
     /// matching [`Tx::commit`]; reserving again just returns the same room.
+    /// Until then the ring is not trimmed (see "Trimming").
     pub fn reserve(&mut self, max: usize, whole: bool) -> Result<Option<(*mut u8, usize)>> {
-        let size = self.lay.ring_size;
-        if whole && max > size / 4 {
-            return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
+        if whole && max > self.lay.ring_size / 4 {
+            return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {}-byte ring", self.lay.ring_size)));
         }
+        if !self.enter() {
+            return Ok(None);
+        }
+        let r = self.reserve_entered(max, whole);
+        if !matches!(r, Ok(Some(_))) {
+            self.leave();
+        }
+        r
+    }
+
+    /// [`Tx::reserve`] once [`Tx::enter`]ed (the room stays announced
+    /// until [`Tx::commit`]).
+    fn reserve_entered(&mut self, max: usize, whole: bool) -> Result<Option<(*mut u8, usize)>> {
+        let size = self.lay.ring_size;
         let want = if whole { rec_len(max) } else { rec_len(max.min(ALIGN)) };
         let mut free = size - self.head.wrapping_sub(self.tail) as usize;
         if free < rec_len(max) {
@@ -764,7 +1009,7 @@ impl Tx {
         let size = self.lay.ring_size;
         let off = (self.head as usize) & (size - 1);
         let free = size - self.head.wrapping_sub(self.tail) as usize;
-        if rec_len(n) > free.min(size - off) || !matches!(kind, REC_FIRST | REC_CONT) {
+        if rec_len(n) > free.min(size - off) || !matches!(kind, REC_FIRST | REC_CONT) || (self.gated && !self.open) {
             return Err(Error::InvalidArgument(format!("commit of a {n}-byte record (kind {kind}) that was not reserved")));
         }
         let (head_w, _, data) = self.lay.ring(self.dir);
@@ -772,6 +1017,7 @@ impl Tx {
         unsafe { self.write_hdr(data.add(off), kind, tag, total, n) };
         self.head += rec_len(n) as u64;
         head_w.store(self.head, Ordering::Release);
+        self.leave();
         Ok(())
     }
 
@@ -975,5 +1221,250 @@ mod reserve_tests {
         // The consumer claims to have released more than was produced.
         lay.ring(0).1.store(1 << 20, Ordering::Release);
         assert!(matches!(tx.consumed(), Err(Error::Corrupt(_))));
+    }
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+
+    fn ring(size: usize) -> (Arc<SharedMem>, Layout) {
+        let mem = Arc::new(SharedMem::create("trim", file_len(size)).unwrap());
+        init(&mem, size);
+        let lay = Layout::new(&mem, size).unwrap();
+        (mem, lay)
+    }
+
+    /// Bytes of the file the kernel has pages for.
+    fn committed(mem: &SharedMem) -> usize {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor we hold, into a local.
+        assert_eq!(unsafe { libc::fstat(mem.fd().as_raw_fd(), &mut st) }, 0);
+        st.st_blocks as usize * 512
+    }
+
+    /// Message `seq`: its length and bytes (a checksum of sorts: every
+    /// byte depends on the sequence number and its position).
+    fn msg(seq: u64) -> Vec<u8> {
+        let len = [8usize, 100, 1000, 4000, 16000, 30000][(seq % 6) as usize];
+        (0..len).map(|i| (seq as usize * 31 + i * 7) as u8).collect()
+    }
+
+    fn put(tx: &mut Tx, seq: u64) -> bool {
+        let m = msg(seq);
+        tx.push_record(REC_FIRST, seq as u32, seq, &m).unwrap()
+    }
+
+    fn take(rx: &mut Rx) -> Option<(u64, Vec<u8>)> {
+        let rec = rx.peek().unwrap()?;
+        let mut b = vec![0u8; rec.len];
+        unsafe { rx.copy_out(0, b.as_mut_ptr(), rec.len) };
+        rx.consume(rec.len);
+        Some((rec.total, b))
+    }
+
+    /// Streams through all of ring 0 so that every page is committed;
+    /// returns its ends.
+    fn stream_through(lay: &Layout, size: usize) -> (Tx, Rx) {
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        let mut seq = 0;
+        while tx.produced() < 2 * size as u64 {
+            assert!(put(&mut tx, seq));
+            assert_eq!(take(&mut rx), Some((seq, msg(seq))));
+            seq += 1;
+        }
+        (tx, rx)
+    }
+
+    #[test]
+    fn trimming_an_idle_empty_ring_gives_its_pages_back_and_it_still_works() {
+        let size = 1 << 20;
+        let (mem, lay) = ring(size);
+        let (mut tx, mut rx) = stream_through(&lay, size);
+        let before = committed(&mem);
+        assert!(before >= size, "the ring streamed: all of it committed ({before})");
+        let (head, tail, _) = lay.counters(0);
+        assert_eq!(head, tail);
+        let got = lay.trim(&mem, 0, head, false).unwrap();
+        assert!(matches!(got, Trim::Done { punched } if punched >= size - TRIM_KEEP - 4096), "{got:?}");
+        let after = committed(&mem);
+        assert!(after <= CTRL_LEN + TRIM_KEEP + 4096, "{after} bytes still committed (was {before})");
+        // The kept pages are the ones the next record goes to: a small
+        // message commits nothing new.
+        assert!(tx.push_record(REC_FIRST, 1, 5, b"hello").unwrap());
+        assert_eq!(committed(&mem), after);
+        assert_eq!(take(&mut rx), Some((5, b"hello".to_vec())));
+        // And the whole ring works again, every byte intact.
+        for seq in 0..2000 {
+            assert!(put(&mut tx, seq));
+            assert_eq!(take(&mut rx), Some((seq, msg(seq))));
+        }
+        let again = committed(&mem);
+        assert!(again >= size - (64 << 10), "streaming commits it again ({again} bytes)");
+        // Trimming the other (never used) ring is harmless.
+        let (h1, _, _) = lay.counters(1);
+        assert!(matches!(lay.trim(&mem, 1, h1, false).unwrap(), Trim::Done { .. }));
+    }
+
+    #[test]
+    fn a_ring_with_data_in_it_or_that_moved_is_never_trimmed() {
+        let size = 1 << 20;
+        let (mem, lay) = ring(size);
+        let (mut tx, mut rx) = stream_through(&lay, size);
+        let before = committed(&mem);
+        // Unread data.
+        assert!(put(&mut tx, 7));
+        let (head, _, _) = lay.counters(0);
+        assert_eq!(lay.trim(&mem, 0, head, false).unwrap(), Trim::Busy);
+        assert_eq!(lay.trim(&mem, 0, head, true).unwrap(), Trim::Busy);
+        // Read but held (not released): still the reader's.
+        rx.hold();
+        assert_eq!(take(&mut rx), Some((7, msg(7))));
+        let p = rx.payload();
+        assert_eq!(lay.trim(&mem, 0, head, false).unwrap(), Trim::Busy);
+        assert_eq!(committed(&mem), before);
+        rx.release();
+        // Empty now, but it moved since the head the caller saw idle.
+        assert_eq!(lay.trim(&mem, 0, head - 64, false).unwrap(), Trim::Busy);
+        assert_eq!(committed(&mem), before);
+        let _ = p;
+        assert!(matches!(lay.trim(&mem, 0, head, false).unwrap(), Trim::Done { .. }));
+        assert!(committed(&mem) < before);
+    }
+
+    #[test]
+    fn hostile_handshake_words_make_trims_give_up_and_writers_back_off_without_hanging() {
+        let size = 1 << 20;
+        let (mem, lay) = ring(size);
+        let (mut tx, mut rx) = stream_through(&lay, size);
+        let before = committed(&mem);
+        let (writing, trimming) = lay.gate(0);
+        // A writer that keeps `writing` set: the trim gives up at once.
+        writing.store(1, Ordering::SeqCst);
+        let (head, _, _) = lay.counters(0);
+        for _ in 0..1000 {
+            assert_eq!(lay.trim(&mem, 0, head, false).unwrap(), Trim::Busy);
+        }
+        assert_eq!(committed(&mem), before, "nothing punched");
+        assert_eq!(trimming.load(Ordering::SeqCst), 0, "the trimmer leaves its word clear");
+        writing.store(0, Ordering::SeqCst);
+        // A peer that keeps `trimming` set: a shared writer reports no
+        // room (after a bounded wait), a private one writes regardless.
+        trimming.store(1, Ordering::SeqCst);
+        assert!(!put(&mut tx, 1), "backs off");
+        assert!(tx.reserve(100, false).unwrap().is_none());
+        assert_eq!(writing.load(Ordering::SeqCst), 0, "and does not keep its word set");
+        trimming.store(0, Ordering::SeqCst);
+        assert!(put(&mut tx, 3));
+        assert_eq!(take(&mut rx), Some((3, msg(3))));
+        {
+            let (_m, lay) = ring(4096);
+            lay.gate(0).1.store(1, Ordering::SeqCst);
+            let (mut own, mut rx) = (lay.tx_private(0), lay.rx(1));
+            assert!(own.push_record(REC_FIRST, 0, 2, b"xy").unwrap(), "a private writer ignores the shared words");
+            assert_eq!(take(&mut rx), Some((2, b"xy".to_vec())));
+        }
+        // A reservation keeps the ring from being trimmed until its commit.
+        let (p, n) = tx.reserve(8, true).unwrap().unwrap();
+        let (head, _, _) = lay.counters(0);
+        assert_eq!(lay.trim(&mem, 0, head, false).unwrap(), Trim::Busy);
+        unsafe { std::ptr::copy_nonoverlapping(b"reserved".as_ptr(), p, n) };
+        tx.commit(REC_FIRST, 0, 8, n).unwrap();
+        assert_eq!(take(&mut rx), Some((8, b"reserved".to_vec())));
+        let (head, _, _) = lay.counters(0);
+        assert!(matches!(lay.trim(&mem, 0, head, false).unwrap(), Trim::Done { .. }));
+        // A shared writer cannot commit what it did not reserve.
+        assert!(tx.commit(REC_FIRST, 0, 0, 0).is_err());
+    }
+
+    /// A writer streams checksummed messages, pausing now and then, a
+    /// reader checks every one, and a trimmer trims whenever it finds the
+    /// ring empty: no byte is lost or changed, and trims do happen.
+    fn hammer(private: bool) {
+        let size = 256 << 10;
+        let (mem, lay) = ring(size);
+        let n_msgs = 10_000u64;
+        let done = Arc::new(AtomicBool::new(false));
+        // The private writer is kept out by a lock, as the router's is.
+        let tx = Arc::new(Mutex::new(if private { lay.tx_private(0) } else { lay.tx(0) }));
+        let writer = {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                while seq < n_msgs {
+                    if put(&mut tx.lock().unwrap(), seq) {
+                        seq += 1;
+                        if seq % 50 == 0 {
+                            // A pause: the reader empties the ring.
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let reader = {
+            let lay = SendLayout(lay);
+            std::thread::spawn(move || {
+                let lay = lay;
+                let mut rx = lay.0.rx(1);
+                let mut seq = 0;
+                while seq < n_msgs {
+                    match take(&mut rx) {
+                        Some((total, b)) => {
+                            assert_eq!(total, seq, "in order, none lost");
+                            assert!(b == msg(seq), "message {seq} intact");
+                            seq += 1;
+                        }
+                        None => std::thread::yield_now(),
+                    }
+                }
+            })
+        };
+        let (mut trims, mut busy) = (0u64, 0u64);
+        let mut last = lay.counters(0).0;
+        while !writer.is_finished() || !reader.is_finished() {
+            let (head, tail, _) = lay.counters(0);
+            if head == tail && head != last {
+                let r = if private {
+                    match tx.try_lock() {
+                        Ok(_g) => lay.trim(&mem, 0, head, true).unwrap(),
+                        Err(_) => Trim::Busy,
+                    }
+                } else {
+                    lay.trim(&mem, 0, head, false).unwrap()
+                };
+                match r {
+                    Trim::Done { .. } => {
+                        trims += 1;
+                        last = head;
+                    }
+                    Trim::Busy => busy += 1,
+                }
+            }
+            std::thread::yield_now();
+        }
+        done.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        reader.join().unwrap();
+        eprintln!("private={private}: {trims} trims, {busy} given up");
+        assert!(trims >= 10, "trimming happened only {trims} times");
+    }
+
+    struct SendLayout(Layout);
+    // SAFETY: the mapping outlives the threads (joined before `mem` drops).
+    unsafe impl Send for SendLayout {}
+
+    #[test]
+    fn a_writer_hammering_while_a_trimmer_trims_loses_nothing() {
+        hammer(false);
+    }
+
+    #[test]
+    fn the_routers_own_writer_is_kept_out_by_its_lock() {
+        hammer(true);
     }
 }

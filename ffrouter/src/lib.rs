@@ -16,6 +16,7 @@ pub mod peers;
 pub mod ratelog;
 pub mod remote;
 pub mod state;
+pub mod trim;
 pub mod wire;
 
 use std::os::fd::{AsFd, AsRawFd};

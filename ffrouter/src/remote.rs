@@ -1291,6 +1291,29 @@ pub struct Fwd {
     regions: Regions,
 }
 
+/// Idle rings go back to the kernel ([`crate::trim`]): the client's with
+/// the shared handshake, ours while `inb` (which holds our private `Tx`) is
+/// ours.
+impl crate::trim::Rings for Fwd {
+    fn mem(&self) -> &SharedMem {
+        &self.mem
+    }
+
+    fn own_ring(&self) -> Option<usize> {
+        Some(self.side)
+    }
+
+    fn without_own_writer(&self, f: &mut dyn FnMut()) -> bool {
+        match self.inb.try_lock() {
+            Ok(_g) => {
+                f();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// Where a forwarded connection's pump finds the shadow regions its client
 /// references (checked against the connection's tenant).
 pub struct Regions {
@@ -1317,7 +1340,8 @@ impl Fwd {
         // bytes from the region straight onto the wire) and post receives
         // in its shadow memory (we write messages straight into them).
         lay.side(side).caps.store(ring::CAP_SHADOW | ring::CAP_PLACE, Ordering::Release);
-        let tx = lay.tx(side);
+        // Private: the trimmer keeps it out with `inb`'s lock (crate::trim).
+        let tx = lay.tx_private(side);
         let live = match ffcore::liveness::Liveness::hold(mem.fd(), side) {
             Ok(l) => {
                 lay.side(side).attached.store(1, Ordering::Release);
@@ -1328,7 +1352,7 @@ impl Fwd {
                 None
             }
         };
-        Ok(Arc::new(Fwd {
+        let f = Arc::new(Fwd {
             local,
             client,
             side,
@@ -1349,7 +1373,10 @@ impl Fwd {
             _live: live,
             mem,
             regions,
-        }))
+        });
+        let watched: Weak<dyn crate::trim::Rings> = Arc::downgrade(&f) as Weak<Fwd>;
+        crate::trim::watch(watched);
+        Ok(f)
     }
 
     fn router_side(&self) -> ring::Side<'_> {
@@ -2247,6 +2274,56 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// Resident KiB of this process's mappings of connection files of
+    /// `file_kib` (both clients' and both routers' here).
+    fn conn_rss_kib(file_kib: usize) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let size = file_kib.to_string();
+        let (mut total, mut ours) = (0, false);
+        for line in smaps.lines() {
+            let mut f = line.split_whitespace();
+            let first = f.next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                // A mapping's header line.
+                ours = line.contains("/memfd:ff-conn");
+                continue;
+            }
+            match first {
+                "Size:" if ours => ours = f.next() == Some(&size),
+                "Rss:" if ours => total += f.next().unwrap().parse::<usize>().unwrap(),
+                _ => {}
+            }
+        }
+        total
+    }
+
+    /// A connection between hosts that went idle has its rings trimmed
+    /// (the client's with the shared handshake, the router's own under its
+    /// lock) and carries every size intact afterwards.
+    #[test]
+    fn idle_rings_between_hosts_are_trimmed_and_still_carry_everything() {
+        // A ring size no other test uses: its files are told apart by size.
+        let ring = 512 << 10;
+        let file_kib = ring::file_len(ring) >> 10;
+        let two = Two::new(Transport::Tcp, ring);
+        let (_ctx, mut a, mut b) = conn_pair(&two);
+        exchange(&mut a, &mut b, 2);
+        let busy = conn_rss_kib(file_kib);
+        assert!(busy >= 2 * (ring >> 10), "both hosts' rings streamed: {busy} KiB resident");
+        // Each of the 4 mappings keeps at most its control page and two
+        // rings' kept bytes (and a page either side).
+        let bound = 4 * (4 + 2 * (ffcore::ring::TRIM_KEEP >> 10) + 8);
+        let t0 = Instant::now();
+        let mut idle = busy;
+        while idle > bound {
+            assert!(t0.elapsed() < Duration::from_secs(30), "still {idle} KiB resident after 30 s idle (was {busy})");
+            std::thread::sleep(Duration::from_millis(200));
+            idle = conn_rss_kib(file_kib);
+        }
+        exchange(&mut a, &mut b, 2);
+        assert!(conn_rss_kib(file_kib) > idle, "streaming again commits pages again");
     }
 
     #[test]

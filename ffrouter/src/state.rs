@@ -493,6 +493,9 @@ impl State {
             Err((code, msg)) => return err(code, msg),
         };
         let id = self.add_conn(tenant.clone(), LOCAL_COST, mem.clone(), Some(client), Some(listener));
+        // Both rings are the clients': trimmed when idle (crate::trim).
+        let watched: std::sync::Weak<SharedMem> = Arc::downgrade(&mem);
+        crate::trim::watch(watched);
         Outcome { reply: Reply::Connected { conn: id, side: 0, ring_size: ring_size as u64, forwarded: false }, fd: Some(mem), read_only: false }
     }
 
