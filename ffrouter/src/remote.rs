@@ -595,6 +595,7 @@ impl Remote {
         };
         f.stream.store(s, Ordering::Relaxed);
         f.accepted(h.conn, body.credit);
+        f.pinned.store(link.pins_memory(), Ordering::Release);
         if let Err(e) = link.register(&f.mem) {
             f.peer_gone();
             return refuse(ErrorCode::Internal, format!("cannot register memory: {e}"));
@@ -727,6 +728,7 @@ impl Peer {
         }
         let s = (f.local as usize) % link.streams();
         f.stream.store(s, Ordering::Relaxed);
+        f.pinned.store(link.pins_memory(), Ordering::Release);
         if let Err(e) = link.register(&f.mem) {
             return f.refuse(ErrorCode::Internal, &format!("cannot register memory: {e}"));
         }
@@ -1280,6 +1282,8 @@ pub struct Fwd {
     /// A receiver thread serves this connection ([`Cover`]): the pump
     /// sleeps without asking the client for wake-ups.
     covered: AtomicBool,
+    /// Its file is registered with a NIC that pins pages: never trimmed.
+    pinned: AtomicBool,
     /// The link carrying it and its router, once it is up (for receiver
     /// threads of other links that cover it).
     route: std::sync::OnceLock<(Weak<Peer>, Arc<dyn Link>)>,
@@ -1311,6 +1315,10 @@ impl crate::trim::Rings for Fwd {
             }
             Err(_) => false,
         }
+    }
+
+    fn pinned(&self) -> bool {
+        self.pinned.load(Ordering::Acquire)
     }
 }
 
@@ -1368,6 +1376,7 @@ impl Fwd {
             peer_closed: AtomicBool::new(false),
             local_fault: AtomicBool::new(false),
             covered: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
             route: std::sync::OnceLock::new(),
             lay: SharedLayout(lay),
             _live: live,
@@ -2324,6 +2333,23 @@ mod tests {
         }
         exchange(&mut a, &mut b, 2);
         assert!(conn_rss_kib(file_kib) > idle, "streaming again commits pages again");
+    }
+
+    #[test]
+    fn rings_registered_with_a_nic_are_never_trimmed() {
+        // An RDMA NIC keeps the pages it was given: a punched ring would
+        // be read from the old pages while the processes write new ones.
+        let ring = 256 << 10;
+        let file_kib = ring::file_len(ring) >> 10;
+        let two = Two::new(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 }, ring);
+        let (_ctx, mut a, mut b) = conn_pair(&two);
+        exchange(&mut a, &mut b, 2);
+        let busy = conn_rss_kib(file_kib);
+        assert!(busy >= 2 * (ring >> 10), "both hosts' rings streamed: {busy} KiB resident");
+        // Past the idle time and several sweeps.
+        std::thread::sleep(crate::trim::idle_before_trim() + crate::trim::sweep_every() * 3);
+        assert_eq!(conn_rss_kib(file_kib), busy, "a ring registered with the NIC was trimmed");
+        exchange(&mut a, &mut b, 1);
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub trait Rings: Send + Sync {
         f();
         true
     }
+    /// Registered with an RDMA NIC, which pinned the pages it reads and
+    /// writes: punched out, they would stay the NIC's while the processes
+    /// fault in new ones, so such rings are never trimmed.
+    fn pinned(&self) -> bool {
+        false
+    }
 }
 
 /// A same-host pair: both rings written by clients.
@@ -133,7 +139,7 @@ impl Trimmer {
                     *w = Watch { head, since: now, done: false };
                     continue;
                 }
-                if w.done || head != tail || now.saturating_duration_since(w.since) < self.idle {
+                if w.done || head != tail || now.saturating_duration_since(w.since) < self.idle || r.pinned() {
                     continue;
                 }
                 if out.trimmed >= MAX_TRIMS {

@@ -182,6 +182,12 @@ pub trait Link: Send + Sync {
 
     /// Undoes [`Link::register`].
     fn deregister(&self, _mem: &SharedMem) {}
+
+    /// Does [`Link::register`] pin the memory's pages (an RDMA NIC keeps
+    /// the pages it was given, whatever the file does later)?
+    fn pins_memory(&self) -> bool {
+        false
+    }
 }
 
 /// Drops `n` payload bytes of the current frame.

@@ -1118,6 +1118,10 @@ impl Link for RdmaLink {
         Ok(())
     }
 
+    fn pins_memory(&self) -> bool {
+        true
+    }
+
     fn deregister(&self, mem: &SharedMem) {
         let gone = {
             let mut r = self.regs.write().unwrap();
