@@ -32,15 +32,11 @@ fn work() -> &'static Path {
             .map(|(_, p)| p)
             .expect("libffverbs.so not built (cargo build -p ffverbs)");
         std::os::unix::fs::symlink(&lib, dir.join("lib/libibverbs.so.1")).unwrap();
-        let src = root().join("ffverbs/tests/c/ffvcheck.c");
-        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvcheck")).arg(&src).arg("-libverbs").status().expect("cc");
-        assert!(st.success(), "compiling ffvcheck (needs libibverbs-dev)");
-        let src = root().join("ffverbs/tests/c/ffvsrq.c");
-        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvsrq")).arg(&src).arg("-libverbs").status().expect("cc");
-        assert!(st.success(), "compiling ffvsrq (needs libibverbs-dev)");
-        let src = root().join("ffverbs/tests/c/ffvud.c");
-        let st = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(dir.join("ffvud")).arg(&src).arg("-libverbs").status().expect("cc");
-        assert!(st.success(), "compiling ffvud (needs libibverbs-dev)");
+        for prog in ["ffvcheck", "ffvsrq", "ffvud"] {
+            let src = root().join(format!("ffverbs/tests/c/{prog}.c"));
+            let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join(prog)).arg(&src).arg("-libverbs").status().expect("cc");
+            assert!(st.success(), "compiling {prog} (needs libibverbs-dev)");
+        }
         dir
     })
 }

@@ -4,23 +4,13 @@
  * exchange their addresses (GID, QP numbers, keys and addresses) over TCP,
  * as perftest does. Exits 0 only if every check passed; prints
  * "OK <what>" for each. */
-#include <arpa/inet.h>
-#include <infiniband/verbs.h>
-#include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-#include <netdb.h>
-#include <sys/socket.h>
+#define PROG "ffvcheck"
+#include "ffvtest.h"
 
 #define BUF (4u << 20)
 /* QPs 0-2 share scq/rcq; QP 3 (the message stream) has CQs of its own. */
 #define NQP 4
-#define DIE(...) do { fprintf(stderr, "ffvcheck %s: ", role); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(1); } while (0)
 
-static const char *role;
 static struct ibv_context *ctx;
 static struct ibv_pd *pd;
 static struct ibv_cq *scq, *rcq, *scq3, *rcq3;
@@ -31,28 +21,7 @@ static struct ibv_mr *mr, *romr;
 
 struct peer { union ibv_gid gid; uint32_t qpn[NQP], rkey, rokey; uint64_t addr, roaddr; } me, them;
 
-static unsigned char pat(uint32_t seed, size_t i) { return (unsigned char)((i * 2654435761u) >> 13 ^ seed ^ i); }
-static void fill(unsigned char *p, size_t n, uint32_t seed) { for (size_t i = 0; i < n; i++) p[i] = pat(seed, i); }
-static int check(const unsigned char *p, size_t n, uint32_t seed) {
-    for (size_t i = 0; i < n; i++) if (p[i] != pat(seed, i)) { fprintf(stderr, "byte %zu: %u != %u\n", i, p[i], pat(seed, i)); return 0; }
-    return 1;
-}
 static uint32_t fnv(const unsigned char *p, size_t n) { uint32_t h = 2166136261u; for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u; return h; }
-
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
-
-/* One completion from `cq` within `secs` (polling). */
-#define wait_wc(cq, secs) wait_wc_(cq, secs, __LINE__)
-static struct ibv_wc wait_wc_(struct ibv_cq *cq, double secs, int line) {
-    struct ibv_wc wc;
-    double end = now() + secs;
-    for (;;) {
-        int n = ibv_poll_cq(cq, 1, &wc);
-        if (n < 0) DIE("ibv_poll_cq failed");
-        if (n == 1) return wc;
-        if (now() > end) DIE("no completion within %.0f s (line %d)", secs, line);
-    }
-}
 
 static void expect(struct ibv_wc wc, enum ibv_wc_status st, uint64_t id, const char *what) {
     if (wc.status != st || wc.wr_id != id)

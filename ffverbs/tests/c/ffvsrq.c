@@ -13,25 +13,14 @@
  * leaves the SRQ's receives to the other. Exits 0 only if every check
  * passed; prints "OK <what>" for each. The processes meet over the TCP
  * connection they exchanged their addresses on. */
-#include <arpa/inet.h>
-#include <errno.h>
+#define PROG "ffvsrq"
+#include "ffvtest.h"
 #include <fcntl.h>
-#include <infiniband/verbs.h>
-#include <inttypes.h>
-#include <netdb.h>
 #include <poll.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #define BUF (1u << 20)
 #define SLOT 256
-#define DIE(...) do { fprintf(stderr, "ffvsrq %s: ", role); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(1); } while (0)
 
-static const char *role;
 static struct ibv_context *ctx;
 static struct ibv_pd *pd;
 static struct ibv_cq *scq, *rcq[2];
@@ -39,45 +28,8 @@ static struct ibv_srq *srq;
 static struct ibv_qp *qp[2];
 static unsigned char *buf;
 static struct ibv_mr *mr;
-static int sock;
 
 struct peer { union ibv_gid gid; uint32_t qpn[2], rkey; uint64_t addr; } me, them;
-
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
-static unsigned char pat(uint32_t seed, size_t i) { return (unsigned char)((i * 2654435761u) >> 11 ^ seed * 31 ^ i); }
-static void fill(unsigned char *p, size_t n, uint32_t seed) { for (size_t i = 0; i < n; i++) p[i] = pat(seed, i); }
-static int check(const unsigned char *p, size_t n, uint32_t seed) {
-    for (size_t i = 0; i < n; i++) if (p[i] != pat(seed, i)) { fprintf(stderr, "byte %zu: %u != %u\n", i, p[i], pat(seed, i)); return 0; }
-    return 1;
-}
-
-/* Both processes meet: one byte each way on the TCP connection. */
-static void meet(unsigned char step) {
-    unsigned char got;
-    if (write(sock, &step, 1) != 1 || read(sock, &got, 1) != 1 || got != step) DIE("meeting %u failed", step);
-}
-
-#define wait_wc(cq, secs) wait_wc_(cq, secs, __LINE__)
-static struct ibv_wc wait_wc_(struct ibv_cq *cq, double secs, int line) {
-    struct ibv_wc wc;
-    double end = now() + secs;
-    for (;;) {
-        int n = ibv_poll_cq(cq, 1, &wc);
-        if (n < 0) DIE("ibv_poll_cq failed");
-        if (n == 1) return wc;
-        if (now() > end) DIE("no completion within %.0f s (line %d)", secs, line);
-    }
-}
-
-/* No completion on `cq` for `secs` (polling all the while). */
-static void quiet(struct ibv_cq *cq, double secs, const char *what) {
-    struct ibv_wc wc;
-    double end = now() + secs;
-    while (now() < end) {
-        int n = ibv_poll_cq(cq, 1, &wc);
-        if (n != 0) DIE("%s: unexpected completion %d (wr %" PRIu64 ", '%s')", what, n, n > 0 ? wc.wr_id : 0, n > 0 ? ibv_wc_status_str(wc.status) : "poll failed");
-    }
-}
 
 static int srq_recv(uint64_t id, void *p, uint32_t len, uint32_t lkey) {
     struct ibv_sge s = { (uintptr_t)p, len, lkey };

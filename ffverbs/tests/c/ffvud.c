@@ -7,23 +7,12 @@
  * and that a wrong Q_Key, a datagram with no receive posted and one over
  * the MTU do not arrive (or are refused). Exits 0 only if every check
  * passed; prints "OK <what>" for each. */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <infiniband/verbs.h>
-#include <inttypes.h>
-#include <netdb.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
+#define PROG "ffvud"
+#include "ffvtest.h"
 
 #define QKEY 0x1ee7a330u
 #define SLOT 8192
-#define DIE(...) do { fprintf(stderr, "ffvud %s: ", role); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(1); } while (0)
 
-static const char *role;
 static struct ibv_context *ctx;
 static struct ibv_pd *pd;
 static struct ibv_cq *scq, *rcq;
@@ -31,36 +20,7 @@ static struct ibv_qp *qp[2];
 static struct ibv_ah *ah;
 static unsigned char *buf;
 static struct ibv_mr *mr;
-static int sock;
 struct peer { union ibv_gid gid; uint32_t qpn[2]; } me, them;
-
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
-static unsigned char pat(uint32_t seed, size_t i) { return (unsigned char)((i * 2654435761u) >> 9 ^ seed * 17 ^ i); }
-static void fill(unsigned char *p, size_t n, uint32_t seed) { for (size_t i = 0; i < n; i++) p[i] = pat(seed, i); }
-static int check(const unsigned char *p, size_t n, uint32_t seed) { for (size_t i = 0; i < n; i++) if (p[i] != pat(seed, i)) return 0; return 1; }
-static void meet(unsigned char step) {
-    unsigned char got;
-    if (write(sock, &step, 1) != 1 || read(sock, &got, 1) != 1 || got != step) DIE("meeting %u failed", step);
-}
-
-#define wait_wc(cq, secs) wait_wc_(cq, secs, __LINE__)
-static struct ibv_wc wait_wc_(struct ibv_cq *cq, double secs, int line) {
-    struct ibv_wc wc;
-    double end = now() + secs;
-    for (;;) {
-        int n = ibv_poll_cq(cq, 1, &wc);
-        if (n < 0) DIE("ibv_poll_cq failed");
-        if (n == 1) return wc;
-        if (now() > end) DIE("no completion within %.0f s (line %d)", secs, line);
-    }
-}
-
-static void quiet(struct ibv_cq *cq, double secs, const char *what) {
-    struct ibv_wc wc;
-    double end = now() + secs;
-    while (now() < end)
-        if (ibv_poll_cq(cq, 1, &wc) != 0) DIE("%s: unexpected completion (wr %" PRIu64 ")", what, wc.wr_id);
-}
 
 static void recv_on(int q, uint64_t id) {
     struct ibv_sge s = { (uintptr_t)(buf + SLOT * id), SLOT, mr->lkey };

@@ -1,0 +1,60 @@
+/* ffvtest.h: what the verbs test programs (ffvcheck.c, ffvsrq.c, ffvud.c)
+ * share. A program defines PROG (its name, for messages) before including
+ * it, and sets `role` ("server" or "client"); `sock` is its TCP connection
+ * to the other process, once made. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <infiniband/verbs.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIE(...) do { fprintf(stderr, PROG " %s: ", role); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(1); } while (0)
+#define UNUSED __attribute__((unused))
+
+static const char *role;
+static int sock UNUSED = -1;
+
+static UNUSED double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+
+/* The bytes a message of `seed` carries. */
+static UNUSED unsigned char pat(uint32_t seed, size_t i) { return (unsigned char)((i * 2654435761u) >> 13 ^ seed * 31 ^ i); }
+static UNUSED void fill(unsigned char *p, size_t n, uint32_t seed) { for (size_t i = 0; i < n; i++) p[i] = pat(seed, i); }
+static UNUSED int check(const unsigned char *p, size_t n, uint32_t seed) {
+    for (size_t i = 0; i < n; i++) if (p[i] != pat(seed, i)) { fprintf(stderr, "byte %zu: %u != %u\n", i, p[i], pat(seed, i)); return 0; }
+    return 1;
+}
+
+/* Both processes meet: one byte each way on the TCP connection. */
+static UNUSED void meet(unsigned char step) {
+    unsigned char got;
+    if (write(sock, &step, 1) != 1 || read(sock, &got, 1) != 1 || got != step) DIE("meeting %u failed", step);
+}
+
+/* One completion from `cq` within `secs` (polling). */
+#define wait_wc(cq, secs) wait_wc_(cq, secs, __LINE__)
+static UNUSED struct ibv_wc wait_wc_(struct ibv_cq *cq, double secs, int line) {
+    struct ibv_wc wc;
+    double end = now() + secs;
+    for (;;) {
+        int n = ibv_poll_cq(cq, 1, &wc);
+        if (n < 0) DIE("ibv_poll_cq failed");
+        if (n == 1) return wc;
+        if (now() > end) DIE("no completion within %.0f s (line %d)", secs, line);
+    }
+}
+
+/* No completion on `cq` for `secs` (polling all the while). */
+static UNUSED void quiet(struct ibv_cq *cq, double secs, const char *what) {
+    struct ibv_wc wc;
+    double end = now() + secs;
+    while (now() < end) {
+        int n = ibv_poll_cq(cq, 1, &wc);
+        if (n != 0) DIE("%s: unexpected completion %d (wr %" PRIu64 ", '%s')", what, n, n > 0 ? wc.wr_id : 0, n > 0 ? ibv_wc_status_str(wc.status) : "poll failed");
+    }
+}
