@@ -45,27 +45,7 @@ static void post(int q, uint64_t id, enum ibv_wr_opcode op, struct ibv_sge *s, i
 
 /* Sends our address line and reads the peer's over a TCP connection. */
 static void exchange(int server, const char *host, const char *port) {
-    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = server ? AI_PASSIVE : 0 }, *ai;
-    if (getaddrinfo(server ? NULL : host, port, &hints, &ai)) DIE("getaddrinfo");
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    if (server) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) DIE("bind/listen");
-        printf("LISTENING\n");
-        fflush(stdout);
-        int c = accept(fd, NULL, NULL);
-        close(fd);
-        fd = c;
-    } else {
-        double end = now() + 20;
-        while (connect(fd, ai->ai_addr, ai->ai_addrlen)) {
-            if (now() > end) DIE("cannot connect to %s:%s", host, port);
-            close(fd);
-            fd = socket(AF_INET, SOCK_STREAM, 0);
-            usleep(50000);
-        }
-    }
-    freeaddrinfo(ai);
+    int fd = tcp_meet(server, host, port);
     char l[512], g[64];
     int n = snprintf(l, sizeof l, "ADDR ");
     for (int i = 0; i < 16; i++) n += snprintf(l + n, sizeof l - n, "%02x", me.gid.raw[i]);

@@ -58,3 +58,42 @@ static UNUSED void quiet(struct ibv_cq *cq, double secs, const char *what) {
         if (n != 0) DIE("%s: unexpected completion %d (wr %" PRIu64 ", '%s')", what, n, n > 0 ? wc.wr_id : 0, n > 0 ? ibv_wc_status_str(wc.status) : "poll failed");
     }
 }
+
+/* The TCP connection to the other process: the server listens on `port`
+ * (and prints LISTENING), the client connects to host:port, trying for
+ * 20 s. */
+static UNUSED int tcp_meet(int server, const char *host, const char *port) {
+    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = server ? AI_PASSIVE : 0 }, *ai;
+    if (getaddrinfo(server ? NULL : host, port, &hints, &ai)) DIE("getaddrinfo");
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (server) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) DIE("bind/listen");
+        printf("LISTENING\n");
+        fflush(stdout);
+        int c = accept(fd, NULL, NULL);
+        close(fd);
+        fd = c;
+    } else {
+        double end = now() + 20;
+        while (connect(fd, ai->ai_addr, ai->ai_addrlen)) {
+            if (now() > end) DIE("cannot connect to %s:%s", host, port);
+            close(fd);
+            fd = socket(AF_INET, SOCK_STREAM, 0);
+            usleep(50000);
+        }
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* Sends our `n` bytes and reads the peer's `n` over `fd`. */
+static UNUSED void swap_bytes(int fd, const void *mine, void *theirs, size_t n) {
+    if (write(fd, mine, n) != (ssize_t)n) DIE("write address");
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)theirs + got, n - got);
+        if (r <= 0) DIE("no peer address");
+        got += r;
+    }
+}

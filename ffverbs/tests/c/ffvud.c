@@ -39,34 +39,8 @@ static int send_to(int q, struct ibv_ah *a, uint32_t qpn, uint32_t qkey, uint64_
 }
 
 static void exchange(int server, const char *host, const char *port) {
-    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = server ? AI_PASSIVE : 0 }, *ai;
-    if (getaddrinfo(server ? NULL : host, port, &hints, &ai)) DIE("getaddrinfo");
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    if (server) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1)) DIE("bind/listen");
-        printf("LISTENING\n");
-        fflush(stdout);
-        sock = accept(fd, NULL, NULL);
-        close(fd);
-    } else {
-        double end = now() + 20;
-        while (connect(fd, ai->ai_addr, ai->ai_addrlen)) {
-            if (now() > end) DIE("cannot connect");
-            close(fd);
-            fd = socket(AF_INET, SOCK_STREAM, 0);
-            usleep(50000);
-        }
-        sock = fd;
-    }
-    freeaddrinfo(ai);
-    if (write(sock, &me, sizeof me) != sizeof me) DIE("write address");
-    size_t got = 0;
-    while (got < sizeof them) {
-        ssize_t n = read(sock, (char *)&them + got, sizeof them - got);
-        if (n <= 0) DIE("no peer address");
-        got += n;
-    }
+    sock = tcp_meet(server, host, port);
+    swap_bytes(sock, &me, &them, sizeof me);
 }
 
 /* A datagram in slot `id`: the GRH names the sender and us, then `len`
