@@ -73,6 +73,10 @@ verbs_pair() {
     fi
 }
 
+# A verbs program over ff0 (ffverbs, the router on /tmp/ff.sock) instead of
+# rxe0: our libibverbs.so.1 comes first (a command prefix, word-split).
+FFV="env LD_LIBRARY_PATH=$B/vlib FF_ROUTER_SOCKET=/tmp/ff.sock"
+
 # A pair through the routers: NAME SOCKET "SERVE-COMMAND" "CONNECT-COMMAND"
 # args... The serving side prints "HANDLE h", which goes through /share to
 # the connecting side as --handle h.
@@ -210,6 +214,9 @@ else
         step "bench $size: ib_read_bw"
         verbs_pair rbw$size ib_read_bw -d rxe0 -x "$g" -s $size -n $n
         bench "tool=ib_read_bw size=$size iters=$n mb_per_s=$(bw_of $size rbw$size)"
+        step "bench $size: ib_write_bw over ff0 (ffverbs, routers over RDMA)"
+        verbs_pair fwbw$size $FFV ib_write_bw -d ff0 -s $size -n $n
+        bench "tool=ff0_ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size fwbw$size)"
         step "bench $size: ff stream over RDMA"
         ff_pair ffr$size /tmp/ff.sock stream --size $size --iters $n --window 8
         bench "tool=ff_rdma_stream size=$size iters=$n mb_per_s=$(pick mb_per_s ffr$size)"
@@ -220,6 +227,9 @@ else
     step "bench 8 B latency: ib_write_lat"
     verbs_pair wlat ib_write_lat -d rxe0 -x "$g" -s 8 -n 200
     bench "tool=ib_write_lat size=8 iters=200 lat_us=$(awk '$1 == 8 { print $5 }' /tmp/wlat.out | tail -1)"
+    step "bench 8 B latency: ib_write_lat over ff0"
+    verbs_pair fwlat $FFV ib_write_lat -d ff0 -s 8 -n 200
+    bench "tool=ff0_ib_write_lat size=8 iters=200 lat_us=$(awk '$1 == 8 { print $5 }' /tmp/fwlat.out | tail -1)"
     step "bench 8 B latency: ff pingpong over RDMA"
     ff_pair ffrlat /tmp/ff.sock pingpong --size 8 --iters 100
     bench "tool=ff_rdma_pingpong size=8 iters=100 lat_us=$(pick half_rtt_us_p50 ffrlat)"

@@ -17,7 +17,9 @@
 #                                 ib_write_lat) on rxe0 vs ff over the RDMA
 #                                 link vs ff over TCP, same sizes, one run;
 #                                 writes bench/results/softroce-DATE/ (or
-#                                 $FF_SOFTROCE_OUT)
+#                                 $FF_SOFTROCE_OUT); also ib_write_bw and
+#                                 ib_write_lat over ff0 (ffverbs) through
+#                                 the routers' RDMA link, beside rxe0
 #
 # The guest image is built once from Debian packages (debootstrap, the
 # host's linux-image-amd64 kernel and modules) and cached in
@@ -66,8 +68,8 @@ mkdir -p "$cache"
 say() { echo "softroce: $*" >&2; }
 
 # ---- the binaries (built here, Debian 12 like the guests) ----
-say "building ffrouter, ffbench, nccl-harness, the NCCL plugin and the UCX transport (release)"
-cargo build -q --release -p ffrouter -p ffbench -p nccl-net-plugin -p ucx-transport
+say "building ffrouter, ffbench, nccl-harness, the NCCL plugin, the UCX transport and ffverbs (release)"
+cargo build -q --release -p ffrouter -p ffbench -p nccl-net-plugin -p ucx-transport -p ffverbs
 
 # ---- the guest image ----
 kver=$(ls /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | sort -V | tail -1)
@@ -129,6 +131,9 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$share/bin" "$share/sync"
 cp "$target/release/ffrouter" "$target/release/ffbench" "$target/release/nccl-harness" "$target/release/libnccl_net_ff.so" "$target/release/libuct_ff.so" "$share/bin/"
+# ffverbs: Debian's perftest sees ff0 with this libibverbs.so.1 first.
+mkdir -p "$share/bin/vlib"
+cp "$target/release/libffverbs.so" "$share/bin/vlib/libibverbs.so.1"
 cp "$top/testkit/softroce-guest.sh" "$share/guest.sh"
 echo "$mode" > "$share/mode"
 # FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
