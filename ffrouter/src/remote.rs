@@ -1955,7 +1955,9 @@ impl Pump {
                 return Ok(Step::Blocked);
             }
             f.peer_closed.store(true, Ordering::Release);
-            return Ok(Step::Done);
+            // What the peer still READs is waited for by the next steps
+            // (above), not by `finish` on this worker.
+            return Ok(if unread { Step::Moved } else { Step::Done });
         }
         if unread {
             // The peer router is reading what we sent (RDMA): nothing
