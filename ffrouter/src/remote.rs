@@ -595,8 +595,7 @@ impl Remote {
         };
         f.stream.store(s, Ordering::Relaxed);
         f.accepted(h.conn, body.credit);
-        f.pinned.store(link.pins_memory(), Ordering::Release);
-        if let Err(e) = link.register(&f.mem) {
+        if let Err(e) = f.register(&**link) {
             f.peer_gone();
             return refuse(ErrorCode::Internal, format!("cannot register memory: {e}"));
         }
@@ -728,8 +727,7 @@ impl Peer {
         }
         let s = (f.local as usize) % link.streams();
         f.stream.store(s, Ordering::Relaxed);
-        f.pinned.store(link.pins_memory(), Ordering::Release);
-        if let Err(e) = link.register(&f.mem) {
+        if let Err(e) = f.register(&*link) {
             return f.refuse(ErrorCode::Internal, &format!("cannot register memory: {e}"));
         }
         self.conns.lock().unwrap().insert(f.local, f.clone());
@@ -1386,6 +1384,14 @@ impl Fwd {
         let watched: Weak<dyn crate::trim::Rings> = Arc::downgrade(&f) as Weak<Fwd>;
         crate::trim::watch(watched);
         Ok(f)
+    }
+
+    /// Registers the connection file with the link (RDMA: with the NIC),
+    /// marking it pinned first where the NIC keeps its pages, so that the
+    /// trimmer never punches them.
+    fn register(&self, link: &dyn Link) -> std::io::Result<()> {
+        self.pinned.store(link.pins_memory(), Ordering::Release);
+        link.register(&self.mem)
     }
 
     fn router_side(&self) -> ring::Side<'_> {

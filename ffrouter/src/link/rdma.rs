@@ -802,13 +802,19 @@ impl RdmaLink {
         }
     }
 
+    /// Waits until the NIC has sent what was staged in `slot`, if anything.
+    fn wait_slot(&self, s: &Stream, tx: &mut TxSide, slot: usize) -> io::Result<()> {
+        match tx.posted[slot].take() {
+            Some(wr) => self.wait_wr(s, wr, "WRITE", SLOT),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until the NIC has sent every staged batch of the stream.
     fn wait_writes(&self, s: &Stream) -> io::Result<()> {
         let mut tx = s.tx.lock().unwrap();
         for slot in 0..STAGING_SLOTS {
-            if let Some(wr) = tx.posted[slot].take() {
-                self.wait_wr(s, wr, "WRITE", SLOT)?;
-            }
+            self.wait_slot(s, &mut tx, slot)?;
         }
         Ok(())
     }
@@ -857,9 +863,7 @@ impl Link for RdmaLink {
             // positions in the peer's landing ring; the NIC must be done
             // with the slot's last WRITE.
             let slot = tx.slot;
-            if let Some(wr) = tx.posted[slot].take() {
-                self.wait_wr(s, wr, "WRITE", SLOT)?;
-            }
+            self.wait_slot(s, &mut tx, slot)?;
             let base = slot * SLOT;
             let start = tx.wpos;
             let mut pos = start;
