@@ -199,6 +199,9 @@ if [ "$mode" = check ]; then
     grep -E 'is down|ERROR' $S/router$id.log && fail "the router logged a problem"
     grep -q 'transport: RDMA' $S/router$id.log || fail "not RDMA"
     echo "OK guest$id router log clean"
+    # ffbench's buffers are shadow regions: READ by the NIC in place.
+    grep -q 'registered a shadow region' $S/router$id.log || fail "no shadow region was registered with the NIC"
+    echo "OK guest$id router registered shadow regions with rxe0"
 else
     step "router over TCP (baseline)"
     router router-tcp /tmp/fft.sock 7071 tcp

@@ -1524,6 +1524,9 @@ struct OutShadow {
     sent: usize,
     tag: u32,
     total: u64,
+    /// The region is registered with the link (`Link::register_region`):
+    /// the peer router reads big frames straight out of it.
+    direct: bool,
 }
 
 // SAFETY: the frames point into the connection's ring, which the Fwd that
@@ -1623,10 +1626,12 @@ impl Fwd {
         out.need = None;
         loop {
             if let Some(sh) = &mut out.shadow {
-                // From the region straight onto the wire.
-                // Shadow regions are not registered with an RDMA NIC: their
-                // frames are copied, in pieces the link can take.
-                let flen = (sh.n - sh.sent).min(fmax).min(link.unregistered_max());
+                // From the region straight onto the wire (TCP), or read
+                // from it by the peer router's NIC (RDMA, when the region
+                // could be registered; otherwise its frames are copied, in
+                // pieces the link can take).
+                let most = if sh.direct { fmax } else { fmax.min(link.unregistered_max()) };
+                let flen = (sh.n - sh.sent).min(most);
                 let c = wire::charge(REC_CONT, sh.total, flen, wmax);
                 if out.charged + c > limit {
                     out.need = Some(c);
@@ -1657,12 +1662,14 @@ impl Fwd {
                 Err(e) => return Err(Stop::Local(e.to_string())),
             };
             if rec.kind == ring::REC_SHADOW {
-                out.shadow = Some(self.shadow_ref(&mut out.rx, rec)?);
+                let mut sh = self.shadow_ref(&mut out.rx, rec)?;
+                sh.direct = link.register_region(&sh.mem);
+                out.shadow = Some(sh);
                 out.rx.consume(rec.len);
                 continue;
             }
             if rec.kind == ring::REC_POST {
-                self.post(&out.rx, rec)?;
+                self.post(&out.rx, rec, link)?;
                 out.rx.consume(rec.len);
                 continue;
             }
@@ -1714,7 +1721,7 @@ impl Fwd {
         let off = r.addr.checked_sub(r.key.base).filter(|o| o.checked_add(r.n).is_some_and(|e| e <= data));
         match off {
             Some(off) if r.n > 0 && r.n <= rec.total => {
-                Ok(OutShadow { mem, off: off as usize, n: r.n as usize, sent: 0, tag: rec.tag, total: rec.total })
+                Ok(OutShadow { mem, off: off as usize, n: r.n as usize, sent: 0, tag: rec.tag, total: rec.total, direct: false })
             }
             _ => Err(bad("outside its region")),
         }
@@ -1724,7 +1731,9 @@ impl Fwd {
     /// the connection's tenant named with its read-write key, and bytes
     /// inside it. Posts for messages already started, withdrawn ones, and
     /// ones naming no region we can write, are dropped.
-    fn post(&self, rx: &Rx, rec: ring::Record) -> Result<(), Stop> {
+    /// Over a link that pins memory (RDMA), the region is registered with
+    /// it, so that payloads are READ straight into it.
+    fn post(&self, rx: &Rx, rec: ring::Record, link: &dyn Link) -> Result<(), Stop> {
         let bad = |why: &str| Stop::Local(format!("bad posted receive: {why}"));
         if rec.len != ring::PostRef::LEN {
             return Err(bad("malformed"));
@@ -1741,6 +1750,7 @@ impl Fwd {
         let data = (mem.len() - shm::region_header()) as u64;
         let off = r.addr.checked_sub(r.key.base).filter(|o| o.checked_add(r.cap).is_some_and(|e| e <= data));
         let off = off.ok_or_else(|| bad("outside its region"))? as usize;
+        link.register_region(&mem);
         let mut inb = self.inb.lock().unwrap();
         inb.unpost(self.client_side(), self.router_side());
         if r.gen < inb.unposted || r.idx < inb.msgs {
@@ -2523,9 +2533,14 @@ mod tests {
         let n = (1 << 20) + 12345;
         let want = pattern(n, 77);
         sraw[soff..soff + n].copy_from_slice(&want);
-        let _smr = unsafe { c1.register_shadow(sraw.as_ptr().add(soff), 2 << 20).unwrap() };
-        let _rmr = unsafe { c0.register_shadow(rraw.as_ptr().add(roff), 2 << 20).unwrap() };
+        // Since then the routers register regions with the NIC, which READs
+        // big frames straight out of and into them: each round registers
+        // the buffers anew (the regions before are freed, and their
+        // registrations must not be used for the new ones).
         for round in 0..3 {
+            let _smr = unsafe { c1.register_shadow(sraw.as_ptr().add(soff), 2 << 20).unwrap() };
+            let _rmr = unsafe { c0.register_shadow(rraw.as_ptr().add(roff), 2 << 20).unwrap() };
+            rraw[roff..roff + n].fill(0);
             let r = unsafe { rx.irecv(rraw.as_mut_ptr().add(roff), 2 << 20, 1).unwrap() };
             let w = unsafe { tx.isend(sraw.as_ptr().add(soff), n, 1).unwrap() };
             tx.wait(w, T).unwrap();

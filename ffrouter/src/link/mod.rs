@@ -183,6 +183,19 @@ pub trait Link: Send + Sync {
     /// Undoes [`Link::register`].
     fn deregister(&self, _mem: &SharedMem) {}
 
+    /// Makes a client's shadow region usable for zero-copy transfers for as
+    /// long as it lives: RDMA registers it with the NIC on first use (the
+    /// peer router READs big payloads straight out of it, and our READs
+    /// land straight in it) and deregisters it once the last reference to
+    /// `mem` is gone. Whoever sends from or receives into the region keeps
+    /// a reference until the peer is done with the bytes (the forwarding
+    /// engine's `settle`).
+    /// False: its bytes are copied (TCP always moves bytes through the
+    /// socket; or the NIC refused to register it).
+    fn register_region(&self, _mem: &Arc<SharedMem>) -> bool {
+        false
+    }
+
     /// Does [`Link::register`] pin the memory's pages (an RDMA NIC keeps
     /// the pages it was given, whatever the file does later)?
     fn pins_memory(&self) -> bool {

@@ -23,9 +23,12 @@
 //! written with RDMA WRITE, the last one WRITE_WITH_IMM so the peer gets one
 //! receive completion per batch. Small payloads (up to [`INLINE_MAX`]) are
 //! copied into the record; big ones stay in the sending connection's ring
-//! (registered with the NIC when the connection starts forwarding) and the
-//! receiving router RDMA READs them straight into its own connection ring:
-//! no copy on either host. The reader then answers with an ACK immediate so
+//! (registered with the NIC when the connection starts forwarding) or in
+//! the client's shadow region they were sent from (registered on first
+//! use, for as long as the region lives: [`Link::register_region`]), and
+//! the receiving router RDMA READs them straight into its own connection
+//! ring, or into the shadow region of the receive its client posted: no
+//! copy on either host. The reader then answers with an ACK immediate so
 //! the sender may release the ring bytes.
 //!
 //! Many READs in flight: a sender does not wait for the acks of one batch
@@ -67,12 +70,19 @@
 //! forwarding starts) and deregistered when it ends, after the peer has
 //! acked every READ from it and any READ into it has finished (the receiver holds its stream while it reads, and falls
 //! back to a registered bounce buffer for memory that is not registered).
+//! A shadow region is registered the first time a frame is sent from it or
+//! a receive is posted in it, and deregistered by the sweep on the next
+//! PING after its last reference is gone: whoever sends from it keeps a
+//! reference until the peer acked its READs, and whoever READs into it
+//! until the READ is over, so no operation uses a registration the sweep
+//! takes; nor is a gone region's registration ever matched against a new
+//! mapping that took its addresses.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ffcore::shm::SharedMem;
@@ -413,10 +423,25 @@ struct Stream {
 /// Registered connection files: (address, length, registration).
 type Regs = RwLock<Vec<(u64, usize, Mr)>>;
 
+/// Shadow regions registered on first use ([`Link::register_region`]),
+/// each for as long as its mapping lives. An entry whose region has no
+/// strong reference left is never matched again (its mapping is gone or
+/// going, and its addresses may be reused by a new mapping) and is
+/// deregistered by the next sweep; none of our operations can still use
+/// it, since whoever sends from or reads into a region holds a reference
+/// until the operation is over. `refused`: regions the NIC would not
+/// register (copied instead; not tried again while they live).
+#[derive(Default)]
+struct Regions {
+    live: Vec<(Weak<SharedMem>, Mr)>,
+    refused: Vec<Weak<SharedMem>>,
+}
+
 pub struct RdmaLink {
     v: Arc<dyn Verbs>,
     streams: Vec<Stream>,
     regs: Regs,
+    regions: RwLock<Regions>,
     dead: AtomicBool,
     why: Mutex<String>,
     what: String,
@@ -429,6 +454,10 @@ pub struct RdmaLink {
     /// `FF_RDMA_PIPELINE=0` turns both off (an experiment knob, read when
     /// a link is made: the benchmarks compare the two).
     pipeline: bool,
+    /// Shadow regions registered with the NIC ([`Link::register_region`]);
+    /// `FF_RDMA_REGIONS=0` copies their bytes into records instead (an
+    /// experiment knob, read when a link is made).
+    region_reg: bool,
     _boot: Option<TcpStream>,
 }
 
@@ -545,12 +574,14 @@ impl RdmaLink {
             v,
             streams,
             regs: RwLock::default(),
+            regions: RwLock::default(),
             dead: AtomicBool::new(false),
             why: Mutex::default(),
             what,
             heard: Mutex::new(Instant::now()),
             silent_after: SILENT_AFTER,
             pipeline: std::env::var("FF_RDMA_PIPELINE").map_or(true, |v| v != "0"),
+            region_reg: std::env::var("FF_RDMA_REGIONS").map_or(true, |v| v != "0"),
             _boot: None,
         })
     }
@@ -586,9 +617,32 @@ impl RdmaLink {
         Ok(())
     }
 
-    /// The registration covering `[addr, addr + len)`, if any.
+    /// The registration covering `[addr, addr + len)`, if any: a
+    /// connection file's, or a live shadow region's. (The caller's bytes
+    /// lie in a mapping it keeps alive, so a region entry that covers them
+    /// and still lives is that mapping's.)
     fn reg_for(&self, addr: u64, len: usize) -> Option<Mr> {
-        self.regs.read().unwrap().iter().find(|(_, _, mr)| mr.covers(addr, len)).map(|r| r.2)
+        if let Some(r) = self.regs.read().unwrap().iter().find(|(_, _, mr)| mr.covers(addr, len)) {
+            return Some(r.2);
+        }
+        let g = self.regions.read().unwrap();
+        g.live.iter().find(|(w, mr)| mr.covers(addr, len) && w.strong_count() > 0).map(|r| r.1)
+    }
+
+    /// Deregisters the shadow regions that are gone.
+    fn sweep_regions(&self) {
+        let dead: Vec<Mr> = {
+            let mut g = self.regions.write().unwrap();
+            g.refused.retain(|w| w.strong_count() > 0);
+            let (live, dead) = std::mem::take(&mut g.live).into_iter().partition(|(w, _)| w.strong_count() > 0);
+            g.live = live;
+            dead.into_iter().map(|(_, mr)| mr).collect()
+        };
+        for mr in dead {
+            if let Err(e) = self.v.dereg_mr(&mr) {
+                log::warn!("{}: deregistering a shadow region: {e}", self.what);
+            }
+        }
     }
 
     fn post(&self, s: &Stream, wr: &SendWr) -> io::Result<()> {
@@ -959,6 +1013,11 @@ impl Link for RdmaLink {
 
     fn ping(&self, si: usize) -> io::Result<()> {
         self.check()?;
+        if si == 0 {
+            // Every PING_EVERY: shadow regions freed meanwhile let go of
+            // the pages the NIC pinned.
+            self.sweep_regions();
+        }
         self.post_imm(&self.streams[si], IMM_PING)
     }
 
@@ -1126,6 +1185,50 @@ impl Link for RdmaLink {
         true
     }
 
+    fn register_region(&self, mem: &Arc<SharedMem>) -> bool {
+        if !self.region_reg {
+            return false;
+        }
+        let known = |g: &Regions| {
+            if g.live.iter().any(|(w, _)| w.as_ptr() == Arc::as_ptr(mem)) {
+                Some(true)
+            } else if g.refused.iter().any(|w| w.as_ptr() == Arc::as_ptr(mem)) {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        // (A Weak keeps its allocation: an entry pointing at `mem`'s is
+        // `mem`'s own, which lives.)
+        if let Some(k) = known(&self.regions.read().unwrap()) {
+            return k;
+        }
+        self.sweep_regions();
+        // Registering may take long (pinning every page): not under the lock.
+        let r = self.v.reg_mr(mem.as_ptr(), mem.len());
+        let mut g = self.regions.write().unwrap();
+        if let Some(k) = known(&g) {
+            // Another thread registered it meanwhile.
+            drop(g);
+            if let Ok(mr) = r {
+                let _ = self.v.dereg_mr(&mr);
+            }
+            return k;
+        }
+        match r {
+            Ok(mr) => {
+                log::debug!("{}: registered a shadow region of {} bytes with the NIC", self.what, mem.len());
+                g.live.push((Arc::downgrade(mem), mr));
+                true
+            }
+            Err(e) => {
+                log::warn!("{}: the NIC would not register a shadow region of {} bytes ({e}): its bytes are copied", self.what, mem.len());
+                g.refused.push(Arc::downgrade(mem));
+                false
+            }
+        }
+    }
+
     fn deregister(&self, mem: &SharedMem) {
         let gone = {
             let mut r = self.regs.write().unwrap();
@@ -1266,6 +1369,9 @@ impl Drop for RdmaLink {
         for (_, _, mr) in self.regs.write().unwrap().drain(..) {
             let _ = self.v.dereg_mr(&mr);
         }
+        for (_, mr) in self.regions.write().unwrap().live.drain(..) {
+            let _ = self.v.dereg_mr(&mr);
+        }
     }
 }
 
@@ -1359,6 +1465,60 @@ mod tests {
         // Deregistration and teardown leave nothing registered.
         a.deregister(&src);
         b.deregister(&dst);
+        drop((a, b));
+        assert_eq!(fab.registered(), 0);
+    }
+
+    #[test]
+    fn shadow_regions_are_read_in_place_while_they_live() {
+        // A client's shadow region, registered on first use: a big frame
+        // from one is READ by the peer's NIC straight out of it into a
+        // region on the other side (no copy on either host). Once the last
+        // reference to a region is gone it is never matched again (a new
+        // mapping may take its addresses) and the next sweep (on PINGs)
+        // deregisters it.
+        let (fab, a, b) = pair(1);
+        let base = fab.registered();
+        let src = Arc::new(SharedMem::create("region-src", 2 << 20).unwrap());
+        let dst = Arc::new(SharedMem::create("region-dst", 2 << 20).unwrap());
+        assert!(a.register_region(&src) && a.register_region(&src), "registered, then known");
+        assert!(b.register_region(&dst));
+        assert_eq!(fab.registered(), base + 2, "one registration per region");
+        let n = 1_000_003;
+        let want: Vec<u8> = (0..n).map(|i| (i * 7 % 253) as u8).collect();
+        unsafe { std::ptr::copy_nonoverlapping(want.as_ptr(), src.as_ptr().add(100), n) };
+        let f = Frame { hdr: Header::data(9, ffcore::ring::REC_FIRST, 3, n as u64, n).encode(), ptr: unsafe { src.as_ptr().add(100) }, len: n };
+        let ticket = unsafe { a.send_unacked(0, &[f]).unwrap() };
+        let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        assert_eq!(h.len as usize, n);
+        unsafe { b.recv_payload(0, dst.as_ptr().add(64), n).unwrap() };
+        assert!(a.reads_done(0, ticket, Duration::from_secs(10)).unwrap());
+        let got = unsafe { std::slice::from_raw_parts(dst.as_ptr().add(64), n) };
+        assert!(got == &want[..], "bytes differ");
+        let (s0, d0) = (src.as_ptr() as u64 + 100, dst.as_ptr() as u64 + 64);
+        let in_place: usize = fab.reads().iter().filter(|&&(rs, ld, l)| rs >= s0 && ld >= d0 && rs - s0 == ld - d0 && rs + l as u64 <= s0 + n as u64).map(|r| r.2).sum();
+        assert_eq!(in_place, n, "READ from the region into the region: {:?}", fab.reads());
+        // The source region goes; a new mapping (perhaps at its addresses)
+        // is not registered: its bytes are copied, not READ with the old key.
+        let at = src.as_ptr() as u64;
+        drop(src);
+        let again = Arc::new(SharedMem::create("region-again", 2 << 20).unwrap());
+        let m = 100 << 10;
+        unsafe { std::ptr::copy_nonoverlapping(want.as_ptr(), again.as_ptr(), m) };
+        let f = Frame { hdr: Header::data(9, ffcore::ring::REC_FIRST, 4, m as u64, m).encode(), ptr: again.as_ptr(), len: m };
+        assert_eq!(unsafe { a.send_unacked(0, &[f]).unwrap() }, 0, "copied (new mapping at the old addresses: {})", again.as_ptr() as u64 == at);
+        Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        let mut back = vec![0u8; m];
+        unsafe { b.recv_payload(0, back.as_mut_ptr(), m).unwrap() };
+        assert!(back == want[..m]);
+        a.ping(0).unwrap();
+        assert_eq!(fab.registered(), base + 1, "the gone region deregistered at the next ping");
+        drop(dst);
+        b.ping(0).unwrap();
+        assert_eq!(fab.registered(), base);
+        // Nor does the link hold on to the ones that live at its end.
+        let keep = Arc::new(SharedMem::create("region-keep", 1 << 20).unwrap());
+        assert!(a.register_region(&keep));
         drop((a, b));
         assert_eq!(fab.registered(), 0);
     }

@@ -174,7 +174,12 @@ struct FabricState {
     mrs: HashMap<u32, (u32, Mr)>,
     /// Deliberately failing NICs (tests of link death).
     down: Vec<u32>,
+    /// The last READs done: (remote source, local destination, bytes).
+    reads: VecDeque<(u64, u64, usize)>,
 }
+
+/// READs [`Fabric::reads`] remembers.
+const READ_LOG: usize = 4096;
 
 struct FakeQp {
     nic: u32,
@@ -244,6 +249,12 @@ impl Fabric {
     /// Live registrations (to check that everything is deregistered).
     pub fn registered(&self) -> usize {
         self.inner.0.lock().unwrap().mrs.len()
+    }
+
+    /// The last READs done on the fabric, oldest first: (remote source,
+    /// local destination, bytes).
+    pub fn reads(&self) -> Vec<(u64, u64, usize)> {
+        self.inner.0.lock().unwrap().reads.iter().copied().collect()
     }
 }
 
@@ -447,6 +458,10 @@ impl Verbs for FakeVerbs {
                     let s = wr.sges[0];
                     // SAFETY: as above.
                     unsafe { std::ptr::copy(wr.remote_addr as *const u8, s.addr as *mut u8, s.len as usize) };
+                    if st.reads.len() == READ_LOG {
+                        st.reads.pop_front();
+                    }
+                    st.reads.push_back((wr.remote_addr, s.addr, s.len as usize));
                 }
             }
             let q = st.qp(qp)?;
