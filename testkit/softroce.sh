@@ -15,7 +15,10 @@
 #                                 ucx_perftest with UCX_TLS=ff,self
 #   testkit/softroce.sh bench     perftest (ib_write_bw, ib_read_bw,
 #                                 ib_write_lat) on rxe0 vs ff over the RDMA
-#                                 link vs ff over TCP, same sizes, one run;
+#                                 link vs ff over TCP, same sizes, one run
+#                                 of $FF_SOFTROCE_ROUNDS rounds (default 3,
+#                                 medians; a perftest that gives up counts
+#                                 as a missing sample, not a failure);
 #                                 writes bench/results/softroce-DATE/ (or
 #                                 $FF_SOFTROCE_OUT); also ib_write_bw and
 #                                 ib_write_lat over ff0 (ffverbs) through
@@ -136,6 +139,9 @@ mkdir -p "$share/bin/vlib"
 cp "$target/release/libffverbs.so" "$share/bin/vlib/libibverbs.so.1"
 cp "$top/testkit/softroce-guest.sh" "$share/guest.sh"
 echo "$mode" > "$share/mode"
+# FF_SOFTROCE_ROUNDS: bench rounds (every tool once per round, the report
+# takes medians); 3 by default.
+echo "${FF_SOFTROCE_ROUNDS:-3}" > "$share/rounds"
 # FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
 # (experiment knobs such as FF_ROUTER_GATHER=...); none by default.
 echo "${FF_SOFTROCE_ROUTER_ENV:-}" | tr ' ' '\n' > "$share/router.env"

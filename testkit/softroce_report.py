@@ -3,24 +3,37 @@
 
 usage: softroce_report.py RESULTS CPU NCPU KERNEL
 """
+import statistics
 import sys
 
 
 def main():
     path, cpu, ncpu, kver = sys.argv[1:5]
+    # (tool, size) -> every round's row (a round a tool gave up in has an
+    # empty value: a missing sample).
     rows = {}
     for line in open(path):
         if not line.startswith("BENCH "):
             continue
         kv = dict(f.split("=", 1) for f in line.split()[1:])
-        rows[(kv["tool"], int(kv["size"]))] = kv
+        rows.setdefault((kv["tool"], int(kv["size"])), []).append(kv)
+    rounds = len({kv.get("round", "1") for rs in rows.values() for kv in rs})
+
+    def samples(tool, size, key):
+        out = []
+        for kv in rows.get((tool, size), []):
+            try:
+                out.append(float(kv[key]))
+            except (KeyError, ValueError):
+                pass
+        return out
 
     def val(tool, size, key):
-        kv = rows.get((tool, size))
-        try:
-            return float(kv[key]) if kv else None
-        except (KeyError, ValueError):
-            return None
+        v = samples(tool, size, key)
+        return statistics.median(v) if v else None
+
+    def n(tool, size, key):
+        return f"{len(samples(tool, size, key))}/{rounds}"
 
     def fmt(v, d=1):
         return "—" if v is None else f"{v:.{d}f}"
@@ -35,25 +48,28 @@ def main():
     out.append("say nothing about RDMA hardware speed.** rxe does in software what a NIC does, and")
     out.append("every guest instruction is emulated by QEMU's TCG; both guests share the host's cores.")
     out.append("They only compare ff's RDMA link with the verbs device it runs on, on the same")
-    out.append("emulated link, in one run.")
+    out.append("emulated link, in one run: every value is the median of the run's rounds")
+    out.append("(each round runs every tool once, in the order of the table; the samples")
+    out.append("column says how many rounds gave a value for ff RDMA / ib_read_bw).")
     out.append("")
     out.append(f"- Host: {ncpu} vCPUs, {cpu}; guests: Debian 12, kernel {kver}, QEMU TCG, 2 vCPUs and")
     out.append("  2 GiB each, virtio-net joined by a QEMU socket netdev over loopback, rxe0 on it.")
-    out.append("- Produced by `testkit/softroce.sh bench` (one run; `guest*.log` are the raw outputs).")
+    out.append(f"- Produced by `testkit/softroce.sh bench` (one run, {rounds} rounds; `guest*.log` are the raw outputs).")
     out.append("- Bandwidth: perftest `ib_write_bw`/`ib_read_bw -s SIZE -n N` (BW average), ffbench")
     out.append("  `stream --size SIZE --iters N --window 8` through two routers (`--peer-streams 4`),")
     out.append("  over RDMA (`--peer-transport rdma`) and over TCP. Latency: `ib_write_lat -s 8`")
     out.append("  (t_typical), ffbench `pingpong --size 8` (median half round trip).")
     out.append("")
-    out.append("| size | ib_write_bw MB/s | ib_read_bw MB/s | ff RDMA MB/s | ff TCP MB/s | ff RDMA / ib_read_bw | ib_write_bw over ff0 MB/s | ff0 / rxe0 ib_write_bw |")
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| size | ib_write_bw MB/s | ib_read_bw MB/s | ff RDMA MB/s | ff TCP MB/s | ff RDMA / ib_read_bw | samples | ib_write_bw over ff0 MB/s | ff0 / rxe0 ib_write_bw |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sorted({s for (t, s) in rows if t.endswith("_bw") or t.endswith("stream")}):
         w = val("ib_write_bw", size, "mb_per_s")
         r = val("ib_read_bw", size, "mb_per_s")
         fr = val("ff_rdma_stream", size, "mb_per_s")
         ft = val("ff_tcp_stream", size, "mb_per_s")
         fv = val("ff0_ib_write_bw", size, "mb_per_s")
-        out.append(f"| {size} | {fmt(w)} | {fmt(r)} | {fmt(fr)} | {fmt(ft)} | {ratio(fr, r)} | {fmt(fv)} | {ratio(fv, w)} |")
+        k = f"{n('ff_rdma_stream', size, 'mb_per_s')} / {n('ib_read_bw', size, 'mb_per_s')}"
+        out.append(f"| {size} | {fmt(w)} | {fmt(r)} | {fmt(fr)} | {fmt(ft)} | {ratio(fr, r)} | {k} | {fmt(fv)} | {ratio(fv, w)} |")
     out.append("")
     out.append("| 8 B | ib_write_lat µs | ff RDMA µs | ff TCP µs | ff RDMA / ib_write_lat | ib_write_lat over ff0 µs |")
     out.append("|---:|---:|---:|---:|---:|---:|")
