@@ -58,7 +58,7 @@ if [[ $hosts == 1 ]]; then
     cleanup() { twohosts_down; rm -rf "$vb"; }
     trap cleanup EXIT
     twohosts_up "$tgt" 0
-    srv_ip=10.71.0.233 cli_ip=10.72.0.234
+    srv_net=10.71.0 cli_net=10.72.0
     srv_args=(--bridge ffbr --host-netns "$ns0" --socket-dir "$work/h0/bench")
     cli_args=(--bridge ffbr --host-netns "$ns1" --socket-dir "$work/h1/bench")
     names=$twohosts_prefix
@@ -69,7 +69,7 @@ else
     cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$vb"; }
     trap cleanup EXIT
     for _ in $(seq 100); do [[ -S $vb/rt/t/ffrouter.sock ]] && break; sleep 0.1; done
-    srv_ip=10.77.0.233 cli_ip=10.77.0.234
+    srv_net=10.77.0 cli_net=10.77.0
     srv_args=(--socket-dir "$vb/rt/t")
     cli_args=(--socket-dir "$vb/rt/t")
     names=vu$$
@@ -81,9 +81,13 @@ port=13337
 # client does not retry a refused connect).
 wait_listen='"$@" & p=$!; until ss -Hltn | grep -q ":$PORT "; do kill -0 $p 2>/dev/null || break; sleep 0.05; done; echo LISTENING; wait $p'
 
-# run TRANSPORT TEST SIZE ITERS: prints the client's Final line.
+# run TRANSPORT TEST SIZE ITERS: prints the client's Final line. Each
+# pair of containers gets addresses the last pair did not have ($pair, set
+# by the caller: a container's veth may outlive it for a moment).
+pair=0
 run() {
     local tl=$1 t=$2 size=$3 n=$4 i
+    local srv_ip=$srv_net.$((220 + pair)) cli_ip=$cli_net.$((240 + pair))
     local args=(timeout 120 ucx_perftest -t "$t" -s "$size" -n "$n" -p "$port")
     if [[ $tl == posix_cma ]]; then
         # This host's network namespace: a port nothing else listens on.
@@ -104,8 +108,15 @@ run() {
             env PORT="$port" sh -c "$wait_listen" sh "${envv[@]}" "${args[@]}" >"$vb/srv.txt" 2>&1 </dev/null &
         local srv=$!
         for i in $(seq 400); do grep -q LISTENING "$vb/srv.txt" && break; sleep 0.05; done
-        "$ffc" run --name "$names-c" --ip "$cli_ip/24" "${cli_args[@]}" -- \
-            "${envv[@]}" "${args[@]}" "$srv_ip" >"$vb/cli.txt" 2>&1 </dev/null || true
+        # A refused connect (seen once in a while across hosts right after
+        # the server listens) is tried again: the server still waits.
+        for i in 1 2 3 4 5; do
+            "$ffc" run --name "$names-c" --ip "$cli_ip/24" "${cli_args[@]}" -- \
+                "${envv[@]}" "${args[@]}" "$srv_ip" >"$vb/cli.txt" 2>&1 </dev/null || true
+            grep -q 'connect() failed: Connection refused' "$vb/cli.txt" || break
+            echo "$tl $t $size: connect refused, again" >&2
+            sleep 0.5
+        done
         wait "$srv" || true
     fi
     grep '^Final:' "$vb/cli.txt" || { echo "FAILED $tl $t $size:" >&2; tail -5 "$vb/cli.txt" "$vb/srv.txt" >&2; echo "Final: 0 nan nan nan nan nan nan nan"; }
@@ -126,6 +137,7 @@ for r in $(seq "$rounds"); do
         IFS=, read -r rc_n pc_n tcp_n <<<"$iters"
         for tl in "${tla[@]}"; do
             case $tl in rc_verbs) n=$rc_n ;; posix_cma) n=$pc_n ;; tcp) n=$tcp_n ;; esac
+            pair=$(((pair + 1) % 10))
             f=$(run "$tl" "$t" "$size" "$n")
             # Final: iters p50 avg overall bw_avg bw_overall rate_avg rate_overall
             case "$t" in
