@@ -618,6 +618,29 @@ fn perftest_and_ffvcheck_across_hosts() {
     check_ffvcheck(&[s, c]);
 }
 
+/// UD queue pairs across two emulated hosts (ffvud in a container on each):
+/// the datagram links go through both routers; the same checks as on one
+/// host (GRH, src_qp, bytes, immediate data, answers back to src_qp, drops).
+#[test]
+fn ffvud_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir())];
+    let ud = work().join("ffvud").display().to_string();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ud, "server", "18519"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    let (cok, cout, cerr) = h.container_env(1, "a", &[&ud, "client", &ip, "18519"], env()).finish(Duration::from_secs(90));
+    let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+    assert!(sok && cok, "ffvud across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    for want in ["OK 8 datagrams to two queue pairs: GRH, src_qp, bytes, immediate", "OK wrong Q_Key and no receive: dropped", "OK done"] {
+        assert!(sout.contains(want), "server did not say {want:?}: {sout}{serr}");
+    }
+    for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
+        assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
+    }
+}
+
 /// The library exports what Debian's libibverbs.so.1 exports: the same
 /// names with the same versions (default and hidden), and its soname.
 #[test]
