@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fftestkit::{bin_dir, root, Container, RouterProc, Spec};
+use fftestkit::{bin_dir, root, Container, Pod, RouterProc, Spec};
 
 /// A directory holding `libibverbs.so.1` -> our cdylib, and ffvcheck
 /// (outside the routers' directories, which containers do not see).
@@ -300,6 +300,224 @@ fn ucx_rc_verbs_over_ff0() {
     eprintln!("Open MPI over rc_verbs: {}", so.lines().find(|l| l.starts_with("RESULT")).unwrap_or(""));
 }
 
+/// Where a UCX test runs its two sides: `run(side, argv)` starts `argv` in
+/// a container of side 0 (the server's) or 1, with our library in
+/// LD_LIBRARY_PATH.
+type Run<'a> = &'a dyn Fn(usize, &[String]) -> Container;
+
+/// `ucx_perftest ARGS` in two containers, each through tools/ffuverbs (the
+/// device node UCX looks for) with `env` (UCX_*). The server's container
+/// prints its IP, then LISTENING once ucx_perftest listens (its client
+/// does not retry a refused connect). Both outcomes, client first.
+fn ucx_pair(run: Run, env: &[&str], args: &[&str]) -> [(bool, String, String); 2] {
+    let port = 13337;
+    let tool = root().join("tools/ffuverbs").display().to_string();
+    let cmd = |peer: Option<&str>| {
+        let mut v: Vec<String> = vec!["env".into()];
+        v.extend(env.iter().map(|s| s.to_string()));
+        v.extend([tool.clone(), "timeout".into(), "60".into(), "ucx_perftest".into(), "-p".into(), port.to_string()]);
+        v.extend(args.iter().map(|s| s.to_string()));
+        v.extend(peer.map(|p| p.to_string()));
+        v
+    };
+    let script = format!(
+        "echo IP $(ip -o -4 addr show scope global | awk '{{print $4}}' | cut -d/ -f1); \"$@\" & p=$!; \
+         until ss -Hltn | grep -q ':{port} '; do kill -0 $p 2>/dev/null || break; sleep 0.05; done; echo LISTENING; wait $p"
+    );
+    let mut argv: Vec<String> = vec!["sh".into(), "-c".into(), script, "sh".into()];
+    argv.extend(cmd(None));
+    let mut server = run(0, &argv);
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    // A refused connect (seen once in a while across hosts right after the
+    // server listens) is tried again: the server still waits for one.
+    let mut c = run(1, &cmd(Some(&ip))).finish(Duration::from_secs(90));
+    for _ in 0..4 {
+        if c.0 || !format!("{}{}", c.1, c.2).contains("connect() failed: Connection refused") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        c = run(1, &cmd(Some(&ip))).finish(Duration::from_secs(90));
+    }
+    let s = server.finish(Duration::from_secs(30));
+    [c, s]
+}
+
+/// UCX's verbs transports over ff0 between the two sides of `run`: UCT
+/// tests over rc_verbs alone (`ucx_perftest -x rc_verbs`, which exchanges
+/// the addresses over its own socket), UCP tag tests with `UCX_TLS=rc_v,self`
+/// (UCX's alias for rc_verbs with ud_verbs as the auxiliary transport of
+/// the wire-up) and with `rc_verbs,ud_verbs:aux,self`, the tag lane on
+/// rc_verbs; and `UCX_TLS=rc_verbs,self` refused by UCP on both sides ("no
+/// auxiliary transport": UCP connects a connect-to-endpoint transport
+/// through one that reaches a worker address, which rc_verbs is not).
+fn ucx_verbs_tests(run: Run) {
+    let uct: [&[&str]; 4] = [&["-t", "am_lat", "-s", "8"], &["-t", "put_bw", "-D", "zcopy", "-s", "1048576"], &["-t", "get", "-D", "zcopy", "-s", "65536"], &["-t", "fadd"]];
+    for t in uct {
+        let mut args = vec!["-n", "300", "-x", "rc_verbs", "-d", "ff0:1"];
+        args.extend_from_slice(t);
+        let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(run, &[], &args);
+        assert!(cok && sok, "UCT {t:?}:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
+        let fin = cout.lines().find(|l| l.starts_with("Final:")).unwrap_or_else(|| panic!("{t:?}: no result: {cout}{cerr}"));
+        assert_eq!(fin.split_whitespace().nth(1), Some("300"), "{t:?}: {fin}");
+        eprintln!("UCT rc_verbs {t:?}: {fin}");
+    }
+    let ucp: [(&str, &[&str]); 4] = [
+        ("rc_v,self", &["-t", "tag_lat", "-s", "8", "-n", "1000"]),
+        ("rc_v,self", &["-t", "tag_bw", "-s", "65536", "-n", "300"]),
+        ("rc_v,self", &["-t", "tag_bw", "-s", "4194304", "-n", "30"]),
+        ("rc_verbs,ud_verbs:aux,self", &["-t", "tag_lat", "-s", "8", "-n", "1000"]),
+    ];
+    for (tls, t) in ucp {
+        let env = [format!("UCX_TLS={tls}"), "UCX_NET_DEVICES=ff0:1".into(), "UCX_LOG_LEVEL=info".into()];
+        let env: Vec<&str> = env.iter().map(|s| s.as_str()).collect();
+        let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(run, &env, t);
+        assert!(cok && sok, "UCP {tls} {t:?}:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
+        let fin = cout.lines().find(|l| l.starts_with("Final:")).unwrap_or_else(|| panic!("{t:?}: no result: {cout}{cerr}"));
+        assert_eq!(fin.split_whitespace().nth(1), Some(t[5]), "{t:?}: {fin}");
+        for (side, log) in [("client", format!("{cout}{cerr}")), ("server", format!("{sout}{serr}"))] {
+            assert!(log.contains("ep_cfg[0]: tag(rc_verbs/ff0:1)"), "{tls} {t:?}: the {side}'s tag lane is not rc_verbs on ff0: {log}");
+        }
+        eprintln!("UCP {tls} {t:?}: {fin}");
+    }
+    let env = ["UCX_TLS=rc_verbs,self", "UCX_NET_DEVICES=ff0:1"];
+    let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(run, &env, &["-t", "tag_lat", "-s", "8", "-n", "100"]);
+    assert!(!cok && !sok, "UCX_TLS=rc_verbs,self ran:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
+    for log in [format!("{cout}{cerr}"), format!("{sout}{serr}")] {
+        assert!(log.contains("no auxiliary transport"), "UCX_TLS=rc_verbs,self did not fail for want of an auxiliary transport: {log}");
+    }
+}
+
+/// Open MPI (pml ucx, `UCX_TLS=rc_v,self`) with one rank in each of two
+/// pods (tools/ffcontainer, entered by mpirun through tools/ffrsh; each
+/// rank started through tools/ffuverbs): ucx-transport's ffmpi exchanges
+/// 1 B .. 64 MiB both ways and checks every byte, then an Allreduce; the
+/// lanes between the ranks are rc_verbs on ff0. `launch_netns`: where
+/// mpirun runs.
+fn ffmpi_over_rc_verbs(names: &[String; 2], rsh_dir: &Path, launch_netns: Option<&str>) {
+    let exe = rsh_dir.join("ffmpi");
+    let st = Command::new("mpicc").args(["-O2", "-o"]).arg(&exe).arg(root().join("ucx-transport/tests/mpi/ffmpi.c")).status().expect("mpicc");
+    assert!(st.success(), "compiling ffmpi");
+    let hosts = rsh_dir.join("hosts");
+    std::fs::write(&hosts, format!("{} slots=1\n{} slots=1\n", names[0], names[1])).unwrap();
+    let mut cmd = match launch_netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "mpirun"]);
+            c
+        }
+        None => Command::new("mpirun"),
+    };
+    cmd.args(["--allow-run-as-root", "-np", "2", "--hostfile"]).arg(&hosts).arg("--mca").arg("plm_rsh_agent").arg(root().join("tools/ffrsh"));
+    cmd.args(["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any", "--mca", "btl", "self", "--mca", "osc", "^ucx"]);
+    cmd.args(["--mca", "oob_tcp_if_include", "10.0.0.0/8", "--bind-to", "none"]);
+    for x in ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_LOG_LEVEL=info"] {
+        cmd.args(["-x", x]);
+    }
+    cmd.arg("-x").arg(format!("LD_LIBRARY_PATH={}", lib_dir()));
+    cmd.arg(root().join("tools/ffuverbs")).arg(&exe);
+    cmd.env("FFRSH_DIR", rsh_dir).current_dir(rsh_dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (ok, so, se) = finish(cmd.spawn().expect("mpirun"), Duration::from_secs(240));
+    assert!(ok, "Open MPI over rc_verbs:\n{so}\n{se}");
+    for (rank, n) in names.iter().enumerate() {
+        let line = format!("FFMPI OK rank {rank}/2 host {n} ");
+        assert!(so.contains(&line), "missing {line:?}:\n{so}\n{se}");
+    }
+    assert!(so.contains("max 67108864"), "sizes up to 64 MiB: {so}");
+    let log = format!("{so}\n{se}");
+    let lanes: Vec<&str> = log.lines().filter(|l| l.contains("ep_cfg[")).collect();
+    let remote: Vec<&&str> = lanes.iter().filter(|l| !l.contains("self/")).collect();
+    assert!(remote.len() >= 2 && remote.iter().all(|l| l.contains("tag(rc_verbs/ff0:1)")), "lanes: {lanes:?}");
+    eprintln!("Open MPI over rc_verbs: {}", so.lines().filter(|l| l.starts_with("FFMPI OK")).collect::<Vec<_>>().join(" | "));
+}
+
+fn have_ucx_and_mpi() -> bool {
+    if !have("ucx_perftest") || !have("unshare") || !have("ss") || !have("mpicc") || !have("mpirun") {
+        eprintln!("skipped: ucx_perftest, unshare, ss, mpicc or mpirun missing (scripts/deps.sh installs ucx-utils, openmpi-bin, libopenmpi-dev)");
+        return false;
+    }
+    true
+}
+
+/// UCX's verbs transports over ff0 between two containers through one
+/// router (ucx_verbs_tests, then Open MPI with checked bytes); a container
+/// of another tenant that gets the server's address cannot reach it (its
+/// UD wire-up datagrams are dropped, UCP gives up, the server sees
+/// nothing).
+#[test]
+fn ucx_verbs_between_containers() {
+    if !have_ucx_and_mpi() {
+        return;
+    }
+    let r = RouterProc::start(&["a", "b"], &["--log-level", "warn"]);
+    let (da, db) = (r.tenant_dir("a"), r.tenant_dir("b"));
+    ucx_verbs_tests(&|_, argv| container(&da, argv));
+
+    // Tenant b's client gets tenant a's server's address (over
+    // ucx_perftest's socket): the router refuses its datagram link to the
+    // server's listener (and the server's back), so no wire-up datagram
+    // arrives either way and UCX's UD endpoints time out on both sides.
+    let env = ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_UD_VERBS_TIMEOUT=3s"];
+    let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(&|side, argv| container(if side == 0 { &da } else { &db }, argv), &env, &["-t", "tag_lat", "-s", "8", "-n", "100"]);
+    assert!(!cok && !sok, "a client of another tenant got through:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
+    for log in [format!("{cout}{cerr}"), format!("{sout}{serr}")] {
+        assert!(log.contains("UD endpoint") && log.contains("timeout"), "expected UCX's UD endpoint timeout: {log}");
+        assert!(!log.contains("Final:"), "{log}");
+    }
+    let rlog = r.log();
+    assert!(rlog.contains("of tenant b tried to connect to tenant a's listener"), "the router did not refuse tenant b: {rlog}");
+
+    let rsh = std::env::temp_dir().join(format!("ffverbs-mpi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&rsh);
+    std::fs::create_dir_all(&rsh).unwrap();
+    let tag = std::process::id() % 10000;
+    let names = [format!("ffvu{tag}a"), format!("ffvu{tag}b")];
+    let subnet = 10 + tag % 200;
+    let pods: Vec<Pod> = names.iter().enumerate().map(|(i, n)| Pod::start(n, &format!("10.76.{subnet}.{}/24", 11 + i), "ffbrvu", None, &da, &rsh)).collect();
+    ffmpi_over_rc_verbs(&names, &rsh, None);
+    drop(pods);
+    let _ = std::fs::remove_dir_all(&rsh);
+}
+
+/// The same between containers on two emulated hosts (a router each,
+/// linked over a veth): rc_verbs queue pairs and ud_verbs datagrams go
+/// through both routers.
+#[test]
+fn ucx_verbs_across_hosts() {
+    if !have_ucx_and_mpi() {
+        return;
+    }
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a", "b"], &["--log-level", "warn"]);
+    h.start_router(1, &["a", "b"], &["--log-level", "warn"]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir())];
+    ucx_verbs_tests(&|side, argv| h.container_env(side, "a", &argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), env()));
+
+    // Tenant b's client on host 1, tenant a's server on host 0: refused
+    // as on one host.
+    let env_b = ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_UD_VERBS_TIMEOUT=3s"];
+    let run = |side: usize, argv: &[String]| h.container_env(side, if side == 0 { "a" } else { "b" }, &argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(&run, &env_b, &["-t", "tag_lat", "-s", "8", "-n", "100"]);
+    assert!(!cok && !sok, "a client of another tenant got through:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
+    for log in [format!("{cout}{cerr}"), format!("{sout}{serr}")] {
+        assert!(log.contains("UD endpoint") && log.contains("timeout"), "expected UCX's UD endpoint timeout: {log}");
+        assert!(!log.contains("Final:"), "{log}");
+    }
+    let rlog = h.router_log(0);
+    assert!(rlog.contains("a remote client of tenant b tried to connect to tenant a's listener"), "host 0's router did not refuse tenant b: {rlog}");
+
+    let rsh = std::env::temp_dir().join(format!("ffverbs-mpih-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&rsh);
+    std::fs::create_dir_all(&rsh).unwrap();
+    let tag = std::process::id() % 10000;
+    let names = [format!("ffvh{tag}a"), format!("ffvh{tag}b")];
+    let pods: Vec<Pod> =
+        (0..2).map(|i| Pod::start(&names[i], &format!("{}.{}/24", h.subnets[i], 201 + i), &h.bridge, Some(&h.ns[i]), &h.tenant_dir(i, "a"), &rsh)).collect();
+    ffmpi_over_rc_verbs(&names, &rsh, Some(&h.ns[0]));
+    drop(pods);
+    let _ = std::fs::remove_dir_all(&rsh);
+}
+
 const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"];
 
 /// Debian's perftest, unmodified, between two host processes.
@@ -398,6 +616,29 @@ fn perftest_and_ffvcheck_across_hosts() {
     let c = client.finish(Duration::from_secs(120));
     let s = server.finish(Duration::from_secs(30));
     check_ffvcheck(&[s, c]);
+}
+
+/// UD queue pairs across two emulated hosts (ffvud in a container on each):
+/// the datagram links go through both routers; the same checks as on one
+/// host (GRH, src_qp, bytes, immediate data, answers back to src_qp, drops).
+#[test]
+fn ffvud_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir())];
+    let ud = work().join("ffvud").display().to_string();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ud, "server", "18519"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    let (cok, cout, cerr) = h.container_env(1, "a", &[&ud, "client", &ip, "18519"], env()).finish(Duration::from_secs(90));
+    let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+    assert!(sok && cok, "ffvud across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    for want in ["OK 8 datagrams to two queue pairs: GRH, src_qp, bytes, immediate", "OK wrong Q_Key and no receive: dropped", "OK done"] {
+        assert!(sout.contains(want), "server did not say {want:?}: {sout}{serr}");
+    }
+    for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
+        assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
+    }
 }
 
 /// The library exports what Debian's libibverbs.so.1 exports: the same

@@ -1,6 +1,7 @@
 """``python -m freeflow doctor``: is this machine (or container) ready to use
 FreeFlow? Checks the router socket, the UCX version and the plugins (and,
-with ``--verbs``, that the verbs library lists and opens ff0), prints
+with ``--verbs``, that the verbs library lists and opens ff0 and, with UCX,
+whether UCX will see ff0: its device node), prints
 a table of OK/WARN/FAIL with what to do, and returns non-zero on a FAIL.
 
 It does not speak the router's protocol itself: it asks ``ffrouter stats``
@@ -221,6 +222,29 @@ def check_verbs(path: Path, dirs: List[Path], router_socket: str) -> Check:
     return Check(name, OK, f"{path}: ff0 listed and opened ({how})")
 
 
+UVERBS_NODE = "/dev/infiniband/uverbs_ff0"
+
+
+def check_uverbs_node(node: str = UVERBS_NODE) -> Check:
+    """UCX (1.13) lists a verbs device only if /dev/infiniband/<dev_name>
+    is a character device it may open read-write (ffverbs never opens
+    it): without it, plain verbs programs (perftest) still run, but UCX's
+    rc_verbs and ud_verbs do not see ff0."""
+    name = "UCX verbs node"
+    fix = (f"for UCX's rc_verbs/ud_verbs on ff0, run the program through tools/ffuverbs "
+           f"(as root: makes {node} in a mount namespace of its own) or give the container "
+           f"the node (docker run --device /dev/null:{node})")
+    try:
+        st = os.stat(node)
+    except OSError:
+        return Check(name, WARN, f"no {node}: UCX will not list ff0 (perftest and other verbs programs are not affected)", fix)
+    if not stat.S_ISCHR(st.st_mode):
+        return Check(name, WARN, f"{node} is not a character device: UCX will not list ff0", fix)
+    if not os.access(node, os.R_OK | os.W_OK):
+        return Check(name, WARN, f"{node} is not readable and writable here: UCX will not list ff0", fix)
+    return Check(name, OK, f"{node} present: UCX lists ff0 (UCX_TLS=rc_v,self UCX_NET_DEVICES=ff0:1)")
+
+
 def ucx_version() -> Optional[tuple]:
     """UCX's version as (major, minor, release), from ``ucx_info -v`` or
     else libucp; None if UCX is not installed."""
@@ -268,6 +292,8 @@ def run_checks(nccl: bool = True, ucx: bool = True, plugin_dir: Optional[str] = 
         checks.append(check_ucx_plugin(ffenv.ucx_plugin(plugin_dir), dirs, sock))
     if verbs:
         checks.append(check_verbs(ffenv.verbs_library(plugin_dir), dirs, sock))
+        if ucx:
+            checks.append(check_uverbs_node())
     return checks
 
 

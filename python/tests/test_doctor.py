@@ -1,5 +1,7 @@
+import os
 import shutil
 import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,21 @@ def test_verbs_device_against_a_real_router(router, tmp_path):
     assert c.status == doctor.OK and "ff0 listed and opened" in c.detail, c
     c = doctor.check_verbs(lib, [lib.parent], str(tmp_path / "no-router.sock"))
     assert c.status == doctor.FAIL and "does not open" in c.detail, c
+
+
+def test_uverbs_node(tmp_path):
+    """UCX sees ff0 only through a character device it may open read-write;
+    a missing node or a plain file is a warning that says what to do."""
+    node = tmp_path / "uverbs_ff0"
+    c = doctor.check_uverbs_node(str(node))
+    assert c.status == doctor.WARN and "UCX will not list ff0" in c.detail and "tools/ffuverbs" in c.fix, c
+    node.write_text("")
+    c = doctor.check_uverbs_node(str(node))
+    assert c.status == doctor.WARN and "not a character device" in c.detail, c
+    node.unlink()
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    c = doctor.check_uverbs_node(str(node))
+    assert c.status == doctor.OK and "UCX lists ff0" in c.detail, c

@@ -292,6 +292,45 @@ impl Drop for Container {
     }
 }
 
+/// A long-lived container ("pod") that tools/ffrsh can enter, e.g. for an
+/// Open MPI job (pidfile RSH_DIR/NAME.pid; ffrsh finds it with
+/// FFRSH_DIR=RSH_DIR).
+pub struct Pod {
+    child: Child,
+}
+
+impl Pod {
+    /// `host_netns`: the "host" the pod's bridge lives in (None: this one).
+    pub fn start(name: &str, ip: &str, bridge: &str, host_netns: Option<&str>, socket_dir: &Path, rsh_dir: &Path) -> Pod {
+        let pidfile = rsh_dir.join(format!("{name}.pid"));
+        let mut cmd = Command::new(ffcontainer());
+        cmd.args(["run", "--name", name, "--ip", ip, "--bridge", bridge]);
+        if let Some(ns) = host_netns {
+            cmd.args(["--host-netns", ns]);
+        }
+        let child = cmd
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("--socket-dir")
+            .arg(socket_dir)
+            .args(["--", "sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffcontainer");
+        wait_for(|| pidfile.exists(), Duration::from_secs(20), "pod start");
+        Pod { child }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // SIGTERM: ffcontainer kills the pod and removes its netns.
+        // SAFETY: plain kill(2) on the ffcontainer process we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `ffbench serve MODE` and `ffbench connect MODE` in two containers of
 /// the given tenants (socket dirs), passing the handle out of band; returns
 /// both outcomes.

@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::{build_ffmpi, lib, run_ffmpi, Pod};
-use fftestkit::{Container, RouterProc, Spec};
+use common::{build_ffmpi, lib, run_ffmpi};
+use fftestkit::{Container, Pod, RouterProc, Spec};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,9 @@
 
 mod common;
 
-use common::{build_ffmpi, run_ffmpi, Pod};
+use common::{build_ffmpi, run_ffmpi};
 use fftestkit::hosts::TwoHosts;
+use fftestkit::Pod;
 
 #[test]
 fn open_mpi_job_with_ranks_on_two_hosts_over_ff() {

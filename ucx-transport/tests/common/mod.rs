@@ -1,8 +1,8 @@
-//! What the Open MPI tests share: the built transport, long-lived "pods"
-//! that tools/ffrsh can enter, and one ffmpi job with its checks.
+//! What the Open MPI tests share: the built transport and one ffmpi job
+//! with its checks (the "pods" that tools/ffrsh enters are fftestkit::Pod).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fftestkit::{bin_dir, root};
@@ -13,42 +13,6 @@ pub fn lib() -> PathBuf {
     let cands = [bin_dir().join("deps/libuct_ff.so"), bin_dir().join("libuct_ff.so")];
     let newest = cands.iter().filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone()))).max();
     newest.map(|(_, p)| p).expect("libuct_ff.so not built (cargo build -p ucx-transport)")
-}
-
-/// A long-lived container that ffrsh can enter (pidfile RSH_DIR/NAME.pid).
-pub struct Pod {
-    child: Child,
-}
-
-impl Pod {
-    /// `host_netns`: the "host" the pod's bridge lives in (None: this one).
-    pub fn start(name: &str, ip: &str, bridge: &str, host_netns: Option<&str>, socket_dir: &Path, rsh_dir: &Path) -> Pod {
-        let pidfile = rsh_dir.join(format!("{name}.pid"));
-        let mut cmd = Command::new(root().join("tools/ffcontainer"));
-        cmd.args(["run", "--name", name, "--ip", ip, "--bridge", bridge]);
-        if let Some(ns) = host_netns {
-            cmd.args(["--host-netns", ns]);
-        }
-        let child = cmd
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .arg("--socket-dir")
-            .arg(socket_dir)
-            .args(["--", "sleep", "300"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("ffcontainer");
-        fftestkit::wait_for(|| pidfile.exists(), Duration::from_secs(20), "pod start");
-        Pod { child }
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        // SIGTERM: ffcontainer kills the pod and removes its netns.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
 }
 
 /// A fresh work directory holding ffmpi, compiled with mpicc.
