@@ -51,16 +51,8 @@ done
 rounds=${ROUNDS:-$([[ $quick == 1 ]] && echo 1 || echo 3)}
 out=${out:-$top/bench/results/verbs-$(date +%F)}
 mkdir -p "$out"
-tgt=${bin:-${CARGO_TARGET_DIR:-$top/target}/release}
-tgt=$(cd "$tgt" && pwd)
-for f in "$tgt/libffverbs.so" "$tgt/ffrouter"; do
-    [[ -e $f ]] || { echo "$f missing: cargo build --release -p ffverbs -p ffrouter" >&2; exit 1; }
-done
-command -v ib_write_bw >/dev/null || { echo "perftest missing: scripts/deps.sh" >&2; exit 1; }
-ffc=$top/tools/ffcontainer
-vb=$(mktemp -d /tmp/verbs_bench.XXXXXX)
-mkdir -p "$vb/lib" "$vb/rt/t"
-ln -s "$tgt/libffverbs.so" "$vb/lib/libibverbs.so.1"
+. "$here/verbs_common.sh"
+verbs_setup verbs_bench ib_write_bw
 csv=$out/results.csv
 echo "suite,transport,test,size_bytes,value,unit" >"$csv"
 if [[ $hosts == 1 ]]; then

@@ -35,15 +35,8 @@ while [[ $# -gt 0 ]]; do
 done
 out=${out:-$top/bench/results/verbs-srq-$(date +%F)}
 mkdir -p "$out"
-tgt=${bin:-${CARGO_TARGET_DIR:-$top/target}/release}
-tgt=$(cd "$tgt" && pwd)
-for f in "$tgt/libffverbs.so" "$tgt/ffrouter"; do
-    [[ -e $f ]] || { echo "$f missing: cargo build --release -p ffverbs -p ffrouter" >&2; exit 1; }
-done
-command -v ucx_perftest >/dev/null || { echo "ucx_perftest missing: scripts/deps.sh" >&2; exit 1; }
-vb=$(mktemp -d /tmp/verbs_srq_bench.XXXXXX)
-mkdir -p "$vb/lib" "$vb/rt/t"
-ln -s "$tgt/libffverbs.so" "$vb/lib/libibverbs.so.1"
+. "$here/verbs_common.sh"
+verbs_setup verbs_srq_bench ucx_perftest
 "$tgt/ffrouter" --tenant "t=$vb/rt/t/ffrouter.sock" --log-level warn 2>"$vb/router.log" &
 router=$!
 cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$vb"; }
@@ -102,15 +95,4 @@ for r in $(seq "$rounds"); do
         done
     done
 done
-python3 - "$csv" "$out/medians.csv" <<'PY'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-groups = {}
-for r in rows:
-    groups.setdefault((r["transport"], r["test"], r["size_bytes"], r["unit"]), []).append(float(r["value"]))
-with open(sys.argv[2], "w") as f:
-    f.write("transport,test,size_bytes,median,min,max,unit\n")
-    for (tl, t, s, u), v in groups.items():
-        f.write(f"{tl},{t},{s},{statistics.median(v):g},{min(v):g},{max(v):g},{u}\n")
-print(open(sys.argv[2]).read())
-PY
+python3 "$here/medians.py" "$csv" "$out/medians.csv"
