@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use ffcore::futex::{self, Woken, WAITV_MAX};
 
-use super::{nap, spin, Mode, Pump, Step, Stop};
+use super::{nap, spin, Mode, Pump, Quantum, Step, Stop};
 
 /// Most connections one worker serves: one `futex_waitv` call covers their
 /// wake words and the worker's bell.
@@ -222,12 +222,12 @@ fn run(w: &Arc<Worker>) {
         // A turn: every connection awake, once, in the order of a queue:
         // whoever moved goes to the back, so that those the link had no
         // room for get it first next turn.
-        let mode = if awake <= 1 { Mode::Block } else { Mode::Try };
+        let (mode, quantum) = if awake <= 1 { (Mode::Block, Quantum::All) } else { (Mode::Try, Quantum::Turn) };
         let (mut moved, mut spinning) = (false, false);
         blocked.clear();
         let mut front = std::mem::take(&mut spare);
         for mut s in slots.drain(..) {
-            match turn(&mut s, mode, now) {
+            match turn(&mut s, mode, quantum, now) {
                 Turn::Gone(res) => {
                     s.p.finish(res);
                     w.load.fetch_sub(1, Ordering::Relaxed);
@@ -266,9 +266,17 @@ fn run(w: &Arc<Worker>) {
             if flushed {
                 continue;
             }
-            if let Turn::Gone(res) = turn(&mut slots[k], Mode::Block, Instant::now()) {
-                slots.remove(k).p.finish(res);
-                w.load.fetch_sub(1, Ordering::Relaxed);
+            match turn(&mut slots[k], Mode::Block, Quantum::Turn, Instant::now()) {
+                Turn::Gone(res) => {
+                    slots.remove(k).p.finish(res);
+                    w.load.fetch_sub(1, Ordering::Relaxed);
+                }
+                Turn::Moved => {
+                    // It had its turn: to the back of the queue.
+                    let s = slots.remove(k);
+                    slots.push(s);
+                }
+                _ => {}
             }
             continue;
         }
@@ -339,9 +347,9 @@ fn shed(w: &Worker, slots: &mut Vec<Slot>) {
 
 /// One connection's turn: a step, then to sleep if it has been idle long
 /// enough (or a receiver thread covers it).
-fn turn(s: &mut Slot, mode: Mode, now: Instant) -> Turn {
+fn turn(s: &mut Slot, mode: Mode, quantum: Quantum, now: Instant) -> Turn {
     let Doze::Awake { last } = s.doze else { return Turn::Keep };
-    let res = s.p.step(mode);
+    let res = s.p.step(mode, quantum);
     if mode == Mode::Try {
         s.p.kick_flush();
     }
