@@ -304,8 +304,9 @@ impl Remote {
             r.cfg.workers.max(1),
         );
         // Fairness diagnostics (debug log, target `ff_fair`): every 500 ms,
-        // each forwarded connection's ring counters (the client's ring:
-        // head, tail; ours: head, tail), credit left and stream.
+        // the pump workers' loads and each forwarded connection's ring
+        // counters (the client's ring: head, tail; ours: head, tail),
+        // credit left, stream and pump worker.
         if log::log_enabled!(target: "ff_fair", log::Level::Debug) {
             let weak = Arc::downgrade(&r);
             std::thread::Builder::new().name("fair-sample".into()).spawn(move || loop {
@@ -318,12 +319,12 @@ impl Remote {
                     let (ih, it, _) = f.lay.0.counters(f.side);
                     // Credit left to send with (u64::MAX: its pump holds `out`).
                     let left = f.out.try_lock().map_or(u64::MAX, |o| f.limit.load(Ordering::Relaxed).saturating_sub(o.charged));
-                    line.push_str(&format!(" {}:{oh}:{ot}:{ih}:{it}:{left}:{}", f.local, f.stream()));
+                    line.push_str(&format!(" {}:{oh}:{ot}:{ih}:{it}:{left}:{}:{}", f.local, f.stream(), f.worker.load(Ordering::Relaxed) as i64));
                 }
                 let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
                 // SAFETY: clock_gettime writes the timespec on our stack.
                 unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-                log::debug!(target: "ff_fair", "us={} ring={}{line}", t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000, r.cfg.ring_size);
+                log::debug!(target: "ff_fair", "us={} ring={} workers={:?}{line}", t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000, r.cfg.ring_size, r.pumps.loads());
             })?;
         }
         let weak = Arc::downgrade(&r);
@@ -1391,6 +1392,8 @@ pub struct Fwd {
     covered: AtomicBool,
     /// Its file is registered with a NIC that pins pages: never trimmed.
     pinned: AtomicBool,
+    /// The pump worker serving it (diagnostics).
+    worker: AtomicUsize,
     /// The link carrying it and its router, once it is up (for receiver
     /// threads of other links that cover it).
     route: std::sync::OnceLock<(Weak<Peer>, Arc<dyn Link>)>,
@@ -1484,6 +1487,7 @@ impl Fwd {
             local_fault: AtomicBool::new(false),
             covered: AtomicBool::new(false),
             pinned: AtomicBool::new(false),
+            worker: AtomicUsize::new(usize::MAX),
             route: std::sync::OnceLock::new(),
             lay: SharedLayout(lay),
             _live: live,

@@ -57,6 +57,8 @@ pub struct Pool {
 }
 
 struct Worker {
+    /// Its number (diagnostics).
+    id: usize,
     /// Connections handed to this worker, not picked up yet.
     inbox: Mutex<Vec<Pump>>,
     /// Connections it serves or will (for choosing a worker).
@@ -87,6 +89,11 @@ impl Pool {
         self.workers.lock().unwrap().len()
     }
 
+    /// Connections each worker serves (diagnostics).
+    pub fn loads(&self) -> Vec<usize> {
+        self.workers.lock().unwrap().iter().map(|w| w.load.load(Ordering::Relaxed)).collect()
+    }
+
     /// Hands a connection to a worker: the least loaded one with room,
     /// or a new one while there are fewer than `base` (or none has room).
     pub fn add(&self, p: Pump) -> std::io::Result<()> {
@@ -96,6 +103,7 @@ impl Pool {
             Some(w) if w.load.load(Ordering::Relaxed) == 0 || ws.len() >= self.base => w.clone(),
             _ => {
                 let w = Arc::new(Worker {
+                    id: ws.len(),
                     inbox: Mutex::default(),
                     load: AtomicUsize::new(0),
                     bell: AtomicU32::new(0),
@@ -199,6 +207,9 @@ fn run(w: &Arc<Worker>) {
             let now = Instant::now();
             // New connections first in the queue: their set-up (an
             // incoming one's ACCEPT) does not wait behind data.
+            for p in &new {
+                p.f.worker.store(w.id, Ordering::Relaxed);
+            }
             slots.splice(0..0, new.into_iter().map(|p| Slot { p, doze: Doze::Awake { last: now } }));
             took = false;
             shed(w, &mut slots);
