@@ -3034,6 +3034,15 @@ mod tests {
             .collect();
         let want = N.div_ceil(pumps::PER_WORKER);
         assert_eq!((two.pump_threads(0), two.pump_threads(1)), (want, want), "pump workers for {N} connections");
+        // Each worker has about as many connections on each data stream
+        // (its turns give a stream to one of them at a time).
+        for i in 0..2 {
+            let per = two._routers[i].remote.as_ref().unwrap().pumps.on_streams(2);
+            eprintln!("router {i}: connections per worker and data stream: {per:?}");
+            for (w, n) in per.iter().enumerate() {
+                assert!(n[0].abs_diff(n[1]) <= 2, "router {i}, worker {w}: {n:?} connections on data streams 0 and 1");
+            }
+        }
         let mut buf = vec![0u8; 4096];
         for round in 0..2 {
             for (i, (_, b)) in pairs.iter_mut().enumerate() {
