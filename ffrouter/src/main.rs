@@ -84,7 +84,8 @@ struct ServeArgs {
     /// (default: --listen-addr, which then must not be 0.0.0.0 or ::).
     #[arg(long, value_name = "IP:PORT", requires = "listen_addr")]
     advertise_addr: Option<String>,
-    /// TCP streams per pair of routers (each connection uses one).
+    /// Data streams per pair of routers (each connection uses one); every
+    /// link also has one more, for connection set-up.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     peer_streams: u16,
     /// A file holding a secret (at least 16 bytes) every router of the
@@ -202,7 +203,8 @@ fn raise_nofile() -> (u64, u64) {
 fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
     let (before, nofile) = raise_nofile();
     let nofile = nofile as usize;
-    let streams = a.peer_streams as usize;
+    // The data streams and the set-up stream of each link.
+    let streams = a.peer_streams as usize + 1;
     let links = if a.listen_addr.is_some() { ffrouter::remote::MAX_LINKS.min(nofile / 4 / streams).max(1) } else { 0 };
     let own = 128 + links * streams + if links > 0 { ffrouter::remote::MAX_HANDSHAKES } else { 0 };
     let maps = proc_number("/proc/sys/vm/max_map_count", 65530) as usize;

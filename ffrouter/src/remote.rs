@@ -57,6 +57,19 @@ use crate::wire::{self, Header};
 mod pumps;
 pub use pumps::default_workers;
 
+/// Connection set-up timing (debug log, target `ff_connect`): one line per
+/// step of a connect to another host, named by the connecting router's
+/// connection id, with the monotonic clock in microseconds (the same clock
+/// for every process of a host, so two routers' lines line up).
+fn trace_connect(step: &str, conn: u64) {
+    if log::log_enabled!(target: "ff_connect", log::Level::Debug) {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the timespec on our stack.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        log::debug!(target: "ff_connect", "{step} conn={conn} us={}", t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000);
+    }
+}
+
 /// How long a connect to another host may take before the client is told
 /// (the router answers `NotReady` meanwhile): [`CONNECT_TIMEOUT`] after the
 /// request, or, while the link to that host is being set up and making
@@ -281,7 +294,7 @@ impl Remote {
             pumps: pumps::Pool::new(workers),
         });
         log::info!(
-            "other routers: listening on {} (advertised as {}), {} streams per link, transport {:?}, {}; links with {} only; {} pump workers",
+            "other routers: listening on {} (advertised as {}), {} data streams per link and one for set-up, transport {:?}, {}; links with {} only; {} pump workers",
             listener.local_addr()?,
             r.cfg.advertise,
             r.cfg.streams,
@@ -290,6 +303,30 @@ impl Remote {
             r.cfg.peers,
             r.cfg.workers.max(1),
         );
+        // Fairness diagnostics (debug log, target `ff_fair`): every 500 ms,
+        // the pump workers' loads and each forwarded connection's ring
+        // counters (the client's ring: head, tail; ours: head, tail),
+        // credit left, stream and pump worker.
+        if log::log_enabled!(target: "ff_fair", log::Level::Debug) {
+            let weak = Arc::downgrade(&r);
+            std::thread::Builder::new().name("fair-sample".into()).spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let Some(r) = weak.upgrade() else { return };
+                let fs: Vec<Arc<Fwd>> = r.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).collect();
+                let mut line = String::new();
+                for f in fs {
+                    let (oh, ot, _) = f.lay.0.counters(1 - f.side);
+                    let (ih, it, _) = f.lay.0.counters(f.side);
+                    // Credit left to send with (u64::MAX: its pump holds `out`).
+                    let left = f.out.try_lock().map_or(u64::MAX, |o| f.limit.load(Ordering::Relaxed).saturating_sub(o.charged));
+                    line.push_str(&format!(" {}:{oh}:{ot}:{ih}:{it}:{left}:{}:{}", f.local, f.stream(), f.worker.load(Ordering::Relaxed) as i64));
+                }
+                let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: clock_gettime writes the timespec on our stack.
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+                log::debug!(target: "ff_fair", "us={} ring={} workers={:?}{line}", t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000, r.cfg.ring_size, r.pumps.loads());
+            })?;
+        }
         let weak = Arc::downgrade(&r);
         std::thread::Builder::new().name("peer-accept".into()).spawn(move || {
             for s in listener.incoming() {
@@ -436,6 +473,7 @@ impl Remote {
                 }
                 Setup::Accepted => {
                     let f = pending.remove(&key).unwrap().fwd;
+                    trace_connect("answered", f.local);
                     return Outcome {
                         reply: Reply::Connected { conn: f.local, side: 0, ring_size: f.ring, forwarded: true },
                         fd: Some(f.mem.clone()),
@@ -479,6 +517,7 @@ impl Remote {
                 return err(ErrorCode::Internal, e);
             }
         };
+        trace_connect("request", fwd.local);
         self.pending.lock().unwrap().insert(key, Pending { fwd: fwd.clone(), peer: peer.clone(), since: Instant::now() });
         let body = wire::Connect { tenant: tenant.to_string(), listener, nonce, credit: fwd.ring };
         peer.submit(self, fwd, body, router_id);
@@ -542,7 +581,8 @@ impl Remote {
     /// learn nothing about the port. The router's log says what happened.
     fn dial(self: &Arc<Self>, peer: Arc<Peer>, addr: SocketAddr) {
         let deadline = Instant::now() + DIAL_TIMEOUT;
-        let n = self.cfg.streams;
+        // The data streams, and one for connection set-up (see `ctrl_stream`).
+        let n = self.cfg.streams + 1;
         let up = (|| {
             let link_id: u64 = rand::random();
             let mut socks = Vec::with_capacity(n);
@@ -593,7 +633,7 @@ impl Remote {
             Ok(f) => f,
             Err(e) => return refuse(ErrorCode::Internal, e),
         };
-        f.stream.store(s, Ordering::Relaxed);
+        f.stream.store(data_stream(&**link, h.conn), Ordering::Relaxed);
         f.accepted(h.conn, body.credit);
         if let Err(e) = f.register(&**link) {
             f.peer_gone();
@@ -602,8 +642,41 @@ impl Remote {
         peer.conns.lock().unwrap().insert(id, f.clone());
         let accept = wire::control_frame(wire::ACCEPT, h.conn, &wire::Accept { conn: id, credit: f.ring });
         log::debug!("{}: connection {id} from tenant {} to listener {}", peer.name, body.tenant, body.listener);
-        spawn_pump(peer.clone(), link.clone(), f, Some(accept));
+        // The ACCEPT goes on the connection's data stream, ahead of its
+        // data: from this thread when the stream takes it now (its pump
+        // has not started, so nothing of it can be ahead), else as the
+        // pump's first frame.
+        let fr = Frame { hdr: accept[..wire::HDR_LEN].try_into().unwrap(), ptr: accept[wire::HDR_LEN..].as_ptr(), len: accept.len() - wire::HDR_LEN };
+        trace_connect("accept-queued", h.conn);
+        // SAFETY: the payload lives in `accept` for the call.
+        let first = match unsafe { link.try_send(f.stream(), &[fr]) } {
+            Ok(link::Try::Sent) => {
+                trace_connect("accept-sent", h.conn);
+                peer.flush_later(&**link, f.stream());
+                None
+            }
+            Ok(link::Try::Busy) => Some(accept),
+            Err(e) => {
+                peer.kill(&format!("send failed: {e}"));
+                None
+            }
+        };
+        spawn_pump(peer.clone(), link.clone(), f, first);
     }
+}
+
+/// The stream of a link that carries connection set-up (CONNECT and its
+/// REFUSE): the last one, which no connection's data uses, so a connect
+/// never waits behind data in socket buffers or send queues. (A link of
+/// one stream has no such stream: everything shares it.)
+fn ctrl_stream(link: &dyn Link) -> usize {
+    link.streams() - 1
+}
+
+/// The data stream of connection `conn` (the connecting router's id: both
+/// routers compute the same): all but the set-up stream, in turn.
+fn data_stream(link: &dyn Link, conn: u64) -> usize {
+    (conn % link.streams().saturating_sub(1).max(1) as u64) as usize
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Outcome {
@@ -725,7 +798,7 @@ impl Peer {
         if want != [0; 16] && self.peer_id.get() != Some(&want) {
             return f.refuse(ErrorCode::NotFound, &format!("{}: another router answers there than the handle names (stale or forged handle)", self.name));
         }
-        let s = (f.local as usize) % link.streams();
+        let s = data_stream(&*link, f.local);
         f.stream.store(s, Ordering::Relaxed);
         if let Err(e) = f.register(&*link) {
             return f.refuse(ErrorCode::Internal, &format!("cannot register memory: {e}"));
@@ -736,7 +809,30 @@ impl Peer {
             self.conns.lock().unwrap().remove(&f.local);
             return f.refuse(ErrorCode::Unreachable, &format!("{} is down", self.name));
         }
-        self.control(s, wire::control_frame(wire::CONNECT, f.local, &body));
+        // On the set-up stream, never behind data; from this thread when
+        // the stream takes it now (it nearly always does), else queued for
+        // the control thread.
+        trace_connect("connect-queued", f.local);
+        self.send_or_queue(&*link, ctrl_stream(&*link), wire::control_frame(wire::CONNECT, f.local, &body));
+    }
+
+    /// Sends a control frame on stream `s` now if the link takes it
+    /// without waiting, else queues it for the control thread.
+    fn send_or_queue(&self, link: &dyn Link, s: usize, frame: Vec<u8>) {
+        let fr = Frame { hdr: frame[..wire::HDR_LEN].try_into().unwrap(), ptr: frame[wire::HDR_LEN..].as_ptr(), len: frame.len() - wire::HDR_LEN };
+        // SAFETY: the payload lives in `frame` for the call.
+        match unsafe { link.try_send(s, &[fr]) } {
+            Ok(link::Try::Sent) => {
+                if let Ok(h) = Header::decode(&fr.hdr) {
+                    if h.ty == wire::CONNECT {
+                        trace_connect("connect-sent", h.conn);
+                    }
+                }
+                self.flush_later(link, s);
+            }
+            Ok(link::Try::Busy) => self.control(s, frame),
+            Err(e) => self.kill(&format!("send failed: {e}")),
+        }
     }
 
     /// Queues a control frame for the control thread.
@@ -794,15 +890,27 @@ impl Peer {
                 q.drain(..).collect()
             };
             next_look = Instant::now() + PING_EVERY;
-            for s in 0..link.streams() {
-                if let Err(e) = link.flush(s) {
-                    return self.kill(&format!("send failed: {e}"));
-                }
-            }
+            // Frames on the set-up stream first: nothing there waits for a
+            // data stream's room.
+            let c = ctrl_stream(&**link);
+            let (mut items, rest): (Vec<_>, Vec<_>) = items.into_iter().partition(|(s, _)| *s == c);
+            items.extend(rest);
             for (s, f) in items {
                 let fr = Frame { hdr: f[..wire::HDR_LEN].try_into().unwrap(), ptr: f[wire::HDR_LEN..].as_ptr(), len: f.len() - wire::HDR_LEN };
+                let h = Header::decode(&fr.hdr).ok().filter(|h| h.ty == wire::CONNECT);
+                if let Some(h) = h {
+                    trace_connect("connect-dequeued", h.conn);
+                }
                 // SAFETY: the payload lives in `f` for the call.
                 if let Err(e) = unsafe { link.send(s, &[fr]) } {
+                    return self.kill(&format!("send failed: {e}"));
+                }
+                if let Some(h) = h {
+                    trace_connect("connect-sent", h.conn);
+                }
+            }
+            for s in 0..link.streams() {
+                if let Err(e) = link.flush(s) {
                     return self.kill(&format!("send failed: {e}"));
                 }
             }
@@ -924,10 +1032,12 @@ impl Peer {
                 unsafe { link.recv_payload(s, body.as_mut_ptr(), body.len()) }.map_err(|e| e.to_string())?;
                 match ty {
                     wire::CONNECT => {
+                        trace_connect("connect-received", h.conn);
                         let c: wire::Connect = wire::decode_body(&body)?;
                         remote.on_connect(self, link, s, h, c);
                     }
                     wire::ACCEPT => {
+                        trace_connect("accept-received", h.conn);
                         let a: wire::Accept = wire::decode_body(&body)?;
                         if !wire::valid_credit(a.credit) {
                             return Err(format!("bad ring size {} in ACCEPT", a.credit));
@@ -1282,6 +1392,8 @@ pub struct Fwd {
     covered: AtomicBool,
     /// Its file is registered with a NIC that pins pages: never trimmed.
     pinned: AtomicBool,
+    /// The pump worker serving it (diagnostics).
+    worker: AtomicUsize,
     /// The link carrying it and its router, once it is up (for receiver
     /// threads of other links that cover it).
     route: std::sync::OnceLock<(Weak<Peer>, Arc<dyn Link>)>,
@@ -1375,6 +1487,7 @@ impl Fwd {
             local_fault: AtomicBool::new(false),
             covered: AtomicBool::new(false),
             pinned: AtomicBool::new(false),
+            worker: AtomicUsize::new(usize::MAX),
             route: std::sync::OnceLock::new(),
             lay: SharedLayout(lay),
             _live: live,
@@ -1572,10 +1685,24 @@ enum Mode {
     Try,
 }
 
+/// How much one [`Fwd::forward`] call may hand to the link.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Quantum {
+    /// Everything credit allows (a connection alone on its worker, or
+    /// forwarded by a receiver thread).
+    All,
+    /// About one gather ([`gather`]): a turn among other busy connections
+    /// of a pump worker, so that every connection gets the same share of
+    /// the worker and of the link, whoever comes first in a turn.
+    Turn,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Moved {
     Nothing,
     Some,
+    /// Try mode: sent some, then the link could not take more now.
+    Partly,
     /// Try mode: the link could not take more now; the pump must go on.
     Blocked,
 }
@@ -1610,14 +1737,23 @@ impl Fwd {
         }
     }
 
-    /// Forwards what the client wrote, as far as credit allows.
-    fn forward(&self, out: &mut Out, link: &dyn Link, mode: Mode) -> Result<Moved, Stop> {
+    /// Forwards what the client wrote, as far as credit allows, and
+    /// returns once it handed `quantum` bytes or more to the link (a pump
+    /// worker's turn among other busy connections: [`Quantum`]).
+    fn forward(&self, out: &mut Out, link: &dyn Link, mode: Mode, quantum: Quantum) -> Result<Moved, Stop> {
         if self.unpost_asked() {
             self.inb.lock().unwrap().unpost(self.client_side(), self.router_side());
         }
+        let quantum = match quantum {
+            Quantum::Turn => gather(),
+            Quantum::All => usize::MAX,
+        };
+        // Bytes handed to the link by this call.
+        let mut handed = out.pending_bytes;
         if !self.flush(out, link, mode)? {
             return Ok(Moved::Blocked);
         }
+        let blocked = |handed: usize| if handed > 0 { Moved::Partly } else { Moved::Blocked };
         let peer_ring = self.peer_ring.load(Ordering::Relaxed);
         let (wmax, fmax) = (wire::whole_max(peer_ring), wire::frame_max(peer_ring));
         let peer_conn = self.peer_conn.load(Ordering::Relaxed);
@@ -1651,8 +1787,15 @@ impl Fwd {
                 }
                 out.queue(hdr, src, flen, c);
                 moved = Moved::Some;
-                if out.full() && !self.flush(out, link, mode)? {
-                    return Ok(Moved::Blocked);
+                if out.full() {
+                    let n = out.pending_bytes;
+                    if !self.flush(out, link, mode)? {
+                        return Ok(blocked(handed));
+                    }
+                    handed += n;
+                    if handed >= quantum {
+                        return Ok(Moved::Some);
+                    }
                 }
                 continue;
             }
@@ -1695,12 +1838,19 @@ impl Fwd {
                 out.rx.consume(rec.len);
                 out.rec_off = 0;
             }
-            if out.full() && !self.flush(out, link, mode)? {
-                return Ok(Moved::Blocked);
+            if out.full() {
+                let n = out.pending_bytes;
+                if !self.flush(out, link, mode)? {
+                    return Ok(blocked(handed));
+                }
+                handed += n;
+                if handed >= quantum {
+                    return Ok(Moved::Some);
+                }
             }
         }
         if !self.flush(out, link, mode)? {
-            return Ok(Moved::Blocked);
+            return Ok(blocked(handed));
         }
         Ok(moved)
     }
@@ -1910,15 +2060,18 @@ impl Pump {
     /// One look at the connection: returns credit that is due, forwards
     /// what the client wrote, says goodbye once the client closed and all
     /// is sent. In `Mode::Try` it never waits on the link (nor on a
-    /// receiver thread that forwards for it meanwhile).
-    fn step(&mut self, mode: Mode) -> Result<Step, Stop> {
+    /// receiver thread that forwards for it meanwhile). Hands the link
+    /// about `quantum` of the client's bytes at most.
+    fn step(&mut self, mode: Mode, quantum: Quantum) -> Result<Step, Stop> {
         let f = &*self.f;
         let link = &*self.link;
         if let Some(fr) = &self.first {
             let frame = Frame { hdr: fr[..wire::HDR_LEN].try_into().unwrap(), ptr: fr[wire::HDR_LEN..].as_ptr(), len: fr.len() - wire::HDR_LEN };
+            trace_connect("accept-try", f.peer_conn.load(Ordering::Relaxed));
             if !f.send(link, &[frame], mode)? {
                 return Ok(Step::Blocked);
             }
+            trace_connect("accept-sent", f.peer_conn.load(Ordering::Relaxed));
             self.first = None;
         }
         if f.peer_closed.load(Ordering::Acquire) && !self.peer.dead.load(Ordering::Acquire) {
@@ -1954,13 +2107,13 @@ impl Pump {
         // keeps the connection awake).
         let Ok(mut out) = f.out.try_lock() else { return Ok(if progress { Step::Moved } else { Step::Idle }) };
         progress |= f.settle(&mut out, link, Duration::ZERO)?;
-        let moved = f.forward(&mut out, link, mode)?;
+        let moved = f.forward(&mut out, link, mode, quantum)?;
         let drained = !out.rx.has_data() && out.pending.is_empty();
         let unread = !out.unread.is_empty();
         drop(out);
         match moved {
             Moved::Blocked => return Ok(Step::Blocked),
-            Moved::Some => return Ok(Step::Moved),
+            Moved::Some | Moved::Partly => return Ok(Step::Moved),
             Moved::Nothing if progress => return Ok(Step::Moved),
             Moved::Nothing => {}
         }
@@ -2069,13 +2222,13 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
                     }
                 }
             }
-            match f.forward(&mut out, link, Mode::Try) {
+            match f.forward(&mut out, link, Mode::Try, Quantum::All) {
                 Ok(Moved::Some) => {
                     c.last = now;
                     true
                 }
                 Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
-                Ok(Moved::Blocked) => false,
+                Ok(Moved::Blocked | Moved::Partly) => false,
                 Err(Stop::Link(e)) => {
                     c.peer.kill(&e);
                     false
@@ -2765,6 +2918,86 @@ mod tests {
         });
     }
 
+    /// Issue 17: connects are set up while the link's one data stream is
+    /// flooded by connections streaming both ways (their bytes checked):
+    /// every connect completes and carries a message each way. Connection
+    /// set-up has a stream of its own, and an ACCEPT goes ahead of the
+    /// data it can; the flood connections share one pump worker, taking
+    /// turns a gather at a time.
+    fn connects_complete_while_the_data_stream_is_flooded(t: Transport) {
+        let two = Two::with_workers(t, 256 << 10, 1, 1);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        // Two flood connections each way: the CONNECTs' way (router 1 to
+        // router 0) and the ACCEPTs' way. (sender, receiver) per connection.
+        let mut flood: Vec<(Conn, Conn)> = (0..4)
+            .map(|k| {
+                let b = connect(&c1, &l.handle());
+                let a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+                if k % 2 == 0 { (b, a) } else { (a, b) }
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        let size = |i: usize| (64 << 10) + (i * 7919) % 4096;
+        std::thread::scope(|sc| {
+            let mut flows = Vec::new();
+            for (k, (tx, rx)) in flood.iter_mut().enumerate() {
+                let stop = &stop;
+                let sent = sc.spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        tx.send(&pattern(size(i), i + k * 100_000), 1, T).unwrap_or_else(|e| panic!("flood {k}: send {i}: {e}"));
+                        i += 1;
+                    }
+                    tx.send(&[], 1, T).unwrap();
+                    i
+                });
+                let got = sc.spawn(move || {
+                    let mut buf = vec![0u8; 128 << 10];
+                    let mut i = 0;
+                    loop {
+                        let n = rx.recv(&mut buf, 1, T).unwrap_or_else(|e| panic!("flood {k}: receive {i}: {e}"));
+                        if n == 0 {
+                            return i;
+                        }
+                        assert!(buf[..n] == pattern(size(i), i + k * 100_000)[..], "flood {k}: message {i} differs");
+                        i += 1;
+                    }
+                });
+                flows.push((sent, got));
+            }
+            // The flood is under way on every connection.
+            std::thread::sleep(Duration::from_millis(300));
+            for j in 0..20 {
+                let mut b = connect(&c1, &l.handle());
+                let mut a = l.accept_timeout(Duration::from_secs(20)).unwrap();
+                let mut buf = vec![0u8; 4096];
+                b.send(&pattern(100 + j, j), 7, T).unwrap();
+                let n = a.recv(&mut buf, 7, T).unwrap();
+                assert!(buf[..n] == pattern(100 + j, j)[..], "connect {j}: request");
+                a.send(&pattern(200 + j, j + 1), 8, T).unwrap();
+                let n = b.recv(&mut buf, 8, T).unwrap();
+                assert!(buf[..n] == pattern(200 + j, j + 1)[..], "connect {j}: answer");
+            }
+            stop.store(true, Ordering::Release);
+            for (k, (sent, got)) in flows.into_iter().enumerate() {
+                let (sent, got) = (sent.join().unwrap(), got.join().unwrap());
+                assert!(sent > 0, "flood {k} moved nothing");
+                assert_eq!(sent, got, "flood {k}: messages lost");
+            }
+        });
+    }
+
+    #[test]
+    fn connects_complete_while_the_data_stream_is_flooded_over_tcp() {
+        connects_complete_while_the_data_stream_is_flooded(Transport::Tcp);
+    }
+
+    #[test]
+    fn connects_complete_while_the_data_stream_is_flooded_over_fake_rdma() {
+        connects_complete_while_the_data_stream_is_flooded(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 });
+    }
+
     #[test]
     fn a_slow_receiver_does_not_stall_other_connections_on_the_link() {
         // One stream, two connections: the first's receiver never reads
@@ -2816,6 +3049,15 @@ mod tests {
             .collect();
         let want = N.div_ceil(pumps::PER_WORKER);
         assert_eq!((two.pump_threads(0), two.pump_threads(1)), (want, want), "pump workers for {N} connections");
+        // Each worker has about as many connections on each data stream
+        // (its turns give a stream to one of them at a time).
+        for i in 0..2 {
+            let per = two._routers[i].remote.as_ref().unwrap().pumps.on_streams(2);
+            eprintln!("router {i}: connections per worker and data stream: {per:?}");
+            for (w, n) in per.iter().enumerate() {
+                assert!(n[0].abs_diff(n[1]) <= 2, "router {i}, worker {w}: {n:?} connections on data streams 0 and 1");
+            }
+        }
         let mut buf = vec![0u8; 4096];
         for round in 0..2 {
             for (i, (_, b)) in pairs.iter_mut().enumerate() {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use ffcore::futex::{self, Woken, WAITV_MAX};
 
-use super::{nap, spin, Mode, Pump, Step, Stop};
+use super::{nap, spin, Mode, Pump, Quantum, Step, Stop};
 
 /// Most connections one worker serves: one `futex_waitv` call covers their
 /// wake words and the worker's bell.
@@ -57,10 +57,14 @@ pub struct Pool {
 }
 
 struct Worker {
+    /// Its number (diagnostics).
+    id: usize,
     /// Connections handed to this worker, not picked up yet.
     inbox: Mutex<Vec<Pump>>,
     /// Connections it serves or will (for choosing a worker).
     load: AtomicUsize,
+    /// Of those, how many use each link stream number (see `Pool::add`).
+    on_stream: [AtomicUsize; STREAM_COUNTS],
     /// Bumped, and woken, when the inbox gets a connection or the pool goes.
     bell: AtomicU32,
     /// The pool is gone: the worker ends once its connections have.
@@ -70,7 +74,15 @@ struct Worker {
     shed: Mutex<Option<(usize, Arc<Worker>)>>,
 }
 
+/// Stream numbers counted apart per worker (a link has at most 65).
+const STREAM_COUNTS: usize = 66;
+
 impl Worker {
+    /// Connections on stream `s` (of any link) that it serves or will.
+    fn on(&self, s: usize) -> &AtomicUsize {
+        &self.on_stream[s.min(STREAM_COUNTS - 1)]
+    }
+
     fn ring(&self) {
         self.bell.fetch_add(1, Ordering::SeqCst);
         futex::wake_all(&self.bell);
@@ -87,17 +99,42 @@ impl Pool {
         self.workers.lock().unwrap().len()
     }
 
-    /// Hands a connection to a worker: the least loaded one with room,
+    /// Connections each worker serves (diagnostics).
+    pub fn loads(&self) -> Vec<usize> {
+        self.workers.lock().unwrap().iter().map(|w| w.load.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Per worker, its connections on each of the first `n` stream
+    /// numbers.
+    pub fn on_streams(&self, n: usize) -> Vec<Vec<usize>> {
+        self.workers.lock().unwrap().iter().map(|w| (0..n).map(|s| w.on(s).load(Ordering::Relaxed)).collect()).collect()
+    }
+
+    /// Hands a connection to a worker: of those with room, the one with
+    /// the fewest connections on its link stream, then the least loaded;
     /// or a new one while there are fewer than `base` (or none has room).
+    /// Each worker's turns give each stream to one of its connections on
+    /// it at a time, so a worker with few connections on a stream would
+    /// give each of them a bigger share of that stream: stream numbers are
+    /// spread evenly over the workers. (Connection ids alternate between
+    /// two workers and streams are `id % streams`, so by load alone one
+    /// worker had 7 of its 102 connections on two of the four streams,
+    /// and those 7 moved ten times as much as the others.)
     pub fn add(&self, p: Pump) -> std::io::Result<()> {
+        let st = p.f.stream();
         let mut ws = self.workers.lock().unwrap();
-        let best = ws.iter().filter(|w| w.load.load(Ordering::Relaxed) < PER_WORKER).min_by_key(|w| w.load.load(Ordering::Relaxed));
+        let best = ws
+            .iter()
+            .filter(|w| w.load.load(Ordering::Relaxed) < PER_WORKER)
+            .min_by_key(|w| (w.on(st).load(Ordering::Relaxed), w.load.load(Ordering::Relaxed)));
         let w = match best {
             Some(w) if w.load.load(Ordering::Relaxed) == 0 || ws.len() >= self.base => w.clone(),
             _ => {
                 let w = Arc::new(Worker {
+                    id: ws.len(),
                     inbox: Mutex::default(),
                     load: AtomicUsize::new(0),
+                    on_stream: std::array::from_fn(|_| AtomicUsize::new(0)),
                     bell: AtomicU32::new(0),
                     closed: AtomicBool::new(false),
                     shed: Mutex::default(),
@@ -128,6 +165,7 @@ impl Pool {
             }
         };
         w.load.fetch_add(1, Ordering::Relaxed);
+        w.on(st).fetch_add(1, Ordering::Relaxed);
         w.inbox.lock().unwrap().push(p);
         w.ring();
         Ok(())
@@ -199,6 +237,9 @@ fn run(w: &Arc<Worker>) {
             let now = Instant::now();
             // New connections first in the queue: their set-up (an
             // incoming one's ACCEPT) does not wait behind data.
+            for p in &new {
+                p.f.worker.store(w.id, Ordering::Relaxed);
+            }
             slots.splice(0..0, new.into_iter().map(|p| Slot { p, doze: Doze::Awake { last: now } }));
             took = false;
             shed(w, &mut slots);
@@ -222,13 +263,14 @@ fn run(w: &Arc<Worker>) {
         // A turn: every connection awake, once, in the order of a queue:
         // whoever moved goes to the back, so that those the link had no
         // room for get it first next turn.
-        let mode = if awake <= 1 { Mode::Block } else { Mode::Try };
+        let (mode, quantum) = if awake <= 1 { (Mode::Block, Quantum::All) } else { (Mode::Try, Quantum::Turn) };
         let (mut moved, mut spinning) = (false, false);
         blocked.clear();
         let mut front = std::mem::take(&mut spare);
         for mut s in slots.drain(..) {
-            match turn(&mut s, mode, now) {
+            match turn(&mut s, mode, quantum, now) {
                 Turn::Gone(res) => {
+                    w.on(s.p.f.stream()).fetch_sub(1, Ordering::Relaxed);
                     s.p.finish(res);
                     w.load.fetch_sub(1, Ordering::Relaxed);
                     continue;
@@ -266,9 +308,19 @@ fn run(w: &Arc<Worker>) {
             if flushed {
                 continue;
             }
-            if let Turn::Gone(res) = turn(&mut slots[k], Mode::Block, Instant::now()) {
-                slots.remove(k).p.finish(res);
-                w.load.fetch_sub(1, Ordering::Relaxed);
+            match turn(&mut slots[k], Mode::Block, Quantum::Turn, Instant::now()) {
+                Turn::Gone(res) => {
+                    let s = slots.remove(k);
+                    w.on(s.p.f.stream()).fetch_sub(1, Ordering::Relaxed);
+                    s.p.finish(res);
+                    w.load.fetch_sub(1, Ordering::Relaxed);
+                }
+                Turn::Moved => {
+                    // It had its turn: to the back of the queue.
+                    let s = slots.remove(k);
+                    slots.push(s);
+                }
+                _ => {}
             }
             continue;
         }
@@ -326,22 +378,26 @@ fn shed(w: &Worker, slots: &mut Vec<Slot>) {
         w.load.fetch_add(n - k, Ordering::Relaxed);
         to.load.fetch_sub(n - k, Ordering::Relaxed);
     }
-    let moving: Vec<Pump> = slots
-        .drain(slots.len() - k..)
-        .map(|s| {
-            s.withdraw();
-            s.p
-        })
-        .collect();
+    // From the streams it has most connections on (see `Pool::add`).
+    let mut moving: Vec<Pump> = Vec::with_capacity(k);
+    for _ in 0..k {
+        let Some(i) = (0..slots.len()).max_by_key(|&i| (w.on(slots[i].p.f.stream()).load(Ordering::Relaxed), i)) else { break };
+        let s = slots.remove(i);
+        s.withdraw();
+        let st = s.p.f.stream();
+        w.on(st).fetch_sub(1, Ordering::Relaxed);
+        to.on(st).fetch_add(1, Ordering::Relaxed);
+        moving.push(s.p);
+    }
     to.inbox.lock().unwrap().extend(moving);
     to.ring();
 }
 
 /// One connection's turn: a step, then to sleep if it has been idle long
 /// enough (or a receiver thread covers it).
-fn turn(s: &mut Slot, mode: Mode, now: Instant) -> Turn {
+fn turn(s: &mut Slot, mode: Mode, quantum: Quantum, now: Instant) -> Turn {
     let Doze::Awake { last } = s.doze else { return Turn::Keep };
-    let res = s.p.step(mode);
+    let res = s.p.step(mode, quantum);
     if mode == Mode::Try {
         s.p.kick_flush();
     }
