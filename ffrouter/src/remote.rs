@@ -1737,6 +1737,21 @@ impl Fwd {
         }
     }
 
+    /// Once a gather is full, hands it to the link; `Some` when the turn
+    /// ends there: the link had no room (`Partly` if this turn handed it
+    /// something before, else `Blocked`), or the turn's `quantum` is spent.
+    fn hand_full(&self, out: &mut Out, link: &dyn Link, mode: Mode, handed: &mut usize, quantum: usize) -> Result<Option<Moved>, Stop> {
+        if !out.full() {
+            return Ok(None);
+        }
+        let n = out.pending_bytes;
+        if !self.flush(out, link, mode)? {
+            return Ok(Some(if *handed > 0 { Moved::Partly } else { Moved::Blocked }));
+        }
+        *handed += n;
+        Ok((*handed >= quantum).then_some(Moved::Some))
+    }
+
     /// Forwards what the client wrote, as far as credit allows, and
     /// returns once it handed `quantum` bytes or more to the link (a pump
     /// worker's turn among other busy connections: [`Quantum`]).
@@ -1753,7 +1768,6 @@ impl Fwd {
         if !self.flush(out, link, mode)? {
             return Ok(Moved::Blocked);
         }
-        let blocked = |handed: usize| if handed > 0 { Moved::Partly } else { Moved::Blocked };
         let peer_ring = self.peer_ring.load(Ordering::Relaxed);
         let (wmax, fmax) = (wire::whole_max(peer_ring), wire::frame_max(peer_ring));
         let peer_conn = self.peer_conn.load(Ordering::Relaxed);
@@ -1787,15 +1801,8 @@ impl Fwd {
                 }
                 out.queue(hdr, src, flen, c);
                 moved = Moved::Some;
-                if out.full() {
-                    let n = out.pending_bytes;
-                    if !self.flush(out, link, mode)? {
-                        return Ok(blocked(handed));
-                    }
-                    handed += n;
-                    if handed >= quantum {
-                        return Ok(Moved::Some);
-                    }
+                if let Some(end) = self.hand_full(out, link, mode, &mut handed, quantum)? {
+                    return Ok(end);
                 }
                 continue;
             }
@@ -1838,19 +1845,12 @@ impl Fwd {
                 out.rx.consume(rec.len);
                 out.rec_off = 0;
             }
-            if out.full() {
-                let n = out.pending_bytes;
-                if !self.flush(out, link, mode)? {
-                    return Ok(blocked(handed));
-                }
-                handed += n;
-                if handed >= quantum {
-                    return Ok(Moved::Some);
-                }
+            if let Some(end) = self.hand_full(out, link, mode, &mut handed, quantum)? {
+                return Ok(end);
             }
         }
         if !self.flush(out, link, mode)? {
-            return Ok(blocked(handed));
+            return Ok(if handed > 0 { Moved::Partly } else { Moved::Blocked });
         }
         Ok(moved)
     }

@@ -105,7 +105,8 @@ impl Pool {
     }
 
     /// Per worker, its connections on each of the first `n` stream
-    /// numbers.
+    /// numbers (tests).
+    #[cfg(test)]
     pub fn on_streams(&self, n: usize) -> Vec<Vec<usize>> {
         self.workers.lock().unwrap().iter().map(|w| (0..n).map(|s| w.on(s).load(Ordering::Relaxed)).collect()).collect()
     }
