@@ -395,40 +395,13 @@ fn ucx_verbs_tests(run: Run) {
 /// lanes between the ranks are rc_verbs on ff0. `launch_netns`: where
 /// mpirun runs.
 fn ffmpi_over_rc_verbs(names: &[String; 2], rsh_dir: &Path, launch_netns: Option<&str>) {
-    let exe = rsh_dir.join("ffmpi");
-    let st = Command::new("mpicc").args(["-O2", "-o"]).arg(&exe).arg(root().join("ucx-transport/tests/mpi/ffmpi.c")).status().expect("mpicc");
-    assert!(st.success(), "compiling ffmpi");
-    let hosts = rsh_dir.join("hosts");
-    std::fs::write(&hosts, format!("{} slots=1\n{} slots=1\n", names[0], names[1])).unwrap();
-    let mut cmd = match launch_netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "mpirun"]);
-            c
-        }
-        None => Command::new("mpirun"),
-    };
-    cmd.args(["--allow-run-as-root", "-np", "2", "--hostfile"]).arg(&hosts).arg("--mca").arg("plm_rsh_agent").arg(root().join("tools/ffrsh"));
-    cmd.args(["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any", "--mca", "btl", "self", "--mca", "osc", "^ucx"]);
-    cmd.args(["--mca", "oob_tcp_if_include", "10.0.0.0/8", "--bind-to", "none"]);
-    for x in ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_LOG_LEVEL=info"] {
-        cmd.args(["-x", x]);
-    }
-    cmd.arg("-x").arg(format!("LD_LIBRARY_PATH={}", lib_dir()));
-    cmd.arg(root().join("tools/ffuverbs")).arg(&exe);
-    cmd.env("FFRSH_DIR", rsh_dir).current_dir(rsh_dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (ok, so, se) = finish(cmd.spawn().expect("mpirun"), Duration::from_secs(240));
-    assert!(ok, "Open MPI over rc_verbs:\n{so}\n{se}");
-    for (rank, n) in names.iter().enumerate() {
-        let line = format!("FFMPI OK rank {rank}/2 host {n} ");
-        assert!(so.contains(&line), "missing {line:?}:\n{so}\n{se}");
-    }
-    assert!(so.contains("max 67108864"), "sizes up to 64 MiB: {so}");
-    let log = format!("{so}\n{se}");
-    let lanes: Vec<&str> = log.lines().filter(|l| l.contains("ep_cfg[")).collect();
-    let remote: Vec<&&str> = lanes.iter().filter(|l| !l.contains("self/")).collect();
-    assert!(remote.len() >= 2 && remote.iter().all(|l| l.contains("tag(rc_verbs/ff0:1)")), "lanes: {lanes:?}");
-    eprintln!("Open MPI over rc_verbs: {}", so.lines().filter(|l| l.starts_with("FFMPI OK")).collect::<Vec<_>>().join(" | "));
+    let exe = fftestkit::mpi::build_ffmpi(rsh_dir);
+    let mca = ["--mca", "btl", "self", "--mca", "osc", "^ucx", "--mca", "oob_tcp_if_include", "10.0.0.0/8"];
+    let env = ["UCX_TLS=rc_v,self".to_string(), "UCX_NET_DEVICES=ff0:1".into(), "UCX_LOG_LEVEL=info".into(), format!("LD_LIBRARY_PATH={}", lib_dir())];
+    let program = [root().join("tools/ffuverbs"), exe];
+    let log = fftestkit::mpi::run_ffmpi(rsh_dir, names, launch_netns, &mca, &env, &program, Duration::from_secs(240));
+    fftestkit::mpi::assert_remote_lanes(&log, "tag(rc_verbs/ff0:1)");
+    eprintln!("Open MPI over rc_verbs: {}", log.lines().filter(|l| l.starts_with("FFMPI OK")).collect::<Vec<_>>().join(" | "));
 }
 
 fn have_ucx_and_mpi() -> bool {

@@ -7,6 +7,7 @@
 //! executable's target directory (`target/<profile>/`).
 
 pub mod hosts;
+pub mod mpi;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
