@@ -572,7 +572,7 @@ fn perftest_and_ffvcheck_across_hosts() {
     h.start_router(0, &["a"], &[]);
     h.start_router(1, &["a"], &[]);
     let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir()), ("FFVERBS_LOG".to_string(), std::env::var("FFVERBS_LOG").unwrap_or("warn".into()))];
-    for t in ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_send_bw", "ib_write_bw", "ib_read_bw"] {
+    for t in PERFTEST {
         let mut server = h.container_env(0, "a", &with_ip(&[t, "-d", "ff0", "-n", "200"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
         let ip = server.read_line_with("IP ");
         let client = h.container_env(1, "a", &[t, "-d", "ff0", "-n", "200", &ip], env());
