@@ -55,9 +55,9 @@
 # CI on a clean clone of 2e85dd3 (138 s, load 20-30), 22:02 on ae67a10
 # (60 s), 22:15 in CI on a clean clone of 604dea3 (70 s), 22:25 with the
 # NCCL step (76 s), 22:28 with the UCX step and a new image (97 s); after
-# that, clean-clone CI runs every session. Dec 3: 01:43 and 02:11 with
-# shadow regions READ in place (90 s, 112 s in CI on de49101), 02:25 in
-# CI on bb54984 (82 s).
+# that, clean-clone CI runs every session. Dec 3, with shadow regions
+# READ in place: 00:46 (91 s), 01:45 (90 s), 02:11 in CI on de49101
+# (112 s), 02:25 in CI on bb54984 (82 s).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
