@@ -63,11 +63,17 @@ pub use pumps::default_workers;
 /// for every process of a host, so two routers' lines line up).
 fn trace_connect(step: &str, conn: u64) {
     if log::log_enabled!(target: "ff_connect", log::Level::Debug) {
-        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes the timespec on our stack.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-        log::debug!(target: "ff_connect", "{step} conn={conn} us={}", t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000);
+        log::debug!(target: "ff_connect", "{step} conn={conn} us={}", monotonic_us());
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds (diagnostics that line up the logs of
+/// a host's processes).
+fn monotonic_us() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec on our stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
 }
 
 /// How long a connect to another host may take before the client is told
@@ -321,10 +327,7 @@ impl Remote {
                     let left = f.out.try_lock().map_or(u64::MAX, |o| f.limit.load(Ordering::Relaxed).saturating_sub(o.charged));
                     line.push_str(&format!(" {}:{oh}:{ot}:{ih}:{it}:{left}:{}:{}", f.local, f.stream(), f.worker.load(Ordering::Relaxed) as i64));
                 }
-                let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-                // SAFETY: clock_gettime writes the timespec on our stack.
-                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-                log::debug!(target: "ff_fair", "us={} ring={} workers={:?}{line}", t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000, r.cfg.ring_size, r.pumps.loads());
+                log::debug!(target: "ff_fair", "us={} ring={} workers={:?}{line}", monotonic_us(), r.cfg.ring_size, r.pumps.loads());
             })?;
         }
         let weak = Arc::downgrade(&r);
@@ -646,21 +649,8 @@ impl Remote {
         // data: from this thread when the stream takes it now (its pump
         // has not started, so nothing of it can be ahead), else as the
         // pump's first frame.
-        let fr = Frame { hdr: accept[..wire::HDR_LEN].try_into().unwrap(), ptr: accept[wire::HDR_LEN..].as_ptr(), len: accept.len() - wire::HDR_LEN };
         trace_connect("accept-queued", h.conn);
-        // SAFETY: the payload lives in `accept` for the call.
-        let first = match unsafe { link.try_send(f.stream(), &[fr]) } {
-            Ok(link::Try::Sent) => {
-                trace_connect("accept-sent", h.conn);
-                peer.flush_later(&**link, f.stream());
-                None
-            }
-            Ok(link::Try::Busy) => Some(accept),
-            Err(e) => {
-                peer.kill(&format!("send failed: {e}"));
-                None
-            }
-        };
+        let first = (!peer.send_now(&**link, f.stream(), &accept)).then_some(accept);
         spawn_pump(peer.clone(), link.clone(), f, first);
     }
 }
@@ -819,19 +809,32 @@ impl Peer {
     /// Sends a control frame on stream `s` now if the link takes it
     /// without waiting, else queues it for the control thread.
     fn send_or_queue(&self, link: &dyn Link, s: usize, frame: Vec<u8>) {
-        let fr = Frame { hdr: frame[..wire::HDR_LEN].try_into().unwrap(), ptr: frame[wire::HDR_LEN..].as_ptr(), len: frame.len() - wire::HDR_LEN };
+        if !self.send_now(link, s, &frame) {
+            self.control(s, frame);
+        }
+    }
+
+    /// Sends a control frame on stream `s` if the link takes it without
+    /// waiting: false when it would have had to wait (nothing was sent);
+    /// true when it went, or the link failed (and is killed).
+    fn send_now(&self, link: &dyn Link, s: usize, frame: &[u8]) -> bool {
+        let fr = Frame::of(frame);
         // SAFETY: the payload lives in `frame` for the call.
         match unsafe { link.try_send(s, &[fr]) } {
             Ok(link::Try::Sent) => {
-                if let Ok(h) = Header::decode(&fr.hdr) {
-                    if h.ty == wire::CONNECT {
-                        trace_connect("connect-sent", h.conn);
-                    }
+                match Header::decode(&fr.hdr) {
+                    Ok(h) if h.ty == wire::CONNECT => trace_connect("connect-sent", h.conn),
+                    Ok(h) if h.ty == wire::ACCEPT => trace_connect("accept-sent", h.conn),
+                    _ => {}
                 }
                 self.flush_later(link, s);
+                true
             }
-            Ok(link::Try::Busy) => self.control(s, frame),
-            Err(e) => self.kill(&format!("send failed: {e}")),
+            Ok(link::Try::Busy) => false,
+            Err(e) => {
+                self.kill(&format!("send failed: {e}"));
+                true
+            }
         }
     }
 
@@ -896,7 +899,7 @@ impl Peer {
             let (mut items, rest): (Vec<_>, Vec<_>) = items.into_iter().partition(|(s, _)| *s == c);
             items.extend(rest);
             for (s, f) in items {
-                let fr = Frame { hdr: f[..wire::HDR_LEN].try_into().unwrap(), ptr: f[wire::HDR_LEN..].as_ptr(), len: f.len() - wire::HDR_LEN };
+                let fr = Frame::of(&f);
                 let h = Header::decode(&fr.hdr).ok().filter(|h| h.ty == wire::CONNECT);
                 if let Some(h) = h {
                     trace_connect("connect-dequeued", h.conn);
@@ -2066,7 +2069,7 @@ impl Pump {
         let f = &*self.f;
         let link = &*self.link;
         if let Some(fr) = &self.first {
-            let frame = Frame { hdr: fr[..wire::HDR_LEN].try_into().unwrap(), ptr: fr[wire::HDR_LEN..].as_ptr(), len: fr.len() - wire::HDR_LEN };
+            let frame = Frame::of(fr);
             trace_connect("accept-try", f.peer_conn.load(Ordering::Relaxed));
             if !f.send(link, &[frame], mode)? {
                 return Ok(Step::Blocked);

@@ -12,15 +12,14 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fftestkit::{bin_dir, root, Container, Pod, RouterProc, Spec};
+use fftestkit::{bin_dir, fresh_dir, root, Container, Pod, RouterProc, Spec};
 
 /// A directory holding `libibverbs.so.1` -> our cdylib, and ffvcheck
 /// (outside the routers' directories, which containers do not see).
 fn work() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ffverbs-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("ffverbs-test");
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         // `cargo test` refreshes target/<profile>/deps/ only, `cargo build`
         // also target/<profile>/: take the newer.
@@ -404,6 +403,21 @@ fn ffmpi_over_rc_verbs(names: &[String; 2], rsh_dir: &Path, launch_netns: Option
     eprintln!("Open MPI over rc_verbs: {}", log.lines().filter(|l| l.starts_with("FFMPI OK")).collect::<Vec<_>>().join(" | "));
 }
 
+/// A client container of tenant b (side 1) that got the address of tenant
+/// a's server (side 0, over ucx_perftest's socket) cannot reach it: the
+/// router refuses its datagram link to the server's listener (and the
+/// server's back), so no wire-up datagram arrives either way and UCX's UD
+/// endpoints time out on both sides.
+fn other_tenant_times_out(run: Run) {
+    let env = ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_UD_VERBS_TIMEOUT=3s"];
+    let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(run, &env, &["-t", "tag_lat", "-s", "8", "-n", "100"]);
+    assert!(!cok && !sok, "a client of another tenant got through:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
+    for log in [format!("{cout}{cerr}"), format!("{sout}{serr}")] {
+        assert!(log.contains("UD endpoint") && log.contains("timeout"), "expected UCX's UD endpoint timeout: {log}");
+        assert!(!log.contains("Final:"), "{log}");
+    }
+}
+
 fn have_ucx_and_mpi() -> bool {
     if !have("ucx_perftest") || !have("unshare") || !have("ss") || !have("mpicc") || !have("mpirun") {
         eprintln!("skipped: ucx_perftest, unshare, ss, mpicc or mpirun missing (scripts/deps.sh installs ucx-utils, openmpi-bin, libopenmpi-dev)");
@@ -426,23 +440,12 @@ fn ucx_verbs_between_containers() {
     let (da, db) = (r.tenant_dir("a"), r.tenant_dir("b"));
     ucx_verbs_tests(&|_, argv| container(&da, argv));
 
-    // Tenant b's client gets tenant a's server's address (over
-    // ucx_perftest's socket): the router refuses its datagram link to the
-    // server's listener (and the server's back), so no wire-up datagram
-    // arrives either way and UCX's UD endpoints time out on both sides.
-    let env = ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_UD_VERBS_TIMEOUT=3s"];
-    let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(&|side, argv| container(if side == 0 { &da } else { &db }, argv), &env, &["-t", "tag_lat", "-s", "8", "-n", "100"]);
-    assert!(!cok && !sok, "a client of another tenant got through:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
-    for log in [format!("{cout}{cerr}"), format!("{sout}{serr}")] {
-        assert!(log.contains("UD endpoint") && log.contains("timeout"), "expected UCX's UD endpoint timeout: {log}");
-        assert!(!log.contains("Final:"), "{log}");
-    }
+    // Tenant b's client cannot reach tenant a's server.
+    other_tenant_times_out(&|side, argv| container(if side == 0 { &da } else { &db }, argv));
     let rlog = r.log();
     assert!(rlog.contains("of tenant b tried to connect to tenant a's listener"), "the router did not refuse tenant b: {rlog}");
 
-    let rsh = std::env::temp_dir().join(format!("ffverbs-mpi-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&rsh);
-    std::fs::create_dir_all(&rsh).unwrap();
+    let rsh = fresh_dir("ffverbs-mpi");
     let tag = std::process::id() % 10000;
     let names = [format!("ffvu{tag}a"), format!("ffvu{tag}b")];
     let subnet = 10 + tag % 200;
@@ -468,20 +471,11 @@ fn ucx_verbs_across_hosts() {
 
     // Tenant b's client on host 1, tenant a's server on host 0: refused
     // as on one host.
-    let env_b = ["UCX_TLS=rc_v,self", "UCX_NET_DEVICES=ff0:1", "UCX_UD_VERBS_TIMEOUT=3s"];
-    let run = |side: usize, argv: &[String]| h.container_env(side, if side == 0 { "a" } else { "b" }, &argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
-    let [(cok, cout, cerr), (sok, sout, serr)] = ucx_pair(&run, &env_b, &["-t", "tag_lat", "-s", "8", "-n", "100"]);
-    assert!(!cok && !sok, "a client of another tenant got through:\nclient: {cout}{cerr}\nserver: {sout}{serr}");
-    for log in [format!("{cout}{cerr}"), format!("{sout}{serr}")] {
-        assert!(log.contains("UD endpoint") && log.contains("timeout"), "expected UCX's UD endpoint timeout: {log}");
-        assert!(!log.contains("Final:"), "{log}");
-    }
+    other_tenant_times_out(&|side, argv| h.container_env(side, if side == 0 { "a" } else { "b" }, &argv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), env()));
     let rlog = h.router_log(0);
     assert!(rlog.contains("a remote client of tenant b tried to connect to tenant a's listener"), "host 0's router did not refuse tenant b: {rlog}");
 
-    let rsh = std::env::temp_dir().join(format!("ffverbs-mpih-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&rsh);
-    std::fs::create_dir_all(&rsh).unwrap();
+    let rsh = fresh_dir("ffverbs-mpih");
     let tag = std::process::id() % 10000;
     let names = [format!("ffvh{tag}a"), format!("ffvh{tag}b")];
     let pods: Vec<Pod> =

@@ -48,6 +48,15 @@ pub fn unique() -> u32 {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
+/// An empty directory `NAME-PID` in the temporary directory (what was
+/// there from an earlier run of this process id is removed).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// A test's extra router flags, and the log level (FF_TEST_ROUTER_LOG,
 /// default warn) unless they set one.
 pub fn router_flags(extra: &[&str]) -> Vec<String> {

@@ -55,6 +55,14 @@ impl Frame {
     pub fn bare(hdr: [u8; HDR_LEN]) -> Frame {
         Frame { hdr, ptr: std::ptr::null(), len: 0 }
     }
+
+    /// A whole frame in `bytes` (a header and its payload, as
+    /// `wire::control_frame` makes them); the payload is borrowed, so
+    /// `bytes` must outlive the send.
+    pub fn of(bytes: &[u8]) -> Frame {
+        let (hdr, payload) = bytes.split_at(HDR_LEN);
+        Frame { hdr: hdr.try_into().unwrap(), ptr: payload.as_ptr(), len: payload.len() }
+    }
 }
 
 /// What [`Link::try_send`] did.

@@ -83,6 +83,13 @@ impl Worker {
         &self.on_stream[s.min(STREAM_COUNTS - 1)]
     }
 
+    /// Lets a connection whose forwarding ended go, and stops counting it.
+    fn retire(&self, p: Pump, res: Result<(), Stop>) {
+        self.on(p.f.stream()).fetch_sub(1, Ordering::Relaxed);
+        p.finish(res);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+    }
+
     fn ring(&self) {
         self.bell.fetch_add(1, Ordering::SeqCst);
         futex::wake_all(&self.bell);
@@ -271,9 +278,7 @@ fn run(w: &Arc<Worker>) {
         for mut s in slots.drain(..) {
             match turn(&mut s, mode, quantum, now) {
                 Turn::Gone(res) => {
-                    w.on(s.p.f.stream()).fetch_sub(1, Ordering::Relaxed);
-                    s.p.finish(res);
-                    w.load.fetch_sub(1, Ordering::Relaxed);
+                    w.retire(s.p, res);
                     continue;
                 }
                 Turn::Moved => {
@@ -310,12 +315,7 @@ fn run(w: &Arc<Worker>) {
                 continue;
             }
             match turn(&mut slots[k], Mode::Block, Quantum::Turn, Instant::now()) {
-                Turn::Gone(res) => {
-                    let s = slots.remove(k);
-                    w.on(s.p.f.stream()).fetch_sub(1, Ordering::Relaxed);
-                    s.p.finish(res);
-                    w.load.fetch_sub(1, Ordering::Relaxed);
-                }
+                Turn::Gone(res) => w.retire(slots.remove(k).p, res),
                 Turn::Moved => {
                     // It had its turn: to the back of the queue.
                     let s = slots.remove(k);

@@ -16,9 +16,7 @@ pub fn lib() -> PathBuf {
 
 /// A fresh work directory holding ffmpi, compiled with mpicc.
 pub fn build_ffmpi(name: &str) -> PathBuf {
-    let work = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = fftestkit::fresh_dir(name);
     mpi::build_ffmpi(&work);
     work
 }
