@@ -56,21 +56,49 @@ gid_index() {
 }
 
 # perftest/ibv pair: NAME, then the command (the connector adds the server's
-# address).
+# address). A side that fails fails the run.
 verbs_pair() {
-    name=$1
-    shift
+    verbs_run fail "$@"
+}
+
+# verbs_try NAME COMMAND...: the same, but perftest under TCG sometimes
+# gives up on its own clock calibration ("Can't produce a report"): in the
+# bench that is a missing sample (SKIP, and an empty output), not a failure.
+verbs_try() {
+    verbs_run skip "$@"
+}
+
+verbs_run() {
+    how=$1
+    name=$2
+    shift 2
     if [ $role = serve ]; then
-        "$@" > /tmp/$name.out 2>&1 &
+        timeout 300 "$@" > /tmp/$name.out 2>&1 &
         pid=$!
         sleep 2
         touch $Y/$name.ready
-        wait $pid || { cat /tmp/$name.out; fail "$name (server side)"; }
+        wait $pid || gave_up $how "$name (server side)" $name
     else
         waitfor $Y/$name.ready
-        timeout 300 "$@" $server > /tmp/$name.out 2>&1 || { cat /tmp/$name.out; fail "$name"; }
-        cat /tmp/$name.out
+        timeout 300 "$@" $server > /tmp/$name.out 2>&1 || gave_up $how "$name" $name
+        [ $how = fail ] && cat /tmp/$name.out
     fi
+    return 0
+}
+
+# gave_up fail|skip WHAT NAME: a side of a verbs pair failed.
+gave_up() {
+    if [ $1 = fail ]; then
+        cat /tmp/$3.out
+        fail "$2"
+    fi
+    if [ $role = serve ]; then
+        echo "SKIP $2: $(tail -2 /tmp/$3.out | tr '\n' ' ')"
+    else
+        cat /tmp/$3.out
+        echo "SKIP $2"
+    fi
+    : > /tmp/$3.out
 }
 
 # A verbs program over ff0 (ffverbs, the router on /tmp/ff.sock) instead of
@@ -207,23 +235,6 @@ else
     router router-tcp /tmp/fft.sock 7071 tcp
     rounds=$(cat $S/rounds 2>/dev/null || echo 1)
     bench() { [ $role = connect ] && echo "BENCH round=$round $*"; return 0; }
-    # perftest under TCG sometimes gives up on its own clock calibration
-    # ("Can't produce a report"): in the bench that is a missing sample.
-    verbs_try() {
-        name=$1
-        shift
-        if [ $role = serve ]; then
-            timeout 300 "$@" > /tmp/$name.out 2>&1 &
-            pid=$!
-            sleep 2
-            touch $Y/$name.ready
-            wait $pid || { echo "SKIP $name (server side): $(tail -2 /tmp/$name.out | tr '\n' ' ')"; : > /tmp/$name.out; }
-        else
-            waitfor $Y/$name.ready
-            timeout 300 "$@" $server > /tmp/$name.out 2>&1 || { cat /tmp/$name.out; echo "SKIP $name"; : > /tmp/$name.out; }
-        fi
-        return 0
-    }
     pick() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" /tmp/$2.out | tail -1; }
     # perftest's table row: the line that starts with the size.
     bw_of() { awk -v s="$1" '$1 == s { print $4 }' /tmp/$2.out | tail -1; }
