@@ -21,3 +21,28 @@ verbs_setup() {
     mkdir -p "$vb/lib" "$vb/rt/t"
     ln -s "$tgt/libffverbs.so" "$vb/lib/libibverbs.so.1"
 }
+
+# verbs_one_host: starts one router with tenant t (socket vb/rt/t/ffrouter.sock,
+# log vb/router.log), waits for its socket, and sets the EXIT trap that
+# stops it and removes vb.
+verbs_one_host() {
+    "$tgt/ffrouter" --tenant "t=$vb/rt/t/ffrouter.sock" --log-level warn 2>"$vb/router.log" &
+    router=$!
+    cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$vb"; }
+    trap cleanup EXIT
+    for _ in $(seq 100); do [[ -S $vb/rt/t/ffrouter.sock ]] && break; sleep 0.1; done
+}
+
+# verbs_two_hosts: two emulated hosts and their routers (bench/twohosts.sh:
+# sets ns0 ns1 work), the EXIT trap that takes them down, and the
+# ffcontainer arguments for a server container on host 0 (srv_args) and a
+# client container on host 1 (cli_args); names is the containers' prefix.
+verbs_two_hosts() {
+    . "$here/twohosts.sh"
+    cleanup() { twohosts_down; rm -rf "$vb"; }
+    trap cleanup EXIT
+    twohosts_up "$tgt" 0
+    srv_args=(--bridge ffbr --host-netns "$ns0" --socket-dir "$work/h0/bench")
+    cli_args=(--bridge ffbr --host-netns "$ns1" --socket-dir "$work/h1/bench")
+    names=$twohosts_prefix
+}

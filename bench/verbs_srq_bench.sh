@@ -37,11 +37,7 @@ out=${out:-$top/bench/results/verbs-srq-$(date +%F)}
 mkdir -p "$out"
 . "$here/verbs_common.sh"
 verbs_setup verbs_srq_bench ucx_perftest
-"$tgt/ffrouter" --tenant "t=$vb/rt/t/ffrouter.sock" --log-level warn 2>"$vb/router.log" &
-router=$!
-cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$vb"; }
-trap cleanup EXIT
-sleep 0.5
+verbs_one_host
 port=$((20000 + RANDOM % 20000))
 
 listening() { # port

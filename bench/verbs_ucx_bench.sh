@@ -46,21 +46,11 @@ mkdir -p "$out"
 . "$here/verbs_common.sh"
 verbs_setup verbs_ucx_bench ucx_perftest
 if [[ $hosts == 1 ]]; then
-    . "$here/twohosts.sh"
-    cleanup() { twohosts_down; rm -rf "$vb"; }
-    trap cleanup EXIT
-    twohosts_up "$tgt" 0
+    verbs_two_hosts
     srv_net=10.71.0 cli_net=10.72.0
-    srv_args=(--bridge ffbr --host-netns "$ns0" --socket-dir "$work/h0/bench")
-    cli_args=(--bridge ffbr --host-netns "$ns1" --socket-dir "$work/h1/bench")
-    names=$twohosts_prefix
     tla=(rc_verbs tcp)
 else
-    "$tgt/ffrouter" --tenant "t=$vb/rt/t/ffrouter.sock" --log-level warn 2>"$vb/router.log" &
-    router=$!
-    cleanup() { kill "$router" 2>/dev/null || true; wait "$router" 2>/dev/null || true; rm -rf "$vb"; }
-    trap cleanup EXIT
-    for _ in $(seq 100); do [[ -S $vb/rt/t/ffrouter.sock ]] && break; sleep 0.1; done
+    verbs_one_host
     srv_net=10.77.0 cli_net=10.77.0
     srv_args=(--socket-dir "$vb/rt/t")
     cli_args=(--socket-dir "$vb/rt/t")

@@ -250,12 +250,21 @@ else
             step "round $round: bench $size: ib_write_bw over ff0 (ffverbs, routers over RDMA)"
             verbs_try fwbw${size}r$round $FFV ib_write_bw -d ff0 -s $size -n $n
             bench "tool=ff0_ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size fwbw${size}r$round)"
-            step "round $round: bench $size: ff stream over RDMA"
-            ff_pair ffr${size}r$round /tmp/ff.sock stream --size $size --iters $n --window 8
-            bench "tool=ff_rdma_stream size=$size iters=$n mb_per_s=$(pick mb_per_s ffr${size}r$round)"
-            step "round $round: bench $size: ff stream over TCP"
-            ff_pair fft${size}r$round /tmp/fft.sock stream --size $size --iters $n --window 8
-            bench "tool=ff_tcp_stream size=$size iters=$n mb_per_s=$(pick mb_per_s fft${size}r$round)"
+            # As many messages in flight as perftest keeps: its tx depth
+            # (128), at most its iterations.
+            w=$(( n < 128 ? n : 128 ))
+            step "round $round: bench $size: ff stream over RDMA, window $w"
+            ff_pair ffr${size}r$round /tmp/ff.sock stream --size $size --iters $n --window $w
+            bench "tool=ff_rdma_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s ffr${size}r$round)"
+            if [ $w != 8 ]; then
+                # NCCL keeps 8 requests in flight per connection.
+                step "round $round: bench $size: ff stream over RDMA, window 8"
+                ff_pair ffr8w${size}r$round /tmp/ff.sock stream --size $size --iters $n --window 8
+                bench "tool=ff_rdma_stream_w8 size=$size iters=$n window=8 mb_per_s=$(pick mb_per_s ffr8w${size}r$round)"
+            fi
+            step "round $round: bench $size: ff stream over TCP, window $w"
+            ff_pair fft${size}r$round /tmp/fft.sock stream --size $size --iters $n --window $w
+            bench "tool=ff_tcp_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s fft${size}r$round)"
         done
         step "round $round: bench 8 B latency: ib_write_lat"
         verbs_try wlatr$round ib_write_lat -d rxe0 -x "$g" -s 8 -n 200

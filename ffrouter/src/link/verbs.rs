@@ -195,8 +195,10 @@ struct FakeQp {
     recv_cq: VecDeque<(Instant, Wc)>,
     send_depth: u32,
     recv_depth: u32,
-    /// Posted, uncompleted sends (for queue depth).
-    outstanding: u32,
+    /// When each posted send the NIC may still be working on is done
+    /// (the queue's depth counts them), and the most there ever were.
+    in_flight: VecDeque<Instant>,
+    peak: usize,
 }
 
 pub const STATUS_REMOTE_ACCESS: u32 = 10;
@@ -249,6 +251,12 @@ impl Fabric {
     /// Live registrations (to check that everything is deregistered).
     pub fn registered(&self) -> usize {
         self.inner.0.lock().unwrap().mrs.len()
+    }
+
+    /// The most sends (WRITEs, READs, immediates) any queue pair of `nic`
+    /// had in flight at once.
+    pub fn send_peak(&self, nic: &FakeVerbs) -> usize {
+        self.inner.0.lock().unwrap().qps.values().filter(|q| q.nic == nic.nic).map(|q| q.peak).max().unwrap_or(0)
     }
 
     /// The last READs done on the fabric, oldest first: (remote source,
@@ -361,7 +369,8 @@ impl Verbs for FakeVerbs {
                     recv_cq: VecDeque::new(),
                     send_depth,
                     recv_depth,
-                    outstanding: 0,
+                    in_flight: VecDeque::new(),
+                    peak: 0,
                 },
             );
             Ok(id)
@@ -406,7 +415,9 @@ impl Verbs for FakeVerbs {
             if q.state != QpState::Rts {
                 return Err(einval(&format!("post_send on a queue pair in state {:?}", q.state)));
             }
-            if q.outstanding >= q.send_depth {
+            let now = Instant::now();
+            q.in_flight.retain(|&due| due > now);
+            if q.in_flight.len() >= q.send_depth as usize {
                 return Err(io::Error::new(io::ErrorKind::OutOfMemory, "send queue full"));
             }
             let remote = q.remote.unwrap();
@@ -465,6 +476,8 @@ impl Verbs for FakeVerbs {
                 }
             }
             let q = st.qp(qp)?;
+            q.in_flight.push_back(due);
+            q.peak = q.peak.max(q.in_flight.len());
             if wr.signaled {
                 let kind = if wr.op == Op::Read { WcKind::Read } else { WcKind::Write };
                 q.send_cq.push_back((due, Wc { wr_id: wr.wr_id, kind, status: 0 }));
