@@ -31,6 +31,12 @@
 //! copy on either host. The reader then answers with an ACK immediate so
 //! the sender may release the ring bytes.
 //!
+//! Many WRITEs in flight: the staging buffer is a ring of batches, each as
+//! long as its records, so a sender posts the next batch without waiting
+//! for the NIC to have sent the ones before (up to [`STAGED_MAX`]), however
+//! small they are: a pump that hands the link one big message per turn
+//! sends one 64-byte record per batch.
+//!
 //! Many READs in flight: a sender does not wait for the acks of one batch
 //! before the next ([`Link::send_unacked`] returns a ticket, the number of
 //! its last remote payload; the forwarding engine gives ring bytes back to
