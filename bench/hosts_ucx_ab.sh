@@ -39,6 +39,7 @@ mkdir -p "$out"
 csv="$out/results.csv"
 echo "suite,transport,test,size_bytes,value,unit" > "$csv"
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 cg=""
 . "$here/twohosts.sh"
 cleanup() {
@@ -84,7 +85,8 @@ done
 {
     echo "# UCX over ff between two emulated hosts, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
-    echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load average at the start: $load0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'); both emulated hosts share the machine's cores"
     echo "- links $([ $insecure = 1 ] && echo 'in clear (--insecure-no-peer-secret)' || echo 'sealed (peer secret)')"
     echo "- command: bench/hosts_ucx_ab.sh --rounds $rounds$([ $insecure = 1 ] && echo ' --insecure') --tests \"$tests\" ${variants[*]}"
     echo
