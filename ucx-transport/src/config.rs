@@ -30,6 +30,7 @@ pub struct IfaceConfig {
     pub bandwidth: f64,
     pub overhead: f64,
     pub connect_timeout: f64,
+    pub bulk_nap: f64,
 }
 
 const fn parser(
@@ -145,7 +146,7 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 7] = [
     END,
 ];
 
-pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 10] = [
+pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 11] = [
     field(c"", c"", c"", offset_of!(IfaceConfig, super_), table(std::ptr::addr_of!(uct_iface_config_table) as *const _)),
     field(
         c"SEG_SIZE",
@@ -177,6 +178,13 @@ pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 10] = [
         c"10s",
         c"How long endpoint creation retries a router that is not ready before it fails.",
         offset_of!(IfaceConfig, connect_timeout),
+        TIME,
+    ),
+    field(
+        c"BULK_NAP",
+        c"50us",
+        c"While a PUT or GET of at least 256 KiB to or from another host is under way\nand progress finds nothing to move (the ring from the router empty, or the\nring to it full), sleep this long instead of polling, so that the routers'\nthreads get the core (the router keeps filling or draining the ring\nmeanwhile). 0: always poll.",
+        offset_of!(IfaceConfig, bulk_nap),
         TIME,
     ),
     END,

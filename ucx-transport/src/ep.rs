@@ -56,6 +56,8 @@ pub struct Ep {
     fence_at: u64,
     /// PUT data sends still in the ring.
     sends: VecDeque<Req>,
+    /// Outstanding ops that move bulk data ([`iface::BULK_MIN`]).
+    bulk_ops: usize,
     /// GET data being received for the oldest op.
     get_rx: Option<Req>,
     /// Flush completions: each waits for the ops issued before it.
@@ -74,6 +76,8 @@ struct Op {
     seq: u64,
     comp: *mut uct_completion_t,
     kind: OpKind,
+    /// Streams at least [`iface::BULK_MIN`] bytes (counted in `bulk_ops`).
+    bulk: bool,
 }
 
 /// What an outstanding op waits for, and where its answer goes.
@@ -92,6 +96,10 @@ enum OpKind {
 impl Ep {
     pub fn has_outstanding(&self) -> bool {
         !self.ops.is_empty() || !self.sends.is_empty()
+    }
+    /// Is a bulk PUT or GET under way (see [`iface::BULK_MIN`])?
+    pub fn bulk(&self) -> bool {
+        self.bulk_ops > 0
     }
     pub fn needs_progress(&self) -> bool {
         !self.pending.is_empty() || !self.ops.is_empty() || !self.sends.is_empty() || !self.flushes.is_empty()
@@ -338,6 +346,7 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         next_seq: 1,
         fence_at: 0,
         sends: VecDeque::new(),
+        bulk_ops: 0,
         get_rx: None,
         flushes: VecDeque::new(),
         broken: None,
@@ -546,7 +555,9 @@ unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64,
     }
     (*ep).next_seq += 1;
     let kind = if get { OpKind::Get { buf: local, len } } else { OpKind::Put };
-    (*ep).ops.push_back(Op { seq, comp, kind });
+    let bulk = len >= iface::BULK_MIN;
+    (*ep).bulk_ops += bulk as usize;
+    (*ep).ops.push_back(Op { seq, comp, kind, bulk });
     UCS_INPROGRESS
 }
 
@@ -567,7 +578,7 @@ unsafe fn put_inline(ep: *mut Ep, k: &PackedRkey, addr: u64, max: usize, fill: i
         Err(e) => return Err(break_ep(ep, &e)),
     }
     (*ep).next_seq += 1;
-    (*ep).ops.push_back(Op { seq, comp: std::ptr::null_mut(), kind: OpKind::Put });
+    (*ep).ops.push_back(Op { seq, comp: std::ptr::null_mut(), kind: OpKind::Put, bulk: false });
     Ok(n)
 }
 
@@ -713,7 +724,7 @@ unsafe extern "C" fn get_bcopy(
         Err(e) => return break_ep(ep, &e),
     }
     (*ep).next_seq += 1;
-    (*ep).ops.push_back(Op { seq, comp, kind: OpKind::GetUnpack { cb, arg, len } });
+    (*ep).ops.push_back(Op { seq, comp, kind: OpKind::GetUnpack { cb, arg, len }, bulk: false });
     UCS_INPROGRESS
 }
 
@@ -749,7 +760,7 @@ unsafe fn amo(ep: *mut Ep, width: Width, op: AtomicOp, value: u64, compare: u64,
         Err(e) => return break_ep(ep, &e),
     }
     (*ep).next_seq += 1;
-    (*ep).ops.push_back(Op { seq, comp, kind: OpKind::Amo { result, width } });
+    (*ep).ops.push_back(Op { seq, comp, kind: OpKind::Amo { result, width }, bulk: false });
     if result.is_null() {
         UCS_OK
     } else {
@@ -883,6 +894,7 @@ unsafe fn complete(comp: *mut uct_completion_t, status: ucs_status_t) {
 /// Returns false if the endpoint was destroyed by a callback.
 unsafe fn finish_op(ep: *mut Ep, status: ucs_status_t) -> bool {
     let Some(op) = (*ep).ops.pop_front() else { return true };
+    (*ep).bulk_ops -= op.bulk as usize;
     complete(op.comp, status);
     if (*ep).destroyed {
         return false;

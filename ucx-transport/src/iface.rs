@@ -48,6 +48,9 @@ pub struct Cfg {
     pub bandwidth: f64,
     pub overhead: f64,
     pub connect_timeout: Duration,
+    /// How long an idle progress call sleeps while a bulk transfer to or
+    /// from another host is under way (`UCX_FF_BULK_NAP`; zero: never).
+    pub bulk_nap: Duration,
     /// Requested AM data alignment (`am_alignment`, 1 = none) and offset.
     pub am_align: usize,
     pub am_align_offset: usize,
@@ -92,10 +95,12 @@ pub struct RxConn {
     pub conn: Conn,
     /// Replies not sent yet (the ring back was full), in order.
     replies: VecDeque<Reply>,
-    /// A PUT's streamed data being received into registered memory.
-    put_rx: Option<(Req, u64)>,
-    /// GET data sends still in the ring (to be completed).
-    sends: VecDeque<Req>,
+    /// A PUT's streamed data being received into registered memory, its
+    /// sequence number, and whether it is bulk ([`BULK_MIN`]).
+    put_rx: Option<(Req, u64, bool)>,
+    /// GET data sends still in the ring (to be completed), and whether
+    /// each is bulk.
+    sends: VecDeque<(Req, bool)>,
     /// Remote-memory requests refused so far (see [`MAX_REFUSED`]).
     refused: u32,
     dead: bool,
@@ -111,6 +116,11 @@ pub struct RxConn {
 /// then fails with a closed connection). UCP never asks for memory it was
 /// not given a key for, so only a broken or probing peer gets here.
 pub const MAX_REFUSED: u32 = 8;
+
+/// A PUT or GET whose data is at least this large is *bulk*: while one is
+/// under way across hosts, an idle progress call naps (see
+/// [`Cfg::bulk_nap`]) instead of polling.
+pub const BULK_MIN: usize = 256 << 10;
 
 /// The private buffer active messages are copied into before UCP sees them
 /// (one per iface, used by one progress call at a time: `in_progress`).
@@ -265,6 +275,7 @@ pub unsafe extern "C" fn iface_open(
         bandwidth: c.bandwidth,
         overhead: c.overhead,
         connect_timeout: Duration::from_secs_f64(c.connect_timeout.clamp(0.0, 3600.0)),
+        bulk_nap: Duration::from_secs_f64(c.bulk_nap.clamp(0.0, 0.01)),
     };
     let listener = match ctx.listen() {
         Ok(l) => l,
@@ -533,11 +544,7 @@ pub unsafe extern "C" fn event_arm(iface: uct_iface_h, _events: c_uint) -> ucs_s
             words.push(w.arm());
         }
     }
-    let reply_room = 2 * (RmaReply::LEN + st.cfg.inline_rma + 128);
-    let busy = st.listener.may_have_pending()
-        || st.rx.iter_mut().any(|rc| rc.conn.has_events() || !rc.replies.is_empty() && rc.conn.tx_free() >= reply_room)
-        || st.eps.iter().any(|&e| (*e).has_events());
-    if busy {
+    if has_work(st) {
         for w in &words {
             w.cancel();
         }
@@ -645,10 +652,14 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     // for this very core: without a yield now and then they would get it
     // only when the scheduler preempts us (milliseconds). Yield every
     // IDLE_YIELD idle calls, and at once when a router thread we wait for
-    // polls from this core.
+    // polls from this core. While a bulk transfer is under way and there
+    // is nothing to move now, nap instead (see `nap_now`).
     if count == 0 && forwarded {
         (*me).st.idle += 1;
-        if (*me).st.idle >= IDLE_YIELD || router_polls_here(me) {
+        if nap_now(me) {
+            (*me).st.idle = 0;
+            std::thread::sleep((*me).st.cfg.bulk_nap);
+        } else if (*me).st.idle >= IDLE_YIELD || router_polls_here(me) {
             (*me).st.idle = 0;
             std::thread::yield_now();
         }
@@ -661,6 +672,37 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         drop(Box::from_raw(e));
     }
     count
+}
+
+/// Should this idle progress call nap? Only with naps configured, while a
+/// bulk PUT or GET (at least [`BULK_MIN`] bytes) is under way on a
+/// connection to another host, and when no connection has anything to do
+/// now (see [`has_work`]): the data of the bulk transfer is then in the
+/// routers' hands (our ring towards the router full, or the ring from it
+/// empty), and polling would only take the core from the routers' threads
+/// that move it. The router goes on filling or draining the 4 MiB rings
+/// while we sleep (a nap of tens of microseconds lets a few hundred KiB
+/// through: it does not stall the router), and the next progress call
+/// moves what piled up in one go; a transfer's completion is seen up to
+/// one nap later.
+unsafe fn nap_now(me: *mut Iface) -> bool {
+    let st = &mut (*me).st;
+    if st.cfg.bulk_nap.is_zero() {
+        return false;
+    }
+    let bulk = st.eps.iter().any(|&e| (*e).conn.forwarded() && (*e).bulk())
+        || st.rx.iter().any(|rc| rc.conn.forwarded() && (rc.put_rx.is_some_and(|p| p.2) || rc.sends.iter().any(|s| s.1)));
+    bulk && !has_work(st)
+}
+
+/// Would a progress call find something to do now: a connection to
+/// accept, input or a closed peer on a connection, room for the replies
+/// or sends that wait for it (what [`event_arm`] checks before sleeping).
+unsafe fn has_work(st: &mut State) -> bool {
+    let reply_room = 2 * (RmaReply::LEN + st.cfg.inline_rma + 128);
+    st.listener.may_have_pending()
+        || st.rx.iter_mut().any(|rc| rc.conn.has_events() || !rc.replies.is_empty() && rc.conn.tx_free() >= reply_room)
+        || st.eps.iter().any(|&e| (*e).has_events())
 }
 
 /// Records the CPU this iface polls from in its forwarded connections;
@@ -686,7 +728,7 @@ unsafe fn router_polls_here(me: *mut Iface) -> bool {
 unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
     let mut count = 0;
     // GET data streaming back: completing the sends frees their slots.
-    while let Some(&r) = (*rc).sends.front() {
+    while let Some(&(r, _)) = (*rc).sends.front() {
         match (*rc).conn.test(r) {
             Ok(None) => break,
             Ok(Some(_)) => {
@@ -701,7 +743,7 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
     send_replies(me, rc);
     let burst = (*me).st.cfg.rx_burst;
     while count < burst {
-        if let Some((req, seq)) = (*rc).put_rx {
+        if let Some((req, seq, _)) = (*rc).put_rx {
             match (*rc).conn.test(req) {
                 Ok(None) => break,
                 Ok(Some(_)) => (*rc).replies.push_back(Reply::PutAck { seq, status: UCS_OK as i32 }),
@@ -773,7 +815,7 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
                 // makes the connection drop the data.
                 let (ptr, cap) = if ok { (addr as *mut u8, len as usize) } else { (std::ptr::NonNull::<u8>::dangling().as_ptr(), 0) };
                 match (*rc).conn.irecv(ptr, cap, proto::tag(proto::PUT_DATA, 0)) {
-                    Ok(r) => (*rc).put_rx = Some((r, seq)),
+                    Ok(r) => (*rc).put_rx = Some((r, seq, len as usize >= BULK_MIN)),
                     Err(e) => {
                         ff_diag!("ff: cannot receive PUT data: {e}");
                         (*rc).dead = true;
@@ -896,7 +938,7 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                     // registered range (the initiator keeps the range's owner
                     // waiting until it has arrived).
                     match (*rc).conn.isend(addr as *const u8, len as usize, proto::tag(proto::GET_DATA, 0)) {
-                        Ok(req) => (*rc).sends.push_back(req),
+                        Ok(req) => (*rc).sends.push_back((req, len as usize >= BULK_MIN)),
                         Err(e) => {
                             ff_diag!("ff: cannot send GET data: {e}");
                             (*rc).dead = true;
