@@ -108,6 +108,12 @@ fn gather() -> usize {
     knob(&K, "FF_ROUTER_GATHER", 512 << 10) as usize
 }
 const GATHER_FRAMES: usize = 256;
+/// What one turn of a busy connection among others hands the link
+/// ([`Quantum::Turn`]): a gather unless set smaller (experiments).
+fn turn_quantum() -> usize {
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    (knob(&K, "FF_ROUTER_TURN", gather() as u64) as usize).clamp(1, gather())
+}
 /// Pump workers re-check their sleeping connections at least this often:
 /// a safety net only (every event for a connection bumps its wake word),
 /// which bounds what a lost wake-up could cost. A pump thread per
@@ -969,19 +975,31 @@ impl Peer {
             return;
         }
         let Some(f) = self.conn(conn) else { return };
-        let siblings: Vec<Arc<Fwd>> = match remote.by_client.lock().unwrap().get(&f.client) {
-            Some(v) => v.iter().filter_map(Weak::upgrade).filter(|g| g.local != conn).collect(),
-            None => Vec::new(),
-        };
-        for g in std::iter::once(f).chain(siblings) {
+        let client = f.client;
+        // Covers `g` if there is room; false once the cover is full.
+        let mut take = |g: Arc<Fwd>| {
             if hot.len() >= MAX_COVERED {
-                break;
+                return false;
             }
-            if hot.iter().any(|c| c.f.local == g.local) {
-                continue;
+            if !hot.iter().any(|c| c.f.local == g.local) {
+                if let Some(c) = Cover::take(g) {
+                    hot.push(c);
+                }
             }
-            if let Some(c) = Cover::take(g) {
-                hot.push(c);
+            hot.len() < MAX_COVERED
+        };
+        if !take(f) {
+            return;
+        }
+        // Its client's other connections, until the cover is full: a
+        // client with hundreds of connections costs a few looks per frame,
+        // not one per connection (issue 17: collecting all 512 siblings
+        // for every frame was 3 % of a receiver's time).
+        if let Some(v) = remote.by_client.lock().unwrap().get(&client) {
+            for g in v.iter().filter_map(Weak::upgrade) {
+                if g.local != conn && !take(g) {
+                    break;
+                }
             }
         }
     }
@@ -1715,7 +1733,8 @@ enum Quantum {
     /// Everything credit allows (a connection alone on its worker, or
     /// forwarded by a receiver thread).
     All,
-    /// About one gather ([`gather`]): a turn among other busy connections
+    /// About one gather ([`gather`]; `FF_ROUTER_TURN` bytes when set
+    /// smaller, experiments): a turn among other busy connections
     /// of a pump worker, so that every connection gets the same share of
     /// the worker and of the link, whoever comes first in a turn.
     Turn,
@@ -1765,7 +1784,9 @@ impl Fwd {
     /// ends there: the link had no room (`Partly` if this turn handed it
     /// something before, else `Blocked`), or the turn's `quantum` is spent.
     fn hand_full(&self, out: &mut Out, link: &dyn Link, mode: Mode, handed: &mut usize, quantum: usize) -> Result<Option<Moved>, Stop> {
-        if !out.full() {
+        // A quantum smaller than a gather ends the turn before it is full.
+        let enough = quantum < gather() && *handed + out.pending_bytes >= quantum;
+        if !out.full() && !enough {
             return Ok(None);
         }
         let n = out.pending_bytes;
@@ -1789,7 +1810,7 @@ impl Fwd {
             }
         }
         let quantum = match quantum {
-            Quantum::Turn => gather(),
+            Quantum::Turn => turn_quantum(),
             Quantum::All => usize::MAX,
         };
         // Bytes handed to the link by this call.
