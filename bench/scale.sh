@@ -3,7 +3,7 @@
 #
 #   bench/scale.sh [--counts "1 16 64 256 512"] [--only across|local]
 #                  [--size BYTES] [--secs S] [--idle S] [--probes K]
-#                  [--cap SECONDS] [--out DIR] [--bin DIR] [--label NAME]
+#                  [--cap SECONDS] [--drivers "0 8"] [--out DIR] [--bin DIR] [--label NAME]
 #
 # Two emulated hosts (bench/twohosts.sh: network namespaces, a router on
 # each, sealed TCP link), both routers started under a 1024 open-file soft
@@ -13,8 +13,13 @@
 # host 0: one router, control path only) - one `ffbench serve scale` and
 # one `ffbench connect scale` with N connections between them:
 #   * connect latency of the N connects, one after the other (p50, p99);
-#   * all N stream --size messages at once, one thread per connection,
-#     every message's header checked by the receiver: aggregate MB/s and
+#   * all N stream --size messages at once, every message's header checked
+#     by the receiver, driven on both sides (--drivers, a list: each N runs
+#     once per entry) by one thread per connection with blocking sends and
+#     receives (0, the default; placement "across"), or by K threads per
+#     side that each progress their share of the connections with
+#     nonblocking requests and sleep on all of them at once when none can
+#     move (K > 0; placement "across/drivers=K"): aggregate MB/s and
 #     Jain's fairness over --secs; meanwhile --probes more connects one at
 #     a time (connect latency under load, p50/p99), and the host's shared
 #     memory committed (Shmem in /proc/meminfo, less what it was before the
@@ -34,7 +39,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-counts="1 16 64 256 512" only="" size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run
+counts="1 16 64 256 512" only="" drivers=0 size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run
 while [ $# -gt 0 ]; do
     case "$1" in
         --counts) counts=$2; shift ;;
@@ -44,10 +49,11 @@ while [ $# -gt 0 ]; do
         --idle) idle=$2; shift ;;
         --probes) probes=$2; shift ;;
         --cap) cap=$2; shift ;;
+        --drivers) drivers=$2; shift ;;
         --out) out=$2; shift ;;
         --bin) bin=$2; shift ;;
         --label) label=$2; shift ;;
-        -h|--help) sed -n 2,33p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,38p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -93,20 +99,21 @@ wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is
     return 1
 }
 
-run_one() { # run_one PLACEMENT N
-    local where=$1 n=$2 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r
+run_one() { # run_one PLACEMENT N DRIVERS
+    local where=$1 n=$2 k=$3 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r
     ch=$([ "$where" = across ] && echo 1 || echo 0)
+    [ "$k" = 0 ] || where="$where/drivers=$k"
     twohosts_routers 0
     p0=$(rpid "$r0"); p1=$(rpid "$r1")
     sleep 0.5
     shm0=$(shmem_kb)
-    srv="$out/$where-$n.server" cli="$out/$where-$n.client"
+    srv="$out/${where//[\/=]/-}-$n.server" cli="$out/${where//[\/=]/-}-$n.client"
     seq_id=$((seq_id + 2))
-    ctr 0 "$seq_id" serve scale --conns "$n" --size "$size" --secs "$secs" > "$srv" 2>&1 &
+    ctr 0 "$seq_id" serve scale --conns "$n" --drivers "$k" --size "$size" --secs "$secs" > "$srv" 2>&1 &
     spid=$!
     wait_line "$srv" '^HANDLE ' 20 "$spid" || { echo "scale: $where N=$n: the server did not start" | tee -a "$log" >&2; kill $spid 2>/dev/null; wait $spid 2>/dev/null; return 0; }
     h=$(sed -n 's/^HANDLE //p' "$srv" | head -1)
-    ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --size "$size" --idle-secs "$idle" --probes "$probes" --handle "$h" > "$cli" 2>&1 &
+    ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --drivers "$k" --size "$size" --idle-secs "$idle" --probes "$probes" --handle "$h" > "$cli" 2>&1 &
     cpid=$!
     if wait_line "$cli" '^PROBED' "$cap" "$cpid"; then
         row "$where" shmem_committed_busy "$n" "$(( $(shmem_kb) - shm0 ))" KiB
@@ -163,8 +170,10 @@ run_one() { # run_one PLACEMENT N
 for where in across local; do
     [ -z "$only" ] || [ "$only" = "$where" ] || continue
     for n in $counts; do
-        echo "== $where N=$n" >&2
-        run_one "$where" "$n"
+        for k in $drivers; do
+            echo "== $where N=$n drivers=$k" >&2
+            run_one "$where" "$n" "$k"
+        done
     done
 done
 
@@ -173,7 +182,8 @@ done
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- ffrouter commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); two emulated hosts (network namespaces, a router each, sealed TCP link), routers started with a 1024 open-file soft limit"
-    echo "- command: bench/scale.sh --counts \"$counts\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}"
+    echo "- clients: $(for k in $drivers; do [ "$k" = 0 ] && printf '%s' 'one thread per connection (placements across, local); ' || printf '%s' "$k driver threads per side, nonblocking requests, one futex_waitv sleep on all their connections (placements */drivers=$k); "; done)"
+    echo "- command: bench/scale.sh --counts \"$counts\" --drivers \"$drivers\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}"
     echo
     /usr/bin/python3 "$here/scale_report.py" "$out/scale.png" "$label=$csv"
     if [ -s "$log" ]; then echo; echo "## What went wrong"; echo; sed 's/^/    /' "$log"; fi

@@ -80,6 +80,12 @@ struct Opts {
     /// Scale mode: connects timed while all connections stream.
     #[arg(long, default_value_t = 20)]
     probes: usize,
+    /// Scale mode: 0 = one thread per connection (blocking sends and
+    /// receives); K > 0 = K driver threads per side, each progressing its
+    /// share of the connections with nonblocking requests and sleeping on
+    /// all of them at once when none can move (ffcore::conn::wait_any).
+    #[arg(long, default_value_t = 0)]
+    drivers: usize,
     /// Distinct buffers per side in stream mode (1, like ucx_perftest).
     #[arg(long, default_value_t = 1)]
     buffers: usize,
@@ -146,11 +152,11 @@ fn run(role: Role) -> ffcore::Result<()> {
             let l = ctx.listen()?;
             println!("HANDLE {}", l.handle().to_hex());
             std::io::stdout().flush()?;
-            return scale::recv(l, o.conns, o.size, o.secs);
+            return scale::recv(l, o.conns, o.size, o.secs, o.drivers);
         }
         Role::Connect(o) if o.mode == Mode::Scale => {
             let h = Handle::from_hex(o.handle.as_deref().unwrap_or(""))?;
-            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes);
+            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes, o.drivers);
         }
         Role::Serve(o) if o.mode == Mode::Soak => {
             let l = ctx.listen()?;

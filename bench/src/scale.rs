@@ -10,12 +10,23 @@
 //! bandwidth and Jain's fairness, and tells every sender to stop. The
 //! connector then says `IDLE` and keeps its connections open, idle, for
 //! --idle-secs (the script measures the routers meanwhile), and exits.
+//!
+//! Two ways to drive the connections while they stream, on both sides:
+//! one thread per connection with blocking sends and receives (the
+//! default), or `--drivers K`: K threads per side, each progressing its
+//! share of the connections (connection i goes to thread i % K, at most
+//! 128 per thread, so more threads start when N > 128 K) with nonblocking
+//! requests, one send (or receive) outstanding per connection, and
+//! sleeping on all of its connections at once ([`ffcore::conn::wait_any`])
+//! when a pass over them moved nothing, as a rank's progress thread or
+//! NCCL's proxy drives many connections from one thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ffcore::{Conn, Context, Handle, Listener};
+use ffcore::futex::WAITV_MAX;
+use ffcore::{Conn, Context, Handle, Listener, Req};
 
 const T: Option<Duration> = Some(Duration::from_secs(120));
 
@@ -55,7 +66,96 @@ fn connect_timed(ctx: &Context, h: &Handle) -> ffcore::Result<(Conn, f64)> {
     }
 }
 
-pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, probes: usize) -> ffcore::Result<()> {
+/// How many driver threads for `conns` connections when `drivers` were
+/// asked for (0: thread per connection): at most [`WAITV_MAX`] each.
+fn driver_threads(conns: usize, drivers: usize) -> usize {
+    if drivers == 0 {
+        0
+    } else {
+        drivers.max(conns.div_ceil(WAITV_MAX)).min(conns.max(1))
+    }
+}
+
+/// Driver threads sleep at most this long (to notice the end of the
+/// measurement, and liveness).
+const DRIVER_NAP: Duration = Duration::from_millis(100);
+
+/// Sleeps on all the connections of `items` (via `conn`) at once.
+fn sleep_on<T>(items: &mut [T], conn: impl Fn(&mut T) -> Option<&mut Conn>) -> ffcore::Result<()> {
+    let mut cs: Vec<&mut Conn> = items.iter_mut().filter_map(conn).collect();
+    if !cs.is_empty() {
+        ffcore::conn::wait_any(&mut cs, DRIVER_NAP)?;
+    }
+    Ok(())
+}
+
+/// A streaming connection on a sender's driver thread: one send
+/// outstanding; stops between messages once the receiver says so.
+struct Sending {
+    c: Conn,
+    i: u64,
+    seq: u64,
+    buf: Vec<u8>,
+    /// The send outstanding.
+    req: Option<Req>,
+    /// The receive of the receiver's word to stop (its buffer is `stop`).
+    halt: Req,
+    _stop: Box<[u8; 16]>,
+    done: bool,
+}
+
+impl Sending {
+    fn new(mut c: Conn, i: u64, size: usize) -> ffcore::Result<Sending> {
+        let mut stop = Box::new([0u8; 16]);
+        // SAFETY: `stop` is on the heap and lives in the same struct as the
+        // connection: the request completes, or the connection (and its
+        // requests) goes first (field order: `c` drops first).
+        let halt = unsafe { c.irecv(stop.as_mut_ptr(), stop.len(), 2)? };
+        Ok(Sending { c, i, seq: 0, buf: vec![0x5au8; size], req: None, halt, _stop: stop, done: false })
+    }
+
+    /// Moves what can move now: true if anything did.
+    fn step(&mut self) -> ffcore::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        if let Some(r) = self.req {
+            if self.c.test(r)?.is_none() {
+                return Ok(false);
+            }
+            self.req = None;
+            self.seq += 1;
+        }
+        if self.c.test(self.halt)?.is_some() {
+            self.done = true;
+            return Ok(true);
+        }
+        header(&mut self.buf, self.i, self.seq);
+        // SAFETY: `buf` (heap) is not touched until the send completes
+        // (tested above), and outlives the connection (field order).
+        self.req = Some(unsafe { self.c.isend(self.buf.as_ptr(), self.buf.len(), 0)? });
+        Ok(true)
+    }
+}
+
+/// A sender's driver thread: streams on all of `cs` until each was told to
+/// stop.
+fn drive_senders(mut cs: Vec<Sending>) -> ffcore::Result<Vec<(u64, Conn)>> {
+    loop {
+        let mut moved = false;
+        for t in cs.iter_mut() {
+            moved |= t.step()?;
+        }
+        if cs.iter().all(|t| t.done) {
+            return Ok(cs.into_iter().map(|t| (t.i, t.c)).collect());
+        }
+        if !moved {
+            sleep_on(&mut cs, |t| (!t.done).then_some(&mut t.c))?;
+        }
+    }
+}
+
+pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, probes: usize, drivers: usize) -> ffcore::Result<()> {
     let size = size.max(16);
     let t0 = Instant::now();
     let mut cs = Vec::with_capacity(conns);
@@ -76,7 +176,24 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
         pct(&mut lat, 0.99),
         pct(&mut lat, 1.0)
     );
-    println!("STREAMING");
+    let k = driver_threads(conns, drivers);
+    println!("STREAMING drivers={k}");
+    if k > 0 {
+        let mut groups: Vec<Vec<Sending>> = (0..k).map(|_| Vec::new()).collect();
+        for (i, c) in cs.into_iter().enumerate() {
+            groups[i % k].push(Sending::new(c, i as u64, size)?);
+        }
+        let threads: Vec<_> = groups.into_iter().map(|g| std::thread::spawn(move || drive_senders(g))).collect();
+        probe(ctx, h, probes)?;
+        let mut cs = Vec::new();
+        for t in threads {
+            cs.extend(t.join().expect("a driver thread panicked")?);
+        }
+        println!("IDLE");
+        std::thread::sleep(Duration::from_secs_f64(idle));
+        drop(cs);
+        return Ok(());
+    }
     let threads: Vec<_> = cs
         .into_iter()
         .enumerate()
@@ -99,7 +216,19 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
             })
         })
         .collect();
-    // Connects while everything streams.
+    probe(ctx, h, probes)?;
+    let mut cs = Vec::new();
+    for t in threads {
+        cs.push(t.join().expect("a sender thread panicked")?);
+    }
+    println!("IDLE");
+    std::thread::sleep(Duration::from_secs_f64(idle));
+    drop(cs);
+    Ok(())
+}
+
+/// Connects while everything streams (connect latency under load).
+fn probe(ctx: &Context, h: &Handle, probes: usize) -> ffcore::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let mut plat = Vec::new();
     for _ in 0..probes {
@@ -114,14 +243,81 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
         pct(&mut plat.clone(), 0.99),
         pct(&mut plat, 1.0)
     );
-    let mut cs = Vec::new();
-    for t in threads {
-        cs.push(t.join().expect("a sender thread panicked")?);
-    }
-    println!("IDLE");
-    std::thread::sleep(Duration::from_secs_f64(idle));
-    drop(cs);
     Ok(())
+}
+
+/// A streaming connection on a receiver's driver thread: one receive
+/// outstanding, every message's header checked.
+struct Receiving {
+    c: Conn,
+    i: usize,
+    seq: u64,
+    buf: Vec<u8>,
+    req: Option<Req>,
+    told: bool,
+    /// The sender closed (or the connection failed): nothing more to do.
+    gone: bool,
+}
+
+impl Receiving {
+    fn step(&mut self, got: &AtomicU64, bad: &AtomicU64, done: &AtomicBool) -> bool {
+        if self.gone {
+            return false;
+        }
+        if !tell(&mut self.c, &mut self.told, done) {
+            self.gone = true;
+            return true;
+        }
+        let r = match self.req {
+            Some(r) => r,
+            // SAFETY: `buf` (heap) is not touched until the receive
+            // completes, and outlives the connection (field order).
+            None => match unsafe { self.c.irecv(self.buf.as_mut_ptr(), self.buf.len(), 0) } {
+                Ok(r) => *self.req.insert(r),
+                Err(_) => {
+                    self.gone = true;
+                    return true;
+                }
+            },
+        };
+        match self.c.test(r) {
+            Ok(None) => false,
+            Ok(Some(n)) => {
+                self.req = None;
+                let b = &self.buf;
+                let (ci, s) = (u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap()));
+                if n != b.len() || ci != self.i as u64 || s != self.seq {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                self.seq += 1;
+                got.fetch_add(n as u64, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                // The sender closed.
+                self.req = None;
+                self.gone = true;
+                true
+            }
+        }
+    }
+}
+
+/// A receiver's driver thread: receives on all of `cs` until their senders
+/// close.
+fn drive_receivers(mut cs: Vec<Receiving>, got: &[AtomicU64], bad: &AtomicU64, done: &AtomicBool) -> ffcore::Result<()> {
+    loop {
+        let mut moved = false;
+        for t in cs.iter_mut() {
+            moved |= t.step(&got[t.i], bad, done);
+        }
+        if cs.iter().all(|t| t.gone) {
+            return Ok(());
+        }
+        if !moved {
+            sleep_on(&mut cs, |t| (!t.gone).then_some(&mut t.c))?;
+        }
+    }
 }
 
 /// Once the measurement is `done`, tells the sender (once) to stop after
@@ -134,7 +330,9 @@ fn tell(c: &mut Conn, told: &mut bool, done: &AtomicBool) -> bool {
     true
 }
 
-pub fn recv(l: Listener, conns: usize, size: usize, secs: f64) -> ffcore::Result<()> {
+pub fn recv(l: Listener, conns: usize, size: usize, secs: f64, drivers: usize) -> ffcore::Result<()> {
+    let k = driver_threads(conns, drivers);
+    let mut groups: Vec<Vec<Receiving>> = (0..k).map(|_| Vec::new()).collect();
     let size = size.max(16);
     let got: Arc<Vec<AtomicU64>> = Arc::new((0..conns).map(|_| AtomicU64::new(0)).collect());
     let bad = Arc::new(AtomicU64::new(0));
@@ -150,6 +348,11 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64) -> ffcore::Result
         let i = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
         if i >= conns {
             return Err(ffcore::Error::InvalidArgument(format!("connection number {i}")));
+        }
+        if k > 0 {
+            groups[i % k].push(Receiving { c, i, seq: 0, buf: vec![0u8; size], req: None, told: false, gone: false });
+            accepted += 1;
+            continue;
         }
         let (got, bad, done) = (got.clone(), bad.clone(), done.clone());
         threads.push(std::thread::spawn(move || {
@@ -184,6 +387,14 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64) -> ffcore::Result
         }));
         accepted += 1;
     }
+    for g in groups {
+        let (got, bad, done) = (got.clone(), bad.clone(), done.clone());
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = drive_receivers(g, &got, &bad, &done) {
+                eprintln!("ffbench: a receiving driver failed: {e}");
+            }
+        }));
+    }
     std::thread::spawn(move || while l.accept_timeout(Duration::from_secs(600)).is_ok() {});
     // Every connection streams: warm up, then measure.
     while got.iter().any(|g| g.load(Ordering::Relaxed) == 0) {
@@ -201,7 +412,7 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64) -> ffcore::Result
     let jain = if sq > 0.0 { sum * sum / (x.len() as f64 * sq) } else { 0.0 };
     let min = x.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
-        "RESULT mode=scale conns={conns} size={size} secs={dt:.2} agg_mb_per_s={sum:.1} jain={jain:.4} min_mb_per_s={min:.3} bad_messages={}",
+        "RESULT mode=scale conns={conns} drivers={k} size={size} secs={dt:.2} agg_mb_per_s={sum:.1} jain={jain:.4} min_mb_per_s={min:.3} bad_messages={}",
         bad.load(Ordering::Relaxed)
     );
     done.store(true, Ordering::Relaxed);

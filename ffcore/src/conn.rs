@@ -54,6 +54,7 @@ use crate::shm::SharedMem;
 
 /// Liveness and wake-up for callers that sleep outside [`Conn::wait`] (in `conn/events.rs`).
 mod events;
+pub use events::wait_any;
 
 /// Requests (sends plus receives) that may be outstanding per connection.
 pub const MAX_INFLIGHT: usize = 1024;

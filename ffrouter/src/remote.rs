@@ -108,6 +108,12 @@ fn gather() -> usize {
     knob(&K, "FF_ROUTER_GATHER", 512 << 10) as usize
 }
 const GATHER_FRAMES: usize = 256;
+/// What one turn of a busy connection among others hands the link
+/// ([`Quantum::Turn`]): a gather unless set smaller (experiments).
+fn turn_quantum() -> usize {
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    (knob(&K, "FF_ROUTER_TURN", gather() as u64) as usize).clamp(1, gather())
+}
 /// Pump workers re-check their sleeping connections at least this often:
 /// a safety net only (every event for a connection bumps its wake word),
 /// which bounds what a lost wake-up could cost. A pump thread per
@@ -969,19 +975,31 @@ impl Peer {
             return;
         }
         let Some(f) = self.conn(conn) else { return };
-        let siblings: Vec<Arc<Fwd>> = match remote.by_client.lock().unwrap().get(&f.client) {
-            Some(v) => v.iter().filter_map(Weak::upgrade).filter(|g| g.local != conn).collect(),
-            None => Vec::new(),
-        };
-        for g in std::iter::once(f).chain(siblings) {
+        let client = f.client;
+        // Covers `g` if there is room; false once the cover is full.
+        let mut take = |g: Arc<Fwd>| {
             if hot.len() >= MAX_COVERED {
-                break;
+                return false;
             }
-            if hot.iter().any(|c| c.f.local == g.local) {
-                continue;
+            if !hot.iter().any(|c| c.f.local == g.local) {
+                if let Some(c) = Cover::take(g) {
+                    hot.push(c);
+                }
             }
-            if let Some(c) = Cover::take(g) {
-                hot.push(c);
+            hot.len() < MAX_COVERED
+        };
+        if !take(f) {
+            return;
+        }
+        // Its client's other connections, until the cover is full: a
+        // client with hundreds of connections costs a few looks per frame,
+        // not one per connection (issue 17: collecting all 512 siblings
+        // for every frame was 3 % of a receiver's time).
+        if let Some(v) = remote.by_client.lock().unwrap().get(&client) {
+            for g in v.iter().filter_map(Weak::upgrade) {
+                if g.local != conn && !take(g) {
+                    break;
+                }
             }
         }
     }
@@ -1191,7 +1209,17 @@ impl Peer {
         debug_assert!(used + early <= c, "placed frame of {len} bytes used {used} ring bytes, charged {c}");
         inb.charged += c;
         inb.excess += c.saturating_sub(used + early);
-        let g = granted + (inb.excess - excess0);
+        // What the client consumed while the frame came in counts too: a
+        // pump or cover that looked for credit meanwhile found `inb` held
+        // and left it to us (`Fwd::credit_due`).
+        let g = match inb.granted(f.ring) {
+            Ok(g) => g,
+            Err(e) => {
+                drop(inb);
+                f.local_fault(&e.to_string());
+                return Ok(());
+            }
+        };
         drop(inb);
         f.client_side().notify();
         self.credit(link, &f, g)
@@ -1553,14 +1581,25 @@ impl Fwd {
         self.router_side().force_wake();
     }
 
-    /// Has our client bytes it did not read yet?
+    /// Has our client bytes it did not read yet? (A hint: false while
+    /// the receiver thread writes to the ring.)
     fn client_unread(&self) -> bool {
-        self.inb.lock().unwrap().tx.unread()
+        self.inb.try_lock().is_ok_and(|mut inb| inb.tx.unread())
     }
 
     /// Credit to return now, if enough was freed since the last CREDIT.
+    ///
+    /// Never waits for `inb`: its receiver thread holds it while it reads a
+    /// frame's payload from the link, which can take as long as the peer
+    /// router takes to send the rest (issue 17: a receiver covering this
+    /// connection from another stream, waiting here, stopped reading its
+    /// own stream; the peer's threads, waiting for room on that stream,
+    /// never sent the rest, and the stalled stream's zero window ended the
+    /// link). While it is held, None: the receiver looks at what the client
+    /// consumed again when it has written the frame ([`Peer::on_data`]) and
+    /// returns the credit then.
     fn credit_due(&self) -> Option<u64> {
-        let mut inb = self.inb.lock().unwrap();
+        let Ok(mut inb) = self.inb.try_lock() else { return None };
         let g = match inb.granted(self.ring) {
             Ok(g) => g,
             Err(e) => {
@@ -1697,7 +1736,8 @@ enum Quantum {
     /// Everything credit allows (a connection alone on its worker, or
     /// forwarded by a receiver thread).
     All,
-    /// About one gather ([`gather`]): a turn among other busy connections
+    /// About one gather ([`gather`]; `FF_ROUTER_TURN` bytes when set
+    /// smaller, experiments): a turn among other busy connections
     /// of a pump worker, so that every connection gets the same share of
     /// the worker and of the link, whoever comes first in a turn.
     Turn,
@@ -1747,7 +1787,9 @@ impl Fwd {
     /// ends there: the link had no room (`Partly` if this turn handed it
     /// something before, else `Blocked`), or the turn's `quantum` is spent.
     fn hand_full(&self, out: &mut Out, link: &dyn Link, mode: Mode, handed: &mut usize, quantum: usize) -> Result<Option<Moved>, Stop> {
-        if !out.full() {
+        // A quantum smaller than a gather ends the turn before it is full.
+        let enough = quantum < gather() && *handed + out.pending_bytes >= quantum;
+        if !out.full() && !enough {
             return Ok(None);
         }
         let n = out.pending_bytes;
@@ -1763,10 +1805,15 @@ impl Fwd {
     /// worker's turn among other busy connections: [`Quantum`]).
     fn forward(&self, out: &mut Out, link: &dyn Link, mode: Mode, quantum: Quantum) -> Result<Moved, Stop> {
         if self.unpost_asked() {
-            self.inb.lock().unwrap().unpost(self.client_side(), self.router_side());
+            // Never waits for the receiver thread (see `credit_due`): while
+            // it holds `inb`, the request stays asked and `ready()` keeps
+            // the connection awake to try again.
+            if let Ok(mut inb) = self.inb.try_lock() {
+                inb.unpost(self.client_side(), self.router_side());
+            }
         }
         let quantum = match quantum {
-            Quantum::Turn => gather(),
+            Quantum::Turn => turn_quantum(),
             Quantum::All => usize::MAX,
         };
         // Bytes handed to the link by this call.
@@ -1825,7 +1872,11 @@ impl Fwd {
                 continue;
             }
             if rec.kind == ring::REC_POST {
-                self.post(&out.rx, rec, link)?;
+                if !self.post(&out.rx, rec, link)? {
+                    // The receiver thread holds `inb`: the post stays in
+                    // the ring (and `ready()` says so) until next time.
+                    break;
+                }
                 out.rx.consume(rec.len);
                 continue;
             }
@@ -1889,7 +1940,9 @@ impl Fwd {
     /// ones naming no region we can write, are dropped.
     /// Over a link that pins memory (RDMA), the region is registered with
     /// it, so that payloads are READ straight into it.
-    fn post(&self, rx: &Rx, rec: ring::Record, link: &dyn Link) -> Result<(), Stop> {
+    /// False when the receiver thread held `inb` (nothing done: try again
+    /// later; never waits for it, see `credit_due`).
+    fn post(&self, rx: &Rx, rec: ring::Record, link: &dyn Link) -> Result<bool, Stop> {
         let bad = |why: &str| Stop::Local(format!("bad posted receive: {why}"));
         if rec.len != ring::PostRef::LEN {
             return Err(bad("malformed"));
@@ -1902,21 +1955,21 @@ impl Fwd {
         // the message from the ring and freed the buffer while this post
         // waited behind its sends. Nor is a key that grants nothing: the
         // post is just not used.
-        let Some(mem) = self.regions.writable(r.key.region, r.key.key) else { return Ok(()) };
+        let Some(mem) = self.regions.writable(r.key.region, r.key.key) else { return Ok(true) };
         let data = (mem.len() - shm::region_header()) as u64;
         let off = r.addr.checked_sub(r.key.base).filter(|o| o.checked_add(r.cap).is_some_and(|e| e <= data));
         let off = off.ok_or_else(|| bad("outside its region"))? as usize;
         link.register_region(&mem);
-        let mut inb = self.inb.lock().unwrap();
+        let Ok(mut inb) = self.inb.try_lock() else { return Ok(false) };
         inb.unpost(self.client_side(), self.router_side());
         if r.gen < inb.unposted || r.idx < inb.msgs {
-            return Ok(());
+            return Ok(true);
         }
         if inb.posts.len() >= MAX_POSTS {
             return Err(bad("too many"));
         }
         inb.posts.push_back(Post { idx: r.idx, gen: r.gen, tag: rec.tag, mem, off, cap: r.cap });
-        Ok(())
+        Ok(true)
     }
 
     /// Did the client withdraw its posts since we last looked?
@@ -3073,6 +3126,52 @@ mod tests {
         assert_eq!(sent, 100_000);
         assert!(got == msg);
         drop(stuck_tx);
+    }
+
+    #[test]
+    fn a_receiver_reading_a_frame_holds_up_no_other_stream() {
+        // Issue 17 (links died under load): a receiver thread holds its
+        // connection's `inb` while it reads a frame's payload from the
+        // link, for as long as the peer router takes to send the rest. If
+        // another thread waited for that lock - the receiver of another
+        // stream covering the connection (same client), or the pump worker
+        // - it stopped too; a receiver that stops reading its stream leaves
+        // the peer's senders on that stream waiting, and they were the
+        // ones to send the rest of the first frame: TCP's zero window then
+        // ended the link. Here the test holds connection X's `inb` on
+        // router 0, as its receiver does mid-frame, while Y, a connection
+        // of the same client on the other data stream, carries more than
+        // its ring both ways: router 0's receiver for Y covers X, and one
+        // pump worker serves both. Before the fix, Y stopped at once
+        // (its sends timed out).
+        let two = Two::with_workers(Transport::Tcp, 16 << 10, 2, 1);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        let mut bx = connect(&c1, &l.handle());
+        let mut ax = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let mut by = connect(&c1, &l.handle());
+        let mut ay = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let r0 = two._routers[0].remote.as_ref().unwrap();
+        let fwd = |id: u64| r0.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).find(|f| f.local == id).expect("router 0 forwards it");
+        let (fx, fy) = (fwd(ax.id()), fwd(ay.id()));
+        assert_ne!(fx.stream(), fy.stream(), "X and Y on different data streams");
+        let mut buf = vec![0u8; 20_000];
+        let held = fx.inb.lock().unwrap();
+        for i in 0..40 {
+            by.send(&pattern(10_000 + i, i), 1, T).unwrap_or_else(|e| panic!("Y, message {i} to router 0: {e}"));
+            assert_eq!(ay.recv(&mut buf, 1, T).unwrap(), 10_000 + i);
+            assert!(buf[..10_000 + i] == pattern(10_000 + i, i)[..], "Y, message {i}");
+            ay.send(&pattern(9_000 + i, i + 1), 2, T).unwrap_or_else(|e| panic!("Y, answer {i} from router 0: {e}"));
+            assert_eq!(by.recv(&mut buf, 2, T).unwrap(), 9_000 + i);
+            assert!(buf[..9_000 + i] == pattern(9_000 + i, i + 1)[..], "Y, answer {i}");
+        }
+        drop(held);
+        // X was only held up, not broken: more than its ring goes through.
+        for i in 0..5 {
+            bx.send(&pattern(12_000, i), 3, T).unwrap();
+            assert_eq!(ax.recv(&mut buf, 3, T).unwrap(), 12_000);
+            assert!(buf[..12_000] == pattern(12_000, i)[..], "X, message {i}");
+        }
     }
 
     #[test]

@@ -2,14 +2,71 @@
 //! elsewhere (UCX: its progress, and `poll` on an event descriptor), needs
 //! besides sends and receives: an explicit liveness check, the connection's
 //! wake-up words for a [`crate::wake::Waiter`], and whether a poll would
-//! find anything to do (the check between announcing a sleep and sleeping).
+//! find anything to do (the check between announcing a sleep and sleeping);
+//! and, for a thread that drives many connections itself, [`wait_any`]:
+//! one sleep on all of them.
 
 use super::Conn;
 use crate::error::Result;
 use crate::ring::ALIGN;
 use crate::wake::ConnWords;
-use std::sync::atomic::Ordering;
+use crate::error::Error;
+use crate::futex::{self, WAITV_MAX};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Sleeps until one of `conns` has something to do, at most `timeout`: for
+/// a thread that drives many connections with nonblocking requests
+/// ([`Conn::isend`], [`Conn::irecv`], [`Conn::test`]), as a rank's progress
+/// thread or NCCL's proxy does, once a pass over them moved nothing.
+///
+/// [`Conn::wait`]'s protocol on all of them at once: announce the sleep on
+/// each connection (their peers, or the router, then wake us), look at each
+/// once more ([`Conn::has_events`]) and return at once if one has events;
+/// else sleep in one `futex_waitv` on all their wake words (a word woken or
+/// changed after it was read ends the sleep at once, so nothing that
+/// happened after the look is lost). Returns true when a connection had
+/// events (no sleep), false after a sleep (woken, timed out, or a signal):
+/// either way, poll them again. No busy-polling, no fixed sleeps; a
+/// connection that waits for a same-host peer's credit caps the sleep at
+/// 200 µs, as in [`Conn::wait`]. Liveness is the caller's:
+/// [`Conn::check_alive`] now and then (the router marks forwarded
+/// connections closed itself).
+///
+/// At most [`WAITV_MAX`] (128) connections per call (the kernel's limit):
+/// more is `InvalidArgument`. Needs Linux 5.16 (futex_waitv); an older
+/// kernel's error is returned.
+pub fn wait_any(conns: &mut [&mut Conn], timeout: Duration) -> Result<bool> {
+    if conns.is_empty() || conns.len() > WAITV_MAX {
+        return Err(Error::InvalidArgument(format!("wait_any on {} connections (1 to {WAITV_MAX})", conns.len())));
+    }
+    let mut words: Vec<(*const AtomicU32, u32)> = Vec::with_capacity(conns.len());
+    let mut timeout = timeout;
+    for c in conns.iter() {
+        let me = c.lay.side(c.side);
+        words.push((me.wake as *const AtomicU32, me.prepare_sleep()));
+    }
+    let cancel = |conns: &mut [&mut Conn]| {
+        for c in conns.iter() {
+            c.lay.side(c.side).cancel_sleep();
+        }
+    };
+    for c in conns.iter_mut() {
+        if c.has_events() {
+            cancel(conns);
+            return Ok(true);
+        }
+        if c.credit_blocked {
+            timeout = timeout.min(Duration::from_micros(200));
+        }
+    }
+    // SAFETY: every word lies in the control page of a connection borrowed
+    // for the call (mapped while it lives); at most WAITV_MAX words.
+    let res = unsafe { futex::wait_any_timeout(&words, timeout) };
+    cancel(conns);
+    res.map(|_| false).map_err(Error::Io)
+}
 
 impl Conn {
     /// Is the peer still there? Checks its liveness lock now (one system
@@ -140,5 +197,49 @@ mod tests {
         assert!(readable(&w, 5000), "a closing peer wakes us");
         assert!(a.has_events());
         assert!(!a.check_alive());
+    }
+
+    #[test]
+    fn wait_any_sleeps_on_many_connections_until_one_has_something() {
+        use super::wait_any;
+        use std::sync::atomic::Ordering;
+        let (mut tx, mut rx): (Vec<Conn>, Vec<Conn>) = (0..5).map(|_| pair()).unzip();
+        let asleep = |rx: &[Conn]| rx.iter().filter(|c| c.lay.side(c.side).waiting.load(Ordering::SeqCst) != 0).count();
+        // Nothing to do: it sleeps (here until the timeout), and withdraws
+        // its announcements after.
+        assert!(!wait_any(&mut rx.iter_mut().collect::<Vec<_>>(), Duration::from_millis(5)).unwrap());
+        assert_eq!(asleep(&rx), 0);
+        // A message on the fourth, sent while it sleeps, wakes it.
+        let mut t3 = tx.remove(3);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let sent = t3.try_send_with(4, 5, |p| {
+                unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), p, 5) };
+                5
+            });
+            assert_eq!(sent.unwrap(), Some(5));
+            t3
+        });
+        while !rx[3].has_events() {
+            wait_any(&mut rx.iter_mut().collect::<Vec<_>>(), Duration::from_secs(60)).unwrap();
+        }
+        assert_eq!(asleep(&rx), 0);
+        tx.insert(3, sender.join().unwrap());
+        // Something there already: no sleep at all.
+        assert!(wait_any(&mut rx.iter_mut().collect::<Vec<_>>(), Duration::from_secs(60)).unwrap());
+        assert!(rx[3].poll_whole(|t, p, n| {
+            assert_eq!((t, n), (4, 5));
+            assert_eq!(unsafe { std::slice::from_raw_parts(p, n) }, b"hello");
+        })
+        .unwrap());
+        // A closing peer is something too.
+        drop(tx.remove(1));
+        while !rx[1].has_events() {
+            wait_any(&mut rx.iter_mut().collect::<Vec<_>>(), Duration::from_secs(60)).unwrap();
+        }
+        // One futex_waitv call covers at most 128 words.
+        let (_t, mut many): (Vec<Conn>, Vec<Conn>) = (0..129).map(|_| pair()).unzip();
+        assert!(matches!(wait_any(&mut many.iter_mut().collect::<Vec<_>>(), Duration::from_millis(1)), Err(crate::Error::InvalidArgument(_))));
+        assert!(matches!(wait_any(&mut [], Duration::from_millis(1)), Err(crate::Error::InvalidArgument(_))));
     }
 }

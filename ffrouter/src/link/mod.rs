@@ -25,15 +25,17 @@ use ffcore::shm::SharedMem;
 use crate::wire::HDR_LEN;
 
 /// A link is dead when the peer's *host* stops answering: over TCP its
-/// kernel, for [`tcp::PEER_HOST_TIMEOUT`] (keepalive probes and
-/// retransmissions, which no scheduling delay of either router holds up),
+/// kernel acknowledges nothing we sent (PINGs, data) for
+/// [`tcp::PEER_HOST_TIMEOUT`] (our kernel's acknowledgement times, which no
+/// scheduling delay of either router holds up: [`tcp::peer_host_answers`]),
 /// or when it closes; over RDMA its NIC, for the NIC's retransmission
 /// budget ([`rdma::NIC_RETRY_BUDGET`]: an operation, a PING at least,
 /// fails). A peer router whose host answers but that sends nothing, not
 /// even a PING (every [`PING_EVERY`]), for this long is taken for hung, on
-/// either transport. Long, so that a router starved of CPU (every core
-/// busy, or stopped for seconds) or a fabric quiet for seconds (soft-RoCE
-/// retransmitting) is never taken for dead.
+/// either transport; so is one that reads nothing from a TCP stream for
+/// this long (a zero window: `TCP_USER_TIMEOUT`). Long, so that a router
+/// starved of CPU (every core busy, or stopped for seconds) or a fabric
+/// quiet for seconds (soft-RoCE retransmitting) is never taken for dead.
 pub const SILENT_AFTER: Duration = Duration::from_secs(30);
 pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// Bound on dialing a peer router, handshakes of all streams included.

@@ -96,10 +96,40 @@ impl Staging {
 }
 
 /// A link whose peer host's kernel acknowledges nothing for this long
-/// (neither keepalive probes, sent after a second of silence, nor data)
-/// is broken by our kernel (`TCP_USER_TIMEOUT`). Liveness thus lives in
-/// the kernels: a router starved of CPU still answers through its kernel.
+/// while what we sent waits for it (PINGs go every 500 ms, so there always
+/// is something) is broken ([`peer_host_answers`], checked with every
+/// PING). Liveness thus lives in the kernels: a router starved of CPU
+/// still answers through its kernel.
+///
+/// A peer whose router reads nothing from a stream for a while (every core
+/// busy; it was also a bug, issue 17) keeps a zero window there: its kernel
+/// still answers our kernel's window probes, so that is no dead host.
+/// `TCP_USER_TIMEOUT` would end such a stream too (Linux applies it to
+/// window probes as well), so it is set to [`SILENT_AFTER`], the bound on a
+/// router that reads nothing (hung), and the host check is ours.
 pub const PEER_HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Our kernel's word on the peer host: an error when segments we sent wait
+/// for an acknowledgement and none came for [`PEER_HOST_TIMEOUT`] (a zero
+/// window has nothing in flight: its probes are answered).
+pub fn peer_host_answers(s: &TcpStream) -> io::Result<()> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
+    let ti = unsafe {
+        let mut ti: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        if libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti as *mut _ as *mut libc::c_void, &mut len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ti
+    };
+    if ti.tcpi_unacked > 0 && u128::from(ti.tcpi_last_ack_recv) >= PEER_HOST_TIMEOUT.as_millis() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer host acknowledged nothing for {} ms ({} segments waiting)", ti.tcpi_last_ack_recv, ti.tcpi_unacked),
+        ));
+    }
+    Ok(())
+}
 
 fn setsockopt_int(s: &TcpStream, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: a valid socket and a c_int option value on our stack.
@@ -116,7 +146,7 @@ pub fn tune(s: &TcpStream) -> io::Result<()> {
     setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1)?;
     setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1)?;
     setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, PEER_HOST_TIMEOUT.as_secs() as libc::c_int)?;
-    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, PEER_HOST_TIMEOUT.as_millis() as libc::c_int)?;
+    setsockopt_int(s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, SILENT_AFTER.as_millis() as libc::c_int)?;
     // Kernel autotuning sizes the buffers well on its own; a fixed size
     // (bytes, set with the *FORCE options, so root only) is for experiments.
     if let Some(sz) = std::env::var("FF_LINK_SOCKBUF").ok().and_then(|v| v.parse::<libc::c_int>().ok()) {
@@ -327,6 +357,13 @@ impl Link for TcpLink {
         self.write_tail(s, self.socks[s].as_raw_fd(), &mut st.tail)
     }
 
+    fn ping(&self, s: usize) -> io::Result<()> {
+        peer_host_answers(&self.socks[s])?;
+        let ping = Frame::bare(crate::wire::Header::control(crate::wire::PING, 0, 0, 0).encode());
+        // SAFETY: no payload.
+        unsafe { self.try_send(s, &[ping]) }.map(|_| ())
+    }
+
     fn readable(&self, s: usize) -> bool {
         // Only the stream's receiver thread calls this and takes the lock.
         let Ok(mut rx) = self.staged[s].try_lock() else { return false };
@@ -501,6 +538,40 @@ mod tests {
     #[test]
     fn frames_go_through_sealed_with_a_secret() {
         frames_go_through_in_order_with_payloads(Some(b"a secret of sixteen bytes or more"));
+    }
+
+    #[test]
+    fn a_zero_window_for_longer_than_the_host_timeout_is_no_dead_host() {
+        // The peer router reads nothing for longer than PEER_HOST_TIMEOUT
+        // (its receiver starved or, as in issue 17, stuck) while we have
+        // more to send: its kernel keeps a zero window and answers our
+        // window probes. The link stays up (before: TCP_USER_TIMEOUT, 5 s,
+        // also ended streams with a zero window: ETIMEDOUT), and every
+        // byte arrives once the peer reads again.
+        let (d, a) = link_pair(None);
+        let payload = vec![5u8; 256 << 10];
+        let mut sent = 0usize;
+        let t0 = Instant::now();
+        while !d.needs_flush(0) {
+            let f = [Frame { hdr: [(sent % 200) as u8; HDR_LEN], ptr: payload.as_ptr(), len: payload.len() }];
+            if unsafe { d.try_send(0, &f).unwrap() } == Try::Sent {
+                sent += 1;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "the socket never filled");
+        }
+        // Past the host timeout, with window probes going unrewarded.
+        std::thread::sleep(PEER_HOST_TIMEOUT + Duration::from_secs(2));
+        peer_host_answers(&d.socks[0]).expect("the peer host answers the window probes");
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            for i in 0..sent {
+                assert_eq!(a.recv_header(0).unwrap(), [(i % 200) as u8; HDR_LEN], "frame {i}");
+                unsafe { a.recv_payload(0, buf.as_mut_ptr(), buf.len()).unwrap() };
+                assert!(buf.iter().all(|&b| b == 5));
+            }
+        });
+        d.flush(0).expect("the link survived the stall");
+        reader.join().unwrap();
     }
 
     #[test]
