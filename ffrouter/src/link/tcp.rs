@@ -540,16 +540,11 @@ mod tests {
         frames_go_through_in_order_with_payloads(Some(b"a secret of sixteen bytes or more"));
     }
 
-    #[test]
-    fn a_zero_window_for_longer_than_the_host_timeout_is_no_dead_host() {
-        // The peer router reads nothing for longer than PEER_HOST_TIMEOUT
-        // (its receiver starved or, as in issue 17, stuck) while we have
-        // more to send: its kernel keeps a zero window and answers our
-        // window probes. The link stays up (before: TCP_USER_TIMEOUT, 5 s,
-        // also ended streams with a zero window: ETIMEDOUT), and every
-        // byte arrives once the peer reads again.
-        let (d, a) = link_pair(None);
-        let payload = vec![5u8; 256 << 10];
+    /// Sends 256 KiB frames of `byte` (headers numbered) while the peer
+    /// reads nothing, until the socket is full and the link queues the
+    /// rest; returns how many frames went.
+    fn fill_until_queued(d: &TcpLink, byte: u8) -> usize {
+        let payload = vec![byte; 256 << 10];
         let mut sent = 0usize;
         let t0 = Instant::now();
         while !d.needs_flush(0) {
@@ -559,17 +554,33 @@ mod tests {
             }
             assert!(t0.elapsed() < Duration::from_secs(20), "the socket never filled");
         }
+        sent
+    }
+
+    /// Reads and checks the `sent` frames [`fill_until_queued`] sent.
+    fn read_filled(a: &TcpLink, sent: usize, byte: u8) {
+        let mut buf = vec![0u8; 256 << 10];
+        for i in 0..sent {
+            assert_eq!(a.recv_header(0).unwrap(), [(i % 200) as u8; HDR_LEN], "frame {i}");
+            unsafe { a.recv_payload(0, buf.as_mut_ptr(), buf.len()).unwrap() };
+            assert!(buf.iter().all(|&b| b == byte), "frame {i}");
+        }
+    }
+
+    #[test]
+    fn a_zero_window_for_longer_than_the_host_timeout_is_no_dead_host() {
+        // The peer router reads nothing for longer than PEER_HOST_TIMEOUT
+        // (its receiver starved or, as in issue 17, stuck) while we have
+        // more to send: its kernel keeps a zero window and answers our
+        // window probes. The link stays up (before: TCP_USER_TIMEOUT, 5 s,
+        // also ended streams with a zero window: ETIMEDOUT), and every
+        // byte arrives once the peer reads again.
+        let (d, a) = link_pair(None);
+        let sent = fill_until_queued(&d, 5);
         // Past the host timeout, with window probes going unrewarded.
         std::thread::sleep(PEER_HOST_TIMEOUT + Duration::from_secs(2));
         peer_host_answers(&d.socks[0]).expect("the peer host answers the window probes");
-        let reader = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 256 << 10];
-            for i in 0..sent {
-                assert_eq!(a.recv_header(0).unwrap(), [(i % 200) as u8; HDR_LEN], "frame {i}");
-                unsafe { a.recv_payload(0, buf.as_mut_ptr(), buf.len()).unwrap() };
-                assert!(buf.iter().all(|&b| b == 5));
-            }
-        });
+        let reader = std::thread::spawn(move || read_filled(&a, sent, 5));
         d.flush(0).expect("the link survived the stall");
         reader.join().unwrap();
     }
@@ -580,25 +591,9 @@ mod tests {
         // try_send must queue the rest of its sealed bytes (they used up
         // record numbers), and everything still arrives in order.
         let (d, a) = link_pair(Some(b"a secret of sixteen bytes or more"));
-        let payload = vec![9u8; 256 << 10];
-        let mut sent = 0usize;
-        let t0 = Instant::now();
-        while !d.needs_flush(0) {
-            let f = [Frame { hdr: [(sent % 200) as u8; HDR_LEN], ptr: payload.as_ptr(), len: payload.len() }];
-            if unsafe { d.try_send(0, &f).unwrap() } == Try::Sent {
-                sent += 1;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(20), "the socket never filled");
-        }
+        let sent = fill_until_queued(&d, 9);
         assert_eq!(unsafe { d.try_send(0, &[Frame::bare([0; HDR_LEN])]).unwrap() }, Try::Busy, "busy while a tail waits");
-        let reader = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 256 << 10];
-            for i in 0..sent {
-                assert_eq!(a.recv_header(0).unwrap(), [(i % 200) as u8; HDR_LEN], "frame {i}");
-                unsafe { a.recv_payload(0, buf.as_mut_ptr(), buf.len()).unwrap() };
-                assert!(buf.iter().all(|&b| b == 9));
-            }
-        });
+        let reader = std::thread::spawn(move || read_filled(&a, sent, 9));
         d.flush(0).unwrap();
         reader.join().unwrap();
     }
