@@ -178,27 +178,16 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
     );
     let k = driver_threads(conns, drivers);
     println!("STREAMING drivers={k}");
-    if k > 0 {
+    // Every thread gives its connections back once told to stop.
+    let threads: Vec<std::thread::JoinHandle<ffcore::Result<Vec<(u64, Conn)>>>> = if k > 0 {
         let mut groups: Vec<Vec<Sending>> = (0..k).map(|_| Vec::new()).collect();
         for (i, c) in cs.into_iter().enumerate() {
             groups[i % k].push(Sending::new(c, i as u64, size)?);
         }
-        let threads: Vec<_> = groups.into_iter().map(|g| std::thread::spawn(move || drive_senders(g))).collect();
-        probe(ctx, h, probes)?;
-        let mut cs = Vec::new();
-        for t in threads {
-            cs.extend(t.join().expect("a driver thread panicked")?);
-        }
-        println!("IDLE");
-        std::thread::sleep(Duration::from_secs_f64(idle));
-        drop(cs);
-        return Ok(());
-    }
-    let threads: Vec<_> = cs
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut c)| {
-            std::thread::spawn(move || -> ffcore::Result<Conn> {
+        groups.into_iter().map(|g| std::thread::spawn(move || drive_senders(g))).collect()
+    } else {
+        cs.into_iter().enumerate().map(|(i, mut c)| {
+            std::thread::spawn(move || -> ffcore::Result<Vec<(u64, Conn)>> {
                 let mut b = vec![0x5au8; size];
                 let mut stop = [0u8; 16];
                 // SAFETY: `stop` outlives the request: it completes (tested
@@ -210,16 +199,17 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
                     c.send(&b, 0, T)?;
                     seq += 1;
                     if c.test(halt)?.is_some() {
-                        return Ok(c);
+                        return Ok(vec![(i as u64, c)]);
                     }
                 }
             })
         })
-        .collect();
+        .collect()
+    };
     probe(ctx, h, probes)?;
     let mut cs = Vec::new();
     for t in threads {
-        cs.push(t.join().expect("a sender thread panicked")?);
+        cs.extend(t.join().expect("a sender thread panicked")?);
     }
     println!("IDLE");
     std::thread::sleep(Duration::from_secs_f64(idle));
