@@ -457,15 +457,14 @@ pub struct Side<'a> {
 impl Side<'_> {
     /// Wakes this side if it sleeps. Call after publishing a change.
     ///
-    /// The first notifier of a sleep takes its announcement back (a sleeper
-    /// announces again before every sleep, and checks for work after): the
-    /// events that follow, until it has run, cost their senders no system
-    /// call. (Issue 17: a thread sleeping on 64 connections at once was
-    /// woken again by every frame the router wrote for any of them until it
-    /// ran, a futex wake each.)
+    /// (Taking a sleeper's announcement back on its first wake-up, to save
+    /// later notifiers the system call, was tried for issue 17 and
+    /// reverted: several threads announce on one side (a client's own wait
+    /// and its wake helper), and UCP atomics across hosts then hung in
+    /// about 1 run of 3.)
     pub fn notify(&self) {
         fence(Ordering::SeqCst);
-        if self.waiting.load(Ordering::Relaxed) != 0 && self.waiting.swap(0, Ordering::SeqCst) != 0 {
+        if self.waiting.load(Ordering::Relaxed) != 0 {
             self.wake.fetch_add(1, Ordering::SeqCst);
             futex::wake_all(self.wake);
         }
