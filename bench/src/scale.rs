@@ -405,6 +405,10 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64, drivers: usize) -
         "RESULT mode=scale conns={conns} drivers={k} size={size} secs={dt:.2} agg_mb_per_s={sum:.1} jain={jain:.4} min_mb_per_s={min:.3} bad_messages={}",
         bad.load(Ordering::Relaxed)
     );
+    // Each connection's rate, in the order they were accepted (for looking
+    // at who got what; the script reads only RESULT).
+    let each: Vec<String> = x.iter().map(|v| format!("{v:.2}")).collect();
+    println!("EACH mb_per_s {}", each.join(" "));
     done.store(true, Ordering::Relaxed);
     // The senders stop, sit idle, and close.
     for t in threads {

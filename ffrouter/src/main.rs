@@ -133,6 +133,14 @@ struct ServeArgs {
     /// also bounds the data in flight per connection between routers.
     #[arg(long, default_value_t = 4 << 20)]
     peer_ring_size: usize,
+    /// Ring bytes (per direction) that a tenant's connections to other
+    /// hosts get in all before its new ones get smaller rings: a new
+    /// connection gets BYTES / (the tenant's connections to other hosts
+    /// open + 1), rounded down to a power of two,
+    /// at most --peer-ring-size and at least 512 KiB (a ring that streams
+    /// commits all its pages).
+    #[arg(long, value_name = "BYTES", default_value_t = ffrouter::remote::RING_BUDGET)]
+    peer_ring_budget: usize,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -262,6 +270,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     };
     if let Some(mut cfg) = ffrouter::remote::Config::from_flags(&flags)? {
         cfg.max_links = max_links;
+        cfg.ring_budget = a.peer_ring_budget;
         if let Some(w) = a.pump_workers {
             cfg.workers = w as usize;
         }

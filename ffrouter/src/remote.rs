@@ -134,8 +134,13 @@ pub struct Config {
     pub secret: Option<Arc<[u8]>>,
     pub transport: Transport,
     /// Ring size of connections to other hosts (smaller rings keep the
-    /// forwarded bytes in cache; the link and both rings pipeline).
+    /// forwarded bytes in cache; the link and both rings pipeline): the
+    /// most a connection gets, see [`scaled_ring`].
     pub ring_size: usize,
+    /// Ring bytes (per direction) of a tenant's connections to other hosts
+    /// beyond which its new ones get smaller rings (`--peer-ring-budget`,
+    /// [`scaled_ring`]).
+    pub ring_budget: usize,
     /// Which addresses are routers this one may link with.
     pub peers: PeerPolicy,
     /// Most links at once, both directions (each costs a descriptor and a
@@ -166,6 +171,46 @@ pub struct Flags<'a> {
 
 /// Most links a router keeps by default.
 pub const MAX_LINKS: usize = 256;
+
+/// Default `--peer-ring-budget`: 64 connections get 4 MiB rings.
+pub const RING_BUDGET: usize = 256 << 20;
+
+/// The smallest ring [`scaled_ring`] hands out: a pump's turn among busy
+/// connections (`Quantum::Turn`, one 512 KiB gather by default), so that a
+/// busy connection can fill its turn.
+pub const SCALED_RING_MIN: usize = 512 << 10;
+
+/// Ring size for a new connection to another host while the router
+/// forwards `open` others of the same tenant (a budget per tenant: one
+/// tenant's connections never shrink another's rings): `max`
+/// (`--peer-ring-size`) while `budget / (open + 1)` is at least `max`;
+/// beyond that the largest power of two not above `budget / (open + 1)`,
+/// but never below [`SCALED_RING_MIN`] (or `max`, if that is smaller).
+///
+/// Why (issue 17): a ring that streams has every page committed, each by
+/// a page fault on its first touch (on a VM whose freed memory goes back
+/// to the hypervisor, a fault there too), and 512 connections streaming
+/// across two emulated hosts spent their time faulting in 512 x 4 MiB
+/// rings per host: 0.30-0.47x the aggregate of one connection, ~500,000
+/// page faults in 3 s (bench/results/scale4-2026-12-03). Each of them
+/// gets ~1/512 of the link, which a 512 KiB ring carries as well. What it
+/// costs: a connection made while its tenant has many others keeps its
+/// smaller ring, also when it later streams alone (1 and 4 MiB messages
+/// went 2.0 GB/s with 1 MiB rings, 2.7-3.0 with 4 MiB, between emulated
+/// hosts), and while all stream, those with bigger rings get somewhat
+/// more of the link.
+pub fn scaled_ring(max: usize, budget: usize, open: usize) -> usize {
+    let share = budget / open.saturating_add(1);
+    if share >= max {
+        return max;
+    }
+    let floor = SCALED_RING_MIN.min(max);
+    if share <= floor {
+        return floor;
+    }
+    // A power of two in (floor, max): a valid ring size.
+    1 << (usize::BITS - 1 - share.leading_zeros())
+}
 
 impl Config {
     /// Reads the flags; None without `--listen-addr`.
@@ -204,7 +249,7 @@ impl Config {
             log::warn!("--insecure-no-peer-secret: links between routers are neither authenticated nor encrypted; whoever reaches {listen} is trusted as a router");
         }
         let peers = PeerPolicy::new(f.peer_networks, f.peers, advertise)?;
-        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, peers, max_links: MAX_LINKS, rdma, workers: default_workers() }))
+        Ok(Some(Config { listen, advertise, streams: f.streams, secret, transport, ring_size: f.ring_size, ring_budget: RING_BUDGET, peers, max_links: MAX_LINKS, rdma, workers: default_workers() }))
     }
 }
 
@@ -513,7 +558,11 @@ impl Remote {
             Ok(p) => p,
             Err(o) => return o,
         };
-        let made = self.state.lock().unwrap().connect_out(client, self.cfg.ring_size);
+        let made = {
+            let mut st = self.state.lock().unwrap();
+            let ring = scaled_ring(self.cfg.ring_size, self.cfg.ring_budget, st.forwarded(&tenant));
+            st.connect_out(client, ring)
+        };
         let (id, mem) = match made {
             Ok(x) => x,
             Err(o) => return o,
@@ -632,7 +681,11 @@ impl Remote {
         if !wire::valid_credit(body.credit) {
             return refuse(ErrorCode::InvalidArgument, format!("bad ring size {}", body.credit));
         }
-        let made = self.state.lock().unwrap().connect_in(&body.tenant, body.listener, body.nonce, self.cfg.ring_size);
+        let made = {
+            let mut st = self.state.lock().unwrap();
+            let ring = scaled_ring(self.cfg.ring_size, self.cfg.ring_budget, st.forwarded(&body.tenant));
+            st.connect_in(&body.tenant, body.listener, body.nonce, ring)
+        };
         let (id, mem, owner) = match made {
             Ok(x) => x,
             Err((code, msg)) => return refuse(code, msg),
@@ -2398,13 +2451,17 @@ mod tests {
         }
 
         fn with_workers(t: Transport, ring_size: usize, streams: usize, workers: usize) -> Two {
+            Self::build(t, ring_size, streams, workers, RING_BUDGET)
+        }
+
+        fn build(t: Transport, ring_size: usize, streams: usize, workers: usize, ring_budget: usize) -> Two {
             let dir = std::env::temp_dir().join(format!("ffremote-{}-{}", std::process::id(), rand::random::<u32>()));
             std::fs::create_dir_all(&dir).unwrap();
             let mk = |i: usize| {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
                 let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(&b"engine tests' shared secret"[..]));
-                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
+                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, ring_budget, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
                 r.enable_remote(cfg).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
                 r
@@ -2539,6 +2596,45 @@ mod tests {
             }
         }
         total
+    }
+
+    #[test]
+    fn rings_shrink_by_halves_to_the_floor_once_the_budget_is_spent() {
+        let (max, budget) = (4 << 20, 256 << 20);
+        assert_eq!(scaled_ring(max, budget, 0), max);
+        assert_eq!(scaled_ring(max, budget, 63), max, "64 connections fit the budget whole");
+        assert_eq!(scaled_ring(max, budget, 64), 2 << 20);
+        assert_eq!(scaled_ring(max, budget, 127), 2 << 20);
+        assert_eq!(scaled_ring(max, budget, 128), 1 << 20);
+        assert_eq!(scaled_ring(max, budget, 300), SCALED_RING_MIN);
+        assert_eq!(scaled_ring(max, budget, usize::MAX), SCALED_RING_MIN);
+        assert_eq!(scaled_ring(max, 0, 0), SCALED_RING_MIN);
+        // Never above --peer-ring-size, which may be below the floor.
+        assert_eq!(scaled_ring(64 << 10, 0, 10), 64 << 10);
+        for open in 0..2000 {
+            let r = scaled_ring(max, budget, open);
+            assert!(r.is_power_of_two() && (SCALED_RING_MIN..=max).contains(&r) && ffcore::ring::valid_ring_size(r), "{open}: {r}");
+        }
+    }
+
+    /// With the ring budget spent, later connections between hosts get
+    /// smaller rings on both routers, and still carry every size (messages
+    /// of more than a quarter of the ring go in pieces), checked byte by
+    /// byte, beside one that has the whole ring.
+    #[test]
+    fn connections_beyond_the_ring_budget_get_smaller_rings_and_carry_everything() {
+        let ring_of = |c: &Conn| (c.max_whole() + ffcore::ring::REC_HDR) * 4;
+        let two = Two::build(Transport::Tcp, 1 << 20, 2, 2, 1 << 20);
+        let (ctx, mut a0, mut b0) = conn_pair(&two);
+        assert_eq!((ring_of(&a0), ring_of(&b0)), (1 << 20, 1 << 20), "the first fits the budget");
+        let l = ctx[0].listen().unwrap();
+        let mut b1 = connect(&ctx[1], &l.handle());
+        let mut a1 = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((ring_of(&a1), ring_of(&b1)), (SCALED_RING_MIN, SCALED_RING_MIN), "the second gets the floor");
+        std::thread::scope(|sc| {
+            sc.spawn(|| exchange(&mut a0, &mut b0, 2));
+            sc.spawn(|| exchange(&mut a1, &mut b1, 2));
+        });
     }
 
     /// A connection between hosts that went idle has its rings trimmed

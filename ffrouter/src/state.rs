@@ -611,6 +611,12 @@ impl State {
         self.limits.ring_size
     }
 
+    /// Connections of `tenant` this router forwards to other hosts now (it
+    /// plays one side of each).
+    pub fn forwarded(&self, tenant: &str) -> usize {
+        self.conns.values().filter(|c| c.cost == FORWARDED_COST && &*c.tenant == tenant).count()
+    }
+
     /// A client lets go of one side: the peer is told through the shared
     /// closed flag; the file goes once nobody holds it.
     fn release_end(&mut self, conn: u64, side: usize) {
@@ -947,13 +953,16 @@ mod tests {
         let a = st.add_client("a".into()).unwrap();
         let (l, n) = listen(&mut st, a);
         let before = st.usage("a");
+        assert_eq!((st.forwarded("a"), st.forwarded("b")), (0, 0));
         let (id, _, owner) = st.connect_in("a", l, n, 4096).unwrap();
         assert_eq!(owner, a);
+        assert_eq!((st.forwarded("a"), st.forwarded("b")), (1, 0), "counted for its tenant only");
         assert_eq!(st.usage("a"), (before.0 + FORWARDED_COST.0, before.1 + FORWARDED_COST.1));
         assert!(matches!(st.handle(a, Request::Accept { listener: l }).reply, Reply::Connected { conn, .. } if conn == id));
         st.remove_client(a);
         st.remove_client(b);
         assert_eq!(st.usage("a"), (0, 0));
+        assert_eq!(st.forwarded("a"), 0, "a closed one is no longer counted");
     }
 
     #[test]
