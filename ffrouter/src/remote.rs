@@ -1538,6 +1538,16 @@ impl Regions {
 }
 
 impl Fwd {
+    /// The smaller of its two rings (ours towards the client, and the
+    /// peer router's, once known): what bounds one turn of its pump
+    /// (see `Quantum::Turn`).
+    pub(crate) fn turn_ring(&self) -> usize {
+        match self.peer_ring.load(Ordering::Relaxed) {
+            0 => self.ring as usize,
+            p => self.ring.min(p) as usize,
+        }
+    }
+
     fn new(local: u64, side: usize, mem: Arc<SharedMem>, client: u64, regions: Regions) -> Result<Arc<Fwd>, String> {
         let ring = (mem.len() - ring::CTRL_LEN) / 2;
         let lay = Layout::new(&mem, ring).map_err(|e| e.to_string())?;
@@ -1790,10 +1800,13 @@ enum Quantum {
     /// forwarded by a receiver thread).
     All,
     /// About one gather ([`gather`]; `FF_ROUTER_TURN` bytes when set
-    /// smaller, experiments): a turn among other busy connections
-    /// of a pump worker, so that every connection gets the same share of
-    /// the worker and of the link, whoever comes first in a turn.
-    Turn,
+    /// smaller, experiments), and at most the given bytes: a turn among
+    /// other busy connections of a pump worker, so that every connection
+    /// gets the same share of the worker and of the link, whoever comes
+    /// first in a turn. The worker caps it at half the smallest ring among
+    /// its busy connections ([`Fwd::turn_ring`]): a connection can fill
+    /// such a turn every time, so one with a bigger ring gets no more.
+    Turn(usize),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1866,7 +1879,7 @@ impl Fwd {
             }
         }
         let quantum = match quantum {
-            Quantum::Turn => turn_quantum(),
+            Quantum::Turn(cap) => turn_quantum().min(cap.max(1)),
             Quantum::All => usize::MAX,
         };
         // Bytes handed to the link by this call.

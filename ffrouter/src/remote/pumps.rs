@@ -258,7 +258,7 @@ fn run(w: &Arc<Worker>) {
 
         // Wake the sleepers whose word moved.
         let now = Instant::now();
-        let mut awake = 0;
+        let (mut awake, mut smallest) = (0, usize::MAX);
         for s in slots.iter_mut() {
             if let Doze::Asleep { seen, .. } = s.doze {
                 if s.p.f.router_side().wake.load(Ordering::SeqCst) == seen {
@@ -267,11 +267,17 @@ fn run(w: &Arc<Worker>) {
                 s.wake(now);
             }
             awake += 1;
+            smallest = smallest.min(s.p.f.turn_ring());
         }
+        // Turns no bigger than the smallest busy connection can fill
+        // (half its ring: the rest may be in flight or unread): with rings
+        // of 4 MiB and 512 KiB (`scaled_ring`), 512 KiB turns gave those
+        // with 512 KiB rings 0.65-0.75x the others' share.
+        let cap = Quantum::Turn(smallest / 2);
         // A turn: every connection awake, once, in the order of a queue:
         // whoever moved goes to the back, so that those the link had no
         // room for get it first next turn.
-        let (mode, quantum) = if awake <= 1 { (Mode::Block, Quantum::All) } else { (Mode::Try, Quantum::Turn) };
+        let (mode, quantum) = if awake <= 1 { (Mode::Block, Quantum::All) } else { (Mode::Try, cap) };
         let (mut moved, mut spinning) = (false, false);
         blocked.clear();
         let mut front = std::mem::take(&mut spare);
@@ -314,7 +320,7 @@ fn run(w: &Arc<Worker>) {
             if flushed {
                 continue;
             }
-            match turn(&mut slots[k], Mode::Block, Quantum::Turn, Instant::now()) {
+            match turn(&mut slots[k], Mode::Block, cap, Instant::now()) {
                 Turn::Gone(res) => w.retire(slots.remove(k).p, res),
                 Turn::Moved => {
                     // It had its turn: to the back of the queue.
