@@ -1233,7 +1233,7 @@ mod reserve_tests {
 #[cfg(test)]
 mod trim_tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
     use std::sync::{Arc, Mutex};
 
     fn ring(size: usize) -> (Arc<SharedMem>, Layout) {
@@ -1393,18 +1393,26 @@ mod trim_tests {
         let (mem, lay) = ring(size);
         let n_msgs = 10_000u64;
         let done = Arc::new(AtomicBool::new(false));
+        // Trims done so far (the writer's pauses wait for one).
+        let trimmed = Arc::new(AtomicU64::new(0));
         // The private writer is kept out by a lock, as the router's is.
         let tx = Arc::new(Mutex::new(if private { lay.tx_private(0) } else { lay.tx(0) }));
         let writer = {
-            let tx = tx.clone();
+            let (tx, trimmed) = (tx.clone(), trimmed.clone());
             std::thread::spawn(move || {
                 let mut seq = 0;
                 while seq < n_msgs {
                     if put(&mut tx.lock().unwrap(), seq) {
                         seq += 1;
                         if seq % 50 == 0 {
-                            // A pause: the reader empties the ring.
-                            std::thread::sleep(Duration::from_micros(200));
+                            // A pause: the reader empties the ring and the
+                            // trimmer gets its chance (however loaded the
+                            // machine; at most 100 ms), then writing
+                            // resumes, racing the next trims.
+                            let (t0, until) = (trimmed.load(Ordering::Relaxed), Instant::now() + Duration::from_millis(100));
+                            while trimmed.load(Ordering::Relaxed) == t0 && Instant::now() < until {
+                                std::thread::sleep(Duration::from_micros(50));
+                            }
                         }
                     } else {
                         std::thread::yield_now();
@@ -1446,6 +1454,7 @@ mod trim_tests {
                 match r {
                     Trim::Done { .. } => {
                         trims += 1;
+                        trimmed.store(trims, Ordering::Relaxed);
                         last = head;
                     }
                     Trim::Busy => busy += 1,
