@@ -145,6 +145,8 @@ echo "$mode" > "$share/mode"
 # FF_SOFTROCE_ROUNDS: bench rounds (every tool once per round, the report
 # takes medians); 3 by default.
 echo "${FF_SOFTROCE_ROUNDS:-3}" > "$share/rounds"
+# FF_SOFTROCE_SIZES: the bench's message sizes (default "65536 1048576 4194304").
+echo "${FF_SOFTROCE_SIZES:-65536 1048576 4194304}" > "$share/sizes"
 # FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
 # (experiment knobs such as FF_ROUTER_GATHER=...); none by default.
 echo "${FF_SOFTROCE_ROUTER_ENV:-}" | tr ' ' '\n' > "$share/router.env"
