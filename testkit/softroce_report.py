@@ -15,7 +15,7 @@ def main():
     for line in open(path):
         if not line.startswith("BENCH "):
             continue
-        kv = dict(f.split("=", 1) for f in line.split()[1:])
+        kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
         rows.setdefault((kv["tool"], int(kv["size"])), []).append(kv)
     rounds = len({kv.get("round", "1") for rs in rows.values() for kv in rs})
 
