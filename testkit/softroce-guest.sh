@@ -235,13 +235,15 @@ else
     router router-tcp /tmp/fft.sock 7071 tcp
     rounds=$(cat $S/rounds 2>/dev/null || echo 1)
     # The cost of one test, on both guests: busy CPU (all processes, kernel
-    # work such as rxe's included) and rxe0's packets sent and received.
+    # work such as rxe's included), rxe0's packets sent and received, and
+    # its retransmissions after an ACK timeout (completer_retry_err).
     # Each guest counts from just before its side starts to just after it
     # ends; the connecting side adds the serving side's count to its
     # BENCH line (cpu_s, pkts, bytes moved).
     snap() {
         echo "$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat)" \
-            "$(( $(cat $RXC/sent_pkts 2>/dev/null || echo 0) + $(cat $RXC/rcvd_pkts 2>/dev/null || echo 0) ))"
+            "$(( $(cat $RXC/sent_pkts 2>/dev/null || echo 0) + $(cat $RXC/rcvd_pkts 2>/dev/null || echo 0) ))" \
+            "$(cat $RXC/completer_retry_err 2>/dev/null || echo 0)"
     }
     RXC=/sys/class/infiniband/rxe0/ports/1/hw_counters
     HZ=$(getconf CLK_TCK)
@@ -251,7 +253,7 @@ else
         a=$(snap)
         "$@"
         b=$(snap)
-        echo "$a $b" | awk -v hz=$HZ '{ printf "%.2f %d\n", ($3 - $1) / hz, $4 - $2 }' > $Y/$name.$role.cost
+        echo "$a $b" | awk -v hz=$HZ '{ printf "%.2f %d %d\n", ($4 - $1) / hz, $5 - $2, $6 - $3 }' > $Y/$name.$role.cost
     }
     # cost NAME BYTES: the test's fields for the BENCH line; none when the
     # serving side's count is missing (it ends soon after us, or when its
@@ -264,7 +266,7 @@ else
             sleep 0.2
         done
         [ -e $Y/$1.serve.cost ] || return 0
-        cat $Y/$1.connect.cost $Y/$1.serve.cost | awk -v bytes=$2 '{ c += $1; p += $2 } END { printf "cpu_s=%.2f pkts=%d bytes=%d", c, p, bytes }'
+        cat $Y/$1.connect.cost $Y/$1.serve.cost | awk -v bytes=$2 '{ c += $1; p += $2; r += $3 } END { printf "cpu_s=%.2f pkts=%d retries=%d bytes=%d", c, p, r, bytes }'
     }
     bench() { [ $role = connect ] && echo "BENCH round=$round $*"; return 0; }
     pick() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" /tmp/$2.out | tail -1; }
@@ -272,7 +274,7 @@ else
     bw_of() { awk -v s="$1" '$1 == s { print $4 }' /tmp/$2.out | tail -1; }
     for round in $(seq $rounds); do
         for size in $(cat $S/sizes 2>/dev/null || echo 65536 1048576 4194304); do
-            case $size in 65536) n=200 ;; 1048576) n=20 ;; *) n=8 ;; esac
+            case $size in 65536) n=500 ;; 1048576) n=20 ;; *) n=8 ;; esac
             # ffbench moves a warm-up of max(n / 10, 2) messages first.
             nff=$(( n + (n / 10 > 2 ? n / 10 : 2) ))
             step "round $round: bench $size: ib_write_bw"

@@ -78,11 +78,12 @@ def main():
     out.append("Cost of the same runs, on both guests (medians): busy CPU seconds per GB moved (all")
     out.append("processes and the kernel's work, rxe's included, from `/proc/stat` of each guest,")
     out.append("from just before its side of a test starts to just after it ends) and rxe0's packets")
-    out.append("(sent + received, from its `hw_counters`) per MB moved. ffbench's bytes include its")
-    out.append("warm-up messages.")
+    out.append("(sent + received on both guests: each packet counts twice, from its `hw_counters`)")
+    out.append("per MB moved, and its retransmissions after an ACK timeout (`completer_retry_err`,")
+    out.append("both guests, per test). ffbench's bytes include its warm-up messages.")
     out.append("")
-    out.append("| size | ib_read_bw CPU s/GB | ff RDMA CPU s/GB | ff TCP CPU s/GB | ib_write_bw CPU s/GB | ib_read_bw packets/MB | ff RDMA packets/MB | ib_write_bw packets/MB |")
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| size | ib_read_bw CPU s/GB | ff RDMA CPU s/GB | ff TCP CPU s/GB | ib_write_bw CPU s/GB | ib_read_bw packets/MB | ff RDMA packets/MB | ib_write_bw packets/MB | retries ib_read_bw / ff RDMA (per round) |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def per(tool, size, key, unit):
         v = []
@@ -98,6 +99,7 @@ def main():
     for size in sorted({s for (t, s) in rows if t.endswith("_bw") or t.endswith("stream")}):
         cells = [fmt(per(t, size, "cpu_s", 1e9), 2) for t in ("ib_read_bw", "ff_rdma_stream", "ff_tcp_stream", "ib_write_bw")]
         cells += [fmt(per(t, size, "pkts", 1e6), 0) for t in ("ib_read_bw", "ff_rdma_stream", "ib_write_bw")]
+        cells.append(" / ".join(",".join(kv.get("retries", "—") for kv in rows.get((t, size), [])) for t in ("ib_read_bw", "ff_rdma_stream")))
         out.append(f"| {size} | " + " | ".join(cells) + " |")
     out.append("")
     out.append("| 8 B | ib_write_lat µs | ff RDMA µs | ff TCP µs | ff RDMA / ib_write_lat | ib_write_lat over ff0 µs |")

@@ -130,7 +130,9 @@ impl IbVerbs {
             if rc != 0 {
                 return fail(io::Error::other(format!("ibv_query_device {dev}: {}", io::Error::from_raw_os_error(rc))));
             }
-            let depth = |n: i32| n.clamp(1, READS_MAX as i32) as u8;
+            // FF_RDMA_READS: a lower cap (an experiment knob).
+            let cap = std::env::var("FF_RDMA_READS").ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(READS_MAX as i32).clamp(1, READS_MAX as i32);
+            let depth = |n: i32| n.clamp(1, cap) as u8;
             // The table may have changed since the router chose (addresses
             // come and go): refuse a GID that is no longer the chosen one.
             if let Some(want) = dev.gid {
