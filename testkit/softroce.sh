@@ -22,7 +22,11 @@
 #                                 writes bench/results/softroce-DATE/ (or
 #                                 $FF_SOFTROCE_OUT); also ib_write_bw and
 #                                 ib_write_lat over ff0 (ffverbs) through
-#                                 the routers' RDMA link, beside rxe0
+#                                 the routers' RDMA link, beside rxe0; every
+#                                 bandwidth row also gets both guests' busy
+#                                 CPU, rxe0's packets and retransmissions
+#                                 (FF_SOFTROCE_SIZES: the sizes, default
+#                                 "65536 1048576 4194304")
 #
 # The guest image is built once from Debian packages (debootstrap, the
 # host's linux-image-amd64 kernel and modules) and cached in
