@@ -623,6 +623,12 @@ mod tests {
         assert!(a.modify_qp(q, QpState::Rtr, None).is_err(), "RTR needs the peer");
         let e = a.endpoint(q).unwrap();
         assert_eq!(Endpoint::decode(&e.encode()), e);
+        // A peer's READ depth is taken as at least 1 and at most READS_MAX.
+        for (said, taken) in [(0, 1), (255, READS_MAX), (7, 7)] {
+            let mut b = e.encode();
+            b[Endpoint::LEN - 1] = said;
+            assert_eq!(Endpoint::decode(&b).reads, taken);
+        }
         a.modify_qp(q, QpState::Rtr, Some(&e)).unwrap();
         let wr = SendWr { wr_id: 1, op: Op::Write, sges: vec![], remote_addr: 0, rkey: 0, signaled: true };
         assert!(a.post_send(q, &wr).is_err(), "sends need RTS");
