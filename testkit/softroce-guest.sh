@@ -234,37 +234,73 @@ else
     step "router over TCP (baseline)"
     router router-tcp /tmp/fft.sock 7071 tcp
     rounds=$(cat $S/rounds 2>/dev/null || echo 1)
+    # The cost of one test, on both guests: busy CPU (all processes, kernel
+    # work such as rxe's included), rxe0's packets sent and received, and
+    # its retransmissions after an ACK timeout (completer_retry_err).
+    # Each guest counts from just before its side starts to just after it
+    # ends; the connecting side adds the serving side's count to its
+    # BENCH line (cpu_s, pkts, bytes moved).
+    snap() {
+        echo "$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat)" \
+            "$(( $(cat $RXC/sent_pkts 2>/dev/null || echo 0) + $(cat $RXC/rcvd_pkts 2>/dev/null || echo 0) ))" \
+            "$(cat $RXC/completer_retry_err 2>/dev/null || echo 0)"
+    }
+    RXC=/sys/class/infiniband/rxe0/ports/1/hw_counters
+    HZ=$(getconf CLK_TCK)
+    costed() {
+        local name=$1 a b
+        shift
+        a=$(snap)
+        "$@"
+        b=$(snap)
+        echo "$a $b" | awk -v hz=$HZ '{ printf "%.2f %d %d\n", ($4 - $1) / hz, $5 - $2, $6 - $3 }' > $Y/$name.$role.cost
+    }
+    # cost NAME BYTES: the test's fields for the BENCH line; none when the
+    # serving side's count is missing (it ends soon after us, or when its
+    # perftest gives up: timeout 300).
+    cost() {
+        [ $role = connect ] || return 0
+        local w=0
+        while [ ! -e $Y/$1.serve.cost ] && [ $w -lt 1650 ] && [ ! -e $Y/abort ]; do
+            w=$((w + 1))
+            sleep 0.2
+        done
+        [ -e $Y/$1.serve.cost ] || return 0
+        cat $Y/$1.connect.cost $Y/$1.serve.cost | awk -v bytes=$2 '{ c += $1; p += $2; r += $3 } END { printf "cpu_s=%.2f pkts=%d retries=%d bytes=%d", c, p, r, bytes }'
+    }
     bench() { [ $role = connect ] && echo "BENCH round=$round $*"; return 0; }
     pick() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" /tmp/$2.out | tail -1; }
     # perftest's table row: the line that starts with the size.
     bw_of() { awk -v s="$1" '$1 == s { print $4 }' /tmp/$2.out | tail -1; }
     for round in $(seq $rounds); do
-        for size in 65536 1048576 4194304; do
-            case $size in 65536) n=200 ;; 1048576) n=20 ;; *) n=8 ;; esac
+        for size in $(cat $S/sizes 2>/dev/null || echo 65536 1048576 4194304); do
+            case $size in 65536) n=500 ;; 1048576) n=20 ;; *) n=8 ;; esac
+            # ffbench moves a warm-up of max(n / 10, 2) messages first.
+            nff=$(( n + (n / 10 > 2 ? n / 10 : 2) ))
             step "round $round: bench $size: ib_write_bw"
-            verbs_try wbw${size}r$round ib_write_bw -d rxe0 -x "$g" -s $size -n $n
-            bench "tool=ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size wbw${size}r$round)"
+            costed wbw${size}r$round verbs_try wbw${size}r$round ib_write_bw -d rxe0 -x "$g" -s $size -n $n
+            bench "tool=ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size wbw${size}r$round) $(cost wbw${size}r$round $((size * n)))"
             step "round $round: bench $size: ib_read_bw"
-            verbs_try rbw${size}r$round ib_read_bw -d rxe0 -x "$g" -s $size -n $n
-            bench "tool=ib_read_bw size=$size iters=$n mb_per_s=$(bw_of $size rbw${size}r$round)"
+            costed rbw${size}r$round verbs_try rbw${size}r$round ib_read_bw -d rxe0 -x "$g" -s $size -n $n
+            bench "tool=ib_read_bw size=$size iters=$n mb_per_s=$(bw_of $size rbw${size}r$round) $(cost rbw${size}r$round $((size * n)))"
             step "round $round: bench $size: ib_write_bw over ff0 (ffverbs, routers over RDMA)"
-            verbs_try fwbw${size}r$round $FFV ib_write_bw -d ff0 -s $size -n $n
-            bench "tool=ff0_ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size fwbw${size}r$round)"
+            costed fwbw${size}r$round verbs_try fwbw${size}r$round $FFV ib_write_bw -d ff0 -s $size -n $n
+            bench "tool=ff0_ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size fwbw${size}r$round) $(cost fwbw${size}r$round $((size * n)))"
             # As many messages in flight as perftest keeps: its tx depth
             # (128), at most its iterations.
             w=$(( n < 128 ? n : 128 ))
             step "round $round: bench $size: ff stream over RDMA, window $w"
-            ff_pair ffr${size}r$round /tmp/ff.sock stream --size $size --iters $n --window $w
-            bench "tool=ff_rdma_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s ffr${size}r$round)"
+            costed ffr${size}r$round ff_pair ffr${size}r$round /tmp/ff.sock stream --size $size --iters $n --window $w
+            bench "tool=ff_rdma_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s ffr${size}r$round) $(cost ffr${size}r$round $((size * nff)))"
             if [ $w != 8 ]; then
                 # NCCL keeps 8 requests in flight per connection.
                 step "round $round: bench $size: ff stream over RDMA, window 8"
-                ff_pair ffr8w${size}r$round /tmp/ff.sock stream --size $size --iters $n --window 8
-                bench "tool=ff_rdma_stream_w8 size=$size iters=$n window=8 mb_per_s=$(pick mb_per_s ffr8w${size}r$round)"
+                costed ffr8w${size}r$round ff_pair ffr8w${size}r$round /tmp/ff.sock stream --size $size --iters $n --window 8
+                bench "tool=ff_rdma_stream_w8 size=$size iters=$n window=8 mb_per_s=$(pick mb_per_s ffr8w${size}r$round) $(cost ffr8w${size}r$round $((size * nff)))"
             fi
             step "round $round: bench $size: ff stream over TCP, window $w"
-            ff_pair fft${size}r$round /tmp/fft.sock stream --size $size --iters $n --window $w
-            bench "tool=ff_tcp_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s fft${size}r$round)"
+            costed fft${size}r$round ff_pair fft${size}r$round /tmp/fft.sock stream --size $size --iters $n --window $w
+            bench "tool=ff_tcp_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s fft${size}r$round) $(cost fft${size}r$round $((size * nff)))"
         done
         step "round $round: bench 8 B latency: ib_write_lat"
         verbs_try wlatr$round ib_write_lat -d rxe0 -x "$g" -s 8 -n 200

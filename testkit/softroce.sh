@@ -22,7 +22,11 @@
 #                                 writes bench/results/softroce-DATE/ (or
 #                                 $FF_SOFTROCE_OUT); also ib_write_bw and
 #                                 ib_write_lat over ff0 (ffverbs) through
-#                                 the routers' RDMA link, beside rxe0
+#                                 the routers' RDMA link, beside rxe0; every
+#                                 bandwidth row also gets both guests' busy
+#                                 CPU, rxe0's packets and retransmissions
+#                                 (FF_SOFTROCE_SIZES: the sizes, default
+#                                 "65536 1048576 4194304")
 #
 # The guest image is built once from Debian packages (debootstrap, the
 # host's linux-image-amd64 kernel and modules) and cached in
@@ -145,6 +149,8 @@ echo "$mode" > "$share/mode"
 # FF_SOFTROCE_ROUNDS: bench rounds (every tool once per round, the report
 # takes medians); 3 by default.
 echo "${FF_SOFTROCE_ROUNDS:-3}" > "$share/rounds"
+# FF_SOFTROCE_SIZES: the bench's message sizes (default "65536 1048576 4194304").
+echo "${FF_SOFTROCE_SIZES:-65536 1048576 4194304}" > "$share/sizes"
 # FF_SOFTROCE_ROUTER_ENV: VAR=value words for the routers' environment
 # (experiment knobs such as FF_ROUTER_GATHER=...); none by default.
 echo "${FF_SOFTROCE_ROUTER_ENV:-}" | tr ' ' '\n' > "$share/router.env"

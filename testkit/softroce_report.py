@@ -15,7 +15,7 @@ def main():
     for line in open(path):
         if not line.startswith("BENCH "):
             continue
-        kv = dict(f.split("=", 1) for f in line.split()[1:])
+        kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
         rows.setdefault((kv["tool"], int(kv["size"])), []).append(kv)
     rounds = len({kv.get("round", "1") for rs in rows.values() for kv in rs})
 
@@ -74,6 +74,33 @@ def main():
         k = f"{n('ff_rdma_stream', size, 'mb_per_s')} / {n('ib_read_bw', size, 'mb_per_s')}"
         f8 = val("ff_rdma_stream_w8", size, "mb_per_s") if ("ff_rdma_stream_w8", size) in rows else fr
         out.append(f"| {size} | {fmt(w)} | {fmt(r)} | {fmt(fr)} | {fmt(ft)} | {ratio(fr, r)} | {k} | {fmt(f8)} | {ratio(f8, r)} | {fmt(fv)} | {ratio(fv, w)} |")
+    out.append("")
+    out.append("Cost of the same runs, on both guests (medians): busy CPU seconds per GB moved (all")
+    out.append("processes and the kernel's work, rxe's included, from `/proc/stat` of each guest,")
+    out.append("from just before its side of a test starts to just after it ends) and rxe0's packets")
+    out.append("(sent + received on both guests: each packet counts twice, from its `hw_counters`)")
+    out.append("per MB moved, and its retransmissions after an ACK timeout (`completer_retry_err`,")
+    out.append("both guests, per test). ffbench's bytes include its warm-up messages.")
+    out.append("")
+    out.append("| size | ib_read_bw CPU s/GB | ff RDMA CPU s/GB | ff TCP CPU s/GB | ib_write_bw CPU s/GB | ib_read_bw packets/MB | ff RDMA packets/MB | ib_write_bw packets/MB | retries ib_read_bw / ff RDMA (per round) |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def per(tool, size, key, unit):
+        v = []
+        for kv in rows.get((tool, size), []):
+            try:
+                b = float(kv["bytes"])
+                if b > 0 and kv.get("mb_per_s"):
+                    v.append(float(kv[key]) / (b / unit))
+            except (KeyError, ValueError):
+                pass
+        return statistics.median(v) if v else None
+
+    for size in sorted({s for (t, s) in rows if t.endswith("_bw") or t.endswith("stream")}):
+        cells = [fmt(per(t, size, "cpu_s", 1e9), 2) for t in ("ib_read_bw", "ff_rdma_stream", "ff_tcp_stream", "ib_write_bw")]
+        cells += [fmt(per(t, size, "pkts", 1e6), 0) for t in ("ib_read_bw", "ff_rdma_stream", "ib_write_bw")]
+        cells.append(" / ".join(",".join(kv.get("retries", "—") for kv in rows.get((t, size), [])) for t in ("ib_read_bw", "ff_rdma_stream")))
+        out.append(f"| {size} | " + " | ".join(cells) + " |")
     out.append("")
     out.append("| 8 B | ib_write_lat µs | ff RDMA µs | ff TCP µs | ff RDMA / ib_write_lat | ib_write_lat over ff0 µs |")
     out.append("|---:|---:|---:|---:|---:|---:|")

@@ -35,10 +35,19 @@ pub struct Endpoint {
     pub lid: u16,
     pub gid: [u8; 16],
     pub psn: u32,
+    /// READs this queue pair accepts in flight as a responder (its
+    /// `max_dest_rd_atomic`): the peer keeps no more outstanding.
+    pub reads: u8,
 }
 
+/// The most READs a queue pair keeps in flight (as initiator) and accepts
+/// (as responder), whatever more the device allows: perftest uses the
+/// device's maximum (128 on rxe); 64 x 64 KiB covers a slow link's round
+/// trip, and hardware NICs usually allow 16.
+pub const READS_MAX: u8 = 64;
+
 impl Endpoint {
-    pub const LEN: usize = 26;
+    pub const LEN: usize = 27;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
@@ -46,6 +55,7 @@ impl Endpoint {
         b[4..6].copy_from_slice(&self.lid.to_le_bytes());
         b[6..22].copy_from_slice(&self.gid);
         b[22..26].copy_from_slice(&self.psn.to_le_bytes());
+        b[26] = self.reads;
         b
     }
 
@@ -55,6 +65,8 @@ impl Endpoint {
             lid: u16::from_le_bytes(b[4..6].try_into().unwrap()),
             gid: b[6..22].try_into().unwrap(),
             psn: u32::from_le_bytes(b[22..26].try_into().unwrap()) & 0xff_ffff,
+            // From the peer: at least one, at most what we would use.
+            reads: b[26].clamp(1, READS_MAX),
         }
     }
 }
@@ -140,6 +152,9 @@ pub trait Verbs: Send + Sync {
     fn endpoint(&self, qp: u32) -> io::Result<Endpoint>;
     /// Moves the queue pair to `to`; `Rtr` needs the peer's endpoint.
     fn modify_qp(&self, qp: u32, to: QpState, remote: Option<&Endpoint>) -> io::Result<()>;
+    /// READs we may keep in flight on `qp` (its `max_rd_atomic`: what our
+    /// device and the peer's endpoint allow); known once it is `Rtr`.
+    fn read_depth(&self, qp: u32) -> io::Result<usize>;
     fn post_send(&self, qp: u32, wr: &SendWr) -> io::Result<()>;
     /// A zero-length receive (consumed by a WriteImm).
     fn post_recv(&self, qp: u32, wr_id: u64) -> io::Result<()>;
@@ -199,6 +214,11 @@ struct FakeQp {
     /// (the queue's depth counts them), and the most there ever were.
     in_flight: VecDeque<Instant>,
     peak: usize,
+    /// READs posted and not yet done, the most at once, and what the
+    /// peer's endpoint allows.
+    reads_in_flight: VecDeque<Instant>,
+    read_peak: usize,
+    peer_reads: usize,
 }
 
 pub const STATUS_REMOTE_ACCESS: u32 = 10;
@@ -219,6 +239,9 @@ pub struct FakeVerbs {
     rate: Option<f64>,
     /// When the wire is free again.
     busy: Mutex<Instant>,
+    /// READs its queue pairs accept and issue at once (`READS_MAX` unless
+    /// made with [`FakeVerbs::with_reads`]).
+    reads: u8,
 }
 
 impl Fabric {
@@ -226,7 +249,7 @@ impl Fabric {
         let (m, _) = &*self.inner;
         let mut st = m.lock().unwrap();
         st.next_qpn += 1;
-        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Mutex::new(Duration::ZERO), setup: Duration::ZERO, rate: None, busy: Mutex::new(Instant::now()) }
+        FakeVerbs { fabric: self.clone(), nic: st.next_qpn, delay: Mutex::new(Duration::ZERO), setup: Duration::ZERO, rate: None, busy: Mutex::new(Instant::now()), reads: READS_MAX }
     }
 
     /// A NIC whose operations complete `delay` after they are posted.
@@ -257,6 +280,11 @@ impl Fabric {
     /// had in flight at once.
     pub fn send_peak(&self, nic: &FakeVerbs) -> usize {
         self.inner.0.lock().unwrap().qps.values().filter(|q| q.nic == nic.nic).map(|q| q.peak).max().unwrap_or(0)
+    }
+
+    /// The most READs any queue pair of `nic` had in flight at once.
+    pub fn read_peak(&self, nic: &FakeVerbs) -> usize {
+        self.inner.0.lock().unwrap().qps.values().filter(|q| q.nic == nic.nic).map(|q| q.read_peak).max().unwrap_or(0)
     }
 
     /// The last READs done on the fabric, oldest first: (remote source,
@@ -292,6 +320,13 @@ impl FakeVerbs {
     /// one after the other), on top of the per-operation delay.
     pub fn with_rate(mut self, bytes_per_s: f64) -> FakeVerbs {
         self.rate = Some(bytes_per_s);
+        self
+    }
+
+    /// Its queue pairs accept and issue at most `n` READs at once (a NIC
+    /// with a smaller READ depth; at least 1).
+    pub fn with_reads(mut self, n: u8) -> FakeVerbs {
+        self.reads = n.max(1);
         self
     }
 
@@ -371,6 +406,9 @@ impl Verbs for FakeVerbs {
                     recv_depth,
                     in_flight: VecDeque::new(),
                     peak: 0,
+                    reads_in_flight: VecDeque::new(),
+                    read_peak: 0,
+                    peer_reads: 1,
                 },
             );
             Ok(id)
@@ -387,7 +425,7 @@ impl Verbs for FakeVerbs {
     fn endpoint(&self, qp: u32) -> io::Result<Endpoint> {
         self.with(|st| {
             st.qp(qp)?;
-            Ok(Endpoint { qpn: qp, lid: self.nic as u16, gid: [0; 16], psn: qp * 7 })
+            Ok(Endpoint { qpn: qp, lid: self.nic as u16, gid: [0; 16], psn: qp * 7, reads: self.reads })
         })
     }
 
@@ -400,10 +438,16 @@ impl Verbs for FakeVerbs {
             if to == QpState::Rtr {
                 let r = remote.ok_or_else(|| einval("RTR needs the remote endpoint"))?;
                 q.remote = Some(r.qpn);
+                q.peer_reads = r.reads as usize;
             }
             q.state = to;
             Ok(())
         })
+    }
+
+    fn read_depth(&self, qp: u32) -> io::Result<usize> {
+        let mine = self.reads as usize;
+        self.with(|st| Ok(st.qp(qp)?.peer_reads.min(mine)))
     }
 
     fn post_send(&self, qp: u32, wr: &SendWr) -> io::Result<()> {
@@ -478,6 +522,11 @@ impl Verbs for FakeVerbs {
             let q = st.qp(qp)?;
             q.in_flight.push_back(due);
             q.peak = q.peak.max(q.in_flight.len());
+            if wr.op == Op::Read {
+                q.reads_in_flight.retain(|&d| d > now);
+                q.reads_in_flight.push_back(due);
+                q.read_peak = q.read_peak.max(q.reads_in_flight.len());
+            }
             if wr.signaled {
                 let kind = if wr.op == Op::Read { WcKind::Read } else { WcKind::Write };
                 q.send_cq.push_back((due, Wc { wr_id: wr.wr_id, kind, status: 0 }));
@@ -574,6 +623,12 @@ mod tests {
         assert!(a.modify_qp(q, QpState::Rtr, None).is_err(), "RTR needs the peer");
         let e = a.endpoint(q).unwrap();
         assert_eq!(Endpoint::decode(&e.encode()), e);
+        // A peer's READ depth is taken as at least 1 and at most READS_MAX.
+        for (said, taken) in [(0, 1), (255, READS_MAX), (7, 7)] {
+            let mut b = e.encode();
+            b[Endpoint::LEN - 1] = said;
+            assert_eq!(Endpoint::decode(&b).reads, taken);
+        }
         a.modify_qp(q, QpState::Rtr, Some(&e)).unwrap();
         let wr = SendWr { wr_id: 1, op: Op::Write, sges: vec![], remote_addr: 0, rkey: 0, signaled: true };
         assert!(a.post_send(q, &wr).is_err(), "sends need RTS");

@@ -10,12 +10,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ibverbs_sys as ffi;
 
-use super::super::verbs::{Cq, Endpoint, Mr, Op, QpState, SendWr, Verbs, Wc, WcKind};
+use super::super::verbs::{Cq, Endpoint, Mr, Op, QpState, SendWr, Verbs, Wc, WcKind, READS_MAX};
 use super::gid::{self, Choice};
 
 struct CqPair {
@@ -30,6 +31,9 @@ struct Qp {
     send: CqPair,
     recv: CqPair,
     psn: u32,
+    /// READs it keeps in flight (its max_rd_atomic), set at RTR from the
+    /// peer's endpoint.
+    reads: AtomicU8,
 }
 
 pub struct IbVerbs {
@@ -40,6 +44,10 @@ pub struct IbVerbs {
     mtu: ffi::ibv_mtu,
     gid_index: u8,
     gid: [u8; 16],
+    /// The device's READ depths, at most READS_MAX: as responder
+    /// (max_qp_rd_atom) and as initiator (max_qp_init_rd_atom).
+    dest_reads: u8,
+    init_reads: u8,
     qps: Mutex<HashMap<u32, Box<Qp>>>,
     mrs: Mutex<HashMap<u32, usize>>,
 }
@@ -117,6 +125,14 @@ impl IbVerbs {
                 return fail(io::Error::other(format!("ibv_query_gid {dev}: {}", io::Error::from_raw_os_error(rc))));
             }
             let gid = gid.raw;
+            let mut dev_attr: ffi::ibv_device_attr = std::mem::zeroed();
+            let rc = ffi::ibv_query_device(ctx, &mut dev_attr);
+            if rc != 0 {
+                return fail(io::Error::other(format!("ibv_query_device {dev}: {}", io::Error::from_raw_os_error(rc))));
+            }
+            // FF_RDMA_READS: a lower cap (an experiment knob).
+            let cap = std::env::var("FF_RDMA_READS").ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(READS_MAX as i32).clamp(1, READS_MAX as i32);
+            let depth = |n: i32| n.clamp(1, cap) as u8;
             // The table may have changed since the router chose (addresses
             // come and go): refuse a GID that is no longer the chosen one.
             if let Some(want) = dev.gid {
@@ -132,6 +148,8 @@ impl IbVerbs {
                 mtu: attr.active_mtu,
                 gid_index,
                 gid,
+                dest_reads: depth(dev_attr.max_qp_rd_atom),
+                init_reads: depth(dev_attr.max_qp_init_rd_atom),
                 qps: Mutex::default(),
                 mrs: Mutex::default(),
             })
@@ -237,7 +255,7 @@ impl Verbs for IbVerbs {
             }
             let qpn = (*qp).qp_num;
             let psn = rand::random::<u32>() & 0xff_ffff;
-            self.qps.lock().unwrap().insert(qpn, Box::new(Qp { qp, send, recv, psn }));
+            self.qps.lock().unwrap().insert(qpn, Box::new(Qp { qp, send, recv, psn, reads: AtomicU8::new(1) }));
             Ok(qpn)
         }
     }
@@ -254,7 +272,7 @@ impl Verbs for IbVerbs {
     }
 
     fn endpoint(&self, qp: u32) -> io::Result<Endpoint> {
-        self.with_qp(qp, |q| Ok(Endpoint { qpn: qp, lid: self.lid, gid: self.gid, psn: q.psn }))
+        self.with_qp(qp, |q| Ok(Endpoint { qpn: qp, lid: self.lid, gid: self.gid, psn: q.psn, reads: self.dest_reads }))
     }
 
     fn modify_qp(&self, qp: u32, to: QpState, remote: Option<&Endpoint>) -> io::Result<()> {
@@ -283,7 +301,8 @@ impl Verbs for IbVerbs {
                     a.path_mtu = self.mtu;
                     a.dest_qp_num = r.qpn;
                     a.rq_psn = r.psn;
-                    a.max_dest_rd_atomic = 16;
+                    a.max_dest_rd_atomic = self.dest_reads;
+                    q.reads.store(self.init_reads.min(r.reads), Ordering::Relaxed);
                     a.min_rnr_timer = 12;
                     a.ah_attr.dlid = r.lid;
                     a.ah_attr.port_num = self.port;
@@ -313,7 +332,7 @@ impl Verbs for IbVerbs {
                     a.timeout = super::ACK_TIMEOUT_EXP;
                     a.retry_cnt = super::RETRY_CNT;
                     a.rnr_retry = 7;
-                    a.max_rd_atomic = 16;
+                    a.max_rd_atomic = q.reads.load(Ordering::Relaxed);
                     M::IBV_QP_STATE | M::IBV_QP_SQ_PSN | M::IBV_QP_TIMEOUT | M::IBV_QP_RETRY_CNT | M::IBV_QP_RNR_RETRY | M::IBV_QP_MAX_QP_RD_ATOMIC
                 }
                 QpState::Error => {
@@ -324,6 +343,10 @@ impl Verbs for IbVerbs {
             // SAFETY: q.qp is live; a and mask are consistent.
             errno("ibv_modify_qp", unsafe { ffi::ibv_modify_qp(q.qp, &mut a, mask.0 as i32) })
         })
+    }
+
+    fn read_depth(&self, qp: u32) -> io::Result<usize> {
+        self.with_qp(qp, |q| Ok(q.reads.load(Ordering::Relaxed) as usize))
     }
 
     fn post_send(&self, qp: u32, wr: &SendWr) -> io::Result<()> {
