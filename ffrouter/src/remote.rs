@@ -27,7 +27,8 @@
 //! Pumps spin briefly (latency) and then sleep on the router side's futex in
 //! the connection file (a worker sleeps on all its idle connections' at
 //! once); receivers block on the link. Idle connections cost their worker a
-//! look each every 200 ms; an idle link a PING per stream every 500 ms.
+//! look each every 200 ms at first, every 1.6 s once all stayed idle a few
+//! seconds (`pumps::next_nap`); an idle link a PING per stream every 500 ms.
 //!
 //! When a link dies (the peer's host stops answering, its router sends
 //! nothing for `link::SILENT_AFTER`, or its sockets or queue pairs fail),
@@ -123,6 +124,14 @@ fn turn_quantum() -> usize {
 fn nap() -> Duration {
     static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     Duration::from_millis(knob(&K, "FF_ROUTER_NAP_MS", 200).max(1))
+}
+/// The longest a worker naps: each look after a nap that found nothing
+/// to wake doubles its nap, up to this (see `pumps::next_nap`). At 512
+/// idle connections the looks every 200 ms were nearly all of both
+/// routers' idle CPU, ~1.1 % of a core (bench/results/idle512-2026-12-03).
+fn nap_max() -> Duration {
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_millis(knob(&K, "FF_ROUTER_NAP_MAX_MS", 1600)).max(nap())
 }
 
 /// Router-to-router settings (the `--listen-addr` family of flags).
@@ -3332,6 +3341,30 @@ mod tests {
             }
             // Longer than the workers' spin: every connection goes to sleep.
             std::thread::sleep(Duration::from_millis(100));
+        }
+        // Idle: every worker backs off to its longest nap (nothing to wake
+        // in its looks); then every connection still carries a message each
+        // way, checked, woken by its word and not by a look.
+        let t0 = Instant::now();
+        loop {
+            let naps: Vec<Duration> = (0..2).flat_map(|i| two._routers[i].remote.as_ref().unwrap().pumps.naps()).collect();
+            if naps.iter().all(|&n| n == nap_max()) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "workers' naps while idle: {naps:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (i, (_, b)) in pairs.iter_mut().enumerate() {
+            b.send(&pattern(1 + (i * 41) % 800, i + 11), 4, T).unwrap();
+        }
+        for (i, (a, _)) in pairs.iter_mut().enumerate() {
+            let n = a.recv(&mut buf, 4, T).unwrap();
+            assert!(buf[..n] == pattern(1 + (i * 41) % 800, i + 11)[..], "connection {i}, after the long naps: request");
+            a.send(&pattern(1 + (i * 59) % 900, i + 13), 5, T).unwrap();
+        }
+        for (i, (_, b)) in pairs.iter_mut().enumerate() {
+            let n = b.recv(&mut buf, 5, T).unwrap();
+            assert!(buf[..n] == pattern(1 + (i * 59) % 900, i + 13)[..], "connection {i}, after the long naps: answer");
         }
         drop(pairs);
         for c in [&c0, &c1] {

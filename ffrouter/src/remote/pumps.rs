@@ -21,7 +21,13 @@
 //!   ([`ffcore::futex::wait_any_timeout`]). A word woken or changed since it
 //!   was read ends the wait, so no event between the last check and the
 //!   sleep is lost. After [`super::nap`] (200 ms) without any, it looks at each
-//!   sleeping connection once (`Pump::ready`) as a safety net.
+//!   sleeping connection once (`Pump::ready`) as a safety net. A look that
+//!   finds none to wake doubles the next nap, up to [`super::nap_max`]
+//!   (1.6 s); any event, new connection or look that wakes one starts
+//!   again at 200 ms ([`next_nap`]). Each look costs a few µs per sleeping
+//!   connection (its control page, and `futex_waitv` keying its shared
+//!   word again), which at 512 idle connections was nearly all the routers'
+//!   idle CPU.
 //!
 //! Sends: a connection alone awake on its worker sends as its pump thread
 //! did (`Mode::Block`: waits in the kernel while the link is full, so one
@@ -32,17 +38,28 @@
 //! on one of those links (in turn) with `Mode::Block`. One turn of a
 //! connection sends at most what its peer's credit allows (its ring).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ffcore::futex::{self, Woken, WAITV_MAX};
 
-use super::{nap, spin, Mode, Pump, Quantum, Step, Stop};
+use super::{nap, nap_max, spin, Mode, Pump, Quantum, Step, Stop};
 
 /// Most connections one worker serves: one `futex_waitv` call covers their
 /// wake words and the worker's bell.
 pub const PER_WORKER: usize = WAITV_MAX - 1;
+
+/// A worker's next nap: `base` again after an event, a new connection, or
+/// a look that woke a connection; else (a look that found nothing) twice
+/// `now`, at most `max`.
+pub(crate) fn next_nap(now: Duration, timed_out: bool, woke_any: bool, base: Duration, max: Duration) -> Duration {
+    if !timed_out || woke_any {
+        base
+    } else {
+        (now * 2).min(max).max(base)
+    }
+}
 
 /// The default number of workers: the cores, at most 4.
 pub fn default_workers() -> usize {
@@ -67,6 +84,8 @@ struct Worker {
     on_stream: [AtomicUsize; STREAM_COUNTS],
     /// Bumped, and woken, when the inbox gets a connection or the pool goes.
     bell: AtomicU32,
+    /// Its current nap in ms (diagnostics, tests; see [`next_nap`]).
+    nap_ms: AtomicU64,
     /// The pool is gone: the worker ends once its connections have.
     closed: AtomicBool,
     /// Connections to hand over to a newer worker (so that all share the
@@ -111,6 +130,12 @@ impl Pool {
         self.workers.lock().unwrap().iter().map(|w| w.load.load(Ordering::Relaxed)).collect()
     }
 
+    /// Each worker's current nap (tests).
+    #[cfg(test)]
+    pub fn naps(&self) -> Vec<Duration> {
+        self.workers.lock().unwrap().iter().map(|w| Duration::from_millis(w.nap_ms.load(Ordering::Relaxed))).collect()
+    }
+
     /// Per worker, its connections on each of the first `n` stream
     /// numbers (tests).
     #[cfg(test)]
@@ -144,6 +169,7 @@ impl Pool {
                     load: AtomicUsize::new(0),
                     on_stream: std::array::from_fn(|_| AtomicUsize::new(0)),
                     bell: AtomicU32::new(0),
+                    nap_ms: AtomicU64::new(0),
                     closed: AtomicBool::new(false),
                     shed: Mutex::default(),
                 });
@@ -236,6 +262,8 @@ fn run(w: &Arc<Worker>) {
     let (mut spare, mut back): (Vec<Slot>, Vec<Slot>) = (Vec::new(), Vec::new());
     let mut blocked: Vec<usize> = Vec::new();
     let mut degraded = false;
+    let mut napping = nap();
+    w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
     loop {
         if took {
             // Read the bell before the inbox: a connection added after
@@ -343,7 +371,7 @@ fn run(w: &Arc<Worker>) {
             }
         }
         words.push((&w.bell as *const AtomicU32, bell_seen));
-        let timeout = if slots.is_empty() { Duration::from_secs(1) } else { nap() };
+        let timeout = if slots.is_empty() { Duration::from_secs(1) } else { napping };
         let woken = if degraded {
             std::thread::sleep(Duration::from_millis(1));
             Woken::Interrupted
@@ -359,6 +387,7 @@ fn run(w: &Arc<Worker>) {
                 }
             }
         };
+        let mut woke_any = false;
         if woken == Woken::TimedOut {
             // The safety net: a look at each sleeping connection.
             let now = Instant::now();
@@ -367,10 +396,13 @@ fn run(w: &Arc<Worker>) {
                     let wake = if announced { s.p.ready() } else { !s.p.f.covered.load(Ordering::SeqCst) };
                     if wake {
                         s.wake(now);
+                        woke_any = true;
                     }
                 }
             }
         }
+        napping = next_nap(napping, woken == Woken::TimedOut && !slots.is_empty(), woke_any, nap(), nap_max());
+        w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
         took = w.bell.load(Ordering::SeqCst) != bell_seen;
     }
 }
@@ -439,5 +471,26 @@ fn turn(s: &mut Slot, mode: Mode, quantum: Quantum, now: Instant) -> Turn {
             }
             Turn::Keep
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naps_double_while_looks_find_nothing_and_start_over_on_anything() {
+        let (base, max) = (Duration::from_millis(200), Duration::from_millis(1600));
+        let mut n = base;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            n = next_nap(n, true, false, base, max);
+            seen.push(n.as_millis());
+        }
+        assert_eq!(seen, [400, 800, 1600, 1600, 1600, 1600]);
+        assert_eq!(next_nap(max, true, true, base, max), base, "a look that woke a connection");
+        assert_eq!(next_nap(max, false, false, base, max), base, "an event or a new connection");
+        // FF_ROUTER_NAP_MAX_MS below FF_ROUTER_NAP_MS: never under the base.
+        assert_eq!(next_nap(base, true, false, base, Duration::from_millis(50)), base);
     }
 }
