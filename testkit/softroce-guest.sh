@@ -247,9 +247,10 @@ else
     }
     RXC=/sys/class/infiniband/rxe0/ports/1/hw_counters
     HZ=$(getconf CLK_TCK)
+    # costed COMMAND NAME ARGS...: runs a pair command (verbs_try, ff_pair)
+    # and keeps this guest's cost of it under its NAME.
     costed() {
-        local name=$1 a b
-        shift
+        local name=$2 a b
         a=$(snap)
         "$@"
         b=$(snap)
@@ -278,28 +279,28 @@ else
             # ffbench moves a warm-up of max(n / 10, 2) messages first.
             nff=$(( n + (n / 10 > 2 ? n / 10 : 2) ))
             step "round $round: bench $size: ib_write_bw"
-            costed wbw${size}r$round verbs_try wbw${size}r$round ib_write_bw -d rxe0 -x "$g" -s $size -n $n
+            costed verbs_try wbw${size}r$round ib_write_bw -d rxe0 -x "$g" -s $size -n $n
             bench "tool=ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size wbw${size}r$round) $(cost wbw${size}r$round $((size * n)))"
             step "round $round: bench $size: ib_read_bw"
-            costed rbw${size}r$round verbs_try rbw${size}r$round ib_read_bw -d rxe0 -x "$g" -s $size -n $n
+            costed verbs_try rbw${size}r$round ib_read_bw -d rxe0 -x "$g" -s $size -n $n
             bench "tool=ib_read_bw size=$size iters=$n mb_per_s=$(bw_of $size rbw${size}r$round) $(cost rbw${size}r$round $((size * n)))"
             step "round $round: bench $size: ib_write_bw over ff0 (ffverbs, routers over RDMA)"
-            costed fwbw${size}r$round verbs_try fwbw${size}r$round $FFV ib_write_bw -d ff0 -s $size -n $n
+            costed verbs_try fwbw${size}r$round $FFV ib_write_bw -d ff0 -s $size -n $n
             bench "tool=ff0_ib_write_bw size=$size iters=$n mb_per_s=$(bw_of $size fwbw${size}r$round) $(cost fwbw${size}r$round $((size * n)))"
             # As many messages in flight as perftest keeps: its tx depth
             # (128), at most its iterations.
             w=$(( n < 128 ? n : 128 ))
             step "round $round: bench $size: ff stream over RDMA, window $w"
-            costed ffr${size}r$round ff_pair ffr${size}r$round /tmp/ff.sock stream --size $size --iters $n --window $w
+            costed ff_pair ffr${size}r$round /tmp/ff.sock stream --size $size --iters $n --window $w
             bench "tool=ff_rdma_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s ffr${size}r$round) $(cost ffr${size}r$round $((size * nff)))"
             if [ $w != 8 ]; then
                 # NCCL keeps 8 requests in flight per connection.
                 step "round $round: bench $size: ff stream over RDMA, window 8"
-                costed ffr8w${size}r$round ff_pair ffr8w${size}r$round /tmp/ff.sock stream --size $size --iters $n --window 8
+                costed ff_pair ffr8w${size}r$round /tmp/ff.sock stream --size $size --iters $n --window 8
                 bench "tool=ff_rdma_stream_w8 size=$size iters=$n window=8 mb_per_s=$(pick mb_per_s ffr8w${size}r$round) $(cost ffr8w${size}r$round $((size * nff)))"
             fi
             step "round $round: bench $size: ff stream over TCP, window $w"
-            costed fft${size}r$round ff_pair fft${size}r$round /tmp/fft.sock stream --size $size --iters $n --window $w
+            costed ff_pair fft${size}r$round /tmp/fft.sock stream --size $size --iters $n --window $w
             bench "tool=ff_tcp_stream size=$size iters=$n window=$w mb_per_s=$(pick mb_per_s fft${size}r$round) $(cost fft${size}r$round $((size * nff)))"
         done
         step "round $round: bench 8 B latency: ib_write_lat"

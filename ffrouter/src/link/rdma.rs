@@ -1469,6 +1469,23 @@ mod tests {
         nic.fabric()
     }
 
+    /// Frame `i`: the `i`th `m` bytes of `src`, filled with `i + 1`.
+    fn filled(src: &SharedMem, i: usize, m: usize) -> Frame {
+        let p = unsafe { src.as_ptr().add(i * m) };
+        unsafe { std::ptr::write_bytes(p, i as u8 + 1, m) };
+        Frame { hdr: Header::data(i as u64, ffcore::ring::REC_FIRST, 1, m as u64, m).encode(), ptr: p, len: m }
+    }
+
+    /// Takes the next frame from stream 0 of `b`: it must be frame `i` of
+    /// `m` bytes, filled with `i + 1` (see [`filled`]).
+    fn take_filled(b: &RdmaLink, i: usize, m: usize) {
+        let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
+        assert_eq!((h.conn, h.len as usize), (i as u64, m));
+        let mut got = vec![0u8; m];
+        unsafe { b.recv_payload(0, got.as_mut_ptr(), m).unwrap() };
+        assert!(got.iter().all(|&x| x == i as u8 + 1), "payload {i} differs");
+    }
+
     fn data(conn: u64, payload: &[u8]) -> (Frame, [u8; HDR_LEN]) {
         let h = Header::data(conn, ffcore::ring::REC_FIRST, 1, payload.len() as u64, payload.len()).encode();
         (Frame { hdr: h, ptr: payload.as_ptr(), len: payload.len() }, h)
@@ -1725,28 +1742,16 @@ mod tests {
         const M: usize = INLINE_MAX + 4096;
         let src = Arc::new(SharedMem::create("src", (N + 1) * M).unwrap());
         a.register(&src).unwrap();
-        let frame = |i: usize| {
-            let p = unsafe { src.as_ptr().add(i * M) };
-            unsafe { std::ptr::write_bytes(p, i as u8 + 1, M) };
-            Frame { hdr: Header::data(i as u64, ffcore::ring::REC_FIRST, 1, M as u64, M).encode(), ptr: p, len: M }
-        };
-        let frames: Vec<Frame> = (0..N).map(frame).collect();
+        let frames: Vec<Frame> = (0..N).map(|i| filled(&src, i, M)).collect();
         let ticket = unsafe { a.send_unacked(0, &frames).unwrap() };
-        let mut got = vec![0u8; M];
-        let mut consume = |i: usize| {
-            let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
-            assert_eq!(h.conn, i as u64);
-            unsafe { b.recv_payload(0, got.as_mut_ptr(), M).unwrap() };
-            assert!(got.iter().all(|&x| x == i as u8 + 1), "payload {i} differs");
-        };
         for i in 0..N {
-            consume(i);
+            take_filled(&b, i, M);
         }
         assert!(a.reads_done(0, ticket, Duration::from_secs(5)).unwrap(), "the last of {N} payloads was never acked");
         let acks = b.streams[0].acks_sent.load(Ordering::Relaxed);
         assert!(acks <= (N as u64).div_ceil(ACK_EVERY as u64) + 1, "{acks} acks for {N} payloads consumed in a row");
-        let lone = unsafe { a.send_unacked(0, &[frame(N)]).unwrap() };
-        consume(N);
+        let lone = unsafe { a.send_unacked(0, &[filled(&src, N, M)]).unwrap() };
+        take_filled(&b, N, M);
         assert!(a.reads_done(0, lone, Duration::from_secs(5)).unwrap(), "a lone payload was not acked once consumed");
         a.deregister(&src);
     }
@@ -1760,29 +1765,19 @@ mod tests {
         // 64 KiB on soft-RoCE), never more, and every byte arrives.
         for (reads, want) in [(READS_MAX, 47), (8, 8)] {
             let f = Fabric::default();
-            let (_fab, nb, b, a) = pair_on(1, f.slow_nic(Duration::from_millis(20)).with_reads(reads), SILENT_AFTER);
+            let (fab, nb, b, a) = pair_on(1, f.slow_nic(Duration::from_millis(20)).with_reads(reads), SILENT_AFTER);
             assert_eq!(b.streams[0].reads, reads as usize);
             const N: usize = 48;
             const M: usize = 64 << 10;
             let src = Arc::new(SharedMem::create("src", N * M).unwrap());
             a.register(&src).unwrap();
-            let frames: Vec<Frame> = (0..N)
-                .map(|i| {
-                    let p = unsafe { src.as_ptr().add(i * M) };
-                    unsafe { std::ptr::write_bytes(p, i as u8 + 1, M) };
-                    Frame { hdr: Header::data(i as u64, ffcore::ring::REC_FIRST, 1, M as u64, M).encode(), ptr: p, len: M }
-                })
-                .collect();
+            let frames: Vec<Frame> = (0..N).map(|i| filled(&src, i, M)).collect();
             let ticket = unsafe { a.send_unacked(0, &frames).unwrap() };
-            let mut got = vec![0u8; M];
             for i in 0..N {
-                let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
-                assert_eq!(h.conn, i as u64);
-                unsafe { b.recv_payload(0, got.as_mut_ptr(), M).unwrap() };
-                assert!(got.iter().all(|&x| x == i as u8 + 1), "payload {i} differs");
+                take_filled(&b, i, M);
             }
             assert!(a.reads_done(0, ticket, Duration::from_secs(5)).unwrap());
-            let peak = _fab.read_peak(&nb);
+            let peak = fab.read_peak(&nb);
             assert!(peak >= want && peak <= reads as usize, "READs in flight at once: {peak}, want {want} to {reads}");
             a.deregister(&src);
         }
@@ -1803,18 +1798,11 @@ mod tests {
         a.register(&src).unwrap();
         let mut tickets = Vec::new();
         for i in 0..N {
-            let p = unsafe { src.as_ptr().add(i * M) };
-            unsafe { std::ptr::write_bytes(p, i as u8 + 1, M) };
-            let f = Frame { hdr: Header::data(i as u64, ffcore::ring::REC_FIRST, 1, M as u64, M).encode(), ptr: p, len: M };
-            tickets.push(unsafe { a.send_unacked(0, &[f]).unwrap() });
+            tickets.push(unsafe { a.send_unacked(0, &[filled(&src, i, M)]).unwrap() });
         }
         assert!(fab.send_peak(&na) >= N, "WRITEs in flight at once: {} of {N}", fab.send_peak(&na));
         for i in 0..N {
-            let h = Header::decode(&b.recv_header(0).unwrap()).unwrap();
-            assert_eq!((h.conn, h.len as usize), (i as u64, M));
-            let mut got = vec![0u8; M];
-            unsafe { b.recv_payload(0, got.as_mut_ptr(), M).unwrap() };
-            assert!(got.iter().all(|&x| x == i as u8 + 1), "payload {i} differs");
+            take_filled(&b, i, M);
         }
         assert!(a.reads_done(0, *tickets.last().unwrap(), Duration::from_secs(5)).unwrap());
         a.deregister(&src);
