@@ -2792,6 +2792,43 @@ mod tests {
         std::env::remove_var("FF_RDMA_PIPELINE");
     }
 
+    /// One connection streaming over RDMA on a fake NIC without delay
+    /// (the NIC's copies cost what the CPU's do): what the engine itself
+    /// costs per frame. A bench, not a test of speed: `cargo test -p
+    /// ffrouter --lib --release -- --ignored --nocapture
+    /// fast_fake_rdma_stream`; it asserts only that every message arrived.
+    #[test]
+    #[ignore]
+    fn fast_fake_rdma_stream() {
+        for size in [4096usize, 64 << 10, 1 << 20] {
+            let n = (2usize << 30) / size / 4;
+            let two = Two::with_streams(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 }, 4 << 20, 4);
+            let ([_c0, _c1], mut rx, mut tx) = conn_pair(&two);
+            let t0 = Instant::now();
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    let msg = pattern(size, 1);
+                    let mut q = std::collections::VecDeque::new();
+                    for _ in 0..n {
+                        if q.len() == 8 {
+                            tx.wait(q.pop_front().unwrap(), T).unwrap();
+                        }
+                        q.push_back(unsafe { tx.isend(msg.as_ptr(), size, 1).unwrap() });
+                    }
+                    for r in q {
+                        tx.wait(r, T).unwrap();
+                    }
+                });
+                let mut buf = vec![0u8; size];
+                for i in 0..n {
+                    assert_eq!(rx.recv(&mut buf, 1, T).unwrap(), size);
+                    assert!(i % 1024 != 0 || buf == pattern(size, 1), "message {i} differs");
+                }
+            });
+            println!("fast fake NIC, one connection, {size} B messages: {:.1} MB/s", (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6);
+        }
+    }
+
     #[test]
     fn a_client_that_closes_while_the_peer_still_reads_loses_nothing() {
         // Over RDMA the pump sends gathers without waiting for the peer's

@@ -1067,6 +1067,19 @@ impl Link for RdmaLink {
         self.post_imm(&self.streams[si], IMM_PING)
     }
 
+    fn readable(&self, si: usize) -> bool {
+        // Only the stream's receiver calls this, between frames; a sender
+        // draining immediates meanwhile makes it say "no" this once.
+        let s = &self.streams[si];
+        let Ok(rx) = s.rx.try_lock() else { return false };
+        let landed = || s.avail.load(Ordering::Acquire) > rx.rpos;
+        if landed() {
+            return true;
+        }
+        // A broken link: recv_header says why.
+        self.drain_recv(s, false).is_err() || landed() || self.check().is_err()
+    }
+
     fn recv_header(&self, si: usize) -> io::Result<[u8; HDR_LEN]> {
         let s = &self.streams[si];
         let mut rx = s.rx.lock().unwrap();
@@ -1680,6 +1693,31 @@ mod tests {
         let e = b.recv_header(0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         assert!(t0.elapsed() < silence + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn readable_says_whether_a_frame_has_landed() {
+        // The receiver asks between frames while it serves covered
+        // connections: landed frames say yes, pings (immediates, not
+        // frames) and an empty ring say no, a broken link says yes (so
+        // that recv_header reports it).
+        let (_fab, a, b) = pair(1);
+        let landed = |b: &RdmaLink| (0..5000).any(|_| b.readable(0) || { std::thread::sleep(Duration::from_millis(1)); false });
+        a.ping(0).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!b.readable(0), "a ping is no frame");
+        let payload = vec![7u8; 300];
+        let (frame, hdr) = data(3, &payload);
+        unsafe { a.send(0, &[frame]).unwrap() };
+        assert!(landed(&b), "a frame landed and readable never said so");
+        assert_eq!(b.recv_header(0).unwrap(), hdr);
+        let mut got = vec![0u8; payload.len()];
+        unsafe { b.recv_payload(0, got.as_mut_ptr(), got.len()).unwrap() };
+        assert_eq!(got, payload);
+        assert!(!b.readable(0), "nothing more landed");
+        b.shutdown();
+        assert!(b.readable(0));
+        assert!(b.recv_header(0).is_err());
     }
 
     #[test]
