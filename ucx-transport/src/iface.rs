@@ -7,8 +7,8 @@
 //! and handed to UCP's handler from there, so the peer (another process)
 //! cannot change them while UCP parses them; from another host, where only
 //! the router writes the ring, UCP reads them in the ring ([`am_in_ring`]);
-//! PUT data is written into, and
-//! GET data read from, memory this process registered, and atomics
+//! PUT data is written into, and GET data read from, memory this process
+//! registered, and atomics
 //! performed on it (one CPU atomic each, `ffcore::atomic`), after the
 //! request (decoded from a private copy of its header) passed the
 //! registration check. A connection whose requests are refused [`MAX_REFUSED`] times is
