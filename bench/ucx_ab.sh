@@ -6,6 +6,7 @@
 #
 # Usage: bench/ucx_ab.sh LIB_A LIB_B [ROUNDS] [OUT.csv]
 #   FFROUTER=path (default target/release/ffrouter)
+#   UCX_AB_ONLY="tag_lat_8B tag_bw_64KiB ..." runs only the tests named
 # Prints (and writes OUT.csv): build,round,test,p50_us,MBps,msgps,cpu_s_per_gb
 # (ucx_perftest's overall columns; its "MB/s" is MiB/s; CPU seconds of the
 # whole machine, from /proc/stat over the client's run, per GB it moved). UCT-level tests
@@ -38,6 +39,7 @@ tests=(
     "tag_lat_4KiB      -t tag_lat -s 4096 -n 200000"
     "tag_bw_8KiB       -t tag_bw -s 8192 -n 500000"
     "tag_bw_64KiB      -t tag_bw -s 65536 -n 100000"
+    "tag_bw_1MiB       -t tag_bw -s 1048576 -n 10000"
 )
 port=$((20000 + RANDOM % 20000))
 busy_jiffies() {  # the machine's busy time so far, in clock ticks
@@ -68,6 +70,9 @@ echo "build,round,test,p50_us,MBps,msgps,cpu_s_per_gb" | tee "$out"
 for ((r = 1; r <= rounds; r++)); do
     for t in "${tests[@]}"; do
         read -r name args <<<"$t"
+        if [[ -n ${UCX_AB_ONLY:-} && " $UCX_AB_ONLY " != *" $name "* ]]; then
+            continue
+        fi
         # Alternate which build goes first from round to round.
         if ((r % 2)); then order="A B"; else order="B A"; fi
         for which in $order; do

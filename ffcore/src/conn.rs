@@ -314,6 +314,12 @@ impl Conn {
         lay.side(1 - self.side).polls_on(cpu)
     }
 
+    /// Does the router play the other side (from the router's reply, not
+    /// from the shared file's flags, which a local peer could write)?
+    pub fn router_is_peer(&self) -> bool {
+        self.router_is_peer
+    }
+
     /// Is the peer on another host (the router forwards this connection)?
     /// Then answers take many microseconds and need the routers' threads:
     /// a caller that polls in a loop of its own (UCX, NCCL) should yield

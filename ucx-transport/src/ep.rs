@@ -19,7 +19,8 @@
 //!
 //! Copies: AM and inline RMA data are copied into the ring by the sender and
 //! out of it by the receiver (AMs into the receiving iface's private buffer,
-//! from which UCP copies them to the user buffer); streamed RMA data likewise
+//! from which UCP copies them to the user buffer; from another host UCP
+//! copies them straight out of the ring); streamed RMA data likewise
 //! moves user buffer -> ring -> user buffer, pipelined in ring fragments by
 //! both cores: two copies, where CMA's process_vm_readv makes one (and
 //! needs ptrace rights across containers, which FreeFlow does not grant).

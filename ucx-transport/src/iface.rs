@@ -5,8 +5,10 @@
 //! Target side of the protocol in [`crate::proto`]: active messages are
 //! copied out of the shared ring into a buffer of the iface ([`AmBuf`])
 //! and handed to UCP's handler from there, so the peer (another process)
-//! cannot change them while UCP parses them; PUT data is written into, and
-//! GET data read from, memory this process registered, and atomics
+//! cannot change them while UCP parses them; from another host, where only
+//! the router writes the ring, UCP reads them in the ring ([`am_in_ring`]);
+//! PUT data is written into, and GET data read from, memory this process
+//! registered, and atomics
 //! performed on it (one CPU atomic each, `ffcore::atomic`), after the
 //! request (decoded from a private copy of its header) passed the
 //! registration check. A connection whose requests are refused [`MAX_REFUSED`] times is
@@ -85,6 +87,9 @@ pub struct State {
     pub waiter: ffcore::wake::Waiter,
     /// `event_arm` armed the waiter; the next progress disarms it.
     pub armed: bool,
+    /// An active message was handed to UCP straight from a ring the
+    /// router writes (logged once, at info level).
+    pub am_in_ring_seen: bool,
     /// Progress calls since the last liveness round, and when that was.
     pub live_calls: u32,
     pub live_at: std::time::Instant,
@@ -177,6 +182,10 @@ enum Action {
     None,
     /// An active message for handler `id`, copied into the iface's AM buffer.
     Am { id: usize, data: *mut u8, len: usize },
+    /// An active message for handler `id`, still in the ring of a
+    /// connection the router plays (see [`am_in_ring`]): handed to UCP
+    /// before the record is released.
+    AmInRing { id: usize, data: *mut u8, len: usize },
     /// A PUT whose data follows as its own message.
     PutStream { seq: u64, ok: bool, addr: u64, len: u64 },
     Reply(Reply),
@@ -341,6 +350,7 @@ pub unsafe extern "C" fn iface_open(
         idle: 0,
         waiter,
         armed: false,
+        am_in_ring_seen: false,
         live_calls: 0,
         live_at: std::time::Instant::now(),
     });
@@ -764,9 +774,23 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
         let cfg = (*me).st.cfg;
         let base = std::ptr::addr_of!((*me).base);
         let am_buf = std::ptr::addr_of_mut!((*me).st.am_buf);
+        let router_wrote = (*rc).conn.router_is_peer();
+        let mut in_ring = false;
         let got = (*rc).conn.poll_whole(|tag, data, len| {
-            action = handle(base, md, &cfg, &mut *am_buf, tag, data, len);
+            action = handle(base, md, &cfg, &mut *am_buf, router_wrote, tag, data, len);
+            if let Action::AmInRing { id, data, len } = action {
+                // Before the record is released (the closure's return):
+                // only the router writes this ring, and it does not touch
+                // a record again until we have consumed it.
+                deliver_am(base, id, data, len);
+                action = Action::None;
+                in_ring = true;
+            }
         });
+        if in_ring && !(*me).st.am_in_ring_seen {
+            (*me).st.am_in_ring_seen = true;
+            ff_info!("ff: iface {:p}: active messages from another host are read in place (connection {})", me, (*rc).conn.id());
+        }
         match got {
             Ok(true) => count += 1,
             Ok(false) => break,
@@ -794,16 +818,12 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
             }
         }
         match action {
-            Action::None => {}
+            // AmInRing was delivered inside poll_whole.
+            Action::None | Action::AmInRing { .. } => {}
             Action::Am { id, data, len } => {
-                // The record has left the ring; UCP gets our copy. Its
-                // handler may send (other connections) or re-enter progress
-                // (which returns at once), but nothing reuses the buffer
-                // before it returns; flags 0: UCP copies what it keeps.
-                let h = (*base).am[id];
-                if let Some(cb) = h.cb {
-                    cb(h.arg, data as *mut c_void, len, 0);
-                }
+                // The record has left the ring; UCP gets our copy. Nothing
+                // reuses the buffer before the handler returns.
+                deliver_am(base, id, data, len);
             }
             Action::Reply(r) => {
                 (*rc).replies.push_back(r);
@@ -833,11 +853,34 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
     count
 }
 
+/// Hands an active message to UCP's handler `id`. The handler may send
+/// (other connections) or re-enter progress (which returns at once); flags
+/// 0: UCP copies what it keeps before it returns.
+unsafe fn deliver_am(base: *const BaseIface, id: usize, data: *mut u8, len: usize) {
+    let h = (*base).am[id];
+    if let Some(cb) = h.cb {
+        cb(h.arg, data as *mut c_void, len, 0);
+    }
+}
+
+/// May UCP read an active message straight from the ring, without the copy
+/// into the iface's AM buffer? Only where nobody but the router writes the
+/// ring (`router_wrote`: the connection's peer is on another host and the
+/// router plays its side, as the router's own reply said; a peer on this
+/// host shares the ring and could change the bytes while UCP parses them)
+/// and where the record's address honours the AM alignment UCP asked for
+/// (`(data + offset) % align == 0`), else it is copied as on one host.
+pub fn am_in_ring(router_wrote: bool, data: usize, align: usize, offset: usize) -> bool {
+    router_wrote && (align <= 1 || (data.wrapping_add(offset)) % align == 0)
+}
+
 /// Handles one message while it is in the ring (`data`, `len`: the record,
-/// which the peer may still be writing). Reads it once: an AM is copied
-/// whole into `am_buf` (handed to UCP after the record is released), a
-/// PUT/GET header into a private copy that is then checked and used.
-unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf, tag: u32, data: *const u8, len: usize) -> Action {
+/// which a peer on this host may still be writing). Reads it once: an AM is
+/// copied whole into `am_buf` (handed to UCP after the record is released)
+/// unless the router wrote it ([`am_in_ring`]), a PUT/GET header into a
+/// private copy that is then checked and used.
+#[allow(clippy::too_many_arguments)]
+unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf, router_wrote: bool, tag: u32, data: *const u8, len: usize) -> Action {
     let inline_max = cfg.inline_rma;
     match proto::kind(tag) {
         proto::AM => {
@@ -847,6 +890,9 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
             }
             if (*base).am[id].cb.is_none() {
                 return Action::None;
+            }
+            if am_in_ring(router_wrote, data as usize, cfg.am_align, cfg.am_align_offset) {
+                return Action::AmInRing { id, data: data as *mut u8, len };
             }
             let p = am_buf.place(len);
             // SAFETY: the record is len readable bytes; place gave room for len.
@@ -965,7 +1011,22 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
 
 #[cfg(test)]
 mod tests {
-    use super::AmBuf;
+    use super::{am_in_ring, AmBuf};
+
+    #[test]
+    fn active_messages_stay_in_the_ring_only_where_the_router_wrote_them() {
+        // A peer on this host shares the ring: always copied.
+        for (data, align, offset) in [(0x1000usize, 1usize, 0usize), (0x1008, 8, 0), (0x1003, 1, 5)] {
+            assert!(!am_in_ring(false, data, align, offset));
+        }
+        // The router plays the peer's side: in place when aligned.
+        assert!(am_in_ring(true, 0x1003, 1, 0), "no alignment asked");
+        assert!(am_in_ring(true, 0x1003, 0, 0), "alignment 0 means none");
+        assert!(am_in_ring(true, 0x1040, 64, 0));
+        assert!(am_in_ring(true, 0x1038, 64, 8), "data + offset aligned");
+        assert!(!am_in_ring(true, 0x1008, 64, 0), "misaligned: copied");
+        assert!(!am_in_ring(true, 0x1040, 64, 8), "offset makes it misaligned");
+    }
 
     #[test]
     fn am_buf_alignment_and_reuse() {

@@ -37,5 +37,6 @@ macro_rules! ff_log {
 }
 macro_rules! ff_error { ($($arg:tt)*) => { ff_log!($crate::sys::UCS_LOG_LEVEL_ERROR, $($arg)*) }; }
 macro_rules! ff_warn { ($($arg:tt)*) => { ff_log!($crate::sys::UCS_LOG_LEVEL_WARN, $($arg)*) }; }
+macro_rules! ff_info { ($($arg:tt)*) => { ff_log!($crate::sys::UCS_LOG_LEVEL_INFO, $($arg)*) }; }
 macro_rules! ff_diag { ($($arg:tt)*) => { ff_log!($crate::sys::UCS_LOG_LEVEL_DIAG, $($arg)*) }; }
 macro_rules! ff_debug { ($($arg:tt)*) => { ff_log!($crate::sys::UCS_LOG_LEVEL_DEBUG, $($arg)*) }; }

@@ -27,8 +27,10 @@ pub fn build_ffmpi(name: &str) -> PathBuf {
 /// all traffic between them (the only transport allowed besides self: the
 /// lanes to the other rank say so). `launch_netns`: where mpirun runs
 /// (None: here); `mca`: extra MCA arguments (e.g. the out-of-band network).
-pub fn run_ffmpi(work: &Path, names: &[String; 2], launch_netns: Option<&str>, mca: &[&str]) {
+/// Returns the job's output (UCX logs at info level).
+pub fn run_ffmpi(work: &Path, names: &[String; 2], launch_netns: Option<&str>, mca: &[&str]) -> String {
     let env = ["UCX_TLS=ff,self".to_string(), format!("LD_PRELOAD={}", lib().display()), "UCX_LOG_LEVEL=info".to_string()];
     let log = mpi::run_ffmpi(work, names, launch_netns, mca, &env, &[work.join("ffmpi")], Duration::from_secs(180));
     mpi::assert_remote_lanes(&log, "tag(ff/router)");
+    log
 }
