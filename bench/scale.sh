@@ -4,6 +4,7 @@
 #   bench/scale.sh [--counts "1 16 64 256 512"] [--only across|local]
 #                  [--size BYTES] [--secs S] [--idle S] [--probes K]
 #                  [--cap SECONDS] [--drivers "0 8"] [--out DIR] [--bin DIR] [--label NAME]
+#                  [--router-flags "FLAGS"]
 #
 # Two emulated hosts (bench/twohosts.sh: network namespaces, a router on
 # each, sealed TCP link), both routers started under a 1024 open-file soft
@@ -35,11 +36,13 @@
 # leaves its rows out and says so). Routers restart between runs. Rows
 # "scale,PLACEMENT,METRIC,N,VALUE,UNIT" go to DIR/results.csv; the table
 # and plot (bench/scale_report.py) to DIR/README.md and DIR/scale.png.
-# DIR defaults to bench/results/scale-<label>-<date>. Needs root.
+# DIR defaults to bench/results/scale-<label>-<date>. --router-flags adds
+# FLAGS (split on spaces) to both routers' command lines, e.g.
+# "--ring-size 1048576". Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-counts="1 16 64 256 512" only="" drivers=0 size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run
+counts="1 16 64 256 512" only="" drivers=0 size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run router_flags=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --counts) counts=$2; shift ;;
@@ -53,7 +56,8 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift ;;
         --bin) bin=$2; shift ;;
         --label) label=$2; shift ;;
-        -h|--help) sed -n 2,38p "$0"; exit 0 ;;
+        --router-flags) router_flags=$2; shift ;;
+        -h|--help) sed -n 2,41p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -73,6 +77,7 @@ log="$out/run.log"
 # The routers start where many services do: 1024 open files (soft).
 ulimit -Sn 1024
 . "$here/twohosts.sh"
+read -r -a twohosts_router_flags <<< "$router_flags"
 trap twohosts_down EXIT
 twohosts_up "$bin" 0
 
@@ -183,7 +188,7 @@ done
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- ffrouter commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); two emulated hosts (network namespaces, a router each, sealed TCP link), routers started with a 1024 open-file soft limit"
     echo "- clients: $(for k in $drivers; do [ "$k" = 0 ] && printf '%s' 'one thread per connection (placements across, local); ' || printf '%s' "$k driver threads per side, nonblocking requests, one futex_waitv sleep on all their connections (placements */drivers=$k); "; done)"
-    echo "- command: bench/scale.sh --counts \"$counts\" --drivers \"$drivers\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}"
+    echo "- command: bench/scale.sh --counts \"$counts\" --drivers \"$drivers\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}${router_flags:+ --router-flags \"$router_flags\"}"
     echo
     /usr/bin/python3 "$here/scale_report.py" "$out/scale.png" "$label=$csv"
     if [ -s "$log" ]; then echo; echo "## What went wrong"; echo; sed 's/^/    /' "$log"; fi

@@ -6,6 +6,7 @@
 #   trap twohosts_down EXIT              # or call it from your own trap
 #   ... & twohosts_pods+=($!)            # background pods twohosts_down ends
 #   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
+#   twohosts_router_flags=(--ring-size 1048576)  # extra flags for both routers
 #
 # Builds network namespaces ffmh0-$$ and ffmh1-$$ joined by a veth
 # (10.88.0.1/24 - 10.88.0.2/24, interface "ffh" in each), each with a
@@ -24,6 +25,7 @@ twohosts_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 twohosts_prefix=ffm$$
 ns0="" ns1="" work="" r0="" r1="" twohosts_bin=""
 twohosts_pods=()
+twohosts_router_flags=()
 
 twohosts_up() {
     local i v ns
@@ -69,10 +71,10 @@ twohosts_routers() {
         peer_flags=(--peer-secret-file "$work/peer-secret")
     fi
     ip netns exec "$ns0" "$twohosts_bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
-        --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn &
+        --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn ${twohosts_router_flags[@]+"${twohosts_router_flags[@]}"} &
     r0=$!
     ip netns exec "$ns1" "$twohosts_bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
-        --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn &
+        --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn ${twohosts_router_flags[@]+"${twohosts_router_flags[@]}"} &
     r1=$!
     for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do
         for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.05; done
