@@ -25,6 +25,9 @@
 #     a time (connect latency under load, p50/p99), and the host's shared
 #     memory committed (Shmem in /proc/meminfo, less what it was before the
 #     run: machine-wide, so other work on the machine shows);
+#     with --drivers K > 0, also how many of the drivers' sleeps ended
+#     woken and how many ran out their 100 ms nap (driver_naps_run_out_*:
+#     a driver left asleep while its connections could move);
 #   * then all N sit idle, open (--idle s): the routers' threads, RSS,
 #     RssShmem and descriptors after 1 s, both routers' CPU over the idle
 #     time less 2 s (this includes giving idle rings' pages back, which
@@ -57,7 +60,7 @@ while [ $# -gt 0 ]; do
         --bin) bin=$2; shift ;;
         --label) label=$2; shift ;;
         --router-flags) router_flags=$2; shift ;;
-        -h|--help) sed -n 2,41p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,44p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -159,6 +162,14 @@ run_one() { # run_one PLACEMENT N DRIVERS
     else
         echo "scale: $where N=$n: no streaming result: $(grep -h -i 'error' "$srv" "$cli" | head -3 | tr '\n' ' ')" | tee -a "$log" >&2
     fi
+    # Driver sleeps that ran out their 100 ms nap while streaming (--drivers
+    # K > 0): many mean a driver was not woken when it could move.
+    for r in server:"$srv" client:"$cli"; do
+        if r2=$(grep '^SLEEPS' "${r#*:}" | head -1); then
+            row "$where" "driver_naps_run_out_${r%%:*}" "$n" "$(echo "$r2" | val naps_run_out)" count
+            row "$where" "driver_sleeps_woken_${r%%:*}" "$n" "$(echo "$r2" | val woken)" count
+        fi
+    done
     if r=$(grep '^CONNECTED' "$cli"); then
         row "$where" connect_ms_p50 "$n" "$(echo "$r" | val connect_ms_p50)" ms
         row "$where" connect_ms_p99 "$n" "$(echo "$r" | val connect_ms_p99)" ms

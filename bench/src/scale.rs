@@ -80,13 +80,26 @@ fn driver_threads(conns: usize, drivers: usize) -> usize {
 /// measurement, and liveness).
 const DRIVER_NAP: Duration = Duration::from_millis(100);
 
+/// Driver sleeps that ended early (woken) and that ran out [`DRIVER_NAP`]:
+/// a driver that keeps sleeping its naps out while its connections stream
+/// was not woken when they could move (printed as `SLEEPS`).
+static SLEPT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
 /// Sleeps on all the connections of `items` (via `conn`) at once.
 fn sleep_on<T>(items: &mut [T], conn: impl Fn(&mut T) -> Option<&mut Conn>) -> ffcore::Result<()> {
     let mut cs: Vec<&mut Conn> = items.iter_mut().filter_map(conn).collect();
     if !cs.is_empty() {
-        ffcore::conn::wait_any(&mut cs, DRIVER_NAP)?;
+        let t = Instant::now();
+        if !ffcore::conn::wait_any(&mut cs, DRIVER_NAP)? {
+            let out = t.elapsed() >= DRIVER_NAP;
+            SLEPT[out as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(())
+}
+
+fn print_sleeps() {
+    println!("SLEEPS woken={} naps_run_out={}", SLEPT[0].load(Ordering::Relaxed), SLEPT[1].load(Ordering::Relaxed));
 }
 
 /// A streaming connection on a sender's driver thread: one send
@@ -211,6 +224,7 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
     for t in threads {
         cs.extend(t.join().expect("a sender thread panicked")?);
     }
+    print_sleeps();
     println!("IDLE");
     std::thread::sleep(Duration::from_secs_f64(idle));
     drop(cs);
@@ -409,6 +423,7 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64, drivers: usize) -
     // at who got what; the script reads only RESULT).
     let each: Vec<String> = x.iter().map(|v| format!("{v:.2}")).collect();
     println!("EACH mb_per_s {}", each.join(" "));
+    print_sleeps();
     done.store(true, Ordering::Relaxed);
     // The senders stop, sit idle, and close.
     for t in threads {
