@@ -27,7 +27,9 @@
 #     run: machine-wide, so other work on the machine shows);
 #     with --drivers K > 0, also how many of the drivers' sleeps ended
 #     woken and how many ran out their 100 ms nap (driver_naps_run_out_*:
-#     a driver left asleep while its connections could move);
+#     a driver left asleep while its connections could move), and the
+#     share of the machine's CPU time stolen by the hypervisor or waiting
+#     for I/O meanwhile (host_steal_busy, host_iowait_busy);
 #   * then all N sit idle, open (--idle s): the routers' threads, RSS,
 #     RssShmem and descriptors after 1 s, both routers' CPU over the idle
 #     time less 2 s (this includes giving idle rings' pages back, which
@@ -60,7 +62,7 @@ while [ $# -gt 0 ]; do
         --bin) bin=$2; shift ;;
         --label) label=$2; shift ;;
         --router-flags) router_flags=$2; shift ;;
-        -h|--help) sed -n 2,44p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,46p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -108,7 +110,7 @@ wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is
 }
 
 run_one() { # run_one PLACEMENT N DRIVERS
-    local where=$1 n=$2 k=$3 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r
+    local where=$1 n=$2 k=$3 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r st0 a b
     ch=$([ "$where" = across ] && echo 1 || echo 0)
     [ "$k" = 0 ] || where="$where/drivers=$k"
     twohosts_routers 0
@@ -123,8 +125,22 @@ run_one() { # run_one PLACEMENT N DRIVERS
     h=$(sed -n 's/^HANDLE //p' "$srv" | head -1)
     ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --drivers "$k" --size "$size" --idle-secs "$idle" --probes "$probes" --handle "$h" > "$cli" 2>&1 &
     cpid=$!
+    st0=""
+    wait_line "$cli" '^STREAMING' "$cap" "$cpid" && st0=$(head -1 /proc/stat)
     if wait_line "$cli" '^PROBED' "$cap" "$cpid"; then
         row "$where" shmem_committed_busy "$n" "$(( $(shmem_kb) - shm0 ))" KiB
+        if [ -n "$st0" ]; then
+            # The machine's time stolen by the hypervisor and waiting for
+            # I/O while all N streamed (% of all CPU time): a run that
+            # crawls while others' work starves the VM says so.
+            read -r -a a <<< "$st0"; read -r -a b <<< "$(head -1 /proc/stat)"
+            local tot=0 i
+            for i in 1 2 3 4 5 6 7 8; do tot=$(( tot + b[i] - a[i] )); done
+            if [ "$tot" -gt 0 ]; then
+                row "$where" host_steal_busy "$n" "$(awk -v d=$(( b[8] - a[8] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
+                row "$where" host_iowait_busy "$n" "$(awk -v d=$(( b[5] - a[5] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
+            fi
+        fi
     fi
     if wait_line "$cli" '^IDLE' "$cap" "$cpid"; then
         sleep 1
@@ -165,7 +181,7 @@ run_one() { # run_one PLACEMENT N DRIVERS
     # Driver sleeps that ran out their 100 ms nap while streaming (--drivers
     # K > 0): many mean a driver was not woken when it could move.
     for r in server:"$srv" client:"$cli"; do
-        if r2=$(grep '^SLEEPS' "${r#*:}" | head -1); then
+        if [ "$k" != 0 ] && r2=$(grep '^SLEEPS' "${r#*:}" | head -1); then
             row "$where" "driver_naps_run_out_${r%%:*}" "$n" "$(echo "$r2" | val naps_run_out)" count
             row "$where" "driver_sleeps_woken_${r%%:*}" "$n" "$(echo "$r2" | val woken)" count
         fi
