@@ -2750,32 +2750,7 @@ mod tests {
             }
             (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6
         };
-        let ff = |size: usize, n: usize| {
-            let two = Two::with_streams(Transport::FakeRdma { delay_ms: 25, setup_ms: 0, kb_s: 6000 }, 4 << 20, 4);
-            let ([_c0, _c1], mut rx, mut tx) = conn_pair(&two);
-            let t0 = Instant::now();
-            std::thread::scope(|sc| {
-                sc.spawn(|| {
-                    let msgs: Vec<Vec<u8>> = (0..8).map(|i| pattern(size, i)).collect();
-                    let mut q = std::collections::VecDeque::new();
-                    for i in 0..n {
-                        if q.len() == 8 {
-                            tx.wait(q.pop_front().unwrap(), T).unwrap();
-                        }
-                        q.push_back(unsafe { tx.isend(msgs[i % 8].as_ptr(), size, 1).unwrap() });
-                    }
-                    for r in q {
-                        tx.wait(r, T).unwrap();
-                    }
-                });
-                let mut buf = vec![0u8; size];
-                for i in 0..n {
-                    assert_eq!(rx.recv(&mut buf, 1, T).unwrap(), size);
-                    assert!(buf == pattern(size, i % 8), "message {i} differs");
-                }
-            });
-            (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6
-        };
+        let ff = |size: usize, n: usize| stream_mb_s(Transport::FakeRdma { delay_ms: 25, setup_ms: 0, kb_s: 6000 }, size, n, 1);
         // Links read FF_RDMA_PIPELINE when they are made: one Two per mode.
         let mode = |on: bool| std::env::set_var("FF_RDMA_PIPELINE", if on { "1" } else { "0" });
         println!("fake NIC: {delay:?} per operation, {} MB/s", rate / 1e6);
@@ -2801,32 +2776,40 @@ mod tests {
     #[ignore]
     fn fast_fake_rdma_stream() {
         for size in [4096usize, 64 << 10, 1 << 20] {
-            let n = (2usize << 30) / size / 4;
-            let two = Two::with_streams(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 }, 4 << 20, 4);
-            let ([_c0, _c1], mut rx, mut tx) = conn_pair(&two);
-            let t0 = Instant::now();
-            std::thread::scope(|sc| {
-                sc.spawn(|| {
-                    let msg = pattern(size, 1);
-                    let mut q = std::collections::VecDeque::new();
-                    for _ in 0..n {
-                        if q.len() == 8 {
-                            tx.wait(q.pop_front().unwrap(), T).unwrap();
-                        }
-                        q.push_back(unsafe { tx.isend(msg.as_ptr(), size, 1).unwrap() });
-                    }
-                    for r in q {
-                        tx.wait(r, T).unwrap();
-                    }
-                });
-                let mut buf = vec![0u8; size];
+            let mbs = stream_mb_s(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 }, size, (2usize << 30) / size / 4, 1024);
+            println!("fast fake NIC, one connection, {size} B messages: {mbs:.1} MB/s");
+        }
+    }
+
+    /// MB/s of one connection between two routers over `t` (4 streams, 4
+    /// MiB rings) sending `n` messages of `size` bytes with 8 in flight
+    /// (NCCL's requests per connection); the receiver compares every
+    /// `check_every`th message with what was sent (the benches above).
+    fn stream_mb_s(t: Transport, size: usize, n: usize, check_every: usize) -> f64 {
+        let two = Two::with_streams(t, 4 << 20, 4);
+        let ([_c0, _c1], mut rx, mut tx) = conn_pair(&two);
+        let msgs: Vec<Vec<u8>> = (0..8).map(|i| pattern(size, i)).collect();
+        let t0 = Instant::now();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let mut q = std::collections::VecDeque::new();
                 for i in 0..n {
-                    assert_eq!(rx.recv(&mut buf, 1, T).unwrap(), size);
-                    assert!(i % 1024 != 0 || buf == pattern(size, 1), "message {i} differs");
+                    if q.len() == 8 {
+                        tx.wait(q.pop_front().unwrap(), T).unwrap();
+                    }
+                    q.push_back(unsafe { tx.isend(msgs[i % 8].as_ptr(), size, 1).unwrap() });
+                }
+                for r in q {
+                    tx.wait(r, T).unwrap();
                 }
             });
-            println!("fast fake NIC, one connection, {size} B messages: {:.1} MB/s", (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6);
-        }
+            let mut buf = vec![0u8; size];
+            for i in 0..n {
+                assert_eq!(rx.recv(&mut buf, 1, T).unwrap(), size);
+                assert!(i % check_every != 0 || buf == msgs[i % 8], "message {i} differs");
+            }
+        });
+        (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6
     }
 
     #[test]
