@@ -2058,6 +2058,16 @@ impl Fwd {
     /// Try mode found the link busy (they stay queued).
     fn flush(&self, out: &mut Out, link: &dyn Link, mode: Mode) -> Result<bool, Stop> {
         if out.pending.is_empty() {
+            if out.unread.is_empty() {
+                // Records that make no frame (posted receives) are consumed
+                // too: they go back now. Else a client that only receives
+                // fills its ring with posts and can never send again.
+                let freed = out.rx.release();
+                out.rx.hold();
+                if freed {
+                    self.give_back(true, out.shadow_framed);
+                }
+            }
             return Ok(true);
         }
         let ticket = match mode {
@@ -2105,7 +2115,14 @@ impl Fwd {
             back = Some((u.tail, u.shadow_framed));
         }
         let Some((tail, shadow_framed)) = back else { return Ok(false) };
-        let freed = out.rx.release_to(tail);
+        let freed = if out.unread.is_empty() && out.pending.is_empty() {
+            // Everything sent is read: records consumed since (posts) too.
+            let freed = out.rx.release();
+            out.rx.hold();
+            freed
+        } else {
+            out.rx.release_to(tail)
+        };
         self.give_back(freed, shadow_framed);
         Ok(true)
     }
@@ -2900,6 +2917,54 @@ mod tests {
             assert_eq!(rx.wait(r, T).unwrap(), n, "round {round}");
             assert!(rraw[roff..roff + n] == want[..], "round {round}: bytes differ");
         }
+    }
+
+    /// Receives `n` messages into a posted receive in shadow memory, one
+    /// at a time, then answers: the answer must arrive.
+    fn receive_only_then_answer(t: Transport) {
+        // Found with `ffbench scale --register` across two hosts: every
+        // receive posted into shadow memory puts a record in the client's
+        // ring to its router, and the pump consumed those records without
+        // giving their bytes back (the ring is held until frames are sent,
+        // and posts make none). After a ring's worth of posts (32768 on a
+        // 4 MiB ring, 512 on this one) the receiving client could not send
+        // anything again: its answer never left, and the stream stopped.
+        let two = Two::new(t, 64 << 10);
+        let ([c0, _c1], mut rx, mut tx) = conn_pair(&two);
+        const PAGE: usize = 4096;
+        const CAP: usize = ffcore::conn::SHADOW_MIN;
+        let mut raw = vec![0u8; CAP + PAGE];
+        let off = (PAGE - raw.as_ptr() as usize % PAGE) % PAGE;
+        let _mr = unsafe { c0.register_shadow(raw.as_ptr().add(off), CAP).unwrap() };
+        let n = 3000;
+        let sender = std::thread::spawn(move || {
+            for i in 0..n {
+                tx.send(&pattern(100, i), 1, T).unwrap();
+            }
+            let mut answer = [0u8; 16];
+            let got = tx.recv(&mut answer, 2, Some(Duration::from_secs(20)));
+            (tx, got.map(|k| (k, answer)))
+        });
+        for i in 0..n {
+            let r = unsafe { rx.irecv(raw.as_mut_ptr().add(off), CAP, 1).unwrap() };
+            assert_eq!(rx.wait(r, T).unwrap(), 100, "message {i}");
+            assert!(raw[off..off + 100] == pattern(100, i)[..], "message {i} differs");
+        }
+        let w = unsafe { rx.isend([7u8; 16].as_ptr(), 16, 2).unwrap() };
+        let sent = rx.wait(w, Some(Duration::from_secs(20)));
+        let (_tx, got) = sender.join().unwrap();
+        assert!(sent.is_ok(), "the answer after {n} posted receives was not sent: {sent:?}");
+        assert_eq!(got.unwrap(), (16, [7u8; 16]));
+    }
+
+    #[test]
+    fn a_client_that_only_received_into_posted_buffers_can_still_answer_over_tcp() {
+        receive_only_then_answer(Transport::Tcp);
+    }
+
+    #[test]
+    fn a_client_that_only_received_into_posted_buffers_can_still_answer_over_fake_rdma() {
+        receive_only_then_answer(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 });
     }
 
     #[test]
