@@ -4,7 +4,7 @@
 #   bench/scale.sh [--counts "1 16 64 256 512"] [--only across|local]
 #                  [--size BYTES] [--secs S] [--idle S] [--probes K]
 #                  [--cap SECONDS] [--drivers "0 8"] [--out DIR] [--bin DIR] [--label NAME]
-#                  [--router-flags "FLAGS"]
+#                  [--router-flags "FLAGS"] [--register]
 #
 # Two emulated hosts (bench/twohosts.sh: network namespaces, a router on
 # each, sealed TCP link), both routers started under a 1024 open-file soft
@@ -43,11 +43,17 @@
 # and plot (bench/scale_report.py) to DIR/README.md and DIR/scale.png.
 # DIR defaults to bench/results/scale-<label>-<date>. --router-flags adds
 # FLAGS (split on spaces) to both routers' command lines, e.g.
-# "--ring-size 1048576". Needs root.
+# "--ring-size 1048576". The message buffers are plain heap memory, so
+# every byte goes through the connections' rings (as NCCL's buffers and
+# UCX applications' own memory do); --register registers them (shadow
+# memory, as ffbench stream's: on one host a message of 32 KiB or more
+# goes from the sender's buffer straight into the posted receive, one
+# copy, and its send completes once the receiver copied it; across hosts
+# the routers read and write the buffers directly). Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-counts="1 16 64 256 512" only="" drivers=0 size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run router_flags=""
+counts="1 16 64 256 512" only="" drivers=0 size=65536 secs=3 idle=8 probes=20 cap=150 out="" bin="" label=run router_flags="" register=--no-register
 while [ $# -gt 0 ]; do
     case "$1" in
         --counts) counts=$2; shift ;;
@@ -62,7 +68,8 @@ while [ $# -gt 0 ]; do
         --bin) bin=$2; shift ;;
         --label) label=$2; shift ;;
         --router-flags) router_flags=$2; shift ;;
-        -h|--help) sed -n 2,46p "$0"; exit 0 ;;
+        --register) register="" ;;
+        -h|--help) sed -n 2,51p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -119,11 +126,11 @@ run_one() { # run_one PLACEMENT N DRIVERS
     shm0=$(shmem_kb)
     srv="$out/${where//[\/=]/-}-$n.server" cli="$out/${where//[\/=]/-}-$n.client"
     seq_id=$((seq_id + 2))
-    ctr 0 "$seq_id" serve scale --conns "$n" --drivers "$k" --size "$size" --secs "$secs" > "$srv" 2>&1 &
+    ctr 0 "$seq_id" serve scale --conns "$n" --drivers "$k" --size "$size" --secs "$secs" $register > "$srv" 2>&1 &
     spid=$!
     wait_line "$srv" '^HANDLE ' 20 "$spid" || { echo "scale: $where N=$n: the server did not start" | tee -a "$log" >&2; kill $spid 2>/dev/null; wait $spid 2>/dev/null; return 0; }
     h=$(sed -n 's/^HANDLE //p' "$srv" | head -1)
-    ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --drivers "$k" --size "$size" --idle-secs "$idle" --probes "$probes" --handle "$h" > "$cli" 2>&1 &
+    ctr "$ch" "$((seq_id + 1))" connect scale --conns "$n" --drivers "$k" --size "$size" --idle-secs "$idle" --probes "$probes" $register --handle "$h" > "$cli" 2>&1 &
     cpid=$!
     st0=""
     wait_line "$cli" '^STREAMING' "$cap" "$cpid" && st0=$(head -1 /proc/stat)
@@ -215,7 +222,7 @@ done
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- ffrouter commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); two emulated hosts (network namespaces, a router each, sealed TCP link), routers started with a 1024 open-file soft limit"
     echo "- clients: $(for k in $drivers; do [ "$k" = 0 ] && printf '%s' 'one thread per connection (placements across, local); ' || printf '%s' "$k driver threads per side, nonblocking requests, one futex_waitv sleep on all their connections (placements */drivers=$k); "; done)"
-    echo "- command: bench/scale.sh --counts \"$counts\" --drivers \"$drivers\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}${router_flags:+ --router-flags \"$router_flags\"}"
+    echo "- command: bench/scale.sh --counts \"$counts\" --drivers \"$drivers\" --size $size --secs $secs --idle $idle --probes $probes --cap $cap${only:+ --only $only}${router_flags:+ --router-flags \"$router_flags\"}$([ -z "$register" ] && echo " --register")"
     echo
     /usr/bin/python3 "$here/scale_report.py" "$out/scale.png" "$label=$csv"
     if [ -s "$log" ]; then echo; echo "## What went wrong"; echo; sed 's/^/    /' "$log"; fi

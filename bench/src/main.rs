@@ -109,13 +109,13 @@ struct Buf {
 }
 
 impl Buf {
-    fn new(ctx: &Context, len: usize, skew: usize, o: &Opts, fill: impl FnOnce(&mut [u8])) -> ffcore::Result<Buf> {
+    fn new(ctx: &Context, len: usize, skew: usize, register: bool, fill: impl FnOnce(&mut [u8])) -> ffcore::Result<Buf> {
         const PAGE: usize = 4096;
         let mut raw = vec![0u8; len + 2 * PAGE];
         let off = (PAGE - raw.as_ptr() as usize % PAGE) % PAGE + skew % PAGE;
         fill(&mut raw[off..off + len]);
         // SAFETY: our own heap memory, which nothing else maps or pins.
-        let mr = if o.no_register || len == 0 { None } else { Some(unsafe { ctx.register_shadow(raw.as_ptr().add(off), len)? }) };
+        let mr = if !register || len == 0 { None } else { Some(unsafe { ctx.register_shadow(raw.as_ptr().add(off), len)? }) };
         Ok(Buf { _mr: mr, raw, off, len })
     }
 
@@ -129,6 +129,11 @@ impl Buf {
 
     fn bytes(&self) -> &[u8] {
         &self.raw[self.off..self.off + self.len]
+    }
+
+    /// Writable only while no request uses the buffer (the caller's care).
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
     }
 }
 
@@ -152,11 +157,11 @@ fn run(role: Role) -> ffcore::Result<()> {
             let l = ctx.listen()?;
             println!("HANDLE {}", l.handle().to_hex());
             std::io::stdout().flush()?;
-            return scale::recv(l, o.conns, o.size, o.secs, o.drivers);
+            return scale::recv(&ctx, l, o.conns, o.size, o.secs, o.drivers, !o.no_register);
         }
         Role::Connect(o) if o.mode == Mode::Scale => {
             let h = Handle::from_hex(o.handle.as_deref().unwrap_or(""))?;
-            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes, o.drivers);
+            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes, o.drivers, !o.no_register);
         }
         Role::Serve(o) if o.mode == Mode::Soak => {
             let l = ctx.listen()?;
@@ -247,7 +252,7 @@ fn windowed(c: &mut Conn, window: usize, total: usize, mut post: impl FnMut(&mut
 
 fn stream(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<()> {
     let slots = o.buffers.clamp(1, o.window.max(1));
-    let mut bufs: Vec<Buf> = (0..slots).map(|i| Buf::new(ctx, o.size, 0, o, |b| b.fill(i as u8))).collect::<ffcore::Result<_>>()?;
+    let mut bufs: Vec<Buf> = (0..slots).map(|i| Buf::new(ctx, o.size, 0, !o.no_register, |b| b.fill(i as u8))).collect::<ffcore::Result<_>>()?;
     let mut ack = [0u8; 1];
     let warm = (o.iters / 10).max(2);
     for (phase, n) in [(0, warm), (1, o.iters)] {
@@ -350,7 +355,7 @@ fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<
         while next_s < n && sq.len() < o.window {
             // Every third buffer starts on a page, the others anywhere.
             let skew = [0, 8, 1000][next_s % 3];
-            let b = Buf::new(ctx, check_size(next_s, o.max_size), skew, o, |b| fill(b, send_seed, next_s as u64))?;
+            let b = Buf::new(ctx, check_size(next_s, o.max_size), skew, !o.no_register, |b| fill(b, send_seed, next_s as u64))?;
             // SAFETY: the buffer is kept in sbufs until the send completes.
             let r = unsafe { c.isend(b.ptr(), b.len, 7)? };
             sbufs[next_s] = Some(b);
@@ -361,7 +366,7 @@ fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<
             // Page-aligned receives (every other one) may be written
             // straight into by the router, from another host.
             let skew = [0, 8][next_r % 2];
-            let mut b = Buf::new(ctx, check_size(next_r, o.max_size) + 13, skew, o, |_| {})?;
+            let mut b = Buf::new(ctx, check_size(next_r, o.max_size) + 13, skew, !o.no_register, |_| {})?;
             // SAFETY: the buffer is kept in rbufs until the receive completes.
             let r = unsafe { c.irecv(b.mut_ptr(), b.len, 7)? };
             rbufs[next_r] = Some(b);

@@ -20,6 +20,12 @@
 //! sleeping on all of its connections at once ([`ffcore::conn::wait_any`])
 //! when a pass over them moved nothing, as a rank's progress thread or
 //! NCCL's proxy drives many connections from one thread.
+//!
+//! Message buffers are registered (shadow memory, page-aligned, as in
+//! `stream`) unless `--no-register`: on one host a message of 32 KiB or
+//! more then goes from the sender's buffer straight into the posted
+//! receive (one copy, no ring), across hosts the routers read and write
+//! the buffers directly; unregistered, every byte goes through the rings.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use ffcore::futex::WAITV_MAX;
 use ffcore::{Conn, Context, Handle, Listener, Req};
+
+use crate::Buf;
 
 const T: Option<Duration> = Some(Duration::from_secs(120));
 
@@ -108,7 +116,7 @@ struct Sending {
     c: Conn,
     i: u64,
     seq: u64,
-    buf: Vec<u8>,
+    buf: Buf,
     /// The send outstanding.
     req: Option<Req>,
     /// The receive of the receiver's word to stop (its buffer is `stop`).
@@ -118,13 +126,13 @@ struct Sending {
 }
 
 impl Sending {
-    fn new(mut c: Conn, i: u64, size: usize) -> ffcore::Result<Sending> {
+    fn new(mut c: Conn, i: u64, buf: Buf) -> ffcore::Result<Sending> {
         let mut stop = Box::new([0u8; 16]);
         // SAFETY: `stop` is on the heap and lives in the same struct as the
         // connection: the request completes, or the connection (and its
         // requests) goes first (field order: `c` drops first).
         let halt = unsafe { c.irecv(stop.as_mut_ptr(), stop.len(), 2)? };
-        Ok(Sending { c, i, seq: 0, buf: vec![0x5au8; size], req: None, halt, _stop: stop, done: false })
+        Ok(Sending { c, i, seq: 0, buf, req: None, halt, _stop: stop, done: false })
     }
 
     /// Moves what can move now: true if anything did.
@@ -143,10 +151,10 @@ impl Sending {
             self.done = true;
             return Ok(true);
         }
-        header(&mut self.buf, self.i, self.seq);
-        // SAFETY: `buf` (heap) is not touched until the send completes
-        // (tested above), and outlives the connection (field order).
-        self.req = Some(unsafe { self.c.isend(self.buf.as_ptr(), self.buf.len(), 0)? });
+        header(self.buf.bytes_mut(), self.i, self.seq);
+        // SAFETY: `buf` is not touched until the send completes (tested
+        // above), and outlives the connection (field order).
+        self.req = Some(unsafe { self.c.isend(self.buf.ptr(), self.buf.len, 0)? });
         Ok(true)
     }
 }
@@ -168,7 +176,8 @@ fn drive_senders(mut cs: Vec<Sending>) -> ffcore::Result<Vec<(u64, Conn)>> {
     }
 }
 
-pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, probes: usize, drivers: usize) -> ffcore::Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, probes: usize, drivers: usize, register: bool) -> ffcore::Result<()> {
     let size = size.max(16);
     let t0 = Instant::now();
     let mut cs = Vec::with_capacity(conns);
@@ -195,21 +204,21 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
     let threads: Vec<std::thread::JoinHandle<ffcore::Result<Vec<(u64, Conn)>>>> = if k > 0 {
         let mut groups: Vec<Vec<Sending>> = (0..k).map(|_| Vec::new()).collect();
         for (i, c) in cs.into_iter().enumerate() {
-            groups[i % k].push(Sending::new(c, i as u64, size)?);
+            groups[i % k].push(Sending::new(c, i as u64, Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))?)?);
         }
         groups.into_iter().map(|g| std::thread::spawn(move || drive_senders(g))).collect()
     } else {
-        cs.into_iter().enumerate().map(|(i, mut c)| {
+        let bufs = (0..conns).map(|_| Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))).collect::<ffcore::Result<Vec<Buf>>>()?;
+        cs.into_iter().zip(bufs).enumerate().map(|(i, (mut c, mut b))| {
             std::thread::spawn(move || -> ffcore::Result<Vec<(u64, Conn)>> {
-                let mut b = vec![0x5au8; size];
                 let mut stop = [0u8; 16];
                 // SAFETY: `stop` outlives the request: it completes (tested
                 // below) before the thread returns, or the connection fails.
                 let halt = unsafe { c.irecv(stop.as_mut_ptr(), stop.len(), 2)? };
                 let mut seq = 0u64;
                 loop {
-                    header(&mut b, i as u64, seq);
-                    c.send(&b, 0, T)?;
+                    header(b.bytes_mut(), i as u64, seq);
+                    c.send(b.bytes(), 0, T)?;
                     seq += 1;
                     if c.test(halt)?.is_some() {
                         return Ok(vec![(i as u64, c)]);
@@ -256,7 +265,7 @@ struct Receiving {
     c: Conn,
     i: usize,
     seq: u64,
-    buf: Vec<u8>,
+    buf: Buf,
     req: Option<Req>,
     told: bool,
     /// The sender closed (or the connection failed): nothing more to do.
@@ -276,7 +285,7 @@ impl Receiving {
             Some(r) => r,
             // SAFETY: `buf` (heap) is not touched until the receive
             // completes, and outlives the connection (field order).
-            None => match unsafe { self.c.irecv(self.buf.as_mut_ptr(), self.buf.len(), 0) } {
+            None => match unsafe { self.c.irecv(self.buf.mut_ptr(), self.buf.len, 0) } {
                 Ok(r) => *self.req.insert(r),
                 Err(_) => {
                     self.gone = true;
@@ -288,7 +297,7 @@ impl Receiving {
             Ok(None) => false,
             Ok(Some(n)) => {
                 self.req = None;
-                let b = &self.buf;
+                let b = self.buf.bytes();
                 let (ci, s) = (u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap()));
                 if n != b.len() || ci != self.i as u64 || s != self.seq {
                     bad.fetch_add(1, Ordering::Relaxed);
@@ -334,7 +343,7 @@ fn tell(c: &mut Conn, told: &mut bool, done: &AtomicBool) -> bool {
     true
 }
 
-pub fn recv(l: Listener, conns: usize, size: usize, secs: f64, drivers: usize) -> ffcore::Result<()> {
+pub fn recv(ctx: &Context, l: Listener, conns: usize, size: usize, secs: f64, drivers: usize, register: bool) -> ffcore::Result<()> {
     let k = driver_threads(conns, drivers);
     let mut groups: Vec<Vec<Receiving>> = (0..k).map(|_| Vec::new()).collect();
     let size = size.max(16);
@@ -353,21 +362,21 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64, drivers: usize) -
         if i >= conns {
             return Err(ffcore::Error::InvalidArgument(format!("connection number {i}")));
         }
+        let mut b = Buf::new(ctx, size, 0, register, |_| {})?;
         if k > 0 {
-            groups[i % k].push(Receiving { c, i, seq: 0, buf: vec![0u8; size], req: None, told: false, gone: false });
+            groups[i % k].push(Receiving { c, i, seq: 0, buf: b, req: None, told: false, gone: false });
             accepted += 1;
             continue;
         }
         let (got, bad, done) = (got.clone(), bad.clone(), done.clone());
         threads.push(std::thread::spawn(move || {
-            let mut b = vec![0u8; size];
             let mut seq = 0u64;
             let mut told = false;
             loop {
                 // SAFETY: `b` outlives the request: it is waited for below
                 // (a timeout leaves it posted and waits again); on an error
                 // the connection is done with.
-                let Ok(r) = (unsafe { c.irecv(b.as_mut_ptr(), b.len(), 0) }) else { return };
+                let Ok(r) = (unsafe { c.irecv(b.mut_ptr(), b.len, 0) }) else { return };
                 let n = loop {
                     match c.wait(r, Some(Duration::from_millis(100))) {
                         Ok(n) => break n,
@@ -381,7 +390,8 @@ pub fn recv(l: Listener, conns: usize, size: usize, secs: f64, drivers: usize) -
                 if !tell(&mut c, &mut told, &done) {
                     return;
                 }
-                let (ci, s) = (u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap()));
+                let h = b.bytes();
+                let (ci, s) = (u64::from_le_bytes(h[..8].try_into().unwrap()), u64::from_le_bytes(h[8..16].try_into().unwrap()));
                 if n != size || ci != i as u64 || s != seq {
                     bad.fetch_add(1, Ordering::Relaxed);
                 }
