@@ -141,9 +141,29 @@ struct ServeArgs {
     /// commits all its pages).
     #[arg(long, value_name = "BYTES", default_value_t = ffrouter::remote::RING_BUDGET)]
     peer_ring_budget: usize,
+    /// Scheduling priority (nice value, -20 to 19) of every router thread,
+    /// set at start. The router forwards for every tenant: clients that
+    /// poll, spin or simply outnumber it (hundreds of client threads on a
+    /// few cores) must not starve it, and it sleeps when there is nothing
+    /// to forward. Going below the inherited value needs root or
+    /// CAP_SYS_NICE; without, the router says so and keeps its priority.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+/// Sets this thread's nice value; threads started later inherit it (on
+/// Linux the value is per thread), so call it before any is started.
+fn set_nice(nice: i32) {
+    // SAFETY: plain setpriority on the calling thread (who = 0).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        log::info!("scheduling priority: nice {nice}");
+    } else {
+        log::warn!("cannot set nice {nice} ({}): keeping the inherited priority; clients that spin may slow forwarding", std::io::Error::last_os_error());
+    }
 }
 
 fn parse_tenant(s: &str) -> Result<Tenant, String> {
@@ -236,6 +256,7 @@ fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     env_logger::Builder::new().parse_filters(&a.log_level).parse_default_env().format_timestamp_micros().init();
+    set_nice(a.nice);
     if !ffcore::ring::valid_ring_size(a.ring_size) {
         return Err(format!("--ring-size {}: must be a power of two from 4096 to 1 GiB", a.ring_size));
     }
