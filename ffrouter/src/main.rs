@@ -142,12 +142,15 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = ffrouter::remote::RING_BUDGET)]
     peer_ring_budget: usize,
     /// Scheduling priority (nice value, -20 to 19) of every router thread,
-    /// set at start. The router forwards for every tenant: clients that
-    /// poll, spin or simply outnumber it (hundreds of client threads on a
-    /// few cores) must not starve it, and it sleeps when there is nothing
-    /// to forward. Going below the inherited value needs root or
+    /// set at start (0: leave it as inherited). A negative value keeps
+    /// clients that outnumber the cores (hundreds of client threads, busy
+    /// data loaders) from starving forwarding: -10 lifted 512 connections
+    /// across two hosts 1.2x and a stream beside a busy loop per core 1.4x,
+    /// but made UCX's 8-byte latency across hosts 3-4x worse (the router's
+    /// short polls then keep the ranks off their cores); see
+    /// docs/ARCHITECTURE.md. Going below the inherited value needs root or
     /// CAP_SYS_NICE; without, the router says so and keeps its priority.
-    #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
     nice: i32,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, default_value = "info")]
@@ -256,7 +259,9 @@ fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     env_logger::Builder::new().parse_filters(&a.log_level).parse_default_env().format_timestamp_micros().init();
-    set_nice(a.nice);
+    if a.nice != 0 {
+        set_nice(a.nice);
+    }
     if !ffcore::ring::valid_ring_size(a.ring_size) {
         return Err(format!("--ring-size {}: must be a power of two from 4096 to 1 GiB", a.ring_size));
     }
