@@ -2929,6 +2929,8 @@ mod tests {
         // and posts make none). After a ring's worth of posts (32768 on a
         // 4 MiB ring, 512 on this one) the receiving client could not send
         // anything again: its answer never left, and the stream stopped.
+        // Outlives the connections: the answer's send may still be queued.
+        let answer = [7u8; 16];
         let two = Two::new(t, 64 << 10);
         let ([c0, _c1], mut rx, mut tx) = conn_pair(&two);
         const PAGE: usize = 4096;
@@ -2941,20 +2943,20 @@ mod tests {
             for i in 0..n {
                 tx.send(&pattern(100, i), 1, T).unwrap();
             }
-            let mut answer = [0u8; 16];
-            let got = tx.recv(&mut answer, 2, Some(Duration::from_secs(20)));
-            (tx, got.map(|k| (k, answer)))
+            let mut got = [0u8; 16];
+            let res = tx.recv(&mut got, 2, Some(Duration::from_secs(20)));
+            (tx, res.map(|k| (k, got)))
         });
         for i in 0..n {
             let r = unsafe { rx.irecv(raw.as_mut_ptr().add(off), CAP, 1).unwrap() };
             assert_eq!(rx.wait(r, T).unwrap(), 100, "message {i}");
             assert!(raw[off..off + 100] == pattern(100, i)[..], "message {i} differs");
         }
-        let w = unsafe { rx.isend([7u8; 16].as_ptr(), 16, 2).unwrap() };
+        let w = unsafe { rx.isend(answer.as_ptr(), answer.len(), 2).unwrap() };
         let sent = rx.wait(w, Some(Duration::from_secs(20)));
         let (_tx, got) = sender.join().unwrap();
         assert!(sent.is_ok(), "the answer after {n} posted receives was not sent: {sent:?}");
-        assert_eq!(got.unwrap(), (16, [7u8; 16]));
+        assert_eq!(got.unwrap(), (16, answer));
     }
 
     #[test]
