@@ -2062,11 +2062,7 @@ impl Fwd {
                 // Records that make no frame (posted receives) are consumed
                 // too: they go back now. Else a client that only receives
                 // fills its ring with posts and can never send again.
-                let freed = out.rx.release();
-                out.rx.hold();
-                if freed {
-                    self.give_back(true, out.shadow_framed);
-                }
+                self.give_back_all(out, out.shadow_framed);
             }
             return Ok(true);
         }
@@ -2087,9 +2083,7 @@ impl Fwd {
             // Nothing left for the peer to read (always over TCP): give
             // the bytes back now.
             out.held.clear();
-            let freed = out.rx.release();
-            out.rx.hold();
-            self.give_back(freed, out.shadow_framed);
+            self.give_back_all(out, out.shadow_framed);
             return Ok(true);
         }
         let held = std::mem::take(&mut out.held);
@@ -2115,16 +2109,23 @@ impl Fwd {
             back = Some((u.tail, u.shadow_framed));
         }
         let Some((tail, shadow_framed)) = back else { return Ok(false) };
-        let freed = if out.unread.is_empty() && out.pending.is_empty() {
+        if out.unread.is_empty() && out.pending.is_empty() {
             // Everything sent is read: records consumed since (posts) too.
-            let freed = out.rx.release();
-            out.rx.hold();
-            freed
+            self.give_back_all(out, shadow_framed);
         } else {
-            out.rx.release_to(tail)
-        };
-        self.give_back(freed, shadow_framed);
+            let freed = out.rx.release_to(tail);
+            self.give_back(freed, shadow_framed);
+        }
         Ok(true)
+    }
+
+    /// Gives back every ring byte consumed so far (nothing sent is still
+    /// being read) and the referenced buffers up to `shadow_framed`; the
+    /// ring stays held for what comes next.
+    fn give_back_all(&self, out: &mut Out, shadow_framed: u64) {
+        let freed = out.rx.release();
+        out.rx.hold();
+        self.give_back(freed, shadow_framed);
     }
 
     /// Ring bytes were given back (`freed`), and the client's referenced
