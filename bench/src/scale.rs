@@ -201,14 +201,14 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
     let k = driver_threads(conns, drivers);
     println!("STREAMING drivers={k}");
     // Every thread gives its connections back once told to stop.
+    let bufs = (0..conns).map(|_| Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))).collect::<ffcore::Result<Vec<Buf>>>()?;
     let threads: Vec<std::thread::JoinHandle<ffcore::Result<Vec<(u64, Conn)>>>> = if k > 0 {
         let mut groups: Vec<Vec<Sending>> = (0..k).map(|_| Vec::new()).collect();
-        for (i, c) in cs.into_iter().enumerate() {
-            groups[i % k].push(Sending::new(c, i as u64, Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))?)?);
+        for (i, (c, b)) in cs.into_iter().zip(bufs).enumerate() {
+            groups[i % k].push(Sending::new(c, i as u64, b)?);
         }
         groups.into_iter().map(|g| std::thread::spawn(move || drive_senders(g))).collect()
     } else {
-        let bufs = (0..conns).map(|_| Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))).collect::<ffcore::Result<Vec<Buf>>>()?;
         cs.into_iter().zip(bufs).enumerate().map(|(i, (mut c, mut b))| {
             std::thread::spawn(move || -> ffcore::Result<Vec<(u64, Conn)>> {
                 let mut stop = [0u8; 16];
