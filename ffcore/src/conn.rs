@@ -48,6 +48,7 @@ use crate::client::Shared;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 use crate::page::Page;
+use crate::polite::Polite;
 use crate::mr::Segment;
 use crate::ring::{self, Layout, Placed, PostRef, Rx, ShadowRef, Tx, CAP_PLACE, CAP_SHADOW, REC_CONT, REC_FIRST, REC_PLACED, REC_POST, REC_SHADOW};
 use crate::shm::SharedMem;
@@ -67,13 +68,6 @@ pub const SPIN: Duration = Duration::from_micros(50);
 /// For how much of [`SPIN`] it busy-spins; after that it yields the core
 /// between polls (a peer thread woken on the same core then runs at once).
 pub const SPIN_BUSY: Duration = Duration::from_micros(5);
-/// A yield that took longer than this gave the core to a busy process for
-/// a whole time slice (under EEVDF every sched_yield lets it run its slice
-/// out): then [`Conn::wait`] sleeps instead of yielding for the next
-/// [`NO_YIELD_WAITS`] waits. Cross-host 8 B ping-pong with a busy loop per
-/// core took 2,000 us per message when waiters kept yielding.
-const YIELD_LOST: Duration = Duration::from_micros(200);
-const NO_YIELD_WAITS: u32 = 1000;
 /// Fewer bytes of a message in shadow memory than this go through the
 /// ring anyway (the reference costs a mapping lookup and a completion
 /// round trip).
@@ -223,8 +217,8 @@ pub struct Conn {
     credit_blocked: bool,
     /// Messages sent, mirrored into the control page for the router's metrics.
     msgs_sent: u64,
-    /// Waits left that sleep rather than yield (see [`YIELD_LOST`]).
-    no_yield: u32,
+    /// Whether waits yield or sleep (see [`crate::polite`]).
+    yields: Polite,
     /// The router plays the other side (from the router's reply, not the
     /// file): only then are receives posted to it.
     pub(crate) router_is_peer: bool,
@@ -290,7 +284,7 @@ impl Conn {
             page,
             credit_blocked: false,
             msgs_sent: 0,
-            no_yield: 0,
+            yields: Polite::new(),
             router_is_peer: false,
             next_msg: 0,
             unposts: 0,
@@ -479,20 +473,13 @@ impl Conn {
                     std::hint::spin_loop();
                     continue;
                 }
-                // ...unless yielding just gave the core away for long: a
-                // busy process shares it, and every yield hands it a whole
-                // slice (EEVDF). Then sleep instead, for a while.
-                if self.no_yield > 0 {
-                    break;
-                }
-                let t = Instant::now();
-                std::thread::yield_now();
-                if t.elapsed() > YIELD_LOST {
-                    self.no_yield = NO_YIELD_WAITS;
+                // ...unless yielding gives the core away for long: a busy
+                // process shares it. Then sleep instead, for a while.
+                if !self.yields.may_yield() || !self.yields.yield_now() {
                     break;
                 }
             }
-            self.no_yield = self.no_yield.saturating_sub(1);
+            self.yields.waited();
             let mut nap = Duration::from_millis(20);
             if let Some(t) = timeout {
                 let spent = start.elapsed();

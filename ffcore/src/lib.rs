@@ -23,6 +23,7 @@ pub mod handle;
 pub mod liveness;
 pub mod mr;
 pub mod page;
+pub mod polite;
 pub mod proto;
 pub mod ring;
 pub mod shadow;

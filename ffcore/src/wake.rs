@@ -66,6 +66,25 @@ impl WakeWord {
     }
 }
 
+/// Sleeps in the calling thread until one of `words` (armed with
+/// [`ConnWords::arm`] or made with [`WakeWord::new`], read before the
+/// caller checked that there is no work) is woken or changed, or for at
+/// most `timeout`; then withdraws every announcement of the sleep. At most
+/// [`WAITV_MAX`] words (more: an error, nothing slept).
+pub fn sleep_on(words: &[WakeWord], timeout: std::time::Duration) -> Result<Woken> {
+    let list: Vec<(*const AtomicU32, u32)> = words.iter().map(|w| (w.word, w.seen)).collect();
+    let r = if list.len() > WAITV_MAX {
+        Err(Error::Io(std::io::Error::from_raw_os_error(libc::E2BIG)))
+    } else {
+        // SAFETY: every word's `_keep` keeps it mapped for the call.
+        unsafe { futex::wait_any_timeout(&list, timeout) }.map_err(Error::Io)
+    };
+    for w in words {
+        w.cancel();
+    }
+    r
+}
+
 /// Offsets of a side's words in the control page (see [`crate::ring`]).
 fn side_off(side: usize) -> usize {
     64 + 64 * (side & 1)

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use ffcore::error::ErrorCode;
 use ffcore::proto::{self, NetAddr, Reply};
 use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT, REC_FIRST};
+use ffcore::polite::Polite;
 use ffcore::TAG_ANY;
 use ffcore::shm::{self, SharedMem};
 
@@ -1000,12 +1001,13 @@ impl Peer {
     fn receive(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize) {
         let mut hot: Vec<Cover> = Vec::new();
         let mut last_pass = Instant::now();
+        let mut yields = Polite::new();
         let why = loop {
             if !hot.is_empty() {
                 // Waits on the link (polling) only while something is covered;
                 // when frames keep coming, still serves the covered rings often.
                 if !link.readable(s) {
-                    self.answer(link, s, &mut hot, &mut last_pass);
+                    self.answer(link, s, &mut hot, &mut last_pass, &mut yields);
                 } else if last_pass.elapsed() >= PASS_EVERY {
                     pass(&mut hot, &mut last_pass);
                 }
@@ -1018,7 +1020,13 @@ impl Peer {
                 Err(e) => break e.to_string(),
             };
             if h.ty == wire::DATA && !reply_window().is_zero() {
-                self.cover(remote, &mut hot, h.conn);
+                // Not while yields lose the core: then this thread sleeps
+                // on the link between frames.
+                if yields.may_yield() {
+                    self.cover(remote, &mut hot, h.conn);
+                } else {
+                    yields.waited();
+                }
             }
             if let Err(e) = self.dispatch(remote, link, s, h) {
                 break e;
@@ -1068,8 +1076,10 @@ impl Peer {
 
     /// Serves the covered connections until the link has more for us or
     /// none of them is left. Between looks it spins, unless a covered
-    /// client polls from this core with bytes to read: then it yields.
-    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>, last_pass: &mut Instant) {
+    /// client polls from this core with bytes to read: then it yields. A
+    /// yield that lost the core to a busy process ends the cover (the
+    /// pumps serve those connections, asleep until their clients write).
+    fn answer(&self, link: &Arc<dyn Link>, s: usize, hot: &mut Vec<Cover>, last_pass: &mut Instant, yields: &mut Polite) {
         let mut cpu = ring::current_cpu();
         let mut since = Instant::now();
         loop {
@@ -1082,7 +1092,10 @@ impl Peer {
             }
             let needed = hot.iter().any(|c| c.f.client_side().polls_on(cpu) && c.f.client_unread());
             if needed || since.elapsed() >= rx_poll() {
-                std::thread::yield_now();
+                if !yields.yield_now() {
+                    hot.clear();
+                    return;
+                }
                 since = Instant::now();
                 cpu = ring::current_cpu();
             } else {

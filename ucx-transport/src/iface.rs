@@ -83,6 +83,8 @@ pub struct State {
     /// Progress calls in a row that found nothing to do while a connection
     /// to another host was open (see `iface_progress`).
     pub idle: u32,
+    /// Whether idle progress calls yield or doze (ffcore's `polite`).
+    pub yields: ffcore::polite::Polite,
     /// The event descriptor (`event_fd_get`) and its helper threads.
     pub waiter: ffcore::wake::Waiter,
     /// `event_arm` armed the waiter; the next progress disarms it.
@@ -348,6 +350,7 @@ pub unsafe extern "C" fn iface_open(
         in_progress: false,
         accept_failed: false,
         idle: 0,
+        yields: ffcore::polite::Polite::new(),
         waiter,
         armed: false,
         am_in_ring_seen: false,
@@ -542,18 +545,7 @@ pub unsafe extern "C" fn event_arm(iface: uct_iface_h, _events: c_uint) -> ucs_s
     st.armed = false;
     st.waiter.drain();
     // Announce the sleep on every word first, then look for work.
-    let mut words = Vec::with_capacity(1 + st.rx.len() + st.eps.len());
-    words.push(st.listener.wake_word());
-    for rc in st.rx.iter() {
-        if let Some(w) = &rc.words {
-            words.push(w.arm());
-        }
-    }
-    for &e in st.eps.iter() {
-        if let Some(w) = &(*e).words {
-            words.push(w.arm());
-        }
-    }
+    let words = arm_words(st);
     if has_work(st) {
         for w in &words {
             w.cancel();
@@ -575,6 +567,9 @@ pub unsafe extern "C" fn event_arm(iface: uct_iface_h, _events: c_uint) -> ucs_s
 /// Idle progress calls (a few microseconds of polling) between two yields
 /// while a connection to another host is open.
 const IDLE_YIELD: u32 = 32;
+/// The longest an idle progress call dozes (see [`doze`]): what other
+/// transports of the worker wait at most for their progress.
+const DOZE_MAX: Duration = Duration::from_millis(1);
 
 /// The progress callback UCP registers on the worker.
 pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
@@ -662,8 +657,9 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     // for this very core: without a yield now and then they would get it
     // only when the scheduler preempts us (milliseconds). Yield every
     // IDLE_YIELD idle calls, and at once when a router thread we wait for
-    // polls from this core. While a bulk transfer is under way and there
-    // is nothing to move now, nap instead (see `nap_now`).
+    // polls from this core; where yields lose the core to a busy process,
+    // doze instead (see `doze`). While a bulk transfer is under way and
+    // there is nothing to move now, nap (see `nap_now`).
     if count == 0 && forwarded {
         (*me).st.idle += 1;
         if nap_now(me) {
@@ -671,7 +667,10 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             std::thread::sleep((*me).st.cfg.bulk_nap);
         } else if (*me).st.idle >= IDLE_YIELD || router_polls_here(me) {
             (*me).st.idle = 0;
-            std::thread::yield_now();
+            if !(*me).st.yields.may_yield() || !(*me).st.yields.yield_now() {
+                doze(me);
+                (*me).st.yields.waited();
+            }
         }
     } else {
         (*me).st.idle = 0;
@@ -682,6 +681,44 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
         drop(Box::from_raw(e));
     }
     count
+}
+
+/// Sleeps until a peer or the router wakes one of our connections, a
+/// peer connects, or [`DOZE_MAX`] passes: an idle progress call does that
+/// instead of yielding where yields lose the core to a busy process (see
+/// ffcore's `polite`).
+unsafe fn doze(me: *mut Iface) {
+    let st = &mut (*me).st;
+    let words = arm_words(st);
+    if has_work(st) {
+        for w in &words {
+            w.cancel();
+        }
+        return;
+    }
+    if ffcore::wake::sleep_on(&words, DOZE_MAX).is_err() {
+        // More connections than one futex_waitv takes: no sleep.
+        std::thread::yield_now();
+    }
+}
+
+/// Announces a sleep on the wake-up word of every connection and of the
+/// listener, and returns the words: check for work after this, then sleep
+/// on them or cancel each.
+unsafe fn arm_words(st: &State) -> Vec<ffcore::wake::WakeWord> {
+    let mut words = Vec::with_capacity(1 + st.rx.len() + st.eps.len());
+    words.push(st.listener.wake_word());
+    for rc in st.rx.iter() {
+        if let Some(w) = &rc.words {
+            words.push(w.arm());
+        }
+    }
+    for &e in st.eps.iter() {
+        if let Some(w) = &(*e).words {
+            words.push(w.arm());
+        }
+    }
+    words
 }
 
 /// Should this idle progress call nap? Only with naps configured, while a

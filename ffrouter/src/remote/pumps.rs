@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ffcore::futex::{self, Woken, WAITV_MAX};
+use ffcore::polite::Polite;
 
 use super::{nap, nap_max, spin, Mode, Pump, Quantum, Step, Stop};
 
@@ -264,6 +265,10 @@ fn run(w: &Arc<Worker>) {
     let mut degraded = false;
     let mut napping = nap();
     w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
+    // Idle connections spin a while before they sleep, yielding the core
+    // between looks, unless yields lose it to a busy process: then they
+    // sleep at once.
+    let mut yields = Polite::new();
     loop {
         if took {
             // Read the bell before the inbox: a connection added after
@@ -307,10 +312,11 @@ fn run(w: &Arc<Worker>) {
         // room for get it first next turn.
         let (mode, quantum) = if awake <= 1 { (Mode::Block, Quantum::All) } else { (Mode::Try, cap) };
         let (mut moved, mut spinning) = (false, false);
+        let spin_for = if yields.may_yield() { spin() } else { Duration::ZERO };
         blocked.clear();
         let mut front = std::mem::take(&mut spare);
         for mut s in slots.drain(..) {
-            match turn(&mut s, mode, quantum, now) {
+            match turn(&mut s, mode, quantum, now, spin_for) {
                 Turn::Gone(res) => {
                     w.retire(s.p, res);
                     continue;
@@ -348,7 +354,7 @@ fn run(w: &Arc<Worker>) {
             if flushed {
                 continue;
             }
-            match turn(&mut slots[k], Mode::Block, cap, Instant::now()) {
+            match turn(&mut slots[k], Mode::Block, cap, Instant::now(), spin_for) {
                 Turn::Gone(res) => w.retire(slots.remove(k).p, res),
                 Turn::Moved => {
                     // It had its turn: to the back of the queue.
@@ -360,7 +366,8 @@ fn run(w: &Arc<Worker>) {
             continue;
         }
         if spinning {
-            std::thread::yield_now();
+            // A lost yield: the next turn puts them to sleep.
+            yields.yield_now();
             continue;
         }
         // Every connection sleeps (or there is none): so does the worker.
@@ -401,6 +408,7 @@ fn run(w: &Arc<Worker>) {
                 }
             }
         }
+        yields.waited();
         napping = next_nap(napping, woken == Woken::TimedOut && !slots.is_empty(), woke_any, nap(), nap_max());
         w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
         took = w.bell.load(Ordering::SeqCst) != bell_seen;
@@ -432,9 +440,9 @@ fn shed(w: &Worker, slots: &mut Vec<Slot>) {
     to.ring();
 }
 
-/// One connection's turn: a step, then to sleep if it has been idle long
-/// enough (or a receiver thread covers it).
-fn turn(s: &mut Slot, mode: Mode, quantum: Quantum, now: Instant) -> Turn {
+/// One connection's turn: a step, then to sleep if it has been idle for
+/// `spin_for` (or a receiver thread covers it).
+fn turn(s: &mut Slot, mode: Mode, quantum: Quantum, now: Instant, spin_for: Duration) -> Turn {
     let Doze::Awake { last } = s.doze else { return Turn::Keep };
     let res = s.p.step(mode, quantum);
     if mode == Mode::Try {
@@ -460,7 +468,7 @@ fn turn(s: &mut Slot, mode: Mode, quantum: Quantum, now: Instant) -> Turn {
                 }
                 return Turn::Keep;
             }
-            if now.duration_since(last) < spin() {
+            if now.duration_since(last) < spin_for {
                 return Turn::Keep;
             }
             let seen = me.prepare_sleep();

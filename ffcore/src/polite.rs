@@ -1,0 +1,127 @@
+//! Yielding the core while polling, and knowing when to stop.
+//!
+//! A thread that waits for another (a client for its router, a router
+//! thread for a client) polls for some microseconds before it sleeps, and
+//! yields the core between polls so that the thread it waits for runs
+//! first where both share a core. Where a busy process shares the core
+//! (a data loader, any CPU hog), that backfires: under EEVDF every
+//! `sched_yield` lets the busy process run out its time slice (1-4 ms),
+//! and the thread that yielded is still runnable, so no wake-up brings it
+//! back sooner: the message it waits for sits unread for milliseconds.
+//! Cross-host 8 B ping-pong with a busy loop beside each core took about
+//! 2,000 us per message while the client and the router threads kept
+//! yielding. A sleeper is different: the wake-up that ends its sleep
+//! gives it the core within microseconds.
+//!
+//! [`Polite`] times each yield. Three in a row that each kept the core
+//! away for longer than [`YIELD_LOST`], each within [`LOST_WINDOW`] of the
+//! one before, mean a busy process shares it. Its owner then sleeps in
+//! the kernel (on its futex words, its socket) wherever it would have spun
+//! or yielded, for its next [`NO_YIELD_WAITS`] waits, and tries yielding
+//! again after that. Fewer are not enough: a quiet VM takes the core away
+//! from every thread at once now and then (every 30-200 ms here), and a
+//! periodic kernel job (0.3-0.9 ms every 100 ms here) costs a polling
+//! thread two slow yields in a row; reacting to those made unloaded
+//! latency up to 2x worse.
+//!
+//! Users: `Conn::wait` (ffcore), the UCX transport's idle progress, and
+//! the router's pump workers and link receivers.
+
+use std::time::{Duration, Instant};
+
+/// A yield that took longer than this gave the core to a busy process for
+/// its time slice.
+pub const YIELD_LOST: Duration = Duration::from_micros(200);
+/// [`LOST_IN_A_ROW`] lost yields, each within this of the one before,
+/// mean a busy process shares the core.
+pub const LOST_WINDOW: Duration = Duration::from_millis(5);
+pub const LOST_IN_A_ROW: u32 = 3;
+/// Waits that sleep rather than spin after a yield was lost.
+pub const NO_YIELD_WAITS: u32 = 1000;
+
+/// One thread's choice between yielding and sleeping (see the module).
+#[derive(Debug, Default)]
+pub struct Polite {
+    /// Waits left that sleep rather than spin or yield.
+    no_yield: u32,
+    /// Lost yields in a row (each within [`LOST_WINDOW`] of the last).
+    lost: u32,
+    /// When the last yield that lost the core ended.
+    lost_at: Option<Instant>,
+}
+
+impl Polite {
+    pub const fn new() -> Polite {
+        Polite { no_yield: 0, lost: 0, lost_at: None }
+    }
+
+    /// May the owner spin and yield while it waits (else it should sleep
+    /// at once)?
+    pub fn may_yield(&self) -> bool {
+        self.no_yield == 0
+    }
+
+    /// Yields the core. False if that lost it for long for the
+    /// [`LOST_IN_A_ROW`]th time in a row: the owner should sleep now, and
+    /// [`Polite::may_yield`] says no for the next [`NO_YIELD_WAITS`] waits.
+    pub fn yield_now(&mut self) -> bool {
+        let t = Instant::now();
+        std::thread::yield_now();
+        self.judge(t, t.elapsed())
+    }
+
+    /// The verdict on a yield started at `t` that took `took`.
+    fn judge(&mut self, t: Instant, took: Duration) -> bool {
+        if took <= YIELD_LOST {
+            return true;
+        }
+        let close = self.lost_at.is_some_and(|l| t.saturating_duration_since(l) < LOST_WINDOW);
+        self.lost = if close { self.lost + 1 } else { 1 };
+        self.lost_at = Some(t + took);
+        if self.lost < LOST_IN_A_ROW {
+            return true;
+        }
+        (self.lost, self.lost_at) = (0, None);
+        self.no_yield = NO_YIELD_WAITS;
+        false
+    }
+
+    /// The owner waited once more (slept, or went to sleep at once).
+    pub fn waited(&mut self) {
+        self.no_yield = self.no_yield.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_lost_yields_in_a_row_make_the_next_waits_sleep() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut p = Polite::new();
+        assert!(p.may_yield());
+        assert!(p.judge(t0, Duration::from_micros(20)), "a quick yield");
+        assert!(p.judge(t0, ms(2)), "one slow yield alone may be a stall of the machine");
+        assert!(p.may_yield());
+        // The next slow one long after: still a passing stall.
+        assert!(p.judge(t0 + ms(100), ms(2)));
+        assert!(p.may_yield());
+        // Quick yields in between do not break a row.
+        assert!(p.judge(t0 + ms(103), Duration::from_micros(5)));
+        assert!(p.judge(t0 + ms(104), ms(2)), "two in a row: a periodic kernel job may do that");
+        assert!(!p.judge(t0 + ms(108), ms(2)), "the third in a row, each within LOST_WINDOW of the last's end");
+        for _ in 0..NO_YIELD_WAITS {
+            assert!(!p.may_yield());
+            p.waited();
+        }
+        assert!(p.may_yield(), "polite again after NO_YIELD_WAITS waits");
+        // A fresh start: one loss is not enough again, nor a row broken
+        // by a gap.
+        assert!(p.judge(t0 + ms(200), ms(2)));
+        assert!(p.judge(t0 + ms(203), ms(2)));
+        assert!(p.judge(t0 + ms(300), ms(2)));
+        assert!(p.may_yield());
+    }
+}
