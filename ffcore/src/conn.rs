@@ -284,7 +284,7 @@ impl Conn {
             page,
             credit_blocked: false,
             msgs_sent: 0,
-            yields: Polite::new(),
+            yields: Polite::new(1),
             router_is_peer: false,
             next_msg: 0,
             unposts: 0,

@@ -13,16 +13,22 @@
 //! yielding. A sleeper is different: the wake-up that ends its sleep
 //! gives it the core within microseconds.
 //!
-//! [`Polite`] times each yield. Three in a row that each kept the core
-//! away for longer than [`YIELD_LOST`], each within [`LOST_WINDOW`] of the
-//! one before, mean a busy process shares it. Its owner then sleeps in
-//! the kernel (on its futex words, its socket) wherever it would have spun
-//! or yielded, for its next [`NO_YIELD_WAITS`] waits, and tries yielding
-//! again after that. Fewer are not enough: a quiet VM takes the core away
-//! from every thread at once now and then (every 30-200 ms here), and a
-//! periodic kernel job (0.3-0.9 ms every 100 ms here) costs a polling
-//! thread two slow yields in a row; reacting to those made unloaded
-//! latency up to 2x worse.
+//! [`Polite`] times each yield. Lost yields (each kept the core away for
+//! longer than [`YIELD_LOST`]) in a row, each within [`LOST_WINDOW`] of
+//! the one before, mean a busy process shares it: its owner then sleeps
+//! in the kernel (on its futex words, its socket) wherever it would have
+//! spun or yielded, for its next [`NO_YIELD_WAITS`] waits, and tries
+//! yielding again after that. How many make the verdict is the owner's:
+//! the UCX transport and the router take [`LOST_IN_A_ROW`] (3), since a
+//! quiet VM takes the core away from every thread at once now and then
+//! (every 30-200 ms here) and a periodic kernel job (0.3-0.9 ms every 100
+//! ms here) costs a polling thread two slow yields in a row: reacting to
+//! one made UCX's unloaded latency across hosts 2x worse. `Conn::wait`
+//! takes one, as it did before there was this module (its measurements
+//! were made so; with three, ffbench's ping-pong on one host beside a
+//! busy loop per core had a p50 of 0.46-2.4 µs in 3 runs of 10, but with
+//! one, 1.85-1.87 µs in 2 runs of 19: that one's p50 is 0.13 µs or about
+//! 2 µs from run to run, and 10 runs do not tell the two apart).
 //!
 //! Users: `Conn::wait` (ffcore), the UCX transport's idle progress, and
 //! the router's pump workers and link receivers.
@@ -32,15 +38,17 @@ use std::time::{Duration, Instant};
 /// A yield that took longer than this gave the core to a busy process for
 /// its time slice.
 pub const YIELD_LOST: Duration = Duration::from_micros(200);
-/// [`LOST_IN_A_ROW`] lost yields, each within this of the one before,
-/// mean a busy process shares the core.
+/// Lost yields in a row, each within this of the one before, count
+/// towards a verdict.
 pub const LOST_WINDOW: Duration = Duration::from_millis(5);
+/// How many lost yields in a row mean a busy process shares the core, for
+/// threads of the UCX transport and the router (see the module).
 pub const LOST_IN_A_ROW: u32 = 3;
 /// Waits that sleep rather than spin after a yield was lost.
 pub const NO_YIELD_WAITS: u32 = 1000;
 
 /// One thread's choice between yielding and sleeping (see the module).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Polite {
     /// Waits left that sleep rather than spin or yield.
     no_yield: u32,
@@ -48,11 +56,14 @@ pub struct Polite {
     lost: u32,
     /// When the last yield that lost the core ended.
     lost_at: Option<Instant>,
+    /// Lost yields in a row that make the verdict.
+    row: u32,
 }
 
 impl Polite {
-    pub const fn new() -> Polite {
-        Polite { no_yield: 0, lost: 0, lost_at: None }
+    /// A verdict after `row` lost yields in a row (at least 1).
+    pub const fn new(row: u32) -> Polite {
+        Polite { no_yield: 0, lost: 0, lost_at: None, row: if row == 0 { 1 } else { row } }
     }
 
     /// May the owner spin and yield while it waits (else it should sleep
@@ -61,8 +72,8 @@ impl Polite {
         self.no_yield == 0
     }
 
-    /// Yields the core. False if that lost it for long for the
-    /// [`LOST_IN_A_ROW`]th time in a row: the owner should sleep now, and
+    /// Yields the core. False if that lost it for long for the `row`th
+    /// time in a row: the owner should sleep now, and
     /// [`Polite::may_yield`] says no for the next [`NO_YIELD_WAITS`] waits.
     pub fn yield_now(&mut self) -> bool {
         let t = Instant::now();
@@ -78,7 +89,7 @@ impl Polite {
         let close = self.lost_at.is_some_and(|l| t.saturating_duration_since(l) < LOST_WINDOW);
         self.lost = if close { self.lost + 1 } else { 1 };
         self.lost_at = Some(t + took);
-        if self.lost < LOST_IN_A_ROW {
+        if self.lost < self.row {
             return true;
         }
         (self.lost, self.lost_at) = (0, None);
@@ -100,7 +111,7 @@ mod tests {
     fn three_lost_yields_in_a_row_make_the_next_waits_sleep() {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
-        let mut p = Polite::new();
+        let mut p = Polite::new(LOST_IN_A_ROW);
         assert!(p.may_yield());
         assert!(p.judge(t0, Duration::from_micros(20)), "a quick yield");
         assert!(p.judge(t0, ms(2)), "one slow yield alone may be a stall of the machine");
@@ -123,5 +134,10 @@ mod tests {
         assert!(p.judge(t0 + ms(203), ms(2)));
         assert!(p.judge(t0 + ms(300), ms(2)));
         assert!(p.may_yield());
+        // With a row of one, the first lost yield makes the verdict.
+        let mut p = Polite::new(1);
+        assert!(p.judge(t0, Duration::from_micros(20)));
+        assert!(!p.judge(t0, ms(2)));
+        assert!(!p.may_yield());
     }
 }

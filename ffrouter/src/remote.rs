@@ -1001,7 +1001,7 @@ impl Peer {
     fn receive(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize) {
         let mut hot: Vec<Cover> = Vec::new();
         let mut last_pass = Instant::now();
-        let mut yields = Polite::new();
+        let mut yields = Polite::new(ffcore::polite::LOST_IN_A_ROW);
         let why = loop {
             if !hot.is_empty() {
                 // Waits on the link (polling) only while something is covered;

@@ -350,7 +350,7 @@ pub unsafe extern "C" fn iface_open(
         in_progress: false,
         accept_failed: false,
         idle: 0,
-        yields: ffcore::polite::Polite::new(),
+        yields: ffcore::polite::Polite::new(ffcore::polite::LOST_IN_A_ROW),
         waiter,
         armed: false,
         am_in_ring_seen: false,

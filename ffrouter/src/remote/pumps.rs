@@ -268,7 +268,7 @@ fn run(w: &Arc<Worker>) {
     // Idle connections spin a while before they sleep, yielding the core
     // between looks, unless yields lose it to a busy process: then they
     // sleep at once.
-    let mut yields = Polite::new();
+    let mut yields = Polite::new(ffcore::polite::LOST_IN_A_ROW);
     loop {
         if took {
             // Read the bell before the inbox: a connection added after
