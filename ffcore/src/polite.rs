@@ -87,7 +87,7 @@ impl Polite {
             return true;
         }
         let close = self.lost_at.is_some_and(|l| t.saturating_duration_since(l) < LOST_WINDOW);
-        self.lost = if close { self.lost + 1 } else { 1 };
+        self.lost = if close { self.lost.saturating_add(1) } else { 1 };
         self.lost_at = Some(t + took);
         if self.lost < self.row {
             return true;

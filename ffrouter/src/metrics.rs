@@ -85,6 +85,13 @@ impl Collector for RouterCollector {
         family(&mut enc, "ff_conn_sent_bytes", "Ring bytes sent by one side of a connection, as its client reports them", &counters(&conn, |r| r.bytes))?;
         family(&mut enc, "ff_conn_sent_messages", "Messages sent by one side of a connection, as its client reports them", &counters(&conn, |r| r.messages))?;
         family(&mut enc, "ff_conn_queue_depth_bytes", "Bytes sent by this side not yet taken by the peer, as the clients report them", &gauges(&conn, |r| r.queued))?;
+        let contended = crate::remote::CONTENDED.load(std::sync::atomic::Ordering::Relaxed);
+        family(
+            &mut enc,
+            "ff_router_cpu_contended",
+            "Times a router thread found a busy process sharing its core (its yields lost the core) and slept instead of polling",
+            &[(Vec::new(), ConstCounter::new(contended))],
+        )?;
         Ok(())
     }
 }

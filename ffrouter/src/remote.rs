@@ -98,6 +98,11 @@ const _: () = assert!(DIAL_TIMEOUT.as_secs() + link::rdma::SETUP_LIMIT.as_secs()
 fn knob(cell: &'static std::sync::OnceLock<u64>, name: &str, default: u64) -> u64 {
     *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
 }
+/// Times a router thread found a busy process sharing its core (its
+/// yields lost the core, see `ffcore::polite`) and slept instead of
+/// polling: `ff_router_cpu_contended_total` in the metrics.
+pub static CONTENDED: AtomicU64 = AtomicU64::new(0);
+
 /// How long a pump spins for more work before it sleeps.
 fn spin() -> Duration {
     static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -1091,8 +1096,15 @@ impl Peer {
                 return;
             }
             let needed = hot.iter().any(|c| c.f.client_side().polls_on(cpu) && c.f.client_unread());
-            if needed || since.elapsed() >= rx_poll() {
+            if needed {
+                // A client of ours needs this core to read: that yield
+                // lasts as long as its work, and is not judged.
+                std::thread::yield_now();
+                since = Instant::now();
+                cpu = ring::current_cpu();
+            } else if since.elapsed() >= rx_poll() {
                 if !yields.yield_now() {
+                    CONTENDED.fetch_add(1, Ordering::Relaxed);
                     hot.clear();
                     return;
                 }

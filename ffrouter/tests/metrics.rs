@@ -54,6 +54,9 @@ fn metrics_count_tenant_and_connection_traffic() {
     assert_eq!(value(&m, &format!("ff_conn_queue_depth_bytes{{tenant=\"a\",conn=\"{}\",side=\"0\",reported_by=\"client\"}}", c.id())), 192);
     assert!(value(&m, "ff_tenant_errors_total{tenant=\"b\"}") >= 1);
     assert_eq!(value(&m, "ff_tenant_connections{tenant=\"b\"}"), 0);
+    // Whether router threads found a busy process on their cores (a
+    // counter: how often depends on the machine).
+    value(&m, "ff_router_cpu_contended_total{} ");
     // The same counters from the command line.
     let out = std::process::Command::new(bin("ffrouter")).args(["stats", "--socket"]).arg(r.socket("a")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -31,6 +31,7 @@ pub struct IfaceConfig {
     pub overhead: f64,
     pub connect_timeout: f64,
     pub bulk_nap: f64,
+    pub doze: f64,
 }
 
 const fn parser(
@@ -146,7 +147,7 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 7] = [
     END,
 ];
 
-pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 11] = [
+pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 12] = [
     field(c"", c"", c"", offset_of!(IfaceConfig, super_), table(std::ptr::addr_of!(uct_iface_config_table) as *const _)),
     field(
         c"SEG_SIZE",
@@ -185,6 +186,13 @@ pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 11] = [
         c"50us",
         c"While a PUT or GET of at least 256 KiB to or from another host is under way\nand progress finds nothing to move (the ring from the router empty, or the\nring to it full), sleep this long instead of polling, so that the routers'\nthreads get the core (the router keeps filling or draining the ring\nmeanwhile). 0: always poll.",
         offset_of!(IfaceConfig, bulk_nap),
+        TIME,
+    ),
+    field(
+        c"DOZE",
+        c"1ms",
+        c"Once yields lose the core to a busy process (three in a row over 200us),\nan idle progress call with a connection to another host open sleeps on its\nconnections for at most this long instead of yielding (see docs/ARCHITECTURE.md,\n\"Nobody yields to a busy process\"). 0: always yield, as on dedicated cores.",
+        offset_of!(IfaceConfig, doze),
         TIME,
     ),
     END,

@@ -53,6 +53,9 @@ pub struct Cfg {
     /// How long an idle progress call sleeps while a bulk transfer to or
     /// from another host is under way (`UCX_FF_BULK_NAP`; zero: never).
     pub bulk_nap: Duration,
+    /// The longest an idle progress call dozes once yields lose the core
+    /// (`UCX_FF_DOZE`; zero: never doze, always yield).
+    pub doze: Duration,
     /// Requested AM data alignment (`am_alignment`, 1 = none) and offset.
     pub am_align: usize,
     pub am_align_offset: usize,
@@ -85,6 +88,9 @@ pub struct State {
     pub idle: u32,
     /// Whether idle progress calls yield or doze (ffcore's `polite`).
     pub yields: ffcore::polite::Polite,
+    /// Since when progress calls have found nothing to do (once they
+    /// looked at the clock: every `IDLE_YIELD` calls).
+    pub idle_since: Option<std::time::Instant>,
     /// The event descriptor (`event_fd_get`) and its helper threads.
     pub waiter: ffcore::wake::Waiter,
     /// `event_arm` armed the waiter; the next progress disarms it.
@@ -287,6 +293,7 @@ pub unsafe extern "C" fn iface_open(
         overhead: c.overhead,
         connect_timeout: Duration::from_secs_f64(c.connect_timeout.clamp(0.0, 3600.0)),
         bulk_nap: Duration::from_secs_f64(c.bulk_nap.clamp(0.0, 0.01)),
+        doze: Duration::from_secs_f64(c.doze.clamp(0.0, 0.1)),
     };
     let listener = match ctx.listen() {
         Ok(l) => l,
@@ -350,7 +357,9 @@ pub unsafe extern "C" fn iface_open(
         in_progress: false,
         accept_failed: false,
         idle: 0,
-        yields: ffcore::polite::Polite::new(ffcore::polite::LOST_IN_A_ROW),
+        // UCX_FF_DOZE=0: no verdict, ever (yield as on dedicated cores).
+        yields: ffcore::polite::Polite::new(if cfg.doze.is_zero() { u32::MAX } else { ffcore::polite::LOST_IN_A_ROW }),
+        idle_since: None,
         waiter,
         armed: false,
         am_in_ring_seen: false,
@@ -567,9 +576,12 @@ pub unsafe extern "C" fn event_arm(iface: uct_iface_h, _events: c_uint) -> ucs_s
 /// Idle progress calls (a few microseconds of polling) between two yields
 /// while a connection to another host is open.
 const IDLE_YIELD: u32 = 32;
-/// The longest an idle progress call dozes (see [`doze`]): what other
-/// transports of the worker wait at most for their progress.
-const DOZE_MAX: Duration = Duration::from_millis(1);
+/// Idle time before a progress call that must not yield dozes: a stream's
+/// next message is usually closer than this (dozing at once, on every
+/// empty ring, cost 23 % of UCX over ff's 64 KiB `tag_bw` between hosts
+/// on an unloaded machine, whose streams lose yields to busy router
+/// threads too); a reply beside a busy loop usually is not.
+const DOZE_AFTER: Duration = Duration::from_micros(20);
 
 /// The progress callback UCP registers on the worker.
 pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
@@ -666,14 +678,30 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             (*me).st.idle = 0;
             std::thread::sleep((*me).st.cfg.bulk_nap);
         } else if (*me).st.idle >= IDLE_YIELD || router_polls_here(me) {
+            // Only the periodic yields are judged: one to a router thread
+            // polling from this core lasts as long as its work for us.
+            let judged = (*me).st.idle >= IDLE_YIELD;
             (*me).st.idle = 0;
-            if !(*me).st.yields.may_yield() || !(*me).st.yields.yield_now() {
+            let now = std::time::Instant::now();
+            let since = *(*me).st.idle_since.get_or_insert(now);
+            let y = &mut (*me).st.yields;
+            if !y.may_yield() {
+                // Poll on, without yielding, while a stream's next message
+                // may be microseconds away; doze once that long passed.
+                if now.duration_since(since) >= DOZE_AFTER {
+                    doze(me);
+                    (*me).st.yields.waited();
+                }
+            } else if judged && !y.yield_now() {
                 doze(me);
                 (*me).st.yields.waited();
+            } else if !judged {
+                std::thread::yield_now();
             }
         }
     } else {
         (*me).st.idle = 0;
+        (*me).st.idle_since = None;
     }
 
     (*me).st.in_progress = false;
@@ -684,7 +712,7 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
 }
 
 /// Sleeps until a peer or the router wakes one of our connections, a
-/// peer connects, or [`DOZE_MAX`] passes: an idle progress call does that
+/// peer connects, or `UCX_FF_DOZE` (1 ms) passes: an idle progress call does that
 /// instead of yielding where yields lose the core to a busy process (see
 /// ffcore's `polite`).
 unsafe fn doze(me: *mut Iface) {
@@ -696,7 +724,9 @@ unsafe fn doze(me: *mut Iface) {
         }
         return;
     }
-    if ffcore::wake::sleep_on(&words, DOZE_MAX).is_err() {
+    // At most `doze` (UCX_FF_DOZE): what other transports of the worker
+    // wait at most for their progress.
+    if ffcore::wake::sleep_on(&words, st.cfg.doze).is_err() {
         // More connections than one futex_waitv takes: no sleep.
         std::thread::yield_now();
     }

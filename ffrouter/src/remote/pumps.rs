@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use ffcore::futex::{self, Woken, WAITV_MAX};
 use ffcore::polite::Polite;
 
-use super::{nap, nap_max, spin, Mode, Pump, Quantum, Step, Stop};
+use super::{nap, nap_max, spin, Mode, Pump, Quantum, Step, Stop, CONTENDED};
 
 /// Most connections one worker serves: one `futex_waitv` call covers their
 /// wake words and the worker's bell.
@@ -366,8 +366,10 @@ fn run(w: &Arc<Worker>) {
             continue;
         }
         if spinning {
-            // A lost yield: the next turn puts them to sleep.
-            yields.yield_now();
+            // Yields lost: the next turn puts them to sleep.
+            if !yields.yield_now() {
+                CONTENDED.fetch_add(1, Ordering::Relaxed);
+            }
             continue;
         }
         // Every connection sleeps (or there is none): so does the worker.
