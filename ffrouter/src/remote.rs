@@ -1096,14 +1096,12 @@ impl Peer {
                 return;
             }
             let needed = hot.iter().any(|c| c.f.client_side().polls_on(cpu) && c.f.client_unread());
-            if needed {
-                // A client of ours needs this core to read: that yield
-                // lasts as long as its work, and is not judged.
-                std::thread::yield_now();
-                since = Instant::now();
-                cpu = ring::current_cpu();
-            } else if since.elapsed() >= rx_poll() {
-                if !yields.yield_now() {
+            if needed || since.elapsed() >= rx_poll() {
+                if needed {
+                    // A client of ours needs this core to read: that yield
+                    // lasts as long as its work, and is not judged.
+                    std::thread::yield_now();
+                } else if !yields.yield_now() {
                     CONTENDED.fetch_add(1, Ordering::Relaxed);
                     hot.clear();
                     return;

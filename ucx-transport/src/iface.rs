@@ -685,18 +685,19 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             let now = std::time::Instant::now();
             let since = *(*me).st.idle_since.get_or_insert(now);
             let y = &mut (*me).st.yields;
-            if !y.may_yield() {
+            let dozes = if !y.may_yield() {
                 // Poll on, without yielding, while a stream's next message
                 // may be microseconds away; doze once that long passed.
-                if now.duration_since(since) >= DOZE_AFTER {
-                    doze(me);
-                    (*me).st.yields.waited();
-                }
-            } else if judged && !y.yield_now() {
+                now.duration_since(since) >= DOZE_AFTER
+            } else if judged {
+                !y.yield_now()
+            } else {
+                std::thread::yield_now();
+                false
+            };
+            if dozes {
                 doze(me);
                 (*me).st.yields.waited();
-            } else if !judged {
-                std::thread::yield_now();
             }
         }
     } else {
@@ -712,9 +713,9 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
 }
 
 /// Sleeps until a peer or the router wakes one of our connections, a
-/// peer connects, or `UCX_FF_DOZE` (1 ms) passes: an idle progress call does that
-/// instead of yielding where yields lose the core to a busy process (see
-/// ffcore's `polite`).
+/// peer connects, or `UCX_FF_DOZE` (1 ms) passes: an idle progress call
+/// does that instead of yielding where yields lose the core to a busy
+/// process (see ffcore's `polite`).
 unsafe fn doze(me: *mut Iface) {
     let st = &mut (*me).st;
     let words = arm_words(st);
