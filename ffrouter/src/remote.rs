@@ -1705,6 +1705,31 @@ impl Fwd {
         };
         (g - self.reported.load(Ordering::Relaxed) >= self.ring / 4).then_some(g)
     }
+
+    /// Does this connection's pump have something to do: data or credit to
+    /// send, posts to drop, an end to report? (A pump's own unsent ACCEPT
+    /// aside: a pump holding one never sleeps.) Checked after announcing
+    /// the pump's sleep, by the pump or by a receiver handing it back.
+    fn needs_pump(&self, peer: &Peer) -> bool {
+        if peer.dead.load(Ordering::Acquire)
+            || self.peer_closed.load(Ordering::Acquire)
+            || self.local_fault.load(Ordering::Acquire)
+            || self.client_side().is_closed()
+            || self.unpost_asked()
+        {
+            return true;
+        }
+        match self.out.try_lock() {
+            Ok(out) => {
+                if self.sendable(&out) || !out.unread.is_empty() {
+                    return true;
+                }
+            }
+            // A receiver thread is forwarding for us: look again after.
+            Err(_) => return true,
+        }
+        self.credit_due().is_some()
+    }
 }
 
 fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<Vec<u8>>) {
@@ -2344,28 +2369,7 @@ impl Pump {
 
     /// Is there something to do (checked after announcing sleep)?
     fn ready(&self) -> bool {
-        let f = &*self.f;
-        if self.first.is_some()
-            || self.peer.dead.load(Ordering::Acquire)
-            || f.peer_closed.load(Ordering::Acquire)
-            || f.local_fault.load(Ordering::Acquire)
-            || f.client_side().is_closed()
-        {
-            return true;
-        }
-        if f.unpost_asked() {
-            return true;
-        }
-        match f.out.try_lock() {
-            Ok(out) => {
-                if f.sendable(&out) || !out.unread.is_empty() {
-                    return true;
-                }
-            }
-            // A receiver thread is forwarding for us: look again after.
-            Err(_) => return true,
-        }
-        f.credit_due().is_some()
+        self.first.is_some() || self.f.needs_pump(&self.peer)
     }
 }
 
@@ -2436,7 +2440,8 @@ fn refresh(hot: &mut [Cover], conn: u64) -> bool {
 
 /// A connection a receiver thread serves in place of its pump (see
 /// [`Peer::receive`]). While covered, the pump sleeps without announcing it
-/// (clients do not wake it); dropping the cover wakes it.
+/// (clients do not wake it); dropping the cover hands it back asleep, with
+/// its sleep announced, and wakes it only if it has something to do.
 struct Cover {
     f: Arc<Fwd>,
     /// The connection's own router link (maybe not the receiver's).
@@ -2455,17 +2460,36 @@ impl Cover {
             return None;
         }
         f.covered.store(true, Ordering::SeqCst);
+        // Its client need not wake the pump while we serve it: the drop
+        // announces its sleep again and looks for work.
+        f.router_side().cancel_sleep();
         Some(Cover { f, peer, link, last: Instant::now() })
     }
 }
 
 impl Drop for Cover {
     fn drop(&mut self) {
-        // Ordered before the wake-up: a pump that read the wake word before
-        // it changes sees the futex differ; one that read it after sees this.
+        // The pump's own way to sleep, done for it: announce the sleep (so
+        // the client's next write or read wakes it), then look once more.
+        // Waking it every time instead cost two wake-ups of pumps with
+        // nothing to do per message of a ping-pong whose answers come after
+        // the reply window, and each of them spun before sleeping again.
+        // `covered` goes false first: a pump that sees it still true sleeps
+        // on the word it read before, which a wake-up below or the client's
+        // notify changes; one that sees it false takes its own way to sleep.
         self.f.covered.store(false, Ordering::SeqCst);
-        self.f.router_side().clear_cpu();
-        self.f.router_side().force_wake();
+        let me = self.f.router_side();
+        me.clear_cpu();
+        if self.last.elapsed() < reply_window() {
+            // Dropped while busy (its link filled, a yield was lost): the
+            // pump takes over awake.
+            me.force_wake();
+            return;
+        }
+        me.prepare_sleep();
+        if self.f.needs_pump(&self.peer) {
+            me.force_wake();
+        }
     }
 }
 
@@ -2636,6 +2660,32 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// An answer written after the receiver thread's cover of its
+    /// connection lapsed is forwarded at once: the cover's end announced
+    /// the pump's sleep for it. (Were the announcement lost, each answer
+    /// would wait for the pump worker's safety-net look, 200 ms or more.)
+    #[test]
+    fn answers_after_a_lapsed_cover_still_wake_the_pump() {
+        let two = Two::new(Transport::Tcp, 64 << 10);
+        let (_ctxs, mut a, mut b) = conn_pair(&two);
+        let mut took = Vec::new();
+        let mut buf = [0u8; 16];
+        for i in 0..40u8 {
+            let (from, to) = if i % 2 == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            // Longer than the reply window: the cover of `from`'s
+            // connection at its router lapses first.
+            std::thread::sleep(Duration::from_millis(5));
+            let t0 = Instant::now();
+            from.send(&[i; 8], 3, T).unwrap();
+            assert_eq!(to.recv(&mut buf, 3, T).unwrap(), 8);
+            took.push(t0.elapsed());
+            assert_eq!(buf[..8], [i; 8]);
+        }
+        took.sort();
+        // The median: a slow answer on a busy machine is not a lost wake-up.
+        assert!(took[took.len() / 2] < Duration::from_millis(100), "answers took {took:?}");
     }
 
     /// Resident KiB of this process's mappings of connection files of

@@ -12,8 +12,9 @@
 //!   for [`super::spin`] goes to sleep as a pump thread used to: announce
 //!   the sleep on the router side's wake word (`prepare_sleep`), check once
 //!   more (`Pump::ready`), then count it asleep with the word's value. A
-//!   connection a receiver thread covers sleeps without announcing it
-//!   (only the cover's end wakes it), as before;
+//!   connection a receiver thread covers sleeps without announcing it: the
+//!   cover's end announces the sleep for it and wakes it only if there is
+//!   something to do (until 2026-12-03 it always woke it);
 //! - a connection *asleep* costs one load of its wake word per turn: when
 //!   the word moved, it is awake again (and its announcement withdrawn);
 //! - when every connection sleeps, the worker sleeps on all their words and
@@ -231,9 +232,10 @@ struct Slot {
 }
 
 impl Slot {
-    /// Withdraws a sleep it announced to its client, if it did.
+    /// Withdraws the sleep announced to its client, by it or by the
+    /// receiver thread that covered it ([`super::Cover`]'s drop).
     fn withdraw(&self) {
-        if let Doze::Asleep { announced: true, .. } = self.doze {
+        if let Doze::Asleep { .. } = self.doze {
             self.p.f.router_side().cancel_sleep();
         }
     }
