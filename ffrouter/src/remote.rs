@@ -2440,8 +2440,9 @@ fn refresh(hot: &mut [Cover], conn: u64) -> bool {
 
 /// A connection a receiver thread serves in place of its pump (see
 /// [`Peer::receive`]). While covered, the pump sleeps without announcing it
-/// (clients do not wake it); dropping the cover hands it back asleep, with
-/// its sleep announced, and wakes it only if it has something to do.
+/// (clients do not wake it). A cover that ends quiet hands the pump back
+/// asleep, its sleep announced, and wakes it only if it has something to
+/// do; one that ends busy wakes it.
 struct Cover {
     f: Arc<Fwd>,
     /// The connection's own router link (maybe not the receiver's).
@@ -2469,11 +2470,12 @@ impl Cover {
 
 impl Drop for Cover {
     fn drop(&mut self) {
-        // The pump's own way to sleep, done for it: announce the sleep (so
-        // the client's next write or read wakes it), then look once more.
-        // Waking it every time instead cost two wake-ups of pumps with
-        // nothing to do per message of a ping-pong whose answers come after
-        // the reply window, and each of them spun before sleeping again.
+        // Ended quiet (no traffic for the whole reply window): the pump's
+        // own way to sleep, done for it: announce the sleep (so the
+        // client's next write or read wakes it), then look once more.
+        // Waking it instead cost two wake-ups of pumps with nothing to do
+        // per message of a ping-pong whose answers come after the window,
+        // and each of them polled before sleeping again.
         // `covered` goes false first: a pump that sees it still true sleeps
         // on the word it read before, which a wake-up below or the client's
         // notify changes; one that sees it false takes its own way to sleep.
@@ -2481,8 +2483,8 @@ impl Drop for Cover {
         let me = self.f.router_side();
         me.clear_cpu();
         if self.last.elapsed() < reply_window() {
-            // Dropped while busy (its link filled, a yield was lost): the
-            // pump takes over awake.
+            // Ended busy (its link filled, its pump was busy, a yield was
+            // lost, the client closed): the pump takes over awake.
             me.force_wake();
             return;
         }
