@@ -3,7 +3,7 @@
 //! memory and shadow regions.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -217,6 +217,12 @@ impl Context {
         crate::mr::alloc_region(&self.shared, len)
     }
 
+    /// A handle that allocates regions as this context does, and outlives
+    /// it (an allocator that serves `malloc` keeps one).
+    pub fn region_maker(&self) -> RegionMaker {
+        RegionMaker(self.shared.clone())
+    }
+
     /// Registers `[ptr, ptr+len)` and makes its whole pages shadow memory
     /// (see [`crate::mr`]); peers of the tenant on this host then reach them
     /// through [`crate::mr::ShadowMr::remote_key`].
@@ -343,6 +349,23 @@ impl Drop for Listener {
     }
 }
 
+/// Allocates [`Region`]s through one router attachment
+/// ([`Context::region_maker`]).
+#[derive(Clone)]
+pub struct RegionMaker(Arc<Shared>);
+
+impl RegionMaker {
+    /// As [`Context::alloc_region`].
+    pub fn alloc(&self, len: usize) -> Result<Region> {
+        crate::mr::alloc_region(&self.0, len)
+    }
+
+    /// True if both make regions through the same attachment.
+    pub fn same(&self, other: &RegionMaker) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Shadow memory shared with the router. Freed on drop (once nothing
 /// registered inside it, or sent from it, still holds it).
 pub struct Region {
@@ -374,5 +397,11 @@ impl Region {
     /// What a peer of the tenant on this host needs to map it.
     pub fn remote_key(&self) -> crate::mr::RemoteKey {
         self.seg.remote_key(true)
+    }
+    /// The whole mapping (header page, then data) and its file: for a
+    /// process that must replace it (a forked child, see the UCX
+    /// transport's heap).
+    pub fn mapping(&self) -> (*mut u8, usize, BorrowedFd<'_>) {
+        (self.mem.as_ptr(), self.mem.len(), self.mem.fd())
     }
 }

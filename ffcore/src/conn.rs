@@ -224,6 +224,8 @@ pub struct Conn {
     pub(crate) router_is_peer: bool,
     /// Messages started in the ring (taken, or placed): the next one's number.
     next_msg: u64,
+    /// Messages the router wrote straight into their posted receive.
+    placed: u64,
     /// Withdrawals of our posts asked for (published in `unpost_req`).
     unposts: u64,
     /// Messages the router placed into a withdrawn receive's buffer,
@@ -287,6 +289,7 @@ impl Conn {
             yields: Polite::new(1),
             router_is_peer: false,
             next_msg: 0,
+            placed: 0,
             unposts: 0,
             stash: HashMap::new(),
             _mem: mem,
@@ -377,13 +380,7 @@ impl Conn {
     /// router is our peer and takes posts, and the buffer lies in one shadow
     /// segment from its first byte (for at least [`SHADOW_MIN`] bytes).
     fn post(&mut self, ptr: *mut u8, cap: usize, tag: u32) -> Result<Option<Posted>> {
-        if !self.router_is_peer || cap < SHADOW_MIN || self.peer().caps.load(std::sync::atomic::Ordering::Acquire) & CAP_PLACE == 0 {
-            return Ok(None);
-        }
-        let Some((seg, start, n)) = self.ctx.as_ref().and_then(|c| crate::mr::find(c, ptr as usize, cap)) else { return Ok(None) };
-        if start != ptr as usize || n < SHADOW_MIN {
-            return Ok(None);
-        }
+        let Some((seg, n)) = self.placeable(ptr, cap) else { return Ok(None) };
         // Each receive ahead of this one takes one message.
         let idx = self.next_msg + self.recvs.len() as u64;
         let r = PostRef { key: seg.remote_key(true), addr: ptr as u64, cap: n as u64, idx, gen: self.unposts };
@@ -392,6 +389,30 @@ impl Conn {
         }
         self.peer().notify();
         Ok(Some(Posted { idx, gen: self.unposts, _seg: seg }))
+    }
+
+    /// The shadow segment and length a receive into `[ptr, ptr+cap)` would
+    /// be posted to the router with (see [`Conn::irecv`]), if any.
+    fn placeable(&self, ptr: *mut u8, cap: usize) -> Option<(Arc<Segment>, usize)> {
+        if !self.router_is_peer || cap < SHADOW_MIN || self.peer().caps.load(std::sync::atomic::Ordering::Acquire) & CAP_PLACE == 0 {
+            return None;
+        }
+        let (seg, start, n) = crate::mr::find(self.ctx.as_ref()?, ptr as usize, cap)?;
+        (start == ptr as usize && n >= SHADOW_MIN).then_some((seg, n))
+    }
+
+    /// Would a receive into `[ptr, ptr+cap)` posted now be written by the
+    /// router straight from the link (shadow memory, another host)? Only
+    /// if it is posted before its message reaches the router: a protocol
+    /// that can make the sender wait for the receive gains by it.
+    pub fn places(&self, ptr: *mut u8, cap: usize) -> bool {
+        self.placeable(ptr, cap).is_some()
+    }
+
+    /// How many messages the router has written straight into their posted
+    /// receive (from another host, into shadow memory) so far.
+    pub fn placed(&self) -> u64 {
+        self.placed
     }
 
     /// Safe send of a borrowed buffer: posts and waits until it completes.
@@ -854,6 +875,7 @@ impl Conn {
                     return Err(Error::Corrupt("placed message with another tag".into()));
                 }
                 self.next_msg += 1;
+                self.placed += 1;
                 self.reqs.set(op.req, State::Done(total));
                 self.rx.consume(rec.len);
                 return Ok(Some(true));

@@ -31,7 +31,7 @@ pub mod shm;
 pub mod wake;
 
 pub use atomic::{AtomicOp, Width};
-pub use client::{Context, Listener, MemKey, Region};
+pub use client::{Context, Listener, MemKey, Region, RegionMaker};
 pub use mr::{RemoteKey, RemoteMap, ShadowMr};
 pub use conn::{Conn, Req, TAG_ANY};
 pub use error::{Error, ErrorCode, Result};

@@ -79,7 +79,9 @@ pub(crate) struct Segment {
     region: u64,
     /// Read-write and read-only.
     keys: [u64; 2],
-    file: OwnedFd,
+    /// The region's file, kept to give the pages back (moved segments; an
+    /// allocated one's mapping holds its own, so it costs one descriptor).
+    file: Option<OwnedFd>,
     addr: usize,
     len: usize,
     moved: bool,
@@ -133,7 +135,7 @@ impl Drop for Segment {
         }
         // SAFETY: we installed [addr, addr+len) from this file at this
         // offset; restore checks it is still there before touching it.
-        match self.moved.then(|| unsafe { shadow::restore(self.file.as_fd(), shm::region_header() as u64, self.addr, self.len) }) {
+        match self.file.as_ref().filter(|_| self.moved).map(|f| unsafe { shadow::restore(f.as_fd(), shm::region_header() as u64, self.addr, self.len) }) {
             None | Some(Ok(true)) => {}
             Some(Ok(false)) => log::debug!("shadow segment {:#x}+{} was unmapped before deregistration", self.addr, self.len),
             Some(Err(e)) => log::warn!("cannot give {:#x}+{} private pages back: {e}", self.addr, self.len),
@@ -241,7 +243,7 @@ unsafe fn make_segment(ctx: &Arc<Shared>, addr: usize, len: usize) -> Result<Arc
         let _ = ctx.rpc(&Request::FreeRegion { region });
         return Err(e);
     }
-    Ok(Arc::new(Segment { ctx: ctx.clone(), region, keys, file, addr, len, moved: true }))
+    Ok(Arc::new(Segment { ctx: ctx.clone(), region, keys, file: Some(file), addr, len, moved: true }))
 }
 
 /// See [`crate::Context::alloc_region`]: a region mapped here, entered in
@@ -249,7 +251,7 @@ unsafe fn make_segment(ctx: &Arc<Shared>, addr: usize, len: usize) -> Result<Arc
 pub(crate) fn alloc_region(ctx: &Arc<Shared>, len: usize) -> Result<crate::Region> {
     let (region, keys, fd) = alloc(ctx, len)?;
     let header = shm::region_header();
-    let mem = match SharedMem::from_fd(fd.try_clone()?, header + len) {
+    let mem = match SharedMem::from_fd(fd, header + len) {
         Ok(m) => m,
         Err(e) => {
             let _ = ctx.rpc(&Request::FreeRegion { region });
@@ -258,7 +260,7 @@ pub(crate) fn alloc_region(ctx: &Arc<Shared>, len: usize) -> Result<crate::Regio
     };
     // SAFETY: the data part of the mapping just made.
     let addr = unsafe { mem.as_ptr().add(header) } as usize;
-    let seg = Arc::new(Segment { ctx: ctx.clone(), region, keys, file: fd, addr, len, moved: false });
+    let seg = Arc::new(Segment { ctx: ctx.clone(), region, keys, file: None, addr, len, moved: false });
     ctx.segments.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, Arc::downgrade(&seg));
     Ok(crate::Region::new(seg, mem))
 }

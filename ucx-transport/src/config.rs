@@ -16,6 +16,8 @@ pub struct MdConfig {
     pub shadow_move: std::os::raw::c_int,
     pub rcache: std::os::raw::c_int,
     pub rkey_ptr: std::os::raw::c_int,
+    pub heap: usize,
+    pub heap_max: usize,
 }
 
 /// Transport configuration (`struct uct_iface_config` + ours).
@@ -107,7 +109,7 @@ const END: ucs_config_field_t = ucs_config_field_t {
     parser: ucs_config_parser_t { read: None, write: None, clone: None, release: None, help: None, arg: null() },
 };
 
-pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 7] = [
+pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 9] = [
     field(c"", c"", c"", offset_of!(MdConfig, super_), table(std::ptr::addr_of!(uct_md_config_table) as *const _)),
     field(
         c"ROUTER_SOCKET",
@@ -143,6 +145,20 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 7] = [
         c"Advertise UCT_MD_FLAG_RKEY_PTR, so that UCP's rendezvous reads a peer's buffer\nstraight through its mapping (uct_rkey_ptr works either way, e.g. for\nucp_rkey_ptr). UCP 1.13 then uses it for every peer this domain reaches and\nfails the receive when it cannot map the sender's buffer (a peer on another\nhost, the partial pages of a buffer that is not page aligned): say y only\nwhere all peers are on this host and rendezvous buffers are page aligned.",
         offset_of!(MdConfig, rkey_ptr),
         BOOL,
+    ),
+    field(
+        c"HEAP",
+        c"1m",
+        c"Heap allocations (malloc, calloc, realloc, posix_memalign, ...) of at least\nthis size, made after this domain attached to a router, are shadow memory of\ntheir own: PUT, GET and sends from and into them take the one-copy path on a\nhost and go buffer to wire between hosts, with nothing moved. A child forked\nafterwards gets private copies. inf: glibc serves every allocation.",
+        offset_of!(MdConfig, heap),
+        MEMUNITS,
+    ),
+    field(
+        c"HEAP_MAX",
+        c"16g",
+        c"Most bytes of such allocations (live, plus up to 8 freed ones kept for\nreuse) per process; beyond it glibc serves them.",
+        offset_of!(MdConfig, heap_max),
+        MEMUNITS,
     ),
     END,
 ];
@@ -235,6 +251,19 @@ pub unsafe fn rcache(config: *const uct_md_config_t) -> bool {
 pub unsafe fn rkey_ptr(config: *const uct_md_config_t) -> bool {
     let c = config as *const MdConfig;
     !c.is_null() && (*c).rkey_ptr != 0
+}
+
+/// The heap's threshold and cap (`UCX_FF_HEAP`, `UCX_FF_HEAP_MAX`), None
+/// if off (`inf` or 0, or shadow memory off).
+///
+/// # Safety
+/// As for [`router_socket`].
+pub unsafe fn heap(config: *const uct_md_config_t) -> Option<(usize, usize)> {
+    let c = config as *const MdConfig;
+    if c.is_null() || (*c).shadow == 0 || (*c).heap == 0 || (*c).heap >= usize::MAX - 1 {
+        return None;
+    }
+    Some(((*c).heap, (*c).heap_max))
 }
 
 /// The configuration of a memory domain, as UCX parsed it.

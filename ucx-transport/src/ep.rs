@@ -61,6 +61,9 @@ pub struct Ep {
     bulk_ops: usize,
     /// GET data being received for the oldest op.
     get_rx: Option<Req>,
+    /// The GET_GO (its request's sequence number) that releases the data
+    /// of a held GET, not sent yet for want of room.
+    go: Option<u64>,
     /// Flush completions: each waits for the ops issued before it.
     flushes: VecDeque<(u64, *mut uct_completion_t)>,
     /// Why the endpoint stopped working (sends then fail with this status).
@@ -86,8 +89,8 @@ struct Op {
 enum OpKind {
     /// A PUT's ack.
     Put,
-    /// GET data, into `buf`.
-    Get { buf: *mut u8, len: usize },
+    /// GET data, into `buf`; `hold`: the target holds it until our GET_GO.
+    Get { buf: *mut u8, len: usize, hold: bool },
     /// GET data (inline), handed to UCP's unpack callback (`get_bcopy`).
     GetUnpack { cb: unsafe extern "C" fn(*mut c_void, *const c_void, usize), arg: *mut c_void, len: usize },
     /// An atomic's answer: the old value goes to `result` (null: posted).
@@ -125,6 +128,9 @@ impl Ep {
             return true;
         }
         if (!self.ops.is_empty() || !self.sends.is_empty()) && self.conn.has_events() {
+            return true;
+        }
+        if self.go.is_some() && self.conn.tx_free() >= GO_ROOM {
             return true;
         }
         if !self.pending.is_empty() {
@@ -349,6 +355,7 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         sends: VecDeque::new(),
         bulk_ops: 0,
         get_rx: None,
+        go: None,
         flushes: VecDeque::new(),
         broken: None,
         err_reported: false,
@@ -533,8 +540,11 @@ unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64,
         return UCS_ERR_NO_RESOURCE; // keep ffcore's request table from filling
     }
     let max = RmaReq::LEN + if inline { len } else { 0 };
-    let kind = if get { proto::GET } else { proto::PUT };
-    let r = (*ep).conn.try_send_with(proto::tag(kind, 0), max, |p| {
+    // A large GET whose data the router could write straight into `local`
+    // if the receive were posted before the data reaches it.
+    let hold = get && len >= iface::BULK_MIN && (*ep).conn.places(local, len);
+    let tag = if get { proto::tag(proto::GET, if hold { proto::HOLD } else { 0 }) } else { proto::tag(proto::PUT, 0) };
+    let r = (*ep).conn.try_send_with(tag, max, |p| {
         req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
         if inline {
             std::ptr::copy_nonoverlapping(local, p.add(RmaReq::LEN), len);
@@ -555,7 +565,7 @@ unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64,
         }
     }
     (*ep).next_seq += 1;
-    let kind = if get { OpKind::Get { buf: local, len } } else { OpKind::Put };
+    let kind = if get { OpKind::Get { buf: local, len, hold } } else { OpKind::Put };
     let bulk = len >= iface::BULK_MIN;
     (*ep).bulk_ops += bulk as usize;
     (*ep).ops.push_back(Op { seq, comp, kind, bulk });
@@ -927,6 +937,7 @@ unsafe fn fail_all(ep: *mut Ep, status: ucs_status_t) {
     }
     (*ep).sends.clear();
     (*ep).get_rx = None;
+    (*ep).go = None;
     while let Some((_, comp)) = (*ep).flushes.pop_front() {
         complete(comp, status);
         if (*ep).destroyed {
@@ -969,11 +980,27 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
     }
     let burst = (*(*ep).iface).st.cfg.rx_burst;
     while !(*ep).ops.is_empty() && count < burst {
+        if (*ep).go.is_some() {
+            match send_go(ep) {
+                Ok(true) => count += 1,
+                Ok(false) => break,
+                Err(s) => {
+                    fail_all(ep, s);
+                    return count + 1;
+                }
+            }
+        }
         if let Some(r) = (*ep).get_rx {
+            let placed = (*ep).conn.placed();
             match (*ep).conn.test(r) {
                 Ok(None) => break,
                 Ok(Some(_)) => {
                     (*ep).get_rx = None;
+                    if let Some(Op { kind: OpKind::Get { hold: true, .. }, .. }) = (*ep).ops.front() {
+                        let st = &mut (*(*ep).iface).st;
+                        st.held_gets += 1;
+                        st.held_placed += u64::from((*ep).conn.placed() > placed);
+                    }
                     count += 1;
                     if !finish_op(ep, UCS_OK) {
                         return count;
@@ -1011,7 +1038,17 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
                 }
             }
             Got::Stream(buf, want) => match (*ep).conn.irecv(buf, want, proto::tag(proto::GET_DATA, 0)) {
-                Ok(r) => (*ep).get_rx = Some(r),
+                Ok(r) => {
+                    (*ep).get_rx = Some(r);
+                    if let OpKind::Get { hold: true, .. } = front.kind {
+                        // Posted: now the target may send the data.
+                        (*ep).go = Some(front.seq);
+                        if let Err(s) = send_go(ep) {
+                            fail_all(ep, s);
+                            return count;
+                        }
+                    }
+                }
                 Err(e) => {
                     let s = break_ep(ep, &e);
                     fail_all(ep, s);
@@ -1030,6 +1067,26 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
         return count;
     }
     count + dispatch_pending(ep)
+}
+
+/// Room a GET_GO record needs in the ring.
+const GO_ROOM: usize = 64;
+
+/// Sends the pending GET_GO: Ok(true) if sent, Ok(false) if the ring has no
+/// room yet (progress tries again), or the endpoint's failure.
+unsafe fn send_go(ep: *mut Ep) -> Result<bool, ucs_status_t> {
+    let Some(seq) = (*ep).go else { return Ok(false) };
+    match (*ep).conn.try_send_with(proto::tag(proto::GET_GO, 0), 8, |p| {
+        std::ptr::copy_nonoverlapping(seq.to_le_bytes().as_ptr(), p, 8);
+        8
+    }) {
+        Ok(Some(_)) => {
+            (*ep).go = None;
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => Err(break_ep(ep, &e)),
+    }
 }
 
 /// A status from the peer: an error code, or IO_ERROR for anything else.
@@ -1071,7 +1128,7 @@ unsafe fn reply(op: &Op, tag: u32, data: *const u8, len: usize) -> Got {
     }
     match (proto::kind(tag), op.kind) {
         (proto::PUT_ACK, OpKind::Put) => Got::Done(peer_status(r.status)),
-        (proto::GET_REPLY, OpKind::Get { buf, len: want }) => {
+        (proto::GET_REPLY, OpKind::Get { buf, len: want, .. }) => {
             if r.status != UCS_OK as i32 {
                 return Got::Done(peer_status(r.status));
             }

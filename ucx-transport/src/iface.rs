@@ -98,6 +98,11 @@ pub struct State {
     /// An active message was handed to UCP straight from a ring the
     /// router writes (logged once, at info level).
     pub am_in_ring_seen: bool,
+    /// Held GETs (see [`proto::HOLD`]) whose data arrived, and how many of
+    /// them the router wrote straight into our buffer (logged at close, at
+    /// info level).
+    pub held_gets: u64,
+    pub held_placed: u64,
     /// Progress calls since the last liveness round, and when that was.
     pub live_calls: u32,
     pub live_at: std::time::Instant,
@@ -114,6 +119,9 @@ pub struct RxConn {
     /// GET data sends still in the ring (to be completed), and whether
     /// each is bulk.
     sends: VecDeque<(Req, bool)>,
+    /// A held GET whose reply went out (sequence number, range): its data,
+    /// and every later reply, wait for the initiator's GET_GO.
+    held: Option<(u64, u64, u64)>,
     /// Remote-memory requests refused so far (see [`MAX_REFUSED`]).
     refused: u32,
     dead: bool,
@@ -134,6 +142,12 @@ pub const MAX_REFUSED: u32 = 8;
 /// under way across hosts, an idle progress call naps (see
 /// [`Cfg::bulk_nap`]) instead of polling.
 pub const BULK_MIN: usize = 256 << 10;
+
+/// Replies one peer connection may have waiting (its ring back full, or
+/// behind a held GET whose GET_GO has not come): a peer that sends
+/// requests without taking their answers is dropped past this, rather
+/// than growing the queue without bound.
+pub const MAX_QUEUED_REPLIES: usize = 1 << 16;
 
 /// The private buffer active messages are copied into before UCP sees them
 /// (one per iface, used by one progress call at a time: `in_progress`).
@@ -181,7 +195,7 @@ impl AmBuf {
 
 enum Reply {
     PutAck { seq: u64, status: i32 },
-    Get { seq: u64, status: i32, addr: u64, len: u64 },
+    Get { seq: u64, status: i32, addr: u64, len: u64, hold: bool },
     Amo { seq: u64, status: i32, old: u64 },
 }
 
@@ -196,6 +210,8 @@ enum Action {
     AmInRing { id: usize, data: *mut u8, len: usize },
     /// A PUT whose data follows as its own message.
     PutStream { seq: u64, ok: bool, addr: u64, len: u64 },
+    /// The initiator posted its receive for held GET `seq`'s data.
+    Go(u64),
     Reply(Reply),
     Bad(String),
 }
@@ -363,6 +379,8 @@ pub unsafe extern "C" fn iface_open(
         waiter,
         armed: false,
         am_in_ring_seen: false,
+        held_gets: 0,
+        held_placed: 0,
         live_calls: 0,
         live_at: std::time::Instant::now(),
     });
@@ -410,6 +428,10 @@ fn probe_max_whole(ctx: &ffcore::Context, listener: &ffcore::Listener) -> ffcore
 pub unsafe extern "C" fn iface_close(iface: uct_iface_h) {
     let raw = iface as *mut Iface;
     uct_base_iface_progress_disable(iface, UCT_PROGRESS_SEND | UCT_PROGRESS_RECV);
+    let st = &(*raw).st;
+    if st.held_gets > 0 {
+        ff_info!("ff: iface {:p}: {} of {} held GETs from another host were written straight into shadow memory", raw, st.held_placed, st.held_gets);
+    }
     // Endpoints UCX forgot to destroy go with the iface.
     for e in std::mem::take(&mut (*raw).st.eps) {
         drop(Box::from_raw(e));
@@ -603,7 +625,7 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             Ok(Some(conn)) => {
                 ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
                 let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();
-                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), refused: 0, dead: false, words }));
+                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), held: None, refused: 0, dead: false, words }));
             }
             Ok(None) => break,
             Err(e) => {
@@ -779,7 +801,7 @@ unsafe fn nap_now(me: *mut Iface) -> bool {
 unsafe fn has_work(st: &mut State) -> bool {
     let reply_room = 2 * (RmaReply::LEN + st.cfg.inline_rma + 128);
     st.listener.may_have_pending()
-        || st.rx.iter_mut().any(|rc| rc.conn.has_events() || !rc.replies.is_empty() && rc.conn.tx_free() >= reply_room)
+        || st.rx.iter_mut().any(|rc| rc.conn.has_events() || !rc.replies.is_empty() && rc.held.is_none() && rc.conn.tx_free() >= reply_room)
         || st.eps.iter().any(|&e| (*e).has_events())
 }
 
@@ -894,6 +916,11 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
                 deliver_am(base, id, data, len);
             }
             Action::Reply(r) => {
+                if (*rc).replies.len() >= MAX_QUEUED_REPLIES {
+                    ff_warn!("ff: closing connection {} from a peer: {MAX_QUEUED_REPLIES} replies wait for it to take them", (*rc).conn.id());
+                    (*rc).dead = true;
+                    return count;
+                }
                 (*rc).replies.push_back(r);
                 send_replies(me, rc);
             }
@@ -911,6 +938,20 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
                     }
                 }
             }
+            Action::Go(seq) => match (*rc).held {
+                Some((held, addr, len)) if held == seq => {
+                    (*rc).held = None;
+                    if !send_get_data(rc, addr, len) {
+                        return count;
+                    }
+                    send_replies(me, rc);
+                }
+                _ => {
+                    ff_error!("ff: protocol error from a peer on connection {}: GET go for request {seq}, which is not held; dropping it", (*rc).conn.id());
+                    (*rc).dead = true;
+                    return count;
+                }
+            },
             Action::Bad(why) => {
                 ff_error!("ff: protocol error from a peer on connection {}: {why}; dropping it", (*rc).conn.id());
                 (*rc).dead = true;
@@ -998,8 +1039,13 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
                 ff_diag!("ff: refused GET of {} bytes at {:#x} (key {:#x}): not inside a registration of this process", req.len, req.addr, req.key);
             }
             let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
-            Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len })
+            let hold = proto::am_id(tag) == proto::HOLD;
+            Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len, hold })
         }
+        proto::GET_GO => match proto::copy_header::<8>(data, len) {
+            Some(h) if len == 8 => Action::Go(u64::from_le_bytes(h)),
+            _ => Action::Bad(format!("GET go record of {len} bytes")),
+        },
         proto::AMO => {
             let Some(req) = proto::copy_header::<{ AmoReq::LEN }>(data, len).and_then(|h| AmoReq::read(&h)) else {
                 return Action::Bad("short atomic header".into());
@@ -1023,10 +1069,28 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
     }
 }
 
-/// Sends queued replies in order while the ring back has room.
+/// Sends a GET's data as its own message, straight from the registered
+/// range (the initiator keeps the range's owner waiting until it has
+/// arrived); false if the connection failed.
+unsafe fn send_get_data(rc: *mut RxConn, addr: u64, len: u64) -> bool {
+    match (*rc).conn.isend(addr as *const u8, len as usize, proto::tag(proto::GET_DATA, 0)) {
+        Ok(req) => {
+            (*rc).sends.push_back((req, len as usize >= BULK_MIN));
+            true
+        }
+        Err(e) => {
+            ff_diag!("ff: cannot send GET data: {e}");
+            (*rc).dead = true;
+            false
+        }
+    }
+}
+
+/// Sends queued replies in order while the ring back has room (none while
+/// a held GET waits for its GET_GO).
 unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
     let inline_max = (*me).st.cfg.inline_rma;
-    while let Some(r) = (*rc).replies.front() {
+    while let Some(r) = (*rc).replies.front().filter(|_| (*rc).held.is_none()) {
         let res = match *r {
             Reply::PutAck { seq, status } => (*rc).conn.try_send_with(proto::tag(proto::PUT_ACK, 0), RmaReply::LEN, |p| {
                 RmaReply { seq, status, len: 0 }.write(std::slice::from_raw_parts_mut(p, RmaReply::LEN));
@@ -1036,7 +1100,7 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                 AmoReply { seq, status, old }.write(std::slice::from_raw_parts_mut(p, AmoReply::LEN));
                 AmoReply::LEN
             }),
-            Reply::Get { seq, status, addr, len } => {
+            Reply::Get { seq, status, addr, len, hold } => {
                 let inline = status == UCS_OK as i32 && len as usize <= inline_max;
                 let max = RmaReply::LEN + if inline { len as usize } else { 0 };
                 let res = (*rc).conn.try_send_with(proto::tag(proto::GET_REPLY, 0), max, |p| {
@@ -1048,16 +1112,10 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                     max
                 });
                 if matches!(res, Ok(Some(_))) && status == UCS_OK as i32 && !inline {
-                    // The data follows as its own message, straight from the
-                    // registered range (the initiator keeps the range's owner
-                    // waiting until it has arrived).
-                    match (*rc).conn.isend(addr as *const u8, len as usize, proto::tag(proto::GET_DATA, 0)) {
-                        Ok(req) => (*rc).sends.push_back((req, len as usize >= BULK_MIN)),
-                        Err(e) => {
-                            ff_diag!("ff: cannot send GET data: {e}");
-                            (*rc).dead = true;
-                            return;
-                        }
+                    if hold {
+                        (*rc).held = Some((seq, addr, len));
+                    } else if !send_get_data(rc, addr, len) {
+                        return;
                     }
                 }
                 res

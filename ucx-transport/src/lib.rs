@@ -17,6 +17,7 @@
 pub mod log;
 pub mod config;
 pub mod ep;
+pub mod heap;
 pub mod iface;
 pub mod internal;
 pub mod md;

@@ -221,6 +221,7 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
     let shadow = crate::config::shadow(config);
     let shadow_move = crate::config::shadow_move(config);
     let cached = crate::config::rcache(config);
+    let heap = crate::config::heap(config);
     let ctx = match ffcore::Context::with_socket(&socket) {
         Ok(c) => {
             ff_debug!("attached to the FreeFlow router at {socket} (tenant {})", c.tenant());
@@ -247,6 +248,9 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
         rkey_ptr: crate::config::rkey_ptr(config),
     });
     let md = Box::into_raw(md);
+    if let (Some(ctx), Some((min, max))) = ((*md).ctx.as_ref(), heap) {
+        crate::heap::attach(md as usize, ctx.region_maker(), min, max);
+    }
     OPEN_MDS.lock().unwrap_or_else(|p| p.into_inner()).push(md as usize);
     // The cache calls back into the domain, at its final address.
     if cached {
@@ -262,6 +266,7 @@ pub unsafe extern "C" fn md_open(component: *mut UctComponent, _name: *const c_c
 unsafe extern "C" fn md_close(md: uct_md_h) {
     if !md.is_null() {
         OPEN_MDS.lock().unwrap_or_else(|p| p.into_inner()).retain(|&m| m != md as usize);
+        crate::heap::detach(md as usize);
         let mut md = Box::from_raw(md as *mut Md);
         // First: it deregisters what it holds through the domain.
         drop(md.rcache.take());

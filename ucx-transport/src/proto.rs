@@ -13,8 +13,17 @@
 //! | get | `GET << 8` | [`RmaReq`] | initiator → target |
 //! | get reply | `GET_REPLY << 8` | [`RmaReply`] + data if inline | target → initiator |
 //! | get data | `GET_DATA << 8` | the data (streamed) | target → initiator |
+//! | get, data held | `GET << 8 \| HOLD` | [`RmaReq`] | initiator → target |
+//! | get go | `GET_GO << 8` | the request's sequence number (8 bytes) | initiator → target |
 //! | atomic | `AMO << 8` | [`AmoReq`] | initiator → target |
 //! | atomic reply | `AMO_REPLY << 8` | [`AmoReply`] (status, old value) | target → initiator |
+//!
+//! A GET marked [`HOLD`] (a large one between hosts, into the initiator's
+//! shadow memory) has the target send its reply and then nothing more on
+//! the connection until the initiator's GET_GO for it: the initiator posts
+//! its receive for the data first, so that its router writes the data
+//! straight from the link into the buffer ([`ffcore::Conn::places`])
+//! instead of into the ring, at the cost of one round trip.
 //!
 //! The target validates every request against its *own* registrations
 //! (cookie of its memory domain, key, bounds) before touching memory;
@@ -35,6 +44,11 @@ pub const GET_REPLY: u32 = 6;
 pub const GET_DATA: u32 = 7;
 pub const AMO: u32 = 8;
 pub const AMO_REPLY: u32 = 9;
+pub const GET_GO: u32 = 10;
+
+/// The id byte of a GET's tag that asks the target to hold the data until
+/// the initiator's GET_GO.
+pub const HOLD: u8 = 1;
 
 pub fn tag(kind: u32, id: u8) -> u32 {
     kind << 8 | id as u32

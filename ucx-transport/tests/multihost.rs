@@ -29,6 +29,24 @@ fn open_mpi_job_with_ranks_on_two_hosts_over_ff() {
     // checksums above cover their bytes.
     let in_place = log.lines().filter(|l| l.contains("active messages from another host are read in place")).count();
     assert!(in_place >= 2, "both ranks should read active messages in place:\n{log}");
+    // ffmpi's buffers are malloc'd, so the heap made them shadow memory:
+    // large rendezvous GETs between the hosts are held until the initiator
+    // has posted its receive, and its router writes every one straight
+    // into the buffer, on both ranks.
+    let held: Vec<(u64, u64)> = log
+        .lines()
+        .filter_map(|l| {
+            // "... ff: iface 0x...: P of N held GETs from another host ..."
+            let (head, _) = l.split_once(" held GETs from another host were written straight into shadow memory")?;
+            let w: Vec<&str> = head.split_whitespace().rev().take(3).collect();
+            (w.len() == 3 && w[1] == "of").then_some(())?;
+            Some((w[2].parse().ok()?, w[0].parse().ok()?))
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "each rank should report its held GETs:\n{log}");
+    for (placed, n) in held {
+        assert!(n > 0 && placed == n, "{placed} of {n} held GETs were placed:\n{log}");
+    }
     drop(pods);
     let _ = std::fs::remove_dir_all(&work);
 }

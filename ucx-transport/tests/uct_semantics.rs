@@ -131,7 +131,12 @@ impl Uct {
         let mut mdc: *mut uct_md_config_t = null_mut();
         ok(uct_md_config_read(comp, null(), null(), &mut mdc), "md config");
         ok(uct_config_modify(mdc as *mut c_void, c"ROUTER_SOCKET".as_ptr(), sock.as_ptr()), "UCX_FF_ROUTER_SOCKET");
-        for (k, v) in md_opts {
+        // These tests choose each buffer's kind (private heap blocks,
+        // domain allocations, moved pages): the heap's own regions
+        // (UCX_FF_HEAP; this binary links the transport, malloc included)
+        // are tested in tests/heap.rs, and stay off here unless asked for.
+        let heap_off = [(c"HEAP", c"inf")];
+        for (k, v) in heap_off.iter().filter(|_| !md_opts.iter().any(|(k, _)| k.to_bytes() == b"HEAP")).chain(md_opts) {
             ok(uct_config_modify(mdc as *mut c_void, k.as_ptr(), v.as_ptr()), "md setting");
         }
         let mut md: uct_md_h = null_mut();

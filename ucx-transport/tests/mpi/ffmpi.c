@@ -2,7 +2,8 @@
  *
  * Every rank exchanges messages of 1 B .. 64 MiB (powers of two and odd
  * sizes in between) with its partner (rank ^ 1), blocking and non-blocking,
- * verifies every byte, then checks an MPI_Allreduce of 1 Mi doubles and an
+ * then between buffers freed and allocated again for each message, verifies
+ * every byte, then checks an MPI_Allreduce of 1 Mi doubles and an
  * MPI_Barrier. Prints "FFMPI OK rank R/N host H ..." per rank and exits 0,
  * or prints what differed and calls MPI_Abort. */
 #include <mpi.h>
@@ -75,6 +76,23 @@ int main(int argc, char **argv) {
             }
             if (bad) break;
         }
+    }
+    /* Buffers freed and allocated again between messages, at an odd offset
+     * (1 to 5 MiB and odd sizes: with the ff transport's heap these are
+     * shadow regions it keeps and hands out again, and UCX's registration
+     * cache must follow). */
+    for (int r = 0; r < 12 && !bad && peer < n; r++) {
+        size_t s = ((size_t)(1 + r % 5) << 20) + 4096 * (size_t)r + 3;
+        unsigned char *a = malloc(s + 1), *b = malloc(s + 1);
+        if (!a || !b) MPI_Abort(MPI_COMM_WORLD, 2);
+        fill(a + 1, rank, s, r + 50);
+        memset(b, 0, s + 1);
+        MPI_Sendrecv(a + 1, (int)s, MPI_BYTE, peer, 3, b + 1, (int)s, MPI_BYTE, peer, 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        bad |= check(b + 1, peer, s, r + 50, "sendrecv between fresh buffers", rank);
+        free(a);
+        free(b);
+        msgs += 1;
+        total += s;
     }
     /* Allreduce: sum of (rank + 1) * (i % 1000) over ranks. */
     int count = 1 << 20;
