@@ -156,7 +156,7 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 9] = [
     field(
         c"HEAP_MAX",
         c"16g",
-        c"Most bytes of such allocations (live, plus up to 8 freed ones kept for\nreuse) per process; beyond it glibc serves them.",
+        c"Most bytes of such allocations (live, plus up to 8 freed ones, 256 MiB,\nkept for reuse) per process; beyond it glibc serves them.",
         offset_of!(MdConfig, heap_max),
         MEMUNITS,
     ),

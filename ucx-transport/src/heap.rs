@@ -24,8 +24,8 @@
 //!   pointer that is not page aligned is glibc's without a look at the
 //!   table; others are looked up under the heap's lock.
 //! - **Reuse**: sizes are rounded up to a class (at most 25 % more), and
-//!   freed regions are kept (at most [`CACHE`] of them) for the next
-//!   allocation of their class: a router round trip and fresh pages cost
+//!   freed regions are kept (at most [`CACHE`] of them, [`CACHE_BYTES`]
+//!   in all) for the next allocation of their class: a router round trip and fresh pages cost
 //!   more than glibc's recycled heap, and an application (Open MPI's
 //!   collectives) allocates the same sizes again and again. Kept regions
 //!   stay registered in UCX's cache, which stays right: the memory is the
@@ -57,8 +57,10 @@ extern "C" {
     fn __libc_memalign(align: usize, n: usize) -> *mut c_void;
 }
 
-/// Freed regions kept for reuse, at most.
+/// Freed regions kept for reuse, at most, and their bytes at most (freed
+/// memory beyond that goes back to the system, as glibc's large chunks do).
 pub const CACHE: usize = 8;
+pub const CACHE_BYTES: usize = 256 << 20;
 
 /// Regions (live and kept) at most: each holds a file descriptor of the
 /// process, and the application needs its own (a soft limit of 1024 is
@@ -274,7 +276,7 @@ fn release(p: *mut c_void) -> bool {
             let mut evict = Vec::new();
             if h.maker.is_some() {
                 h.kept.push(r);
-                while h.kept.len() > CACHE {
+                while h.kept.len() > CACHE || h.kept.iter().map(|r| r.len()).sum::<usize>() > CACHE_BYTES {
                     let r = h.kept.remove(0);
                     h.bytes -= r.len();
                     evict.push(r);
@@ -292,7 +294,7 @@ fn release(p: *mut c_void) -> bool {
                 true
             }
             Some(Freed::Child(r)) => {
-                forget_in_child(r);
+                forget_in_child(r, false);
                 true
             }
         }
@@ -308,13 +310,21 @@ enum Freed {
 }
 
 /// Unmaps a region in a forked child without telling the router (the
-/// attachment is the parent's).
-fn forget_in_child(r: ffcore::Region) {
+/// attachment is the parent's). `raw`: by system call, past UCX's memory
+/// hooks (in the fork handler, where a lock another parent thread held
+/// stays held forever).
+fn forget_in_child(r: ffcore::Region, raw: bool) {
     let (base, len, _) = r.mapping();
     std::mem::forget(r);
     // SAFETY: the child's private copy of the region, which nobody else
-    // uses: the allocation it backed was just freed.
-    unsafe { libc::munmap(base as *mut c_void, len) };
+    // uses: the allocation it backed was just freed (or was kept unused).
+    unsafe {
+        if raw {
+            libc::syscall(libc::SYS_munmap, base as libc::c_long, len as libc::c_long);
+        } else {
+            libc::munmap(base as *mut c_void, len);
+        }
+    }
 }
 
 extern "C" fn before_fork() {
@@ -326,7 +336,10 @@ extern "C" fn parent_after_fork() {
 }
 
 /// In the child: every region becomes a private copy at the same address,
-/// kept ones are dropped, and nothing more is handed out.
+/// kept ones are dropped, and nothing more is handed out. The mapping
+/// calls are raw system calls: UCX's memory hooks take locks that another
+/// thread of the parent may have held at the fork, and its registration
+/// cache needs no word of a mapping replaced by one of the same file.
 extern "C" fn child_after_fork() {
     // SAFETY: `before_fork` took the lock in the thread that forked, which
     // is this one.
@@ -339,21 +352,25 @@ extern "C" fn child_after_fork() {
         }
         for (r, _) in h.live.values() {
             let (base, len, fd) = r.mapping();
+            // Every argument as a long: the call is variadic.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&fd) as libc::c_long;
+            let (prot, flags) = ((libc::PROT_READ | libc::PROT_WRITE) as libc::c_long, (libc::MAP_PRIVATE | libc::MAP_FIXED) as libc::c_long);
             // SAFETY: replaces the child's mapping of the region with a
             // private one of the same file, at the same place and size.
-            let q = unsafe {
-                libc::mmap(base as *mut c_void, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_FIXED, std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
-            };
-            if q == libc::MAP_FAILED {
-                // Nothing better to do in a child than to say so: the
-                // mapping stays shared with the parent.
-                let msg = b"ff: a forked child cannot make its copy of a heap region private\n";
-                // SAFETY: writing a static buffer to stderr.
-                unsafe { libc::write(2, msg.as_ptr() as *const c_void, msg.len()) };
+            let q = unsafe { libc::syscall(libc::SYS_mmap, base as libc::c_long, len as libc::c_long, prot, flags, fd, 0 as libc::c_long) };
+            if q != base as libc::c_long {
+                // Never leave the parent's pages writable here: the child
+                // faults on them instead.
+                let msg = b"ff: a forked child cannot make its copy of a heap region private; unmapping it\n";
+                // SAFETY: a static buffer to stderr; then our own mapping.
+                unsafe {
+                    libc::write(2, msg.as_ptr() as *const c_void, msg.len());
+                    libc::syscall(libc::SYS_munmap, base as libc::c_long, len as libc::c_long);
+                }
             }
         }
         for r in std::mem::take(&mut h.kept) {
-            forget_in_child(r);
+            forget_in_child(r, true);
         }
     }
     HEAP.release();

@@ -122,19 +122,22 @@ int main(int argc, char **argv)
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
-        int ok = all(f, 4 * MiB, 0x5a);
+        if (!all(f, 4 * MiB, 0x5a)) _exit(3);
         /* volatile: the compiler would drop stores to memory freed next */
         volatile unsigned char *vf = f;
         for (size_t i = 0; i < 4 * MiB; i += 512) vf[i] = 0xc3;
         free(f);
         unsigned char *c = malloc(4 * MiB); /* the child's heap hands out no region */
-        ok = ok && c && !in_region(c);
+        if (!c || in_region(c)) _exit(4);
         free(c);
-        _exit(ok ? 0 : 3);
+        _exit(0);
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fork-child", "the child did not see the parent's data, or got a region");
+    char why[128];
+    snprintf(why, sizeof why, "the child %s %d (3: it did not see the parent's data, 4: it got a region)",
+             WIFEXITED(st) ? "exited with" : "was killed by signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fork-child", why);
     check(all(f, 4 * MiB, 0x5a), "fork-parent", "the child's writes reached the parent");
     free(f);
 
