@@ -592,6 +592,41 @@ fn refused_requests_close_the_connection() {
     }
 }
 
+/// A GET_GO (the word that releases a held GET's data) for nothing held,
+/// or of the wrong size, is a protocol error: the target drops that
+/// connection, answers nothing on it, and serves the others.
+#[test]
+fn a_get_go_for_nothing_held_closes_the_connection() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    unsafe {
+        let u = Uct::open();
+        let (a, b) = (u.iface(None), u.iface(None));
+        let (bad_seq, bad_len, good) = (u.connect(a, b), u.connect(a, b), u.connect(a, b));
+        let w = World { comp: u.comp, ifaces: vec![a, b], ep: good };
+        let mut target = vec![0u8; 64 << 10];
+        let base = target.as_ptr() as u64;
+        let (memh, packed) = u.reg(&mut target);
+        let rk = w.rkey(&packed);
+        for (ep, len) in [(bad_seq, 8usize), (bad_len, 5)] {
+            ok(w.on(ep).put(&[1u8; 16], base, rk.rkey), "the connection works first");
+            let e = ep as *mut uct_ff::ep::Ep;
+            let sent = (*e).conn.try_send_with(uct_ff::proto::tag(uct_ff::proto::GET_GO, 0), 8, |p| {
+                std::ptr::copy_nonoverlapping(42u64.to_le_bytes().as_ptr(), p, 8);
+                len
+            });
+            assert!(matches!(sent, Ok(Some(_))), "the forged GET_GO went out: {sent:?}");
+            let s = w.on(ep).put(&[2u8; 16], base + 16, rk.rkey);
+            assert!(s != UCS_OK && s != UCS_INPROGRESS, "a GET_GO of {len} bytes for nothing held closes the connection (got status {s})");
+        }
+        assert!(target[16..32].iter().all(|&x| x == 0), "nothing after the forged GET_GO was served");
+        ok(w.on(good).put(&[3u8; 16], base + 32, rk.rkey), "the other connection works");
+        assert_eq!(&target[32..48], &[3u8; 16][..]);
+        uct_rkey_release(u.comp, &rk);
+        ok(uct_md_mem_dereg(u.md, memh), "mem_dereg");
+        u.close(&[bad_seq, bad_len, good], &[a, b]);
+    }
+}
+
 /// What UCP's handler saw of each active message.
 struct Seen {
     /// (data pointer, length, bytes as received)
