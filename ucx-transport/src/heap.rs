@@ -23,6 +23,9 @@
 //! - **Which pointers are ours**: regions start on a page boundary, so a
 //!   pointer that is not page aligned is glibc's without a look at the
 //!   table; others are looked up under the heap's lock.
+//! - **Alignment** up to [`MAX_ALIGN`] (2 MiB: UCX allocates its buffers
+//!   as transparent huge pages, `posix_memalign` at 2 MiB): the region is
+//!   larger by the alignment less a page and the pointer aligned inside.
 //! - **Reuse**: sizes are rounded up to a class (at most 25 % more), and
 //!   freed regions are kept (at most [`CACHE`] of them, [`CACHE_BYTES`]
 //!   in all) for the next allocation of their class: a router round trip and fresh pages cost
@@ -195,14 +198,20 @@ pub fn detach(owner: usize) {
     });
 }
 
-/// A region of at least `n` bytes, or None (glibc's turn). `zero`: its
-/// bytes must read zero.
-fn alloc(n: usize, zero: bool) -> Option<*mut u8> {
-    if n < MIN.load(Ordering::Acquire) {
+/// Largest alignment served from regions (UCX's transparent huge pages ask
+/// for 2 MiB): the region is made larger by the alignment less a page, and
+/// the pointer is aligned inside it.
+pub const MAX_ALIGN: usize = 2 << 20;
+
+/// `n` bytes at an `align`-aligned address (`align` a power of two, at
+/// most [`MAX_ALIGN`]) in a region, or None (glibc's turn). `zero`: they
+/// must read zero.
+fn alloc(n: usize, zero: bool, align: usize) -> Option<*mut u8> {
+    if n < MIN.load(Ordering::Acquire) || align > MAX_ALIGN {
         return None;
     }
     guarded(|| {
-        let want = class(n);
+        let want = class(n + align.saturating_sub(page()));
         // A kept region of the class, or room and a maker for a new one.
         let got = HEAP.with(|h| {
             let h = h.as_mut()?;
@@ -240,7 +249,8 @@ fn alloc(n: usize, zero: bool) -> Option<*mut u8> {
                 }
             }
         };
-        let p = r.as_ptr();
+        // Regions are page aligned: at most `align - page` bytes skipped.
+        let p = (r.as_ptr() as usize).next_multiple_of(align.max(page())) as *mut u8;
         if zero && !fresh {
             // SAFETY: the region's data is `want >= n` writable bytes.
             unsafe { std::ptr::write_bytes(p, 0, n) };
@@ -252,12 +262,27 @@ fn alloc(n: usize, zero: bool) -> Option<*mut u8> {
     .flatten()
 }
 
-/// What `p` is if it is ours: (region size, size asked for).
-fn lookup(p: *mut c_void) -> Option<(usize, usize)> {
+/// An allocation of ours, as [`lookup`] finds it.
+struct Found {
+    /// Bytes from the pointer to the region's end.
+    cap: usize,
+    /// The size asked for.
+    had: usize,
+    /// Bytes of the region before the pointer (alignment), and its size.
+    offset: usize,
+    region: usize,
+}
+
+/// What `p` is if it is ours.
+fn lookup(p: *mut c_void) -> Option<Found> {
     if !(p as usize).is_multiple_of(page()) || LIVE.load(Ordering::Acquire) == 0 || BUSY.with(|b| b.get()) {
         return None;
     }
-    HEAP.with(|h| h.as_ref()?.live.get(&(p as usize)).map(|(r, n)| (r.len(), *n)))
+    HEAP.with(|h| {
+        let (r, n) = h.as_ref()?.live.get(&(p as usize))?;
+        let offset = p as usize - r.as_ptr() as usize;
+        Some(Found { cap: r.len() - offset, had: *n, offset, region: r.len() })
+    })
 }
 
 /// Frees `p` if it is ours: true if it was.
@@ -387,7 +412,7 @@ pub mod exports {
 
     #[no_mangle]
     pub unsafe extern "C" fn malloc(n: usize) -> *mut c_void {
-        match alloc(n, false) {
+        match alloc(n, false, 1) {
             Some(p) => p as *mut c_void,
             None => __libc_malloc(n),
         }
@@ -396,7 +421,7 @@ pub mod exports {
     #[no_mangle]
     pub unsafe extern "C" fn calloc(n: usize, m: usize) -> *mut c_void {
         let Some(total) = n.checked_mul(m) else { return __libc_calloc(n, m) };
-        match alloc(total, true) {
+        match alloc(total, true, 1) {
             Some(p) => p as *mut c_void,
             None => __libc_calloc(n, m),
         }
@@ -414,12 +439,12 @@ pub mod exports {
         if p.is_null() {
             return malloc(n);
         }
-        let Some((cap, had)) = lookup(p) else { return __libc_realloc(p, n) };
+        let Some(Found { cap, had, offset, region }) = lookup(p) else { return __libc_realloc(p, n) };
         if n == 0 {
             free(p);
             return std::ptr::null_mut();
         }
-        if n <= cap && class(n) == cap {
+        if n <= cap && class(n + offset) == region {
             HEAP.with(|h| h.as_mut().and_then(|h| h.live.get_mut(&(p as usize))).map(|e| e.1 = n));
             return p;
         }
@@ -444,12 +469,10 @@ pub mod exports {
 
     /// `align` a power of two (checked by the callers that must).
     unsafe fn aligned(align: usize, n: usize) -> *mut c_void {
-        if align <= page() {
-            if let Some(p) = alloc(n, false) {
-                return p as *mut c_void;
-            }
+        match alloc(n, false, align) {
+            Some(p) => p as *mut c_void,
+            None => __libc_memalign(align, n),
         }
-        __libc_memalign(align, n)
     }
 
     #[no_mangle]
@@ -495,8 +518,8 @@ pub mod exports {
         if p.is_null() {
             return 0;
         }
-        if let Some((cap, _)) = lookup(p) {
-            return cap;
+        if let Some(f) = lookup(p) {
+            return f.cap;
         }
         type Usable = unsafe extern "C" fn(*mut c_void) -> usize;
         static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -5,7 +5,8 @@
 //! allocations stay glibc's, large ones are `ff-region` mappings, page
 //! aligned, with `malloc_usable_size`; freed ones are reused and `calloc`
 //! zeroes them; `realloc` keeps the contents growing into a new region,
-//! shrinking in place or back to glibc; the aligned allocators; `fork()`:
+//! shrinking in place or back to glibc; the aligned allocators (up to
+//! 2 MiB from regions, beyond from glibc); `fork()`:
 //! the child reads the parent's data and its writes never reach the parent,
 //! and it gets no new regions; 20 live regions at once; glibc again after
 //! `ucp_cleanup`; and `UCX_FF_HEAP=inf` turns it all off. Data through
@@ -59,7 +60,7 @@ fn large_allocations_are_shadow_regions_that_behave_as_malloc_memory() {
     let router = RouterProc::start(&["a"], &[]);
     let out = run(&router, &[], &[]);
     for check in [
-        "small", "large", "aligned", "usable", "reused", "calloc-zero", "realloc-grow", "realloc-shrink", "realloc-small", "memalign", "memalign-bad",
+        "small", "large", "aligned", "usable", "reused", "calloc-zero", "realloc-grow", "realloc-shrink", "realloc-small", "memalign", "memalign-2m", "memalign-2m-usable", "memalign-2m-realloc", "memalign-big", "memalign-bad",
         "aligned_alloc", "fork-child", "fork-parent", "many", "after-cleanup",
     ] {
         assert!(out.lines().any(|l| l == format!("OK {check}")), "check {check} did not run:\n{out}");

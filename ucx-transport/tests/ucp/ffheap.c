@@ -104,10 +104,20 @@ int main(int argc, char **argv)
     check(same, "realloc-small", "a shrink to glibc's sizes lost the contents");
     free(g4);
 
-    /* Aligned allocations: up to a page, regions; beyond, glibc's. */
+    /* Aligned allocations: up to 2 MiB (UCX's transparent huge pages),
+     * regions; beyond, glibc's. */
     void *m = NULL, *m2 = NULL;
     check(posix_memalign(&m, 64, 3 * MiB) == 0 && in_region(m) && (uintptr_t)m % 64 == 0, "memalign", "posix_memalign(64) of 3 MiB");
-    check(posix_memalign(&m2, 1 << 16, 3 * MiB) == 0 && (uintptr_t)m2 % (1 << 16) == 0, "memalign-big", "posix_memalign(64 KiB) misaligned");
+    check(posix_memalign(&m2, 2 * MiB, 3 * MiB) == 0 && in_region(m2) && (uintptr_t)m2 % (2 * MiB) == 0, "memalign-2m",
+          "posix_memalign(2 MiB) of 3 MiB is misaligned or not a region");
+    memset(m2, 0x77, 3 * MiB);
+    check(malloc_usable_size(m2) >= 3 * MiB, "memalign-2m-usable", "malloc_usable_size of an aligned region below the size asked for");
+    unsigned char *m2r = realloc(m2, 3 * MiB - 4096);
+    check(m2r == m2 && all(m2r, 3 * MiB - 4096, 0x77), "memalign-2m-realloc", "a shrink of an aligned region moved or lost data");
+    free(m2r);
+    m2 = NULL;
+    check(posix_memalign(&m2, 4 * MiB, 3 * MiB) == 0 && !in_region(m2) && (uintptr_t)m2 % (4 * MiB) == 0, "memalign-big",
+          "posix_memalign(4 MiB) misaligned, or a region");
     free(m2);
     void *m3 = NULL;
     check(posix_memalign(&m3, 3, 3 * MiB) == EINVAL && m3 == NULL, "memalign-bad", "an alignment of 3 was not refused with EINVAL");
