@@ -26,16 +26,7 @@ use fftestkit::RouterProc;
 
 fn ffheap() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ffheap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("ffheap");
-        let src = fftestkit::root().join("ucx-transport/tests/ucp/ffheap.c");
-        let st = Command::new("gcc").args(["-O1", "-Wall", "-o"]).arg(&out).arg(&src).args(["-lucp", "-lucs"]).status().expect("gcc");
-        assert!(st.success(), "compiling ffheap.c failed (libucx-dev installed?)");
-        out
-    })
-    .clone()
+    BIN.get_or_init(|| common::build_ucp_program("ffheap")).clone()
 }
 
 /// Runs ffheap with `args` and extra environment; its stdout.

@@ -29,7 +29,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -37,16 +36,7 @@ use fftestkit::{Container, RouterProc, Spec};
 
 fn ffamo() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ffamo-bin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("ffamo");
-        let src = fftestkit::root().join("ucx-transport/tests/ucp/ffamo.c");
-        let st = Command::new("gcc").args(["-O1", "-Wall", "-Werror", "-o"]).arg(&out).arg(&src).args(["-lucp", "-lucs"]).status().expect("gcc");
-        assert!(st.success(), "compiling ffamo.c failed (libucx-dev installed?)");
-        out
-    })
-    .clone()
+    BIN.get_or_init(|| common::build_ucp_program("ffamo")).clone()
 }
 
 fn env() -> Vec<(String, String)> {

@@ -29,16 +29,7 @@ use fftestkit::RouterProc;
 /// ffucp, compiled once per test binary.
 fn ffucp() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ffucp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("ffucp");
-        let src = fftestkit::root().join("ucx-transport/tests/ucp/ffucp.c");
-        let st = Command::new("gcc").args(["-O1", "-Wall", "-o"]).arg(&out).arg(&src).args(["-lucp", "-lucs"]).status().expect("gcc");
-        assert!(st.success(), "compiling ffucp.c failed (libucx-dev installed?)");
-        out
-    })
-    .clone()
+    BIN.get_or_init(|| common::build_ucp_program("ffucp")).clone()
 }
 
 /// One ffucp process: its stdin, and its stdout lines as they come.

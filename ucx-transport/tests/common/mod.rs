@@ -14,6 +14,20 @@ pub fn lib() -> PathBuf {
     newest.map(|(_, p)| p).expect("libuct_ff.so not built (cargo build -p ucx-transport)")
 }
 
+/// `ucx-transport/tests/ucp/<name>.c`, compiled with gcc against the
+/// installed libucp into a directory of this test process, once per test
+/// binary (the caller keeps the path in a `OnceLock`).
+#[allow(dead_code)] // not every test binary runs UCP programs
+pub fn build_ucp_program(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let src = fftestkit::root().join(format!("ucx-transport/tests/ucp/{name}.c"));
+    let st = std::process::Command::new("gcc").args(["-O1", "-Wall", "-Werror", "-o"]).arg(&out).arg(&src).args(["-lucp", "-lucs"]).status().expect("gcc");
+    assert!(st.success(), "compiling {name}.c failed (libucx-dev installed?)");
+    out
+}
+
 /// A fresh work directory holding ffmpi, compiled with mpicc.
 pub fn build_ffmpi(name: &str) -> PathBuf {
     let work = fftestkit::fresh_dir(name);
