@@ -359,11 +359,6 @@ impl RegionMaker {
     pub fn alloc(&self, len: usize) -> Result<Region> {
         crate::mr::alloc_region(&self.0, len)
     }
-
-    /// True if both make regions through the same attachment.
-    pub fn same(&self, other: &RegionMaker) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 /// Shadow memory shared with the router. Freed on drop (once nothing

@@ -44,7 +44,9 @@
 //!
 //! Locking: one spin lock, held only for table updates (never across a
 //! router round trip or an unmap), so that the `fork` handlers can hold
-//! it across `fork()`.
+//! it across `fork()`. Whatever a thread frees while it holds the lock is
+//! the table's own memory, so it goes straight to glibc (`HOLDING`), and
+//! so does whatever it allocates inside the heap (`BUSY`).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -77,8 +79,11 @@ static MIN: AtomicUsize = AtomicUsize::new(usize::MAX);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// This thread is inside the heap: everything goes to glibc.
+    /// This thread is inside the heap: new allocations go to glibc.
     static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// This thread holds the heap's lock: whatever it frees meanwhile is
+    /// the table's own memory (glibc's), never one of ours.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
 struct Heap {
@@ -122,8 +127,10 @@ impl Lock {
     /// router round trip (do those after, on what it returns).
     fn with<R>(&self, f: impl FnOnce(&mut Option<Heap>) -> R) -> R {
         self.acquire();
+        HOLDING.with(|h| h.set(true));
         // SAFETY: we hold the lock.
         let r = f(unsafe { &mut *self.heap.get() });
+        HOLDING.with(|h| h.set(false));
         self.release();
         r
     }
@@ -132,12 +139,19 @@ impl Lock {
 /// Runs `f` with this thread marked busy in the heap (nested allocations
 /// go to glibc); None if it already was.
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
-    if BUSY.with(|b| b.replace(true)) {
+    if BUSY.with(|b| b.get()) {
         return None;
     }
+    Some(marked(f))
+}
+
+/// Runs `f` with this thread marked busy, whether or not it already was
+/// (freeing one of ours must work from anywhere).
+fn marked<R>(f: impl FnOnce() -> R) -> R {
+    let was = BUSY.with(|b| b.replace(true));
     let r = f();
-    BUSY.with(|b| b.set(false));
-    Some(r)
+    BUSY.with(|b| b.set(was));
+    r
 }
 
 fn page() -> usize {
@@ -184,7 +198,7 @@ pub fn attach(owner: usize, maker: ffcore::RegionMaker, min: usize, max: usize) 
 /// Stops serving allocations if `owner` attached the heap, and gives the
 /// kept regions back. Live ones stay valid until freed.
 pub fn detach(owner: usize) {
-    guarded(|| {
+    marked(|| {
         let kept = HEAP.with(|h| match h {
             Some(h) if h.maker.as_ref().is_some_and(|(o, _)| *o == owner) => {
                 MIN.store(usize::MAX, Ordering::Release);
@@ -275,7 +289,7 @@ struct Found {
 
 /// What `p` is if it is ours.
 fn lookup(p: *mut c_void) -> Option<Found> {
-    if !(p as usize).is_multiple_of(page()) || LIVE.load(Ordering::Acquire) == 0 || BUSY.with(|b| b.get()) {
+    if !(p as usize).is_multiple_of(page()) || LIVE.load(Ordering::Acquire) == 0 || HOLDING.with(|h| h.get()) {
         return None;
     }
     HEAP.with(|h| {
@@ -287,10 +301,10 @@ fn lookup(p: *mut c_void) -> Option<Found> {
 
 /// Frees `p` if it is ours: true if it was.
 fn release(p: *mut c_void) -> bool {
-    if !(p as usize).is_multiple_of(page()) || LIVE.load(Ordering::Acquire) == 0 {
+    if !(p as usize).is_multiple_of(page()) || LIVE.load(Ordering::Acquire) == 0 || HOLDING.with(|h| h.get()) {
         return false;
     }
-    guarded(|| {
+    marked(|| {
         let found = HEAP.with(|h| {
             let h = h.as_mut()?;
             let (r, _) = h.live.remove(&(p as usize))?;
@@ -324,7 +338,6 @@ fn release(p: *mut c_void) -> bool {
             }
         }
     })
-    .unwrap_or(false)
 }
 
 enum Freed {
