@@ -64,6 +64,9 @@ pub struct Ep {
     /// The GET_GO (its request's sequence number) that releases the data
     /// of a held GET, not sent yet for want of room.
     go: Option<u64>,
+    /// Since when the data of the held GET at the front has been awaited,
+    /// and whether that wait was reported (after [`HELD_WARN`]).
+    held_wait: Option<(Instant, bool)>,
     /// Flush completions: each waits for the ops issued before it.
     flushes: VecDeque<(u64, *mut uct_completion_t)>,
     /// Why the endpoint stopped working (sends then fail with this status).
@@ -356,6 +359,7 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         bulk_ops: 0,
         get_rx: None,
         go: None,
+        held_wait: None,
         flushes: VecDeque::new(),
         broken: None,
         err_reported: false,
@@ -993,9 +997,25 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
         if let Some(r) = (*ep).get_rx {
             let placed = (*ep).conn.placed();
             match (*ep).conn.test(r) {
-                Ok(None) => break,
+                Ok(None) => {
+                    if let Some((since, false)) = (*ep).held_wait {
+                        if since.elapsed() >= HELD_WARN {
+                            (*ep).held_wait = Some((since, true));
+                            ff_warn!(
+                                "ff: connection {}: the data of held GET {} has not come in {:?} (GET_GO {}; {} messages placed so far)",
+                                (*ep).conn.id(),
+                                (*ep).ops.front().map_or(0, |o| o.seq),
+                                HELD_WARN,
+                                if (*ep).go.is_some() { "not sent yet" } else { "sent" },
+                                (*ep).conn.placed()
+                            );
+                        }
+                    }
+                    break;
+                }
                 Ok(Some(_)) => {
                     (*ep).get_rx = None;
+                    (*ep).held_wait = None;
                     if let Some(Op { kind: OpKind::Get { hold: true, .. }, .. }) = (*ep).ops.front() {
                         let st = &mut (*(*ep).iface).st;
                         st.held_gets += 1;
@@ -1043,6 +1063,7 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
                     if let OpKind::Get { hold: true, .. } = front.kind {
                         // Posted: now the target may send the data.
                         (*ep).go = Some(front.seq);
+                        (*ep).held_wait = Some((Instant::now(), false));
                         if let Err(s) = send_go(ep) {
                             fail_all(ep, s);
                             return count;
@@ -1068,6 +1089,10 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
     }
     count + dispatch_pending(ep)
 }
+
+/// How long a held GET's data (initiator) or GET_GO (target) may take
+/// before it is reported at warn level: a diagnostic, nothing is undone.
+pub const HELD_WARN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Room a GET_GO record needs in the ring.
 const GO_ROOM: usize = 64;

@@ -122,6 +122,9 @@ pub struct RxConn {
     /// A held GET whose reply went out (sequence number, range): its data,
     /// and every later reply, wait for the initiator's GET_GO.
     held: Option<(u64, u64, u64)>,
+    /// Since when `held` waits, and whether that was reported (after
+    /// [`crate::ep::HELD_WARN`]).
+    held_since: Option<(std::time::Instant, bool)>,
     /// Remote-memory requests refused so far (see [`MAX_REFUSED`]).
     refused: u32,
     dead: bool,
@@ -625,7 +628,7 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             Ok(Some(conn)) => {
                 ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
                 let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();
-                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), held: None, refused: 0, dead: false, words }));
+                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), held: None, held_since: None, refused: 0, dead: false, words }));
             }
             Ok(None) => break,
             Err(e) => {
@@ -841,6 +844,17 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
         }
     }
     send_replies(me, rc);
+    if let (Some((seq, _, _)), Some((since, false))) = ((*rc).held, (*rc).held_since) {
+        if since.elapsed() >= crate::ep::HELD_WARN {
+            (*rc).held_since = Some((since, true));
+            ff_warn!(
+                "ff: connection {} from a peer: GET {seq} held for {:?} with no GET_GO ({} replies wait behind it)",
+                (*rc).conn.id(),
+                crate::ep::HELD_WARN,
+                (*rc).replies.len()
+            );
+        }
+    }
     let burst = (*me).st.cfg.rx_burst;
     while count < burst {
         if let Some((req, seq, _)) = (*rc).put_rx {
@@ -941,6 +955,7 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
             Action::Go(seq) => match (*rc).held {
                 Some((held, addr, len)) if held == seq => {
                     (*rc).held = None;
+                    (*rc).held_since = None;
                     if !send_get_data(rc, addr, len) {
                         return count;
                     }
@@ -1114,6 +1129,7 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                 if matches!(res, Ok(Some(_))) && status == UCS_OK as i32 && !inline {
                     if hold {
                         (*rc).held = Some((seq, addr, len));
+                        (*rc).held_since = Some((std::time::Instant::now(), false));
                     } else if !send_get_data(rc, addr, len) {
                         return;
                     }

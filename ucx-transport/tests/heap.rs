@@ -1,6 +1,6 @@
-//! The heap (`UCX_FF_HEAP`, ucx-transport/src/heap.rs): a process that
-//! preloads libuct_ff.so and opened the ff memory domain gets its large
-//! allocations as shadow regions of their own. tests/ucp/ffheap.c checks,
+//! The heap (`UCX_FF_HEAP=1m`, off by default; ucx-transport/src/heap.rs):
+//! a process that preloads libuct_ff.so and opened the ff memory domain
+//! gets its large allocations as shadow regions of their own. tests/ucp/ffheap.c checks,
 //! in a real process (compiled here against the installed libucp): small
 //! allocations stay glibc's, large ones are `ff-region` mappings, page
 //! aligned, with `malloc_usable_size`; freed ones are reused and `calloc`
@@ -37,6 +37,7 @@ fn run(router: &RouterProc, args: &[&str], env: &[(&str, &str)]) -> String {
         .env("UCX_TLS", "ff")
         .env("FF_ROUTER_SOCKET", router.socket("a"))
         .env("UCX_WARN_UNUSED_ENV_VARS", "n")
+        .env("UCX_FF_HEAP", "1m") // off by default
         .envs(env.iter().copied())
         .output()
         .expect("ffheap");
@@ -73,6 +74,7 @@ fn without_a_router_glibc_serves_everything() {
         .arg("off")
         .env("LD_PRELOAD", common::lib())
         .env("UCX_TLS", "ff,self")
+        .env("UCX_FF_HEAP", "1m")
         .env("FF_ROUTER_SOCKET", router.socket("a").with_file_name("nobody.sock"))
         .env("UCX_WARN_UNUSED_ENV_VARS", "n")
         .output()

@@ -29,7 +29,8 @@ fn open_mpi_job_with_ranks_on_two_hosts_over_ff() {
     // checksums above cover their bytes.
     let in_place = log.lines().filter(|l| l.contains("active messages from another host are read in place")).count();
     assert!(in_place >= 2, "both ranks should read active messages in place:\n{log}");
-    // ffmpi's buffers are malloc'd, so the heap made them shadow memory:
+    // ffmpi's buffers are malloc'd, so the heap (run_ffmpi turns it on)
+    // made them shadow memory:
     // large rendezvous GETs between the hosts are held until the initiator
     // has posted its receive, and its router writes every one straight
     // into the buffer, on both ranks.
