@@ -283,9 +283,6 @@ struct Found {
     cap: usize,
     /// The size asked for.
     had: usize,
-    /// Bytes of the region before the pointer (alignment), and its size.
-    offset: usize,
-    region: usize,
 }
 
 /// What `p` is if it is ours.
@@ -295,8 +292,7 @@ fn lookup(p: *mut c_void) -> Option<Found> {
     }
     HEAP.with(|h| {
         let (r, n) = h.as_ref()?.live.get(&(p as usize))?;
-        let offset = p as usize - r.as_ptr() as usize;
-        Some(Found { cap: r.len() - offset, had: *n, offset, region: r.len() })
+        Some(Found { cap: r.as_ptr() as usize + r.len() - p as usize, had: *n })
     })
 }
 
@@ -453,12 +449,15 @@ pub mod exports {
         if p.is_null() {
             return malloc(n);
         }
-        let Some(Found { cap, had, offset, region }) = lookup(p) else { return __libc_realloc(p, n) };
+        let Some(Found { cap, had, .. }) = lookup(p) else { return __libc_realloc(p, n) };
         if n == 0 {
             free(p);
             return std::ptr::null_mut();
         }
-        if n <= cap && class(n + offset) == region {
+        // In place while it fits and uses at least half of what is left
+        // (an aligned allocation's offset in its region is where mmap put
+        // it, so the rule must not depend on it).
+        if n <= cap && n >= cap / 2 {
             HEAP.with(|h| h.as_mut().and_then(|h| h.live.get_mut(&(p as usize))).map(|e| e.1 = n));
             return p;
         }
