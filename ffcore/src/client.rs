@@ -370,6 +370,13 @@ pub struct Region {
     mem: SharedMem,
 }
 
+impl Drop for Region {
+    fn drop(&mut self) {
+        // Before the mapping goes (then `seg`, then `mem`).
+        self.seg.unlist();
+    }
+}
+
 impl Region {
     pub(crate) fn new(seg: Arc<crate::mr::Segment>, mem: SharedMem) -> Region {
         Region { seg, mem }

@@ -415,6 +415,48 @@ impl Conn {
         self.placed
     }
 
+    /// One line of its state, for a report of a transfer that stalled:
+    /// message counts, pending receives and their posts, sends, and the
+    /// record at the head of the incoming ring.
+    pub fn describe(&mut self) -> String {
+        let recvs: Vec<String> = self
+            .recvs
+            .iter()
+            .map(|op| match &op.post {
+                Some(p) => format!("{}B posted as msg {} gen {}", op.cap, p.idx, p.gen),
+                None => format!("{}B", op.cap),
+            })
+            .collect();
+        let inbound = match self.inbound {
+            Inbound::Idle => "idle".to_string(),
+            Inbound::Deliver { total, got, .. } => format!("delivering {got}/{total}"),
+            Inbound::Discard { left } => format!("discarding {left}"),
+        };
+        let head = match self.rx.peek() {
+            Ok(Some(r)) => format!("kind {} tag {:#x} len {} total {}", r.kind, r.tag, r.len, r.total),
+            Ok(None) => "empty".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let peer = self.peer();
+        let (closed, unposted, done) = (peer.is_closed(), peer.unposted.load(std::sync::atomic::Ordering::Acquire), peer.shadow_done.load(std::sync::atomic::Ordering::Acquire));
+        format!(
+            "next message {} placed {} inbound {} receives [{}] sends {} by reference {} (sent {}, peer copied {}) unposts {} (peer {}) peer closed {} broken {:?} ring head: {}",
+            self.next_msg,
+            self.placed,
+            inbound,
+            recvs.join(", "),
+            self.sends.len(),
+            self.awaiting.len(),
+            self.shadow_sent,
+            done,
+            self.unposts,
+            unposted,
+            closed,
+            self.broken,
+            head
+        )
+    }
+
     /// Safe send of a borrowed buffer: posts and waits until it completes.
     pub fn send(&mut self, buf: &[u8], tag: u32, timeout: Option<Duration>) -> Result<usize> {
         // SAFETY: `buf` outlives the request because we wait for it here; on

@@ -96,6 +96,19 @@ impl Segment {
         addr >= self.addr && addr + len <= self.addr + self.len
     }
 
+    /// Its pages are about to leave this process (its [`crate::Region`]
+    /// is dropped), while registrations, sends or posts may still hold it:
+    /// it leaves the table now, so that memory mapped later at these
+    /// addresses (the kernel reuses them) is never taken for it. Else a
+    /// buffer there would be sent from, or received into, this region's
+    /// pages instead of its own.
+    pub(crate) fn unlist(self: &Arc<Segment>) {
+        let mut t = self.ctx.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if t.get(&self.addr).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(self))) {
+            t.remove(&self.addr);
+        }
+    }
+
     /// The key peers map it with: read-write, or read-only.
     pub(crate) fn remote_key(&self, write: bool) -> RemoteKey {
         let key = self.keys[usize::from(!write)];

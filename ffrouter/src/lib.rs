@@ -87,6 +87,11 @@ impl Router {
         Ok(())
     }
 
+    /// The service carrying connections to other hosts, if enabled.
+    pub fn remote(&self) -> Option<Arc<remote::Remote>> {
+        self.remote.clone()
+    }
+
     pub fn state(&self) -> Arc<Mutex<State>> {
         self.state.clone()
     }

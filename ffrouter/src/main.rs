@@ -259,6 +259,10 @@ fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     env_logger::Builder::new().parse_filters(&a.log_level).parse_default_env().format_timestamp_micros().init();
+    // Before any thread starts, so that all inherit it: SIGUSR1 is only
+    // ever taken by `dump_on_signal`.
+    let usr1 = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGUSR1);
+    usr1.thread_block().map_err(|e| format!("cannot block SIGUSR1: {e}"))?;
     if a.nice != 0 {
         set_nice(a.nice);
     }
@@ -310,6 +314,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         };
         ffrouter::metrics::serve(addr, router.state(), token).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
     }
+    if let Some(remote) = router.remote() {
+        dump_on_signal(usr1, remote);
+    }
     let mut threads = Vec::new();
     for t in &tenants {
         threads.push(router.serve_tenant(t).map_err(|e| format!("cannot serve {}: {e}", t.socket.display()))?);
@@ -318,6 +325,24 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// On SIGUSR1 (blocked in every thread), logs the forwarding state of
+/// every connection to another host at warn level: where a stalled
+/// transfer's bytes stopped, without stopping the router.
+fn dump_on_signal(set: nix::sys::signal::SigSet, remote: std::sync::Arc<ffrouter::remote::Remote>) {
+    let spawned = std::thread::Builder::new().name("sigusr1".into()).spawn(move || {
+        while set.wait().is_ok() {
+            let lines = remote.describe();
+            log::warn!("SIGUSR1: {} connection(s) to other hosts", lines.len());
+            for l in lines {
+                log::warn!("  {l}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("no SIGUSR1 dump: {e}");
+    }
 }
 
 fn main() {

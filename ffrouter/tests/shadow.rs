@@ -338,3 +338,41 @@ fn registering_inside_an_allocated_region_shares_it() {
     drop(mr);
     drop(region);
 }
+
+/// A region whose mapping goes while a registration inside it still holds
+/// it (a registration cache drops it later): memory mapped afterwards at
+/// the same addresses, which the kernel hands out again, is not the old
+/// region's. Before, it was taken for it: a registration there shared the
+/// dead region, and a send from it went by reference to the old pages
+/// (the receiver got the old region's bytes, not the buffer's).
+#[test]
+fn memory_mapped_where_a_dropped_region_was_is_not_taken_for_it() {
+    let r = RouterProc::start(&["a"], &[]);
+    let (actx, mut tx, _b, mut rx) = pair(&r);
+    let region = actx.alloc_region(4 << 20).unwrap();
+    unsafe { std::ptr::write_bytes(region.as_ptr(), 0x11, region.len()) };
+    let at = region.as_ptr();
+    let held = unsafe { actx.register_in_shadow(at, 1 << 20) }.unwrap();
+    assert_eq!(held.why_not(), None, "inside the region: shared");
+    drop(region);
+    // New private memory exactly where the region's data was.
+    let len = 4 << 20;
+    // SAFETY: the addresses were the region's, now unmapped; FIXED_NOREPLACE
+    // fails rather than replace anything mapped there meanwhile.
+    let p = unsafe { libc::mmap(at as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE, -1, 0) };
+    assert_eq!(p as *mut u8, at, "the old addresses could be mapped again");
+    unsafe { std::ptr::write_bytes(at, 0x77, len) };
+    let mr = unsafe { actx.register_in_shadow(at, 1 << 20) }.unwrap();
+    assert!(mr.why_not().is_some(), "private memory is not the dropped region's shadow memory");
+    // A send from it carries its own bytes.
+    let src = unsafe { std::slice::from_raw_parts(at, 1 << 20) };
+    let mut out = vec![0u8; 1 << 20];
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(tx.send(src, 1, T).unwrap(), 1 << 20));
+        assert_eq!(rx.recv(&mut out, 1, T).unwrap(), 1 << 20);
+    });
+    assert!(out.iter().all(|&x| x == 0x77), "the buffer's bytes, not the old region's");
+    drop(mr);
+    drop(held);
+    unsafe { libc::munmap(p, len) };
+}

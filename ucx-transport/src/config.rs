@@ -148,8 +148,8 @@ pub static mut MD_CONFIG_TABLE: [ucs_config_field_t; 9] = [
     ),
     field(
         c"HEAP",
-        c"inf",
-        c"Heap allocations (malloc, calloc, realloc, posix_memalign, ...) of at least\nthis size (e.g. 1m), made after this domain attached to a router, are shadow\nmemory of their own: PUT, GET and sends from and into them take the one-copy\npath on a host and go buffer to wire between hosts, with nothing moved. A\nchild forked afterwards gets private copies. inf (the default, until an\nunexplained hang seen with it in 3 of 52 TensorFlow runs is understood):\nglibc serves every allocation.",
+        c"1m",
+        c"Heap allocations (malloc, calloc, realloc, posix_memalign, ...) of at least\nthis size, made after this domain attached to a router, are shadow memory of\ntheir own: PUT, GET and sends from and into them take the one-copy path on a\nhost and go buffer to wire between hosts, with nothing moved. A child forked\nafterwards gets private copies. inf: glibc serves every allocation.",
         offset_of!(MdConfig, heap),
         MEMUNITS,
     ),

@@ -64,9 +64,8 @@ pub struct Ep {
     /// The GET_GO (its request's sequence number) that releases the data
     /// of a held GET, not sent yet for want of room.
     go: Option<u64>,
-    /// Since when the data of the held GET at the front has been awaited,
-    /// and whether that wait was reported (after [`HELD_WARN`]).
-    held_wait: Option<(Instant, bool)>,
+    /// Since when the data of the held GET at the front has been awaited.
+    held_wait: Option<Stall>,
     /// Flush completions: each waits for the ops issued before it.
     flushes: VecDeque<(u64, *mut uct_completion_t)>,
     /// Why the endpoint stopped working (sends then fail with this status).
@@ -998,18 +997,15 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
             let placed = (*ep).conn.placed();
             match (*ep).conn.test(r) {
                 Ok(None) => {
-                    if let Some((since, false)) = (*ep).held_wait {
-                        if since.elapsed() >= HELD_WARN {
-                            (*ep).held_wait = Some((since, true));
-                            ff_warn!(
-                                "ff: connection {}: the data of held GET {} has not come in {:?} (GET_GO {}; {} messages placed so far)",
-                                (*ep).conn.id(),
-                                (*ep).ops.front().map_or(0, |o| o.seq),
-                                HELD_WARN,
-                                if (*ep).go.is_some() { "not sent yet" } else { "sent" },
-                                (*ep).conn.placed()
-                            );
-                        }
+                    if (*ep).held_wait.as_mut().is_some_and(Stall::due) {
+                        ff_warn!(
+                            "ff: connection {}: the data of held GET {} has not come in {:?} (GET_GO {}); connection: {}",
+                            (*ep).conn.id(),
+                            (*ep).ops.front().map_or(0, |o| o.seq),
+                            STALL_WARN,
+                            if (*ep).go.is_some() { "not sent yet" } else { "sent" },
+                            (*ep).conn.describe()
+                        );
                     }
                     break;
                 }
@@ -1063,7 +1059,7 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
                     if let OpKind::Get { hold: true, .. } = front.kind {
                         // Posted: now the target may send the data.
                         (*ep).go = Some(front.seq);
-                        (*ep).held_wait = Some((Instant::now(), false));
+                        (*ep).held_wait = Some(Stall::new());
                         if let Err(s) = send_go(ep) {
                             fail_all(ep, s);
                             return count;
@@ -1090,9 +1086,30 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
     count + dispatch_pending(ep)
 }
 
-/// How long a held GET's data (initiator) or GET_GO (target) may take
-/// before it is reported at warn level: a diagnostic, nothing is undone.
-pub const HELD_WARN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a held GET's data (initiator), its GET_GO or a GET's data send
+/// (target) may take before it is reported at warn level: a diagnostic,
+/// nothing is undone.
+pub const STALL_WARN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Something awaited since a time: reported once, after [`STALL_WARN`].
+#[derive(Clone, Copy, Debug)]
+pub struct Stall {
+    since: Instant,
+    told: bool,
+}
+
+impl Stall {
+    pub fn new() -> Stall {
+        Stall { since: Instant::now(), told: false }
+    }
+
+    /// True the first time it is asked once [`STALL_WARN`] has passed.
+    pub fn due(&mut self) -> bool {
+        let due = !self.told && self.since.elapsed() >= STALL_WARN;
+        self.told |= due;
+        due
+    }
+}
 
 /// Room a GET_GO record needs in the ring.
 const GO_ROOM: usize = 64;

@@ -1,5 +1,5 @@
-//! Large heap allocations as shadow memory (`UCX_FF_HEAP`, off by default:
-//! see docs/ARCHITECTURE.md for the hang that keeps it off).
+//! Large heap allocations as shadow memory (`UCX_FF_HEAP`, 1 MiB and up by
+//! default; `inf` turns it off).
 //!
 //! UCP registers the application's buffers (Open MPI's are `malloc`'s) for
 //! every rendezvous message. Such memory is not shadow memory, and moving

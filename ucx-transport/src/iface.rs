@@ -15,7 +15,7 @@
 //! closed.
 
 use crate::config::IfaceConfig;
-use crate::ep::{self, Ep};
+use crate::ep::{self, Ep, Stall};
 use crate::internal::*;
 use crate::md::Md;
 use crate::proto::{self, AmoReply, AmoReq, RmaReply, RmaReq};
@@ -116,20 +116,25 @@ pub struct RxConn {
     /// A PUT's streamed data being received into registered memory, its
     /// sequence number, and whether it is bulk ([`BULK_MIN`]).
     put_rx: Option<(Req, u64, bool)>,
-    /// GET data sends still in the ring (to be completed), and whether
-    /// each is bulk.
-    sends: VecDeque<(Req, bool)>,
-    /// A held GET whose reply went out (sequence number, range): its data,
-    /// and every later reply, wait for the initiator's GET_GO.
-    held: Option<(u64, u64, u64)>,
-    /// Since when `held` waits, and whether that was reported (after
-    /// [`crate::ep::HELD_WARN`]).
-    held_since: Option<(std::time::Instant, bool)>,
+    /// GET data sends still in the ring (to be completed), whether each is
+    /// bulk, and since when it waits.
+    sends: VecDeque<(Req, bool, Stall)>,
+    held: Option<Held>,
     /// Remote-memory requests refused so far (see [`MAX_REFUSED`]).
     refused: u32,
     dead: bool,
     /// The connection's wake-up words, for the event descriptor.
     words: Option<std::sync::Arc<ffcore::wake::ConnWords>>,
+}
+
+/// A held GET whose reply went out: its data waits for the initiator's
+/// GET_GO, and every later reply behind it.
+#[derive(Clone, Copy)]
+struct Held {
+    seq: u64,
+    addr: u64,
+    len: u64,
+    since: Stall,
 }
 
 /// Refused remote-memory requests (a key that is not a registration of
@@ -628,7 +633,7 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             Ok(Some(conn)) => {
                 ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
                 let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();
-                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), held: None, held_since: None, refused: 0, dead: false, words }));
+                (*me).st.rx.push(Box::new(RxConn { conn, replies: VecDeque::new(), put_rx: None, sends: VecDeque::new(), held: None, refused: 0, dead: false, words }));
             }
             Ok(None) => break,
             Err(e) => {
@@ -831,9 +836,20 @@ unsafe fn router_polls_here(me: *mut Iface) -> bool {
 unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
     let mut count = 0;
     // GET data streaming back: completing the sends frees their slots.
-    while let Some(&(r, _)) = (*rc).sends.front() {
+    while let Some(&(r, bulk, _)) = (*rc).sends.front() {
         match (*rc).conn.test(r) {
-            Ok(None) => break,
+            Ok(None) => {
+                if (*rc).sends.front_mut().is_some_and(|s| s.2.due()) {
+                    ff_warn!(
+                        "ff: connection {} from a peer: the data of a GET ({}) has not left in {:?}; connection: {}",
+                        (*rc).conn.id(),
+                        if bulk { "bulk" } else { "small" },
+                        crate::ep::STALL_WARN,
+                        (*rc).conn.describe()
+                    );
+                }
+                break;
+            }
             Ok(Some(_)) => {
                 (*rc).sends.pop_front();
             }
@@ -844,16 +860,14 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
         }
     }
     send_replies(me, rc);
-    if let (Some((seq, _, _)), Some((since, false))) = ((*rc).held, (*rc).held_since) {
-        if since.elapsed() >= crate::ep::HELD_WARN {
-            (*rc).held_since = Some((since, true));
-            ff_warn!(
-                "ff: connection {} from a peer: GET {seq} held for {:?} with no GET_GO ({} replies wait behind it)",
-                (*rc).conn.id(),
-                crate::ep::HELD_WARN,
-                (*rc).replies.len()
-            );
-        }
+    if let Some(seq) = (*rc).held.as_mut().and_then(|h| h.since.due().then_some(h.seq)) {
+        ff_warn!(
+            "ff: connection {} from a peer: GET {seq} held for {:?} with no GET_GO ({} replies wait behind it); connection: {}",
+            (*rc).conn.id(),
+            crate::ep::STALL_WARN,
+            (*rc).replies.len(),
+            (*rc).conn.describe()
+        );
     }
     let burst = (*me).st.cfg.rx_burst;
     while count < burst {
@@ -953,9 +967,8 @@ unsafe fn serve(me: *mut Iface, rc: *mut RxConn) -> u32 {
                 }
             }
             Action::Go(seq) => match (*rc).held {
-                Some((held, addr, len)) if held == seq => {
+                Some(Held { seq: held, addr, len, .. }) if held == seq => {
                     (*rc).held = None;
-                    (*rc).held_since = None;
                     if !send_get_data(rc, addr, len) {
                         return count;
                     }
@@ -1090,7 +1103,7 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
 unsafe fn send_get_data(rc: *mut RxConn, addr: u64, len: u64) -> bool {
     match (*rc).conn.isend(addr as *const u8, len as usize, proto::tag(proto::GET_DATA, 0)) {
         Ok(req) => {
-            (*rc).sends.push_back((req, len as usize >= BULK_MIN));
+            (*rc).sends.push_back((req, len as usize >= BULK_MIN, Stall::new()));
             true
         }
         Err(e) => {
@@ -1128,8 +1141,7 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                 });
                 if matches!(res, Ok(Some(_))) && status == UCS_OK as i32 && !inline {
                     if hold {
-                        (*rc).held = Some((seq, addr, len));
-                        (*rc).held_since = Some((std::time::Instant::now(), false));
+                        (*rc).held = Some(Held { seq, addr, len, since: Stall::new() });
                     } else if !send_get_data(rc, addr, len) {
                         return;
                     }

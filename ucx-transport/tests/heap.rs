@@ -1,4 +1,4 @@
-//! The heap (`UCX_FF_HEAP=1m`, off by default; ucx-transport/src/heap.rs):
+//! The heap (`UCX_FF_HEAP`, 1 MiB by default; ucx-transport/src/heap.rs):
 //! a process that preloads libuct_ff.so and opened the ff memory domain
 //! gets its large allocations as shadow regions of their own. tests/ucp/ffheap.c checks,
 //! in a real process (compiled here against the installed libucp): small
@@ -37,7 +37,7 @@ fn run(router: &RouterProc, args: &[&str], env: &[(&str, &str)]) -> String {
         .env("UCX_TLS", "ff")
         .env("FF_ROUTER_SOCKET", router.socket("a"))
         .env("UCX_WARN_UNUSED_ENV_VARS", "n")
-        .env("UCX_FF_HEAP", "1m") // off by default
+        .env("UCX_FF_HEAP", "1m") // the default, whatever the environment says
         .envs(env.iter().copied())
         .output()
         .expect("ffheap");

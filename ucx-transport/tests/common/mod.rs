@@ -43,8 +43,9 @@ pub fn build_ffmpi(name: &str) -> PathBuf {
 /// (None: here); `mca`: extra MCA arguments (e.g. the out-of-band network).
 /// Returns the job's output (UCX logs at info level).
 pub fn run_ffmpi(work: &Path, names: &[String; 2], launch_netns: Option<&str>, mca: &[&str]) -> String {
-    // The heap (off by default) on: ffmpi's malloc'd buffers are shadow
-    // memory, and GETs between hosts are held and placed.
+    // The heap on (the default; set here whatever the environment says):
+    // ffmpi's malloc'd buffers are shadow memory, and GETs between hosts
+    // are held and placed.
     let env = ["UCX_TLS=ff,self".to_string(), format!("LD_PRELOAD={}", lib().display()), "UCX_LOG_LEVEL=info".to_string(), "UCX_FF_HEAP=1m".to_string()];
     let log = mpi::run_ffmpi(work, names, launch_netns, mca, &env, &[work.join("ffmpi")], Duration::from_secs(180));
     mpi::assert_remote_lanes(&log, "tag(ff/router)");
