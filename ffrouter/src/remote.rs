@@ -1223,7 +1223,7 @@ impl Peer {
                 // is dropped (nobody reads the ring, and its credit went
                 // back when it started).
                 pl.drop = true;
-                inb.unpost(f.client_side(), f.router_side());
+                inb.unpost(&f.posts, f.client_side(), f.router_side());
             }
         }
         let head0 = inb.tx.produced();
@@ -1233,8 +1233,8 @@ impl Peer {
                 if inb.placing.is_some() {
                     return Err("a message started inside another".into());
                 }
-                inb.unpost(f.client_side(), f.router_side());
-                inb.start(h.tag, h.arg, !f.client_side().is_closed());
+                inb.unpost(&f.posts, f.client_side(), f.router_side());
+                inb.start(&f.posts, h.tag, h.arg, !f.client_side().is_closed());
                 if inb.placing.is_some() {
                     // Its credit goes back before its bytes arrive.
                     self.credit(link, &f, granted + (inb.excess - excess0))?;
@@ -1265,7 +1265,7 @@ impl Peer {
                         return Err("no room for a credited frame".into());
                     }
                 }
-                inb.unpost(f.client_side(), f.router_side());
+                inb.unpost(&f.posts, f.client_side(), f.router_side());
                 return Ok(());
             }
             if wire::is_whole(kind, h.arg, len, wmax) {
@@ -1407,12 +1407,6 @@ struct Inbound {
     excess: u64,
     /// Messages started towards our client (the next one's number).
     msgs: u64,
-    /// Receives our client posted in its shadow memory, by message number
-    /// (see [`ring::REC_POST`]).
-    posts: VecDeque<Post>,
-    /// The client's withdrawals carried out: posts of an older generation
-    /// are dropped (published in our side's `unposted`).
-    unposted: u64,
     /// The message being written straight into a posted receive.
     placing: Option<Placing>,
     /// Bytes of the message being placed whose credit went back when it
@@ -1423,6 +1417,21 @@ struct Inbound {
 /// Most receives a client may have posted on one connection (as many as
 /// it may have requests outstanding).
 const MAX_POSTS: usize = ffcore::conn::MAX_INFLIGHT;
+
+/// Receives our client posted in its shadow memory, by message number (see
+/// [`ring::REC_POST`]). Apart from [`Inbound`], which the receiver thread
+/// holds for a whole frame (a megabyte being written): the pump takes a
+/// post meanwhile, so the request behind it in the ring (a GET whose data
+/// is to come into it) does not wait for the frame before it. Lock order:
+/// `inb`, then `posts`.
+struct Posts {
+    queue: VecDeque<Post>,
+    /// The client's withdrawals carried out: posts of an older generation
+    /// are dropped (published in our side's `unposted`).
+    unposted: u64,
+    /// The connection is being dropped: no more posts.
+    closed: bool,
+}
 
 /// A receive in a client's shadow region: `cap` bytes at `off` of `mem`'s
 /// data, for message `idx` if its tag matches.
@@ -1459,15 +1468,17 @@ impl Inbound {
     /// frame as they arrive (`ahead`): the sender may send the next message
     /// while this one is still coming, instead of stopping at a ring's
     /// worth in flight.
-    fn start(&mut self, tag: u32, total: u64, place: bool) {
+    fn start(&mut self, posts: &Mutex<Posts>, tag: u32, total: u64, place: bool) {
         let idx = self.msgs;
         self.msgs += 1;
-        while self.posts.front().is_some_and(|p| p.idx < idx) {
-            self.posts.pop_front();
+        let mut posts = posts.lock().unwrap();
+        // Posts for messages already started came too late (or lied).
+        while posts.queue.front().is_some_and(|p| p.idx < idx) {
+            posts.queue.pop_front();
         }
         let fits = |p: &Post| p.idx == idx && (p.tag == TAG_ANY || p.tag == tag) && total > 0 && total <= p.cap;
-        if place && self.posts.front().is_some_and(fits) {
-            let post = self.posts.pop_front().unwrap();
+        if place && posts.queue.front().is_some_and(fits) {
+            let post = posts.queue.pop_front().unwrap();
             self.placing = Some(Placing { post, total, got: 0, drop: false });
             self.ahead = total;
             self.excess += total;
@@ -1476,14 +1487,18 @@ impl Inbound {
 
     /// Carries out the client's withdrawals of its posts (between messages
     /// only: a message being placed finishes where it started).
-    fn unpost(&mut self, client: ring::Side<'_>, router: ring::Side<'_>) {
+    fn unpost(&mut self, posts: &Mutex<Posts>, client: ring::Side<'_>, router: ring::Side<'_>) {
         // Untrusted, but only ever grows here.
         let want = client.unpost_req.load(Ordering::Acquire);
-        if want <= self.unposted || self.placing.as_ref().is_some_and(|p| !p.drop) {
+        if self.placing.as_ref().is_some_and(|p| !p.drop) {
             return;
         }
-        self.unposted = want;
-        self.posts.retain(|p| p.gen >= want);
+        let mut posts = posts.lock().unwrap();
+        if want <= posts.unposted {
+            return;
+        }
+        posts.unposted = want;
+        posts.queue.retain(|p| p.gen >= want);
         router.unposted.store(want, Ordering::Release);
         client.notify();
     }
@@ -1508,6 +1523,7 @@ pub struct Fwd {
     peer_ring: AtomicU64,
     setup: Mutex<Setup>,
     inb: Mutex<Inbound>,
+    posts: Mutex<Posts>,
     out: Mutex<Out>,
     reported: AtomicU64,
     /// Credit the peer granted us so far.
@@ -1616,7 +1632,8 @@ impl Fwd {
             peer_conn: AtomicU64::new(0),
             peer_ring: AtomicU64::new(0),
             setup: Mutex::new(Setup::Waiting),
-            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0, msgs: 0, posts: VecDeque::new(), unposted: 0, placing: None, ahead: 0 }),
+            inb: Mutex::new(Inbound { tx, charged: 0, excess: 0, msgs: 0, placing: None, ahead: 0 }),
+            posts: Mutex::new(Posts { queue: VecDeque::new(), unposted: 0, closed: false }),
             out: Mutex::new(Out::new(lay.rx(side))),
             reported: AtomicU64::new(ring as u64),
             limit: AtomicU64::new(0),
@@ -1692,7 +1709,9 @@ impl Fwd {
                 if let Some(pl) = inb.placing.as_mut() {
                     pl.drop = true;
                 }
-                inb.posts.clear();
+                let mut posts = self.posts.lock().unwrap();
+                posts.queue.clear();
+                posts.closed = true;
                 return;
             }
             // A receiver holds it for one frame at most.
@@ -1808,7 +1827,7 @@ impl Fwd {
         match self.inb.try_lock() {
             Ok(mut inb) => {
                 let granted = inb.granted(self.ring).map_or_else(|e| e.to_string(), |g| g.to_string());
-                let posts: Vec<String> = inb.posts.iter().map(|p| format!("{}:{}:{}", p.idx, p.gen, p.cap)).collect();
+                let posts: Vec<String> = self.posts.lock().unwrap().queue.iter().map(|p| format!("{}:{}:{}", p.idx, p.gen, p.cap)).collect();
                 s += &format!(
                     "; in: msgs {} charged {} excess {} ahead {} granted {} posts [{}] placing {}",
                     inb.msgs,
@@ -2032,7 +2051,7 @@ impl Fwd {
             // it holds `inb`, the request stays asked and `ready()` keeps
             // the connection awake to try again.
             if let Ok(mut inb) = self.inb.try_lock() {
-                inb.unpost(self.client_side(), self.router_side());
+                inb.unpost(&self.posts, self.client_side(), self.router_side());
             }
         }
         let quantum = match quantum {
@@ -2095,11 +2114,7 @@ impl Fwd {
                 continue;
             }
             if rec.kind == ring::REC_POST {
-                if !self.post(&out.rx, rec, link)? {
-                    // The receiver thread holds `inb`: the post stays in
-                    // the ring (and `ready()` says so) until next time.
-                    break;
-                }
+                self.post(&out.rx, rec, link)?;
                 out.rx.consume(rec.len);
                 continue;
             }
@@ -2159,13 +2174,13 @@ impl Fwd {
 
     /// Takes a receive the client posted in its shadow memory: a region of
     /// the connection's tenant named with its read-write key, and bytes
-    /// inside it. Posts for messages already started, withdrawn ones, and
-    /// ones naming no region we can write, are dropped.
+    /// inside it. Withdrawn posts, and ones naming no region we can write,
+    /// are dropped; posts for messages already started are dropped when
+    /// the next message starts. Never waits for the receiver thread (see
+    /// `credit_due`): posts have a lock of their own ([`Posts`]).
     /// Over a link that pins memory (RDMA), the region is registered with
     /// it, so that payloads are READ straight into it.
-    /// False when the receiver thread held `inb` (nothing done: try again
-    /// later; never waits for it, see `credit_due`).
-    fn post(&self, rx: &Rx, rec: ring::Record, link: &dyn Link) -> Result<bool, Stop> {
+    fn post(&self, rx: &Rx, rec: ring::Record, link: &dyn Link) -> Result<(), Stop> {
         let bad = |why: &str| Stop::Local(format!("bad posted receive: {why}"));
         if rec.len != ring::PostRef::LEN {
             return Err(bad("malformed"));
@@ -2178,21 +2193,26 @@ impl Fwd {
         // the message from the ring and freed the buffer while this post
         // waited behind its sends. Nor is a key that grants nothing: the
         // post is just not used.
-        let Some(mem) = self.regions.writable(r.key.region, r.key.key) else { return Ok(true) };
+        let Some(mem) = self.regions.writable(r.key.region, r.key.key) else { return Ok(()) };
         let data = (mem.len() - shm::region_header()) as u64;
         let off = r.addr.checked_sub(r.key.base).filter(|o| o.checked_add(r.cap).is_some_and(|e| e <= data));
         let off = off.ok_or_else(|| bad("outside its region"))? as usize;
         link.register_region(&mem);
-        let Ok(mut inb) = self.inb.try_lock() else { return Ok(false) };
-        inb.unpost(self.client_side(), self.router_side());
-        if r.gen < inb.unposted || r.idx < inb.msgs {
-            return Ok(true);
+        // Withdrawals the client asked for first, if the receiver thread
+        // is between frames (a post of a newer generation is kept either
+        // way, an older one dropped once they are carried out).
+        if let Ok(mut inb) = self.inb.try_lock() {
+            inb.unpost(&self.posts, self.client_side(), self.router_side());
         }
-        if inb.posts.len() >= MAX_POSTS {
+        let mut posts = self.posts.lock().unwrap();
+        if posts.closed || r.gen < posts.unposted {
+            return Ok(());
+        }
+        if posts.queue.len() >= MAX_POSTS {
             return Err(bad("too many"));
         }
-        inb.posts.push_back(Post { idx: r.idx, gen: r.gen, tag: rec.tag, mem, off, cap: r.cap });
-        Ok(true)
+        posts.queue.push_back(Post { idx: r.idx, gen: r.gen, tag: rec.tag, mem, off, cap: r.cap });
+        Ok(())
     }
 
     /// Did the client withdraw its posts since we last looked?
@@ -3614,6 +3634,38 @@ mod tests {
             assert_eq!(ax.recv(&mut buf, 3, T).unwrap(), 12_000);
             assert!(buf[..12_000] == pattern(12_000, i)[..], "X, message {i}");
         }
+    }
+
+    #[test]
+    fn a_receive_posted_while_a_frame_is_written_is_taken_at_once() {
+        // A receiver thread holds its connection's `inb` for a whole frame
+        // (a megabyte being written into a posted receive). A receive the
+        // client posts meanwhile - a GET's, with the GET right behind it
+        // in the ring - is taken at once: it used to stay in the ring
+        // until the frame was done, and the GET behind it with it, so
+        // GETs issued back to back went one round trip at a time. Here
+        // the test holds `inb` as that receiver does; the post is taken,
+        // and the message behind it on the other connection goes out.
+        let two = Two::new(Transport::Tcp, 1 << 20);
+        let ([c0, _c1], mut a, mut b) = conn_pair(&two);
+        let r0 = two._routers[0].remote.as_ref().unwrap();
+        let fx = r0.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).find(|f| f.local == a.id()).expect("router 0 forwards it");
+        let n = 256 << 10;
+        let dst = c0.alloc_region(n).unwrap();
+        let held = fx.inb.lock().unwrap();
+        // SAFETY: the region holds n bytes, ours alone until the request ends.
+        let r = unsafe { a.irecv(dst.as_ptr(), n, 5) }.unwrap();
+        a.send(b"after the post", 6, T).unwrap();
+        let mut got = [0u8; 32];
+        assert_eq!(b.recv(&mut got, 6, T).unwrap(), 14, "the message behind the post went out");
+        assert_eq!(fx.posts.lock().unwrap().queue.len(), 1, "the post was taken while the receiver held inb");
+        drop(held);
+        let msg = pattern(n, 9);
+        b.send(&msg, 5, T).unwrap();
+        assert_eq!(a.wait(r, T).unwrap(), n);
+        // SAFETY: the request is done; the region holds n bytes.
+        assert!(unsafe { std::slice::from_raw_parts(dst.as_ptr(), n) } == &msg[..]);
+        assert_eq!(a.placed(), 1, "written straight into the posted receive");
     }
 
     #[test]

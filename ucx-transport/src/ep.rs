@@ -33,7 +33,7 @@
 use crate::iface::{self, Iface};
 use crate::internal::*;
 use crate::md::Rkey;
-use crate::proto::{self, AmoReply, AmoReq, PackedRkey, RmaReply, RmaReq};
+use crate::proto::{self, AmoReply, AmoReq, GetWay, PackedRkey, RmaReply, RmaReq};
 use crate::sys::*;
 use ffcore::{AtomicOp, Conn, Req, Width};
 use std::collections::VecDeque;
@@ -59,12 +59,16 @@ pub struct Ep {
     sends: VecDeque<Req>,
     /// Outstanding ops that move bulk data ([`iface::BULK_MIN`]).
     bulk_ops: usize,
-    /// GET data being received for the oldest op.
-    get_rx: Option<Req>,
+    /// Outstanding [`GetWay::Posted`] GETs (each has its receive posted).
+    posted: usize,
+    /// The request of the newest posted GET, not sent yet for want of room
+    /// (its receive is posted): it goes before anything else is sent.
+    unsent: Option<RmaReq>,
     /// The GET_GO (its request's sequence number) that releases the data
     /// of a held GET, not sent yet for want of room.
     go: Option<u64>,
-    /// Since when the data of the held GET at the front has been awaited.
+    /// Since when the data of the held or posted GET at the front has been
+    /// awaited.
     held_wait: Option<Stall>,
     /// Flush completions: each waits for the ops issued before it.
     flushes: VecDeque<(u64, *mut uct_completion_t)>,
@@ -91,8 +95,10 @@ struct Op {
 enum OpKind {
     /// A PUT's ack.
     Put,
-    /// GET data, into `buf`; `hold`: the target holds it until our GET_GO.
-    Get { buf: *mut u8, len: usize, hold: bool },
+    /// GET data, into `buf`, coming back `way`; `rx`: the receive for it
+    /// (posted with the request for a [`GetWay::Posted`] GET, else once
+    /// the reply came).
+    Get { buf: *mut u8, len: usize, way: GetWay, rx: Option<Req> },
     /// GET data (inline), handed to UCP's unpack callback (`get_bcopy`).
     GetUnpack { cb: unsafe extern "C" fn(*mut c_void, *const c_void, usize), arg: *mut c_void, len: usize },
     /// An atomic's answer: the old value goes to `result` (null: posted).
@@ -132,7 +138,7 @@ impl Ep {
         if (!self.ops.is_empty() || !self.sends.is_empty()) && self.conn.has_events() {
             return true;
         }
-        if self.go.is_some() && self.conn.tx_free() >= GO_ROOM {
+        if (self.go.is_some() || self.unsent.is_some()) && self.conn.tx_free() >= GO_ROOM {
             return true;
         }
         if !self.pending.is_empty() {
@@ -296,12 +302,18 @@ unsafe fn break_ep(ep: *mut Ep, e: &ffcore::Error) -> ucs_status_t {
     s
 }
 
-/// Common gate of every send: broken endpoint, or requests already waiting
-/// in the pending queue (only their dispatch may send then).
+/// Common gate of every send: broken endpoint, a posted GET's request not
+/// sent yet, or requests already waiting in the pending queue (only their
+/// dispatch may send then).
 #[inline]
 unsafe fn gate(ep: *mut Ep) -> Option<ucs_status_t> {
     if let Some(s) = (*ep).broken {
         return Some(s);
+    }
+    match send_unsent(ep) {
+        Ok(true) => {}
+        Ok(false) => return Some(UCS_ERR_NO_RESOURCE),
+        Err(s) => return Some(s),
     }
     if !(*ep).pending.is_empty() && !(*ep).dispatching {
         return Some(UCS_ERR_NO_RESOURCE);
@@ -356,7 +368,8 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         fence_at: 0,
         sends: VecDeque::new(),
         bulk_ops: 0,
-        get_rx: None,
+        posted: 0,
+        unsent: None,
         go: None,
         held_wait: None,
         flushes: VecDeque::new(),
@@ -532,6 +545,10 @@ unsafe fn zcopy(ep: *mut Ep, get: bool, iov: *const uct_iov_t, iovcnt: usize, ad
     }
 }
 
+/// Most [`GetWay::Posted`] GETs outstanding on an endpoint (each holds a
+/// receive in ffcore's table and a post in the router's).
+const MAX_POSTED: usize = 64;
+
 /// A PUT or GET of `[addr, addr+len)` served by the peer: the request (with
 /// the data, for small PUTs), then the data as a message.
 unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64, k: &PackedRkey, comp: *mut uct_completion_t) -> ucs_status_t {
@@ -544,9 +561,21 @@ unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64,
     }
     let max = RmaReq::LEN + if inline { len } else { 0 };
     // A large GET whose data the router could write straight into `local`
-    // if the receive were posted before the data reaches it.
-    let hold = get && len >= iface::BULK_MIN && (*ep).conn.places(local, len);
-    let tag = if get { proto::tag(proto::GET, if hold { proto::HOLD } else { 0 }) } else { proto::tag(proto::PUT, 0) };
+    // if the receive were posted before the data reaches it: posted with
+    // the request when the messages to come before its data all have
+    // receives posted (every op outstanding is such a GET), else held by
+    // the target until the receive is posted.
+    let way = if !get || len < iface::BULK_MIN || !(*ep).conn.places(local, len) {
+        GetWay::Reply
+    } else if (*ep).posted == (*ep).ops.len() && (*ep).posted < MAX_POSTED {
+        GetWay::Posted
+    } else {
+        GetWay::Hold
+    };
+    if way == GetWay::Posted {
+        return get_posted(ep, req, local, comp);
+    }
+    let tag = if get { proto::tag(proto::GET, way.id()) } else { proto::tag(proto::PUT, 0) };
     let r = (*ep).conn.try_send_with(tag, max, |p| {
         req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
         if inline {
@@ -568,11 +597,52 @@ unsafe fn rma_msg(ep: *mut Ep, get: bool, local: *mut u8, len: usize, addr: u64,
         }
     }
     (*ep).next_seq += 1;
-    let kind = if get { OpKind::Get { buf: local, len, hold } } else { OpKind::Put };
+    let kind = if get { OpKind::Get { buf: local, len, way, rx: None } } else { OpKind::Put };
     let bulk = len >= iface::BULK_MIN;
     (*ep).bulk_ops += bulk as usize;
     (*ep).ops.push_back(Op { seq, comp, kind, bulk });
     UCS_INPROGRESS
+}
+
+/// A [`GetWay::Posted`] GET (see [`proto::POSTED`]): the receive for its
+/// data first, so that the post is in the ring ahead of the request and
+/// the router has it before the request leaves; then the request, now or
+/// (no room) before anything else is sent (see [`gate`]). Once the receive
+/// is posted the GET is issued: the messages that follow must match it.
+unsafe fn get_posted(ep: *mut Ep, req: RmaReq, local: *mut u8, comp: *mut uct_completion_t) -> ucs_status_t {
+    let len = req.len as usize;
+    // UCT keeps `local` ours until completion.
+    let rx = match (*ep).conn.irecv(local, len, proto::tag(proto::GET_DATA, 0)) {
+        Ok(r) => r,
+        Err(e) => return break_ep(ep, &e),
+    };
+    (*ep).posted += 1;
+    (*ep).next_seq += 1;
+    (*ep).bulk_ops += 1;
+    (*ep).ops.push_back(Op { seq: req.seq, comp, kind: OpKind::Get { buf: local, len, way: GetWay::Posted, rx: Some(rx) }, bulk: true });
+    (*ep).unsent = Some(req);
+    // Issued whatever this says: a failure broke the endpoint, whose
+    // progress then fails the op through its completion like any other.
+    let _ = send_unsent(ep);
+    UCS_INPROGRESS
+}
+
+/// Sends the posted GET's request that had no room yet, if any: Ok(true)
+/// once nothing is left unsent, Ok(false) while the ring has no room, or
+/// the endpoint's failure.
+unsafe fn send_unsent(ep: *mut Ep) -> Result<bool, ucs_status_t> {
+    let Some(req) = (*ep).unsent else { return Ok(true) };
+    match (*ep).conn.try_send_with(proto::tag(proto::GET, proto::POSTED), RmaReq::LEN, |p| {
+        req.write(std::slice::from_raw_parts_mut(p, RmaReq::LEN));
+        RmaReq::LEN
+    }) {
+        Ok(Some(_)) => {
+            (*ep).unsent = None;
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => Err(break_ep(ep, &e)),
+    }
 }
 
 /// A PUT of at most `max` bytes whose data `fill` writes into the request
@@ -909,6 +979,8 @@ unsafe fn complete(comp: *mut uct_completion_t, status: ucs_status_t) {
 unsafe fn finish_op(ep: *mut Ep, status: ucs_status_t) -> bool {
     let Some(op) = (*ep).ops.pop_front() else { return true };
     (*ep).bulk_ops -= op.bulk as usize;
+    (*ep).posted -= matches!(op.kind, OpKind::Get { way: GetWay::Posted, .. }) as usize;
+    (*ep).held_wait = None;
     complete(op.comp, status);
     if (*ep).destroyed {
         return false;
@@ -939,8 +1011,8 @@ unsafe fn fail_all(ep: *mut Ep, status: ucs_status_t) {
         }
     }
     (*ep).sends.clear();
-    (*ep).get_rx = None;
     (*ep).go = None;
+    (*ep).unsent = None;
     while let Some((_, comp)) = (*ep).flushes.pop_front() {
         complete(comp, status);
         if (*ep).destroyed {
@@ -981,6 +1053,10 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
             }
         }
     }
+    if let Err(s) = send_unsent(ep) {
+        fail_all(ep, s);
+        return count + 1;
+    }
     let burst = (*(*ep).iface).st.cfg.rx_burst;
     while !(*ep).ops.is_empty() && count < burst {
         if (*ep).go.is_some() {
@@ -993,38 +1069,54 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
                 }
             }
         }
-        if let Some(r) = (*ep).get_rx {
+        if let Some(&Op { kind: OpKind::Get { len, way, rx: Some(r), .. }, seq, .. }) = (*ep).ops.front() {
             let placed = (*ep).conn.placed();
-            match (*ep).conn.test(r) {
+            let res = (*ep).conn.test(r);
+            // Messages the router wrote straight into their buffer (only
+            // GET data is posted on this connection); one test may finish
+            // several posted GETs' placements.
+            (*(*ep).iface).st.held_placed += (*ep).conn.placed() - placed;
+            match res {
                 Ok(None) => {
-                    if (*ep).held_wait.as_mut().is_some_and(Stall::due) {
+                    if (*ep).held_wait.get_or_insert_with(Stall::new).due() {
                         ff_warn!(
-                            "ff: connection {}: the data of held GET {} has not come in {:?} (GET_GO {}); connection: {}",
+                            "ff: connection {}: the data of GET {seq} ({way:?}) has not come in {:?}{}; connection: {}",
                             (*ep).conn.id(),
-                            (*ep).ops.front().map_or(0, |o| o.seq),
                             STALL_WARN,
-                            if (*ep).go.is_some() { "not sent yet" } else { "sent" },
+                            match (way, (*ep).go.is_some()) {
+                                (GetWay::Hold, true) => " (GET_GO not sent yet)",
+                                (GetWay::Hold, false) => " (GET_GO sent)",
+                                _ => "",
+                            },
                             (*ep).conn.describe()
                         );
                     }
                     break;
                 }
-                Ok(Some(_)) => {
-                    (*ep).get_rx = None;
-                    (*ep).held_wait = None;
-                    if let Some(Op { kind: OpKind::Get { hold: true, .. }, .. }) = (*ep).ops.front() {
+                Ok(Some(n)) => {
+                    let status = if n == len {
+                        UCS_OK
+                    } else if n == 0 && way == GetWay::Posted {
+                        // The target refused it (see proto::POSTED).
+                        UCS_ERR_INVALID_ADDR
+                    } else {
+                        ff_error!("ff: protocol error on connection {}: GET data of {n} bytes for {len}", (*ep).conn.id());
+                        (*ep).broken = Some(UCS_ERR_IO_ERROR);
+                        fail_all(ep, UCS_ERR_IO_ERROR);
+                        return count + 1;
+                    };
+                    if way != GetWay::Reply && status == UCS_OK {
                         let st = &mut (*(*ep).iface).st;
                         st.held_gets += 1;
-                        st.held_placed += u64::from((*ep).conn.placed() > placed);
+                        st.posted_gets += u64::from(way == GetWay::Posted);
                     }
                     count += 1;
-                    if !finish_op(ep, UCS_OK) {
+                    if !finish_op(ep, status) {
                         return count;
                     }
                     continue;
                 }
                 Err(e) => {
-                    (*ep).get_rx = None;
                     let s = break_ep(ep, &e);
                     fail_all(ep, s);
                     return count + 1;
@@ -1055,11 +1147,12 @@ pub unsafe fn progress(ep: *mut Ep) -> u32 {
             }
             Got::Stream(buf, want) => match (*ep).conn.irecv(buf, want, proto::tag(proto::GET_DATA, 0)) {
                 Ok(r) => {
-                    (*ep).get_rx = Some(r);
-                    if let OpKind::Get { hold: true, .. } = front.kind {
+                    if let Some(Op { kind: OpKind::Get { rx, .. }, .. }) = (*ep).ops.front_mut() {
+                        *rx = Some(r);
+                    }
+                    if let OpKind::Get { way: GetWay::Hold, .. } = front.kind {
                         // Posted: now the target may send the data.
                         (*ep).go = Some(front.seq);
-                        (*ep).held_wait = Some(Stall::new());
                         if let Err(s) = send_go(ep) {
                             fail_all(ep, s);
                             return count;

@@ -18,7 +18,7 @@ use crate::config::IfaceConfig;
 use crate::ep::{self, Ep, Stall};
 use crate::internal::*;
 use crate::md::Md;
-use crate::proto::{self, AmoReply, AmoReq, RmaReply, RmaReq};
+use crate::proto::{self, AmoReply, AmoReq, GetWay, RmaReply, RmaReq};
 use crate::sys::*;
 use ffcore::{Conn, Req};
 use std::collections::VecDeque;
@@ -98,10 +98,12 @@ pub struct State {
     /// An active message was handed to UCP straight from a ring the
     /// router writes (logged once, at info level).
     pub am_in_ring_seen: bool,
-    /// Held GETs (see [`proto::HOLD`]) whose data arrived, and how many of
-    /// them the router wrote straight into our buffer (logged at close, at
-    /// info level).
+    /// Held and posted GETs (see [`proto::HOLD`], [`proto::POSTED`]) whose
+    /// data arrived, and how many messages the router wrote straight into
+    /// our buffers (logged at close, at info level).
     pub held_gets: u64,
+    /// Of them, those whose receive was posted with the request.
+    pub posted_gets: u64,
     pub held_placed: u64,
     /// Progress calls since the last liveness round, and when that was.
     pub live_calls: u32,
@@ -203,7 +205,7 @@ impl AmBuf {
 
 enum Reply {
     PutAck { seq: u64, status: i32 },
-    Get { seq: u64, status: i32, addr: u64, len: u64, hold: bool },
+    Get { seq: u64, status: i32, addr: u64, len: u64, way: GetWay },
     Amo { seq: u64, status: i32, old: u64 },
 }
 
@@ -388,6 +390,7 @@ pub unsafe extern "C" fn iface_open(
         armed: false,
         am_in_ring_seen: false,
         held_gets: 0,
+        posted_gets: 0,
         held_placed: 0,
         live_calls: 0,
         live_at: std::time::Instant::now(),
@@ -438,7 +441,13 @@ pub unsafe extern "C" fn iface_close(iface: uct_iface_h) {
     uct_base_iface_progress_disable(iface, UCT_PROGRESS_SEND | UCT_PROGRESS_RECV);
     let st = &(*raw).st;
     if st.held_gets > 0 {
-        ff_info!("ff: iface {:p}: {} of {} held GETs from another host were written straight into shadow memory", raw, st.held_placed, st.held_gets);
+        ff_info!(
+            "ff: iface {:p}: {} of {} held or posted GETs from another host were written straight into shadow memory ({} posted)",
+            raw,
+            st.held_placed,
+            st.held_gets,
+            st.posted_gets
+        );
     }
     // Endpoints UCX forgot to destroy go with the iface.
     for e in std::mem::take(&mut (*raw).st.eps) {
@@ -1067,8 +1076,8 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
                 ff_diag!("ff: refused GET of {} bytes at {:#x} (key {:#x}): not inside a registration of this process", req.len, req.addr, req.key);
             }
             let status = if ok { UCS_OK } else { UCS_ERR_INVALID_ADDR };
-            let hold = proto::am_id(tag) == proto::HOLD;
-            Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len, hold })
+            let way = GetWay::from_id(proto::am_id(tag));
+            Action::Reply(Reply::Get { seq: req.seq, status: status as i32, addr: req.addr, len: req.len, way })
         }
         proto::GET_GO => match proto::copy_header::<8>(data, len) {
             Some(h) if len == 8 => Action::Go(u64::from_le_bytes(h)),
@@ -1128,7 +1137,16 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                 AmoReply { seq, status, old }.write(std::slice::from_raw_parts_mut(p, AmoReply::LEN));
                 AmoReply::LEN
             }),
-            Reply::Get { seq, status, addr, len, hold } => {
+            // The initiator's receive is posted: the data alone, now; or,
+            // refused, an empty message in its place (proto::POSTED).
+            Reply::Get { status, addr, len, way: GetWay::Posted, .. } if status == UCS_OK as i32 => {
+                if !send_get_data(rc, addr, len) {
+                    return;
+                }
+                Ok(Some(0))
+            }
+            Reply::Get { way: GetWay::Posted, .. } => (*rc).conn.try_send_with(proto::tag(proto::GET_DATA, 0), 0, |_| 0),
+            Reply::Get { seq, status, addr, len, way } => {
                 let inline = status == UCS_OK as i32 && len as usize <= inline_max;
                 let max = RmaReply::LEN + if inline { len as usize } else { 0 };
                 let res = (*rc).conn.try_send_with(proto::tag(proto::GET_REPLY, 0), max, |p| {
@@ -1140,7 +1158,7 @@ unsafe fn send_replies(me: *mut Iface, rc: *mut RxConn) {
                     max
                 });
                 if matches!(res, Ok(Some(_))) && status == UCS_OK as i32 && !inline {
-                    if hold {
+                    if way == GetWay::Hold {
                         (*rc).held = Some(Held { seq, addr, len, since: Stall::new() });
                     } else if !send_get_data(rc, addr, len) {
                         return;

@@ -15,6 +15,7 @@
 //! | get data | `GET_DATA << 8` | the data (streamed) | target → initiator |
 //! | get, data held | `GET << 8 \| HOLD` | [`RmaReq`] | initiator → target |
 //! | get go | `GET_GO << 8` | the request's sequence number (8 bytes) | initiator → target |
+//! | get, receive posted | `GET << 8 \| POSTED` | [`RmaReq`] | initiator → target |
 //! | atomic | `AMO << 8` | [`AmoReq`] | initiator → target |
 //! | atomic reply | `AMO_REPLY << 8` | [`AmoReply`] (status, old value) | target → initiator |
 //!
@@ -24,6 +25,16 @@
 //! its receive for the data first, so that its router writes the data
 //! straight from the link into the buffer ([`ffcore::Conn::places`])
 //! instead of into the ring, at the cost of one round trip.
+//!
+//! A GET marked [`POSTED`] saves that round trip where it can: the
+//! initiator posts its receive for the data just before it sends the
+//! request (the router takes the post before the request leaves, so before
+//! any answer can come back), and the target never holds it. It issues one
+//! only while every op outstanding on the endpoint is such a GET, so the
+//! messages before its data all have receives posted too. The target
+//! answers it with one message, at once: the data alone on
+//! success, an empty data message if it refused the GET (a GET that
+//! passes the check never asks for 0 bytes: posted GETs are large).
 //!
 //! The target validates every request against its *own* registrations
 //! (cookie of its memory domain, key, bounds) before touching memory;
@@ -49,6 +60,41 @@ pub const GET_GO: u32 = 10;
 /// The id byte of a GET's tag that asks the target to hold the data until
 /// the initiator's GET_GO.
 pub const HOLD: u8 = 1;
+/// The id byte of a GET's tag that says the initiator posted its receive
+/// for the data: the target sends the data alone, without a reply (an
+/// empty data message if it refuses the GET).
+pub const POSTED: u8 = 2;
+
+/// How a GET's data comes back (the id byte of its tag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetWay {
+    /// A reply, then the data (inline in the reply when small).
+    Reply,
+    /// A reply; the data once the initiator's GET_GO came ([`HOLD`]).
+    Hold,
+    /// The data alone, or an empty data message on failure ([`POSTED`]).
+    Posted,
+}
+
+impl GetWay {
+    pub fn id(self) -> u8 {
+        match self {
+            GetWay::Reply => 0,
+            GetWay::Hold => HOLD,
+            GetWay::Posted => POSTED,
+        }
+    }
+
+    /// The way a GET tag's id byte asks for; an unknown byte (a peer's
+    /// mistake) gets a plain reply.
+    pub fn from_id(id: u8) -> GetWay {
+        match id {
+            HOLD => GetWay::Hold,
+            POSTED => GetWay::Posted,
+            _ => GetWay::Reply,
+        }
+    }
+}
 
 pub fn tag(kind: u32, id: u8) -> u32 {
     kind << 8 | id as u32

@@ -31,23 +31,26 @@ fn open_mpi_job_with_ranks_on_two_hosts_over_ff() {
     assert!(in_place >= 2, "both ranks should read active messages in place:\n{log}");
     // ffmpi's buffers are malloc'd, so the heap (run_ffmpi turns it on)
     // made them shadow memory:
-    // large rendezvous GETs between the hosts are held until the initiator
-    // has posted its receive, and its router writes every one straight
+    // large rendezvous GETs between the hosts have the initiator's receive
+    // posted before the target sends the data (posted with the request, or
+    // the data held until then), and its router writes every one straight
     // into the buffer, on both ranks.
-    let held: Vec<(u64, u64)> = log
+    let gets: Vec<(u64, u64, u64)> = log
         .lines()
         .filter_map(|l| {
-            // "... ff: iface 0x...: P of N held GETs from another host ..."
-            let (head, _) = l.split_once(" held GETs from another host were written straight into shadow memory")?;
+            // "... ff: iface 0x...: P of N held or posted GETs from another host ... (K posted)"
+            let (head, tail) = l.split_once(" held or posted GETs from another host were written straight into shadow memory (")?;
             let w: Vec<&str> = head.split_whitespace().rev().take(3).collect();
             (w.len() == 3 && w[1] == "of").then_some(())?;
-            Some((w[2].parse().ok()?, w[0].parse().ok()?))
+            let posted = tail.strip_suffix(" posted)")?.parse().ok()?;
+            Some((w[2].parse().ok()?, w[0].parse().ok()?, posted))
         })
         .collect();
-    assert_eq!(held.len(), 2, "each rank should report its held GETs:\n{log}");
-    for (placed, n) in held {
-        assert!(n > 0 && placed == n, "{placed} of {n} held GETs were placed:\n{log}");
+    assert_eq!(gets.len(), 2, "each rank should report its held and posted GETs:\n{log}");
+    for &(placed, n, posted) in &gets {
+        assert!(n > 0 && placed == n && posted <= n, "{placed} of {n} held or posted GETs ({posted} posted) were placed:\n{log}");
     }
+    assert!(gets.iter().any(|g| g.2 > 0), "some GETs should have been posted with their request:\n{log}");
     drop(pods);
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -98,7 +98,8 @@ unsafe fn iops(i: uct_iface_h) -> &'static uct_iface_ops_t {
 /// A router, the ff component, a memory domain on the router, a worker,
 /// and the iface configuration (`SEG_SIZE` 256k).
 struct Uct {
-    _router: fftestkit::RouterProc,
+    /// The router it started (None: it uses another's, see [`Uct::open_at`]).
+    _router: Option<fftestkit::RouterProc>,
     comps: *mut uct_component_h,
     comp: uct_component_h,
     md: uct_md_h,
@@ -116,7 +117,14 @@ impl Uct {
     /// With these memory domain settings (`UCX_FF_<name>`).
     unsafe fn open_with(md_opts: &[(&CStr, &CStr)]) -> Uct {
         let router = fftestkit::RouterProc::start(&["a"], &[]);
-        let sock = CString::new(router.socket("a").to_str().unwrap()).unwrap();
+        let mut u = Self::open_at(&router.socket("a"), md_opts);
+        u._router = Some(router);
+        u
+    }
+
+    /// On the router whose tenant socket is `socket`.
+    unsafe fn open_at(socket: &std::path::Path, md_opts: &[(&CStr, &CStr)]) -> Uct {
+        let sock = CString::new(socket.to_str().unwrap()).unwrap();
         uct_ff::register().expect("register the ff component");
         // Component, memory domain (router socket via UCX's config: the
         // ROUTER_SOCKET field of our table), transport resources.
@@ -162,7 +170,7 @@ impl Uct {
         params.open_mode = UCT_IFACE_OPEN_MODE_DEVICE as u64;
         params.mode.device.tl_name = c"ff".as_ptr();
         params.mode.device.dev_name = c"router".as_ptr();
-        Uct { _router: router, comps, comp, md, asy, worker, ic, params }
+        Uct { _router: None, comps, comp, md, asy, worker, ic, params }
     }
 
     /// An iface; `align`: its AM alignment and offset.
@@ -774,7 +782,7 @@ fn shadow_memory_puts_and_gets_copy_once() {
         // ...until the memory is unmapped (UCX's memory hooks tell the
         // cache, which deregisters at its next use). The peer, which still
         // holds the key and has the region mapped, is then refused.
-        let watcher = u._router.context("a");
+        let watcher = u._router.as_ref().unwrap().context("a");
         let len = 1 << 20;
         let p = libc::mmap(null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
         assert_ne!(p, libc::MAP_FAILED);
@@ -1224,5 +1232,93 @@ fn empty_rma_needs_no_key() {
         let byte = [1u8];
         assert_eq!(o.ep_put_short.unwrap()(ep, byte.as_ptr() as *const c_void, 1, 0, 0), UCS_ERR_INVALID_PARAM);
         u.close(&[ep], &[a, b]);
+    }
+}
+
+/// Large GETs between two hosts (two routers, each in its own network
+/// namespace) into shadow memory: those issued while only such GETs are
+/// outstanding go with their receive posted (proto::POSTED), several in
+/// flight at once, and the router writes each straight into its buffer; a
+/// refused one among them fails alone (the target answers it with an
+/// empty message, so the receives behind it still meet their own data);
+/// one issued behind a PUT is held until its receive is posted
+/// (proto::HOLD). Every byte is checked. Needs root.
+#[test]
+fn posted_gets_between_hosts_land_in_their_buffers_and_a_refused_one_fails_alone() {
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    unsafe {
+        // Registered destinations are moved onto shadow memory, whole pages.
+        let ua = Uct::open_at(&h.tenant_dir(0, "a").join("ffrouter.sock"), &[(c"SHADOW_MOVE", c"y")]);
+        let ub = Uct::open_at(&h.tenant_dir(1, "a").join("ffrouter.sock"), &[]);
+        let (a, b) = (ua.iface(None), ub.iface(None));
+        let ep = ua.connect(a, b);
+        let w = World { comp: ua.comp, ifaces: vec![a, b], ep };
+        const M: usize = 1 << 20;
+        const N: usize = 6;
+        let mut src: Vec<u8> = (0..N * M).map(|i| (i * 7 + i / 4093) as u8).collect();
+        let (smemh, packed) = ub.reg(&mut src);
+        let rk = w.rkey(&packed);
+        let base = src.as_ptr() as u64;
+        // N page-aligned destinations in one registered (moved) block.
+        let mut block = vec![0u8; (N + 1) * M];
+        let (dmemh, _) = ua.reg(&mut block);
+        let first = (block.as_ptr() as usize).next_multiple_of(4096) - block.as_ptr() as usize;
+        let dst = |i: usize| first + i * M;
+        let bp = block.as_mut_ptr();
+        let piece = |i: usize| std::slice::from_raw_parts_mut(bp.add(dst(i)), M);
+        let st = &(*(a as *mut uct_ff::iface::Iface)).st;
+        let (posted0, gets0) = (st.posted_gets, st.held_gets);
+
+        // Rounds of N GETs issued back to back; in the second, GET 2 asks
+        // for bytes beyond the source's registration.
+        for refused in [None, Some(2usize)] {
+            let mut comps = Vec::new();
+            for i in 0..N {
+                let from = if refused == Some(i) { base + (N * M) as u64 } else { base + (i * M) as u64 };
+                let (s, c) = w.start(true, piece(i), from, rk.rkey);
+                assert_eq!(s, UCS_INPROGRESS, "GET {i} goes as a message between hosts");
+                comps.push(c);
+            }
+            let cs: Vec<*const Comp> = comps.iter().map(|c| &**c as *const Comp).collect();
+            w.until(|| cs.iter().all(|&c| (*c).done == 1), "the GETs complete");
+            for i in 0..N {
+                if refused == Some(i) {
+                    assert_eq!(comps[i].c.status, UCS_ERR_INVALID_ADDR, "GET {i}, outside the registration, is refused");
+                    assert!(piece(i).iter().all(|&x| x == 0), "nothing written for the refused GET");
+                } else {
+                    assert_eq!(comps[i].c.status, UCS_OK, "GET {i}");
+                    assert!(piece(i) == &src[i * M..(i + 1) * M], "GET {i}'s bytes (refused: {refused:?})");
+                }
+                piece(i).fill(0);
+            }
+        }
+        let st = &(*(a as *mut uct_ff::iface::Iface)).st;
+        assert_eq!(st.posted_gets - posted0, (2 * N - 1) as u64, "every GET but the refused one went posted");
+        assert_eq!(st.held_gets - gets0, (2 * N - 1) as u64);
+
+        // Behind a PUT, a GET is held instead: still straight into its buffer.
+        let mut data = vec![0x5au8; 4096];
+        let (s1, c1) = w.start(false, &mut data, base, rk.rkey);
+        let (s2, c2) = w.start(true, piece(0), base + (3 * M) as u64, rk.rkey);
+        assert_eq!((s1, s2), (UCS_INPROGRESS, UCS_INPROGRESS));
+        let (p1, p2) = (&*c1 as *const Comp, &*c2 as *const Comp);
+        w.until(|| (*p1).done == 1 && (*p2).done == 1, "PUT then GET");
+        assert_eq!((c1.c.status, c2.c.status), (UCS_OK, UCS_OK));
+        assert_eq!(&src[..4096], &data[..], "the PUT's bytes");
+        assert!(piece(0) == &src[3 * M..4 * M], "the held GET's bytes");
+        let st = &(*(a as *mut uct_ff::iface::Iface)).st;
+        assert_eq!(st.posted_gets - posted0, (2 * N - 1) as u64, "the GET behind the PUT was held, not posted");
+        assert_eq!(st.held_gets - gets0, (2 * N) as u64);
+        assert_eq!(st.held_placed, st.held_gets, "the router wrote every held or posted GET's data straight into its buffer");
+
+        uct_rkey_release(ua.comp, &rk);
+        ok(uct_md_mem_dereg(ua.md, dmemh), "mem_dereg");
+        ok(uct_md_mem_dereg(ub.md, smemh), "mem_dereg");
+        uct_ep_destroy(ep);
+        ub.close(&[], &[b]);
+        ua.close(&[], &[a]);
     }
 }
