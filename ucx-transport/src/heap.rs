@@ -449,7 +449,7 @@ pub mod exports {
         if p.is_null() {
             return malloc(n);
         }
-        let Some(Found { cap, had, .. }) = lookup(p) else { return __libc_realloc(p, n) };
+        let Some(Found { cap, had }) = lookup(p) else { return __libc_realloc(p, n) };
         if n == 0 {
             free(p);
             return std::ptr::null_mut();
