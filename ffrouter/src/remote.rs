@@ -1429,6 +1429,11 @@ struct Posts {
     /// The client's withdrawals carried out: posts of an older generation
     /// are dropped (published in our side's `unposted`).
     unposted: u64,
+    /// Messages started (`Inbound::msgs` as of the last start): posts for
+    /// them came too late and are dropped. (Kept, they would pile up while
+    /// a client takes from its ring messages that all came before it
+    /// posted, towards `MAX_POSTS`.)
+    started: u64,
     /// The connection is being dropped: no more posts.
     closed: bool,
 }
@@ -1472,6 +1477,7 @@ impl Inbound {
         let idx = self.msgs;
         self.msgs += 1;
         let mut posts = posts.lock().unwrap();
+        posts.started = self.msgs;
         // Posts for messages already started came too late (or lied).
         while posts.queue.front().is_some_and(|p| p.idx < idx) {
             posts.queue.pop_front();
@@ -1633,7 +1639,7 @@ impl Fwd {
             peer_ring: AtomicU64::new(0),
             setup: Mutex::new(Setup::Waiting),
             inb: Mutex::new(Inbound { tx, charged: 0, excess: 0, msgs: 0, placing: None, ahead: 0 }),
-            posts: Mutex::new(Posts { queue: VecDeque::new(), unposted: 0, closed: false }),
+            posts: Mutex::new(Posts { queue: VecDeque::new(), unposted: 0, started: 0, closed: false }),
             out: Mutex::new(Out::new(lay.rx(side))),
             reported: AtomicU64::new(ring as u64),
             limit: AtomicU64::new(0),
@@ -2174,10 +2180,10 @@ impl Fwd {
 
     /// Takes a receive the client posted in its shadow memory: a region of
     /// the connection's tenant named with its read-write key, and bytes
-    /// inside it. Withdrawn posts, and ones naming no region we can write,
-    /// are dropped; posts for messages already started are dropped when
-    /// the next message starts. Never waits for the receiver thread (see
-    /// `credit_due`): posts have a lock of their own ([`Posts`]).
+    /// inside it. Posts for messages already started, withdrawn ones, and
+    /// ones naming no region we can write, are dropped. Never waits for the
+    /// receiver thread (see `credit_due`): posts have a lock of their own
+    /// ([`Posts`]).
     /// Over a link that pins memory (RDMA), the region is registered with
     /// it, so that payloads are READ straight into it.
     fn post(&self, rx: &Rx, rec: ring::Record, link: &dyn Link) -> Result<(), Stop> {
@@ -2205,7 +2211,7 @@ impl Fwd {
             inb.unpost(&self.posts, self.client_side(), self.router_side());
         }
         let mut posts = self.posts.lock().unwrap();
-        if posts.closed || r.gen < posts.unposted {
+        if posts.closed || r.gen < posts.unposted || r.idx < posts.started {
             return Ok(());
         }
         if posts.queue.len() >= MAX_POSTS {
@@ -3214,6 +3220,41 @@ mod tests {
         let (_tx, got) = sender.join().unwrap();
         assert!(sent.is_ok(), "the answer after {n} posted receives was not sent: {sent:?}");
         assert_eq!(got.unwrap(), (16, answer));
+    }
+
+    #[test]
+    fn receives_posted_after_their_messages_came_do_not_pile_up() {
+        // 1,100 small messages reach the receiver's ring before it posts
+        // any receive; then it takes each with a receive posted in shadow
+        // memory. Every post names a message already started, so the
+        // router drops it. (Kept until the next message started, as they
+        // were for a while, they piled up: none started, and 64 were still
+        // queued at the end here, on their way to MAX_POSTS, at which the
+        // router breaks the connection.)
+        let two = Two::new(Transport::Tcp, 1 << 20);
+        let ([c0, _c1], mut rx, mut tx) = conn_pair(&two);
+        const PAGE: usize = 4096;
+        const CAP: usize = ffcore::conn::SHADOW_MIN;
+        let mut raw = vec![0u8; CAP + PAGE];
+        let off = (PAGE - raw.as_ptr() as usize % PAGE) % PAGE;
+        let _mr = unsafe { c0.register_shadow(raw.as_ptr().add(off), CAP).unwrap() };
+        let n = MAX_POSTS + 76;
+        for i in 0..n {
+            tx.send(&pattern(100, i), 1, T).unwrap();
+        }
+        let r0 = two._routers[0].remote.as_ref().unwrap();
+        let f = r0.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).find(|f| f.local == rx.id()).expect("router 0 forwards it");
+        let t = Instant::now();
+        while f.inb.lock().unwrap().msgs < n as u64 {
+            assert!(t.elapsed() < Duration::from_secs(20), "the messages did not all reach the ring");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 0..n {
+            let r = unsafe { rx.irecv(raw.as_mut_ptr().add(off), CAP, 1).unwrap() };
+            assert_eq!(rx.wait(r, T).unwrap_or_else(|e| panic!("message {i}: {e}")), 100, "message {i}");
+            assert!(raw[off..off + 100] == pattern(100, i)[..], "message {i} differs");
+        }
+        assert!(f.posts.lock().unwrap().queue.len() <= 1, "late posts were dropped");
     }
 
     #[test]
