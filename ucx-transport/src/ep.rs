@@ -138,7 +138,10 @@ impl Ep {
         if (!self.ops.is_empty() || !self.sends.is_empty()) && self.conn.has_events() {
             return true;
         }
-        if (self.go.is_some() || self.unsent.is_some()) && self.conn.tx_free() >= GO_ROOM {
+        if self.go.is_some() && self.conn.tx_free() >= GO_ROOM {
+            return true;
+        }
+        if self.unsent.is_some() && self.conn.tx_free() >= REQ_ROOM {
             return true;
         }
         if !self.pending.is_empty() {
@@ -1206,6 +1209,8 @@ impl Stall {
 
 /// Room a GET_GO record needs in the ring.
 const GO_ROOM: usize = 64;
+/// Room a GET request record needs in the ring (a posted GET's, unsent).
+const REQ_ROOM: usize = (ffcore::ring::REC_HDR + RmaReq::LEN).next_multiple_of(ffcore::ring::ALIGN);
 
 /// Sends the pending GET_GO: Ok(true) if sent, Ok(false) if the ring has no
 /// room yet (progress tries again), or the endpoint's failure.
