@@ -5,7 +5,12 @@
 #   bench/hosts_ucx_ab.sh [--rounds N] [--insecure] [--tests "bw64k bw1m bw4m"] [--out DIR] NAME=BINDIR[,VAR=VALUE...] ...
 #
 # BINDIR holds a build's ffrouter and libuct_ff.so; VAR=VALUE settings
-# (e.g. UCX_FF_BULK_NAP=0) go into that variant's environment only. The two emulated hosts
+# (e.g. UCX_FF_BULK_NAP=0) go into that variant's environment only, and the
+# setting "clear" runs that variant's routers with links in clear
+# (--insecure-no-peer-secret), so that one run compares sealed links,
+# links in clear and UCX tcp (which is in clear), e.g.
+#   bench/hosts_ucx_ab.sh ff=target/release ff-clear=target/release,clear
+# The two emulated hosts
 # are bench/twohosts.sh's (a router on each, TCP link, sealed with a peer
 # secret unless --insecure). Each round restarts both routers with each
 # variant's ffrouter in turn and runs bench/ucx_baselines.sh's ff,self
@@ -26,7 +31,7 @@ while [ $# -gt 0 ]; do
         --insecure) insecure=1 ;;
         --tests) tests=$2; shift ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
         *=*) variants+=("$1") ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -73,10 +78,14 @@ for round in $(seq "$rounds"); do
         name=${v%%=*} dir=${v#*=}
         IFS=, read -r -a settings <<<"$dir"
         dir=${settings[0]}
-        echo "== round $round: $name ($dir ${settings[*]:1})" >&2
+        clear=$insecure env=()
+        for x in "${settings[@]:1}"; do
+            if [ "$x" = clear ]; then clear=1; else env+=("$x"); fi
+        done
+        echo "== round $round: $name ($dir${env[*]+ ${env[*]}}$([ $clear = 1 ] && echo ', links in clear'))" >&2
         twohosts_bin=$dir
-        twohosts_routers "$insecure"
-        ucx "$name" ff,self "$dir/libuct_ff.so" "${settings[@]:1}"
+        twohosts_routers "$clear"
+        ucx "$name" ff,self "$dir/libuct_ff.so" ${env[@]+"${env[@]}"}
     done
     echo "== round $round: UCX tcp" >&2
     ucx tcp tcp,self "$dir/libuct_ff.so"
@@ -87,7 +96,7 @@ done
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load average at the start: $load0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'); both emulated hosts share the machine's cores"
-    echo "- links $([ $insecure = 1 ] && echo 'in clear (--insecure-no-peer-secret)' || echo 'sealed (peer secret)')"
+    echo "- links $([ $insecure = 1 ] && echo 'in clear (--insecure-no-peer-secret)' || echo 'sealed (peer secret), except for variants with the setting "clear" (--insecure-no-peer-secret)')"
     echo "- command: bench/hosts_ucx_ab.sh --rounds $rounds$([ $insecure = 1 ] && echo ' --insecure') --tests \"$tests\" ${variants[*]}"
     echo
     /usr/bin/python3 - "$csv" <<'EOF'
