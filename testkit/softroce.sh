@@ -36,8 +36,9 @@
 # scripts/deps.sh softroce. On failure it prints which step failed in which
 # guest, the guest's log and the router's log, and exits 1.
 #
-# Emulated rxe under TCG is slow (~25 ms half round trip, a few MB/s): its
-# numbers say nothing about RDMA hardware.
+# Emulated rxe under TCG is slow (a few MB/s; until Dec 4, ~25 ms half
+# round trip, most of it delayed ACKs on the QEMUs' loopback stream, see
+# below): its numbers say nothing about RDMA hardware.
 #
 # Reliability (2 vCPUs, cached image, Dec 2026). With a 3 s RDMA dead
 # time and a 10 s connect bound, 4 of 11 runs passed (938f0d1): the
@@ -61,7 +62,15 @@
 # NCCL step (76 s), 22:28 with the UCX step and a new image (97 s); after
 # that, clean-clone CI runs every session. Dec 3, with shadow regions
 # READ in place: 00:46 (91 s), 01:45 (90 s), 02:11 in CI on de49101
-# (112 s), 02:25 in CI on bb54984 (82 s).
+# (112 s), 02:25 in CI on bb54984 (82 s). Dec 4: 8 of 26
+# checks failed (RDMA setup or the handshake timed out, or READs took
+# seconds until "acknowledged none of our payloads for 10s"), on old and
+# new commits alike, with ibv_rc_pingpong at 45-50 ms per iteration.
+# Cause: QEMU's socket netdev is a TCP stream with Nagle on, so each small
+# packet waited for the other QEMU's delayed ACK (40 ms). Since 08:48 the
+# QEMUs run in a network namespace whose loopback routes ACK at once:
+# ibv_rc_pingpong 4.6-5.7 ms per iteration, rxe retransmissions 1-44 per
+# guest (12-55 before), 3 of 3 checks passed (86-96 s).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -134,11 +143,31 @@ fi
 # ---- one run ----
 share=$(mktemp -d /tmp/ffsoftroce.XXXXXX)
 qpids=()
+qns=""
 cleanup() {
     for p in "${qpids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -z "$qns" ] || ip netns del "$qns" 2>/dev/null || true
     [ -n "${FF_SOFTROCE_KEEP:-}" ] || rm -rf "$share"
 }
 trap cleanup EXIT
+# The guests' Ethernet is a TCP stream between their two QEMUs over the
+# host's loopback. QEMU leaves Nagle on, so each small packet (RoCE ACKs,
+# the routers' handshakes) waited for the peer's delayed ACK: 40 ms per
+# exchange, 45-50 ms per ibv_rc_pingpong iteration, and RDMA operations
+# slow enough to trip the routers' 10 s timeouts now and then. The QEMUs
+# run in a network namespace of their own whose loopback routes ACK at
+# once (quickack): 5 ms per iteration.
+qwrap=()
+if ip netns add "ffsr-$$" 2>/dev/null; then
+    qns=ffsr-$$
+    ip -n "$qns" link set lo up
+    for dst in 127.0.0.0/8 127.0.0.1; do
+        ip -n "$qns" route replace table local local "$dst" dev lo scope host src 127.0.0.1 quickack 1
+    done
+    qwrap=(ip netns exec "$qns")
+else
+    say "no network namespace for the guests' link (ip netns add failed): small packets between them wait for delayed ACKs"
+fi
 mkdir -p "$share/bin" "$share/sync"
 cp "$target/release/ffrouter" "$target/release/ffbench" "$target/release/nccl-harness" "$target/release/libnccl_net_ff.so" "$target/release/libuct_ff.so" "$share/bin/"
 # ffverbs: Debian's perftest sees ff0 with this libibverbs.so.1 first.
@@ -158,7 +187,7 @@ echo "${FF_SOFTROCE_ROUTER_ENV:-}" | tr ' ' '\n' > "$share/router.env"
 port=$((20000 + RANDOM % 20000))
 boot() { # id, netdev role
     local id=$1
-    qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2G -nographic -no-reboot \
+    ${qwrap[@]+"${qwrap[@]}"} qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2G -nographic -no-reboot \
         -kernel "/boot/vmlinuz-$kver" -initrd "/boot/initrd.img-$kver" \
         -append "root=/dev/vda rw console=ttyS0 init=/ffinit ff.id=$id quiet panic=1" \
         -drive "file=$img,if=virtio,format=raw,snapshot=on" \
