@@ -78,14 +78,14 @@ for round in $(seq "$rounds"); do
         name=${v%%=*} dir=${v#*=}
         IFS=, read -r -a settings <<<"$dir"
         dir=${settings[0]}
-        clear=$insecure env=()
+        clear=$insecure vars=()
         for x in "${settings[@]:1}"; do
-            if [ "$x" = clear ]; then clear=1; else env+=("$x"); fi
+            if [ "$x" = clear ]; then clear=1; else vars+=("$x"); fi
         done
-        echo "== round $round: $name ($dir${env[*]+ ${env[*]}}$([ $clear = 1 ] && echo ', links in clear'))" >&2
+        echo "== round $round: $name ($dir${vars[*]+ ${vars[*]}}$([ $clear = 1 ] && echo ', links in clear'))" >&2
         twohosts_bin=$dir
         twohosts_routers "$clear"
-        ucx "$name" ff,self "$dir/libuct_ff.so" ${env[@]+"${env[@]}"}
+        ucx "$name" ff,self "$dir/libuct_ff.so" ${vars[@]+"${vars[@]}"}
     done
     echo "== round $round: UCX tcp" >&2
     ucx tcp tcp,self "$dir/libuct_ff.so"

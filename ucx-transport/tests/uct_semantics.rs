@@ -740,9 +740,10 @@ fn shadow_memory_puts_and_gets_copy_once() {
         // A block with partial pages at both ends, as heap blocks have,
         // made so: the allocator hands out a page-aligned one now and then
         // (CI saw one), and the test needs a partial page before it.
-        let mut backing = vec![0u8; (4 << 20) + 100 + 2 * page as usize];
-        let skew = (page as usize - backing.as_ptr() as usize % page as usize) % page as usize + 16;
-        let target = &mut backing[skew..skew + (4 << 20) + 100];
+        let len = (4 << 20) + 100;
+        let mut backing = vec![0u8; len + 2 * page as usize];
+        let skew = backing.as_ptr().align_offset(page as usize) + 16;
+        let target = &mut backing[skew..skew + len];
         let (memh, packed) = u.reg(&mut *target);
         let rk = w.rkey(&packed);
         let base = target.as_ptr() as u64;
