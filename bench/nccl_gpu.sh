@@ -1,7 +1,8 @@
 #!/bin/bash
 # bench/nccl_gpu.sh - NCCL end to end over the FreeFlow net plugin, on ONE GPU.
 #
-#   bench/nccl_gpu.sh [--min-bytes N] [--max-bytes N] [--gpu I] [--mps] [--out DIR]
+#   bench/nccl_gpu.sh [--min-bytes N] [--max-bytes N] [--gpu I] [--mps]
+#                     [--routers 1|2] [--clear] [--out DIR]
 #
 # Two PyTorch ranks share GPU I (default 0) but get different NCCL_HOSTIDs,
 # so NCCL believes they are on two hosts; with NCCL_P2P_DISABLE=1 and
@@ -10,14 +11,19 @@
 # default 1 KiB..256 MiB, powers of 4) twice:
 #   * NCCL_NET=FreeFlow  through libnccl-net-ff.so and a private ffrouter
 #                        (NCCL_NET_PLUGIN=ff, found via LD_LIBRARY_PATH);
+#                        with --routers 2, each rank has a router of its
+#                        own, and the two link over loopback TCP as two
+#                        hosts' routers do (sealed with a shared secret;
+#                        --clear: in clear, --insecure-no-peer-secret);
 #   * NCCL_NET=Socket    NCCL's built-in TCP transport, over loopback.
 # Each result is checked (every rank reduces rank+1, so every element must
 # be 3). The FreeFlow logs must show "Using network FreeFlow" and
 # "via NET/FreeFlow", the Socket logs "Using network Socket"; otherwise the
 # script fails. It prints bus bandwidth (algbw * 2(n-1)/n = algbw for two
 # ranks) side by side, and writes OUT/nccl_gpu.csv (suite nccl-gpu,
-# transports ff and socket, test all_reduce_busbw, GB/s) and the NCCL logs
-# OUT/{ff,socket}.rank{0,1}.log (default OUT: bench/results/<date>/gpu).
+# transports ff and socket, test all_reduce_busbw, GB/s), the NCCL logs
+# OUT/{ff,socket}.rank{0,1}.log and the routers' OUT/router{0,1}.log
+# (default OUT: bench/results/<date>/gpu).
 #
 # Without MPS the two processes time-slice the GPU, which puts a floor of a
 # few ms under every collective for both transports alike; --mps starts a
@@ -35,6 +41,8 @@ min_bytes=1024
 max_bytes=$((256 << 20))
 gpu=0
 mps=0
+routers=1
+clear=0
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -42,8 +50,10 @@ while [ $# -gt 0 ]; do
         --max-bytes) max_bytes=$2; shift ;;
         --gpu) gpu=$2; shift ;;
         --mps) mps=1 ;;
+        --routers) routers=$2; shift ;;
+        --clear) clear=1 ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,33p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,38p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -59,10 +69,11 @@ command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: this needs an 
 [ -n "$out" ] || out="$top/bench/results/$(date +%Y-%m-%d)/gpu"
 mkdir -p "$out"
 
+case $routers in 1 | 2) ;; *) echo "--routers takes 1 or 2" >&2; exit 2 ;; esac
 work=$(mktemp -d /tmp/nccl_gpu.XXXXXX)
-router_pid=""
+router_pids=()
 cleanup() {
-    [ -n "$router_pid" ] && kill "$router_pid" 2>/dev/null || true
+    [ ${#router_pids[@]} = 0 ] || kill "${router_pids[@]}" 2>/dev/null || true
     if [ $mps = 1 ]; then
         echo quit | CUDA_MPS_PIPE_DIRECTORY="$work/mps" nvidia-cuda-mps-control 2>/dev/null || true
     fi
@@ -73,12 +84,31 @@ trap cleanup EXIT
 # The plugin under the name NCCL looks for (NCCL_NET_PLUGIN=ff ->
 # libnccl-net-ff.so); LD_LIBRARY_PATH makes it findable on every NCCL >= 2.20.
 cp "$bin/libnccl_net_ff.so" "$work/libnccl-net-ff.so"
-mkdir -p "$work/tenant"
-sock="$work/tenant/ffrouter.sock"
-"$bin/ffrouter" --tenant "gpu=$sock" --log-level warn &
-router_pid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-[ -S "$sock" ] || { echo "ffrouter did not start" >&2; exit 1; }
+# Router i serves rank i's socket socks[i] (with one router, both ranks
+# share it); two routers link over loopback as two hosts' would.
+socks=()
+port=$((20000 + RANDOM % 20000))
+link=()
+if [ "$clear" = 1 ]; then
+    link=(--insecure-no-peer-secret)
+else
+    head -c 32 /dev/urandom | base64 > "$work/secret"
+    chmod 600 "$work/secret"
+    link=(--peer-secret-file "$work/secret")
+fi
+for i in $(seq 0 $((routers - 1))); do
+    mkdir -p "$work/tenant$i"
+    socks+=("$work/tenant$i/ffrouter.sock")
+    peer=()
+    [ "$routers" = 2 ] && peer=(--listen-addr "127.0.0.1:$((port + i))" --peers "127.0.0.1:$((port + 1 - i))" "${link[@]}")
+    "$bin/ffrouter" --tenant "gpu=${socks[$i]}" "${peer[@]}" --log-level info > "$out/router$i.log" 2>&1 &
+    router_pids+=($!)
+done
+[ "$routers" = 2 ] || socks+=("${socks[0]}")
+for sock in "${socks[@]}"; do
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+    [ -S "$sock" ] || { echo "ffrouter did not start" >&2; exit 1; }
+done
 
 if [ $mps = 1 ]; then
     mkdir -p "$work/mps" "$work/mps-log"
@@ -134,7 +164,7 @@ run() { # run NAME NCCL_NET
             MIN_BYTES="$min_bytes" MAX_BYTES="$max_bytes" \
             NCCL_HOSTID="freeflow-gpu-rank$r" NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
             NCCL_NET="$net" NCCL_NET_PLUGIN=ff LD_LIBRARY_PATH="$work:${LD_LIBRARY_PATH:-}" \
-            FF_ROUTER_SOCKET="$sock" NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-lo}" \
+            FF_ROUTER_SOCKET="${socks[$r]}" NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-lo}" \
             NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,ENV \
             timeout "${FF_GPU_TIMEOUT:-900}" "$py" "$work/allreduce.py" > "$out/$name.rank$r.log" 2>&1 &
         pids+=($!)
@@ -158,6 +188,11 @@ echo "== NCCL_NET=FreeFlow (libnccl-net-ff.so via ffrouter)" >&2
 run ff FreeFlow
 need ff "Using network FreeFlow"
 need ff "via NET/FreeFlow"
+if [ "$routers" = 2 ]; then
+    for i in 0 1; do
+        grep -q " is up (" "$out/router$i.log" || { echo "router $i never linked with the other (see $out/router$i.log)" >&2; exit 1; }
+    done
+fi
 echo "== NCCL_NET=Socket" >&2
 run socket Socket
 need socket "Using network Socket"
@@ -170,7 +205,7 @@ for name in ff socket; do
 done
 {
     echo "# all_reduce bus bandwidth, 2 ranks on GPU $gpu ($(nvidia-smi -i "$gpu" --query-gpu=name --format=csv,noheader)), $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "# $(sed -n 's/^TORCH /torch /p' "$out/ff.rank0.log" | head -1); $(grep -o 'Loaded net plugin FreeFlow ([^)]*)' "$out/ff.rank0.log" | head -1 || true); MPS $([ $mps = 1 ] && echo on || echo off)"
+    echo "# $(sed -n 's/^TORCH /torch /p' "$out/ff.rank0.log" | head -1); $(grep -o 'Loaded net plugin FreeFlow ([^)]*)' "$out/ff.rank0.log" | head -1 || true); MPS $([ $mps = 1 ] && echo on || echo off); $([ "$routers" = 1 ] && echo "one router" || echo "two routers linked over loopback, $([ "$clear" = 1 ] && echo in clear || echo sealed)")"
     printf '%12s %14s %14s %8s\n' bytes "FreeFlow GB/s" "Socket GB/s" ratio
     join <(awk -F, '$2 == "ff" {print $4, $5}' "$csv" | sort -k1,1) <(awk -F, '$2 == "socket" {print $4, $5}' "$csv" | sort -k1,1) |
         sort -n | awk '{printf "%12d %14.3f %14.3f %7.2fx\n", $1, $2, $3, ($3 > 0 ? $2 / $3 : 0)}'

@@ -8,7 +8,8 @@ RESULTS.csv has the header  suite,transport,test,size_bytes,value,unit
 CSV-quoted).  Rows of any suite are accepted.
 
 Kinds of rows:
-  bandwidth   test tag_bw, stream or ucp_{am_bw,put_bw,get,add}, unit MB/s (10^6 B/s; GB/s, MiB/s and
+  bandwidth   test tag_bw, stream, all_reduce_busbw (NCCL bus bandwidth) or
+              ucp_{am_bw,put_bw,get,add}, unit MB/s (10^6 B/s; GB/s, MiB/s and
               KB/s are converted)
   msg rate    the same tests, unit Mmsg/s (or msg/s)
   latency     test tag_lat, pingpong, ucp_get or ucp_fadd, unit us (or ns, ms)
@@ -43,7 +44,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after use("Agg"))
 
-BW_TESTS = {"tag_bw", "stream", "ucp_am_bw", "ucp_put_bw", "ucp_get", "ucp_add"}
+BW_TESTS = {"tag_bw", "stream", "all_reduce_busbw", "ucp_am_bw", "ucp_put_bw", "ucp_get", "ucp_add"}
 LAT_TESTS = {"tag_lat", "pingpong", "ucp_get", "ucp_fadd"}
 TIME_TESTS = {"allreduce"}
 BASELINES = ["posix,cma,self", "tcp,self"]

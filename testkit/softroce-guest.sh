@@ -23,8 +23,22 @@ device_state() {
         v=$(cat "$f" 2>/dev/null)
         [ -n "$v" ] && [ "$v" != 0 ] && echo "$(basename "$f") $v"
     done
+    echo "--- network drops"
+    net_drops
     echo "--- dmesg (last lines)"
     dmesg | tail -15
+}
+# Where the guest's network stack dropped packets (rxe retransmits what is
+# lost), on one line: the NIC, its queue, the softnet backlog, IP and UDP.
+net_drops() {
+    nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+    b=0
+    while read -r _ d _; do b=$((b + 0x$d)); done < /proc/net/softnet_stat
+    echo "$nic rx_dropped $(cat /sys/class/net/$nic/statistics/rx_dropped)" \
+        "tx_dropped $(cat /sys/class/net/$nic/statistics/tx_dropped)" \
+        "qdisc_dropped $(tc -s qdisc show dev "$nic" | sed -n 's/.*(dropped \([0-9]*\),.*/\1/p' | awk '{ d += $1 } END { print d + 0 }')" \
+        "softnet_dropped $b" \
+        $(nstat -az 2>/dev/null | awk '/^(IpInDiscards|IpOutDiscards|UdpInErrors|UdpRcvbufErrors|UdpSndbufErrors) / { print $1, $2 }')
 }
 fail() {
     echo "FAILED: $*"
@@ -322,6 +336,9 @@ fi
 
 step "done"
 device_state
+# One line for the host to print: how lossy the emulated fabric was.
+c() { cat /sys/class/infiniband/rxe0/ports/1/hw_counters/$1 2>/dev/null || echo -; }
+echo "COUNTERS guest$id rxe0 completer_retry_err $(c completer_retry_err) duplicate_request $(c duplicate_request); $(net_drops)"
 touch $Y/done$id
 # Keep the router up until the other guest is done too.
 waitfor $Y/done$((3 - id)) 600

@@ -71,9 +71,9 @@
 //! only to stage and post a batch (and for the NIC to take the staged
 //! bytes); it waits for the peer's READs of its payloads without it. A
 //! stream's operations may stall while the NIC retransmits (1.07 s per
-//! retry): an operation, or the credit or ack that answers our payloads,
-//! fails the link after [`OP_TIMEOUT`] without progress, which is longer
-//! than the NIC's budget.
+//! retry): an operation fails the link after [`OP_TIMEOUT`], longer than
+//! the NIC's budget, and the credit or ack that answers our payloads after
+//! [`ANSWER_TIMEOUT`] without progress, longer than two such budgets.
 //!
 //! Registration bookkeeping: a connection file is registered once (when its
 //! forwarding starts) and deregistered when it ends, after the peer has
@@ -102,20 +102,27 @@ use crate::wire::HDR_LEN;
 
 pub const LANDING: usize = 1 << 20;
 /// The queue pairs' ACK timeout, as the exponent of 4.096 us: 2^18 is
-/// 1.07 s (NCCL's default, NCCL_IB_TIMEOUT).
+/// 1.07 s (NCCL_IB_TIMEOUT's older default; NCCL now takes 20, 4.3 s).
 pub const ACK_TIMEOUT_EXP: u8 = 18;
 /// Retransmissions before the NIC fails an operation.
 pub const RETRY_CNT: u8 = 7;
 /// How long the NIC may retransmit one operation before it fails it: the
 /// first try and every retry each wait one ACK timeout.
 pub const NIC_RETRY_BUDGET: Duration = Duration::from_micros(4096 * (1 << ACK_TIMEOUT_EXP) / 1000 * (RETRY_CNT as u64 + 1));
-/// The longest an RDMA operation, or the peer's credit or ack for our
-/// payloads, may take without progress. Longer than the NIC's own
-/// retransmission budget, so that a lost packet, which costs one ACK
+/// The longest one of our RDMA operations may take. Longer than the NIC's
+/// own retransmission budget, so that a lost packet, which costs one ACK
 /// timeout, never fails the link; an operation the NIC gives up on fails
 /// it with an error completion.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const _: () = assert!(OP_TIMEOUT.as_micros() > NIC_RETRY_BUDGET.as_micros());
+/// The longest the peer's credit or ack for our payloads may take without
+/// progress. An ack answers two operations in a row, each of which the
+/// NICs may retransmit for their whole budget: the peer's READ of our
+/// payload, then the immediate that carries the ack (on soft-RoCE under
+/// emulation, 10 s was seen to pass while both NICs were still
+/// retransmitting, and the link was failed for it).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+const _: () = assert!(ANSWER_TIMEOUT.as_micros() > 2 * NIC_RETRY_BUDGET.as_micros());
 
 pub const STAGING: usize = 512 << 10;
 /// The staging buffer is a ring of batches, each at most [`SLOT`] bytes
@@ -819,7 +826,7 @@ impl RdmaLink {
 
     /// Waits until `done` holds for the stream's signals (landing credit,
     /// acks). Fails the link when the peer sends neither credit nor ack on
-    /// the stream for [`OP_TIMEOUT`]: a peer that keeps reading, however
+    /// the stream for [`ANSWER_TIMEOUT`]: a peer that keeps reading, however
     /// slowly, is waited for.
     fn wait_signal(&self, s: &Stream, mut done: impl FnMut(&Signals) -> bool) -> io::Result<()> {
         let mut seen = None;
@@ -836,8 +843,8 @@ impl RdmaLink {
                 }
             }
             self.check()?;
-            if since.elapsed() > OP_TIMEOUT {
-                return Err(self.fail(format!("the peer router sent no credit or ack for {OP_TIMEOUT:?}")));
+            if since.elapsed() > ANSWER_TIMEOUT {
+                return Err(self.fail(format!("the peer router sent no credit or ack for {ANSWER_TIMEOUT:?}")));
             }
             // The stream's receiver drains immediates while it waits for
             // frames; when it is busy elsewhere, drain them here.
@@ -854,7 +861,7 @@ impl RdmaLink {
 
     /// Waits until the peer has read (acknowledged) our remote payloads up
     /// to number `ticket`, at most until `deadline` (then Ok(false)). Fails
-    /// the link when acks are owed and none came for [`OP_TIMEOUT`].
+    /// the link when acks are owed and none came for [`ANSWER_TIMEOUT`].
     fn wait_reads(&self, s: &Stream, ticket: u64, deadline: Option<Instant>) -> io::Result<bool> {
         loop {
             {
@@ -862,9 +869,9 @@ impl RdmaLink {
                 if sig.acked >= ticket {
                     return Ok(true);
                 }
-                if sig.owed_since.elapsed() > OP_TIMEOUT {
+                if sig.owed_since.elapsed() > ANSWER_TIMEOUT {
                     drop(sig);
-                    return Err(self.fail(format!("the peer router acknowledged none of our payloads for {OP_TIMEOUT:?}")));
+                    return Err(self.fail(format!("the peer router acknowledged none of our payloads for {ANSWER_TIMEOUT:?}")));
                 }
             }
             self.check()?;
@@ -1995,10 +2002,10 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_that_stops_reading_fails_the_sender_within_the_operation_timeout() {
+    fn a_peer_that_stops_reading_fails_the_sender_within_the_answer_timeout() {
         let (_fab, a, b) = pair(1);
         // b never reads: a runs out of landing credit and fails within the
-        // operation timeout instead of blocking forever.
+        // answer timeout instead of blocking forever.
         let payload = vec![1u8; 8000];
         let t0 = Instant::now();
         let mut res = Ok(());
@@ -2010,7 +2017,7 @@ mod tests {
             }
         }
         assert!(res.is_err(), "a sender with no credit fails");
-        assert!(t0.elapsed() < OP_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() < ANSWER_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
         // b can still read what arrived, then learns the link is gone.
         let e = loop {
             match b.recv_header(0) {
