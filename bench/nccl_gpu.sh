@@ -70,6 +70,7 @@ command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: this needs an 
 mkdir -p "$out"
 
 case $routers in 1 | 2) ;; *) echo "--routers takes 1 or 2" >&2; exit 2 ;; esac
+[ "$clear" = 0 ] || [ "$routers" = 2 ] || { echo "--clear is about the link between two routers: add --routers 2" >&2; exit 2; }
 work=$(mktemp -d /tmp/nccl_gpu.XXXXXX)
 router_pids=()
 cleanup() {
@@ -91,7 +92,7 @@ port=$((20000 + RANDOM % 20000))
 link=()
 if [ "$clear" = 1 ]; then
     link=(--insecure-no-peer-secret)
-else
+elif [ "$routers" = 2 ]; then
     head -c 32 /dev/urandom | base64 > "$work/secret"
     chmod 600 "$work/secret"
     link=(--peer-secret-file "$work/secret")

@@ -2,12 +2,12 @@
 //! control connection to the router), listeners, connections, registered
 //! memory and shadow regions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -27,6 +27,19 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn socket_path() -> String {
     std::env::var("FF_ROUTER_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.to_string())
 }
+
+/// A connect to another host that the router answered "not yet" is asked
+/// about again no sooner than this after the first answer, then after
+/// twice as long each time, up to [`ASK_MAX`]: a caller polling
+/// [`Context::connect`] in a tight loop (NCCL does) costs the router a
+/// few requests per millisecond at first and then one per [`ASK_MAX`],
+/// not one per call. Callers in between get `Ok(None)` at once.
+pub const ASK_FIRST: Duration = Duration::from_micros(100);
+pub const ASK_MAX: Duration = Duration::from_millis(2);
+/// Connects to other hosts being waited for that are remembered; a caller
+/// that gives up on one never says so, so beyond this many the oldest
+/// ones are forgotten (which only costs them a request sooner).
+const PENDING_MAX: usize = 1024;
 
 /// State shared by a context and everything opened through it.
 pub(crate) struct Shared {
@@ -89,7 +102,12 @@ pub struct Context {
     advertise: Option<std::net::SocketAddr>,
     page: Arc<Page>,
     regs: Mutex<Registry>,
+    /// Connects to other hosts answered "not yet": when each may ask again,
+    /// and the wait after that (see [`ASK_FIRST`]).
+    pending: Mutex<HashMap<PendingKey, (Instant, Duration)>>,
 }
+
+type PendingKey = ([u8; 16], u64, u64);
 
 #[derive(Default)]
 struct Registry {
@@ -124,6 +142,7 @@ impl Context {
             advertise: advertise.map(Into::into),
             page,
             regs: Mutex::default(),
+            pending: Mutex::default(),
         })
     }
 
@@ -157,6 +176,9 @@ impl Context {
     /// call again with the same handle"; it never waits for the peer. A
     /// listener on another host is reached through both hosts' routers; the
     /// first calls then return `Ok(None)` while they set the connection up.
+    /// While the routers set such a connection up, calls that come soon
+    /// after the last "not yet" return `Ok(None)` without asking the router
+    /// (see [`ASK_FIRST`]).
     pub fn connect(&self, handle: &Handle) -> Result<Option<Conn>> {
         let req = match handle.addr {
             Some(addr) if handle.router_id != self.router_id => Request::ConnectRemote {
@@ -167,12 +189,36 @@ impl Context {
             },
             _ => Request::Connect { router_id: handle.router_id, listener: handle.listener, nonce: handle.nonce },
         };
-        match self.shared.rpc(&req)? {
-            (Reply::Connected { conn, side, ring_size, forwarded }, fds) => {
-                open_conn(conn, side, ring_size, forwarded, fds, &self.shared, &self.page).map(Some)
+        let key = (handle.router_id, handle.listener, handle.nonce);
+        let remote = matches!(req, Request::ConnectRemote { .. });
+        if remote && self.pending.lock().unwrap().get(&key).is_some_and(|&(next, _)| Instant::now() < next) {
+            return Ok(None);
+        }
+        let res = self.shared.rpc(&req);
+        let mut pending = self.pending.lock().unwrap();
+        match res {
+            Ok((Reply::NotReady, _)) => {
+                if remote {
+                    let now = Instant::now();
+                    if pending.len() >= PENDING_MAX && !pending.contains_key(&key) {
+                        let oldest = pending.iter().min_by_key(|(_, &(next, _))| next).map(|(k, _)| *k);
+                        pending.remove(&oldest.expect("the map is full"));
+                    }
+                    let e = pending.entry(key).or_insert((now, ASK_FIRST));
+                    *e = (now + e.1, (e.1 * 2).min(ASK_MAX));
+                }
+                Ok(None)
             }
-            (Reply::NotReady, _) => Ok(None),
-            (r, _) => Err(unexpected(r)),
+            res => {
+                pending.remove(&key);
+                drop(pending);
+                match res? {
+                    (Reply::Connected { conn, side, ring_size, forwarded }, fds) => {
+                        open_conn(conn, side, ring_size, forwarded, fds, &self.shared, &self.page).map(Some)
+                    }
+                    (r, _) => Err(unexpected(r)),
+                }
+            }
         }
     }
 

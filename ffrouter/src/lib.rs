@@ -243,7 +243,9 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
             }
             continue;
         } else if let (Some(r), Request::ConnectRemote { router_id, addr, listener, nonce }) = (remote, &req) {
-            r.connect(id, tenant, *router_id, *addr, *listener, *nonce)
+            let out = r.connect(id, tenant, *router_id, *addr, *listener, *nonce);
+            state.lock().unwrap().count(id, &out);
+            out
         } else {
             state.lock().unwrap().handle(id, req)
         };

@@ -3334,6 +3334,41 @@ mod tests {
     }
 
     #[test]
+    fn a_tight_connect_loop_costs_the_router_few_requests() {
+        // NCCL calls connect again and again until the routers have set
+        // the connection up. Each call that came too soon after the last
+        // "not yet" is answered by the client library alone: over a link
+        // whose setup takes a second, a loop with no pause at all sends
+        // the router at most one request per ASK_MAX (plus the first few),
+        // not one per call, and still connects.
+        let two = Two::with_streams(Transport::FakeRdma { delay_ms: 0, setup_ms: 60, kb_s: 0 }, 16 << 10, 4);
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c0.listen().unwrap();
+        let before = c1.stats().unwrap().requests;
+        let t0 = Instant::now();
+        let (mut b, calls) = {
+            let mut calls = 0u64;
+            loop {
+                calls += 1;
+                if let Some(c) = c1.connect(&l.handle()).unwrap() {
+                    break (c, calls);
+                }
+                assert!(t0.elapsed() < Duration::from_secs(30), "not connected after {calls} calls");
+            }
+        };
+        let took = t0.elapsed();
+        // The stats request itself counts too.
+        let asked = c1.stats().unwrap().requests - before - 1;
+        // The premise: the setup took long enough for the loop to spin.
+        assert!(took > Duration::from_millis(300), "{took:?}");
+        let most = 8 + (took.as_micros() / ffcore::client::ASK_MAX.as_micros()) as u64;
+        assert!(asked <= most, "{asked} requests in {took:?} ({calls} calls); at most {most} expected");
+        assert!(calls > 10 * asked, "{calls} calls, {asked} requests: the loop did not spin");
+        let mut a = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        exchange(&mut a, &mut b, 1);
+    }
+
+    #[test]
     fn a_slow_rdma_link_under_load_stays_up_on_every_stream() {
         // Issue 14, bug 2: every operation of the fake NIC takes 30 ms (a
         // slow or congested fabric), the link has 4 streams, and payloads

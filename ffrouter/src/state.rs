@@ -366,16 +366,22 @@ impl State {
 
     /// Handles one request from `client`.
     pub fn handle(&mut self, client: u64, req: Request) -> Outcome {
-        self.requests += 1;
         let out = self.dispatch(client, req);
+        self.count(client, &out);
+        out
+    }
+
+    /// Counts a request of `client` that was answered `out` (also those
+    /// answered elsewhere: connects to other hosts).
+    pub fn count(&mut self, client: u64, out: &Outcome) {
         let failed = matches!(out.reply, Reply::Error { .. });
+        self.requests += 1;
         self.errors += failed as u64;
         if let Some(c) = self.clients.get(&client) {
             let t = self.tenant_requests.entry(c.tenant.clone()).or_default();
             t.0 += 1;
             t.1 += failed as u64;
         }
-        out
     }
 
     fn dispatch(&mut self, client: u64, req: Request) -> Outcome {
