@@ -58,26 +58,20 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+case $routers in 1 | 2) ;; *) echo "--routers takes 1 or 2" >&2; exit 2 ;; esac
+[ "$clear" = 0 ] || [ "$routers" = 2 ] || { echo "--clear is about the link between two routers: add --routers 2" >&2; exit 2; }
 py=${PYTHON:-python3}
 bin="$top/target/release"
-for f in ffrouter libnccl_net_ff.so; do
-    [ -e "$bin/$f" ] || { echo "missing $bin/$f: cargo build --release -p nccl-net-plugin -p ffrouter" >&2; exit 1; }
-done
-command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: this needs an NVIDIA GPU" >&2; exit 1; }
-"$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' ||
-    { echo "$py cannot use CUDA through torch" >&2; exit 1; }
+. "$here/gpu_lib.sh"
+gpu_check "$py" "$bin"
 [ -n "$out" ] || out="$top/bench/results/$(date +%Y-%m-%d)/gpu"
 mkdir -p "$out"
 
-case $routers in 1 | 2) ;; *) echo "--routers takes 1 or 2" >&2; exit 2 ;; esac
-[ "$clear" = 0 ] || [ "$routers" = 2 ] || { echo "--clear is about the link between two routers: add --routers 2" >&2; exit 2; }
 work=$(mktemp -d /tmp/nccl_gpu.XXXXXX)
 router_pids=()
 cleanup() {
     [ ${#router_pids[@]} = 0 ] || kill "${router_pids[@]}" 2>/dev/null || true
-    if [ $mps = 1 ]; then
-        echo quit | CUDA_MPS_PIPE_DIRECTORY="$work/mps" nvidia-cuda-mps-control 2>/dev/null || true
-    fi
+    [ $mps = 0 ] || mps_stop "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -107,15 +101,10 @@ for i in $(seq 0 $((routers - 1))); do
 done
 [ "$routers" = 2 ] || socks+=("${socks[0]}")
 for sock in "${socks[@]}"; do
-    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-    [ -S "$sock" ] || { echo "ffrouter did not start" >&2; exit 1; }
+    wait_socket "$sock"
 done
 
-if [ $mps = 1 ]; then
-    mkdir -p "$work/mps" "$work/mps-log"
-    export CUDA_MPS_PIPE_DIRECTORY="$work/mps" CUDA_MPS_LOG_DIRECTORY="$work/mps-log"
-    CUDA_VISIBLE_DEVICES=$gpu nvidia-cuda-mps-control -d
-fi
+[ $mps = 0 ] || mps_start "$work" "$gpu"
 
 cat > "$work/allreduce.py" <<'EOF'
 import os, sys, time

@@ -36,18 +36,15 @@ while [ $# -gt 0 ]; do
 done
 py=${PYTHON:-python3}
 bin="$top/target/release"
-for f in ffrouter libnccl_net_ff.so; do
-    [ -e "$bin/$f" ] || { echo "missing $bin/$f: cargo build --release -p nccl-net-plugin -p ffrouter" >&2; exit 1; }
-done
+. "$top/bench/gpu_lib.sh"
+gpu_check "$py" "$bin"
 work=$(mktemp -d /tmp/ddp_gpu.XXXXXX)
 [ -n "$out" ] || out="$work/logs"
 mkdir -p "$out"
 router_pid=""
 cleanup() {
     [ -n "$router_pid" ] && kill "$router_pid" 2>/dev/null || true
-    if [ $mps = 1 ]; then
-        echo quit | CUDA_MPS_PIPE_DIRECTORY="$work/mps" nvidia-cuda-mps-control 2>/dev/null || true
-    fi
+    [ $mps = 0 ] || mps_stop "$work"
     [ "$out" = "$work/logs" ] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -55,13 +52,8 @@ trap cleanup EXIT
 sock="$work/ffrouter.sock"
 "$bin/ffrouter" --socket "$sock" --log-level warn &
 router_pid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-[ -S "$sock" ] || { echo "ffrouter did not start" >&2; exit 1; }
-if [ $mps = 1 ]; then
-    mkdir -p "$work/mps" "$work/mps-log"
-    export CUDA_MPS_PIPE_DIRECTORY="$work/mps" CUDA_MPS_LOG_DIRECTORY="$work/mps-log"
-    CUDA_VISIBLE_DEVICES=$gpu nvidia-cuda-mps-control -d
-fi
+wait_socket "$sock"
+[ $mps = 0 ] || mps_start "$work" "$gpu"
 export PYTHONPATH="$top/python${PYTHONPATH:+:$PYTHONPATH}"
 ff=("$py" -m freeflow run --no-ucx --socket "$sock" --plugin-dir "$bin" --)
 "$py" -m freeflow doctor --no-ucx --socket "$sock" --plugin-dir "$bin"
