@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -127,7 +128,7 @@ fn check_ffvcheck(r: &[(bool, String, String); 2]) {
 fn ffvcheck_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
     for env in [&[][..], &[("FFVERBS_DIRECT", "n")][..], &[("FFVERBS_SHADOW", "n")][..]] {
-        let port = format!("{}", 40000 + std::process::id() % 10000);
+        let port = test_port().to_string();
         let res = host_pair(&r.socket("a"), env, &[&ffvcheck(), "server", &port], &[&ffvcheck(), "client", "127.0.0.1", &port], true);
         check_ffvcheck(&res);
     }
@@ -141,7 +142,7 @@ fn ffvcheck_between_processes() {
 fn ffvsrq_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
     for env in [&[][..], &[("FFVERBS_DIRECT", "n")][..]] {
-        let port = format!("{}", 41000 + std::process::id() % 10000);
+        let port = test_port().to_string();
         let srq = work().join("ffvsrq").display().to_string();
         let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), env, &[&srq, "server", &port], &[&srq, "client", "127.0.0.1", &port], true);
         assert!(sok && cok, "ffvsrq failed ({env:?}):\nserver: {sout}{serr}\nclient: {cout}{cerr}");
@@ -167,7 +168,7 @@ fn ffvsrq_between_processes() {
 #[test]
 fn ffvud_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
-    let port = format!("{}", 43000 + std::process::id() % 10000);
+    let port = test_port().to_string();
     let ud = work().join("ffvud").display().to_string();
     let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &[&ud, "server", &port], &[&ud, "client", "127.0.0.1", &port], true);
     assert!(sok && cok, "ffvud failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
@@ -176,6 +177,24 @@ fn ffvud_between_processes() {
     }
     for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
         assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
+    }
+}
+
+/// A TCP port for a server of a test between host processes (perftest,
+/// ffvcheck, ...): below Linux's ephemeral ports (32768 up), which the
+/// connections of tests running beside it take (perftest once failed with
+/// "Couldn't listen to port 32890"); distinct per process and call, and
+/// free when handed out. 10000-18999: the ucx_perftest tests below use
+/// 20000-29999.
+fn test_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10000 + ((std::process::id() % 225) * 40 + k % 40) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+        assert!(k < 400, "no free port in 10000-18999 for this process");
     }
 }
 
@@ -491,8 +510,8 @@ const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_s
 #[test]
 fn perftest_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
-    for (i, t) in PERFTEST.iter().enumerate() {
-        let port = format!("{}", 30000 + (std::process::id() % 1000) * 6 + i as u32);
+    for t in PERFTEST.iter() {
+        let port = test_port().to_string();
         let argv = [*t, "-d", "ff0", "-n", "200", "-p", port.as_str()];
         let mut client = argv.to_vec();
         client.push("127.0.0.1");
