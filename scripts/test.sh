@@ -36,9 +36,10 @@ FF_BIN_DIR=$bindir FF_REQUIRE_K8S_SCHEMAS=1 "$venv/bin/python" -m pytest -q -rs 
 # RDMA on a kernel verbs device: the routers' RDMA link over soft-RoCE in
 # two QEMU guests (testkit/softroce.sh check, 2-3 minutes; the guest image
 # is built once, about a minute, and cached in /var/cache/freeflow).
-# Emulated rxe loses packets and can stall for seconds while it retransmits
-# (its counters are printed), so a failed check runs once more; the first
-# failure stays in the log above, and the second is final.
+# Emulated rxe retransmits tens of times per run (though the guests'
+# network stacks drop nothing; the check prints both counts) and can stall
+# for seconds, so a failed check runs once more; the first failure stays in
+# the log above, and the second is final.
 export FF_SOFTROCE_CACHE=${FF_SOFTROCE_CACHE:-/var/cache/freeflow/softroce}
 if ! testkit/softroce.sh check; then
     echo "test.sh: the soft-RoCE check FAILED (its log is above); running it a second and last time" >&2

@@ -75,7 +75,7 @@
 # 10s", 73 retransmissions in guest 1). Since then the routers wait 20 s
 # for acks (two NIC retry budgets), each guest prints a COUNTERS line
 # (rxe's retransmissions; drops by the NIC, qdisc, softnet, IP and UDP:
-# all 0 in the runs since, with 13-39 retransmissions per guest), and
+# all 0 in the runs since, with 1-44 retransmissions per guest), and
 # scripts/test.sh runs a failed check a second time.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
