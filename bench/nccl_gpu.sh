@@ -147,31 +147,21 @@ dist.destroy_process_group()
 EOF
 
 run() { # run NAME NCCL_NET
-    local name=$1 net=$2 pids=() r rc=0
+    local name=$1 net=$2 pids=() r
     rm -f "$work/init.$name"
     for r in 0 1; do
-        env CUDA_VISIBLE_DEVICES="$gpu" RANK=$r WORLD_SIZE=2 INIT_FILE="$work/init.$name" \
-            MIN_BYTES="$min_bytes" MAX_BYTES="$max_bytes" \
-            NCCL_HOSTID="freeflow-gpu-rank$r" NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
+        rank_env $r "$gpu"
+        env "${renv[@]}" INIT_FILE="$work/init.$name" MIN_BYTES="$min_bytes" MAX_BYTES="$max_bytes" \
             NCCL_NET="$net" NCCL_NET_PLUGIN=ff LD_LIBRARY_PATH="$work:${LD_LIBRARY_PATH:-}" \
-            FF_ROUTER_SOCKET="${socks[$r]}" NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-lo}" \
-            NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,ENV \
+            FF_ROUTER_SOCKET="${socks[$r]}" \
             timeout "${FF_GPU_TIMEOUT:-900}" "$py" "$work/allreduce.py" > "$out/$name.rank$r.log" 2>&1 &
         pids+=($!)
     done
-    for p in "${pids[@]}"; do wait "$p" || rc=1; done
-    if [ $rc != 0 ]; then
-        echo "NCCL_NET=$net run failed; last lines of the logs:" >&2
-        tail -n 20 "$out/$name.rank0.log" "$out/$name.rank1.log" >&2
-        return 1
-    fi
+    wait_ranks "NCCL_NET=$net run" "$out/$name.rank0.log" "$out/$name.rank1.log" "${pids[@]}"
 }
 
 need() { # need NAME PATTERN: every rank's log has PATTERN
-    local r
-    for r in 0 1; do
-        grep -q -- "$2" "$out/$1.rank$r.log" || { echo "$1 rank $r: no '$2' in $out/$1.rank$r.log" >&2; return 1; }
-    done
+    need_logs "$2" "$out/$1.rank0.log" "$out/$1.rank1.log"
 }
 
 echo "== NCCL_NET=FreeFlow (libnccl-net-ff.so via ffrouter)" >&2
@@ -179,9 +169,7 @@ run ff FreeFlow
 need ff "Using network FreeFlow"
 need ff "via NET/FreeFlow"
 if [ "$routers" = 2 ]; then
-    for i in 0 1; do
-        grep -q " is up (" "$out/router$i.log" || { echo "router $i never linked with the other (see $out/router$i.log)" >&2; exit 1; }
-    done
+    need_logs " is up (" "$out/router0.log" "$out/router1.log" || { echo "the two routers never linked" >&2; exit 1; }
 fi
 echo "== NCCL_NET=Socket" >&2
 run socket Socket

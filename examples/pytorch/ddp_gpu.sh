@@ -59,30 +59,21 @@ ff=("$py" -m freeflow run --no-ucx --socket "$sock" --plugin-dir "$bin" --)
 "$py" -m freeflow doctor --no-ucx --socket "$sock" --plugin-dir "$bin"
 
 train() { # NAME, then the launcher words before the python command
-    local name=$1 r pids=() rc=0 port
+    local name=$1 r pids=() port
     shift
     port=$((20000 + RANDOM % 20000))
     for r in 0 1; do
-        env CUDA_VISIBLE_DEVICES="$gpu" RANK=$r LOCAL_RANK=0 WORLD_SIZE=2 \
-            MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-            NCCL_HOSTID="freeflow-ddp-rank$r" NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
-            NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-lo}" NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,ENV \
+        rank_env $r "$gpu"
+        env "${renv[@]}" LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
             timeout "${FF_GPU_TIMEOUT:-600}" "$@" "$py" "$here/ddp_nccl.py" > "$out/$name.rank$r.log" 2>&1 &
         pids+=($!)
     done
-    for p in "${pids[@]}"; do wait "$p" || rc=1; done
-    if [ $rc != 0 ]; then
-        echo "$name: training failed; last lines of the logs:" >&2
-        tail -n 20 "$out/$name.rank0.log" "$out/$name.rank1.log" >&2
-        return 1
-    fi
+    wait_ranks "$name: training" "$out/$name.rank0.log" "$out/$name.rank1.log" "${pids[@]}"
     echo "$name: $(grep '^RESULT' "$out/$name.rank0.log")"
 }
 
 train ff "${ff[@]}"
-for r in 0 1; do
-    grep -q "via NET/FreeFlow" "$out/ff.rank$r.log" || { echo "ff rank $r did not use NET/FreeFlow (see $out/ff.rank$r.log)" >&2; exit 1; }
-done
+need_logs "via NET/FreeFlow" "$out/ff.rank0.log" "$out/ff.rank1.log"
 train socket env NCCL_NET=Socket
-grep -q "Using network Socket" "$out/socket.rank0.log" || { echo "the Socket run did not use NCCL's Socket transport" >&2; exit 1; }
+need_logs "Using network Socket" "$out/socket.rank0.log"
 echo "logs in $out"
