@@ -1,26 +1,28 @@
 #!/bin/bash
-# bench/lat_ab.sh - cross-host 8-byte ping-pong of several builds,
-# alternating many times within one run (a latency A/B that is quicker, so
-# can have more rounds, than bench/ab.sh).
+# bench/lat_ab.sh - cross-host ping-pong of several builds, alternating
+# many times within one run (a latency A/B that is quicker, so can have
+# more rounds, than bench/ab.sh).
 #
-#   bench/lat_ab.sh [--rounds N] [--iters N] [--out FILE] NAME=BINDIR ...
+#   bench/lat_ab.sh [--rounds N] [--iters N] [--size BYTES] [--out FILE] NAME=BINDIR[,clear] ...
 #
-# Two emulated hosts (bench/twohosts.sh, sealed link); each round restarts
-# both routers with each build in turn and runs `ffbench pingpong --size 8`
-# between a container on each host (that build's ffbench too). Rows
-# "NAME,ROUND,p50_us,mean_us,p99_us" go to FILE (default
-# /tmp/lat_ab.csv), then the medians per build. Needs root.
+# Two emulated hosts (bench/twohosts.sh; links sealed, or in clear for a
+# variant given as NAME=BINDIR,clear); each round restarts both routers
+# with each variant in turn and runs `ffbench pingpong --size BYTES`
+# (default 8) between a container on each host (that build's ffbench
+# too). Rows "NAME,ROUND,p50_us,mean_us,p99_us" go to FILE (default
+# /tmp/lat_ab.csv), then the medians per variant. Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-rounds=10 iters=20000 out=/tmp/lat_ab.csv
+rounds=10 iters=20000 size=8 out=/tmp/lat_ab.csv
 variants=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift ;;
         --iters) iters=$2; shift ;;
+        --size) size=$2; shift ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
         *=*) variants+=("$1") ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -30,7 +32,8 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/lat_ab.sh needs root (network namespaces)" >&2; exit 1; }
 . "$here/twohosts.sh"
 trap twohosts_down EXIT
-twohosts_up "${variants[0]#*=}" 0
+v0=${variants[0]#*=}
+twohosts_up "${v0%,clear}" 0
 echo "variant,round,p50_us,mean_us,p99_us" > "$out"
 id=0
 ctr() { # ctr HOST BIN ID ARGS...
@@ -42,13 +45,14 @@ ctr() { # ctr HOST BIN ID ARGS...
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 for round in $(seq "$rounds"); do
     for v in "${variants[@]}"; do
-        name=${v%%=*} dir=${v#*=}
+        name=${v%%=*} dir=${v#*=} clear=0
+        case "$dir" in *,clear) dir=${dir%,clear} clear=1 ;; esac
         twohosts_bin=$dir
-        twohosts_routers 0
+        twohosts_routers "$clear"
         sleep 0.3
         sout="$work/srv.out"
         id=$((id + 2))
-        ctr 0 "$dir" "$id" serve pingpong --size 8 --iters "$iters" > "$sout" &
+        ctr 0 "$dir" "$id" serve pingpong --size "$size" --iters "$iters" > "$sout" &
         spid=$!
         h=""
         for _ in $(seq 400); do
@@ -56,7 +60,7 @@ for round in $(seq "$rounds"); do
             [ -n "$h" ] && break
             sleep 0.05
         done
-        r=$(ctr 1 "$dir" $((id + 1)) connect pingpong --size 8 --iters "$iters" --handle "$h" | grep '^RESULT')
+        r=$(ctr 1 "$dir" $((id + 1)) connect pingpong --size "$size" --iters "$iters" --handle "$h" | grep '^RESULT')
         wait "$spid" || true
         echo "$name,$round,$(echo "$r" | val half_rtt_us_p50),$(echo "$r" | val half_rtt_us_mean),$(echo "$r" | val half_rtt_us_p99)" | tee -a "$out"
     done

@@ -21,7 +21,8 @@ Other rows only appear in the table of all rows.
 Writes
   OUT_PREFIX-bw.png   bandwidth vs message size (log x), one line per
                       suite/transport
-  OUT_PREFIX-lat.png  bar chart of the 8 B latency per suite/transport
+  OUT_PREFIX-lat.png  bar chart of the 8 B latency per suite/transport, or
+                      latency vs message size where rows have several sizes
   OUT_PREFIX-time.png bar chart of the op times (median per suite/transport
                       and size, each row a dot), only if there are such rows
 A CSV with op time rows and no bandwidth (or latency) rows gets no empty
@@ -208,20 +209,35 @@ def plot_bw(prefix, val, order):
 
 
 def plot_lat(prefix, val, order):
-    lat = [(lab, val[("lat", lab, 8)]) for lab in order if ("lat", lab, 8) in val]
+    sizes = sorted({s for (k, _, s) in val if k == "lat"})
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if lat:
-        bars = ax.bar(range(len(lat)), [v for _, v in lat])
-        ax.set_xticks(range(len(lat)))
-        ax.set_xticklabels([lab for lab, _ in lat], rotation=15)
-        for b, (_, v) in zip(bars, lat):
-            ax.annotate(fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom")
+    if len(sizes) > 1:
+        # Several sizes: latency against size, one line per suite/transport.
+        for lab in order:
+            pts = sorted((s, v) for (k, l, s), v in val.items() if k == "lat" and l == lab)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([size_str(s) for s in sizes])
+        ax.set_xlabel("message size")
+        ax.legend()
+        ax.set_title("Latency (tag_lat / pingpong, lower is better)")
+        ax.grid(True, alpha=0.3)
     else:
-        ax.text(0.5, 0.5, "no 8 B latency rows", ha="center", transform=ax.transAxes)
+        lat = [(lab, val[("lat", lab, 8)]) for lab in order if ("lat", lab, 8) in val]
+        if lat:
+            bars = ax.bar(range(len(lat)), [v for _, v in lat])
+            ax.set_xticks(range(len(lat)))
+            ax.set_xticklabels([lab for lab, _ in lat], rotation=15)
+            for b, (_, v) in zip(bars, lat):
+                ax.annotate(fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom")
+        else:
+            ax.text(0.5, 0.5, "no 8 B latency rows", ha="center", transform=ax.transAxes)
+        ax.set_title("8 B latency (tag_lat / pingpong)")
+        ax.grid(True, axis="y", alpha=0.3)
     ax.set_ylabel("latency (us)")
-    ax.set_title("8 B latency (tag_lat / pingpong)")
-    ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(prefix + "-lat.png", dpi=120)
     plt.close(fig)

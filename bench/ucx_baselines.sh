@@ -22,7 +22,8 @@
 #                   emulated host); the run fails unless UCX picked ff
 # Tests and reported values:
 #   tag_lat 8 B          p50 latency, us (one-way: ucx_perftest halves the
-#                        round trip of ping-pong tests)
+#                        round trip of ping-pong tests); tests lat4k and
+#                        lat16k: the same at 4 KiB and 16 KiB (not by default)
 #   tag_bw  8 B          message rate, Mmsg/s
 #   tag_bw  64K/1M/4M    bandwidth, MB/s = 10^6 bytes/s
 #   cpu_per_gb 64K/1M/4M CPU seconds the whole machine spent per GB moved
@@ -34,7 +35,7 @@
 # Environment:
 #   UCX_BASELINE_TLS    transports to run (default "posix,cma,self tcp,self")
 #   UCX_BASELINE_TESTS  tests to run, from "lat bw8 bw64k bw1m bw4m"
-#                       (default all)
+#                       (default) and "lat4k lat16k"
 #   UCX_BASELINE_SERVER_IP / UCX_BASELINE_CLIENT_IP  container addresses for
 #                       tcp,self (default 10.77.0.251/24 and 10.77.0.252/24)
 #   UCX_BASELINE_BRIDGE bridge for the containers (default ffbr0)
@@ -94,6 +95,8 @@ trap 'exit 143' TERM
 test_args() {
     case "$1" in
         lat) echo "tag_lat 8" ;;
+        lat4k) echo "tag_lat 4096" ;;
+        lat16k) echo "tag_lat 16384" ;;
         bw8) echo "tag_bw 8" ;;
         bw64k) echo "tag_bw 65536" ;;
         bw1m) echo "tag_bw 1048576" ;;
@@ -108,12 +111,12 @@ iters() {
     if [[ $tls == tcp* || $tls == ff* ]]; then
         case "$key" in
             lat) echo 100000 ;; bw8) echo 300000 ;; bw64k) echo 20000 ;;
-            bw1m) echo 2000 ;; bw4m) echo 500 ;;
+            bw1m) echo 2000 ;; bw4m) echo 500 ;; lat4k | lat16k) echo 50000 ;;
         esac
     else
         case "$key" in
             lat) echo 1000000 ;; bw8) echo 10000000 ;; bw64k) echo 200000 ;;
-            bw1m) echo 10000 ;; bw4m) echo 2500 ;;
+            bw1m) echo 10000 ;; bw4m) echo 2500 ;; lat4k | lat16k) echo 500000 ;;
         esac
     fi
 }
@@ -284,7 +287,7 @@ for tls in $TLS_LIST; do
         fi
         read -r p50 rate bw_mib <<<"$vals"
         case "$key" in
-            lat) emit "$tls" "$test" "$size" "$p50" us ;;
+            lat*) emit "$tls" "$test" "$size" "$p50" us ;;
             bw8) emit "$tls" "$test" "$size" "$(awk -v r="$rate" 'BEGIN { printf "%.3f", r / 1e6 }')" Mmsg/s ;;
             *)
                 emit "$tls" "$test" "$size" "$(awk -v b="$bw_mib" 'BEGIN { printf "%.1f", b * 1048576 / 1e6 }')" MB/s

@@ -48,7 +48,7 @@ use crate::client::Shared;
 use crate::error::{Error, Result};
 use crate::liveness::Liveness;
 use crate::page::Page;
-use crate::polite::Polite;
+use crate::polite::{self, Polite};
 use crate::mr::Segment;
 use crate::ring::{self, Layout, Placed, PostRef, Rx, ShadowRef, Tx, CAP_PLACE, CAP_SHADOW, REC_CONT, REC_FIRST, REC_PLACED, REC_POST, REC_SHADOW};
 use crate::shm::SharedMem;
@@ -63,8 +63,11 @@ pub const MAX_INFLIGHT: usize = 1024;
 pub const TAG_ANY: u32 = u32::MAX;
 /// Fruitless polls between two checks that the peer process is alive.
 const LIVENESS_EVERY: u32 = 4096;
-/// How long [`Conn::wait`] spins before it sleeps.
+/// How long [`Conn::wait`] spins before it sleeps: at least this, more
+/// for a conversation whose messages come later ([`polite::next_window`]).
 pub const SPIN: Duration = Duration::from_micros(50);
+/// The longest [`Conn::wait`] spins before it sleeps.
+pub const SPIN_MAX: Duration = Duration::from_micros(200);
 /// For how much of [`SPIN`] it busy-spins; after that it yields the core
 /// between polls (a peer thread woken on the same core then runs at once).
 pub const SPIN_BUSY: Duration = Duration::from_micros(5);
@@ -219,6 +222,8 @@ pub struct Conn {
     msgs_sent: u64,
     /// Whether waits yield or sleep (see [`crate::polite`]).
     yields: Polite,
+    /// How long the next wait spins before it sleeps (`SPIN..=SPIN_MAX`).
+    spin_for: Duration,
     /// The router plays the other side (from the router's reply, not the
     /// file): only then are receives posted to it.
     pub(crate) router_is_peer: bool,
@@ -287,6 +292,7 @@ impl Conn {
             credit_blocked: false,
             msgs_sent: 0,
             yields: Polite::new(1),
+            spin_for: SPIN,
             router_is_peer: false,
             next_msg: 0,
             placed: 0,
@@ -519,11 +525,12 @@ impl Conn {
             let mut polite = false;
             loop {
                 if let Some(size) = self.test(r)? {
+                    self.spin_for = polite::next_window(self.spin_for, start.elapsed(), SPIN, SPIN_MAX);
                     return Ok(size);
                 }
                 if polite || n % 64 == 0 {
                     let e = spin_start.elapsed();
-                    if e > SPIN {
+                    if e > self.spin_for {
                         break;
                     }
                     // Past the first microseconds, or with our peer on this
@@ -562,6 +569,7 @@ impl Conn {
             let seen = me.prepare_sleep();
             if let Some(size) = self.test(r).inspect_err(|_| me.cancel_sleep())? {
                 me.cancel_sleep();
+                self.spin_for = polite::next_window(self.spin_for, start.elapsed(), SPIN, SPIN_MAX);
                 return Ok(size);
             }
             me.sleep(seen, nap);

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use ffcore::error::ErrorCode;
 use ffcore::proto::{self, NetAddr, Reply};
 use ffcore::ring::{self, Layout, Rx, Tx, REC_CONT, REC_FIRST};
-use ffcore::polite::Polite;
+use ffcore::polite::{self, Polite};
 use ffcore::TAG_ANY;
 use ffcore::shm::{self, SharedMem};
 
@@ -1059,6 +1059,9 @@ impl Peer {
         }
         let Some(f) = self.conn(conn) else { return };
         let client = f.client;
+        // The conversation's pace when its last cover ended: how long the
+        // frame took to come since is a gap like those `refresh` sees.
+        let pace = *f.pace.lock().unwrap();
         // Covers `g` if there is room; false once the cover is full.
         let mut take = |g: Arc<Fwd>| {
             if hot.len() >= MAX_COVERED {
@@ -1071,18 +1074,23 @@ impl Peer {
             }
             hot.len() < MAX_COVERED
         };
-        if !take(f) {
-            return;
-        }
-        // Its client's other connections, until the cover is full: a
-        // client with hundreds of connections costs a few looks per frame,
-        // not one per connection (issue 17: collecting all 512 siblings
-        // for every frame was 3 % of a receiver's time).
-        if let Some(v) = remote.by_client.lock().unwrap().get(&client) {
-            for g in v.iter().filter_map(Weak::upgrade) {
-                if g.local != conn && !take(g) {
-                    break;
+        if take(f) {
+            // Its client's other connections, until the cover is full: a
+            // client with hundreds of connections costs a few looks per frame,
+            // not one per connection (issue 17: collecting all 512 siblings
+            // for every frame was 3 % of a receiver's time).
+            if let Some(v) = remote.by_client.lock().unwrap().get(&client) {
+                for g in v.iter().filter_map(Weak::upgrade) {
+                    if g.local != conn && !take(g) {
+                        break;
+                    }
                 }
+            }
+        }
+        if let Some(last) = pace.last {
+            let w = polite::next_window(pace.window, last.elapsed(), reply_window(), reply_max());
+            for c in hot.iter_mut().filter(|c| c.f.client == client) {
+                c.window = w;
             }
         }
     }
@@ -1539,6 +1547,8 @@ pub struct Fwd {
     /// A receiver thread serves this connection ([`Cover`]): the pump
     /// sleeps without asking the client for wake-ups.
     covered: AtomicBool,
+    /// Its conversation's pace when its last cover ended.
+    pace: Mutex<Pace>,
     /// Its file is registered with a NIC that pins pages: never trimmed.
     pinned: AtomicBool,
     /// The pump worker serving it (diagnostics).
@@ -1646,6 +1656,7 @@ impl Fwd {
             peer_closed: AtomicBool::new(false),
             local_fault: AtomicBool::new(false),
             covered: AtomicBool::new(false),
+            pace: Mutex::new(Pace { last: None, window: reply_window() }),
             pinned: AtomicBool::new(false),
             worker: AtomicUsize::new(usize::MAX),
             route: std::sync::OnceLock::new(),
@@ -2542,7 +2553,7 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
                     c.last = now;
                     true
                 }
-                Ok(Moved::Nothing) => now.duration_since(c.last) < reply_window(),
+                Ok(Moved::Nothing) => now.duration_since(c.last) < c.window,
                 Ok(Moved::Blocked | Moved::Partly) => false,
                 Err(Stop::Link(e)) => {
                     c.peer.kill(&e);
@@ -2561,12 +2572,17 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
 }
 
 /// Traffic on connection `conn`: if it is covered, it and its client's
-/// other covered connections stay covered for another reply window.
+/// other covered connections stay covered for another reply window, which
+/// follows the gap since the client's last traffic ([`polite::next_window`]).
 fn refresh(hot: &mut [Cover], conn: u64) -> bool {
-    let Some(client) = hot.iter().find(|c| c.f.local == conn).map(|c| c.f.client) else { return false };
+    let Some(me) = hot.iter().find(|c| c.f.local == conn) else { return false };
+    let (client, window) = (me.f.client, me.window);
     let now = Instant::now();
+    let last = hot.iter().filter(|c| c.f.client == client).map(|c| c.last).max().unwrap_or(now);
+    let w = polite::next_window(window, now.saturating_duration_since(last), reply_window(), reply_max());
     for c in hot.iter_mut().filter(|c| c.f.client == client) {
         c.last = now;
+        c.window = w;
     }
     true
 }
@@ -2583,6 +2599,17 @@ struct Cover {
     link: Arc<dyn Link>,
     /// Last traffic either way.
     last: Instant,
+    /// How long it stays covered without traffic ([`polite::next_window`]).
+    window: Duration,
+}
+
+/// The pace of a connection's conversation, kept between covers.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// The last traffic of its last cover.
+    last: Option<Instant>,
+    /// That cover's reply window.
+    window: Duration,
 }
 
 impl Cover {
@@ -2597,12 +2624,15 @@ impl Cover {
         // Its client need not wake the pump while we serve it: the drop
         // announces its sleep again and looks for work.
         f.router_side().cancel_sleep();
-        Some(Cover { f, peer, link, last: Instant::now() })
+        let window = f.pace.lock().unwrap().window;
+        Some(Cover { f, peer, link, last: Instant::now(), window })
     }
 }
 
 impl Drop for Cover {
     fn drop(&mut self) {
+        // The next cover's window starts from this one's.
+        *self.f.pace.lock().unwrap() = Pace { last: Some(self.last), window: self.window };
         // Ended quiet (no traffic for the whole reply window): the pump's
         // own way to sleep, done for it: announce the sleep (so the
         // client's next write or read wakes it), then look once more.
@@ -2615,7 +2645,7 @@ impl Drop for Cover {
         self.f.covered.store(false, Ordering::SeqCst);
         let me = self.f.router_side();
         me.clear_cpu();
-        if self.last.elapsed() < reply_window() {
+        if self.last.elapsed() < self.window {
             // Ended busy (its link filled, its pump was busy, a yield was
             // lost, the client closed): the pump takes over awake.
             me.force_wake();
@@ -2643,10 +2673,17 @@ const PASS_EVERY: Duration = Duration::from_micros(20);
 
 /// How long a receiver thread keeps serving a connection with no traffic
 /// (polling the link and the connection's ring), before it hands it back
-/// to the pump and blocks on the link.
+/// to the pump and blocks on the link: at least this, more for a
+/// conversation whose answers take longer ([`polite::next_window`]).
 fn reply_window() -> Duration {
     static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     Duration::from_micros(knob(&K, "FF_ROUTER_REPLY_US", 50))
+}
+
+/// The longest reply window ([`polite::next_window`]).
+fn reply_max() -> Duration {
+    static K: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_micros(knob(&K, "FF_ROUTER_REPLY_MAX_US", 200)).max(reply_window())
 }
 
 #[cfg(test)]
