@@ -2,7 +2,9 @@
 //! TCP_NODELAY. Each stream starts with the handshake of [`super::auth`];
 //! with a peer secret everything after it is sealed ([`super::seal`]),
 //! without one frames are written with one `sendmsg` per batch straight
-//! from the connection rings (no staging copy) and read straight into them.
+//! from the connection rings (no staging copy), and big payloads are read
+//! straight into them (small ones, and what was read ahead of bigger ones,
+//! come through a read-ahead buffer: see [`Staging`]).
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
