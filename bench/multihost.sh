@@ -28,7 +28,9 @@
 # with --quick), so that both see the same background load; the table uses
 # the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
 # go to DIR/results.csv, then the table, plots and the targets of issue #5
-# (bandwidth >= 0.9x UCX tcp from 64 KiB up, 8-byte latency <= 1.5x) to
+# (bandwidth >= 0.9x UCX tcp from 64 KiB up, 8-byte latency <= 1.5x) and of
+# issue 12 (ffbench and UCX over ff: bandwidth >= 1.1x UCX tcp at 64 KiB,
+# 1 MiB and 4 MiB, 8-byte latency <= 1.1x, CPU per GB at 4 MiB <= tcp's) to
 # DIR/README.md.
 # DIR defaults to bench/results/multihost-<date>. Needs root.
 set -euo pipefail
@@ -226,6 +228,18 @@ else:
 c = rows.get(("ff", "routers_idle_cpu", 0))
 if c is not None:
     print(f"| both routers, one idle connection across (info) | {c:.2f} % of a core | |")
+print()
+print("| target (issue 12), against UCX tcp | ffbench (ff) | UCX over ff (ff,self) |")
+print("|---|---|---|")
+def verdict(t, test, size, ok):
+    a, b = rows.get((t, test, size)), rows.get(("tcp,self", test, size))
+    if a is None or b is None:
+        return "missing"
+    return f"{a / b:.2f}x {'PASS' if ok(a / b) else 'FAIL'}"
+for size in (65536, 1 << 20, 4 << 20):
+    print(f"| {size // 1024} KiB bandwidth >= 1.1x | " + " | ".join(verdict(t, "tag_bw", size, lambda r: r >= 1.1) for t in ("ff", "ff,self")) + " |")
+print("| 8 B latency <= 1.1x | " + " | ".join(verdict(t, "tag_lat", 8, lambda r: r <= 1.1) for t in ("ff", "ff,self")) + " |")
+print("| CPU per GB at 4 MiB <= 1x | " + " | ".join(verdict(t, "cpu_per_gb", 4 << 20, lambda r: r <= 1.0) for t in ("ff", "ff,self")) + " |")
 EOF
 } | tee "$out/README.md"
 echo "results: $out" >&2
