@@ -1088,10 +1088,7 @@ impl Peer {
             }
         }
         if let Some(last) = pace.last {
-            let w = polite::next_window(pace.window, last.elapsed(), reply_window(), reply_max());
-            for c in hot.iter_mut().filter(|c| c.f.client == client) {
-                c.window = w;
-            }
+            keep_covered(hot, client, pace.window, last);
         }
     }
 
@@ -2576,15 +2573,24 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
 /// follows the gap since the client's last traffic ([`polite::next_window`]).
 fn refresh(hot: &mut [Cover], conn: u64) -> bool {
     let Some(me) = hot.iter().find(|c| c.f.local == conn) else { return false };
-    let (client, window) = (me.f.client, me.window);
+    let (client, window, mut last) = (me.f.client, me.window, me.last);
+    for c in hot.iter().filter(|c| c.f.client == client) {
+        last = last.max(c.last);
+    }
+    keep_covered(hot, client, window, last);
+    true
+}
+
+/// Traffic for `client` now, its previous traffic at `last` and its reply
+/// window `window` until now: its covered connections stay covered for
+/// the next window ([`polite::next_window`] of the gap).
+fn keep_covered(hot: &mut [Cover], client: u64, window: Duration, last: Instant) {
     let now = Instant::now();
-    let last = hot.iter().filter(|c| c.f.client == client).map(|c| c.last).max().unwrap_or(now);
     let w = polite::next_window(window, now.saturating_duration_since(last), reply_window(), reply_max());
     for c in hot.iter_mut().filter(|c| c.f.client == client) {
         c.last = now;
         c.window = w;
     }
-    true
 }
 
 /// A connection a receiver thread serves in place of its pump (see
