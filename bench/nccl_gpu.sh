@@ -2,7 +2,8 @@
 # bench/nccl_gpu.sh - NCCL end to end over the FreeFlow net plugin, on ONE GPU.
 #
 #   bench/nccl_gpu.sh [--min-bytes N] [--max-bytes N] [--gpu I] [--mps]
-#                     [--routers 1|2] [--clear] [--out DIR]
+#                     [--routers 1|2] [--clear] [--router-arg ARG]...
+#                     [--out DIR]
 #
 # Two PyTorch ranks share GPU I (default 0) but get different NCCL_HOSTIDs,
 # so NCCL believes they are on two hosts; with NCCL_P2P_DISABLE=1 and
@@ -15,6 +16,9 @@
 #                        own, and the two link over loopback TCP as two
 #                        hosts' routers do (sealed with a shared secret;
 #                        --clear: in clear, --insecure-no-peer-secret);
+#                        --router-arg adds ARG to every router's command
+#                        line, e.g. --router-arg --peer-ring-size
+#                        --router-arg 1048576 (one word each);
 #   * NCCL_NET=Socket    NCCL's built-in TCP transport, over loopback.
 # Each result is checked (every rank reduces rank+1, so every element must
 # be 3). The FreeFlow logs must show "Using network FreeFlow" and
@@ -44,6 +48,7 @@ mps=0
 routers=1
 clear=0
 out=""
+router_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --min-bytes) min_bytes=$2; shift ;;
@@ -52,8 +57,9 @@ while [ $# -gt 0 ]; do
         --mps) mps=1 ;;
         --routers) routers=$2; shift ;;
         --clear) clear=1 ;;
+        --router-arg) router_args+=("$2"); shift ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,38p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,40p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -96,7 +102,7 @@ for i in $(seq 0 $((routers - 1))); do
     socks+=("$work/tenant$i/ffrouter.sock")
     peer=()
     [ "$routers" = 2 ] && peer=(--listen-addr "127.0.0.1:$((port + i))" --peers "127.0.0.1:$((port + 1 - i))" "${link[@]}")
-    "$bin/ffrouter" --tenant "gpu=${socks[$i]}" "${peer[@]}" --log-level info > "$out/router$i.log" 2>&1 &
+    "$bin/ffrouter" --tenant "gpu=${socks[$i]}" "${peer[@]}" ${router_args[@]+"${router_args[@]}"} --log-level info > "$out/router$i.log" 2>&1 &
     router_pids+=($!)
 done
 [ "$routers" = 2 ] || socks+=("${socks[0]}")
@@ -183,7 +189,7 @@ for name in ff socket; do
 done
 {
     echo "# all_reduce bus bandwidth, 2 ranks on GPU $gpu ($(nvidia-smi -i "$gpu" --query-gpu=name --format=csv,noheader)), $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "# $(sed -n 's/^TORCH /torch /p' "$out/ff.rank0.log" | head -1); $(grep -o 'Loaded net plugin FreeFlow ([^)]*)' "$out/ff.rank0.log" | head -1 || true); MPS $([ $mps = 1 ] && echo on || echo off); $([ "$routers" = 1 ] && echo "one router" || echo "two routers linked over loopback, $([ "$clear" = 1 ] && echo in clear || echo sealed)")"
+    echo "# $(sed -n 's/^TORCH /torch /p' "$out/ff.rank0.log" | head -1); $(grep -o 'Loaded net plugin FreeFlow ([^)]*)' "$out/ff.rank0.log" | head -1 || true); MPS $([ $mps = 1 ] && echo on || echo off);${router_args[@]+ router flags ${router_args[*]};} $([ "$routers" = 1 ] && echo "one router" || echo "two routers linked over loopback, $([ "$clear" = 1 ] && echo in clear || echo sealed)")"
     printf '%12s %14s %14s %8s\n' bytes "FreeFlow GB/s" "Socket GB/s" ratio
     join <(awk -F, '$2 == "ff" {print $4, $5}' "$csv" | sort -k1,1) <(awk -F, '$2 == "socket" {print $4, $5}' "$csv" | sort -k1,1) |
         sort -n | awk '{printf "%12d %14.3f %14.3f %7.2fx\n", $1, $2, $3, ($3 > 0 ? $2 / $3 : 0)}'
