@@ -10,6 +10,8 @@
 //!   384  ring 1 head    448 ring 1 tail   (ring 1 carries side 1 -> side 0)
 //!   512  messages sent by side 0       576  messages sent by side 1
 //!        (written by each sender for the router's counters only)
+//!   640  ring 0 padding of rewinds    704  ring 1's (the same; see
+//!        "Rewinding")
 //!   2048 ring 0 writing   2112 ring 0 trimming   (the trim handshake,
 //!   2176 ring 1 writing   2240 ring 1 trimming    see "Trimming" below)
 //! 4096          ring 0 data (ring_size bytes)
@@ -19,6 +21,21 @@
 //! A ring holds records, each 64-byte aligned: a 32-byte header then the
 //! payload. Records never wrap; a PAD record fills the tail of the ring.
 //! Positions are free-running u64 byte counters.
+//!
+//! # Rewinding
+//!
+//! A client's writer ([`Layout::tx`]) that finds its ring empty when a
+//! small record would start a page it has not written this lap, at least
+//! [`REWIND_AT`] bytes into the ring, pads to the end and writes at offset
+//! 0 instead: traffic that never fills the ring (a ping-pong, a small
+//! collective) keeps reusing its first pages, committed and in cache,
+//! where it used to walk the whole ring, taking a page fault for each page
+//! of a fresh ring's first lap (and again after every trim): a 4 KiB
+//! ping-pong between two routers took twice as long during a 4 MiB ring's
+//! first lap (bench/results/rewind-2026-12-04). Readers only see one more
+//! PAD record. Streams keep their ring partly full and never rewind. The
+//! router's own writers ([`Layout::tx_private`]) never rewind: the credit
+//! between routers counts the ring bytes they use.
 //!
 //! Trust: the other side of a ring is another tenant process (or the router),
 //! so every value read from shared memory — head, tail, record headers — is
@@ -84,6 +101,11 @@ const GATE_OFF: usize = 2048;
 /// Bytes of a ring a trim keeps committed, from the page the next record
 /// goes to.
 pub const TRIM_KEEP: usize = 32 << 10;
+/// A client's writer goes back to the start of an empty ring once this far
+/// into it (see "Rewinding"); records bigger than this never cause it.
+pub const REWIND_AT: usize = 64 << 10;
+/// The page size rewinding reckons with.
+const PAGE: usize = 4096;
 /// How long a writer that finds a trim under way waits for it to end
 /// before it reports "no room now" (a trim punches a few MiB: well under
 /// this, unless the trimmer is descheduled).
@@ -321,6 +343,17 @@ impl Layout {
         (head.load(Ordering::Relaxed), tail.load(Ordering::Relaxed), self.msgs(dir).load(Ordering::Relaxed))
     }
 
+    /// Ring bytes that ring `dir`'s writer skipped to rewind (see
+    /// "Rewinding"), as it reports them: for display only (sent bytes are
+    /// the head less these).
+    pub fn rewound(&self, dir: usize) -> u64 {
+        self.rewound_word(dir).load(Ordering::Relaxed)
+    }
+
+    fn rewound_word(&self, dir: usize) -> &AtomicU64 {
+        self.word64(640 + 64 * (dir & 1))
+    }
+
     /// Messages side `dir` has sent (it alone writes this word).
     pub fn msgs(&self, dir: usize) -> &AtomicU64 {
         self.word64(512 + 64 * (dir & 1))
@@ -328,14 +361,14 @@ impl Layout {
 
     pub fn tx(&self, side: usize) -> Tx {
         let (head, _tail, _) = self.ring(side);
-        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0, gated: true, open: false }
+        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0, gated: true, open: false, rewinds: true }
     }
 
     /// A producer that takes no part in the shared trim handshake: whoever
     /// trims its ring must keep it out some other way (the router's own
     /// writer, under a lock the router's trimmer takes; see "Trimming").
     pub fn tx_private(&self, side: usize) -> Tx {
-        Tx { gated: false, ..self.tx(side) }
+        Tx { gated: false, rewinds: false, ..self.tx(side) }
     }
 
     /// Ring `dir`'s trim handshake words: (`writing`, `trimming`).
@@ -566,6 +599,8 @@ pub struct Tx {
     gated: bool,
     /// Our `writing` word is set (a write, or a reservation, under way).
     open: bool,
+    /// Goes back to the start of an empty ring (see "Rewinding").
+    rewinds: bool,
 }
 
 impl Drop for Tx {
@@ -642,6 +677,33 @@ impl Tx {
         Ok(())
     }
 
+    /// Rewinding (see the module docs), before a record of `need` ring
+    /// bytes: pads to the end of the ring when it is empty, the record
+    /// would start a page not written this lap, and we are [`REWIND_AT`]
+    /// or more into it. Afterwards `[0, old offset)` is free: at least
+    /// [`REWIND_AT`] bytes, so the record fits.
+    fn rewind_if_empty(&mut self, need: usize) -> Result<()> {
+        let size = self.lay.ring_size;
+        let off = (self.head as usize) & (size - 1);
+        if !self.rewinds || off < REWIND_AT || need > REWIND_AT || (off % PAGE != 0 && off % PAGE + need <= PAGE) {
+            return Ok(());
+        }
+        if self.tail != self.head {
+            self.refresh_tail()?;
+            if self.tail != self.head {
+                return Ok(());
+            }
+        }
+        let (head_w, _, data) = self.lay.ring(self.dir);
+        // SAFETY: off is 64-aligned and below size, so a header fits before
+        // the end; the ring is empty, so [off, size) is free space.
+        unsafe { self.write_hdr(data.add(off), REC_PAD, 0, 0, size - off - REC_HDR) };
+        self.head += (size - off) as u64;
+        head_w.store(self.head, Ordering::Release);
+        self.lay.rewound_word(self.dir).fetch_add((size - off) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Writes one record with up to `max` bytes from `src` (which must be
     /// valid for `max` reads). Returns the payload bytes written, or None if
     /// the ring has no room now. Zero-length records are allowed.
@@ -659,6 +721,7 @@ impl Tx {
 
     /// [`Tx::push`] once [`Tx::enter`]ed.
     unsafe fn push_entered(&mut self, kind: u32, tag: u32, total: u64, src: *const u8, max: usize) -> Result<Option<usize>> {
+        self.rewind_if_empty(rec_len(max))?;
         let size = self.lay.ring_size;
         let mut free = size - self.head.wrapping_sub(self.tail) as usize;
         if free < rec_len(max.min(ALIGN)) {
@@ -733,6 +796,7 @@ impl Tx {
             return Err(Error::InvalidArgument(format!("{max}-byte record does not fit a quarter of the {size}-byte ring")));
         }
         let need = rec_len(max);
+        self.rewind_if_empty(need)?;
         let mut off = (self.head as usize) & (size - 1);
         let to_end = size - off;
         // A record never wraps: if it does not fit before the end, a PAD
@@ -1054,6 +1118,97 @@ pub fn record_span(payload: usize) -> usize {
 }
 
 #[cfg(test)]
+mod rewind_tests {
+    use super::*;
+
+    fn ring(size: usize) -> (SharedMem, Layout) {
+        let mem = SharedMem::create("rewind", file_len(size)).unwrap();
+        init(&mem, size);
+        let lay = Layout::new(&mem, size).unwrap();
+        (mem, lay)
+    }
+
+    /// Reads one whole message (FIRST + CONTs) or None.
+    fn take(rx: &mut Rx) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        loop {
+            let rec = rx.peek().unwrap()?;
+            let mut b = vec![0u8; rec.len];
+            unsafe { rx.copy_out(0, b.as_mut_ptr(), rec.len) };
+            got.extend_from_slice(&b);
+            rx.consume(rec.len);
+            if got.len() as u64 >= rec.total {
+                return Some(got);
+            }
+        }
+    }
+
+    fn msg(i: usize, n: usize) -> Vec<u8> {
+        (0..n).map(|j| (i * 131 + j) as u8).collect()
+    }
+
+    #[test]
+    fn a_ping_pong_keeps_to_the_first_pages_of_a_big_ring() {
+        let size = 1 << 20;
+        let (_m, lay) = ring(size);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        for (i, n) in (0..2000).map(|i| (i, [8usize, 4096, 1000, 20_000][i % 4])) {
+            let m = msg(i, n);
+            // By push_record for small ones (a whole record), by push else.
+            if n <= 4096 {
+                assert!(tx.push_record(REC_FIRST, 7, n as u64, &m).unwrap(), "message {i}");
+            } else {
+                assert_eq!(unsafe { tx.push(REC_FIRST, 7, n as u64, m.as_ptr(), n) }.unwrap(), Some(n), "message {i}");
+            }
+            let off = (tx.produced() as usize) & (size - 1);
+            assert!(off <= REWIND_AT + PAGE + record_span(20_000), "message {i}: written up to {off}, past the first pages");
+            assert_eq!(take(&mut rx).unwrap(), m, "message {i}");
+        }
+        let rewound = lay.rewound(0);
+        assert!(tx.produced() > size as u64 && rewound > 0, "went round by rewinding");
+        let payload: u64 = (0..2000).map(|i| record_span([8usize, 4096, 1000, 20_000][i % 4]) as u64).sum();
+        assert_eq!(tx.produced() - rewound, payload, "the head less the rewinds' padding is what the records took");
+    }
+
+    #[test]
+    fn a_ring_with_data_in_it_big_records_and_the_routers_writers_never_rewind() {
+        let size = 256 << 10;
+        let (_m, lay) = ring(size);
+        // A reader that lags: the ring is never empty, the writer goes on.
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        let mut sent = Vec::new();
+        for i in 0..40 {
+            let m = msg(i, 3000);
+            if !tx.push_record(REC_FIRST, 1, 3000, &m).unwrap() {
+                break;
+            }
+            sent.push(m);
+        }
+        assert!(tx.produced() as usize > REWIND_AT + PAGE);
+        assert_eq!(lay.rewound(0), 0, "never while the ring holds data");
+        for m in &sent {
+            assert_eq!(&take(&mut rx).unwrap(), m);
+        }
+        // Empty now, past REWIND_AT, but a record bigger than REWIND_AT.
+        let big = msg(99, REWIND_AT);
+        let at = tx.produced();
+        assert_eq!(unsafe { tx.push(REC_FIRST, 1, big.len() as u64, big.as_ptr(), big.len()) }.unwrap(), Some(big.len()));
+        assert_eq!((lay.rewound(0), tx.produced() - at), (0, record_span(big.len()) as u64), "a big record goes on from the head");
+        assert_eq!(take(&mut rx).unwrap(), big);
+        // The router's own writer, empty ring, small records past REWIND_AT.
+        let (_m2, lay2) = ring(size);
+        let (mut tx2, mut rx2) = (lay2.tx_private(0), lay2.rx(1));
+        for i in 0..200 {
+            let m = msg(i, 2000);
+            assert!(tx2.push_record(REC_FIRST, 1, 2000, &m).unwrap());
+            assert_eq!(take(&mut rx2).unwrap(), m);
+        }
+        assert!(tx2.produced() as usize > size, "went round the whole ring");
+        assert_eq!(lay2.rewound(0), 0, "the router's writers never rewind");
+    }
+}
+
+#[cfg(test)]
 mod reserve_tests {
     use super::*;
 
@@ -1275,13 +1430,31 @@ mod trim_tests {
     /// returns its ends.
     fn stream_through(lay: &Layout, size: usize) -> (Tx, Rx) {
         let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
-        let mut seq = 0;
-        while tx.produced() < 2 * size as u64 {
-            assert!(put(&mut tx, seq));
-            assert_eq!(take(&mut rx), Some((seq, msg(seq))));
+        stream(&mut tx, &mut rx, 0, 2 * size as u64);
+        (tx, rx)
+    }
+
+    /// Sends messages from `seq` on, each time as many as the ring takes,
+    /// and reads all but the newest (so that the ring is never empty, as in
+    /// a stream: a ring emptied at every message rewinds and keeps to its
+    /// first pages), checking every one, until `bytes` more ring bytes were
+    /// produced; then reads the rest.
+    fn stream(tx: &mut Tx, rx: &mut Rx, mut seq: u64, bytes: u64) {
+        let end = tx.produced() + bytes;
+        let mut next = seq;
+        while tx.produced() < end {
+            while put(tx, next) {
+                next += 1;
+            }
+            while seq + 1 < next {
+                assert_eq!(take(rx), Some((seq, msg(seq))));
+                seq += 1;
+            }
+        }
+        while seq < next {
+            assert_eq!(take(rx), Some((seq, msg(seq))));
             seq += 1;
         }
-        (tx, rx)
     }
 
     #[test]
@@ -1303,10 +1476,7 @@ mod trim_tests {
         assert_eq!(committed(&mem), after);
         assert_eq!(take(&mut rx), Some((5, b"hello".to_vec())));
         // And the whole ring works again, every byte intact.
-        for seq in 0..2000 {
-            assert!(put(&mut tx, seq));
-            assert_eq!(take(&mut rx), Some((seq, msg(seq))));
-        }
+        stream(&mut tx, &mut rx, 0, 2 * size as u64);
         let again = committed(&mem);
         assert!(again >= size - (64 << 10), "streaming commits it again ({again} bytes)");
         // Trimming the other (never used) ring is harmless.

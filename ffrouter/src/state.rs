@@ -735,7 +735,7 @@ impl State {
                     conn,
                     tenant: c.tenant.clone(),
                     side,
-                    bytes: head,
+                    bytes: head.saturating_sub(lay.rewound(side)),
                     messages,
                     queued: head.saturating_sub(tail),
                 });

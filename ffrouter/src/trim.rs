@@ -238,17 +238,32 @@ mod tests {
     }
 
     /// Sends checksummed messages from `tx` to `rx` until `bytes` went
-    /// through, every one checked.
+    /// through, every one checked; each time as many as the ring takes,
+    /// reading all but the newest, so that the ring never empties (as in a
+    /// stream: a ring emptied at every message rewinds and keeps to its
+    /// first pages, see ffcore's ring module).
     fn stream(tx: &mut Tx, rx: &mut Rx, bytes: u64, seq: &mut u64) {
-        let end = tx.produced() + bytes;
-        while tx.produced() < end {
-            let m: Vec<u8> = (0..20_000u32).map(|i| (i as u64 * 13 + *seq) as u8).collect();
-            assert!(tx.push_record(REC_FIRST, 0, *seq, &m).unwrap());
+        let msg = |seq: u64| -> Vec<u8> { (0..20_000u32).map(|i| (i as u64 * 13 + seq) as u8).collect() };
+        let mut take = |seq: u64| {
             let r = rx.peek().unwrap().unwrap();
             let mut b = vec![0u8; r.len];
             unsafe { rx.copy_out(0, b.as_mut_ptr(), r.len) };
             rx.consume(r.len);
-            assert_eq!((r.total, b), (*seq, m));
+            assert_eq!((r.total, b), (seq, msg(seq)));
+        };
+        let end = tx.produced() + bytes;
+        let mut next = *seq;
+        while tx.produced() < end {
+            while tx.push_record(REC_FIRST, 0, next, &msg(next)).unwrap() {
+                next += 1;
+            }
+            while *seq + 1 < next {
+                take(*seq);
+                *seq += 1;
+            }
+        }
+        while *seq < next {
+            take(*seq);
             *seq += 1;
         }
     }
