@@ -1117,16 +1117,18 @@ pub fn record_span(payload: usize) -> usize {
     rec_len(payload)
 }
 
+/// A fresh connection file with rings of `size` bytes, and its layout.
+#[cfg(test)]
+fn test_ring(size: usize) -> (SharedMem, Layout) {
+    let mem = SharedMem::create("ring-test", file_len(size)).unwrap();
+    init(&mem, size);
+    let lay = Layout::new(&mem, size).unwrap();
+    (mem, lay)
+}
+
 #[cfg(test)]
 mod rewind_tests {
-    use super::*;
-
-    fn ring(size: usize) -> (SharedMem, Layout) {
-        let mem = SharedMem::create("rewind", file_len(size)).unwrap();
-        init(&mem, size);
-        let lay = Layout::new(&mem, size).unwrap();
-        (mem, lay)
-    }
+    use super::{test_ring as ring, *};
 
     /// Reads one whole message (FIRST + CONTs) or None.
     fn take(rx: &mut Rx) -> Option<Vec<u8>> {
@@ -1210,14 +1212,7 @@ mod rewind_tests {
 
 #[cfg(test)]
 mod reserve_tests {
-    use super::*;
-
-    fn ring(size: usize) -> (SharedMem, Layout) {
-        let mem = SharedMem::create("reserve", file_len(size)).unwrap();
-        init(&mem, size);
-        let lay = Layout::new(&mem, size).unwrap();
-        (mem, lay)
-    }
+    use super::{test_ring as ring, *};
 
     fn put(tx: &mut Tx, kind: u32, data: &[u8], whole: bool) -> Option<usize> {
         put_total(tx, kind, data, data.len() as u64, whole)
