@@ -304,6 +304,13 @@ const HANDSHAKES_PER_ADDR: usize = 8;
 /// under way.
 const DIALS_PER_TENANT: usize = 4;
 const PENDING_PER_CLIENT: usize = 64;
+/// Bytes of answers (REFUSE, CLOSE) to a peer router's set-up frames that
+/// may wait for its link: beyond, the peer sends requests without reading
+/// what they cause, and its link goes (queued, they would grow without
+/// bound). An honest peer reads all the time, and its requests are
+/// bounded by its clients' connects under way ([`PENDING_PER_CLIENT`]),
+/// each answered in about 100 bytes.
+const MAX_ANSWERS_QUEUED: usize = if cfg!(test) { 256 << 10 } else { 16 << 20 };
 
 struct Pending {
     fwd: Arc<Fwd>,
@@ -699,7 +706,7 @@ impl Remote {
     /// a local connect, and start forwarding or refuse.
     fn on_connect(self: &Arc<Self>, peer: &Arc<Peer>, link: &Arc<dyn Link>, s: usize, h: Header, body: wire::Connect) {
         let refuse = |code: ErrorCode, message: String| {
-            peer.control(s, wire::control_frame(wire::REFUSE, h.conn, &wire::Refuse { code, message }));
+            peer.queue_answer(s, wire::control_frame(wire::REFUSE, h.conn, &wire::Refuse { code, message }));
         };
         if !wire::valid_credit(body.credit) {
             return refuse(ErrorCode::InvalidArgument, format!("bad ring size {}", body.credit));
@@ -784,6 +791,9 @@ pub struct Peer {
     dead: AtomicBool,
     ctrl: Mutex<VecDeque<(usize, Vec<u8>)>>,
     ctrl_cv: Condvar,
+    /// Bytes of answers queued in `ctrl` since the control thread last
+    /// took the queue ([`MAX_ANSWERS_QUEUED`]).
+    answers: AtomicUsize,
     /// When the link last made a step of its setup (dial began, a stream
     /// dialed, an RDMA setup step of either side, up): connects waiting for
     /// it are waited for [`CONNECT_TIMEOUT`] from there.
@@ -810,6 +820,7 @@ impl Peer {
             dead: AtomicBool::new(false),
             ctrl: Mutex::default(),
             ctrl_cv: Condvar::new(),
+            answers: AtomicUsize::new(0),
             progress: Mutex::new(Instant::now()),
         })
     }
@@ -920,6 +931,16 @@ impl Peer {
         }
     }
 
+    /// Queues an answer to a frame of the peer's (see
+    /// [`MAX_ANSWERS_QUEUED`]).
+    fn queue_answer(&self, s: usize, frame: Vec<u8>) {
+        let queued = self.answers.fetch_add(frame.len(), Ordering::Relaxed) + frame.len();
+        if queued > MAX_ANSWERS_QUEUED {
+            return self.kill(&format!("the peer router does not read the answers to its requests ({queued} bytes queued)"));
+        }
+        self.control(s, frame);
+    }
+
     /// Queues a control frame for the control thread.
     fn control(&self, s: usize, frame: Vec<u8>) {
         self.ctrl.lock().unwrap().push_back((s, frame));
@@ -972,6 +993,7 @@ impl Peer {
                     }
                     q = self.ctrl_cv.wait_timeout(q, next_look - now).unwrap().0;
                 }
+                self.answers.store(0, Ordering::Relaxed);
                 q.drain(..).collect()
             };
             next_look = Instant::now() + PING_EVERY;
@@ -1169,18 +1191,22 @@ impl Peer {
                                 f.accepted(a.conn, a.credit);
                                 spawn_pump(self.clone(), link.clone(), f, None);
                             }
+                            Some(f) if f.is_set_up() => return Err(format!("ACCEPT for connection {}, which is set up already", h.conn)),
                             other => {
                                 // Given up on meanwhile (timeout, client
                                 // gone): tell the peer.
                                 if other.is_some() {
                                     self.conns.lock().unwrap().remove(&h.conn);
                                 }
-                                self.control(s, Header::control(wire::CLOSE, a.conn, 0, 0).encode().to_vec());
+                                self.queue_answer(s, Header::control(wire::CLOSE, a.conn, 0, 0).encode().to_vec());
                             }
                         }
                     }
                     wire::REFUSE => {
                         let r: wire::Refuse = wire::decode_body(&body)?;
+                        if self.conn(h.conn).is_some_and(|f| f.is_set_up()) {
+                            return Err(format!("REFUSE for connection {}, which is set up already", h.conn));
+                        }
                         let f = self.conns.lock().unwrap().remove(&h.conn);
                         if let Some(f) = f {
                             let mut msg = format!("{}: {}", self.name, r.message);
@@ -1685,6 +1711,12 @@ impl Fwd {
 
     fn setup_is_waiting(&self) -> bool {
         matches!(*self.setup.lock().unwrap(), Setup::Waiting)
+    }
+
+    /// Accepted (by the peer, or by us for a peer's CONNECT): a second
+    /// ACCEPT or a REFUSE for it breaks the protocol.
+    fn is_set_up(&self) -> bool {
+        matches!(*self.setup.lock().unwrap(), Setup::Accepted)
     }
 
     fn accepted(&self, peer_conn: u64, credit: u64) {
@@ -2701,6 +2733,11 @@ mod tests {
     use crate::{Limits, Router, Tenant};
     use ffcore::{Conn, Context};
 
+    mod hostile_peer;
+
+    /// The cluster secret of the routers here (links over TCP are sealed).
+    const SECRET: &[u8] = b"engine tests' shared secret";
+
     struct Two {
         _routers: [Router; 2],
         dir: std::path::PathBuf,
@@ -2725,7 +2762,7 @@ mod tests {
             let mk = |i: usize| {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-                let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(&b"engine tests' shared secret"[..]));
+                let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(SECRET));
                 let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, ring_budget, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
                 r.enable_remote(cfg).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
