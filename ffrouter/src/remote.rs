@@ -2734,6 +2734,7 @@ mod tests {
     use ffcore::{Conn, Context};
 
     mod hostile_peer;
+    mod hostile_tenant;
 
     /// The cluster secret of the routers here (links over TCP are sealed).
     const SECRET: &[u8] = b"engine tests' shared secret";

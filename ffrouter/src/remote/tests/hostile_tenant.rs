@@ -1,0 +1,96 @@
+//! A tenant with a connection to another host owns that connection's file
+//! as much as the router does: it may write anything anywhere in it, at
+//! any time. The link between the routers is shared by every tenant's
+//! connections, so nothing a client writes there may end it: the
+//! scribbled connection fails alone.
+
+use super::*;
+
+/// The connections router `i` forwards now.
+fn forwarded(two: &Two, i: usize) -> Vec<Arc<Fwd>> {
+    let r = two._routers[i].remote.as_ref().unwrap();
+    let by = r.by_client.lock().unwrap();
+    by.values().flatten().filter_map(Weak::upgrade).collect()
+}
+
+/// Writes a random word somewhere in `mem` (on the control page half the
+/// time), as a hostile client can through its own mapping.
+fn scribble_once(mem: &SharedMem) {
+    let r: u64 = rand::random();
+    let at = if r & 1 == 0 { (r >> 1) as usize % 512 } else { (r >> 1) as usize % (mem.len() / 8) };
+    let v: u64 = match r >> 60 {
+        0..=3 => 0,
+        4..=7 => rand::random::<u64>() % (1 << 24),
+        8 => u64::MAX,
+        _ => rand::random(),
+    };
+    // SAFETY: `at` is a word inside the mapping. The router only reads
+    // this memory through checked accesses that tolerate any value at any
+    // time, which is what is tested.
+    unsafe { std::ptr::write_volatile((mem.as_ptr() as *mut u64).add(at), v) };
+}
+
+/// Connection after connection between the routers, each streamed both
+/// ways while one of its clients (the one on router 0) scribbles over its
+/// file, a word every 100 µs or so, until both of its ends fail; all the
+/// while another connection over the same link moves every size both ways,
+/// every byte checked. The link stays up throughout.
+#[test]
+fn a_client_scribbling_over_its_connection_file_ends_only_its_connection() {
+    let two = Two::new(Transport::Tcp, 64 << 10);
+    let (_c, mut a, mut b) = conn_pair(&two);
+    let remote = two._routers[0].remote.as_ref().unwrap().clone();
+    let links = remote.links();
+    let done = AtomicBool::new(false);
+    let rounds = std::thread::scope(|sc| {
+        let hostile = sc.spawn(|| {
+            let mut rounds = 0;
+            while !done.load(Ordering::Relaxed) || rounds < 10 {
+                let before = forwarded(&two, 0);
+                let (_hc, ha, hb) = conn_pair(&two);
+                // Its client may accept it a moment before its pump starts.
+                let t = Instant::now();
+                let f = loop {
+                    if let Some(f) = forwarded(&two, 0).into_iter().find(|f| !before.iter().any(|o| Arc::ptr_eq(o, f))) {
+                        break f;
+                    }
+                    assert!(t.elapsed() < Duration::from_secs(10), "the new connection never got its pump");
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                let failed = AtomicUsize::new(0);
+                std::thread::scope(|sc2| {
+                    for mut c in [ha, hb] {
+                        let failed = &failed;
+                        sc2.spawn(move || {
+                            let msg = vec![5u8; 3000];
+                            let mut buf = vec![0u8; 70_000];
+                            let short = Some(Duration::from_millis(20));
+                            let t = Instant::now();
+                            while t.elapsed() < Duration::from_secs(2) {
+                                let sent = c.send(&msg, 1, short);
+                                let got = c.recv(&mut buf, 1, short);
+                                let broken = |r: &ffcore::Result<usize>| matches!(r, Err(e) if !matches!(e, ffcore::Error::Timeout(_)));
+                                if broken(&sent) && broken(&got) {
+                                    break;
+                                }
+                            }
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                    while failed.load(Ordering::Relaxed) < 2 {
+                        scribble_once(&f.mem);
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                });
+                rounds += 1;
+            }
+            rounds
+        });
+        exchange(&mut a, &mut b, 3);
+        done.store(true, Ordering::Relaxed);
+        hostile.join().unwrap()
+    });
+    assert!(rounds >= 10, "{rounds} scribbled connections");
+    assert_eq!(remote.links(), links, "the link between the routers stayed up");
+    exchange(&mut a, &mut b, 1);
+}
