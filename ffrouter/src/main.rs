@@ -312,7 +312,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             Some(p) => Some(String::from_utf8(ffrouter::read_secret("--metrics-token-file", p)?).map_err(|_| format!("--metrics-token-file {}: not text", p.display()))?),
             None => None,
         };
-        ffrouter::metrics::serve(addr, router.state(), token).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        ffrouter::metrics::serve(addr, &router, token).map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
     }
     if let Some(remote) = router.remote() {
         dump_on_signal(usr1, remote);

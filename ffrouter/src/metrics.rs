@@ -10,7 +10,8 @@
 //! (`ffrouter stats`).
 //!
 //! Where they come from: clients, listeners, connections, shared bytes,
-//! requests and errors are the router's own bookkeeping. Bytes, messages
+//! requests and errors are the router's own bookkeeping, as are the links
+//! to other routers (up now; gone, by cause; dials that failed). Bytes, messages
 //! and queue depths are read from connection control pages that the
 //! sending client writes: those families carry `reported_by="client"`, as
 //! a client can misstate its own traffic (not anyone else's).
@@ -28,9 +29,24 @@ use prometheus_client::registry::Registry;
 
 use ffcore::proto::Stats;
 
+use crate::remote::{Cause, Remote};
 use crate::state::{ConnRow, State};
 
-struct RouterCollector(Arc<Mutex<State>>);
+/// What the metrics are read from: a router's state, and its links to
+/// other hosts if it has any.
+#[derive(Clone)]
+struct Source {
+    state: Arc<Mutex<State>>,
+    remote: Option<Arc<Remote>>,
+}
+
+impl Source {
+    fn of(router: &crate::Router) -> Source {
+        Source { state: router.state(), remote: router.remote() }
+    }
+}
+
+struct RouterCollector(Source);
 
 impl std::fmt::Debug for RouterCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +75,7 @@ fn counters<T>(rows: &[(Labels, T)], f: impl Fn(&T) -> u64) -> Vec<(Labels, Cons
 
 impl Collector for RouterCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         let tenant: Vec<(Labels, Stats)> = st.tenants().iter().map(|t| (vec![("tenant", t.to_string())], st.stats(Some(t)))).collect();
         let conns = st.conn_rows();
         drop(st);
@@ -92,14 +108,26 @@ impl Collector for RouterCollector {
             "Times a router thread found a busy process sharing its core (its yields lost the core) and slept instead of polling",
             &[(Vec::new(), ConstCounter::new(contended))],
         )?;
+        if let Some(r) = &self.0.remote {
+            let c = r.counters();
+            family(&mut enc, "ff_router_peer_links", "Links to other routers up now (both directions)", &[(Vec::new(), ConstGauge::new(r.links() as i64))])?;
+            let drops: Vec<(Labels, ConstCounter<u64>)> = Cause::ALL.iter().map(|&k| (vec![("cause", k.name().to_string())], ConstCounter::new(c.drops(k)))).collect();
+            family(
+                &mut enc,
+                "ff_router_peer_link_drops",
+                "Links to other routers that were up and went, by cause: protocol (the peer router broke it), silent (nothing from it for 30 s, or its host stopped answering), io (its connection failed or closed), local (this router could not go on)",
+                &drops,
+            )?;
+            family(&mut enc, "ff_router_peer_dial_failures", "Dials of other routers that brought no link up", &[(Vec::new(), ConstCounter::new(c.dial_failures()))])?;
+        }
         Ok(())
     }
 }
 
 /// Renders the metrics in Prometheus text format.
-pub fn render(state: &Arc<Mutex<State>>) -> String {
+fn render(src: &Source) -> String {
     let mut reg = Registry::default();
-    reg.register_collector(Box::new(RouterCollector(state.clone())));
+    reg.register_collector(Box::new(RouterCollector(src.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
@@ -129,7 +157,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// one descriptor per scrape: it never fails for good. When `accept` fails
 /// (the router at its open-file limit: `EMFILE`) it waits and tries again,
 /// so `/metrics` answers as soon as a descriptor is free.
-pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std::io::Result<SocketAddr> {
+/// The metrics of `router` now, in Prometheus text format.
+pub fn text(router: &crate::Router) -> String {
+    render(&Source::of(router))
+}
+
+pub fn serve(addr: &str, router: &crate::Router, token: Option<String>) -> std::io::Result<SocketAddr> {
+    let src = Source::of(router);
     let public = addr.to_socket_addrs()?.any(|a| !a.ip().is_loopback());
     if public && token.is_none() {
         return Err(std::io::Error::new(
@@ -144,7 +178,7 @@ pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std
     std::thread::Builder::new().name("metrics".into()).spawn(move || loop {
         match server.accept() {
             Ok((s, _)) => {
-                if let Err(e) = answer(s, &state, want.as_deref()) {
+                if let Err(e) = answer(s, &src, want.as_deref()) {
                     log::debug!("metrics: a scrape failed: {e}");
                 }
             }
@@ -159,7 +193,7 @@ pub fn serve(addr: &str, state: Arc<Mutex<State>>, token: Option<String>) -> std
 }
 
 /// Reads one request from `s` and answers it.
-fn answer(mut s: TcpStream, state: &Arc<Mutex<State>>, want: Option<&str>) -> std::io::Result<()> {
+fn answer(mut s: TcpStream, src: &Source, want: Option<&str>) -> std::io::Result<()> {
     s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
     s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
     let deadline = Instant::now() + SCRAPE_TIMEOUT;
@@ -187,7 +221,7 @@ fn answer(mut s: TcpStream, state: &Arc<Mutex<State>>, want: Option<&str>) -> st
     } else if method != "GET" {
         reply(&mut s, "405 Method Not Allowed", "", "GET /metrics\n")
     } else if path == "/metrics" {
-        reply(&mut s, "200 OK", "Content-Type: text/plain; version=0.0.4\r\n", &render(state))
+        reply(&mut s, "200 OK", "Content-Type: text/plain; version=0.0.4\r\n", &render(src))
     } else {
         reply(&mut s, "404 Not Found", "", "see /metrics\n")
     }

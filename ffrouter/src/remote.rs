@@ -270,6 +270,92 @@ impl Config {
 
 type Key = (u64, [u8; 16], u64, u64);
 
+/// Why a link that was up went (`ff_router_peer_link_drops_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The peer router broke the protocol: a bad frame, beyond its credit,
+    /// answers it left unread.
+    Protocol,
+    /// Nothing from the peer router for `link::SILENT_AFTER`, or its host
+    /// stopped answering (a timeout of the link's).
+    Silent,
+    /// Its connection failed or closed, sending or receiving.
+    Io,
+    /// This router could not go on with it (a thread, its own bookkeeping).
+    Local,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 4] = [Cause::Protocol, Cause::Silent, Cause::Io, Cause::Local];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Protocol => "protocol",
+            Cause::Silent => "silent",
+            Cause::Io => "io",
+            Cause::Local => "local",
+        }
+    }
+
+    fn of(e: &std::io::Error) -> Cause {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            Cause::Silent
+        } else {
+            Cause::Io
+        }
+    }
+}
+
+/// What ends a receiver thread, and with it the link.
+struct Fault {
+    cause: Cause,
+    why: String,
+}
+
+impl Fault {
+    fn local(why: impl ToString) -> Fault {
+        Fault { cause: Cause::Local, why: why.to_string() }
+    }
+}
+
+/// A string error from a peer's frame: it broke the protocol.
+impl From<String> for Fault {
+    fn from(why: String) -> Fault {
+        Fault { cause: Cause::Protocol, why }
+    }
+}
+
+impl From<&str> for Fault {
+    fn from(why: &str) -> Fault {
+        why.to_string().into()
+    }
+}
+
+impl From<std::io::Error> for Fault {
+    fn from(e: std::io::Error) -> Fault {
+        Fault { cause: Cause::of(&e), why: e.to_string() }
+    }
+}
+
+/// Counters of the links between routers, for the metrics.
+#[derive(Default)]
+pub struct LinkCounters {
+    drops: [AtomicU64; 4],
+    dial_failures: AtomicU64,
+}
+
+impl LinkCounters {
+    /// Links that were up and went, by cause.
+    pub fn drops(&self, c: Cause) -> u64 {
+        self.drops[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Dials that brought no link up.
+    pub fn dial_failures(&self) -> u64 {
+        self.dial_failures.load(Ordering::Relaxed)
+    }
+}
+
 pub struct Remote {
     state: Arc<Mutex<State>>,
     me: Identity,
@@ -285,6 +371,7 @@ pub struct Remote {
     by_client: Mutex<HashMap<u64, Vec<Weak<Fwd>>>>,
     /// Links in use (both directions), for counters and tests.
     links: AtomicUsize,
+    counters: LinkCounters,
     /// Incoming link handshakes under way, by source address.
     handshakes: Mutex<HashMap<IpAddr, usize>>,
     /// Links being dialed, by the tenant whose connect started them.
@@ -376,6 +463,7 @@ impl Remote {
             pending: Mutex::default(),
             by_client: Mutex::default(),
             links: AtomicUsize::new(0),
+            counters: LinkCounters::default(),
             handshakes: Mutex::default(),
             dials: Mutex::default(),
             pumps: pumps::Pool::new(workers),
@@ -429,6 +517,11 @@ impl Remote {
 
     pub fn links(&self) -> usize {
         self.links.load(Ordering::Relaxed)
+    }
+
+    /// What happened to links so far (for the metrics).
+    pub fn counters(&self) -> &LinkCounters {
+        &self.counters
     }
 
     /// Pump worker threads started.
@@ -657,7 +750,8 @@ impl Remote {
         if let Err(e) = spawned {
             drop(out); // kill() takes it
             count_down(&self.dials, tenant);
-            p.kill(&format!("cannot start dialing: {e}"));
+            self.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
+            p.kill(Cause::Local, &format!("cannot start dialing: {e}"));
         }
         Ok(p)
     }
@@ -696,8 +790,9 @@ impl Remote {
             }
             Err(why) => {
                 limited!(warn, "dial", "", "cannot link with {addr}: {why}");
+                self.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                peer.kill(&format!("no FreeFlow router answered at {addr}"));
+                peer.kill(Cause::Io, &format!("no FreeFlow router answered at {addr}"));
             }
         }
     }
@@ -838,16 +933,16 @@ impl Peer {
             let (p, l, r) = (self.clone(), link.clone(), remote.clone());
             let spawned = std::thread::Builder::new().name(format!("peer-rx-{s}")).spawn(move || p.receive(&r, &l, s));
             if let Err(e) = spawned {
-                return self.kill(&format!("cannot start a receiver: {e}"));
+                return self.kill(Cause::Local, &format!("cannot start a receiver: {e}"));
             }
         }
         let (p, l) = (self.clone(), link.clone());
         if let Err(e) = std::thread::Builder::new().name("peer-ctrl".into()).spawn(move || p.control_loop(&l)) {
-            return self.kill(&format!("cannot start the control thread: {e}"));
+            return self.kill(Cause::Local, &format!("cannot start the control thread: {e}"));
         }
         let (p, l) = (self.clone(), link.clone());
         if let Err(e) = std::thread::Builder::new().name("peer-ping".into()).spawn(move || p.ping_loop(&l)) {
-            return self.kill(&format!("cannot start the ping thread: {e}"));
+            return self.kill(Cause::Local, &format!("cannot start the ping thread: {e}"));
         }
         let waiting = {
             let mut i = self.inner.lock().unwrap();
@@ -925,7 +1020,7 @@ impl Peer {
             }
             Ok(link::Try::Busy) => false,
             Err(e) => {
-                self.kill(&format!("send failed: {e}"));
+                self.kill(Cause::of(&e), &format!("send failed: {e}"));
                 true
             }
         }
@@ -936,7 +1031,7 @@ impl Peer {
     fn queue_answer(&self, s: usize, frame: Vec<u8>) {
         let queued = self.answers.fetch_add(frame.len(), Ordering::Relaxed) + frame.len();
         if queued > MAX_ANSWERS_QUEUED {
-            return self.kill(&format!("the peer router does not read the answers to its requests ({queued} bytes queued)"));
+            return self.kill(Cause::Protocol, &format!("the peer router does not read the answers to its requests ({queued} bytes queued)"));
         }
         self.control(s, frame);
     }
@@ -961,7 +1056,7 @@ impl Peer {
             drop(q);
             for s in 0..link.streams() {
                 if let Err(e) = link.ping(s) {
-                    return self.kill(&format!("send failed: {e}"));
+                    return self.kill(Cause::of(&e), &format!("send failed: {e}"));
                 }
             }
             if (0..link.streams()).any(|s| link.needs_flush(s)) {
@@ -1010,7 +1105,7 @@ impl Peer {
                 }
                 // SAFETY: the payload lives in `f` for the call.
                 if let Err(e) = unsafe { link.send(s, &[fr]) } {
-                    return self.kill(&format!("send failed: {e}"));
+                    return self.kill(Cause::of(&e), &format!("send failed: {e}"));
                 }
                 if let Some(h) = h {
                     trace_connect("connect-sent", h.conn);
@@ -1018,7 +1113,7 @@ impl Peer {
             }
             for s in 0..link.streams() {
                 if let Err(e) = link.flush(s) {
-                    return self.kill(&format!("send failed: {e}"));
+                    return self.kill(Cause::of(&e), &format!("send failed: {e}"));
                 }
             }
         }
@@ -1050,9 +1145,9 @@ impl Peer {
             let h = match link.recv_header(s) {
                 Ok(b) => match Header::decode(&b) {
                     Ok(h) => h,
-                    Err(e) => break format!("bad frame from the peer router: {e}"),
+                    Err(e) => break Fault::from(format!("bad frame from the peer router: {e}")),
                 },
-                Err(e) => break e.to_string(),
+                Err(e) => break e.into(),
             };
             if h.ty == wire::DATA && !reply_window().is_zero() {
                 // Not while yields lose the core: then this thread sleeps
@@ -1068,7 +1163,7 @@ impl Peer {
             }
         };
         drop(hot);
-        self.kill(&why);
+        self.kill(why.cause, &why.why);
     }
 
     /// Data arrived for connection `conn`: its client may answer on it, or
@@ -1149,7 +1244,7 @@ impl Peer {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), String> {
+    fn dispatch(self: &Arc<Self>, remote: &Arc<Remote>, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), Fault> {
         match h.ty {
             wire::DATA => self.on_data(link, s, h),
             wire::CREDIT => {
@@ -1173,7 +1268,7 @@ impl Peer {
             ty => {
                 let mut body = vec![0u8; h.len as usize];
                 // SAFETY: body is valid for len bytes.
-                unsafe { link.recv_payload(s, body.as_mut_ptr(), body.len()) }.map_err(|e| e.to_string())?;
+                unsafe { link.recv_payload(s, body.as_mut_ptr(), body.len()) }?;
                 match ty {
                     wire::CONNECT => {
                         trace_connect("connect-received", h.conn);
@@ -1184,14 +1279,14 @@ impl Peer {
                         trace_connect("accept-received", h.conn);
                         let a: wire::Accept = wire::decode_body(&body)?;
                         if !wire::valid_credit(a.credit) {
-                            return Err(format!("bad ring size {} in ACCEPT", a.credit));
+                            return Err(format!("bad ring size {} in ACCEPT", a.credit).into());
                         }
                         match self.conn(h.conn) {
                             Some(f) if f.setup_is_waiting() => {
                                 f.accepted(a.conn, a.credit);
                                 spawn_pump(self.clone(), link.clone(), f, None);
                             }
-                            Some(f) if f.is_set_up() => return Err(format!("ACCEPT for connection {}, which is set up already", h.conn)),
+                            Some(f) if f.is_set_up() => return Err(format!("ACCEPT for connection {}, which is set up already", h.conn).into()),
                             other => {
                                 // Given up on meanwhile (timeout, client
                                 // gone): tell the peer.
@@ -1205,7 +1300,7 @@ impl Peer {
                     wire::REFUSE => {
                         let r: wire::Refuse = wire::decode_body(&body)?;
                         if self.conn(h.conn).is_some_and(|f| f.is_set_up()) {
-                            return Err(format!("REFUSE for connection {}, which is set up already", h.conn));
+                            return Err(format!("REFUSE for connection {}, which is set up already", h.conn).into());
                         }
                         let f = self.conns.lock().unwrap().remove(&h.conn);
                         if let Some(f) = f {
@@ -1226,11 +1321,11 @@ impl Peer {
     }
 
     /// A DATA frame: straight into the connection's ring.
-    fn on_data(&self, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), String> {
+    fn on_data(&self, link: &Arc<dyn Link>, s: usize, h: Header) -> Result<(), Fault> {
         let len = h.len as usize;
         let Some(f) = self.conn(h.conn) else {
             // Closed on our side meanwhile.
-            return link::skip_payload(&**link, s, len).map_err(|e| e.to_string());
+            return Ok(link::skip_payload(&**link, s, len)?);
         };
         let kind = h.kind as u32;
         let wmax = wire::whole_max(f.ring);
@@ -1241,11 +1336,11 @@ impl Peer {
             Err(e) => {
                 drop(inb);
                 f.local_fault(&e.to_string());
-                return link::skip_payload(&**link, s, len).map_err(|e| e.to_string());
+                return Ok(link::skip_payload(&**link, s, len)?);
             }
         };
         if inb.charged + c > granted {
-            return Err(format!("connection {}: the peer router sent beyond its credit", f.local));
+            return Err(format!("connection {}: the peer router sent beyond its credit", f.local).into());
         }
         if f.client_side().is_closed() {
             if let Some(pl) = inb.placing.as_mut().filter(|pl| !pl.drop) {
@@ -1259,7 +1354,7 @@ impl Peer {
         }
         let head0 = inb.tx.produced();
         let excess0 = inb.excess;
-        let res: Result<(), String> = (|| {
+        let res: Result<(), Fault> = (|| {
             if kind == REC_FIRST {
                 if inb.placing.is_some() {
                     return Err("a message started inside another".into());
@@ -1277,13 +1372,13 @@ impl Peer {
                     return Err("a message longer than it said".into());
                 }
                 if pl.drop {
-                    link::skip_payload(&**link, s, len).map_err(|e| e.to_string())?;
+                    link::skip_payload(&**link, s, len)?;
                 } else {
                     // SAFETY: off + got + len <= off + total <= off + cap,
                     // which the post's check kept inside the region's data;
                     // the region stays mapped (pl holds it).
                     let dst = unsafe { pl.post.mem.as_ptr().add(shm::region_header() + pl.post.off + pl.got as usize) };
-                    unsafe { link.recv_payload(s, dst, len) }.map_err(|e| e.to_string())?;
+                    unsafe { link.recv_payload(s, dst, len) }?;
                 }
                 pl.got += len as u64;
                 if pl.got < pl.total {
@@ -1292,25 +1387,25 @@ impl Peer {
                 let pl = inb.placing.take().unwrap();
                 if !pl.drop {
                     let b = ring::Placed { idx: pl.post.idx, gen: pl.post.gen }.encode();
-                    if !inb.tx.push_record(ring::REC_PLACED, h.tag, pl.total, &b).map_err(|e| e.to_string())? {
-                        return Err("no room for a credited frame".into());
+                    if !inb.tx.push_record(ring::REC_PLACED, h.tag, pl.total, &b).map_err(Fault::local)? {
+                        return Err(Fault::local("no room for a credited frame"));
                     }
                 }
                 inb.unpost(&f.posts, f.client_side(), f.router_side());
                 return Ok(());
             }
             if wire::is_whole(kind, h.arg, len, wmax) {
-                let (p, _) = inb.tx.reserve(len, true).map_err(|e| e.to_string())?.ok_or("no room for a credited frame")?;
+                let (p, _) = inb.tx.reserve(len, true).map_err(Fault::local)?.ok_or_else(|| Fault::local("no room for a credited frame"))?;
                 // SAFETY: reserve gave `len` writable bytes at p.
-                unsafe { link.recv_payload(s, p, len) }.map_err(|e| e.to_string())?;
-                inb.tx.commit(kind, h.tag, h.arg, len).map_err(|e| e.to_string())
+                unsafe { link.recv_payload(s, p, len) }?;
+                inb.tx.commit(kind, h.tag, h.arg, len).map_err(Fault::local)
             } else {
                 let (mut left, mut k) = (len, kind);
                 loop {
-                    let (p, n) = inb.tx.reserve(left, false).map_err(|e| e.to_string())?.ok_or("no room for a credited frame")?;
+                    let (p, n) = inb.tx.reserve(left, false).map_err(Fault::local)?.ok_or_else(|| Fault::local("no room for a credited frame"))?;
                     // SAFETY: reserve gave `n` writable bytes at p.
-                    unsafe { link.recv_payload(s, p, n) }.map_err(|e| e.to_string())?;
-                    inb.tx.commit(k, h.tag, h.arg, n).map_err(|e| e.to_string())?;
+                    unsafe { link.recv_payload(s, p, n) }?;
+                    inb.tx.commit(k, h.tag, h.arg, n).map_err(Fault::local)?;
                     left -= n;
                     k = REC_CONT;
                     if left == 0 {
@@ -1323,7 +1418,7 @@ impl Peer {
             // Our own accounting says the frame fits; if the ring says
             // otherwise the client broke it. Link errors end the link.
             drop(inb);
-            return Err(format!("connection {}: {e}", f.local));
+            return Err(Fault { why: format!("connection {}: {}", f.local, e.why), ..e });
         }
         let used = inb.tx.produced() - head0;
         debug_assert!(used <= c, "frame of {len} bytes used {used} ring bytes, charged {c}");
@@ -1353,7 +1448,7 @@ impl Peer {
     /// enough was freed since the last CREDIT: from this receiver thread at
     /// once, never waiting on the link; when the link is busy, the pump
     /// sends it.
-    fn credit(&self, link: &Arc<dyn Link>, f: &Fwd, g: u64) -> Result<(), String> {
+    fn credit(&self, link: &Arc<dyn Link>, f: &Fwd, g: u64) -> Result<(), Fault> {
         if g.saturating_sub(f.reported.load(Ordering::Relaxed)) < f.ring / 4 {
             return Ok(());
         }
@@ -1368,7 +1463,8 @@ impl Peer {
                 f.router_side().force_wake();
                 Ok(())
             }
-            Err(Stop::Link(e)) | Err(Stop::Local(e)) => Err(e),
+            Err(Stop::Link(why)) => Err(Fault { cause: Cause::Io, why }),
+            Err(Stop::Local(why)) => Err(Fault::local(why)),
         }
     }
 
@@ -1381,7 +1477,7 @@ impl Peer {
         }
     }
 
-    fn kill(&self, why: &str) {
+    fn kill(&self, cause: Cause, why: &str) {
         if self.dead.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -1416,6 +1512,7 @@ impl Peer {
         if link.is_some() {
             if let Some(r) = self.remote.upgrade() {
                 r.links.fetch_sub(1, Ordering::Relaxed);
+                r.counters.drops[cause as usize].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -2398,12 +2495,12 @@ impl Pump {
         let f = &self.f;
         match res {
             Ok(()) => {}
-            Err(Stop::Link(why)) => self.peer.kill(&why),
+            Err(Stop::Link(why)) => self.peer.kill(Cause::Io, &why),
             Err(Stop::Local(why)) => {
                 log::warn!("connection {}: {why}; closing it", f.local);
                 let close = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
                 if f.send(&*self.link, &[Frame::bare(close)], Mode::Block).is_err() {
-                    self.peer.kill("send failed");
+                    self.peer.kill(Cause::Io, "send failed");
                 }
                 f.peer_gone();
             }
@@ -2421,7 +2518,7 @@ impl Pump {
             let mut out = f.out.lock().unwrap();
             while !out.unread.is_empty() && !self.peer.dead.load(Ordering::Acquire) {
                 if let Err(Stop::Link(why)) = f.settle(&mut out, &*self.link, Duration::from_millis(100)) {
-                    self.peer.kill(&why);
+                    self.peer.kill(Cause::Io, &why);
                 }
             }
         }
@@ -2529,7 +2626,7 @@ impl Pump {
             return false;
         }
         if let Err(e) = self.link.flush(s) {
-            self.peer.kill(&format!("send failed: {e}"));
+            self.peer.kill(Cause::of(&e), &format!("send failed: {e}"));
         }
         true
     }
@@ -2572,7 +2669,7 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
                     Ok(true) => f.reported.store(g, Ordering::Relaxed),
                     Ok(false) => break 'k false,
                     Err(Stop::Link(e)) | Err(Stop::Local(e)) => {
-                        c.peer.kill(&e);
+                        c.peer.kill(Cause::Io, &e);
                         break 'k false;
                     }
                 }
@@ -2585,7 +2682,7 @@ fn pass(hot: &mut Vec<Cover>, last_pass: &mut Instant) {
                 Ok(Moved::Nothing) => now.duration_since(c.last) < c.window,
                 Ok(Moved::Blocked | Moved::Partly) => false,
                 Err(Stop::Link(e)) => {
-                    c.peer.kill(&e);
+                    c.peer.kill(Cause::Io, &e);
                     false
                 }
                 Err(Stop::Local(e)) => {

@@ -22,7 +22,7 @@ fn open_fds() -> u64 {
 #[test]
 fn metrics_answer_again_once_descriptors_are_free() {
     let router = ffrouter::Router::new(ffrouter::Limits::default());
-    let addr: SocketAddr = ffrouter::metrics::serve("127.0.0.1:0", router.state(), None).unwrap();
+    let addr: SocketAddr = ffrouter::metrics::serve("127.0.0.1:0", &router, None).unwrap();
     assert!(scrape(&mut TcpStream::connect(addr).unwrap()).contains("200 OK"));
     // Every descriptor taken but one, which the next scrape's socket
     // takes: the server's accept then fails with EMFILE.

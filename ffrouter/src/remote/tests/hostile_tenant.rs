@@ -92,5 +92,6 @@ fn a_client_scribbling_over_its_connection_file_ends_only_its_connection() {
     });
     assert!(rounds >= 10, "{rounds} scribbled connections");
     assert_eq!(remote.links(), links, "the link between the routers stayed up");
+    assert!(Cause::ALL.iter().all(|&c| remote.counters().drops(c) == 0), "no link went");
     exchange(&mut a, &mut b, 1);
 }
