@@ -237,7 +237,10 @@ fn budget(a: &ServeArgs, tenants: usize) -> Result<(usize, usize), String> {
     // The data streams and the set-up stream of each link.
     let streams = a.peer_streams as usize + 1;
     let links = if a.listen_addr.is_some() { ffrouter::remote::MAX_LINKS.min(nofile / 4 / streams).max(1) } else { 0 };
-    let own = 128 + links * streams + if links > 0 { ffrouter::remote::MAX_HANDSHAKES } else { 0 };
+    // Links of at most `streams` streams each (a peer asking more is told
+    // to dial fewer), and handshakes under way or waiting for the rest of
+    // their link's streams (at most MAX_HANDSHAKES links' worth).
+    let own = 128 + if links > 0 { (links + ffrouter::remote::MAX_HANDSHAKES) * streams } else { 0 };
     let maps = proc_number("/proc/sys/vm/max_map_count", 65530) as usize;
     let avail = nofile.saturating_sub(own).min(maps.saturating_sub(1024));
     let fds = match a.max_fds {

@@ -558,7 +558,9 @@ impl Remote {
     }
 
     fn accept_stream(self: &Arc<Self>, s: TcpStream, from: SocketAddr) {
-        let inc = match tcp::accept_stream(s, &self.me, Instant::now() + ACCEPT_TIMEOUT) {
+        // At most as many streams as this router's own links have: what its
+        // descriptor budget reserves per link (`--peer-streams`).
+        let inc = match tcp::accept_stream(s, &self.me, self.cfg.streams + 1, Instant::now() + ACCEPT_TIMEOUT) {
             Ok(i) => i,
             Err(e) => {
                 limited!(warn, "handshake", "", "link handshake from {from} failed: {e}");
@@ -763,14 +765,26 @@ impl Remote {
     /// learn nothing about the port. The router's log says what happened.
     fn dial(self: &Arc<Self>, peer: Arc<Peer>, addr: SocketAddr) {
         let deadline = Instant::now() + DIAL_TIMEOUT;
-        // The data streams, and one for connection set-up (see `ctrl_stream`).
-        let n = self.cfg.streams + 1;
-        let up = (|| {
+        // The data streams, and one for connection set-up (see `ctrl_stream`);
+        // fewer if the peer router takes fewer (its `--peer-streams` is
+        // smaller): then the link has as many as it takes.
+        let mut n = self.cfg.streams + 1;
+        let up = (|| loop {
             let link_id: u64 = rand::random();
             let mut socks = Vec::with_capacity(n);
             let mut id = None;
+            let mut fewer = None;
             for i in 0..n {
-                let (s, a) = tcp::dial_stream(addr, &self.me, link_id, i, n, deadline).map_err(|e| e.to_string())?;
+                let (s, a) = match tcp::dial_stream(addr, &self.me, link_id, i, n, deadline) {
+                    Ok(x) => x,
+                    Err(e) => match link::auth::fewer_streams(&e) {
+                        Some(max) if i == 0 && (1..n).contains(&max) => {
+                            fewer = Some(max);
+                            break;
+                        }
+                        _ => return Err(e.to_string()),
+                    },
+                };
                 if id.is_some_and(|p| p != a.peer_id) {
                     return Err("the peer router changed while dialing".to_string());
                 }
@@ -778,9 +792,14 @@ impl Remote {
                 socks.push((s, a.keys));
                 peer.step();
             }
+            if let Some(max) = fewer {
+                log::info!("the router at {addr} takes {max} streams per link (this one's links have {n}): dialing it with {max}");
+                n = max;
+                continue;
+            }
             let id = id.expect("at least one stream");
             let link = self.make_link(socks, format!("link to router {} at {addr}", hex(&id[..4])), &|| peer.step()).map_err(|e| e.to_string())?;
-            Ok((link, id))
+            return Ok((link, id));
         })();
         match up {
             Ok((link, id)) => {
@@ -2851,17 +2870,18 @@ mod tests {
         }
 
         fn with_workers(t: Transport, ring_size: usize, streams: usize, workers: usize) -> Two {
-            Self::build(t, ring_size, streams, workers, RING_BUDGET)
+            Self::build(t, ring_size, [streams; 2], workers, RING_BUDGET)
         }
 
-        fn build(t: Transport, ring_size: usize, streams: usize, workers: usize, ring_budget: usize) -> Two {
+        /// Router `i` has `streams[i]` data streams per link.
+        fn build(t: Transport, ring_size: usize, streams: [usize; 2], workers: usize, ring_budget: usize) -> Two {
             let dir = std::env::temp_dir().join(format!("ffremote-{}-{}", std::process::id(), rand::random::<u32>()));
             std::fs::create_dir_all(&dir).unwrap();
             let mk = |i: usize| {
                 let mut r = Router::new(Limits { ring_size, ..Limits::default() });
                 let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
                 let secret: Option<Arc<[u8]>> = (t == Transport::Tcp).then(|| Arc::from(SECRET));
-                let cfg = Config { listen: any, advertise: any, streams, secret, transport: t, ring_size, ring_budget, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
+                let cfg = Config { listen: any, advertise: any, streams: streams[i], secret, transport: t, ring_size, ring_budget, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
                 r.enable_remote(cfg).unwrap();
                 r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
                 r
@@ -2953,6 +2973,29 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// Routers with different `--peer-streams`: a link has as many streams
+    /// as the router with fewer takes (the dialer with more tries again
+    /// with that many), and carries everything both ways.
+    #[test]
+    fn routers_with_different_stream_counts_link_with_the_fewer() {
+        let two = Two::build(Transport::Tcp, 64 << 10, [1, 4], 2, RING_BUDGET);
+        let streams_of = |i: usize| -> Vec<usize> {
+            let out = two._routers[i].remote.as_ref().unwrap().out.lock().unwrap();
+            out.values().filter_map(|p| p.inner.lock().unwrap().link.as_ref().map(|l| l.streams())).collect()
+        };
+        // Router 1 (4 + 1 streams) dials router 0 (1 + 1): two streams.
+        let (_c, mut a, mut b) = conn_pair(&two);
+        exchange(&mut a, &mut b, 1);
+        assert_eq!(streams_of(1), [2]);
+        // Router 0 dials router 1 with its own two.
+        let (c0, c1) = (two.ctx(0), two.ctx(1));
+        let l = c1.listen().unwrap();
+        let mut d = connect(&c0, &l.handle());
+        let mut e = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        exchange(&mut d, &mut e, 1);
+        assert_eq!(streams_of(0), [2]);
     }
 
     fn checksummed_both_ways(t: Transport) {
@@ -3104,7 +3147,7 @@ mod tests {
     #[test]
     fn connections_beyond_the_ring_budget_get_smaller_rings_and_carry_everything() {
         let ring_of = |c: &Conn| (c.max_whole() + ffcore::ring::REC_HDR) * 4;
-        let two = Two::build(Transport::Tcp, 1 << 20, 2, 2, 1 << 20);
+        let two = Two::build(Transport::Tcp, 1 << 20, [2, 2], 2, 1 << 20);
         let (ctx, mut a0, mut b0) = conn_pair(&two);
         assert_eq!((ring_of(&a0), ring_of(&b0)), (1 << 20, 1 << 20), "the first fits the budget");
         let l = ctx[0].listen().unwrap();

@@ -56,6 +56,30 @@ const OK: u32 = 1;
 const REFUSED: u32 = 0;
 const SELF_LINK: u32 = 2;
 const NO_SECRET: u32 = 3;
+/// The dialer asked for more streams than the acceptor takes; the most it
+/// takes is in the status' upper 16 bits.
+const TOO_MANY_STREAMS: u32 = 4;
+
+/// The error [`dial`] returns when the acceptor takes fewer streams per
+/// link than the dialer asked for (its `--peer-streams` is smaller): dial
+/// again with `max` streams.
+#[derive(Debug)]
+pub struct FewerStreams {
+    pub max: usize,
+}
+
+impl std::fmt::Display for FewerStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the peer router takes at most {} streams per link", self.max)
+    }
+}
+
+impl std::error::Error for FewerStreams {}
+
+/// The most streams per link the peer takes, if that is why it refused.
+pub fn fewer_streams(e: &io::Error) -> Option<usize> {
+    e.get_ref()?.downcast_ref::<FewerStreams>().map(|f| f.max)
+}
 
 /// Who this router is to its peers.
 #[derive(Clone)]
@@ -152,7 +176,8 @@ fn status_msg(magic: &[u8; 4], status: u32, proof: Option<&[u8; 32]>) -> Vec<u8>
 }
 
 fn refusal(status: u32, who: &str) -> io::Error {
-    match status {
+    match status & 0xffff {
+        TOO_MANY_STREAMS => io::Error::new(io::ErrorKind::InvalidInput, FewerStreams { max: (status >> 16) as usize }),
         SELF_LINK => denied(format!("{who} refused the link: it is this router itself")),
         NO_SECRET => denied(format!("{who} refused the link: one side has --peer-secret-file and the other has not")),
         _ => denied(format!("{who} refused the link: the peer secrets differ")),
@@ -260,8 +285,10 @@ pub fn dial(s: &mut TcpStream, me: &Identity, link: u64, stream: usize, streams:
     Ok(Authed { peer_id, keys: me.keys(&transcript, true) })
 }
 
-/// The acceptor's side of a stream's handshake, finished by `deadline`.
-pub fn accept(s: &mut TcpStream, me: &Identity, deadline: Instant) -> io::Result<(Authed, Hello)> {
+/// The acceptor's side of a stream's handshake, finished by `deadline`:
+/// a link of more than `max_streams` streams is refused (the dialer tries
+/// again with as many, see [`FewerStreams`]).
+pub fn accept(s: &mut TcpStream, me: &Identity, max_streams: usize, deadline: Instant) -> io::Result<(Authed, Hello)> {
     let mut greet = [0u8; GREET_LEN];
     greet[0..4].copy_from_slice(b"FFLG");
     greet[4..6].copy_from_slice(&VERSION.to_le_bytes());
@@ -290,6 +317,10 @@ pub fn accept(s: &mut TcpStream, me: &Identity, deadline: Instant) -> io::Result
     }
     if !me.same_policy(u16_at(&hello, 6)) {
         return refuse(s, NO_SECRET, denied("one side has --peer-secret-file and the other has not"));
+    }
+    if streams > max_streams {
+        let why = TOO_MANY_STREAMS | (max_streams.min(MAX_STREAMS) as u32) << 16;
+        return refuse(s, why, io::Error::new(io::ErrorKind::InvalidInput, format!("the dialer asks for {streams} streams per link, this router takes {max_streams}")));
     }
     let transcript = [&greet[..], &hello[..]].concat();
     write_by(s, &status_msg(b"FFLA", OK, Some(&me.prove(b"acpt", &transcript))), deadline)?;
@@ -326,7 +357,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            accept(&mut s, &acceptor, soon())
+            accept(&mut s, &acceptor, MAX_STREAMS, soon())
         });
         let mut s = TcpStream::connect(addr).unwrap();
         let d = dial(&mut s, &dialer, 77, 1, 2, soon());
@@ -367,6 +398,31 @@ mod tests {
     }
 
     #[test]
+    fn a_link_of_more_streams_than_the_acceptor_takes_is_refused_with_its_maximum() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            accept(&mut s, &ident(2, Some(K)), 3, soon())
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        let e = dial(&mut s, &ident(1, Some(K)), 5, 0, 9, soon()).err().unwrap();
+        assert_eq!(fewer_streams(&e), Some(3), "{e}");
+        assert!(e.to_string().contains("at most 3 streams"), "{e}");
+        assert!(t.join().unwrap().is_err());
+        // As many as it takes: accepted.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            accept(&mut s, &ident(2, Some(K)), 3, soon())
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        assert!(dial(&mut s, &ident(1, Some(K)), 5, 2, 3, soon()).is_ok());
+        assert_eq!(t.join().unwrap().unwrap().1.streams, 3);
+    }
+
+    #[test]
     fn a_router_refuses_a_link_to_itself() {
         // As dialer: the far end greets with our own id.
         let (d, _) = pair(ident(3, Some(K)), ident(3, Some(K)));
@@ -376,7 +432,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            accept(&mut s, &ident(3, Some(K)), soon())
+            accept(&mut s, &ident(3, Some(K)), MAX_STREAMS, soon())
         });
         let mut s = TcpStream::connect(addr).unwrap();
         let mut g = [0u8; GREET_LEN];

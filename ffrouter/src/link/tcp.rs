@@ -500,10 +500,11 @@ pub fn dial_stream(addr: SocketAddr, me: &Identity, link: u64, stream: usize, st
     Ok((s, a))
 }
 
-/// Runs the acceptor's side of one stream's handshake, by `deadline`.
-pub fn accept_stream(mut s: TcpStream, me: &Identity, deadline: Instant) -> io::Result<Incoming> {
+/// Runs the acceptor's side of one stream's handshake, by `deadline`, for
+/// a link of at most `max_streams` streams.
+pub fn accept_stream(mut s: TcpStream, me: &Identity, max_streams: usize, deadline: Instant) -> io::Result<Incoming> {
     tune(&s)?;
-    let (a, h) = auth::accept(&mut s, me, deadline)?;
+    let (a, h) = auth::accept(&mut s, me, max_streams, deadline)?;
     Ok(Incoming { peer_id: a.peer_id, link: h.link, stream: h.stream, streams: h.streams, sock: s, keys: a.keys })
 }
 
@@ -524,7 +525,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let t = std::thread::spawn(move || {
-            let inc = accept_stream(l.accept().unwrap().0, &ident(2, secret), deadline).unwrap();
+            let inc = accept_stream(l.accept().unwrap().0, &ident(2, secret), auth::MAX_STREAMS, deadline).unwrap();
             assert_eq!((inc.peer_id, inc.link, inc.stream, inc.streams), ([1; 16], 77, 0, 1));
             TcpLink::new(vec![(inc.sock, inc.keys)], "a".into()).unwrap()
         });

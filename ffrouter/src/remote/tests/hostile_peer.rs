@@ -377,3 +377,18 @@ fn link_drops_and_failed_dials_are_counted_by_cause() {
     let m = crate::metrics::text(&two._routers[1]);
     assert!(m.contains("ff_router_peer_dial_failures_total{} 1\n"), "{m}");
 }
+
+/// A peer asking for more streams per link than this router's own links
+/// have (each a descriptor) is refused before anything is proved, and told
+/// how many it may have: a link cannot take more of the router's
+/// descriptors than its budget reserves per link (before, up to 64).
+#[test]
+fn a_peer_router_gets_no_more_streams_than_the_routers_own_links_have() {
+    let (_two, _ctxs, _l, addr) = setup();
+    let me = Identity { router_id: rand::random(), secret: Some(Arc::from(SECRET)) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = dial_stream(addr, &me, 1, 0, 64, deadline).err().expect("refused");
+    // `Two` routers have 2 data streams and the set-up stream.
+    assert_eq!(crate::link::auth::fewer_streams(&e), Some(3), "{e}");
+    assert!(dial_stream(addr, &me, 2, 0, 3, deadline).is_ok());
+}
