@@ -396,8 +396,10 @@ const PENDING_PER_CLIENT: usize = 64;
 /// what they cause, and its link goes (queued, they would grow without
 /// bound). An honest peer reads all the time, and its requests are
 /// bounded by its clients' connects under way ([`PENDING_PER_CLIENT`]),
-/// each answered in about 100 bytes.
-const MAX_ANSWERS_QUEUED: usize = if cfg!(test) { 256 << 10 } else { 16 << 20 };
+/// each answered in about 100 bytes: 4 MiB is some 40,000 refusals unread.
+/// (The control thread may hold as much again, being sent: at most 8 MiB
+/// per link.)
+const MAX_ANSWERS_QUEUED: usize = if cfg!(test) { 256 << 10 } else { 4 << 20 };
 
 struct Pending {
     fwd: Arc<Fwd>,
