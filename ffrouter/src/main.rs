@@ -85,7 +85,8 @@ struct ServeArgs {
     #[arg(long, value_name = "IP:PORT", requires = "listen_addr")]
     advertise_addr: Option<String>,
     /// Data streams per pair of routers (each connection uses one); every
-    /// link also has one more, for connection set-up.
+    /// link also has one more, for connection set-up. A link between
+    /// routers started with different numbers has the smaller one.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     peer_streams: u16,
     /// A file holding a secret (at least 16 bytes) every router of the
