@@ -124,6 +124,11 @@ impl Collector for RouterCollector {
     }
 }
 
+/// The metrics of `router` now, in Prometheus text format.
+pub fn text(router: &crate::Router) -> String {
+    render(&Source::of(router))
+}
+
 /// Renders the metrics in Prometheus text format.
 fn render(src: &Source) -> String {
     let mut reg = Registry::default();
@@ -157,11 +162,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// one descriptor per scrape: it never fails for good. When `accept` fails
 /// (the router at its open-file limit: `EMFILE`) it waits and tries again,
 /// so `/metrics` answers as soon as a descriptor is free.
-/// The metrics of `router` now, in Prometheus text format.
-pub fn text(router: &crate::Router) -> String {
-    render(&Source::of(router))
-}
-
 pub fn serve(addr: &str, router: &crate::Router, token: Option<String>) -> std::io::Result<SocketAddr> {
     let src = Source::of(router);
     let public = addr.to_socket_addrs()?.any(|a| !a.ip().is_loopback());
