@@ -1880,7 +1880,7 @@ impl Fwd {
             }
             // A receiver holds it for one frame at most.
             if t.elapsed() > Duration::from_secs(1) {
-                log::warn!("connection {}: a frame into a posted receive did not end within 1 s; closing anyway", self.local);
+                limited!(warn, "conn-placing", &self.regions.tenant, "connection {}: a frame into a posted receive did not end within 1 s; closing anyway", self.local);
                 return;
             }
             std::thread::sleep(Duration::from_micros(50));
@@ -1888,8 +1888,10 @@ impl Fwd {
     }
 
     /// Our client broke its ring: forwarding stops and the peer is told.
+    /// (The log line is rate-limited per tenant: a tenant can break
+    /// connection after connection.)
     fn local_fault(&self, why: &str) {
-        log::warn!("connection {}: {why}; closing it", self.local);
+        limited!(warn, "conn-fault", &self.regions.tenant, "connection {}: {why}; closing it", self.local);
         self.local_fault.store(true, Ordering::Release);
         self.router_side().force_wake();
     }
@@ -2518,7 +2520,7 @@ impl Pump {
             Ok(()) => {}
             Err(Stop::Link(why)) => self.peer.kill(Cause::Io, &why),
             Err(Stop::Local(why)) => {
-                log::warn!("connection {}: {why}; closing it", f.local);
+                limited!(warn, "conn-fault", &f.regions.tenant, "connection {}: {why}; closing it", f.local);
                 let close = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
                 if f.send(&*self.link, &[Frame::bare(close)], Mode::Block).is_err() {
                     self.peer.kill(Cause::Io, "send failed");

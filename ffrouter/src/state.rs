@@ -245,7 +245,7 @@ impl State {
         let first = b.tokens.min(burst as f64);
         b.tokens -= first;
         c.page.set_credit(c.page.sent() + first as u64);
-        log::info!("client {client}: send rate limited to {rate} bytes/s (container {container})");
+        crate::limited!(info, "rate-limited", &c.tenant, "client {client}: send rate limited to {rate} bytes/s (container {container})");
     }
 
     /// Tops up the credit of rate-limited clients (call every millisecond or
