@@ -599,7 +599,9 @@ impl Remote {
                     return;
                 }
             };
-            log::info!("{} is up ({n} streams)", link.describe());
+            // Per peer address: a peer that makes link after link fills
+            // no log.
+            limited!(info, "link-up", &from.ip().to_string(), "{} is up ({n} streams)", link.describe());
             let peer = Peer::new(link.describe(), None, Arc::downgrade(self));
             let _ = peer.peer_id.set(inc.peer_id);
             peer.up(self, link);
@@ -795,7 +797,7 @@ impl Remote {
                 peer.step();
             }
             if let Some(max) = fewer {
-                log::info!("the router at {addr} takes {max} streams per link (this one's links have {n}): dialing it with {max}");
+                limited!(info, "link-streams", &addr.ip().to_string(), "the router at {addr} takes {max} streams per link (this one's links have {n}): dialing it with {max}");
                 n = max;
                 continue;
             }
@@ -805,7 +807,7 @@ impl Remote {
         })();
         match up {
             Ok((link, id)) => {
-                log::info!("{} is up ({n} streams)", link.describe());
+                limited!(info, "link-up", &addr.ip().to_string(), "{} is up ({n} streams)", link.describe());
                 let _ = peer.peer_id.set(id);
                 peer.up(self, link);
             }
