@@ -1244,7 +1244,10 @@ impl Link for RdmaLink {
     }
 
     fn register(&self, mem: &Arc<SharedMem>) -> io::Result<()> {
+        let t = Instant::now();
         let mr = self.v.reg_mr(mem.as_ptr(), mem.len())?;
+        // On the connect's path (the client waits): slow NICs show here.
+        log::debug!("{}: registered a connection file of {} bytes with the NIC in {:?}", self.what, mem.len(), t.elapsed());
         self.regs.write().unwrap().push((mem.as_ptr() as u64, mem.len(), mr));
         Ok(())
     }
@@ -1273,6 +1276,7 @@ impl Link for RdmaLink {
         }
         self.sweep_regions();
         // Registering may take long (pinning every page): not under the lock.
+        let t = Instant::now();
         let r = self.v.reg_mr(mem.as_ptr(), mem.len());
         let mut g = self.regions.write().unwrap();
         if let Some(k) = known(&g) {
@@ -1285,7 +1289,7 @@ impl Link for RdmaLink {
         }
         match r {
             Ok(mr) => {
-                log::debug!("{}: registered a shadow region of {} bytes with the NIC", self.what, mem.len());
+                log::debug!("{}: registered a shadow region of {} bytes with the NIC in {:?}", self.what, mem.len(), t.elapsed());
                 g.live.push((Arc::downgrade(mem), mr));
                 true
             }
