@@ -352,13 +352,20 @@ mod tests {
 
     type Both = (io::Result<Authed>, io::Result<(Authed, Hello)>);
 
-    fn pair(dialer: Identity, acceptor: Identity) -> Both {
+    /// A listener whose first stream `acceptor` handshakes (taking at most
+    /// `max_streams`), on a thread: (its address, the thread).
+    fn accepting(acceptor: Identity, max_streams: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<io::Result<(Authed, Hello)>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            accept(&mut s, &acceptor, MAX_STREAMS, soon())
+            accept(&mut s, &acceptor, max_streams, soon())
         });
+        (addr, t)
+    }
+
+    fn pair(dialer: Identity, acceptor: Identity) -> Both {
+        let (addr, t) = accepting(acceptor, MAX_STREAMS);
         let mut s = TcpStream::connect(addr).unwrap();
         let d = dial(&mut s, &dialer, 77, 1, 2, soon());
         drop(s);
@@ -399,24 +406,14 @@ mod tests {
 
     #[test]
     fn a_link_of_more_streams_than_the_acceptor_takes_is_refused_with_its_maximum() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            accept(&mut s, &ident(2, Some(K)), 3, soon())
-        });
+        let (addr, t) = accepting(ident(2, Some(K)), 3);
         let mut s = TcpStream::connect(addr).unwrap();
         let e = dial(&mut s, &ident(1, Some(K)), 5, 0, 9, soon()).err().unwrap();
         assert_eq!(fewer_streams(&e), Some(3), "{e}");
         assert!(e.to_string().contains("at most 3 streams"), "{e}");
         assert!(t.join().unwrap().is_err());
         // As many as it takes: accepted.
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            accept(&mut s, &ident(2, Some(K)), 3, soon())
-        });
+        let (addr, t) = accepting(ident(2, Some(K)), 3);
         let mut s = TcpStream::connect(addr).unwrap();
         assert!(dial(&mut s, &ident(1, Some(K)), 5, 2, 3, soon()).is_ok());
         assert_eq!(t.join().unwrap().unwrap().1.streams, 3);

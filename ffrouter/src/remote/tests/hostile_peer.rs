@@ -9,6 +9,7 @@
 use super::*;
 use crate::link::auth::Identity;
 use crate::link::tcp::{dial_stream, TcpLink};
+use fftestkit::wait_for;
 use std::sync::mpsc;
 
 /// A violation ends the link at once: well within this (a busy machine
@@ -304,11 +305,7 @@ fn a_peer_router_that_never_reads_its_answers_loses_its_link() {
     let remote = two._routers[0].remote.as_ref().unwrap().clone();
     let links = remote.links();
     let fake = Fake::open(addr, 2, false);
-    let up = Instant::now();
-    while remote.links() == links {
-        assert!(up.elapsed() < Duration::from_secs(10), "the fake's link never came up");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(|| remote.links() > links, Duration::from_secs(10), "the fake's link to come up");
     // CONNECTs to a listener that does not exist: each is answered with
     // a REFUSE of about 100 bytes, queued while the link's socket buffers
     // are full.
@@ -328,11 +325,7 @@ fn a_peer_router_that_never_reads_its_answers_loses_its_link() {
         }
     };
     assert!(killed, "the router still queued answers for a peer that never reads them after {sent} requests");
-    let t = Instant::now();
-    while remote.links() != links {
-        assert!(t.elapsed() < Duration::from_secs(10), "the link was not dropped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(|| remote.links() == links, Duration::from_secs(10), "the link to be dropped");
     // Bounded: the answers queued were at most the cap, however many
     // requests the peer sent (it took more than the socket buffers hold).
     assert!(sent > 1000, "only {sent} requests");
@@ -351,12 +344,8 @@ fn link_drops_and_failed_dials_are_counted_by_cause() {
     let fake = Fake::dial(addr, 2);
     let (_, _, _client) = fake.connect(&l, 1);
     fake.link.shutdown();
-    let t = Instant::now();
-    while remote.links() != links || remote.counters().drops(Cause::Io) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the hung-up link was not dropped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!([Cause::Protocol, Cause::Silent, Cause::Io, Cause::Local].map(|c| remote.counters().drops(c)), [0, 0, 1, 0]);
+    wait_for(|| remote.links() == links && remote.counters().drops(Cause::Io) == 1, Duration::from_secs(10), "the hung-up link to be dropped");
+    assert_eq!(Cause::ALL.map(|c| remote.counters().drops(c)), [0, 0, 1, 0], "protocol, silent, io, local");
     // A handle re-addressed to a port nobody listens on, used on router 1.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut h = l.handle();
