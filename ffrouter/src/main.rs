@@ -338,7 +338,15 @@ fn dump_on_signal(set: nix::sys::signal::SigSet, remote: std::sync::Arc<ffrouter
     let spawned = std::thread::Builder::new().name("sigusr1".into()).spawn(move || {
         while set.wait().is_ok() {
             let lines = remote.describe();
-            log::warn!("SIGUSR1: {} connection(s) to other hosts", lines.len());
+            let c = remote.counters();
+            let drops: Vec<String> = ffrouter::remote::Cause::ALL.iter().map(|&k| format!("{} {}", k.name(), c.drops(k))).collect();
+            log::warn!(
+                "SIGUSR1: {} link(s) to other routers up; dropped so far: {}; failed dials: {}; {} connection(s) to other hosts",
+                remote.links(),
+                drops.join(", "),
+                c.dial_failures(),
+                lines.len()
+            );
             for l in lines {
                 log::warn!("  {l}");
             }
