@@ -340,7 +340,7 @@ impl From<std::io::Error> for Fault {
 /// Counters of the links between routers, for the metrics.
 #[derive(Default)]
 pub struct LinkCounters {
-    drops: [AtomicU64; 4],
+    drops: [AtomicU64; Cause::ALL.len()],
     dial_failures: AtomicU64,
 }
 
@@ -2895,8 +2895,13 @@ mod tests {
             Two { _routers: [mk(0), mk(1)], dir }
         }
 
+        /// Router `i`'s service for other hosts.
+        fn remote(&self, i: usize) -> &Arc<Remote> {
+            self._routers[i].remote.as_ref().unwrap()
+        }
+
         fn pump_threads(&self, i: usize) -> usize {
-            self._routers[i].remote.as_ref().unwrap().pump_threads()
+            self.remote(i).pump_threads()
         }
 
         fn ctx(&self, i: usize) -> Context {
@@ -2988,7 +2993,7 @@ mod tests {
     fn routers_with_different_stream_counts_link_with_the_fewer() {
         let two = Two::build(Transport::Tcp, 64 << 10, [1, 4], 2, RING_BUDGET);
         let streams_of = |i: usize| -> Vec<usize> {
-            let out = two._routers[i].remote.as_ref().unwrap().out.lock().unwrap();
+            let out = two.remote(i).out.lock().unwrap();
             out.values().filter_map(|p| p.inner.lock().unwrap().link.as_ref().map(|l| l.streams())).collect()
         };
         // Router 1 (4 + 1 streams) dials router 0 (1 + 1): two streams.
@@ -3469,7 +3474,7 @@ mod tests {
         for i in 0..n {
             tx.send(&pattern(100, i), 1, T).unwrap();
         }
-        let r0 = two._routers[0].remote.as_ref().unwrap();
+        let r0 = two.remote(0);
         let f = r0.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).find(|f| f.local == rx.id()).expect("router 0 forwards it");
         let t = Instant::now();
         while f.inb.lock().unwrap().msgs < n as u64 {
@@ -3916,7 +3921,7 @@ mod tests {
         let mut ax = l.accept_timeout(Duration::from_secs(10)).unwrap();
         let mut by = connect(&c1, &l.handle());
         let mut ay = l.accept_timeout(Duration::from_secs(10)).unwrap();
-        let r0 = two._routers[0].remote.as_ref().unwrap();
+        let r0 = two.remote(0);
         let fwd = |id: u64| r0.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).find(|f| f.local == id).expect("router 0 forwards it");
         let (fx, fy) = (fwd(ax.id()), fwd(ay.id()));
         assert_ne!(fx.stream(), fy.stream(), "X and Y on different data streams");
@@ -3951,7 +3956,7 @@ mod tests {
         // and the message behind it on the other connection goes out.
         let two = Two::new(Transport::Tcp, 1 << 20);
         let ([c0, _c1], mut a, mut b) = conn_pair(&two);
-        let r0 = two._routers[0].remote.as_ref().unwrap();
+        let r0 = two.remote(0);
         let fx = r0.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).find(|f| f.local == a.id()).expect("router 0 forwards it");
         let n = 256 << 10;
         let dst = c0.alloc_region(n).unwrap();
@@ -3998,7 +4003,7 @@ mod tests {
         // Each worker has about as many connections on each data stream
         // (its turns give a stream to one of them at a time).
         for i in 0..2 {
-            let per = two._routers[i].remote.as_ref().unwrap().pumps.on_streams(2);
+            let per = two.remote(i).pumps.on_streams(2);
             eprintln!("router {i}: connections per worker and data stream: {per:?}");
             for (w, n) in per.iter().enumerate() {
                 assert!(n[0].abs_diff(n[1]) <= 2, "router {i}, worker {w}: {n:?} connections on data streams 0 and 1");
@@ -4026,7 +4031,7 @@ mod tests {
         // way, checked, woken by its word and not by a look.
         let t0 = Instant::now();
         loop {
-            let naps: Vec<Duration> = (0..2).flat_map(|i| two._routers[i].remote.as_ref().unwrap().pumps.naps()).collect();
+            let naps: Vec<Duration> = (0..2).flat_map(|i| two.remote(i).pumps.naps()).collect();
             if naps.iter().all(|&n| n == nap_max()) {
                 break;
             }

@@ -219,7 +219,7 @@ fn a_peer_router_that_breaks_the_protocol_loses_its_own_link_only() {
     drop((ha, hb));
     honest_link_still_serves(&two);
     // Counted, by cause, for the operator.
-    let r = two._routers[0].remote.as_ref().unwrap();
+    let r = two.remote(0);
     assert_eq!(r.counters().drops(Cause::Protocol), attacks.len() as u64);
     assert_eq!((r.counters().drops(Cause::Io), r.counters().drops(Cause::Silent), r.counters().drops(Cause::Local)), (0, 0, 0));
     let m = crate::metrics::text(&two._routers[0]);
@@ -302,7 +302,7 @@ fn a_peer_router_that_answers_a_set_up_connection_again_loses_its_link() {
 #[test]
 fn a_peer_router_that_never_reads_its_answers_loses_its_link() {
     let (two, _ctxs, _l, addr) = setup();
-    let remote = two._routers[0].remote.as_ref().unwrap().clone();
+    let remote = two.remote(0);
     let links = remote.links();
     let fake = Fake::open(addr, 2, false);
     wait_for(|| remote.links() > links, Duration::from_secs(10), "the fake's link to come up");
@@ -339,7 +339,7 @@ fn a_peer_router_that_never_reads_its_answers_loses_its_link() {
 #[test]
 fn link_drops_and_failed_dials_are_counted_by_cause() {
     let (two, ctxs, l, addr) = setup();
-    let remote = two._routers[0].remote.as_ref().unwrap().clone();
+    let remote = two.remote(0);
     let links = remote.links();
     let fake = Fake::dial(addr, 2);
     let (_, _, _client) = fake.connect(&l, 1);
@@ -359,7 +359,7 @@ fn link_drops_and_failed_dials_are_counted_by_cause() {
         assert!(t.elapsed() < Duration::from_secs(20), "the connect never failed");
     };
     assert!(matches!(res, Err(ffcore::Error::Router { code: ErrorCode::Unreachable, .. })), "{res:?}");
-    let remote1 = two._routers[1].remote.as_ref().unwrap();
+    let remote1 = two.remote(1);
     assert_eq!((remote.counters().dial_failures(), remote1.counters().dial_failures()), (0, 1));
     let m = crate::metrics::text(&two._routers[0]);
     assert!(m.contains("ff_router_peer_link_drops_total{cause=\"io\"} 1\n"), "{m}");

@@ -8,7 +8,7 @@ use super::*;
 
 /// The connections router `i` forwards now.
 fn forwarded(two: &Two, i: usize) -> Vec<Arc<Fwd>> {
-    let r = two._routers[i].remote.as_ref().unwrap();
+    let r = two.remote(i);
     let by = r.by_client.lock().unwrap();
     by.values().flatten().filter_map(Weak::upgrade).collect()
 }
@@ -39,7 +39,7 @@ fn scribble_once(mem: &SharedMem) {
 fn a_client_scribbling_over_its_connection_file_ends_only_its_connection() {
     let two = Two::new(Transport::Tcp, 64 << 10);
     let (_c, mut a, mut b) = conn_pair(&two);
-    let remote = two._routers[0].remote.as_ref().unwrap().clone();
+    let remote = two.remote(0);
     let links = remote.links();
     let done = AtomicBool::new(false);
     let rounds = std::thread::scope(|sc| {
