@@ -2,7 +2,7 @@
 # testkit/softroce.sh - runs the router's RDMA link on a kernel verbs device:
 # two QEMU guests (TCG; Debian 12, kernel 6.1), each with soft-RoCE
 # (rdma_rxe) on its virtio NIC, joined by a QEMU socket netdev over
-# loopback. docs/ARCHITECTURE.md ("What ran on a verbs device") says what
+# loopback. docs/rdma.md ("What ran on a verbs device") says what
 # this proves and what not.
 #
 #   testkit/softroce.sh [check]   ibv_rc_pingpong (control), then two routers

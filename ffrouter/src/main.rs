@@ -149,7 +149,7 @@ struct ServeArgs {
     /// across two hosts 1.2x and a stream beside a busy loop per core 1.4x,
     /// but made UCX's 8-byte latency across hosts 3-4x worse (the router's
     /// short polls then keep the ranks off their cores); see
-    /// docs/ARCHITECTURE.md. Going below the inherited value needs root or
+    /// docs/many-hosts.md ("Router priority"). Going below the inherited value needs root or
     /// CAP_SYS_NICE; without, the router says so and keeps its priority.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
     nice: i32,

@@ -207,7 +207,7 @@ pub static mut IFACE_CONFIG_TABLE: [ucs_config_field_t; 12] = [
     field(
         c"DOZE",
         c"1ms",
-        c"Once yields lose the core to a busy process (three in a row over 200us),\nan idle progress call with a connection to another host open sleeps on its\nconnections for at most this long instead of yielding (see docs/ARCHITECTURE.md,\n\"Nobody yields to a busy process\"). 0: always yield, as on dedicated cores.",
+        c"Once yields lose the core to a busy process (three in a row over 200us),\nan idle progress call with a connection to another host open sleeps on its\nconnections for at most this long instead of yielding (see docs/many-hosts.md,\n\"Nobody yields to a busy process\"). 0: always yield, as on dedicated cores.",
         offset_of!(IfaceConfig, doze),
         TIME,
     ),

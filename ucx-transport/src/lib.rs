@@ -11,7 +11,7 @@
 //! At load it checks that the UCX in the process is the 1.13 series it was
 //! built for and that libuct's exported class sizes match the structs
 //! re-declared in [`internal`]; otherwise it registers nothing and prints
-//! one line. See docs/ARCHITECTURE.md ("UCX transport") for the design.
+//! one line. See docs/ucx.md for the design.
 
 #[macro_use]
 pub mod log;
