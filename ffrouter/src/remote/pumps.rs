@@ -1,5 +1,5 @@
 //! Pump workers: a few threads forward the outgoing bytes of every
-//! connection to another host (see [`super::Pump`]).
+//! connection to another host (see [`Pump`]).
 //!
 //! A connection is handed to one worker for its life: the least loaded of
 //! the first `--workers` (default: the cores, at most 4), each serving at
@@ -7,7 +7,7 @@
 //! workers. So the router's threads depend on its cores and links, not on
 //! its connections (`1 + ⌈N / 127⌉` at most beyond `--workers`).
 //!
-//! A worker takes turns among its connections ([`super::Pump::step`]):
+//! A worker takes turns among its connections ([`Pump::step`]):
 //! - a connection *awake* is looked at every turn; one that moved nothing
 //!   for [`super::spin`] goes to sleep as a pump thread used to: announce
 //!   the sleep on the router side's wake word (`prepare_sleep`), check once
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use ffcore::futex::{self, Woken, WAITV_MAX};
 use ffcore::polite::Polite;
 
-use super::{nap, nap_max, spin, Mode, Pump, Quantum, Step, Stop, CONTENDED};
+use super::*;
 
 /// Most connections one worker serves: one `futex_waitv` call covers their
 /// wake words and the worker's bell.
@@ -504,5 +504,183 @@ mod tests {
         assert_eq!(next_nap(max, false, false, base, max), base, "an event or a new connection");
         // FF_ROUTER_NAP_MAX_MS below FF_ROUTER_NAP_MS: never under the base.
         assert_eq!(next_nap(base, true, false, base, Duration::from_millis(50)), base);
+    }
+}
+
+/// What forwards one connection's outgoing bytes and returns credit for its
+/// incoming ones, a step at a time, on a pump worker ([`pumps`]).
+pub(super) struct Pump {
+    pub(super) peer: Arc<Peer>,
+    pub(super) link: Arc<dyn Link>,
+    pub(super) f: Arc<Fwd>,
+    /// A frame to send before anything else (an incoming connection's ACCEPT).
+    pub(super) first: Option<Vec<u8>>,
+}
+
+/// What one [`Pump::step`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    /// Sent something (data, credit, the first frame).
+    Moved,
+    /// Nothing to do now.
+    Idle,
+    /// `Mode::Try`: the link could not take a frame now.
+    Blocked,
+    /// Forwarding is over (either side closed, or the link died).
+    Done,
+}
+
+impl Pump {
+    /// Forwarding ended: tell the peer if our client broke its ring, and
+    /// let the connection go.
+    fn finish(self, res: Result<(), Stop>) {
+        let f = &self.f;
+        match res {
+            Ok(()) => {}
+            Err(Stop::Link(why)) => self.peer.kill(Cause::Io, &why),
+            Err(Stop::Local(why)) => {
+                limited!(warn, "conn-fault", &f.regions.tenant, "connection {}: {why}; closing it", f.local);
+                let close = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
+                if f.send(&*self.link, &[Frame::bare(close)], Mode::Block).is_err() {
+                    self.peer.kill(Cause::Io, "send failed");
+                }
+                f.peer_gone();
+            }
+        }
+        {
+            let mut c = self.peer.conns.lock().unwrap();
+            if c.get(&f.local).is_some_and(|x| Arc::ptr_eq(x, f)) {
+                c.remove(&f.local);
+            }
+        }
+        // The peer router may still be reading what we sent (RDMA READs
+        // from the ring): its memory stays registered until it has, or
+        // until the link is gone (which the operation timeout bounds).
+        {
+            let mut out = f.out.lock().unwrap();
+            while !out.unread.is_empty() && !self.peer.dead.load(Ordering::Acquire) {
+                if let Err(Stop::Link(why)) = f.settle(&mut out, &*self.link, Duration::from_millis(100)) {
+                    self.peer.kill(Cause::Io, &why);
+                }
+            }
+        }
+        // Only now, with every send the peer acked given back (a client's
+        // requests still waiting fail once it sees the connection closed).
+        f.stop_placing();
+        f.peer_gone();
+        self.link.deregister(&f.mem);
+        log::debug!("connection {}: forwarding ended", f.local);
+    }
+
+    /// One look at the connection: returns credit that is due, forwards
+    /// what the client wrote, says goodbye once the client closed and all
+    /// is sent. In `Mode::Try` it never waits on the link (nor on a
+    /// receiver thread that forwards for it meanwhile). Hands the link
+    /// about `quantum` of the client's bytes at most.
+    fn step(&mut self, mode: Mode, quantum: Quantum) -> Result<Step, Stop> {
+        let f = &*self.f;
+        let link = &*self.link;
+        if let Some(fr) = &self.first {
+            let frame = Frame::of(fr);
+            trace_connect("accept-try", f.peer_conn.load(Ordering::Relaxed));
+            if !f.send(link, &[frame], mode)? {
+                return Ok(Step::Blocked);
+            }
+            trace_connect("accept-sent", f.peer_conn.load(Ordering::Relaxed));
+            self.first = None;
+        }
+        if f.peer_closed.load(Ordering::Acquire) && !self.peer.dead.load(Ordering::Acquire) {
+            // Over: but what the peer router may still be READing stays
+            // ours until it has, without holding up the worker (`finish`
+            // waits only for a link that is going down).
+            if let Ok(mut out) = f.out.try_lock() {
+                let wait = if mode == Mode::Block { Duration::from_millis(1) } else { Duration::ZERO };
+                if !out.unread.is_empty() {
+                    f.settle(&mut out, link, wait)?;
+                    if !out.unread.is_empty() {
+                        return Ok(Step::Blocked);
+                    }
+                }
+            }
+        }
+        if self.peer.dead.load(Ordering::Acquire) || f.peer_closed.load(Ordering::Acquire) {
+            return Ok(Step::Done);
+        }
+        if f.local_fault.load(Ordering::Acquire) {
+            return Err(Stop::Local("its client broke the shared ring".into()));
+        }
+        let mut progress = false;
+        if let Some(g) = f.credit_due() {
+            let h = Header::control(wire::CREDIT, f.peer_conn.load(Ordering::Relaxed), g, 0).encode();
+            if !f.send(link, &[Frame::bare(h)], mode)? {
+                return Ok(Step::Blocked);
+            }
+            f.reported.store(g, Ordering::Relaxed);
+            progress = true;
+        }
+        // Held: a receiver thread forwards for it right now (ready() then
+        // keeps the connection awake).
+        let Ok(mut out) = f.out.try_lock() else { return Ok(if progress { Step::Moved } else { Step::Idle }) };
+        progress |= f.settle(&mut out, link, Duration::ZERO)?;
+        let moved = f.forward(&mut out, link, mode, quantum)?;
+        let drained = out.drained();
+        let unread = !out.unread.is_empty();
+        drop(out);
+        match moved {
+            Moved::Blocked => return Ok(Step::Blocked),
+            Moved::Some | Moved::Partly => return Ok(Step::Moved),
+            Moved::Nothing if progress => return Ok(Step::Moved),
+            Moved::Nothing => {}
+        }
+        if f.client_side().is_closed() && drained {
+            // Everything the client sent is forwarded: say goodbye.
+            let h = Header::control(wire::CLOSE, f.peer_conn.load(Ordering::Relaxed), 0, 0).encode();
+            if !f.send(link, &[Frame::bare(h)], mode)? {
+                return Ok(Step::Blocked);
+            }
+            f.peer_closed.store(true, Ordering::Release);
+            // What the peer still READs is waited for by the next steps
+            // (above), not by `finish` on this worker.
+            return Ok(if unread { Step::Moved } else { Step::Done });
+        }
+        if unread {
+            // The peer router is reading what we sent (RDMA): nothing
+            // wakes us for that, so this waits on the link like a full
+            // one; in Block mode for a millisecond at most.
+            if mode == Mode::Block {
+                if let Ok(mut out) = f.out.try_lock() {
+                    if f.settle(&mut out, link, Duration::from_millis(1))? {
+                        return Ok(Step::Moved);
+                    }
+                }
+            }
+            return Ok(Step::Blocked);
+        }
+        Ok(Step::Idle)
+    }
+
+    /// Sends what `Link::try_send` left queued on the connection's stream,
+    /// if anything (waits while the link is full). A failed send kills the
+    /// link (its connections then end).
+    fn flush_link(&self) -> bool {
+        let s = self.f.stream();
+        if !self.link.needs_flush(s) {
+            return false;
+        }
+        if let Err(e) = self.link.flush(s) {
+            self.peer.kill(Cause::of(&e), &format!("send failed: {e}"));
+        }
+        true
+    }
+
+    /// What `Link::try_send` left queued goes with the link's control
+    /// thread.
+    fn kick_flush(&self) {
+        self.peer.flush_later(&*self.link, self.f.stream());
+    }
+
+    /// Is there something to do (checked after announcing sleep)?
+    fn ready(&self) -> bool {
+        self.first.is_some() || self.f.needs_pump(&self.peer)
     }
 }
