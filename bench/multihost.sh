@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/multihost.sh - FreeFlow between hosts vs UCX tcp, in one run.
 #
-#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure] [--bin DIR] [--load]
+#   bench/multihost.sh [--quick] [--rounds N] [--out DIR] [--only ff|ucx] [--insecure] [--bin DIR] [--load] [--pin]
 #
 # Builds two emulated hosts: network namespaces ffmh0-$$ and ffmh1-$$
 # joined by a veth (10.88.0.1/24 - 10.88.0.2/24), each with a container
@@ -23,7 +23,10 @@
 # spent per GB moved, from a cpuacct cgroup the script puts itself in (so
 # other work on the machine is not counted; without cpuacct, the whole
 # machine's). --load runs one busy-looping process per core beside
-# everything, outside that cgroup.
+# everything, outside that cgroup. --pin gives each emulated host a CPU of
+# its own (host 0's router and containers on CPU 0, host 1's on CPU 1,
+# UCX's containers too), as real hosts have their own cores; by default
+# the scheduler puts both hosts' threads on both CPUs.
 # The ff and UCX measurements alternate for --rounds rounds (default 5, 1
 # with --quick), so that both see the same background load; the table uses
 # the median of the rounds. Rows "multihost,TRANSPORT,TEST,SIZE,VALUE,UNIT"
@@ -36,17 +39,18 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-quick=0 out="" only="" rounds="" insecure=0 bin="" load=0
+quick=0 out="" only="" rounds="" insecure=0 bin="" load=0 pin=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --insecure) insecure=1 ;;
         --load) load=1 ;;
+        --pin) pin=1 ;;
         --out) out=$2; shift ;;
         --bin) bin=$2; shift ;;
         --only) only=$2; shift ;;
         --rounds) rounds=$2; shift ;;
-        -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,38p "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -90,6 +94,10 @@ fi
 
 # --- the two hosts (bench/twohosts.sh): namespaces $ns0 and $ns1, a router
 # on each, container bridges ffbr, tenant sockets in $work/h{0,1}/bench
+if [ "$pin" = 1 ]; then
+    twohosts_cpus=(0 1)
+    export UCX_BASELINE_SERVER_CPUS=0 UCX_BASELINE_CLIENT_CPUS=1
+fi
 twohosts_up "$bin" "$insecure"
 
 echo 0 > "$work/seq"
@@ -100,8 +108,9 @@ next_id() {
 }
 ctr() { # ctr HOST ID ARGS... : ffbench ARGS in a fresh container on HOST
     local h=$1 id=$2; shift 2
-    local ns; ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
-    "$top/tools/ffcontainer" run --name "ffm$$-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
+    local ns cpu=(); ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
+    [ "$pin" = 1 ] && cpu=(taskset -c "$h")
+    ${cpu[@]+"${cpu[@]}"} "$top/tools/ffcontainer" run --name "ffm$$-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
         --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/bench" -- "$bin/ffbench" "$@"
 }
 # pair ARGS...: server on host 0, client on host 1; prints the client's RESULT
@@ -199,7 +208,7 @@ done
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p')"
     echo "- CPU per GB: $([ -n "$cg" ] && echo "the benchmark's own processes on both hosts and the kernel's work for them (cpuacct cgroup)" || echo "the whole machine (/proc/stat; no cpuacct cgroup here)")"
-    echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')$([ $insecure = 1 ] && echo ' --insecure')$([ $load = 1 ] && echo " --load ($(nproc) busy loops beside the benchmark)")"
+    echo "- command: bench/multihost.sh$([ $quick = 1 ] && echo ' --quick')$([ $insecure = 1 ] && echo ' --insecure')$([ $load = 1 ] && echo " --load ($(nproc) busy loops beside the benchmark)")$([ $pin = 1 ] && echo " --pin (host 0 on CPU 0, host 1 on CPU 1)")"
     echo
     /usr/bin/python3 "$here/plot.py" "$csv" "$out/plot"
     echo

@@ -7,6 +7,7 @@
 #   ... & twohosts_pods+=($!)            # background pods twohosts_down ends
 #   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
 #   twohosts_router_flags=(--ring-size 1048576)  # extra flags for both routers
+#   twohosts_cpus=(0 1)                  # pin host 0's router to CPU 0, host 1's to CPU 1
 #
 # Builds network namespaces ffmh0-$$ and ffmh1-$$ joined by a veth
 # (10.88.0.1/24 - 10.88.0.2/24, interface "ffh" in each), each with a
@@ -26,6 +27,7 @@ twohosts_prefix=ffm$$
 ns0="" ns1="" work="" r0="" r1="" twohosts_bin=""
 twohosts_pods=()
 twohosts_router_flags=()
+twohosts_cpus=()
 
 twohosts_up() {
     local i v ns
@@ -58,7 +60,10 @@ twohosts_up() {
 # peer secret (0) or in clear (1). Containers keep their socket directories;
 # their clients must reconnect.
 twohosts_routers() {
-    local peer_flags s p
+    local peer_flags s p pin0=() pin1=()
+    if [ ${#twohosts_cpus[@]} = 2 ]; then
+        pin0=(taskset -c "${twohosts_cpus[0]}") pin1=(taskset -c "${twohosts_cpus[1]}")
+    fi
     for p in "$r0" "$r1"; do
         [ -n "$p" ] || continue
         kill "$p" 2>/dev/null || true
@@ -70,10 +75,10 @@ twohosts_routers() {
     else
         peer_flags=(--peer-secret-file "$work/peer-secret")
     fi
-    ip netns exec "$ns0" "$twohosts_bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
+    ip netns exec "$ns0" ${pin0[@]+"${pin0[@]}"} "$twohosts_bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
         --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn ${twohosts_router_flags[@]+"${twohosts_router_flags[@]}"} &
     r0=$!
-    ip netns exec "$ns1" "$twohosts_bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
+    ip netns exec "$ns1" ${pin1[@]+"${pin1[@]}"} "$twohosts_bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
         --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn ${twohosts_router_flags[@]+"${twohosts_router_flags[@]}"} &
     r1=$!
     for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do

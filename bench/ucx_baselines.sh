@@ -39,6 +39,8 @@
 #   UCX_BASELINE_SERVER_IP / UCX_BASELINE_CLIENT_IP  container addresses for
 #                       tcp,self (default 10.77.0.251/24 and 10.77.0.252/24)
 #   UCX_BASELINE_BRIDGE bridge for the containers (default ffbr0)
+#   UCX_BASELINE_SERVER_CPUS / UCX_BASELINE_CLIENT_CPUS  pin the server's
+#                       / client's container to these CPUs (taskset -c list)
 #   UCX_BASELINE_SERVER_NETNS / UCX_BASELINE_CLIENT_NETNS  "host" network
 #                       namespaces the containers' bridges live in
 #                       (ffcontainer --host-netns; default: the root netns)
@@ -69,6 +71,9 @@ SRV_IP=${UCX_BASELINE_SERVER_IP:-10.77.0.251/24}
 CLI_IP=${UCX_BASELINE_CLIENT_IP:-10.77.0.252/24}
 BRIDGE=${UCX_BASELINE_BRIDGE:-ffbr0}
 SRV_HOSTNS=(${UCX_BASELINE_SERVER_NETNS:+--host-netns "$UCX_BASELINE_SERVER_NETNS"})
+# Pinned containers (taskset CPU lists): each emulated host on its own CPUs.
+SRV_PIN=(${UCX_BASELINE_SERVER_CPUS:+taskset -c "$UCX_BASELINE_SERVER_CPUS"})
+CLI_PIN=(${UCX_BASELINE_CLIENT_CPUS:+taskset -c "$UCX_BASELINE_CLIENT_CPUS"})
 CLI_HOSTNS=(${UCX_BASELINE_CLIENT_NETNS:+--host-netns "$UCX_BASELINE_CLIENT_NETNS"})
 FF_LIB=${UCX_BASELINE_FF_LIB:-$HERE/../target/release/libuct_ff.so}
 SRV_SOCK=(${UCX_BASELINE_SERVER_SOCKDIR:+--socket-dir "$UCX_BASELINE_SERVER_SOCKDIR"})
@@ -149,13 +154,13 @@ start_server() {
     local tls=$1 port=$2 ns= i
     if [[ $tls == tcp* ]]; then
         ns=ffc-ucxb-s$$
-        UCX_TLS=$tls UCX_NET_DEVICES=eth0 "$FFC" run --name "ucxb-s$$" --ip "$SRV_IP" \
+        UCX_TLS=$tls UCX_NET_DEVICES=eth0 ${SRV_PIN[@]+"${SRV_PIN[@]}"} "$FFC" run --name "ucxb-s$$" --ip "$SRV_IP" \
             --bridge "$BRIDGE" "${SRV_HOSTNS[@]}" --pidfile "$SRV_PIDFILE" -- \
             timeout "$PERF_TIMEOUT" ucx_perftest -p "$port" \
             >"$WORK/server.log" 2>&1 </dev/null &
     elif [[ $tls == ff* ]]; then
         ns=ffc-ucxb-s$$
-        UCX_TLS=$tls "$FFC" run --name "ucxb-s$$" --ip "$SRV_IP" \
+        UCX_TLS=$tls ${SRV_PIN[@]+"${SRV_PIN[@]}"} "$FFC" run --name "ucxb-s$$" --ip "$SRV_IP" \
             --bridge "$BRIDGE" "${SRV_HOSTNS[@]}" "${SRV_SOCK[@]}" --pidfile "$SRV_PIDFILE" -- \
             env LD_PRELOAD="$FF_LIB" timeout "$PERF_TIMEOUT" ucx_perftest -p "$port" \
             >"$WORK/server.log" 2>&1 </dev/null &
@@ -198,12 +203,12 @@ probe_tcp() {
 run_client() {
     local tls=$1 test=$2 size=$3 n=$4 w=$5 port=$6
     if [[ $tls == tcp* ]]; then
-        UCX_TLS=$tls UCX_NET_DEVICES=eth0 "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
+        UCX_TLS=$tls UCX_NET_DEVICES=eth0 ${CLI_PIN[@]+"${CLI_PIN[@]}"} "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
             --bridge "$BRIDGE" "${CLI_HOSTNS[@]}" -- \
             timeout "$PERF_TIMEOUT" ucx_perftest "${SRV_IP%/*}" -p "$port" \
             -t "$test" -s "$size" -n "$n" -w "$w" -f </dev/null
     elif [[ $tls == ff* ]]; then
-        UCX_TLS=$tls UCX_LOG_LEVEL=info "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
+        UCX_TLS=$tls UCX_LOG_LEVEL=info ${CLI_PIN[@]+"${CLI_PIN[@]}"} "$FFC" run --name "ucxb-c$$" --ip "$CLI_IP" \
             --bridge "$BRIDGE" "${CLI_HOSTNS[@]}" "${CLI_SOCK[@]}" -- \
             env LD_PRELOAD="$FF_LIB" timeout "$PERF_TIMEOUT" ucx_perftest "${SRV_IP%/*}" -p "$port" \
             -t "$test" -s "$size" -n "$n" -w "$w" -f </dev/null
