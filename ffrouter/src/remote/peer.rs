@@ -1,8 +1,9 @@
-//! A link to another router as this router holds it ([`Peer`]): dialing and
-//! accepting its streams ends here; it sends CONNECTs for waiting clients,
-//! runs a receiver thread per stream (frames into rings, posted receives,
-//! covers: see [`super::cover`]), a control thread for queued frames and a
-//! ping thread, and tears everything down when the link dies.
+//! A link to another router as this router holds it ([`Peer`]; dialing and
+//! accepting its streams are `remote.rs`'s): it sends the CONNECTs of
+//! clients that waited for it, runs a receiver thread per stream (frames
+//! into rings and posted receives, covers: see [`super::cover`]), a control
+//! thread for queued frames and a ping thread, and when the link dies fails
+//! every connection on it.
 
 use super::*;
 
