@@ -62,7 +62,20 @@ impl Peer {
     /// The link is up: start its threads and send what waited for it.
     pub(super) fn up(self: &Arc<Self>, remote: &Arc<Remote>, link: Arc<dyn Link>) {
         self.step();
-        remote.links.fetch_add(1, Ordering::Relaxed);
+        // Recorded before any of its threads runs: a receiver that finds a
+        // violation in the link's first frame kills the peer, and `kill`
+        // shuts down and uncounts the link it finds here. (Recorded after,
+        // such a kill found no link, which then stayed open and counted.)
+        {
+            let mut i = self.inner.lock().unwrap();
+            if self.dead.load(Ordering::Acquire) {
+                drop(i);
+                link.shutdown();
+                return;
+            }
+            remote.links.fetch_add(1, Ordering::Relaxed);
+            i.link = Some(link.clone());
+        }
         for s in 0..link.streams() {
             let (p, l, r) = (self.clone(), link.clone(), remote.clone());
             let spawned = std::thread::Builder::new().name(format!("peer-rx-{s}")).spawn(move || p.receive(&r, &l, s));
@@ -78,11 +91,9 @@ impl Peer {
         if let Err(e) = std::thread::Builder::new().name("peer-ping".into()).spawn(move || p.ping_loop(&l)) {
             return self.kill(Cause::Local, &format!("cannot start the ping thread: {e}"));
         }
-        let waiting = {
-            let mut i = self.inner.lock().unwrap();
-            i.link = Some(link);
-            std::mem::take(&mut i.waiting)
-        };
+        // (Connects that came meanwhile went out at once; a kill meanwhile
+        // refused these.)
+        let waiting = std::mem::take(&mut self.inner.lock().unwrap().waiting);
         for (f, body, want) in waiting {
             self.submit(remote, f, body, want);
         }

@@ -381,3 +381,26 @@ fn a_peer_router_gets_no_more_streams_than_the_routers_own_links_have() {
     assert_eq!(crate::link::auth::fewer_streams(&e), Some(3), "{e}");
     assert!(dial_stream(addr, &me, 2, 0, 3, deadline).is_ok());
 }
+
+/// A violation in the very first frame of a link, which reaches the
+/// router while it is still starting the link's threads, ends the link
+/// like any other, and the link is counted gone. (Before, a receiver that
+/// found the violation before `Peer::up` had recorded the link killed a
+/// peer with no link yet: the sockets stayed open, the fake kept pinging
+/// into a link nobody shut, and `links()` kept counting it; found as a CI
+/// failure of the test above, once, on a busy machine.)
+#[test]
+fn a_violation_in_the_first_frame_of_a_link_ends_it() {
+    let (two, _ctxs, _l, addr) = setup();
+    let remote = two.remote(0);
+    let before = remote.links();
+    for round in 0..20 {
+        let fake = Fake::dial(addr, 2);
+        let t0 = Instant::now();
+        fake.send_raw(0, [0xff; wire::HDR_LEN], &[]);
+        let took = fake.killed_since(t0);
+        assert!(took < KILLED_WITHIN, "round {round}: the link ended only after {took:?}");
+        wait_for(|| remote.links() == before, Duration::from_secs(10), &format!("round {round}: the link to be counted gone"));
+    }
+    honest_link_still_serves(&two);
+}
