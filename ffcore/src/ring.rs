@@ -114,6 +114,16 @@ const MAGIC: u64 = u64::from_le_bytes(*b"FFRING01");
 pub const ALIGN: usize = 64;
 pub const REC_HDR: usize = 32;
 
+/// The smallest ring a router gives a connection when it shrinks rings to
+/// keep a tenant within its ring budget (`--ring-budget`,
+/// `--peer-ring-budget`); a `--ring-size` or `--peer-ring-size` smaller
+/// than this bounds those rings instead. A transport that sizes its whole
+/// records by one connection (UCX's segments, learnt from a connection to
+/// itself) relies on every other connection of the router taking records
+/// of [`MIN_SCALED_RING`]` / 4 - `[`REC_HDR`] bytes: 256 KiB less the
+/// header, above UCX's default 128 KiB segment.
+pub const MIN_SCALED_RING: usize = 1 << 20;
+
 /// Record kinds.
 pub const REC_FIRST: u32 = 1;
 pub const REC_CONT: u32 = 2;

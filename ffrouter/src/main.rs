@@ -41,6 +41,12 @@ struct ServeArgs {
     /// 4 KiB to 1 GiB). Bigger rings let more data be in flight.
     #[arg(long, default_value_t = 4 << 20)]
     ring_size: usize,
+    /// Ring bytes (per direction) that a tenant's same-host connections
+    /// get in all before its new ones get smaller rings: a new connection
+    /// gets BYTES / (the tenant's same-host connections open + 1), rounded
+    /// down to a power of two, at most --ring-size and at least 1 MiB.
+    #[arg(long, value_name = "BYTES", default_value_t = ffrouter::state::LOCAL_RING_BUDGET)]
+    ring_budget: usize,
     /// Shared memory (rings and shadow regions) one client may hold.
     #[arg(long, default_value_t = 64 << 30)]
     max_client_bytes: u64,
@@ -138,7 +144,7 @@ struct ServeArgs {
     /// hosts get in all before its new ones get smaller rings: a new
     /// connection gets BYTES / (the tenant's connections to other hosts
     /// open + 1), rounded down to a power of two,
-    /// at most --peer-ring-size and at least 512 KiB (a ring that streams
+    /// at most --peer-ring-size and at least 1 MiB (a ring that streams
     /// commits all its pages).
     #[arg(long, value_name = "BYTES", default_value_t = ffrouter::remote::RING_BUDGET)]
     peer_ring_budget: usize,
@@ -280,6 +286,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let (max_fds, max_links) = budget(&a, tenants.len())?;
     let mut router = Router::new(Limits {
         ring_size: a.ring_size,
+        ring_budget: a.ring_budget,
         max_client_bytes: a.max_client_bytes,
         max_client_objects: a.max_client_objects,
         rates: parse_rates(&a.rate_limits)?,

@@ -204,14 +204,19 @@ pub const MAX_LINKS: usize = 256;
 /// Default `--peer-ring-budget`: 64 connections get 4 MiB rings.
 pub const RING_BUDGET: usize = 256 << 20;
 
-/// The smallest ring [`scaled_ring`] hands out: a pump's turn among busy
-/// connections (`Quantum::Turn`, one 512 KiB gather by default), so that a
-/// busy connection can fill its turn.
-pub const SCALED_RING_MIN: usize = 512 << 10;
+/// The smallest ring [`scaled_ring`] hands out
+/// ([`ffcore::ring::MIN_SCALED_RING`], 1 MiB): more than a pump's turn among
+/// busy connections (`Quantum::Turn`, one 512 KiB gather by default), so
+/// that a busy connection can fill its turn, and what transports that size
+/// records by one connection count on (UCX's 128 KiB segments need rings of
+/// more than 512 KiB).
+pub const SCALED_RING_MIN: usize = ffcore::ring::MIN_SCALED_RING;
 
 /// Ring size for a new connection to another host while the router
 /// forwards `open` others of the same tenant (a budget per tenant: one
-/// tenant's connections never shrink another's rings): `max`
+/// tenant's connections never shrink another's rings; same-host
+/// connections are sized the same way, with `--ring-size` and
+/// `--ring-budget`, by `State::connect`): `max`
 /// (`--peer-ring-size`) while `budget / (open + 1)` is at least `max`;
 /// beyond that the largest power of two not above `budget / (open + 1)`,
 /// but never below [`SCALED_RING_MIN`] (or `max`, if that is smaller).

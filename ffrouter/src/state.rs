@@ -29,6 +29,10 @@ use std::sync::atomic::Ordering;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub ring_size: usize,
+    /// Ring bytes (per direction) a tenant's same-host connections get in
+    /// all before its new ones get smaller rings (`--ring-budget`, see
+    /// [`LOCAL_RING_BUDGET`]).
+    pub ring_budget: usize,
     /// Shared memory (rings + regions) one client may hold.
     pub max_client_bytes: u64,
     /// Listeners + connections + regions one client may hold.
@@ -57,6 +61,14 @@ pub const CLIENT_COST: Cost = (2, 1);
 pub const LOCAL_COST: Cost = (1, 0);
 pub const FORWARDED_COST: Cost = (2, 0);
 
+/// Default `--ring-budget`: 64 same-host connections of a tenant get
+/// 4 MiB rings; more get smaller ones, as connections to other hosts do
+/// under `--peer-ring-budget` ([`crate::remote::scaled_ring`]: at least
+/// 1 MiB). Without it, 512 same-host pairs streaming committed about 2 GB
+/// of rings, with it 770 MiB; see docs/ARCHITECTURE.md ("Memory per
+/// connection") for what it does to their bandwidth and fairness.
+pub const LOCAL_RING_BUDGET: usize = 256 << 20;
+
 impl Limits {
     /// The descriptors and threads one tenant may hold.
     pub fn tenant_share(&self) -> Cost {
@@ -79,6 +91,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             ring_size: 4 << 20,
+            ring_budget: LOCAL_RING_BUDGET,
             max_client_bytes: 64 << 30,
             max_client_objects: 65536,
             max_backlog: 4096,
@@ -490,7 +503,7 @@ impl State {
         if let Err((code, msg)) = self.check_listener(listener, nonce, tenant, &format!("client {client}")) {
             return err(code, msg);
         }
-        let ring_size = self.limits.ring_size;
+        let ring_size = crate::remote::scaled_ring(self.limits.ring_size, self.limits.ring_budget, self.local(tenant));
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return o;
         }
@@ -621,6 +634,11 @@ impl State {
     /// plays one side of each).
     pub fn forwarded(&self, tenant: &str) -> usize {
         self.conns.values().filter(|c| c.cost == FORWARDED_COST && &*c.tenant == tenant).count()
+    }
+
+    /// Same-host connections of `tenant` open now.
+    pub fn local(&self, tenant: &str) -> usize {
+        self.conns.values().filter(|c| c.cost == LOCAL_COST && &*c.tenant == tenant).count()
     }
 
     /// A client lets go of one side: the peer is told through the shared
@@ -802,6 +820,49 @@ mod tests {
             Reply::Listening { listener, nonce } => (listener, nonce),
             r => panic!("{r:?}"),
         }
+    }
+
+    fn ring_of(o: &Outcome) -> usize {
+        match (&o.reply, &o.fd) {
+            (Reply::Connected { ring_size, .. }, Some(mem)) => {
+                assert_eq!(mem.len(), ring::file_len(*ring_size as usize), "the file holds the rings the reply names");
+                *ring_size as usize
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn same_host_rings_shrink_past_the_tenants_budget_and_grow_back() {
+        let mut st = State::new(Limits { ring_size: 4 << 20, ring_budget: 16 << 20, ..Limits::default() });
+        let (a1, a2, b1) = (st.add_client("a".into()).unwrap(), st.add_client("a".into()).unwrap(), st.add_client("b".into()).unwrap());
+        let (l, n) = listen(&mut st, a1);
+        let rid = st.router_id;
+        let connect = |st: &mut State, c| ring_of(&st.handle(c, Request::Connect { router_id: rid, listener: l, nonce: n }));
+        // 16 MiB / (open + 1): whole rings while they fit, then the largest
+        // power of two below the share, never under 1 MiB.
+        let rings: Vec<usize> = (0..40).map(|_| connect(&mut st, a2)).collect();
+        assert_eq!(&rings[..4], &[4 << 20; 4]);
+        assert_eq!(rings[4], 2 << 20, "16 MiB / 5");
+        assert_eq!(rings[8], 1 << 20, "16 MiB / 9");
+        assert!(rings[20..].iter().all(|&r| r == ring::MIN_SCALED_RING), "16 MiB / 21 is under the floor: {rings:?}");
+        assert!(rings.windows(2).all(|w| w[0] >= w[1]));
+        // The accepting side maps the same file.
+        assert_eq!(ring_of(&st.handle(a1, Request::Accept { listener: l })), 4 << 20);
+        // Another tenant's connections do not shrink this one's rings.
+        let (lb, nb) = listen(&mut st, b1);
+        assert_eq!(ring_of(&st.handle(b1, Request::Connect { router_id: rid, listener: lb, nonce: nb })), 4 << 20);
+        // Once the tenant's connections close, new ones get whole rings again.
+        let conns: Vec<u64> = st.conns.iter().filter(|(_, c)| &*c.tenant == "a").map(|(id, _)| *id).collect();
+        assert_eq!(conns.len(), 40);
+        for conn in conns {
+            assert_eq!(code(st.handle(a2, Request::CloseConn { conn })), None);
+            let _ = st.handle(a1, Request::CloseConn { conn });
+        }
+        assert_eq!(code(st.handle(a1, Request::CloseListener { listener: l })), None);
+        assert_eq!(st.local("a"), 0);
+        let (l, n) = listen(&mut st, a1);
+        assert_eq!(ring_of(&st.handle(a2, Request::Connect { router_id: rid, listener: l, nonce: n })), 4 << 20);
     }
 
     #[test]

@@ -359,6 +359,9 @@ pub unsafe extern "C" fn ep_create(params: *const uct_ep_params_t, ep_p: *mut uc
         }
     };
     ff_debug!("ff: iface {:p} connected, connection {}", me, conn.id());
+    if !iface::fits(&conn, st.cfg.whole_sends()) {
+        return UCS_ERR_UNSUPPORTED;
+    }
     let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();
     let ep = Box::into_raw(Box::new(Ep {
         super_: uct_ep_t { iface: p.iface },

@@ -61,6 +61,36 @@ pub struct Cfg {
     pub am_align_offset: usize,
 }
 
+impl Cfg {
+    /// The largest record an endpoint writes whole into its connection's
+    /// ring: an active message, or a PUT request with its data inline.
+    pub fn whole_sends(&self) -> usize {
+        self.seg_size.max(self.short_size).max(self.inline_rma + RmaReq::LEN)
+    }
+
+    /// The largest record an accepted connection writes whole: a reply
+    /// with a GET's data inline.
+    pub fn whole_replies(&self) -> usize {
+        (self.inline_rma + RmaReply::LEN).max(AmoReply::LEN)
+    }
+}
+
+/// Whether `conn`'s ring takes records of `need` bytes whole (the router
+/// may give a connection a smaller ring than the one the iface learnt its
+/// sizes from: a tenant's many connections, or `--peer-ring-size` below
+/// `--ring-size`); logs why not.
+pub fn fits(conn: &Conn, need: usize) -> bool {
+    if conn.max_whole() >= need {
+        return true;
+    }
+    ff_error!(
+        "ff: connection {} takes records of at most {} bytes, less than this iface's {need} (UCX_FF_SEG_SIZE, UCX_FF_SHORT_SIZE, UCX_FF_INLINE_RMA): lower those, or give the router a bigger --ring-size or --peer-ring-size",
+        conn.id(),
+        conn.max_whole()
+    );
+    false
+}
+
 #[repr(C)]
 pub struct Iface {
     /// Must come first: libuct casts the iface to it.
@@ -330,9 +360,11 @@ pub unsafe extern "C" fn iface_open(
     };
     let router_id = listener.handle().router_id;
     // Records must fit a quarter of the router's rings: learn their size
-    // from one connection to ourselves (the router sizes every ring alike).
+    // from one connection to ourselves, and never count on more than the
+    // smallest ring a router gives a connection when a tenant has many
+    // (`ffcore::ring::MIN_SCALED_RING`; `ep_create` checks each).
     let max_whole = match probe_max_whole(ctx, &listener) {
-        Ok(m) => m,
+        Ok(m) => m.min(ffcore::ring::MIN_SCALED_RING / 4 - ffcore::ring::REC_HDR),
         Err(e) => {
             ff_error!("ff: cannot open a connection through the router at {}: {e}", (*md).socket);
             return UCS_ERR_IO_ERROR;
@@ -639,6 +671,7 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
     // New connections from peers: one atomic load while none are queued.
     loop {
         match (*me).st.listener.accept() {
+            Ok(Some(conn)) if !fits(&conn, (*me).st.cfg.whole_replies()) => drop(conn), // the peer's endpoint sees it closed
             Ok(Some(conn)) => {
                 ff_debug!("ff: iface {:p} accepted connection {}", me, conn.id());
                 let words = conn.wake_words().inspect_err(|e| ff_warn!("ff: no wake-up for connection {}: {e}", conn.id())).ok();

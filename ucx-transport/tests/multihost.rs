@@ -13,12 +13,26 @@ use fftestkit::Pod;
 
 #[test]
 fn open_mpi_job_with_ranks_on_two_hosts_over_ff() {
+    job_on_two_hosts(&[], "ucxh");
+}
+
+/// With no ring budget every connection between the hosts gets the
+/// smallest ring a router hands out (`ffcore::ring::MIN_SCALED_RING`), as
+/// a tenant's 257th and later do by default: UCX's segments must still fit
+/// it whole (with 512 KiB rings every active message sent by copy broke
+/// its endpoint: the ring took records of 128 KiB less a header).
+#[test]
+fn open_mpi_job_over_the_smallest_rings_a_router_hands_out() {
+    job_on_two_hosts(&["--peer-ring-budget", "0"], "ucxs");
+}
+
+fn job_on_two_hosts(router_flags: &[&str], prefix: &str) {
     let mut h = TwoHosts::new();
-    h.start_router(0, &["a"], &[]);
-    h.start_router(1, &["a"], &[]);
-    let work = build_ffmpi("ffucx-mh");
+    h.start_router(0, &["a"], router_flags);
+    h.start_router(1, &["a"], router_flags);
+    let work = build_ffmpi(&format!("ff{prefix}-mh"));
     let tag = std::process::id() % 10000;
-    let names = [format!("ucxh{tag}a"), format!("ucxh{tag}b")];
+    let names = [format!("{prefix}{tag}a"), format!("{prefix}{tag}b")];
     let pods = [
         Pod::start(&names[0], &format!("{}.11/24", h.subnets[0]), &h.bridge, Some(&h.ns[0]), &h.tenant_dir(0, "a"), &work),
         Pod::start(&names[1], &format!("{}.12/24", h.subnets[1]), &h.bridge, Some(&h.ns[1]), &h.tenant_dir(1, "a"), &work),
@@ -53,4 +67,17 @@ fn open_mpi_job_with_ranks_on_two_hosts_over_ff() {
     assert!(gets.iter().any(|g| g.2 > 0), "some GETs should have been posted with their request:\n{log}");
     drop(pods);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Rings between the hosts too small for the iface's segments (set by
+/// hand: `--peer-ring-size` below both `--ring-size` and the smallest
+/// ring a budget hands out): the endpoint is refused when it is created,
+/// with a line that names the sizes, and the job fails at once instead of
+/// breaking an endpoint at its first large message.
+#[test]
+fn rings_too_small_for_the_segments_refuse_the_endpoint_and_say_why() {
+    let failed = std::panic::catch_unwind(|| job_on_two_hosts(&["--peer-ring-size", "262144"], "ucxt")).expect_err("the job should fail");
+    let why = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(why.contains("mpirun failed"), "{why}");
+    assert!(why.contains("takes records of at most 65504 bytes, less than this iface's 131072"), "{why}");
 }

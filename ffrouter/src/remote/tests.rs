@@ -308,9 +308,10 @@ fn rings_shrink_by_halves_to_the_floor_once_the_budget_is_spent() {
 #[test]
 fn connections_beyond_the_ring_budget_get_smaller_rings_and_carry_everything() {
     let ring_of = |c: &Conn| (c.max_whole() + ffcore::ring::REC_HDR) * 4;
-    let two = Two::build(Transport::Tcp, 1 << 20, [2, 2], 2, 1 << 20);
+    let two = Two::build(Transport::Tcp, 2 << 20, [2, 2], 2, 2 << 20);
     let (ctx, mut a0, mut b0) = conn_pair(&two);
-    assert_eq!((ring_of(&a0), ring_of(&b0)), (1 << 20, 1 << 20), "the first fits the budget");
+    assert_eq!((ring_of(&a0), ring_of(&b0)), (2 << 20, 2 << 20), "the first fits the budget");
+    assert!(SCALED_RING_MIN < 2 << 20);
     let l = ctx[0].listen().unwrap();
     let mut b1 = connect(&ctx[1], &l.handle());
     let mut a1 = l.accept_timeout(Duration::from_secs(10)).unwrap();
