@@ -371,6 +371,9 @@ pub unsafe extern "C" fn iface_open(
         }
     };
     let mut cfg = cfg;
+    if cfg.seg_size > max_whole {
+        ff_info!("ff: segments of {} bytes (UCX_FF_SEG_SIZE) capped to {max_whole}, the largest record every connection's ring takes whole", cfg.seg_size);
+    }
     cfg.seg_size = cfg.seg_size.clamp(64, max_whole);
     cfg.short_size = cfg.short_size.min(max_whole);
     cfg.inline_rma = cfg.inline_rma.min(max_whole - RmaReq::LEN);
