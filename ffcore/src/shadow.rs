@@ -32,7 +32,12 @@
 //! - if the application unmaps the buffer while registered (free of a large
 //!   block), the file's pages simply stay with the router and peers until
 //!   deregistration; [`restore`] then finds the range no longer maps the file
-//!   and leaves whatever is there now alone.
+//!   and leaves whatever is there now alone, and a registration of memory
+//!   mapped there since makes shadow memory of its own rather than share the
+//!   old segment (`mr::register` checks [`maps_file`]). Until then, or until
+//!   the old registration goes, sends from that memory and receives into it
+//!   that name no registration take the old pages (`mr::find`), as a stale
+//!   memory key does on a NIC.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -121,7 +126,7 @@ pub fn check_private_anon(start: usize, len: usize) -> Result<()> {
 }
 
 /// Whether `[addr, addr+len)` still maps `file` from `offset` on.
-fn maps_file(file: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) -> Result<bool> {
+pub fn maps_file(file: BorrowedFd<'_>, offset: u64, addr: usize, len: usize) -> Result<bool> {
     let ino = File::from(file.try_clone_to_owned()?).metadata()?.ino();
     Ok(covered(addr, len, |v| {
         // The same file, shared, and the same offset for the same address.
