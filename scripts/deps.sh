@@ -32,6 +32,6 @@ if ! dpkg -s python3-torch python3-mpi4py python3-sklearn >/dev/null 2>&1; then
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch python3-mpi4py python3-sklearn; }
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-    [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component clippy
     echo "cargo installed in $HOME/.cargo/bin; add it to PATH" >&2
 fi

@@ -8,6 +8,13 @@ cd "$top"
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --all-targets
+# Lints, warnings as errors (clippy's deny-by-default ones catch unsound
+# code, e.g. a safe function that dereferences a raw pointer).
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets -- -D warnings
+else
+    echo "SKIPPED: clippy (not in this Rust toolchain; rustup component add clippy)"
+fi
 bindir=${CARGO_TARGET_DIR:-$top/target}/debug
 # Docker (python/tests/test_docker.py): the daemon and the images, here so
 # that their progress shows; the first run builds the base image (about a

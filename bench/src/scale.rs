@@ -202,7 +202,8 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
     println!("STREAMING drivers={k}");
     // Every thread gives its connections back once told to stop.
     let bufs = (0..conns).map(|_| Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))).collect::<ffcore::Result<Vec<Buf>>>()?;
-    let threads: Vec<std::thread::JoinHandle<ffcore::Result<Vec<(u64, Conn)>>>> = if k > 0 {
+    type Sent = ffcore::Result<Vec<(u64, Conn)>>;
+    let threads: Vec<std::thread::JoinHandle<Sent>> = if k > 0 {
         let mut groups: Vec<Vec<Sending>> = (0..k).map(|_| Vec::new()).collect();
         for (i, (c, b)) in cs.into_iter().zip(bufs).enumerate() {
             groups[i % k].push(Sending::new(c, i as u64, b)?);

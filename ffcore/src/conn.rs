@@ -528,7 +528,7 @@ impl Conn {
                     self.spin_for = polite::next_window(self.spin_for, start.elapsed(), SPIN, SPIN_MAX);
                     return Ok(size);
                 }
-                if polite || n % 64 == 0 {
+                if polite || n.is_multiple_of(64) {
                     let e = spin_start.elapsed();
                     if e > self.spin_for {
                         break;
@@ -971,8 +971,7 @@ impl Conn {
 
     fn progress_rx(&mut self) -> Result<()> {
         let mut moved = false;
-        loop {
-            let Some(rec) = self.rx.peek()? else { break };
+        while let Some(rec) = self.rx.peek()? {
             if rec.kind == REC_POST || (rec.kind == REC_PLACED && !self.router_is_peer) {
                 return Err(Error::Corrupt(format!("record of kind {} from the peer", rec.kind)));
             }

@@ -70,8 +70,11 @@ fn recv_exact(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<boo
     Ok(true)
 }
 
+/// A received frame: its header, body and the descriptors that came with it.
+pub type Frame = (Header, Vec<u8>, Vec<OwnedFd>);
+
 /// Receives one frame: `Ok(None)` on a clean end of stream.
-pub fn recv_frame(sock: BorrowedFd<'_>) -> Result<Option<(Header, Vec<u8>, Vec<OwnedFd>)>> {
+pub fn recv_frame(sock: BorrowedFd<'_>) -> Result<Option<Frame>> {
     let raw = sock.as_raw_fd();
     let mut fds = Vec::new();
     let mut hdr = [0u8; HEADER_LEN];

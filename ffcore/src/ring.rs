@@ -695,7 +695,7 @@ impl Tx {
     fn rewind_if_empty(&mut self, need: usize) -> Result<()> {
         let size = self.lay.ring_size;
         let off = (self.head as usize) & (size - 1);
-        if !self.rewinds || off < REWIND_AT || need > REWIND_AT || (off % PAGE != 0 && off % PAGE + need <= PAGE) {
+        if !self.rewinds || off < REWIND_AT || need > REWIND_AT || (!off.is_multiple_of(PAGE) && off % PAGE + need <= PAGE) {
             return Ok(());
         }
         if self.tail != self.head {
@@ -890,7 +890,7 @@ impl Rx {
                 }
             }
             let avail = (self.head - self.tail) as usize;
-            if avail < ALIGN || avail % ALIGN != 0 {
+            if avail < ALIGN || !avail.is_multiple_of(ALIGN) {
                 return Err(Error::Corrupt(format!("{avail} bytes published, not whole records")));
             }
             let (Record { kind, tag, total, len }, span) = self.record_at(self.tail, avail as u64)?;

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the router (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a tenant's counters from a running router.
     Stats {
         /// The tenant socket to ask.
@@ -368,7 +368,7 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         None => serve(cli.serve),
-        Some(Cmd::Serve(a)) => serve(a),
+        Some(Cmd::Serve(a)) => serve(*a),
         Some(Cmd::Stats { socket }) => ffcore::Context::with_socket(&socket)
             .and_then(|c| c.stats())
             .map(|s| {

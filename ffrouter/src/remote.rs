@@ -642,7 +642,7 @@ impl Remote {
                 format!("fake-rdma {what}"),
                 Duration::from_millis(delay_ms),
                 Duration::from_millis(setup_ms),
-                (kb_s > 0).then(|| kb_s as f64 * 1000.0),
+                (kb_s > 0).then_some(kb_s as f64 * 1000.0),
                 progress,
             ),
         }

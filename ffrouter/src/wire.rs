@@ -188,7 +188,7 @@ pub fn encode_body<T: Serialize>(t: &T) -> Vec<u8> {
 
 pub fn decode_body<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
     match postcard::take_from_bytes::<T>(b) {
-        Ok((t, rest)) if rest.is_empty() => Ok(t),
+        Ok((t, [])) => Ok(t),
         Ok(_) => Err("trailing bytes after a control body".into()),
         Err(e) => Err(format!("undecodable control body: {e}")),
     }

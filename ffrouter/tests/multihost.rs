@@ -163,7 +163,7 @@ fn routers_with_different_peer_secrets_do_not_link() {
     let mut h = TwoHosts::new();
     h.start_router(0, &["a"], &["--peer-secret-file", s1.to_str().unwrap()]);
     h.start_router(1, &["a"], &["--peer-secret-file", s2.to_str().unwrap()]);
-    let e = connect(&h).err().expect("routers with different secrets refuse each other");
+    let e = connect(&h).expect_err("routers with different secrets refuse each other");
     assert_eq!(e.code(), Some(ErrorCode::Unreachable), "{e}");
     // Tenants learn no more than from an address where nothing listens
     // (the routers' logs say why).

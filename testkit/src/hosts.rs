@@ -53,6 +53,7 @@ fn in_ns(ns: &str, args: &[&str]) {
 
 impl TwoHosts {
     /// Creates both hosts (no routers yet).
+    #[allow(clippy::new_without_default)] // it creates network namespaces: no default value
     pub fn new() -> TwoHosts {
         let tag = format!("{}-{}", std::process::id() % 100000, unique());
         let ns = [format!("ffh0-{tag}"), format!("ffh1-{tag}")];

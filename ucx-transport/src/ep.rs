@@ -29,6 +29,19 @@
 //! NO_RESOURCE while requests wait in the pending queue (except from the
 //! dispatch of that queue), a failing bcopy never calls the pack callback,
 //! AM ids are checked on both sides.
+//!
+//! # Safety
+//!
+//! The `unsafe` functions here are UCT callbacks (in the ops tables this
+//! crate hands UCX) and the helpers they call. Their contract is UCT's, not
+//! restated per function: every handle (`uct_iface_h`, `uct_ep_h`,
+//! `uct_md_h`, `uct_rkey_t`) is one this crate created and has not yet
+//! destroyed; every other pointer is valid for what UCT's API says the call
+//! reads or writes, for the duration of the call (a zero-copy buffer and a
+//! completion until the operation completes); and UCX serializes the calls
+//! on one worker, so no two run at once on the same iface or domain.
+
+#![allow(clippy::missing_safety_doc)] // see "Safety" above
 
 use crate::iface::{self, Iface};
 use crate::internal::*;
@@ -1195,6 +1208,12 @@ pub const STALL_WARN: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Stall {
     since: Instant,
     told: bool,
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Stall {

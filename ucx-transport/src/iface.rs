@@ -13,6 +13,19 @@
 //! request (decoded from a private copy of its header) passed the
 //! registration check. A connection whose requests are refused [`MAX_REFUSED`] times is
 //! closed.
+//!
+//! # Safety
+//!
+//! The `unsafe` functions here are UCT callbacks (in the ops tables this
+//! crate hands UCX) and the helpers they call. Their contract is UCT's, not
+//! restated per function: every handle (`uct_iface_h`, `uct_ep_h`,
+//! `uct_md_h`, `uct_rkey_t`) is one this crate created and has not yet
+//! destroyed; every other pointer is valid for what UCT's API says the call
+//! reads or writes, for the duration of the call (a zero-copy buffer and a
+//! completion until the operation completes); and UCX serializes the calls
+//! on one worker, so no two run at once on the same iface or domain.
+
+#![allow(clippy::missing_safety_doc)] // see "Safety" above
 
 use crate::config::IfaceConfig;
 use crate::ep::{self, Ep, Stall};
@@ -734,7 +747,10 @@ pub unsafe extern "C" fn iface_progress(iface: uct_iface_h) -> c_uint {
             }
         }
         // A callback may have destroyed endpoints (they left `eps`).
-        if (&(*me).st.eps).get(i) == Some(&e) {
+        // (An explicit, short-lived reference: no other one to `eps` lives.)
+        #[allow(clippy::needless_borrow)]
+        let still = (&(*me).st.eps).get(i) == Some(&e);
+        if still {
             i += 1;
         }
     }
@@ -1053,7 +1069,7 @@ unsafe fn deliver_am(base: *const BaseIface, id: usize, data: *mut u8, len: usiz
 /// and where the record's address honours the AM alignment UCP asked for
 /// (`(data + offset) % align == 0`), else it is copied as on one host.
 pub fn am_in_ring(router_wrote: bool, data: usize, align: usize, offset: usize) -> bool {
-    router_wrote && (align <= 1 || (data.wrapping_add(offset)) % align == 0)
+    router_wrote && (align <= 1 || (data.wrapping_add(offset)).is_multiple_of(align))
 }
 
 /// Handles one message while it is in the ring (`data`, `len`: the record,

@@ -20,6 +20,19 @@
 //! so the pages moved (and moved back) may be written by other threads
 //! meanwhile, and such writes are lost (TensorFlow's heap got corrupted
 //! that way).
+//!
+//! # Safety
+//!
+//! The `unsafe` functions here are UCT callbacks (in the ops tables this
+//! crate hands UCX) and the helpers they call. Their contract is UCT's, not
+//! restated per function: every handle (`uct_iface_h`, `uct_ep_h`,
+//! `uct_md_h`, `uct_rkey_t`) is one this crate created and has not yet
+//! destroyed; every other pointer is valid for what UCT's API says the call
+//! reads or writes, for the duration of the call (a zero-copy buffer and a
+//! completion until the operation completes); and UCX serializes the calls
+//! on one worker, so no two run at once on the same iface or domain.
+
+#![allow(clippy::missing_safety_doc)] // see "Safety" above
 
 use crate::internal::*;
 use crate::proto::{PackedRkey, Registry};
@@ -205,9 +218,11 @@ pub fn random_u64() -> u64 {
 
 /// The router socket this domain uses: `UCX_FF_ROUTER_SOCKET`, else
 /// `FF_ROUTER_SOCKET`, else the default.
-pub fn socket_for(config: *const uct_md_config_t) -> String {
-    // SAFETY: UCX passes the bundle it parsed from our MD table (or null).
-    unsafe { crate::config::router_socket(config) }.unwrap_or_else(ffcore::client::socket_path)
+///
+/// # Safety
+/// `config` is null or the bundle UCX parsed from our MD config table.
+pub unsafe fn socket_for(config: *const uct_md_config_t) -> String {
+    crate::config::router_socket(config).unwrap_or_else(ffcore::client::socket_path)
 }
 
 /// True if `UCX_TLS` names `ff` explicitly (then a missing router is an

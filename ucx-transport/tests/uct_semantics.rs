@@ -505,7 +505,7 @@ fn remote_keys_are_independent() {
         for (i, x) in keys.iter().enumerate() {
             assert_eq!(x.cookie, keys[0].cookie, "one domain, one cookie");
             for y in &keys[i + 1..] {
-                let (kx, ky) = (u64::from(x.key), u64::from(y.key));
+                let (kx, ky) = (x.key, y.key);
                 // Random keys fail these with probability ~2^-31 per pair.
                 assert!(kx.abs_diff(ky) > 1 << 32, "keys {kx:#x} and {ky:#x} are close");
                 assert_ne!(kx >> 32, ky >> 32, "keys {kx:#x} and {ky:#x} share their high bits");
@@ -515,9 +515,9 @@ fn remote_keys_are_independent() {
         // registration: nearby keys (fewer than MAX_REFUSED, so every one is
         // answered). Each is refused and the memory stays as it was.
         let real = keys[0];
-        let k = u64::from(real.key);
+        let k = real.key;
         for forged_key in [k.wrapping_add(1), k.wrapping_sub(1), k.wrapping_add(2), k ^ (1 << 32), k ^ (1 << 63), k.wrapping_add(1 << 32)] {
-            let forged = PackedRkey { key: forged_key.try_into().unwrap(), base: keys[1].base, len: keys[1].len, ..real };
+            let forged = PackedRkey { key: forged_key, base: keys[1].base, len: keys[1].len, ..real };
             let mut packed = vec![0u8; PackedRkey::LEN];
             forged.write(&mut packed);
             let fk = w.rkey(&packed);
@@ -818,7 +818,7 @@ fn shadow_memory_puts_and_gets_copy_once() {
         let mdops = &*((*(u.md as *mut UctMd)).ops);
         let (mut len, mut addr, mut mh) = ((1 << 20) + 5, null_mut(), null_mut());
         ok(mdops.mem_alloc.unwrap()(u.md, &mut len, &mut addr, UCS_MEMORY_TYPE_HOST, 0, c"test".as_ptr(), &mut mh), "mem_alloc");
-        assert!(len >= (1 << 20) + 5 && len as u64 % page == 0, "{len}");
+        assert!(len >= (1 << 20) + 5 && (len as u64).is_multiple_of(page), "{len}");
         let mut packed = vec![0u8; u.rkey_packed_size()];
         ok(uct_md_mkey_pack(u.md, mh, packed.as_mut_ptr() as *mut c_void), "mkey_pack");
         let rk = w.rkey(&packed);

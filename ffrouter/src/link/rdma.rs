@@ -549,7 +549,7 @@ impl RdmaLink {
                     rkey: u32::from_le_bytes(r[8..12].try_into().unwrap()),
                     len: u32::from_le_bytes(r[12..16].try_into().unwrap()) as u64,
                 };
-                if ring.len < 4096 || ring.len % 64 != 0 || ring.len > 1 << 30 {
+                if ring.len < 4096 || !ring.len.is_multiple_of(64) || ring.len > 1 << 30 {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "bad landing ring from the peer router"));
                 }
                 v.modify_qp(*qp, QpState::Init, None)?;

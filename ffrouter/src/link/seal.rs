@@ -233,7 +233,7 @@ impl Opener {
         }
         let len_bytes: [u8; LEN] = self.buf[s..s + LEN].try_into().unwrap();
         let m = u32::from_le_bytes(len_bytes) as usize;
-        if m == 0 || m > n || m % RATE != 0 || e - s < LEN + m + TAG {
+        if m == 0 || m > n || !m.is_multiple_of(RATE) || e - s < LEN + m + TAG {
             return Ok(None);
         }
         let tag: [u8; TAG] = self.buf[s + LEN + m..s + LEN + m + TAG].try_into().unwrap();
