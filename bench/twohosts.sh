@@ -8,6 +8,8 @@
 #   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
 #   twohosts_router_flags=(--ring-size 1048576)  # extra flags for both routers
 #   twohosts_cpus=(0 1)                  # pin host 0's router to CPU 0, host 1's to CPU 1
+#   twohosts_tenants=(other)             # more tenants (set before twohosts_up):
+#                                        # socket $work/hI/NAME/ffrouter.sock
 #
 # Builds network namespaces ffmh0-$$ and ffmh1-$$ joined by a veth
 # (10.88.0.1/24 - 10.88.0.2/24, interface "ffh" in each), each with a
@@ -28,6 +30,7 @@ ns0="" ns1="" work="" r0="" r1="" twohosts_bin=""
 twohosts_pods=()
 twohosts_router_flags=()
 twohosts_cpus=()
+twohosts_tenants=()
 
 twohosts_up() {
     local i v ns
@@ -50,6 +53,7 @@ twohosts_up() {
         ip -n "$ns" route add "10.7$((2 - i)).0.0/24" via "10.88.0.$((2 - i))"
         ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
         mkdir -p "$work/h$i/bench"
+        for t in ${twohosts_tenants[@]+"${twohosts_tenants[@]}"}; do mkdir -p "$work/h$i/$t"; done
         i=$((i + 1))
     done
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/peer-secret"
@@ -60,7 +64,7 @@ twohosts_up() {
 # peer secret (0) or in clear (1). Containers keep their socket directories;
 # their clients must reconnect.
 twohosts_routers() {
-    local peer_flags s p pin0=() pin1=()
+    local peer_flags s p t pin0=() pin1=() more0=() more1=()
     if [ ${#twohosts_cpus[@]} = 2 ]; then
         pin0=(taskset -c "${twohosts_cpus[0]}") pin1=(taskset -c "${twohosts_cpus[1]}")
     fi
@@ -70,18 +74,22 @@ twohosts_routers() {
         wait "$p" 2>/dev/null || true
     done
     rm -f "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"
+    for t in ${twohosts_tenants[@]+"${twohosts_tenants[@]}"}; do
+        rm -f "$work/h0/$t/ffrouter.sock" "$work/h1/$t/ffrouter.sock"
+        more0+=(--tenant "$t=$work/h0/$t/ffrouter.sock") more1+=(--tenant "$t=$work/h1/$t/ffrouter.sock")
+    done
     if [ "$1" = 1 ]; then
         peer_flags=(--insecure-no-peer-secret)
     else
         peer_flags=(--peer-secret-file "$work/peer-secret")
     fi
-    ip netns exec "$ns0" ${pin0[@]+"${pin0[@]}"} "$twohosts_bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" \
+    ip netns exec "$ns0" ${pin0[@]+"${pin0[@]}"} "$twohosts_bin/ffrouter" --tenant "bench=$work/h0/bench/ffrouter.sock" ${more0[@]+"${more0[@]}"} \
         --listen-addr 10.88.0.1:7070 "${peer_flags[@]}" --log-level warn ${twohosts_router_flags[@]+"${twohosts_router_flags[@]}"} &
     r0=$!
-    ip netns exec "$ns1" ${pin1[@]+"${pin1[@]}"} "$twohosts_bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" \
+    ip netns exec "$ns1" ${pin1[@]+"${pin1[@]}"} "$twohosts_bin/ffrouter" --tenant "bench=$work/h1/bench/ffrouter.sock" ${more1[@]+"${more1[@]}"} \
         --listen-addr 10.88.0.2:7070 "${peer_flags[@]}" --log-level warn ${twohosts_router_flags[@]+"${twohosts_router_flags[@]}"} &
     r1=$!
-    for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock"; do
+    for s in "$work/h0/bench/ffrouter.sock" "$work/h1/bench/ffrouter.sock" $(for t in ${twohosts_tenants[@]+"${twohosts_tenants[@]}"}; do echo "$work/h0/$t/ffrouter.sock $work/h1/$t/ffrouter.sock"; done); do
         for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.05; done
         [ -S "$s" ] || { echo "twohosts: router socket $s did not appear" >&2; return 1; }
     done

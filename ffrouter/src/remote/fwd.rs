@@ -492,7 +492,7 @@ pub(super) fn spawn_pump(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, firs
         peer.conns.lock().unwrap().remove(&f.local);
         return f.peer_gone();
     };
-    if let Err(e) = r.pumps.add(Pump { peer: peer.clone(), link, f: f.clone(), first }) {
+    if let Err(e) = r.pumps.add(Pump::new(peer.clone(), link, f.clone(), first)) {
         log::error!("cannot start forwarding connection {}: {e}", f.local);
         peer.conns.lock().unwrap().remove(&f.local);
         f.peer_gone();

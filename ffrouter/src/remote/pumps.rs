@@ -30,6 +30,12 @@
 //!   word again), which at 512 idle connections was nearly all the routers'
 //!   idle CPU.
 //!
+//! Tenants: while connections of two or more tenants are awake, a round
+//! gives each *tenant* one turn's worth of the link, through as many of
+//! its connections as that takes; the others wait at the front of the
+//! queue ([`Tenants`]), so a tenant's share of a worker does not grow with
+//! its connections.
+//!
 //! Sends: a connection alone awake on its worker sends as its pump thread
 //! did (`Mode::Block`: waits in the kernel while the link is full, so one
 //! connection's figures are those of a thread of its own). With others
@@ -256,6 +262,34 @@ enum Turn {
     Gone(Result<(), Stop>),
 }
 
+/// The tenants with connections awake on a worker, and what each handed
+/// the link in the current round (see `run`). A worker has few tenants:
+/// a list, kept between rounds so that a round allocates nothing.
+#[derive(Default)]
+struct Tenants(Vec<(Arc<str>, u64)>);
+
+impl Tenants {
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn note(&mut self, t: &Arc<str>) {
+        if !self.0.iter().any(|(x, _)| x == t) {
+            self.0.push((t.clone(), 0));
+        }
+    }
+
+    /// What `t` handed the link this round.
+    fn spent(&mut self, t: &Arc<str>) -> &mut u64 {
+        self.note(t);
+        &mut self.0.iter_mut().find(|(x, _)| x == t).unwrap().1
+    }
+}
+
 fn run(w: &Arc<Worker>) {
     let mut slots: Vec<Slot> = Vec::new();
     let mut bell_seen = w.bell.load(Ordering::SeqCst);
@@ -264,6 +298,7 @@ fn run(w: &Arc<Worker>) {
     // turns so that a turn allocates nothing.
     let (mut spare, mut back): (Vec<Slot>, Vec<Slot>) = (Vec::new(), Vec::new());
     let mut blocked: Vec<usize> = Vec::new();
+    let mut tenants = Tenants::default();
     let mut degraded = false;
     let mut napping = nap();
     w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
@@ -294,6 +329,7 @@ fn run(w: &Arc<Worker>) {
         // Wake the sleepers whose word moved.
         let now = Instant::now();
         let (mut awake, mut smallest) = (0, usize::MAX);
+        tenants.clear();
         for s in slots.iter_mut() {
             if let Doze::Asleep { seen, .. } = s.doze {
                 if s.p.f.router_side().wake.load(Ordering::SeqCst) == seen {
@@ -303,6 +339,7 @@ fn run(w: &Arc<Worker>) {
             }
             awake += 1;
             smallest = smallest.min(s.p.f.turn_ring());
+            tenants.note(&s.p.f.regions.tenant);
         }
         // Turns no bigger than the smallest busy connection can fill
         // (half its ring: the rest may be in flight or unread): with rings
@@ -313,12 +350,33 @@ fn run(w: &Arc<Worker>) {
         // whoever moved goes to the back, so that those the link had no
         // room for get it first next turn.
         let (mode, quantum) = if awake <= 1 { (Mode::Block, Quantum::All) } else { (Mode::Try, cap) };
+        // With connections of several tenants awake, turns are the
+        // tenants': each may hand the link one turn's worth per round,
+        // through as many of its connections (in queue order) as that
+        // takes; the rest of its connections wait at the front of the
+        // queue for the next round. A tenant with one connection then
+        // gets as much of the worker as one with a hundred.
+        let budget = (tenants.len() > 1).then(|| turn_quantum().min(smallest / 2).max(1) as u64);
         let (mut moved, mut spinning) = (false, false);
         let spin_for = if yields.may_yield() { spin() } else { Duration::ZERO };
         blocked.clear();
         let mut front = std::mem::take(&mut spare);
         for mut s in slots.drain(..) {
-            match turn(&mut s, mode, quantum, now, spin_for) {
+            let mut quantum = quantum;
+            let metered = budget.is_some() && matches!(s.doze, Doze::Awake { .. });
+            if let (true, Some(budget)) = (metered, budget) {
+                let spent = *tenants.spent(&s.p.f.regions.tenant);
+                if spent >= budget {
+                    front.push(s); // its tenant had its turn this round
+                    continue;
+                }
+                quantum = Quantum::Turn((budget - spent) as usize);
+            }
+            let res = turn(&mut s, mode, quantum, now, spin_for);
+            if metered {
+                *tenants.spent(&s.p.f.regions.tenant) += s.p.handed;
+            }
+            match res {
                 Turn::Gone(res) => {
                     w.retire(s.p, res);
                     continue;
@@ -515,6 +573,9 @@ pub(super) struct Pump {
     pub(super) f: Arc<Fwd>,
     /// A frame to send before anything else (an incoming connection's ACCEPT).
     pub(super) first: Option<Vec<u8>>,
+    /// Credit the last [`Pump::step`] charged: the client's bytes (and
+    /// frame headers) it handed to the link.
+    pub(super) handed: u64,
 }
 
 /// What one [`Pump::step`] did.
@@ -531,6 +592,10 @@ enum Step {
 }
 
 impl Pump {
+    pub(super) fn new(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<Vec<u8>>) -> Pump {
+        Pump { peer, link, f, first, handed: 0 }
+    }
+
     /// Forwarding ended: tell the peer if our client broke its ring, and
     /// let the connection go.
     fn finish(self, res: Result<(), Stop>) {
@@ -578,6 +643,7 @@ impl Pump {
     /// receiver thread that forwards for it meanwhile). Hands the link
     /// about `quantum` of the client's bytes at most.
     fn step(&mut self, mode: Mode, quantum: Quantum) -> Result<Step, Stop> {
+        self.handed = 0;
         let f = &*self.f;
         let link = &*self.link;
         if let Some(fr) = &self.first {
@@ -622,7 +688,10 @@ impl Pump {
         // keeps the connection awake).
         let Ok(mut out) = f.out.try_lock() else { return Ok(if progress { Step::Moved } else { Step::Idle }) };
         progress |= f.settle(&mut out, link, Duration::ZERO)?;
-        let moved = f.forward(&mut out, link, mode, quantum)?;
+        let before = out.charged;
+        let moved = f.forward(&mut out, link, mode, quantum);
+        self.handed = out.charged - before;
+        let moved = moved?;
         let drained = out.drained();
         let unread = !out.unread.is_empty();
         drop(out);

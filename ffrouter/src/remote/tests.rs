@@ -40,6 +40,7 @@ impl Two {
             let cfg = Config { listen: any, advertise: any, streams: streams[i], secret, transport: t, ring_size, ring_budget, peers: PeerPolicy::any(), max_links: MAX_LINKS, rdma: None, workers };
             r.enable_remote(cfg).unwrap();
             r.serve_tenant(&Tenant { name: "a".into(), socket: dir.join(format!("r{i}.sock")) }).unwrap();
+            r.serve_tenant(&Tenant { name: "b".into(), socket: dir.join(format!("r{i}-b.sock")) }).unwrap();
             r
         };
         Two { _routers: [mk(0), mk(1)], dir }
@@ -56,6 +57,11 @@ impl Two {
 
     fn ctx(&self, i: usize) -> Context {
         Context::with_socket(self.dir.join(format!("r{i}.sock")).to_str().unwrap()).unwrap()
+    }
+
+    /// A client of tenant "b" (the others are tenant "a"'s) on router `i`.
+    fn ctx_b(&self, i: usize) -> Context {
+        Context::with_socket(self.dir.join(format!("r{i}-b.sock")).to_str().unwrap()).unwrap()
     }
 }
 
@@ -1210,4 +1216,88 @@ fn hundreds_of_connections_share_a_few_pump_workers() {
         }
     }
     assert_eq!((two.pump_threads(0), two.pump_threads(1)), (want, want), "workers stay");
+}
+
+#[test]
+fn a_tenant_with_one_connection_gets_its_share_of_the_link_beside_one_with_sixteen() {
+    // Issue 17 (fair sharing among tenants): tenant "a" streams on 16
+    // connections across, tenant "b" on one, all through one pump worker
+    // per router. Turns per connection would give "b" 1/17 of the link;
+    // turns per tenant give it half. The clients only post (buffers in
+    // shadow memory: the routers read and write them), so that the
+    // routers, not the clients' share of the cores, decide who gets what.
+    // Every message is checked.
+    const A: usize = 16;
+    const MSG: usize = 256 << 10;
+    const WINDOW: usize = 16;
+    let two = Two::with_workers(Transport::Tcp, 4 << 20, 2, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counted = Arc::new(AtomicBool::new(false));
+    let got: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut threads = Vec::new();
+    for k in 0..=A {
+        let (c0, c1) = if k < A { (two.ctx(0), two.ctx(1)) } else { (two.ctx_b(0), two.ctx_b(1)) };
+        let l = c0.listen().unwrap();
+        let mut tx = connect(&c1, &l.handle());
+        let mut rx = l.accept_timeout(Duration::from_secs(10)).unwrap();
+        let stop2 = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let bufs: Vec<_> = (0..WINDOW).map(|_| c1.alloc_region(MSG).unwrap()).collect();
+            let mut reqs = std::collections::VecDeque::new();
+            let mut seq = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                if reqs.len() == WINDOW {
+                    let r = reqs.pop_front().unwrap();
+                    if tx.wait(r, T).is_err() {
+                        return;
+                    }
+                }
+                let b = &bufs[seq as usize % WINDOW];
+                // SAFETY: the region holds MSG bytes; its last send is done.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(seq.to_le_bytes().as_ptr(), b.as_ptr(), 8);
+                    reqs.push_back(tx.isend(b.as_ptr(), MSG, 1).unwrap());
+                }
+                seq += 1;
+            }
+            for r in reqs {
+                let _ = tx.wait(r, T);
+            }
+            let _ = tx.send(&[], 1, T);
+        }));
+        let (got2, counted2) = (got.clone(), counted.clone());
+        threads.push(std::thread::spawn(move || {
+            let bufs: Vec<_> = (0..WINDOW).map(|_| c0.alloc_region(MSG).unwrap()).collect();
+            // SAFETY (both): each region holds MSG bytes and has one
+            // receive at a time, taken before it is posted again.
+            let post = |rx: &mut Conn, i: u64| unsafe { rx.irecv(bufs[i as usize % WINDOW].as_ptr(), MSG, 1).unwrap() };
+            let mut reqs: std::collections::VecDeque<_> = (0..WINDOW as u64).map(|i| post(&mut rx, i)).collect();
+            let mut seq = 0u64;
+            loop {
+                let n = rx.wait(reqs.pop_front().unwrap(), T).unwrap();
+                if n == 0 {
+                    break;
+                }
+                let mut h = [0u8; 8];
+                unsafe { std::ptr::copy_nonoverlapping(bufs[seq as usize % WINDOW].as_ptr(), h.as_mut_ptr(), 8) };
+                assert_eq!((n, u64::from_le_bytes(h)), (MSG, seq), "connection {k}");
+                reqs.push_back(post(&mut rx, seq + WINDOW as u64));
+                seq += 1;
+                if counted2.load(Ordering::Relaxed) {
+                    got2[(k == A) as usize].fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    counted.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(2000));
+    counted.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (a, b) = (got[0].load(Ordering::Relaxed) as f64, got[1].load(Ordering::Relaxed) as f64);
+    eprintln!("tenant a ({A} connections): {:.0} MB, tenant b (1): {:.0} MB, b's share {:.2}", a / 1e6, b / 1e6, b / (a + b));
+    assert!(b / (a + b) > 0.2, "tenant b got {:.2} of the link", b / (a + b));
 }
