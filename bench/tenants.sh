@@ -89,17 +89,34 @@ for r in $(seq "$rounds"); do
         seq_id=$((seq_id + 1))
         ctr "$seq_id" 1 other connect scale --conns 1 --drivers 1 --size "$size" --idle-secs 1 --probes 0 --handle "$ho" > "$out/$name-$r-other.client" 2>&1 &
         pids+=($!)
+        # The machine's busy CPU (both hosts, every process, the kernel)
+        # over about the servers' measured window: it starts a second after
+        # both clients stream.
+        st0="" st1=""
+        for _ in $(seq 200); do
+            grep -q '^STREAMING' "$out/$name-$r-bench.client" 2>/dev/null && grep -q '^STREAMING' "$out/$name-$r-other.client" 2>/dev/null && break
+            sleep 0.05
+        done
+        sleep 1.1
+        st0=$(head -1 /proc/stat)
+        sleep "$secs"
+        st1=$(head -1 /proc/stat)
         for p in "${pids[@]}"; do wait "$p" || true; done
         a=$(grep -h '^RESULT' "$out/$name-$r-bench.server" | val agg_mb_per_s)
         o=$(grep -h '^RESULT' "$out/$name-$r-other.server" | val agg_mb_per_s)
-        bad=$(cat "$out/$name-$r-"*.server | grep -h '^RESULT' | val bad_messages | paste -sd+ | bc)
+        bad=$(cat "$out/$name-$r-"*.server | grep -h '^RESULT' | val bad_messages | awk '{ s += $1 } END { print s + 0 }')
         [ -n "$a" ] && [ -n "$o" ] || { echo "tenants: $name round $r: no result (see $out/$name-$r-*)" >&2; continue; }
         share=$(awk -v a="$a" -v o="$o" 'BEGIN { printf "%.3f", o / (a + o) }')
+        # CPU seconds per GB moved: busy jiffies (user..steal) over the
+        # window, over what both tenants moved in --secs.
+        cpu=$(echo "$st0 $st1" | awk -v hz="$(getconf CLK_TCK)" -v mb="$(awk -v a="$a" -v o="$o" -v s="$secs" 'BEGIN { print (a + o) * s }')" \
+            '{ b0 = $2 + $3 + $4 + $7 + $8 + $9; b1 = $13 + $14 + $15 + $18 + $19 + $20; printf "%.3f", (b1 - b0) / hz / (mb / 1000) }')
+        echo "tenants,$name,cpu_per_gb,$r,$cpu,s/GB" >> "$csv"
         echo "tenants,$name,bench_mb_per_s,$r,$a,MB/s" >> "$csv"
         echo "tenants,$name,other_mb_per_s,$r,$o,MB/s" >> "$csv"
         echo "tenants,$name,other_share,$r,$share,ratio" >> "$csv"
         echo "tenants,$name,bad_messages,$r,$bad,count" >> "$csv"
-        echo "round $r $name: tenant bench ($conns connections) $a MB/s, tenant other (1) $o MB/s, other's share $share, bad messages $bad" >&2
+        echo "round $r $name: tenant bench ($conns connections) $a MB/s, tenant other (1) $o MB/s, other's share $share, machine CPU $cpu s/GB, bad messages $bad" >&2
         "$top/tools/ffcontainer" cleanup "$twohosts_prefix" >/dev/null 2>&1 || true
     done
 done
@@ -111,11 +128,12 @@ done
     echo "- ffrouter commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown) (the checkout; builds: ${builds[*]})"
     echo "- command: bench/tenants.sh --conns $conns --size $size --secs $secs --rounds $rounds${router_flags:+ --router-flags \"$router_flags\"} ${builds[*]}"
     echo "- tenant bench streams on $conns connections, tenant other on 1, at once, host 1 to host 0; fair share of tenant other: 0.5, per-connection turns: $(awk -v n="$conns" 'BEGIN { printf "%.3f", 1 / (n + 1) }')"
+    echo "- CPU per GB: the machine's busy CPU (both hosts, every process, the kernel; /proc/stat) over the --secs ($secs s) starting a second after both clients stream, per GB both tenants moved"
     echo
-    echo "| build | round | tenant bench MB/s | tenant other MB/s | other's share | bad messages |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| build | round | tenant bench MB/s | tenant other MB/s | other's share | machine CPU s/GB | bad messages |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     awk -F, 'NR > 1 { v[$2 "," $4 "," $3] = $5; if (!seen[$2 "," $4]++) k[++n] = $2 "," $4 }
-        END { for (i = 1; i <= n; i++) { split(k[i], p, ","); printf "| %s | %s | %s | %s | %s | %s |\n", p[1], p[2], v[k[i] ",bench_mb_per_s"], v[k[i] ",other_mb_per_s"], v[k[i] ",other_share"], v[k[i] ",bad_messages"] } }' "$csv"
+        END { for (i = 1; i <= n; i++) { split(k[i], p, ","); printf "| %s | %s | %s | %s | %s | %s | %s |\n", p[1], p[2], v[k[i] ",bench_mb_per_s"], v[k[i] ",other_mb_per_s"], v[k[i] ",other_share"], v[k[i] ",cpu_per_gb"], v[k[i] ",bad_messages"] } }' "$csv"
     echo
     echo "![tenant other's share](tenants.png)"
 } > "$out/README.md"
@@ -129,13 +147,15 @@ import matplotlib.pyplot as plt
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["metric"] == "other_share"]
 builds = list(dict.fromkeys(r["build"] for r in rows))
 fig, ax = plt.subplots(figsize=(6, 4))
+k = 1
 for i, b in enumerate(builds):
     v = [float(r["value"]) for r in rows if r["build"] == b]
+    k = max(k, len(v))
     ax.bar([i + j * 0.8 / len(v) for j in range(len(v))], v, 0.8 / len(v), label=b)
 n = int(sys.argv[3])
 ax.axhline(0.5, color="green", linestyle="--", label="fair among tenants (0.5)")
 ax.axhline(1 / (n + 1), color="red", linestyle=":", label=f"turns per connection (1/{n + 1})")
-ax.set_xticks([i + 0.4 - 0.4 / 3 for i in range(len(builds))])
+ax.set_xticks([i + 0.4 - 0.4 / k for i in range(len(builds))])
 ax.set_xticklabels(builds)
 ax.set_ylabel("tenant other's share of the two, by round")
 ax.set_ylim(0, 0.6)
