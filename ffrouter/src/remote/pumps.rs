@@ -366,11 +366,12 @@ fn run(w: &Arc<Worker>) {
             let metered = budget.is_some() && matches!(s.doze, Doze::Awake { .. });
             if let (true, Some(budget)) = (metered, budget) {
                 let spent = *tenants.spent(&s.p.f.regions.tenant);
-                if spent >= budget {
+                // (Set-up never waits: an ACCEPT still to send goes now.)
+                if spent >= budget && s.p.first.is_none() {
                     front.push(s); // its tenant had its turn this round
                     continue;
                 }
-                quantum = Quantum::Turn((budget - spent) as usize);
+                quantum = Quantum::Turn(budget.saturating_sub(spent).max(1) as usize);
             }
             let res = turn(&mut s, mode, quantum, now, spin_for);
             if metered {
