@@ -592,7 +592,7 @@ impl Conn {
 
     /// The largest `max` [`Conn::try_send_with`] accepts (a quarter of the ring).
     pub fn max_whole(&self) -> usize {
-        self.lay.ring_size / 4 - crate::ring::REC_HDR
+        crate::ring::whole_max(self.lay.ring_size)
     }
 
     /// Sends a whole message written in place: `fill` gets `max` writable

@@ -120,9 +120,15 @@ pub const REC_HDR: usize = 32;
 /// than this bounds those rings instead. A transport that sizes its whole
 /// records by one connection (UCX's segments, learnt from a connection to
 /// itself) relies on every other connection of the router taking records
-/// of [`MIN_SCALED_RING`]` / 4 - `[`REC_HDR`] bytes: 256 KiB less the
-/// header, above UCX's default 128 KiB segment.
+/// of [`whole_max`]`(MIN_SCALED_RING)` bytes: 256 KiB less the header,
+/// above UCX's default 128 KiB segment.
 pub const MIN_SCALED_RING: usize = 1 << 20;
+
+/// The largest record a ring of `ring_size` bytes takes whole (a quarter
+/// of the ring, less the record header).
+pub const fn whole_max(ring_size: usize) -> usize {
+    ring_size / 4 - REC_HDR
+}
 
 /// Record kinds.
 pub const REC_FIRST: u32 = 1;

@@ -27,7 +27,7 @@
 //! of the peer router, and the link is dropped.
 
 use ffcore::error::ErrorCode;
-use ffcore::ring::{record_span, REC_CONT, REC_FIRST, REC_HDR};
+use ffcore::ring::{record_span, REC_CONT, REC_FIRST};
 use serde::{Deserialize, Serialize};
 
 pub const HDR_LEN: usize = 32;
@@ -139,7 +139,7 @@ pub fn is_whole(kind: u32, total: u64, len: usize, whole_max: usize) -> bool {
 /// The largest whole record a ring of `ring_size` bytes takes
 /// ([`ffcore::ring::Tx::reserve`] with `whole`).
 pub fn whole_max(ring_size: u64) -> usize {
-    (ring_size / 4) as usize - REC_HDR
+    ffcore::ring::whole_max(ring_size as usize)
 }
 
 /// The largest DATA payload to send to a receiver whose ring is

@@ -377,7 +377,7 @@ pub unsafe extern "C" fn iface_open(
     // smallest ring a router gives a connection when a tenant has many
     // (`ffcore::ring::MIN_SCALED_RING`; `ep_create` checks each).
     let max_whole = match probe_max_whole(ctx, &listener) {
-        Ok(m) => m.min(ffcore::ring::MIN_SCALED_RING / 4 - ffcore::ring::REC_HDR),
+        Ok(m) => m.min(ffcore::ring::whole_max(ffcore::ring::MIN_SCALED_RING)),
         Err(e) => {
             ff_error!("ff: cannot open a connection through the router at {}: {e}", (*md).socket);
             return UCS_ERR_IO_ERROR;
