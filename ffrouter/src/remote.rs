@@ -60,7 +60,7 @@ use crate::link::auth::Keys;
 use crate::link::tcp::{self, TcpLink};
 use crate::link::{self, Frame, Identity, Link, Transport, ACCEPT_TIMEOUT, DIAL_TIMEOUT, PING_EVERY};
 use crate::peers::PeerPolicy;
-use crate::state::{Outcome, State};
+use crate::state::{scaled_ring, Outcome, State};
 use crate::wire::{self, Header};
 
 mod cover;
@@ -203,48 +203,6 @@ pub const MAX_LINKS: usize = 256;
 
 /// Default `--peer-ring-budget`: 64 connections get 4 MiB rings.
 pub const RING_BUDGET: usize = 256 << 20;
-
-/// The smallest ring [`scaled_ring`] hands out
-/// ([`ffcore::ring::MIN_SCALED_RING`], 1 MiB): more than a pump's turn among
-/// busy connections (`Quantum::Turn`, one 512 KiB gather by default), so
-/// that a busy connection can fill its turn, and what transports that size
-/// records by one connection count on (UCX's 128 KiB segments need rings of
-/// more than 512 KiB).
-pub const SCALED_RING_MIN: usize = ffcore::ring::MIN_SCALED_RING;
-
-/// Ring size for a new connection to another host while the router
-/// forwards `open` others of the same tenant (a budget per tenant: one
-/// tenant's connections never shrink another's rings; same-host
-/// connections are sized the same way, with `--ring-size` and
-/// `--ring-budget`, by `State::connect`): `max`
-/// (`--peer-ring-size`) while `budget / (open + 1)` is at least `max`;
-/// beyond that the largest power of two not above `budget / (open + 1)`,
-/// but never below [`SCALED_RING_MIN`] (or `max`, if that is smaller).
-///
-/// Why (issue 17): a ring that streams has every page committed, each by
-/// a page fault on its first touch (on a VM whose freed memory goes back
-/// to the hypervisor, a fault there too), and 512 connections streaming
-/// across two emulated hosts spent their time faulting in 512 x 4 MiB
-/// rings per host: 0.30-0.47x the aggregate of one connection, ~500,000
-/// page faults in 3 s (bench/results/scale4-2026-12-03). Each of them
-/// gets ~1/512 of the link, which a 512 KiB ring carries as well. What it
-/// costs: a connection made while its tenant has many others keeps its
-/// smaller ring, also when it later streams alone (1 and 4 MiB messages
-/// went 2.0 GB/s with 1 MiB rings, 2.7-3.0 with 4 MiB, between emulated
-/// hosts), and while all stream, those with bigger rings get somewhat
-/// more of the link.
-pub fn scaled_ring(max: usize, budget: usize, open: usize) -> usize {
-    let share = budget / open.saturating_add(1);
-    if share >= max {
-        return max;
-    }
-    let floor = SCALED_RING_MIN.min(max);
-    if share <= floor {
-        return floor;
-    }
-    // A power of two in (floor, max): a valid ring size.
-    1 << (usize::BITS - 1 - share.leading_zeros())
-}
 
 impl Config {
     /// Reads the flags; None without `--listen-addr`.

@@ -63,11 +63,53 @@ pub const FORWARDED_COST: Cost = (2, 0);
 
 /// Default `--ring-budget`: 64 same-host connections of a tenant get
 /// 4 MiB rings; more get smaller ones, as connections to other hosts do
-/// under `--peer-ring-budget` ([`crate::remote::scaled_ring`]: at least
+/// under `--peer-ring-budget` ([`scaled_ring`]: at least
 /// 1 MiB). Without it, 512 same-host pairs streaming committed about 2 GB
 /// of rings, with it 770 MiB; see docs/ARCHITECTURE.md ("Memory per
 /// connection") for what it does to their bandwidth and fairness.
 pub const LOCAL_RING_BUDGET: usize = 256 << 20;
+
+/// The smallest ring [`scaled_ring`] hands out
+/// ([`ffcore::ring::MIN_SCALED_RING`], 1 MiB): more than a pump's turn among
+/// busy connections (`Quantum::Turn`, one 512 KiB gather by default), so
+/// that a busy connection can fill its turn, and what transports that size
+/// records by one connection count on (UCX's 128 KiB segments need rings of
+/// more than 512 KiB).
+pub const SCALED_RING_MIN: usize = ffcore::ring::MIN_SCALED_RING;
+
+/// Ring size for a new connection while its tenant has `open` others of
+/// the same kind (a budget per tenant: one tenant's connections never
+/// shrink another's rings; same-host connections with `--ring-size` and
+/// `--ring-budget`, by `State::connect`, those to other hosts with
+/// `--peer-ring-size` and `--peer-ring-budget`, by `crate::remote`): `max`
+/// while `budget / (open + 1)` is at least `max`;
+/// beyond that the largest power of two not above `budget / (open + 1)`,
+/// but never below [`SCALED_RING_MIN`] (or `max`, if that is smaller).
+///
+/// Why (issue 17): a ring that streams has every page committed, each by
+/// a page fault on its first touch (on a VM whose freed memory goes back
+/// to the hypervisor, a fault there too), and 512 connections streaming
+/// across two emulated hosts spent their time faulting in 512 x 4 MiB
+/// rings per host: 0.30-0.47x the aggregate of one connection, ~500,000
+/// page faults in 3 s (bench/results/scale4-2026-12-03). Each of them
+/// gets ~1/512 of the link, which a 512 KiB ring carries as well. What it
+/// costs: a connection made while its tenant has many others keeps its
+/// smaller ring, also when it later streams alone (1 and 4 MiB messages
+/// went 2.0 GB/s with 1 MiB rings, 2.7-3.0 with 4 MiB, between emulated
+/// hosts), and while all stream, those with bigger rings get somewhat
+/// more of the link.
+pub fn scaled_ring(max: usize, budget: usize, open: usize) -> usize {
+    let share = budget / open.saturating_add(1);
+    if share >= max {
+        return max;
+    }
+    let floor = SCALED_RING_MIN.min(max);
+    if share <= floor {
+        return floor;
+    }
+    // A power of two in (floor, max): a valid ring size.
+    1 << (usize::BITS - 1 - share.leading_zeros())
+}
 
 impl Limits {
     /// The descriptors and threads one tenant may hold.
@@ -503,7 +545,7 @@ impl State {
         if let Err((code, msg)) = self.check_listener(listener, nonce, tenant, &format!("client {client}")) {
             return err(code, msg);
         }
-        let ring_size = crate::remote::scaled_ring(self.limits.ring_size, self.limits.ring_budget, self.local(tenant));
+        let ring_size = scaled_ring(self.limits.ring_size, self.limits.ring_budget, self.local(tenant));
         if let Some(o) = self.check_quota(client, ring::file_len(ring_size) as u64) {
             return o;
         }
@@ -633,12 +675,17 @@ impl State {
     /// Connections of `tenant` this router forwards to other hosts now (it
     /// plays one side of each).
     pub fn forwarded(&self, tenant: &str) -> usize {
-        self.conns.values().filter(|c| c.cost == FORWARDED_COST && &*c.tenant == tenant).count()
+        self.conns_of(tenant, FORWARDED_COST)
     }
 
     /// Same-host connections of `tenant` open now.
     pub fn local(&self, tenant: &str) -> usize {
-        self.conns.values().filter(|c| c.cost == LOCAL_COST && &*c.tenant == tenant).count()
+        self.conns_of(tenant, LOCAL_COST)
+    }
+
+    /// Connections of `tenant` of one kind (by their cost) open now.
+    fn conns_of(&self, tenant: &str, cost: Cost) -> usize {
+        self.conns.values().filter(|c| c.cost == cost && &*c.tenant == tenant).count()
     }
 
     /// A client lets go of one side: the peer is told through the shared

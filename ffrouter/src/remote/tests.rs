@@ -2,6 +2,7 @@
 //! RDMA on the fake NIC), clients attached through their sockets, small
 //! rings so that credits, wraps and split records all happen often.
 use super::*;
+use crate::state::SCALED_RING_MIN;
 use crate::{Limits, Router, Tenant};
 use ffcore::{Conn, Context};
 
