@@ -38,9 +38,7 @@ echo "variant,round,p50_us,mean_us,p99_us" > "$out"
 id=0
 ctr() { # ctr HOST BIN ID ARGS...
     local h=$1 b=$2 id=$3; shift 3
-    local ns; ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
-    "$top/tools/ffcontainer" run --name "$twohosts_prefix-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
-        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/bench" -- "$b/ffbench" "$@"
+    twohosts_pod "$h" "$id" bench "$b/ffbench" "$@"
 }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 for round in $(seq "$rounds"); do

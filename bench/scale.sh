@@ -96,9 +96,7 @@ twohosts_up "$bin" 0
 seq_id=0
 ctr() { # ctr HOST ID ARGS... : ffbench ARGS in a fresh container on HOST
     local h=$1 id=$2; shift 2
-    local ns; ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
-    "$top/tools/ffcontainer" run --name "$twohosts_prefix-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
-        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/bench" -- timeout -k 5 "$cap" "$bin/ffbench" "$@"
+    twohosts_pod "$h" "$id" bench timeout -k 5 "$cap" "$bin/ffbench" "$@"
 }
 rpid() { pgrep -P "$1" ffrouter 2>/dev/null || echo "$1"; }  # ip netns exec may exec or fork
 status() { sed -n "s/^$2:\s*\([0-9]*\).*/\1/p" "/proc/$1/status"; }

@@ -53,10 +53,8 @@ trap twohosts_down EXIT
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | head -1; }
 seq_id=0
 ctr() { # ctr ID HOST TENANT ARGS... : ffbench ARGS in a fresh container of TENANT on HOST
-    local id=$1 h=$2 t=$3 ns; shift 3
-    ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
-    "$top/tools/ffcontainer" run --name "$twohosts_prefix-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
-        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/$t" -- timeout -k 5 120 "$twohosts_bin/ffbench" "$@"
+    local id=$1 h=$2 t=$3; shift 3
+    twohosts_pod "$h" "$id" "$t" timeout -k 5 120 "$twohosts_bin/ffbench" "$@"
 }
 wait_handle() { # wait_handle FILE: its HANDLE line, within 20 s
     local i

@@ -10,6 +10,7 @@
 #   twohosts_cpus=(0 1)                  # pin host 0's router to CPU 0, host 1's to CPU 1
 #   twohosts_tenants=(other)             # more tenants (set before twohosts_up):
 #                                        # socket $work/hI/NAME/ffrouter.sock
+#   twohosts_pod HOST ID TENANT CMD...   # CMD in a fresh container on HOST
 #
 # Builds network namespaces ffmh0-$$ and ffmh1-$$ joined by a veth
 # (10.88.0.1/24 - 10.88.0.2/24, interface "ffh" in each), each with a
@@ -17,9 +18,9 @@
 # routed over the veth, and a router on each (tenant "bench", socket
 # $work/h0/bench/ffrouter.sock and $work/h1/bench/ffrouter.sock; listening
 # on the veth address, port 7070; links sealed with a fresh peer secret, or
-# in clear with INSECURE=1). Containers go on a host with
-#   tools/ffcontainer run --bridge ffbr --host-netns "$ns0" \
-#       --socket-dir "$work/h0/bench" --ip 10.71.0.X/24 ...
+# in clear with INSECURE=1). Containers go on a host with twohosts_pod
+# (or, where that does not serve, tools/ffcontainer run --bridge ffbr
+# --host-netns "$ns0" --socket-dir "$work/h0/bench" --ip 10.71.0.X/24 ...),
 # and their names should start with $twohosts_prefix, so that
 # twohosts_down removes any that are left (with the routers, the
 # namespaces and $work).
@@ -93,6 +94,16 @@ twohosts_routers() {
         for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.05; done
         [ -S "$s" ] || { echo "twohosts: router socket $s did not appear" >&2; return 1; }
     done
+}
+
+# twohosts_pod HOST ID TENANT CMD...: CMD in a fresh container on HOST
+# (0 or 1) of TENANT ("bench", or one of twohosts_tenants), named
+# $twohosts_prefix-ID, its address from ID (one container per ID at a time).
+twohosts_pod() {
+    local h=$1 id=$2 t=$3 ns; shift 3
+    ns=$([ "$h" = 0 ] && echo "$ns0" || echo "$ns1")
+    "$twohosts_dir/../tools/ffcontainer" run --name "$twohosts_prefix-$id" --ip "10.7$((h + 1)).0.$((100 + id % 150))/24" \
+        --bridge ffbr --host-netns "$ns" --socket-dir "$work/h$h/$t" -- "$@"
 }
 
 twohosts_down() {
