@@ -278,15 +278,19 @@ impl Tenants {
     }
 
     fn note(&mut self, t: &Arc<str>) {
-        if !self.0.iter().any(|(x, _)| x == t) {
-            self.0.push((t.clone(), 0));
-        }
+        self.spent(t);
     }
 
     /// What `t` handed the link this round.
     fn spent(&mut self, t: &Arc<str>) -> &mut u64 {
-        self.note(t);
-        &mut self.0.iter_mut().find(|(x, _)| x == t).unwrap().1
+        let i = match self.0.iter().position(|(x, _)| x == t) {
+            Some(i) => i,
+            None => {
+                self.0.push((t.clone(), 0));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
     }
 }
 
