@@ -34,7 +34,15 @@
 //! gives each *tenant* one turn's worth of the link, through as many of
 //! its connections as that takes; the others wait at the front of the
 //! queue ([`Tenants`]), so a tenant's share of a worker does not grow with
-//! its connections.
+//! its connections. Across workers: every tenant has a *level*, what all
+//! its connections handed the router's links ([`Pump::meter`]); on a
+//! worker, a tenant more than a turn above the lowest level there waits
+//! while those below hand the link whole turns, and goes whenever they
+//! have less. So a tenant that has a worker to itself does not also get
+//! an equal part of the workers it shares, and no worker idles while one
+//! of its connections could send. A level more than [`LAG_MAX`] below the
+//! highest on a worker is raised to that (a tenant back from idle goes
+//! first for 8 MiB at most, not for all it did not use).
 //!
 //! Sends: a connection alone awake on its worker sends as its pump thread
 //! did (`Mode::Block`: waits in the kernel while the link is full, so one
@@ -79,6 +87,9 @@ pub struct Pool {
     /// Workers to spread connections over before piling them up.
     base: usize,
     workers: Mutex<Vec<Arc<Worker>>>,
+    /// Each tenant's [`Pump::meter`]; an entry goes with the last
+    /// connection of its tenant (at the next tenant's first).
+    meters: Mutex<HashMap<Arc<str>, Weak<AtomicU64>>>,
 }
 
 struct Worker {
@@ -125,7 +136,7 @@ impl Worker {
 
 impl Pool {
     pub fn new(workers: usize) -> Pool {
-        Pool { base: workers.max(1), workers: Mutex::default() }
+        Pool { base: workers.max(1), workers: Mutex::default(), meters: Mutex::default() }
     }
 
     /// Worker threads started.
@@ -151,6 +162,18 @@ impl Pool {
         self.workers.lock().unwrap().iter().map(|w| (0..n).map(|s| w.on(s).load(Ordering::Relaxed)).collect()).collect()
     }
 
+    /// The meter the connections of `tenant` share.
+    fn meter(&self, tenant: &Arc<str>) -> Arc<AtomicU64> {
+        let mut m = self.meters.lock().unwrap();
+        if let Some(a) = m.get(tenant).and_then(Weak::upgrade) {
+            return a;
+        }
+        m.retain(|_, w| w.strong_count() > 0);
+        let a = Arc::new(AtomicU64::new(0));
+        m.insert(tenant.clone(), Arc::downgrade(&a));
+        a
+    }
+
     /// Hands a connection to a worker: of those with room, the one with
     /// the fewest connections on its link stream, then the least loaded;
     /// or a new one while there are fewer than `base` (or none has room).
@@ -161,7 +184,8 @@ impl Pool {
     /// two workers and streams are `id % streams`, so by load alone one
     /// worker had 7 of its 102 connections on two of the four streams,
     /// and those 7 moved ten times as much as the others.)
-    pub fn add(&self, p: Pump) -> std::io::Result<()> {
+    pub fn add(&self, mut p: Pump) -> std::io::Result<()> {
+        p.meter = self.meter(&p.f.regions.tenant);
         let st = p.f.stream();
         let mut ws = self.workers.lock().unwrap();
         let best = ws
@@ -262,11 +286,31 @@ enum Turn {
     Gone(Result<(), Stop>),
 }
 
-/// The tenants with connections awake on a worker, and what each handed
-/// the link in the current round (see `run`). A worker has few tenants:
-/// a list, kept between rounds so that a round allocates nothing.
+/// How far a tenant's level (what it handed links, [`Pump::meter`]) may
+/// lag the level of the tenant most ahead on a worker: a tenant back from
+/// idle, or new, is raised to that, so it goes first for this much at
+/// most instead of for all it did not use.
+const LAG_MAX: u64 = 8 << 20;
+
+/// A tenant with connections awake on a worker this round.
+struct Tenant {
+    name: Arc<str>,
+    /// Its [`Pump::meter`]: what it handed the router's links.
+    meter: Arc<AtomicU64>,
+    /// The meter at the start of the round.
+    level: u64,
+    /// What it handed the link on this worker this round.
+    spent: u64,
+    /// Its level is more than a turn above the lowest here: it waits while
+    /// those behind it have a turn's worth to send.
+    ahead: bool,
+}
+
+/// The tenants with connections awake on a worker (see `run`). A worker
+/// has few tenants: a list, kept between rounds so that a round allocates
+/// nothing.
 #[derive(Default)]
-struct Tenants(Vec<(Arc<str>, u64)>);
+struct Tenants(Vec<Tenant>);
 
 impl Tenants {
     fn clear(&mut self) {
@@ -277,20 +321,43 @@ impl Tenants {
         self.0.len()
     }
 
-    fn note(&mut self, t: &Arc<str>) {
-        self.spent(t);
+    /// The tenant of `p` (added, with its level now, if new this round).
+    fn of(&mut self, p: &Pump) -> &mut Tenant {
+        self.get(&p.f.regions.tenant, &p.meter)
     }
 
-    /// What `t` handed the link this round.
-    fn spent(&mut self, t: &Arc<str>) -> &mut u64 {
-        let i = match self.0.iter().position(|(x, _)| x == t) {
+    fn get(&mut self, t: &Arc<str>, meter: &Arc<AtomicU64>) -> &mut Tenant {
+        let i = match self.0.iter().position(|x| Arc::ptr_eq(&x.name, t) || x.name == *t) {
             Some(i) => i,
             None => {
-                self.0.push((t.clone(), 0));
+                let level = meter.load(Ordering::Relaxed);
+                self.0.push(Tenant { name: t.clone(), meter: meter.clone(), level, spent: 0, ahead: false });
                 self.0.len() - 1
             }
         };
-        &mut self.0[i].1
+        &mut self.0[i]
+    }
+
+    /// Raises levels more than [`LAG_MAX`] below the highest to that, and
+    /// marks the tenants more than `turn` above the lowest as ahead.
+    fn rank(&mut self, turn: u64) {
+        let floor = self.0.iter().map(|t| t.level).max().unwrap_or(0).saturating_sub(LAG_MAX);
+        for t in &mut self.0 {
+            if t.level < floor {
+                t.meter.fetch_max(floor, Ordering::Relaxed);
+                t.level = floor;
+            }
+        }
+        let low = self.0.iter().map(|t| t.level).min().unwrap_or(0);
+        for t in &mut self.0 {
+            t.ahead = t.level > low.saturating_add(turn);
+        }
+    }
+
+    /// Did a tenant that is not ahead hand the link a whole turn's worth
+    /// this round (so it may have more)?
+    fn behind_busy(&self, turn: u64) -> bool {
+        self.0.iter().any(|t| !t.ahead && t.spent >= turn)
     }
 }
 
@@ -303,6 +370,7 @@ fn run(w: &Arc<Worker>) {
     let (mut spare, mut back): (Vec<Slot>, Vec<Slot>) = (Vec::new(), Vec::new());
     let mut blocked: Vec<usize> = Vec::new();
     let mut tenants = Tenants::default();
+    let mut later: Vec<Slot> = Vec::new();
     let mut degraded = false;
     let mut napping = nap();
     w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
@@ -343,7 +411,7 @@ fn run(w: &Arc<Worker>) {
             }
             awake += 1;
             smallest = smallest.min(s.p.f.turn_ring());
-            tenants.note(&s.p.f.regions.tenant);
+            tenants.of(&s.p);
         }
         // Turns no bigger than the smallest busy connection can fill
         // (half its ring: the rest may be in flight or unread): with rings
@@ -359,37 +427,48 @@ fn run(w: &Arc<Worker>) {
         // through as many of its connections (in queue order) as that
         // takes; the rest of its connections wait at the front of the
         // queue for the next round. A tenant with one connection then
-        // gets as much of the worker as one with a hundred.
+        // gets as much of the worker as one with a hundred. And those
+        // whose level (what they handed all of the router's links) is
+        // more than a turn ahead of the lowest here wait for a round in
+        // which those behind them had less than a turn's worth to send:
+        // so a tenant that other workers serve too does not also get an
+        // equal part of this one (their levels even out), and the worker
+        // never idles while any of its connections could send.
         let budget = (tenants.len() > 1).then(|| turn_quantum().min(smallest / 2).max(1) as u64);
+        if let Some(b) = budget {
+            tenants.rank(b);
+        }
         let (mut moved, mut spinning) = (false, false);
         let spin_for = if yields.may_yield() { spin() } else { Duration::ZERO };
         blocked.clear();
         let mut front = std::mem::take(&mut spare);
-        for mut s in slots.drain(..) {
+        // A connection's turn, unless `wait`; `metered`: its tenant's
+        // turns are counted (awake, with other tenants awake here).
+        let mut serve = |mut s: Slot, tenants: &mut Tenants, wait: bool| {
             let mut quantum = quantum;
             let metered = budget.is_some() && matches!(s.doze, Doze::Awake { .. });
             if let (true, Some(budget)) = (metered, budget) {
-                let spent = *tenants.spent(&s.p.f.regions.tenant);
+                let spent = tenants.of(&s.p).spent;
                 // (Set-up never waits: an ACCEPT still to send goes now.)
-                if spent >= budget && s.p.first.is_none() {
+                if (wait || spent >= budget) && s.p.first.is_none() {
                     front.push(s); // its tenant had its turn this round
-                    continue;
+                    return;
                 }
                 quantum = Quantum::Turn(budget.saturating_sub(spent).max(1) as usize);
             }
             let res = turn(&mut s, mode, quantum, now, spin_for);
             if metered {
-                *tenants.spent(&s.p.f.regions.tenant) += s.p.handed;
+                tenants.of(&s.p).spent += s.p.handed;
             }
             match res {
                 Turn::Gone(res) => {
                     w.retire(s.p, res);
-                    continue;
+                    return;
                 }
                 Turn::Moved => {
                     moved = true;
                     back.push(s);
-                    continue;
+                    return;
                 }
                 Turn::Blocked => {
                     blocked.push(front.len());
@@ -397,6 +476,17 @@ fn run(w: &Arc<Worker>) {
                 Turn::Keep => spinning |= matches!(s.doze, Doze::Awake { .. }),
             }
             front.push(s);
+        };
+        for s in slots.drain(..) {
+            if budget.is_some() && matches!(s.doze, Doze::Awake { .. }) && s.p.first.is_none() && tenants.of(&s.p).ahead {
+                later.push(s);
+            } else {
+                serve(s, &mut tenants, false);
+            }
+        }
+        let wait = budget.is_some_and(|b| tenants.behind_busy(b));
+        for s in later.drain(..) {
+            serve(s, &mut tenants, wait);
         }
         front.append(&mut back);
         spare = std::mem::replace(&mut slots, front);
@@ -568,6 +658,39 @@ mod tests {
         // FF_ROUTER_NAP_MAX_MS below FF_ROUTER_NAP_MS: never under the base.
         assert_eq!(next_nap(base, true, false, base, Duration::from_millis(50)), base);
     }
+
+    #[test]
+    fn tenants_ahead_wait_and_one_far_behind_is_raised_to_the_lag() {
+        const TURN: u64 = 512 << 10;
+        let meters: Vec<Arc<AtomicU64>> = [100 << 20, (100 << 20) + TURN, (100 << 20) + TURN + 1, 1 << 20].map(|l| Arc::new(AtomicU64::new(l))).to_vec();
+        let names: Vec<Arc<str>> = ["a", "b", "c", "d"].map(Arc::from).to_vec();
+        let mut ts = Tenants::default();
+        for (n, m) in names.iter().zip(&meters) {
+            ts.get(n, m);
+        }
+        assert_eq!(ts.len(), 4);
+        ts.rank(TURN);
+        // "d" (idle a long time, or new) comes back LAG_MAX behind the
+        // highest, in its shared meter too; so it is the lowest, and all
+        // the others are more than a turn above it.
+        let floor = (100 << 20) + TURN + 1 - LAG_MAX;
+        assert_eq!(meters[3].load(Ordering::Relaxed), floor);
+        assert_eq!(ts.0.iter().map(|t| t.ahead).collect::<Vec<_>>(), [true, true, true, false]);
+        // Without "d": "a" is the lowest, "b" a turn above (not ahead), "c" ahead.
+        let mut ts = Tenants::default();
+        for (n, m) in names.iter().zip(&meters).take(3) {
+            ts.get(n, m);
+        }
+        ts.rank(TURN);
+        assert_eq!(ts.0.iter().map(|t| t.ahead).collect::<Vec<_>>(), [false, false, true]);
+        // Those behind wait for nobody until one of them hands a whole turn.
+        assert!(!ts.behind_busy(TURN));
+        ts.get(&names[2], &meters[2]).spent = TURN; // ahead: does not count
+        ts.get(&names[0], &meters[0]).spent = TURN - 1;
+        assert!(!ts.behind_busy(TURN));
+        ts.get(&names[1], &meters[1]).spent = TURN;
+        assert!(ts.behind_busy(TURN));
+    }
 }
 
 /// What forwards one connection's outgoing bytes and returns credit for its
@@ -581,6 +704,9 @@ pub(super) struct Pump {
     /// Credit the last [`Pump::step`] charged: the client's bytes (and
     /// frame headers) it handed to the link.
     pub(super) handed: u64,
+    /// What all steps of its tenant's connections handed the router's
+    /// links, shared by them ([`Pool::add`]; see [`Tenants`]).
+    meter: Arc<AtomicU64>,
 }
 
 /// What one [`Pump::step`] did.
@@ -598,7 +724,7 @@ enum Step {
 
 impl Pump {
     pub(super) fn new(peer: Arc<Peer>, link: Arc<dyn Link>, f: Arc<Fwd>, first: Option<Vec<u8>>) -> Pump {
-        Pump { peer, link, f, first, handed: 0 }
+        Pump { peer, link, f, first, handed: 0, meter: Arc::default() }
     }
 
     /// Forwarding ended: tell the peer if our client broke its ring, and
@@ -696,6 +822,9 @@ impl Pump {
         let before = out.charged;
         let moved = f.forward(&mut out, link, mode, quantum);
         self.handed = out.charged - before;
+        if self.handed > 0 {
+            self.meter.fetch_add(self.handed, Ordering::Relaxed);
+        }
         let moved = moved?;
         let drained = out.drained();
         let unread = !out.unread.is_empty();
