@@ -3,7 +3,8 @@
 # (issue 17: "fair sharing among connections and among tenants").
 #
 #   bench/tenants.sh [--conns N] [--size BYTES] [--secs S] [--rounds R]
-#                    [--router-flags "FLAGS"] [--out DIR] [NAME=BINDIR ...]
+#                    [--depth D] [--router-flags "FLAGS"] [--out DIR]
+#                    [NAME=BINDIR ...]
 #
 # Two emulated hosts (bench/twohosts.sh: network namespaces, a router each,
 # sealed TCP link) whose routers serve two tenants, "bench" and "other".
@@ -11,7 +12,11 @@
 # N connections (default 16) from host 1 to host 0, and tenant other on
 # one, each with `ffbench scale` (its buffers registered, one driver thread per
 # side: each tenant's clients have one thread per host, so the routers and
-# not the clients' share of the cores decide the split). Each server
+# not the clients' share of the cores decide the split), each connection
+# with --depth messages outstanding (default 1: a tenant whose next message
+# waits for the last; more, as NCCL keeps several steps in flight, keep
+# every connection backlogged at the router; ffbench's `--depth`, so
+# every build's ffbench must have it then). Each server
 # reports its tenant's MB/s over --secs (default 5); the row gives tenant
 # other's share of the two: 0.5 is fair among tenants, 1/(N+1) what turns
 # per connection give. Each NAME=BINDIR (a build's ffrouter and ffbench;
@@ -23,7 +28,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-conns=16 size=1048576 secs=5 rounds=3 out="" router_flags=""
+conns=16 size=1048576 secs=5 rounds=3 depth=1 out="" router_flags=""
 builds=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -31,9 +36,10 @@ while [ $# -gt 0 ]; do
         --size) size=$2; shift ;;
         --secs) secs=$2; shift ;;
         --rounds) rounds=$2; shift ;;
+        --depth) depth=$2; shift ;;
         --out) out=$2; shift ;;
         --router-flags) router_flags=$2; shift ;;
-        -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,27p "$0"; exit 0 ;;
         *=*) builds+=("$1") ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -52,6 +58,8 @@ read -r -a twohosts_router_flags <<< "$router_flags"
 trap twohosts_down EXIT
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | head -1; }
 seq_id=0
+deep=()
+[ "$depth" = 1 ] || deep=(--depth "$depth")
 ctr() { # ctr ID HOST TENANT ARGS... : ffbench ARGS in a fresh container of TENANT on HOST
     local id=$1 h=$2 t=$3; shift 3
     twohosts_pod "$h" "$id" "$t" timeout -k 5 120 "$twohosts_bin/ffbench" "$@"
@@ -76,16 +84,16 @@ for r in $(seq "$rounds"); do
         for t in bench other; do
             n=$([ $t = bench ] && echo "$conns" || echo 1)
             seq_id=$((seq_id + 1))
-            ctr "$seq_id" 0 "$t" serve scale --conns "$n" --drivers 1 --size "$size" --secs "$secs" > "$out/$name-$r-$t.server" 2>&1 &
+            ctr "$seq_id" 0 "$t" serve scale --conns "$n" --drivers 1 "${deep[@]}" --size "$size" --secs "$secs" > "$out/$name-$r-$t.server" 2>&1 &
             pids+=($!)
         done
         hb=$(wait_handle "$out/$name-$r-bench.server") && ho=$(wait_handle "$out/$name-$r-other.server") ||
             { echo "tenants: a server did not start" >&2; exit 1; }
         seq_id=$((seq_id + 1))
-        ctr "$seq_id" 1 bench connect scale --conns "$conns" --drivers 1 --size "$size" --idle-secs 1 --probes 0 --handle "$hb" > "$out/$name-$r-bench.client" 2>&1 &
+        ctr "$seq_id" 1 bench connect scale --conns "$conns" --drivers 1 "${deep[@]}" --size "$size" --idle-secs 1 --probes 0 --handle "$hb" > "$out/$name-$r-bench.client" 2>&1 &
         pids+=($!)
         seq_id=$((seq_id + 1))
-        ctr "$seq_id" 1 other connect scale --conns 1 --drivers 1 --size "$size" --idle-secs 1 --probes 0 --handle "$ho" > "$out/$name-$r-other.client" 2>&1 &
+        ctr "$seq_id" 1 other connect scale --conns 1 --drivers 1 "${deep[@]}" --size "$size" --idle-secs 1 --probes 0 --handle "$ho" > "$out/$name-$r-other.client" 2>&1 &
         pids+=($!)
         # The machine's busy CPU (both hosts, every process, the kernel)
         # over about the servers' measured window: it starts a second after
@@ -124,7 +132,7 @@ done
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r)"
     echo "- ffrouter commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown) (the checkout; builds: ${builds[*]})"
-    echo "- command: bench/tenants.sh --conns $conns --size $size --secs $secs --rounds $rounds${router_flags:+ --router-flags \"$router_flags\"} ${builds[*]}"
+    echo "- command: bench/tenants.sh --conns $conns --size $size --secs $secs --rounds $rounds --depth $depth${router_flags:+ --router-flags \"$router_flags\"} ${builds[*]}"
     echo "- tenant bench streams on $conns connections, tenant other on 1, at once, host 1 to host 0; fair share of tenant other: 0.5, per-connection turns: $(awk -v n="$conns" 'BEGIN { printf "%.3f", 1 / (n + 1) }')"
     echo "- CPU per GB: the machine's busy CPU (both hosts, every process, the kernel; /proc/stat) over the --secs ($secs s) starting a second after both clients stream, per GB both tenants moved"
     echo

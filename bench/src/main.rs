@@ -86,6 +86,10 @@ struct Opts {
     /// all of them at once when none can move (ffcore::conn::wait_any).
     #[arg(long, default_value_t = 0)]
     drivers: usize,
+    /// Scale mode with --drivers: messages outstanding per connection on
+    /// each side (sends posted, receives posted), each with a buffer.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    depth: u64,
     /// Distinct buffers per side in stream mode (1, like ucx_perftest).
     #[arg(long, default_value_t = 1)]
     buffers: usize,
@@ -157,11 +161,11 @@ fn run(role: Role) -> ffcore::Result<()> {
             let l = ctx.listen()?;
             println!("HANDLE {}", l.handle().to_hex());
             std::io::stdout().flush()?;
-            return scale::recv(&ctx, l, o.conns, o.size, o.secs, o.drivers, !o.no_register);
+            return scale::recv(&ctx, l, o.conns, o.size, o.secs, o.drivers, o.depth as usize, !o.no_register);
         }
         Role::Connect(o) if o.mode == Mode::Scale => {
             let h = Handle::from_hex(o.handle.as_deref().unwrap_or(""))?;
-            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes, o.drivers, !o.no_register);
+            return scale::send(&ctx, &h, o.conns, o.size, o.idle_secs, o.probes, o.drivers, o.depth as usize, !o.no_register);
         }
         Role::Serve(o) if o.mode == Mode::Soak => {
             let l = ctx.listen()?;

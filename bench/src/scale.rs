@@ -16,7 +16,8 @@
 //! default), or `--drivers K`: K threads per side, each progressing its
 //! share of the connections (connection i goes to thread i % K, at most
 //! 128 per thread, so more threads start when N > 128 K) with nonblocking
-//! requests, one send (or receive) outstanding per connection, and
+//! requests, --depth sends (or receives) outstanding per connection
+//! (default one), each with a buffer of its own, and
 //! sleeping on all of its connections at once ([`ffcore::conn::wait_any`])
 //! when a pass over them moved nothing, as a rank's progress thread or
 //! NCCL's proxy drives many connections from one thread.
@@ -27,6 +28,7 @@
 //! receive (one copy, no ring), across hosts the routers read and write
 //! the buffers directly; unregistered, every byte goes through the rings.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,15 +112,19 @@ fn print_sleeps() {
     println!("SLEEPS woken={} naps_run_out={}", SLEPT[0].load(Ordering::Relaxed), SLEPT[1].load(Ordering::Relaxed));
 }
 
-/// A streaming connection on a sender's driver thread: one send
-/// outstanding; stops between messages once the receiver says so.
+/// A streaming connection on a sender's driver thread: up to
+/// `bufs.len()` sends outstanding; stops posting once the receiver says
+/// so, and is done when the last has completed.
 struct Sending {
     c: Conn,
     i: u64,
+    /// The next message's sequence number.
     seq: u64,
-    buf: Buf,
-    /// The send outstanding.
-    req: Option<Req>,
+    /// Message `seq` goes from `bufs[seq % bufs.len()]`.
+    bufs: Vec<Buf>,
+    /// The sends outstanding, oldest first (they complete in order).
+    reqs: VecDeque<Req>,
+    stopping: bool,
     /// The receive of the receiver's word to stop (its buffer is `stop`).
     halt: Req,
     _stop: Box<[u8; 16]>,
@@ -126,13 +132,13 @@ struct Sending {
 }
 
 impl Sending {
-    fn new(mut c: Conn, i: u64, buf: Buf) -> ffcore::Result<Sending> {
+    fn new(mut c: Conn, i: u64, bufs: Vec<Buf>) -> ffcore::Result<Sending> {
         let mut stop = Box::new([0u8; 16]);
         // SAFETY: `stop` is on the heap and lives in the same struct as the
         // connection: the request completes, or the connection (and its
         // requests) goes first (field order: `c` drops first).
         let halt = unsafe { c.irecv(stop.as_mut_ptr(), stop.len(), 2)? };
-        Ok(Sending { c, i, seq: 0, buf, req: None, halt, _stop: stop, done: false })
+        Ok(Sending { c, i, seq: 0, bufs, reqs: VecDeque::new(), stopping: false, halt, _stop: stop, done: false })
     }
 
     /// Moves what can move now: true if anything did.
@@ -140,22 +146,35 @@ impl Sending {
         if self.done {
             return Ok(false);
         }
-        if let Some(r) = self.req {
+        let mut moved = false;
+        while let Some(&r) = self.reqs.front() {
             if self.c.test(r)?.is_none() {
-                return Ok(false);
+                break;
             }
-            self.req = None;
+            self.reqs.pop_front();
+            moved = true;
+        }
+        if !self.stopping && self.c.test(self.halt)?.is_some() {
+            self.stopping = true;
+            moved = true;
+        }
+        if self.stopping {
+            self.done = self.reqs.is_empty();
+            return Ok(moved);
+        }
+        while self.reqs.len() < self.bufs.len() {
+            let k = self.bufs.len();
+            let b = &mut self.bufs[(self.seq % k as u64) as usize];
+            header(b.bytes_mut(), self.i, self.seq);
+            // SAFETY: the buffer's last send completed (at most
+            // `bufs.len()` are outstanding, in order), it is not touched
+            // until this one does, and it outlives the connection (field
+            // order).
+            self.reqs.push_back(unsafe { self.c.isend(b.ptr(), b.len, 0)? });
             self.seq += 1;
+            moved = true;
         }
-        if self.c.test(self.halt)?.is_some() {
-            self.done = true;
-            return Ok(true);
-        }
-        header(self.buf.bytes_mut(), self.i, self.seq);
-        // SAFETY: `buf` is not touched until the send completes (tested
-        // above), and outlives the connection (field order).
-        self.req = Some(unsafe { self.c.isend(self.buf.ptr(), self.buf.len, 0)? });
-        Ok(true)
+        Ok(moved)
     }
 }
 
@@ -177,7 +196,7 @@ fn drive_senders(mut cs: Vec<Sending>) -> ffcore::Result<Vec<(u64, Conn)>> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, probes: usize, drivers: usize, register: bool) -> ffcore::Result<()> {
+pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, probes: usize, drivers: usize, depth: usize, register: bool) -> ffcore::Result<()> {
     let size = size.max(16);
     let t0 = Instant::now();
     let mut cs = Vec::with_capacity(conns);
@@ -201,12 +220,14 @@ pub fn send(ctx: &Context, h: &Handle, conns: usize, size: usize, idle: f64, pro
     let k = driver_threads(conns, drivers);
     println!("STREAMING drivers={k}");
     // Every thread gives its connections back once told to stop.
-    let bufs = (0..conns).map(|_| Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))).collect::<ffcore::Result<Vec<Buf>>>()?;
+    let depth = if k > 0 { depth.max(1) } else { 1 };
+    let mut bufs = (0..conns * depth).map(|_| Buf::new(ctx, size, 0, register, |b| b.fill(0x5a))).collect::<ffcore::Result<Vec<Buf>>>()?;
     type Sent = ffcore::Result<Vec<(u64, Conn)>>;
     let threads: Vec<std::thread::JoinHandle<Sent>> = if k > 0 {
         let mut groups: Vec<Vec<Sending>> = (0..k).map(|_| Vec::new()).collect();
-        for (i, (c, b)) in cs.into_iter().zip(bufs).enumerate() {
-            groups[i % k].push(Sending::new(c, i as u64, b)?);
+        for (i, c) in cs.into_iter().enumerate() {
+            let mine = bufs.drain(..depth).collect();
+            groups[i % k].push(Sending::new(c, i as u64, mine)?);
         }
         groups.into_iter().map(|g| std::thread::spawn(move || drive_senders(g))).collect()
     } else {
@@ -260,14 +281,17 @@ fn probe(ctx: &Context, h: &Handle, probes: usize) -> ffcore::Result<()> {
     Ok(())
 }
 
-/// A streaming connection on a receiver's driver thread: one receive
-/// outstanding, every message's header checked.
+/// A streaming connection on a receiver's driver thread: a receive posted
+/// on each of `bufs`, every message's header checked.
 struct Receiving {
     c: Conn,
     i: usize,
+    /// The next message's sequence number: it lands in
+    /// `bufs[seq % bufs.len()]`.
     seq: u64,
-    buf: Buf,
-    req: Option<Req>,
+    bufs: Vec<Buf>,
+    /// The receives posted, oldest first (they complete in order).
+    reqs: VecDeque<Req>,
     told: bool,
     /// The sender closed (or the connection failed): nothing more to do.
     gone: bool,
@@ -282,38 +306,46 @@ impl Receiving {
             self.gone = true;
             return true;
         }
-        let r = match self.req {
-            Some(r) => r,
-            // SAFETY: `buf` (heap) is not touched until the receive
-            // completes, and outlives the connection (field order).
-            None => match unsafe { self.c.irecv(self.buf.mut_ptr(), self.buf.len, 0) } {
-                Ok(r) => *self.req.insert(r),
+        // Post a receive on every buffer that has none (message `seq + j`
+        // lands in buffer `(seq + j) % k`).
+        let k = self.bufs.len();
+        while self.reqs.len() < k {
+            let b = &mut self.bufs[((self.seq + self.reqs.len() as u64) % k as u64) as usize];
+            // SAFETY: the buffer (heap or shadow memory) has no receive
+            // posted, is not touched until this one completes, and
+            // outlives the connection (field order).
+            match unsafe { self.c.irecv(b.mut_ptr(), b.len, 0) } {
+                Ok(r) => self.reqs.push_back(r),
                 Err(_) => {
                     self.gone = true;
                     return true;
                 }
-            },
-        };
-        match self.c.test(r) {
-            Ok(None) => false,
-            Ok(Some(n)) => {
-                self.req = None;
-                let b = self.buf.bytes();
-                let (ci, s) = (u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap()));
-                if n != b.len() || ci != self.i as u64 || s != self.seq {
-                    bad.fetch_add(1, Ordering::Relaxed);
-                }
-                self.seq += 1;
-                got.fetch_add(n as u64, Ordering::Relaxed);
-                true
-            }
-            Err(_) => {
-                // The sender closed.
-                self.req = None;
-                self.gone = true;
-                true
             }
         }
+        let mut moved = false;
+        while let Some(&r) = self.reqs.front() {
+            match self.c.test(r) {
+                Ok(None) => break,
+                Ok(Some(n)) => {
+                    self.reqs.pop_front();
+                    let b = self.bufs[(self.seq % k as u64) as usize].bytes();
+                    let (ci, s) = (u64::from_le_bytes(b[..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap()));
+                    if n != b.len() || ci != self.i as u64 || s != self.seq {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.seq += 1;
+                    got.fetch_add(n as u64, Ordering::Relaxed);
+                    moved = true;
+                }
+                Err(_) => {
+                    // The sender closed.
+                    self.reqs.clear();
+                    self.gone = true;
+                    return true;
+                }
+            }
+        }
+        moved
     }
 }
 
@@ -344,7 +376,8 @@ fn tell(c: &mut Conn, told: &mut bool, done: &AtomicBool) -> bool {
     true
 }
 
-pub fn recv(ctx: &Context, l: Listener, conns: usize, size: usize, secs: f64, drivers: usize, register: bool) -> ffcore::Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn recv(ctx: &Context, l: Listener, conns: usize, size: usize, secs: f64, drivers: usize, depth: usize, register: bool) -> ffcore::Result<()> {
     let k = driver_threads(conns, drivers);
     let mut groups: Vec<Vec<Receiving>> = (0..k).map(|_| Vec::new()).collect();
     let size = size.max(16);
@@ -363,12 +396,13 @@ pub fn recv(ctx: &Context, l: Listener, conns: usize, size: usize, secs: f64, dr
         if i >= conns {
             return Err(ffcore::Error::InvalidArgument(format!("connection number {i}")));
         }
-        let mut b = Buf::new(ctx, size, 0, register, |_| {})?;
         if k > 0 {
-            groups[i % k].push(Receiving { c, i, seq: 0, buf: b, req: None, told: false, gone: false });
+            let bufs = (0..depth.max(1)).map(|_| Buf::new(ctx, size, 0, register, |_| {})).collect::<ffcore::Result<Vec<Buf>>>()?;
+            groups[i % k].push(Receiving { c, i, seq: 0, bufs, reqs: VecDeque::new(), told: false, gone: false });
             accepted += 1;
             continue;
         }
+        let mut b = Buf::new(ctx, size, 0, register, |_| {})?;
         let (got, bad, done) = (got.clone(), bad.clone(), done.clone());
         threads.push(std::thread::spawn(move || {
             let mut seq = 0u64;
