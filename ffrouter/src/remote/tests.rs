@@ -1313,11 +1313,11 @@ fn a_tenant_with_one_connection_gets_its_share_of_the_link_beside_one_with_sixte
 fn a_tenant_on_one_worker_gets_its_share_beside_one_on_two() {
     // The same with two pump workers per router: "b"'s connection shares
     // a worker with half of "a"'s, and the other worker serves "a" alone.
-    // With turns per tenant within each worker "b" got 0.11-0.13 (8 runs);
+    // With turns per tenant within each worker "b" got 0.11-0.13 (3 runs);
     // with levels across workers ("a", ahead, waits on the shared worker
-    // while "b" has a turn's worth to send), 0.22-0.24 (5 runs; more is
-    // out of the router's hands while "a"'s bytes on the other worker fill
-    // the link's TCP streams, see docs/many-hosts.md, "Pump workers").
+    // while "b" has a turn's worth to send), 0.22-0.24 (7 runs; nothing
+    // holds back the worker that serves "a" alone, and the link's streams
+    // divide the link too: docs/many-hosts.md, "Pump workers").
     let share = share_of_one_connection_beside_sixteen(2);
     assert!(share > 0.17, "tenant b got {share:.2} of the link");
 }
