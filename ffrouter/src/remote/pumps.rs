@@ -294,8 +294,8 @@ const LAG_MAX: u64 = 8 << 20;
 
 /// A tenant with connections awake on a worker this round.
 struct Tenant {
-    name: Arc<str>,
-    /// Its [`Pump::meter`]: what it handed the router's links.
+    /// Its [`Pump::meter`]: what it handed the router's links. The pool
+    /// gives each tenant one, so the meter also tells the tenant.
     meter: Arc<AtomicU64>,
     /// The meter at the start of the round.
     level: u64,
@@ -323,15 +323,16 @@ impl Tenants {
 
     /// The tenant of `p` (added, with its level now, if new this round).
     fn of(&mut self, p: &Pump) -> &mut Tenant {
-        self.get(&p.f.regions.tenant, &p.meter)
+        self.get(&p.meter)
     }
 
-    fn get(&mut self, t: &Arc<str>, meter: &Arc<AtomicU64>) -> &mut Tenant {
-        let i = match self.0.iter().position(|x| Arc::ptr_eq(&x.name, t) || x.name == *t) {
+    /// The tenant whose meter is `meter`.
+    fn get(&mut self, meter: &Arc<AtomicU64>) -> &mut Tenant {
+        let i = match self.0.iter().position(|x| Arc::ptr_eq(&x.meter, meter)) {
             Some(i) => i,
             None => {
                 let level = meter.load(Ordering::Relaxed);
-                self.0.push(Tenant { name: t.clone(), meter: meter.clone(), level, spent: 0, ahead: false });
+                self.0.push(Tenant { meter: meter.clone(), level, spent: 0, ahead: false });
                 self.0.len() - 1
             }
         };
@@ -663,10 +664,9 @@ mod tests {
     fn tenants_ahead_wait_and_one_far_behind_is_raised_to_the_lag() {
         const TURN: u64 = 512 << 10;
         let meters: Vec<Arc<AtomicU64>> = [100 << 20, (100 << 20) + TURN, (100 << 20) + TURN + 1, 1 << 20].map(|l| Arc::new(AtomicU64::new(l))).to_vec();
-        let names: Vec<Arc<str>> = ["a", "b", "c", "d"].map(Arc::from).to_vec();
         let mut ts = Tenants::default();
-        for (n, m) in names.iter().zip(&meters) {
-            ts.get(n, m);
+        for m in &meters {
+            ts.get(m);
         }
         assert_eq!(ts.len(), 4);
         ts.rank(TURN);
@@ -678,17 +678,17 @@ mod tests {
         assert_eq!(ts.0.iter().map(|t| t.ahead).collect::<Vec<_>>(), [true, true, true, false]);
         // Without "d": "a" is the lowest, "b" a turn above (not ahead), "c" ahead.
         let mut ts = Tenants::default();
-        for (n, m) in names.iter().zip(&meters).take(3) {
-            ts.get(n, m);
+        for m in meters.iter().take(3) {
+            ts.get(m);
         }
         ts.rank(TURN);
         assert_eq!(ts.0.iter().map(|t| t.ahead).collect::<Vec<_>>(), [false, false, true]);
         // Those behind wait for nobody until one of them hands a whole turn.
         assert!(!ts.behind_busy(TURN));
-        ts.get(&names[2], &meters[2]).spent = TURN; // ahead: does not count
-        ts.get(&names[0], &meters[0]).spent = TURN - 1;
+        ts.get(&meters[2]).spent = TURN; // ahead: does not count
+        ts.get(&meters[0]).spent = TURN - 1;
         assert!(!ts.behind_busy(TURN));
-        ts.get(&names[1], &meters[1]).spent = TURN;
+        ts.get(&meters[1]).spent = TURN;
         assert!(ts.behind_busy(TURN));
     }
 }
