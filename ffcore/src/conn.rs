@@ -960,6 +960,7 @@ impl Conn {
         if total > op.cap {
             self.reqs.set(op.req, State::Failed(Error::Truncated { msg: total as u64, buf: op.cap as u64 }));
         } else {
+            let _w = crate::shadow::writing();
             // SAFETY: src holds `total` bytes (a pending receive's buffer
             // of at least that capacity, or the stash); op.ptr has room.
             unsafe { std::ptr::copy_nonoverlapping(src, op.ptr, total) };
@@ -1043,9 +1044,11 @@ impl Conn {
                     if rec.len > *total - *got {
                         return Err(Error::Corrupt("message longer than announced".into()));
                     }
+                    let w = crate::shadow::writing();
                     // SAFETY: irecv's contract keeps [ptr, ptr+cap) writable and
                     // got + rec.len <= total <= cap; rec.len was validated by peek.
                     unsafe { self.rx.copy_out(0, ptr.add(*got), rec.len) };
+                    drop(w);
                     *got += rec.len;
                     if *got == *total {
                         let (req, total) = (*req, *total);

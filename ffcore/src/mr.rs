@@ -402,7 +402,11 @@ impl RemoteMap {
     /// `dst` is valid for `n` bytes of writes.
     pub unsafe fn read(&self, addr: u64, dst: *mut u8, n: usize) -> Result<()> {
         self.live()?;
-        std::ptr::copy_nonoverlapping(self.at(addr, n)?, dst, n);
+        let src = self.at(addr, n)?;
+        // `dst` is our process's memory, maybe a receive's buffer.
+        let w = shadow::writing();
+        std::ptr::copy_nonoverlapping(src, dst, n);
+        drop(w);
         self.live()
     }
 

@@ -18,8 +18,19 @@
 //!   range are never shared with anyone and never copied: another thread
 //!   may write them during the switch;
 //! - writes *into* the range by another thread between the copy and the
-//!   remap are lost: registration takes a snapshot, as the contents of a
-//!   buffer that is being registered are undefined to an RDMA NIC too;
+//!   remap would be lost, so moving (both ways) holds [`writing`]'s lock
+//!   exclusively, and every thread of ours that writes application memory
+//!   by address (a progress thread placing received bytes: ffcore's
+//!   connections, the verbs device) holds it shared for each copy. This
+//!   matters because the range moved is not only the buffer being
+//!   registered: a registration cache merges overlapping registrations
+//!   into one (UCX's does), and deregistering the old ones moves their
+//!   pages back, so a move may cover a neighbour's buffer with a receive
+//!   in flight (seen: a 4 MiB receive that kept zero pages, 2026-12-05).
+//!   The application's own threads' writes are not covered: those made
+//!   into a range while it moves may be lost (the contents of a buffer
+//!   being registered are undefined to an RDMA NIC too, but here also
+//!   those of a buffer that shares a merged registration's pages);
 //! - only private, anonymous, read-write memory (malloc, mmap, the heap)
 //!   moves ([`check_private_anon`]): file mappings, stacks, memory already
 //!   shadowed and anything a driver mapped (CUDA host memory comes from a
@@ -45,6 +56,19 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 
 use crate::error::{Error, Result};
+
+/// Moving pages holds it exclusively; copies into application memory by
+/// our threads hold it shared (see the module's hazards).
+static MOVING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Hold this while a thread of ours writes application memory by address
+/// (received bytes into a receive's buffer, an atomic on registered
+/// memory), one copy at a time: pages are not moved meanwhile, so the
+/// write is not lost. Never hold it across anything that may drop a
+/// registration or a shadow segment (that moves pages: a deadlock).
+pub fn writing() -> std::sync::RwLockReadGuard<'static, ()> {
+    MOVING.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The page size every mapping here is aligned to.
 pub fn page_size() -> usize {
@@ -180,8 +204,9 @@ unsafe fn map_tmp(fd: Option<(BorrowedFd<'_>, u64)>, len: usize) -> Result<*mut 
 }
 
 /// Copies `[addr, addr+len)` into a fresh mapping `tmp` and moves it over
-/// `addr` in one `mremap`.
+/// `addr` in one `mremap`, while no thread of ours writes (see [`writing`]).
 unsafe fn swap_in(tmp: *mut u8, addr: usize, len: usize) -> Result<()> {
+    let _moving = MOVING.write().unwrap_or_else(|e| e.into_inner());
     std::ptr::copy_nonoverlapping(addr as *const u8, tmp, len);
     if !sys_mremap_fixed(tmp, len, addr) {
         let e = os_err("mremap");
@@ -236,6 +261,56 @@ mod tests {
         assert_eq!(interior(p, 2 * p - 1), (p, p));
         assert_eq!(interior(5, 0), (5, 0));
         assert_eq!(interior(usize::MAX - 10, 5).1, 0);
+    }
+
+    /// A thread of ours writing the pages (under [`writing`]) while they
+    /// move back and forth never loses a write: every value it wrote is
+    /// there when it reads it back.
+    #[test]
+    fn moving_pages_loses_no_write_made_under_the_lock() {
+        use std::os::fd::AsFd;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let p = page_size();
+        let len = 64 * p;
+        let file = memfd::MemfdOptions::default().create("ffcore-shadow-test").unwrap();
+        file.as_file().set_len(len as u64).unwrap();
+        // SAFETY: a fresh private anonymous mapping of our own.
+        let addr = unsafe { sys_mmap(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) } as usize;
+        assert_ne!(addr, libc::MAP_FAILED as usize);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|t| {
+            let writer = t.spawn(|| {
+                let (mut v, mut lost) = (1u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let w = writing();
+                    for i in 0..len / p {
+                        // SAFETY: inside our mapping, aligned; moves hold the lock.
+                        unsafe { std::ptr::write_volatile((addr + i * p) as *mut u64, v) };
+                    }
+                    drop(w);
+                    for i in 0..len / p {
+                        // SAFETY: as above (a move copies what it replaces).
+                        lost += u64::from(unsafe { std::ptr::read_volatile((addr + i * p) as *const u64) } != v);
+                    }
+                    v += 1;
+                }
+                (v, lost)
+            });
+            let fd = file.as_file().as_fd();
+            for _ in 0..300 {
+                // SAFETY: our mapping, page aligned; the file holds len bytes.
+                unsafe {
+                    install(fd, 0, addr, len).unwrap();
+                    assert!(restore(fd, 0, addr, len).unwrap());
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let (rounds, lost) = writer.join().unwrap();
+            assert!(rounds > 10, "the writer hardly ran ({rounds} rounds)");
+            assert_eq!(lost, 0, "{lost} writes of {rounds} rounds were lost while pages moved");
+        });
+        // SAFETY: our mapping, no longer used.
+        unsafe { sys_munmap(addr as *mut u8, len) };
     }
 
     #[test]

@@ -461,7 +461,7 @@ pub unsafe extern "C" fn ffv_ibv_reg_mr_iova2(pd: *mut ibv_pd, addr: *mut c_void
             }
         };
         let key = dev.new_key();
-        let mr = Arc::new(Mr { addr: addr as u64, len: len as u64, access, pd: pd as usize, key, shadow });
+        let mr = Mr { addr: addr as u64, len: len as u64, access, pd: pd as usize, key, shadow };
         dev.mrs.write().unwrap().insert(key, mr);
         let b = Box::into_raw(Box::new(MrBox { ibv: ibv_mr { context: c, pd, addr, length: len, handle: key, lkey: key, rkey: key } }));
         &mut (*b).ibv
@@ -475,7 +475,10 @@ pub unsafe extern "C" fn ffv_ibv_dereg_mr(mr: *mut ibv_mr) -> c_int {
             return libc::EINVAL;
         }
         let b = Box::from_raw(mr as *mut MrBox);
-        dev_of(b.ibv.context).mrs.write().unwrap().remove(&b.ibv.lkey);
+        let mr = dev_of(b.ibv.context).mrs.write().unwrap().remove(&b.ibv.lkey);
+        // Dropped after the lock: giving shadow pages back takes
+        // milliseconds, and every work request's check waits on the lock.
+        drop(mr);
         0
     })
 }

@@ -137,7 +137,7 @@ pub struct Device {
     pub gid: [u8; 16],
     pub engine: Mutex<Engine>,
     /// Our own keys (we choose them: a fast hash is safe here).
-    pub mrs: RwLock<FxHashMap<u32, Arc<Mr>>>,
+    pub mrs: RwLock<FxHashMap<u32, Mr>>,
     next_key: AtomicU32,
     /// Verb calls of the application that drive progress (a count, not a
     /// clock: one relaxed add per call).
@@ -256,14 +256,14 @@ impl Device {
         n << 8 | rand::random::<u8>() as u32
     }
 
-    pub fn mr(&self, key: u32) -> Option<Arc<Mr>> {
-        self.mrs.read().unwrap().get(&key).cloned()
-    }
-
     /// `f` on the registration `key` under the read lock (no reference
-    /// count traffic on the data path).
-    fn with_mr<T>(&self, key: u32, f: impl FnOnce(&Mr) -> T) -> Option<T> {
-        self.mrs.read().unwrap().get(&key).map(|m| f(m))
+    /// count traffic on the data path). No reference to it is kept: a
+    /// registration's last one goes in `ibv_dereg_mr`, whose caller may
+    /// write the memory as soon as it returns, and dropping it moves the
+    /// pages back (see `ffcore::shadow`), which must not happen meanwhile
+    /// on another thread.
+    pub fn with_mr<T>(&self, key: u32, f: impl FnOnce(&Mr) -> T) -> Option<T> {
+        self.mrs.read().unwrap().get(&key).map(f)
     }
 
     /// Checks a local scatter/gather element: the key names a registration

@@ -217,7 +217,9 @@ pub struct Qp {
     direct: HashMap<u32, Direct>,
 }
 
-/// Copies `data` into the scatter list; false if it does not fit.
+/// Copies `data` into the scatter list; false if it does not fit. Holds
+/// [`ffcore::shadow::writing`] (so, as every write into application
+/// memory here, it must not be called with it held).
 ///
 /// # Safety
 /// Every element was checked against a registration (or lies in a buffer
@@ -226,6 +228,7 @@ unsafe fn scatter(sges: &[Sge], data: *const u8, len: usize) -> bool {
     if sges.iter().map(|s| s.len as usize).sum::<usize>() < len {
         return false;
     }
+    let _w = ffcore::shadow::writing();
     let mut off = 0;
     for s in sges {
         if off == len {
@@ -738,13 +741,17 @@ impl Qp {
         if !self.local_peer || !self.announced.insert(rkey) {
             return;
         }
-        let Some(m) = dev.mr(rkey) else { return };
-        let Some(sh) = &m.shadow else { return };
-        let access = m.access & self.access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
-        let key = if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) != 0 { sh.remote_key() } else { sh.remote_read_key() };
-        let Some(key) = key.filter(|_| sh.shared_range().1 > 0) else { return };
-        let hdr = Hdr { rkey, raddr: m.addr, len: m.len, flags: access, ..Default::default() };
-        self.out.push_back(Reply::Rkey { hdr, key });
+        let qp_access = self.access;
+        let rkey_msg = dev.with_mr(rkey, |m| {
+            let sh = m.shadow.as_ref()?;
+            let access = m.access & qp_access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC);
+            let key = if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) != 0 { sh.remote_key() } else { sh.remote_read_key() };
+            let key = key.filter(|_| sh.shared_range().1 > 0)?;
+            Some(Reply::Rkey { hdr: Hdr { rkey, raddr: m.addr, len: m.len, flags: access, ..Default::default() }, key })
+        });
+        if let Some(r) = rkey_msg.flatten() {
+            self.out.push_back(r);
+        }
     }
 
     fn ack(&mut self, seq: u64, status: Status) {
@@ -833,8 +840,10 @@ impl Qp {
                 (wire::WRITE, _) => match dev.check_remote(self.pd, self.access, h.hdr.rkey, h.hdr.raddr, h.hdr.len, IBV_ACCESS_REMOTE_WRITE) {
                     Err(st) => self.ack(h.hdr.seq, st),
                     Ok(dst) => {
+                        let w = ffcore::shadow::writing();
                         // SAFETY: registered memory the peer may write, h.hdr.len == data.len().
                         unsafe { std::ptr::copy_nonoverlapping(h.data.as_ptr(), dst, h.data.len()) };
+                        drop(w);
                         self.announce(dev, h.hdr.rkey);
                         self.write_done(dev, h.hdr.seq, imm, h.hdr.len);
                     }
@@ -855,8 +864,10 @@ impl Qp {
             (_, Err(st)) => Reply::Value { seq: h.seq, value: 0, status: st },
             (Some(op @ (AtomicOp::Add | AtomicOp::Cswap)), Ok(p)) if ffcore::atomic::aligned(h.raddr, Width::W64) => {
                 self.announce(dev, h.rkey);
+                let w = ffcore::shadow::writing();
                 // SAFETY: 8 bytes of registered memory the peer may change, aligned.
                 let old = unsafe { ffcore::atomic::apply(p, Width::W64, op, value, compare) };
+                drop(w);
                 Reply::Value { seq: h.seq, value: old, status: 0 }
             }
             _ => Reply::Value { seq: h.seq, value: 0, status: IBV_WC_REM_INV_REQ_ERR },
@@ -1003,8 +1014,10 @@ impl Qp {
                 }
                 Ok(dst) => {
                     self.announce(dev, h.rkey);
+                    let w = ffcore::shadow::writing();
                     // SAFETY: dst..dst+len is registered memory the peer may write.
                     unsafe { std::ptr::copy_nonoverlapping(payload, dst, plen) };
+                    drop(w);
                     self.write_done(dev, h.seq, imm, h.len);
                     Next::Nothing
                 }

@@ -149,16 +149,19 @@ impl UdQp {
         b.extend_from_slice(&h.src_gid);
         b.extend_from_slice(&dev.gid);
         b.extend_from_slice(data);
-        let mut off = 0;
-        for s in &r.sges {
-            if off == len {
-                break;
+        {
+            let _w = ffcore::shadow::writing();
+            let mut off = 0;
+            for s in &r.sges {
+                if off == len {
+                    break;
+                }
+                let n = (s.len as usize).min(len - off);
+                // SAFETY: the receive's elements were checked against the
+                // protection domain's registrations (local write) when posted.
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr().add(off), s.addr as *mut u8, n) };
+                off += n;
             }
-            let n = (s.len as usize).min(len - off);
-            // SAFETY: the receive's elements were checked against the
-            // protection domain's registrations (local write) when posted.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr().add(off), s.addr as *mut u8, n) };
-            off += n;
         }
         let mut w = wc(r.wr_id, IBV_WC_SUCCESS, IBV_WC_RECV, len, self.qpn);
         w.src_qp = h.src_qpn;

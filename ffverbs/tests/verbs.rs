@@ -113,6 +113,7 @@ fn check_ffvcheck(r: &[(bool, String, String); 2]) {
         "OK read 2097159 bytes",
         "OK read-only read",
         "OK atomics",
+        "READs of 4096 bytes beside a deregistration that moves their pages",
         "OK remote access error, flush",
         "OK out of range",
         "OK dead peer",

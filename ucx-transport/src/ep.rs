@@ -1298,6 +1298,7 @@ unsafe fn reply(op: &Op, tag: u32, data: *const u8, len: usize) -> Got {
                 return Got::Bad(format!("GET reply of {} bytes for {want}", r.len));
             }
             if len == RmaReply::LEN + want && want > 0 {
+                let _w = ffcore::shadow::writing();
                 std::ptr::copy_nonoverlapping(data.add(RmaReply::LEN), buf, want);
                 Got::Done(UCS_OK)
             } else if len == RmaReply::LEN && want == 0 {

@@ -1107,6 +1107,7 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
             }
             if len == RmaReq::LEN + req.len as usize && req.len as usize <= inline_max {
                 if ok {
+                    let _w = ffcore::shadow::writing();
                     // SAFETY: the destination passed the registration check
                     // (from the private header); the source is the record.
                     std::ptr::copy_nonoverlapping(data.add(RmaReq::LEN), req.addr as *mut u8, req.len as usize);

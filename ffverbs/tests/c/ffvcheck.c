@@ -6,6 +6,8 @@
  * "OK <what>" for each. */
 #define PROG "ffvcheck"
 #include "ffvtest.h"
+#include <pthread.h>
+#include <sys/mman.h>
 
 #define BUF (4u << 20)
 /* QPs 0-2 share scq/rcq; QP 3 (the message stream) has CQs of its own. */
@@ -222,6 +224,46 @@ static void stream(int server) {
     }
 }
 
+/* A registration cache merges overlapping registrations into one (UCX's
+ * does), so a buffer's registration may overlap an older one in part, and
+ * the older one goes while READs into the buffer are in flight: the pages
+ * that move back at its deregistration are the buffer's too. Every byte of
+ * the READs must land. The client reads 2 MiB of the bytes the server
+ * filled (seed 200, at its buf + 11), a page per READ, 16 at a time, while
+ * another thread deregisters the older registration: READs land all the
+ * while its pages move. */
+static void *dereg_thread(void *mr) { return (void *)(intptr_t)ibv_dereg_mr(mr); }
+
+static void merged_registrations(void) {
+    size_t mb = 1 << 20, len = 2 * mb, part = 4096, batch = 16;
+    unsigned char *z = mmap(NULL, 6 * mb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (z == MAP_FAILED) DIE("mmap");
+    int rounds = 10;
+    for (int round = 0; round < rounds; round++) {
+        unsigned char *dst = z + 2 * mb;
+        memset(z, 0, 6 * mb);
+        struct ibv_mr *older = ibv_reg_mr(pd, z, 4 * mb, IBV_ACCESS_LOCAL_WRITE);
+        struct ibv_mr *own = ibv_reg_mr(pd, dst, 4 * mb, IBV_ACCESS_LOCAL_WRITE);
+        if (!older || !own) DIE("ibv_reg_mr");
+        pthread_t t;
+        if (pthread_create(&t, NULL, dereg_thread, older)) DIE("pthread_create");
+        for (size_t at = 0; at < len; at += batch * part) {
+            for (size_t i = 0; i < batch; i++) {
+                struct ibv_sge s = { (uintptr_t)(dst + at + i * part), (uint32_t)part, own->lkey };
+                post(0, 100 + i, IBV_WR_RDMA_READ, &s, 1, them.addr + 11 + at + i * part, them.rkey, 0, 0);
+            }
+            for (size_t i = 0; i < batch; i++) expect(wait_wc(scq, 20), IBV_WC_SUCCESS, 100 + i, "read beside a deregistration");
+        }
+        void *rc;
+        if (pthread_join(t, &rc) || rc) DIE("ibv_dereg_mr");
+        for (size_t i = 0; i < len; i++)
+            if (dst[i] != pat(200, i)) DIE("READ beside a deregistration, round %d: byte %zu of %zu is %u, want %u", round, i, len, dst[i], pat(200, i));
+        if (ibv_dereg_mr(own)) DIE("ibv_dereg_mr");
+    }
+    munmap(z, 6 * mb);
+    printf("OK %d times %zu READs of %zu bytes beside a deregistration that moves their pages\n", rounds, len / part, part);
+}
+
 int main(int argc, char **argv) {
     role = argc > 1 ? argv[1] : "?";
     int server = !strcmp(role, "server");
@@ -388,6 +430,7 @@ int main(int argc, char **argv) {
         expect(wait_wc(scq, 20), IBV_WC_SUCCESS, 75, "read after atomics");
         if (*after != 42) DIE("word after atomics: %" PRIu64, *after);
         printf("OK atomics\n");
+        merged_registrations();
         sync_step(23);
     } else {
         for (int round = 0; round < 2; round++) {
