@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub(crate) segments: Mutex<crate::mr::Segments>,
     /// Peers' shadow regions mapped here.
     pub(crate) maps: Mutex<crate::mr::Maps>,
+    /// Pages to give back on an application thread (see
+    /// [`crate::mr::progress_thread`]).
+    pub(crate) give_back: Mutex<Vec<crate::mr::GiveBack>>,
 }
 
 impl Shared {
@@ -125,7 +128,7 @@ impl Context {
         let sock = UnixStream::connect(path).map_err(|source| Error::NoRouter { path: path.to_string(), source })?;
         sock.set_read_timeout(Some(RPC_TIMEOUT))?;
         sock.set_write_timeout(Some(RPC_TIMEOUT))?;
-        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default(), maps: Mutex::default() };
+        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default(), maps: Mutex::default(), give_back: Mutex::default() };
         let (reply, fds) = shared.rpc(&Request::Hello { version: VERSION })?;
         let Reply::Welcome { client, tenant, router_id, advertise, .. } = reply else {
             return Err(unexpected(reply));

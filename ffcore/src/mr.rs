@@ -20,7 +20,16 @@
 //! mapper checks before and after each access ([`RemoteMap::read`]), then
 //! moves private pages back under the buffer. A peer that ignores the
 //! header keeps a mapping of pages the application no longer uses.
+//!
+//! A transfer holds its segment too, so the last holder may be a progress
+//! thread of ours (the verbs device's) finishing a transfer after the
+//! application deregistered: such a thread leaves the pages to the next
+//! registration or deregistration on an application thread
+//! ([`progress_thread`]), because moving them loses the writes other
+//! threads make meanwhile, and the application writes freely once it has
+//! deregistered.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -34,6 +43,49 @@ use crate::shm::{self, SharedMem};
 
 /// A process's shadow segments, by start address.
 pub(crate) type Segments = BTreeMap<usize, Weak<Segment>>;
+
+thread_local! {
+    static PROGRESS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one of ours that progresses transfers beside
+/// the application's threads (the verbs device's service thread): pages of
+/// a segment whose last holder it drops are given back to the application
+/// (moved back to private memory) later, at the next registration or
+/// deregistration, on an application thread. Meanwhile they stay the
+/// revoked region's pages, which the application may go on using.
+pub fn progress_thread() {
+    PROGRESS.with(|p| p.set(true));
+}
+
+/// A moved segment's pages, revoked, to be given back (see [`progress_thread`]).
+pub(crate) struct GiveBack {
+    file: OwnedFd,
+    addr: usize,
+    len: usize,
+}
+
+/// Moves `[addr, addr+len)` back to private pages if it still maps `file`.
+fn give_back(file: &OwnedFd, addr: usize, len: usize) {
+    // SAFETY: we installed [addr, addr+len) from this file at this offset;
+    // restore checks it is still there before touching it.
+    match unsafe { shadow::restore(file.as_fd(), shm::region_header() as u64, addr, len) } {
+        Ok(true) => {}
+        Ok(false) => log::debug!("shadow segment {addr:#x}+{len} was unmapped before deregistration"),
+        Err(e) => log::warn!("cannot give {addr:#x}+{len} private pages back: {e}"),
+    }
+}
+
+/// Gives back the pages progress threads left (on an application thread).
+fn give_back_left(ctx: &Shared) {
+    if PROGRESS.with(|p| p.get()) {
+        return;
+    }
+    let left = std::mem::take(&mut *ctx.give_back.lock().unwrap_or_else(|p| p.into_inner()));
+    for g in left {
+        give_back(&g.file, g.addr, g.len);
+    }
+}
 
 /// Asks the router for a region of `len` data bytes: (id, [read-write key,
 /// read-only key], file).
@@ -171,12 +223,16 @@ impl Drop for Segment {
         if let Err(e) = self.ctx.rpc(&Request::FreeRegion { region: self.region }) {
             log::warn!("freeing shadow region {}: {e}", self.region);
         }
-        // SAFETY: we installed [addr, addr+len) from this file at this
-        // offset; restore checks it is still there before touching it.
-        match self.file.as_ref().filter(|_| self.moved).map(|f| unsafe { shadow::restore(f.as_fd(), shm::region_header() as u64, self.addr, self.len) }) {
-            None | Some(Ok(true)) => {}
-            Some(Ok(false)) => log::debug!("shadow segment {:#x}+{} was unmapped before deregistration", self.addr, self.len),
-            Some(Err(e)) => log::warn!("cannot give {:#x}+{} private pages back: {e}", self.addr, self.len),
+        match self.file.take().filter(|_| self.moved) {
+            Some(file) if PROGRESS.with(|p| p.get()) => {
+                let g = GiveBack { file, addr: self.addr, len: self.len };
+                self.ctx.give_back.lock().unwrap_or_else(|p| p.into_inner()).push(g);
+            }
+            Some(file) => {
+                give_back(&file, self.addr, self.len);
+                give_back_left(&self.ctx);
+            }
+            None => {}
         }
         let mut t = self.ctx.segments.lock().unwrap_or_else(|p| p.into_inner());
         if t.get(&self.addr).is_some_and(|w| w.strong_count() == 0) {
@@ -230,6 +286,18 @@ impl ShadowMr {
     }
 }
 
+impl Drop for ShadowMr {
+    fn drop(&mut self) {
+        // A deregistration, so an application thread (or an application's
+        // call): a moment to give back what progress threads left.
+        if let Some(seg) = self.seg.take() {
+            let ctx = seg.ctx.clone();
+            drop(seg);
+            give_back_left(&ctx);
+        }
+    }
+}
+
 impl std::fmt::Debug for ShadowMr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ShadowMr({:#x}+{}, shared {:?}, {:?})", self.ptr, self.len, self.shared_range(), self.why_not)
@@ -243,6 +311,8 @@ pub(crate) unsafe fn register(ctx: &Arc<Shared>, ptr: *const u8, len: usize, may
         return Err(Error::InvalidArgument(format!("bad memory range {ptr:?}+{len}")));
     }
     let private = |why: String| Ok(ShadowMr { ptr: p, len, seg: None, why_not: Some(why) });
+    // Before looking at the mappings: pages left to give back may lie here.
+    give_back_left(ctx);
     let (start, n) = shadow::interior(p, len);
     if n == 0 {
         return private("the range holds no whole page".into());

@@ -429,3 +429,52 @@ fn memory_mapped_where_an_unmapped_registered_buffer_was_registers_anew() {
     drop(held);
     assert!(fresh.bytes(0, fresh.len) == other, "deregistration must keep the new memory's bytes");
 }
+
+/// A transfer that ends after the application deregistered holds the last
+/// reference to its pages; when a progress thread of ours (the verbs
+/// device's) ends it, the pages move back to private memory at the
+/// application's next registration, not on that thread, where the move
+/// would race with the application's own writes (a move loses writes made
+/// meanwhile). Until then they stay the revoked region's pages, contents
+/// and writes kept.
+#[test]
+fn pages_a_progress_thread_lets_go_of_move_back_on_an_application_thread() {
+    let r = RouterProc::start(&["a"], &[]);
+    let (actx, mut tx, _bctx, mut rx) = pair(&r);
+    let buf = Pages::new(256);
+    buf.fill(5);
+    let mr = register(&actx, buf.at(0), buf.len);
+    assert_eq!(mr.why_not(), None);
+    let n = 1 << 20;
+    let s = unsafe { tx.isend(buf.at(0), n, 4) }.unwrap();
+    drop(mr);
+    let mut out = vec![0u8; n];
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            ffcore::mr::progress_thread();
+            assert_eq!(rx.recv(&mut out, 4, T).unwrap(), n);
+            // The send ends here, dropping the last reference.
+            assert_eq!(tx.wait(s, T).unwrap(), n);
+        })
+        .join()
+        .unwrap();
+    });
+    assert_eq!(crc(&out), crc(&buf.bytes(0, n)));
+    assert!(check_private_anon(buf.at(0) as usize, buf.len).is_err(), "moved back on the progress thread");
+    buf.fill(6);
+    let other = Pages::new(4);
+    let mr2 = register(&actx, other.at(0), other.len);
+    check_private_anon(buf.at(0) as usize, buf.len).expect("private again after the application's next registration");
+    let want: Vec<u8> = (0..buf.len).map(|i| 6u8.wrapping_add((i * 7 % 251) as u8)).collect();
+    assert!(buf.bytes(0, buf.len) == want, "the writes made before the pages moved back were kept");
+    drop(mr2);
+
+    // The same ended on an application thread moves them back at once.
+    let mr = register(&actx, buf.at(0), buf.len);
+    assert_eq!(mr.why_not(), None);
+    let s = unsafe { tx.isend(buf.at(0), n, 5) }.unwrap();
+    drop(mr);
+    assert_eq!(rx.recv(&mut out, 5, T).unwrap(), n);
+    assert_eq!(tx.wait(s, T).unwrap(), n);
+    check_private_anon(buf.at(0) as usize, buf.len).expect("private again once the send is done");
+}

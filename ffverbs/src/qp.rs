@@ -1429,6 +1429,9 @@ const APP_NAP: Duration = Duration::from_micros(200);
 /// The device's service thread: progress while the application is not
 /// driving it, asleep (no polling) while nothing happens.
 pub fn service(dev: Arc<Device>) {
+    // Transfers this thread ends may hold the last reference to shadow
+    // pages the application deregistered: they move back on its threads.
+    ffcore::mr::progress_thread();
     let mut waiter = match ffcore::wake::Waiter::new() {
         Ok(w) => w,
         Err(e) => {
