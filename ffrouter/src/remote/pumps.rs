@@ -44,6 +44,18 @@
 //! highest on a worker is raised to that (a tenant back from idle goes
 //! first for 8 MiB at most, not for all it did not use).
 //!
+//! That evens out a shared worker, not the workers: one that serves only
+//! tenants ahead would still take its part of the cores and the link (a
+//! one-connection tenant beside a sixteen-connection one on two workers
+//! got 0.12-0.24 of the link). So a worker that finds a tenant with a whole
+//! turn's worth left after its turn notes it on the pool's [`Backlog`]; a
+//! worker whose awake tenants are all more than [`AHEAD`] above a tenant
+//! noted there in the last [`BACKLOG_FRESH`] (and not served here) naps
+//! [`YIELD`] instead of its round, leaving the cores and the link to the
+//! worker that serves the one behind. It goes on as soon as that tenant has
+//! caught up or has had less to send for [`BACKLOG_FRESH`]: a tenant held
+//! back by its own peer or round trips, not by the others, is never noted.
+//!
 //! Sends: a connection alone awake on its worker sends as its pump thread
 //! did (`Mode::Block`: waits in the kernel while the link is full, so one
 //! connection's figures are those of a thread of its own). With others
@@ -90,6 +102,43 @@ pub struct Pool {
     /// Each tenant's [`Pump::meter`]; an entry goes with the last
     /// connection of its tenant (at the next tenant's first).
     meters: Mutex<HashMap<Arc<str>, Weak<AtomicU64>>>,
+    /// Shared with the workers.
+    backlog: Arc<Backlog>,
+}
+
+/// How long a tenant stays noted on the [`Backlog`] after a worker last
+/// found it with more to send than a turn.
+const BACKLOG_FRESH: Duration = Duration::from_millis(2);
+/// How far (in turns) every tenant on a worker must be above a backlogged
+/// tenant elsewhere for the worker to yield to it.
+const AHEAD: u64 = 2;
+/// A worker's nap when it yields.
+const YIELD: Duration = Duration::from_micros(100);
+
+/// Tenants a worker found with more than a turn's worth to send, and when
+/// (see the module's "Tenants"). Few entries: a list, pruned as it goes.
+#[derive(Default)]
+struct Backlog(Mutex<Vec<(Arc<AtomicU64>, Instant)>>);
+
+impl Backlog {
+    /// The tenant of `meter` had more than a turn's worth to send at `now`.
+    fn note(&self, meter: &Arc<AtomicU64>, now: Instant) {
+        let mut b = self.0.lock().unwrap();
+        b.retain(|(m, at)| !Arc::ptr_eq(m, meter) && now.saturating_duration_since(*at) < BACKLOG_FRESH);
+        b.push((meter.clone(), now));
+    }
+
+    /// Is a tenant that is not in `here` backlogged, and more than `ahead`
+    /// below every level in `here`?
+    fn behind(&self, here: &Tenants, ahead: u64, now: Instant) -> bool {
+        let Some(low) = here.0.iter().map(|t| t.level).min() else { return false };
+        let b = self.0.lock().unwrap();
+        b.iter().any(|(m, at)| {
+            now.saturating_duration_since(*at) < BACKLOG_FRESH
+                && !here.0.iter().any(|t| Arc::ptr_eq(&t.meter, m))
+                && m.load(Ordering::Relaxed).saturating_add(ahead) < low
+        })
+    }
 }
 
 struct Worker {
@@ -110,6 +159,8 @@ struct Worker {
     /// Connections to hand over to a newer worker (so that all share the
     /// cores evenly), and to which.
     shed: Mutex<Option<(usize, Arc<Worker>)>>,
+    /// The pool's.
+    backlog: Arc<Backlog>,
 }
 
 /// Stream numbers counted apart per worker (a link has at most 65).
@@ -136,7 +187,7 @@ impl Worker {
 
 impl Pool {
     pub fn new(workers: usize) -> Pool {
-        Pool { base: workers.max(1), workers: Mutex::default(), meters: Mutex::default() }
+        Pool { base: workers.max(1), workers: Mutex::default(), meters: Mutex::default(), backlog: Arc::default() }
     }
 
     /// Worker threads started.
@@ -204,6 +255,7 @@ impl Pool {
                     nap_ms: AtomicU64::new(0),
                     closed: AtomicBool::new(false),
                     shed: Mutex::default(),
+                    backlog: self.backlog.clone(),
                 });
                 let w2 = w.clone();
                 std::thread::Builder::new().name(format!("pump-{}", ws.len())).spawn(move || run(&w2))?;
@@ -435,9 +487,20 @@ fn run(w: &Arc<Worker>) {
         // so a tenant that other workers serve too does not also get an
         // equal part of this one (their levels even out), and the worker
         // never idles while any of its connections could send.
-        let budget = (tenants.len() > 1).then(|| turn_quantum().min(smallest / 2).max(1) as u64);
+        let turn_size = turn_quantum().min(smallest / 2).max(1) as u64;
+        let budget = (tenants.len() > 1).then_some(turn_size);
         if let Some(b) = budget {
             tenants.rank(b);
+        }
+        // Every tenant here far ahead of one backlogged on another worker:
+        // yield the cores and the link to that worker for a moment (set-up
+        // and new connections do not wait).
+        if awake > 0 && w.backlog.behind(&tenants, AHEAD * turn_size, now) && !slots.iter().any(|s| s.p.first.is_some()) {
+            std::thread::sleep(YIELD);
+            if w.bell.load(Ordering::SeqCst) != bell_seen {
+                took = true;
+            }
+            continue;
         }
         let (mut moved, mut spinning) = (false, false);
         let spin_for = if yields.may_yield() { spin() } else { Duration::ZERO };
@@ -488,6 +551,11 @@ fn run(w: &Arc<Worker>) {
         let wait = budget.is_some_and(|b| tenants.behind_busy(b));
         for s in later.drain(..) {
             serve(s, &mut tenants, wait);
+        }
+        if let Some(b) = budget {
+            for t in tenants.0.iter().filter(|t| !t.ahead && t.spent >= b) {
+                w.backlog.note(&t.meter, now);
+            }
         }
         front.append(&mut back);
         spare = std::mem::replace(&mut slots, front);
@@ -690,6 +758,40 @@ mod tests {
         assert!(!ts.behind_busy(TURN));
         ts.get(&meters[1]).spent = TURN;
         assert!(ts.behind_busy(TURN));
+    }
+
+    #[test]
+    fn a_worker_yields_only_to_a_backlogged_tenant_far_behind_all_of_its_own() {
+        const TURN: u64 = 512 << 10;
+        let (a, b, c) = (Arc::new(AtomicU64::new(100 << 20)), Arc::new(AtomicU64::new(1 << 20)), Arc::new(AtomicU64::new(100 << 20)));
+        let here = |ms: &[&Arc<AtomicU64>]| {
+            let mut ts = Tenants::default();
+            for m in ms {
+                ts.get(m);
+            }
+            ts
+        };
+        let backlog = Backlog::default();
+        let t0 = Instant::now();
+        // Nobody noted: no yield.
+        assert!(!backlog.behind(&here(&[&a]), AHEAD * TURN, t0));
+        // "b", far behind "a", had more than a turn's worth on another worker.
+        backlog.note(&b, t0);
+        assert!(backlog.behind(&here(&[&a]), AHEAD * TURN, t0));
+        assert!(backlog.behind(&here(&[&a, &c]), AHEAD * TURN, t0));
+        // Not while "b" is served here too, nor while a tenant here is not
+        // far above it.
+        assert!(!backlog.behind(&here(&[&a, &b]), AHEAD * TURN, t0));
+        let d = Arc::new(AtomicU64::new((1 << 20) + AHEAD * TURN));
+        assert!(!backlog.behind(&here(&[&a, &d]), AHEAD * TURN, t0));
+        // Once "b" has caught up, or has not been seen backlogged lately.
+        assert!(!backlog.behind(&here(&[&a]), AHEAD * TURN, t0 + BACKLOG_FRESH));
+        b.store((100 << 20) - AHEAD * TURN, Ordering::Relaxed);
+        assert!(!backlog.behind(&here(&[&a]), AHEAD * TURN, t0));
+        // Noting again replaces the old entry, and stale entries go.
+        backlog.note(&b, t0 + BACKLOG_FRESH);
+        backlog.note(&c, t0 + 3 * BACKLOG_FRESH);
+        assert_eq!(backlog.0.lock().unwrap().len(), 1);
     }
 }
 

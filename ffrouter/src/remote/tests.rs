@@ -1315,9 +1315,11 @@ fn a_tenant_on_one_worker_gets_its_share_beside_one_on_two() {
     // a worker with half of "a"'s, and the other worker serves "a" alone.
     // With turns per tenant within each worker "b" got 0.11-0.13 (3 runs);
     // with levels across workers ("a", ahead, waits on the shared worker
-    // while "b" has a turn's worth to send), 0.22-0.24 (7 runs; nothing
-    // holds back the worker that serves "a" alone, and the link's streams
-    // divide the link too: docs/many-hosts.md, "Pump workers").
+    // while "b" has a turn's worth to send), 0.22-0.24 (7 runs; 0.14 once
+    // in a release build): nothing held back the worker that serves "a"
+    // alone. With the backlog (that worker yields while "b", far behind,
+    // has more than a turn's worth on the other), 0.38-0.44 in debug
+    // builds, 0.49-0.50 in release (3 runs each).
     let share = share_of_one_connection_beside_sixteen(2);
-    assert!(share > 0.17, "tenant b got {share:.2} of the link");
+    assert!(share > 0.3, "tenant b got {share:.2} of the link");
 }
