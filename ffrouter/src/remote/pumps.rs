@@ -49,8 +49,8 @@
 //! one-connection tenant beside a sixteen-connection one on two workers
 //! got 0.12-0.24 of the link). So a worker that finds a tenant with a whole
 //! turn's worth left after its turn notes it on the pool's [`Backlog`]; a
-//! worker whose awake tenants are all more than [`AHEAD`] above a tenant
-//! noted there in the last [`BACKLOG_FRESH`] (and not served here) naps
+//! worker whose awake tenants are all more than [`AHEAD`] turns above a
+//! tenant noted there in the last [`BACKLOG_FRESH`] (and not served here) naps
 //! [`YIELD`] instead of its round, leaving the cores and the link to the
 //! worker that serves the one behind. It goes on as soon as that tenant has
 //! caught up or has had less to send for [`BACKLOG_FRESH`]: a tenant held
