@@ -407,10 +407,15 @@ impl Tenants {
         }
     }
 
-    /// Did a tenant that is not ahead hand the link a whole turn's worth
-    /// this round (so it may have more)?
+    /// The tenants not ahead that handed the link a whole turn's worth
+    /// this round (so they may have more).
+    fn busy_behind(&self, turn: u64) -> impl Iterator<Item = &Tenant> {
+        self.0.iter().filter(move |t| !t.ahead && t.spent >= turn)
+    }
+
+    /// Is there one ([`Tenants::busy_behind`])?
     fn behind_busy(&self, turn: u64) -> bool {
-        self.0.iter().any(|t| !t.ahead && t.spent >= turn)
+        self.busy_behind(turn).next().is_some()
     }
 }
 
@@ -553,7 +558,7 @@ fn run(w: &Arc<Worker>) {
             serve(s, &mut tenants, wait);
         }
         if let Some(b) = budget {
-            for t in tenants.0.iter().filter(|t| !t.ahead && t.spent >= b) {
+            for t in tenants.busy_behind(b) {
                 w.backlog.note(&t.meter, now);
             }
         }
