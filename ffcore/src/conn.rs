@@ -71,6 +71,16 @@ pub const SPIN_MAX: Duration = Duration::from_micros(200);
 /// For how much of [`SPIN`] it busy-spins; after that it yields the core
 /// between polls (a peer thread woken on the same core then runs at once).
 pub const SPIN_BUSY: Duration = Duration::from_micros(5);
+/// [`Conn::wait`]'s first sleep lasts at most this (then it checks that
+/// its peer lives); each further sleep of the same wait twice as long as
+/// the one before, up to [`NAP_MAX`]. Events wake it at once whatever the
+/// nap: the naps only bound how late a dead peer is seen. (Naps of 20 ms
+/// each were most of the CPU with a thread blocked per connection: 512
+/// such threads per process woke 25,000 times a second for nothing.)
+pub const NAP_FIRST: Duration = Duration::from_millis(100);
+/// The longest sleep of a [`Conn::wait`] (the router's pump workers nap up
+/// to 1.6 s too).
+pub const NAP_MAX: Duration = Duration::from_millis(1600);
 /// Fewer bytes of a message in shadow memory than this go through the
 /// ring anyway (the reference costs a mapping lookup and a completion
 /// round trip).
@@ -519,6 +529,7 @@ impl Conn {
     /// Waits for a request: spins for [`SPIN`], then sleeps on the futex.
     pub fn wait(&mut self, r: Req, timeout: Option<Duration>) -> Result<usize> {
         let start = Instant::now();
+        let mut next_nap = NAP_FIRST;
         loop {
             let spin_start = Instant::now();
             let mut n = 0u32;
@@ -550,7 +561,8 @@ impl Conn {
                 }
             }
             self.yields.waited();
-            let mut nap = Duration::from_millis(20);
+            let mut nap = next_nap;
+            next_nap = (next_nap * 2).min(NAP_MAX);
             if let Some(t) = timeout {
                 let spent = start.elapsed();
                 if spent >= t {
@@ -1133,6 +1145,34 @@ mod tests {
             assert_eq!(b.recv(&mut buf, 5, T).unwrap(), n);
             assert_eq!(&buf[..n], &pattern(n, i as u8)[..], "message {i}");
         }
+        t.join().unwrap();
+    }
+
+    /// This thread's voluntary context switches so far (its sleeps).
+    fn sleeps_so_far() -> i64 {
+        // SAFETY: rusage is plain old data; getrusage only writes into it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+        ru.ru_nvcsw
+    }
+
+    #[test]
+    fn a_long_wait_sleeps_ever_longer_naps_and_still_gets_its_message() {
+        let (mut a, mut b) = pair(1 << 16);
+        let mut buf = vec![0u8; 100];
+        let r = unsafe { b.irecv(buf.as_mut_ptr(), buf.len(), 3).unwrap() };
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1600));
+            a.send(&pattern(77, 4), 3, T).unwrap();
+            a
+        });
+        let before = sleeps_so_far();
+        assert_eq!(b.wait(r, T).unwrap(), 77);
+        let slept = sleeps_so_far() - before;
+        assert_eq!(&buf[..77], &pattern(77, 4)[..]);
+        // Naps of 100, 200, 400 and 800 ms (then the message): a handful of
+        // sleeps, where naps of 20 ms each took 80.
+        assert!(slept <= 12, "{slept} sleeps in one wait of 1.6 s");
         t.join().unwrap();
     }
 
