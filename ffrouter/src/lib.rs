@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod peers;
 pub mod ratelog;
 pub mod remote;
+pub mod sched;
 pub mod state;
 pub mod trim;
 pub mod wire;
@@ -105,7 +106,10 @@ impl Router {
         let remote = self.remote.clone();
         let tenant: Arc<str> = t.name.as_str().into();
         std::thread::Builder::new().name(format!("accept-{}", t.name)).spawn(move || {
+            // Admissions are control path too (see `sched`).
+            let mut boost = sched::Boost::new();
             for sock in listener.incoming() {
+                boost.account();
                 match sock {
                     Ok(s) => admit(&state, remote.clone(), &tenant, s),
                     Err(e) => {
@@ -195,7 +199,11 @@ fn serve_client(state: &Mutex<State>, remote: Option<&Arc<remote::Remote>>, tena
         return format!("socket setup failed: {e}");
     }
     let mut hello = false;
+    // Answered at a higher priority while the router's budget for that
+    // lasts (see `sched`): charged for each request before the next wait.
+    let mut boost = sched::Boost::new();
     loop {
+        boost.account();
         // No timeout while the client is quiet; FRAME_TIMEOUT (the
         // socket's read timeout) once a frame has begun.
         wait_readable(sock);
