@@ -34,17 +34,47 @@ pub const BUDGET: Duration = Duration::from_millis(50);
 /// The accounting window of [`BUDGET`].
 pub const WINDOW: Duration = Duration::from_secs(1);
 
-/// The window the budget counts in (its number since the first use), and
-/// the CPU spent in it, in ns.
-static WINDOW_NO: AtomicU64 = AtomicU64::new(0);
-static SPENT_NS: AtomicU64 = AtomicU64::new(0);
+/// CPU spent boosted, counted per [`WINDOW`].
+pub struct Budget {
+    start: OnceLock<Instant>,
+    /// The window being counted (its number since `start`)...
+    window_no: AtomicU64,
+    /// ...and the CPU spent in it, in ns.
+    spent_ns: AtomicU64,
+}
+
+impl Budget {
+    pub const fn new() -> Budget {
+        Budget { start: OnceLock::new(), window_no: AtomicU64::new(0), spent_ns: AtomicU64::new(0) }
+    }
+
+    fn window_now(&self) -> u64 {
+        (self.start.get_or_init(Instant::now).elapsed().as_nanos() / WINDOW.as_nanos()) as u64
+    }
+
+    fn charge(&self, used: Duration) {
+        let w = self.window_now();
+        if self.window_no.swap(w, Ordering::AcqRel) != w {
+            self.spent_ns.store(0, Ordering::Release);
+        }
+        self.spent_ns.fetch_add(used.as_nanos() as u64, Ordering::AcqRel);
+    }
+
+    fn left(&self) -> bool {
+        self.window_no.load(Ordering::Acquire) != self.window_now() || self.spent_ns.load(Ordering::Acquire) < BUDGET.as_nanos() as u64
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new()
+    }
+}
+
+/// The router's budget: all its control threads draw on it.
+static ROUTER: Budget = Budget::new();
 /// False once the kernel refused to raise a priority: no thread tries again.
 static ALLOWED: AtomicBool = AtomicBool::new(true);
-
-fn window_now() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    (START.get_or_init(Instant::now).elapsed().as_nanos() / WINDOW.as_nanos()) as u64
-}
 
 /// CPU time the calling thread has used.
 fn thread_cpu() -> Duration {
@@ -73,15 +103,21 @@ fn set_nice(n: i32) -> std::io::Result<()> {
 /// A control thread's priority: boosted while the router-wide budget
 /// lasts. One per thread; call [`Boost::account`] after each request.
 pub struct Boost {
+    budget: &'static Budget,
     base: i32,
     boosted: bool,
     cpu: Duration,
 }
 
 impl Boost {
-    /// Boosts the calling thread if the budget allows (and the kernel does).
+    /// Boosts the calling thread if the router's budget allows (and the
+    /// kernel does).
     pub fn new() -> Boost {
-        let mut b = Boost { base: nice_now(), boosted: false, cpu: thread_cpu() };
+        Boost::drawing_on(&ROUTER)
+    }
+
+    fn drawing_on(budget: &'static Budget) -> Boost {
+        let mut b = Boost { budget, base: nice_now(), boosted: false, cpu: thread_cpu() };
         b.decide();
         b
     }
@@ -93,11 +129,7 @@ impl Boost {
         let used = now.saturating_sub(self.cpu);
         self.cpu = now;
         if self.boosted {
-            let w = window_now();
-            if WINDOW_NO.swap(w, Ordering::AcqRel) != w {
-                SPENT_NS.store(0, Ordering::Release);
-            }
-            SPENT_NS.fetch_add(used.as_nanos() as u64, Ordering::AcqRel);
+            self.budget.charge(used);
         }
         self.decide();
     }
@@ -108,9 +140,7 @@ impl Boost {
     }
 
     fn decide(&mut self) {
-        let w = window_now();
-        let left = WINDOW_NO.load(Ordering::Acquire) != w || SPENT_NS.load(Ordering::Acquire) < BUDGET.as_nanos() as u64;
-        let want = left && ALLOWED.load(Ordering::Relaxed);
+        let want = self.budget.left() && ALLOWED.load(Ordering::Relaxed);
         if want == self.boosted {
             return;
         }
@@ -136,24 +166,33 @@ impl Default for Boost {
 mod tests {
     use super::*;
 
-    fn running_as_root() -> bool {
-        // SAFETY: geteuid has no failure mode.
-        unsafe { libc::geteuid() == 0 }
+    /// May this thread raise its priority (root, or CAP_SYS_NICE)? Tries
+    /// one level and goes back.
+    fn may_raise_priority() -> bool {
+        let base = nice_now();
+        let ok = base > -20 && set_nice(base - 1).is_ok();
+        if ok {
+            set_nice(base).unwrap();
+        }
+        ok
     }
 
     #[test]
     fn boosted_until_the_budget_is_spent_then_again_in_the_next_window() {
         std::thread::spawn(|| {
             let base = nice_now();
-            let mut b = Boost::new();
-            if !running_as_root() {
+            let allowed = may_raise_priority();
+            // A budget of its own: the router tests beside it draw on the
+            // router's.
+            let budget: &'static Budget = Box::leak(Box::new(Budget::new()));
+            let mut b = Boost::drawing_on(budget);
+            if !allowed {
                 assert!(!b.boosted() && nice_now() == base, "without the right, nothing changes");
                 return;
             }
-            // (The budget is the router's: wait for a fresh window, so that
-            // nothing else in this process spent part of it.)
-            let w = window_now();
-            while window_now() == w {
+            // Start at the beginning of a window.
+            let w = budget.window_now();
+            while budget.window_now() == w {
                 std::thread::sleep(Duration::from_millis(5));
             }
             b.account();
@@ -169,13 +208,12 @@ mod tests {
             let t = thread_cpu();
             while thread_cpu() - t < BUDGET {}
             b.account();
-            let w = window_now();
-            if WINDOW_NO.load(Ordering::Acquire) == w && SPENT_NS.load(Ordering::Acquire) >= BUDGET.as_nanos() as u64 {
-                assert!(!b.boosted(), "the budget is spent");
-                assert_eq!(nice_now(), base);
-            }
+            // (Whichever window the spending ended in, it spent the budget.)
+            let w = budget.window_now();
+            assert!(!b.boosted(), "the budget is spent");
+            assert_eq!(nice_now(), base);
             // The next window boosts it again.
-            while window_now() == w {
+            while budget.window_now() == w {
                 std::thread::sleep(Duration::from_millis(5));
             }
             b.account();
