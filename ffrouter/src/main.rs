@@ -167,12 +167,9 @@ struct ServeArgs {
 /// Sets this thread's nice value; threads started later inherit it (on
 /// Linux the value is per thread), so call it before any is started.
 fn set_nice(nice: i32) {
-    // SAFETY: plain setpriority on the calling thread (who = 0).
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    if rc == 0 {
-        log::info!("scheduling priority: nice {nice}");
-    } else {
-        log::warn!("cannot set nice {nice} ({}): keeping the inherited priority; clients that spin may slow forwarding", std::io::Error::last_os_error());
+    match ffrouter::sched::set_nice(nice) {
+        Ok(()) => log::info!("scheduling priority: nice {nice}"),
+        Err(e) => log::warn!("cannot set nice {nice} ({e}): keeping the inherited priority; clients that spin may slow forwarding"),
     }
 }
 

@@ -91,7 +91,10 @@ fn nice_now() -> i32 {
     unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
 }
 
-fn set_nice(n: i32) -> std::io::Result<()> {
+/// Sets the calling thread's nice value (on Linux it is per thread; threads
+/// started later inherit it). Going below the present value needs root or
+/// CAP_SYS_NICE.
+pub fn set_nice(n: i32) -> std::io::Result<()> {
     // SAFETY: setpriority on the calling thread (who = 0).
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } == 0 {
         Ok(())
