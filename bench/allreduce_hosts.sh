@@ -5,7 +5,7 @@
 #   bench/allreduce_hosts.sh [--rounds N] [--iters N] [--count FLOATS]
 #                            [--tf|--no-tf] [--tf-rounds N] [--tf-steps N]
 #                            [--no-mpi] [--ff-env VAR=VALUE]... [--transports "T ..."]
-#                            [--bin DIR] [--out DIR] [--quick]
+#                            [--pin] [--bin DIR] [--out DIR] [--quick]
 #
 # The two hosts are bench/twohosts.sh's (network namespaces joined by a
 # veth, a router on each). One long-lived container ("pod") on each host;
@@ -36,7 +36,10 @@
 # routers and the kernel, from /proc/stat), and the machine's CPU seconds
 # and wall seconds over the whole mpirun (start-up included).
 # --no-mpi skips part 1; --quick is a smoke test (1 round of 5 iterations,
-# 1 TF round of 40 steps).
+# 1 TF round of 40 steps). --pin gives each emulated host a CPU of its own,
+# as real hosts have their own cores: host 0's router and rank on CPU 0,
+# host 1's on CPU 1 (taskset); by default the scheduler places both hosts'
+# threads on both CPUs, and stacks them (see docs/many-hosts.md).
 # Part 2 (--tf, default when the venv of examples/tensorflow/setup.sh
 # exists; --no-tf skips it): examples/tensorflow/train.py (Horovod over
 # Open MPI + UCX, one rank per host) for --tf-rounds rounds (default 3)
@@ -60,7 +63,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 cmdline="$*"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-rounds=5 iters=40 count=7400000 out="" bin="" transports="ff ff-clear tcp,self" tf=auto tf_rounds=3 tf_steps=60 quick=0 part1=1
+rounds=5 iters=40 count=7400000 out="" bin="" transports="ff ff-clear tcp,self" tf=auto tf_rounds=3 tf_steps=60 quick=0 part1=1 pin=0
 ff_env=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -77,6 +80,7 @@ while [ $# -gt 0 ]; do
         --bin) bin=$2; shift ;;
         --out) out=$2; shift ;;
         --quick) quick=1 ;;
+        --pin) pin=1 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -90,6 +94,7 @@ for t in $transports; do
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/allreduce_hosts.sh needs root (network namespaces)" >&2; exit 1; }
+[ $pin = 0 ] || [ "$(nproc)" -ge 2 ] || { echo "--pin needs two CPUs" >&2; exit 2; }
 [ -n "$bin" ] || bin="$top/target/release"
 bin=$(cd "$bin" && pwd)
 lib="$bin/libuct_ff.so"
@@ -117,6 +122,13 @@ trap twohosts_down EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 mode=0  # the routers' links: 0 sealed, 1 in clear
+# --pin: each router on its host's CPU (bench/twohosts.sh), each rank
+# (rank N runs in host N's pod) on the same CPU.
+pinned=()
+if [ $pin = 1 ]; then
+    twohosts_cpus=(0 1)
+    pinned=(bash -c 'exec taskset -c "$OMPI_COMM_WORLD_RANK" "$0" "$@"')
+fi
 twohosts_up "$bin" $mode
 
 mpicc -O2 -o "$work/allreduce" "$here/mpi/allreduce.c"
@@ -281,7 +293,7 @@ bytes=$((count * 4))
 [ $part1 = 0 ] || echo "== part 1: MPI_Allreduce of $count floats ($bytes B), $iters iterations, $rounds round(s)" >&2
 for round in $(seq "$rounds"); do
     for t in $(order "$round"); do
-        if ! job "$t" 120 "$work/allreduce" "$count" "$iters" 3; then
+        if ! job "$t" 120 ${pinned[@]+"${pinned[@]}"} "$work/allreduce" "$count" "$iters" 3; then
             echo "allreduce,\"$t\",failed_runs,0,1,count" >> "$csv"
             continue
         fi
@@ -302,7 +314,7 @@ if [ $tf = 1 ]; then
     echo "== part 2: examples/tensorflow/train.py, $tf_steps steps, $tf_rounds round(s)" >&2
     for round in $(seq "$tf_rounds"); do
         for t in $(order "$round"); do
-            if ! job "$t" 300 -x FF_EXAMPLE_LABEL="$t" "$venv/bin/python" "$top/examples/tensorflow/train.py" --steps "$tf_steps"; then
+            if ! job "$t" 300 -x FF_EXAMPLE_LABEL="$t" ${pinned[@]+"${pinned[@]}"} "$venv/bin/python" "$top/examples/tensorflow/train.py" --steps "$tf_steps"; then
                 echo "tf,\"$t\",failed_runs,0,1,count" >> "$csv"
                 continue
             fi
@@ -328,6 +340,7 @@ fi
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load average before the run: $load_before"
     echo "- two emulated hosts (network namespaces) on this machine, joined by a veth; a router on each, TCP link between them (sealed with a peer secret for ff, in clear for ff-clear)"
     echo "- one pod (tools/ffcontainer) per host, one rank per pod; mpirun in host 0's namespace, ranks started through tools/ffrsh; --bind-to none"
+    if [ $pin = 1 ]; then echo "- pinned (--pin): host 0's router and rank on CPU 0, host 1's on CPU 1"; else echo "- not pinned: both hosts' routers and ranks on any CPU"; fi
     echo "- ffrouter $("$bin/ffrouter" --version | cut -d' ' -f2) (commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git -C "$top" status --porcelain --untracked-files=no 2>/dev/null)" ] || echo ', with uncommitted changes')), $(rustc --version 2>/dev/null || echo rustc unknown)"
     echo "- UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'), $(mpirun --version 2>/dev/null | head -1)$([ $tf = 1 ] && echo ", TensorFlow $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null), Horovod $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("horovod"))' 2>/dev/null)")"
     echo "- command: bench/allreduce_hosts.sh $cmdline"
