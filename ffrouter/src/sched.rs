@@ -34,34 +34,51 @@ pub const BUDGET: Duration = Duration::from_millis(50);
 /// The accounting window of [`BUDGET`].
 pub const WINDOW: Duration = Duration::from_secs(1);
 
-/// CPU spent boosted, counted per [`WINDOW`].
+/// CPU spent boosted, counted per [`WINDOW`]: one word holds the window
+/// being counted (its number since `start`, high 32 bits) and the CPU spent
+/// in it (ns, low 32 bits, at most 4.29 s), so that a charge that opens a
+/// new window and charges racing with it are all counted (a
+/// compare-and-swap on the word, never a separate reset).
 pub struct Budget {
     start: OnceLock<Instant>,
-    /// The window being counted (its number since `start`)...
-    window_no: AtomicU64,
-    /// ...and the CPU spent in it, in ns.
-    spent_ns: AtomicU64,
+    word: AtomicU64,
 }
 
 impl Budget {
     pub const fn new() -> Budget {
-        Budget { start: OnceLock::new(), window_no: AtomicU64::new(0), spent_ns: AtomicU64::new(0) }
+        Budget { start: OnceLock::new(), word: AtomicU64::new(0) }
     }
 
-    fn window_now(&self) -> u64 {
-        (self.start.get_or_init(Instant::now).elapsed().as_nanos() / WINDOW.as_nanos()) as u64
+    fn window_now(&self) -> u32 {
+        (self.start.get_or_init(Instant::now).elapsed().as_nanos() / WINDOW.as_nanos()) as u32
     }
 
     fn charge(&self, used: Duration) {
-        let w = self.window_now();
-        if self.window_no.swap(w, Ordering::AcqRel) != w {
-            self.spent_ns.store(0, Ordering::Release);
-        }
-        self.spent_ns.fetch_add(used.as_nanos() as u64, Ordering::AcqRel);
+        self.charge_in(self.window_now(), used);
+    }
+
+    /// Charges `used` to window `w`, or to a later window already being
+    /// counted (a thread that took long to charge counts in the present).
+    fn charge_in(&self, w: u32, used: Duration) {
+        let used = used.as_nanos().min(u32::MAX as u128) as u64;
+        let _ = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            let (cw, spent) = ((cur >> 32) as u32, cur & 0xffff_ffff);
+            Some(if cw.wrapping_sub(w) as i32 >= 0 {
+                (cur & !0xffff_ffff) | (spent + used).min(0xffff_ffff)
+            } else {
+                ((w as u64) << 32) | used
+            })
+        });
+    }
+
+    /// CPU charged to window `w` so far (none if another is counted).
+    fn spent_in(&self, w: u32) -> Duration {
+        let cur = self.word.load(Ordering::Acquire);
+        Duration::from_nanos(if (cur >> 32) as u32 == w { cur & 0xffff_ffff } else { 0 })
     }
 
     fn left(&self) -> bool {
-        self.window_no.load(Ordering::Acquire) != self.window_now() || self.spent_ns.load(Ordering::Acquire) < BUDGET.as_nanos() as u64
+        self.spent_in(self.window_now()) < BUDGET
     }
 }
 
@@ -265,5 +282,39 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn charges_of_threads_crossing_into_a_new_window_together_are_all_counted() {
+        const THREADS: u32 = 4;
+        const ROUNDS: u32 = 3000;
+        let budget = std::sync::Arc::new(Budget::new());
+        let step = std::sync::Arc::new(std::sync::Barrier::new(THREADS as usize));
+        let ts: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (budget, step) = (budget.clone(), step.clone());
+                std::thread::spawn(move || {
+                    for w in 1..=ROUNDS {
+                        // Every thread charges the new window at once: the
+                        // first to come opens it, the others race with it.
+                        budget.charge_in(w, Duration::from_nanos(1));
+                        step.wait();
+                        if i == 0 {
+                            assert_eq!(budget.spent_in(w), Duration::from_nanos(THREADS as u64), "window {w}");
+                        }
+                        step.wait();
+                    }
+                })
+            })
+            .collect();
+        for t in ts {
+            t.join().unwrap();
+        }
+        // A late charge for a past window counts in the present one.
+        budget.charge_in(ROUNDS - 1, Duration::from_nanos(5));
+        assert_eq!(budget.spent_in(ROUNDS), Duration::from_nanos(THREADS as u64 + 5));
+        // Charges saturate instead of wrapping into the window number.
+        budget.charge_in(ROUNDS, Duration::from_secs(10));
+        assert_eq!(budget.spent_in(ROUNDS), Duration::from_nanos(u32::MAX as u64));
     }
 }
