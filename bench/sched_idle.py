@@ -55,13 +55,13 @@ def main():
     t0, t1 = min(ts), max(ts)
     cpus = sorted({cpu for _, _, cpu, _ in evs})
     running = {c: None for c in cpus}  # None: not known yet; 0: idle
-    waiting = {}  # pid -> (cpu, comm)
+    waiting = {}  # pid -> (the CPU it waits on, comm, since when)
     idle = stacked = 0.0
     who = collections.Counter()
     last = None
     for t, kind, cpu, d in evs:
         if last is not None and t0 <= t <= t1:
-            dt = t - last
+            dt = t - max(last, t0)
             for c in cpus:
                 if running[c] != 0:
                     continue
