@@ -9,7 +9,8 @@ Reads the scheduler trace of a benchmark and reports, over the time in
 which a thread named NAME (default: allreduce, bench/mpi/allreduce.c's
 ranks) ran: the CPUs' idle time, how much of it passed while another CPU
 had threads ready to run waiting for it (the scheduler left them stacked
-on one CPU while this one idled), and which threads waited then.
+on one CPU while this one idled), and which threads waited then: put
+there by a wake-up, or preempted there while they ran.
 
 A thread counts as waiting on the CPU its wake-up named (or the CPU that
 preempted it) until it runs again, wherever that is: a thread that the
@@ -55,9 +56,10 @@ def main():
     t0, t1 = min(ts), max(ts)
     cpus = sorted({cpu for _, _, cpu, _ in evs})
     running = {c: None for c in cpus}  # None: not known yet; 0: idle
-    waiting = {}  # pid -> (the CPU it waits on, comm, since when)
+    waiting = {}  # pid -> (the CPU it waits on, comm, since when, woken or preempted)
     idle = stacked = 0.0
     who = collections.Counter()
+    how = collections.Counter()
     last = None
     for t, kind, cpu, d in evs:
         if last is not None and t0 <= t <= t1:
@@ -66,29 +68,30 @@ def main():
                 if running[c] != 0:
                     continue
                 idle += dt
-                elsewhere = [comm for (wc, comm, since) in waiting.values() if wc != c and t - since < STALE]
+                elsewhere = [(comm, why) for (wc, comm, since, why) in waiting.values() if wc != c and t - since < STALE]
                 if elsewhere:
                     stacked += dt
-                    for comm in elsewhere:
+                    for comm, why in elsewhere:
                         who[comm] += dt / len(elsewhere)
+                        how[(comm, why)] += dt / len(elsewhere)
         last = t
         if kind == "wakeup":
             comm, pid = d
             if pid not in running.values():
-                waiting[pid] = (cpu, comm, t)
+                waiting[pid] = (cpu, comm, t, "woken")
         else:
             pcomm, ppid, state, _ncomm, npid = d
             running[cpu] = npid
             waiting.pop(npid, None)
             if state.startswith("R") and ppid != 0:
-                waiting[ppid] = (cpu, pcomm, t)
+                waiting[ppid] = (cpu, pcomm, t, "preempted")
     span = t1 - t0
     print(f"window: {span:.3f} s while {a.comm} ran, {len(cpus)} CPUs ({len(cpus) * span:.3f} CPU-s)")
     print(f"idle: {idle:.3f} CPU-s ({idle / (len(cpus) * span) * 100:.1f} %)")
     share = stacked / idle * 100 if idle else 0.0
     print(f"idle while another CPU had threads waiting to run: {stacked:.3f} CPU-s ({share:.0f} % of the idle time)")
     for comm, s in who.most_common(8):
-        print(f"  {s * 1000:8.1f} ms  {comm} waiting")
+        print(f"  {s * 1000:8.1f} ms  {comm} waiting ({how[(comm, 'preempted')] * 1000:.1f} preempted there, {how[(comm, 'woken')] * 1000:.1f} woken there)")
 
 
 if __name__ == "__main__":
