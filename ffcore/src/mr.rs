@@ -228,12 +228,12 @@ impl Drop for Segment {
                 let g = GiveBack { file, addr: self.addr, len: self.len };
                 self.ctx.give_back.lock().unwrap_or_else(|p| p.into_inner()).push(g);
             }
-            Some(file) => {
-                give_back(&file, self.addr, self.len);
-                give_back_left(&self.ctx);
-            }
+            Some(file) => give_back(&file, self.addr, self.len),
             None => {}
         }
+        // An application thread's deregistration (or a progress thread's,
+        // which this skips): a moment to give back what progress threads left.
+        give_back_left(&self.ctx);
         let mut t = self.ctx.segments.lock().unwrap_or_else(|p| p.into_inner());
         if t.get(&self.addr).is_some_and(|w| w.strong_count() == 0) {
             t.remove(&self.addr);
@@ -292,8 +292,12 @@ impl Drop for ShadowMr {
         // call): a moment to give back what progress threads left.
         if let Some(seg) = self.seg.take() {
             let ctx = seg.ctx.clone();
-            drop(seg);
-            give_back_left(&ctx);
+            match Arc::into_inner(seg) {
+                // The last registration: the segment's drop gives back its
+                // pages and what progress threads left.
+                Some(last) => drop(last),
+                None => give_back_left(&ctx),
+            }
         }
     }
 }
