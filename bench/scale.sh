@@ -75,6 +75,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$(id -u)" = 0 ] || { echo "bench/scale.sh needs root (network namespaces)" >&2; exit 1; }
+# The idle measurement sleeps --idle less 2 seconds (less 6 from 10 up).
+[[ $idle =~ ^[0-9]+(\.[0-9]+)?$ ]] && [ "${idle%.*}" -ge 2 ] || { echo "--idle $idle: give 2 seconds or more" >&2; exit 2; }
 [ -n "$out" ] || out="$top/bench/results/scale-$label-$(date +%Y-%m-%d)"
 mkdir -p "$out"
 [ -n "$bin" ] || bin="${CARGO_TARGET_DIR:-$top/target}/release"
