@@ -18,6 +18,8 @@
 #   ib_write_lat, ib_send_lat, ib_read_lat 8 B   t_typical (us; the write
 #                                     and send tests report half a round
 #                                     trip, the read test a whole READ)
+#   ib_send_lat -e 8 B                the same, waiting for completion
+#                                     events (ibv_get_cq_event); one host
 #   ib_send_bw 8 B                    message rate (Mmsg/s)
 #   ib_write_bw 64 KiB, 1 MiB, 4 MiB  average bandwidth (MB/s = 10^6 B/s;
 #                                     perftest's MB/sec is 2^20 B/s)
@@ -68,16 +70,18 @@ else
     names=vb
 fi
 
-# perftest TEST SIZE ITERS: one pair in two containers; prints the result line.
+# perftest TEST SIZE ITERS [FLAG...]: one pair in two containers; prints the
+# result line.
 perftest() {
     local t=$1 s=$2 n=$3 port=$((18000 + RANDOM % 1000))
+    shift 3
     "$ffc" run --name "$names-s$$" --ip "$srv_ip/24" "${srv_args[@]}" -- \
-        env LD_LIBRARY_PATH="$vb/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" \
+        env LD_LIBRARY_PATH="$vb/lib" timeout 120 "$t" "$@" -d ff0 -s "$s" -n "$n" -p "$port" \
         >"$vb/s.log" 2>&1 </dev/null &
     local spid=$!
     sleep 1
     "$ffc" run --name "$names-c$$" --ip "$cli_ip/24" "${cli_args[@]}" -- \
-        env LD_LIBRARY_PATH="$vb/lib" timeout 120 "$t" -d ff0 -s "$s" -n "$n" -p "$port" "$srv_ip" \
+        env LD_LIBRARY_PATH="$vb/lib" timeout 120 "$t" "$@" -d ff0 -s "$s" -n "$n" -p "$port" "$srv_ip" \
         >"$vb/c.log" 2>&1 </dev/null || { cat "$vb/c.log" "$vb/s.log" >&2; wait "$spid" || true; return 1; }
     wait "$spid" || { cat "$vb/s.log" >&2; return 1; }
     grep -A1 '#bytes' "$vb/c.log" | tail -1
@@ -94,6 +98,11 @@ for r in $(seq "$rounds"); do
         line=$(perftest "$t" 8 "$n_lat")
         echo "ff,ff0,$t,8,$(awk '{print $5}' <<<"$line"),us" >>"$csv"
     done
+    if [[ $hosts == 0 ]]; then
+        # Waiting in ibv_get_cq_event (a completion channel) instead of polling.
+        line=$(perftest ib_send_lat 8 "$n_lat" -e)
+        echo "ff,ff0,ib_send_lat_events,8,$(awk '{print $5}' <<<"$line"),us" >>"$csv"
+    fi
     line=$(perftest ib_send_bw 8 "$n_bw8")
     echo "ff,ff0,ib_send_bw,8,$(awk '{print $5}' <<<"$line"),Mmsg/s" >>"$csv"
     for s in 65536 1048576 4194304; do
@@ -138,7 +147,7 @@ for label, ft, fs, ut, us, more_is_better in spec:
     f = get("ff0", ft, fs); p = get("posix,cma,self", ut, us); t = get("tcp,self", ut, us)
     ratio = lambda b: "-" if f is None or b is None or b == 0 else f"{f / b:.2f}x"
     lines.append(f"| {label} | {fmt(f)} | {fmt(p)} | {fmt(t)} | {ratio(p)} | {ratio(t)} |")
-extra = [("ib_send_lat 8 B (us)", "ib_send_lat", 8), ("ib_read_lat 8 B (us)", "ib_read_lat", 8), ("ib_read_bw 1 MiB (MB/s)", "ib_read_bw", 1048576)]
+extra = [("ib_send_lat 8 B (us)", "ib_send_lat", 8), ("ib_send_lat -e 8 B (us, completion events)", "ib_send_lat_events", 8), ("ib_read_lat 8 B (us)", "ib_read_lat", 8), ("ib_read_bw 1 MiB (MB/s)", "ib_read_bw", 1048576)]
 lines.append("")
 lines += [f"- {l}: {fmt(get('ff0', t, s))}" for l, t, s in extra]
 where = ("between two containers on two emulated hosts, through a router each (links sealed); UCX: ucx_perftest tag_lat/tag_bw, tcp,self between containers on the same two hosts"

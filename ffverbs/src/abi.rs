@@ -530,7 +530,7 @@ pub unsafe extern "C" fn ffv_ibv_create_cq(c: *mut ibv_context, cqe: c_int, cq_c
             (*ch).refcnt += 1;
             Some((*(ch as *mut ChanBox)).ch.clone())
         };
-        let cq = Arc::new(Cq::new(chan));
+        let cq = Arc::new(Cq::new(dev_of(c), chan));
         let mut ibv = ibv_cq { context: c, channel: ch, cq_context, cqe, ..Default::default() };
         init_lock(&mut ibv.mutex, &mut ibv.cond);
         let b = Box::into_raw(Box::new(CqBox { ibv, cq }));
@@ -626,7 +626,7 @@ unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c
         // Nothing to notify (NICs accept this too).
         return 0;
     }
-    b.cq.armed.store(true, Ordering::Release);
+    b.cq.arm();
     // The service thread must now notice completions without us polling.
     dev_of((*cq).context).kick();
     0
@@ -643,7 +643,9 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
         }
         let a = &mut *a;
         let ud = a.qp_type == IBV_QPT_UD;
-        if (a.qp_type != IBV_QPT_RC && !ud) || (ud && !a.srq.is_null()) {
+        // UC queue pairs are RC ones that take no READ or atomic (see
+        // post_send): reliable, which no UC application counts against.
+        if (a.qp_type != IBV_QPT_RC && a.qp_type != IBV_QPT_UC && !ud) || (ud && !a.srq.is_null()) {
             set_errno(libc::EOPNOTSUPP);
             return std::ptr::null_mut();
         }
@@ -917,7 +919,7 @@ pub unsafe extern "C" fn ffv_ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_att
         i.recv_cq = (*qp).recv_cq;
         i.srq = (*qp).srq;
         i.cap = q.cap;
-        i.qp_type = IBV_QPT_RC;
+        i.qp_type = (*qp).qp_type;
         i.sq_sig_all = q.sig_all as c_int;
         0
     })
@@ -957,6 +959,11 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
                     break;
                 }
             };
+            if op.fetches() && (*qp).qp_type == IBV_QPT_UC {
+                // UC has no READ and no atomics (as NICs refuse them).
+                err = libc::EINVAL;
+                break;
+            }
             let list = sges(w.sg_list, w.num_sge);
             let len: u64 = list.iter().map(|s| s.len as u64).sum();
             let inline_flag = w.send_flags & IBV_SEND_INLINE != 0 && !op.fetches();

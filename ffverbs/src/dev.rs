@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use ffcore::{Handle, ShadowMr};
 
@@ -64,7 +65,9 @@ impl Channel {
 /// A completion queue's entries (the C `ibv_cq` is in the abi module).
 pub struct Cq {
     pub q: Mutex<VecDeque<ibv_wc>>,
-    pub armed: AtomicBool,
+    armed: AtomicBool,
+    /// The device's count of armed queues ([`Device::awaits_event`]).
+    armed_count: Arc<AtomicU32>,
     pub chan: Option<Arc<Channel>>,
     /// The `ibv_cq` the application holds, for channel events.
     pub ibv: AtomicU64,
@@ -80,10 +83,12 @@ pub struct Cq {
 const YIELD_EVERY: u32 = 64;
 
 impl Cq {
-    pub fn new(chan: Option<Arc<Channel>>) -> Cq {
+    /// A queue of `dev`'s, with its completion channel if any.
+    pub fn new(dev: &Device, chan: Option<Arc<Channel>>) -> Cq {
         Cq {
             q: Mutex::new(VecDeque::new()),
             armed: AtomicBool::new(false),
+            armed_count: dev.armed_cqs.clone(),
             chan,
             ibv: AtomicU64::new(0),
             events_got: AtomicU32::new(0),
@@ -95,9 +100,18 @@ impl Cq {
     pub fn push(&self, wc: ibv_wc) {
         self.q.lock().unwrap().push_back(wc);
         if self.armed.swap(false, Ordering::AcqRel) {
+            self.armed_count.fetch_sub(1, Ordering::AcqRel);
             if let Some(ch) = &self.chan {
                 ch.post(self.ibv.load(Ordering::Relaxed) as usize);
             }
+        }
+    }
+
+    /// `ibv_req_notify_cq`: the next completion posts an event on the
+    /// channel.
+    pub fn arm(&self) {
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            self.armed_count.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -122,6 +136,14 @@ impl Cq {
         let n = self.idle_polls.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(YIELD_EVERY) {
             std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Cq {
+    fn drop(&mut self) {
+        if *self.armed.get_mut() {
+            self.armed_count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -151,6 +173,9 @@ pub struct Device {
     pub async_events: Mutex<VecDeque<(u32, u64)>>,
     /// Shared receive queues of this context (capped: `srq::MAX_SRQ`).
     pub srqs: AtomicUsize,
+    /// Completion queues armed for an event (`ibv_req_notify_cq`) that
+    /// has not fired yet.
+    armed_cqs: Arc<AtomicU32>,
 }
 
 /// Asynchronous events kept unread before new ones are dropped.
@@ -199,6 +224,7 @@ impl Device {
             async_efd: unsafe { OwnedFd::from_raw_fd(async_fd) },
             async_events: Mutex::new(VecDeque::new()),
             srqs: AtomicUsize::new(0),
+            armed_cqs: Arc::new(AtomicU32::new(0)),
         });
         let d = dev.clone();
         std::thread::Builder::new().name("ffverbs".into()).spawn(move || crate::qp::service(d)).map_err(ffcore::Error::Io)?;
@@ -233,6 +259,28 @@ impl Device {
     /// The application calls in: it drives progress itself for a while.
     pub fn app_active(&self) {
         self.app_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Does the application wait for a completion event (a queue armed
+    /// with `ibv_req_notify_cq` that has not fired)? Then it will soon stop
+    /// calling in, if it has not already (blocked in `ibv_get_cq_event`, or
+    /// in `poll` on the channel's descriptor), and the service thread must
+    /// not nap: the event would come a nap late.
+    pub fn awaits_event(&self) -> bool {
+        self.armed_cqs.load(Ordering::Acquire) > 0
+    }
+
+    /// Sleeps for `d` or until [`Device::kick`]ed, whichever comes first
+    /// (and takes the kick).
+    pub fn nap(&self, d: Duration) {
+        let ts = libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+        let mut p = libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd and a timespec on our stack, no signal mask.
+        if unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) } == 1 {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes into our stack variable (non-blocking fd).
+            unsafe { libc::read(self.kick.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+        }
     }
 
     /// How many times the application called in so far: the service

@@ -565,12 +565,19 @@ impl Qp {
         }
         did |= self.rx(dev, c)?;
         did |= self.flush_out(c)?;
+        // Our requests' completions first: their answers came before
+        // whatever we just received (a NIC's ACK comes before the peer's
+        // reply to our message). Applications that share one completion
+        // channel between the two queues count on it (perftest's
+        // `ib_send_lat -e` takes the first event as its send's).
+        did |= self.complete(dev, c)?;
+        // Receives complete once our answers to them are in the ring, so
+        // the application's reply never overtakes them.
         if self.out.is_empty() {
             for w in self.recv_wcs.drain(..) {
                 self.recv_cq.push(w);
             }
         }
-        did |= self.complete(dev, c)?;
         Ok(did)
     }
 
@@ -1454,12 +1461,15 @@ pub fn service(dev: Arc<Device>) {
             continue;
         }
         // The application called in since we last looked: it drives
-        // progress itself; nap instead of sleeping on the connections.
+        // progress itself; nap instead of sleeping on the connections,
+        // unless it waits for a completion event (it stops calling in).
         let calls = dev.app_calls();
         if calls != calls_seen {
             calls_seen = calls;
-            std::thread::sleep(APP_NAP);
-            continue;
+            if !dev.awaits_event() {
+                dev.nap(APP_NAP);
+                continue;
+            }
         }
         let words = match dev.engine.lock() {
             Ok(mut e) => e.arm(),

@@ -32,7 +32,7 @@ fn work() -> &'static Path {
             .map(|(_, p)| p)
             .expect("libffverbs.so not built (cargo build -p ffverbs)");
         std::os::unix::fs::symlink(&lib, dir.join("lib/libibverbs.so.1")).unwrap();
-        for prog in ["ffvcheck", "ffvsrq", "ffvud"] {
+        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder"] {
             let src = root().join(format!("ffverbs/tests/c/{prog}.c"));
             let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join(prog)).arg(&src).arg("-libverbs").status().expect("cc");
             assert!(st.success(), "compiling {prog} (needs libibverbs-dev)");
@@ -178,6 +178,25 @@ fn ffvud_between_processes() {
     }
     for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
         assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
+    }
+}
+
+/// Completion order between two host processes (ffvorder): with sends and
+/// receives on one completion queue, a SEND completes before the reply to
+/// it is received, as with a NIC (whose ACK comes before the reply), also
+/// when the ACK and the reply arrive together; on both sides, 200 rounds.
+/// The same on UC queue pairs, where a READ is refused (EINVAL).
+#[test]
+fn ffvorder_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    let ord = work().join("ffvorder").display().to_string();
+    for (mode, want) in [("rc", "OK 200 rounds, every"), ("uc", "OK 200 rounds on UC, every")] {
+        let port = test_port().to_string();
+        let [(sok, sout, serr), (cok, cout, cerr)] =
+            host_pair(&r.socket("a"), &[], &[&ord, "server", &port, mode], &[&ord, "client", "127.0.0.1", &port, mode], true);
+        assert!(sok && cok, "ffvorder {mode} failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert!(sout.contains(want) && cout.contains(want), "ffvorder {mode}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert_eq!(mode == "uc", cout.contains("OK a READ on a UC queue pair is refused (EINVAL)"), "ffvorder {mode}: {cout}");
     }
 }
 
@@ -520,6 +539,26 @@ fn perftest_between_processes() {
         assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
         assert!(cout.contains("#bytes") && cout.contains("Device         : ff0"), "{t}: no result: {cout}");
     }
+    // Completion events (`-e`): Debian's perftest puts the send and the
+    // receive queue on one completion channel and takes the first event
+    // after its send as the send's.
+    let port = test_port().to_string();
+    let argv = ["ib_send_lat", "-e", "-d", "ff0", "-n", "1000", "-p", port.as_str()];
+    let mut client = argv.to_vec();
+    client.push("127.0.0.1");
+    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &argv, &client, false);
+    assert!(sok && cok, "ib_send_lat -e:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    assert!(cout.contains("#bytes") && cout.contains("Test with events"), "ib_send_lat -e: no result: {cout}");
+    // UC queue pairs (`-c UC`: SEND and WRITE).
+    for t in ["ib_send_bw", "ib_write_lat"] {
+        let port = test_port().to_string();
+        let argv = [t, "-c", "UC", "-d", "ff0", "-n", "200", "-p", port.as_str()];
+        let mut client = argv.to_vec();
+        client.push("127.0.0.1");
+        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &argv, &client, false);
+        assert!(sok && cok, "{t} -c UC:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        assert!(cout.contains("#bytes") && cout.contains("Connection type : UC"), "{t} -c UC: no result: {cout}");
+    }
 }
 
 /// A container's IPv4 address (ffcontainer picks it): the command prints
@@ -603,6 +642,16 @@ fn perftest_and_ffvcheck_across_hosts() {
     let c = client.finish(Duration::from_secs(120));
     let s = server.finish(Duration::from_secs(30));
     check_ffvcheck(&[s, c]);
+
+    // Completion order with the routers between the queue pairs.
+    let ord = work().join("ffvorder").display().to_string();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ord, "server", "18520"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let (cok, cout, cerr) = h.container_env(1, "a", &[&ord, "client", &ip, "18520"], env()).finish(Duration::from_secs(90));
+    let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+    let want = "OK 200 rounds, every send completed before its answer was received";
+    assert!(sok && cok && sout.contains(want) && cout.contains(want), "ffvorder across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 }
 
 /// UD queue pairs across two emulated hosts (ffvud in a container on each):
