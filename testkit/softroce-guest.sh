@@ -94,7 +94,19 @@ verbs_run() {
         wait $pid || gave_up $how "$name (server side)" $name
     else
         waitfor $Y/$name.ready
-        timeout 300 "$@" $server > /tmp/$name.out 2>&1 || gave_up $how "$name" $name
+        # The server's 2 s head start is not always enough under TCG: a
+        # client that found nobody listening yet ("Couldn't connect to",
+        # perftest's and rdma-core's words) tries again, for up to 30 s.
+        local try=0
+        until timeout 300 "$@" $server > /tmp/$name.out 2>&1; do
+            try=$((try + 1))
+            if [ $try -lt 15 ] && grep -q "Couldn't connect to" /tmp/$name.out; then
+                sleep 2
+                continue
+            fi
+            gave_up $how "$name" $name
+            break
+        done
         [ $how = fail ] && cat /tmp/$name.out
     fi
     return 0
