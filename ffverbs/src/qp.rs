@@ -12,7 +12,8 @@
 //! status a NIC gives (`IBV_WC_REM_ACCESS_ERR`, ...) and its queue pair
 //! goes to the error state, flushing everything else
 //! (`IBV_WC_WR_FLUSH_ERR`). A peer that closes or dies fails the work in
-//! flight with `IBV_WC_RETRY_EXC_ERR` as soon as its router says so.
+//! flight with `IBV_WC_RETRY_EXC_ERR` as soon as its router says so; with
+//! none, receives stay posted for a while first ([`Qp::peer_gone`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -38,6 +39,9 @@ pub const MAX_SGE: u32 = 16;
 pub const MAX_WR: u32 = 8192;
 /// A queue pair that has no connection this long after RTR fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long receives stay posted after the peer went away while nothing
+/// was under way (see [`Qp::peer_gone`]).
+const GONE_GRACE: Duration = Duration::from_secs(2);
 /// Answers queued (not yet in the ring) before we stop taking requests.
 const MAX_OUT: usize = 1024;
 
@@ -116,6 +120,9 @@ enum Link {
     Connect { handle: Handle, since: Instant, next_try: Instant },
     Accept { since: Instant },
     Up(Box<Conn>),
+    /// The peer's queue pair went away (closed, or its process died)
+    /// while ours had nothing under way: see [`Qp::peer_gone`].
+    Gone { since: Instant },
 }
 
 /// What a DATA message that is being received completes.
@@ -455,10 +462,46 @@ impl Qp {
 
     /// Checks that the peer still lives (one system call).
     pub fn check_alive(&mut self, dev: &Device) {
-        if let Link::Up(c) = &mut self.link {
-            if !c.check_alive() && !c.has_events() {
-                self.fail(dev, IBV_WC_RETRY_EXC_ERR);
-            }
+        let gone = match &mut self.link {
+            Link::Up(c) => !c.check_alive() && !c.has_events(),
+            _ => false,
+        };
+        if gone {
+            self.peer_gone(dev);
+        }
+    }
+
+    /// The peer's queue pair went away. Work under way fails at once
+    /// (`IBV_WC_RETRY_EXC_ERR`, the rest flushed). With none, the queue
+    /// pair stays as a NIC's does, which learns of it only when it next
+    /// sends: a send posted now fails so, and the receives stay posted for
+    /// [`GONE_GRACE`] before they are flushed. Two applications that end
+    /// together (the peer takes its last completion and closes, we take
+    /// ours, with receives left posted as `ibv_rc_pingpong` leaves them)
+    /// then see no error the other's leaving caused, and one that waits for
+    /// a message from a dead peer still gets an error, not a hang.
+    fn peer_gone(&mut self, dev: &Device) {
+        self.words = None;
+        // What the peer answered before it went is done, and what it sent
+        // us that we placed (only our answers to it are left to go).
+        if let Link::Up(mut c) = std::mem::replace(&mut self.link, Link::Idle) {
+            let _ = self.complete(dev, &mut c);
+        }
+        for w in self.recv_wcs.drain(..) {
+            self.recv_cq.push(w);
+        }
+        let idle = self.inflight.is_empty() && self.sq.is_empty() && matches!(self.inbound, Inbound::Idle);
+        if idle && self.state != IBV_QPS_ERR {
+            log::debug!("ffverbs: QP {}: the peer went away; receives flushed in {GONE_GRACE:?} unless it is destroyed", self.qpn);
+            // Answers for it, and its requests that found no receive, go
+            // nowhere now (a NIC's would be lost the same way).
+            self.out.clear();
+            self.held.clear();
+            self.held_bytes = 0;
+            self.resp_reqs.clear();
+            self.link = Link::Gone { since: Instant::now() };
+        } else {
+            self.fail(dev, IBV_WC_RETRY_EXC_ERR);
         }
     }
 
@@ -546,12 +589,28 @@ impl Qp {
                     Ok(did) => did,
                     Err(why) => {
                         log::debug!("ffverbs: QP {}: {why}", self.qpn);
-                        self.words = None;
-                        self.link = Link::Idle;
-                        self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                        let gone = match &mut self.link {
+                            Link::Up(c) => c.peer_closed() || !c.check_alive(),
+                            _ => false,
+                        };
+                        if gone {
+                            self.peer_gone(dev);
+                        } else {
+                            self.words = None;
+                            self.link = Link::Idle;
+                            self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                        }
                         true
                     }
                 }
+            }
+            Link::Gone { since } => {
+                if !self.sq.is_empty() || since.elapsed() >= GONE_GRACE {
+                    self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+                    return true;
+                }
+                self.link = Link::Gone { since };
+                false
             }
         }
     }

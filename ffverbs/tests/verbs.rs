@@ -181,11 +181,16 @@ fn ffvud_between_processes() {
     }
 }
 
+/// What ffvorder's server says when the client's queue pair went away and
+/// its receive stayed posted for a second, then was flushed.
+const GONE_OK: &str = "OK the peer went: our receive stayed posted for 1 s, then was flushed";
+
 /// Completion order between two host processes (ffvorder): with sends and
 /// receives on one completion queue, a SEND completes before the reply to
 /// it is received, as with a NIC (whose ACK comes before the reply), also
 /// when the ACK and the reply arrive together; on both sides, 200 rounds.
-/// The same on UC queue pairs, where a READ is refused (EINVAL).
+/// The same on UC queue pairs, where a READ is refused (EINVAL). Then the
+/// client destroys its queue pair (see [`GONE_OK`]).
 #[test]
 fn ffvorder_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
@@ -197,6 +202,37 @@ fn ffvorder_between_processes() {
         assert!(sok && cok, "ffvorder {mode} failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
         assert!(sout.contains(want) && cout.contains(want), "ffvorder {mode}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
         assert_eq!(mode == "uc", cout.contains("OK a READ on a UC queue pair is refused (EINVAL)"), "ffvorder {mode}: {cout}");
+        assert!(sout.contains(GONE_OK), "ffvorder {mode}: {sout}{serr}");
+    }
+}
+
+/// rdma-core's example programs (Debian's ibverbs-utils), unmodified,
+/// between two host processes: RC (polling, and waiting for completion
+/// events), UC, SRQ and UD pingpong. Each checks its completions and ends
+/// as soon as its last one is in, while its peer may still be closing (the
+/// RC one with receives left posted, which must not be flushed under it).
+#[test]
+fn rdma_core_pingpongs_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    for argv in [
+        &["ibv_rc_pingpong"][..],
+        &["ibv_rc_pingpong", "-e"],
+        &["ibv_rc_pingpong", "-s", "1048576", "-n", "100", "-c"],
+        &["ibv_uc_pingpong"],
+        &["ibv_srq_pingpong"],
+        &["ibv_ud_pingpong"],
+    ] {
+        let port = test_port().to_string();
+        let mut server = argv.to_vec();
+        server.extend(["-d", "ff0", "-g", "0", "-p", port.as_str()]);
+        let mut client = server.clone();
+        client.push("127.0.0.1");
+        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &server, &client, false);
+        assert!(sok && cok, "{argv:?}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        for (side, out) in [("server", &sout), ("client", &cout)] {
+            assert!(out.contains(" iters in "), "{argv:?}: no result from the {side}: {out}");
+        }
+        assert!(!cout.contains("invalid data"), "{argv:?}: {cout}");
     }
 }
 
@@ -651,7 +687,7 @@ fn perftest_and_ffvcheck_across_hosts() {
     let (cok, cout, cerr) = h.container_env(1, "a", &[&ord, "client", &ip, "18520"], env()).finish(Duration::from_secs(90));
     let (sok, sout, serr) = server.finish(Duration::from_secs(30));
     let want = "OK 200 rounds, every send completed before its answer was received";
-    assert!(sok && cok && sout.contains(want) && cout.contains(want), "ffvorder across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    assert!(sok && cok && sout.contains(want) && cout.contains(want) && sout.contains(GONE_OK), "ffvorder across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 }
 
 /// UD queue pairs across two emulated hosts (ffvud in a container on each):

@@ -10,8 +10,12 @@
  * count on that (perftest's `ib_send_lat -e` takes the first event after
  * its send as the send's). The client leaves the library alone for a while
  * after each ping, so that the ACK and the pong are both there when it
- * looks. Exits 0 only if every completion came in order with the right
- * bytes; prints "OK <what>". */
+ * looks. Then the client destroys its queue pair: the server's receive
+ * left posted must stay so for a second (a NIC's queue pair does not learn
+ * that its peer went; programs that end together, like rdma-core's
+ * ibv_rc_pingpong, count on no error from it), and be flushed within 10 s
+ * (a receiver never hangs on a dead peer). Exits 0 only if every
+ * completion came in order with the right bytes; prints "OK <what>". */
 #define PROG "ffvorder"
 #include "ffvtest.h"
 
@@ -138,7 +142,18 @@ int main(int argc, char **argv) {
     }
     meet(2);
     printf("OK %d rounds%s, every send completed before its answer was received\n", ROUNDS, uc ? " on UC" : "");
-    if (ibv_destroy_qp(qp) || ibv_dereg_mr(mr) || ibv_destroy_cq(cq) || ibv_dealloc_pd(pd) || ibv_close_device(ctx)) DIE("destroy");
+    if (server) {
+        quiet(cq, 1.0, "the peer's queue pair went away");
+        struct ibv_wc wc = wait_wc(cq, 10);
+        if (wc.status != IBV_WC_WR_FLUSH_ERR || wc.wr_id != ROUNDS) DIE("after the peer went: completion %" PRIu64 " '%s'", wc.wr_id, ibv_wc_status_str(wc.status));
+        printf("OK the peer went: our receive stayed posted for 1 s, then was flushed\n");
+        meet(3);
+    } else {
+        if (ibv_destroy_qp(qp)) DIE("destroy qp");
+        qp = NULL;
+        meet(3);
+    }
+    if ((qp && ibv_destroy_qp(qp)) || ibv_dereg_mr(mr) || ibv_destroy_cq(cq) || ibv_dealloc_pd(pd) || ibv_close_device(ctx)) DIE("destroy");
     ibv_free_device_list(list);
     return 0;
 }
