@@ -165,8 +165,10 @@ pub struct Device {
     /// clock: one relaxed add per call).
     app_calls: AtomicU64,
     pub stop: AtomicBool,
-    /// Wakes the service thread (close, a new connection to sleep on).
-    pub kick: OwnedFd,
+    /// Wakes the service thread (close, a new connection to sleep on, an
+    /// armed completion queue): bumped, then futex-woken; the thread
+    /// sleeps on it beside its connections' words.
+    kick: Arc<AtomicU32>,
     /// The context's `async_fd`: one count per event in `async_events`.
     pub async_efd: OwnedFd,
     /// Asynchronous events not yet read: (`ibv_event_type`, the element).
@@ -198,15 +200,8 @@ impl Device {
         let listener_id = u32::try_from(own.listener).map_err(|_| ffcore::Error::InvalidArgument("listener id over 32 bits".into()))?;
         let gid = Gid { ip, listener: listener_id, nonce: own.nonce }.to_bytes();
         // SAFETY: plain syscall; the descriptor is ours.
-        let kick = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if kick < 0 {
-            return Err(ffcore::Error::Io(std::io::Error::last_os_error()));
-        }
-        // SAFETY: plain syscall; the descriptor is ours.
         let async_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
         if async_fd < 0 {
-            // SAFETY: our descriptor, not yet owned.
-            unsafe { libc::close(kick) };
             return Err(ffcore::Error::Io(std::io::Error::last_os_error()));
         }
         let dev = Arc::new(Device {
@@ -218,8 +213,7 @@ impl Device {
             next_key: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
             app_calls: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            // SAFETY: a fresh descriptor nobody else owns.
-            kick: unsafe { OwnedFd::from_raw_fd(kick) },
+            kick: Arc::new(AtomicU32::new(0)),
             // SAFETY: a fresh descriptor nobody else owns.
             async_efd: unsafe { OwnedFd::from_raw_fd(async_fd) },
             async_events: Mutex::new(VecDeque::new()),
@@ -232,9 +226,21 @@ impl Device {
     }
 
     pub fn kick(&self) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from our stack to our eventfd.
-        unsafe { libc::write(self.kick.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        self.kick.fetch_add(1, Ordering::SeqCst);
+        ffcore::futex::wake_all(&self.kick);
+    }
+
+    /// The kick count, read before the service thread looks for work: a
+    /// kick after that makes its next nap or sleep return at once.
+    pub fn kicks(&self) -> u32 {
+        self.kick.load(Ordering::SeqCst)
+    }
+
+    /// The kick word to sleep on beside the connections' (`seen`: from
+    /// [`Device::kicks`]).
+    pub fn kick_word(&self, seen: u32) -> ffcore::wake::WakeWord {
+        // SAFETY: the word lives in the Arc the WakeWord keeps.
+        unsafe { ffcore::wake::WakeWord::new(self.kick.clone(), Arc::as_ptr(&self.kick), seen) }
     }
 
     /// Queues an asynchronous event for `ibv_get_async_event` and makes
@@ -270,17 +276,10 @@ impl Device {
         self.armed_cqs.load(Ordering::Acquire) > 0
     }
 
-    /// Sleeps for `d` or until [`Device::kick`]ed, whichever comes first
-    /// (and takes the kick).
-    pub fn nap(&self, d: Duration) {
-        let ts = libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
-        let mut p = libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd and a timespec on our stack, no signal mask.
-        if unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) } == 1 {
-            let mut v = 0u64;
-            // SAFETY: reads 8 bytes into our stack variable (non-blocking fd).
-            unsafe { libc::read(self.kick.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-        }
+    /// Sleeps for `d` or until [`Device::kick`]ed since the kick count was
+    /// `seen`, whichever comes first.
+    pub fn nap(&self, d: Duration, seen: u32) {
+        ffcore::futex::wait(&self.kick, seen, d);
     }
 
     /// How many times the application called in so far: the service

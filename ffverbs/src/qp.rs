@@ -1491,6 +1491,8 @@ impl Engine {
 const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// The service thread's nap while the application calls in itself.
 const APP_NAP: Duration = Duration::from_micros(200);
+/// The service thread's longest sleep (connection deadlines, liveness).
+const SLEEP_MAX: Duration = Duration::from_millis(250);
 
 /// The device's service thread: progress while the application is not
 /// driving it, asleep (no polling) while nothing happens.
@@ -1505,10 +1507,11 @@ pub fn service(dev: Arc<Device>) {
             return;
         }
     };
-    use std::os::fd::AsRawFd;
     let mut calls_seen = dev.app_calls();
     let mut last_alive = Instant::now();
     while !dev.stop.load(std::sync::atomic::Ordering::Acquire) {
+        // Before looking for work: a kick after this ends the sleep below.
+        let kicks = dev.kicks();
         if last_alive.elapsed() > ALIVE_EVERY {
             if let Ok(mut e) = dev.engine.try_lock() {
                 e.check_alive(&dev);
@@ -1526,7 +1529,7 @@ pub fn service(dev: Arc<Device>) {
         if calls != calls_seen {
             calls_seen = calls;
             if !dev.awaits_event() {
-                dev.nap(APP_NAP);
+                dev.nap(APP_NAP, kicks);
                 continue;
             }
         }
@@ -1534,21 +1537,23 @@ pub fn service(dev: Arc<Device>) {
             Ok(mut e) => e.arm(),
             Err(_) => return,
         };
-        let Some(words) = words else { continue };
+        let Some(mut words) = words else { continue };
+        words.push(dev.kick_word(kicks));
+        // Up to futex_waitv's 128 words this thread sleeps on them itself
+        // (a peer's wake-up reaches it directly); beyond, the waiter's
+        // helper threads do and wake it through their eventfd.
+        if words.len() <= ffcore::futex::WAITV_MAX {
+            let _ = ffcore::wake::sleep_on(&words, SLEEP_MAX);
+            continue;
+        }
         if waiter.arm(words).is_err() {
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
-        let mut fds = [
-            libc::pollfd { fd: waiter.fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: dev.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: two pollfds on our stack.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, 250) };
+        let mut fd = libc::pollfd { fd: waiter.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd on our stack.
+        unsafe { libc::poll(&mut fd, 1, SLEEP_MAX.as_millis() as libc::c_int) };
         waiter.disarm();
         waiter.drain();
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into our stack variable (non-blocking fd).
-        unsafe { libc::read(dev.kick.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
     }
 }
