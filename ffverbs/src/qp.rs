@@ -11,9 +11,10 @@
 //! touches memory; a refused request completes at the requester with the
 //! status a NIC gives (`IBV_WC_REM_ACCESS_ERR`, ...) and its queue pair
 //! goes to the error state, flushing everything else
-//! (`IBV_WC_WR_FLUSH_ERR`). A peer that closes or dies fails the work in
-//! flight with `IBV_WC_RETRY_EXC_ERR` as soon as its router says so; with
-//! none, receives stay posted for a while first ([`Qp::peer_gone`]).
+//! (`IBV_WC_WR_FLUSH_ERR`). A peer that closes or dies (its router says
+//! so) fails the work in flight with `IBV_WC_RETRY_EXC_ERR` once the queue
+//! pair's retries would have run out, as a NIC's; with none, receives stay
+//! posted for a while first ([`Qp::peer_gone`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -42,6 +43,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long receives stay posted after the peer went away while nothing
 /// was under way (see [`Qp::peer_gone`]).
 const GONE_GRACE: Duration = Duration::from_secs(2);
+/// Bounds on the retry time of a queue pair whose peer went with requests
+/// under way (see [`Qp::retry_time`]).
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 /// Answers queued (not yet in the ring) before we stop taking requests.
 const MAX_OUT: usize = 1024;
 
@@ -120,9 +125,10 @@ enum Link {
     Connect { handle: Handle, since: Instant, next_try: Instant },
     Accept { since: Instant },
     Up(Box<Conn>),
-    /// The peer's queue pair went away (closed, or its process died)
-    /// while ours had nothing under way: see [`Qp::peer_gone`].
-    Gone { since: Instant },
+    /// The peer's queue pair went away (closed, or its process died): the
+    /// queue pair fails at `until` unless it is destroyed first (see
+    /// [`Qp::peer_gone`]).
+    Gone { until: Instant },
 }
 
 /// What a DATA message that is being received completes.
@@ -471,15 +477,18 @@ impl Qp {
         }
     }
 
-    /// The peer's queue pair went away. Work under way fails at once
-    /// (`IBV_WC_RETRY_EXC_ERR`, the rest flushed). With none, the queue
-    /// pair stays as a NIC's does, which learns of it only when it next
-    /// sends: a send posted now fails so, and the receives stay posted for
-    /// [`GONE_GRACE`] before they are flushed. Two applications that end
-    /// together (the peer takes its last completion and closes, we take
-    /// ours, with receives left posted as `ibv_rc_pingpong` leaves them)
-    /// then see no error the other's leaving caused, and one that waits for
-    /// a message from a dead peer still gets an error, not a hang.
+    /// The peer's queue pair went away. A NIC's queue pair learns of it
+    /// only by sending: its requests go unanswered and fail with
+    /// `IBV_WC_RETRY_EXC_ERR` once its retries run out ([`Qp::retry_time`]),
+    /// then everything else is flushed; with nothing to send it never
+    /// learns, and its receives stay posted. We do the same, except that
+    /// receives are flushed [`GONE_GRACE`] after the peer went (a receiver
+    /// never waits for ever for a dead peer): two applications that end
+    /// together (the peer takes its last completion and closes; we take
+    /// ours, with receives left posted or a last send the peer never
+    /// needed, as rdma-core's pingpong examples leave them) see no error the
+    /// other's leaving caused, unless they keep the queue pair that long.
+    /// A message half received fails it at once.
     fn peer_gone(&mut self, dev: &Device) {
         self.words = None;
         // What the peer answered before it went is done, and what it sent
@@ -490,19 +499,36 @@ impl Qp {
         for w in self.recv_wcs.drain(..) {
             self.recv_cq.push(w);
         }
-        let idle = self.inflight.is_empty() && self.sq.is_empty() && matches!(self.inbound, Inbound::Idle);
-        if idle && self.state != IBV_QPS_ERR {
-            log::debug!("ffverbs: QP {}: the peer went away; receives flushed in {GONE_GRACE:?} unless it is destroyed", self.qpn);
-            // Answers for it, and its requests that found no receive, go
-            // nowhere now (a NIC's would be lost the same way).
-            self.out.clear();
-            self.held.clear();
-            self.held_bytes = 0;
-            self.resp_reqs.clear();
-            self.link = Link::Gone { since: Instant::now() };
-        } else {
-            self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+        if self.state == IBV_QPS_ERR {
+            return;
         }
+        if !matches!(self.inbound, Inbound::Idle) {
+            self.fail(dev, IBV_WC_RETRY_EXC_ERR);
+            return;
+        }
+        // Answers for it, and its requests that found no receive, go
+        // nowhere now (a NIC's would be lost the same way).
+        self.out.clear();
+        self.held.clear();
+        self.held_bytes = 0;
+        self.resp_reqs.clear();
+        let wait = if self.inflight.is_empty() && self.sq.is_empty() { GONE_GRACE } else { self.retry_time() };
+        log::debug!("ffverbs: QP {}: the peer went away; the queue pair fails in {wait:?} unless it is destroyed", self.qpn);
+        self.link = Link::Gone { until: Instant::now() + wait };
+    }
+
+    /// How long a NIC retries an unanswered request before it fails it:
+    /// the local ACK timeout (4.096 µs x 2^`timeout`) times `retry_cnt` + 1
+    /// (perftest's and rdma-core's 14 and 7: 0.54 s), within
+    /// [`RETRY_MIN`]..[`RETRY_MAX`]; timeout 0 (no timeout) counts as
+    /// [`GONE_GRACE`].
+    fn retry_time(&self) -> Duration {
+        let t = self.attr.timeout.min(31) as u32;
+        if t == 0 {
+            return GONE_GRACE;
+        }
+        let once = Duration::from_nanos(4096u64 << t);
+        (once * (self.attr.retry_cnt.min(7) as u32 + 1)).clamp(RETRY_MIN, RETRY_MAX)
     }
 
     /// Moves what can move; true if anything did.
@@ -604,12 +630,16 @@ impl Qp {
                     }
                 }
             }
-            Link::Gone { since } => {
-                if !self.sq.is_empty() || since.elapsed() >= GONE_GRACE {
+            Link::Gone { mut until } => {
+                if !self.sq.is_empty() {
+                    // A request now goes unanswered too.
+                    until = until.min(Instant::now() + self.retry_time());
+                }
+                if Instant::now() >= until {
                     self.fail(dev, IBV_WC_RETRY_EXC_ERR);
                     return true;
                 }
-                self.link = Link::Gone { since };
+                self.link = Link::Gone { until };
                 false
             }
         }

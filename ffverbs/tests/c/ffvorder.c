@@ -14,7 +14,9 @@
  * left posted must stay so for a second (a NIC's queue pair does not learn
  * that its peer went; programs that end together, like rdma-core's
  * ibv_rc_pingpong, count on no error from it), and be flushed within 10 s
- * (a receiver never hangs on a dead peer). Exits 0 only if every
+ * (a receiver never hangs on a dead peer); on RC, a send posted then fails
+ * with "transport retry counter exceeded", not within 0.2 s (the queue
+ * pair's retries take 0.54 s), and the receive is flushed after it. Exits 0 only if every
  * completion came in order with the right bytes; prints "OK <what>". */
 #define PROG "ffvorder"
 #include "ffvtest.h"
@@ -144,6 +146,16 @@ int main(int argc, char **argv) {
     printf("OK %d rounds%s, every send completed before its answer was received\n", ROUNDS, uc ? " on UC" : "");
     if (server) {
         quiet(cq, 1.0, "the peer's queue pair went away");
+        if (!uc) {
+            /* A send now goes unanswered: as a NIC's, it fails once the
+             * retries ran out (timeout 14, retry_cnt 7: about 0.54 s),
+             * not at once, and takes the queue pair to the error state. */
+            post_send(5000, 0);
+            quiet(cq, 0.2, "a send to a peer that went");
+            struct ibv_wc wc = wait_wc(cq, 10);
+            if (wc.status != IBV_WC_RETRY_EXC_ERR || wc.wr_id != 5000) DIE("a send to a peer that went: completion %" PRIu64 " '%s'", wc.wr_id, ibv_wc_status_str(wc.status));
+            printf("OK a send to a peer that went failed after the retries: '%s'\n", ibv_wc_status_str(wc.status));
+        }
         struct ibv_wc wc = wait_wc(cq, 10);
         if (wc.status != IBV_WC_WR_FLUSH_ERR || wc.wr_id != ROUNDS) DIE("after the peer went: completion %" PRIu64 " '%s'", wc.wr_id, ibv_wc_status_str(wc.status));
         printf("OK the peer went: our receive stayed posted for 1 s, then was flushed\n");
