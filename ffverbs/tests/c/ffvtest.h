@@ -1,4 +1,4 @@
-/* ffvtest.h: what the verbs test programs (ffvcheck.c, ffvsrq.c, ffvud.c)
+/* ffvtest.h: what the verbs test programs (ffvcheck.c, ffvsrq.c, ffvud.c, ffvorder.c)
  * share. A program defines PROG (its name, for messages) before including
  * it, and sets `role` ("server" or "client"); `sock` is its TCP connection
  * to the other process, once made. */
@@ -96,4 +96,35 @@ static UNUSED void swap_bytes(int fd, const void *mine, void *theirs, size_t n) 
         if (r <= 0) DIE("no peer address");
         got += r;
     }
+}
+
+/* Takes an RC queue pair (UC with `uc`: no READ or atomic attributes)
+ * through INIT, RTR and RTS to the peer's queue pair `dest_qpn` on the
+ * device with GID `dgid`, as perftest does (MTU 4096, timeout 14,
+ * retry_cnt and rnr_retry 7). */
+static UNUSED void connect_rc(struct ibv_qp *qp, uint32_t dest_qpn, union ibv_gid dgid, int access, int uc) {
+    struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .pkey_index = 0, .port_num = 1, .qp_access_flags = access };
+    if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) DIE("INIT");
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTR;
+    a.path_mtu = IBV_MTU_4096;
+    a.dest_qp_num = dest_qpn;
+    a.rq_psn = 0;
+    a.max_dest_rd_atomic = 1;
+    a.min_rnr_timer = 12;
+    a.ah_attr.is_global = 1;
+    a.ah_attr.grh.dgid = dgid;
+    a.ah_attr.grh.hop_limit = 1;
+    a.ah_attr.port_num = 1;
+    int rc_only = uc ? 0 : IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
+    if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | rc_only)) DIE("RTR");
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTS;
+    a.timeout = 14;
+    a.retry_cnt = 7;
+    a.rnr_retry = 7;
+    a.sq_psn = 0;
+    a.max_rd_atomic = 1;
+    rc_only = uc ? 0 : IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC;
+    if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_SQ_PSN | rc_only)) DIE("RTS");
 }

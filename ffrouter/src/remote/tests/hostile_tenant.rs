@@ -86,8 +86,17 @@ fn a_client_scribbling_over_its_connection_file_ends_only_its_connection() {
             }
             rounds
         });
+        // The scribbler stops when the exchange ends, also if it fails
+        // (else the test would wait for it for ever instead of failing).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = Stop(&done);
         exchange(&mut a, &mut b, 3);
-        done.store(true, Ordering::Relaxed);
+        drop(stop);
         hostile.join().unwrap()
     });
     assert!(rounds >= 10, "{rounds} scribbled connections");
