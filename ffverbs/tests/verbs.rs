@@ -208,6 +208,20 @@ fn ffvorder_between_processes() {
     }
 }
 
+/// A perftest-style program (`argv`: the program and its options) between
+/// two host processes of tenant a: the server with `-p PORT`, the client
+/// with the same and 127.0.0.1. Both must succeed; their (stdout, stderr).
+fn tool_pair(r: &RouterProc, argv: &[&str]) -> [(String, String); 2] {
+    let port = test_port().to_string();
+    let mut server = argv.to_vec();
+    server.extend(["-p", port.as_str()]);
+    let mut client = server.clone();
+    client.push("127.0.0.1");
+    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &server, &client, false);
+    assert!(sok && cok, "{argv:?}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    [(sout, serr), (cout, cerr)]
+}
+
 /// rdma-core's example programs (Debian's ibverbs-utils), unmodified,
 /// between two host processes: RC (polling, and waiting for completion
 /// events), UC, SRQ and UD pingpong. Each checks its completions and ends
@@ -224,13 +238,8 @@ fn rdma_core_pingpongs_between_processes() {
         &["ibv_srq_pingpong"],
         &["ibv_ud_pingpong"],
     ] {
-        let port = test_port().to_string();
-        let mut server = argv.to_vec();
-        server.extend(["-d", "ff0", "-g", "0", "-p", port.as_str()]);
-        let mut client = server.clone();
-        client.push("127.0.0.1");
-        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &server, &client, false);
-        assert!(sok && cok, "{argv:?}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+        let argv = [argv, &["-d", "ff0", "-g", "0"]].concat();
+        let [(sout, _), (cout, _)] = tool_pair(&r, &argv);
         for (side, out) in [("server", &sout), ("client", &cout)] {
             assert!(out.contains(" iters in "), "{argv:?}: no result from the {side}: {out}");
         }
@@ -568,34 +577,18 @@ const PERFTEST: [&str; 6] = ["ib_send_lat", "ib_write_lat", "ib_read_lat", "ib_s
 #[test]
 fn perftest_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
-    for t in PERFTEST.iter() {
-        let port = test_port().to_string();
-        let argv = [*t, "-d", "ff0", "-n", "200", "-p", port.as_str()];
-        let mut client = argv.to_vec();
-        client.push("127.0.0.1");
-        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &argv, &client, false);
-        assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
-        assert!(cout.contains("#bytes") && cout.contains("Device         : ff0"), "{t}: no result: {cout}");
-    }
-    // Completion events (`-e`): Debian's perftest puts the send and the
-    // receive queue on one completion channel and takes the first event
-    // after its send as the send's.
-    let port = test_port().to_string();
-    let argv = ["ib_send_lat", "-e", "-d", "ff0", "-n", "1000", "-p", port.as_str()];
-    let mut client = argv.to_vec();
-    client.push("127.0.0.1");
-    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &argv, &client, false);
-    assert!(sok && cok, "ib_send_lat -e:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
-    assert!(cout.contains("#bytes") && cout.contains("Test with events"), "ib_send_lat -e: no result: {cout}");
-    // UC queue pairs (`-c UC`: SEND and WRITE).
-    for t in ["ib_send_bw", "ib_write_lat"] {
-        let port = test_port().to_string();
-        let argv = [t, "-c", "UC", "-d", "ff0", "-n", "200", "-p", port.as_str()];
-        let mut client = argv.to_vec();
-        client.push("127.0.0.1");
-        let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &argv, &client, false);
-        assert!(sok && cok, "{t} -c UC:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
-        assert!(cout.contains("#bytes") && cout.contains("Connection type : UC"), "{t} -c UC: no result: {cout}");
+    let runs = PERFTEST.iter().map(|t| (vec![*t, "-d", "ff0", "-n", "200"], "Device         : ff0")).chain([
+        // Completion events (`-e`): Debian's perftest puts the send and the
+        // receive queue on one completion channel and takes the first
+        // event after its send as the send's.
+        (vec!["ib_send_lat", "-e", "-d", "ff0", "-n", "1000"], "Test with events"),
+        // UC queue pairs (`-c UC`: SEND and WRITE).
+        (vec!["ib_send_bw", "-c", "UC", "-d", "ff0", "-n", "200"], "Connection type : UC"),
+        (vec!["ib_write_lat", "-c", "UC", "-d", "ff0", "-n", "200"], "Connection type : UC"),
+    ]);
+    for (argv, want) in runs {
+        let [_, (cout, _)] = tool_pair(&r, &argv);
+        assert!(cout.contains("#bytes") && cout.contains(want), "{argv:?}: no result: {cout}");
     }
 }
 
