@@ -475,6 +475,55 @@ mod tests {
         assert!(got == plain(&[small, big]));
     }
 
+    /// A payload's own records open straight into the destination
+    /// (`open_into`): a flipped bit in one of them, its tag or its length
+    /// breaks the stream there, and what it leaves in the destination is
+    /// zeros, never unauthenticated plaintext.
+    #[test]
+    fn tampered_payload_records_are_refused_where_they_open() {
+        let big: Vec<u8> = (0..2 * MAX_RECORD).map(|i| (i % 253) as u8 + 1).collect();
+        let mut s = Sealer::new(key());
+        let wire = unsafe { s.seal(&frames(std::slice::from_ref(&big))) }.to_vec();
+        // Records: [hdr], [64 KiB], [64 KiB].
+        let mut lens = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let n = u32::from_le_bytes(wire[at..at + LEN].try_into().unwrap()) as usize;
+            lens.push(n);
+            at += LEN + n + TAG;
+        }
+        assert_eq!(lens, [HDR_LEN, MAX_RECORD, MAX_RECORD]);
+        let first = LEN + HDR_LEN + TAG;
+        let second = first + LEN + MAX_RECORD + TAG;
+        // Untouched, each payload record opens into the destination.
+        let mut o = Opener::new(key());
+        let got = receive(&mut o, &wire, 1 << 20, HDR_LEN + 2 * MAX_RECORD).unwrap();
+        assert!(got[HDR_LEN..] == big[..]);
+        for (what, at) in [("ciphertext", second + LEN + 100), ("tag", wire.len() - 1), ("length", first)] {
+            let mut bad = wire.clone();
+            bad[at] ^= 1;
+            let mut o = Opener::new(key());
+            let mut out = vec![0xeeu8; HDR_LEN + 2 * MAX_RECORD];
+            o.fill(|b| {
+                b[..bad.len()].copy_from_slice(&bad);
+                Ok(bad.len())
+            })
+            .unwrap();
+            let h = unsafe { o.take(out.as_mut_ptr(), HDR_LEN) }.unwrap();
+            assert_eq!(h, HDR_LEN);
+            let r1 = unsafe { o.take(out.as_mut_ptr().add(HDR_LEN), 2 * MAX_RECORD) };
+            let e = if what == "length" {
+                r1.err()
+            } else {
+                assert_eq!(r1.unwrap(), MAX_RECORD, "{what}: the first payload record opens");
+                let r2 = unsafe { o.take(out.as_mut_ptr().add(HDR_LEN + MAX_RECORD), MAX_RECORD) };
+                assert!(out[HDR_LEN + MAX_RECORD..].iter().all(|&b| b == 0 || b == 0xee), "{what}: no unauthenticated byte reaches the destination");
+                r2.err()
+            };
+            assert!(e.is_some_and(|e| e.kind() == io::ErrorKind::InvalidData), "{what}");
+        }
+    }
+
     #[test]
     fn absurd_lengths_are_refused_before_waiting_for_them() {
         let mut w = ((MAX_RECORD + 1) as u32).to_le_bytes().to_vec();
