@@ -568,12 +568,22 @@ pub unsafe extern "C" fn ffv_ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mu
             set_errno(libc::EINVAL);
             return -1;
         }
+        let chan = &(*(ch as *mut ChanBox)).ch;
+        // A blocking descriptor: wait for the event on the connections
+        // themselves (one wake-up instead of two, see `qp::wait_event`);
+        // the read below then finds its count, or blocks as before.
+        let flags = libc::fcntl((*ch).fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK == 0 && !(*ch).context.is_null() {
+            if let crate::qp::EventWait::Interrupted = crate::qp::wait_event(dev_of((*ch).context), chan) {
+                set_errno(libc::EINTR);
+                return -1;
+            }
+        }
         let mut v = 0u64;
         // Blocks unless the application made the descriptor non-blocking.
         if libc::read((*ch).fd, &mut v as *mut u64 as *mut c_void, 8) != 8 {
             return -1;
         }
-        let chan = &(*(ch as *mut ChanBox)).ch;
         let Some(b) = chan.events.lock().unwrap().pop_front() else {
             set_errno(libc::EAGAIN);
             return -1;
@@ -627,8 +637,13 @@ unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c
         return 0;
     }
     b.cq.arm();
-    // The service thread must now notice completions without us polling.
-    dev_of((*cq).context).kick();
+    // The service thread must now notice completions without us polling,
+    // unless this thread waits for its events itself (`qp::wait_event`),
+    // as it did a moment ago.
+    let dev = dev_of((*cq).context);
+    if !dev.waits_directly() {
+        dev.kick();
+    }
     0
 }
 

@@ -41,6 +41,11 @@ impl Mr {
 pub struct Channel {
     pub efd: OwnedFd,
     pub events: Mutex<VecDeque<usize>>,
+    /// Bumped by every event, for a thread that waits for one asleep on
+    /// the connections' words ([`crate::qp::wait_event`]) beside this.
+    posted: Arc<AtomicU32>,
+    /// Such a thread sleeps on `posted`: wake it.
+    sleeping: AtomicBool,
 }
 
 impl Channel {
@@ -51,7 +56,8 @@ impl Channel {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Channel { efd: unsafe { OwnedFd::from_raw_fd(fd) }, events: Mutex::new(VecDeque::new()) })
+        let efd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Channel { efd, events: Mutex::new(VecDeque::new()), posted: Arc::new(AtomicU32::new(0)), sleeping: AtomicBool::new(false) })
     }
 
     fn post(&self, cq: usize) {
@@ -59,6 +65,33 @@ impl Channel {
         let one = 1u64;
         // SAFETY: writes 8 bytes from our stack to our eventfd.
         unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        self.posted.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            ffcore::futex::wake_all(&self.posted);
+        }
+    }
+
+    /// Is an event due?
+    pub fn ready(&self) -> bool {
+        !self.events.lock().unwrap().is_empty()
+    }
+
+    /// The event count, read before checking [`Channel::ready`].
+    pub fn posted(&self) -> u32 {
+        self.posted.load(Ordering::SeqCst)
+    }
+
+    /// The word to sleep on for the next event (`seen`: from
+    /// [`Channel::posted`]); announces the sleep until
+    /// [`Channel::woke`].
+    pub fn word(&self, seen: u32) -> ffcore::wake::WakeWord {
+        self.sleeping.store(true, Ordering::SeqCst);
+        // SAFETY: the word lives in the Arc the WakeWord keeps.
+        unsafe { ffcore::wake::WakeWord::new(self.posted.clone(), Arc::as_ptr(&self.posted), seen) }
+    }
+
+    pub fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
     }
 }
 
@@ -178,6 +211,25 @@ pub struct Device {
     /// Completion queues armed for an event (`ibv_req_notify_cq`) that
     /// has not fired yet.
     armed_cqs: Arc<AtomicU32>,
+    /// Held by whoever sleeps on the connections' words: the service
+    /// thread, or an application thread blocked in `ibv_get_cq_event`
+    /// ([`crate::qp::wait_event`]). A connection's "I sleep" flag has one
+    /// owner: a second sleeper that woke would withdraw the other's.
+    sleeper: Mutex<()>,
+    /// Application threads in `ibv_get_cq_event` that hold `sleeper` or
+    /// are about to take it: the service thread leaves the words to them.
+    pub app_waiters: AtomicU32,
+    /// The thread holding `sleeper` is an application's: another one
+    /// blocks on its channel's descriptor instead of waiting for it.
+    pub app_sleeps: AtomicBool,
+    /// The service thread naps while `app_waiters` is not 0: the last one
+    /// to leave kicks it.
+    pub parked: AtomicBool,
+    /// Until when (µs after `epoch`) the service thread leaves the words
+    /// to the application, which waited for an event itself and is likely
+    /// to come back for the next (so the words need not change hands).
+    direct_until: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 /// Asynchronous events kept unread before new ones are dropped.
@@ -219,6 +271,12 @@ impl Device {
             async_events: Mutex::new(VecDeque::new()),
             srqs: AtomicUsize::new(0),
             armed_cqs: Arc::new(AtomicU32::new(0)),
+            sleeper: Mutex::new(()),
+            app_waiters: AtomicU32::new(0),
+            app_sleeps: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            direct_until: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         });
         let d = dev.clone();
         std::thread::Builder::new().name("ffverbs".into()).spawn(move || crate::qp::service(d)).map_err(ffcore::Error::Io)?;
@@ -274,6 +332,28 @@ impl Device {
     /// not nap: the event would come a nap late.
     pub fn awaits_event(&self) -> bool {
         self.armed_cqs.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes [`Device::sleeper`] if nobody holds it (a panic that left it
+    /// poisoned guarded nothing: the lock holds no data).
+    pub fn try_sleeper(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        match self.sleeper.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// An application thread waited for an event itself just now
+    /// ([`crate::qp::wait_event`]): leave the words to it for `grace`.
+    pub fn waited_directly(&self, grace: Duration) {
+        let until = (self.epoch.elapsed() + grace).as_micros() as u64;
+        self.direct_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Did an application thread wait for an event itself lately?
+    pub fn waits_directly(&self) -> bool {
+        (self.epoch.elapsed().as_micros() as u64) < self.direct_until.load(Ordering::Relaxed)
     }
 
     /// Sleeps for `d` or until [`Device::kick`]ed since the kick count was

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use rustc_hash::FxHashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use ffcore::wake::{ConnWords, WakeWord};
 use ffcore::{AtomicOp, Conn, Handle, Listener, RemoteKey, RemoteMap, Req, Width};
 use std::collections::HashSet;
 
-use crate::dev::{Cq, Device, Status};
+use crate::dev::{Channel, Cq, Device, Status};
 use crate::srq::Srq;
 use crate::ud::{self, UdQp};
 use crate::sys::*;
@@ -1563,6 +1564,28 @@ pub fn service(dev: Arc<Device>) {
                 continue;
             }
         }
+        // An application thread waiting for a completion event sleeps on
+        // the words itself (see `wait_event`): stay off them until kicked,
+        // or while it is likely to come back for the next event.
+        if dev.app_waiters.load(Ordering::SeqCst) > 0 {
+            dev.parked.store(true, Ordering::SeqCst);
+            if dev.app_waiters.load(Ordering::SeqCst) > 0 {
+                dev.nap(SLEEP_MAX, kicks);
+            }
+            dev.parked.store(false, Ordering::SeqCst);
+            continue;
+        }
+        if dev.waits_directly() {
+            dev.nap(APP_NAP, kicks);
+            continue;
+        }
+        let Some(_sleeper) = dev.try_sleeper() else {
+            dev.nap(APP_NAP, kicks);
+            continue;
+        };
+        if dev.app_waiters.load(Ordering::SeqCst) > 0 {
+            continue;
+        }
         let words = match dev.engine.lock() {
             Ok(mut e) => e.arm(),
             Err(_) => return,
@@ -1587,3 +1610,99 @@ pub fn service(dev: Arc<Device>) {
         waiter.drain();
     }
 }
+
+/// How [`wait_event`] ended.
+pub enum EventWait {
+    /// An event is due on the channel.
+    Ready,
+    /// Another application thread sleeps on the connections' words, or
+    /// there are more than one `futex_waitv` takes: block on the
+    /// channel's descriptor (that thread, or the service thread, posts).
+    Blocked,
+    /// A signal interrupted the sleep (as it does a `read`).
+    Interrupted,
+}
+
+/// `ibv_get_cq_event` on a blocking channel. Left to the service thread,
+/// an event costs two wake-ups in a row: the service thread's, woken by
+/// the peer on a connection's word, which moves the data and writes the
+/// channel's descriptor, then the application's, blocked on it. Here the
+/// application thread takes the words over (the service thread stays off
+/// them while it does), sleeps on them and on the channel, and moves the
+/// data itself when woken: one wake-up.
+pub fn wait_event(dev: &Device, chan: &Channel) -> EventWait {
+    if chan.ready() {
+        return EventWait::Ready;
+    }
+    dev.app_waiters.fetch_add(1, Ordering::SeqCst);
+    let done = |r: EventWait| {
+        dev.waited_directly(DIRECT_GRACE);
+        dev.app_waiters.fetch_sub(1, Ordering::SeqCst);
+        // The service thread takes the words back unless we come back
+        // within DIRECT_GRACE (one-sided operations need it when the
+        // application stops calling in).
+        if dev.parked.load(Ordering::SeqCst) {
+            dev.kick();
+        }
+        r
+    };
+    let sleeper = match dev.try_sleeper() {
+        Some(g) => Some(g),
+        None if dev.app_sleeps.load(Ordering::SeqCst) => None,
+        None => {
+            // The service thread sleeps on them: kicked, it lets go.
+            dev.kick();
+            let t = Instant::now();
+            loop {
+                if let Some(g) = dev.try_sleeper() {
+                    break Some(g);
+                }
+                if t.elapsed() > HANDOVER_MAX {
+                    break None;
+                }
+                std::thread::yield_now();
+            }
+        }
+    };
+    let Some(_sleeper) = sleeper else { return done(EventWait::Blocked) };
+    dev.app_sleeps.store(true, Ordering::SeqCst);
+    let r = loop {
+        let kicks = dev.kicks();
+        let seen = chan.posted();
+        if chan.ready() {
+            break EventWait::Ready;
+        }
+        if dev.progress() {
+            continue;
+        }
+        let words = match dev.engine.lock() {
+            Ok(mut e) => e.arm(),
+            Err(_) => break EventWait::Blocked,
+        };
+        let Some(mut words) = words else { continue };
+        if words.len() + 2 > ffcore::futex::WAITV_MAX {
+            for w in &words {
+                w.cancel();
+            }
+            break EventWait::Blocked;
+        }
+        words.push(dev.kick_word(kicks));
+        words.push(chan.word(seen));
+        let woken = ffcore::wake::sleep_on(&words, SLEEP_MAX);
+        chan.woke();
+        if matches!(woken, Ok(ffcore::futex::Woken::Interrupted)) {
+            break EventWait::Interrupted;
+        }
+    };
+    dev.app_sleeps.store(false, Ordering::SeqCst);
+    drop(_sleeper);
+    done(r)
+}
+
+/// How long [`wait_event`] waits for the service thread to let go of the
+/// connections' words (it does within its wake-up).
+const HANDOVER_MAX: Duration = Duration::from_millis(1);
+/// How long after an application thread's [`wait_event`] the service
+/// thread leaves the words to it: an event loop is back within
+/// microseconds, and the words then need not change hands.
+const DIRECT_GRACE: Duration = Duration::from_millis(1);

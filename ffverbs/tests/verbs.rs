@@ -32,7 +32,7 @@ fn work() -> &'static Path {
             .map(|(_, p)| p)
             .expect("libffverbs.so not built (cargo build -p ffverbs)");
         std::os::unix::fs::symlink(&lib, dir.join("lib/libibverbs.so.1")).unwrap();
-        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder"] {
+        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder", "ffvevents"] {
             let src = root().join(format!("ffverbs/tests/c/{prog}.c"));
             let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join(prog)).arg(&src).arg("-libverbs").status().expect("cc");
             assert!(st.success(), "compiling {prog} (needs libibverbs-dev)");
@@ -206,6 +206,25 @@ fn ffvorder_between_processes() {
         let retried = "OK a send to a peer that went failed after the retries: 'transport retry counter exceeded'";
         assert_eq!(mode == "rc", sout.contains(retried), "ffvorder {mode}: {sout}{serr}");
     }
+}
+
+/// What ffvevents prints on both sides when every round held.
+const EVENTS_OK: &str = "OK 300 rounds on two queue pairs, the server's two threads in ibv_get_cq_event at once";
+
+/// Completion events from two threads at once (ffvevents): the server's
+/// two threads each block in `ibv_get_cq_event` on a channel of their own
+/// (one of them sleeps on the connections itself, the other on its
+/// channel's descriptor), 300 ping-pongs on each of two queue pairs, every
+/// byte checked; a WRITE the client made while both blocked is in the
+/// server's memory when the ping after it arrives.
+#[test]
+fn ffvevents_between_processes() {
+    let r = RouterProc::start(&["a"], &[]);
+    let ev = work().join("ffvevents").display().to_string();
+    let port = test_port().to_string();
+    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &[&ev, "server", &port], &[&ev, "client", "127.0.0.1", &port], true);
+    assert!(sok && cok, "ffvevents failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    assert!(sout.contains(&format!("{EVENTS_OK}; the WRITE landed while they waited")) && cout.contains(EVENTS_OK), "ffvevents:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 }
 
 /// A perftest-style program (`argv`: the program and its options) between
@@ -683,6 +702,15 @@ fn perftest_and_ffvcheck_across_hosts() {
     let (sok, sout, serr) = server.finish(Duration::from_secs(30));
     let want = "OK 200 rounds, every send completed before its answer was received";
     assert!(sok && cok && sout.contains(want) && cout.contains(want) && sout.contains(GONE_OK), "ffvorder across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+
+    // Completion events from two threads at once, the routers between.
+    let ev = work().join("ffvevents").display().to_string();
+    let mut server = h.container_env(0, "a", &with_ip(&[&ev, "server", "18521"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+    let ip = server.read_line_with("IP ");
+    server.read_line_with("LISTENING");
+    let (cok, cout, cerr) = h.container_env(1, "a", &[&ev, "client", &ip, "18521"], env()).finish(Duration::from_secs(90));
+    let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+    assert!(sok && cok && sout.contains("the WRITE landed while they waited") && cout.contains(EVENTS_OK), "ffvevents across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 }
 
 /// UD queue pairs across two emulated hosts (ffvud in a container on each):
