@@ -684,32 +684,24 @@ fn perftest_and_ffvcheck_across_hosts() {
         assert!(sok && cok, "{t}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
         assert!(cout.contains("#bytes"), "{t}: no result: {cout}");
     }
-    let ffv = ffvcheck();
-    let mut server = h.container_env(0, "a", &with_ip(&[&ffv, "server", "18517"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
-    let ip = server.read_line_with("IP ");
-    server.read_line_with("LISTENING");
-    let client = h.container_env(1, "a", &[&ffv, "client", &ip, "18517"], env());
-    let c = client.finish(Duration::from_secs(120));
-    let s = server.finish(Duration::from_secs(30));
-    check_ffvcheck(&[s, c]);
+    // One of our C test programs: its server in a container on host 0,
+    // its client on host 1; (ok, stdout, stderr) of each.
+    let c_pair = |prog: &str, port: &str, client_secs: u64| {
+        let mut server = h.container_env(0, "a", &with_ip(&[prog, "server", port]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
+        let ip = server.read_line_with("IP ");
+        server.read_line_with("LISTENING");
+        let c = h.container_env(1, "a", &[prog, "client", &ip, port], env()).finish(Duration::from_secs(client_secs));
+        [server.finish(Duration::from_secs(30)), c]
+    };
+    check_ffvcheck(&c_pair(&ffvcheck(), "18517", 120));
 
     // Completion order with the routers between the queue pairs.
-    let ord = work().join("ffvorder").display().to_string();
-    let mut server = h.container_env(0, "a", &with_ip(&[&ord, "server", "18520"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
-    let ip = server.read_line_with("IP ");
-    server.read_line_with("LISTENING");
-    let (cok, cout, cerr) = h.container_env(1, "a", &[&ord, "client", &ip, "18520"], env()).finish(Duration::from_secs(90));
-    let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+    let [(sok, sout, serr), (cok, cout, cerr)] = c_pair(&work().join("ffvorder").display().to_string(), "18520", 90);
     let want = "OK 200 rounds, every send completed before its answer was received";
     assert!(sok && cok && sout.contains(want) && cout.contains(want) && sout.contains(GONE_OK), "ffvorder across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 
     // Completion events from two threads at once, the routers between.
-    let ev = work().join("ffvevents").display().to_string();
-    let mut server = h.container_env(0, "a", &with_ip(&[&ev, "server", "18521"]).iter().map(|s| s.as_str()).collect::<Vec<_>>(), env());
-    let ip = server.read_line_with("IP ");
-    server.read_line_with("LISTENING");
-    let (cok, cout, cerr) = h.container_env(1, "a", &[&ev, "client", &ip, "18521"], env()).finish(Duration::from_secs(90));
-    let (sok, sout, serr) = server.finish(Duration::from_secs(30));
+    let [(sok, sout, serr), (cok, cout, cerr)] = c_pair(&work().join("ffvevents").display().to_string(), "18521", 90);
     assert!(sok && cok && sout.contains("the WRITE landed while they waited") && cout.contains(EVENTS_OK), "ffvevents across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 }
 

@@ -325,6 +325,18 @@ mod tests {
         Ok(out)
     }
 
+    /// The plaintext length of each record in `wire`.
+    fn record_lens(wire: &[u8]) -> Vec<usize> {
+        let mut lens = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let n = u32::from_le_bytes(wire[at..at + LEN].try_into().unwrap()) as usize;
+            lens.push(n);
+            at += LEN + n + TAG;
+        }
+        lens
+    }
+
     fn plain(payloads: &[Vec<u8>]) -> Vec<u8> {
         let mut v = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
@@ -463,14 +475,7 @@ mod tests {
         let frames = [Frame { hdr: [0; HDR_LEN], ptr: small.as_ptr(), len: small.len() }, Frame { hdr: [1; HDR_LEN], ptr: big.as_ptr(), len: big.len() }];
         let wire = unsafe { s.seal(&frames) }.to_vec();
         // Records: [hdr1 small hdr2], [64 KiB], [64 KiB], [640].
-        let mut lens = Vec::new();
-        let mut at = 0;
-        while at < wire.len() {
-            let n = u32::from_le_bytes(wire[at..at + LEN].try_into().unwrap()) as usize;
-            lens.push(n);
-            at += LEN + n + TAG;
-        }
-        assert_eq!(lens, [2 * HDR_LEN + 100, MAX_RECORD, MAX_RECORD, 640]);
+        assert_eq!(record_lens(&wire), [2 * HDR_LEN + 100, MAX_RECORD, MAX_RECORD, 640]);
         let got = receive(&mut Opener::new(key()), &wire, 1 << 20, wire.len() - 4 * (LEN + TAG)).unwrap();
         assert!(got == plain(&[small, big]));
     }
@@ -485,14 +490,7 @@ mod tests {
         let mut s = Sealer::new(key());
         let wire = unsafe { s.seal(&frames(std::slice::from_ref(&big))) }.to_vec();
         // Records: [hdr], [64 KiB], [64 KiB].
-        let mut lens = Vec::new();
-        let mut at = 0;
-        while at < wire.len() {
-            let n = u32::from_le_bytes(wire[at..at + LEN].try_into().unwrap()) as usize;
-            lens.push(n);
-            at += LEN + n + TAG;
-        }
-        assert_eq!(lens, [HDR_LEN, MAX_RECORD, MAX_RECORD]);
+        assert_eq!(record_lens(&wire), [HDR_LEN, MAX_RECORD, MAX_RECORD]);
         let first = LEN + HDR_LEN + TAG;
         let second = first + LEN + MAX_RECORD + TAG;
         // Untouched, each payload record opens into the destination.
