@@ -1636,7 +1636,11 @@ pub fn wait_event(dev: &Device, chan: &Channel) -> EventWait {
     }
     dev.app_waiters.fetch_add(1, Ordering::SeqCst);
     let done = |r: EventWait| {
-        dev.waited_directly(DIRECT_GRACE);
+        // Blocked: this thread goes on to block on the descriptor, and
+        // needs the service thread (or the thread holding the words).
+        if !matches!(r, EventWait::Blocked) {
+            dev.waited_directly(DIRECT_GRACE);
+        }
         dev.app_waiters.fetch_sub(1, Ordering::SeqCst);
         // The service thread takes the words back unless we come back
         // within DIRECT_GRACE (one-sided operations need it when the
