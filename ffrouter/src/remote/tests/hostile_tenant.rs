@@ -30,6 +30,9 @@ fn scribble_once(mem: &SharedMem) {
     unsafe { std::ptr::write_volatile((mem.as_ptr() as *mut u64).add(at), v) };
 }
 
+/// Far more than a client of a scribbled connection needs to give up.
+const STUCK: Duration = Duration::from_secs(60);
+
 /// Connection after connection between the routers, each streamed both
 /// ways while one of its clients (the one on router 0) scribbles over its
 /// file, a word every 100 µs or so, until both of its ends fail; all the
@@ -57,31 +60,35 @@ fn a_client_scribbling_over_its_connection_file_ends_only_its_connection() {
                     assert!(t.elapsed() < Duration::from_secs(10), "the new connection never got its pump");
                     std::thread::sleep(Duration::from_millis(1));
                 };
-                let failed = AtomicUsize::new(0);
-                std::thread::scope(|sc2| {
-                    for mut c in [ha, hb] {
-                        let failed = &failed;
-                        sc2.spawn(move || {
-                            let msg = vec![5u8; 3000];
-                            let mut buf = vec![0u8; 70_000];
-                            let short = Some(Duration::from_millis(20));
-                            let t = Instant::now();
-                            while t.elapsed() < Duration::from_secs(2) {
-                                let sent = c.send(&msg, 1, short);
-                                let got = c.recv(&mut buf, 1, short);
-                                let broken = |r: &ffcore::Result<usize>| matches!(r, Err(e) if !matches!(e, ffcore::Error::Timeout(_)));
-                                if broken(&sent) && broken(&got) {
-                                    break;
-                                }
+                // Its clients run on threads of their own (not scoped), so
+                // that one stuck in its library fails the test here
+                // instead of hanging it: each returns within 2 s plus one
+                // call's 20 ms timeout.
+                let failed = Arc::new(AtomicUsize::new(0));
+                for mut c in [ha, hb] {
+                    let failed = failed.clone();
+                    std::thread::spawn(move || {
+                        let msg = vec![5u8; 3000];
+                        let mut buf = vec![0u8; 70_000];
+                        let short = Some(Duration::from_millis(20));
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_secs(2) {
+                            let sent = c.send(&msg, 1, short);
+                            let got = c.recv(&mut buf, 1, short);
+                            let broken = |r: &ffcore::Result<usize>| matches!(r, Err(e) if !matches!(e, ffcore::Error::Timeout(_)));
+                            if broken(&sent) && broken(&got) {
+                                break;
                             }
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        });
-                    }
-                    while failed.load(Ordering::Relaxed) < 2 {
-                        scribble_once(&f.mem);
-                        std::thread::sleep(Duration::from_micros(100));
-                    }
-                });
+                        }
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                let t = Instant::now();
+                while failed.load(Ordering::Relaxed) < 2 {
+                    assert!(t.elapsed() < STUCK, "a client of a scribbled connection is stuck in send or recv (20 ms timeouts) after {STUCK:?}");
+                    scribble_once(&f.mem);
+                    std::thread::sleep(Duration::from_micros(100));
+                }
                 rounds += 1;
             }
             rounds
