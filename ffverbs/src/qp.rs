@@ -180,11 +180,30 @@ struct Direct {
     map: Arc<RemoteMap>,
 }
 
+impl Direct {
+    /// Is `[addr, addr+len)` inside the range the peer announced? (Both
+    /// ends are checked without overflow: the peer's values are its own,
+    /// and so are the application's.)
+    fn holds(&self, addr: u64, len: u64) -> bool {
+        let end = self.addr.checked_add(self.len);
+        addr >= self.addr && addr.checked_add(len).zip(end).is_some_and(|(e, end)| e <= end)
+    }
+}
+
 /// What handling a header asks of the connection next.
 enum Next {
     Nothing,
     Recv { ptr: *mut u8, len: usize, after: After, buf: Option<Vec<u8>> },
     Broken(String),
+}
+
+impl Next {
+    /// Drops the DATA message that follows, whatever its length (the
+    /// peer's), without a buffer for it: received into no room, it is
+    /// consumed as truncated.
+    fn discard() -> Next {
+        Next::Recv { ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(), len: 0, after: After::Discard, buf: None }
+    }
 }
 
 pub struct Qp {
@@ -774,7 +793,7 @@ impl Qp {
         }
         let Some(d) = self.direct.get(&wr.rkey) else { return false };
         if let Some((op, value, compare)) = wr.op.atomic() {
-            if d.access & IBV_ACCESS_REMOTE_ATOMIC == 0 || wr.raddr < d.addr || wr.raddr + 8 > d.addr + d.len {
+            if d.access & IBV_ACCESS_REMOTE_ATOMIC == 0 || !d.holds(wr.raddr, 8) {
                 return false;
             }
             // One CPU atomic on the peer's shared page: atomic with respect
@@ -793,8 +812,7 @@ impl Qp {
             return true;
         }
         let need = if wr.op == Op::Write { IBV_ACCESS_REMOTE_WRITE } else { IBV_ACCESS_REMOTE_READ };
-        let inside = wr.raddr >= d.addr && wr.raddr.checked_add(wr.len).is_some_and(|e| e <= d.addr + d.len);
-        if d.access & need == 0 || !inside || d.map.at(wr.raddr, wr.len as usize).is_err() {
+        if d.access & need == 0 || !d.holds(wr.raddr, wr.len) || d.map.at(wr.raddr, wr.len as usize).is_err() {
             return false;
         }
         let mut off = 0u64;
@@ -872,6 +890,12 @@ impl Qp {
                         did = true;
                     }
                     Ok(None) => return Ok(did),
+                    // A discard's receive has no room: the message is
+                    // consumed as truncated.
+                    Err(ffcore::Error::Truncated { .. }) if matches!(self.inbound, Inbound::Data { after: After::Discard, .. }) => {
+                        self.inbound = Inbound::Idle;
+                        did = true;
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
             }
@@ -1004,8 +1028,7 @@ impl Qp {
         if cap < len {
             self.recv_wcs.push(wc(r.wr_id, IBV_WC_LOC_LEN_ERR, IBV_WC_RECV, 0, self.recv_qpn));
             self.ack(hdr.seq, IBV_WC_REM_INV_REQ_ERR);
-            let mut b = vec![0u8; len];
-            return Next::Recv { ptr: b.as_mut_ptr(), len, after: After::Discard, buf: Some(b) };
+            return Next::discard();
         }
         if r.sges.first().is_some_and(|s| s.len as usize >= len) {
             let ptr = r.sges[0].addr as *mut u8;
@@ -1056,6 +1079,9 @@ impl Qp {
             if tag == wire::ATOMIC && plen != 16 {
                 return Next::Broken("atomic without its operands".into());
             }
+            if data_next && (tag == wire::READ || tag == wire::ATOMIC) {
+                return Next::Broken(format!("request with tag {tag} says data follows"));
+            }
             // A SEND takes its receive now; a WRITE with immediate once its
             // bytes are placed (write_done).
             if tag == wire::SEND && self.held.is_empty() {
@@ -1100,8 +1126,7 @@ impl Qp {
                 Err(st) => {
                     self.ack(h.seq, st);
                     if data_next {
-                        let mut b = vec![0u8; h.len.min(1 << 30) as usize];
-                        return Next::Recv { ptr: b.as_mut_ptr(), len: b.len(), after: After::Discard, buf: Some(b) };
+                        return Next::discard();
                     }
                     Next::Nothing
                 }
