@@ -1105,7 +1105,8 @@ unsafe fn handle(base: *const BaseIface, md: &Md, cfg: &Cfg, am_buf: &mut AmBuf,
             if !ok {
                 ff_diag!("ff: refused PUT of {} bytes at {:#x} (key {:#x}): not inside a registration of this process", req.len, req.addr, req.key);
             }
-            if len == RmaReq::LEN + req.len as usize && req.len as usize <= inline_max {
+            // (The peer's length is compared first: the sum cannot overflow.)
+            if req.len as usize <= inline_max && len == RmaReq::LEN + req.len as usize {
                 if ok {
                     let _w = ffcore::shadow::writing();
                     // SAFETY: the destination passed the registration check
