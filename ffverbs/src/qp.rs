@@ -159,8 +159,16 @@ struct Held {
     placed: bool,
 }
 
-/// Bytes of held requests before we stop reading the ring.
+/// Bytes of held requests before we stop reading the ring (each request
+/// counts [`HELD_ENTRY`] more than its data, so that a peer cannot queue
+/// zero-byte SENDs without bound either).
 const HELD_MAX: usize = 64 << 20;
+const HELD_ENTRY: usize = 128;
+/// Most keys a peer may announce for direct access on one queue pair (one
+/// per registration it answered for; a peer announcing more is not given
+/// more memory: later announcements are ignored and those requests go as
+/// messages).
+const DIRECT_MAX: usize = 4096;
 
 #[derive(Clone, Copy)]
 enum Reply {
@@ -921,7 +929,7 @@ impl Qp {
     }
 
     fn hold(&mut self, tag: u32, hdr: Hdr, data: Vec<u8>, placed: bool) {
-        self.held_bytes += data.len();
+        self.held_bytes += data.len() + HELD_ENTRY;
         self.held.push_back(Held { tag, hdr, data, placed });
     }
 
@@ -944,7 +952,7 @@ impl Qp {
                 None
             };
             let Some(h) = self.held.pop_front() else { break };
-            self.held_bytes -= h.data.len();
+            self.held_bytes -= h.data.len() + HELD_ENTRY;
             let imm = (h.hdr.flags & F_IMM != 0).then_some(h.hdr.imm);
             match (h.tag, recv) {
                 (wire::SEND, Some(r)) => {
@@ -1185,7 +1193,7 @@ impl Qp {
                 Next::Recv { ptr, len, after: After::ReadResp { seq: h.seq, bounce: Some((b, f.dst.clone())) }, buf: None }
             }
             wire::RKEY => {
-                if plen >= RemoteKey::LEN && self.local_peer {
+                if plen >= RemoteKey::LEN && self.local_peer && (self.direct.len() < DIRECT_MAX || self.direct.contains_key(&h.rkey)) {
                     let mut kb = [0u8; RemoteKey::LEN];
                     // SAFETY: plen >= RemoteKey::LEN bytes at payload.
                     unsafe { std::ptr::copy_nonoverlapping(payload, kb.as_mut_ptr(), RemoteKey::LEN) };

@@ -371,7 +371,41 @@ fn a_peer_breaking_the_wire_protocol_gets_errors_and_never_crashes_us_nor_reache
     drop(c);
     unsafe { v.close() };
 
-    // 4. As requester: the peer announces a key of its own shadow memory
+    // 4. SENDs of no bytes while no receive is posted: a NIC answers
+    // "receiver not ready"; we hold them, but only up to a bound (each
+    // counts as 128 bytes of the 64 MiB held requests may take), after
+    // which we stop reading and the peer's ring fills. Then a receive
+    // takes the first of them.
+    let (v, mut fake, mut c) = pair();
+    let (t, mut sent, mut stalled) = (Instant::now(), 0u64, None::<Instant>);
+    let mut b = [0u8; Hdr::LEN];
+    loop {
+        Hdr { seq: fake.seq, ..Default::default() }.write(&mut b);
+        let r = c.try_send_with(wire::SEND, b.len(), |p| {
+            // SAFETY: try_send_with hands us b.len() writable bytes.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len()) };
+            b.len()
+        });
+        if r.expect("fake peer: send").is_some() {
+            fake.seq += 1;
+            sent += 1;
+            stalled = None;
+        } else if stalled.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(300) {
+            break;
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        assert!(sent < 2_000_000, "{sent} SENDs held without a receive: no bound");
+        assert!(t.elapsed() < Duration::from_secs(120), "{sent} SENDs in 120 s");
+    }
+    assert!(sent > 100_000, "only {sent} SENDs before the victim stopped reading");
+    unsafe { v.post_recv(5, 0, 64) };
+    let wc = unsafe { v.next_wc("a held SEND") };
+    assert_eq!((wc.wr_id, wc.status, wc.byte_len), (5, IBV_WC_SUCCESS, 0));
+    drop(c);
+    unsafe { v.close() };
+
+    // 5. As requester: the peer announces a key of its own shadow memory
     // whose range wraps past the end of the address space, then we WRITE
     // near that end under it. The library must not take the WRITE as
     // inside the range (its check overflowed); it sends it as a message,
