@@ -985,10 +985,16 @@ impl Qp {
         did
     }
 
-    /// Does an atomic on our registered memory for the peer.
+    /// Does an atomic on our registered memory for the peer (`ops`: its
+    /// 16 operand bytes, checked when the request came in; anything else
+    /// is refused here too).
     fn atomic_req(&mut self, dev: &Device, h: &Hdr, ops: &[u8]) {
+        let Ok(ops) = <&[u8; 16]>::try_from(ops) else {
+            self.out.push_back(Reply::Value { seq: h.seq, value: 0, status: IBV_WC_REM_INV_REQ_ERR });
+            return;
+        };
         let value = u64::from_le_bytes(ops[..8].try_into().unwrap());
-        let compare = u64::from_le_bytes(ops[8..16].try_into().unwrap());
+        let compare = u64::from_le_bytes(ops[8..].try_into().unwrap());
         let reply = match (AtomicOp::from_code(h.imm as u8), dev.check_remote(self.pd, self.access, h.rkey, h.raddr, 8, IBV_ACCESS_REMOTE_ATOMIC)) {
             (_, Err(st)) => Reply::Value { seq: h.seq, value: 0, status: st },
             (Some(op @ (AtomicOp::Add | AtomicOp::Cswap)), Ok(p)) if ffcore::atomic::aligned(h.raddr, Width::W64) => {
