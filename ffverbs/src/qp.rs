@@ -1266,6 +1266,11 @@ impl Qp {
                     unsafe { scatter(&sges, b.as_ptr(), n) };
                 }
                 if let Some(f) = self.inflight.iter_mut().find(|f| f.seq == seq) {
+                    // Fewer bytes than the READ asked for would leave the
+                    // rest of its buffer as it was, reported complete.
+                    if n as u64 != f.len {
+                        return Err("READ data of the wrong length".into());
+                    }
                     f.answered = Some(0);
                 }
             }

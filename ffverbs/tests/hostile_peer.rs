@@ -104,8 +104,12 @@ impl Victim {
     }
 
     unsafe fn post_write(&self, wr_id: u64, rkey: u32, raddr: u64) -> i32 {
-        let mut s = ibv_sge { addr: self.region(), length: 8, lkey: (*self.mr).lkey };
-        let mut wr = ibv_send_wr { wr_id, sg_list: &mut s, num_sge: 1, opcode: IBV_WR_RDMA_WRITE, send_flags: IBV_SEND_SIGNALED, ..Default::default() };
+        self.post_rdma(wr_id, IBV_WR_RDMA_WRITE, 0, 8, rkey, raddr)
+    }
+
+    unsafe fn post_rdma(&self, wr_id: u64, opcode: ibv_wr_opcode, off: u64, len: u32, rkey: u32, raddr: u64) -> i32 {
+        let mut s = ibv_sge { addr: self.region() + off, length: len, lkey: (*self.mr).lkey };
+        let mut wr = ibv_send_wr { wr_id, sg_list: &mut s, num_sge: 1, opcode, send_flags: IBV_SEND_SIGNALED, ..Default::default() };
         wr.wr.rdma.remote_addr = raddr;
         wr.wr.rdma.rkey = rkey;
         let mut bad = std::ptr::null_mut();
@@ -433,6 +437,26 @@ fn a_peer_breaking_the_wire_protocol_gets_errors_and_never_crashes_us_nor_reache
     put(&mut c, wire::ACK, &ack);
     let wc = unsafe { v.next_wc("our WRITE") };
     assert_eq!((wc.wr_id, wc.status), (9, IBV_WC_REM_ACCESS_ERR));
+    ok(&v);
+    drop(c);
+    unsafe { v.close() };
+
+    // 6. As requester: our READ of 64 bytes answered with 10 (the header
+    // says 64, the DATA after it has 10). It must not complete as done
+    // with the rest of the buffer as it was.
+    let (v, _fake, mut c) = pair();
+    assert_eq!(unsafe { v.post_rdma(11, IBV_WR_RDMA_READ, 200, 64, 0x99, 0x1000) }, 0, "ibv_post_send");
+    let (tag, b) = take(&mut c, "our READ");
+    assert_eq!(tag, wire::READ);
+    let h = Hdr::read(&b).unwrap();
+    assert_eq!(h.len, 64);
+    let mut resp = [0u8; Hdr::LEN];
+    Hdr { seq: h.seq, len: 64, flags: wire::F_DATA_NEXT, ..Default::default() }.write(&mut resp);
+    put(&mut c, wire::READ_RESP, &resp);
+    c.send(&[0x33u8; 10], wire::DATA, Some(T)).unwrap();
+    let wc = unsafe { v.next_wc("our short-answered READ") };
+    assert_eq!(wc.wr_id, 11);
+    assert_ne!(wc.status, IBV_WC_SUCCESS, "a READ answered with 10 of its 64 bytes completed as done");
     ok(&v);
     drop(c);
     unsafe { v.close() };
