@@ -30,10 +30,17 @@ pub struct Mr {
 }
 
 impl Mr {
-    /// The registration covers `len` bytes from `addr` (no overflow).
+    /// The registration covers `len` bytes from `addr`.
     fn holds(&self, addr: u64, len: u64) -> bool {
-        addr >= self.addr && addr.checked_add(len).is_some_and(|e| e <= self.addr + self.len)
+        range_holds(self.addr, self.len, addr, len)
     }
+}
+
+/// Does `[base, base+size)` hold `[addr, addr+len)`? Neither sum may
+/// overflow (a peer names some of these values: see `qp::Direct`).
+pub fn range_holds(base: u64, size: u64, addr: u64, len: u64) -> bool {
+    let end = base.checked_add(size);
+    addr >= base && addr.checked_add(len).zip(end).is_some_and(|(e, end)| e <= end)
 }
 
 /// A completion channel: an eventfd (one count per event) and the CQs

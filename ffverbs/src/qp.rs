@@ -189,12 +189,11 @@ struct Direct {
 }
 
 impl Direct {
-    /// Is `[addr, addr+len)` inside the range the peer announced? (Both
-    /// ends are checked without overflow: the peer's values are its own,
-    /// and so are the application's.)
+    /// Is `[addr, addr+len)` inside the range the peer announced? (The
+    /// peer's values are its own, and so are the application's: checked
+    /// without overflow.)
     fn holds(&self, addr: u64, len: u64) -> bool {
-        let end = self.addr.checked_add(self.len);
-        addr >= self.addr && addr.checked_add(len).zip(end).is_some_and(|(e, end)| e <= end)
+        crate::dev::range_holds(self.addr, self.len, addr, len)
     }
 }
 
