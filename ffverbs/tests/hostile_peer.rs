@@ -103,10 +103,6 @@ impl Victim {
         post(self.qp, &mut wr, &mut bad)
     }
 
-    unsafe fn post_write(&self, wr_id: u64, rkey: u32, raddr: u64) -> i32 {
-        self.post_rdma(wr_id, IBV_WR_RDMA_WRITE, 0, 8, rkey, raddr)
-    }
-
     unsafe fn post_rdma(&self, wr_id: u64, opcode: ibv_wr_opcode, off: u64, len: u32, rkey: u32, raddr: u64) -> i32 {
         let mut s = ibv_sge { addr: self.region() + off, length: len, lkey: (*self.mr).lkey };
         let mut wr = ibv_send_wr { wr_id, sg_list: &mut s, num_sge: 1, opcode, send_flags: IBV_SEND_SIGNALED, ..Default::default() };
@@ -131,6 +127,14 @@ impl Victim {
             assert!(t.elapsed() < T, "{what}: no completion within {T:?}");
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+
+    /// One poll (progress for the device), ignoring what completes.
+    unsafe fn next_wc_or_none(&self) {
+        let poll = (*self.ctx).ops.poll_cq.unwrap();
+        let mut wc = ibv_wc::default();
+        poll(self.cq, 1, &mut wc);
+        std::thread::sleep(Duration::from_millis(1));
     }
 
     unsafe fn state(&self) -> u32 {
@@ -218,18 +222,21 @@ impl Fake {
     }
 }
 
-/// Sends one whole message, as the library's own requester does.
+/// Sends one whole message, as the library's own requester does, if the
+/// ring has room for it now.
+fn try_put(c: &mut Conn, tag: u32, b: &[u8]) -> bool {
+    let r = c.try_send_with(tag, b.len(), |p| {
+        // SAFETY: try_send_with hands us b.len() writable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len()) };
+        b.len()
+    });
+    r.expect("fake peer: send").is_some()
+}
+
+/// [`try_put`], waiting up to T for room.
 fn put(c: &mut Conn, tag: u32, b: &[u8]) {
     let t = Instant::now();
-    loop {
-        let r = c.try_send_with(tag, b.len(), |p| {
-            // SAFETY: try_send_with hands us b.len() writable bytes.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len()) };
-            b.len()
-        });
-        if r.expect("fake peer: send").is_some() {
-            return;
-        }
+    while !try_put(c, tag, b) {
         assert!(t.elapsed() < T, "fake peer: no room to send");
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -386,12 +393,7 @@ fn a_peer_breaking_the_wire_protocol_gets_errors_and_never_crashes_us_nor_reache
     let mut b = [0u8; Hdr::LEN];
     loop {
         Hdr { seq: fake.seq, ..Default::default() }.write(&mut b);
-        let r = c.try_send_with(wire::SEND, b.len(), |p| {
-            // SAFETY: try_send_with hands us b.len() writable bytes.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len()) };
-            b.len()
-        });
-        if r.expect("fake peer: send").is_some() {
+        if try_put(&mut c, wire::SEND, &b) {
             fake.seq += 1;
             sent += 1;
             stalled = None;
@@ -427,7 +429,7 @@ fn a_peer_breaking_the_wire_protocol_gets_errors_and_never_crashes_us_nor_reache
     std::thread::sleep(Duration::from_millis(50));
     // Let the device take the RKEY in.
     unsafe { v.next_wc_or_none() };
-    assert_eq!(unsafe { v.post_write(9, 0x4242, u64::MAX - 8) }, 0, "ibv_post_send");
+    assert_eq!(unsafe { v.post_rdma(9, IBV_WR_RDMA_WRITE, 0, 8, 0x4242, u64::MAX - 8) }, 0, "ibv_post_send");
     let (tag, b) = take(&mut c, "our WRITE");
     assert_eq!(tag, wire::WRITE, "the WRITE went as a message");
     let h = Hdr::read(&b).unwrap();
@@ -460,14 +462,4 @@ fn a_peer_breaking_the_wire_protocol_gets_errors_and_never_crashes_us_nor_reache
     ok(&v);
     drop(c);
     unsafe { v.close() };
-}
-
-impl Victim {
-    /// One poll (progress for the device), ignoring what completes.
-    unsafe fn next_wc_or_none(&self) {
-        let poll = (*self.ctx).ops.poll_cq.unwrap();
-        let mut wc = ibv_wc::default();
-        poll(self.cq, 1, &mut wc);
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
