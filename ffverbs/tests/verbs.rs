@@ -211,6 +211,14 @@ fn ffvorder_between_processes() {
 /// What ffvevents prints on both sides when every round held.
 const EVENTS_OK: &str = "OK 300 rounds on two queue pairs, the server's two threads in ibv_get_cq_event at once";
 
+/// ffvevents' server and client (ok, stdout, stderr) both succeeded, every
+/// round held, and the server saw the WRITE land while its threads waited.
+fn check_ffvevents(r: &[(bool, String, String); 2], what: &str) {
+    let [(sok, sout, serr), (cok, cout, cerr)] = r;
+    assert!(*sok && *cok, "ffvevents {what} failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    assert!(sout.contains(&format!("{EVENTS_OK}; the WRITE landed while they waited")) && cout.contains(EVENTS_OK), "ffvevents {what}:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+}
+
 /// Completion events from two threads at once (ffvevents): the server's
 /// two threads each block in `ibv_get_cq_event` on a channel of their own
 /// (one of them sleeps on the connections itself, the other on its
@@ -222,9 +230,7 @@ fn ffvevents_between_processes() {
     let r = RouterProc::start(&["a"], &[]);
     let ev = work().join("ffvevents").display().to_string();
     let port = test_port().to_string();
-    let [(sok, sout, serr), (cok, cout, cerr)] = host_pair(&r.socket("a"), &[], &[&ev, "server", &port], &[&ev, "client", "127.0.0.1", &port], true);
-    assert!(sok && cok, "ffvevents failed:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
-    assert!(sout.contains(&format!("{EVENTS_OK}; the WRITE landed while they waited")) && cout.contains(EVENTS_OK), "ffvevents:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    check_ffvevents(&host_pair(&r.socket("a"), &[], &[&ev, "server", &port], &[&ev, "client", "127.0.0.1", &port], true), "between processes");
 }
 
 /// A perftest-style program (`argv`: the program and its options) between
@@ -701,8 +707,7 @@ fn perftest_and_ffvcheck_across_hosts() {
     assert!(sok && cok && sout.contains(want) && cout.contains(want) && sout.contains(GONE_OK), "ffvorder across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
 
     // Completion events from two threads at once, the routers between.
-    let [(sok, sout, serr), (cok, cout, cerr)] = c_pair(&work().join("ffvevents").display().to_string(), "18521", 90);
-    assert!(sok && cok && sout.contains("the WRITE landed while they waited") && cout.contains(EVENTS_OK), "ffvevents across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    check_ffvevents(&c_pair(&work().join("ffvevents").display().to_string(), "18521", 90), "across hosts");
 }
 
 /// UD queue pairs across two emulated hosts (ffvud in a container on each):
