@@ -2,7 +2,8 @@
 # scripts/deps.sh - installs what FreeFlow needs on Debian 12 (idempotent).
 # Debian packages: UCX and Open MPI (baselines, UCX transport, MPI tests),
 # rdma-core headers and build tools (the ibverbs crate; ffverbs generates its
-# layouts from verbs.h), ibverbs-utils and perftest (ffverbs tests run them
+# layouts from verbs.h, ffrdmacm from rdma_cma.h), ibverbs-utils,
+# rdmacm-utils and perftest (ffverbs' and ffrdmacm's tests run them
 # unmodified), iproute2/util-linux
 # (namespaces), matplotlib (plots), and Debian's CPU-only PyTorch, mpi4py
 # and scikit-learn for the PyTorch example and its test (about 115 MB, once;
@@ -11,7 +12,7 @@
 # build and boot its QEMU guests (debootstrap, QEMU, Debian's kernel).
 set -euo pipefail
 pkgs="build-essential pkg-config cmake clang libclang-dev libnl-3-dev libnl-route-3-dev
-      libibverbs-dev ibverbs-providers ibverbs-utils perftest libucx-dev ucx-utils openmpi-bin libopenmpi-dev
+      libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils rdmacm-utils perftest libucx-dev ucx-utils openmpi-bin libopenmpi-dev
       iproute2 util-linux procps python3 python3-matplotlib python3-pip python3-venv curl ca-certificates"
 if [ "${1:-}" = softroce ]; then
     pkgs="$pkgs debootstrap qemu-system-x86 linux-image-amd64 initramfs-tools e2fsprogs kmod"

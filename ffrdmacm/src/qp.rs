@@ -1,0 +1,163 @@
+//! The verbs side: the process's ff0 context and default protection
+//! domain, and the queue pair transitions the connection manager makes
+//! (INIT at creation, RTR and RTS with the peer's address at connection,
+//! ERR at disconnection), through libibverbs (ffverbs' at run time).
+use std::sync::OnceLock;
+
+use crate::sys::*;
+use crate::wire::Conn;
+
+/// The ff0 context, opened once per process (librdmacm opens every device
+/// at start); Err: errno.
+pub fn device() -> Result<*mut ibv_context, i32> {
+    static DEV: OnceLock<Result<usize, i32>> = OnceLock::new();
+    let r = *DEV.get_or_init(|| {
+        // SAFETY: libibverbs calls; the list is freed, the context kept.
+        unsafe {
+            let mut n = 0;
+            let list = ibv_get_device_list(&mut n);
+            if list.is_null() || n == 0 {
+                if !list.is_null() {
+                    ibv_free_device_list(list);
+                }
+                return Err(libc::ENODEV);
+            }
+            let ctx = ibv_open_device(*list);
+            ibv_free_device_list(list);
+            if ctx.is_null() {
+                let e = crate::cm::errno();
+                log::warn!("ffrdmacm: cannot open ff0 (is the router at FF_ROUTER_SOCKET up?): {}", std::io::Error::from_raw_os_error(e));
+                return Err(e);
+            }
+            Ok(ctx as usize)
+        }
+    });
+    r.map(|c| c as *mut ibv_context)
+}
+
+/// The process's default protection domain (for `rdma_create_qp` without
+/// one).
+pub fn default_pd() -> Result<*mut ibv_pd, i32> {
+    static PD: OnceLock<Result<usize, i32>> = OnceLock::new();
+    let r = *PD.get_or_init(|| {
+        let ctx = device()?;
+        // SAFETY: a live context.
+        let pd = unsafe { ibv_alloc_pd(ctx) };
+        if pd.is_null() {
+            Err(crate::cm::errno())
+        } else {
+            Ok(pd as usize)
+        }
+    });
+    r.map(|p| p as *mut ibv_pd)
+}
+
+/// The device's GID (port 1, index 0): where peers find our queue pairs.
+pub fn gid() -> Result<[u8; 16], i32> {
+    let ctx = device()?;
+    let mut g = ibv_gid::default();
+    // SAFETY: a live context; g is written.
+    let r = unsafe { ibv_query_gid(ctx, 1, 0, &mut g) };
+    if r != 0 {
+        return Err(libc::EIO);
+    }
+    // SAFETY: the union's raw bytes.
+    Ok(unsafe { g.raw })
+}
+
+/// The type of queue pair `qp` (0: none).
+pub fn qp_type(qp: usize) -> Option<ibv_qp_type> {
+    // SAFETY: a queue pair rdma_create_qp made and the id still holds.
+    (qp != 0).then(|| unsafe { (*(qp as *const ibv_qp)).qp_type })
+}
+
+pub fn qp_num(qp: usize) -> u32 {
+    // SAFETY: as above.
+    if qp == 0 {
+        0
+    } else {
+        unsafe { (*(qp as *const ibv_qp)).qp_num }
+    }
+}
+
+fn modify(qp: usize, a: &mut ibv_qp_attr, mask: u32) -> Result<(), i32> {
+    // SAFETY: a live queue pair (see qp_type); a is read.
+    let r = unsafe { ibv_modify_qp(qp as *mut ibv_qp, a, mask as i32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(r)
+    }
+}
+
+/// The access a connected queue pair grants: remote writes, and reads and
+/// atomics where the connection has responder resources (as the kernel's
+/// CM sets them).
+fn access(responder_resources: u8) -> u32 {
+    let mut a = IBV_ACCESS_REMOTE_WRITE;
+    if responder_resources > 0 {
+        a |= IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC;
+    }
+    a
+}
+
+/// A new queue pair to INIT (`rdma_create_qp`).
+pub fn to_init(qp: usize) -> Result<(), i32> {
+    let mut a = ibv_qp_attr { qp_state: IBV_QPS_INIT, pkey_index: 0, port_num: 1, ..Default::default() };
+    let mut mask = IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT;
+    if qp_type(qp) == Some(IBV_QPT_UD) {
+        a.qkey = RDMA_UDP_QKEY;
+        mask |= IBV_QP_QKEY;
+    } else {
+        a.qp_access_flags = access(1);
+        mask |= IBV_QP_ACCESS_FLAGS;
+    }
+    modify(qp, &mut a, mask)
+}
+
+/// RTR then RTS towards `peer` (`local`: what this side said).
+pub fn to_rts(qp: usize, local: &Conn, peer: &Conn) -> Result<(), i32> {
+    if qp_type(qp) == Some(IBV_QPT_UD) {
+        let mut a = ibv_qp_attr { qp_state: IBV_QPS_RTR, ..Default::default() };
+        modify(qp, &mut a, IBV_QP_STATE)?;
+        let mut a = ibv_qp_attr { qp_state: IBV_QPS_RTS, sq_psn: local.psn, ..Default::default() };
+        return modify(qp, &mut a, IBV_QP_STATE | IBV_QP_SQ_PSN);
+    }
+    let mut a = ibv_qp_attr {
+        qp_state: IBV_QPS_RTR,
+        path_mtu: IBV_MTU_4096,
+        dest_qp_num: peer.qp_num,
+        rq_psn: peer.psn,
+        max_dest_rd_atomic: local.responder_resources.max(1),
+        min_rnr_timer: 12,
+        qp_access_flags: access(local.responder_resources),
+        ..Default::default()
+    };
+    a.ah_attr.is_global = 1;
+    a.ah_attr.port_num = 1;
+    a.ah_attr.grh.hop_limit = 1;
+    a.ah_attr.grh.dgid.raw = peer.gid;
+    modify(
+        qp,
+        &mut a,
+        IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER | IBV_QP_ACCESS_FLAGS,
+    )?;
+    let mut a = ibv_qp_attr {
+        qp_state: IBV_QPS_RTS,
+        sq_psn: local.psn,
+        timeout: 14,
+        retry_cnt: local.retry_count.min(7),
+        rnr_retry: local.rnr_retry_count.min(7),
+        max_rd_atomic: local.initiator_depth.max(1),
+        ..Default::default()
+    };
+    modify(qp, &mut a, IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC)
+}
+
+/// The queue pair to ERR (0: none): its work requests flush.
+pub fn to_err(qp: usize) {
+    if qp != 0 {
+        let mut a = ibv_qp_attr { qp_state: IBV_QPS_ERR, ..Default::default() };
+        let _ = modify(qp, &mut a, IBV_QP_STATE);
+    }
+}

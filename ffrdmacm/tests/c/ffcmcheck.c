@@ -1,0 +1,237 @@
+/* ffcmcheck: what rping and perftest do not exercise in an rdma_cm library,
+ * checked in one process (a listener and a client on two event channels,
+ * one thread): a non-blocking channel, private data both ways, a
+ * rejection with its data and reason, a SEND between the accepted queue
+ * pairs (bytes checked), one DISCONNECTED per side, pointers that are not
+ * ids or events, and a listener destroyed under a pending request.
+ * Prints "OK ..." per check and "OK done"; exits 1 at the first failure.
+ * Built by ffrdmacm/tests/rdmacm.rs against Debian's headers. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <rdma/rdma_cma.h>
+
+#define FAIL(...) do { printf("FAIL "); printf(__VA_ARGS__); printf("\n"); exit(1); } while (0)
+
+/* The next event on ch within ms (NULL: none). */
+static struct rdma_cm_event *next(struct rdma_event_channel *ch, int ms)
+{
+	struct pollfd p = { .fd = ch->fd, .events = POLLIN };
+	struct rdma_cm_event *e;
+	if (poll(&p, 1, ms) <= 0)
+		return NULL;
+	if (rdma_get_cm_event(ch, &e))
+		FAIL("rdma_get_cm_event: %s", strerror(errno));
+	return e;
+}
+
+static struct rdma_cm_event *expect(struct rdma_event_channel *ch, enum rdma_cm_event_type t)
+{
+	struct rdma_cm_event *e = next(ch, 10000);
+	if (!e)
+		FAIL("no %s within 10 s", rdma_event_str(t));
+	if (e->event != t)
+		FAIL("%s (status %d) where %s was expected", rdma_event_str(e->event), e->status, rdma_event_str(t));
+	return e;
+}
+
+static void ack(struct rdma_cm_event *e)
+{
+	if (rdma_ack_cm_event(e))
+		FAIL("rdma_ack_cm_event: %s", strerror(errno));
+}
+
+static int has(const struct rdma_conn_param *c, const char *s)
+{
+	return c->private_data && c->private_data_len >= strlen(s) && !memcmp(c->private_data, s, strlen(s));
+}
+
+static struct ibv_pd *pd;
+static struct ibv_cq *cq;
+
+static void make_qp(struct rdma_cm_id *id)
+{
+	struct ibv_qp_init_attr a = { .send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC,
+				      .cap = { .max_send_wr = 4, .max_recv_wr = 4, .max_send_sge = 1, .max_recv_sge = 1 } };
+	if (!pd) {
+		pd = ibv_alloc_pd(id->verbs);
+		cq = ibv_create_cq(id->verbs, 16, NULL, NULL, 0);
+		if (!pd || !cq)
+			FAIL("pd/cq: %s", strerror(errno));
+		a.send_cq = a.recv_cq = cq;
+	}
+	if (rdma_create_qp(id, pd, &a))
+		FAIL("rdma_create_qp: %s", strerror(errno));
+	if (id->qp->state != IBV_QPS_INIT)
+		FAIL("a new queue pair is in state %d, not INIT", id->qp->state);
+}
+
+/* A client id that connected (or tried to) to port with private data. */
+static struct rdma_cm_id *dial(struct rdma_event_channel *ch, int port, const char *data)
+{
+	struct rdma_cm_id *id;
+	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct rdma_conn_param p = { .private_data = data, .private_data_len = strlen(data) + 1,
+				     .responder_resources = 1, .initiator_depth = 1, .retry_count = 7, .rnr_retry_count = 7 };
+	inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+	if (rdma_create_id(ch, &id, NULL, RDMA_PS_TCP))
+		FAIL("rdma_create_id: %s", strerror(errno));
+	if (rdma_resolve_addr(id, NULL, (struct sockaddr *)&dst, 2000))
+		FAIL("rdma_resolve_addr: %s", strerror(errno));
+	ack(expect(ch, RDMA_CM_EVENT_ADDR_RESOLVED));
+	if (rdma_resolve_route(id, 2000))
+		FAIL("rdma_resolve_route: %s", strerror(errno));
+	ack(expect(ch, RDMA_CM_EVENT_ROUTE_RESOLVED));
+	make_qp(id);
+	if (rdma_connect(id, &p))
+		FAIL("rdma_connect: %s", strerror(errno));
+	return id;
+}
+
+int main(void)
+{
+	struct rdma_event_channel *sch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
+	struct rdma_cm_id *lid, *cid, *sid;
+	struct rdma_cm_event *e;
+	struct sockaddr_in any = { .sin_family = AF_INET };
+	static char buf[4096], out[4096];
+	struct ibv_mr *mr, *omr;
+	struct ibv_wc wc;
+	int port, i, n;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	if (!sch || !cch)
+		FAIL("rdma_create_event_channel: %s", strerror(errno));
+	fcntl(sch->fd, F_SETFL, fcntl(sch->fd, F_GETFL) | O_NONBLOCK);
+	if (rdma_get_cm_event(sch, &e) != -1 || errno != EAGAIN)
+		FAIL("an empty non-blocking channel gives EAGAIN (errno %d)", errno);
+	printf("OK non-blocking channel: EAGAIN\n");
+
+	inet_pton(AF_INET, "127.0.0.1", &any.sin_addr);
+	if (rdma_create_id(sch, &lid, (void *)0x5eed, RDMA_PS_TCP) || rdma_bind_addr(lid, (struct sockaddr *)&any) || rdma_listen(lid, 4))
+		FAIL("listen: %s", strerror(errno));
+	port = ntohs(rdma_get_src_port(lid));
+	if (!port)
+		FAIL("port 0 after binding port 0");
+	printf("OK listening on port %d\n", port);
+
+	/* Rejected, with the listener's data and the consumer's reason. */
+	cid = dial(cch, port, "hello-request");
+	e = expect(sch, RDMA_CM_EVENT_CONNECT_REQUEST);
+	if (e->listen_id != lid || e->id == lid || e->id->context != (void *)0x5eed || !has(&e->param.conn, "hello-request"))
+		FAIL("the request: listen_id %p id %p context %p data %.*s", (void *)e->listen_id, (void *)e->id, e->id->context,
+		     e->param.conn.private_data_len, (const char *)e->param.conn.private_data);
+	sid = e->id;
+	if (rdma_reject(sid, "go away", 8))
+		FAIL("rdma_reject: %s", strerror(errno));
+	ack(e);
+	e = expect(cch, RDMA_CM_EVENT_REJECTED);
+	if (e->status != 28 || !has(&e->param.conn, "go away"))
+		FAIL("rejected with status %d, data %.*s", e->status, e->param.conn.private_data_len, (const char *)e->param.conn.private_data);
+	ack(e);
+	rdma_destroy_qp(cid);
+	rdma_destroy_id(cid);
+	rdma_destroy_id(sid);
+	printf("OK rejected: status 28, the listener's private data\n");
+
+	/* Accepted; private data both ways; a SEND between the queue pairs. */
+	cid = dial(cch, port, "hello again");
+	e = expect(sch, RDMA_CM_EVENT_CONNECT_REQUEST);
+	if (!has(&e->param.conn, "hello again") || e->param.conn.initiator_depth != 1 || e->param.conn.responder_resources != 1)
+		FAIL("second request: data or depths");
+	sid = e->id;
+	ack(e);
+	make_qp(sid);
+	mr = ibv_reg_mr(pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
+	omr = ibv_reg_mr(pd, out, sizeof out, 0);
+	{
+		struct ibv_sge s = { .addr = (uintptr_t)buf, .length = sizeof buf, .lkey = mr->lkey };
+		struct ibv_recv_wr w = { .wr_id = 1, .sg_list = &s, .num_sge = 1 }, *bad;
+		if (ibv_post_recv(sid->qp, &w, &bad))
+			FAIL("ibv_post_recv");
+	}
+	{
+		struct rdma_conn_param p = { .private_data = "welcome", .private_data_len = 8, .responder_resources = 1, .initiator_depth = 1 };
+		if (rdma_accept(sid, &p))
+			FAIL("rdma_accept: %s", strerror(errno));
+	}
+	e = expect(cch, RDMA_CM_EVENT_ESTABLISHED);
+	if (!has(&e->param.conn, "welcome"))
+		FAIL("established without the acceptor's private data");
+	ack(e);
+	ack(expect(sch, RDMA_CM_EVENT_ESTABLISHED));
+	if (cid->qp->state != IBV_QPS_RTS || sid->qp->state != IBV_QPS_RTS)
+		FAIL("connected queue pairs in states %d and %d, not RTS", cid->qp->state, sid->qp->state);
+	for (i = 0; i < (int)sizeof out; i++)
+		out[i] = (char)(i * 7 + 3);
+	{
+		struct ibv_sge s = { .addr = (uintptr_t)out, .length = sizeof out, .lkey = omr->lkey };
+		struct ibv_send_wr w = { .wr_id = 2, .sg_list = &s, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
+		if (ibv_post_send(cid->qp, &w, &bad))
+			FAIL("ibv_post_send");
+	}
+	for (n = 0, i = 0; n < 2 && i < 1000000; i++) {
+		int k = ibv_poll_cq(cq, 1, &wc);
+		if (k < 0 || (k == 1 && wc.status != IBV_WC_SUCCESS))
+			FAIL("completion status %d", k < 0 ? k : (int)wc.status);
+		n += k;
+	}
+	if (n < 2 || memcmp(buf, out, sizeof out))
+		FAIL("the SEND: %d completions, bytes %s", n, memcmp(buf, out, sizeof out) ? "differ" : "equal");
+	printf("OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked\n");
+
+	/* One DISCONNECTED on each side, then nothing. */
+	if (rdma_disconnect(cid))
+		FAIL("rdma_disconnect: %s", strerror(errno));
+	ack(expect(cch, RDMA_CM_EVENT_DISCONNECTED));
+	ack(expect(sch, RDMA_CM_EVENT_DISCONNECTED));
+	if ((e = next(cch, 300)) || (e = next(sch, 300)))
+		FAIL("a second event after the disconnection: %s", rdma_event_str(e->event));
+	if (cid->qp->state != IBV_QPS_ERR)
+		FAIL("the disconnecting side's queue pair is in state %d, not ERR", cid->qp->state);
+	printf("OK disconnected: one event each side\n");
+	rdma_destroy_qp(cid);
+	rdma_destroy_id(cid);
+	rdma_destroy_qp(sid);
+	rdma_destroy_id(sid);
+
+	/* Pointers that are not ours. */
+	{
+		long junk[64] = { 0 };
+		if (rdma_destroy_id((struct rdma_cm_id *)junk) != -1 || errno != EINVAL)
+			FAIL("rdma_destroy_id of junk");
+		if (rdma_ack_cm_event((struct rdma_cm_event *)junk) != -1 || errno != EINVAL)
+			FAIL("rdma_ack_cm_event of junk");
+		if (rdma_connect((struct rdma_cm_id *)junk, NULL) != -1 || errno != EINVAL)
+			FAIL("rdma_connect of junk");
+		if (rdma_listen(lid, 4) != -1 || errno != EINVAL)
+			FAIL("a second rdma_listen");
+	}
+	printf("OK foreign pointers and a second listen: EINVAL\n");
+
+	/* A listener destroyed under a request it never reported. */
+	cid = dial(cch, port, "too late");
+	{
+		/* Until the request is queued (not taken). */
+		struct pollfd p = { .fd = sch->fd, .events = POLLIN };
+		if (poll(&p, 1, 10000) != 1)
+			FAIL("no request within 10 s");
+	}
+	if (rdma_destroy_id(lid))
+		FAIL("rdma_destroy_id of the listener: %s", strerror(errno));
+	e = next(cch, 10000);
+	if (!e || (e->event != RDMA_CM_EVENT_UNREACHABLE && e->event != RDMA_CM_EVENT_REJECTED))
+		FAIL("the client of a destroyed listener got %s", e ? rdma_event_str(e->event) : "nothing in 10 s");
+	printf("OK listener destroyed under a request: the client got %s\n", rdma_event_str(e->event));
+	ack(e);
+	rdma_destroy_qp(cid);
+	rdma_destroy_id(cid);
+	rdma_destroy_event_channel(sch);
+	rdma_destroy_event_channel(cch);
+	printf("OK done\n");
+	return 0;
+}

@@ -1,0 +1,301 @@
+//! Unmodified rdma_cm programs over ff0: Debian's rping, ucmatose,
+//! rdma_server/rdma_client (the synchronous API and rdma_getaddrinfo) and
+//! perftest's `-R` mode, with our librdmacm.so.1 and libibverbs.so.1
+//! chosen by LD_LIBRARY_PATH, between host processes through one router
+//! and between containers on two emulated hosts; what a refused or
+//! impossible connection does; what a hostile peer of the connection
+//! manager's TCP port can do to a listener.
+//!
+//! Needs root (containers), rdmacm-utils and perftest (scripts/deps.sh).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fftestkit::{bin_dir, fresh_dir, RouterProc};
+
+/// A directory holding `librdmacm.so.1` and `libibverbs.so.1` -> our
+/// cdylibs, and ffcmcheck.
+fn lib_dir() -> String {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = fresh_dir("ffrdmacm-test");
+        for (lib, soname) in [("libffrdmacm.so", "librdmacm.so.1"), ("libffverbs.so", "libibverbs.so.1")] {
+            // `cargo test` refreshes target/<profile>/deps/ only, `cargo
+            // build` also target/<profile>/: take the newer.
+            let cands = [bin_dir().join("deps").join(lib), bin_dir().join(lib)];
+            let path = cands
+                .iter()
+                .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
+                .max()
+                .map(|(_, p)| p)
+                .unwrap_or_else(|| panic!("{lib} not built (cargo build --workspace)"));
+            std::os::unix::fs::symlink(&path, dir.join(soname)).unwrap();
+        }
+        let src = fftestkit::root().join("ffrdmacm/tests/c/ffcmcheck.c");
+        let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join("ffcmcheck")).arg(&src).args(["-lrdmacm", "-libverbs"]).status().expect("cc");
+        assert!(st.success(), "compiling ffcmcheck (needs librdmacm-dev)");
+        dir
+    })
+    .display()
+    .to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(argv: &[&str], socket: &Path) -> Child {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .env("FF_ROUTER_SOCKET", socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/deps.sh installs rdmacm-utils and perftest)", argv[0]))
+}
+
+fn finish(mut c: Child, timeout: Duration) -> (bool, String) {
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Is something listening on TCP `port` in this network namespace?
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|t| t.lines().any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A")))
+}
+
+fn wait_listening(port: u16, server: &mut Child) {
+    let start = Instant::now();
+    while !listening(port) {
+        assert!(server.try_wait().unwrap().is_none(), "the server ended before it listened");
+        assert!(start.elapsed() < Duration::from_secs(20), "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a server and then its client on one host; both must succeed.
+fn pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> (String, String) {
+    let mut s = spawn(server, socket);
+    wait_listening(port, &mut s);
+    let (cok, cout) = finish(spawn(client, socket), Duration::from_secs(90));
+    let (sok, sout) = finish(s, Duration::from_secs(30));
+    assert!(sok && cok, "{}:\nserver: {sout}\nclient: {cout}", server[0]);
+    (sout, cout)
+}
+
+/// rping (every message checked, `-V`), ucmatose (several connections at
+/// once), rdma_server/rdma_client (synchronous ids, rdma_create_ep,
+/// rdma_get_request) and perftest with `-R`, between processes of one
+/// host.
+#[test]
+fn rdma_cm_programs_on_one_host() {
+    let r = RouterProc::start(&["a"], &[]);
+    let sock = r.socket("a");
+
+    let p = free_port().to_string();
+    let (sout, cout) = pair(
+        &sock,
+        &["rping", "-s", "-a", "127.0.0.1", "-p", &p, "-C", "500", "-S", "4000", "-V"],
+        &["rping", "-c", "-a", "127.0.0.1", "-p", &p, "-C", "500", "-S", "4000", "-V"],
+        p.parse().unwrap(),
+    );
+    // -V: each side checks every message it gets and fails on a wrong one.
+    assert!(!sout.contains("error") && !cout.contains("error") && sout.contains("DISCONNECT EVENT"), "rping: {sout}{cout}");
+
+    let p = free_port().to_string();
+    let (sout, cout) = pair(&sock, &["ucmatose", "-b", "127.0.0.1", "-p", &p, "-c", "8", "-C", "50"], &["ucmatose", "-s", "127.0.0.1", "-p", &p, "-c", "8", "-C", "50"], p.parse().unwrap());
+    assert!(sout.contains("data transfers complete") && sout.contains("disconnected") && sout.contains("return status 0"), "ucmatose server: {sout}");
+    assert!(cout.contains("data transfers complete") && cout.contains("return status 0"), "ucmatose client: {cout}");
+
+    for (server, client) in [("rdma_server", "rdma_client"), ("rdma_xserver", "rdma_xclient")] {
+        let p = free_port().to_string();
+        let (sout, cout) = pair(&sock, &[server, "-p", &p], &[client, "-s", "127.0.0.1", "-p", &p], p.parse().unwrap());
+        assert!(sout.contains(&format!("{server}: end 0")) && cout.contains(&format!("{client}: end 0")), "{server}: {sout}\n{client}: {cout}");
+    }
+
+    for t in ["ib_send_bw", "ib_write_bw", "ib_read_lat"] {
+        let p = free_port().to_string();
+        let (_, cout) = pair(&sock, &[t, "-R", "-p", &p, "-n", "200"], &[t, "-R", "-p", &p, "-n", "200", "127.0.0.1"], p.parse().unwrap());
+        assert!(cout.contains("#bytes") && cout.contains("200 "), "{t} -R: {cout}");
+    }
+}
+
+/// Our own rdma_cm program (tests/c/ffcmcheck.c, one process): a
+/// non-blocking channel, private data both ways, a rejection with its
+/// reason and data, a SEND between the accepted queue pairs (bytes
+/// checked), one DISCONNECTED per side, foreign pointers refused, and a
+/// listener destroyed under a request it never reported.
+#[test]
+fn ffcmcheck() {
+    let r = RouterProc::start(&["a"], &[]);
+    let prog = format!("{}/ffcmcheck", lib_dir());
+    let (ok, out) = finish(spawn(&[&prog], &r.socket("a")), Duration::from_secs(90));
+    assert!(ok && out.contains("OK done"), "ffcmcheck: {out}");
+    for want in ["OK rejected: status 28", "OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked", "OK disconnected: one event each side", "OK foreign pointers"] {
+        assert!(out.contains(want), "ffcmcheck did not say {want:?}: {out}");
+    }
+}
+
+/// A connection nobody accepts is refused at once with the reason a NIC's
+/// CM gives (8: no such service); without a router, a program fails at
+/// its first call, saying why; neither hangs.
+#[test]
+fn refused_and_routerless_connections_fail_cleanly() {
+    let r = RouterProc::start(&["a"], &[]);
+    let p = free_port().to_string();
+    let start = Instant::now();
+    let (ok, out) = finish(spawn(&["rping", "-c", "-a", "127.0.0.1", "-p", &p, "-C", "1"], &r.socket("a")), Duration::from_secs(30));
+    assert!(!ok && out.contains("RDMA_CM_EVENT_REJECTED, error 8"), "rping to nobody: {out}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+
+    // And one without a router at all.
+    let start = Instant::now();
+    let (ok, out) = finish(spawn(&["rping", "-s", "-a", "127.0.0.1", "-p", &p, "-C", "1"], Path::new("/nonexistent/ffrouter.sock")), Duration::from_secs(30));
+    assert!(!ok, "rping without a router: {out}");
+    assert!(out.contains("rdma_bind_addr") || out.contains("bind"), "says which call failed: {out}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+}
+
+/// Whoever can reach the listening port can send anything: bytes that are
+/// not our protocol, a header claiming a huge message, half a request and
+/// then nothing, many idle connections. The listener drops each (the
+/// stalled ones after 5 s) and still serves a real client meanwhile.
+#[test]
+fn a_hostile_peer_of_the_cm_port_cannot_wedge_a_listener() {
+    let r = RouterProc::start(&["a"], &[]);
+    let sock = r.socket("a");
+    let port = free_port();
+    let p = port.to_string();
+    // rping's persistent server: one thread per client, until killed.
+    let mut server = spawn(&["rping", "-s", "-P", "-a", "127.0.0.1", "-p", &p, "-V"], &sock);
+    wait_listening(port, &mut server);
+    let dial = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    };
+    // Closed by the listener, read returns 0 (or a reset): Some(time).
+    let closed_within = |mut s: TcpStream| {
+        let start = Instant::now();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) | Err(_) if start.elapsed() < Duration::from_secs(14) => Some(start.elapsed()),
+            _ => None,
+        }
+    };
+    let mut garbage = dial();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let t = closed_within(garbage).expect("a peer speaking HTTP is dropped");
+    assert!(t < Duration::from_secs(2), "dropped only after {t:?}");
+
+    let mut huge = dial();
+    let mut hdr = b"FFCM".to_vec();
+    hdr.extend_from_slice(&[1, 1, 0xff, 0xff]);
+    huge.write_all(&hdr).unwrap();
+    let t = closed_within(huge).expect("a header claiming 65535 bytes is dropped");
+    assert!(t < Duration::from_secs(2), "dropped only after {t:?}");
+
+    // Half a request, then silence; and idle connections.
+    let mut half = dial();
+    half.write_all(&hdr[..6]).unwrap();
+    let idle: Vec<TcpStream> = (0..20).map(|_| dial()).collect();
+    // A real client meanwhile.
+    let (ok, out) = finish(spawn(&["rping", "-c", "-a", "127.0.0.1", "-p", &p, "-C", "50", "-V", "-v"], &sock), Duration::from_secs(60));
+    assert!(ok && out.contains("rdma-ping-49: "), "a real client beside hostile ones: {out}");
+    let t = closed_within(half).expect("half a request is dropped");
+    assert!(t < Duration::from_secs(10), "dropped only after {t:?}");
+    for s in idle {
+        assert!(closed_within(s).is_some(), "an idle connection is dropped");
+    }
+    // The listener still serves.
+    let (ok, out) = finish(spawn(&["rping", "-c", "-a", "127.0.0.1", "-p", &p, "-C", "10", "-V", "-v"], &sock), Duration::from_secs(60));
+    assert!(ok && out.contains("rdma-ping-9: "), "a client after the hostile ones: {out}");
+    assert!(server.try_wait().unwrap().is_none(), "the server died");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// rping and perftest `-R` between containers on two emulated hosts: the
+/// connection manager's TCP between the containers' addresses, the queue
+/// pairs through both routers.
+#[test]
+fn rdma_cm_programs_across_hosts() {
+    let mut h = fftestkit::hosts::TwoHosts::new();
+    h.start_router(0, &["a"], &[]);
+    h.start_router(1, &["a"], &[]);
+    let env = || vec![("LD_LIBRARY_PATH".to_string(), lib_dir())];
+    let with_ip = |argv: &[&str]| -> Vec<String> {
+        // The container's address first; then wait until the program
+        // listens (its network namespace is its own) and say so.
+        let mut v: Vec<String> = ["sh", "-c", "ip=$(ip -o -4 addr show scope global | awk '{print $4}' | cut -d/ -f1); echo IP $ip; \"$@\" & p=$!; port=$(printf ':%04X ' \"$FFT_PORT\"); while ! grep -q \"$port.* 0A \" /proc/net/tcp; do sleep 0.05; done; echo LISTENING; wait $p", "sh"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(argv.iter().map(|s| s.to_string()));
+        v
+    };
+    // (server, client less its server address, what the client must say;
+    // rping's -V: both sides check every message, and fail on a wrong one)
+    let runs: [(&[&str], &[&str], &str); 2] = [
+        (&["rping", "-s", "-a", "0.0.0.0", "-p", "18530", "-C", "200", "-S", "10000", "-V"], &["rping", "-c", "-p", "18530", "-C", "200", "-S", "10000", "-V", "-a"], ""),
+        (&["ib_write_bw", "-R", "-p", "18531", "-n", "200"], &["ib_write_bw", "-R", "-p", "18531", "-n", "200"], "#bytes"),
+    ];
+    for (server, client, want) in runs {
+        let port = server[server.iter().position(|a| *a == "-p").unwrap() + 1];
+        let mut senv = env();
+        senv.push(("FFT_PORT".into(), port.into()));
+        let sargv = with_ip(server);
+        let mut s = h.container_env(0, "a", &sargv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), senv);
+        let ip = s.read_line_with("IP ");
+        let ip = ip.trim_start_matches("IP ").trim().to_string();
+        s.read_line_with("LISTENING");
+        let mut cargv: Vec<&str> = client.to_vec();
+        cargv.push(&ip);
+        let (cok, cout, cerr) = h.container_env(1, "a", &cargv, env()).finish(Duration::from_secs(120));
+        let (sok, sout, serr) = s.finish(Duration::from_secs(30));
+        assert!(sok && cok && cout.contains(want), "{} across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}", server[0]);
+    }
+}
+
+/// The library exports what Debian's librdmacm.so.1 exports: the same
+/// names with the same versions, and its soname.
+#[test]
+fn exports_match_debian() {
+    let syms = |p: &Path| -> Vec<String> {
+        let out = Command::new("objdump").arg("-T").arg(p).output().expect("objdump");
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("RDMACM_") && l.contains(".text"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {}", f[f.len() - 1], f[f.len() - 2])
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let debian = Path::new("/usr/lib/x86_64-linux-gnu/librdmacm.so.1");
+    let ours = Path::new(&lib_dir()).join("librdmacm.so.1");
+    let (d, o) = (syms(debian), syms(&ours));
+    assert!(!d.is_empty() && d == o, "Debian's:\n{d:?}\nours:\n{o:?}");
+    let dynamic = Command::new("objdump").arg("-p").arg(&ours).output().unwrap();
+    assert!(String::from_utf8_lossy(&dynamic.stdout).contains("SONAME               librdmacm.so.1"));
+}
