@@ -298,7 +298,7 @@ pub unsafe extern "C" fn ffcm_rdma_resolve_addr(p: *mut rdma_cm_id, src: *mut li
             }
             cm::resolve(&id, d)?;
             sync_raw(p, &id);
-            cm::report(&id, None, RDMA_CM_EVENT_ADDR_RESOLVED, 0, None);
+            cm::report(&id, None, RDMA_CM_EVENT_ADDR_RESOLVED, 0, cm::Param::None);
             sync_wait(p, &id, RDMA_CM_EVENT_ADDR_RESOLVED)
         })();
         done(r)
@@ -322,7 +322,7 @@ pub unsafe extern "C" fn ffcm_rdma_resolve_route(p: *mut rdma_cm_id, _timeout_ms
         let r = (|| {
             let id = id_of(p)?;
             cm::route(&id)?;
-            cm::report(&id, None, RDMA_CM_EVENT_ROUTE_RESOLVED, 0, None);
+            cm::report(&id, None, RDMA_CM_EVENT_ROUTE_RESOLVED, 0, cm::Param::None);
             sync_wait(p, &id, RDMA_CM_EVENT_ROUTE_RESOLVED)
         })();
         done(r)
@@ -407,7 +407,16 @@ unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_
             destroy_cqs(p, &id);
             return Err(e);
         }
-        if let Err(e) = qp::to_init(q as usize) {
+        // A UD queue pair is ready at once (INIT, RTR, RTS), as librdmacm
+        // makes it; a connected one waits for its peer.
+        let ready = qp::to_init(q as usize).and_then(|()| {
+            if qp::qp_type(q as usize) == Some(IBV_QPT_UD) {
+                qp::to_rts(q as usize, &Conn::default(), &Conn::default())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = ready {
             ibv_destroy_qp(q);
             destroy_cqs(p, &id);
             return Err(e);
@@ -536,6 +545,7 @@ unsafe fn local_conn(p: *mut rdma_cm_id, param: *const rdma_conn_param) -> Resul
         initiator_depth: 1,
         retry_count: 7,
         rnr_retry_count: 7,
+        qkey: RDMA_UDP_QKEY,
         ..Conn::default()
     };
     if !param.is_null() {
@@ -654,6 +664,12 @@ pub unsafe extern "C" fn ffcm_rdma_accept(p: *mut rdma_cm_id, param: *mut rdma_c
             let id = id_of(p)?;
             let c = unsafe { local_conn(p, param) }?;
             cm::accept(&id, c)?;
+            if lock(&id.st).ud {
+                // No ESTABLISHED on the passive side of a UD id.
+                // SAFETY: the registered id's C struct.
+                unsafe { ack_held(p) };
+                return Ok(());
+            }
             sync_wait(p, &id, RDMA_CM_EVENT_ESTABLISHED)
         })();
         done(r)

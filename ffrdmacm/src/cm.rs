@@ -212,6 +212,9 @@ pub struct IdState {
     pub own_cqs: Vec<(usize, usize)>,
     /// Whether a DISCONNECTED (or other final event) was reported.
     final_reported: bool,
+    /// A UD id (`RDMA_PS_UDP`, `RDMA_PS_IPOIB`): REQ and REP only tell
+    /// each side the other's queue pair (IB's SIDR); no connection stays.
+    pub ud: bool,
 }
 
 /// What `rdma_create_ep` was given for a passive id's queue pairs.
@@ -303,6 +306,7 @@ pub fn new_id(channel: &Channel, context: *mut libc::c_void, ps: rdma_port_space
             ep_attr: None,
             own_cqs: Vec::new(),
             final_reported: false,
+            ud: qp_type == IBV_QPT_UD,
         }),
         unacked: Mutex::new(0),
         cv: Condvar::new(),
@@ -319,9 +323,19 @@ pub fn new_id(channel: &Channel, context: *mut libc::c_void, ps: rdma_port_space
     b
 }
 
+/// What an event says of the connection.
+pub enum Param<'a> {
+    None,
+    /// `rdma_conn_param` from what the peer said; `true`: seen from the
+    /// passive side (the request's depths swapped).
+    Conn(&'a Conn, bool),
+    /// `rdma_ud_param`: the peer's queue pair as an address.
+    Ud(&'a Conn),
+}
+
 /// Reports `event` on `id` (`owner`: whose count it is in, the id's own
 /// unless a listener's CONNECT_REQUEST).
-pub fn report(id: &Arc<Id>, owner: Option<&Arc<Id>>, event: rdma_cm_event_type, status: i32, conn: Option<(&Conn, bool)>) {
+pub fn report(id: &Arc<Id>, owner: Option<&Arc<Id>>, event: rdma_cm_event_type, status: i32, param: Param) {
     let owner = owner.unwrap_or(id).clone();
     let mut e = Box::new(EventBox { ev: rdma_cm_event::default(), private: Vec::new(), owner: owner.clone() });
     e.ev.id = id.raw.load(Ordering::Relaxed) as *mut rdma_cm_id;
@@ -330,7 +344,18 @@ pub fn report(id: &Arc<Id>, owner: Option<&Arc<Id>>, event: rdma_cm_event_type, 
     }
     e.ev.event = event;
     e.ev.status = status;
-    if let Some((c, swap)) = conn {
+    if let Param::Ud(c) = param {
+        e.private = c.private.clone();
+        // SAFETY: writing the ud member of a zeroed union.
+        let p = unsafe { &mut e.ev.param.ud };
+        p.private_data = if e.private.is_empty() { std::ptr::null() } else { e.private.as_ptr() as *const _ };
+        p.private_data_len = e.private.len() as u8;
+        p.ah_attr = ibv_ah_attr { is_global: 1, port_num: 1, ..Default::default() };
+        p.ah_attr.grh.dgid.raw = c.gid;
+        p.ah_attr.grh.hop_limit = 1;
+        p.qp_num = c.qp_num;
+        p.qkey = c.qkey;
+    } else if let Param::Conn(c, swap) = param {
         e.private = c.private.clone();
         // SAFETY: writing the conn member of a zeroed union.
         let p = unsafe { &mut e.ev.param.conn };
@@ -475,9 +500,9 @@ fn connect_failed(id: &Arc<Id>, st: &mut IdState, err: i32) {
     qp::to_err(st.qp);
     if err == libc::ECONNREFUSED {
         // Nobody listens there: as a NIC's CM answers an unknown service.
-        report(id, None, RDMA_CM_EVENT_REJECTED, REJ_NO_LISTENER, None);
+        report(id, None, RDMA_CM_EVENT_REJECTED, REJ_NO_LISTENER, Param::None);
     } else {
-        report(id, None, RDMA_CM_EVENT_UNREACHABLE, -err, None);
+        report(id, None, RDMA_CM_EVENT_UNREACHABLE, -err, Param::None);
     }
 }
 
@@ -514,6 +539,7 @@ fn accept_all(listener: &Arc<Id>, st: &mut IdState, fd: RawFd) {
                 ep_attr: None,
                 own_cqs: Vec::new(),
                 final_reported: false,
+                ud: st.ud,
             }),
             unacked: Mutex::new(0),
             cv: Condvar::new(),
@@ -618,15 +644,25 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
             }
             let raw = Box::into_raw(b);
             crate::abi::adopt_id(raw, fresh.clone());
-            report(&fresh, Some(&parent), RDMA_CM_EVENT_CONNECT_REQUEST, 0, Some((&c, true)));
+            let param = if lock(&fresh.st).ud { Param::Ud(&c) } else { Param::Conn(&c, true) };
+            report(&fresh, Some(&parent), RDMA_CM_EVENT_CONNECT_REQUEST, 0, param);
             false // this Id is spent; the fresh one reads on
+        }
+        (Phase::ReqSent, Msg::Rep(c)) if st.ud => {
+            // The peer's queue pair as an address; nothing stays open.
+            close_sock(st);
+            st.phase = Phase::Done;
+            st.deadline = None;
+            st.peer = Some(c.clone());
+            report(id, None, RDMA_CM_EVENT_ESTABLISHED, 0, Param::Ud(&c));
+            false
         }
         (Phase::ReqSent, Msg::Rep(c)) => {
             st.deadline = None;
             st.peer = Some(c.clone());
             if st.qp == 0 {
                 st.phase = Phase::Responded;
-                report(id, None, RDMA_CM_EVENT_CONNECT_RESPONSE, 0, Some((&c, false)));
+                report(id, None, RDMA_CM_EVENT_CONNECT_RESPONSE, 0, Param::Conn(&c, false));
                 return true;
             }
             let local = st.local.clone();
@@ -635,14 +671,14 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
                 let _ = send(st, &Msg::Rej(Vec::new()));
                 close_sock(st);
                 st.phase = Phase::Done;
-                report(id, None, RDMA_CM_EVENT_CONNECT_ERROR, -err, None);
+                report(id, None, RDMA_CM_EVENT_CONNECT_ERROR, -err, Param::None);
                 return false;
             }
             if let Err(err) = send(st, &Msg::Rtu) {
                 return hangup(id, st, err);
             }
             st.phase = Phase::Connected;
-            report(id, None, RDMA_CM_EVENT_ESTABLISHED, 0, Some((&c, false)));
+            report(id, None, RDMA_CM_EVENT_ESTABLISHED, 0, Param::Conn(&c, false));
             true
         }
         (Phase::ReqSent, Msg::Rej(p)) => {
@@ -651,14 +687,14 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
             st.deadline = None;
             qp::to_err(st.qp);
             let c = Conn { private: p, ..Conn::default() };
-            report(id, None, RDMA_CM_EVENT_REJECTED, REJ_CONSUMER, Some((&c, false)));
+            report(id, None, RDMA_CM_EVENT_REJECTED, REJ_CONSUMER, Param::Conn(&c, false));
             false
         }
         (Phase::RepSent, Msg::Rtu) => {
             st.deadline = None;
             st.phase = Phase::Connected;
             let c = Conn { private: Vec::new(), ..st.peer.clone().unwrap_or_default() };
-            report(id, None, RDMA_CM_EVENT_ESTABLISHED, 0, Some((&c, true)));
+            report(id, None, RDMA_CM_EVENT_ESTABLISHED, 0, Param::Conn(&c, true));
             true
         }
         (Phase::Connected | Phase::RepSent | Phase::Responded, Msg::Dreq) => {
@@ -685,7 +721,7 @@ fn disconnected(id: &Arc<Id>, st: &mut IdState) {
     st.deadline = None;
     if !st.final_reported {
         st.final_reported = true;
-        report(id, None, RDMA_CM_EVENT_DISCONNECTED, 0, None);
+        report(id, None, RDMA_CM_EVENT_DISCONNECTED, 0, Param::None);
     }
 }
 
@@ -701,13 +737,13 @@ fn hangup(id: &Arc<Id>, st: &mut IdState, err: i32) -> bool {
             close_sock(st);
             st.phase = Phase::Done;
             qp::to_err(st.qp);
-            report(id, None, RDMA_CM_EVENT_UNREACHABLE, -err, None);
+            report(id, None, RDMA_CM_EVENT_UNREACHABLE, -err, Param::None);
         }
         Phase::Requested | Phase::RepSent => {
             close_sock(st);
             st.phase = Phase::Done;
             qp::to_err(st.qp);
-            report(id, None, RDMA_CM_EVENT_CONNECT_ERROR, -err, None);
+            report(id, None, RDMA_CM_EVENT_CONNECT_ERROR, -err, Param::None);
         }
         Phase::Connected | Phase::Responded | Phase::Disconnecting => disconnected(id, st),
         _ => close_sock(st),
@@ -853,6 +889,14 @@ pub fn accept(id: &Arc<Id>, rep: Conn) -> Result<(), i32> {
     let mut st = lock(&id.st);
     if st.phase != Phase::Requested {
         return Err(libc::EINVAL);
+    }
+    if st.ud {
+        // The REP tells the requester our queue pair; that is all.
+        let r = send(&st, &Msg::Rep(rep));
+        settle_child(&mut st);
+        close_sock(&mut st);
+        st.phase = Phase::Done;
+        return r;
     }
     let peer = st.peer.clone().unwrap_or_default();
     if st.qp != 0 {

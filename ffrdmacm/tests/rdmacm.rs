@@ -103,8 +103,8 @@ fn pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> (String, 
 
 /// rping (every message checked, `-V`), ucmatose (several connections at
 /// once), rdma_server/rdma_client (synchronous ids, rdma_create_ep,
-/// rdma_get_request) and perftest with `-R`, between processes of one
-/// host.
+/// rdma_get_request), perftest with `-R` (RC, and UD for ib_send_bw) and
+/// udaddy (UD ids), between processes of one host.
 #[test]
 fn rdma_cm_programs_on_one_host() {
     let r = RouterProc::start(&["a"], &[]);
@@ -131,11 +131,22 @@ fn rdma_cm_programs_on_one_host() {
         assert!(sout.contains(&format!("{server}: end 0")) && cout.contains(&format!("{client}: end 0")), "{server}: {sout}\n{client}: {cout}");
     }
 
-    for t in ["ib_send_bw", "ib_write_bw", "ib_read_lat"] {
+    for t in [&["ib_send_bw"][..], &["ib_write_bw"], &["ib_read_lat"], &["ib_send_bw", "-c", "UD"]] {
         let p = free_port().to_string();
-        let (_, cout) = pair(&sock, &[t, "-R", "-p", &p, "-n", "200"], &[t, "-R", "-p", &p, "-n", "200", "127.0.0.1"], p.parse().unwrap());
-        assert!(cout.contains("#bytes") && cout.contains("200 "), "{t} -R: {cout}");
+        let server: Vec<&str> = t.iter().copied().chain(["-R", "-p", &p, "-n", "200"]).collect();
+        let client: Vec<&str> = server.iter().copied().chain(["127.0.0.1"]).collect();
+        let (_, cout) = pair(&sock, &server, &client, p.parse().unwrap());
+        assert!(cout.contains("#bytes") && cout.contains("200 "), "{t:?} -R: {cout}");
     }
+
+    // UD ids: REQ and REP tell each side the other's queue pair (IB's
+    // SIDR); the server answers each datagram through an address made
+    // from its GRH (ibv_create_ah_from_wc). udaddy's port is fixed (7174).
+    let (sout, cout) = pair(&sock, &["udaddy", "-b", "127.0.0.1", "-c", "4", "-C", "50"], &["udaddy", "-s", "127.0.0.1", "-c", "4", "-C", "50"], 7174);
+    for out in [&sout, &cout] {
+        assert!(out.contains("data transfers complete") && out.contains("return status 0"), "udaddy:\nserver: {sout}\nclient: {cout}");
+    }
+    assert!(sout.contains("sending replies"), "udaddy server: {sout}");
 }
 
 /// Our own rdma_cm program (tests/c/ffcmcheck.c, one process): a

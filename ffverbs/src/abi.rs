@@ -1157,6 +1157,36 @@ pub unsafe extern "C" fn ffv_ibv_create_ah(pd: *mut ibv_pd, a: *mut ibv_ah_attr)
     })
 }
 
+/// The address that answers a received datagram: the source GID of its
+/// GRH (ff0's datagrams always carry one; without, there is no address:
+/// -1, as libibverbs fails a GRH it cannot read).
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_init_ah_from_wc(_ctx: *mut ibv_context, port: u8, wc: *mut ibv_wc, grh: *mut ibv_grh, a: *mut ibv_ah_attr) -> c_int {
+    guard(-1, || {
+        if wc.is_null() || grh.is_null() || a.is_null() || (*wc).wc_flags & IBV_WC_GRH == 0 {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+        let (w, g, a) = (&*wc, &*grh, &mut *a);
+        let flow = u32::from_be(g.version_tclass_flow);
+        *a = ibv_ah_attr { dlid: w.slid, sl: w.sl, src_path_bits: w.dlid_path_bits, port_num: port, is_global: 1, ..Default::default() };
+        a.grh.dgid = g.sgid;
+        a.grh.flow_label = flow & 0xfffff;
+        a.grh.traffic_class = ((flow >> 20) & 0xff) as u8;
+        a.grh.hop_limit = 0xff;
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_create_ah_from_wc(pd: *mut ibv_pd, wc: *mut ibv_wc, grh: *mut ibv_grh, port: u8) -> *mut ibv_ah {
+    let mut a = ibv_ah_attr::default();
+    if pd.is_null() || ffv_ibv_init_ah_from_wc((*pd).context, port, wc, grh, &mut a) != 0 {
+        return std::ptr::null_mut();
+    }
+    ffv_ibv_create_ah(pd, &mut a)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn ffv_ibv_destroy_ah(ah: *mut ibv_ah) -> c_int {
     if ah.is_null() {
