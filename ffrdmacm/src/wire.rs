@@ -226,4 +226,31 @@ mod tests {
         let Ok(Some((Msg::Req(back), _))) = Msg::decode(&Msg::Req(c).encode()) else { panic!() };
         assert_eq!(back.private.len(), PRIVATE_MAX);
     }
+
+    /// Random bytes (most behind a valid header, so the bodies are reached)
+    /// never panic, and a message never claims more than it was given.
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..200_000 {
+            let len = (next() % 320) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 4 != 0 && b.len() >= HEADER {
+                b[..4].copy_from_slice(&MAGIC.to_le_bytes());
+                b[4] = (next() % 8) as u8;
+                b[5] = VERSION;
+                let body = (next() % (len as u64 - HEADER as u64 + 1)) as u16;
+                b[6..8].copy_from_slice(&body.to_le_bytes());
+            }
+            if let Ok(Some((_, used))) = Msg::decode(&b) {
+                assert!(used <= b.len());
+            }
+        }
+    }
 }

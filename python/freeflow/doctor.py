@@ -222,6 +222,53 @@ def check_verbs(path: Path, dirs: List[Path], router_socket: str) -> Check:
     return Check(name, OK, f"{path}: ff0 listed and opened ({how})")
 
 
+def check_rdmacm(verbs_path: Path, router_socket: str) -> Check:
+    """The rdma_cm library (ffrdmacm) beside the verbs library: installed
+    as librdmacm.so.1 next to libibverbs.so.1 (else rdma_cm programs load
+    the system's, which does not see ff0), and it lists ff0 through
+    rdma_get_devices, loaded in a child process."""
+    name = "rdma_cm library"
+    installed = verbs_path.name == "libibverbs.so.1"
+    path = verbs_path.parent / ("librdmacm.so.1" if installed else "libffrdmacm.so")
+    fix = f"cargo build --release -p ffrdmacm, and install libffrdmacm.so as {verbs_path.parent}/librdmacm.so.1"
+    if not verbs_path.is_file():
+        return Check(name, WARN, "no verbs library, so no rdma_cm either (see the verbs device check)", fix)
+    if not path.is_file():
+        return Check(name, WARN, f"no {path}: rdma_cm programs (rping, perftest -R) load the system's librdmacm, which does not see ff0", fix)
+    code = (
+        "import ctypes, json, os, sys\n"
+        # Ours first, by its soname, so the rdma_cm library links to it.
+        "ctypes.CDLL(sys.argv[1], mode=os.RTLD_NOW | os.RTLD_GLOBAL)\n"
+        "cm = ctypes.CDLL(sys.argv[2], mode=os.RTLD_NOW | os.RTLD_LOCAL, use_errno=True)\n"
+        "cm.rdma_get_devices.restype = ctypes.c_void_p\n"
+        "cm.rdma_free_devices.argtypes = [ctypes.c_void_p]\n"
+        "n = ctypes.c_int(0)\n"
+        "l = cm.rdma_get_devices(ctypes.byref(n))\n"
+        "if l: cm.rdma_free_devices(l)\n"
+        # The system's lists ff0 too (through our libibverbs), but has no
+        # event channel without the kernel's rdma_cm.
+        "cm.rdma_create_event_channel.restype = ctypes.c_void_p\n"
+        "cm.rdma_destroy_event_channel.argtypes = [ctypes.c_void_p]\n"
+        "ch = cm.rdma_create_event_channel()\n"
+        "err = ctypes.get_errno()\n"
+        "if ch: cm.rdma_destroy_event_channel(ch)\n"
+        "print(json.dumps({'devices': n.value, 'channel': bool(ch), 'error': os.strerror(err)}))\n"
+    )
+    env = dict(os.environ, FF_ROUTER_SOCKET=router_socket, FFVERBS_QUIET="1")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(verbs_path), str(path)], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return Check(name, FAIL, f"{path}: listing devices took more than {TIMEOUT} s")
+    except (IndexError, ValueError):
+        return Check(name, FAIL, f"{path} does not load: {_oneline(r.stderr or 'no output')}", fix)
+    if not out["channel"]:
+        return Check(name, FAIL, f"{path} makes no event channel ({out['error']}): not FreeFlow's librdmacm", fix)
+    if out["devices"] != 1:
+        return Check(name, FAIL, f"{path} lists {out['devices']} devices, not ff0: ff0 does not open", "see the verbs device check")
+    return Check(name, OK, f"{path}: rdma_get_devices lists ff0, event channels work")
+
+
 UVERBS_NODE = "/dev/infiniband/uverbs_ff0"
 
 
@@ -291,7 +338,9 @@ def run_checks(nccl: bool = True, ucx: bool = True, plugin_dir: Optional[str] = 
         checks.append(check_ucx_version())
         checks.append(check_ucx_plugin(ffenv.ucx_plugin(plugin_dir), dirs, sock))
     if verbs:
-        checks.append(check_verbs(ffenv.verbs_library(plugin_dir), dirs, sock))
+        verbs_lib = ffenv.verbs_library(plugin_dir)
+        checks.append(check_verbs(verbs_lib, dirs, sock))
+        checks.append(check_rdmacm(verbs_lib, sock))
         if ucx:
             checks.append(check_uverbs_node())
     return checks

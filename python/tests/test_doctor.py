@@ -227,6 +227,29 @@ def test_verbs_device_against_a_real_router(router, tmp_path):
     assert c.status == doctor.FAIL and "does not open" in c.detail, c
 
 
+def test_rdmacm_library_beside_the_verbs_library(router, tmp_path):
+    binary = doctor.find_router_binary()
+    built = Path(binary).resolve().parent
+    if not (built / "libffverbs.so").is_file() or not (built / "libffrdmacm.so").is_file():
+        pytest.skip("ffverbs or ffrdmacm not built next to ffrouter")
+    # Installed as applications find them: both in one directory.
+    lib = tmp_path / "verbs"
+    lib.mkdir()
+    (lib / "libibverbs.so.1").symlink_to(built / "libffverbs.so")
+    c = doctor.check_rdmacm(lib / "libibverbs.so.1", router)
+    assert c.status == doctor.WARN and "librdmacm.so.1" in c.detail and "cargo build --release -p ffrdmacm" in c.fix, c
+    (lib / "librdmacm.so.1").symlink_to(built / "libffrdmacm.so")
+    c = doctor.check_rdmacm(lib / "libibverbs.so.1", router)
+    assert c.status == doctor.OK and "lists ff0" in c.detail, c
+    # Debian's librdmacm in its place lists no ff0.
+    debian = Path("/usr/lib/x86_64-linux-gnu/librdmacm.so.1")
+    if debian.is_file():
+        (lib / "librdmacm.so.1").unlink()
+        (lib / "librdmacm.so.1").symlink_to(debian)
+        c = doctor.check_rdmacm(lib / "libibverbs.so.1", router)
+        assert c.status == doctor.FAIL and "not FreeFlow's librdmacm" in c.detail, c
+
+
 def test_uverbs_node(tmp_path):
     """UCX sees ff0 only through a character device it may open read-write;
     a missing node or a plain file is a warning that says what to do."""
