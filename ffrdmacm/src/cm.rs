@@ -601,7 +601,7 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
     match (st.phase, m) {
         (Phase::Incoming, Msg::Req(c)) => {
             let Some(parent) = st.parent.clone() else { return false };
-            {
+            let (ctx, space, qp_type) = {
                 let mut ps = lock(&parent.st);
                 ps.incoming = ps.incoming.saturating_sub(1);
                 if ps.pending_children >= ps.backlog || ps.phase != Phase::Listening {
@@ -615,20 +615,17 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
                     return false;
                 }
                 ps.pending_children += 1;
-            }
+                // The child's C id takes the listener's context, port space
+                // and type. SAFETY: the listener's IdBox lives while it is
+                // listening, and this lock holds it there
+                // (rdma_destroy_id's retire takes it before the box goes).
+                let praw = parent.raw.load(Ordering::Relaxed) as *const rdma_cm_id;
+                unsafe { ((*praw).context, (*praw).ps, (*praw).qp_type) }
+            };
             st.deadline = None;
             st.phase = Phase::Requested;
             st.peer = Some(c.clone());
-            // The child's C id: the listener's channel, context, port space
-            // and type; addresses from its socket.
-            let (ctx, ps, qp_type) = {
-                let praw = parent.raw.load(Ordering::Relaxed) as *const rdma_cm_id;
-                // SAFETY: the listener's IdBox lives while it is listening
-                // (rdma_destroy_id closes its socket first, which ends its
-                // children that were not yet reported).
-                unsafe { ((*praw).context, (*praw).ps, (*praw).qp_type) }
-            };
-            let mut b = new_id(id.channel(), ctx, ps, qp_type);
+            let mut b = new_id(id.channel(), ctx, space, qp_type);
             // The engine's Id becomes the box's: swap the state in.
             let fresh = b.id.clone();
             {
