@@ -898,7 +898,13 @@ pub fn accept(id: &Arc<Id>, rep: Conn) -> Result<(), i32> {
     let peer = st.peer.clone().unwrap_or_default();
     if st.qp != 0 {
         if let Err(err) = qp::to_rts(st.qp, &rep, &peer) {
+            // (The routers refused the queue pairs' connection: another
+            // tenant's.) The requester is told at once.
             qp::to_err(st.qp);
+            let _ = send(&st, &Msg::Rej(Vec::new()));
+            close_sock(&mut st);
+            settle_child(&mut st);
+            st.phase = Phase::Done;
             return Err(err);
         }
     }

@@ -166,8 +166,10 @@ fn ffcmcheck() {
 }
 
 /// A connection nobody accepts is refused at once with the reason a NIC's
-/// CM gives (8: no such service); without a router, a program fails at
-/// its first call, saying why; neither hangs.
+/// CM gives (8: no such service); one between tenants is refused by the
+/// router (isolation: the connection manager's messages are the programs'
+/// own, the queue pairs' connection is not); without a router, a program
+/// fails at its first call, saying why; none hangs.
 #[test]
 fn refused_and_routerless_connections_fail_cleanly() {
     let r = RouterProc::start(&["a"], &[]);
@@ -176,6 +178,24 @@ fn refused_and_routerless_connections_fail_cleanly() {
     let (ok, out) = finish(spawn(&["rping", "-c", "-a", "127.0.0.1", "-p", &p, "-C", "1"], &r.socket("a")), Duration::from_secs(30));
     assert!(!ok && out.contains("RDMA_CM_EVENT_REJECTED, error 8"), "rping to nobody: {out}");
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+
+    // Client and server of two tenants of one router: the connection
+    // manager's messages go (they are the programs' own TCP), the queue
+    // pairs do not: the router refuses, the server's accept fails and the
+    // client is rejected, at once.
+    let r2 = RouterProc::start(&["a", "b"], &[]);
+    let port = free_port();
+    let p2 = port.to_string();
+    let mut s = spawn(&["rping", "-s", "-a", "127.0.0.1", "-p", &p2, "-C", "10", "-V"], &r2.socket("a"));
+    wait_listening(port, &mut s);
+    let start = Instant::now();
+    let (cok, cout) = finish(spawn(&["rping", "-c", "-a", "127.0.0.1", "-p", &p2, "-C", "10", "-V"], &r2.socket("b")), Duration::from_secs(30));
+    let (sok, sout) = finish(s, Duration::from_secs(30));
+    assert!(!cok && !sok, "across tenants:\nserver: {sout}\nclient: {cout}");
+    assert!(cout.contains("RDMA_CM_EVENT_REJECTED") && sout.contains("rdma_accept"), "across tenants:\nserver: {sout}\nclient: {cout}");
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let log = std::fs::read_to_string(r2.dir.join("router.log")).unwrap_or_default();
+    assert!(log.contains("tried to connect to tenant"), "the router says why: {log}");
 
     // And one without a router at all.
     let start = Instant::now();
