@@ -2,54 +2,55 @@
 //! domain, and the queue pair transitions the connection manager makes
 //! (INIT at creation, RTR and RTS with the peer's address at connection,
 //! ERR at disconnection), through libibverbs (ffverbs' at run time).
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use crate::sys::*;
 use crate::wire::Conn;
 
 /// The ff0 context, opened once per process (librdmacm opens every device
-/// at start); Err: errno.
+/// at start) and kept; Err: errno, and the next call tries again (a
+/// router started later is found).
 pub fn device() -> Result<*mut ibv_context, i32> {
-    static DEV: OnceLock<Result<usize, i32>> = OnceLock::new();
-    let r = *DEV.get_or_init(|| {
-        // SAFETY: libibverbs calls; the list is freed, the context kept.
-        unsafe {
-            let mut n = 0;
-            let list = ibv_get_device_list(&mut n);
-            if list.is_null() || n == 0 {
-                if !list.is_null() {
-                    ibv_free_device_list(list);
-                }
-                return Err(libc::ENODEV);
+    static DEV: Mutex<usize> = Mutex::new(0);
+    let mut dev = crate::cm::lock(&DEV);
+    if *dev != 0 {
+        return Ok(*dev as *mut ibv_context);
+    }
+    // SAFETY: libibverbs calls; the list is freed, the context kept.
+    unsafe {
+        let mut n = 0;
+        let list = ibv_get_device_list(&mut n);
+        if list.is_null() || n == 0 {
+            if !list.is_null() {
+                ibv_free_device_list(list);
             }
-            let ctx = ibv_open_device(*list);
-            ibv_free_device_list(list);
-            if ctx.is_null() {
-                let e = crate::cm::errno();
-                log::warn!("ffrdmacm: cannot open ff0 (is the router at FF_ROUTER_SOCKET up?): {}", std::io::Error::from_raw_os_error(e));
-                return Err(e);
-            }
-            Ok(ctx as usize)
+            return Err(libc::ENODEV);
         }
-    });
-    r.map(|c| c as *mut ibv_context)
+        let ctx = ibv_open_device(*list);
+        ibv_free_device_list(list);
+        if ctx.is_null() {
+            return Err(crate::cm::errno());
+        }
+        *dev = ctx as usize;
+        Ok(ctx)
+    }
 }
 
 /// The process's default protection domain (for `rdma_create_qp` without
-/// one).
+/// one), made once it is first needed.
 pub fn default_pd() -> Result<*mut ibv_pd, i32> {
-    static PD: OnceLock<Result<usize, i32>> = OnceLock::new();
-    let r = *PD.get_or_init(|| {
+    static PD: Mutex<usize> = Mutex::new(0);
+    let mut pd = crate::cm::lock(&PD);
+    if *pd == 0 {
         let ctx = device()?;
         // SAFETY: a live context.
-        let pd = unsafe { ibv_alloc_pd(ctx) };
-        if pd.is_null() {
-            Err(crate::cm::errno())
-        } else {
-            Ok(pd as usize)
+        let p = unsafe { ibv_alloc_pd(ctx) };
+        if p.is_null() {
+            return Err(crate::cm::errno());
         }
-    });
-    r.map(|p| p as *mut ibv_pd)
+        *pd = p as usize;
+    }
+    Ok(*pd as *mut ibv_pd)
 }
 
 /// The device's GID (port 1, index 0): where peers find our queue pairs.
