@@ -207,6 +207,7 @@ cmd_images() {
     build_image "$FF_ROUTER_IMAGE" "$top/docker/ffrouter.Dockerfile" "$base" "$bindir/ffrouter"
     build_image "$FF_RANK_IMAGE" "$top/docker/rank.Dockerfile" "$base" \
         "$bindir/ffbench" "$bindir/libuct_ff.so" "$bindir/libnccl_net_ff.so:libnccl-net-ff.so" \
+        "$bindir/libffverbs.so:libibverbs.so.1" "$bindir/libffrdmacm.so:librdmacm.so.1" \
         "$top/python/freeflow" "$top/tools/ffrsh"
     say "images ready ($((SECONDS - t0)) s)"
 }

@@ -5,6 +5,7 @@ their tenant's socket directory) exchange a checksummed stream, on one
 host and across two emulated hosts (two router containers on a Docker
 network); and Open MPI (mpirun entering the containers through
 tools/ffrsh, i.e. docker exec) over the same (testkit/docker_mpi.sh);
+the rank image's verbs and rdma_cm libraries in a training container;
 and Docker's default seccomp profile lets a rank container call
 futex_waitv, which ffcore's event descriptors sleep in. Skipped, saying why, only where Docker cannot be installed or started
 (scripts/docker.sh ensure exits 77); the first run builds the base image
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BINS = ("ffrouter", "ffbench", "libuct_ff.so", "libnccl_net_ff.so")
+BINS = ("ffrouter", "ffbench", "libuct_ff.so", "libnccl_net_ff.so", "libffverbs.so", "libffrdmacm.so")
 
 
 def bin_dir():
@@ -67,6 +68,27 @@ def test_open_mpi_between_docker_containers_entered_by_the_rsh_agent(images):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "FFMPI OK rank 0/2" in out and "FFMPI OK rank 1/2" in out and "== OK" in out, out
+
+
+def test_verbs_and_rdma_cm_from_the_rank_image_in_a_training_container(images, tmp_path):
+    """The rank image's verbs and rdma_cm libraries (ffverbs, ffrdmacm in
+    /usr/local/lib/freeflow/verbs), from a training container (nobody, no
+    capability, no network but loopback) through the router container:
+    the doctor finds ff0 and the rdma_cm library, and ffcmcheck (built
+    here against Debian's headers) connects, rejects, sends and checks
+    bytes, and disconnects over them."""
+    import shutil
+    if not shutil.which("cc") or not Path("/usr/include/rdma/rdma_cma.h").is_file():
+        pytest.skip("SKIP: no C compiler or librdmacm-dev (scripts/deps.sh installs them)")
+    prog = tmp_path / "ffcmcheck"
+    r = run("cc", "-O2", "-Wall", "-o", prog, REPO / "ffrdmacm/tests/c/ffcmcheck.c", "-lrdmacm", "-libverbs", timeout=120)
+    assert r.returncode == 0, r.stderr
+    prog.chmod(0o755)
+    tmp_path.chmod(0o755)
+    r = run(REPO / "testkit/docker_verbs.sh", prog, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "OK accepted: private data both ways" in out and "== OK" in out, out
 
 
 # What the Docker tests' containers run under: Docker's default seccomp
