@@ -51,6 +51,11 @@ fn done(r: Result<(), i32>) -> c_int {
     }
 }
 
+/// An entry point that returns 0, or -1 with errno: its body's result.
+fn call(f: impl FnOnce() -> Result<(), i32>) -> c_int {
+    guard(-1, || done(f()))
+}
+
 /// Runs an entry point's body; a panic is -1 with EIO, not an unwind into C.
 fn guard<T>(failed: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -270,38 +275,32 @@ pub unsafe extern "C" fn ffcm_rdma_destroy_id(p: *mut rdma_cm_id) -> c_int {
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_bind_addr(p: *mut rdma_cm_id, addr: *mut libc::sockaddr) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            let sa = sockaddr(addr)?;
-            qp::device()?;
-            cm::bind(&id, sa)?;
-            sync_raw(p, &id);
-            Ok(())
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        let sa = sockaddr(addr)?;
+        qp::device()?;
+        cm::bind(&id, sa)?;
+        sync_raw(p, &id);
+        Ok(())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_resolve_addr(p: *mut rdma_cm_id, src: *mut libc::sockaddr, dst: *mut libc::sockaddr, _timeout_ms: c_int) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            let d = sockaddr(dst)?;
-            qp::device()?;
-            if !src.is_null() && lock(&id.st).phase == cm::Phase::Idle {
-                // SAFETY: src is the application's sockaddr.
-                let mut s = sockaddr(src)?;
-                set_port(&mut s, 0);
-                cm::bind(&id, s)?;
-            }
-            cm::resolve(&id, d)?;
-            sync_raw(p, &id);
-            cm::report(&id, None, RDMA_CM_EVENT_ADDR_RESOLVED, 0, cm::Param::None);
-            sync_wait(p, &id, RDMA_CM_EVENT_ADDR_RESOLVED)
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        let d = sockaddr(dst)?;
+        qp::device()?;
+        if !src.is_null() && lock(&id.st).phase == cm::Phase::Idle {
+            // SAFETY: src is the application's sockaddr.
+            let mut s = sockaddr(src)?;
+            set_port(&mut s, 0);
+            cm::bind(&id, s)?;
+        }
+        cm::resolve(&id, d)?;
+        sync_raw(p, &id);
+        cm::report(&id, None, RDMA_CM_EVENT_ADDR_RESOLVED, 0, cm::Param::None);
+        sync_wait(p, &id, RDMA_CM_EVENT_ADDR_RESOLVED)
     })
 }
 
@@ -318,14 +317,11 @@ fn set_port(sa: &mut libc::sockaddr_storage, port: u16) {
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_resolve_route(p: *mut rdma_cm_id, _timeout_ms: c_int) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            cm::route(&id)?;
-            cm::report(&id, None, RDMA_CM_EVENT_ROUTE_RESOLVED, 0, cm::Param::None);
-            sync_wait(p, &id, RDMA_CM_EVENT_ROUTE_RESOLVED)
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        cm::route(&id)?;
+        cm::report(&id, None, RDMA_CM_EVENT_ROUTE_RESOLVED, 0, cm::Param::None);
+        sync_wait(p, &id, RDMA_CM_EVENT_ROUTE_RESOLVED)
     })
 }
 
@@ -430,7 +426,7 @@ unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> c_int {
-    guard(-1, || done(unsafe { create_qp(p, pd, attr) }))
+    call(|| unsafe { create_qp(p, pd, attr) })
 }
 
 #[no_mangle]
@@ -480,25 +476,22 @@ pub unsafe extern "C" fn ffcm_rdma_destroy_qp(p: *mut rdma_cm_id) {
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_create_srq(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_srq_init_attr) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            id_of(p)?;
-            if attr.is_null() {
-                return Err(libc::EINVAL);
+    call(|| {
+        id_of(p)?;
+        if attr.is_null() {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: a registered id's C struct; attr the application's.
+        unsafe {
+            let pd = if pd.is_null() { qp::default_pd()? } else { pd };
+            let s = ibv_create_srq(pd, attr);
+            if s.is_null() {
+                return Err(cm::errno());
             }
-            // SAFETY: a registered id's C struct; attr the application's.
-            unsafe {
-                let pd = if pd.is_null() { qp::default_pd()? } else { pd };
-                let s = ibv_create_srq(pd, attr);
-                if s.is_null() {
-                    return Err(cm::errno());
-                }
-                (*p).srq = s;
-                (*p).pd = pd;
-            }
-            Ok(())
-        })();
-        done(r)
+            (*p).srq = s;
+            (*p).pd = pd;
+        }
+        Ok(())
     })
 }
 
@@ -578,200 +571,179 @@ fn rand_psn() -> u32 {
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_connect(p: *mut rdma_cm_id, param: *mut rdma_conn_param) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            let c = unsafe { local_conn(p, param) }?;
-            cm::connect(&id, c)?;
-            sync_raw(p, &id);
-            sync_wait(p, &id, RDMA_CM_EVENT_ESTABLISHED)
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        let c = unsafe { local_conn(p, param) }?;
+        cm::connect(&id, c)?;
+        sync_raw(p, &id);
+        sync_wait(p, &id, RDMA_CM_EVENT_ESTABLISHED)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_listen(p: *mut rdma_cm_id, backlog: c_int) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            cm::listen(&id, backlog)?;
-            sync_raw(p, &id);
-            Ok(())
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        cm::listen(&id, backlog)?;
+        sync_raw(p, &id);
+        Ok(())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_get_request(listen: *mut rdma_cm_id, out: *mut *mut rdma_cm_id) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(listen)?;
-            if out.is_null() || !is_sync(&id) {
-                return Err(libc::EINVAL);
+    call(|| {
+        let id = id_of(listen)?;
+        if out.is_null() || !is_sync(&id) {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: a sync id's own channel.
+        let ch = unsafe { &*(id.channel.load(std::sync::atomic::Ordering::Relaxed) as *const Channel) };
+        // SAFETY: the registered listener's C struct.
+        unsafe { ack_held(listen) };
+        let e = ch.get()?;
+        let (ev, status, child) = (e.ev.event, e.ev.status, e.ev.id);
+        let ptr = Box::into_raw(e);
+        reg().events.insert(ptr as usize);
+        if ev != RDMA_CM_EVENT_CONNECT_REQUEST || status != 0 {
+            // SAFETY: the listener's C struct keeps it till the next call.
+            unsafe { (*listen).event = ptr as *mut rdma_cm_event };
+            return Err(if ev == RDMA_CM_EVENT_REJECTED {
+                libc::ECONNREFUSED
+            } else if status < 0 {
+                -status
+            } else {
+                libc::EINVAL
+            });
+        }
+        // SAFETY: the child's C struct holds its request (its
+        // accept or end acknowledges it).
+        unsafe { (*child).event = ptr as *mut rdma_cm_event };
+        // The child answers on a channel of its own (synchronous too).
+        let own = ffcm_rdma_create_event_channel();
+        if !own.is_null() {
+            reg().channels.insert(own as usize, true);
+            if let Ok(cid) = id_of(child) {
+                cm::migrate(&cid, channel_of(own)?);
+                // SAFETY: the child's C struct.
+                unsafe { (*child).channel = own };
             }
-            // SAFETY: a sync id's own channel.
-            let ch = unsafe { &*(id.channel.load(std::sync::atomic::Ordering::Relaxed) as *const Channel) };
-            // SAFETY: the registered listener's C struct.
-            unsafe { ack_held(listen) };
-            let e = ch.get()?;
-            let (ev, status, child) = (e.ev.event, e.ev.status, e.ev.id);
-            let ptr = Box::into_raw(e);
-            reg().events.insert(ptr as usize);
-            if ev != RDMA_CM_EVENT_CONNECT_REQUEST || status != 0 {
-                // SAFETY: the listener's C struct keeps it till the next call.
-                unsafe { (*listen).event = ptr as *mut rdma_cm_event };
-                return Err(if ev == RDMA_CM_EVENT_REJECTED {
-                    libc::ECONNREFUSED
-                } else if status < 0 {
-                    -status
-                } else {
-                    libc::EINVAL
-                });
-            }
-            // SAFETY: the child's C struct holds its request (its
-            // accept or end acknowledges it).
-            unsafe { (*child).event = ptr as *mut rdma_cm_event };
-            // The child answers on a channel of its own (synchronous too).
-            let own = ffcm_rdma_create_event_channel();
-            if !own.is_null() {
-                reg().channels.insert(own as usize, true);
-                if let Ok(cid) = id_of(child) {
-                    cm::migrate(&cid, channel_of(own)?);
-                    // SAFETY: the child's C struct.
-                    unsafe { (*child).channel = own };
-                }
-            }
-            let ep = lock(&id.st).ep_attr;
-            if let Some(EpAttr { mut attr, pd }) = ep {
-                // SAFETY: the listener's C struct.
-                let pd = if pd != 0 { pd as *mut ibv_pd } else { unsafe { (*listen).pd } };
-                unsafe { create_qp(child, pd, &mut attr) }?;
-            }
-            // SAFETY: out checked.
-            unsafe { *out = child };
-            Ok(())
-        })();
-        done(r)
+        }
+        let ep = lock(&id.st).ep_attr;
+        if let Some(EpAttr { mut attr, pd }) = ep {
+            // SAFETY: the listener's C struct.
+            let pd = if pd != 0 { pd as *mut ibv_pd } else { unsafe { (*listen).pd } };
+            unsafe { create_qp(child, pd, &mut attr) }?;
+        }
+        // SAFETY: out checked.
+        unsafe { *out = child };
+        Ok(())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_accept(p: *mut rdma_cm_id, param: *mut rdma_conn_param) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            let c = unsafe { local_conn(p, param) }?;
-            cm::accept(&id, c)?;
-            if lock(&id.st).ud {
-                // No ESTABLISHED on the passive side of a UD id.
-                // SAFETY: the registered id's C struct.
-                unsafe { ack_held(p) };
-                return Ok(());
-            }
-            sync_wait(p, &id, RDMA_CM_EVENT_ESTABLISHED)
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        let c = unsafe { local_conn(p, param) }?;
+        cm::accept(&id, c)?;
+        if lock(&id.st).ud {
+            // No ESTABLISHED on the passive side of a UD id.
+            // SAFETY: the registered id's C struct.
+            unsafe { ack_held(p) };
+            return Ok(());
+        }
+        sync_wait(p, &id, RDMA_CM_EVENT_ESTABLISHED)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_reject(p: *mut rdma_cm_id, data: *const c_void, len: u8) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            let private = if data.is_null() || len == 0 {
-                Vec::new()
-            } else {
-                // SAFETY: the application says it has len bytes.
-                unsafe { std::slice::from_raw_parts(data as *const u8, len as usize) }.to_vec()
-            };
-            cm::reject(&id, private)
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        let private = if data.is_null() || len == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: the application says it has len bytes.
+            unsafe { std::slice::from_raw_parts(data as *const u8, len as usize) }.to_vec()
+        };
+        cm::reject(&id, private)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_notify(p: *mut rdma_cm_id, _event: ibv_event_type) -> c_int {
-    guard(-1, || done(id_of(p).map(|_| ())))
+    call(|| id_of(p).map(|_| ()))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_establish(p: *mut rdma_cm_id) -> c_int {
-    guard(-1, || done(id_of(p).and_then(|id| cm::establish(&id))))
+    call(|| id_of(p).and_then(|id| cm::establish(&id)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_disconnect(p: *mut rdma_cm_id) -> c_int {
-    guard(-1, || done(id_of(p).and_then(|id| cm::disconnect(&id))))
+    call(|| id_of(p).and_then(|id| cm::disconnect(&id)))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_init_qp_attr(p: *mut rdma_cm_id, attr: *mut ibv_qp_attr, mask: *mut c_int) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            if attr.is_null() || mask.is_null() {
-                return Err(libc::EINVAL);
+    call(|| {
+        let id = id_of(p)?;
+        if attr.is_null() || mask.is_null() {
+            return Err(libc::EINVAL);
+        }
+        let st = lock(&id.st);
+        // SAFETY: the application's attributes.
+        let a = unsafe { &mut *attr };
+        let m = match a.qp_state {
+            IBV_QPS_INIT => {
+                a.pkey_index = 0;
+                a.port_num = 1;
+                a.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+                IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
             }
-            let st = lock(&id.st);
-            // SAFETY: the application's attributes.
-            let a = unsafe { &mut *attr };
-            let m = match a.qp_state {
-                IBV_QPS_INIT => {
-                    a.pkey_index = 0;
-                    a.port_num = 1;
-                    a.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-                    IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
-                }
-                IBV_QPS_RTR => {
-                    let peer = st.peer.clone().ok_or(libc::EINVAL)?;
-                    a.path_mtu = IBV_MTU_4096;
-                    a.dest_qp_num = peer.qp_num;
-                    a.rq_psn = peer.psn;
-                    a.max_dest_rd_atomic = st.local.responder_resources.max(1);
-                    a.min_rnr_timer = 12;
-                    a.ah_attr = ibv_ah_attr { is_global: 1, port_num: 1, ..Default::default() };
-                    a.ah_attr.grh.hop_limit = 1;
-                    a.ah_attr.grh.dgid.raw = peer.gid;
-                    IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER
-                }
-                IBV_QPS_RTS => {
-                    a.sq_psn = st.local.psn;
-                    a.timeout = 14;
-                    a.retry_cnt = st.local.retry_count.min(7);
-                    a.rnr_retry = st.local.rnr_retry_count.min(7);
-                    a.max_rd_atomic = st.local.initiator_depth.max(1);
-                    IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC
-                }
-                _ => return Err(libc::EINVAL),
-            };
-            // SAFETY: checked above.
-            unsafe { *mask = m as c_int };
-            Ok(())
-        })();
-        done(r)
+            IBV_QPS_RTR => {
+                let peer = st.peer.clone().ok_or(libc::EINVAL)?;
+                a.path_mtu = IBV_MTU_4096;
+                a.dest_qp_num = peer.qp_num;
+                a.rq_psn = peer.psn;
+                a.max_dest_rd_atomic = st.local.responder_resources.max(1);
+                a.min_rnr_timer = 12;
+                a.ah_attr = ibv_ah_attr { is_global: 1, port_num: 1, ..Default::default() };
+                a.ah_attr.grh.hop_limit = 1;
+                a.ah_attr.grh.dgid.raw = peer.gid;
+                IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER
+            }
+            IBV_QPS_RTS => {
+                a.sq_psn = st.local.psn;
+                a.timeout = 14;
+                a.retry_cnt = st.local.retry_count.min(7);
+                a.rnr_retry = st.local.rnr_retry_count.min(7);
+                a.max_rd_atomic = st.local.initiator_depth.max(1);
+                IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC
+            }
+            _ => return Err(libc::EINVAL),
+        };
+        // SAFETY: checked above.
+        unsafe { *mask = m as c_int };
+        Ok(())
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_get_cm_event(ch: *mut rdma_event_channel, out: *mut *mut rdma_cm_event) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let ch = channel_of(ch)?;
-            if out.is_null() {
-                return Err(libc::EINVAL);
-            }
-            let e = ch.get()?;
-            let p = Box::into_raw(e);
-            reg().events.insert(p as usize);
-            // SAFETY: checked above.
-            unsafe { *out = p as *mut rdma_cm_event };
-            Ok(())
-        })();
-        done(r)
+    call(|| {
+        let ch = channel_of(ch)?;
+        if out.is_null() {
+            return Err(libc::EINVAL);
+        }
+        let e = ch.get()?;
+        let p = Box::into_raw(e);
+        reg().events.insert(p as usize);
+        // SAFETY: checked above.
+        unsafe { *out = p as *mut rdma_cm_event };
+        Ok(())
     })
 }
 
@@ -830,27 +802,24 @@ pub unsafe extern "C" fn ffcm_rdma_set_option(p: *mut rdma_cm_id, level: c_int, 
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_migrate_id(p: *mut rdma_cm_id, ch: *mut rdma_event_channel) -> c_int {
-    guard(-1, || {
-        let r = (|| {
-            let id = id_of(p)?;
-            let ch = if ch.is_null() {
-                let own = ffcm_rdma_create_event_channel();
-                if own.is_null() {
-                    return Err(cm::errno());
-                }
-                reg().channels.insert(own as usize, true);
-                own
-            } else {
-                ch
-            };
-            let c = channel_of(ch)?;
-            // Events still queued on the old channel stay there.
-            cm::migrate(&id, c);
-            // SAFETY: the id's C struct.
-            unsafe { (*p).channel = ch };
-            Ok(())
-        })();
-        done(r)
+    call(|| {
+        let id = id_of(p)?;
+        let ch = if ch.is_null() {
+            let own = ffcm_rdma_create_event_channel();
+            if own.is_null() {
+                return Err(cm::errno());
+            }
+            reg().channels.insert(own as usize, true);
+            own
+        } else {
+            ch
+        };
+        let c = channel_of(ch)?;
+        // Events still queued on the old channel stay there.
+        cm::migrate(&id, c);
+        // SAFETY: the id's C struct.
+        unsafe { (*p).channel = ch };
+        Ok(())
     })
 }
 

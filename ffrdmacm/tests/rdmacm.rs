@@ -12,10 +12,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fftestkit::{bin_dir, fresh_dir, RouterProc};
+use fftestkit::{fresh_dir, RouterProc};
 
 /// A directory holding `librdmacm.so.1` and `libibverbs.so.1` -> our
 /// cdylibs, and ffcmcheck.
@@ -24,16 +25,7 @@ fn lib_dir() -> String {
     DIR.get_or_init(|| {
         let dir = fresh_dir("ffrdmacm-test");
         for (lib, soname) in [("libffrdmacm.so", "librdmacm.so.1"), ("libffverbs.so", "libibverbs.so.1")] {
-            // `cargo test` refreshes target/<profile>/deps/ only, `cargo
-            // build` also target/<profile>/: take the newer.
-            let cands = [bin_dir().join("deps").join(lib), bin_dir().join(lib)];
-            let path = cands
-                .iter()
-                .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
-                .max()
-                .map(|(_, p)| p)
-                .unwrap_or_else(|| panic!("{lib} not built (cargo build --workspace)"));
-            std::os::unix::fs::symlink(&path, dir.join(soname)).unwrap();
+            std::os::unix::fs::symlink(fftestkit::built_lib(lib), dir.join(soname)).unwrap();
         }
         let src = fftestkit::root().join("ffrdmacm/tests/c/ffcmcheck.c");
         let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join("ffcmcheck")).arg(&src).args(["-lrdmacm", "-libverbs"]).status().expect("cc");
@@ -44,8 +36,19 @@ fn lib_dir() -> String {
     .to_string()
 }
 
+/// A port for a server to bind, below the kernel's ephemeral range
+/// (32768 and up: what `connect` and port 0 take), so that no connection
+/// of a concurrent test can take it between here and the server's bind;
+/// distinct within the process.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + ((std::process::id() * 101 + n * 7) % 12000) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn spawn(argv: &[&str], socket: &Path) -> Child {
@@ -60,17 +63,10 @@ fn spawn(argv: &[&str], socket: &Path) -> Child {
         .unwrap_or_else(|e| panic!("{}: {e} (scripts/deps.sh installs rdmacm-utils and perftest)", argv[0]))
 }
 
-fn finish(mut c: Child, timeout: Duration) -> (bool, String) {
-    let start = Instant::now();
-    while c.try_wait().unwrap().is_none() {
-        if start.elapsed() > timeout {
-            let _ = c.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = c.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+/// (success, stdout and stderr together).
+fn finish(c: Child, timeout: Duration) -> (bool, String) {
+    let (ok, out, err) = fftestkit::finish_child(c, timeout);
+    (ok, out + &err)
 }
 
 /// Is something listening on TCP `port` in this network namespace?

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fftestkit::{bin_dir, fresh_dir, root, Container, Pod, RouterProc, Spec};
+use fftestkit::{finish_child as finish, fresh_dir, root, Container, Pod, RouterProc, Spec};
 
 /// A directory holding `libibverbs.so.1` -> our cdylib, and ffvcheck
 /// (outside the routers' directories, which containers do not see).
@@ -22,16 +22,7 @@ fn work() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = fresh_dir("ffverbs-test");
         std::fs::create_dir_all(dir.join("lib")).unwrap();
-        // `cargo test` refreshes target/<profile>/deps/ only, `cargo build`
-        // also target/<profile>/: take the newer.
-        let cands = [bin_dir().join("deps/libffverbs.so"), bin_dir().join("libffverbs.so")];
-        let lib = cands
-            .iter()
-            .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
-            .max()
-            .map(|(_, p)| p)
-            .expect("libffverbs.so not built (cargo build -p ffverbs)");
-        std::os::unix::fs::symlink(&lib, dir.join("lib/libibverbs.so.1")).unwrap();
+        std::os::unix::fs::symlink(fftestkit::built_lib("libffverbs.so"), dir.join("lib/libibverbs.so.1")).unwrap();
         for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder", "ffvevents"] {
             let src = root().join(format!("ffverbs/tests/c/{prog}.c"));
             let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join(prog)).arg(&src).arg("-libverbs").status().expect("cc");
@@ -78,19 +69,6 @@ fn host_pair(socket: &Path, env: &[(&str, &str)], server: &[&str], client: &[&st
     let c = spawn(client);
     let rc = finish(c, Duration::from_secs(90));
     [finish(s, Duration::from_secs(30)), rc]
-}
-
-fn finish(mut c: std::process::Child, timeout: Duration) -> (bool, String, String) {
-    let start = Instant::now();
-    while c.try_wait().unwrap().is_none() {
-        if start.elapsed() > timeout {
-            let _ = c.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = c.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn check_ffvcheck(r: &[(bool, String, String); 2]) {

@@ -37,6 +37,34 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A cdylib of the workspace (`libffverbs.so`): `cargo test` refreshes
+/// target/<profile>/deps/ only, `cargo build` also target/<profile>/, so
+/// the newer of the two.
+pub fn built_lib(name: &str) -> PathBuf {
+    let cands = [bin_dir().join("deps").join(name), bin_dir().join(name)];
+    cands
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| panic!("{name} not built (cargo build --workspace)"))
+}
+
+/// Waits for a child with piped output (at most `timeout`, then kills it):
+/// (success, stdout, stderr).
+pub fn finish_child(mut c: Child, timeout: Duration) -> (bool, String, String) {
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 pub fn ffcontainer() -> PathBuf {
     root().join("tools/ffcontainer")
 }
