@@ -89,12 +89,37 @@ fn wait_listening(port: u16, server: &mut Child) {
 
 /// Runs a server and then its client on one host; both must succeed.
 fn pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> (String, String) {
+    let (ok, sout, cout) = try_pair(socket, server, client, port);
+    assert!(ok, "{}:\nserver: {sout}\nclient: {cout}", server[0]);
+    (sout, cout)
+}
+
+/// (both succeeded, server's output, client's output)
+fn try_pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> (bool, String, String) {
     let mut s = spawn(server, socket);
     wait_listening(port, &mut s);
     let (cok, cout) = finish(spawn(client, socket), Duration::from_secs(90));
-    let (sok, sout) = finish(s, Duration::from_secs(30));
-    assert!(sok && cok, "{}:\nserver: {sout}\nclient: {cout}", server[0]);
-    (sout, cout)
+    let (sok, sout) = finish(s, Duration::from_secs(if cok { 30 } else { 2 }));
+    (sok && cok, sout, cout)
+}
+
+/// perftest with `-R`: its server listens twice (once for its own
+/// handshake connection, then for the test's), and perftest 4.5's client
+/// connects the second time right after the handshake, so on a loaded
+/// machine it can find no listener (`REJECTED; error: 8`, as it would on a
+/// NIC; perftest upstream now retries). Such a run is tried again, at most
+/// 3 times; any other failure fails at once.
+fn perftest_pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> String {
+    for attempt in 1..=3 {
+        let (ok, sout, cout) = try_pair(socket, server, client, port);
+        if ok {
+            return cout;
+        }
+        let raced = cout.contains("RDMA_CM_EVENT_REJECTED; error: 8") || sout.contains("RDMA_CM_EVENT_REJECTED; error: 8");
+        assert!(raced && attempt < 3, "{server:?}:\nserver: {sout}\nclient: {cout}");
+        eprintln!("{}: perftest's second connect found no listener yet (its own race); running it again", server[0]);
+    }
+    unreachable!()
 }
 
 /// rping (every message checked, `-V`), ucmatose (several connections at
@@ -131,7 +156,7 @@ fn rdma_cm_programs_on_one_host() {
         let p = free_port().to_string();
         let server: Vec<&str> = t.iter().copied().chain(["-R", "-p", &p, "-n", "200"]).collect();
         let client: Vec<&str> = server.iter().copied().chain(["127.0.0.1"]).collect();
-        let (_, cout) = pair(&sock, &server, &client, p.parse().unwrap());
+        let cout = perftest_pair(&sock, &server, &client, p.parse().unwrap());
         assert!(cout.contains("#bytes") && cout.contains("200 "), "{t:?} -R: {cout}");
     }
 
@@ -287,18 +312,28 @@ fn rdma_cm_programs_across_hosts() {
     ];
     for (server, client, want) in runs {
         let port = server[server.iter().position(|a| *a == "-p").unwrap() + 1];
-        let mut senv = env();
-        senv.push(("FFT_PORT".into(), port.into()));
-        let sargv = with_ip(server);
-        let mut s = h.container_env(0, "a", &sargv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), senv);
-        let ip = s.read_line_with("IP ");
-        let ip = ip.trim_start_matches("IP ").trim().to_string();
-        s.read_line_with("LISTENING");
-        let mut cargv: Vec<&str> = client.to_vec();
-        cargv.push(&ip);
-        let (cok, cout, cerr) = h.container_env(1, "a", &cargv, env()).finish(Duration::from_secs(120));
-        let (sok, sout, serr) = s.finish(Duration::from_secs(30));
-        assert!(sok && cok && cout.contains(want), "{} across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}", server[0]);
+        // perftest's own race (see perftest_pair): at most 3 tries.
+        for attempt in 1..=3 {
+            let mut senv = env();
+            senv.push(("FFT_PORT".into(), port.into()));
+            let sargv = with_ip(server);
+            let mut s = h.container_env(0, "a", &sargv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), senv);
+            let ip = s.read_line_with("IP ");
+            let ip = ip.trim_start_matches("IP ").trim().to_string();
+            s.read_line_with("LISTENING");
+            let mut cargv: Vec<&str> = client.to_vec();
+            cargv.push(&ip);
+            let (cok, cout, cerr) = h.container_env(1, "a", &cargv, env()).finish(Duration::from_secs(120));
+            let raced = !cok && server[0].starts_with("ib_") && format!("{cout}{cerr}").contains("RDMA_CM_EVENT_REJECTED; error: 8");
+            if raced && attempt < 3 {
+                s.kill();
+                eprintln!("{}: perftest's second connect found no listener yet (its own race); running it again", server[0]);
+                continue;
+            }
+            let (sok, sout, serr) = s.finish(Duration::from_secs(30));
+            assert!(sok && cok && cout.contains(want), "{} across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}", server[0]);
+            break;
+        }
     }
 }
 
