@@ -285,9 +285,9 @@ fn a_hostile_peer_of_the_cm_port_cannot_wedge_a_listener() {
     let _ = server.wait();
 }
 
-/// rping and perftest `-R` between containers on two emulated hosts: the
-/// connection manager's TCP between the containers' addresses, the queue
-/// pairs through both routers.
+/// rping, perftest `-R` and udaddy between containers on two emulated
+/// hosts: the connection manager's TCP between the containers' addresses,
+/// the queue pairs (and datagrams) through both routers.
 #[test]
 fn rdma_cm_programs_across_hosts() {
     let mut h = fftestkit::hosts::TwoHosts::new();
@@ -304,14 +304,16 @@ fn rdma_cm_programs_across_hosts() {
         v.extend(argv.iter().map(|s| s.to_string()));
         v
     };
-    // (server, client less its server address, what the client must say;
-    // rping's -V: both sides check every message, and fail on a wrong one)
-    let runs: [(&[&str], &[&str], &str); 2] = [
-        (&["rping", "-s", "-a", "0.0.0.0", "-p", "18530", "-C", "200", "-S", "10000", "-V"], &["rping", "-c", "-p", "18530", "-C", "200", "-S", "10000", "-V", "-a"], ""),
-        (&["ib_write_bw", "-R", "-p", "18531", "-n", "200"], &["ib_write_bw", "-R", "-p", "18531", "-n", "200"], "#bytes"),
+    // (port, server, client less its server address, what the client must
+    // say; rping's -V: both sides check every message, and fail on a wrong
+    // one; udaddy: UD ids, answers through an address from the GRH of a
+    // datagram that crossed both routers)
+    let runs: [(&str, &[&str], &[&str], &str); 3] = [
+        ("18530", &["rping", "-s", "-a", "0.0.0.0", "-p", "18530", "-C", "200", "-S", "10000", "-V"], &["rping", "-c", "-p", "18530", "-C", "200", "-S", "10000", "-V", "-a"], ""),
+        ("18531", &["ib_write_bw", "-R", "-p", "18531", "-n", "200"], &["ib_write_bw", "-R", "-p", "18531", "-n", "200"], "#bytes"),
+        ("7174", &["udaddy", "-b", "0.0.0.0", "-c", "2", "-C", "20"], &["udaddy", "-c", "2", "-C", "20", "-s"], "return status 0"),
     ];
-    for (server, client, want) in runs {
-        let port = server[server.iter().position(|a| *a == "-p").unwrap() + 1];
+    for (port, server, client, want) in runs {
         // perftest's own race (see perftest_pair): at most 3 tries.
         for attempt in 1..=3 {
             let mut senv = env();
