@@ -254,8 +254,13 @@ pub unsafe extern "C" fn ffcm_rdma_destroy_id(p: *mut rdma_cm_id) -> c_int {
             // (their peers see the connection close) and freed.
             unsafe { ffcm_rdma_destroy_id(child as *mut rdma_cm_id) };
         }
+        // The CQs rdma_create_qp made go with the queue pair
+        // (rdma_destroy_qp); with one left (the application's leak, as
+        // librdmacm's), they stay too rather than go under it.
         // SAFETY: p was registered: our IdBox.
-        unsafe { destroy_cqs(p, &id) };
+        if unsafe { (*p).qp.is_null() } {
+            unsafe { destroy_cqs(p, &id) };
+        }
         let ch = id.channel.load(std::sync::atomic::Ordering::Relaxed);
         if id.wait_acked(Duration::from_secs(5)) {
             // SAFETY: unregistered, every event acknowledged: nothing
