@@ -33,7 +33,7 @@ fn reg() -> MutexGuard<'static, Registry> {
     lock(REG.get_or_init(Default::default))
 }
 
-fn set_errno(e: i32) {
+pub(crate) fn set_errno(e: i32) {
     // SAFETY: errno is thread-local.
     unsafe { *libc::__errno_location() = e };
 }
@@ -208,6 +208,20 @@ pub unsafe extern "C" fn ffcm_rdma_destroy_event_channel(ch: *mut rdma_event_cha
     })
 }
 
+/// `ch`, or for NULL a channel of the id's own (a synchronous id's, as
+/// librdmacm makes for `rdma_create_id` and `rdma_migrate_id` without one).
+fn channel_or_own(ch: *mut rdma_event_channel) -> Result<*mut rdma_event_channel, i32> {
+    if !ch.is_null() {
+        return Ok(ch);
+    }
+    let own = ffcm_rdma_create_event_channel();
+    if own.is_null() {
+        return Err(cm::errno());
+    }
+    reg().channels.insert(own as usize, true);
+    Ok(own)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_create_id(ch: *mut rdma_event_channel, out: *mut *mut rdma_cm_id, context: *mut c_void, ps: rdma_port_space) -> c_int {
     guard(-1, || {
@@ -215,18 +229,7 @@ pub unsafe extern "C" fn ffcm_rdma_create_id(ch: *mut rdma_event_channel, out: *
             return fail(libc::EINVAL);
         }
         let qpt = qp_type_of(ps);
-        let ch = if ch.is_null() {
-            // A synchronous id: a channel of its own.
-            let p = ffcm_rdma_create_event_channel();
-            if p.is_null() {
-                return -1;
-            }
-            reg().channels.insert(p as usize, true);
-            p
-        } else {
-            ch
-        };
-        let channel = match channel_of(ch) {
+        let channel = match channel_or_own(ch).and_then(channel_of) {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
@@ -625,14 +628,8 @@ pub unsafe extern "C" fn ffcm_rdma_get_request(listen: *mut rdma_cm_id, out: *mu
         // accept or end acknowledges it).
         unsafe { (*child).event = ptr as *mut rdma_cm_event };
         // The child answers on a channel of its own (synchronous too).
-        let own = ffcm_rdma_create_event_channel();
-        if !own.is_null() {
-            reg().channels.insert(own as usize, true);
-            if let Ok(cid) = id_of(child) {
-                cm::migrate(&cid, channel_of(own)?);
-                // SAFETY: the child's C struct.
-                unsafe { (*child).channel = own };
-            }
+        if unsafe { ffcm_rdma_migrate_id(child, std::ptr::null_mut()) } != 0 {
+            return Err(cm::errno());
         }
         let ep = lock(&id.st).ep_attr;
         if let Some(EpAttr { mut attr, pd }) = ep {
@@ -809,16 +806,7 @@ pub unsafe extern "C" fn ffcm_rdma_set_option(p: *mut rdma_cm_id, level: c_int, 
 pub unsafe extern "C" fn ffcm_rdma_migrate_id(p: *mut rdma_cm_id, ch: *mut rdma_event_channel) -> c_int {
     call(|| {
         let id = id_of(p)?;
-        let ch = if ch.is_null() {
-            let own = ffcm_rdma_create_event_channel();
-            if own.is_null() {
-                return Err(cm::errno());
-            }
-            reg().channels.insert(own as usize, true);
-            own
-        } else {
-            ch
-        };
+        let ch = channel_or_own(ch)?;
         let c = channel_of(ch)?;
         // Events still queued on the old channel stay there.
         cm::migrate(&id, c);

@@ -3,6 +3,7 @@
 //! destination), freed by `rdma_freeaddrinfo`.
 use std::ffi::{c_char, c_int};
 
+use crate::abi::set_errno;
 use crate::sys::*;
 
 /// # Safety
@@ -10,8 +11,7 @@ use crate::sys::*;
 /// writable.
 pub unsafe fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const rdma_addrinfo, res: *mut *mut rdma_addrinfo) -> c_int {
     if res.is_null() || (node.is_null() && service.is_null()) {
-        // SAFETY: errno is thread-local.
-        unsafe { *libc::__errno_location() = libc::EINVAL };
+        set_errno(libc::EINVAL);
         return -1;
     }
     // SAFETY: hints, when given, is the caller's.
@@ -31,8 +31,9 @@ pub unsafe fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *c
     // SAFETY: C strings or NULL; found written.
     let r = unsafe { libc::getaddrinfo(node, service, &sys, &mut found) };
     if r != 0 {
-        // SAFETY: errno is thread-local.
-        unsafe { *libc::__errno_location() = if r == libc::EAI_SYSTEM { *libc::__errno_location() } else { libc::EADDRNOTAVAIL } };
+        if r != libc::EAI_SYSTEM {
+            set_errno(libc::EADDRNOTAVAIL);
+        }
         return -1;
     }
     let mut head: *mut rdma_addrinfo = std::ptr::null_mut();
@@ -75,8 +76,7 @@ pub unsafe fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *c
     // SAFETY: getaddrinfo's own list.
     unsafe { libc::freeaddrinfo(found) };
     if head.is_null() {
-        // SAFETY: errno is thread-local.
-        unsafe { *libc::__errno_location() = libc::EADDRNOTAVAIL };
+        set_errno(libc::EADDRNOTAVAIL);
         return -1;
     }
     // SAFETY: res checked above.

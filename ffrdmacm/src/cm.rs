@@ -242,7 +242,39 @@ pub struct Id {
     pub channel: AtomicUsize,
 }
 
+impl IdState {
+    /// An id's state before anything happened to it.
+    fn new(ud: bool) -> IdState {
+        IdState {
+            phase: Phase::Idle,
+            sock: None,
+            rbuf: Vec::new(),
+            deadline: None,
+            pending_req: None,
+            local: Conn::default(),
+            peer: None,
+            // SAFETY: all-zero sockaddr_storage is AF_UNSPEC.
+            src: unsafe { std::mem::zeroed() },
+            dst: unsafe { std::mem::zeroed() },
+            qp: 0,
+            pending_children: 0,
+            incoming: 0,
+            backlog: 0,
+            parent: None,
+            ep_attr: None,
+            own_cqs: Vec::new(),
+            final_reported: false,
+            ud,
+        }
+    }
+}
+
 impl Id {
+    /// `channel`: the [`Channel`] its events go to.
+    fn new(st: IdState, channel: usize) -> Arc<Id> {
+        Arc::new(Id { st: Mutex::new(st), unacked: Mutex::new(0), cv: Condvar::new(), raw: AtomicUsize::new(0), channel: AtomicUsize::new(channel) })
+    }
+
     fn acked(&self) {
         let mut n = lock(&self.unacked);
         *n = n.saturating_sub(1);
@@ -286,33 +318,7 @@ pub struct IdBox {
 /// A new id on `channel`, boxed; the caller leaks the box to the
 /// application.
 pub fn new_id(channel: &Channel, context: *mut libc::c_void, ps: rdma_port_space, qp_type: ibv_qp_type) -> Box<IdBox> {
-    let id = Arc::new(Id {
-        st: Mutex::new(IdState {
-            phase: Phase::Idle,
-            sock: None,
-            rbuf: Vec::new(),
-            deadline: None,
-            pending_req: None,
-            local: Conn::default(),
-            peer: None,
-            // SAFETY: all-zero sockaddr_storage is AF_UNSPEC.
-            src: unsafe { std::mem::zeroed() },
-            dst: unsafe { std::mem::zeroed() },
-            qp: 0,
-            pending_children: 0,
-            incoming: 0,
-            backlog: 0,
-            parent: None,
-            ep_attr: None,
-            own_cqs: Vec::new(),
-            final_reported: false,
-            ud: qp_type == IBV_QPT_UD,
-        }),
-        unacked: Mutex::new(0),
-        cv: Condvar::new(),
-        raw: AtomicUsize::new(0),
-        channel: AtomicUsize::new(channel as *const Channel as usize),
-    });
+    let id = Id::new(IdState::new(qp_type == IBV_QPT_UD), channel as *const Channel as usize);
     let mut b = Box::new(IdBox { raw: rdma_cm_id::default(), id });
     b.raw.channel = &channel.raw as *const _ as *mut _;
     b.raw.context = context;
@@ -520,32 +526,10 @@ fn accept_all(listener: &Arc<Id>, st: &mut IdState, fd: RawFd) {
             continue;
         }
         st.incoming += 1;
-        let child = Arc::new(Id {
-            st: Mutex::new(IdState {
-                phase: Phase::Incoming,
-                sock: Some(sock),
-                rbuf: Vec::new(),
-                deadline: Some(Instant::now() + REQ_WAIT),
-                pending_req: None,
-                local: Conn::default(),
-                peer: None,
-                src: st.src,
-                dst: st.dst,
-                qp: 0,
-                pending_children: 0,
-                incoming: 0,
-                backlog: 0,
-                parent: Some(listener.clone()),
-                ep_attr: None,
-                own_cqs: Vec::new(),
-                final_reported: false,
-                ud: st.ud,
-            }),
-            unacked: Mutex::new(0),
-            cv: Condvar::new(),
-            raw: AtomicUsize::new(0),
-            channel: AtomicUsize::new(listener.channel.load(Ordering::Relaxed)),
-        });
+        let mut cs = IdState::new(st.ud);
+        (cs.phase, cs.sock, cs.deadline) = (Phase::Incoming, Some(sock), Some(Instant::now() + REQ_WAIT));
+        (cs.src, cs.dst, cs.parent) = (st.src, st.dst, Some(listener.clone()));
+        let child = Id::new(cs, listener.channel.load(Ordering::Relaxed));
         lock(&engine().socks).insert(c, child);
     }
 }
