@@ -698,35 +698,9 @@ pub unsafe extern "C" fn ffcm_rdma_init_qp_attr(p: *mut rdma_cm_id, attr: *mut i
         let st = lock(&id.st);
         // SAFETY: the application's attributes.
         let a = unsafe { &mut *attr };
-        let m = match a.qp_state {
-            IBV_QPS_INIT => {
-                a.pkey_index = 0;
-                a.port_num = 1;
-                a.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-                IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
-            }
-            IBV_QPS_RTR => {
-                let peer = st.peer.clone().ok_or(libc::EINVAL)?;
-                a.path_mtu = IBV_MTU_4096;
-                a.dest_qp_num = peer.qp_num;
-                a.rq_psn = peer.psn;
-                a.max_dest_rd_atomic = st.local.responder_resources.max(1);
-                a.min_rnr_timer = 12;
-                a.ah_attr = ibv_ah_attr { is_global: 1, port_num: 1, ..Default::default() };
-                a.ah_attr.grh.hop_limit = 1;
-                a.ah_attr.grh.dgid.raw = peer.gid;
-                IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER
-            }
-            IBV_QPS_RTS => {
-                a.sq_psn = st.local.psn;
-                a.timeout = 14;
-                a.retry_cnt = st.local.retry_count.min(7);
-                a.rnr_retry = st.local.rnr_retry_count.min(7);
-                a.max_rd_atomic = st.local.initiator_depth.max(1);
-                IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC
-            }
-            _ => return Err(libc::EINVAL),
-        };
+        // What the library's own transitions use.
+        let (x, m) = qp::attr(a.qp_state, st.ud, &st.local, st.peer.as_ref())?;
+        *a = x;
         // SAFETY: checked above.
         unsafe { *mask = m as c_int };
         Ok(())

@@ -102,57 +102,69 @@ fn access(responder_resources: u8) -> u32 {
     a
 }
 
+/// The attributes, and their mask, that take a queue pair (UD if `ud`,
+/// else connected) to `state`: INIT (`rdma_create_qp`), or RTR and RTS
+/// towards `peer` (`local`: what this side said). The library's own
+/// transitions and `rdma_init_qp_attr` both come from here.
+pub fn attr(state: ibv_qp_state, ud: bool, local: &Conn, peer: Option<&Conn>) -> Result<(ibv_qp_attr, u32), i32> {
+    let mut a = ibv_qp_attr { qp_state: state, ..Default::default() };
+    let mask = match (state, ud) {
+        (IBV_QPS_INIT, _) => {
+            (a.pkey_index, a.port_num) = (0, 1);
+            if ud {
+                a.qkey = RDMA_UDP_QKEY;
+                IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY
+            } else {
+                a.qp_access_flags = access(1);
+                IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS
+            }
+        }
+        (IBV_QPS_RTR, true) => IBV_QP_STATE,
+        (IBV_QPS_RTS, true) => {
+            a.sq_psn = local.psn;
+            IBV_QP_STATE | IBV_QP_SQ_PSN
+        }
+        (IBV_QPS_RTR, false) => {
+            let peer = peer.ok_or(libc::EINVAL)?;
+            a.path_mtu = IBV_MTU_4096;
+            a.dest_qp_num = peer.qp_num;
+            a.rq_psn = peer.psn;
+            a.max_dest_rd_atomic = local.responder_resources.max(1);
+            a.min_rnr_timer = 12;
+            a.qp_access_flags = access(local.responder_resources);
+            a.ah_attr.is_global = 1;
+            a.ah_attr.port_num = 1;
+            a.ah_attr.grh.hop_limit = 1;
+            a.ah_attr.grh.dgid.raw = peer.gid;
+            IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER | IBV_QP_ACCESS_FLAGS
+        }
+        (IBV_QPS_RTS, false) => {
+            a.sq_psn = local.psn;
+            a.timeout = 14;
+            a.retry_cnt = local.retry_count.min(7);
+            a.rnr_retry = local.rnr_retry_count.min(7);
+            a.max_rd_atomic = local.initiator_depth.max(1);
+            IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC
+        }
+        _ => return Err(libc::EINVAL),
+    };
+    Ok((a, mask))
+}
+
+fn to(qp: usize, state: ibv_qp_state, local: &Conn, peer: Option<&Conn>) -> Result<(), i32> {
+    let (mut a, mask) = attr(state, qp_type(qp) == Some(IBV_QPT_UD), local, peer)?;
+    modify(qp, &mut a, mask)
+}
+
 /// A new queue pair to INIT (`rdma_create_qp`).
 pub fn to_init(qp: usize) -> Result<(), i32> {
-    let mut a = ibv_qp_attr { qp_state: IBV_QPS_INIT, pkey_index: 0, port_num: 1, ..Default::default() };
-    let mut mask = IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT;
-    if qp_type(qp) == Some(IBV_QPT_UD) {
-        a.qkey = RDMA_UDP_QKEY;
-        mask |= IBV_QP_QKEY;
-    } else {
-        a.qp_access_flags = access(1);
-        mask |= IBV_QP_ACCESS_FLAGS;
-    }
-    modify(qp, &mut a, mask)
+    to(qp, IBV_QPS_INIT, &Conn::default(), None)
 }
 
 /// RTR then RTS towards `peer` (`local`: what this side said).
 pub fn to_rts(qp: usize, local: &Conn, peer: &Conn) -> Result<(), i32> {
-    if qp_type(qp) == Some(IBV_QPT_UD) {
-        let mut a = ibv_qp_attr { qp_state: IBV_QPS_RTR, ..Default::default() };
-        modify(qp, &mut a, IBV_QP_STATE)?;
-        let mut a = ibv_qp_attr { qp_state: IBV_QPS_RTS, sq_psn: local.psn, ..Default::default() };
-        return modify(qp, &mut a, IBV_QP_STATE | IBV_QP_SQ_PSN);
-    }
-    let mut a = ibv_qp_attr {
-        qp_state: IBV_QPS_RTR,
-        path_mtu: IBV_MTU_4096,
-        dest_qp_num: peer.qp_num,
-        rq_psn: peer.psn,
-        max_dest_rd_atomic: local.responder_resources.max(1),
-        min_rnr_timer: 12,
-        qp_access_flags: access(local.responder_resources),
-        ..Default::default()
-    };
-    a.ah_attr.is_global = 1;
-    a.ah_attr.port_num = 1;
-    a.ah_attr.grh.hop_limit = 1;
-    a.ah_attr.grh.dgid.raw = peer.gid;
-    modify(
-        qp,
-        &mut a,
-        IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER | IBV_QP_ACCESS_FLAGS,
-    )?;
-    let mut a = ibv_qp_attr {
-        qp_state: IBV_QPS_RTS,
-        sq_psn: local.psn,
-        timeout: 14,
-        retry_cnt: local.retry_count.min(7),
-        rnr_retry: local.rnr_retry_count.min(7),
-        max_rd_atomic: local.initiator_depth.max(1),
-        ..Default::default()
-    };
-    modify(qp, &mut a, IBV_QP_STATE | IBV_QP_SQ_PSN | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC)
+    to(qp, IBV_QPS_RTR, local, Some(peer))?;
+    to(qp, IBV_QPS_RTS, local, Some(peer))
 }
 
 /// The queue pair to ERR (0: none): its work requests flush.

@@ -181,7 +181,7 @@ fn ffcmcheck() {
     let prog = format!("{}/ffcmcheck", lib_dir());
     let (ok, out) = finish(spawn(&[&prog], &r.socket("a")), Duration::from_secs(90));
     assert!(ok && out.contains("OK done"), "ffcmcheck: {out}");
-    for want in ["OK rejected: status 28", "OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked", "OK disconnected: one event each side", "OK foreign pointers"] {
+    for want in ["OK rejected: status 28", "OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked", "OK rdma_init_qp_attr: the peer's queue pair for RTR", "OK disconnected: one event each side", "OK foreign pointers"] {
         assert!(out.contains(want), "ffcmcheck did not say {want:?}: {out}");
     }
 }

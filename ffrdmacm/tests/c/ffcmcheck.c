@@ -2,7 +2,7 @@
  * checked in one process (a listener and a client on two event channels,
  * one thread): a non-blocking channel, private data both ways, a
  * rejection with its data and reason, a SEND between the accepted queue
- * pairs (bytes checked), one DISCONNECTED per side, pointers that are not
+ * pairs (bytes checked), rdma_init_qp_attr, one DISCONNECTED per side, pointers that are not
  * ids or events, and a listener destroyed under a pending request.
  * Prints "OK ..." per check and "OK done"; exits 1 at the first failure.
  * Built by ffrdmacm/tests/rdmacm.rs against Debian's headers. */
@@ -183,6 +183,19 @@ int main(void)
 	if (n < 2 || memcmp(buf, out, sizeof out))
 		FAIL("the SEND: %d completions, bytes %s", n, memcmp(buf, out, sizeof out) ? "differ" : "equal");
 	printf("OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked\n");
+	{
+		/* What the library moved the queue pair with, for programs that
+		 * move their own. */
+		struct ibv_qp_attr qa = { .qp_state = IBV_QPS_RTR };
+		int mask = 0;
+		if (rdma_init_qp_attr(cid, &qa, &mask) || qa.dest_qp_num != sid->qp->qp_num || !(mask & IBV_QP_DEST_QPN) ||
+		    !(mask & IBV_QP_AV) || !qa.ah_attr.is_global)
+			FAIL("rdma_init_qp_attr for RTR: dest %u (want %u), mask %#x", qa.dest_qp_num, sid->qp->qp_num, mask);
+		qa.qp_state = IBV_QPS_SQD;
+		if (rdma_init_qp_attr(cid, &qa, &mask) != -1 || errno != EINVAL)
+			FAIL("rdma_init_qp_attr for SQD: not EINVAL");
+	}
+	printf("OK rdma_init_qp_attr: the peer's queue pair for RTR\n");
 
 	/* One DISCONNECTED on each side, then nothing. */
 	if (rdma_disconnect(cid))
