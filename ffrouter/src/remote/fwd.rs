@@ -512,6 +512,10 @@ pub(super) struct Out {
     /// Bytes of the current record already queued (records larger than a
     /// frame go in several).
     rec_off: usize,
+    /// That record's header as it was when its first frame went: its
+    /// header lies in the client's ring, which the client may rewrite
+    /// meanwhile, and its frames must agree with their first.
+    rec_first: Option<ring::Record>,
     /// Credit the next frame needs, when it had to wait for credit.
     pub(super) need: Option<u64>,
     /// Frames queued, not sent yet (their bytes are held in the ring, or
@@ -583,6 +587,7 @@ impl Out {
             rx,
             charged: 0,
             rec_off: 0,
+            rec_first: None,
             need: None,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -755,6 +760,12 @@ impl Fwd {
             if rec.kind == ring::REC_PLACED {
                 return Err(Stop::Local("a client wrote a router's record".into()));
             }
+            if out.rec_off > 0 && out.rec_first != Some(rec) {
+                // Its later frames would not match what the first told the
+                // peer router, which would rightly end the link (shared by
+                // every tenant): the connection goes alone.
+                return Err(Stop::Local("a client rewrote a record while it was being sent".into()));
+            }
             let flen = (rec.len - out.rec_off).min(fmax);
             let kind = if out.rec_off == 0 { rec.kind } else { REC_CONT };
             let c = wire::charge(kind, rec.total, flen, wmax);
@@ -769,10 +780,12 @@ impl Fwd {
             let src = unsafe { out.rx.payload().add(out.rec_off) };
             out.queue(hdr, src, flen, c);
             out.rec_off += flen;
+            out.rec_first = Some(rec);
             moved = Moved::Some;
             if out.rec_off == rec.len {
                 out.rx.consume(rec.len);
                 out.rec_off = 0;
+                out.rec_first = None;
             }
             if let Some(end) = self.hand_full(out, link, mode, &mut handed, quantum)? {
                 return Ok(end);
