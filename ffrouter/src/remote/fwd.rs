@@ -516,6 +516,8 @@ pub(super) struct Out {
     /// header lies in the client's ring, which the client may rewrite
     /// meanwhile, and its frames must agree with their first.
     rec_first: Option<ring::Record>,
+    /// Where the client's records stand in its message stream.
+    framing: Framing,
     /// Credit the next frame needs, when it had to wait for credit.
     pub(super) need: Option<u64>,
     /// Frames queued, not sent yet (their bytes are held in the ring, or
@@ -532,6 +534,46 @@ pub(super) struct Out {
     /// (`Link::send_unacked`), oldest first: their ring bytes and regions
     /// go back to the client once it has.
     pub(super) unread: VecDeque<Unread>,
+}
+
+/// The message a client's records are in, checked before any of them
+/// becomes a frame: the peer router holds frames to the message they
+/// announce (a placed message must arrive whole, in order, as long as it
+/// said) and rightly ends the link, shared by every tenant, on a frame that
+/// breaks that. So a client's stream that breaks it fails its connection
+/// here, alone.
+#[derive(Default)]
+struct Framing {
+    /// The current message's size.
+    total: u64,
+    /// Its bytes not framed yet; 0 between messages.
+    left: u64,
+}
+
+impl Framing {
+    /// Takes a record of `len` message bytes (a shadow reference: the bytes
+    /// it names) announcing a message of `total`.
+    fn take(&mut self, kind: u32, total: u64, len: u64) -> Result<(), Stop> {
+        let bad = |why: &str| Err(Stop::Local(format!("a client's records break its messages: {why}")));
+        if kind == ring::REC_FIRST {
+            if self.left > 0 {
+                return bad("a message started inside another");
+            }
+            if len > total {
+                return bad("a first record longer than its message");
+            }
+            (self.total, self.left) = (total, total - len);
+            return Ok(());
+        }
+        if self.left == 0 {
+            return bad("a continuation outside a message");
+        }
+        if total != self.total || len > self.left {
+            return bad("a continuation that disagrees with its message");
+        }
+        self.left -= len;
+        Ok(())
+    }
 }
 
 /// A gather sent, not yet known to be read by the peer.
@@ -588,6 +630,7 @@ impl Out {
             charged: 0,
             rec_off: 0,
             rec_first: None,
+            framing: Framing::default(),
             need: None,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -747,6 +790,7 @@ impl Fwd {
             };
             if rec.kind == ring::REC_SHADOW {
                 let mut sh = self.shadow_ref(&mut out.rx, rec)?;
+                out.framing.take(rec.kind, sh.total, sh.n as u64)?;
                 sh.direct = link.register_region(&sh.mem);
                 out.shadow = Some(sh);
                 out.rx.consume(rec.len);
@@ -772,6 +816,9 @@ impl Fwd {
             if out.charged + c > limit {
                 out.need = Some(c);
                 break;
+            }
+            if out.rec_off == 0 {
+                out.framing.take(rec.kind, rec.total, rec.len as u64)?;
             }
             let hdr = Header::data(peer_conn, kind, rec.tag, rec.total, flen).encode();
             // SAFETY: peek validated that the record's `len` bytes lie in
