@@ -163,9 +163,7 @@ fn sync_raw(p: *mut rdma_cm_id, id: &Id) {
     // SAFETY: p is the registered id's own C struct.
     unsafe {
         cm::set_route(&mut *p, &st);
-        if (*p).verbs.is_null() {
-            (*p).verbs = qp::device().unwrap_or(std::ptr::null_mut());
-        }
+        qp::attach(&mut *p);
     }
 }
 

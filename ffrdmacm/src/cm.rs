@@ -621,7 +621,7 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
                     sock_addrs(s.as_raw_fd(), &mut fs.src, &mut fs.dst);
                 }
                 set_route(&mut b.raw, fs);
-                b.raw.verbs = qp::device().unwrap_or(std::ptr::null_mut());
+                qp::attach(&mut b.raw);
             }
             let raw = Box::into_raw(b);
             crate::abi::adopt_id(raw, fresh.clone());

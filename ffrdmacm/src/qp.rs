@@ -53,6 +53,19 @@ pub fn default_pd() -> Result<*mut ibv_pd, i32> {
     Ok(*pd as *mut ibv_pd)
 }
 
+/// Gives an id the device (`verbs`) and, as librdmacm does, the device's
+/// default protection domain (`pd`: UCX's rdma_cm transport makes its
+/// queue pairs in it), where it has none yet. Either stays NULL if it
+/// cannot be had; the calls that need them fail then.
+pub fn attach(id: &mut rdma_cm_id) {
+    if id.verbs.is_null() {
+        id.verbs = device().unwrap_or(std::ptr::null_mut());
+    }
+    if id.pd.is_null() && !id.verbs.is_null() {
+        id.pd = default_pd().unwrap_or(std::ptr::null_mut());
+    }
+}
+
 /// The device's GID (port 1, index 0): where peers find our queue pairs.
 pub fn gid() -> Result<[u8; 16], i32> {
     let ctx = device()?;

@@ -186,6 +186,54 @@ fn ffcmcheck() {
     }
 }
 
+/// UCX's client-server mode (`ucp_listener_create`, `ucp_ep_create` with
+/// a socket address: how UCX-Py, Dask and NIXL connect) over ff0, between
+/// two host processes (`tests/c/ffucpcs.c`, ours: every size from 1 B to
+/// 4 MiB, each checksummed by the server, the last sent back whole): UCX's
+/// rdma_cm transport (our library) sets the connection up, its verbs
+/// transports carry the data. Each process runs in its own mount
+/// namespace with the device node UCX looks for (tools/ffuverbs). Skipped,
+/// saying so, without UCX or unshare.
+#[test]
+fn ucx_client_server_over_rdma_cm() {
+    let have = |c: &str| Command::new("sh").args(["-c", &format!("command -v {c}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !have("ucx_info") || !have("unshare") {
+        eprintln!("skipped: ucx_info or unshare missing (scripts/deps.sh installs ucx-utils and libucx-dev)");
+        return;
+    }
+    let prog = format!("{}/ffucpcs", lib_dir());
+    let src = fftestkit::root().join("ffrdmacm/tests/c/ffucpcs.c");
+    let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o", &prog]).arg(&src).args(["-lucp", "-lucs"]).status().expect("cc");
+    assert!(st.success(), "compiling ffucpcs (needs libucx-dev)");
+    let r = RouterProc::start(&["a"], &[]);
+    let tool = fftestkit::root().join("tools/ffuverbs");
+    let port = free_port();
+    let p = port.to_string();
+    let spawn_ucx = |args: &[&str]| {
+        Command::new(&tool)
+            .arg(&prog)
+            .args(args)
+            .env("LD_LIBRARY_PATH", lib_dir())
+            .env("FF_ROUTER_SOCKET", r.socket("a"))
+            .env("UCX_TLS", "rc_v,self")
+            .env("UCX_NET_DEVICES", "ff0:1")
+            .env("UCX_SOCKADDR_TLS_PRIORITY", "rdmacm")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tools/ffuverbs")
+    };
+    let mut s = spawn_ucx(&["server", &p]);
+    wait_listening(port, &mut s);
+    let (cok, cout) = finish(spawn_ucx(&["client", "127.0.0.1", &p]), Duration::from_secs(90));
+    let (sok, sout) = finish(s, Duration::from_secs(if cok { 30 } else { 2 }));
+    assert!(sok && cok, "ffucpcs:\nserver: {sout}\nclient: {cout}");
+    assert!(cout.contains("checked 8 messages") && sout.contains("served 8 messages"), "ffucpcs:\nserver: {sout}\nclient: {cout}");
+    // UCX says which transports the connection took.
+    assert!(cout.contains("cm rdmacm") && cout.contains("rc_verbs/ff0:1"), "UCX's connection manager and data lane: {cout}");
+}
+
 /// A connection nobody accepts is refused at once with the reason a NIC's
 /// CM gives (8: no such service); one between tenants is refused by the
 /// router (isolation: the connection manager's messages are the programs'

@@ -452,7 +452,7 @@ pub unsafe extern "C" fn ffv_ibv_reg_mr_iova2(pd: *mut ibv_pd, addr: *mut c_void
             // SAFETY: the application registers memory it owns, and (as
             // for a NIC, whose registration pins it) does not write it from
             // other threads while it registers or deregisters it.
-            match dev.ff.register_shadow(addr as *const u8, len) {
+            match dev.port.ff.register_shadow(addr as *const u8, len) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     log::debug!("ffverbs: {addr:?}+{len} stays private: {e}");
@@ -719,10 +719,7 @@ pub unsafe extern "C" fn ffv_ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
         }
         let dev = dev_of((*qp).context);
         let mut e = dev.engine.lock().unwrap();
-        if let Some(t) = e.qps.remove(&(*qp).qp_num).and_then(|q| q.twin) {
-            e.qps.remove(&t);
-        }
-        e.ud_qps.remove(&(*qp).qp_num);
+        e.remove_qp((*qp).qp_num);
         drop(e);
         drop(Box::from_raw(qp as *mut QpBox));
         0
@@ -821,8 +818,9 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
         match to {
             IBV_QPS_RESET => {
                 q.reset();
+                q.twin = None;
                 if let Some(t) = twin {
-                    e.qps.remove(&t);
+                    e.remove_qp(t);
                 }
                 (*qp).state = to;
                 return 0;

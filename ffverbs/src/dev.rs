@@ -1,18 +1,19 @@
-//! The device context (one per `ibv_open_device`): its router attachment
-//! and listener (what its GID names), registrations, completion queues and
-//! channels, and the thread that serves the queue pairs while the
-//! application does not call in (one-sided operations need no help from
-//! the target application, as on a NIC).
+//! The port (one per process: its router attachment and listener, what
+//! the GID names, and the queue pair numbers) and the device context (one
+//! per `ibv_open_device`): registrations, completion queues and channels,
+//! and the thread that serves the queue pairs while the application does
+//! not call in (one-sided operations need no help from the target
+//! application, as on a NIC).
 
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use ffcore::{Handle, ShadowMr};
+use ffcore::{Handle, Listener, ShadowMr};
 
 use crate::qp::Engine;
 use crate::sys::*;
@@ -191,12 +192,93 @@ impl Drop for Cq {
 /// Why a work request's memory was refused: the completion status.
 pub type Status = u32;
 
-/// One opened device.
-pub struct Device {
+/// What a NIC's port is to every context opened on it: one per process
+/// here. Its GID names its listener, which every context of the process
+/// shares, as they share the queue pair numbers: a GID that one context
+/// reports reaches the queue pairs of another, as on a NIC (UCX connects
+/// the queue pairs of its own context with the GIDs its rdma_cm context
+/// reports). Each context's engine accepts what comes and hands a
+/// connection (or datagram) for another context's queue pair to it.
+pub struct Port {
     pub ff: ffcore::Context,
-    /// Our listener's handle: what peers connect to (their view is the GID).
+    pub listener: Listener,
+    /// The listener's handle: what peers connect to (their view is the GID).
     pub own: Handle,
     pub gid: [u8; 16],
+    /// The context owning each queue pair number in use.
+    owners: Mutex<FxHashMap<u32, Weak<Device>>>,
+    next_qpn: AtomicU32,
+}
+
+impl Port {
+    /// The process's port: the one its open contexts share, or a new one.
+    pub fn get() -> ffcore::Result<Arc<Port>> {
+        static PORT: Mutex<Weak<Port>> = Mutex::new(Weak::new());
+        let mut p = PORT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(port) = p.upgrade() {
+            return Ok(port);
+        }
+        let ff = ffcore::Context::new()?;
+        let listener = ff.listen()?;
+        let own = listener.handle();
+        let ip = match own.addr {
+            Some(std::net::SocketAddr::V4(a)) => a.ip().octets(),
+            Some(std::net::SocketAddr::V6(a)) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => v4.octets(),
+                None => return Err(ffcore::Error::InvalidArgument("ff0 needs an IPv4 router address (--advertise-addr)".into())),
+            },
+            None => [0; 4],
+        };
+        let listener_id = u32::try_from(own.listener).map_err(|_| ffcore::Error::InvalidArgument("listener id over 32 bits".into()))?;
+        let gid = Gid { ip, listener: listener_id, nonce: own.nonce }.to_bytes();
+        let port = Arc::new(Port {
+            ff,
+            listener,
+            own,
+            gid,
+            owners: Mutex::new(FxHashMap::default()),
+            next_qpn: AtomicU32::new(0x100 + (rand::random::<u32>() & 0xfff)),
+        });
+        *p = Arc::downgrade(&port);
+        Ok(port)
+    }
+
+    /// A queue pair number for `dev`, unused in the process.
+    pub fn new_qpn(&self, dev: &Weak<Device>) -> u32 {
+        let mut owners = self.owners.lock().unwrap();
+        loop {
+            let n = self.next_qpn.fetch_add(1, Ordering::Relaxed).wrapping_add(1) & 0xff_ffff;
+            if n > 0 && owners.get(&n).is_none_or(|w| w.strong_count() == 0) {
+                owners.insert(n, dev.clone());
+                return n;
+            }
+        }
+    }
+
+    /// Queue pair `qpn` of `dev` is gone (if the number went to another
+    /// context meanwhile, `dev` being dropped, it stays that one's).
+    pub fn release(&self, qpn: u32, dev: &Weak<Device>) {
+        let mut owners = self.owners.lock().unwrap();
+        if owners.get(&qpn).is_some_and(|w| w.ptr_eq(dev)) {
+            owners.remove(&qpn);
+        }
+    }
+
+    /// The context that owns queue pair `qpn`, if it is open.
+    pub fn owner(&self, qpn: u32) -> Option<Arc<Device>> {
+        self.owners.lock().unwrap().get(&qpn).and_then(Weak::upgrade)
+    }
+}
+
+/// One opened device.
+pub struct Device {
+    pub port: Arc<Port>,
+    /// The port's listener's handle and GID (copies, for brevity).
+    pub own: Handle,
+    pub gid: [u8; 16],
+    /// Connections and datagrams the engine of another context of the
+    /// process accepted for queue pairs of this one.
+    pub inbox: Mutex<Inbox>,
     pub engine: Mutex<Engine>,
     /// Our own keys (we choose them: a fast hash is safe here).
     pub mrs: RwLock<FxHashMap<u32, Mr>>,
@@ -243,31 +325,33 @@ pub struct Device {
 const MAX_ASYNC_EVENTS: usize = 4096;
 
 
+/// What another context handed over (see [`Port`]), capped as a NIC's
+/// queues are: beyond [`Inbox::MAX`] datagrams, new ones are dropped.
+#[derive(Default)]
+pub struct Inbox {
+    pub conns: Vec<crate::qp::Pending>,
+    pub datagrams: Vec<(crate::ud::UdHdr, Vec<u8>)>,
+}
+
+impl Inbox {
+    pub const MAX: usize = 4096;
+}
+
 impl Device {
     pub fn open() -> ffcore::Result<Arc<Device>> {
-        let ff = ffcore::Context::new()?;
-        let listener = ff.listen()?;
-        let own = listener.handle();
-        let ip = match own.addr {
-            Some(std::net::SocketAddr::V4(a)) => a.ip().octets(),
-            Some(std::net::SocketAddr::V6(a)) => match a.ip().to_ipv4_mapped() {
-                Some(v4) => v4.octets(),
-                None => return Err(ffcore::Error::InvalidArgument("ff0 needs an IPv4 router address (--advertise-addr)".into())),
-            },
-            None => [0; 4],
-        };
-        let listener_id = u32::try_from(own.listener).map_err(|_| ffcore::Error::InvalidArgument("listener id over 32 bits".into()))?;
-        let gid = Gid { ip, listener: listener_id, nonce: own.nonce }.to_bytes();
+        let port = Port::get()?;
+        let (own, gid) = (port.own, port.gid);
         // SAFETY: plain syscall; the descriptor is ours.
         let async_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
         if async_fd < 0 {
             return Err(ffcore::Error::Io(std::io::Error::last_os_error()));
         }
-        let dev = Arc::new(Device {
-            ff,
+        let dev = Arc::new_cyclic(|me| Device {
+            port: port.clone(),
             own,
             gid,
-            engine: Mutex::new(Engine::new(listener)),
+            inbox: Mutex::new(Inbox::default()),
+            engine: Mutex::new(Engine::new(port.clone(), me.clone())),
             mrs: RwLock::new(FxHashMap::default()),
             next_key: AtomicU32::new(rand::random::<u32>() & 0xff_ffff),
             app_calls: AtomicU64::new(0),

@@ -20,14 +20,14 @@ use std::collections::{HashMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ffcore::wake::{ConnWords, WakeWord};
-use ffcore::{AtomicOp, Conn, Handle, Listener, RemoteKey, RemoteMap, Req, Width};
+use ffcore::{AtomicOp, Conn, Handle, RemoteKey, RemoteMap, Req, Width};
 use std::collections::HashSet;
 
-use crate::dev::{Channel, Cq, Device, Status};
+use crate::dev::{Channel, Cq, Device, Port, Status};
 use crate::srq::Srq;
 use crate::ud::{self, UdQp};
 use crate::sys::*;
@@ -590,7 +590,7 @@ impl Qp {
                 self.link = Link::Connect { handle, since, next_try };
                 false
             }
-            Link::Connect { handle, since, .. } => match dev.ff.connect(&handle) {
+            Link::Connect { handle, since, .. } => match dev.port.ff.connect(&handle) {
                 Ok(Some(mut c)) => {
                     let hello = Hello { src_qpn: self.qpn, dst_qpn: self.remote.map_or(0, |r| r.1) };
                     match c.try_send_with(wire::HELLO, Hello::LEN, |p| {
@@ -1202,7 +1202,7 @@ impl Qp {
                     let mut kb = [0u8; RemoteKey::LEN];
                     // SAFETY: plen >= RemoteKey::LEN bytes at payload.
                     unsafe { std::ptr::copy_nonoverlapping(payload, kb.as_mut_ptr(), RemoteKey::LEN) };
-                    match dev.ff.map_remote(&RemoteKey::read(&kb)) {
+                    match dev.port.ff.map_remote(&RemoteKey::read(&kb)) {
                         Ok(map) => {
                             self.direct.insert(h.rkey, Direct { addr: h.raddr, len: h.len, access: h.flags, map });
                         }
@@ -1392,46 +1392,57 @@ pub fn handle_for(dev: &Device, gid: &[u8; 16]) -> Handle {
     Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }
 }
 
-/// A connection accepted for one of our queue pairs, before its HELLO
-/// found it.
-struct Pending {
+/// A connection accepted for one of the process's queue pairs, before its
+/// HELLO found it.
+pub struct Pending {
     conn: Conn,
     words: Option<Arc<ConnWords>>,
     hello: Option<Hello>,
     since: Instant,
 }
 
-/// Everything of a device context that moves: its listener and queue pairs.
+/// The context's queue pair numbers go back to the port with it.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for qpn in self.qps.keys().chain(self.ud_qps.keys()) {
+            self.port.release(*qpn, &self.me);
+        }
+    }
+}
+
+/// Everything of a device context that moves: its queue pairs, and what
+/// it accepts on the port's listener.
 pub struct Engine {
-    pub listener: Listener,
+    port: Arc<Port>,
+    /// Its device (the owner of the queue pair numbers it takes).
+    me: Weak<Device>,
     /// Our own queue pair numbers (a fast hash is safe here).
     pub qps: FxHashMap<u32, Qp>,
     /// UD queue pairs (the same numbers' space as `qps`).
     pub ud_qps: FxHashMap<u32, UdQp>,
     pub links: ud::Links,
     pending: Vec<Pending>,
-    next_qpn: u32,
 }
 
 impl Engine {
-    pub fn new(listener: Listener) -> Engine {
-        Engine {
-            listener,
-            qps: FxHashMap::default(),
-            ud_qps: FxHashMap::default(),
-            links: ud::Links::default(),
-            pending: Vec::new(),
-            next_qpn: 0x100 + (rand::random::<u32>() & 0xfff),
-        }
+    pub fn new(port: Arc<Port>, me: Weak<Device>) -> Engine {
+        Engine { port, me, qps: FxHashMap::default(), ud_qps: FxHashMap::default(), links: ud::Links::default(), pending: Vec::new() }
     }
 
+    /// A queue pair number of the port's, now this context's (given back
+    /// by [`Engine::remove_qp`], or when the context goes).
     pub fn new_qpn(&mut self) -> u32 {
-        loop {
-            self.next_qpn = (self.next_qpn + 1) & 0xff_ffff;
-            if self.next_qpn > 0 && !self.qps.contains_key(&self.next_qpn) && !self.ud_qps.contains_key(&self.next_qpn) {
-                return self.next_qpn;
-            }
+        self.port.new_qpn(&self.me)
+    }
+
+    /// Takes queue pair `qpn` (and its twin, if any) out of the context,
+    /// and gives their numbers back to the port.
+    pub fn remove_qp(&mut self, qpn: u32) {
+        if let Some(t) = self.qps.remove(&qpn).and_then(|q| q.twin) {
+            self.remove_qp(t);
         }
+        self.ud_qps.remove(&qpn);
+        self.port.release(qpn, &self.me);
     }
 
     /// A queue pair connected to itself (RTR with its own GID and number,
@@ -1443,10 +1454,13 @@ impl Engine {
     pub fn loopback(&mut self, dev: &Device, qpn: u32) -> Result<u32, i32> {
         let old = self.qps.get_mut(&qpn).ok_or(libc::EINVAL)?.twin.take();
         if let Some(t) = old {
-            self.qps.remove(&t);
+            self.remove_qp(t);
         }
         let t = self.new_qpn();
-        let a = self.qps.get_mut(&qpn).ok_or(libc::EINVAL)?;
+        let Some(a) = self.qps.get_mut(&qpn) else {
+            self.port.release(t, &self.me);
+            return Err(libc::EINVAL);
+        };
         if a.srq.is_none() {
             let s = Srq::new(a.pd, a.cap.max_recv_wr.max(1), a.cap.max_recv_sge.max(1), 0)?;
             s.state.lock().unwrap().rq.extend(a.rq.drain(..));
@@ -1465,8 +1479,20 @@ impl Engine {
 
     pub fn progress(&mut self, dev: &Device) -> bool {
         let mut did = false;
+        // What other contexts of the process took for ours.
+        let datagrams = {
+            let mut inbox = dev.inbox.lock().unwrap();
+            did |= !inbox.conns.is_empty() || !inbox.datagrams.is_empty();
+            self.pending.append(&mut inbox.conns);
+            std::mem::take(&mut inbox.datagrams)
+        };
+        for (h, data) in datagrams {
+            if let Some(q) = self.ud_qps.get_mut(&h.dst_qpn) {
+                q.deliver(dev, &h, &data);
+            }
+        }
         loop {
-            match self.listener.accept() {
+            match self.port.listener.accept() {
                 Ok(Some(conn)) => {
                     let words = conn.wake_words().ok();
                     self.pending.push(Pending { conn, words, hello: None, since: Instant::now() });
@@ -1515,6 +1541,15 @@ impl Engine {
                 did = true;
                 continue;
             }
+            // For a queue pair of another context of the process: its.
+            let other = p.hello.filter(|h| !self.qps.contains_key(&h.dst_qpn)).and_then(|h| self.port.owner(h.dst_qpn));
+            if let Some(owner) = other.filter(|o| !std::ptr::eq(Arc::as_ptr(o), dev)) {
+                let p = self.pending.swap_remove(i);
+                owner.inbox.lock().unwrap().conns.push(p);
+                owner.kick();
+                did = true;
+                continue;
+            }
             if p.since.elapsed() > CONNECT_TIMEOUT {
                 self.pending.swap_remove(i);
                 continue;
@@ -1524,7 +1559,7 @@ impl Engine {
         for qp in self.qps.values_mut() {
             did |= qp.progress(dev);
         }
-        if !self.ud_qps.is_empty() {
+        if !self.ud_qps.is_empty() || self.links.has_inbound() {
             did |= ud::progress(dev, &mut self.links, &mut self.ud_qps);
         }
         did
@@ -1543,10 +1578,10 @@ impl Engine {
         let mut words: Vec<WakeWord> = self.qps.values().filter_map(|q| q.arm()).collect();
         words.extend(self.pending.iter().filter_map(|p| p.words.as_ref().map(|w| w.arm())));
         self.links.arm(&mut words);
-        words.push(self.listener.wake_word());
+        words.push(self.port.listener.wake_word());
         // A connection whose HELLO names a queue pair not yet at RTR waits
         // for modify_qp, which kicks us.
-        let busy = self.listener.may_have_pending()
+        let busy = self.port.listener.may_have_pending()
             || self.pending.iter_mut().any(|p| p.hello.is_none() && p.conn.has_events())
             || self.qps.values_mut().any(|q| q.has_events())
             || self.links.has_events();

@@ -28,7 +28,7 @@ use ffcore::wake::{ConnWords, WakeWord};
 use ffcore::{Conn, Handle};
 use rustc_hash::FxHashMap;
 
-use crate::dev::{Cq, Device};
+use crate::dev::{Cq, Device, Inbox};
 use crate::qp::{RecvWr, CONNECT_TIMEOUT};
 use crate::sys::*;
 use crate::wire::{self, Hello};
@@ -130,7 +130,7 @@ impl UdQp {
     }
 
     /// Takes one datagram for this queue pair (`data` is a copy).
-    fn deliver(&mut self, dev: &Device, h: &UdHdr, data: &[u8]) {
+    pub fn deliver(&mut self, dev: &Device, h: &UdHdr, data: &[u8]) {
         if !(self.state == IBV_QPS_RTR || self.state == IBV_QPS_RTS) || h.qkey != self.qkey {
             return;
         }
@@ -209,6 +209,13 @@ impl Links {
     pub fn has_events(&mut self) -> bool {
         self.inbound.iter_mut().any(|i| i.conn.has_events())
     }
+
+    /// Links in: to be read even by a context without UD queue pairs, as
+    /// they carry datagrams for every queue pair of the port (handed to
+    /// the context that owns it).
+    pub fn has_inbound(&self) -> bool {
+        !self.inbound.is_empty()
+    }
 }
 
 /// Moves datagrams: reads every inbound link into the queue pairs, and
@@ -235,9 +242,7 @@ pub fn progress(dev: &Device, links: &mut Links, qps: &mut FxHashMap<u32, UdQp>)
                 Ok(true) => {
                     did = true;
                     if let Some((h, data)) = got {
-                        if let Some(q) = qps.get_mut(&h.dst_qpn) {
-                            q.deliver(dev, &h, &data);
-                        }
+                        deliver(dev, qps, h, data);
                     }
                 }
                 Ok(false) => {
@@ -292,11 +297,26 @@ pub fn progress(dev: &Device, links: &mut Links, qps: &mut FxHashMap<u32, UdQp>)
         }
     }
     for (h, data) in local {
-        if let Some(q) = qps.get_mut(&h.dst_qpn) {
-            q.deliver(dev, &h, &data);
-        }
+        deliver(dev, qps, h, data);
     }
     did
+}
+
+/// A datagram to queue pair `h.dst_qpn` of this process: to ours, or
+/// handed to the context that owns it (its engine delivers it); dropped if
+/// there is none, or that context has [`Inbox::MAX`] waiting, as a NIC
+/// drops what no queue pair takes.
+fn deliver(dev: &Device, qps: &mut FxHashMap<u32, UdQp>, h: UdHdr, data: Vec<u8>) {
+    if let Some(q) = qps.get_mut(&h.dst_qpn) {
+        return q.deliver(dev, &h, &data);
+    }
+    let Some(owner) = dev.port.owner(h.dst_qpn).filter(|o| !std::ptr::eq(Arc::as_ptr(o), dev)) else { return };
+    let mut inbox = owner.inbox.lock().unwrap();
+    if inbox.datagrams.len() < Inbox::MAX {
+        inbox.datagrams.push((h, data));
+        drop(inbox);
+        owner.kick();
+    }
 }
 
 /// Puts one datagram on the link to `gid`: Some(true) if it went (or was
@@ -324,7 +344,7 @@ fn send_to(dev: &Device, links: &mut Links, gid: [u8; 16], h: &UdHdr, data: &[u8
         if now < *next_try {
             return None;
         }
-        match dev.ff.connect(handle) {
+        match dev.port.ff.connect(handle) {
             Ok(Some(mut c)) => {
                 let hello = Hello { src_qpn: LINK_QPN, dst_qpn: 0 };
                 let ok = c.try_send_with(wire::HELLO, Hello::LEN, |p| {

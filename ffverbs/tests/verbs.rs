@@ -23,7 +23,7 @@ fn work() -> &'static Path {
         let dir = fresh_dir("ffverbs-test");
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         std::os::unix::fs::symlink(fftestkit::built_lib("libffverbs.so"), dir.join("lib/libibverbs.so.1")).unwrap();
-        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder", "ffvevents"] {
+        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder", "ffvevents", "ffvports"] {
             let src = root().join(format!("ffverbs/tests/c/{prog}.c"));
             let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join(prog)).arg(&src).arg("-libverbs").status().expect("cc");
             assert!(st.success(), "compiling {prog} (needs libibverbs-dev)");
@@ -157,6 +157,29 @@ fn ffvud_between_processes() {
     for want in ["OK answers came back to the sending queue pair", "OK over the MTU refused; dropped datagrams complete at the sender", "OK done"] {
         assert!(cout.contains(want), "client did not say {want:?}: {cout}{cerr}");
     }
+}
+
+/// Two contexts of ff0 in one process (ffvports) report one GID, as a
+/// NIC's port does, and their queue pairs connect with it: RC SENDs both
+/// ways and a WRITE, UD datagrams both ways (source queue pair and GRH
+/// checked). UCX needs this: it connects its verbs transports' queue pairs
+/// with the GIDs its rdma_cm transport's context reports. (Before the port
+/// was shared, each context had a GID of its own and such a queue pair
+/// waited 15 s for a peer that never came.)
+#[test]
+fn ffvports_two_contexts_of_one_process_share_the_port() {
+    let r = RouterProc::start(&["a"], &[]);
+    let prog = work().join("ffvports");
+    let c = Command::new(&prog)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .env("FF_ROUTER_SOCKET", r.socket("a"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffvports");
+    let (ok, out, err) = finish(c, Duration::from_secs(60));
+    assert!(ok && out.contains("SENDs, a WRITE and datagrams between them checked"), "ffvports failed: {out}{err}");
 }
 
 /// What ffvorder's server says when the client's queue pair went away and
