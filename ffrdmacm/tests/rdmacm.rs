@@ -1,6 +1,7 @@
 //! Unmodified rdma_cm programs over ff0: Debian's rping, ucmatose,
 //! rdma_server/rdma_client (the synchronous API and rdma_getaddrinfo) and
-//! perftest's `-R` mode, with our librdmacm.so.1 and libibverbs.so.1
+//! perftest's `-R` mode, and UCX's client-server mode (ffucpcs, ours),
+//! with our librdmacm.so.1 and libibverbs.so.1
 //! chosen by LD_LIBRARY_PATH, between host processes through one router
 //! and between containers on two emulated hosts; what a refused or
 //! impossible connection does; what a hostile peer of the connection
@@ -35,6 +36,32 @@ fn lib_dir() -> String {
     .display()
     .to_string()
 }
+
+/// ffucpcs (tests/c/ffucpcs.c, a UCP client and server), compiled once
+/// into [`lib_dir`]; None, saying so, without UCX or unshare.
+fn ffucpcs() -> Option<String> {
+    let have = |c: &str| Command::new("sh").args(["-c", &format!("command -v {c}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !have("ucx_info") || !have("unshare") {
+        eprintln!("skipped: ucx_info or unshare missing (scripts/deps.sh installs ucx-utils and libucx-dev)");
+        return None;
+    }
+    static PROG: OnceLock<String> = OnceLock::new();
+    Some(
+        PROG.get_or_init(|| {
+            let prog = format!("{}/ffucpcs", lib_dir());
+            let src = fftestkit::root().join("ffrdmacm/tests/c/ffucpcs.c");
+            let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o", &prog]).arg(&src).args(["-lucp", "-lucs"]).status().expect("cc");
+            assert!(st.success(), "compiling ffucpcs (needs libucx-dev)");
+            prog
+        })
+        .clone(),
+    )
+}
+
+/// UCX's client-server mode over ff0: its rdma_cm transport for the
+/// connection, its verbs transports (rc_verbs, ud_verbs for the wire-up)
+/// for the data.
+const UCX_CM_ENV: [(&str, &str); 3] = [("UCX_TLS", "rc_v,self"), ("UCX_NET_DEVICES", "ff0:1"), ("UCX_SOCKADDR_TLS_PRIORITY", "rdmacm")];
 
 /// A port for a server to bind, below the kernel's ephemeral range
 /// (32768 and up: what `connect` and port 0 take), so that no connection
@@ -196,15 +223,7 @@ fn ffcmcheck() {
 /// saying so, without UCX or unshare.
 #[test]
 fn ucx_client_server_over_rdma_cm() {
-    let have = |c: &str| Command::new("sh").args(["-c", &format!("command -v {c}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !have("ucx_info") || !have("unshare") {
-        eprintln!("skipped: ucx_info or unshare missing (scripts/deps.sh installs ucx-utils and libucx-dev)");
-        return;
-    }
-    let prog = format!("{}/ffucpcs", lib_dir());
-    let src = fftestkit::root().join("ffrdmacm/tests/c/ffucpcs.c");
-    let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o", &prog]).arg(&src).args(["-lucp", "-lucs"]).status().expect("cc");
-    assert!(st.success(), "compiling ffucpcs (needs libucx-dev)");
+    let Some(prog) = ffucpcs() else { return };
     let r = RouterProc::start(&["a"], &[]);
     let tool = fftestkit::root().join("tools/ffuverbs");
     let port = free_port();
@@ -215,9 +234,7 @@ fn ucx_client_server_over_rdma_cm() {
             .args(args)
             .env("LD_LIBRARY_PATH", lib_dir())
             .env("FF_ROUTER_SOCKET", r.socket("a"))
-            .env("UCX_TLS", "rc_v,self")
-            .env("UCX_NET_DEVICES", "ff0:1")
-            .env("UCX_SOCKADDR_TLS_PRIORITY", "rdmacm")
+            .envs(UCX_CM_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -333,9 +350,10 @@ fn a_hostile_peer_of_the_cm_port_cannot_wedge_a_listener() {
     let _ = server.wait();
 }
 
-/// rping, perftest `-R` and udaddy between containers on two emulated
-/// hosts: the connection manager's TCP between the containers' addresses,
-/// the queue pairs (and datagrams) through both routers.
+/// rping, perftest `-R`, udaddy and UCX's client-server mode (ffucpcs)
+/// between containers on two emulated hosts: the connection manager's TCP
+/// between the containers' addresses, the queue pairs (and datagrams)
+/// through both routers.
 #[test]
 fn rdma_cm_programs_across_hosts() {
     let mut h = fftestkit::hosts::TwoHosts::new();
@@ -385,6 +403,30 @@ fn rdma_cm_programs_across_hosts() {
             break;
         }
     }
+
+    // UCX's client-server mode (ffucpcs, see ucx_client_server_over_rdma_cm):
+    // the connection manager's messages between the containers' addresses,
+    // rc_verbs through both routers.
+    let Some(prog) = ffucpcs() else { return };
+    let tool = fftestkit::root().join("tools/ffuverbs").display().to_string();
+    let ucx = |args: &[&str]| -> Vec<String> {
+        let mut v = vec!["env".to_string()];
+        v.extend(UCX_CM_ENV.iter().map(|(k, v)| format!("{k}={v}")));
+        v.extend([tool.clone(), prog.clone()]);
+        v.extend(args.iter().map(|a| a.to_string()));
+        v
+    };
+    let mut senv = env();
+    senv.push(("FFT_PORT".into(), "18532".into()));
+    let sargv = with_ip(&ucx(&["server", "18532"]).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let mut s = h.container_env(0, "a", &sargv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), senv);
+    let ip = s.read_line_with("IP ").trim_start_matches("IP ").trim().to_string();
+    s.read_line_with("LISTENING");
+    let cargv = ucx(&["client", &ip, "18532"]);
+    let (cok, cout, cerr) = h.container_env(1, "a", &cargv.iter().map(|s| s.as_str()).collect::<Vec<_>>(), env()).finish(Duration::from_secs(120));
+    let (sok, sout, serr) = s.finish(Duration::from_secs(30));
+    assert!(sok && cok && cout.contains("checked 8 messages"), "ffucpcs across hosts:\nserver: {sout}{serr}\nclient: {cout}{cerr}");
+    assert!(cerr.contains("cm rdmacm") && cerr.contains("rc_verbs/ff0:1"), "UCX's connection manager and data lane across hosts: {cerr}");
 }
 
 /// The library exports what Debian's librdmacm.so.1 exports: the same
