@@ -208,6 +208,9 @@ pub struct Port {
     /// The context owning each queue pair number in use.
     owners: Mutex<FxHashMap<u32, Weak<Device>>>,
     next_qpn: AtomicU32,
+    /// The process it was made in: a child made by `fork` gets a port of
+    /// its own (the parent's attachment is the parent's).
+    pid: u32,
 }
 
 impl Port {
@@ -216,7 +219,12 @@ impl Port {
         static PORT: Mutex<Weak<Port>> = Mutex::new(Weak::new());
         let mut p = PORT.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(port) = p.upgrade() {
-            return Ok(port);
+            if port.pid == std::process::id() {
+                return Ok(port);
+            }
+            // The parent's, copied by fork: never dropped here (that would
+            // detach the parent's client from the router).
+            std::mem::forget(port);
         }
         let ff = ffcore::Context::new()?;
         let listener = ff.listen()?;
@@ -238,6 +246,7 @@ impl Port {
             gid,
             owners: Mutex::new(FxHashMap::default()),
             next_qpn: AtomicU32::new(0x100 + (rand::random::<u32>() & 0xfff)),
+            pid: std::process::id(),
         });
         *p = Arc::downgrade(&port);
         Ok(port)

@@ -165,7 +165,9 @@ fn ffvud_between_processes() {
 /// checked). UCX needs this: it connects its verbs transports' queue pairs
 /// with the GIDs its rdma_cm transport's context reports. (Before the port
 /// was shared, each context had a GID of its own and such a queue pair
-/// waited 15 s for a peer that never came.)
+/// waited 15 s for a peer that never came.) A child made by fork opens
+/// ff0 with a port of its own (not the parent's router attachment), and
+/// the parent's queue pairs work on after it exits.
 #[test]
 fn ffvports_two_contexts_of_one_process_share_the_port() {
     let r = RouterProc::start(&["a"], &[]);
@@ -179,7 +181,7 @@ fn ffvports_two_contexts_of_one_process_share_the_port() {
         .spawn()
         .expect("ffvports");
     let (ok, out, err) = finish(c, Duration::from_secs(60));
-    assert!(ok && out.contains("SENDs, a WRITE and datagrams between them checked"), "ffvports failed: {out}{err}");
+    assert!(ok && out.contains("SENDs, a WRITE and datagrams between them checked; a forked child's port its own"), "ffvports failed: {out}{err}");
 }
 
 /// What ffvorder's server says when the client's queue pair went away and

@@ -4,11 +4,14 @@
  * to queue pairs of the other with it. Checks, between an RC queue pair in
  * each context: SENDs both ways and an RDMA WRITE, bytes checked; between
  * a UD queue pair in each: datagrams both ways, with the sender's queue
- * pair number and GID in the completion and GRH. Exits 0 if all hold.
+ * pair number and GID in the completion and GRH. A child made by fork
+ * opens ff0 with a port of its own, and the parent's work on after it.
+ * Exits 0 if all hold.
  *
  *   ffvports */
 #define PROG "ffvports"
 #include "ffvtest.h"
+#include <sys/wait.h>
 
 #define N 65536
 
@@ -125,12 +128,34 @@ int main(void) {
         if (!check(peer->buf + N + 40, 1000, 40 + i)) DIE("datagram %d: bytes differ", i);
         ibv_destroy_ah(ah);
     }
+    /* A child made by fork opens ff0 for itself: a port (GID) of its own,
+     * not the parent's attachment; the parent's contexts work on after. */
+    pid_t child = fork();
+    if (child < 0) DIE("fork");
+    if (child == 0) {
+        struct side c = {0};
+        open_side(&c, list[0]);
+        if (!memcmp(&c.gid, &s[0].gid, sizeof c.gid)) { fprintf(stderr, PROG ": the child got the parent's port\n"); _exit(1); }
+        _exit(0);
+    }
+    int status;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status)) DIE("the child failed");
+    fill(s[0].buf, N, 50);
+    post_recv(&s[1], s[1].rc, N, N, 600);
+    {
+        struct ibv_sge sge = { .addr = (uintptr_t)s[0].buf, .length = N, .lkey = s[0].mr->lkey };
+        struct ibv_send_wr wr = { .wr_id = 700, .sg_list = &sge, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
+        if (ibv_post_send(s[0].rc, &wr, &bad)) DIE("ibv_post_send after fork");
+        struct ibv_wc ws, wr_;
+        both(&s[0], &s[1], &ws, &wr_);
+        if (ws.status || wr_.status || !check(s[1].buf + N, N, 50)) DIE("SEND after the child: %s / %s", ibv_wc_status_str(ws.status), ibv_wc_status_str(wr_.status));
+    }
     for (int i = 0; i < 2; i++) {
         if (ibv_destroy_qp(s[i].rc) || ibv_destroy_qp(s[i].ud) || ibv_dereg_mr(s[i].mr) || ibv_destroy_cq(s[i].cq) || ibv_dealloc_pd(s[i].pd) || ibv_close_device(s[i].ctx))
             DIE("tearing down context %d", i);
         free(s[i].buf);
     }
     ibv_free_device_list(list);
-    printf("two contexts, one GID: SENDs, a WRITE and datagrams between them checked\n");
+    printf("two contexts, one GID: SENDs, a WRITE and datagrams between them checked; a forked child's port its own\n");
     return 0;
 }
