@@ -53,8 +53,9 @@
 //! tenant noted there in the last [`BACKLOG_FRESH`] (and not served here) naps
 //! [`YIELD`] instead of its round, leaving the cores and the link to the
 //! worker that serves the one behind. It goes on as soon as that tenant has
-//! caught up or has had less to send for [`BACKLOG_FRESH`]: a tenant held
-//! back by its own peer or round trips, not by the others, is never noted.
+//! caught up, the worker that noted it found it idle, or it has had less to
+//! send for [`BACKLOG_FRESH`]: a tenant held back by its own peer or round
+//! trips, not by the others, is never noted.
 //!
 //! Sends: a connection alone awake on its worker sends as its pump thread
 //! did (`Mode::Block`: waits in the kernel while the link is full, so one
@@ -107,8 +108,13 @@ pub struct Pool {
 }
 
 /// How long a tenant stays noted on the [`Backlog`] after a worker last
-/// found it with more to send than a turn.
-const BACKLOG_FRESH: Duration = Duration::from_millis(2);
+/// found it with more to send than a turn, unless that worker finds it
+/// with less first. Longer than a worker may wait for a core when every
+/// core is busy (2 ms was not: the note went stale while the worker that
+/// serves the tenant waited, the others stopped yielding, and a tenant's
+/// one connection beside another's sixteen got 0.13-0.20 of the link with
+/// a busy loop per core, instead of half).
+const BACKLOG_FRESH: Duration = Duration::from_millis(10);
 /// How far (in turns) every tenant on a worker must be above a backlogged
 /// tenant elsewhere for the worker to yield to it.
 const AHEAD: u64 = 2;
@@ -126,6 +132,12 @@ impl Backlog {
         let mut b = self.0.lock().unwrap();
         b.retain(|(m, at)| !Arc::ptr_eq(m, meter) && now.saturating_duration_since(*at) < BACKLOG_FRESH);
         b.push((meter.clone(), now));
+    }
+
+    /// The worker that noted `meter`'s tenant found it idle: it is not
+    /// backlogged any more.
+    fn clear(&self, meter: &Arc<AtomicU64>) {
+        self.0.lock().unwrap().retain(|(m, _)| !Arc::ptr_eq(m, meter));
     }
 
     /// Is a tenant that is not in `here` backlogged, and more than `ahead`
@@ -429,6 +441,8 @@ fn run(w: &Arc<Worker>) {
     let mut blocked: Vec<usize> = Vec::new();
     let mut tenants = Tenants::default();
     let mut later: Vec<Slot> = Vec::new();
+    // Tenants this worker noted on the backlog last round, and this one's.
+    let (mut noted, mut busy): (Vec<Arc<AtomicU64>>, Vec<Arc<AtomicU64>>) = (Vec::new(), Vec::new());
     let mut degraded = false;
     let mut napping = nap();
     w.nap_ms.store(napping.as_millis() as u64, Ordering::Relaxed);
@@ -557,11 +571,30 @@ fn run(w: &Arc<Worker>) {
         for s in later.drain(..) {
             serve(s, &mut tenants, wait);
         }
+        // Notes the tenants left with a turn's worth or more; clears those
+        // it noted that are not awake here any more (gone idle). One
+        // still awake with less to send stays noted until the note is
+        // stale: with every core busy its own sender may just be waiting
+        // for a core, and the others' yielding gives it one.
+        busy.clear();
         if let Some(b) = budget {
-            for t in tenants.busy_behind(b) {
-                w.backlog.note(&t.meter, now);
+            busy.extend(tenants.busy_behind(b).map(|t| t.meter.clone()));
+        }
+        for m in &busy {
+            w.backlog.note(m, now);
+        }
+        for m in noted.drain(..) {
+            if busy.iter().any(|b| Arc::ptr_eq(b, &m)) {
+                continue;
+            }
+            if tenants.0.iter().any(|t| Arc::ptr_eq(&t.meter, &m)) {
+                busy.push(m);
+            } else {
+                w.backlog.clear(&m);
             }
         }
+        // Next round's: those noted now, and those still awake.
+        std::mem::swap(&mut noted, &mut busy);
         front.append(&mut back);
         spare = std::mem::replace(&mut slots, front);
         if w.bell.load(Ordering::SeqCst) != bell_seen {
@@ -797,6 +830,12 @@ mod tests {
         backlog.note(&b, t0 + BACKLOG_FRESH);
         backlog.note(&c, t0 + 3 * BACKLOG_FRESH);
         assert_eq!(backlog.0.lock().unwrap().len(), 1);
+        // Cleared by the worker that noted it, at once.
+        b.store(1 << 20, Ordering::Relaxed);
+        backlog.note(&b, t0);
+        assert!(backlog.behind(&here(&[&a]), AHEAD * TURN, t0));
+        backlog.clear(&b);
+        assert!(!backlog.behind(&here(&[&a]), AHEAD * TURN, t0));
     }
 }
 
