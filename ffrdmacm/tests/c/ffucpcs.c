@@ -31,6 +31,9 @@ static ucp_worker_h worker;
 static ucp_conn_request_h conn_req;
 static ucp_listener_h listener;
 static int failed;
+/* The exchange is over: the peer may close (its error is no failure),
+ * and did (`gone`). */
+static int finished, gone;
 
 static void die(const char *what, ucs_status_t st) {
     fprintf(stderr, "ffucpcs: %s: %s\n", what, ucs_status_string(st));
@@ -77,6 +80,10 @@ static void fill(uint8_t *p, size_t n, unsigned seed) {
 
 static void on_error(void *arg, ucp_ep_h ep, ucs_status_t st) {
     (void)arg; (void)ep;
+    if (finished) {
+        gone = 1;
+        return;
+    }
     fprintf(stderr, "ffucpcs: endpoint error: %s\n", ucs_status_string(st));
     failed = 1;
 }
@@ -193,6 +200,13 @@ int main(int argc, char **argv) {
         /* The client's last word: it checked everything. */
         uint64_t done;
         recv_tag(&done, sizeof(done), TAG_SUM, "receive the client's end");
+        /* Then the client closes first (once it has our answer), so that
+         * neither side sees the other go before the exchange is over. */
+        finished = 1;
+        ucp_request_param_t p = {0};
+        wait_req(ucp_tag_send_nbx(ep, &done, sizeof(done), TAG_SUM, &p), "answer the end");
+        for (double end = now() + 10; !gone && now() < end;)
+            ucp_worker_progress(worker);
         close_ep(ep, 1);
         ucp_listener_destroy(listener);
         printf("served %u messages\n", (unsigned)NSIZES);
@@ -227,6 +241,8 @@ int main(int argc, char **argv) {
         uint64_t done = 1;
         ucp_request_param_t p = {0};
         wait_req(ucp_tag_send_nbx(ep, &done, sizeof(done), TAG_SUM, &p), "send the end");
+        recv_tag(&done, sizeof(done), TAG_SUM, "receive the server's answer");
+        finished = 1;
         close_ep(ep, 0);
         printf("checked %u messages of 1 B to %d B and %d B back\n", (unsigned)NSIZES, MAX_SIZE, MAX_SIZE);
     }

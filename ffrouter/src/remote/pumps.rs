@@ -109,7 +109,7 @@ pub struct Pool {
 
 /// How long a tenant stays noted on the [`Backlog`] after a worker last
 /// found it with more to send than a turn, unless that worker finds it
-/// with less first. Longer than a worker may wait for a core when every
+/// idle first. Longer than a worker may wait for a core when every
 /// core is busy (2 ms was not: the note went stale while the worker that
 /// serves the tenant waited, the others stopped yielding, and a tenant's
 /// one connection beside another's sixteen got 0.13-0.20 of the link with
