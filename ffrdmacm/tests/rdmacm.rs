@@ -40,8 +40,7 @@ fn lib_dir() -> String {
 /// ffucpcs (tests/c/ffucpcs.c, a UCP client and server), compiled once
 /// into [`lib_dir`]; None, saying so, without UCX or unshare.
 fn ffucpcs() -> Option<String> {
-    let have = |c: &str| Command::new("sh").args(["-c", &format!("command -v {c}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !have("ucx_info") || !have("unshare") {
+    if !fftestkit::have("ucx_info") || !fftestkit::have("unshare") {
         eprintln!("skipped: ucx_info or unshare missing (scripts/deps.sh installs ucx-utils and libucx-dev)");
         return None;
     }

@@ -337,7 +337,7 @@ pub unsafe extern "C" fn ffv_ibv_query_gid(c: *mut ibv_context, port: u8, index:
     if c.is_null() || gid.is_null() || port != 1 || index != 0 {
         return -1;
     }
-    (*gid).raw = dev_of(c).gid;
+    (*gid).raw = dev_of(c).port.gid;
     0
 }
 
@@ -349,7 +349,7 @@ pub unsafe extern "C" fn ffv__ibv_query_gid_ex(c: *mut ibv_context, port: u32, i
     if port != 1 || index != 0 {
         return libc::ENODATA;
     }
-    *e = ibv_gid_entry { gid: ibv_gid { raw: dev_of(c).gid }, gid_index: 0, port_num: 1, gid_type: IBV_GID_TYPE_ROCE_V2, ndev_ifindex: 0 };
+    *e = ibv_gid_entry { gid: ibv_gid { raw: dev_of(c).port.gid }, gid_index: 0, port_num: 1, gid_type: IBV_GID_TYPE_ROCE_V2, ndev_ifindex: 0 };
     0
 }
 
@@ -746,7 +746,7 @@ pub unsafe extern "C" fn ffv_ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_at
         let qpn = (*qp).qp_num;
         // RTR with its own GID and number: a loopback through a twin.
         let mut dest = a.dest_qp_num;
-        if mask & IBV_QP_STATE != 0 && a.qp_state == IBV_QPS_RTR && mask & IBV_QP_DEST_QPN != 0 && a.dest_qp_num == qpn && a.ah_attr.grh.dgid.raw == dev.gid {
+        if mask & IBV_QP_STATE != 0 && a.qp_state == IBV_QPS_RTR && mask & IBV_QP_DEST_QPN != 0 && a.dest_qp_num == qpn && a.ah_attr.grh.dgid.raw == dev.port.gid {
             if e.qps.get(&qpn).is_none_or(|q| q.state != IBV_QPS_INIT) {
                 return libc::EINVAL;
             }

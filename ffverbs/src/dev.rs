@@ -282,9 +282,6 @@ impl Port {
 /// One opened device.
 pub struct Device {
     pub port: Arc<Port>,
-    /// The port's listener's handle and GID (copies, for brevity).
-    pub own: Handle,
-    pub gid: [u8; 16],
     /// Connections and datagrams the engine of another context of the
     /// process accepted for queue pairs of this one.
     pub inbox: Mutex<Inbox>,
@@ -349,7 +346,6 @@ impl Inbox {
 impl Device {
     pub fn open() -> ffcore::Result<Arc<Device>> {
         let port = Port::get()?;
-        let (own, gid) = (port.own, port.gid);
         // SAFETY: plain syscall; the descriptor is ours.
         let async_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
         if async_fd < 0 {
@@ -357,8 +353,6 @@ impl Device {
         }
         let dev = Arc::new_cyclic(|me| Device {
             port: port.clone(),
-            own,
-            gid,
             inbox: Mutex::new(Inbox::default()),
             engine: Mutex::new(Engine::new(port.clone(), me.clone())),
             mrs: RwLock::new(FxHashMap::default()),

@@ -404,11 +404,11 @@ impl Qp {
 
     /// RTR: the peer is known; connect to it, or wait for it.
     pub fn to_rtr(&mut self, dev: &Device, gid: [u8; 16], qpn: u32) -> Result<(), i32> {
-        if (gid, qpn) == (dev.gid, self.qpn) {
+        if (gid, qpn) == (dev.port.gid, self.qpn) {
             return Err(libc::EINVAL);
         }
         self.remote = Some((gid, qpn));
-        self.link = if (dev.gid, self.qpn) < (gid, qpn) {
+        self.link = if (dev.port.gid, self.qpn) < (gid, qpn) {
             let now = Instant::now();
             Link::Connect { handle: handle_for(dev, &gid), since: now, next_try: now }
         } else {
@@ -1384,11 +1384,11 @@ fn send_opcode(op: Op) -> u32 {
 /// The handle of the device context a GID names.
 pub fn handle_for(dev: &Device, gid: &[u8; 16]) -> Handle {
     let g = Gid::from_bytes(gid);
-    let same = g.ip == [0; 4] || dev.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
-    let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.own.addr.map_or(0, |a| a.port()))));
+    let same = g.ip == [0; 4] || dev.port.own.addr.is_some_and(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets() == g.ip));
+    let addr = (g.ip != [0; 4]).then(|| std::net::SocketAddr::from((g.ip, dev.port.own.addr.map_or(0, |a| a.port()))));
     // A router on another host is named by its address; the id of the
     // router there is not in the GID (see the README).
-    let router_id = if same { dev.own.router_id } else { [0; 16] };
+    let router_id = if same { dev.port.own.router_id } else { [0; 16] };
     Handle { router_id, listener: g.listener as u64, nonce: g.nonce, addr }
 }
 
@@ -1471,7 +1471,7 @@ impl Engine {
         tw.recv_qpn = qpn;
         tw.access = a.access;
         tw.state = IBV_QPS_RTR;
-        tw.to_rtr(dev, dev.gid, qpn)?;
+        tw.to_rtr(dev, dev.port.gid, qpn)?;
         a.twin = Some(t);
         self.qps.insert(t, tw);
         Ok(t)

@@ -147,7 +147,7 @@ impl UdQp {
         b.extend_from_slice(&(data.len() as u16).to_be_bytes());
         b.extend_from_slice(&[17, 64]);
         b.extend_from_slice(&h.src_gid);
-        b.extend_from_slice(&dev.gid);
+        b.extend_from_slice(&dev.port.gid);
         b.extend_from_slice(data);
         {
             let _w = ffcore::shadow::writing();
@@ -275,9 +275,9 @@ pub fn progress(dev: &Device, links: &mut Links, qps: &mut FxHashMap<u32, UdQp>)
                 qkey: s.qkey,
                 imm: s.imm.unwrap_or(0),
                 flags: if s.imm.is_some() { wire::F_IMM } else { 0 },
-                src_gid: dev.gid,
+                src_gid: dev.port.gid,
             };
-            let sent = if s.gid == dev.gid {
+            let sent = if s.gid == dev.port.gid {
                 local.push((h, s.data.clone()));
                 true
             } else {

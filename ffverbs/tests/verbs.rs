@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fftestkit::{finish_child as finish, fresh_dir, root, Container, Pod, RouterProc, Spec};
+use fftestkit::{finish_child as finish, fresh_dir, have, root, Container, Pod, RouterProc, Spec};
 
 /// A directory holding `libibverbs.so.1` -> our cdylib, and ffvcheck
 /// (outside the routers' directories, which containers do not see).
@@ -291,10 +291,6 @@ fn test_port() -> u16 {
         }
         assert!(k < 400, "no free port in 10000-18999 for this process");
     }
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Waits until something on this host listens on TCP `port`.

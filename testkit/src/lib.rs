@@ -37,6 +37,11 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Is `cmd` on the PATH?
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
 /// A cdylib of the workspace (`libffverbs.so`): `cargo test` refreshes
 /// target/<profile>/deps/ only, `cargo build` also target/<profile>/, so
 /// the newer of the two.

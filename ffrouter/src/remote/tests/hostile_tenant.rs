@@ -26,6 +26,11 @@ fn forwarding(two: &Two, i: usize, id: u64) -> Arc<Fwd> {
     }
 }
 
+/// The links `r` dropped, by cause (those with any).
+fn dropped_links(r: &Remote) -> Vec<(&'static str, u64)> {
+    Cause::ALL.iter().map(|&c| (c.name(), r.counters().drops(c))).filter(|d| d.1 > 0).collect()
+}
+
 /// Writes a random word somewhere in `mem` (on the control page half the
 /// time), as a hostile client can through its own mapping.
 fn scribble_once(mem: &SharedMem) {
@@ -117,7 +122,7 @@ fn a_client_scribbling_over_its_connection_file_ends_only_its_connection() {
     });
     assert!(rounds >= 10, "{rounds} scribbled connections");
     assert_eq!(remote.links(), links, "the link between the routers stayed up");
-    let drops: Vec<_> = Cause::ALL.iter().map(|&c| (c.name(), remote.counters().drops(c))).filter(|d| d.1 > 0).collect();
+    let drops = dropped_links(remote);
     assert!(drops.is_empty(), "no link went (links dropped, by cause: {drops:?})");
     exchange(&mut a, &mut b, 1);
 }
@@ -178,7 +183,7 @@ fn records_that_break_their_message_fail_their_connection_not_the_link() {
         exchange(&mut a, &mut b, 1);
     }
     for i in 0..2 {
-        let drops: Vec<_> = Cause::ALL.iter().map(|&c| (c.name(), two.remote(i).counters().drops(c))).filter(|d| d.1 > 0).collect();
+        let drops = dropped_links(two.remote(i));
         assert!(drops.is_empty(), "router {i}: no link went (links dropped, by cause: {drops:?})");
     }
 }
@@ -245,7 +250,7 @@ fn random_records_from_a_client_never_end_the_link() {
         assert_eq!((two.remote(0).links(), two.remote(1).links()), links, "{why}: the link stayed up");
     }
     for i in 0..2 {
-        let drops: Vec<_> = Cause::ALL.iter().map(|&c| (c.name(), two.remote(i).counters().drops(c))).filter(|d| d.1 > 0).collect();
+        let drops = dropped_links(two.remote(i));
         assert!(drops.is_empty(), "seed {seed}: router {i}: no link went (links dropped, by cause: {drops:?})");
     }
 }
