@@ -65,7 +65,7 @@ pub const FORWARDED_COST: Cost = (2, 0);
 /// 4 MiB rings; more get smaller ones, as connections to other hosts do
 /// under `--peer-ring-budget` ([`scaled_ring`]: at least
 /// 1 MiB). Without it, 512 same-host pairs streaming committed about 2 GB
-/// of rings, with it 770 MiB; see docs/ARCHITECTURE.md ("Memory per
+/// of rings, with it 770 MiB; see docs/data-path.md ("Memory per
 /// connection") for what it does to their bandwidth and fairness.
 pub const LOCAL_RING_BUDGET: usize = 256 << 20;
 
