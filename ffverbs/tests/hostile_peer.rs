@@ -368,7 +368,13 @@ fn a_peer_breaking_the_wire_protocol_gets_errors_and_never_crashes_us_nor_reache
     let (base, rkey) = (v.region(), unsafe { (*v.mr).rkey });
     fake.request(&mut c, wire::SEND, Hdr { len: 2, ..Default::default() }, b"hi");
     fake.request(&mut c, wire::ATOMIC, Hdr { raddr: base, len: 4, rkey, flags: wire::F_DATA_NEXT, ..Default::default() }, &[0u8; 16]);
-    c.send(&[1u8; 4], wire::DATA, Some(T)).unwrap();
+    // The queue pair fails at the atomic's header, so the library may have
+    // closed the connection before these bytes go (a busy machine: 1 run
+    // of 3 of the whole suite beside two busy loops).
+    match c.send(&[1u8; 4], wire::DATA, Some(T)) {
+        Ok(_) | Err(ffcore::Error::PeerClosed) => {}
+        Err(e) => panic!("sending the atomic's short operands: {e}"),
+    }
     std::thread::sleep(Duration::from_millis(50));
     // Posting may already be refused (the queue pair failed); either way
     // the queue pair must end in the error state, the process alive.
