@@ -179,10 +179,16 @@ nccl_pair() {
     pair "$name" "$sock" "$B/nccl-harness recv --lib $B/libnccl_net_ff.so" "$B/nccl-harness send --lib $B/libnccl_net_ff.so" "$@"
 }
 
+# Checks trim idle rings after half a second (default 2 s), so that a
+# pause of a few seconds has them trimmed: over RDMA that lets go of their
+# registration first, and the next big transfer registers them again.
+trim=""
+[ "$mode" = check ] && trim="FF_ROUTER_TRIM_IDLE_MS=500"
+
 # router NAME SOCKET PORT TRANSPORT: starts one and waits for its socket.
 router() {
     log=$S/$1$id.log
-    env $(grep -v '=$' $S/router.env) $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
+    env $(grep -v '=$' $S/router.env) $trim $B/ffrouter --socket "$2" --listen-addr "$me:$3" --insecure-no-peer-secret --peer-transport "$4" --peer-streams 4 --log-level info,ffrouter::link=debug > "$log" 2>&1 &
     local w=0
     until [ -S "$2" ]; do
         w=$((w + 1))
@@ -214,6 +220,14 @@ if [ "$mode" = check ]; then
     step "ffbench check over RDMA (sizes up to 4 MiB+1, both ways, checksummed)"
     ff_pair check /tmp/ff.sock check --iters 48 --max-size 4194305 --window 8
     echo "OK ffbench check (48 messages each way, sizes 0 to 4 MiB+1, crc32 and bytes compared)"
+
+    step "ffbench check over RDMA through the rings, resting halfway (idle rings let go of by the NIC, trimmed, registered again)"
+    ff_pair rest /tmp/ff.sock check --iters 24 --max-size 4194305 --window 4 --no-register --rest 3
+    let_go=$(grep -c 'let go of an idle ring' $S/router$id.log || true)
+    again=$(grep -c 'of a connection file with the NIC again' $S/router$id.log || true)
+    [ "$let_go" -gt 0 ] || fail "no idle ring was let go of (and trimmed) during the rest"
+    [ "$again" -gt 0 ] || fail "no ring was registered again after the rest"
+    echo "OK ffbench check with a rest (24 messages each way through the rings, sizes 0 to 4 MiB+1, crc32 and bytes compared; $let_go idle rings let go of and trimmed, $again registered again)"
 
     step "ffbench pingpong over RDMA"
     ff_pair pingpong /tmp/ff.sock pingpong --size 8 --iters 100

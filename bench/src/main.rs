@@ -97,6 +97,12 @@ struct Opts {
     /// through the connection's rings.
     #[arg(long)]
     no_register: bool,
+    /// Check mode: once half the messages went both ways, sit idle this
+    /// long before the rest (so that the router trims the idle rings, and
+    /// the rest goes through rings trimmed and, over RDMA, registered
+    /// again).
+    #[arg(long, default_value_t = 0.0)]
+    rest: f64,
 }
 
 /// A buffer of `len` bytes starting `skew` bytes past a page boundary,
@@ -355,8 +361,16 @@ fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<
     let mut sq = std::collections::VecDeque::new();
     let mut rq = std::collections::VecDeque::new();
     let (mut next_s, mut next_r, mut bytes, mut checked) = (0usize, 0usize, 0u64, 0usize);
+    // With --rest: the first half, then the rest after the pause.
+    let mut upto = if o.rest > 0.0 { n / 2 } else { n };
     while checked < n || !sq.is_empty() {
-        while next_s < n && sq.len() < o.window {
+        if upto < n && checked == upto && sq.is_empty() {
+            println!("RESTING {}s after {checked} messages each way", o.rest);
+            std::io::stdout().flush()?;
+            std::thread::sleep(Duration::from_secs_f64(o.rest));
+            upto = n;
+        }
+        while next_s < upto && sq.len() < o.window {
             // Every third buffer starts on a page, the others anywhere.
             let skew = [0, 8, 1000][next_s % 3];
             let b = Buf::new(ctx, check_size(next_s, o.max_size), skew, !o.no_register, |b| fill(b, send_seed, next_s as u64))?;
@@ -366,7 +380,7 @@ fn check(ctx: &Context, c: &mut Conn, o: &Opts, server: bool) -> ffcore::Result<
             sq.push_back((r, next_s));
             next_s += 1;
         }
-        while next_r < n && rq.len() < o.window {
+        while next_r < upto && rq.len() < o.window {
             // Page-aligned receives (every other one) may be written
             // straight into by the router, from another host.
             let skew = [0, 8][next_r % 2];

@@ -344,11 +344,17 @@ impl Layout {
         self.side(1 - (side & 1)).force_wake();
     }
 
+    /// Where ring `dir`'s data lies in the file (byte offsets).
+    pub fn ring_span(&self, dir: usize) -> std::ops::Range<usize> {
+        let start = CTRL_LEN + (dir & 1) * self.ring_size;
+        start..start + self.ring_size
+    }
+
     /// Ring `dir` is written by side `dir`.
     fn ring(&self, dir: usize) -> (&AtomicU64, &AtomicU64, *mut u8) {
         let off = 256 + 128 * (dir & 1);
         // SAFETY: data area lies inside the mapping (checked in `new`).
-        let data = unsafe { self.base.add(CTRL_LEN + (dir & 1) * self.ring_size) };
+        let data = unsafe { self.base.add(self.ring_span(dir).start) };
         (self.word64(off), self.word64(off + 64), data)
     }
 
@@ -401,6 +407,14 @@ impl Layout {
     /// [`Layout::tx_private`] one) out itself for the whole call; otherwise
     /// the shared handshake does (see "Trimming"). Never waits.
     pub fn trim(&self, mem: &SharedMem, dir: usize, idle_head: u64, writer_excluded: bool) -> Result<Trim> {
+        self.trim_with(mem, dir, idle_head, writer_excluded, &mut || true)
+    }
+
+    /// [`Layout::trim`], calling `unpin` once the ring is found idle and
+    /// empty with its writer kept out, just before punching: it lets go of
+    /// whatever else holds the ring's pages (an RDMA NIC's registration),
+    /// or returns false to leave the ring as it is ([`Trim::Busy`]).
+    pub fn trim_with(&self, mem: &SharedMem, dir: usize, idle_head: u64, writer_excluded: bool, unpin: &mut dyn FnMut() -> bool) -> Result<Trim> {
         assert!(mem.as_ptr() == self.base && mem.len() == file_len(self.ring_size), "trim with another file");
         let dir = dir & 1;
         let (writing, trimming) = self.gate(dir);
@@ -413,7 +427,7 @@ impl Layout {
         }
         let (head, tail, _) = self.ring(dir);
         let (h, t) = (head.load(Ordering::SeqCst), tail.load(Ordering::SeqCst));
-        let res = if h != t || h != idle_head {
+        let res = if h != t || h != idle_head || !unpin() {
             Ok(Trim::Busy)
         } else {
             self.punch(mem, dir, h)
@@ -434,7 +448,7 @@ impl Layout {
         let keep_to = keep_from + TRIM_KEEP.min(size);
         // Ring offsets to punch: outside [keep_from, keep_to) (mod size).
         let ranges = if keep_to <= size { [(keep_to, size), (0, keep_from)] } else { [(keep_to - size, keep_from), (0, 0)] };
-        let base = CTRL_LEN + dir * size;
+        let base = self.ring_span(dir).start;
         let mut punched = 0;
         for (a, b) in ranges {
             // Whole pages of the file only (pages may be larger than 4 KiB).

@@ -822,7 +822,7 @@ impl Remote {
         };
         f.stream.store(data_stream(&**link, h.conn), Ordering::Relaxed);
         f.accepted(h.conn, body.credit);
-        if let Err(e) = f.register(&**link) {
+        if let Err(e) = f.register(link) {
             f.peer_gone();
             return refuse(ErrorCode::Internal, format!("cannot register memory: {e}"));
         }

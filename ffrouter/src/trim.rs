@@ -18,7 +18,9 @@
 //! The ring a router writes itself (a forwarded connection's, towards its
 //! client) has a writer that takes no part in the shared handshake
 //! ([`Layout::tx_private`]); [`Rings::without_own_writer`] keeps it
-//! out with the connection's own lock, taken without waiting.
+//! out with the connection's own lock, taken without waiting. A ring
+//! registered with an RDMA NIC is deregistered just before it is punched
+//! ([`Rings::unpin`]), and registered again by its next big transfer.
 //!
 //! One thread per router process, started with the first connection; it
 //! sleeps while there is none.
@@ -47,11 +49,13 @@ pub trait Rings: Send + Sync {
         f();
         true
     }
-    /// Registered with an RDMA NIC, which pinned the pages it reads and
-    /// writes: punched out, they would stay the NIC's while the processes
-    /// fault in new ones, so such rings are never trimmed.
-    fn pinned(&self) -> bool {
-        false
+    /// Called with ring `dir` idle, empty and its writer kept out, just
+    /// before its pages are punched: a ring registered with an RDMA NIC,
+    /// which keeps the pages it was given (punched out, they would stay
+    /// the NIC's while the processes fault in new ones), is deregistered
+    /// here first ([`crate::link::Link::unpin`]). False: leave it as it is.
+    fn unpin(&self, _dir: usize) -> bool {
+        true
     }
 }
 
@@ -139,7 +143,7 @@ impl Trimmer {
                     *w = Watch { head, since: now, done: false };
                     continue;
                 }
-                if w.done || head != tail || now.saturating_duration_since(w.since) < self.idle || r.pinned() {
+                if w.done || head != tail || now.saturating_duration_since(w.since) < self.idle {
                     continue;
                 }
                 if out.trimmed >= MAX_TRIMS {
@@ -148,10 +152,10 @@ impl Trimmer {
                 }
                 let res = if r.own_ring() == Some(dir) {
                     let mut res = Ok(Trim::Busy);
-                    r.without_own_writer(&mut || res = lay.trim(r.mem(), dir, head, true));
+                    r.without_own_writer(&mut || res = lay.trim_with(r.mem(), dir, head, true, &mut || r.unpin(dir)));
                     res
                 } else {
-                    lay.trim(r.mem(), dir, head, false)
+                    lay.trim_with(r.mem(), dir, head, false, &mut || r.unpin(dir))
                 };
                 match res {
                     Ok(Trim::Done { punched }) => {

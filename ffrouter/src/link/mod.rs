@@ -17,6 +17,7 @@ pub use auth::Identity;
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,14 +185,34 @@ pub trait Link: Send + Sync {
     /// For logs: transport and peer.
     fn describe(&self) -> String;
 
-    /// Makes a connection file usable for zero-copy transfers (RDMA
-    /// registers it with the NIC). Nothing to do for TCP.
-    fn register(&self, _mem: &Arc<SharedMem>) -> io::Result<()> {
+    /// Makes the parts `spans` (byte ranges) of a connection file usable
+    /// for zero-copy transfers: RDMA registers each with the NIC on its
+    /// own, so that each can be let go of alone ([`Link::unpin`]). Nothing
+    /// to do for TCP.
+    fn register(&self, _mem: &Arc<SharedMem>, _spans: &[Range<usize>]) -> io::Result<()> {
         Ok(())
     }
 
     /// Undoes [`Link::register`].
     fn deregister(&self, _mem: &SharedMem) {}
+
+    /// Lets go of the registered part `span` of `mem` for a while, so that
+    /// its pages can be punched out of the file (an idle ring, trimmed):
+    /// the NIC keeps the pages it was given, so they must be deregistered
+    /// first. The next transfer from or into the part registers it again
+    /// (on fresh pages). The caller guarantees that no transfer uses the
+    /// part meanwhile: the ring is empty, every READ of its bytes acked,
+    /// and its writer kept out. False: not now (it is being registered, or
+    /// the NIC would not let go), leave the pages alone.
+    fn unpin(&self, _mem: &SharedMem, _span: Range<usize>) -> bool {
+        true
+    }
+
+    /// Bytes of connection files registered now ([`Link::register`], less
+    /// what [`Link::unpin`] let go of and nothing registered again since).
+    fn pinned_bytes(&self) -> usize {
+        0
+    }
 
     /// Makes a client's shadow region usable for zero-copy transfers for as
     /// long as it lives: RDMA registers it with the NIC on first use (the
@@ -207,7 +228,8 @@ pub trait Link: Send + Sync {
     }
 
     /// Does [`Link::register`] pin the memory's pages (an RDMA NIC keeps
-    /// the pages it was given, whatever the file does later)?
+    /// the pages it was given, whatever the file does later), so that a
+    /// part must be [`Link::unpin`]ned before its pages are punched?
     fn pins_memory(&self) -> bool {
         false
     }

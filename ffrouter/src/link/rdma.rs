@@ -75,10 +75,14 @@
 //! the NIC's budget, and the credit or ack that answers our payloads after
 //! [`ANSWER_TIMEOUT`] without progress, longer than two such budgets.
 //!
-//! Registration bookkeeping: a connection file is registered once (when its
-//! forwarding starts) and deregistered when it ends, after the peer has
-//! acked every READ from it and any READ into it has finished (the receiver holds its stream while it reads, and falls
-//! back to a registered bounce buffer for memory that is not registered).
+//! Registration bookkeeping: each ring of a connection file is registered
+//! when its forwarding starts and deregistered when it ends, after the peer
+//! has acked every READ from it and any READ into it has finished (the
+//! receiver holds its stream while it reads, and falls back to a registered
+//! bounce buffer for memory that is not registered). In between, the
+//! trimmer may have the link let go of an idle ring ([`Link::unpin`]) before
+//! punching its pages out; the next transfer from or into it registers it
+//! again ([`RdmaLink::reg_for`]), on the pages the file has then.
 //! A shadow region is registered the first time a frame is sent from it or
 //! a receive is posted in it, and deregistered by the sweep on the next
 //! PING after its last reference is gone: whoever sends from it keeps a
@@ -90,6 +94,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -454,8 +459,33 @@ struct Stream {
     reads: usize,
 }
 
-/// Registered connection files: (address, length, registration).
-type Regs = RwLock<Vec<(u64, usize, Mr)>>;
+/// The registered parts of connection files (their rings), each on its
+/// own so that the trimmer can take one's pages back ([`Link::unpin`]).
+type Regs = RwLock<Vec<Pin>>;
+
+/// A part of a connection file ([`Link::register`]) and its state.
+struct Pin {
+    addr: u64,
+    len: usize,
+    state: PinState,
+}
+
+#[derive(Clone, Copy)]
+enum PinState {
+    Pinned(Mr),
+    /// Its pages were given back ([`Link::unpin`]): the next transfer from
+    /// or into it registers it again ([`RdmaLink::reg_for`]).
+    Unpinned,
+    /// A thread is registering it now (not under the lock: pinning every
+    /// page takes long).
+    Busy,
+}
+
+impl Pin {
+    fn covers(&self, addr: u64, len: usize) -> bool {
+        addr >= self.addr && addr.checked_add(len as u64).is_some_and(|e| e <= self.addr + self.len as u64)
+    }
+}
 
 /// Shadow regions registered on first use ([`Link::register_region`]),
 /// each for as long as its mapping lives. An entry whose region has no
@@ -658,12 +688,66 @@ impl RdmaLink {
     /// connection file's, or a live shadow region's. (The caller's bytes
     /// lie in a mapping it keeps alive, so a region entry that covers them
     /// and still lives is that mapping's.)
+    /// A part of a connection file the trimmer unpinned is registered
+    /// again here, by its first transfer since.
     fn reg_for(&self, addr: u64, len: usize) -> Option<Mr> {
-        if let Some(r) = self.regs.read().unwrap().iter().find(|(_, _, mr)| mr.covers(addr, len)) {
-            return Some(r.2);
+        loop {
+            let part = {
+                let g = self.regs.read().unwrap();
+                g.iter().find(|p| p.covers(addr, len)).map(|p| (p.addr, p.len, p.state))
+            };
+            match part {
+                Some((_, _, PinState::Pinned(mr))) => return Some(mr),
+                Some((a, l, PinState::Unpinned)) => {
+                    if let Some(r) = self.pin(a, l, true) {
+                        return r.ok();
+                    }
+                }
+                // Another thread registers it: it takes a moment.
+                Some((_, _, PinState::Busy)) => std::thread::yield_now(),
+                None => break,
+            }
         }
         let g = self.regions.read().unwrap();
         g.live.iter().find(|(w, mr)| mr.covers(addr, len) && w.strong_count() > 0).map(|r| r.1)
+    }
+
+    /// Registers the part at `addr` (of `len` bytes) if it is unpinned now
+    /// (else None: another thread got there first), pinning its pages
+    /// without holding the lock.
+    fn pin(&self, addr: u64, len: usize, again: bool) -> Option<io::Result<Mr>> {
+        {
+            let mut g = self.regs.write().unwrap();
+            let p = g.iter_mut().find(|p| p.addr == addr && p.len == len)?;
+            if !matches!(p.state, PinState::Unpinned) {
+                return None;
+            }
+            p.state = PinState::Busy;
+        }
+        let t = Instant::now();
+        let r = self.v.reg_mr(addr as *mut u8, len);
+        let mut g = self.regs.write().unwrap();
+        let Some(p) = g.iter_mut().find(|p| p.addr == addr && p.len == len) else {
+            // Deregistered meanwhile (the connection ended).
+            drop(g);
+            if let Ok(mr) = r {
+                let _ = self.v.dereg_mr(&mr);
+            }
+            return Some(Err(io::Error::other("the connection file was deregistered meanwhile")));
+        };
+        match r {
+            Ok(mr) => {
+                p.state = PinState::Pinned(mr);
+                let again = if again { " again (its first transfer since it was let go of)" } else { "" };
+                log::debug!("{}: registered {len} bytes of a connection file with the NIC{again} in {:?}", self.what, t.elapsed());
+                Some(Ok(mr))
+            }
+            Err(e) => {
+                p.state = PinState::Unpinned;
+                log::warn!("{}: the NIC would not register {len} bytes of a connection file: {e}", self.what);
+                Some(Err(e))
+            }
+        }
     }
 
     /// Deregisters the shadow regions that are gone.
@@ -1243,13 +1327,59 @@ impl Link for RdmaLink {
         self.what.clone()
     }
 
-    fn register(&self, mem: &Arc<SharedMem>) -> io::Result<()> {
-        let t = Instant::now();
-        let mr = self.v.reg_mr(mem.as_ptr(), mem.len())?;
-        // On the connect's path (the client waits): slow NICs show here.
-        log::debug!("{}: registered a connection file of {} bytes with the NIC in {:?}", self.what, mem.len(), t.elapsed());
-        self.regs.write().unwrap().push((mem.as_ptr() as u64, mem.len(), mr));
+    fn register(&self, mem: &Arc<SharedMem>, spans: &[Range<usize>]) -> io::Result<()> {
+        // On the connect's path (the client waits): slow NICs show in the
+        // debug lines `pin` writes.
+        let parts: Vec<(u64, usize)> = spans
+            .iter()
+            .map(|sp| {
+                assert!(sp.start <= sp.end && sp.end <= mem.len(), "a part outside the file");
+                (mem.as_ptr() as u64 + sp.start as u64, sp.len())
+            })
+            .collect();
+        self.regs.write().unwrap().extend(parts.iter().map(|&(addr, len)| Pin { addr, len, state: PinState::Unpinned }));
+        for &(addr, len) in &parts {
+            if let Some(Err(e)) = self.pin(addr, len, false) {
+                self.deregister(mem);
+                return Err(e);
+            }
+        }
         Ok(())
+    }
+
+    fn pinned_bytes(&self) -> usize {
+        self.regs.read().unwrap().iter().filter(|p| matches!(p.state, PinState::Pinned(_))).map(|p| p.len).sum()
+    }
+
+    fn unpin(&self, mem: &SharedMem, span: Range<usize>) -> bool {
+        let addr = mem.as_ptr() as u64 + span.start as u64;
+        let mr = {
+            let mut g = self.regs.write().unwrap();
+            let Some(p) = g.iter_mut().find(|p| p.addr == addr && p.len == span.len()) else { return true };
+            match p.state {
+                PinState::Pinned(mr) => {
+                    p.state = PinState::Unpinned;
+                    mr
+                }
+                PinState::Unpinned => return true,
+                PinState::Busy => return false,
+            }
+        };
+        // No transfer uses the part (the caller's guarantee), so none of
+        // ours waits to be drained here.
+        match self.v.dereg_mr(&mr) {
+            Ok(()) => {
+                log::debug!("{}: let go of an idle ring of {} bytes (its pages go back; the next big transfer registers it again)", self.what, span.len());
+                true
+            }
+            Err(e) => {
+                log::warn!("{}: the NIC would not let go of an idle ring ({e}): its pages stay", self.what);
+                if let Some(p) = self.regs.write().unwrap().iter_mut().find(|p| p.addr == addr && p.len == span.len()) {
+                    p.state = PinState::Pinned(mr);
+                }
+                false
+            }
+        }
     }
 
     fn pins_memory(&self) -> bool {
@@ -1302,18 +1432,24 @@ impl Link for RdmaLink {
     }
 
     fn deregister(&self, mem: &SharedMem) {
-        let gone = {
+        let (start, end) = (mem.as_ptr() as u64, mem.as_ptr() as u64 + mem.len() as u64);
+        let gone: Vec<Mr> = {
             let mut r = self.regs.write().unwrap();
-            let i = r.iter().position(|(a, l, _)| *a == mem.as_ptr() as u64 && *l == mem.len());
-            i.map(|i| r.swap_remove(i).2)
+            let (parts, keep) = std::mem::take(&mut *r).into_iter().partition(|p: &Pin| p.addr >= start && p.addr < end);
+            *r = keep;
+            // (A part being registered now is its registering thread's to
+            // let go of: it finds the part gone.)
+            parts.into_iter().filter_map(|p| if let PinState::Pinned(mr) = p.state { Some(mr) } else { None }).collect()
         };
-        if let Some(mr) = gone {
+        if !gone.is_empty() {
             // Reads into it hold their stream: wait them out.
             for s in &self.streams {
                 drop(s.rx.lock().unwrap());
             }
-            if let Err(e) = self.v.dereg_mr(&mr) {
-                log::warn!("{}: deregistering memory: {e}", self.what);
+            for mr in gone {
+                if let Err(e) = self.v.dereg_mr(&mr) {
+                    log::warn!("{}: deregistering memory: {e}", self.what);
+                }
             }
         }
     }
@@ -1453,8 +1589,10 @@ impl Drop for RdmaLink {
                 let _ = self.v.dereg_mr(&b.mr);
             }
         }
-        for (_, _, mr) in self.regs.write().unwrap().drain(..) {
-            let _ = self.v.dereg_mr(&mr);
+        for p in self.regs.write().unwrap().drain(..) {
+            if let PinState::Pinned(mr) = p.state {
+                let _ = self.v.dereg_mr(&mr);
+            }
         }
         for (_, mr) in self.regions.write().unwrap().live.drain(..) {
             let _ = self.v.dereg_mr(&mr);
@@ -1489,6 +1627,11 @@ mod tests {
         (f, na, Arc::new(a), Arc::new(t.join().unwrap().silent_after(silence)))
     }
 
+    /// All of `m`, as the one part to register.
+    fn whole(m: &SharedMem) -> Vec<Range<usize>> {
+        std::iter::once(0..m.len()).collect()
+    }
+
     fn nic_fabric(nic: &FakeVerbs) -> Fabric {
         nic.fabric()
     }
@@ -1521,8 +1664,8 @@ mod tests {
         // A "connection ring" on each side, registered like the engine does.
         let src = Arc::new(SharedMem::create("src", 4 << 20).unwrap());
         let dst = Arc::new(SharedMem::create("dst", 4 << 20).unwrap());
-        a.register(&src).unwrap();
-        b.register(&dst).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
+        b.register(&dst, &whole(&dst)).unwrap();
         let big: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i % 251) as u8).collect();
         unsafe { std::ptr::copy_nonoverlapping(big.as_ptr(), src.as_ptr(), big.len()) };
         let small: Vec<Vec<u8>> = (0..3000).map(|i| vec![(i % 200) as u8; i % 97]).collect();
@@ -1631,7 +1774,7 @@ mod tests {
     fn frames_and_pings_do_not_wait_behind_a_sender_waiting_for_the_peers_reads() {
         let (_fab, a, b) = pair(2);
         let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
-        a.register(&src).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
         unsafe { std::ptr::write_bytes(src.as_ptr(), 9, 1 << 20) };
         // A big payload goes by READ: its sender waits until b has read it.
         let (a2, src2) = (a.clone(), src.clone());
@@ -1741,8 +1884,8 @@ mod tests {
         let (_fab, _, a, b) = pair_on(1, f.slow_nic(Duration::from_millis(5)), SILENT_AFTER);
         let src = Arc::new(SharedMem::create("src", 8 << 20).unwrap());
         let dst = Arc::new(SharedMem::create("dst", 1 << 20).unwrap());
-        a.register(&src).unwrap();
-        b.register(&dst).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
+        b.register(&dst, &whole(&dst)).unwrap();
         let sizes: Vec<usize> = (0..40).map(|i| [INLINE_MAX + 1, 100_000, 7, 300_000, AHEAD_ONE_MAX + 1][i % 5]).collect();
         let mut at = 0;
         let mut frames = Vec::new();
@@ -1790,7 +1933,7 @@ mod tests {
         const N: usize = 32;
         const M: usize = INLINE_MAX + 4096;
         let src = Arc::new(SharedMem::create("src", (N + 1) * M).unwrap());
-        a.register(&src).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
         let frames: Vec<Frame> = (0..N).map(|i| filled(&src, i, M)).collect();
         let ticket = unsafe { a.send_unacked(0, &frames).unwrap() };
         for i in 0..N {
@@ -1819,7 +1962,7 @@ mod tests {
             const N: usize = 48;
             const M: usize = 64 << 10;
             let src = Arc::new(SharedMem::create("src", N * M).unwrap());
-            a.register(&src).unwrap();
+            a.register(&src, &whole(&src)).unwrap();
             let frames: Vec<Frame> = (0..N).map(|i| filled(&src, i, M)).collect();
             let ticket = unsafe { a.send_unacked(0, &frames).unwrap() };
             for i in 0..N {
@@ -1844,7 +1987,7 @@ mod tests {
         const N: usize = 40;
         const M: usize = 64 << 10;
         let src = Arc::new(SharedMem::create("src", N * M).unwrap());
-        a.register(&src).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
         let mut tickets = Vec::new();
         for i in 0..N {
             tickets.push(unsafe { a.send_unacked(0, &[filled(&src, i, M)]).unwrap() });
@@ -1864,7 +2007,7 @@ mod tests {
         // fails the link instead of reading anything else.
         let (_fab, a, b) = pair(1);
         let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
-        a.register(&src).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
         let f = Frame { hdr: Header::data(1, ffcore::ring::REC_FIRST, 1, 100_000, 100_000).encode(), ptr: src.as_ptr(), len: 100_000 };
         unsafe { a.send_unacked(0, &[f, f]).unwrap() };
         a.deregister(&src);
@@ -1891,7 +2034,7 @@ mod tests {
         // the link stays, and the frames arrive intact and in order.
         let (_fab, nic, a, b) = pair_on(2, Fabric::default().nic(), SILENT_AFTER);
         let src = Arc::new(SharedMem::create("src", 1 << 20).unwrap());
-        a.register(&src).unwrap();
+        a.register(&src, &whole(&src)).unwrap();
         let big: Vec<u8> = (0..(100 << 10) as u32).map(|i| (i % 253) as u8).collect();
         unsafe { std::ptr::copy_nonoverlapping(big.as_ptr(), src.as_ptr(), big.len()) };
         let rxs: Vec<_> = (0..2)

@@ -158,8 +158,9 @@ pub struct Fwd {
     pub(super) covered: AtomicBool,
     /// Its conversation's pace when its last cover ended.
     pub(super) pace: Mutex<Pace>,
-    /// Its file is registered with a NIC that pins pages: never trimmed.
-    pinned: AtomicBool,
+    /// The link its rings are registered with, where that pins their pages
+    /// (RDMA): the trimmer has it let go of an idle ring first.
+    pub(super) pins: std::sync::OnceLock<Weak<dyn Link>>,
     /// The pump worker serving it (diagnostics).
     pub(super) worker: AtomicUsize,
     /// The link carrying it and its router, once it is up (for receiver
@@ -195,8 +196,21 @@ impl crate::trim::Rings for Fwd {
         }
     }
 
-    fn pinned(&self) -> bool {
-        self.pinned.load(Ordering::Acquire)
+    fn unpin(&self, dir: usize) -> bool {
+        let Some(link) = self.pins.get() else { return true };
+        let Some(link) = link.upgrade() else { return false };
+        if dir == self.side {
+            // Our own ring: the trimmer holds `inb`, so no READ into it is
+            // under way.
+            return link.unpin(&self.mem, self.lay.0.ring_span(dir));
+        }
+        // The client's ring: the peer router may READ what we framed from
+        // it until it acked. The trimmer's emptiness comes from the control
+        // page, which the client writes too; it must not make us take the
+        // NIC's registration from under a READ (the peer's link, and every
+        // tenant's connections on it, would fail): our own account decides.
+        let Ok(out) = self.out.try_lock() else { return false };
+        out.pending.is_empty() && out.unread.is_empty() && link.unpin(&self.mem, self.lay.0.ring_span(dir))
     }
 }
 
@@ -266,7 +280,7 @@ impl Fwd {
             local_fault: AtomicBool::new(false),
             covered: AtomicBool::new(false),
             pace: Mutex::new(Pace { last: None, window: reply_window() }),
-            pinned: AtomicBool::new(false),
+            pins: std::sync::OnceLock::new(),
             worker: AtomicUsize::new(usize::MAX),
             route: std::sync::OnceLock::new(),
             lay: SharedLayout(lay),
@@ -274,17 +288,24 @@ impl Fwd {
             mem,
             regions,
         });
-        let watched: Weak<dyn crate::trim::Rings> = Arc::downgrade(&f) as Weak<Fwd>;
-        crate::trim::watch(watched);
         Ok(f)
     }
 
-    /// Registers the connection file with the link (RDMA: with the NIC),
-    /// marking it pinned first where the NIC keeps its pages, so that the
-    /// trimmer never punches them.
-    pub(super) fn register(&self, link: &dyn Link) -> std::io::Result<()> {
-        self.pinned.store(link.pins_memory(), Ordering::Release);
-        link.register(&self.mem)
+    /// Registers the connection's rings with the link (RDMA: each with the
+    /// NIC), keeping the link where the NIC keeps the pages it was given,
+    /// so that the trimmer has it let go of an idle ring before punching;
+    /// only then does the trimmer watch the rings (a ring punched while
+    /// the NIC pins its pages would leave the NIC pages the file no longer
+    /// has: the connector's side may wait seconds for its link before
+    /// this).
+    pub(super) fn register(self: &Arc<Self>, link: &Arc<dyn Link>) -> std::io::Result<()> {
+        if link.pins_memory() {
+            let _ = self.pins.set(Arc::downgrade(link));
+        }
+        link.register(&self.mem, &[self.lay.0.ring_span(0), self.lay.0.ring_span(1)])?;
+        let watched: Weak<dyn crate::trim::Rings> = Arc::downgrade(self) as Weak<Fwd>;
+        crate::trim::watch(watched);
+        Ok(())
     }
 
     pub(super) fn router_side(&self) -> ring::Side<'_> {

@@ -131,7 +131,7 @@ impl Peer {
         }
         let s = data_stream(&*link, f.local);
         f.stream.store(s, Ordering::Relaxed);
-        if let Err(e) = f.register(&*link) {
+        if let Err(e) = f.register(&link) {
             return f.refuse(ErrorCode::Internal, &format!("cannot register memory: {e}"));
         }
         self.conns.lock().unwrap().insert(f.local, f.clone());

@@ -254,3 +254,50 @@ fn random_records_from_a_client_never_end_the_link() {
         assert!(drops.is_empty(), "seed {seed}: router {i}: no link went (links dropped, by cause: {drops:?})");
     }
 }
+
+/// Over an RDMA link the peer router READs a big payload straight out of
+/// the sending client's ring, and the ring's bytes go back to the client
+/// only once it acked. A client that fakes its ring empty (tail = head in
+/// the control page, which it may write) while such a READ is under way
+/// must not get the ring trimmed: that would deregister it from under the
+/// READ, and the peer's NIC would fail the READ and with it the link of
+/// every tenant. The router's own account of what is in flight decides.
+#[test]
+fn a_client_faking_its_ring_empty_mid_read_keeps_it_registered() {
+    let ring = 1 << 20;
+    // Every NIC operation takes 300 ms: READs stay under way long enough.
+    let two = Two::new(Transport::FakeRdma { delay_ms: 300, setup_ms: 0, kb_s: 0 }, ring);
+    let (_c, mut a, mut b) = conn_pair(&two);
+    let remote = two.remote(0);
+    let links = remote.links();
+    let f = forwarding(&two, 0, a.id());
+    let msg = pattern(256 << 10, 3);
+    a.send(&msg, 7, Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    while f.out.lock().unwrap().unread.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no payload under way to the peer router");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The client's ring (written by its side) says "all read", as a
+    // hostile client can make it say: ffcore keeps ring `dir`'s tail at
+    // 256 + 128 * dir + 64 in the control page.
+    let dir = 1 - f.side;
+    let lay = ffcore::ring::Layout::of_own(&f.mem);
+    let (head, _, _) = lay.counters(dir);
+    // SAFETY: an 8-byte aligned word of the control page, which the
+    // router reads only with checked, atomic accesses.
+    unsafe { (*(f.mem.as_ptr().add(256 + 128 * dir + 64) as *const AtomicU64)).store(head, Ordering::SeqCst) };
+    assert_eq!(lay.counters(dir).1, head, "the faked tail is where the router looks");
+    // A trimmer that takes any empty ring for idle.
+    let trimmer = crate::trim::Trimmer::new(Duration::ZERO);
+    trimmer.watch(Arc::downgrade(&f) as Weak<dyn crate::trim::Rings>);
+    let swept = trimmer.sweep(Instant::now());
+    assert!(swept.trimmed <= 1 && swept.deferred >= 1, "the client's ring was trimmed mid-READ: {swept:?}");
+    let mut buf = vec![0u8; msg.len()];
+    assert_eq!(b.recv(&mut buf, 7, Some(Duration::from_secs(20))).unwrap(), msg.len());
+    assert!(buf == msg, "the payload arrived intact");
+    assert_eq!(remote.links(), links, "the link between the routers stayed up");
+    let drops = dropped_links(remote);
+    assert!(drops.is_empty(), "no link went (links dropped, by cause: {drops:?})");
+    exchange(&mut a, &mut b, 1);
+}
