@@ -119,6 +119,12 @@ impl Collector for RouterCollector {
                 &drops,
             )?;
             family(&mut enc, "ff_router_peer_dial_failures", "Dials of other routers that brought no link up", &[(Vec::new(), ConstCounter::new(c.dial_failures()))])?;
+            family(
+                &mut enc,
+                "ff_router_nic_pinned_bytes",
+                "Bytes of connection rings registered with RDMA NICs now (pinned; an idle ring is let go of before it is trimmed)",
+                &[(Vec::new(), ConstGauge::new(r.nic_pinned_bytes() as i64))],
+            )?;
         }
         Ok(())
     }

@@ -498,6 +498,17 @@ impl Remote {
         self.links.load(Ordering::Relaxed)
     }
 
+    /// Bytes of connection rings registered with RDMA NICs now, over every
+    /// link (pinned memory; an idle ring is let go of before it is trimmed).
+    pub fn nic_pinned_bytes(&self) -> usize {
+        let fwds: Vec<Arc<Fwd>> = self.by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).collect();
+        let mut links: Vec<Arc<dyn Link>> = fwds.iter().filter_map(|f| f.pins.get().and_then(Weak::upgrade)).collect();
+        let key = |l: &Arc<dyn Link>| Arc::as_ptr(l) as *const () as usize;
+        links.sort_by_key(key);
+        links.dedup_by_key(|l| key(l));
+        links.iter().map(|l| l.pinned_bytes()).sum()
+    }
+
     /// What happened to links so far (for the metrics).
     pub fn counters(&self) -> &LinkCounters {
         &self.counters

@@ -688,9 +688,8 @@ impl RdmaLink {
     /// The registration covering `[addr, addr + len)`, if any: a
     /// connection file's, or a live shadow region's. (The caller's bytes
     /// lie in a mapping it keeps alive, so a region entry that covers them
-    /// and still lives is that mapping's.)
-    /// A part of a connection file the trimmer unpinned is registered
-    /// again here, by its first transfer since.
+    /// and still lives is that mapping's.) A ring the trimmer let go of
+    /// is registered again here, by its first transfer since.
     fn reg_for(&self, addr: u64, len: usize) -> Option<Mr> {
         loop {
             let part = {
@@ -749,6 +748,17 @@ impl RdmaLink {
                 Some(Err(e))
             }
         }
+    }
+
+    /// Forgets the registered parts of `mem` and returns the registrations
+    /// to undo. (A part being registered now is its registering thread's
+    /// to let go of: it finds the part gone.)
+    fn forget(&self, mem: &SharedMem) -> Vec<Mr> {
+        let (start, end) = (mem.as_ptr() as u64, mem.as_ptr() as u64 + mem.len() as u64);
+        let mut r = self.regs.write().unwrap();
+        let mut parts = r.split_off(&start);
+        r.append(&mut parts.split_off(&end));
+        parts.into_values().filter_map(|p| if let PinState::Pinned(mr) = p.state { Some(mr) } else { None }).collect()
     }
 
     /// Deregisters the shadow regions that are gone.
@@ -1048,8 +1058,8 @@ impl Link for RdmaLink {
         self.check()?;
         // A ring the trimmer let go of is registered again by its first big
         // frame: here, not under the stream's lock below, which every
-        // connection on the stream shares (pinning a 4 MiB ring took
-        // 20-130 ms on emulated rxe).
+        // connection on the stream shares (pinning a 4 MiB ring took 30 ms
+        // to 1.35 s on emulated rxe).
         for f in frames.iter().filter(|f| f.len > INLINE_MAX) {
             self.reg_for(f.ptr as u64, f.len);
         }
@@ -1348,7 +1358,11 @@ impl Link for RdmaLink {
         self.regs.write().unwrap().extend(parts.iter().map(|&(addr, len)| (addr, Pin { addr, len, state: PinState::Unpinned })));
         for &(addr, len) in &parts {
             if let Some(Err(e)) = self.pin(addr, len, false) {
-                self.deregister(mem);
+                // Nothing moves through the connection yet: no READ to
+                // wait out (and the caller may be a stream's receiver).
+                for mr in self.forget(mem) {
+                    let _ = self.v.dereg_mr(&mr);
+                }
                 return Err(e);
             }
         }
@@ -1440,15 +1454,7 @@ impl Link for RdmaLink {
     }
 
     fn deregister(&self, mem: &SharedMem) {
-        let (start, end) = (mem.as_ptr() as u64, mem.as_ptr() as u64 + mem.len() as u64);
-        let gone: Vec<Mr> = {
-            let mut r = self.regs.write().unwrap();
-            let mut parts = r.split_off(&start);
-            r.append(&mut parts.split_off(&end));
-            // (A part being registered now is its registering thread's to
-            // let go of: it finds the part gone.)
-            parts.into_values().filter_map(|p| if let PinState::Pinned(mr) = p.state { Some(mr) } else { None }).collect()
-        };
+        let gone = self.forget(mem);
         if !gone.is_empty() {
             // Reads into it hold their stream: wait them out.
             for s in &self.streams {

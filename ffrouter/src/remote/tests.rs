@@ -368,12 +368,10 @@ fn idle_rings_registered_with_a_nic_are_let_go_trimmed_and_registered_again() {
     let two = Two::new(Transport::FakeRdma { delay_ms: 0, setup_ms: 0, kb_s: 0 }, ring);
     let (_ctx, mut a, mut b) = conn_pair(&two);
     // Ring bytes registered with the (fake) NIC, both routers.
-    let pinned = || -> usize {
-        let fwds: Vec<Arc<Fwd>> = (0..2).flat_map(|i| two.remote(i).by_client.lock().unwrap().values().flatten().filter_map(Weak::upgrade).collect::<Vec<_>>()).collect();
-        assert_eq!(fwds.len(), 2, "one forwarded connection per router");
-        fwds.iter().map(|f| f.pins.get().and_then(Weak::upgrade).expect("registered with a link that pins memory").pinned_bytes()).sum()
-    };
+    let pinned = || two.remote(0).nic_pinned_bytes() + two.remote(1).nic_pinned_bytes();
     assert_eq!(pinned(), 4 * ring, "both rings registered on both routers");
+    let m = crate::metrics::text(&two._routers[0]);
+    assert!(m.contains(&format!("ff_router_nic_pinned_bytes{{}} {}\n", 2 * ring)), "{m}");
     exchange(&mut a, &mut b, 2);
     let busy = conn_rss_kib(file_kib);
     assert!(busy >= 2 * (ring >> 10), "both hosts' rings streamed: {busy} KiB resident");
