@@ -9,7 +9,11 @@
 //! [`ffcore::ring::TRIM_KEEP`] bytes the next record goes to are punched out of
 //! the file (see ffcore's `ring` module, "Trimming", for why that is safe
 //! and what a tenant's values can and cannot do). A trimmed ring is not
-//! looked at again until its head moves. At most [`MAX_TRIMS`] rings are
+//! looked at again until its head moves. A ring that comes back within
+//! four times its idle time after a trim waits twice as long before the
+//! next (up to [`IDLE_MAX`], 64 s): a job that pauses between its steps
+//! stops paying a trim and the faults (over RDMA, a registration) that
+//! follow at every step. At most [`MAX_TRIMS`] rings are
 //! trimmed per sweep, so thousands of connections going idle at once cost
 //! a few sweeps, not a burst. The sweep never waits on anything a tenant
 //! writes: a ring whose writer is busy (or says so forever) is left for
@@ -77,12 +81,43 @@ pub fn sweep_every() -> Duration {
     Duration::from_secs(1).min(idle_before_trim().max(Duration::from_millis(10)))
 }
 
+/// A ring back in use within this many times its idle time after it was
+/// trimmed has its idle time doubled ([`Watch::idle`]).
+const BACK_SOON: u32 = 4;
+/// The most a ring's idle time grows to: any connection idle this long
+/// is trimmed.
+pub const IDLE_MAX: Duration = Duration::from_secs(64);
+
 #[derive(Clone, Copy)]
 struct Watch {
     head: u64,
     since: Instant,
     /// Trimmed (or found corrupt) at this head: nothing to do until it moves.
     done: bool,
+    /// How long this ring must stay idle to be trimmed: the router's idle
+    /// time, doubled (up to [`IDLE_MAX`]) each time the ring came back
+    /// within [`BACK_SOON`] times it after a trim. A job that pauses
+    /// between steps (a training step's compute) would otherwise have its
+    /// rings trimmed at every pause, and fault them in again (over RDMA,
+    /// register them again) at every step.
+    idle: Duration,
+    /// When it was last trimmed, if since its head last moved.
+    trimmed: Option<Instant>,
+}
+
+impl Watch {
+    fn new(head: u64, now: Instant, idle: Duration) -> Watch {
+        Watch { head, since: now, done: false, idle, trimmed: None }
+    }
+
+    /// Its head moved to `head` at `now`.
+    fn moved(&mut self, head: u64, now: Instant) {
+        let idle = match self.trimmed {
+            Some(t) if now.saturating_duration_since(t) < self.idle * BACK_SOON => (self.idle * 2).min(IDLE_MAX.max(self.idle)),
+            _ => self.idle,
+        };
+        *self = Watch::new(head, now, idle);
+    }
 }
 
 struct Entry {
@@ -128,7 +163,7 @@ impl Trimmer {
         for rings in std::mem::take(&mut *self.new.lock().unwrap()) {
             let Some(r) = rings.upgrade() else { continue };
             let lay = Layout::of_own(r.mem());
-            let watch = [0, 1].map(|dir| Watch { head: lay.counters(dir).0, since: now, done: false });
+            let watch = [0, 1].map(|dir| Watch::new(lay.counters(dir).0, now, self.idle));
             entries.push(Entry { rings, watch });
         }
         let mut out = Swept::default();
@@ -140,10 +175,10 @@ impl Trimmer {
                 let w = &mut e.watch[dir];
                 let (head, tail, _) = lay.counters(dir);
                 if head != w.head {
-                    *w = Watch { head, since: now, done: false };
+                    w.moved(head, now);
                     continue;
                 }
-                if w.done || head != tail || now.saturating_duration_since(w.since) < self.idle {
+                if w.done || head != tail || now.saturating_duration_since(w.since) < w.idle {
                     continue;
                 }
                 if out.trimmed >= MAX_TRIMS {
@@ -160,6 +195,7 @@ impl Trimmer {
                 match res {
                     Ok(Trim::Done { punched }) => {
                         w.done = true;
+                        w.trimmed = Some(now);
                         out.trimmed += 1;
                         out.bytes += punched;
                     }
@@ -322,6 +358,41 @@ mod tests {
         drop(ends);
         drop(a);
         assert_eq!(t.sweep(t1 + Duration::from_secs(4)).files, 2);
+    }
+
+    /// A ring used again soon after each trim (a job pausing between its
+    /// steps) waits twice as long before the next one, each time, up to
+    /// IDLE_MAX; one back long after its trim keeps its idle time.
+    #[test]
+    fn a_ring_back_soon_after_each_trim_waits_longer_before_the_next() {
+        let t = Trimmer::new(Duration::from_secs(2));
+        let a = conn_file();
+        let w: Weak<SharedMem> = Arc::downgrade(&a);
+        t.watch(w);
+        let lay = Layout::of_own(&a);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        let (mut seq, t0) = (0, Instant::now());
+        let s = |at: Instant| t.sweep(at).trimmed;
+        assert_eq!(s(t0), 0);
+        assert_eq!(s(t0 + Duration::from_secs(3)), 2, "both rings, never used, idle for 3 s");
+        let mut now = t0 + Duration::from_millis(3100);
+        stream(&mut tx, &mut rx, SIZE as u64, &mut seq);
+        assert_eq!(s(now), 0, "back 0.1 s after its trim: 4 s from now on");
+        // Trimmed after 4 s, then back only 100 s later: it keeps 4 s.
+        assert_eq!((s(now + Duration::from_millis(3500)), s(now + Duration::from_secs(4))), (0, 1));
+        now += Duration::from_secs(104);
+        stream(&mut tx, &mut rx, SIZE as u64, &mut seq);
+        assert_eq!(s(now), 0);
+        for expect in [4, 8, 16, 32, 64, 64].map(Duration::from_secs) {
+            let start = now;
+            assert_eq!(s(start + expect - Duration::from_millis(500)), 0, "not idle {expect:?} yet");
+            assert_eq!(s(start + expect), 1, "idle {expect:?}: trimmed");
+            assert!(committed(&a) <= ring::CTRL_LEN + 2 * ffcore::ring::TRIM_KEEP + 8192);
+            // Back soon after: twice as long next time, up to IDLE_MAX.
+            now = start + expect + Duration::from_millis(100);
+            stream(&mut tx, &mut rx, SIZE as u64, &mut seq);
+            assert_eq!(s(now), 0);
+        }
     }
 
     /// A forwarded connection's ring the router writes itself: kept out by
