@@ -484,7 +484,7 @@ enum PinState {
 
 impl Pin {
     fn covers(&self, addr: u64, len: usize) -> bool {
-        addr >= self.addr && addr.checked_add(len as u64).is_some_and(|e| e <= self.addr + self.len as u64)
+        super::verbs::covers(self.addr, self.len, addr, len)
     }
 }
 

@@ -24,8 +24,13 @@ pub struct Mr {
 impl Mr {
     /// Does `[addr, addr + len)` lie inside?
     pub fn covers(&self, addr: u64, len: usize) -> bool {
-        addr >= self.addr && addr.checked_add(len as u64).is_some_and(|e| e <= self.addr + self.len as u64)
+        covers(self.addr, self.len, addr, len)
     }
+}
+
+/// Does `[addr, addr + len)` lie inside `[start, start + size)`?
+pub fn covers(start: u64, size: usize, addr: u64, len: usize) -> bool {
+    addr >= start && addr.checked_add(len as u64).is_some_and(|e| e <= start + size as u64)
 }
 
 /// What the other side needs to connect a queue pair to ours.
