@@ -81,8 +81,11 @@
 //! receiver holds its stream while it reads, and falls back to a registered
 //! bounce buffer for memory that is not registered). In between, the
 //! trimmer may have the link let go of an idle ring ([`Link::unpin`]) before
-//! punching its pages out; the next transfer from or into it registers it
-//! again ([`RdmaLink::reg_for`]), on the pages the file has then.
+//! punching its pages out; the link's pinner thread registers it again
+//! ([`RdmaLink::reg_now`]), on the pages the file has then, when the next
+//! transfer needs it, which meanwhile goes through the bounce buffer (a
+//! READ into it) or is copied into its record (a frame from it; one too
+//! big for a record waits for the registration: [`RdmaLink::reg_for`]).
 //! A shadow region is registered the first time a frame is sent from it or
 //! a receive is posted in it, and deregistered by the sweep on the next
 //! PING after its last reference is gone: whoever sends from it keeps a
@@ -301,16 +304,22 @@ pub fn over_tcp_bootstrap(mut socks: Vec<TcpStream>, what: String, dev: &gid::Ch
 /// setup takes `setup`; it moves `rate` bytes per second (None: no limit).
 #[cfg(test)]
 pub fn over_fake(mut socks: Vec<TcpStream>, what: String, delay: Duration, setup: Duration, rate: Option<f64>, progress: &dyn Fn()) -> io::Result<Arc<dyn Link>> {
-    static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
     let n = socks.len();
     let mut boot = socks.swap_remove(0);
-    let mut nic = FABRIC.get_or_init(Default::default).slow_nic(delay).with_setup_delay(setup);
+    let mut nic = fake_fabric().slow_nic(delay).with_setup_delay(setup);
     if let Some(r) = rate {
         nic = nic.with_rate(r);
     }
     let v: Arc<dyn Verbs> = Arc::new(nic);
     let link = RdmaLink::connect(v, &mut boot, n, what, progress)?;
     Ok(Arc::new(link.keep(boot)))
+}
+
+/// Tests: the process-wide fake fabric the links of [`over_fake`] are on.
+#[cfg(test)]
+pub fn fake_fabric() -> &'static super::verbs::Fabric {
+    static FABRIC: std::sync::OnceLock<super::verbs::Fabric> = std::sync::OnceLock::new();
+    FABRIC.get_or_init(Default::default)
 }
 
 /// Reads `buf` from the peer's setup: its next step must come within
@@ -462,7 +471,16 @@ struct Stream {
 /// The registered parts of connection files (their rings), each on its
 /// own so that the trimmer can take one's pages back ([`Link::unpin`]), by
 /// address (a lookup per big frame: a thousand rings at 512 connections).
-type Regs = RwLock<BTreeMap<u64, Pin>>;
+/// Shared with the link's pinner thread ([`RdmaLink::reg_now`]).
+struct Regs {
+    v: Arc<dyn Verbs>,
+    what: String,
+    parts: RwLock<BTreeMap<u64, Pin>>,
+    /// Numbers the claims ([`PinState::Busy`]): a registration finished
+    /// late stores its result only in the claim it was made for, never in
+    /// a part registered anew at the same address since.
+    claims: AtomicU64,
+}
 
 /// A part of a connection file ([`Link::register`]) and its state.
 struct Pin {
@@ -475,16 +493,74 @@ struct Pin {
 enum PinState {
     Pinned(Mr),
     /// Its pages were given back ([`Link::unpin`]): the next transfer from
-    /// or into it registers it again ([`RdmaLink::reg_for`]).
+    /// or into it has it registered again ([`RdmaLink::reg_for`],
+    /// [`RdmaLink::reg_now`]).
     Unpinned,
     /// A thread is registering it now (not under the lock: pinning every
-    /// page takes long).
-    Busy,
+    /// page takes long), under this claim.
+    Busy(u64),
 }
 
 impl Pin {
     fn covers(&self, addr: u64, len: usize) -> bool {
         super::verbs::covers(self.addr, self.len, addr, len)
+    }
+}
+
+impl Regs {
+    /// The part covering the bytes, if any: (its address, length, state).
+    fn part(&self, addr: u64, len: usize) -> Option<(u64, usize, PinState)> {
+        let g = self.parts.read().unwrap();
+        g.range(..=addr).next_back().map(|(_, p)| p).filter(|p| p.covers(addr, len)).map(|p| (p.addr, p.len, p.state))
+    }
+
+    /// Claims the part at `addr` for registering if it is unpinned now
+    /// (else None: pinned, or another thread got there first).
+    fn claim(&self, addr: u64, len: usize) -> Option<u64> {
+        let mut g = self.parts.write().unwrap();
+        let p = g.get_mut(&addr).filter(|p| p.len == len)?;
+        if !matches!(p.state, PinState::Unpinned) {
+            return None;
+        }
+        let c = self.claims.fetch_add(1, Ordering::Relaxed);
+        p.state = PinState::Busy(c);
+        Some(c)
+    }
+
+    /// Gives a claim up without registering.
+    fn unclaim(&self, addr: u64, len: usize, claim: u64) {
+        if let Some(p) = self.parts.write().unwrap().get_mut(&addr).filter(|p| p.len == len && matches!(p.state, PinState::Busy(c) if c == claim)) {
+            p.state = PinState::Unpinned;
+        }
+    }
+
+    /// Registers a part this thread claimed, pinning its pages without
+    /// holding the lock; a part deregistered meanwhile (its connection
+    /// ended) is let go of again.
+    fn register_claimed(&self, addr: u64, len: usize, claim: u64, again: bool) -> io::Result<Mr> {
+        let t = Instant::now();
+        let r = self.v.reg_mr(addr as *mut u8, len);
+        let mut g = self.parts.write().unwrap();
+        let Some(p) = g.get_mut(&addr).filter(|p| p.len == len && matches!(p.state, PinState::Busy(c) if c == claim)) else {
+            drop(g);
+            if let Ok(mr) = r {
+                let _ = self.v.dereg_mr(&mr);
+            }
+            return Err(io::Error::other("the connection file was deregistered meanwhile"));
+        };
+        match r {
+            Ok(mr) => {
+                p.state = PinState::Pinned(mr);
+                let again = if again { " again (its first transfer since it was let go of)" } else { "" };
+                log::debug!("{}: registered {len} bytes of a connection file with the NIC{again} in {:?}", self.what, t.elapsed());
+                Ok(mr)
+            }
+            Err(e) => {
+                p.state = PinState::Unpinned;
+                log::warn!("{}: the NIC would not register {len} bytes of a connection file: {e}", self.what);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -505,7 +581,10 @@ struct Regions {
 pub struct RdmaLink {
     v: Arc<dyn Verbs>,
     streams: Vec<Stream>,
-    regs: Regs,
+    regs: Arc<Regs>,
+    /// Registers again the rings a stream's receiver found let go of
+    /// ([`RdmaLink::reg_now`]); started on first use.
+    pinner: Mutex<Option<std::sync::mpsc::Sender<(u64, usize, u64)>>>,
     regions: RwLock<Regions>,
     dead: AtomicBool,
     why: Mutex<String>,
@@ -639,9 +718,10 @@ impl RdmaLink {
             })
             .collect();
         Ok(RdmaLink {
+            regs: Arc::new(Regs { v: v.clone(), what: what.clone(), parts: RwLock::default(), claims: AtomicU64::new(0) }),
+            pinner: Mutex::new(None),
             v,
             streams,
-            regs: RwLock::default(),
             regions: RwLock::default(),
             dead: AtomicBool::new(false),
             why: Mutex::default(),
@@ -689,65 +769,79 @@ impl RdmaLink {
     /// connection file's, or a live shadow region's. (The caller's bytes
     /// lie in a mapping it keeps alive, so a region entry that covers them
     /// and still lives is that mapping's.) A ring the trimmer let go of
-    /// is registered again here, by its first transfer since.
+    /// is registered again here, by its first transfer since: a pump's
+    /// frame too big to be copied into a record.
     fn reg_for(&self, addr: u64, len: usize) -> Option<Mr> {
         loop {
-            let part = {
-                let g = self.regs.read().unwrap();
-                g.range(..=addr).next_back().map(|(_, p)| p).filter(|p| p.covers(addr, len)).map(|p| (p.addr, p.len, p.state))
-            };
-            match part {
+            match self.regs.part(addr, len) {
                 Some((_, _, PinState::Pinned(mr))) => return Some(mr),
                 Some((a, l, PinState::Unpinned)) => {
-                    if let Some(r) = self.pin(a, l, true) {
-                        return r.ok();
+                    if let Some(claim) = self.regs.claim(a, l) {
+                        return self.regs.register_claimed(a, l, claim, true).ok();
                     }
                 }
                 // Another thread registers it: it takes a moment.
-                Some((_, _, PinState::Busy)) => std::thread::yield_now(),
-                None => break,
+                Some((_, _, PinState::Busy(_))) => std::thread::sleep(Duration::from_micros(200)),
+                None => return self.region_for(addr, len),
             }
         }
+    }
+
+    /// As [`RdmaLink::reg_for`], without waiting: for a stream's receiver,
+    /// which READs into the ring towards a client and holds up every
+    /// connection of its stream while it waits, and for a pump's frames
+    /// that fit a record. A ring let go of is registered again by the
+    /// link's pinner thread meanwhile, and this transfer goes without it
+    /// (None: through the bounce buffer, or copied into the record).
+    fn reg_now(&self, addr: u64, len: usize) -> Option<Mr> {
+        match self.regs.part(addr, len) {
+            Some((_, _, PinState::Pinned(mr))) => Some(mr),
+            Some((a, l, PinState::Unpinned)) => {
+                self.pin_later(a, l);
+                None
+            }
+            Some((_, _, PinState::Busy(_))) => None,
+            None => self.region_for(addr, len),
+        }
+    }
+
+    /// The live shadow region's registration covering the bytes, if any.
+    fn region_for(&self, addr: u64, len: usize) -> Option<Mr> {
         let g = self.regions.read().unwrap();
         g.live.iter().find(|(w, mr)| mr.covers(addr, len) && w.strong_count() > 0).map(|r| r.1)
+    }
+
+    /// Hands the part at `addr` (unpinned now, else nothing is done) to
+    /// the link's pinner thread, started on first use: one per link, and
+    /// a part waits there at most once (it is claimed until registered).
+    fn pin_later(&self, addr: u64, len: usize) {
+        let Some(claim) = self.regs.claim(addr, len) else { return };
+        let mut g = self.pinner.lock().unwrap();
+        if g.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<(u64, usize, u64)>();
+            let regs = self.regs.clone();
+            // Ends when the link is dropped (and with it the sender).
+            let t = std::thread::Builder::new().name("ff-rdma-pin".into()).spawn(move || {
+                for (a, l, c) in rx {
+                    let _ = regs.register_claimed(a, l, c, true);
+                }
+            });
+            match t {
+                Ok(_) => *g = Some(tx),
+                Err(e) => log::warn!("{}: no thread to register rings again ({e}): transfers into them go through the bounce buffer", self.what),
+            }
+        }
+        if g.as_ref().is_none_or(|tx| tx.send((addr, len, claim)).is_err()) {
+            self.regs.unclaim(addr, len, claim);
+        }
     }
 
     /// Registers the part at `addr` (of `len` bytes) if it is unpinned now
     /// (else None: another thread got there first), pinning its pages
     /// without holding the lock.
     fn pin(&self, addr: u64, len: usize, again: bool) -> Option<io::Result<Mr>> {
-        {
-            let mut g = self.regs.write().unwrap();
-            let p = g.get_mut(&addr).filter(|p| p.len == len)?;
-            if !matches!(p.state, PinState::Unpinned) {
-                return None;
-            }
-            p.state = PinState::Busy;
-        }
-        let t = Instant::now();
-        let r = self.v.reg_mr(addr as *mut u8, len);
-        let mut g = self.regs.write().unwrap();
-        let Some(p) = g.get_mut(&addr).filter(|p| p.len == len) else {
-            // Deregistered meanwhile (the connection ended).
-            drop(g);
-            if let Ok(mr) = r {
-                let _ = self.v.dereg_mr(&mr);
-            }
-            return Some(Err(io::Error::other("the connection file was deregistered meanwhile")));
-        };
-        match r {
-            Ok(mr) => {
-                p.state = PinState::Pinned(mr);
-                let again = if again { " again (its first transfer since it was let go of)" } else { "" };
-                log::debug!("{}: registered {len} bytes of a connection file with the NIC{again} in {:?}", self.what, t.elapsed());
-                Some(Ok(mr))
-            }
-            Err(e) => {
-                p.state = PinState::Unpinned;
-                log::warn!("{}: the NIC would not register {len} bytes of a connection file: {e}", self.what);
-                Some(Err(e))
-            }
-        }
+        let claim = self.regs.claim(addr, len)?;
+        Some(self.regs.register_claimed(addr, len, claim, again))
     }
 
     /// Forgets the registered parts of `mem` and returns the registrations
@@ -755,7 +849,7 @@ impl RdmaLink {
     /// to let go of: it finds the part gone.)
     fn forget(&self, mem: &SharedMem) -> Vec<Mr> {
         let (start, end) = (mem.as_ptr() as u64, mem.as_ptr() as u64 + mem.len() as u64);
-        let mut r = self.regs.write().unwrap();
+        let mut r = self.regs.parts.write().unwrap();
         let mut parts = r.split_off(&start);
         r.append(&mut parts.split_off(&end));
         parts.into_values().filter_map(|p| if let PinState::Pinned(mr) = p.state { Some(mr) } else { None }).collect()
@@ -1056,11 +1150,14 @@ impl Link for RdmaLink {
 
     unsafe fn send_unacked(&self, si: usize, frames: &[Frame]) -> io::Result<u64> {
         self.check()?;
-        // A ring the trimmer let go of is registered again by its first big
-        // frame: here, not under the stream's lock below, which every
-        // connection on the stream shares (pinning a 4 MiB ring took 30 ms
-        // to 1.35 s on emulated rxe).
-        for f in frames.iter().filter(|f| f.len > INLINE_MAX) {
+        // A ring the trimmer let go of: frames that fit a record are copied
+        // into it while the link's pinner registers the ring again
+        // (`reg_now` below), so that neither this pump worker nor the
+        // connections it serves wait for the pinning (a 4 MiB ring took
+        // 30 ms to 1.35 s on emulated rxe). A bigger frame needs the
+        // registration: made here, not under the stream's lock below,
+        // which every connection on the stream shares.
+        for f in frames.iter().filter(|f| f.len > UNREGISTERED_MAX) {
             self.reg_for(f.ptr as u64, f.len);
         }
         let s = &self.streams[si];
@@ -1077,7 +1174,13 @@ impl Link for RdmaLink {
             let mut pos = start;
             while i < frames.len() {
                 let f = &frames[i];
-                let remote = if f.len > INLINE_MAX { self.reg_for(f.ptr as u64, f.len) } else { None };
+                let remote = if f.len <= INLINE_MAX {
+                    None
+                } else if f.len <= UNREGISTERED_MAX {
+                    self.reg_now(f.ptr as u64, f.len)
+                } else {
+                    self.reg_for(f.ptr as u64, f.len)
+                };
                 let body = if remote.is_some() { DESC } else { f.len };
                 let span = span_of(body);
                 if span > SLOT.min(peer_len as usize / 2) {
@@ -1312,7 +1415,7 @@ impl Link for RdmaLink {
                 while done < n {
                     self.check()?;
                     let here = dst.add(done) as u64;
-                    let (sge, bounce) = match self.reg_for(here, n - done) {
+                    let (sge, bounce) = match self.reg_now(here, n - done) {
                         Some(mr) => (Sge { addr: here, len: (n - done) as u32, lkey: mr.lkey }, false),
                         None => {
                             let k = (n - done).min(BOUNCE);
@@ -1355,7 +1458,7 @@ impl Link for RdmaLink {
                 (mem.as_ptr() as u64 + sp.start as u64, sp.len())
             })
             .collect();
-        self.regs.write().unwrap().extend(parts.iter().map(|&(addr, len)| (addr, Pin { addr, len, state: PinState::Unpinned })));
+        self.regs.parts.write().unwrap().extend(parts.iter().map(|&(addr, len)| (addr, Pin { addr, len, state: PinState::Unpinned })));
         for &(addr, len) in &parts {
             if let Some(Err(e)) = self.pin(addr, len, false) {
                 // Nothing moves through the connection yet: no READ to
@@ -1370,13 +1473,13 @@ impl Link for RdmaLink {
     }
 
     fn pinned_bytes(&self) -> usize {
-        self.regs.read().unwrap().values().filter(|p| matches!(p.state, PinState::Pinned(_))).map(|p| p.len).sum()
+        self.regs.parts.read().unwrap().values().filter(|p| matches!(p.state, PinState::Pinned(_))).map(|p| p.len).sum()
     }
 
     fn unpin(&self, mem: &SharedMem, span: Range<usize>) -> bool {
         let addr = mem.as_ptr() as u64 + span.start as u64;
         let mr = {
-            let mut g = self.regs.write().unwrap();
+            let mut g = self.regs.parts.write().unwrap();
             let Some(p) = g.get_mut(&addr).filter(|p| p.len == span.len()) else { return true };
             match p.state {
                 PinState::Pinned(mr) => {
@@ -1384,7 +1487,7 @@ impl Link for RdmaLink {
                     mr
                 }
                 PinState::Unpinned => return true,
-                PinState::Busy => return false,
+                PinState::Busy(_) => return false,
             }
         };
         // No transfer uses the part (the caller's guarantee), so none of
@@ -1396,7 +1499,7 @@ impl Link for RdmaLink {
             }
             Err(e) => {
                 log::warn!("{}: the NIC would not let go of an idle ring ({e}): its pages stay", self.what);
-                if let Some(p) = self.regs.write().unwrap().get_mut(&addr).filter(|p| p.len == span.len()) {
+                if let Some(p) = self.regs.parts.write().unwrap().get_mut(&addr).filter(|p| p.len == span.len()) {
                     p.state = PinState::Pinned(mr);
                 }
                 false
@@ -1603,7 +1706,7 @@ impl Drop for RdmaLink {
                 let _ = self.v.dereg_mr(&b.mr);
             }
         }
-        for p in std::mem::take(&mut *self.regs.write().unwrap()).into_values() {
+        for p in std::mem::take(&mut *self.regs.parts.write().unwrap()).into_values() {
             if let PinState::Pinned(mr) = p.state {
                 let _ = self.v.dereg_mr(&mr);
             }

@@ -196,6 +196,37 @@ struct FabricState {
     down: Vec<u32>,
     /// The last READs done: (remote source, local destination, bytes).
     reads: VecDeque<(u64, u64, usize)>,
+    /// Registrations of memory starting in these ranges wait until the
+    /// range is let go of ([`Fabric::hold_registrations`]), and how many
+    /// wait now.
+    held: Vec<std::ops::Range<u64>>,
+    held_waiting: usize,
+    /// Registrations made, by start address.
+    made: HashMap<u64, u64>,
+}
+
+/// Registrations held back while this lives ([`Fabric::hold_registrations`]).
+pub struct Held {
+    fabric: Fabric,
+    range: std::ops::Range<u64>,
+}
+
+impl Held {
+    /// Registrations waiting for this hold (or another) to end now.
+    pub fn waiting(&self) -> usize {
+        self.fabric.inner.0.lock().unwrap().held_waiting
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.fabric.inner;
+        let mut st = m.lock().unwrap();
+        if let Some(i) = st.held.iter().position(|r| *r == self.range) {
+            st.held.swap_remove(i);
+        }
+        cv.notify_all();
+    }
 }
 
 /// READs [`Fabric::reads`] remembers.
@@ -274,6 +305,23 @@ impl Fabric {
             q.state = QpState::Error;
         }
         cv.notify_all();
+    }
+
+    /// Registrations of memory starting in `range` wait (as pinning a big
+    /// region on a slow host does) until the returned guard is dropped.
+    pub fn hold_registrations(&self, range: std::ops::Range<u64>) -> Held {
+        self.inner.0.lock().unwrap().held.push(range.clone());
+        Held { fabric: self.clone(), range }
+    }
+
+    /// Whether a registration of memory starting at `addr` lives now.
+    pub fn registered_at(&self, addr: u64) -> bool {
+        self.inner.0.lock().unwrap().mrs.values().any(|(_, m)| m.addr == addr)
+    }
+
+    /// Registrations made so far of memory starting at `addr`.
+    pub fn registrations_at(&self, addr: u64) -> u64 {
+        self.inner.0.lock().unwrap().made.get(&addr).copied().unwrap_or(0)
     }
 
     /// Live registrations (to check that everything is deregistered).
@@ -373,10 +421,23 @@ impl Verbs for FakeVerbs {
             return Err(einval("empty memory region"));
         }
         std::thread::sleep(self.setup);
+        {
+            let (m, cv) = &*self.fabric.inner;
+            let mut st = m.lock().unwrap();
+            let held = |st: &FabricState| st.held.iter().any(|r| r.contains(&(addr as u64)));
+            if held(&st) {
+                st.held_waiting += 1;
+                while held(&st) {
+                    st = cv.wait(st).unwrap();
+                }
+                st.held_waiting -= 1;
+            }
+        }
         self.with(|st| {
             st.next_key += 1;
             let mr = Mr { addr: addr as u64, len, lkey: st.next_key | 0x1000_0000, rkey: st.next_key };
             st.mrs.insert(mr.rkey, (self.nic, mr));
+            *st.made.entry(mr.addr).or_default() += 1;
             Ok(mr)
         })
     }

@@ -6,26 +6,6 @@
 
 use super::*;
 
-/// The connections router `i` forwards now.
-fn forwarded(two: &Two, i: usize) -> Vec<Arc<Fwd>> {
-    let r = two.remote(i);
-    let by = r.by_client.lock().unwrap();
-    by.values().flatten().filter_map(Weak::upgrade).collect()
-}
-
-/// Router `i`'s forwarded connection `id` (its client's `Conn::id`), once
-/// its pump started: its client may have the connection a moment before.
-fn forwarding(two: &Two, i: usize, id: u64) -> Arc<Fwd> {
-    let t = Instant::now();
-    loop {
-        if let Some(f) = forwarded(two, i).into_iter().find(|f| f.local == id) {
-            return f;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "connection {id} never got its pump");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// The links `r` dropped, by cause (those with any).
 fn dropped_links(r: &Remote) -> Vec<(&'static str, u64)> {
     Cause::ALL.iter().map(|&c| (c.name(), r.counters().drops(c))).filter(|d| d.1 > 0).collect()
