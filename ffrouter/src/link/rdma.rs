@@ -455,6 +455,9 @@ struct Stream {
     /// Held while polling the receive queue (any thread may: see
     /// [`RdmaLink::drain_recv`]).
     drain: Mutex<()>,
+    /// Set (under `drain`) while the stream's receiver waits for frames:
+    /// it drains the queue then, and nobody else does.
+    rx_waits: AtomicBool,
     /// Landing bytes the peer has written (its data immediates).
     avail: AtomicU64,
     sig: Mutex<Signals>,
@@ -605,6 +608,15 @@ pub struct RdmaLink {
     _boot: Option<TcpStream>,
 }
 
+/// Clears a stream's `rx_waits` when its receiver returns.
+struct Back<'a>(&'a AtomicBool);
+
+impl Drop for Back<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Per-stream connection info exchanged at setup.
 const INFO_LEN: usize = Endpoint::LEN + 16;
 
@@ -708,6 +720,7 @@ impl RdmaLink {
                 tx: Mutex::new(TxSide { staging, wpos: 0, seq: 0, s_head: 0, posted: VecDeque::new() }),
                 rx: Mutex::new(RxSide { rpos: 0, freed: 0, cur: Cur::Idle, bounce, ahead: VecDeque::new(), scan: 0, abuf: None, a_head: 0, a_tail: 0, owed: 0, owed_token: 0 }),
                 drain: Mutex::new(()),
+                rx_waits: AtomicBool::new(false),
                 avail: AtomicU64::new(0),
                 sig: Mutex::new(Signals { peer_freed: 0, sent: 0, acked: 0, owed_since: Instant::now(), events: 0 }),
                 sig_cv: Condvar::new(),
@@ -937,21 +950,34 @@ impl RdmaLink {
     }
 
     /// Handles receive completions (immediates from the peer); reposts the
-    /// receives. Returns whether anything arrived. Any thread may drain (the
-    /// receiver while it waits for frames, a sender while it waits for
-    /// credit or acks); with `block` false it gives up at once when another
-    /// one is draining.
+    /// receives. Returns whether anything arrived. The stream's receiver
+    /// drains (`block`) while it waits for frames; a sender that waits for
+    /// credit or acks drains (not `block`) only while the receiver is busy
+    /// elsewhere, and gives up at once when another thread is draining.
+    ///
+    /// Only the receiver sleeps for the queue's completions. Had a sender
+    /// drained a data immediate between the receiver's last look and its
+    /// sleep, the receiver would sleep its whole nap (100 ms) with a frame
+    /// landed: seen on the fake NIC, many times a second while streaming.
+    /// So a receiver that found nothing says so under the lock
+    /// (`rx_waits`), looks at what senders drained before, and only then
+    /// sleeps; until it is back, senders leave the queue to it (its sleep
+    /// ends with the next completion, and it hands them their credits and
+    /// acks).
     fn drain_recv(&self, s: &Stream, block: bool) -> io::Result<bool> {
         let _one = if block {
             s.drain.lock().unwrap()
         } else {
             match s.drain.try_lock() {
-                Ok(g) => g,
-                Err(_) => return Ok(false),
+                Ok(g) if !s.rx_waits.load(Ordering::Relaxed) => g,
+                _ => return Ok(false),
             }
         };
         let wcs = self.v.poll(s.qp, Cq::Recv, 32).map_err(|e| self.fail(format!("poll: {e}")))?;
         let any = !wcs.is_empty();
+        if block {
+            s.rx_waits.store(!any, Ordering::Relaxed);
+        }
         if any {
             *self.heard.lock().unwrap() = Instant::now();
         }
@@ -1298,6 +1324,8 @@ impl Link for RdmaLink {
         if !matches!(rx.cur, Cur::Idle) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "previous payload not consumed"));
         }
+        // Busy elsewhere once back: senders drain again.
+        let _back = Back(&s.rx_waits);
         let start = Instant::now();
         loop {
             self.check()?;
@@ -1339,7 +1367,7 @@ impl Link for RdmaLink {
                 }
                 return Ok(h);
             }
-            if self.drain_recv(s, true)? {
+            if self.drain_recv(s, true)? || s.avail.load(Ordering::Acquire) > rx.rpos {
                 continue;
             }
             // Nothing more to consume: what we consumed is acked before we wait.
@@ -1773,6 +1801,45 @@ mod tests {
     fn data(conn: u64, payload: &[u8]) -> (Frame, [u8; HDR_LEN]) {
         let h = Header::data(conn, ffcore::ring::REC_FIRST, 1, payload.len() as u64, payload.len()).encode();
         (Frame { hdr: h, ptr: payload.as_ptr(), len: payload.len() }, h)
+    }
+
+    /// While a stream's receiver waits for frames, nobody else takes
+    /// completions from its queue: a sender that drained a data immediate
+    /// just before the receiver slept left a landed frame unread for the
+    /// receiver's whole nap (100 ms; on the fake NIC many times a second
+    /// while streaming). Senders that wait for credit or acks drain only
+    /// while the receiver is busy elsewhere.
+    #[test]
+    fn a_waiting_receiver_is_left_its_queue() {
+        let (_fab, a, b) = pair(1);
+        let s = &b.streams[0];
+        // Ten frames, each while the receiver waits (a thread that drains
+        // in between could take the landing one first half the time).
+        for round in 0..10u64 {
+            let b2 = b.clone();
+            let rx = std::thread::spawn(move || Header::decode(&b2.recv_header(0).unwrap()).unwrap().conn);
+            let t = Instant::now();
+            while !s.rx_waits.load(Ordering::Relaxed) {
+                assert!(t.elapsed() < Duration::from_secs(10), "the receiver never waited");
+                std::thread::yield_now();
+            }
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|sc| {
+                // A sender of b's, draining as hard as it can while a frame lands.
+                let drainer = sc.spawn(|| {
+                    let mut took = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        took += b.drain_recv(s, false).unwrap() as usize;
+                    }
+                    took
+                });
+                unsafe { a.send(0, &[data(round, &[]).0]).unwrap() };
+                let conn = rx.join().unwrap();
+                stop.store(true, Ordering::Relaxed);
+                assert_eq!(conn, round, "the receiver got the frame");
+                assert_eq!(drainer.join().unwrap(), 0, "round {round}: a sender took completions from the waiting receiver's queue");
+            });
+        }
     }
 
     #[test]
