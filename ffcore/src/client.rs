@@ -3,7 +3,7 @@
 //! memory and shadow regions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,6 +156,26 @@ impl Context {
     /// The id of the router this context is attached to.
     pub fn router_id(&self) -> [u8; 16] {
         self.router_id
+    }
+
+    /// Is the router still there? A look at the control connection that
+    /// does not wait: the kernel ends it when the router exits, however it
+    /// died. A request under way (another thread holds the connection)
+    /// counts as an answer.
+    pub fn router_alive(&self) -> bool {
+        let sock = match self.shared.sock.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        let mut b = 0u8;
+        // SAFETY: at most one byte into `b`, left in the socket (MSG_PEEK).
+        let n = unsafe { libc::recv(sock.as_fd().as_raw_fd(), (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        match n {
+            0 => false,
+            n if n > 0 => true,
+            _ => matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN | libc::EINTR)),
+        }
     }
 
     pub fn tenant(&self) -> &str {

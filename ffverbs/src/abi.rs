@@ -295,9 +295,11 @@ pub unsafe extern "C" fn ffv_ibv_query_device(c: *mut ibv_context, a: *mut ibv_d
     0
 }
 
-fn port_attr() -> ibv_port_attr {
+/// The port as a NIC's reads: active, or down (and its link disabled)
+/// once the router went away.
+fn port_attr(down: bool) -> ibv_port_attr {
     ibv_port_attr {
-        state: IBV_PORT_ACTIVE,
+        state: if down { IBV_PORT_DOWN } else { IBV_PORT_ACTIVE },
         max_mtu: IBV_MTU_4096,
         active_mtu: IBV_MTU_4096,
         gid_tbl_len: 1,
@@ -306,7 +308,7 @@ fn port_attr() -> ibv_port_attr {
         max_vl_num: 1,
         active_width: 2,  // 4X
         active_speed: 32, // 25 Gb/s per lane: "100 Gb/s"
-        phys_state: 5,    // LinkUp
+        phys_state: if down { 3 } else { 5 }, // Disabled, LinkUp
         link_layer: IBV_LINK_LAYER_ETHERNET as u8,
         ..Default::default()
     }
@@ -318,7 +320,7 @@ pub unsafe extern "C" fn ffv_ibv_query_port(c: *mut ibv_context, port: u8, a: *m
     if c.is_null() || a.is_null() || port != 1 {
         return libc::EINVAL;
     }
-    let p = port_attr();
+    let p = port_attr(dev_of(c).port.is_down());
     std::ptr::copy_nonoverlapping(&p as *const _ as *const u8, a as *mut u8, offset_of!(ibv_port_attr, flags));
     0
 }
@@ -327,7 +329,7 @@ unsafe extern "C" fn query_port_ex(c: *mut ibv_context, port: u8, a: *mut ibv_po
     if c.is_null() || a.is_null() || port != 1 {
         return libc::EINVAL;
     }
-    let p = port_attr();
+    let p = port_attr(dev_of(c).port.is_down());
     std::ptr::copy_nonoverlapping(&p as *const _ as *const u8, a as *mut u8, len.min(std::mem::size_of::<ibv_port_attr>()));
     0
 }
@@ -1320,9 +1322,10 @@ unsafe extern "C" fn bind_mw(_qp: *mut ibv_qp, _mw: *mut ibv_mw, _b: *mut ibv_mw
 
 // ---- events, fork, strings, rates ------------------------------------------
 
-/// The one asynchronous event raised: an SRQ's limit reached. Blocks
-/// until one is due (or EAGAIN on a descriptor the application made
-/// non-blocking).
+/// The asynchronous events raised: an SRQ's limit reached, and the port's
+/// error and the device's fatal error once the router went away
+/// ([`Device::watch_router`]). Blocks until one is due (or EAGAIN on a
+/// descriptor the application made non-blocking).
 #[no_mangle]
 pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, ev: *mut ibv_async_event) -> c_int {
     guard(-1, || {
@@ -1340,7 +1343,11 @@ pub unsafe extern "C" fn ffv_ibv_get_async_event(c: *mut ibv_context, ev: *mut i
             return -1;
         };
         let mut e = ibv_async_event { element: ibv_async_event__bindgen_ty_1 { port_num: 0 }, event_type: ty };
-        e.element.srq = el as *mut ibv_srq;
+        match ty {
+            IBV_EVENT_SRQ_LIMIT_REACHED => e.element.srq = el as *mut ibv_srq,
+            IBV_EVENT_PORT_ERR | IBV_EVENT_PORT_ACTIVE => e.element.port_num = el as c_int,
+            _ => {}
+        }
         *ev = e;
         0
     })
@@ -1431,19 +1438,41 @@ pub extern "C" fn ffv_ibv_node_type_str(t: c_int) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn ffv_ibv_port_state_str(s: c_uint) -> *const c_char {
     cstr(match s {
-        0 => c"PORT_NOP",
-        1 => c"PORT_DOWN",
-        2 => c"PORT_INIT",
-        3 => c"PORT_ARMED",
-        4 => c"PORT_ACTIVE",
-        5 => c"PORT_ACTIVE_DEFER",
-        _ => c"invalid state",
+        0 => c"no state change (NOP)",
+        1 => c"down",
+        2 => c"init",
+        3 => c"armed",
+        4 => c"active",
+        5 => c"active defer",
+        _ => c"unknown",
     })
 }
 
 #[no_mangle]
-pub extern "C" fn ffv_ibv_event_type_str(_e: c_uint) -> *const c_char {
-    cstr(c"unknown")
+pub extern "C" fn ffv_ibv_event_type_str(e: c_uint) -> *const c_char {
+    cstr(match e {
+        IBV_EVENT_CQ_ERR => c"CQ error",
+        IBV_EVENT_QP_FATAL => c"local work queue catastrophic error",
+        IBV_EVENT_QP_REQ_ERR => c"invalid request local work queue error",
+        IBV_EVENT_QP_ACCESS_ERR => c"local access violation work queue error",
+        IBV_EVENT_COMM_EST => c"communication established",
+        IBV_EVENT_SQ_DRAINED => c"send queue drained",
+        IBV_EVENT_PATH_MIG => c"path migrated",
+        IBV_EVENT_PATH_MIG_ERR => c"path migration request error",
+        IBV_EVENT_DEVICE_FATAL => c"local catastrophic error",
+        IBV_EVENT_PORT_ACTIVE => c"port active",
+        IBV_EVENT_PORT_ERR => c"port error",
+        IBV_EVENT_LID_CHANGE => c"LID change",
+        IBV_EVENT_PKEY_CHANGE => c"P_Key change",
+        IBV_EVENT_SM_CHANGE => c"SM change",
+        IBV_EVENT_SRQ_ERR => c"SRQ catastrophic error",
+        IBV_EVENT_SRQ_LIMIT_REACHED => c"SRQ limit reached",
+        IBV_EVENT_QP_LAST_WQE_REACHED => c"last WQE reached",
+        IBV_EVENT_CLIENT_REREGISTER => c"client reregistration",
+        IBV_EVENT_GID_CHANGE => c"GID table change",
+        IBV_EVENT_WQ_FATAL => c"WQ fatal",
+        _ => c"unknown",
+    })
 }
 
 /// (enum ibv_rate, multiple of 2.5 Gb/s, Mb/s)

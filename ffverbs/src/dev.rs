@@ -211,6 +211,9 @@ pub struct Port {
     /// The process it was made in: a child made by `fork` gets a port of
     /// its own (the parent's attachment is the parent's).
     pid: u32,
+    /// The router went away ([`Port::router_gone`]): the port is down for
+    /// good, and contexts opened from then on get a port of their own.
+    down: AtomicBool,
 }
 
 impl Port {
@@ -219,12 +222,15 @@ impl Port {
         static PORT: Mutex<Weak<Port>> = Mutex::new(Weak::new());
         let mut p = PORT.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(port) = p.upgrade() {
-            if port.pid == std::process::id() {
+            if port.pid != std::process::id() {
+                // The parent's, copied by fork: never dropped here (that
+                // would detach the parent's client from the router).
+                std::mem::forget(port);
+            } else if !port.is_down() {
                 return Ok(port);
             }
-            // The parent's, copied by fork: never dropped here (that would
-            // detach the parent's client from the router).
-            std::mem::forget(port);
+            // Its router went away: the contexts still open keep it, a new
+            // one attaches anew (to the router restarted, if it is).
         }
         let ff = ffcore::Context::new()?;
         let listener = ff.listen()?;
@@ -247,6 +253,7 @@ impl Port {
             owners: Mutex::new(FxHashMap::default()),
             next_qpn: AtomicU32::new(0x100 + (rand::random::<u32>() & 0xfff)),
             pid: std::process::id(),
+            down: AtomicBool::new(false),
         });
         *p = Arc::downgrade(&port);
         Ok(port)
@@ -271,6 +278,27 @@ impl Port {
         if owners.get(&qpn).is_some_and(|w| w.ptr_eq(dev)) {
             owners.remove(&qpn);
         }
+    }
+
+    /// Has the router gone away (its control connection ended)? Looked at
+    /// by each context's service thread every `qp::ALIVE_EVERY`; once gone,
+    /// the port stays down (its listener and the router's records of this
+    /// process went with the router).
+    pub fn router_gone(&self) -> bool {
+        if self.is_down() {
+            return true;
+        }
+        if self.ff.router_alive() {
+            return false;
+        }
+        if !self.down.swap(true, Ordering::AcqRel) {
+            log::warn!("ffverbs: the router went away: ff0's port is down (every open context gets IBV_EVENT_PORT_ERR and IBV_EVENT_DEVICE_FATAL; a context opened from now on attaches anew)");
+        }
+        true
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
     }
 
     /// The context that owns queue pair `qpn`, if it is open.
@@ -301,6 +329,8 @@ pub struct Device {
     pub async_efd: OwnedFd,
     /// Asynchronous events not yet read: (`ibv_event_type`, the element).
     pub async_events: Mutex<VecDeque<(u32, u64)>>,
+    /// Its port's loss was announced ([`Device::watch_router`]).
+    told_down: AtomicBool,
     /// Shared receive queues of this context (capped: `srq::MAX_SRQ`).
     pub srqs: AtomicUsize,
     /// Completion queues armed for an event (`ibv_req_notify_cq`) that
@@ -363,6 +393,7 @@ impl Device {
             // SAFETY: a fresh descriptor nobody else owns.
             async_efd: unsafe { OwnedFd::from_raw_fd(async_fd) },
             async_events: Mutex::new(VecDeque::new()),
+            told_down: AtomicBool::new(false),
             srqs: AtomicUsize::new(0),
             armed_cqs: Arc::new(AtomicU32::new(0)),
             sleeper: Mutex::new(()),
@@ -407,6 +438,18 @@ impl Device {
         let one = 1u64;
         // SAFETY: writes 8 bytes from our stack to our eventfd.
         unsafe { libc::write(self.async_efd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// Once the router went away, tells the application as a NIC's driver
+    /// tells of a device that failed: `IBV_EVENT_PORT_ERR` (port 1), then
+    /// `IBV_EVENT_DEVICE_FATAL`, once. Queue pairs through the router fail
+    /// by themselves (their peer's liveness); those with a peer on this
+    /// host go on, but nothing new can be set up on the port.
+    pub fn watch_router(&self) {
+        if self.port.router_gone() && !self.told_down.swap(true, Ordering::AcqRel) {
+            self.async_event(IBV_EVENT_PORT_ERR, 1);
+            self.async_event(IBV_EVENT_DEVICE_FATAL, 0);
+        }
     }
 
     pub fn close(&self) {

@@ -1597,7 +1597,7 @@ impl Engine {
 
 /// How often the service thread checks that the peers still live (a
 /// dead peer's work fails within about this, plus the sleep below).
-const ALIVE_EVERY: Duration = Duration::from_millis(500);
+pub const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// The service thread's nap while the application calls in itself.
 const APP_NAP: Duration = Duration::from_micros(200);
 /// The service thread's longest sleep (connection deadlines, liveness).
@@ -1622,6 +1622,7 @@ pub fn service(dev: Arc<Device>) {
         // Before looking for work: a kick after this ends the sleep below.
         let kicks = dev.kicks();
         if last_alive.elapsed() > ALIVE_EVERY {
+            dev.watch_router();
             if let Ok(mut e) = dev.engine.try_lock() {
                 e.check_alive(&dev);
                 last_alive = Instant::now();

@@ -23,7 +23,7 @@ fn work() -> &'static Path {
         let dir = fresh_dir("ffverbs-test");
         std::fs::create_dir_all(dir.join("lib")).unwrap();
         std::os::unix::fs::symlink(fftestkit::built_lib("libffverbs.so"), dir.join("lib/libibverbs.so.1")).unwrap();
-        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder", "ffvevents", "ffvports"] {
+        for prog in ["ffvcheck", "ffvsrq", "ffvud", "ffvorder", "ffvevents", "ffvports", "ffvfatal"] {
             let src = root().join(format!("ffverbs/tests/c/{prog}.c"));
             let st = Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(dir.join(prog)).arg(&src).arg("-libverbs").status().expect("cc");
             assert!(st.success(), "compiling {prog} (needs libibverbs-dev)");
@@ -763,6 +763,66 @@ fn exports_match_debians_libibverbs() {
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
     let dynamic = Command::new("objdump").arg("-p").arg(&ours).output().unwrap();
     assert!(String::from_utf8_lossy(&dynamic.stdout).contains("SONAME               libibverbs.so.1"));
+}
+
+/// ibv_event_type_str and ibv_port_state_str say what Debian's libibverbs
+/// says, for every value and one past the last (the same program run with
+/// each library). Until 2026-12-06 every event was "unknown" and port
+/// states were the enum's names.
+#[test]
+fn event_and_port_state_names_are_libibverbs_own() {
+    let run = |ours: bool| {
+        let mut c = Command::new(work().join("ffvfatal"));
+        c.arg("strs");
+        if ours {
+            c.env("LD_LIBRARY_PATH", lib_dir());
+        }
+        let out = c.output().expect("ffvfatal");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (theirs, ours) = (run(false), run(true));
+    assert!(theirs.contains("event 8: local catastrophic error"), "Debian's library: {theirs}");
+    assert_eq!(ours, theirs);
+}
+
+/// The router goes away under an open ff0: the context gets
+/// IBV_EVENT_PORT_ERR (port 1) and IBV_EVENT_DEVICE_FATAL, as from a NIC's
+/// driver whose device failed, and its port reads DOWN. Once the router
+/// is back, ff0 opened again (the dead context still open) attaches to it:
+/// its port is ACTIVE and it makes a queue pair.
+#[test]
+fn a_router_that_goes_away_is_a_fatal_device_event_and_a_restarted_one_is_attached_anew() {
+    use std::io::{BufRead, Write};
+    let mut r = RouterProc::start(&["a"], &[]);
+    let mut c = Command::new(work().join("ffvfatal"))
+        .arg("watch")
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .env("FF_ROUTER_SOCKET", r.socket("a"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffvfatal");
+    let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut next = |lines: &mut Vec<String>| {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        lines.push(l.trim().to_string());
+        l.trim().to_string()
+    };
+    assert_eq!(next(&mut lines), "OPEN active");
+    r.kill();
+    while !next(&mut lines).starts_with("PORT ") {
+        assert!(lines.last().unwrap().starts_with("EVENT "), "ffvfatal: {lines:?}");
+    }
+    assert_eq!(lines[1..], ["EVENT 10 port error", "EVENT 8 local catastrophic error", "PORT down"], "{lines:?}");
+    r.restart();
+    c.stdin.as_mut().unwrap().write_all(b"back\n").unwrap();
+    assert_eq!(next(&mut lines), "REOPENED active", "{lines:?}");
+    let (ok, _, err) = finish(c, Duration::from_secs(30));
+    assert!(ok, "{lines:?} {err}");
 }
 
 /// A router that dies under a queue pair across hosts: the work waiting
