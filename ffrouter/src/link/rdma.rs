@@ -901,11 +901,10 @@ impl RdmaLink {
 
     /// Polls the send queue's completions once; errors kill the link.
     fn reap(&self, s: &Stream) -> io::Result<()> {
-        let wcs = self.v.poll(s.qp, Cq::Send, 32).map_err(|e| self.fail(format!("poll: {e}")))?;
-        if wcs.is_empty() {
-            return Ok(());
-        }
+        // Held across the poll: a waiter that looks at `done` once its wait
+        // is armed (`Verbs::wait`) finds what was polled before, recorded.
         let mut done = s.done.lock().unwrap();
+        let wcs = self.v.poll(s.qp, Cq::Send, 32).map_err(|e| self.fail(format!("poll: {e}")))?;
         for wc in wcs {
             if wc.status != 0 {
                 drop(done);
@@ -942,7 +941,7 @@ impl RdmaLink {
                 return Err(self.fail(format!("an RDMA {what} of {len} bytes did not complete in {OP_TIMEOUT:?}")));
             }
             if spent > Duration::from_micros(20) {
-                let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1));
+                let _ = self.v.wait(s.qp, Cq::Send, Duration::from_millis(1), &|| s.done.lock().unwrap().contains_key(&wr_id));
             } else {
                 std::hint::spin_loop();
             }
@@ -1385,8 +1384,9 @@ impl Link for RdmaLink {
                 // Not holding the stream meanwhile: nothing is being READ
                 // into local memory now, and `deregister` (a pump worker
                 // ending a connection) must not wait for the next frame.
+                let rpos = rx.rpos;
                 drop(rx);
-                let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(dead - spent));
+                let _ = self.v.wait(s.qp, Cq::Recv, Duration::from_millis(100).min(dead - spent), &|| s.avail.load(Ordering::Acquire) > rpos);
                 rx = s.rx.lock().unwrap();
             } else {
                 std::hint::spin_loop();

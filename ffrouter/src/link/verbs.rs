@@ -165,8 +165,14 @@ pub trait Verbs: Send + Sync {
     fn post_recv(&self, qp: u32, wr_id: u64) -> io::Result<()>;
     /// Up to `max` completions, without waiting.
     fn poll(&self, qp: u32, cq: Cq, max: usize) -> io::Result<Vec<Wc>>;
-    /// Waits until `cq` may have completions, at most `timeout`.
-    fn wait(&self, qp: u32, cq: Cq, timeout: Duration) -> io::Result<()>;
+    /// Waits until `cq` may have completions or `done()` holds, at most
+    /// `timeout`. `done` is looked at once the wait is armed (on a NIC:
+    /// after `ibv_req_notify_cq`, whose event fires for what arrives later):
+    /// what the caller waits for may be a completion another thread polled
+    /// meanwhile and recorded, which no event announces any more (until
+    /// 2026-12-06 such a waiter slept its whole timeout: on the fake NIC
+    /// hundreds of 1 ms waits in a 12 s stream).
+    fn wait(&self, qp: u32, cq: Cq, timeout: Duration, done: &dyn Fn() -> bool) -> io::Result<()>;
 }
 
 // ---------------------------------------------------------------- fake ---
@@ -244,6 +250,8 @@ struct FakeQp {
     /// Completions, each visible from its instant on (in order).
     send_cq: VecDeque<(Instant, Wc)>,
     recv_cq: VecDeque<(Instant, Wc)>,
+    /// Completions polled so far from the send and the receive queue.
+    taken: [u64; 2],
     send_depth: u32,
     recv_depth: u32,
     /// When each posted send the NIC may still be working on is done
@@ -468,6 +476,7 @@ impl Verbs for FakeVerbs {
                     rnr: VecDeque::new(),
                     send_cq: VecDeque::new(),
                     recv_cq: VecDeque::new(),
+                    taken: [0; 2],
                     send_depth,
                     recv_depth,
                     in_flight: VecDeque::new(),
@@ -629,6 +638,7 @@ impl Verbs for FakeVerbs {
             let now = Instant::now();
             let n = src.iter().take(max).take_while(|(at, _)| *at <= now).count();
             let mut v: Vec<Wc> = src.drain(..n).map(|(_, wc)| wc).collect();
+            q.taken[cq as usize] += n as u64;
             if v.is_empty() && (down || q.state == QpState::Error) && cq == Cq::Recv {
                 // A queue pair in Error flushes its receives.
                 if let Some(id) = q.recv_posted.pop_front() {
@@ -639,24 +649,32 @@ impl Verbs for FakeVerbs {
         })
     }
 
-    fn wait(&self, qp: u32, cq: Cq, timeout: Duration) -> io::Result<()> {
+    fn wait(&self, qp: u32, cq: Cq, timeout: Duration, done: &dyn Fn() -> bool) -> io::Result<()> {
         let (m, cv) = &*self.fabric.inner;
         let deadline = Instant::now() + timeout;
-        let mut st = m.lock().unwrap();
+        // "Armed": completions polled from now on end the wait, whoever
+        // polls them (as a NIC's event fires for whatever arrives).
+        let taken = m.lock().unwrap().qps.get(&qp).ok_or_else(|| einval("no such queue pair"))?.taken[cq as usize];
         loop {
+            // Not under the fabric's lock: `done` takes the caller's, which
+            // pollers hold across their poll.
+            if done() {
+                return Ok(());
+            }
+            let st = m.lock().unwrap();
             let q = st.qps.get(&qp).ok_or_else(|| einval("no such queue pair"))?;
             let first = match cq {
                 Cq::Send => q.send_cq.front(),
                 Cq::Recv => q.recv_cq.front(),
             };
             let now = Instant::now();
-            let ready = first.is_some_and(|(at, _)| *at <= now) || (cq == Cq::Recv && q.state == QpState::Error);
+            let ready = first.is_some_and(|(at, _)| *at <= now) || (cq == Cq::Recv && q.state == QpState::Error) || q.taken[cq as usize] != taken;
             if ready || now >= deadline {
                 return Ok(());
             }
             // A completion due before the deadline: wake for it.
             let until = first.map_or(deadline, |(at, _)| (*at).min(deadline));
-            st = cv.wait_timeout(st, until - now).unwrap().0;
+            drop(cv.wait_timeout(st, until - now).unwrap());
         }
     }
 }
@@ -734,6 +752,46 @@ mod tests {
         assert_eq!(f.registered(), 0);
     }
 
+    /// A thread waiting on a queue wakes when another thread polls the
+    /// completion it waits for (on a NIC the completion's arrival fires
+    /// the event it armed), and at once when `done` says so: it never
+    /// sleeps its whole timeout for what is already there.
+    #[test]
+    fn a_waiter_wakes_for_a_completion_another_thread_polled() {
+        let f = Fabric::default();
+        let (a, b) = (f.slow_nic(Duration::from_millis(50)), f.nic());
+        let (qa, qb) = (a.create_qp(8, 8).unwrap(), b.create_qp(8, 8).unwrap());
+        let (ea, eb) = (a.endpoint(qa).unwrap(), b.endpoint(qb).unwrap());
+        for (v, q, e) in [(&a as &dyn Verbs, qa, eb), (&b, qb, ea)] {
+            v.modify_qp(q, QpState::Init, None).unwrap();
+            v.modify_qp(q, QpState::Rtr, Some(&e)).unwrap();
+            v.modify_qp(q, QpState::Rts, None).unwrap();
+        }
+        let mut buf = vec![0u8; 8];
+        let m = b.reg_mr(buf.as_mut_ptr(), 8).unwrap();
+        let long = Duration::from_secs(30);
+        let polled = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            a.post_send(qa, &SendWr { wr_id: 1, op: Op::Write, sges: vec![], remote_addr: m.addr, rkey: m.rkey, signaled: true }).unwrap();
+            // Another thread takes the completion (due in 50 ms) and
+            // records it, as the link's reaper does.
+            sc.spawn(|| {
+                while a.poll(qa, Cq::Send, 4).unwrap().is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                polled.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let t = Instant::now();
+            a.wait(qa, Cq::Send, long, &|| polled.load(std::sync::atomic::Ordering::SeqCst)).unwrap();
+            assert!(t.elapsed() < long / 3, "slept {:?} for a completion another thread polled", t.elapsed());
+        });
+        assert!(polled.load(std::sync::atomic::Ordering::SeqCst));
+        // Recorded already: no sleep at all.
+        let t = Instant::now();
+        a.wait(qa, Cq::Send, long, &|| true).unwrap();
+        assert!(t.elapsed() < long / 3);
+    }
+
     #[test]
     fn a_slow_nic_completes_after_its_delay_in_order() {
         let f = Fabric::default();
@@ -754,7 +812,7 @@ mod tests {
         }
         assert!(a.poll(qa, Cq::Send, 4).unwrap().is_empty(), "nothing completes before the delay");
         assert!(b.poll(qb, Cq::Recv, 4).unwrap().is_empty(), "nor arrives");
-        a.wait(qa, Cq::Send, Duration::from_secs(5)).unwrap();
+        a.wait(qa, Cq::Send, Duration::from_secs(5), &|| false).unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(40), "{:?}", t0.elapsed());
         let ids: Vec<u64> = a.poll(qa, Cq::Send, 4).unwrap().iter().map(|w| w.wr_id).collect();
         assert_eq!(ids, vec![10, 11]);

@@ -524,7 +524,7 @@ fn fake_rdma_bandwidth() {
                 a.post_send(qa, &SendWr { wr_id: posted as u64, op: Op::Read, sges: vec![sge], remote_addr: ms.addr, rkey: ms.rkey, signaled: true }).unwrap();
                 posted += 1;
             }
-            a.wait(qa, Cq::Send, Duration::from_secs(5)).unwrap();
+            a.wait(qa, Cq::Send, Duration::from_secs(5), &|| false).unwrap();
             done += a.poll(qa, Cq::Send, 64).unwrap().iter().inspect(|w| assert_eq!(w.status, 0)).count();
         }
         (size * n) as f64 / t0.elapsed().as_secs_f64() / 1e6

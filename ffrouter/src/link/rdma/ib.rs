@@ -406,7 +406,7 @@ impl Verbs for IbVerbs {
         })
     }
 
-    fn wait(&self, qp: u32, cq: Cq, timeout: Duration) -> io::Result<()> {
+    fn wait(&self, qp: u32, cq: Cq, timeout: Duration, done: &dyn Fn() -> bool) -> io::Result<()> {
         let (cqp, ch, fd) = self.with_qp(qp, |q| {
             let c = match cq {
                 Cq::Send => &q.send,
@@ -428,7 +428,11 @@ impl Verbs for IbVerbs {
                 Ok((c.cq, c.ch, (*c.ch).fd))
             }
         })?;
-        if fd < 0 {
+        // Armed: what another thread polled before now, the caller finds
+        // recorded (not under the queue pairs' lock: `done` takes the
+        // caller's, which pollers hold across their poll); what arrives
+        // after, the event says.
+        if fd < 0 || done() {
             return Ok(());
         }
         let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
