@@ -684,7 +684,11 @@ mod tests {
     use super::*;
 
     fn connected(f: &Fabric) -> (FakeVerbs, u32, FakeVerbs, u32) {
-        let (a, b) = (f.nic(), f.nic());
+        connect(f.nic(), f.nic())
+    }
+
+    /// A queue pair on each of `a` and `b`, connected to each other.
+    fn connect(a: FakeVerbs, b: FakeVerbs) -> (FakeVerbs, u32, FakeVerbs, u32) {
         let (qa, qb) = (a.create_qp(8, 8).unwrap(), b.create_qp(8, 8).unwrap());
         let (ea, eb) = (a.endpoint(qa).unwrap(), b.endpoint(qb).unwrap());
         for (v, q, e) in [(&a, qa, eb), (&b, qb, ea)] {
@@ -759,14 +763,7 @@ mod tests {
     #[test]
     fn a_waiter_wakes_for_a_completion_another_thread_polled() {
         let f = Fabric::default();
-        let (a, b) = (f.slow_nic(Duration::from_millis(50)), f.nic());
-        let (qa, qb) = (a.create_qp(8, 8).unwrap(), b.create_qp(8, 8).unwrap());
-        let (ea, eb) = (a.endpoint(qa).unwrap(), b.endpoint(qb).unwrap());
-        for (v, q, e) in [(&a as &dyn Verbs, qa, eb), (&b, qb, ea)] {
-            v.modify_qp(q, QpState::Init, None).unwrap();
-            v.modify_qp(q, QpState::Rtr, Some(&e)).unwrap();
-            v.modify_qp(q, QpState::Rts, None).unwrap();
-        }
+        let (a, qa, b, _) = connect(f.slow_nic(Duration::from_millis(50)), f.nic());
         let mut buf = vec![0u8; 8];
         let m = b.reg_mr(buf.as_mut_ptr(), 8).unwrap();
         let long = Duration::from_secs(30);
@@ -795,14 +792,7 @@ mod tests {
     #[test]
     fn a_slow_nic_completes_after_its_delay_in_order() {
         let f = Fabric::default();
-        let (a, b) = (f.slow_nic(Duration::from_millis(40)), f.nic());
-        let (qa, qb) = (a.create_qp(8, 8).unwrap(), b.create_qp(8, 8).unwrap());
-        let (ea, eb) = (a.endpoint(qa).unwrap(), b.endpoint(qb).unwrap());
-        for (v, q, e) in [(&a as &dyn Verbs, qa, eb), (&b, qb, ea)] {
-            v.modify_qp(q, QpState::Init, None).unwrap();
-            v.modify_qp(q, QpState::Rtr, Some(&e)).unwrap();
-            v.modify_qp(q, QpState::Rts, None).unwrap();
-        }
+        let (a, qa, b, qb) = connect(f.slow_nic(Duration::from_millis(40)), f.nic());
         let mut buf = vec![0u8; 8];
         let m = b.reg_mr(buf.as_mut_ptr(), 8).unwrap();
         b.post_recv(qb, 1).unwrap();
