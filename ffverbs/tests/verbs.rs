@@ -40,13 +40,19 @@ fn ffvcheck() -> String {
     work().join("ffvcheck").display().to_string()
 }
 
+/// `prog` as a host process attached to `socket` with our library, its
+/// output piped (the caller says what its input is).
+fn on_router(prog: impl AsRef<std::ffi::OsStr>, socket: &Path) -> Command {
+    let mut c = Command::new(prog);
+    c.env("LD_LIBRARY_PATH", lib_dir()).env("FF_ROUTER_SOCKET", socket).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
 /// Runs `server` and then `client` (argv), each as a host process attached
 /// to `socket` with our library; (success, stdout, stderr) of each.
 fn host_pair(socket: &Path, env: &[(&str, &str)], server: &[&str], client: &[&str], wait_for_listen: bool) -> [(bool, String, String); 2] {
     let spawn = |argv: &[&str]| {
-        let mut c = Command::new(argv[0]);
-        c.args(&argv[1..]).env("LD_LIBRARY_PATH", lib_dir()).env("FF_ROUTER_SOCKET", socket).envs(env.iter().copied());
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
+        on_router(argv[0], socket).args(&argv[1..]).envs(env.iter().copied()).stdin(Stdio::null()).spawn().expect("spawn")
     };
     let mut s = spawn(server);
     if wait_for_listen {
@@ -172,14 +178,7 @@ fn ffvud_between_processes() {
 fn ffvports_two_contexts_of_one_process_share_the_port() {
     let r = RouterProc::start(&["a"], &[]);
     let prog = work().join("ffvports");
-    let c = Command::new(&prog)
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .env("FF_ROUTER_SOCKET", r.socket("a"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ffvports");
+    let c = on_router(&prog, &r.socket("a")).stdin(Stdio::null()).spawn().expect("ffvports");
     let (ok, out, err) = finish(c, Duration::from_secs(60));
     assert!(ok && out.contains("SENDs, a WRITE and datagrams between them checked; a forked child's port its own"), "ffvports failed: {out}{err}");
 }
@@ -795,15 +794,7 @@ fn event_and_port_state_names_are_libibverbs_own() {
 fn a_router_that_goes_away_is_a_fatal_device_event_and_a_restarted_one_is_attached_anew() {
     use std::io::{BufRead, Write};
     let mut r = RouterProc::start(&["a"], &[]);
-    let mut c = Command::new(work().join("ffvfatal"))
-        .arg("watch")
-        .env("LD_LIBRARY_PATH", lib_dir())
-        .env("FF_ROUTER_SOCKET", r.socket("a"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ffvfatal");
+    let mut c = on_router(work().join("ffvfatal"), &r.socket("a")).arg("watch").stdin(Stdio::piped()).spawn().expect("ffvfatal");
     let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
     let mut lines = Vec::new();
     let mut next = |lines: &mut Vec<String>| {

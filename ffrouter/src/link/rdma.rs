@@ -789,8 +789,8 @@ impl RdmaLink {
             match self.regs.part(addr, len) {
                 Some((_, _, PinState::Pinned(mr))) => return Some(mr),
                 Some((a, l, PinState::Unpinned)) => {
-                    if let Some(claim) = self.regs.claim(a, l) {
-                        return self.regs.register_claimed(a, l, claim, true).ok();
+                    if let Some(r) = self.pin(a, l, true) {
+                        return r.ok();
                     }
                 }
                 // Another thread registers it: it takes a moment.
