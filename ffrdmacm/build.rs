@@ -22,7 +22,7 @@ fn main() {
         .allowlist_type("rdma_.*|ibv_.*")
         .allowlist_var("RDMA_.*|RAI_.*|IBV_.*")
         .allowlist_function(
-            "ibv_(get_device_list|free_device_list|open_device|close_device|query_gid|alloc_pd|dealloc_pd|create_qp|modify_qp|query_qp|destroy_qp|create_cq|destroy_cq|create_comp_channel|destroy_comp_channel|create_srq|destroy_srq)",
+            "ibv_(get_device_list|free_device_list|open_device|close_device|query_gid|query_port|alloc_pd|dealloc_pd|create_qp|modify_qp|query_qp|destroy_qp|create_cq|destroy_cq|create_comp_channel|destroy_comp_channel|create_srq|destroy_srq)",
         )
         .derive_default(true)
         .prepend_enum_name(false)

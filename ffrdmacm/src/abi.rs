@@ -159,12 +159,18 @@ fn sockaddr(sa: *const libc::sockaddr) -> Result<libc::sockaddr_storage, i32> {
 
 /// Refreshes the C id from the state: addresses, device.
 fn sync_raw(p: *mut rdma_cm_id, id: &Id) {
-    let st = lock(&id.st);
+    let mut st = lock(&id.st);
     // SAFETY: p is the registered id's own C struct.
     unsafe {
         cm::set_route(&mut *p, &st);
         qp::attach(&mut *p);
+        st.dev = (*p).verbs as usize;
     }
+}
+
+/// The ids the application holds.
+pub fn ids() -> Vec<Arc<Id>> {
+    reg().ids.values().cloned().collect()
 }
 
 fn qp_type_of(ps: rdma_port_space) -> ibv_qp_type {
@@ -376,12 +382,13 @@ unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_
     if attr.is_null() {
         return Err(libc::EINVAL);
     }
-    let ctx = qp::device()?;
     // SAFETY: p is registered (our IdBox); attr is the application's.
     unsafe {
         if !(*p).qp.is_null() {
             return Err(libc::EINVAL);
         }
+        // The id's device (a removed one's stays the id's), else ff0.
+        let ctx = if (*p).verbs.is_null() { qp::device()? } else { (*p).verbs };
         let pd = if !pd.is_null() {
             pd
         } else if !(*p).pd.is_null() {

@@ -212,6 +212,9 @@ pub struct IdState {
     pub own_cqs: Vec<(usize, usize)>,
     /// Whether a DISCONNECTED (or other final event) was reported.
     final_reported: bool,
+    /// The ff0 context the application's id points at (`verbs`; 0: none
+    /// yet): its removal is reported to the id ([`device_removed`]).
+    pub dev: usize,
     /// A UD id (`RDMA_PS_UDP`, `RDMA_PS_IPOIB`): REQ and REP only tell
     /// each side the other's queue pair (IB's SIDR); no connection stays.
     pub ud: bool,
@@ -264,6 +267,7 @@ impl IdState {
             ep_attr: None,
             own_cqs: Vec::new(),
             final_reported: false,
+            dev: 0,
             ud,
         }
     }
@@ -435,12 +439,16 @@ pub fn send(st: &IdState, m: &Msg) -> Result<(), i32> {
     }
 }
 
+/// How often the engine looks whether ff0 went away.
+const DEVICE_EVERY: Duration = Duration::from_millis(500);
+
 fn run(e: &'static Engine) {
+    let mut looked = Instant::now();
     loop {
         let snapshot: Vec<(RawFd, Arc<Id>)> = lock(&e.socks).iter().map(|(f, i)| (*f, i.clone())).collect();
         let mut fds = vec![libc::pollfd { fd: e.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         let now = Instant::now();
-        let mut timeout = Duration::from_secs(1);
+        let mut timeout = DEVICE_EVERY;
         for (fd, id) in &snapshot {
             let st = lock(&id.st);
             let events = if st.phase == Phase::Connecting { libc::POLLOUT } else { libc::POLLIN };
@@ -469,7 +477,38 @@ fn run(e: &'static Engine) {
         for (_, id) in &snapshot {
             expire(id, now);
         }
+        if now.duration_since(looked) >= DEVICE_EVERY {
+            looked = now;
+            if let Some(ctx) = qp::gone() {
+                device_removed(ctx);
+            }
+        }
     }
+}
+
+/// ff0's context `ctx` went away (its router did): every id of the
+/// application's attached to it, that is not over, gets
+/// `RDMA_CM_EVENT_DEVICE_REMOVAL` once, as from a NIC removed under the
+/// kernel's rdma_cm, and is over (its connection manager's connection
+/// closed, so the peer learns it too; its queue pair in ERR). The
+/// application destroys them; ids it makes from now on open ff0 anew.
+fn device_removed(ctx: usize) {
+    let mut n = 0;
+    for id in crate::abi::ids() {
+        let mut st = lock(&id.st);
+        if st.dev != ctx || st.phase == Phase::Done {
+            continue;
+        }
+        close_sock(&mut st);
+        settle_child(&mut st);
+        st.phase = Phase::Done;
+        st.deadline = None;
+        st.final_reported = true;
+        qp::to_err(st.qp);
+        report(&id, None, RDMA_CM_EVENT_DEVICE_REMOVAL, 0, Param::None);
+        n += 1;
+    }
+    log::warn!("ffrdmacm: ff0 went away (its router did): RDMA_CM_EVENT_DEVICE_REMOVAL to {n} id(s); ids made from now on open ff0 anew");
 }
 
 /// The socket of `id` has something (or failed).
@@ -622,6 +661,7 @@ fn handle(id: &Arc<Id>, st: &mut IdState, m: Msg) -> bool {
                 }
                 set_route(&mut b.raw, fs);
                 qp::attach(&mut b.raw);
+                fs.dev = b.raw.verbs as usize;
             }
             let raw = Box::into_raw(b);
             crate::abi::adopt_id(raw, fresh.clone());

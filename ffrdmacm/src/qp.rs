@@ -7,14 +7,25 @@ use std::sync::Mutex;
 use crate::sys::*;
 use crate::wire::Conn;
 
+/// The process's ff0 context and its default protection domain (0: not
+/// opened, or forgotten when the device went away).
+struct Dev {
+    ctx: usize,
+    pd: usize,
+}
+
+static DEV: Mutex<Dev> = Mutex::new(Dev { ctx: 0, pd: 0 });
+
 /// The ff0 context, opened once per process (librdmacm opens every device
-/// at start) and kept; Err: errno, and the next call tries again (a
-/// router started later is found).
+/// at start) and kept until it goes away ([`gone`]); Err: errno, and the
+/// next call tries again (a router started later is found).
 pub fn device() -> Result<*mut ibv_context, i32> {
-    static DEV: Mutex<usize> = Mutex::new(0);
-    let mut dev = crate::cm::lock(&DEV);
-    if *dev != 0 {
-        return Ok(*dev as *mut ibv_context);
+    open(&mut crate::cm::lock(&DEV))
+}
+
+fn open(dev: &mut Dev) -> Result<*mut ibv_context, i32> {
+    if dev.ctx != 0 {
+        return Ok(dev.ctx as *mut ibv_context);
     }
     // SAFETY: libibverbs calls; the list is freed, the context kept.
     unsafe {
@@ -31,7 +42,7 @@ pub fn device() -> Result<*mut ibv_context, i32> {
         if ctx.is_null() {
             return Err(crate::cm::errno());
         }
-        *dev = ctx as usize;
+        dev.ctx = ctx as usize;
         Ok(ctx)
     }
 }
@@ -39,18 +50,39 @@ pub fn device() -> Result<*mut ibv_context, i32> {
 /// The process's default protection domain (for `rdma_create_qp` without
 /// one), made once it is first needed.
 pub fn default_pd() -> Result<*mut ibv_pd, i32> {
-    static PD: Mutex<usize> = Mutex::new(0);
-    let mut pd = crate::cm::lock(&PD);
-    if *pd == 0 {
-        let ctx = device()?;
+    let mut dev = crate::cm::lock(&DEV);
+    let ctx = open(&mut dev)?;
+    if dev.pd == 0 {
         // SAFETY: a live context.
         let p = unsafe { ibv_alloc_pd(ctx) };
         if p.is_null() {
             return Err(crate::cm::errno());
         }
-        *pd = p as usize;
+        dev.pd = p as usize;
     }
-    Ok(*pd as *mut ibv_pd)
+    Ok(dev.pd as *mut ibv_pd)
+}
+
+/// Has the device gone away (ff0's port down: its router went away, see
+/// ffverbs)? Then the context, if one was open: it is forgotten, so that
+/// ids made from now on open ff0 anew (attached to the router restarted,
+/// once it is); it stays open with its protection domain, which the
+/// application's ids, queue pairs and memory regions still point at.
+pub fn gone() -> Option<usize> {
+    let mut dev = crate::cm::lock(&DEV);
+    if dev.ctx == 0 {
+        return None;
+    }
+    let mut a = ibv_port_attr::default();
+    // SAFETY: a live context; the exported (compat) call writes a prefix
+    // of the full attributes, which `a` holds whole.
+    let r = unsafe { ibv_query_port(dev.ctx as *mut ibv_context, 1, &mut a as *mut ibv_port_attr as *mut _compat_ibv_port_attr) };
+    if r != 0 || a.state != IBV_PORT_DOWN {
+        return None;
+    }
+    let ctx = dev.ctx;
+    *dev = Dev { ctx: 0, pd: 0 };
+    Some(ctx)
 }
 
 /// Gives an id the device (`verbs`) and, as librdmacm does, the device's

@@ -212,6 +212,49 @@ fn ffcmcheck() {
     }
 }
 
+/// A router that goes away under an rdma_cm program (`ffcmcheck gone`): its
+/// listener and both ids of a connected pair each get one
+/// RDMA_CM_EVENT_DEVICE_REMOVAL (as from a NIC removed), nothing hangs;
+/// with the router back, ids made anew open ff0 anew and connect and move
+/// data again, in the same process.
+#[test]
+fn a_router_that_goes_away_is_a_device_removal_and_a_restarted_one_is_used_anew() {
+    use std::io::{BufRead, BufReader};
+    let mut r = RouterProc::start(&["a"], &[]);
+    let prog = format!("{}/ffcmcheck", lib_dir());
+    let mut c = Command::new(&prog)
+        .arg("gone")
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .env("FF_ROUTER_SOCKET", r.socket("a"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffcmcheck");
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut until = |want: &str, lines: &mut Vec<String>| loop {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap() == 0 {
+            return false;
+        }
+        lines.push(l.trim().to_string());
+        if l.trim() == want {
+            return true;
+        }
+    };
+    assert!(until("READY", &mut lines), "ffcmcheck gone: {lines:?}");
+    r.kill();
+    assert!(until("WAITING", &mut lines), "ffcmcheck gone: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("OK removed:")), "{lines:?}");
+    r.restart();
+    c.stdin.as_mut().unwrap().write_all(b"back\n").unwrap();
+    assert!(until("OK done", &mut lines), "ffcmcheck gone: {lines:?}");
+    let (ok, rest, err) = fftestkit::finish_child(c, Duration::from_secs(30));
+    assert!(ok, "{lines:?} {rest} {err}");
+    assert!(lines.iter().any(|l| l.starts_with("OK attached anew")), "{lines:?}");
+}
+
 /// UCX's client-server mode (`ucp_listener_create`, `ucp_ep_create` with
 /// a socket address: how UCX-Py, Dask and NIXL connect) over ff0, between
 /// two host processes (`tests/c/ffucpcs.c`, ours: every size from 1 B to

@@ -5,6 +5,7 @@
  * pairs (bytes checked), rdma_init_qp_attr, one DISCONNECTED per side, pointers that are not
  * ids or events, and a listener destroyed under a pending request.
  * Prints "OK ..." per check and "OK done"; exits 1 at the first failure.
+ * `ffcmcheck gone`: the router going away and coming back (see gone()).
  * Built by ffrdmacm/tests/rdmacm.rs against Debian's headers. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -92,16 +93,159 @@ static struct rdma_cm_id *dial(struct rdma_event_channel *ch, int port, const ch
 	return id;
 }
 
-int main(void)
+/* Accepts sid (a request from cid) with a queue pair and private data,
+ * waits for ESTABLISHED on both sides, then SENDs 4096 bytes from cid to
+ * sid and checks them. */
+static void send_checked(struct rdma_event_channel *sch, struct rdma_event_channel *cch, struct rdma_cm_id *cid, struct rdma_cm_id *sid)
 {
+	static char buf[4096], out[4096];
+	struct rdma_cm_event *e;
+	struct ibv_mr *mr, *omr;
+	struct ibv_wc wc;
+	int i, n;
+
+	make_qp(sid);
+	mr = ibv_reg_mr(pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
+	omr = ibv_reg_mr(pd, out, sizeof out, 0);
+	{
+		struct ibv_sge s = { .addr = (uintptr_t)buf, .length = sizeof buf, .lkey = mr->lkey };
+		struct ibv_recv_wr w = { .wr_id = 1, .sg_list = &s, .num_sge = 1 }, *bad;
+		if (ibv_post_recv(sid->qp, &w, &bad))
+			FAIL("ibv_post_recv");
+	}
+	{
+		struct rdma_conn_param p = { .private_data = "welcome", .private_data_len = 8, .responder_resources = 1, .initiator_depth = 1 };
+		if (rdma_accept(sid, &p))
+			FAIL("rdma_accept: %s", strerror(errno));
+	}
+	e = expect(cch, RDMA_CM_EVENT_ESTABLISHED);
+	if (!has(&e->param.conn, "welcome"))
+		FAIL("established without the acceptor's private data");
+	ack(e);
+	ack(expect(sch, RDMA_CM_EVENT_ESTABLISHED));
+	if (cid->qp->state != IBV_QPS_RTS || sid->qp->state != IBV_QPS_RTS)
+		FAIL("connected queue pairs in states %d and %d, not RTS", cid->qp->state, sid->qp->state);
+	for (i = 0; i < (int)sizeof out; i++)
+		out[i] = (char)(i * 7 + 3);
+	{
+		struct ibv_sge s = { .addr = (uintptr_t)out, .length = sizeof out, .lkey = omr->lkey };
+		struct ibv_send_wr w = { .wr_id = 2, .sg_list = &s, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
+		if (ibv_post_send(cid->qp, &w, &bad))
+			FAIL("ibv_post_send");
+	}
+	for (n = 0, i = 0; n < 2 && i < 1000000; i++) {
+		int k = ibv_poll_cq(cq, 1, &wc);
+		if (k < 0 || (k == 1 && wc.status != IBV_WC_SUCCESS))
+			FAIL("completion status %d", k < 0 ? k : (int)wc.status);
+		n += k;
+	}
+	if (n < 2 || memcmp(buf, out, sizeof out))
+		FAIL("the SEND: %d completions, bytes %s", n, memcmp(buf, out, sizeof out) ? "differ" : "equal");
+	ibv_dereg_mr(mr);
+	ibv_dereg_mr(omr);
+}
+
+/* A listener on 127.0.0.1 (a free port) and a client connected to it:
+ * ids *lid, *cid and the accepted *sid; 4096 bytes sent and checked. */
+static void pair(struct rdma_event_channel *sch, struct rdma_event_channel *cch, struct rdma_cm_id **lid, struct rdma_cm_id **cid,
+		 struct rdma_cm_id **sid)
+{
+	struct sockaddr_in any = { .sin_family = AF_INET };
+	struct rdma_cm_event *e;
+
+	inet_pton(AF_INET, "127.0.0.1", &any.sin_addr);
+	if (rdma_create_id(sch, lid, NULL, RDMA_PS_TCP) || rdma_bind_addr(*lid, (struct sockaddr *)&any) || rdma_listen(*lid, 4))
+		FAIL("listen: %s", strerror(errno));
+	*cid = dial(cch, ntohs(rdma_get_src_port(*lid)), "hello");
+	e = expect(sch, RDMA_CM_EVENT_CONNECT_REQUEST);
+	*sid = e->id;
+	ack(e);
+	send_checked(sch, cch, *cid, *sid);
+}
+
+/* ffcmcheck gone: what an rdma_cm program sees when its router goes away
+ * and comes back. A listener and a connected pair, then "READY" (the test
+ * kills the router): each of the three ids must get one
+ * RDMA_CM_EVENT_DEVICE_REMOVAL, and nothing else, within 20 s; they are
+ * destroyed with their queue pairs, CQ and PD. Then "WAITING" and a line
+ * on stdin (the router is back): a new listener and pair, on ff0 opened
+ * anew (another context), 4096 bytes sent and checked. */
+static int gone(void)
+{
+	struct rdma_event_channel *sch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
+	struct rdma_cm_id *ids[3];
+	const char *names[3] = { "listener", "server", "client" };
+	struct ibv_context *old;
+	struct rdma_cm_event *e;
+	int seen[3] = { 0 }, got = 0, i;
+	char line[64];
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	if (!sch || !cch)
+		FAIL("rdma_create_event_channel: %s", strerror(errno));
+	pair(sch, cch, &ids[0], &ids[2], &ids[1]);
+	old = ids[2]->verbs;
+	printf("READY\n");
+	while (got < 3) {
+		struct pollfd p[2] = { { .fd = sch->fd, .events = POLLIN }, { .fd = cch->fd, .events = POLLIN } };
+		if (poll(p, 2, 20000) <= 0)
+			FAIL("%d of 3 DEVICE_REMOVAL events within 20 s", got);
+		for (int k = 0; k < 2; k++) {
+			if (!p[k].revents)
+				continue;
+			if (rdma_get_cm_event(k ? cch : sch, &e))
+				FAIL("rdma_get_cm_event: %s", strerror(errno));
+			for (i = 0; i < 3 && e->id != ids[i]; i++)
+				;
+			if (e->event != RDMA_CM_EVENT_DEVICE_REMOVAL || i == 3 || seen[i]++)
+				FAIL("%s on %s", rdma_event_str(e->event), i < 3 ? names[i] : "an id not ours");
+			got++;
+			ack(e);
+		}
+	}
+	if ((e = next(cch, 1000)) || (e = next(sch, 1000)))
+		FAIL("an event after DEVICE_REMOVAL: %s", rdma_event_str(e->event));
+	printf("OK removed: listener, server, client, one DEVICE_REMOVAL each\n");
+	for (i = 1; i < 3; i++)
+		rdma_destroy_qp(ids[i]);
+	for (i = 0; i < 3; i++)
+		if (rdma_destroy_id(ids[i]))
+			FAIL("rdma_destroy_id of the %s: %s", names[i], strerror(errno));
+	if (ibv_destroy_cq(cq) || ibv_dealloc_pd(pd))
+		FAIL("destroying the CQ and PD of the removed device");
+	pd = NULL;
+	cq = NULL;
+
+	printf("WAITING\n");
+	if (!fgets(line, sizeof line, stdin))
+		FAIL("no line on stdin");
+	pair(sch, cch, &ids[0], &ids[2], &ids[1]);
+	if (ids[2]->verbs == old || ids[1]->verbs != ids[2]->verbs)
+		FAIL("ff0 was not opened anew: old %p, client %p, server %p", (void *)old, (void *)ids[2]->verbs, (void *)ids[1]->verbs);
+	printf("OK attached anew: a new context, 4096 bytes sent and checked\n");
+	if (rdma_disconnect(ids[2]))
+		FAIL("rdma_disconnect: %s", strerror(errno));
+	ack(expect(cch, RDMA_CM_EVENT_DISCONNECTED));
+	ack(expect(sch, RDMA_CM_EVENT_DISCONNECTED));
+	for (i = 1; i < 3; i++)
+		rdma_destroy_qp(ids[i]);
+	for (i = 0; i < 3; i++)
+		rdma_destroy_id(ids[i]);
+	rdma_destroy_event_channel(sch);
+	rdma_destroy_event_channel(cch);
+	printf("OK done\n");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && !strcmp(argv[1], "gone"))
+		return gone();
 	struct rdma_event_channel *sch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
 	struct rdma_cm_id *lid, *cid, *sid;
 	struct rdma_cm_event *e;
 	struct sockaddr_in any = { .sin_family = AF_INET };
-	static char buf[4096], out[4096];
-	struct ibv_mr *mr, *omr;
-	struct ibv_wc wc;
-	int port, i, n;
+	int port;
 
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (!sch || !cch)
@@ -145,43 +289,7 @@ int main(void)
 		FAIL("second request: data or depths");
 	sid = e->id;
 	ack(e);
-	make_qp(sid);
-	mr = ibv_reg_mr(pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
-	omr = ibv_reg_mr(pd, out, sizeof out, 0);
-	{
-		struct ibv_sge s = { .addr = (uintptr_t)buf, .length = sizeof buf, .lkey = mr->lkey };
-		struct ibv_recv_wr w = { .wr_id = 1, .sg_list = &s, .num_sge = 1 }, *bad;
-		if (ibv_post_recv(sid->qp, &w, &bad))
-			FAIL("ibv_post_recv");
-	}
-	{
-		struct rdma_conn_param p = { .private_data = "welcome", .private_data_len = 8, .responder_resources = 1, .initiator_depth = 1 };
-		if (rdma_accept(sid, &p))
-			FAIL("rdma_accept: %s", strerror(errno));
-	}
-	e = expect(cch, RDMA_CM_EVENT_ESTABLISHED);
-	if (!has(&e->param.conn, "welcome"))
-		FAIL("established without the acceptor's private data");
-	ack(e);
-	ack(expect(sch, RDMA_CM_EVENT_ESTABLISHED));
-	if (cid->qp->state != IBV_QPS_RTS || sid->qp->state != IBV_QPS_RTS)
-		FAIL("connected queue pairs in states %d and %d, not RTS", cid->qp->state, sid->qp->state);
-	for (i = 0; i < (int)sizeof out; i++)
-		out[i] = (char)(i * 7 + 3);
-	{
-		struct ibv_sge s = { .addr = (uintptr_t)out, .length = sizeof out, .lkey = omr->lkey };
-		struct ibv_send_wr w = { .wr_id = 2, .sg_list = &s, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
-		if (ibv_post_send(cid->qp, &w, &bad))
-			FAIL("ibv_post_send");
-	}
-	for (n = 0, i = 0; n < 2 && i < 1000000; i++) {
-		int k = ibv_poll_cq(cq, 1, &wc);
-		if (k < 0 || (k == 1 && wc.status != IBV_WC_SUCCESS))
-			FAIL("completion status %d", k < 0 ? k : (int)wc.status);
-		n += k;
-	}
-	if (n < 2 || memcmp(buf, out, sizeof out))
-		FAIL("the SEND: %d completions, bytes %s", n, memcmp(buf, out, sizeof out) ? "differ" : "equal");
+	send_checked(sch, cch, cid, sid);
 	printf("OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked\n");
 	{
 		/* What the library moved the queue pair with, for programs that
