@@ -23,6 +23,7 @@ use crate::dev::{Channel, Cq, Device, Mr};
 use crate::qp::{InlineData, Op, Qp, RecvWr, SendWr, Sge, Sges, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
 use crate::srq::{Srq, MAX_SRQ, MAX_SRQ_WR};
 use crate::ud::{UdQp, UdSend, UD_MTU};
+use crate::wr::QpBox;
 use crate::sys::*;
 
 const DEV_NAME: &str = "ff0";
@@ -107,11 +108,6 @@ struct CqBox {
 struct ChanBox {
     ibv: ibv_comp_channel,
     ch: Arc<Channel>,
-}
-
-#[repr(C)]
-struct QpBox {
-    ibv: ibv_qp,
 }
 
 /// An address handle: the destination context's GID.
@@ -226,7 +222,7 @@ pub unsafe extern "C" fn ffv_ibv_open_device(d: *mut ibv_device) -> *mut ibv_con
                 return std::ptr::null_mut();
             }
         };
-        let mut vctx = verbs_context { sz: std::mem::size_of::<verbs_context>(), query_port: Some(query_port_ex), ..Default::default() };
+        let mut vctx = verbs_context { sz: std::mem::size_of::<verbs_context>(), query_port: Some(query_port_ex), create_qp_ex: Some(create_qp_ex), ..Default::default() };
         let c = &mut vctx.context;
         c.device = d;
         c.abi_compat = usize::MAX as *mut c_void;
@@ -708,9 +704,40 @@ pub unsafe extern "C" fn ffv_ibv_create_qp(pd: *mut ibv_pd, a: *mut ibv_qp_init_
             ..Default::default()
         };
         init_lock(&mut ibv.mutex, &mut ibv.cond);
-        let b = Box::into_raw(Box::new(QpBox { ibv }));
-        &mut (*b).ibv
+        let b = Box::into_raw(QpBox::new(ibv));
+        &mut (*b).ibv.qp_base
     })
+}
+
+/// `ibv_create_qp_ex` (through the context's ops): a queue pair in a
+/// protection domain of this context, with the `ibv_wr_*` operations it
+/// asks for among those ff0 does ([`crate::wr::send_ops`]); no creation
+/// flags, XRC, TSO or RSS.
+unsafe extern "C" fn create_qp_ex(c: *mut ibv_context, a: *mut ibv_qp_init_attr_ex) -> *mut ibv_qp {
+    guard(std::ptr::null_mut(), || {
+        if a.is_null() || (*a).comp_mask & IBV_QP_INIT_ATTR_PD == 0 || (*a).pd.is_null() || (*(*a).pd).context != c {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let a = &mut *a;
+        let known = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_CREATE_FLAGS | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+        let flags = a.comp_mask & IBV_QP_INIT_ATTR_CREATE_FLAGS != 0 && a.create_flags != 0;
+        let ops = if a.comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS != 0 { a.send_ops_flags } else { 0 };
+        if a.comp_mask & !known != 0 || flags || ops & !crate::wr::send_ops(a.qp_type) != 0 {
+            set_errno(libc::EOPNOTSUPP);
+            return std::ptr::null_mut();
+        }
+        log::debug!("ffverbs: ibv_create_qp_ex, ibv_wr_* operations {ops:#x}");
+        // Its first fields are an ibv_qp_init_attr (as libibverbs has it).
+        ffv_ibv_create_qp(a.pd, a as *mut ibv_qp_init_attr_ex as *mut ibv_qp_init_attr)
+    })
+}
+
+/// The `ibv_wr_*` face of a queue pair: every one ff0 makes has it.
+#[no_mangle]
+pub unsafe extern "C" fn ffv_ibv_qp_to_qp_ex(qp: *mut ibv_qp) -> *mut ibv_qp_ex {
+    // The ibv_qp is the first field of the QpBox's ibv_qp_ex.
+    qp as *mut ibv_qp_ex
 }
 
 #[no_mangle]
@@ -948,82 +975,132 @@ unsafe fn sges(list: *mut ibv_sge, n: c_int) -> Sges {
     std::slice::from_raw_parts(list, n as usize).iter().filter(|s| s.length > 0).map(|s| Sge { addr: s.addr, len: s.length, lkey: s.lkey }).collect()
 }
 
-unsafe extern "C" fn post_send(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
-    guard(libc::EIO, || {
-        let dev = dev_of((*qp).context);
-        dev.app_active();
-        let mut guard = dev.engine.lock().unwrap();
-        let e = &mut *guard;
-        if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
-            let err = post_send_ud(dev, q, wr, bad);
-            crate::ud::progress(dev, &mut e.links, &mut e.ud_qps);
+unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
+    guard(libc::EIO, || post_list(qp, wr, bad, false))
+}
+
+/// Posts the send work requests `wr` on `qp`: as `ibv_post_send` (those
+/// before the first that cannot be posted, which `*bad` names), or with
+/// `whole` (`ibv_wr_complete`) all of them, or none if one cannot be.
+pub(crate) unsafe fn post_list(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr, whole: bool) -> c_int {
+    let dev = dev_of((*qp).context);
+    dev.app_active();
+    let mut guard = dev.engine.lock().unwrap();
+    let e = &mut *guard;
+    if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
+        let err = if whole { all_fit(wr, q.sq.len(), q.cap.max_send_wr, |w| ud_send_ok(q, w)) } else { 0 };
+        let err = if err == 0 { post_send_ud(dev, q, wr, bad) } else { err };
+        crate::ud::progress(dev, &mut e.links, &mut e.ud_qps);
+        return err;
+    }
+    let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
+    let qp_type = (*qp).qp_type;
+    if whole {
+        let err = all_fit(wr, q.send_queue_len(), q.cap.max_send_wr, |w| rc_send(q, qp_type, w).err().unwrap_or(0));
+        if err != 0 {
             return err;
         }
-        let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
-        let mut err = 0;
-        while !wr.is_null() {
-            let w = &*wr;
-            let op = match w.opcode {
-                IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => Op::Send,
-                IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => Op::Write,
-                IBV_WR_RDMA_READ => Op::Read,
-                IBV_WR_ATOMIC_FETCH_AND_ADD => Op::FetchAdd { add: w.wr.atomic.compare_add },
-                IBV_WR_ATOMIC_CMP_AND_SWP => Op::CmpSwap { compare: w.wr.atomic.compare_add, swap: w.wr.atomic.swap },
-                _ => {
-                    err = libc::EINVAL;
-                    break;
-                }
-            };
-            if op.fetches() && (*qp).qp_type == IBV_QPT_UC {
-                // UC has no READ and no atomics (as NICs refuse them).
-                err = libc::EINVAL;
+    }
+    let mut err = 0;
+    while !wr.is_null() {
+        let w = &*wr;
+        let s = match rc_send(q, qp_type, w) {
+            Ok(s) => s,
+            Err(e) => {
+                err = e;
                 break;
             }
-            let list = sges(w.sg_list, w.num_sge);
-            let len: u64 = list.iter().map(|s| s.len as u64).sum();
-            let inline_flag = w.send_flags & IBV_SEND_INLINE != 0 && !op.fetches();
-            if matches!(op, Op::FetchAdd { .. } | Op::CmpSwap { .. }) && (w.num_sge != 1 || len != 8) {
-                // The old value goes to one 8-byte element.
-                err = libc::EINVAL;
-                break;
-            }
-            if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || (inline_flag && len > MAX_INLINE_DATA as u64) {
-                err = libc::EINVAL;
-                break;
-            }
-            if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
-                err = libc::EINVAL;
-                break;
-            }
-            if q.send_queue_len() >= q.cap.max_send_wr.max(1) as usize {
-                err = libc::ENOMEM;
-                break;
-            }
-            let inline = inline_flag.then(|| {
-                let mut b = InlineData::with_capacity(len as usize);
-                for s in &list {
-                    b.extend_from_slice(std::slice::from_raw_parts(s.addr as *const u8, s.len as usize));
-                }
-                b
-            });
-            let imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM).then(|| w.__bindgen_anon_1.imm_data);
-            let (raddr, rkey) = match op {
-                Op::Send => (0, 0),
-                Op::FetchAdd { .. } | Op::CmpSwap { .. } => (w.wr.atomic.remote_addr, w.wr.atomic.rkey),
-                _ => (w.wr.rdma.remote_addr, w.wr.rdma.rkey),
-            };
-            q.post_send(
-                dev,
-                SendWr { wr_id: w.wr_id, op, signaled: q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0, sges: list, inline, imm, raddr, rkey, len },
-            );
-            wr = w.next;
+        };
+        if q.send_queue_len() >= q.cap.max_send_wr.max(1) as usize {
+            err = libc::ENOMEM;
+            break;
         }
-        if err != 0 && !bad.is_null() {
-            *bad = wr;
+        q.post_send(dev, s);
+        wr = w.next;
+    }
+    if err != 0 && !bad.is_null() {
+        *bad = wr;
+    }
+    q.progress_send(dev);
+    err
+}
+
+/// 0 if every request of the list passes `check` (0 or an error number)
+/// and a send queue holding `queued` requests has room for them all
+/// (`room`, at least 1); else the first error.
+unsafe fn all_fit(mut wr: *mut ibv_send_wr, queued: usize, room: u32, check: impl Fn(&ibv_send_wr) -> c_int) -> c_int {
+    let mut n = queued;
+    while !wr.is_null() {
+        let err = check(&*wr);
+        if err != 0 {
+            return err;
         }
-        q.progress_send(dev);
-        err
-    })
+        if n >= room.max(1) as usize {
+            return libc::ENOMEM;
+        }
+        n += 1;
+        wr = (*wr).next;
+    }
+    0
+}
+
+/// A send work request of RC (or UC) queue pair `q`, checked and made
+/// ours (inline bytes copied), or what `ibv_post_send` fails it with; the
+/// room in the send queue is the caller's to check.
+unsafe fn rc_send(q: &Qp, qp_type: ibv_qp_type, w: &ibv_send_wr) -> Result<SendWr, c_int> {
+    let op = match w.opcode {
+        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM => Op::Send,
+        IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM => Op::Write,
+        IBV_WR_RDMA_READ => Op::Read,
+        IBV_WR_ATOMIC_FETCH_AND_ADD => Op::FetchAdd { add: w.wr.atomic.compare_add },
+        IBV_WR_ATOMIC_CMP_AND_SWP => Op::CmpSwap { compare: w.wr.atomic.compare_add, swap: w.wr.atomic.swap },
+        _ => return Err(libc::EINVAL),
+    };
+    if op.fetches() && qp_type == IBV_QPT_UC {
+        // UC has no READ and no atomics (as NICs refuse them).
+        return Err(libc::EINVAL);
+    }
+    let list = sges(w.sg_list, w.num_sge);
+    let len: u64 = list.iter().map(|s| s.len as u64).sum();
+    let inline_flag = w.send_flags & IBV_SEND_INLINE != 0 && !op.fetches();
+    if matches!(op, Op::FetchAdd { .. } | Op::CmpSwap { .. }) && (w.num_sge != 1 || len != 8) {
+        // The old value goes to one 8-byte element.
+        return Err(libc::EINVAL);
+    }
+    if w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || (inline_flag && len > MAX_INLINE_DATA as u64) {
+        return Err(libc::EINVAL);
+    }
+    if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
+        return Err(libc::EINVAL);
+    }
+    let inline = inline_flag.then(|| {
+        let mut b = InlineData::with_capacity(len as usize);
+        for s in &list {
+            b.extend_from_slice(std::slice::from_raw_parts(s.addr as *const u8, s.len as usize));
+        }
+        b
+    });
+    let imm = matches!(w.opcode, IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM).then(|| w.__bindgen_anon_1.imm_data);
+    let (raddr, rkey) = match op {
+        Op::Send => (0, 0),
+        Op::FetchAdd { .. } | Op::CmpSwap { .. } => (w.wr.atomic.remote_addr, w.wr.atomic.rkey),
+        _ => (w.wr.rdma.remote_addr, w.wr.rdma.rkey),
+    };
+    Ok(SendWr { wr_id: w.wr_id, op, signaled: q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0, sges: list, inline, imm, raddr, rkey, len })
+}
+
+/// 0 if UD queue pair `q` can take send work request `w` (SEND, with
+/// immediate or not, to an address handle, at most the MTU, in RTS or
+/// ERR), else the error number; the room is the caller's to check.
+unsafe fn ud_send_ok(q: &UdQp, w: &ibv_send_wr) -> c_int {
+    let len: usize = sges(w.sg_list, w.num_sge).iter().map(|s| s.len as usize).sum();
+    if !matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM) || w.wr.ud.ah.is_null() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || len > UD_MTU {
+        return libc::EINVAL;
+    }
+    if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
+        return libc::EINVAL;
+    }
+    0
 }
 
 /// Queues UD sends: SEND (with immediate) only, to an address handle, at
@@ -1032,21 +1109,17 @@ unsafe fn post_send_ud(dev: &Device, q: &mut UdQp, mut wr: *mut ibv_send_wr, bad
     let mut err = 0;
     while !wr.is_null() {
         let w = &*wr;
-        let list = sges(w.sg_list, w.num_sge);
-        let len: usize = list.iter().map(|s| s.len as usize).sum();
-        let ah = w.wr.ud.ah;
-        if !matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM) || ah.is_null() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || len > UD_MTU {
-            err = libc::EINVAL;
-            break;
-        }
-        if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
-            err = libc::EINVAL;
+        err = ud_send_ok(q, w);
+        if err != 0 {
             break;
         }
         if q.sq.len() >= q.cap.max_send_wr.max(1) as usize {
             err = libc::ENOMEM;
             break;
         }
+        let list = sges(w.sg_list, w.num_sge);
+        let len: usize = list.iter().map(|s| s.len as usize).sum();
+        let ah = w.wr.ud.ah;
         let signaled = q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0;
         if q.state == IBV_QPS_ERR {
             q.send_cq.push(ibv_wc { wr_id: w.wr_id, status: IBV_WC_WR_FLUSH_ERR, opcode: IBV_WC_SEND, qp_num: q.qpn, ..Default::default() });

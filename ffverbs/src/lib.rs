@@ -12,7 +12,8 @@
 //! - [`qp`]: RC queue pairs, each an ffcore connection through the router;
 //! - [`srq`]: shared receive queues;
 //! - [`ud`]: UD queue pairs and their datagram links;
-//! - [`wire`]: what travels on that connection.
+//! - [`wire`]: what travels on that connection;
+//! - [`wr`]: the `ibv_wr_*` interface of queue pairs (`ibv_create_qp_ex`).
 
 pub mod abi;
 pub mod dev;
@@ -21,6 +22,7 @@ pub mod srq;
 pub mod ud;
 pub mod sys;
 pub mod wire;
+pub mod wr;
 
 mod exports {
     #![allow(non_upper_case_globals, clippy::all)]

@@ -1,4 +1,4 @@
-/* ffvtest.h: what the verbs test programs (ffvcheck.c, ffvsrq.c, ffvud.c, ffvorder.c, ffvevents.c, ffvports.c)
+/* ffvtest.h: what the verbs test programs (ffvcheck.c, ffvsrq.c, ffvud.c, ffvorder.c, ffvevents.c, ffvports.c, ffvwr.c, ...)
  * share. A program defines PROG (its name, for messages) before including
  * it, and sets `role` ("server" or "client"); `sock` is its TCP connection
  * to the other process, once made. */
