@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <rdma/rdma_cma.h>
 
 #define FAIL(...) do { printf("FAIL "); printf(__VA_ARGS__); printf("\n"); exit(1); } while (0)
@@ -179,12 +180,14 @@ static int gone(void)
 	struct rdma_cm_event *e;
 	int seen[3] = { 0 }, got = 0, i;
 	char line[64];
+	struct timespec t0, t1;
 
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (!sch || !cch)
 		FAIL("rdma_create_event_channel: %s", strerror(errno));
 	pair(sch, cch, &ids[0], &ids[2], &ids[1]);
 	old = ids[2]->verbs;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	printf("READY\n");
 	while (got < 3) {
 		struct pollfd p[2] = { { .fd = sch->fd, .events = POLLIN }, { .fd = cch->fd, .events = POLLIN } };
@@ -199,7 +202,10 @@ static int gone(void)
 				;
 			if (e->event != RDMA_CM_EVENT_DEVICE_REMOVAL || i == 3 || seen[i]++)
 				FAIL("%s on %s", rdma_event_str(e->event), i < 3 ? names[i] : "an id not ours");
-			got++;
+			if (!got++) {
+				clock_gettime(CLOCK_MONOTONIC, &t1);
+				printf("first DEVICE_REMOVAL %.0f ms after READY\n", (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+			}
 			ack(e);
 		}
 	}
