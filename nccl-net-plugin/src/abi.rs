@@ -1,7 +1,7 @@
-//! The NCCL net plugin ABI, versions 8 to 12, as `#[repr(C)]` Rust types.
+//! The NCCL net plugin ABI, versions 6 to 12, as `#[repr(C)]` Rust types.
 //!
 //! Written from the interface facts in NCCL's headers
-//! (`src/include/plugin/net/net_v{8..12}.h`, `nccl_common.h`, `nccl_net.h`;
+//! (`src/include/plugin/net/net_v{6..12}.h`, `nccl_common.h`, `nccl_net.h`;
 //! see /work/shared/reference/nccl-net.md §1). Sizes and offsets are checked
 //! by the tests at the bottom against the documented x86_64 layouts.
 //!
@@ -68,6 +68,38 @@ pub struct CommConfig {
 pub struct VDeviceProps<const N: usize> {
     pub ndevs: c_int,
     pub devs: [c_int; N],
+}
+
+/// `ncclNetProperties_v6_t` (48 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PropsV6 {
+    pub name: *mut c_char,
+    pub pci_path: *mut c_char,
+    pub guid: u64,
+    pub ptr_support: c_int,
+    pub speed: c_int,
+    pub port: c_int,
+    pub latency: f32,
+    pub max_comms: c_int,
+    pub max_recvs: c_int,
+}
+
+/// `ncclNetProperties_v7_t` (56 bytes): v8 without `regIsGlobal`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PropsV7 {
+    pub name: *mut c_char,
+    pub pci_path: *mut c_char,
+    pub guid: u64,
+    pub ptr_support: c_int,
+    pub speed: c_int,
+    pub port: c_int,
+    pub latency: f32,
+    pub max_comms: c_int,
+    pub max_recvs: c_int,
+    pub net_device_type: c_int,
+    pub net_device_version: c_int,
 }
 
 /// `ncclNetProperties_v8_t` (64 bytes).
@@ -167,6 +199,19 @@ type DevHandlePtr = *mut *mut c_void;
 pub type DevicesFn = unsafe extern "C" fn(ndev: *mut c_int) -> NcclResult;
 pub type AcceptFn = unsafe extern "C" fn(listen_comm: Ptr, recv_comm: PtrPtr, dev: DevHandlePtr) -> NcclResult;
 pub type RegMrFn = unsafe extern "C" fn(comm: Ptr, data: Ptr, size: usize, ty: c_int, mhandle: PtrPtr) -> NcclResult;
+/// `regMr` of v6 and v7: an `int` size.
+pub type RegMrIntFn = unsafe extern "C" fn(comm: Ptr, data: Ptr, size: c_int, ty: c_int, mhandle: PtrPtr) -> NcclResult;
+/// `isend` and `irecv` with `int` sizes (v6 to v8).
+pub type IsendIntFn = unsafe extern "C" fn(comm: Ptr, data: Ptr, size: c_int, tag: c_int, mh: Ptr, request: PtrPtr) -> NcclResult;
+pub type IrecvIntFn = unsafe extern "C" fn(
+    comm: Ptr,
+    n: c_int,
+    data: PtrPtr,
+    sizes: *mut c_int,
+    tags: *mut c_int,
+    mhandles: PtrPtr,
+    request: PtrPtr,
+) -> NcclResult;
 pub type RegMrDmaBufFn =
     unsafe extern "C" fn(comm: Ptr, data: Ptr, size: usize, ty: c_int, offset: u64, fd: c_int, mhandle: PtrPtr) -> NcclResult;
 pub type DeregMrFn = unsafe extern "C" fn(comm: Ptr, mhandle: Ptr) -> NcclResult;
@@ -208,6 +253,53 @@ pub type IrecvPhFn = unsafe extern "C" fn(
 ) -> NcclResult;
 pub type MakeVDeviceFn<const N: usize> = unsafe extern "C" fn(d: *mut c_int, props: *mut VDeviceProps<N>) -> NcclResult;
 
+/// `ncclNet_v6_t` (17 pointers, 136 bytes): no device handles, no
+/// `getDeviceMr` or `irecvConsumed`.
+#[repr(C)]
+pub struct NetV6 {
+    pub name: StaticStr,
+    pub init: Option<unsafe extern "C" fn(log: Option<Logger>) -> NcclResult>,
+    pub devices: Option<DevicesFn>,
+    pub get_properties: Option<unsafe extern "C" fn(dev: c_int, props: *mut PropsV6) -> NcclResult>,
+    pub listen: Option<ListenLegacyFn>,
+    pub connect: Option<unsafe extern "C" fn(dev: c_int, handle: Ptr, send_comm: PtrPtr) -> NcclResult>,
+    pub accept: Option<unsafe extern "C" fn(listen_comm: Ptr, recv_comm: PtrPtr) -> NcclResult>,
+    pub reg_mr: Option<RegMrIntFn>,
+    pub reg_mr_dma_buf: Option<RegMrDmaBufFn>,
+    pub dereg_mr: Option<DeregMrFn>,
+    pub isend: Option<IsendIntFn>,
+    pub irecv: Option<IrecvIntFn>,
+    pub iflush: Option<IflushFn>,
+    pub test: Option<TestFn>,
+    pub close_send: Option<CloseFn>,
+    pub close_recv: Option<CloseFn>,
+    pub close_listen: Option<CloseFn>,
+}
+
+/// `ncclNet_v7_t` (19 pointers, 152 bytes): v8 with an `int` size in `regMr`.
+#[repr(C)]
+pub struct NetV7 {
+    pub name: StaticStr,
+    pub init: Option<unsafe extern "C" fn(log: Option<Logger>) -> NcclResult>,
+    pub devices: Option<DevicesFn>,
+    pub get_properties: Option<unsafe extern "C" fn(dev: c_int, props: *mut PropsV7) -> NcclResult>,
+    pub listen: Option<ListenLegacyFn>,
+    pub connect: Option<unsafe extern "C" fn(dev: c_int, handle: Ptr, send_comm: PtrPtr, dev: DevHandlePtr) -> NcclResult>,
+    pub accept: Option<AcceptFn>,
+    pub reg_mr: Option<RegMrIntFn>,
+    pub reg_mr_dma_buf: Option<RegMrDmaBufFn>,
+    pub dereg_mr: Option<DeregMrFn>,
+    pub isend: Option<IsendIntFn>,
+    pub irecv: Option<IrecvIntFn>,
+    pub iflush: Option<IflushFn>,
+    pub test: Option<TestFn>,
+    pub close_send: Option<CloseFn>,
+    pub close_recv: Option<CloseFn>,
+    pub close_listen: Option<CloseFn>,
+    pub get_device_mr: Option<GetDeviceMrFn>,
+    pub irecv_consumed: Option<IrecvConsumedFn>,
+}
+
 /// `ncclNet_v8_t` (19 pointers, 152 bytes).
 #[repr(C)]
 pub struct NetV8 {
@@ -221,18 +313,8 @@ pub struct NetV8 {
     pub reg_mr: Option<RegMrFn>,
     pub reg_mr_dma_buf: Option<RegMrDmaBufFn>,
     pub dereg_mr: Option<DeregMrFn>,
-    pub isend: Option<unsafe extern "C" fn(comm: Ptr, data: Ptr, size: c_int, tag: c_int, mh: Ptr, request: PtrPtr) -> NcclResult>,
-    pub irecv: Option<
-        unsafe extern "C" fn(
-            comm: Ptr,
-            n: c_int,
-            data: PtrPtr,
-            sizes: *mut c_int,
-            tags: *mut c_int,
-            mhandles: PtrPtr,
-            request: PtrPtr,
-        ) -> NcclResult,
-    >,
+    pub isend: Option<IsendIntFn>,
+    pub irecv: Option<IrecvIntFn>,
     pub iflush: Option<IflushFn>,
     pub test: Option<TestFn>,
     pub close_send: Option<CloseFn>,
@@ -369,6 +451,11 @@ mod tests {
 
     #[test]
     fn plugin_tables_have_the_documented_sizes() {
+        assert_eq!(size_of::<NetV6>(), 136);
+        assert_eq!(size_of::<NetV7>(), 152);
+        assert_eq!(offset_of!(NetV6, reg_mr), 7 * 8);
+        assert_eq!(offset_of!(NetV6, close_listen), 16 * 8);
+        assert_eq!(offset_of!(NetV7, irecv_consumed), 18 * 8);
         assert_eq!(size_of::<NetV8>(), 152);
         assert_eq!(size_of::<NetV9>(), 160);
         assert_eq!(size_of::<NetV10>(), 160);
@@ -389,6 +476,14 @@ mod tests {
 
     #[test]
     fn properties_have_the_documented_layouts() {
+        assert_eq!(size_of::<PropsV6>(), 48);
+        assert_eq!(offset_of!(PropsV6, speed), 28);
+        assert_eq!(offset_of!(PropsV6, latency), 36);
+        assert_eq!(offset_of!(PropsV6, max_recvs), 44);
+        assert_eq!(size_of::<PropsV7>(), 56);
+        assert_eq!(offset_of!(PropsV7, speed), 28);
+        assert_eq!(offset_of!(PropsV7, net_device_type), 48);
+        assert_eq!(offset_of!(PropsV7, net_device_version), 52);
         assert_eq!(size_of::<PropsV8>(), 64);
         assert_eq!(offset_of!(PropsV8, ptr_support), 24);
         assert_eq!(offset_of!(PropsV8, speed), 32);

@@ -232,6 +232,18 @@ pub unsafe extern "C" fn reg_mr(comm: *mut c_void, data: *mut c_void, size: usiz
     })
 }
 
+/// `regMr` of v6 and v7 (an `int` size; a negative one is an error).
+///
+/// # Safety
+/// `mhandle` is NULL or valid for a write.
+pub unsafe extern "C" fn reg_mr_int(comm: *mut c_void, data: *mut c_void, size: c_int, ty: c_int, mhandle: *mut *mut c_void) -> NcclResult {
+    match usize::try_from(size) {
+        // SAFETY: same contract.
+        Ok(n) => unsafe { reg_mr(comm, data, n, ty, mhandle) },
+        Err(_) => entry("regMr", || Err(Fail::new(abi::INVALID_ARGUMENT, format!("bad registration size {size}")))),
+    }
+}
+
 /// `deregMr`.
 ///
 /// # Safety

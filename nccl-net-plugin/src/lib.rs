@@ -5,7 +5,7 @@
 //! it with `NCCL_NET=FreeFlow`. Layout (like aws-ofi-nccl's):
 //! - [`net`]: the one implementation, on ffcore;
 //! - [`ffi`]: the C boundary (pointer checks, panics caught, errors logged);
-//! - `v8` … `v12`: one thin file per ABI version, each exporting its
+//! - `v6` … `v12`: one thin file per ABI version, each exporting its
 //!   `ncclNetPlugin_vN` table;
 //! - [`abi`]: the C types; [`table`]: ids handed to NCCL; [`logger`]: NCCL's logger.
 //!
@@ -25,5 +25,7 @@ mod table;
 mod v10;
 mod v11;
 mod v12;
+mod v6;
+mod v7;
 mod v8;
 mod v9;

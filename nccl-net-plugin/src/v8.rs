@@ -61,21 +61,21 @@ unsafe extern "C" fn get_properties(dev: c_int, props: *mut PropsV8) -> NcclResu
 
 /// # Safety
 /// As [`ffi::listen`], with the process-wide context.
-unsafe extern "C" fn listen(dev: c_int, handle: *mut c_void, listen_comm: *mut *mut c_void) -> NcclResult {
+pub(crate) unsafe extern "C" fn listen(dev: c_int, handle: *mut c_void, listen_comm: *mut *mut c_void) -> NcclResult {
     // SAFETY: same contract.
     unsafe { ffi::listen(std::ptr::null_mut(), dev, handle, listen_comm) }
 }
 
 /// # Safety
 /// As [`ffi::connect`], with the process-wide context.
-unsafe extern "C" fn connect(dev: c_int, handle: *mut c_void, send_comm: *mut *mut c_void, dev_comm: *mut *mut c_void) -> NcclResult {
+pub(crate) unsafe extern "C" fn connect(dev: c_int, handle: *mut c_void, send_comm: *mut *mut c_void, dev_comm: *mut *mut c_void) -> NcclResult {
     // SAFETY: same contract.
     unsafe { ffi::connect(std::ptr::null_mut(), dev, handle, send_comm, dev_comm) }
 }
 
 /// # Safety
 /// As [`ffi::isend_sized`].
-unsafe extern "C" fn isend(
+pub(crate) unsafe extern "C" fn isend(
     comm: *mut c_void,
     data: *mut c_void,
     size: c_int,
@@ -89,7 +89,7 @@ unsafe extern "C" fn isend(
 
 /// # Safety
 /// As [`ffi::irecv_sized`].
-unsafe extern "C" fn irecv(
+pub(crate) unsafe extern "C" fn irecv(
     comm: *mut c_void,
     n: c_int,
     data: *mut *mut c_void,

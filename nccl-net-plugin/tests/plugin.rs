@@ -42,12 +42,15 @@ fn run(cmd: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn exports_five_versions_and_links_only_libc_and_libgcc() {
+fn exports_seven_versions_and_links_only_libc_and_libgcc() {
     let lib = lib();
     let mut defined: Vec<String> =
         run("nm", &["-D", "--defined-only", &lib]).lines().filter_map(|l| l.split_whitespace().nth(2).map(String::from)).collect();
     defined.sort();
-    assert_eq!(defined, ["ncclNetPlugin_v10", "ncclNetPlugin_v11", "ncclNetPlugin_v12", "ncclNetPlugin_v8", "ncclNetPlugin_v9"]);
+    assert_eq!(
+        defined,
+        ["ncclNetPlugin_v10", "ncclNetPlugin_v11", "ncclNetPlugin_v12", "ncclNetPlugin_v6", "ncclNetPlugin_v7", "ncclNetPlugin_v8", "ncclNetPlugin_v9"]
+    );
     for line in run("nm", &["-D", "--undefined-only", &lib]).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f[..] {
@@ -75,7 +78,7 @@ fn selftest_every_version_bad_input_no_router_and_reload_in_a_container() {
     let c = Container::run(&r.tenant_dir("a"), &[harness(), "selftest", "--lib", &lib]);
     let res = c.finish(LONG);
     ok(&res, "selftest");
-    for v in [8, 9, 10, 11, 12] {
+    for v in [6, 7, 8, 9, 10, 11, 12] {
         for check in ["table_and_properties", "send_before_recv_sizes_and_zero_bytes", "32_in_flight_fifo_then_null", "bad_input_is_an_error_code"] {
             assert!(res.1.contains(&format!("CHECK v{v}_{check} ok")), "v{v} {check}: {}", res.1);
         }
@@ -129,9 +132,10 @@ fn checksummed_0b_to_16mib_8_in_flight_6_comms_closed_in_different_orders() {
 
 #[test]
 fn older_abi_versions_interoperate_across_processes() {
-    // NCCL 2.20-2.27 tables (v8 int sizes, v9, v10) against v11 on the other
-    // side: handles and data do not depend on the version.
-    for (rv_abi, s_abi) in [("11", "8"), ("9", "10")] {
+    // NCCL 2.13-2.27 tables (v6 without device handles, v7 and v8 with int
+    // sizes, v9, v10) against newer ones on the other side: handles and data
+    // do not depend on the version.
+    for (rv_abi, s_abi) in [("11", "8"), ("9", "10"), ("6", "12"), ("7", "6")] {
         let sizes = "0,1,4095,65537,1048576,4194307";
         let (rv, s) = traffic(&["--abi", rv_abi, "--comms", "2", "--sizes", sizes], &["--abi", s_abi, "--comms", "2", "--sizes", sizes]);
         ok(&rv, "receiver");

@@ -4,7 +4,8 @@
 //! `dlopen(path, RTLD_NOW | RTLD_LOCAL)` then `dlsym("ncclNetPlugin_vN")`
 //! (src/plugin/plugin_open.cc and src/plugin/net/net_vN.cc in NCCL). The
 //! methods below adapt each version's signatures the way NCCL's own
-//! wrappers do (int sizes for v8, no context before v11, ...).
+//! wrappers do (int sizes up to v8, no device handles in v6, no context
+//! before v11, ...).
 
 use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
 use std::fmt;
@@ -17,7 +18,7 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use crate::abi::*;
 
 /// The ABI versions the plugin exports, newest first (NCCL's search order).
-pub const VERSIONS: [u32; 5] = [12, 11, 10, 9, 8];
+pub const VERSIONS: [u32; 7] = [12, 11, 10, 9, 8, 7, 6];
 
 /// A plugin call that did not return ncclSuccess.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +86,8 @@ pub struct Props {
 
 #[derive(Clone, Copy)]
 enum Table {
+    V6(&'static NetV6),
+    V7(&'static NetV7),
     V8(&'static NetV8),
     V9(&'static NetV9),
     V10(&'static NetV10),
@@ -96,6 +99,8 @@ enum Table {
 macro_rules! common {
     ($t:expr, $f:ident) => {
         match $t {
+            Table::V6(t) => t.$f,
+            Table::V7(t) => t.$f,
             Table::V8(t) => t.$f,
             Table::V9(t) => t.$f,
             Table::V10(t) => t.$f,
@@ -136,6 +141,8 @@ impl Plugin {
         let table = unsafe {
             let addr: *const c_void = *lib.get::<*const c_void>(sym.as_bytes()).map_err(|e| format!("dlsym {sym}: {e}"))?;
             match version {
+                6 => Table::V6(&*(addr as *const NetV6)),
+                7 => Table::V7(&*(addr as *const NetV7)),
                 8 => Table::V8(&*(addr as *const NetV8)),
                 9 => Table::V9(&*(addr as *const NetV9)),
                 10 => Table::V10(&*(addr as *const NetV10)),
@@ -150,6 +157,8 @@ impl Plugin {
     /// The table's `name`.
     pub fn name(&self) -> String {
         let StaticStr(p) = match self.table {
+            Table::V6(t) => t.name,
+            Table::V7(t) => t.name,
             Table::V8(t) => t.name,
             Table::V9(t) => t.name,
             Table::V10(t) => t.name,
@@ -164,6 +173,8 @@ impl Plugin {
     /// getDeviceMr, irecvConsumed, makeVDevice, setNetAttr).
     pub fn optional_entries(&self) -> [bool; 7] {
         let (dma, flush, dmr, cons) = match self.table {
+            Table::V6(t) => (t.reg_mr_dma_buf.is_some(), t.iflush.is_some(), false, false),
+            Table::V7(t) => (t.reg_mr_dma_buf.is_some(), t.iflush.is_some(), t.get_device_mr.is_some(), t.irecv_consumed.is_some()),
             Table::V8(t) => (t.reg_mr_dma_buf.is_some(), t.iflush.is_some(), t.get_device_mr.is_some(), t.irecv_consumed.is_some()),
             Table::V9(t) => (t.reg_mr_dma_buf.is_some(), t.iflush.is_some(), t.get_device_mr.is_some(), t.irecv_consumed.is_some()),
             Table::V10(t) => (t.reg_mr_dma_buf.is_some(), t.iflush.is_some(), t.get_device_mr.is_some(), t.irecv_consumed.is_some()),
@@ -171,7 +182,7 @@ impl Plugin {
             Table::V12(t) => (t.reg_mr_dma_buf.is_some(), t.iflush.is_some(), t.get_device_mr.is_some(), t.irecv_consumed.is_some()),
         };
         let (fin, vdev, attr) = match self.table {
-            Table::V8(_) => (false, false, false),
+            Table::V6(_) | Table::V7(_) | Table::V8(_) => (false, false, false),
             Table::V9(t) => (false, t.make_vdevice.is_some(), false),
             Table::V10(t) => (false, t.make_vdevice.is_some(), false),
             Table::V11(t) => (t.finalize.is_some(), t.make_vdevice.is_some(), t.set_net_attr.is_some()),
@@ -188,6 +199,8 @@ impl Plugin {
         // SAFETY: valid out-pointers and config; the logger is ours.
         let code = unsafe {
             match self.table {
+                Table::V6(t) => t.init.unwrap()(log),
+                Table::V7(t) => t.init.unwrap()(log),
                 Table::V8(t) => t.init.unwrap()(log),
                 Table::V9(t) => t.init.unwrap()(log),
                 Table::V10(t) => t.init.unwrap()(log, None),
@@ -231,12 +244,13 @@ impl Plugin {
         // the strings it returns are NULL or NUL-terminated.
         unsafe {
             macro_rules! props {
-                ($t:expr, $ty:ty, $extra:expr) => {{
+                ($t:expr, $ty:ty, $extra:expr, $device_type:expr) => {{
                     let mut p = std::mem::MaybeUninit::<$ty>::zeroed();
                     check("getProperties", $t.get_properties.unwrap()(dev, p.as_mut_ptr()))?;
                     let p = p.assume_init();
                     let extra: fn(&$ty) -> (Option<usize>, Option<usize>) = $extra;
                     let (p2p, coll) = extra(&p);
+                    let device_type: fn(&$ty) -> c_int = $device_type;
                     Props {
                         name: if p.name.is_null() { String::new() } else { CStr::from_ptr(p.name).to_string_lossy().into_owned() },
                         pci_path_null: p.pci_path.is_null(),
@@ -245,18 +259,21 @@ impl Plugin {
                         latency: p.latency,
                         max_comms: p.max_comms,
                         max_recvs: p.max_recvs,
-                        net_device_type: p.net_device_type,
+                        net_device_type: device_type(&p),
                         max_p2p_bytes: p2p,
                         max_coll_bytes: coll,
                     }
                 }};
             }
             Ok(match self.table {
-                Table::V8(t) => props!(t, PropsV8, |_| (None, None)),
-                Table::V9(t) => props!(t, PropsV9, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes))),
-                Table::V10(t) => props!(t, PropsV9, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes))),
-                Table::V11(t) => props!(t, PropsV11, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes))),
-                Table::V12(t) => props!(t, PropsV12, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes))),
+                // (v6 has no device type: NCCL takes it as HOST.)
+                Table::V6(t) => props!(t, PropsV6, |_| (None, None), |_| DEVICE_HOST),
+                Table::V7(t) => props!(t, PropsV7, |_| (None, None), |p| p.net_device_type),
+                Table::V8(t) => props!(t, PropsV8, |_| (None, None), |p| p.net_device_type),
+                Table::V9(t) => props!(t, PropsV9, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes)), |p| p.net_device_type),
+                Table::V10(t) => props!(t, PropsV9, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes)), |p| p.net_device_type),
+                Table::V11(t) => props!(t, PropsV11, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes)), |p| p.net_device_type),
+                Table::V12(t) => props!(t, PropsV12, |p| (Some(p.max_p2p_bytes), Some(p.max_coll_bytes)), |p| p.net_device_type),
             })
         }
     }
@@ -269,6 +286,8 @@ impl Plugin {
         // SAFETY: a 128-byte handle buffer and a valid out-pointer.
         let code = unsafe {
             match self.table {
+                Table::V6(t) => t.listen.unwrap()(dev, h, &mut lc),
+                Table::V7(t) => t.listen.unwrap()(dev, h, &mut lc),
                 Table::V8(t) => t.listen.unwrap()(dev, h, &mut lc),
                 Table::V9(t) => t.listen.unwrap()(dev, h, &mut lc),
                 Table::V10(t) => t.listen.unwrap()(dev, h, &mut lc),
@@ -291,6 +310,8 @@ impl Plugin {
         // NULL device handle (host plugin).
         let code = unsafe {
             match self.table {
+                Table::V6(t) => t.connect.unwrap()(dev, h, &mut sc),
+                Table::V7(t) => t.connect.unwrap()(dev, h, &mut sc, &mut dev_handle),
                 Table::V8(t) => t.connect.unwrap()(dev, h, &mut sc, &mut dev_handle),
                 Table::V9(t) => t.connect.unwrap()(dev, h, &mut sc, &mut dev_handle),
                 Table::V10(t) => t.connect.unwrap()(dev, &mut config, h, &mut sc, &mut dev_handle),
@@ -309,15 +330,40 @@ impl Plugin {
         let mut rc = SENTINEL;
         let mut dev_handle: *mut c_void = std::ptr::null_mut();
         // SAFETY: valid out-pointers.
-        check("accept", unsafe { common!(self.table, accept)(lc.0, &mut rc, &mut dev_handle) })?;
+        let code = unsafe {
+            match self.table {
+                Table::V6(t) => t.accept.unwrap()(lc.0, &mut rc),
+                Table::V7(t) => t.accept.unwrap()(lc.0, &mut rc, &mut dev_handle),
+                Table::V8(t) => t.accept.unwrap()(lc.0, &mut rc, &mut dev_handle),
+                Table::V9(t) => t.accept.unwrap()(lc.0, &mut rc, &mut dev_handle),
+                Table::V10(t) => t.accept.unwrap()(lc.0, &mut rc, &mut dev_handle),
+                Table::V11(t) => t.accept.unwrap()(lc.0, &mut rc, &mut dev_handle),
+                Table::V12(t) => t.accept.unwrap()(lc.0, &mut rc, &mut dev_handle),
+            }
+        };
+        check("accept", code)?;
+        assert!(dev_handle.is_null(), "a host plugin must leave the device handle alone");
         assert_ne!(rc, SENTINEL, "accept did not overwrite *recvComm");
         Ok(P(rc).opt())
     }
 
     pub fn reg_mr(&self, comm: P, data: *const u8, len: usize, ty: c_int) -> R<P> {
         let mut mh = std::ptr::null_mut();
+        let d = data as *mut c_void;
+        let int = || c_int::try_from(len).expect("v6 and v7 registration sizes are ints");
         // SAFETY: the plugin records the range; it does not access it here.
-        check("regMr", unsafe { common!(self.table, reg_mr)(comm.0, data as *mut c_void, len, ty, &mut mh) })?;
+        let code = unsafe {
+            match self.table {
+                Table::V6(t) => t.reg_mr.unwrap()(comm.0, d, int(), ty, &mut mh),
+                Table::V7(t) => t.reg_mr.unwrap()(comm.0, d, int(), ty, &mut mh),
+                Table::V8(t) => t.reg_mr.unwrap()(comm.0, d, len, ty, &mut mh),
+                Table::V9(t) => t.reg_mr.unwrap()(comm.0, d, len, ty, &mut mh),
+                Table::V10(t) => t.reg_mr.unwrap()(comm.0, d, len, ty, &mut mh),
+                Table::V11(t) => t.reg_mr.unwrap()(comm.0, d, len, ty, &mut mh),
+                Table::V12(t) => t.reg_mr.unwrap()(comm.0, d, len, ty, &mut mh),
+            }
+        };
+        check("regMr", code)?;
         Ok(P(mh))
     }
 
@@ -336,11 +382,11 @@ impl Plugin {
         let mut req = SENTINEL; // must be overwritten
         // SAFETY: the buffer by this function's contract; valid out-pointer.
         let code = unsafe {
+            let int = || c_int::try_from(len).expect("sizes up to v8 are ints");
             match self.table {
-                Table::V8(t) => {
-                    let n = c_int::try_from(len).expect("v8 sizes are ints");
-                    t.isend.unwrap()(comm.0, d, n, tag, mh.0, &mut req)
-                }
+                Table::V6(t) => t.isend.unwrap()(comm.0, d, int(), tag, mh.0, &mut req),
+                Table::V7(t) => t.isend.unwrap()(comm.0, d, int(), tag, mh.0, &mut req),
+                Table::V8(t) => t.isend.unwrap()(comm.0, d, int(), tag, mh.0, &mut req),
                 Table::V9(t) => t.isend.unwrap()(comm.0, d, len, tag, mh.0, &mut req),
                 Table::V10(t) => t.isend.unwrap()(comm.0, d, len, tag, mh.0, std::ptr::null_mut(), &mut req),
                 Table::V11(t) => t.isend.unwrap()(comm.0, d, len, tag, mh.0, std::ptr::null_mut(), &mut req),
@@ -372,6 +418,8 @@ impl Plugin {
         // buffer by this function's contract; valid out-pointer.
         let code = unsafe {
             match self.table {
+                Table::V6(t) => t.irecv.unwrap()(comm.0, n, d, is, tg, m, &mut req),
+                Table::V7(t) => t.irecv.unwrap()(comm.0, n, d, is, tg, m, &mut req),
                 Table::V8(t) => t.irecv.unwrap()(comm.0, n, d, is, tg, m, &mut req),
                 Table::V9(t) => t.irecv.unwrap()(comm.0, n, d, s, tg, m, &mut req),
                 Table::V10(t) => t.irecv.unwrap()(comm.0, n, d, s, tg, m, ph, &mut req),
