@@ -19,7 +19,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let bindings = bindgen::Builder::default()
         .header("wrapper.h")
-        .allowlist_type("rdma_.*|ibv_.*")
+        .allowlist_type("rdma_.*|ibv_.*|verbs_context")
         .allowlist_var("RDMA_.*|RAI_.*|IBV_.*")
         .allowlist_function(
             "ibv_(get_device_list|free_device_list|open_device|close_device|query_gid|query_port|alloc_pd|dealloc_pd|create_qp|modify_qp|query_qp|destroy_qp|create_cq|destroy_cq|create_comp_channel|destroy_comp_channel|create_srq|destroy_srq)",

@@ -377,7 +377,9 @@ unsafe fn own_cq(ctx: *mut ibv_context, depth: u32, id: &Id) -> Result<(*mut ibv
     }
 }
 
-unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> Result<(), i32> {
+/// `rdma_create_qp` and `rdma_create_qp_ex`: `send_ops`, the `ibv_wr_*`
+/// operations asked for (`IBV_QP_INIT_ATTR_SEND_OPS_FLAGS`), 0 if none.
+unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr, send_ops: u64) -> Result<(), i32> {
     let id = id_of(p)?;
     if attr.is_null() {
         return Err(libc::EINVAL);
@@ -410,7 +412,7 @@ unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_
         if a.srq.is_null() {
             a.srq = (*p).srq;
         }
-        let q = ibv_create_qp(pd, a);
+        let q = if send_ops == 0 { ibv_create_qp(pd, a) } else { qp::create_qp_ex(ctx, pd, a, send_ops) };
         if q.is_null() {
             let e = cm::errno();
             destroy_cqs(p, &id);
@@ -439,7 +441,7 @@ unsafe fn create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_
 
 #[no_mangle]
 pub unsafe extern "C" fn ffcm_rdma_create_qp(p: *mut rdma_cm_id, pd: *mut ibv_pd, attr: *mut ibv_qp_init_attr) -> c_int {
-    call(|| unsafe { create_qp(p, pd, attr) })
+    call(|| unsafe { create_qp(p, pd, attr, 0) })
 }
 
 #[no_mangle]
@@ -450,10 +452,12 @@ pub unsafe extern "C" fn ffcm_rdma_create_qp_ex(p: *mut rdma_cm_id, attr: *mut i
         }
         // SAFETY: the application's attributes.
         let x = unsafe { &mut *attr };
-        // What ibv_qp_init_attr has; anything more is not done.
-        if x.comp_mask & !IBV_QP_INIT_ATTR_PD != 0 {
+        // What ibv_qp_init_attr has, and the ibv_wr_* operations (ffverbs
+        // says which it does); anything more is not done.
+        if x.comp_mask & !(IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) != 0 {
             return fail(libc::ENOSYS);
         }
+        let ops = if x.comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS != 0 { x.send_ops_flags } else { 0 };
         let pd = if x.comp_mask & IBV_QP_INIT_ATTR_PD != 0 { x.pd } else { std::ptr::null_mut() };
         let mut a = ibv_qp_init_attr {
             qp_context: x.qp_context,
@@ -464,7 +468,7 @@ pub unsafe extern "C" fn ffcm_rdma_create_qp_ex(p: *mut rdma_cm_id, attr: *mut i
             qp_type: x.qp_type,
             sq_sig_all: x.sq_sig_all,
         };
-        let r = done(unsafe { create_qp(p, pd, &mut a) });
+        let r = done(unsafe { create_qp(p, pd, &mut a, ops) });
         x.cap = a.cap;
         r
     })
@@ -640,7 +644,7 @@ pub unsafe extern "C" fn ffcm_rdma_get_request(listen: *mut rdma_cm_id, out: *mu
         if let Some(EpAttr { mut attr, pd }) = ep {
             // SAFETY: the listener's C struct.
             let pd = if pd != 0 { pd as *mut ibv_pd } else { unsafe { (*listen).pd } };
-            unsafe { create_qp(child, pd, &mut attr) }?;
+            unsafe { create_qp(child, pd, &mut attr, 0) }?;
         }
         // SAFETY: out checked.
         unsafe { *out = child };
@@ -885,7 +889,7 @@ pub unsafe extern "C" fn ffcm_rdma_create_ep(out: *mut *mut rdma_cm_id, res: *mu
                 return Err(cm::errno());
             }
             if !attr.is_null() {
-                unsafe { create_qp(p, pd, attr) }?;
+                unsafe { create_qp(p, pd, attr, 0) }?;
             }
             Ok(())
         })();

@@ -98,6 +98,41 @@ pub fn attach(id: &mut rdma_cm_id) {
     }
 }
 
+/// `ibv_create_qp_ex` with the `ibv_wr_*` operations `send_ops` (verbs.h
+/// makes it an inline call through the context's operations, which is
+/// what this does): NULL with errno if the device refuses them; the
+/// capacities granted go back into `a`.
+///
+/// # Safety
+/// `ctx` is a live context of ffverbs (whose `verbs_context` holds it),
+/// `pd` one of its protection domains, `a` valid attributes.
+pub unsafe fn create_qp_ex(ctx: *mut ibv_context, pd: *mut ibv_pd, a: &mut ibv_qp_init_attr, send_ops: u64) -> *mut ibv_qp {
+    // SAFETY (the caller's): the context is the last field of its
+    // verbs_context, whose `sz` says which operations it has.
+    let v = unsafe { &*((ctx as *mut u8).sub(std::mem::offset_of!(verbs_context, context)) as *const verbs_context) };
+    let Some(create) = v.create_qp_ex.filter(|_| v.sz >= std::mem::offset_of!(verbs_context, create_qp_ex) + std::mem::size_of::<usize>()) else {
+        crate::abi::set_errno(libc::EOPNOTSUPP);
+        return std::ptr::null_mut();
+    };
+    let mut x = ibv_qp_init_attr_ex {
+        qp_context: a.qp_context,
+        send_cq: a.send_cq,
+        recv_cq: a.recv_cq,
+        srq: a.srq,
+        cap: a.cap,
+        qp_type: a.qp_type,
+        sq_sig_all: a.sq_sig_all,
+        comp_mask: IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS,
+        pd,
+        send_ops_flags: send_ops,
+        ..Default::default()
+    };
+    // SAFETY: ffverbs' operation, on its own context, with valid attributes.
+    let q = unsafe { create(ctx, &mut x) };
+    a.cap = x.cap;
+    q
+}
+
 /// The device's GID (port 1, index 0): where peers find our queue pairs.
 pub fn gid() -> Result<[u8; 16], i32> {
     let ctx = device()?;

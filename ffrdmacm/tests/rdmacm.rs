@@ -200,7 +200,8 @@ fn rdma_cm_programs_on_one_host() {
 /// non-blocking channel, private data both ways, a rejection with its
 /// reason and data, a SEND between the accepted queue pairs (bytes
 /// checked), one DISCONNECTED per side, foreign pointers refused, and a
-/// listener destroyed under a request it never reported.
+/// listener destroyed under a request it never reported; then (`wr`)
+/// queue pairs made by `rdma_create_qp_ex` with `ibv_wr_*` operations.
 #[test]
 fn ffcmcheck() {
     let r = RouterProc::start(&["a"], &[]);
@@ -210,6 +211,9 @@ fn ffcmcheck() {
     for want in ["OK rejected: status 28", "OK accepted: private data both ways, queue pairs in RTS, 4096 bytes sent and checked", "OK rdma_init_qp_attr: the peer's queue pair for RTR", "OK disconnected: one event each side", "OK foreign pointers"] {
         assert!(out.contains(want), "ffcmcheck did not say {want:?}: {out}");
     }
+    // Queue pairs with the ibv_wr_* interface (rdma_create_qp_ex).
+    let (ok, out) = finish(spawn(&[&prog, "wr"], &r.socket("a")), Duration::from_secs(90));
+    assert!(ok && out.contains("OK rdma_create_qp_ex: ibv_wr_* operations") && out.contains("OK done"), "ffcmcheck wr: {out}");
 }
 
 /// A router that goes away under an rdma_cm program (`ffcmcheck gone`): its

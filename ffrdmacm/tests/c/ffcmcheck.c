@@ -5,7 +5,8 @@
  * pairs (bytes checked), rdma_init_qp_attr, one DISCONNECTED per side, pointers that are not
  * ids or events, and a listener destroyed under a pending request.
  * Prints "OK ..." per check and "OK done"; exits 1 at the first failure.
- * `ffcmcheck gone`: the router going away and coming back (see gone()).
+ * `ffcmcheck gone`: the router going away and coming back (see gone());
+ * `ffcmcheck wr`: rdma_create_qp_ex with ibv_wr_* operations (see wr()).
  * Built by ffrdmacm/tests/rdmacm.rs against Debian's headers. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -54,6 +55,9 @@ static int has(const struct rdma_conn_param *c, const char *s)
 
 static struct ibv_pd *pd;
 static struct ibv_cq *cq;
+/* `ffcmcheck wr`: queue pairs made by rdma_create_qp_ex with ibv_wr_*
+ * operations, the SEND posted with them. */
+static int use_wr;
 
 static void make_qp(struct rdma_cm_id *id)
 {
@@ -66,7 +70,17 @@ static void make_qp(struct rdma_cm_id *id)
 			FAIL("pd/cq: %s", strerror(errno));
 		a.send_cq = a.recv_cq = cq;
 	}
-	if (rdma_create_qp(id, pd, &a))
+	if (use_wr) {
+		struct ibv_qp_init_attr_ex x = { .send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC, .cap = a.cap,
+						 .comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS, .pd = pd,
+						 .send_ops_flags = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_BIND_MW };
+		errno = 0;
+		if (!rdma_create_qp_ex(id, &x) || errno != EOPNOTSUPP || id->qp)
+			FAIL("rdma_create_qp_ex with BIND_MW: not EOPNOTSUPP (errno %d)", errno);
+		x.send_ops_flags = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_RDMA_WRITE;
+		if (rdma_create_qp_ex(id, &x))
+			FAIL("rdma_create_qp_ex: %s", strerror(errno));
+	} else if (rdma_create_qp(id, pd, &a))
 		FAIL("rdma_create_qp: %s", strerror(errno));
 	if (id->qp->state != IBV_QPS_INIT)
 		FAIL("a new queue pair is in state %d, not INIT", id->qp->state);
@@ -128,7 +142,17 @@ static void send_checked(struct rdma_event_channel *sch, struct rdma_event_chann
 		FAIL("connected queue pairs in states %d and %d, not RTS", cid->qp->state, sid->qp->state);
 	for (i = 0; i < (int)sizeof out; i++)
 		out[i] = (char)(i * 7 + 3);
-	{
+	if (use_wr) {
+		struct ibv_qp_ex *x = ibv_qp_to_qp_ex(cid->qp);
+		int rc;
+		ibv_wr_start(x);
+		x->wr_id = 2;
+		x->wr_flags = IBV_SEND_SIGNALED;
+		ibv_wr_send(x);
+		ibv_wr_set_sge(x, omr->lkey, (uintptr_t)out, sizeof out);
+		if ((rc = ibv_wr_complete(x)))
+			FAIL("ibv_wr_complete: %s", strerror(rc));
+	} else {
 		struct ibv_sge s = { .addr = (uintptr_t)out, .length = sizeof out, .lkey = omr->lkey };
 		struct ibv_send_wr w = { .wr_id = 2, .sg_list = &s, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
 		if (ibv_post_send(cid->qp, &w, &bad))
@@ -243,10 +267,40 @@ static int gone(void)
 	return 0;
 }
 
+/* ffcmcheck wr: rdma_create_qp_ex with ibv_wr_* operations refuses one
+ * the device does not do (EOPNOTSUPP, no queue pair) and makes one with
+ * SEND and WRITE; a pair of such queue pairs connects and 4096 bytes
+ * SENT with ibv_wr_* arrive intact; one DISCONNECTED per side. */
+static int wr(void)
+{
+	struct rdma_event_channel *sch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
+	struct rdma_cm_id *lid, *cid, *sid;
+
+	setvbuf(stdout, NULL, _IONBF, 0);
+	if (!sch || !cch)
+		FAIL("rdma_create_event_channel: %s", strerror(errno));
+	use_wr = 1;
+	pair(sch, cch, &lid, &cid, &sid);
+	printf("OK rdma_create_qp_ex: ibv_wr_* operations, one refused (EOPNOTSUPP); 4096 bytes sent with ibv_wr_* and checked\n");
+	if (rdma_disconnect(cid))
+		FAIL("rdma_disconnect: %s", strerror(errno));
+	ack(expect(cch, RDMA_CM_EVENT_DISCONNECTED));
+	ack(expect(sch, RDMA_CM_EVENT_DISCONNECTED));
+	rdma_destroy_qp(cid);
+	rdma_destroy_qp(sid);
+	rdma_destroy_id(cid);
+	rdma_destroy_id(sid);
+	rdma_destroy_id(lid);
+	printf("OK done\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && !strcmp(argv[1], "gone"))
 		return gone();
+	if (argc > 1 && !strcmp(argv[1], "wr"))
+		return wr();
 	struct rdma_event_channel *sch = rdma_create_event_channel(), *cch = rdma_create_event_channel();
 	struct rdma_cm_id *lid, *cid, *sid;
 	struct rdma_cm_event *e;
