@@ -23,6 +23,7 @@ use crate::dev::{Channel, Cq, Device, Mr};
 use crate::qp::{InlineData, Op, Qp, RecvWr, SendWr, Sge, Sges, MAX_INLINE_DATA, MAX_SGE, MAX_WR};
 use crate::srq::{Srq, MAX_SRQ, MAX_SRQ_WR};
 use crate::ud::{UdQp, UdSend, UD_MTU};
+use crate::cqx::CqBox;
 use crate::wr::QpBox;
 use crate::sys::*;
 
@@ -96,12 +97,6 @@ struct PdBox {
 #[repr(C)]
 struct MrBox {
     ibv: ibv_mr,
-}
-
-#[repr(C)]
-struct CqBox {
-    ibv: ibv_cq,
-    cq: Arc<Cq>,
 }
 
 #[repr(C)]
@@ -222,7 +217,7 @@ pub unsafe extern "C" fn ffv_ibv_open_device(d: *mut ibv_device) -> *mut ibv_con
                 return std::ptr::null_mut();
             }
         };
-        let mut vctx = verbs_context { sz: std::mem::size_of::<verbs_context>(), query_port: Some(query_port_ex), create_qp_ex: Some(create_qp_ex), ..Default::default() };
+        let mut vctx = verbs_context { sz: std::mem::size_of::<verbs_context>(), query_port: Some(query_port_ex), create_qp_ex: Some(create_qp_ex), create_cq_ex: Some(create_cq_ex), ..Default::default() };
         let c = &mut vctx.context;
         c.device = d;
         c.abi_compat = usize::MAX as *mut c_void;
@@ -529,11 +524,35 @@ pub unsafe extern "C" fn ffv_ibv_create_cq(c: *mut ibv_context, cqe: c_int, cq_c
             Some((*(ch as *mut ChanBox)).ch.clone())
         };
         let cq = Arc::new(Cq::new(dev_of(c), chan));
-        let mut ibv = ibv_cq { context: c, channel: ch, cq_context, cqe, ..Default::default() };
+        let mut ibv = ibv_cq_ex { context: c, channel: ch, cq_context, cqe, ..Default::default() };
         init_lock(&mut ibv.mutex, &mut ibv.cond);
-        let b = Box::into_raw(Box::new(CqBox { ibv, cq }));
+        let b = Box::into_raw(CqBox::new(ibv, cq));
         (&*b).cq.ibv.store(b as u64, Ordering::Relaxed);
-        &mut (*b).ibv
+        b as *mut ibv_cq
+    })
+}
+
+/// `ibv_create_cq_ex` (through the context's ops): a completion queue
+/// with the standard completion fields ([`crate::cqx`]).
+unsafe extern "C" fn create_cq_ex(c: *mut ibv_context, a: *mut ibv_cq_init_attr_ex) -> *mut ibv_cq_ex {
+    guard(std::ptr::null_mut(), || {
+        if a.is_null() {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        }
+        let a = &*a;
+        let flags = if a.comp_mask & IBV_CQ_INIT_ATTR_MASK_FLAGS != 0 { a.flags } else { 0 };
+        if a.wc_flags & !crate::cqx::WC_FLAGS != 0 || a.comp_mask & !IBV_CQ_INIT_ATTR_MASK_FLAGS != 0 || flags & !crate::cqx::CREATE_FLAGS != 0 {
+            set_errno(libc::EOPNOTSUPP);
+            return std::ptr::null_mut();
+        }
+        let Ok(cqe) = c_int::try_from(a.cqe) else {
+            set_errno(libc::EINVAL);
+            return std::ptr::null_mut();
+        };
+        log::debug!("ffverbs: ibv_create_cq_ex, completion fields {:#x}, flags {flags:#x}", a.wc_flags);
+        // The ibv_cq is the first part of the box's ibv_cq_ex.
+        ffv_ibv_create_cq(c, cqe, a.cq_context, a.channel, a.comp_vector as c_int) as *mut ibv_cq_ex
     })
 }
 
@@ -588,7 +607,7 @@ pub unsafe extern "C" fn ffv_ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mu
         };
         let b = &mut *(b as *mut CqBox);
         b.cq.events_got.fetch_add(1, Ordering::Relaxed);
-        *cq = &mut b.ibv;
+        *cq = b as *mut CqBox as *mut ibv_cq;
         *ctx = b.ibv.cq_context;
         0
     })
@@ -608,21 +627,26 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
         if cq.is_null() || n < 0 || (wc.is_null() && n > 0) {
             return -1;
         }
-        let out = std::slice::from_raw_parts_mut(wc, n as usize);
-        let b = &*(cq as *mut CqBox);
-        let dev = dev_of((*cq).context);
-        dev.app_active();
-        let got = b.cq.pop(out);
-        if got > 0 || n == 0 {
-            return got as c_int;
-        }
-        dev.progress();
-        let got = b.cq.pop(out);
-        if got == 0 {
-            b.cq.idle_poll();
-        }
-        got as c_int
+        poll_some(cq, std::slice::from_raw_parts_mut(wc, n as usize)) as c_int
     })
+}
+
+/// Completions of `cq` into `out` (after moving data if none was there):
+/// how many. `cq` is one of ours.
+pub(crate) unsafe fn poll_some(cq: *mut ibv_cq, out: &mut [ibv_wc]) -> usize {
+    let b = &*(cq as *mut CqBox);
+    let dev = dev_of((*cq).context);
+    dev.app_active();
+    let got = b.cq.pop(out);
+    if got > 0 || out.is_empty() {
+        return got;
+    }
+    dev.progress();
+    let got = b.cq.pop(out);
+    if got == 0 {
+        b.cq.idle_poll();
+    }
+    got
 }
 
 unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, _solicited_only: c_int) -> c_int {

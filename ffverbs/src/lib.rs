@@ -13,9 +13,11 @@
 //! - [`srq`]: shared receive queues;
 //! - [`ud`]: UD queue pairs and their datagram links;
 //! - [`wire`]: what travels on that connection;
-//! - [`wr`]: the `ibv_wr_*` interface of queue pairs (`ibv_create_qp_ex`).
+//! - [`wr`]: the `ibv_wr_*` interface of queue pairs (`ibv_create_qp_ex`);
+//! - [`cqx`]: the extended completion queue (`ibv_create_cq_ex`).
 
 pub mod abi;
+pub mod cqx;
 pub mod dev;
 pub mod qp;
 pub mod srq;

@@ -183,20 +183,21 @@ fn ffvports_two_contexts_of_one_process_share_the_port() {
     assert!(ok && out.contains("SENDs, a WRITE and datagrams between them checked; a forked child's port its own"), "ffvports failed: {out}{err}");
 }
 
-/// The `ibv_wr_*` interface (ffvwr, one process): queue pairs made with
+/// The extended verbs (ffvwr, one process): queue pairs made with
 /// `ibv_create_qp_ex` (what ff0 does not do refused), batches of SEND,
 /// WRITE, READ and atomics, with immediates, lists and inline bytes, bytes
 /// and completions checked; batches that fail whole (nothing posted);
-/// UD with `ibv_wr_set_ud_addr`; two threads batching on one queue pair
-/// (each batch arrives whole, in order: fails 3 of 3 runs of a build
-/// without the batch lock).
+/// UD with `ibv_wr_set_ud_addr`; an extended completion queue read with
+/// `ibv_start_poll`/`ibv_next_poll`/`ibv_wc_read_*`; two threads batching
+/// on one queue pair (each batch arrives whole, in order: fails 3 of 3
+/// runs of a build without the batch lock).
 #[test]
 fn ffvwr_the_new_post_send_interface() {
     let r = RouterProc::start(&["a"], &[]);
     let c = on_router(work().join("ffvwr"), &r.socket("a")).stdin(Stdio::null()).spawn().expect("ffvwr");
     let (ok, out, err) = finish(c, Duration::from_secs(90));
     assert!(ok && out.contains("OK done"), "ffvwr failed: {out}{err}");
-    for want in ["OK ibv_create_qp_ex refuses", "OK one batch:", "OK READ, fetch-and-add and compare-and-swap", "OK batches fail whole", "OK UD:", "each batch whole, in order, once"] {
+    for want in ["OK ibv_create_qp_ex refuses", "OK one batch:", "OK READ, fetch-and-add and compare-and-swap", "OK batches fail whole", "OK UD:", "OK ibv_create_cq_ex:", "each batch whole, in order, once"] {
         assert!(out.contains(want), "ffvwr did not say {want:?}: {out}");
     }
 }

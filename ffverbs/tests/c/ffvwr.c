@@ -1,4 +1,5 @@
-/* ffvwr: the ibv_wr_* interface ("new post send") of ff0, in one process:
+/* ffvwr: the extended verbs of ff0, in one process: the ibv_wr_* interface
+ * ("new post send") and the extended completion queue (ibv_create_cq_ex):
  * two RC queue pairs made with ibv_create_qp_ex, connected to each other,
  * and two UD ones. Checks, each with bytes and completions:
  *   - ibv_create_qp_ex refuses operations and flags ff0 does not do
@@ -14,6 +15,10 @@
  *     posts nothing; the next batch works;
  *   - UD: SEND with ibv_wr_set_ud_addr, the source queue pair in the
  *     receive's completion;
+ *   - ibv_create_cq_ex refuses timestamps (EOPNOTSUPP) and takes the
+ *     standard fields with IGNORE_OVERRUN; an empty one polls ENOENT;
+ *     three receives read with ibv_start_poll, ibv_next_poll and the
+ *     ibv_wc_read_* calls (opcode, length, immediate, queue pair);
  *   - two threads building batches of four SENDs on one queue pair at
  *     once: each batch arrives whole, in order, once (the batch lock);
  *   - ibv_qp_to_qp_ex of a queue pair ibv_create_qp made.
@@ -278,6 +283,72 @@ int main(void) {
     w = expect_wc(bcq, 200, IBV_WC_RECV, "UD receive");
     if (w.byte_len != 40 + 1024 || w.src_qp != ua->qp_num || !check(bbuf + 40, 1024, 7)) DIE("UD datagram: %u bytes from %u", w.byte_len, w.src_qp);
     printf("OK UD: SEND to ibv_wr_set_ud_addr's queue pair, the source in the completion\n");
+
+    /* The extended completion queue: what it refuses, then three
+     * receives read with ibv_start_poll/ibv_next_poll and ibv_wc_read_*. */
+    {
+        struct ibv_cq_init_attr_ex ca = { .cqe = 64, .wc_flags = IBV_WC_STANDARD_FLAGS | IBV_WC_EX_WITH_COMPLETION_TIMESTAMP };
+        errno = 0;
+        if (ibv_create_cq_ex(ctx, &ca) || errno != EOPNOTSUPP) DIE("ibv_create_cq_ex with timestamps: not EOPNOTSUPP");
+        ca.wc_flags = IBV_WC_STANDARD_FLAGS;
+        ca.comp_mask = IBV_CQ_INIT_ATTR_MASK_FLAGS;
+        ca.flags = IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN | IBV_CREATE_CQ_ATTR_SINGLE_THREADED;
+        struct ibv_cq_ex *cx = ibv_create_cq_ex(ctx, &ca);
+        if (!cx) DIE("ibv_create_cq_ex: %s", strerror(errno));
+        struct ibv_poll_cq_attr pa = { 0 };
+        if (ibv_start_poll(cx, &pa) != ENOENT) DIE("an empty extended queue: not ENOENT");
+        struct ibv_qp_init_attr fa = { .send_cq = ibv_cq_ex_to_cq(cx), .recv_cq = ibv_cq_ex_to_cq(cx), .qp_type = IBV_QPT_RC,
+                                       .cap = { .max_send_wr = 4, .max_recv_wr = 4, .max_send_sge = 1, .max_recv_sge = 1 } };
+        struct ibv_qp *e = qp_ex(acq, IBV_QPT_RC, rc_ops, SQ), *f = ibv_create_qp(pd, &fa);
+        if (!e || !f) DIE("queue pairs for the extended queue");
+        connect_rc(e, f->qp_num, gid, access, 0);
+        connect_rc(f, e->qp_num, gid, access, 0);
+        for (int i = 0; i < 3; i++) post_recv(f, bbuf, bmr, 8192 + i * 4096, 4096, 300 + i);
+        fill(abuf, 100, 8);
+        struct ibv_qp_ex *ex = ibv_qp_to_qp_ex(e);
+        ibv_wr_start(ex);
+        ex->wr_flags = IBV_SEND_SIGNALED;
+        ex->wr_id = 31;
+        ibv_wr_send(ex);
+        ibv_wr_set_sge(ex, amr->lkey, (uintptr_t)abuf, 100);
+        ex->wr_id = 32;
+        ibv_wr_send_imm(ex, htonl(0x55));
+        ibv_wr_set_sge(ex, amr->lkey, (uintptr_t)abuf, 20);
+        ex->wr_id = 33;
+        ibv_wr_rdma_write_imm(ex, bmr->rkey, (uintptr_t)bbuf + 50000, htonl(0x66));
+        ibv_wr_set_sge(ex, amr->lkey, (uintptr_t)abuf, 16);
+        if ((rc = ibv_wr_complete(ex))) DIE("ibv_wr_complete: %s", strerror(rc));
+        for (uint64_t id = 31; id <= 33; id++) expect_wc(acq, id, id == 33 ? IBV_WC_RDMA_WRITE : IBV_WC_SEND, "send to the extended queue's queue pair");
+        struct { uint64_t id; enum ibv_wc_opcode op; uint32_t len, imm; int with_imm; } want[3] = {
+            { 300, IBV_WC_RECV, 100, 0, 0 }, { 301, IBV_WC_RECV, 20, 0x55, 1 }, { 302, IBV_WC_RECV_RDMA_WITH_IMM, 16, 0x66, 1 } };
+        int got = 0, polling = 0;
+        double end = now() + 10;
+        while (got < 3) {
+            int r = polling ? ibv_next_poll(cx) : ibv_start_poll(cx, &pa);
+            if (r == ENOENT) {
+                if (polling) ibv_end_poll(cx);
+                polling = 0;
+                if (now() > end) DIE("extended queue: %d of 3 completions in 10 s", got);
+                continue;
+            }
+            if (r) DIE("ibv_start_poll/ibv_next_poll: %d", r);
+            polling = 1;
+            if (cx->status != IBV_WC_SUCCESS || cx->wr_id != want[got].id || ibv_wc_read_opcode(cx) != want[got].op ||
+                ibv_wc_read_byte_len(cx) != want[got].len || ibv_wc_read_qp_num(cx) != f->qp_num ||
+                !!(ibv_wc_read_wc_flags(cx) & IBV_WC_WITH_IMM) != want[got].with_imm ||
+                (want[got].with_imm && ntohl(ibv_wc_read_imm_data(cx)) != want[got].imm))
+                DIE("extended queue, completion %d: wr %" PRIu64 " status %d opcode %d len %u qp %u flags %#x", got, cx->wr_id, cx->status,
+                    ibv_wc_read_opcode(cx), ibv_wc_read_byte_len(cx), ibv_wc_read_qp_num(cx), ibv_wc_read_wc_flags(cx));
+            got++;
+        }
+        ibv_end_poll(cx);
+        if (!check(bbuf + 8192, 100, 8) || !check(bbuf + 50000, 16, 8)) DIE("bytes through the extended queue's queue pair");
+        if (ibv_poll_cq(ibv_cq_ex_to_cq(cx), 1, &w) != 0) DIE("a completion left on the extended queue");
+        ibv_destroy_qp(e);
+        ibv_destroy_qp(f);
+        if (ibv_destroy_cq(ibv_cq_ex_to_cq(cx))) DIE("ibv_destroy_cq of the extended queue");
+    }
+    printf("OK ibv_create_cq_ex: timestamps refused; three receives read with ibv_start_poll/ibv_next_poll and ibv_wc_read_*\n");
 
     /* Two threads, one queue pair, batches at once. */
     struct ibv_qp *c = qp_ex(acq, IBV_QPT_RC, rc_ops, 512), *d = qp_ex(bcq, IBV_QPT_RC, rc_ops, 512);
