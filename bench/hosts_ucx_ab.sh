@@ -2,7 +2,7 @@
 # bench/hosts_ucx_ab.sh - UCX over ff between two emulated hosts: several
 # builds (or settings) and UCX tcp, alternating within each round.
 #
-#   bench/hosts_ucx_ab.sh [--rounds N] [--insecure] [--tests "bw64k bw1m bw4m"] [--out DIR] NAME=BINDIR[,VAR=VALUE...] ...
+#   bench/hosts_ucx_ab.sh [--rounds N] [--insecure] [--pin | --cpus "R0 R1 S C"] [--tests "bw64k bw1m bw4m"] [--out DIR] NAME=BINDIR[,VAR=VALUE...] ...
 #
 # BINDIR holds a build's ffrouter and libuct_ff.so; VAR=VALUE settings
 # (e.g. UCX_FF_BULK_NAP=0) go into that variant's environment only, and the
@@ -17,18 +17,25 @@
 # ucx_perftest (server container on host 0, client on host 1) with that
 # variant's libuct_ff.so, then UCX tcp,self between the same containers.
 # Rows go to DIR/results.csv (suite = the variant's NAME; tcp rows suite
-# "tcp"); DIR/README.md gets medians per variant and test, and the ratio
+# "tcp"); --pin gives each emulated host a CPU of its own, as real hosts
+# have (host 0's router and container on CPU 0, host 1's on CPU 1; by
+# default the scheduler places them all); --cpus places them by hand:
+# host 0's router, host 1's router, the server container (host 0) and the
+# client container (host 1) on those CPUs (--pin is --cpus "0 1 0 1").
+# DIR/README.md gets medians per variant and test, and the ratio
 # to tcp. CPU per GB is the benchmark cgroup's (bench/ucx_baselines.sh).
 # Needs root. Default DIR: bench/results/hosts-ucx-<date>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-rounds=3 insecure=0 tests="bw64k bw1m bw4m" out=""
+rounds=3 insecure=0 cpus="" tests="bw64k bw1m bw4m" out=""
 variants=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift ;;
         --insecure) insecure=1 ;;
+        --pin) cpus="0 1 0 1" ;;
+        --cpus) cpus=$2; shift ;;
         --tests) tests=$2; shift ;;
         --out) out=$2; shift ;;
         -h|--help) sed -n 2,22p "$0"; exit 0 ;;
@@ -61,12 +68,22 @@ if [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ] && mkdir "/sys/fs/cgroup/cpuacct/f
     export FF_BENCH_CPU_CGROUP="$cg"
 fi
 
+pins=()
+if [ -n "$cpus" ]; then
+    read -r -a c <<<"$cpus"
+    [ ${#c[@]} = 4 ] || { echo "--cpus takes four CPUs: \"R0 R1 S C\"" >&2; exit 2; }
+    for x in "${c[@]}"; do
+        [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
+    done
+    twohosts_cpus=("${c[0]}" "${c[1]}")
+    pins=(UCX_BASELINE_SERVER_CPUS="${c[2]}" UCX_BASELINE_CLIENT_CPUS="${c[3]}")
+fi
 first=${variants[0]#*=}
 first=${first%%,*}
 twohosts_up "$first" "$insecure"
 ucx() { # ucx SUITE TLS LIB [VAR=VALUE...]
     local extra=("${@:4}")
-    env "${extra[@]}" UCX_BASELINE_TLS="$2" UCX_BASELINE_SUITE="$1" UCX_BASELINE_TESTS="$tests" UCX_BASELINE_BRIDGE=ffbr \
+    env ${pins[@]+"${pins[@]}"} "${extra[@]}" UCX_BASELINE_TLS="$2" UCX_BASELINE_SUITE="$1" UCX_BASELINE_TESTS="$tests" UCX_BASELINE_BRIDGE=ffbr \
         UCX_BASELINE_SERVER_NETNS="$ns0" UCX_BASELINE_CLIENT_NETNS="$ns1" \
         UCX_BASELINE_SERVER_IP=10.71.0.251/24 UCX_BASELINE_CLIENT_IP=10.72.0.252/24 \
         UCX_BASELINE_FF_LIB="$3" \
@@ -95,9 +112,9 @@ done
     echo "# UCX over ff between two emulated hosts, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "- host: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), kernel $(uname -r); load average at the start: $load0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'); both emulated hosts share the machine's cores"
+    echo "- commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown); UCX $(ucx_info -v 2>/dev/null | sed -n 's/^# Version //p'); $([ -n "$cpus" ] && echo "pinned (--cpus \"$cpus\": host 0's router, host 1's router, the server container on host 0, the client container on host 1)" || echo "both emulated hosts share the machine's cores")"
     echo "- links $([ $insecure = 1 ] && echo 'in clear (--insecure-no-peer-secret)' || echo 'sealed (peer secret), except for variants with the setting "clear" (--insecure-no-peer-secret)')"
-    echo "- command: bench/hosts_ucx_ab.sh --rounds $rounds$([ $insecure = 1 ] && echo ' --insecure') --tests \"$tests\" ${variants[*]}"
+    echo "- command: bench/hosts_ucx_ab.sh --rounds $rounds$([ $insecure = 1 ] && echo ' --insecure')$([ -n "$cpus" ] && echo " --cpus \"$cpus\"") --tests \"$tests\" ${variants[*]}"
     echo
     /usr/bin/python3 - "$csv" <<'EOF'
 import csv, statistics, sys
