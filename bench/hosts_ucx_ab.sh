@@ -21,7 +21,8 @@
 # have (host 0's router and container on CPU 0, host 1's on CPU 1; by
 # default the scheduler places them all); --cpus places them by hand:
 # host 0's router, host 1's router, the server container (host 0) and the
-# client container (host 1) on those CPUs (--pin is --cpus "0 1 0 1").
+# client container (host 1) on those CPUs, "-" leaving one to the
+# scheduler (--pin is --cpus "0 1 0 1").
 # DIR/README.md gets medians per variant and test, and the ratio
 # to tcp. CPU per GB is the benchmark cgroup's (bench/ucx_baselines.sh).
 # Needs root. Default DIR: bench/results/hosts-ucx-<date>.
@@ -73,10 +74,11 @@ if [ -n "$cpus" ]; then
     read -r -a c <<<"$cpus"
     [ ${#c[@]} = 4 ] || { echo "--cpus takes four CPUs: \"R0 R1 S C\"" >&2; exit 2; }
     for x in "${c[@]}"; do
-        [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
+        [ "$x" = - ] || [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
     done
     twohosts_cpus=("${c[0]}" "${c[1]}")
-    pins=(UCX_BASELINE_SERVER_CPUS="${c[2]}" UCX_BASELINE_CLIENT_CPUS="${c[3]}")
+    [ "${c[2]}" = - ] || pins+=(UCX_BASELINE_SERVER_CPUS="${c[2]}")
+    [ "${c[3]}" = - ] || pins+=(UCX_BASELINE_CLIENT_CPUS="${c[3]}")
 fi
 first=${variants[0]#*=}
 first=${first%%,*}

@@ -7,7 +7,7 @@
 #   ... & twohosts_pods+=($!)            # background pods twohosts_down ends
 #   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
 #   twohosts_router_flags=(--ring-size 1048576)  # extra flags for both routers
-#   twohosts_cpus=(0 1)                  # pin host 0's router to CPU 0, host 1's to CPU 1
+#   twohosts_cpus=(0 1)                  # pin host 0's router to CPU 0, host 1's to CPU 1 (- : not pinned)
 #   twohosts_tenants=(other)             # more tenants (set before twohosts_up):
 #                                        # socket $work/hI/NAME/ffrouter.sock
 #   twohosts_pod HOST ID TENANT CMD...   # CMD in a fresh container on HOST
@@ -67,7 +67,8 @@ twohosts_up() {
 twohosts_routers() {
     local peer_flags s p t pin0=() pin1=() more0=() more1=()
     if [ ${#twohosts_cpus[@]} = 2 ]; then
-        pin0=(taskset -c "${twohosts_cpus[0]}") pin1=(taskset -c "${twohosts_cpus[1]}")
+        [ "${twohosts_cpus[0]}" = - ] || pin0=(taskset -c "${twohosts_cpus[0]}")
+        [ "${twohosts_cpus[1]}" = - ] || pin1=(taskset -c "${twohosts_cpus[1]}")
     fi
     for p in "$r0" "$r1"; do
         [ -n "$p" ] || continue
