@@ -3,18 +3,21 @@
 # many times within one run (a latency A/B that is quicker, so can have
 # more rounds, than bench/ab.sh).
 #
-#   bench/lat_ab.sh [--rounds N] [--iters N] [--size BYTES] [--out FILE] NAME=BINDIR[,clear] ...
+#   bench/lat_ab.sh [--rounds N] [--iters N] [--size BYTES] [--cpus "R0 R1 S C"] [--out FILE] NAME=BINDIR[,clear] ...
 #
 # Two emulated hosts (bench/twohosts.sh; links sealed, or in clear for a
 # variant given as NAME=BINDIR,clear); each round restarts both routers
 # with each variant in turn and runs `ffbench pingpong --size BYTES`
 # (default 8) between a container on each host (that build's ffbench
 # too). Rows "NAME,ROUND,p50_us,mean_us,p99_us" go to FILE (default
-# /tmp/lat_ab.csv), then the medians per variant. Needs root.
+# /tmp/lat_ab.csv), then the medians per variant. --cpus pins host 0's
+# router, host 1's router, the serving container (host 0) and the
+# connecting one (host 1) to those CPUs ("-": left to the scheduler), as
+# bench/hosts_ucx_ab.sh's. Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-rounds=10 iters=20000 size=8 out=/tmp/lat_ab.csv
+rounds=10 iters=20000 size=8 out=/tmp/lat_ab.csv cpus=""
 variants=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
         --iters) iters=$2; shift ;;
         --size) size=$2; shift ;;
         --out) out=$2; shift ;;
+        --cpus) cpus=$2; shift ;;
         -h|--help) sed -n 2,13p "$0"; exit 0 ;;
         *=*) variants+=("$1") ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -32,13 +36,24 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/lat_ab.sh needs root (network namespaces)" >&2; exit 1; }
 . "$here/twohosts.sh"
 trap twohosts_down EXIT
+pin=("" "")
+if [ -n "$cpus" ]; then
+    read -r -a c <<<"$cpus"
+    [ ${#c[@]} = 4 ] || { echo "--cpus takes four CPUs: \"R0 R1 S C\"" >&2; exit 2; }
+    for x in "${c[@]}"; do
+        [ "$x" = - ] || [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
+    done
+    twohosts_cpus=("${c[0]}" "${c[1]}")
+    pin=("${c[2]}" "${c[3]}")
+fi
 v0=${variants[0]#*=}
 twohosts_up "${v0%,clear}" 0
 echo "variant,round,p50_us,mean_us,p99_us" > "$out"
 id=0
 ctr() { # ctr HOST BIN ID ARGS...
-    local h=$1 b=$2 id=$3; shift 3
-    twohosts_pod "$h" "$id" bench "$b/ffbench" "$@"
+    local h=$1 b=$2 id=$3 p=(); shift 3
+    [ -z "${pin[$h]}" ] || [ "${pin[$h]}" = - ] || p=(taskset -c "${pin[$h]}")
+    twohosts_pod "$h" "$id" bench ${p[@]+"${p[@]}"} "$b/ffbench" "$@"
 }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
 for round in $(seq "$rounds"); do
