@@ -48,13 +48,19 @@ done
 [ ${#variants[@]} -ge 1 ] || { echo "give at least one NAME=BINDIR" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
 [ -n "$out" ] || out="$top/bench/results/hosts-ucx-$(date +%Y-%m-%d)"
+. "$here/twohosts.sh"
+pins=()
+if [ -n "$cpus" ]; then
+    twohosts_place "$cpus"
+    [ "${twohosts_pod_cpus[0]}" = - ] || pins+=(UCX_BASELINE_SERVER_CPUS="${twohosts_pod_cpus[0]}")
+    [ "${twohosts_pod_cpus[1]}" = - ] || pins+=(UCX_BASELINE_CLIENT_CPUS="${twohosts_pod_cpus[1]}")
+fi
 mkdir -p "$out"
 csv="$out/results.csv"
 echo "suite,transport,test,size_bytes,value,unit" > "$csv"
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 cg=""
-. "$here/twohosts.sh"
 cleanup() {
     twohosts_down
     if [ -n "$cg" ]; then
@@ -69,17 +75,6 @@ if [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ] && mkdir "/sys/fs/cgroup/cpuacct/f
     export FF_BENCH_CPU_CGROUP="$cg"
 fi
 
-pins=()
-if [ -n "$cpus" ]; then
-    read -r -a c <<<"$cpus"
-    [ ${#c[@]} = 4 ] || { echo "--cpus takes four CPUs: \"R0 R1 S C\"" >&2; exit 2; }
-    for x in "${c[@]}"; do
-        [ "$x" = - ] || [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
-    done
-    twohosts_cpus=("${c[0]}" "${c[1]}")
-    [ "${c[2]}" = - ] || pins+=(UCX_BASELINE_SERVER_CPUS="${c[2]}")
-    [ "${c[3]}" = - ] || pins+=(UCX_BASELINE_CLIENT_CPUS="${c[3]}")
-fi
 first=${variants[0]#*=}
 first=${first%%,*}
 twohosts_up "$first" "$insecure"

@@ -36,15 +36,10 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/lat_ab.sh needs root (network namespaces)" >&2; exit 1; }
 . "$here/twohosts.sh"
 trap twohosts_down EXIT
-pin=("" "")
+pin=(- -)
 if [ -n "$cpus" ]; then
-    read -r -a c <<<"$cpus"
-    [ ${#c[@]} = 4 ] || { echo "--cpus takes four CPUs: \"R0 R1 S C\"" >&2; exit 2; }
-    for x in "${c[@]}"; do
-        [ "$x" = - ] || [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
-    done
-    twohosts_cpus=("${c[0]}" "${c[1]}")
-    pin=("${c[2]}" "${c[3]}")
+    twohosts_place "$cpus"
+    pin=("${twohosts_pod_cpus[@]}")
 fi
 v0=${variants[0]#*=}
 twohosts_up "${v0%,clear}" 0
@@ -52,7 +47,7 @@ echo "variant,round,p50_us,mean_us,p99_us" > "$out"
 id=0
 ctr() { # ctr HOST BIN ID ARGS...
     local h=$1 b=$2 id=$3 p=(); shift 3
-    [ -z "${pin[$h]}" ] || [ "${pin[$h]}" = - ] || p=(taskset -c "${pin[$h]}")
+    [ "${pin[$h]}" = - ] || p=(taskset -c "${pin[$h]}")
     twohosts_pod "$h" "$id" bench ${p[@]+"${p[@]}"} "$b/ffbench" "$@"
 }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }

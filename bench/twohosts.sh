@@ -8,6 +8,8 @@
 #   twohosts_routers INSECURE(0|1)       # restart both routers, sealed or not
 #   twohosts_router_flags=(--ring-size 1048576)  # extra flags for both routers
 #   twohosts_cpus=(0 1)                  # pin host 0's router to CPU 0, host 1's to CPU 1 (- : not pinned)
+#   twohosts_place "R0 R1 S C"           # the routers' CPUs and twohosts_pod_cpus=(S C), a
+#                                        # container's on each host, from a --cpus list
 #   twohosts_tenants=(other)             # more tenants (set before twohosts_up):
 #                                        # socket $work/hI/NAME/ffrouter.sock
 #   twohosts_pod HOST ID TENANT CMD...   # CMD in a fresh container on HOST
@@ -59,6 +61,22 @@ twohosts_up() {
     done
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/peer-secret"
     twohosts_routers "$2"
+}
+
+# twohosts_place "R0 R1 S C": host 0's router, host 1's router, and the
+# containers a benchmark runs on host 0 and on host 1 go on those CPUs
+# ("-": left to the scheduler). Sets twohosts_cpus and
+# twohosts_pod_cpus=(S C), which the caller applies to its containers;
+# exits 2 on a list that is not four CPUs of this machine.
+twohosts_place() {
+    local c x
+    read -r -a c <<<"$1"
+    [ ${#c[@]} = 4 ] || { echo "--cpus takes four CPUs: \"R0 R1 S C\"" >&2; exit 2; }
+    for x in "${c[@]}"; do
+        [ "$x" = - ] || [ "$x" -lt "$(nproc)" ] 2>/dev/null || { echo "--cpus: no CPU $x here" >&2; exit 2; }
+    done
+    twohosts_cpus=("${c[0]}" "${c[1]}")
+    twohosts_pod_cpus=("${c[2]}" "${c[3]}")
 }
 
 # twohosts_routers INSECURE: (re)start the routers, links sealed with the
