@@ -17,14 +17,13 @@
 # ucx_perftest (server container on host 0, client on host 1) with that
 # variant's libuct_ff.so, then UCX tcp,self between the same containers.
 # Rows go to DIR/results.csv (suite = the variant's NAME; tcp rows suite
-# "tcp"); --pin gives each emulated host a CPU of its own, as real hosts
-# have (host 0's router and container on CPU 0, host 1's on CPU 1; by
-# default the scheduler places them all); --cpus places them by hand:
-# host 0's router, host 1's router, the server container (host 0) and the
-# client container (host 1) on those CPUs, "-" leaving one to the
-# scheduler (--pin is --cpus "0 1 0 1").
-# DIR/README.md gets medians per variant and test, and the ratio
+# "tcp"); DIR/README.md gets medians per variant and test, and the ratio
 # to tcp. CPU per GB is the benchmark cgroup's (bench/ucx_baselines.sh).
+# By default the scheduler places the routers and containers of both
+# hosts; --cpus places them by hand: host 0's router, host 1's router, the
+# server container (host 0) and the client container (host 1) on those
+# CPUs, "-" leaving one to the scheduler; --pin (--cpus "0 1 0 1") gives
+# each emulated host a CPU of its own, as real hosts have.
 # Needs root. Default DIR: bench/results/hosts-ucx-<date>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +38,7 @@ while [ $# -gt 0 ]; do
         --cpus) cpus=$2; shift ;;
         --tests) tests=$2; shift ;;
         --out) out=$2; shift ;;
-        -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,27p "$0"; exit 0 ;;
         *=*) variants+=("$1") ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac

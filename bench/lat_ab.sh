@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
         --size) size=$2; shift ;;
         --out) out=$2; shift ;;
         --cpus) cpus=$2; shift ;;
-        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
         *=*) variants+=("$1") ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
