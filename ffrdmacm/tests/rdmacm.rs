@@ -129,21 +129,35 @@ fn try_pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> (bool
     (sok && cok, sout, cout)
 }
 
-/// perftest with `-R`: its server listens twice (once for its own
+/// perftest `args` with `-R -n 200` between a server and a client on one
+/// host; the client's output. Its server listens twice (once for its own
 /// handshake connection, then for the test's), and perftest 4.5's client
 /// connects the second time right after the handshake, so on a loaded
 /// machine it can find no listener (`REJECTED; error: 8`, as it would on a
 /// NIC; perftest upstream now retries). Such a run is tried again, at most
-/// 3 times; any other failure fails at once.
-fn perftest_pair(socket: &Path, server: &[&str], client: &[&str], port: u16) -> String {
+/// 3 times, each on a port of its own (one CI run's third try found the
+/// second's port taken: `Address already in use`, whoever held it; a
+/// server killed here leaves its port free to bind again at once, as
+/// checked by hand); any other failure fails at once, naming who holds the
+/// port if that was the trouble.
+fn perftest_pair(socket: &Path, args: &[&str]) -> String {
     for attempt in 1..=3 {
-        let (ok, sout, cout) = try_pair(socket, server, client, port);
+        let p = free_port().to_string();
+        let server: Vec<&str> = args.iter().copied().chain(["-R", "-p", &p, "-n", "200"]).collect();
+        let client: Vec<&str> = server.iter().copied().chain(["127.0.0.1"]).collect();
+        let (ok, sout, cout) = try_pair(socket, &server, &client, p.parse().unwrap());
         if ok {
             return cout;
         }
         let raced = cout.contains("RDMA_CM_EVENT_REJECTED; error: 8") || sout.contains("RDMA_CM_EVENT_REJECTED; error: 8");
-        assert!(raced && attempt < 3, "{server:?}:\nserver: {sout}\nclient: {cout}");
-        eprintln!("{}: perftest's second connect found no listener yet (its own race); running it again", server[0]);
+        let holders = if sout.contains("Address already in use") {
+            let ss = Command::new("ss").args(["-tanp"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            ss.lines().filter(|l| l.contains(&format!(":{p} "))).collect::<Vec<_>>().join("\n")
+        } else {
+            String::new()
+        };
+        assert!(raced && attempt < 3, "{server:?}:\nserver: {sout}\nclient: {cout}\nport {p}: {holders}");
+        eprintln!("{}: perftest's second connect found no listener yet (its own race); running it again on another port", server[0]);
     }
     unreachable!()
 }
@@ -179,10 +193,7 @@ fn rdma_cm_programs_on_one_host() {
     }
 
     for t in [&["ib_send_bw"][..], &["ib_write_bw"], &["ib_read_lat"], &["ib_send_bw", "-c", "UD"]] {
-        let p = free_port().to_string();
-        let server: Vec<&str> = t.iter().copied().chain(["-R", "-p", &p, "-n", "200"]).collect();
-        let client: Vec<&str> = server.iter().copied().chain(["127.0.0.1"]).collect();
-        let cout = perftest_pair(&sock, &server, &client, p.parse().unwrap());
+        let cout = perftest_pair(&sock, t);
         assert!(cout.contains("#bytes") && cout.contains("200 "), "{t:?} -R: {cout}");
     }
 
