@@ -1012,7 +1012,7 @@ pub(crate) unsafe fn post_list(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
     let mut guard = dev.engine.lock().unwrap();
     let e = &mut *guard;
     if let Some(q) = e.ud_qps.get_mut(&(*qp).qp_num) {
-        let err = if whole { all_fit(wr, q.sq.len(), q.cap.max_send_wr, |w| ud_send_ok(q, w)) } else { 0 };
+        let err = if whole { all_fit(wr, q.sq.len(), q.cap.max_send_wr, |w| ud_send_ok(q, w)).err().unwrap_or(0) } else { 0 };
         let err = if err == 0 { post_send_ud(dev, q, wr, bad) } else { err };
         crate::ud::progress(dev, &mut e.links, &mut e.ud_qps);
         return err;
@@ -1020,10 +1020,16 @@ pub(crate) unsafe fn post_list(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
     let Some(q) = e.qps.get_mut(&(*qp).qp_num) else { return libc::EINVAL };
     let qp_type = (*qp).qp_type;
     if whole {
-        let err = all_fit(wr, q.send_queue_len(), q.cap.max_send_wr, |w| rc_send(q, qp_type, w).err().unwrap_or(0));
-        if err != 0 {
-            return err;
+        // Each request is checked and made ours once, then all are queued.
+        let sends = match all_fit(wr, q.send_queue_len(), q.cap.max_send_wr, |w| rc_send(q, qp_type, w)) {
+            Ok(sends) => sends,
+            Err(e) => return e,
+        };
+        for s in sends {
+            q.post_send(dev, s);
         }
+        q.progress_send(dev);
+        return 0;
     }
     let mut err = 0;
     while !wr.is_null() {
@@ -1049,23 +1055,19 @@ pub(crate) unsafe fn post_list(qp: *mut ibv_qp, mut wr: *mut ibv_send_wr, bad: *
     err
 }
 
-/// 0 if every request of the list passes `check` (0 or an error number)
-/// and a send queue holding `queued` requests has room for them all
-/// (`room`, at least 1); else the first error.
-unsafe fn all_fit(mut wr: *mut ibv_send_wr, queued: usize, room: u32, check: impl Fn(&ibv_send_wr) -> c_int) -> c_int {
-    let mut n = queued;
+/// What `check` makes of every request of the list (or the first error
+/// number it gives), if a send queue holding `queued` requests has room
+/// for them all (`room`, at least 1; else `ENOMEM`).
+unsafe fn all_fit<T>(mut wr: *mut ibv_send_wr, queued: usize, room: u32, check: impl Fn(&ibv_send_wr) -> Result<T, c_int>) -> Result<Vec<T>, c_int> {
+    let mut made = Vec::new();
     while !wr.is_null() {
-        let err = check(&*wr);
-        if err != 0 {
-            return err;
+        made.push(check(&*wr)?);
+        if queued + made.len() > room.max(1) as usize {
+            return Err(libc::ENOMEM);
         }
-        if n >= room.max(1) as usize {
-            return libc::ENOMEM;
-        }
-        n += 1;
         wr = (*wr).next;
     }
-    0
+    Ok(made)
 }
 
 /// A send work request of RC (or UC) queue pair `q`, checked and made
@@ -1113,18 +1115,18 @@ unsafe fn rc_send(q: &Qp, qp_type: ibv_qp_type, w: &ibv_send_wr) -> Result<SendW
     Ok(SendWr { wr_id: w.wr_id, op, signaled: q.sig_all || w.send_flags & IBV_SEND_SIGNALED != 0, sges: list, inline, imm, raddr, rkey, len })
 }
 
-/// 0 if UD queue pair `q` can take send work request `w` (SEND, with
+/// Whether UD queue pair `q` can take send work request `w` (SEND, with
 /// immediate or not, to an address handle, at most the MTU, in RTS or
-/// ERR), else the error number; the room is the caller's to check.
-unsafe fn ud_send_ok(q: &UdQp, w: &ibv_send_wr) -> c_int {
+/// ERR), or the error number; the room is the caller's to check.
+unsafe fn ud_send_ok(q: &UdQp, w: &ibv_send_wr) -> Result<(), c_int> {
     let len: usize = sges(w.sg_list, w.num_sge).iter().map(|s| s.len as usize).sum();
     if !matches!(w.opcode, IBV_WR_SEND | IBV_WR_SEND_WITH_IMM) || w.wr.ud.ah.is_null() || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) || len > UD_MTU {
-        return libc::EINVAL;
+        return Err(libc::EINVAL);
     }
     if q.state != IBV_QPS_RTS && q.state != IBV_QPS_ERR {
-        return libc::EINVAL;
+        return Err(libc::EINVAL);
     }
-    0
+    Ok(())
 }
 
 /// Queues UD sends: SEND (with immediate) only, to an address handle, at
@@ -1133,7 +1135,7 @@ unsafe fn post_send_ud(dev: &Device, q: &mut UdQp, mut wr: *mut ibv_send_wr, bad
     let mut err = 0;
     while !wr.is_null() {
         let w = &*wr;
-        err = ud_send_ok(q, w);
+        err = ud_send_ok(q, w).err().unwrap_or(0);
         if err != 0 {
             break;
         }
