@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     /// Pages to give back on an application thread (see
     /// [`crate::mr::progress_thread`]).
     pub(crate) give_back: Mutex<Vec<crate::mr::GiveBack>>,
+    /// The rings of this context's same-host connections (see
+    /// [`crate::conn::share`]).
+    pub(crate) rings: Arc<crate::conn::share::RingSizes>,
 }
 
 impl Shared {
@@ -128,7 +131,7 @@ impl Context {
         let sock = UnixStream::connect(path).map_err(|source| Error::NoRouter { path: path.to_string(), source })?;
         sock.set_read_timeout(Some(RPC_TIMEOUT))?;
         sock.set_write_timeout(Some(RPC_TIMEOUT))?;
-        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default(), maps: Mutex::default(), give_back: Mutex::default() };
+        let mut shared = Shared { sock: Mutex::new(sock), router_id: [0; 16], segments: Mutex::default(), maps: Mutex::default(), give_back: Mutex::default(), rings: Arc::default() };
         let (reply, fds) = shared.rpc(&Request::Hello { version: VERSION })?;
         let Reply::Welcome { client, tenant, router_id, advertise, .. } = reply else {
             return Err(unexpected(reply));
@@ -342,6 +345,9 @@ fn open_conn(conn: u64, side: u8, ring_size: u64, forwarded: bool, fds: Vec<Owne
     let mem = SharedMem::from_fd(one_fd(fds)?, crate::ring::file_len(ring_size))?;
     let mut c = Conn::new(conn, side as usize, mem, ring_size, Some(ctx.clone()), Some(page.clone()))?;
     c.router_is_peer = forwarded;
+    if !forwarded {
+        c.share = Some(ctx.rings.join(ring_size));
+    }
     Ok(c)
 }
 

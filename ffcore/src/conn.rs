@@ -55,6 +55,7 @@ use crate::shm::SharedMem;
 
 /// Liveness and wake-up for callers that sleep outside [`Conn::wait`] (in `conn/events.rs`).
 mod events;
+pub(crate) mod share;
 pub use events::wait_any;
 
 /// Requests (sends plus receives) that may be outstanding per connection.
@@ -246,6 +247,9 @@ pub struct Conn {
     /// Messages the router placed into a withdrawn receive's buffer,
     /// copied aside (by number and generation) before it was reused.
     stash: HashMap<(u64, u64), Vec<u8>>,
+    /// A same-host connection's place among its process's rings (see
+    /// [`share`]): how far our ring may fill.
+    pub(crate) share: Option<share::Member>,
     // Last: the mapping must outlive the views above.
     _mem: SharedMem,
 }
@@ -308,6 +312,7 @@ impl Conn {
             placed: 0,
             unposts: 0,
             stash: HashMap::new(),
+            share: None,
             _mem: mem,
         })
     }
@@ -762,6 +767,7 @@ impl Conn {
         }
         let mut moved = false;
         self.credit_blocked = false;
+        self.set_window();
         while let Some(op) = self.sends.front_mut() {
             let pending = op.shadow.as_mut().filter(|s| s.seq.is_none());
             if let Some(s) = pending.filter(|s| op.started && s.at == op.sent) {

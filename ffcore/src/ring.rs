@@ -124,6 +124,10 @@ pub const REC_HDR: usize = 32;
 /// above UCX's default 128 KiB segment.
 pub const MIN_SCALED_RING: usize = 1 << 20;
 
+/// The smallest [`Tx::set_window`] (a ring smaller than this is its own
+/// window).
+pub const MIN_WINDOW: usize = 64 << 10;
+
 /// The largest record a ring of `ring_size` bytes takes whole (a quarter
 /// of the ring, less the record header).
 pub const fn whole_max(ring_size: usize) -> usize {
@@ -383,7 +387,7 @@ impl Layout {
 
     pub fn tx(&self, side: usize) -> Tx {
         let (head, _tail, _) = self.ring(side);
-        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0, gated: true, open: false, rewinds: true }
+        Tx { lay: *self, dir: side, head: head.load(Ordering::Relaxed), tail: 0, gated: true, open: false, rewinds: true, window: self.ring_size }
     }
 
     /// A producer that takes no part in the shared trim handshake: whoever
@@ -631,6 +635,9 @@ pub struct Tx {
     open: bool,
     /// Goes back to the start of an empty ring (see "Rewinding").
     rewinds: bool,
+    /// Most bytes [`Tx::push`] leaves unread in the ring (the ring's size
+    /// unless [`Tx::set_window`] said less).
+    window: usize,
 }
 
 impl Drop for Tx {
@@ -718,6 +725,11 @@ impl Tx {
         if !self.rewinds || off < REWIND_AT || need > REWIND_AT || (!off.is_multiple_of(PAGE) && off % PAGE + need <= PAGE) {
             return Ok(());
         }
+        // The padding counts as unread until the consumer skips it: within
+        // a window it must leave room for the record.
+        if size - off + need > self.window {
+            return Ok(());
+        }
         if self.tail != self.head {
             self.refresh_tail()?;
             if self.tail != self.head {
@@ -753,10 +765,10 @@ impl Tx {
     unsafe fn push_entered(&mut self, kind: u32, tag: u32, total: u64, src: *const u8, max: usize) -> Result<Option<usize>> {
         self.rewind_if_empty(rec_len(max))?;
         let size = self.lay.ring_size;
-        let mut free = size - self.head.wrapping_sub(self.tail) as usize;
+        let mut free = self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize);
         if free < rec_len(max.min(ALIGN)) {
             self.refresh_tail()?;
-            free = size - self.head.wrapping_sub(self.tail) as usize;
+            free = self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize);
         }
         let (head_w, _, data) = self.lay.ring(self.dir);
         let off = (self.head as usize) & (size - 1);
@@ -871,6 +883,22 @@ impl Tx {
     pub fn free(&mut self) -> Result<usize> {
         self.refresh_tail()?;
         Ok(self.lay.ring_size - self.head.wrapping_sub(self.tail) as usize)
+    }
+
+    /// Bytes [`Tx::push`] may write now: [`Tx::free`] within the window.
+    pub fn stream_free(&mut self) -> Result<usize> {
+        self.refresh_tail()?;
+        Ok(self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize))
+    }
+
+    /// Limits what [`Tx::push`] leaves unread in the ring to `bytes`
+    /// (from [`MIN_WINDOW`] to the ring's size; the ring's size undoes
+    /// it): a writer with a bigger ring than its neighbours' then moves
+    /// no more per turn than they do (see `crate::conn::share`). Whole
+    /// records ([`Tx::push_record`], [`Tx::push_whole_with`]) and
+    /// reservations still use the whole ring.
+    pub fn set_window(&mut self, bytes: usize) {
+        self.window = bytes.clamp(MIN_WINDOW.min(self.lay.ring_size), self.lay.ring_size);
     }
 
     /// True when the consumer has taken everything we wrote.
@@ -1177,6 +1205,65 @@ mod rewind_tests {
 
     fn msg(i: usize, n: usize) -> Vec<u8> {
         (0..n).map(|j| (i * 131 + j) as u8).collect()
+    }
+
+    /// A window keeps what is unread within it, a message bigger than the
+    /// window still goes (in pieces), and the writer still rewinds only
+    /// where the padding leaves the record room in the window.
+    #[test]
+    fn a_window_bounds_what_is_left_unread() {
+        let size = 1 << 20;
+        let window = 128 << 10;
+        let (_m, lay) = ring(size);
+        let (mut tx, mut rx) = (lay.tx(0), lay.rx(1));
+        tx.set_window(window);
+        assert_eq!(tx.stream_free().unwrap(), window);
+        // A 300 KiB message through a 128 KiB window, read as it goes.
+        let m = msg(1, 300 << 10);
+        let (mut sent, mut got) = (0, Vec::new());
+        while got.len() < m.len() {
+            if sent < m.len() {
+                let n = unsafe { tx.push(if sent == 0 { REC_FIRST } else { REC_CONT }, 1, m.len() as u64, m.as_ptr().add(sent), m.len() - sent) }.unwrap().unwrap_or(0);
+                sent += n;
+            }
+            let unread = tx.produced() - rx.position();
+            assert!(unread <= window as u64, "{unread} bytes unread, window {window}");
+            while let Some(rec) = rx.peek().unwrap() {
+                let mut b = vec![0u8; rec.len];
+                unsafe { rx.copy_out(0, b.as_mut_ptr(), rec.len) };
+                got.extend_from_slice(&b);
+                rx.consume(rec.len);
+            }
+        }
+        assert_eq!(got, m);
+        // Filled to the window, a push finds no room although the ring has.
+        let big = msg(2, 200 << 10);
+        let mut n = 0;
+        while let Some(k) = unsafe { tx.push(if n == 0 { REC_FIRST } else { REC_CONT }, 2, big.len() as u64, big.as_ptr().add(n), big.len() - n) }.unwrap() {
+            n += k;
+        }
+        let unread = (tx.produced() - rx.position()) as usize;
+        assert!(n < big.len() && unread <= window && unread + rec_len(ALIGN) > window, "{n} bytes pushed, {unread} unread, window {window}");
+        assert!(tx.free().unwrap() > size / 2, "the ring itself is not full");
+        // Whole records still use the ring.
+        assert!(tx.push_record(REC_FIRST, 3, 8, b"whole!!!").unwrap());
+        // Many small messages, each read at once: the writer goes round
+        // the ring (rewinding where the window lets it) and every message
+        // arrives whole.
+        let _ = take(&mut rx);
+        let _ = take(&mut rx);
+        for i in 0..3000 {
+            let m = msg(i, [100usize, 5000, 60_000][i % 3]);
+            let mut n = 0;
+            while n < m.len() {
+                let k = unsafe { tx.push(if n == 0 { REC_FIRST } else { REC_CONT }, 7, m.len() as u64, m.as_ptr().add(n), m.len() - n) }.unwrap();
+                n += k.unwrap_or_else(|| panic!("message {i}: no room in an empty window at {n}"));
+            }
+            assert_eq!(take(&mut rx).unwrap(), m, "message {i}");
+        }
+        assert!(lay.rewound(0) > 0, "the writer rewound");
+        tx.set_window(usize::MAX);
+        assert_eq!(tx.stream_free().unwrap(), size, "a window of the whole ring undoes it");
     }
 
     #[test]

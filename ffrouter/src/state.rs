@@ -96,8 +96,10 @@ pub const SCALED_RING_MIN: usize = ffcore::ring::MIN_SCALED_RING;
 /// costs: a connection made while its tenant has many others keeps its
 /// smaller ring, also when it later streams alone (1 and 4 MiB messages
 /// went 2.0 GB/s with 1 MiB rings, 2.7-3.0 with 4 MiB, between emulated
-/// hosts), and while all stream, those with bigger rings get somewhat
-/// more of the link.
+/// hosts), and while all stream, those with bigger rings would move more
+/// per turn: between hosts the pumps share the link by turns, and on one
+/// host a client fills each of its rings only to half the smallest while
+/// their sizes differ (`ffcore::conn::share`).
 pub fn scaled_ring(max: usize, budget: usize, open: usize) -> usize {
     let share = budget / open.saturating_add(1);
     if share >= max {

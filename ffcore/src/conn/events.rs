@@ -97,7 +97,7 @@ impl Conn {
         }
         // A fragment goes into the ring once a header and a cache line of
         // payload fit (twice that covers padding at the ring's end).
-        if !self.sends.is_empty() && self.tx_free() >= 4 * ALIGN {
+        if !self.sends.is_empty() && self.stream_free() >= 4 * ALIGN {
             return true;
         }
         let copied = self.peer().shadow_done.load(Ordering::Acquire);
@@ -110,6 +110,21 @@ impl Conn {
     /// reports it.
     pub fn tx_free(&mut self) -> usize {
         self.tx.free().unwrap_or(usize::MAX)
+    }
+
+    /// Bytes the queued sends may write into our outgoing ring now: what
+    /// is free within its window (see [`super::share`]). A corrupt ring
+    /// reads as all free, as in [`Conn::tx_free`].
+    fn stream_free(&mut self) -> usize {
+        self.set_window();
+        self.tx.stream_free().unwrap_or(usize::MAX)
+    }
+
+    /// Takes up the window [`super::share`] gives our ring now.
+    pub(super) fn set_window(&mut self) {
+        if let Some(m) = &mut self.share {
+            self.tx.set_window(m.window());
+        }
     }
 }
 
