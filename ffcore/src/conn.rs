@@ -1136,6 +1136,63 @@ mod tests {
 
     const T: Option<Duration> = Some(Duration::from_secs(20));
 
+    /// Connections whose rings differ fill only half the smallest (see
+    /// [`share`]): messages bigger than that window still arrive whole on
+    /// every connection; a sender stopped by its window (its ring has room)
+    /// has nothing to do until the receiver takes something, which wakes it.
+    #[test]
+    fn rings_of_different_sizes_stream_through_their_windows() {
+        let sizes = std::sync::Arc::new(share::RingSizes::default());
+        let mut pairs: Vec<(Conn, Conn)> = [512usize << 10, 256 << 10, 128 << 10]
+            .into_iter()
+            .map(|r| {
+                let (mut a, mut b) = pair(r);
+                a.share = Some(sizes.join(r));
+                b.share = Some(sizes.join(r));
+                (a, b)
+            })
+            .collect();
+        // The window is 64 KiB: a 48 KiB message and part of the next fill it.
+        let (a, b) = &mut pairs[0];
+        let m = pattern(48 << 10, 9);
+        let r1 = unsafe { a.isend(m.as_ptr(), m.len(), 1).unwrap() };
+        let r2 = unsafe { a.isend(m.as_ptr(), m.len(), 2).unwrap() };
+        assert!(a.test(r1).unwrap().is_some(), "the first fits the window");
+        assert!(a.test(r2).unwrap().is_none(), "the second waits for the window");
+        assert!(a.tx_free() > 256 << 10, "although the ring has room");
+        assert!(!a.has_events(), "a full window is nothing to do");
+        let words = a.wake_words().unwrap();
+        let mut w = crate::wake::Waiter::new().unwrap();
+        w.arm(vec![words.arm()]).unwrap();
+        let mut got = vec![0u8; m.len()];
+        assert_eq!(b.recv(&mut got, 1, T).unwrap(), m.len());
+        assert_eq!(got, m);
+        let mut p = libc::pollfd { fd: w.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd on our stack.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "the receiver's taking woke the sender");
+        assert!(a.has_events());
+        assert_eq!(a.wait(r2, T).unwrap(), m.len());
+        assert_eq!(b.recv(&mut got, 2, T).unwrap(), m.len());
+        assert_eq!(got, m);
+        // All three at once, each from its own threads, messages of 300 KiB.
+        std::thread::scope(|s| {
+            for (k, (a, b)) in pairs.iter_mut().enumerate() {
+                s.spawn(move || {
+                    for i in 0..12u8 {
+                        a.send(&pattern(300 << 10, i ^ k as u8), 7, T).unwrap();
+                    }
+                });
+                s.spawn(move || {
+                    let mut got = vec![0u8; 300 << 10];
+                    for i in 0..12u8 {
+                        assert_eq!(b.recv(&mut got, 7, T).unwrap(), got.len());
+                        assert!(got == pattern(300 << 10, i ^ k as u8), "connection {k}, message {i}");
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn sizes_and_order_through_a_small_ring() {
         let (mut a, mut b) = pair(4096);
