@@ -5,7 +5,7 @@
 //! scaled_ring`). When many stream at once from threads that take turns on
 //! the cores, what a connection moves per turn is what its ring holds: a
 //! 4 MiB connection moved 2-4x what a 1 MiB one did, and 256 such
-//! connections shared the host with Jain's fairness 0.72-0.83 (all rings
+//! connections shared the host with Jain's fairness 0.72-0.88 (all rings
 //! equal: 0.97-1.00). So while a process's same-host connections have
 //! rings of different sizes, each fills its ring at most to half the
 //! smallest ring among them ([`crate::ring::Tx::set_window`]); alone, or
@@ -13,7 +13,7 @@
 //! smallest: a ring filled to its end moved per turn only 0.6-0.7x of
 //! what the same bytes as a window in a bigger ring moved (mechanism not
 //! found), so with the smallest ring as the window the small rings still
-//! lagged (Jain 0.91-0.96); with half of it, 0.995
+//! lagged (Jain 0.91-0.96); with half of it, 0.99-1.00
 //! (bench/results/ring-window-2026-12-06). Connections forwarded by the
 //! router to other hosts are not counted (the router's pumps share the
 //! link among them, whatever their rings).
