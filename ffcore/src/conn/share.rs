@@ -14,9 +14,11 @@
 //! what the same bytes as a window in a bigger ring moved (mechanism not
 //! found), so with the smallest ring as the window the small rings still
 //! lagged (Jain 0.91-0.96); with half of it, 0.99-1.00
-//! (bench/results/ring-window-2026-12-06). Connections forwarded by the
-//! router to other hosts are not counted (the router's pumps share the
-//! link among them, whatever their rings).
+//! (bench/results/ring-window-2026-12-06). A trade: with a thread per
+//! connection instead of a few progress threads, 512 pairs shared worse
+//! with it (Jain 0.37-0.52 against 0.50-0.76). Connections forwarded by
+//! the router to other hosts are not counted (the router's pumps share
+//! the link among them, whatever their rings).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
