@@ -765,10 +765,10 @@ impl Tx {
     unsafe fn push_entered(&mut self, kind: u32, tag: u32, total: u64, src: *const u8, max: usize) -> Result<Option<usize>> {
         self.rewind_if_empty(rec_len(max))?;
         let size = self.lay.ring_size;
-        let mut free = self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize);
+        let mut free = self.window_free();
         if free < rec_len(max.min(ALIGN)) {
             self.refresh_tail()?;
-            free = self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize);
+            free = self.window_free();
         }
         let (head_w, _, data) = self.lay.ring(self.dir);
         let off = (self.head as usize) & (size - 1);
@@ -888,7 +888,12 @@ impl Tx {
     /// Bytes [`Tx::push`] may write now: [`Tx::free`] within the window.
     pub fn stream_free(&mut self) -> Result<usize> {
         self.refresh_tail()?;
-        Ok(self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize))
+        Ok(self.window_free())
+    }
+
+    /// What the window leaves free by the tail last seen.
+    fn window_free(&self) -> usize {
+        self.window.saturating_sub(self.head.wrapping_sub(self.tail) as usize)
     }
 
     /// Limits what [`Tx::push`] leaves unread in the ring to `bytes`

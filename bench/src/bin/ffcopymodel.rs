@@ -72,19 +72,19 @@ struct Opts {
 struct Conn {
     src: Vec<Vec<u8>>,
     ring: *mut u8,
-    ring_len: usize,
     slots: usize,
     size: usize,
     head: AtomicU64,
     tail: AtomicU64,
 }
 
-// SAFETY: `ring` points into `Model::rings`, which outlives every thread
-// using it (std::thread::scope); slot `i % slots` is written only by the
-// one sender thread while `head - tail < slots` and read only by the one
-// receiver thread while `tail < head`, with `head` published (Release)
-// after the write and `tail` after the read: no byte is written and read
-// at once. `src` is only read (by the sender).
+// SAFETY: `ring` points into `run`'s `rings` (`slots * size` bytes),
+// which outlive every thread using them (std::thread::scope); slot
+// `i % slots` is written only by the one sender thread while
+// `head - tail < slots` and read only by the one receiver thread (or, with
+// --same-thread, the same thread) while `tail < head`, with `head`
+// published (Release) after the write and `tail` after the read: no byte
+// is written and read at once. `src` is only read (by the sender).
 unsafe impl Sync for Conn {}
 unsafe impl Send for Conn {}
 
@@ -96,7 +96,7 @@ impl Conn {
         for k in 0..n as u64 {
             let m = &self.src[((head + k) % self.src.len() as u64) as usize];
             let at = ((head + k) % self.slots as u64) as usize * self.size;
-            debug_assert!(at + self.size <= self.ring_len);
+            debug_assert!(at + self.size <= self.slots * self.size);
             // SAFETY: slot `head + k` is free (see `impl Sync`), inside the ring.
             unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), self.ring.add(at), m.len()) };
         }
@@ -140,7 +140,6 @@ fn run(o: &Opts, n: usize) -> Result<f64, String> {
         .map(|(i, r)| Conn {
             src: (0..o.depth).map(|d| vec![(i + d) as u8; size]).collect(),
             ring: r.as_mut_ptr(),
-            ring_len: r.len(),
             slots: r.len() / size,
             size,
             head: AtomicU64::new(0),
