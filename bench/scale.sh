@@ -28,8 +28,9 @@
 #     with --drivers K > 0, also how many of the drivers' sleeps ended
 #     woken and how many ran out their 100 ms nap (driver_naps_run_out_*:
 #     a driver left asleep while its connections could move), and the
-#     share of the machine's CPU time stolen by the hypervisor or waiting
-#     for I/O meanwhile (host_steal_busy, host_iowait_busy);
+#     share of the machine's CPU time stolen by the hypervisor, waiting
+#     for I/O, or idle meanwhile (host_steal_busy, host_iowait_busy,
+#     host_idle_busy: near 0 when the streams are bound by the CPU);
 #   * then all N sit idle, open (--idle s): the routers' threads, RSS,
 #     RssShmem and descriptors after 1 s, both routers' CPU over the idle
 #     time less 2 s (this includes giving idle rings' pages back, which
@@ -137,15 +138,17 @@ run_one() { # run_one PLACEMENT N DRIVERS
     if wait_line "$cli" '^PROBED' "$cap" "$cpid"; then
         row "$where" shmem_committed_busy "$n" "$(( $(shmem_kb) - shm0 ))" KiB
         if [ -n "$st0" ]; then
-            # The machine's time stolen by the hypervisor and waiting for
-            # I/O while all N streamed (% of all CPU time): a run that
-            # crawls while others' work starves the VM says so.
+            # The machine's time stolen by the hypervisor, waiting for
+            # I/O and idle while all N streamed (% of all CPU time): a run
+            # that crawls while others' work starves the VM says so, and
+            # an idle share near 0 says the streams had the whole CPU.
             read -r -a a <<< "$st0"; read -r -a b <<< "$(head -1 /proc/stat)"
             local tot=0 i
             for i in 1 2 3 4 5 6 7 8; do tot=$(( tot + b[i] - a[i] )); done
             if [ "$tot" -gt 0 ]; then
                 row "$where" host_steal_busy "$n" "$(awk -v d=$(( b[8] - a[8] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
                 row "$where" host_iowait_busy "$n" "$(awk -v d=$(( b[5] - a[5] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
+                row "$where" host_idle_busy "$n" "$(awk -v d=$(( b[4] - a[4] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
             fi
         fi
     fi
