@@ -107,6 +107,14 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 shmem_kb() { sed -n 's/^Shmem:\s*\([0-9]*\).*/\1/p' /proc/meminfo; }
 val() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | head -1; }
 row() { echo "scale,$1,$2,$3,$4,$5" >> "$csv"; }
+# pct_between BEFORE AFTER FIELD: the share (%) of all CPU time between
+# two /proc/stat "cpu" lines spent in FIELD (4 idle, 5 iowait, 8 steal).
+pct_between() {
+    local a b tot=0 i
+    read -r -a a <<< "$1"; read -r -a b <<< "$2"
+    for i in 1 2 3 4 5 6 7 8; do tot=$(( tot + b[i] - a[i] )); done
+    [ "$tot" -gt 0 ] && awk -v d=$(( b[$3] - a[$3] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}'
+}
 wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is gone
     local i
     for i in $(seq $(( $3 * 20 ))); do
@@ -118,7 +126,7 @@ wait_line() { # wait_line FILE PATTERN SECONDS [PID]: gives up early once PID is
 }
 
 run_one() { # run_one PLACEMENT N DRIVERS
-    local where=$1 n=$2 k=$3 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r st0 a b
+    local where=$1 n=$2 k=$3 ch shm0 p0 p1 t0 tm t1 s0 sm s1 srv cli spid cpid h r st0 st1 p field
     ch=$([ "$where" = across ] && echo 1 || echo 0)
     [ "$k" = 0 ] || where="$where/drivers=$k"
     twohosts_routers 0
@@ -142,14 +150,10 @@ run_one() { # run_one PLACEMENT N DRIVERS
             # I/O and idle while all N streamed (% of all CPU time): a run
             # that crawls while others' work starves the VM says so, and
             # an idle share near 0 says the streams had the whole CPU.
-            read -r -a a <<< "$st0"; read -r -a b <<< "$(head -1 /proc/stat)"
-            local tot=0 i
-            for i in 1 2 3 4 5 6 7 8; do tot=$(( tot + b[i] - a[i] )); done
-            if [ "$tot" -gt 0 ]; then
-                row "$where" host_steal_busy "$n" "$(awk -v d=$(( b[8] - a[8] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
-                row "$where" host_iowait_busy "$n" "$(awk -v d=$(( b[5] - a[5] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
-                row "$where" host_idle_busy "$n" "$(awk -v d=$(( b[4] - a[4] )) -v t=$tot 'BEGIN{printf "%.2f", 100 * d / t}')" %
-            fi
+            st1=$(head -1 /proc/stat)
+            for field in steal:8 iowait:5 idle:4; do
+                p=$(pct_between "$st0" "$st1" "${field#*:}") && row "$where" "host_${field%%:*}_busy" "$n" "$p" %
+            done
         fi
     fi
     if wait_line "$cli" '^IDLE' "$cap" "$cpid"; then
